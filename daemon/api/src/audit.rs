@@ -1,0 +1,123 @@
+//! Audit records: one per MCP request/response pair and per notification.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ProcessInfo;
+
+/// Bump when a field changes meaning; readers keep accepting older versions.
+pub const AUDIT_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AuditRecord {
+    pub schema: u32,
+    /// Store key, monotonic: sortable by time.
+    pub id: String,
+    /// Milliseconds since the Unix epoch when the message was seen.
+    pub ts_ms: u64,
+    /// Set when the response ended (or the transport failed).
+    pub duration_us: Option<u64>,
+    pub process: Option<ProcessInfo>,
+    /// Original destination `ip:port` the client dialled.
+    pub dst: String,
+    /// HTTP Host header (or TLS SNI).
+    pub host: Option<String>,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// HTTP method and path of the carrying request.
+    pub http_method: String,
+    pub path: String,
+    /// Endpoint key of the server in the inventory.
+    pub server: String,
+    /// `streamable-http` or `sse` (legacy HTTP+SSE).
+    pub transport: String,
+    pub session_id: Option<String>,
+    pub protocol_version: Option<String>,
+    pub kind: MessageKind,
+    /// Which way the message went: `client->server` or `server->client`.
+    pub direction: String,
+    pub method: Option<String>,
+    /// JSON-RPC id, rendered as JSON text (`1`, `"abc"`).
+    pub jsonrpc_id: Option<String>,
+    /// Tool, resource URI or prompt name the message is about.
+    pub name: Option<String>,
+    /// sha256 (hex) of the canonical JSON of `params.arguments` (or params).
+    pub args_hash: Option<String>,
+    /// sha256 (hex) of the canonical JSON of `result`.
+    pub result_hash: Option<String>,
+    pub status: CallStatus,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Free-form remarks (e.g. "batch of 3", "body not valid UTF-8").
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    #[default]
+    Request,
+    Notification,
+    /// A body that claimed to be JSON-RPC but was not (parse error, invalid UTF-8,
+    /// truncated): recorded so nothing goes unseen.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CallStatus {
+    /// Forwarded; no response yet.
+    #[default]
+    Pending,
+    Ok,
+    /// Notifications have no response; accepted by the transport.
+    Sent,
+    JsonrpcError { code: i64, message: String },
+    TransportError { reason: String },
+}
+
+impl CallStatus {
+    pub fn label(&self) -> String {
+        match self {
+            CallStatus::Pending => "pending".into(),
+            CallStatus::Ok => "ok".into(),
+            CallStatus::Sent => "sent".into(),
+            CallStatus::JsonrpcError { code, .. } => format!("error {code}"),
+            CallStatus::TransportError { .. } => "transport-error".into(),
+        }
+    }
+}
+
+/// Which records `mcpwatch audit` wants. All set fields must match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct AuditFilter {
+    /// Only records at or after this time (ms since epoch).
+    pub since_ms: Option<u64>,
+    /// Substring of the record's server endpoint or host.
+    pub server: Option<String>,
+    /// Exact tool/resource/prompt name.
+    pub tool: Option<String>,
+    /// At most this many records (the newest), in time order.
+    pub limit: Option<usize>,
+}
+
+impl AuditFilter {
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        if let Some(since) = self.since_ms {
+            if r.ts_ms < since {
+                return false;
+            }
+        }
+        if let Some(s) = &self.server {
+            let host_hit = r.host.as_deref().is_some_and(|h| h.contains(s.as_str()));
+            if !r.server.contains(s.as_str()) && !host_hit {
+                return false;
+            }
+        }
+        if let Some(t) = &self.tool {
+            if r.name.as_deref() != Some(t.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,73 @@
+//! Inventory: every MCP server seen, keyed by endpoint.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an MCP server lives: `scheme://host:port/path`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl Endpoint {
+    /// The canonical key, e.g. `http://127.0.0.2:8765/mcp`. IPv6 hosts are bracketed.
+    pub fn key(&self) -> String {
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{}://{}:{}{}", self.scheme, host, self.port, self.path)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ServerEntry {
+    /// `Endpoint::key()`.
+    pub endpoint: String,
+    /// Original destination `ip:port`.
+    pub dst: String,
+    /// `streamable-http` or `sse`.
+    pub transport: String,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub server_name: Option<String>,
+    pub server_version: Option<String>,
+    pub protocol_version: Option<String>,
+    pub capabilities: Option<serde_json::Value>,
+    pub tools: Vec<ToolEntry>,
+    /// Requests and notifications sent to this server.
+    pub message_count: u64,
+    /// `tools/call` requests.
+    pub call_count: u64,
+    pub clients: Vec<ClientUse>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ToolEntry {
+    pub name: String,
+    /// sha256 (hex) of the tool definition's canonical JSON.
+    pub hash: String,
+    pub first_seen_ms: u64,
+    pub calls: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ClientUse {
+    pub exe: Option<String>,
+    pub comm: String,
+    pub uid: u32,
+    pub user: Option<String>,
+    /// The agent the process is attributed to (see `ProcessInfo::agent`).
+    pub agent: Option<String>,
+    pub last_seen_ms: u64,
+    pub messages: u64,
+}

@@ -1,0 +1,102 @@
+//! Wire types shared by `mcpwatchd` and the `mcpwatch` CLI.
+//!
+//! Why a separate crate: the CLI must never compile the daemon (aya, sled, hyper), yet
+//! both sides must agree byte-for-byte on what travels over the control socket and on
+//! what an audit record or inventory entry looks like. Everything here is plain serde
+//! data; no I/O, no behaviour beyond small helpers.
+//!
+//! The control protocol is newline-delimited JSON over a Unix socket: the client sends
+//! one [`Request`] line, the daemon answers with one [`Response`] line (or, for
+//! [`Request::AuditFollow`], a stream of [`Response::Record`] lines until the client
+//! hangs up).
+
+use serde::{Deserialize, Serialize};
+
+pub mod audit;
+pub mod inventory;
+pub mod process;
+
+pub use audit::{AuditFilter, AuditRecord, CallStatus, MessageKind, AUDIT_SCHEMA_VERSION};
+pub use inventory::{ClientUse, Endpoint, ServerEntry, ToolEntry};
+pub use process::{Ancestor, ProcessInfo};
+
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mcpwatch/control.sock";
+/// Default state directory (audit store, CA).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcpwatch";
+
+/// One request line from the CLI to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    List,
+    Audit { filter: AuditFilter },
+    /// Like `Audit`, then keeps the connection open and streams new and completed records.
+    AuditFollow { filter: AuditFilter },
+}
+
+/// One response line from the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Status(Status),
+    List { servers: Vec<ServerEntry> },
+    Audit { records: Vec<AuditRecord> },
+    Record { record: AuditRecord },
+    Error { message: String },
+}
+
+/// What the daemon does when it cannot do its job (internal error, audit write failure,
+/// daemon gone while programs stay attached).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Traffic flows unobserved rather than breaking the agent (the default).
+    #[default]
+    Open,
+    /// Traffic is refused rather than flowing unobserved.
+    Closed,
+}
+
+impl std::fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        })
+    }
+}
+
+/// `mcpwatch status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub failure_mode: FailureMode,
+    /// Whether the eBPF programs are attached, and where.
+    pub attached: bool,
+    pub cgroup: Option<String>,
+    /// Why interception is not attached, when it is not.
+    pub attach_error: Option<String>,
+    pub ports: String,
+    pub listen: Vec<String>,
+    pub control_socket: String,
+    pub state_dir: String,
+    pub counts: Counts,
+    /// Human-readable warnings an operator should see (e.g. clients that distrust the CA).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Counts {
+    pub connections: u64,
+    pub connections_unresolved: u64,
+    pub http_requests: u64,
+    pub mcp_messages: u64,
+    pub passthrough: u64,
+    pub audit_records: u64,
+    pub audit_write_errors: u64,
+    pub servers: u64,
+}
