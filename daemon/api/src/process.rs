@@ -13,6 +13,9 @@ pub struct ProcessInfo {
     pub uid: u32,
     pub gid: u32,
     pub user: Option<String>,
+    /// Name of the primary group (`gid`), resolved by the daemon like `user`; matched by
+    /// policy `[[agent]] group = "..."`.
+    pub group: Option<String>,
     pub comm: String,
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
