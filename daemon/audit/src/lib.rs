@@ -1,1 +1,455 @@
-//! (placeholder: being written)
+//! The embedded audit and inventory store: the only crate that touches sled.
+//!
+//! Why it exists: every MCP message the daemon sees becomes an [`AuditRecord`] that must
+//! survive restarts, be queryable by time/server/tool for `mcpwatch audit`, and never
+//! grow without bound. Keeping sled behind this small API means the rest of the daemon
+//! deals in `mcpwatch_api` types only, and the on-disk layout (keys, value versions,
+//! retention) is decided in one place.
+//!
+//! Layout, under `<state dir>/audit.sled`:
+//! - `records`: key = record id (26 digits, time-prefixed, see [`Store::new_record_id`]),
+//!   value = JSON of the record (schema first, see `codec`).
+//! - `servers`: key = endpoint key, value = `{"schema":N,"server":ServerEntry}`.
+//! - `meta`: `schema_version` = layout version of the store as decimal text.
+//!
+//! `<state dir>/audit.lock` is held (flock) for as long as the store is open and names
+//! the owning pid, so a second daemon gets a clear error instead of sled's.
+
+mod codec;
+mod id;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mcpwatch_api::{AuditFilter, AuditRecord, ServerEntry, AUDIT_SCHEMA_VERSION};
+
+pub use codec::{DecodeError, SERVER_SCHEMA_VERSION};
+pub use id::ID_LEN;
+
+/// Version of the store layout (trees, key formats) recorded in `meta/schema_version`.
+pub const STORE_LAYOUT_VERSION: u32 = 1;
+
+/// Name of the sled directory inside the state dir.
+pub const DB_DIR_NAME: &str = "audit.sled";
+/// Name of the lock file inside the state dir.
+pub const LOCK_FILE_NAME: &str = "audit.lock";
+
+/// How far before `since_ms` a query starts reading keys: an id is taken around the
+/// time `ts_ms` is stamped, not at the same instant, so the key's time prefix may lag
+/// the record's `ts_ms` slightly. Records in the slack are still filtered by `ts_ms`.
+const SINCE_SEEK_SLACK_MS: u64 = 60_000;
+/// Upper bound on how many records one pruning pass removes below `max_records`.
+const MAX_PRUNE_SLACK: u64 = 4_096;
+/// sled's page cache; its default (1 GiB) is far too much for a host daemon.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+const META_SCHEMA_VERSION: &str = "schema_version";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Retention bound: once exceeded, the oldest records are pruned.
+    pub max_records: u64,
+    /// How often sled flushes its log in the background; `None` only on [`Store::flush`]
+    /// and on close.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions { max_records: 1_000_000, flush_every_ms: Some(500) }
+    }
+}
+
+/// Every way the store can fail. All of these are internal (daemon-side) failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "audit store {dir} is locked: another mcpwatchd{} owns this state directory",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { dir: PathBuf, holder: Option<u32> },
+    #[error("audit store {path}: {action}: {source}")]
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
+    #[error("audit store {dir} has layout version {found}; this build understands up to {supported}")]
+    NewerLayout { dir: PathBuf, found: u32, supported: u32 },
+    #[error("audit store meta value {key} is unreadable: {value:?}")]
+    BadMeta { key: &'static str, value: String },
+    #[error("audit store (sled) failed: {0}")]
+    Db(#[from] sled::Error),
+    #[error("record id {id:?} is not a store id ({ID_LEN} digits from Store::new_record_id)")]
+    InvalidId { id: String },
+    #[error("record {id} already exists")]
+    DuplicateId { id: String },
+    #[error("record {id} has schema {found}; this build writes schema {supported}")]
+    UnsupportedSchema { id: String, found: u32, supported: u32 },
+    #[error("cannot encode {what}: {source}")]
+    Encode { what: &'static str, source: serde_json::Error },
+    #[error("stored record {id} is unreadable: {reason}")]
+    Unreadable { id: String, reason: DecodeError },
+}
+
+/// Handle to the open store. Cheap to clone; all clones share one sled database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+// Field order is drop order: sled closes (and flushes) before the lock is released.
+struct Inner {
+    db: sled::Db,
+    records: sled::Tree,
+    servers: sled::Tree,
+    ids: id::IdGen,
+    /// Number of keys in `records`, kept here because sled's `len` is a full scan.
+    count: AtomicU64,
+    prune_lock: Mutex<()>,
+    opts: StoreOptions,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("records", &self.record_count())
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/audit.sled`. Fails with [`StoreError::Locked`]
+    /// when another process (or another `Store` in this one) holds the state dir.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            action: "create state directory",
+            source,
+        })?;
+        let lock = acquire_lock(dir)?;
+
+        let db_path = dir.join(DB_DIR_NAME);
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .flush_every_ms(opts.flush_every_ms)
+            .open()
+            .map_err(|e| match e {
+                // Our own lock should make this unreachable, but a process that bypassed
+                // it (an older build) still gets the clear message.
+                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked { dir: dir.to_path_buf(), holder: None }
+                }
+                other => StoreError::Db(other),
+            })?;
+
+        let meta = db.open_tree("meta")?;
+        check_layout(&meta, dir)?;
+        let records = db.open_tree("records")?;
+        let servers = db.open_tree("servers")?;
+
+        let floor = match records.last()? {
+            Some((k, _)) => id::parse_id(&k).unwrap_or(0),
+            None => 0,
+        };
+        let count = records.len() as u64;
+
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                records,
+                servers,
+                ids: id::IdGen::new(floor),
+                count: AtomicU64::new(count),
+                prune_lock: Mutex::new(()),
+                opts,
+                _lock: lock,
+            }),
+        };
+        // A lowered `max_records` takes effect at once, not one batch per insert.
+        while store.record_count() > store.inner.opts.max_records {
+            if store.prune()? == 0 {
+                break;
+            }
+        }
+        Ok(store)
+    }
+
+    /// A fresh record id: 26 digits (20-digit ms timestamp + 6-digit sequence), strictly
+    /// increasing within this store and across restarts.
+    pub fn new_record_id(&self) -> String {
+        self.inner.ids.next()
+    }
+
+    /// Stores a new record under `rec.id`, which must come from [`Store::new_record_id`].
+    /// A record with `schema` 0 is stored as the current [`AUDIT_SCHEMA_VERSION`].
+    pub fn insert_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        let (key, value) = self.record_kv(rec)?;
+        match self.inner.records.compare_and_swap(key, None as Option<&[u8]>, Some(value))? {
+            Ok(()) => self.key_added(),
+            Err(_) => Err(StoreError::DuplicateId { id: rec.id.clone() }),
+        }
+    }
+
+    /// Replaces the record with `rec.id` (e.g. when its response arrives). A record that
+    /// was pruned meanwhile is stored again rather than lost.
+    pub fn update_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        let (key, value) = self.record_kv(rec)?;
+        match self.inner.records.insert(key, value)? {
+            Some(_) => Ok(()),
+            None => self.key_added(),
+        }
+    }
+
+    /// The record with this id, `None` if absent. A stored value this build cannot read
+    /// (corrupt, or from a newer schema) is an error here, unlike in [`Store::query`].
+    pub fn get_record(&self, id: &str) -> Result<Option<AuditRecord>, StoreError> {
+        match self.inner.records.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => codec::decode_record(&v)
+                .map(Some)
+                .map_err(|reason| StoreError::Unreadable { id: id.to_string(), reason }),
+        }
+    }
+
+    /// Records matching `filter`, oldest first. With `limit`, the newest `limit` matches
+    /// (still returned oldest first). Starts reading at `since_ms` rather than scanning
+    /// the whole store. Unreadable values are skipped with one warning per query.
+    pub fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let start = id::key_floor_for_ms(
+            filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS)),
+        );
+        let iter = self.inner.records.range(start.as_bytes()..);
+        let mut skipped = Skipped::default();
+        let mut out = Vec::new();
+        match filter.limit {
+            Some(0) => {}
+            Some(limit) => {
+                for item in iter.rev() {
+                    let (k, v) = item?;
+                    if let Some(rec) = skipped.decode(&k, &v)
+                        && filter.matches(&rec)
+                    {
+                        out.push(rec);
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                out.reverse();
+            }
+            None => {
+                for item in iter {
+                    let (k, v) = item?;
+                    if let Some(rec) = skipped.decode(&k, &v)
+                        && filter.matches(&rec)
+                    {
+                        out.push(rec);
+                    }
+                }
+            }
+        }
+        skipped.report("query");
+        Ok(out)
+    }
+
+    /// Number of stored records (maintained incrementally, not a scan).
+    pub fn record_count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+
+    /// Inserts or replaces the inventory entry keyed by `s.endpoint`.
+    pub fn put_server(&self, s: &ServerEntry) -> Result<(), StoreError> {
+        let value = codec::encode_server(s)
+            .map_err(|source| StoreError::Encode { what: "server entry", source })?;
+        self.inner.servers.insert(s.endpoint.as_bytes(), value)?;
+        Ok(())
+    }
+
+    /// Every stored inventory entry, ordered by endpoint. Unreadable ones are skipped.
+    pub fn servers(&self) -> Result<Vec<ServerEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = Skipped::default();
+        for item in self.inner.servers.iter() {
+            let (k, v) = item?;
+            match codec::decode_server(&v) {
+                Ok(s) => out.push(s),
+                Err(e) => skipped.note(&k, e),
+            }
+        }
+        skipped.report("servers");
+        Ok(out)
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    fn record_kv(&self, rec: &AuditRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        if id::parse_id(rec.id.as_bytes()).is_none() {
+            return Err(StoreError::InvalidId { id: rec.id.clone() });
+        }
+        let value = match rec.schema {
+            AUDIT_SCHEMA_VERSION => codec::encode_record(rec),
+            0 => codec::encode_record(&AuditRecord { schema: AUDIT_SCHEMA_VERSION, ..rec.clone() }),
+            found => {
+                return Err(StoreError::UnsupportedSchema {
+                    id: rec.id.clone(),
+                    found,
+                    supported: AUDIT_SCHEMA_VERSION,
+                });
+            }
+        }
+        .map_err(|source| StoreError::Encode { what: "audit record", source })?;
+        Ok((rec.id.as_bytes().to_vec(), value))
+    }
+
+    /// Bookkeeping after a key was added to `records`; prunes once past the bound.
+    fn key_added(&self) -> Result<(), StoreError> {
+        let n = self.inner.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.inner.opts.max_records {
+            self.prune()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest records down to `max_records - slack`, where the slack (1/64 of
+    /// the bound, at most [`MAX_PRUNE_SLACK`]) makes pruning one batch every `slack + 1`
+    /// inserts: amortised O(1) per insert. Returns how many were removed. Concurrent
+    /// callers do not wait: one pruning pass at a time is enough.
+    fn prune(&self) -> Result<u64, StoreError> {
+        let Ok(_guard) = self.inner.prune_lock.try_lock() else {
+            return Ok(0);
+        };
+        let max = self.inner.opts.max_records;
+        let count = self.record_count();
+        if count <= max {
+            return Ok(0);
+        }
+        let slack = (max / 64).min(MAX_PRUNE_SLACK);
+        let excess = count - (max - slack);
+        let mut removed = 0u64;
+        for key in self.inner.records.iter().keys() {
+            if removed >= excess {
+                break;
+            }
+            let key = key?;
+            if self.inner.records.remove(&key)?.is_some() {
+                self.inner.count.fetch_sub(1, Ordering::Relaxed);
+                removed += 1;
+            }
+        }
+        tracing::debug!(removed, max_records = max, "pruned oldest audit records");
+        Ok(removed)
+    }
+}
+
+/// Unreadable values met during one read pass; reported once, not once per value.
+#[derive(Default)]
+struct Skipped {
+    corrupt: u64,
+    newer: u64,
+    first: Option<(String, DecodeError)>,
+}
+
+impl Skipped {
+    fn decode(&mut self, key: &[u8], value: &[u8]) -> Option<AuditRecord> {
+        match codec::decode_record(value) {
+            Ok(rec) => Some(rec),
+            Err(e) => {
+                self.note(key, e);
+                None
+            }
+        }
+    }
+
+    fn note(&mut self, key: &[u8], e: DecodeError) {
+        match e {
+            DecodeError::NewerSchema { .. } => self.newer += 1,
+            DecodeError::Corrupt(_) => self.corrupt += 1,
+        }
+        if self.first.is_none() {
+            self.first = Some((String::from_utf8_lossy(key).into_owned(), e));
+        }
+    }
+
+    fn report(self, during: &str) {
+        if let Some((key, error)) = self.first {
+            tracing::warn!(
+                during,
+                corrupt = self.corrupt,
+                newer_schema = self.newer,
+                first_key = %key,
+                first_error = %error,
+                "skipped unreadable audit store values"
+            );
+        }
+    }
+}
+
+/// Takes `dir/audit.lock` (flock, released by the kernel when the process dies) and
+/// writes our pid into it so the next opener can say who holds it.
+fn acquire_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let io_err = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, action, source }
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            // Best effort: the holder may be mid-write; a bad pid is just not shown.
+            let _ = (&file).take(32).read_to_string(&mut text);
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+                holder: text.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+    }
+    file.set_len(0).map_err(io_err("truncate lock file", &path))?;
+    file.seek(SeekFrom::Start(0)).map_err(io_err("seek lock file", &path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io_err("write lock file", &path))?;
+    Ok(file)
+}
+
+/// Writes the layout version into a new store, refuses one written by a newer build.
+fn check_layout(meta: &sled::Tree, dir: &Path) -> Result<(), StoreError> {
+    match meta.get(META_SCHEMA_VERSION)? {
+        None => {
+            meta.insert(META_SCHEMA_VERSION, STORE_LAYOUT_VERSION.to_string().as_bytes())?;
+            Ok(())
+        }
+        Some(v) => {
+            let text = String::from_utf8_lossy(&v);
+            let found: u32 = text.trim().parse().map_err(|_| StoreError::BadMeta {
+                key: META_SCHEMA_VERSION,
+                value: text.chars().take(64).collect(),
+            })?;
+            if found > STORE_LAYOUT_VERSION {
+                return Err(StoreError::NewerLayout {
+                    dir: dir.to_path_buf(),
+                    found,
+                    supported: STORE_LAYOUT_VERSION,
+                });
+            }
+            // Older layouts would be migrated here; version 1 is the first.
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

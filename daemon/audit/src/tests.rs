@@ -1,0 +1,423 @@
+//! Store behaviour against a real sled database in a temporary directory.
+
+use super::*;
+use mcpwatch_api::{CallStatus, ClientUse, MessageKind, ProcessInfo, ToolEntry};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn opts(max_records: u64) -> StoreOptions {
+    StoreOptions { max_records, flush_every_ms: None }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, opts(1_000_000)).expect("open store")
+}
+
+/// A record stamped `ts_ms` with an id taken at that same instant.
+fn rec_at(store: &Store, ts_ms: u64, server: &str, tool: Option<&str>) -> AuditRecord {
+    AuditRecord {
+        schema: AUDIT_SCHEMA_VERSION,
+        id: store.inner.ids.next_at(ts_ms),
+        ts_ms,
+        server: server.to_string(),
+        host: Some(server.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("").into()),
+        transport: "streamable-http".into(),
+        kind: MessageKind::Request,
+        direction: "client->server".into(),
+        method: Some(if tool.is_some() { "tools/call" } else { "tools/list" }.into()),
+        name: tool.map(str::to_string),
+        process: Some(ProcessInfo { tgid: 42, comm: "python3".into(), ..Default::default() }),
+        request_bytes: 100,
+        ..Default::default()
+    }
+}
+
+fn ids(recs: &[AuditRecord]) -> Vec<u64> {
+    recs.iter().map(|r| r.ts_ms).collect()
+}
+
+#[test]
+fn store_is_clone_send_sync() {
+    fn check<T: Clone + Send + Sync + 'static>() {}
+    check::<Store>();
+}
+
+#[test]
+fn insert_get_roundtrip() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let mut rec = rec_at(&store, 1_000, "http://127.0.0.1:18001/mcp", Some("add"));
+    rec.schema = 0; // unset by the caller: stored as the current version
+    rec.notes = vec!["batch of 3".into()];
+    rec.status = CallStatus::JsonrpcError { code: -32601, message: "nope".into() };
+    store.insert_record(&rec).expect("insert");
+    let got = store.get_record(&rec.id).expect("get").expect("present");
+    assert_eq!(got, AuditRecord { schema: AUDIT_SCHEMA_VERSION, ..rec.clone() });
+    assert_eq!(store.record_count(), 1);
+    assert_eq!(store.get_record("00000000000000000000000000").expect("get"), None);
+}
+
+#[test]
+fn insert_rejects_duplicates_bad_ids_and_future_schemas() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let rec = rec_at(&store, 1_000, "http://a/mcp", None);
+    store.insert_record(&rec).expect("insert");
+    assert!(matches!(store.insert_record(&rec), Err(StoreError::DuplicateId { .. })));
+    for bad in ["", "1", "abc", "0000000000000000000000000x"] {
+        let r = AuditRecord { id: bad.into(), ..rec.clone() };
+        assert!(matches!(store.insert_record(&r), Err(StoreError::InvalidId { .. })), "{bad:?}");
+        assert!(matches!(store.update_record(&r), Err(StoreError::InvalidId { .. })), "{bad:?}");
+    }
+    let future = AuditRecord { id: store.new_record_id(), schema: AUDIT_SCHEMA_VERSION + 1, ..rec.clone() };
+    assert!(matches!(store.insert_record(&future), Err(StoreError::UnsupportedSchema { .. })));
+    assert_eq!(store.record_count(), 1);
+}
+
+#[test]
+fn update_replaces_in_place() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let mut rec = rec_at(&store, 1_000, "http://a/mcp", Some("add"));
+    store.insert_record(&rec).expect("insert");
+    rec.status = CallStatus::Ok;
+    rec.duration_us = Some(1234);
+    rec.response_bytes = 77;
+    store.update_record(&rec).expect("update");
+    assert_eq!(store.get_record(&rec.id).expect("get"), Some(rec.clone()));
+    assert_eq!(store.record_count(), 1);
+    assert_eq!(store.query(&AuditFilter::default()).expect("query"), vec![rec]);
+}
+
+#[test]
+fn update_of_missing_record_stores_it() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let rec = rec_at(&store, 1_000, "http://a/mcp", Some("add"));
+    store.update_record(&rec).expect("update");
+    assert_eq!(store.get_record(&rec.id).expect("get"), Some(rec));
+    assert_eq!(store.record_count(), 1);
+}
+
+#[test]
+fn new_record_ids_are_unique_and_increasing() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let mut all: Vec<String> = Vec::new();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let s = store.clone();
+            std::thread::spawn(move || (0..2_000).map(|_| s.new_record_id()).collect::<Vec<_>>())
+        })
+        .collect();
+    for h in handles {
+        let ids = h.join().expect("thread");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "per-thread ids must increase");
+        all.extend(ids);
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "ids must be unique");
+    assert!(all.iter().all(|id| id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_digit())));
+}
+
+#[test]
+fn concurrent_inserts_are_all_counted() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..250u64 {
+                    let rec = AuditRecord { id: s.new_record_id(), ts_ms: t * 1000 + i, ..Default::default() };
+                    s.insert_record(&rec).expect("insert");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    assert_eq!(store.record_count(), 1_000);
+    assert_eq!(store.query(&AuditFilter::default()).expect("query").len(), 1_000);
+}
+
+/// Records at t = 1000, 2000, ... 10000 across two servers and a few tools.
+fn seeded(store: &Store) -> Vec<AuditRecord> {
+    let mut out = Vec::new();
+    for i in 1..=10u64 {
+        let server = if i % 2 == 0 { "http://127.0.0.1:18002/mcp" } else { "https://api.example.com:443/mcp" };
+        let tool = match i % 3 {
+            0 => Some("search"),
+            1 => Some("add"),
+            _ => None,
+        };
+        let rec = rec_at(store, i * 1000, server, tool);
+        store.insert_record(&rec).expect("insert");
+        out.push(rec);
+    }
+    out
+}
+
+#[test]
+fn query_without_filter_is_everything_in_time_order() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let all = seeded(&store);
+    assert_eq!(store.query(&AuditFilter::default()).expect("query"), all);
+}
+
+#[test]
+fn query_since() {
+    let dir = tmp();
+    let store = open(dir.path());
+    seeded(&store);
+    let f = AuditFilter { since_ms: Some(7_000), ..Default::default() };
+    assert_eq!(ids(&store.query(&f).expect("query")), vec![7_000, 8_000, 9_000, 10_000]);
+    let f = AuditFilter { since_ms: Some(10_001), ..Default::default() };
+    assert!(store.query(&f).expect("query").is_empty());
+}
+
+#[test]
+fn query_server_matches_endpoint_or_host_substring() {
+    let dir = tmp();
+    let store = open(dir.path());
+    seeded(&store);
+    let f = AuditFilter { server: Some("18002".into()), ..Default::default() };
+    assert_eq!(ids(&store.query(&f).expect("query")), vec![2_000, 4_000, 6_000, 8_000, 10_000]);
+    // Host-only hit: the endpoint of this record says nothing about "example".
+    let dir2 = tmp();
+    let s2 = open(dir2.path());
+    let mut r = rec_at(&s2, 5, "http://10.0.0.1:80/mcp", None);
+    r.host = Some("mcp.example.org".into());
+    s2.insert_record(&r).expect("insert");
+    let f = AuditFilter { server: Some("example.org".into()), ..Default::default() };
+    assert_eq!(s2.query(&f).expect("query"), vec![r]);
+}
+
+#[test]
+fn query_tool_is_exact() {
+    let dir = tmp();
+    let store = open(dir.path());
+    seeded(&store);
+    let f = AuditFilter { tool: Some("search".into()), ..Default::default() };
+    assert_eq!(ids(&store.query(&f).expect("query")), vec![3_000, 6_000, 9_000]);
+    let f = AuditFilter { tool: Some("sea".into()), ..Default::default() };
+    assert!(store.query(&f).expect("query").is_empty());
+}
+
+#[test]
+fn query_limit_keeps_the_newest_in_time_order() {
+    let dir = tmp();
+    let store = open(dir.path());
+    seeded(&store);
+    let f = AuditFilter { limit: Some(3), ..Default::default() };
+    assert_eq!(ids(&store.query(&f).expect("query")), vec![8_000, 9_000, 10_000]);
+    let f = AuditFilter { limit: Some(2), tool: Some("add".into()), ..Default::default() };
+    assert_eq!(ids(&store.query(&f).expect("query")), vec![7_000, 10_000]);
+    let f = AuditFilter {
+        limit: Some(10),
+        since_ms: Some(4_000),
+        server: Some("example.com".into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(&store.query(&f).expect("query")), vec![5_000, 7_000, 9_000]);
+    let f = AuditFilter { limit: Some(0), ..Default::default() };
+    assert!(store.query(&f).expect("query").is_empty());
+}
+
+#[test]
+fn query_since_seeks_by_key_instead_of_scanning() {
+    let dir = tmp();
+    let store = open(dir.path());
+    // An old key carrying a recent ts_ms: a full scan would return it, a seek to
+    // `since` (minus the slack) never reads it.
+    let mut stray = rec_at(&store, 1_000, "http://a/mcp", None);
+    stray.ts_ms = 10_000_000;
+    store.insert_record(&stray).expect("insert");
+    let inside = rec_at(&store, 10_000_000, "http://a/mcp", None);
+    store.insert_record(&inside).expect("insert");
+    let f = AuditFilter { since_ms: Some(9_000_000), ..Default::default() };
+    assert_eq!(store.query(&f).expect("query"), vec![inside.clone()]);
+    // Without `since` both are visible, proving the stray one is otherwise matchable.
+    assert_eq!(store.query(&AuditFilter::default()).expect("query").len(), 2);
+    // A key a little older than its ts_ms (within the slack) is still found.
+    let mut late = rec_at(&store, 20_000_000, "http://a/mcp", None);
+    late.ts_ms = 20_000_000 + SINCE_SEEK_SLACK_MS / 2;
+    store.insert_record(&late).expect("insert");
+    let f = AuditFilter { since_ms: Some(late.ts_ms), ..Default::default() };
+    assert_eq!(store.query(&f).expect("query"), vec![late]);
+}
+
+#[test]
+fn servers_put_replace_and_list() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let mut a = ServerEntry {
+        endpoint: "http://127.0.0.1:18003/mcp".into(),
+        transport: "streamable-http".into(),
+        server_name: Some("demo".into()),
+        tools: vec![ToolEntry { name: "add".into(), hash: "ab".into(), first_seen_ms: 1, calls: 2 }],
+        clients: vec![ClientUse { comm: "node".into(), uid: 1000, ..Default::default() }],
+        capabilities: Some(serde_json::json!({"tools": {"listChanged": true}})),
+        ..Default::default()
+    };
+    let b = ServerEntry { endpoint: "http://127.0.0.1:18004/mcp".into(), ..Default::default() };
+    store.put_server(&b).expect("put");
+    store.put_server(&a).expect("put");
+    a.call_count = 9;
+    store.put_server(&a).expect("put again");
+    assert_eq!(store.servers().expect("servers"), vec![a, b]);
+}
+
+#[test]
+fn records_and_servers_survive_reopen() {
+    let dir = tmp();
+    let (records, server, last_id) = {
+        let store = open(dir.path());
+        let records = seeded(&store);
+        let server = ServerEntry { endpoint: "http://127.0.0.1:18005/mcp".into(), call_count: 4, ..Default::default() };
+        store.put_server(&server).expect("put");
+        // An id from "the future" (clock stepped back since): new ids must still sort after it.
+        let future = rec_at(&store, id::now_ms() + 86_400_000, "http://a/mcp", None);
+        store.insert_record(&future).expect("insert");
+        store.flush().expect("flush");
+        let mut records = records;
+        records.push(future.clone());
+        (records, server, future.id)
+    };
+    let store = open(dir.path());
+    assert_eq!(store.record_count(), records.len() as u64);
+    assert_eq!(store.query(&AuditFilter::default()).expect("query"), records);
+    assert_eq!(store.servers().expect("servers"), vec![server]);
+    let next = store.new_record_id();
+    assert!(next > last_id, "{next} must sort after {last_id}");
+}
+
+#[test]
+fn second_opener_gets_a_clear_lock_error() {
+    let dir = tmp();
+    let first = open(dir.path());
+    let err = Store::open(dir.path(), opts(10)).expect_err("second open must fail");
+    match &err {
+        StoreError::Locked { dir: d, holder } => {
+            assert_eq!(d, dir.path());
+            assert_eq!(*holder, Some(std::process::id()));
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("another mcpwatchd"), "{msg}");
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    // A clone keeps the lock; dropping the last handle releases it.
+    let clone = first.clone();
+    drop(first);
+    assert!(matches!(Store::open(dir.path(), opts(10)), Err(StoreError::Locked { .. })));
+    drop(clone);
+    Store::open(dir.path(), opts(10)).expect("open after release");
+}
+
+#[test]
+fn pruning_keeps_the_newest_within_the_bound() {
+    let dir = tmp();
+    let max = 128u64;
+    let store = Store::open(dir.path(), opts(max)).expect("open");
+    let mut all = Vec::new();
+    for i in 0..1_000u64 {
+        let rec = rec_at(&store, 1_000 + i, "http://a/mcp", None);
+        store.insert_record(&rec).expect("insert");
+        all.push(rec);
+        assert!(store.record_count() <= max, "bound exceeded at insert {i}");
+    }
+    let slack = max / 64;
+    let kept = store.query(&AuditFilter::default()).expect("query");
+    assert_eq!(kept.len() as u64, store.record_count());
+    assert!(store.record_count() >= max - slack, "pruned too much: {}", store.record_count());
+    // What is kept is exactly the newest records.
+    assert_eq!(kept, all[all.len() - kept.len()..].to_vec());
+    assert_eq!(store.get_record(&all[0].id).expect("get"), None);
+}
+
+#[test]
+fn lowering_the_bound_prunes_at_open() {
+    let dir = tmp();
+    let all = {
+        let store = open(dir.path());
+        (0..50u64)
+            .map(|i| {
+                let rec = rec_at(&store, 1_000 + i, "http://a/mcp", None);
+                store.insert_record(&rec).expect("insert");
+                rec
+            })
+            .collect::<Vec<_>>()
+    };
+    let store = Store::open(dir.path(), opts(10)).expect("reopen");
+    assert_eq!(store.record_count(), 10);
+    assert_eq!(store.query(&AuditFilter::default()).expect("query"), all[40..].to_vec());
+}
+
+#[test]
+fn corrupt_and_newer_values_are_skipped_not_fatal() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let good1 = rec_at(&store, 1_000, "http://a/mcp", Some("add"));
+    store.insert_record(&good1).expect("insert");
+    let corrupt_id = store.inner.ids.next_at(2_000);
+    store.inner.records.insert(corrupt_id.as_bytes(), &b"{\"schema\":1,\"id\":\x00\xff"[..]).expect("raw");
+    let newer_id = store.inner.ids.next_at(3_000);
+    store
+        .inner
+        .records
+        .insert(newer_id.as_bytes(), &br#"{"schema":99,"id":"x","ts_ms":3000,"shape":"new"}"#[..])
+        .expect("raw");
+    let good2 = rec_at(&store, 4_000, "http://a/mcp", Some("add"));
+    store.insert_record(&good2).expect("insert");
+
+    assert_eq!(store.query(&AuditFilter::default()).expect("query"), vec![good1.clone(), good2.clone()]);
+    let f = AuditFilter { limit: Some(2), ..Default::default() };
+    assert_eq!(store.query(&f).expect("query"), vec![good1, good2]);
+
+    assert!(matches!(
+        store.get_record(&corrupt_id),
+        Err(StoreError::Unreadable { reason: DecodeError::Corrupt(_), .. })
+    ));
+    assert!(matches!(
+        store.get_record(&newer_id),
+        Err(StoreError::Unreadable { reason: DecodeError::NewerSchema { found: 99, .. }, .. })
+    ));
+
+    let ok = ServerEntry { endpoint: "http://b/mcp".into(), ..Default::default() };
+    store.put_server(&ok).expect("put");
+    store.inner.servers.insert(b"http://a/mcp", &b"not json"[..]).expect("raw");
+    assert_eq!(store.servers().expect("servers"), vec![ok]);
+}
+
+#[test]
+fn newer_store_layout_is_refused() {
+    let dir = tmp();
+    {
+        let store = open(dir.path());
+        let meta = store.inner.db.open_tree("meta").expect("meta");
+        meta.insert(META_SCHEMA_VERSION, &b"99"[..]).expect("raw");
+        store.flush().expect("flush");
+    }
+    match Store::open(dir.path(), opts(10)) {
+        Err(StoreError::NewerLayout { found: 99, supported: STORE_LAYOUT_VERSION, .. }) => {}
+        other => panic!("expected NewerLayout, got {other:?}"),
+    }
+}
+
+#[test]
+fn layout_version_is_written_on_create() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let meta = store.inner.db.open_tree("meta").expect("meta");
+    assert_eq!(
+        meta.get(META_SCHEMA_VERSION).expect("get").as_deref(),
+        Some(STORE_LAYOUT_VERSION.to_string().as_bytes())
+    );
+}
