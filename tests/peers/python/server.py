@@ -1,0 +1,171 @@
+"""A real MCP server on the official Python SDK (mcp 2.3.0), for mcpwatch's tests.
+
+Why it exists: mcpwatch must be tested against servers it did not write. This one
+serves the tools the threat scenarios need (a PII-leaking `lookup_customer`, a
+destructive `delete_records`, a path-taking `read_file`) and records every
+`tools/call` it actually receives, so a test can prove what got through a proxy
+and what did not.
+
+CLI:
+  server.py [--host 127.0.0.1] [--port 0] [--path /mcp]
+            [--transport streamable|sse] [--json-response] [--stateless]
+            [--host-check auto|strict|off] [--record FILE]
+
+Prints one line `ready HOST:PORT` on stdout once the socket is listening (with
+--port 0 the kernel picks the port; read it from that line). Everything else
+(uvicorn logs) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+from typing import Any
+
+import anyio
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+
+# Fake but well-formed sensitive data: an SSN in valid format (area not 000/666/9xx,
+# group not 00, serial not 0000), the Visa test card (Luhn-valid) and an email.
+FAKE_SSN = "536-22-8741"
+FAKE_CARD = "4111 1111 1111 1111"
+FAKE_EMAIL = "jane.doe@example.com"
+
+
+class Recorder:
+    """Appends one JSON line per tools/call to a file (or does nothing)."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        if path:
+            # Truncate so a test reads only this run's calls.
+            with open(path, "w", encoding="utf-8"):
+                pass
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if not self._path:
+            return
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        with self._lock, open(self._path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+
+
+def build_server(recorder: Recorder) -> MCPServer:
+    async def record_tool_calls(ctx: Any, call_next: Any) -> Any:
+        # Middleware sees the raw params before validation, so even a call to an
+        # unknown tool or with bad arguments is recorded as received.
+        if ctx.method == "tools/call":
+            params = dict(ctx.params or {})
+            recorder.record(
+                {
+                    "method": "tools/call",
+                    "tool": params.get("name"),
+                    "arguments": params.get("arguments") or {},
+                }
+            )
+        return await call_next(ctx)
+
+    mcp = MCPServer(
+        name="mcpwatch-peer-python",
+        version="0.1.0",
+        log_level="WARNING",
+        middleware=[record_tool_calls],
+    )
+
+    @mcp.tool(description="Return the given text unchanged")
+    def echo(text: str) -> str:
+        return text
+
+    @mcp.tool(description="Add two numbers")
+    def add(a: float, b: float) -> str:
+        total = a + b
+        return str(int(total)) if float(total).is_integer() else str(total)
+
+    @mcp.tool(description="Look up a customer record by id")
+    def lookup_customer(customer_id: str) -> str:
+        return (
+            f"customer {customer_id}: Jane Doe, email {FAKE_EMAIL}, "
+            f"SSN {FAKE_SSN}, card {FAKE_CARD}, status active"
+        )
+
+    @mcp.tool(description="Delete every record of a table")
+    def delete_records(table: str) -> str:
+        # Destructive in name only: nothing is deleted.
+        return f"deleted 42 records from {table}"
+
+    @mcp.tool(description="Read a file from the server's disk")
+    def read_file(path: str) -> str:
+        # Never touches the disk: returns a fixed fake body naming the path.
+        return f"contents of {path}: hello from the python peer"
+
+    return mcp
+
+
+def transport_security(mode: str, host: str) -> TransportSecuritySettings | None:
+    if mode == "auto":
+        return None  # SDK default: Host/Origin checks only when bound to a loopback name
+    if mode == "off":
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{host}:*"],
+        allowed_origins=[f"http://{host}:*"],
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--path", default="/mcp", help="Streamable HTTP endpoint path")
+    ap.add_argument("--transport", choices=["streamable", "sse"], default="streamable")
+    ap.add_argument("--json-response", action="store_true", help="JSON bodies instead of SSE responses")
+    ap.add_argument("--stateless", action="store_true", help="no Mcp-Session-Id for handshake-era clients")
+    ap.add_argument("--host-check", choices=["auto", "strict", "off"], default="auto")
+    ap.add_argument("--record", default=None, help="append every tools/call as a JSON line here")
+    args = ap.parse_args()
+
+    mcp = build_server(Recorder(args.record))
+    security = transport_security(args.host_check, args.host)
+    if args.transport == "streamable":
+        app = mcp.streamable_http_app(
+            streamable_http_path=args.path,
+            json_response=args.json_response,
+            stateless_http=args.stateless,
+            transport_security=security,
+            host=args.host,
+        )
+    else:
+        app = mcp.sse_app(transport_security=security, host=args.host)
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            while not server.started:
+                await anyio.sleep(0.01)
+            host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+            print(f"ready {host}:{port}", flush=True)
+
+    anyio.run(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
