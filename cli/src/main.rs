@@ -1,1 +1,349 @@
-fn main() {}
+//! `mcpwatch`: the operator's view of mcpwatchd (inventory, audit trail, status).
+//!
+//! Why a separate, thin binary: it must run as an unprivileged member of the `mcpwatch`
+//! group and never link the daemon (aya, sled, hyper). It only speaks the control
+//! protocol from `mcpwatch_api` over the daemon's Unix socket.
+//!
+//! Exit codes: 0 on success (also when stdout is closed early, as in
+//! `mcpwatch audit | head -1`), 2 on any error, including usage errors.
+
+mod client;
+mod table;
+mod view;
+
+use std::fmt;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use mcpwatch_api::{AuditFilter, AuditRecord, DEFAULT_CONTROL_SOCKET, Request, Response};
+
+use crate::client::{Conn, daemon_error};
+use crate::table::Table;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcpwatch",
+    version,
+    about = "Inspect what mcpwatchd sees: MCP servers on this host, the audit trail, daemon status."
+)]
+struct Cli {
+    /// Path of mcpwatchd's control socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "MCPWATCH_SOCKET",
+        default_value = DEFAULT_CONTROL_SOCKET
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// MCP servers seen on this host: transport, serverInfo, tools, calls, clients.
+    List {
+        /// Print the inventory as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audited MCP messages: who called which tool on which server, and how it went.
+    Audit(AuditArgs),
+    /// Daemon health: failure mode, interception, listeners, counters, warnings.
+    Status {
+        /// Print the status as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Keep printing records as they arrive, until interrupted or the daemon closes.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only records from this long ago onwards, e.g. 30s, 10m, 1h, 2days.
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    since: Option<Duration>,
+    /// Only servers whose endpoint or host contains this text.
+    #[arg(long, value_name = "S")]
+    server: Option<String>,
+    /// Only messages about this tool, resource or prompt (exact name).
+    #[arg(long, value_name = "T")]
+    tool: Option<String>,
+    /// Show the newest N matching records (0 for all).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    limit: usize,
+    /// One JSON object per record and line (NDJSON).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_since(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 1h, 2days)"))
+}
+
+/// A failed write to stdout, kept apart from socket errors so that a closed pipe
+/// (`| head`) can end the program quietly.
+#[derive(Debug)]
+struct StdoutError(io::Error);
+
+impl fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "writing to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
+fn emit(out: &mut dyn Write, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes())
+        .map_err(|e| StdoutError(e).into())
+}
+
+fn flush(out: &mut dyn Write) -> Result<()> {
+    out.flush().map_err(|e| StdoutError(e).into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = BufWriter::new(io::stdout().lock());
+    let result = run(&cli, &mut out).and_then(|()| flush(&mut out));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(StdoutError(io)) = e.downcast_ref::<StdoutError>()
+                && io.kind() == io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
+            // Whatever was printed before the error goes out first.
+            let _ = out.flush();
+            let _ = writeln!(io::stderr(), "mcpwatch: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
+    match &cli.command {
+        Command::List { json } => list(&cli.socket, *json, out),
+        Command::Audit(args) => audit(&cli.socket, args, out),
+        Command::Status { json } => status(&cli.socket, *json, out),
+    }
+}
+
+fn list(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    let servers = match Conn::call(socket, &Request::List)? {
+        Response::List { servers } => servers,
+        other => return Err(unexpected("list", &other)),
+    };
+    if json {
+        let mut text = serde_json::to_string_pretty(&servers)?;
+        text.push('\n');
+        emit(out, &text)
+    } else {
+        emit(out, &view::inventory_table(&servers, now_ms()))
+    }
+}
+
+fn status(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    let status = match Conn::call(socket, &Request::Status)? {
+        Response::Status(s) => s,
+        other => return Err(unexpected("status", &other)),
+    };
+    if json {
+        let mut text = serde_json::to_string_pretty(&status)?;
+        text.push('\n');
+        emit(out, &text)
+    } else {
+        emit(out, &view::status_text(&status))
+    }
+}
+
+fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
+    let now = now_ms();
+    let filter = AuditFilter {
+        since_ms: args
+            .since
+            .map(|d| now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
+        server: args.server.clone(),
+        tool: args.tool.clone(),
+        limit: (args.limit > 0).then_some(args.limit),
+    };
+    let mut printer = RecordPrinter::new(args.json);
+
+    if !args.follow {
+        let records = match Conn::call(socket, &Request::Audit { filter })? {
+            Response::Audit { records } => records,
+            other => return Err(unexpected("audit", &other)),
+        };
+        if records.is_empty() && !args.json {
+            return emit(out, &format!("{}\n", view::EMPTY_AUDIT));
+        }
+        return printer.batch(&records, out);
+    }
+
+    let mut conn = Conn::connect(socket, true)?;
+    conn.send(&Request::AuditFollow { filter })?;
+    loop {
+        match conn.next()? {
+            Some(Response::Audit { records }) => printer.batch(&records, out)?,
+            Some(Response::Record { record }) => {
+                printer.batch(std::slice::from_ref(&record), out)?
+            }
+            Some(Response::Error { message }) => return Err(daemon_error(&message)),
+            Some(other) => return Err(unexpected("audit --follow", &other)),
+            None => {
+                flush(out)?;
+                let _ = writeln!(io::stderr(), "mcpwatch: mcpwatchd closed the stream");
+                return Ok(());
+            }
+        }
+        // Followers want each record as it arrives, not when a buffer fills.
+        flush(out)?;
+    }
+}
+
+/// Prints records as a table (header once, widths fixed after the first batch so
+/// streamed rows stay aligned) or as NDJSON.
+struct RecordPrinter {
+    json: bool,
+    table: Option<Table>,
+    /// Set once the TIME column was fixed too narrow for a date (see `batch`).
+    time_only: bool,
+}
+
+/// Width of a dated TIME cell, `YYYY-MM-DD HH:MM:SS.mmm`.
+const DATE_TIME_WIDTH: usize = 23;
+
+impl RecordPrinter {
+    fn new(json: bool) -> RecordPrinter {
+        RecordPrinter {
+            json,
+            table: None,
+            time_only: false,
+        }
+    }
+
+    fn batch(&mut self, records: &[AuditRecord], out: &mut dyn Write) -> Result<()> {
+        if self.json {
+            for r in records {
+                let mut line = serde_json::to_string(r)?;
+                line.push('\n');
+                emit(out, &line)?;
+            }
+            return Ok(());
+        }
+        let now = now_ms();
+        let rows: Vec<Vec<String>> = records
+            .iter()
+            .map(|r| view::audit_row(r, now, self.time_only))
+            .collect();
+        if self.table.is_none() {
+            let mut t = Table::new(view::audit_columns());
+            t.fit(&rows);
+            emit(out, &format!("{}\n", t.header()))?;
+            // Later rows must fit the widths fixed now: if no date fitted in TIME, later
+            // rows show the time of day only rather than a cut-off date.
+            self.time_only = t.widths().first().is_some_and(|w| *w < DATE_TIME_WIDTH);
+            self.table = Some(t);
+        }
+        if let Some(table) = &self.table {
+            for row in &rows {
+                emit(out, &format!("{}\n", table.row(row)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(request: &str, resp: &Response) -> anyhow::Error {
+    let kind = match resp {
+        Response::Status(_) => "status",
+        Response::List { .. } => "list",
+        Response::Audit { .. } => "audit",
+        Response::Record { .. } => "record",
+        Response::Error { .. } => "error",
+    };
+    anyhow::anyhow!("mcpwatchd answered the {request} request with an unexpected `{kind}` response")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn audit_defaults_and_flags() {
+        let cli = Cli::try_parse_from(["mcpwatch", "audit"]).expect("parse");
+        let Command::Audit(a) = cli.command else {
+            panic!("expected audit")
+        };
+        assert_eq!(
+            (a.limit, a.follow, a.json, a.since),
+            (50, false, false, None)
+        );
+
+        let cli = Cli::try_parse_from([
+            "mcpwatch",
+            "audit",
+            "--follow",
+            "--since",
+            "10m",
+            "--server",
+            "example",
+            "--tool",
+            "add",
+            "--limit",
+            "5",
+            "--json",
+            "--socket",
+            "/tmp/x.sock",
+        ])
+        .expect("parse");
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        let Command::Audit(a) = cli.command else {
+            panic!("expected audit")
+        };
+        assert!(a.follow && a.json);
+        assert_eq!(a.since, Some(Duration::from_secs(600)));
+        assert_eq!(
+            (a.server.as_deref(), a.tool.as_deref(), a.limit),
+            (Some("example"), Some("add"), 5)
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_a_usage_error() {
+        let err =
+            Cli::try_parse_from(["mcpwatch", "audit", "--since", "soon"]).expect_err("must fail");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("examples: 30s"), "{err}");
+    }
+
+    #[test]
+    fn global_socket_flag_works_before_the_subcommand() {
+        let cli =
+            Cli::try_parse_from(["mcpwatch", "--socket", "/s", "list", "--json"]).expect("parse");
+        assert_eq!(cli.socket, PathBuf::from("/s"));
+        assert!(matches!(cli.command, Command::List { json: true }));
+    }
+}

@@ -7,7 +7,7 @@
 //! failing a whole query. Server entries are wrapped in `{"schema":N,"server":{..}}`
 //! for the same reason.
 
-use mcpwatch_api::{AuditRecord, ServerEntry, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{AUDIT_SCHEMA_VERSION, AuditRecord, ServerEntry};
 use serde::{Deserialize, Serialize};
 
 /// Version of the inventory value layout.
@@ -29,7 +29,10 @@ pub(crate) fn encode_record(rec: &AuditRecord) -> Result<Vec<u8>, serde_json::Er
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<AuditRecord, DecodeError> {
     let schema = peek_schema(bytes)?;
     if schema > AUDIT_SCHEMA_VERSION {
-        return Err(DecodeError::NewerSchema { found: schema, supported: AUDIT_SCHEMA_VERSION });
+        return Err(DecodeError::NewerSchema {
+            found: schema,
+            supported: AUDIT_SCHEMA_VERSION,
+        });
     }
     serde_json::from_slice(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))
 }
@@ -46,13 +49,19 @@ struct ServerRow {
 }
 
 pub(crate) fn encode_server(s: &ServerEntry) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&ServerRowRef { schema: SERVER_SCHEMA_VERSION, server: s })
+    serde_json::to_vec(&ServerRowRef {
+        schema: SERVER_SCHEMA_VERSION,
+        server: s,
+    })
 }
 
 pub(crate) fn decode_server(bytes: &[u8]) -> Result<ServerEntry, DecodeError> {
     let schema = peek_schema(bytes)?;
     if schema > SERVER_SCHEMA_VERSION {
-        return Err(DecodeError::NewerSchema { found: schema, supported: SERVER_SCHEMA_VERSION });
+        return Err(DecodeError::NewerSchema {
+            found: schema,
+            supported: SERVER_SCHEMA_VERSION,
+        });
     }
     serde_json::from_slice::<ServerRow>(bytes)
         .map(|row| row.server)
@@ -67,7 +76,9 @@ fn peek_schema(bytes: &[u8]) -> Result<u32, DecodeError> {
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
         if digits > 0 && digits <= 9 && matches!(rest.get(digits), Some(b',') | Some(b'}')) {
             // At most 9 ASCII digits: always a valid u32.
-            let n = rest[..digits].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+            let n = rest[..digits]
+                .iter()
+                .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
             return Ok(n);
         }
     }
@@ -86,9 +97,17 @@ mod tests {
 
     #[test]
     fn record_roundtrips_and_schema_is_the_first_field() {
-        let rec = AuditRecord { schema: AUDIT_SCHEMA_VERSION, id: "x".into(), ..Default::default() };
+        let rec = AuditRecord {
+            schema: AUDIT_SCHEMA_VERSION,
+            id: "x".into(),
+            ..Default::default()
+        };
         let bytes = encode_record(&rec).expect("encode");
-        assert!(bytes.starts_with(b"{\"schema\":1,"), "{}", String::from_utf8_lossy(&bytes));
+        assert!(
+            bytes.starts_with(b"{\"schema\":1,"),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
         assert_eq!(decode_record(&bytes), Ok(rec));
     }
 
@@ -98,16 +117,29 @@ mod tests {
         let v = br#"{"schema":99,"id":"x","something_new":{"a":1}}"#;
         assert_eq!(
             decode_record(v),
-            Err(DecodeError::NewerSchema { found: 99, supported: AUDIT_SCHEMA_VERSION })
+            Err(DecodeError::NewerSchema {
+                found: 99,
+                supported: AUDIT_SCHEMA_VERSION
+            })
         );
         // Same when `schema` is not the first key.
         let v = br#"{"id":"x","schema":7}"#;
-        assert!(matches!(decode_record(v), Err(DecodeError::NewerSchema { found: 7, .. })));
+        assert!(matches!(
+            decode_record(v),
+            Err(DecodeError::NewerSchema { found: 7, .. })
+        ));
     }
 
     #[test]
     fn garbage_is_corrupt_not_a_panic() {
-        for v in [&b""[..], b"\xff\xfe", b"{\"schema\":", b"{\"schema\":1,\"id\":", b"[]", b"{\"schema\":99999999999}"] {
+        for v in [
+            &b""[..],
+            b"\xff\xfe",
+            b"{\"schema\":",
+            b"{\"schema\":1,\"id\":",
+            b"[]",
+            b"{\"schema\":99999999999}",
+        ] {
             assert!(
                 matches!(decode_record(v), Err(DecodeError::Corrupt(_))),
                 "{:?}",
@@ -118,7 +150,11 @@ mod tests {
 
     #[test]
     fn server_roundtrips_in_its_envelope() {
-        let s = ServerEntry { endpoint: "http://127.0.0.1:1/mcp".into(), call_count: 3, ..Default::default() };
+        let s = ServerEntry {
+            endpoint: "http://127.0.0.1:1/mcp".into(),
+            call_count: 3,
+            ..Default::default()
+        };
         let bytes = encode_server(&s).expect("encode");
         assert!(bytes.starts_with(b"{\"schema\":1,\"server\":"));
         assert_eq!(decode_server(&bytes), Ok(s));

@@ -26,7 +26,9 @@ pub(crate) struct IdGen {
 impl IdGen {
     /// Starts after `floor` (the packed value of the highest id already stored, or 0).
     pub(crate) fn new(floor: u64) -> IdGen {
-        IdGen { last: AtomicU64::new(floor) }
+        IdGen {
+            last: AtomicU64::new(floor),
+        }
     }
 
     pub(crate) fn next(&self) -> String {
@@ -52,7 +54,12 @@ impl IdGen {
 
 /// `ms * 1_000_000 + seq` rendered as 26 digits.
 fn format_id(packed: u64) -> String {
-    format!("{:0ms$}{:06}", packed / SEQ_PER_MS, packed % SEQ_PER_MS, ms = MS_DIGITS)
+    format!(
+        "{:0ms$}{:06}",
+        packed / SEQ_PER_MS,
+        packed % SEQ_PER_MS,
+        ms = MS_DIGITS
+    )
 }
 
 /// The packed value of a well-formed id, `None` for anything else.
@@ -88,7 +95,10 @@ mod tests {
         let id = g.next_at(1_700_000_000_123);
         assert_eq!(id, "00000001700000000123000000");
         assert_eq!(id.len(), ID_LEN);
-        assert_eq!(parse_id(id.as_bytes()), Some(1_700_000_000_123 * SEQ_PER_MS));
+        assert_eq!(
+            parse_id(id.as_bytes()),
+            Some(1_700_000_000_123 * SEQ_PER_MS)
+        );
     }
 
     #[test]
@@ -118,7 +128,12 @@ mod tests {
 
     #[test]
     fn malformed_ids_do_not_parse() {
-        for bad in [&b""[..], b"123", b"0000000000000000200000000x", b"000000000000000020000000000"] {
+        for bad in [
+            &b""[..],
+            b"123",
+            b"0000000000000000200000000x",
+            b"000000000000000020000000000",
+        ] {
             assert_eq!(parse_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

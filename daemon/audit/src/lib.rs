@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mcpwatch_api::{AuditFilter, AuditRecord, ServerEntry, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{AUDIT_SCHEMA_VERSION, AuditFilter, AuditRecord, ServerEntry};
 
 pub use codec::{DecodeError, SERVER_SCHEMA_VERSION};
 pub use id::ID_LEN;
@@ -59,7 +59,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
-        StoreOptions { max_records: 1_000_000, flush_every_ms: Some(500) }
+        StoreOptions {
+            max_records: 1_000_000,
+            flush_every_ms: Some(500),
+        }
     }
 }
 
@@ -72,9 +75,19 @@ pub enum StoreError {
     )]
     Locked { dir: PathBuf, holder: Option<u32> },
     #[error("audit store {path}: {action}: {source}")]
-    Io { path: PathBuf, action: &'static str, source: std::io::Error },
-    #[error("audit store {dir} has layout version {found}; this build understands up to {supported}")]
-    NewerLayout { dir: PathBuf, found: u32, supported: u32 },
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit store {dir} has layout version {found}; this build understands up to {supported}"
+    )]
+    NewerLayout {
+        dir: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("audit store meta value {key} is unreadable: {value:?}")]
     BadMeta { key: &'static str, value: String },
     #[error("audit store (sled) failed: {0}")]
@@ -84,9 +97,16 @@ pub enum StoreError {
     #[error("record {id} already exists")]
     DuplicateId { id: String },
     #[error("record {id} has schema {found}; this build writes schema {supported}")]
-    UnsupportedSchema { id: String, found: u32, supported: u32 },
+    UnsupportedSchema {
+        id: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("cannot encode {what}: {source}")]
-    Encode { what: &'static str, source: serde_json::Error },
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("stored record {id} is unreadable: {reason}")]
     Unreadable { id: String, reason: DecodeError },
 }
@@ -140,7 +160,10 @@ impl Store {
                 // Our own lock should make this unreachable, but a process that bypassed
                 // it (an older build) still gets the clear message.
                 sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked { dir: dir.to_path_buf(), holder: None }
+                    StoreError::Locked {
+                        dir: dir.to_path_buf(),
+                        holder: None,
+                    }
                 }
                 other => StoreError::Db(other),
             })?;
@@ -187,7 +210,11 @@ impl Store {
     /// A record with `schema` 0 is stored as the current [`AUDIT_SCHEMA_VERSION`].
     pub fn insert_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
         let (key, value) = self.record_kv(rec)?;
-        match self.inner.records.compare_and_swap(key, None as Option<&[u8]>, Some(value))? {
+        match self
+            .inner
+            .records
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
+        {
             Ok(()) => self.key_added(),
             Err(_) => Err(StoreError::DuplicateId { id: rec.id.clone() }),
         }
@@ -208,9 +235,14 @@ impl Store {
     pub fn get_record(&self, id: &str) -> Result<Option<AuditRecord>, StoreError> {
         match self.inner.records.get(id.as_bytes())? {
             None => Ok(None),
-            Some(v) => codec::decode_record(&v)
-                .map(Some)
-                .map_err(|reason| StoreError::Unreadable { id: id.to_string(), reason }),
+            Some(v) => {
+                codec::decode_record(&v)
+                    .map(Some)
+                    .map_err(|reason| StoreError::Unreadable {
+                        id: id.to_string(),
+                        reason,
+                    })
+            }
         }
     }
 
@@ -219,7 +251,9 @@ impl Store {
     /// the whole store. Unreadable values are skipped with one warning per query.
     pub fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let start = id::key_floor_for_ms(
-            filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS)),
+            filter
+                .since_ms
+                .map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS)),
         );
         let iter = self.inner.records.range(start.as_bytes()..);
         let mut skipped = Skipped::default();
@@ -262,8 +296,10 @@ impl Store {
 
     /// Inserts or replaces the inventory entry keyed by `s.endpoint`.
     pub fn put_server(&self, s: &ServerEntry) -> Result<(), StoreError> {
-        let value = codec::encode_server(s)
-            .map_err(|source| StoreError::Encode { what: "server entry", source })?;
+        let value = codec::encode_server(s).map_err(|source| StoreError::Encode {
+            what: "server entry",
+            source,
+        })?;
         self.inner.servers.insert(s.endpoint.as_bytes(), value)?;
         Ok(())
     }
@@ -295,7 +331,10 @@ impl Store {
         }
         let value = match rec.schema {
             AUDIT_SCHEMA_VERSION => codec::encode_record(rec),
-            0 => codec::encode_record(&AuditRecord { schema: AUDIT_SCHEMA_VERSION, ..rec.clone() }),
+            0 => codec::encode_record(&AuditRecord {
+                schema: AUDIT_SCHEMA_VERSION,
+                ..rec.clone()
+            }),
             found => {
                 return Err(StoreError::UnsupportedSchema {
                     id: rec.id.clone(),
@@ -304,7 +343,10 @@ impl Store {
                 });
             }
         }
-        .map_err(|source| StoreError::Encode { what: "audit record", source })?;
+        .map_err(|source| StoreError::Encode {
+            what: "audit record",
+            source,
+        })?;
         Ok((rec.id.as_bytes().to_vec(), value))
     }
 
@@ -397,7 +439,11 @@ fn acquire_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE_NAME);
     let io_err = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
-        move |source| StoreError::Io { path, action, source }
+        move |source| StoreError::Io {
+            path,
+            action,
+            source,
+        }
     };
     let mut file = OpenOptions::new()
         .read(true)
@@ -419,8 +465,10 @@ fn acquire_lock(dir: &Path) -> Result<File, StoreError> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
     }
-    file.set_len(0).map_err(io_err("truncate lock file", &path))?;
-    file.seek(SeekFrom::Start(0)).map_err(io_err("seek lock file", &path))?;
+    file.set_len(0)
+        .map_err(io_err("truncate lock file", &path))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_err("seek lock file", &path))?;
     writeln!(file, "{}", std::process::id()).map_err(io_err("write lock file", &path))?;
     Ok(file)
 }
@@ -429,7 +477,10 @@ fn acquire_lock(dir: &Path) -> Result<File, StoreError> {
 fn check_layout(meta: &sled::Tree, dir: &Path) -> Result<(), StoreError> {
     match meta.get(META_SCHEMA_VERSION)? {
         None => {
-            meta.insert(META_SCHEMA_VERSION, STORE_LAYOUT_VERSION.to_string().as_bytes())?;
+            meta.insert(
+                META_SCHEMA_VERSION,
+                STORE_LAYOUT_VERSION.to_string().as_bytes(),
+            )?;
             Ok(())
         }
         Some(v) => {

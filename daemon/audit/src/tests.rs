@@ -8,7 +8,10 @@ fn tmp() -> tempfile::TempDir {
 }
 
 fn opts(max_records: u64) -> StoreOptions {
-    StoreOptions { max_records, flush_every_ms: None }
+    StoreOptions {
+        max_records,
+        flush_every_ms: None,
+    }
 }
 
 fn open(dir: &Path) -> Store {
@@ -22,13 +25,33 @@ fn rec_at(store: &Store, ts_ms: u64, server: &str, tool: Option<&str>) -> AuditR
         id: store.inner.ids.next_at(ts_ms),
         ts_ms,
         server: server.to_string(),
-        host: Some(server.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("").into()),
+        host: Some(
+            server
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .into(),
+        ),
         transport: "streamable-http".into(),
         kind: MessageKind::Request,
         direction: "client->server".into(),
-        method: Some(if tool.is_some() { "tools/call" } else { "tools/list" }.into()),
+        method: Some(
+            if tool.is_some() {
+                "tools/call"
+            } else {
+                "tools/list"
+            }
+            .into(),
+        ),
         name: tool.map(str::to_string),
-        process: Some(ProcessInfo { tgid: 42, comm: "python3".into(), ..Default::default() }),
+        process: Some(ProcessInfo {
+            tgid: 42,
+            comm: "python3".into(),
+            ..Default::default()
+        }),
         request_bytes: 100,
         ..Default::default()
     }
@@ -51,12 +74,24 @@ fn insert_get_roundtrip() {
     let mut rec = rec_at(&store, 1_000, "http://127.0.0.1:18001/mcp", Some("add"));
     rec.schema = 0; // unset by the caller: stored as the current version
     rec.notes = vec!["batch of 3".into()];
-    rec.status = CallStatus::JsonrpcError { code: -32601, message: "nope".into() };
+    rec.status = CallStatus::JsonrpcError {
+        code: -32601,
+        message: "nope".into(),
+    };
     store.insert_record(&rec).expect("insert");
     let got = store.get_record(&rec.id).expect("get").expect("present");
-    assert_eq!(got, AuditRecord { schema: AUDIT_SCHEMA_VERSION, ..rec.clone() });
+    assert_eq!(
+        got,
+        AuditRecord {
+            schema: AUDIT_SCHEMA_VERSION,
+            ..rec.clone()
+        }
+    );
     assert_eq!(store.record_count(), 1);
-    assert_eq!(store.get_record("00000000000000000000000000").expect("get"), None);
+    assert_eq!(
+        store.get_record("00000000000000000000000000").expect("get"),
+        None
+    );
 }
 
 #[test]
@@ -65,14 +100,33 @@ fn insert_rejects_duplicates_bad_ids_and_future_schemas() {
     let store = open(dir.path());
     let rec = rec_at(&store, 1_000, "http://a/mcp", None);
     store.insert_record(&rec).expect("insert");
-    assert!(matches!(store.insert_record(&rec), Err(StoreError::DuplicateId { .. })));
+    assert!(matches!(
+        store.insert_record(&rec),
+        Err(StoreError::DuplicateId { .. })
+    ));
     for bad in ["", "1", "abc", "0000000000000000000000000x"] {
-        let r = AuditRecord { id: bad.into(), ..rec.clone() };
-        assert!(matches!(store.insert_record(&r), Err(StoreError::InvalidId { .. })), "{bad:?}");
-        assert!(matches!(store.update_record(&r), Err(StoreError::InvalidId { .. })), "{bad:?}");
+        let r = AuditRecord {
+            id: bad.into(),
+            ..rec.clone()
+        };
+        assert!(
+            matches!(store.insert_record(&r), Err(StoreError::InvalidId { .. })),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(store.update_record(&r), Err(StoreError::InvalidId { .. })),
+            "{bad:?}"
+        );
     }
-    let future = AuditRecord { id: store.new_record_id(), schema: AUDIT_SCHEMA_VERSION + 1, ..rec.clone() };
-    assert!(matches!(store.insert_record(&future), Err(StoreError::UnsupportedSchema { .. })));
+    let future = AuditRecord {
+        id: store.new_record_id(),
+        schema: AUDIT_SCHEMA_VERSION + 1,
+        ..rec.clone()
+    };
+    assert!(matches!(
+        store.insert_record(&future),
+        Err(StoreError::UnsupportedSchema { .. })
+    ));
     assert_eq!(store.record_count(), 1);
 }
 
@@ -88,7 +142,10 @@ fn update_replaces_in_place() {
     store.update_record(&rec).expect("update");
     assert_eq!(store.get_record(&rec.id).expect("get"), Some(rec.clone()));
     assert_eq!(store.record_count(), 1);
-    assert_eq!(store.query(&AuditFilter::default()).expect("query"), vec![rec]);
+    assert_eq!(
+        store.query(&AuditFilter::default()).expect("query"),
+        vec![rec]
+    );
 }
 
 #[test]
@@ -114,14 +171,20 @@ fn new_record_ids_are_unique_and_increasing() {
         .collect();
     for h in handles {
         let ids = h.join().expect("thread");
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "per-thread ids must increase");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "per-thread ids must increase"
+        );
         all.extend(ids);
     }
     let n = all.len();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), n, "ids must be unique");
-    assert!(all.iter().all(|id| id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_digit())));
+    assert!(
+        all.iter()
+            .all(|id| id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_digit()))
+    );
 }
 
 #[test]
@@ -133,7 +196,11 @@ fn concurrent_inserts_are_all_counted() {
             let s = store.clone();
             std::thread::spawn(move || {
                 for i in 0..250u64 {
-                    let rec = AuditRecord { id: s.new_record_id(), ts_ms: t * 1000 + i, ..Default::default() };
+                    let rec = AuditRecord {
+                        id: s.new_record_id(),
+                        ts_ms: t * 1000 + i,
+                        ..Default::default()
+                    };
                     s.insert_record(&rec).expect("insert");
                 }
             })
@@ -143,14 +210,21 @@ fn concurrent_inserts_are_all_counted() {
         h.join().expect("thread");
     }
     assert_eq!(store.record_count(), 1_000);
-    assert_eq!(store.query(&AuditFilter::default()).expect("query").len(), 1_000);
+    assert_eq!(
+        store.query(&AuditFilter::default()).expect("query").len(),
+        1_000
+    );
 }
 
 /// Records at t = 1000, 2000, ... 10000 across two servers and a few tools.
 fn seeded(store: &Store) -> Vec<AuditRecord> {
     let mut out = Vec::new();
     for i in 1..=10u64 {
-        let server = if i % 2 == 0 { "http://127.0.0.1:18002/mcp" } else { "https://api.example.com:443/mcp" };
+        let server = if i % 2 == 0 {
+            "http://127.0.0.1:18002/mcp"
+        } else {
+            "https://api.example.com:443/mcp"
+        };
         let tool = match i % 3 {
             0 => Some("search"),
             1 => Some("add"),
@@ -176,9 +250,18 @@ fn query_since() {
     let dir = tmp();
     let store = open(dir.path());
     seeded(&store);
-    let f = AuditFilter { since_ms: Some(7_000), ..Default::default() };
-    assert_eq!(ids(&store.query(&f).expect("query")), vec![7_000, 8_000, 9_000, 10_000]);
-    let f = AuditFilter { since_ms: Some(10_001), ..Default::default() };
+    let f = AuditFilter {
+        since_ms: Some(7_000),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&store.query(&f).expect("query")),
+        vec![7_000, 8_000, 9_000, 10_000]
+    );
+    let f = AuditFilter {
+        since_ms: Some(10_001),
+        ..Default::default()
+    };
     assert!(store.query(&f).expect("query").is_empty());
 }
 
@@ -187,15 +270,24 @@ fn query_server_matches_endpoint_or_host_substring() {
     let dir = tmp();
     let store = open(dir.path());
     seeded(&store);
-    let f = AuditFilter { server: Some("18002".into()), ..Default::default() };
-    assert_eq!(ids(&store.query(&f).expect("query")), vec![2_000, 4_000, 6_000, 8_000, 10_000]);
+    let f = AuditFilter {
+        server: Some("18002".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&store.query(&f).expect("query")),
+        vec![2_000, 4_000, 6_000, 8_000, 10_000]
+    );
     // Host-only hit: the endpoint of this record says nothing about "example".
     let dir2 = tmp();
     let s2 = open(dir2.path());
     let mut r = rec_at(&s2, 5, "http://10.0.0.1:80/mcp", None);
     r.host = Some("mcp.example.org".into());
     s2.insert_record(&r).expect("insert");
-    let f = AuditFilter { server: Some("example.org".into()), ..Default::default() };
+    let f = AuditFilter {
+        server: Some("example.org".into()),
+        ..Default::default()
+    };
     assert_eq!(s2.query(&f).expect("query"), vec![r]);
 }
 
@@ -204,9 +296,18 @@ fn query_tool_is_exact() {
     let dir = tmp();
     let store = open(dir.path());
     seeded(&store);
-    let f = AuditFilter { tool: Some("search".into()), ..Default::default() };
-    assert_eq!(ids(&store.query(&f).expect("query")), vec![3_000, 6_000, 9_000]);
-    let f = AuditFilter { tool: Some("sea".into()), ..Default::default() };
+    let f = AuditFilter {
+        tool: Some("search".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&store.query(&f).expect("query")),
+        vec![3_000, 6_000, 9_000]
+    );
+    let f = AuditFilter {
+        tool: Some("sea".into()),
+        ..Default::default()
+    };
     assert!(store.query(&f).expect("query").is_empty());
 }
 
@@ -215,9 +316,19 @@ fn query_limit_keeps_the_newest_in_time_order() {
     let dir = tmp();
     let store = open(dir.path());
     seeded(&store);
-    let f = AuditFilter { limit: Some(3), ..Default::default() };
-    assert_eq!(ids(&store.query(&f).expect("query")), vec![8_000, 9_000, 10_000]);
-    let f = AuditFilter { limit: Some(2), tool: Some("add".into()), ..Default::default() };
+    let f = AuditFilter {
+        limit: Some(3),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&store.query(&f).expect("query")),
+        vec![8_000, 9_000, 10_000]
+    );
+    let f = AuditFilter {
+        limit: Some(2),
+        tool: Some("add".into()),
+        ..Default::default()
+    };
     assert_eq!(ids(&store.query(&f).expect("query")), vec![7_000, 10_000]);
     let f = AuditFilter {
         limit: Some(10),
@@ -225,8 +336,14 @@ fn query_limit_keeps_the_newest_in_time_order() {
         server: Some("example.com".into()),
         ..Default::default()
     };
-    assert_eq!(ids(&store.query(&f).expect("query")), vec![5_000, 7_000, 9_000]);
-    let f = AuditFilter { limit: Some(0), ..Default::default() };
+    assert_eq!(
+        ids(&store.query(&f).expect("query")),
+        vec![5_000, 7_000, 9_000]
+    );
+    let f = AuditFilter {
+        limit: Some(0),
+        ..Default::default()
+    };
     assert!(store.query(&f).expect("query").is_empty());
 }
 
@@ -241,15 +358,24 @@ fn query_since_seeks_by_key_instead_of_scanning() {
     store.insert_record(&stray).expect("insert");
     let inside = rec_at(&store, 10_000_000, "http://a/mcp", None);
     store.insert_record(&inside).expect("insert");
-    let f = AuditFilter { since_ms: Some(9_000_000), ..Default::default() };
+    let f = AuditFilter {
+        since_ms: Some(9_000_000),
+        ..Default::default()
+    };
     assert_eq!(store.query(&f).expect("query"), vec![inside.clone()]);
     // Without `since` both are visible, proving the stray one is otherwise matchable.
-    assert_eq!(store.query(&AuditFilter::default()).expect("query").len(), 2);
+    assert_eq!(
+        store.query(&AuditFilter::default()).expect("query").len(),
+        2
+    );
     // A key a little older than its ts_ms (within the slack) is still found.
     let mut late = rec_at(&store, 20_000_000, "http://a/mcp", None);
     late.ts_ms = 20_000_000 + SINCE_SEEK_SLACK_MS / 2;
     store.insert_record(&late).expect("insert");
-    let f = AuditFilter { since_ms: Some(late.ts_ms), ..Default::default() };
+    let f = AuditFilter {
+        since_ms: Some(late.ts_ms),
+        ..Default::default()
+    };
     assert_eq!(store.query(&f).expect("query"), vec![late]);
 }
 
@@ -261,12 +387,24 @@ fn servers_put_replace_and_list() {
         endpoint: "http://127.0.0.1:18003/mcp".into(),
         transport: "streamable-http".into(),
         server_name: Some("demo".into()),
-        tools: vec![ToolEntry { name: "add".into(), hash: "ab".into(), first_seen_ms: 1, calls: 2 }],
-        clients: vec![ClientUse { comm: "node".into(), uid: 1000, ..Default::default() }],
+        tools: vec![ToolEntry {
+            name: "add".into(),
+            hash: "ab".into(),
+            first_seen_ms: 1,
+            calls: 2,
+        }],
+        clients: vec![ClientUse {
+            comm: "node".into(),
+            uid: 1000,
+            ..Default::default()
+        }],
         capabilities: Some(serde_json::json!({"tools": {"listChanged": true}})),
         ..Default::default()
     };
-    let b = ServerEntry { endpoint: "http://127.0.0.1:18004/mcp".into(), ..Default::default() };
+    let b = ServerEntry {
+        endpoint: "http://127.0.0.1:18004/mcp".into(),
+        ..Default::default()
+    };
     store.put_server(&b).expect("put");
     store.put_server(&a).expect("put");
     a.call_count = 9;
@@ -280,7 +418,11 @@ fn records_and_servers_survive_reopen() {
     let (records, server, last_id) = {
         let store = open(dir.path());
         let records = seeded(&store);
-        let server = ServerEntry { endpoint: "http://127.0.0.1:18005/mcp".into(), call_count: 4, ..Default::default() };
+        let server = ServerEntry {
+            endpoint: "http://127.0.0.1:18005/mcp".into(),
+            call_count: 4,
+            ..Default::default()
+        };
         store.put_server(&server).expect("put");
         // An id from "the future" (clock stepped back since): new ids must still sort after it.
         let future = rec_at(&store, id::now_ms() + 86_400_000, "http://a/mcp", None);
@@ -292,7 +434,10 @@ fn records_and_servers_survive_reopen() {
     };
     let store = open(dir.path());
     assert_eq!(store.record_count(), records.len() as u64);
-    assert_eq!(store.query(&AuditFilter::default()).expect("query"), records);
+    assert_eq!(
+        store.query(&AuditFilter::default()).expect("query"),
+        records
+    );
     assert_eq!(store.servers().expect("servers"), vec![server]);
     let next = store.new_record_id();
     assert!(next > last_id, "{next} must sort after {last_id}");
@@ -312,11 +457,17 @@ fn second_opener_gets_a_clear_lock_error() {
     }
     let msg = err.to_string();
     assert!(msg.contains("another mcpwatchd"), "{msg}");
-    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
     // A clone keeps the lock; dropping the last handle releases it.
     let clone = first.clone();
     drop(first);
-    assert!(matches!(Store::open(dir.path(), opts(10)), Err(StoreError::Locked { .. })));
+    assert!(matches!(
+        Store::open(dir.path(), opts(10)),
+        Err(StoreError::Locked { .. })
+    ));
     drop(clone);
     Store::open(dir.path(), opts(10)).expect("open after release");
 }
@@ -336,7 +487,11 @@ fn pruning_keeps_the_newest_within_the_bound() {
     let slack = max / 64;
     let kept = store.query(&AuditFilter::default()).expect("query");
     assert_eq!(kept.len() as u64, store.record_count());
-    assert!(store.record_count() >= max - slack, "pruned too much: {}", store.record_count());
+    assert!(
+        store.record_count() >= max - slack,
+        "pruned too much: {}",
+        store.record_count()
+    );
     // What is kept is exactly the newest records.
     assert_eq!(kept, all[all.len() - kept.len()..].to_vec());
     assert_eq!(store.get_record(&all[0].id).expect("get"), None);
@@ -357,7 +512,10 @@ fn lowering_the_bound_prunes_at_open() {
     };
     let store = Store::open(dir.path(), opts(10)).expect("reopen");
     assert_eq!(store.record_count(), 10);
-    assert_eq!(store.query(&AuditFilter::default()).expect("query"), all[40..].to_vec());
+    assert_eq!(
+        store.query(&AuditFilter::default()).expect("query"),
+        all[40..].to_vec()
+    );
 }
 
 #[test]
@@ -367,32 +525,58 @@ fn corrupt_and_newer_values_are_skipped_not_fatal() {
     let good1 = rec_at(&store, 1_000, "http://a/mcp", Some("add"));
     store.insert_record(&good1).expect("insert");
     let corrupt_id = store.inner.ids.next_at(2_000);
-    store.inner.records.insert(corrupt_id.as_bytes(), &b"{\"schema\":1,\"id\":\x00\xff"[..]).expect("raw");
+    store
+        .inner
+        .records
+        .insert(corrupt_id.as_bytes(), &b"{\"schema\":1,\"id\":\x00\xff"[..])
+        .expect("raw");
     let newer_id = store.inner.ids.next_at(3_000);
     store
         .inner
         .records
-        .insert(newer_id.as_bytes(), &br#"{"schema":99,"id":"x","ts_ms":3000,"shape":"new"}"#[..])
+        .insert(
+            newer_id.as_bytes(),
+            &br#"{"schema":99,"id":"x","ts_ms":3000,"shape":"new"}"#[..],
+        )
         .expect("raw");
     let good2 = rec_at(&store, 4_000, "http://a/mcp", Some("add"));
     store.insert_record(&good2).expect("insert");
 
-    assert_eq!(store.query(&AuditFilter::default()).expect("query"), vec![good1.clone(), good2.clone()]);
-    let f = AuditFilter { limit: Some(2), ..Default::default() };
+    assert_eq!(
+        store.query(&AuditFilter::default()).expect("query"),
+        vec![good1.clone(), good2.clone()]
+    );
+    let f = AuditFilter {
+        limit: Some(2),
+        ..Default::default()
+    };
     assert_eq!(store.query(&f).expect("query"), vec![good1, good2]);
 
     assert!(matches!(
         store.get_record(&corrupt_id),
-        Err(StoreError::Unreadable { reason: DecodeError::Corrupt(_), .. })
+        Err(StoreError::Unreadable {
+            reason: DecodeError::Corrupt(_),
+            ..
+        })
     ));
     assert!(matches!(
         store.get_record(&newer_id),
-        Err(StoreError::Unreadable { reason: DecodeError::NewerSchema { found: 99, .. }, .. })
+        Err(StoreError::Unreadable {
+            reason: DecodeError::NewerSchema { found: 99, .. },
+            ..
+        })
     ));
 
-    let ok = ServerEntry { endpoint: "http://b/mcp".into(), ..Default::default() };
+    let ok = ServerEntry {
+        endpoint: "http://b/mcp".into(),
+        ..Default::default()
+    };
     store.put_server(&ok).expect("put");
-    store.inner.servers.insert(b"http://a/mcp", &b"not json"[..]).expect("raw");
+    store
+        .inner
+        .servers
+        .insert(b"http://a/mcp", &b"not json"[..])
+        .expect("raw");
     assert_eq!(store.servers().expect("servers"), vec![ok]);
 }
 
@@ -406,7 +590,11 @@ fn newer_store_layout_is_refused() {
         store.flush().expect("flush");
     }
     match Store::open(dir.path(), opts(10)) {
-        Err(StoreError::NewerLayout { found: 99, supported: STORE_LAYOUT_VERSION, .. }) => {}
+        Err(StoreError::NewerLayout {
+            found: 99,
+            supported: STORE_LAYOUT_VERSION,
+            ..
+        }) => {}
         other => panic!("expected NewerLayout, got {other:?}"),
     }
 }

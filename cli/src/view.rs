@@ -1,0 +1,529 @@
+//! What each command shows: inventory, audit and status turned into table rows and text.
+//!
+//! Why separate from `table`: this module decides *what* a column says (relative
+//! times, durations, byte counts, process labels); `table` decides how it fits the
+//! terminal. Everything here is a pure function of the daemon's answer and "now", so
+//! it is unit-tested without a socket.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use mcpwatch_api::{AuditRecord, FailureMode, MessageKind, ServerEntry, Status};
+
+use crate::table::{Column, Table, sanitize};
+
+/// Printed instead of an empty inventory table.
+pub const EMPTY_INVENTORY: &str =
+    "No MCP servers seen yet: mcpwatchd adds a server when a client on this host talks to it.";
+/// Printed instead of an empty audit table (not in `--follow`, which waits for more).
+pub const EMPTY_AUDIT: &str = "No audit records match.";
+
+pub fn inventory_columns() -> Vec<Column> {
+    vec![
+        Column::left("SERVER", 0, 48),
+        Column::left("TRANSPORT", 0, 15),
+        Column::left("NAME/VERSION", 0, 28),
+        Column::left("PROTOCOL", 0, 10),
+        Column::left("TOOLS", 0, 40),
+        Column::right("CALLS", 0, 8),
+        Column::left("CLIENTS", 0, 36),
+        Column::left("LAST SEEN", 0, 10),
+    ]
+}
+
+pub fn inventory_row(s: &ServerEntry, now_ms: u64) -> Vec<String> {
+    let name = match (&s.server_name, &s.server_version) {
+        (Some(n), Some(v)) => format!("{n}/{v}"),
+        (Some(n), None) => n.clone(),
+        (None, Some(v)) => format!("?/{v}"),
+        (None, None) => "-".into(),
+    };
+    let tools = if s.tools.is_empty() {
+        "0".to_string()
+    } else {
+        let names: Vec<&str> = s.tools.iter().map(|t| t.name.as_str()).collect();
+        format!("{}: {}", s.tools.len(), names.join(", "))
+    };
+    let mut clients: Vec<String> = Vec::new();
+    for c in &s.clients {
+        let exe = c.exe.as_deref().map(basename).unwrap_or(c.comm.as_str());
+        let who = c.user.clone().unwrap_or_else(|| format!("uid {}", c.uid));
+        let label = format!("{exe} ({who})");
+        if !clients.contains(&label) {
+            clients.push(label);
+        }
+    }
+    let clients = if clients.is_empty() {
+        "-".to_string()
+    } else {
+        clients.join(", ")
+    };
+    [
+        s.endpoint.clone(),
+        s.transport.clone(),
+        name,
+        s.protocol_version.clone().unwrap_or_else(|| "-".into()),
+        tools,
+        s.call_count.to_string(),
+        clients,
+        relative(now_ms, s.last_seen_ms),
+    ]
+    .iter()
+    .map(|c| sanitize(c))
+    .collect()
+}
+
+/// The whole `mcpwatch list` table, or the empty-inventory message.
+pub fn inventory_table(servers: &[ServerEntry], now_ms: u64) -> String {
+    if servers.is_empty() {
+        return format!("{EMPTY_INVENTORY}\n");
+    }
+    let rows: Vec<Vec<String>> = servers.iter().map(|s| inventory_row(s, now_ms)).collect();
+    Table::new(inventory_columns()).render(&rows)
+}
+
+/// Audit columns. The minimums keep `--follow` output aligned for rows that arrive
+/// after the header was printed.
+pub fn audit_columns() -> Vec<Column> {
+    vec![
+        Column::left("TIME", 12, 23),
+        Column::left("PROCESS", 16, 28),
+        Column::left("SERVER", 32, 48),
+        Column::left("METHOD", 10, 26),
+        Column::left("NAME", 8, 28),
+        Column::left("STATUS", 7, 24),
+        Column::right("DURATION", 8, 9),
+        Column::right("BYTES", 9, 13),
+    ]
+}
+
+/// One audit table row. `time_only` drops the date from TIME even for other days (used
+/// once `--follow` has fixed a narrow TIME column).
+pub fn audit_row(r: &AuditRecord, now_ms: u64, time_only: bool) -> Vec<String> {
+    let process = match &r.process {
+        Some(p) => {
+            let name = p.exe.as_deref().map(basename).unwrap_or(p.comm.as_str());
+            format!("{name} ({})", p.tgid)
+        }
+        None => "?".into(),
+    };
+    let method = match (&r.method, r.kind) {
+        (Some(m), _) => m.clone(),
+        (None, MessageKind::Invalid) => "(invalid)".into(),
+        (None, _) => "-".into(),
+    };
+    [
+        if time_only {
+            clock(r.ts_ms, r.ts_ms)
+        } else {
+            clock(r.ts_ms, now_ms)
+        },
+        process,
+        r.server.clone(),
+        method,
+        r.name.clone().unwrap_or_else(|| "-".into()),
+        r.status.label(),
+        r.duration_us.map_or_else(|| "-".into(), duration_us),
+        format!("{}/{}", bytes(r.request_bytes), bytes(r.response_bytes)),
+    ]
+    .iter()
+    .map(|c| sanitize(c))
+    .collect()
+}
+
+/// `mcpwatch status`, human form: failure mode and interception first.
+pub fn status_text(s: &Status) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: &str| {
+        out.push_str(&format!("{label:<15} {}\n", sanitize(value)));
+    };
+    let uptime = humantime::format_duration(Duration::from_secs(s.uptime_secs)).to_string();
+    line(
+        "mcpwatchd",
+        &format!("{} (pid {}), up {uptime}", s.version, s.pid),
+    );
+    let failure = match s.failure_mode {
+        FailureMode::Open => "OPEN: if mcpwatchd cannot do its job, MCP traffic flows UNOBSERVED",
+        FailureMode::Closed => "CLOSED: if mcpwatchd cannot do its job, MCP traffic is REFUSED",
+    };
+    line("FAILURE MODE", failure);
+    let interception = if s.attached {
+        match &s.cgroup {
+            Some(cg) => format!("attached to cgroup {cg}"),
+            None => "attached".to_string(),
+        }
+    } else {
+        format!(
+            "NOT ATTACHED: {}",
+            s.attach_error
+                .as_deref()
+                .unwrap_or("no reason given (proxy-only mode?)")
+        )
+    };
+    line("interception", &interception);
+    line(
+        "listen",
+        &if s.listen.is_empty() {
+            "-".into()
+        } else {
+            s.listen.join(", ")
+        },
+    );
+    line("ports", if s.ports.is_empty() { "-" } else { &s.ports });
+    line("control socket", &s.control_socket);
+    line("state dir", &s.state_dir);
+    let c = &s.counts;
+    line(
+        "connections",
+        &format!(
+            "{} ({} unresolved), {} passthrough",
+            c.connections, c.connections_unresolved, c.passthrough
+        ),
+    );
+    line(
+        "traffic",
+        &format!(
+            "{} HTTP requests, {} MCP messages",
+            c.http_requests, c.mcp_messages
+        ),
+    );
+    line("servers", &c.servers.to_string());
+    line(
+        "audit",
+        &format!(
+            "{} records, {} write errors",
+            c.audit_records, c.audit_write_errors
+        ),
+    );
+    let mut warnings: Vec<String> = Vec::new();
+    if c.audit_write_errors > 0 {
+        warnings.push(format!("{} audit writes failed", c.audit_write_errors));
+    }
+    warnings.extend(s.warnings.iter().cloned());
+    if warnings.is_empty() {
+        out.push_str("warnings        none\n");
+    } else {
+        out.push_str(&format!("WARNINGS ({})\n", warnings.len()));
+        for w in &warnings {
+            out.push_str(&format!("  ! {}\n", sanitize(w)));
+        }
+    }
+    out
+}
+
+/// Last path component of an executable path.
+pub fn basename(path: &str) -> &str {
+    path.rsplit('/').find(|s| !s.is_empty()).unwrap_or(path)
+}
+
+/// "3s ago", "5m ago", "2h ago", "4d ago"; "-" for never; "just now" for the future
+/// (clock skew) and for under a second.
+pub fn relative(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "-".into();
+    }
+    let secs = now_ms.saturating_sub(then_ms) / 1000;
+    match secs {
+        0 => "just now".into(),
+        1..60 => format!("{secs}s ago"),
+        60..3_600 => format!("{}m ago", secs / 60),
+        3_600..86_400 => format!("{}h ago", secs / 3_600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// `HH:MM:SS.mmm` (UTC) for today, `YYYY-MM-DD HH:MM:SS.mmm` for other days.
+pub fn clock(ts_ms: u64, now_ms: u64) -> String {
+    let stamp =
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ts_ms)).to_string();
+    // "YYYY-MM-DDTHH:MM:SS.mmmZ"; anything else (years past 9999) is shown as is.
+    if stamp.len() != 24 {
+        return stamp;
+    }
+    if ts_ms / 86_400_000 == now_ms / 86_400_000 {
+        stamp[11..23].to_string()
+    } else {
+        format!("{} {}", &stamp[..10], &stamp[11..23])
+    }
+}
+
+/// `850µs`, `12.3ms`, `153ms`, `1.20s`, `12.3s`, `95s`.
+pub fn duration_us(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}µs"),
+        1_000..100_000 => format!("{:.1}ms", us as f64 / 1e3),
+        100_000..1_000_000 => format!("{}ms", us / 1_000),
+        1_000_000..10_000_000 => format!("{:.2}s", us as f64 / 1e6),
+        10_000_000..100_000_000 => format!("{:.1}s", us as f64 / 1e6),
+        _ => format!("{}s", us / 1_000_000),
+    }
+}
+
+/// `512`, `1.2K`, `34K`, `5.6M`, `7.0G` (powers of 1024).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    if n < 1024 {
+        return n.to_string();
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v < 10.0 {
+        format!("{v:.1}{}", UNITS[unit])
+    } else {
+        format!("{v:.0}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpwatch_api::{CallStatus, ClientUse, Counts, ProcessInfo, ToolEntry};
+
+    const NOW: u64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+
+    fn tool(name: &str) -> ToolEntry {
+        ToolEntry {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn relative_times() {
+        assert_eq!(relative(NOW, 0), "-");
+        assert_eq!(relative(NOW, NOW + 5_000), "just now");
+        assert_eq!(relative(NOW, NOW - 999), "just now");
+        assert_eq!(relative(NOW, NOW - 3_000), "3s ago");
+        assert_eq!(relative(NOW, NOW - 61_000), "1m ago");
+        assert_eq!(relative(NOW, NOW - 7_200_000), "2h ago");
+        assert_eq!(relative(NOW, NOW - 3 * 86_400_000), "3d ago");
+    }
+
+    #[test]
+    fn time_only_rows_drop_the_date() {
+        let r = AuditRecord {
+            ts_ms: NOW - 86_400_000,
+            ..Default::default()
+        };
+        assert_eq!(audit_row(&r, NOW, false)[0], "2023-11-13 22:13:20.000");
+        assert_eq!(audit_row(&r, NOW, true)[0], "22:13:20.000");
+    }
+
+    #[test]
+    fn clock_shows_date_only_for_other_days() {
+        assert_eq!(clock(NOW + 123, NOW), "22:13:20.123");
+        assert_eq!(clock(NOW - 86_400_000, NOW), "2023-11-13 22:13:20.000");
+    }
+
+    #[test]
+    fn durations_and_bytes() {
+        assert_eq!(duration_us(850), "850µs");
+        assert_eq!(duration_us(12_345), "12.3ms");
+        assert_eq!(duration_us(153_000), "153ms");
+        assert_eq!(duration_us(1_204_000), "1.20s");
+        assert_eq!(duration_us(12_340_000), "12.3s");
+        assert_eq!(duration_us(95_000_000), "95.0s");
+        assert_eq!(duration_us(950_000_000), "950s");
+        assert_eq!(bytes(512), "512");
+        assert_eq!(bytes(1_229), "1.2K");
+        assert_eq!(bytes(34 * 1024), "34K");
+        assert_eq!(bytes(5 * 1024 * 1024 + 600 * 1024), "5.6M");
+    }
+
+    #[test]
+    fn basenames() {
+        assert_eq!(basename("/usr/bin/python3.12"), "python3.12");
+        assert_eq!(basename("node"), "node");
+        assert_eq!(basename("/opt/app/"), "app");
+    }
+
+    #[test]
+    fn empty_inventory_prints_a_message_not_a_header() {
+        assert_eq!(inventory_table(&[], NOW), format!("{EMPTY_INVENTORY}\n"));
+    }
+
+    #[test]
+    fn inventory_row_contents() {
+        let s = ServerEntry {
+            endpoint: "http://127.0.0.2:8765/mcp".into(),
+            transport: "streamable-http".into(),
+            server_name: Some("demo".into()),
+            server_version: Some("1.2.0".into()),
+            protocol_version: Some("2025-11-25".into()),
+            tools: vec![tool("add"), tool("search")],
+            call_count: 7,
+            clients: vec![
+                ClientUse {
+                    exe: Some("/usr/bin/node".into()),
+                    user: Some("alice".into()),
+                    ..Default::default()
+                },
+                ClientUse {
+                    exe: Some("/usr/local/bin/node".into()),
+                    user: Some("alice".into()),
+                    ..Default::default()
+                },
+                ClientUse {
+                    comm: "python3".into(),
+                    uid: 1001,
+                    ..Default::default()
+                },
+            ],
+            last_seen_ms: NOW - 3_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            inventory_row(&s, NOW),
+            vec![
+                "http://127.0.0.2:8765/mcp",
+                "streamable-http",
+                "demo/1.2.0",
+                "2025-11-25",
+                "2: add, search",
+                "7",
+                "node (alice), python3 (uid 1001)",
+                "3s ago",
+            ]
+        );
+    }
+
+    #[test]
+    fn inventory_table_truncates_long_tool_lists() {
+        let s = ServerEntry {
+            endpoint: "http://127.0.0.2:8765/mcp".into(),
+            tools: (0..30).map(|i| tool(&format!("tool_number_{i}"))).collect(),
+            ..Default::default()
+        };
+        let out = inventory_table(&[s], NOW);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("SERVER"));
+        assert!(
+            lines[1].contains("30: tool_number_0, tool_number_1, tool_…"),
+            "{}",
+            lines[1]
+        );
+        assert!(!lines[1].contains("tool_number_29"));
+    }
+
+    #[test]
+    fn hostile_server_name_is_escaped() {
+        let s = ServerEntry {
+            server_name: Some("x\x1b]0;pwned\x07".into()),
+            ..Default::default()
+        };
+        let row = inventory_row(&s, NOW);
+        assert_eq!(row[2], "x\\u{1b}]0;pwned\\u{7}");
+    }
+
+    #[test]
+    fn audit_row_contents() {
+        let r = AuditRecord {
+            ts_ms: NOW + 5,
+            process: Some(ProcessInfo {
+                tgid: 4242,
+                comm: "python3".into(),
+                exe: Some("/usr/bin/python3.12".into()),
+                ..Default::default()
+            }),
+            server: "http://127.0.0.2:8765/mcp".into(),
+            method: Some("tools/call".into()),
+            name: Some("add".into()),
+            status: CallStatus::JsonrpcError {
+                code: -32601,
+                message: "no".into(),
+            },
+            duration_us: Some(1_500),
+            request_bytes: 120,
+            response_bytes: 2048,
+            ..Default::default()
+        };
+        assert_eq!(
+            audit_row(&r, NOW, false),
+            vec![
+                "22:13:20.005",
+                "python3.12 (4242)",
+                "http://127.0.0.2:8765/mcp",
+                "tools/call",
+                "add",
+                "error -32601",
+                "1.5ms",
+                "120/2.0K",
+            ]
+        );
+        let invalid = AuditRecord {
+            kind: MessageKind::Invalid,
+            ts_ms: NOW,
+            ..Default::default()
+        };
+        let row = audit_row(&invalid, NOW, false);
+        assert_eq!(
+            (
+                row[1].as_str(),
+                row[3].as_str(),
+                row[5].as_str(),
+                row[6].as_str()
+            ),
+            ("?", "(invalid)", "pending", "-")
+        );
+    }
+
+    #[test]
+    fn status_puts_failure_mode_and_problems_up_front() {
+        let s = Status {
+            version: "0.1.0".into(),
+            pid: 99,
+            uptime_secs: 3_725,
+            failure_mode: FailureMode::Closed,
+            attached: false,
+            attach_error: Some("cgroup v2 not mounted".into()),
+            listen: vec!["127.0.0.1:15001".into()],
+            ports: "80,443".into(),
+            counts: Counts {
+                audit_write_errors: 2,
+                audit_records: 10,
+                ..Default::default()
+            },
+            warnings: vec!["python client distrusts the CA".into()],
+            ..Default::default()
+        };
+        let text = status_text(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "mcpwatchd       0.1.0 (pid 99), up 1h 2m 5s");
+        assert!(
+            lines[1].starts_with("FAILURE MODE    CLOSED"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines[2],
+            "interception    NOT ATTACHED: cgroup v2 not mounted"
+        );
+        assert!(
+            text.contains("audit           10 records, 2 write errors\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "WARNINGS (2)\n  ! 2 audit writes failed\n  ! python client distrusts the CA\n"
+            ),
+            "{text}"
+        );
+
+        let ok = Status {
+            attached: true,
+            cgroup: Some("/sys/fs/cgroup/agents".into()),
+            ..Default::default()
+        };
+        let text = status_text(&ok);
+        assert!(text.contains("FAILURE MODE    OPEN"), "{text}");
+        assert!(
+            text.contains("interception    attached to cgroup /sys/fs/cgroup/agents\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("warnings        none\n"), "{text}");
+    }
+}
