@@ -1,1 +1,395 @@
-//! (placeholder: being written)
+//! eBPF interception for mcpwatch: the only crate that touches aya.
+//!
+//! [`Interceptor::attach`] loads `ebpf/mcpwatch.bpf.c` (compiled by `build.rs`),
+//! fills its config, and attaches it to one cgroup v2 directory: every TCP
+//! connect from that cgroup to an in-scope port is redirected to the daemon's
+//! loopback listener. The daemon then asks [`Interceptor::lookup`] with the peer
+//! address of the accepted connection to learn where the client was really
+//! going and who it was. Links are not pinned: they detach when the
+//! `Interceptor` drops or the process dies.
+//!
+//! [`cgroup`] and [`process`] need no eBPF and are used by the daemon and tests.
+
+pub mod cgroup;
+mod error;
+mod maps;
+mod ports;
+pub mod process;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, SockOps};
+use aya::{Ebpf, EbpfLoader};
+
+pub use error::InterceptError;
+pub use ports::{PortScope, PortScopeError};
+
+use maps::{RawConfig, RawExec, RawOrigin, RawPeerKey};
+
+/// The compiled eBPF object.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwatch.bpf.o"));
+
+/// Environment variable that must be `"1"` to attach to the cgroup2 root (all
+/// processes of the host). The production systemd unit sets it; tests never do.
+pub const ALLOW_ROOT_CGROUP_ENV: &str = "MCPWATCH_ALLOW_ROOT_CGROUP";
+
+/// How long a connection's record stays resolvable after the client closed it,
+/// so that a client which writes and closes before the daemon accepts can still
+/// be resolved. Closed records older than this are dropped by [`Interceptor::lookup`]
+/// and [`Interceptor::sweep`]; LRU eviction bounds everything else. Adjustable
+/// with [`Interceptor::set_closed_grace`].
+pub const CLOSED_GRACE: Duration = Duration::from_secs(2);
+
+/// Bound of each connection map (LRU), as compiled into the eBPF object.
+pub const MAX_CONNECTIONS: u32 = 65536;
+
+/// What to intercept and where to send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// cgroup v2 directory whose processes are intercepted (and their descendants').
+    pub cgroup: PathBuf,
+    /// The daemon listens on `127.0.0.1:listen_port` and `[::1]:listen_port`.
+    pub listen_port: u16,
+    /// Destination ports that are redirected.
+    pub ports: PortScope,
+    /// SO_MARK of the daemon's own upstream sockets; they are never redirected. 0 = none.
+    pub mark: u32,
+    /// The daemon's pid; its connects are never redirected. 0 = none.
+    pub daemon_tgid: u32,
+}
+
+/// Where an intercepted connection was going and who opened it, as seen by the
+/// connect hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Original destination; IPv4 for IPv4 sockets and for v4-mapped IPv6 destinations.
+    pub dst: SocketAddr,
+    /// Thread that called connect().
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Name of the thread that called connect().
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// Entry counts of the maps, for status output and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Redirected sockets not yet closed (keyed by socket cookie).
+    pub by_cookie: usize,
+    /// Established redirected connections, including closed ones in their grace period.
+    pub by_peer: usize,
+    /// Remembered execs.
+    pub execs: usize,
+}
+
+struct Maps {
+    by_cookie: HashMap<MapData, u64, RawOrigin>,
+    by_peer: HashMap<MapData, RawPeerKey, RawOrigin>,
+    execs: HashMap<MapData, u32, RawExec>,
+}
+
+/// Attached interception programs. Dropping it detaches them.
+pub struct Interceptor {
+    cgroup: PathBuf,
+    closed_grace_ns: AtomicU64,
+    maps: Mutex<Maps>,
+    // Owns the programs and their links; dropped last so maps stay valid meanwhile.
+    _ebpf: Mutex<Ebpf>,
+}
+
+impl std::fmt::Debug for Interceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interceptor")
+            .field("cgroup", &self.cgroup)
+            .finish_non_exhaustive()
+    }
+}
+
+const CGROUP_SOCK_ADDR_PROGRAMS: [&str; 4] =
+    ["getpeername4", "getpeername6", "connect4", "connect6"];
+const SOCK_OPS_PROGRAM: &str = "sock_ops";
+const EXEC_PROGRAM: &str = "process_exec";
+const EXEC_TRACEPOINT: &str = "sched_process_exec";
+
+impl Interceptor {
+    /// Loads the programs, fills the config, and attaches them to `cfg.cgroup`.
+    ///
+    /// Refuses the cgroup2 root unless `MCPWATCH_ALLOW_ROOT_CGROUP=1`.
+    pub fn attach(cfg: &InterceptConfig) -> Result<Self, InterceptError> {
+        let cgroup = check_cgroup(&cfg.cgroup)?;
+        if cfg.listen_port == 0 {
+            return Err(InterceptError::Config("listen_port must not be 0".into()));
+        }
+        if cfg.ports.contains(cfg.listen_port) && cfg.ports != PortScope::All {
+            // Harmless (connects to the listener itself are skipped) but almost
+            // certainly a configuration mistake worth reporting.
+            tracing::warn!(
+                port = cfg.listen_port,
+                "the daemon's listen port is inside the intercepted port scope"
+            );
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(InterceptError::load)?;
+        fill_config(&mut ebpf, cfg)?;
+
+        let cgroup_dir = File::open(&cgroup).map_err(|source| InterceptError::CgroupNotFound {
+            path: cgroup.clone(),
+            source,
+        })?;
+
+        // Bookkeeping first (exec, sock_ops, getpeername), the redirect last:
+        // no connection is redirected before its record can be completed.
+        {
+            let prog: &mut RawTracePoint = program(&mut ebpf, EXEC_PROGRAM)?;
+            prog.load()
+                .map_err(|e| InterceptError::program_load(EXEC_PROGRAM, e))?;
+            prog.attach(EXEC_TRACEPOINT)
+                .map_err(|e| InterceptError::attach(EXEC_PROGRAM, &cgroup, e))?;
+        }
+        {
+            let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
+            prog.load()
+                .map_err(|e| InterceptError::program_load(SOCK_OPS_PROGRAM, e))?;
+            prog.attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(|e| InterceptError::attach(SOCK_OPS_PROGRAM, &cgroup, e))?;
+        }
+        for name in CGROUP_SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|e| InterceptError::program_load(name, e))?;
+            prog.attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(|e| InterceptError::attach(name, &cgroup, e))?;
+        }
+
+        let maps = Maps {
+            by_cookie: take_hash(&mut ebpf, "by_cookie")?,
+            by_peer: take_hash(&mut ebpf, "by_peer")?,
+            execs: take_hash(&mut ebpf, "execs")?,
+        };
+        tracing::info!(cgroup = %cgroup.display(), listen_port = cfg.listen_port, ports = %cfg.ports, "eBPF interception attached");
+        Ok(Interceptor {
+            cgroup,
+            closed_grace_ns: AtomicU64::new(duration_ns(CLOSED_GRACE)),
+            maps: Mutex::new(maps),
+            _ebpf: Mutex::new(ebpf),
+        })
+    }
+
+    /// The original destination and identity of an intercepted connection, by the
+    /// peer address of the connection the daemon accepted. `None` if it was not
+    /// intercepted (or closed more than [`CLOSED_GRACE`] ago, or was evicted).
+    pub fn lookup(&self, peer: SocketAddr) -> Option<Origin> {
+        let key = maps::peer_key(peer);
+        let mut maps = self.lock_maps();
+        let raw = maps.by_peer.get(&key, 0).ok()?;
+        if expired(&raw, monotonic_ns(), self.closed_grace()) {
+            let _ = maps.by_peer.remove(&key);
+            return None;
+        }
+        Some(raw.to_origin())
+    }
+
+    /// The comm a process had at its last exec, if seen since attach (also after
+    /// it exited, until evicted).
+    pub fn exec_comm(&self, tgid: u32) -> Option<String> {
+        let maps = self.lock_maps();
+        maps.execs
+            .get(&tgid, 0)
+            .ok()
+            .map(|e| maps::comm_str(&e.comm))
+    }
+
+    /// The parent pid a process had at its last exec, if seen since attach.
+    pub fn exec_ppid(&self, tgid: u32) -> Option<u32> {
+        let maps = self.lock_maps();
+        maps.execs
+            .get(&tgid, 0)
+            .ok()
+            .map(|e| e.ppid)
+            .filter(|p| *p != 0)
+    }
+
+    /// The cgroup the programs are attached to (canonical path).
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Drops records of connections closed more than [`CLOSED_GRACE`] ago; returns
+    /// how many. Call it periodically (e.g. every few seconds): without it such
+    /// records linger until LRU eviction, which is bounded but wasteful.
+    pub fn sweep(&self) -> usize {
+        let now = monotonic_ns();
+        let grace = self.closed_grace();
+        let mut maps = self.lock_maps();
+        let stale: Vec<RawPeerKey> = maps
+            .by_peer
+            .iter()
+            .take(MAX_CONNECTIONS as usize * 2)
+            .filter_map(Result::ok)
+            .filter(|(_, v)| expired(v, now, grace))
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for key in stale {
+            // Re-check: the port may have been reused by a new connection meanwhile.
+            if maps
+                .by_peer
+                .get(&key, 0)
+                .is_ok_and(|v| expired(&v, now, grace))
+                && maps.by_peer.remove(&key).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Changes how long closed connections stay resolvable (default [`CLOSED_GRACE`]).
+    pub fn set_closed_grace(&self, grace: Duration) {
+        self.closed_grace_ns
+            .store(duration_ns(grace), Ordering::Relaxed);
+    }
+
+    fn closed_grace(&self) -> u64 {
+        self.closed_grace_ns.load(Ordering::Relaxed)
+    }
+
+    /// Current entry counts of the maps (each bounded by [`MAX_CONNECTIONS`]).
+    pub fn map_sizes(&self) -> MapSizes {
+        let maps = self.lock_maps();
+        let bound = MAX_CONNECTIONS as usize * 2;
+        MapSizes {
+            by_cookie: maps
+                .by_cookie
+                .keys()
+                .take(bound)
+                .filter(Result::is_ok)
+                .count(),
+            by_peer: maps
+                .by_peer
+                .keys()
+                .take(bound)
+                .filter(Result::is_ok)
+                .count(),
+            execs: maps.execs.keys().take(bound).filter(Result::is_ok).count(),
+        }
+    }
+
+    fn lock_maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // A panic while holding the lock cannot leave the kernel maps inconsistent.
+        self.maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn expired(v: &RawOrigin, now_ns: u64, grace_ns: u64) -> bool {
+    v.closed_ns != 0 && now_ns.saturating_sub(v.closed_ns) > grace_ns
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Resolves `path` and checks it is a cgroup2 directory we may attach to.
+fn check_cgroup(path: &Path) -> Result<PathBuf, InterceptError> {
+    let canonical = path
+        .canonicalize()
+        .map_err(|source| InterceptError::CgroupNotFound {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mount = cgroup::cgroup2_mount()?;
+    let mount = mount.canonicalize().unwrap_or(mount);
+    if !canonical.starts_with(&mount) || !canonical.join("cgroup.procs").exists() {
+        return Err(InterceptError::NotCgroup2 {
+            path: canonical,
+            mount,
+        });
+    }
+    if canonical == mount && std::env::var(ALLOW_ROOT_CGROUP_ENV).as_deref() != Ok("1") {
+        return Err(InterceptError::RootCgroupRefused { path: canonical });
+    }
+    Ok(canonical)
+}
+
+fn fill_config(ebpf: &mut Ebpf, cfg: &InterceptConfig) -> Result<(), InterceptError> {
+    let raw = RawConfig {
+        listen_port: u32::from(cfg.listen_port),
+        mark: cfg.mark,
+        daemon_tgid: cfg.daemon_tgid,
+        all_ports: u32::from(cfg.ports == PortScope::All),
+    };
+    let map_err = |map: &'static str| move |source| InterceptError::Map { map, source };
+    {
+        let map = ebpf
+            .map_mut("ports")
+            .ok_or(InterceptError::MissingMap("ports"))?;
+        let mut ports: Array<&mut MapData, u64> = Array::try_from(map).map_err(map_err("ports"))?;
+        for (i, word) in cfg.ports.bitmap().iter().enumerate() {
+            if *word != 0 {
+                ports.set(i as u32, word, 0).map_err(map_err("ports"))?;
+            }
+        }
+    }
+    let map = ebpf
+        .map_mut("config")
+        .ok_or(InterceptError::MissingMap("config"))?;
+    let mut config: Array<&mut MapData, RawConfig> =
+        Array::try_from(map).map_err(map_err("config"))?;
+    config.set(0, raw, 0).map_err(map_err("config"))?;
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, InterceptError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(InterceptError::MissingProgram(name))?;
+    prog.try_into()
+        .map_err(|e| InterceptError::program_load(name, e))
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, InterceptError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(InterceptError::MissingMap(name))?;
+    HashMap::try_from(map).map_err(|source| InterceptError::Map { map: name, source })
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Interceptor>();
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+//! Who opened a connection, completed from `/proc`: the connect hook gives pid,
+//! uid, comm and cgroup id; this adds exe, argv, user name, cgroup path, systemd
+//! unit, ancestry and the "agent" a call is attributed to.
+//!
+//! Everything here tolerates the process having exited (short-lived clients): it
+//! falls back to what the eBPF side captured. Reads are bounded (argv size,
+//! ancestry depth). A pid reused between the connect and this lookup would be
+//! described as the new process; the window is the daemon's accept latency.
+
+use std::path::Path;
+
+use mcpwatch_api::{Ancestor, ProcessInfo};
+
+use crate::Origin;
+
+/// How far up the parent chain [`describe`] walks.
+pub const MAX_ANCESTRY: usize = 32;
+/// At most this many bytes of `/proc/<pid>/cmdline` are read.
+const MAX_CMDLINE_BYTES: u64 = 64 * 1024;
+/// At most this many argv entries are kept.
+const MAX_ARGS: usize = 256;
+
+/// Describes the process behind `origin`. `exec_comm` is the name recorded at
+/// exec time (see [`crate::Interceptor::exec_comm`]), used when `/proc` is gone.
+pub fn describe(origin: &Origin, exec_comm: Option<String>) -> ProcessInfo {
+    let tgid = origin.tgid;
+    let alive = Path::new(&format!("/proc/{tgid}")).exists();
+    let comm = alive
+        .then(|| read_comm(tgid))
+        .flatten()
+        .or(exec_comm)
+        .unwrap_or_else(|| origin.comm.clone());
+    let exe = alive.then(|| read_exe(tgid)).flatten();
+    let cmdline = if alive {
+        read_cmdline(tgid)
+    } else {
+        Vec::new()
+    };
+    let cgroup_path = alive.then(|| crate::cgroup::cgroup_path_of(tgid)).flatten();
+    let unit = cgroup_path.as_deref().and_then(unit_of);
+    let ancestry = if alive { ancestry_of(tgid) } else { Vec::new() };
+
+    let me = Ancestor {
+        pid: tgid,
+        comm: comm.clone(),
+        exe: exe.clone(),
+    };
+    let agent = if is_launcher(&comm, &cmdline) {
+        ancestry
+            .iter()
+            .find(|a| !is_launcher(&a.comm, &read_cmdline(a.pid)))
+            .cloned()
+            .unwrap_or(me)
+    } else {
+        me
+    };
+
+    ProcessInfo {
+        pid: origin.pid,
+        tgid,
+        uid: origin.uid,
+        gid: origin.gid,
+        user: user_name(origin.uid),
+        group: group_name(origin.gid),
+        comm,
+        exe,
+        cmdline,
+        cgroup_id: origin.cgroup_id,
+        cgroup_path,
+        unit,
+        ancestry,
+        agent: Some(agent),
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+}
+
+fn read_comm(pid: u32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(s.trim_end_matches('\n').to_string())
+}
+
+fn read_exe(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn read_cmdline(pid: u32) -> Vec<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let Ok(f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) else {
+        return Vec::new();
+    };
+    if f.take(MAX_CMDLINE_BYTES).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    split_cmdline(&buf)
+}
+
+fn split_cmdline(buf: &[u8]) -> Vec<String> {
+    let buf = buf.strip_suffix(&[0]).unwrap_or(buf);
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    buf.split(|&b| b == 0)
+        .take(MAX_ARGS)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// `(comm, ppid, session)` from `/proc/<pid>/stat`.
+fn read_stat(pid: u32) -> Option<(String, u32, u32)> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(stat: &str) -> Option<(String, u32, u32)> {
+    // "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parens.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let _pgrp = rest.next()?;
+    let session = rest.next()?.parse().ok()?;
+    Some((comm, ppid, session))
+}
+
+/// Parents of `pid`, nearest first, up to and including its session leader,
+/// stopping before pid 1 and after [`MAX_ANCESTRY`] steps.
+fn ancestry_of(pid: u32) -> Vec<Ancestor> {
+    let mut out = Vec::new();
+    let Some((_, mut ppid, session)) = read_stat(pid) else {
+        return out;
+    };
+    if pid == session {
+        return out; // it leads its own session
+    }
+    while out.len() < MAX_ANCESTRY && ppid > 1 {
+        let Some((comm, next, _)) = read_stat(ppid) else {
+            break;
+        };
+        out.push(Ancestor {
+            pid: ppid,
+            comm,
+            exe: read_exe(ppid),
+        });
+        if ppid == session {
+            break;
+        }
+        ppid = next;
+    }
+    out
+}
+
+/// The systemd unit a cgroup path belongs to: its last `.service` or `.scope`
+/// component.
+pub fn unit_of(cgroup_path: &str) -> Option<String> {
+    cgroup_path
+        .rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .map(str::to_string)
+}
+
+fn base(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// Whether a process is a launcher or bridge (`npx`, `npm exec`, `uvx`, `uv run`,
+/// `env`, `sh -c`, `mcp-remote`) rather than the agent itself.
+pub fn is_launcher(comm: &str, argv: &[String]) -> bool {
+    const NAMES: &[&str] = &["npx", "uvx", "env", "mcp-remote"];
+    const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ash", "ksh"];
+    const INTERPRETERS: &[&str] = &["node", "nodejs", "bun", "deno", "python", "python3"];
+    if NAMES.contains(&comm) || comm.starts_with("npm exec") || comm.starts_with("npx ") {
+        return true;
+    }
+    if argv.iter().any(|a| a.contains("mcp-remote")) {
+        return true;
+    }
+    let Some(first) = argv.first() else {
+        return false;
+    };
+    // For `node /usr/bin/npx ...` the launcher is the script, not node.
+    let mut prog = base(first);
+    let mut rest = &argv[1..];
+    if INTERPRETERS
+        .iter()
+        .any(|i| prog == *i || prog.starts_with(&format!("{i}.")))
+        && let Some((script, tail)) = rest.split_first()
+        && !script.starts_with('-')
+    {
+        prog = base(script);
+        rest = tail;
+    }
+    let prog = prog.strip_suffix(".js").unwrap_or(prog);
+    let prog = prog.strip_suffix("-cli").unwrap_or(prog);
+    let sub = rest.first().map(String::as_str);
+    NAMES.contains(&prog)
+        || (prog == "npm" && matches!(sub, Some("exec" | "x")))
+        || (prog == "uv" && sub == Some("run"))
+        || (SHELLS.contains(&prog) && rest.iter().any(|a| a == "-c"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn launchers_are_recognised() {
+        let yes = [
+            ("npx", ""),
+            (
+                "node",
+                "node /usr/lib/node_modules/npm/bin/npx-cli.js -y mcp-server",
+            ),
+            (
+                "node",
+                "/usr/bin/node /home/a/.npm/_npx/1/node_modules/.bin/mcp-remote https://x",
+            ),
+            ("npm exec foo", "npm exec foo"),
+            ("node", "node /usr/bin/npm exec -- server"),
+            ("uvx", "uvx mcp-server-fetch"),
+            ("uv", "/usr/local/bin/uv run server.py"),
+            ("env", "/usr/bin/env FOO=1 python3 x.py"),
+            ("sh", "/bin/sh -c python3 client.py"),
+            ("bash", "bash -c exec node x"),
+        ];
+        for (comm, args) in yes {
+            assert!(is_launcher(comm, &argv(args)), "{comm} / {args}");
+        }
+        let no = [
+            ("claude", "claude --resume"),
+            ("python3", "python3 agent.py"),
+            ("node", "node /opt/agent/index.js"),
+            ("bash", "bash script.sh"),
+            ("uv", "uv pip install x"),
+            ("environ", "environ"),
+            ("python3", ""),
+        ];
+        for (comm, args) in no {
+            assert!(!is_launcher(comm, &argv(args)), "{comm} / {args}");
+        }
+    }
+
+    #[test]
+    fn units_come_from_the_last_service_or_scope() {
+        assert_eq!(
+            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope")
+                .as_deref(),
+            Some("run-r1.scope")
+        );
+        assert_eq!(
+            unit_of("/system.slice/mcpwatchd.service").as_deref(),
+            Some("mcpwatchd.service")
+        );
+        assert_eq!(unit_of("/"), None);
+        assert_eq!(unit_of("/mcpwatch-test-1-0"), None);
+    }
+
+    #[test]
+    fn stat_lines_with_awkward_comms_parse() {
+        assert_eq!(
+            parse_stat("42 (a) b (c)) S 7 42 40 0 -1"),
+            Some(("a) b (c)".into(), 7, 40))
+        );
+        assert_eq!(
+            parse_stat("1 (init) S 0 1 1 0"),
+            Some(("init".into(), 0, 1))
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S notanumber 1 1"), None);
+        assert_eq!(
+            split_cmdline(b"a\0b c\0"),
+            vec!["a".to_string(), "b c".to_string()]
+        );
+        assert!(split_cmdline(b"").is_empty());
+    }
+
+    fn origin_of(pid: u32, comm: &str) -> Origin {
+        Origin {
+            dst: "127.0.0.1:1".parse().unwrap(),
+            pid,
+            tgid: pid,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            comm: comm.into(),
+            cgroup_id: 7,
+        }
+    }
+
+    #[test]
+    fn describes_a_live_process_and_attributes_launchers_to_their_parent() {
+        // sh -c (a launcher) running sleep; describe the shell: agent = this test binary.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30; true"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Wait until the shell has exec'd (comm changes from the test binary's).
+        for _ in 0..500 {
+            if read_comm(pid).as_deref() == Some("sh") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let info = describe(&origin_of(pid, "thread-name"), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        assert_eq!(info.comm, "sh");
+        assert_eq!(info.tgid, pid);
+        assert_eq!(info.cmdline, vec!["/bin/sh", "-c", "sleep 30; true"]);
+        assert!(
+            info.exe.as_deref().is_some_and(|e| e.ends_with("sh")),
+            "{:?}",
+            info.exe
+        );
+        assert_eq!(
+            info.user.as_deref(),
+            user_name(nix::unistd::getuid().as_raw()).as_deref()
+        );
+        assert_eq!(
+            info.group.as_deref(),
+            group_name(nix::unistd::getgid().as_raw()).as_deref()
+        );
+        assert!(
+            info.user.is_some() && info.group.is_some(),
+            "root and its group exist here"
+        );
+        assert!(info.cgroup_path.is_some());
+        let me = std::process::id();
+        assert_eq!(
+            info.ancestry.first().map(|a| a.pid),
+            Some(me),
+            "{:?}",
+            info.ancestry
+        );
+        assert_eq!(info.agent.as_ref().map(|a| a.pid), Some(me));
+    }
+
+    #[test]
+    fn describes_an_exited_process_from_what_ebpf_captured() {
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let info = describe(&origin_of(pid, "true"), Some("true-exec".into()));
+        assert_eq!(info.comm, "true-exec");
+        assert_eq!(info.exe, None);
+        assert!(info.cmdline.is_empty() && info.ancestry.is_empty());
+        assert_eq!(
+            info.agent.map(|a| (a.pid, a.comm)),
+            Some((pid, "true-exec".into()))
+        );
+        let info = describe(&origin_of(pid, "true"), None);
+        assert_eq!(info.comm, "true");
+        assert_eq!(info.cgroup_id, 7);
+    }
+}

@@ -1,0 +1,720 @@
+//! End-to-end tests of the eBPF programs on the running kernel (we run as root).
+//!
+//! Each test makes its own child cgroup (never the root), its own "daemon"
+//! listener (127.0.0.1:P and [::1]:P) and "real server" listener on loopback,
+//! attaches an [`Interceptor`] to that cgroup and runs a small python3 client
+//! inside it. The client prints what getpeername() returned, sends a line and
+//! waits for a one-line reply, so we see where the connection really went.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::cgroup::TestCgroup;
+use crate::{InterceptConfig, InterceptError, Interceptor, PortScope};
+
+const MARK: u32 = 0x4d43;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The real python3 binary (not a pyenv shim), so the child's pid is python's.
+fn python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is required by the intercept tests");
+        assert!(out.status.success(), "python3 failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
+
+/// connect(), print getpeername(), send a line, print the reply line; `count` times.
+const CLIENT: &str = r#"
+import socket, sys, os
+fam = socket.AF_INET6 if sys.argv[1] == '6' else socket.AF_INET
+host, port, mark, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if sys.argv[6] == 'wait':
+    sys.stdin.readline()
+for i in range(count):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    if mark:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    s.connect((host, port))
+    p = s.getpeername()
+    print("peer", p[0], p[1], flush=True)
+    s.sendall(b"hello %d %d\n" % (os.getpid(), i))
+    print("reply", s.makefile('rb').readline().decode().strip(), flush=True)
+    s.close()
+"#;
+
+/// A child process killed (by pid, our own) if the test fails before reaping it.
+struct Client(Option<Child>);
+
+impl Client {
+    fn spawn(
+        cg: Option<&TestCgroup>,
+        family: u8,
+        host: &str,
+        port: u16,
+        mark: u32,
+        count: u32,
+    ) -> Client {
+        Self::spawn_with(cg, (family, host, port, mark), count, false)
+    }
+
+    /// With `wait`, the client connects only after [`Client::go`].
+    fn spawn_with(
+        cg: Option<&TestCgroup>,
+        (family, host, port, mark): (u8, &str, u16, u32),
+        count: u32,
+        wait: bool,
+    ) -> Client {
+        let mut cmd = Command::new(python());
+        let wait = if wait { "wait" } else { "now" };
+        cmd.args([
+            "-c",
+            CLIENT,
+            &family.to_string(),
+            host,
+            &port.to_string(),
+            &mark.to_string(),
+            &count.to_string(),
+            wait,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(cg) = cg {
+            // SAFETY: the hook only performs async-signal-safe syscalls.
+            unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+        }
+        Client(Some(cmd.spawn().expect("spawn python3 client")))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map(Child::id).unwrap()
+    }
+
+    fn go(&mut self) {
+        let stdin = self.0.as_mut().and_then(|c| c.stdin.as_mut()).unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn exited(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .map(|c| c.try_wait().unwrap().is_some())
+            .unwrap_or(true)
+    }
+
+    /// Waits for the client and returns its stdout lines; panics with stderr on failure.
+    fn finish(mut self) -> Vec<String> {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "client failed: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The "daemon": listeners on 127.0.0.1:P and [::1]:P.
+struct Daemon {
+    v4: TcpListener,
+    v6: TcpListener,
+}
+
+impl Daemon {
+    fn bind() -> Daemon {
+        for _ in 0..50 {
+            let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            let port = v4.local_addr().unwrap().port();
+            if let Ok(v6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)) {
+                return Daemon { v4, v6 };
+            }
+        }
+        panic!("could not find a port free on both 127.0.0.1 and ::1");
+    }
+
+    fn port(&self) -> u16 {
+        self.v4.local_addr().unwrap().port()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Daemon,
+    Server,
+}
+
+/// Accepts the client's next connection on whichever listener gets it.
+/// Without a client, the connection must already be queued.
+fn accept(
+    daemon: &Daemon,
+    server: &TcpListener,
+    mut client: Option<&mut Client>,
+) -> (Side, TcpStream, SocketAddr) {
+    let listeners = [
+        (Side::Daemon, &daemon.v4),
+        (Side::Daemon, &daemon.v6),
+        (Side::Server, server),
+    ];
+    for (_, l) in &listeners {
+        l.set_nonblocking(true).unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        for (side, l) in &listeners {
+            match l.accept() {
+                Ok((s, peer)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(DEADLINE)).unwrap();
+                    return (*side, s, peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        match client.as_deref_mut() {
+            Some(c) => {
+                if c.exited() {
+                    let lines = Client(c.0.take()).finish();
+                    panic!("client exited without connecting: {lines:?}");
+                }
+            }
+            None => panic!("no connection was queued"),
+        }
+        assert!(start.elapsed() < DEADLINE, "no connection arrived");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One exchange on an accepted connection: read the client's line, optionally
+/// look the peer up while the connection is open, reply.
+fn serve(
+    ic: Option<&Interceptor>,
+    (side, stream, peer): (Side, TcpStream, SocketAddr),
+) -> (Side, SocketAddr, Option<crate::Origin>, String) {
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    let origin = ic.and_then(|ic| ic.lookup(peer));
+    (&stream).write_all(b"ok\n").unwrap();
+    (side, peer, origin, line.trim().to_string())
+}
+
+fn config(cg: &TestCgroup, daemon: &Daemon, ports: PortScope) -> InterceptConfig {
+    InterceptConfig {
+        cgroup: cg.path().to_path_buf(),
+        listen_port: daemon.port(),
+        ports,
+        mark: MARK,
+        daemon_tgid: std::process::id(),
+    }
+}
+
+fn only(port: u16) -> PortScope {
+    PortScope::Ranges(vec![port..=port])
+}
+
+fn cgroup_id(cg: &TestCgroup) -> u64 {
+    std::fs::metadata(cg.path()).unwrap().ino()
+}
+
+fn poll_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs one client connection to (host, port) and returns what the daemon or
+/// server saw plus the client's printed lines.
+struct Run {
+    side: Side,
+    peer: SocketAddr,
+    origin: Option<crate::Origin>,
+    line: String,
+    printed: Vec<String>,
+    pid: u32,
+    proc_comm: String,
+}
+
+fn run_one(
+    ic: Option<&Interceptor>,
+    cg: Option<&TestCgroup>,
+    daemon: &Daemon,
+    server: &TcpListener,
+    (family, host, port, mark): (u8, &str, u16, u32),
+) -> Run {
+    let mut client = Client::spawn(cg, family, host, port, mark, 1);
+    let pid = client.pid();
+    let conn = accept(daemon, server, Some(&mut client));
+    // The client is blocked waiting for our reply: its /proc entry is current.
+    let proc_comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (side, peer, origin, line) = serve(ic, conn);
+    let printed = client.finish();
+    Run {
+        side,
+        peer,
+        origin,
+        line,
+        printed,
+        pid,
+        proc_comm,
+    }
+}
+
+#[test]
+fn ipv4_connect_is_redirected_and_resolvable() {
+    let cg = TestCgroup::unique("mcpwatch-test-v4").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    assert_eq!(ic.cgroup(), cg.path().canonicalize().unwrap());
+
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon, "connection went to the real server");
+    assert_eq!(r.line, format!("hello {} 0", r.pid));
+    assert_eq!(r.peer.ip(), Ipv4Addr::LOCALHOST);
+    assert_eq!(
+        r.printed,
+        vec![format!("peer 127.0.0.3 {sport}"), "reply ok".to_string()]
+    );
+
+    let o = r.origin.expect("lookup(peer) found the connection");
+    assert_eq!(o.dst, SocketAddr::from(([127, 0, 0, 3], sport)));
+    assert_eq!((o.pid, o.tgid), (r.pid, r.pid));
+    assert_eq!(
+        (o.uid, o.gid),
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw()
+        )
+    );
+    assert!(o.comm.starts_with("python"), "{}", o.comm);
+    assert_eq!(o.comm, r.proc_comm);
+    assert_eq!(o.cgroup_id, cgroup_id(&cg));
+    assert_eq!(ic.exec_comm(r.pid).as_deref(), Some(r.proc_comm.as_str()));
+    assert_eq!(ic.exec_ppid(r.pid), Some(std::process::id()));
+
+    // The process has exited: describe() falls back to what eBPF captured.
+    let info = crate::process::describe(&o, ic.exec_comm(r.pid));
+    assert_eq!(
+        (info.tgid, info.comm.as_str(), info.cgroup_id),
+        (r.pid, r.proc_comm.as_str(), o.cgroup_id)
+    );
+}
+
+#[test]
+fn ipv6_connect_is_redirected_and_resolvable() {
+    let cg = TestCgroup::unique("mcpwatch-test-v6").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("[::1]:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+
+    let r = run_one(Some(&ic), Some(&cg), &daemon, &server, (6, "::1", sport, 0));
+    assert_eq!(r.side, Side::Daemon);
+    assert_eq!(
+        r.peer.ip(),
+        Ipv6Addr::LOCALHOST,
+        "arrived on the daemon's [::1] listener"
+    );
+    assert_eq!(
+        r.printed,
+        vec![format!("peer ::1 {sport}"), "reply ok".to_string()]
+    );
+    let o = r.origin.expect("lookup(peer) found the connection");
+    assert_eq!(o.dst, SocketAddr::from((Ipv6Addr::LOCALHOST, sport)));
+    assert_eq!(o.tgid, r.pid);
+    assert_eq!(o.cgroup_id, cgroup_id(&cg));
+}
+
+#[test]
+fn v4_mapped_connect_from_ipv6_socket_is_redirected() {
+    let cg = TestCgroup::unique("mcpwatch-test-mapped").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    ic.set_closed_grace(Duration::from_secs(3600)); // look it up again after the client closed
+
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (6, "::ffff:127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+    assert!(
+        r.peer.is_ipv4(),
+        "a v4-mapped connection reaches the IPv4 listener: {}",
+        r.peer
+    );
+    assert_eq!(
+        r.printed,
+        vec![
+            format!("peer ::ffff:127.0.0.3 {sport}"),
+            "reply ok".to_string()
+        ]
+    );
+    let o = r
+        .origin
+        .expect("lookup(v4 peer) found the v4-mapped connection");
+    assert_eq!(
+        o.dst,
+        SocketAddr::from(([127, 0, 0, 3], sport)),
+        "v4-mapped dst is reported as IPv4"
+    );
+    // A daemon on a dual-stack socket would see the mapped form: same record.
+    let std::net::IpAddr::V4(v4) = r.peer.ip() else {
+        unreachable!()
+    };
+    let mapped = SocketAddr::from((v4.to_ipv6_mapped(), r.peer.port()));
+    assert_eq!(ic.lookup(mapped), Some(o.clone()));
+    assert_eq!(ic.lookup(r.peer), Some(o));
+}
+
+#[test]
+fn outside_cgroup_marked_and_out_of_scope_connections_go_direct() {
+    let cg = TestCgroup::unique("mcpwatch-test-direct").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let other = TcpListener::bind("127.0.0.3:0").unwrap();
+    let oport = other.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+
+    // Not in the cgroup.
+    let r = run_one(
+        Some(&ic),
+        None,
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(
+        r.side,
+        Side::Server,
+        "a process outside the cgroup was redirected"
+    );
+    assert_eq!(r.printed[0], format!("peer 127.0.0.3 {sport}"));
+    assert_eq!(ic.lookup(r.peer), None);
+
+    // In the cgroup but carrying the daemon's mark.
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, MARK),
+    );
+    assert_eq!(
+        r.side,
+        Side::Server,
+        "a socket with the daemon's mark was redirected"
+    );
+    // A different mark is redirected as usual.
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, MARK + 1),
+    );
+    assert_eq!(r.side, Side::Daemon);
+
+    // In the cgroup, port not in scope.
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &other,
+        (4, "127.0.0.3", oport, 0),
+    );
+    assert_eq!(r.side, Side::Server, "an out-of-scope port was redirected");
+    assert_eq!(r.printed[0], format!("peer 127.0.0.3 {oport}"));
+
+    // The same for IPv6.
+    let server6 = TcpListener::bind("[::1]:0").unwrap();
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server6,
+        (6, "::1", server6.local_addr().unwrap().port(), 0),
+    );
+    assert_eq!(
+        r.side,
+        Side::Server,
+        "an out-of-scope IPv6 port was redirected"
+    );
+}
+
+#[test]
+fn daemon_process_itself_goes_direct_even_inside_the_cgroup() {
+    let cg = TestCgroup::unique("mcpwatch-test-self").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let mut cfg = config(&cg, &daemon, only(sport));
+    let mut client = Client::spawn_with(Some(&cg), (4, "127.0.0.3", sport, 0), 1, true);
+    cfg.daemon_tgid = client.pid(); // pretend the client is the daemon
+    let ic = Interceptor::attach(&cfg).unwrap();
+    client.go();
+    let (side, ..) = serve(Some(&ic), accept(&daemon, &server, Some(&mut client)));
+    assert_eq!(
+        side,
+        Side::Server,
+        "the daemon's own connect was redirected"
+    );
+    client.finish();
+    // Any other process in the cgroup is redirected.
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+}
+
+#[test]
+fn all_ports_scope_redirects_any_port_but_not_the_listener_itself() {
+    let cg = TestCgroup::unique("mcpwatch-test-all").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, PortScope::All)).unwrap();
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+    assert_eq!(
+        r.origin.map(|o| o.dst),
+        Some(SocketAddr::from(([127, 0, 0, 3], sport)))
+    );
+    // Connecting to the daemon listener directly is not recorded as a redirect.
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.1", daemon.port(), 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+    assert_eq!(r.origin, None);
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (6, "::1", daemon.port(), 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+    assert_eq!(r.origin, None);
+}
+
+#[test]
+fn records_are_dropped_after_close_and_maps_stay_bounded() {
+    const N: u32 = 200;
+    let cg = TestCgroup::unique("mcpwatch-test-churn").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    ic.set_closed_grace(Duration::from_millis(100));
+
+    let mut client = Client::spawn(Some(&cg), 4, "127.0.0.3", sport, 0, N);
+    let mut peers = Vec::new();
+    for i in 0..N {
+        let (side, peer, origin, line) =
+            serve(Some(&ic), accept(&daemon, &server, Some(&mut client)));
+        assert_eq!(side, Side::Daemon, "connection {i}");
+        assert_eq!(line, format!("hello {} {i}", client.pid()));
+        assert_eq!(
+            origin.map(|o| o.dst),
+            Some(SocketAddr::from(([127, 0, 0, 3], sport))),
+            "connection {i}"
+        );
+        peers.push(peer);
+    }
+    let printed = client.finish();
+    assert_eq!(printed.len(), 2 * N as usize);
+
+    poll_until("cookie entries deleted on close", || {
+        ic.map_sizes().by_cookie == 0
+    });
+    poll_until("closed peer entries swept after the grace period", || {
+        ic.sweep();
+        ic.map_sizes().by_peer == 0
+    });
+    assert!(peers.iter().all(|p| ic.lookup(*p).is_none()));
+    assert!(ic.map_sizes().execs <= crate::MAX_CONNECTIONS as usize);
+}
+
+#[test]
+fn a_client_that_closes_before_accept_is_still_resolvable() {
+    let cg = TestCgroup::unique("mcpwatch-test-early").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    ic.set_closed_grace(Duration::from_secs(3600));
+
+    // Connect, send, close without waiting; we accept only after it has exited.
+    let mut cmd = Command::new(python());
+    cmd.args([
+        "-c",
+        "import socket,sys; s=socket.create_connection(('127.0.0.3', int(sys.argv[1]))); s.sendall(b'bye\\n'); s.close()",
+        &sport.to_string(),
+    ]);
+    // SAFETY: the hook only performs async-signal-safe syscalls.
+    unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+    assert!(cmd.status().unwrap().success());
+    poll_until("the client's socket reached CLOSE", || {
+        ic.map_sizes().by_cookie == 0
+    });
+
+    let (side, stream, peer) = accept(&daemon, &server, None);
+    assert_eq!(side, Side::Daemon);
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    assert_eq!(line, "bye\n");
+    assert_eq!(
+        ic.lookup(peer).map(|o| o.dst),
+        Some(SocketAddr::from(([127, 0, 0, 3], sport)))
+    );
+    // With a zero grace the closed record is gone.
+    ic.set_closed_grace(Duration::ZERO);
+    poll_until("expired record dropped by lookup", || {
+        ic.lookup(peer).is_none()
+    });
+    assert_eq!(ic.map_sizes().by_peer, 0);
+}
+
+#[test]
+fn dropping_the_interceptor_detaches() {
+    let cg = TestCgroup::unique("mcpwatch-test-drop").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+    drop(ic);
+    let r = run_one(
+        None,
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(
+        r.side,
+        Side::Server,
+        "still redirected after the Interceptor was dropped"
+    );
+    assert_eq!(r.printed[0], format!("peer 127.0.0.3 {sport}"));
+    // And the cgroup can be attached again (Single mode: nothing left behind).
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+}
+
+#[test]
+fn refuses_the_root_cgroup_and_non_cgroups() {
+    assert_ne!(
+        std::env::var(crate::ALLOW_ROOT_CGROUP_ENV).as_deref(),
+        Ok("1"),
+        "run the tests without {} set: this test must never attach to the root cgroup",
+        crate::ALLOW_ROOT_CGROUP_ENV
+    );
+    let daemon = Daemon::bind();
+    let mount = crate::cgroup::cgroup2_mount().unwrap();
+    let cfg = |cgroup: std::path::PathBuf| InterceptConfig {
+        cgroup,
+        listen_port: daemon.port(),
+        ports: PortScope::All,
+        mark: MARK,
+        daemon_tgid: std::process::id(),
+    };
+    for root in [
+        mount.clone(),
+        mount.join("."),
+        mount.join("..").join(mount.file_name().unwrap()),
+    ] {
+        match Interceptor::attach(&cfg(root.clone())) {
+            Err(e @ InterceptError::RootCgroupRefused { .. }) => {
+                assert!(e.to_string().contains(crate::ALLOW_ROOT_CGROUP_ENV), "{e}")
+            }
+            other => panic!(
+                "{}: expected RootCgroupRefused, got {other:?}",
+                root.display()
+            ),
+        }
+    }
+    let tmp = std::env::temp_dir();
+    assert!(matches!(
+        Interceptor::attach(&cfg(tmp)),
+        Err(InterceptError::NotCgroup2 { .. })
+    ));
+    assert!(matches!(
+        Interceptor::attach(&cfg(mount.join("mcpwatch-test-does-not-exist"))),
+        Err(InterceptError::CgroupNotFound { .. })
+    ));
+    let cg = TestCgroup::unique("mcpwatch-test-cfg").unwrap();
+    let mut bad = cfg(cg.path().to_path_buf());
+    bad.listen_port = 0;
+    assert!(matches!(
+        Interceptor::attach(&bad),
+        Err(InterceptError::Config(_))
+    ));
+}

@@ -1,0 +1,326 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * mcpwatch.bpf.c: transparent redirection of in-scope TCP connections to the
+ * mcpwatch daemon, and the bookkeeping that lets the daemon find out where
+ * each connection was really going and who opened it.
+ *
+ *   connect4/connect6      record the original destination and the caller's
+ *                          identity under the socket cookie, then rewrite the
+ *                          destination to the daemon's loopback listener.
+ *   sock_ops               when the redirected connection is established, copy
+ *                          the record under the client's (local ip, local port),
+ *                          which is the peer address the daemon sees on accept;
+ *                          mark it closed (and drop the cookie entry) on close.
+ *   getpeername4/6         report the original destination, so the redirect is
+ *                          invisible to the client.
+ *   sched_process_exec     remember the comm of every exec'd process, so a
+ *                          short-lived client can still be named after it exits.
+ *
+ * Compiled by daemon/intercept/build.rs with
+ *   clang-19 -O2 -g -target bpf -I/usr/include/x86_64-linux-gnu -c
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+#include "mcpwatch.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+#define LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
+
+/* A 4-byte context load clang may not merge with its neighbour: the verifier
+ * rejects 8-byte loads of bpf_sock_ops fields such as local_ip6[]. */
+#define CTX_U32(field) (*(volatile __u32 *)&(field))
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mcpw_config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MCPW_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MCPW_MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct mcpw_origin);
+} by_cookie SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MCPW_MAX_CONNS);
+	__type(key, struct mcpw_peer_key);
+	__type(value, struct mcpw_origin);
+} by_peer SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MCPW_MAX_EXECS);
+	__type(key, __u32);
+	__type(value, struct mcpw_exec);
+} execs SEC(".maps");
+
+/* Minimal CO-RE view of task_struct: only the fields read below. The loader
+ * relocates the offsets against the running kernel's BTF. */
+struct task_struct {
+	int tgid;
+	struct task_struct *real_parent;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct mcpw_config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline int port_in_scope(const struct mcpw_config *cfg, __u16 port)
+{
+	if (cfg->all_ports)
+		return 1;
+	__u32 word = port >> 6;
+	__u64 *bits = bpf_map_lookup_elem(&ports, &word);
+	if (!bits)
+		return 0;
+	return (*bits >> (port & 63)) & 1;
+}
+
+/* Common checks of connect4/connect6 before anything is recorded: a TCP
+ * stream socket, not the daemon's own (by mark or by process). */
+static __always_inline int is_candidate(struct bpf_sock_addr *ctx, const struct mcpw_config *cfg)
+{
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+		return 0;
+	if (cfg->listen_port == 0)
+		return 0; /* not configured yet */
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 0;
+	if (cfg->mark != 0 && sk->mark == cfg->mark)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (cfg->daemon_tgid != 0 && tgid == cfg->daemon_tgid)
+		return 0;
+	return 1;
+}
+
+static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct mcpw_origin *o)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	o->pid = (__u32)pid_tgid;
+	o->tgid = pid_tgid >> 32;
+	o->uid = (__u32)uid_gid;
+	o->gid = uid_gid >> 32;
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->cookie = bpf_get_socket_cookie(ctx);
+}
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	struct mcpw_config *cfg = get_config();
+	if (!cfg || !is_candidate(ctx, cfg))
+		return 1;
+
+	__u32 ip = ctx->user_ip4; /* network order */
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	if (!port_in_scope(cfg, port))
+		return 1;
+	if (ip == bpf_htonl(LOOPBACK4) && port == cfg->listen_port)
+		return 1; /* already going to the daemon */
+
+	struct mcpw_origin o;
+	__builtin_memset(&o, 0, sizeof(o));
+	o.dst_ip[10] = 0xff;
+	o.dst_ip[11] = 0xff;
+	__builtin_memcpy(&o.dst_ip[12], &ip, 4);
+	o.dst_port = port;
+	o.family = AF_INET;
+	fill_identity(ctx, &o);
+
+	if (bpf_map_update_elem(&by_cookie, &o.cookie, &o, BPF_ANY) != 0)
+		return 1; /* cannot remember it: let it go direct rather than lose it */
+
+	ctx->user_ip4 = bpf_htonl(LOOPBACK4);
+	ctx->user_port = bpf_htons((__u16)cfg->listen_port);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	struct mcpw_config *cfg = get_config();
+	if (!cfg || !is_candidate(ctx, cfg))
+		return 1;
+
+	__u32 ip0 = CTX_U32(ctx->user_ip6[0]);
+	__u32 ip1 = CTX_U32(ctx->user_ip6[1]);
+	__u32 ip2 = CTX_U32(ctx->user_ip6[2]);
+	__u32 ip3 = CTX_U32(ctx->user_ip6[3]);
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	if (!port_in_scope(cfg, port))
+		return 1;
+
+	int mapped = ip0 == 0 && ip1 == 0 && ip2 == bpf_htonl(0x0000ffff);
+	int loop6 = ip0 == 0 && ip1 == 0 && ip2 == 0 && ip3 == bpf_htonl(1);
+	if (port == cfg->listen_port && (loop6 || (mapped && ip3 == bpf_htonl(LOOPBACK4))))
+		return 1; /* already going to the daemon */
+
+	struct mcpw_origin o;
+	__builtin_memset(&o, 0, sizeof(o));
+	__builtin_memcpy(&o.dst_ip[0], &ip0, 4);
+	__builtin_memcpy(&o.dst_ip[4], &ip1, 4);
+	__builtin_memcpy(&o.dst_ip[8], &ip2, 4);
+	__builtin_memcpy(&o.dst_ip[12], &ip3, 4);
+	o.dst_port = port;
+	o.family = AF_INET6;
+	fill_identity(ctx, &o);
+
+	if (bpf_map_update_elem(&by_cookie, &o.cookie, &o, BPF_ANY) != 0)
+		return 1;
+
+	if (mapped) {
+		/* ::ffff:127.0.0.1 keeps the socket on its IPv4 path */
+		ctx->user_ip6[3] = bpf_htonl(LOOPBACK4);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons((__u16)cfg->listen_port);
+	return 1;
+}
+
+static __always_inline void peer_key_of(struct bpf_sock_ops *skops, struct mcpw_peer_key *key)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	if (skops->family == AF_INET) {
+		__u32 ip = skops->local_ip4;
+		key->ip[10] = 0xff;
+		key->ip[11] = 0xff;
+		__builtin_memcpy(&key->ip[12], &ip, 4);
+	} else {
+		__u32 ip0 = CTX_U32(skops->local_ip6[0]);
+		__u32 ip1 = CTX_U32(skops->local_ip6[1]);
+		__u32 ip2 = CTX_U32(skops->local_ip6[2]);
+		__u32 ip3 = CTX_U32(skops->local_ip6[3]);
+		__builtin_memcpy(&key->ip[0], &ip0, 4);
+		__builtin_memcpy(&key->ip[4], &ip1, 4);
+		__builtin_memcpy(&key->ip[8], &ip2, 4);
+		__builtin_memcpy(&key->ip[12], &ip3, 4);
+	}
+	key->port = (__u16)skops->local_port; /* host order */
+}
+
+SEC("sockops")
+int sock_ops(struct bpf_sock_ops *skops)
+{
+	__u32 op = skops->op;
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return 1;
+
+	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		/* Watch redirected sockets from the SYN on, so that one which
+		 * never gets established still has its cookie entry dropped. */
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		if (bpf_map_lookup_elem(&by_cookie, &cookie))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	}
+
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		struct mcpw_origin *o = bpf_map_lookup_elem(&by_cookie, &cookie);
+		if (!o)
+			return 1;
+		struct mcpw_origin copy;
+		__builtin_memcpy(&copy, o, sizeof(copy));
+		copy.closed_ns = 0;
+		struct mcpw_peer_key key;
+		peer_key_of(skops, &key);
+		bpf_map_update_elem(&by_peer, &key, &copy, BPF_ANY);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	}
+
+	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
+		__u64 cookie = bpf_get_socket_cookie(skops);
+		if (bpf_map_delete_elem(&by_cookie, &cookie) != 0)
+			return 1; /* not one of ours (or already gone) */
+		/* The peer entry is only marked: a client that writes and closes
+		 * before the daemon accepted must still be resolvable. The
+		 * daemon drops closed entries after a grace period; LRU bounds
+		 * the rest. */
+		struct mcpw_peer_key key;
+		peer_key_of(skops, &key);
+		struct mcpw_origin *p = bpf_map_lookup_elem(&by_peer, &key);
+		if (p && p->cookie == cookie)
+			p->closed_ns = bpf_ktime_get_ns();
+		return 1;
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct mcpw_origin *o = bpf_map_lookup_elem(&by_cookie, &cookie);
+	if (!o || o->family != AF_INET)
+		return 1;
+	__u32 ip;
+	__builtin_memcpy(&ip, &o->dst_ip[12], 4);
+	ctx->user_ip4 = ip;
+	ctx->user_port = bpf_htons(o->dst_port);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct mcpw_origin *o = bpf_map_lookup_elem(&by_cookie, &cookie);
+	if (!o || o->family != AF_INET6)
+		return 1;
+	__u32 ip0, ip1, ip2, ip3;
+	__builtin_memcpy(&ip0, &o->dst_ip[0], 4);
+	__builtin_memcpy(&ip1, &o->dst_ip[4], 4);
+	__builtin_memcpy(&ip2, &o->dst_ip[8], 4);
+	__builtin_memcpy(&ip3, &o->dst_ip[12], 4);
+	ctx->user_ip6[0] = ip0;
+	ctx->user_ip6[1] = ip1;
+	ctx->user_ip6[2] = ip2;
+	ctx->user_ip6[3] = ip3;
+	ctx->user_port = bpf_htons(o->dst_port);
+	return 1;
+}
+
+SEC("raw_tracepoint/sched_process_exec")
+int process_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct mcpw_exec e;
+	__builtin_memset(&e, 0, sizeof(e));
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	e.ktime_ns = bpf_ktime_get_ns();
+	e.uid = (__u32)bpf_get_current_uid_gid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	e.ppid = (__u32)BPF_CORE_READ(task, real_parent, tgid);
+	bpf_map_update_elem(&execs, &tgid, &e, BPF_ANY);
+	return 0;
+}
