@@ -5,6 +5,7 @@
 //! actionable message here, so the commands only see `Response`s.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -117,6 +118,12 @@ pub fn daemon_error(message: &str) -> anyhow::Error {
 pub fn connect_error(path: &Path, e: &io::Error) -> anyhow::Error {
     let p = path.display();
     let why = reason(e);
+    let is_socket = std::fs::metadata(path).map(|m| m.file_type().is_socket());
+    if e.kind() == io::ErrorKind::ConnectionRefused && matches!(is_socket, Ok(false)) {
+        return anyhow!(
+            "cannot reach mcpwatchd at {p}: not a Unix socket (check --socket or MCPWATCH_SOCKET)"
+        );
+    }
     match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(
             "cannot reach mcpwatchd at {p}: {why} (is the daemon running? see `systemctl status mcpwatchd`)"
@@ -157,6 +164,17 @@ mod tests {
         let e = io::Error::from(io::ErrorKind::ConnectionRefused);
         let msg = connect_error(Path::new("/s"), &e).to_string();
         assert!(msg.contains("is the daemon running?"), "{msg}");
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_socket_is_named_as_such() {
+        let dir = std::env::temp_dir();
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let msg = connect_error(&dir, &e).to_string();
+        assert!(
+            msg.ends_with("not a Unix socket (check --socket or MCPWATCH_SOCKET)"),
+            "{msg}"
+        );
     }
 
     #[test]
