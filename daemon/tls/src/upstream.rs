@@ -1,0 +1,444 @@
+//! Verified TLS to the original destination: the half of interception that keeps it honest.
+//!
+//! Before the client is shown a leaf for a name, the daemon connects to the real server with the
+//! same name and verifies its certificate exactly as a careful client would: webpki against the
+//! system trust store (rustls-native-certs, which honours `SSL_CERT_FILE`/`SSL_CERT_DIR`) plus any
+//! configured extra anchors. Failures are categorised ([`CertProblem`]) so the audit can say why
+//! a connection was refused, and carry a summary of the certificate that was presented.
+//!
+//! The local mcpwatch CA is excluded from the upstream anchors even after `mcpwatch ca install`
+//! put it into the system store: a certificate signed by our own CA is never a valid upstream.
+//! The only relaxation is a per-host insecure list, and a connection that used it says so
+//! ([`UpstreamCert::insecure`], with the problem that was overridden).
+
+use std::collections::HashSet;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+
+use crate::hello::rustls_error;
+use crate::leaf::{ServerTarget, validate_server_name};
+use crate::{TlsError, fingerprint_sha256, provider, version_name};
+
+/// The upstream-side stream after a verified handshake.
+pub type UpstreamTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Largest PEM anchor file read.
+const MAX_ANCHOR_FILE: u64 = 4 * 1024 * 1024;
+
+/// Options for [`UpstreamTls`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamOptions {
+    /// PEM files with additional trust anchors (e.g. a private CA for internal MCP servers).
+    pub extra_anchors_pem: Vec<PathBuf>,
+    /// Trust the system store. Default true.
+    pub use_system_roots: bool,
+    /// Hosts (exact names or IP literals) whose certificate is accepted even when verification
+    /// fails. The connection info says `insecure: true` and what was overridden.
+    pub insecure_hosts: Vec<String>,
+    /// Certificates (DER) never to trust as anchors, even if the system store has them: pass the
+    /// local CA here ([`crate::LocalCa::cert_der`]).
+    pub exclude_anchors_der: Vec<Vec<u8>>,
+    /// ALPN protocols the proxy can carry end to end, in preference order. Default
+    /// `[http/1.1]`; add `h2` only when the proxy really relays HTTP/2.
+    pub carried_alpn: Vec<Vec<u8>>,
+    /// Bound on the upstream TLS handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            extra_anchors_pem: Vec::new(),
+            use_system_roots: true,
+            insecure_hosts: Vec::new(),
+            exclude_anchors_der: Vec::new(),
+            carried_alpn: vec![b"http/1.1".to_vec()],
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why an upstream certificate was refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum CertProblem {
+    Expired,
+    NotYetValid,
+    NotValidForName,
+    SelfSigned,
+    UnknownIssuer,
+    Revoked,
+    Other(String),
+}
+
+impl std::fmt::Display for CertProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertProblem::Expired => f.write_str("certificate expired"),
+            CertProblem::NotYetValid => f.write_str("certificate not yet valid"),
+            CertProblem::NotValidForName => f.write_str("certificate not valid for the server name"),
+            CertProblem::SelfSigned => f.write_str("self-signed certificate"),
+            CertProblem::UnknownIssuer => f.write_str("certificate issued by an unknown CA"),
+            CertProblem::Revoked => f.write_str("certificate revoked"),
+            CertProblem::Other(s) => write!(f, "certificate invalid: {s}"),
+        }
+    }
+}
+
+/// Identity of a certificate, for the audit and inventory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertSummary {
+    /// Subject DN as text.
+    pub subject: String,
+    /// Issuer DN as text.
+    pub issuer: String,
+    /// SHA-256 of the DER, colon hex.
+    pub fingerprint_sha256: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after_unix: i64,
+}
+
+impl CertSummary {
+    /// Summarises a DER certificate; an unparsable one still gets its fingerprint.
+    pub fn from_der(der: &[u8]) -> CertSummary {
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => CertSummary {
+                subject: cert.subject().to_string(),
+                issuer: cert.issuer().to_string(),
+                fingerprint_sha256: fingerprint_sha256(der),
+                not_after_unix: cert.validity().not_after.timestamp(),
+            },
+            Err(_) => CertSummary {
+                subject: "<unparsable>".into(),
+                issuer: "<unparsable>".into(),
+                fingerprint_sha256: fingerprint_sha256(der),
+                not_after_unix: 0,
+            },
+        }
+    }
+}
+
+/// What the upstream side of a connection was, for the audit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamCert {
+    /// The name (or IP) the certificate was verified for.
+    pub server_name: String,
+    /// The end-entity certificate the upstream presented.
+    pub cert: CertSummary,
+    /// Negotiated version, "TLSv1.3" / "TLSv1.2".
+    pub version: String,
+    /// Negotiated ALPN protocol, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// True when this host is on the insecure list (verification failures are overridden).
+    pub insecure: bool,
+    /// When `insecure`, the verification failure that was overridden (None: it verified anyway,
+    /// or the session was resumed without a certificate check).
+    pub overridden: Option<CertProblem>,
+}
+
+/// Why the upstream TLS connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("client: unusable server name: {0}")]
+    BadName(TlsError),
+    #[error("upstream: {problem} (server name {server_name})")]
+    Certificate { server_name: String, problem: CertProblem, presented: Option<CertSummary> },
+    #[error("upstream: TLS handshake did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream: TLS error: {0}")]
+    Tls(rustls::Error),
+    #[error("upstream: I/O error: {0}")]
+    Io(io::Error),
+}
+
+impl UpstreamTlsError {
+    /// Which side failed (a bad name comes from the client's SNI).
+    pub fn side(&self) -> crate::Side {
+        match self {
+            UpstreamTlsError::BadName(_) => crate::Side::Client,
+            _ => crate::Side::Upstream,
+        }
+    }
+
+    /// The certificate problem, when that is why it failed.
+    pub fn cert_problem(&self) -> Option<&CertProblem> {
+        match self {
+            UpstreamTlsError::Certificate { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// Builds verified upstream TLS connections. Share it behind an `Arc`.
+pub struct UpstreamTls {
+    base: Arc<ClientConfig>,
+    verifier: Arc<WebPkiServerVerifier>,
+    insecure: HashSet<ServerTarget>,
+    carried_alpn: Vec<Vec<u8>>,
+    handshake_timeout: Duration,
+    anchors: usize,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("anchors", &self.anchors)
+            .field("insecure", &self.insecure)
+            .field("carried_alpn", &self.carried_alpn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// Loads the trust anchors and builds the client config. Errors: unreadable or empty anchor
+    /// files, an invalid insecure host, or no anchors at all.
+    pub fn new(options: UpstreamOptions) -> Result<UpstreamTls, TlsError> {
+        let mut roots = RootCertStore::empty();
+        let excluded: HashSet<&[u8]> = options.exclude_anchors_der.iter().map(Vec::as_slice).collect();
+        if options.use_system_roots {
+            let native = rustls_native_certs::load_native_certs();
+            for err in &native.errors {
+                tracing::warn!(error = %err, "problem loading a system trust anchor");
+            }
+            let certs = native.certs.into_iter().filter(|c| !excluded.contains(c.as_ref()));
+            let (added, ignored) = roots.add_parsable_certificates(certs);
+            tracing::debug!(added, ignored, "system trust anchors loaded");
+        }
+        for path in &options.extra_anchors_pem {
+            let certs = read_pem_certs(path)?;
+            for cert in certs {
+                if excluded.contains(cert.as_ref()) {
+                    continue;
+                }
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::Anchors(format!("{}: unusable anchor: {e}", path.display())))?;
+            }
+        }
+        let anchors = roots.len();
+        if anchors == 0 {
+            return Err(TlsError::Anchors("no trust anchors (system store empty and no extra anchors)".into()));
+        }
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Anchors(e.to_string()))?;
+        let base = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_webpki_verifier(verifier.clone())
+            .with_no_client_auth();
+        let insecure = options
+            .insecure_hosts
+            .iter()
+            .map(|h| validate_server_name(h).map_err(|_| TlsError::BadOptions(format!("insecure host {h:?} is not a host name or IP"))))
+            .collect::<Result<HashSet<_>, _>>()?;
+        for alpn in &options.carried_alpn {
+            if alpn.is_empty() || alpn.len() > 255 {
+                return Err(TlsError::BadAlpn("carried ALPN protocol empty or longer than 255 bytes"));
+            }
+        }
+        if !insecure.is_empty() {
+            tracing::warn!(hosts = ?options.insecure_hosts, "upstream certificate verification is disabled for these hosts");
+        }
+        Ok(UpstreamTls {
+            base: Arc::new(base),
+            verifier,
+            insecure,
+            carried_alpn: options.carried_alpn,
+            handshake_timeout: options.handshake_timeout,
+            anchors,
+        })
+    }
+
+    /// Number of trust anchors in use.
+    pub fn anchor_count(&self) -> usize {
+        self.anchors
+    }
+
+    /// The ALPN protocols the proxy carries end to end.
+    pub fn carried_alpn(&self) -> &[Vec<u8>] {
+        &self.carried_alpn
+    }
+
+    /// The client's offer restricted to what we carry, in the client's order.
+    pub fn filter_alpn(&self, client_offer: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        client_offer.iter().filter(|p| self.carried_alpn.contains(p)).cloned().collect()
+    }
+
+    /// Whether `target` is on the insecure list.
+    pub fn is_insecure(&self, target: &ServerTarget) -> bool {
+        self.insecure.contains(target)
+    }
+
+    /// TLS over `tcp` (already connected to the original destination) for server name `sni`
+    /// (a DNS name or an IP literal), offering `alpn`; verified unless the host is insecure-listed.
+    pub async fn connect(&self, tcp: TcpStream, sni: &str, alpn: &[Vec<u8>]) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
+        let target = validate_server_name(sni).map_err(UpstreamTlsError::BadName)?;
+        self.connect_target(tcp, &target, alpn).await
+    }
+
+    /// [`UpstreamTls::connect`] for an already validated name.
+    pub async fn connect_target(
+        &self,
+        tcp: TcpStream,
+        target: &ServerTarget,
+        alpn: &[Vec<u8>],
+    ) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
+        let insecure = self.is_insecure(target);
+        let recorder = Arc::new(RecordingVerifier { inner: self.verifier.clone(), insecure, seen: Mutex::new(Seen::default()) });
+        let mut config = (*self.base).clone();
+        config.dangerous().set_certificate_verifier(recorder.clone());
+        config.alpn_protocols = alpn.to_vec();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let server_name = target.server_name();
+        let result = tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp)).await;
+        let seen = recorder.take();
+        let stream = match result {
+            Err(_) => return Err(UpstreamTlsError::Timeout(self.handshake_timeout)),
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                if let (Some(failure), false) = (&seen.failure, insecure) {
+                    let presented = seen.end_entity.as_deref().map(CertSummary::from_der);
+                    return Err(UpstreamTlsError::Certificate {
+                        server_name: target.to_string(),
+                        problem: categorise(failure, seen.end_entity.as_deref()),
+                        presented,
+                    });
+                }
+                return Err(match rustls_error(&e) {
+                    Some(tls) => UpstreamTlsError::Tls(tls),
+                    None => UpstreamTlsError::Io(e),
+                });
+            }
+        };
+        let (_, conn) = stream.get_ref();
+        let end_entity = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).or(seen.end_entity.clone());
+        let cert = match end_entity.as_deref() {
+            Some(der) => CertSummary::from_der(der),
+            // rustls always has the peer chain after a successful handshake.
+            None => return Err(UpstreamTlsError::Tls(rustls::Error::NoCertificatesPresented)),
+        };
+        let overridden = seen.failure.as_ref().map(|f| categorise(f, end_entity.as_deref()));
+        if let Some(problem) = &overridden {
+            tracing::warn!(server = %target, %problem, "upstream certificate accepted only because the host is insecure-listed");
+        }
+        let info = UpstreamCert {
+            server_name: target.to_string(),
+            cert,
+            version: version_name(conn.protocol_version()),
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            insecure,
+            overridden,
+        };
+        Ok((stream, info))
+    }
+}
+
+fn read_pem_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let io = |source| TlsError::Io { path: path.clone(), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.len() > MAX_ANCHOR_FILE {
+        return Err(TlsError::Anchors(format!("{} is larger than {MAX_ANCHOR_FILE} bytes", path.display())));
+    }
+    let data = std::fs::read(path).map_err(io)?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut data.as_slice()) {
+        certs.push(item.map_err(|e| TlsError::Anchors(format!("{}: {e}", path.display())))?);
+    }
+    if certs.is_empty() {
+        return Err(TlsError::Anchors(format!("{} holds no PEM certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Maps a verification failure to the audit's categories.
+fn categorise(err: &rustls::Error, end_entity: Option<&[u8]>) -> CertProblem {
+    let self_issued = end_entity
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .is_some_and(|(_, c)| c.issuer().as_raw() == c.subject().as_raw());
+    match err {
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => CertProblem::Expired,
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => CertProblem::NotYetValid,
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => CertProblem::NotValidForName,
+            CertificateError::Revoked => CertProblem::Revoked,
+            CertificateError::UnknownIssuer if self_issued => CertProblem::SelfSigned,
+            CertificateError::UnknownIssuer => CertProblem::UnknownIssuer,
+            _ if self_issued => CertProblem::SelfSigned,
+            other => CertProblem::Other(format!("{other:?}")),
+        },
+        other => CertProblem::Other(other.to_string()),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    end_entity: Option<Vec<u8>>,
+    failure: Option<rustls::Error>,
+}
+
+/// Delegates to webpki, remembering what was presented and why it failed; for insecure-listed
+/// hosts it accepts a failed chain (signatures over the handshake are still checked).
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    insecure: bool,
+    seen: Mutex<Seen>,
+}
+
+impl RecordingVerifier {
+    fn take(&self) -> Seen {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let result = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.end_entity = Some(end_entity.to_vec());
+        match result {
+            Ok(ok) => Ok(ok),
+            Err(e) => {
+                seen.failure = Some(e.clone());
+                if self.insecure { Ok(ServerCertVerified::assertion()) } else { Err(e) }
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
