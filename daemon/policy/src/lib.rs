@@ -1,1 +1,35 @@
-//! (placeholder: being written)
+//! mcpwatch policy: who may call which tool on which server, in which rollout mode.
+//!
+//! Why a separate, pure crate: the policy decides whether a live request is forwarded,
+//! held or refused, so it must be fast (microseconds per call), deterministic and
+//! testable without a daemon. Nothing here reads files, clocks or sockets: the caller
+//! hands in the policy text, the process identity, the server and the message, and gets
+//! back a [`Decision`] naming the rules that made it. The file format and the precedence
+//! rules are documented for operators in `docs/policy.md`.
+//!
+//! - [`parse`] compiles a TOML policy into a [`Policy`], or returns a [`PolicyError`]
+//!   with file, line and column.
+//! - [`Policy::evaluate`] judges one client->server message; [`Policy::tool_visible`]
+//!   filters `tools/list` results per caller.
+//! - [`RateLimiter`] is the mutable rate-limit state, owned by the caller and kept
+//!   across reloads; [`RateLimiter::apply`] folds it into a decision.
+//! - [`approval_key`] binds a human approval to one exact call.
+
+mod approval;
+mod compile;
+mod error;
+mod eval;
+mod matcher;
+mod model;
+mod raw;
+mod rate;
+
+pub use approval::{approval_key, canonical_hash, canonical_json};
+pub use compile::{parse, DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES};
+pub use error::PolicyError;
+pub use eval::{Call, Subject, Target};
+pub use model::{
+    Action, AgentDef, Decision, DefaultAction, Effect, Mode, Per, Policy, RateScope, RateSpec,
+    RuleAction, RuleDef, ServerDef, ServerStatus, ShadowAction,
+};
+pub use rate::{RateLimiter, RateResult, DEFAULT_MAX_KEYS};

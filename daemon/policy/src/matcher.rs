@@ -1,0 +1,314 @@
+//! Precompiled matchers: glob lists, server endpoints, process identities, argument
+//! conditions.
+//!
+//! Everything that can be compiled is compiled once at load time, so evaluation is a
+//! handful of string compares and automaton runs with no parsing and (almost) no
+//! allocation.
+
+use globset::{GlobMatcher, GlobSet};
+use mcpwatch_api::ProcessInfo;
+use regex::Regex;
+use serde_json::Value;
+
+use crate::eval::Target;
+
+/// How a glob list treats its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatternKind {
+    /// Tool, server, agent, method, comm, unit names: `*` matches any character.
+    Name,
+    /// Filesystem-like paths (exe, cgroup, URL path): `*` stops at `/`, `**` crosses it.
+    Path,
+    /// Host names: like `Name`, but case-insensitive.
+    Host,
+}
+
+impl PatternKind {
+    pub(crate) fn case_insensitive(self) -> bool {
+        self == PatternKind::Host
+    }
+
+    pub(crate) fn literal_separator(self) -> bool {
+        self == PatternKind::Path
+    }
+}
+
+/// Whether a pattern needs glob machinery or is a plain string.
+pub(crate) fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// A list of patterns (literals and globs); matches if any element matches.
+#[derive(Debug, Clone)]
+pub(crate) struct Patterns {
+    sources: Vec<String>,
+    literals: Vec<String>,
+    globs: Option<GlobSet>,
+    case_insensitive: bool,
+}
+
+impl Patterns {
+    pub(crate) fn new(
+        sources: Vec<String>,
+        literals: Vec<String>,
+        globs: Option<GlobSet>,
+        kind: PatternKind,
+    ) -> Self {
+        Patterns {
+            sources,
+            literals,
+            globs,
+            case_insensitive: kind.case_insensitive(),
+        }
+    }
+
+    pub(crate) fn matches(&self, s: &str) -> bool {
+        let lit = if self.case_insensitive {
+            self.literals.iter().any(|l| l.eq_ignore_ascii_case(s))
+        } else {
+            self.literals.iter().any(|l| l == s)
+        };
+        lit || self.globs.as_ref().is_some_and(|g| g.is_match(s))
+    }
+
+    pub(crate) fn all_literal(&self) -> bool {
+        self.globs.is_none()
+    }
+
+    pub(crate) fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// 2 when every element is a literal, 1 otherwise: literal lists are narrower.
+    pub(crate) fn specificity(&self) -> u32 {
+        if self.all_literal() { 2 } else { 1 }
+    }
+}
+
+/// A single glob or literal (for one-value matchers such as `host` or `exe`).
+#[derive(Debug, Clone)]
+pub(crate) enum Pattern {
+    Literal(String),
+    Glob(GlobMatcher),
+}
+
+impl Pattern {
+    fn matches(&self, s: &str, case_insensitive: bool) -> bool {
+        match self {
+            Pattern::Literal(l) if case_insensitive => l.eq_ignore_ascii_case(s),
+            Pattern::Literal(l) => l == s,
+            Pattern::Glob(g) => g.is_match(s),
+        }
+    }
+
+    fn specificity(&self) -> u32 {
+        match self {
+            Pattern::Literal(_) => 2,
+            Pattern::Glob(_) => 1,
+        }
+    }
+}
+
+/// How a `[[server]]` entry recognises its endpoint.
+#[derive(Debug, Clone)]
+pub(crate) enum ServerMatcher {
+    /// `url = "https://host[:port]/path"`: scheme, host, port and path all equal.
+    Url {
+        scheme: String,
+        host: String,
+        port: u16,
+        path: String,
+    },
+    /// `host = "glob"` with optional `port` and `path` glob.
+    Parts {
+        host: Pattern,
+        port: Option<u16>,
+        path: Option<Pattern>,
+    },
+}
+
+/// `[::1]` -> `::1`, `example.com.` -> `example.com`.
+pub(crate) fn norm_host(h: &str) -> &str {
+    let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
+    h.strip_suffix('.').unwrap_or(h)
+}
+
+/// Drop query and fragment; `/mcp/` -> `/mcp`; `` -> `/`.
+pub(crate) fn norm_path(p: &str) -> &str {
+    let p = p.split(['?', '#']).next().unwrap_or("");
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() { "/" } else { trimmed }
+}
+
+impl ServerMatcher {
+    pub(crate) fn matches(&self, t: &Target<'_>) -> bool {
+        let host = norm_host(t.host);
+        match self {
+            ServerMatcher::Url {
+                scheme,
+                host: h,
+                port,
+                path,
+            } => {
+                let t_scheme = t.endpoint.split_once("://").map(|(s, _)| s).unwrap_or("");
+                t.port == *port
+                    && t_scheme.eq_ignore_ascii_case(scheme)
+                    && host.eq_ignore_ascii_case(h)
+                    && norm_path(t.path) == path
+            }
+            ServerMatcher::Parts { host: h, port, path } => {
+                h.matches(host, true)
+                    && port.is_none_or(|p| p == t.port)
+                    && path
+                        .as_ref()
+                        .is_none_or(|p| p.matches(norm_path(t.path), false))
+            }
+        }
+    }
+
+    /// A full URL beats host+port+path, which beats a bare host; literals beat globs.
+    pub(crate) fn specificity(&self) -> u32 {
+        match self {
+            ServerMatcher::Url { .. } => 100,
+            ServerMatcher::Parts { host, port, path } => {
+                host.specificity() * 10
+                    + if port.is_some() { 5 } else { 0 }
+                    + path.as_ref().map_or(0, |p| p.specificity() * 2)
+            }
+        }
+    }
+}
+
+/// Identity matchers of an `[[agent]]`; every one that is set must match.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AgentMatcher {
+    pub exe: Option<Pattern>,
+    pub comm: Option<Pattern>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub gid: Option<u32>,
+    pub group: Option<String>,
+    pub unit: Option<Pattern>,
+    pub cgroup: Option<Pattern>,
+}
+
+impl AgentMatcher {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.exe.is_none()
+            && self.comm.is_none()
+            && self.uid.is_none()
+            && self.user.is_none()
+            && self.gid.is_none()
+            && self.group.is_none()
+            && self.unit.is_none()
+            && self.cgroup.is_none()
+    }
+
+    /// `exe` and `comm` match the connecting process or the process the call is
+    /// attributed to (`ProcessInfo::agent`, e.g. the editor behind an `npx mcp-remote`).
+    pub(crate) fn matches(&self, p: &ProcessInfo) -> bool {
+        if let Some(pat) = &self.exe {
+            let own = p.exe.as_deref().is_some_and(|e| pat.matches(e, false));
+            let attributed = p
+                .agent
+                .as_ref()
+                .and_then(|a| a.exe.as_deref())
+                .is_some_and(|e| pat.matches(e, false));
+            if !own && !attributed {
+                return false;
+            }
+        }
+        if let Some(pat) = &self.comm {
+            let own = pat.matches(&p.comm, false);
+            let attributed = p.agent.as_ref().is_some_and(|a| pat.matches(&a.comm, false));
+            if !own && !attributed {
+                return false;
+            }
+        }
+        if self.uid.is_some_and(|u| u != p.uid) || self.gid.is_some_and(|g| g != p.gid) {
+            return false;
+        }
+        if let Some(u) = &self.user {
+            if p.user.as_deref() != Some(u.as_str()) {
+                return false;
+            }
+        }
+        if let Some(g) = &self.group {
+            if p.group.as_deref() != Some(g.as_str()) {
+                return false;
+            }
+        }
+        if let Some(pat) = &self.unit {
+            if !p.unit.as_deref().is_some_and(|u| pat.matches(u, false)) {
+                return false;
+            }
+        }
+        if let Some(pat) = &self.cgroup {
+            if !p.cgroup_path.as_deref().is_some_and(|c| pat.matches(c, false)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sum over the matchers that are set: literal or numeric 2, glob 1.
+    pub(crate) fn specificity(&self) -> u32 {
+        let pat = |p: &Option<Pattern>| p.as_ref().map_or(0, Pattern::specificity);
+        let exact = |set: bool| if set { 2 } else { 0 };
+        pat(&self.exe)
+            + pat(&self.comm)
+            + pat(&self.unit)
+            + pat(&self.cgroup)
+            + exact(self.uid.is_some())
+            + exact(self.user.is_some())
+            + exact(self.gid.is_some())
+            + exact(self.group.is_some())
+    }
+}
+
+/// `[[rule.when]]`: a JSON pointer into the arguments and a regex.
+#[derive(Debug, Clone)]
+pub(crate) struct Condition {
+    pub pointer: String,
+    pub regex: Regex,
+    /// `not_matches`: the condition holds when the regex does NOT match.
+    pub negate: bool,
+}
+
+impl Condition {
+    /// A missing value never matches (so `not_matches` holds for it).
+    pub(crate) fn holds(&self, args: Option<&Value>) -> bool {
+        let hit = args
+            .and_then(|a| a.pointer(&self.pointer))
+            .is_some_and(|v| value_matches(&self.regex, v));
+        hit != self.negate
+    }
+}
+
+/// Strings are matched as they are; numbers, booleans and null by their JSON text;
+/// arrays and objects match when any value inside them does (keys are not searched).
+/// Iterative and linear in the size of a value that is already in memory, so a deep or
+/// wide argument costs no more to judge than it cost to parse.
+fn value_matches(re: &Regex, v: &Value) -> bool {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        let hit = match v {
+            Value::String(s) => re.is_match(s),
+            Value::Number(n) => re.is_match(&n.to_string()),
+            Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
+            Value::Null => re.is_match("null"),
+            Value::Array(a) => {
+                stack.extend(a.iter());
+                false
+            }
+            Value::Object(o) => {
+                stack.extend(o.values());
+                false
+            }
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,382 @@
+//! The vocabulary of a policy: modes, actions, decisions and the compiled definitions.
+//!
+//! Kept apart from parsing and evaluation so the daemon, the CLI and the audit code can
+//! name these types (and serialize them into audit records) without caring how a policy
+//! file is read or judged.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::matcher::{AgentMatcher, Patterns, ServerMatcher};
+
+/// Rollout mode: how much a non-allow decision is allowed to change traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Log only: the call is forwarded and no alert is raised.
+    Audit,
+    /// Log and alert, never block or hold.
+    Warn,
+    /// Block denied and rate-limited calls, hold calls that need approval.
+    Enforce,
+}
+
+impl Mode {
+    /// `audit` < `warn` < `enforce`.
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            Mode::Audit => 0,
+            Mode::Warn => 1,
+            Mode::Enforce => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Audit => "audit",
+            Mode::Warn => "warn",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to MCP traffic to a server that is not in the `[[server]]` registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowAction {
+    /// Mark the traffic as shadow in the audit log, nothing else.
+    Allow,
+    /// Mark it and raise an alert (in every mode); rules still apply.
+    Alert,
+    /// Deny every message to the server (subject to the global mode).
+    Block,
+}
+
+/// What a `tools/call` that no rule and no agent tool list speaks about gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultAction {
+    Allow,
+    Deny,
+}
+
+/// The `action` of a `[[rule]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+    RequireApproval,
+    RateLimit,
+}
+
+impl RuleAction {
+    /// Precedence: deny > require_approval > rate_limit > allow.
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            RuleAction::Allow => 0,
+            RuleAction::RateLimit => 1,
+            RuleAction::RequireApproval => 2,
+            RuleAction::Deny => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Allow => "allow",
+            RuleAction::Deny => "deny",
+            RuleAction::RequireApproval => "require_approval",
+            RuleAction::RateLimit => "rate_limit",
+        }
+    }
+}
+
+/// Rate-limit window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    /// Meant for tests and demos; production limits are per minute or hour.
+    Second,
+    Minute,
+    Hour,
+}
+
+impl Per {
+    pub fn window_ms(self) -> u64 {
+        match self {
+            Per::Second => 1_000,
+            Per::Minute => 60_000,
+            Per::Hour => 3_600_000,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::Second => "second",
+            Per::Minute => "minute",
+            Per::Hour => "hour",
+        }
+    }
+}
+
+/// Who shares one rate-limit counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateScope {
+    /// One counter per agent (an unidentified process counts under its executable).
+    Agent,
+    /// One counter per (server, tool), shared by every caller.
+    Tool,
+    /// One counter per Unix uid.
+    Uid,
+    /// One counter for every call the rule matches, across all servers and callers.
+    Aggregate,
+}
+
+impl RateScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateScope::Agent => "agent",
+            RateScope::Tool => "tool",
+            RateScope::Uid => "uid",
+            RateScope::Aggregate => "aggregate",
+        }
+    }
+}
+
+/// One rate limit that applies to one call: which rule, how much, and which counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateSpec {
+    /// Id of the `rate_limit` rule; with `key` it names the counter in [`crate::RateLimiter`].
+    pub rule: String,
+    pub count: u32,
+    pub per: Per,
+    pub scope: RateScope,
+    /// The counter within the rule, e.g. `agent:reader`, `uid:1000`, `tool:files/read_file`, `all`.
+    pub key: String,
+    /// The rule's effective mode: only `enforce` limits block.
+    pub mode: Mode,
+}
+
+/// The policy's verdict on a message, before the rollout mode is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Deny,
+    RequireApproval,
+    RateLimit(RateSpec),
+}
+
+impl Action {
+    /// `allow`, `deny`, `require_approval` or `rate_limit` (what `mcpwatch audit --decision` filters on).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::RequireApproval => "require_approval",
+            Action::RateLimit(_) => "rate_limit",
+        }
+    }
+}
+
+/// What the proxy actually does with the message once the mode is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Send it on to the server.
+    Forward,
+    /// Answer with a JSON-RPC error; nothing reaches the server.
+    Block,
+    /// Hold it until a human approves or denies it (or the approval times out).
+    Hold,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Forward => "forward",
+            Effect::Block => "block",
+            Effect::Hold => "hold",
+        }
+    }
+}
+
+/// The outcome of [`crate::Policy::evaluate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The decisive verdict (see docs/policy.md for how it is chosen).
+    pub action: Action,
+    /// What to do. For a `RateLimit` action this is `Forward` until
+    /// [`crate::RateLimiter::apply`] has consulted the counters.
+    pub effective: Effect,
+    /// The mode the decisive verdict was judged in.
+    pub mode: Mode,
+    /// Every rule that matched, decisive first. Implicit verdicts have ids that cannot
+    /// clash with rule ids: `agent:NAME` (an agent's server/tool lists), `server:NAME`
+    /// (a server's registered tool list), `policy:shadow`, `policy:default`.
+    pub matched_rules: Vec<String>,
+    /// Human text: which rule decided and how to ask for access (safe to show the client).
+    pub reason: String,
+    /// The server is not in the registry.
+    pub shadow: bool,
+    /// An operator should be alerted (warn-mode violation, enforced block or hold,
+    /// shadow server with `shadow = "alert"`, a rate limit exceeded in warn mode).
+    pub alert: bool,
+    /// Registry name of the server, if registered.
+    pub server: Option<String>,
+    /// Name of the agent the process was identified as, if any.
+    pub agent: Option<String>,
+    /// Every rate limit that applies to this call (decisive one included), for
+    /// [`crate::RateLimiter::apply`]. Empty when the call is blocked or held anyway.
+    pub rate_limits: Vec<RateSpec>,
+}
+
+/// Lifecycle of a registered server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerStatus {
+    #[default]
+    Active,
+    Deprecated,
+}
+
+/// A compiled `[[server]]` entry.
+#[derive(Debug, Clone)]
+pub struct ServerDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub status: ServerStatus,
+    /// `YYYY-MM-DD`, only for deprecated servers.
+    pub deprecated_since: Option<String>,
+    /// The tools the server is expected to offer (exact names). When set, calls to any
+    /// other tool are denied and other tools are hidden from `tools/list`.
+    pub tools: Option<Vec<String>>,
+    /// Mode for rules without their own mode and for implicit verdicts on this server.
+    pub mode: Option<Mode>,
+    pub(crate) matcher: ServerMatcher,
+    /// Line of the entry in the policy file (for messages).
+    pub line: usize,
+}
+
+/// A compiled `[[agent]]` entry.
+#[derive(Debug, Clone)]
+pub struct AgentDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub(crate) matcher: AgentMatcher,
+    /// Allowed servers (registry-name globs); `None` = any server, including shadow ones.
+    pub(crate) servers: Option<Patterns>,
+    pub(crate) deny_servers: Option<Patterns>,
+    /// Allowed tools (globs); `None` = any tool.
+    pub(crate) tools: Option<Patterns>,
+    pub(crate) deny_tools: Option<Patterns>,
+    pub line: usize,
+}
+
+impl AgentDef {
+    /// The allowed-server patterns as written, if the agent is restricted.
+    pub fn allowed_servers(&self) -> Option<&[String]> {
+        self.servers.as_ref().map(|p| p.sources())
+    }
+
+    /// The allowed-tool patterns as written, if the agent is restricted.
+    pub fn allowed_tools(&self) -> Option<&[String]> {
+        self.tools.as_ref().map(|p| p.sources())
+    }
+}
+
+/// A compiled `[[rule]]`.
+#[derive(Debug, Clone)]
+pub struct RuleDef {
+    pub id: String,
+    pub action: RuleAction,
+    /// The rule's own mode, if it sets one.
+    pub mode: Option<Mode>,
+    pub message: Option<String>,
+    pub(crate) methods: Patterns,
+    pub(crate) servers: Option<Patterns>,
+    pub(crate) tools: Option<Patterns>,
+    pub(crate) agents: Option<Patterns>,
+    pub(crate) conditions: Vec<crate::matcher::Condition>,
+    pub(crate) rate: Option<RateDef>,
+    /// Higher = narrower match; breaks ties between rules with the same action.
+    pub(crate) specificity: u32,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateDef {
+    pub count: u32,
+    pub per: Per,
+    pub scope: RateScope,
+}
+
+/// A compiled policy. Cheap to share behind an `Arc`; evaluation takes `&self`.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub(crate) file: String,
+    pub(crate) mode: Mode,
+    pub(crate) shadow: ShadowAction,
+    pub(crate) default: DefaultAction,
+    pub(crate) approval_timeout: Duration,
+    pub(crate) contact: Option<String>,
+    pub(crate) servers: Vec<ServerDef>,
+    pub(crate) agents: Vec<AgentDef>,
+    pub(crate) rules: Vec<RuleDef>,
+}
+
+impl Policy {
+    /// The file name given to [`crate::parse`].
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Global mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn shadow(&self) -> ShadowAction {
+        self.shadow
+    }
+
+    pub fn default_action(&self) -> DefaultAction {
+        self.default
+    }
+
+    /// How long a `require_approval` call is held before it is denied (default 50 s).
+    pub fn approval_timeout(&self) -> Duration {
+        self.approval_timeout
+    }
+
+    /// Who to ask for access (`contact = "..."`), if set.
+    pub fn contact(&self) -> Option<&str> {
+        self.contact.as_deref()
+    }
+
+    pub fn servers(&self) -> &[ServerDef] {
+        &self.servers
+    }
+
+    pub fn agents(&self) -> &[AgentDef] {
+        &self.agents
+    }
+
+    pub fn rules(&self) -> &[RuleDef] {
+        &self.rules
+    }
+
+    pub fn rule(&self, id: &str) -> Option<&RuleDef> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+}

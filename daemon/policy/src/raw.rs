@@ -1,0 +1,102 @@
+//! The policy file exactly as written: serde structs with spans, before validation.
+//!
+//! Every table rejects unknown keys, so a typo is an error with a position instead of a
+//! silently ignored setting. Values that are validated later (names, globs, regexes)
+//! keep their span so the error can point at them.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::{DefaultAction, Mode, Per, RateScope, RuleAction, ServerStatus, ShadowAction};
+
+pub(crate) type SList = Spanned<Vec<Spanned<String>>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub version: Spanned<i64>,
+    pub mode: Mode,
+    pub shadow: Option<ShadowAction>,
+    pub default: Option<DefaultAction>,
+    pub approval_timeout_secs: Option<Spanned<i64>>,
+    pub contact: Option<String>,
+    #[serde(default)]
+    pub server: Vec<Spanned<RawServer>>,
+    #[serde(default)]
+    pub agent: Vec<Spanned<RawAgent>>,
+    #[serde(default)]
+    pub rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+    pub url: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub path: Option<Spanned<String>>,
+    pub owner: Option<String>,
+    pub status: Option<Spanned<ServerStatus>>,
+    /// A TOML date (`2025-06-30`) or the same as a string.
+    pub deprecated_since: Option<Spanned<toml::Value>>,
+    pub tools: Option<SList>,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAgent {
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+    pub exe: Option<Spanned<String>>,
+    pub comm: Option<Spanned<String>>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub gid: Option<u32>,
+    pub group: Option<String>,
+    pub unit: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+    pub servers: Option<SList>,
+    pub tools: Option<SList>,
+    pub deny_servers: Option<SList>,
+    pub deny_tools: Option<SList>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub id: Spanned<String>,
+    pub action: Spanned<RuleAction>,
+    pub methods: Option<SList>,
+    pub servers: Option<SList>,
+    pub tools: Option<SList>,
+    pub agents: Option<SList>,
+    #[serde(default)]
+    pub when: Vec<Spanned<RawCondition>>,
+    pub rate: Option<Spanned<RawRate>>,
+    pub mode: Option<Spanned<Mode>>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCondition {
+    pub pointer: Spanned<String>,
+    pub matches: Option<Spanned<String>>,
+    pub not_matches: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRate {
+    pub count: Spanned<u32>,
+    pub per: Per,
+    #[serde(default = "default_scope")]
+    pub scope: RateScope,
+}
+
+fn default_scope() -> RateScope {
+    RateScope::Agent
+}
