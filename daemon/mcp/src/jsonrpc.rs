@@ -1,0 +1,884 @@
+//! JSON-RPC 2.0 envelopes as MCP uses them, parsed strictly from raw bytes.
+//!
+//! Why this exists: the proxy must decide on exactly the message the server will
+//! execute. Lenient parsing on one hop and strict parsing on the other is how
+//! policy gets bypassed (duplicate keys, comments, NaN, invalid UTF-8, batches
+//! hiding a second call), so [`parse_body`] is deliberately strict:
+//!
+//! * the body must be UTF-8 (no lossy decoding) and RFC 8259 JSON (serde_json:
+//!   no comments, trailing commas, NaN, leading BOM or trailing garbage);
+//! * duplicate object keys are rejected at every depth;
+//! * nesting deeper than [`Limits::max_depth`] is rejected without recursion
+//!   blow-up; bodies and batches have size limits;
+//! * every message must carry `"jsonrpc": "2.0"`, a string `method`, an id that
+//!   is a string or a number (never `null` on requests: MCP forbids it), and
+//!   exactly one of `method`, `result` or `error`.
+//!
+//! Nothing here panics on input: every failure is an [`Invalid`] value that says
+//! what was wrong and which JSON-RPC error code a peer should receive.
+//!
+//! Cost: one pass over the bytes for UTF-8 validation plus one serde_json parse
+//! into a [`serde_json::Value`] tree; no copies of the body are kept.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+
+/// JSON-RPC "Parse error": the body is not valid JSON (or not UTF-8).
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC "Invalid Request": valid JSON, but not a valid JSON-RPC/MCP message.
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC "Method not found".
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC "Invalid params" (also MCP's "Unknown tool" / resource not found).
+pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC "Internal error".
+pub const INTERNAL_ERROR: i64 = -32603;
+/// MCP 2026-07-28: HTTP routing headers (`Mcp-Method`, `Mcp-Name`,
+/// `MCP-Protocol-Version`) missing, malformed or not matching the body (HTTP 400).
+pub const HEADER_MISMATCH: i64 = -32020;
+/// MCP 2026-07-28: the request needs a client capability it did not declare.
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
+/// MCP 2026-07-28: the request's protocol version is not supported.
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+
+/// The standard JSON-RPC message text for a standard code (`"Parse error"`, ...),
+/// or `"Server error"` for anything else.
+pub fn standard_message(code: i64) -> &'static str {
+    match code {
+        PARSE_ERROR => "Parse error",
+        INVALID_REQUEST => "Invalid Request",
+        METHOD_NOT_FOUND => "Method not found",
+        INVALID_PARAMS => "Invalid params",
+        INTERNAL_ERROR => "Internal error",
+        _ => "Server error",
+    }
+}
+
+/// A JSON-RPC request id: a number or a string.
+///
+/// `Display` renders the id as JSON text (`1`, `"abc"`), the form stored in audit
+/// records. Ids are `Eq + Hash` so they can key the response [`crate::correlate::Correlator`];
+/// `1` and `"1"` are different ids, as JSON-RPC requires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Id {
+    Number(Number),
+    String(String),
+}
+
+impl Id {
+    /// The id as a JSON value.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Id::Number(n) => Value::Number(n.clone()),
+            Id::String(s) => Value::String(s.clone()),
+        }
+    }
+
+    /// `Some` for a number or string, `None` for anything else (including `null`).
+    pub fn from_value(v: &Value) -> Option<Id> {
+        match v {
+            Value::Number(n) => Some(Id::Number(n.clone())),
+            Value::String(s) => Some(Id::String(s.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Id::Number(n) => write!(f, "{n}"),
+            Id::String(s) => f.write_str(&serde_json::to_string(s).map_err(|_| fmt::Error)?),
+        }
+    }
+}
+
+impl From<i64> for Id {
+    fn from(n: i64) -> Self {
+        Id::Number(n.into())
+    }
+}
+
+impl From<u64> for Id {
+    fn from(n: u64) -> Self {
+        Id::Number(n.into())
+    }
+}
+
+impl From<&str> for Id {
+    fn from(s: &str) -> Self {
+        Id::String(s.to_owned())
+    }
+}
+
+impl From<String> for Id {
+    fn from(s: String) -> Self {
+        Id::String(s)
+    }
+}
+
+/// One JSON-RPC 2.0 message, already validated.
+///
+/// Payloads (`params`, `result`, `data`) are kept as parsed JSON so the proxy can
+/// inspect or rewrite them and re-serialise with [`Message::to_value`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A call that expects a response.
+    Request { id: Id, method: String, params: Option<Value> },
+    /// A call without an id: no response will come.
+    Notification { method: String, params: Option<Value> },
+    /// A successful response.
+    Response { id: Id, result: Value },
+    /// An error response. `id` is `None` when the peer sent `null` or no id
+    /// (it could not tell which request failed).
+    Error { id: Option<Id>, code: i64, message: String, data: Option<Value> },
+}
+
+impl Message {
+    /// The message as a JSON-RPC 2.0 object (`"jsonrpc"` first).
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("jsonrpc".into(), Value::String("2.0".into()));
+        match self {
+            Message::Request { id, method, params } => {
+                m.insert("id".into(), id.to_value());
+                m.insert("method".into(), Value::String(method.clone()));
+                if let Some(p) = params {
+                    m.insert("params".into(), p.clone());
+                }
+            }
+            Message::Notification { method, params } => {
+                m.insert("method".into(), Value::String(method.clone()));
+                if let Some(p) = params {
+                    m.insert("params".into(), p.clone());
+                }
+            }
+            Message::Response { id, result } => {
+                m.insert("id".into(), id.to_value());
+                m.insert("result".into(), result.clone());
+            }
+            Message::Error { id, code, message, data } => {
+                m.insert("id".into(), id.as_ref().map_or(Value::Null, Id::to_value));
+                m.insert("error".into(), error_object(*code, message, data.clone()));
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// Compact JSON text of [`Message::to_value`].
+    pub fn to_json(&self) -> String {
+        self.to_value().to_string()
+    }
+}
+
+/// Why a body (or one batch element) is not an acceptable JSON-RPC message.
+///
+/// [`Invalid::code`] is the JSON-RPC error code to answer with: `-32700` for
+/// byte/JSON-level problems, `-32600` for valid JSON that is not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("body is empty")]
+    Empty,
+    #[error("body is not valid UTF-8 (first bad byte at offset {valid_up_to})")]
+    NotUtf8 { valid_up_to: usize },
+    #[error("JSON syntax error at line {line} column {column}: {reason}")]
+    Syntax { line: usize, column: usize, reason: String },
+    #[error("JSON ends early (truncated) at line {line} column {column}")]
+    Truncated { line: usize, column: usize },
+    #[error("JSON nests deeper than {limit} levels")]
+    TooDeep { limit: usize },
+    #[error("body is {len} bytes, over the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("duplicate key {key:?} at line {line} column {column}")]
+    DuplicateKey { key: String, line: usize, column: usize },
+    #[error("batch is empty")]
+    EmptyBatch,
+    #[error("batch has {len} elements, over the limit of {limit}")]
+    BatchTooLarge { len: usize, limit: usize },
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("missing \"jsonrpc\": \"2.0\"")]
+    MissingJsonrpc,
+    #[error("\"jsonrpc\" is {found}, not \"2.0\"")]
+    WrongJsonrpc { found: String },
+    #[error("\"method\" is not a string")]
+    MethodNotString,
+    #[error("\"id\" is null (MCP forbids null ids on requests and results)")]
+    NullId,
+    #[error("\"id\" is {found}, not a string or number")]
+    BadId { found: &'static str },
+    #[error("\"params\" is {found}, not an object or array")]
+    BadParams { found: &'static str },
+    #[error("\"error\" is not an object with an integer \"code\" and a string \"message\"")]
+    BadErrorObject,
+    #[error("message has both {first:?} and {second:?}")]
+    Ambiguous { first: &'static str, second: &'static str },
+    #[error("message has none of \"method\", \"result\", \"error\"")]
+    NotAMessage,
+    #[error("response has no \"id\"")]
+    MissingId,
+}
+
+impl Invalid {
+    /// The JSON-RPC error code a peer should receive for this problem.
+    pub fn code(&self) -> i64 {
+        match self {
+            Invalid::Empty
+            | Invalid::NotUtf8 { .. }
+            | Invalid::Syntax { .. }
+            | Invalid::Truncated { .. }
+            | Invalid::TooDeep { .. } => PARSE_ERROR,
+            _ => INVALID_REQUEST,
+        }
+    }
+
+    /// True for problems below JSON (bytes, syntax, depth, size), false when
+    /// the JSON was fine but the message was not.
+    pub fn is_parse_error(&self) -> bool {
+        self.code() == PARSE_ERROR
+    }
+
+    /// The JSON-RPC error response for this problem (`id: null`, as JSON-RPC
+    /// requires when the id could not be determined), e.g.
+    /// `{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request: duplicate key ..."}}`.
+    pub fn error_response(&self) -> Value {
+        let msg = format!("{}: {}", standard_message(self.code()), self);
+        error_response(None, self.code(), &msg, None)
+    }
+}
+
+/// The outcome of [`parse_body`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    /// One message (the normal case).
+    Single(Message),
+    /// A JSON array of messages (JSON-RPC batch; MCP allowed it only in
+    /// 2025-03-26). Each element is validated on its own.
+    Batch(Vec<Result<Message, Invalid>>),
+    /// Nothing usable: the whole body is rejected.
+    Invalid(Invalid),
+}
+
+impl Parsed {
+    /// The valid messages, in order (none for `Invalid`).
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        let (single, batch): (Option<&Message>, &[Result<Message, Invalid>]) = match self {
+            Parsed::Single(m) => (Some(m), &[]),
+            Parsed::Batch(items) => (None, items.as_slice()),
+            Parsed::Invalid(_) => (None, &[]),
+        };
+        single.into_iter().chain(batch.iter().filter_map(|r| r.as_ref().ok()))
+    }
+
+    /// The first problem: the whole-body error or the first bad batch element.
+    pub fn first_invalid(&self) -> Option<&Invalid> {
+        match self {
+            Parsed::Single(_) => None,
+            Parsed::Batch(items) => items.iter().find_map(|r| r.as_ref().err()),
+            Parsed::Invalid(e) => Some(e),
+        }
+    }
+
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Parsed::Batch(_))
+    }
+}
+
+/// Bounds applied by [`parse_body_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bodies longer than this are rejected before parsing ([`Invalid::TooLarge`]).
+    pub max_bytes: usize,
+    /// Maximum nesting of arrays/objects, counting the outer message object as 1.
+    /// Clamped to 1..=100 (serde_json's own recursion guard sits at 128).
+    pub max_depth: usize,
+    /// Maximum elements in a batch ([`Invalid::BatchTooLarge`]).
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    /// 16 MiB, depth 64, 100 batch elements.
+    fn default() -> Self {
+        Limits { max_bytes: 16 * 1024 * 1024, max_depth: 64, max_batch: 100 }
+    }
+}
+
+/// Parse an HTTP body, SSE `data` or stdio line with [`Limits::default`].
+pub fn parse_body(bytes: &[u8]) -> Parsed {
+    parse_body_with(bytes, &Limits::default())
+}
+
+/// Parse with explicit limits. Never panics; never allocates more than a
+/// constant factor of `bytes.len()`.
+pub fn parse_body_with(bytes: &[u8], limits: &Limits) -> Parsed {
+    if bytes.len() > limits.max_bytes {
+        return Parsed::Invalid(Invalid::TooLarge { len: bytes.len(), limit: limits.max_bytes });
+    }
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Parsed::Invalid(Invalid::NotUtf8 { valid_up_to: e.valid_up_to() });
+    }
+    if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+        return Parsed::Invalid(Invalid::Empty);
+    }
+    let value = match parse_strict(bytes, limits.max_depth) {
+        Ok(v) => v,
+        Err(e) => return Parsed::Invalid(e),
+    };
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Parsed::Invalid(Invalid::EmptyBatch);
+            }
+            if items.len() > limits.max_batch {
+                return Parsed::Invalid(Invalid::BatchTooLarge {
+                    len: items.len(),
+                    limit: limits.max_batch,
+                });
+            }
+            Parsed::Batch(items.into_iter().map(message_from_value).collect())
+        }
+        other => match message_from_value(other) {
+            Ok(m) => Parsed::Single(m),
+            Err(e) => Parsed::Invalid(e),
+        },
+    }
+}
+
+/// Cheap pre-check before buffering a whole body: is the first significant byte
+/// `[` (a batch)? Lets the proxy refuse batches early for eras that forbid them.
+pub fn looks_like_batch(prefix: &[u8]) -> bool {
+    prefix.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) == Some(&b'[')
+}
+
+/// Validate one parsed JSON value as a JSON-RPC 2.0 message.
+pub fn message_from_value(value: Value) -> Result<Message, Invalid> {
+    let Value::Object(mut obj) = value else {
+        return Err(Invalid::NotAnObject);
+    };
+    match obj.get("jsonrpc") {
+        None => return Err(Invalid::MissingJsonrpc),
+        Some(Value::String(s)) if s == "2.0" => {}
+        Some(other) => return Err(Invalid::WrongJsonrpc { found: short_json(other) }),
+    }
+    let has_method = obj.contains_key("method");
+    let has_result = obj.contains_key("result");
+    let has_error = obj.contains_key("error");
+    if has_method && has_result {
+        return Err(Invalid::Ambiguous { first: "method", second: "result" });
+    }
+    if has_method && has_error {
+        return Err(Invalid::Ambiguous { first: "method", second: "error" });
+    }
+    if has_result && has_error {
+        return Err(Invalid::Ambiguous { first: "result", second: "error" });
+    }
+
+    if has_method {
+        let method = match obj.remove("method") {
+            Some(Value::String(s)) => s,
+            _ => return Err(Invalid::MethodNotString),
+        };
+        let params = match obj.remove("params") {
+            None => None,
+            Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
+            Some(other) => return Err(Invalid::BadParams { found: type_name(&other) }),
+        };
+        return match obj.get("id") {
+            None => Ok(Message::Notification { method, params }),
+            Some(v) => Ok(Message::Request { id: request_id(v)?, method, params }),
+        };
+    }
+    if has_result {
+        let id = match obj.get("id") {
+            None => return Err(Invalid::MissingId),
+            Some(v) => request_id(v)?,
+        };
+        let result = obj.remove("result").unwrap_or(Value::Null);
+        return Ok(Message::Response { id, result });
+    }
+    if has_error {
+        let id = match obj.get("id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(request_id(v)?),
+        };
+        let Some(Value::Object(mut err)) = obj.remove("error") else {
+            return Err(Invalid::BadErrorObject);
+        };
+        let code = match err.get("code") {
+            Some(Value::Number(n)) => n.as_i64().ok_or(Invalid::BadErrorObject)?,
+            _ => return Err(Invalid::BadErrorObject),
+        };
+        let message = match err.remove("message") {
+            Some(Value::String(s)) => s,
+            _ => return Err(Invalid::BadErrorObject),
+        };
+        let data = err.remove("data");
+        return Ok(Message::Error { id, code, message, data });
+    }
+    Err(Invalid::NotAMessage)
+}
+
+/// A JSON-RPC error response object:
+/// `{"jsonrpc":"2.0","id":<id or null>,"error":{"code":..,"message":..,"data"?:..}}`.
+pub fn error_response(id: Option<&Id>, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("jsonrpc".into(), Value::String("2.0".into()));
+    m.insert("id".into(), id.map_or(Value::Null, Id::to_value));
+    m.insert("error".into(), error_object(code, message, data));
+    Value::Object(m)
+}
+
+fn error_object(code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut e = Map::new();
+    e.insert("code".into(), Value::Number(code.into()));
+    e.insert("message".into(), Value::String(message.to_owned()));
+    if let Some(d) = data {
+        e.insert("data".into(), d);
+    }
+    Value::Object(e)
+}
+
+fn request_id(v: &Value) -> Result<Id, Invalid> {
+    match v {
+        Value::Null => Err(Invalid::NullId),
+        other => Id::from_value(other).ok_or(Invalid::BadId { found: type_name(other) }),
+    }
+}
+
+pub(crate) fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// JSON text of a value, cut to 32 bytes for error messages.
+fn short_json(v: &Value) -> String {
+    let s = v.to_string();
+    let c = clip(&s, 32);
+    if c.len() < s.len() { format!("{c}...") } else { s }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+pub(crate) fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+// ---------------------------------------------------------------------------
+// Strict JSON: serde_json's parser with a visitor that rejects duplicate keys
+// and bounds depth. The reason for a rejection is passed out through a Cell so
+// nothing depends on the wording of serde_json's error messages.
+
+#[derive(Debug, Clone)]
+enum Strict {
+    Duplicate(String),
+    TooDeep,
+}
+
+#[derive(Clone, Copy)]
+struct StrictSeed<'a> {
+    depth: usize,
+    max_depth: usize,
+    reason: &'a Cell<Option<Strict>>,
+}
+
+impl StrictSeed<'_> {
+    fn fail<E: de::Error>(&self, why: Strict) -> E {
+        self.reason.set(Some(why));
+        E::custom("strict JSON violation")
+    }
+
+    fn nested(&self) -> Self {
+        StrictSeed { depth: self.depth + 1, ..*self }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("non-finite number"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        if self.depth >= self.max_depth {
+            return Err(self.fail(Strict::TooDeep));
+        }
+        let inner = self.nested();
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(inner)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        if self.depth >= self.max_depth {
+            return Err(self.fail(Strict::TooDeep));
+        }
+        let inner = self.nested();
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(self.fail(Strict::Duplicate(clip(&key, 64).to_owned())));
+            }
+            let v = map.next_value_seed(inner)?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Strict RFC 8259 parse of UTF-8 JSON text into a `Value` (duplicate keys and
+/// excessive depth rejected). Exposed for other pure crates that read JSON
+/// from untrusted sources.
+pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, Invalid> {
+    let max_depth = max_depth.clamp(1, 100);
+    let reason = Cell::new(None);
+    let seed = StrictSeed { depth: 0, max_depth, reason: &reason };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => Err(match reason.take() {
+            Some(Strict::Duplicate(key)) => {
+                Invalid::DuplicateKey { key, line: e.line(), column: e.column() }
+            }
+            Some(Strict::TooDeep) => Invalid::TooDeep { limit: max_depth },
+            None if syntax_reason(&e) == "recursion limit exceeded" => Invalid::TooDeep { limit: max_depth },
+            None => match e.classify() {
+                serde_json::error::Category::Eof => {
+                    Invalid::Truncated { line: e.line(), column: e.column() }
+                }
+                _ => Invalid::Syntax { line: e.line(), column: e.column(), reason: syntax_reason(&e) },
+            },
+        }),
+    }
+}
+
+/// serde_json's message without its " at line L column C" suffix.
+fn syntax_reason(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn single(body: &str) -> Message {
+        match parse_body(body.as_bytes()) {
+            Parsed::Single(m) => m,
+            other => panic!("expected a single message for {body}, got {other:?}"),
+        }
+    }
+
+    fn invalid(body: &[u8]) -> Invalid {
+        match parse_body(body) {
+            Parsed::Invalid(e) => e,
+            other => panic!("expected invalid for {:?}, got {other:?}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    #[test]
+    fn request_notification_response_error() {
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#),
+            Message::Request { id: Id::from(1i64), method: "tools/list".into(), params: Some(json!({})) }
+        );
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Message::Notification { method: "notifications/initialized".into(), params: None }
+        );
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","id":"a","result":{"tools":[]}}"#),
+            Message::Response { id: Id::from("a"), result: json!({"tools": []}) }
+        );
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#),
+            Message::Error { id: None, code: -32700, message: "Parse error".into(), data: None }
+        );
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"Unknown tool","data":{"x":1}}}"#),
+            Message::Error {
+                id: Some(Id::from(4i64)),
+                code: -32602,
+                message: "Unknown tool".into(),
+                data: Some(json!({"x": 1}))
+            }
+        );
+        // Error without id at all is accepted (id could not be determined).
+        assert!(matches!(
+            single(r#"{"jsonrpc":"2.0","error":{"code":1,"message":"m"}}"#),
+            Message::Error { id: None, .. }
+        ));
+    }
+
+    #[test]
+    fn ids_numbers_strings_null_and_bad() {
+        let id = |body: &str| match single(body) {
+            Message::Request { id, .. } => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":0,"method":"m"}"#).to_string(), "0");
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":-7,"method":"m"}"#).to_string(), "-7");
+        assert_eq!(
+            id(r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"m"}"#).to_string(),
+            "18446744073709551615"
+        );
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":1.5,"method":"m"}"#).to_string(), "1.5");
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":"abc","method":"m"}"#).to_string(), r#""abc""#);
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":"q\"x","method":"m"}"#).to_string(), r#""q\"x""#);
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":"","method":"m"}"#).to_string(), r#""""#);
+        // 1 and "1" are different ids.
+        assert_ne!(Id::from(1i64), Id::from("1"));
+
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":null,"method":"m"}"#), Invalid::NullId);
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":null,"result":{}}"#), Invalid::NullId);
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":{"x":1},"method":"m"}"#), Invalid::BadId {
+            found: "an object"
+        });
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":true,"method":"m"}"#), Invalid::BadId {
+            found: "a boolean"
+        });
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":[1],"result":1}"#), Invalid::BadId {
+            found: "an array"
+        });
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","result":{}}"#), Invalid::MissingId);
+    }
+
+    #[test]
+    fn envelope_errors() {
+        assert_eq!(invalid(br#"{"jsonrpc":"1.0","id":1,"method":"m"}"#), Invalid::WrongJsonrpc {
+            found: r#""1.0""#.into()
+        });
+        assert_eq!(invalid(br#"{"jsonrpc":2.0,"id":1,"method":"m"}"#), Invalid::WrongJsonrpc {
+            found: "2.0".into()
+        });
+        assert_eq!(invalid(br#"{"jsonrpc":"1.0"}"#).code(), INVALID_REQUEST);
+        assert_eq!(invalid(br#"{"id":1,"method":"m"}"#), Invalid::MissingJsonrpc);
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":1,"method":5}"#), Invalid::MethodNotString);
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":"x"}"#), Invalid::BadParams {
+            found: "a string"
+        });
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":1,"method":"m","result":1}"#), Invalid::Ambiguous {
+            first: "method",
+            second: "result"
+        });
+        assert_eq!(
+            invalid(br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"x"}}"#),
+            Invalid::Ambiguous { first: "result", second: "error" }
+        );
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":1}"#), Invalid::NotAMessage);
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":1,"error":"boom"}"#), Invalid::BadErrorObject);
+        assert_eq!(
+            invalid(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"x"}}"#),
+            Invalid::BadErrorObject
+        );
+        assert_eq!(invalid(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1}}"#), Invalid::BadErrorObject);
+        assert_eq!(invalid(b"42"), Invalid::NotAnObject);
+        assert_eq!(invalid(b"\"x\""), Invalid::NotAnObject);
+        // Positional params are JSON-RPC-valid (MCP-level checks live in `message`).
+        assert!(matches!(
+            single(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1]}"#),
+            Message::Request { params: Some(Value::Array(_)), .. }
+        ));
+    }
+
+    #[test]
+    fn byte_and_syntax_errors() {
+        assert_eq!(invalid(b""), Invalid::Empty);
+        assert_eq!(invalid(b" \r\n\t"), Invalid::Empty);
+        assert_eq!(invalid(b"{\"a\":\"\xff\"}"), Invalid::NotUtf8 { valid_up_to: 6 });
+        assert_eq!(invalid(b"{\"a\":\"\xc0\xaf\"}").code(), PARSE_ERROR);
+        // Truncated at various points.
+        for body in [&br#"{"jsonrpc":"2.0","id":1,"#[..], br#"{"jsonrpc":"2.0","id":1,"method":"m""#, b"[", b"{"]
+        {
+            assert!(matches!(invalid(body), Invalid::Truncated { .. }), "{:?}", String::from_utf8_lossy(body));
+        }
+        match invalid(b"{\n  \"a\": tru }") {
+            Invalid::Syntax { line, column, .. } => {
+                assert_eq!(line, 2);
+                assert!(column >= 8, "column {column}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Trailing garbage, comments, trailing commas, NaN, BOM: all syntax errors.
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"m"} {"#[..],
+            br#"{"jsonrpc":"2.0",/*x*/"id":1,"method":"m"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"m",}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":NaN}}"#,
+            b"\xef\xbb\xbf{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}",
+            br#"{'jsonrpc':'2.0'}"#,
+        ] {
+            let e = invalid(body);
+            assert!(matches!(e, Invalid::Syntax { .. }), "{:?} -> {e:?}", String::from_utf8_lossy(body));
+            assert_eq!(e.code(), PARSE_ERROR);
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_rejected_at_any_depth() {
+        let e = invalid(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"a","name":"b"}}"#);
+        assert!(matches!(&e, Invalid::DuplicateKey { key, .. } if key == "name"), "{e:?}");
+        assert_eq!(e.code(), INVALID_REQUEST);
+        let e = invalid(br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"m"}"#);
+        assert!(matches!(&e, Invalid::DuplicateKey { key, .. } if key == "id"));
+        let e = invalid(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":[{"x":1,"y":{"z":1,"z":2}}]}}"#);
+        assert!(matches!(&e, Invalid::DuplicateKey { key, .. } if key == "z"));
+        // Same key in sibling objects is fine.
+        single(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":{"k":1},"b":{"k":1}}}"#);
+        // Escaped spelling of the same key is the same key.
+        let e = invalid(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":1,"na\u006de":2}}"#);
+        assert!(matches!(&e, Invalid::DuplicateKey { key, .. } if key == "name"));
+    }
+
+    #[test]
+    fn depth_limit_without_stack_overflow() {
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"x":{}{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(invalid(deep.as_bytes()), Invalid::TooDeep { limit: 64 });
+        let deep_obj = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{}1{}}}"#, r#"{"a":"#.repeat(5000), "}".repeat(5000));
+        assert_eq!(invalid(deep_obj.as_bytes()), Invalid::TooDeep { limit: 64 });
+        // Exactly at the limit is fine: message(1) + params(2) + 62 arrays = 64.
+        let ok = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"x":{}{}}}}}"#, "[".repeat(62), "]".repeat(62));
+        single(&ok);
+        let over = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"x":{}{}}}}}"#, "[".repeat(63), "]".repeat(63));
+        assert_eq!(invalid(over.as_bytes()), Invalid::TooDeep { limit: 64 });
+        // Limits above serde_json's own guard are clamped, still classified as TooDeep.
+        let lim = Limits { max_depth: 10_000, ..Limits::default() };
+        assert_eq!(parse_body_with(deep.as_bytes(), &lim), Parsed::Invalid(Invalid::TooDeep { limit: 100 }));
+    }
+
+    #[test]
+    fn batches() {
+        match parse_body(br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"n"}]"#) {
+            Parsed::Batch(items) => {
+                assert_eq!(items.len(), 2);
+                assert!(matches!(&items[0], Ok(Message::Request { method, .. }) if method == "a"));
+                assert!(matches!(&items[1], Ok(Message::Notification { method, .. }) if method == "n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(invalid(b"[]"), Invalid::EmptyBatch);
+        assert_eq!(invalid(b" [ ] "), Invalid::EmptyBatch);
+        let mixed = parse_body(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"a"},1,{"jsonrpc":"1.0","id":2,"method":"b"},{"jsonrpc":"2.0","id":null,"method":"c"},{"jsonrpc":"2.0","id":3,"result":{}}]"#,
+        );
+        match &mixed {
+            Parsed::Batch(items) => {
+                assert_eq!(items.len(), 5);
+                assert!(items[0].is_ok());
+                assert_eq!(items[1], Err(Invalid::NotAnObject));
+                assert_eq!(items[2], Err(Invalid::WrongJsonrpc { found: r#""1.0""#.into() }));
+                assert_eq!(items[3], Err(Invalid::NullId));
+                assert!(matches!(items[4], Ok(Message::Response { .. })));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(mixed.messages().count(), 2);
+        assert_eq!(mixed.first_invalid(), Some(&Invalid::NotAnObject));
+        // A duplicate key anywhere rejects the whole batch (cannot split it safely).
+        assert!(matches!(
+            invalid(br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":2,"id":3,"method":"b"}]"#),
+            Invalid::DuplicateKey { .. }
+        ));
+        let big = format!("[{}]", vec![r#"{"jsonrpc":"2.0","method":"n"}"#; 101].join(","));
+        assert_eq!(invalid(big.as_bytes()), Invalid::BatchTooLarge { len: 101, limit: 100 });
+        assert!(looks_like_batch(b"  \r\n [{"));
+        assert!(!looks_like_batch(b" {\"a\":[1]}"));
+        assert!(!looks_like_batch(b""));
+    }
+
+    #[test]
+    fn size_limit_checked_before_parsing() {
+        let lim = Limits { max_bytes: 10, ..Limits::default() };
+        assert_eq!(
+            parse_body_with(b"{\"jsonrpc\": \"2.0\"", &lim),
+            Parsed::Invalid(Invalid::TooLarge { len: 17, limit: 10 })
+        );
+    }
+
+    #[test]
+    fn error_response_shape() {
+        let v = error_response(Some(&Id::from("x")), INVALID_PARAMS, "Unknown tool: t", None);
+        assert_eq!(v, json!({"jsonrpc":"2.0","id":"x","error":{"code":-32602,"message":"Unknown tool: t"}}));
+        assert_eq!(v.to_string(), r#"{"jsonrpc":"2.0","id":"x","error":{"code":-32602,"message":"Unknown tool: t"}}"#);
+        let v = error_response(None, PARSE_ERROR, "Parse error", Some(json!({"at": 3})));
+        assert_eq!(v, json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error","data":{"at":3}}}));
+        let v = Invalid::DuplicateKey { key: "name".into(), line: 1, column: 2 }.error_response();
+        assert_eq!(v["error"]["code"], json!(-32600));
+        assert_eq!(v["id"], Value::Null);
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.starts_with("Invalid Request: duplicate key")));
+        assert_eq!(Invalid::Empty.error_response()["error"]["code"], json!(-32700));
+    }
+
+    #[test]
+    fn to_value_round_trips() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1}}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#,
+            r#"{"jsonrpc":"2.0","id":"r","result":{"content":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"m","data":[1]}}"#,
+        ] {
+            let m = single(body);
+            assert_eq!(m.to_json(), body);
+            assert_eq!(single(&m.to_json()), m);
+        }
+    }
+}
