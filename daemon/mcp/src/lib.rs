@@ -18,6 +18,36 @@
 //!
 //! Legacy HTTP+SSE (2024-11-05): the `endpoint` event is decoded by
 //! [`legacy::parse_endpoint`].
+//!
+//! ```
+//! use mcpwatch_mcp::{Correlator, HeaderSignals, Parsed, SseParser, parse_body, session};
+//!
+//! let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/tmp/a"}}}"#;
+//! let parsed = parse_body(body);
+//! let headers = HeaderSignals { protocol_version: Some("2025-06-18"), ..Default::default() };
+//! let era = session::check_request(&headers, &parsed, None).expect("acceptable request");
+//! assert_eq!(era.map(|e| e.allows_batch()), Some(false));
+//!
+//! let mut pending = Correlator::new(10_000);
+//! for m in parsed.messages() {
+//!     assert_eq!(m.target_name(), Some("read_file"));
+//!     if let Some(id) = m.id() {
+//!         let evicted = pending.insert("conn-1", id.clone(), m.args_hash());
+//!         assert!(evicted.is_empty());
+//!     }
+//! }
+//!
+//! let mut sse = SseParser::default();
+//! let mut events = sse.push(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,");
+//! events.extend(sse.push(b"\"result\":{\"content\":[]}}\n\n"));
+//! for ev in events.iter().filter(|e| e.is_message()) {
+//!     if let Parsed::Single(reply) = parse_body(ev.data.as_bytes()) {
+//!         let args_hash = pending.take("conn-1", reply.id().expect("reply id"));
+//!         assert!(args_hash.is_some());
+//!     }
+//! }
+//! assert!(pending.drain_key("conn-1").is_empty());
+//! ```
 
 pub mod canonical;
 pub mod correlate;

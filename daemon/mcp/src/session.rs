@@ -190,7 +190,8 @@ pub struct Rejection {
     pub message: String,
     /// The offending request's id when known (single requests), else `None`.
     pub id: Option<Id>,
-    pub data: Option<Value>,
+    /// Error `data` (e.g. `{"requested":..,"supported":[..]}` for -32022).
+    pub data: Option<Box<Value>>,
 }
 
 impl Rejection {
@@ -206,7 +207,7 @@ impl Rejection {
 
     /// The JSON-RPC error response body.
     pub fn error_response(&self) -> Value {
-        error_response(self.id.as_ref(), self.code, &self.message, self.data.clone())
+        error_response(self.id.as_ref(), self.code, &self.message, self.data.as_deref().cloned())
     }
 }
 
@@ -266,7 +267,7 @@ pub fn check_request(
             let v = clip(v, 64);
             let r = if body_meta_version.is_some() {
                 let mut r = Rejection::new(400, UNSUPPORTED_PROTOCOL_VERSION, format!("MCP-Protocol-Version {v:?}"), single_id);
-                r.data = Some(json!({ "requested": v, "supported": KNOWN_VERSIONS }));
+                r.data = Some(Box::new(json!({ "requested": v, "supported": KNOWN_VERSIONS })));
                 r
             } else {
                 Rejection::new(400, INVALID_REQUEST, format!("unsupported MCP-Protocol-Version {v:?}"), single_id)
@@ -480,7 +481,7 @@ mod tests {
         assert_eq!((r.http_status, r.code), (400, -32600));
         let r = check_request(&hs(&[("MCP-Protocol-Version", "2030-01-01")]), &parse_body(CALL_2026.as_bytes()), None).unwrap_err();
         assert_eq!((r.http_status, r.code), (400, -32022));
-        assert_eq!(r.data.as_ref().map(|d| d["requested"].clone()), Some(json!("2030-01-01")));
+        assert_eq!(r.error_response()["error"]["data"]["requested"], json!("2030-01-01"));
         assert_eq!(r.id, Some(Id::from(2i64)));
         let r = check_request(&hs(&[("MCP-Protocol-Version", "2025-11-25")]), &parse_body(CALL_2026.as_bytes()), None).unwrap_err();
         assert_eq!(r.code, -32020);

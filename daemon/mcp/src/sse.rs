@@ -275,8 +275,13 @@ impl SseParser {
         };
         match name {
             b"data" => {
-                let v = self.decode(value);
-                self.data.push_str(&v);
+                match std::str::from_utf8(value) {
+                    Ok(v) => self.data.push_str(v),
+                    Err(_) => {
+                        self.invalid_utf8 = true;
+                        self.data.push_str(&String::from_utf8_lossy(value));
+                    }
+                }
                 self.data.push('\n');
                 self.fields_seen = true;
             }
