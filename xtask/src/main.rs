@@ -1,1 +1,89 @@
-fn main() {}
+//! Project automation for mcpwatch, run as `cargo xtask <command>`.
+//!
+//! It exists so that a fresh machine with only the Rust toolchain can get to a green
+//! test run with one command: `setup` installs the real MCP peers the integration tests
+//! drive (Python and Node SDKs, the rmcp server) and the system packages; `test` runs
+//! setup, builds every binary and runs the whole test suite; `bench` measures the
+//! proxy's overhead against a real MCP server.
+
+mod bench;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "mcpwatch project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install test peers and system packages (idempotent; fast when already done).
+    Setup(setup::SetupArgs),
+    /// Setup, then `cargo build --workspace --bins`, then `cargo test --workspace [ARGS]`.
+    Test {
+        #[command(flatten)]
+        setup: setup::SetupArgs,
+        /// Passed to `cargo test --workspace` (put them after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure latency and throughput of MCP tools/call: direct vs nginx vs mcpwatchd.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup(args) => setup::run(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::Test { setup, args } => test(&setup, &args),
+        Cmd::Bench(args) => {
+            if cfg!(debug_assertions) && std::env::var_os(RELEASE_MARK).is_none() {
+                rerun_optimized()
+            } else {
+                bench::run(&args).map(|()| ExitCode::SUCCESS)
+            }
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Set on the optimized re-run of xtask so it does not re-run itself again.
+const RELEASE_MARK: &str = "MCPWATCH_XTASK_OPTIMIZED";
+
+/// `cargo xtask` builds xtask unoptimized; a debug-build load generator would measure
+/// itself. Builds xtask with `--release` and runs the same command line with it.
+fn rerun_optimized() -> anyhow::Result<ExitCode> {
+    util::section("building an optimized xtask for the load generator");
+    util::run(util::cargo().args(["build", "--release", "-p", "xtask"]))?;
+    let exe = util::target_dir().join("release").join("xtask");
+    let status = util::run_status(
+        std::process::Command::new(&exe).args(std::env::args_os().skip(1)).env(RELEASE_MARK, "1"),
+    )?;
+    let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
+    Ok(ExitCode::from(code))
+}
+
+/// `cargo xtask test`: the README's single test command.
+fn test(setup_args: &setup::SetupArgs, args: &[String]) -> anyhow::Result<ExitCode> {
+    setup::run(setup_args)?;
+    util::section("cargo build --workspace --bins");
+    util::run(util::cargo().args(["build", "--workspace", "--bins"]))?;
+    util::section("cargo test --workspace");
+    let status = util::run_status(util::cargo().args(["test", "--workspace"]).args(args))?;
+    util::section(if status.success() { "tests passed" } else { "tests FAILED" });
+    // Propagate cargo test's exit code exactly (101 for test failures).
+    let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
+    Ok(ExitCode::from(code))
+}

@@ -1,0 +1,513 @@
+//! `cargo xtask bench`: how much latency and throughput does a proxy in front of an
+//! MCP server cost? Speed is never asserted in tests; it is measured here, against a
+//! real MCP server (the rmcp peer, stateless JSON) and compared with the same server
+//! reached directly and through a stock nginx reverse proxy.
+//!
+//! The load generator is built in (hyper client, no external tool): it sends MCP
+//! `tools/call` (echo) requests shaped like a 2026-07-28 client's, over one kept-alive
+//! connection per worker or a new connection per call, at each concurrency, bounded by
+//! both a call count and a duration per cell. Everything listens and connects on
+//! loopback only; every process started here is stopped by PID.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::util::{self, section, step};
+
+/// Hard ceilings, whatever the command line says: load loops stay bounded.
+const MAX_SECONDS: f64 = 30.0;
+const MAX_CALLS: usize = 200_000;
+const MAX_CONCURRENCY: usize = 64;
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Seconds per cell (each target x mode x concurrency), at most 30.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Calls per cell, at most 200000; a cell ends at whichever bound comes first.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_calls: usize,
+    /// Targets to measure, in order (direct is always measured: ratios need it).
+    #[arg(long, value_delimiter = ',', default_values_t = TARGETS.iter().map(|t| t.name.to_owned()))]
+    pub targets: Vec<String>,
+    /// Connection modes.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::KeepAlive, Mode::NewConn])]
+    pub modes: Vec<Mode>,
+    /// Concurrency levels (parallel workers), each at most 64.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+    pub concurrency: Vec<usize>,
+    /// Do not (re)build the rmcp peer first.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// How a worker uses connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// One HTTP/1.1 connection per worker, reused for every call.
+    #[value(name = "keepalive")]
+    KeepAlive,
+    /// A new TCP connection (and HTTP handshake) for every call.
+    #[value(name = "newconn")]
+    NewConn,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => "keepalive",
+            Mode::NewConn => "newconn",
+        }
+    }
+}
+
+/// What a target needs to start: the backend's address and a scratch directory.
+struct Env<'a> {
+    backend: SocketAddr,
+    scratch: &'a Path,
+}
+
+/// A started target: where to send calls, and the process to stop afterwards.
+enum Started {
+    Ready { addr: SocketAddr, guard: Option<ChildGuard> },
+    Skipped(String),
+}
+
+/// One measured target. Adding a proxy to the comparison is one line in [`TARGETS`].
+struct Target {
+    name: &'static str,
+    start: fn(&Env<'_>) -> anyhow::Result<Started>,
+}
+
+const TARGETS: &[Target] = &[
+    Target { name: "direct", start: start_direct },
+    Target { name: "nginx", start: start_nginx },
+    Target { name: "mcpwatchd", start: start_mcpwatchd },
+];
+
+/// Kills (SIGKILL) and reaps a child we started, by PID, when dropped.
+struct ChildGuard {
+    child: Child,
+    what: &'static str,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        println!("    stopped {} (pid {})", self.what, self.child.id());
+    }
+}
+
+/// A scratch directory under the system temp dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_direct(env: &Env<'_>) -> anyhow::Result<Started> {
+    Ok(Started::Ready { addr: env.backend, guard: None })
+}
+
+fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
+    let Some(nginx) = util::which("nginx").or_else(|| {
+        let p = PathBuf::from("/usr/sbin/nginx");
+        p.exists().then_some(p)
+    }) else {
+        return Ok(Started::Skipped("nginx not installed (cargo xtask setup installs nginx-light)".into()));
+    };
+    let dir = env.scratch.join("nginx");
+    std::fs::create_dir_all(&dir).context("creating the nginx scratch dir")?;
+    let addr = free_loopback_addr()?;
+    let d = dir.display();
+    // One process (master_process off) so stopping it by PID stops everything.
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         upstream backend {{ server {backend}; keepalive 32; }}\n\
+         server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://backend;\n\
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n\
+         proxy_buffering off;\n    }}\n  }}\n}}\n",
+        backend = env.backend,
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
+    let mut cmd = Command::new(&nginx);
+    cmd.arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf_path);
+    step(format!("$ {}", util::describe(&cmd)));
+    let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {}", nginx.display()))?;
+    let guard = ChildGuard { child, what: "nginx" };
+    wait_listening(addr, Duration::from_secs(10))
+        .with_context(|| format!("nginx did not listen; see {}", dir.join("error.log").display()))?;
+    Ok(Started::Ready { addr, guard: Some(guard) })
+}
+
+fn start_mcpwatchd(_env: &Env<'_>) -> anyhow::Result<Started> {
+    // The lead wires the daemon's plain reverse-proxy mode here: spawn the binary with a
+    // config that proxies a loopback listener to `env.backend`, wrap it in a
+    // ChildGuard and return its listen address.
+    let built = ["release", "debug"].iter().any(|p| util::target_dir().join(p).join("mcpwatchd").exists());
+    if built {
+        Ok(Started::Skipped("plain reverse-proxy mode not wired into the bench yet (xtask/src/bench.rs)".into()))
+    } else {
+        Ok(Started::Skipped("mcpwatchd is not built (cargo build --release -p mcpwatchd)".into()))
+    }
+}
+
+fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    let l = StdListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
+    l.local_addr().context("reading the free port")
+}
+
+fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listening on {addr} after {limit:?}")
+}
+
+/// Starts the rmcp peer on a free loopback port and waits for its `ready` line.
+fn start_backend() -> anyhow::Result<(SocketAddr, ChildGuard)> {
+    let bin = util::target_dir().join("release").join("mcpwatch-peer-rmcp");
+    if !bin.exists() {
+        bail!("{} is missing: run `cargo xtask setup`", bin.display());
+    }
+    let addr = free_loopback_addr()?;
+    let child = Command::new(&bin)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let guard = ChildGuard { child, what: "rmcp peer" };
+    wait_listening(addr, Duration::from_secs(10))?;
+    Ok((addr, guard))
+}
+
+/// Measured outcome of one cell.
+#[derive(Debug, Clone)]
+struct Cell {
+    target: &'static str,
+    mode: Mode,
+    concurrency: usize,
+    ok: usize,
+    errors: usize,
+    first_error: Option<String>,
+    p50_us: f64,
+    p99_us: f64,
+    per_sec: f64,
+}
+
+/// Runs `cargo xtask bench`.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let seconds = args.seconds.clamp(0.1, MAX_SECONDS);
+    let max_calls = args.max_calls.clamp(1, MAX_CALLS);
+    let levels: Vec<usize> = args.concurrency.iter().map(|c| (*c).clamp(1, MAX_CONCURRENCY)).collect();
+    let mut chosen: Vec<&Target> = Vec::new();
+    for name in std::iter::once("direct").chain(args.targets.iter().map(String::as_str)) {
+        let Some(t) = TARGETS.iter().find(|t| t.name == name) else {
+            bail!("unknown target {name:?}; known: {}", TARGETS.iter().map(|t| t.name).collect::<Vec<_>>().join(", "));
+        };
+        if !chosen.iter().any(|c| c.name == t.name) {
+            chosen.push(t);
+        }
+    }
+
+    if !args.no_build {
+        section("building the rmcp peer");
+        util::run(util::cargo().args(["build", "--release", "-p", "mcpwatch-peer-rmcp"]))?;
+    }
+    section("starting the backend (rmcp peer, stateless JSON)");
+    let (backend, _backend_guard) = start_backend()?;
+    step(format!("rmcp peer on {backend}"));
+    let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
+    let env = Env { backend, scratch: &scratch.0 };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the load generator runtime")?;
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut skipped: Vec<(&str, String)> = Vec::new();
+    for target in chosen {
+        section(format!("target {}", target.name).as_str());
+        let started = (target.start)(&env).with_context(|| format!("starting target {}", target.name))?;
+        let (addr, guard) = match started {
+            Started::Skipped(reason) => {
+                step(format!("skipped: {reason}"));
+                skipped.push((target.name, reason));
+                continue;
+            }
+            Started::Ready { addr, guard } => (addr, guard),
+        };
+        rt.block_on(check_answer(addr)).with_context(|| format!("{} does not answer MCP", target.name))?;
+        for &mode in &args.modes {
+            for &c in &levels {
+                // Warm-up (discarded): connection pools, caches, CPU frequency.
+                let _ = rt.block_on(load(addr, mode, c, Duration::from_millis(300), 1_000));
+                let cell = rt.block_on(load(addr, mode, c, Duration::from_secs_f64(seconds), max_calls));
+                let cell = Cell { target: target.name, ..cell };
+                step(format!(
+                    "{:<9} c={:<2} {:>7} calls {:>4} errors  p50 {:>8.1} us  p99 {:>8.1} us  {:>9.0}/s",
+                    mode.label(),
+                    c,
+                    cell.ok,
+                    cell.errors,
+                    cell.p50_us,
+                    cell.p99_us,
+                    cell.per_sec
+                ));
+                if let Some(e) = &cell.first_error {
+                    step(format!("first error: {e}"));
+                }
+                cells.push(cell);
+            }
+        }
+        drop(guard);
+    }
+    print_table(&cells, &skipped, seconds, max_calls);
+    Ok(())
+}
+
+fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_calls: usize) {
+    section(format!("results (tools/call echo, each cell <= {seconds} s and <= {max_calls} calls)").as_str());
+    println!(
+        "{:<10} {:<9} {:>3} {:>8} {:>6} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "target", "mode", "c", "calls", "errors", "p50 ms", "p99 ms", "calls/s", "p50 x", "p99 x", "tput x"
+    );
+    for cell in cells {
+        let base = cells
+            .iter()
+            .find(|b| b.target == "direct" && b.mode == cell.mode && b.concurrency == cell.concurrency);
+        let ratio = |num: f64, den: f64| if den > 0.0 { format!("{:.2}", num / den) } else { "-".into() };
+        let (p50x, p99x, tputx) = match base {
+            Some(b) => (ratio(cell.p50_us, b.p50_us), ratio(cell.p99_us, b.p99_us), ratio(cell.per_sec, b.per_sec)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<10} {:<9} {:>3} {:>8} {:>6} {:>10.3} {:>10.3} {:>10.0} {:>9} {:>9} {:>9}",
+            cell.target,
+            cell.mode.label(),
+            cell.concurrency,
+            cell.ok,
+            cell.errors,
+            cell.p50_us / 1000.0,
+            cell.p99_us / 1000.0,
+            cell.per_sec,
+            p50x,
+            p99x,
+            tputx
+        );
+    }
+    for (name, reason) in skipped {
+        println!("{name:<10} skipped: {reason}");
+    }
+    println!("(x = ratio to direct at the same mode and concurrency; latency ratios > 1 and tput ratios < 1 are overhead)");
+}
+
+/// The JSON-RPC body of call `id`, with the 2026-07-28 per-request metadata.
+fn call_body(id: u64) -> Bytes {
+    Bytes::from(format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\
+         \"arguments\":{{\"text\":\"bench\"}},\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\
+         \"io.modelcontextprotocol/clientInfo\":{{\"name\":\"mcpwatch-bench\",\"version\":\"0.1.0\"}},\
+         \"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}"
+    ))
+}
+
+fn call_request(addr: SocketAddr, id: u64, close: bool) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
+    let mut b = hyper::Request::post("/mcp")
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::ACCEPT, "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo");
+    if close {
+        b = b.header(hyper::header::CONNECTION, "close");
+    }
+    b.body(Full::new(call_body(id))).context("building the request")
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.context("HTTP/1.1 handshake")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Sends one call and checks it got a JSON-RPC result back.
+async fn call(sender: &mut Sender, addr: SocketAddr, id: u64, close: bool) -> anyhow::Result<Bytes> {
+    sender.ready().await.context("connection not ready")?;
+    let resp = sender.send_request(call_request(addr, id, close)?).await.context("sending the request")?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.context("reading the response body")?.to_bytes();
+    if status != hyper::StatusCode::OK {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+    }
+    if !body.windows(8).any(|w| w == b"\"result\"") {
+        bail!("no JSON-RPC result: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+    }
+    Ok(body)
+}
+
+/// One real call, parsed, before measuring: the target must echo our text.
+async fn check_answer(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut sender = connect(addr).await?;
+    let body = call(&mut sender, addr, 1, false).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body).context("response is not JSON")?;
+    let text = v.pointer("/result/content/0/text").and_then(|t| t.as_str());
+    if text != Some("bench") {
+        bail!("unexpected answer: {v}");
+    }
+    Ok(())
+}
+
+/// Runs `concurrency` workers until `duration` passes or `max_calls` calls were issued.
+async fn load(addr: SocketAddr, mode: Mode, concurrency: usize, duration: Duration, max_calls: usize) -> Cell {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let issued = issued.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error: Option<String> = None;
+            let mut sender: Option<Sender> = None;
+            let mut id = (w as u64) << 32;
+            loop {
+                if start.elapsed() >= duration || issued.fetch_add(1, Ordering::Relaxed) >= max_calls {
+                    break;
+                }
+                id += 1;
+                let t0 = Instant::now();
+                let result = async {
+                    match mode {
+                        Mode::KeepAlive => {
+                            if sender.as_ref().is_none_or(|s| s.is_closed()) {
+                                sender = Some(connect(addr).await?);
+                            }
+                            match sender.as_mut() {
+                                Some(s) => call(s, addr, id, false).await.map(|_| ()),
+                                None => bail!("no connection"),
+                            }
+                        }
+                        Mode::NewConn => {
+                            let mut s = connect(addr).await?;
+                            call(&mut s, addr, id, true).await.map(|_| ())
+                        }
+                    }
+                }
+                .await;
+                match result {
+                    Ok(()) => lat.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                    Err(e) => {
+                        errors += 1;
+                        sender = None;
+                        if first_error.is_none() {
+                            first_error = Some(format!("{e:#}"));
+                        }
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    let mut lat: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok((l, e, f)) => {
+                lat.extend(l);
+                errors += e;
+                if first_error.is_none() {
+                    first_error = f;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("worker panicked: {e}"));
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    Cell {
+        target: "",
+        mode,
+        concurrency,
+        ok: lat.len(),
+        errors,
+        first_error,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        per_sec: if elapsed > 0.0 { lat.len() as f64 / elapsed } else { 0.0 },
+    }
+}
+
+/// Nearest-rank percentile of sorted microsecond samples (0 when there are none).
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    f64::from(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.50), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[7], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn call_body_is_a_2026_tools_call() {
+        let v: serde_json::Value = serde_json::from_slice(&call_body(42)).expect("valid JSON");
+        assert_eq!(v["id"], 42);
+        assert_eq!(v["method"], "tools/call");
+        assert_eq!(v["params"]["name"], "echo");
+        assert_eq!(v["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"], "2026-07-28");
+    }
+
+    #[test]
+    fn direct_is_a_known_target() {
+        assert!(TARGETS.iter().any(|t| t.name == "direct"));
+    }
+}
