@@ -1,1 +1,59 @@
-//! placeholder
+//! mcpwatchd: watches and governs every MCP connection on a Linux host.
+//!
+//! See ARCHITECTURE.md at the repository root for the bird's-eye view. In short:
+//! [`intercept`](mcpwatch_intercept) redirects connections with eBPF; [`proxy`] accepts
+//! them, relays non-MCP bytes untouched and parses MCP over HTTP; [`state`] records every
+//! message in the audit store and the [`inventory`]; [`control`] answers the CLI.
+
+pub mod config;
+pub mod control;
+pub mod failure;
+pub mod inventory;
+pub mod proxy;
+pub mod resolve;
+pub mod session;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use mcpwatch_api::Status;
+
+pub use proxy::run as run_proxy;
+pub use state::Shared;
+
+/// Build the `mcpwatch status` view.
+pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
+    let attach = shared.attach.lock().map(|a| a.clone()).unwrap_or_default();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_secs: shared.started.elapsed().as_secs(),
+        failure_mode: shared.config.failure_mode,
+        attached: attach.attached,
+        cgroup: attach.cgroup,
+        attach_error: attach.error,
+        ports: shared.config.ports.clone(),
+        listen: listen.iter().map(|a| a.to_string()).collect(),
+        control_socket: shared.config.control_socket.display().to_string(),
+        state_dir: shared.config.state_dir.display().to_string(),
+        counts: shared.counts(),
+        warnings: Vec::new(),
+    }
+}
+
+/// Serve the proxy and the control socket until `shutdown` resolves.
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<tokio::net::TcpListener>,
+    control: tokio::net::UnixListener,
+    resolver: Arc<dyn resolve::Resolve>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let listen: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let status_shared = shared.clone();
+    let status_fn: Arc<dyn Fn() -> Status + Send + Sync> = Arc::new(move || status(&status_shared, &listen));
+    let control_task = tokio::spawn(control::serve(control, shared.clone(), status_fn));
+    proxy::run(shared, listeners, resolver, shutdown).await;
+    control_task.abort();
+}

@@ -1,1 +1,172 @@
-fn main() {}
+//! `mcpwatchd`: load config, open the store, listen, attach the eBPF programs, serve.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use mcpwatch_api::FailureMode;
+use mcpwatchd::config::{Config, FileConfig};
+use mcpwatchd::resolve::{BpfResolver, Resolve, StaticResolver};
+use mcpwatchd::state::Shared;
+
+const DEFAULT_CONFIG: &str = "/etc/mcpwatch/mcpwatchd.toml";
+
+#[derive(Parser, Debug)]
+#[command(name = "mcpwatchd", version, about = "Watches and governs MCP connections on this host")]
+struct Args {
+    /// Config file (TOML). Default: /etc/mcpwatch/mcpwatchd.toml if it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Cgroup v2 directory whose processes are intercepted. Default: the whole host
+    /// (the root of the cgroup2 mount).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Loopback port redirected connections arrive on.
+    #[arg(long)]
+    listen_port: Option<u16>,
+    /// Destination ports in scope: "all" or e.g. "80,443,8000-8999".
+    #[arg(long)]
+    ports: Option<String>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// What happens when mcpwatchd cannot do its job: open (traffic flows) or closed.
+    #[arg(long, value_parser = parse_failure_mode)]
+    failure_mode: Option<FailureMode>,
+    /// No eBPF: send every accepted connection to this address (reverse-proxy mode for
+    /// tests and benchmarks).
+    #[arg(long)]
+    static_upstream: Option<std::net::SocketAddr>,
+}
+
+fn parse_failure_mode(s: &str) -> Result<FailureMode, String> {
+    match s {
+        "open" => Ok(FailureMode::Open),
+        "closed" => Ok(FailureMode::Closed),
+        _ => Err(format!("expected `open` or `closed`, got `{s}`")),
+    }
+}
+
+fn load_config(args: &Args) -> Result<Config> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => FileConfig::load(std::path::Path::new(DEFAULT_CONFIG))?,
+        None => FileConfig::default(),
+    };
+    let mut c = file.into_config()?;
+    if let Some(v) = &args.cgroup {
+        c.cgroup = Some(v.clone());
+    }
+    if let Some(v) = args.listen_port {
+        c.listen_port = v;
+    }
+    if let Some(v) = &args.ports {
+        c.ports = v.clone();
+    }
+    if let Some(v) = &args.state_dir {
+        c.state_dir = v.clone();
+    }
+    if let Some(v) = &args.control_socket {
+        c.control_socket = v.clone();
+    }
+    if let Some(v) = args.failure_mode {
+        c.failure_mode = v;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MCPWATCH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main().await {
+        eprintln!("mcpwatchd: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+async fn real_main() -> Result<()> {
+    let args = Args::parse();
+    let config = load_config(&args)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
+    let store = mcpwatch_audit::Store::open(
+        &config.state_dir,
+        mcpwatch_audit::StoreOptions { max_records: config.limits.max_audit_records, ..Default::default() },
+    )?;
+    let mut listeners = Vec::new();
+    for addr in config.listen_addrs() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => listeners.push(l),
+            // IPv6 may be disabled; v4 alone still works.
+            Err(e) if addr.is_ipv6() => tracing::warn!(%addr, error = %e, "cannot listen on IPv6 loopback"),
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+        }
+    }
+    let shared = Shared::new(config.clone(), store);
+
+    let resolver: Arc<dyn Resolve> = match args.static_upstream {
+        Some(dst) => {
+            tracing::info!(%dst, "static upstream mode: eBPF interception not attached");
+            if let Ok(mut a) = shared.attach.lock() {
+                a.error = Some(format!("not attached: static upstream mode ({dst})"));
+            }
+            Arc::new(StaticResolver { dst })
+        }
+        None => {
+            let cgroup = match &config.cgroup {
+                Some(c) => c.clone(),
+                None => mcpwatch_intercept::cgroup::cgroup2_mount()?,
+            };
+            let ports = config.ports.parse::<mcpwatch_intercept::PortScope>().map_err(|e| anyhow::anyhow!("ports: {e}"))?;
+            let icfg = mcpwatch_intercept::InterceptConfig {
+                cgroup: cgroup.clone(),
+                listen_port: config.listen_port,
+                ports,
+                mark: config.mark,
+                daemon_tgid: std::process::id(),
+            };
+            let interceptor = mcpwatch_intercept::Interceptor::attach(&icfg)
+                .with_context(|| format!("cannot attach interception to {}", cgroup.display()))?;
+            if let Ok(mut a) = shared.attach.lock() {
+                a.attached = true;
+                a.cgroup = Some(cgroup.display().to_string());
+            }
+            tracing::info!(cgroup = %cgroup.display(), ports = %config.ports, "interception attached");
+            let bpf = Arc::new(BpfResolver::new(interceptor));
+            tokio::spawn(bpf.clone().sweep_forever());
+            bpf
+        }
+    };
+
+    let control = mcpwatchd::control::bind(&config.control_socket, &config.control_group).await?;
+    tracing::info!(
+        listen = ?listeners.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
+        control = %config.control_socket.display(),
+        failure_mode = %config.failure_mode,
+        "mcpwatchd ready"
+    );
+    mcpwatchd::run(shared, listeners, control, resolver, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    tracing::info!("mcpwatchd stopped; interception detached");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,268 @@
+//! Daemon configuration: file → raw (serde, unknown keys rejected) → validated [`Config`].
+//!
+//! Why a module of its own: everything the daemon does is decided by these values, and a
+//! typo must never silently change behaviour. A config is fully validated (with line and
+//! column for file errors) before anything is attached or any socket is opened.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mcpwatch_api::FailureMode;
+use serde::Deserialize;
+
+/// Default loopback port the daemon listens on for redirected connections.
+pub const DEFAULT_LISTEN_PORT: u16 = 15099;
+/// Default set of destination ports in scope for redirection.
+pub const DEFAULT_PORTS: &str = "80,443,3000-3999,8000-8999";
+/// Mark set (SO_MARK) on the daemon's own upstream sockets; the eBPF hooks skip them.
+pub const DEFAULT_MARK: u32 = 0x6d63_7077; // "mcpw"
+
+/// The file format. Every table rejects unknown keys.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen_port: Option<u16>,
+    /// `"all"` or a list like `"80,443,8000-8999"`.
+    pub ports: Option<String>,
+    /// Cgroup v2 directory to attach to. Default: the root of the cgroup2 mount.
+    pub cgroup: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    /// `open` (default) or `closed`.
+    pub failure_mode: Option<FailureMode>,
+    pub mark: Option<u32>,
+    /// Group allowed on the control socket besides root.
+    pub control_group: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_body_bytes: Option<usize>,
+    pub max_sse_event_bytes: Option<usize>,
+    pub peek_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub header_timeout_ms: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_pending_calls: Option<usize>,
+    pub max_audit_records: Option<u64>,
+}
+
+/// Validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_port: u16,
+    pub ports: String,
+    pub cgroup: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub control_group: String,
+    pub failure_mode: FailureMode,
+    pub mark: u32,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest MCP request body (and JSON response body) inspected; larger MCP
+    /// requests are refused with 413, larger non-MCP bodies pass uninspected.
+    pub max_body_bytes: usize,
+    pub max_sse_event_bytes: usize,
+    /// How long to wait for the client's first bytes before treating the connection
+    /// as opaque (server-speaks-first protocols never wait this long: upstream bytes
+    /// end the wait at once).
+    pub peek_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    /// A request body must arrive within this time (slow clients are cut off).
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_pending_calls: usize,
+    pub max_audit_records: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_sse_event_bytes: 8 << 20,
+            peek_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_pending_calls: 65536,
+            max_audit_records: 1_000_000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen_port: DEFAULT_LISTEN_PORT,
+            ports: DEFAULT_PORTS.to_string(),
+            cgroup: None,
+            state_dir: PathBuf::from(mcpwatch_api::DEFAULT_STATE_DIR),
+            control_socket: PathBuf::from(mcpwatch_api::DEFAULT_CONTROL_SOCKET),
+            control_group: "mcpwatch".to_string(),
+            failure_mode: FailureMode::Open,
+            mark: DEFAULT_MARK,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+impl FileConfig {
+    pub fn parse(src: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(src).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(src, s.start));
+            ConfigError::Parse { path: path.to_path_buf(), line, column, message: e.message().to_string() }
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        FileConfig::parse(&src, path)
+    }
+
+    /// Apply the file's values over the defaults.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let d = Limits::default();
+        if let Some(p) = self.listen_port {
+            c.listen_port = p;
+        }
+        if let Some(p) = self.ports {
+            c.ports = p;
+        }
+        c.cgroup = self.cgroup;
+        if let Some(p) = self.state_dir {
+            c.state_dir = p;
+        }
+        if let Some(p) = self.control_socket {
+            c.control_socket = p;
+        }
+        if let Some(g) = self.control_group {
+            c.control_group = g;
+        }
+        if let Some(m) = self.failure_mode {
+            c.failure_mode = m;
+        }
+        if let Some(m) = self.mark {
+            c.mark = m;
+        }
+        let l = self.limits;
+        let ms = Duration::from_millis;
+        c.limits = Limits {
+            max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
+            max_sse_event_bytes: l.max_sse_event_bytes.unwrap_or(d.max_sse_event_bytes),
+            peek_timeout: l.peek_timeout_ms.map_or(d.peek_timeout, ms),
+            connect_timeout: l.connect_timeout_ms.map_or(d.connect_timeout, ms),
+            header_timeout: l.header_timeout_ms.map_or(d.header_timeout, ms),
+            body_timeout: l.body_timeout_ms.map_or(d.body_timeout, ms),
+            max_connections: l.max_connections.unwrap_or(d.max_connections),
+            max_pending_calls: l.max_pending_calls.unwrap_or(d.max_pending_calls),
+            max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.listen_port == 0 {
+            return bad("listen_port must not be 0");
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return bad("limits.max_body_bytes must be at least 1024");
+        }
+        if self.limits.max_connections == 0 || self.limits.max_pending_calls == 0 {
+            return bad("limits.max_connections and limits.max_pending_calls must be positive");
+        }
+        if self.limits.peek_timeout.is_zero() {
+            return bad("limits.peek_timeout_ms must be positive");
+        }
+        self.ports.parse::<mcpwatch_intercept::PortScope>()
+            .map_err(|e| ConfigError::Invalid(format!("ports: {e}")))?;
+        Ok(())
+    }
+
+    /// Loopback addresses the daemon listens on.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        vec![
+            SocketAddr::from(([127, 0, 0, 1], self.listen_port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.listen_port)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typo_is_rejected_with_line_and_column() {
+        let src = "listen_port = 15099\nfailure_mod = \"closed\"\n";
+        let err = FileConfig::parse(src, Path::new("/etc/mcpwatch/mcpwatchd.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/mcpwatch/mcpwatchd.toml:2:1:"), "{msg}");
+        assert!(msg.contains("failure_mod"), "{msg}");
+    }
+
+    #[test]
+    fn nested_typo_is_rejected() {
+        let src = "[limits]\nmax_body_byte = 10\n";
+        let err = FileConfig::parse(src, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:2:1:"), "{err}");
+    }
+
+    #[test]
+    fn values_override_defaults_and_validate() {
+        let src = "failure_mode = \"closed\"\nports = \"all\"\n[limits]\nmax_body_bytes = 2048\n";
+        let c = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap();
+        assert_eq!(c.failure_mode, FailureMode::Closed);
+        assert_eq!(c.ports, "all");
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        assert_eq!(c.listen_port, DEFAULT_LISTEN_PORT);
+    }
+
+    #[test]
+    fn bad_port_scope_is_rejected() {
+        let src = "ports = \"80,90000\"\n";
+        let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err();
+        assert!(err.to_string().contains("ports"), "{err}");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,142 @@
+//! The control socket: how `mcpwatch` talks to the daemon.
+//!
+//! A Unix stream socket (mode 0660, group `mcpwatch`), newline-delimited JSON of
+//! [`mcpwatch_api::Request`] / [`mcpwatch_api::Response`]. Every connection is checked
+//! with `SO_PEERCRED`: root, the daemon's own user, or a member of the control group.
+//! Only this module and `mcpwatch-api` know the wire format.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use mcpwatch_api::{Request, Response, Status};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::state::Shared;
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: another mcpwatchd is already listening there")]
+    InUse { path: String },
+    #[error("control socket {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// Bind the control socket, replacing a stale socket file but never a live daemon's.
+pub async fn bind(path: &Path, group: &str) -> Result<UnixListener, ControlError> {
+    let p = path.display().to_string();
+    let io = |source| ControlError::Io { path: p.clone(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse { path: p });
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
+        let _ = nix::unistd::chown(path, None, Some(g.gid));
+    }
+    Ok(listener)
+}
+
+/// Is this peer allowed? Root, our own uid, or a member of the control group.
+fn authorized(uid: u32, gid: u32, pid: Option<i32>, group: &str) -> bool {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
+    let Ok(Some(g)) = nix::unistd::Group::from_name(group) else { return false };
+    let want = g.gid.as_raw();
+    if gid == want {
+        return true;
+    }
+    // Supplementary groups of the peer process.
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|s| s.lines().find(|l| l.starts_with("Groups:")).map(str::to_string))
+        .is_some_and(|l| l.split_whitespace().skip(1).any(|x| x.parse::<u32>() == Ok(want)))
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>, status: Arc<dyn Fn() -> Status + Send + Sync>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "control accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client(stream, shared, status).await {
+                tracing::debug!(error = %e, "control client ended");
+            }
+        });
+    }
+}
+
+async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() -> Status + Send + Sync>) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (r, mut w) = stream.into_split();
+    if !authorized(cred.uid(), cred.gid(), cred.pid(), &shared.config.control_group) {
+        let resp = Response::Error {
+            message: format!("permission denied: uid {} is not root and not in group {}", cred.uid(), shared.config.control_group),
+        };
+        return send(&mut w, &resp).await;
+    }
+    let mut lines = BufReader::new(r.take(MAX_LINE as u64 + 1)).lines();
+    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    if line.len() > MAX_LINE {
+        return send(&mut w, &Response::Error { message: "request too long".into() }).await;
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => return send(&mut w, &Response::Error { message: format!("bad request: {e}") }).await,
+    };
+    match req {
+        Request::Status => send(&mut w, &Response::Status(status())).await,
+        Request::List => send(&mut w, &Response::List { servers: shared.inventory.list() }).await,
+        Request::Audit { filter } => match shared.store.query(&filter) {
+            Ok(records) => send(&mut w, &Response::Audit { records }).await,
+            Err(e) => send(&mut w, &Response::Error { message: format!("audit store: {e}") }).await,
+        },
+        Request::AuditFollow { filter } => {
+            // Subscribe first so nothing falls between the backlog and the stream.
+            let mut rx = shared.subscribe();
+            let backlog = shared.store.query(&filter).unwrap_or_default();
+            for record in backlog {
+                send(&mut w, &Response::Record { record }).await?;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(record) => {
+                        if filter.matches(&record) {
+                            send(&mut w, &Response::Record { record }).await?;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "audit follower too slow; records skipped");
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}

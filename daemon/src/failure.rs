@@ -1,0 +1,49 @@
+//! Fail-open or fail-closed: the one place that decides.
+//!
+//! Every internal failure on the data path (the audit store refuses a write, the
+//! original destination cannot be resolved, the daemon is going down) ends here, so the
+//! setting an operator sees in `mcpwatch status` is the behaviour they get.
+//!
+//! - `open`: the call goes through unobserved (or is relayed as opaque bytes); the
+//!   failure is counted and logged. When the daemon dies, its non-pinned eBPF links
+//!   detach and clients connect directly.
+//! - `closed`: the call is refused with a clear error; nothing flows unaudited.
+
+use mcpwatch_api::FailureMode;
+
+/// What the data path should do after an internal failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Carry on without the failed step.
+    Proceed,
+    /// Refuse the call / connection.
+    Refuse,
+}
+
+/// Which internal step failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The audit record could not be written before forwarding.
+    AuditWrite,
+    /// An MCP body could not be inspected (e.g. internal error while parsing).
+    Inspection,
+}
+
+pub fn decide(mode: FailureMode, _what: Failure) -> OnFailure {
+    match mode {
+        FailureMode::Open => OnFailure::Proceed,
+        FailureMode::Closed => OnFailure::Refuse,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_map_to_actions() {
+        assert_eq!(decide(FailureMode::Open, Failure::AuditWrite), OnFailure::Proceed);
+        assert_eq!(decide(FailureMode::Closed, Failure::AuditWrite), OnFailure::Refuse);
+        assert_eq!(decide(FailureMode::Closed, Failure::Inspection), OnFailure::Refuse);
+    }
+}

@@ -1,0 +1,118 @@
+//! hyper glue: serve the client's connection as HTTP/1.1 and forward each request over
+//! one upstream HTTP/1.1 connection to the original destination.
+//!
+//! One upstream connection per client connection mirrors the client's own keep-alive:
+//! the server sees the same connection pattern it would without us. If the server closes
+//! its side (`Connection: close`), the next request reconnects to the same destination.
+//! Host and all other headers are forwarded unchanged (servers check Host against DNS
+//! rebinding); upgrades (e.g. WebSocket) are spliced byte-for-byte after the 101.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::client::conn::http1 as client_http1;
+use hyper::server::conn::http1 as server_http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use super::body::{self, Body};
+use super::conn::ConnCtx;
+use super::exchange;
+use super::upstream;
+use crate::state::{Counters, Shared};
+
+/// The upstream side of one proxied HTTP connection.
+pub struct UpstreamConn {
+    dst: std::net::SocketAddr,
+    sender: Option<client_http1::SendRequest<Body>>,
+    first: Option<TcpStream>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0}")]
+    Connect(#[from] upstream::UpstreamError),
+    #[error("upstream {dst}: HTTP handshake failed: {source}")]
+    Handshake { dst: std::net::SocketAddr, source: hyper::Error },
+    #[error("upstream {dst}: {source}")]
+    Request { dst: std::net::SocketAddr, source: hyper::Error },
+}
+
+impl UpstreamConn {
+    async fn sender(&mut self, shared: &Shared) -> Result<&mut client_http1::SendRequest<Body>, ForwardError> {
+        let usable = self.sender.as_ref().is_some_and(|s| !s.is_closed());
+        if !usable {
+            let stream = match self.first.take() {
+                Some(s) => s,
+                None => upstream::connect(self.dst, shared.config.mark, shared.config.limits.connect_timeout).await?,
+            };
+            let (sender, conn) = client_http1::Builder::new()
+                .preserve_header_case(true)
+                .title_case_headers(false)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|source| ForwardError::Handshake { dst: self.dst, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("set above");
+        sender.ready().await.map_err(|source| ForwardError::Request { dst: self.dst, source })?;
+        Ok(sender)
+    }
+
+    /// Send one request upstream and return the response head + streaming body.
+    pub async fn send(&mut self, shared: &Shared, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        let dst = self.dst;
+        let sender = self.sender(shared).await?;
+        sender.send_request(req).await.map_err(|source| ForwardError::Request { dst, source })
+    }
+}
+
+pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;
+
+pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
+    let up: SharedUpstream =
+        Arc::new(Mutex::new(UpstreamConn { dst: ctx.origin.dst, sender: None, first: Some(upstream) }));
+    let ctx = Arc::new(ctx);
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let ctx = ctx.clone();
+            let up = up.clone();
+            async move {
+                Counters::inc(&shared.counters.http_requests);
+                Ok::<_, Infallible>(exchange::handle(shared, ctx, up, req).await)
+            }
+        })
+    };
+    let res = server_http1::Builder::new()
+        .preserve_header_case(true)
+        .title_case_headers(false)
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.limits.header_timeout)
+        .serve_connection(TokioIo::new(client), svc)
+        .with_upgrades()
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// A response the proxy itself produces (gateway errors, refusals).
+pub fn local_response(status: StatusCode, content_type: &str, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}

@@ -1,0 +1,85 @@
+//! The data path: accept redirected connections and relay them to where they were going.
+//!
+//! [`run`] takes its listeners, its [`Resolve`]r and a shutdown future (mini-redis
+//! style), so a test can start a real proxy on `127.0.0.1:0` with a static upstream and
+//! no root, while the daemon passes the eBPF-backed resolver.
+//!
+//! Per connection ([`conn`]): resolve the original destination, connect upstream first
+//! (server-speaks-first protocols must keep working), then sniff the client's first
+//! bytes under a short deadline: HTTP goes to [`http`] (parsed, MCP-aware), anything
+//! else (TLS for now, SSH, databases, silence) is relayed byte-for-byte.
+
+pub mod body;
+pub mod conn;
+pub mod exchange;
+pub mod http;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::resolve::Resolve;
+use crate::state::{Counters, Shared};
+
+/// How long in-flight connections get to finish after shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serve until `shutdown` resolves, then stop accepting and drain.
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    resolver: Arc<dyn Resolve>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let tracker = TaskTracker::new();
+    let limit = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let (stop_tx, _) = tokio::sync::watch::channel(false);
+    for listener in listeners {
+        let shared = shared.clone();
+        let resolver = resolver.clone();
+        let limit = limit.clone();
+        let inner = tracker.clone();
+        let mut stop = stop_tx.subscribe();
+        tracker.spawn(async move {
+            loop {
+                let permit = tokio::select! {
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = stop.changed() => return,
+                };
+                let (stream, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.changed() => return,
+                };
+                Counters::inc(&shared.counters.connections);
+                let shared = shared.clone();
+                let resolver = resolver.clone();
+                inner.spawn(async move {
+                    conn::handle(shared, resolver, stream, peer).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    if let Err(e) = shared.store.flush() {
+        tracing::error!(error = %e, "final audit flush failed");
+    }
+}

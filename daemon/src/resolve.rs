@@ -1,0 +1,129 @@
+//! Where did an accepted connection want to go, and who opened it?
+//!
+//! The proxy never talks to eBPF directly: it asks a [`Resolve`] implementation. In
+//! production that is [`BpfResolver`] (the `connect` hook's record, looked up by the
+//! client's address, completed from `/proc`); tests and benchmarks that run without
+//! root use [`StaticResolver`], which sends every connection to one upstream.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mcpwatch_api::ProcessInfo;
+use mcpwatch_intercept::Interceptor;
+
+/// The original destination of a redirected connection and the process behind it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub dst: SocketAddr,
+    pub process: Option<Arc<ProcessInfo>>,
+}
+
+pub trait Resolve: Send + Sync + 'static {
+    /// `peer` is the accepted connection's remote address, `local` the listener side.
+    fn resolve(&self, peer: SocketAddr, local: SocketAddr) -> Option<Origin>;
+}
+
+/// Sends every connection to one fixed upstream (reverse-proxy mode, tests, bench).
+pub struct StaticResolver {
+    pub dst: SocketAddr,
+}
+
+impl Resolve for StaticResolver {
+    fn resolve(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<Origin> {
+        Some(Origin { dst: self.dst, process: None })
+    }
+}
+
+/// Resolves through the eBPF maps and describes the process from `/proc`.
+///
+/// Process descriptions are cached per tgid for a short time (bounded), because an
+/// agent opens many connections and walking `/proc` ancestry each time is wasteful.
+pub struct BpfResolver {
+    interceptor: Interceptor,
+    cache: Mutex<ProcessCache>,
+}
+
+struct ProcessCache {
+    entries: std::collections::HashMap<u32, (Instant, Arc<ProcessInfo>)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl ProcessCache {
+    fn get(&mut self, tgid: u32, now: Instant) -> Option<Arc<ProcessInfo>> {
+        match self.entries.get(&tgid) {
+            Some((at, info)) if now.duration_since(*at) < self.ttl => Some(info.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, tgid: u32, now: Instant, info: Arc<ProcessInfo>) {
+        if self.entries.len() >= self.capacity {
+            let ttl = self.ttl;
+            self.entries.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+            if self.entries.len() >= self.capacity {
+                // Still full of fresh entries: drop the oldest.
+                if let Some(oldest) = self.entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k) {
+                    self.entries.remove(&oldest);
+                }
+            }
+        }
+        self.entries.insert(tgid, (now, info));
+    }
+}
+
+impl BpfResolver {
+    pub fn new(interceptor: Interceptor) -> Self {
+        BpfResolver {
+            interceptor,
+            cache: Mutex::new(ProcessCache {
+                entries: Default::default(),
+                capacity: 1024,
+                ttl: Duration::from_secs(5),
+            }),
+        }
+    }
+
+    pub fn interceptor(&self) -> &Interceptor {
+        &self.interceptor
+    }
+
+    /// Drop records of connections closed longer than the grace period. The eBPF maps
+    /// are LRU-bounded anyway; sweeping keeps lookups exact under churn.
+    pub async fn sweep_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let n = self.interceptor.sweep();
+            if n > 0 {
+                tracing::trace!(swept = n, "closed connection records dropped");
+            }
+        }
+    }
+}
+
+impl Resolve for BpfResolver {
+    fn resolve(&self, peer: SocketAddr, _local: SocketAddr) -> Option<Origin> {
+        let origin = self.interceptor.lookup(peer)?;
+        let now = Instant::now();
+        let cached = self.cache.lock().ok().and_then(|mut c| c.get(origin.tgid, now));
+        let process = match cached {
+            // The cached description is per process; the thread and cgroup are per call.
+            Some(p) if p.uid == origin.uid => {
+                let mut p = (*p).clone();
+                p.pid = origin.pid;
+                Arc::new(p)
+            }
+            _ => {
+                let exec = self.interceptor.exec_comm(origin.tgid);
+                let info = Arc::new(mcpwatch_intercept::process::describe(&origin, exec));
+                if let Ok(mut c) = self.cache.lock() {
+                    c.put(origin.tgid, now, info.clone());
+                }
+                info
+            }
+        };
+        Some(Origin { dst: origin.dst, process: Some(process) })
+    }
+}

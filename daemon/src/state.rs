@@ -1,0 +1,126 @@
+//! State shared by every connection task and the control socket.
+//!
+//! One [`Shared`] per daemon: the validated config, the audit store, the inventory,
+//! counters for `mcpwatch status`, and the broadcast channel `mcpwatch audit --follow`
+//! listens on. Recording an audit record goes through [`Shared::begin_record`] /
+//! [`Shared::complete_record`] so that storing, counting and broadcasting stay together.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use mcpwatch_api::{AuditRecord, Counts};
+use mcpwatch_audit::Store;
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::inventory::Inventory;
+use crate::session::Sessions;
+
+/// Whether interception is attached, shown by `mcpwatch status`.
+#[derive(Debug, Clone, Default)]
+pub struct AttachState {
+    pub attached: bool,
+    pub cgroup: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub connections_unresolved: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub mcp_messages: AtomicU64,
+    pub passthrough: AtomicU64,
+    pub audit_records: AtomicU64,
+    pub audit_write_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub inventory: Inventory,
+    pub sessions: Sessions,
+    pub counters: Counters,
+    pub started: Instant,
+    pub attach: Mutex<AttachState>,
+    records_tx: broadcast::Sender<AuditRecord>,
+    next_conn: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    pub fn new(config: Config, store: Store) -> Arc<Shared> {
+        let inventory = Inventory::load(store.clone());
+        let (records_tx, _) = broadcast::channel(1024);
+        let sessions = Sessions::new(config.limits.max_pending_calls);
+        Arc::new(Shared {
+            config,
+            store,
+            inventory,
+            sessions,
+            counters: Counters::default(),
+            started: Instant::now(),
+            attach: Mutex::new(AttachState::default()),
+            records_tx,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
+        self.records_tx.subscribe()
+    }
+
+    /// Store a new record (before the message is forwarded). An error means the
+    /// record is not durable; the caller asks `failure::decide` what to do.
+    pub fn begin_record(&self, rec: &AuditRecord) -> Result<(), mcpwatch_audit::StoreError> {
+        let res = self.store.insert_record(rec);
+        match &res {
+            Ok(()) => Counters::inc(&self.counters.audit_records),
+            Err(e) => {
+                Counters::inc(&self.counters.audit_write_errors);
+                tracing::error!(error = %e, id = %rec.id, "audit write failed");
+            }
+        }
+        let _ = self.records_tx.send(rec.clone());
+        res
+    }
+
+    /// Update a record once its response (or failure) is known.
+    pub fn complete_record(&self, rec: &AuditRecord) {
+        if let Err(e) = self.store.update_record(rec) {
+            Counters::inc(&self.counters.audit_write_errors);
+            tracing::error!(error = %e, id = %rec.id, "audit update failed");
+        }
+        let _ = self.records_tx.send(rec.clone());
+    }
+
+    pub fn counts(&self) -> Counts {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            connections: g(&c.connections),
+            connections_unresolved: g(&c.connections_unresolved),
+            http_requests: g(&c.http_requests),
+            mcp_messages: g(&c.mcp_messages),
+            passthrough: g(&c.passthrough),
+            audit_records: self.store.record_count(),
+            audit_write_errors: g(&c.audit_write_errors),
+            servers: self.inventory.len() as u64,
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! A real `mcpwatchd` process for tests: temp state dir, private control socket, its
+//! own listen port, optionally attached to a test cgroup.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`), so run
+//! `cargo build --bins` first; `cargo xtask test` does.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mcpwatch_api::{AuditFilter, AuditRecord, Request, Response, ServerEntry, Status};
+
+/// `target/<profile>/<name>`, next to the running test binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` (or `cargo xtask test`)", p.display());
+    p
+}
+
+/// A free TCP port on both 127.0.0.1 and [::1].
+pub fn free_dual_port() -> u16 {
+    for _ in 0..50 {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind v4");
+        let port = v4.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free dual-stack loopback port");
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOpts {
+    /// Attach eBPF to this cgroup (None: static upstream mode, no eBPF).
+    pub cgroup: Option<PathBuf>,
+    pub static_upstream: Option<SocketAddr>,
+    pub ports: Option<String>,
+    pub failure_mode: Option<&'static str>,
+    /// Reuse a state dir (restart tests).
+    pub state_dir: Option<PathBuf>,
+    pub config: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(opts: DaemonOpts) -> Daemon {
+        let tmp = tempfile::Builder::new().prefix("mcpwatch-it-").tempdir().expect("tempdir");
+        let state_dir = opts.state_dir.clone().unwrap_or_else(|| tmp.path().join("state"));
+        let socket = tmp.path().join("control.sock");
+        let log = tmp.path().join("mcpwatchd.log");
+        let port = free_dual_port();
+        let mut cmd = Command::new(bin("mcpwatchd"));
+        cmd.arg("--state-dir").arg(&state_dir)
+            .arg("--control-socket").arg(&socket)
+            .arg("--listen-port").arg(port.to_string());
+        if let Some(c) = &opts.cgroup {
+            cmd.arg("--cgroup").arg(c);
+        }
+        if let Some(u) = opts.static_upstream {
+            cmd.arg("--static-upstream").arg(u.to_string());
+        }
+        if let Some(p) = &opts.ports {
+            cmd.arg("--ports").arg(p);
+        }
+        if let Some(f) = opts.failure_mode {
+            cmd.arg("--failure-mode").arg(f);
+        }
+        if let Some(cfg) = &opts.config {
+            let path = tmp.path().join("mcpwatchd.toml");
+            std::fs::write(&path, cfg).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&opts.extra_args);
+        let logf = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf)
+            .env("MCPWATCH_LOG", "mcpwatchd=debug,info");
+        let child = cmd.spawn().expect("spawn mcpwatchd");
+        let mut d = Daemon { child: Some(child), _tmp: Some(tmp), state_dir, socket, port, log };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!("mcpwatchd exited during start ({st}):\n{}", self.log_text());
+                }
+            }
+            if let Ok(Response::Status(_)) = self.try_request(&Request::Status) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "mcpwatchd not ready after 30s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    pub fn try_request(&self, req: &Request) -> std::io::Result<Response> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut r = BufReader::new(s);
+        let mut buf = String::new();
+        r.read_line(&mut buf)?;
+        serde_json::from_str(&buf).map_err(std::io::Error::other)
+    }
+
+    pub fn request(&self, req: &Request) -> Response {
+        self.try_request(req).unwrap_or_else(|e| panic!("control request {req:?} failed: {e}\n{}", self.log_text()))
+    }
+
+    pub fn status(&self) -> Status {
+        match self.request(&Request::Status) {
+            Response::Status(s) => s,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn list(&self) -> Vec<ServerEntry> {
+        match self.request(&Request::List) {
+            Response::List { servers } => servers,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn audit(&self) -> Vec<AuditRecord> {
+        match self.request(&Request::Audit { filter: AuditFilter { limit: Some(10_000), ..Default::default() } }) {
+            Response::Audit { records } => records,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Poll the audit log until `pred` holds for the records (all of them), or panic.
+    pub fn wait_audit(&self, what: &str, pred: impl Fn(&[AuditRecord]) -> bool) -> Vec<AuditRecord> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let recs = self.audit();
+            if pred(&recs) {
+                return recs;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; records:\n{}\nlog:\n{}", serde_json::to_string_pretty(&recs).unwrap_or_default(), self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Run the `mcpwatch` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("mcpwatch")).arg("--socket").arg(&self.socket).args(args).output().expect("run mcpwatch")
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// Keep the state dir alive past this daemon (restart tests).
+    pub fn keep_state(&mut self) -> tempfile::TempDir {
+        self._tmp.take().expect("state tempdir")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
