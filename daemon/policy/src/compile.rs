@@ -286,11 +286,10 @@ impl Compiler<'_> {
                 self.url(u)?
             }
             (None, Some(h)) => {
-                if let Some(p) = &r.port {
-                    if *p.get_ref() == 0 {
+                if let Some(p) = &r.port
+                    && *p.get_ref() == 0 {
                         return Err(self.err(p.span(), "`port` must be between 1 and 65535"));
                     }
-                }
                 ServerMatcher::Parts {
                     host: self.pattern(h, PatternKind::Host, "host")?,
                     port: r.port.as_ref().map(|p| *p.get_ref()),
@@ -507,14 +506,13 @@ impl Compiler<'_> {
         let action = *r.action.get_ref();
         let owner = format!("rule `{id}`");
 
-        if let Some(m) = &r.mode {
-            if action == RuleAction::Allow {
+        if let Some(m) = &r.mode
+            && action == RuleAction::Allow {
                 return Err(self.err(
                     m.span(),
                     format!("{owner}: `mode` has no effect on an allow rule (allow never blocks); remove it"),
                 ));
             }
-        }
         let rate = match (&r.rate, action) {
             (Some(rate), RuleAction::RateLimit) => {
                 let count = *rate.get_ref().count.get_ref();

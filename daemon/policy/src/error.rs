@@ -56,11 +56,10 @@ impl PolicyError {
         if let Some(better) = explain_unknown_field(&message) {
             message = better;
         }
-        if let Some(r) = &span {
-            if let Some(table) = enclosing_table(src, r.start) {
+        if let Some(r) = &span
+            && let Some(table) = enclosing_table(src, r.start) {
                 message = format!("{message} (in {table})");
             }
-        }
         PolicyError::at(src, file, span, message)
     }
 

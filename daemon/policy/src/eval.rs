@@ -204,8 +204,8 @@ impl Policy {
             verdicts.push(implicit(Source::Shadow, RuleAction::Deny, self.mode, SPEC_SHADOW));
         }
         if let Some(a) = agent {
-            if let Some(deny) = &a.deny_servers {
-                if server_name.is_some_and(|n| deny.matches(n)) {
+            if let Some(deny) = &a.deny_servers
+                && server_name.is_some_and(|n| deny.matches(n)) {
                     verdicts.push(implicit(
                         Source::AgentDenyServers(a),
                         RuleAction::Deny,
@@ -213,9 +213,8 @@ impl Policy {
                         SPEC_AGENT_SERVERS,
                     ));
                 }
-            }
-            if let Some(allow) = &a.servers {
-                if !server_name.is_some_and(|n| allow.matches(n)) {
+            if let Some(allow) = &a.servers
+                && !server_name.is_some_and(|n| allow.matches(n)) {
                     verdicts.push(implicit(
                         Source::AgentServers(a),
                         RuleAction::Deny,
@@ -223,7 +222,6 @@ impl Policy {
                         SPEC_AGENT_SERVERS,
                     ));
                 }
-            }
         }
         if method == TOOLS_CALL {
             let tool = name.unwrap_or("");
@@ -245,9 +243,9 @@ impl Policy {
                     verdicts.push(implicit(Source::AgentTools(a), action, base_mode, SPEC_AGENT_TOOLS));
                 }
             }
-            if let Some(sd) = server {
-                if let Some(list) = &sd.tools {
-                    if !list.iter().any(|t| t == tool) {
+            if let Some(sd) = server
+                && let Some(list) = &sd.tools
+                    && !list.iter().any(|t| t == tool) {
                         verdicts.push(implicit(
                             Source::ServerTools(sd),
                             RuleAction::Deny,
@@ -255,28 +253,23 @@ impl Policy {
                             SPEC_SERVER_TOOLS,
                         ));
                     }
-                }
-            }
         }
         for (order, r) in self.rules.iter().enumerate() {
             if !r.methods.matches(method) {
                 continue;
             }
-            if let Some(p) = &r.servers {
-                if !server_name.is_some_and(|n| p.matches(n)) {
+            if let Some(p) = &r.servers
+                && !server_name.is_some_and(|n| p.matches(n)) {
                     continue;
                 }
-            }
-            if let Some(p) = &r.agents {
-                if !agent.is_some_and(|a| p.matches(&a.name)) {
+            if let Some(p) = &r.agents
+                && !agent.is_some_and(|a| p.matches(&a.name)) {
                     continue;
                 }
-            }
-            if let Some(p) = &r.tools {
-                if !name.is_some_and(|n| p.matches(n)) {
+            if let Some(p) = &r.tools
+                && !name.is_some_and(|n| p.matches(n)) {
                     continue;
                 }
-            }
             if !r.conditions.is_empty() {
                 let applies = if visibility {
                     r.action == RuleAction::Allow

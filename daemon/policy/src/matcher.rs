@@ -228,26 +228,22 @@ impl AgentMatcher {
         if self.uid.is_some_and(|u| u != p.uid) || self.gid.is_some_and(|g| g != p.gid) {
             return false;
         }
-        if let Some(u) = &self.user {
-            if p.user.as_deref() != Some(u.as_str()) {
+        if let Some(u) = &self.user
+            && p.user.as_deref() != Some(u.as_str()) {
                 return false;
             }
-        }
-        if let Some(g) = &self.group {
-            if p.group.as_deref() != Some(g.as_str()) {
+        if let Some(g) = &self.group
+            && p.group.as_deref() != Some(g.as_str()) {
                 return false;
             }
-        }
-        if let Some(pat) = &self.unit {
-            if !p.unit.as_deref().is_some_and(|u| pat.matches(u, false)) {
+        if let Some(pat) = &self.unit
+            && !p.unit.as_deref().is_some_and(|u| pat.matches(u, false)) {
                 return false;
             }
-        }
-        if let Some(pat) = &self.cgroup {
-            if !p.cgroup_path.as_deref().is_some_and(|c| pat.matches(c, false)) {
+        if let Some(pat) = &self.cgroup
+            && !p.cgroup_path.as_deref().is_some_and(|c| pat.matches(c, false)) {
                 return false;
             }
-        }
         true
     }
 
