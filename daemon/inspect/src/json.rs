@@ -1,0 +1,273 @@
+//! Scanning and redacting whole JSON-RPC messages.
+//!
+//! Every string value and every object key is scanned; a string's parent key gives context
+//! (`"password": "..."`). Only strings change: numbers, booleans and structure are never touched,
+//! so `structuredContent` keeps validating against its `outputSchema`. Text that itself holds JSON
+//! (tool results often carry a JSON document in `content[].text`) is redacted in place, which
+//! keeps both the outer and the inner document valid; if an in-place edit would break the inner
+//! document (a custom pattern spanning a quote), the inner document is parsed, redacted
+//! structurally and re-serialised instead.
+//!
+//! The report never contains a raw value: detector ids, counts, pointers and salted sha256 hashes.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::Action;
+use crate::scan::{Cand, Inspector};
+use crate::text::{escape_pointer_token, push_pointer};
+use crate::Finding;
+
+/// Deeper JSON than this is not descended into (serde_json's parser stops at 128 anyway).
+const MAX_DEPTH: usize = 256;
+/// Bound on the per-value entries of a [`RedactReport`]; counts stay exact.
+pub const MAX_REPORTED_VALUES: usize = 256;
+
+/// A finding located in a JSON document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JsonFinding {
+    /// RFC 6901 pointer to the string value, or, when `in_key`, to the member whose key it is.
+    pub pointer: String,
+    /// The span is inside an object key rather than a value.
+    pub in_key: bool,
+    /// Offsets are into that string (value or key).
+    pub finding: Finding,
+}
+
+/// One value seen by [`Inspector::redact_json`], identified by hash only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RedactedValue {
+    pub detector: String,
+    pub pointer: String,
+    /// Lower-case hex sha256 of `hash_salt || value`.
+    pub sha256: String,
+    /// False when the detector's action is `audit` and the value was left in place.
+    pub redacted: bool,
+}
+
+/// What [`Inspector::redact_json`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RedactReport {
+    /// Spans replaced, per detector id.
+    pub counts: BTreeMap<String, u64>,
+    /// Spans found but left in place (action `audit`), per detector id.
+    pub detected_only: BTreeMap<String, u64>,
+    /// Per-value hashes, at most [`MAX_REPORTED_VALUES`].
+    pub values: Vec<RedactedValue>,
+    /// Values not listed in `values` because of the bound.
+    pub values_omitted: u64,
+    /// Strongest action among all findings; `None` when nothing was found.
+    pub action: Option<Action>,
+}
+
+impl RedactReport {
+    /// Nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.action.is_none()
+    }
+
+    /// Total spans replaced.
+    pub fn redacted_total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    fn merge(&mut self, other: RedactReport) {
+        for (k, v) in other.counts {
+            *self.counts.entry(k).or_default() += v;
+        }
+        for (k, v) in other.detected_only {
+            *self.detected_only.entry(k).or_default() += v;
+        }
+        for v in other.values {
+            self.add_value(v);
+        }
+        self.values_omitted += other.values_omitted;
+        self.action = self.action.max(other.action);
+    }
+
+    fn add_value(&mut self, v: RedactedValue) {
+        if self.values.len() < MAX_REPORTED_VALUES {
+            self.values.push(v);
+        } else {
+            self.values_omitted += 1;
+        }
+    }
+}
+
+impl Inspector {
+    /// Findings in every string value and object key of `v`.
+    pub fn scan_json(&self, v: &Value) -> Vec<JsonFinding> {
+        let mut out = Vec::new();
+        let mut ptr = String::new();
+        self.walk_scan(v, &mut ptr, None, 0, &mut out);
+        out
+    }
+
+    fn walk_scan(&self, v: &Value, ptr: &mut String, key: Option<&str>, depth: usize, out: &mut Vec<JsonFinding>) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match v {
+            Value::String(s) => {
+                for c in self.scan_with_key(s, key) {
+                    out.push(JsonFinding { pointer: ptr.clone(), in_key: false, finding: self.finding(c) });
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = ptr.len();
+                    ptr.push('/');
+                    ptr.push_str(&i.to_string());
+                    self.walk_scan(item, ptr, None, depth + 1, out);
+                    ptr.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    let len = ptr.len();
+                    ptr.push('/');
+                    escape_pointer_token(k, ptr);
+                    for c in self.scan_with_key(k, None) {
+                        out.push(JsonFinding { pointer: ptr.clone(), in_key: true, finding: self.finding(c) });
+                    }
+                    self.walk_scan(item, ptr, Some(k), depth + 1, out);
+                    ptr.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replace every span whose detector action is `redact` or `block` with its `<TYPE>` token,
+    /// in place. Audit-only findings are counted and hashed but left unchanged.
+    pub fn redact_json(&self, v: &mut Value) -> RedactReport {
+        let mut report = RedactReport::default();
+        self.walk_redact(v, "", None, 0, &mut report);
+        report
+    }
+
+    fn hash_value(&self, raw: &str) -> String {
+        let mut h = Sha256::new();
+        if let Some(salt) = &self.hash_salt {
+            h.update(salt.as_bytes());
+        }
+        h.update(raw.as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    /// Redact one string; returns the new text when anything was replaced.
+    fn redact_string(&self, s: &str, key: Option<&str>, ptr: &str, depth: usize, report: &mut RedactReport) -> Option<String> {
+        let cands = self.scan_with_key(s, key);
+        if cands.is_empty() {
+            return None;
+        }
+        let mut local = RedactReport::default();
+        let mut out = String::with_capacity(s.len());
+        let mut last = 0;
+        let mut replaced = false;
+        for c in &cands {
+            let id = self.det_id(c.det).to_string();
+            let action = self.det_action(c.det);
+            local.action = local.action.max(Some(action));
+            let raw = s.get(c.start..c.end).unwrap_or("");
+            let redact = action >= Action::Redact;
+            local.add_value(RedactedValue { detector: id.clone(), pointer: ptr.to_string(), sha256: self.hash_value(raw), redacted: redact });
+            if redact {
+                *local.counts.entry(id).or_default() += 1;
+                out.push_str(s.get(last..c.start).unwrap_or(""));
+                out.push_str(self.det_replacement(c.det));
+                last = c.end;
+                replaced = true;
+            } else {
+                *local.detected_only.entry(id).or_default() += 1;
+            }
+        }
+        if !replaced {
+            report.merge(local);
+            return None;
+        }
+        out.push_str(s.get(last..).unwrap_or(""));
+        if let Some(structural) = self.keep_embedded_json_valid(s, &out, &cands, ptr, depth) {
+            let (text, inner_report) = structural;
+            report.merge(inner_report);
+            return Some(text);
+        }
+        report.merge(local);
+        Some(out)
+    }
+
+    /// If `original` is a JSON document and `edited` no longer parses, redact the parsed
+    /// document structurally and return its serialisation with that report instead.
+    fn keep_embedded_json_valid(&self, original: &str, edited: &str, cands: &[Cand], ptr: &str, depth: usize) -> Option<(String, RedactReport)> {
+        let first = original.trim_start().as_bytes().first().copied();
+        if !matches!(first, Some(b'{' | b'[')) || cands.is_empty() || depth >= MAX_DEPTH {
+            return None;
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(edited).is_ok() {
+            return None;
+        }
+        let mut inner: Value = serde_json::from_str(original).ok()?;
+        let mut r = RedactReport::default();
+        self.walk_redact(&mut inner, ptr, None, depth + 1, &mut r);
+        let text = serde_json::to_string(&inner).ok()?;
+        Some((text, r))
+    }
+
+    fn walk_redact(&self, v: &mut Value, ptr: &str, key: Option<&str>, depth: usize, report: &mut RedactReport) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match v {
+            Value::String(s) => {
+                if let Some(new) = self.redact_string(s, key, ptr, depth, report) {
+                    *s = new;
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let p = format!("{ptr}/{i}");
+                    self.walk_redact(item, &p, None, depth + 1, report);
+                }
+            }
+            Value::Object(map) => {
+                // Keys first: only rebuild the map when a key itself must change.
+                let mut new_keys: Vec<Option<String>> = Vec::with_capacity(map.len());
+                let mut any = false;
+                for k in map.keys() {
+                    let p = push_pointer(ptr, k);
+                    let nk = self.redact_string(k, None, &p, depth, report);
+                    any |= nk.is_some();
+                    new_keys.push(nk);
+                }
+                if any {
+                    let old = std::mem::take(map);
+                    let mut rebuilt = Map::new();
+                    for ((k, mut item), nk) in old.into_iter().zip(new_keys) {
+                        let p = push_pointer(ptr, &k);
+                        self.walk_redact(&mut item, &p, Some(&k), depth + 1, report);
+                        let mut name = nk.unwrap_or(k);
+                        if rebuilt.contains_key(&name) {
+                            let base = name.clone();
+                            let mut n = 2;
+                            while rebuilt.contains_key(&name) {
+                                name = format!("{base}#{n}");
+                                n += 1;
+                            }
+                        }
+                        rebuilt.insert(name, item);
+                    }
+                    *map = rebuilt;
+                } else {
+                    for (k, item) in map.iter_mut() {
+                        let p = push_pointer(ptr, k);
+                        self.walk_redact(item, &p, Some(k), depth + 1, report);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
