@@ -1,4 +1,3 @@
 //! Shared helpers for the integration tests.
 pub mod daemon;
-pub mod harness;
 pub mod peers;
