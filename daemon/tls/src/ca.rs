@@ -16,7 +16,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, DistinguishedName, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls::pki_types::CertificateDer;
 
 use crate::{TlsError, fingerprint_sha256, unix_now};
@@ -59,16 +61,33 @@ impl CaCertInfo {
     pub fn read(dir: &Path) -> Result<CaCertInfo, TlsError> {
         let path = dir.join(CA_CERT_FILE);
         let pem = read_small(&path)?;
-        let der = parse_single_cert_pem(&pem).map_err(|reason| TlsError::CaFiles { dir: dir.to_path_buf(), reason })?;
-        CaCertInfo::from_parts(path, pem, der).map_err(|reason| TlsError::CaFiles { dir: dir.to_path_buf(), reason })
+        let der = parse_single_cert_pem(&pem).map_err(|reason| TlsError::CaFiles {
+            dir: dir.to_path_buf(),
+            reason,
+        })?;
+        CaCertInfo::from_parts(path, pem, der).map_err(|reason| TlsError::CaFiles {
+            dir: dir.to_path_buf(),
+            reason,
+        })
     }
 
     fn from_parts(path: PathBuf, pem: String, der: Vec<u8>) -> Result<CaCertInfo, String> {
         let (subject, not_after_unix) = {
-            let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("ca.pem does not parse: {e}"))?;
-            (cert.subject().to_string(), cert.validity().not_after.timestamp())
+            let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                .map_err(|e| format!("ca.pem does not parse: {e}"))?;
+            (
+                cert.subject().to_string(),
+                cert.validity().not_after.timestamp(),
+            )
         };
-        Ok(CaCertInfo { fingerprint_sha256: fingerprint_sha256(&der), path, pem, der, subject, not_after_unix })
+        Ok(CaCertInfo {
+            fingerprint_sha256: fingerprint_sha256(&der),
+            path,
+            pem,
+            der,
+            subject,
+            not_after_unix,
+        })
     }
 }
 
@@ -112,31 +131,45 @@ impl LocalCa {
             }
             (true, false) => Err(TlsError::CaFiles {
                 dir: dir.to_path_buf(),
-                reason: format!("{CA_CERT_FILE} exists without {CA_KEY_FILE}; run `mcpwatch ca rotate`"),
+                reason: format!(
+                    "{CA_CERT_FILE} exists without {CA_KEY_FILE}; run `mcpwatch ca rotate`"
+                ),
             }),
             (false, true) => Err(TlsError::CaFiles {
                 dir: dir.to_path_buf(),
-                reason: format!("{CA_KEY_FILE} exists without {CA_CERT_FILE}; run `mcpwatch ca rotate`"),
+                reason: format!(
+                    "{CA_KEY_FILE} exists without {CA_CERT_FILE}; run `mcpwatch ca rotate`"
+                ),
             }),
         }
     }
 
     /// Loads an existing CA from `dir` (never creates one).
     pub fn load(dir: &Path) -> Result<LocalCa, TlsError> {
-        let bad = |reason: String| TlsError::CaFiles { dir: dir.to_path_buf(), reason };
+        let bad = |reason: String| TlsError::CaFiles {
+            dir: dir.to_path_buf(),
+            reason,
+        };
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
 
-        let meta = fs::symlink_metadata(&key_path).map_err(|source| TlsError::Io { path: key_path.clone(), source })?;
+        let meta = fs::symlink_metadata(&key_path).map_err(|source| TlsError::Io {
+            path: key_path.clone(),
+            source,
+        })?;
         if !meta.file_type().is_file() {
             return Err(bad(format!("{CA_KEY_FILE} is not a regular file")));
         }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(TlsError::KeyFileTooOpen { path: key_path, mode });
+            return Err(TlsError::KeyFileTooOpen {
+                path: key_path,
+                mode,
+            });
         }
         let key_pem = read_small(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY_FILE} does not parse: {e}")))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| bad(format!("{CA_KEY_FILE} does not parse: {e}")))?;
         if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
             return Err(bad(format!("{CA_KEY_FILE} is not an ECDSA P-256 key")));
         }
@@ -144,9 +177,12 @@ impl LocalCa {
         let cert_pem = read_small(&cert_path)?;
         let der = parse_single_cert_pem(&cert_pem).map_err(bad)?;
         {
-            let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("{CA_CERT_FILE} does not parse: {e}")))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                .map_err(|e| bad(format!("{CA_CERT_FILE} does not parse: {e}")))?;
             if cert.public_key().raw != key.public_key_der().as_slice() {
-                return Err(bad(format!("{CA_KEY_FILE} does not belong to {CA_CERT_FILE}; run `mcpwatch ca rotate`")));
+                return Err(bad(format!(
+                    "{CA_KEY_FILE} does not belong to {CA_CERT_FILE}; run `mcpwatch ca rotate`"
+                )));
             }
             match cert.basic_constraints() {
                 Ok(Some(bc)) if bc.value.ca => {}
@@ -154,9 +190,15 @@ impl LocalCa {
             }
         }
         let info = CaCertInfo::from_parts(cert_path, cert_pem, der).map_err(bad)?;
-        let params = CertificateParams::from_ca_cert_der(&CertificateDer::from(info.der.as_slice()))?;
+        let params =
+            CertificateParams::from_ca_cert_der(&CertificateDer::from(info.der.as_slice()))?;
         let signer = params.self_signed(&key)?;
-        Ok(LocalCa { info, key_path, key, signer })
+        Ok(LocalCa {
+            info,
+            key_path,
+            key,
+            signer,
+        })
     }
 
     /// Replaces the CA in `dir` with a freshly generated one (new key, new certificate) and loads
@@ -223,7 +265,11 @@ impl LocalCa {
 }
 
 /// `1970-01-01T00:00:00Z + secs` in rcgen's time type, without naming the `time` crate.
-pub(crate) fn rcgen_time(params: &mut CertificateParams, not_before_unix: i64, not_after_unix: i64) {
+pub(crate) fn rcgen_time(
+    params: &mut CertificateParams,
+    not_before_unix: i64,
+    not_after_unix: i64,
+) {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
     params.not_before = epoch + Duration::from_secs(u64::try_from(not_before_unix).unwrap_or(0));
     params.not_after = epoch + Duration::from_secs(u64::try_from(not_after_unix).unwrap_or(0));
@@ -237,7 +283,11 @@ fn ca_common_name(hostname: &str) -> String {
         .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
         .take(budget)
         .collect();
-    let host = if host.is_empty() { "localhost".to_string() } else { host };
+    let host = if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host
+    };
     format!("{PREFIX}{host})")
 }
 
@@ -268,13 +318,19 @@ fn install_new(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), TlsError
     let key_final = dir.join(CA_KEY_FILE);
     let linked = fs::hard_link(&key_tmp, &key_final);
     let _ = fs::remove_file(&key_tmp);
-    linked.map_err(|source| TlsError::Io { path: key_final.clone(), source })?;
+    linked.map_err(|source| TlsError::Io {
+        path: key_final.clone(),
+        source,
+    })?;
 
     let cert_tmp = write_temp(dir, CA_CERT_FILE, cert_pem.as_bytes(), 0o644)?;
     let cert_final = dir.join(CA_CERT_FILE);
     let linked = fs::hard_link(&cert_tmp, &cert_final);
     let _ = fs::remove_file(&cert_tmp);
-    linked.map_err(|source| TlsError::Io { path: cert_final, source })?;
+    linked.map_err(|source| TlsError::Io {
+        path: cert_final,
+        source,
+    })?;
     sync_dir(dir);
     Ok(())
 }
@@ -287,8 +343,16 @@ fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<Path
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let path = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-    let io = |source| TlsError::Io { path: path.clone(), source };
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&path).map_err(io)?;
+    let io = |source| TlsError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .map_err(io)?;
     let result = (|| {
         // The umask can only remove bits; set the exact mode so 0644 is really 0644.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -305,7 +369,10 @@ fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<Path
 fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
     fs::rename(from, to).map_err(|source| {
         let _ = fs::remove_file(from);
-        TlsError::Io { path: to.to_path_buf(), source }
+        TlsError::Io {
+            path: to.to_path_buf(),
+            source,
+        }
     })
 }
 
@@ -320,19 +387,28 @@ fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(|source| TlsError::Io { path: dir.to_path_buf(), source })
+        .map_err(|source| TlsError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn exists(path: &Path) -> Result<bool, TlsError> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(TlsError::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(TlsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 fn read_small(path: &Path) -> Result<String, TlsError> {
-    let io = |source| TlsError::Io { path: path.to_path_buf(), source };
+    let io = |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let meta = fs::metadata(path).map_err(io)?;
     if meta.len() > MAX_FILE_LEN {
         return Err(TlsError::CaFiles {
@@ -375,8 +451,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let ca = LocalCa::load_or_create(&state, "testhost").unwrap();
-        let key_mode = fs::metadata(state.join(CA_KEY_FILE)).unwrap().permissions().mode() & 0o777;
-        let cert_mode = fs::metadata(state.join(CA_CERT_FILE)).unwrap().permissions().mode() & 0o777;
+        let key_mode = fs::metadata(state.join(CA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        let cert_mode = fs::metadata(state.join(CA_CERT_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(key_mode, 0o600);
         assert_eq!(cert_mode, 0o644);
         // No temporary files left behind.
@@ -388,15 +472,23 @@ mod tests {
 
         let der = ca.cert_der().to_vec();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-        assert_eq!(cert.subject().to_string(), "CN=mcpwatch local CA (testhost), O=mcpwatch");
+        assert_eq!(
+            cert.subject().to_string(),
+            "CN=mcpwatch local CA (testhost), O=mcpwatch"
+        );
         let bc = cert.basic_constraints().unwrap().unwrap().value;
         assert!(bc.ca);
         assert_eq!(bc.path_len_constraint, Some(0));
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
-        let years = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / (365 * 24 * 3600);
+        let years = (cert.validity().not_after.timestamp()
+            - cert.validity().not_before.timestamp())
+            / (365 * 24 * 3600);
         assert_eq!(years, 10);
-        assert_eq!(cert.public_key().algorithm.algorithm, x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY);
+        assert_eq!(
+            cert.public_key().algorithm.algorithm,
+            x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+        );
         assert_eq!(ca.fingerprint_sha256(), fingerprint_sha256(&der));
         assert_eq!(ca.cert_path(), state.join(CA_CERT_FILE));
 
@@ -409,7 +501,14 @@ mod tests {
         let rotated = LocalCa::rotate(&state, "testhost").unwrap();
         assert_ne!(rotated.cert_der().to_vec(), der);
         assert_ne!(rotated.public_key_der(), ca.public_key_der());
-        assert_eq!(fs::metadata(state.join(CA_KEY_FILE)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(state.join(CA_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let reloaded = LocalCa::load_or_create(&state, "testhost").unwrap();
         assert_eq!(reloaded.cert_der(), rotated.cert_der());
     }
@@ -421,7 +520,10 @@ mod tests {
         LocalCa::load_or_create(&a, "h").unwrap();
 
         fs::set_permissions(a.join(CA_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(LocalCa::load_or_create(&a, "h"), Err(TlsError::KeyFileTooOpen { mode: 0o644, .. })));
+        assert!(matches!(
+            LocalCa::load_or_create(&a, "h"),
+            Err(TlsError::KeyFileTooOpen { mode: 0o644, .. })
+        ));
         fs::set_permissions(a.join(CA_KEY_FILE), fs::Permissions::from_mode(0o600)).unwrap();
 
         let b = dir.path().join("b");

@@ -42,7 +42,10 @@ pub enum HostPattern {
 impl HostPattern {
     /// Parses one pattern; a typo is an error, never a pattern that silently matches nothing.
     pub fn parse(pattern: &str) -> Result<HostPattern, TlsError> {
-        let bad = |reason: &'static str| TlsError::BadPattern { pattern: pattern.to_string(), reason };
+        let bad = |reason: &'static str| TlsError::BadPattern {
+            pattern: pattern.to_string(),
+            reason,
+        };
         let p = pattern.trim();
         if p.is_empty() {
             return Err(bad("empty"));
@@ -54,7 +57,10 @@ impl HostPattern {
             if prefix > max {
                 return Err(bad("prefix length too long"));
             }
-            return Ok(HostPattern::Ip { addr: mask(addr, prefix), prefix });
+            return Ok(HostPattern::Ip {
+                addr: mask(addr, prefix),
+                prefix,
+            });
         }
         if let Ok(addr) = p.parse::<IpAddr>() {
             let prefix = if addr.is_ipv4() { 32 } else { 128 };
@@ -66,10 +72,16 @@ impl HostPattern {
             None => (false, p.as_str()),
         };
         if name.contains('*') {
-            return Err(bad("'*' is only allowed as the whole first label (*.example.com)"));
+            return Err(bad(
+                "'*' is only allowed as the whole first label (*.example.com)",
+            ));
         }
         crate::leaf::validate_server_name(name).map_err(|_| bad("not a valid host name"))?;
-        Ok(if wild { HostPattern::Wildcard(format!(".{name}")) } else { HostPattern::Exact(name.to_string()) })
+        Ok(if wild {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
     }
 
     /// Does `host` (an SNI or an IP literal) match? Case-insensitive, trailing dot ignored.
@@ -114,12 +126,20 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix.min(32)))
+            };
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix.min(128)))
+            };
             IpAddr::V6((bits & m).into())
         }
     }
@@ -150,7 +170,12 @@ fn default_action() -> TlsAction {
 
 impl Default for TlsScopeConfig {
     fn default() -> Self {
-        TlsScopeConfig { always: Vec::new(), never: Vec::new(), default: default_action(), no_sni: None }
+        TlsScopeConfig {
+            always: Vec::new(),
+            never: Vec::new(),
+            default: default_action(),
+            no_sni: None,
+        }
     }
 }
 
@@ -166,7 +191,11 @@ pub struct TlsScope {
 impl TlsScope {
     /// Compiles a config; the first bad pattern is the error.
     pub fn from_config(config: &TlsScopeConfig) -> Result<TlsScope, TlsError> {
-        let compile = |list: &[String]| list.iter().map(|p| HostPattern::parse(p)).collect::<Result<Vec<_>, _>>();
+        let compile = |list: &[String]| {
+            list.iter()
+                .map(|p| HostPattern::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(TlsScope {
             always: compile(&config.always)?,
             never: compile(&config.never)?,
@@ -188,7 +217,9 @@ impl TlsScope {
     pub fn decide_target(&self, sni: Option<&str>, destination: IpAddr) -> TlsAction {
         match sni {
             Some(_) => self.decide(sni),
-            None => self.decide_by(|p| p.matches_ip(destination)).unwrap_or(self.no_sni),
+            None => self
+                .decide_by(|p| p.matches_ip(destination))
+                .unwrap_or(self.no_sni),
         }
     }
 
@@ -221,7 +252,13 @@ mod tests {
     fn patterns_match_as_documented() {
         use TlsAction::*;
         let s = scope(
-            &["mcp.vendor.example", "*.mcp.example", "127.0.0.1", "10.0.0.0/8", "fd00::/8"],
+            &[
+                "mcp.vendor.example",
+                "*.mcp.example",
+                "127.0.0.1",
+                "10.0.0.0/8",
+                "fd00::/8",
+            ],
             &["*.bank.example", "secure.mcp.example", "10.9.0.0/16"],
             PassThrough,
         );
@@ -245,11 +282,26 @@ mod tests {
             assert_eq!(s.decide(Some(host)), want, "{host}");
         }
         assert_eq!(s.decide(None), PassThrough);
-        assert_eq!(s.decide_target(None, "10.1.1.1".parse().unwrap()), Intercept);
-        assert_eq!(s.decide_target(None, "::ffff:10.1.1.1".parse().unwrap()), Intercept);
-        assert_eq!(s.decide_target(None, "10.9.1.1".parse().unwrap()), PassThrough);
-        assert_eq!(s.decide_target(None, "192.0.2.1".parse().unwrap()), PassThrough);
-        assert_eq!(s.decide_target(Some("mcp.vendor.example"), "192.0.2.1".parse().unwrap()), Intercept);
+        assert_eq!(
+            s.decide_target(None, "10.1.1.1".parse().unwrap()),
+            Intercept
+        );
+        assert_eq!(
+            s.decide_target(None, "::ffff:10.1.1.1".parse().unwrap()),
+            Intercept
+        );
+        assert_eq!(
+            s.decide_target(None, "10.9.1.1".parse().unwrap()),
+            PassThrough
+        );
+        assert_eq!(
+            s.decide_target(None, "192.0.2.1".parse().unwrap()),
+            PassThrough
+        );
+        assert_eq!(
+            s.decide_target(Some("mcp.vendor.example"), "192.0.2.1".parse().unwrap()),
+            Intercept
+        );
 
         let all = scope(&[], &["*.bank.example"], Intercept);
         assert_eq!(all.decide(Some("x.example")), Intercept);
@@ -259,15 +311,31 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_errors() {
-        for p in ["", "*", "*.", "a.*.example", "foo*.example", "10.0.0.0/33", "::/129", "1.2.3.4/x", "exa mple.com", "**.example"] {
-            assert!(matches!(HostPattern::parse(p), Err(TlsError::BadPattern { .. })), "{p:?}");
+        for p in [
+            "",
+            "*",
+            "*.",
+            "a.*.example",
+            "foo*.example",
+            "10.0.0.0/33",
+            "::/129",
+            "1.2.3.4/x",
+            "exa mple.com",
+            "**.example",
+        ] {
+            assert!(
+                matches!(HostPattern::parse(p), Err(TlsError::BadPattern { .. })),
+                "{p:?}"
+            );
         }
     }
 
     #[test]
     fn config_is_strict_serde() {
-        let cfg: TlsScopeConfig =
-            serde_json::from_str(r#"{"always":["*.mcp.example"],"default":"intercept","no_sni":"pass_through"}"#).unwrap();
+        let cfg: TlsScopeConfig = serde_json::from_str(
+            r#"{"always":["*.mcp.example"],"default":"intercept","no_sni":"pass_through"}"#,
+        )
+        .unwrap();
         let s = TlsScope::from_config(&cfg).unwrap();
         assert_eq!(s.default, TlsAction::Intercept);
         assert_eq!(s.decide(None), TlsAction::PassThrough);

@@ -32,7 +32,9 @@ fn alert_name<S: serde::Serializer>(alert: &AlertDescription, s: S) -> Result<S:
 impl std::fmt::Display for DistrustReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DistrustReason::Alert(a) => write!(f, "client does not trust the mcpwatch CA (alert {a:?})"),
+            DistrustReason::Alert(a) => {
+                write!(f, "client does not trust the mcpwatch CA (alert {a:?})")
+            }
             DistrustReason::ClosedAfterServerFlight => {
                 f.write_str("client does not trust the mcpwatch CA (closed after our certificate)")
             }
@@ -49,7 +51,9 @@ pub fn classify_client_abort(err: &HandshakeError) -> Option<DistrustReason> {
             | AlertDescription::CertificateUnknown
             | AlertDescription::AccessDenied),
         ) => Some(DistrustReason::Alert(*alert)),
-        HandshakeError::Closed { server_bytes } if *server_bytes > 0 => Some(DistrustReason::ClosedAfterServerFlight),
+        HandshakeError::Closed { server_bytes } if *server_bytes > 0 => {
+            Some(DistrustReason::ClosedAfterServerFlight)
+        }
         _ => None,
     }
 }
@@ -122,7 +126,13 @@ fn key(exe: &str, host: &str) -> (String, String) {
 
 impl DistrustTracker {
     pub fn new(options: DistrustOptions) -> DistrustTracker {
-        DistrustTracker { options: DistrustOptions { capacity: options.capacity.max(1), ..options }, map: Mutex::new(HashMap::new()) }
+        DistrustTracker {
+            options: DistrustOptions {
+                capacity: options.capacity.max(1),
+                ..options
+            },
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Record>> {
@@ -138,7 +148,10 @@ impl DistrustTracker {
         if !map.contains_key(&k) && map.len() >= self.options.capacity {
             map.retain(|_, r| r.until + forget > now);
             while map.len() >= self.options.capacity {
-                let oldest = map.iter().min_by_key(|(_, r)| r.last).map(|(k, _)| k.clone());
+                let oldest = map
+                    .iter()
+                    .min_by_key(|(_, r)| r.last)
+                    .map(|(k, _)| k.clone());
                 match oldest {
                     Some(old) => {
                         map.remove(&old);
@@ -147,7 +160,11 @@ impl DistrustTracker {
                 }
             }
         }
-        let rec = map.entry(k).or_insert(Record { count: 0, last: now, until });
+        let rec = map.entry(k).or_insert(Record {
+            count: 0,
+            last: now,
+            until,
+        });
         rec.count += 1;
         rec.last = now;
         rec.until = until;
@@ -155,7 +172,9 @@ impl DistrustTracker {
 
     /// Should the proxy pass `host` through for `exe` right now?
     pub fn is_backed_off(&self, exe: &str, host: &str, now: Instant) -> bool {
-        self.lock().get(&key(exe, host)).is_some_and(|r| now < r.until)
+        self.lock()
+            .get(&key(exe, host))
+            .is_some_and(|r| now < r.until)
     }
 
     /// Forgets a pair (e.g. after the operator installed the CA for that client).
@@ -179,7 +198,12 @@ impl DistrustTracker {
                 backoff_remaining: r.until.saturating_duration_since(now),
             })
             .collect();
-        out.sort_by(|a, b| a.since_last.cmp(&b.since_last).then_with(|| a.exe.cmp(&b.exe)).then_with(|| a.host.cmp(&b.host)));
+        out.sort_by(|a, b| {
+            a.since_last
+                .cmp(&b.since_last)
+                .then_with(|| a.exe.cmp(&b.exe))
+                .then_with(|| a.host.cmp(&b.host))
+        });
         out
     }
 }
@@ -196,35 +220,64 @@ mod tests {
             AlertDescription::CertificateUnknown,
             AlertDescription::AccessDenied,
         ] {
-            assert_eq!(classify_client_abort(&HandshakeError::AlertReceived(alert)), Some(DistrustReason::Alert(alert)));
+            assert_eq!(
+                classify_client_abort(&HandshakeError::AlertReceived(alert)),
+                Some(DistrustReason::Alert(alert))
+            );
         }
-        for alert in [AlertDescription::HandshakeFailure, AlertDescription::ProtocolVersion, AlertDescription::DecodeError] {
-            assert_eq!(classify_client_abort(&HandshakeError::AlertReceived(alert)), None, "{alert:?}");
+        for alert in [
+            AlertDescription::HandshakeFailure,
+            AlertDescription::ProtocolVersion,
+            AlertDescription::DecodeError,
+        ] {
+            assert_eq!(
+                classify_client_abort(&HandshakeError::AlertReceived(alert)),
+                None,
+                "{alert:?}"
+            );
         }
         assert_eq!(
             classify_client_abort(&HandshakeError::Closed { server_bytes: 900 }),
             Some(DistrustReason::ClosedAfterServerFlight)
         );
-        assert_eq!(classify_client_abort(&HandshakeError::Closed { server_bytes: 0 }), None);
-        assert_eq!(classify_client_abort(&HandshakeError::Timeout(Duration::from_secs(1))), None);
+        assert_eq!(
+            classify_client_abort(&HandshakeError::Closed { server_bytes: 0 }),
+            None
+        );
+        assert_eq!(
+            classify_client_abort(&HandshakeError::Timeout(Duration::from_secs(1))),
+            None
+        );
     }
 
     #[test]
     fn tracker_backs_off_and_is_bounded() {
         let t0 = Instant::now();
         let backoff = Duration::from_secs(600);
-        let tracker = DistrustTracker::new(DistrustOptions { capacity: 3, backoff, forget_after: Duration::from_secs(3600) });
+        let tracker = DistrustTracker::new(DistrustOptions {
+            capacity: 3,
+            backoff,
+            forget_after: Duration::from_secs(3600),
+        });
         assert!(!tracker.is_backed_off("/usr/bin/node", "mcp.example", t0));
         tracker.record("/usr/bin/node", "MCP.example", t0);
         assert!(tracker.is_backed_off("/usr/bin/node", "mcp.example", t0 + Duration::from_secs(1)));
         assert!(!tracker.is_backed_off("/usr/bin/python3", "mcp.example", t0));
         assert!(!tracker.is_backed_off("/usr/bin/node", "other.example", t0));
-        assert!(tracker.is_backed_off("/usr/bin/node", "mcp.example", t0 + backoff - Duration::from_secs(1)));
+        assert!(tracker.is_backed_off(
+            "/usr/bin/node",
+            "mcp.example",
+            t0 + backoff - Duration::from_secs(1)
+        ));
         assert!(!tracker.is_backed_off("/usr/bin/node", "mcp.example", t0 + backoff));
 
         // A second rejection extends the back-off and counts.
         tracker.record("/usr/bin/node", "mcp.example", t0 + backoff);
-        assert!(tracker.is_backed_off("/usr/bin/node", "mcp.example", t0 + backoff + Duration::from_secs(1)));
+        assert!(tracker.is_backed_off(
+            "/usr/bin/node",
+            "mcp.example",
+            t0 + backoff + Duration::from_secs(1)
+        ));
         let entries = tracker.entries(t0 + backoff);
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].count, 2);
@@ -243,11 +296,20 @@ mod tests {
 
         // Hostile sizes are truncated, not stored whole.
         tracker.record(&"x".repeat(100_000), &"y".repeat(100_000), now);
-        assert!(tracker.entries(now).iter().all(|e| e.exe.len() <= MAX_KEY_PART && e.host.len() <= MAX_KEY_PART));
+        assert!(
+            tracker
+                .entries(now)
+                .iter()
+                .all(|e| e.exe.len() <= MAX_KEY_PART && e.host.len() <= MAX_KEY_PART)
+        );
         assert!(tracker.is_backed_off(&"x".repeat(100_000), &"y".repeat(100_000), now));
 
         // Old entries are forgotten.
-        assert!(tracker.entries(now + backoff + Duration::from_secs(3601)).is_empty());
+        assert!(
+            tracker
+                .entries(now + backoff + Duration::from_secs(3601))
+                .is_empty()
+        );
         tracker.record("d", "h", now);
         tracker.clear("d", "h");
         assert!(!tracker.is_backed_off("d", "h", now));

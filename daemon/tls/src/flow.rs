@@ -33,7 +33,9 @@ pub struct Intercepted {
 
 impl std::fmt::Debug for Intercepted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Intercepted").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Intercepted")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,14 +76,20 @@ pub enum InterceptError {
     /// The client's handshake with our leaf failed; `distrust` says whether it looks like the
     /// client does not trust the mcpwatch CA.
     #[error("client: {error} (server name {server_name})")]
-    Client { server_name: String, error: HandshakeError, distrust: Option<DistrustReason> },
+    Client {
+        server_name: String,
+        error: HandshakeError,
+        distrust: Option<DistrustReason>,
+    },
 }
 
 impl InterceptError {
     /// Which side failed.
     pub fn side(&self) -> Side {
         match self {
-            InterceptError::BadName(_) | InterceptError::LegacyClient | InterceptError::Client { .. } => Side::Client,
+            InterceptError::BadName(_)
+            | InterceptError::LegacyClient
+            | InterceptError::Client { .. } => Side::Client,
             InterceptError::Upstream(e) => e.side(),
             InterceptError::Internal(_) => Side::Internal,
         }
@@ -120,13 +128,18 @@ pub async fn intercept(
             Ok(addr) => ServerTarget::Ip(addr.ip().to_canonical()),
             Err(e) => {
                 hello.reject(AlertDescription::InternalError).await;
-                return Err(InterceptError::Internal(format!("upstream socket has no peer address: {e}")));
+                return Err(InterceptError::Internal(format!(
+                    "upstream socket has no peer address: {e}"
+                )));
             }
         },
     };
 
     let offer = upstream.filter_alpn(hello.alpn());
-    let (upstream_stream, upstream_info) = match upstream.connect_target(upstream_tcp, &target, &offer).await {
+    let (upstream_stream, upstream_info) = match upstream
+        .connect_target(upstream_tcp, &target, &offer)
+        .await
+    {
         Ok(ok) => ok,
         Err(e) => {
             tracing::info!(server = %target, error = %e, "upstream TLS refused; failing the client handshake, no leaf minted");
@@ -136,13 +149,14 @@ pub async fn intercept(
     };
 
     let leaf_alpn: Vec<Vec<u8>> = upstream_info.alpn.iter().cloned().collect();
-    let config: Arc<rustls::ServerConfig> = match issuer.server_config_for_target(&target, &leaf_alpn) {
-        Ok(c) => c,
-        Err(e) => {
-            hello.reject(AlertDescription::InternalError).await;
-            return Err(InterceptError::Internal(e.to_string()));
-        }
-    };
+    let config: Arc<rustls::ServerConfig> =
+        match issuer.server_config_for_target(&target, &leaf_alpn) {
+            Ok(c) => c,
+            Err(e) => {
+                hello.reject(AlertDescription::InternalError).await;
+                return Err(InterceptError::Internal(e.to_string()));
+            }
+        };
 
     let sni = hello.sni().map(str::to_owned);
     let client_alpn = hello.alpn().to_vec();
@@ -157,11 +171,19 @@ pub async fn intercept(
                 client_version: version_name(conn.protocol_version()),
                 upstream: upstream_info,
             };
-            Ok(Intercepted { client, upstream: upstream_stream, info })
+            Ok(Intercepted {
+                client,
+                upstream: upstream_stream,
+                info,
+            })
         }
         Err(error) => {
             let distrust = classify_client_abort(&error);
-            Err(InterceptError::Client { server_name: target.to_string(), error, distrust })
+            Err(InterceptError::Client {
+                server_name: target.to_string(),
+                error,
+                distrust,
+            })
         }
     }
 }

@@ -43,7 +43,11 @@ pub struct HelloStream {
 
 impl HelloStream {
     fn new(tcp: TcpStream) -> HelloStream {
-        HelloStream { tcp, record: Some(Vec::with_capacity(2048)), written: 0 }
+        HelloStream {
+            tcp,
+            record: Some(Vec::with_capacity(2048)),
+            written: 0,
+        }
     }
 
     /// The underlying socket (peer address, socket options).
@@ -63,14 +67,21 @@ impl HelloStream {
 }
 
 impl AsyncRead for HelloStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
         if let Some(record) = &mut this.record {
             let new = &buf.filled()[before..];
             if record.len() + new.len() > MAX_HELLO_BYTES {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, HelloTooLarge)));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    HelloTooLarge,
+                )));
             }
             record.extend_from_slice(new);
         }
@@ -79,14 +90,22 @@ impl AsyncRead for HelloStream {
 }
 
 impl AsyncWrite for HelloStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.tcp).poll_write(cx, buf))?;
         this.written += n as u64;
         Poll::Ready(Ok(n))
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs))?;
         this.written += n as u64;
@@ -170,7 +189,9 @@ impl HandshakeError {
 
 /// The rustls error inside an I/O error from tokio-rustls, if that is what it carries.
 pub(crate) fn rustls_error(e: &io::Error) -> Option<rustls::Error> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).cloned()
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .cloned()
 }
 
 /// A parsed ClientHello with the connection parked right after it.
@@ -189,7 +210,14 @@ impl std::fmt::Debug for Hello {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hello")
             .field("sni", &self.sni)
-            .field("alpn", &self.alpn.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>())
+            .field(
+                "alpn",
+                &self
+                    .alpn
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect::<Vec<_>>(),
+            )
             .field("recorded", &self.recorded().len())
             .finish_non_exhaustive()
     }
@@ -208,7 +236,10 @@ pub async fn read_client_hello(tcp: TcpStream, deadline: Duration) -> Result<Hel
         Err(_) => return Err(HelloError::Timeout(deadline)),
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
-            let recorded = acceptor.take_io().and_then(|io| io.record).unwrap_or_default();
+            let recorded = acceptor
+                .take_io()
+                .and_then(|io| io.record)
+                .unwrap_or_default();
             return Err(classify_hello_error(e, &recorded));
         }
     };
@@ -223,7 +254,13 @@ pub async fn read_client_hello(tcp: TcpStream, deadline: Duration) -> Result<Hel
         .cipher_suites()
         .iter()
         .any(|offered| ours.cipher_suites.iter().any(|s| s.suite() == *offered));
-    Ok(Hello { start, sni, alpn, shares_cipher_suite, handshake_timeout: deadline })
+    Ok(Hello {
+        start,
+        sni,
+        alpn,
+        shares_cipher_suite,
+        handshake_timeout: deadline,
+    })
 }
 
 fn classify_hello_error(e: io::Error, recorded: &[u8]) -> HelloError {
@@ -237,7 +274,9 @@ fn classify_hello_error(e: io::Error, recorded: &[u8]) -> HelloError {
         }
     }
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        return HelloError::Truncated { received: recorded.len() };
+        return HelloError::Truncated {
+            received: recorded.len(),
+        };
     }
     match rustls_error(&e) {
         Some(tls) => HelloError::Invalid(tls),
@@ -289,8 +328,15 @@ impl Hello {
 
     /// Completes the client's handshake with `config` (normally from
     /// [`crate::LeafIssuer::server_config_for`]), within [`Hello::handshake_timeout`].
-    pub async fn accept(self, config: Arc<ServerConfig>) -> Result<ClientTlsStream, HandshakeError> {
-        let Hello { mut start, handshake_timeout, .. } = self;
+    pub async fn accept(
+        self,
+        config: Arc<ServerConfig>,
+    ) -> Result<ClientTlsStream, HandshakeError> {
+        let Hello {
+            mut start,
+            handshake_timeout,
+            ..
+        } = self;
         start.io.stop_recording();
         let handshake = start.into_stream(config).into_fallible();
         match tokio::time::timeout(handshake_timeout, handshake).await {

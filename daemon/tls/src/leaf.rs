@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{CertificateParams, DnType, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::ServerConfig;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
@@ -101,7 +104,10 @@ pub fn validate_server_name(name: &str) -> Result<ServerTarget, TlsError> {
         if label.len() > MAX_LABEL_LEN {
             return Err(bad("label longer than 63 bytes"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(bad("invalid character"));
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -180,7 +186,11 @@ impl Cache {
         if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
             self.map.retain(|_, e| e.expires > now);
             while self.map.len() >= self.capacity {
-                let oldest = self.map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
+                let oldest = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone());
                 match oldest {
                     Some(k) => {
                         self.map.remove(&k);
@@ -189,7 +199,14 @@ impl Cache {
                 }
             }
         }
-        self.map.insert(key, CacheEntry { config, expires, last_used: self.tick });
+        self.map.insert(
+            key,
+            CacheEntry {
+                config,
+                expires,
+                last_used: self.tick,
+            },
+        );
     }
 }
 
@@ -214,14 +231,18 @@ impl std::fmt::Debug for LeafIssuer {
 impl LeafIssuer {
     /// Creates an issuer; rejects options that break the invariants above.
     pub fn new(ca: Arc<LocalCa>, options: LeafOptions) -> Result<LeafIssuer, TlsError> {
-        if options.validity < Duration::from_secs(600) || options.validity > Duration::from_secs(30 * 24 * 3600) {
+        if options.validity < Duration::from_secs(600)
+            || options.validity > Duration::from_secs(30 * 24 * 3600)
+        {
             return Err(TlsError::BadOptions(format!(
                 "leaf validity {:?} must be between 10 minutes and 30 days",
                 options.validity
             )));
         }
         if options.cache_capacity == 0 {
-            return Err(TlsError::BadOptions("leaf cache capacity must be at least 1".into()));
+            return Err(TlsError::BadOptions(
+                "leaf cache capacity must be at least 1".into(),
+            ));
         }
         if options.ttl.is_zero() || options.ttl >= options.validity / 2 {
             return Err(TlsError::BadOptions(format!(
@@ -229,8 +250,17 @@ impl LeafIssuer {
                 options.ttl, options.validity
             )));
         }
-        let cache = Cache { map: HashMap::new(), capacity: options.cache_capacity, tick: 0 };
-        Ok(LeafIssuer { ca, options, cache: Mutex::new(cache), minted: AtomicU64::new(0) })
+        let cache = Cache {
+            map: HashMap::new(),
+            capacity: options.cache_capacity,
+            tick: 0,
+        };
+        Ok(LeafIssuer {
+            ca,
+            options,
+            cache: Mutex::new(cache),
+            minted: AtomicU64::new(0),
+        })
     }
 
     /// A ready `ServerConfig` presenting a leaf for `sni` and offering exactly `alpn` (in that
@@ -238,13 +268,21 @@ impl LeafIssuer {
     /// empty list for no ALPN). Cached; minted on a miss.
     ///
     /// `sni` is validated first: a hostile name yields [`TlsError::BadSni`], never a panic.
-    pub fn server_config_for(&self, sni: &str, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
+    pub fn server_config_for(
+        &self,
+        sni: &str,
+        alpn: &[Vec<u8>],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let target = validate_server_name(sni)?;
         self.config_for_target(&target, alpn, Instant::now())
     }
 
     /// Like [`LeafIssuer::server_config_for`] for an already validated name.
-    pub fn server_config_for_target(&self, target: &ServerTarget, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
+    pub fn server_config_for_target(
+        &self,
+        target: &ServerTarget,
+        alpn: &[Vec<u8>],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         self.config_for_target(target, alpn, Instant::now())
     }
 
@@ -270,15 +308,24 @@ impl LeafIssuer {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A panic while holding this lock cannot leave the map inconsistent; keep serving.
-        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn config_for_target(&self, target: &ServerTarget, alpn: &[Vec<u8>], now: Instant) -> Result<Arc<ServerConfig>, TlsError> {
+    pub(crate) fn config_for_target(
+        &self,
+        target: &ServerTarget,
+        alpn: &[Vec<u8>],
+        now: Instant,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         if alpn.len() > MAX_ALPN {
             return Err(TlsError::BadAlpn("more than 8 protocols"));
         }
         if alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
-            return Err(TlsError::BadAlpn("protocol name empty or longer than 255 bytes"));
+            return Err(TlsError::BadAlpn(
+                "protocol name empty or longer than 255 bytes",
+            ));
         }
         let key: CacheKey = (target.clone(), alpn.to_vec());
         if let Some(config) = self.lock().get(&key, now) {
@@ -286,7 +333,8 @@ impl LeafIssuer {
         }
         // Mint outside the lock; two concurrent misses for one name may both mint, harmlessly.
         let config = Arc::new(self.mint(target, alpn)?);
-        self.lock().insert(key, config.clone(), now + self.options.ttl, now);
+        self.lock()
+            .insert(key, config.clone(), now + self.options.ttl, now);
         Ok(config)
     }
 
@@ -299,7 +347,14 @@ impl LeafIssuer {
             ServerTarget::Ip(ip) => SanType::IpAddress(*ip),
         }];
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, if name.len() <= 64 { name.clone() } else { "mcpwatch leaf".to_string() });
+        dn.push(
+            DnType::CommonName,
+            if name.len() <= 64 {
+                name.clone()
+            } else {
+                "mcpwatch leaf".to_string()
+            },
+        );
         dn.push(DnType::OrganizationName, "mcpwatch");
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
@@ -307,7 +362,8 @@ impl LeafIssuer {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = unix_now();
-        let not_after = (now + self.options.validity.as_secs() as i64).min(self.ca.not_after_unix());
+        let not_after =
+            (now + self.options.validity.as_secs() as i64).min(self.ca.not_after_unix());
         rcgen_time(&mut params, now - LEAF_BACKDATE.as_secs() as i64, not_after);
 
         let (ca_cert, ca_key) = self.ca.signer();
@@ -318,7 +374,8 @@ impl LeafIssuer {
             .with_no_client_auth()
             .with_single_cert(vec![cert.der().clone(), self.ca.cert_der()], key_der)?;
         config.alpn_protocols = alpn.to_vec();
-        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_PER_CONFIG);
+        config.session_storage =
+            rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_PER_CONFIG);
         self.minted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(name = %name, "minted leaf certificate");
         Ok(config)
@@ -350,7 +407,8 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let server_name = ServerName::try_from(name.to_string()).unwrap();
-        let mut client = rustls::ClientConnection::new(Arc::new(client_config), server_name).unwrap();
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_config), server_name).unwrap();
         let mut server = rustls::ServerConnection::new(config).unwrap();
         for _ in 0..10 {
             let mut buf = Vec::new();
@@ -374,38 +432,76 @@ mod tests {
         let ca_der = issuer.ca().cert_der();
         let ca_spki = issuer.ca().public_key_der();
         let mut leaf_keys = Vec::new();
-        for (name, want_ip) in [("mcp.vendor.example", None), ("127.0.0.1", Some(vec![127u8, 0, 0, 1])), ("::1", Some({
-            let mut v = vec![0u8; 16];
-            v[15] = 1;
-            v
-        }))] {
-            let config = issuer.server_config_for(name, &[b"http/1.1".to_vec()]).unwrap();
+        for (name, want_ip) in [
+            ("mcp.vendor.example", None),
+            ("127.0.0.1", Some(vec![127u8, 0, 0, 1])),
+            (
+                "::1",
+                Some({
+                    let mut v = vec![0u8; 16];
+                    v[15] = 1;
+                    v
+                }),
+            ),
+        ] {
+            let config = issuer
+                .server_config_for(name, &[b"http/1.1".to_vec()])
+                .unwrap();
             let chain = handshake(config, ca_der.clone(), name).unwrap();
             assert_eq!(chain.len(), 2);
             assert_eq!(chain[1], ca_der);
             let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
-            assert_ne!(leaf.public_key().raw, ca_spki.as_slice(), "leaf must not use the CA key");
+            assert_ne!(
+                leaf.public_key().raw,
+                ca_spki.as_slice(),
+                "leaf must not use the CA key"
+            );
             leaf_keys.push(leaf.public_key().raw.to_vec());
-            assert_eq!(leaf.issuer(), x509_parser::parse_x509_certificate(&ca_der).unwrap().1.subject());
+            assert_eq!(
+                leaf.issuer(),
+                x509_parser::parse_x509_certificate(&ca_der)
+                    .unwrap()
+                    .1
+                    .subject()
+            );
             let san = leaf.subject_alternative_name().unwrap().unwrap().value;
             assert_eq!(san.general_names.len(), 1);
             match (&san.general_names[0], &want_ip) {
                 (x509_parser::extensions::GeneralName::DNSName(d), None) => assert_eq!(*d, name),
-                (x509_parser::extensions::GeneralName::IPAddress(ip), Some(want)) => assert_eq!(ip, &want.as_slice()),
+                (x509_parser::extensions::GeneralName::IPAddress(ip), Some(want)) => {
+                    assert_eq!(ip, &want.as_slice())
+                }
                 (other, _) => panic!("{name}: unexpected SAN {other:?}"),
             }
             let eku = leaf.extended_key_usage().unwrap().unwrap().value;
             assert!(eku.server_auth && !eku.client_auth && !eku.any);
-            assert!(!leaf.basic_constraints().unwrap().map(|b| b.value.ca).unwrap_or(false));
+            assert!(
+                !leaf
+                    .basic_constraints()
+                    .unwrap()
+                    .map(|b| b.value.ca)
+                    .unwrap_or(false)
+            );
             let now = unix_now();
             let nb = leaf.validity().not_before.timestamp();
             let na = leaf.validity().not_after.timestamp();
-            assert!(nb <= now - 50 && nb >= now - 120, "notBefore backdated ~1 minute: {nb} vs {now}");
-            assert!(na > now && na <= now + 24 * 3600 + 5, "24 h validity: {na} vs {now}");
+            assert!(
+                nb <= now - 50 && nb >= now - 120,
+                "notBefore backdated ~1 minute: {nb} vs {now}"
+            );
+            assert!(
+                na > now && na <= now + 24 * 3600 + 5,
+                "24 h validity: {na} vs {now}"
+            );
             // A leaf for one name is not valid for another.
-            let other = issuer.server_config_for(name, &[b"http/1.1".to_vec()]).unwrap();
+            let other = issuer
+                .server_config_for(name, &[b"http/1.1".to_vec()])
+                .unwrap();
             let err = handshake(other, ca_der.clone(), "other.example").unwrap_err();
-            assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err:?}");
+            assert!(
+                matches!(err, rustls::Error::InvalidCertificate(_)),
+                "{err:?}"
+            );
         }
         leaf_keys.sort();
         leaf_keys.dedup();
@@ -415,18 +511,39 @@ mod tests {
     #[test]
     fn accepts_reasonable_names() {
         for (input, want) in [
-            ("mcp.vendor.example", ServerTarget::Dns("mcp.vendor.example".into())),
-            ("MCP.Vendor.Example", ServerTarget::Dns("mcp.vendor.example".into())),
+            (
+                "mcp.vendor.example",
+                ServerTarget::Dns("mcp.vendor.example".into()),
+            ),
+            (
+                "MCP.Vendor.Example",
+                ServerTarget::Dns("mcp.vendor.example".into()),
+            ),
             ("localhost", ServerTarget::Dns("localhost".into())),
-            ("my_host.internal", ServerTarget::Dns("my_host.internal".into())),
-            ("xn--bcher-kva.example", ServerTarget::Dns("xn--bcher-kva.example".into())),
+            (
+                "my_host.internal",
+                ServerTarget::Dns("my_host.internal".into()),
+            ),
+            (
+                "xn--bcher-kva.example",
+                ServerTarget::Dns("xn--bcher-kva.example".into()),
+            ),
             ("127.0.0.1", ServerTarget::Ip("127.0.0.1".parse().unwrap())),
             ("::1", ServerTarget::Ip("::1".parse().unwrap())),
-            ("2001:db8::5", ServerTarget::Ip("2001:db8::5".parse().unwrap())),
+            (
+                "2001:db8::5",
+                ServerTarget::Ip("2001:db8::5".parse().unwrap()),
+            ),
         ] {
             assert_eq!(validate_server_name(input).unwrap(), want, "{input}");
         }
-        let longest = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+        let longest = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
         assert_eq!(longest.len(), 253);
         assert!(validate_server_name(&longest).is_ok());
     }
@@ -435,7 +552,13 @@ mod tests {
     fn hostile_names_are_clean_errors() {
         let label64 = format!("{}.example", "a".repeat(64));
         let label255 = format!("{}.example", "a".repeat(255));
-        let long254 = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62));
+        let long254 = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(62)
+        );
         let huge = "a.".repeat(40_000) + "com";
         let cases: Vec<(&str, String)> = vec![
             ("empty", String::new()),
@@ -484,13 +607,35 @@ mod tests {
         let ca = Arc::new(LocalCa::load_or_create(dir.path(), "h").unwrap());
         let base = LeafOptions::default();
         for opts in [
-            LeafOptions { ttl: Duration::from_secs(12 * 3600), ..base.clone() },
-            LeafOptions { ttl: Duration::ZERO, ..base.clone() },
-            LeafOptions { cache_capacity: 0, ..base.clone() },
-            LeafOptions { validity: Duration::from_secs(60), ttl: Duration::from_secs(10), ..base.clone() },
-            LeafOptions { validity: Duration::from_secs(365 * 24 * 3600), ..base.clone() },
+            LeafOptions {
+                ttl: Duration::from_secs(12 * 3600),
+                ..base.clone()
+            },
+            LeafOptions {
+                ttl: Duration::ZERO,
+                ..base.clone()
+            },
+            LeafOptions {
+                cache_capacity: 0,
+                ..base.clone()
+            },
+            LeafOptions {
+                validity: Duration::from_secs(60),
+                ttl: Duration::from_secs(10),
+                ..base.clone()
+            },
+            LeafOptions {
+                validity: Duration::from_secs(365 * 24 * 3600),
+                ..base.clone()
+            },
         ] {
-            assert!(matches!(LeafIssuer::new(ca.clone(), opts.clone()), Err(TlsError::BadOptions(_))), "{opts:?}");
+            assert!(
+                matches!(
+                    LeafIssuer::new(ca.clone(), opts.clone()),
+                    Err(TlsError::BadOptions(_))
+                ),
+                "{opts:?}"
+            );
         }
         assert!(LeafIssuer::new(ca, base).is_ok());
     }
@@ -498,48 +643,76 @@ mod tests {
     #[test]
     fn cache_is_bounded_lru_with_ttl() {
         let ttl = Duration::from_secs(3600);
-        let (_dir, issuer) = issuer(LeafOptions { cache_capacity: 3, ttl, ..LeafOptions::default() });
+        let (_dir, issuer) = issuer(LeafOptions {
+            cache_capacity: 3,
+            ttl,
+            ..LeafOptions::default()
+        });
         let h1 = vec![b"http/1.1".to_vec()];
         let t0 = Instant::now();
         let target = |s: &str| validate_server_name(s).unwrap();
 
-        let a = issuer.config_for_target(&target("a.example"), &h1, t0).unwrap();
-        let a2 = issuer.config_for_target(&target("a.example"), &h1, t0).unwrap();
+        let a = issuer
+            .config_for_target(&target("a.example"), &h1, t0)
+            .unwrap();
+        let a2 = issuer
+            .config_for_target(&target("a.example"), &h1, t0)
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &a2));
         assert_eq!(issuer.minted_count(), 1);
         // Same name, different ALPN list: a different config.
-        let a_none = issuer.config_for_target(&target("a.example"), &[], t0).unwrap();
+        let a_none = issuer
+            .config_for_target(&target("a.example"), &[], t0)
+            .unwrap();
         assert!(!Arc::ptr_eq(&a, &a_none));
         assert_eq!(a_none.alpn_protocols, Vec::<Vec<u8>>::new());
         assert_eq!(a.alpn_protocols, h1);
         assert_eq!(issuer.minted_count(), 2);
 
-        issuer.config_for_target(&target("b.example"), &h1, t0).unwrap();
+        issuer
+            .config_for_target(&target("b.example"), &h1, t0)
+            .unwrap();
         // Touch a so that (a, []) is the least recently used.
-        issuer.config_for_target(&target("a.example"), &h1, t0).unwrap();
-        issuer.config_for_target(&target("c.example"), &h1, t0).unwrap();
+        issuer
+            .config_for_target(&target("a.example"), &h1, t0)
+            .unwrap();
+        issuer
+            .config_for_target(&target("c.example"), &h1, t0)
+            .unwrap();
         assert_eq!(issuer.cache_len(), 3);
         assert_eq!(issuer.minted_count(), 4);
         // a (h1) survived, (a, []) was evicted.
-        let a3 = issuer.config_for_target(&target("a.example"), &h1, t0).unwrap();
+        let a3 = issuer
+            .config_for_target(&target("a.example"), &h1, t0)
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &a3));
         assert_eq!(issuer.minted_count(), 4);
-        issuer.config_for_target(&target("a.example"), &[], t0).unwrap();
+        issuer
+            .config_for_target(&target("a.example"), &[], t0)
+            .unwrap();
         assert_eq!(issuer.minted_count(), 5);
         assert_eq!(issuer.cache_len(), 3);
 
         // Flood with many names: never more than capacity.
         for i in 0..20 {
-            issuer.config_for_target(&target(&format!("n{i}.example")), &h1, t0).unwrap();
+            issuer
+                .config_for_target(&target(&format!("n{i}.example")), &h1, t0)
+                .unwrap();
             assert!(issuer.cache_len() <= 3);
         }
 
         // TTL: just before expiry it is reused, at expiry it is re-minted.
-        let z = issuer.config_for_target(&target("z.example"), &h1, t0).unwrap();
+        let z = issuer
+            .config_for_target(&target("z.example"), &h1, t0)
+            .unwrap();
         let before = issuer.minted_count();
-        let z2 = issuer.config_for_target(&target("z.example"), &h1, t0 + ttl - Duration::from_secs(1)).unwrap();
+        let z2 = issuer
+            .config_for_target(&target("z.example"), &h1, t0 + ttl - Duration::from_secs(1))
+            .unwrap();
         assert!(Arc::ptr_eq(&z, &z2));
-        let z3 = issuer.config_for_target(&target("z.example"), &h1, t0 + ttl).unwrap();
+        let z3 = issuer
+            .config_for_target(&target("z.example"), &h1, t0 + ttl)
+            .unwrap();
         assert!(!Arc::ptr_eq(&z, &z3));
         assert_eq!(issuer.minted_count(), before + 1);
     }
@@ -549,10 +722,19 @@ mod tests {
         let (_dir, issuer) = issuer(LeafOptions::default());
         let target = validate_server_name("a.example").unwrap();
         let now = Instant::now();
-        assert!(matches!(issuer.config_for_target(&target, &[Vec::new()], now), Err(TlsError::BadAlpn(_))));
-        assert!(matches!(issuer.config_for_target(&target, &[vec![b'x'; 256]], now), Err(TlsError::BadAlpn(_))));
+        assert!(matches!(
+            issuer.config_for_target(&target, &[Vec::new()], now),
+            Err(TlsError::BadAlpn(_))
+        ));
+        assert!(matches!(
+            issuer.config_for_target(&target, &[vec![b'x'; 256]], now),
+            Err(TlsError::BadAlpn(_))
+        ));
         let many: Vec<Vec<u8>> = (0..9).map(|i| format!("p{i}").into_bytes()).collect();
-        assert!(matches!(issuer.config_for_target(&target, &many, now), Err(TlsError::BadAlpn(_))));
+        assert!(matches!(
+            issuer.config_for_target(&target, &many, now),
+            Err(TlsError::BadAlpn(_))
+        ));
         assert_eq!(issuer.minted_count(), 0);
     }
 }

@@ -38,11 +38,18 @@ use std::sync::{Arc, OnceLock};
 
 pub use ca::{CaCertInfo, LocalCa};
 pub use decide::{HostPattern, TlsAction, TlsScope, TlsScopeConfig};
-pub use distrust::{DistrustEntry, DistrustOptions, DistrustReason, DistrustTracker, classify_client_abort};
+pub use distrust::{
+    DistrustEntry, DistrustOptions, DistrustReason, DistrustTracker, classify_client_abort,
+};
 pub use flow::{InterceptError, Intercepted, TlsInfo, intercept};
-pub use hello::{ClientTlsStream, HandshakeError, Hello, HelloError, HelloStream, read_client_hello};
+pub use hello::{
+    ClientTlsStream, HandshakeError, Hello, HelloError, HelloStream, read_client_hello,
+};
 pub use leaf::{LeafIssuer, LeafOptions, ServerTarget, validate_server_name};
-pub use upstream::{CertProblem, CertSummary, UpstreamCert, UpstreamOptions, UpstreamTls, UpstreamTlsError, UpstreamTlsStream};
+pub use upstream::{
+    CertProblem, CertSummary, UpstreamCert, UpstreamOptions, UpstreamTls, UpstreamTlsError,
+    UpstreamTlsStream,
+};
 
 /// Re-exported so callers name the same rustls types this crate uses.
 pub use rustls;
@@ -77,7 +84,10 @@ pub enum TlsError {
         source: std::io::Error,
     },
     #[error("internal: CA files in {dir}: {reason}")]
-    CaFiles { dir: std::path::PathBuf, reason: String },
+    CaFiles {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
     #[error(
         "internal: CA key {path} has mode {mode:o}, readable beyond its owner; the key may have leaked, run `mcpwatch ca rotate`"
     )]
@@ -89,7 +99,10 @@ pub enum TlsError {
     #[error("internal: invalid options: {0}")]
     BadOptions(String),
     #[error("internal: invalid host pattern {pattern:?}: {reason}")]
-    BadPattern { pattern: String, reason: &'static str },
+    BadPattern {
+        pattern: String,
+        reason: &'static str,
+    },
     #[error("internal: trust anchors: {0}")]
     Anchors(String),
 }

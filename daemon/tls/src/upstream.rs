@@ -17,10 +17,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio::net::TcpStream;
 
 use crate::hello::rustls_error;
@@ -84,7 +86,9 @@ impl std::fmt::Display for CertProblem {
         match self {
             CertProblem::Expired => f.write_str("certificate expired"),
             CertProblem::NotYetValid => f.write_str("certificate not yet valid"),
-            CertProblem::NotValidForName => f.write_str("certificate not valid for the server name"),
+            CertProblem::NotValidForName => {
+                f.write_str("certificate not valid for the server name")
+            }
             CertProblem::SelfSigned => f.write_str("self-signed certificate"),
             CertProblem::UnknownIssuer => f.write_str("certificate issued by an unknown CA"),
             CertProblem::Revoked => f.write_str("certificate revoked"),
@@ -150,7 +154,11 @@ pub enum UpstreamTlsError {
     #[error("client: unusable server name: {0}")]
     BadName(TlsError),
     #[error("upstream: {problem} (server name {server_name})")]
-    Certificate { server_name: String, problem: CertProblem, presented: Option<CertSummary> },
+    Certificate {
+        server_name: String,
+        problem: CertProblem,
+        presented: Option<CertSummary>,
+    },
     #[error("upstream: TLS handshake did not finish within {0:?}")]
     Timeout(Duration),
     #[error("upstream: TLS error: {0}")]
@@ -202,13 +210,20 @@ impl UpstreamTls {
     /// files, an invalid insecure host, or no anchors at all.
     pub fn new(options: UpstreamOptions) -> Result<UpstreamTls, TlsError> {
         let mut roots = RootCertStore::empty();
-        let excluded: HashSet<&[u8]> = options.exclude_anchors_der.iter().map(Vec::as_slice).collect();
+        let excluded: HashSet<&[u8]> = options
+            .exclude_anchors_der
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
         if options.use_system_roots {
             let native = rustls_native_certs::load_native_certs();
             for err in &native.errors {
                 tracing::warn!(error = %err, "problem loading a system trust anchor");
             }
-            let certs = native.certs.into_iter().filter(|c| !excluded.contains(c.as_ref()));
+            let certs = native
+                .certs
+                .into_iter()
+                .filter(|c| !excluded.contains(c.as_ref()));
             let (added, ignored) = roots.add_parsable_certificates(certs);
             tracing::debug!(added, ignored, "system trust anchors loaded");
         }
@@ -218,14 +233,16 @@ impl UpstreamTls {
                 if excluded.contains(cert.as_ref()) {
                     continue;
                 }
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsError::Anchors(format!("{}: unusable anchor: {e}", path.display())))?;
+                roots.add(cert).map_err(|e| {
+                    TlsError::Anchors(format!("{}: unusable anchor: {e}", path.display()))
+                })?;
             }
         }
         let anchors = roots.len();
         if anchors == 0 {
-            return Err(TlsError::Anchors("no trust anchors (system store empty and no extra anchors)".into()));
+            return Err(TlsError::Anchors(
+                "no trust anchors (system store empty and no extra anchors)".into(),
+            ));
         }
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
@@ -237,11 +254,17 @@ impl UpstreamTls {
         let insecure = options
             .insecure_hosts
             .iter()
-            .map(|h| validate_server_name(h).map_err(|_| TlsError::BadOptions(format!("insecure host {h:?} is not a host name or IP"))))
+            .map(|h| {
+                validate_server_name(h).map_err(|_| {
+                    TlsError::BadOptions(format!("insecure host {h:?} is not a host name or IP"))
+                })
+            })
             .collect::<Result<HashSet<_>, _>>()?;
         for alpn in &options.carried_alpn {
             if alpn.is_empty() || alpn.len() > 255 {
-                return Err(TlsError::BadAlpn("carried ALPN protocol empty or longer than 255 bytes"));
+                return Err(TlsError::BadAlpn(
+                    "carried ALPN protocol empty or longer than 255 bytes",
+                ));
             }
         }
         if !insecure.is_empty() {
@@ -269,7 +292,11 @@ impl UpstreamTls {
 
     /// The client's offer restricted to what we carry, in the client's order.
     pub fn filter_alpn(&self, client_offer: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        client_offer.iter().filter(|p| self.carried_alpn.contains(p)).cloned().collect()
+        client_offer
+            .iter()
+            .filter(|p| self.carried_alpn.contains(p))
+            .cloned()
+            .collect()
     }
 
     /// Whether `target` is on the insecure list.
@@ -279,7 +306,12 @@ impl UpstreamTls {
 
     /// TLS over `tcp` (already connected to the original destination) for server name `sni`
     /// (a DNS name or an IP literal), offering `alpn`; verified unless the host is insecure-listed.
-    pub async fn connect(&self, tcp: TcpStream, sni: &str, alpn: &[Vec<u8>]) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        sni: &str,
+        alpn: &[Vec<u8>],
+    ) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
         let target = validate_server_name(sni).map_err(UpstreamTlsError::BadName)?;
         self.connect_target(tcp, &target, alpn).await
     }
@@ -292,13 +324,20 @@ impl UpstreamTls {
         alpn: &[Vec<u8>],
     ) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
         let insecure = self.is_insecure(target);
-        let recorder = Arc::new(RecordingVerifier { inner: self.verifier.clone(), insecure, seen: Mutex::new(Seen::default()) });
+        let recorder = Arc::new(RecordingVerifier {
+            inner: self.verifier.clone(),
+            insecure,
+            seen: Mutex::new(Seen::default()),
+        });
         let mut config = (*self.base).clone();
-        config.dangerous().set_certificate_verifier(recorder.clone());
+        config
+            .dangerous()
+            .set_certificate_verifier(recorder.clone());
         config.alpn_protocols = alpn.to_vec();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let server_name = target.server_name();
-        let result = tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp)).await;
+        let result =
+            tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp)).await;
         let seen = recorder.take();
         let stream = match result {
             Err(_) => return Err(UpstreamTlsError::Timeout(self.handshake_timeout)),
@@ -319,13 +358,24 @@ impl UpstreamTls {
             }
         };
         let (_, conn) = stream.get_ref();
-        let end_entity = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).or(seen.end_entity.clone());
+        let end_entity = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .or(seen.end_entity.clone());
         let cert = match end_entity.as_deref() {
             Some(der) => CertSummary::from_der(der),
             // rustls always has the peer chain after a successful handshake.
-            None => return Err(UpstreamTlsError::Tls(rustls::Error::NoCertificatesPresented)),
+            None => {
+                return Err(UpstreamTlsError::Tls(
+                    rustls::Error::NoCertificatesPresented,
+                ));
+            }
         };
-        let overridden = seen.failure.as_ref().map(|f| categorise(f, end_entity.as_deref()));
+        let overridden = seen
+            .failure
+            .as_ref()
+            .map(|f| categorise(f, end_entity.as_deref()));
         if let Some(problem) = &overridden {
             tracing::warn!(server = %target, %problem, "upstream certificate accepted only because the host is insecure-listed");
         }
@@ -342,10 +392,16 @@ impl UpstreamTls {
 }
 
 fn read_pem_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let io = |source| TlsError::Io { path: path.clone(), source };
+    let io = |source| TlsError::Io {
+        path: path.clone(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() > MAX_ANCHOR_FILE {
-        return Err(TlsError::Anchors(format!("{} is larger than {MAX_ANCHOR_FILE} bytes", path.display())));
+        return Err(TlsError::Anchors(format!(
+            "{} is larger than {MAX_ANCHOR_FILE} bytes",
+            path.display()
+        )));
     }
     let data = std::fs::read(path).map_err(io)?;
     let mut certs = Vec::new();
@@ -353,7 +409,10 @@ fn read_pem_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsErr
         certs.push(item.map_err(|e| TlsError::Anchors(format!("{}: {e}", path.display())))?);
     }
     if certs.is_empty() {
-        return Err(TlsError::Anchors(format!("{} holds no PEM certificate", path.display())));
+        return Err(TlsError::Anchors(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -365,9 +424,15 @@ fn categorise(err: &rustls::Error, end_entity: Option<&[u8]>) -> CertProblem {
         .is_some_and(|(_, c)| c.issuer().as_raw() == c.subject().as_raw());
     match err {
         rustls::Error::InvalidCertificate(ce) => match ce {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => CertProblem::Expired,
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => CertProblem::NotYetValid,
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => CertProblem::NotValidForName,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                CertProblem::Expired
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                CertProblem::NotYetValid
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                CertProblem::NotValidForName
+            }
             CertificateError::Revoked => CertProblem::Revoked,
             CertificateError::UnknownIssuer if self_issued => CertProblem::SelfSigned,
             CertificateError::UnknownIssuer => CertProblem::UnknownIssuer,
@@ -408,14 +473,24 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let result = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.end_entity = Some(end_entity.to_vec());
         match result {
             Ok(ok) => Ok(ok),
             Err(e) => {
                 seen.failure = Some(e.clone());
-                if self.insecure { Ok(ServerCertVerified::assertion()) } else { Err(e) }
+                if self.insecure {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(e)
+                }
             }
         }
     }
