@@ -29,7 +29,8 @@ enum Cmd {
     Test {
         #[command(flatten)]
         setup: setup::SetupArgs,
-        /// Passed to `cargo test --workspace` (put them after `--`).
+        /// Passed verbatim to `cargo test --workspace`, e.g. `-p mcpwatch-tests -- --nocapture`
+        /// (a leading `--` is eaten: `cargo xtask test -- -- --nocapture` reaches the test binaries).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -86,4 +87,31 @@ fn test(setup_args: &setup::SetupArgs, args: &[String]) -> anyhow::Result<ExitCo
     // Propagate cargo test's exit code exactly (101 for test failures).
     let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
     Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn test_args(argv: &[&str]) -> Vec<String> {
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Cmd::Test { args, .. }) => args,
+            other => panic!("{argv:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_passes_cargo_test_arguments_through() {
+        assert_eq!(test_args(&["xtask", "test"]), Vec::<String>::new());
+        assert_eq!(test_args(&["xtask", "test", "-p", "mcpwatch-tests", "--", "--nocapture"]), [
+            "-p",
+            "mcpwatch-tests",
+            "--",
+            "--nocapture"
+        ]);
+        assert_eq!(test_args(&["xtask", "test", "--no-apt", "peers"]), ["peers"]);
+        assert_eq!(test_args(&["xtask", "test", "--", "--nocapture"]), ["--nocapture"]);
+    }
 }
