@@ -34,7 +34,14 @@ const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Proxy variables that would send SDK traffic somewhere else than the URL we give.
-const PROXY_VARS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"];
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];
 
 /// The repository root (parent of the `tests` crate).
 pub fn repo_root() -> PathBuf {
@@ -49,15 +56,26 @@ pub fn peers_dir() -> PathBuf {
 
 /// The Python of the peers' venv (`<repo>/.peers/venv/bin/python`).
 pub fn venv_python() -> PathBuf {
-    let py = repo_root().join(".peers").join("venv").join("bin").join("python");
-    assert!(py.exists(), "{} is missing: run `cargo xtask setup`", py.display());
+    let py = repo_root()
+        .join(".peers")
+        .join("venv")
+        .join("bin")
+        .join("python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        py.display()
+    );
     py
 }
 
 /// The `node` executable (from PATH).
 pub fn node() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("node")).find(|p| p.is_file()));
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("node"))
+            .find(|p| p.is_file())
+    });
     match found {
         Some(p) => p,
         None => panic!("`node` is not on PATH: run `cargo xtask setup`"),
@@ -67,8 +85,15 @@ pub fn node() -> PathBuf {
 /// The Node peers directory, checked to have its node_modules installed.
 pub fn node_dir() -> PathBuf {
     let dir = peers_dir().join("node");
-    let sdk = dir.join("node_modules").join("@modelcontextprotocol").join("sdk");
-    assert!(sdk.exists(), "{} is missing: run `cargo xtask setup`", sdk.display());
+    let sdk = dir
+        .join("node_modules")
+        .join("@modelcontextprotocol")
+        .join("sdk");
+    assert!(
+        sdk.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        sdk.display()
+    );
     dir
 }
 
@@ -80,7 +105,11 @@ pub fn rmcp_peer_bin() -> PathBuf {
     }
     let mut candidates = Vec::new();
     // current_exe is <target>/<profile>/deps/<test>-<hash>.
-    if let Some(target) = std::env::current_exe().ok().as_deref().and_then(|e| e.ancestors().nth(3)) {
+    if let Some(target) = std::env::current_exe()
+        .ok()
+        .as_deref()
+        .and_then(|e| e.ancestors().nth(3))
+    {
         candidates.push(target.to_path_buf());
     }
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -97,7 +126,11 @@ pub fn rmcp_peer_bin() -> PathBuf {
     }
     panic!(
         "mcpwatch-peer-rmcp not found under {}: run `cargo xtask setup`",
-        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 
@@ -111,7 +144,9 @@ pub fn free_port() -> u16 {
 pub fn free_port_on(ip: IpAddr) -> u16 {
     assert!(ip.is_loopback(), "tests only listen on loopback, not {ip}");
     let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("binding {ip}:0: {e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("local_addr of {ip}:0: {e}")).port()
+    l.local_addr()
+        .unwrap_or_else(|e| panic!("local_addr of {ip}:0: {e}"))
+        .port()
 }
 
 /// Makes `cmd` move itself into the cgroup `dir` (by writing "0" to `cgroup.procs`)
@@ -303,19 +338,40 @@ impl ServerBuilder {
             ServerKind::Python => {
                 let mut c = Command::new(venv_python());
                 c.arg(peers_dir().join("python").join("server.py"));
-                c.args(["--host", &ip, "--port", "0", "--transport", self.transport.arg()]);
-                c.args(["--host-check", host_check, "--record"]).arg(&record);
+                c.args([
+                    "--host",
+                    &ip,
+                    "--port",
+                    "0",
+                    "--transport",
+                    self.transport.arg(),
+                ]);
+                c.args(["--host-check", host_check, "--record"])
+                    .arg(&record);
                 c.env("PYTHONUNBUFFERED", "1");
                 c
             }
             ServerKind::Node => {
                 let mut c = Command::new(node());
                 c.arg(node_dir().join("server.mjs"));
-                c.args(["--host", &ip, "--port", "0", "--host-check", host_check, "--record"]).arg(&record);
+                c.args([
+                    "--host",
+                    &ip,
+                    "--port",
+                    "0",
+                    "--host-check",
+                    host_check,
+                    "--record",
+                ])
+                .arg(&record);
                 c
             }
             ServerKind::Rmcp => {
-                assert_eq!(self.transport, Transport::Streamable, "the rmcp peer serves Streamable HTTP only");
+                assert_eq!(
+                    self.transport,
+                    Transport::Streamable,
+                    "the rmcp peer serves Streamable HTTP only"
+                );
                 let mut c = Command::new(rmcp_peer_bin());
                 c.arg("--listen").arg(format!("{ip}:0"));
                 if self.host_check == HostCheck::Off {
@@ -331,9 +387,16 @@ impl ServerBuilder {
                 // server-everything calls app.listen(PORT) (all interfaces): the preload pins
                 // it to our loopback address.
                 c.arg("--import").arg(dir.join("loopback.mjs"));
-                c.arg(dir.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"));
-                c.arg(if self.transport == Transport::Sse { "sse" } else { "streamableHttp" });
-                c.env("PORT", port.to_string()).env("MCPWATCH_PEER_HOST", &ip);
+                c.arg(
+                    dir.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+                );
+                c.arg(if self.transport == Transport::Sse {
+                    "sse"
+                } else {
+                    "streamableHttp"
+                });
+                c.env("PORT", port.to_string())
+                    .env("MCPWATCH_PEER_HOST", &ip);
                 c
             }
         };
@@ -357,7 +420,9 @@ impl ServerBuilder {
             .stdin(Stdio::null())
             .stdout(log_file(&stdout_path))
             .stderr(log_file(&stderr_path));
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {:?} server {:?}: {e}", self.kind, cmd));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {:?} server {:?}: {e}", self.kind, cmd));
         let mut peer = Peer {
             child,
             kind: self.kind,
@@ -437,7 +502,9 @@ impl Peer {
         };
         text.lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}"))
+            })
             .collect()
     }
 
@@ -464,12 +531,17 @@ impl Peer {
             }
             if from_ready_line {
                 let out = self.stdout();
-                let ready = out.lines().find_map(|l| l.strip_prefix("ready ")).map(str::trim);
+                let ready = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ready "))
+                    .map(str::trim);
                 if let Some(addr) = ready.and_then(|a| a.parse::<SocketAddr>().ok()) {
                     self.addr = addr;
                 }
             }
-            if self.addr.port() != 0 && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if self.addr.port() != 0
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 return;
             }
             if start.elapsed() > SERVER_START_TIMEOUT {
@@ -561,7 +633,8 @@ impl Client {
     /// Step: call a tool (output `{"op":"call","tool","ok","is_error","text","content","structured"}`
     /// or `{"op":"call","ok":false,"error":{"kind":"jsonrpc","code","message"}}`).
     pub fn call(mut self, tool: &str, arguments: Value) -> Self {
-        self.steps.push(serde_json::json!({"op": "call", "tool": tool, "arguments": arguments}));
+        self.steps
+            .push(serde_json::json!({"op": "call", "tool": tool, "arguments": arguments}));
         self
     }
 
@@ -599,7 +672,11 @@ impl Client {
                 self.kind,
                 self.url,
                 out.exit_code,
-                out.lines.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
+                out.lines
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
                 out.stderr
             );
         }
@@ -616,11 +693,13 @@ impl Client {
             .unwrap_or_else(|e| panic!("creating a temp dir for the client: {e}"));
         let script = dir.path().join("script.json");
         let steps = Value::Array(self.steps.clone());
-        std::fs::write(&script, steps.to_string()).unwrap_or_else(|e| panic!("writing {}: {e}", script.display()));
+        std::fs::write(&script, steps.to_string())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", script.display()));
         let mut cmd = match self.kind {
             ClientKind::Python => {
                 let mut c = Command::new(venv_python());
-                c.arg(peers_dir().join("python").join("client.py")).env("PYTHONUNBUFFERED", "1");
+                c.arg(peers_dir().join("python").join("client.py"))
+                    .env("PYTHONUNBUFFERED", "1");
                 c
             }
             ClientKind::Node => {
@@ -633,7 +712,8 @@ impl Client {
         if let Some(mode) = &self.mode {
             cmd.args(["--mode", mode]);
         }
-        cmd.arg("--timeout").arg(self.timeout.as_secs().max(1).to_string());
+        cmd.arg("--timeout")
+            .arg(self.timeout.as_secs().max(1).to_string());
         cmd.arg("--script").arg(&script);
         for var in PROXY_VARS {
             cmd.env_remove(var);
@@ -648,7 +728,9 @@ impl Client {
             .stdin(Stdio::null())
             .stdout(log_file(&stdout_path))
             .stderr(log_file(&stderr_path));
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {:?} client {:?}: {e}", self.kind, cmd));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {:?} client {:?}: {e}", self.kind, cmd));
         let start = Instant::now();
         // The SDK's own timeouts are per request; this bounds the whole run (+ start-up).
         let limit = self.timeout + Duration::from_secs(30);
@@ -677,11 +759,18 @@ impl Client {
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| {
-                    panic!("{:?} client printed a non-JSON line {l:?}: {e}\n--- stderr ---\n{stderr}", self.kind)
+                    panic!(
+                        "{:?} client printed a non-JSON line {l:?}: {e}\n--- stderr ---\n{stderr}",
+                        self.kind
+                    )
                 })
             })
             .collect();
-        ClientOutput { lines, exit_code: status.code(), stderr }
+        ClientOutput {
+            lines,
+            exit_code: status.code(),
+            stderr,
+        }
     }
 }
 
@@ -701,13 +790,18 @@ impl ClientOutput {
     pub fn connect(&self) -> &Value {
         match self.lines.first() {
             Some(l) if l["op"] == "connect" => l,
-            _ => panic!("no connect line in client output: {:?}\n--- stderr ---\n{}", self.lines, self.stderr),
+            _ => panic!(
+                "no connect line in client output: {:?}\n--- stderr ---\n{}",
+                self.lines, self.stderr
+            ),
         }
     }
 
     /// The protocol version the client negotiated.
     pub fn protocol_version(&self) -> &str {
-        self.connect()["protocol_version"].as_str().unwrap_or_default()
+        self.connect()["protocol_version"]
+            .as_str()
+            .unwrap_or_default()
     }
 
     /// The step lines (everything after the connect line).
@@ -735,7 +829,12 @@ mod tests {
         assert_eq!(out.connect()["server"], server);
         let steps = out.steps();
         assert_eq!(steps[0]["op"], "list");
-        let listed: Vec<&str> = steps[0]["tools"].as_array().expect("tools array").iter().filter_map(Value::as_str).collect();
+        let listed: Vec<&str> = steps[0]["tools"]
+            .as_array()
+            .expect("tools array")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         for t in tools {
             assert!(listed.contains(t), "{t} not in {listed:?}");
         }
@@ -755,13 +854,28 @@ mod tests {
     fn python_client_and_python_server_with_sse_responses_speak_2026() {
         let server = python_server().spawn();
         let out = python_script(&server.url()).run();
-        assert_echo_session(&out, "mcpwatch-peer-python", &["echo", "add", "lookup_customer", "delete_records", "read_file"]);
+        assert_echo_session(
+            &out,
+            "mcpwatch-peer-python",
+            &[
+                "echo",
+                "add",
+                "lookup_customer",
+                "delete_records",
+                "read_file",
+            ],
+        );
         assert_eq!(out.protocol_version(), "2026-07-28");
         let steps = out.steps();
         assert_eq!(steps[1]["text"], "hi there");
         assert_eq!(steps[2]["text"], "42");
         let pii = steps[3]["text"].as_str().expect("text");
-        assert!(pii.contains("4111 1111 1111 1111") && pii.contains("536-22-8741") && pii.contains("@example.com"), "{pii}");
+        assert!(
+            pii.contains("4111 1111 1111 1111")
+                && pii.contains("536-22-8741")
+                && pii.contains("@example.com"),
+            "{pii}"
+        );
         let calls = server.recorded_calls();
         let tools: Vec<&str> = calls.iter().filter_map(|c| c["tool"].as_str()).collect();
         assert_eq!(tools, ["echo", "add", "lookup_customer"]);
@@ -779,9 +893,15 @@ mod tests {
 
     #[test]
     fn python_client_and_python_server_over_legacy_sse_on_another_loopback_ip() {
-        let server = python_server().legacy_sse().ip(Ipv4Addr::new(127, 0, 0, 23)).spawn();
+        let server = python_server()
+            .legacy_sse()
+            .ip(Ipv4Addr::new(127, 0, 0, 23))
+            .spawn();
         assert!(server.url().starts_with("http://127.0.0.23:") && server.url().ends_with("/sse"));
-        let out = python_script(&server.url()).legacy_sse().mode("legacy").run();
+        let out = python_script(&server.url())
+            .legacy_sse()
+            .mode("legacy")
+            .run();
         assert_echo_session(&out, "mcpwatch-peer-python", &["echo"]);
         assert_eq!(server.recorded_calls().len(), 3);
     }
@@ -794,24 +914,45 @@ mod tests {
             .call("echo", json!({"text": "a"}))
             .call("delete_records", json!({"table": "users"}))
             .run();
-        assert_echo_session(&out, "mcpwatch-peer-node", &["echo", "delete_records", "read_file"]);
+        assert_echo_session(
+            &out,
+            "mcpwatch-peer-node",
+            &["echo", "delete_records", "read_file"],
+        );
         assert_eq!(out.protocol_version(), "2025-11-25");
         assert_eq!(out.steps()[2]["text"], "deleted 42 records from users");
 
-        let out = Client::node(&server.sse_url()).legacy_sse().list().call("echo", json!({"text": "b"})).run();
+        let out = Client::node(&server.sse_url())
+            .legacy_sse()
+            .list()
+            .call("echo", json!({"text": "b"}))
+            .run();
         assert_echo_session(&out, "mcpwatch-peer-node", &["echo"]);
         let calls = server.recorded_calls();
         let texts: Vec<&Value> = calls.iter().map(|c| &c["arguments"]).collect();
-        assert_eq!(texts, [&json!({"text": "a"}), &json!({"table": "users"}), &json!({"text": "b"})]);
+        assert_eq!(
+            texts,
+            [
+                &json!({"text": "a"}),
+                &json!({"table": "users"}),
+                &json!({"text": "b"})
+            ]
+        );
     }
 
     #[test]
     fn node_client_and_python_server_and_back() {
         let py = python_server().spawn();
-        let out = Client::node(&py.url()).list().call("echo", json!({"text": "x"})).run();
+        let out = Client::node(&py.url())
+            .list()
+            .call("echo", json!({"text": "x"}))
+            .run();
         assert_echo_session(&out, "mcpwatch-peer-python", &["echo"]);
         let node = node_server().json_response().stateless().spawn();
-        let out = Client::python(&node.url()).list().call("echo", json!({"text": "y"})).run();
+        let out = Client::python(&node.url())
+            .list()
+            .call("echo", json!({"text": "y"}))
+            .run();
         assert_echo_session(&out, "mcpwatch-peer-node", &["echo"]);
         // The TS SDK server only knows the handshake era: the Python client falls back.
         assert_eq!(out.protocol_version(), "2025-11-25");
@@ -820,7 +961,11 @@ mod tests {
     #[test]
     fn python_client_and_rmcp_server() {
         let server = rmcp_server().spawn();
-        let out = Client::python(&server.url()).list().call("echo", json!({"text": "r"})).call("add", json!({"a": 1, "b": 2})).run();
+        let out = Client::python(&server.url())
+            .list()
+            .call("echo", json!({"text": "r"}))
+            .call("add", json!({"a": 1, "b": 2}))
+            .run();
         assert_echo_session(&out, "mcpwatch-peer-rmcp", &["echo", "add"]);
         assert_eq!(out.protocol_version(), "2026-07-28");
         assert_eq!(out.steps()[1]["text"], "r");
@@ -830,7 +975,10 @@ mod tests {
     #[test]
     fn node_client_and_server_everything() {
         let server = everything_server().ip(Ipv4Addr::new(127, 0, 0, 24)).spawn();
-        let out = Client::node(&server.url()).list().call("echo", json!({"message": "hello"})).run();
+        let out = Client::node(&server.url())
+            .list()
+            .call("echo", json!({"message": "hello"}))
+            .run();
         assert_echo_session(&out, "mcp-servers/everything", &["echo", "get-sum"]);
         assert_eq!(out.steps()[1]["text"], "Echo: hello");
     }
@@ -838,10 +986,14 @@ mod tests {
     #[test]
     fn client_reports_a_connect_failure_with_exit_code_2() {
         let port = free_port();
-        let out = Client::python(&format!("http://127.0.0.1:{port}/mcp")).list().try_run();
+        let out = Client::python(&format!("http://127.0.0.1:{port}/mcp"))
+            .list()
+            .try_run();
         assert_eq!(out.exit_code, Some(2));
         assert_eq!(out.connect()["ok"], false);
-        let out = Client::node(&format!("http://127.0.0.1:{port}/mcp")).list().try_run();
+        let out = Client::node(&format!("http://127.0.0.1:{port}/mcp"))
+            .list()
+            .try_run();
         assert_eq!(out.exit_code, Some(2));
         assert_eq!(out.connect()["ok"], false);
     }
@@ -850,7 +1002,8 @@ mod tests {
     fn status_with_host(addr: SocketAddr, host: &str) -> String {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
         let mut s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         write!(
             s,
             "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
@@ -866,11 +1019,20 @@ mod tests {
     #[test]
     fn loopback_servers_reject_a_rewritten_host_header() {
         let py = python_server().spawn();
-        assert!(status_with_host(py.addr(), "evil.example").contains(" 421 "), "python");
+        assert!(
+            status_with_host(py.addr(), "evil.example").contains(" 421 "),
+            "python"
+        );
         let node = node_server().spawn();
-        assert!(status_with_host(node.addr(), "evil.example").contains(" 403 "), "node");
+        assert!(
+            status_with_host(node.addr(), "evil.example").contains(" 403 "),
+            "node"
+        );
         let rmcp = rmcp_server().spawn();
-        assert!(!status_with_host(rmcp.addr(), "evil.example").contains(" 200 "), "rmcp");
+        assert!(
+            !status_with_host(rmcp.addr(), "evil.example").contains(" 200 "),
+            "rmcp"
+        );
         // An unchanged Host passes.
         assert!(status_with_host(rmcp.addr(), &rmcp.addr().to_string()).contains(" 200 "));
     }

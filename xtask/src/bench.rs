@@ -80,7 +80,10 @@ struct Env<'a> {
 
 /// A started target: where to send calls, and the process to stop afterwards.
 enum Started {
-    Ready { addr: SocketAddr, guard: Option<ChildGuard> },
+    Ready {
+        addr: SocketAddr,
+        guard: Option<ChildGuard>,
+    },
     Skipped(String),
 }
 
@@ -91,9 +94,18 @@ struct Target {
 }
 
 const TARGETS: &[Target] = &[
-    Target { name: "direct", start: start_direct },
-    Target { name: "nginx", start: start_nginx },
-    Target { name: "mcpwatchd", start: start_mcpwatchd },
+    Target {
+        name: "direct",
+        start: start_direct,
+    },
+    Target {
+        name: "nginx",
+        start: start_nginx,
+    },
+    Target {
+        name: "mcpwatchd",
+        start: start_mcpwatchd,
+    },
 ];
 
 /// Kills (SIGKILL) and reaps a child we started, by PID, when dropped.
@@ -120,7 +132,10 @@ impl Drop for Scratch {
 }
 
 fn start_direct(env: &Env<'_>) -> anyhow::Result<Started> {
-    Ok(Started::Ready { addr: env.backend, guard: None })
+    Ok(Started::Ready {
+        addr: env.backend,
+        guard: None,
+    })
 }
 
 fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
@@ -128,7 +143,9 @@ fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
         let p = PathBuf::from("/usr/sbin/nginx");
         p.exists().then_some(p)
     }) else {
-        return Ok(Started::Skipped("nginx not installed (cargo xtask setup installs nginx-light)".into()));
+        return Ok(Started::Skipped(
+            "nginx not installed (cargo xtask setup installs nginx-light)".into(),
+        ));
     };
     let dir = env.scratch.join("nginx");
     std::fs::create_dir_all(&dir).context("creating the nginx scratch dir")?;
@@ -149,24 +166,48 @@ fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
     let mut cmd = Command::new(&nginx);
-    cmd.arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf_path);
+    cmd.arg("-p")
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path);
     step(format!("$ {}", util::describe(&cmd)));
-    let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {}", nginx.display()))?;
-    let guard = ChildGuard { child, what: "nginx" };
-    wait_listening(addr, Duration::from_secs(10))
-        .with_context(|| format!("nginx did not listen; see {}", dir.join("error.log").display()))?;
-    Ok(Started::Ready { addr, guard: Some(guard) })
+    let child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", nginx.display()))?;
+    let guard = ChildGuard {
+        child,
+        what: "nginx",
+    };
+    wait_listening(addr, Duration::from_secs(10)).with_context(|| {
+        format!(
+            "nginx did not listen; see {}",
+            dir.join("error.log").display()
+        )
+    })?;
+    Ok(Started::Ready {
+        addr,
+        guard: Some(guard),
+    })
 }
 
 fn start_mcpwatchd(_env: &Env<'_>) -> anyhow::Result<Started> {
     // The lead wires the daemon's plain reverse-proxy mode here: spawn the binary with a
     // config that proxies a loopback listener to `env.backend`, wrap it in a
     // ChildGuard and return its listen address.
-    let built = ["release", "debug"].iter().any(|p| util::target_dir().join(p).join("mcpwatchd").exists());
+    let built = ["release", "debug"]
+        .iter()
+        .any(|p| util::target_dir().join(p).join("mcpwatchd").exists());
     if built {
-        Ok(Started::Skipped("plain reverse-proxy mode not wired into the bench yet (xtask/src/bench.rs)".into()))
+        Ok(Started::Skipped(
+            "plain reverse-proxy mode not wired into the bench yet (xtask/src/bench.rs)".into(),
+        ))
     } else {
-        Ok(Started::Skipped("mcpwatchd is not built (cargo build --release -p mcpwatchd)".into()))
+        Ok(Started::Skipped(
+            "mcpwatchd is not built (cargo build --release -p mcpwatchd)".into(),
+        ))
     }
 }
 
@@ -188,7 +229,9 @@ fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
 
 /// Starts the rmcp peer on a free loopback port and waits for its `ready` line.
 fn start_backend() -> anyhow::Result<(SocketAddr, ChildGuard)> {
-    let bin = util::target_dir().join("release").join("mcpwatch-peer-rmcp");
+    let bin = util::target_dir()
+        .join("release")
+        .join("mcpwatch-peer-rmcp");
     if !bin.exists() {
         bail!("{} is missing: run `cargo xtask setup`", bin.display());
     }
@@ -200,7 +243,10 @@ fn start_backend() -> anyhow::Result<(SocketAddr, ChildGuard)> {
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let guard = ChildGuard { child, what: "rmcp peer" };
+    let guard = ChildGuard {
+        child,
+        what: "rmcp peer",
+    };
     wait_listening(addr, Duration::from_secs(10))?;
     Ok((addr, guard))
 }
@@ -223,11 +269,22 @@ struct Cell {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let seconds = args.seconds.clamp(0.1, MAX_SECONDS);
     let max_calls = args.max_calls.clamp(1, MAX_CALLS);
-    let levels: Vec<usize> = args.concurrency.iter().map(|c| (*c).clamp(1, MAX_CONCURRENCY)).collect();
+    let levels: Vec<usize> = args
+        .concurrency
+        .iter()
+        .map(|c| (*c).clamp(1, MAX_CONCURRENCY))
+        .collect();
     let mut chosen: Vec<&Target> = Vec::new();
     for name in std::iter::once("direct").chain(args.targets.iter().map(String::as_str)) {
         let Some(t) = TARGETS.iter().find(|t| t.name == name) else {
-            bail!("unknown target {name:?}; known: {}", TARGETS.iter().map(|t| t.name).collect::<Vec<_>>().join(", "));
+            bail!(
+                "unknown target {name:?}; known: {}",
+                TARGETS
+                    .iter()
+                    .map(|t| t.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         };
         if !chosen.iter().any(|c| c.name == t.name) {
             chosen.push(t);
@@ -241,9 +298,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     section("starting the backend (rmcp peer, stateless JSON)");
     let (backend, _backend_guard) = start_backend()?;
     step(format!("rmcp peer on {backend}"));
-    let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
-    let env = Env { backend, scratch: &scratch.0 };
+    let env = Env {
+        backend,
+        scratch: &scratch.0,
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -254,7 +315,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut skipped: Vec<(&str, String)> = Vec::new();
     for target in chosen {
         section(format!("target {}", target.name).as_str());
-        let started = (target.start)(&env).with_context(|| format!("starting target {}", target.name))?;
+        let started =
+            (target.start)(&env).with_context(|| format!("starting target {}", target.name))?;
         let (addr, guard) = match started {
             Started::Skipped(reason) => {
                 step(format!("skipped: {reason}"));
@@ -263,13 +325,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
             Started::Ready { addr, guard } => (addr, guard),
         };
-        rt.block_on(check_answer(addr)).with_context(|| format!("{} does not answer MCP", target.name))?;
+        rt.block_on(check_answer(addr))
+            .with_context(|| format!("{} does not answer MCP", target.name))?;
         for &mode in &args.modes {
             for &c in &levels {
                 // Warm-up (discarded): connection pools, caches, CPU frequency.
                 let _ = rt.block_on(load(addr, mode, c, Duration::from_millis(300), 1_000));
-                let cell = rt.block_on(load(addr, mode, c, Duration::from_secs_f64(seconds), max_calls));
-                let cell = Cell { target: target.name, ..cell };
+                let cell = rt.block_on(load(
+                    addr,
+                    mode,
+                    c,
+                    Duration::from_secs_f64(seconds),
+                    max_calls,
+                ));
+                let cell = Cell {
+                    target: target.name,
+                    ..cell
+                };
                 step(format!(
                     "{:<9} c={:<2} {:>7} calls {:>4} errors  p50 {:>8.1} us  p99 {:>8.1} us  {:>9.0}/s",
                     mode.label(),
@@ -293,18 +365,41 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_calls: usize) {
-    section(format!("results (tools/call echo, each cell <= {seconds} s and <= {max_calls} calls)").as_str());
+    section(
+        format!("results (tools/call echo, each cell <= {seconds} s and <= {max_calls} calls)")
+            .as_str(),
+    );
     println!(
         "{:<10} {:<9} {:>3} {:>8} {:>6} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
-        "target", "mode", "c", "calls", "errors", "p50 ms", "p99 ms", "calls/s", "p50 x", "p99 x", "tput x"
+        "target",
+        "mode",
+        "c",
+        "calls",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "calls/s",
+        "p50 x",
+        "p99 x",
+        "tput x"
     );
     for cell in cells {
-        let base = cells
-            .iter()
-            .find(|b| b.target == "direct" && b.mode == cell.mode && b.concurrency == cell.concurrency);
-        let ratio = |num: f64, den: f64| if den > 0.0 { format!("{:.2}", num / den) } else { "-".into() };
+        let base = cells.iter().find(|b| {
+            b.target == "direct" && b.mode == cell.mode && b.concurrency == cell.concurrency
+        });
+        let ratio = |num: f64, den: f64| {
+            if den > 0.0 {
+                format!("{:.2}", num / den)
+            } else {
+                "-".into()
+            }
+        };
         let (p50x, p99x, tputx) = match base {
-            Some(b) => (ratio(cell.p50_us, b.p50_us), ratio(cell.p99_us, b.p99_us), ratio(cell.per_sec, b.per_sec)),
+            Some(b) => (
+                ratio(cell.p50_us, b.p50_us),
+                ratio(cell.p99_us, b.p99_us),
+                ratio(cell.per_sec, b.per_sec),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
@@ -325,7 +420,9 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
     for (name, reason) in skipped {
         println!("{name:<10} skipped: {reason}");
     }
-    println!("(x = ratio to direct at the same mode and concurrency; latency ratios > 1 and tput ratios < 1 are overhead)");
+    println!(
+        "(x = ratio to direct at the same mode and concurrency; latency ratios > 1 and tput ratios < 1 are overhead)"
+    );
 }
 
 /// The JSON-RPC body of call `id`, with the 2026-07-28 per-request metadata.
@@ -338,7 +435,11 @@ fn call_body(id: u64) -> Bytes {
     ))
 }
 
-fn call_request(addr: SocketAddr, id: u64, close: bool) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
+fn call_request(
+    addr: SocketAddr,
+    id: u64,
+    close: bool,
+) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
     let mut b = hyper::Request::post("/mcp")
         .header(hyper::header::HOST, addr.to_string())
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -349,15 +450,20 @@ fn call_request(addr: SocketAddr, id: u64, close: bool) -> anyhow::Result<hyper:
     if close {
         b = b.header(hyper::header::CONNECTION, "close");
     }
-    b.body(Full::new(call_body(id))).context("building the request")
+    b.body(Full::new(call_body(id)))
+        .context("building the request")
 }
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.context("HTTP/1.1 handshake")?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP/1.1 handshake")?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -365,16 +471,35 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
 }
 
 /// Sends one call and checks it got a JSON-RPC result back.
-async fn call(sender: &mut Sender, addr: SocketAddr, id: u64, close: bool) -> anyhow::Result<Bytes> {
+async fn call(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    id: u64,
+    close: bool,
+) -> anyhow::Result<Bytes> {
     sender.ready().await.context("connection not ready")?;
-    let resp = sender.send_request(call_request(addr, id, close)?).await.context("sending the request")?;
+    let resp = sender
+        .send_request(call_request(addr, id, close)?)
+        .await
+        .context("sending the request")?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.context("reading the response body")?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading the response body")?
+        .to_bytes();
     if status != hyper::StatusCode::OK {
-        bail!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+        bail!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
     }
     if !body.windows(8).any(|w| w == b"\"result\"") {
-        bail!("no JSON-RPC result: {}", String::from_utf8_lossy(&body[..body.len().min(200)]));
+        bail!(
+            "no JSON-RPC result: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
     }
     Ok(body)
 }
@@ -392,7 +517,13 @@ async fn check_answer(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Runs `concurrency` workers until `duration` passes or `max_calls` calls were issued.
-async fn load(addr: SocketAddr, mode: Mode, concurrency: usize, duration: Duration, max_calls: usize) -> Cell {
+async fn load(
+    addr: SocketAddr,
+    mode: Mode,
+    concurrency: usize,
+    duration: Duration,
+    max_calls: usize,
+) -> Cell {
     let issued = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
@@ -405,7 +536,9 @@ async fn load(addr: SocketAddr, mode: Mode, concurrency: usize, duration: Durati
             let mut sender: Option<Sender> = None;
             let mut id = (w as u64) << 32;
             loop {
-                if start.elapsed() >= duration || issued.fetch_add(1, Ordering::Relaxed) >= max_calls {
+                if start.elapsed() >= duration
+                    || issued.fetch_add(1, Ordering::Relaxed) >= max_calls
+                {
                     break;
                 }
                 id += 1;
@@ -471,7 +604,11 @@ async fn load(addr: SocketAddr, mode: Mode, concurrency: usize, duration: Durati
         first_error,
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
-        per_sec: if elapsed > 0.0 { lat.len() as f64 / elapsed } else { 0.0 },
+        per_sec: if elapsed > 0.0 {
+            lat.len() as f64 / elapsed
+        } else {
+            0.0
+        },
     }
 }
 
@@ -503,7 +640,10 @@ mod tests {
         assert_eq!(v["id"], 42);
         assert_eq!(v["method"], "tools/call");
         assert_eq!(v["params"]["name"], "echo");
-        assert_eq!(v["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"], "2026-07-28");
+        assert_eq!(
+            v["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"],
+            "2026-07-28"
+        );
     }
 
     #[test]

@@ -70,9 +70,14 @@ fn rerun_optimized() -> anyhow::Result<ExitCode> {
     util::run(util::cargo().args(["build", "--release", "-p", "xtask"]))?;
     let exe = util::target_dir().join("release").join("xtask");
     let status = util::run_status(
-        std::process::Command::new(&exe).args(std::env::args_os().skip(1)).env(RELEASE_MARK, "1"),
+        std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(RELEASE_MARK, "1"),
     )?;
-    let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
+    let code = status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .unwrap_or(1);
     Ok(ExitCode::from(code))
 }
 
@@ -83,9 +88,16 @@ fn test(setup_args: &setup::SetupArgs, args: &[String]) -> anyhow::Result<ExitCo
     util::run(util::cargo().args(["build", "--workspace", "--bins"]))?;
     util::section("cargo test --workspace");
     let status = util::run_status(util::cargo().args(["test", "--workspace"]).args(args))?;
-    util::section(if status.success() { "tests passed" } else { "tests FAILED" });
+    util::section(if status.success() {
+        "tests passed"
+    } else {
+        "tests FAILED"
+    });
     // Propagate cargo test's exit code exactly (101 for test failures).
-    let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
+    let code = status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .unwrap_or(1);
     Ok(ExitCode::from(code))
 }
 
@@ -105,13 +117,17 @@ mod tests {
     #[test]
     fn test_passes_cargo_test_arguments_through() {
         assert_eq!(test_args(&["xtask", "test"]), Vec::<String>::new());
-        assert_eq!(test_args(&["xtask", "test", "-p", "mcpwatch-tests", "--", "--nocapture"]), [
-            "-p",
-            "mcpwatch-tests",
-            "--",
-            "--nocapture"
-        ]);
-        assert_eq!(test_args(&["xtask", "test", "--no-apt", "peers"]), ["peers"]);
-        assert_eq!(test_args(&["xtask", "test", "--", "--nocapture"]), ["--nocapture"]);
+        assert_eq!(
+            test_args(&["xtask", "test", "-p", "mcpwatch-tests", "--", "--nocapture"]),
+            ["-p", "mcpwatch-tests", "--", "--nocapture"]
+        );
+        assert_eq!(
+            test_args(&["xtask", "test", "--no-apt", "peers"]),
+            ["peers"]
+        );
+        assert_eq!(
+            test_args(&["xtask", "test", "--", "--nocapture"]),
+            ["--nocapture"]
+        );
     }
 }

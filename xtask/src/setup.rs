@@ -29,15 +29,42 @@ struct AptNeed {
 }
 
 const APT_NEEDS: &[AptNeed] = &[
-    AptNeed { any_of: &["clang-19"], install: "clang-19" },
-    AptNeed { any_of: &["llvm-19"], install: "llvm-19" },
-    AptNeed { any_of: &["libbpf-dev"], install: "libbpf-dev" },
-    AptNeed { any_of: &["bpftool"], install: "bpftool" },
-    AptNeed { any_of: &["nginx-light", "nginx", "nginx-core", "nginx-full"], install: "nginx-light" },
-    AptNeed { any_of: &["wrk"], install: "wrk" },
-    AptNeed { any_of: &["iproute2"], install: "iproute2" },
-    AptNeed { any_of: &["python3-venv"], install: "python3-venv" },
-    AptNeed { any_of: &["ca-certificates"], install: "ca-certificates" },
+    AptNeed {
+        any_of: &["clang-19"],
+        install: "clang-19",
+    },
+    AptNeed {
+        any_of: &["llvm-19"],
+        install: "llvm-19",
+    },
+    AptNeed {
+        any_of: &["libbpf-dev"],
+        install: "libbpf-dev",
+    },
+    AptNeed {
+        any_of: &["bpftool"],
+        install: "bpftool",
+    },
+    AptNeed {
+        any_of: &["nginx-light", "nginx", "nginx-core", "nginx-full"],
+        install: "nginx-light",
+    },
+    AptNeed {
+        any_of: &["wrk"],
+        install: "wrk",
+    },
+    AptNeed {
+        any_of: &["iproute2"],
+        install: "iproute2",
+    },
+    AptNeed {
+        any_of: &["python3-venv"],
+        install: "python3-venv",
+    },
+    AptNeed {
+        any_of: &["ca-certificates"],
+        install: "ca-certificates",
+    },
 ];
 
 /// Where the Python venv of the peers lives (git-ignored).
@@ -66,7 +93,10 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
 
 fn apt_packages() -> anyhow::Result<()> {
     section("Debian packages");
-    let mut names: Vec<&str> = APT_NEEDS.iter().flat_map(|n| n.any_of.iter().copied()).collect();
+    let mut names: Vec<&str> = APT_NEEDS
+        .iter()
+        .flat_map(|n| n.any_of.iter().copied())
+        .collect();
     let need_node = util::which("node").is_none() || util::which("npm").is_none();
     if need_node {
         names.extend(["nodejs", "npm"]);
@@ -74,14 +104,25 @@ fn apt_packages() -> anyhow::Result<()> {
     let installed = dpkg_installed(&names);
     let mut missing: Vec<&str> = APT_NEEDS
         .iter()
-        .filter(|n| !n.any_of.iter().any(|p| installed.get(*p).copied().unwrap_or(false)))
+        .filter(|n| {
+            !n.any_of
+                .iter()
+                .any(|p| installed.get(*p).copied().unwrap_or(false))
+        })
         .map(|n| n.install)
         .collect();
     if need_node {
-        missing.extend(["nodejs", "npm"].into_iter().filter(|p| !installed.get(*p).copied().unwrap_or(false)));
+        missing.extend(
+            ["nodejs", "npm"]
+                .into_iter()
+                .filter(|p| !installed.get(*p).copied().unwrap_or(false)),
+        );
     }
     if missing.is_empty() {
-        step(format!("all {} present", APT_NEEDS.len() + if need_node { 2 } else { 0 }));
+        step(format!(
+            "all {} present",
+            APT_NEEDS.len() + if need_node { 2 } else { 0 }
+        ));
         return Ok(());
     }
     step(format!("missing: {}", missing.join(" ")));
@@ -107,7 +148,10 @@ fn apt_packages() -> anyhow::Result<()> {
 fn dpkg_installed(names: &[&str]) -> BTreeMap<String, bool> {
     let mut map = BTreeMap::new();
     // dpkg-query exits 1 when some name is unknown but still prints the known ones.
-    let out = Command::new("dpkg-query").args(["-W", "-f", "${Package}\t${db:Status-Abbrev}\n"]).args(names).output();
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package}\t${db:Status-Abbrev}\n"])
+        .args(names)
+        .output();
     if let Ok(out) = out {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Some((pkg, status)) = line.split_once('\t') {
@@ -131,14 +175,22 @@ fn base_python() -> anyhow::Result<PathBuf> {
     candidates.push(PathBuf::from("/usr/bin/python3"));
     let probe = "import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= (3, 10) else 1)";
     for c in &candidates {
-        let ok = Command::new(c).args(["-c", probe]).output().map(|o| o.status.success()).unwrap_or(false);
+        let ok = Command::new(c)
+            .args(["-c", probe])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if ok {
             return Ok(c.clone());
         }
     }
     bail!(
         "no Python 3.10+ with venv/ensurepip found (tried {}); install python3-venv or set MCPWATCH_PYTHON",
-        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -146,15 +198,16 @@ fn python_venv() -> anyhow::Result<()> {
     section("Python peers (.peers/venv)");
     let root = util::repo_root();
     let requirements = root.join("tests/peers/python/requirements.txt");
-    let req_bytes =
-        std::fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let req_bytes = std::fs::read(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
     let venv = venv_dir();
     let py = venv.join("bin").join("python");
     let venv_version = util::output_of(&py.to_string_lossy(), ["--version"]);
     if venv_version.is_none() {
         if venv.exists() {
             step(format!("{} is broken: recreating it", venv.display()));
-            std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+            std::fs::remove_dir_all(&venv)
+                .with_context(|| format!("removing {}", venv.display()))?;
         }
         let base = base_python()?;
         util::run(Command::new(&base).args(["-m", "venv"]).arg(&venv))?;
@@ -169,7 +222,15 @@ fn python_venv() -> anyhow::Result<()> {
     }
     util::run(
         Command::new(&py)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-q",
+                "-r",
+            ])
             .arg(&requirements),
     )?;
     write_stamp(&stamp, &expected)?;
@@ -180,10 +241,18 @@ fn python_venv() -> anyhow::Result<()> {
 fn node_packages() -> anyhow::Result<()> {
     section("Node peers (tests/peers/node/node_modules)");
     let dir = node_dir();
-    let lock = std::fs::read(dir.join("package-lock.json")).context("reading tests/peers/node/package-lock.json")?;
-    let manifest = std::fs::read(dir.join("package.json")).context("reading tests/peers/node/package.json")?;
-    let node_version = util::output_of("node", ["--version"]).context("`node` not found on PATH")?;
-    let major: u32 = node_version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let lock = std::fs::read(dir.join("package-lock.json"))
+        .context("reading tests/peers/node/package-lock.json")?;
+    let manifest =
+        std::fs::read(dir.join("package.json")).context("reading tests/peers/node/package.json")?;
+    let node_version =
+        util::output_of("node", ["--version"]).context("`node` not found on PATH")?;
+    let major: u32 = node_version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if major < 18 {
         bail!("node {node_version} is too old: the MCP SDK needs Node 18 or newer");
     }
@@ -193,7 +262,11 @@ fn node_packages() -> anyhow::Result<()> {
         step(format!("up to date (node {node_version}, lock {expected})"));
         return Ok(());
     }
-    util::run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir))?;
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir),
+    )?;
     write_stamp(&stamp, &expected)?;
     step(format!("installed (node {node_version}, lock {expected})"));
     Ok(())
@@ -205,5 +278,6 @@ fn rmcp_peer() -> anyhow::Result<()> {
 }
 
 fn write_stamp(stamp: &Path, value: &str) -> anyhow::Result<()> {
-    std::fs::write(stamp, format!("{value}\n")).with_context(|| format!("writing {}", stamp.display()))
+    std::fs::write(stamp, format!("{value}\n"))
+        .with_context(|| format!("writing {}", stamp.display()))
 }

@@ -28,7 +28,11 @@ pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { repo_root().join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo_root().join(dir)
+            }
         }
         None => repo_root().join("target"),
     }
@@ -71,7 +75,8 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs a command with inherited stdio, printing it first, and returns its exit status.
 pub fn run_status(cmd: &mut Command) -> anyhow::Result<ExitStatus> {
     println!("    $ {}", describe(cmd));
-    cmd.status().with_context(|| format!("could not start `{}`", describe(cmd)))
+    cmd.status()
+        .with_context(|| format!("could not start `{}`", describe(cmd)))
 }
 
 /// Runs a command quietly and returns its trimmed stdout if it exited 0.
@@ -81,24 +86,32 @@ where
     S: AsRef<OsStr>,
 {
     let out = Command::new(program).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Finds an executable on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Whether we run as root: the owner of `/proc/self` is the effective uid.
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// FNV-1a 64 over some byte slices, as hex: change detection for stamp files
@@ -119,7 +132,9 @@ pub fn fingerprint(parts: &[&[u8]]) -> String {
 
 /// True when `stamp` exists and holds exactly `expected`.
 pub fn stamp_matches(stamp: &Path, expected: &str) -> bool {
-    std::fs::read_to_string(stamp).map(|s| s.trim() == expected).unwrap_or(false)
+    std::fs::read_to_string(stamp)
+        .map(|s| s.trim() == expected)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ use std::io::Write as _;
 
 /// Command line of the peer.
 #[derive(Debug, Parser)]
-#[command(name = "mcpwatch-peer-rmcp", about = "rmcp Streamable HTTP server (echo, add)")]
+#[command(
+    name = "mcpwatch-peer-rmcp",
+    about = "rmcp Streamable HTTP server (echo, add)"
+)]
 struct Cli {
     /// Address to listen on (loopback only in tests), e.g. 127.0.0.1:18080.
     #[arg(long)]
@@ -65,7 +68,9 @@ struct Peer {
 #[tool_router]
 impl Peer {
     fn new() -> Self {
-        Self { tool_router: Self::tool_router() }
+        Self {
+            tool_router: Self::tool_router(),
+        }
     }
 
     #[tool(description = "Return the given text unchanged")]
@@ -87,8 +92,9 @@ impl Peer {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Peer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("mcpwatch-peer-rmcp", env!("CARGO_PKG_VERSION")))
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
+            Implementation::new("mcpwatch-peer-rmcp", env!("CARGO_PKG_VERSION")),
+        )
     }
 }
 
@@ -113,7 +119,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         config.disable_allowed_hosts()
     } else {
         let ip = cli.listen.ip().to_string();
-        config.with_allowed_hosts(["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), ip])
+        config.with_allowed_hosts([
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+            ip,
+        ])
     };
     let service: StreamableHttpService<Peer, LocalSessionManager> =
         StreamableHttpService::new(|| Ok(Peer::new()), Default::default(), config);
@@ -143,17 +154,18 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         let service = service.clone();
         let path = path.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let service = service.clone();
-                let on_path = req.uri().path() == path;
-                async move {
-                    if on_path {
-                        TowerToHyperService::new(service).call_boxed(req).await
-                    } else {
-                        Ok(not_found())
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let service = service.clone();
+                    let on_path = req.uri().path() == path;
+                    async move {
+                        if on_path {
+                            TowerToHyperService::new(service).call_boxed(req).await
+                        } else {
+                            Ok(not_found())
+                        }
                     }
-                }
-            });
+                });
             let _ = ConnBuilder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
