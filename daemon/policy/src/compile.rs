@@ -99,7 +99,6 @@ impl Compiler<'_> {
         let mut servers = Vec::with_capacity(raw.server.len());
         let mut seen: HashMap<String, usize> = HashMap::new();
         for s in raw.server {
-            let s = s.into_inner();
             let name_span = s.name.span();
             let def = self.server(s)?;
             if let Some(first) = seen.insert(def.name.clone(), def.line) {
@@ -115,7 +114,6 @@ impl Compiler<'_> {
         let mut agents = Vec::with_capacity(raw.agent.len());
         let mut seen: HashMap<String, usize> = HashMap::new();
         for a in raw.agent {
-            let a = a.into_inner();
             let name_span = a.name.span();
             let def = self.agent(a, &server_names)?;
             if let Some(first) = seen.insert(def.name.clone(), def.line) {
@@ -131,7 +129,6 @@ impl Compiler<'_> {
         let mut rules = Vec::with_capacity(raw.rule.len());
         let mut seen: HashMap<String, usize> = HashMap::new();
         for r in raw.rule {
-            let r = r.into_inner();
             let id_span = r.id.span();
             let def = self.rule(r, &server_names, &agent_names)?;
             if let Some(first) = seen.insert(def.id.clone(), def.line) {

@@ -140,9 +140,23 @@ pub(crate) fn norm_path(p: &str) -> &str {
     if trimmed.is_empty() { "/" } else { trimmed }
 }
 
+/// A target host as the proxy may hand it over (an HTTP Host header keeps its port):
+/// `[::1]:8080` -> `::1`, `example.com:443` -> `example.com`, `example.com.` -> `example.com`.
+/// An unbracketed IPv6 address (two or more `:`) is kept whole.
+pub(crate) fn norm_target_host(h: &str) -> &str {
+    let h = if let Some(rest) = h.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(inside, _)| inside)
+    } else if h.matches(':').count() == 1 {
+        h.split_once(':').map_or(h, |(name, _)| name)
+    } else {
+        h
+    };
+    h.strip_suffix('.').unwrap_or(h)
+}
+
 impl ServerMatcher {
     pub(crate) fn matches(&self, t: &Target<'_>) -> bool {
-        let host = norm_host(t.host);
+        let host = norm_target_host(t.host);
         match self {
             ServerMatcher::Url {
                 scheme,

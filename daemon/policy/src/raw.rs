@@ -21,11 +21,11 @@ pub(crate) struct RawPolicy {
     pub approval_timeout_secs: Option<Spanned<i64>>,
     pub contact: Option<String>,
     #[serde(default)]
-    pub server: Vec<Spanned<RawServer>>,
+    pub server: Vec<RawServer>,
     #[serde(default)]
-    pub agent: Vec<Spanned<RawAgent>>,
+    pub agent: Vec<RawAgent>,
     #[serde(default)]
-    pub rule: Vec<Spanned<RawRule>>,
+    pub rule: Vec<RawRule>,
 }
 
 #[derive(Debug, Deserialize)]

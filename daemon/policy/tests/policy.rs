@@ -685,6 +685,22 @@ path = "/api/*"
     assert_eq!(name("https://tools.corp.example:8443/api/v1/x").as_deref(), Some("any-path"), "`*` stops at `/`");
     assert_eq!(name("https://tools.corp.example:9999/api/v1").as_deref(), Some("any-path"));
     assert_eq!(name("https://corp.example.evil:443/mcp"), None);
+    // Hosts as they come in a Host header (with port, brackets, trailing dot).
+    let raw = |host: &str, port: u16, path: &str| {
+        p.server_for(&Target { endpoint: "https://x", host, port, path }).map(|s| s.name.clone())
+    };
+    assert_eq!(raw("Mcp.Linear.App:443", 443, "/sse").as_deref(), Some("exact"));
+    assert_eq!(raw("mcp.linear.app.", 443, "/sse").as_deref(), Some("exact"));
+    assert_eq!(
+        p.server_for(&Target { endpoint: "http://[::1]:18001/mcp", host: "[::1]:18001", port: 18001, path: "/mcp" })
+            .map(|s| s.name.as_str()),
+        Some("v6")
+    );
+    assert_eq!(
+        p.server_for(&Target { endpoint: "http://[::1]:18001/mcp", host: "::1", port: 18001, path: "/mcp/" })
+            .map(|s| s.name.as_str()),
+        Some("v6")
+    );
 }
 
 #[test]
