@@ -55,6 +55,11 @@ pub use upstream::{
 pub use rustls;
 pub use tokio_rustls;
 
+/// ALPN id of HTTP/1.1, the protocol offered by default.
+pub const ALPN_HTTP1_1: &[u8] = b"http/1.1";
+/// ALPN id of HTTP/2; offer it only when the proxy carries HTTP/2 end to end.
+pub const ALPN_H2: &[u8] = b"h2";
+
 /// Which party a failure belongs to; the audit records it with the reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

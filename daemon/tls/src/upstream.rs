@@ -6,6 +6,9 @@
 //! configured extra anchors. Failures are categorised ([`CertProblem`]) so the audit can say why
 //! a connection was refused, and carry a summary of the certificate that was presented.
 //!
+//! Every connection is verified in full (no session resumption upstream), so an expired or
+//! replaced certificate is noticed on the next connection, never hidden by a resumed session.
+//!
 //! The local mcpwatch CA is excluded from the upstream anchors even after `mcpwatch ca install`
 //! put it into the system store: a certificate signed by our own CA is never a valid upstream.
 //! The only relaxation is a per-host insecure list, and a connection that used it says so
@@ -62,7 +65,7 @@ impl Default for UpstreamOptions {
             use_system_roots: true,
             insecure_hosts: Vec::new(),
             exclude_anchors_der: Vec::new(),
-            carried_alpn: vec![b"http/1.1".to_vec()],
+            carried_alpn: vec![crate::ALPN_HTTP1_1.to_vec()],
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -143,8 +146,7 @@ pub struct UpstreamCert {
     pub alpn: Option<Vec<u8>>,
     /// True when this host is on the insecure list (verification failures are overridden).
     pub insecure: bool,
-    /// When `insecure`, the verification failure that was overridden (None: it verified anyway,
-    /// or the session was resumed without a certificate check).
+    /// When `insecure`, the verification failure that was overridden (None: it verified anyway).
     pub overridden: Option<CertProblem>,
 }
 
@@ -247,10 +249,15 @@ impl UpstreamTls {
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| TlsError::Anchors(e.to_string()))?;
-        let base = ClientConfig::builder_with_provider(provider())
+        let mut base = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_webpki_verifier(verifier.clone())
             .with_no_client_auth();
+        // Every upstream connection gets its own recording verifier (see `connect_target`), and
+        // rustls only resumes sessions made with the same verifier instance: resumption would
+        // never happen, so do not keep a session cache at all. The upside is deliberate: every
+        // upstream connection is fully verified and the audit always sees the certificate.
+        base.resumption = rustls::client::Resumption::disabled();
         let insecure = options
             .insecure_hosts
             .iter()

@@ -419,6 +419,13 @@ async fn upstream_options_are_validated() {
         ok.filter_alpn(&[H2.to_vec(), H1.to_vec(), b"spdy/3".to_vec()]),
         vec![H1.to_vec()]
     );
+    // The system store loads alongside extra anchors (whatever this machine has).
+    let with_system = UpstreamTls::new(UpstreamOptions {
+        extra_anchors_pem: vec![ca.pem_path.clone()],
+        ..UpstreamOptions::default()
+    })
+    .unwrap();
+    assert!(with_system.anchor_count() >= 1);
     // Excluding an anchor removes it.
     let excluded = UpstreamTls::new(UpstreamOptions {
         exclude_anchors_der: vec![ca.der().to_vec()],
