@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use mcpwatch_api::ProcessInfo;
-use mcpwatch_policy::{parse, Call, RateLimiter, Subject, Target};
+use mcpwatch_policy::{Call, RateLimiter, Subject, Target, parse};
 use serde_json::json;
 
 fn main() {
@@ -22,7 +22,9 @@ fn main() {
         uid: 1001,
         ..Default::default()
     };
-    let subject = Subject { process: Some(&ops) };
+    let subject = Subject {
+        process: Some(&ops),
+    };
     let target = Target {
         endpoint: "http://127.0.0.3:8766/mcp",
         host: "127.0.0.3",
@@ -45,7 +47,9 @@ fn main() {
         forwarded += u64::from(d.effective == mcpwatch_policy::Effect::Forward);
     }
     let per_call = start.elapsed().as_nanos() / u128::from(n);
-    println!("evaluate + rate limiter: {per_call} ns per tools/call ({forwarded} of {n} forwarded)");
+    println!(
+        "evaluate + rate limiter: {per_call} ns per tools/call ({forwarded} of {n} forwarded)"
+    );
     let start = Instant::now();
     let mut visible = 0u64;
     for _ in 0..n {

@@ -89,10 +89,15 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_recursively_and_drops_whitespace() {
-        let a: Value = serde_json::from_str(r#"{ "b": 1, "a": {"y": [2, {"d": 0, "c": "x"}], "x": null} }"#)
-            .unwrap();
-        assert_eq!(canonical_json(&a), r#"{"a":{"x":null,"y":[2,{"c":"x","d":0}]},"b":1}"#);
-        let b: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[2,{"c":"x","d":0}]},"b":1}"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{ "b": 1, "a": {"y": [2, {"d": 0, "c": "x"}], "x": null} }"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"x":null,"y":[2,{"c":"x","d":0}]},"b":1}"#
+        );
+        let b: Value =
+            serde_json::from_str(r#"{"a":{"x":null,"y":[2,{"c":"x","d":0}]},"b":1}"#).unwrap();
         assert_eq!(canonical_hash(&a), canonical_hash(&b));
     }
 
@@ -100,10 +105,14 @@ mod tests {
     fn approval_key_binds_every_part() {
         let args = json!({"to_iban": "DE89370400440532013000", "amount_eur": 25});
         let reordered: Value =
-            serde_json::from_str(r#"{"amount_eur":25,"to_iban":"DE89370400440532013000"}"#).unwrap();
+            serde_json::from_str(r#"{"amount_eur":25,"to_iban":"DE89370400440532013000"}"#)
+                .unwrap();
         let k = approval_key("finance-bot", "bank", "transfer_funds", Some(&args));
         assert_eq!(k.len(), 64);
-        assert_eq!(k, approval_key("finance-bot", "bank", "transfer_funds", Some(&reordered)));
+        assert_eq!(
+            k,
+            approval_key("finance-bot", "bank", "transfer_funds", Some(&reordered))
+        );
         let swapped = json!({"to_iban": "GB82WEST12345698765432", "amount_eur": 25000});
         let others = [
             approval_key("finance-bot", "bank", "transfer_funds", Some(&swapped)),

@@ -13,10 +13,10 @@ use globset::{GlobBuilder, GlobSetBuilder};
 use regex::RegexBuilder;
 use toml::Spanned;
 
-use crate::error::{closest, PolicyError};
+use crate::error::{PolicyError, closest};
 use crate::matcher::{
-    is_glob, norm_host, norm_path, AgentMatcher, Condition, Pattern, PatternKind, Patterns,
-    ServerMatcher,
+    AgentMatcher, Condition, Pattern, PatternKind, Patterns, ServerMatcher, is_glob, norm_host,
+    norm_path,
 };
 use crate::model::{
     AgentDef, DefaultAction, Policy, RateDef, RuleAction, RuleDef, ServerDef, ServerStatus,
@@ -48,8 +48,7 @@ pub fn parse(src: &str, file: &str) -> std::result::Result<Policy, PolicyError> 
             ),
         ));
     }
-    let raw: RawPolicy =
-        toml::from_str(src).map_err(|e| PolicyError::from_toml(src, file, &e))?;
+    let raw: RawPolicy = toml::from_str(src).map_err(|e| PolicyError::from_toml(src, file, &e))?;
     Compiler { src, file }.policy(raw)
 }
 
@@ -67,7 +66,11 @@ impl Compiler<'_> {
 
     fn line(&self, pos: usize) -> usize {
         let pos = pos.min(self.src.len());
-        self.src.as_bytes()[..pos].iter().filter(|b| **b == b'\n').count() + 1
+        self.src.as_bytes()[..pos]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     fn policy(&self, raw: RawPolicy) -> Result<Policy> {
@@ -104,7 +107,10 @@ impl Compiler<'_> {
             if let Some(first) = seen.insert(def.name.clone(), def.line) {
                 return Err(self.err(
                     name_span,
-                    format!("duplicate server name `{}` (first defined at line {first})", def.name),
+                    format!(
+                        "duplicate server name `{}` (first defined at line {first})",
+                        def.name
+                    ),
                 ));
             }
             servers.push(def);
@@ -119,7 +125,10 @@ impl Compiler<'_> {
             if let Some(first) = seen.insert(def.name.clone(), def.line) {
                 return Err(self.err(
                     name_span,
-                    format!("duplicate agent name `{}` (first defined at line {first})", def.name),
+                    format!(
+                        "duplicate agent name `{}` (first defined at line {first})",
+                        def.name
+                    ),
                 ));
             }
             agents.push(def);
@@ -134,7 +143,10 @@ impl Compiler<'_> {
             if let Some(first) = seen.insert(def.id.clone(), def.line) {
                 return Err(self.err(
                     id_span,
-                    format!("duplicate rule id `{}` (first defined at line {first})", def.id),
+                    format!(
+                        "duplicate rule id `{}` (first defined at line {first})",
+                        def.id
+                    ),
                 ));
             }
             rules.push(def);
@@ -157,7 +169,8 @@ impl Compiler<'_> {
         let v = s.get_ref();
         let ok = !v.is_empty()
             && v.len() <= MAX_NAME_LEN
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !ok {
             return Err(self.err(
                 s.span(),
@@ -186,7 +199,12 @@ impl Compiler<'_> {
             .case_insensitive(kind.case_insensitive())
             .literal_separator(kind.literal_separator())
             .build()
-            .map_err(|e| self.err(s.span(), format!("invalid glob in `{what}`: {}", glob_msg(&e))))?;
+            .map_err(|e| {
+                self.err(
+                    s.span(),
+                    format!("invalid glob in `{what}`: {}", glob_msg(&e)),
+                )
+            })?;
         Ok(Pattern::Glob(glob.compile_matcher()))
     }
 
@@ -215,7 +233,10 @@ impl Compiler<'_> {
         }
         let globs = if any_glob {
             Some(set.build().map_err(|e| {
-                self.err(list.span(), format!("invalid glob in `{what}`: {}", glob_msg(&e)))
+                self.err(
+                    list.span(),
+                    format!("invalid glob in `{what}`: {}", glob_msg(&e)),
+                )
             })?)
         } else {
             None
@@ -284,9 +305,10 @@ impl Compiler<'_> {
             }
             (None, Some(h)) => {
                 if let Some(p) = &r.port
-                    && *p.get_ref() == 0 {
-                        return Err(self.err(p.span(), "`port` must be between 1 and 65535"));
-                    }
+                    && *p.get_ref() == 0
+                {
+                    return Err(self.err(p.span(), "`port` must be between 1 and 65535"));
+                }
                 ServerMatcher::Parts {
                     host: self.pattern(h, PatternKind::Host, "host")?,
                     port: r.port.as_ref().map(|p| *p.get_ref()),
@@ -296,10 +318,8 @@ impl Compiler<'_> {
                                 return Err(self.err(p.span(), "`path` must start with `/`"));
                             }
                             // Trailing slashes are insignificant on both sides.
-                            let trimmed = Spanned::new(
-                                p.span(),
-                                norm_path(p.get_ref()).to_string(),
-                            );
+                            let trimmed =
+                                Spanned::new(p.span(), norm_path(p.get_ref()).to_string());
                             Some(self.pattern(&trimmed, PatternKind::Path, "path")?)
                         }
                         None => None,
@@ -315,7 +335,10 @@ impl Compiler<'_> {
                 ));
             }
         };
-        let status = r.status.as_ref().map_or(ServerStatus::Active, |s| *s.get_ref());
+        let status = r
+            .status
+            .as_ref()
+            .map_or(ServerStatus::Active, |s| *s.get_ref());
         let deprecated_since = match &r.deprecated_since {
             None => None,
             Some(d) => {
@@ -364,7 +387,10 @@ impl Compiler<'_> {
         let bad = |why: &str| {
             self.err(
                 u.span(),
-                format!("invalid `url` {:?}: {why} (expected e.g. \"https://mcp.example.com/mcp\")", u.get_ref()),
+                format!(
+                    "invalid `url` {:?}: {why} (expected e.g. \"https://mcp.example.com/mcp\")",
+                    u.get_ref()
+                ),
             )
         };
         let s = u.get_ref().trim();
@@ -401,7 +427,9 @@ impl Compiler<'_> {
             return Err(bad("no host"));
         }
         if is_glob(host) {
-            return Err(bad("`url` is matched exactly; use `host = \"...\"` for patterns"));
+            return Err(bad(
+                "`url` is matched exactly; use `host = \"...\"` for patterns",
+            ));
         }
         let port = match port {
             None => default_port,
@@ -504,12 +532,15 @@ impl Compiler<'_> {
         let owner = format!("rule `{id}`");
 
         if let Some(m) = &r.mode
-            && action == RuleAction::Allow {
-                return Err(self.err(
-                    m.span(),
-                    format!("{owner}: `mode` has no effect on an allow rule (allow never blocks); remove it"),
-                ));
-            }
+            && action == RuleAction::Allow
+        {
+            return Err(self.err(
+                m.span(),
+                format!(
+                    "{owner}: `mode` has no effect on an allow rule (allow never blocks); remove it"
+                ),
+            ));
+        }
         let rate = match (&r.rate, action) {
             (Some(rate), RuleAction::RateLimit) => {
                 let count = *rate.get_ref().count.get_ref();
@@ -536,7 +567,10 @@ impl Compiler<'_> {
             (Some(rate), other) => {
                 return Err(self.err(
                     rate.span(),
-                    format!("{owner}: `rate` only applies to action \"rate_limit\", not \"{}\"", other.as_str()),
+                    format!(
+                        "{owner}: `rate` only applies to action \"rate_limit\", not \"{}\"",
+                        other.as_str()
+                    ),
                 ));
             }
             (None, _) => None,
@@ -600,7 +634,10 @@ impl Compiler<'_> {
     fn condition(&self, c: &RawCondition, owner: &str) -> Result<Condition> {
         let ptr = c.pointer.get_ref();
         if let Err(why) = check_pointer(ptr) {
-            return Err(self.err(c.pointer.span(), format!("{owner}: invalid JSON pointer {ptr:?}: {why}")));
+            return Err(self.err(
+                c.pointer.span(),
+                format!("{owner}: invalid JSON pointer {ptr:?}: {why}"),
+            ));
         }
         let (re, negate) = match (&c.matches, &c.not_matches) {
             (Some(m), None) => (m, false),
@@ -621,7 +658,12 @@ impl Compiler<'_> {
         let regex = RegexBuilder::new(re.get_ref())
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
-            .map_err(|e| self.err(re.span(), format!("{owner}: invalid regex: {}", regex_msg(&e))))?;
+            .map_err(|e| {
+                self.err(
+                    re.span(),
+                    format!("{owner}: invalid regex: {}", regex_msg(&e)),
+                )
+            })?;
         Ok(Condition {
             pointer: ptr.clone(),
             regex,
@@ -635,7 +677,9 @@ fn check_pointer(p: &str) -> std::result::Result<(), &'static str> {
         return Ok(());
     }
     if !p.starts_with('/') {
-        return Err("a JSON pointer starts with `/` (e.g. \"/path\"), or is \"\" for the whole arguments");
+        return Err(
+            "a JSON pointer starts with `/` (e.g. \"/path\"), or is \"\" for the whole arguments",
+        );
     }
     let mut chars = p.chars();
     while let Some(c) = chars.next() {

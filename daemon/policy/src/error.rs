@@ -57,9 +57,10 @@ impl PolicyError {
             message = better;
         }
         if let Some(r) = &span
-            && let Some(table) = enclosing_table(src, r.start) {
-                message = format!("{message} (in {table})");
-            }
+            && let Some(table) = enclosing_table(src, r.start)
+        {
+            message = format!("{message} (in {table})");
+        }
         PolicyError::at(src, file, span, message)
     }
 
@@ -135,7 +136,10 @@ fn explain_unknown_field(msg: &str) -> Option<String> {
 }
 
 /// The candidate within a small edit distance of `word`, if any.
-pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .map(|c| (edit_distance(word, c), c))
@@ -171,7 +175,11 @@ mod tests {
         assert_eq!((e.line, e.column), (2, 4));
         assert_eq!(e.source_line, "bé = \"x\"");
         assert_eq!(e.to_string(), "p.toml:2:4: boom");
-        assert!(e.render().ends_with("2 | bé = \"x\"\n  |    ^"), "{}", e.render());
+        assert!(
+            e.render().ends_with("2 | bé = \"x\"\n  |    ^"),
+            "{}",
+            e.render()
+        );
     }
 
     #[test]
@@ -182,8 +190,9 @@ mod tests {
 
     #[test]
     fn unknown_field_names_key_lists_expected_and_suggests() {
-        let m = explain_unknown_field("unknown field `acton`, expected one of `id`, `action`, `mode`")
-            .unwrap();
+        let m =
+            explain_unknown_field("unknown field `acton`, expected one of `id`, `action`, `mode`")
+                .unwrap();
         assert_eq!(
             m,
             "unknown key `acton`; expected one of: id, action, mode (did you mean `action`?)"

@@ -21,8 +21,8 @@ use mcpwatch_api::ProcessInfo;
 use serde_json::Value;
 
 use crate::model::{
-    Action, AgentDef, Decision, DefaultAction, Effect, Mode, Policy, RateSpec, RuleAction,
-    RuleDef, ServerDef, ShadowAction,
+    Action, AgentDef, Decision, DefaultAction, Effect, Mode, Policy, RateSpec, RuleAction, RuleDef,
+    ServerDef, ShadowAction,
 };
 
 /// Who is calling.
@@ -201,27 +201,34 @@ impl Policy {
         };
 
         if server.is_none() && self.shadow == ShadowAction::Block {
-            verdicts.push(implicit(Source::Shadow, RuleAction::Deny, self.mode, SPEC_SHADOW));
+            verdicts.push(implicit(
+                Source::Shadow,
+                RuleAction::Deny,
+                self.mode,
+                SPEC_SHADOW,
+            ));
         }
         if let Some(a) = agent {
             if let Some(deny) = &a.deny_servers
-                && server_name.is_some_and(|n| deny.matches(n)) {
-                    verdicts.push(implicit(
-                        Source::AgentDenyServers(a),
-                        RuleAction::Deny,
-                        base_mode,
-                        SPEC_AGENT_SERVERS,
-                    ));
-                }
+                && server_name.is_some_and(|n| deny.matches(n))
+            {
+                verdicts.push(implicit(
+                    Source::AgentDenyServers(a),
+                    RuleAction::Deny,
+                    base_mode,
+                    SPEC_AGENT_SERVERS,
+                ));
+            }
             if let Some(allow) = &a.servers
-                && !server_name.is_some_and(|n| allow.matches(n)) {
-                    verdicts.push(implicit(
-                        Source::AgentServers(a),
-                        RuleAction::Deny,
-                        base_mode,
-                        SPEC_AGENT_SERVERS,
-                    ));
-                }
+                && !server_name.is_some_and(|n| allow.matches(n))
+            {
+                verdicts.push(implicit(
+                    Source::AgentServers(a),
+                    RuleAction::Deny,
+                    base_mode,
+                    SPEC_AGENT_SERVERS,
+                ));
+            }
         }
         if method == TOOLS_CALL {
             let tool = name.unwrap_or("");
@@ -240,36 +247,45 @@ impl Policy {
                     } else {
                         RuleAction::Deny
                     };
-                    verdicts.push(implicit(Source::AgentTools(a), action, base_mode, SPEC_AGENT_TOOLS));
+                    verdicts.push(implicit(
+                        Source::AgentTools(a),
+                        action,
+                        base_mode,
+                        SPEC_AGENT_TOOLS,
+                    ));
                 }
             }
             if let Some(sd) = server
                 && let Some(list) = &sd.tools
-                    && !list.iter().any(|t| t == tool) {
-                        verdicts.push(implicit(
-                            Source::ServerTools(sd),
-                            RuleAction::Deny,
-                            base_mode,
-                            SPEC_SERVER_TOOLS,
-                        ));
-                    }
+                && !list.iter().any(|t| t == tool)
+            {
+                verdicts.push(implicit(
+                    Source::ServerTools(sd),
+                    RuleAction::Deny,
+                    base_mode,
+                    SPEC_SERVER_TOOLS,
+                ));
+            }
         }
         for (order, r) in self.rules.iter().enumerate() {
             if !r.methods.matches(method) {
                 continue;
             }
             if let Some(p) = &r.servers
-                && !server_name.is_some_and(|n| p.matches(n)) {
-                    continue;
-                }
+                && !server_name.is_some_and(|n| p.matches(n))
+            {
+                continue;
+            }
             if let Some(p) = &r.agents
-                && !agent.is_some_and(|a| p.matches(&a.name)) {
-                    continue;
-                }
+                && !agent.is_some_and(|a| p.matches(&a.name))
+            {
+                continue;
+            }
             if let Some(p) = &r.tools
-                && !name.is_some_and(|n| p.matches(n)) {
-                    continue;
-                }
+                && !name.is_some_and(|n| p.matches(n))
+            {
+                continue;
+            }
             if !r.conditions.is_empty() {
                 let applies = if visibility {
                     r.action == RuleAction::Allow
@@ -465,12 +481,17 @@ impl Ctx<'_, '_> {
             RateScope::Agent => match (self.agent, self.subject.process) {
                 (Some(a), _) => format!("agent:{}", a.name),
                 (None, Some(p)) => {
-                    format!("process:{}", cut(p.exe.as_deref().unwrap_or(p.comm.as_str())))
+                    format!(
+                        "process:{}",
+                        cut(p.exe.as_deref().unwrap_or(p.comm.as_str()))
+                    )
                 }
                 (None, None) => "unknown".into(),
             },
             RateScope::Tool => {
-                let server = self.server.map_or(cut(self.target.endpoint), |s| s.name.as_str());
+                let server = self
+                    .server
+                    .map_or(cut(self.target.endpoint), |s| s.name.as_str());
                 let tool = cut(self.call.name.unwrap_or(self.call.method));
                 format!("tool:{server}/{tool}")
             }
@@ -487,14 +508,22 @@ impl Ctx<'_, '_> {
         let mut out = match v.source {
             Source::Rule(r) => {
                 let msg = r.message.as_deref();
-                let about = format!("{} on {} by {}", self.what(), self.server_label(), self.agent_label());
+                let about = format!(
+                    "{} on {} by {}",
+                    self.what(),
+                    self.server_label(),
+                    self.agent_label()
+                );
                 match r.action {
                     RuleAction::Deny => match msg {
                         Some(m) => format!("denied by policy rule \"{}\": {m}", r.id),
                         None => format!("denied by policy rule \"{}\": {about}", r.id),
                     },
                     RuleAction::RequireApproval => {
-                        let mut s = format!("policy rule \"{}\" requires human approval for {about}", r.id);
+                        let mut s = format!(
+                            "policy rule \"{}\" requires human approval for {about}",
+                            r.id
+                        );
                         if let Some(m) = msg {
                             s.push_str(&format!(" ({m})"));
                         }
@@ -528,7 +557,11 @@ impl Ctx<'_, '_> {
                 }
             }
             Source::AgentDenyServers(a) => {
-                format!("agent {} may not use {} (deny_servers)", q(&a.name), self.server_label())
+                format!(
+                    "agent {} may not use {} (deny_servers)",
+                    q(&a.name),
+                    self.server_label()
+                )
             }
             Source::AgentServers(a) => format!(
                 "agent {} may only use servers [{}]; {} is not one of them",

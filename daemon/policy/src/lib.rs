@@ -21,15 +21,15 @@ mod error;
 mod eval;
 mod matcher;
 mod model;
-mod raw;
 mod rate;
+mod raw;
 
 pub use approval::{approval_key, canonical_hash, canonical_json};
-pub use compile::{parse, DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES};
+pub use compile::{DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES, parse};
 pub use error::PolicyError;
 pub use eval::{Call, Subject, Target};
 pub use model::{
     Action, AgentDef, Decision, DefaultAction, Effect, Mode, Per, Policy, RateScope, RateSpec,
     RuleAction, RuleDef, ServerDef, ServerStatus, ShadowAction,
 };
-pub use rate::{RateLimiter, RateResult, DEFAULT_MAX_KEYS};
+pub use rate::{DEFAULT_MAX_KEYS, RateLimiter, RateResult};

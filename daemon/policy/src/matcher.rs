@@ -129,7 +129,10 @@ pub(crate) enum ServerMatcher {
 
 /// `[::1]` -> `::1`, `example.com.` -> `example.com`.
 pub(crate) fn norm_host(h: &str) -> &str {
-    let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
+    let h = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
     h.strip_suffix('.').unwrap_or(h)
 }
 
@@ -170,7 +173,11 @@ impl ServerMatcher {
                     && host.eq_ignore_ascii_case(h)
                     && norm_path(t.path) == path
             }
-            ServerMatcher::Parts { host: h, port, path } => {
+            ServerMatcher::Parts {
+                host: h,
+                port,
+                path,
+            } => {
                 h.matches(host, true)
                     && port.is_none_or(|p| p == t.port)
                     && path
@@ -234,7 +241,10 @@ impl AgentMatcher {
         }
         if let Some(pat) = &self.comm {
             let own = pat.matches(&p.comm, false);
-            let attributed = p.agent.as_ref().is_some_and(|a| pat.matches(&a.comm, false));
+            let attributed = p
+                .agent
+                .as_ref()
+                .is_some_and(|a| pat.matches(&a.comm, false));
             if !own && !attributed {
                 return false;
             }
@@ -243,21 +253,28 @@ impl AgentMatcher {
             return false;
         }
         if let Some(u) = &self.user
-            && p.user.as_deref() != Some(u.as_str()) {
-                return false;
-            }
+            && p.user.as_deref() != Some(u.as_str())
+        {
+            return false;
+        }
         if let Some(g) = &self.group
-            && p.group.as_deref() != Some(g.as_str()) {
-                return false;
-            }
+            && p.group.as_deref() != Some(g.as_str())
+        {
+            return false;
+        }
         if let Some(pat) = &self.unit
-            && !p.unit.as_deref().is_some_and(|u| pat.matches(u, false)) {
-                return false;
-            }
+            && !p.unit.as_deref().is_some_and(|u| pat.matches(u, false))
+        {
+            return false;
+        }
         if let Some(pat) = &self.cgroup
-            && !p.cgroup_path.as_deref().is_some_and(|c| pat.matches(c, false)) {
-                return false;
-            }
+            && !p
+                .cgroup_path
+                .as_deref()
+                .is_some_and(|c| pat.matches(c, false))
+        {
+            return false;
+        }
         true
     }
 

@@ -168,7 +168,7 @@ pub struct RateSpec {
 
 /// The policy's verdict on a message, before the rollout mode is applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
     Allow,
     Deny,

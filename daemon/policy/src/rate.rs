@@ -195,11 +195,7 @@ impl RateLimiter {
         if d.rate_limits.is_empty() || d.effective != Effect::Forward {
             return None;
         }
-        let results: Vec<RateResult> = d
-            .rate_limits
-            .iter()
-            .map(|s| self.peek(now_ms, s))
-            .collect();
+        let results: Vec<RateResult> = d.rate_limits.iter().map(|s| self.peek(now_ms, s)).collect();
         let blocking = d
             .rate_limits
             .iter()
@@ -220,7 +216,8 @@ impl RateLimiter {
                 r.retry_after_ms.div_ceil(1000)
             );
             if d.shadow {
-                d.reason.push_str(" (note: the server is not in the server registry: shadow server)");
+                d.reason
+                    .push_str(" (note: the server is not in the server registry: shadow server)");
             }
             d.matched_rules.retain(|id| *id != spec.rule);
             d.matched_rules.insert(0, spec.rule.clone());
@@ -298,7 +295,10 @@ mod tests {
             assert!(!l.check(t * 10, &a).allowed);
         }
         assert!(l.check(5, &b).allowed, "another key has its own counter");
-        assert!(l.check(1_000, &a).allowed, "refusals did not push recovery back");
+        assert!(
+            l.check(1_000, &a).allowed,
+            "refusals did not push recovery back"
+        );
     }
 
     #[test]
@@ -320,7 +320,10 @@ mod tests {
     fn lru_eviction_when_all_counters_are_live() {
         let mut l = RateLimiter::new(8);
         for i in 0..8u64 {
-            assert!(l.check(i, &spec("r", &format!("k{i}"), 1, Per::Hour)).allowed);
+            assert!(
+                l.check(i, &spec("r", &format!("k{i}"), 1, Per::Hour))
+                    .allowed
+            );
         }
         assert_eq!(l.len(), 8);
         assert!(l.check(100, &spec("r", "new", 1, Per::Hour)).allowed);

@@ -5,10 +5,10 @@
 
 use mcpwatch_api::{Ancestor, ProcessInfo};
 use mcpwatch_policy::{
-    approval_key, parse, Action, Call, Decision, Effect, Mode, Policy, RateLimiter, RateScope,
-    Subject, Target,
+    Action, Call, Decision, Effect, Mode, Policy, RateLimiter, RateScope, Subject, Target,
+    approval_key, parse,
 };
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 // ------------------------------------------------------------------ helpers
 
@@ -46,7 +46,10 @@ fn ep(endpoint: &str) -> Ep {
         Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
             (h.to_string(), p.parse().expect("port"))
         }
-        _ => (authority.to_string(), if scheme == "https" { 443 } else { 80 }),
+        _ => (
+            authority.to_string(),
+            if scheme == "https" { 443 } else { 80 },
+        ),
     };
     Ep {
         endpoint: endpoint.into(),
@@ -67,7 +70,14 @@ impl Ep {
     }
 }
 
-fn eval(p: &Policy, who: Option<&ProcessInfo>, at: &str, method: &str, name: Option<&str>, args: Option<&Value>) -> Decision {
+fn eval(
+    p: &Policy,
+    who: Option<&ProcessInfo>,
+    at: &str,
+    method: &str,
+    name: Option<&str>,
+    args: Option<&Value>,
+) -> Decision {
     let e = ep(at);
     p.evaluate(
         &Subject { process: who },
@@ -235,12 +245,22 @@ fn cases() -> Vec<Case> {
             rules: &["approve-delete", "allow-delete-generic"],
             alert: true,
             agent: Some("ops"),
-            ..c("require_approval beats allow", ops(), FILES, "delete_file", json!({}))
+            ..c(
+                "require_approval beats allow",
+                ops(),
+                FILES,
+                "delete_file",
+                json!({}),
+            )
         },
         Case {
             action: "require_approval",
             effect: Hold,
-            rules: &["approve-delete", "deny-audit-staged", "allow-delete-generic"],
+            rules: &[
+                "approve-delete",
+                "deny-audit-staged",
+                "allow-delete-generic",
+            ],
             alert: true,
             agent: Some("ops"),
             ..c(
@@ -271,7 +291,13 @@ fn cases() -> Vec<Case> {
             rules: &["allow-delete-generic"],
             agent: Some("ops"),
             server: Some("db"),
-            ..c("host glob server, allow rule", ops(), "https://replica.db.internal:443/mcp", "delete_rows", json!({}))
+            ..c(
+                "host glob server, allow rule",
+                ops(),
+                "https://replica.db.internal:443/mcp",
+                "delete_rows",
+                json!({}),
+            )
         },
         Case {
             action: "deny",
@@ -290,7 +316,13 @@ fn cases() -> Vec<Case> {
         Case {
             rules: &["agent:reader"],
             agent: Some("reader"),
-            ..c("agent tool list allows read_file", reader(), FILES, "read_file", json!({"path": "/home/a/notes.txt"}))
+            ..c(
+                "agent tool list allows read_file",
+                reader(),
+                FILES,
+                "read_file",
+                json!({"path": "/home/a/notes.txt"}),
+            )
         },
         Case {
             action: "deny",
@@ -298,7 +330,13 @@ fn cases() -> Vec<Case> {
             rules: &["agent:reader"],
             alert: true,
             agent: Some("reader"),
-            ..c("tool outside the agent's list", reader(), FILES, "write_file", json!({}))
+            ..c(
+                "tool outside the agent's list",
+                reader(),
+                FILES,
+                "write_file",
+                json!({}),
+            )
         },
         Case {
             rules: &["policy:default"],
@@ -319,14 +357,26 @@ fn cases() -> Vec<Case> {
             alert: true,
             agent: Some("reader"),
             server: None,
-            ..c("agent restricted to listed servers; shadow server", reader(), SHADOW, "list_files", json!({}))
+            ..c(
+                "agent restricted to listed servers; shadow server",
+                reader(),
+                SHADOW,
+                "list_files",
+                json!({}),
+            )
         },
         Case {
             rules: &["policy:default"],
             shadow: true,
             alert: true,
             server: None,
-            ..c("unidentified process on a shadow server: alert only", None, SHADOW, "read_file", json!({"path": "x"}))
+            ..c(
+                "unidentified process on a shadow server: alert only",
+                None,
+                SHADOW,
+                "read_file",
+                json!({"path": "x"}),
+            )
         },
         Case {
             action: "require_approval",
@@ -335,7 +385,13 @@ fn cases() -> Vec<Case> {
             alert: true,
             agent: Some("ops"),
             server: Some("pinned"),
-            ..c("registered tool on a pinned server", ops(), "http://pinned.internal:80/mcp", "delete_file", json!({}))
+            ..c(
+                "registered tool on a pinned server",
+                ops(),
+                "http://pinned.internal:80/mcp",
+                "delete_file",
+                json!({}),
+            )
         },
         Case {
             action: "deny",
@@ -344,7 +400,13 @@ fn cases() -> Vec<Case> {
             alert: true,
             agent: Some("ops"),
             server: Some("pinned"),
-            ..c("case variant of a pinned tool is not that tool", ops(), "http://pinned.internal:80/mcp", "Delete_File", json!({}))
+            ..c(
+                "case variant of a pinned tool is not that tool",
+                ops(),
+                "http://pinned.internal:80/mcp",
+                "Delete_File",
+                json!({}),
+            )
         },
         Case {
             action: "deny",
@@ -366,18 +428,36 @@ fn cases() -> Vec<Case> {
             rules: &["warn-big-query"],
             alert: true,
             agent: Some("ops"),
-            ..c("warn-mode rule: alert, forward", ops(), FILES, "query", json!({"limit": 100000}))
+            ..c(
+                "warn-mode rule: alert, forward",
+                ops(),
+                FILES,
+                "query",
+                json!({"limit": 100000}),
+            )
         },
         Case {
             rules: &["policy:default"],
             agent: Some("ops"),
-            ..c("condition not met: default", ops(), FILES, "query", json!({"limit": 10}))
+            ..c(
+                "condition not met: default",
+                ops(),
+                FILES,
+                "query",
+                json!({"limit": 10}),
+            )
         },
         Case {
             method: "initialize",
             tool: None,
             agent: Some("reader"),
-            ..c("methods other than tools/call are not governed by tool rules", reader(), FILES, "", json!({}))
+            ..c(
+                "methods other than tools/call are not governed by tool rules",
+                reader(),
+                FILES,
+                "",
+                json!({}),
+            )
         },
         Case {
             method: "tools/list",
@@ -389,7 +469,13 @@ fn cases() -> Vec<Case> {
             alert: true,
             agent: Some("reader"),
             server: None,
-            ..c("server lists apply to every method", reader(), SHADOW, "", json!({}))
+            ..c(
+                "server lists apply to every method",
+                reader(),
+                SHADOW,
+                "",
+                json!({}),
+            )
         },
     ]
 }
@@ -411,7 +497,10 @@ fn precedence_specificity_defaults_modes_shadow_table() {
             d.action.label(),
             d.effective,
             d.mode,
-            d.matched_rules.iter().map(String::as_str).collect::<Vec<_>>(),
+            d.matched_rules
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             d.shadow,
             d.alert,
             d.agent.as_deref(),
@@ -428,7 +517,10 @@ fn precedence_specificity_defaults_modes_shadow_table() {
             case.server,
         );
         if got != want {
-            failures.push(format!("{}:\n  got  {got:?}\n  want {want:?}\n  reason: {}", case.name, d.reason));
+            failures.push(format!(
+                "{}:\n  got  {got:?}\n  want {want:?}\n  reason: {}",
+                case.name, d.reason
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -437,7 +529,13 @@ fn precedence_specificity_defaults_modes_shadow_table() {
 #[test]
 fn reasons_name_the_rule_and_how_to_ask() {
     let p = pol(BASE);
-    let d = call(&p, reader().as_ref(), FILES, "read_file", json!({"path": "~/.ssh/id_rsa"}));
+    let d = call(
+        &p,
+        reader().as_ref(),
+        FILES,
+        "read_file",
+        json!({"path": "~/.ssh/id_rsa"}),
+    );
     assert!(d.reason.contains("\"no-ssh\""), "{}", d.reason);
     assert!(d.reason.contains("no SSH keys"), "{}", d.reason);
     assert!(d.reason.contains("#mcp-gov"), "{}", d.reason);
@@ -487,7 +585,9 @@ action = "allow"
 #[test]
 fn shadow_allow_alert_block_and_modes() {
     let src = |mode: &str, shadow: &str| {
-        format!("version = 1\nmode = \"{mode}\"\nshadow = \"{shadow}\"\n[[server]]\nname = \"known\"\nurl = \"{FILES}\"\n")
+        format!(
+            "version = 1\nmode = \"{mode}\"\nshadow = \"{shadow}\"\n[[server]]\nname = \"known\"\nurl = \"{FILES}\"\n"
+        )
     };
     // (mode, shadow) -> (effect, alert, matched)
     let table: &[(&str, &str, Effect, bool, &[&str])] = &[
@@ -502,10 +602,18 @@ fn shadow_allow_alert_block_and_modes() {
         let p = pol(&src(mode, shadow));
         let d = eval(&p, None, SHADOW, "initialize", None, None);
         assert!(d.shadow, "{mode}/{shadow}");
-        assert_eq!((d.effective, d.alert), (*effect, *alert), "{mode}/{shadow}: {}", d.reason);
+        assert_eq!(
+            (d.effective, d.alert),
+            (*effect, *alert),
+            "{mode}/{shadow}: {}",
+            d.reason
+        );
         assert_eq!(d.matched_rules, *matched, "{mode}/{shadow}");
         let known = eval(&p, None, FILES, "initialize", None, None);
-        assert!(!known.shadow && !known.alert && known.effective == Effect::Forward, "{mode}/{shadow}");
+        assert!(
+            !known.shadow && !known.alert && known.effective == Effect::Forward,
+            "{mode}/{shadow}"
+        );
         assert_eq!(known.server.as_deref(), Some("known"));
     }
 }
@@ -521,12 +629,60 @@ fn modes_global_server_rule() {
     };
     // (global, server, rule) -> effective mode and effects for deny and approval
     let table: &[(&str, &str, &str, Mode, Effect, Effect, bool)] = &[
-        ("enforce", "", "", Mode::Enforce, Effect::Block, Effect::Block, true),
-        ("warn", "", "", Mode::Warn, Effect::Forward, Effect::Forward, true),
-        ("audit", "", "", Mode::Audit, Effect::Forward, Effect::Forward, false),
-        ("enforce", "mode = \"audit\"", "", Mode::Audit, Effect::Forward, Effect::Forward, false),
-        ("audit", "mode = \"audit\"", "mode = \"enforce\"", Mode::Enforce, Effect::Block, Effect::Block, true),
-        ("enforce", "", "mode = \"warn\"", Mode::Warn, Effect::Forward, Effect::Forward, true),
+        (
+            "enforce",
+            "",
+            "",
+            Mode::Enforce,
+            Effect::Block,
+            Effect::Block,
+            true,
+        ),
+        (
+            "warn",
+            "",
+            "",
+            Mode::Warn,
+            Effect::Forward,
+            Effect::Forward,
+            true,
+        ),
+        (
+            "audit",
+            "",
+            "",
+            Mode::Audit,
+            Effect::Forward,
+            Effect::Forward,
+            false,
+        ),
+        (
+            "enforce",
+            "mode = \"audit\"",
+            "",
+            Mode::Audit,
+            Effect::Forward,
+            Effect::Forward,
+            false,
+        ),
+        (
+            "audit",
+            "mode = \"audit\"",
+            "mode = \"enforce\"",
+            Mode::Enforce,
+            Effect::Block,
+            Effect::Block,
+            true,
+        ),
+        (
+            "enforce",
+            "",
+            "mode = \"warn\"",
+            Mode::Warn,
+            Effect::Forward,
+            Effect::Forward,
+            true,
+        ),
     ];
     for (g, s, r, mode, deny_effect, _, alert) in table {
         let p = pol(&src(g, s, r));
@@ -540,7 +696,11 @@ fn modes_global_server_rule() {
         match mode {
             Mode::Audit => assert!(d.reason.contains("audit mode"), "{}", d.reason),
             Mode::Warn => assert!(d.reason.contains("warn mode"), "{}", d.reason),
-            Mode::Enforce => assert!(d.reason.contains("#") || d.reason.contains("To request access"), "{}", d.reason),
+            Mode::Enforce => assert!(
+                d.reason.contains("#") || d.reason.contains("To request access"),
+                "{}",
+                d.reason
+            ),
         }
     }
     // Approval alone, per mode.
@@ -553,7 +713,11 @@ fn modes_global_server_rule() {
             "version = 1\nmode = \"{mode}\"\nshadow = \"allow\"\n[[rule]]\nid = \"a\"\naction = \"require_approval\"\n"
         ));
         let d = call(&p, None, FILES, "t", json!({}));
-        assert_eq!((d.action.label(), d.effective, d.alert), ("require_approval", effect, alert), "{mode}");
+        assert_eq!(
+            (d.action.label(), d.effective, d.alert),
+            ("require_approval", effect, alert),
+            "{mode}"
+        );
     }
 }
 
@@ -584,10 +748,22 @@ action = "deny"
 "#);
     let bot = proc_("bot", "/bin/bot", 1);
     let d = call(&p, Some(&bot), FILES, "delete", json!({}));
-    assert_eq!(d.matched_rules, ["by-tool-and-agent", "by-tool-glob", "broad", "same-as-broad"]);
+    assert_eq!(
+        d.matched_rules,
+        [
+            "by-tool-and-agent",
+            "by-tool-glob",
+            "broad",
+            "same-as-broad"
+        ]
+    );
     assert!(d.reason.contains("bots may not delete"), "{}", d.reason);
     let d = call(&p, None, FILES, "other", json!({}));
-    assert_eq!(d.matched_rules, ["broad", "same-as-broad"], "file order breaks ties");
+    assert_eq!(
+        d.matched_rules,
+        ["broad", "same-as-broad"],
+        "file order breaks ties"
+    );
 }
 
 #[test]
@@ -617,8 +793,14 @@ gid = 4000
         f(&mut p);
         p
     };
-    let agent = |pi: &ProcessInfo| p.agent_for(&Subject { process: Some(pi) }).map(|a| a.name.clone());
-    assert_eq!(agent(&who(&|p| p.exe = Some("/usr/lib/editor/bin/code".into()))).as_deref(), Some("by-exe"));
+    let agent = |pi: &ProcessInfo| {
+        p.agent_for(&Subject { process: Some(pi) })
+            .map(|a| a.name.clone())
+    };
+    assert_eq!(
+        agent(&who(&|p| p.exe = Some("/usr/lib/editor/bin/code".into()))).as_deref(),
+        Some("by-exe")
+    );
     // `*`-style globs on paths do not cross `/`, `**` does; the attributed agent counts.
     assert_eq!(
         agent(&who(&|p| {
@@ -632,9 +814,15 @@ gid = 4000
         .as_deref(),
         Some("by-exe")
     );
-    assert_eq!(agent(&who(&|p| p.unit = Some("ci-runner-7.service".into()))).as_deref(), Some("by-unit"));
     assert_eq!(
-        agent(&who(&|p| p.cgroup_path = Some("/user.slice/user-1000.slice/session-3.scope".into()))).as_deref(),
+        agent(&who(&|p| p.unit = Some("ci-runner-7.service".into()))).as_deref(),
+        Some("by-unit")
+    );
+    assert_eq!(
+        agent(&who(
+            &|p| p.cgroup_path = Some("/user.slice/user-1000.slice/session-3.scope".into())
+        ))
+        .as_deref(),
         Some("by-cgroup")
     );
     assert_eq!(
@@ -645,7 +833,11 @@ gid = 4000
         .as_deref(),
         Some("by-user-group")
     );
-    assert_eq!(agent(&who(&|p| p.user = Some("alice".into()))), None, "all matchers must hold");
+    assert_eq!(
+        agent(&who(&|p| p.user = Some("alice".into()))),
+        None,
+        "all matchers must hold"
+    );
     assert_eq!(agent(&who(&|p| p.gid = 4000)).as_deref(), Some("by-gid"));
     assert_eq!(agent(&who(&|_| {})), None);
     assert!(p.agent_for(&Subject { process: None }).is_none());
@@ -675,30 +867,75 @@ path = "/api/*"
         let e = ep(at);
         p.server_for(&e.t()).map(|s| s.name.clone())
     };
-    assert_eq!(name("https://mcp.linear.app:443/sse").as_deref(), Some("exact"));
-    assert_eq!(name("https://mcp.linear.app:443/sse?x=1").as_deref(), Some("exact"));
-    assert_eq!(name("http://mcp.linear.app:443/sse"), None, "scheme is part of a url match");
+    assert_eq!(
+        name("https://mcp.linear.app:443/sse").as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        name("https://mcp.linear.app:443/sse?x=1").as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        name("http://mcp.linear.app:443/sse"),
+        None,
+        "scheme is part of a url match"
+    );
     assert_eq!(name("https://mcp.linear.app:443/other"), None);
     assert_eq!(name("http://[::1]:18001/mcp").as_deref(), Some("v6"));
-    assert_eq!(name("https://a.b.corp.example:443/whatever").as_deref(), Some("any-path"));
-    assert_eq!(name("https://tools.corp.example:8443/api/v1").as_deref(), Some("api-path"));
-    assert_eq!(name("https://tools.corp.example:8443/api/v1/x").as_deref(), Some("any-path"), "`*` stops at `/`");
-    assert_eq!(name("https://tools.corp.example:9999/api/v1").as_deref(), Some("any-path"));
+    assert_eq!(
+        name("https://a.b.corp.example:443/whatever").as_deref(),
+        Some("any-path")
+    );
+    assert_eq!(
+        name("https://tools.corp.example:8443/api/v1").as_deref(),
+        Some("api-path")
+    );
+    assert_eq!(
+        name("https://tools.corp.example:8443/api/v1/x").as_deref(),
+        Some("any-path"),
+        "`*` stops at `/`"
+    );
+    assert_eq!(
+        name("https://tools.corp.example:9999/api/v1").as_deref(),
+        Some("any-path")
+    );
     assert_eq!(name("https://corp.example.evil:443/mcp"), None);
     // Hosts as they come in a Host header (with port, brackets, trailing dot).
     let raw = |host: &str, port: u16, path: &str| {
-        p.server_for(&Target { endpoint: "https://x", host, port, path }).map(|s| s.name.clone())
+        p.server_for(&Target {
+            endpoint: "https://x",
+            host,
+            port,
+            path,
+        })
+        .map(|s| s.name.clone())
     };
-    assert_eq!(raw("Mcp.Linear.App:443", 443, "/sse").as_deref(), Some("exact"));
-    assert_eq!(raw("mcp.linear.app.", 443, "/sse").as_deref(), Some("exact"));
     assert_eq!(
-        p.server_for(&Target { endpoint: "http://[::1]:18001/mcp", host: "[::1]:18001", port: 18001, path: "/mcp" })
-            .map(|s| s.name.as_str()),
+        raw("Mcp.Linear.App:443", 443, "/sse").as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        raw("mcp.linear.app.", 443, "/sse").as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        p.server_for(&Target {
+            endpoint: "http://[::1]:18001/mcp",
+            host: "[::1]:18001",
+            port: 18001,
+            path: "/mcp"
+        })
+        .map(|s| s.name.as_str()),
         Some("v6")
     );
     assert_eq!(
-        p.server_for(&Target { endpoint: "http://[::1]:18001/mcp", host: "::1", port: 18001, path: "/mcp/" })
-            .map(|s| s.name.as_str()),
+        p.server_for(&Target {
+            endpoint: "http://[::1]:18001/mcp",
+            host: "::1",
+            port: 18001,
+            path: "/mcp/"
+        })
+        .map(|s| s.name.as_str()),
         Some("v6")
     );
 }
@@ -708,7 +945,13 @@ fn tools_list_visibility_per_agent() {
     let p = pol(BASE);
     let vis = |who: Option<ProcessInfo>, at: &str, tool: &str| {
         let e = ep(at);
-        p.tool_visible(&Subject { process: who.as_ref() }, &e.t(), tool)
+        p.tool_visible(
+            &Subject {
+                process: who.as_ref(),
+            },
+            &e.t(),
+            tool,
+        )
     };
     // reader: its own list only; a conditional deny does not hide read_file.
     assert!(vis(reader(), FILES, "read_file"));
@@ -722,9 +965,17 @@ fn tools_list_visibility_per_agent() {
     assert!(!vis(ops(), FILES, "drop_table"));
     // Pinned server: unregistered tools are hidden from everyone.
     assert!(vis(ops(), "http://pinned.internal:80/mcp", "list_files"));
-    assert!(!vis(ops(), "http://pinned.internal:80/mcp", "surprise_tool"));
+    assert!(!vis(
+        ops(),
+        "http://pinned.internal:80/mcp",
+        "surprise_tool"
+    ));
     // Warn-mode server: a deny there never hides anything.
-    assert!(vis(ops(), "https://primary.db.internal:443/mcp", "delete_rows"));
+    assert!(vis(
+        ops(),
+        "https://primary.db.internal:443/mcp",
+        "delete_rows"
+    ));
     // Reader cannot use a shadow server at all.
     assert!(!vis(reader(), SHADOW, "list_files"));
 }
@@ -763,7 +1014,14 @@ rate = { count = 100, per = "second", scope = "aggregate" }
 mode = "warn"
 "#;
 
-fn limited(p: &Policy, l: &mut RateLimiter, now: u64, who: &ProcessInfo, at: &str, tool: &str) -> (Decision, bool, u64) {
+fn limited(
+    p: &Policy,
+    l: &mut RateLimiter,
+    now: u64,
+    who: &ProcessInfo,
+    at: &str,
+    tool: &str,
+) -> (Decision, bool, u64) {
     let mut d = call(p, Some(who), at, tool, json!({}));
     let r = l.apply(now, &mut d).expect("decision carries rate limits");
     assert_eq!(r.allowed, d.effective == Effect::Forward);
@@ -781,24 +1039,44 @@ fn rate_limit_trips_at_count_and_recovers_after_the_window() {
         assert!(ok, "call {i}: {}", d.reason);
         match &d.action {
             Action::RateLimit(spec) => {
-                assert_eq!((spec.rule.as_str(), spec.key.as_str(), spec.scope), ("per-agent", "agent:a", RateScope::Agent));
+                assert_eq!(
+                    (spec.rule.as_str(), spec.key.as_str(), spec.scope),
+                    ("per-agent", "agent:a", RateScope::Agent)
+                );
             }
             other => panic!("expected rate_limit, got {other:?}"),
         }
     }
     let (d, ok, retry) = limited(&p, &mut l, t0 + 3, &a, FILES, "write");
     assert!(!ok);
-    assert_eq!((d.effective, d.mode, d.alert), (Effect::Block, Mode::Enforce, true));
+    assert_eq!(
+        (d.effective, d.mode, d.alert),
+        (Effect::Block, Mode::Enforce, true)
+    );
     assert_eq!(d.matched_rules[0], "per-agent");
-    assert!(d.reason.contains("rate limit exceeded") && d.reason.contains("per-agent"), "{}", d.reason);
+    assert!(
+        d.reason.contains("rate limit exceeded") && d.reason.contains("per-agent"),
+        "{}",
+        d.reason
+    );
     assert_eq!(retry, 20_000 - 3);
     // Another agent has its own counter.
-    let (_, ok, _) = limited(&p, &mut l, t0 + 4, &proc_("b", "/bin/b", 10), FILES, "write");
+    let (_, ok, _) = limited(
+        &p,
+        &mut l,
+        t0 + 4,
+        &proc_("b", "/bin/b", 10),
+        FILES,
+        "write",
+    );
     assert!(ok);
     // After the window the full burst is back.
     let later = t0 + 60_000;
     for i in 0..3 {
-        assert!(limited(&p, &mut l, later + i, &a, FILES, "write").1, "after window, call {i}");
+        assert!(
+            limited(&p, &mut l, later + i, &a, FILES, "write").1,
+            "after window, call {i}"
+        );
     }
     assert!(!limited(&p, &mut l, later + 3, &a, FILES, "write").1);
 }
@@ -811,13 +1089,25 @@ fn rate_scopes_uid_tool_aggregate_and_warn_mode() {
     let b_same_uid = proc_("b", "/bin/b", 10);
     let b_other_uid = proc_("b", "/bin/b", 11);
     assert!(limited(&p, &mut l, 0, &a, FILES, "uid_tool").1);
-    assert!(!limited(&p, &mut l, 1, &b_same_uid, FILES, "uid_tool").1, "same uid shares the counter");
+    assert!(
+        !limited(&p, &mut l, 1, &b_same_uid, FILES, "uid_tool").1,
+        "same uid shares the counter"
+    );
     assert!(limited(&p, &mut l, 2, &b_other_uid, FILES, "uid_tool").1);
 
     assert!(limited(&p, &mut l, 3, &a, FILES, "tool_x").1);
-    assert!(!limited(&p, &mut l, 4, &b_other_uid, FILES, "tool_x").1, "per tool: shared by callers");
-    assert!(limited(&p, &mut l, 5, &a, FILES, "tool_y").1, "another tool");
-    assert!(limited(&p, &mut l, 6, &a, SHADOW, "tool_x").1, "same tool on another server");
+    assert!(
+        !limited(&p, &mut l, 4, &b_other_uid, FILES, "tool_x").1,
+        "per tool: shared by callers"
+    );
+    assert!(
+        limited(&p, &mut l, 5, &a, FILES, "tool_y").1,
+        "another tool"
+    );
+    assert!(
+        limited(&p, &mut l, 6, &a, SHADOW, "tool_x").1,
+        "same tool on another server"
+    );
 
     // Aggregate warn-mode limit of 100/s across servers: exceeding it alerts, never blocks.
     let mut l = RateLimiter::default();
@@ -846,16 +1136,24 @@ fn reload_keeps_rate_limit_state() {
     assert!(!limited(&v1, &mut l, 3, &a, FILES, "write").1);
 
     // A new policy version with the same rule id (and an extra rule) keeps the counter.
-    let v2 = pol(&format!("{RATED}\n[[rule]]\nid = \"new\"\ntools = [\"x\"]\naction = \"deny\"\n"));
+    let v2 = pol(&format!(
+        "{RATED}\n[[rule]]\nid = \"new\"\ntools = [\"x\"]\naction = \"deny\"\n"
+    ));
     l.retain_rules(&v2);
-    assert!(!limited(&v2, &mut l, 10, &a, FILES, "write").1, "state survived the reload");
+    assert!(
+        !limited(&v2, &mut l, 10, &a, FILES, "write").1,
+        "state survived the reload"
+    );
 
     // A version without the rule forgets its counters.
     let v3 = pol(&RATED.replace("id = \"per-agent\"", "id = \"per-agent-v2\""));
     let before = l.len();
     l.retain_rules(&v3);
     assert!(l.len() < before);
-    assert!(limited(&v3, &mut l, 11, &a, FILES, "write").1, "renamed rule starts fresh");
+    assert!(
+        limited(&v3, &mut l, 11, &a, FILES, "write").1,
+        "renamed rule starts fresh"
+    );
 }
 
 #[test]
@@ -878,7 +1176,10 @@ action = "require_approval"
     assert!(RateLimiter::default().apply(0, &mut d.clone()).is_none());
     let d = call(&p, None, FILES, "other", json!({}));
     assert_eq!(d.rate_limits.len(), 1);
-    assert_eq!(d.rate_limits[0].key, "unknown", "scope defaults to agent; no process known");
+    assert_eq!(
+        d.rate_limits[0].key, "unknown",
+        "scope defaults to agent; no process known"
+    );
 }
 
 // ------------------------------------------------------------------ load errors
@@ -894,17 +1195,31 @@ fn err(src: &str) -> mcpwatch_policy::PolicyError {
 fn typo_in_a_key_is_rejected_with_line_and_column() {
     let src = "version = 1\nmode = \"enforce\"\n\n[[rule]]\nid = \"x\"\n  acton = \"deny\"\n";
     let e = err(src);
-    assert_eq!((e.file.as_str(), e.line, e.column), ("bad.toml", 6, 3), "{e}");
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        ("bad.toml", 6, 3),
+        "{e}"
+    );
     assert!(e.message.contains("unknown key `acton`"), "{e}");
-    assert!(e.message.contains("expected one of: id, action, methods"), "{e}");
+    assert!(
+        e.message.contains("expected one of: id, action, methods"),
+        "{e}"
+    );
     assert!(e.message.contains("did you mean `action`?"), "{e}");
     assert!(e.message.contains("[[rule]]"), "{e}");
     assert!(e.to_string().starts_with("bad.toml:6:3: "), "{e}");
-    assert!(e.render().contains("6 |   acton = \"deny\"\n  |   ^^^^^"), "{}", e.render());
+    assert!(
+        e.render().contains("6 |   acton = \"deny\"\n  |   ^^^^^"),
+        "{}",
+        e.render()
+    );
 
     let e = err("version = 1\nmode = \"enforce\"\n[[rules]]\nid = \"x\"\n");
     assert_eq!((e.line, e.column), (3, 3), "{e}");
-    assert!(e.message.contains("unknown key `rules`") && e.message.contains("did you mean `rule`?"), "{e}");
+    assert!(
+        e.message.contains("unknown key `rules`") && e.message.contains("did you mean `rule`?"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -912,7 +1227,10 @@ fn bad_regex_points_at_the_value() {
     let src = "version = 1\nmode = \"enforce\"\n[[rule]]\nid = \"r\"\naction = \"deny\"\n[[rule.when]]\npointer = \"/path\"\nmatches = '(unclosed'\n";
     let e = err(src);
     assert_eq!((e.line, e.column), (8, 11), "{e}");
-    assert!(e.message.contains("rule `r`: invalid regex") && e.message.contains("unclosed group"), "{e}");
+    assert!(
+        e.message.contains("rule `r`: invalid regex") && e.message.contains("unclosed group"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -920,7 +1238,10 @@ fn duplicate_rule_id_points_at_the_second() {
     let src = "version = 1\nmode = \"enforce\"\n[[rule]]\nid = \"same\"\naction = \"deny\"\n\n[[rule]]\nid = \"same\"\naction = \"allow\"\n";
     let e = err(src);
     assert_eq!((e.line, e.column), (8, 6), "{e}");
-    assert_eq!(e.message, "duplicate rule id `same` (first defined at line 4)");
+    assert_eq!(
+        e.message,
+        "duplicate rule id `same` (first defined at line 4)"
+    );
 }
 
 #[test]
@@ -928,30 +1249,145 @@ fn other_errors_have_positions_and_helpful_messages() {
     let head = "version = 1\nmode = \"enforce\"\n";
     // (source after head, line, column, message fragment)
     let table: &[(&str, usize, usize, &str)] = &[
-        ("[[rule]]\nid = \"r\"\naction = \"rate_limit\"\nrate = { count = \"ten\", per = \"minute\" }\n", 6, 18, "invalid type: string \"ten\", expected u32"),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\nmode = \"enforced\"\n", 6, 8, "unknown variant `enforced`, expected one of `audit`, `warn`, `enforce`"),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\nservers = [\"fils\"]\n[[server]]\nname = \"files\"\nurl = \"http://h/mcp\"\n", 6, 12, "unknown server `fils` in rule `r`; defined servers: files (did you mean `files`?)"),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\nagents = [\"nobody\"]\n", 6, 11, "unknown agent `nobody` in rule `r`; no [[agent]] is defined"),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\nagents = [\"x*\"]\n[[agent]]\nname = \"bot\"\ncomm = \"bot\"\n", 6, 11, "pattern \"x*\" in rule `r` matches no defined agent"),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\ntools = [\"read_[abc\"]\n", 6, 10, "invalid glob in `tools`"),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\ntools = []\n", 6, 9, "`tools` is an empty list, which matches nothing"),
-        ("[[rule]]\nid = \"r\"\naction = \"rate_limit\"\n", 5, 10, "needs `rate = "),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\nrate = { count = 1, per = \"minute\" }\n", 6, 8, "`rate` only applies to action \"rate_limit\""),
-        ("[[rule]]\nid = \"r\"\naction = \"allow\"\nmode = \"audit\"\n", 6, 8, "`mode` has no effect on an allow rule"),
-        ("[[rule]]\nid = \"has space\"\naction = \"deny\"\n", 4, 6, "invalid rule id \"has space\""),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\n[[rule.when]]\npointer = \"path\"\nmatches = \"x\"\n", 7, 11, "invalid JSON pointer \"path\""),
-        ("[[rule]]\nid = \"r\"\naction = \"deny\"\n[[rule.when]]\npointer = \"/p\"\n", 7, 11, "needs `matches = \"regex\"` or `not_matches"),
-        ("[[agent]]\nname = \"a\"\ntools = [\"x\"]\n", 4, 8, "agent `a` has no identity matcher"),
-        ("[[agent]]\nname = \"a\"\ncomm = \"a\"\nservers = [\"nope\"]\n", 6, 12, "unknown server `nope` in agent `a`"),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"rate_limit\"\nrate = { count = \"ten\", per = \"minute\" }\n",
+            6,
+            18,
+            "invalid type: string \"ten\", expected u32",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\nmode = \"enforced\"\n",
+            6,
+            8,
+            "unknown variant `enforced`, expected one of `audit`, `warn`, `enforce`",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\nservers = [\"fils\"]\n[[server]]\nname = \"files\"\nurl = \"http://h/mcp\"\n",
+            6,
+            12,
+            "unknown server `fils` in rule `r`; defined servers: files (did you mean `files`?)",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\nagents = [\"nobody\"]\n",
+            6,
+            11,
+            "unknown agent `nobody` in rule `r`; no [[agent]] is defined",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\nagents = [\"x*\"]\n[[agent]]\nname = \"bot\"\ncomm = \"bot\"\n",
+            6,
+            11,
+            "pattern \"x*\" in rule `r` matches no defined agent",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\ntools = [\"read_[abc\"]\n",
+            6,
+            10,
+            "invalid glob in `tools`",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\ntools = []\n",
+            6,
+            9,
+            "`tools` is an empty list, which matches nothing",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"rate_limit\"\n",
+            5,
+            10,
+            "needs `rate = ",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\nrate = { count = 1, per = \"minute\" }\n",
+            6,
+            8,
+            "`rate` only applies to action \"rate_limit\"",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"allow\"\nmode = \"audit\"\n",
+            6,
+            8,
+            "`mode` has no effect on an allow rule",
+        ),
+        (
+            "[[rule]]\nid = \"has space\"\naction = \"deny\"\n",
+            4,
+            6,
+            "invalid rule id \"has space\"",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\n[[rule.when]]\npointer = \"path\"\nmatches = \"x\"\n",
+            7,
+            11,
+            "invalid JSON pointer \"path\"",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\naction = \"deny\"\n[[rule.when]]\npointer = \"/p\"\n",
+            7,
+            11,
+            "needs `matches = \"regex\"` or `not_matches",
+        ),
+        (
+            "[[agent]]\nname = \"a\"\ntools = [\"x\"]\n",
+            4,
+            8,
+            "agent `a` has no identity matcher",
+        ),
+        (
+            "[[agent]]\nname = \"a\"\ncomm = \"a\"\nservers = [\"nope\"]\n",
+            6,
+            12,
+            "unknown server `nope` in agent `a`",
+        ),
         ("[[server]]\nname = \"s\"\n", 4, 8, "server `s` needs `url`"),
-        ("[[server]]\nname = \"s\"\nurl = \"ftp://h/x\"\n", 5, 7, "the scheme must be http or https"),
-        ("[[server]]\nname = \"s\"\nurl = \"http://h/x\"\nport = 80\n", 6, 8, "`port` cannot be combined with `url`"),
-        ("[[server]]\nname = \"s\"\nhost = \"h\"\nport = 70000\n", 6, 8, "invalid value: integer `70000`, expected u16"),
-        ("[[server]]\nname = \"s\"\nhost = \"h\"\ndeprecated_since = 2025-06-30\n", 6, 20, "`deprecated_since` needs `status = \"deprecated\"`"),
-        ("[[server]]\nname = \"s\"\nhost = \"h\"\nstatus = \"deprecated\"\ndeprecated_since = \"June\"\n", 7, 20, "expected a date like 2025-06-30"),
-        ("[[server]]\nname = \"s\"\nhost = \"a\"\n[[server]]\nname = \"s\"\nhost = \"b\"\n", 7, 8, "duplicate server name `s` (first defined at line 4)"),
-        ("approval_timeout_secs = 0\n", 3, 25, "`approval_timeout_secs` must be between 1 and 86400"),
-        ("shadow = \"maybe\"\n", 3, 10, "unknown variant `maybe`, expected one of `allow`, `alert`, `block`"),
+        (
+            "[[server]]\nname = \"s\"\nurl = \"ftp://h/x\"\n",
+            5,
+            7,
+            "the scheme must be http or https",
+        ),
+        (
+            "[[server]]\nname = \"s\"\nurl = \"http://h/x\"\nport = 80\n",
+            6,
+            8,
+            "`port` cannot be combined with `url`",
+        ),
+        (
+            "[[server]]\nname = \"s\"\nhost = \"h\"\nport = 70000\n",
+            6,
+            8,
+            "invalid value: integer `70000`, expected u16",
+        ),
+        (
+            "[[server]]\nname = \"s\"\nhost = \"h\"\ndeprecated_since = 2025-06-30\n",
+            6,
+            20,
+            "`deprecated_since` needs `status = \"deprecated\"`",
+        ),
+        (
+            "[[server]]\nname = \"s\"\nhost = \"h\"\nstatus = \"deprecated\"\ndeprecated_since = \"June\"\n",
+            7,
+            20,
+            "expected a date like 2025-06-30",
+        ),
+        (
+            "[[server]]\nname = \"s\"\nhost = \"a\"\n[[server]]\nname = \"s\"\nhost = \"b\"\n",
+            7,
+            8,
+            "duplicate server name `s` (first defined at line 4)",
+        ),
+        (
+            "approval_timeout_secs = 0\n",
+            3,
+            25,
+            "`approval_timeout_secs` must be between 1 and 86400",
+        ),
+        (
+            "shadow = \"maybe\"\n",
+            3,
+            10,
+            "unknown variant `maybe`, expected one of `allow`, `alert`, `block`",
+        ),
         ("[[rule]]\nid = \"r\"\n", 3, 1, "missing field `action`"),
     ];
     let mut failures = Vec::new();
@@ -982,7 +1418,11 @@ fn version_and_mode_are_required_and_checked() {
     let e = err("version = 1\n");
     assert!(e.message.contains("missing field `mode`"), "{e}");
     let e = err("version = 1\nmode = enforce\n");
-    assert_eq!((e.line, e.column), (2, 8), "syntax errors have positions too: {e}");
+    assert_eq!(
+        (e.line, e.column),
+        (2, 8),
+        "syntax errors have positions too: {e}"
+    );
 }
 
 #[test]
@@ -1007,17 +1447,31 @@ action = "deny"
 when = [{ pointer = "", not_matches = "^ok$" }]
 "#);
     assert_eq!(p.approval_timeout().as_secs(), 120);
-    assert_eq!(p.servers()[0].deprecated_since.as_deref(), Some("2024-12-31"));
-    assert_eq!(p.servers()[1].deprecated_since.as_deref(), Some("2025-01-15"));
+    assert_eq!(
+        p.servers()[0].deprecated_since.as_deref(),
+        Some("2024-12-31")
+    );
+    assert_eq!(
+        p.servers()[1].deprecated_since.as_deref(),
+        Some("2025-01-15")
+    );
     assert_eq!(p.mode(), Mode::Audit);
-    assert_eq!(pol("version = 1\nmode = \"warn\"\n").approval_timeout().as_secs(), 50);
+    assert_eq!(
+        pol("version = 1\nmode = \"warn\"\n")
+            .approval_timeout()
+            .as_secs(),
+        50
+    );
     // not_matches: a missing value counts as not matching.
     let d = call(&p, None, FILES, "t", json!({"x": "bad"}));
     assert_eq!(d.action.label(), "deny");
     let d = eval(&p, None, FILES, "tools/call", Some("t"), None);
     assert_eq!(d.action.label(), "deny");
     let d = eval(&p, None, FILES, "tools/call", Some("t"), Some(&json!("ok")));
-    assert_eq!((d.action.label(), d.matched_rules.as_slice()), ("allow", ["policy:default".to_string()].as_slice()));
+    assert_eq!(
+        (d.action.label(), d.matched_rules.as_slice()),
+        ("allow", ["policy:default".to_string()].as_slice())
+    );
 }
 
 // ------------------------------------------------------------------ example policy
@@ -1034,39 +1488,121 @@ fn example_policy_parses_and_says_what_it_claims() {
     let ops = proc_("ops-agent", "/usr/local/bin/ops-agent", 1001);
 
     // reader: read tools only.
-    assert_eq!(call(&p, Some(&reader), records, "read_record", json!({"id": 1})).effective, Effect::Forward);
-    let d = call(&p, Some(&reader), records, "delete_records", json!({"ids": [1]}));
-    assert_eq!((d.action.label(), d.effective), ("deny", Effect::Block), "{}", d.reason);
+    assert_eq!(
+        call(&p, Some(&reader), records, "read_record", json!({"id": 1})).effective,
+        Effect::Forward
+    );
+    let d = call(
+        &p,
+        Some(&reader),
+        records,
+        "delete_records",
+        json!({"ids": [1]}),
+    );
+    assert_eq!(
+        (d.action.label(), d.effective),
+        ("deny", Effect::Block),
+        "{}",
+        d.reason
+    );
     let e = ep(records);
-    assert!(p.tool_visible(&Subject { process: Some(&reader) }, &e.t(), "search_records"));
-    assert!(!p.tool_visible(&Subject { process: Some(&reader) }, &e.t(), "delete_records"));
-    assert!(p.tool_visible(&Subject { process: Some(&ops) }, &e.t(), "delete_records"));
+    assert!(p.tool_visible(
+        &Subject {
+            process: Some(&reader)
+        },
+        &e.t(),
+        "search_records"
+    ));
+    assert!(!p.tool_visible(
+        &Subject {
+            process: Some(&reader)
+        },
+        &e.t(),
+        "delete_records"
+    ));
+    assert!(p.tool_visible(
+        &Subject {
+            process: Some(&ops)
+        },
+        &e.t(),
+        "delete_records"
+    ));
 
     // ops: deletes need approval.
-    let d = call(&p, Some(&ops), records, "delete_records", json!({"ids": [1]}));
-    assert_eq!((d.action.label(), d.effective), ("require_approval", Effect::Hold), "{}", d.reason);
+    let d = call(
+        &p,
+        Some(&ops),
+        records,
+        "delete_records",
+        json!({"ids": [1]}),
+    );
+    assert_eq!(
+        (d.action.label(), d.effective),
+        ("require_approval", Effect::Hold),
+        "{}",
+        d.reason
+    );
 
     // ops: writes are rate-limited (5 per minute).
     let mut l = RateLimiter::default();
     for i in 0..5 {
-        assert!(limited(&p, &mut l, i, &ops, records, "update_record").1, "write {i}");
+        assert!(
+            limited(&p, &mut l, i, &ops, records, "update_record").1,
+            "write {i}"
+        );
     }
     assert!(!limited(&p, &mut l, 5, &ops, records, "update_record").1);
 
     // Nobody reads SSH keys.
-    let d = call(&p, Some(&ops), "http://127.0.0.3:8766/mcp", "read_file", json!({"path": "/home/ops/.ssh/id_ed25519"}));
-    assert_eq!((d.matched_rules[0].as_str(), d.effective), ("no-ssh-keys", Effect::Block), "{}", d.reason);
-    let d = call(&p, Some(&ops), "http://127.0.0.3:8766/mcp", "read_file", json!({"path": "~/.SSH/config"}));
+    let d = call(
+        &p,
+        Some(&ops),
+        "http://127.0.0.3:8766/mcp",
+        "read_file",
+        json!({"path": "/home/ops/.ssh/id_ed25519"}),
+    );
+    assert_eq!(
+        (d.matched_rules[0].as_str(), d.effective),
+        ("no-ssh-keys", Effect::Block),
+        "{}",
+        d.reason
+    );
+    let d = call(
+        &p,
+        Some(&ops),
+        "http://127.0.0.3:8766/mcp",
+        "read_file",
+        json!({"path": "~/.SSH/config"}),
+    );
     assert_eq!(d.effective, Effect::Block);
-    let d = call(&p, Some(&ops), "http://127.0.0.3:8766/mcp", "read_file", json!({"path": "/home/ops/notes/ssh.txt"}));
+    let d = call(
+        &p,
+        Some(&ops),
+        "http://127.0.0.3:8766/mcp",
+        "read_file",
+        json!({"path": "/home/ops/notes/ssh.txt"}),
+    );
     assert_eq!(d.effective, Effect::Forward, "{}", d.reason);
 
     // Shadow servers are alerted, not blocked.
-    let d = call(&p, Some(&ops), "https://unknown.example:443/mcp", "anything", json!({}));
-    assert_eq!((d.shadow, d.alert, d.effective), (true, true, Effect::Forward));
+    let d = call(
+        &p,
+        Some(&ops),
+        "https://unknown.example:443/mcp",
+        "anything",
+        json!({}),
+    );
+    assert_eq!(
+        (d.shadow, d.alert, d.effective),
+        (true, true, Effect::Forward)
+    );
 
     // Deprecated server is listed as such.
-    let old = p.servers().iter().find(|s| s.name == "legacy-search").expect("legacy-search");
+    let old = p
+        .servers()
+        .iter()
+        .find(|s| s.name == "legacy-search")
+        .expect("legacy-search");
     assert_eq!(old.status, mcpwatch_policy::ServerStatus::Deprecated);
     assert_eq!(old.deprecated_since.as_deref(), Some("2025-06-30"));
 }
@@ -1074,7 +1610,10 @@ fn example_policy_parses_and_says_what_it_claims() {
 // ------------------------------------------------------------------ threat cases
 
 fn cases_file() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/threats/cases.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/threats/cases.jsonl"
+    );
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("threat cases must exist at {path}: {e}"));
     text.lines()
@@ -1119,7 +1658,11 @@ fn call_parts(m: &Value) -> (String, Option<String>, Option<Value>) {
             params["name"].as_str().map(String::from),
             params.get("arguments").cloned(),
         ),
-        "resources/read" => (method, params["uri"].as_str().map(String::from), Some(params.clone())),
+        "resources/read" => (
+            method,
+            params["uri"].as_str().map(String::from),
+            Some(params.clone()),
+        ),
         _ => (method, None, Some(params.clone())),
     }
 }
@@ -1265,25 +1808,35 @@ tools = ["format_text"]
 
 /// Which threat cases the policy language expresses, and why the rest are elsewhere.
 const NOT_EXPRESSIBLE: &[(&str, &str)] = &[
-    ("SH-002", "stdio servers are not intercepted; the registry matches network endpoints only"),
-    ("TR-008", "needs realpath() on the filesystem: the policy crate does no I/O"),
+    (
+        "SH-002",
+        "stdio servers are not intercepted; the registry matches network endpoints only",
+    ),
+    (
+        "TR-008",
+        "needs realpath() on the filesystem: the policy crate does no I/O",
+    ),
 ];
 
 fn threat_case(id: &str, case: &Value) -> Option<String> {
     let msgs = messages(&case["input"]);
     let fail = |what: String| Some(format!("{id}: {what}"));
-    let block_all = |p: &Policy, who: Option<&ProcessInfo>, at: &str, want_rule: &str| -> Option<String> {
-        if msgs.is_empty() {
-            return fail("no messages found in input".into());
-        }
-        for m in &msgs {
-            let d = judge_msg(p, who, at, m);
-            if d.effective != Effect::Block || !d.matched_rules.iter().any(|r| r == want_rule) {
-                return fail(format!("expected block by {want_rule}, got {:?} {:?}: {}", d.effective, d.matched_rules, d.reason));
+    let block_all =
+        |p: &Policy, who: Option<&ProcessInfo>, at: &str, want_rule: &str| -> Option<String> {
+            if msgs.is_empty() {
+                return fail("no messages found in input".into());
             }
-        }
-        None
-    };
+            for m in &msgs {
+                let d = judge_msg(p, who, at, m);
+                if d.effective != Effect::Block || !d.matched_rules.iter().any(|r| r == want_rule) {
+                    return fail(format!(
+                        "expected block by {want_rule}, got {:?} {:?}: {}",
+                        d.effective, d.matched_rules, d.reason
+                    ));
+                }
+            }
+            None
+        };
     let paths = pol(PATHS);
     let inj = pol(INJECTION);
     let appr = pol(APPROVALS);
@@ -1293,12 +1846,26 @@ fn threat_case(id: &str, case: &Value) -> Option<String> {
         "INJ-001" => {
             let r = block_all(&inj, None, FILES, "sql-one-read-statement");
             // False-positive guard: a plain read passes.
-            let ok = call(&inj, None, FILES, "query", json!({"sql": "SELECT id FROM users WHERE created_at > now() - interval '1 day'"}));
-            r.or_else(|| (ok.effective != Effect::Forward).then(|| format!("{id}: plain SELECT blocked: {}", ok.reason)))
+            let ok = call(
+                &inj,
+                None,
+                FILES,
+                "query",
+                json!({"sql": "SELECT id FROM users WHERE created_at > now() - interval '1 day'"}),
+            );
+            r.or_else(|| {
+                (ok.effective != Effect::Forward)
+                    .then(|| format!("{id}: plain SELECT blocked: {}", ok.reason))
+            })
         }
         "INJ-002" => block_all(&inj, None, FILES, "no-flag-values-for-git"),
         "INJ-004" => block_all(&inj, None, FILES, "no-metadata-ssrf"),
-        "INJ-005" => block_all(&inj, Some(&proc_("support-bot", "/srv/support-bot", 500)), FILES, "agent:support"),
+        "INJ-005" => block_all(
+            &inj,
+            Some(&proc_("support-bot", "/srv/support-bot", 500)),
+            FILES,
+            "agent:support",
+        ),
         "INJ-007" => block_all(&inj, None, FILES, "no-shell-substitution"),
         "TR-001" => block_all(&paths, None, FILES, "no-traversal"),
         "TR-002" => block_all(&paths, None, FILES, "no-secrets-paths"),
@@ -1317,23 +1884,48 @@ fn threat_case(id: &str, case: &Value) -> Option<String> {
             let at = "http://mcp.quick-tools.example:80/mcp";
             let alert = judge_msg(&pol(&registry("alert")), None, at, &msgs[0]);
             let block = judge_msg(&pol(&registry("block")), None, at, &msgs[0]);
-            let ok = alert.shadow && alert.alert && alert.effective == Effect::Forward
-                && block.shadow && block.effective == Effect::Block && block.matched_rules == ["policy:shadow"];
+            let ok = alert.shadow
+                && alert.alert
+                && alert.effective == Effect::Forward
+                && block.shadow
+                && block.effective == Effect::Block
+                && block.matched_rules == ["policy:shadow"];
             (!ok).then(|| format!("{id}: alert={alert:?} block={block:?}"))
         }
         "SH-004" => {
             // Registry binds `github` to its real endpoint; serverInfo is never consulted.
             let p = pol(&registry("alert"));
-            let d = eval(&p, None, case["input"]["endpoint"].as_str().unwrap_or(""), "initialize", None, None);
-            let real = eval(&p, None, "https://api.githubcopilot.com:443/mcp", "initialize", None, None);
-            let ok = d.shadow && d.alert && d.server.is_none() && real.server.as_deref() == Some("github") && !real.shadow;
+            let d = eval(
+                &p,
+                None,
+                case["input"]["endpoint"].as_str().unwrap_or(""),
+                "initialize",
+                None,
+                None,
+            );
+            let real = eval(
+                &p,
+                None,
+                "https://api.githubcopilot.com:443/mcp",
+                "initialize",
+                None,
+                None,
+            );
+            let ok = d.shadow
+                && d.alert
+                && d.server.is_none()
+                && real.server.as_deref() == Some("github")
+                && !real.shadow;
             (!ok).then(|| format!("{id}: impostor {d:?} real {real:?}"))
         }
         "SH-005" => {
             // The newcomer's copies of send_email (and its homoglyph twin) are hidden.
             let p = pol(&registry("alert"));
             let s = Subject { process: None };
-            let (mail, utils) = (ep("http://mail.internal:80/mcp"), ep("http://utils.internal:80/mcp"));
+            let (mail, utils) = (
+                ep("http://mail.internal:80/mcp"),
+                ep("http://utils.internal:80/mcp"),
+            );
             let ok = p.tool_visible(&s, &mail.t(), "send_email")
                 && !p.tool_visible(&s, &utils.t(), "send_email")
                 && !p.tool_visible(&s, &utils.t(), "send_ema\u{456}l")
@@ -1343,7 +1935,13 @@ fn threat_case(id: &str, case: &Value) -> Option<String> {
         "SH-007" => {
             // POSTs redirected to an unregistered origin meet the shadow policy.
             let p = pol(&registry("block"));
-            let d = call(&p, None, "https://collector.attacker.example:443/messages", "send_email", json!({}));
+            let d = call(
+                &p,
+                None,
+                "https://collector.attacker.example:443/messages",
+                "send_email",
+                json!({}),
+            );
             (!(d.shadow && d.effective == Effect::Block)).then(|| format!("{id}: {d:?}"))
         }
         "SH-008" => {
@@ -1351,8 +1949,21 @@ fn threat_case(id: &str, case: &Value) -> Option<String> {
             let p = pol(&registry("block"));
             let observed = &case["input"]["observed"];
             let host = observed["sni"].as_str().unwrap_or("");
-            let t = Target { endpoint: "https://mcp.linear.app:443/sse", host, port: 443, path: "/sse" };
-            let d = p.evaluate(&Subject { process: None }, &t, &Call { method: "initialize", name: None, arguments: None });
+            let t = Target {
+                endpoint: "https://mcp.linear.app:443/sse",
+                host,
+                port: 443,
+                path: "/sse",
+            };
+            let d = p.evaluate(
+                &Subject { process: None },
+                &t,
+                &Call {
+                    method: "initialize",
+                    name: None,
+                    arguments: None,
+                },
+            );
             (d.shadow || d.alert || d.effective != Effect::Forward).then(|| format!("{id}: {d:?}"))
         }
         "AB-001" => {
@@ -1379,11 +1990,18 @@ fn threat_case(id: &str, case: &Value) -> Option<String> {
                     return fail(format!("{m}: {d:?}"));
                 }
                 let (_, name, args) = call_parts(m);
-                keys.push(approval_key("anon", "bank", name.as_deref().unwrap_or(""), args.as_ref()));
+                keys.push(approval_key(
+                    "anon",
+                    "bank",
+                    name.as_deref().unwrap_or(""),
+                    args.as_ref(),
+                ));
             }
             match id {
                 // Swapped arguments after approval need a new approval.
-                "AB-004" => (keys.len() != 2 || keys[0] == keys[1]).then(|| format!("{id}: keys {keys:?}")),
+                "AB-004" => {
+                    (keys.len() != 2 || keys[0] == keys[1]).then(|| format!("{id}: keys {keys:?}"))
+                }
                 // Same arguments hash the same (single use is the approval store's job);
                 // different arguments never do.
                 "AB-007" => (keys.len() != 3 || keys[0] != keys[1] || keys[0] == keys[2])
@@ -1398,16 +2016,30 @@ fn threat_case(id: &str, case: &Value) -> Option<String> {
                     return fail(format!("{m}: {d:?}"));
                 }
             }
-            let read = call(&appr, None, bank, "query", json!({"sql": "/* count */ SELECT count(*) FROM users"}));
-            (read.effective != Effect::Forward).then(|| format!("{id}: a SELECT was held: {}", read.reason))
+            let read = call(
+                &appr,
+                None,
+                bank,
+                "query",
+                json!({"sql": "/* count */ SELECT count(*) FROM users"}),
+            );
+            (read.effective != Effect::Forward)
+                .then(|| format!("{id}: a SELECT was held: {}", read.reason))
         }
-        _ => fail("threat case not classified: map it to a policy test or to NOT_EXPRESSIBLE".into()),
+        _ => {
+            fail("threat case not classified: map it to a policy test or to NOT_EXPRESSIBLE".into())
+        }
     }
 }
 
 #[test]
 fn threat_cases_expressible_in_policy() {
-    let wanted = ["approval_bypass", "injection_in_args", "traversal", "shadow_server"];
+    let wanted = [
+        "approval_bypass",
+        "injection_in_args",
+        "traversal",
+        "shadow_server",
+    ];
     let mut failures = Vec::new();
     let mut covered = Vec::new();
     for case in cases_file() {
@@ -1434,4 +2066,20 @@ fn threat_cases_expressible_in_policy() {
     let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(covered, expected);
+}
+
+#[test]
+fn policy_is_shareable_and_decisions_serialize() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Policy>();
+    shareable::<RateLimiter>();
+    let p = pol(RATED);
+    let d = call(&p, Some(&proc_("a", "/bin/a", 10)), FILES, "write", json!({}));
+    let v = serde_json::to_value(&d).expect("decision serializes");
+    assert_eq!(v["action"]["kind"], "rate_limit");
+    assert_eq!(v["action"]["rule"], "per-agent");
+    assert_eq!(v["effective"], "forward");
+    assert_eq!(v["mode"], "enforce");
+    let back: Decision = serde_json::from_value(v).expect("and back");
+    assert_eq!(back, d);
 }
