@@ -314,6 +314,13 @@ pub struct RuleDef {
     pub line: usize,
 }
 
+impl RuleDef {
+    /// `(count, per, scope)` of a `rate_limit` rule.
+    pub fn rate(&self) -> Option<(u32, Per, RateScope)> {
+        self.rate.map(|r| (r.count, r.per, r.scope))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RateDef {
     pub count: u32,

@@ -1605,6 +1605,8 @@ fn example_policy_parses_and_says_what_it_claims() {
         .expect("legacy-search");
     assert_eq!(old.status, mcpwatch_policy::ServerStatus::Deprecated);
     assert_eq!(old.deprecated_since.as_deref(), Some("2025-06-30"));
+    let rate = p.rule("ops-write-rate").and_then(|r| r.rate());
+    assert_eq!(rate, Some((5, mcpwatch_policy::Per::Minute, RateScope::Agent)));
 }
 
 // ------------------------------------------------------------------ threat cases
