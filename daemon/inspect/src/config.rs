@@ -99,11 +99,10 @@ impl InspectConfig {
         if let Some(a) = self.actions.get(id) {
             return *a;
         }
-        if let Some((prefix, _)) = id.split_once('.') {
-            if let Some(a) = self.actions.get(prefix) {
+        if let Some((prefix, _)) = id.split_once('.')
+            && let Some(a) = self.actions.get(prefix) {
                 return *a;
             }
-        }
         self.actions.get("*").copied().unwrap_or(self.default_action)
     }
 }

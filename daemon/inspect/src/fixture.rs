@@ -108,8 +108,9 @@ pub fn scan_throughput_fixture() -> Value {
                 t
             }
         };
-        size += text.len() + 32;
-        blocks.push(json!({ "type": "text", "text": text }));
+        let block = json!({ "type": "text", "text": text });
+        size += serde_json::to_string(&block).map_or(text.len(), |b| b.len()) + 1;
+        blocks.push(block);
         n += 1;
     }
     json!({

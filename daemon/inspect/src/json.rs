@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Action;
-use crate::scan::{Cand, Inspector};
+use crate::scan::Inspector;
 use crate::text::{escape_pointer_token, push_pointer};
 use crate::Finding;
 
@@ -159,7 +159,7 @@ impl Inspector {
     }
 
     /// Redact one string; returns the new text when anything was replaced.
-    fn redact_string(&self, s: &str, key: Option<&str>, ptr: &str, depth: usize, report: &mut RedactReport) -> Option<String> {
+    fn redact_string(&self, s: &str, key: Option<&str>, ptr: &str, report: &mut RedactReport) -> Option<String> {
         let cands = self.scan_with_key(s, key);
         if cands.is_empty() {
             return None;
@@ -190,30 +190,20 @@ impl Inspector {
             return None;
         }
         out.push_str(s.get(last..).unwrap_or(""));
-        if let Some(structural) = self.keep_embedded_json_valid(s, &out, &cands, ptr, depth) {
-            let (text, inner_report) = structural;
-            report.merge(inner_report);
-            return Some(text);
+        if breaks_embedded_json(s, &out) {
+            // Only an operator pattern spanning quotes or escapes can get here: never leak,
+            // replace the whole value with the tokens instead.
+            let mut tokens: Vec<&str> = Vec::new();
+            for c in cands.iter().filter(|c| self.det_action(c.det) >= Action::Redact) {
+                let t = self.det_replacement(c.det);
+                if !tokens.contains(&t) {
+                    tokens.push(t);
+                }
+            }
+            out = tokens.join(" ");
         }
         report.merge(local);
         Some(out)
-    }
-
-    /// If `original` is a JSON document and `edited` no longer parses, redact the parsed
-    /// document structurally and return its serialisation with that report instead.
-    fn keep_embedded_json_valid(&self, original: &str, edited: &str, cands: &[Cand], ptr: &str, depth: usize) -> Option<(String, RedactReport)> {
-        let first = original.trim_start().as_bytes().first().copied();
-        if !matches!(first, Some(b'{' | b'[')) || cands.is_empty() || depth >= MAX_DEPTH {
-            return None;
-        }
-        if serde_json::from_str::<serde::de::IgnoredAny>(edited).is_ok() {
-            return None;
-        }
-        let mut inner: Value = serde_json::from_str(original).ok()?;
-        let mut r = RedactReport::default();
-        self.walk_redact(&mut inner, ptr, None, depth + 1, &mut r);
-        let text = serde_json::to_string(&inner).ok()?;
-        Some((text, r))
     }
 
     fn walk_redact(&self, v: &mut Value, ptr: &str, key: Option<&str>, depth: usize, report: &mut RedactReport) {
@@ -222,7 +212,7 @@ impl Inspector {
         }
         match v {
             Value::String(s) => {
-                if let Some(new) = self.redact_string(s, key, ptr, depth, report) {
+                if let Some(new) = self.redact_string(s, key, ptr, report) {
                     *s = new;
                 }
             }
@@ -238,25 +228,35 @@ impl Inspector {
                 let mut any = false;
                 for k in map.keys() {
                     let p = push_pointer(ptr, k);
-                    let nk = self.redact_string(k, None, &p, depth, report);
+                    let nk = self.redact_string(k, None, &p, report);
                     any |= nk.is_some();
                     new_keys.push(nk);
                 }
                 if any {
                     let old = std::mem::take(map);
+                    // Unchanged keys keep their names; a redacted key that collides gets `#n`.
+                    let reserved: std::collections::BTreeSet<String> = old
+                        .keys()
+                        .zip(&new_keys)
+                        .filter(|(_, nk)| nk.is_none())
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     let mut rebuilt = Map::new();
                     for ((k, mut item), nk) in old.into_iter().zip(new_keys) {
                         let p = push_pointer(ptr, &k);
                         self.walk_redact(&mut item, &p, Some(&k), depth + 1, report);
-                        let mut name = nk.unwrap_or(k);
-                        if rebuilt.contains_key(&name) {
-                            let base = name.clone();
-                            let mut n = 2;
-                            while rebuilt.contains_key(&name) {
-                                name = format!("{base}#{n}");
-                                n += 1;
+                        let name = match nk {
+                            None => k,
+                            Some(base) => {
+                                let mut name = base.clone();
+                                let mut n = 2;
+                                while reserved.contains(&name) || rebuilt.contains_key(&name) {
+                                    name = format!("{base}#{n}");
+                                    n += 1;
+                                }
+                                name
                             }
-                        }
+                        };
                         rebuilt.insert(name, item);
                     }
                     *map = rebuilt;
@@ -270,4 +270,14 @@ impl Inspector {
             _ => {}
         }
     }
+}
+
+/// `original` is a JSON object/array document and `edited` no longer parses.
+fn breaks_embedded_json(original: &str, edited: &str) -> bool {
+    let first = original.trim_start().as_bytes().first().copied();
+    if !matches!(first, Some(b'{' | b'[')) {
+        return false;
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(original).is_ok()
+        && serde_json::from_str::<serde::de::IgnoredAny>(edited).is_err()
 }

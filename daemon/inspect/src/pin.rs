@@ -43,11 +43,10 @@ pub fn projection(def: &Value) -> Value {
     for f in PINNED_FIELDS {
         if let Some(v) = obj.get(f) {
             let mut v = canonical_value(v, 0);
-            if f == "annotations" {
-                if let Some(a) = v.as_object_mut() {
+            if f == "annotations"
+                && let Some(a) = v.as_object_mut() {
                     a.remove("_meta");
                 }
-            }
             out.insert(f.to_string(), v);
         }
     }

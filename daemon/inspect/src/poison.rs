@@ -292,11 +292,10 @@ fn prepare(s: &str) -> Prepared {
                 || (c == '\u{200D}' && is_pictograph(i.checked_sub(1).map(|k| chars[k].1)) && is_pictograph(chars.get(i + 1).map(|x| x.1)));
             if !benign {
                 invisible.get_or_insert_with(|| excerpt_near(s, pos));
-                if ('\u{E0020}'..='\u{E007E}').contains(&c) {
-                    if let Some(a) = char::from_u32(u32::from(c) - 0xE0000) {
+                if ('\u{E0020}'..='\u{E007E}').contains(&c)
+                    && let Some(a) = char::from_u32(u32::from(c) - 0xE0000) {
                         decoded_tags.push(a);
                     }
-                }
             }
             i += 1;
             continue;
@@ -307,15 +306,13 @@ fn prepare(s: &str) -> Prepared {
             i += 1;
             continue;
         }
-        if c == '\\' {
-            if let Some(&(_, n)) = chars.get(i + 1) {
-                if matches!(n, 'n' | 't' | 'r') {
+        if c == '\\'
+            && let Some(&(_, n)) = chars.get(i + 1)
+                && matches!(n, 'n' | 't' | 'r') {
                     text.push(' ');
                     i += 2;
                     continue;
                 }
-            }
-        }
         text.push(c);
         i += 1;
     }
@@ -329,36 +326,38 @@ fn prepare(s: &str) -> Prepared {
 
 struct Rules {
     set: RegexSet,
-    rules: Vec<(SignalKind, Regex)>,
+    rules: Vec<(SignalKind, bool, Regex)>,
 }
 
-/// Phrase rules, case-insensitive, applied to normalised text. Constant patterns: a typo here
-/// fails every test in this module, never a runtime input.
-const RULES: &[(SignalKind, &str)] = &[
-    (SignalKind::HiddenTag, r"<\s*/?\s*(?:important|system|instructions?|admin|secret|hidden|critical|assistant|user_instructions|prompt|context)\s*>"),
-    (SignalKind::HiddenTag, r"\[/?(?:inst|system)\]|<\|(?:im_start|im_end|system|endoftext)\|>"),
-    (SignalKind::SensitivePath, r"~/\.ssh|\.ssh/|id_(?:rsa|dsa|ecdsa|ed25519)|(?:^|[^a-z0-9])\.env\b|mcp\.json|\.cursor/|\.aws/|credentials\.json|\.git-credentials|\.netrc|\.npmrc|\.pypirc|\.kube/config|\.docker/config\.json|/etc/(?:passwd|shadow)|_history\b|\.gnupg|wallet\.dat|\.config/gh|claude_desktop_config"),
-    (SignalKind::ReadInstruction, r"\b(?:read|cat|open|load|fetch|get)\s+(?:the\s+)?(?:contents?\s+of\s+)?[`'\x22]?(?:~|/etc/|\$home|%userprofile%)"),
-    (SignalKind::ReadInstruction, r"\bpass\s+(?:its|the|their|all|this)\s+(?:full\s+)?(?:contents?|output|result)\b"),
-    (SignalKind::ReadInstruction, r"\b(?:include|append|attach|add|insert|put|send|paste)\s+(?:it|all\s+(?:of\s+)?(?:the\s+)?contents?|(?:its|the|their)\s+(?:full\s+)?contents?)\s+(?:here|as|in|into|to)\b"),
-    (SignalKind::ReadInstruction, r"\bcontents?\s+(?:from|of)\s+reading\b|\bfirst\s+read\b"),
-    (SignalKind::Concealment, r"\b(?:do\s+not|don'?t|never|no\s+need\s+to|must\s+not|should\s+not|without)\s+(?:\w+\s+){0,2}?(?:tell|telling|mention|mentioning|inform|notify|show|showing|reveal|disclose|explain|explaining|explanation|display|report)\b[^.\n]{0,80}?\b(?:user|human|anyone|them|this|it|step|that)\b"),
-    (SignalKind::Concealment, r"\bwithout\s+(?:any\s+)?(?:further\s+)?explanation\b|\bhide\s+(?:this|it)\s+from\b|\b(?:user|human)\s+(?:must|should)\s+not\s+(?:know|see|notice|be\s+told)\b|\bsilently\b|\bwithout\s+(?:the\s+)?user'?s?\s+(?:knowledge|noticing|knowing)"),
-    (SignalKind::CrossTool, r"\bmcp_[a-z0-9_]+|\bwhen\s+(?:\([^)]{1,40}\)\s+)?[a-z0-9_.\-]+\s+(?:tool\s+)?is\s+(?:invoked|called|used)\b|\bbefore\s+any\s+other\s+tool|\bside\s+effect\s+on\b|\balso\s+present\b|\bcall\s+[a-z0-9_\-]+\.[a-z0-9_\-]+|\bcall\s+[a-z0-9]+_[a-z0-9_]+\s+(?:with|on|to)\b"),
-    (SignalKind::Exfiltration, r"\b(?:change|set|replace|override)\s+the\s+(?:recipient|destination|receiver|to\s+address|phone\s+number|email\s+address)"),
-    (SignalKind::Exfiltration, r"(?:send|forward|post|upload|bcc|cc|copy|exfiltrate)\s+(?:\S+\s+){0,6}?to\s+(?:[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}|https?://|\+?\d[\d\s\-]{7,})"),
-    (SignalKind::Exfiltration, r"\bpass\s+(?:any\s+|all\s+)?(?:private|personal|sensitive|secret|confidential)\s+(?:information|data|info)|\b(?:full|entire|whole)\s+(?:conversation|chat\s+history|context)|\blist\s+of\s+(?:the\s+)?(?:phone\s+numbers|contacts|last\s+messages|recent\s+messages)"),
-    (SignalKind::PrescribedCommand, r"\b(?:all|every|each)\s+(?:\w+\s+)?(?:commands?|requests?|calls?|queries|emails|messages)\s+must\s+(?:include|start|begin|contain|be\s+prefixed|be\s+sent|send|go)"),
-    (SignalKind::DangerousCommand, r"\bchmod\s+(?:-r\s+)?[0-7]{3,4}\s+(?:~|/)|\brm\s+-(?:rf|fr)\s+(?:~|/|\*)|\b(?:curl|wget)\s+[^|\n]{1,200}\|\s*(?:ba|z)?sh\b|/dev/tcp/|\bnc\s+-e\b|\bbase64\s+-d\s*\|\s*(?:ba)?sh|\bmkfifo\b"),
-    (SignalKind::AgentDirected, r"\bsystem\s+(?:note|message|prompt|override|instructions?)\s*:|\binstructions?\s+for\s+(?:the\s+)?(?:cursor\s+)?(?:claude|assistant|ai|agent|model|llm|gpt|copilot|cursor)\b|\bthis\s+message\s+is\s+(?:for\s+you|directed\s+at|addressed\s+to|intended\s+for)|\bignore\s+(?:all\s+)?(?:previous|prior|above|earlier|the\s+above)\s+(?:instructions|prompts|rules|messages)"),
-    (SignalKind::AgentDirected, r"\bin\s+(?:your\s+)?reasoning\b|\bsay\s+ack\b|\byou\s+are\s+now\b|\bnew\s+instructions?\s*:|\bimportant\s+memory\b|\bwhen\s+the\s+user\s+asks\s+(?:anything|something|about|for)"),
-    (SignalKind::Urgency, r"\bvery\s+very\b|\bwill\s+crash\b|\ball\s+data\s+will\s+be\s+lost\b|\botherwise\s+the\s+tool\s+will\s+not\s+work\b|\basap\b|\b(?:extremely|critically)\s+important\b|\bwill\s+be\s+blocked\b"),
+/// Phrase rules `(kind, applies to data, pattern)`, case-insensitive, applied to normalised text.
+/// Rules with `false` only apply to definitions/instructions: results legitimately mention paths
+/// and shell commands. Constant patterns: a typo here fails every test in this module, never a
+/// runtime input.
+const RULES: &[(SignalKind, bool, &str)] = &[
+    (SignalKind::HiddenTag, true, r"<\s*/?\s*(?:important|system|instructions?|admin|secret|hidden|critical|assistant|user_instructions|prompt|context)\s*>"),
+    (SignalKind::HiddenTag, true, r"\[/?(?:inst|system)\]|<\|(?:im_start|im_end|system|endoftext)\|>"),
+    (SignalKind::SensitivePath, false, r"~/\.ssh|\.ssh/|id_(?:rsa|dsa|ecdsa|ed25519)|(?:^|[^a-z0-9])\.env\b|mcp\.json|\.cursor/|\.aws/|credentials\.json|\.git-credentials|\.netrc|\.npmrc|\.pypirc|\.kube/config|\.docker/config\.json|/etc/(?:passwd|shadow)|_history\b|\.gnupg|wallet\.dat|\.config/gh|claude_desktop_config"),
+    (SignalKind::ReadInstruction, false, r"\b(?:read|cat|open|load|fetch|get)\s+(?:the\s+)?(?:contents?\s+of\s+)?[`'\x22]?(?:~|/etc/|\$home|%userprofile%)"),
+    (SignalKind::ReadInstruction, true, r"\bpass\s+(?:its|the|their|all|this)\s+(?:full\s+)?(?:contents?|output|result)\b"),
+    (SignalKind::ReadInstruction, true, r"\b(?:include|append|attach|add|insert|put|send|paste)\s+(?:it|all\s+(?:of\s+)?(?:the\s+)?contents?|(?:its|the|their)\s+(?:full\s+)?contents?)\s+(?:here|as|in|into|to)\b"),
+    (SignalKind::ReadInstruction, true, r"\bcontents?\s+(?:from|of)\s+reading\b|\bfirst\s+read\b"),
+    (SignalKind::Concealment, true, r"\b(?:do\s+not|don'?t|never|no\s+need\s+to|must\s+not|should\s+not|without)\s+(?:\w+\s+){0,2}?(?:tell|telling|mention|mentioning|inform|notify|show|showing|reveal|disclose|explain|explaining|explanation|display|report)\b[^.\n]{0,80}?\b(?:user|human|anyone|them|this|it|step|that)\b"),
+    (SignalKind::Concealment, true, r"\bwithout\s+(?:any\s+)?(?:further\s+)?explanation\b|\bhide\s+(?:this|it)\s+from\b|\b(?:user|human)\s+(?:must|should)\s+not\s+(?:know|see|notice|be\s+told)\b|\bsilently\b|\bwithout\s+(?:the\s+)?user'?s?\s+(?:knowledge|noticing|knowing)"),
+    (SignalKind::CrossTool, true, r"\bmcp_[a-z0-9_]+|\bwhen\s+(?:\([^)]{1,40}\)\s+)?[a-z0-9_.\-]+\s+(?:tool\s+)?is\s+(?:invoked|called|used)\b|\bbefore\s+any\s+other\s+tool|\bside\s+effect\s+on\b|\balso\s+present\b|\bcall\s+[a-z0-9_\-]+\.[a-z0-9_\-]+|\bcall\s+[a-z0-9]+_[a-z0-9_]+\s+(?:with|on|to)\b"),
+    (SignalKind::Exfiltration, true, r"\b(?:change|set|replace|override)\s+the\s+(?:recipient|destination|receiver|to\s+address|phone\s+number|email\s+address)"),
+    (SignalKind::Exfiltration, true, r"(?:send|forward|post|upload|bcc|cc|copy|exfiltrate)\s+(?:\S+\s+){0,6}?to\s+(?:[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}|https?://|\+?\d[\d\s\-]{7,})"),
+    (SignalKind::Exfiltration, true, r"\bpass\s+(?:any\s+|all\s+)?(?:private|personal|sensitive|secret|confidential)\s+(?:information|data|info)|\b(?:full|entire|whole)\s+(?:conversation|chat\s+history|context)|\blist\s+of\s+(?:the\s+)?(?:phone\s+numbers|contacts|last\s+messages|recent\s+messages)"),
+    (SignalKind::PrescribedCommand, true, r"\b(?:all|every|each)\s+(?:\w+\s+)?(?:commands?|requests?|calls?|queries|emails|messages)\s+must\s+(?:include|start|begin|contain|be\s+prefixed|be\s+sent|send|go)"),
+    (SignalKind::DangerousCommand, false, r"\bchmod\s+(?:-r\s+)?[0-7]{3,4}\s+(?:~|/)|\brm\s+-(?:rf|fr)\s+(?:~|/|\*)|\b(?:curl|wget)\s+[^|\n]{1,200}\|\s*(?:ba|z)?sh\b|/dev/tcp/|\bnc\s+-e\b|\bbase64\s+-d\s*\|\s*(?:ba)?sh|\bmkfifo\b"),
+    (SignalKind::AgentDirected, true, r"\bsystem\s+(?:note|message|prompt|override|instructions?)\s*:|\binstructions?\s+for\s+(?:the\s+)?(?:cursor\s+)?(?:claude|assistant|ai|agent|model|llm|gpt|copilot|cursor)\b|\bthis\s+message\s+is\s+(?:for\s+you|directed\s+at|addressed\s+to|intended\s+for)|\bignore\s+(?:all\s+)?(?:previous|prior|above|earlier|the\s+above)\s+(?:instructions|prompts|rules|messages)"),
+    (SignalKind::AgentDirected, true, r"\bin\s+(?:your\s+)?reasoning\b|\bsay\s+ack\b|\byou\s+are\s+now\b|\bnew\s+instructions?\s*:|\bimportant\s+memory\b|\bwhen\s+the\s+user\s+asks\s+(?:anything|something|about|for)"),
+    (SignalKind::Urgency, true, r"\bvery\s+very\b|\bwill\s+crash\b|\ball\s+data\s+will\s+be\s+lost\b|\botherwise\s+the\s+tool\s+will\s+not\s+work\b|\basap\b|\b(?:extremely|critically)\s+important\b|\bwill\s+be\s+blocked\b"),
 ];
 
 const CREDENTIAL_TEXT: &str = r"(?i)\b(?:paste|enter|provide|type|give|share|send|input|submit)\s+(?:\w+\s+){0,4}?(?:password|passphrase|token|api\s*key|secret|private\s+key|credentials?|pat|2fa|otp|one[-\s]time\s+code|ssh\s+key|seed\s+phrase|recovery\s+phrase)\b";
 
 static RULESET: LazyLock<Rules> = LazyLock::new(|| {
-    let pats: Vec<String> = RULES.iter().map(|(_, p)| format!("(?i){p}")).collect();
+    let pats: Vec<String> = RULES.iter().map(|(_, _, p)| format!("(?i){p}")).collect();
     // Constant patterns; covered by every test of this module.
     #[allow(clippy::expect_used)]
     let set = RegexSet::new(&pats).expect("poison rules compile");
@@ -366,7 +365,7 @@ static RULESET: LazyLock<Rules> = LazyLock::new(|| {
     let rules = RULES
         .iter()
         .zip(&pats)
-        .map(|((k, _), p)| (*k, Regex::new(p).expect("poison rule compiles")))
+        .map(|((k, in_data, _), p)| (*k, *in_data, Regex::new(p).expect("poison rule compiles")))
         .collect();
     Rules { set, rules }
 });
@@ -386,16 +385,14 @@ fn scan_text(s: &str, ptr: &str, is_key: bool, others: &[&str], mode: Mode, acc:
     // web pages, paths and shell snippets: there only tag-character smuggling and phrases aimed
     // at the agent count.
     let data = mode == Mode::Data;
-    if let Some(e) = prep.invisible {
-        if !data || prep.tags {
+    if let Some(e) = prep.invisible
+        && (!data || prep.tags) {
             acc.add(SignalKind::InvisibleUnicode, ptr, e);
         }
-    }
-    if let Some(e) = prep.control {
-        if !data {
+    if let Some(e) = prep.control
+        && !data {
             acc.add(SignalKind::ControlChars, ptr, e);
         }
-    }
     let mut text = prep.text;
     if is_key && text.contains(['_', '-']) {
         // Property names: also read `content_from_reading_ssh_id_rsa` as words.
@@ -405,19 +402,18 @@ fn scan_text(s: &str, ptr: &str, is_key: bool, others: &[&str], mode: Mode, acc:
     }
     let rules = &*RULESET;
     for idx in rules.set.matches(&text).iter() {
-        let Some((kind, re)) = rules.rules.get(idx) else { continue };
-        if data && matches!(kind, SignalKind::SensitivePath | SignalKind::DangerousCommand) {
+        let Some((kind, in_data, re)) = rules.rules.get(idx) else { continue };
+        if data && !in_data {
             continue;
         }
         if let Some(m) = re.find(&text) {
             acc.add(*kind, ptr, excerpt_around(&text, m.start(), m.end()));
         }
     }
-    if mode == Mode::Elicitation {
-        if let Some(m) = CREDENTIAL_RE.find(&text) {
+    if mode == Mode::Elicitation
+        && let Some(m) = CREDENTIAL_RE.find(&text) {
             acc.add(SignalKind::CredentialRequest, ptr, excerpt_around(&text, m.start(), m.end()));
         }
-    }
     for name in others {
         if let Some(pos) = find_tool_mention(&text, name) {
             acc.add(SignalKind::CrossTool, ptr, excerpt_around(&text, pos, pos + name.len()));

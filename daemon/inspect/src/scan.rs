@@ -141,6 +141,7 @@ struct Patterns {
     phone_trunk: Regex,
     ssn: Regex,
     digit_run: Regex,
+    digit_run_ascii: Regex,
     iban: Regex,
     ipv4_run: Regex,
     ipv6: Regex,
@@ -169,34 +170,35 @@ impl Patterns {
     fn compile() -> Result<Patterns, InspectError> {
         Ok(Patterns {
             email: re(
-                r"(?i)[a-z0-9._%+\-]+@[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}\b",
+                r"(?i)[a-z0-9._%+\-]+@[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}(?-u:\b)",
             )?,
-            phone_nanp: re(r"(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[-. ])[2-9][0-9]{2}[-. ][0-9]{4}\b")?,
+            phone_nanp: re(r"(?:\([2-9][0-9]{2}\) ?|(?-u:\b)[2-9][0-9]{2}[-. ])[2-9][0-9]{2}[-. ][0-9]{4}(?-u:\b)")?,
             phone_trunk: re(
-                r"\b0[1-9][0-9]{1,4}[ \-][0-9]{3,4}(?:[ \-]?[0-9]{3,4})?\b|\b0[1-9](?:[ .\-][0-9]{2}){4}\b",
+                r"(?-u:\b)0[1-9][0-9]{1,4}[ \-][0-9]{3,4}(?:[ \-]?[0-9]{3,4})?(?-u:\b)|(?-u:\b)0[1-9](?:[ .\-][0-9]{2}){4}(?-u:\b)",
             )?,
-            ssn: re(r"\b[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}\b|\b[0-9]{9}\b")?,
+            ssn: re(r"(?-u:\b)[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}(?-u:\b)|(?-u:\b)[0-9]{9}(?-u:\b)")?,
             digit_run: re(r"[0-9\x{FF10}-\x{FF19}]+(?:[ \-\x{3000}\x{FF0D}][0-9\x{FF10}-\x{FF19}]+)*")?,
-            iban: re(r"\b[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4}")?,
+            digit_run_ascii: re(r"[0-9]+(?:[ \-][0-9]+)*")?,
+            iban: re(r"(?-u:\b)[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4}")?,
             ipv4_run: re(r"[0-9]+(?:\.[0-9]+)+")?,
             ipv6: re(
                 r"[0-9A-Fa-f]{0,4}(?::(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4})){2,8}",
             )?,
-            aws_id: re(r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b")?,
+            aws_id: re(r"(?-u:\b)(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?-u:\b)")?,
             aws_secret: re(
                 r#"(?i)(?:secret_?access_?key|aws_?secret(?:_?key)?)["']?[ \t]*(?:=>|:=|:|=)[ \t]*["']?([A-Za-z0-9/+]{40})"#,
             )?,
-            github: re(r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b")?,
-            slack: re(r"\bxox[baprs]-[0-9A-Za-z]{1,48}(?:-[0-9A-Za-z]{1,64}){1,5}\b")?,
+            github: re(r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?-u:\b)")?,
+            slack: re(r"(?-u:\b)xox[baprs]-[0-9A-Za-z]{1,48}(?:-[0-9A-Za-z]{1,64}){1,5}(?-u:\b)")?,
             pem_begin: re(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")?,
             pem_end: re(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")?,
-            jwt: re(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")?,
+            jwt: re(r"(?-u:\b)eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")?,
             assignment: re(&format!(
                 r#"(?i)([a-z0-9_.\-]{{0,40}}?(?:{KEY_WORDS}))["']?[ \t]*(?:=>|:=|:|=)[ \t]*["']?([^\s"'`,;<>\\]{{1,256}})"#
             ))?,
-            bearer: re(r"(?i)\bbearer[ \t]+([A-Za-z0-9\-._~+/]{16,}=*)")?,
+            bearer: re(r"(?i)(?-u:\b)bearer[ \t]+([A-Za-z0-9\-._~+/]{16,}=*)")?,
             url_cred: re(
-                r#"(?i)\b[a-z][a-z0-9+.\-]{1,20}://[^\s:/?#@"'<>\\]{1,128}:([^\s/?#@"'<>\\]{1,256})@"#,
+                r#"(?i)(?-u:\b)[a-z][a-z0-9+.\-]{1,20}://[^\s:/?#@"'<>\\]{1,128}:([^\s/?#@"'<>\\]{1,256})@"#,
             )?,
             base64: re(r"[A-Za-z0-9+/]{16,}={0,2}")?,
             secret_key_name: re(&format!(r"(?i)^[a-z0-9_.\-]{{0,40}}?(?:{KEY_WORDS})$"))?,
@@ -633,8 +635,12 @@ impl Inspector {
 
     fn find_card(&self, s: &str, out: &mut Vec<Cand>) {
         const CTX: [&str; 11] = ["card", "visa", "mastercard", "amex", "credit", "debit", "pan", "cc", "payment", "paid", "discover"];
-        for m in self.pat.digit_run.find_iter(s) {
+        let runs = if s.is_ascii() { &self.pat.digit_run_ascii } else { &self.pat.digit_run };
+        for m in runs.find_iter(s) {
             let run = m.as_str();
+            if run.len() < 13 || run.bytes().filter(u8::is_ascii_digit).count() + run.chars().filter(|c| digit_value(*c).is_some_and(|_| !c.is_ascii())).count() < 13 {
+                continue;
+            }
             // Groups: (byte start, byte end, digits) within s.
             let mut groups: Vec<(usize, usize, Vec<u8>)> = Vec::new();
             let mut seps: Vec<char> = Vec::new();
@@ -667,8 +673,9 @@ impl Inspector {
             let pc = prev_char(s, m.start());
             let nc = next_char(s, m.end());
             let run_start_ok = !is_word(pc) && !matches!(pc, Some('.' | '+' | '/' | '-' | ','));
-            let run_end_ok = !is_word(nc)
-                && !(matches!(nc, Some('.' | ',')) && next_next_char(s, m.end()).and_then(digit_value).is_some());
+            let decimal_follows =
+                matches!(nc, Some('.' | ',')) && next_next_char(s, m.end()).and_then(digit_value).is_some();
+            let run_end_ok = !is_word(nc) && !decimal_follows;
             let mut i = 0;
             while i < groups.len() {
                 let mut best: Option<usize> = None;

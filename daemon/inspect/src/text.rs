@@ -63,8 +63,7 @@ pub(crate) fn is_control(c: char) -> bool {
 /// `\u{..}` so the excerpt is safe to print, with `…` when cut.
 pub(crate) fn safe_excerpt(s: &str, max_chars: usize) -> String {
     let mut out = String::new();
-    let mut n = 0;
-    for c in s.chars() {
+    for (n, c) in s.chars().enumerate() {
         if n >= max_chars {
             out.push('…');
             return out;
@@ -76,7 +75,6 @@ pub(crate) fn safe_excerpt(s: &str, max_chars: usize) -> String {
         } else {
             out.push(c);
         }
-        n += 1;
     }
     out
 }
@@ -161,7 +159,7 @@ mod tests {
         assert_eq!(next_next_char(s, 2), Some('.'));
         assert_eq!(floor_boundary(s, 1), 0);
         assert_eq!(ceil_boundary(s, 1), 2);
-        assert_eq!(preceding_word("firmware version: 1.2", 19), "version");
+        assert_eq!(preceding_word("firmware version: 1.2", 18), "version");
         assert_eq!(preceding_word("src=1.2", 4), "src");
     }
 }
