@@ -190,8 +190,10 @@ pub fn status_text(s: &Status) -> String {
     line(
         "audit",
         &format!(
-            "{} records, {} write errors",
-            c.audit_records, c.audit_write_errors
+            "{} records, {} write errors, {}",
+            c.audit_records,
+            c.audit_write_errors,
+            if s.audit_sync { "flushed before forwarding" } else { "flushed in batches (a crash can lose the newest records)" }
         ),
     );
     let mut warnings: Vec<String> = Vec::new();

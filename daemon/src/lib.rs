@@ -30,6 +30,7 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
         pid: std::process::id(),
         uptime_secs: shared.started.elapsed().as_secs(),
         failure_mode: shared.config.failure_mode,
+        audit_sync: shared.config.audit_sync,
         attached: attach.attached,
         cgroup: attach.cgroup,
         attach_error: attach.error,

@@ -88,7 +88,10 @@ impl Shared {
     /// Store a new record (before the message is forwarded). An error means the
     /// record is not durable; the caller asks `failure::decide` what to do.
     pub fn begin_record(&self, rec: &AuditRecord) -> Result<(), mcpwatch_audit::StoreError> {
-        let res = self.store.insert_record(rec);
+        let mut res = self.store.insert_record(rec);
+        if res.is_ok() && self.config.audit_sync {
+            res = self.store.flush();
+        }
         match &res {
             Ok(()) => Counters::inc(&self.counters.audit_records),
             Err(e) => {

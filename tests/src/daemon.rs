@@ -45,6 +45,8 @@ pub struct DaemonOpts {
     pub state_dir: Option<PathBuf>,
     pub config: Option<String>,
     pub extra_args: Vec<String>,
+    /// Run the daemon itself inside this cgroup (loop-avoidance tests).
+    pub run_in_cgroup: Option<PathBuf>,
 }
 
 pub struct Daemon {
@@ -85,6 +87,9 @@ impl Daemon {
             cmd.arg("--config").arg(path);
         }
         cmd.args(&opts.extra_args);
+        if let Some(cg) = &opts.run_in_cgroup {
+            crate::peers::move_into_cgroup(&mut cmd, cg);
+        }
         let logf = std::fs::File::create(&log).expect("log file");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf)
             .env("MCPWATCH_LOG", "mcpwatchd=debug,info");

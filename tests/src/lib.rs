@@ -1,3 +1,4 @@
 //! Shared helpers for the integration tests.
 pub mod daemon;
+pub mod harness;
 pub mod peers;

@@ -75,6 +75,9 @@ pub struct Status {
     pub pid: u32,
     pub uptime_secs: u64,
     pub failure_mode: FailureMode,
+    /// Audit records are flushed to disk before their request is forwarded.
+    #[serde(default)]
+    pub audit_sync: bool,
     /// Whether the eBPF programs are attached, and where.
     pub attached: bool,
     pub cgroup: Option<String>,

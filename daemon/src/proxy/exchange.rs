@@ -44,6 +44,19 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     let (parts, body) = req.into_parts();
     let scope = Scope::new(&shared, &ctx, &parts);
 
+    // Content-Length together with Transfer-Encoding is how requests are smuggled past
+    // a proxy (RFC 9112 §6.1 lets a proxy reject it; we always do, and close).
+    let request_line = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
+    let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of(request_line.as_bytes())).unwrap_or_default();
+    if framing.is_ambiguous() || (parts.headers.contains_key(http::header::CONTENT_LENGTH) && parts.headers.contains_key(http::header::TRANSFER_ENCODING)) {
+        let msg = "mcpwatch: request has both Content-Length and Transfer-Encoding (possible request smuggling); refused";
+        tracing::warn!(peer = %ctx.peer, "{msg}");
+        scope.record_invalid(&shared, 0, msg, CallStatus::TransportError { reason: "ambiguous HTTP framing (CL+TE)".into() });
+        let mut resp = local_response(StatusCode::BAD_REQUEST, "text/plain", format!("{msg}\n"));
+        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return resp;
+    }
+
     if parts.method == Method::POST && (is_json(&parts.headers) || has_mcp_headers(&parts.headers)) {
         let limits = &shared.config.limits;
         return match body::collect(body, limits.max_body_bytes, limits.body_timeout).await {
@@ -252,6 +265,26 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         // JSON, but not MCP: not ours to record.
         let req = Request::from_parts(parts, body::full(bytes));
         return forward(&shared, &up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
+    }
+
+    // Envelope, batch and routing-header rules: what fails them is answered here per
+    // the spec and never reaches the server (no parsed-vs-forwarded disagreement).
+    let signals = mcpwatch_mcp::HeaderSignals::from_lookup(|n| parts.headers.get(n).and_then(|v| v.to_str().ok()));
+    let known = scope.protocol_version.as_deref().map(mcpwatch_mcp::Era::for_version);
+    if let Err(rej) = mcpwatch_mcp::session::check_request(&signals, &parsed, known.as_ref()) {
+        Counters::inc(&shared.counters.mcp_messages);
+        let (kind, msg) = match &parsed {
+            Parsed::Single(m) if m.id().is_some() => (MessageKind::Request, Some(m)),
+            Parsed::Single(m) => (MessageKind::Notification, Some(m)),
+            _ => (MessageKind::Invalid, None),
+        };
+        let mut rec = scope.record(&shared, kind, C2S, msg, bytes.len() as u64);
+        rec.notes.push(format!("rejected by mcpwatch, not forwarded: {}", rej.message));
+        rec.status = CallStatus::JsonrpcError { code: rej.code, message: rej.message.clone() };
+        rec.duration_us = Some(0);
+        let _ = shared.begin_record(&rec);
+        let status = StatusCode::from_u16(rej.http_status).unwrap_or(StatusCode::BAD_REQUEST);
+        return local_response(status, "application/json", serde_json::to_vec(&rej.error_response()).unwrap_or_default());
     }
 
     let batch = matches!(parsed, Parsed::Batch(_));
@@ -466,6 +499,19 @@ impl StreamObserver {
     }
 
     fn on_sse_event(&mut self, event: mcpwatch_mcp::sse::SseEvent) {
+        if event.oversized || event.invalid_utf8 {
+            // The event passes to the client as sent; what it answered cannot be known.
+            let why = if event.oversized {
+                format!("SSE event larger than limits.max_sse_event_bytes ({} bytes); not inspected", event.raw_len)
+            } else {
+                "SSE event data is not valid UTF-8; not inspected".to_string()
+            };
+            tracing::warn!(endpoint = %self.scope.endpoint, "{why}");
+            for (_, p) in &mut self.local {
+                p.record.notes.push(why.clone());
+            }
+            return;
+        }
         match event.event.as_deref() {
             Some("endpoint") => self.on_legacy_endpoint(&event.data),
             Some("message") | None => {

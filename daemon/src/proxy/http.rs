@@ -77,7 +77,10 @@ impl UpstreamConn {
 
 pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;
 
-pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
+pub async fn serve(shared: Arc<Shared>, mut ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
+    let log = super::headlog::HeadLog::default();
+    ctx.head_log = Some(log.clone());
+    let client = super::headlog::LoggedIo::new(client, log);
     let up: SharedUpstream =
         Arc::new(Mutex::new(UpstreamConn { dst: ctx.origin.dst, sender: None, first: Some(upstream) }));
     let ctx = Arc::new(ctx);
@@ -97,6 +100,10 @@ pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstrea
         .preserve_header_case(true)
         .title_case_headers(false)
         .keep_alive(true)
+        // A transparent proxy adds nothing: no Date header the server did not send.
+        .auto_date_header(false)
+        // A client that half-closes after its request still gets its response.
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.limits.header_timeout)
         .serve_connection(TokioIo::new(client), svc)

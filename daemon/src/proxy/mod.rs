@@ -12,6 +12,7 @@
 pub mod body;
 pub mod conn;
 pub mod exchange;
+pub mod headlog;
 pub mod http;
 pub mod upstream;
 

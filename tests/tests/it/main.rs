@@ -1,1 +1,9 @@
-//! The one integration-test binary.
+//! The one integration-test binary: real daemon, real SDK peers, real eBPF.
+//!
+//! Scenario files by topic; helpers live in the `mcpwatch_tests` library (`tests/src`).
+//! eBPF scenarios attach only to a child cgroup they create and skip (printing why)
+//! only where the kernel or privileges cannot support them.
+
+mod cli;
+mod intercept;
+mod protocol;

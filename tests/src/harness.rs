@@ -1,0 +1,195 @@
+//! Test environments: a watched cgroup with a real daemon attached to it, raw TCP peers
+//! that record what they receive, and small clients run inside the cgroup.
+//!
+//! eBPF tests need root and a cgroup2 mount; where either is missing,
+//! [`Watched::start`] prints why and returns `None` so the test returns early. Any
+//! other failure (verifier, attach) fails the test.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpwatch_intercept::cgroup::TestCgroup;
+use serde_json::Value;
+
+use crate::daemon::{Daemon, DaemonOpts};
+
+/// Why eBPF tests cannot run here, if they cannot.
+pub fn ebpf_unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root (eBPF attach needs CAP_BPF/CAP_NET_ADMIN)".into());
+    }
+    if let Err(e) = mcpwatch_intercept::cgroup::cgroup2_mount() {
+        return Some(format!("no cgroup2 mount: {e}"));
+    }
+    None
+}
+
+/// A child cgroup with `mcpwatchd` attached to it.
+pub struct Watched {
+    // Field order: the daemon stops (links detach) before the cgroup is removed.
+    pub daemon: Daemon,
+    pub cg: TestCgroup,
+}
+
+impl Watched {
+    /// Start a daemon intercepting `ports` for processes in a fresh child cgroup.
+    pub fn start(test: &str, ports: &str) -> Option<Watched> {
+        Self::start_with(test, DaemonOpts { ports: Some(ports.to_string()), ..Default::default() })
+    }
+
+    pub fn start_with(test: &str, mut opts: DaemonOpts) -> Option<Watched> {
+        if let Some(why) = ebpf_unavailable() {
+            eprintln!("SKIP {test}: {why}");
+            return None;
+        }
+        let cg = TestCgroup::unique("mcpwatch-it").unwrap_or_else(|e| panic!("creating test cgroup: {e}"));
+        opts.cgroup = Some(cg.path().to_path_buf());
+        let daemon = Daemon::start(opts);
+        Some(Watched { daemon, cg })
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        self.cg.path()
+    }
+}
+
+/// What a [`RawServer`] saw on one connection.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub bytes: Vec<u8>,
+    pub peer: Option<SocketAddr>,
+}
+
+/// A TCP server that records every byte it receives. Behaviour per connection:
+/// optionally send a banner first (server-speaks-first), then either echo or answer a
+/// fixed reply once `reply_after` bytes arrived.
+pub struct RawServer {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+#[derive(Clone, Default)]
+pub struct RawBehaviour {
+    pub banner: Option<Vec<u8>>,
+    pub echo: bool,
+    /// Send this reply after the request's end is detected (HTTP: blank line +
+    /// Content-Length), then close.
+    pub http_reply: Option<Vec<u8>>,
+}
+
+impl RawServer {
+    pub fn start(bind: &str, behaviour: RawBehaviour) -> RawServer {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { return };
+                let seen = seen2.clone();
+                let b = behaviour.clone();
+                std::thread::spawn(move || {
+                    let idx = {
+                        let mut v = seen.lock().expect("lock");
+                        v.push(Seen { bytes: Vec::new(), peer: s.peer_addr().ok() });
+                        v.len() - 1
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                    if let Some(banner) = &b.banner {
+                        let _ = s.write_all(banner);
+                    }
+                    let mut buf = [0u8; 65536];
+                    loop {
+                        let n = match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let all = {
+                            let mut v = seen.lock().expect("lock");
+                            v[idx].bytes.extend_from_slice(&buf[..n]);
+                            v[idx].bytes.clone()
+                        };
+                        if b.echo {
+                            let _ = s.write_all(&buf[..n]);
+                        }
+                        if let Some(reply) = &b.http_reply {
+                            if http_request_complete(&all) {
+                                let _ = s.write_all(reply);
+                                let _ = s.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawServer { addr, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+/// A full HTTP/1.1 request with a Content-Length body (or none) has arrived.
+pub fn http_request_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        .unwrap_or(0);
+    buf.len() >= end + 4 + len
+}
+
+/// Run a Python snippet (system python3) inside `cgroup` (if any); it must print one
+/// JSON object as its last stdout line, which is returned.
+pub fn py(cgroup: Option<&Path>, script: &str) -> Value {
+    py_stdin(cgroup, script, b"")
+}
+
+/// [`py`] with `input` on the snippet's stdin (for payloads too large for argv).
+pub fn py_stdin(cgroup: Option<&Path>, script: &str, input: &[u8]) -> Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(cg) = cgroup {
+        crate::peers::move_into_cgroup(&mut cmd, cg);
+    }
+    let mut child = cmd.spawn().expect("run python3");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("python3 output");
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!("python snippet output not JSON ({e}): {stdout}\n--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Hex of bytes, for carrying binary through a JSON line.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Decode [`hex`].
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// Send `bytes` over a plain TCP connection from this process and read until EOF.
+pub fn tcp_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}

@@ -1,0 +1,270 @@
+//! End to end through eBPF: real SDK clients in a watched cgroup, real servers on
+//! loopback, the daemon in between.
+
+use std::net::SocketAddr;
+
+use mcpwatch_api::{CallStatus, MessageKind};
+use mcpwatch_tests::daemon::{Daemon, DaemonOpts};
+use mcpwatch_tests::harness::{self, RawBehaviour, RawServer, Watched};
+use mcpwatch_tests::peers::{self, Client};
+use serde_json::json;
+
+fn call_record<'a>(recs: &'a [mcpwatch_api::AuditRecord], tool: &str) -> Option<&'a mcpwatch_api::AuditRecord> {
+    recs.iter().find(|r| r.method.as_deref() == Some("tools/call") && r.name.as_deref() == Some(tool) && r.status != CallStatus::Pending)
+}
+
+#[test]
+fn python_sdk_streamable_http_json_responses() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).json_response().spawn();
+    let Some(w) = Watched::start("python_sdk_streamable_http_json_responses", &server.addr().port().to_string()) else { return };
+    let out = Client::python(&server.url()).cgroup(w.cgroup()).list().call("echo", json!({"text": "through mcpwatch"})).run();
+    assert_eq!(out.steps()[1]["text"], "through mcpwatch", "{:?}", out.lines);
+    assert_eq!(server.recorded_calls()[0]["tool"], "echo");
+
+    let recs = w.daemon.wait_audit("the echo call completed", |r| call_record(r, "echo").is_some());
+    let rec = call_record(&recs, "echo").expect("echo record");
+    assert_eq!(rec.status, CallStatus::Ok, "{rec:?}");
+    assert_eq!(rec.dst, server.addr().to_string());
+    assert_eq!(rec.direction, "client->server");
+    assert!(rec.args_hash.is_some() && rec.result_hash.is_some(), "{rec:?}");
+    let p = rec.process.as_ref().expect("process identity");
+    assert!(p.exe.as_deref().unwrap_or_default().contains("python"), "{p:?}");
+    assert!(p.cgroup_path.as_deref().unwrap_or_default().contains("mcpwatch-it"), "{p:?}");
+    assert_eq!(p.uid, 0);
+    // Records are written before forwarding: every message of the session is there.
+    assert!(recs.iter().any(|r| r.method.as_deref() == Some("tools/list") && r.status == CallStatus::Ok));
+
+    let servers = w.daemon.list();
+    let s = servers.iter().find(|s| s.dst == server.addr().to_string()).expect("server in inventory");
+    assert_eq!(s.server_name.as_deref(), Some("mcpwatch-peer-python"));
+    for t in ["echo", "add", "lookup_customer"] {
+        assert!(s.tools.iter().any(|x| x.name == t && x.hash.len() == 64), "{t} missing: {:?}", s.tools);
+    }
+    assert_eq!(s.call_count, 1);
+    assert!(s.clients.iter().any(|c| c.exe.as_deref().unwrap_or_default().contains("python")), "{:?}", s.clients);
+}
+
+#[test]
+fn python_sdk_streamable_http_sse_responses() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).spawn();
+    let Some(w) = Watched::start("python_sdk_streamable_http_sse_responses", &server.addr().port().to_string()) else { return };
+    let out = Client::python(&server.url()).cgroup(w.cgroup()).call("add", json!({"a": 20, "b": 22})).run();
+    assert_eq!(out.steps()[0]["text"], "42", "{:?}", out.lines);
+    let recs = w.daemon.wait_audit("add completed", |r| call_record(r, "add").is_some());
+    let rec = call_record(&recs, "add").expect("add record");
+    assert_eq!(rec.status, CallStatus::Ok);
+    // The Python SDK 2.x speaks the stateless 2026-07-28 revision by default.
+    assert!(recs.iter().any(|r| r.method.as_deref() == Some("server/discover")), "{recs:#?}");
+}
+
+#[test]
+fn node_sdk_sessions_and_protocol_2025() {
+    let server = peers::node_server().ip([127, 0, 0, 2].into()).spawn();
+    let Some(w) = Watched::start("node_sdk_sessions_and_protocol_2025", &server.addr().port().to_string()) else { return };
+    let out = Client::node(&server.url()).cgroup(w.cgroup()).list().call("echo", json!({"text": "node"})).run();
+    assert_eq!(out.protocol_version(), "2025-11-25");
+    assert_eq!(out.steps()[1]["text"], "node", "{:?}", out.lines);
+    let recs = w.daemon.wait_audit("node echo completed", |r| call_record(r, "echo").is_some());
+    let init = recs.iter().find(|r| r.method.as_deref() == Some("initialize")).expect("initialize record");
+    assert_eq!(init.status, CallStatus::Ok);
+    let call = call_record(&recs, "echo").expect("echo");
+    assert!(call.session_id.is_some(), "session id tracked: {call:?}");
+    assert_eq!(call.protocol_version.as_deref(), Some("2025-11-25"));
+    assert!(recs.iter().any(|r| r.kind == MessageKind::Notification && r.method.as_deref() == Some("notifications/initialized") && r.status == CallStatus::Sent));
+    let p = call.process.as_ref().expect("process");
+    assert!(p.exe.as_deref().unwrap_or_default().ends_with("node"), "{p:?}");
+    let s = w.daemon.list().into_iter().find(|s| s.dst == server.addr().to_string()).expect("inventory");
+    assert_eq!(s.protocol_version.as_deref(), Some("2025-11-25"));
+}
+
+#[test]
+fn legacy_http_sse_transport() {
+    let server = peers::node_server().ip([127, 0, 0, 2].into()).legacy_sse().spawn();
+    let Some(w) = Watched::start("legacy_http_sse_transport", &server.addr().port().to_string()) else { return };
+    let out = Client::node(&server.sse_url()).legacy_sse().cgroup(w.cgroup()).call("add", json!({"a": 1, "b": 2})).run();
+    assert_eq!(out.steps()[0]["text"], "3", "{:?}", out.lines);
+    let recs = w.daemon.wait_audit("legacy add completed", |r| call_record(r, "add").is_some());
+    let call = call_record(&recs, "add").expect("add");
+    // The response came back on the GET stream and was matched to the POST.
+    assert_eq!(call.status, CallStatus::Ok, "{call:?}");
+    assert_eq!(call.transport, "sse");
+    assert!(call.server.ends_with("/sse"), "{}", call.server);
+    assert!(call.result_hash.is_some());
+    let s = w.daemon.list().into_iter().find(|s| s.endpoint == call.server).expect("inventory");
+    assert_eq!(s.transport, "sse");
+}
+
+/// A client that reports what it saw, as JSON: local address, getpeername, bytes.
+const RAW_CLIENT: &str = r#"
+import json, socket, sys, os
+host, port, family, banner_len = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+payload = sys.stdin.buffer.read()
+s = socket.socket(socket.AF_INET6 if family == "6" else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(20)
+s.connect((host, port))
+local = s.getsockname(); peer = s.getpeername()
+banner = b""
+while len(banner) < banner_len:
+    chunk = s.recv(banner_len - len(banner))
+    if not chunk: break
+    banner += chunk
+s.sendall(payload)
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk: break
+    got += chunk
+print(json.dumps({"local": [local[0], local[1]], "peer": [peer[0], peer[1]], "banner": banner.hex(), "got": got.hex()}))
+"#;
+
+fn raw_client(cgroup: Option<&std::path::Path>, host: &str, port: u16, v6: bool, banner_len: usize, payload: &[u8]) -> serde_json::Value {
+    let script = format!(
+        "import sys; sys.argv=['c', {host:?}, '{port}', '{}', '{banner_len}']\n{RAW_CLIENT}",
+        if v6 { "6" } else { "4" },
+    );
+    harness::py_stdin(cgroup, &script, payload)
+}
+
+#[test]
+fn server_speaks_first_stream_passes_byte_identical() {
+    let banner = b"SSH-2.0-mcpwatch-test\r\n".to_vec();
+    let server = RawServer::start("127.0.0.3:0", RawBehaviour { banner: Some(banner.clone()), echo: true, ..Default::default() });
+    let Some(w) = Watched::start("server_speaks_first_stream_passes_byte_identical", &server.addr.port().to_string()) else { return };
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let r = raw_client(Some(w.cgroup()), "127.0.0.3", server.addr.port(), false, banner.len(), &payload);
+    assert_eq!(harness::unhex(r["banner"].as_str().unwrap()), banner, "banner arrives before the client speaks");
+    assert_eq!(harness::unhex(r["got"].as_str().unwrap()), payload, "echo byte-identical");
+    // getpeername shows what the client dialled, not the daemon.
+    assert_eq!(r["peer"], json!(["127.0.0.3", server.addr.port()]));
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].bytes, payload);
+    // The server's peer is the daemon's upstream socket, not the client: it was redirected.
+    let client_local: SocketAddr = format!("{}:{}", r["local"][0].as_str().unwrap(), r["local"][1]).parse().unwrap();
+    assert_ne!(seen[0].peer, Some(client_local));
+    let st = w.daemon.status();
+    assert!(st.counts.connections >= 1 && st.counts.passthrough >= 1, "{st:?}");
+    assert_eq!(st.counts.mcp_messages, 0);
+}
+
+#[test]
+fn non_mcp_http_passes_byte_identical() {
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Upstream: raw\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_vec();
+    let server = RawServer::start("127.0.0.3:0", RawBehaviour { http_reply: Some(reply.clone()), ..Default::default() });
+    let Some(w) = Watched::start("non_mcp_http_passes_byte_identical", &server.addr.port().to_string()) else { return };
+    let body = br#"{"order": 7, "items": ["a", "b"]}"#;
+    let request = format!(
+        "POST /api/orders?x=1 HTTP/1.1\r\nHost: shop.example:{}\r\nUser-Agent: curl/8.0\r\nX-Custom-Header: MiXeD\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        server.addr.port(),
+        body.len(),
+        std::str::from_utf8(body).unwrap()
+    );
+    let r = raw_client(Some(w.cgroup()), "127.0.0.3", server.addr.port(), false, 0, request.as_bytes());
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(String::from_utf8_lossy(&seen[0].bytes), request, "request reaches the server unchanged");
+    assert_eq!(String::from_utf8_lossy(&harness::unhex(r["got"].as_str().unwrap())), String::from_utf8_lossy(&reply), "response reaches the client unchanged");
+    let st = w.daemon.status();
+    assert_eq!(st.counts.http_requests, 1, "{st:?}");
+    assert_eq!(st.counts.mcp_messages, 0, "not MCP, not recorded");
+    assert!(w.daemon.audit().is_empty());
+}
+
+#[test]
+fn ipv6_and_v4_mapped_are_intercepted() {
+    let v6 = RawServer::start("[::1]:0", RawBehaviour { echo: true, ..Default::default() });
+    let v4 = RawServer::start("127.0.0.3:0", RawBehaviour { echo: true, ..Default::default() });
+    let ports = format!("{},{}", v6.addr.port(), v4.addr.port());
+    let Some(w) = Watched::start("ipv6_and_v4_mapped_are_intercepted", &ports) else { return };
+    let r = raw_client(Some(w.cgroup()), "::1", v6.addr.port(), true, 0, b"over ipv6");
+    assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"over ipv6");
+    assert_eq!(r["peer"][0], "::1");
+    assert_eq!(r["peer"][1], v6.addr.port());
+    let r = raw_client(Some(w.cgroup()), "::ffff:127.0.0.3", v4.addr.port(), true, 0, b"v4-mapped");
+    assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"v4-mapped");
+    assert_eq!(r["peer"][0], "::ffff:127.0.0.3");
+    assert_eq!(w.daemon.status().counts.connections, 2, "both went through the daemon");
+    assert_eq!(w.daemon.status().counts.connections_unresolved, 0);
+}
+
+#[test]
+fn processes_outside_the_cgroup_are_not_redirected() {
+    let server = RawServer::start("127.0.0.3:0", RawBehaviour { echo: true, ..Default::default() });
+    let Some(w) = Watched::start("processes_outside_the_cgroup_are_not_redirected", &server.addr.port().to_string()) else { return };
+    let r = raw_client(None, "127.0.0.3", server.addr.port(), false, 0, b"direct");
+    assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"direct");
+    let client_local: SocketAddr = format!("{}:{}", r["local"][0].as_str().unwrap(), r["local"][1]).parse().unwrap();
+    assert_eq!(server.seen()[0].peer, Some(client_local), "server sees the client itself");
+    assert_eq!(w.daemon.status().counts.connections, 0);
+}
+
+#[test]
+fn daemon_inside_the_cgroup_does_not_intercept_itself() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).json_response().spawn();
+    if let Some(why) = harness::ebpf_unavailable() {
+        eprintln!("SKIP daemon_inside_the_cgroup_does_not_intercept_itself: {why}");
+        return;
+    }
+    let cg = mcpwatch_intercept::cgroup::TestCgroup::unique("mcpwatch-it-self").expect("cgroup");
+    let daemon = Daemon::start(DaemonOpts {
+        cgroup: Some(cg.path().to_path_buf()),
+        run_in_cgroup: Some(cg.path().to_path_buf()),
+        ports: Some("all".into()),
+        ..Default::default()
+    });
+    let out = Client::python(&server.url()).cgroup(cg.path()).call("echo", json!({"text": "no loop"})).run();
+    assert_eq!(out.steps()[0]["text"], "no loop", "{:?}", out.lines);
+    let recs = daemon.wait_audit("echo", |r| call_record(r, "echo").is_some());
+    assert_eq!(call_record(&recs, "echo").unwrap().status, CallStatus::Ok);
+    // One client connection per HTTP connection; a loop would multiply them.
+    let st = daemon.status();
+    assert_eq!(st.counts.connections_unresolved, 0, "{st:?}");
+    assert!(st.counts.connections <= 4, "{st:?}");
+    drop(daemon);
+}
+
+#[test]
+fn killing_the_daemon_detaches_and_restart_keeps_state() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).json_response().spawn();
+    let echo = RawServer::start("127.0.0.3:0", RawBehaviour { echo: true, ..Default::default() });
+    let ports = format!("{},{}", server.addr().port(), echo.addr.port());
+    let Some(mut w) = Watched::start("killing_the_daemon_detaches_and_restart_keeps_state", &ports) else { return };
+    let state = w.daemon.state_dir.clone();
+    let _keep = w.daemon.keep_state();
+    let restart = |w: &mut Watched| {
+        w.daemon = Daemon::start(DaemonOpts { cgroup: Some(w.cgroup().to_path_buf()), ports: Some(ports.clone()), state_dir: Some(state.clone()), ..Default::default() });
+        assert!(w.daemon.status().attached);
+    };
+    let goes_direct = |w: &Watched, how: &str| {
+        let before = echo.seen().len();
+        let r = raw_client(Some(w.cgroup()), "127.0.0.3", echo.addr.port(), false, 0, b"after");
+        assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"after");
+        let local: SocketAddr = format!("{}:{}", r["local"][0].as_str().unwrap(), r["local"][1]).parse().unwrap();
+        assert_eq!(echo.seen()[before].peer, Some(local), "after {how} the client connects directly");
+    };
+
+    // SIGTERM: clean shutdown flushes everything, including completions.
+    Client::python(&server.url()).cgroup(w.cgroup()).call("echo", json!({"text": "before"})).run();
+    w.daemon.wait_audit("first call", |r| call_record(r, "echo").is_some());
+    w.daemon.terminate();
+    goes_direct(&w, "SIGTERM");
+    restart(&mut w);
+    assert!(call_record(&w.daemon.audit(), "echo").is_some(), "audit survived SIGTERM");
+    assert!(
+        w.daemon.list().iter().any(|s| s.dst == server.addr().to_string() && s.tools.iter().any(|t| t.name == "echo")),
+        "inventory survived SIGTERM"
+    );
+
+    // SIGKILL: every request forwarded before the kill has its record on disk
+    // (audit_sync flushes before forwarding); its completion may be lost.
+    Client::python(&server.url()).cgroup(w.cgroup()).call("add", json!({"a": 2, "b": 2})).run();
+    let n_before = w.daemon.audit().len();
+    w.daemon.kill();
+    goes_direct(&w, "SIGKILL");
+    restart(&mut w);
+    let recs = w.daemon.audit();
+    assert!(recs.iter().any(|r| r.method.as_deref() == Some("tools/call") && r.name.as_deref() == Some("add")), "add record survived SIGKILL: {recs:#?}");
+    assert!(recs.len() >= n_before, "{} records after restart, {n_before} before the kill", recs.len());
+    assert!(w.daemon.list().iter().any(|s| s.dst == server.addr().to_string()), "inventory survived SIGKILL");
+}

@@ -1,0 +1,222 @@
+//! Bad input at the HTTP and JSON-RPC layer: clear errors, nothing smuggled upstream,
+//! everything recorded, the daemon keeps serving. Runs the daemon in static-upstream
+//! mode (same proxy code, no eBPF) against a raw server that records every byte.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use mcpwatch_api::{CallStatus, MessageKind};
+use mcpwatch_tests::daemon::{Daemon, DaemonOpts};
+use mcpwatch_tests::harness::{RawBehaviour, RawServer};
+use serde_json::Value;
+
+const OK_REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+
+struct Env {
+    upstream: RawServer,
+    daemon: Daemon,
+}
+
+impl Env {
+    fn start(opts: DaemonOpts) -> Env {
+        let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(OK_REPLY.to_vec()), ..Default::default() });
+        let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), ..opts });
+        Env { upstream, daemon }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.daemon.port))
+    }
+
+    /// Send raw bytes, read the response until close or timeout.
+    fn send(&self, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.addr()).expect("connect daemon");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).expect("write");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if response_complete(&out) {
+                        break;
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn upstream_bytes(&self) -> String {
+        self.upstream.seen().iter().map(|s| String::from_utf8_lossy(&s.bytes).into_owned()).collect()
+    }
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    mcpwatch_tests::harness::http_request_complete(buf)
+}
+
+fn post(body: &[u8], extra_headers: &str) -> Vec<u8> {
+    let mut v = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra_headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(body);
+    v
+}
+
+/// Decode a Python `b'...'` literal (the escapes the cases file uses).
+fn python_bytes_literal(lit: &str) -> Vec<u8> {
+    let inner = lit.strip_prefix("b'").and_then(|s| s.strip_suffix('\'')).expect("b'...' literal");
+    let b = inner.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'x' => {
+                    out.push(u8::from_str_radix(&inner[i + 2..i + 4], 16).expect("hex escape"));
+                    i += 4;
+                    continue;
+                }
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                other => out.push(other),
+            }
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn status_line(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn jsonrpc_error_code(resp: &str) -> Option<i64> {
+    let body = resp.split("\r\n\r\n").nth(1)?;
+    let v: Value = serde_json::from_str(body).ok()?;
+    v["error"]["code"].as_i64()
+}
+
+#[test]
+fn malformed_json_rpc_is_answered_per_spec_and_recorded() {
+    let env = Env::start(DaemonOpts::default());
+    let cases: &[(&[u8], i64)] = &[
+        (b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",", -32700), // truncated JSON
+        (b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"read\xff\xfe\"}}", -32700), // invalid UTF-8
+        (b"{\"jsonrpc\":\"1.0\",\"id\":3,\"method\":\"tools/list\"}", -32600),
+        (b"[]", -32600),
+    ];
+    for (body, code) in cases {
+        let resp = env.send(&post(body, "MCP-Protocol-Version: 2025-11-25\r\n"));
+        assert_eq!(status_line(&resp), 400, "{resp}");
+        assert_eq!(jsonrpc_error_code(&resp), Some(*code), "{resp}");
+    }
+    assert_eq!(env.upstream_bytes(), "", "nothing malformed was forwarded");
+    let recs = env.daemon.wait_audit("4 rejected records", |r| r.len() >= 4);
+    for r in &recs {
+        assert!(matches!(r.status, CallStatus::JsonrpcError { .. }), "{r:?}");
+        assert!(r.notes.iter().any(|n| n.contains("not forwarded")), "{r:?}");
+    }
+    assert!(recs.iter().any(|r| r.kind == MessageKind::Invalid));
+    // Still serving: a good request goes through.
+    let ok = env.send(&post(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, ""));
+    assert_eq!(status_line(&ok), 200, "{ok}");
+    assert!(env.upstream_bytes().contains("tools/list"));
+}
+
+#[test]
+fn truncated_body_is_recorded_and_not_forwarded() {
+    let env = Env::start(DaemonOpts::default());
+    {
+        let mut s = TcpStream::connect(env.addr()).unwrap();
+        s.write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nMcp-Session-Id: abc\r\nContent-Length: 500\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,").unwrap();
+        // Close mid-body.
+    }
+    let recs = env.daemon.wait_audit("truncated record", |r| r.iter().any(|x| x.kind == MessageKind::Invalid));
+    let r = recs.iter().find(|x| x.kind == MessageKind::Invalid).unwrap();
+    assert!(matches!(&r.status, CallStatus::TransportError { reason } if reason.contains("truncated")), "{r:?}");
+    assert_eq!(env.upstream_bytes(), "");
+    assert!(env.daemon.status().pid > 0, "daemon alive");
+}
+
+#[test]
+fn oversized_mcp_body_gets_413_and_is_recorded() {
+    let env = Env::start(DaemonOpts { config: Some("[limits]\nmax_body_bytes = 65536\n".into()), ..Default::default() });
+    let big = format!(r#"{{"jsonrpc":"2.0","id":16,"method":"tools/call","params":{{"name":"summarize","arguments":{{"text":"{}"}}}}}}"#, "A".repeat(200_000));
+    let resp = env.send(&post(big.as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\n"));
+    assert_eq!(status_line(&resp), 413, "{}", &resp[..resp.len().min(300)]);
+    assert!(resp.contains("max_body_bytes"), "the error says which limit");
+    assert_eq!(env.upstream_bytes(), "");
+    env.daemon.wait_audit("413 record", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("413"))));
+}
+
+#[test]
+fn slow_client_body_is_cut_off_with_408() {
+    let env = Env::start(DaemonOpts { config: Some("[limits]\nbody_timeout_ms = 300\n".into()), ..Default::default() });
+    let mut s = TcpStream::connect(env.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nMCP-Protocol-Version: 2025-11-25\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(status_line(&out), 408, "{out}");
+    assert_eq!(env.upstream_bytes(), "");
+}
+
+/// The protocol_abuse cases of ../shared/threats/cases.jsonl that arrive as HTTP bytes or
+/// JSON bodies: each must be refused with its expected status/code and nothing of it may
+/// reach the server.
+#[test]
+fn threat_cases_protocol_abuse() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/threats/cases.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let env = Env::start(DaemonOpts::default());
+    let mut covered = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let case: Value = serde_json::from_str(line).expect("case json");
+        let id = case["id"].as_str().unwrap().to_string();
+        if !matches!(id.as_str(), "PA-001" | "PA-002" | "PA-004" | "PA-005" | "PA-007" | "PA-008" | "PA-010" | "PA-011") {
+            continue;
+        }
+        let inputs: Vec<Vec<u8>> = match &case["input"] {
+            Value::String(s) if s.starts_with("POST ") => vec![s.as_bytes().to_vec()],
+            Value::String(s) => vec![post(s.as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\n")],
+            Value::Object(o) if o.get("encoding").and_then(Value::as_str) == Some("python-bytes-literal") => {
+                vec![post(&python_bytes_literal(o["bytes"].as_str().unwrap()), "MCP-Protocol-Version: 2025-11-25\r\n")]
+            }
+            Value::Array(items) => items.iter().map(|i| post(i.as_str().unwrap().as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\n")).collect(),
+            other => panic!("{id}: unexpected input {other}"),
+        };
+        let expected = &case["expected"]["error"];
+        for (i, input) in inputs.iter().enumerate() {
+            let before = env.upstream_bytes();
+            let resp = env.send(input);
+            let status = status_line(&resp);
+            let refused = (400..500).contains(&status) || (status == 200 && jsonrpc_error_code(&resp).is_some());
+            assert!(refused, "{id}[{i}]: expected a refusal (4xx or a JSON-RPC error), got {resp}");
+            if let Some(want) = expected["http_status"].as_u64() {
+                assert_eq!(status as u64, want, "{id}[{i}]: {resp}");
+            }
+            let want_code = match &expected["jsonrpc"] {
+                Value::Object(o) => o.get("code").and_then(Value::as_i64),
+                Value::Array(a) => a.get(i).and_then(|o| o["code"].as_i64()),
+                _ => None,
+            };
+            if let Some(code) = want_code {
+                assert_eq!(jsonrpc_error_code(&resp), Some(code), "{id}[{i}]: {resp}");
+            }
+            assert_eq!(env.upstream_bytes(), before, "{id}[{i}]: bytes reached the server");
+        }
+        covered.push(id);
+    }
+    assert_eq!(covered.len(), 8, "cases found: {covered:?}");
+}
