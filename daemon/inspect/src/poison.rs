@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -142,26 +143,86 @@ impl PoisonReport {
     }
 }
 
+/// Names of tools offered by OTHER servers, indexed once (Aho-Corasick) so a whole `tools/list`
+/// can be scanned against hundreds of names cheaply. Mentions of sibling tools of the same
+/// server are normal and must not be put here.
+#[derive(Debug, Clone, Default)]
+pub struct OtherTools {
+    names: Vec<String>,
+    ac: Option<AhoCorasick>,
+}
+
+/// At most this many names are indexed.
+pub const MAX_OTHER_TOOLS: usize = 4096;
+
+impl OtherTools {
+    pub fn new(names: &[&str]) -> OtherTools {
+        let names: Vec<String> = names
+            .iter()
+            .filter(|n| (3..=128).contains(&n.len()))
+            .take(MAX_OTHER_TOOLS)
+            .map(|n| n.to_string())
+            .collect();
+        let ac = if names.is_empty() {
+            None
+        } else {
+            AhoCorasickBuilder::new().ascii_case_insensitive(true).match_kind(MatchKind::Standard).build(&names).ok()
+        };
+        OtherTools { names, ac }
+    }
+
+    /// First qualifying mention of a name other than `own` in `text`: whole-identifier match,
+    /// and either the name is identifier-like (`send_email`, `readFile`, `fs.read`) or it sits
+    /// next to a word like "tool", "call", "invoke".
+    fn mention(&self, text: &str, own: &str) -> Option<(usize, usize)> {
+        let ac = self.ac.as_ref()?;
+        for m in ac.find_overlapping_iter(text) {
+            let name = self.names.get(m.pattern().as_usize())?;
+            if name.eq_ignore_ascii_case(own) {
+                continue;
+            }
+            let (start, end) = (m.start(), m.end());
+            let before = text[..start].chars().next_back();
+            let after = text[end..].chars().next();
+            let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+            if ident(before) || ident(after) || after == Some('_') {
+                continue;
+            }
+            let distinctive = name.contains(['_', '-', '.']) || name.chars().skip(1).any(|c| c.is_ascii_uppercase());
+            if distinctive {
+                return Some((start, end));
+            }
+            let lo = floor_boundary(text, start.saturating_sub(24));
+            let hi = ceil_boundary(text, end.saturating_add(24));
+            let near = text[lo..hi].to_ascii_lowercase();
+            if ["tool", "call", "invoke", "function", "use "].iter().any(|w| near.contains(w)) {
+                return Some((start, end));
+            }
+        }
+        None
+    }
+}
+
 /// Scan a tool definition (an element of `tools/list` `result.tools`). `other_tools` are names
-/// of tools offered by OTHER servers (mentions of sibling tools of the same server are normal);
-/// a mention of one of them counts as a cross-tool reference.
+/// of tools offered by OTHER servers; a qualifying mention of one is a cross-tool reference.
+/// For a whole list, build [`OtherTools`] once and use [`scan_tool_with`].
 pub fn scan_tool(def: &Value, other_tools: &[&str]) -> PoisonReport {
+    scan_tool_with(def, &OtherTools::new(other_tools))
+}
+
+/// [`scan_tool`] with a prebuilt index of other servers' tool names.
+pub fn scan_tool_with(def: &Value, others: &OtherTools) -> PoisonReport {
     let own = def.get("name").and_then(Value::as_str).unwrap_or("");
-    let others: Vec<&str> = other_tools
-        .iter()
-        .copied()
-        .filter(|n| *n != own && n.len() >= 3 && n.len() <= 128)
-        .take(4096)
-        .collect();
+    let ctx = Ctx { others: Some(others), own, mode: Mode::Definition };
     let mut acc = Acc::default();
-    walk(def, "", 0, &others, Mode::Definition, &mut acc);
+    walk(def, "", 0, &ctx, &mut acc);
     acc.finish()
 }
 
 /// Scan `InitializeResult.instructions`.
 pub fn scan_instructions(text: &str) -> PoisonReport {
     let mut acc = Acc::default();
-    scan_text(text, "", false, &[], Mode::Definition, &mut acc);
+    scan_text(text, "", false, &Ctx { others: None, own: "", mode: Mode::Definition }, &mut acc);
     acc.finish()
 }
 
@@ -171,7 +232,7 @@ pub fn scan_instructions(text: &str) -> PoisonReport {
 /// from [`RESULT_ALERT`] (`Medium`) up, where at least two independent signals co-occur.
 pub fn scan_result(v: &Value) -> PoisonReport {
     let mut acc = Acc::default();
-    walk(v, "", 0, &[], Mode::Data, &mut acc);
+    walk(v, "", 0, &Ctx { others: None, own: "", mode: Mode::Data }, &mut acc);
     acc.finish()
 }
 
@@ -180,8 +241,14 @@ pub fn scan_result(v: &Value) -> PoisonReport {
 /// `CredentialRequest`.
 pub fn scan_elicitation(params: &Value) -> PoisonReport {
     let mut acc = Acc::default();
-    walk(params, "", 0, &[], Mode::Elicitation, &mut acc);
+    walk(params, "", 0, &Ctx { others: None, own: "", mode: Mode::Elicitation }, &mut acc);
     acc.finish()
+}
+
+struct Ctx<'a> {
+    others: Option<&'a OtherTools>,
+    own: &'a str,
+    mode: Mode,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -212,25 +279,25 @@ impl Acc {
     }
 }
 
-fn walk(v: &Value, ptr: &str, depth: usize, others: &[&str], mode: Mode, acc: &mut Acc) {
+fn walk(v: &Value, ptr: &str, depth: usize, ctx: &Ctx<'_>, acc: &mut Acc) {
     if depth > MAX_DEPTH {
         return;
     }
     match v {
-        Value::String(s) => scan_text(s, ptr, false, others, mode, acc),
+        Value::String(s) => scan_text(s, ptr, false, ctx, acc),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk(item, &format!("{ptr}/{i}"), depth + 1, others, mode, acc);
+                walk(item, &format!("{ptr}/{i}"), depth + 1, ctx, acc);
             }
         }
         Value::Object(map) => {
             for (k, item) in map {
                 let p = push_pointer(ptr, k);
-                scan_text(k, &p, true, others, mode, acc);
-                if mode == Mode::Elicitation && ptr.ends_with("/properties") && SECRET_FIELD.is_match(k) {
+                scan_text(k, &p, true, ctx, acc);
+                if ctx.mode == Mode::Elicitation && ptr.ends_with("/properties") && SECRET_FIELD.is_match(k) {
                     acc.add(SignalKind::CredentialRequest, &p, safe_excerpt(k, EXCERPT_CHARS));
                 }
-                walk(item, &p, depth + 1, others, mode, acc);
+                walk(item, &p, depth + 1, ctx, acc);
             }
         }
         _ => {}
@@ -260,61 +327,59 @@ fn prepare(s: &str) -> Prepared {
     let mut decoded_tags = String::new();
     let mut invisible = None;
     let mut control = None;
-    let chars: Vec<(usize, char)> = s.char_indices().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let (pos, c) = chars[i];
+    let mut it = s.char_indices().peekable();
+    let mut prev: Option<char> = None;
+    while let Some((pos, c)) = it.next() {
         if c == '\u{1b}' {
             control.get_or_insert_with(|| excerpt_near(s, pos));
-            // Skip the escape sequence: CSI (ESC [ ... final 0x40-0x7E), OSC (ESC ] ... BEL/ST),
+            // Skip the escape sequence: CSI (ESC [ ... final 0x40-0x7E), OSC (ESC ] ... BEL/ESC),
             // or a two-char escape.
-            match chars.get(i + 1).map(|x| x.1) {
+            match it.next().map(|x| x.1) {
                 Some('[') => {
-                    i += 2;
-                    while i < chars.len() && !('\u{40}'..='\u{7e}').contains(&chars[i].1) {
-                        i += 1;
+                    for (_, x) in it.by_ref() {
+                        if ('\u{40}'..='\u{7e}').contains(&x) {
+                            break;
+                        }
                     }
-                    i += 1;
                 }
                 Some(']') => {
-                    i += 2;
-                    while i < chars.len() && chars[i].1 != '\u{7}' && chars[i].1 != '\u{1b}' {
-                        i += 1;
+                    for (_, x) in it.by_ref() {
+                        if x == '\u{7}' || x == '\u{1b}' {
+                            break;
+                        }
                     }
-                    i += 1;
                 }
-                _ => i += 2,
+                _ => {}
             }
             continue;
         }
         if is_invisible(c) {
+            let next = it.peek().map(|x| x.1);
             let benign = (c == '\u{FEFF}' && pos == 0)
-                || (c == '\u{200D}' && is_pictograph(i.checked_sub(1).map(|k| chars[k].1)) && is_pictograph(chars.get(i + 1).map(|x| x.1)));
+                || (c == '\u{200D}' && is_pictograph(prev) && is_pictograph(next));
             if !benign {
                 invisible.get_or_insert_with(|| excerpt_near(s, pos));
                 if ('\u{E0020}'..='\u{E007E}').contains(&c)
-                    && let Some(a) = char::from_u32(u32::from(c) - 0xE0000) {
-                        decoded_tags.push(a);
-                    }
+                    && let Some(a) = char::from_u32(u32::from(c) - 0xE0000)
+                {
+                    decoded_tags.push(a);
+                }
             }
-            i += 1;
             continue;
         }
+        prev = Some(c);
         if is_control(c) {
             control.get_or_insert_with(|| excerpt_near(s, pos));
             text.push(' ');
-            i += 1;
             continue;
         }
-        if c == '\\'
-            && let Some(&(_, n)) = chars.get(i + 1)
-                && matches!(n, 'n' | 't' | 'r') {
-                    text.push(' ');
-                    i += 2;
-                    continue;
-                }
+        if c == '\\' && it.peek().is_some_and(|x| matches!(x.1, 'n' | 't' | 'r')) {
+            // Literal escapes of JSON embedded in text.
+            it.next();
+            text.push(' ');
+            continue;
+        }
         text.push(c);
-        i += 1;
     }
     let tags = !decoded_tags.is_empty();
     if tags {
@@ -379,7 +444,8 @@ static SECRET_FIELD: LazyLock<Regex> = LazyLock::new(|| {
         .expect("secret field rule compiles")
 });
 
-fn scan_text(s: &str, ptr: &str, is_key: bool, others: &[&str], mode: Mode, acc: &mut Acc) {
+fn scan_text(s: &str, ptr: &str, is_key: bool, ctx: &Ctx<'_>, acc: &mut Acc) {
+    let mode = ctx.mode;
     let prep = prepare(s);
     // Data (tool results) routinely carries coloured terminal output, zero-width characters from
     // web pages, paths and shell snippets: there only tag-character smuggling and phrases aimed
@@ -414,10 +480,8 @@ fn scan_text(s: &str, ptr: &str, is_key: bool, others: &[&str], mode: Mode, acc:
         && let Some(m) = CREDENTIAL_RE.find(&text) {
             acc.add(SignalKind::CredentialRequest, ptr, excerpt_around(&text, m.start(), m.end()));
         }
-    for name in others {
-        if let Some(pos) = find_tool_mention(&text, name) {
-            acc.add(SignalKind::CrossTool, ptr, excerpt_around(&text, pos, pos + name.len()));
-        }
+    if let Some((start, end)) = ctx.others.and_then(|o| o.mention(&text, ctx.own)) {
+        acc.add(SignalKind::CrossTool, ptr, excerpt_around(&text, start, end));
     }
 }
 
@@ -430,37 +494,6 @@ fn excerpt_around(text: &str, start: usize, end: usize) -> String {
     }
     e.push_str(&safe_excerpt(&text[from..to], EXCERPT_CHARS));
     e
-}
-
-/// Position of a qualifying mention of another tool's name: whole-identifier match
-/// (ASCII case-insensitive), and either the name is identifier-like (`send_email`, `readFile`,
-/// `fs.read`) or it sits next to a word like "tool", "call", "invoke".
-fn find_tool_mention(text: &str, name: &str) -> Option<usize> {
-    let lower = text.to_ascii_lowercase();
-    let needle = name.to_ascii_lowercase();
-    let distinctive = name.contains(['_', '-', '.']) || name.chars().skip(1).any(|c| c.is_ascii_uppercase());
-    let mut from = 0;
-    while let Some(off) = lower.get(from..).and_then(|t| t.find(&needle)) {
-        let start = from + off;
-        let end = start + needle.len();
-        from = end;
-        let before = lower[..start].chars().next_back();
-        let after = lower[end..].chars().next();
-        let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
-        if ident(before) || ident(after) || after == Some('_') {
-            continue;
-        }
-        if distinctive {
-            return Some(start);
-        }
-        let lo = floor_boundary(&lower, start.saturating_sub(24));
-        let hi = ceil_boundary(&lower, end.saturating_add(24));
-        let near = &lower[lo..hi];
-        if ["tool", "call", "invoke", "function", "use "].iter().any(|w| near.contains(w)) {
-            return Some(start);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

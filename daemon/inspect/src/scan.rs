@@ -18,7 +18,8 @@
 //!   Mixed delimiters, invalid area/group/serial and published samples are rejected; we follow
 //!   Presidio and do NOT redact `123-45-6789`.
 //! - Card: 13-19 digits (ASCII or full-width), ungrouped or in groups with one consistent
-//!   separator, brand prefix + length valid, Luhn valid. JSON numbers are never scanned (a
+//!   separator, brand prefix + length valid, Luhn valid; an ungrouped number without a card
+//!   context word must have 15 or 16 digits. JSON numbers are never scanned (a
 //!   number is not turned into a string).
 //! - IPv4: the maximal dotted-decimal run must have exactly 4 parts (so OIDs like
 //!   `1.3.6.1.2.1.1.5.0` never match); not preceded by a letter (`v1.2.3.4`), by `word/`
@@ -708,7 +709,16 @@ impl Inspector {
                     Some(j) => {
                         let (start, end) = (groups[i].0, groups[j].1);
                         let grouped = j > i;
-                        let conf = match (grouped, context_has(s, start, 40, &CTX)) {
+                        let ctx = context_has(s, start, 40, &CTX);
+                        // An ungrouped digit string is only a card without context words when
+                        // it has the common PAN lengths (Amex 15, others 16): 13-digit phone
+                        // numbers and ids pass Luhn one time in ten.
+                        let len = groups[i].2.len();
+                        if !grouped && !ctx && len != 15 && len != 16 {
+                            i = j + 1;
+                            continue;
+                        }
+                        let conf = match (grouped, ctx) {
                             (_, true) => 0.95,
                             (true, false) => 0.9,
                             (false, false) => 0.75,
@@ -956,7 +966,12 @@ impl Inspector {
             for c in self.pat.bearer.captures_iter(s) {
                 let Some(v) = c.get(1) else { continue };
                 let t = v.as_str();
-                if !looks_placeholder(t) && shannon_entropy(t) >= 3.0 && char_classes(t) >= 2 {
+                // `Bearer realm="..."` / `resource_metadata="..."` are challenge parameters.
+                if next_char(s, v.end()) == Some('"') {
+                    continue;
+                }
+                let has_digit = t.bytes().any(|b| b.is_ascii_digit());
+                if has_digit && !looks_placeholder(t) && shannon_entropy(t) >= 3.0 && char_classes(t) >= 2 {
                     self.push(out, Builtin::GenericSecret, v.start(), v.end(), 0.85);
                 }
             }

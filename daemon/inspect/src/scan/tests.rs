@@ -95,6 +95,7 @@ fn credit_card() {
     one("card 4111-1111-1111-1111.", "pii.credit_card", "4111-1111-1111-1111");
     one("pan=4111111111111111", "pii.credit_card", "4111111111111111");
     one("4111111111111111", "pii.credit_card", "4111111111111111");
+    one("visa 4222222222222", "pii.credit_card", "4222222222222");
     one("amex 3782 822463 10005", "pii.credit_card", "3782 822463 10005");
     one("カード ４１１１ １１１１ １１１１ １１１１ です", "pii.credit_card", "４１１１ １１１１ １１１１ １１１１");
     one("Order 12 4111 1111 1111 1111 2027", "pii.credit_card", "4111 1111 1111 1111");
@@ -107,6 +108,8 @@ fn credit_card() {
         "v4111111111111111",
         "0000 0000 0000 0000",
         "3782822463100051",
+        // 13-digit phone number in a JID passes Visa-13 + Luhn: not a card without context.
+        "4915112345678",
     ] {
         none_of(s, "pii.credit_card");
     }
@@ -176,7 +179,11 @@ fn aws() {
 fn github_and_slack() {
     one("GITHUB_TOKEN=ghp_paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl", "secret.github_token", "ghp_paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl");
     one("gho_paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl", "secret.github_token", "gho_paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl");
-    one("ghs_paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl", "secret.github_token", "ghs_paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl");
+    for prefix in ["ghu_", "ghs_", "ghr_"] {
+        let t = format!("{prefix}paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl");
+        one(&format!("token: {t}"), "secret.github_token", &t);
+    }
+    none("ghx_paji5ZlVmLSVdSuBVhkdGjEsowumCtOKU0hl");
     let pat = format!("github_pat_{}", "11ABCDEFG0abcdefghijkl_mnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghi");
     assert_eq!(pat.len(), "github_pat_".len() + 82);
     one(&pat, "secret.github_token", &pat);
@@ -240,6 +247,7 @@ fn passwords_and_generic_secrets() {
     one("{client_secret: Zm9vYmFyYmF6cXV4MTIz}", "secret.generic", "Zm9vYmFyYmF6cXV4MTIz");
     one("Authorization: Bearer abcDEF123456ghiJKL789", "secret.generic", "abcDEF123456ghiJKL789");
     none("token_type: Bearer");
+    none(r#"WWW-Authenticate: Bearer resource_metadata="https://mcp.example/.well-known/x""#);
     none("next_page_token=CiAKGjBpNDd2Nmp2Zml2cXRwYjBpOXA3ZW1vYnQ");
     none("max_tokens: 4096");
     none("secret: my-secret-name");
