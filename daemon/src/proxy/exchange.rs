@@ -70,7 +70,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
                     scope.record_invalid(&shared, 0, &msg, CallStatus::TransportError { reason: "413 request too large".into() });
                     rpc_error_response(StatusCode::PAYLOAD_TOO_LARGE, None, jsonrpc::INVALID_REQUEST, &msg)
                 } else {
-                    forward(&shared, &up, Request::from_parts(parts, rest)).await.map_or_else(gateway_error, |r| r.map(body::incoming))
+                    forward(&up, Request::from_parts(parts, rest)).await.map_or_else(gateway_error, |r| r.map(body::incoming))
                 }
             }
             Collected::Truncated { partial, error } => {
@@ -93,7 +93,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     let is_delete_session = parts.method == Method::DELETE && parts.headers.contains_key(H_SESSION);
     let wants_sse = parts.method == Method::GET && accepts_sse(&parts.headers);
     let req = Request::from_parts(parts, body::incoming(body));
-    let resp = match forward(&shared, &up, req).await {
+    let resp = match forward(&up, req).await {
         Ok(r) => r,
         Err(e) => return gateway_error(e),
     };
@@ -264,7 +264,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     if !(any_mcp_method || scope.looks_mcp(&shared, &parts.headers)) {
         // JSON, but not MCP: not ours to record.
         let req = Request::from_parts(parts, body::full(bytes));
-        return forward(&shared, &up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
+        return forward(&up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
     }
 
     // Envelope, batch and routing-header rules: what fails them is answered here per
@@ -341,7 +341,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     }
 
     let req = Request::from_parts(parts, body::full(bytes));
-    let resp = match forward(&shared, &up, req).await {
+    let resp = match forward(&up, req).await {
         Ok(r) => r,
         Err(e) => {
             for (_, p) in local {
@@ -655,8 +655,8 @@ fn http_failure(status: StatusCode) -> CallStatus {
     CallStatus::TransportError { reason: format!("HTTP {status}") }
 }
 
-async fn forward(shared: &Shared, up: &SharedUpstream, req: Request<Body>) -> Result<Response<Incoming>, super::http::ForwardError> {
-    up.lock().await.send(shared, req).await
+async fn forward(up: &SharedUpstream, req: Request<Body>) -> Result<Response<Incoming>, super::http::ForwardError> {
+    up.lock().await.send(req).await
 }
 
 fn gateway_error(e: super::http::ForwardError) -> Response<Body> {

@@ -24,17 +24,43 @@ use super::exchange;
 use super::upstream;
 use crate::state::{Counters, Shared};
 
+/// Any byte stream hyper can run HTTP/1.1 over (plain TCP or TLS).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+pub type BoxIo = Box<dyn Io>;
+type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<BoxIo, ForwardError>> + Send>>;
+
+/// Opens a fresh upstream stream to the same destination (after the server closed the
+/// previous one). Plain TCP for `http`, TCP + verified TLS for `https`.
+pub type Reconnect = Arc<dyn Fn() -> ConnectFuture + Send + Sync>;
+
+/// A reconnector for plain TCP to `dst` with the daemon's mark.
+pub fn tcp_reconnect(shared: &Shared, dst: std::net::SocketAddr) -> Reconnect {
+    let mark = shared.config.mark;
+    let timeout = shared.config.limits.connect_timeout;
+    Arc::new(move || {
+        Box::pin(async move {
+            let s = upstream::connect(dst, mark, timeout).await?;
+            Ok(Box::new(s) as BoxIo)
+        })
+    })
+}
+
 /// The upstream side of one proxied HTTP connection.
 pub struct UpstreamConn {
     dst: std::net::SocketAddr,
     sender: Option<client_http1::SendRequest<Body>>,
-    first: Option<TcpStream>,
+    first: Option<BoxIo>,
+    reconnect: Reconnect,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("{0}")]
     Connect(#[from] upstream::UpstreamError),
+    #[error("upstream {dst}: {reason}")]
+    Reconnect { dst: std::net::SocketAddr, reason: String },
     #[error("upstream {dst}: HTTP handshake failed: {source}")]
     Handshake { dst: std::net::SocketAddr, source: hyper::Error },
     #[error("upstream {dst}: {source}")]
@@ -42,12 +68,12 @@ pub enum ForwardError {
 }
 
 impl UpstreamConn {
-    async fn sender(&mut self, shared: &Shared) -> Result<&mut client_http1::SendRequest<Body>, ForwardError> {
+    async fn sender(&mut self) -> Result<&mut client_http1::SendRequest<Body>, ForwardError> {
         let usable = self.sender.as_ref().is_some_and(|s| !s.is_closed());
         if !usable {
             let stream = match self.first.take() {
                 Some(s) => s,
-                None => upstream::connect(self.dst, shared.config.mark, shared.config.limits.connect_timeout).await?,
+                None => (self.reconnect)().await?,
             };
             let (sender, conn) = client_http1::Builder::new()
                 .preserve_header_case(true)
@@ -68,21 +94,27 @@ impl UpstreamConn {
     }
 
     /// Send one request upstream and return the response head + streaming body.
-    pub async fn send(&mut self, shared: &Shared, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
         let dst = self.dst;
-        let sender = self.sender(shared).await?;
+        let sender = self.sender().await?;
         sender.send_request(req).await.map_err(|source| ForwardError::Request { dst, source })
     }
 }
 
 pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;
 
-pub async fn serve(shared: Arc<Shared>, mut ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
+pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
+    let reconnect = tcp_reconnect(&shared, ctx.origin.dst);
+    serve_io(shared, ctx, client, Box::new(upstream), reconnect).await
+}
+
+/// Serve HTTP/1.1 on any client stream, forwarding over `upstream` (and `reconnect`).
+pub async fn serve_io(shared: Arc<Shared>, mut ctx: ConnCtx, client: impl Io, upstream: BoxIo, reconnect: Reconnect) {
     let log = super::headlog::HeadLog::default();
     ctx.head_log = Some(log.clone());
     let client = super::headlog::LoggedIo::new(client, log);
     let up: SharedUpstream =
-        Arc::new(Mutex::new(UpstreamConn { dst: ctx.origin.dst, sender: None, first: Some(upstream) }));
+        Arc::new(Mutex::new(UpstreamConn { dst: ctx.origin.dst, sender: None, first: Some(upstream), reconnect }));
     let ctx = Arc::new(ctx);
     let svc = {
         let shared = shared.clone();
