@@ -602,7 +602,7 @@ impl Inspector {
     }
 
     fn find_ssn(&self, s: &str, out: &mut Vec<Cand>) {
-        const CTX: [&str; 5] = ["ssn", "social security", "ss#", "ssa", "taxpayer"];
+        const CTX: [&str; 4] = ["ssn", "social security", "ss#", "taxpayer"];
         for m in self.pat.ssn.find_iter(s) {
             if !number_boundaries(s, m.start(), m.end()) {
                 continue;

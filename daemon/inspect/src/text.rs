@@ -126,11 +126,22 @@ pub(crate) fn preceding_word(s: &str, i: usize) -> String {
     word.iter().rev().collect()
 }
 
-/// Does `window` (lower-case ASCII expected) contain any of the words?
+/// Does the `back` bytes before `start` contain one of `words` (lower-case ASCII) as a word?
+/// A word must start at a non-letter; words of up to 3 letters (`ssn`, `tel`, `cc`) must also
+/// end at a non-letter, so `success` does not contain `cc`. Longer words may be prefixes
+/// (`card` matches `cards`).
 pub(crate) fn context_has(s: &str, start: usize, back: usize, words: &[&str]) -> bool {
     let from = floor_boundary(s, start.saturating_sub(back));
     let window = s.get(from..start).unwrap_or("").to_ascii_lowercase();
-    words.iter().any(|w| window.contains(w))
+    let w = window.as_bytes();
+    words.iter().any(|word| {
+        window.match_indices(word).any(|(i, _)| {
+            let before_ok = i == 0 || !w[i - 1].is_ascii_alphabetic();
+            let j = i + word.len();
+            let after_ok = word.len() > 3 || j >= w.len() || !w[j].is_ascii_alphabetic();
+            before_ok && after_ok
+        })
+    })
 }
 
 #[cfg(test)]
@@ -161,5 +172,12 @@ mod tests {
         assert_eq!(ceil_boundary(s, 1), 2);
         assert_eq!(preceding_word("firmware version: 1.2", 18), "version");
         assert_eq!(preceding_word("src=1.2", 4), "src");
+        let ctx = |s: &str, w: &[&str]| context_has(s, s.len(), 40, w);
+        assert!(ctx("SSN: ", &["ssn"]));
+        assert!(ctx("credit cards ", &["card"]));
+        assert!(!ctx("success ", &["cc"]));
+        assert!(!ctx("message ", &["ssa"]));
+        assert!(!ctx("hotel ", &["tel"]));
+        assert!(ctx("tel:", &["tel"]));
     }
 }
