@@ -49,6 +49,27 @@ pub struct AuditRecord {
     pub response_bytes: u64,
     /// Free-form remarks (e.g. "batch of 3", "body not valid UTF-8").
     pub notes: Vec<String>,
+    /// TLS details when the connection was HTTPS (terminated by mcpwatch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsDetails>,
+}
+
+/// What mcpwatch saw of an intercepted TLS connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TlsDetails {
+    /// SNI the client sent.
+    pub sni: Option<String>,
+    /// Negotiated versions, e.g. `TLSv1_3`.
+    pub client_version: Option<String>,
+    pub upstream_version: Option<String>,
+    pub alpn: Option<String>,
+    pub upstream_subject: Option<String>,
+    pub upstream_issuer: Option<String>,
+    /// sha256 of the upstream leaf certificate (colon hex).
+    pub upstream_fingerprint: Option<String>,
+    /// The upstream certificate was NOT verified (explicit per-host override).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

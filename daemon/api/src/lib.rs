@@ -16,7 +16,7 @@ pub mod audit;
 pub mod inventory;
 pub mod process;
 
-pub use audit::{AuditFilter, AuditRecord, CallStatus, MessageKind, AUDIT_SCHEMA_VERSION};
+pub use audit::{AuditFilter, AuditRecord, CallStatus, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION};
 pub use inventory::{ClientUse, Endpoint, ServerEntry, ToolEntry};
 pub use process::{Ancestor, ProcessInfo};
 

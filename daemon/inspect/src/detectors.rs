@@ -129,7 +129,7 @@ pub const BUILTIN_DETECTORS: &[DetectorInfo] = &[
         id: "secret.password",
         kind: Kind::Secret,
         replacement: "<PASSWORD>",
-        description: "password in password=/passwd:/\"pwd\": assignments and in URL user-info",
+        description: "password in password=/passwd:/\"pwd\": assignments, URL user-info, HTTP Basic auth",
     },
     DetectorInfo {
         id: "secret.generic",

@@ -109,6 +109,7 @@ const ANCHORS: &[(&str, u16)] = &[
     ("token", G_KEYWORD),
     ("key", G_KEYWORD),
     ("bearer", G_KEYWORD),
+    ("basic", G_KEYWORD),
     ("credential", G_KEYWORD),
 ];
 
@@ -155,6 +156,7 @@ struct Patterns {
     jwt: Regex,
     assignment: Regex,
     bearer: Regex,
+    basic: Regex,
     url_cred: Regex,
     base64: Regex,
     secret_key_name: Regex,
@@ -198,6 +200,7 @@ impl Patterns {
                 r#"(?i)([a-z0-9_.\-]{{0,40}}?(?:{KEY_WORDS}))["']?[ \t]*(?:=>|:=|:|=)[ \t]*["']?([^\s"'`,;<>\\]{{1,256}})"#
             ))?,
             bearer: re(r"(?i)(?-u:\b)bearer[ \t]+([A-Za-z0-9\-._~+/]{16,}=*)")?,
+            basic: re(r"(?i)(?-u:\b)basic[ \t]+([A-Za-z0-9+/]{8,}={0,2})")?,
             url_cred: re(
                 r#"(?i)(?-u:\b)[a-z][a-z0-9+.\-]{1,20}://[^\s:/?#@"'<>\\]{1,128}:([^\s/?#@"'<>\\]{1,256})@"#,
             )?,
@@ -962,6 +965,9 @@ impl Inspector {
                 self.push(out, b, v.start(), end, if b == Builtin::Password { 0.85 } else { 0.8 });
             }
         }
+        if self.on(Builtin::Password) {
+            self.find_basic_auth(s, out);
+        }
         if self.on(Builtin::GenericSecret) {
             for c in self.pat.bearer.captures_iter(s) {
                 let Some(v) = c.get(1) else { continue };
@@ -974,6 +980,24 @@ impl Inspector {
                 if has_digit && !looks_placeholder(t) && shannon_entropy(t) >= 3.0 && char_classes(t) >= 2 {
                     self.push(out, Builtin::GenericSecret, v.start(), v.end(), 0.85);
                 }
+            }
+        }
+    }
+
+    /// `Authorization: Basic base64(user:password)`.
+    fn find_basic_auth(&self, s: &str, out: &mut Vec<Cand>) {
+        for c in self.pat.basic.captures_iter(s) {
+            let Some(v) = c.get(1) else { continue };
+            if is_word(next_char(s, v.end())) {
+                continue;
+            }
+            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v.as_str()) else { continue };
+            let Ok(text) = std::str::from_utf8(&bytes) else { continue };
+            match text.split_once(':') {
+                Some((user, pw)) if !user.is_empty() && !pw.is_empty() && !looks_placeholder(pw) => {
+                    self.push(out, Builtin::Password, v.start(), v.end(), 0.85);
+                }
+                _ => {}
             }
         }
     }

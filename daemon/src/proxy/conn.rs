@@ -57,6 +57,8 @@ pub struct ConnCtx {
     pub scheme: &'static str,
     /// Raw request heads of an HTTP connection (framing checks).
     pub head_log: Option<super::headlog::HeadLog>,
+    /// Set when mcpwatch terminated TLS for this connection (`scheme` is then `https`).
+    pub tls: Option<Arc<mcpwatch_api::TlsDetails>>,
 }
 
 pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn super::super::resolve::Resolve>, client: TcpStream, peer: SocketAddr) {
@@ -85,7 +87,7 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn super::super::resolve
         }
     };
     let kind = sniff(&client, &upstream, limits.peek_timeout).await;
-    let ctx = ConnCtx { id: shared.next_conn_id(), peer, origin, scheme: "http", head_log: None };
+    let ctx = ConnCtx { id: shared.next_conn_id(), peer, origin, scheme: "http", head_log: None, tls: None };
     tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, "connection");
     match kind {
         Some(Sniffed::Http) => http::serve(shared, ctx, client, upstream).await,

@@ -216,6 +216,7 @@ impl Scope {
             request_bytes: bytes,
             response_bytes: 0,
             notes: Vec::new(),
+            tls: self.ctx.tls.as_deref().cloned(),
         }
     }
 

@@ -243,6 +243,9 @@ fn passwords_and_generic_secrets() {
     none("password=${DB_PASSWORD}");
     none("https://user:password@host.example/");
     none("password: ********");
+    one("Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l\r\n", "secret.password", "YWxhZGRpbjpvcGVuc2VzYW1l");
+    none("Authorization: Basic bm9jb2xvbmhlcmU=");
+    none("basic functionality");
     one("api_key=sk9f8d7s6a5d4f3g2h1j", "secret.generic", "sk9f8d7s6a5d4f3g2h1j");
     one("{client_secret: Zm9vYmFyYmF6cXV4MTIz}", "secret.generic", "Zm9vYmFyYmF6cXV4MTIz");
     one("Authorization: Bearer abcDEF123456ghiJKL789", "secret.generic", "abcDEF123456ghiJKL789");
