@@ -7,7 +7,9 @@
 //! Exit codes: 0 on success (also when stdout is closed early, as in
 //! `mcpwatch audit | head -1`), 2 on any error, including usage errors.
 
+mod ca;
 mod client;
+mod govern;
 mod table;
 mod view;
 
@@ -60,6 +62,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The local CA for TLS interception: show, export, install into the trust store, rotate.
+    Ca(ca::CaArgs),
+    /// Calls held for a human's approval.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held call through (once).
+    Approve { id: String },
+    /// Refuse a held call.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Check a policy file (offline) or reload the daemon's policy.
+    #[command(subcommand)]
+    Policy(govern::PolicyCmd),
+    /// Tool-definition pins (rug-pull protection).
+    #[command(subcommand)]
+    Pin(govern::PinCmd),
+    /// Run the detectors on a JSON-RPC message offline and print what they find.
+    Inspect(govern::InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +101,10 @@ struct AuditArgs {
     /// Only messages about this tool, resource or prompt (exact name).
     #[arg(long, value_name = "T")]
     tool: Option<String>,
+    /// Only calls with this policy decision: deny, allow, require_approval, rate_limit,
+    /// or what happened: block, forward, hold.
+    #[arg(long, value_name = "D")]
+    decision: Option<String>,
     /// Show the newest N matching records (0 for all).
     #[arg(long, value_name = "N", default_value_t = 50)]
     limit: usize,
@@ -135,6 +164,13 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::List { json } => list(&cli.socket, *json, out),
         Command::Audit(args) => audit(&cli.socket, args, out),
         Command::Status { json } => status(&cli.socket, *json, out),
+        Command::Ca(args) => ca::run(args, &cli.socket, out),
+        Command::Pending { json } => govern::pending(&cli.socket, *json, out),
+        Command::Approve { id } => govern::approve(&cli.socket, id, out),
+        Command::Deny { id, reason } => govern::deny(&cli.socket, id, reason.clone(), out),
+        Command::Policy(cmd) => govern::policy(&cli.socket, cmd, out),
+        Command::Pin(cmd) => govern::pin(&cli.socket, cmd, out),
+        Command::Inspect(args) => govern::inspect(args, out),
     }
 }
 
@@ -175,6 +211,7 @@ fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
         server: args.server.clone(),
         tool: args.tool.clone(),
         limit: (args.limit > 0).then_some(args.limit),
+        decision: args.decision.clone(),
     };
     let mut printer = RecordPrinter::new(args.json);
 
@@ -269,6 +306,8 @@ fn unexpected(request: &str, resp: &Response) -> anyhow::Error {
         Response::List { .. } => "list",
         Response::Audit { .. } => "audit",
         Response::Record { .. } => "record",
+        Response::Pending { .. } => "pending",
+        Response::Done { .. } => "done",
         Response::Error { .. } => "error",
     };
     anyhow::anyhow!("mcpwatchd answered the {request} request with an unexpected `{kind}` response")

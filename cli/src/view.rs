@@ -20,6 +20,7 @@ pub const EMPTY_AUDIT: &str = "No audit records match.";
 pub fn inventory_columns() -> Vec<Column> {
     vec![
         Column::left("SERVER", 0, 48),
+        Column::left("REGISTRY", 0, 28),
         Column::left("TRANSPORT", 0, 15),
         Column::left("NAME/VERSION", 0, 28),
         Column::left("PROTOCOL", 0, 10),
@@ -40,7 +41,21 @@ pub fn inventory_row(s: &ServerEntry, now_ms: u64) -> Vec<String> {
     let tools = if s.tools.is_empty() {
         "0".to_string()
     } else {
-        let names: Vec<&str> = s.tools.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<String> = s
+            .tools
+            .iter()
+            .map(|t| {
+                let mut n = t.name.clone();
+                if t.hidden.is_some() {
+                    n.push_str(" [hidden]");
+                } else if t.changed {
+                    n.push_str(" [changed]");
+                } else if t.poisoning.is_some() {
+                    n.push_str(" [suspicious]");
+                }
+                n
+            })
+            .collect();
         format!("{}: {}", s.tools.len(), names.join(", "))
     };
     let mut clients: Vec<String> = Vec::new();
@@ -57,8 +72,15 @@ pub fn inventory_row(s: &ServerEntry, now_ms: u64) -> Vec<String> {
     } else {
         clients.join(", ")
     };
+    let registry = match (&s.registered, &s.status) {
+        (Some(r), Some(st)) if st != "active" => format!("{r} ({st})"),
+        (Some(r), _) => r.clone(),
+        (None, _) if s.message_count > 0 => "SHADOW".into(),
+        (None, _) => "-".into(),
+    };
     [
         s.endpoint.clone(),
+        registry,
         s.transport.clone(),
         name,
         s.protocol_version.clone().unwrap_or_else(|| "-".into()),
@@ -91,6 +113,7 @@ pub fn audit_columns() -> Vec<Column> {
         Column::left("METHOD", 10, 26),
         Column::left("NAME", 8, 28),
         Column::left("STATUS", 7, 24),
+        Column::left("DECISION", 8, 24),
         Column::right("DURATION", 8, 9),
         Column::right("BYTES", 9, 13),
     ]
@@ -122,12 +145,36 @@ pub fn audit_row(r: &AuditRecord, now_ms: u64, time_only: bool) -> Vec<String> {
         method,
         r.name.clone().unwrap_or_else(|| "-".into()),
         r.status.label(),
+        decision(r),
         r.duration_us.map_or_else(|| "-".into(), duration_us),
         format!("{}/{}", bytes(r.request_bytes), bytes(r.response_bytes)),
     ]
     .iter()
     .map(|c| sanitize(c))
     .collect()
+}
+
+/// `deny (no-ssh-keys)`, `redacted 2`, `alert`, or `-`.
+fn decision(r: &AuditRecord) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = &r.decision {
+        if d.action != "allow" || d.effective != "forward" {
+            let rule = d.rules.first().map(|x| format!(" ({x})")).unwrap_or_default();
+            let what = match (d.action.as_str(), d.effective.as_str()) {
+                (a, "forward") => format!("{a}→forwarded"),
+                (a, _) => a.to_string(),
+            };
+            parts.push(format!("{what}{rule}"));
+        }
+    }
+    let redacted: u32 = r.findings.iter().filter(|f| f.action == "redact").map(|f| f.count).sum();
+    if redacted > 0 {
+        parts.push(format!("redacted {redacted}"));
+    }
+    if !r.alerts.is_empty() {
+        parts.push("alert".into());
+    }
+    if parts.is_empty() { "-".into() } else { parts.join(", ") }
 }
 
 /// `mcpwatch status`, human form: failure mode and interception first.
@@ -196,7 +243,14 @@ pub fn status_text(s: &Status) -> String {
             if s.audit_sync { "flushed before forwarding" } else { "flushed in batches (a crash can lose the newest records)" }
         ),
     );
+    line("policy", s.policy.as_deref().unwrap_or("-"));
+    if s.held_calls > 0 {
+        line("held calls", &format!("{} waiting for approval (mcpwatch pending)", s.held_calls));
+    }
     let mut warnings: Vec<String> = Vec::new();
+    if let Some(e) = &s.policy_error {
+        warnings.push(format!("last policy reload was REJECTED (previous policy still in force): {}", e.lines().next().unwrap_or_default()));
+    }
     if c.audit_write_errors > 0 {
         warnings.push(format!("{} audit writes failed", c.audit_write_errors));
     }
@@ -381,6 +435,7 @@ mod tests {
             inventory_row(&s, NOW),
             vec![
                 "http://127.0.0.2:8765/mcp",
+                "-",
                 "streamable-http",
                 "demo/1.2.0",
                 "2025-11-25",
@@ -418,7 +473,7 @@ mod tests {
             ..Default::default()
         };
         let row = inventory_row(&s, NOW);
-        assert_eq!(row[2], "x\\u{1b}]0;pwned\\u{7}");
+        assert_eq!(row[3], "x\\u{1b}]0;pwned\\u{7}");
     }
 
     #[test]
@@ -452,6 +507,7 @@ mod tests {
                 "tools/call",
                 "add",
                 "error -32601",
+                "-",
                 "1.5ms",
                 "120/2.0K",
             ]
@@ -505,7 +561,7 @@ mod tests {
             "interception    NOT ATTACHED: cgroup v2 not mounted"
         );
         assert!(
-            text.contains("audit           10 records, 2 write errors\n"),
+            text.contains("audit           10 records, 2 write errors, flushed in batches"),
             "{text}"
         );
         assert!(

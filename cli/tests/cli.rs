@@ -115,12 +115,14 @@ fn server(n: u16) -> ServerEntry {
                 hash: "aa".into(),
                 first_seen_ms: 1,
                 calls: 3,
+                ..Default::default()
             },
             ToolEntry {
                 name: "search".into(),
                 hash: "bb".into(),
                 first_seen_ms: 1,
                 calls: 0,
+                ..Default::default()
             },
         ],
         message_count: 10,
@@ -265,6 +267,7 @@ fn audit_json_is_ndjson_and_sends_the_filter() {
             server: Some("127.0.0.2".into()),
             tool: Some("add".into()),
             limit: Some(5),
+            decision: None,
         }
     );
     assert!(out.status.success(), "stderr: {}", stderr(&out));

@@ -40,6 +40,9 @@ pub struct FileConfig {
     pub audit_sync: Option<bool>,
     #[serde(default)]
     pub limits: LimitsFile,
+    /// TLS interception (`[tls]`): local CA, scope, upstream trust.
+    #[serde(default)]
+    pub tls: TlsFile,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -69,6 +72,7 @@ pub struct Config {
     pub mark: u32,
     pub audit_sync: bool,
     pub limits: Limits,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -119,7 +123,142 @@ impl Default for Config {
             mark: DEFAULT_MARK,
             audit_sync: true,
             limits: Limits::default(),
+            tls: TlsConfig::default(),
         }
+    }
+}
+
+/// The `[tls]` table as written. Scope rules (see `mcpwatch_tls::decide`): a host in `never`
+/// passes through, else a host in `always` is intercepted, else `default` (`no_sni` when the
+/// client sent no server name and the destination IP matches no pattern).
+///
+/// ```toml
+/// [tls]
+/// default = "pass_through"              # or "intercept"
+/// always = ["mcp.example.com", "*.mcp.internal"]
+/// never = ["*.bank.example", "deb.debian.org"]
+/// extra_anchors = ["/etc/mcpwatch/internal-ca.pem"]
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Terminate TLS at all (default true). `false`: every TLS connection is relayed untouched
+    /// and no CA is created.
+    pub enabled: Option<bool>,
+    /// Host patterns always intercepted.
+    #[serde(default)]
+    pub always: Vec<String>,
+    /// Host patterns never intercepted (wins over `always`).
+    #[serde(default)]
+    pub never: Vec<String>,
+    /// `pass_through` (default) or `intercept` for hosts in neither list.
+    pub default: Option<mcpwatch_tls::TlsAction>,
+    /// Action when the client sent no SNI (default: same as `default`).
+    pub no_sni: Option<mcpwatch_tls::TlsAction>,
+    /// Only intercept connections of these processes (exe path or comm); empty: every process.
+    #[serde(default)]
+    pub processes: Vec<String>,
+    /// PEM files with extra trust anchors for upstream servers (private CAs).
+    #[serde(default)]
+    pub extra_anchors: Vec<PathBuf>,
+    /// Trust the system store for upstream servers (default true).
+    pub system_roots: Option<bool>,
+    /// Hosts whose upstream certificate is NOT verified; every record says so. Avoid.
+    #[serde(default)]
+    pub insecure_hosts: Vec<String>,
+    /// Lifetime of minted leaf certificates, hours (default 24, 1..=720).
+    pub leaf_validity_hours: Option<u64>,
+    /// Most leaf configs cached (default 1024).
+    pub leaf_cache_size: Option<usize>,
+    /// Bound on reading the ClientHello and finishing each handshake (default 10000).
+    pub handshake_timeout_ms: Option<u64>,
+    /// After a client rejected the mcpwatch CA for a host, pass that process/host through for
+    /// this long so the agent keeps working (default 900; 0: never pass through, keep failing).
+    pub distrust_backoff_secs: Option<u64>,
+}
+
+/// Validated TLS settings.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub scope: mcpwatch_tls::TlsScopeConfig,
+    pub processes: Vec<String>,
+    pub extra_anchors: Vec<PathBuf>,
+    pub system_roots: bool,
+    pub insecure_hosts: Vec<String>,
+    pub leaf_validity: Duration,
+    pub leaf_cache_size: usize,
+    pub handshake_timeout: Duration,
+    /// Zero: distrusting clients are recorded but never passed through.
+    pub distrust_backoff: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: true,
+            scope: mcpwatch_tls::TlsScopeConfig::default(),
+            processes: Vec::new(),
+            extra_anchors: Vec::new(),
+            system_roots: true,
+            insecure_hosts: Vec::new(),
+            leaf_validity: Duration::from_secs(24 * 3600),
+            leaf_cache_size: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            distrust_backoff: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl TlsFile {
+    fn into_config(self) -> TlsConfig {
+        let d = TlsConfig::default();
+        TlsConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            scope: mcpwatch_tls::TlsScopeConfig {
+                always: self.always,
+                never: self.never,
+                default: self.default.unwrap_or(d.scope.default),
+                no_sni: self.no_sni,
+            },
+            processes: self.processes,
+            extra_anchors: self.extra_anchors,
+            system_roots: self.system_roots.unwrap_or(d.system_roots),
+            insecure_hosts: self.insecure_hosts,
+            leaf_validity: self.leaf_validity_hours.map_or(d.leaf_validity, |h| Duration::from_secs(h.saturating_mul(3600))),
+            leaf_cache_size: self.leaf_cache_size.unwrap_or(d.leaf_cache_size),
+            handshake_timeout: self.handshake_timeout_ms.map_or(d.handshake_timeout, Duration::from_millis),
+            distrust_backoff: self.distrust_backoff_secs.map_or(d.distrust_backoff, Duration::from_secs),
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        mcpwatch_tls::TlsScope::from_config(&self.scope).map_err(|e| ConfigError::Invalid(format!("tls: {e}")))?;
+        for h in &self.insecure_hosts {
+            if mcpwatch_tls::validate_server_name(h).is_err() {
+                return bad(format!("tls.insecure_hosts: {h:?} is not a host name or IP address"));
+            }
+        }
+        if self.processes.iter().any(|p| p.trim().is_empty()) {
+            return bad("tls.processes: empty entry".into());
+        }
+        if self.extra_anchors.iter().any(|p| p.as_os_str().is_empty()) {
+            return bad("tls.extra_anchors: empty path".into());
+        }
+        let hours = self.leaf_validity.as_secs() / 3600;
+        if !(1..=720).contains(&hours) {
+            return bad(format!("tls.leaf_validity_hours must be between 1 and 720, got {hours}"));
+        }
+        if self.leaf_cache_size == 0 {
+            return bad("tls.leaf_cache_size must be positive".into());
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(300) {
+            return bad("tls.handshake_timeout_ms must be between 1 and 300000".into());
+        }
+        Ok(())
     }
 }
 
@@ -198,6 +337,7 @@ impl FileConfig {
             max_pending_calls: l.max_pending_calls.unwrap_or(d.max_pending_calls),
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
         };
+        c.tls = self.tls.into_config();
         c.validate()?;
         Ok(c)
     }
@@ -220,6 +360,7 @@ impl Config {
         }
         self.ports.parse::<mcpwatch_intercept::PortScope>()
             .map_err(|e| ConfigError::Invalid(format!("ports: {e}")))?;
+        self.tls.validate()?;
         Ok(())
     }
 
@@ -267,6 +408,39 @@ mod tests {
         let src = "ports = \"80,90000\"\n";
         let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("ports"), "{err}");
+    }
+
+    #[test]
+    fn tls_table_parses_and_validates() {
+        let c = FileConfig::default().into_config().unwrap();
+        assert!(c.tls.enabled);
+        assert_eq!(c.tls.scope.default, mcpwatch_tls::TlsAction::PassThrough, "safe default: nothing intercepted unless listed");
+        let src = "[tls]\ndefault = \"intercept\"\nnever = [\"*.bank.example\"]\nalways = [\"mcp.example.com\"]\n\
+                   extra_anchors = [\"/etc/x.pem\"]\ninsecure_hosts = [\"10.0.0.7\"]\nleaf_validity_hours = 2\ndistrust_backoff_secs = 0\n";
+        let c = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap();
+        assert_eq!(c.tls.scope.default, mcpwatch_tls::TlsAction::Intercept);
+        assert_eq!(c.tls.scope.never, ["*.bank.example"]);
+        assert_eq!(c.tls.extra_anchors, [PathBuf::from("/etc/x.pem")]);
+        assert_eq!(c.tls.leaf_validity, Duration::from_secs(7200));
+        assert!(c.tls.distrust_backoff.is_zero());
+    }
+
+    #[test]
+    fn tls_mistakes_are_rejected() {
+        let err = FileConfig::parse("[tls]\nalway = []\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:2:1:") && err.contains("alway"), "{err}");
+        let err = FileConfig::parse("[tls]\ndefault = \"maybe\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:2:"), "{err}");
+        for (src, needle) in [
+            ("[tls]\nnever = [\"ex*mple.com\"]\n", "ex*mple.com"),
+            ("[tls]\ninsecure_hosts = [\"bad host\"]\n", "insecure_hosts"),
+            ("[tls]\nleaf_validity_hours = 0\n", "leaf_validity_hours"),
+            ("[tls]\nleaf_validity_hours = 721\n", "leaf_validity_hours"),
+            ("[tls]\nhandshake_timeout_ms = 0\n", "handshake_timeout_ms"),
+        ] {
+            let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err().to_string();
+            assert!(err.contains(needle), "{src}: {err}");
+        }
     }
 
     #[test]

@@ -14,7 +14,16 @@ use mcpwatch_api::{Request, Response, Status};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::approvals::Verdict;
 use crate::state::Shared;
+
+/// `uid 0 (root)`, for approvals in the audit log.
+fn who(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("uid {uid} ({})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -105,6 +114,47 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
     match req {
         Request::Status => send(&mut w, &Response::Status(status())).await,
         Request::List => send(&mut w, &Response::List { servers: shared.inventory.list() }).await,
+        Request::Pending => send(&mut w, &Response::Pending { calls: shared.approvals.list() }).await,
+        Request::Approve { id } => {
+            let by = who(cred.uid());
+            let resp = match shared.approvals.decide(&id, Verdict::Approved { by: by.clone() }) {
+                Ok(call) => {
+                    tracing::warn!(%id, %by, tool = ?call.tool, "held call approved");
+                    Response::Done { message: format!("approved {id} ({} on {}); it is being forwarded", call.tool.as_deref().unwrap_or(&call.method), call.server) }
+                }
+                Err(e) => Response::Error { message: e.to_string() },
+            };
+            send(&mut w, &resp).await
+        }
+        Request::Deny { id, reason } => {
+            let by = who(cred.uid());
+            let resp = match shared.approvals.decide(&id, Verdict::Denied { by: by.clone(), reason }) {
+                Ok(call) => {
+                    tracing::warn!(%id, %by, tool = ?call.tool, "held call denied");
+                    Response::Done { message: format!("denied {id} ({} on {})", call.tool.as_deref().unwrap_or(&call.method), call.server) }
+                }
+                Err(e) => Response::Error { message: e.to_string() },
+            };
+            send(&mut w, &resp).await
+        }
+        Request::PolicyReload => {
+            let resp = match shared.governance.reload() {
+                Ok(summary) => Response::Done { message: summary },
+                Err(e) => Response::Error { message: format!("policy rejected; the previous policy stays in force:\n{e}") },
+            };
+            send(&mut w, &resp).await
+        }
+        Request::PinAccept { server, tool } => {
+            let resp = match shared.inventory.accept_pins(&server, tool.as_deref()) {
+                Ok((endpoint, tools)) if tools.is_empty() => Response::Done { message: format!("{endpoint}: nothing to accept, all pins are current") },
+                Ok((endpoint, tools)) => {
+                    tracing::warn!(%endpoint, ?tools, by = %who(cred.uid()), "tool definitions accepted");
+                    Response::Done { message: format!("{endpoint}: now trusting the current definition of {}", tools.join(", ")) }
+                }
+                Err(e) => Response::Error { message: e },
+            };
+            send(&mut w, &resp).await
+        }
         Request::Audit { filter } => match shared.store.query(&filter) {
             Ok(records) => send(&mut w, &Response::Audit { records }).await,
             Err(e) => send(&mut w, &Response::Error { message: format!("audit store: {e}") }).await,

@@ -29,6 +29,24 @@ pub struct Sighting<'a> {
     pub now_ms: u64,
 }
 
+/// One tool of a `tools/list` result.
+pub struct ToolSight {
+    pub name: String,
+    /// `mcpwatch_inspect::pin::tool_hash` of the definition.
+    pub hash: String,
+    pub def: serde_json::Value,
+    /// Poisoning severity, when signals were found.
+    pub poisoning: Option<String>,
+}
+
+/// Pin state of a tool after a `tools/list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinOutcome {
+    Trusted,
+    FirstSeen,
+    Changed(Vec<String>),
+}
+
 /// Server identity from `initialize` or `server/discover`.
 #[derive(Debug, Default, Clone)]
 pub struct ServerInfoUpdate {
@@ -156,22 +174,131 @@ impl Inventory {
         });
     }
 
-    /// Tools from a `tools/list` result (one page). Keeps first-seen times and call counts.
-    pub fn set_tools(&self, endpoint: &str, tools: &[(String, String)], first_page: bool, now_ms: u64) {
+    /// Tools from a `tools/list` result, with trust-on-first-use pinning: a tool seen for
+    /// the first time is pinned; a later different definition is marked changed, with a
+    /// diff against the pinned one. Returns the outcome per tool.
+    pub fn observe_tools(&self, endpoint: &str, tools: &[ToolSight], first_page: bool, now_ms: u64) -> Vec<(String, PinOutcome)> {
+        let mut outcomes = Vec::new();
         self.update(endpoint, |e| {
             let old = std::mem::take(&mut e.tools);
             let mut kept: Vec<ToolEntry> = if first_page { Vec::new() } else { old.clone() };
-            for (name, hash) in tools {
-                let prev = old.iter().find(|t| &t.name == name);
-                kept.retain(|t| &t.name != name);
-                kept.push(ToolEntry {
-                    name: name.clone(),
-                    hash: hash.clone(),
-                    first_seen_ms: prev.map_or(now_ms, |p| p.first_seen_ms),
-                    calls: prev.map_or(0, |p| p.calls),
-                });
+            for t in tools {
+                let prev = old.iter().find(|x| x.name == t.name);
+                kept.retain(|x| x.name != t.name);
+                let mut entry = prev.cloned().unwrap_or(ToolEntry { name: t.name.clone(), first_seen_ms: now_ms, ..Default::default() });
+                entry.hash = t.hash.clone();
+                entry.poisoning = t.poisoning.clone();
+                let outcome = match (&entry.pinned_hash, &entry.pinned_definition) {
+                    (Some(pinned), _) if *pinned == t.hash => {
+                        entry.changed = false;
+                        entry.diff.clear();
+                        PinOutcome::Trusted
+                    }
+                    (Some(_), old_def) => {
+                        let diff: Vec<String> = match old_def {
+                            Some(old_def) => mcpwatch_inspect::pin::diff(old_def, &t.def)
+                                .into_iter()
+                                .map(|c| format!("{}: {} -> {}", if c.pointer.is_empty() { "…" } else { &c.pointer }, c.before.as_deref().unwrap_or("(absent)"), c.after.as_deref().unwrap_or("(absent)")))
+                                .collect(),
+                            None => vec!["definition changed (previous definition not kept)".to_string()],
+                        };
+                        entry.changed = true;
+                        entry.diff = diff.clone();
+                        PinOutcome::Changed(diff)
+                    }
+                    (None, _) => {
+                        entry.pinned_hash = Some(t.hash.clone());
+                        entry.pinned_definition = Some(t.def.clone());
+                        PinOutcome::FirstSeen
+                    }
+                };
+                outcomes.push((t.name.clone(), outcome));
+                kept.push(entry);
             }
             e.tools = kept;
+        });
+        outcomes
+    }
+
+    /// Mark tools hidden from clients (or visible again).
+    pub fn set_hidden(&self, endpoint: &str, hidden: &[(String, Option<String>)]) {
+        if hidden.is_empty() {
+            return;
+        }
+        self.update(endpoint, |e| {
+            for (name, reason) in hidden {
+                if let Some(t) = e.tools.iter_mut().find(|t| &t.name == name) {
+                    t.hidden = reason.clone();
+                }
+            }
+        });
+    }
+
+    pub fn tool(&self, endpoint: &str, name: &str) -> Option<ToolEntry> {
+        let servers = self.servers.lock().ok()?;
+        servers.get(endpoint)?.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    /// Does the server have a tool whose definition changed since it was pinned?
+    pub fn has_changed_tools(&self, endpoint: &str) -> bool {
+        self.servers.lock().is_ok_and(|s| s.get(endpoint).is_some_and(|e| e.tools.iter().any(|t| t.changed)))
+    }
+
+    /// Trust the current definitions (`mcpwatch pin accept SERVER [TOOL]`). `server`
+    /// matches an endpoint exactly or, failing that, as a unique substring. Returns the
+    /// endpoint and the tools accepted.
+    pub fn accept_pins(&self, server: &str, tool: Option<&str>) -> Result<(String, Vec<String>), String> {
+        let endpoint = {
+            let servers = self.servers.lock().map_err(|_| "inventory unavailable".to_string())?;
+            if servers.contains_key(server) {
+                server.to_string()
+            } else {
+                let hits: Vec<&String> = servers.keys().filter(|k| k.contains(server)).collect();
+                match hits.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => return Err(format!("no server matches `{server}` (see `mcpwatch list`)")),
+                    many => return Err(format!("`{server}` matches {} servers; give the full endpoint", many.len())),
+                }
+            }
+        };
+        let mut accepted = Vec::new();
+        let mut missing = false;
+        self.update(&endpoint, |e| {
+            for t in e.tools.iter_mut().filter(|t| tool.is_none_or(|n| n == t.name)) {
+                if t.changed || t.pinned_hash.as_deref() != Some(t.hash.as_str()) {
+                    accepted.push(t.name.clone());
+                }
+                t.pinned_hash = Some(t.hash.clone());
+                t.changed = false;
+                t.diff.clear();
+                if t.hidden.as_deref().is_some_and(|h| h.starts_with("definition changed")) {
+                    t.hidden = None;
+                }
+            }
+            missing = tool.is_some_and(|n| !e.tools.iter().any(|t| t.name == n));
+        });
+        if missing {
+            return Err(format!("{endpoint} has no tool `{}`", tool.unwrap_or_default()));
+        }
+        Ok((endpoint, accepted))
+    }
+
+    pub fn add_alert(&self, endpoint: &str, alert: String) {
+        self.update(endpoint, |e| {
+            if e.alerts.last() != Some(&alert) {
+                e.alerts.push(alert);
+            }
+            if e.alerts.len() > 32 {
+                let n = e.alerts.len() - 32;
+                e.alerts.drain(..n);
+            }
+        });
+    }
+
+    pub fn set_registration(&self, endpoint: &str, registered: Option<String>, status: Option<String>) {
+        self.update(endpoint, |e| {
+            e.registered = registered;
+            e.status = status;
         });
     }
 

@@ -5,9 +5,11 @@
 //! them, relays non-MCP bytes untouched and parses MCP over HTTP; [`state`] records every
 //! message in the audit store and the [`inventory`]; [`control`] answers the CLI.
 
+pub mod approvals;
 pub mod config;
 pub mod control;
 pub mod failure;
+pub mod governance;
 pub mod inventory;
 pub mod proxy;
 pub mod resolve;
@@ -39,7 +41,10 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
         control_socket: shared.config.control_socket.display().to_string(),
         state_dir: shared.config.state_dir.display().to_string(),
         counts: shared.counts(),
-        warnings: Vec::new(),
+        policy: Some(shared.governance.current().origin.clone()),
+        policy_error: shared.governance.last_error(),
+        held_calls: shared.approvals.list().len() as u64,
+        warnings: shared.tls.as_ref().map(|t| t.warnings()).unwrap_or_default(),
     }
 }
 

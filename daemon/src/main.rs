@@ -11,6 +11,7 @@ use mcpwatchd::resolve::{BpfResolver, Resolve, StaticResolver};
 use mcpwatchd::state::Shared;
 
 const DEFAULT_CONFIG: &str = "/etc/mcpwatch/mcpwatchd.toml";
+const DEFAULT_POLICY: &str = "/etc/mcpwatch/policy.toml";
 
 #[derive(Parser, Debug)]
 #[command(name = "mcpwatchd", version, about = "Watches and governs MCP connections on this host")]
@@ -39,6 +40,13 @@ struct Args {
     /// tests and benchmarks).
     #[arg(long)]
     static_upstream: Option<std::net::SocketAddr>,
+    /// Policy file. Default: /etc/mcpwatch/policy.toml if it exists, else the embedded
+    /// default policy. An invalid policy stops the daemon from starting.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Validate the config and policy, print a summary, and exit (nothing is attached).
+    #[arg(long)]
+    check: bool,
 }
 
 fn parse_failure_mode(s: &str) -> Result<FailureMode, String> {
@@ -95,6 +103,16 @@ async fn main() {
 async fn real_main() -> Result<()> {
     let args = Args::parse();
     let config = load_config(&args)?;
+    let source = mcpwatchd::governance::Governance::source_for(args.policy.as_deref(), std::path::Path::new(DEFAULT_POLICY));
+    let governance = mcpwatchd::governance::Governance::start(source).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
+    {
+        let g = governance.current();
+        tracing::info!(policy = %g.origin, mode = %g.policy.mode(), rules = g.policy.rules().len(), servers = g.policy.servers().len(), "policy loaded");
+        if args.check {
+            println!("config ok; policy {} ok (mode {}, {} servers, {} agents, {} rules)", g.origin, g.policy.mode(), g.policy.servers().len(), g.policy.agents().len(), g.policy.rules().len());
+            return Ok(());
+        }
+    }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
     let store = mcpwatch_audit::Store::open(
@@ -110,7 +128,36 @@ async fn real_main() -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
         }
     }
-    let shared = Shared::new(config.clone(), store);
+    let tls = if config.tls.enabled {
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_string());
+        let rt = mcpwatchd::proxy::tls::TlsRuntime::build(&config.tls, &config.state_dir, &hostname)
+            .context("TLS interception ([tls] in the config; `enabled = false` turns it off)")?;
+        tracing::info!(
+            ca = %rt.ca.cert_path().display(),
+            fingerprint = %rt.ca.fingerprint_sha256(),
+            upstream_anchors = rt.upstream.anchor_count(),
+            "TLS interception ready"
+        );
+        Some(rt)
+    } else {
+        tracing::info!("TLS interception disabled: TLS is relayed untouched");
+        None
+    };
+    let shared = Shared::build(config.clone(), store, tls, governance);
+    {
+        // SIGHUP re-reads the policy; a broken file leaves the current one in force.
+        let shared = shared.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = shared.governance.reload();
+                }
+            });
+        }
+    }
 
     let resolver: Arc<dyn Resolve> = match args.static_upstream {
         Some(dst) => {

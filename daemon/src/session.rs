@@ -60,6 +60,10 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.map.len()
     }
 
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

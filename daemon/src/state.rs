@@ -50,6 +50,13 @@ pub struct Shared {
     pub counters: Counters,
     pub started: Instant,
     pub attach: Mutex<AttachState>,
+    /// TLS interception (local CA, leaves, upstream trust, scope, distrust); `None` when
+    /// `[tls] enabled = false`: TLS is then relayed untouched.
+    pub tls: Option<crate::proxy::tls::TlsRuntime>,
+    /// The policy and inspector in force (reloadable), rate-limit state.
+    pub governance: crate::governance::Governance,
+    /// Calls held for approval.
+    pub approvals: crate::approvals::Approvals,
     records_tx: broadcast::Sender<AuditRecord>,
     next_conn: AtomicU64,
 }
@@ -61,6 +68,24 @@ pub fn now_ms() -> u64 {
 
 impl Shared {
     pub fn new(config: Config, store: Store) -> Arc<Shared> {
+        Shared::with_tls(config, store, None)
+    }
+
+    /// [`Shared::new`] with TLS interception (built by `proxy::tls::TlsRuntime::build`).
+    pub fn with_tls(config: Config, store: Store, tls: Option<crate::proxy::tls::TlsRuntime>) -> Arc<Shared> {
+        // The embedded policy is compiled by a unit test; it cannot fail here.
+        let governance = crate::governance::Governance::start(crate::governance::Source::Embedded)
+            .unwrap_or_else(|e| panic!("embedded default policy does not compile: {e}"));
+        Shared::build(config, store, tls, governance)
+    }
+
+    /// Everything explicit: TLS runtime and the loaded policy.
+    pub fn build(
+        config: Config,
+        store: Store,
+        tls: Option<crate::proxy::tls::TlsRuntime>,
+        governance: crate::governance::Governance,
+    ) -> Arc<Shared> {
         let inventory = Inventory::load(store.clone());
         let (records_tx, _) = broadcast::channel(1024);
         let sessions = Sessions::new(config.limits.max_pending_calls);
@@ -72,6 +97,9 @@ impl Shared {
             counters: Counters::default(),
             started: Instant::now(),
             attach: Mutex::new(AttachState::default()),
+            tls,
+            governance,
+            approvals: crate::approvals::Approvals::new(1024),
             records_tx,
             next_conn: AtomicU64::new(1),
         })

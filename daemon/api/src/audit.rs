@@ -49,9 +49,49 @@ pub struct AuditRecord {
     pub response_bytes: u64,
     /// Free-form remarks (e.g. "batch of 3", "body not valid UTF-8").
     pub notes: Vec<String>,
+    /// What the policy decided for this message (requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionView>,
+    /// Detector hits in either direction: ids and counts only, never the values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<FindingCount>,
+    /// Alerts raised for this message (shadow server, poisoned tool, changed pin, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<String>,
     /// TLS details when the connection was HTTPS (terminated by mcpwatch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsDetails>,
+}
+
+/// A policy decision as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DecisionView {
+    /// `allow`, `deny`, `require_approval`, `rate_limit`.
+    pub action: String,
+    /// What happened: `forward`, `block`, `hold`.
+    pub effective: String,
+    /// `audit`, `warn`, `enforce`.
+    pub mode: String,
+    /// Ids of the rules that decided (built-ins: `agent:NAME`, `policy:shadow`, ...).
+    pub rules: Vec<String>,
+    pub reason: String,
+    /// The server is not in the policy's registry.
+    #[serde(default)]
+    pub shadow: bool,
+    /// For held calls: how the approval ended (`approved by uid 0`, `denied`, `timed out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+}
+
+/// How often a detector fired on a message, and what was done.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FindingCount {
+    pub detector: String,
+    /// `request` (arguments) or `response` (result).
+    pub direction: String,
+    pub count: u32,
+    /// `audit` (detected only), `redact`, `block`.
+    pub action: String,
 }
 
 /// What mcpwatch saw of an intercepted TLS connection.
@@ -119,6 +159,10 @@ pub struct AuditFilter {
     pub tool: Option<String>,
     /// At most this many records (the newest), in time order.
     pub limit: Option<usize>,
+    /// Policy action (`deny`, `allow`, `require_approval`, `rate_limit`) or effect
+    /// (`block`, `forward`, `hold`).
+    #[serde(default)]
+    pub decision: Option<String>,
 }
 
 impl AuditFilter {
@@ -136,6 +180,12 @@ impl AuditFilter {
         }
         if let Some(t) = &self.tool {
             if r.name.as_deref() != Some(t.as_str()) {
+                return false;
+            }
+        }
+        if let Some(d) = &self.decision {
+            let hit = r.decision.as_ref().is_some_and(|x| &x.action == d || &x.effective == d);
+            if !hit {
                 return false;
             }
         }

@@ -49,6 +49,18 @@ pub struct ServerEntry {
     /// `tools/call` requests.
     pub call_count: u64,
     pub clients: Vec<ClientUse>,
+    /// Name of the matching `[[server]]` in the policy; `None` = shadow server.
+    #[serde(default)]
+    pub registered: Option<String>,
+    /// `active` or `deprecated since DATE` (from the policy registry).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Alerts about this server (poisoned tools, changed pins), newest last, bounded.
+    #[serde(default)]
+    pub alerts: Vec<String>,
+    /// The server's `instructions` (from initialize), for review.
+    #[serde(default)]
+    pub instructions_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -58,6 +70,24 @@ pub struct ToolEntry {
     pub hash: String,
     pub first_seen_ms: u64,
     pub calls: u64,
+    /// Hash accepted as trusted (first sight, registry, or `mcpwatch pin accept`).
+    #[serde(default)]
+    pub pinned_hash: Option<String>,
+    /// The current definition differs from the pinned one.
+    #[serde(default)]
+    pub changed: bool,
+    /// What changed, human-readable (bounded).
+    #[serde(default)]
+    pub diff: Vec<String>,
+    /// Tool-poisoning severity (`low`, `medium`, `high`) when signals were found.
+    #[serde(default)]
+    pub poisoning: Option<String>,
+    /// Why the tool is hidden from clients, if it is.
+    #[serde(default)]
+    pub hidden: Option<String>,
+    /// The pinned definition (for diffs when it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_definition: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

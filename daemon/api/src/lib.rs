@@ -16,7 +16,9 @@ pub mod audit;
 pub mod inventory;
 pub mod process;
 
-pub use audit::{AuditFilter, AuditRecord, CallStatus, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION};
+pub use audit::{
+    AuditFilter, AuditRecord, CallStatus, DecisionView, FindingCount, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION,
+};
 pub use inventory::{ClientUse, Endpoint, ServerEntry, ToolEntry};
 pub use process::{Ancestor, ProcessInfo};
 
@@ -34,6 +36,16 @@ pub enum Request {
     Audit { filter: AuditFilter },
     /// Like `Audit`, then keeps the connection open and streams new and completed records.
     AuditFollow { filter: AuditFilter },
+    /// Calls held for approval.
+    Pending,
+    /// Let a held call through (single use).
+    Approve { id: String },
+    /// Refuse a held call.
+    Deny { id: String, reason: Option<String> },
+    /// Re-read the policy file; a broken file leaves the current policy in force.
+    PolicyReload,
+    /// Trust the current definition of a server's tools (all, or one).
+    PinAccept { server: String, tool: Option<String> },
 }
 
 /// One response line from the daemon.
@@ -44,7 +56,28 @@ pub enum Response {
     List { servers: Vec<ServerEntry> },
     Audit { records: Vec<AuditRecord> },
     Record { record: AuditRecord },
+    Pending { calls: Vec<HeldCall> },
+    Done { message: String },
     Error { message: String },
+}
+
+/// A call waiting for a human decision, as `mcpwatch pending` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct HeldCall {
+    pub id: String,
+    pub held_since_ms: u64,
+    pub expires_ms: u64,
+    pub process: Option<ProcessInfo>,
+    /// The policy agent the process matched, if any.
+    pub agent: Option<String>,
+    pub server: String,
+    pub method: String,
+    pub tool: Option<String>,
+    /// Arguments with secrets and PII masked.
+    pub arguments: Option<serde_json::Value>,
+    pub args_hash: Option<String>,
+    pub rules: Vec<String>,
+    pub reason: String,
 }
 
 /// What the daemon does when it cannot do its job (internal error, audit write failure,
@@ -88,6 +121,14 @@ pub struct Status {
     pub control_socket: String,
     pub state_dir: String,
     pub counts: Counts,
+    /// The policy in force: file path or `<embedded default policy>`.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The last policy reload that was rejected (the previous policy stayed in force).
+    #[serde(default)]
+    pub policy_error: Option<String>,
+    #[serde(default)]
+    pub held_calls: u64,
     /// Human-readable warnings an operator should see (e.g. clients that distrust the CA).
     pub warnings: Vec<String>,
 }

@@ -19,6 +19,7 @@ use crate::matcher::{
     norm_path,
 };
 use crate::model::{
+    InspectSettings,
     AgentDef, DefaultAction, Policy, RateDef, RuleAction, RuleDef, ServerDef, ServerStatus,
     ShadowAction,
 };
@@ -152,8 +153,29 @@ impl Compiler<'_> {
             rules.push(def);
         }
 
+        let inspect = match raw.inspect {
+            None => InspectSettings::default(),
+            Some(spanned) => {
+                let span = spanned.span();
+                let r = spanned.into_inner();
+                let d = InspectSettings::default();
+                let detectors = r.detectors.unwrap_or_default();
+                if let Err(e) = mcpwatch_inspect::Inspector::new(&detectors) {
+                    return Err(self.err(span, format!("[inspect.detectors]: {e}")));
+                }
+                InspectSettings {
+                    detectors,
+                    poisoning: r.poisoning.unwrap_or(d.poisoning),
+                    poisoning_min_severity: r.poisoning_min_severity.unwrap_or(d.poisoning_min_severity),
+                    pinning: r.pinning.unwrap_or(d.pinning),
+                    result_injection: r.result_injection.unwrap_or(d.result_injection),
+                }
+            }
+        };
+
         Ok(Policy {
             file: self.file.to_string(),
+            inspect,
             mode: raw.mode,
             shadow: raw.shadow.unwrap_or(ShadowAction::Alert),
             default: raw.default.unwrap_or(DefaultAction::Allow),

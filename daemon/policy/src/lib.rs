@@ -29,7 +29,8 @@ pub use compile::{DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES, parse};
 pub use error::PolicyError;
 pub use eval::{Call, Subject, Target};
 pub use model::{
-    Action, AgentDef, Decision, DefaultAction, Effect, Mode, Per, Policy, RateScope, RateSpec,
-    RuleAction, RuleDef, ServerDef, ServerStatus, ShadowAction,
+    Action, AgentDef, Decision, DefaultAction, Effect, InspectSettings, MinSeverity, Mode, Per,
+    PinAction, PoisonAction, Policy, RateScope, RateSpec, RuleAction, RuleDef, ServerDef,
+    ServerStatus, ShadowAction,
 };
 pub use rate::{DEFAULT_MAX_KEYS, RateLimiter, RateResult};

@@ -328,6 +328,59 @@ pub(crate) struct RateDef {
     pub scope: RateScope,
 }
 
+/// What to do with a tool whose definition carries hidden-instruction signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoisonAction {
+    /// Record and alert; the tool stays visible.
+    Alert,
+    /// Remove the tool from `tools/list` and deny calls to it (in enforce mode).
+    Strip,
+}
+
+/// Lowest poisoning severity that triggers [`PoisonAction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum MinSeverity {
+    Low,
+    Medium,
+    High,
+}
+
+/// What to do when a pinned tool definition changes (a rug pull).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinAction {
+    /// Record the change with a diff and alert.
+    Alert,
+    /// Hide the changed tool (and deny calls to it) until the change is accepted.
+    Hide,
+    /// Deny every call to the server until the change is accepted.
+    Block,
+}
+
+/// The `[inspect]` settings of a policy.
+#[derive(Debug, Clone)]
+pub struct InspectSettings {
+    pub detectors: mcpwatch_inspect::InspectConfig,
+    pub poisoning: PoisonAction,
+    pub poisoning_min_severity: MinSeverity,
+    pub pinning: PinAction,
+    pub result_injection: bool,
+}
+
+impl Default for InspectSettings {
+    fn default() -> Self {
+        InspectSettings {
+            detectors: mcpwatch_inspect::InspectConfig::default(),
+            poisoning: PoisonAction::Strip,
+            poisoning_min_severity: MinSeverity::Medium,
+            pinning: PinAction::Alert,
+            result_injection: true,
+        }
+    }
+}
+
 /// A compiled policy. Cheap to share behind an `Arc`; evaluation takes `&self`.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -340,9 +393,15 @@ pub struct Policy {
     pub(crate) servers: Vec<ServerDef>,
     pub(crate) agents: Vec<AgentDef>,
     pub(crate) rules: Vec<RuleDef>,
+    pub(crate) inspect: InspectSettings,
 }
 
 impl Policy {
+    /// The `[inspect]` settings (defaults when the table is absent).
+    pub fn inspect(&self) -> &InspectSettings {
+        &self.inspect
+    }
+
     /// The file name given to [`crate::parse`].
     pub fn file(&self) -> &str {
         &self.file

@@ -26,6 +26,20 @@ pub(crate) struct RawPolicy {
     pub agent: Vec<RawAgent>,
     #[serde(default)]
     pub rule: Vec<RawRule>,
+    pub inspect: Option<Spanned<RawInspect>>,
+}
+
+/// `[inspect]`: content inspection (detectors, tool poisoning, tool pinning).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInspect {
+    /// `[inspect.detectors]`: which detectors run and what each does.
+    pub detectors: Option<mcpwatch_inspect::InspectConfig>,
+    pub poisoning: Option<crate::model::PoisonAction>,
+    pub poisoning_min_severity: Option<crate::model::MinSeverity>,
+    pub pinning: Option<crate::model::PinAction>,
+    /// Scan tool results for instructions aimed at the agent (alert only).
+    pub result_injection: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

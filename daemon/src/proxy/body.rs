@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Empty, Full};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -80,7 +80,7 @@ impl HttpBody for Prefixed {
     }
 }
 
-/// How a tapped body ended.
+/// How a transformed body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     Complete,
@@ -89,78 +89,82 @@ pub enum End {
     Dropped,
 }
 
-/// Sees each data chunk of a tapped body, then its end, exactly once.
-pub trait Observer: Send + 'static {
-    fn data(&mut self, chunk: &[u8]);
-    fn end(&mut self, how: End);
+/// Sees a response body chunk by chunk and decides what the client gets.
+pub trait Transformer: Send + Unpin + 'static {
+    /// Bytes to send now for this chunk (may be empty: the transformer is holding
+    /// them until a message is complete).
+    fn chunk(&mut self, data: &[u8]) -> Bytes;
+    /// Bytes still to send when the body ends; called exactly once.
+    fn finish(&mut self, how: End) -> Bytes;
 }
 
-/// Passes every frame through untouched and at once, showing data to an observer.
-pub struct Tap<O: Observer> {
+/// A body whose bytes pass through a [`Transformer`]. A transformer that changes
+/// nothing yields the original bytes as soon as each message is complete.
+pub struct Transform<T: Transformer> {
     inner: Body,
-    observer: Option<O>,
+    t: Option<T>,
+    done: bool,
 }
 
-impl<O: Observer> Tap<O> {
-    pub fn new(inner: Body, observer: O) -> Self {
-        let mut tap = Tap { inner, observer: Some(observer) };
-        // An empty body (e.g. 202 Accepted) is never polled at all.
-        if tap.inner.is_end_stream() {
-            tap.finish(End::Complete);
-        }
-        tap
+impl<T: Transformer> Transform<T> {
+    pub fn new(inner: Body, t: T) -> Self {
+        Transform { inner, t: Some(t), done: false }
     }
 
-    fn finish(&mut self, how: End) {
-        if let Some(mut o) = self.observer.take() {
-            o.end(how);
+    fn finish(&mut self, how: End) -> Bytes {
+        self.done = true;
+        match self.t.take() {
+            Some(mut t) => t.finish(how),
+            None => Bytes::new(),
         }
     }
 }
 
-impl<O: Observer + Unpin> HttpBody for Tap<O> {
+impl<T: Transformer> HttpBody for Transform<T> {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
-                    o.data(data);
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = match this.t.as_mut() {
+                            Some(t) => t.chunk(&data),
+                            None => data,
+                        };
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                Poll::Ready(None) => {
+                    let out = this.finish(End::Complete);
+                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out))));
                 }
-                // hyper stops polling once a body reports its end (e.g. Content-Length
-                // reached), so the end must be seen here, not only on `None`.
-                if this.inner.is_end_stream() {
-                    this.finish(End::Complete);
+                Poll::Ready(Some(Err(e))) => {
+                    let _ = this.finish(End::Error(e.to_string()));
+                    return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.finish(End::Error(e.to_string()));
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.finish(End::Complete);
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.done
     }
 }
 
-impl<O: Observer> Drop for Tap<O> {
+impl<T: Transformer> Drop for Transform<T> {
     fn drop(&mut self) {
-        if let Some(mut o) = self.observer.take() {
-            o.end(End::Dropped);
+        if let Some(mut t) = self.t.take() {
+            let _ = t.finish(End::Dropped);
         }
     }
 }

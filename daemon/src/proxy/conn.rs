@@ -91,7 +91,8 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn super::super::resolve
     tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, "connection");
     match kind {
         Some(Sniffed::Http) => http::serve(shared, ctx, client, upstream).await,
-        Some(Sniffed::Tls) | Some(Sniffed::Opaque) => {
+        Some(Sniffed::Tls) => super::tls::handle(shared, ctx, client, upstream).await,
+        Some(Sniffed::Opaque) => {
             Counters::inc(&shared.counters.passthrough);
             relay(client, upstream).await;
         }

@@ -20,24 +20,27 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, Endpoint, FindingCount, MessageKind, AUDIT_SCHEMA_VERSION};
 use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
-use mcpwatch_mcp::sse::SseParser;
+use mcpwatch_policy::{Call, Effect, Mode, PinAction, Subject};
 
-use super::body::{self, Body, Collected, End, Observer, Tap};
+use super::body::{self, Body, Collected};
 use super::conn::ConnCtx;
 use super::http::{local_response, SharedUpstream};
+use super::responses;
+use crate::approvals::Verdict;
 use crate::failure::{self, Failure, OnFailure};
-use crate::inventory::{ServerInfoUpdate, Sighting};
-use crate::session::{LegacyRoute, Pending};
+use crate::governance::Loaded;
+use crate::inventory::Sighting;
+use crate::session::Pending;
 use crate::state::{now_ms, Counters, Shared};
 
 pub const H_SESSION: &str = "mcp-session-id";
 pub const H_VERSION: &str = "mcp-protocol-version";
 pub const H_METHOD: &str = "mcp-method";
 
-const C2S: &str = "client->server";
-const S2C: &str = "server->client";
+pub(super) const C2S: &str = "client->server";
+pub(super) const S2C: &str = "server->client";
 
 pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, mut req: Request<Incoming>) -> Response<Body> {
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -106,37 +109,40 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         }
     }
     if wants_sse && is_sse(resp.headers()) && resp.status().is_success() {
-        let obs = StreamObserver::new(shared.clone(), scope.clone(), Vec::new(), resp.headers(), resp.status(), Mode::Sse(SseParser::new(shared.config.limits.max_sse_event_bytes)));
-        return resp.map(|b| Tap::new(body::incoming(b), obs).boxed());
+        return responses::observe_stream(shared, scope, resp);
     }
     resp.map(body::incoming)
 }
 
-trait BoxedTap {
-    fn boxed(self) -> Body;
+/// The server an exchange is addressed to, as the policy matches it.
+pub struct TargetOwned {
+    pub endpoint: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
 }
 
-impl<O: Observer + Unpin> BoxedTap for Tap<O> {
-    fn boxed(self) -> Body {
-        http_body_util::BodyExt::boxed_unsync(self)
+impl TargetOwned {
+    pub fn as_policy(&self) -> mcpwatch_policy::Target<'_> {
+        mcpwatch_policy::Target { endpoint: &self.endpoint, host: &self.host, port: self.port, path: &self.path }
     }
 }
 
 /// Where an exchange belongs: server endpoint, session, transport, conversation keys.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    ctx: Arc<ConnCtx>,
-    host: Option<String>,
-    http_method: String,
-    path: String,
-    path_and_query: String,
-    endpoint: String,
-    transport: &'static str,
-    session_id: Option<String>,
-    protocol_version: Option<String>,
+    pub(super) ctx: Arc<ConnCtx>,
+    pub(super) host: Option<String>,
+    pub(super) http_method: String,
+    pub(super) path: String,
+    pub(super) path_and_query: String,
+    pub(super) endpoint: String,
+    pub(super) transport: &'static str,
+    pub(super) session_id: Option<String>,
+    pub(super) protocol_version: Option<String>,
     /// Correlation key for messages answered on another connection.
-    conversation: String,
-    legacy: bool,
+    pub(super) conversation: String,
+    pub(super) legacy: bool,
 }
 
 impl Scope {
@@ -184,12 +190,28 @@ impl Scope {
         }
     }
 
+    /// Host, port and path of the server endpoint, for policy matching.
+    pub(super) fn target(&self) -> TargetOwned {
+        let (host, port, path) = match self.endpoint.split_once("://").map(|(_, rest)| rest) {
+            Some(rest) => {
+                let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+                let (host, port) = match authority.rsplit_once(':') {
+                    Some((h, p)) if !p.contains(']') => (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().unwrap_or(0)),
+                    _ => (authority.to_string(), self.ctx.origin.dst.port()),
+                };
+                (host, port, path.to_string())
+            }
+            None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
+        };
+        TargetOwned { endpoint: self.endpoint.clone(), host, port, path }
+    }
+
     /// Does a request to this scope look like MCP before its body is understood?
     fn looks_mcp(&self, shared: &Shared, headers: &HeaderMap) -> bool {
         self.legacy || has_mcp_headers(headers) || shared.inventory.contains(&self.endpoint)
     }
 
-    fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
+    pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         AuditRecord {
             schema: AUDIT_SCHEMA_VERSION,
             id: shared.store.new_record_id(),
@@ -216,6 +238,9 @@ impl Scope {
             request_bytes: bytes,
             response_bytes: 0,
             notes: Vec::new(),
+            decision: None,
+            findings: Vec::new(),
+            alerts: Vec::new(),
             tls: self.ctx.tls.as_deref().cloned(),
         }
     }
@@ -240,7 +265,7 @@ impl Scope {
         }
     }
 
-    fn sighting<'a>(&'a self, method: Option<&'a str>, name: Option<&'a str>) -> Sighting<'a> {
+    pub(super) fn sighting<'a>(&'a self, method: Option<&'a str>, name: Option<&'a str>) -> Sighting<'a> {
         Sighting {
             endpoint: &self.endpoint,
             dst: "",
@@ -251,6 +276,20 @@ impl Scope {
             now_ms: now_ms(),
         }
     }
+}
+
+/// Error codes mcpwatch answers with (implementation-defined server-error range).
+pub const CODE_DENIED: i64 = -32001;
+pub const CODE_RATE_LIMITED: i64 = -32002;
+pub const CODE_APPROVAL: i64 = -32003;
+pub const CODE_CONTENT_BLOCKED: i64 = -32004;
+
+/// What happens to one client message after policy and inspection.
+enum Fate {
+    /// Forward (possibly rewritten).
+    Forward,
+    /// Answer locally with this JSON-RPC error; nothing reaches the server.
+    Refuse { code: i64, message: String, data: serde_json::Value, retry_after_ms: Option<u64> },
 }
 
 /// A client POST with a complete JSON body.
@@ -288,10 +327,25 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         return local_response(status, "application/json", serde_json::to_vec(&rej.error_response()).unwrap_or_default());
     }
 
+    let gov = shared.governance.current();
+    let target = scope.target();
+    let registry = gov.policy.server_for(&target.as_policy());
+    let registered = registry.map(|s| s.name.clone());
+    let reg_status = registry.map(|s| match (&s.status, &s.deprecated_since) {
+        (mcpwatch_policy::ServerStatus::Deprecated, Some(d)) => format!("deprecated since {d}"),
+        (mcpwatch_policy::ServerStatus::Deprecated, None) => "deprecated".to_string(),
+        _ => "active".to_string(),
+    });
+    shared.inventory.set_registration(&scope.endpoint, registered.clone(), reg_status);
+
     let batch = matches!(parsed, Parsed::Batch(_));
     let n = messages.len().max(1);
     let per_message_bytes = bytes.len() as u64 / n as u64;
     let mut local: Vec<(String, Pending)> = Vec::new();
+    let mut forwarded: Vec<serde_json::Value> = Vec::new();
+    let mut refusals: Vec<serde_json::Value> = Vec::new();
+    let mut retry_after: Option<u64> = None;
+    let mut modified = false;
     let mut audit_failed = false;
     let now = Instant::now();
     for m in &messages {
@@ -310,10 +364,35 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                 }
                 let name = rec.name.clone();
                 shared.inventory.saw_message(&Sighting { dst: &rec.dst, ..scope.sighting(msg.method(), name.as_deref()) });
+                let mut value = msg.to_value();
+                let fate = if kind == MessageKind::Request {
+                    govern_request(&shared, &gov, &scope, &target, msg, &mut value, &mut rec, &mut modified)
+                } else {
+                    Fate::Forward
+                };
                 audit_failed |= shared.begin_record(&rec).is_err();
-                let key = msg.id().map_or_else(|| format!("notification:{}", rec.id), |i| i.to_string());
-                let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
-                local.push((key, Pending { record: rec, started: now, first_page }));
+                // A held call waits here for a human; the record is already written.
+                let fate = match (&fate, rec.decision.as_ref().map(|d| d.effective.as_str())) {
+                    (Fate::Forward, Some("hold")) => hold(&shared, &gov, &scope, msg, &mut rec).await,
+                    _ => fate,
+                };
+                match fate {
+                    Fate::Forward => {
+                        let key = msg.id().map_or_else(|| format!("notification:{}", rec.id), |i| i.to_string());
+                        let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
+                        forwarded.push(value);
+                        local.push((key, Pending { record: rec, started: now, first_page }));
+                    }
+                    Fate::Refuse { code, message, data, retry_after_ms } => {
+                        modified = true;
+                        retry_after = retry_after.max(retry_after_ms);
+                        rec.status = CallStatus::JsonrpcError { code, message: message.clone() };
+                        rec.duration_us = Some(now.elapsed().as_micros() as u64);
+                        rec.notes.push("answered by mcpwatch; not forwarded".into());
+                        shared.complete_record(&rec);
+                        refusals.push(jsonrpc::error_response(msg.id(), code, &message, Some(data)));
+                    }
+                }
             }
             Ok(msg) => {
                 // The client answers a request the server sent on an SSE stream.
@@ -322,6 +401,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                         complete_with(&shared, p, msg, bytes.len() as u64);
                     }
                 }
+                forwarded.push(msg.to_value());
             }
             Err(why) => {
                 let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, per_message_bytes);
@@ -341,7 +421,21 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, id, jsonrpc::INTERNAL_ERROR, msg);
     }
 
-    let req = Request::from_parts(parts, body::full(bytes));
+    // Nothing left to send: answer the client ourselves.
+    if forwarded.is_empty() && !refusals.is_empty() {
+        let body = if batch { serde_json::Value::Array(refusals) } else { refusals.pop().unwrap_or_default() };
+        return refusal_response(&parts.headers, scope.legacy, &body, retry_after, batch);
+    }
+
+    let out_bytes = if modified {
+        let v = if batch { serde_json::Value::Array(forwarded) } else { forwarded.pop().unwrap_or_default() };
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    } else {
+        bytes
+    };
+    let mut parts = parts;
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let req = Request::from_parts(parts, body::full(out_bytes));
     let resp = match forward(&up, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -351,289 +445,227 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
             return gateway_error(e);
         }
     };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let limits = &shared.config.limits;
-    if is_sse(&headers) {
-        let obs = StreamObserver::new(shared.clone(), scope, local, &headers, status, Mode::Sse(SseParser::new(limits.max_sse_event_bytes)));
-        return resp.map(|b| Tap::new(body::incoming(b), obs).boxed());
-    }
-    if is_json(&headers) {
-        let obs = StreamObserver::new(shared.clone(), scope, local, &headers, status, Mode::Json { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false });
-        return resp.map(|b| Tap::new(body::incoming(b), obs).boxed());
-    }
-    // No JSON-RPC in the response (202 Accepted for notifications, or an HTTP error).
-    let mut obs = StreamObserver::new(shared.clone(), scope, local, &headers, status, Mode::Ignore);
-    obs.finish_headers_only();
-    resp.map(body::incoming)
+    responses::observe(shared, scope, gov, local, refusals, resp)
 }
 
-enum Mode {
-    Json { buf: Vec<u8>, limit: usize, overflow: bool },
-    Sse(SseParser),
-    Ignore,
-}
+/// Policy and argument inspection for one client request. May rewrite `value`
+/// (redaction); fills the record's decision, findings and alerts.
+#[allow(clippy::too_many_arguments)]
+fn govern_request(
+    shared: &Shared,
+    gov: &Loaded,
+    scope: &Scope,
+    target: &TargetOwned,
+    msg: &Message,
+    value: &mut serde_json::Value,
+    rec: &mut AuditRecord,
+    modified: &mut bool,
+) -> Fate {
+    let method = msg.method().unwrap_or_default();
+    let name = msg.target_name();
+    let arguments = if matches!(method, "tools/call" | "prompts/get") { msg.arguments() } else { msg.params() };
+    let subject = Subject { process: scope.ctx.origin.process.as_deref() };
+    let call = Call { method, name, arguments };
+    let mut d = gov.policy.evaluate(&subject, &target.as_policy(), &call);
+    let rate = shared.governance.apply_rate_limits(now_ms(), &mut d);
+    let enforce = d.mode == Mode::Enforce;
 
-/// Watches a response body (or a GET SSE stream) and closes audit records.
-struct StreamObserver {
-    shared: Arc<Shared>,
-    scope: Scope,
-    /// Messages of the POST this body answers, by id text.
-    local: Vec<(String, Pending)>,
-    status: StatusCode,
-    response_session: Option<String>,
-    mode: Mode,
-    bytes: u64,
-}
-
-impl StreamObserver {
-    fn new(shared: Arc<Shared>, scope: Scope, local: Vec<(String, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode) -> Self {
-        let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        StreamObserver { shared, scope, local, status, response_session, mode, bytes: 0 }
-    }
-
-    /// The response carries no JSON-RPC: close what can be closed now.
-    fn finish_headers_only(&mut self) {
-        let accepted = self.status.is_success();
-        for (key, p) in std::mem::take(&mut self.local) {
-            let status = match p.record.kind {
-                MessageKind::Notification if accepted => CallStatus::Sent,
-                MessageKind::Request if accepted && self.scope.legacy => {
-                    // Legacy HTTP+SSE: the answer comes on the GET stream.
-                    let evicted = self.shared.sessions.park(&self.scope.conversation, &key, p);
-                    for e in evicted {
-                        finish(&self.shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
-                    }
-                    continue;
-                }
-                MessageKind::Invalid if accepted => CallStatus::Sent,
-                _ if accepted => CallStatus::TransportError { reason: format!("HTTP {} without a JSON-RPC response", self.status) },
-                _ => http_failure(self.status),
-            };
-            finish(&self.shared, p, status, None, 0);
+    // Tools the inventory has flagged: poisoned and stripped, or changed since pinned.
+    let mut extra_block: Option<(i64, String, &'static str)> = None;
+    if method == "tools/call" {
+        if let Some(tool) = name.and_then(|n| shared.inventory.tool(&scope.endpoint, n)) {
+            if let Some(why) = &tool.hidden {
+                extra_block = Some((CODE_DENIED, format!("tool `{}` is blocked by mcpwatch: {why}", tool.name), "inspect:tool"));
+            }
+        }
+        if gov.policy.inspect().pinning == PinAction::Block && shared.inventory.has_changed_tools(&scope.endpoint) {
+            extra_block = Some((
+                CODE_DENIED,
+                format!("server {} changed tool definitions since they were pinned; blocked until `mcpwatch pin accept`", scope.endpoint),
+                "inspect:pin",
+            ));
         }
     }
 
-    /// One JSON-RPC message from the server (in a JSON body or an SSE event).
-    fn on_server_message(&mut self, msg: Message, size: u64) {
-        Counters::inc(&self.shared.counters.mcp_messages);
-        match &msg {
-            Message::Response { .. } | Message::Error { .. } => {
-                let key = msg.id().map(|i| i.to_string());
-                let local_hit = match &key {
-                    Some(k) => self.local.iter().position(|(lk, _)| lk == k),
-                    // An error with a null id answers the message we could not parse.
-                    None => self.local.iter().position(|(lk, _)| lk.starts_with("invalid:")),
-                };
-                let pending = match local_hit {
-                    Some(i) => Some(self.local.remove(i).1),
-                    None => key.and_then(|k| self.shared.sessions.take(&self.scope.conversation, &k)),
-                };
-                if let Some(p) = pending {
-                    self.learn(&p, &msg);
-                    complete_with(&self.shared, p, &msg, size);
-                }
+    // Arguments: detect, redact or block per detector action; rewrite only in enforce mode.
+    let mut content_block = false;
+    let arg_ptr = if matches!(method, "tools/call" | "prompts/get") { "/params/arguments" } else { "/params" };
+    if let Some(args) = value.pointer_mut(arg_ptr) {
+        let report = if enforce {
+            gov.inspector.redact_json(args)
+        } else {
+            let mut copy = args.clone();
+            let mut r = gov.inspector.redact_json(&mut copy);
+            // Nothing changes outside enforce: every hit is detect-only.
+            for (k, v) in std::mem::take(&mut r.counts) {
+                *r.detected_only.entry(k).or_default() += v;
             }
-            Message::Request { .. } | Message::Notification { .. } => {
-                let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };
-                let mut rec = self.scope.record(&self.shared, kind, S2C, Some(&msg), size);
-                if let Some(s) = &self.response_session {
-                    rec.session_id.get_or_insert_with(|| s.clone());
-                }
-                match msg.id() {
-                    Some(id) => {
-                        let _ = self.shared.begin_record(&rec);
-                        let conv = self.conversation();
-                        let p = Pending { record: rec, started: Instant::now(), first_page: false };
-                        for e in self.shared.sessions.park(&conv, &id.to_string(), p) {
-                            finish(&self.shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
-                        }
-                    }
-                    None => {
-                        rec.status = CallStatus::Sent;
-                        rec.duration_us = Some(0);
-                        let _ = self.shared.begin_record(&rec);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Conversation key for server-initiated requests (answered in a later POST).
-    fn conversation(&self) -> String {
-        if self.scope.legacy || self.scope.session_id.is_some() {
-            return self.scope.conversation.clone();
-        }
-        match &self.response_session {
-            Some(s) => format!("{}#{s}", self.scope.endpoint),
-            None => self.scope.conversation.clone(),
-        }
-    }
-
-    /// Inventory facts from responses to initialize, server/discover and tools/list.
-    fn learn(&self, p: &Pending, msg: &Message) {
-        let Message::Response { result, .. } = msg else { return };
-        let endpoint = &self.scope.endpoint;
-        match p.record.method.as_deref() {
-            Some("initialize") | Some("server/discover") => {
-                let Some(info) = mcpwatch_mcp::server_info::server_info(result) else { return };
-                if let (Some(v), Some(s)) = (&info.protocol_version, self.response_session.as_ref().or(self.scope.session_id.as_ref())) {
-                    self.shared.sessions.set_version(endpoint, s, v);
-                }
-                self.shared.inventory.set_server_info(endpoint, ServerInfoUpdate {
-                    name: info.name,
-                    version: info.version,
-                    protocol_version: info.protocol_version,
-                    capabilities: info.capabilities,
-                });
-            }
-            Some("tools/list") => {
-                let Some(page) = mcpwatch_mcp::server_info::tools_list(result) else { return };
-                let pairs: Vec<(String, String)> = page.tools.into_iter().map(|t| (t.name, t.hash)).collect();
-                self.shared.inventory.set_tools(endpoint, &pairs, p.first_page, now_ms());
-            }
-            _ => {}
-        }
-        if let Some(v) = &self.scope.protocol_version {
-            self.shared.inventory.set_protocol_version(endpoint, v);
-        }
-    }
-
-    fn on_sse_event(&mut self, event: mcpwatch_mcp::sse::SseEvent) {
-        if event.oversized || event.invalid_utf8 {
-            // The event passes to the client as sent; what it answered cannot be known.
-            let why = if event.oversized {
-                format!("SSE event larger than limits.max_sse_event_bytes ({} bytes); not inspected", event.raw_len)
-            } else {
-                "SSE event data is not valid UTF-8; not inspected".to_string()
-            };
-            tracing::warn!(endpoint = %self.scope.endpoint, "{why}");
-            for (_, p) in &mut self.local {
-                p.record.notes.push(why.clone());
-            }
-            return;
-        }
-        match event.event.as_deref() {
-            Some("endpoint") => self.on_legacy_endpoint(&event.data),
-            Some("message") | None => {
-                if event.data.trim().is_empty() {
-                    return; // priming event
-                }
-                self.on_json(event.data.as_bytes());
-            }
-            Some(_) => {}
-        }
-    }
-
-    fn on_json(&mut self, data: &[u8]) {
-        let size = data.len() as u64;
-        match jsonrpc::parse_body(data) {
-            Parsed::Single(m) => self.on_server_message(m, size),
-            Parsed::Batch(items) => {
-                for m in items.into_iter().flatten() {
-                    self.on_server_message(m, size);
-                }
-            }
-            Parsed::Invalid(e) => {
-                for (_, p) in &mut self.local {
-                    p.record.notes.push(format!("unparseable response data: {e}"));
-                }
-            }
-        }
-    }
-
-    /// Legacy HTTP+SSE: the server says where the client must POST.
-    fn on_legacy_endpoint(&mut self, data: &str) {
-        let target = match mcpwatch_mcp::legacy::parse_endpoint(data.trim(), &self.scope.path) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::info!(error = %e, endpoint = %self.scope.endpoint, "unusable legacy endpoint event");
-                return;
-            }
+            r
         };
-        let path_and_query = target.path_and_query();
-        let dst = self.scope.ctx.origin.dst.to_string();
-        let host = self.scope.host.clone().unwrap_or_default();
-        let conversation = format!("legacy:{}#{}", self.scope.endpoint, path_and_query);
-        let route = LegacyRoute { endpoint: self.scope.endpoint.clone(), conversation: conversation.clone(), session_id: target.session_id.clone() };
-        self.shared.sessions.add_legacy_route(&dst, &host, &path_and_query, route);
-        self.scope.legacy = true;
-        self.scope.transport = "sse";
-        self.scope.conversation = conversation;
-        self.scope.session_id = target.session_id;
-        self.shared.inventory.saw_message(&Sighting { dst: &dst, ..self.scope.sighting(None, None) });
+        add_findings(rec, &report, "request");
+        if enforce && report.redacted_total() > 0 {
+            *modified = true;
+            rec.notes.push(format!("arguments redacted before forwarding ({} spans)", report.redacted_total()));
+        }
+        content_block = enforce && report.action == Some(mcpwatch_inspect::Action::Block);
+    }
+
+    let mut view = DecisionView {
+        action: d.action.label().to_string(),
+        effective: d.effective.as_str().to_string(),
+        mode: d.mode.as_str().to_string(),
+        rules: d.matched_rules.clone(),
+        reason: d.reason.clone(),
+        shadow: d.shadow,
+        approval: None,
+    };
+    if d.shadow && d.alert {
+        rec.alerts.push(format!("shadow MCP server: {} is not in the policy registry", scope.endpoint));
+    }
+    if d.alert && !d.shadow && d.effective == Effect::Forward && d.action != mcpwatch_policy::Action::Allow {
+        rec.alerts.push(format!("policy would {} this call ({} mode): {}", d.action.label(), d.mode, d.reason));
+    }
+    let contact = gov.policy.contact().map(str::to_string);
+    let data = |rules: &[String], decision: &str| serde_json::json!({ "mcpwatch": { "decision": decision, "rules": rules, "contact": contact } });
+
+    if let Some((code, message, rule)) = extra_block {
+        if enforce {
+            view.action = "deny".into();
+            view.effective = "block".into();
+            view.rules.push(rule.to_string());
+            view.reason = message.clone();
+            rec.decision = Some(view);
+            return Fate::Refuse { code, message: format!("mcpwatch: {message}"), data: data(&[rule.to_string()], "deny"), retry_after_ms: None };
+        }
+        rec.alerts.push(message);
+    }
+    if content_block {
+        view.action = "deny".into();
+        view.effective = "block".into();
+        view.rules.push("inspect:content".into());
+        view.reason = "the arguments contain data the policy blocks".into();
+        rec.decision = Some(view);
+        return Fate::Refuse {
+            code: CODE_CONTENT_BLOCKED,
+            message: "mcpwatch: the arguments contain data that must not leave this host (see `mcpwatch audit` for the detector ids)".into(),
+            data: data(&["inspect:content".to_string()], "deny"),
+            retry_after_ms: None,
+        };
+    }
+    rec.decision = Some(view);
+    match d.effective {
+        Effect::Forward | Effect::Hold => Fate::Forward,
+        Effect::Block => {
+            let rules = d.matched_rules.clone();
+            match (&d.action, rate) {
+                (_, Some(r)) if !r.allowed => Fate::Refuse {
+                    code: CODE_RATE_LIMITED,
+                    message: format!("mcpwatch: rate limit reached ({}); retry in {} s", rules.join(", "), r.retry_after_ms.div_ceil(1000)),
+                    data: data(&rules, "rate_limit"),
+                    retry_after_ms: Some(r.retry_after_ms),
+                },
+                _ => Fate::Refuse { code: CODE_DENIED, message: format!("mcpwatch: {}", d.reason), data: data(&rules, d.action.label()), retry_after_ms: None },
+            }
+        }
     }
 }
 
-impl Observer for StreamObserver {
-    fn data(&mut self, chunk: &[u8]) {
-        self.bytes += chunk.len() as u64;
-        match &mut self.mode {
-            Mode::Json { buf, limit, overflow } => {
-                if !*overflow {
-                    if buf.len() + chunk.len() > *limit {
-                        *overflow = true;
-                        buf.clear();
-                    } else {
-                        buf.extend_from_slice(chunk);
-                    }
-                }
-            }
-            Mode::Sse(parser) => {
-                let events = parser.push(chunk);
-                for ev in events {
-                    self.on_sse_event(ev);
-                }
-            }
-            Mode::Ignore => {}
-        }
+/// Hold a `require_approval` call until a human answers (or the policy's timeout).
+async fn hold(shared: &Shared, gov: &Loaded, scope: &Scope, msg: &Message, rec: &mut AuditRecord) -> Fate {
+    let timeout = gov.policy.approval_timeout();
+    let mut masked = msg.arguments().cloned();
+    if let Some(a) = masked.as_mut() {
+        let _ = gov.inspector.redact_json(a);
     }
+    let now = now_ms();
+    let view = mcpwatch_api::HeldCall {
+        id: String::new(),
+        held_since_ms: now,
+        expires_ms: now + timeout.as_millis() as u64,
+        process: scope.ctx.origin.process.as_deref().cloned(),
+        agent: rec.decision.as_ref().and_then(|d| d.rules.iter().find_map(|r| r.strip_prefix("agent:").map(str::to_string))),
+        server: scope.endpoint.clone(),
+        method: msg.method().unwrap_or_default().to_string(),
+        tool: msg.target_name().map(str::to_string),
+        arguments: masked,
+        args_hash: rec.args_hash.clone(),
+        rules: rec.decision.as_ref().map(|d| d.rules.clone()).unwrap_or_default(),
+        reason: rec.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
+    };
+    let (id, rx) = shared.approvals.hold(view);
+    tracing::warn!(id = %id, server = %scope.endpoint, tool = ?msg.target_name(), "call held for approval: mcpwatch approve {id} / mcpwatch deny {id}");
+    let verdict = shared.approvals.wait(&id, rx, timeout).await;
+    let (outcome, fate) = match verdict {
+        Verdict::Approved { by } => (format!("approved by {by} ({id})"), Fate::Forward),
+        Verdict::Denied { by, reason } => {
+            let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+            (
+                format!("denied by {by} ({id}){why}"),
+                Fate::Refuse {
+                    code: CODE_APPROVAL,
+                    message: format!("mcpwatch: approval denied by {by}{why}"),
+                    data: serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "denied", "id": id } }),
+                    retry_after_ms: None,
+                },
+            )
+        }
+        Verdict::TimedOut => (
+            format!("timed out after {} s ({id})", timeout.as_secs()),
+            Fate::Refuse {
+                code: CODE_APPROVAL,
+                message: format!(
+                    "mcpwatch: this call needs a human's approval and none came within {} s (ask an operator to run `mcpwatch approve` while the call waits)",
+                    timeout.as_secs()
+                ),
+                data: serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "timed_out", "id": id } }),
+                retry_after_ms: None,
+            },
+        ),
+    };
+    if let Some(d) = rec.decision.as_mut() {
+        d.approval = Some(outcome);
+        d.effective = if matches!(fate, Fate::Forward) { "forward".into() } else { "block".into() };
+    }
+    if matches!(fate, Fate::Forward) {
+        shared.complete_record(rec);
+    }
+    fate
+}
 
-    fn end(&mut self, how: End) {
-        match std::mem::replace(&mut self.mode, Mode::Ignore) {
-            Mode::Json { buf, overflow, .. } => {
-                if overflow {
-                    for (_, p) in &mut self.local {
-                        p.record.notes.push("response larger than the inspection limit; not parsed".into());
-                    }
-                } else if how == End::Complete {
-                    self.on_json(&buf);
-                }
-            }
-            Mode::Sse(mut parser) => {
-                if let Some(ev) = parser.finish() {
-                    self.on_sse_event(ev);
-                }
-            }
-            Mode::Ignore => {}
-        }
-        let reason = match &how {
-            End::Complete => None,
-            End::Error(e) => Some(format!("response stream failed: {e}")),
-            End::Dropped => Some("client went away before the response ended".to_string()),
-        };
-        let bytes = self.bytes;
-        for (_, p) in std::mem::take(&mut self.local) {
-            let status = match (p.record.kind, &reason) {
-                (MessageKind::Notification, None) if self.status.is_success() => CallStatus::Sent,
-                (MessageKind::Invalid, None) if self.status.is_success() => CallStatus::Sent,
-                (_, Some(r)) => CallStatus::TransportError { reason: r.clone() },
-                (_, None) if !self.status.is_success() => http_failure(self.status),
-                (_, None) => CallStatus::TransportError { reason: "response ended without an answer to this request".into() },
-            };
-            finish(&self.shared, p, status, None, bytes);
-        }
-        // A legacy GET stream ending strands the calls still waiting on it.
-        if self.scope.legacy && self.scope.http_method == "GET" {
-            for p in self.shared.sessions.drain(&self.scope.conversation) {
-                finish(&self.shared, p, CallStatus::TransportError { reason: "SSE stream closed before the response".into() }, None, 0);
-            }
+pub(super) fn add_findings(rec: &mut AuditRecord, report: &mcpwatch_inspect::RedactReport, direction: &str) {
+    for (detector, count) in &report.counts {
+        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "redact".into() });
+    }
+    for (detector, count) in &report.detected_only {
+        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "audit".into() });
+    }
+}
+
+/// The JSON-RPC error(s) mcpwatch answers in place of the server.
+fn refusal_response(req_headers: &HeaderMap, legacy: bool, body: &serde_json::Value, retry_after_ms: Option<u64>, batch: bool) -> Response<Body> {
+    let text = serde_json::to_string(body).unwrap_or_default();
+    let wants_json = header_has(req_headers, http::header::ACCEPT, "json") || !accepts_sse(req_headers);
+    let status = match (retry_after_ms, batch) {
+        (Some(_), false) => StatusCode::TOO_MANY_REQUESTS,
+        // Legacy HTTP+SSE delivers answers on the GET stream; the POST itself fails.
+        _ if legacy => StatusCode::FORBIDDEN,
+        _ => StatusCode::OK,
+    };
+    let mut resp = if wants_json || legacy {
+        local_response(status, "application/json", text)
+    } else {
+        local_response(status, "text/event-stream", format!("event: message\ndata: {text}\n\n"))
+    };
+    if let (Some(ms), StatusCode::TOO_MANY_REQUESTS) = (retry_after_ms, status) {
+        if let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
     }
+    resp
 }
 
 /// Close a record with the server's answer.
-fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
+pub(super) fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
     let (status, hash) = match msg {
         Message::Response { .. } => (CallStatus::Ok, msg.result_hash()),
         Message::Error { code, message, .. } => (CallStatus::JsonrpcError { code: *code, message: message.clone() }, None),
@@ -642,7 +674,7 @@ fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
     finish(shared, p, status, hash, size);
 }
 
-fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: Option<String>, bytes: u64) {
+pub(super) fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: Option<String>, bytes: u64) {
     p.record.status = status;
     p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
     if result_hash.is_some() {
@@ -652,7 +684,7 @@ fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: Opti
     shared.complete_record(&p.record);
 }
 
-fn http_failure(status: StatusCode) -> CallStatus {
+pub(super) fn http_failure(status: StatusCode) -> CallStatus {
     CallStatus::TransportError { reason: format!("HTTP {status}") }
 }
 
@@ -696,11 +728,11 @@ fn header_has(h: &HeaderMap, name: http::header::HeaderName, needle: &str) -> bo
     h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains(needle)))
 }
 
-fn is_json(h: &HeaderMap) -> bool {
+pub(super) fn is_json(h: &HeaderMap) -> bool {
     header_has(h, CONTENT_TYPE, "json")
 }
 
-fn is_sse(h: &HeaderMap) -> bool {
+pub(super) fn is_sse(h: &HeaderMap) -> bool {
     header_has(h, CONTENT_TYPE, "text/event-stream")
 }
 

@@ -6,14 +6,17 @@
 //!
 //! Per connection ([`conn`]): resolve the original destination, connect upstream first
 //! (server-speaks-first protocols must keep working), then sniff the client's first
-//! bytes under a short deadline: HTTP goes to [`http`] (parsed, MCP-aware), anything
-//! else (TLS for now, SSH, databases, silence) is relayed byte-for-byte.
+//! bytes under a short deadline: HTTP goes to [`http`] (parsed, MCP-aware), TLS to [`tls`]
+//! (intercepted or passed through by scope), anything else (SSH, databases, silence) is
+//! relayed byte-for-byte.
 
 pub mod body;
 pub mod conn;
 pub mod exchange;
 pub mod headlog;
+pub mod responses;
 pub mod http;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,0 +1,591 @@
+//! `mcpwatch ca`: the local CA that mcpwatchd signs its TLS leaves with.
+//!
+//! Why it exists: intercepting HTTPS only works for clients that trust the mcpwatch CA, and
+//! getting a CA into the right trust stores (system, Node, Python, systemd services) is where
+//! operators go wrong. This module shows and exports the certificate, installs it into the
+//! system store (Debian's update-ca-certificates or RHEL's update-ca-trust), prints exactly
+//! what each runtime needs, reverses the install, and retires the CA for rotation.
+//!
+//! It works without the daemon and without linking it: `show`/`export` read
+//! `<state-dir>/ca/ca.pem` as text (the fingerprint is the SHA-256 of the DER inside the PEM);
+//! the private key is never read. `rotate` removes the CA files while the daemon is stopped;
+//! mcpwatchd creates a fresh CA on its next start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand, ValueEnum};
+use sha2::Digest as _;
+
+/// File names inside `<state-dir>/ca/` (kept in step with mcpwatch-tls).
+const CA_DIR: &str = "ca";
+const CA_CERT_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca.key";
+/// Name of the installed anchor in the system store.
+const ANCHOR_NAME: &str = "mcpwatch-ca.crt";
+/// A CA file larger than this is not ours.
+const MAX_PEM_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// mcpwatchd's state directory (the CA is in `<DIR>/ca/`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "MCPWATCH_STATE_DIR",
+        default_value = mcpwatch_api::DEFAULT_STATE_DIR
+    )]
+    state_dir: PathBuf,
+    /// Filesystem root for the trust store (tests); the store's update command only runs
+    /// when this is `/`.
+    #[arg(long, global = true, hide = true, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: CaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Path, fingerprint, subject and expiry of the CA certificate.
+    Show {
+        /// Print as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the CA certificate (never the key).
+    Export {
+        #[arg(long, value_enum, default_value_t = Format::Pem)]
+        format: Format,
+    },
+    /// Add the CA to the system trust store and print what Node, Python and systemd need.
+    Install,
+    /// Remove the CA from the system trust store.
+    Uninstall,
+    /// Retire the CA (mcpwatchd must be stopped); the next start creates a new one.
+    Rotate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Pem,
+    Der,
+}
+
+/// What `ca show` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CaView {
+    pub path: String,
+    pub fingerprint_sha256: String,
+    pub subject: Option<String>,
+    pub not_after: Option<String>,
+    /// Where `ca install` puts it, and whether it is there (same certificate).
+    pub system_store: Option<String>,
+    pub installed: bool,
+}
+
+pub fn run(args: &CaArgs, socket: &Path, out: &mut dyn Write) -> Result<()> {
+    let dir = args.state_dir.join(CA_DIR);
+    match &args.command {
+        CaCommand::Show { json } => show(&dir, &args.root, *json, out),
+        CaCommand::Export { format } => {
+            let ca = read_ca(&dir)?;
+            match format {
+                Format::Pem => write_out(out, ca.pem.as_bytes()),
+                Format::Der => write_out(out, &ca.der),
+            }
+        }
+        CaCommand::Install => install(&dir, &args.root, out),
+        CaCommand::Uninstall => uninstall(&args.root, out),
+        CaCommand::Rotate => rotate(&dir, &args.root, socket, out),
+    }
+}
+
+fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
+    out.write_all(bytes)
+        .map_err(|e| crate::StdoutError(e).into())
+}
+
+/// The CA certificate as read from `ca.pem`.
+#[derive(Debug, Clone)]
+pub struct CaCert {
+    pub path: PathBuf,
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
+fn read_ca(dir: &Path) -> Result<CaCert> {
+    let path = dir.join(CA_CERT_FILE);
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow!(
+                "no CA at {}: mcpwatchd creates it on its first start with TLS enabled (or pass --state-dir)",
+                path.display()
+            )
+        } else {
+            anyhow!("reading {}: {e}", path.display())
+        }
+    })?;
+    if meta.len() > MAX_PEM_BYTES {
+        bail!("{} is larger than {MAX_PEM_BYTES} bytes: not an mcpwatch CA", path.display());
+    }
+    let pem = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let der = pem_to_der(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(CaCert { path, pem, der })
+}
+
+/// The DER of the single certificate in `pem`.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = pem.find(BEGIN).ok_or("no BEGIN CERTIFICATE line")?;
+    let rest = &pem[start + BEGIN.len()..];
+    let end = rest.find(END).ok_or("no END CERTIFICATE line")?;
+    if rest[end + END.len()..].contains(BEGIN) {
+        return Err("more than one certificate".into());
+    }
+    let b64: String = rest[..end].chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| format!("certificate is not valid base64: {e}"))?;
+    if der.first() != Some(&0x30) {
+        return Err("certificate is not DER".into());
+    }
+    Ok(der)
+}
+
+/// Colon-separated upper-case hex SHA-256 (the form openssl and browsers print).
+pub fn fingerprint(der: &[u8]) -> String {
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Where the system trust store wants local anchors, and how to refresh it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TrustStore {
+    /// The anchor file we manage (`<root>/…/mcpwatch-ca.crt`).
+    anchor: PathBuf,
+    /// The refresh command (`update-ca-certificates` / `update-ca-trust extract`).
+    update: Vec<&'static str>,
+    /// The system bundle that includes the anchor after the refresh (for SSL_CERT_FILE).
+    bundle: &'static str,
+    family: &'static str,
+}
+
+fn trust_store(root: &Path) -> Result<TrustStore> {
+    let debian = root.join("usr/local/share/ca-certificates");
+    let rhel = root.join("etc/pki/ca-trust/source/anchors");
+    if debian.is_dir() || root.join("usr/sbin/update-ca-certificates").exists() {
+        Ok(TrustStore {
+            anchor: debian.join(ANCHOR_NAME),
+            update: vec!["update-ca-certificates"],
+            bundle: "/etc/ssl/certs/ca-certificates.crt",
+            family: "Debian/Ubuntu",
+        })
+    } else if rhel.is_dir() || root.join("usr/bin/update-ca-trust").exists() {
+        Ok(TrustStore {
+            anchor: rhel.join(ANCHOR_NAME),
+            update: vec!["update-ca-trust", "extract"],
+            bundle: "/etc/pki/tls/certs/ca-bundle.crt",
+            family: "RHEL/Fedora",
+        })
+    } else {
+        bail!(
+            "no supported system trust store under {} (expected usr/local/share/ca-certificates or etc/pki/ca-trust/source/anchors); \
+             use `mcpwatch ca export` and add the certificate by hand",
+            root.display()
+        )
+    }
+}
+
+fn show(dir: &Path, root: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    let ca = read_ca(dir)?;
+    let (subject, not_after) = der::subject_and_expiry(&ca.der).unwrap_or((None, None));
+    let store = trust_store(root).ok();
+    let installed = store
+        .as_ref()
+        .and_then(|s| std::fs::read_to_string(&s.anchor).ok())
+        .and_then(|pem| pem_to_der(&pem).ok())
+        .is_some_and(|der| der == ca.der);
+    let view = CaView {
+        path: ca.path.display().to_string(),
+        fingerprint_sha256: fingerprint(&ca.der),
+        subject,
+        not_after,
+        system_store: store.map(|s| s.anchor.display().to_string()),
+        installed,
+    };
+    if json {
+        let mut text = serde_json::to_string_pretty(&view)?;
+        text.push('\n');
+        return write_out(out, text.as_bytes());
+    }
+    let mut text = String::new();
+    text.push_str(&format!("path            {}\n", view.path));
+    text.push_str(&format!("sha256          {}\n", view.fingerprint_sha256));
+    if let Some(s) = &view.subject {
+        text.push_str(&format!("subject         {s}\n"));
+    }
+    if let Some(t) = &view.not_after {
+        text.push_str(&format!("expires         {t}\n"));
+    }
+    match &view.system_store {
+        Some(p) if view.installed => text.push_str(&format!("system store    installed ({p})\n")),
+        Some(p) => text.push_str(&format!("system store    not installed (`mcpwatch ca install` puts it at {p})\n")),
+        None => text.push_str("system store    unsupported distribution\n"),
+    }
+    write_out(out, text.as_bytes())
+}
+
+fn install(dir: &Path, root: &Path, out: &mut dyn Write) -> Result<()> {
+    let ca = read_ca(dir)?;
+    let store = trust_store(root)?;
+    if let Some(parent) = store.anchor.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    write_public_file(&store.anchor, ca.pem.as_bytes())?;
+    let mut text = format!(
+        "installed the mcpwatch CA (sha256 {}) as {}\n",
+        fingerprint(&ca.der),
+        store.anchor.display()
+    );
+    text.push_str(&refresh(&store, root)?);
+    text.push_str(&client_instructions(&ca.path, &store));
+    write_out(out, text.as_bytes())
+}
+
+fn uninstall(root: &Path, out: &mut dyn Write) -> Result<()> {
+    let store = trust_store(root)?;
+    let text = match std::fs::remove_file(&store.anchor) {
+        Ok(()) => {
+            let mut t = format!("removed {}\n", store.anchor.display());
+            t.push_str(&refresh(&store, root)?);
+            t.push_str(
+                "also remove NODE_EXTRA_CA_CERTS / SSL_CERT_FILE / REQUESTS_CA_BUNDLE settings that point at the mcpwatch CA\n",
+            );
+            t
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("the mcpwatch CA is not installed ({} does not exist)\n", store.anchor.display())
+        }
+        Err(e) => return Err(anyhow!("removing {}: {e}", store.anchor.display())),
+    };
+    write_out(out, text.as_bytes())
+}
+
+fn rotate(dir: &Path, root: &Path, socket: &Path, out: &mut dyn Write) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!(
+            "mcpwatchd is running (its control socket {} answers): stop it first (`systemctl stop mcpwatchd`), \
+             run `mcpwatch ca rotate`, then start it again; it loads its CA only at start",
+            socket.display()
+        );
+    }
+    let cert = dir.join(CA_CERT_FILE);
+    let key = dir.join(CA_KEY_FILE);
+    if !cert.exists() && !key.exists() {
+        bail!("no CA in {}: nothing to rotate (mcpwatchd creates one on its next start)", dir.display());
+    }
+    let mut text = String::new();
+    // An installed copy of the old CA must not stay trusted.
+    if let Ok(store) = trust_store(root)
+        && store.anchor.exists()
+    {
+        std::fs::remove_file(&store.anchor).with_context(|| format!("removing {}", store.anchor.display()))?;
+        text.push_str(&format!("removed the old CA from the system store ({})\n", store.anchor.display()));
+        text.push_str(&refresh(&store, root)?);
+    }
+    match std::fs::remove_file(&key) {
+        Ok(()) => text.push_str(&format!("deleted the old CA key {}\n", key.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow!("deleting {}: {e}", key.display())),
+    }
+    if cert.exists() {
+        let old_fp = std::fs::read_to_string(&cert)
+            .ok()
+            .and_then(|pem| pem_to_der(&pem).ok())
+            .map(|der| fingerprint(&der));
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let retired = dir.join(format!("ca.pem.retired-{secs}"));
+        std::fs::rename(&cert, &retired).with_context(|| format!("retiring {}", cert.display()))?;
+        text.push_str(&format!(
+            "retired the old certificate{} to {}\n",
+            old_fp.map(|f| format!(" (sha256 {f})")).unwrap_or_default(),
+            retired.display()
+        ));
+    }
+    text.push_str(
+        "next: start mcpwatchd (it creates a new CA), run `mcpwatch ca install`, and restart clients \
+         that were given the old CA file (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE)\n",
+    );
+    write_out(out, text.as_bytes())
+}
+
+/// Runs the store's refresh command when `root` is the real root; otherwise says it did not.
+fn refresh(store: &TrustStore, root: &Path) -> Result<String> {
+    let cmd = store.update.join(" ");
+    if root != Path::new("/") {
+        return Ok(format!("not running `{cmd}`: --root {} is not /\n", root.display()));
+    }
+    let status = Command::new(store.update[0])
+        .args(&store.update[1..])
+        .status()
+        .with_context(|| format!("running `{cmd}` ({} trust store)", store.family))?;
+    if !status.success() {
+        bail!("`{cmd}` failed ({status})");
+    }
+    Ok(format!("ran `{cmd}`\n"))
+}
+
+/// Writes a 0644 file via a temporary name, so a reader never sees half of it.
+fn write_public_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("crt.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Exactly what each runtime needs to trust the CA.
+fn client_instructions(ca_path: &Path, store: &TrustStore) -> String {
+    let ca = ca_path.display();
+    let bundle = store.bundle;
+    format!(
+        "\n\
+Clients that use the system store now trust it (curl, Go, Rust with native roots, Python via truststore).\n\
+Runtimes with their own store need one of these in their environment:\n\
+  Node.js:   NODE_EXTRA_CA_CERTS={ca}\n\
+             (Node >= 22.19 / 23.8: NODE_USE_SYSTEM_CA=1 uses the system store instead)\n\
+  Python:    SSL_CERT_FILE={bundle}\n\
+             REQUESTS_CA_BUNDLE={bundle}   (requests ignores SSL_CERT_FILE)\n\
+             (the system bundle, which now includes the mcpwatch CA; pointing these at the CA\n\
+              alone would break every host mcpwatch passes through)\n\
+  systemd:   a drop-in per agent service, e.g. /etc/systemd/system/AGENT.service.d/mcpwatch-ca.conf:\n\
+               [Service]\n\
+               Environment=NODE_EXTRA_CA_CERTS={ca}\n\
+               Environment=SSL_CERT_FILE={bundle}\n\
+               Environment=REQUESTS_CA_BUNDLE={bundle}\n\
+             then: systemctl daemon-reload && systemctl restart AGENT.service\n\
+Processes already running keep their old trust store until restarted.\n"
+    )
+}
+
+/// Just enough DER to name the certificate: subject CN/O and notAfter. Every failure is `None`.
+mod der {
+    /// (tag, content, rest) of the TLV at the start of `b`.
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let tag = *b.first()?;
+        let first = *b.get(1)?;
+        let (len, hdr) = if first < 0x80 {
+            (usize::from(first), 2)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let mut len = 0usize;
+            for i in 0..n {
+                len = (len << 8) | usize::from(*b.get(2 + i)?);
+            }
+            (len, 2 + n)
+        };
+        let end = hdr.checked_add(len)?;
+        if end > b.len() {
+            return None;
+        }
+        Some((tag, &b[hdr..end], &b[end..]))
+    }
+
+    pub fn subject_and_expiry(cert: &[u8]) -> Option<(Option<String>, Option<String>)> {
+        let (_, cert_body, _) = tlv(cert)?;
+        let (_, tbs, _) = tlv(cert_body)?;
+        let mut rest = tbs;
+        let (tag, _, r) = tlv(rest)?;
+        rest = if tag == 0xa0 { r } else { rest }; // [0] version
+        let (_, _, r) = tlv(rest)?; // serial
+        let (_, _, r) = tlv(r)?; // signature algorithm
+        let (_, _, r) = tlv(r)?; // issuer
+        let (_, validity, r) = tlv(r)?;
+        let (_, subject, _) = tlv(r)?;
+        let not_after = tlv(validity)
+            .and_then(|(_, _, after)| tlv(after))
+            .and_then(|(tag, t, _)| time(tag, t));
+        Some((name(subject), not_after))
+    }
+
+    /// `CN=..., O=...` from a Name (CN and O only).
+    fn name(mut rdns: &[u8]) -> Option<String> {
+        let mut parts = Vec::new();
+        while !rdns.is_empty() {
+            let (_, set, r) = tlv(rdns)?;
+            rdns = r;
+            let (_, atv, _) = tlv(set)?;
+            let (_, oid, r) = tlv(atv)?;
+            let (_, value, _) = tlv(r)?;
+            let label = match oid {
+                [0x55, 0x04, 0x03] => "CN",
+                [0x55, 0x04, 0x0a] => "O",
+                _ => continue,
+            };
+            let text: String = String::from_utf8_lossy(value)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            parts.push(format!("{label}={text}"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// UTCTime / GeneralizedTime as `YYYY-MM-DD HH:MM:SS UTC`.
+    fn time(tag: u8, t: &[u8]) -> Option<String> {
+        let s = std::str::from_utf8(t).ok()?;
+        let full = match tag {
+            0x17 if s.len() >= 12 => {
+                let yy: u32 = s.get(0..2)?.parse().ok()?;
+                format!("{}{}", if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+            }
+            0x18 => s.to_string(),
+            _ => return None,
+        };
+        if full.len() < 14 || !full[..14].bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(format!(
+            "{}-{}-{} {}:{}:{} UTC",
+            &full[0..4],
+            &full[4..6],
+            &full[6..8],
+            &full[8..10],
+            &full[10..12],
+            &full[12..14]
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed P-256 certificate (CN "mcpwatch test CA", O "mcpwatch") made once with
+    /// `openssl req -x509` for these tests; [`OPENSSL_FP`] is what `openssl x509 -fingerprint
+    /// -sha256` printed for it.
+    const PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBsTCCAVegAwIBAgIUUsV7p+ufl4olbM5YSksOz+LSvJswCgYIKoZIzj0EAwIw
+LjEZMBcGA1UEAwwQbWNwd2F0Y2ggdGVzdCBDQTERMA8GA1UECgwIbWNwd2F0Y2gw
+HhcNMjYxMTIyMDA0NjM5WhcNMzYxMTE5MDA0NjM5WjAuMRkwFwYDVQQDDBBtY3B3
+YXRjaCB0ZXN0IENBMREwDwYDVQQKDAhtY3B3YXRjaDBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABHwFyYMgx1/8r5h1vpxBLMfYF85fq+NEv9GWeqXd19MlKJ7hin/8
+P+JqjE5drCs56pg9YrzluwcHi602rH7C5lKjUzBRMB0GA1UdDgQWBBTnTlnP2fGJ
+ycKlkH/WfAre699UujAfBgNVHSMEGDAWgBTnTlnP2fGJycKlkH/WfAre699UujAP
+BgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIBfaVJkwlL1IAlOfQ9st
+Uq4voOZ//CxBOKc+/kAYNBygAiEArh7m4N8tM7zvJXXL205FoV1Y9u6hCx7216By
+h+S1dp0=
+-----END CERTIFICATE-----
+";
+    const OPENSSL_FP: &str = "2A:6D:BD:06:69:60:E7:72:9D:6D:06:C6:23:B7:5A:A3:92:AF:95:2E:9B:7F:14:AA:9C:33:DC:F3:09:B8:12:17";
+
+    #[test]
+    fn pem_decodes_and_names_parse() {
+        let der = pem_to_der(PEM).expect("decodes");
+        assert_eq!(der[0], 0x30);
+        let (subject, expiry) = der::subject_and_expiry(&der).expect("parses");
+        assert_eq!(subject.as_deref(), Some("CN=mcpwatch test CA, O=mcpwatch"));
+        assert_eq!(expiry.as_deref(), Some("2036-11-19 00:46:39 UTC"));
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_of_the_der_in_colon_hex() {
+        let der = pem_to_der(PEM).expect("decodes");
+        assert_eq!(fingerprint(&der), OPENSSL_FP);
+    }
+
+    #[test]
+    fn bad_pem_is_an_error_not_a_panic() {
+        assert!(pem_to_der("").is_err());
+        assert!(pem_to_der("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").is_err());
+        assert!(pem_to_der(&format!("{PEM}{PEM}")).is_err(), "two certificates");
+        assert!(pem_to_der("-----BEGIN CERTIFICATE-----\nAAAA\n").is_err(), "no END");
+        // Truncated DER never panics the name parser.
+        let der = pem_to_der(PEM).expect("decodes");
+        for cut in 0..der.len() {
+            let _ = der::subject_and_expiry(&der[..cut]);
+        }
+    }
+
+    fn ca_dir_with(pem: &str) -> tempfile::TempDir {
+        let state = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(state.path().join(CA_DIR)).expect("mkdir");
+        std::fs::write(state.path().join(CA_DIR).join(CA_CERT_FILE), pem).expect("write");
+        std::fs::write(state.path().join(CA_DIR).join(CA_KEY_FILE), "key").expect("write");
+        state
+    }
+
+    #[test]
+    fn install_uninstall_and_rotate_against_a_temp_root() {
+        let state = ca_dir_with(PEM);
+        let dir = state.path().join(CA_DIR);
+        let root = tempfile::tempdir().expect("root");
+        std::fs::create_dir_all(root.path().join("usr/local/share/ca-certificates")).expect("mkdir");
+        let anchor = root.path().join("usr/local/share/ca-certificates").join(ANCHOR_NAME);
+
+        let mut out = Vec::new();
+        install(&dir, root.path(), &mut out).expect("install");
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(std::fs::read_to_string(&anchor).expect("installed"), PEM);
+        for needle in ["NODE_EXTRA_CA_CERTS=", "NODE_USE_SYSTEM_CA=1", "SSL_CERT_FILE=", "REQUESTS_CA_BUNDLE=", "Environment=", "not running `update-ca-certificates`"] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+        let mut out = Vec::new();
+        show(&dir, root.path(), true, &mut out).expect("show");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["installed"], true);
+
+        let mut out = Vec::new();
+        uninstall(root.path(), &mut out).expect("uninstall");
+        assert!(!anchor.exists());
+        let mut out = Vec::new();
+        uninstall(root.path(), &mut out).expect("uninstall twice is fine");
+        assert!(String::from_utf8_lossy(&out).contains("not installed"));
+
+        // Rotate: refuses while a daemon answers, otherwise deletes the key, retires the cert
+        // and removes an installed copy.
+        install(&dir, root.path(), &mut Vec::new()).expect("install");
+        let sock_dir = tempfile::tempdir().expect("sock dir");
+        let sock = sock_dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let err = rotate(&dir, root.path(), &sock, &mut Vec::new()).expect_err("daemon running");
+        assert!(err.to_string().contains("is running"), "{err}");
+        drop(listener);
+        std::fs::remove_file(&sock).expect("rm sock");
+        let mut out = Vec::new();
+        rotate(&dir, root.path(), &sock, &mut out).expect("rotate");
+        assert!(!dir.join(CA_KEY_FILE).exists() && !dir.join(CA_CERT_FILE).exists());
+        assert!(!anchor.exists(), "old CA no longer trusted");
+        let retired: Vec<_> = std::fs::read_dir(&dir).expect("ls").filter_map(|e| e.ok()).collect();
+        assert_eq!(retired.len(), 1);
+        assert!(rotate(&dir, root.path(), &sock, &mut Vec::new()).is_err(), "nothing left to rotate");
+    }
+
+    #[test]
+    fn unknown_distribution_is_a_clear_error() {
+        let root = tempfile::tempdir().expect("root");
+        let err = trust_store(root.path()).expect_err("no store");
+        assert!(err.to_string().contains("mcpwatch ca export"), "{err}");
+    }
+}

@@ -1,0 +1,160 @@
+//! Policy and inspection at run time.
+//!
+//! Holds the compiled policy and inspector behind one `Arc` that a reload swaps
+//! atomically: a connection evaluates against the policy that was current when its
+//! message arrived, and a broken new file never replaces a working one (the error is
+//! kept for `mcpwatch status`). Rate-limit state lives here, outside the policy, so it
+//! survives reloads. Evaluation itself is pure (`mcpwatch-policy`, `mcpwatch-inspect`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use mcpwatch_inspect::Inspector;
+use mcpwatch_policy::{Decision, Policy, RateLimiter};
+
+/// The policy compiled into the binary, used when no policy file exists.
+pub const EMBEDDED_POLICY: &str = include_str!("../default-policy.toml");
+pub const EMBEDDED_NAME: &str = "<embedded default policy>";
+
+/// One loaded policy with its compiled inspector.
+pub struct Loaded {
+    pub policy: Policy,
+    pub inspector: Inspector,
+    /// File path, or [`EMBEDDED_NAME`].
+    pub origin: String,
+    pub loaded_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Embedded,
+    File(PathBuf),
+}
+
+pub struct Governance {
+    source: Source,
+    current: RwLock<Arc<Loaded>>,
+    last_error: Mutex<Option<String>>,
+    limiter: Mutex<RateLimiter>,
+}
+
+/// Parse and compile policy text. Errors carry file, line and column.
+pub fn compile(src: &str, origin: &str) -> Result<Loaded, String> {
+    let policy = mcpwatch_policy::parse(src, origin).map_err(|e| e.render())?;
+    let inspector = Inspector::new(&policy.inspect().detectors).map_err(|e| format!("{origin}: [inspect.detectors]: {e}"))?;
+    Ok(Loaded { policy, inspector, origin: origin.to_string(), loaded_ms: crate::state::now_ms() })
+}
+
+fn load(source: &Source) -> Result<Loaded, String> {
+    match source {
+        Source::Embedded => compile(EMBEDDED_POLICY, EMBEDDED_NAME),
+        Source::File(p) => {
+            let src = std::fs::read_to_string(p).map_err(|e| format!("cannot read policy {}: {e}", p.display()))?;
+            compile(&src, &p.display().to_string())
+        }
+    }
+}
+
+impl Governance {
+    /// Load at start-up: an invalid policy is an error (the daemon refuses to start
+    /// rather than run without the rules the operator wrote).
+    pub fn start(source: Source) -> Result<Governance, String> {
+        let loaded = load(&source)?;
+        Ok(Governance {
+            source,
+            current: RwLock::new(Arc::new(loaded)),
+            last_error: Mutex::new(None),
+            limiter: Mutex::new(RateLimiter::default()),
+        })
+    }
+
+    /// Pick the policy file: an explicit path, else `default_path` if it exists, else
+    /// the embedded default.
+    pub fn source_for(explicit: Option<&Path>, default_path: &Path) -> Source {
+        match explicit {
+            Some(p) => Source::File(p.to_path_buf()),
+            None if default_path.exists() => Source::File(default_path.to_path_buf()),
+            None => Source::Embedded,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-read the policy. On error the old policy stays in force and the error is
+    /// remembered for `status`. Returns a one-line summary or the error.
+    pub fn reload(&self) -> Result<String, String> {
+        match load(&self.source) {
+            Ok(new) => {
+                let summary = format!(
+                    "policy {} loaded: {} servers, {} agents, {} rules, mode {}",
+                    new.origin,
+                    new.policy.servers().len(),
+                    new.policy.agents().len(),
+                    new.policy.rules().len(),
+                    new.policy.mode()
+                );
+                if let Ok(mut l) = self.limiter.lock() {
+                    l.retain_rules(&new.policy);
+                }
+                if let Ok(mut c) = self.current.write() {
+                    *c = Arc::new(new);
+                }
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+                tracing::info!("{summary}");
+                Ok(summary)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                if let Ok(mut l) = self.last_error.lock() {
+                    *l = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Apply rate limits to a decision (mutates its effect when a limit trips).
+    pub fn apply_rate_limits(&self, now_ms: u64, d: &mut Decision) -> Option<mcpwatch_policy::RateResult> {
+        self.limiter.lock().ok().and_then(|mut l| l.apply(now_ms, d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_policy_compiles() {
+        let l = compile(EMBEDDED_POLICY, EMBEDDED_NAME).unwrap();
+        assert_eq!(l.policy.mode(), mcpwatch_policy::Mode::Enforce);
+        assert!(l.policy.rule("no-credential-files").is_some());
+    }
+
+    #[test]
+    fn broken_reload_keeps_the_old_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("policy.toml");
+        std::fs::write(&p, EMBEDDED_POLICY).unwrap();
+        let g = Governance::start(Source::File(p.clone())).unwrap();
+        std::fs::write(&p, "version = 1\nmode = \"enforce\"\nshadw = \"block\"\n").unwrap();
+        let err = g.reload().unwrap_err();
+        assert!(err.contains(":3:1"), "line and column: {err}");
+        assert!(g.current().policy.rule("no-credential-files").is_some(), "old policy still in force");
+        assert_eq!(g.last_error().as_deref(), Some(err.as_str()));
+        std::fs::write(&p, "version = 1\nmode = \"audit\"\n").unwrap();
+        g.reload().unwrap();
+        assert_eq!(g.current().policy.mode(), mcpwatch_policy::Mode::Audit);
+        assert!(g.last_error().is_none());
+    }
+}

@@ -1,0 +1,604 @@
+//! Server-to-client traffic of an MCP exchange: correlate, learn, govern, pass on.
+//!
+//! A response body (JSON or `text/event-stream`) or a GET SSE stream goes through a
+//! [`StreamObserver`], a [`Transformer`] that sees each JSON-RPC message as soon as it is
+//! complete. It closes the audit record of the request a response answers, teaches the
+//! inventory (serverInfo, tools, pins), and applies the policy: `tools/list` filtered to
+//! what this agent may call (minus poisoned or changed tools), results redacted or
+//! blocked by the detectors, instructions aimed at the agent alerted on. A message that
+//! needs no change leaves as the exact bytes the server sent; SSE events are never
+//! held longer than it takes them to arrive whole.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use hyper::Response;
+use hyper::body::Incoming;
+use mcpwatch_api::{CallStatus, MessageKind};
+use mcpwatch_mcp::jsonrpc::{self, Message};
+use mcpwatch_mcp::sse::{SseEvent, SseParser};
+use mcpwatch_policy::{Mode, PoisonAction, Subject};
+use serde_json::Value;
+
+use super::body::{self, Body, End, Transform, Transformer};
+use super::exchange::{add_findings, complete_with, finish, http_failure, is_json, is_sse, Scope, CODE_CONTENT_BLOCKED, H_SESSION, S2C};
+use crate::governance::Loaded;
+use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting, ToolSight};
+use crate::session::{LegacyRoute, Pending};
+use crate::state::{now_ms, Counters, Shared};
+
+/// Wrap an upstream response to a client POST.
+pub fn observe(
+    shared: Arc<Shared>,
+    scope: Scope,
+    gov: Arc<Loaded>,
+    local: Vec<(String, Pending)>,
+    injected: Vec<Value>,
+    resp: Response<Incoming>,
+) -> Response<Body> {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let limits = &shared.config.limits;
+    let mode = if is_sse(&headers) {
+        Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
+    } else if is_json(&headers) {
+        Mode2::Json { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false }
+    } else {
+        // No JSON-RPC in the response (202 Accepted for notifications, or an HTTP error).
+        let mut obs = StreamObserver::new(shared.clone(), scope, gov, local, &headers, status, Mode2::Ignore);
+        obs.finish_headers_only();
+        return resp.map(body::incoming);
+    };
+    let obs = StreamObserver { injected, ..StreamObserver::new(shared, scope, gov, local, &headers, status, mode) };
+    transformed(resp, obs)
+}
+
+/// Wrap a GET SSE stream (server-initiated messages, legacy responses).
+pub fn observe_stream(shared: Arc<Shared>, scope: Scope, resp: Response<Incoming>) -> Response<Body> {
+    let gov = shared.governance.current();
+    let headers = resp.headers().clone();
+    let mode = Mode2::Sse { parser: SseParser::new(shared.config.limits.max_sse_event_bytes), raw: Vec::new() };
+    let obs = StreamObserver::new(shared, scope, gov, Vec::new(), &headers, resp.status(), mode);
+    transformed(resp, obs)
+}
+
+fn transformed(resp: Response<Incoming>, obs: StreamObserver) -> Response<Body> {
+    let (mut parts, b) = resp.into_parts();
+    // The body may change length; hyper frames it anew.
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let body = http_body_util::BodyExt::boxed_unsync(Transform::new(body::incoming(b), obs));
+    Response::from_parts(parts, body)
+}
+
+enum Mode2 {
+    Json { buf: Vec<u8>, limit: usize, overflow: bool },
+    Sse { parser: SseParser, raw: Vec<u8> },
+    Ignore,
+}
+
+struct StreamObserver {
+    shared: Arc<Shared>,
+    scope: Scope,
+    gov: Arc<Loaded>,
+    /// Messages of the POST this body answers, by id text.
+    local: Vec<(String, Pending)>,
+    /// Local answers to append (batch elements mcpwatch refused).
+    injected: Vec<Value>,
+    status: StatusCode,
+    response_session: Option<String>,
+    mode: Mode2,
+    bytes: u64,
+}
+
+impl StreamObserver {
+    fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(String, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
+        let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0 }
+    }
+
+    /// The response carries no JSON-RPC: close what can be closed now.
+    fn finish_headers_only(&mut self) {
+        let accepted = self.status.is_success();
+        for (key, p) in std::mem::take(&mut self.local) {
+            let status = match p.record.kind {
+                MessageKind::Notification if accepted => CallStatus::Sent,
+                MessageKind::Request if accepted && self.scope.legacy => {
+                    // Legacy HTTP+SSE: the answer comes on the GET stream.
+                    let evicted = self.shared.sessions.park(&self.scope.conversation, &key, p);
+                    for e in evicted {
+                        finish(&self.shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
+                    }
+                    continue;
+                }
+                MessageKind::Invalid if accepted => CallStatus::Sent,
+                _ if accepted => CallStatus::TransportError { reason: format!("HTTP {} without a JSON-RPC response", self.status) },
+                _ => http_failure(self.status),
+            };
+            finish(&self.shared, p, status, None, 0);
+        }
+    }
+
+    /// One JSON-RPC message from the server. Returns true if `value` was changed.
+    fn on_server_message(&mut self, value: &mut Value, size: u64) -> bool {
+        let Ok(msg) = jsonrpc::message_from_value(value.clone()) else { return false };
+        Counters::inc(&self.shared.counters.mcp_messages);
+        match &msg {
+            Message::Response { .. } | Message::Error { .. } => {
+                let key = msg.id().map(|i| i.to_string());
+                let local_hit = match &key {
+                    Some(k) => self.local.iter().position(|(lk, _)| lk == k),
+                    // An error with a null id answers the message we could not parse.
+                    None => self.local.iter().position(|(lk, _)| lk.starts_with("invalid:")),
+                };
+                let pending = match local_hit {
+                    Some(i) => Some(self.local.remove(i).1),
+                    None => key.and_then(|k| self.shared.sessions.take(&self.scope.conversation, &k)),
+                };
+                let Some(mut p) = pending else { return false };
+                let changed = match &msg {
+                    Message::Response { .. } => self.govern_result(&mut p, value),
+                    _ => false,
+                };
+                self.learn(&p, &msg);
+                complete_with(&self.shared, p, &msg, size);
+                changed
+            }
+            Message::Request { .. } | Message::Notification { .. } => {
+                let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };
+                let mut rec = self.scope.record(&self.shared, kind, S2C, Some(&msg), size);
+                if let Some(s) = &self.response_session {
+                    rec.session_id.get_or_insert_with(|| s.clone());
+                }
+                if msg.method() == Some("elicitation/create") {
+                    let r = mcpwatch_inspect::poison::scan_elicitation(msg.params().unwrap_or(&Value::Null));
+                    if r.severity >= mcpwatch_inspect::poison::Severity::Medium {
+                        rec.alerts.push(format!("elicitation asks the user for sensitive data (score {})", r.score));
+                    }
+                }
+                match msg.id() {
+                    Some(id) => {
+                        let _ = self.shared.begin_record(&rec);
+                        let conv = self.conversation();
+                        let p = Pending { record: rec, started: Instant::now(), first_page: false };
+                        for e in self.shared.sessions.park(&conv, &id.to_string(), p) {
+                            finish(&self.shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
+                        }
+                    }
+                    None => {
+                        rec.status = CallStatus::Sent;
+                        rec.duration_us = Some(0);
+                        let _ = self.shared.begin_record(&rec);
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// The decision mode recorded for the request `p` (policy default otherwise).
+    fn mode_of(&self, p: &Pending) -> Mode {
+        match p.record.decision.as_ref().map(|d| d.mode.as_str()) {
+            Some("audit") => Mode::Audit,
+            Some("warn") => Mode::Warn,
+            Some("enforce") => Mode::Enforce,
+            _ => self.gov.policy.mode(),
+        }
+    }
+
+    /// Policy and inspection on a result. Returns true if `value` changed.
+    fn govern_result(&mut self, p: &mut Pending, value: &mut Value) -> bool {
+        let enforce = self.mode_of(p) == Mode::Enforce;
+        let method = p.record.method.clone().unwrap_or_default();
+        let mut changed = false;
+        if method == "tools/list" {
+            changed |= self.govern_tools_list(p, value, enforce);
+        }
+        if method == "initialize" {
+            if let Some(text) = value.pointer("/result/instructions").and_then(Value::as_str) {
+                let r = mcpwatch_inspect::poison::scan_instructions(text);
+                if r.severity >= mcpwatch_inspect::poison::Severity::Medium {
+                    let alert = format!("server instructions carry hidden-instruction signals (score {})", r.score);
+                    self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
+                    p.record.alerts.push(alert);
+                }
+            }
+        }
+        if method == "tools/list" || method == "initialize" || method == "server/discover" {
+            return changed;
+        }
+        // Results: detectors (redact in enforce), instructions aimed at the agent (alert).
+        let Some(result) = value.get_mut("result") else { return changed };
+        let report = if enforce {
+            self.gov.inspector.redact_json(result)
+        } else {
+            let mut copy = result.clone();
+            let mut r = self.gov.inspector.redact_json(&mut copy);
+            for (k, v) in std::mem::take(&mut r.counts) {
+                *r.detected_only.entry(k).or_default() += v;
+            }
+            r
+        };
+        add_findings(&mut p.record, &report, "response");
+        if enforce && report.redacted_total() > 0 {
+            changed = true;
+            p.record.notes.push(format!("result redacted before the client saw it ({} spans)", report.redacted_total()));
+        }
+        if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
+            let id = value.get("id").cloned().unwrap_or(Value::Null);
+            *value = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": { "code": CODE_CONTENT_BLOCKED, "message": "mcpwatch: the result contains data the policy blocks; it was not delivered" }
+            });
+            p.record.notes.push("result blocked by inspection".into());
+            return true;
+        }
+        if self.gov.policy.inspect().result_injection {
+            if let Some(result) = value.get("result") {
+                let r = mcpwatch_inspect::poison::scan_result(result);
+                if r.severity >= mcpwatch_inspect::poison::Severity::Medium {
+                    let kinds: Vec<String> = r.signals.iter().take(4).map(|s| format!("{:?}", s.kind)).collect();
+                    p.record.alerts.push(format!("tool result contains instructions aimed at the agent (score {}: {})", r.score, kinds.join(", ")));
+                }
+            }
+        }
+        changed
+    }
+
+    /// Pin, scan and filter a `tools/list` result.
+    fn govern_tools_list(&mut self, p: &mut Pending, value: &mut Value, enforce: bool) -> bool {
+        let Some(tools) = value.pointer("/result/tools").and_then(Value::as_array) else { return false };
+        let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
+        let others = mcpwatch_inspect::poison::OtherTools::new(&names);
+        let settings = self.gov.policy.inspect();
+        let min = match settings.poisoning_min_severity {
+            mcpwatch_policy::MinSeverity::Low => mcpwatch_inspect::poison::Severity::Low,
+            mcpwatch_policy::MinSeverity::Medium => mcpwatch_inspect::poison::Severity::Medium,
+            mcpwatch_policy::MinSeverity::High => mcpwatch_inspect::poison::Severity::High,
+        };
+        let mut sights = Vec::new();
+        let mut poisoned: Vec<(String, u32)> = Vec::new();
+        for t in tools {
+            let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
+            let r = mcpwatch_inspect::poison::scan_tool_with(t, &others);
+            let severity = (r.severity > mcpwatch_inspect::poison::Severity::None).then(|| format!("{:?}", r.severity).to_lowercase());
+            if r.severity >= min {
+                poisoned.push((name.to_string(), r.score));
+            }
+            sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
+        }
+        let outcomes = self.shared.inventory.observe_tools(&self.scope.endpoint, &sights, p.first_page, now_ms());
+
+        let mut hide: Vec<(String, String)> = Vec::new();
+        for (name, score) in &poisoned {
+            let alert = format!("tool `{name}` looks poisoned (score {score})");
+            self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
+            p.record.alerts.push(alert);
+            if settings.poisoning == PoisonAction::Strip {
+                hide.push((name.clone(), format!("poisoned tool definition (score {score})")));
+            }
+        }
+        for (name, outcome) in &outcomes {
+            if let PinOutcome::Changed(diff) = outcome {
+                let alert = format!("tool `{name}` changed since it was pinned: {}", diff.first().cloned().unwrap_or_default());
+                self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
+                p.record.alerts.push(alert);
+                if settings.pinning == mcpwatch_policy::PinAction::Hide {
+                    hide.push((name.clone(), "definition changed since it was pinned; `mcpwatch pin accept` to trust it".into()));
+                }
+            }
+        }
+        // Record what is hidden (calls to these tools are denied in enforce mode).
+        let mut marks: Vec<(String, Option<String>)> = sights.iter().map(|s| (s.name.clone(), None)).collect();
+        for (n, why) in &hide {
+            if let Some(m) = marks.iter_mut().find(|(x, _)| x == n) {
+                m.1 = Some(why.clone());
+            }
+        }
+        if enforce {
+            self.shared.inventory.set_hidden(&self.scope.endpoint, &marks);
+        }
+
+        // Filter: hidden tools, and tools this agent may not call.
+        let target = self.scope.target();
+        let subject = Subject { process: self.scope.ctx.origin.process.as_deref() };
+        let policy = &self.gov.policy;
+        let Some(list) = value.pointer_mut("/result/tools").and_then(Value::as_array_mut) else { return false };
+        let before = list.len();
+        if enforce {
+            list.retain(|t| {
+                let Some(name) = t.get("name").and_then(Value::as_str) else { return true };
+                !hide.iter().any(|(n, _)| n == name) && policy.tool_visible(&subject, &target.as_policy(), name)
+            });
+        }
+        let removed = before - list.len();
+        if removed > 0 {
+            p.record.notes.push(format!("tools/list filtered: {removed} of {before} tools hidden from this client"));
+        }
+        removed > 0
+    }
+
+    /// Conversation key for server-initiated requests (answered in a later POST).
+    fn conversation(&self) -> String {
+        if self.scope.legacy || self.scope.session_id.is_some() {
+            return self.scope.conversation.clone();
+        }
+        match &self.response_session {
+            Some(s) => format!("{}#{s}", self.scope.endpoint),
+            None => self.scope.conversation.clone(),
+        }
+    }
+
+    /// Inventory facts from responses to initialize and server/discover.
+    fn learn(&self, p: &Pending, msg: &Message) {
+        let Message::Response { result, .. } = msg else { return };
+        let endpoint = &self.scope.endpoint;
+        if let Some("initialize") | Some("server/discover") = p.record.method.as_deref() {
+            let Some(info) = mcpwatch_mcp::server_info::server_info(result) else { return };
+            if let (Some(v), Some(s)) = (&info.protocol_version, self.response_session.as_ref().or(self.scope.session_id.as_ref())) {
+                self.shared.sessions.set_version(endpoint, s, v);
+            }
+            self.shared.inventory.set_server_info(endpoint, ServerInfoUpdate {
+                name: info.name,
+                version: info.version,
+                protocol_version: info.protocol_version,
+                capabilities: info.capabilities,
+            });
+        }
+        if let Some(v) = &self.scope.protocol_version {
+            self.shared.inventory.set_protocol_version(endpoint, v);
+        }
+    }
+
+    /// Process a JSON document (a body or an event's data); returns new bytes if changed.
+    fn on_json(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        let size = data.len() as u64;
+        let mut value: Value = match serde_json::from_slice(data) {
+            Ok(v) => v,
+            Err(e) => {
+                for (_, p) in &mut self.local {
+                    p.record.notes.push(format!("unparseable response data: {e}"));
+                }
+                return None;
+            }
+        };
+        let mut changed = false;
+        match &mut value {
+            Value::Array(items) => {
+                for item in items.iter_mut() {
+                    changed |= self.on_server_message(item, size);
+                }
+            }
+            v => changed |= self.on_server_message(v, size),
+        }
+        changed.then(|| serde_json::to_vec(&value).unwrap_or_default())
+    }
+
+    fn on_sse_event(&mut self, event: &SseEvent) -> Option<Vec<u8>> {
+        if event.oversized || event.invalid_utf8 {
+            // The event passes to the client as sent; what it answered cannot be known.
+            let why = if event.oversized {
+                format!("SSE event larger than limits.max_sse_event_bytes ({} bytes); not inspected", event.raw_len)
+            } else {
+                "SSE event data is not valid UTF-8; not inspected".to_string()
+            };
+            tracing::warn!(endpoint = %self.scope.endpoint, "{why}");
+            for (_, p) in &mut self.local {
+                p.record.notes.push(why.clone());
+            }
+            return None;
+        }
+        match event.event.as_deref() {
+            Some("endpoint") => {
+                self.on_legacy_endpoint(&event.data);
+                None
+            }
+            Some("message") | None if !event.data.trim().is_empty() => self.on_json(event.data.as_bytes()),
+            _ => None, // priming events, other event types
+        }
+    }
+
+    /// Legacy HTTP+SSE: the server says where the client must POST.
+    fn on_legacy_endpoint(&mut self, data: &str) {
+        let target = match mcpwatch_mcp::legacy::parse_endpoint(data.trim(), &self.scope.path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(error = %e, endpoint = %self.scope.endpoint, "unusable legacy endpoint event");
+                return;
+            }
+        };
+        let path_and_query = target.path_and_query();
+        let dst = self.scope.ctx.origin.dst.to_string();
+        let host = self.scope.host.clone().unwrap_or_default();
+        let conversation = format!("legacy:{}#{}", self.scope.endpoint, path_and_query);
+        let route = LegacyRoute { endpoint: self.scope.endpoint.clone(), conversation: conversation.clone(), session_id: target.session_id.clone() };
+        self.shared.sessions.add_legacy_route(&dst, &host, &path_and_query, route);
+        self.scope.legacy = true;
+        self.scope.transport = "sse";
+        self.scope.conversation = conversation;
+        self.scope.session_id = target.session_id;
+        self.shared.inventory.saw_message(&Sighting { dst: &dst, ..self.scope.sighting(None, None) });
+    }
+
+    /// Events complete in `raw` so far: pass unchanged ones as their original bytes.
+    fn emit_events(&mut self, events: Vec<SseEvent>, raw: Vec<u8>) -> Bytes {
+        let mut rewritten: Vec<Option<Vec<u8>>> = Vec::with_capacity(events.len());
+        for ev in &events {
+            rewritten.push(self.on_sse_event(ev));
+        }
+        if rewritten.iter().all(Option::is_none) {
+            return Bytes::from(raw);
+        }
+        let mut out = Vec::new();
+        for (ev, new) in events.iter().zip(rewritten) {
+            let data = match new {
+                Some(d) => String::from_utf8_lossy(&d).into_owned(),
+                None => ev.data.clone(),
+            };
+            serialize_event(ev, &data, &mut out);
+        }
+        Bytes::from(out)
+    }
+
+    fn close_remaining(&mut self, how: &End) {
+        let reason = match how {
+            End::Complete => None,
+            End::Error(e) => Some(format!("response stream failed: {e}")),
+            End::Dropped => Some("client went away before the response ended".to_string()),
+        };
+        let bytes = self.bytes;
+        for (_, p) in std::mem::take(&mut self.local) {
+            let status = match (p.record.kind, &reason) {
+                (MessageKind::Notification, None) if self.status.is_success() => CallStatus::Sent,
+                (MessageKind::Invalid, None) if self.status.is_success() => CallStatus::Sent,
+                (_, Some(r)) => CallStatus::TransportError { reason: r.clone() },
+                (_, None) if !self.status.is_success() => http_failure(self.status),
+                (_, None) => CallStatus::TransportError { reason: "response ended without an answer to this request".into() },
+            };
+            finish(&self.shared, p, status, None, bytes);
+        }
+        // A legacy GET stream ending strands the calls still waiting on it.
+        if self.scope.legacy && self.scope.http_method == "GET" {
+            for p in self.shared.sessions.drain(&self.scope.conversation) {
+                finish(&self.shared, p, CallStatus::TransportError { reason: "SSE stream closed before the response".into() }, None, 0);
+            }
+        }
+    }
+}
+
+impl Transformer for StreamObserver {
+    fn chunk(&mut self, data: &[u8]) -> Bytes {
+        self.bytes += data.len() as u64;
+        match &mut self.mode {
+            Mode2::Json { buf, limit, overflow } => {
+                if *overflow {
+                    return Bytes::copy_from_slice(data);
+                }
+                if buf.len() + data.len() > *limit {
+                    *overflow = true;
+                    let mut out = std::mem::take(buf);
+                    out.extend_from_slice(data);
+                    for (_, p) in &mut self.local {
+                        p.record.notes.push("response larger than the inspection limit; passed uninspected".into());
+                    }
+                    return Bytes::from(out);
+                }
+                buf.extend_from_slice(data);
+                Bytes::new()
+            }
+            Mode2::Sse { parser, raw } => {
+                raw.extend_from_slice(data);
+                let events = parser.push(data);
+                if events.is_empty() {
+                    return Bytes::new();
+                }
+                let end = last_event_end(raw).unwrap_or(raw.len());
+                let done: Vec<u8> = raw.drain(..end).collect();
+                self.emit_events(events, done)
+            }
+            Mode2::Ignore => Bytes::copy_from_slice(data),
+        }
+    }
+
+    fn finish(&mut self, how: End) -> Bytes {
+        let out = match std::mem::replace(&mut self.mode, Mode2::Ignore) {
+            Mode2::Json { buf, overflow, .. } => {
+                if overflow || how != End::Complete {
+                    Bytes::from(buf)
+                } else {
+                    let mut out = self.on_json(&buf).unwrap_or(buf);
+                    if !self.injected.is_empty() {
+                        // Batch: append mcpwatch's own answers to the server's array.
+                        let mut v: Value = serde_json::from_slice(&out).unwrap_or(Value::Array(Vec::new()));
+                        if !v.is_array() {
+                            v = Value::Array(vec![v]);
+                        }
+                        if let Value::Array(items) = &mut v {
+                            items.append(&mut self.injected);
+                        }
+                        out = serde_json::to_vec(&v).unwrap_or_default();
+                    }
+                    Bytes::from(out)
+                }
+            }
+            Mode2::Sse { mut parser, raw } => {
+                let mut out = Vec::new();
+                match parser.finish() {
+                    Some(ev) => {
+                        let b = self.emit_events(vec![ev], raw);
+                        out.extend_from_slice(&b);
+                    }
+                    None => out.extend_from_slice(&raw),
+                }
+                for v in std::mem::take(&mut self.injected) {
+                    serialize_event(&SseEvent::default(), &v.to_string(), &mut out);
+                }
+                Bytes::from(out)
+            }
+            Mode2::Ignore => Bytes::new(),
+        };
+        self.close_remaining(&how);
+        out
+    }
+}
+
+/// Position just after the last blank line (event terminator) in `raw`, any line endings.
+fn last_event_end(raw: &[u8]) -> Option<usize> {
+    let mut last = None;
+    let mut line_start = 0;
+    let mut i = 0;
+    while i < raw.len() {
+        let eol = match raw[i] {
+            b'\n' => Some(i + 1),
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => Some(i + 2),
+            b'\r' if i + 1 < raw.len() => Some(i + 1),
+            _ => None,
+        };
+        match eol {
+            Some(next) => {
+                if i == line_start {
+                    last = Some(next);
+                }
+                line_start = next;
+                i = next;
+            }
+            None => i += 1,
+        }
+    }
+    last
+}
+
+fn serialize_event(ev: &SseEvent, data: &str, out: &mut Vec<u8>) {
+    if let Some(t) = &ev.event {
+        out.extend_from_slice(format!("event: {t}\n").as_bytes());
+    }
+    if let Some(id) = &ev.id {
+        out.extend_from_slice(format!("id: {id}\n").as_bytes());
+    }
+    if let Some(r) = ev.retry {
+        out.extend_from_slice(format!("retry: {r}\n").as_bytes());
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_event_ends_with_any_line_endings() {
+        assert_eq!(last_event_end(b"data: a\n\n"), Some(9));
+        assert_eq!(last_event_end(b"data: a\r\n\r\ndata: b"), Some(11));
+        assert_eq!(last_event_end(b"data: a\n\ndata: b\n\n"), Some(18));
+        assert_eq!(last_event_end(b"data: a\n"), None);
+        assert_eq!(last_event_end(b"data: a\r\r"), None, "a final CR may still be followed by LF");
+        assert_eq!(last_event_end(b"data: a\r\r\r"), Some(9));
+    }
+}

@@ -1,0 +1,338 @@
+//! The TLS branch of the data path: intercept HTTPS to MCP servers, or pass it through untouched.
+//!
+//! Why a module of its own: terminating TLS is the one place where mcpwatch could make a
+//! connection *less* safe than it was, so every decision about it sits here, in order:
+//!
+//! 1. read the ClientHello (SNI, ALPN) under one deadline, recording the bytes
+//!    ([`mcpwatch_tls::read_client_hello`]); a hostile or truncated hello just closes;
+//! 2. decide: the `[tls]` scope (never / always / default), the in-scope process list, the
+//!    ALPN we can carry, and the distrust back-off for this process and host;
+//! 3. pass through: replay the recorded bytes upstream and relay, byte-identical: the client
+//!    sees the upstream's own certificate;
+//! 4. intercept ([`mcpwatch_tls::intercept`]): verified upstream TLS with the same server name
+//!    first, and only then a leaf from the local CA for the client. The plaintext then runs
+//!    through the same MCP-aware HTTP path as plain HTTP ([`super::http::serve_io`]), with
+//!    `https` endpoints and TLS details on every record.
+//!
+//! Failures are recorded, never papered over: an invalid upstream certificate becomes an audit
+//! record (status `transport_error` with the reason and the presented certificate) and the
+//! client's handshake fails with nothing forwarded; a client that rejects the mcpwatch CA is
+//! remembered ([`DistrustTracker`]), reported by `mcpwatch status`, and passed through for a
+//! back-off period so the agent keeps working.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION};
+use mcpwatch_tls::{
+    DistrustOptions, DistrustTracker, Hello, InterceptError, Intercepted, LeafIssuer, LeafOptions, LocalCa,
+    ServerTarget, TlsAction, TlsError, TlsInfo, TlsScope, UpstreamOptions, UpstreamTls, UpstreamTlsError,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::conn::{self, ConnCtx};
+use super::http::{self, BoxIo, ForwardError, Reconnect};
+use super::upstream;
+use crate::config::TlsConfig;
+use crate::state::{now_ms, Counters, Shared};
+
+/// Sub-directory of the state directory holding `ca.pem` and `ca.key`.
+pub const CA_DIR: &str = "ca";
+
+/// Where the CA lives for a state directory.
+pub fn ca_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(CA_DIR)
+}
+
+/// Everything the TLS branch needs, built once at start-up.
+pub struct TlsRuntime {
+    pub ca: Arc<LocalCa>,
+    pub issuer: LeafIssuer,
+    pub upstream: UpstreamTls,
+    pub scope: TlsScope,
+    pub distrust: DistrustTracker,
+    /// In-scope processes (exe path or comm); empty: all.
+    processes: Vec<String>,
+    handshake_timeout: Duration,
+    /// Pass distrusting process/host pairs through while backed off.
+    backoff: bool,
+}
+
+impl std::fmt::Debug for TlsRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsRuntime")
+            .field("ca", &self.ca)
+            .field("scope", &self.scope)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsRuntime {
+    /// Loads (or creates, on first start) the CA in `<state_dir>/ca/` and builds the runtime.
+    /// `hostname` names a newly created CA.
+    pub fn build(config: &TlsConfig, state_dir: &Path, hostname: &str) -> Result<TlsRuntime, TlsError> {
+        let ca = Arc::new(LocalCa::load_or_create(&ca_dir(state_dir), hostname)?);
+        TlsRuntime::with_ca(config, ca)
+    }
+
+    /// Builds the runtime around an already loaded CA.
+    pub fn with_ca(config: &TlsConfig, ca: Arc<LocalCa>) -> Result<TlsRuntime, TlsError> {
+        let validity = config.leaf_validity;
+        let issuer = LeafIssuer::new(
+            ca.clone(),
+            LeafOptions { validity, cache_capacity: config.leaf_cache_size, ttl: validity / 4 },
+        )?;
+        let upstream = UpstreamTls::new(UpstreamOptions {
+            extra_anchors_pem: config.extra_anchors.clone(),
+            use_system_roots: config.system_roots,
+            insecure_hosts: config.insecure_hosts.clone(),
+            // Our own CA is never a valid upstream anchor, even after `mcpwatch ca install`.
+            exclude_anchors_der: vec![ca.cert_der().to_vec()],
+            carried_alpn: vec![mcpwatch_tls::ALPN_HTTP1_1.to_vec()],
+            handshake_timeout: config.handshake_timeout,
+        })?;
+        let scope = TlsScope::from_config(&config.scope)?;
+        let distrust = DistrustTracker::new(DistrustOptions {
+            backoff: config.distrust_backoff,
+            ..DistrustOptions::default()
+        });
+        Ok(TlsRuntime {
+            ca,
+            issuer,
+            upstream,
+            scope,
+            distrust,
+            processes: config.processes.clone(),
+            handshake_timeout: config.handshake_timeout,
+            backoff: !config.distrust_backoff.is_zero(),
+        })
+    }
+
+    /// Operator warnings for `mcpwatch status`: one per process/host that rejected our CA.
+    pub fn warnings(&self) -> Vec<String> {
+        self.distrust
+            .entries(Instant::now())
+            .into_iter()
+            .map(|e| {
+                let mut w = format!(
+                    "{} ({} rejection{}, last {}s ago)",
+                    distrust_message(&e.exe, &e.host),
+                    e.count,
+                    if e.count == 1 { "" } else { "s" },
+                    e.since_last.as_secs()
+                );
+                if !e.backoff_remaining.is_zero() {
+                    w.push_str(&format!("; passed through uninspected for {}s more", e.backoff_remaining.as_secs()));
+                }
+                w.push_str("; see `mcpwatch ca install`");
+                w
+            })
+            .collect()
+    }
+
+    /// What to do with this hello, and why (for the log).
+    fn decide(&self, hello: &Hello, ctx: &ConnCtx, exe: &str, host: &str) -> (TlsAction, &'static str) {
+        if !self.processes.is_empty() {
+            let p = ctx.origin.process.as_deref();
+            let listed = p.is_some_and(|p| {
+                self.processes.iter().any(|want| p.exe.as_deref() == Some(want.as_str()) || p.comm == *want)
+            });
+            if !listed {
+                return (TlsAction::PassThrough, "process not in tls.processes");
+            }
+        }
+        if self.scope.decide_target(hello.sni(), ctx.origin.dst.ip().to_canonical()) == TlsAction::PassThrough {
+            return (TlsAction::PassThrough, "tls scope");
+        }
+        if !hello.alpn().is_empty() && self.upstream.filter_alpn(hello.alpn()).is_empty() {
+            return (TlsAction::PassThrough, "client offers no ALPN protocol mcpwatch carries");
+        }
+        if self.backoff && self.distrust.is_backed_off(exe, host, Instant::now()) {
+            return (TlsAction::PassThrough, "client does not trust the mcpwatch CA (back-off)");
+        }
+        (TlsAction::Intercept, "in scope")
+    }
+}
+
+/// "TLS not inspectable: client <exe> does not trust the mcpwatch CA for <host>".
+pub fn distrust_message(exe: &str, host: &str) -> String {
+    format!("TLS not inspectable: client {exe} does not trust the mcpwatch CA for {host}")
+}
+
+/// Handles a connection whose first bytes look like a TLS record. Without a TLS runtime
+/// (`[tls] enabled = false`) it is relayed untouched.
+pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
+    let Some(rt) = shared.tls.as_ref() else {
+        Counters::inc(&shared.counters.passthrough);
+        return conn::relay(client, upstream).await;
+    };
+    let hello = match mcpwatch_tls::read_client_hello(client, rt.handshake_timeout).await {
+        Ok(h) => h,
+        Err(e) => {
+            // Nothing usable arrived; nothing was forwarded. The client gets a closed socket
+            // (rustls already sent an alert where the hello was malformed).
+            tracing::info!(conn = ctx.id, peer = %ctx.peer, dst = %ctx.origin.dst, error = %e, "no usable ClientHello; closing");
+            return;
+        }
+    };
+    let exe = process_label(&ctx);
+    let sni = hello.sni().map(str::to_owned);
+    let host = sni.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
+    let (action, why) = rt.decide(&hello, &ctx, &exe, &host);
+    tracing::debug!(conn = ctx.id, sni = ?hello.sni(), %host, ?action, why, "TLS connection");
+    match action {
+        TlsAction::PassThrough => {
+            Counters::inc(&shared.counters.passthrough);
+            pass_through(hello, upstream, rt.handshake_timeout).await;
+        }
+        TlsAction::Intercept => intercept(shared.clone(), ctx, hello, upstream, Names { exe, host, sni }).await,
+    }
+}
+
+/// Replays the recorded hello upstream and relays both ways, untouched.
+async fn pass_through(hello: Hello, mut upstream: TcpStream, deadline: Duration) {
+    let (client, recorded) = hello.into_passthrough();
+    match tokio::time::timeout(deadline, upstream.write_all(&recorded)).await {
+        Ok(Ok(())) => conn::relay(client, upstream).await,
+        Ok(Err(e)) => tracing::info!(error = %e, "upstream closed before the ClientHello was replayed"),
+        Err(_) => tracing::info!("upstream did not take the replayed ClientHello within {deadline:?}"),
+    }
+}
+
+/// Who and where, for records and the distrust tracker.
+struct Names {
+    exe: String,
+    /// The SNI, else the destination IP.
+    host: String,
+    sni: Option<String>,
+}
+
+async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, upstream_tcp: TcpStream, names: Names) {
+    let Names { exe, host, .. } = &names;
+    let Some(rt) = shared.tls.as_ref() else { return };
+    match mcpwatch_tls::intercept(hello, upstream_tcp, &rt.issuer, &rt.upstream).await {
+        Ok(Intercepted { client, upstream, info }) => {
+            let reconnect = match tls_reconnect(&shared, ctx.origin.dst, &info) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(conn = ctx.id, error = %e, "internal: cannot rebuild the upstream server name; closing");
+                    return;
+                }
+            };
+            tracing::debug!(conn = ctx.id, server = %info.server_name, upstream = %info.upstream.cert.subject, "TLS intercepted");
+            ctx.scheme = "https";
+            ctx.tls = Some(Arc::new(details(&info)));
+            http::serve_io(shared.clone(), ctx, client, Box::new(upstream) as BoxIo, reconnect).await;
+        }
+        Err(InterceptError::Upstream(e)) => record_upstream_failure(&shared, &ctx, &names, &e),
+        Err(e @ InterceptError::Client { distrust: Some(_), .. }) => {
+            rt.distrust.record(exe, host, Instant::now());
+            let message = distrust_message(exe, host);
+            tracing::warn!(conn = ctx.id, error = %e, "{message}");
+            record_distrust(&shared, &ctx, &names, &message, &e);
+        }
+        Err(e @ InterceptError::Internal(_)) => {
+            tracing::warn!(conn = ctx.id, %host, error = %e, "TLS interception failed; connection closed")
+        }
+        Err(e) => tracing::info!(conn = ctx.id, %host, error = %e, "client TLS handshake failed; connection closed"),
+    }
+}
+
+/// A new upstream connection for the same destination and server name, verified again.
+fn tls_reconnect(shared: &Arc<Shared>, dst: SocketAddr, info: &TlsInfo) -> Result<Reconnect, TlsError> {
+    let target: ServerTarget = mcpwatch_tls::validate_server_name(&info.server_name)?;
+    let alpn: Vec<Vec<u8>> = info.upstream.alpn.iter().cloned().collect();
+    let shared = shared.clone();
+    Ok(Arc::new(move || {
+        let shared = shared.clone();
+        let target = target.clone();
+        let alpn = alpn.clone();
+        Box::pin(async move {
+            let limits = &shared.config.limits;
+            let tcp = upstream::connect(dst, shared.config.mark, limits.connect_timeout).await?;
+            let Some(rt) = shared.tls.as_ref() else {
+                return Err(ForwardError::Reconnect { dst, reason: "TLS interception disabled".into() });
+            };
+            let (stream, _) = rt
+                .upstream
+                .connect_target(tcp, &target, &alpn)
+                .await
+                .map_err(|e| ForwardError::Reconnect { dst, reason: e.to_string() })?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }))
+}
+
+/// The audit view of an intercepted connection.
+pub fn details(info: &TlsInfo) -> TlsDetails {
+    let up = &info.upstream;
+    TlsDetails {
+        sni: info.sni.clone(),
+        client_version: Some(info.client_version.clone()),
+        upstream_version: Some(up.version.clone()),
+        alpn: info.alpn.as_deref().map(|a| String::from_utf8_lossy(a).into_owned()),
+        upstream_subject: Some(up.cert.subject.clone()),
+        upstream_issuer: Some(up.cert.issuer.clone()),
+        upstream_fingerprint: Some(up.cert.fingerprint_sha256.clone()),
+        insecure: up.insecure,
+    }
+}
+
+/// `exe`, else `comm`, else a placeholder: the distrust key and the name in warnings.
+fn process_label(ctx: &ConnCtx) -> String {
+    match ctx.origin.process.as_deref() {
+        Some(p) => p.exe.clone().unwrap_or_else(|| p.comm.clone()),
+        None => "(unknown process)".to_string(),
+    }
+}
+
+/// A record for a TLS connection that never carried a message.
+fn connection_record(shared: &Shared, ctx: &ConnCtx, host: &str, reason: String) -> AuditRecord {
+    let server = Endpoint { scheme: "https".into(), host: host.to_string(), port: ctx.origin.dst.port(), path: String::new() }.key();
+    AuditRecord {
+        schema: AUDIT_SCHEMA_VERSION,
+        id: shared.store.new_record_id(),
+        ts_ms: now_ms(),
+        duration_us: Some(0),
+        process: ctx.origin.process.as_deref().cloned(),
+        dst: ctx.origin.dst.to_string(),
+        host: Some(host.to_string()),
+        scheme: "https".into(),
+        server,
+        transport: "tls".into(),
+        kind: MessageKind::Invalid,
+        direction: "client->server".into(),
+        status: CallStatus::TransportError { reason },
+        ..Default::default()
+    }
+}
+
+fn record_upstream_failure(shared: &Shared, ctx: &ConnCtx, names: &Names, e: &UpstreamTlsError) {
+    let host = names.host.as_str();
+    tracing::warn!(conn = ctx.id, %host, dst = %ctx.origin.dst, error = %e, "upstream TLS refused; client handshake failed, nothing forwarded");
+    let mut rec = connection_record(shared, ctx, host, e.to_string());
+    let mut tls = TlsDetails { sni: names.sni.clone(), ..Default::default() };
+    if let UpstreamTlsError::Certificate { problem, presented, .. } = e {
+        rec.notes.push(format!("upstream certificate refused ({problem}): no leaf minted, client handshake failed, nothing forwarded"));
+        if let Some(cert) = presented {
+            tls.upstream_subject = Some(cert.subject.clone());
+            tls.upstream_issuer = Some(cert.issuer.clone());
+            tls.upstream_fingerprint = Some(cert.fingerprint_sha256.clone());
+        }
+    } else {
+        rec.notes.push("upstream TLS failed: client handshake failed, nothing forwarded".into());
+    }
+    rec.tls = Some(tls);
+    let _ = shared.begin_record(&rec);
+}
+
+fn record_distrust(shared: &Shared, ctx: &ConnCtx, names: &Names, message: &str, e: &InterceptError) {
+    let mut rec = connection_record(shared, ctx, &names.host, message.to_string());
+    rec.notes.push(e.to_string());
+    rec.tls = Some(TlsDetails { sni: names.sni.clone(), ..Default::default() });
+    let _ = shared.begin_record(&rec);
+}
