@@ -41,8 +41,10 @@ pub fn inventory_row(s: &ServerEntry, now_ms: u64) -> Vec<String> {
     let tools = if s.tools.is_empty() {
         "0".to_string()
     } else {
-        let names: Vec<String> = s
-            .tools
+        // Flagged tools first, so truncation never hides them.
+        let mut tools: Vec<&mcpwatch_api::ToolEntry> = s.tools.iter().collect();
+        tools.sort_by_key(|t| if t.hidden.is_some() { 0 } else if t.changed { 1 } else if t.poisoning.is_some() { 2 } else { 3 });
+        let names: Vec<String> = tools
             .iter()
             .map(|t| {
                 let mut n = t.name.clone();

@@ -47,6 +47,8 @@ pub struct DaemonOpts {
     pub extra_args: Vec<String>,
     /// Run the daemon itself inside this cgroup (loop-avoidance tests).
     pub run_in_cgroup: Option<PathBuf>,
+    /// Policy file contents (written to the daemon's temp dir and passed as --policy).
+    pub policy: Option<String>,
 }
 
 pub struct Daemon {
@@ -85,6 +87,11 @@ impl Daemon {
             let path = tmp.path().join("mcpwatchd.toml");
             std::fs::write(&path, cfg).expect("write config");
             cmd.arg("--config").arg(path);
+        }
+        if let Some(policy) = &opts.policy {
+            let path = tmp.path().join("policy.toml");
+            std::fs::write(&path, policy).expect("write policy");
+            cmd.arg("--policy").arg(path);
         }
         cmd.args(&opts.extra_args);
         if let Some(cg) = &opts.run_in_cgroup {
@@ -204,6 +211,25 @@ impl Daemon {
     /// SIGKILL and wait.
     pub fn kill(&mut self) -> std::process::ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// Path of the policy file passed with `DaemonOpts::policy`.
+    pub fn policy_path(&self) -> PathBuf {
+        self._tmp.as_ref().map(|t| t.path().join("policy.toml")).unwrap_or_default()
+    }
+
+    /// Wait until `mcpwatch pending` shows `n` held calls; returns them.
+    pub fn wait_pending(&self, n: usize) -> Vec<mcpwatch_api::HeldCall> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Response::Pending { calls } = self.request(&Request::Pending) {
+                if calls.len() >= n {
+                    return calls;
+                }
+            }
+            assert!(Instant::now() < deadline, "no held call after 20s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Keep the state dir alive past this daemon (restart tests).

@@ -155,9 +155,9 @@ impl Compiler<'_> {
 
         let inspect = match raw.inspect {
             None => InspectSettings::default(),
-            Some(spanned) => {
-                let span = spanned.span();
-                let r = spanned.into_inner();
+            Some(r) => {
+                let at = self.src.find("[inspect").unwrap_or(0);
+                let span = at..at + 1;
                 let d = InspectSettings::default();
                 let detectors = r.detectors.unwrap_or_default();
                 if let Err(e) = mcpwatch_inspect::Inspector::new(&detectors) {

@@ -26,7 +26,8 @@ pub(crate) struct RawPolicy {
     pub agent: Vec<RawAgent>,
     #[serde(default)]
     pub rule: Vec<RawRule>,
-    pub inspect: Option<Spanned<RawInspect>>,
+    // Not `Spanned`: toml cannot span a table created implicitly by `[inspect.detectors]`.
+    pub inspect: Option<RawInspect>,
 }
 
 /// `[inspect]`: content inspection (detectors, tool poisoning, tool pinning).

@@ -2085,3 +2085,16 @@ fn policy_is_shareable_and_decisions_serialize() {
     let back: Decision = serde_json::from_value(v).expect("and back");
     assert_eq!(back, d);
 }
+
+#[test]
+fn inspect_table_parses_and_typos_in_it_are_positioned() {
+    // `[inspect.detectors]` alone (no `[inspect]` header) creates the table implicitly.
+    let p = mcpwatch_policy::parse("version = 1\nmode = \"enforce\"\n[inspect.detectors]\ndefault_action = \"audit\"\n", "p.toml").unwrap();
+    assert_eq!(p.inspect().detectors.default_action, mcpwatch_inspect::Action::Audit);
+    assert_eq!(p.inspect().pinning, mcpwatch_policy::PinAction::Alert);
+    let e = mcpwatch_policy::parse("version = 1\nmode = \"enforce\"\n[inspect]\npining = \"hide\"\n", "p.toml").unwrap_err();
+    assert_eq!((e.line, e.column), (4, 1), "{}", e.render());
+    let e = mcpwatch_policy::parse("version = 1\nmode = \"enforce\"\n[inspect.detectors]\nenabled = [\"pii.emial\"]\n", "p.toml").unwrap_err();
+    assert_eq!(e.line, 3, "{}", e.render());
+    assert!(e.message.contains("pii.emial"), "{}", e.render());
+}

@@ -433,18 +433,42 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     } else {
         bytes
     };
+    // Legacy HTTP+SSE answers on the GET stream, possibly before this POST's 202 is
+    // back: park the requests before forwarding so the answer always finds them.
+    let mut parked: Vec<String> = Vec::new();
+    if scope.legacy {
+        let (requests, rest): (Vec<_>, Vec<_>) = local.into_iter().partition(|(_, p)| p.record.kind == MessageKind::Request);
+        local = rest;
+        for (key, p) in requests {
+            for e in shared.sessions.park(&scope.conversation, &key, p) {
+                finish(&shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
+            }
+            parked.push(key);
+        }
+    }
+    let unpark = |why: CallStatus| {
+        for k in &parked {
+            if let Some(p) = shared.sessions.take(&scope.conversation, k) {
+                finish(&shared, p, why.clone(), None, 0);
+            }
+        }
+    };
     let mut parts = parts;
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let req = Request::from_parts(parts, body::full(out_bytes));
     let resp = match forward(&up, req).await {
         Ok(r) => r,
         Err(e) => {
+            unpark(CallStatus::TransportError { reason: e.to_string() });
             for (_, p) in local {
                 finish(&shared, p, CallStatus::TransportError { reason: e.to_string() }, None, 0);
             }
             return gateway_error(e);
         }
     };
+    if !resp.status().is_success() {
+        unpark(http_failure(resp.status()));
+    }
     responses::observe(shared, scope, gov, local, refusals, resp)
 }
 

@@ -5,5 +5,7 @@
 //! only where the kernel or privileges cannot support them.
 
 mod cli;
+mod inspect;
 mod intercept;
+mod policy;
 mod protocol;
