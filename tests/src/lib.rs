@@ -2,3 +2,4 @@
 pub mod daemon;
 pub mod harness;
 pub mod peers;
+pub mod tls;

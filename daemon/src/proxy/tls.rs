@@ -328,6 +328,14 @@ fn record_upstream_failure(shared: &Shared, ctx: &ConnCtx, names: &Names, e: &Up
     }
     rec.tls = Some(tls);
     let _ = shared.begin_record(&rec);
+    let alert = match e {
+        UpstreamTlsError::Certificate { problem, presented, .. } => format!(
+            "TLS: upstream certificate for {host} refused ({problem}{}); connections fail",
+            presented.as_ref().map(|c| format!(", presented sha256 {}", c.fingerprint_sha256)).unwrap_or_default()
+        ),
+        other => format!("TLS: upstream {host} failed: {other}"),
+    };
+    alert_inventory(shared, &rec.server, alert);
 }
 
 fn record_distrust(shared: &Shared, ctx: &ConnCtx, names: &Names, message: &str, e: &InterceptError) {
@@ -335,4 +343,26 @@ fn record_distrust(shared: &Shared, ctx: &ConnCtx, names: &Names, message: &str,
     rec.notes.push(e.to_string());
     rec.tls = Some(TlsDetails { sni: names.sni.clone(), ..Default::default() });
     let _ = shared.begin_record(&rec);
+    alert_inventory(shared, &rec.server, message.to_string());
+}
+
+/// Adds `alert` to every inventory server under `origin` (`https://host:port`), or to an entry
+/// for the origin itself when no MCP endpoint there has been seen yet (the failure happened
+/// before any HTTP request, so the path is unknown).
+fn alert_inventory(shared: &Shared, origin: &str, alert: String) {
+    let prefix = format!("{origin}/");
+    let endpoints: Vec<String> = shared
+        .inventory
+        .list()
+        .into_iter()
+        .map(|s| s.endpoint)
+        .filter(|e| e.starts_with(&prefix))
+        .collect();
+    if endpoints.is_empty() {
+        shared.inventory.add_alert(origin, alert);
+    } else {
+        for e in endpoints {
+            shared.inventory.add_alert(&e, alert.clone());
+        }
+    }
 }

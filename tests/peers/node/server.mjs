@@ -12,10 +12,12 @@
 //
 // CLI: node server.mjs [--host 127.0.0.1] [--port 0] [--path /mcp] [--json-response]
 //                      [--stateless] [--host-check auto|strict|off] [--record FILE]
+// TLS: --certfile PEM --keyfile PEM serve HTTPS (node:https) instead of HTTP.
 // Prints `ready HOST:PORT` on stdout once listening.
 
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
+import https from 'node:https';
 import { parseArgs } from 'node:util';
 
 import express from 'express';
@@ -39,6 +41,8 @@ const { values: opts } = parseArgs({
     stateless: { type: 'boolean', default: false },
     'host-check': { type: 'string', default: 'auto' },
     record: { type: 'string' },
+    certfile: { type: 'string' },
+    keyfile: { type: 'string' },
   },
   strict: true,
 });
@@ -160,10 +164,15 @@ app.post('/messages', async (req, res) => {
   await transport.handlePostMessage(req, res, req.body);
 });
 
-const listener = app.listen(Number(opts.port), opts.host, () => {
+const onListening = () => {
   const addr = listener.address();
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   process.stdout.write(`ready ${host}:${addr.port}\n`);
-});
+};
+const listener = opts.certfile
+  ? https
+      .createServer({ cert: fs.readFileSync(opts.certfile), key: fs.readFileSync(opts.keyfile) }, app)
+      .listen(Number(opts.port), opts.host, onListening)
+  : app.listen(Number(opts.port), opts.host, onListening);
 listener.on('error', (err) => { console.error('listen failed:', err); process.exit(1); });
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(0));

@@ -9,3 +9,4 @@ mod inspect;
 mod intercept;
 mod policy;
 mod protocol;
+mod tls;

@@ -1,0 +1,412 @@
+//! HTTPS through mcpwatchd: real SDK clients and real HTTPS MCP servers on loopback, TLS
+//! terminated with the daemon's local CA and re-established, verified, to the upstream
+//! (issue 3). Upstream certificates come from a test-only CA the daemon is configured to trust.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use mcpwatch_api::{AuditRecord, CallStatus, MessageKind};
+use mcpwatch_tests::daemon::{Daemon, DaemonOpts};
+use mcpwatch_tests::harness::{self, RawBehaviour, RawServer, Watched};
+use mcpwatch_tests::peers::{self, Client, HostCheck};
+use mcpwatch_tests::tls::{self, hello, CertKind, TestPki};
+use serde_json::{json, Value};
+
+fn call_record<'a>(recs: &'a [AuditRecord], tool: &str) -> Option<&'a AuditRecord> {
+    recs.iter().find(|r| r.method.as_deref() == Some("tools/call") && r.name.as_deref() == Some(tool) && r.status != CallStatus::Pending)
+}
+
+/// Asserts an intercepted call was audited with its tool, its arguments' hash (the hash of
+/// what the server actually received) and the TLS details of the verified upstream.
+fn assert_intercepted_call(recs: &[AuditRecord], tool: &str, received: &Value, url: &str, upstream: &tls::ServerCert) {
+    let rec = call_record(recs, tool).unwrap_or_else(|| panic!("no completed {tool} record: {recs:#?}"));
+    assert_eq!(rec.status, CallStatus::Ok, "{rec:?}");
+    assert_eq!(rec.scheme, "https");
+    assert_eq!(rec.server, url);
+    assert_eq!(rec.args_hash.as_deref(), Some(mcpwatch_mcp::canonical::canonical_hash(&received["arguments"]).as_str()), "{rec:?}");
+    assert!(rec.result_hash.is_some(), "{rec:?}");
+    let t = rec.tls.as_ref().unwrap_or_else(|| panic!("no TLS details: {rec:?}"));
+    assert_eq!(t.sni.as_deref(), Some("localhost"));
+    assert_eq!(t.upstream_fingerprint.as_deref(), Some(tls::fingerprint(&upstream.der).as_str()));
+    assert!(t.upstream_issuer.as_deref().unwrap_or_default().contains(tls::UPSTREAM_CA_CN), "{t:?}");
+    assert_eq!(t.client_version.as_deref(), Some("TLSv1.3"), "{t:?}");
+    assert!(t.upstream_version.as_deref().unwrap_or_default().starts_with("TLSv1."), "{t:?}");
+    assert!(!t.insecure);
+    // Every record of this server came over TLS.
+    assert!(recs.iter().filter(|r| r.server == url).all(|r| r.scheme == "https" && r.tls.is_some()), "{recs:#?}");
+}
+
+#[test]
+fn python_sdk_over_https_is_intercepted_and_audited() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response(), &cert).spawn();
+    let port = server.addr().port();
+    let config = tls::tls_config(&pki, "always = [\"localhost\"]");
+    let Some(w) = Watched::start_with("python_sdk_over_https_is_intercepted_and_audited", DaemonOpts { ports: Some(port.to_string()), config: Some(config), ..Default::default() }) else { return };
+    let url = tls::https_url("localhost", &server);
+    let out = Client::python(&url)
+        .env("SSL_CERT_FILE", tls::daemon_ca(&w.daemon).display().to_string())
+        .cgroup(w.cgroup())
+        .list()
+        .call("echo", json!({"text": "through TLS"}))
+        .run();
+    assert_eq!(out.steps()[1]["text"], "through TLS", "{:?}", out.lines);
+    let calls = server.recorded_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["tool"], "echo");
+
+    let recs = w.daemon.wait_audit("the echo call over TLS", |r| call_record(r, "echo").is_some());
+    assert_intercepted_call(&recs, "echo", &calls[0], &url, &cert);
+    let p = call_record(&recs, "echo").and_then(|r| r.process.as_ref()).expect("process identity");
+    assert!(p.exe.as_deref().unwrap_or_default().contains("python"), "{p:?}");
+
+    let s = w.daemon.list().into_iter().find(|s| s.endpoint == url).unwrap_or_else(|| panic!("{url} not in the inventory"));
+    assert_eq!(s.server_name.as_deref(), Some("mcpwatch-peer-python"));
+    assert!(s.tools.iter().any(|t| t.name == "echo" && t.hash.len() == 64), "{:?}", s.tools);
+    assert_eq!(s.call_count, 1);
+    assert!(s.alerts.iter().all(|a| !a.contains("TLS")), "{:?}", s.alerts);
+    assert!(w.daemon.status().warnings.iter().all(|x| !x.contains("TLS not inspectable")));
+}
+
+#[test]
+fn node_sdk_over_https_is_intercepted_and_audited() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::node_server(), &cert).spawn();
+    let port = server.addr().port();
+    let config = tls::tls_config(&pki, "always = [\"localhost\"]");
+    let Some(w) = Watched::start_with("node_sdk_over_https_is_intercepted_and_audited", DaemonOpts { ports: Some(port.to_string()), config: Some(config), ..Default::default() }) else { return };
+    let url = tls::https_url("localhost", &server);
+    let out = Client::node(&url)
+        .env("NODE_EXTRA_CA_CERTS", tls::daemon_ca(&w.daemon).display().to_string())
+        .cgroup(w.cgroup())
+        .list()
+        .call("add", json!({"a": 40, "b": 2}))
+        .run();
+    assert_eq!(out.steps()[1]["text"], "42", "{:?}", out.lines);
+    let calls = server.recorded_calls();
+    assert_eq!(calls.len(), 1);
+
+    let recs = w.daemon.wait_audit("the add call over TLS", |r| call_record(r, "add").is_some());
+    assert_intercepted_call(&recs, "add", &calls[0], &url, &cert);
+    let call = call_record(&recs, "add").expect("add");
+    assert!(call.session_id.is_some(), "sessions tracked over TLS: {call:?}");
+    assert!(call.process.as_ref().and_then(|p| p.exe.as_deref()).unwrap_or_default().ends_with("node"), "{call:?}");
+    let s = w.daemon.list().into_iter().find(|s| s.endpoint == url).expect("inventory entry");
+    assert_eq!(s.server_name.as_deref(), Some("mcpwatch-peer-node"));
+    assert!(s.tools.iter().any(|t| t.name == "add"), "{:?}", s.tools);
+}
+
+#[test]
+fn client_that_distrusts_the_ca_fails_is_reported_and_then_passed_through() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response(), &cert).spawn();
+    let port = server.addr().port();
+    let config = tls::tls_config(&pki, "always = [\"localhost\"]\ndistrust_backoff_secs = 600");
+    let Some(w) = Watched::start_with("client_that_distrusts_the_ca_fails_is_reported_and_then_passed_through", DaemonOpts { ports: Some(port.to_string()), config: Some(config), ..Default::default() }) else { return };
+    let url = tls::https_url("localhost", &server);
+
+    // Trusts the upstream's CA only, not mcpwatch's: the intercepted handshake fails.
+    let out = Client::python(&url).env("SSL_CERT_FILE", pki.ca_pem.display().to_string()).cgroup(w.cgroup()).list().try_run();
+    assert_eq!(out.exit_code, Some(2), "handshake must fail: {:?}\n{}", out.lines, out.stderr);
+    assert!(server.recorded_calls().is_empty());
+
+    let warning = w
+        .daemon
+        .status()
+        .warnings
+        .into_iter()
+        .find(|x| x.contains("TLS not inspectable: client") && x.contains("does not trust the mcpwatch CA for localhost"))
+        .unwrap_or_else(|| panic!("no distrust warning in status:\n{}", w.daemon.log_text()));
+    assert!(warning.contains("python"), "{warning}");
+    let text = String::from_utf8_lossy(&w.daemon.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("TLS not inspectable"), "{text}");
+    let origin = format!("https://localhost:{port}");
+    let entry = w.daemon.list().into_iter().find(|s| s.endpoint == origin).expect("inventory entry for the host");
+    assert!(entry.alerts.iter().any(|a| a.contains("does not trust the mcpwatch CA")), "{:?}", entry.alerts);
+    let recs = w.daemon.wait_audit("distrust record", |r| r.iter().any(|x| x.server == origin));
+    let rec = recs.iter().find(|x| x.server == origin).expect("record");
+    assert_eq!(rec.kind, MessageKind::Invalid);
+    assert!(matches!(&rec.status, CallStatus::TransportError { reason } if reason.contains("does not trust the mcpwatch CA")), "{rec:?}");
+
+    // During the back-off the same process/host passes through untouched, so the agent works
+    // (and sees the upstream's own certificate, which it trusts).
+    let out = Client::python(&url).env("SSL_CERT_FILE", pki.ca_pem.display().to_string()).cgroup(w.cgroup()).call("echo", json!({"text": "uninspected"})).run();
+    assert_eq!(out.steps()[0]["text"], "uninspected");
+    assert_eq!(server.recorded_calls().len(), 1);
+    assert!(call_record(&w.daemon.audit(), "echo").is_none(), "passed through: not inspected");
+    assert!(w.daemon.status().counts.passthrough >= 1);
+}
+
+/// The client in a watched cgroup sends `payload` (already containing a ClientHello) over a
+/// plain socket and reports what came back and what the server's peer address was.
+const RAW_TLS_CLIENT: &str = r#"
+import json, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+payload = sys.stdin.buffer.read()
+s = socket.create_connection((host, port), timeout=20)
+s.sendall(payload)
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk: break
+    got += chunk
+print(json.dumps({"got": got.hex()}))
+"#;
+
+#[test]
+fn pass_through_host_is_byte_identical_and_keeps_its_certificate() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response(), &cert).spawn();
+    let echo = RawServer::start("127.0.0.1:0", RawBehaviour { echo: true, ..Default::default() });
+    let ports = format!("{},{}", server.addr().port(), echo.addr.port());
+    // Intercept by default, but never this host.
+    let config = tls::tls_config(&pki, "default = \"intercept\"\nnever = [\"localhost\"]");
+    let Some(w) = Watched::start_with("pass_through_host_is_byte_identical_and_keeps_its_certificate", DaemonOpts { ports: Some(ports), config: Some(config), ..Default::default() }) else { return };
+
+    // The client sees the upstream's own certificate (it trusts only the test CA).
+    let probe = tls::ssl_probe(Some(w.cgroup()), "127.0.0.1", server.addr().port(), "localhost", &pki.ca_pem, b"");
+    assert_eq!(probe["ok"], true, "{probe}");
+    assert_eq!(harness::unhex(probe["cert"].as_str().unwrap()), cert.der, "client saw the upstream certificate");
+    let out = Client::python(&tls::https_url("localhost", &server)).env("SSL_CERT_FILE", pki.ca_pem.display().to_string()).cgroup(w.cgroup()).call("echo", json!({"text": "private"})).run();
+    assert_eq!(out.steps()[0]["text"], "private");
+    assert_eq!(server.recorded_calls().len(), 1);
+
+    // Byte-identical: the replayed ClientHello and everything after it reach the server as sent.
+    let mut payload = hello::client_hello(Some(b"localhost"));
+    payload.extend((0..=255u8).cycle().take(100_000));
+    let script = format!("import sys; sys.argv=['c', '127.0.0.1', '{}']\n{RAW_TLS_CLIENT}", echo.addr.port());
+    let r = harness::py_stdin(Some(w.cgroup()), &script, &payload);
+    assert_eq!(harness::unhex(r["got"].as_str().unwrap()), payload, "echoed byte-identical");
+    assert_eq!(echo.seen().len(), 1);
+    assert_eq!(echo.seen()[0].bytes, payload, "server received exactly the client's bytes");
+
+    assert!(w.daemon.audit().is_empty(), "nothing inspected: {:#?}", w.daemon.audit());
+    let st = w.daemon.status();
+    assert!(st.counts.passthrough >= 3, "{st:?}");
+    assert_eq!(st.counts.mcp_messages, 0);
+}
+
+/// The `tls` threat cases with a broken upstream certificate (TLS-001 self-signed, TLS-002
+/// expired), plus a certificate for another name.
+fn invalid_upstream_cases() -> Vec<(String, CertKind, &'static str)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/threats/cases.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("threat corpus {path}: {e}"));
+    let mut cases = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let c: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad case line {line}: {e}"));
+        let Some(up) = c["input"].get("upstream_cert") else { continue };
+        assert_eq!(c["expected"]["action"], "block", "{c}");
+        let id = c["id"].as_str().expect("id").to_string();
+        if up["self_signed"] == true {
+            cases.push((id, CertKind::SelfSigned, "self-signed"));
+        } else if let Some(after) = up["notAfter"].as_str() {
+            let ts = x509_time(after);
+            cases.push((id, CertKind::Expired { not_after_unix: ts }, "expired"));
+        } else {
+            panic!("upstream_cert case {id} not understood: {up}");
+        }
+    }
+    assert!(cases.iter().any(|c| c.0 == "TLS-001") && cases.iter().any(|c| c.0 == "TLS-002"), "{cases:?}");
+    cases.push(("wrong-name".into(), CertKind::WrongName, "not valid for the server name"));
+    cases
+}
+
+/// `2015-04-12T23:59:59Z` → Unix seconds.
+fn x509_time(s: &str) -> i64 {
+    let (date, time) = s.trim_end_matches('Z').split_once('T').expect("date T time");
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().expect("date")).collect();
+    let t: Vec<i64> = time.split(':').map(|x| x.parse().expect("time")).collect();
+    // Days from civil (Howard Hinnant).
+    let (y, m, day) = (if d[1] <= 2 { d[0] - 1 } else { d[0] }, d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]
+}
+
+#[test]
+fn invalid_upstream_certificates_fail_the_client_and_are_audited() {
+    let pki = TestPki::new();
+    let cases = invalid_upstream_cases();
+    let servers: Vec<_> = cases
+        .iter()
+        .map(|(id, kind, _)| {
+            let cert = pki.server_cert(*kind, "localhost");
+            let server = tls::https(peers::python_server().json_response(), &cert).spawn();
+            (id.clone(), cert, server)
+        })
+        .collect();
+    // A self-signed server reached by IP is on the insecure list: it works, and says so.
+    let insecure_cert = pki.server_cert(CertKind::SelfSigned, "127.0.0.1");
+    let insecure = tls::https(peers::python_server().json_response().host_check(HostCheck::Off), &insecure_cert).spawn();
+    let mut ports: Vec<String> = servers.iter().map(|s| s.2.addr().port().to_string()).collect();
+    ports.push(insecure.addr().port().to_string());
+    let config = tls::tls_config(&pki, "always = [\"localhost\", \"127.0.0.1\"]\ninsecure_hosts = [\"127.0.0.1\"]");
+    let Some(w) = Watched::start_with("invalid_upstream_certificates_fail_the_client_and_are_audited", DaemonOpts { ports: Some(ports.join(",")), config: Some(config), ..Default::default() }) else { return };
+    let ca = tls::daemon_ca(&w.daemon).display().to_string();
+
+    for ((id, _, why), (_, cert, server)) in cases.iter().zip(&servers) {
+        let out = Client::python(&tls::https_url("localhost", server)).env("SSL_CERT_FILE", &ca).cgroup(w.cgroup()).list().call("echo", json!({"text": "x"})).try_run();
+        assert_eq!(out.exit_code, Some(2), "{id}: the client's connection must fail: {:?}", out.lines);
+        assert!(server.recorded_calls().is_empty(), "{id}: nothing forwarded");
+        let origin = format!("https://localhost:{}", server.addr().port());
+        let recs = w.daemon.wait_audit(&format!("{id} refusal"), |r| r.iter().any(|x| x.server == origin));
+        let rec = recs.iter().find(|x| x.server == origin).expect("record");
+        assert_eq!(rec.kind, MessageKind::Invalid, "{id}");
+        match &rec.status {
+            CallStatus::TransportError { reason } => assert!(reason.contains(why), "{id}: {reason}"),
+            other => panic!("{id}: {other:?}"),
+        }
+        let t = rec.tls.as_ref().expect("tls details");
+        assert_eq!(t.sni.as_deref(), Some("localhost"));
+        assert_eq!(t.upstream_fingerprint.as_deref(), Some(tls::fingerprint(&cert.der).as_str()), "{id}: the presented certificate is recorded");
+        assert!(recs.iter().all(|x| x.server != origin || x.method.is_none()), "{id}: no MCP message recorded");
+        let entry = w.daemon.list().into_iter().find(|s| s.endpoint == origin).expect("inventory");
+        assert!(entry.alerts.iter().any(|a| a.contains("upstream certificate") && a.contains(why)), "{id}: {:?}", entry.alerts);
+    }
+
+    let url = format!("https://127.0.0.1:{}/mcp", insecure.addr().port());
+    let out = Client::python(&url).env("SSL_CERT_FILE", &ca).cgroup(w.cgroup()).call("echo", json!({"text": "insecure"})).run();
+    assert_eq!(out.steps()[0]["text"], "insecure");
+    let recs = w.daemon.wait_audit("insecure call", |r| call_record(r, "echo").is_some());
+    let t = call_record(&recs, "echo").and_then(|r| r.tls.clone()).expect("tls details");
+    assert!(t.insecure, "the audit says the upstream was not verified: {t:?}");
+    assert_eq!(t.sni, None, "IP literal: no SNI");
+    assert_eq!(t.upstream_fingerprint.as_deref(), Some(tls::fingerprint(&insecure_cert.der).as_str()));
+}
+
+/// A daemon in static-upstream mode in front of an HTTPS MCP server, intercepting everything,
+/// with a short handshake deadline.
+fn static_tls_daemon(pki: &TestPki, upstream: SocketAddr, extra: &str) -> Daemon {
+    let config = tls::tls_config(pki, &format!("default = \"intercept\"\nhandshake_timeout_ms = 1000\n{extra}"));
+    Daemon::start(DaemonOpts { static_upstream: Some(upstream), config: Some(config), ..Default::default() })
+}
+
+#[test]
+fn hostile_client_hellos_never_crash_or_hang_the_daemon() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response().host_check(HostCheck::Off), &cert).spawn();
+    let mut daemon = static_tls_daemon(&pki, server.addr(), "");
+    let addr: SocketAddr = format!("127.0.0.1:{}", daemon.port).parse().unwrap();
+    // Far above the 1 s deadline: reaching it means the daemon hung.
+    let limit = std::time::Duration::from_secs(30);
+
+    let label = vec![b'a'; 255];
+    let mut long_labels = label.clone();
+    long_labels.extend_from_slice(b".");
+    long_labels.extend_from_slice(&label);
+    let valid = hello::client_hello(Some(b"localhost"));
+    let mut garbage = vec![0x16, 0x03, 0x01, 0x00, 0x40];
+    garbage.extend((0..64u8).map(|i| i.wrapping_mul(91) ^ 0xa5));
+    let mut oversized_len = vec![0x16, 0x03, 0x01, 0xff, 0xff];
+    oversized_len.extend(vec![0x01; 200]);
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("no SNI", hello::client_hello(None), true),
+        ("IP literal SNI", hello::client_hello(Some(b"127.0.0.1")), true),
+        ("255-byte label", hello::client_hello(Some(&label)), true),
+        ("two 255-byte labels", hello::client_hello(Some(&long_labels)), true),
+        ("NUL and spaces in SNI", hello::client_hello(Some(b"local\0host evil")), true),
+        ("garbage after the record header", garbage, true),
+        ("record length beyond what is sent", oversized_len.clone(), true),
+        ("truncated hello, client then silent", valid[..valid.len() / 2].to_vec(), false),
+        ("truncated hello, client closes", valid[..valid.len() / 2].to_vec(), true),
+        ("header only, client silent", valid[..5].to_vec(), false),
+        ("legacy TLS 1.0 RC4/3DES hello (TLS-008)", hello::legacy_client_hello(b"localhost"), true),
+    ];
+    for (name, bytes, half_close) in &cases {
+        let end = tls::send_raw(addr, bytes, *half_close, limit);
+        assert!(end.closed, "{name}: the daemon did not end the connection within {limit:?}");
+        if name.contains("TLS-008") {
+            // A fatal handshake_failure alert, and no leaf was ever shown.
+            assert_eq!(end.received, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 40], "{name}");
+        }
+        // No ServerHello, so no certificate, for any of them (the upstream cannot prove a name
+        // for the no-SNI and IP cases either: its certificate is for localhost).
+        assert!(!end.received.windows(2).any(|w| w == [0x16, 0x03]), "{name}: unexpected handshake answer {:?}", end.received);
+    }
+    // Slowloris: one byte every 100 ms would take ~40 s; the 1 s deadline cuts it off.
+    let sent = tls::slowloris(addr, &valid, std::time::Duration::from_millis(100));
+    assert!(sent < valid.len(), "slowloris hello was never cut off ({sent} of {} bytes)", valid.len());
+
+    // Still alive and still serving: status answers and a real client gets through.
+    let st = daemon.status();
+    assert!(st.counts.connections as usize >= cases.len() + 1, "{st:?}");
+    let url = format!("https://localhost:{}/mcp", daemon.port);
+    let out = Client::python(&url).env("SSL_CERT_FILE", tls::daemon_ca(&daemon).display().to_string()).call("echo", json!({"text": "still here"})).run();
+    assert_eq!(out.steps()[0]["text"], "still here");
+    assert!(server.recorded_calls().len() == 1, "only the real client's call reached the server");
+    assert!(daemon.terminate().success(), "clean shutdown after hostile input:\n{}", daemon.log_text());
+}
+
+#[test]
+fn ca_key_is_private_and_leaves_never_carry_the_ca_key() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response().host_check(HostCheck::Off), &cert).spawn();
+    let mut daemon = static_tls_daemon(&pki, server.addr(), "");
+    let ca_dir = daemon.state_dir.join("ca");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
+    assert_eq!(mode(&ca_dir.join("ca.key")), 0o600, "CA key readable by its owner only");
+    assert_eq!(mode(&ca_dir.join("ca.pem")), 0o644);
+
+    // The leaf the daemon presents chains to its CA for the name asked (Python verifies it
+    // against ca.pem alone), has its own key, and is not a CA.
+    let ca_pem = tls::daemon_ca(&daemon);
+    let probe = tls::ssl_probe(None, "127.0.0.1", daemon.port, "localhost", &ca_pem, b"");
+    assert_eq!(probe["ok"], true, "{probe}");
+    let leaf = harness::unhex(probe["cert"].as_str().unwrap());
+    let ca_der = tls::pem_file_der(&ca_pem);
+    let (leaf_key, _) = tls::spki_and_subject(&leaf);
+    let (ca_key, ca_subject) = tls::spki_and_subject(&ca_der);
+    assert_ne!(leaf_key, ca_key, "the leaf must not use the CA key");
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).expect("leaf parses");
+    assert_eq!(parsed.issuer().to_string(), ca_subject);
+    assert!(!parsed.is_ca(), "a leaf is never a CA");
+    let san = parsed.subject_alternative_name().expect("SAN ok").expect("SAN present");
+    assert!(san.value.general_names.iter().any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName("localhost"))), "{san:?}");
+    assert!(ca_subject.contains("mcpwatch local CA"), "{ca_subject}");
+    // A name the upstream cannot prove (its certificate is for localhost) gets no leaf at all.
+    let other = tls::ssl_probe(None, "127.0.0.1", daemon.port, "127.0.0.1", &ca_pem, b"");
+    assert_eq!(other["ok"], false, "upstream has no certificate for 127.0.0.1: {other}");
+
+    // The CLI reads the same CA without the daemon's help.
+    let state = daemon.state_dir.display().to_string();
+    let cli = |args: &[&str]| std::process::Command::new(mcpwatch_tests::daemon::bin("mcpwatch")).args(args).output().expect("run mcpwatch");
+    let out = cli(&["ca", "show", "--json", "--state-dir", &state]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let show: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(show["fingerprint_sha256"], tls::fingerprint(&ca_der));
+    assert!(show["subject"].as_str().unwrap_or_default().contains("mcpwatch local CA"), "{show}");
+    let out = cli(&["ca", "export", "--format", "der", "--state-dir", &state]);
+    assert_eq!(out.stdout, ca_der);
+    let out = cli(&["ca", "export", "--state-dir", &state]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), std::fs::read_to_string(&ca_pem).unwrap());
+
+    // The CA survives a restart unchanged (clients keep trusting it).
+    let _keep = daemon.keep_state();
+    let state_dir = daemon.state_dir.clone();
+    daemon.terminate();
+    let again = Daemon::start(DaemonOpts {
+        static_upstream: Some(server.addr()),
+        state_dir: Some(state_dir),
+        config: Some(tls::tls_config(&pki, "default = \"intercept\"")),
+        ..Default::default()
+    });
+    assert_eq!(tls::pem_file_der(&tls::daemon_ca(&again)), ca_der);
+    // Rotation refuses while the daemon runs.
+    let out = std::process::Command::new(mcpwatch_tests::daemon::bin("mcpwatch"))
+        .args(["--socket", &again.socket.display().to_string(), "ca", "rotate", "--state-dir", &state, "--root", &state])
+        .output()
+        .expect("run mcpwatch");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is running"), "{}", String::from_utf8_lossy(&out.stderr));
+}
