@@ -60,6 +60,35 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return resp;
     }
 
+    // A browser page can POST text/plain cross-origin without a preflight: an MCP
+    // message in such a body is a CSRF attempt against a local server.
+    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if parts.method == Method::POST && super::auth::is_cors_simple(&content_type) {
+        let limits = &shared.config.limits;
+        let bytes = match body::collect(body, limits.max_body_bytes, limits.body_timeout).await {
+            Collected::Complete(b) => b,
+            Collected::TooLarge(rest) => {
+                return forward(&up, Request::from_parts(parts, rest)).await.map_or_else(gateway_error, |r| r.map(body::incoming));
+            }
+            Collected::Truncated { .. } | Collected::TimedOut { .. } => {
+                return local_response(StatusCode::BAD_REQUEST, "text/plain", "mcpwatch: request body incomplete\n");
+            }
+        };
+        let is_mcp = jsonrpc::parse_body(&bytes).messages().any(|m| m.method().is_some_and(is_mcp_method));
+        if is_mcp {
+            let origin = parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("(none)");
+            let msg = format!("mcpwatch: MCP message with Content-Type `{content_type}` from origin {origin} refused (cross-site request forgery); MCP requires application/json");
+            tracing::warn!(peer = %ctx.peer, "{msg}");
+            let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, bytes.len() as u64);
+            rec.alerts.push(format!("CSRF attempt: MCP message sent as {content_type} from origin {origin}"));
+            rec.status = CallStatus::TransportError { reason: "415 unsupported media type (CSRF)".into() };
+            rec.duration_us = Some(0);
+            let _ = shared.begin_record(&rec);
+            return local_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain", format!("{msg}\n"));
+        }
+        return forward(&up, Request::from_parts(parts, body::full(bytes))).await.map_or_else(gateway_error, |r| r.map(body::incoming));
+    }
+
     if parts.method == Method::POST && (is_json(&parts.headers) || has_mcp_headers(&parts.headers)) {
         let limits = &shared.config.limits;
         return match body::collect(body, limits.max_body_bytes, limits.body_timeout).await {
@@ -93,6 +122,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         };
     }
 
+    let oauth_metadata = parts.method == Method::GET && super::auth::is_oauth_metadata_path(parts.uri.path());
     let is_delete_session = parts.method == Method::DELETE && parts.headers.contains_key(H_SESSION);
     let wants_sse = parts.method == Method::GET && accepts_sse(&parts.headers);
     let req = Request::from_parts(parts, body::incoming(body));
@@ -102,6 +132,9 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     };
     if is_delete_session {
         scope.record_session_delete(&shared, resp.status());
+    }
+    if oauth_metadata && resp.status().is_success() {
+        return check_oauth_metadata(&shared, &scope, resp).await;
     }
     if let Some(client_upgrade) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -278,6 +311,40 @@ impl Scope {
     }
 }
 
+/// Validate OAuth metadata before the client sees it; unsafe metadata becomes a 502.
+async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Incoming>) -> Response<Body> {
+    let (parts, b) = resp.into_parts();
+    let limits = &shared.config.limits;
+    let bytes = match body::collect(b, limits.max_body_bytes, limits.body_timeout).await {
+        Collected::Complete(bytes) => bytes,
+        Collected::TooLarge(rest) => return Response::from_parts(parts, rest),
+        Collected::Truncated { .. } | Collected::TimedOut { .. } => {
+            return local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: OAuth metadata response incomplete\n");
+        }
+    };
+    let problems = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(doc) => super::auth::metadata_problems(&doc),
+        Err(_) => Vec::new(), // not JSON: nothing a client would follow
+    };
+    if problems.is_empty() {
+        return Response::from_parts(parts, body::full(bytes));
+    }
+    let summary = problems.join("; ");
+    tracing::warn!(endpoint = %scope.endpoint, path = %scope.path, "unsafe OAuth metadata dropped: {summary}");
+    let mut rec = scope.record(shared, MessageKind::Invalid, "server->client", None, bytes.len() as u64);
+    rec.alerts.push(format!("unsafe OAuth metadata from the server dropped: {summary}"));
+    rec.status = CallStatus::TransportError { reason: "502 unsafe OAuth metadata".into() };
+    rec.duration_us = Some(0);
+    let _ = shared.begin_record(&rec);
+    // The client learns which fields, not their (hostile) values; those are in the audit.
+    let fields: Vec<&str> = problems.iter().filter_map(|p| p.split(':').next()).collect();
+    local_response(
+        StatusCode::BAD_GATEWAY,
+        "text/plain",
+        format!("mcpwatch: the server's OAuth metadata is unsafe and was not delivered (fields: {}; details in `mcpwatch audit`)\n", fields.join(", ")),
+    )
+}
+
 /// Error codes mcpwatch answers with (implementation-defined server-error range).
 pub const CODE_DENIED: i64 = -32001;
 pub const CODE_RATE_LIMITED: i64 = -32002;
@@ -325,6 +392,22 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         let _ = shared.begin_record(&rec);
         let status = StatusCode::from_u16(rej.http_status).unwrap_or(StatusCode::BAD_REQUEST);
         return local_response(status, "application/json", serde_json::to_vec(&rej.error_response()).unwrap_or_default());
+    }
+
+    // A token minted for another service must not be replayed to this one.
+    if let Some(why) = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|a| super::auth::audience_mismatch(a, &scope.target().host)) {
+        Counters::inc(&shared.counters.mcp_messages);
+        let mut rec = scope.record(&shared, MessageKind::Request, C2S, match &parsed { Parsed::Single(m) => Some(m), _ => None }, bytes.len() as u64);
+        rec.alerts.push(format!("token passthrough refused: {why}"));
+        rec.status = CallStatus::TransportError { reason: "401 token audience mismatch".into() };
+        rec.duration_us = Some(0);
+        let _ = shared.begin_record(&rec);
+        let mut resp = local_response(StatusCode::UNAUTHORIZED, "text/plain", format!("mcpwatch: {why}; not forwarded\n"));
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer error=\"invalid_token\", error_description=\"token audience does not match this server\""),
+        );
+        return resp;
     }
 
     let gov = shared.governance.current();

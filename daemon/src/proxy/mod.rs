@@ -10,6 +10,7 @@
 //! (intercepted or passed through by scope), anything else (SSH, databases, silence) is
 //! relayed byte-for-byte.
 
+pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod exchange;

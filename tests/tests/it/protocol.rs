@@ -20,7 +20,11 @@ struct Env {
 
 impl Env {
     fn start(opts: DaemonOpts) -> Env {
-        let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(OK_REPLY.to_vec()), ..Default::default() });
+        Env::with_reply(opts, OK_REPLY)
+    }
+
+    fn with_reply(opts: DaemonOpts, reply: &[u8]) -> Env {
+        let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(reply.to_vec()), ..Default::default() });
         let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), ..opts });
         Env { upstream, daemon }
     }
@@ -219,4 +223,54 @@ fn threat_cases_protocol_abuse() {
         covered.push(id);
     }
     assert_eq!(covered.len(), 8, "cases found: {covered:?}");
+}
+
+/// The `auth` cases of ../shared/threats/cases.jsonl that concern the wire: unsafe OAuth
+/// metadata is not delivered (502), CSRF and token passthrough are refused before the
+/// server, and the false-positive trap passes unchanged.
+#[test]
+fn threat_cases_auth() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/threats/cases.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut covered = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let case: Value = serde_json::from_str(line).expect("case json");
+        let id = case["id"].as_str().unwrap().to_string();
+        let input = case["input"].as_str().unwrap_or_default();
+        match id.as_str() {
+            // A server answers its OAuth metadata with something a client must not follow.
+            "AU-001" | "AU-002" | "AU-010" => {
+                let (reply, meta_path) = if id == "AU-010" {
+                    let json = input.split("returns ---\r\n").nth(1).expect("AU-010 json");
+                    (format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}", json.len()), "/.well-known/oauth-protected-resource")
+                } else {
+                    (input.to_string(), "/.well-known/oauth-authorization-server")
+                };
+                let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
+                let resp = env.send(format!("GET {meta_path} HTTP/1.1\r\nHost: mcp.vendor.example\r\n\r\n").as_bytes());
+                assert_eq!(status_line(&resp), 502, "{id}: {resp}");
+                assert!(!resp.contains("$(") && !resp.contains("file:") && !resp.contains("169.254"), "{id}: hostile values leaked to the client: {resp}");
+                env.daemon.wait_audit("alert record", |r| r.iter().any(|x| x.alerts.iter().any(|a| a.contains("OAuth metadata"))));
+            }
+            "AU-004" | "AU-005" => {
+                let env = Env::start(DaemonOpts::default());
+                let resp = env.send(input.as_bytes());
+                let want = if id == "AU-004" { 415 } else { 401 };
+                assert_eq!(status_line(&resp), want, "{id}: {resp}");
+                assert_eq!(env.upstream_bytes(), "", "{id}: forwarded");
+                env.daemon.wait_audit("alert record", |r| r.iter().any(|x| !x.alerts.is_empty()));
+            }
+            "AU-011" => {
+                let env = Env::start(DaemonOpts::default());
+                let resp = env.send(input.as_bytes());
+                assert_eq!(status_line(&resp), 200, "{id}: {resp}");
+                let seen = env.upstream_bytes();
+                let body = input.split("\r\n\r\n").nth(1).unwrap();
+                assert!(seen.ends_with(body) && seen.contains("Mcp-Session-Id: 1868a90c"), "{id}: not forwarded unchanged: {seen}");
+            }
+            _ => continue,
+        }
+        covered.push(id);
+    }
+    assert_eq!(covered.len(), 6, "{covered:?}");
 }
