@@ -96,6 +96,11 @@ pub trait Transformer: Send + Unpin + 'static {
     fn chunk(&mut self, data: &[u8]) -> Bytes;
     /// Bytes still to send when the body ends; called exactly once.
     fn finish(&mut self, how: End) -> Bytes;
+    /// After a chunk: stop here (the transformer has sent its last bytes; the rest of
+    /// the upstream body is dropped, which closes it).
+    fn aborted(&self) -> bool {
+        false
+    }
 }
 
 /// A body whose bytes pass through a [`Transformer`]. A transformer that changes
@@ -137,6 +142,13 @@ impl<T: Transformer> HttpBody for Transform<T> {
                             Some(t) => t.chunk(&data),
                             None => data,
                         };
+                        if this.t.as_ref().is_some_and(|t| t.aborted()) {
+                            let tail = this.finish(End::Error("aborted by mcpwatch".into()));
+                            this.inner = empty();
+                            let mut all = out.to_vec();
+                            all.extend_from_slice(&tail);
+                            return Poll::Ready((!all.is_empty()).then(|| Ok(Frame::data(Bytes::from(all)))));
+                        }
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }

@@ -90,12 +90,14 @@ struct StreamObserver {
     response_session: Option<String>,
     mode: Mode2,
     bytes: u64,
+    /// Set when a limit forced the stream to end early.
+    abort: bool,
 }
 
 impl StreamObserver {
     fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(String, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
         let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0 }
+        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, abort: false }
     }
 
     /// The response carries no JSON-RPC: close what can be closed now.
@@ -442,6 +444,33 @@ impl StreamObserver {
         Bytes::from(out)
     }
 
+    /// A limit was hit: answer every request still waiting with a JSON-RPC error, close
+    /// their records, alert, and end the stream (SSE) or replace the body (JSON).
+    fn abort_with(&mut self, why: &str, sse: bool) -> Bytes {
+        tracing::warn!(endpoint = %self.scope.endpoint, "{why}; stream aborted");
+        self.abort = true;
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for (key, mut p) in std::mem::take(&mut self.local) {
+            p.record.alerts.push(format!("{why}; stream aborted"));
+            if p.record.kind == MessageKind::Request {
+                let id = p.record.jsonrpc_id.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(Value::Null);
+                errors.push(serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": jsonrpc::INTERNAL_ERROR, "message": format!("mcpwatch: {why}; the response was not delivered")}}));
+            }
+            let _ = key;
+            finish(&self.shared, p, CallStatus::TransportError { reason: why.to_string() }, None, self.bytes);
+        }
+        if sse {
+            for e in &errors {
+                serialize_event(&SseEvent { event: Some("message".into()), ..Default::default() }, &e.to_string(), &mut out);
+            }
+        } else {
+            let v = if errors.len() == 1 { errors.pop().unwrap_or_default() } else { Value::Array(errors) };
+            out = serde_json::to_vec(&v).unwrap_or_default();
+        }
+        Bytes::from(out)
+    }
+
     fn close_remaining(&mut self, how: &End) {
         let reason = match how {
             End::Complete => None,
@@ -469,6 +498,10 @@ impl StreamObserver {
 }
 
 impl Transformer for StreamObserver {
+    fn aborted(&self) -> bool {
+        self.abort
+    }
+
     fn chunk(&mut self, data: &[u8]) -> Bytes {
         self.bytes += data.len() as u64;
         match &mut self.mode {
@@ -477,11 +510,15 @@ impl Transformer for StreamObserver {
                     return Bytes::copy_from_slice(data);
                 }
                 if buf.len() + data.len() > *limit {
+                    let why = format!("response larger than limits.max_body_bytes ({limit} bytes)");
+                    if crate::failure::decide(self.shared.config.failure_mode, crate::failure::Failure::Inspection) == crate::failure::OnFailure::Refuse {
+                        return self.abort_with(&why, false);
+                    }
                     *overflow = true;
                     let mut out = std::mem::take(buf);
                     out.extend_from_slice(data);
                     for (_, p) in &mut self.local {
-                        p.record.notes.push("response larger than the inspection limit; passed uninspected".into());
+                        p.record.notes.push(format!("{why}; passed uninspected (failure_mode open)"));
                     }
                     return Bytes::from(out);
                 }
@@ -491,6 +528,13 @@ impl Transformer for StreamObserver {
             Mode2::Sse { parser, raw } => {
                 raw.extend_from_slice(data);
                 let events = parser.push(data);
+                // Never hold or pass on more than one event's worth: a server that streams
+                // an endless event is cut off instead of growing memory or reaching the
+                // client uninspected.
+                let limit = self.shared.config.limits.max_sse_event_bytes;
+                if events.iter().any(|e| e.oversized) || (events.is_empty() && raw.len() > limit) {
+                    return self.abort_with(&format!("server event larger than limits.max_sse_event_bytes ({limit} bytes)"), true);
+                }
                 if events.is_empty() {
                     return Bytes::new();
                 }
@@ -503,6 +547,12 @@ impl Transformer for StreamObserver {
     }
 
     fn finish(&mut self, how: End) -> Bytes {
+        if self.abort {
+            // What was held back (the oversized event) is dropped, not delivered.
+            self.mode = Mode2::Ignore;
+            self.close_remaining(&how);
+            return Bytes::new();
+        }
         let out = match std::mem::replace(&mut self.mode, Mode2::Ignore) {
             Mode2::Json { buf, overflow, .. } => {
                 if overflow || how != End::Complete {
