@@ -268,3 +268,80 @@ fn killing_the_daemon_detaches_and_restart_keeps_state() {
     assert!(recs.len() >= n_before, "{} records after restart, {n_before} before the kill", recs.len());
     assert!(w.daemon.list().iter().any(|s| s.dst == server.addr().to_string()), "inventory survived SIGKILL");
 }
+
+/// A call made through a bridge (`mcp-remote`) is attributed to the agent that
+/// launched the bridge, with the ancestry recorded.
+#[test]
+fn calls_through_a_bridge_are_attributed_to_the_launching_agent() {
+    let server = peers::node_server().ip([127, 0, 0, 2].into()).spawn();
+    let Some(w) = Watched::start("calls_through_a_bridge_are_attributed_to_the_launching_agent", &server.addr().port().to_string()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The real Node SDK client, started under a name that says what it is: a bridge.
+    let bridge = dir.path().join("mcp-remote.mjs");
+    std::os::unix::fs::symlink(peers::node_dir().join("client.mjs"), &bridge).unwrap();
+    let agent = format!(
+        r#"
+import json, os, subprocess
+out = subprocess.run([{node:?}, {bridge:?}, "--url", {url:?}, "call", "echo", '{{"text": "via bridge"}}'], capture_output=True, text=True, timeout=60)
+print(json.dumps({{"agent_pid": os.getpid(), "rc": out.returncode, "stdout": out.stdout, "stderr": out.stderr[-2000:]}}))
+"#,
+        node = peers::node().display().to_string(),
+        bridge = bridge.display().to_string(),
+        url = server.url(),
+    );
+    // A real agent runs a script (`python3 -c` would itself count as a launcher).
+    let script = dir.path().join("my_agent.py");
+    std::fs::write(&script, agent).unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script);
+    peers::move_into_cgroup(&mut cmd, w.cgroup());
+    let out = cmd.output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["rc"], 0, "{r}");
+    let agent_pid = r["agent_pid"].as_u64().unwrap() as u32;
+    let recs = w.daemon.wait_audit("bridged call", |r| call_record(r, "echo").is_some());
+    let p = call_record(&recs, "echo").unwrap().process.clone().expect("process");
+    assert!(p.exe.as_deref().unwrap_or_default().ends_with("node"), "{p:?}");
+    assert!(p.cmdline.iter().any(|a| a.contains("mcp-remote")), "{p:?}");
+    assert_eq!(p.ancestry.first().map(|a| a.pid), Some(agent_pid), "parent recorded: {p:?}");
+    let a = p.agent.expect("agent");
+    assert_eq!(a.pid, agent_pid, "attributed to the launching agent, not the bridge");
+    assert!(a.comm.starts_with("python"), "{a:?}");
+    // The inventory names the agent too.
+    let s = w.daemon.list().into_iter().find(|s| s.dst == server.addr().to_string()).unwrap();
+    assert!(s.clients.iter().any(|c| c.agent.as_deref().is_some_and(|x| x.contains("python"))), "{:?}", s.clients);
+}
+
+/// `mcpwatch audit --follow` streams records as calls happen.
+#[test]
+fn audit_follow_streams_new_records() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).json_response().spawn();
+    let Some(w) = Watched::start("audit_follow_streams_new_records", &server.addr().port().to_string()) else { return };
+    let mut follow = std::process::Command::new(mcpwatch_tests::daemon::bin("mcpwatch"))
+        .arg("--socket").arg(&w.daemon.socket)
+        .args(["audit", "--follow", "--json", "--tool", "add"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let done = v["status"]["state"] == "ok";
+            lines.push(v);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    Client::python(&server.url()).cgroup(w.cgroup()).call("add", json!({"a": 40, "b": 2})).run();
+    let lines = reader.join().unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // The record arrives when written (pending) and again when completed (ok).
+    assert!(lines.iter().all(|l| l["name"] == "add"), "{lines:?}");
+    assert_eq!(lines.last().unwrap()["status"]["state"], "ok", "{lines:?}");
+}
