@@ -6,8 +6,23 @@
 //! The load generator is built in (hyper client, no external tool): it sends MCP
 //! `tools/call` (echo) requests shaped like a 2026-07-28 client's, over one kept-alive
 //! connection per worker or a new connection per call, at each concurrency, bounded by
-//! both a call count and a duration per cell. Everything listens and connects on
-//! loopback only; every process started here is stopped by PID.
+//! both a call count and a duration per cell. Each cell runs in a fresh worker process
+//! (`xtask bench-worker`, see `bench_worker.rs`) so that for the eBPF target it can run
+//! inside the watched cgroup while every target shares the same client code.
+//! mcpwatchd is measured on its real path (eBPF redirect, `bench_daemon.rs`), with the
+//! example policy, and in static-upstream mode; `--micro` (also run after the table)
+//! measures policy evaluation and the content detectors in-process (`bench_micro.rs`).
+//! Everything listens and connects on loopback only; every process started here is
+//! stopped by PID, and the child cgroup is removed, also on error and Ctrl-C.
+
+#[path = "bench_daemon.rs"]
+mod daemon_targets;
+#[path = "bench_micro.rs"]
+mod micro;
+#[path = "bench_worker.rs"]
+mod worker;
+
+pub use worker::{WorkerArgs, run as run_worker};
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -15,6 +30,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::procs;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -47,9 +64,15 @@ pub struct BenchArgs {
     /// Concurrency levels (parallel workers), each at most 64.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
     pub concurrency: Vec<usize>,
-    /// Do not (re)build the rmcp peer first.
+    /// Do not (re)build the rmcp peer, mcpwatchd and mcpwatch first.
     #[arg(long)]
     pub no_build: bool,
+    /// Only the in-process micro-benchmarks (policy evaluation, content detectors).
+    #[arg(long, conflicts_with = "no_micro")]
+    pub micro: bool,
+    /// Skip the micro-benchmarks that otherwise follow the HTTP table.
+    #[arg(long)]
+    pub no_micro: bool,
 }
 
 /// How a worker uses connections.
@@ -84,27 +107,49 @@ enum Started {
         addr: SocketAddr,
         guard: Option<ChildGuard>,
     },
+    /// An mcpwatchd process (and, for eBPF targets, the cgroup the load must come from).
+    Daemon(daemon_targets::Running),
     Skipped(String),
 }
 
 /// One measured target. Adding a proxy to the comparison is one line in [`TARGETS`].
 struct Target {
     name: &'static str,
+    /// One line for the legend under the table.
+    about: &'static str,
     start: fn(&Env<'_>) -> anyhow::Result<Started>,
 }
 
 const TARGETS: &[Target] = &[
     Target {
         name: "direct",
+        about: "the rmcp peer itself",
         start: start_direct,
     },
     Target {
         name: "nginx",
+        about: "nginx reverse proxy (one worker, upstream keepalive)",
         start: start_nginx,
     },
     Target {
+        name: "mcpwatchd-static",
+        about: "mcpwatchd --static-upstream: the proxy alone, no eBPF (embedded default policy)",
+        start: daemon_targets::start_static,
+    },
+    Target {
         name: "mcpwatchd",
-        start: start_mcpwatchd,
+        about: "the real path: eBPF redirect from the client's cgroup, embedded default policy, audit_sync",
+        start: daemon_targets::start_watched,
+    },
+    Target {
+        name: "mcpwatchd-nosync",
+        about: "the real path with audit_sync = false (audit flushed every 500 ms, not per call)",
+        start: daemon_targets::start_watched_nosync,
+    },
+    Target {
+        name: "mcpwatchd-policy",
+        about: "the real path with --policy examples/policy.toml",
+        start: daemon_targets::start_watched_policy,
     },
 ];
 
@@ -193,24 +238,6 @@ fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
     })
 }
 
-fn start_mcpwatchd(_env: &Env<'_>) -> anyhow::Result<Started> {
-    // The lead wires the daemon's plain reverse-proxy mode here: spawn the binary with a
-    // config that proxies a loopback listener to `env.backend`, wrap it in a
-    // ChildGuard and return its listen address.
-    let built = ["release", "debug"]
-        .iter()
-        .any(|p| util::target_dir().join(p).join("mcpwatchd").exists());
-    if built {
-        Ok(Started::Skipped(
-            "plain reverse-proxy mode not wired into the bench yet (xtask/src/bench.rs)".into(),
-        ))
-    } else {
-        Ok(Started::Skipped(
-            "mcpwatchd is not built (cargo build --release -p mcpwatchd)".into(),
-        ))
-    }
-}
-
 fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
     let l = StdListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
     l.local_addr().context("reading the free port")
@@ -262,11 +289,16 @@ struct Cell {
     first_error: Option<String>,
     p50_us: f64,
     p99_us: f64,
+    max_us: f64,
     per_sec: f64,
 }
 
 /// Runs `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    procs::catch_interrupts();
+    if args.micro {
+        return micro::run();
+    }
     let seconds = args.seconds.clamp(0.1, MAX_SECONDS);
     let max_calls = args.max_calls.clamp(1, MAX_CALLS);
     let levels: Vec<usize> = args
@@ -292,8 +324,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     if !args.no_build {
-        section("building the rmcp peer");
-        util::run(util::cargo().args(["build", "--release", "-p", "mcpwatch-peer-rmcp"]))?;
+        section("building the rmcp peer, mcpwatchd and mcpwatch (release)");
+        util::run(util::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "mcpwatch-peer-rmcp",
+            "-p",
+            "mcpwatchd",
+            "-p",
+            "mcpwatch",
+        ]))?;
     }
     section("starting the backend (rmcp peer, stateless JSON)");
     let (backend, _backend_guard) = start_backend()?;
@@ -306,62 +347,171 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         scratch: &scratch.0,
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the load generator runtime")?;
     let mut cells: Vec<Cell> = Vec::new();
     let mut skipped: Vec<(&str, String)> = Vec::new();
+    let mut memory: Vec<(&str, u64)> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     for target in chosen {
+        procs::check_interrupted()?;
         section(format!("target {}", target.name).as_str());
         let started =
             (target.start)(&env).with_context(|| format!("starting target {}", target.name))?;
-        let (addr, guard) = match started {
-            Started::Skipped(reason) => {
-                step(format!("skipped: {reason}"));
-                skipped.push((target.name, reason));
-                continue;
-            }
-            Started::Ready { addr, guard } => (addr, guard),
-        };
-        rt.block_on(check_answer(addr))
-            .with_context(|| format!("{} does not answer MCP", target.name))?;
-        for &mode in &args.modes {
+        // `hold` keeps the target's processes (and cgroup) alive until its cells are done.
+        let (addr, cgroup, pid, hold): (SocketAddr, Option<PathBuf>, Option<u32>, Held) =
+            match started {
+                Started::Skipped(reason) => {
+                    step(format!("skipped: {reason}"));
+                    skipped.push((target.name, reason));
+                    continue;
+                }
+                Started::Ready { addr, guard } => {
+                    let pid = guard.as_ref().map(|g| g.child.id());
+                    (addr, None, pid, Held::Child(guard))
+                }
+                Started::Daemon(running) => (
+                    running.addr,
+                    running.client_cgroup().map(Path::to_path_buf),
+                    Some(running.daemon.pid()),
+                    Held::Daemon(Box::new(running)),
+                ),
+            };
+        if let Some(cg) = &cgroup {
+            step(format!(
+                "load generator runs inside {} and dials the backend {addr} directly",
+                cg.display()
+            ));
+        }
+        let mut ok_calls = 0usize;
+        let mut failed: Option<String> = None;
+        'cells: for &mode in &args.modes {
             for &c in &levels {
-                // Warm-up (discarded): connection pools, caches, CPU frequency.
-                let _ = rt.block_on(load(addr, mode, c, Duration::from_millis(300), 1_000));
-                let cell = rt.block_on(load(
+                let cell = match worker::run_cell(
+                    target.name,
                     addr,
                     mode,
                     c,
-                    Duration::from_secs_f64(seconds),
+                    seconds,
                     max_calls,
-                ));
-                let cell = Cell {
-                    target: target.name,
-                    ..cell
+                    cgroup.as_deref(),
+                ) {
+                    Ok(cell) => cell,
+                    Err(e) => {
+                        procs::check_interrupted()?;
+                        failed = Some(format!("{mode:?} c={c}: {e:#}"));
+                        break 'cells;
+                    }
                 };
                 step(format!(
-                    "{:<9} c={:<2} {:>7} calls {:>4} errors  p50 {:>8.1} us  p99 {:>8.1} us  {:>9.0}/s",
+                    "{:<9} c={:<2} {:>7} calls {:>4} errors  p50 {:>8.1} us  p99 {:>8.1} us  max {:>8.1} us  {:>9.0}/s",
                     mode.label(),
                     c,
                     cell.ok,
                     cell.errors,
                     cell.p50_us,
                     cell.p99_us,
+                    cell.max_us,
                     cell.per_sec
                 ));
                 if let Some(e) = &cell.first_error {
                     step(format!("first error: {e}"));
                 }
+                ok_calls += cell.ok;
                 cells.push(cell);
             }
         }
-        drop(guard);
+        if let Some(pid) = pid {
+            match procs::peak_rss_kib(pid) {
+                Some(kib) => {
+                    step(format!("peak RSS (VmHWM) {:.1} MiB", kib as f64 / 1024.0));
+                    memory.push((target.name, kib));
+                }
+                None => step(format!("peak RSS: /proc/{pid}/status unreadable (exited?)")),
+            }
+        }
+        if let Held::Daemon(running) = &hold {
+            // Proof that the calls went through the daemon and were audited.
+            match running.counts() {
+                Ok((conns, msgs, recs, policy)) => {
+                    step(format!(
+                        "mcpwatchd counted {conns} connections, {msgs} MCP messages, {recs} audit records \
+                         ({ok_calls} measured calls + warm-ups and checks); policy {policy}"
+                    ));
+                    if msgs < ok_calls as u64 {
+                        notes.push(format!(
+                            "{}: mcpwatchd saw only {msgs} MCP messages for {ok_calls} calls: \
+                             the rest did not go through it",
+                            target.name
+                        ));
+                    }
+                }
+                Err(e) => notes.push(format!(
+                    "{}: could not read mcpwatchd's counters: {e:#}",
+                    target.name
+                )),
+            }
+            let problems = running.daemon.log_problems(1_000);
+            if let Some(first) = problems.first() {
+                notes.push(format!(
+                    "{}: {} WARN/ERROR lines in mcpwatchd's log, the first: {}",
+                    target.name,
+                    problems.len(),
+                    first.chars().take(300).collect::<String>()
+                ));
+            }
+        }
+        if let Some(reason) = failed {
+            let reason = match &hold {
+                Held::Daemon(r) => {
+                    format!("{reason}\n  mcpwatchd log tail:\n{}", r.daemon.log_tail(15))
+                }
+                Held::Child(_) => reason,
+            };
+            step(format!(
+                "target failed, its remaining cells are skipped: {reason}"
+            ));
+            skipped.push((target.name, reason));
+        }
+        drop(hold);
     }
     print_table(&cells, &skipped, seconds, max_calls);
+    for t in TARGETS
+        .iter()
+        .filter(|t| cells.iter().any(|c| c.target == t.name))
+    {
+        println!("  {:<17} {}", t.name, t.about);
+    }
+    print_memory(&memory);
+    for n in &notes {
+        println!("note: {n}");
+    }
+    if !args.no_micro {
+        procs::check_interrupted()?;
+        micro::run()?;
+    }
     Ok(())
+}
+
+/// What keeps a measured target running.
+enum Held {
+    Child(#[allow(dead_code)] Option<ChildGuard>),
+    Daemon(Box<daemon_targets::Running>),
+}
+
+fn print_memory(memory: &[(&str, u64)]) {
+    if memory.is_empty() {
+        return;
+    }
+    section("memory: peak RSS (VmHWM) after each target's cells");
+    let nginx = memory.iter().find(|(t, _)| *t == "nginx").map(|(_, k)| *k);
+    for (target, kib) in memory {
+        let ratio = match nginx {
+            Some(n) if n > 0 && *target != "nginx" => {
+                format!("  {:.2} x nginx", *kib as f64 / n as f64)
+            }
+            _ => String::new(),
+        };
+        println!("{target:<18} {:>8.1} MiB{ratio}", *kib as f64 / 1024.0);
+    }
 }
 
 fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_calls: usize) {
@@ -370,7 +520,7 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
             .as_str(),
     );
     println!(
-        "{:<10} {:<9} {:>3} {:>8} {:>6} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "{:<17} {:<9} {:>3} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
         "target",
         "mode",
         "c",
@@ -378,6 +528,7 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
         "errors",
         "p50 ms",
         "p99 ms",
+        "max ms",
         "calls/s",
         "p50 x",
         "p99 x",
@@ -403,7 +554,7 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<10} {:<9} {:>3} {:>8} {:>6} {:>10.3} {:>10.3} {:>10.0} {:>9} {:>9} {:>9}",
+            "{:<17} {:<9} {:>3} {:>8} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.0} {:>9} {:>9} {:>9}",
             cell.target,
             cell.mode.label(),
             cell.concurrency,
@@ -411,6 +562,7 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
             cell.errors,
             cell.p50_us / 1000.0,
             cell.p99_us / 1000.0,
+            cell.max_us / 1000.0,
             cell.per_sec,
             p50x,
             p99x,
@@ -418,7 +570,7 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
         );
     }
     for (name, reason) in skipped {
-        println!("{name:<10} skipped: {reason}");
+        println!("{name:<17} skipped: {reason}");
     }
     println!(
         "(x = ratio to direct at the same mode and concurrency; latency ratios > 1 and tput ratios < 1 are overhead)"
@@ -604,6 +756,7 @@ async fn load(
         first_error,
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
+        max_us: lat.last().map_or(0.0, |m| f64::from(*m)),
         per_sec: if elapsed > 0.0 {
             lat.len() as f64 / elapsed
         } else {

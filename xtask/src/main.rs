@@ -4,9 +4,14 @@
 //! test run with one command: `setup` installs the real MCP peers the integration tests
 //! drive (Python and Node SDKs, the rmcp server) and the system packages; `test` runs
 //! setup, builds every binary and runs the whole test suite; `bench` measures the
-//! proxy's overhead against a real MCP server.
+//! proxy's overhead against a real MCP server; `demo` shows mcpwatchd intercepting,
+//! governing and auditing a real MCP session.
 
 mod bench;
+mod cgroup;
+mod daemon;
+mod demo;
+mod procs;
 mod setup;
 mod util;
 
@@ -36,6 +41,11 @@ enum Cmd {
     },
     /// Measure latency and throughput of MCP tools/call: direct vs nginx vs mcpwatchd.
     Bench(bench::BenchArgs),
+    /// One load-generator cell of `bench`, run as its own process (internal).
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
+    /// Setup, build, then watch a real MCP client and server through mcpwatchd (needs root).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,11 +55,15 @@ fn main() -> ExitCode {
         Cmd::Test { setup, args } => test(&setup, &args),
         Cmd::Bench(args) => {
             if cfg!(debug_assertions) && std::env::var_os(RELEASE_MARK).is_none() {
+                // Ctrl-C reaches the optimized child too: wait for it to clean up.
+                procs::catch_interrupts();
                 rerun_optimized()
             } else {
                 bench::run(&args).map(|()| ExitCode::SUCCESS)
             }
         }
+        Cmd::BenchWorker(args) => bench::run_worker(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(code) => code,
