@@ -21,6 +21,8 @@ mod daemon_targets;
 mod micro;
 #[path = "bench_worker.rs"]
 mod worker;
+#[path = "bench_tls.rs"]
+mod tls_case;
 
 pub use worker::{WorkerArgs, run as run_worker};
 
@@ -73,6 +75,9 @@ pub struct BenchArgs {
     /// Skip the micro-benchmarks that otherwise follow the HTTP table.
     #[arg(long)]
     pub no_micro: bool,
+    /// Skip the TLS case (client TLS to mcpwatchd + verified TLS upstream, vs direct TLS).
+    #[arg(long)]
+    pub no_tls: bool,
 }
 
 /// How a worker uses connections.
@@ -483,6 +488,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     print_memory(&memory);
     for n in &notes {
         println!("note: {n}");
+    }
+    if !args.no_tls {
+        procs::check_interrupted()?;
+        tls_case::run(backend, &scratch.0, &args.modes, &levels, seconds, max_calls)?;
     }
     if !args.no_micro {
         procs::check_interrupted()?;
