@@ -55,6 +55,15 @@ fn load(source: &Source) -> Result<Loaded, String> {
     }
 }
 
+impl Loaded {
+    /// The rollout mode content inspection runs in for a server: the server's own
+    /// `mode` in the registry, else the policy's. Deliberately not the mode of whichever
+    /// rule decided a call: a warn-mode rate limit must not switch redaction off.
+    pub fn inspect_mode(&self, target: &mcpwatch_policy::Target<'_>) -> mcpwatch_policy::Mode {
+        self.policy.server_for(target).and_then(|s| s.mode).unwrap_or(self.policy.mode())
+    }
+}
+
 impl Governance {
     /// Load at start-up: an invalid policy is an error (the daemon refuses to start
     /// rather than run without the rules the operator wrote).

@@ -60,6 +60,8 @@ pub async fn run(
     let status_shared = shared.clone();
     let status_fn: Arc<dyn Fn() -> Status + Send + Sync> = Arc::new(move || status(&status_shared, &listen));
     let control_task = tokio::spawn(control::serve(control, shared.clone(), status_fn));
+    let flusher = tokio::spawn(shared.clone().flush_forever());
     proxy::run(shared, listeners, resolver, shutdown).await;
     control_task.abort();
+    flusher.abort();
 }

@@ -93,6 +93,7 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_env("MCPWATCH_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = real_main().await {
         eprintln!("mcpwatchd: {e:#}");

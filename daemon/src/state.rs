@@ -59,6 +59,10 @@ pub struct Shared {
     pub approvals: crate::approvals::Approvals,
     records_tx: broadcast::Sender<AuditRecord>,
     next_conn: AtomicU64,
+    /// Group commit: writers bump `flush_wanted` and wait until `flushed` reaches it.
+    flush_wanted: AtomicU64,
+    flush_wake: tokio::sync::Notify,
+    flushed: tokio::sync::watch::Sender<(u64, Option<String>)>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -102,7 +106,54 @@ impl Shared {
             approvals: crate::approvals::Approvals::new(1024),
             records_tx,
             next_conn: AtomicU64::new(1),
+            flush_wanted: AtomicU64::new(0),
+            flush_wake: tokio::sync::Notify::new(),
+            flushed: tokio::sync::watch::channel((0, None)).0,
         })
+    }
+
+    /// The flusher behind [`Shared::durable`]: one `fsync` on a blocking thread covers
+    /// every writer that asked before it started (group commit), and the runtime's
+    /// worker threads never block on the disk.
+    pub async fn flush_forever(self: Arc<Self>) {
+        loop {
+            self.flush_wake.notified().await;
+            let target = self.flush_wanted.load(Ordering::Acquire);
+            let store = self.store.clone();
+            let res = match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("flush task failed: {e}")),
+            };
+            if let Some(e) = &res {
+                Counters::inc(&self.counters.audit_write_errors);
+                tracing::error!(error = %e, "audit flush failed");
+            }
+            self.flushed.send_replace((target, res));
+        }
+    }
+
+    /// Wait until every record inserted so far is on disk (`audit_sync`); immediate
+    /// when `audit_sync = false`. Needs [`Shared::flush_forever`] running.
+    pub async fn durable(&self) -> Result<(), String> {
+        if !self.config.audit_sync {
+            return Ok(());
+        }
+        let mut rx = self.flushed.subscribe();
+        let target = self.flush_wanted.fetch_add(1, Ordering::AcqRel) + 1;
+        self.flush_wake.notify_one();
+        loop {
+            let (done, err) = rx.borrow_and_update().clone();
+            if done >= target {
+                return match err {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+            }
+            if rx.changed().await.is_err() {
+                return Err("audit flusher stopped".into());
+            }
+        }
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -113,13 +164,11 @@ impl Shared {
         self.records_tx.subscribe()
     }
 
-    /// Store a new record (before the message is forwarded). An error means the
-    /// record is not durable; the caller asks `failure::decide` what to do.
+    /// Store a new record (before the message is forwarded; the forwarder then awaits
+    /// [`Shared::durable`]). An error means the record is not stored; the caller asks
+    /// `failure::decide` what to do.
     pub fn begin_record(&self, rec: &AuditRecord) -> Result<(), mcpwatch_audit::StoreError> {
-        let mut res = self.store.insert_record(rec);
-        if res.is_ok() && self.config.audit_sync {
-            res = self.store.flush();
-        }
+        let res = self.store.insert_record(rec);
         match &res {
             Ok(()) => Counters::inc(&self.counters.audit_records),
             Err(e) => {

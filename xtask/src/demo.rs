@@ -47,6 +47,10 @@ pub struct DemoArgs {
     /// Skip `setup` and the build (use the binaries already in target/debug).
     #[arg(long)]
     pub no_build: bool,
+    /// Run with this policy file instead of the daemon's embedded default policy
+    /// (e.g. examples/policy.toml).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
 }
 
 /// A scratch directory removed when dropped.
@@ -110,8 +114,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         "MCP server:      {url}  (official Python SDK, tests/peers/python/server.py, pid {})",
         server.pid()
     ));
-    let policy_file = util::repo_root().join("examples").join("policy.toml");
-    let policy = daemon::supports_flag(&daemon_bin, "--policy").then_some(policy_file.as_path());
+    // Embedded defaults unless told otherwise: what a fresh install does.
+    let policy = args.policy.as_deref();
     let daemon_dir = scratch.0.join("mcpwatchd");
     std::fs::create_dir_all(&daemon_dir).context("creating the daemon's dir")?;
     let mut daemon = Daemon::start(&daemon::Opts {
@@ -130,11 +134,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         daemon.pid()
     ));
     match policy {
-        Some(p) => step(format!(
-            "policy:          {} (denies reading SSH keys; shadow servers alert)",
-            p.strip_prefix(util::repo_root()).unwrap_or(p).display()
-        )),
-        None => step("policy:          none (this mcpwatchd has no --policy flag yet)"),
+        Some(p) => step(format!("policy:          {}", p.display())),
+        None => step(
+            "policy:          the embedded default (daemon/default-policy.toml): denies reading\n\
+             \x20                    credential files through tools, redacts secrets, SSNs and card\n\
+             \x20                    numbers, alerts on servers that are not in a registry",
+        ),
     }
     let status = daemon.status()?;
     step(format!(
@@ -190,7 +195,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let mut unexpected: Vec<String> = Vec::new();
     for (i, s) in steps.iter().enumerate() {
         let line = run.lines.get(i + 1).cloned().unwrap_or(Value::Null);
-        let outcome = judge(s, &line, policy.is_some(), &audit);
+        let outcome = judge(s, &line, true, &audit);
         section(format!("3.{} {}", i + 1, s.title).as_str());
         println!("    {}", s.why);
         println!("    sent      {}", s.sent());
@@ -220,10 +225,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             received.join(", ")
         }
     );
-    let denied_reached = policy.is_some() && received.iter().any(|t| t == "read_file");
+    let denied_reached = received.iter().any(|t| t == "read_file");
     if denied_reached {
         unexpected.push("read_file reached the server although the policy denies it".into());
-    } else if policy.is_some() {
+    } else {
         println!("    read_file is not among them: the denied call never left mcpwatchd.");
     }
 
@@ -303,7 +308,7 @@ impl Step {
             ),
             "read_file" => (
                 "a call the policy forbids",
-                "read_file asks the server for an SSH private key; the example policy's rules deny that.",
+                "read_file asks the server for an SSH private key; the policy's rules deny that.",
             ),
             _ => ("a tool call", ""),
         };
@@ -439,7 +444,10 @@ fn judge(step: &Step, line: &Value, policy: bool, audit: &[Value]) -> Outcome {
             (text != sent).then(|| format!("echo returned {text:?}, sent {sent:?}"))
         }
         "read_file" if policy => {
-            Some("the example policy should have denied reading ~/.ssh/id_rsa".into())
+            Some("the policy should have denied reading ~/.ssh/id_rsa".into())
+        }
+        "lookup_customer" if text.contains("536-22-8741") || text.contains("4111 1111 1111 1111") => {
+            Some("the SSN or card number reached the client unredacted".into())
         }
         _ => None,
     };

@@ -160,6 +160,7 @@ impl<T: Transformer> HttpBody for Transform<T> {
                     return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out))));
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "upstream body failed mid-stream");
                     let _ = this.finish(End::Error(e.to_string()));
                     return Poll::Ready(Some(Err(e)));
                 }

@@ -495,6 +495,13 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         }
     }
 
+    // Audited before forwarded: the records above reach the disk first (group commit).
+    if !local.is_empty() {
+        if let Err(e) = shared.durable().await {
+            tracing::error!(error = %e, "audit records not durable");
+            audit_failed = true;
+        }
+    }
     if audit_failed && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
         let msg = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
         for (_, p) in local {
@@ -575,7 +582,9 @@ fn govern_request(
     let call = Call { method, name, arguments };
     let mut d = gov.policy.evaluate(&subject, &target.as_policy(), &call);
     let rate = shared.governance.apply_rate_limits(now_ms(), &mut d);
-    let enforce = d.mode == Mode::Enforce;
+    // Rules carry their own mode in `d.effective`; content inspection (and the tool
+    // flags it raised) follows the server's rollout mode.
+    let enforce = gov.inspect_mode(&target.as_policy()) == Mode::Enforce;
 
     // Tools the inventory has flagged: poisoned and stripped, or changed since pinned.
     let mut extra_block: Option<(i64, String, &'static str)> = None;

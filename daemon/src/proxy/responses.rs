@@ -179,14 +179,9 @@ impl StreamObserver {
         }
     }
 
-    /// The decision mode recorded for the request `p` (policy default otherwise).
-    fn mode_of(&self, p: &Pending) -> Mode {
-        match p.record.decision.as_ref().map(|d| d.mode.as_str()) {
-            Some("audit") => Mode::Audit,
-            Some("warn") => Mode::Warn,
-            Some("enforce") => Mode::Enforce,
-            _ => self.gov.policy.mode(),
-        }
+    /// The mode content inspection runs in for this server (not the deciding rule's).
+    fn mode_of(&self, _p: &Pending) -> Mode {
+        self.gov.inspect_mode(&self.scope.target().as_policy())
     }
 
     /// Policy and inspection on a result. Returns true if `value` changed.

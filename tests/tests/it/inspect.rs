@@ -111,3 +111,18 @@ fn inspect_command_runs_detectors_offline() {
     let redacted = v["redacted"].to_string();
     assert!(!redacted.contains(SSN) && redacted.contains("<US_SSN>"), "{redacted}");
 }
+
+/// Regression: a warn-mode rule that matches every call (the example policy's per-user
+/// rate limit) must not switch redaction off; inspection follows the server's mode.
+#[test]
+fn a_warn_mode_rule_does_not_switch_redaction_off() {
+    let server = threat_server();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.toml")).unwrap();
+    let Some(w) = start("a_warn_mode_rule_does_not_switch_redaction_off", &server, Some(&example)) else { return };
+    let out = Client::python(&server.url()).cgroup(w.cgroup()).call("lookup_customer", json!({"customer_id": "c-7"})).run();
+    let text = out.steps()[0]["text"].as_str().unwrap_or_default();
+    assert!(!text.contains(SSN) && text.contains("<US_SSN>"), "{text}");
+    let recs = w.daemon.wait_audit("lookup", |r| r.iter().any(|x| x.name.as_deref() == Some("lookup_customer") && x.status == CallStatus::Ok));
+    let d = recs.iter().find(|x| x.name.as_deref() == Some("lookup_customer")).unwrap().decision.clone().unwrap();
+    assert!(d.rules.iter().any(|r| r == "calls-per-user") && d.mode == "warn", "the warn rule decided: {d:?}");
+}

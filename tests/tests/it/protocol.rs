@@ -62,7 +62,13 @@ impl Env {
     }
 }
 
+/// A whole response: Content-Length satisfied, or the last chunk of a chunked body.
 fn response_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        return buf.ends_with(b"0\r\n\r\n");
+    }
     mcpwatch_tests::harness::http_request_complete(buf)
 }
 
@@ -322,7 +328,7 @@ fn threat_case_endless_server_event_is_cut_off() {
     let resp = env.send(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n"));
     assert!(resp.starts_with("HTTP/1.1 200"), "{}", &resp[..resp.len().min(200)]);
     assert!(!resp.contains("AAAAAAAA"), "the oversized event reached the client ({} bytes)", resp.len());
-    assert!(resp.contains(r#""id":5"#) && resp.contains("max_sse_event_bytes"), "{resp}");
+    assert!(resp.contains(r#""id":5"#) && resp.contains("max_sse_event_bytes"), "{resp}\n--- daemon log ---\n{}", env.daemon.log_text());
     let recs = env.daemon.wait_audit("aborted call", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("max_sse_event_bytes"))));
     assert!(recs.iter().any(|r| !r.alerts.is_empty()));
 }
