@@ -155,22 +155,11 @@ pub fn move_into_cgroup(cmd: &mut Command, dir: &Path) {
     let procs = dir.join("cgroup.procs");
     let path = CString::new(procs.as_os_str().as_bytes())
         .unwrap_or_else(|_| panic!("cgroup path {} contains a NUL byte", procs.display()));
-    // SAFETY: the closure runs in the forked child before exec; it only calls the
-    // async-signal-safe open/write/close on memory allocated before the fork.
+    // SAFETY: the closure runs in the forked child before exec and only calls the
+    // async-signal-safe `move_self_into` (open/write/close) on memory allocated before
+    // the fork.
     unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if written != 1 {
-                return Err(err);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || mcpwatch_intercept::cgroup::move_self_into(&path));
     }
 }
 
