@@ -366,3 +366,190 @@ fn alert_inventory(shared: &Shared, origin: &str, alert: String) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The TLS branch through a real proxy (`proxy::run` with a static resolver, no root): an
+    //! HTTPS upstream whose certificate comes from a test CA the daemon trusts, one from a CA
+    //! it does not, and clients that do and do not trust the mcpwatch CA.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use mcpwatch_api::{AuditFilter, AuditRecord, CallStatus};
+    use mcpwatch_tls::rustls::pki_types::{CertificateDer, ServerName};
+    use mcpwatch_tls::rustls::{self, ClientConfig, RootCertStore};
+    use mcpwatch_tls::tokio_rustls::{TlsAcceptor, TlsConnector};
+    use mcpwatch_tls::{LeafIssuer, LeafOptions, LocalCa};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::resolve::StaticResolver;
+
+    const RESULT: &str = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi over tls"}]}}"#;
+
+    /// An HTTPS server presenting a leaf of `ca` for localhost; answers each request once.
+    async fn upstream(ca: Arc<LocalCa>) -> SocketAddr {
+        let issuer = LeafIssuer::new(ca, LeafOptions::default()).expect("issuer");
+        let config = issuer.server_config_for("localhost", &[mcpwatch_tls::ALPN_HTTP1_1.to_vec()]).expect("config");
+        let acceptor = TlsAcceptor::from(config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !request_complete(&buf) {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{RESULT}",
+                        RESULT.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn request_complete(buf: &[u8]) -> bool {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+            .unwrap_or(0);
+        buf.len() >= end + 4 + len
+    }
+
+    /// A proxy in front of `dst`; stops when the returned sender is dropped.
+    async fn proxy(shared: Arc<Shared>, dst: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::proxy::run(shared, vec![listener], Arc::new(StaticResolver { dst }), async {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
+    fn connector(anchor: CertificateDer<'static>) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(anchor).expect("anchor");
+        let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// One MCP tools/call over TLS; the response text, or the handshake/IO error.
+    async fn call(addr: SocketAddr, anchor: CertificateDer<'static>) -> Result<(String, Vec<u8>), std::io::Error> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector(anchor).connect(name, tcp).await?;
+        let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+        let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             mcp-protocol-version: 2025-11-25\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        Ok((String::from_utf8_lossy(&out).into_owned(), presented))
+    }
+
+    fn records(shared: &Shared) -> Vec<AuditRecord> {
+        shared.store.query(&AuditFilter { limit: Some(1000), ..Default::default() }).expect("query")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn intercepts_refuses_invalid_upstreams_and_backs_off_for_distrusting_clients() {
+        // Fail, never hang, if a step waits forever.
+        tokio::time::timeout(Duration::from_secs(60), scenario()).await.expect("the scenario hung");
+    }
+
+    async fn scenario() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let trusted = Arc::new(LocalCa::load_or_create(&tmp.path().join("up"), "upstream-test").expect("ca"));
+        let untrusted = Arc::new(LocalCa::load_or_create(&tmp.path().join("rogue"), "rogue").expect("ca"));
+        let good = upstream(trusted.clone()).await;
+        let bad = upstream(untrusted).await;
+
+        let mut config = Config { state_dir: tmp.path().join("state"), ..Config::default() };
+        config.tls.scope.always = vec!["localhost".into()];
+        config.tls.extra_anchors = vec![trusted.cert_path().to_path_buf()];
+        config.tls.system_roots = false;
+        config.tls.handshake_timeout = Duration::from_secs(5);
+        let store = mcpwatch_audit::Store::open(&config.state_dir, mcpwatch_audit::StoreOptions::default()).expect("store");
+        let rt = TlsRuntime::build(&config.tls, &config.state_dir, "unit-test").expect("tls runtime");
+        let our_ca = rt.ca.cert_der();
+        assert!(
+            rt.upstream.anchor_count() == 1,
+            "only the configured anchor; never our own CA: {}",
+            rt.upstream.anchor_count()
+        );
+        let shared = Shared::with_tls(config, store, Some(rt));
+        // The audit flusher `crate::run` starts next to the proxy (records are durable before
+        // forwarding).
+        let flusher = tokio::spawn(shared.clone().flush_forever());
+        let (to_good, _stop_good) = proxy(shared.clone(), good).await;
+        let (to_bad, _stop_bad) = proxy(shared.clone(), bad).await;
+        // Intercepted: the client sees our leaf, the call is audited with TLS details.
+        let (resp, presented) = call(to_good, our_ca.clone()).await.expect("intercepted call");
+        assert!(resp.contains("hi over tls"), "{resp}");
+        let ca_spki = shared.tls.as_ref().map(|t| t.ca.public_key_der()).unwrap_or_default();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&presented).expect("leaf parses");
+        assert_ne!(leaf.public_key().raw, ca_spki.as_slice(), "the leaf has its own key");
+        let recs = records(&shared);
+        let rec = recs.iter().find(|r| r.method.as_deref() == Some("tools/call")).unwrap_or_else(|| panic!("{recs:#?}"));
+        assert_eq!(rec.scheme, "https");
+        assert_eq!(rec.server, format!("https://localhost:{}/mcp", good.port()));
+        let t = rec.tls.as_ref().expect("tls details");
+        assert_eq!(t.sni.as_deref(), Some("localhost"));
+        assert!(t.upstream_issuer.as_deref().unwrap_or_default().contains("upstream-test"), "{t:?}");
+        assert!(!t.insecure);
+        // Upstream from an unknown CA: the client's handshake fails, the refusal is audited.
+        assert!(call(to_bad, our_ca.clone()).await.is_err(), "no leaf for an invalid upstream");
+        let recs = records(&shared);
+        let origin = format!("https://localhost:{}", bad.port());
+        let rec = recs.iter().find(|r| r.server == origin).unwrap_or_else(|| panic!("{recs:#?}"));
+        assert!(matches!(&rec.status, CallStatus::TransportError { reason } if reason.contains("unknown CA")), "{rec:?}");
+        assert!(shared.inventory.list().iter().any(|s| s.endpoint == origin && !s.alerts.is_empty()));
+        // A client trusting only the upstream's CA rejects our leaf: reported, then backed off
+        // (passed through, so it sees and accepts the upstream's own certificate).
+        assert!(call(to_good, trusted.cert_der()).await.is_err(), "distrusting client fails once");
+        // The daemon sees the client's alert after the client already gave up: wait for it.
+        let mut warnings = Vec::new();
+        for _ in 0..200 {
+            warnings = shared.tls.as_ref().map(|t| t.warnings()).unwrap_or_default();
+            if !warnings.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(warnings.iter().any(|w| w.contains("TLS not inspectable") && w.contains("for localhost")), "{warnings:?}");
+        assert!(crate::status(&shared, &[]).warnings.iter().any(|w| w.contains("TLS not inspectable")));
+        let passthrough_before = shared.counts().passthrough;
+        let (resp, presented) = call(to_good, trusted.cert_der()).await.expect("backed off: passed through");
+        assert!(resp.contains("hi over tls"), "{resp}");
+        let (_, cert) = x509_parser::parse_x509_certificate(&presented).expect("cert parses");
+        assert!(cert.issuer().to_string().contains("upstream-test"), "the upstream's own certificate");
+        assert_eq!(shared.counts().passthrough, passthrough_before + 1);
+        flusher.abort();
+    }
+}
