@@ -1,7 +1,9 @@
 //! The inventory: every MCP server seen, what it offers, and who uses it.
 //!
-//! Kept in memory for `mcpwatch list` and written through to the audit store on every
-//! change, so it survives restarts. Bounded: at most [`MAX_SERVERS`] servers and
+//! Kept in memory for `mcpwatch list` and written behind to the audit store: a change
+//! marks the entry dirty, and [`Inventory::persist`] (every second, and at shutdown)
+//! writes the dirty entries. Rewriting a server's whole entry on every message would
+//! cost more than the message. Bounded: at most [`MAX_SERVERS`] servers and
 //! [`MAX_CLIENTS`] client processes per server (least recently seen evicted).
 
 use std::collections::HashMap;
@@ -15,6 +17,7 @@ pub const MAX_CLIENTS: usize = 64;
 
 pub struct Inventory {
     servers: Mutex<HashMap<String, ServerEntry>>,
+    dirty: Mutex<std::collections::HashSet<String>>,
     store: Store,
 }
 
@@ -65,7 +68,7 @@ impl Inventory {
                 HashMap::new()
             }
         };
-        Inventory { servers: Mutex::new(servers), store }
+        Inventory { servers: Mutex::new(servers), dirty: Mutex::new(Default::default()), store }
     }
 
     pub fn len(&self) -> usize {
@@ -101,9 +104,31 @@ impl Inventory {
             ..Default::default()
         });
         f(entry);
-        if let Err(e) = self.store.put_server(entry) {
-            tracing::error!(error = %e, endpoint, "cannot persist inventory entry");
+        drop(servers);
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(endpoint.to_string());
         }
+    }
+
+    /// Write the entries changed since the last call. Returns how many were written.
+    pub fn persist(&self) -> usize {
+        let keys: Vec<String> = match self.dirty.lock() {
+            Ok(mut d) => d.drain().collect(),
+            Err(_) => return 0,
+        };
+        let entries: Vec<ServerEntry> = match self.servers.lock() {
+            Ok(s) => keys.iter().filter_map(|k| s.get(k).cloned()).collect(),
+            Err(_) => return 0,
+        };
+        for e in &entries {
+            if let Err(err) = self.store.put_server(e) {
+                tracing::error!(error = %err, endpoint = %e.endpoint, "cannot persist inventory entry");
+                if let Ok(mut d) = self.dirty.lock() {
+                    d.insert(e.endpoint.clone());
+                }
+            }
+        }
+        entries.len()
     }
 
     /// A client sent a message to this server.

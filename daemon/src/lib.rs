@@ -36,6 +36,7 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
         attached: attach.attached,
         cgroup: attach.cgroup,
         attach_error: attach.error,
+        pinned_at: attach.pinned,
         ports: shared.config.ports.clone(),
         listen: listen.iter().map(|a| a.to_string()).collect(),
         control_socket: shared.config.control_socket.display().to_string(),
@@ -61,7 +62,19 @@ pub async fn run(
     let status_fn: Arc<dyn Fn() -> Status + Send + Sync> = Arc::new(move || status(&status_shared, &listen));
     let control_task = tokio::spawn(control::serve(control, shared.clone(), status_fn));
     let flusher = tokio::spawn(shared.clone().flush_forever());
+    let inventory_writer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || s.inventory.persist()).await;
+            }
+        })
+    };
     proxy::run(shared, listeners, resolver, shutdown).await;
     control_task.abort();
     flusher.abort();
+    inventory_writer.abort();
 }

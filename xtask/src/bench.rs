@@ -152,6 +152,11 @@ const TARGETS: &[Target] = &[
         start: daemon_targets::start_watched_nosync,
     },
     Target {
+        name: "mcpwatchd-noinspect",
+        about: "the real path, default rules but content detectors off (what inspection costs)",
+        start: daemon_targets::start_watched_noinspect,
+    },
+    Target {
         name: "mcpwatchd-policy",
         about: "the real path with --policy examples/policy.toml",
         start: daemon_targets::start_watched_policy,

@@ -75,6 +75,12 @@ pub(super) fn start_watched_nosync(env: &Env<'_>) -> anyhow::Result<Started> {
     start_ebpf(env, "mcpwatchd-nosync", None, Some("audit_sync = false\n"))
 }
 
+/// The real path with the content detectors off: what inspection adds end to end.
+pub(super) fn start_watched_noinspect(env: &Env<'_>) -> anyhow::Result<Started> {
+    let policy = util::repo_root().join("xtask").join("assets").join("policy-noinspect.toml");
+    start_ebpf(env, "mcpwatchd-noinspect", Some(policy), None)
+}
+
 /// The real path with `--policy examples/policy.toml` (skipped when the binary has no
 /// `--policy` flag).
 pub(super) fn start_watched_policy(env: &Env<'_>) -> anyhow::Result<Started> {

@@ -84,6 +84,7 @@ pub async fn run(
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
+    shared.inventory.persist();
     if let Err(e) = shared.store.flush() {
         tracing::error!(error = %e, "final audit flush failed");
     }
