@@ -61,20 +61,8 @@ pub async fn run(
     let status_shared = shared.clone();
     let status_fn: Arc<dyn Fn() -> Status + Send + Sync> = Arc::new(move || status(&status_shared, &listen));
     let control_task = tokio::spawn(control::serve(control, shared.clone(), status_fn));
-    let flusher = tokio::spawn(shared.clone().flush_forever());
-    let inventory_writer = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let s = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || s.inventory.persist()).await;
-            }
-        })
-    };
+
     proxy::run(shared, listeners, resolver, shutdown).await;
     control_task.abort();
-    flusher.abort();
-    inventory_writer.abort();
+
 }

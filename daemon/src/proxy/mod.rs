@@ -41,6 +41,20 @@ pub async fn run(
     resolver: Arc<dyn Resolve>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // The data path's own background work: the audit group commit (requests wait on
+    // it before forwarding) and the inventory writer.
+    let flusher = tokio::spawn(shared.clone().flush_forever());
+    let inventory_writer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || s.inventory.persist()).await;
+            }
+        })
+    };
     let tracker = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let (stop_tx, _) = tokio::sync::watch::channel(false);
@@ -84,6 +98,8 @@ pub async fn run(
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
+    inventory_writer.abort();
+    flusher.abort();
     shared.inventory.persist();
     if let Err(e) = shared.store.flush() {
         tracing::error!(error = %e, "final audit flush failed");
