@@ -49,6 +49,20 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
 
     // Content-Length together with Transfer-Encoding is how requests are smuggled past
     // a proxy (RFC 9112 §6.1 lets a proxy reject it; we always do, and close).
+    // TLS-004: a request whose Host names another server than the TLS SNI is
+    // misdirected (domain fronting); answer 421 rather than route by one of them.
+    if let (Some(sni), Some(host)) = (ctx.tls.as_ref().and_then(|t| t.sni.as_deref()), parts.headers.get(HOST).and_then(|v| v.to_str().ok())) {
+        if !strip_port(host).eq_ignore_ascii_case(sni.trim_end_matches('.')) {
+            let msg = format!("mcpwatch: Host `{}` does not match the TLS server name `{sni}`", strip_port(host));
+            tracing::warn!(peer = %ctx.peer, "{msg}");
+            let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, 0);
+            rec.alerts.push(format!("Host/SNI mismatch (possible domain fronting): {msg}"));
+            rec.status = CallStatus::TransportError { reason: "421 misdirected request".into() };
+            rec.duration_us = Some(0);
+            let _ = shared.begin_record(&rec);
+            return local_response(StatusCode::MISDIRECTED_REQUEST, "text/plain", format!("{msg}\n"));
+        }
+    }
     let request_line = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
     let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of(request_line.as_bytes())).unwrap_or_default();
     if framing.is_ambiguous() || (parts.headers.contains_key(http::header::CONTENT_LENGTH) && parts.headers.contains_key(http::header::TRANSFER_ENCODING)) {
@@ -454,6 +468,16 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                     Fate::Forward
                 };
                 audit_failed |= shared.begin_record(&rec).is_err();
+                let held = matches!(fate, Fate::Forward) && rec.decision.as_ref().is_some_and(|d| d.effective == "hold");
+                // A client that asked for progress on a single call gets an SSE stream at
+                // once: progress notifications while a human decides, then the answer.
+                if held && !batch && accepts_sse(&parts.headers) && progress_token(msg).is_some() {
+                    let pending = Pending { record: rec, started: now, first_page: false };
+                    // Redacted arguments are re-serialised from `value`; otherwise the
+                    // client's exact bytes go upstream.
+                    let original = if modified { Bytes::new() } else { bytes.clone() };
+                    return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg.clone(), value, original, pending);
+                }
                 // A held call waits here for a human; the record is already written.
                 let fate = match (&fate, rec.decision.as_ref().map(|d| d.effective.as_str())) {
                     (Fate::Forward, Some("hold")) => hold(&shared, &gov, &scope, msg, &mut rec).await,
@@ -684,6 +708,100 @@ fn govern_request(
             }
         }
     }
+}
+
+/// `params._meta.progressToken` of a request, if the client asked for progress.
+fn progress_token(msg: &Message) -> Option<serde_json::Value> {
+    msg.params()?.get("_meta")?.get("progressToken").filter(|t| t.is_string() || t.is_number()).cloned()
+}
+
+/// A held call answered over SSE: `notifications/progress` every few seconds while it
+/// waits for a human, then the server's answer (if approved) or mcpwatch's refusal.
+#[allow(clippy::too_many_arguments)]
+fn streamed_hold(
+    shared: Arc<Shared>,
+    scope: Scope,
+    up: SharedUpstream,
+    gov: Arc<Loaded>,
+    parts: Parts,
+    msg: Message,
+    value: serde_json::Value,
+    original: Bytes,
+    mut pending: Pending,
+) -> Response<Body> {
+    use futures_util::StreamExt as _;
+    let token = progress_token(&msg).unwrap_or_default();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let event = |v: serde_json::Value| Bytes::from(format!("event: message\ndata: {v}\n\n"));
+    tokio::spawn(async move {
+        let fate = {
+            let held = hold(&shared, &gov, &scope, &msg, &mut pending.record);
+            tokio::pin!(held);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    fate = &mut held => break fate,
+                    _ = tick.tick() => {
+                        n += 1;
+                        let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                            "progressToken": token, "progress": n,
+                            "message": "mcpwatch: waiting for a human to approve this call (mcpwatch pending)"
+                        }});
+                        if tx.send(event(note)).await.is_err() {
+                            // The client went away; the hold still ends by verdict or timeout.
+                        }
+                    }
+                }
+            }
+        };
+        match fate {
+            Fate::Refuse { code, message, data, .. } => {
+                pending.record.status = CallStatus::JsonrpcError { code, message: message.clone() };
+                pending.record.duration_us = Some(pending.started.elapsed().as_micros() as u64);
+                pending.record.notes.push("answered by mcpwatch; not forwarded".into());
+                shared.complete_record(&pending.record);
+                let _ = tx.send(event(jsonrpc::error_response(msg.id(), code, &message, Some(data)))).await;
+            }
+            Fate::Forward => {
+                let _ = shared.durable().await;
+                let body = if original.is_empty() { Bytes::from(serde_json::to_vec(&value).unwrap_or_default()) } else { original };
+                let mut parts = parts;
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                let key = msg.id().map(|i| i.to_string()).unwrap_or_default();
+                match forward(&up, Request::from_parts(parts, body::full(body))).await {
+                    Err(e) => {
+                        finish(&shared, pending, CallStatus::TransportError { reason: e.to_string() }, None, 0);
+                        let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, &format!("mcpwatch: {e}"), None))).await;
+                    }
+                    Ok(resp) => {
+                        let json = is_json(resp.headers());
+                        let observed = responses::observe(shared.clone(), scope, gov, vec![(key, pending)], Vec::new(), resp);
+                        let mut b = observed.into_body();
+                        let mut buf = Vec::new();
+                        while let Some(frame) = http_body_util::BodyExt::frame(&mut b).await {
+                            let Ok(frame) = frame else { break };
+                            let Ok(data) = frame.into_data() else { continue };
+                            if json {
+                                buf.extend_from_slice(&data);
+                            } else if tx.send(data).await.is_err() {
+                                break;
+                            }
+                        }
+                        if json && !buf.is_empty() {
+                            let _ = tx.send(Bytes::from([b"event: message\ndata: ".as_slice(), &buf, b"\n\n"].concat())).await;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, body::BoxError>(http_body::Frame::data(b)), rx)) });
+    let body = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream.boxed()));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+    resp
 }
 
 /// Hold a `require_approval` call until a human answers (or the policy's timeout).

@@ -375,3 +375,35 @@ fn socket_linger_zero(s: &TcpStream) {
         libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t);
     }
 }
+
+/// A held call whose client asked for progress gets `notifications/progress` on an SSE
+/// stream while it waits, then the server's answer once approved.
+#[test]
+fn held_call_streams_progress_then_the_answer() {
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\napproval_timeout_secs = 60\n[[rule]]\nid = \"approve-deletes\"\ntools = [\"delete_records\"]\naction = \"require_approval\"\n";
+    let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"ok":true}}"#;
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+    let env = Env::with_reply(DaemonOpts { policy: Some(policy.into()), ..Default::default() }, reply.as_bytes());
+    let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"t"},"_meta":{"progressToken":"p-1"}}}"#;
+    let mut s = TcpStream::connect(env.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n")).unwrap();
+    // The first progress notification arrives while the call is held.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("notifications/progress") {
+        let n = s.read(&mut buf).expect("read progress");
+        assert!(n > 0, "stream ended early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains(r#""progressToken":"p-1""#), "{head}");
+    assert_eq!(env.upstream_bytes(), "", "nothing forwarded while held");
+    let held = env.daemon.wait_pending(1);
+    assert!(env.daemon.cli(&["approve", &held[0].id]).status.success());
+    let _ = s.read_to_end(&mut got);
+    let all = String::from_utf8_lossy(&got).to_string();
+    assert!(all.contains(r#""id":7"#) && all.contains(r#""ok":true"#), "answer after approval: {all}\n--- daemon log ---\n{}", env.daemon.log_text());
+    assert!(env.upstream_bytes().contains("delete_records"));
+}
