@@ -195,6 +195,15 @@ pub fn status_text(s: &Status) -> String {
         FailureMode::Closed => "CLOSED: if mcpwatchd cannot do its job, MCP traffic is REFUSED",
     };
     line("FAILURE MODE", failure);
+    if let (FailureMode::Closed, Some(dir)) = (s.failure_mode, &s.pinned_at) {
+        line(
+            "",
+            &format!(
+                "while mcpwatchd is down, MCP connections from the watched cgroup are REFUSED \
+                 (pinned at {dir}; release with `mcpwatchd --release-pins`)"
+            ),
+        );
+    }
     let interception = if s.attached {
         match &s.cgroup {
             Some(cg) => format!("attached to cgroup {cg}"),
@@ -255,6 +264,9 @@ pub fn status_text(s: &Status) -> String {
     }
     if c.audit_write_errors > 0 {
         warnings.push(format!("{} audit writes failed", c.audit_write_errors));
+    }
+    if s.failure_mode == FailureMode::Closed && s.attached && s.pinned_at.is_none() {
+        warnings.push("failure mode is closed but the eBPF links are not pinned: if mcpwatchd dies, connections go direct".into());
     }
     warnings.extend(s.warnings.iter().cloned());
     if warnings.is_empty() {
@@ -585,5 +597,26 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("warnings        none\n"), "{text}");
+        assert!(!text.contains("while mcpwatchd is down"), "{text}");
+
+        let pinned = Status {
+            failure_mode: FailureMode::Closed,
+            attached: true,
+            pinned_at: Some("/sys/fs/bpf/mcpwatch/%2Fagents".into()),
+            ..Default::default()
+        };
+        let text = status_text(&pinned);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("FAILURE MODE    CLOSED"), "{text}");
+        assert_eq!(
+            lines[2],
+            "                while mcpwatchd is down, MCP connections from the watched cgroup are REFUSED \
+             (pinned at /sys/fs/bpf/mcpwatch/%2Fagents; release with `mcpwatchd --release-pins`)"
+        );
+        assert!(text.ends_with("warnings        none\n"), "{text}");
+        let unpinned = Status { pinned_at: None, ..pinned };
+        let text = status_text(&unpinned);
+        assert!(!text.contains("while mcpwatchd is down"), "{text}");
+        assert!(text.contains("! failure mode is closed but the eBPF links are not pinned"), "{text}");
     }
 }

@@ -31,6 +31,9 @@ pub struct FileConfig {
     pub control_socket: Option<PathBuf>,
     /// `open` (default) or `closed`.
     pub failure_mode: Option<FailureMode>,
+    /// Base directory on a bpf filesystem where fail-closed mode pins its eBPF links
+    /// (one subdirectory per watched cgroup). Default `/sys/fs/bpf/mcpwatch`.
+    pub pin_dir: Option<PathBuf>,
     pub mark: Option<u32>,
     /// Group allowed on the control socket besides root.
     pub control_group: Option<String>,
@@ -69,6 +72,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub control_group: String,
     pub failure_mode: FailureMode,
+    /// Base of the pin directories (fail-closed mode); see [`FileConfig::pin_dir`].
+    pub pin_dir: PathBuf,
     pub mark: u32,
     pub audit_sync: bool,
     pub limits: Limits,
@@ -120,6 +125,7 @@ impl Default for Config {
             control_socket: PathBuf::from(mcpwatch_api::DEFAULT_CONTROL_SOCKET),
             control_group: "mcpwatch".to_string(),
             failure_mode: FailureMode::Open,
+            pin_dir: PathBuf::from(mcpwatch_intercept::pins::DEFAULT_PIN_BASE),
             mark: DEFAULT_MARK,
             audit_sync: true,
             limits: Limits::default(),
@@ -318,6 +324,9 @@ impl FileConfig {
         if let Some(m) = self.failure_mode {
             c.failure_mode = m;
         }
+        if let Some(p) = self.pin_dir {
+            c.pin_dir = p;
+        }
         if let Some(m) = self.mark {
             c.mark = m;
         }
@@ -357,6 +366,9 @@ impl Config {
         }
         if self.limits.peek_timeout.is_zero() {
             return bad("limits.peek_timeout_ms must be positive");
+        }
+        if !self.pin_dir.is_absolute() {
+            return bad("pin_dir must be an absolute path (a directory on a bpf filesystem)");
         }
         self.ports.parse::<mcpwatch_intercept::PortScope>()
             .map_err(|e| ConfigError::Invalid(format!("ports: {e}")))?;
@@ -401,6 +413,11 @@ mod tests {
         assert_eq!(c.ports, "all");
         assert_eq!(c.limits.max_body_bytes, 2048);
         assert_eq!(c.listen_port, DEFAULT_LISTEN_PORT);
+        assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/mcpwatch"));
+        let c = FileConfig::parse("pin_dir = \"/sys/fs/bpf/agents\"\n", Path::new("c.toml")).unwrap().into_config().unwrap();
+        assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/agents"));
+        let err = FileConfig::parse("pin_dir = \"pins\"\n", Path::new("c.toml")).unwrap().into_config().unwrap_err();
+        assert!(err.to_string().contains("pin_dir"), "{err}");
     }
 
     #[test]

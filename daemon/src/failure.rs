@@ -7,7 +7,11 @@
 //! - `open`: the call goes through unobserved (or is relayed as opaque bytes); the
 //!   failure is counted and logged. When the daemon dies, its non-pinned eBPF links
 //!   detach and clients connect directly.
-//! - `closed`: the call is refused with a clear error; nothing flows unaudited.
+//! - `closed`: the call is refused with a clear error; nothing flows unaudited. The
+//!   eBPF links are pinned ([`links_outlive_daemon`]): when the daemon dies or stops,
+//!   in-scope connections from the watched cgroup are still redirected to its dead
+//!   loopback port and refused, until a restarted daemon takes over or an operator
+//!   runs `mcpwatchd --release-pins`.
 
 use mcpwatch_api::FailureMode;
 
@@ -29,6 +33,12 @@ pub enum Failure {
     Inspection,
 }
 
+/// Whether interception must outlive the daemon (pinned eBPF links): while mcpwatchd
+/// is down, in-scope connections are refused (closed) or go direct (open).
+pub fn links_outlive_daemon(mode: FailureMode) -> bool {
+    mode == FailureMode::Closed
+}
+
 pub fn decide(mode: FailureMode, _what: Failure) -> OnFailure {
     match mode {
         FailureMode::Open => OnFailure::Proceed,
@@ -45,5 +55,7 @@ mod tests {
         assert_eq!(decide(FailureMode::Open, Failure::AuditWrite), OnFailure::Proceed);
         assert_eq!(decide(FailureMode::Closed, Failure::AuditWrite), OnFailure::Refuse);
         assert_eq!(decide(FailureMode::Closed, Failure::Inspection), OnFailure::Refuse);
+        assert!(links_outlive_daemon(FailureMode::Closed));
+        assert!(!links_outlive_daemon(FailureMode::Open));
     }
 }

@@ -47,6 +47,15 @@ struct Args {
     /// Validate the config and policy, print a summary, and exit (nothing is attached).
     #[arg(long)]
     check: bool,
+    /// Base directory (on a bpf filesystem) where fail-closed mode pins its eBPF links,
+    /// one subdirectory per watched cgroup. Default: /sys/fs/bpf/mcpwatch.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Detach the pinned links of the configured cgroup and exit. Fail-closed mode
+    /// leaves them attached while mcpwatchd is down, so MCP connections from the cgroup
+    /// are refused; after this they connect directly (unobserved).
+    #[arg(long)]
+    release_pins: bool,
 }
 
 fn parse_failure_mode(s: &str) -> Result<FailureMode, String> {
@@ -82,6 +91,9 @@ fn load_config(args: &Args) -> Result<Config> {
     if let Some(v) = args.failure_mode {
         c.failure_mode = v;
     }
+    if let Some(v) = &args.pin_dir {
+        c.pin_dir = v.clone();
+    }
     c.validate()?;
     Ok(c)
 }
@@ -104,6 +116,9 @@ async fn main() {
 async fn real_main() -> Result<()> {
     let args = Args::parse();
     let config = load_config(&args)?;
+    if args.release_pins {
+        return release_pins(&config);
+    }
     let source = mcpwatchd::governance::Governance::source_for(args.policy.as_deref(), std::path::Path::new(DEFAULT_POLICY));
     let governance = mcpwatchd::governance::Governance::start(source).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
     {
@@ -169,10 +184,8 @@ async fn real_main() -> Result<()> {
             Arc::new(StaticResolver { dst })
         }
         None => {
-            let cgroup = match &config.cgroup {
-                Some(c) => c.clone(),
-                None => mcpwatch_intercept::cgroup::cgroup2_mount()?,
-            };
+            let cgroup = watched_cgroup(&config)?;
+            let pin_dir = pin_dir_for_mode(&config, &cgroup)?;
             let ports = config.ports.parse::<mcpwatch_intercept::PortScope>().map_err(|e| anyhow::anyhow!("ports: {e}"))?;
             let icfg = mcpwatch_intercept::InterceptConfig {
                 cgroup: cgroup.clone(),
@@ -180,12 +193,14 @@ async fn real_main() -> Result<()> {
                 ports,
                 mark: config.mark,
                 daemon_tgid: std::process::id(),
+                pin_dir,
             };
             let interceptor = mcpwatch_intercept::Interceptor::attach(&icfg)
                 .with_context(|| format!("cannot attach interception to {}", cgroup.display()))?;
             if let Ok(mut a) = shared.attach.lock() {
                 a.attached = true;
                 a.cgroup = Some(cgroup.display().to_string());
+                a.pinned = interceptor.pin_dir().map(|d| d.display().to_string());
             }
             tracing::info!(cgroup = %cgroup.display(), ports = %config.ports, "interception attached");
             let bpf = Arc::new(BpfResolver::new(interceptor));
@@ -201,9 +216,66 @@ async fn real_main() -> Result<()> {
         failure_mode = %config.failure_mode,
         "mcpwatchd ready"
     );
+    let attach = shared.attach.lock().map(|a| a.clone()).unwrap_or_default();
     mcpwatchd::run(shared, listeners, control, resolver, shutdown_signal()).await;
     let _ = std::fs::remove_file(&config.control_socket);
-    tracing::info!("mcpwatchd stopped; interception detached");
+    match (&attach.pinned, &attach.cgroup) {
+        (Some(dir), Some(cgroup)) if std::path::Path::new(dir).exists() => tracing::warn!(
+            pin_dir = %dir,
+            "mcpwatchd stopped; failure mode closed: the eBPF links stay pinned, so MCP connections from {cgroup} \
+             are REFUSED until mcpwatchd runs again. To let them through unobserved: \
+             mcpwatchd --release-pins --cgroup {cgroup} --pin-dir {}",
+            config.pin_dir.display()
+        ),
+        _ => tracing::info!("mcpwatchd stopped; interception detached"),
+    }
+    Ok(())
+}
+
+/// The cgroup the daemon watches: the configured one, else the cgroup2 root.
+fn watched_cgroup(config: &Config) -> Result<PathBuf> {
+    Ok(match &config.cgroup {
+        Some(c) => c.clone(),
+        None => mcpwatch_intercept::cgroup::cgroup2_mount()?,
+    })
+}
+
+/// Fail-closed: where to pin the links. Fail-open: nowhere, and pins an earlier
+/// fail-closed run left for this cgroup are released first (they would otherwise
+/// keep redirecting ahead of the new links).
+fn pin_dir_for_mode(config: &Config, cgroup: &std::path::Path) -> Result<Option<PathBuf>> {
+    let dir = mcpwatch_intercept::pin_dir_for(&config.pin_dir, cgroup);
+    if mcpwatchd::failure::links_outlive_daemon(config.failure_mode) {
+        return Ok(Some(dir.with_context(|| format!("cannot pin interception for {}", cgroup.display()))?));
+    }
+    // A cgroup the pin dir cannot be derived for is reported by attach itself.
+    if let Ok(dir) = dir {
+        let n = mcpwatch_intercept::release_pins(&dir).with_context(|| {
+            format!("failure mode is open but links pinned by a fail-closed run at {} cannot be released", dir.display())
+        })?;
+        if n > 0 {
+            tracing::warn!(pin_dir = %dir.display(), released = n, "released the links a fail-closed run left pinned (failure mode is now open)");
+        }
+    }
+    Ok(None)
+}
+
+/// `--release-pins`: detach what a fail-closed daemon left pinned for its cgroup.
+fn release_pins(config: &Config) -> Result<()> {
+    let cgroup = watched_cgroup(config)?;
+    let dir = mcpwatch_intercept::pin_dir_for(&config.pin_dir, &cgroup)?;
+    let n = mcpwatch_intercept::release_pins(&dir)
+        .with_context(|| format!("cannot release the pinned links at {}", dir.display()))?;
+    if n == 0 {
+        println!("nothing pinned at {} (cgroup {})", dir.display(), cgroup.display());
+    } else {
+        println!(
+            "released {n} pinned links at {}: MCP connections from cgroup {} are no longer refused while mcpwatchd is down \
+             (a running mcpwatchd keeps intercepting until it exits)",
+            dir.display(),
+            cgroup.display()
+        );
+    }
     Ok(())
 }
 

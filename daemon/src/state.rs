@@ -23,6 +23,9 @@ pub struct AttachState {
     pub attached: bool,
     pub cgroup: Option<String>,
     pub error: Option<String>,
+    /// Where the links are pinned (fail-closed mode): they stay attached while the
+    /// daemon is down.
+    pub pinned: Option<String>,
 }
 
 #[derive(Default)]

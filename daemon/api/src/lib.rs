@@ -116,6 +116,10 @@ pub struct Status {
     pub cgroup: Option<String>,
     /// Why interception is not attached, when it is not.
     pub attach_error: Option<String>,
+    /// Where the eBPF links are pinned, when they are (fail-closed mode): they stay
+    /// attached while mcpwatchd is down, so in-scope connections are refused.
+    #[serde(default)]
+    pub pinned_at: Option<String>,
     pub ports: String,
     pub listen: Vec<String>,
     pub control_socket: String,

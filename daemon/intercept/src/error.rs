@@ -63,6 +63,21 @@ pub enum InterceptError {
         #[source]
         source: MapError,
     },
+    #[error(
+        "pin dir {path} is not on a bpf filesystem ({checked} is not bpffs); \
+         mount one with `mount -t bpf bpf /sys/fs/bpf` or choose a pin dir on bpffs"
+    )]
+    NotBpfFs { path: PathBuf, checked: PathBuf },
+    #[error("pin dir {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a pinned mcpwatch link ({reason}); refusing to touch it")]
+    NotAPin { path: PathBuf, reason: String },
+    #[error("pinning a link at {path} failed: {reason}")]
+    Pin { path: PathBuf, reason: String },
     #[error("internal: the eBPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("internal: the eBPF object has no map {0}")]

@@ -5,14 +5,21 @@
 //! connect from that cgroup to an in-scope port is redirected to the daemon's
 //! loopback listener. The daemon then asks [`Interceptor::lookup`] with the peer
 //! address of the accepted connection to learn where the client was really
-//! going and who it was. Links are not pinned: they detach when the
-//! `Interceptor` drops or the process dies.
+//! going and who it was.
+//!
+//! By default links are not pinned: they detach when the `Interceptor` drops or
+//! the process dies (fail-open). With [`InterceptConfig::pin_dir`] the cgroup
+//! links are pinned there ([`pins`]): they stay attached after the daemon is
+//! gone, so in-scope connections keep being redirected to its dead port and are
+//! refused (fail-closed), until a restarted daemon replaces them or
+//! [`release_pins`] / [`Interceptor::release`] detaches them.
 //!
 //! [`cgroup`] and [`process`] need no eBPF and are used by the daemon and tests.
 
 pub mod cgroup;
 mod error;
 mod maps;
+pub mod pins;
 mod ports;
 pub mod process;
 
@@ -24,10 +31,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData};
+use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 pub use error::InterceptError;
+pub use pins::{pin_dir_for, release_pins};
 pub use ports::{PortScope, PortScopeError};
 
 use maps::{RawConfig, RawExec, RawOrigin, RawPeerKey};
@@ -62,6 +71,11 @@ pub struct InterceptConfig {
     pub mark: u32,
     /// The daemon's pid; its connects are never redirected. 0 = none.
     pub daemon_tgid: u32,
+    /// Pin the cgroup links in this directory (on bpffs, created if missing) so
+    /// they outlive the process: fail-closed. Links already pinned there (by a
+    /// previous daemon) are replaced. `None`: not pinned, they detach with the
+    /// `Interceptor` (fail-open).
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Where an intercepted connection was going and who opened it, as seen by the
@@ -97,9 +111,14 @@ struct Maps {
     execs: HashMap<MapData, u32, RawExec>,
 }
 
-/// Attached interception programs. Dropping it detaches them.
+/// Attached interception programs. Dropping it detaches them, unless they are
+/// pinned ([`InterceptConfig::pin_dir`]): pinned links stay attached until
+/// [`Interceptor::release`] or [`release_pins`].
 pub struct Interceptor {
     cgroup: PathBuf,
+    /// The pin directory and our pinned links (fds held: they stay attached while
+    /// we run even if someone removes the pins).
+    pins: Option<(PathBuf, Vec<(PathBuf, FdLink)>)>,
     closed_grace_ns: AtomicU64,
     maps: Mutex<Maps>,
     // Owns the programs and their links; dropped last so maps stay valid meanwhile.
@@ -110,6 +129,7 @@ impl std::fmt::Debug for Interceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interceptor")
             .field("cgroup", &self.cgroup)
+            .field("pin_dir", &self.pin_dir())
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +144,13 @@ impl Interceptor {
     /// Loads the programs, fills the config, and attaches them to `cfg.cgroup`.
     ///
     /// Refuses the cgroup2 root unless `MCPWATCH_ALLOW_ROOT_CGROUP=1`.
+    ///
+    /// With `cfg.pin_dir`, links pinned there by an earlier run (still attached
+    /// after a crash or a fail-closed stop) are replaced: the new programs are
+    /// attached first, then each pin is swapped to the new link and the old link
+    /// detached. Until the swap both run; the old one redirects first, so a
+    /// connection made in that instant reaches the new daemon unresolvable and is
+    /// closed: never sent unobserved. If anything fails, the old pins stay.
     pub fn attach(cfg: &InterceptConfig) -> Result<Self, InterceptError> {
         let cgroup = check_cgroup(&cfg.cgroup)?;
         if cfg.listen_port == 0 {
@@ -147,6 +174,17 @@ impl Interceptor {
             path: cgroup.clone(),
             source,
         })?;
+        // Open what an earlier run pinned before attaching anything: the fds keep
+        // those links attached until the new ones have taken their pins.
+        let old_pins = match &cfg.pin_dir {
+            Some(dir) => {
+                pins::prepare_dir(dir)?;
+                pins::open_pins(dir)?
+            }
+            None => Vec::new(),
+        };
+        let pinning = cfg.pin_dir.is_some();
+        let mut to_pin: Vec<(&'static str, FdLink)> = Vec::new();
 
         // Bookkeeping first (exec, sock_ops, getpeername), the redirect last:
         // no connection is redirected before its record can be completed.
@@ -161,16 +199,39 @@ impl Interceptor {
             let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
             prog.load()
                 .map_err(|e| InterceptError::program_load(SOCK_OPS_PROGRAM, e))?;
-            prog.attach(&cgroup_dir, CgroupAttachMode::Single)
+            let id = prog
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
                 .map_err(|e| InterceptError::attach(SOCK_OPS_PROGRAM, &cgroup, e))?;
+            if pinning {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| take_error(SOCK_OPS_PROGRAM, e))?;
+                let fd = FdLink::try_from(link).map_err(|e| take_error(SOCK_OPS_PROGRAM, e))?;
+                to_pin.push((SOCK_OPS_PROGRAM, fd));
+            }
         }
         for name in CGROUP_SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| InterceptError::program_load(name, e))?;
-            prog.attach(&cgroup_dir, CgroupAttachMode::Single)
+            let id = prog
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
                 .map_err(|e| InterceptError::attach(name, &cgroup, e))?;
+            if pinning {
+                let link = prog.take_link(id).map_err(|e| take_error(name, e))?;
+                let fd = FdLink::try_from(link).map_err(|e| take_error(name, e))?;
+                to_pin.push((name, fd));
+            }
         }
+        let pins = match &cfg.pin_dir {
+            Some(dir) => {
+                let replaced = old_pins.len();
+                let kept = pins::replace(dir, to_pin, old_pins)?;
+                tracing::info!(pin_dir = %dir.display(), pinned = kept.len(), replaced, "interception links pinned: they stay attached (fail-closed) while mcpwatchd is down");
+                Some((dir.clone(), kept))
+            }
+            None => None,
+        };
 
         let maps = Maps {
             by_cookie: take_hash(&mut ebpf, "by_cookie")?,
@@ -180,6 +241,7 @@ impl Interceptor {
         tracing::info!(cgroup = %cgroup.display(), listen_port = cfg.listen_port, ports = %cfg.ports, "eBPF interception attached");
         Ok(Interceptor {
             cgroup,
+            pins,
             closed_grace_ns: AtomicU64::new(duration_ns(CLOSED_GRACE)),
             maps: Mutex::new(maps),
             _ebpf: Mutex::new(ebpf),
@@ -223,6 +285,27 @@ impl Interceptor {
     /// The cgroup the programs are attached to (canonical path).
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+
+    /// Where the cgroup links are pinned, if they are.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|(dir, _)| dir.as_path())
+    }
+
+    /// Detaches everything, pinned links included, and removes the pins and the
+    /// pin directory; returns how many pinned links were released (0 when not
+    /// pinned). This is the deliberate "open the gate"; a plain drop keeps pins.
+    pub fn release(mut self) -> Result<usize, InterceptError> {
+        let Some((dir, links)) = self.pins.take() else {
+            return Ok(0);
+        };
+        let n = links.len();
+        for (path, link) in links {
+            pins::unpin(&path)?;
+            drop(link);
+        }
+        pins::remove_dir(&dir)?;
+        Ok(n)
     }
 
     /// Drops records of connections closed more than [`CLOSED_GRACE`] ago; returns
@@ -374,6 +457,13 @@ where
         .ok_or(InterceptError::MissingProgram(name))?;
     prog.try_into()
         .map_err(|e| InterceptError::program_load(name, e))
+}
+
+fn take_error(program: &'static str, e: impl std::fmt::Display) -> InterceptError {
+    InterceptError::Pin {
+        path: PathBuf::from(program),
+        reason: format!("cannot take the link of {program} for pinning: {e}"),
+    }
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(

@@ -227,6 +227,7 @@ fn config(cg: &TestCgroup, daemon: &Daemon, ports: PortScope) -> InterceptConfig
         ports,
         mark: MARK,
         daemon_tgid: std::process::id(),
+        pin_dir: None,
     }
 }
 
@@ -685,6 +686,7 @@ fn refuses_the_root_cgroup_and_non_cgroups() {
         ports: PortScope::All,
         mark: MARK,
         daemon_tgid: std::process::id(),
+        pin_dir: None,
     };
     for root in [
         mount.clone(),
@@ -717,4 +719,248 @@ fn refuses_the_root_cgroup_and_non_cgroups() {
         Interceptor::attach(&bad),
         Err(InterceptError::Config(_))
     ));
+}
+
+/// Whether a TCP connect from a fresh process (in `cg`, if any) to (host, port)
+/// is accepted by someone ("connected") or refused ("refused").
+fn connect_outcome(cg: Option<&TestCgroup>, host: &str, port: u16) -> String {
+    let mut cmd = Command::new(python());
+    cmd.args([
+        "-c",
+        "import socket, sys\n\
+         try:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10); print('connected')\n\
+         except ConnectionRefusedError:\n    print('refused')\n",
+        host,
+        &port.to_string(),
+    ]);
+    if let Some(cg) = cg {
+        // SAFETY: the hook only performs async-signal-safe syscalls.
+        unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// File names in a pin directory, sorted.
+fn pin_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+const PINNED: [&str; 5] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "getpeername6",
+    "sock_ops",
+];
+
+#[test]
+fn pinned_links_outlive_the_interceptor_and_refuse_until_released() {
+    let fs = crate::pins::TestBpfFs::unique("mcpwatch-test-bpffs").unwrap();
+    let cg = TestCgroup::unique("mcpwatch-test-pin").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let dir = fs.path().join("pins");
+    let mut cfg = config(&cg, &daemon, only(sport));
+    cfg.pin_dir = Some(dir.clone());
+    let ic = Interceptor::attach(&cfg).unwrap();
+    assert_eq!(ic.pin_dir(), Some(dir.as_path()));
+    assert_eq!(pin_names(&dir), PINNED);
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+    assert!(r.origin.is_some());
+
+    // The daemon "dies": its links stay, connections still go to its port...
+    drop(ic);
+    let r = run_one(
+        None,
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(
+        r.side,
+        Side::Daemon,
+        "pinned links detached with the Interceptor"
+    );
+    assert_eq!(
+        r.printed[0],
+        format!("peer 127.0.0.3 {sport}"),
+        "getpeername still rewritten"
+    );
+    // ...where nobody listens any more: refused, never direct.
+    let dport = daemon.port();
+    drop(daemon);
+    assert_eq!(connect_outcome(Some(&cg), "127.0.0.3", sport), "refused");
+    assert_eq!(
+        connect_outcome(Some(&cg), "::ffff:127.0.0.3", sport),
+        "refused",
+        "IPv6 sockets too"
+    );
+    assert_eq!(
+        connect_outcome(None, "::ffff:127.0.0.3", sport),
+        "connected"
+    );
+    assert_eq!(
+        connect_outcome(None, "127.0.0.3", sport),
+        "connected",
+        "outside the cgroup: unaffected"
+    );
+    assert_eq!(connect_outcome(Some(&cg), "127.0.0.1", dport), "refused");
+
+    // The probes that got through queued on the server: drop them.
+    server.set_nonblocking(true).unwrap();
+    while server.accept().is_ok() {}
+
+    // Deliberate release: direct again, nothing left in bpffs.
+    assert_eq!(crate::release_pins(&dir).unwrap(), 5);
+    assert!(!dir.exists());
+    assert_eq!(crate::release_pins(&dir).unwrap(), 0, "idempotent");
+    let other = Daemon::bind();
+    let r = run_one(None, Some(&cg), &other, &server, (4, "127.0.0.3", sport, 0));
+    assert_eq!(r.side, Side::Server, "still redirected after release_pins");
+}
+
+#[test]
+fn reattach_replaces_pinned_links_and_release_detaches() {
+    let fs = crate::pins::TestBpfFs::unique("mcpwatch-test-bpffs").unwrap();
+    let cg = TestCgroup::unique("mcpwatch-test-repin").unwrap();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let dir = fs.path().join("pins");
+    let first = Daemon::bind();
+    let mut cfg = config(&cg, &first, only(sport));
+    cfg.pin_dir = Some(dir.clone());
+    drop(Interceptor::attach(&cfg).unwrap()); // a daemon that died; pins remain
+    // A crash in the middle of an earlier replacement left a temporary pin.
+    std::fs::rename(dir.join("connect6"), dir.join("connect6-new-1")).unwrap();
+
+    // The restarted daemon (another port) replaces them: connections reach it,
+    // not the first one, and it can resolve them.
+    let second = Daemon::bind();
+    cfg.listen_port = second.port();
+    let ic = Interceptor::attach(&cfg).unwrap();
+    assert_eq!(pin_names(&dir), PINNED, "exactly one pin per program");
+    for (family, host) in [(4, "127.0.0.3"), (6, "::ffff:127.0.0.3")] {
+        let r = run_one(
+            Some(&ic),
+            Some(&cg),
+            &second,
+            &server,
+            (family, host, sport, 0),
+        );
+        assert_eq!(r.side, Side::Daemon);
+        assert_eq!(
+            r.origin.map(|o| o.dst),
+            Some(SocketAddr::from(([127, 0, 0, 3], sport)))
+        );
+    }
+    for l in [&first.v4, &first.v6] {
+        l.set_nonblocking(true).unwrap();
+        assert!(
+            l.accept().is_err(),
+            "a replaced link still redirected to the old port"
+        );
+    }
+    // The old links are gone from the kernel too: a second drop/attach cycle
+    // still sees a single redirect (connections would otherwise hit `first`).
+    drop(ic);
+    let third = Daemon::bind();
+    cfg.listen_port = third.port();
+    let ic = Interceptor::attach(&cfg).unwrap();
+    let r = run_one(
+        Some(&ic),
+        Some(&cg),
+        &third,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon);
+    assert!(r.origin.is_some());
+
+    assert_eq!(ic.release().unwrap(), 5);
+    assert!(!dir.exists(), "release removes the pin dir");
+    let r = run_one(None, Some(&cg), &third, &server, (4, "127.0.0.3", sport, 0));
+    assert_eq!(r.side, Side::Server, "still redirected after release()");
+}
+
+#[test]
+fn pinning_outside_bpffs_fails_before_attaching_anything() {
+    let cg = TestCgroup::unique("mcpwatch-test-nopin").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let mut cfg = config(&cg, &daemon, only(sport));
+    let dir = std::env::temp_dir().join(format!("mcpwatch-test-nopin-{}", std::process::id()));
+    cfg.pin_dir = Some(dir.clone());
+    match Interceptor::attach(&cfg) {
+        Err(e @ InterceptError::NotBpfFs { .. }) => {
+            assert!(e.to_string().contains(&dir.display().to_string()), "{e}")
+        }
+        other => panic!("expected NotBpfFs, got {other:?}"),
+    }
+    assert!(!dir.exists());
+    let r = run_one(
+        None,
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(
+        r.side,
+        Side::Server,
+        "a failed attach left a program behind"
+    );
+    // Unpinned interception on the same cgroup is unaffected.
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    assert_eq!(ic.pin_dir(), None);
+    assert_eq!(ic.release().unwrap(), 0);
+}
+
+#[test]
+fn dropping_the_test_bpffs_detaches_whatever_is_still_pinned_in_it() {
+    let cg = TestCgroup::unique("mcpwatch-test-bpffs-drop").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let fs = crate::pins::TestBpfFs::unique("mcpwatch-test-bpffs").unwrap();
+    let mut cfg = config(&cg, &daemon, only(sport));
+    cfg.pin_dir = Some(fs.path().join("left-behind"));
+    drop(Interceptor::attach(&cfg).unwrap());
+    let r = run_one(
+        None,
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(r.side, Side::Daemon, "pinned");
+    drop(fs); // what a failing test's guard does
+    let r = run_one(
+        None,
+        Some(&cg),
+        &daemon,
+        &server,
+        (4, "127.0.0.3", sport, 0),
+    );
+    assert_eq!(
+        r.side,
+        Side::Server,
+        "unmounting the test bpffs left links attached"
+    );
 }

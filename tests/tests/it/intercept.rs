@@ -345,3 +345,122 @@ fn audit_follow_streams_new_records() {
     assert!(lines.iter().all(|l| l["name"] == "add"), "{lines:?}");
     assert_eq!(lines.last().unwrap()["status"]["state"], "ok", "{lines:?}");
 }
+
+/// "connected" or "refused": a bare TCP connect from a fresh process (in `cgroup`, if any).
+fn connect_outcome(cgroup: Option<&std::path::Path>, host: &str, port: u16) -> String {
+    let script = format!(
+        "import json, socket\ntry:\n    socket.create_connection(({host:?}, {port}), timeout=10).close(); r = 'connected'\n\
+         except ConnectionRefusedError:\n    r = 'refused'\nprint(json.dumps(r))"
+    );
+    harness::py(cgroup, &script).as_str().expect("outcome").to_string()
+}
+
+/// Fail-closed means closed while mcpwatchd is down too: its links are pinned, so after
+/// SIGKILL or SIGTERM connections from the watched cgroup are still redirected to its dead
+/// port and refused, never sent unobserved. A restarted daemon replaces the pinned links;
+/// `mcpwatchd --release-pins` opens the gate; an open-mode daemon releases leftovers.
+#[test]
+fn fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released() {
+    let test = "fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released";
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).json_response().spawn();
+    let echo = RawServer::start("127.0.0.3:0", RawBehaviour { echo: true, ..Default::default() });
+    let probe = RawServer::start("127.0.0.3:0", RawBehaviour::default());
+    let ports = format!("{},{},{}", server.addr().port(), echo.addr.port(), probe.addr.port());
+    if let Some(why) = harness::ebpf_unavailable() {
+        eprintln!("SKIP {test}: {why}");
+        return;
+    }
+    // Declared before the daemon so it is dropped after it: whatever is still pinned is
+    // released (and the private bpffs unmounted) even when an assertion fails.
+    let bpffs = mcpwatch_intercept::pins::TestBpfFs::unique("mcpwatch-it-bpffs").expect("mount a test bpffs");
+    let base = bpffs.path().join("pins");
+    let opts = |cgroup: Option<&std::path::Path>, mode: &'static str, state: Option<std::path::PathBuf>| DaemonOpts {
+        cgroup: cgroup.map(std::path::Path::to_path_buf),
+        ports: Some(ports.clone()),
+        failure_mode: Some(mode),
+        state_dir: state,
+        extra_args: vec!["--pin-dir".into(), base.display().to_string()],
+        ..Default::default()
+    };
+    let Some(mut w) = Watched::start_with(test, opts(None, "closed", None)) else { return };
+    let cg = w.cgroup().to_path_buf();
+    let state = w.daemon.state_dir.clone();
+    let _keep = w.daemon.keep_state();
+    let pin_dir = mcpwatch_intercept::pin_dir_for(&base, &cg).expect("pin dir");
+    let pins = || {
+        let mut names: Vec<String> = std::fs::read_dir(&pin_dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let all_pins = ["connect4", "connect6", "getpeername4", "getpeername6", "sock_ops"];
+    let refused = |how: &str| {
+        assert_eq!(connect_outcome(Some(&cg), "127.0.0.3", probe.addr.port()), "refused", "after {how}: in the cgroup");
+        assert_eq!(connect_outcome(Some(&cg), "::ffff:127.0.0.3", probe.addr.port()), "refused", "after {how}: IPv6 socket");
+        assert_eq!(connect_outcome(None, "127.0.0.3", probe.addr.port()), "connected", "after {how}: outside the cgroup");
+        let sdk = Client::python(&server.url()).cgroup(&cg).call("echo", json!({"text": "unobserved?"})).try_run();
+        assert_ne!(sdk.exit_code, Some(0), "after {how} an SDK call went through: {:?}", sdk.lines);
+    };
+
+    let st = w.daemon.status();
+    assert!(st.attached, "{st:?}");
+    assert_eq!(st.pinned_at.as_deref(), Some(pin_dir.to_str().unwrap()), "{st:?}");
+    assert_eq!(pins(), all_pins);
+    let text = String::from_utf8_lossy(&w.daemon.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("MCP connections from the watched cgroup are REFUSED (pinned at "), "{text}");
+
+    let out = Client::python(&server.url()).cgroup(&cg).call("echo", json!({"text": "closed"})).run();
+    assert_eq!(out.steps()[0]["text"], "closed", "{:?}", out.lines);
+    w.daemon.wait_audit("echo call", |r| call_record(r, "echo").is_some());
+
+    // SIGKILL: nothing in the cgroup reaches anything; the server saw one call only.
+    w.daemon.kill();
+    refused("SIGKILL");
+    assert_eq!(server.recorded_calls().len(), 1, "a call reached the server while mcpwatchd was dead");
+    assert_eq!(pins(), all_pins);
+
+    // Restart on the same state and pin dir (another listen port): the pinned links are
+    // replaced, calls work and are audited again.
+    w.daemon = Daemon::start(opts(Some(&cg), "closed", Some(state.clone())));
+    assert_eq!(w.daemon.status().pinned_at.as_deref(), Some(pin_dir.to_str().unwrap()));
+    assert_eq!(pins(), all_pins, "replaced, not added");
+    let out = Client::python(&server.url()).cgroup(&cg).call("add", json!({"a": 2, "b": 2})).run();
+    assert_eq!(out.steps()[0]["text"], "4", "{:?}", out.lines);
+    let recs = w.daemon.wait_audit("add call", |r| call_record(r, "add").is_some());
+    assert!(call_record(&recs, "echo").is_some(), "audit survived the kill");
+
+    // A clean stop keeps the gate shut too, and says how to open it.
+    w.daemon.terminate();
+    refused("SIGTERM");
+    let log = w.daemon.log_text();
+    assert!(log.contains("mcpwatchd --release-pins"), "{log}");
+
+    // Release: the cgroup connects directly again; nothing stays pinned.
+    let out = std::process::Command::new(mcpwatch_tests::daemon::bin("mcpwatchd"))
+        .arg("--release-pins")
+        .arg("--cgroup").arg(&cg)
+        .arg("--pin-dir").arg(&base)
+        .output()
+        .expect("run mcpwatchd --release-pins");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("released 5 pinned links"), "{stdout}");
+    assert!(!pin_dir.exists(), "pin dir left behind");
+    let r = raw_client(Some(&cg), "127.0.0.3", echo.addr.port(), false, 0, b"direct");
+    assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"direct");
+    let local: SocketAddr = format!("{}:{}", r["local"][0].as_str().unwrap(), r["local"][1]).parse().unwrap();
+    assert_eq!(echo.seen().last().and_then(|s| s.peer), Some(local), "after --release-pins the client connects directly");
+
+    // Pins left by a fail-closed run are released by a daemon started in open mode.
+    w.daemon = Daemon::start(opts(Some(&cg), "closed", Some(state.clone())));
+    w.daemon.terminate();
+    assert_eq!(pins(), all_pins);
+    w.daemon = Daemon::start(opts(Some(&cg), "open", Some(state.clone())));
+    assert_eq!(w.daemon.status().pinned_at, None);
+    assert!(!pin_dir.exists(), "open mode left the fail-closed pins in place");
+    w.daemon.terminate();
+    assert_eq!(connect_outcome(Some(&cg), "127.0.0.3", probe.addr.port()), "connected", "open mode: direct after stop");
+    drop(w);
+    drop(bpffs);
+}
