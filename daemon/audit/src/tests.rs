@@ -392,6 +392,7 @@ fn servers_put_replace_and_list() {
             hash: "ab".into(),
             first_seen_ms: 1,
             calls: 2,
+            ..Default::default()
         }],
         clients: vec![ClientUse {
             comm: "node".into(),
