@@ -643,9 +643,18 @@ async fn call(
     id: u64,
     close: bool,
 ) -> anyhow::Result<Bytes> {
+    send_checked(sender, call_request(addr, id, close)?).await
+}
+
+/// Send one tools/call and insist on HTTP 200 with a JSON-RPC result (plain and TLS
+/// targets alike).
+pub(crate) async fn send_checked(
+    sender: &mut Sender,
+    req: hyper::Request<Full<Bytes>>,
+) -> anyhow::Result<Bytes> {
     sender.ready().await.context("connection not ready")?;
     let resp = sender
-        .send_request(call_request(addr, id, close)?)
+        .send_request(req)
         .await
         .context("sending the request")?;
     let status = resp.status();

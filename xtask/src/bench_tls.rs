@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use mcpwatch_tls::rustls::pki_types::{CertificateDer, ServerName};
@@ -265,31 +265,7 @@ async fn call(sender: &mut Sender, t: &Target, id: u64, close: bool) -> anyhow::
     let req = b
         .body(Full::new(super::call_body(id)))
         .context("building the request")?;
-    sender.ready().await.context("connection not ready")?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .context("sending the request")?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .context("reading the response body")?
-        .to_bytes();
-    if status != hyper::StatusCode::OK {
-        bail!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        );
-    }
-    if !body.windows(8).any(|w| w == b"\"result\"") {
-        bail!(
-            "no JSON-RPC result: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        );
-    }
-    Ok(body)
+    super::send_checked(sender, req).await
 }
 
 /// One parsed call before measuring (also mints mcpwatchd's leaf, so no cell pays for it).
