@@ -56,6 +56,20 @@ fn load(source: &Source) -> Result<Loaded, String> {
 }
 
 impl Loaded {
+    /// Run the detectors on `v`. In enforce mode spans are redacted in place per their
+    /// action; otherwise `v` is left untouched and every hit is reported detect-only.
+    pub fn inspect(&self, v: &mut serde_json::Value, enforce: bool) -> mcpwatch_inspect::RedactReport {
+        if enforce {
+            return self.inspector.redact_json(v);
+        }
+        let mut copy = v.clone();
+        let mut r = self.inspector.redact_json(&mut copy);
+        for (k, n) in std::mem::take(&mut r.counts) {
+            *r.detected_only.entry(k).or_default() += n;
+        }
+        r
+    }
+
     /// The rollout mode content inspection runs in for a server: the server's own
     /// `mode` in the registry, else the policy's. Deliberately not the mode of whichever
     /// rule decided a call: a warn-mode rate limit must not switch redaction off.

@@ -57,9 +57,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
             tracing::warn!(peer = %ctx.peer, "{msg}");
             let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, 0);
             rec.alerts.push(format!("Host/SNI mismatch (possible domain fronting): {msg}"));
-            rec.status = CallStatus::TransportError { reason: "421 misdirected request".into() };
-            rec.duration_us = Some(0);
-            let _ = shared.begin_record(&rec);
+            write_closed(&shared, rec, CallStatus::TransportError { reason: "421 misdirected request".into() });
             return local_response(StatusCode::MISDIRECTED_REQUEST, "text/plain", format!("{msg}\n"));
         }
     }
@@ -95,9 +93,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
             tracing::warn!(peer = %ctx.peer, "{msg}");
             let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, bytes.len() as u64);
             rec.alerts.push(format!("CSRF attempt: MCP message sent as {content_type} from origin {origin}"));
-            rec.status = CallStatus::TransportError { reason: "415 unsupported media type (CSRF)".into() };
-            rec.duration_us = Some(0);
-            let _ = shared.begin_record(&rec);
+            write_closed(&shared, rec, CallStatus::TransportError { reason: "415 unsupported media type (CSRF)".into() });
             return local_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain", format!("{msg}\n"));
         }
         return forward(&up, Request::from_parts(parts, body::full(bytes))).await.map_or_else(gateway_error, |r| r.map(body::incoming));
@@ -296,17 +292,13 @@ impl Scope {
     fn record_invalid(&self, shared: &Shared, bytes: u64, why: &str, status: CallStatus) {
         let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, bytes);
         rec.notes.push(why.to_string());
-        rec.status = status;
-        rec.duration_us = Some(0);
-        let _ = shared.begin_record(&rec);
+        write_closed(&shared, rec, status);
     }
 
     fn record_session_delete(&self, shared: &Shared, status: StatusCode) {
         let mut rec = self.record(shared, MessageKind::Notification, C2S, None, 0);
         rec.notes.push("session terminated by the client (HTTP DELETE)".into());
-        rec.status = if status.is_success() { CallStatus::Ok } else { http_failure(status) };
-        rec.duration_us = Some(0);
-        let _ = shared.begin_record(&rec);
+        write_closed(&shared, rec, if status.is_success() { CallStatus::Ok } else { http_failure(status) });
         if let Some(s) = &self.session_id {
             shared.sessions.end_session(&self.endpoint, s);
         }
@@ -347,9 +339,7 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
     tracing::warn!(endpoint = %scope.endpoint, path = %scope.path, "unsafe OAuth metadata dropped: {summary}");
     let mut rec = scope.record(shared, MessageKind::Invalid, "server->client", None, bytes.len() as u64);
     rec.alerts.push(format!("unsafe OAuth metadata from the server dropped: {summary}"));
-    rec.status = CallStatus::TransportError { reason: "502 unsafe OAuth metadata".into() };
-    rec.duration_us = Some(0);
-    let _ = shared.begin_record(&rec);
+    write_closed(&shared, rec, CallStatus::TransportError { reason: "502 unsafe OAuth metadata".into() });
     // The client learns which fields, not their (hostile) values; those are in the audit.
     let fields: Vec<&str> = problems.iter().filter_map(|p| p.split(':').next()).collect();
     local_response(
@@ -401,9 +391,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         };
         let mut rec = scope.record(&shared, kind, C2S, msg, bytes.len() as u64);
         rec.notes.push(format!("rejected by mcpwatch, not forwarded: {}", rej.message));
-        rec.status = CallStatus::JsonrpcError { code: rej.code, message: rej.message.clone() };
-        rec.duration_us = Some(0);
-        let _ = shared.begin_record(&rec);
+        write_closed(&shared, rec, CallStatus::JsonrpcError { code: rej.code, message: rej.message.clone() });
         let status = StatusCode::from_u16(rej.http_status).unwrap_or(StatusCode::BAD_REQUEST);
         return local_response(status, "application/json", serde_json::to_vec(&rej.error_response()).unwrap_or_default());
     }
@@ -413,9 +401,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         Counters::inc(&shared.counters.mcp_messages);
         let mut rec = scope.record(&shared, MessageKind::Request, C2S, match &parsed { Parsed::Single(m) => Some(m), _ => None }, bytes.len() as u64);
         rec.alerts.push(format!("token passthrough refused: {why}"));
-        rec.status = CallStatus::TransportError { reason: "401 token audience mismatch".into() };
-        rec.duration_us = Some(0);
-        let _ = shared.begin_record(&rec);
+        write_closed(&shared, rec, CallStatus::TransportError { reason: "401 token audience mismatch".into() });
         let mut resp = local_response(StatusCode::UNAUTHORIZED, "text/plain", format!("mcpwatch: {why}; not forwarded\n"));
         resp.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,
@@ -631,17 +617,7 @@ fn govern_request(
     let mut content_block = false;
     let arg_ptr = if matches!(method, "tools/call" | "prompts/get") { "/params/arguments" } else { "/params" };
     if let Some(args) = value.pointer_mut(arg_ptr) {
-        let report = if enforce {
-            gov.inspector.redact_json(args)
-        } else {
-            let mut copy = args.clone();
-            let mut r = gov.inspector.redact_json(&mut copy);
-            // Nothing changes outside enforce: every hit is detect-only.
-            for (k, v) in std::mem::take(&mut r.counts) {
-                *r.detected_only.entry(k).or_default() += v;
-            }
-            r
-        };
+        let report = gov.inspect(args, enforce);
         add_findings(rec, &report, "request");
         if enforce && report.redacted_total() > 0 {
             *modified = true;
@@ -896,6 +872,13 @@ fn refusal_response(req_headers: &HeaderMap, legacy: bool, body: &serde_json::Va
         }
     }
     resp
+}
+
+/// Write the record of something mcpwatch answered itself: complete at once.
+pub(super) fn write_closed(shared: &Shared, mut rec: AuditRecord, status: CallStatus) {
+    rec.status = status;
+    rec.duration_us = Some(0);
+    let _ = shared.begin_record(&rec);
 }
 
 /// Close a record with the server's answer.

@@ -23,7 +23,7 @@ use mcpwatch_policy::{Mode, PoisonAction, Subject};
 use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
-use super::exchange::{add_findings, complete_with, finish, http_failure, is_json, is_sse, Scope, CODE_CONTENT_BLOCKED, H_SESSION, S2C};
+use super::exchange::{add_findings, complete_with, write_closed, finish, http_failure, is_json, is_sse, Scope, CODE_CONTENT_BLOCKED, H_SESSION, S2C};
 use crate::governance::Loaded;
 use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting, ToolSight};
 use crate::session::{LegacyRoute, Pending};
@@ -90,6 +90,9 @@ struct StreamObserver {
     response_session: Option<String>,
     mode: Mode2,
     bytes: u64,
+    /// Content inspection runs in enforce mode for this server (the server's rollout
+    /// mode, not the deciding rule's); fixed for the stream.
+    enforce: bool,
     /// Set when a limit forced the stream to end early.
     abort: bool,
 }
@@ -97,23 +100,18 @@ struct StreamObserver {
 impl StreamObserver {
     fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(String, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
         let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, abort: false }
+        let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
+        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false }
     }
 
     /// The response carries no JSON-RPC: close what can be closed now.
     fn finish_headers_only(&mut self) {
         let accepted = self.status.is_success();
-        for (key, p) in std::mem::take(&mut self.local) {
+        // Legacy requests are not here: `post` parks them before forwarding, since their
+        // answers come on the GET stream.
+        for (_, p) in std::mem::take(&mut self.local) {
             let status = match p.record.kind {
                 MessageKind::Notification if accepted => CallStatus::Sent,
-                MessageKind::Request if accepted && self.scope.legacy => {
-                    // Legacy HTTP+SSE: the answer comes on the GET stream.
-                    let evicted = self.shared.sessions.park(&self.scope.conversation, &key, p);
-                    for e in evicted {
-                        finish(&self.shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
-                    }
-                    continue;
-                }
                 MessageKind::Invalid if accepted => CallStatus::Sent,
                 _ if accepted => CallStatus::TransportError { reason: format!("HTTP {} without a JSON-RPC response", self.status) },
                 _ => http_failure(self.status),
@@ -169,9 +167,7 @@ impl StreamObserver {
                         }
                     }
                     None => {
-                        rec.status = CallStatus::Sent;
-                        rec.duration_us = Some(0);
-                        let _ = self.shared.begin_record(&rec);
+                        write_closed(&self.shared, rec, CallStatus::Sent);
                     }
                 }
                 false
@@ -179,14 +175,10 @@ impl StreamObserver {
         }
     }
 
-    /// The mode content inspection runs in for this server (not the deciding rule's).
-    fn mode_of(&self, _p: &Pending) -> Mode {
-        self.gov.inspect_mode(&self.scope.target().as_policy())
-    }
 
     /// Policy and inspection on a result. Returns true if `value` changed.
     fn govern_result(&mut self, p: &mut Pending, value: &mut Value) -> bool {
-        let enforce = self.mode_of(p) == Mode::Enforce;
+        let enforce = self.enforce;
         let method = p.record.method.clone().unwrap_or_default();
         let mut changed = false;
         if method == "tools/list" {
@@ -207,16 +199,7 @@ impl StreamObserver {
         }
         // Results: detectors (redact in enforce), instructions aimed at the agent (alert).
         let Some(result) = value.get_mut("result") else { return changed };
-        let report = if enforce {
-            self.gov.inspector.redact_json(result)
-        } else {
-            let mut copy = result.clone();
-            let mut r = self.gov.inspector.redact_json(&mut copy);
-            for (k, v) in std::mem::take(&mut r.counts) {
-                *r.detected_only.entry(k).or_default() += v;
-            }
-            r
-        };
+        let report = self.gov.inspect(result, enforce);
         add_findings(&mut p.record, &report, "response");
         if enforce && report.redacted_total() > 0 {
             changed = true;
