@@ -646,6 +646,33 @@ async fn call(
     send_checked(sender, call_request(addr, id, close)?).await
 }
 
+/// Wait for every load worker and merge what they measured: all latencies (sorted),
+/// the error count, and the first error seen (a failed task counts as one error).
+pub(crate) async fn join_workers(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, usize, Option<String>)>>,
+) -> (Vec<u32>, usize, Option<String>) {
+    let mut lat: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok((l, e, f)) => {
+                lat.extend(l);
+                errors += e;
+                if first_error.is_none() {
+                    first_error = f;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("worker task failed: {e}"));
+            }
+        }
+    }
+    lat.sort_unstable();
+    (lat, errors, first_error)
+}
+
 /// Send one tools/call and insist on HTTP 200 with a JSON-RPC result (plain and TLS
 /// targets alike).
 pub(crate) async fn send_checked(
@@ -750,26 +777,8 @@ async fn load(
             (lat, errors, first_error)
         }));
     }
-    let mut lat: Vec<u32> = Vec::new();
-    let mut errors = 0;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok((l, e, f)) => {
-                lat.extend(l);
-                errors += e;
-                if first_error.is_none() {
-                    first_error = f;
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| format!("worker panicked: {e}"));
-            }
-        }
-    }
+    let (lat, errors, first_error) = join_workers(tasks).await;
     let elapsed = start.elapsed().as_secs_f64();
-    lat.sort_unstable();
     Cell {
         target: "",
         mode,

@@ -290,26 +290,8 @@ async fn load(t: Arc<Target>, mode: Mode, concurrency: usize, seconds: f64, max_
     let workers: Vec<_> = (0..concurrency)
         .map(|_| tokio::spawn(worker(t.clone(), mode, deadline, issued.clone(), max_calls)))
         .collect();
-    let mut all: Vec<u32> = Vec::new();
-    let mut errors = 0;
-    let mut first_error = None;
-    for w in workers {
-        match w.await {
-            Ok((lat, e, fe)) => {
-                all.extend(lat);
-                errors += e;
-                if first_error.is_none() {
-                    first_error = fe;
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| format!("worker task failed: {e}"));
-            }
-        }
-    }
+    let (all, errors, first_error) = super::join_workers(workers).await;
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    all.sort_unstable();
     TlsCell {
         target: t.name,
         mode,
