@@ -314,9 +314,11 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        // Wait until the shell has exec'd (comm changes from the test binary's).
+        // Wait until the shell has exec'd: comm changes first, the argument pages (and so
+        // /proc/<pid>/cmdline) appear a moment later in the same exec.
         for _ in 0..500 {
-            if read_comm(pid).as_deref() == Some("sh") {
+            let cmdline_ready = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
+            if read_comm(pid).as_deref() == Some("sh") && cmdline_ready {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
