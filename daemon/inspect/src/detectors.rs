@@ -2,7 +2,7 @@
 //! overlapping findings. One place so the CLI can list them and the config can validate ids.
 //!
 //! Replacement tokens follow Presidio's entity names (`<EMAIL_ADDRESS>`, `<US_SSN>`,
-//! `<CREDIT_CARD>`, ...), which is what `shared/threats/cases.jsonl` expects.
+//! `<CREDIT_CARD>`, ...), which is what `tests/fixtures/threats.jsonl` expects.
 
 use crate::Kind;
 

@@ -1,4 +1,4 @@
-//! Table tests over `shared/threats/cases.jsonl`: every case with category `pii`, `secret`,
+//! Table tests over `tests/fixtures/threats.jsonl`: every case with category `pii`, `secret`,
 //! `tool_poisoning` or `rug_pull` is loaded at test time and its expected outcome asserted
 //! (which spans are redacted, poisoned or not, pin change detected), false-positive traps
 //! included. A case id in those categories that no test handles fails `every_case_is_covered`,
@@ -11,12 +11,12 @@ use mcpwatch_inspect::poison::{self, RESULT_ALERT, Severity, SignalKind};
 use mcpwatch_inspect::{InspectConfig, Inspector};
 use serde_json::Value;
 
-const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/threats/cases.jsonl");
+const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/threats.jsonl");
 const CATEGORIES: [&str; 4] = ["pii", "secret", "tool_poisoning", "rug_pull"];
 
 fn load() -> Vec<Value> {
     let text = std::fs::read_to_string(CASES)
-        .unwrap_or_else(|e| panic!("cannot read {CASES}: {e} (shared/ must sit next to the repo root)"));
+        .unwrap_or_else(|e| panic!("cannot read {CASES}: {e}"));
     let cases: Vec<Value> = text
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -1,4 +1,4 @@
-//! Table test over ../shared/threats/cases.jsonl.
+//! Table test over tests/fixtures/threats.jsonl.
 //!
 //! Every `protocol_abuse` case is either checked here (it is a parsing or
 //! protocol-validation question this crate answers) or listed in
@@ -14,7 +14,7 @@ use mcpwatch_mcp::sse::SseParser;
 use mcpwatch_mcp::{Parsed, parse_body, server_info};
 use serde_json::Value;
 
-const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/threats/cases.jsonl");
+const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/threats.jsonl");
 
 /// protocol_abuse cases that are not parsing questions, and who handles them.
 const NEEDS_PROXY: &[(&str, &str)] = &[

@@ -1,7 +1,7 @@
 //! Behaviour of the policy crate through its public API: precedence, specificity,
 //! defaults, modes, shadow servers, tools/list visibility, rate limits across reloads,
 //! load errors with positions, the example policy, and the threat cases from
-//! ../shared/threats/cases.jsonl that the policy language can express.
+//! tests/fixtures/threats.jsonl that the policy language can express.
 
 use mcpwatch_api::{Ancestor, ProcessInfo};
 use mcpwatch_policy::{
@@ -1614,7 +1614,7 @@ fn example_policy_parses_and_says_what_it_claims() {
 fn cases_file() -> Vec<Value> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/threats/cases.jsonl"
+        "/../../tests/fixtures/threats.jsonl"
     );
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("threat cases must exist at {path}: {e}"));

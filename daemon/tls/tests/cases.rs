@@ -1,4 +1,4 @@
-//! The `tls` cases of /work/shared/threats/cases.jsonl, run against this crate.
+//! The `tls` cases of tests/fixtures/threats.jsonl, run against this crate.
 //!
 //! Every tls case is either exercised here or listed in `NOT_THIS_CRATE` with the crate that
 //! owns it; a new tls case that is in neither fails the test, so the corpus cannot silently

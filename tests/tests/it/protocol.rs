@@ -185,12 +185,12 @@ fn slow_client_body_is_cut_off_with_408() {
     assert_eq!(env.upstream_bytes(), "");
 }
 
-/// The protocol_abuse cases of ../shared/threats/cases.jsonl that arrive as HTTP bytes or
+/// The protocol_abuse cases of tests/fixtures/threats.jsonl that arrive as HTTP bytes or
 /// JSON bodies: each must be refused with its expected status/code and nothing of it may
 /// reach the server.
 #[test]
 fn threat_cases_protocol_abuse() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/threats/cases.jsonl");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/threats.jsonl");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let env = Env::start(DaemonOpts::default());
     let mut covered = Vec::new();
@@ -234,12 +234,12 @@ fn threat_cases_protocol_abuse() {
     assert_eq!(covered.len(), 8, "cases found: {covered:?}");
 }
 
-/// The `auth` cases of ../shared/threats/cases.jsonl that concern the wire: unsafe OAuth
+/// The `auth` cases of tests/fixtures/threats.jsonl that concern the wire: unsafe OAuth
 /// metadata is not delivered (502), CSRF and token passthrough are refused before the
 /// server, and the false-positive trap passes unchanged.
 #[test]
 fn threat_cases_auth() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/threats/cases.jsonl");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/threats.jsonl");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut covered = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -285,7 +285,7 @@ fn threat_cases_auth() {
 }
 
 fn case_ids(category: &str) -> Vec<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/threats/cases.jsonl");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/threats.jsonl");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

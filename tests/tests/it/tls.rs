@@ -195,7 +195,7 @@ fn pass_through_host_is_byte_identical_and_keeps_its_certificate() {
 /// The `tls` threat cases with a broken upstream certificate (TLS-001 self-signed, TLS-002
 /// expired), plus a certificate for another name.
 fn invalid_upstream_cases() -> Vec<(String, CertKind, &'static str)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/threats/cases.jsonl");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/threats.jsonl");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("threat corpus {path}: {e}"));
     let mut cases = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

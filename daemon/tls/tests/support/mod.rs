@@ -529,7 +529,7 @@ pub async fn read_all(tcp: &mut TcpStream) -> Vec<u8> {
 pub fn tls_cases() -> Vec<serde_json::Value> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/threats/cases.jsonl"
+        "/../../tests/fixtures/threats.jsonl"
     );
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("threat corpus {path} missing: {e}"));
