@@ -16,6 +16,7 @@
 //! the owning pid, so a second daemon gets a clear error instead of sled's.
 
 mod codec;
+mod cursor;
 mod id;
 
 use std::fs::{File, OpenOptions};
