@@ -10,4 +10,5 @@ mod intercept;
 mod policy;
 mod protocol;
 mod service;
+mod siem;
 mod tls;
