@@ -163,10 +163,10 @@ impl Metrics {
         if a.seen_set.contains(&r.id) {
             return;
         }
-        if a.seen.len() >= SEEN_IDS {
-            if let Some(old) = a.seen.pop_front() {
-                a.seen_set.remove(&old);
-            }
+        if a.seen.len() >= SEEN_IDS
+            && let Some(old) = a.seen.pop_front()
+        {
+            a.seen_set.remove(&old);
         }
         a.seen.push_back(r.id.clone());
         a.seen_set.insert(r.id.clone());
@@ -380,14 +380,13 @@ pub async fn serve(listen: MetricsListen, shared: Arc<Shared>, metrics: Arc<Metr
         hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, metrics, sinks) = (shared.clone(), metrics.clone(), sinks.clone());
             async move {
-                let resp = if req.method() == http::Method::GET && req.uri().path() == "/metrics" {
+                if req.method() == http::Method::GET && req.uri().path() == "/metrics" {
                     http::Response::builder()
                         .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
                         .body(Full::new(Bytes::from(metrics.render(&shared, &sinks))))
                 } else {
                     http::Response::builder().status(404).body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
-                };
-                resp
+                }
             }
         })
     };

@@ -249,8 +249,13 @@ impl Driver {
         };
         let mut backoff = Duration::ZERO;
         let mut failing = false;
+        let mut counted_at: Option<tokio::time::Instant> = None;
         loop {
-            self.update_backlog(cursor.as_deref()).await;
+            // Counting costs up to `max_backlog` key reads: at most once a second.
+            if counted_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                self.update_backlog(cursor.as_deref()).await;
+                counted_at = Some(tokio::time::Instant::now());
+            }
             let page = self.ready_page(cursor.as_deref()).await;
             if page.is_empty() {
                 tokio::time::sleep(self.cfg.poll_interval).await;
@@ -260,11 +265,11 @@ impl Driver {
             match sink.send(&prepared).await {
                 Ok(()) => {
                     let last = page.last().map(|r| r.id.clone());
-                    if let Some(id) = &last {
-                        if let Err(e) = write_cursor(&self.cursor_file, id).await {
-                            // The batch was delivered; it is sent again after a restart.
-                            tracing::error!(sink = name, error = %e, "cannot persist sink cursor");
-                        }
+                    if let Some(id) = &last
+                        && let Err(e) = write_cursor(&self.cursor_file, id).await
+                    {
+                        // The batch was delivered; it is sent again after a restart.
+                        tracing::error!(sink = name, error = %e, "cannot persist sink cursor");
                     }
                     cursor = last;
                     self.stats.sent.fetch_add(page.len() as u64, Ordering::Relaxed);

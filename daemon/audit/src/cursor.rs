@@ -53,7 +53,10 @@ impl Store {
     }
 }
 
-fn lower_bound(after: Option<&str>) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), StoreError> {
+/// A key range for sled.
+type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+fn lower_bound(after: Option<&str>) -> Result<KeyRange, StoreError> {
     match after {
         None => Ok((Bound::Unbounded, Bound::Unbounded)),
         Some(a) if id::parse_id(a.as_bytes()).is_some() => Ok((Bound::Excluded(a.as_bytes().to_vec()), Bound::Unbounded)),

@@ -77,10 +77,10 @@ impl SyslogConfig {
         if !ok {
             return Err(format!("sinks.syslog.address: {:?} is not host:port", self.address));
         }
-        if let Some(a) = &self.app_name {
-            if a.is_empty() || a.len() > 48 || !a.bytes().all(|b| (33..=126).contains(&b)) {
-                return Err("sinks.syslog.app_name must be 1-48 printable ASCII characters without spaces".into());
-            }
+        if let Some(a) = &self.app_name
+            && (a.is_empty() || a.len() > 48 || !a.bytes().all(|b| (33..=126).contains(&b)))
+        {
+            return Err("sinks.syslog.app_name must be 1-48 printable ASCII characters without spaces".into());
         }
         Ok(())
     }
