@@ -196,7 +196,7 @@ pub fn start(shared: &Arc<Shared>) -> (SinkRegistry, Vec<tokio::task::JoinHandle
         made.push(("syslog", Ok(Sink::Syslog(syslog::Syslog::new(c.clone(), cfg.timeout)))));
     }
     if let Some(c) = &cfg.loki {
-        made.push(("loki", Ok(Sink::Loki(loki::Loki::new(c.clone(), cfg.timeout, &identity)))));
+        made.push(("loki", loki::Loki::new(c.clone(), cfg.timeout, &identity).map(Sink::Loki)));
     }
     if let Some(c) = &cfg.hec {
         made.push(("hec", hec::Hec::new(c.clone(), cfg.timeout).map(Sink::Hec)));

@@ -29,6 +29,23 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Poll `ready` until it holds; panic with the child's stderr log if it exits first or
+/// `secs` pass.
+fn wait_ready(child: &mut Child, log: &Path, what: &str, secs: u64, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited ({st}): {}", log_text());
+        }
+        if ready() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} not ready after {secs} s: {}", log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Is `name` on PATH (or in /usr/sbin)? Tests fail with a setup hint when it is not.
 pub fn require_tool(name: &str) -> PathBuf {
     for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/bin"]) {
@@ -85,22 +102,8 @@ impl Rsyslog {
             .spawn()
             .expect("spawn rsyslogd");
         let mut r = Rsyslog { child, _dir: dir, port, out, log };
-        r.wait_listening();
+        wait_ready(&mut r.child, &r.log, "rsyslogd", 15, || TcpStream::connect(("127.0.0.1", port)).is_ok());
         r
-    }
-
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("rsyslogd exited ({st}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "rsyslogd not listening after 15 s: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Lines written so far.
@@ -152,17 +155,8 @@ impl Prometheus {
             .spawn()
             .expect("spawn prometheus");
         let mut p = Prometheus { child, _dir: dir, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                panic!("prometheus exited ({st}): {}", p.log_text());
-            }
-            if http_get(p.addr, "/-/ready").is_some_and(|(s, _)| s == 200) {
-                return p;
-            }
-            assert!(Instant::now() < deadline, "prometheus not ready after 30 s: {}", p.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_ready(&mut p.child, &p.log, "prometheus", 30, || http_get(addr, "/-/ready").is_some_and(|(s, _)| s == 200));
+        p
     }
 
     pub fn log_text(&self) -> String {

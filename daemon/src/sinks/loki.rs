@@ -54,14 +54,13 @@ pub struct Loki {
 }
 
 impl Loki {
-    pub fn new(cfg: LokiConfig, timeout: Duration, identity: &HostIdentity) -> Loki {
+    pub fn new(cfg: LokiConfig, timeout: Duration, identity: &HostIdentity) -> Result<Loki, String> {
         let mut labels = cfg.labels.clone();
         labels.entry("job".into()).or_insert_with(|| "mcpwatch".into());
         labels.entry("host".into()).or_insert_with(|| identity.hostname.clone());
         let headers = cfg.tenant.iter().map(|t| ("x-scope-orgid", t.clone())).collect();
-        // Validated with the config.
-        let url = HttpUrl::parse(&cfg.url, "sinks.loki.url").unwrap_or_else(|e| panic!("{e}"));
-        Loki { url, labels, headers, timeout }
+        let url = HttpUrl::parse(&cfg.url, "sinks.loki.url")?;
+        Ok(Loki { url, labels, headers, timeout })
     }
 
     pub async fn send(&mut self, batch: &[Prepared<'_>]) -> Result<(), SinkError> {
