@@ -193,7 +193,7 @@ pub fn start(shared: &Arc<Shared>) -> (SinkRegistry, Vec<tokio::task::JoinHandle
     let identity = Arc::new(HostIdentity::load(&shared.config.state_dir));
     let mut made: Vec<(&'static str, Result<Sink, String>)> = Vec::new();
     if let Some(c) = &cfg.syslog {
-        made.push(("syslog", Ok(Sink::Syslog(syslog::Syslog::new(c.clone(), cfg.timeout)))));
+        made.push(("syslog", syslog::Syslog::new(c.clone(), cfg.timeout).map(Sink::Syslog)));
     }
     if let Some(c) = &cfg.loki {
         made.push(("loki", loki::Loki::new(c.clone(), cfg.timeout, &identity).map(Sink::Loki)));

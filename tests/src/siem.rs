@@ -54,7 +54,7 @@ pub fn require_tool(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{name} is not installed: run `cargo xtask setup` (it installs the Debian packages rsyslog and prometheus)");
+    panic!("{name} is not installed: run `cargo xtask setup` (it installs the Debian packages rsyslog, rsyslog-gnutls and prometheus)");
 }
 
 /// rsyslogd with imtcp on a loopback port, writing every message it receives to a file
@@ -70,17 +70,38 @@ pub struct Rsyslog {
 impl Rsyslog {
     /// Start on `port` (pick one with [`free_port`]); returns once the port accepts.
     pub fn start(port: u16) -> Rsyslog {
+        Rsyslog::start_with(port, None)
+    }
+
+    /// Syslog over TLS (RFC 5425, rsyslog's gtls driver) with this certificate and key.
+    pub fn start_tls(port: u16, cert: &Path, key: &Path) -> Rsyslog {
+        Rsyslog::start_with(port, Some((cert, key)))
+    }
+
+    fn start_with(port: u16, tls: Option<(&Path, &Path)>) -> Rsyslog {
         let bin = require_tool("rsyslogd");
         let dir = tempfile::Builder::new().prefix("mcpwatch-rsyslog-").tempdir().expect("tempdir");
         let out = dir.path().join("messages.log");
         let conf = dir.path().join("rsyslog.conf");
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).expect("work dir");
+        let (tls_global, tls_module) = match tls {
+            None => (String::new(), String::new()),
+            Some((cert, key)) => (
+                // gtls wants a CA file even when it does not authenticate clients.
+                format!(
+                    " defaultNetstreamDriver=\"gtls\" defaultNetstreamDriverCAFile=\"{cert}\" defaultNetstreamDriverCertFile=\"{cert}\" defaultNetstreamDriverKeyFile=\"{key}\"",
+                    cert = cert.display(),
+                    key = key.display()
+                ),
+                " streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\"".to_string(),
+            ),
+        };
         std::fs::write(
             &conf,
             format!(
-                "global(workDirectory=\"{work}\" maxMessageSize=\"64k\")\n\
-                 module(load=\"imtcp\")\n\
+                "global(workDirectory=\"{work}\" maxMessageSize=\"64k\"{tls_global})\n\
+                 module(load=\"imtcp\"{tls_module})\n\
                  input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
                  template(name=\"fields\" type=\"string\" string=\"%syslogfacility-text%|%syslogseverity-text%|%app-name%|%structured-data%|%msg%\\n\")\n\
                  *.* action(type=\"omfile\" file=\"{out}\" template=\"fields\")\n",

@@ -73,6 +73,10 @@ const APT_NEEDS: &[AptNeed] = &[
         install: "rsyslog",
     },
     AptNeed {
+        any_of: &["rsyslog-gnutls"],
+        install: "rsyslog-gnutls",
+    },
+    AptNeed {
         any_of: &["prometheus"],
         install: "prometheus",
     },

@@ -6,16 +6,24 @@
 //! so the JSON may hold any byte. Severity is `warning` for blocked calls and calls
 //! with alerts, `notice` otherwise.
 //!
+//! With `tls = true` the connection is TLS (RFC 5425 framing is the same octet count),
+//! verified against `ca_file` (else the system roots) for `server_name` (else the host
+//! of `address`).
+//!
 //! "Acknowledged" here means written to the connection: plain syslog has no
 //! application-level ack. Before each batch the connection is checked for a close by
 //! the peer (a restarted relay), so a batch is not written into a dead socket; a relay
 //! that dies after reading part of a batch can still lose those records (RELP would be
 //! needed for more).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use mcpwatch_tls::{rustls, tokio_rustls};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::event::{Prepared, rfc3339_ms};
@@ -32,6 +40,13 @@ pub struct SyslogConfig {
     pub facility: Facility,
     /// APP-NAME (default `mcpwatch`).
     pub app_name: Option<String>,
+    /// Syslog over TLS (RFC 5425). Default false.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM trust anchors for the relay's certificate (default: the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify the relay's certificate against (default: the host of `address`).
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -82,19 +97,67 @@ impl SyslogConfig {
         {
             return Err("sinks.syslog.app_name must be 1-48 printable ASCII characters without spaces".into());
         }
+        if !self.tls && (self.ca_file.is_some() || self.server_name.is_some()) {
+            return Err("sinks.syslog.ca_file and server_name need tls = true".into());
+        }
+        self.tls_name()?;
         Ok(())
     }
+
+    fn tls_name(&self) -> Result<rustls::pki_types::ServerName<'static>, String> {
+        let host = match &self.server_name {
+            Some(n) => n.as_str(),
+            None => self.address.rsplit_once(':').map_or("", |(h, _)| h).trim_start_matches('[').trim_end_matches(']'),
+        };
+        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| format!("sinks.syslog: {host:?} is not a TLS server name"))
+    }
+
+    fn tls_connector(&self) -> Result<Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        if !self.tls {
+            return Ok(None);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("sinks.syslog.ca_file {}: {e}", path.display()))?;
+                for c in certs {
+                    roots.add(c).map_err(|e| format!("sinks.syslog.ca_file {}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+        }
+        if roots.is_empty() {
+            return Err("sinks.syslog: no trust anchors for TLS".into());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("sinks.syslog: TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some((tokio_rustls::TlsConnector::from(Arc::new(config)), self.tls_name()?)))
+    }
 }
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 pub struct Syslog {
     cfg: SyslogConfig,
     timeout: Duration,
-    conn: Option<TcpStream>,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    conn: Option<Box<dyn Stream>>,
 }
 
 impl Syslog {
-    pub fn new(cfg: SyslogConfig, timeout: Duration) -> Syslog {
-        Syslog { cfg, timeout, conn: None }
+    pub fn new(cfg: SyslogConfig, timeout: Duration) -> Result<Syslog, String> {
+        let tls = cfg.tls_connector()?;
+        Ok(Syslog { cfg, timeout, tls, conn: None })
     }
 
     pub async fn send(&mut self, batch: &[Prepared<'_>]) -> Result<(), SinkError> {
@@ -107,13 +170,19 @@ impl Syslog {
         let target = self.cfg.address.clone();
         let timeout = self.timeout;
         let res = tokio::time::timeout(timeout, async {
-            if self.conn.as_ref().is_some_and(peer_closed) {
+            if self.conn.as_mut().is_some_and(|c| peer_closed(c.as_mut())) {
                 self.conn = None;
             }
             if self.conn.is_none() {
                 let s = TcpStream::connect(&self.cfg.address).await.map_err(|source| SinkError::Connect { target: target.clone(), source })?;
                 let _ = s.set_nodelay(true);
-                self.conn = Some(s);
+                self.conn = Some(match &self.tls {
+                    None => Box::new(s),
+                    Some((connector, name)) => {
+                        let t = connector.connect(name.clone(), s).await.map_err(|source| SinkError::Connect { target: target.clone(), source })?;
+                        Box::new(t)
+                    }
+                });
             }
             let Some(conn) = self.conn.as_mut() else { unreachable!("connected above") };
             conn.write_all(&frames).await.map_err(|source| SinkError::Io { target: target.clone(), source })?;
@@ -128,15 +197,14 @@ impl Syslog {
     }
 }
 
-/// The relay closed (or reset) its end: anything written now would be lost.
-fn peer_closed(s: &TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    match s.try_read(&mut buf) {
-        Ok(0) => true,
-        // Relays do not talk back on plain syslog; drop whatever it sent.
-        Ok(_) => false,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
+/// The relay closed (or reset) its end: anything written now would be lost. Reads
+/// only what is already there (TLS: through the session, so tickets are consumed).
+fn peer_closed(s: &mut dyn Stream) -> bool {
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf).now_or_never() {
+        Some(Ok(0)) | Some(Err(_)) => true,
+        // Relays do not talk back on syslog; drop whatever it sent.
+        Some(Ok(_)) | None => false,
     }
 }
 
@@ -180,7 +248,7 @@ mod tests {
     fn messages_are_rfc5424_with_the_event_as_msg() {
         let id = HostIdentity { hostname: "web 1".into(), host_id: "00".repeat(16) };
         let mut rec = AuditRecord { id: "00000001700000000123000007".into(), ts_ms: 1_700_000_000_123, ..Default::default() };
-        let cfg = SyslogConfig { address: "127.0.0.1:1".into(), facility: Facility::Authpriv, app_name: None };
+        let cfg = SyslogConfig { address: "127.0.0.1:1".into(), facility: Facility::Authpriv, app_name: None, tls: false, ca_file: None, server_name: None };
         let msg = format_message(&Prepared::new(&rec, &id), &cfg);
         assert!(msg.starts_with("<85>1 2023-11-14T22:13:20.123Z web1 mcpwatch "), "{msg}");
         assert!(msg.contains(" audit [mcpwatch@32473 id=\"00000001700000000123000007\" event_schema=\"1\"] {"), "{msg}");
@@ -191,7 +259,7 @@ mod tests {
 
     #[test]
     fn address_must_be_host_port() {
-        let mut cfg = SyslogConfig { address: "127.0.0.1".into(), facility: Facility::default(), app_name: None };
+        let mut cfg = SyslogConfig { address: "127.0.0.1".into(), facility: Facility::default(), app_name: None, tls: false, ca_file: None, server_name: None };
         assert!(cfg.validate().is_err());
         cfg.address = "relay.local:6514".into();
         assert!(cfg.validate().is_ok());

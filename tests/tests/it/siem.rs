@@ -98,14 +98,7 @@ fn syslog_sink_to_real_rsyslog_catches_up_after_it_was_down_and_across_a_restart
     wait_log(&d, "audit sink failed");
 
     let rsyslog = Rsyslog::start(port);
-    let ids_of = |r: &Rsyslog| -> Vec<String> {
-        r.lines()
-            .iter()
-            .filter_map(|l| l.splitn(5, '|').nth(4).and_then(|m| serde_json::from_str::<Value>(m).ok()))
-            .filter_map(|v| v["id"].as_str().map(str::to_string))
-            .collect()
-    };
-    let first = assert_exactly_the_store(&d, "rsyslog", || ids_of(&rsyslog));
+    let first = assert_exactly_the_store(&d, "rsyslog", || rsyslog_ids(&rsyslog));
     for line in rsyslog.lines() {
         let mut f = line.splitn(5, '|');
         let (fac, sev, app, sd, msg) = (f.next(), f.next(), f.next(), f.next(), f.next());
@@ -122,9 +115,44 @@ fn syslog_sink_to_real_rsyslog_catches_up_after_it_was_down_and_across_a_restart
     d.terminate();
     let d = daemon(&server, state.path(), config);
     calls(&d, "after restart", 2);
-    let all = assert_exactly_the_store(&d, "rsyslog after restart", || ids_of(&rsyslog));
+    let all = assert_exactly_the_store(&d, "rsyslog after restart", || rsyslog_ids(&rsyslog));
     assert!(all.is_superset(&first) && all.len() > first.len(), "new records after the restart: {first:?} then {all:?}");
     rsyslog.stop();
+}
+
+/// Ids of the events rsyslog wrote (`facility|severity|app|sd|msg` lines).
+fn rsyslog_ids(r: &Rsyslog) -> Vec<String> {
+    r.lines()
+        .iter()
+        .filter_map(|l| l.splitn(5, '|').nth(4).and_then(|m| serde_json::from_str::<Value>(m).ok()))
+        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn syslog_over_tls_verifies_the_relay_and_catches_up_once_it_is_trusted() {
+    let server = server();
+    let state = tempfile::tempdir().expect("state");
+    let pki = mcpwatch_tests::tls::TestPki::new();
+    let good = pki.server_cert(mcpwatch_tests::tls::CertKind::Valid, "syslog.mcpwatch.test");
+    let wrong = pki.server_cert(mcpwatch_tests::tls::CertKind::WrongName, "syslog.mcpwatch.test");
+    let port = peers::free_port();
+    let config = format!(
+        "{FAST}[sinks.syslog]\naddress = \"127.0.0.1:{port}\"\ntls = true\nca_file = \"{}\"\nserver_name = \"syslog.mcpwatch.test\"\n",
+        pki.ca_pem.display()
+    );
+    let d = daemon(&server, state.path(), config);
+
+    // A relay whose certificate names another host gets nothing.
+    let impostor = Rsyslog::start_tls(port, &wrong.cert, &wrong.key);
+    calls(&d, "tls", 2);
+    wait_for("a refused certificate", 20, || d.log_text().lines().any(|l| l.contains("audit sink failed") && l.contains("certificate")).then_some(()));
+    assert!(rsyslog_ids(&impostor).is_empty(), "records reached a relay with the wrong name: {:?}", impostor.lines());
+    impostor.stop();
+
+    let relay = Rsyslog::start_tls(port, &good.cert, &good.key);
+    assert_exactly_the_store(&d, "rsyslog over TLS", || rsyslog_ids(&relay));
+    relay.stop();
 }
 
 fn hec_ids(reqs: &[siem::Received]) -> Vec<String> {
