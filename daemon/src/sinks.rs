@@ -51,7 +51,8 @@ pub struct SinksFile {
     pub poll_interval_ms: Option<u64>,
     /// A record is never shipped before it is this old (default 3000).
     pub min_age_ms: Option<u64>,
-    /// A record without a response is shipped anyway after this long (default 30000).
+    /// A record without a response is shipped anyway after this long (default 60000: longer
+    /// than the default approval timeout, so held calls ship with their outcome).
     pub settle_ms: Option<u64>,
     /// Unshipped records above which the sink warns and raises its backlog metric
     /// (default 100000).
@@ -94,7 +95,7 @@ impl SinksFile {
             batch_size: self.batch_size.unwrap_or(500),
             poll_interval: Duration::from_millis(self.poll_interval_ms.unwrap_or(1000)),
             min_age_ms: self.min_age_ms.unwrap_or(3000),
-            settle_ms: self.settle_ms.unwrap_or(30_000),
+            settle_ms: self.settle_ms.unwrap_or(60_000),
             max_backlog: self.max_backlog.unwrap_or(100_000),
             max_retry: Duration::from_millis(self.max_retry_ms.unwrap_or(30_000)),
             timeout: Duration::from_millis(self.timeout_ms.unwrap_or(10_000)),
