@@ -353,8 +353,9 @@ fn tls_failure(r: &AuditRecord) -> Option<&'static str> {
         "upstream_certificate"
     } else if notes.contains("upstream TLS failed") {
         "upstream_handshake"
-    } else if notes.contains("client") && (notes.contains("distrust") || notes.contains("rejected")) {
-        "client_rejected_ca"
+    } else if notes.contains("client:") {
+        // The client aborted our handshake (e.g. it does not trust the mcpwatch CA).
+        "client_handshake"
     } else {
         "other"
     })
@@ -483,6 +484,20 @@ mod tests {
         assert_eq!(a.shadow_calls["http://a/mcp"], 1);
         let h = &a.latency["http://a/mcp"];
         assert_eq!((h.count, h.buckets[2], h.buckets[3]), (1, 0, 1), "20 ms falls in the 25 ms bucket");
+    }
+
+    #[test]
+    fn tls_failures_are_classified_by_the_tls_layer_notes() {
+        let failed = |note: &str| AuditRecord {
+            transport: "tls".into(),
+            status: CallStatus::TransportError { reason: "x".into() },
+            notes: vec![note.into()],
+            ..Default::default()
+        };
+        assert_eq!(tls_failure(&failed("upstream certificate refused (expired): no leaf minted")), Some("upstream_certificate"));
+        assert_eq!(tls_failure(&failed("upstream TLS failed: client handshake failed, nothing forwarded")), Some("upstream_handshake"));
+        assert_eq!(tls_failure(&failed("client: sent fatal alert UnknownCA")), Some("client_handshake"));
+        assert_eq!(tls_failure(&AuditRecord { transport: "streamable-http".into(), ..failed("client: x") }), None);
     }
 
     #[test]
