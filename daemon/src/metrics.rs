@@ -500,6 +500,35 @@ mod tests {
         assert_eq!(tls_failure(&AuditRecord { transport: "streamable-http".into(), ..failed("client: x") }), None);
     }
 
+    #[tokio::test]
+    async fn serves_on_a_unix_socket_and_404s_elsewhere() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let store = mcpwatch_audit::Store::open(&dir.path().join("state"), Default::default()).unwrap();
+        let shared = Shared::new(crate::config::Config::default(), store);
+        let m = Arc::new(Metrics::new(10));
+        m.observe(&call("1", "http://a/mcp", "echo"));
+        let path = dir.path().join("metrics.sock");
+        let task = serve(MetricsListen::Unix(path.clone()), shared, m, Arc::new(Vec::new())).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        let get = |p: &'static str| {
+            let path = path.clone();
+            async move {
+                let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+                s.write_all(format!("GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                out
+            }
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("mcpwatch_calls_total{server=\"http://a/mcp\",method=\"tools/call\",tool=\"echo\",decision=\"forward\",status=\"ok\"} 1"), "{ok}");
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
+
     #[test]
     fn listen_must_be_loopback_unless_allowed() {
         let ok = MetricsFile { listen: Some("127.0.0.1:9464".into()), ..Default::default() }.into_config().unwrap();
