@@ -103,7 +103,7 @@ struct AuditArgs {
     tool: Option<String>,
     /// Only calls with this policy decision: deny, allow, require_approval, rate_limit,
     /// or what happened: block, forward, hold.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = clap::builder::PossibleValuesParser::new(DECISIONS))]
     decision: Option<String>,
     /// Show the newest N matching records (0 for all).
     #[arg(long, value_name = "N", default_value_t = 50)]
@@ -112,6 +112,9 @@ struct AuditArgs {
     #[arg(long)]
     json: bool,
 }
+
+/// What `--decision` can match: the policy's actions, then what happened to the call.
+const DECISIONS: [&str; 7] = ["allow", "deny", "require_approval", "rate_limit", "block", "forward", "hold"];
 
 fn parse_since(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 1h, 2days)"))

@@ -640,3 +640,14 @@ fn broken_pipe_while_following_exits_0_silently() {
     assert_eq!(status.code(), Some(0), "stderr: {err}");
     assert_eq!(err, "");
 }
+
+#[test]
+fn audit_rejects_an_unknown_decision_instead_of_matching_nothing() {
+    // No daemon is needed: the value is refused before any request is sent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = mcpwatch(&dir.path().join("absent.sock"), &["audit", "--decision", "bogus"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bogus") && err.contains("require_approval"), "{err}");
+    assert!(!stdout(&out).contains("No audit records"), "{}", stdout(&out));
+}
