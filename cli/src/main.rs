@@ -5,7 +5,8 @@
 //! protocol from `mcpwatch_api` over the daemon's Unix socket.
 //!
 //! Exit codes: 0 on success (also when stdout is closed early, as in
-//! `mcpwatch audit | head -1`), 2 on any error, including usage errors.
+//! `mcpwatch audit | head -1`), 1 when `audit verify` finds the trail tampered with,
+//! 2 on any error, including usage errors.
 
 mod ca;
 mod client;
@@ -88,7 +89,10 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AuditArgs {
+    #[command(subcommand)]
+    action: Option<AuditAction>,
     /// Keep printing records as they arrive, until interrupted or the daemon closes.
     #[arg(long, short = 'f')]
     follow: bool,
@@ -115,6 +119,17 @@ struct AuditArgs {
 
 /// What `--decision` can match: the policy's actions, then what happened to the call.
 const DECISIONS: [&str; 7] = ["allow", "deny", "require_approval", "rate_limit", "block", "forward", "hold"];
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Check every record against the store's hash chain; exit 1 naming the first record
+    /// that was changed, removed, forged or reordered.
+    Verify {
+        /// Print the report as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 fn parse_since(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 1h, 2days)"))
@@ -157,6 +172,9 @@ fn main() -> ExitCode {
             // Whatever was printed before the error goes out first.
             let _ = out.flush();
             let _ = writeln!(io::stderr(), "mcpwatch: {e:#}");
+            if e.downcast_ref::<Tampered>().is_some() {
+                return ExitCode::from(1);
+            }
             ExitCode::from(2)
         }
     }
@@ -205,7 +223,49 @@ fn status(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// `audit verify` found problems: reported on stdout already, exit 1.
+#[derive(Debug)]
+struct Tampered(String);
+
+impl fmt::Display for Tampered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Tampered {}
+
+fn audit_verify(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    let report = match Conn::call(socket, &Request::AuditVerify)? {
+        Response::Verify(r) => r,
+        other => return Err(unexpected("audit verify", &other)),
+    };
+    if json {
+        emit(out, &format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        let mut text = format!(
+            "{} records, {} chain entries, head {} at entry {}\n",
+            report.records, report.chain_entries, report.head, report.head_seq
+        );
+        for p in report.problems.iter().take(20) {
+            text.push_str(&format!("  {}\n", table::sanitize(&p.to_string())));
+        }
+        if report.problems.len() > 20 {
+            text.push_str(&format!("  ... and {} more\n", report.problems.len() - 20));
+        }
+        text.push_str(if report.ok() { "audit trail intact\n" } else { "AUDIT TRAIL TAMPERED WITH\n" });
+        emit(out, &text)?;
+    }
+    match report.problems.first() {
+        None => Ok(()),
+        Some(first) => Err(Tampered(format!("audit trail tampered with: first at {}", first.position())).into()),
+    }
+}
+
 fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
+    if let Some(AuditAction::Verify { json }) = &args.action {
+        return audit_verify(socket, *json, out);
+    }
     let now = now_ms();
     let filter = AuditFilter {
         since_ms: args
@@ -312,6 +372,7 @@ fn unexpected(request: &str, resp: &Response) -> anyhow::Error {
         Response::Pending { .. } => "pending",
         Response::Done { .. } => "done",
         Response::Error { .. } => "error",
+        Response::Verify(_) => "verify",
     };
     anyhow::anyhow!("mcpwatchd answered the {request} request with an unexpected `{kind}` response")
 }

@@ -651,3 +651,30 @@ fn audit_rejects_an_unknown_decision_instead_of_matching_nothing() {
     assert!(err.contains("bogus") && err.contains("require_approval"), "{err}");
     assert!(!stdout(&out).contains("No audit records"), "{}", stdout(&out));
 }
+
+#[test]
+fn audit_verify_exits_1_naming_the_first_tampered_record_and_0_when_intact() {
+    use mcpwatch_api::{AuditProblem, AuditVerify};
+    let report = |problems: Vec<AuditProblem>| AuditVerify {
+        records: 3,
+        chain_entries: 5,
+        head: "ab".repeat(32),
+        head_seq: 5,
+        problems,
+    };
+    let fake = Fake::responses(vec![Response::Verify(report(vec![]))]);
+    let out = mcpwatch(&fake.path, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("audit trail intact"), "{}", stdout(&out));
+    assert_eq!(fake.request(), Request::AuditVerify);
+
+    let fake = Fake::responses(vec![Response::Verify(report(vec![
+        AuditProblem::Removed { id: "00000001700000000000000001".into() },
+        AuditProblem::Changed { id: "00000001700000000000000002".into() },
+    ]))]);
+    let out = mcpwatch(&fake.path, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("record 00000001700000000000000001 was removed") && text.contains("00000001700000000000000002 was changed"), "{text}");
+    assert!(stderr(&out).contains("first at 00000001700000000000000001"), "{}", stderr(&out));
+}

@@ -155,6 +155,16 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             };
             send(&mut w, &resp).await
         }
+        Request::AuditVerify => {
+            // A full pass over the store: off the runtime's threads.
+            let store = shared.store.clone();
+            let resp = match tokio::task::spawn_blocking(move || store.verify()).await {
+                Ok(Ok(report)) => Response::Verify(report),
+                Ok(Err(e)) => Response::Error { message: format!("audit store: {e}") },
+                Err(e) => Response::Error { message: format!("audit verify failed: {e}") },
+            };
+            send(&mut w, &resp).await
+        }
         Request::Audit { filter } => match shared.store.query(&filter) {
             Ok(records) => send(&mut w, &Response::Audit { records }).await,
             Err(e) => send(&mut w, &Response::Error { message: format!("audit store: {e}") }).await,
