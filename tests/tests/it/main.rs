@@ -5,6 +5,7 @@
 //! only where the kernel or privileges cannot support them.
 
 mod cli;
+mod durability;
 mod inspect;
 mod intercept;
 mod policy;
