@@ -65,6 +65,11 @@ enum Command {
     },
     /// The local CA for TLS interception: show, export, install into the trust store, rotate.
     Ca(ca::CaArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        shell: clap_complete::Shell,
+    },
     /// Calls held for a human's approval.
     Pending {
         #[arg(long)]
@@ -186,6 +191,11 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Audit(args) => audit(&cli.socket, args, out),
         Command::Status { json } => status(&cli.socket, *json, out),
         Command::Ca(args) => ca::run(args, &cli.socket, out),
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "mcpwatch", &mut buf);
+            out.write_all(&buf).map_err(|e| StdoutError(e).into())
+        }
         Command::Pending { json } => govern::pending(&cli.socket, *json, out),
         Command::Approve { id } => govern::approve(&cli.socket, id, out),
         Command::Deny { id, reason } => govern::deny(&cli.socket, id, reason.clone(), out),

@@ -9,6 +9,7 @@ mod durability;
 mod inspect;
 mod intercept;
 mod policy;
+mod package;
 mod protocol;
 mod service;
 mod tls;
