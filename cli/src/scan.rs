@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use mcpwatch_discover::{FileError, Options, Report, RiskFlag, Server, Environment};
+use mcpwatch_discover::{Environment, FileError, Options, Report, RiskFlag, Server};
 use serde_json::{Value, json};
 
 use crate::emit;
@@ -60,7 +60,8 @@ pub struct ScanArgs {
 pub fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let policy = match &args.policy {
         Some(p) => {
-            let src = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let src = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
             Some(
                 mcpwatch_policy::parse(&src, &p.display().to_string())
                     .map_err(|e| anyhow::anyhow!("{}", e.render()))?,
@@ -199,7 +200,14 @@ fn table(r: &Report) -> String {
         for s in flagged {
             let at = sanitize(&location(&s.file, s.line));
             for risk in &s.risks {
-                let _ = writeln!(out, "  {} [{}] {}: {}", sanitize(&s.name), risk.flag, sanitize(&risk.detail), at);
+                let _ = writeln!(
+                    out,
+                    "  {} [{}] {}: {}",
+                    sanitize(&s.name),
+                    risk.flag,
+                    sanitize(&risk.detail),
+                    at
+                );
             }
         }
     }
@@ -270,7 +278,10 @@ fn csv(r: &Report) -> String {
             risk_ids(s).replace(',', ";"),
             s.file.to_string_lossy().into_owned(),
             s.line.map(|l| l.to_string()).unwrap_or_default(),
-            s.project.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+            s.project
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         ];
         let row: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         out.push_str(&row.join(","));
@@ -292,7 +303,9 @@ fn md(s: &str) -> String {
 fn markdown(r: &Report) -> String {
     let mut out = String::from("# MCP servers on this host\n\n");
     let _ = writeln!(out, "{}\n", summary(r));
-    out.push_str("| client | scope | owner | name | transport | launch | registry | risks | file |\n");
+    out.push_str(
+        "| client | scope | owner | name | transport | launch | registry | risks | file |\n",
+    );
     out.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for s in &r.servers {
         let _ = writeln!(
@@ -314,7 +327,14 @@ fn markdown(r: &Report) -> String {
         out.push_str("\n## Findings\n\n");
         for s in flagged {
             for risk in &s.risks {
-                let _ = writeln!(out, "- **{}** `{}`: {} ({})", md(&s.name), risk.flag, md(&risk.detail), md(&location(&s.file, s.line)));
+                let _ = writeln!(
+                    out,
+                    "- **{}** `{}`: {} ({})",
+                    md(&s.name),
+                    risk.flag,
+                    md(&risk.detail),
+                    md(&location(&s.file, s.line))
+                );
             }
         }
     }
@@ -397,7 +417,11 @@ fn sarif(r: &Report) -> Value {
         RiskFlag::ALL
             .iter()
             .position(|f| f.id() == id)
-            .unwrap_or(if id == SHADOW_RULE { RiskFlag::ALL.len() } else { RiskFlag::ALL.len() + 1 })
+            .unwrap_or(if id == SHADOW_RULE {
+                RiskFlag::ALL.len()
+            } else {
+                RiskFlag::ALL.len() + 1
+            })
     };
     let mut results = Vec::new();
     for s in &r.servers {
@@ -464,6 +488,9 @@ mod tests {
 
     #[test]
     fn file_uris_are_percent_encoded() {
-        assert_eq!(file_uri(std::path::Path::new("/a b/c#d")), "file:///a%20b/c%23d");
+        assert_eq!(
+            file_uri(std::path::Path::new("/a b/c#d")),
+            "file:///a%20b/c%23d"
+        );
     }
 }

@@ -50,10 +50,18 @@ struct Run {
 fn scan_env(args: &[&str], home: Option<&Path>, extra_env: &[(&str, &Path)]) -> Run {
     let mut cmd = Command::new(BIN);
     cmd.arg("scan").args(args);
-    for v in ["XDG_CONFIG_HOME", "CLAUDE_CONFIG_DIR", "CODEX_HOME", "OPENCODE_CONFIG"] {
+    for v in [
+        "XDG_CONFIG_HOME",
+        "CLAUDE_CONFIG_DIR",
+        "CODEX_HOME",
+        "OPENCODE_CONFIG",
+    ] {
         cmd.env_remove(v);
     }
-    cmd.env("HOME", home.unwrap_or(Path::new("/nonexistent/mcpwatch-scan-test")));
+    cmd.env(
+        "HOME",
+        home.unwrap_or(Path::new("/nonexistent/mcpwatch-scan-test")),
+    );
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -73,7 +81,8 @@ fn json(args: &[&str]) -> (i32, Value) {
     let mut a = args.to_vec();
     a.push("--json");
     let r = scan(&a);
-    let v = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", r.stdout, r.stderr));
+    let v = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", r.stdout, r.stderr));
     (r.code, v)
 }
 
@@ -106,24 +115,55 @@ fn every_client_in_the_table_is_found_in_its_fixture() {
     let r = root();
     let (code, v) = json(&["--root", s(&r)]);
     assert_eq!(code, 1, "fixture has risky servers");
-    let found: BTreeSet<&str> = servers(&v).iter().map(|x| x["client"].as_str().expect("client")).collect();
+    let found: BTreeSet<&str> = servers(&v)
+        .iter()
+        .map(|x| x["client"].as_str().expect("client"))
+        .collect();
     let table: BTreeSet<&str> = CLIENTS.iter().map(|c| c.id).collect();
-    assert_eq!(found, table, "every client of the table has a fixture that is found");
-    let scopes: BTreeSet<&str> = servers(&v).iter().map(|x| x["scope"].as_str().expect("scope")).collect();
-    assert_eq!(scopes, BTreeSet::from(["managed", "plugin", "project", "user"]));
+    assert_eq!(
+        found, table,
+        "every client of the table has a fixture that is found"
+    );
+    let scopes: BTreeSet<&str> = servers(&v)
+        .iter()
+        .map(|x| x["scope"].as_str().expect("scope"))
+        .collect();
+    assert_eq!(
+        scopes,
+        BTreeSet::from(["managed", "plugin", "project", "user"])
+    );
     assert_eq!(v["summary"]["servers"], 46, "{}", v["summary"]);
     assert_eq!(v["summary"]["homes_scanned"], 3);
 
     // Shapes: placeholders and comments parsed, transports per client rules, names only.
-    assert_eq!(server(&v, "gh-remote")["headers"], serde_json::json!(["Authorization"]));
+    assert_eq!(
+        server(&v, "gh-remote")["headers"],
+        serde_json::json!(["Authorization"])
+    );
     assert_eq!(server(&v, "events")["transport"], "sse", "Gemini url = SSE");
-    assert_eq!(server(&v, "corp-search")["transport"], "http", "Gemini httpUrl = HTTP");
-    assert_eq!(server(&v, "remote-goose")["url"], "https://goose-tools.example.com/mcp");
+    assert_eq!(
+        server(&v, "corp-search")["transport"],
+        "http",
+        "Gemini httpUrl = HTTP"
+    );
+    assert_eq!(
+        server(&v, "remote-goose")["url"],
+        "https://goose-tools.example.com/mcp"
+    );
     assert_eq!(server(&v, "oc-local")["command"], "bun");
-    assert_eq!(server(&v, "postgres-zed")["command"], "/usr/local/bin/mcp-postgres");
+    assert_eq!(
+        server(&v, "postgres-zed")["command"],
+        "/usr/local/bin/mcp-postgres"
+    );
     assert_eq!(server(&v, "disabled-one")["enabled"], false);
-    assert_eq!(server(&v, "figma")["headers"], serde_json::json!(["X-Figma-Region", "X-Figma-Token"]));
-    assert_eq!(server(&v, "github-desktop")["env"], serde_json::json!(["GITHUB_PERSONAL_ACCESS_TOKEN"]));
+    assert_eq!(
+        server(&v, "figma")["headers"],
+        serde_json::json!(["X-Figma-Region", "X-Figma-Token"])
+    );
+    assert_eq!(
+        server(&v, "github-desktop")["env"],
+        serde_json::json!(["GITHUB_PERSONAL_ACCESS_TOKEN"])
+    );
     // Project files found through the clients' records: Claude's `projects`, VS Code's workspaceStorage.
     assert_eq!(server(&v, "local-db")["project"], "/home/alice/work/app");
     assert_eq!(server(&v, "legacy-remote")["scope"], "project");
@@ -160,10 +200,24 @@ fn each_risk_flag_is_shown_on_the_server_that_has_it() {
     ];
     for (name, flag) in expect {
         let f = flags_of(server(&v, name));
-        assert!(f.contains(flag.id()), "{name} should have {}: {f:?}", flag.id());
+        assert!(
+            f.contains(flag.id()),
+            "{name} should have {}: {f:?}",
+            flag.id()
+        );
     }
     // And the clean launches have none (pinned npx/uvx, placeholders, https).
-    for name in ["perplexity", "time", "fetch", "kiro-fetch", "aws-docs", "playwright", "gh-remote", "github", "sentry"] {
+    for name in [
+        "perplexity",
+        "time",
+        "fetch",
+        "kiro-fetch",
+        "aws-docs",
+        "playwright",
+        "gh-remote",
+        "github",
+        "sentry",
+    ] {
         let f = flags_of(server(&v, name));
         assert!(f.is_empty(), "{name}: {f:?}");
     }
@@ -227,14 +281,27 @@ fn no_output_format_prints_a_planted_secret() {
     for format in ["table", "json", "csv", "md", "sarif"] {
         let run = scan(&["--root", s(&r), "--policy", s(&policy), "--format", format]);
         assert_eq!(run.code, 1, "{format}: {}", run.stderr);
-        assert!(run.stdout.len() > 1000, "{format} printed little: {}", run.stdout);
+        assert!(
+            run.stdout.len() > 1000,
+            "{format} printed little: {}",
+            run.stdout
+        );
         for secret in SECRETS {
-            assert!(!run.stdout.contains(secret), "{format} stdout leaks {secret}");
-            assert!(!run.stderr.contains(secret), "{format} stderr leaks {secret}");
+            assert!(
+                !run.stdout.contains(secret),
+                "{format} stdout leaks {secret}"
+            );
+            assert!(
+                !run.stderr.contains(secret),
+                "{format} stderr leaks {secret}"
+            );
         }
         // The redaction shows where a secret was.
         if format != "sarif" {
-            assert!(run.stdout.contains("<redacted>") || run.stdout.contains("&lt;redacted&gt;"), "{format}");
+            assert!(
+                run.stdout.contains("<redacted>") || run.stdout.contains("&lt;redacted&gt;"),
+                "{format}"
+            );
         }
     }
 }
@@ -249,7 +316,10 @@ fn exit_status_is_0_clean_1_shadow_2_error() {
     let registered = fixtures().join("policy.toml");
     let (code, v) = json(&["--home", s(&home), "--policy", s(&registered)]);
     assert_eq!(code, 0);
-    assert_eq!(server(&v, "corp-docs")["registry"], serde_json::json!({"status": "registered", "name": "corp"}));
+    assert_eq!(
+        server(&v, "corp-docs")["registry"],
+        serde_json::json!({"status": "registered", "name": "corp"})
+    );
 
     let other = fixtures().join("other-policy.toml");
     let (code, v) = json(&["--home", s(&home), "--policy", s(&other)]);
@@ -261,12 +331,20 @@ fn exit_status_is_0_clean_1_shadow_2_error() {
     assert_eq!(scan(&["--home", s(&home), "--format", "xml"]).code, 2);
     let missing = scan(&["--home", "/nonexistent/mcpwatch-test"]);
     assert_eq!(missing.code, 2);
-    assert!(missing.stderr.contains("not a directory"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("not a directory"),
+        "{}",
+        missing.stderr
+    );
     let bad_policy = tempfile::NamedTempFile::new().expect("tmp");
     fs::write(bad_policy.path(), "version = 1\nmode = \"loud\"\n").expect("write");
     let r = scan(&["--home", s(&home), "--policy", s(bad_policy.path())]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains(":2"), "policy error with its line: {}", r.stderr);
+    assert!(
+        r.stderr.contains(":2"),
+        "policy error with its line: {}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -277,24 +355,51 @@ fn unparsable_file_is_reported_with_line_and_column_and_the_scan_goes_on() {
     let errors = v["errors"].as_array().expect("errors");
     assert_eq!(errors.len(), 1, "{errors:?}");
     let e = &errors[0];
-    assert!(e["file"].as_str().expect("file").ends_with("home/bob/.cursor/mcp.json"));
-    assert_eq!((e["line"].as_u64(), e["column"].as_u64()), (Some(6), Some(7)), "{e}");
+    assert!(
+        e["file"]
+            .as_str()
+            .expect("file")
+            .ends_with("home/bob/.cursor/mcp.json")
+    );
+    assert_eq!(
+        (e["line"].as_u64(), e["column"].as_u64()),
+        (Some(6), Some(7)),
+        "{e}"
+    );
     assert_eq!(e["client"], "cursor");
     // Files after it (other homes, managed files) were still read.
     assert!(servers(&v).iter().any(|x| x["name"] == "ops"));
     assert!(servers(&v).iter().any(|x| x["name"] == "corp-tickets"));
 
     let table = scan(&["--root", s(&r)]);
-    assert!(table.stdout.contains("home/bob/.cursor/mcp.json:6:7: JSON5 syntax"), "{}", table.stdout);
+    assert!(
+        table
+            .stdout
+            .contains("home/bob/.cursor/mcp.json:6:7: JSON5 syntax"),
+        "{}",
+        table.stdout
+    );
 
     // A broken TOML and YAML file too, each with its position.
     let d = tempfile::tempdir().expect("tmp");
     fs::create_dir_all(d.path().join(".codex")).expect("mkdir");
     fs::create_dir_all(d.path().join(".continue")).expect("mkdir");
-    fs::write(d.path().join(".codex/config.toml"), "[mcp_servers.a]\ncommand = \"x\nargs = []\n").expect("w");
-    fs::write(d.path().join(".continue/config.yaml"), "mcpServers:\n  - name: a\n    args: [x\n").expect("w");
+    fs::write(
+        d.path().join(".codex/config.toml"),
+        "[mcp_servers.a]\ncommand = \"x\nargs = []\n",
+    )
+    .expect("w");
+    fs::write(
+        d.path().join(".continue/config.yaml"),
+        "mcpServers:\n  - name: a\n    args: [x\n",
+    )
+    .expect("w");
     fs::create_dir_all(d.path().join(".cursor")).expect("mkdir");
-    fs::write(d.path().join(".cursor/mcp.json"), r#"{"mcpServers":{"ok":{"url":"https://ok.example/mcp"}}}"#).expect("w");
+    fs::write(
+        d.path().join(".cursor/mcp.json"),
+        r#"{"mcpServers":{"ok":{"url":"https://ok.example/mcp"}}}"#,
+    )
+    .expect("w");
     let (code, v) = json(&["--home", s(d.path())]);
     assert_eq!(code, 1);
     let errors = v["errors"].as_array().expect("errors");
@@ -319,18 +424,25 @@ fn sarif_is_2_1_0_with_one_rule_per_risk_flag() {
         .map(|r| r["id"].as_str().expect("id"))
         .collect();
     for flag in RiskFlag::ALL {
-        assert_eq!(rules.iter().filter(|r| **r == flag.id()).count(), 1, "{flag}");
+        assert_eq!(
+            rules.iter().filter(|r| **r == flag.id()).count(),
+            1,
+            "{flag}"
+        );
     }
     let results = run0["results"].as_array().expect("results");
     assert!(!results.is_empty());
     for res in results {
         let idx = usize::try_from(res["ruleIndex"].as_u64().expect("index")).expect("usize");
         assert_eq!(rules[idx], res["ruleId"].as_str().expect("ruleId"));
-        let uri = res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().expect("uri");
+        let uri = res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+            .as_str()
+            .expect("uri");
         assert!(uri.starts_with("file://"), "{uri}");
     }
     assert!(results.iter().any(|r| r["ruleId"] == "vulnerable-version"));
-    assert!(results.iter().any(|r| r["ruleId"] == "unreadable-config" && r["locations"][0]["physicalLocation"]["region"]["startLine"] == 6));
+    assert!(results.iter().any(|r| r["ruleId"] == "unreadable-config"
+        && r["locations"][0]["physicalLocation"]["region"]["startLine"] == 6));
 }
 
 #[test]
@@ -340,7 +452,11 @@ fn csv_and_markdown_have_one_row_per_server() {
     assert_eq!(csv.stdout.lines().count(), 47, "header + 46 servers");
     assert!(csv.stdout.starts_with("client,scope,owner,name,transport,"));
     let md = scan(&["--root", s(&r), "--format", "md"]);
-    let rows = md.stdout.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| client")).count();
+    let rows = md
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| client"))
+        .count();
     assert_eq!(rows, 46);
 }
 
@@ -356,11 +472,23 @@ fn xdg_config_home_is_honoured_for_the_invoking_users_own_home_only() {
         "// moved config\n{ \"context_servers\": { \"moved\": { \"command\": \"node\", \"args\": [\"m.js\"], }, }, }",
     )
     .expect("w");
-    let own = scan_env(&["--home", s(&home), "--json"], Some(&home), &[("XDG_CONFIG_HOME", &xdg)]);
+    let own = scan_env(
+        &["--home", s(&home), "--json"],
+        Some(&home),
+        &[("XDG_CONFIG_HOME", &xdg)],
+    );
     let v: Value = serde_json::from_str(&own.stdout).expect("json");
-    assert!(servers(&v).iter().any(|x| x["name"] == "moved"), "{}", own.stdout);
+    assert!(
+        servers(&v).iter().any(|x| x["name"] == "moved"),
+        "{}",
+        own.stdout
+    );
     // Someone else's home: their environment is unknown, the default ~/.config is read.
-    let other = scan_env(&["--home", s(&home), "--json"], None, &[("XDG_CONFIG_HOME", &xdg)]);
+    let other = scan_env(
+        &["--home", s(&home), "--json"],
+        None,
+        &[("XDG_CONFIG_HOME", &xdg)],
+    );
     let v: Value = serde_json::from_str(&other.stdout).expect("json");
     assert!(servers(&v).is_empty(), "{}", other.stdout);
 }
@@ -394,30 +522,62 @@ fn synthetic_home_with_50_config_files_and_200_projects() {
     for i in 0..200 {
         let p = work.join(format!("group{}/proj{i}", i % 10));
         fs::create_dir_all(p.join(".vscode")).expect("mkdir");
-        fs::write(p.join(".mcp.json"), format!(r#"{{"mcpServers":{{"m{i}":{{"command":"node","args":["m.js"]}}}}}}"#)).expect("w");
-        fs::write(p.join(".vscode/mcp.json"), format!(r#"{{"servers":{{"v{i}":{{"url":"https://v{i}.example/mcp"}}}}}}"#)).expect("w");
+        fs::write(
+            p.join(".mcp.json"),
+            format!(r#"{{"mcpServers":{{"m{i}":{{"command":"node","args":["m.js"]}}}}}}"#),
+        )
+        .expect("w");
+        fs::write(
+            p.join(".vscode/mcp.json"),
+            format!(r#"{{"servers":{{"v{i}":{{"url":"https://v{i}.example/mcp"}}}}}}"#),
+        )
+        .expect("w");
         if i < 100 {
-            recorded.insert(p.to_str().expect("utf-8").to_string(), serde_json::json!({"mcpServers": {}}));
+            recorded.insert(
+                p.to_str().expect("utf-8").to_string(),
+                serde_json::json!({"mcpServers": {}}),
+            );
         }
     }
     // Never walked: dependency trees and directories past the depth limit.
     let nm = work.join("group0/proj0/node_modules/dep");
     fs::create_dir_all(&nm).expect("mkdir");
-    fs::write(nm.join(".mcp.json"), r#"{"mcpServers":{"hidden":{"command":"x"}}}"#).expect("w");
+    fs::write(
+        nm.join(".mcp.json"),
+        r#"{"mcpServers":{"hidden":{"command":"x"}}}"#,
+    )
+    .expect("w");
     let deep = work.join("a/b/c/d/e/f/g/h");
     fs::create_dir_all(&deep).expect("mkdir");
-    fs::write(deep.join(".mcp.json"), r#"{"mcpServers":{"too-deep":{"command":"x"}}}"#).expect("w");
+    fs::write(
+        deep.join(".mcp.json"),
+        r#"{"mcpServers":{"too-deep":{"command":"x"}}}"#,
+    )
+    .expect("w");
     fs::create_dir_all(&home).expect("mkdir");
-    fs::write(home.join(".claude.json"), serde_json::json!({"projects": recorded}).to_string()).expect("w");
+    fs::write(
+        home.join(".claude.json"),
+        serde_json::json!({"projects": recorded}).to_string(),
+    )
+    .expect("w");
 
     let started = std::time::Instant::now();
     let (code, v) = json(&["--home", s(&home), "--path", s(&work)]);
     let took = started.elapsed();
     assert_eq!(code, 1, "unpinned npx in the plugins");
-    assert_eq!(v["summary"]["files_scanned"], 1 + 50 + 400, "{}", v["summary"]);
+    assert_eq!(
+        v["summary"]["files_scanned"],
+        1 + 50 + 400,
+        "{}",
+        v["summary"]
+    );
     assert_eq!(v["summary"]["projects_scanned"], 200, "{}", v["summary"]);
     assert_eq!(v["summary"]["servers"], 60 + 40 + 400, "{}", v["summary"]);
     assert_eq!(v["summary"]["risky"], 20);
-    assert!(!servers(&v).iter().any(|x| x["name"] == "hidden" || x["name"] == "too-deep"));
+    assert!(
+        !servers(&v)
+            .iter()
+            .any(|x| x["name"] == "hidden" || x["name"] == "too-deep")
+    );
     eprintln!("synthetic scan (debug build): {took:?}");
 }

@@ -247,7 +247,10 @@ pub const CLIENTS: &[ClientDef] = &[
     ClientDef {
         id: "opencode",
         name: "opencode",
-        user_files: &["{config}/opencode/opencode.json", "{config}/opencode/opencode.jsonc"],
+        user_files: &[
+            "{config}/opencode/opencode.json",
+            "{config}/opencode/opencode.jsonc",
+        ],
         project_files: &["opencode.json", "opencode.jsonc"],
         managed_files: &[],
         plugin_files: &[],
@@ -314,7 +317,11 @@ mod tests {
                 "duplicate {}",
                 c.id
             );
-            assert!(!c.user_files.is_empty() || !c.project_files.is_empty(), "{}", c.id);
+            assert!(
+                !c.user_files.is_empty() || !c.project_files.is_empty(),
+                "{}",
+                c.id
+            );
             assert!(!c.server_keys.is_empty(), "{}", c.id);
         }
     }

@@ -188,7 +188,10 @@ fn entry(client: &ClientDef, name: &str, e: &Map<String, Value>) -> Option<RawEn
             r.headers.push((k.clone(), None));
         }
     }
-    if e.get("bearer_token_env_var").and_then(Value::as_str).is_some() {
+    if e.get("bearer_token_env_var")
+        .and_then(Value::as_str)
+        .is_some()
+    {
         r.headers.push(("Authorization".into(), None));
     }
 
@@ -253,7 +256,10 @@ mod tests {
             "zed",
             serde_json::json!({"context_servers": {"z": {"command": {"path": "node", "args": ["s.js"], "env": {"K": "v"}}}}}),
         );
-        assert_eq!((e[0].command.as_deref(), e[0].args.len(), e[0].env.len()), (Some("node"), 1, 1));
+        assert_eq!(
+            (e[0].command.as_deref(), e[0].args.len(), e[0].env.len()),
+            (Some("node"), 1, 1)
+        );
 
         let e = one(
             "continue",

@@ -254,7 +254,10 @@ pub struct Report {
 
 impl Report {
     pub fn shadow_count(&self) -> usize {
-        self.servers.iter().filter(|s| s.registry.is_shadow()).count()
+        self.servers
+            .iter()
+            .filter(|s| s.registry.is_shadow())
+            .count()
     }
 
     pub fn risky_count(&self) -> usize {

@@ -43,25 +43,21 @@ pub(crate) struct ParseError {
 pub(crate) fn parse(text: &str, syntax: Syntax) -> Result<Value, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     match syntax {
-        Syntax::Json => json5::from_str::<Value>(text).map_err(|e| {
-            let (line, column) = e
-                .position()
-                .map_or((None, None), |p| (Some(p.line + 1), Some(p.column + 1)));
-            // The error code's text never quotes the input; a custom (serde) message might.
-            let message = match e.code() {
-                Some(code) => format!("JSON5 syntax: {code}"),
-                None => "JSON5: unexpected value".to_string(),
-            };
-            ParseError {
-                line,
-                column,
-                message,
+        Syntax::Json => {
+            // The JSON5 parser recurses per nesting level: a hostile `[[[[...` must not overflow
+            // the stack. Real client files nest a handful of levels.
+            if let Some(pos) = too_deep(text, MAX_NESTING) {
+                let (line, column) = line_col(text, pos);
+                return Err(ParseError {
+                    line,
+                    column,
+                    message: format!("JSON5: nested deeper than {MAX_NESTING} levels"),
+                });
             }
-        }),
+            json5_value(text)
+        }
         Syntax::Toml => toml::from_str::<Value>(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map_or((None, None), |s| line_col(text, s.start));
+            let (line, column) = e.span().map_or((None, None), |s| line_col(text, s.start));
             ParseError {
                 line,
                 column,
@@ -87,6 +83,66 @@ pub(crate) fn parse(text: &str, syntax: Syntax) -> Result<Value, ParseError> {
             })
         }
     }
+}
+
+/// Deepest nesting of objects and arrays a JSON file may have.
+const MAX_NESTING: usize = 128;
+
+fn json5_value(text: &str) -> Result<Value, ParseError> {
+    json5::from_str::<Value>(text).map_err(|e| {
+        let (line, column) = e
+            .position()
+            .map_or((None, None), |p| (Some(p.line + 1), Some(p.column + 1)));
+        // The error code's text never quotes the input; a custom (serde) message might.
+        let message = match e.code() {
+            Some(code) => format!("JSON5 syntax: {code}"),
+            None => "JSON5: unexpected value".to_string(),
+        };
+        ParseError {
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+/// Byte offset where `[`/`{` nesting first exceeds `limit`, skipping strings and comments.
+fn too_deep(text: &str, limit: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// 1-based line and column (in chars) of byte offset `pos`.
@@ -166,8 +222,27 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = "[".repeat(200_000);
+        let e = parse(&deep, Syntax::Json).expect_err("too deep");
+        assert_eq!(
+            (e.line, e.column),
+            (Some(1), Some(MAX_NESTING + 1)),
+            "{e:?}"
+        );
+        assert!(parse(&format!("a = {deep}"), Syntax::Toml).is_err());
+        assert!(parse(&deep, Syntax::Yaml).is_err());
+        // Brackets inside strings and comments do not count.
+        let ok = format!("{{ \"a\": \"{deep}\" /* {deep} */ }}");
+        assert!(parse(&ok, Syntax::Json).is_ok());
+    }
+
+    #[test]
     fn scrub_hides_quoted_text() {
-        assert_eq!(scrub("invalid type: string \"tok\", expected"), "invalid type: string \"…\", expected");
+        assert_eq!(
+            scrub("invalid type: string \"tok\", expected"),
+            "invalid type: string \"…\", expected"
+        );
     }
 
     #[test]

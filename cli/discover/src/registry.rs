@@ -32,7 +32,13 @@ pub(crate) fn status(policy: Option<&Policy>, url_raw: Option<&str>) -> Registry
     } else {
         u.host.to_ascii_lowercase()
     };
-    let endpoint = format!("{}://{}:{}{}", u.scheme.to_ascii_lowercase(), host, u.port, u.path);
+    let endpoint = format!(
+        "{}://{}:{}{}",
+        u.scheme.to_ascii_lowercase(),
+        host,
+        u.port,
+        u.path
+    );
     let target = Target {
         endpoint: &endpoint,
         host: u.host,
@@ -66,7 +72,9 @@ mod tests {
         );
         assert_eq!(
             status(Some(&p), Some("https://x.corp.example:8443/a?k=v")),
-            Registry::Registered { name: "corp".into() }
+            Registry::Registered {
+                name: "corp".into()
+            }
         );
         assert!(status(Some(&p), Some("https://api.example.com/other")).is_shadow());
         assert!(status(Some(&p), None).is_shadow());

@@ -89,8 +89,9 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
             .or_else(|| s.strip_prefix("{env:").and_then(|r| r.strip_suffix('}')))
             .or_else(|| s.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")))
             .is_some_and(|inner| !inner.contains(['{', '}']))
-            || s.strip_prefix('$')
-                .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            || s.strip_prefix('$').is_some_and(|r| {
+                !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
             || (s.starts_with('<') && s.ends_with('>'))
     };
     // `Bearer ${input:token}` is a placeholder too.
@@ -100,16 +101,33 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
 
 /// Names that hold credentials: `GITHUB_TOKEN`, `x-api-key`, `Authorization`, `--password`.
 pub(crate) fn secretish_name(name: &str) -> bool {
-    let n = name.trim_start_matches('-').to_ascii_lowercase().replace(['-', '.'], "_");
-    ["token", "secret", "password", "passwd", "apikey", "api_key", "access_key", "private_key", "credential", "auth", "cookie", "session_key", "pat"]
-        .iter()
-        .any(|w| {
-            if *w == "pat" {
-                n == "pat" || n.ends_with("_pat") || n.starts_with("pat_")
-            } else {
-                n.contains(w)
-            }
-        })
+    let n = name
+        .trim_start_matches('-')
+        .to_ascii_lowercase()
+        .replace(['-', '.'], "_");
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "apikey",
+        "api_key",
+        "access_key",
+        "private_key",
+        "credential",
+        "auth",
+        "cookie",
+        "session_key",
+        "pat",
+    ]
+    .iter()
+    .any(|w| {
+        if *w == "pat" {
+            n == "pat" || n.ends_with("_pat") || n.starts_with("pat_")
+        } else {
+            n.contains(w)
+        }
+    })
 }
 
 /// What the scanner keeps of one entry after the checks.
@@ -129,7 +147,11 @@ pub(crate) struct Assessed {
 impl Assessed {
     fn flag(&mut self, flag: RiskFlag, detail: impl Into<String>) {
         let detail = detail.into();
-        if !self.risks.iter().any(|r| r.flag == flag && r.detail == detail) {
+        if !self
+            .risks
+            .iter()
+            .any(|r| r.flag == flag && r.detail == detail)
+        {
             self.risks.push(Risk { flag, detail });
         }
     }
@@ -137,7 +159,11 @@ impl Assessed {
 
 /// Program name without directories and Windows suffixes: `/usr/bin/npx` -> `npx`.
 fn base(cmd: &str) -> String {
-    let b = cmd.rsplit(['/', '\\']).next().unwrap_or(cmd).to_ascii_lowercase();
+    let b = cmd
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(cmd)
+        .to_ascii_lowercase();
     for suf in [".cmd", ".exe", ".bat"] {
         if let Some(s) = b.strip_suffix(suf) {
             return s.to_string();
@@ -168,7 +194,17 @@ pub(crate) fn assess(e: &RawEntry, secrets: &Secrets) -> Assessed {
     }
     for (name, value) in &e.env {
         if let Some(v) = value
-            && matches!(name.to_ascii_uppercase().as_str(), "HOST" | "BIND" | "LISTEN" | "BIND_ADDRESS" | "LISTEN_ADDRESS" | "MCP_HOST" | "SERVER_HOST" | "FASTMCP_HOST")
+            && matches!(
+                name.to_ascii_uppercase().as_str(),
+                "HOST"
+                    | "BIND"
+                    | "LISTEN"
+                    | "BIND_ADDRESS"
+                    | "LISTEN_ADDRESS"
+                    | "MCP_HOST"
+                    | "SERVER_HOST"
+                    | "FASTMCP_HOST"
+            )
             && is_any_addr(v)
         {
             a.flag(RiskFlag::PublicListener, format!("env {name}"));
@@ -308,19 +344,32 @@ fn launch(argv: &[String], a: &mut Assessed, depth: u8) {
     // Listener on every interface, whatever the program.
     for (i, x) in rest.iter().enumerate() {
         let lower = x.to_ascii_lowercase();
-        let flag_val = ["--host", "--bind", "--listen", "--address", "--addr", "--hostname", "--bind-address"]
-            .iter()
-            .find_map(|f| {
-                if lower == *f {
-                    rest.get(i + 1).map(String::as_str)
-                } else {
-                    lower.strip_prefix(&format!("{f}=")).map(|_| &x[f.len() + 1..])
-                }
-            });
+        let flag_val = [
+            "--host",
+            "--bind",
+            "--listen",
+            "--address",
+            "--addr",
+            "--hostname",
+            "--bind-address",
+        ]
+        .iter()
+        .find_map(|f| {
+            if lower == *f {
+                rest.get(i + 1).map(String::as_str)
+            } else {
+                lower
+                    .strip_prefix(&format!("{f}="))
+                    .map(|_| &x[f.len() + 1..])
+            }
+        });
         if let Some(v) = flag_val
             && is_any_addr(v)
         {
-            a.flag(RiskFlag::PublicListener, format!("{} {v}", x.split('=').next().unwrap_or(x)));
+            a.flag(
+                RiskFlag::PublicListener,
+                format!("{} {v}", x.split('=').next().unwrap_or(x)),
+            );
         }
     }
 
@@ -367,16 +416,12 @@ fn launch(argv: &[String], a: &mut Assessed, depth: u8) {
             }
         }
         "uvx" => py_exec("uvx", rest, a),
-        "uv" => {
-            if rest.first().is_some_and(|s| s == "tool") && rest.get(1).is_some_and(|s| s == "run") {
-                py_exec("uv tool run", &rest[2..], a);
-            }
+        "uv" if rest.first().is_some_and(|s| s == "tool")
+            && rest.get(1).is_some_and(|s| s == "run") =>
+        {
+            py_exec("uv tool run", &rest[2..], a);
         }
-        "pipx" => {
-            if rest.first().is_some_and(|s| s == "run") {
-                py_exec("pipx run", &rest[1..], a);
-            }
-        }
+        "pipx" if rest.first().is_some_and(|s| s == "run") => py_exec("pipx run", &rest[1..], a),
         "docker" | "podman" | "nerdctl" => container(&prog, rest, a),
         "mcp-remote" | "mcp-proxy" | "supergateway" => bridge(&prog, None, rest, a),
         _ => {}
@@ -445,8 +490,20 @@ fn split_npm_spec(spec: &str) -> (&str, Option<&str>) {
 /// `uvx [--from spec] pkg[==ver|@ver]`, `pipx run [--spec spec] pkg`.
 fn py_exec(launcher: &str, rest: &[String], a: &mut Assessed) {
     const WITH_VALUE: &[&str] = &[
-        "--python", "-p", "--with", "--with-requirements", "--index-url", "--extra-index-url", "--index", "-i",
-        "--default-index", "--python-preference", "--cache-dir", "--directory", "--project", "--env-file",
+        "--python",
+        "-p",
+        "--with",
+        "--with-requirements",
+        "--index-url",
+        "--extra-index-url",
+        "--index",
+        "-i",
+        "--default-index",
+        "--python-preference",
+        "--cache-dir",
+        "--directory",
+        "--project",
+        "--env-file",
     ];
     let mut from: Option<&str> = None;
     let mut i = 0;
@@ -458,7 +515,10 @@ fn py_exec(launcher: &str, rest: &[String], a: &mut Assessed) {
             i += 2;
             continue;
         }
-        if let Some(v) = x.strip_prefix("--from=").or_else(|| x.strip_prefix("--spec=")) {
+        if let Some(v) = x
+            .strip_prefix("--from=")
+            .or_else(|| x.strip_prefix("--spec="))
+        {
             from = Some(v);
         } else if WITH_VALUE.contains(&x) {
             i += 2;
@@ -480,13 +540,19 @@ fn py_exec(launcher: &str, rest: &[String], a: &mut Assessed) {
                 .split_once('@')
                 .is_some_and(|(_, v)| !v.is_empty() && v != "latest");
         if !pinned {
-            let name = spec.split(['[', '<', '>', '=', '~', '@']).next().unwrap_or(spec);
+            let name = spec
+                .split(['[', '<', '>', '=', '~', '@'])
+                .next()
+                .unwrap_or(spec);
             a.flag(
                 RiskFlag::UnpinnedFetch,
                 format!("{launcher} {name} (no version pin)"),
             );
         }
-        let name = spec.split(['[', '<', '>', '=', '~', '@']).next().unwrap_or(spec);
+        let name = spec
+            .split(['[', '<', '>', '=', '~', '@'])
+            .next()
+            .unwrap_or(spec);
         if name == "mcp-proxy" {
             let after = target.map_or(&rest[rest.len()..], |t| {
                 let p = rest.iter().position(|x| x == t).unwrap_or(rest.len());
@@ -509,10 +575,44 @@ fn container(prog: &str, rest: &[String], a: &mut Assessed) {
     }
     i += 1;
     const WITH_VALUE: &[&str] = &[
-        "-e", "--env", "--env-file", "--name", "-w", "--workdir", "-u", "--user", "--entrypoint", "-p", "--publish",
-        "-l", "--label", "--network", "--net", "--pid", "--ipc", "--uts", "--userns", "--cap-add", "--cap-drop",
-        "-v", "--volume", "--mount", "--platform", "--pull", "--device", "-h", "--hostname", "--add-host",
-        "--security-opt", "--memory", "-m", "--cpus", "--restart", "--log-driver", "--tmpfs", "--ulimit",
+        "-e",
+        "--env",
+        "--env-file",
+        "--name",
+        "-w",
+        "--workdir",
+        "-u",
+        "--user",
+        "--entrypoint",
+        "-p",
+        "--publish",
+        "-l",
+        "--label",
+        "--network",
+        "--net",
+        "--pid",
+        "--ipc",
+        "--uts",
+        "--userns",
+        "--cap-add",
+        "--cap-drop",
+        "-v",
+        "--volume",
+        "--mount",
+        "--platform",
+        "--pull",
+        "--device",
+        "-h",
+        "--hostname",
+        "--add-host",
+        "--security-opt",
+        "--memory",
+        "-m",
+        "--cpus",
+        "--restart",
+        "--log-driver",
+        "--tmpfs",
+        "--ulimit",
     ];
     let mut image: Option<&str> = None;
     while i < rest.len() {
@@ -521,14 +621,29 @@ fn container(prog: &str, rest: &[String], a: &mut Assessed) {
             Some((f, v)) if f.starts_with("--") => (f, Some(v)),
             _ => (x, None),
         };
-        let value = || inline.or_else(|| rest.get(i + 1).map(String::as_str)).unwrap_or("");
+        let value = || {
+            inline
+                .or_else(|| rest.get(i + 1).map(String::as_str))
+                .unwrap_or("")
+        };
         match flag {
-            "--privileged" => a.flag(RiskFlag::ContainerHostAccess, format!("{prog} run --privileged")),
-            "--pid" | "--network" | "--net" | "--ipc" | "--uts" | "--userns" if value() == "host" => {
+            "--privileged" => a.flag(
+                RiskFlag::ContainerHostAccess,
+                format!("{prog} run --privileged"),
+            ),
+            "--pid" | "--network" | "--net" | "--ipc" | "--uts" | "--userns"
+                if value() == "host" =>
+            {
                 a.flag(RiskFlag::ContainerHostAccess, format!("{flag}=host"));
             }
-            "--cap-add" => a.flag(RiskFlag::ContainerHostAccess, format!("--cap-add {}", value())),
-            "--device" => a.flag(RiskFlag::ContainerHostAccess, format!("--device {}", value())),
+            "--cap-add" => a.flag(
+                RiskFlag::ContainerHostAccess,
+                format!("--cap-add {}", value()),
+            ),
+            "--device" => a.flag(
+                RiskFlag::ContainerHostAccess,
+                format!("--device {}", value()),
+            ),
             "-v" | "--volume" => {
                 let v = value();
                 let src = v.split(':').next().unwrap_or(v);
@@ -562,9 +677,13 @@ fn container(prog: &str, rest: &[String], a: &mut Assessed) {
     }
     if let Some(img) = image {
         let last = img.rsplit('/').next().unwrap_or(img);
-        let pinned = img.contains("@sha256:") || last.split_once(':').is_some_and(|(_, t)| t != "latest");
+        let pinned =
+            img.contains("@sha256:") || last.split_once(':').is_some_and(|(_, t)| t != "latest");
         if !pinned {
-            a.flag(RiskFlag::UnpinnedFetch, format!("{prog} image {img} (no tag or digest)"));
+            a.flag(
+                RiskFlag::UnpinnedFetch,
+                format!("{prog} image {img} (no tag or digest)"),
+            );
         }
     }
 }
@@ -582,9 +701,12 @@ fn sensitive_mount(src: &str) -> bool {
     if let Some(r) = s.strip_prefix("/home/") {
         return !r.contains('/'); // a whole home; a project below it is ordinary
     }
-    ["/etc", "/root", "/proc", "/sys", "/dev", "/boot", "/var/run", "/run", "/var/lib", "/usr", "/bin", "/sbin", "/lib"]
-        .iter()
-        .any(|p| s == *p || s.starts_with(&format!("{p}/")))
+    [
+        "/etc", "/root", "/proc", "/sys", "/dev", "/boot", "/var/run", "/run", "/var/lib", "/usr",
+        "/bin", "/sbin", "/lib",
+    ]
+    .iter()
+    .any(|p| s == *p || s.starts_with(&format!("{p}/")))
         || s.ends_with("docker.sock")
         || s.ends_with("podman.sock")
         || s.ends_with(".ssh")
@@ -614,7 +736,11 @@ fn bridge(name: &str, version: Option<&str>, rest: &[String], a: &mut Assessed) 
 
 /// `0.1.15` < (0,1,16); ranges and tags (`^0.1.0`, `latest`) are not judged.
 fn semver_lt(v: &str, than: (u64, u64, u64)) -> bool {
-    let core = v.trim_start_matches(['=', 'v']).split(['-', '+']).next().unwrap_or("");
+    let core = v
+        .trim_start_matches(['=', 'v'])
+        .split(['-', '+'])
+        .next()
+        .unwrap_or("");
     let mut it = core.split('.').map(|p| p.parse::<u64>());
     match (it.next(), it.next(), it.next(), it.next()) {
         (Some(Ok(a)), Some(Ok(b)), Some(Ok(c)), None) => (a, b, c) < than,
@@ -639,7 +765,11 @@ mod tests {
     }
 
     fn flags(e: &RawEntry) -> Vec<RiskFlag> {
-        let mut f: Vec<RiskFlag> = assess(e, &Secrets::new()).risks.iter().map(|r| r.flag).collect();
+        let mut f: Vec<RiskFlag> = assess(e, &Secrets::new())
+            .risks
+            .iter()
+            .map(|r| r.flag)
+            .collect();
         f.sort();
         f.dedup();
         f
@@ -648,29 +778,72 @@ mod tests {
     #[test]
     fn unpinned_and_pinned_fetches() {
         use RiskFlag::UnpinnedFetch as U;
-        assert_eq!(flags(&stdio("npx", &["-y", "@modelcontextprotocol/server-filesystem", "/tmp"])), [U]);
-        assert!(flags(&stdio("npx", &["-y", "@modelcontextprotocol/server-filesystem@2025.8.21", "/tmp"])).is_empty());
+        assert_eq!(
+            flags(&stdio(
+                "npx",
+                &["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]
+            )),
+            [U]
+        );
+        assert!(
+            flags(&stdio(
+                "npx",
+                &[
+                    "-y",
+                    "@modelcontextprotocol/server-filesystem@2025.8.21",
+                    "/tmp"
+                ]
+            ))
+            .is_empty()
+        );
         assert_eq!(flags(&stdio("npx", &["-y", "pkg@latest"])), [U]);
         assert_eq!(flags(&stdio("uvx", &["mcp-server-fetch"])), [U]);
         assert!(flags(&stdio("uvx", &["mcp-server-fetch==2025.4.7"])).is_empty());
-        assert!(flags(&stdio("uvx", &["--from", "mcp-server-git==1.0", "mcp-server-git"])).is_empty());
+        assert!(
+            flags(&stdio(
+                "uvx",
+                &["--from", "mcp-server-git==1.0", "mcp-server-git"]
+            ))
+            .is_empty()
+        );
         assert_eq!(flags(&stdio("pipx", &["run", "mcp-server-time"])), [U]);
         assert!(flags(&stdio("node", &["dist/index.js"])).is_empty());
-        assert_eq!(flags(&stdio("docker", &["run", "-i", "--rm", "mcp/github"])), [U]);
-        assert!(flags(&stdio("docker", &["run", "-i", "--rm", "-e", "X", "mcp/github:1.2"])).is_empty());
+        assert_eq!(
+            flags(&stdio("docker", &["run", "-i", "--rm", "mcp/github"])),
+            [U]
+        );
+        assert!(
+            flags(&stdio(
+                "docker",
+                &["run", "-i", "--rm", "-e", "X", "mcp/github:1.2"]
+            ))
+            .is_empty()
+        );
     }
 
     #[test]
     fn shells_bridges_containers_listeners() {
         let f = flags(&stdio("bash", &["-lc", "exec npx -y evil-pkg"]));
         assert_eq!(f, [RiskFlag::UnpinnedFetch, RiskFlag::ShellCommand]);
-        let f = flags(&stdio("npx", &["mcp-remote@0.1.15", "https://mcp.example.com/sse"]));
+        let f = flags(&stdio(
+            "npx",
+            &["mcp-remote@0.1.15", "https://mcp.example.com/sse"],
+        ));
         assert_eq!(f, [RiskFlag::RemoteBridge, RiskFlag::VulnerableVersion]);
-        let f = flags(&stdio("npx", &["-y", "mcp-remote@0.1.16", "https://mcp.example.com/sse"]));
+        let f = flags(&stdio(
+            "npx",
+            &["-y", "mcp-remote@0.1.16", "https://mcp.example.com/sse"],
+        ));
         assert_eq!(f, [RiskFlag::RemoteBridge]);
         let f = flags(&stdio("docker", &["run", "-i", "-v", "/:/host", "img:1"]));
         assert_eq!(f, [RiskFlag::ContainerHostAccess]);
-        assert!(flags(&stdio("docker", &["run", "-i", "-v", "/home/me/proj:/p", "img:1"])).is_empty());
+        assert!(
+            flags(&stdio(
+                "docker",
+                &["run", "-i", "-v", "/home/me/proj:/p", "img:1"]
+            ))
+            .is_empty()
+        );
         let f = flags(&stdio("docker", &["run", "--privileged", "img:1"]));
         assert_eq!(f, [RiskFlag::ContainerHostAccess]);
         let f = flags(&stdio("python", &["-m", "srv", "--host", "0.0.0.0"]));
@@ -681,8 +854,20 @@ mod tests {
     #[test]
     fn secrets_are_flagged_and_redacted() {
         let tok = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
-        let mut e = stdio("npx", &["-y", "srv@1.0.0", "--token", tok, &format!("--api-key={tok}")]);
-        e.env = vec![("GITHUB_TOKEN".into(), Some(tok.into())), ("MODE".into(), Some("fast".into()))];
+        let mut e = stdio(
+            "npx",
+            &[
+                "-y",
+                "srv@1.0.0",
+                "--token",
+                tok,
+                &format!("--api-key={tok}"),
+            ],
+        );
+        e.env = vec![
+            ("GITHUB_TOKEN".into(), Some(tok.into())),
+            ("MODE".into(), Some("fast".into())),
+        ];
         let a = assess(&e, &Secrets::new());
         assert!(a.has_secret);
         assert!(a.risks.iter().any(|r| r.detail == "env GITHUB_TOKEN"));

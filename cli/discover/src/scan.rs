@@ -205,7 +205,10 @@ fn read_capped(path: &Path) -> Result<Option<ReadFile>, String> {
         return Err(format!("larger than {MAX_FILE_BYTES} bytes; not read"));
     }
     let text = String::from_utf8(buf).map_err(|e| {
-        let (line, _) = parse::line_col(&String::from_utf8_lossy(e.as_bytes()), e.utf8_error().valid_up_to());
+        let (line, _) = parse::line_col(
+            &String::from_utf8_lossy(e.as_bytes()),
+            e.utf8_error().valid_up_to(),
+        );
         format!("not UTF-8 (line {})", line.unwrap_or(0))
     })?;
     Ok(Some(ReadFile {
@@ -243,7 +246,9 @@ fn expand_from(dir: &Path, comps: &[&str], out: &mut Vec<PathBuf>, depth: usize)
         let mut names: Vec<(String, PathBuf)> = rd
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
-            .filter(|(n, _)| n.len() >= pre.len() + suf.len() && n.starts_with(pre) && n.ends_with(suf))
+            .filter(|(n, _)| {
+                n.len() >= pre.len() + suf.len() && n.starts_with(pre) && n.ends_with(suf)
+            })
             .collect();
         names.sort();
         for (_, p) in names {
@@ -270,7 +275,20 @@ fn sorted_subdirs(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Directory names never walked into: dependency trees, VCS data, build output.
-const SKIP_DIRS: &[&str] = &["node_modules", ".git", ".hg", ".svn", "target", ".venv", "venv", "__pycache__", ".cache", ".npm", ".cargo", ".rustup"];
+const SKIP_DIRS: &[&str] = &[
+    "node_modules",
+    ".git",
+    ".hg",
+    ".svn",
+    "target",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".cache",
+    ".npm",
+    ".cargo",
+    ".rustup",
+];
 
 /// The first path components of every project file, to tell a project directory with one read_dir.
 fn project_markers() -> BTreeSet<&'static str> {
@@ -333,7 +351,10 @@ impl Scanner<'_> {
     /// Is `home` the invoking user's own home (whose environment we know)?
     fn own_home(&self, home: &Path) -> bool {
         self.opts.env.home.as_ref().is_some_and(|h| {
-            h == home || (fs::canonicalize(h).ok().is_some_and(|a| fs::canonicalize(home).ok() == Some(a)))
+            h == home
+                || (fs::canonicalize(h)
+                    .ok()
+                    .is_some_and(|a| fs::canonicalize(home).ok() == Some(a)))
         })
     }
 
@@ -375,7 +396,12 @@ impl Scanner<'_> {
             }
             if c.project_records == ProjectRecords::VsCodeWorkspaces {
                 let mut ws = Vec::new();
-                expand(home, "{config}/Code/User/workspaceStorage/*/workspace.json", &config, &mut ws);
+                expand(
+                    home,
+                    "{config}/Code/User/workspaceStorage/*/workspace.json",
+                    &config,
+                    &mut ws,
+                );
                 for w in ws.into_iter().take(MAX_RECORDED_PROJECTS) {
                     if let Ok(Some(f)) = read_capped(&w)
                         && let Ok(v) = parse::parse(&f.text, Syntax::Json)
@@ -434,8 +460,17 @@ impl Scanner<'_> {
     }
 
     /// Read, parse and report one file. Returns the parsed value for project records.
-    fn file(&mut self, c: &'static ClientDef, scope: Scope, path: &Path, project: Option<&Path>) -> Option<Value> {
-        let key = (c.id, fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+    fn file(
+        &mut self,
+        c: &'static ClientDef,
+        scope: Scope,
+        path: &Path,
+        project: Option<&Path>,
+    ) -> Option<Value> {
+        let key = (
+            c.id,
+            fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        );
         if self.seen_files.contains(&key) {
             return None;
         }
@@ -479,7 +514,9 @@ impl Scanner<'_> {
         let exposed = read.mode & 0o004 != 0 && dirs_traversable(path);
 
         for e in extract::entries(c, &value) {
-            self.server(c, scope, path, project, &owner, exposed, read.mode, &read.text, &e);
+            self.server(
+                c, scope, path, project, &owner, exposed, read.mode, &read.text, &e,
+            );
         }
         // Claude Code's local scope: `projects.<dir>.mcpServers` inside the user file.
         if c.project_records == ProjectRecords::ClaudeProjects
@@ -491,7 +528,17 @@ impl Scanner<'_> {
                     extract::collection(c, servers, &mut es);
                     let dir = PathBuf::from(dir);
                     for e in &es {
-                        self.server(c, Scope::Project, path, Some(&dir), &owner, exposed, read.mode, &read.text, e);
+                        self.server(
+                            c,
+                            Scope::Project,
+                            path,
+                            Some(&dir),
+                            &owner,
+                            exposed,
+                            read.mode,
+                            &read.text,
+                            e,
+                        );
                     }
                 }
             }
@@ -617,7 +664,10 @@ mod tests {
 
     #[test]
     fn file_uris_decode() {
-        assert_eq!(file_uri_path("file:///home/a/my%20proj"), Some(PathBuf::from("/home/a/my proj")));
+        assert_eq!(
+            file_uri_path("file:///home/a/my%20proj"),
+            Some(PathBuf::from("/home/a/my proj"))
+        );
         assert_eq!(file_uri_path("vscode-remote://ssh/x"), None);
     }
 

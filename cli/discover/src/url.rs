@@ -20,7 +20,11 @@ pub(crate) struct Url<'a> {
 
 pub(crate) fn parse(u: &str) -> Option<Url<'_>> {
     let (scheme, rest) = u.split_once("://")?;
-    if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
         return None;
     }
     let rest = rest.split('#').next().unwrap_or("");
@@ -70,8 +74,10 @@ pub(crate) fn is_loopback(host: &str) -> bool {
     h == "localhost"
         || h.ends_with(".localhost")
         || h == "::1"
-        || h.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
-        || h.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_loopback())
+        || h.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
+        || h.parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 /// The URL as shown: user-info replaced by `***`, every query value by `***` (query strings carry
@@ -124,7 +130,10 @@ mod tests {
     #[test]
     fn parses_and_redacts() {
         let u = parse("https://user:pw@mcp.example.com:8443/a/b?key=s3cret#f").expect("url");
-        assert_eq!((u.host, u.port, u.path, u.query), ("mcp.example.com", 8443, "/a/b", Some("key=s3cret")));
+        assert_eq!(
+            (u.host, u.port, u.path, u.query),
+            ("mcp.example.com", 8443, "/a/b", Some("key=s3cret"))
+        );
         assert_eq!(
             redacted("https://user:pw@mcp.example.com:8443/a/b?key=s3cret&x"),
             "https://***@mcp.example.com:8443/a/b?key=***&***"
