@@ -132,8 +132,10 @@ fn every_client_in_the_table_is_found_in_its_fixture() {
         scopes,
         BTreeSet::from(["managed", "plugin", "project", "user"])
     );
-    assert_eq!(v["summary"]["servers"], 46, "{}", v["summary"]);
-    assert_eq!(v["summary"]["homes_scanned"], 3);
+    assert_eq!(v["summary"]["servers"], 47, "{}", v["summary"]);
+    assert_eq!(v["summary"]["homes_scanned"], 4);
+    // A home outside /home, found through /etc/passwd.
+    assert_eq!(server(&v, "svc-git")["scope"], "user");
 
     // Shapes: placeholders and comments parsed, transports per client rules, names only.
     assert_eq!(
@@ -449,7 +451,7 @@ fn sarif_is_2_1_0_with_one_rule_per_risk_flag() {
 fn csv_and_markdown_have_one_row_per_server() {
     let r = root();
     let csv = scan(&["--root", s(&r), "--format", "csv"]);
-    assert_eq!(csv.stdout.lines().count(), 47, "header + 46 servers");
+    assert_eq!(csv.stdout.lines().count(), 48, "header + 47 servers");
     assert!(csv.stdout.starts_with("client,scope,owner,name,transport,"));
     let md = scan(&["--root", s(&r), "--format", "md"]);
     let rows = md
@@ -457,7 +459,7 @@ fn csv_and_markdown_have_one_row_per_server() {
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| client"))
         .count();
-    assert_eq!(rows, 46);
+    assert_eq!(rows, 47);
 }
 
 #[test]

@@ -214,7 +214,7 @@ pub(crate) fn assess(e: &RawEntry, secrets: &Secrets) -> Assessed {
     // The command and arguments, redacted; a command written as one string is split for analysis.
     let mut argv: Vec<String> = Vec::new();
     if let Some(c) = &e.command {
-        if e.args.is_empty() && c.trim().contains(' ') && !std::path::Path::new(c).exists() {
+        if e.args.is_empty() && c.trim().contains(' ') {
             argv.extend(c.split_whitespace().map(str::to_string));
         } else {
             argv.push(c.clone());

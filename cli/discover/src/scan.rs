@@ -101,14 +101,16 @@ pub fn scan(opts: &Options, policy: Option<&Policy>) -> Report {
         opts,
         policy,
         secrets: Secrets::new(),
-        users: read_passwd(&opts.root.join("etc/passwd")),
+        users: BTreeMap::new(),
         report: Report::default(),
         seen_files: HashSet::new(),
         seen_projects: BTreeSet::new(),
     };
+    let passwd = read_passwd(&opts.root.join("etc/passwd"));
+    s.users = passwd.names;
     let homes = match &opts.homes {
         Some(h) => h.clone(),
-        None => list_homes(&opts.root),
+        None => list_homes(&opts.root, &passwd.homes),
     };
     for home in &homes {
         s.home(home);
@@ -133,39 +135,58 @@ pub fn scan(opts: &Options, policy: Option<&Policy>) -> Report {
     s.report
 }
 
-/// `<root>/root` and every directory in `<root>/home`, sorted, symlinks skipped.
-fn list_homes(root: &Path) -> Vec<PathBuf> {
-    let mut homes = Vec::new();
+/// `<root>/root`, every directory in `<root>/home`, and the homes of human users (uid 0 or
+/// 1000..65534) that `<root>/etc/passwd` puts elsewhere; sorted, symlinks skipped.
+fn list_homes(root: &Path, passwd_homes: &[PathBuf]) -> Vec<PathBuf> {
+    let is_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let mut homes = BTreeSet::new();
     let r = root.join("root");
-    if fs::symlink_metadata(&r).is_ok_and(|m| m.is_dir()) {
-        homes.push(r);
+    if is_dir(&r) {
+        homes.insert(r);
     }
     if let Ok(rd) = fs::read_dir(root.join("home")) {
-        let mut v: Vec<PathBuf> = rd
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        v.sort();
-        homes.extend(v);
+        homes.extend(
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
     }
-    homes
+    for h in passwd_homes {
+        let rooted = match h.strip_prefix("/") {
+            Ok(rel) => root.join(rel),
+            Err(_) => continue,
+        };
+        if h != Path::new("/") && is_dir(&rooted) {
+            homes.insert(rooted);
+        }
+    }
+    homes.into_iter().collect()
 }
 
-/// uid -> user name from a passwd file (missing file: empty map, owners shown as uids).
-fn read_passwd(path: &Path) -> BTreeMap<u32, String> {
-    let mut m = BTreeMap::new();
-    if let Ok(Some(text)) = read_capped(path).map(|r| r.map(|f| f.text)) {
-        for line in text.lines() {
+/// Users from a passwd file (missing file: none, owners shown as uids).
+#[derive(Debug, Default)]
+struct Passwd {
+    names: BTreeMap<u32, String>,
+    /// Homes of uid 0 and 1000..65534.
+    homes: Vec<PathBuf>,
+}
+
+fn read_passwd(path: &Path) -> Passwd {
+    let mut p = Passwd::default();
+    if let Ok(Some(f)) = read_capped(path) {
+        for line in f.text.lines() {
             let f: Vec<&str> = line.split(':').collect();
-            if f.len() >= 3
+            if f.len() >= 6
                 && let Ok(uid) = f[2].parse::<u32>()
             {
-                m.entry(uid).or_insert_with(|| f[0].to_string());
+                p.names.entry(uid).or_insert_with(|| f[0].to_string());
+                if uid == 0 || (1000..65534).contains(&uid) {
+                    p.homes.push(PathBuf::from(f[5]));
+                }
             }
         }
     }
-    m
+    p
 }
 
 struct ReadFile {
@@ -225,24 +246,37 @@ fn expand(base: &Path, pattern: &str, config: &Path, out: &mut Vec<PathBuf>) {
         None => (base.to_path_buf(), pattern),
     };
     let comps: Vec<&str> = rest.split('/').filter(|c| !c.is_empty()).collect();
-    expand_from(&start, &comps, out, 0);
+    let mut budget = MAX_WALK_DIRS;
+    expand_from(&start, &comps, out, 0, &mut budget);
 }
 
-fn expand_from(dir: &Path, comps: &[&str], out: &mut Vec<PathBuf>, depth: usize) {
+/// `budget` counts directories listed, so a hostile tree under `**` cannot stall the scan.
+fn expand_from(
+    dir: &Path,
+    comps: &[&str],
+    out: &mut Vec<PathBuf>,
+    depth: usize,
+    budget: &mut usize,
+) {
+    if *budget == 0 {
+        return;
+    }
     let Some((first, tail)) = comps.split_first() else {
         out.push(dir.to_path_buf());
         return;
     };
     if *first == "**" {
         // Zero or more directories, bounded.
-        expand_from(dir, tail, out, depth);
+        expand_from(dir, tail, out, depth, budget);
         if depth < 8 {
+            *budget = budget.saturating_sub(1);
             for d in sorted_subdirs(dir) {
-                expand_from(&d, comps, out, depth + 1);
+                expand_from(&d, comps, out, depth + 1, budget);
             }
         }
     } else if let Some((pre, suf)) = first.split_once('*') {
         let Ok(rd) = fs::read_dir(dir) else { return };
+        *budget = budget.saturating_sub(1);
         let mut names: Vec<(String, PathBuf)> = rd
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
@@ -253,11 +287,11 @@ fn expand_from(dir: &Path, comps: &[&str], out: &mut Vec<PathBuf>, depth: usize)
         names.sort();
         for (_, p) in names {
             if tail.is_empty() || fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                expand_from(&p, tail, out, depth);
+                expand_from(&p, tail, out, depth, budget);
             }
         }
     } else {
-        expand_from(&dir.join(first), tail, out, depth);
+        expand_from(&dir.join(first), tail, out, depth, budget);
     }
 }
 
