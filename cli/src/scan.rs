@@ -129,6 +129,11 @@ fn location(file: &std::path::Path, line: Option<usize>) -> String {
     }
 }
 
+fn pids(s: &Server) -> String {
+    let p: Vec<String> = s.pids.iter().map(u32::to_string).collect();
+    if p.is_empty() { "-".into() } else { p.join(",") }
+}
+
 fn risk_ids(s: &Server) -> String {
     let mut ids: Vec<&str> = s.risks.iter().map(|r| r.flag.id()).collect();
     ids.dedup();
@@ -166,6 +171,7 @@ fn table(r: &Report) -> String {
         Column::left("TRANSPORT", 0, 9),
         Column::left("LAUNCH", 0, 60),
         Column::left("REGISTRY", 0, 16),
+        Column::left("PIDS", 0, 16),
         Column::left("RISKS", 0, 48),
         Column::left("FILE", 0, 200),
     ]);
@@ -181,6 +187,7 @@ fn table(r: &Report) -> String {
                 s.transport.as_str().to_string(),
                 sanitize(&launch(s)),
                 sanitize(s.registry.label()),
+                pids(s),
                 risk_ids(s),
                 sanitize(&location(&s.file, s.line)),
             ]
@@ -254,7 +261,7 @@ fn csv_cell(s: &str) -> String {
 
 fn csv(r: &Report) -> String {
     let mut out = String::from(
-        "client,scope,owner,name,transport,command,args,url,env,headers,enabled,launch_hash,registry,risks,file,line,project\n",
+        "client,scope,owner,name,transport,command,args,url,env,headers,enabled,launch_hash,registry,risks,file,line,project,pids\n",
     );
     for s in &r.servers {
         let cells = [
@@ -282,6 +289,7 @@ fn csv(r: &Report) -> String {
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            s.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(";"),
         ];
         let row: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         out.push_str(&row.join(","));

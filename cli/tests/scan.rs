@@ -219,6 +219,7 @@ fn each_risk_flag_is_shown_on_the_server_that_has_it() {
         "gh-remote",
         "github",
         "sentry",
+        "svc-git",
     ] {
         let f = flags_of(server(&v, name));
         assert!(f.is_empty(), "{name}: {f:?}");
@@ -582,4 +583,42 @@ fn synthetic_home_with_50_config_files_and_200_projects() {
             .any(|x| x["name"] == "hidden" || x["name"] == "too-deep")
     );
     eprintln!("synthetic scan (debug build): {took:?}");
+}
+
+#[test]
+fn running_stdio_server_is_matched_to_its_pid() {
+    let d = tempfile::tempdir().expect("tmp");
+    let home = d.path().join("runner");
+    fs::create_dir_all(home.join(".cursor")).expect("mkdir");
+    // A distinctive argv so no other process on the host matches.
+    let arg = format!(
+        "{}.{}",
+        3000 + std::process::id() % 1000,
+        std::process::id()
+    );
+    fs::write(
+        home.join(".cursor/mcp.json"),
+        format!(r#"{{"mcpServers":{{"sleeper":{{"command":"sleep","args":["{arg}"]}},"idle":{{"command":"sleep","args":["{arg}9"]}}}}}}"#),
+    )
+    .expect("w");
+    let mut child = Command::new("sleep")
+        .arg(&arg)
+        .spawn()
+        .expect("spawn sleep");
+    // /proc/<pid>/cmdline is filled in after exec: wait for it.
+    let cmdline = PathBuf::from(format!("/proc/{}/cmdline", child.id()));
+    for _ in 0..200 {
+        if fs::read(&cmdline).is_ok_and(|b| b.starts_with(b"sleep")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (_, v) = json(&["--home", s(&home)]);
+    child.kill().expect("kill sleep");
+    child.wait().expect("reap sleep");
+    assert_eq!(
+        server(&v, "sleeper")["pids"],
+        serde_json::json!([child.id()])
+    );
+    assert_eq!(server(&v, "idle")["pids"], serde_json::json!([]));
 }

@@ -11,11 +11,13 @@
 //! - [`clients::CLIENTS`]: the data table of clients and their files (extend here).
 //! - [`scan()`]: the scan; [`Options`] say where (root, homes, walked paths).
 //! - Secrets found in a config are flagged and redacted before they enter the report.
+//! - Running stdio servers are matched to their pids by argv (`<root>/proc/*/cmdline`).
 
 pub mod clients;
 mod extract;
 mod model;
 mod parse;
+mod procs;
 mod registry;
 mod risk;
 mod scan;

@@ -217,6 +217,8 @@ pub struct Server {
     pub launch_hash: String,
     pub risks: Vec<Risk>,
     pub registry: Registry,
+    /// Pids of processes running this stdio launch now (argv match under `<root>/proc`).
+    pub pids: Vec<u32>,
 }
 
 impl Server {

@@ -22,6 +22,7 @@ use crate::clients::{CLIENTS, ClientDef, ProjectRecords};
 use crate::extract::{self, RawEntry};
 use crate::model::{FileError, Report, Risk, RiskFlag, Scope, Server, Transport};
 use crate::parse::{self, Syntax};
+use crate::procs::{self, Proc};
 use crate::registry;
 use crate::risk::{self, Secrets};
 
@@ -105,6 +106,7 @@ pub fn scan(opts: &Options, policy: Option<&Policy>) -> Report {
         report: Report::default(),
         seen_files: HashSet::new(),
         seen_projects: BTreeSet::new(),
+        procs: procs::list(&opts.root),
     };
     let passwd = read_passwd(&opts.root.join("etc/passwd"));
     s.users = passwd.names;
@@ -379,6 +381,7 @@ struct Scanner<'a> {
     report: Report,
     seen_files: HashSet<(&'static str, PathBuf)>,
     seen_projects: BTreeSet<PathBuf>,
+    procs: Vec<Proc>,
 }
 
 impl Scanner<'_> {
@@ -602,6 +605,10 @@ impl Scanner<'_> {
         }
         let transport = e.transport.unwrap_or(Transport::Stdio);
         let registry = registry::status(self.policy, a.url_raw.as_deref());
+        let pids = match (&e.command, transport) {
+            (Some(c), Transport::Stdio) => procs::running(&self.procs, c, &e.args),
+            _ => Vec::new(),
+        };
         self.report.servers.push(Server {
             client: c.id,
             scope,
@@ -620,6 +627,7 @@ impl Scanner<'_> {
             launch_hash: launch_hash(e, transport),
             risks: a.risks,
             registry,
+            pids,
         });
     }
 }
