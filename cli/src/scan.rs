@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use mcpwatch_discover::{Environment, FileError, Options, Report, RiskFlag, Server};
+use mcpwatch_discover::{Environment, FileError, Options, Report, Risk, RiskFlag, Server};
 use serde_json::{Value, json};
 
 use crate::emit;
@@ -131,7 +131,11 @@ fn location(file: &std::path::Path, line: Option<usize>) -> String {
 
 fn pids(s: &Server) -> String {
     let p: Vec<String> = s.pids.iter().map(u32::to_string).collect();
-    if p.is_empty() { "-".into() } else { p.join(",") }
+    if p.is_empty() {
+        "-".into()
+    } else {
+        p.join(",")
+    }
 }
 
 fn risk_ids(s: &Server) -> String {
@@ -160,6 +164,21 @@ fn error_line(e: &FileError) -> String {
         _ => String::new(),
     };
     format!("{}{pos}: {} ({})", e.file.display(), e.message, e.client)
+}
+
+/// One line per risk of every risky server, under `heading`; empty when nothing is risky.
+fn findings(r: &Report, heading: &str, line: impl Fn(&Server, &Risk) -> String) -> String {
+    let mut out = String::new();
+    for s in &r.servers {
+        for risk in &s.risks {
+            if out.is_empty() {
+                out.push_str(heading);
+            }
+            out.push_str(&line(s, risk));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn table(r: &Report) -> String {
@@ -201,23 +220,13 @@ fn table(r: &Report) -> String {
         out.push_str(&t.render(&rows));
     }
     // Shadow servers are marked in the REGISTRY column; the reasons are in --json and SARIF.
-    let flagged: Vec<&Server> = r.servers.iter().filter(|s| !s.risks.is_empty()).collect();
-    if !flagged.is_empty() {
-        out.push_str("\nFindings:\n");
-        for s in flagged {
-            let at = sanitize(&location(&s.file, s.line));
-            for risk in &s.risks {
-                let _ = writeln!(
-                    out,
-                    "  {} [{}] {}: {}",
-                    sanitize(&s.name),
-                    risk.flag,
-                    sanitize(&risk.detail),
-                    at
-                );
-            }
-        }
-    }
+    out.push_str(&findings(r, "\nFindings:\n", |s, risk| {
+        let at = location(&s.file, s.line);
+        sanitize(&format!(
+            "  {} [{}] {}: {at}",
+            s.name, risk.flag, risk.detail
+        ))
+    }));
     if !r.errors.is_empty() {
         out.push_str("\nUnreadable files (scan went on):\n");
         for e in &r.errors {
@@ -289,7 +298,11 @@ fn csv(r: &Report) -> String {
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            s.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(";"),
+            s.pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(";"),
         ];
         let row: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         out.push_str(&row.join(","));
@@ -318,7 +331,7 @@ fn markdown(r: &Report) -> String {
     for s in &r.servers {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | `{}` | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.client,
             s.scope.as_str(),
             md(&s.owner),
@@ -330,22 +343,16 @@ fn markdown(r: &Report) -> String {
             md(&location(&s.file, s.line)),
         );
     }
-    let flagged: Vec<&Server> = r.servers.iter().filter(|s| !s.risks.is_empty()).collect();
-    if !flagged.is_empty() {
-        out.push_str("\n## Findings\n\n");
-        for s in flagged {
-            for risk in &s.risks {
-                let _ = writeln!(
-                    out,
-                    "- **{}** `{}`: {} ({})",
-                    md(&s.name),
-                    risk.flag,
-                    md(&risk.detail),
-                    md(&location(&s.file, s.line))
-                );
-            }
-        }
-    }
+    out.push_str(&findings(r, "\n## Findings\n\n", |s, risk| {
+        let at = location(&s.file, s.line);
+        format!(
+            "- **{}** `{}`: {} ({})",
+            md(&s.name),
+            risk.flag,
+            md(&risk.detail),
+            md(&at)
+        )
+    }));
     if !r.errors.is_empty() {
         out.push_str("\n## Unreadable files\n\n");
         for e in &r.errors {

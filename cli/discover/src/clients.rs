@@ -64,6 +64,21 @@ pub enum ProjectRecords {
 
 const MCP_SERVERS: &[&[&str]] = &[&["mcpServers"]];
 
+/// Defaults for the table: a `mcpServers` map, bare `url` = Streamable HTTP, no project, managed
+/// or plugin files, no environment override, no project records.
+const BASE: ClientDef = ClientDef {
+    id: "",
+    name: "",
+    user_files: &[],
+    project_files: &[],
+    managed_files: &[],
+    plugin_files: &[],
+    server_keys: MCP_SERVERS,
+    bare_url: Transport::Http,
+    env_override: None,
+    project_records: ProjectRecords::None,
+};
+
 /// Every known client. Order is output order for equal files.
 pub const CLIENTS: &[ClientDef] = &[
     ClientDef {
@@ -73,37 +88,25 @@ pub const CLIENTS: &[ClientDef] = &[
         project_files: &[".mcp.json"],
         managed_files: &["etc/claude-code/managed-mcp.json"],
         plugin_files: &[".claude/plugins/**/.mcp.json"],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
         env_override: Some(EnvOverride {
             var: "CLAUDE_CONFIG_DIR",
             files: &[".claude.json"],
         }),
         project_records: ProjectRecords::ClaudeProjects,
+        ..BASE
     },
     ClientDef {
         id: "claude-desktop",
         name: "Claude Desktop",
         user_files: &["{config}/Claude/claude_desktop_config.json"],
-        project_files: &[],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "cursor",
         name: "Cursor",
         user_files: &[".cursor/mcp.json"],
         project_files: &[".cursor/mcp.json"],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "vscode",
@@ -116,48 +119,29 @@ pub const CLIENTS: &[ClientDef] = &[
             "{config}/VSCodium/User/mcp.json",
         ],
         project_files: &[".vscode/mcp.json", ".vscode/settings.json"],
-        managed_files: &[],
-        plugin_files: &[],
         server_keys: &[&["servers"], &["mcp", "servers"]],
-        bare_url: Transport::Http,
-        env_override: None,
         project_records: ProjectRecords::VsCodeWorkspaces,
+        ..BASE
     },
     ClientDef {
         id: "copilot-cli",
         name: "GitHub Copilot CLI",
         user_files: &[".copilot/mcp-config.json"],
-        project_files: &[],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "windsurf",
         name: "Windsurf",
         user_files: &[".codeium/windsurf/mcp_config.json"],
-        project_files: &[],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "zed",
         name: "Zed",
         user_files: &["{config}/zed/settings.json"],
         project_files: &[".zed/settings.json"],
-        managed_files: &[],
-        plugin_files: &[],
         server_keys: &[&["context_servers"]],
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "gemini-cli",
@@ -166,11 +150,9 @@ pub const CLIENTS: &[ClientDef] = &[
         project_files: &[".gemini/settings.json"],
         managed_files: &["etc/gemini-cli/settings.json"],
         plugin_files: &[".gemini/extensions/*/gemini-extension.json"],
-        server_keys: MCP_SERVERS,
         // Gemini: `url` is SSE, `httpUrl` is Streamable HTTP (see `extract`).
         bare_url: Transport::Sse,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "codex",
@@ -178,26 +160,21 @@ pub const CLIENTS: &[ClientDef] = &[
         user_files: &[".codex/config.toml"],
         project_files: &[".codex/config.toml"],
         managed_files: &["etc/codex/config.toml"],
-        plugin_files: &[],
         server_keys: &[&["mcp_servers"]],
-        bare_url: Transport::Http,
         env_override: Some(EnvOverride {
             var: "CODEX_HOME",
             files: &["config.toml"],
         }),
         project_records: ProjectRecords::CodexProjects,
+        ..BASE
     },
     ClientDef {
         id: "continue",
         name: "Continue",
         user_files: &[".continue/config.yaml", ".continue/config.json"],
         project_files: &[".continue/mcpServers/*.yaml", ".continue/mcpServers/*.json"],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
         bare_url: Transport::Sse,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "cline",
@@ -208,14 +185,10 @@ pub const CLIENTS: &[ClientDef] = &[
             "{config}/Windsurf/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json",
             "{config}/VSCodium/User/globalStorage/saoudrizwan.claude-dev/settings/cline_mcp_settings.json",
         ],
-        project_files: &[],
-        managed_files: &[],
-        plugin_files: &[],
         server_keys: MCP_SERVERS,
         // Cline: a bare `url` means SSE.
         bare_url: Transport::Sse,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "roo-code",
@@ -225,24 +198,16 @@ pub const CLIENTS: &[ClientDef] = &[
             "{config}/Cursor/User/globalStorage/rooveterinaryinc.roo-cline/settings/mcp_settings.json",
         ],
         project_files: &[".roo/mcp.json"],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
         bare_url: Transport::Sse,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "goose",
         name: "goose",
         user_files: &["{config}/goose/config.yaml"],
-        project_files: &[],
-        managed_files: &[],
-        plugin_files: &[],
         server_keys: &[&["extensions"]],
         bare_url: Transport::Sse,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "opencode",
@@ -252,51 +217,32 @@ pub const CLIENTS: &[ClientDef] = &[
             "{config}/opencode/opencode.jsonc",
         ],
         project_files: &["opencode.json", "opencode.jsonc"],
-        managed_files: &[],
-        plugin_files: &[],
         server_keys: &[&["mcp"]],
-        bare_url: Transport::Http,
         env_override: Some(EnvOverride {
             var: "OPENCODE_CONFIG",
             files: &[],
         }),
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "amazon-q",
         name: "Amazon Q",
         user_files: &[".aws/amazonq/mcp.json"],
         project_files: &[".amazonq/mcp.json"],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "kiro",
         name: "Kiro",
         user_files: &[".kiro/settings/mcp.json"],
         project_files: &[".kiro/settings/mcp.json"],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
     ClientDef {
         id: "lm-studio",
         name: "LM Studio",
         user_files: &[".lmstudio/mcp.json", ".cache/lm-studio/mcp.json"],
-        project_files: &[],
-        managed_files: &[],
-        plugin_files: &[],
-        server_keys: MCP_SERVERS,
-        bare_url: Transport::Http,
-        env_override: None,
-        project_records: ProjectRecords::None,
+        ..BASE
     },
 ];
 
