@@ -96,38 +96,64 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
     };
     // `Bearer ${input:token}` is a placeholder too.
     let last = v.rsplit(' ').next().unwrap_or(v);
-    whole_var(v) || whole_var(last)
+    let lower = v.to_ascii_lowercase();
+    whole_var(v)
+        || whole_var(last)
+        // Template text left for the user to fill in.
+        || ["your_", "your-", "yourtoken", "yourkey", "xxxxxx", "changeme", "replace_me", "replace-me"]
+            .iter()
+            .any(|w| lower.contains(w))
 }
 
-/// Names that hold credentials: `GITHUB_TOKEN`, `x-api-key`, `Authorization`, `--password`.
+/// Names that hold credentials: `GITHUB_TOKEN`, `x-api-key`, `Authorization`, `--password`,
+/// `apiKey`, `OPENAI_KEY`. Judged by whole words (`GIT_AUTHOR_NAME` is not `auth`).
 pub(crate) fn secretish_name(name: &str) -> bool {
-    let n = name
-        .trim_start_matches('-')
-        .to_ascii_lowercase()
-        .replace(['-', '.'], "_");
-    [
+    // Words: split at non-alphanumerics and at camelCase humps.
+    let mut words: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if c.is_ascii_uppercase() && prev_lower && !cur.is_empty() {
+            words.push(std::mem::take(&mut cur));
+        }
+        prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        cur.push(c.to_ascii_lowercase());
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    const WORDS: &[&str] = &[
         "token",
+        "tokens",
         "secret",
+        "secrets",
         "password",
         "passwd",
+        "pwd",
+        "pass",
         "apikey",
-        "api_key",
-        "access_key",
-        "private_key",
-        "credential",
         "auth",
+        "authorization",
+        "credential",
+        "credentials",
         "cookie",
-        "session_key",
         "pat",
-    ]
-    .iter()
-    .any(|w| {
-        if *w == "pat" {
-            n == "pat" || n.ends_with("_pat") || n.starts_with("pat_")
-        } else {
-            n.contains(w)
-        }
-    })
+        "bearer",
+        "privatekey",
+        "accesskey",
+        "passphrase",
+        "sessionid",
+    ];
+    words.iter().any(|w| WORDS.contains(&w.as_str()))
+        // `OPENAI_KEY`, `X-Api-Key`, `access_key`: a name ending in the word `key`.
+        || words.last().is_some_and(|w| w == "key")
 }
 
 /// What the scanner keeps of one entry after the checks.
@@ -878,6 +904,38 @@ mod tests {
         ok.env = vec![("API_KEY".into(), Some("${input:api-key}".into()))];
         ok.headers = vec![("Authorization".into(), Some("Bearer ${env:TOKEN}".into()))];
         assert!(flags(&ok).is_empty());
+    }
+
+    #[test]
+    fn secret_names_are_whole_words() {
+        for n in [
+            "GITHUB_TOKEN",
+            "x-api-key",
+            "Authorization",
+            "--password",
+            "apiKey",
+            "OPENAI_KEY",
+            "DB_PASS",
+            "clientSecret",
+        ] {
+            assert!(secretish_name(n), "{n}");
+        }
+        for n in [
+            "GIT_AUTHOR_NAME",
+            "KEYBOARD_LAYOUT",
+            "PATH",
+            "TOKENIZER_MODEL",
+            "MODE",
+            "KEY_FILE",
+            "passthrough",
+        ] {
+            assert!(!secretish_name(n), "{n}");
+        }
+        let s = Secrets::new();
+        assert!(!s.is_secret("GIT_AUTHOR_NAME", "Alice Example"));
+        assert!(!s.is_secret("API_KEY", "YOUR_API_KEY_HERE"));
+        assert!(!s.is_secret("GITHUB_TOKEN", "${input:gh}"));
+        assert!(s.is_secret("DB_PASS", "correct-horse-battery"));
     }
 
     #[test]
