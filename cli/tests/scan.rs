@@ -622,3 +622,41 @@ fn running_stdio_server_is_matched_to_its_pid() {
     );
     assert_eq!(server(&v, "idle")["pids"], serde_json::json!([]));
 }
+
+#[test]
+fn closed_stdout_exits_0_like_the_other_commands() {
+    let d = tempfile::tempdir().expect("tmp");
+    fs::create_dir_all(d.path().join(".cursor")).expect("mkdir");
+    // Enough output (several hundred KB) to outlast the pipe buffer.
+    let servers: serde_json::Map<String, Value> = (0..3000)
+        .map(|i| {
+            (
+                format!("server-{i}"),
+                serde_json::json!({"command": "npx", "args": ["-y", format!("pkg-{i}")]}),
+            )
+        })
+        .collect();
+    fs::write(
+        d.path().join(".cursor/mcp.json"),
+        serde_json::json!({ "mcpServers": servers }).to_string(),
+    )
+    .expect("w");
+    let mut child = Command::new(BIN)
+        .args(["scan", "--home", s(d.path()), "--json"])
+        .env("HOME", "/nonexistent/mcpwatch-scan-test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("first bytes");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
