@@ -5,12 +5,14 @@
 //! protocol from `mcpwatch_api` over the daemon's Unix socket.
 //!
 //! Exit codes: 0 on success (also when stdout is closed early, as in
-//! `mcpwatch audit | head -1`), 1 when `audit verify` finds the trail tampered with,
-//! 2 on any error, including usage errors.
+//! `mcpwatch audit | head -1`), 1 when `audit verify` finds the trail tampered with or
+//! `scan` finds something shadow, risky or unreadable, 2 on any error, including usage
+//! errors.
 
 mod ca;
 mod client;
 mod govern;
+mod scan;
 mod table;
 mod view;
 
@@ -91,6 +93,9 @@ enum Command {
     Pin(govern::PinCmd),
     /// Run the detectors on a JSON-RPC message offline and print what they find.
     Inspect(govern::InspectArgs),
+    /// Scan MCP client configurations on this host (no daemon): servers, risks, shadow servers.
+    /// Exit status 1 when something is shadow, risky or unreadable.
+    Scan(scan::ScanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -165,9 +170,9 @@ fn flush(out: &mut dyn Write) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut out = BufWriter::new(io::stdout().lock());
-    let result = run(&cli, &mut out).and_then(|()| flush(&mut out));
+    let result = run(&cli, &mut out).and_then(|code| flush(&mut out).map(|()| code));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if let Some(StdoutError(io)) = e.downcast_ref::<StdoutError>()
                 && io.kind() == io::ErrorKind::BrokenPipe
@@ -185,8 +190,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
-    match &cli.command {
+fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode> {
+    let done = match &cli.command {
         Command::List { json } => list(&cli.socket, *json, out),
         Command::Audit(args) => audit(&cli.socket, args, out),
         Command::Status { json } => status(&cli.socket, *json, out),
@@ -202,7 +207,9 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Policy(cmd) => govern::policy(&cli.socket, cmd, out),
         Command::Pin(cmd) => govern::pin(&cli.socket, cmd, out),
         Command::Inspect(args) => govern::inspect(args, out),
-    }
+        Command::Scan(args) => return scan::run(args, out),
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn list(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
