@@ -46,6 +46,34 @@ pub struct FileConfig {
     /// TLS interception (`[tls]`): local CA, scope, upstream trust.
     #[serde(default)]
     pub tls: TlsFile,
+    /// What audit records keep (`[audit]`).
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+/// `[audit]`: what the records keep about the calling process.
+///
+/// ```toml
+/// [audit]
+/// cmdline = "redacted"   # or "off" (no command line at all) or "full" (verbatim: secrets in argv land on disk)
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub cmdline: Option<CmdlineMode>,
+}
+
+/// How a process's command line is recorded (audit records, held calls, inventory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmdlineMode {
+    /// Every argument passes through the content detectors (`--token=<SECRET>`).
+    #[default]
+    Redacted,
+    /// Not recorded.
+    Off,
+    /// Verbatim. A secret on an agent's command line is then stored in every record.
+    Full,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -78,6 +106,8 @@ pub struct Config {
     pub audit_sync: bool,
     pub limits: Limits,
     pub tls: TlsConfig,
+    /// `[audit] cmdline`.
+    pub audit_cmdline: CmdlineMode,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +160,7 @@ impl Default for Config {
             audit_sync: true,
             limits: Limits::default(),
             tls: TlsConfig::default(),
+            audit_cmdline: CmdlineMode::default(),
         }
     }
 }
@@ -347,6 +378,7 @@ impl FileConfig {
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
         };
         c.tls = self.tls.into_config();
+        c.audit_cmdline = self.audit.cmdline.unwrap_or_default();
         c.validate()?;
         Ok(c)
     }
