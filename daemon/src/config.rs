@@ -460,6 +460,19 @@ mod tests {
     }
 
     #[test]
+    fn audit_cmdline_defaults_to_redacted() {
+        assert_eq!(FileConfig::default().into_config().unwrap().audit_cmdline, CmdlineMode::Redacted);
+        for (v, want) in [("off", CmdlineMode::Off), ("full", CmdlineMode::Full), ("redacted", CmdlineMode::Redacted)] {
+            let c = FileConfig::parse(&format!("[audit]\ncmdline = \"{v}\"\n"), Path::new("c.toml")).unwrap().into_config().unwrap();
+            assert_eq!(c.audit_cmdline, want);
+        }
+        let e = FileConfig::parse("[audit]\ncmdline = \"verbatim\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:2:"), "{e}");
+        let e = FileConfig::parse("[audit]\ncmd_line = \"off\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("cmd_line"), "{e}");
+    }
+
+    #[test]
     fn tls_table_parses_and_validates() {
         let c = FileConfig::default().into_config().unwrap();
         assert!(c.tls.enabled);
