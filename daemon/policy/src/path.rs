@@ -140,4 +140,34 @@ mod tests {
             assert!(!once.contains("/./") && !once.contains("//") || once.contains("://"), "{s:?} -> {once:?}");
         }
     }
+
+    #[test]
+    fn idempotent_and_clean_on_every_short_string() {
+        // Every string of up to 6 characters over an alphabet that exercises each rule.
+        const ALPHABET: [char; 7] = ['/', '.', 'a', ':', '?', '#', '\0'];
+        let mut s = String::new();
+        fn walk(s: &mut String, depth: usize) {
+            let once = normalize_path(s).into_owned();
+            assert_eq!(normalize_path(&once), once.as_str(), "not idempotent for {s:?}");
+            if !s.contains(['\0', ':']) {
+                // Plain paths: no `.` segment, no empty segment, `..` only leading.
+                let body = once.trim_start_matches('/').trim_end_matches('/');
+                let segs: Vec<&str> = body.split('/').collect();
+                assert!(once == "/" || once == "./" || once.is_empty() || !segs.iter().any(|x| x.is_empty()), "{s:?} -> {once:?}");
+                assert!(once == "." || once == "./" || !segs.contains(&"."), "{s:?} -> {once:?}");
+                let first_other = segs.iter().position(|x| *x != "..").unwrap_or(segs.len());
+                assert!(!segs[first_other..].contains(&".."), "{s:?} -> {once:?}");
+                assert!(!(once.starts_with('/') && segs.first() == Some(&"..")), "{s:?} -> {once:?}");
+            }
+            if depth == 0 {
+                return;
+            }
+            for c in ALPHABET {
+                s.push(c);
+                walk(s, depth - 1);
+                s.pop();
+            }
+        }
+        walk(&mut s, 6);
+    }
 }
