@@ -48,10 +48,10 @@ impl Answerer {
         let user = User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
         let proc_file = |f: &str| pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/{f}")).ok());
         let mut gids = vec![gid];
-        if let Some(status) = proc_file("status") {
-            if let Some(l) = status.lines().find(|l| l.starts_with("Groups:")) {
-                gids.extend(l.split_whitespace().skip(1).filter_map(|x| x.parse::<u32>().ok()));
-            }
+        if let Some(status) = proc_file("status")
+            && let Some(l) = status.lines().find(|l| l.starts_with("Groups:"))
+        {
+            gids.extend(l.split_whitespace().skip(1).filter_map(|x| x.parse::<u32>().ok()));
         }
         let groups = gids.iter().filter_map(|g| Group::from_gid(Gid::from_raw(*g)).ok().flatten().map(|g| g.name)).collect();
         let exe = pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()).map(|p| p.display().to_string());
@@ -177,7 +177,7 @@ impl Approvals {
     pub fn list(&self) -> Vec<HeldCall> {
         let Ok(h) = self.held.lock() else { return Vec::new() };
         let mut v: Vec<HeldCall> = h.values().map(|e| e.view.clone()).collect();
-        v.sort_by(|a, b| a.held_since_ms.cmp(&b.held_since_ms));
+        v.sort_by_key(|c| c.held_since_ms);
         v
     }
 
