@@ -71,8 +71,15 @@ pub enum ControlError {
 pub async fn bind(path: &Path, group: &str) -> Result<UnixListener, ControlError> {
     let p = path.display().to_string();
     let io = |source| ControlError::Io { path: p.clone(), source };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        // The daemon runs with umask 077; a directory it creates for the socket must still
+        // let the control group through (0750, group `control_group`), as systemd's
+        // RuntimeDirectoryMode does.
         std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(io)?;
+        if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
+            let _ = nix::unistd::chown(dir, None, Some(g.gid));
+        }
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -222,4 +229,22 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> io::
     let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_dir_it_creates_lets_the_control_group_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run").join("mcpwatch");
+        let sock = dir.join("control.sock");
+        let _l = bind(&sock, "nogroup").await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o750);
+        assert_eq!(mode(&sock), 0o660);
+        // A second daemon on the same socket is refused; the directory is left alone.
+        assert!(matches!(bind(&sock, "nogroup").await, Err(ControlError::InUse { .. })));
+    }
 }
