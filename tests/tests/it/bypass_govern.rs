@@ -360,3 +360,77 @@ fn path_rules_match_normalised_paths() {
     let forwarded: Vec<Value> = server.recorded_calls().iter().map(|c| c["arguments"]["path"].clone()).collect();
     assert_eq!(forwarded, vec![json!("docs/../README.md")], "only the in-root path reached the server (as sent)");
 }
+
+/// Containment as an SRE writes it against normalised paths: absolute and outside the
+/// project, relative and escaping it, or carrying a NUL.
+const CONTAINMENT: &str = r#"
+version = 1
+mode = "enforce"
+shadow = "allow"
+
+[[rule]]
+id = "outside-project"
+tools = ["read_file"]
+action = "deny"
+[[rule.when]]
+pointer = "/path"
+matches = '^/'
+[[rule.when]]
+pointer = "/path"
+not_matches = '^/home/alice/project(/|$)'
+
+[[rule]]
+id = "escapes-project"
+tools = ["read_file"]
+action = "deny"
+[[rule.when]]
+pointer = "/path"
+matches = '^\.\.(/|$)'
+
+[[rule]]
+id = "no-nul"
+tools = ["read_file"]
+action = "deny"
+[[rule.when]]
+pointer = "/path"
+matches = '\x00'
+"#;
+
+/// `params.arguments` of a threat case's message.
+fn case_arguments(id: &str) -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/threats.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let case: Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("threat case {id} missing"));
+    let msg: Value = serde_json::from_str(case["input"]["message"].as_str().expect("message")).expect("message JSON");
+    msg["params"]["arguments"].clone()
+}
+
+#[test]
+fn traversal_threat_cases_are_blocked_on_the_normalised_path() {
+    let server = peers::python_server().json_response().host_check(peers::HostCheck::Off).spawn();
+    let d = static_daemon(&server, None, CONTAINMENT);
+    let url = format!("http://127.0.0.1:{}/mcp", d.port);
+    let cases = [("TR-001", "outside-project"), ("TR-002", "outside-project"), ("TR-007", "no-nul")];
+    let mut client = Client::python(&url);
+    for (id, _) in cases {
+        client = client.call("read_file", case_arguments(id));
+    }
+    let out = client
+        .call("read_file", json!({"path": "/home/alice/project/docs/../README.md"}))
+        .call("read_file", json!({"path": "src/../../../etc/passwd"}))
+        .run();
+    let steps = out.steps();
+    for (i, (id, rule)) in cases.iter().enumerate() {
+        assert_eq!(steps[i]["ok"], false, "{id} must be blocked: {}", steps[i]);
+        assert_eq!(steps[i]["error"]["code"], -32001, "{id}: {}", steps[i]);
+        assert!(steps[i]["error"]["message"].as_str().unwrap_or_default().contains(rule) || d.audit().iter().any(|r| r.decision.as_ref().is_some_and(|x| x.rules.iter().any(|x| x == rule))), "{id}: {rule}");
+    }
+    assert_eq!(steps[3]["ok"], true, "inside the project: {}", steps[3]);
+    assert_eq!(steps[4]["ok"], false, "relative escape: {}", steps[4]);
+    let forwarded: Vec<Value> = server.recorded_calls().iter().map(|c| c["arguments"]["path"].clone()).collect();
+    assert_eq!(forwarded, vec![json!("/home/alice/project/docs/../README.md")]);
+}
