@@ -46,6 +46,34 @@ pub struct FileConfig {
     /// TLS interception (`[tls]`): local CA, scope, upstream trust.
     #[serde(default)]
     pub tls: TlsFile,
+    /// What audit records keep (`[audit]`).
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+/// `[audit]`: what the records keep about the calling process.
+///
+/// ```toml
+/// [audit]
+/// cmdline = "redacted"   # or "off" (no command line at all) or "full" (verbatim: secrets in argv land on disk)
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub cmdline: Option<CmdlineMode>,
+}
+
+/// How a process's command line is recorded (audit records, held calls, inventory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmdlineMode {
+    /// Every argument passes through the content detectors (`--token=<SECRET>`).
+    #[default]
+    Redacted,
+    /// Not recorded.
+    Off,
+    /// Verbatim. A secret on an agent's command line is then stored in every record.
+    Full,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -78,6 +106,8 @@ pub struct Config {
     pub audit_sync: bool,
     pub limits: Limits,
     pub tls: TlsConfig,
+    /// `[audit] cmdline`.
+    pub audit_cmdline: CmdlineMode,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +160,7 @@ impl Default for Config {
             audit_sync: true,
             limits: Limits::default(),
             tls: TlsConfig::default(),
+            audit_cmdline: CmdlineMode::default(),
         }
     }
 }
@@ -347,6 +378,7 @@ impl FileConfig {
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
         };
         c.tls = self.tls.into_config();
+        c.audit_cmdline = self.audit.cmdline.unwrap_or_default();
         c.validate()?;
         Ok(c)
     }
@@ -425,6 +457,19 @@ mod tests {
         let src = "ports = \"80,90000\"\n";
         let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("ports"), "{err}");
+    }
+
+    #[test]
+    fn audit_cmdline_defaults_to_redacted() {
+        assert_eq!(FileConfig::default().into_config().unwrap().audit_cmdline, CmdlineMode::Redacted);
+        for (v, want) in [("off", CmdlineMode::Off), ("full", CmdlineMode::Full), ("redacted", CmdlineMode::Redacted)] {
+            let c = FileConfig::parse(&format!("[audit]\ncmdline = \"{v}\"\n"), Path::new("c.toml")).unwrap().into_config().unwrap();
+            assert_eq!(c.audit_cmdline, want);
+        }
+        let e = FileConfig::parse("[audit]\ncmdline = \"verbatim\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:2:"), "{e}");
+        let e = FileConfig::parse("[audit]\ncmd_line = \"off\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("cmd_line"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod proxy;
 pub mod resolve;
 pub mod session;
+pub mod startup;
 pub mod state;
 
 use std::future::Future;
