@@ -185,6 +185,17 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             send(&mut w, &resp).await
         }
         Request::PinAccept { server, tool } => {
+            // Accepting a changed tool definition is an operator's decision, like an
+            // approval: never from inside the watched cgroup (an agent accepting its own
+            // rug pull), unless the policy names the account.
+            let answerer = Answerer::from_peer(cred.uid(), cred.gid(), cred.pid());
+            let named = shared.governance.current().policy.approvers().to_vec();
+            let gate = check_answerer(&answerer, &mcpwatch_api::HeldCall::default(), &named, watched_scope(&shared).as_deref());
+            if let Err(refusal) = gate {
+                tracing::warn!(%server, by = %answerer.label(), "pin accept refused: {refusal}");
+                let message = format!("refused: {refusal}; the tool definitions stay pinned. Accept them from outside the watched cgroup, or name who may in the policy: [approvals] approvers (docs/policy.md)");
+                return send(&mut w, &Response::Error { message }).await;
+            }
             let resp = match shared.inventory.accept_pins(&server, tool.as_deref()) {
                 Ok((endpoint, tools)) if tools.is_empty() => Response::Done { message: format!("{endpoint}: nothing to accept, all pins are current") },
                 Ok((endpoint, tools)) => {

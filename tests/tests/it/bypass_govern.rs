@@ -113,6 +113,14 @@ fn self_approval_is_refused_from_the_agents_uid_and_from_inside_the_watched_cgro
     let out = cli_as(&w.daemon, Some(NOBODY), Some(w.cgroup()), &["deny", &id]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
+    // Accepting changed tool definitions is an operator's decision too: an agent inside
+    // the watched cgroup cannot accept its own server's rug pull.
+    let out = cli_as(&w.daemon, Some(NOBODY), Some(w.cgroup()), &["pin", "accept", &server.url()]);
+    assert_eq!(out.status.code(), Some(2), "pin accept from the watched cgroup must fail: {}", stderr(&out));
+    assert!(stderr(&out).contains("inside the watched cgroup") && stderr(&out).contains("stay pinned"), "{}", stderr(&out));
+    let out = cli_as(&w.daemon, Some(NOBODY), None, &["pin", "accept", &server.url()]);
+    assert!(out.status.success(), "an operator outside the cgroup may accept: {}", stderr(&out));
+
     // Nothing was forwarded and the call is still waiting.
     assert!(server.recorded_calls().is_empty());
     assert_eq!(w.daemon.wait_pending(1)[0].id, id);
