@@ -52,6 +52,34 @@ pub struct FileConfig {
     /// Prometheus metrics endpoint (`[metrics]`): off unless `listen` is set.
     #[serde(default)]
     pub metrics: crate::metrics::MetricsFile,
+    /// What audit records keep (`[audit]`).
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+/// `[audit]`: what the records keep about the calling process.
+///
+/// ```toml
+/// [audit]
+/// cmdline = "redacted"   # or "off" (no command line at all) or "full" (verbatim: secrets in argv land on disk)
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub cmdline: Option<CmdlineMode>,
+}
+
+/// How a process's command line is recorded (audit records, held calls, inventory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmdlineMode {
+    /// Every argument passes through the content detectors (`--token=<SECRET>`).
+    #[default]
+    Redacted,
+    /// Not recorded.
+    Off,
+    /// Verbatim. A secret on an agent's command line is then stored in every record.
+    Full,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -86,6 +114,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub sinks: crate::sinks::SinksConfig,
     pub metrics: crate::metrics::MetricsConfig,
+    /// `[audit] cmdline`.
+    pub audit_cmdline: CmdlineMode,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +170,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             sinks: crate::sinks::SinksConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            audit_cmdline: CmdlineMode::default(),
         }
     }
 }
@@ -359,6 +390,7 @@ impl FileConfig {
         c.tls = self.tls.into_config();
         c.sinks = self.sinks.into_config().map_err(ConfigError::Invalid)?;
         c.metrics = self.metrics.into_config().map_err(ConfigError::Invalid)?;
+        c.audit_cmdline = self.audit.cmdline.unwrap_or_default();
         c.validate()?;
         Ok(c)
     }
@@ -437,6 +469,19 @@ mod tests {
         let src = "ports = \"80,90000\"\n";
         let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("ports"), "{err}");
+    }
+
+    #[test]
+    fn audit_cmdline_defaults_to_redacted() {
+        assert_eq!(FileConfig::default().into_config().unwrap().audit_cmdline, CmdlineMode::Redacted);
+        for (v, want) in [("off", CmdlineMode::Off), ("full", CmdlineMode::Full), ("redacted", CmdlineMode::Redacted)] {
+            let c = FileConfig::parse(&format!("[audit]\ncmdline = \"{v}\"\n"), Path::new("c.toml")).unwrap().into_config().unwrap();
+            assert_eq!(c.audit_cmdline, want);
+        }
+        let e = FileConfig::parse("[audit]\ncmdline = \"verbatim\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:2:"), "{e}");
+        let e = FileConfig::parse("[audit]\ncmd_line = \"off\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("cmd_line"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod resolve;
 pub mod session;
 pub mod sinks;
+pub mod startup;
 pub mod state;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ mod bench;
 mod cgroup;
 mod daemon;
 mod demo;
+mod package;
 mod procs;
 mod setup;
 mod util;
@@ -46,6 +47,12 @@ enum Cmd {
     BenchWorker(bench::WorkerArgs),
     /// Setup, build, then watch a real MCP client and server through mcpwatchd (needs root).
     Demo(demo::DemoArgs),
+    /// Build the Debian package (binaries, unit, sysusers/tmpfiles, config, docs, completions).
+    Deb(package::DebArgs),
+    /// Install on a host without dpkg (binaries under /usr/local); idempotent, enables nothing.
+    Install(package::InstallArgs),
+    /// Remove what `install` put in place (`--purge`: config and state too).
+    Uninstall(package::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +71,9 @@ fn main() -> ExitCode {
         }
         Cmd::BenchWorker(args) => bench::run_worker(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Demo(args) => demo::run(&args),
+        Cmd::Deb(args) => package::deb(&args).map(|_| ExitCode::SUCCESS),
+        Cmd::Install(args) => package::install(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::Uninstall(args) => package::uninstall(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

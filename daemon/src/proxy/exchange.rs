@@ -275,7 +275,7 @@ impl Scope {
             method: msg.and_then(|m| m.method()).map(str::to_string),
             jsonrpc_id: msg.and_then(|m| m.id()).map(|i| i.to_string()),
             name: msg.and_then(|m| m.target_name()).map(str::to_string),
-            args_hash: msg.and_then(|m| m.args_hash()),
+            args_hash: msg.and_then(|m| m.args_hash(shared.governance.hash_key())),
             result_hash: None,
             status: CallStatus::Pending,
             request_bytes: bytes,
@@ -621,6 +621,7 @@ fn govern_request(
         add_findings(rec, &report, "request");
         if enforce && report.redacted_total() > 0 {
             *modified = true;
+            rec.args_hash = Some(shared.governance.hash_key().hash_json(args)); // the redacted form is what leaves
             rec.notes.push(format!("arguments redacted before forwarding ({} spans)", report.redacted_total()));
         }
         content_block = enforce && report.action == Some(mcpwatch_inspect::Action::Block);
@@ -884,7 +885,7 @@ pub(super) fn write_closed(shared: &Shared, mut rec: AuditRecord, status: CallSt
 /// Close a record with the server's answer.
 pub(super) fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
     let (status, hash) = match msg {
-        Message::Response { .. } => (CallStatus::Ok, msg.result_hash()),
+        Message::Response { .. } => (CallStatus::Ok, msg.result_hash(shared.governance.hash_key())),
         Message::Error { code, message, .. } => (CallStatus::JsonrpcError { code: *code, message: message.clone() }, None),
         _ => (CallStatus::Ok, None),
     };

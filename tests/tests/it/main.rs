@@ -4,10 +4,13 @@
 //! eBPF scenarios attach only to a child cgroup they create and skip (printing why)
 //! only where the kernel or privileges cannot support them.
 
+mod bypass_govern;
 mod cli;
+mod durability;
 mod inspect;
 mod intercept;
 mod policy;
+mod package;
 mod protocol;
 mod service;
 mod siem;
