@@ -17,6 +17,10 @@ pub const MAX_CLIENTS: usize = 64;
 
 pub struct Inventory {
     servers: Mutex<HashMap<String, ServerEntry>>,
+    /// Socket address (`ip:port`) → paths that carried MCP there. Keyed by the real
+    /// destination, not the endpoint key: the endpoint's host comes from the client's
+    /// Host header, which a client can vary to look new.
+    mcp_dsts: Mutex<crate::session::BoundedMap<String, Vec<String>>>,
     dirty: Mutex<std::collections::HashSet<String>>,
     store: Store,
 }
@@ -59,6 +63,30 @@ pub struct ServerInfoUpdate {
     pub capabilities: Option<serde_json::Value>,
 }
 
+/// Most paths remembered per destination.
+const MAX_PATHS_PER_DST: usize = 32;
+
+/// Remember that `endpoint` (`scheme://host:port/path`) carried MCP at `dst`.
+fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, dst: &str, endpoint: &str) {
+    if dst.is_empty() {
+        return;
+    }
+    let path = endpoint.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string())).unwrap_or_else(|| "/".into());
+    let key = dst.to_string();
+    match map.get_mut(&key) {
+        Some(paths) if paths.contains(&path) => {}
+        Some(paths) => {
+            if paths.len() >= MAX_PATHS_PER_DST {
+                paths.remove(0);
+            }
+            paths.push(path);
+        }
+        None => {
+            let _ = map.insert(key, vec![path]);
+        }
+    }
+}
+
 impl Inventory {
     pub fn load(store: Store) -> Inventory {
         let servers = match store.servers() {
@@ -68,7 +96,26 @@ impl Inventory {
                 HashMap::new()
             }
         };
-        Inventory { servers: Mutex::new(servers), dirty: Mutex::new(Default::default()), store }
+        let mut dsts = crate::session::BoundedMap::new(MAX_SERVERS);
+        for s in servers.values() {
+            note_dst(&mut dsts, &s.dst, &s.endpoint);
+        }
+        Inventory { servers: Mutex::new(servers), mcp_dsts: Mutex::new(dsts), dirty: Mutex::new(Default::default()), store }
+    }
+
+    /// Has MCP been seen at this socket address (any path)?
+    pub fn knows_dst(&self, dst: &str) -> bool {
+        self.mcp_dsts.lock().is_ok_and(|d| d.get(&dst.to_string()).is_some())
+    }
+
+    /// Has MCP been seen at this socket address and path?
+    pub fn knows_dst_path(&self, dst: &str, path: &str) -> bool {
+        self.mcp_dsts.lock().is_ok_and(|d| d.get(&dst.to_string()).is_some_and(|paths| paths.iter().any(|p| p == path)))
+    }
+
+    /// Has a `tools/list` result of this server been seen (it has tools on record)?
+    pub fn has_tool_list(&self, endpoint: &str) -> bool {
+        self.servers.lock().is_ok_and(|s| s.get(endpoint).is_some_and(|e| !e.tools.is_empty()))
     }
 
     pub fn len(&self) -> usize {
@@ -133,6 +180,11 @@ impl Inventory {
 
     /// A client sent a message to this server.
     pub fn saw_message(&self, s: &Sighting<'_>) {
+        if !s.dst.is_empty() {
+            if let Ok(mut d) = self.mcp_dsts.lock() {
+                note_dst(&mut d, s.dst, s.endpoint);
+            }
+        }
         self.update(s.endpoint, |e| {
             if e.first_seen_ms == 0 {
                 e.first_seen_ms = s.now_ms;

@@ -51,6 +51,7 @@
 
 pub mod canonical;
 pub mod correlate;
+pub mod integrity;
 pub mod jsonrpc;
 pub mod legacy;
 pub mod message;
