@@ -571,9 +571,6 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         let req = Request::from_parts(parts, body::full(bytes));
         return forward(&up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
     }
-    if let Some(refused) = guard_host(&shared, &scope, &parts) {
-        return refused;
-    }
 
     // Envelope, batch and routing-header rules: what fails them is answered here per
     // the spec and never reaches the server (no parsed-vs-forwarded disagreement).
@@ -605,6 +602,11 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
             http::HeaderValue::from_static("Bearer error=\"invalid_token\", error_description=\"token audience does not match this server\""),
         );
         return resp;
+    }
+
+    // Refusals above answer anyway; this one is about where the request came from.
+    if let Some(refused) = guard_host(&shared, &scope, &parts) {
+        return refused;
     }
 
     let gov = shared.governance.current();

@@ -8,5 +8,6 @@ mod cli;
 mod inspect;
 mod intercept;
 mod policy;
+mod bypass_exchange;
 mod protocol;
 mod tls;
