@@ -63,6 +63,9 @@ pub struct ServerInfoUpdate {
     pub capabilities: Option<serde_json::Value>,
 }
 
+/// The "diff" of a tool that appeared after the server's tools were first pinned.
+pub const NEW_TOOL_DIFF: &str = "new tool, not in the tools/list first pinned for this server";
+
 /// Most paths remembered per destination.
 const MAX_PATHS_PER_DST: usize = 32;
 
@@ -251,9 +254,10 @@ impl Inventory {
         });
     }
 
-    /// Tools from a `tools/list` result, with trust-on-first-use pinning: a tool seen for
-    /// the first time is pinned; a later different definition is marked changed, with a
-    /// diff against the pinned one. Returns the outcome per tool.
+    /// Tools from a `tools/list` result, with trust-on-first-use pinning: the tools of the
+    /// first list are pinned; a later different definition is marked changed, with a
+    /// diff against the pinned one, and so is a tool that first appears in a later list
+    /// (until `mcpwatch pin accept`). Returns the outcome per tool.
     pub fn observe_tools(&self, endpoint: &str, tools: &[ToolSight], first_page: bool, now_ms: u64) -> Vec<(String, PinOutcome)> {
         let mut outcomes = Vec::new();
         self.update(endpoint, |e| {
@@ -282,6 +286,13 @@ impl Inventory {
                         entry.changed = true;
                         entry.diff = diff.clone();
                         PinOutcome::Changed(diff)
+                    }
+                    // A tool that appears after the server's tools were pinned is not
+                    // trusted on first use: new tools are the cheapest rug pull (RP-005).
+                    (None, _) if entry.changed || (first_page && prev.is_none() && !old.is_empty()) => {
+                        entry.changed = true;
+                        entry.diff = vec![NEW_TOOL_DIFF.to_string()];
+                        PinOutcome::Changed(entry.diff.clone())
                     }
                     (None, _) => {
                         entry.pinned_hash = Some(t.hash.clone());

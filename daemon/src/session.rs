@@ -133,6 +133,12 @@ impl Owner {
     pub fn label(&self) -> String {
         format!("pid {} (uid {})", self.tgid, self.uid)
     }
+
+    /// The same process: same tgid and uid, and the same start time where both are
+    /// known (a process that exited before its start time was read is still itself).
+    pub fn same_process(&self, other: &Owner) -> bool {
+        self.tgid == other.tgid && self.uid == other.uid && (self.start_time.is_none() || other.start_time.is_none() || self.start_time == other.start_time)
+    }
 }
 
 /// Field 22 (`starttime`) of a `/proc/<pid>/stat` line. The command name (field 2) may

@@ -257,12 +257,16 @@ fn clip_path(p: &str) -> String {
 /// A request presenting a session id that another process opened: refused in enforce
 /// mode (403), alerted otherwise. Sessions mcpwatch did not see opened are not judged.
 fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>> {
-    let session = scope.session_id.as_deref()?;
-    let me = crate::session::Owner::of(scope.ctx.origin.process.as_deref()?);
-    let owner = shared.sessions.session_owner(&scope.ctx.origin.dst.to_string(), session)?;
-    if owner == me {
+    let process = scope.ctx.origin.process.as_deref()?;
+    // Mcp-Session-Id, the legacy route's session, or a legacy `sessionId` query sent
+    // with another Host (which finds no route).
+    let session = scope.session_id.clone().or_else(|| legacy_session_param(&scope.path_and_query))?;
+    let owner = shared.sessions.session_owner(&scope.ctx.origin.dst.to_string(), &session)?;
+    let me = crate::session::Owner::of(process);
+    if owner.same_process(&me) {
         return None;
     }
+    let session = session.as_str();
     let alert = format!("session {} was opened by {} but presented by {} (session hijack)", clip_path(session), owner.label(), me.label());
     tracing::warn!(peer = %scope.ctx.peer, "{alert}");
     if scope.enforce(shared) {
@@ -270,6 +274,15 @@ fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>>
     }
     scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
     None
+}
+
+/// The `sessionId` (or `session_id`) query parameter of a legacy HTTP+SSE message URL.
+pub fn legacy_session_param(path_and_query: &str) -> Option<String> {
+    let query = path_and_query.split_once('?')?.1;
+    query.split('&').find_map(|kv| match kv.split_once('=') {
+        Some(("sessionId" | "session_id", v)) if !v.is_empty() => Some(v.to_string()),
+        _ => None,
+    })
 }
 
 /// Why a request is taken to be addressed to an MCP server before its body is read.
@@ -1270,6 +1283,14 @@ mod tests {
         assert_eq!(strip_port("[::1]:8080"), "::1");
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("::1"), "::1");
+    }
+
+    #[test]
+    fn legacy_session_params() {
+        assert_eq!(legacy_session_param("/messages?sessionId=abc&x=1").as_deref(), Some("abc"));
+        assert_eq!(legacy_session_param("/messages/?session_id=9f").as_deref(), Some("9f"));
+        assert_eq!(legacy_session_param("/messages?sessionId="), None);
+        assert_eq!(legacy_session_param("/mcp"), None);
     }
 
     #[test]

@@ -461,6 +461,10 @@ impl StreamObserver {
         let conversation = format!("legacy:{}#{}", self.scope.endpoint, path_and_query);
         let route = LegacyRoute { endpoint: self.scope.endpoint.clone(), conversation: conversation.clone(), session_id: target.session_id.clone() };
         self.shared.sessions.add_legacy_route(&dst, &host, &path_and_query, route);
+        // The process that opened the stream owns the legacy session.
+        if let (Some(sid), Some(p)) = (&target.session_id, self.scope.ctx.origin.process.as_deref()) {
+            self.shared.sessions.bind_session(&dst, sid, Owner::of(p));
+        }
         self.scope.legacy = true;
         self.scope.transport = "sse";
         self.scope.conversation = conversation;

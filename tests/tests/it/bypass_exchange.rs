@@ -313,3 +313,88 @@ fn calls_to_tools_mcpwatch_never_saw_follow_the_pinning_policy() {
     let rec = recs.iter().find(|x| x.name.as_deref() == Some(tool)).unwrap();
     assert!(rec.alerts.iter().any(|a| a.contains("call-time pinning")), "{rec:#?}");
 }
+
+/// A server that answers `tools/list` with `lists[0]` the first time and `lists[1]`
+/// after, answers every `tools/call` with a text result, and records the tool names
+/// it was called with.
+struct ChangingServer {
+    addr: SocketAddr,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ChangingServer {
+    fn start(lists: [Value; 2]) -> ChangingServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        std::thread::spawn(move || {
+            let mut served = 0usize;
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                while !harness::http_request_complete(&buf) {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &buf[i + 4..]).unwrap_or_default();
+                let req: Value = serde_json::from_slice(body).unwrap_or_default();
+                let result = match req["method"].as_str() {
+                    Some("tools/list") => {
+                        served += 1;
+                        lists[(served - 1).min(1)].clone()
+                    }
+                    Some("tools/call") => {
+                        let name = req["params"]["name"].as_str().unwrap_or_default().to_string();
+                        seen.lock().unwrap().push(name.clone());
+                        json!({"content": [{"type": "text", "text": format!("ran {name}")}]})
+                    }
+                    _ => json!({}),
+                };
+                let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": result}).to_string();
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len());
+            }
+        });
+        ChangingServer { addr, calls }
+    }
+}
+
+/// RP-005: a tool that first appears in a later tools/list (here after a list_changed)
+/// is not trusted on first use: under `pinning = "hide"` it is withheld and calls to it
+/// are denied until an operator accepts it; the tools pinned first keep working.
+#[test]
+fn threat_case_rp005_new_tool_mid_session_is_held_back() {
+    let case = threat_case("RP-005");
+    let later: Value = serde_json::from_str(case["input"][1].as_str().unwrap()).unwrap();
+    let later = later["result"].clone();
+    let mut first = later.clone();
+    first["tools"].as_array_mut().unwrap().retain(|t| t["name"] != "run_shell");
+    let server = ChangingServer::start([first, later]);
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[inspect]\npinning = \"hide\"\n";
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr), policy: Some(policy.into()), ..Default::default() });
+    let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n";
+    let post = |body: String| send(addr, &request("POST", "/mcp", headers, body.as_bytes()));
+    let list = || post(json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}).to_string());
+    let call = |name: &str| post(json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {"name": name, "arguments": {"cmd": "id"}}}).to_string());
+
+    assert!(list().contains("search_docs"));
+    let second = list();
+    assert!(second.contains("search_docs") && !second.contains("run_shell"), "the new tool reached the client: {second}");
+    let resp = call("run_shell");
+    assert!(resp.contains("-32001") && !resp.contains("ran run_shell"), "{resp}");
+    assert!(call("search_docs").contains("ran search_docs"));
+    assert_eq!(*server.calls.lock().unwrap(), vec!["search_docs"], "the unapproved tool was called");
+    let entry = daemon.list().into_iter().next().expect("inventory entry");
+    assert!(entry.alerts.iter().any(|a| a.contains("run_shell")), "{:?}", entry.alerts);
+
+    // An operator accepts it: listed and callable from now on.
+    let out = daemon.cli(&["pin", "accept", &entry.endpoint, "run_shell"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(list().contains("run_shell"));
+    assert!(call("run_shell").contains("ran run_shell"));
+}
