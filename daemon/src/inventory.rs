@@ -258,11 +258,15 @@ impl Inventory {
     /// first list are pinned; a later different definition is marked changed, with a
     /// diff against the pinned one, and so is a tool that first appears in a later list
     /// (until `mcpwatch pin accept`). Returns the outcome per tool.
-    pub fn observe_tools(&self, endpoint: &str, tools: &[ToolSight], first_page: bool, now_ms: u64) -> Vec<(String, PinOutcome)> {
+    ///
+    /// `first_page`: the result answers a `tools/list` without a cursor; `last_page`: it
+    /// has no `nextCursor`. Only a first page that is also the last replaces the list:
+    /// the pins of tools on later pages must survive a re-listing.
+    pub fn observe_tools(&self, endpoint: &str, tools: &[ToolSight], first_page: bool, last_page: bool, now_ms: u64) -> Vec<(String, PinOutcome)> {
         let mut outcomes = Vec::new();
         self.update(endpoint, |e| {
             let old = std::mem::take(&mut e.tools);
-            let mut kept: Vec<ToolEntry> = if first_page { Vec::new() } else { old.clone() };
+            let mut kept: Vec<ToolEntry> = if first_page && last_page { Vec::new() } else { old.clone() };
             for t in tools {
                 let prev = old.iter().find(|x| x.name == t.name);
                 kept.retain(|x| x.name != t.name);
@@ -396,5 +400,59 @@ impl Inventory {
                 e.protocol_version = Some(version.to_string());
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sight(name: &str, desc: &str) -> ToolSight {
+        let def = serde_json::json!({"name": name, "description": desc});
+        ToolSight { name: name.into(), hash: mcpwatch_inspect::pin::tool_hash(&def), def, poisoning: None }
+    }
+
+    fn inventory(dir: &std::path::Path) -> Inventory {
+        Inventory::load(Store::open(dir, mcpwatch_audit::StoreOptions::default()).expect("store"))
+    }
+
+    #[test]
+    fn tools_after_the_first_list_are_not_trusted_on_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let e = "http://127.0.0.1:1/mcp";
+        assert_eq!(inv.observe_tools(e, &[sight("search", "a")], true, true, 1), vec![("search".into(), PinOutcome::FirstSeen)]);
+        let out = inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 2);
+        assert_eq!(out[0].1, PinOutcome::Trusted);
+        assert!(matches!(&out[1].1, PinOutcome::Changed(d) if d[0] == NEW_TOOL_DIFF), "{out:?}");
+        // Still not trusted on the next list, until accepted.
+        let out = inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 3);
+        assert!(matches!(&out[1].1, PinOutcome::Changed(_)));
+        assert!(inv.has_changed_tools(e));
+        inv.accept_pins(e, Some("run_shell")).unwrap();
+        let out = inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 4);
+        assert_eq!(out[1].1, PinOutcome::Trusted);
+    }
+
+    #[test]
+    fn pins_of_later_pages_survive_a_relisting() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let e = "http://127.0.0.1:1/mcp";
+        inv.observe_tools(e, &[sight("a", "1")], true, false, 1);
+        assert_eq!(inv.observe_tools(e, &[sight("b", "2")], false, true, 2), vec![("b".into(), PinOutcome::FirstSeen)]);
+        // Re-listing: page 1 then page 2, where `b` changed.
+        inv.observe_tools(e, &[sight("a", "1")], true, false, 3);
+        let out = inv.observe_tools(e, &[sight("b", "CHANGED")], false, true, 4);
+        assert!(matches!(&out[0].1, PinOutcome::Changed(_)), "a change on page 2 went unnoticed: {out:?}");
+    }
+
+    #[test]
+    fn destinations_are_remembered_by_address_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        inv.saw_message(&Sighting { endpoint: "http://evil.example:80/mcp", dst: "127.0.0.1:80", transport: "streamable-http", process: None, method: None, name: None, now_ms: 1 });
+        assert!(inv.knows_dst("127.0.0.1:80") && inv.knows_dst_path("127.0.0.1:80", "/mcp"));
+        assert!(!inv.knows_dst_path("127.0.0.1:80", "/other") && !inv.knows_dst("127.0.0.1:81"));
     }
 }

@@ -294,7 +294,8 @@ impl StreamObserver {
             }
             sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
         }
-        let outcomes = self.shared.inventory.observe_tools(&self.scope.endpoint, &sights, p.first_page, now_ms());
+        let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
+        let outcomes = self.shared.inventory.observe_tools(&self.scope.endpoint, &sights, p.first_page, last_page, now_ms());
 
         let mut hide: Vec<(String, String)> = Vec::new();
         for (name, score) in &poisoned {
