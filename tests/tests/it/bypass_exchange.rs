@@ -8,7 +8,7 @@
 //! plays it; everything else runs against the SDK peers.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mcpwatch_api::{AuditRecord, CallStatus};
@@ -43,29 +43,8 @@ impl Lenient {
     }
 }
 
-/// Send raw bytes, read the response until close (or a complete response).
 fn send(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect daemon");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    if let Err(e) = s.write_all(bytes) {
-        assert!(matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset), "write: {e}");
-    }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
-                let chunked_done = text.contains("transfer-encoding: chunked") && out.ends_with(b"0\r\n\r\n");
-                if chunked_done || (!text.contains("transfer-encoding: chunked") && harness::http_request_complete(&out) && text.contains("content-length")) {
-                    break;
-                }
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    harness::http_roundtrip(addr, bytes, Duration::from_secs(15))
 }
 
 fn request(method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
