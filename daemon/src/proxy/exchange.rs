@@ -152,6 +152,11 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
                 }
                 scope.alert_forwarded(&shared, format!("{alert}; forwarded uninspected (not enforce mode)"));
             }
+            if evidence.is_some() {
+                if let Some(refused) = guard_host(&shared, &scope, &parts) {
+                    return refused;
+                }
+            }
             forward_incoming(&up, Request::from_parts(parts, rest)).await
         }
         Collected::Truncated { partial, error } => {
