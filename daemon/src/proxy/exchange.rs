@@ -124,6 +124,17 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     let json_post = parts.method == Method::POST && is_json(&parts.headers);
     let evidence = scope.evidence(&shared, &parts.headers);
     let exact = evidence.is_some_and(Evidence::is_exact);
+    // A compressed body cannot be inspected, and servers inflate it before parsing
+    // (Express' `express.json()` does by default): MCP must arrive as plain JSON.
+    let encoding = parts.headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim).unwrap_or_default();
+    if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") && (json_post || exact) {
+        let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip_path(encoding));
+        if scope.enforce(&shared) {
+            return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires an unencoded application/json body"));
+        }
+        scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
+        return forward_incoming(&up, Request::from_parts(parts, body::incoming(body))).await;
+    }
     // JSON, or toward an MCP endpoint: read it all. Otherwise stop at the first byte
     // that cannot begin JSON (uploads and forms stream on undelayed).
     let stop_early = !(json_post || exact);

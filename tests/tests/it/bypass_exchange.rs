@@ -377,3 +377,21 @@ fn threat_case_rp005_new_tool_mid_session_is_held_back() {
     assert!(list().contains("run_shell"));
     assert!(call("run_shell").contains("ran run_shell"));
 }
+
+/// A gzip-compressed MCP message with `Content-Type: application/json` is inflated and
+/// executed by the TypeScript SDK server (`express.json()` inflates by default) but is
+/// opaque to inspection: refused (415) in enforce mode, never forwarded.
+#[test]
+fn compressed_mcp_bodies_are_refused() {
+    let server = peers::node_server().json_response().stateless().spawn();
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), policy: Some(DENY_DELETES.into()), ..Default::default() });
+    let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let gz = harness::py(None, &format!("import gzip, json\nprint(json.dumps({{'hex': gzip.compress({DELETE_CALL:?}.encode()).hex()}}))"));
+    let body = harness::unhex(gz["hex"].as_str().unwrap());
+    let headers = format!("Host: 127.0.0.1:{}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Encoding: gzip\r\n", server.addr().port());
+    let resp = send(addr, &request("POST", "/mcp", &headers, &body));
+    assert_eq!(status(&resp), 415, "{resp}");
+    assert!(server.recorded_calls().is_empty(), "the compressed call reached the server: {:?}", server.recorded_calls());
+    let recs = daemon.wait_audit("encoding alert", |r| alerts(r).iter().any(|a| a.contains("Content-Encoding `gzip`")));
+    assert!(!recs.is_empty());
+}
