@@ -52,6 +52,7 @@
 
 pub mod canonical;
 pub mod correlate;
+pub mod integrity;
 pub mod jsonrpc;
 pub mod keyed;
 pub mod legacy;
