@@ -19,12 +19,15 @@ fn call_record<'a>(recs: &'a [AuditRecord], tool: &str) -> Option<&'a AuditRecor
 
 /// Asserts an intercepted call was audited with its tool, its arguments' hash (the hash of
 /// what the server actually received) and the TLS details of the verified upstream.
-fn assert_intercepted_call(recs: &[AuditRecord], tool: &str, received: &Value, url: &str, upstream: &tls::ServerCert) {
+fn assert_intercepted_call(recs: &[AuditRecord], tool: &str, received: &Value, url: &str, upstream: &tls::ServerCert, state_dir: &Path) {
     let rec = call_record(recs, tool).unwrap_or_else(|| panic!("no completed {tool} record: {recs:#?}"));
     assert_eq!(rec.status, CallStatus::Ok, "{rec:?}");
     assert_eq!(rec.scheme, "https");
     assert_eq!(rec.server, url);
-    assert_eq!(rec.args_hash.as_deref(), Some(mcpwatch_mcp::canonical::canonical_hash(&received["arguments"]).as_str()), "{rec:?}");
+    // Keyed with the host's key (never a plain sha256 an attacker could brute-force).
+    let key = std::fs::read(state_dir.join("hash.key")).expect("hash.key");
+    let expected = mcpwatch_mcp::keyed::HashKey::new(&key).hash_json(&received["arguments"]);
+    assert_eq!(rec.args_hash.as_deref(), Some(expected.as_str()), "{rec:?}");
     assert!(rec.result_hash.is_some(), "{rec:?}");
     let t = rec.tls.as_ref().unwrap_or_else(|| panic!("no TLS details: {rec:?}"));
     assert_eq!(t.sni.as_deref(), Some("localhost"));
@@ -58,7 +61,7 @@ fn python_sdk_over_https_is_intercepted_and_audited() {
     assert_eq!(calls[0]["tool"], "echo");
 
     let recs = w.daemon.wait_audit("the echo call over TLS", |r| call_record(r, "echo").is_some());
-    assert_intercepted_call(&recs, "echo", &calls[0], &url, &cert);
+    assert_intercepted_call(&recs, "echo", &calls[0], &url, &cert, &w.daemon.state_dir);
     let p = call_record(&recs, "echo").and_then(|r| r.process.as_ref()).expect("process identity");
     assert!(p.exe.as_deref().unwrap_or_default().contains("python"), "{p:?}");
 
@@ -90,7 +93,7 @@ fn node_sdk_over_https_is_intercepted_and_audited() {
     assert_eq!(calls.len(), 1);
 
     let recs = w.daemon.wait_audit("the add call over TLS", |r| call_record(r, "add").is_some());
-    assert_intercepted_call(&recs, "add", &calls[0], &url, &cert);
+    assert_intercepted_call(&recs, "add", &calls[0], &url, &cert, &w.daemon.state_dir);
     let call = call_record(&recs, "add").expect("add");
     assert!(call.session_id.is_some(), "sessions tracked over TLS: {call:?}");
     assert!(call.process.as_ref().and_then(|p| p.exe.as_deref()).unwrap_or_default().ends_with("node"), "{call:?}");
@@ -356,7 +359,10 @@ fn ca_key_is_private_and_leaves_never_carry_the_ca_key() {
     let ca_dir = daemon.state_dir.join("ca");
     let mode = |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
     assert_eq!(mode(&ca_dir.join("ca.key")), 0o600, "CA key readable by its owner only");
-    assert_eq!(mode(&ca_dir.join("ca.pem")), 0o644);
+    // Inside the 0700 state dir everything is the daemon's alone; agents get the
+    // certificate from `mcpwatch ca export` / `ca install`, never from here.
+    assert_eq!(mode(&ca_dir.join("ca.pem")), 0o600);
+    assert_eq!(mode(&daemon.state_dir), 0o700);
 
     // The leaf the daemon presents chains to its CA for the name asked (Python verifies it
     // against ca.pem alone), has its own key, and is not a CA.
