@@ -13,6 +13,7 @@ pub mod governance;
 pub mod inventory;
 pub mod proxy;
 pub mod resolve;
+pub mod scope;
 pub mod session;
 pub mod state;
 
