@@ -9,4 +9,5 @@ mod inspect;
 mod intercept;
 mod policy;
 mod protocol;
+mod scope;
 mod tls;
