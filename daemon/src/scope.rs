@@ -30,6 +30,8 @@ use crate::state::Shared;
 const TICK: Duration = Duration::from_millis(250);
 /// A pending process older than this is classified by the sweep.
 const SWEEP_AFTER_NS: u64 = 500_000_000;
+/// How often agents whose exit was missed are pruned.
+const PRUNE_EVERY_NS: u64 = 10_000_000_000;
 /// Most events handled per wake-up (the rest wait for the next one).
 const MAX_EVENTS_PER_WAKE: usize = 4096;
 /// How far up the parent chain an agent ancestor is looked for.
@@ -63,6 +65,7 @@ pub async fn run(bpf: Arc<BpfResolver>, shared: Arc<Shared>, comms: Vec<String>)
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Arc<Loaded>> = None;
     let mut swept_at = 0u64;
+    let mut pruned_at = 0u64;
     loop {
         tokio::select! {
             ready = async { match &events { Some(fd) => fd.readable().await.map(|mut g| g.clear_ready()), None => std::future::pending().await } } => {
@@ -80,6 +83,10 @@ pub async fn run(bpf: Arc<BpfResolver>, shared: Arc<Shared>, comms: Vec<String>)
         if sweep {
             swept_at = now;
         }
+        let prune = now.saturating_sub(pruned_at) >= PRUNE_EVERY_NS;
+        if prune {
+            pruned_at = now;
+        }
         let (b, c, p) = (bpf.clone(), comms.clone(), current.clone());
         let work = tokio::task::spawn_blocking(move || {
             let ic = b.interceptor();
@@ -93,6 +100,12 @@ pub async fn run(bpf: Arc<BpfResolver>, shared: Arc<Shared>, comms: Vec<String>)
             }
             for ev in ic.agent_events(MAX_EVENTS_PER_WAKE) {
                 classify(ic, &p.policy, ev, 0);
+            }
+            if prune {
+                let n = ic.prune_dead_agents();
+                if n > 0 {
+                    tracing::debug!(pruned = n, "agents whose exit was missed dropped");
+                }
             }
             if sweep {
                 for ev in ic.pending_agents() {

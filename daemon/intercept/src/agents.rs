@@ -167,6 +167,32 @@ impl Interceptor {
         Ok(())
     }
 
+    /// Agent processes whose `/proc` entry is gone or a zombie: their exit was missed
+    /// (user space marked them after the exit hook ran). Removes them and returns how
+    /// many; an entry rewritten meanwhile (pid reused by a new agent) is kept.
+    pub fn prune_dead_agents(&self) -> usize {
+        let entries: Vec<(u32, u64)> = {
+            let m = self.lock_agents();
+            m.agents
+                .iter()
+                .take(MAX_AGENTS as usize * 2)
+                .filter_map(Result::ok)
+                .map(|(tgid, a)| (tgid, a.since_ns))
+                .collect()
+        };
+        let mut removed = 0;
+        for (tgid, since) in entries {
+            if crate::process::is_alive(tgid) {
+                continue;
+            }
+            let mut m = self.lock_agents();
+            if m.agents.get(&tgid, 0).is_ok_and(|a| a.since_ns == since) && m.agents.remove(&tgid).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Ends the pending state of `tgid` (classified as not an agent, or gone).
     pub fn clear_pending(&self, tgid: u32) {
         let _ = self.lock_agents().pending.remove(&tgid);

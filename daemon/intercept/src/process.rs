@@ -103,6 +103,16 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     read_stat(pid).map(|(_, ppid, _)| ppid)
 }
 
+/// Whether `pid` is a live process (exists and is not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the comm, which may itself contain ") ".
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
 /// Pids of the live processes (not threads), from `/proc`.
 pub fn all_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")

@@ -974,16 +974,27 @@ fn python_named(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     link
 }
 
-fn agent_config(cg: &TestCgroup, daemon: &Daemon, comms: &[&str], classify: bool) -> InterceptConfig {
-    InterceptConfig {
+/// A cgroup, a "daemon", a real server (its port never in the port scope) and an
+/// interceptor with agent scope on.
+fn agent_setup(
+    name: &str,
+    comms: &[&str],
+    classify: bool,
+) -> (TestCgroup, Daemon, TcpListener, u16, Interceptor) {
+    let cg = TestCgroup::unique(name).unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let cfg = InterceptConfig {
         agents: AgentScope {
             enabled: true,
             comms: comms.iter().map(|c| c.to_string()).collect(),
             classify,
         },
-        // The test server's port is never in the port scope.
-        ..config(cg, daemon, only(1))
-    }
+        ..config(&cg, &daemon, only(1))
+    };
+    let ic = Interceptor::attach(&cfg).unwrap();
+    (cg, daemon, server, port, ic)
 }
 
 /// Runs `CLIENT` (one connection to 127.0.0.1:port) with `program` in `cg`; with
@@ -1008,11 +1019,7 @@ fn spawn_program(cg: &TestCgroup, program: &std::path::Path, port: u16, via_chil
 
 #[test]
 fn agents_and_their_children_have_every_port_redirected() {
-    let cg = TestCgroup::unique("mcpw-agents").unwrap();
-    let daemon = Daemon::bind();
-    let server = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = server.local_addr().unwrap().port();
-    let ic = Interceptor::attach(&agent_config(&cg, &daemon, &["mcpw-agent-t"], false)).unwrap();
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-agents", &["mcpw-agent-t"], false);
     let tmp = tempfile_dir();
     let agent = python_named(&tmp, "mcpw-agent-t");
 
@@ -1045,11 +1052,7 @@ fn agents_and_their_children_have_every_port_redirected() {
 
 #[test]
 fn pending_execs_are_redirected_until_classified() {
-    let cg = TestCgroup::unique("mcpw-pending").unwrap();
-    let daemon = Daemon::bind();
-    let server = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = server.local_addr().unwrap().port();
-    let ic = Interceptor::attach(&agent_config(&cg, &daemon, &[], true)).unwrap();
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-pending", &[], true);
 
     for (classified_agent, want) in [(true, Side::Daemon), (false, Side::Server)] {
         let mut c = Client::spawn_with(Some(&cg), (4, "127.0.0.1", port, 0), 1, true);
@@ -1082,7 +1085,14 @@ fn pending_execs_are_redirected_until_classified() {
     c.go();
     let (side, ..) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
     assert_eq!(side, Side::Server);
+    let dead = c.pid();
     c.finish();
+
+    // Marked after its exit (the exit hook ran first): pruned, not leaked.
+    ic.mark_agent(dead, crate::AgentFlags::POLICY, 0).unwrap();
+    assert!(ic.is_agent(dead));
+    assert_eq!(ic.prune_dead_agents(), 1);
+    assert_eq!(ic.agent_state(dead), crate::AgentState::Unknown);
 }
 
 /// A fresh temp directory, removed on drop.
@@ -1105,4 +1115,23 @@ fn tempfile_dir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("mcpw-agent-{}-{}", std::process::id(), crate::monotonic_ns()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
+}
+
+#[test]
+fn renaming_to_an_agent_name_makes_an_agent() {
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-rename", &["mcpw-agent-t"], false);
+    // Like Node's process.title: prctl(PR_SET_NAME) after exec, then connect.
+    let wrap = "import ctypes, sys\nctypes.CDLL(None).prctl(15, b'mcpw-agent-t', 0, 0, 0)\nexec(sys.argv.pop(1))";
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", wrap, CLIENT, "4", "127.0.0.1", &port.to_string(), "0", "1", "now"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the hook only performs async-signal-safe syscalls.
+    unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+    let mut c = Client(Some(cmd.spawn().expect("spawn renaming client")));
+    let (side, _, origin, _) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
+    assert_eq!(side, Side::Daemon, "a process renamed to an agent name is an agent");
+    assert_eq!(origin.unwrap().comm, "mcpw-agent-t");
+    c.finish();
 }

@@ -33,10 +33,20 @@ action = "deny"
 message = "agents may not delete records"
 "##;
 
-fn start(test: &str) -> Option<Watched> {
+/// Built-in names off, one extra name: tests that assert a process is NOT an agent must
+/// not depend on what the test runner descends from (run under an AI agent, every test
+/// process would be that agent's descendant).
+const NO_BUILTINS: &str = "[scope]\nbuiltin_agents = false\nagent_comms = [\"mcpw-agent-t\"]\n";
+
+fn start(test: &str, config: Option<&str>) -> Option<Watched> {
     Watched::start_with(
         test,
-        DaemonOpts { ports: Some(PORTS.into()), policy: Some(POLICY.into()), ..Default::default() },
+        DaemonOpts {
+            ports: Some(PORTS.into()),
+            policy: Some(POLICY.into()),
+            config: config.map(str::to_string),
+            ..Default::default()
+        },
     )
 }
 
@@ -129,7 +139,7 @@ fn assert_echo_then_denied(lines: &[Value]) {
 #[test]
 fn builtin_agent_name_is_governed_on_an_unlisted_port() {
     let server = server();
-    let Some(w) = start("builtin_agent_name_is_governed_on_an_unlisted_port") else { return };
+    let Some(w) = start("builtin_agent_name_is_governed_on_an_unlisted_port", None) else { return };
     let bin = Bin::new();
     // Node running the TypeScript SDK client under a built-in agent name.
     let claude = bin.link("claude", &peers::node());
@@ -148,7 +158,7 @@ fn builtin_agent_name_is_governed_on_an_unlisted_port() {
 #[test]
 fn policy_agent_descendant_is_governed_and_other_processes_keep_port_scope() {
     let server = server();
-    let Some(w) = start("policy_agent_descendant_is_governed_and_other_processes_keep_port_scope") else { return };
+    let Some(w) = start("policy_agent_descendant_is_governed_and_other_processes_keep_port_scope", Some(NO_BUILTINS)) else { return };
     let bin = Bin::new();
     // The agent: a shell whose exe matches the policy's `exe = "**/mcpw-agent-sh"`; it
     // runs the Python SDK client as a child process (fork + exec of another binary).
@@ -206,11 +216,11 @@ print(json.dumps({"local": local, "banner": banner.decode(), "sent": hashlib.sha
 #[test]
 fn agent_non_mcp_traffic_is_relayed_byte_identically() {
     let raw = RawServer::start("127.0.0.1:0", RawBehaviour { banner: Some(b"220 raw-db ready\n".to_vec()), echo: true, ..Default::default() });
-    let Some(w) = start("agent_non_mcp_traffic_is_relayed_byte_identically") else { return };
+    let Some(w) = start("agent_non_mcp_traffic_is_relayed_byte_identically", Some(NO_BUILTINS)) else { return };
     let bin = Bin::new();
     let python = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python3");
     let python = PathBuf::from(String::from_utf8_lossy(&python.stdout).trim());
-    let agent = bin.link("codex", &python);
+    let agent = bin.link("mcpw-agent-t", &python);
     let port = raw.addr.port().to_string();
     let out = run_json(w.cgroup(), &agent, &["-c".into(), OPAQUE.into(), "127.0.0.1".into(), port.clone()]);
     let v = &out[0];
