@@ -89,7 +89,7 @@ impl Default for ScopeConfig {
 impl ScopeConfig {
     /// Every command name matched in the kernel (built-in ones first, no duplicates).
     pub fn comms(&self) -> Vec<String> {
-        let builtin = self.builtin_agents.then_some(mcpwatch_intercept::BUILTIN_AGENT_COMMS).unwrap_or_default();
+        let builtin: &[&str] = if self.builtin_agents { mcpwatch_intercept::BUILTIN_AGENT_COMMS } else { &[] };
         let mut out: Vec<String> = Vec::new();
         for c in builtin.iter().copied().chain(self.agent_comms.iter().map(String::as_str)) {
             if !out.iter().any(|o| o == c) {

@@ -161,10 +161,10 @@ fn classify(ic: &Interceptor, policy: &Policy, ev: AgentEvent, depth: usize) -> 
         let Some(p) = parent.filter(|p| *p > 1) else { break };
         match ic.agent_state(p) {
             AgentState::Agent { .. } => return mark(AgentFlags::INHERITED),
-            AgentState::Pending { ppid, since_ns } if depth < 8 => {
-                if classify(ic, policy, AgentEvent { tgid: p, ppid, ktime_ns: since_ns }, depth + 1) {
-                    return mark(AgentFlags::INHERITED);
-                }
+            AgentState::Pending { ppid, since_ns }
+                if depth < 8 && classify(ic, policy, AgentEvent { tgid: p, ppid, ktime_ns: since_ns }, depth + 1) =>
+            {
+                return mark(AgentFlags::INHERITED);
             }
             _ => {}
         }
@@ -202,11 +202,11 @@ fn scan(ic: &Interceptor, policy: &Policy, comms: &HashSet<String>) -> usize {
         } else {
             None
         };
-        if let Some(f) = flags {
-            if ic.mark_agent(pid, f, parents.get(&pid).copied().unwrap_or(0)).is_ok() {
-                agents.insert(pid);
-                marked += 1;
-            }
+        if let Some(f) = flags
+            && ic.mark_agent(pid, f, parents.get(&pid).copied().unwrap_or(0)).is_ok()
+        {
+            agents.insert(pid);
+            marked += 1;
         }
     }
     for &pid in &pids {

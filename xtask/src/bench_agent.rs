@@ -227,7 +227,7 @@ pub(super) fn run(bin: &Path, scratch: &Path) -> anyhow::Result<()> {
     let _ = daemon.stop();
     drop(cg);
 
-    println!("  {:<24} {:>16} {:>16} {:>8}   {}", "workload (best of 2)", "direct", "via mcpwatchd", "ratio", "unit");
+    println!("  {:<24} {:>16} {:>16} {:>8}   unit", "workload (best of 2)", "direct", "via mcpwatchd", "ratio");
     for r in &rows {
         let rate = |x: &Run| {
             if r.unit == "MiB/s" { x.units / x.secs / (1 << 20) as f64 } else { x.units / x.secs }
