@@ -203,19 +203,19 @@ impl Interceptor {
 
         // Bookkeeping first (exec, sock_ops, getpeername), the redirect last:
         // no connection is redirected before its record can be completed.
-        {
-            let prog: &mut RawTracePoint = program(&mut ebpf, EXEC_PROGRAM)?;
-            prog.load()
-                .map_err(|e| InterceptError::program_load(EXEC_PROGRAM, e))?;
-            prog.attach(EXEC_TRACEPOINT)
-                .map_err(|e| InterceptError::attach(EXEC_PROGRAM, &cgroup, e))?;
-        }
-        for (name, tracepoint) in AGENT_TRACEPOINTS {
+        // Fail-closed pins the tracepoints too: while the daemon is down the agents
+        // map keeps following fork and exit, so an agent's new children stay in scope.
+        for (name, tracepoint) in std::iter::once((EXEC_PROGRAM, EXEC_TRACEPOINT)).chain(AGENT_TRACEPOINTS) {
             let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|e| InterceptError::program_load(name, e))?;
-            prog.attach(tracepoint)
+            let id = prog
+                .attach(tracepoint)
                 .map_err(|e| InterceptError::attach(name, &cgroup, e))?;
+            if pinning {
+                let link = prog.take_link(id).map_err(|e| take_error(name, e))?;
+                to_pin.push((name, FdLink::from(link)));
+            }
         }
         {
             let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;

@@ -754,12 +754,16 @@ fn pin_names(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
-const PINNED: [&str; 5] = [
+const PINNED: [&str; 9] = [
     "connect4",
     "connect6",
     "getpeername4",
     "getpeername6",
+    "process_exec",
+    "process_exit",
+    "process_fork",
     "sock_ops",
+    "task_rename",
 ];
 
 #[test]
@@ -829,7 +833,7 @@ fn pinned_links_outlive_the_interceptor_and_refuse_until_released() {
     while server.accept().is_ok() {}
 
     // Deliberate release: direct again, nothing left in bpffs.
-    assert_eq!(crate::release_pins(&dir).unwrap(), 5);
+    assert_eq!(crate::release_pins(&dir).unwrap(), PINNED.len());
     assert!(!dir.exists());
     assert_eq!(crate::release_pins(&dir).unwrap(), 0, "idempotent");
     let other = Daemon::bind();
@@ -894,7 +898,7 @@ fn reattach_replaces_pinned_links_and_release_detaches() {
     assert_eq!(r.side, Side::Daemon);
     assert!(r.origin.is_some());
 
-    assert_eq!(ic.release().unwrap(), 5);
+    assert_eq!(ic.release().unwrap(), PINNED.len());
     assert!(!dir.exists(), "release removes the pin dir");
     let r = run_one(None, Some(&cg), &third, &server, (4, "127.0.0.3", sport, 0));
     assert_eq!(r.side, Side::Server, "still redirected after release()");
@@ -1134,4 +1138,30 @@ fn renaming_to_an_agent_name_makes_an_agent() {
     assert_eq!(side, Side::Daemon, "a process renamed to an agent name is an agent");
     assert_eq!(origin.unwrap().comm, "mcpw-agent-t");
     c.finish();
+}
+
+#[test]
+fn pinned_agent_tracking_outlives_the_interceptor() {
+    let fs = crate::pins::TestBpfFs::unique("mcpwatch-test-bpffs-agents").unwrap();
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-agents-pin", &["mcpw-agent-t"], false);
+    drop(ic);
+    let cfg = InterceptConfig {
+        pin_dir: Some(fs.path().join("pins")),
+        agents: AgentScope { enabled: true, comms: vec!["mcpw-agent-t".into()], classify: false },
+        ..config(&cg, &daemon, only(1))
+    };
+    let ic = Interceptor::attach(&cfg).unwrap();
+    // The daemon "dies" and its listener with it: the pinned hooks keep tracking, so a
+    // child the agent forks now is still redirected (to nobody: refused), never direct.
+    drop(ic);
+    drop(daemon);
+    let tmp = tempfile_dir();
+    let agent = python_named(&tmp, "mcpw-agent-t");
+    let mut c = spawn_program(&cg, &agent, port, true);
+    let out = c.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ConnectionRefused"), "{stderr}");
+    server.set_nonblocking(true).unwrap();
+    assert!(server.accept().is_err(), "the agent's child connected directly");
+    crate::release_pins(&fs.path().join("pins")).unwrap();
 }
