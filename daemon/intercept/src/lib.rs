@@ -9,7 +9,7 @@
 //!
 //! By default links are not pinned: they detach when the `Interceptor` drops or
 //! the process dies (fail-open). With [`InterceptConfig::pin_dir`] the cgroup
-//! links are pinned there ([`pins`]): they stay attached after the daemon is
+//! (and tracepoint) links are pinned there ([`pins`]): they stay attached after the daemon is
 //! gone, so in-scope connections keep being redirected to its dead port and are
 //! refused (fail-closed), until a restarted daemon replaces them or
 //! [`release_pins`] / [`Interceptor::release`] detaches them.
@@ -77,7 +77,7 @@ pub struct InterceptConfig {
     pub mark: u32,
     /// The daemon's pid; its connects are never redirected. 0 = none.
     pub daemon_tgid: u32,
-    /// Pin the cgroup links in this directory (on bpffs, created if missing) so
+    /// Pin the cgroup and tracepoint links in this directory (on bpffs, created if missing) so
     /// they outlive the process: fail-closed. Links already pinned there (by a
     /// previous daemon) are replaced. `None`: not pinned, they detach with the
     /// `Interceptor` (fail-open).
