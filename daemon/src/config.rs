@@ -55,6 +55,76 @@ pub struct FileConfig {
     /// What audit records keep (`[audit]`).
     #[serde(default)]
     pub audit: AuditFile,
+    /// Which processes have every port redirected (`[scope]`, see docs/scope.md).
+    #[serde(default)]
+    pub scope: ScopeFile,
+}
+
+/// The `[scope]` table as written:
+///
+/// ```toml
+/// [scope]
+/// agents = true              # agents and their descendants: every TCP port is redirected
+/// builtin_agents = true      # the built-in list of MCP client names (claude, cursor, code, ...)
+/// agent_comms = ["my-agent"] # more exact command names (at most 15 bytes) that make an agent
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeFile {
+    pub agents: Option<bool>,
+    pub builtin_agents: Option<bool>,
+    #[serde(default)]
+    pub agent_comms: Vec<String>,
+}
+
+/// Validated `[scope]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeConfig {
+    /// Agents (policy `[[agent]]`, the command names below, their descendants) have every
+    /// TCP destination redirected, not only the ports in `ports`.
+    pub agents: bool,
+    /// Include `mcpwatch_intercept::BUILTIN_AGENT_COMMS`.
+    pub builtin_agents: bool,
+    /// Extra exact command names.
+    pub agent_comms: Vec<String>,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new() }
+    }
+}
+
+impl ScopeConfig {
+    /// Every command name matched in the kernel (built-in ones first, no duplicates).
+    pub fn comms(&self) -> Vec<String> {
+        let builtin: &[&str] = if self.builtin_agents { mcpwatch_intercept::BUILTIN_AGENT_COMMS } else { &[] };
+        let mut out: Vec<String> = Vec::new();
+        for c in builtin.iter().copied().chain(self.agent_comms.iter().map(String::as_str)) {
+            if !out.iter().any(|o| o == c) {
+                out.push(c.to_string());
+            }
+        }
+        out
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for c in &self.agent_comms {
+            if c.is_empty() || c.len() > mcpwatch_intercept::MAX_COMM_LEN || c.contains('\0') {
+                return Err(ConfigError::Invalid(format!(
+                    "scope.agent_comms: {c:?} must be 1 to {} bytes (the kernel truncates command names)",
+                    mcpwatch_intercept::MAX_COMM_LEN
+                )));
+            }
+        }
+        if self.comms().len() > mcpwatch_intercept::MAX_AGENT_COMMS {
+            return Err(ConfigError::Invalid(format!(
+                "scope.agent_comms: at most {} names in all",
+                mcpwatch_intercept::MAX_AGENT_COMMS
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[audit]`: what the records keep about the calling process.
@@ -116,6 +186,7 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     /// `[audit] cmdline`.
     pub audit_cmdline: CmdlineMode,
+    pub scope: ScopeConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +242,7 @@ impl Default for Config {
             sinks: crate::sinks::SinksConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
             audit_cmdline: CmdlineMode::default(),
+            scope: ScopeConfig::default(),
         }
     }
 }
@@ -391,6 +463,12 @@ impl FileConfig {
         c.sinks = self.sinks.into_config().map_err(ConfigError::Invalid)?;
         c.metrics = self.metrics.into_config().map_err(ConfigError::Invalid)?;
         c.audit_cmdline = self.audit.cmdline.unwrap_or_default();
+        let ds = ScopeConfig::default();
+        c.scope = ScopeConfig {
+            agents: self.scope.agents.unwrap_or(ds.agents),
+            builtin_agents: self.scope.builtin_agents.unwrap_or(ds.builtin_agents),
+            agent_comms: self.scope.agent_comms,
+        };
         c.validate()?;
         Ok(c)
     }
@@ -417,6 +495,7 @@ impl Config {
         self.ports.parse::<mcpwatch_intercept::PortScope>()
             .map_err(|e| ConfigError::Invalid(format!("ports: {e}")))?;
         self.tls.validate()?;
+        self.scope.validate()?;
         Ok(())
     }
 
@@ -432,6 +511,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_defaults_on_with_the_builtin_list_and_validates_names() {
+        let c = FileConfig::parse("", Path::new("x")).unwrap().into_config().unwrap();
+        assert!(c.scope.agents && c.scope.builtin_agents);
+        assert!(c.scope.comms().iter().any(|n| n == "claude"));
+        let src = "[scope]\nagents = false\nbuiltin_agents = false\nagent_comms = [\"my-agent\", \"my-agent\"]\n";
+        let c = FileConfig::parse(src, Path::new("x")).unwrap().into_config().unwrap();
+        assert!(!c.scope.agents);
+        assert_eq!(c.scope.comms(), vec!["my-agent".to_string()]);
+        let long = "[scope]\nagent_comms = [\"a-name-longer-than-15\"]\n";
+        let err = FileConfig::parse(long, Path::new("x")).unwrap().into_config().unwrap_err();
+        assert!(err.to_string().contains("scope.agent_comms"), "{err}");
+        assert!(FileConfig::parse("[scope]\nagent = true\n", Path::new("x")).is_err());
+    }
 
     #[test]
     fn typo_is_rejected_with_line_and_column() {

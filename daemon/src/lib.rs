@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod proxy;
 pub mod resolve;
+pub mod scope;
 pub mod session;
 pub mod sinks;
 pub mod startup;

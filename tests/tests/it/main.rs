@@ -13,6 +13,7 @@ mod intercept;
 mod package;
 mod policy;
 mod protocol;
+mod scope;
 mod service;
 mod siem;
 mod tls;
