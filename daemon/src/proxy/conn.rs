@@ -99,17 +99,41 @@ pub fn classify(buf: &[u8]) -> Classification {
             return Classification::NeedMore;
         }
     }
-    for (i, &b) in rest.iter().enumerate() {
-        if is_tchar(b) {
-            continue;
-        }
-        return match (b, i) {
-            (b' ', 1..) => Classification::Http1,
-            (_, 0) => Classification::NotHttp(NotHttp::Binary),
-            _ => Classification::NotHttp(NotHttp::NoRequestLine),
-        };
+    request_line(rest, full)
+}
+
+/// `method SP target SP HTTP/` with lenient separators (runs of SP/HTAB), case-insensitive
+/// version: a superset of what HTTP/1 parsers accept, so nothing a server would take as a
+/// request is ever relayed. Text protocols whose first line merely contains a space
+/// (`get key`, `over ipv6`) are not HTTP.
+fn request_line(rest: &[u8], full: bool) -> Classification {
+    let more = if full { Classification::Http1 } else { Classification::NeedMore };
+    let not_http = Classification::NotHttp(NotHttp::NoRequestLine);
+    let is_sep = |b: u8| b == b' ' || b == b'\t';
+    let method = rest.iter().take_while(|b| is_tchar(**b)).count();
+    match rest.get(method) {
+        None => return more,
+        Some(_) if method == 0 => return Classification::NotHttp(NotHttp::Binary),
+        Some(&b) if !is_sep(b) => return not_http,
+        Some(_) => {}
     }
-    if full { Classification::Http1 } else { Classification::NeedMore }
+    let mut i = method + rest[method..].iter().take_while(|b| is_sep(**b)).count();
+    let target = rest[i..].iter().take_while(|b| **b > b' ' && **b != 0x7f).count();
+    i += target;
+    match rest.get(i) {
+        None => return more,
+        Some(_) if target == 0 => return not_http,
+        Some(&b) if !is_sep(b) => return not_http,
+        Some(_) => {}
+    }
+    i += rest[i..].iter().take_while(|b| is_sep(**b)).count();
+    let version = &rest[i..];
+    let want = b"HTTP/";
+    let n = version.len().min(want.len());
+    if !version[..n].eq_ignore_ascii_case(&want[..n]) {
+        return not_http;
+    }
+    if n < want.len() { more } else { Classification::Http1 }
 }
 
 /// Per-connection facts every exchange needs.
@@ -131,7 +155,7 @@ enum Sniffed {
     Client(Classification),
     /// The upstream sent bytes before the client said anything decisive.
     ServerFirst,
-    /// The client closed (or half-closed) without sending anything.
+    /// The client closed (or half-closed) without sending anything decisive.
     ClientClosed,
     /// Nobody said anything decisive within `limits.peek_timeout`.
     Silent,
@@ -189,7 +213,8 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
         }
         Sniffed::ServerFirst => opaque(shared, ctx, client, upstream, "the server speaking first").await,
         Sniffed::ClientClosed => {
-            // Nothing from the client can follow its FIN: relaying governs nothing away.
+            // Nothing from the client can follow its FIN, and what is queued is no complete
+            // request line: relaying governs nothing away.
             Counters::inc(&shared.counters.passthrough);
             relay(&shared, client, upstream).await
         }
@@ -307,6 +332,9 @@ async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> 
             r = client.peek(&mut buf) => match r {
                 Ok(0) => return Sniffed::ClientClosed,
                 Ok(n) => match classify(&buf[..n]) {
+                    // The client already sent FIN: no byte can complete the prefix, so
+                    // relaying it governs nothing away (`over ipv6` + EOF to an echo server).
+                    Classification::NeedMore if peer_finished(client) => return Sniffed::ClientClosed,
                     Classification::NeedMore => tokio::select! {
                         _ = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_millis(100)),
                         _ = &mut sleep => return Sniffed::Silent,
@@ -326,6 +354,19 @@ async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> 
             _ = &mut sleep => return Sniffed::Silent,
         }
     }
+}
+
+/// The peer half-closed (TCP state CLOSE_WAIT): nothing more will arrive after what is queued.
+fn peer_finished(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    // SAFETY: getsockopt writes at most `len` bytes into a zeroed, properly sized tcp_info.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
+    rc == 0 && info.tcpi_state == TCP_CLOSE_WAIT
 }
 
 /// Byte-for-byte relay both ways until both sides are done, or nothing moved for
@@ -385,6 +426,15 @@ mod tests {
         assert_eq!(classify(b"\x00\x00"), Classification::NotHttp(N::Binary));
         assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Classification::NotHttp(N::NoRequestLine));
         assert_eq!(classify(b" POST /mcp HTTP/1.1"), Classification::NotHttp(N::Binary));
+        // Text protocols with a space in their first line are not HTTP.
+        assert_eq!(classify(b"over ipv6"), NeedMore);
+        assert_eq!(classify(b"over ipv6\n"), Classification::NotHttp(N::NoRequestLine));
+        assert_eq!(classify(b"get key\r\n"), Classification::NotHttp(N::NoRequestLine));
+        assert_eq!(classify(b"GET /"), NeedMore);
+        assert_eq!(classify(b"GET / HT"), NeedMore);
+        assert_eq!(classify(b"GET /  http/1.0\r\n"), Http1);
+        assert_eq!(classify(b"POST\t/mcp\tHTTP/1.1"), Http1);
+        assert_eq!(classify(b"GET /\r\n"), Classification::NotHttp(N::NoRequestLine));
     }
 
     #[test]
