@@ -135,36 +135,31 @@ fn leading_empty_line_is_governed() {
     assert!(recs.iter().all(|r| r.name.as_deref() != Some("echo") || r.decision.as_ref().is_some_and(|d| d.effective == "block")), "{recs:#?}");
 }
 
+/// `curl --http2-prior-knowledge` POST of `body` from a process in `cgroup`; stdout + stderr.
+fn h2_post(cgroup: &Path, url: &str, body: &str) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "--http2-prior-knowledge", "-X", "POST", url])
+        .args(["-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream"])
+        .arg("--data-binary")
+        .arg(body);
+    peers::move_into_cgroup(&mut cmd, cgroup);
+    let out = cmd.output().expect("run curl");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
 #[test]
 fn http2_prior_knowledge_is_governed() {
     // Old code: the HTTP/2 preface was "opaque": relayed byte-for-byte to rmcp, which serves
     // h2c and executed the call.
     let server = rmcp();
     let Some(w) = start("http2_prior_knowledge_is_governed", &server, &server.url(), None) else { return };
-    let run = |text: &str| -> String {
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-sS", "--max-time", "20", "--http2-prior-knowledge", "-X", "POST"])
-            .arg(server.url())
-            .args(["-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream"])
-            .arg("--data-binary")
-            .arg(echo_body(text));
-        peers::move_into_cgroup(&mut cmd, w.cgroup());
-        let out = cmd.output().expect("run curl");
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    };
-    let resp = run("h2-bypass");
+    let resp = h2_post(w.cgroup(), &server.url(), &echo_body("h2-bypass"));
     assert_denied(&resp, "h2-bypass");
     let recs = w.daemon.wait_audit("denied echo over h2", denied_echo_record);
     assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && r.server == server.url()), "{recs:#?}");
     // Allowed calls still work over h2 (governed, not refused).
-    let mut cmd = std::process::Command::new("curl");
     let add = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}}).to_string();
-    cmd.args(["-sS", "--max-time", "20", "--http2-prior-knowledge", "-X", "POST"])
-        .arg(server.url())
-        .args(["-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream", "--data-binary"])
-        .arg(add);
-    peers::move_into_cgroup(&mut cmd, w.cgroup());
-    let out = String::from_utf8_lossy(&cmd.output().expect("curl").stdout).into_owned();
+    let out = h2_post(w.cgroup(), &server.url(), &add);
     assert!(out.contains("\"text\":\"5\""), "{out}");
     assert!(w.daemon.status().counts.http2_connections >= 2);
 }
@@ -326,4 +321,32 @@ fn one_process_cannot_starve_the_others() {
     let flood = flooder.join().expect("flooder");
     assert_eq!(flood["opened"], 40, "{flood}");
     assert!(flood["closed"].as_u64().unwrap_or(0) >= 20, "the over-limit connections are closed at once: {flood}");
+}
+
+#[test]
+fn tls_client_offering_only_h2_is_intercepted_and_governed() {
+    // Old code: ALPN offered http/1.1 only, and a client offering only `h2` was passed
+    // through uninspected ("client offers no ALPN protocol mcpwatch carries").
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response(), &cert).spawn();
+    let url = tls::https_url("localhost", &server);
+    let Some(w) = https_daemon("tls_client_offering_only_h2_is_intercepted_and_governed", &pki, &server, &url, "") else { return };
+    let mut cmd = std::process::Command::new("curl");
+    // Over https, --http2-prior-knowledge makes curl offer ALPN h2 alone.
+    cmd.args(["-sS", "--max-time", "20", "--http2-prior-knowledge", "-X", "POST", &url])
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", server.addr().port())])
+        .arg("--cacert")
+        .arg(tls::daemon_ca(&w.daemon))
+        .args(["-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream", "--data-binary"])
+        .arg(echo_body("alpn-h2-bypass"));
+    peers::move_into_cgroup(&mut cmd, w.cgroup());
+    let out = cmd.output().expect("run curl");
+    let resp = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_denied(&resp, "alpn-h2-bypass");
+    assert!(server.recorded_calls().is_empty(), "{:?}", server.recorded_calls());
+    let recs = w.daemon.wait_audit("denied echo over TLS h2", denied_echo_record);
+    let rec = recs.iter().find(|r| r.name.as_deref() == Some("echo")).expect("echo record");
+    assert_eq!(rec.tls.as_ref().and_then(|t| t.alpn.as_deref()), Some("h2"), "{rec:?}");
+    assert!(w.daemon.status().counts.http2_connections >= 1);
 }
