@@ -108,6 +108,9 @@ impl UpstreamConn {
 
 pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;
 
+/// Concurrent HTTP/2 streams per client connection (each has its own upstream connection).
+pub const H2_MAX_STREAMS: u32 = 8;
+
 /// Which HTTP version the client speaks on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -146,7 +149,9 @@ pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstre
     };
     let res = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        // Each stream holds its own upstream connection: keep the fan-out per admitted
+        // client connection small (the per-process budget counts client connections).
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .serve_connection(TokioIo::new(client), svc)
         .await;
     if let Err(e) = res {
