@@ -350,3 +350,26 @@ fn tls_client_offering_only_h2_is_intercepted_and_governed() {
     assert_eq!(rec.tls.as_ref().and_then(|t| t.alpn.as_deref()), Some("h2"), "{rec:?}");
     assert!(w.daemon.status().counts.http2_connections >= 1);
 }
+
+#[test]
+fn non_http_toward_a_governed_destination_is_refused_and_audited() {
+    // Old code: anything that did not start with a known method was relayed byte-for-byte,
+    // with no record, even toward a registered MCP server in enforce mode.
+    let server = rmcp();
+    let Some(w) = start("non_http_toward_a_governed_destination_is_refused_and_audited", &server, &server.url(), None) else { return };
+    // The server is registered (and, after this call, known to the inventory).
+    let out = Client::python(&server.url()).cgroup(w.cgroup()).call("add", json!({"a": 1, "b": 1})).run();
+    assert_eq!(out.steps()[0]["ok"], true, "{:?}", out.lines);
+    // A framing no HTTP parser takes as a request: refused before a byte reaches the server.
+    let resp = raw_call(w.cgroup(), &server, 0.0, "\t", "tab-bypass");
+    assert!(!resp.contains("HTTP/1.1"), "the server answered a refused connection: {resp}");
+    let recs = w.daemon.wait_audit("refusal record", |r| {
+        r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("not HTTP") && reason.contains("refused")))
+    });
+    let rec = recs.iter().find(|x| x.notes.is_empty() && matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("not HTTP"))).expect("record");
+    assert_eq!(rec.dst, server.addr().to_string());
+    assert!(rec.process.is_some(), "{rec:?}");
+    let st = w.daemon.status();
+    assert!(st.counts.refused_protocol >= 1, "{:?}", st.counts);
+    assert!(st.warnings.iter().any(|x| x.contains("not HTTP or TLS toward governed MCP destinations refused")), "{:?}", st.warnings);
+}
