@@ -162,6 +162,13 @@ pub struct LimitsFile {
     pub header_timeout_ms: Option<u64>,
     pub body_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
+    /// Live connections one process (tgid) may hold (default 512).
+    pub max_connections_per_process: Option<usize>,
+    /// Live connections all processes of one uid may hold together (default 2048).
+    pub max_connections_per_uid: Option<usize>,
+    /// A relayed (opaque or passed-through TLS) connection on which nothing moved this long
+    /// is closed (default 600000; 0: never).
+    pub idle_timeout_ms: Option<u64>,
     pub max_pending_calls: Option<usize>,
     pub max_audit_records: Option<u64>,
 }
@@ -195,15 +202,19 @@ pub struct Limits {
     /// requests are refused with 413, larger non-MCP bodies pass uninspected.
     pub max_body_bytes: usize,
     pub max_sse_event_bytes: usize,
-    /// How long to wait for the client's first bytes before treating the connection
-    /// as opaque (server-speaks-first protocols never wait this long: upstream bytes
-    /// end the wait at once).
+    /// How long a new connection may stay undecided (the client sends nothing, or only an
+    /// ambiguous prefix, and the server says nothing) before it is CLOSED. Never a reason
+    /// to relay: a slow client is not an opaque protocol.
     pub peek_timeout: Duration,
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
     /// A request body must arrive within this time (slow clients are cut off).
     pub body_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_process: usize,
+    pub max_connections_per_uid: usize,
+    /// Zero: relayed connections never time out.
+    pub idle_timeout: Duration,
     pub max_pending_calls: usize,
     pub max_audit_records: u64,
 }
@@ -213,11 +224,14 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 4 << 20,
             max_sse_event_bytes: 8 << 20,
-            peek_timeout: Duration::from_millis(500),
+            peek_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_process: 512,
+            max_connections_per_uid: 2048,
+            idle_timeout: Duration::from_secs(600),
             max_pending_calls: 65536,
             max_audit_records: 1_000_000,
         }
@@ -293,7 +307,21 @@ pub struct TlsFile {
     pub handshake_timeout_ms: Option<u64>,
     /// After a client rejected the mcpwatch CA for a host, pass that process/host through for
     /// this long so the agent keeps working (default 900; 0: never pass through, keep failing).
+    /// The back-off is per process (pid + start time) and host, never per executable.
     pub distrust_backoff_secs: Option<u64>,
+    /// Toward destinations governed in enforce mode (a registered server with mode enforce, or
+    /// a global enforce policy): `refuse` (default) never passes a distrusting client through;
+    /// `pass_through` lets the back-off apply there too (uninspected traffic, operator opt-in).
+    pub distrust: Option<DistrustAction>,
+}
+
+/// What a distrusting client gets toward an enforce-mode destination (`tls.distrust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistrustAction {
+    #[default]
+    Refuse,
+    PassThrough,
 }
 
 /// Validated TLS settings.
@@ -310,6 +338,7 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
     /// Zero: distrusting clients are recorded but never passed through.
     pub distrust_backoff: Duration,
+    pub distrust: DistrustAction,
 }
 
 impl Default for TlsConfig {
@@ -325,6 +354,7 @@ impl Default for TlsConfig {
             leaf_cache_size: 1024,
             handshake_timeout: Duration::from_secs(10),
             distrust_backoff: Duration::from_secs(15 * 60),
+            distrust: DistrustAction::Refuse,
         }
     }
 }
@@ -348,6 +378,7 @@ impl TlsFile {
             leaf_cache_size: self.leaf_cache_size.unwrap_or(d.leaf_cache_size),
             handshake_timeout: self.handshake_timeout_ms.map_or(d.handshake_timeout, Duration::from_millis),
             distrust_backoff: self.distrust_backoff_secs.map_or(d.distrust_backoff, Duration::from_secs),
+            distrust: self.distrust.unwrap_or(d.distrust),
         }
     }
 }
@@ -456,6 +487,9 @@ impl FileConfig {
             header_timeout: l.header_timeout_ms.map_or(d.header_timeout, ms),
             body_timeout: l.body_timeout_ms.map_or(d.body_timeout, ms),
             max_connections: l.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_process: l.max_connections_per_process.unwrap_or(d.max_connections_per_process),
+            max_connections_per_uid: l.max_connections_per_uid.unwrap_or(d.max_connections_per_uid),
+            idle_timeout: l.idle_timeout_ms.map_or(d.idle_timeout, ms),
             max_pending_calls: l.max_pending_calls.unwrap_or(d.max_pending_calls),
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
         };
@@ -485,6 +519,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 || self.limits.max_pending_calls == 0 {
             return bad("limits.max_connections and limits.max_pending_calls must be positive");
+        }
+        if self.limits.max_connections_per_process == 0 || self.limits.max_connections_per_uid == 0 {
+            return bad("limits.max_connections_per_process and limits.max_connections_per_uid must be positive");
         }
         if self.limits.peek_timeout.is_zero() {
             return bad("limits.peek_timeout_ms must be positive");
