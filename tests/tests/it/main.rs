@@ -13,6 +13,7 @@ mod intercept;
 mod package;
 mod policy;
 mod protocol;
+mod report;
 mod scope;
 mod service;
 mod siem;
