@@ -627,7 +627,7 @@ fn csv(inv: &Inventory) -> String {
             s.tools.iter().map(|t| format!("{}={}", t.name, t.calls)).collect::<Vec<_>>().join(";"),
             s.clients.join(";"),
             s.users.join(";"),
-            risks_label(s).replace(',', ";"),
+            s.risks.iter().map(|r| r.flag.as_str()).collect::<Vec<_>>().join(";"),
             s.configs.iter().map(|c| c.file.clone()).collect::<Vec<_>>().join(";"),
             s.last_seen_ms.map(|t| t.to_string()).unwrap_or_default(),
         ];

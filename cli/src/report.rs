@@ -189,7 +189,8 @@ fn combine(a: &mut Inventory, b: Inventory) {
         }
     }
     // Notes of a missing source no longer hold once the other file supplied it.
-    a.notes.retain(|n| !(a.network && n.contains("did not answer")) && !(a.scanned && n.contains("not scanned")));
+    let (network, scanned) = (a.network, a.scanned);
+    a.notes.retain(|n| !(network && n.contains("did not answer") || scanned && n.contains("not scanned")));
     a.servers.sort_by(|x, y| x.status.cmp(&y.status).then(y.calls.cmp(&x.calls)).then(x.id.cmp(&y.id)));
 }
 
@@ -199,7 +200,7 @@ fn audit_lists(records: Vec<AuditRecord>) -> (Vec<AuditRecord>, Vec<AuditRecord>
     let redacted: Vec<AuditRecord> =
         records.into_iter().filter(|r| r.findings.iter().any(|f| f.action == "redact")).collect();
     let newest = |mut v: Vec<AuditRecord>| {
-        v.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms));
+        v.sort_by_key(|r| std::cmp::Reverse(r.ts_ms));
         v.truncate(MAX_LISTED);
         v
     };
@@ -346,7 +347,19 @@ fn flags(s: &InvServer) -> String {
     let mut ids: Vec<&str> = s.risks.iter().map(|r| r.flag.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    ids.iter().map(|f| format!("<span class=\"flag\">{}</span>", esc(f))).collect()
+    let mut out: String = ids.iter().map(|f| format!("<span class=\"flag\">{}</span>", esc(f))).collect();
+    // What the daemon found on the wire belongs next to what the scan found in files.
+    for t in &s.tools {
+        let what = if t.changed {
+            "changed tool"
+        } else if t.poisoning.is_some() {
+            "suspicious tool"
+        } else {
+            continue;
+        };
+        let _ = write!(out, "<span class=\"flag\">{what}: {}</span>", esc(&t.name));
+    }
+    out
 }
 
 fn where_configured(s: &InvServer) -> String {
@@ -520,7 +533,7 @@ pub fn html(d: &ReportData) -> String {
     if fleet {
         o.push_str("<th>Host</th>");
     }
-    o.push_str("<th>Status</th><th>Server</th><th>Name</th><th>Transport</th><th>Calls</th><th>Clients (users)</th><th>Risk flags</th><th>Configured in</th></tr></thead><tbody>");
+    o.push_str("<th>Status</th><th>Server</th><th>Name</th><th>Transport</th><th>Calls</th><th>Clients (users)</th><th>Flags</th><th>Configured in</th></tr></thead><tbody>");
     for (host, s) in &all {
         let _ = write!(o, "<tr data-status=\"{}\" data-server=\"{}\">", s.status.id(), esc(&s.id));
         if fleet {
