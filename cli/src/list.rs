@@ -404,10 +404,10 @@ pub fn merge(host: &str, now: u64, network: Option<&[ServerEntry]>, configs: Opt
     servers.sort_by(|a, b| a.status.cmp(&b.status).then(b.calls.cmp(&a.calls)).then(a.id.cmp(&b.id)));
     let mut notes = Vec::new();
     if network.is_none() {
-        notes.push("mcpwatchd did not answer: network servers, tools and calls are missing".into());
+        notes.push(NO_NETWORK_NOTE.into());
     }
     if configs.is_none() {
-        notes.push("client configurations were not scanned".into());
+        notes.push(NO_SCAN_NOTE.into());
     }
     notes.push(BYPASS_NOTE.into());
     Inventory {
@@ -421,6 +421,12 @@ pub fn merge(host: &str, now: u64, network: Option<&[ServerEntry]>, configs: Opt
         servers,
     }
 }
+
+/// The network source is missing (daemon down, or an input without it).
+pub const NO_NETWORK_NOTE: &str = "no network inventory (mcpwatchd did not answer or was not asked): servers only \
+     seen on the network, their tools and calls are missing";
+/// The config source is missing.
+pub const NO_SCAN_NOTE: &str = "client configurations were not scanned";
 
 /// Why there is no `bypass` status.
 pub const BYPASS_NOTE: &str = "bypass is not reported: the policy has no gateway configuration to tell \
@@ -742,7 +748,7 @@ mod tests {
     fn without_the_daemon_the_inventory_says_so() {
         let inv = merge("h", 1, None, Some(&[conf("fs", None, Some("npx"), vec![])]));
         assert!(!inv.network && inv.scanned);
-        assert!(inv.notes[0].contains("did not answer"), "{:?}", inv.notes);
+        assert_eq!(inv.notes[0], NO_NETWORK_NOTE);
         let back: Inventory = serde_json::from_str(&serde_json::to_string(&inv).expect("ser")).expect("de");
         assert_eq!(back, inv);
     }

@@ -190,7 +190,7 @@ fn combine(a: &mut Inventory, b: Inventory) {
     }
     // Notes of a missing source no longer hold once the other file supplied it.
     let (network, scanned) = (a.network, a.scanned);
-    a.notes.retain(|n| !(network && n.contains("did not answer") || scanned && n.contains("not scanned")));
+    a.notes.retain(|n| !(network && n == list::NO_NETWORK_NOTE || scanned && n == list::NO_SCAN_NOTE));
     a.servers.sort_by(|x, y| x.status.cmp(&y.status).then(y.calls.cmp(&x.calls)).then(x.id.cmp(&y.id)));
 }
 
@@ -450,7 +450,9 @@ fn audit_table(out: &mut String, id: &str, records: &[AuditRecord], last: &str, 
 /// The whole page.
 pub fn html(d: &ReportData) -> String {
     let fleet = d.hosts.len() > 1;
-    let all: Vec<(&str, &InvServer)> = d.hosts.iter().flat_map(|h| h.servers.iter().map(move |s| (h.host.as_str(), s))).collect();
+    let mut all: Vec<(&str, &InvServer)> = d.hosts.iter().flat_map(|h| h.servers.iter().map(move |s| (h.host.as_str(), s))).collect();
+    // Across hosts too: most alarming first, then busiest.
+    all.sort_by(|(ha, a), (hb, b)| a.status.cmp(&b.status).then(b.calls.cmp(&a.calls)).then(ha.cmp(hb)).then(a.id.cmp(&b.id)));
     let count = |st: Standing| all.iter().filter(|(_, s)| s.status == st).count();
     let title = if fleet {
         format!("MCP fleet report: {} hosts", d.hosts.len())
@@ -484,10 +486,19 @@ pub fn html(d: &ReportData) -> String {
     card(&mut o, "c-cov", "coverage-percent", &pct(d.coverage.percent), "coverage (servers watched)");
     o.push_str("</div>");
 
-    let notes: Vec<String> = d
-        .hosts
+    // Each note once, naming the hosts it applies to unless it applies to all.
+    let mut by_note: Vec<(&str, Vec<&str>)> = Vec::new();
+    for h in &d.hosts {
+        for n in &h.notes {
+            match by_note.iter_mut().find(|(t, _)| t == n) {
+                Some((_, hs)) => hs.push(&h.host),
+                None => by_note.push((n, vec![&h.host])),
+            }
+        }
+    }
+    let notes: Vec<String> = by_note
         .iter()
-        .flat_map(|h| h.notes.iter().map(move |n| if fleet { format!("{}: {n}", h.host) } else { n.clone() }))
+        .map(|(n, hs)| if fleet && hs.len() < d.hosts.len() { format!("{}: {n}", hs.join(", ")) } else { (*n).to_string() })
         .collect();
     if !notes.is_empty() || !d.audit {
         o.push_str("<section id=\"notes\"><h2>What this report cannot see</h2>");

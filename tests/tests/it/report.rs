@@ -382,6 +382,17 @@ fn fleet_report_merges_hosts_and_renders_in_chromium() {
 
     let rows = doc.by_id("servers").body_rows();
     assert_eq!(rows.len(), 7);
+    let order: Vec<&str> = rows.iter().map(|r| r.attr("data-status").expect("status")).collect();
+    assert_eq!(
+        order,
+        ["shadow", "running", "configured-only", "configured-only", "configured-only", "registered", "registered"],
+        "most alarming first across hosts"
+    );
+    // A note that holds for every host is said once, without host names.
+    let notes: Vec<String> = doc.by_id("notes").find_all(|n| n.has_class("note")).iter().map(|n| n.text_content()).collect();
+    assert_eq!(notes.iter().filter(|n| n.contains("bypass is not reported")).count(), 1, "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("fixture-host: no network inventory")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("web-1: client configurations were not scanned")), "{notes:?}");
     let mut per_host: BTreeMap<(String, String), usize> = BTreeMap::new();
     for r in &rows {
         let c = r.cells();
