@@ -415,6 +415,15 @@ fn chart(out: &mut String, idx: usize, host: &str, s: &InvServer) {
         );
     }
     out.push_str("</svg>");
+    let attributed: u64 = tools.iter().map(|t| t.calls).sum();
+    if s.calls > attributed {
+        // The daemon counts a call per tool only for tools it has seen listed.
+        let _ = write!(
+            out,
+            "<p class=\"muted unattributed\">{} calls to tools not listed when they were called</p>",
+            s.calls - attributed
+        );
+    }
     if tools.len() > shown {
         let rest: u64 = tools[shown..].iter().map(|t| t.calls).sum();
         let _ = write!(out, "<p class=\"muted\">and {} more tools ({rest} calls)</p>", tools.len() - shown);
@@ -596,7 +605,7 @@ pub fn html(d: &ReportData) -> String {
     o.push_str("<section><h2>Top tools by calls</h2><div class=\"charts\" id=\"charts\">");
     let mut charted = 0;
     for (i, (h, s)) in all.iter().enumerate() {
-        if s.seen && s.tools.iter().any(|t| t.calls > 0) {
+        if s.seen && (s.calls > 0 || s.tools.iter().any(|t| t.calls > 0)) {
             chart(&mut o, i, if fleet { h } else { "" }, s);
             charted += 1;
         }

@@ -406,3 +406,53 @@ fn fleet_report_merges_hosts_and_renders_in_chromium() {
     assert_eq!(per_host.get(&key("web-1", "shadow")), Some(&1));
     assert_eq!(doc.by_id("title").text_content(), "MCP fleet report: 2 hosts");
 }
+
+#[test]
+fn live_report_from_a_real_daemon_charts_the_calls_it_saw() {
+    use mcpwatch_tests::daemon::{Daemon, DaemonOpts};
+    use mcpwatch_tests::peers::{self, Client};
+    use serde_json::json;
+
+    chromium();
+    let server = peers::python_server().json_response().host_check(peers::HostCheck::Off).spawn();
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), ..Default::default() });
+    let url = format!("http://127.0.0.1:{}/mcp", daemon.port);
+    Client::python(&url)
+        .call("echo", json!({"text": "one"}))
+        .call("echo", json!({"text": "two"}))
+        .call("add", json!({"a": 1, "b": 2}))
+        .run();
+    daemon.wait_audit("three calls", |r| {
+        r.iter().filter(|x| x.method.as_deref() == Some("tools/call") && x.status == mcpwatch_api::CallStatus::Ok).count() == 3
+    });
+    let inventory = daemon.list();
+    assert_eq!(inventory.len(), 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let page = dir.path().join("live.html");
+    let out = daemon.cli(&["report", "--no-scan", "--host", "live-host", "--html", path_str(&page)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = dom(&page);
+    assert_inert(&doc);
+    let rows = doc.by_id("servers").body_rows();
+    assert_eq!(rows.len(), 1);
+    let want_status = if inventory[0].registered.is_some() { "registered" } else { "shadow" };
+    assert_eq!(rows[0].attr("data-status"), Some(want_status));
+    assert_eq!(rows[0].attr("data-server"), Some(inventory[0].endpoint.as_str()));
+    // One bar per tool the daemon knows, with its per-tool counter. The daemon counts a call per
+    // tool only once the tool is listed, and the Python SDK lists tools after its first call:
+    // the remainder is shown as unattributed rather than dropped.
+    let bars = chart_bars(&doc, &inventory[0].endpoint);
+    let want: BTreeMap<String, u64> = inventory[0].tools.iter().map(|t| (t.name.clone(), t.calls)).collect();
+    assert_eq!(bars, want);
+    assert!(bars.get("echo").is_some_and(|n| *n >= 1) && bars.get("add") == Some(&1), "{bars:?}");
+    let attributed: u64 = bars.values().sum();
+    assert_eq!(inventory[0].call_count, 3);
+    if attributed < 3 {
+        let rest = doc.find_all(|n| n.has_class("unattributed"));
+        assert_eq!(rest.len(), 1);
+        assert!(rest[0].text_content().starts_with(&format!("{} calls", 3 - attributed)), "{}", rest[0].text_content());
+    }
+    // The audit trail was read: the lists say "None." rather than "unknown".
+    assert_eq!(doc.by_id("count-denied").children.iter().find(|c| c.tag == "b").map(Node::text_content), Some("0".into()));
+    assert_eq!(doc.by_id("count-calls").children.iter().find(|c| c.tag == "b").map(Node::text_content), Some("3".into()));
+}
