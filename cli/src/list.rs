@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use mcpwatch_api::{Request, Response, ServerEntry};
+use mcpwatch_api::{Request, Response, ServerEntry, ToolEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Conn;
@@ -99,22 +99,6 @@ pub enum RegistryState {
     Unchecked,
 }
 
-/// One tool of a network server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ToolStat {
-    pub name: String,
-    pub calls: u64,
-    /// The definition differs from the pinned one.
-    #[serde(default)]
-    pub changed: bool,
-    #[serde(default)]
-    pub diff: Vec<String>,
-    #[serde(default)]
-    pub poisoning: Option<String>,
-    #[serde(default)]
-    pub hidden: Option<String>,
-}
-
 /// Where a configured server is written down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigRef {
@@ -158,7 +142,8 @@ pub struct InvServer {
     #[serde(default)]
     pub protocol: Option<String>,
     #[serde(default)]
-    pub tools: Vec<ToolStat>,
+    /// The daemon's tool entries (calls, pin state, diff).
+    pub tools: Vec<ToolEntry>,
     #[serde(default)]
     pub calls: u64,
     #[serde(default)]
@@ -183,7 +168,7 @@ pub struct InvServer {
 }
 
 impl InvServer {
-    pub fn changed_tools(&self) -> impl Iterator<Item = &ToolStat> {
+    pub fn changed_tools(&self) -> impl Iterator<Item = &ToolEntry> {
         self.tools.iter().filter(|t| t.changed)
     }
 }
@@ -306,18 +291,7 @@ fn from_network(e: &ServerEntry) -> InvServer {
         configured: false,
         transport: e.transport.clone(),
         protocol: e.protocol_version.clone(),
-        tools: e
-            .tools
-            .iter()
-            .map(|t| ToolStat {
-                name: t.name.clone(),
-                calls: t.calls,
-                changed: t.changed,
-                diff: t.diff.clone(),
-                poisoning: t.poisoning.clone(),
-                hidden: t.hidden.clone(),
-            })
-            .collect(),
+        tools: e.tools.clone(),
         calls: e.call_count,
         messages: e.message_count,
         clients,
@@ -537,7 +511,7 @@ pub fn tools_label(s: &InvServer) -> String {
     if !s.seen {
         return "-".into();
     }
-    let mut tools: Vec<&ToolStat> = s.tools.iter().collect();
+    let mut tools: Vec<&ToolEntry> = s.tools.iter().collect();
     tools.sort_by_key(|t| if t.hidden.is_some() { 0 } else if t.changed { 1 } else if t.poisoning.is_some() { 2 } else { 3 });
     let names: Vec<String> = tools
         .iter()
@@ -676,7 +650,7 @@ fn markdown(inv: &Inventory) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mcpwatch_api::{ClientUse, ToolEntry};
+    use mcpwatch_api::ClientUse;
 
     fn net(endpoint: &str, registered: Option<&str>, calls: u64) -> ServerEntry {
         ServerEntry {

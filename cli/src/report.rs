@@ -375,7 +375,7 @@ fn where_configured(s: &InvServer) -> String {
 
 /// One horizontal bar chart of a server's tools by calls.
 fn chart(out: &mut String, idx: usize, host: &str, s: &InvServer) {
-    let mut tools: Vec<&list::ToolStat> = s.tools.iter().collect();
+    let mut tools: Vec<&mcpwatch_api::ToolEntry> = s.tools.iter().collect();
     tools.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.name.cmp(&b.name)));
     let shown = tools.len().min(CHART_TOOLS);
     let max = tools.first().map_or(1, |t| t.calls.max(1));
@@ -642,7 +642,7 @@ pub fn html(d: &ReportData) -> String {
 
     // Changed tool definitions and alerts.
     o.push_str("<section><h2>Changed tool definitions</h2>");
-    let changed: Vec<(&str, &InvServer, &list::ToolStat)> =
+    let changed: Vec<(&str, &InvServer, &mcpwatch_api::ToolEntry)> =
         all.iter().flat_map(|(h, s)| s.changed_tools().map(move |t| (*h, *s, t))).collect();
     if changed.is_empty() {
         o.push_str("<p class=\"muted\">No tool changed since it was pinned.</p>");
