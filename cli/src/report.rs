@@ -488,6 +488,8 @@ pub fn html(d: &ReportData) -> String {
     }
     let risky = all.iter().filter(|(_, s)| !s.risks.is_empty()).count();
     card(&mut o, "c-shadow", "count-risky", &risky.to_string(), "with risk flags");
+    let changed_n: usize = all.iter().map(|(_, s)| s.changed_tools().count()).sum();
+    card(&mut o, "c-shadow", "count-changed", &changed_n.to_string(), "changed tools");
     card(&mut o, "", "count-calls", &d.coverage.calls_seen.to_string(), "calls seen");
     let audit_n = |n: usize| if d.audit { n.to_string() } else { "n/a".into() };
     card(&mut o, "c-shadow", "count-denied", &audit_n(d.denied.len()), "denied calls");

@@ -304,6 +304,7 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
         ("count-calls", "26"),
         ("count-denied", "2"),
         ("count-redacted", "1"),
+        ("count-changed", "1"),
         ("coverage-percent", "50%"),
     ] {
         let card = doc.by_id(id);
