@@ -77,7 +77,12 @@ pub enum Standing {
 }
 
 impl Standing {
-    pub const ALL: [Standing; 4] = [Standing::Shadow, Standing::Running, Standing::ConfiguredOnly, Standing::Registered];
+    pub const ALL: [Standing; 4] = [
+        Standing::Shadow,
+        Standing::Running,
+        Standing::ConfiguredOnly,
+        Standing::Registered,
+    ];
 
     pub fn id(self) -> &'static str {
         match self {
@@ -93,7 +98,9 @@ impl Standing {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RegistryState {
-    Registered { name: String },
+    Registered {
+        name: String,
+    },
     Shadow,
     /// No policy to check against (configured servers without `--policy`).
     Unchecked,
@@ -275,8 +282,18 @@ fn from_network(e: &ServerEntry) -> InvServer {
     let mut clients = Vec::new();
     let mut users = Vec::new();
     for c in &e.clients {
-        push_unique(&mut clients, c.exe.as_deref().map(view::basename).unwrap_or(c.comm.as_str()).to_string());
-        push_unique(&mut users, c.user.clone().unwrap_or_else(|| format!("uid {}", c.uid)));
+        push_unique(
+            &mut clients,
+            c.exe
+                .as_deref()
+                .map(view::basename)
+                .unwrap_or(c.comm.as_str())
+                .to_string(),
+        );
+        push_unique(
+            &mut users,
+            c.user.clone().unwrap_or_else(|| format!("uid {}", c.uid)),
+        );
     }
     let registry = match &e.registered {
         Some(n) => RegistryState::Registered { name: n.clone() },
@@ -285,7 +302,11 @@ fn from_network(e: &ServerEntry) -> InvServer {
     InvServer {
         id: e.endpoint.clone(),
         name,
-        status: if e.registered.is_some() { Standing::Registered } else { Standing::Shadow },
+        status: if e.registered.is_some() {
+            Standing::Registered
+        } else {
+            Standing::Shadow
+        },
         registry,
         seen: true,
         configured: false,
@@ -306,10 +327,22 @@ fn from_network(e: &ServerEntry) -> InvServer {
 
 /// Merge the daemon's inventory (`None`: it did not answer) and the scan's entries (`None`: not
 /// scanned) into one inventory, most alarming servers first.
-pub fn merge(host: &str, now: u64, network: Option<&[ServerEntry]>, configs: Option<&[ConfigEntry]>) -> Inventory {
-    let mut servers: Vec<InvServer> = network.unwrap_or_default().iter().map(from_network).collect();
+pub fn merge(
+    host: &str,
+    now: u64,
+    network: Option<&[ServerEntry]>,
+    configs: Option<&[ConfigEntry]>,
+) -> Inventory {
+    let mut servers: Vec<InvServer> = network
+        .unwrap_or_default()
+        .iter()
+        .map(from_network)
+        .collect();
     // Match keys of the network servers; configured-only groups get their own keys appended.
-    let mut keys: Vec<Option<String>> = servers.iter().map(|s| mcpwatch_discover::match_key(&s.id)).collect();
+    let mut keys: Vec<Option<String>> = servers
+        .iter()
+        .map(|s| mcpwatch_discover::match_key(&s.id))
+        .collect();
     for c in configs.unwrap_or_default() {
         let url_key = c.url.as_deref().and_then(mcpwatch_discover::match_key);
         let key = match &url_key {
@@ -325,7 +358,10 @@ pub fn merge(host: &str, now: u64, network: Option<&[ServerEntry]>, configs: Opt
             None => {
                 let registry = c.registry();
                 servers.push(InvServer {
-                    id: c.url.clone().unwrap_or_else(|| format!("stdio:{}", c.launch())),
+                    id: c
+                        .url
+                        .clone()
+                        .unwrap_or_else(|| format!("stdio:{}", c.launch())),
                     name: c.name.clone(),
                     status: Standing::ConfiguredOnly,
                     registry,
@@ -375,7 +411,12 @@ pub fn merge(host: &str, now: u64, network: Option<&[ServerEntry]>, configs: Opt
             enabled: c.enabled,
         });
     }
-    servers.sort_by(|a, b| a.status.cmp(&b.status).then(b.calls.cmp(&a.calls)).then(a.id.cmp(&b.id)));
+    servers.sort_by(|a, b| {
+        a.status
+            .cmp(&b.status)
+            .then(b.calls.cmp(&a.calls))
+            .then(a.id.cmp(&b.id))
+    });
     let mut notes = Vec::new();
     if network.is_none() {
         notes.push(NO_NETWORK_NOTE.into());
@@ -408,7 +449,10 @@ pub const BYPASS_NOTE: &str = "bypass is not reported: the policy has no gateway
 
 /// Local scan of the default scope (every home, managed files), as `mcpwatch scan` does, turned
 /// into the entries `merge` takes, plus one note per unreadable file.
-pub fn local_scan(policy: Option<&Path>, scope: &ScanScope) -> Result<(Vec<ConfigEntry>, Vec<String>)> {
+pub fn local_scan(
+    policy: Option<&Path>,
+    scope: &ScanScope,
+) -> Result<(Vec<ConfigEntry>, Vec<String>)> {
     let policy = crate::scan::load_policy(policy)?;
     for d in scope.home.iter().chain(&scope.root) {
         if !d.is_dir() {
@@ -429,7 +473,13 @@ pub fn local_scan(policy: Option<&Path>, scope: &ScanScope) -> Result<(Vec<Confi
     let notes = report
         .errors
         .iter()
-        .map(|e| format!("unreadable client configuration {} ({})", e.file.display(), e.message))
+        .map(|e| {
+            format!(
+                "unreadable client configuration {} ({})",
+                e.file.display(),
+                e.message
+            )
+        })
         .collect();
     Ok((entries, notes))
 }
@@ -440,7 +490,10 @@ pub fn fetch_network(socket: &Path) -> Result<Option<Vec<ServerEntry>>> {
     let mut conn = match Conn::connect(socket, false) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "mcpwatch: {e:#}; showing configured servers only");
+            let _ = writeln!(
+                std::io::stderr(),
+                "mcpwatch: {e:#}; showing configured servers only"
+            );
             return Ok(None);
         }
     };
@@ -449,12 +502,20 @@ pub fn fetch_network(socket: &Path) -> Result<Option<Vec<ServerEntry>>> {
         Some(Response::List { servers }) => Ok(Some(servers)),
         Some(Response::Error { message }) => Err(crate::client::daemon_error(&message)),
         Some(other) => Err(unexpected("list", &other)),
-        None => anyhow::bail!("mcpwatchd at {} closed the connection without answering", socket.display()),
+        None => anyhow::bail!(
+            "mcpwatchd at {} closed the connection without answering",
+            socket.display()
+        ),
     }
 }
 
 /// Build this host's merged inventory from the live sources.
-pub fn build(socket: &Path, no_scan: bool, policy: Option<&Path>, scope: &ScanScope) -> Result<Inventory> {
+pub fn build(
+    socket: &Path,
+    no_scan: bool,
+    policy: Option<&Path>,
+    scope: &ScanScope,
+) -> Result<Inventory> {
     let network = fetch_network(socket)?;
     let (configs, scan_notes) = if no_scan {
         (None, Vec::new())
@@ -465,7 +526,12 @@ pub fn build(socket: &Path, no_scan: bool, policy: Option<&Path>, scope: &ScanSc
     if network.is_none() && no_scan {
         anyhow::bail!("mcpwatchd did not answer and --no-scan leaves nothing to list");
     }
-    let mut inv = merge(&hostname(), now_ms(), network.as_deref(), configs.as_deref());
+    let mut inv = merge(
+        &hostname(),
+        now_ms(),
+        network.as_deref(),
+        configs.as_deref(),
+    );
     inv.notes.extend(scan_notes);
     Ok(inv)
 }
@@ -483,7 +549,12 @@ pub fn run(socket: &Path, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
     let inv = build(socket, args.no_scan, args.policy.as_deref(), &args.scope)?;
     if args.format == Format::Table {
         // The daemon's absence was reported when it was asked; the rest goes to stderr here.
-        for n in inv.notes.iter().skip(usize::from(!inv.network)).filter(|n| *n != BYPASS_NOTE && inv.scanned) {
+        for n in inv
+            .notes
+            .iter()
+            .skip(usize::from(!inv.network))
+            .filter(|n| *n != BYPASS_NOTE && inv.scanned)
+        {
             let _ = writeln!(std::io::stderr(), "mcpwatch: note: {}", sanitize(n));
         }
     }
@@ -499,7 +570,9 @@ pub fn run(socket: &Path, args: &ListArgs, out: &mut dyn Write) -> Result<()> {
 /// STATUS cell: the registry name for registered servers; SHADOW shouts.
 pub fn status_label(s: &InvServer) -> String {
     match (&s.status, &s.registry) {
-        (Standing::Registered, RegistryState::Registered { name }) => format!("registered ({name})"),
+        (Standing::Registered, RegistryState::Registered { name }) => {
+            format!("registered ({name})")
+        }
         (Standing::Shadow, _) => "SHADOW".into(),
         (st, RegistryState::Shadow) => format!("{} (not in registry)", st.id()),
         (st, _) => st.id().into(),
@@ -512,7 +585,17 @@ pub fn tools_label(s: &InvServer) -> String {
         return "-".into();
     }
     let mut tools: Vec<&ToolEntry> = s.tools.iter().collect();
-    tools.sort_by_key(|t| if t.hidden.is_some() { 0 } else if t.changed { 1 } else if t.poisoning.is_some() { 2 } else { 3 });
+    tools.sort_by_key(|t| {
+        if t.hidden.is_some() {
+            0
+        } else if t.changed {
+            1
+        } else if t.poisoning.is_some() {
+            2
+        } else {
+            3
+        }
+    });
     let names: Vec<String> = tools
         .iter()
         .map(|t| {
@@ -545,7 +628,11 @@ fn clients_label(s: &InvServer) -> String {
 pub fn risks_label(s: &InvServer) -> String {
     let mut ids: Vec<&str> = s.risks.iter().map(|r| r.flag.as_str()).collect();
     ids.dedup();
-    if ids.is_empty() { "-".into() } else { ids.join(",") }
+    if ids.is_empty() {
+        "-".into()
+    } else {
+        ids.join(",")
+    }
 }
 
 fn table(inv: &Inventory, now: u64) -> String {
@@ -563,10 +650,16 @@ fn table(inv: &Inventory, now: u64) -> String {
                 s.name.clone(),
                 s.protocol.clone().unwrap_or_else(|| "-".into()),
                 tools_label(s),
-                if s.seen { s.calls.to_string() } else { "-".into() },
+                if s.seen {
+                    s.calls.to_string()
+                } else {
+                    "-".into()
+                },
                 clients_label(s),
                 risks_label(s),
-                s.last_seen_ms.map(|t| view::relative(now, t)).unwrap_or_else(|| "never".into()),
+                s.last_seen_ms
+                    .map(|t| view::relative(now, t))
+                    .unwrap_or_else(|| "never".into()),
             ]
             .iter()
             .map(|c| sanitize(c))
@@ -589,7 +682,9 @@ fn table(inv: &Inventory, now: u64) -> String {
 }
 
 fn csv(inv: &Inventory) -> String {
-    let mut out = String::from("host,server,status,registry,transport,name,calls,tools,clients,users,risks,configs,last_seen_ms\n");
+    let mut out = String::from(
+        "host,server,status,registry,transport,name,calls,tools,clients,users,risks,configs,last_seen_ms\n",
+    );
     for s in &inv.servers {
         let registry = match &s.registry {
             RegistryState::Registered { name } => format!("registered:{name}"),
@@ -604,11 +699,23 @@ fn csv(inv: &Inventory) -> String {
             s.transport.clone(),
             s.name.clone(),
             s.calls.to_string(),
-            s.tools.iter().map(|t| format!("{}={}", t.name, t.calls)).collect::<Vec<_>>().join(";"),
+            s.tools
+                .iter()
+                .map(|t| format!("{}={}", t.name, t.calls))
+                .collect::<Vec<_>>()
+                .join(";"),
             s.clients.join(";"),
             s.users.join(";"),
-            s.risks.iter().map(|r| r.flag.as_str()).collect::<Vec<_>>().join(";"),
-            s.configs.iter().map(|c| c.file.clone()).collect::<Vec<_>>().join(";"),
+            s.risks
+                .iter()
+                .map(|r| r.flag.as_str())
+                .collect::<Vec<_>>()
+                .join(";"),
+            s.configs
+                .iter()
+                .map(|c| c.file.clone())
+                .collect::<Vec<_>>()
+                .join(";"),
             s.last_seen_ms.map(|t| t.to_string()).unwrap_or_default(),
         ];
         let row: Vec<String> = cells.iter().map(|c| crate::scan::csv_cell(c)).collect();
@@ -621,8 +728,16 @@ fn csv(inv: &Inventory) -> String {
 fn markdown(inv: &Inventory) -> String {
     let md = crate::scan::md;
     let mut out = format!("# MCP servers on {}\n\n", md(&inv.host));
-    let counts: Vec<String> = Standing::ALL.iter().map(|s| format!("{} {}", inv.count(*s), s.id())).collect();
-    let _ = writeln!(out, "{} servers: {}\n", inv.servers.len(), counts.join(", "));
+    let counts: Vec<String> = Standing::ALL
+        .iter()
+        .map(|s| format!("{} {}", inv.count(*s), s.id()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{} servers: {}\n",
+        inv.servers.len(),
+        counts.join(", ")
+    );
     out.push_str("| server | status | transport | name | calls | tools | clients | risks |\n|---|---|---|---|---|---|---|---|\n");
     for s in &inv.servers {
         let _ = writeln!(
@@ -659,8 +774,18 @@ mod tests {
             server_name: Some("srv".into()),
             call_count: calls,
             registered: registered.map(str::to_string),
-            tools: vec![ToolEntry { name: "t".into(), calls, ..Default::default() }],
-            clients: vec![ClientUse { exe: Some("/usr/bin/node".into()), comm: "node".into(), uid: 1000, user: Some("alice".into()), ..Default::default() }],
+            tools: vec![ToolEntry {
+                name: "t".into(),
+                calls,
+                ..Default::default()
+            }],
+            clients: vec![ClientUse {
+                exe: Some("/usr/bin/node".into()),
+                comm: "node".into(),
+                uid: 1000,
+                user: Some("alice".into()),
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
@@ -673,21 +798,34 @@ mod tests {
             line: Some(3),
             owner: "bob".into(),
             name: name.into(),
-            transport: if url.is_some() && command.is_none() { "http".into() } else { "stdio".into() },
+            transport: if url.is_some() && command.is_none() {
+                "http".into()
+            } else {
+                "stdio".into()
+            },
             command: command.map(str::to_string),
             args: vec!["-y".into(), "pkg".into()],
             url: url.map(str::to_string),
             enabled: true,
             launch_hash: format!("hash-{name}"),
-            risks: vec![RiskNote { flag: "unpinned-fetch".into(), detail: "npx -y".into() }],
-            registry: ScanRegistry { status: "unchecked".into(), name: None },
+            risks: vec![RiskNote {
+                flag: "unpinned-fetch".into(),
+                detail: "npx -y".into(),
+            }],
+            registry: ScanRegistry {
+                status: "unchecked".into(),
+                name: None,
+            },
             pids,
         }
     }
 
     #[test]
     fn configured_url_joins_the_network_server_and_the_rest_stay_configured_only() {
-        let network = [net("http://127.0.0.2:18001/mcp", Some("demo"), 5), net("https://x.example:443/mcp", None, 2)];
+        let network = [
+            net("http://127.0.0.2:18001/mcp", Some("demo"), 5),
+            net("https://x.example:443/mcp", None, 2),
+        ];
         let configs = [
             conf("demo", Some("http://127.0.0.2:18001/mcp/"), None, vec![]),
             conf("fs", None, Some("npx"), vec![]),
@@ -698,9 +836,17 @@ mod tests {
         let mut configs = configs.to_vec();
         configs[2].launch_hash = "hash-fs".into();
         let inv = merge("h1", 7, Some(&network), Some(&configs));
-        let by_id = |id: &str| inv.servers.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("{id} missing: {inv:#?}"));
+        let by_id = |id: &str| {
+            inv.servers
+                .iter()
+                .find(|s| s.id == id)
+                .unwrap_or_else(|| panic!("{id} missing: {inv:#?}"))
+        };
         let demo = by_id("http://127.0.0.2:18001/mcp");
-        assert_eq!((demo.status, demo.seen, demo.configured), (Standing::Registered, true, true));
+        assert_eq!(
+            (demo.status, demo.seen, demo.configured),
+            (Standing::Registered, true, true)
+        );
         assert_eq!(demo.clients, ["node", "claude-code"]);
         assert_eq!(demo.users, ["alice", "bob"]);
         assert_eq!(demo.risks.len(), 1);
@@ -708,9 +854,15 @@ mod tests {
         let fs = by_id("stdio:npx -y pkg");
         assert_eq!(fs.status, Standing::ConfiguredOnly);
         assert_eq!(fs.configs.len(), 2, "one launch, two entries: one server");
-        assert_eq!(by_id("https://far.example/mcp").status, Standing::ConfiguredOnly);
+        assert_eq!(
+            by_id("https://far.example/mcp").status,
+            Standing::ConfiguredOnly
+        );
         let git = inv.servers.iter().find(|s| s.name == "git").expect("git");
-        assert_eq!((git.status, git.pids.clone()), (Standing::Running, vec![42]));
+        assert_eq!(
+            (git.status, git.pids.clone()),
+            (Standing::Running, vec![42])
+        );
         let order: Vec<Standing> = inv.servers.iter().map(|s| s.status).collect();
         let mut sorted = order.clone();
         sorted.sort();
@@ -723,7 +875,8 @@ mod tests {
         let inv = merge("h", 1, None, Some(&[conf("fs", None, Some("npx"), vec![])]));
         assert!(!inv.network && inv.scanned);
         assert_eq!(inv.notes[0], NO_NETWORK_NOTE);
-        let back: Inventory = serde_json::from_str(&serde_json::to_string(&inv).expect("ser")).expect("de");
+        let back: Inventory =
+            serde_json::from_str(&serde_json::to_string(&inv).expect("ser")).expect("de");
         assert_eq!(back, inv);
     }
 
@@ -742,26 +895,60 @@ mod tests {
         s.protocol_version = Some("2025-11-25".into());
         s.message_count = 9;
         s.last_seen_ms = NOW - 3_000;
-        s.tools.push(ToolEntry { name: "search".into(), ..Default::default() });
-        s.clients.push(ClientUse { comm: "python3".into(), uid: 1001, ..Default::default() });
+        s.tools.push(ToolEntry {
+            name: "search".into(),
+            ..Default::default()
+        });
+        s.clients.push(ClientUse {
+            comm: "python3".into(),
+            uid: 1001,
+            ..Default::default()
+        });
         let inv = merge("h", NOW, Some(&[s]), None);
         let text = table(&inv, NOW);
-        let row: Vec<&str> = text.lines().nth(1).expect("row").split("  ").filter(|c| !c.trim().is_empty()).map(str::trim).collect();
+        let row: Vec<&str> = text
+            .lines()
+            .nth(1)
+            .expect("row")
+            .split("  ")
+            .filter(|c| !c.trim().is_empty())
+            .map(str::trim)
+            .collect();
         assert_eq!(
             row,
-            ["http://127.0.0.2:8765/mcp", "SHADOW", "streamable-http", "srv/1.2.0", "2025-11-25", "2: t, search", "7", "node, python3 (alice, uid 1001)", "-", "3s ago"]
+            [
+                "http://127.0.0.2:8765/mcp",
+                "SHADOW",
+                "streamable-http",
+                "srv/1.2.0",
+                "2025-11-25",
+                "2: t, search",
+                "7",
+                "node, python3 (alice, uid 1001)",
+                "-",
+                "3s ago"
+            ]
         );
     }
 
     #[test]
     fn long_tool_lists_are_truncated_flagged_tools_first() {
         let mut s = net("http://127.0.0.2:8765/mcp", Some("r"), 0);
-        s.tools = (0..30).map(|i| ToolEntry { name: format!("tool_number_{i}"), ..Default::default() }).collect();
+        s.tools = (0..30)
+            .map(|i| ToolEntry {
+                name: format!("tool_number_{i}"),
+                ..Default::default()
+            })
+            .collect();
         s.tools[29].changed = true;
         let text = table(&merge("h", NOW, Some(&[s]), None), NOW);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[1].contains("30: tool_number_29 [changed], tool_numb…"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("30: tool_number_29 [changed], tool_numb…"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]

@@ -110,7 +110,10 @@ pub fn coverage(hosts: &[Inventory]) -> Coverage {
     let known = all().count();
     let watched = all().filter(|s| s.seen).count();
     let calls_seen: u64 = all().map(|s| s.calls).sum();
-    let calls_registered: u64 = all().filter(|s| s.status == Standing::Registered).map(|s| s.calls).sum();
+    let calls_registered: u64 = all()
+        .filter(|s| s.status == Standing::Registered)
+        .map(|s| s.calls)
+        .sum();
     Coverage {
         known,
         watched,
@@ -123,36 +126,58 @@ pub fn coverage(hosts: &[Inventory]) -> Coverage {
 }
 
 fn read_capped(p: &Path) -> Result<String> {
-    let len = std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?.len();
+    let len = std::fs::metadata(p)
+        .with_context(|| format!("cannot read {}", p.display()))?
+        .len();
     if len > MAX_INPUT_BYTES {
-        anyhow::bail!("{} is larger than {} MiB", p.display(), MAX_INPUT_BYTES >> 20);
+        anyhow::bail!(
+            "{} is larger than {} MiB",
+            p.display(),
+            MAX_INPUT_BYTES >> 20
+        );
     }
     std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
 /// Configured servers of a `scan --json` document, and the host it names.
 fn scan_doc(v: &Value, what: &str) -> Result<(Vec<ConfigEntry>, Option<String>)> {
-    let servers = v.get("servers").cloned().unwrap_or(Value::Array(Vec::new()));
-    let entries: Vec<ConfigEntry> =
-        serde_json::from_value(servers).with_context(|| format!("{what}: not `mcpwatch scan --json` output"))?;
-    Ok((entries, v.get("host").and_then(Value::as_str).map(str::to_string)))
+    let servers = v
+        .get("servers")
+        .cloned()
+        .unwrap_or(Value::Array(Vec::new()));
+    let entries: Vec<ConfigEntry> = serde_json::from_value(servers)
+        .with_context(|| format!("{what}: not `mcpwatch scan --json` output"))?;
+    Ok((
+        entries,
+        v.get("host").and_then(Value::as_str).map(str::to_string),
+    ))
 }
 
 /// One host's inventory from one file of any kind `list`/`scan` write.
 fn host_file(p: &Path) -> Result<Inventory> {
     let what = p.display().to_string();
-    let v: Value = serde_json::from_str(&read_capped(p)?).with_context(|| format!("{what}: not JSON"))?;
-    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let v: Value =
+        serde_json::from_str(&read_capped(p)?).with_context(|| format!("{what}: not JSON"))?;
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if v.get("kind").and_then(Value::as_str) == Some(INVENTORY_KIND) {
-        return serde_json::from_value(v).with_context(|| format!("{what}: bad `list --format json` document"));
+        return serde_json::from_value(v)
+            .with_context(|| format!("{what}: bad `list --format json` document"));
     }
     if v.is_array() {
-        let servers: Vec<ServerEntry> =
-            serde_json::from_value(v).with_context(|| format!("{what}: not `mcpwatch list --json` output"))?;
+        let servers: Vec<ServerEntry> = serde_json::from_value(v)
+            .with_context(|| format!("{what}: not `mcpwatch list --json` output"))?;
         return Ok(list::merge(&stem, now_ms(), Some(&servers), None));
     }
     let (entries, host) = scan_doc(&v, &what)?;
-    Ok(list::merge(&host.unwrap_or(stem), now_ms(), None, Some(&entries)))
+    Ok(list::merge(
+        &host.unwrap_or(stem),
+        now_ms(),
+        None,
+        Some(&entries),
+    ))
 }
 
 fn merge_dir(dir: &Path) -> Result<Vec<Inventory>> {
@@ -190,15 +215,26 @@ fn combine(a: &mut Inventory, b: Inventory) {
     }
     // Notes of a missing source no longer hold once the other file supplied it.
     let (network, scanned) = (a.network, a.scanned);
-    a.notes.retain(|n| !(network && n == list::NO_NETWORK_NOTE || scanned && n == list::NO_SCAN_NOTE));
-    a.servers.sort_by(|x, y| x.status.cmp(&y.status).then(y.calls.cmp(&x.calls)).then(x.id.cmp(&y.id)));
+    a.notes
+        .retain(|n| !(network && n == list::NO_NETWORK_NOTE || scanned && n == list::NO_SCAN_NOTE));
+    a.servers.sort_by(|x, y| {
+        x.status
+            .cmp(&y.status)
+            .then(y.calls.cmp(&x.calls))
+            .then(x.id.cmp(&y.id))
+    });
 }
 
 fn audit_lists(records: Vec<AuditRecord>) -> (Vec<AuditRecord>, Vec<AuditRecord>) {
-    let denied: Vec<AuditRecord> =
-        records.iter().filter(|r| r.decision.as_ref().is_some_and(|d| d.action == "deny")).cloned().collect();
-    let redacted: Vec<AuditRecord> =
-        records.into_iter().filter(|r| r.findings.iter().any(|f| f.action == "redact")).collect();
+    let denied: Vec<AuditRecord> = records
+        .iter()
+        .filter(|r| r.decision.as_ref().is_some_and(|d| d.action == "deny"))
+        .cloned()
+        .collect();
+    let redacted: Vec<AuditRecord> = records
+        .into_iter()
+        .filter(|r| r.findings.iter().any(|f| f.action == "redact"))
+        .collect();
     let newest = |mut v: Vec<AuditRecord>| {
         v.sort_by_key(|r| std::cmp::Reverse(r.ts_ms));
         v.truncate(MAX_LISTED);
@@ -219,16 +255,17 @@ fn gather(socket: &Path, args: &ReportArgs) -> Result<ReportData> {
     let (hosts, records) = if let Some(dir) = &args.merge {
         (merge_dir(dir)?, None)
     } else if offline {
-        let network: Option<Vec<ServerEntry>> = match &args.network {
-            Some(p) => Some(
-                serde_json::from_str(&read_capped(p)?)
-                    .with_context(|| format!("{}: not `mcpwatch list --json` output", p.display()))?,
-            ),
-            None => None,
-        };
+        let network: Option<Vec<ServerEntry>> =
+            match &args.network {
+                Some(p) => Some(serde_json::from_str(&read_capped(p)?).with_context(|| {
+                    format!("{}: not `mcpwatch list --json` output", p.display())
+                })?),
+                None => None,
+            };
         let (configs, scan_host) = match &args.scan {
             Some(p) => {
-                let v: Value = serde_json::from_str(&read_capped(p)?).with_context(|| format!("{}: not JSON", p.display()))?;
+                let v: Value = serde_json::from_str(&read_capped(p)?)
+                    .with_context(|| format!("{}: not JSON", p.display()))?;
                 let (c, h) = scan_doc(&v, &p.display().to_string())?;
                 (Some(c), h)
             }
@@ -238,29 +275,57 @@ fn gather(socket: &Path, args: &ReportArgs) -> Result<ReportData> {
             Some(p) => {
                 let text = read_capped(p)?;
                 let mut v = Vec::new();
-                for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    v.push(
-                        serde_json::from_str::<AuditRecord>(line)
-                            .with_context(|| format!("{}:{}: not an audit record", p.display(), i + 1))?,
-                    );
+                for (i, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    v.push(serde_json::from_str::<AuditRecord>(line).with_context(|| {
+                        format!("{}:{}: not an audit record", p.display(), i + 1)
+                    })?);
                 }
                 Some(v)
             }
             None => None,
         };
-        let host = args.host.clone().or(scan_host).unwrap_or_else(list::hostname);
-        (vec![list::merge(&host, now_ms(), network.as_deref(), configs.as_deref())], records)
+        let host = args
+            .host
+            .clone()
+            .or(scan_host)
+            .unwrap_or_else(list::hostname);
+        (
+            vec![list::merge(
+                &host,
+                now_ms(),
+                network.as_deref(),
+                configs.as_deref(),
+            )],
+            records,
+        )
     } else {
         let mut inv = list::build(socket, args.no_scan, args.policy.as_deref(), &args.scope)?;
         if let Some(h) = &args.host {
             inv.host = h.clone();
         }
         let records = if inv.network {
-            let mut r = audit_call(socket, AuditFilter { decision: Some("deny".into()), limit: Some(MAX_LISTED), ..Default::default() })?;
+            let mut r = audit_call(
+                socket,
+                AuditFilter {
+                    decision: Some("deny".into()),
+                    limit: Some(MAX_LISTED),
+                    ..Default::default()
+                },
+            )?;
             r.extend(
-                audit_call(socket, AuditFilter { limit: Some(AUDIT_WINDOW), ..Default::default() })?
-                    .into_iter()
-                    .filter(|x| x.decision.as_ref().is_none_or(|d| d.action != "deny")),
+                audit_call(
+                    socket,
+                    AuditFilter {
+                        limit: Some(AUDIT_WINDOW),
+                        ..Default::default()
+                    },
+                )?
+                .into_iter()
+                .filter(|x| x.decision.as_ref().is_none_or(|d| d.action != "deny")),
             );
             Some(r)
         } else {
@@ -287,7 +352,8 @@ pub fn run(socket: &Path, args: &ReportArgs, out: &mut dyn Write) -> Result<()> 
     }
     let data = gather(socket, args)?;
     if let Some(path) = &args.html {
-        std::fs::write(path, html(&data)).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, html(&data))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
         emit(out, &format!("{}\n", serde_json::to_string_pretty(&data)?))?;
@@ -340,14 +406,22 @@ svg .bar{fill:#1a73e8}svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 ";
 
 fn card(out: &mut String, class: &str, id: &str, value: &str, label: &str) {
-    let _ = write!(out, "<div class=\"card {class}\" id=\"{id}\"><b>{}</b><span>{}</span></div>", esc(value), esc(label));
+    let _ = write!(
+        out,
+        "<div class=\"card {class}\" id=\"{id}\"><b>{}</b><span>{}</span></div>",
+        esc(value),
+        esc(label)
+    );
 }
 
 fn flags(s: &InvServer) -> String {
     let mut ids: Vec<&str> = s.risks.iter().map(|r| r.flag.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut out: String = ids.iter().map(|f| format!("<span class=\"flag\">{}</span>", esc(f))).collect();
+    let mut out: String = ids
+        .iter()
+        .map(|f| format!("<span class=\"flag\">{}</span>", esc(f)))
+        .collect();
     // What the daemon found on the wire belongs next to what the scan found in files.
     for t in &s.tools {
         let what = if t.changed {
@@ -368,7 +442,14 @@ fn where_configured(s: &InvServer) -> String {
         .map(|c| {
             let line = c.line.map(|l| format!(":{l}")).unwrap_or_default();
             let off = if c.enabled { "" } else { " (disabled)" };
-            format!("<div class=\"mono\">{} {} <span class=\"muted\">{}{}{}</span></div>", esc(&c.client), esc(&c.scope), esc(&c.file), line, off)
+            format!(
+                "<div class=\"mono\">{} {} <span class=\"muted\">{}{}{}</span></div>",
+                esc(&c.client),
+                esc(&c.scope),
+                esc(&c.file),
+                line,
+                off
+            )
         })
         .collect()
 }
@@ -386,7 +467,11 @@ fn chart(out: &mut String, idx: usize, host: &str, s: &InvServer) {
         "<div class=\"chart-box\"><h3>{} <span class=\"muted\">{} calls{}</span></h3>",
         esc(&s.id),
         s.calls,
-        if host.is_empty() { String::new() } else { format!(" · {}", esc(host)) }
+        if host.is_empty() {
+            String::new()
+        } else {
+            format!(" · {}", esc(host))
+        }
     );
     let _ = write!(
         out,
@@ -426,12 +511,22 @@ fn chart(out: &mut String, idx: usize, host: &str, s: &InvServer) {
     }
     if tools.len() > shown {
         let rest: u64 = tools[shown..].iter().map(|t| t.calls).sum();
-        let _ = write!(out, "<p class=\"muted\">and {} more tools ({rest} calls)</p>", tools.len() - shown);
+        let _ = write!(
+            out,
+            "<p class=\"muted\">and {} more tools ({rest} calls)</p>",
+            tools.len() - shown
+        );
     }
     out.push_str("</div>");
 }
 
-fn audit_table(out: &mut String, id: &str, records: &[AuditRecord], last: &str, cell: impl Fn(&AuditRecord) -> String) {
+fn audit_table(
+    out: &mut String,
+    id: &str,
+    records: &[AuditRecord],
+    last: &str,
+    cell: impl Fn(&AuditRecord) -> String,
+) {
     let _ = write!(
         out,
         "<table id=\"{id}\"><thead><tr><th>Time (UTC)</th><th>Process</th><th>Server</th><th>Tool</th><th>{}</th></tr></thead><tbody>",
@@ -441,7 +536,16 @@ fn audit_table(out: &mut String, id: &str, records: &[AuditRecord], last: &str, 
         let process = r
             .process
             .as_ref()
-            .map(|p| format!("{} ({})", p.exe.as_deref().map(crate::view::basename).unwrap_or(&p.comm), p.tgid))
+            .map(|p| {
+                format!(
+                    "{} ({})",
+                    p.exe
+                        .as_deref()
+                        .map(crate::view::basename)
+                        .unwrap_or(&p.comm),
+                    p.tgid
+                )
+            })
             .unwrap_or_else(|| "?".into());
         let _ = write!(
             out,
@@ -459,14 +563,27 @@ fn audit_table(out: &mut String, id: &str, records: &[AuditRecord], last: &str, 
 /// The whole page.
 pub fn html(d: &ReportData) -> String {
     let fleet = d.hosts.len() > 1;
-    let mut all: Vec<(&str, &InvServer)> = d.hosts.iter().flat_map(|h| h.servers.iter().map(move |s| (h.host.as_str(), s))).collect();
+    let mut all: Vec<(&str, &InvServer)> = d
+        .hosts
+        .iter()
+        .flat_map(|h| h.servers.iter().map(move |s| (h.host.as_str(), s)))
+        .collect();
     // Across hosts too: most alarming first, then busiest.
-    all.sort_by(|(ha, a), (hb, b)| a.status.cmp(&b.status).then(b.calls.cmp(&a.calls)).then(ha.cmp(hb)).then(a.id.cmp(&b.id)));
+    all.sort_by(|(ha, a), (hb, b)| {
+        a.status
+            .cmp(&b.status)
+            .then(b.calls.cmp(&a.calls))
+            .then(ha.cmp(hb))
+            .then(a.id.cmp(&b.id))
+    });
     let count = |st: Standing| all.iter().filter(|(_, s)| s.status == st).count();
     let title = if fleet {
         format!("MCP fleet report: {} hosts", d.hosts.len())
     } else {
-        format!("MCP report: {}", d.hosts.first().map_or("", |h| h.host.as_str()))
+        format!(
+            "MCP report: {}",
+            d.hosts.first().map_or("", |h| h.host.as_str())
+        )
     };
     let mut o = String::with_capacity(64 * 1024);
     let _ = write!(
@@ -482,19 +599,67 @@ pub fn html(d: &ReportData) -> String {
 
     // Summary cards: the 10-second picture.
     o.push_str("<div class=\"cards\" id=\"summary\">");
-    card(&mut o, "", "count-servers", &all.len().to_string(), "servers");
+    card(
+        &mut o,
+        "",
+        "count-servers",
+        &all.len().to_string(),
+        "servers",
+    );
     for st in Standing::ALL {
-        card(&mut o, &format!("c-{}", st.id()), &format!("count-{}", st.id()), &count(st).to_string(), st.id());
+        card(
+            &mut o,
+            &format!("c-{}", st.id()),
+            &format!("count-{}", st.id()),
+            &count(st).to_string(),
+            st.id(),
+        );
     }
     let risky = all.iter().filter(|(_, s)| !s.risks.is_empty()).count();
-    card(&mut o, "c-shadow", "count-risky", &risky.to_string(), "with risk flags");
+    card(
+        &mut o,
+        "c-shadow",
+        "count-risky",
+        &risky.to_string(),
+        "with risk flags",
+    );
     let changed_n: usize = all.iter().map(|(_, s)| s.changed_tools().count()).sum();
-    card(&mut o, "c-shadow", "count-changed", &changed_n.to_string(), "changed tools");
-    card(&mut o, "", "count-calls", &d.coverage.calls_seen.to_string(), "calls seen");
+    card(
+        &mut o,
+        "c-shadow",
+        "count-changed",
+        &changed_n.to_string(),
+        "changed tools",
+    );
+    card(
+        &mut o,
+        "",
+        "count-calls",
+        &d.coverage.calls_seen.to_string(),
+        "calls seen",
+    );
     let audit_n = |n: usize| if d.audit { n.to_string() } else { "n/a".into() };
-    card(&mut o, "c-shadow", "count-denied", &audit_n(d.denied.len()), "denied calls");
-    card(&mut o, "c-running", "count-redacted", &audit_n(d.redacted.len()), "redacted calls");
-    card(&mut o, "c-cov", "coverage-percent", &pct(d.coverage.percent), "coverage (servers watched)");
+    card(
+        &mut o,
+        "c-shadow",
+        "count-denied",
+        &audit_n(d.denied.len()),
+        "denied calls",
+    );
+    card(
+        &mut o,
+        "c-running",
+        "count-redacted",
+        &audit_n(d.redacted.len()),
+        "redacted calls",
+    );
+    card(
+        &mut o,
+        "c-cov",
+        "coverage-percent",
+        &pct(d.coverage.percent),
+        "coverage (servers watched)",
+    );
     o.push_str("</div>");
 
     // Each note once, naming the hosts it applies to unless it applies to all.
@@ -509,7 +674,13 @@ pub fn html(d: &ReportData) -> String {
     }
     let notes: Vec<String> = by_note
         .iter()
-        .map(|(n, hs)| if fleet && hs.len() < d.hosts.len() { format!("{}: {n}", hs.join(", ")) } else { (*n).to_string() })
+        .map(|(n, hs)| {
+            if fleet && hs.len() < d.hosts.len() {
+                format!("{}: {n}", hs.join(", "))
+            } else {
+                (*n).to_string()
+            }
+        })
         .collect();
     if !notes.is_empty() || !d.audit {
         o.push_str("<section id=\"notes\"><h2>What this report cannot see</h2>");
@@ -557,11 +728,23 @@ pub fn html(d: &ReportData) -> String {
     }
     o.push_str("<th>Status</th><th>Server</th><th>Name</th><th>Transport</th><th>Calls</th><th>Clients (users)</th><th>Flags</th><th>Configured in</th></tr></thead><tbody>");
     for (host, s) in &all {
-        let _ = write!(o, "<tr data-status=\"{}\" data-server=\"{}\">", s.status.id(), esc(&s.id));
+        let _ = write!(
+            o,
+            "<tr data-status=\"{}\" data-server=\"{}\">",
+            s.status.id(),
+            esc(&s.id)
+        );
         if fleet {
             let _ = write!(o, "<td>{}</td>", esc(host));
         }
-        let users = if s.users.is_empty() { String::new() } else { format!(" <span class=\"muted\">({})</span>", esc(&s.users.join(", "))) };
+        let users = if s.users.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " <span class=\"muted\">({})</span>",
+                esc(&s.users.join(", "))
+            )
+        };
         let _ = write!(
             o,
             "<td class=\"status s-{}\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}{}</td><td>{}</td><td>{}</td></tr>",
@@ -570,7 +753,11 @@ pub fn html(d: &ReportData) -> String {
             esc(&s.id),
             esc(&s.name),
             esc(&s.transport),
-            if s.seen { s.calls.to_string() } else { "–".into() },
+            if s.seen {
+                s.calls.to_string()
+            } else {
+                "–".into()
+            },
             esc(&s.clients.join(", ")),
             users,
             flags(s),
@@ -581,14 +768,22 @@ pub fn html(d: &ReportData) -> String {
 
     // Risk flags, one row per flag and server.
     o.push_str("<section><h2>Risk flags</h2>");
-    let risks: Vec<(&str, &InvServer, &list::RiskNote)> =
-        all.iter().flat_map(|(h, s)| s.risks.iter().map(move |r| (*h, *s, r))).collect();
+    let risks: Vec<(&str, &InvServer, &list::RiskNote)> = all
+        .iter()
+        .flat_map(|(h, s)| s.risks.iter().map(move |r| (*h, *s, r)))
+        .collect();
     if risks.is_empty() {
-        o.push_str("<p class=\"muted\" id=\"no-risks\">No risk flags in the scanned configurations.</p>");
+        o.push_str(
+            "<p class=\"muted\" id=\"no-risks\">No risk flags in the scanned configurations.</p>",
+        );
     } else {
         o.push_str("<table id=\"risks\"><thead><tr><th>Flag</th><th>Server</th><th>Detail</th></tr></thead><tbody>");
         for (h, s, r) in risks {
-            let on = if fleet { format!(" <span class=\"muted\">on {}</span>", esc(h)) } else { String::new() };
+            let on = if fleet {
+                format!(" <span class=\"muted\">on {}</span>", esc(h))
+            } else {
+                String::new()
+            };
             let _ = write!(
                 o,
                 "<tr data-flag=\"{}\"><td><span class=\"flag\">{}</span></td><td><b>{}</b>{on}<div class=\"mono muted\">{}</div></td><td>{}</td></tr>",
@@ -620,22 +815,51 @@ pub fn html(d: &ReportData) -> String {
     // Denied and redacted calls.
     o.push_str("<section><h2>Denied calls</h2>");
     if d.denied.is_empty() {
-        let _ = write!(o, "<p class=\"muted\">{}</p>", if d.audit { "None." } else { "Unknown (no audit trail)." });
+        let _ = write!(
+            o,
+            "<p class=\"muted\">{}</p>",
+            if d.audit {
+                "None."
+            } else {
+                "Unknown (no audit trail)."
+            }
+        );
     } else {
         audit_table(&mut o, "denied", &d.denied, "Rule / reason", |r| {
             let dec = r.decision.clone().unwrap_or_default();
-            format!("<code>{}</code> {} <span class=\"muted\">({}, {})</span>", esc(&dec.rules.join(", ")), esc(&dec.reason), esc(&dec.mode), esc(&dec.effective))
+            format!(
+                "<code>{}</code> {} <span class=\"muted\">({}, {})</span>",
+                esc(&dec.rules.join(", ")),
+                esc(&dec.reason),
+                esc(&dec.mode),
+                esc(&dec.effective)
+            )
         });
     }
     o.push_str("</section><section><h2>Redacted calls</h2>");
     if d.redacted.is_empty() {
-        let _ = write!(o, "<p class=\"muted\">{}</p>", if d.audit { "None." } else { "Unknown (no audit trail)." });
+        let _ = write!(
+            o,
+            "<p class=\"muted\">{}</p>",
+            if d.audit {
+                "None."
+            } else {
+                "Unknown (no audit trail)."
+            }
+        );
     } else {
         audit_table(&mut o, "redacted", &d.redacted, "Detectors", |r| {
             r.findings
                 .iter()
                 .filter(|f| f.action == "redact")
-                .map(|f| format!("<span class=\"flag\">{}</span> ×{} in {}", esc(&f.detector), f.count, esc(&f.direction)))
+                .map(|f| {
+                    format!(
+                        "<span class=\"flag\">{}</span> ×{} in {}",
+                        esc(&f.detector),
+                        f.count,
+                        esc(&f.direction)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         });
@@ -644,15 +868,24 @@ pub fn html(d: &ReportData) -> String {
 
     // Changed tool definitions and alerts.
     o.push_str("<section><h2>Changed tool definitions</h2>");
-    let changed: Vec<(&str, &InvServer, &mcpwatch_api::ToolEntry)> =
-        all.iter().flat_map(|(h, s)| s.changed_tools().map(move |t| (*h, *s, t))).collect();
+    let changed: Vec<(&str, &InvServer, &mcpwatch_api::ToolEntry)> = all
+        .iter()
+        .flat_map(|(h, s)| s.changed_tools().map(move |t| (*h, *s, t)))
+        .collect();
     if changed.is_empty() {
         o.push_str("<p class=\"muted\">No tool changed since it was pinned.</p>");
     } else {
         o.push_str("<table id=\"changed\"><thead><tr><th>Server</th><th>Tool</th><th>State</th><th>What changed</th></tr></thead><tbody>");
         for (_, s, t) in changed {
-            let state = t.hidden.as_deref().map_or_else(|| "changed".to_string(), |h| format!("hidden: {h}"));
-            let diff: String = t.diff.iter().map(|l| format!("<div class=\"mono\">{}</div>", esc(l))).collect();
+            let state = t
+                .hidden
+                .as_deref()
+                .map_or_else(|| "changed".to_string(), |h| format!("hidden: {h}"));
+            let diff: String = t
+                .diff
+                .iter()
+                .map(|l| format!("<div class=\"mono\">{}</div>", esc(l)))
+                .collect();
             let _ = write!(
                 o,
                 "<tr data-tool=\"{}\"><td class=\"mono\">{}</td><td><b>{}</b></td><td>{}</td><td>{diff}</td></tr>",
@@ -664,11 +897,19 @@ pub fn html(d: &ReportData) -> String {
         }
         o.push_str("</tbody></table>");
     }
-    let alerts: Vec<(&InvServer, &String)> = all.iter().flat_map(|(_, s)| s.alerts.iter().map(move |a| (*s, a))).collect();
+    let alerts: Vec<(&InvServer, &String)> = all
+        .iter()
+        .flat_map(|(_, s)| s.alerts.iter().map(move |a| (*s, a)))
+        .collect();
     if !alerts.is_empty() {
         o.push_str("<h2>Alerts</h2><ul id=\"alerts\">");
         for (s, a) in alerts {
-            let _ = write!(o, "<li><span class=\"mono\">{}</span>: {}</li>", esc(&s.id), esc(a));
+            let _ = write!(
+                o,
+                "<li><span class=\"mono\">{}</span>: {}</li>",
+                esc(&s.id),
+                esc(a)
+            );
         }
         o.push_str("</ul>");
     }
@@ -703,24 +944,53 @@ mod tests {
 
     #[test]
     fn escaping_covers_markup_quotes_and_bidi() {
-        assert_eq!(esc("<img src=x onerror=\"a\">&'"), "&lt;img src=x onerror=&quot;a&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<img src=x onerror=\"a\">&'"),
+            "&lt;img src=x onerror=&quot;a&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(esc("a\u{202e}b"), "a\\u{202e}b");
     }
 
     #[test]
     fn hostile_names_never_reach_the_page_as_markup() {
-        let mut inv = list::merge("h<b>", 1, Some(&[ServerEntry {
-            endpoint: "http://x:1/<script>".into(),
-            server_name: Some("<script>alert(1)</script>".into()),
-            call_count: 1,
-            tools: vec![mcpwatch_api::ToolEntry { name: "\"><svg onload=x>".into(), calls: 1, changed: true, diff: vec!["<i>".into()], ..Default::default() }],
-            alerts: vec!["<iframe>".into()],
-            ..Default::default()
-        }]), None);
+        let mut inv = list::merge(
+            "h<b>",
+            1,
+            Some(&[ServerEntry {
+                endpoint: "http://x:1/<script>".into(),
+                server_name: Some("<script>alert(1)</script>".into()),
+                call_count: 1,
+                tools: vec![mcpwatch_api::ToolEntry {
+                    name: "\"><svg onload=x>".into(),
+                    calls: 1,
+                    changed: true,
+                    diff: vec!["<i>".into()],
+                    ..Default::default()
+                }],
+                alerts: vec!["<iframe>".into()],
+                ..Default::default()
+            }]),
+            None,
+        );
         inv.notes.push("<b>note</b>".into());
-        let d = ReportData { kind: "r".into(), generated_ms: 0, coverage: coverage(std::slice::from_ref(&inv)), hosts: vec![inv], audit: false, denied: vec![], redacted: vec![] };
+        let d = ReportData {
+            kind: "r".into(),
+            generated_ms: 0,
+            coverage: coverage(std::slice::from_ref(&inv)),
+            hosts: vec![inv],
+            audit: false,
+            denied: vec![],
+            redacted: vec![],
+        };
         let page = html(&d);
-        for bad in ["<script>", "<svg onload", "<iframe", "<i>", "<b>note", "h<b>"] {
+        for bad in [
+            "<script>",
+            "<svg onload",
+            "<iframe",
+            "<i>",
+            "<b>note",
+            "h<b>",
+        ] {
             assert!(!page.contains(bad), "{bad} unescaped");
         }
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
@@ -729,12 +999,24 @@ mod tests {
     #[test]
     fn coverage_counts_watched_servers_and_registered_calls() {
         let net = [
-            ServerEntry { endpoint: "http://a:1/".into(), registered: Some("a".into()), call_count: 3, ..Default::default() },
-            ServerEntry { endpoint: "http://b:1/".into(), call_count: 1, ..Default::default() },
+            ServerEntry {
+                endpoint: "http://a:1/".into(),
+                registered: Some("a".into()),
+                call_count: 3,
+                ..Default::default()
+            },
+            ServerEntry {
+                endpoint: "http://b:1/".into(),
+                call_count: 1,
+                ..Default::default()
+            },
         ];
         let inv = list::merge("h", 1, Some(&net), None);
         let c = coverage(&[inv.clone(), inv]);
-        assert_eq!((c.known, c.watched, c.calls_seen, c.calls_registered), (4, 4, 8, 6));
+        assert_eq!(
+            (c.known, c.watched, c.calls_seen, c.calls_registered),
+            (4, 4, 8, 6)
+        );
         assert_eq!(c.calls_registered_percent, Some(75.0));
     }
 }

@@ -49,21 +49,35 @@ fn run_chromium(page: &Path, extra: &[&str]) -> Vec<u8> {
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("run chromium");
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 /// Screenshot the page; check it is a real 1280-wide PNG with content.
 fn screenshot(page: &Path, dir: &Path) -> PathBuf {
     let png = dir.join("report.png");
-    run_chromium(page, &[&format!("--screenshot={}", png.display()), "--window-size=1280,2000"]);
+    run_chromium(
+        page,
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1280,2000",
+        ],
+    );
     let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     let width = u32::from_be_bytes(bytes[16..20].try_into().expect("IHDR width"));
     let height = u32::from_be_bytes(bytes[20..24].try_into().expect("IHDR height"));
     assert_eq!((width, height), (1280, 2000));
     // A blank page compresses to a few KB; the rendered report is far larger.
-    assert!(bytes.len() > 40_000, "screenshot suspiciously small ({} bytes): page blank?", bytes.len());
+    assert!(
+        bytes.len() > 40_000,
+        "screenshot suspiciously small ({} bytes): page blank?",
+        bytes.len()
+    );
     png
 }
 
@@ -88,11 +102,15 @@ struct Node {
 
 impl Node {
     fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn has_class(&self, c: &str) -> bool {
-        self.attr("class").is_some_and(|v| v.split_whitespace().any(|x| x == c))
+        self.attr("class")
+            .is_some_and(|v| v.split_whitespace().any(|x| x == c))
     }
 
     fn all<'a>(&'a self, pred: &dyn Fn(&Node) -> bool, out: &mut Vec<&'a Node>) {
@@ -138,14 +156,24 @@ impl Node {
     }
 }
 
-const VOID: [&str; 13] = ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"];
+const VOID: [&str; 13] = [
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr",
+];
 
 fn decode(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&nbsp;", "\u{a0}").replace("&amp;", "&")
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&nbsp;", "\u{a0}")
+        .replace("&amp;", "&")
 }
 
 fn parse(html: &str) -> Node {
-    let mut stack = vec![Node { tag: "#document".into(), ..Default::default() }];
+    let mut stack = vec![Node {
+        tag: "#document".into(),
+        ..Default::default()
+    }];
     let mut rest = html;
     while !rest.is_empty() {
         if let Some(r) = rest.strip_prefix("<!--") {
@@ -155,7 +183,11 @@ fn parse(html: &str) -> Node {
         } else if let Some(r) = rest.strip_prefix("</") {
             let (name, after) = r.split_once('>').expect("end tag closes");
             let node = stack.pop().expect("open element");
-            assert_eq!(node.tag, name.to_ascii_lowercase(), "DOM serialization nests");
+            assert_eq!(
+                node.tag,
+                name.to_ascii_lowercase(),
+                "DOM serialization nests"
+            );
             stack.last_mut().expect("parent").children.push(node);
             rest = after;
         } else if let Some(r) = rest.strip_prefix('<') {
@@ -165,7 +197,9 @@ fn parse(html: &str) -> Node {
                 stack.last_mut().expect("parent").children.push(node);
             } else if node.tag == "style" || node.tag == "script" {
                 let end = format!("</{}>", node.tag);
-                let (raw, after) = rest.split_once(end.as_str()).expect("raw text element closes");
+                let (raw, after) = rest
+                    .split_once(end.as_str())
+                    .expect("raw text element closes");
                 let mut node = node;
                 node.text = raw.to_string();
                 stack.last_mut().expect("parent").children.push(node);
@@ -175,7 +209,11 @@ fn parse(html: &str) -> Node {
             }
         } else {
             let end = rest.find('<').unwrap_or(rest.len());
-            stack.last_mut().expect("parent").text.push_str(&decode(&rest[..end]));
+            stack
+                .last_mut()
+                .expect("parent")
+                .text
+                .push_str(&decode(&rest[..end]));
             rest = &rest[end..];
         }
     }
@@ -185,8 +223,13 @@ fn parse(html: &str) -> Node {
 
 /// Parse `name attr="v" attr2>` after the `<`.
 fn start_tag(s: &str) -> (Node, &str) {
-    let name_end = s.find(|c: char| c.is_whitespace() || c == '>' || c == '/').expect("tag name ends");
-    let mut node = Node { tag: s[..name_end].to_ascii_lowercase(), ..Default::default() };
+    let name_end = s
+        .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+        .expect("tag name ends");
+    let mut node = Node {
+        tag: s[..name_end].to_ascii_lowercase(),
+        ..Default::default()
+    };
     let mut rest = &s[name_end..];
     loop {
         rest = rest.trim_start();
@@ -196,7 +239,9 @@ fn start_tag(s: &str) -> (Node, &str) {
         if let Some(r) = rest.strip_prefix("/>") {
             return (node, r);
         }
-        let n_end = rest.find(|c: char| c == '=' || c == '>' || c.is_whitespace()).expect("attribute name ends");
+        let n_end = rest
+            .find(|c: char| c == '=' || c == '>' || c.is_whitespace())
+            .expect("attribute name ends");
         let name = rest[..n_end].to_string();
         rest = &rest[n_end..];
         if let Some(r) = rest.strip_prefix("=\"") {
@@ -212,8 +257,16 @@ fn start_tag(s: &str) -> (Node, &str) {
 // ---- The tests -------------------------------------------------------------------------------
 
 fn mcpwatch(args: &[&str]) {
-    let out = Command::new(bin("mcpwatch")).args(args).env_remove("MCPWATCH_SOCKET").output().expect("run mcpwatch");
-    assert!(out.status.success(), "mcpwatch {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("mcpwatch"))
+        .args(args)
+        .env_remove("MCPWATCH_SOCKET")
+        .output()
+        .expect("run mcpwatch");
+    assert!(
+        out.status.success(),
+        "mcpwatch {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn path_str(p: &Path) -> &str {
@@ -222,20 +275,42 @@ fn path_str(p: &Path) -> &str {
 
 /// Nothing an attacker put in a name became an element, and the page loads nothing external.
 fn assert_inert(doc: &Node) {
-    let injected = doc.find_all(|n| matches!(n.tag.as_str(), "script" | "img" | "iframe" | "object" | "embed" | "link"));
-    assert!(injected.is_empty(), "unexpected elements: {:?}", injected.iter().map(|n| &n.tag).collect::<Vec<_>>());
-    let handlers = doc.find_all(|n| n.attrs.iter().any(|(a, _)| a.starts_with("on") || a == "src" || a == "href"));
-    assert!(handlers.is_empty(), "event handlers or external references: {handlers:?}");
+    let injected = doc.find_all(|n| {
+        matches!(
+            n.tag.as_str(),
+            "script" | "img" | "iframe" | "object" | "embed" | "link"
+        )
+    });
+    assert!(
+        injected.is_empty(),
+        "unexpected elements: {:?}",
+        injected.iter().map(|n| &n.tag).collect::<Vec<_>>()
+    );
+    let handlers = doc.find_all(|n| {
+        n.attrs
+            .iter()
+            .any(|(a, _)| a.starts_with("on") || a == "src" || a == "href")
+    });
+    assert!(
+        handlers.is_empty(),
+        "event handlers or external references: {handlers:?}"
+    );
 }
 
 fn chart_bars(doc: &Node, server: &str) -> BTreeMap<String, u64> {
-    let charts = doc.find_all(|n| n.tag == "svg" && n.has_class("chart") && n.attr("data-server") == Some(server));
+    let charts = doc.find_all(|n| {
+        n.tag == "svg" && n.has_class("chart") && n.attr("data-server") == Some(server)
+    });
     assert_eq!(charts.len(), 1, "one chart for {server}");
     charts[0]
         .find_all(|n| n.tag == "rect" && n.has_class("bar"))
         .iter()
         .map(|r| {
-            let calls = r.attr("data-calls").expect("data-calls").parse().expect("number");
+            let calls = r
+                .attr("data-calls")
+                .expect("data-calls")
+                .parse()
+                .expect("number");
             (r.attr("data-tool").expect("data-tool").to_string(), calls)
         })
         .collect()
@@ -245,7 +320,11 @@ fn chart_bars(doc: &Node, server: &str) -> BTreeMap<String, u64> {
 fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let page = dir.path().join("report.html");
-    let (network, scan, audit) = (fixture("network.json"), fixture("scan.json"), fixture("audit.ndjson"));
+    let (network, scan, audit) = (
+        fixture("network.json"),
+        fixture("scan.json"),
+        fixture("audit.ndjson"),
+    );
     mcpwatch(&[
         "report",
         "--html",
@@ -260,15 +339,25 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
     screenshot(&page, dir.path());
     let doc = dom(&page);
     assert_inert(&doc);
-    assert_eq!(doc.by_id("title").text_content(), "MCP report: fixture-host", "host named by the scan file");
+    assert_eq!(
+        doc.by_id("title").text_content(),
+        "MCP report: fixture-host",
+        "host named by the scan file"
+    );
 
     // Servers by status: the three network servers, the configured billing entry folded into
     // its network server (same host:port/path), three configured-only or running ones.
     let expected: BTreeMap<&str, &str> = [
         ("https://tools.evil.example:443/mcp", "shadow"),
         ("stdio:uvx mcp-server-git", "running"),
-        ("https://crm.example.com/mcp?key=[REDACTED]", "configured-only"),
-        ("stdio:npx -y @modelcontextprotocol/server-filesystem /home/bob", "configured-only"),
+        (
+            "https://crm.example.com/mcp?key=[REDACTED]",
+            "configured-only",
+        ),
+        (
+            "stdio:npx -y @modelcontextprotocol/server-filesystem /home/bob",
+            "configured-only",
+        ),
         ("http://127.0.0.2:18001/mcp", "registered"),
         ("http://127.0.0.3:9000/mcp", "registered"),
     ]
@@ -280,19 +369,44 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
     for row in &rows {
         let status = row.attr("data-status").expect("data-status");
         let cells = row.cells();
-        assert!(cells[0].has_class(&format!("s-{status}")), "status cell styled as {status}");
-        assert!(cells[0].text_content().to_lowercase().starts_with(status), "status cell says {status}");
-        assert_eq!(cells[1].text_content(), row.attr("data-server").expect("data-server"));
+        assert!(
+            cells[0].has_class(&format!("s-{status}")),
+            "status cell styled as {status}"
+        );
+        assert!(
+            cells[0].text_content().to_lowercase().starts_with(status),
+            "status cell says {status}"
+        );
+        assert_eq!(
+            cells[1].text_content(),
+            row.attr("data-server").expect("data-server")
+        );
         seen.insert(cells[1].text_content(), status.to_string());
     }
     let seen: BTreeMap<&str, &str> = seen.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(seen, expected);
     // Most alarming first.
-    let order: Vec<&str> = rows.iter().map(|r| r.attr("data-status").expect("status")).collect();
-    assert_eq!(order, ["shadow", "running", "configured-only", "configured-only", "registered", "registered"]);
+    let order: Vec<&str> = rows
+        .iter()
+        .map(|r| r.attr("data-status").expect("status"))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "shadow",
+            "running",
+            "configured-only",
+            "configured-only",
+            "registered",
+            "registered"
+        ]
+    );
     // The hostile serverInfo name is text, not markup.
     let shadow = rows[0].cells();
-    assert_eq!(shadow[2].text_content(), "<script>alert(\"x\")</script>/0.1");
+    assert_eq!(
+        shadow[2].text_content(),
+        "<script>alert(\"x\")</script>/0.1"
+    );
 
     // Summary cards agree with the table.
     for (id, want) in [
@@ -308,7 +422,12 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
         ("coverage-percent", "50%"),
     ] {
         let card = doc.by_id(id);
-        let value = card.children.iter().find(|c| c.tag == "b").expect("value").text_content();
+        let value = card
+            .children
+            .iter()
+            .find(|c| c.tag == "b")
+            .expect("value")
+            .text_content();
         assert_eq!(value, want, "#{id}");
     }
     assert_eq!(doc.by_id("cov-watched").text_content(), "3");
@@ -316,20 +435,36 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
 
     // One chart per network server with calls, one bar per tool, counts from the inventory.
     let servers: Vec<ServerEntry> =
-        serde_json::from_str(&std::fs::read_to_string(&network).expect("fixture")).expect("fixture inventory");
+        serde_json::from_str(&std::fs::read_to_string(&network).expect("fixture"))
+            .expect("fixture inventory");
     let charts = doc.find_all(|n| n.tag == "svg" && n.has_class("chart"));
     assert_eq!(charts.len(), servers.len());
     for s in &servers {
-        let want: BTreeMap<String, u64> = s.tools.iter().map(|t| (t.name.clone(), t.calls)).collect();
-        assert_eq!(chart_bars(&doc, &s.endpoint), want, "bars of {}", s.endpoint);
+        let want: BTreeMap<String, u64> =
+            s.tools.iter().map(|t| (t.name.clone(), t.calls)).collect();
+        assert_eq!(
+            chart_bars(&doc, &s.endpoint),
+            want,
+            "bars of {}",
+            s.endpoint
+        );
     }
     // Bars are drawn to scale: the busiest tool has the widest bar.
-    let billing = doc.find_all(|n| n.tag == "svg" && n.attr("data-server") == Some("http://127.0.0.2:18001/mcp"));
+    let billing = doc.find_all(|n| {
+        n.tag == "svg" && n.attr("data-server") == Some("http://127.0.0.2:18001/mcp")
+    });
     let width = |tool: &str| -> u64 {
         let bars = billing[0].find_all(|n| n.tag == "rect" && n.attr("data-tool") == Some(tool));
-        bars[0].attr("width").expect("width").parse().expect("number")
+        bars[0]
+            .attr("width")
+            .expect("width")
+            .parse()
+            .expect("number")
     };
-    assert!(width("charge") > width("refund") && width("refund") > width("<img src=x onerror=alert(1)>"));
+    assert!(
+        width("charge") > width("refund")
+            && width("refund") > width("<img src=x onerror=alert(1)>")
+    );
     assert_eq!(width("lookup"), 0);
 
     // Denied and redacted calls from the audit trail; the changed tool; risk flags.
@@ -337,15 +472,32 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
     assert_eq!(denied.len(), 2);
     let tools: Vec<String> = denied.iter().map(|r| r.cells()[3].text_content()).collect();
     assert_eq!(tools, ["exfil", "refund"], "newest first");
-    assert!(denied[1].cells()[4].text_content().contains("refunds need a human <b>approval</b>"));
+    assert!(
+        denied[1].cells()[4]
+            .text_content()
+            .contains("refunds need a human <b>approval</b>")
+    );
     let redacted = doc.by_id("redacted").body_rows();
     assert_eq!(redacted.len(), 1);
-    assert!(redacted[0].cells()[4].text_content().contains("aws-access-key"));
+    assert!(
+        redacted[0].cells()[4]
+            .text_content()
+            .contains("aws-access-key")
+    );
     let changed = doc.by_id("changed").body_rows();
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0].attr("data-tool"), Some("exfil"));
-    assert!(changed[0].cells()[3].text_content().contains("send ~/.ssh/id_rsa"));
-    let flags: Vec<&str> = doc.by_id("risks").body_rows().iter().map(|r| r.attr("data-flag").expect("flag")).collect();
+    assert!(
+        changed[0].cells()[3]
+            .text_content()
+            .contains("send ~/.ssh/id_rsa")
+    );
+    let flags: Vec<&str> = doc
+        .by_id("risks")
+        .body_rows()
+        .iter()
+        .map(|r| r.attr("data-flag").expect("flag"))
+        .collect();
     assert_eq!(flags.len(), 3);
     assert_eq!(flags.iter().filter(|f| **f == "unpinned-fetch").count(), 2);
 }
@@ -359,7 +511,13 @@ fn fleet_report_merges_hosts_and_renders_in_chromium() {
     std::fs::copy(fixture("network.json"), inputs.join("web-1.json")).expect("copy");
     std::fs::copy(fixture("scan.json"), inputs.join("laptop.json")).expect("copy");
     let page = dir.path().join("fleet.html");
-    mcpwatch(&["report", "--merge", path_str(&inputs), "--html", path_str(&page)]);
+    mcpwatch(&[
+        "report",
+        "--merge",
+        path_str(&inputs),
+        "--html",
+        path_str(&page),
+    ]);
     screenshot(&page, dir.path());
     let doc = dom(&page);
     assert_inert(&doc);
@@ -370,11 +528,17 @@ fn fleet_report_merges_hosts_and_renders_in_chromium() {
         .iter()
         .map(|r| {
             let c = r.cells();
-            (c[0].text_content(), (c[1].text_content(), c[6].text_content()))
+            (
+                c[0].text_content(),
+                (c[1].text_content(), c[6].text_content()),
+            )
         })
         .collect();
     let want: BTreeMap<String, (String, String)> = [
-        ("fixture-host".to_string(), ("4".to_string(), "0".to_string())),
+        (
+            "fixture-host".to_string(),
+            ("4".to_string(), "0".to_string()),
+        ),
         ("web-1".to_string(), ("3".to_string(), "26".to_string())),
     ]
     .into_iter()
@@ -383,29 +547,73 @@ fn fleet_report_merges_hosts_and_renders_in_chromium() {
 
     let rows = doc.by_id("servers").body_rows();
     assert_eq!(rows.len(), 7);
-    let order: Vec<&str> = rows.iter().map(|r| r.attr("data-status").expect("status")).collect();
+    let order: Vec<&str> = rows
+        .iter()
+        .map(|r| r.attr("data-status").expect("status"))
+        .collect();
     assert_eq!(
         order,
-        ["shadow", "running", "configured-only", "configured-only", "configured-only", "registered", "registered"],
+        [
+            "shadow",
+            "running",
+            "configured-only",
+            "configured-only",
+            "configured-only",
+            "registered",
+            "registered"
+        ],
         "most alarming first across hosts"
     );
     // A note that holds for every host is said once, without host names.
-    let notes: Vec<String> = doc.by_id("notes").find_all(|n| n.has_class("note")).iter().map(|n| n.text_content()).collect();
-    assert_eq!(notes.iter().filter(|n| n.contains("bypass is not reported")).count(), 1, "{notes:?}");
-    assert!(notes.iter().any(|n| n.starts_with("fixture-host: no network inventory")), "{notes:?}");
-    assert!(notes.iter().any(|n| n.starts_with("web-1: client configurations were not scanned")), "{notes:?}");
+    let notes: Vec<String> = doc
+        .by_id("notes")
+        .find_all(|n| n.has_class("note"))
+        .iter()
+        .map(|n| n.text_content())
+        .collect();
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.contains("bypass is not reported"))
+            .count(),
+        1,
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("fixture-host: no network inventory")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("web-1: client configurations were not scanned")),
+        "{notes:?}"
+    );
     let mut per_host: BTreeMap<(String, String), usize> = BTreeMap::new();
     for r in &rows {
         let c = r.cells();
-        *per_host.entry((c[0].text_content(), r.attr("data-status").expect("status").to_string())).or_default() += 1;
+        *per_host
+            .entry((
+                c[0].text_content(),
+                r.attr("data-status").expect("status").to_string(),
+            ))
+            .or_default() += 1;
     }
     let key = |h: &str, s: &str| (h.to_string(), s.to_string());
     // On the laptop nothing was seen on the network: billing is configured-only there.
-    assert_eq!(per_host.get(&key("fixture-host", "configured-only")), Some(&3));
+    assert_eq!(
+        per_host.get(&key("fixture-host", "configured-only")),
+        Some(&3)
+    );
     assert_eq!(per_host.get(&key("fixture-host", "running")), Some(&1));
     assert_eq!(per_host.get(&key("web-1", "registered")), Some(&2));
     assert_eq!(per_host.get(&key("web-1", "shadow")), Some(&1));
-    assert_eq!(doc.by_id("title").text_content(), "MCP fleet report: 2 hosts");
+    assert_eq!(
+        doc.by_id("title").text_content(),
+        "MCP fleet report: 2 hosts"
+    );
 }
 
 #[test]
@@ -415,8 +623,14 @@ fn live_report_from_a_real_daemon_charts_the_calls_it_saw() {
     use serde_json::json;
 
     chromium();
-    let server = peers::python_server().json_response().host_check(peers::HostCheck::Off).spawn();
-    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), ..Default::default() });
+    let server = peers::python_server()
+        .json_response()
+        .host_check(peers::HostCheck::Off)
+        .spawn();
+    let daemon = Daemon::start(DaemonOpts {
+        static_upstream: Some(server.addr()),
+        ..Default::default()
+    });
     let url = format!("http://127.0.0.1:{}/mcp", daemon.port);
     Client::python(&url)
         .call("echo", json!({"text": "one"}))
@@ -424,36 +638,87 @@ fn live_report_from_a_real_daemon_charts_the_calls_it_saw() {
         .call("add", json!({"a": 1, "b": 2}))
         .run();
     daemon.wait_audit("three calls", |r| {
-        r.iter().filter(|x| x.method.as_deref() == Some("tools/call") && x.status == mcpwatch_api::CallStatus::Ok).count() == 3
+        r.iter()
+            .filter(|x| {
+                x.method.as_deref() == Some("tools/call")
+                    && x.status == mcpwatch_api::CallStatus::Ok
+            })
+            .count()
+            == 3
     });
     let inventory = daemon.list();
     assert_eq!(inventory.len(), 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let page = dir.path().join("live.html");
-    let out = daemon.cli(&["report", "--no-scan", "--host", "live-host", "--html", path_str(&page)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = daemon.cli(&[
+        "report",
+        "--no-scan",
+        "--host",
+        "live-host",
+        "--html",
+        path_str(&page),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = dom(&page);
     assert_inert(&doc);
     let rows = doc.by_id("servers").body_rows();
     assert_eq!(rows.len(), 1);
-    let want_status = if inventory[0].registered.is_some() { "registered" } else { "shadow" };
+    let want_status = if inventory[0].registered.is_some() {
+        "registered"
+    } else {
+        "shadow"
+    };
     assert_eq!(rows[0].attr("data-status"), Some(want_status));
-    assert_eq!(rows[0].attr("data-server"), Some(inventory[0].endpoint.as_str()));
+    assert_eq!(
+        rows[0].attr("data-server"),
+        Some(inventory[0].endpoint.as_str())
+    );
     // One bar per tool the daemon knows, with its per-tool counter. The daemon counts a call per
     // tool only once the tool is listed, and the Python SDK lists tools after its first call:
     // the remainder is shown as unattributed rather than dropped.
     let bars = chart_bars(&doc, &inventory[0].endpoint);
-    let want: BTreeMap<String, u64> = inventory[0].tools.iter().map(|t| (t.name.clone(), t.calls)).collect();
+    let want: BTreeMap<String, u64> = inventory[0]
+        .tools
+        .iter()
+        .map(|t| (t.name.clone(), t.calls))
+        .collect();
     assert_eq!(bars, want);
-    assert!(bars.get("echo").is_some_and(|n| *n >= 1) && bars.get("add") == Some(&1), "{bars:?}");
+    assert!(
+        bars.get("echo").is_some_and(|n| *n >= 1) && bars.get("add") == Some(&1),
+        "{bars:?}"
+    );
     let attributed: u64 = bars.values().sum();
     assert_eq!(inventory[0].call_count, 3);
     if attributed < 3 {
         let rest = doc.find_all(|n| n.has_class("unattributed"));
         assert_eq!(rest.len(), 1);
-        assert!(rest[0].text_content().starts_with(&format!("{} calls", 3 - attributed)), "{}", rest[0].text_content());
+        assert!(
+            rest[0]
+                .text_content()
+                .starts_with(&format!("{} calls", 3 - attributed)),
+            "{}",
+            rest[0].text_content()
+        );
     }
     // The audit trail was read: the lists say "None." rather than "unknown".
-    assert_eq!(doc.by_id("count-denied").children.iter().find(|c| c.tag == "b").map(Node::text_content), Some("0".into()));
-    assert_eq!(doc.by_id("count-calls").children.iter().find(|c| c.tag == "b").map(Node::text_content), Some("3".into()));
+    assert_eq!(
+        doc.by_id("count-denied")
+            .children
+            .iter()
+            .find(|c| c.tag == "b")
+            .map(Node::text_content),
+        Some("0".into())
+    );
+    assert_eq!(
+        doc.by_id("count-calls")
+            .children
+            .iter()
+            .find(|c| c.tag == "b")
+            .map(Node::text_content),
+        Some("3".into())
+    );
 }
