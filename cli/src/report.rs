@@ -520,13 +520,24 @@ fn chart(out: &mut String, idx: usize, host: &str, s: &InvServer) {
     out.push_str("</div>");
 }
 
+/// A table of audit records, or why there is none (`audit`: the trail was read).
 fn audit_table(
     out: &mut String,
+    audit: bool,
     id: &str,
     records: &[AuditRecord],
     last: &str,
     cell: impl Fn(&AuditRecord) -> String,
 ) {
+    if records.is_empty() {
+        let why = if audit {
+            "None."
+        } else {
+            "Unknown (no audit trail)."
+        };
+        let _ = write!(out, "<p class=\"muted\">{why}</p>");
+        return;
+    }
     let _ = write!(
         out,
         "<table id=\"{id}\"><thead><tr><th>Time (UTC)</th><th>Process</th><th>Server</th><th>Tool</th><th>{}</th></tr></thead><tbody>",
@@ -814,18 +825,8 @@ pub fn html(d: &ReportData) -> String {
 
     // Denied and redacted calls.
     o.push_str("<section><h2>Denied calls</h2>");
-    if d.denied.is_empty() {
-        let _ = write!(
-            o,
-            "<p class=\"muted\">{}</p>",
-            if d.audit {
-                "None."
-            } else {
-                "Unknown (no audit trail)."
-            }
-        );
-    } else {
-        audit_table(&mut o, "denied", &d.denied, "Rule / reason", |r| {
+    {
+        audit_table(&mut o, d.audit, "denied", &d.denied, "Rule / reason", |r| {
             let dec = r.decision.clone().unwrap_or_default();
             format!(
                 "<code>{}</code> {} <span class=\"muted\">({}, {})</span>",
@@ -837,18 +838,8 @@ pub fn html(d: &ReportData) -> String {
         });
     }
     o.push_str("</section><section><h2>Redacted calls</h2>");
-    if d.redacted.is_empty() {
-        let _ = write!(
-            o,
-            "<p class=\"muted\">{}</p>",
-            if d.audit {
-                "None."
-            } else {
-                "Unknown (no audit trail)."
-            }
-        );
-    } else {
-        audit_table(&mut o, "redacted", &d.redacted, "Detectors", |r| {
+    {
+        audit_table(&mut o, d.audit, "redacted", &d.redacted, "Detectors", |r| {
             r.findings
                 .iter()
                 .filter(|f| f.action == "redact")

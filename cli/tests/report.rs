@@ -65,6 +65,16 @@ fn run(socket: &Path, home: &Path, args: &[&str]) -> Output {
     cmd.output().expect("run mcpwatch")
 }
 
+/// `list --format json`, scanning only `home`.
+fn list_json(socket: &Path, home: &Path) -> Output {
+    let home_arg = home.to_str().expect("utf8");
+    run(
+        socket,
+        home,
+        &["list", "--format", "json", "--home", home_arg],
+    )
+}
+
 fn network() -> Vec<ServerEntry> {
     vec![ServerEntry {
         endpoint: "http://127.0.0.2:18001/mcp".into(),
@@ -104,17 +114,7 @@ fn list_merges_network_and_configured_servers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = home(dir.path());
     let (sock, h) = fake(dir.path(), Response::List { servers: network() });
-    let out = run(
-        &sock,
-        &home,
-        &[
-            "list",
-            "--format",
-            "json",
-            "--home",
-            home.to_str().expect("utf8"),
-        ],
-    );
+    let out = list_json(&sock, &home);
     assert_eq!(h.join().expect("fake"), Request::List);
     assert!(
         out.status.success(),
@@ -302,17 +302,7 @@ fn report_merge_joins_a_hosts_list_and_scan_files() {
     std::fs::create_dir(&inputs).expect("mkdir");
     // This host: its merged inventory (list --format json) and, separately, a second host's scan.
     let (sock, h) = fake(dir.path(), Response::List { servers: network() });
-    let out = run(
-        &sock,
-        &home,
-        &[
-            "list",
-            "--format",
-            "json",
-            "--home",
-            home.to_str().expect("utf8"),
-        ],
-    );
+    let out = list_json(&sock, &home);
     h.join().expect("fake");
     std::fs::write(inputs.join("a.json"), &out.stdout).expect("write");
     std::fs::copy(fixture("scan.json"), inputs.join("b.json")).expect("copy");

@@ -297,6 +297,13 @@ fn assert_inert(doc: &Node) {
     );
 }
 
+/// `data-status` of each row, in order.
+fn statuses<'a>(rows: &[&'a Node]) -> Vec<&'a str> {
+    rows.iter()
+        .map(|r| r.attr("data-status").expect("data-status"))
+        .collect()
+}
+
 fn chart_bars(doc: &Node, server: &str) -> BTreeMap<String, u64> {
     let charts = doc.find_all(|n| {
         n.tag == "svg" && n.has_class("chart") && n.attr("data-server") == Some(server)
@@ -386,10 +393,7 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
     let seen: BTreeMap<&str, &str> = seen.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(seen, expected);
     // Most alarming first.
-    let order: Vec<&str> = rows
-        .iter()
-        .map(|r| r.attr("data-status").expect("status"))
-        .collect();
+    let order = statuses(&rows);
     assert_eq!(
         order,
         [
@@ -547,10 +551,7 @@ fn fleet_report_merges_hosts_and_renders_in_chromium() {
 
     let rows = doc.by_id("servers").body_rows();
     assert_eq!(rows.len(), 7);
-    let order: Vec<&str> = rows
-        .iter()
-        .map(|r| r.attr("data-status").expect("status"))
-        .collect();
+    let order = statuses(&rows);
     assert_eq!(
         order,
         [
