@@ -307,16 +307,19 @@ fn report_merge_joins_a_hosts_list_and_scan_files() {
     std::fs::write(inputs.join("a.json"), &out.stdout).expect("write");
     std::fs::copy(fixture("scan.json"), inputs.join("b.json")).expect("copy");
     std::fs::write(inputs.join("notes.txt"), "ignored").expect("write");
-    let out = run(
-        &sock,
-        &home,
-        &[
-            "report",
-            "--merge",
-            inputs.to_str().expect("utf8"),
-            "--json",
-        ],
-    );
+    let merge = || {
+        run(
+            &sock,
+            &home,
+            &[
+                "report",
+                "--merge",
+                inputs.to_str().expect("utf8"),
+                "--json",
+            ],
+        )
+    };
+    let out = merge();
     assert!(
         out.status.success(),
         "{}",
@@ -335,16 +338,7 @@ fn report_merge_joins_a_hosts_list_and_scan_files() {
 
     // A file that is neither is an error naming it.
     std::fs::write(inputs.join("c.json"), "{\"servers\": 42}").expect("write");
-    let out = run(
-        &sock,
-        &home,
-        &[
-            "report",
-            "--merge",
-            inputs.to_str().expect("utf8"),
-            "--json",
-        ],
-    );
+    let out = merge();
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("c.json"),

@@ -297,6 +297,17 @@ fn assert_inert(doc: &Node) {
     );
 }
 
+/// `mcpwatch report --html PAGE ARGS`, screenshot it, and return its inert DOM.
+fn render(page: &Path, args: &[&str]) -> Node {
+    let mut all = vec!["report", "--html", path_str(page)];
+    all.extend_from_slice(args);
+    mcpwatch(&all);
+    screenshot(page, page.parent().expect("page dir"));
+    let doc = dom(page);
+    assert_inert(&doc);
+    doc
+}
+
 /// `data-status` of each row, in order.
 fn statuses<'a>(rows: &[&'a Node]) -> Vec<&'a str> {
     rows.iter()
@@ -332,20 +343,17 @@ fn html_report_renders_in_chromium_and_its_dom_matches_the_inventory() {
         fixture("scan.json"),
         fixture("audit.ndjson"),
     );
-    mcpwatch(&[
-        "report",
-        "--html",
-        path_str(&page),
-        "--network",
-        path_str(&network),
-        "--scan",
-        path_str(&scan),
-        "--audit",
-        path_str(&audit),
-    ]);
-    screenshot(&page, dir.path());
-    let doc = dom(&page);
-    assert_inert(&doc);
+    let doc = render(
+        &page,
+        &[
+            "--network",
+            path_str(&network),
+            "--scan",
+            path_str(&scan),
+            "--audit",
+            path_str(&audit),
+        ],
+    );
     assert_eq!(
         doc.by_id("title").text_content(),
         "MCP report: fixture-host",
@@ -515,16 +523,7 @@ fn fleet_report_merges_hosts_and_renders_in_chromium() {
     std::fs::copy(fixture("network.json"), inputs.join("web-1.json")).expect("copy");
     std::fs::copy(fixture("scan.json"), inputs.join("laptop.json")).expect("copy");
     let page = dir.path().join("fleet.html");
-    mcpwatch(&[
-        "report",
-        "--merge",
-        path_str(&inputs),
-        "--html",
-        path_str(&page),
-    ]);
-    screenshot(&page, dir.path());
-    let doc = dom(&page);
-    assert_inert(&doc);
+    let doc = render(&page, &["--merge", path_str(&inputs)]);
 
     let hosts: BTreeMap<String, (String, String)> = doc
         .by_id("hosts")
