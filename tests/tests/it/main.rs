@@ -14,6 +14,7 @@ mod intercept;
 mod package;
 mod policy;
 mod protocol;
+mod report;
 mod scope;
 mod service;
 mod siem;
