@@ -175,7 +175,7 @@ fn run_target(target: &str, seconds: u64) -> anyhow::Result<bool> {
         step(summary(&text).unwrap_or_else(|| "done".into()));
         return Ok(true);
     }
-    for line in tail(&text, 40) {
+    for line in excerpt(&text) {
         println!("      | {line}");
     }
     let found = new_artifacts(&artifacts, since);
@@ -204,9 +204,20 @@ fn summary(log: &str) -> Option<String> {
     })
 }
 
-fn tail(text: &str, n: usize) -> Vec<&str> {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].to_vec()
+/// What to show of a failed run's log: the panic message (the violated property) and
+/// the failing input as cargo-fuzz prints it; the last lines when there is no panic.
+fn excerpt(log: &str) -> Vec<&str> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = Vec::new();
+    if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+        out.extend(lines[at..].iter().take(8).take_while(|l| !l.starts_with("stack backtrace")));
+    }
+    if let Some(at) = lines.iter().position(|l| l.starts_with("Failing input")) {
+        out.extend(lines[at..].iter().take(7).filter(|l| !l.trim().is_empty()));
+    } else if out.is_empty() {
+        out.extend(&lines[lines.len().saturating_sub(30)..]);
+    }
+    out
 }
 
 /// Files libFuzzer wrote into `dir` (crash-, timeout-, oom-, leak-...) since `since`.
@@ -371,6 +382,23 @@ mod tests {
         assert!(is_set_by_cargo_run("CARGO_MANIFEST_DIR"));
         assert!(!is_set_by_cargo_run("CARGO_HOME"));
         assert!(!is_set_by_cargo_run("CARGO_NET_OFFLINE"));
+    }
+
+    #[test]
+    fn excerpt_shows_the_property_and_the_input() {
+        let log = "INFO: seed\nthread '<unnamed>' panicked at fuzz_targets/x.rs:3:5:\nproperty broken\nstack backtrace:\n  0: foo\nFailing input:\n\n\tfuzz/artifacts/x/crash-1\n\nOutput of `std::fmt::Debug`:\n\n\t[1]\n";
+        assert_eq!(
+            excerpt(log),
+            [
+                "thread '<unnamed>' panicked at fuzz_targets/x.rs:3:5:",
+                "property broken",
+                "Failing input:",
+                "\tfuzz/artifacts/x/crash-1",
+                "Output of `std::fmt::Debug`:",
+                "\t[1]",
+            ]
+        );
+        assert_eq!(excerpt("a\nb"), ["a", "b"]);
     }
 
     #[test]
