@@ -173,6 +173,12 @@ struct TrustStore {
     anchor: PathBuf,
     /// The refresh command (`update-ca-certificates` / `update-ca-trust extract`).
     update: Vec<&'static str>,
+    /// The refresh command after a removal: Debian's plain refresh only adds links, so a
+    /// removed anchor stays linked in /etc/ssl/certs (and in Java's cacerts) without `--fresh`.
+    update_removal: Vec<&'static str>,
+    /// Files that hold every trusted certificate after a refresh (the bundle and Java's
+    /// store): checked after `uninstall` so "removed" means no longer trusted.
+    stores: Vec<&'static str>,
     /// The system bundle that includes the anchor after the refresh (for SSL_CERT_FILE).
     bundle: &'static str,
     family: &'static str,
@@ -185,6 +191,8 @@ fn trust_store(root: &Path) -> Result<TrustStore> {
         Ok(TrustStore {
             anchor: debian.join(ANCHOR_NAME),
             update: vec!["update-ca-certificates"],
+            update_removal: vec!["update-ca-certificates", "--fresh"],
+            stores: vec!["etc/ssl/certs/ca-certificates.crt", "etc/ssl/certs/java/cacerts"],
             bundle: "/etc/ssl/certs/ca-certificates.crt",
             family: "Debian/Ubuntu",
         })
@@ -192,6 +200,8 @@ fn trust_store(root: &Path) -> Result<TrustStore> {
         Ok(TrustStore {
             anchor: rhel.join(ANCHOR_NAME),
             update: vec!["update-ca-trust", "extract"],
+            update_removal: vec!["update-ca-trust", "extract"],
+            stores: vec!["etc/pki/tls/certs/ca-bundle.crt", "etc/pki/java/cacerts"],
             bundle: "/etc/pki/tls/certs/ca-bundle.crt",
             family: "RHEL/Fedora",
         })
@@ -255,17 +265,31 @@ fn install(dir: &Path, root: &Path, out: &mut dyn Write) -> Result<()> {
         fingerprint(&ca.der),
         store.anchor.display()
     );
-    text.push_str(&refresh(&store, root)?);
-    text.push_str(&client_instructions(&ca.path, &store));
+    text.push_str(&refresh(&store.update, &store, root)?);
+    // Agents run as other users and cannot read the state dir (0700): point them at the
+    // published anchor (0644, certificate only), never at the daemon's own copy.
+    text.push_str(&client_instructions(&published_path(&store, root), &store));
     write_out(out, text.as_bytes())
 }
 
 fn uninstall(root: &Path, out: &mut dyn Write) -> Result<()> {
     let store = trust_store(root)?;
+    let installed_der = std::fs::read_to_string(&store.anchor).ok().and_then(|pem| pem_to_der(&pem).ok());
     let text = match std::fs::remove_file(&store.anchor) {
         Ok(()) => {
             let mut t = format!("removed {}\n", store.anchor.display());
-            t.push_str(&refresh(&store, root)?);
+            t.push_str(&refresh(&store.update_removal, &store, root)?);
+            if let Some(der) = &installed_der {
+                let still = still_trusted_by(&store, root, der);
+                if !still.is_empty() {
+                    write_out(out, t.as_bytes())?;
+                    bail!(
+                        "the mcpwatch CA is still trusted by {} after the refresh: remove it there by hand",
+                        still.join(", ")
+                    );
+                }
+                t.push_str("checked: no system or Java trust store holds the mcpwatch CA any more\n");
+            }
             t.push_str(
                 "also remove NODE_EXTRA_CA_CERTS / SSL_CERT_FILE / REQUESTS_CA_BUNDLE settings that point at the mcpwatch CA\n",
             );
@@ -299,7 +323,7 @@ fn rotate(dir: &Path, root: &Path, socket: &Path, out: &mut dyn Write) -> Result
     {
         std::fs::remove_file(&store.anchor).with_context(|| format!("removing {}", store.anchor.display()))?;
         text.push_str(&format!("removed the old CA from the system store ({})\n", store.anchor.display()));
-        text.push_str(&refresh(&store, root)?);
+        text.push_str(&refresh(&store.update_removal, &store, root)?);
     }
     match std::fs::remove_file(&key) {
         Ok(()) => text.push_str(&format!("deleted the old CA key {}\n", key.display())),
@@ -329,14 +353,67 @@ fn rotate(dir: &Path, root: &Path, socket: &Path, out: &mut dyn Write) -> Result
     write_out(out, text.as_bytes())
 }
 
-/// Runs the store's refresh command when `root` is the real root; otherwise says it did not.
-fn refresh(store: &TrustStore, root: &Path) -> Result<String> {
-    let cmd = store.update.join(" ");
+/// Where agents find the certificate: the published anchor, as seen from inside `root`.
+fn published_path(store: &TrustStore, root: &Path) -> PathBuf {
+    match store.anchor.strip_prefix(root) {
+        Ok(rel) => Path::new("/").join(rel),
+        Err(_) => store.anchor.clone(),
+    }
+}
+
+/// The stores (under `root`) that still hold the certificate `der`: the PEM bundle, any
+/// link or file in the hashed certs directory, and Java's keystore (searched for the DER
+/// bytes, which a JKS/PKCS#12 trust store keeps as is).
+fn still_trusted_by(store: &TrustStore, root: &Path, der: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for rel in &store.stores {
+        let path = root.join(rel);
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        if holds_cert(&bytes, der) {
+            found.push(path.display().to_string());
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssl/certs")) {
+        for e in entries.flatten() {
+            // update-ca-certificates links `mcpwatch-ca.pem` (and a hash link to that).
+            let p = e.path();
+            let ours = e.file_name().to_string_lossy().contains("mcpwatch-ca")
+                || std::fs::read_link(&p).is_ok_and(|t| t.to_string_lossy().contains("mcpwatch-ca"));
+            if ours {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Whether `bytes` (PEM text or a binary keystore) contains the certificate `der`.
+fn holds_cert(bytes: &[u8], der: &[u8]) -> bool {
+    if !der.is_empty() && bytes.windows(der.len()).any(|w| w == der) {
+        return true;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let block = &rest[start..];
+        let Some(end) = block.find("-----END CERTIFICATE-----") else { break };
+        let pem = &block[..end + "-----END CERTIFICATE-----".len()];
+        if pem_to_der(pem).is_ok_and(|d| d == der) {
+            return true;
+        }
+        rest = block.get(end + 1..).unwrap_or_default();
+    }
+    false
+}
+
+/// Runs `cmd` (a store refresh) when `root` is the real root; otherwise says it did not.
+fn refresh(cmd_argv: &[&'static str], store: &TrustStore, root: &Path) -> Result<String> {
+    let cmd = cmd_argv.join(" ");
     if root != Path::new("/") {
         return Ok(format!("not running `{cmd}`: --root {} is not /\n", root.display()));
     }
-    let status = Command::new(store.update[0])
-        .args(&store.update[1..])
+    let status = Command::new(cmd_argv[0])
+        .args(&cmd_argv[1..])
         .status()
         .with_context(|| format!("running `{cmd}` ({} trust store)", store.family))?;
     if !status.success() {
@@ -556,9 +633,35 @@ h+S1dp0=
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["installed"], true);
 
+        // Agents are told the published, world-readable anchor, not the 0700 state dir.
+        assert!(text.contains("NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/mcpwatch-ca.crt"), "{text}");
+        assert!(!text.contains(&dir.display().to_string()), "instructions point into the state dir:\n{text}");
+
+        // A store that still holds the CA after the refresh makes uninstall fail, naming it
+        // (Debian's refresh without --fresh left exactly these behind).
+        let certs = root.path().join("etc/ssl/certs");
+        std::fs::create_dir_all(certs.join("java")).expect("mkdir certs");
+        std::fs::write(certs.join("ca-certificates.crt"), format!("{PEM}")).expect("bundle");
+        std::os::unix::fs::symlink(&anchor, certs.join("mcpwatch-ca.pem")).expect("link");
+        let err = uninstall(root.path(), &mut Vec::new()).expect_err("still trusted");
+        let msg = err.to_string();
+        assert!(msg.contains("ca-certificates.crt") && msg.contains("mcpwatch-ca.pem"), "{msg}");
+        // Java's keystore keeps the DER as is.
+        std::fs::write(certs.join("ca-certificates.crt"), "").expect("bundle");
+        std::fs::remove_file(certs.join("mcpwatch-ca.pem")).expect("rm link");
+        std::fs::write(&anchor, PEM).expect("reinstall");
+        let mut jks = b"\xfe\xed\xfe\xed....".to_vec();
+        jks.extend_from_slice(&pem_to_der(PEM).expect("der"));
+        std::fs::write(certs.join("java/cacerts"), jks).expect("cacerts");
+        let err = uninstall(root.path(), &mut Vec::new()).expect_err("java still trusts");
+        assert!(err.to_string().contains("java/cacerts"), "{err}");
+        std::fs::write(certs.join("java/cacerts"), b"\xfe\xed\xfe\xed").expect("cacerts");
+        std::fs::write(&anchor, PEM).expect("reinstall");
+
         let mut out = Vec::new();
         uninstall(root.path(), &mut out).expect("uninstall");
         assert!(!anchor.exists());
+        assert!(String::from_utf8_lossy(&out).contains("no system or Java trust store"), "{}", String::from_utf8_lossy(&out));
         let mut out = Vec::new();
         uninstall(root.path(), &mut out).expect("uninstall twice is fine");
         assert!(String::from_utf8_lossy(&out).contains("not installed"));

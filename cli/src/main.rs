@@ -5,11 +5,14 @@
 //! protocol from `mcpwatch_api` over the daemon's Unix socket.
 //!
 //! Exit codes: 0 on success (also when stdout is closed early, as in
-//! `mcpwatch audit | head -1`), 2 on any error, including usage errors.
+//! `mcpwatch audit | head -1`), 1 when `audit verify` finds the trail tampered with or
+//! `scan` finds something shadow, risky or unreadable, 2 on any error, including usage
+//! errors.
 
 mod ca;
 mod client;
 mod govern;
+mod scan;
 mod table;
 mod view;
 
@@ -64,6 +67,11 @@ enum Command {
     },
     /// The local CA for TLS interception: show, export, install into the trust store, rotate.
     Ca(ca::CaArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        shell: clap_complete::Shell,
+    },
     /// Calls held for a human's approval.
     Pending {
         #[arg(long)]
@@ -85,10 +93,16 @@ enum Command {
     Pin(govern::PinCmd),
     /// Run the detectors on a JSON-RPC message offline and print what they find.
     Inspect(govern::InspectArgs),
+    /// Scan MCP client configurations on this host (no daemon): servers, risks, shadow servers.
+    /// Exit status 1 when something is shadow, risky or unreadable.
+    Scan(scan::ScanArgs),
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AuditArgs {
+    #[command(subcommand)]
+    action: Option<AuditAction>,
     /// Keep printing records as they arrive, until interrupted or the daemon closes.
     #[arg(long, short = 'f')]
     follow: bool,
@@ -103,7 +117,7 @@ struct AuditArgs {
     tool: Option<String>,
     /// Only calls with this policy decision: deny, allow, require_approval, rate_limit,
     /// or what happened: block, forward, hold.
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", value_parser = clap::builder::PossibleValuesParser::new(DECISIONS))]
     decision: Option<String>,
     /// Show the newest N matching records (0 for all).
     #[arg(long, value_name = "N", default_value_t = 50)]
@@ -111,6 +125,20 @@ struct AuditArgs {
     /// One JSON object per record and line (NDJSON).
     #[arg(long)]
     json: bool,
+}
+
+/// What `--decision` can match: the policy's actions, then what happened to the call.
+const DECISIONS: [&str; 7] = ["allow", "deny", "require_approval", "rate_limit", "block", "forward", "hold"];
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Check every record against the store's hash chain; exit 1 naming the first record
+    /// that was changed, removed, forged or reordered.
+    Verify {
+        /// Print the report as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_since(s: &str) -> Result<Duration, String> {
@@ -142,9 +170,9 @@ fn flush(out: &mut dyn Write) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut out = BufWriter::new(io::stdout().lock());
-    let result = run(&cli, &mut out).and_then(|()| flush(&mut out));
+    let result = run(&cli, &mut out).and_then(|code| flush(&mut out).map(|()| code));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if let Some(StdoutError(io)) = e.downcast_ref::<StdoutError>()
                 && io.kind() == io::ErrorKind::BrokenPipe
@@ -154,24 +182,34 @@ fn main() -> ExitCode {
             // Whatever was printed before the error goes out first.
             let _ = out.flush();
             let _ = writeln!(io::stderr(), "mcpwatch: {e:#}");
+            if e.downcast_ref::<Tampered>().is_some() {
+                return ExitCode::from(1);
+            }
             ExitCode::from(2)
         }
     }
 }
 
-fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
-    match &cli.command {
+fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode> {
+    let done = match &cli.command {
         Command::List { json } => list(&cli.socket, *json, out),
         Command::Audit(args) => audit(&cli.socket, args, out),
         Command::Status { json } => status(&cli.socket, *json, out),
         Command::Ca(args) => ca::run(args, &cli.socket, out),
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "mcpwatch", &mut buf);
+            out.write_all(&buf).map_err(|e| StdoutError(e).into())
+        }
         Command::Pending { json } => govern::pending(&cli.socket, *json, out),
         Command::Approve { id } => govern::approve(&cli.socket, id, out),
         Command::Deny { id, reason } => govern::deny(&cli.socket, id, reason.clone(), out),
         Command::Policy(cmd) => govern::policy(&cli.socket, cmd, out),
         Command::Pin(cmd) => govern::pin(&cli.socket, cmd, out),
         Command::Inspect(args) => govern::inspect(args, out),
-    }
+        Command::Scan(args) => return scan::run(args, out),
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn list(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
@@ -202,7 +240,49 @@ fn status(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// `audit verify` found problems: reported on stdout already, exit 1.
+#[derive(Debug)]
+struct Tampered(String);
+
+impl fmt::Display for Tampered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Tampered {}
+
+fn audit_verify(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
+    let report = match Conn::call(socket, &Request::AuditVerify)? {
+        Response::Verify(r) => r,
+        other => return Err(unexpected("audit verify", &other)),
+    };
+    if json {
+        emit(out, &format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        let mut text = format!(
+            "{} records, {} chain entries, head {} at entry {}\n",
+            report.records, report.chain_entries, report.head, report.head_seq
+        );
+        for p in report.problems.iter().take(20) {
+            text.push_str(&format!("  {}\n", table::sanitize(&p.to_string())));
+        }
+        if report.problems.len() > 20 {
+            text.push_str(&format!("  ... and {} more\n", report.problems.len() - 20));
+        }
+        text.push_str(if report.ok() { "audit trail intact\n" } else { "AUDIT TRAIL TAMPERED WITH\n" });
+        emit(out, &text)?;
+    }
+    match report.problems.first() {
+        None => Ok(()),
+        Some(first) => Err(Tampered(format!("audit trail tampered with: first at {}", first.position())).into()),
+    }
+}
+
 fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
+    if let Some(AuditAction::Verify { json }) = &args.action {
+        return audit_verify(socket, *json, out);
+    }
     let now = now_ms();
     let filter = AuditFilter {
         since_ms: args
@@ -309,6 +389,7 @@ fn unexpected(request: &str, resp: &Response) -> anyhow::Error {
         Response::Pending { .. } => "pending",
         Response::Done { .. } => "done",
         Response::Error { .. } => "error",
+        Response::Verify(_) => "verify",
     };
     anyhow::anyhow!("mcpwatchd answered the {request} request with an unexpected `{kind}` response")
 }

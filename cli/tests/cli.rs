@@ -640,3 +640,41 @@ fn broken_pipe_while_following_exits_0_silently() {
     assert_eq!(status.code(), Some(0), "stderr: {err}");
     assert_eq!(err, "");
 }
+
+#[test]
+fn audit_rejects_an_unknown_decision_instead_of_matching_nothing() {
+    // No daemon is needed: the value is refused before any request is sent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = mcpwatch(&dir.path().join("absent.sock"), &["audit", "--decision", "bogus"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bogus") && err.contains("require_approval"), "{err}");
+    assert!(!stdout(&out).contains("No audit records"), "{}", stdout(&out));
+}
+
+#[test]
+fn audit_verify_exits_1_naming_the_first_tampered_record_and_0_when_intact() {
+    use mcpwatch_api::{AuditProblem, AuditVerify};
+    let report = |problems: Vec<AuditProblem>| AuditVerify {
+        records: 3,
+        chain_entries: 5,
+        head: "ab".repeat(32),
+        head_seq: 5,
+        problems,
+    };
+    let fake = Fake::responses(vec![Response::Verify(report(vec![]))]);
+    let out = mcpwatch(&fake.path, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("audit trail intact"), "{}", stdout(&out));
+    assert_eq!(fake.request(), Request::AuditVerify);
+
+    let fake = Fake::responses(vec![Response::Verify(report(vec![
+        AuditProblem::Removed { id: "00000001700000000000000001".into() },
+        AuditProblem::Changed { id: "00000001700000000000000002".into() },
+    ]))]);
+    let out = mcpwatch(&fake.path, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("record 00000001700000000000000001 was removed") && text.contains("00000001700000000000000002 was changed"), "{text}");
+    assert!(stderr(&out).contains("first at 00000001700000000000000001"), "{}", stderr(&out));
+}

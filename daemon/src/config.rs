@@ -46,6 +46,40 @@ pub struct FileConfig {
     /// TLS interception (`[tls]`): local CA, scope, upstream trust.
     #[serde(default)]
     pub tls: TlsFile,
+    /// Audit to the SIEM (`[sinks]`): every sink is off unless its table is present.
+    #[serde(default)]
+    pub sinks: crate::sinks::SinksFile,
+    /// Prometheus metrics endpoint (`[metrics]`): off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsFile,
+    /// What audit records keep (`[audit]`).
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+/// `[audit]`: what the records keep about the calling process.
+///
+/// ```toml
+/// [audit]
+/// cmdline = "redacted"   # or "off" (no command line at all) or "full" (verbatim: secrets in argv land on disk)
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub cmdline: Option<CmdlineMode>,
+}
+
+/// How a process's command line is recorded (audit records, held calls, inventory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmdlineMode {
+    /// Every argument passes through the content detectors (`--token=<SECRET>`).
+    #[default]
+    Redacted,
+    /// Not recorded.
+    Off,
+    /// Verbatim. A secret on an agent's command line is then stored in every record.
+    Full,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -78,6 +112,10 @@ pub struct Config {
     pub audit_sync: bool,
     pub limits: Limits,
     pub tls: TlsConfig,
+    pub sinks: crate::sinks::SinksConfig,
+    pub metrics: crate::metrics::MetricsConfig,
+    /// `[audit] cmdline`.
+    pub audit_cmdline: CmdlineMode,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +168,9 @@ impl Default for Config {
             audit_sync: true,
             limits: Limits::default(),
             tls: TlsConfig::default(),
+            sinks: crate::sinks::SinksConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
+            audit_cmdline: CmdlineMode::default(),
         }
     }
 }
@@ -347,6 +388,9 @@ impl FileConfig {
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
         };
         c.tls = self.tls.into_config();
+        c.sinks = self.sinks.into_config().map_err(ConfigError::Invalid)?;
+        c.metrics = self.metrics.into_config().map_err(ConfigError::Invalid)?;
+        c.audit_cmdline = self.audit.cmdline.unwrap_or_default();
         c.validate()?;
         Ok(c)
     }
@@ -428,6 +472,19 @@ mod tests {
     }
 
     #[test]
+    fn audit_cmdline_defaults_to_redacted() {
+        assert_eq!(FileConfig::default().into_config().unwrap().audit_cmdline, CmdlineMode::Redacted);
+        for (v, want) in [("off", CmdlineMode::Off), ("full", CmdlineMode::Full), ("redacted", CmdlineMode::Redacted)] {
+            let c = FileConfig::parse(&format!("[audit]\ncmdline = \"{v}\"\n"), Path::new("c.toml")).unwrap().into_config().unwrap();
+            assert_eq!(c.audit_cmdline, want);
+        }
+        let e = FileConfig::parse("[audit]\ncmdline = \"verbatim\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:2:"), "{e}");
+        let e = FileConfig::parse("[audit]\ncmd_line = \"off\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("cmd_line"), "{e}");
+    }
+
+    #[test]
     fn tls_table_parses_and_validates() {
         let c = FileConfig::default().into_config().unwrap();
         assert!(c.tls.enabled);
@@ -458,6 +515,25 @@ mod tests {
             let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err().to_string();
             assert!(err.contains(needle), "{src}: {err}");
         }
+    }
+
+    #[test]
+    fn sinks_and_metrics_tables_parse_and_reject_typos() {
+        let src = "[sinks]\nbatch_size = 50\n[sinks.syslog]\naddress = \"127.0.0.1:6514\"\nfacility = \"local3\"\n\
+                   [sinks.loki]\nurl = \"http://127.0.0.1:3100\"\nlabels = { env = \"prod\" }\n\
+                   [sinks.file]\npath = \"/var/log/mcpwatch/audit.jsonl\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n";
+        let c = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap();
+        assert_eq!(c.sinks.batch_size, 50);
+        assert!(c.sinks.syslog.is_some() && c.sinks.loki.is_some() && c.sinks.file.is_some() && c.sinks.hec.is_none());
+        assert!(c.metrics.listen.is_some());
+        let off = FileConfig::default().into_config().unwrap();
+        assert!(off.metrics.listen.is_none(), "metrics are off by default");
+        let err = FileConfig::parse("[sinks.syslog]\naddres = \"x:1\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:2:1:") && err.contains("addres"), "{err}");
+        let err = FileConfig::parse("[metrics]\nlisen = \"x\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = FileConfig::parse("[sinks.hec]\nurl = \"https://splunk:8088\"\ntoken_file = \"/t\"\n", Path::new("c.toml")).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("only http://"), "{err}");
     }
 
     #[test]

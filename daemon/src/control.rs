@@ -4,6 +4,10 @@
 //! [`mcpwatch_api::Request`] / [`mcpwatch_api::Response`]. Every connection is checked
 //! with `SO_PEERCRED`: root, the daemon's own user, or a member of the control group.
 //! Only this module and `mcpwatch-api` know the wire format.
+//!
+//! Answers to held calls (`approve`, `deny`) are further checked against who is asking
+//! (`approvals::check_answerer`): never the agent itself, never from inside the watched
+//! cgroup, unless the policy names the answerer.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +18,7 @@ use mcpwatch_api::{Request, Response, Status};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::approvals::Verdict;
+use crate::approvals::{check_answerer, Answerer, ApprovalError, Verdict};
 use crate::state::Shared;
 
 /// `uid 0 (root)`, for approvals in the audit log.
@@ -23,6 +27,33 @@ fn who(uid: u32) -> String {
         Ok(Some(u)) => format!("uid {uid} ({})", u.name),
         _ => format!("uid {uid}"),
     }
+}
+
+/// The watched cgroup as a cgroup v2 path (`/` is the whole host), for the
+/// self-approval check; `None` when interception is not attached (static upstream).
+/// Attached but not mappable to a cgroup v2 path: `/` (everyone is in scope).
+fn watched_scope(shared: &Shared) -> Option<String> {
+    let attach = shared.attach.lock().ok()?.clone();
+    if !attach.attached {
+        return None;
+    }
+    let rel = attach.cgroup.and_then(|cg| {
+        let mount = mcpwatch_intercept::cgroup::cgroup2_mount().ok()?;
+        let rel = std::path::Path::new(&cg).strip_prefix(&mount).ok()?.to_str()?.to_string();
+        Some(format!("/{}", rel.trim_matches('/')))
+    });
+    Some(rel.unwrap_or_else(|| "/".to_string()))
+}
+
+/// Answer a held call for the peer, if it may answer it.
+fn answer(shared: &Shared, id: &str, who: &Answerer, verdict: Verdict) -> Result<mcpwatch_api::HeldCall, ApprovalError> {
+    let named = shared.governance.current().policy.approvers().to_vec();
+    let scope = watched_scope(shared);
+    let res = shared.approvals.decide_checked(id, verdict, |call| check_answerer(who, call, &named, scope.as_deref()));
+    if let Err(e @ ApprovalError::Refused(..)) = &res {
+        tracing::warn!(%id, by = %who.label(), "answer to a held call refused: {e}");
+    }
+    res
 }
 
 /// Longest request line accepted.
@@ -40,8 +71,15 @@ pub enum ControlError {
 pub async fn bind(path: &Path, group: &str) -> Result<UnixListener, ControlError> {
     let p = path.display().to_string();
     let io = |source| ControlError::Io { path: p.clone(), source };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        // The daemon runs with umask 077; a directory it creates for the socket must still
+        // let the control group through (0750, group `control_group`), as systemd's
+        // RuntimeDirectoryMode does.
         std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(io)?;
+        if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
+            let _ = nix::unistd::chown(dir, None, Some(g.gid));
+        }
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
@@ -116,8 +154,9 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
         Request::List => send(&mut w, &Response::List { servers: shared.inventory.list() }).await,
         Request::Pending => send(&mut w, &Response::Pending { calls: shared.approvals.list() }).await,
         Request::Approve { id } => {
-            let by = who(cred.uid());
-            let resp = match shared.approvals.decide(&id, Verdict::Approved { by: by.clone() }) {
+            let answerer = Answerer::from_peer(cred.uid(), cred.gid(), cred.pid());
+            let by = answerer.label();
+            let resp = match answer(&shared, &id, &answerer, Verdict::Approved { by: by.clone() }) {
                 Ok(call) => {
                     tracing::warn!(%id, %by, tool = ?call.tool, "held call approved");
                     Response::Done { message: format!("approved {id} ({} on {}); it is being forwarded", call.tool.as_deref().unwrap_or(&call.method), call.server) }
@@ -127,8 +166,9 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             send(&mut w, &resp).await
         }
         Request::Deny { id, reason } => {
-            let by = who(cred.uid());
-            let resp = match shared.approvals.decide(&id, Verdict::Denied { by: by.clone(), reason }) {
+            let answerer = Answerer::from_peer(cred.uid(), cred.gid(), cred.pid());
+            let by = answerer.label();
+            let resp = match answer(&shared, &id, &answerer, Verdict::Denied { by: by.clone(), reason }) {
                 Ok(call) => {
                     tracing::warn!(%id, %by, tool = ?call.tool, "held call denied");
                     Response::Done { message: format!("denied {id} ({} on {})", call.tool.as_deref().unwrap_or(&call.method), call.server) }
@@ -145,6 +185,17 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             send(&mut w, &resp).await
         }
         Request::PinAccept { server, tool } => {
+            // Accepting a changed tool definition is an operator's decision, like an
+            // approval: never from inside the watched cgroup (an agent accepting its own
+            // rug pull), unless the policy names the account.
+            let answerer = Answerer::from_peer(cred.uid(), cred.gid(), cred.pid());
+            let named = shared.governance.current().policy.approvers().to_vec();
+            let gate = check_answerer(&answerer, &mcpwatch_api::HeldCall::default(), &named, watched_scope(&shared).as_deref());
+            if let Err(refusal) = gate {
+                tracing::warn!(%server, by = %answerer.label(), "pin accept refused: {refusal}");
+                let message = format!("refused: {refusal}; the tool definitions stay pinned. Accept them from outside the watched cgroup, or name who may in the policy: [approvals] approvers (docs/policy.md)");
+                return send(&mut w, &Response::Error { message }).await;
+            }
             let resp = match shared.inventory.accept_pins(&server, tool.as_deref()) {
                 Ok((endpoint, tools)) if tools.is_empty() => Response::Done { message: format!("{endpoint}: nothing to accept, all pins are current") },
                 Ok((endpoint, tools)) => {
@@ -152,6 +203,16 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
                     Response::Done { message: format!("{endpoint}: now trusting the current definition of {}", tools.join(", ")) }
                 }
                 Err(e) => Response::Error { message: e },
+            };
+            send(&mut w, &resp).await
+        }
+        Request::AuditVerify => {
+            // A full pass over the store: off the runtime's threads.
+            let store = shared.store.clone();
+            let resp = match tokio::task::spawn_blocking(move || store.verify()).await {
+                Ok(Ok(report)) => Response::Verify(report),
+                Ok(Err(e)) => Response::Error { message: format!("audit store: {e}") },
+                Err(e) => Response::Error { message: format!("audit verify failed: {e}") },
             };
             send(&mut w, &resp).await
         }
@@ -189,4 +250,22 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> io::
     let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_dir_it_creates_lets_the_control_group_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run").join("mcpwatch");
+        let sock = dir.join("control.sock");
+        let _l = bind(&sock, "nogroup").await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o750);
+        assert_eq!(mode(&sock), 0o660);
+        // A second daemon on the same socket is refused; the directory is left alone.
+        assert!(matches!(bind(&sock, "nogroup").await, Err(ControlError::InUse { .. })));
+    }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use mcpwatch_inspect::Inspector;
+use mcpwatch_mcp::keyed::HashKey;
 use mcpwatch_policy::{Decision, Policy, RateLimiter};
 
 /// The policy compiled into the binary, used when no policy file exists.
@@ -33,24 +34,30 @@ pub enum Source {
 
 pub struct Governance {
     source: Source,
+    /// The host's secret hash key (`crate::startup::load_or_create_key`): argument,
+    /// result and finding hashes are keyed with it.
+    key: HashKey,
     current: RwLock<Arc<Loaded>>,
     last_error: Mutex<Option<String>>,
     limiter: Mutex<RateLimiter>,
 }
 
-/// Parse and compile policy text. Errors carry file, line and column.
-pub fn compile(src: &str, origin: &str) -> Result<Loaded, String> {
+/// Parse and compile policy text. Errors carry file, line and column. Finding hashes
+/// are keyed with `key`.
+pub fn compile(src: &str, origin: &str, key: &HashKey) -> Result<Loaded, String> {
     let policy = mcpwatch_policy::parse(src, origin).map_err(|e| e.render())?;
-    let inspector = Inspector::new(&policy.inspect().detectors).map_err(|e| format!("{origin}: [inspect.detectors]: {e}"))?;
+    let inspector = Inspector::new(&policy.inspect().detectors)
+        .map_err(|e| format!("{origin}: [inspect.detectors]: {e}"))?
+        .with_hash_key(key.clone());
     Ok(Loaded { policy, inspector, origin: origin.to_string(), loaded_ms: crate::state::now_ms() })
 }
 
-fn load(source: &Source) -> Result<Loaded, String> {
+fn load(source: &Source, key: &HashKey) -> Result<Loaded, String> {
     match source {
-        Source::Embedded => compile(EMBEDDED_POLICY, EMBEDDED_NAME),
+        Source::Embedded => compile(EMBEDDED_POLICY, EMBEDDED_NAME, key),
         Source::File(p) => {
             let src = std::fs::read_to_string(p).map_err(|e| format!("cannot read policy {}: {e}", p.display()))?;
-            compile(&src, &p.display().to_string())
+            compile(&src, &p.display().to_string(), key)
         }
     }
 }
@@ -79,12 +86,20 @@ impl Loaded {
 }
 
 impl Governance {
+    /// [`Governance::start_keyed`] with a fresh random key (tests, benchmarks: hashes
+    /// are then stable only for this process).
+    pub fn start(source: Source) -> Result<Governance, String> {
+        let key = crate::startup::random_key().map_err(|e| format!("cannot generate a hash key: {e}"))?;
+        Governance::start_keyed(source, key)
+    }
+
     /// Load at start-up: an invalid policy is an error (the daemon refuses to start
     /// rather than run without the rules the operator wrote).
-    pub fn start(source: Source) -> Result<Governance, String> {
-        let loaded = load(&source)?;
+    pub fn start_keyed(source: Source, key: HashKey) -> Result<Governance, String> {
+        let loaded = load(&source, &key)?;
         Ok(Governance {
             source,
+            key,
             current: RwLock::new(Arc::new(loaded)),
             last_error: Mutex::new(None),
             limiter: Mutex::new(RateLimiter::default()),
@@ -101,6 +116,11 @@ impl Governance {
         }
     }
 
+    /// The host's secret hash key: `Message::args_hash(key)`, `result_hash(key)`.
+    pub fn hash_key(&self) -> &HashKey {
+        &self.key
+    }
+
     pub fn current(&self) -> Arc<Loaded> {
         match self.current.read() {
             Ok(c) => c.clone(),
@@ -111,7 +131,7 @@ impl Governance {
     /// Re-read the policy. On error the old policy stays in force and the error is
     /// remembered for `status`. Returns a one-line summary or the error.
     pub fn reload(&self) -> Result<String, String> {
-        match load(&self.source) {
+        match load(&self.source, &self.key) {
             Ok(new) => {
                 let summary = format!(
                     "policy {} loaded: {} servers, {} agents, {} rules, mode {}",
@@ -159,7 +179,7 @@ mod tests {
 
     #[test]
     fn embedded_policy_compiles() {
-        let l = compile(EMBEDDED_POLICY, EMBEDDED_NAME).unwrap();
+        let l = compile(EMBEDDED_POLICY, EMBEDDED_NAME, &HashKey::new(b"k")).unwrap();
         assert_eq!(l.policy.mode(), mcpwatch_policy::Mode::Enforce);
         assert!(l.policy.rule("no-credential-files").is_some());
     }

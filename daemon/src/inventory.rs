@@ -17,6 +17,10 @@ pub const MAX_CLIENTS: usize = 64;
 
 pub struct Inventory {
     servers: Mutex<HashMap<String, ServerEntry>>,
+    /// Socket address (`ip:port`) → paths that carried MCP there. Keyed by the real
+    /// destination, not the endpoint key: the endpoint's host comes from the client's
+    /// Host header, which a client can vary to look new.
+    mcp_dsts: Mutex<crate::session::BoundedMap<String, Vec<String>>>,
     dirty: Mutex<std::collections::HashSet<String>>,
     store: Store,
 }
@@ -59,6 +63,33 @@ pub struct ServerInfoUpdate {
     pub capabilities: Option<serde_json::Value>,
 }
 
+/// The "diff" of a tool that appeared after the server's tools were first pinned.
+pub const NEW_TOOL_DIFF: &str = "new tool, not in the tools/list first pinned for this server";
+
+/// Most paths remembered per destination.
+const MAX_PATHS_PER_DST: usize = 32;
+
+/// Remember that `endpoint` (`scheme://host:port/path`) carried MCP at `dst`.
+fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, dst: &str, endpoint: &str) {
+    if dst.is_empty() {
+        return;
+    }
+    let path = endpoint.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string())).unwrap_or_else(|| "/".into());
+    let key = dst.to_string();
+    match map.get_mut(&key) {
+        Some(paths) if paths.contains(&path) => {}
+        Some(paths) => {
+            if paths.len() >= MAX_PATHS_PER_DST {
+                paths.remove(0);
+            }
+            paths.push(path);
+        }
+        None => {
+            let _ = map.insert(key, vec![path]);
+        }
+    }
+}
+
 impl Inventory {
     pub fn load(store: Store) -> Inventory {
         let servers = match store.servers() {
@@ -68,7 +99,26 @@ impl Inventory {
                 HashMap::new()
             }
         };
-        Inventory { servers: Mutex::new(servers), dirty: Mutex::new(Default::default()), store }
+        let mut dsts = crate::session::BoundedMap::new(MAX_SERVERS);
+        for s in servers.values() {
+            note_dst(&mut dsts, &s.dst, &s.endpoint);
+        }
+        Inventory { servers: Mutex::new(servers), mcp_dsts: Mutex::new(dsts), dirty: Mutex::new(Default::default()), store }
+    }
+
+    /// Has MCP been seen at this socket address (any path)?
+    pub fn knows_dst(&self, dst: &str) -> bool {
+        self.mcp_dsts.lock().is_ok_and(|d| d.get(&dst.to_string()).is_some())
+    }
+
+    /// Has MCP been seen at this socket address and path?
+    pub fn knows_dst_path(&self, dst: &str, path: &str) -> bool {
+        self.mcp_dsts.lock().is_ok_and(|d| d.get(&dst.to_string()).is_some_and(|paths| paths.iter().any(|p| p == path)))
+    }
+
+    /// Has a `tools/list` result of this server been seen (it has tools on record)?
+    pub fn has_tool_list(&self, endpoint: &str) -> bool {
+        self.servers.lock().is_ok_and(|s| s.get(endpoint).is_some_and(|e| !e.tools.is_empty()))
     }
 
     pub fn len(&self) -> usize {
@@ -133,6 +183,11 @@ impl Inventory {
 
     /// A client sent a message to this server.
     pub fn saw_message(&self, s: &Sighting<'_>) {
+        if !s.dst.is_empty() {
+            if let Ok(mut d) = self.mcp_dsts.lock() {
+                note_dst(&mut d, s.dst, s.endpoint);
+            }
+        }
         self.update(s.endpoint, |e| {
             if e.first_seen_ms == 0 {
                 e.first_seen_ms = s.now_ms;
@@ -199,14 +254,19 @@ impl Inventory {
         });
     }
 
-    /// Tools from a `tools/list` result, with trust-on-first-use pinning: a tool seen for
-    /// the first time is pinned; a later different definition is marked changed, with a
-    /// diff against the pinned one. Returns the outcome per tool.
-    pub fn observe_tools(&self, endpoint: &str, tools: &[ToolSight], first_page: bool, now_ms: u64) -> Vec<(String, PinOutcome)> {
+    /// Tools from a `tools/list` result, with trust-on-first-use pinning: the tools of the
+    /// first list are pinned; a later different definition is marked changed, with a
+    /// diff against the pinned one, and so is a tool that first appears in a later list
+    /// (until `mcpwatch pin accept`). Returns the outcome per tool.
+    ///
+    /// `first_page`: the result answers a `tools/list` without a cursor; `last_page`: it
+    /// has no `nextCursor`. Only a first page that is also the last replaces the list:
+    /// the pins of tools on later pages must survive a re-listing.
+    pub fn observe_tools(&self, endpoint: &str, tools: &[ToolSight], first_page: bool, last_page: bool, now_ms: u64) -> Vec<(String, PinOutcome)> {
         let mut outcomes = Vec::new();
         self.update(endpoint, |e| {
             let old = std::mem::take(&mut e.tools);
-            let mut kept: Vec<ToolEntry> = if first_page { Vec::new() } else { old.clone() };
+            let mut kept: Vec<ToolEntry> = if first_page && last_page { Vec::new() } else { old.clone() };
             for t in tools {
                 let prev = old.iter().find(|x| x.name == t.name);
                 kept.retain(|x| x.name != t.name);
@@ -230,6 +290,13 @@ impl Inventory {
                         entry.changed = true;
                         entry.diff = diff.clone();
                         PinOutcome::Changed(diff)
+                    }
+                    // A tool that appears after the server's tools were pinned is not
+                    // trusted on first use: new tools are the cheapest rug pull (RP-005).
+                    (None, _) if entry.changed || (first_page && prev.is_none() && !old.is_empty()) => {
+                        entry.changed = true;
+                        entry.diff = vec![NEW_TOOL_DIFF.to_string()];
+                        PinOutcome::Changed(entry.diff.clone())
                     }
                     (None, _) => {
                         entry.pinned_hash = Some(t.hash.clone());
@@ -333,5 +400,59 @@ impl Inventory {
                 e.protocol_version = Some(version.to_string());
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sight(name: &str, desc: &str) -> ToolSight {
+        let def = serde_json::json!({"name": name, "description": desc});
+        ToolSight { name: name.into(), hash: mcpwatch_inspect::pin::tool_hash(&def), def, poisoning: None }
+    }
+
+    fn inventory(dir: &std::path::Path) -> Inventory {
+        Inventory::load(Store::open(dir, mcpwatch_audit::StoreOptions::default()).expect("store"))
+    }
+
+    #[test]
+    fn tools_after_the_first_list_are_not_trusted_on_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let e = "http://127.0.0.1:1/mcp";
+        assert_eq!(inv.observe_tools(e, &[sight("search", "a")], true, true, 1), vec![("search".into(), PinOutcome::FirstSeen)]);
+        let out = inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 2);
+        assert_eq!(out[0].1, PinOutcome::Trusted);
+        assert!(matches!(&out[1].1, PinOutcome::Changed(d) if d[0] == NEW_TOOL_DIFF), "{out:?}");
+        // Still not trusted on the next list, until accepted.
+        let out = inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 3);
+        assert!(matches!(&out[1].1, PinOutcome::Changed(_)));
+        assert!(inv.has_changed_tools(e));
+        inv.accept_pins(e, Some("run_shell")).unwrap();
+        let out = inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 4);
+        assert_eq!(out[1].1, PinOutcome::Trusted);
+    }
+
+    #[test]
+    fn pins_of_later_pages_survive_a_relisting() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let e = "http://127.0.0.1:1/mcp";
+        inv.observe_tools(e, &[sight("a", "1")], true, false, 1);
+        assert_eq!(inv.observe_tools(e, &[sight("b", "2")], false, true, 2), vec![("b".into(), PinOutcome::FirstSeen)]);
+        // Re-listing: page 1 then page 2, where `b` changed.
+        inv.observe_tools(e, &[sight("a", "1")], true, false, 3);
+        let out = inv.observe_tools(e, &[sight("b", "CHANGED")], false, true, 4);
+        assert!(matches!(&out[0].1, PinOutcome::Changed(_)), "a change on page 2 went unnoticed: {out:?}");
+    }
+
+    #[test]
+    fn destinations_are_remembered_by_address_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        inv.saw_message(&Sighting { endpoint: "http://evil.example:80/mcp", dst: "127.0.0.1:80", transport: "streamable-http", process: None, method: None, name: None, now_ms: 1 });
+        assert!(inv.knows_dst("127.0.0.1:80") && inv.knows_dst_path("127.0.0.1:80", "/mcp"));
+        assert!(!inv.knows_dst_path("127.0.0.1:80", "/other") && !inv.knows_dst("127.0.0.1:81"));
     }
 }

@@ -11,9 +11,12 @@ pub mod control;
 pub mod failure;
 pub mod governance;
 pub mod inventory;
+pub mod metrics;
 pub mod proxy;
 pub mod resolve;
 pub mod session;
+pub mod sinks;
+pub mod startup;
 pub mod state;
 
 use std::future::Future;
@@ -61,8 +64,31 @@ pub async fn run(
     let status_shared = shared.clone();
     let status_fn: Arc<dyn Fn() -> Status + Send + Sync> = Arc::new(move || status(&status_shared, &listen));
     let control_task = tokio::spawn(control::serve(control, shared.clone(), status_fn));
+    let extras = start_sinks_and_metrics(&shared).await;
 
     proxy::run(shared, listeners, resolver, shutdown).await;
     control_task.abort();
+    for t in extras {
+        t.abort();
+    }
 
+}
+
+/// Start the configured audit sinks and the metrics endpoint (both off by default). A
+/// metrics address that cannot be bound is logged, not fatal: monitoring failing must
+/// not take the governing proxy down. Returns the tasks to stop at shutdown.
+async fn start_sinks_and_metrics(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+    let (registry, mut tasks) = sinks::start(shared);
+    if let Some(listen) = shared.config.metrics.listen.clone() {
+        let m = Arc::new(metrics::Metrics::new(shared.config.metrics.max_series));
+        tasks.push(tokio::spawn(metrics::follow(m.clone(), shared.subscribe())));
+        match metrics::serve(listen.clone(), shared.clone(), m, Arc::new(registry)).await {
+            Ok(t) => {
+                tracing::info!(listen = ?listen, "metrics endpoint listening");
+                tasks.push(t);
+            }
+            Err(e) => tracing::error!(listen = ?listen, error = %e, "metrics endpoint not started"),
+        }
+    }
+    tasks
 }

@@ -120,17 +120,24 @@ async fn real_main() -> Result<()> {
         return release_pins(&config);
     }
     let source = mcpwatchd::governance::Governance::source_for(args.policy.as_deref(), std::path::Path::new(DEFAULT_POLICY));
-    let governance = mcpwatchd::governance::Governance::start(source).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
+    if args.check {
+        // Nothing is created: a throwaway hash key is enough to compile the policy.
+        let governance = mcpwatchd::governance::Governance::start(source).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
+        let g = governance.current();
+        println!("config ok; policy {} ok (mode {}, {} servers, {} agents, {} rules)", g.origin, g.policy.mode(), g.policy.servers().len(), g.policy.agents().len(), g.policy.rules().len());
+        return Ok(());
+    }
+    // Everything the daemon creates from here on is private (0600 files, 0700 dirs),
+    // whatever umask it was started with; what an earlier run left is tightened too.
+    mcpwatchd::startup::restrict_umask();
+    mcpwatchd::startup::prepare_state_dir(&config.state_dir)
+        .with_context(|| format!("cannot prepare state dir {}", config.state_dir.display()))?;
+    let key = mcpwatchd::startup::load_or_create_key(&config.state_dir).context("hash key")?;
+    let governance = mcpwatchd::governance::Governance::start_keyed(source, key).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
     {
         let g = governance.current();
         tracing::info!(policy = %g.origin, mode = %g.policy.mode(), rules = g.policy.rules().len(), servers = g.policy.servers().len(), "policy loaded");
-        if args.check {
-            println!("config ok; policy {} ok (mode {}, {} servers, {} agents, {} rules)", g.origin, g.policy.mode(), g.policy.servers().len(), g.policy.agents().len(), g.policy.rules().len());
-            return Ok(());
-        }
     }
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
     let store = mcpwatch_audit::Store::open(
         &config.state_dir,
         mcpwatch_audit::StoreOptions { max_records: config.limits.max_audit_records, ..Default::default() },
@@ -162,6 +169,8 @@ async fn real_main() -> Result<()> {
         tracing::info!("TLS interception disabled: TLS is relayed untouched");
         None
     };
+    // The store and the CA were just opened or created: re-check every mode.
+    mcpwatchd::startup::tighten(&config.state_dir).context("state dir permissions")?;
     let shared = Shared::build(config.clone(), store, tls, governance);
     {
         // SIGHUP re-reads the policy; a broken file leaves the current one in force.
@@ -203,7 +212,7 @@ async fn real_main() -> Result<()> {
                 a.pinned = interceptor.pin_dir().map(|d| d.display().to_string());
             }
             tracing::info!(cgroup = %cgroup.display(), ports = %config.ports, "interception attached");
-            let bpf = Arc::new(BpfResolver::new(interceptor));
+            let bpf = Arc::new(BpfResolver::new(interceptor).with_sanitizer(mcpwatchd::resolve::cmdline_filter(shared.clone())));
             tokio::spawn(bpf.clone().sweep_forever());
             bpf
         }

@@ -35,6 +35,21 @@ impl Resolve for StaticResolver {
     }
 }
 
+/// What happens to a process description before anything sees it.
+pub type Sanitize = Arc<dyn Fn(&mut ProcessInfo) + Send + Sync>;
+
+/// The `[audit] cmdline` setting as a [`Sanitize`]: `redacted` runs every argument
+/// through the detectors of the policy in force (`Inspector::redact_argv`), `off`
+/// drops the command line, `full` keeps it.
+pub fn cmdline_filter(shared: Arc<crate::state::Shared>) -> Sanitize {
+    use crate::config::CmdlineMode;
+    Arc::new(move |p: &mut ProcessInfo| match shared.config.audit_cmdline {
+        CmdlineMode::Full => {}
+        CmdlineMode::Off => p.cmdline.clear(),
+        CmdlineMode::Redacted => p.cmdline = shared.governance.current().inspector.redact_argv(&p.cmdline),
+    })
+}
+
 /// Resolves through the eBPF maps and describes the process from `/proc`.
 ///
 /// Process descriptions are cached per tgid for a short time (bounded), because an
@@ -42,6 +57,7 @@ impl Resolve for StaticResolver {
 pub struct BpfResolver {
     interceptor: Interceptor,
     cache: Mutex<ProcessCache>,
+    sanitize: Option<Sanitize>,
 }
 
 struct ProcessCache {
@@ -82,7 +98,14 @@ impl BpfResolver {
                 capacity: 1024,
                 ttl: Duration::from_secs(5),
             }),
+            sanitize: None,
         }
+    }
+
+    /// Apply `f` to every process description (before it is cached or returned).
+    pub fn with_sanitizer(mut self, f: Sanitize) -> Self {
+        self.sanitize = Some(f);
+        self
     }
 
     pub fn interceptor(&self) -> &Interceptor {
@@ -117,7 +140,11 @@ impl Resolve for BpfResolver {
             }
             _ => {
                 let exec = self.interceptor.exec_comm(origin.tgid);
-                let info = Arc::new(mcpwatch_intercept::process::describe(&origin, exec));
+                let mut info = mcpwatch_intercept::process::describe(&origin, exec);
+                if let Some(f) = &self.sanitize {
+                    f(&mut info);
+                }
+                let info = Arc::new(info);
                 if let Ok(mut c) = self.cache.lock() {
                     c.put(origin.tgid, now, info.clone());
                 }

@@ -7,14 +7,17 @@
 //! - server-to-client requests (sampling, elicitation, roots) sent on an SSE stream and
 //!   answered by the client in a later POST.
 //!
-//! Plus the protocol version negotiated per session. Every map is bounded.
+//! Plus the protocol version negotiated per session, the fate of each request id
+//! (forwarded or refused by mcpwatch: a server answering an id it never got, or one
+//! the client never sent, is dropped), and which process opened each session (a
+//! session id presented by another process is refused). Every map is bounded.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mcpwatch_api::AuditRecord;
+use mcpwatch_api::{AuditRecord, ProcessInfo};
 
 /// A map that forgets its oldest insertions beyond a capacity.
 pub struct BoundedMap<K, V> {
@@ -50,6 +53,10 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
 
     pub fn get(&self, k: &K) -> Option<&V> {
         self.map.get(k)
+    }
+
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.map.get_mut(k)
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
@@ -96,6 +103,60 @@ pub struct LegacyRoute {
 
 pub struct Sessions {
     inner: Mutex<Inner>,
+    owners: Mutex<Owners>,
+}
+
+/// What became of a client request id in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdFate {
+    Forwarded,
+    /// mcpwatch answered it; the server never saw it.
+    Refused,
+}
+
+/// The process that opened an MCP session: thread-group id plus its start time (so a
+/// recycled pid is another process) and uid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub tgid: u32,
+    /// Clock ticks after boot (`/proc/<pid>/stat` field 22); `None` if unreadable.
+    pub start_time: Option<u64>,
+    pub uid: u32,
+}
+
+impl Owner {
+    pub fn of(p: &ProcessInfo) -> Owner {
+        let start_time = std::fs::read_to_string(format!("/proc/{}/stat", p.tgid)).ok().and_then(|t| stat_start_time(&t));
+        Owner { tgid: p.tgid, start_time, uid: p.uid }
+    }
+
+    pub fn label(&self) -> String {
+        format!("pid {} (uid {})", self.tgid, self.uid)
+    }
+
+    /// The same process: same tgid and uid, and the same start time where both are
+    /// known (a process that exited before its start time was read is still itself).
+    pub fn same_process(&self, other: &Owner) -> bool {
+        self.tgid == other.tgid && self.uid == other.uid && (self.start_time.is_none() || other.start_time.is_none() || self.start_time == other.start_time)
+    }
+}
+
+/// Field 22 (`starttime`) of a `/proc/<pid>/stat` line. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Most sessions one process may own before its oldest binding is forgotten, so that a
+/// process opening sessions in a loop cannot push other processes' bindings out.
+const MAX_SESSIONS_PER_OWNER: usize = 256;
+const MAX_SESSION_BINDINGS: usize = 65_536;
+
+/// (destination `ip:port`, Mcp-Session-Id) → owner.
+struct Owners {
+    by_session: BoundedMap<(String, String), Owner>,
+    by_owner: HashMap<Owner, VecDeque<(String, String)>>,
 }
 
 struct Inner {
@@ -105,6 +166,8 @@ struct Inner {
     legacy: BoundedMap<(String, String, String), LegacyRoute>,
     /// (endpoint, session id) → protocol version.
     versions: BoundedMap<(String, String), String>,
+    /// (conversation, JSON-RPC id text) → what mcpwatch did with that request.
+    ids: BoundedMap<(String, String), IdFate>,
 }
 
 impl Sessions {
@@ -114,7 +177,61 @@ impl Sessions {
                 pending: BoundedMap::new(max_pending),
                 legacy: BoundedMap::new(4096),
                 versions: BoundedMap::new(4096),
+                ids: BoundedMap::new(max_pending),
             }),
+            owners: Mutex::new(Owners { by_session: BoundedMap::new(MAX_SESSION_BINDINGS), by_owner: HashMap::new() }),
+        }
+    }
+
+    /// Remember what happened to a client request id.
+    pub fn note_id(&self, conversation: &str, id: &str, fate: IdFate) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.ids.insert((conversation.to_string(), id.to_string()), fate);
+        }
+    }
+
+    /// What happened to a client request id, if it was seen.
+    pub fn id_fate(&self, conversation: &str, id: &str) -> Option<IdFate> {
+        self.inner.lock().ok()?.ids.get(&(conversation.to_string(), id.to_string())).copied()
+    }
+
+    /// Is a request with this id parked in the conversation?
+    pub fn is_parked(&self, conversation: &str, id: &str) -> bool {
+        self.inner.lock().is_ok_and(|i| i.pending.get(&(conversation.to_string(), id.to_string())).is_some())
+    }
+
+    /// Bind a session (seen in an `initialize` response) to the process that opened it.
+    pub fn bind_session(&self, dst: &str, session: &str, owner: Owner) {
+        let Ok(mut o) = self.owners.lock() else { return };
+        let key = (dst.to_string(), session.to_string());
+        let o = &mut *o;
+        let mine = o.by_owner.entry(owner.clone()).or_default();
+        if mine.len() >= MAX_SESSIONS_PER_OWNER {
+            if let Some(old) = mine.pop_front() {
+                if o.by_session.get(&old) == Some(&owner) {
+                    o.by_session.remove(&old);
+                }
+            }
+        }
+        mine.push_back(key.clone());
+        let _ = o.by_session.insert(key, owner);
+        if o.by_owner.len() > MAX_SESSION_BINDINGS {
+            let live = &o.by_session;
+            o.by_owner.retain(|own, keys| {
+                keys.retain(|k| live.get(k) == Some(own));
+                !keys.is_empty()
+            });
+        }
+    }
+
+    /// The process that opened this session, if mcpwatch saw it opened.
+    pub fn session_owner(&self, dst: &str, session: &str) -> Option<Owner> {
+        self.owners.lock().ok()?.by_session.get(&(dst.to_string(), session.to_string())).cloned()
+    }
+
+    pub fn unbind_session(&self, dst: &str, session: &str) {
+        if let Ok(mut o) = self.owners.lock() {
+            o.by_session.remove(&(dst.to_string(), session.to_string()));
         }
     }
 
@@ -194,6 +311,28 @@ mod tests {
             m.remove(&i);
         }
         assert!(m.order.len() <= 8, "{}", m.order.len());
+    }
+
+    #[test]
+    fn start_time_from_stat() {
+        assert_eq!(stat_start_time("1234 (a b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 0 0"), Some(987654));
+        assert_eq!(stat_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn session_bindings_are_per_owner_bounded() {
+        let s = Sessions::new(16);
+        let a = Owner { tgid: 1, start_time: Some(5), uid: 0 };
+        let b = Owner { tgid: 2, start_time: Some(6), uid: 0 };
+        s.bind_session("d", "victim", a.clone());
+        for i in 0..(MAX_SESSIONS_PER_OWNER * 3) {
+            s.bind_session("d", &format!("flood-{i}"), b.clone());
+        }
+        assert_eq!(s.session_owner("d", "victim"), Some(a), "a flood by one process keeps others' bindings");
+        assert_eq!(s.session_owner("d", "flood-0"), None);
+        assert!(s.owners.lock().unwrap().by_owner[&b].len() <= MAX_SESSIONS_PER_OWNER);
+        s.unbind_session("d", "victim");
+        assert_eq!(s.session_owner("d", "victim"), None);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Fuzz target: the lexical path normaliser argument conditions match against
-//! (`mcpwatch_policy::normalize_path`, added by helper "govern"; this target is built only
-//! with the `normalize_path` feature until that lands: drop `required-features` in
-//! fuzz/Cargo.toml and add it to xtask's target list at merge).
+//! (`mcpwatch_policy::normalize_path`): a rule about `/etc` must see `/tmp/../etc/passwd`
+//! as `/etc/passwd`, whatever spelling the fuzzer finds.
 //!
 //! Properties: total (any UTF-8, no panic); idempotent; never a `..` segment after a
 //! non-`..` segment; absolute stays absolute and relative stays relative; an already

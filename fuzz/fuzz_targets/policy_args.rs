@@ -7,16 +7,14 @@
 //! - no argument value (any shape, depth, number, escape) panics the evaluator;
 //! - traversal: a `read_file` whose `path` string lexically resolves outside
 //!   `/srv/project` is blocked (rules: `not_matches = '^/srv/project/'` and a `..`
-//!   segment rule). Checked against a reference lexical normaliser, so it holds both for
-//!   raw-text conditions and for conditions that match normalised paths;
+//!   segment rule). Checked against an independent reference lexical normaliser, so it
+//!   holds for conditions on normalised paths (the default) and on `form = "raw"` alike;
 //! - `pointer = ""` means "any argument value at any depth": a slash-free string value
 //!   containing the watched word blocks, and arguments where no value contains it
 //!   are forwarded.
 //!
-//! NOTE (merge with helper "govern"): a pure `mcpwatch_policy::normalize_path` is being
-//! added on another branch; its own target is `path_normalize.rs` (feature
-//! `normalize_path`), which checks: total, idempotent, no `..` after a non-`..` segment,
-//! absolute stays absolute.
+//! The normaliser itself (`mcpwatch_policy::normalize_path`) has its own target,
+//! `path_normalize`.
 #![no_main]
 
 use std::sync::OnceLock;

@@ -49,6 +49,17 @@ pub struct DaemonOpts {
     pub run_in_cgroup: Option<PathBuf>,
     /// Policy file contents (written to the daemon's temp dir and passed as --policy).
     pub policy: Option<String>,
+    /// Run the daemon as this uid/gid with exactly these capabilities (names as in a
+    /// systemd unit, e.g. `CAP_BPF`) as bounding, inheritable and ambient sets, and
+    /// no_new_privs: how the systemd unit runs it. The temp dir is handed to that uid.
+    pub run_as: Option<RunAs>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub caps: Vec<String>,
 }
 
 pub struct Daemon {
@@ -67,7 +78,18 @@ impl Daemon {
         let socket = tmp.path().join("control.sock");
         let log = tmp.path().join("mcpwatchd.log");
         let port = free_dual_port();
-        let mut cmd = Command::new(bin("mcpwatchd"));
+        let mut cmd = match &opts.run_as {
+            None => Command::new(bin("mcpwatchd")),
+            Some(r) => {
+                std::os::unix::fs::chown(tmp.path(), Some(r.uid), Some(r.gid)).expect("chown temp dir");
+                let caps = r.caps.iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())).collect::<Vec<_>>().join(",");
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={}", r.uid)).arg(format!("--regid={}", r.gid)).arg("--clear-groups").arg("--no-new-privs")
+                    .arg(format!("--inh-caps=-all,{caps}")).arg(format!("--ambient-caps=-all,{caps}"))
+                    .arg(format!("--bounding-set=-all,{caps}")).arg("--").arg(bin("mcpwatchd"));
+                c
+            }
+        };
         cmd.arg("--state-dir").arg(&state_dir)
             .arg("--control-socket").arg(&socket)
             .arg("--listen-port").arg(port.to_string());

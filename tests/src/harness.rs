@@ -193,3 +193,39 @@ pub fn tcp_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let _ = s.read_to_end(&mut out);
     out
 }
+
+/// Send a raw HTTP request and read the response: until its Content-Length is met, the
+/// last chunk of a chunked body, or the peer closing (`timeout` per read). A server may
+/// answer (413) and close before a huge body is fully written; that is not an error.
+pub fn http_roundtrip(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    if let Err(e) = s.write_all(bytes) {
+        assert!(matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset), "write: {e}");
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if http_response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A whole response: Content-Length satisfied, or the last chunk of a chunked body.
+/// A response with neither ends when the peer closes.
+pub fn http_response_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        return buf.ends_with(b"0\r\n\r\n");
+    }
+    head.contains("content-length:") && http_request_complete(buf)
+}

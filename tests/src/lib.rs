@@ -2,4 +2,5 @@
 pub mod daemon;
 pub mod harness;
 pub mod peers;
+pub mod siem;
 pub mod tls;

@@ -16,7 +16,8 @@ use serde_json::Value;
 use crate::util::{self, section, step};
 
 /// Every target `cargo xtask fuzz` runs, in order (fuzz/fuzz_targets/<name>.rs).
-pub const TARGETS: &[&str] = &["sniff", "http_head", "jsonrpc", "sse_chunks", "tls_hello", "policy_args"];
+pub const TARGETS: &[&str] =
+    &["sniff", "http_head", "jsonrpc", "sse_chunks", "tls_hello", "policy_args", "path_normalize"];
 
 /// libFuzzer verdict on one input taking longer than this: a hang.
 const INPUT_TIMEOUT_SECS: u64 = 20;
@@ -266,8 +267,8 @@ fn seed_corpora(targets: &[&str]) -> anyhow::Result<()> {
 
 /// Routes every string inside each threat's `input` (lists and objects are walked):
 /// HTTP request text to `sniff` and `http_head` (and its body onwards), JSON text to
-/// `jsonrpc`, `sse_chunks` (as an SSE event) and, for calls with arguments,
-/// `policy_args`; path-like argument strings to `policy_args` too.
+/// `jsonrpc`, `sse_chunks` (as an SSE event), the arguments of calls to `policy_args`
+/// and every string in `params` (paths, URIs, names) to `path_normalize`.
 fn seeds_from_threats(jsonl: &str) -> anyhow::Result<Vec<Seed>> {
     let mut seeds = Vec::new();
     for (lineno, line) in jsonl.lines().enumerate() {
@@ -302,10 +303,17 @@ fn seeds_from_threats(jsonl: &str) -> anyhow::Result<Vec<Seed>> {
                 let mut sse = vec![255, 3, 40, 128, 200];
                 sse.extend_from_slice(format!("event: message\nid: {n}\ndata: {s}\n\n").as_bytes());
                 push("sse_chunks", name(""), sse);
-                if let Ok(v) = serde_json::from_str::<Value>(s)
-                    && let Some(args) = v.pointer("/params/arguments")
-                {
-                    push("policy_args", name(""), args.to_string().into_bytes());
+                if let Ok(v) = serde_json::from_str::<Value>(s) {
+                    if let Some(args) = v.pointer("/params/arguments") {
+                        push("policy_args", name(""), args.to_string().into_bytes());
+                    }
+                    let mut params = Vec::new();
+                    if let Some(p) = v.get("params") {
+                        collect_strings(p, &mut params);
+                    }
+                    for (k, text) in params.into_iter().enumerate() {
+                        push("path_normalize", name(&format!("-{k}")), text.as_bytes().to_vec());
+                    }
                 }
             }
         }
@@ -362,10 +370,13 @@ mod tests {
                 ("jsonrpc", "threat-TR-001-1"),
                 ("sse_chunks", "threat-TR-001-1"),
                 ("policy_args", "threat-TR-001-1"),
+                ("path_normalize", "threat-TR-001-1-0"),
+                ("path_normalize", "threat-TR-001-1-1"),
             ]
         );
         assert_eq!(seeds[5].bytes, br#"{"path":"/p/../etc"}"#);
         assert!(seeds[4].bytes.ends_with(b"\n\n"));
+        assert_eq!(seeds[7].bytes, b"/p/../etc");
         assert!(seeds_from_threats("{not json").is_err());
     }
 

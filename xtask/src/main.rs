@@ -13,6 +13,7 @@ mod cgroup;
 mod daemon;
 mod demo;
 mod fuzz;
+mod package;
 mod procs;
 mod setup;
 mod util;
@@ -57,6 +58,12 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run the cargo-fuzz targets (nightly), each for --seconds; nonzero exit on a crash.
     Fuzz(fuzz::FuzzArgs),
+    /// Build the Debian package (binaries, unit, sysusers/tmpfiles, config, docs, completions).
+    Deb(package::DebArgs),
+    /// Install on a host without dpkg (binaries under /usr/local); idempotent, enables nothing.
+    Install(package::InstallArgs),
+    /// Remove what `install` put in place (`--purge`: config and state too).
+    Uninstall(package::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +88,9 @@ fn main() -> ExitCode {
             fuzz::Outcome::Passed | fuzz::Outcome::Skipped(_) => ExitCode::SUCCESS,
             fuzz::Outcome::Failed => ExitCode::FAILURE,
         }),
+        Cmd::Deb(args) => package::deb(&args).map(|_| ExitCode::SUCCESS),
+        Cmd::Install(args) => package::install(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::Uninstall(args) => package::uninstall(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

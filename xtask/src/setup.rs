@@ -65,6 +65,21 @@ const APT_NEEDS: &[AptNeed] = &[
         any_of: &["ca-certificates"],
         install: "ca-certificates",
     },
+    // Real SIEM-side peers for the sink and metrics tests (tests/src/siem.rs). There is
+    // no Grafana Loki in Debian (its `loki` package is unrelated genetics software), so
+    // the Loki sink is tested against a receiver in the test.
+    AptNeed {
+        any_of: &["rsyslog"],
+        install: "rsyslog",
+    },
+    AptNeed {
+        any_of: &["rsyslog-gnutls"],
+        install: "rsyslog-gnutls",
+    },
+    AptNeed {
+        any_of: &["prometheus"],
+        install: "prometheus",
+    },
 ];
 
 /// Where the Python venv of the peers lives (git-ignored).

@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 pub mod audit;
 pub mod inventory;
 pub mod process;
+pub mod verify;
 
 pub use audit::{
     AuditFilter, AuditRecord, CallStatus, DecisionView, FindingCount, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION,
 };
 pub use inventory::{ClientUse, Endpoint, ServerEntry, ToolEntry};
 pub use process::{Ancestor, ProcessInfo};
+pub use verify::{AuditProblem, AuditVerify};
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mcpwatch/control.sock";
@@ -46,6 +48,8 @@ pub enum Request {
     PolicyReload,
     /// Trust the current definition of a server's tools (all, or one).
     PinAccept { server: String, tool: Option<String> },
+    /// Check every audit record against the store's hash chain.
+    AuditVerify,
 }
 
 /// One response line from the daemon.
@@ -59,6 +63,7 @@ pub enum Response {
     Pending { calls: Vec<HeldCall> },
     Done { message: String },
     Error { message: String },
+    Verify(AuditVerify),
 }
 
 /// A call waiting for a human decision, as `mcpwatch pending` shows it.

@@ -10,12 +10,17 @@
 //! - `records`: key = record id (26 digits, time-prefixed, see [`Store::new_record_id`]),
 //!   value = JSON of the record (schema first, see `codec`).
 //! - `servers`: key = endpoint key, value = `{"schema":N,"server":ServerEntry}`.
-//! - `meta`: `schema_version` = layout version of the store as decimal text.
+//! - `chain`: one entry per record write, a hash chain (see `chain`): tamper evidence
+//!   checked by [`Store::verify`] (`mcpwatch audit verify`).
+//! - `meta`: `schema_version` = layout version of the store as decimal text;
+//!   `chain_head`, `chain_base` = the chain's tip and retention checkpoint.
 //!
 //! `<state dir>/audit.lock` is held (flock) for as long as the store is open and names
 //! the owning pid, so a second daemon gets a clear error instead of sled's.
 
+mod chain;
 mod codec;
+mod cursor;
 mod id;
 
 use std::fs::{File, OpenOptions};
@@ -26,6 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use mcpwatch_api::{AUDIT_SCHEMA_VERSION, AuditFilter, AuditRecord, ServerEntry};
 
+pub use mcpwatch_api::{AuditProblem as Problem, AuditVerify as VerifyReport};
 pub use codec::{DecodeError, SERVER_SCHEMA_VERSION};
 pub use id::ID_LEN;
 
@@ -122,6 +128,11 @@ struct Inner {
     db: sled::Db,
     records: sled::Tree,
     servers: sled::Tree,
+    chain: sled::Tree,
+    meta: sled::Tree,
+    /// The chain's tip; held while a record and its chain entry are written, so entries
+    /// are appended in one order with no gaps.
+    head: Mutex<chain::Point>,
     ids: id::IdGen,
     /// Number of keys in `records`, kept here because sled's `len` is a full scan.
     count: AtomicU64,
@@ -172,6 +183,19 @@ impl Store {
         check_layout(&meta, dir)?;
         let records = db.open_tree("records")?;
         let servers = db.open_tree("servers")?;
+        let chain = db.open_tree(chain::CHAIN_TREE)?;
+        let head = match meta.get(chain::META_HEAD)?.and_then(|v| chain::Point::decode(&v)) {
+            Some(h) => h,
+            // A store from before the chain existed (or a new one): the chain starts at
+            // the base, and records older than it are covered by `pruned_upto`.
+            None => {
+                let base = chain::Base { point: chain::Point::default(), pruned_upto: records.last()?.map(|(k, _)| k.to_vec()).unwrap_or_default() };
+                if meta.get(chain::META_BASE)?.is_none() {
+                    meta.insert(chain::META_BASE, base.encode())?;
+                }
+                base.point
+            }
+        };
 
         let floor = match records.last()? {
             Some((k, _)) => id::parse_id(&k).unwrap_or(0),
@@ -184,6 +208,9 @@ impl Store {
                 db,
                 records,
                 servers,
+                chain,
+                meta,
+                head: Mutex::new(head),
                 ids: id::IdGen::new(floor),
                 count: AtomicU64::new(count),
                 prune_lock: Mutex::new(()),
@@ -210,13 +237,10 @@ impl Store {
     /// A record with `schema` 0 is stored as the current [`AUDIT_SCHEMA_VERSION`].
     pub fn insert_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
         let (key, value) = self.record_kv(rec)?;
-        match self
-            .inner
-            .records
-            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
-        {
-            Ok(()) => self.key_added(),
-            Err(_) => Err(StoreError::DuplicateId { id: rec.id.clone() }),
+        match self.write_chained(&key, &value, true)? {
+            Written::Added => self.key_added(),
+            Written::Replaced => Ok(()),
+            Written::Exists => Err(StoreError::DuplicateId { id: rec.id.clone() }),
         }
     }
 
@@ -224,10 +248,46 @@ impl Store {
     /// was pruned meanwhile is stored again rather than lost.
     pub fn update_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
         let (key, value) = self.record_kv(rec)?;
-        match self.inner.records.insert(key, value)? {
-            Some(_) => Ok(()),
-            None => self.key_added(),
+        match self.write_chained(&key, &value, false)? {
+            Written::Added => self.key_added(),
+            Written::Replaced | Written::Exists => Ok(()),
         }
+    }
+
+    /// Writes a record and its chain entry in one transaction (see `chain`).
+    fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool) -> Result<Written, StoreError> {
+        use sled::Transactional as _;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        let vh = chain::value_hash(value);
+        let seq = head.seq + 1;
+        let link = chain::link(&head.link, seq, key, &vh);
+        let entry = chain::Entry { link, value_hash: vh, id: key.to_vec() }.encode();
+        let tip = chain::Point { seq, link };
+        let res = (&self.inner.records, &self.inner.chain, &self.inner.meta).transaction(|(r, c, m)| {
+            if must_be_new && r.get(key)?.is_some() {
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            let old = r.insert(key, value)?;
+            c.insert(&seq.to_be_bytes(), entry.as_slice())?;
+            m.insert(chain::META_HEAD, tip.encode())?;
+            Ok(if old.is_some() { Written::Replaced } else { Written::Added })
+        });
+        match res {
+            Ok(w) => {
+                *head = tip;
+                Ok(w)
+            }
+            Err(TransactionError::Abort(())) => Ok(Written::Exists),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Db(e)),
+        }
+    }
+
+    /// Checks every record against the hash chain (`mcpwatch audit verify`).
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        // A consistent view: no write lands between reading the chain and the records.
+        let _head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(chain::verify(&self.inner.records, &self.inner.chain, &self.inner.meta)?)
     }
 
     /// The record with this id, `None` if absent. A stored value this build cannot read
@@ -375,6 +435,7 @@ impl Store {
         let slack = (max / 64).min(MAX_PRUNE_SLACK);
         let excess = count - (max - slack);
         let mut removed = 0u64;
+        let mut last = None;
         for key in self.inner.records.iter().keys() {
             if removed >= excess {
                 break;
@@ -384,10 +445,57 @@ impl Store {
                 self.inner.count.fetch_sub(1, Ordering::Relaxed);
                 removed += 1;
             }
+            last = Some(key);
+        }
+        if let Some(last) = last {
+            self.prune_chain(&last)?;
         }
         tracing::debug!(removed, max_records = max, "pruned oldest audit records");
         Ok(removed)
     }
+
+    /// Moves the chain's base past entries retention made moot: from the front, while
+    /// the entry's record is gone or has been written again since. Records up to
+    /// `pruned_upto` (the highest id just removed) may be absent from now on.
+    fn prune_chain(&self, pruned_upto: &[u8]) -> Result<(), StoreError> {
+        let _head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = &self.inner.meta;
+        let mut base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
+        if pruned_upto > base.pruned_upto.as_slice() {
+            base.pruned_upto = pruned_upto.to_vec();
+        }
+        let mut moved = Vec::new();
+        for item in self.inner.chain.iter() {
+            let (k, v) = item?;
+            let Some(e) = chain::Entry::decode(&v) else { break };
+            let current = self.inner.records.get(&e.id)?;
+            let moot = match current {
+                None => e.id.as_slice() <= base.pruned_upto.as_slice(),
+                Some(cur) => chain::value_hash(&cur) != e.value_hash,
+            };
+            if !moot {
+                break;
+            }
+            let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            base.point = chain::Point { seq, link: e.link };
+            moved.push(k);
+        }
+        // Base first: a crash in between leaves entries below the base, which verify
+        // reads as a break; the other order would leave a base behind entries it skips.
+        meta.insert(chain::META_BASE, base.encode())?;
+        for k in moved {
+            self.inner.chain.remove(k)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a chained write did.
+enum Written {
+    Added,
+    Replaced,
+    /// `must_be_new` and the key was taken: nothing written.
+    Exists,
 }
 
 /// Unreadable values met during one read pass; reported once, not once per value.

@@ -610,3 +610,129 @@ fn layout_version_is_written_on_create() {
         Some(STORE_LAYOUT_VERSION.to_string().as_bytes())
     );
 }
+
+// ------------------------------------------------------------------ tamper evidence
+
+/// A store with `n` records, half of them completed (written twice), closed again.
+fn chained_store(dir: &Path, n: u64) -> Vec<String> {
+    let store = open(dir);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut r = rec_at(&store, 1_700_000_000_000 + i, "http://127.0.0.1:9/mcp", Some("echo"));
+        store.insert_record(&r).expect("insert");
+        if i % 2 == 0 {
+            r.status = CallStatus::Ok;
+            r.response_bytes = 7;
+            store.update_record(&r).expect("update");
+        }
+        ids.push(r.id);
+    }
+    assert!(store.verify().expect("verify").ok());
+    drop(store);
+    ids
+}
+
+/// Opens the store's sled files directly, as someone editing them behind the daemon would.
+fn raw_tree(dir: &Path, tree: &str, f: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(dir.join(DB_DIR_NAME)).expect("raw open");
+    f(&db.open_tree(tree).expect("tree"));
+    db.flush().expect("flush");
+}
+
+fn problems(dir: &Path) -> Vec<Problem> {
+    open(dir).verify().expect("verify").problems
+}
+
+#[test]
+fn verify_passes_on_an_untouched_store_across_reopen() {
+    let dir = tmp();
+    chained_store(dir.path(), 20);
+    let store = open(dir.path());
+    let report = store.verify().expect("verify");
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.records, 20);
+    assert_eq!(report.chain_entries, 30);
+    assert_eq!(report.head_seq, 30);
+    assert_eq!(report.head.len(), 64);
+}
+
+#[test]
+fn verify_names_an_edited_record() {
+    let dir = tmp();
+    let ids = chained_store(dir.path(), 10);
+    raw_tree(dir.path(), "records", |t| {
+        let v = t.get(&ids[3]).expect("get").expect("present");
+        let edited = String::from_utf8_lossy(&v).replace("python3", "innocent");
+        t.insert(&ids[3], edited.as_bytes()).expect("edit");
+    });
+    assert_eq!(problems(dir.path()), vec![Problem::Changed { id: ids[3].clone() }]);
+}
+
+#[test]
+fn verify_names_a_deleted_record_and_a_forged_one() {
+    let dir = tmp();
+    let ids = chained_store(dir.path(), 10);
+    raw_tree(dir.path(), "records", |t| {
+        let v = t.remove(&ids[5]).expect("rm").expect("present");
+        // The same bytes under a new id: never written by the daemon.
+        let forged = format!("{}9", &ids[9][..ids[9].len() - 1]);
+        t.insert(forged.as_bytes(), v).expect("forge");
+    });
+    let p = problems(dir.path());
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p.contains(&Problem::Removed { id: ids[5].clone() }), "{p:?}");
+    assert!(p.iter().any(|x| matches!(x, Problem::Unchained { .. })), "{p:?}");
+    // The first problem is the earliest record.
+    assert_eq!(p[0].position(), ids[5]);
+}
+
+#[test]
+fn verify_names_reordered_records_and_a_broken_chain() {
+    let dir = tmp();
+    let ids = chained_store(dir.path(), 10);
+    raw_tree(dir.path(), "records", |t| {
+        let a = t.get(&ids[1]).expect("get").expect("a");
+        let b = t.get(&ids[2]).expect("get").expect("b");
+        t.insert(&ids[1], b).expect("swap");
+        t.insert(&ids[2], a).expect("swap");
+    });
+    assert_eq!(
+        problems(dir.path()),
+        vec![Problem::Changed { id: ids[1].clone() }, Problem::Changed { id: ids[2].clone() }]
+    );
+
+    // Removing a chain entry (to hide a write) breaks the links.
+    let dir = tmp();
+    chained_store(dir.path(), 10);
+    raw_tree(dir.path(), "chain", |t| {
+        t.remove(4u64.to_be_bytes()).expect("rm entry");
+    });
+    let p = problems(dir.path());
+    assert!(p.iter().any(|x| matches!(x, Problem::ChainBroken { seq: 5, .. })), "{p:?}");
+}
+
+#[test]
+fn verify_survives_retention_through_the_checkpoint() {
+    let dir = tmp();
+    let store = Store::open(dir.path(), opts(64)).expect("open");
+    for i in 0..300u64 {
+        let mut r = rec_at(&store, 1_700_000_000_000 + i, "http://127.0.0.1:9/mcp", Some("echo"));
+        store.insert_record(&r).expect("insert");
+        r.status = CallStatus::Ok;
+        store.update_record(&r).expect("update");
+    }
+    let report = store.verify().expect("verify");
+    assert!(report.ok(), "{report:?}");
+    assert!(report.records <= 64);
+    // The chain shrank with the records: bounded, not one entry per write ever made.
+    assert!(report.chain_entries <= 2 * 64 + 2, "{report:?}");
+    assert_eq!(report.head_seq, 600);
+    // A record retention did not reach, deleted behind the daemon's back, is still seen.
+    let newest = store.query(&AuditFilter { limit: Some(1), ..Default::default() }).expect("q")[0].id.clone();
+    drop(store);
+    raw_tree(dir.path(), "records", |t| {
+        t.remove(newest.as_bytes()).expect("rm");
+    });
+    let p = Store::open(dir.path(), opts(64)).expect("open").verify().expect("verify").problems;
+    assert_eq!(p, vec![Problem::Removed { id: newest }]);
+}

@@ -45,8 +45,10 @@ pub struct InspectConfig {
     /// Decode base64-looking tokens (16..=4096 chars) one level and run the secret detectors on
     /// the decoded text; a hit redacts the encoded token (Kubernetes `Secret.data`). Default true.
     pub decode_base64: bool,
-    /// Salt prepended to values before hashing them for the redaction report. Without it, the
-    /// sha256 of a 9-digit SSN can be brute-forced; set it per deployment.
+    /// Salt prepended to values before hashing them for the redaction report. The daemon
+    /// hashes with its per-host secret key (HMAC-SHA256) regardless; this only matters for
+    /// offline use (`mcpwatch inspect`), where a plain sha256 of a 9-digit SSN can be
+    /// brute-forced.
     pub hash_salt: Option<String>,
 }
 

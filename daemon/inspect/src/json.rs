@@ -42,7 +42,9 @@ pub struct JsonFinding {
 pub struct RedactedValue {
     pub detector: String,
     pub pointer: String,
-    /// Lower-case hex sha256 of `hash_salt || value`.
+    /// Lower-case hex HMAC-SHA256 of `hash_salt || value` under the host key when the
+    /// inspector has one ([`Inspector::with_hash_key`], always in the daemon), else
+    /// sha256 of `hash_salt || value` (offline `mcpwatch inspect`).
     pub sha256: String,
     /// False when the detector's action is `audit` and the value was left in place.
     pub redacted: bool,
@@ -150,6 +152,11 @@ impl Inspector {
     }
 
     fn hash_value(&self, raw: &str) -> String {
+        if let Some(key) = &self.hash_key {
+            // The host key (daemon); `hash_salt`, if also set, is bound in too.
+            let salt = self.hash_salt.as_deref().unwrap_or_default();
+            return hex::encode(key.mac(&[salt.as_bytes(), raw.as_bytes()]));
+        }
         let mut h = Sha256::new();
         if let Some(salt) = &self.hash_salt {
             h.update(salt.as_bytes());

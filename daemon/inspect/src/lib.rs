@@ -17,6 +17,7 @@
 //!   `tools/list` into New / Changed / Removed events.
 //! - [`scan_throughput_fixture`]: a deterministic ~1 MB mixed tool result for `cargo xtask bench`.
 
+mod argv;
 mod config;
 mod detectors;
 mod fixture;

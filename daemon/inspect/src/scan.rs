@@ -218,6 +218,8 @@ pub struct Inspector {
     min_confidence: f32,
     decode_base64: bool,
     pub(crate) hash_salt: Option<String>,
+    /// The host's secret hash key (the daemon sets it): finding hashes are HMACs.
+    pub(crate) hash_key: Option<mcpwatch_mcp::keyed::HashKey>,
     custom: Vec<Custom>,
     pat: Patterns,
     anchors: AhoCorasick,
@@ -323,10 +325,18 @@ impl Inspector {
             min_confidence: cfg.min_confidence,
             decode_base64: cfg.decode_base64,
             hash_salt: cfg.hash_salt.clone(),
+            hash_key: None,
             custom,
             pat: Patterns::compile()?,
             anchors,
         })
+    }
+
+    /// Hash finding values with the host's secret key (HMAC-SHA256) instead of a
+    /// plain (optionally salted) sha256 that a short value can be brute-forced from.
+    pub fn with_hash_key(mut self, key: mcpwatch_mcp::keyed::HashKey) -> Inspector {
+        self.hash_key = Some(key);
+        self
     }
 
     /// Ids of the detectors that run, built-ins first.

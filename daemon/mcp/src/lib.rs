@@ -28,11 +28,12 @@
 //! let era = session::check_request(&headers, &parsed, None).expect("acceptable request");
 //! assert_eq!(era.map(|e| e.allows_batch()), Some(false));
 //!
+//! let key = mcpwatch_mcp::keyed::HashKey::new(b"per-host secret");
 //! let mut pending = Correlator::new(10_000);
 //! for m in parsed.messages() {
 //!     assert_eq!(m.target_name(), Some("read_file"));
 //!     if let Some(id) = m.id() {
-//!         let evicted = pending.insert("conn-1", id.clone(), m.args_hash());
+//!         let evicted = pending.insert("conn-1", id.clone(), m.args_hash(&key));
 //!         assert!(evicted.is_empty());
 //!     }
 //! }
@@ -51,7 +52,9 @@
 
 pub mod canonical;
 pub mod correlate;
+pub mod integrity;
 pub mod jsonrpc;
+pub mod keyed;
 pub mod legacy;
 pub mod message;
 pub mod server_info;

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::canonical::canonical_hash;
+use crate::keyed::HashKey;
 use crate::jsonrpc::{INVALID_PARAMS, Id, Message, type_name};
 
 /// Method names the proxy cares about.
@@ -141,20 +141,23 @@ impl Message {
         self.params_object()?.get("_meta")?.as_object()
     }
 
-    /// sha256 hex of the canonical JSON of [`Message::arguments`], or of the
-    /// whole `params` when there are no arguments (`null` when there are no
-    /// params). `None` for responses and errors.
-    pub fn args_hash(&self) -> Option<String> {
+    /// Keyed hash (HMAC-SHA256 under the host's `key`, hex) of the canonical JSON of
+    /// [`Message::arguments`], or of the whole `params` when there are no arguments
+    /// (`null` when there are no params). `None` for responses and errors. Keyed, so
+    /// a short secret in the arguments cannot be recovered by brute force from the
+    /// audit log; stable for one key, so calls still correlate.
+    pub fn args_hash(&self, key: &HashKey) -> Option<String> {
         if !matches!(self, Message::Request { .. } | Message::Notification { .. }) {
             return None;
         }
         let v = self.arguments().or(self.params()).unwrap_or(&Value::Null);
-        Some(canonical_hash(v))
+        Some(key.hash_json(v))
     }
 
-    /// sha256 hex of the canonical JSON of `result` (responses only).
-    pub fn result_hash(&self) -> Option<String> {
-        self.result().map(canonical_hash)
+    /// Keyed hash (as [`Message::args_hash`]) of the canonical JSON of `result`
+    /// (responses only).
+    pub fn result_hash(&self, key: &HashKey) -> Option<String> {
+        self.result().map(|r| key.hash_json(r))
     }
 
     /// The protocol version this message declares, if any:
@@ -248,6 +251,15 @@ pub fn target_field(method: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
     use crate::canonical::sha256_hex;
+    use crate::keyed::HashKey;
+
+    fn key() -> HashKey {
+        HashKey::new(b"test key")
+    }
+
+    fn sha256_hex_keyed(b: &[u8]) -> String {
+        key().hex_mac(b)
+    }
     use crate::jsonrpc::{Parsed, parse_body};
 
     fn msg(body: &str) -> Message {
@@ -265,8 +277,8 @@ mod tests {
         assert_eq!(m.target_name(), Some("read_file"));
         assert_eq!(m.arguments(), Some(&serde_json::json!({"path": "/a", "n": 1})));
         assert!(m.is_tools_call() && m.is_request() && !m.is_reply());
-        assert_eq!(m.args_hash(), Some(sha256_hex(br#"{"n":1,"path":"/a"}"#)));
-        assert_eq!(m.result_hash(), None);
+        assert_eq!(m.args_hash(&key()), Some(sha256_hex_keyed(br#"{"n":1,"path":"/a"}"#)));
+        assert_eq!(m.result_hash(&key()), None);
         assert!(m.meta().is_some_and(|x| x.contains_key("progressToken")));
         assert_eq!(m.validate_params(), Ok(()));
     }
@@ -275,18 +287,31 @@ mod tests {
     fn args_hash_ignores_key_order_and_falls_back_to_params() {
         let a = msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1,"b":[1,2]}}}"#);
         let b = msg(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{"b":[1,2],"a":1},"name":"t"}}"#);
-        assert_eq!(a.args_hash(), b.args_hash());
+        assert_eq!(a.args_hash(&key()), b.args_hash(&key()));
         let c = msg(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{"b":[2,1],"a":1},"name":"t"}}"#);
-        assert_ne!(a.args_hash(), c.args_hash());
+        assert_ne!(a.args_hash(&key()), c.args_hash(&key()));
         let r = msg(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#);
-        assert_eq!(r.args_hash(), Some(sha256_hex(br#"{"uri":"file:///x"}"#)));
+        assert_eq!(r.args_hash(&key()), Some(sha256_hex_keyed(br#"{"uri":"file:///x"}"#)));
         assert_eq!(r.target_name(), Some("file:///x"));
         assert_eq!(r.arguments(), None);
         let n = msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
-        assert_eq!(n.args_hash(), Some(sha256_hex(b"null")));
+        assert_eq!(n.args_hash(&key()), Some(sha256_hex_keyed(b"null")));
         let resp = msg(r#"{"jsonrpc":"2.0","id":1,"result":{"b":1,"a":2}}"#);
-        assert_eq!(resp.args_hash(), None);
-        assert_eq!(resp.result_hash(), Some(sha256_hex(br#"{"a":2,"b":1}"#)));
+        assert_eq!(resp.args_hash(&key()), None);
+        assert_eq!(resp.result_hash(&key()), Some(sha256_hex_keyed(br#"{"a":2,"b":1}"#)));
+    }
+
+    #[test]
+    fn args_hash_is_keyed_not_plain_sha256() {
+        // A 9-digit SSN: with a plain sha256 the hash alone gives it away in seconds.
+        let m = msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"ssn":"123456789"}}}"#);
+        let plain = sha256_hex(br#"{"ssn":"123456789"}"#);
+        let a = m.args_hash(&HashKey::new(b"host a")).unwrap();
+        let b = m.args_hash(&HashKey::new(b"host b")).unwrap();
+        assert_ne!(a, plain);
+        assert_ne!(a, b, "another host's key gives another hash");
+        assert_eq!(m.args_hash(&HashKey::new(b"host a")).unwrap(), a, "stable for one key");
+        assert_eq!(a.len(), 64);
     }
 
     #[test]

@@ -295,7 +295,8 @@ fn no_case_input_panics_any_parser() {
         for m in parsed.messages() {
             valid += 1;
             let _ = (m.method(), m.id().map(ToString::to_string), m.target_name(), m.arguments());
-            let _ = (m.args_hash(), m.result_hash(), m.validate_params(), m.declared_protocol_version(), m.to_json());
+            let key = mcpwatch_mcp::keyed::HashKey::new(b"k");
+            let _ = (m.args_hash(&key), m.result_hash(&key), m.validate_params(), m.declared_protocol_version(), m.to_json());
             if let Some(r) = m.result() {
                 let _ = (server_info::server_info(r), server_info::tools_list(r));
             }

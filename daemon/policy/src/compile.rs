@@ -19,7 +19,7 @@ use crate::matcher::{
     norm_path,
 };
 use crate::model::{
-    InspectSettings,
+    InspectSettings, Approver,
     AgentDef, DefaultAction, Policy, RateDef, RuleAction, RuleDef, ServerDef, ServerStatus,
     ShadowAction,
 };
@@ -173,8 +173,19 @@ impl Compiler<'_> {
             }
         };
 
+        let mut approvers = Vec::new();
+        if let Some(a) = raw.approvals.as_ref().and_then(|a| a.approvers.as_ref()) {
+            if a.get_ref().is_empty() {
+                return Err(self.err(a.span(), "`approvers` is empty: name at least one approver, or remove the key"));
+            }
+            for s in a.get_ref() {
+                approvers.push(Approver::parse(s.get_ref()).map_err(|e| self.err(s.span(), format!("[approvals] approvers: {e}")))?);
+            }
+        }
+
         Ok(Policy {
             file: self.file.to_string(),
+            approvers,
             inspect,
             mode: raw.mode,
             shadow: raw.shadow.unwrap_or(ShadowAction::Alert),
@@ -690,6 +701,7 @@ impl Compiler<'_> {
             pointer: ptr.clone(),
             regex,
             negate,
+            form: c.form.unwrap_or_default(),
         })
     }
 }

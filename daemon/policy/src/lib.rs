@@ -13,6 +13,8 @@
 //!   filters `tools/list` results per caller.
 //! - [`RateLimiter`] is the mutable rate-limit state, owned by the caller and kept
 //!   across reloads; [`RateLimiter::apply`] folds it into a decision.
+//! - [`normalize_path`] is the lexical path normaliser argument conditions match
+//!   against (pure and total; fuzzed).
 //! - [`approval_key`] binds a human approval to one exact call.
 
 mod approval;
@@ -21,6 +23,7 @@ mod error;
 mod eval;
 mod matcher;
 mod model;
+mod path;
 mod rate;
 mod raw;
 
@@ -29,8 +32,9 @@ pub use compile::{DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES, parse};
 pub use error::PolicyError;
 pub use eval::{Call, Subject, Target};
 pub use model::{
-    Action, AgentDef, Decision, DefaultAction, Effect, InspectSettings, MinSeverity, Mode, Per,
+    Action, AgentDef, Approver, ConditionForm, Decision, DefaultAction, Effect, InspectSettings, MinSeverity, Mode, Per,
     PinAction, PoisonAction, Policy, RateScope, RateSpec, RuleAction, RuleDef, ServerDef,
     ServerStatus, ShadowAction,
 };
+pub use path::normalize_path;
 pub use rate::{DEFAULT_MAX_KEYS, RateLimiter, RateResult};

@@ -300,6 +300,8 @@ pub(crate) struct Condition {
     pub regex: Regex,
     /// `not_matches`: the condition holds when the regex does NOT match.
     pub negate: bool,
+    /// Strings as sent, or lexically normalised paths (the default).
+    pub form: crate::model::ConditionForm,
 }
 
 impl Condition {
@@ -307,20 +309,24 @@ impl Condition {
     pub(crate) fn holds(&self, args: Option<&Value>) -> bool {
         let hit = args
             .and_then(|a| a.pointer(&self.pointer))
-            .is_some_and(|v| value_matches(&self.regex, v));
+            .is_some_and(|v| value_matches(&self.regex, v, self.form));
         hit != self.negate
     }
 }
 
-/// Strings are matched as they are; numbers, booleans and null by their JSON text;
+/// Strings are matched in `form` (normalised by [`crate::normalize_path`] unless
+/// `raw`); numbers, booleans and null by their JSON text;
 /// arrays and objects match when any value inside them does (keys are not searched).
 /// Iterative and linear in the size of a value that is already in memory, so a deep or
 /// wide argument costs no more to judge than it cost to parse.
-fn value_matches(re: &Regex, v: &Value) -> bool {
+fn value_matches(re: &Regex, v: &Value, form: crate::model::ConditionForm) -> bool {
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
         let hit = match v {
-            Value::String(s) => re.is_match(s),
+            Value::String(s) => match form {
+                crate::model::ConditionForm::Raw => re.is_match(s),
+                crate::model::ConditionForm::Normalized => re.is_match(&crate::path::normalize_path(s)),
+            },
             Value::Number(n) => re.is_match(&n.to_string()),
             Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
             Value::Null => re.is_match("null"),

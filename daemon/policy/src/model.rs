@@ -359,6 +359,63 @@ pub enum PinAction {
     Block,
 }
 
+/// Which form of a string argument a `[[rule.when]]` condition matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionForm {
+    /// Lexically normalised (`.`/`..` resolved, `//` collapsed; see
+    /// [`crate::normalize_path`]). The default.
+    #[default]
+    Normalized,
+    /// Exactly as the client sent it.
+    Raw,
+}
+
+/// Who may answer a held call (`[approvals] approvers`): `uid:N`, `user:NAME`,
+/// `group:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approver {
+    Uid(u32),
+    User(String),
+    Group(String),
+}
+
+impl Approver {
+    /// Parse `uid:1000`, `user:alice`, `group:secops`.
+    pub fn parse(s: &str) -> Result<Approver, String> {
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+        };
+        match s.split_once(':') {
+            Some(("uid", n)) => n.parse::<u32>().map(Approver::Uid).map_err(|_| format!("`{s}`: uid must be a number, e.g. \"uid:1000\"")),
+            Some(("user", n)) if name_ok(n) => Ok(Approver::User(n.to_string())),
+            Some(("group", n)) if name_ok(n) => Ok(Approver::Group(n.to_string())),
+            Some(("user" | "group", _)) => Err(format!("`{s}`: invalid user or group name")),
+            _ => Err(format!("`{s}`: an approver is \"uid:N\", \"user:NAME\" or \"group:NAME\"")),
+        }
+    }
+
+    /// Does this entry name the identity? `groups` are the names of the primary and
+    /// supplementary groups.
+    pub fn names(&self, uid: u32, user: Option<&str>, groups: &[String]) -> bool {
+        match self {
+            Approver::Uid(u) => *u == uid,
+            Approver::User(n) => user == Some(n.as_str()),
+            Approver::Group(g) => groups.iter().any(|x| x == g),
+        }
+    }
+}
+
+impl std::fmt::Display for Approver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Approver::Uid(u) => write!(f, "uid:{u}"),
+            Approver::User(n) => write!(f, "user:{n}"),
+            Approver::Group(g) => write!(f, "group:{g}"),
+        }
+    }
+}
+
 /// The `[inspect]` settings of a policy.
 #[derive(Debug, Clone)]
 pub struct InspectSettings {
@@ -389,6 +446,9 @@ pub struct Policy {
     pub(crate) shadow: ShadowAction,
     pub(crate) default: DefaultAction,
     pub(crate) approval_timeout: Duration,
+    /// `[approvals] approvers`; empty: anyone the control socket admits, except the
+    /// caller itself and processes inside the watched cgroup.
+    pub(crate) approvers: Vec<Approver>,
     pub(crate) contact: Option<String>,
     pub(crate) servers: Vec<ServerDef>,
     pub(crate) agents: Vec<AgentDef>,
@@ -423,6 +483,12 @@ impl Policy {
     /// How long a `require_approval` call is held before it is denied (default 50 s).
     pub fn approval_timeout(&self) -> Duration {
         self.approval_timeout
+    }
+
+    /// `[approvals] approvers`: who may approve held calls (empty: not restricted by the
+    /// policy; the daemon still refuses self-approval).
+    pub fn approvers(&self) -> &[Approver] {
+        &self.approvers
     }
 
     /// Who to ask for access (`contact = "..."`), if set.

@@ -26,8 +26,16 @@ pub(crate) struct RawPolicy {
     pub agent: Vec<RawAgent>,
     #[serde(default)]
     pub rule: Vec<RawRule>,
+    pub approvals: Option<RawApprovals>,
     // Not `Spanned`: toml cannot span a table created implicitly by `[inspect.detectors]`.
     pub inspect: Option<RawInspect>,
+}
+
+/// `[approvals]`: who may answer held calls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApprovals {
+    pub approvers: Option<SList>,
 }
 
 /// `[inspect]`: content inspection (detectors, tool poisoning, tool pinning).
@@ -101,6 +109,8 @@ pub(crate) struct RawCondition {
     pub pointer: Spanned<String>,
     pub matches: Option<Spanned<String>>,
     pub not_matches: Option<Spanned<String>>,
+    /// `normalized` (default) or `raw`.
+    pub form: Option<crate::model::ConditionForm>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1688,6 +1688,27 @@ pointer = "/path"
 matches = '(^|[/\\])\.\.([/\\]|$)'
 
 [[rule]]
+id = "no-traversal-raw"
+tools = ["read_file", "write_file"]
+action = "deny"
+[[rule.when]]
+pointer = "/path"
+form = "raw"
+matches = '(^|[/\\])\.\.([/\\]|$)'
+
+[[rule]]
+id = "outside-project"
+tools = ["read_file", "write_file"]
+action = "deny"
+message = "outside the project root"
+[[rule.when]]
+pointer = "/path"
+matches = '^/'
+[[rule.when]]
+pointer = "/path"
+not_matches = '^/home/alice/project(/|$)'
+
+[[rule]]
 id = "no-secrets-paths"
 tools = ["read_file"]
 action = "deny"
@@ -1869,7 +1890,8 @@ fn threat_case(id: &str, case: &Value) -> Option<String> {
             "agent:support",
         ),
         "INJ-007" => block_all(&inj, None, FILES, "no-shell-substitution"),
-        "TR-001" => block_all(&paths, None, FILES, "no-traversal"),
+        "TR-001" => block_all(&paths, None, FILES, "outside-project")
+            .or_else(|| block_all(&paths, None, FILES, "no-traversal-raw")),
         "TR-002" => block_all(&paths, None, FILES, "no-secrets-paths"),
         "TR-004" => block_all(&paths, None, FILES, "resource-uri"),
         "TR-005" => {
@@ -2097,4 +2119,102 @@ fn inspect_table_parses_and_typos_in_it_are_positioned() {
     let e = mcpwatch_policy::parse("version = 1\nmode = \"enforce\"\n[inspect.detectors]\nenabled = [\"pii.emial\"]\n", "p.toml").unwrap_err();
     assert_eq!(e.line, 3, "{}", e.render());
     assert!(e.message.contains("pii.emial"), "{}", e.render());
+}
+
+// ------------------------------------------------------------------ path normalisation
+
+const NORMALISED: &str = r#"
+version = 1
+mode = "enforce"
+[[rule]]
+id = "no-dotdot"
+tools = ["read_file"]
+action = "deny"
+[[rule.when]]
+pointer = "/path"
+matches = '(^|/)\.\.(/|$)'
+
+[[rule]]
+id = "no-etc"
+tools = ["read_file"]
+action = "deny"
+[[rule.when]]
+pointer = "/path"
+matches = '^/etc(/|$)'
+
+[[rule]]
+id = "no-dotdot-raw"
+tools = ["write_file"]
+action = "deny"
+[[rule.when]]
+pointer = "/path"
+form = "raw"
+matches = '(^|/)\.\.(/|$)'
+
+[[rule]]
+id = "no-etc-uri"
+methods = ["resources/read"]
+action = "deny"
+[[rule.when]]
+pointer = "/uri"
+matches = '^file:///etc(/|$)'
+"#;
+
+#[test]
+fn path_conditions_match_the_normalised_path() {
+    let p = pol(NORMALISED);
+    let d = |tool: &str, path: &str| call(&p, None, FILES, tool, json!({ "path": path }));
+    // Lexically inside the directory: a rule against `..` does not fire.
+    let ok = d("read_file", "docs/../README.md");
+    assert_eq!(ok.effective, Effect::Forward, "{ok:?}");
+    // An escape above a relative root stays visible.
+    let esc = d("read_file", "docs/../../secret");
+    assert_eq!((esc.effective, esc.matched_rules.clone()), (Effect::Block, vec!["no-dotdot".to_string()]));
+    // `/tmp/../etc` is `/etc`; so are `//etc` and `/./etc`.
+    for path in ["/tmp/../etc/passwd", "//etc/passwd", "/./etc/shadow", "/../etc/hosts", "/etc"] {
+        let b = d("read_file", path);
+        assert_eq!(b.effective, Effect::Block, "{path}: {b:?}");
+        assert!(b.matched_rules.contains(&"no-etc".to_string()), "{path}: {b:?}");
+    }
+    // Nested values are normalised too.
+    let nested = call(&p, None, FILES, "read_file", json!({ "path": ["a", "/var/../etc/passwd"] }));
+    assert_eq!(nested.effective, Effect::Block, "array elements are normalised and matched: {nested:?}");
+    // `form = "raw"` matches the string as sent.
+    let raw = d("write_file", "docs/../README.md");
+    assert_eq!(raw.effective, Effect::Block, "{raw:?}");
+    // URLs: only the path part is normalised.
+    let uri = mcpwatch_policy::Call { method: "resources/read", name: Some("file:///tmp/../etc/passwd"), arguments: Some(&json!({"uri": "file:///tmp/../etc/passwd"})) };
+    let target = mcpwatch_policy::Target { endpoint: FILES, host: "127.0.0.2", port: 8765, path: "/mcp" };
+    let u = p.evaluate(&mcpwatch_policy::Subject { process: None }, &target, &uri);
+    assert_eq!(u.effective, Effect::Block, "{u:?}");
+}
+
+#[test]
+fn condition_form_is_checked() {
+    let src = NORMALISED.replace("form = \"raw\"", "form = \"lexical\"");
+    let e = err(&src);
+    assert!(e.render().contains("lexical"), "{}", e.render());
+}
+
+#[test]
+fn approvers_parse_and_reject_typos() {
+    let p = pol("version = 1\nmode = \"enforce\"\n[approvals]\napprovers = [\"uid:1000\", \"user:alice\", \"group:secops\"]\n");
+    use mcpwatch_policy::Approver;
+    assert_eq!(p.approvers(), &[Approver::Uid(1000), Approver::User("alice".into()), Approver::Group("secops".into())]);
+    assert!(p.approvers()[0].names(1000, None, &[]));
+    assert!(!p.approvers()[0].names(1001, Some("alice"), &[]));
+    assert!(p.approvers()[1].names(5, Some("alice"), &[]));
+    assert!(p.approvers()[2].names(5, None, &["users".into(), "secops".into()]));
+    assert!(pol("version = 1\nmode = \"enforce\"\n").approvers().is_empty());
+    for (bad, want) in [
+        ("approvers = [\"alice\"]", "uid:N"),
+        ("approvers = [\"uid:alice\"]", "must be a number"),
+        ("approvers = [\"user:\"]", "invalid user"),
+        ("approvers = []", "empty"),
+        ("approver = [\"uid:0\"]", "unknown key `approver`"),
+    ] {
+        let e = err(&format!("version = 1\nmode = \"enforce\"\n[approvals]\n{bad}\n"));
+        assert!(e.render().contains(want), "{bad}: {}", e.render());
+        assert!(e.render().contains(":4:"), "{bad}: position: {}", e.render());
+    }
 }

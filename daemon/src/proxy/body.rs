@@ -30,13 +30,29 @@ pub fn incoming(b: Incoming) -> Body {
 pub enum Collected {
     Complete(Bytes),
     /// Over the limit: what was read so far and the unread rest, to forward unchanged.
-    TooLarge(Body),
+    /// `json_like`: the part read could begin a JSON document
+    /// ([`mcpwatch_mcp::integrity::may_be_json`]).
+    TooLarge { rest: Body, json_like: bool },
+    /// Reading stopped early because the first bytes cannot begin JSON: what was read
+    /// and the unread rest, to stream on unchanged.
+    NotJson(Body),
     /// The client's body broke off (connection closed, bad chunking): what arrived.
     Truncated { partial: Bytes, error: String },
     TimedOut { partial: Bytes },
 }
 
-pub async fn collect(mut body: Incoming, limit: usize, deadline: Duration) -> Collected {
+pub async fn collect(body: Incoming, limit: usize, deadline: Duration) -> Collected {
+    collect_with(body, limit, deadline, false).await
+}
+
+/// [`collect`], but stop as soon as the first bytes show the body cannot be JSON
+/// (`stop_if_not_json`): such a body (an upload, a form) streams on undelayed.
+pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, stop_if_not_json: bool) -> Collected {
+    enum Stop {
+        Over,
+        NotJson,
+        Failed(String),
+    }
     let mut buf = BytesMut::new();
     let read = async {
         loop {
@@ -46,19 +62,26 @@ pub async fn collect(mut body: Incoming, limit: usize, deadline: Duration) -> Co
                     if let Ok(data) = frame.into_data() {
                         buf.extend_from_slice(&data);
                         if buf.len() > limit {
-                            return Some(Ok(()));
+                            return Some(Stop::Over);
+                        }
+                        if stop_if_not_json && !mcpwatch_mcp::integrity::may_be_json(&buf) {
+                            return Some(Stop::NotJson);
                         }
                     }
                 }
-                Some(Err(e)) => return Some(Err(e.to_string())),
+                Some(Err(e)) => return Some(Stop::Failed(e.to_string())),
             }
         }
     };
     match tokio::time::timeout(deadline, read).await {
         Err(_) => Collected::TimedOut { partial: buf.freeze() },
         Ok(None) => Collected::Complete(buf.freeze()),
-        Ok(Some(Err(error))) => Collected::Truncated { partial: buf.freeze(), error },
-        Ok(Some(Ok(()))) => Collected::TooLarge(Prefixed { prefix: Some(buf.freeze()), rest: body }.boxed_unsync()),
+        Ok(Some(Stop::Failed(error))) => Collected::Truncated { partial: buf.freeze(), error },
+        Ok(Some(Stop::Over)) => {
+            let json_like = mcpwatch_mcp::integrity::may_be_json(&buf);
+            Collected::TooLarge { rest: Prefixed { prefix: Some(buf.freeze()), rest: body }.boxed_unsync(), json_like }
+        }
+        Ok(Some(Stop::NotJson)) => Collected::NotJson(Prefixed { prefix: Some(buf.freeze()), rest: body }.boxed_unsync()),
     }
 }
 

@@ -21,18 +21,20 @@ use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, Endpoint, FindingCount, MessageKind, AUDIT_SCHEMA_VERSION};
+use mcpwatch_mcp::integrity::{self, BodyShape};
 use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
 use mcpwatch_policy::{Call, Effect, Mode, PinAction, Subject};
 
 use super::body::{self, Body, Collected};
 use super::conn::ConnCtx;
+use super::auth::HostFit;
 use super::http::{local_response, SharedUpstream};
 use super::responses;
 use crate::approvals::Verdict;
 use crate::failure::{self, Failure, OnFailure};
 use crate::governance::Loaded;
 use crate::inventory::Sighting;
-use crate::session::Pending;
+use crate::session::{IdFate, Pending};
 use crate::state::{now_ms, Counters, Shared};
 
 pub const H_SESSION: &str = "mcp-session-id";
@@ -72,69 +74,25 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return resp;
     }
 
-    // A browser page can POST text/plain cross-origin without a preflight: an MCP
-    // message in such a body is a CSRF attempt against a local server.
-    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    if parts.method == Method::POST && super::auth::is_cors_simple(&content_type) {
-        let limits = &shared.config.limits;
-        let bytes = match body::collect(body, limits.max_body_bytes, limits.body_timeout).await {
-            Collected::Complete(b) => b,
-            Collected::TooLarge(rest) => {
-                return forward(&up, Request::from_parts(parts, rest)).await.map_or_else(gateway_error, |r| r.map(body::incoming));
-            }
-            Collected::Truncated { .. } | Collected::TimedOut { .. } => {
-                return local_response(StatusCode::BAD_REQUEST, "text/plain", "mcpwatch: request body incomplete\n");
-            }
-        };
-        let is_mcp = jsonrpc::parse_body(&bytes).messages().any(|m| m.method().is_some_and(is_mcp_method));
-        if is_mcp {
-            let origin = parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("(none)");
-            let msg = format!("mcpwatch: MCP message with Content-Type `{content_type}` from origin {origin} refused (cross-site request forgery); MCP requires application/json");
-            tracing::warn!(peer = %ctx.peer, "{msg}");
-            let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, bytes.len() as u64);
-            rec.alerts.push(format!("CSRF attempt: MCP message sent as {content_type} from origin {origin}"));
-            write_closed(&shared, rec, CallStatus::TransportError { reason: "415 unsupported media type (CSRF)".into() });
-            return local_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain", format!("{msg}\n"));
+    // A session id belongs to the process that opened the session.
+    if let Some(resp) = check_session_owner(&shared, &scope) {
+        return resp;
+    }
+
+    if has_body(&parts.headers) {
+        return with_body(shared, scope, up, parts, body).await;
+    }
+
+    // Requests without a body toward an MCP server (or opening an SSE stream): their
+    // Host and Origin must fit the real destination.
+    let wants_sse = parts.method == Method::GET && accepts_sse(&parts.headers);
+    if wants_sse || scope.evidence(&shared, &parts.headers).is_some() {
+        if let Some(refused) = guard_host(&shared, &scope, &parts) {
+            return refused;
         }
-        return forward(&up, Request::from_parts(parts, body::full(bytes))).await.map_or_else(gateway_error, |r| r.map(body::incoming));
     }
-
-    if parts.method == Method::POST && (is_json(&parts.headers) || has_mcp_headers(&parts.headers)) {
-        let limits = &shared.config.limits;
-        return match body::collect(body, limits.max_body_bytes, limits.body_timeout).await {
-            Collected::Complete(bytes) => post(shared, scope, up, parts, bytes).await,
-            Collected::TooLarge(rest) => {
-                if scope.looks_mcp(&shared, &parts.headers) {
-                    let msg = format!(
-                        "mcpwatch: request body exceeds the inspection limit of {} bytes (limits.max_body_bytes)",
-                        limits.max_body_bytes
-                    );
-                    scope.record_invalid(&shared, 0, &msg, CallStatus::TransportError { reason: "413 request too large".into() });
-                    rpc_error_response(StatusCode::PAYLOAD_TOO_LARGE, None, jsonrpc::INVALID_REQUEST, &msg)
-                } else {
-                    forward(&up, Request::from_parts(parts, rest)).await.map_or_else(gateway_error, |r| r.map(body::incoming))
-                }
-            }
-            Collected::Truncated { partial, error } => {
-                let msg = format!("mcpwatch: request body ended early: {error}");
-                if scope.looks_mcp(&shared, &parts.headers) || partial.first().is_some_and(|b| *b == b'{' || *b == b'[') {
-                    scope.record_invalid(&shared, partial.len() as u64, &msg, CallStatus::TransportError { reason: "client body truncated".into() });
-                }
-                local_response(StatusCode::BAD_REQUEST, "text/plain", msg)
-            }
-            Collected::TimedOut { partial } => {
-                let msg = format!("mcpwatch: request body not received within {:?}", limits.body_timeout);
-                if scope.looks_mcp(&shared, &parts.headers) {
-                    scope.record_invalid(&shared, partial.len() as u64, &msg, CallStatus::TransportError { reason: "client body timeout".into() });
-                }
-                local_response(StatusCode::REQUEST_TIMEOUT, "text/plain", msg)
-            }
-        };
-    }
-
     let oauth_metadata = parts.method == Method::GET && super::auth::is_oauth_metadata_path(parts.uri.path());
     let is_delete_session = parts.method == Method::DELETE && parts.headers.contains_key(H_SESSION);
-    let wants_sse = parts.method == Method::GET && accepts_sse(&parts.headers);
     let req = Request::from_parts(parts, body::incoming(body));
     let resp = match forward(&up, req).await {
         Ok(r) => r,
@@ -155,6 +113,217 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return responses::observe_stream(shared, scope, resp);
     }
     resp.map(body::incoming)
+}
+
+/// A request with a body. A body that is MCP is governed (or refused) whatever its
+/// Content-Type and HTTP method; one that cannot be inspected is not streamed to an MCP
+/// server uninspected. See docs/protocols.md, "What mcpwatch takes for MCP".
+async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Parts, body: Incoming) -> Response<Body> {
+    let limits = &shared.config.limits;
+    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let json_post = parts.method == Method::POST && is_json(&parts.headers);
+    let evidence = scope.evidence(&shared, &parts.headers);
+    let exact = evidence.is_some_and(Evidence::is_exact);
+    // A compressed body cannot be inspected, and servers inflate it before parsing
+    // (Express' `express.json()` does by default): MCP must arrive as plain JSON.
+    let encoding = parts.headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim).unwrap_or_default();
+    if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") && (json_post || exact) {
+        let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip_path(encoding));
+        if scope.enforce(&shared) {
+            return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires an unencoded application/json body"));
+        }
+        scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
+        return forward_incoming(&up, Request::from_parts(parts, body::incoming(body))).await;
+    }
+    // JSON, or toward an MCP endpoint: read it all. Otherwise stop at the first byte
+    // that cannot begin JSON (uploads and forms stream on undelayed).
+    let stop_early = !(json_post || exact);
+    match body::collect_with(body, limits.max_body_bytes, limits.body_timeout, stop_early).await {
+        Collected::Complete(bytes) => complete_body(shared, scope, up, parts, bytes, &content_type, evidence).await,
+        Collected::NotJson(rest) => {
+            if evidence.is_some() {
+                if let Some(refused) = guard_host(&shared, &scope, &parts) {
+                    return refused;
+                }
+            }
+            forward_incoming(&up, Request::from_parts(parts, rest)).await
+        }
+        Collected::TooLarge { rest, json_like } => {
+            let msg = format!("mcpwatch: request body exceeds the inspection limit of {} bytes (limits.max_body_bytes)", limits.max_body_bytes);
+            if exact {
+                scope.record_invalid(&shared, 0, &msg, CallStatus::TransportError { reason: "413 request too large".into() });
+                return rpc_error_response(StatusCode::PAYLOAD_TOO_LARGE, None, jsonrpc::INVALID_REQUEST, &msg);
+            }
+            if json_like || json_post {
+                // It may be an MCP message padded past the limit toward a server
+                // mcpwatch has not seen: not inspectable, so not forwarded in enforce.
+                let alert = format!("request body larger than limits.max_body_bytes ({} bytes) that may be JSON, toward a server not known as MCP", limits.max_body_bytes);
+                if scope.enforce(&shared) {
+                    return scope.refuse(&shared, StatusCode::PAYLOAD_TOO_LARGE, alert, &msg);
+                }
+                scope.alert_forwarded(&shared, format!("{alert}; forwarded uninspected (not enforce mode)"));
+            }
+            if evidence.is_some() {
+                if let Some(refused) = guard_host(&shared, &scope, &parts) {
+                    return refused;
+                }
+            }
+            forward_incoming(&up, Request::from_parts(parts, rest)).await
+        }
+        Collected::Truncated { partial, error } => {
+            let msg = format!("mcpwatch: request body ended early: {error}");
+            if exact || partial.first().is_some_and(|b| *b == b'{' || *b == b'[') {
+                scope.record_invalid(&shared, partial.len() as u64, &msg, CallStatus::TransportError { reason: "client body truncated".into() });
+            }
+            local_response(StatusCode::BAD_REQUEST, "text/plain", msg)
+        }
+        Collected::TimedOut { partial } => {
+            let msg = format!("mcpwatch: request body not received within {:?}", limits.body_timeout);
+            if exact {
+                scope.record_invalid(&shared, partial.len() as u64, &msg, CallStatus::TransportError { reason: "client body timeout".into() });
+            }
+            local_response(StatusCode::REQUEST_TIMEOUT, "text/plain", msg)
+        }
+    }
+}
+
+/// A complete request body, read within the limit.
+async fn complete_body(
+    shared: Arc<Shared>,
+    scope: Scope,
+    up: SharedUpstream,
+    parts: Parts,
+    bytes: Bytes,
+    content_type: &str,
+    evidence: Option<Evidence>,
+) -> Response<Body> {
+    if parts.method == Method::POST && is_json(&parts.headers) {
+        return post(shared, scope, up, parts, bytes, None).await;
+    }
+    let shape = integrity::body_shape(&bytes);
+    let disguised = shape.is_mcp() || (shape == BodyShape::JsonRpc && evidence.is_some());
+    if disguised {
+        // A browser page can POST text/plain cross-origin without a preflight: an MCP
+        // message in such a body is a CSRF attempt against a local server (any mode).
+        if parts.method == Method::POST && super::auth::is_cors_simple(content_type) {
+            let origin = parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("(none)");
+            let msg = format!("mcpwatch: MCP message with Content-Type `{content_type}` from origin {origin} refused (cross-site request forgery); MCP requires application/json");
+            tracing::warn!(peer = %scope.ctx.peer, "{msg}");
+            let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, bytes.len() as u64);
+            rec.alerts.push(format!("CSRF attempt: MCP message sent as {content_type} from origin {origin}"));
+            write_closed(&shared, rec, CallStatus::TransportError { reason: "415 unsupported media type (CSRF)".into() });
+            return local_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain", format!("{msg}\n"));
+        }
+        let (status, why) = if parts.method == Method::POST {
+            let ct = if content_type.is_empty() { "(none)" } else { content_type };
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("MCP message sent with Content-Type {ct}, not application/json"))
+        } else {
+            (StatusCode::METHOD_NOT_ALLOWED, format!("MCP message sent with HTTP {}, not POST", parts.method))
+        };
+        if scope.enforce(&shared) {
+            return scope.refuse(&shared, status, why.clone(), &format!("mcpwatch: {why}; not forwarded"));
+        }
+        return post(shared, scope, up, parts, bytes, Some(why)).await;
+    }
+    if parts.method == Method::POST && evidence.is_some_and(Evidence::is_seen_endpoint) {
+        let ct = if content_type.is_empty() { "(none)" } else { content_type };
+        let why = format!("body that is not a JSON-RPC message (Content-Type {ct}) toward a known MCP endpoint");
+        if scope.enforce(&shared) {
+            return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; not forwarded"));
+        }
+        scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
+    }
+    if evidence.is_some() {
+        if let Some(refused) = guard_host(&shared, &scope, &parts) {
+            return refused;
+        }
+    }
+    forward_incoming(&up, Request::from_parts(parts, body::full(bytes))).await
+}
+
+async fn forward_incoming(up: &SharedUpstream, req: Request<Body>) -> Response<Body> {
+    forward(up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming))
+}
+
+/// Refuse (enforce) or alert on a request whose Host/Origin does not fit its real
+/// destination. Returns the refusal, or `None` to go on.
+fn guard_host(shared: &Shared, scope: &Scope, parts: &Parts) -> Option<Response<Body>> {
+    let header = |n: http::header::HeaderName| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let fit = super::auth::host_fit(scope.ctx.origin.dst.ip(), header(HOST), header(http::header::ORIGIN), super::auth::local_names());
+    if fit == HostFit::Fits {
+        return None;
+    }
+    tracing::warn!(peer = %scope.ctx.peer, dst = %scope.ctx.origin.dst, "{fit}");
+    let alert = format!("{fit}: {} {}", parts.method, clip_path(&scope.path_and_query));
+    if scope.enforce(shared) {
+        return Some(scope.refuse(shared, StatusCode::FORBIDDEN, alert, &format!("mcpwatch: {fit}; refused")));
+    }
+    scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
+    None
+}
+
+fn clip_path(p: &str) -> String {
+    let mut c: String = p.chars().take(200).collect();
+    if p.chars().count() > 200 {
+        c.push('…');
+    }
+    c
+}
+
+/// A request presenting a session id that another process opened: refused in enforce
+/// mode (403), alerted otherwise. Sessions mcpwatch did not see opened are not judged.
+fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>> {
+    let process = scope.ctx.origin.process.as_deref()?;
+    // Mcp-Session-Id, the legacy route's session, or a legacy `sessionId` query sent
+    // with another Host (which finds no route).
+    let session = scope.session_id.clone().or_else(|| legacy_session_param(&scope.path_and_query))?;
+    let owner = shared.sessions.session_owner(&scope.ctx.origin.dst.to_string(), &session)?;
+    let me = crate::session::Owner::of(process);
+    if owner.same_process(&me) {
+        return None;
+    }
+    let session = session.as_str();
+    let alert = format!("session {} was opened by {} but presented by {} (session hijack)", clip_path(session), owner.label(), me.label());
+    tracing::warn!(peer = %scope.ctx.peer, "{alert}");
+    if scope.enforce(shared) {
+        return Some(scope.refuse(shared, StatusCode::FORBIDDEN, alert, "mcpwatch: this MCP session belongs to another process; refused"));
+    }
+    scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
+    None
+}
+
+/// The `sessionId` (or `session_id`) query parameter of a legacy HTTP+SSE message URL.
+pub fn legacy_session_param(path_and_query: &str) -> Option<String> {
+    let query = path_and_query.split_once('?')?.1;
+    query.split('&').find_map(|kv| match kv.split_once('=') {
+        Some(("sessionId" | "session_id", v)) if !v.is_empty() => Some(v.to_string()),
+        _ => None,
+    })
+}
+
+/// Why a request is taken to be addressed to an MCP server before its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Evidence {
+    /// MCP headers (Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method).
+    Headers,
+    /// A legacy HTTP+SSE message route announced by the server.
+    Legacy,
+    /// This endpoint (or this path at this socket address) carried MCP before.
+    Endpoint,
+    /// This socket address carried MCP before, on another path.
+    Server,
+}
+
+impl Evidence {
+    /// Evidence about this very endpoint, not just the server.
+    fn is_exact(self) -> bool {
+        !matches!(self, Evidence::Server)
+    }
+
+    /// Seen carrying MCP (not merely claimed by the request's own headers).
+    fn is_seen_endpoint(self) -> bool {
+        matches!(self, Evidence::Legacy | Evidence::Endpoint)
+    }
 }
 
 /// The server an exchange is addressed to, as the policy matches it.
@@ -249,9 +418,44 @@ impl Scope {
         TargetOwned { endpoint: self.endpoint.clone(), host, port, path }
     }
 
-    /// Does a request to this scope look like MCP before its body is understood?
-    fn looks_mcp(&self, shared: &Shared, headers: &HeaderMap) -> bool {
-        self.legacy || has_mcp_headers(headers) || shared.inventory.contains(&self.endpoint)
+    /// What says this request goes to an MCP server, before its body is understood.
+    /// Known endpoints are looked up by the real destination as well as by endpoint
+    /// key, since the key's host comes from the client's Host header.
+    pub(super) fn evidence(&self, shared: &Shared, headers: &HeaderMap) -> Option<Evidence> {
+        let dst = self.ctx.origin.dst.to_string();
+        if self.legacy {
+            Some(Evidence::Legacy)
+        } else if shared.inventory.contains(&self.endpoint) || shared.inventory.knows_dst_path(&dst, &self.path) {
+            Some(Evidence::Endpoint)
+        } else if has_mcp_headers(headers) {
+            Some(Evidence::Headers)
+        } else if shared.inventory.knows_dst(&dst) {
+            Some(Evidence::Server)
+        } else {
+            None
+        }
+    }
+
+    /// Does this server's rollout mode (registry `mode`, else the policy's) enforce?
+    pub(super) fn enforce(&self, shared: &Shared) -> bool {
+        shared.governance.current().inspect_mode(&self.target().as_policy()) == Mode::Enforce
+    }
+
+    /// Answer a request mcpwatch refuses at the HTTP layer: a closed record with the
+    /// alert, and `status` with `message` to the client.
+    fn refuse(&self, shared: &Shared, status: StatusCode, alert: String, message: &str) -> Response<Body> {
+        let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, 0);
+        rec.alerts.push(alert);
+        rec.notes.push("refused by mcpwatch; not forwarded".into());
+        write_closed(shared, rec, CallStatus::TransportError { reason: format!("{} refused by mcpwatch", status.as_u16()) });
+        local_response(status, "text/plain", format!("{message}\n"))
+    }
+
+    /// Record an alert about a request that is forwarded anyway (audit/warn mode).
+    fn alert_forwarded(&self, shared: &Shared, alert: String) {
+        let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, 0);
+        rec.alerts.push(alert);
+        write_closed(shared, rec, CallStatus::Sent);
     }
 
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
@@ -275,7 +479,7 @@ impl Scope {
             method: msg.and_then(|m| m.method()).map(str::to_string),
             jsonrpc_id: msg.and_then(|m| m.id()).map(|i| i.to_string()),
             name: msg.and_then(|m| m.target_name()).map(str::to_string),
-            args_hash: msg.and_then(|m| m.args_hash()),
+            args_hash: msg.and_then(|m| m.args_hash(shared.governance.hash_key())),
             result_hash: None,
             status: CallStatus::Pending,
             request_bytes: bytes,
@@ -301,6 +505,9 @@ impl Scope {
         write_closed(&shared, rec, if status.is_success() { CallStatus::Ok } else { http_failure(status) });
         if let Some(s) = &self.session_id {
             shared.sessions.end_session(&self.endpoint, s);
+            if status.is_success() {
+                shared.sessions.unbind_session(&self.ctx.origin.dst.to_string(), s);
+            }
         }
     }
 
@@ -323,7 +530,7 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
     let limits = &shared.config.limits;
     let bytes = match body::collect(b, limits.max_body_bytes, limits.body_timeout).await {
         Collected::Complete(bytes) => bytes,
-        Collected::TooLarge(rest) => return Response::from_parts(parts, rest),
+        Collected::TooLarge { rest, .. } | Collected::NotJson(rest) => return Response::from_parts(parts, rest),
         Collected::Truncated { .. } | Collected::TimedOut { .. } => {
             return local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: OAuth metadata response incomplete\n");
         }
@@ -364,7 +571,10 @@ enum Fate {
 }
 
 /// A client POST with a complete JSON body.
-async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Parts, bytes: Bytes) -> Response<Body> {
+///
+/// `disguised`: the body is MCP but arrived without `application/json` or by another
+/// method than POST (audit and warn modes govern it; the reason becomes an alert).
+async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Parts, bytes: Bytes, disguised: Option<String>) -> Response<Body> {
     let parsed = jsonrpc::parse_body(&bytes);
     let messages: Vec<Result<Message, String>> = match &parsed {
         Parsed::Single(m) => vec![Ok(m.clone())],
@@ -372,8 +582,21 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         Parsed::Invalid(e) => vec![Err(e.to_string())],
     };
     let any_mcp_method = messages.iter().any(|m| m.as_ref().is_ok_and(|m| m.method().is_some_and(is_mcp_method)));
-    if !(any_mcp_method || scope.looks_mcp(&shared, &parts.headers)) {
+    let evidence = scope.evidence(&shared, &parts.headers);
+    let is_mcp = any_mcp_method
+        || disguised.is_some()
+        || evidence.is_some_and(Evidence::is_exact)
+        // Invalid for mcpwatch but MCP to a lenient server (no `jsonrpc` member, UTF-16…):
+        // refused below by the envelope check rather than forwarded as "not MCP".
+        || (matches!(parsed, Parsed::Invalid(_)) && integrity::body_shape(&bytes) == BodyShape::McpShaped)
+        || (evidence.is_some() && !matches!(parsed, Parsed::Invalid(_)));
+    if !is_mcp {
         // JSON, but not MCP: not ours to record.
+        if evidence.is_some() {
+            if let Some(refused) = guard_host(&shared, &scope, &parts) {
+                return refused;
+            }
+        }
         let req = Request::from_parts(parts, body::full(bytes));
         return forward(&up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
     }
@@ -410,6 +633,11 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         return resp;
     }
 
+    // Refusals above answer anyway; this one is about where the request came from.
+    if let Some(refused) = guard_host(&shared, &scope, &parts) {
+        return refused;
+    }
+
     let gov = shared.governance.current();
     let target = scope.target();
     let registry = gov.policy.server_for(&target.as_policy());
@@ -439,6 +667,9 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                 let mut rec = scope.record(&shared, kind, C2S, Some(msg), per_message_bytes);
                 if batch {
                     rec.notes.push(format!("batch of {n}"));
+                }
+                if let Some(why) = &disguised {
+                    rec.alerts.push(why.clone());
                 }
                 if msg.method() == Some("initialize") {
                     if let Some(v) = msg.params().and_then(|p| p.get("protocolVersion")).and_then(|v| v.as_str()) {
@@ -473,6 +704,9 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                     Fate::Forward => {
                         let key = msg.id().map_or_else(|| format!("notification:{}", rec.id), |i| i.to_string());
                         let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
+                        if let Some(id) = msg.id() {
+                            shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Forwarded);
+                        }
                         forwarded.push(value);
                         local.push((key, Pending { record: rec, started: now, first_page }));
                     }
@@ -483,6 +717,9 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                         rec.duration_us = Some(now.elapsed().as_micros() as u64);
                         rec.notes.push("answered by mcpwatch; not forwarded".into());
                         shared.complete_record(&rec);
+                        if let Some(id) = msg.id() {
+                            shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Refused);
+                        }
                         refusals.push(jsonrpc::error_response(msg.id(), code, &message, Some(data)));
                     }
                 }
@@ -599,9 +836,24 @@ fn govern_request(
     // Tools the inventory has flagged: poisoned and stripped, or changed since pinned.
     let mut extra_block: Option<(i64, String, &'static str)> = None;
     if method == "tools/call" {
-        if let Some(tool) = name.and_then(|n| shared.inventory.tool(&scope.endpoint, n)) {
+        let pinning = gov.policy.inspect().pinning;
+        let tool = name.and_then(|n| shared.inventory.tool(&scope.endpoint, n));
+        if let Some(tool) = &tool {
             if let Some(why) = &tool.hidden {
                 extra_block = Some((CODE_DENIED, format!("tool `{}` is blocked by mcpwatch: {why}", tool.name), "inspect:tool"));
+            }
+        }
+        // Call-time pinning: the definition the client calls must be one mcpwatch saw
+        // (and, if it changed, accepted).
+        let listed = shared.inventory.has_tool_list(&scope.endpoint);
+        match call_time_pin(name.unwrap_or_default(), tool.as_ref(), listed, pinning) {
+            PinCheck::Pass => {}
+            PinCheck::Note(why) => rec.notes.push(why),
+            PinCheck::Alert(why) => rec.alerts.push(why),
+            PinCheck::Deny { code, why } => {
+                if extra_block.is_none() {
+                    extra_block = Some((code, why, "inspect:pin"));
+                }
             }
         }
         if gov.policy.inspect().pinning == PinAction::Block && shared.inventory.has_changed_tools(&scope.endpoint) {
@@ -621,6 +873,7 @@ fn govern_request(
         add_findings(rec, &report, "request");
         if enforce && report.redacted_total() > 0 {
             *modified = true;
+            rec.args_hash = Some(shared.governance.hash_key().hash_json(args)); // the redacted form is what leaves
             rec.notes.push(format!("arguments redacted before forwarding ({} spans)", report.redacted_total()));
         }
         content_block = enforce && report.action == Some(mcpwatch_inspect::Action::Block);
@@ -686,6 +939,53 @@ fn govern_request(
     }
 }
 
+/// What call-time pinning says about one `tools/call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinCheck {
+    Pass,
+    Note(String),
+    Alert(String),
+    /// Deny in enforce mode (alert otherwise) with this JSON-RPC code.
+    Deny { code: i64, why: String },
+}
+
+/// Call-time pinning for a `tools/call` of `tool` (the inventory's entry for the name,
+/// `None` if no `tools/list` mcpwatch saw from this server had it). `listed`: a tools
+/// list of this server was seen at all. A tool never listed is denied under `block`
+/// (and under `hide` once a list was seen: it would not have been shown); a tool whose
+/// definition changed without `mcpwatch pin accept` is denied under `hide`/`block`.
+pub fn call_time_pin(name: &str, tool: Option<&mcpwatch_api::ToolEntry>, listed: bool, pinning: PinAction) -> PinCheck {
+    let shown: String = name.chars().take(128).collect();
+    match tool {
+        None => {
+            let why = format!("`{shown}` is in no tools/list result mcpwatch saw from this server, so its definition was never checked");
+            match (pinning, listed) {
+                (PinAction::Block, _) | (PinAction::Hide, true) => {
+                    PinCheck::Deny { code: jsonrpc::INVALID_PARAMS, why: format!("Unknown tool: {shown} ({why}; pinning = {})", pin_label(pinning)) }
+                }
+                (PinAction::Hide, false) | (PinAction::Alert, true) => PinCheck::Alert(format!("call-time pinning: {why}")),
+                (PinAction::Alert, false) => PinCheck::Note(format!("call-time pinning: {why} (no tools/list seen yet)")),
+            }
+        }
+        Some(t) if t.changed || t.pinned_hash.as_deref().is_some_and(|h| h != t.hash) => {
+            let why = format!("tool `{}` is called with a definition that changed since it was pinned and was not accepted (`mcpwatch pin accept`)", t.name);
+            match pinning {
+                PinAction::Alert => PinCheck::Alert(format!("call-time pinning: {why}")),
+                PinAction::Hide | PinAction::Block => PinCheck::Deny { code: CODE_DENIED, why },
+            }
+        }
+        Some(_) => PinCheck::Pass,
+    }
+}
+
+fn pin_label(p: PinAction) -> &'static str {
+    match p {
+        PinAction::Alert => "alert",
+        PinAction::Hide => "hide",
+        PinAction::Block => "block",
+    }
+}
+
 /// `params._meta.progressToken` of a request, if the client asked for progress.
 fn progress_token(msg: &Message) -> Option<serde_json::Value> {
     msg.params()?.get("_meta")?.get("progressToken").filter(|t| t.is_string() || t.is_number()).cloned()
@@ -737,10 +1037,16 @@ fn streamed_hold(
                 pending.record.duration_us = Some(pending.started.elapsed().as_micros() as u64);
                 pending.record.notes.push("answered by mcpwatch; not forwarded".into());
                 shared.complete_record(&pending.record);
+                if let Some(id) = msg.id() {
+                    shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Refused);
+                }
                 let _ = tx.send(event(jsonrpc::error_response(msg.id(), code, &message, Some(data)))).await;
             }
             Fate::Forward => {
                 let _ = shared.durable().await;
+                if let Some(id) = msg.id() {
+                    shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Forwarded);
+                }
                 let body = if original.is_empty() { Bytes::from(serde_json::to_vec(&value).unwrap_or_default()) } else { original };
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);
@@ -884,7 +1190,7 @@ pub(super) fn write_closed(shared: &Shared, mut rec: AuditRecord, status: CallSt
 /// Close a record with the server's answer.
 pub(super) fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
     let (status, hash) = match msg {
-        Message::Response { .. } => (CallStatus::Ok, msg.result_hash()),
+        Message::Response { .. } => (CallStatus::Ok, msg.result_hash(shared.governance.hash_key())),
         Message::Error { code, message, .. } => (CallStatus::JsonrpcError { code: *code, message: message.clone() }, None),
         _ => (CallStatus::Ok, None),
     };
@@ -965,13 +1271,12 @@ fn has_mcp_headers(h: &HeaderMap) -> bool {
     h.contains_key(H_SESSION) || h.contains_key(H_VERSION) || h.contains_key(H_METHOD)
 }
 
-/// Methods of the MCP protocol (any revision).
-pub fn is_mcp_method(m: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "tools/", "resources/", "prompts/", "notifications/", "completion/", "logging/",
-        "sampling/", "roots/", "elicitation/", "tasks/", "server/",
-    ];
-    m == "initialize" || m == "ping" || PREFIXES.iter().any(|p| m.starts_with(p))
+pub use mcpwatch_mcp::integrity::is_mcp_method;
+
+/// Does the request carry a body (a positive Content-Length, or chunked)?
+fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
 }
 
 /// `host:port` / `[v6]:port` / `host` → host.
@@ -995,6 +1300,32 @@ mod tests {
         assert_eq!(strip_port("[::1]:8080"), "::1");
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("::1"), "::1");
+    }
+
+    #[test]
+    fn legacy_session_params() {
+        assert_eq!(legacy_session_param("/messages?sessionId=abc&x=1").as_deref(), Some("abc"));
+        assert_eq!(legacy_session_param("/messages/?session_id=9f").as_deref(), Some("9f"));
+        assert_eq!(legacy_session_param("/messages?sessionId="), None);
+        assert_eq!(legacy_session_param("/mcp"), None);
+    }
+
+    #[test]
+    fn call_time_pinning() {
+        let seen = mcpwatch_api::ToolEntry { name: "echo".into(), hash: "h1".into(), pinned_hash: Some("h1".into()), ..Default::default() };
+        let changed = mcpwatch_api::ToolEntry { hash: "h2".into(), changed: true, ..seen.clone() };
+        for p in [PinAction::Alert, PinAction::Hide, PinAction::Block] {
+            assert_eq!(call_time_pin("echo", Some(&seen), true, p), PinCheck::Pass);
+        }
+        assert!(matches!(call_time_pin("echo", Some(&changed), true, PinAction::Alert), PinCheck::Alert(_)));
+        assert!(matches!(call_time_pin("echo", Some(&changed), true, PinAction::Hide), PinCheck::Deny { code: CODE_DENIED, .. }));
+        let PinCheck::Deny { code, why } = call_time_pin("__proto__", None, false, PinAction::Block) else { panic!() };
+        assert_eq!(code, -32602);
+        assert!(why.starts_with("Unknown tool: __proto__"), "{why}");
+        assert!(matches!(call_time_pin("x", None, true, PinAction::Hide), PinCheck::Deny { .. }));
+        assert!(matches!(call_time_pin("x", None, false, PinAction::Hide), PinCheck::Alert(_)));
+        assert!(matches!(call_time_pin("x", None, true, PinAction::Alert), PinCheck::Alert(_)));
+        assert!(matches!(call_time_pin("x", None, false, PinAction::Alert), PinCheck::Note(_)));
     }
 
     #[test]

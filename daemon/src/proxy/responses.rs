@@ -17,6 +17,7 @@ use http::{HeaderMap, StatusCode};
 use hyper::Response;
 use hyper::body::Incoming;
 use mcpwatch_api::{CallStatus, MessageKind};
+use mcpwatch_mcp::integrity::{self, IdState, Verdict};
 use mcpwatch_mcp::jsonrpc::{self, Message};
 use mcpwatch_mcp::sse::{SseEvent, SseParser};
 use mcpwatch_policy::{Mode, PoisonAction, Subject};
@@ -26,7 +27,7 @@ use super::body::{self, Body, End, Transform, Transformer};
 use super::exchange::{add_findings, complete_with, write_closed, finish, http_failure, is_json, is_sse, Scope, CODE_CONTENT_BLOCKED, H_SESSION, S2C};
 use crate::governance::Loaded;
 use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting, ToolSight};
-use crate::session::{LegacyRoute, Pending};
+use crate::session::{IdFate, LegacyRoute, Owner, Pending};
 use crate::state::{now_ms, Counters, Shared};
 
 /// Wrap an upstream response to a client POST.
@@ -70,6 +71,22 @@ fn transformed(resp: Response<Incoming>, obs: StreamObserver) -> Response<Body> 
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let body = http_body_util::BodyExt::boxed_unsync(Transform::new(body::incoming(b), obs));
     Response::from_parts(parts, body)
+}
+
+/// What happens to one server message.
+enum Outcome {
+    Keep,
+    /// `value` was rewritten.
+    Changed,
+    /// Not delivered (response integrity).
+    Drop,
+}
+
+/// What happens to one JSON document (a body or an SSE event's data).
+enum JsonOut {
+    Keep,
+    Replace(Vec<u8>),
+    Drop,
 }
 
 enum Mode2 {
@@ -120,10 +137,25 @@ impl StreamObserver {
         }
     }
 
-    /// One JSON-RPC message from the server. Returns true if `value` was changed.
-    fn on_server_message(&mut self, value: &mut Value, size: u64) -> bool {
-        let Ok(msg) = jsonrpc::message_from_value(value.clone()) else { return false };
+    /// One JSON-RPC message from the server: pass, change (`value` rewritten) or drop.
+    fn on_server_message(&mut self, value: &mut Value, size: u64) -> Outcome {
         Counters::inc(&self.shared.counters.mcp_messages);
+        let verdict = integrity::judge_server_message(value, |id| self.id_state(id));
+        let msg = match verdict {
+            Verdict::Deliver(msg) => msg,
+            Verdict::Drop(why) => {
+                let enforce = self.enforce;
+                let alert = format!("server message {}: {why}", if enforce { "dropped" } else { "delivered although" });
+                tracing::warn!(endpoint = %self.scope.endpoint, "{alert}");
+                self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
+                let mut rec = self.scope.record(&self.shared, MessageKind::Invalid, S2C, None, size);
+                rec.jsonrpc_id = value.get("id").filter(|v| !v.is_null()).map(|v| v.to_string());
+                rec.alerts.push(alert);
+                let status = if enforce { CallStatus::TransportError { reason: "dropped by mcpwatch (response integrity)".into() } } else { CallStatus::Sent };
+                write_closed(&self.shared, rec, status);
+                return if enforce { Outcome::Drop } else { Outcome::Keep };
+            }
+        };
         match &msg {
             Message::Response { .. } | Message::Error { .. } => {
                 let key = msg.id().map(|i| i.to_string());
@@ -136,14 +168,14 @@ impl StreamObserver {
                     Some(i) => Some(self.local.remove(i).1),
                     None => key.and_then(|k| self.shared.sessions.take(&self.scope.conversation, &k)),
                 };
-                let Some(mut p) = pending else { return false };
+                let Some(mut p) = pending else { return Outcome::Keep };
                 let changed = match &msg {
                     Message::Response { .. } => self.govern_result(&mut p, value),
                     _ => false,
                 };
                 self.learn(&p, &msg);
                 complete_with(&self.shared, p, &msg, size);
-                changed
+                if changed { Outcome::Changed } else { Outcome::Keep }
             }
             Message::Request { .. } | Message::Notification { .. } => {
                 let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };
@@ -170,8 +202,21 @@ impl StreamObserver {
                         write_closed(&self.shared, rec, CallStatus::Sent);
                     }
                 }
-                false
+                Outcome::Keep
             }
+        }
+    }
+
+    /// What this conversation knows of a response id.
+    fn id_state(&self, id: &jsonrpc::Id) -> IdState {
+        let key = id.to_string();
+        if self.local.iter().any(|(k, _)| *k == key) || self.shared.sessions.is_parked(&self.scope.conversation, &key) {
+            return IdState::Pending;
+        }
+        match self.shared.sessions.id_fate(&self.scope.conversation, &key) {
+            Some(IdFate::Forwarded) => IdState::Sent,
+            Some(IdFate::Refused) => IdState::Refused,
+            None => IdState::Unknown,
         }
     }
 
@@ -249,7 +294,8 @@ impl StreamObserver {
             }
             sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
         }
-        let outcomes = self.shared.inventory.observe_tools(&self.scope.endpoint, &sights, p.first_page, now_ms());
+        let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
+        let outcomes = self.shared.inventory.observe_tools(&self.scope.endpoint, &sights, p.first_page, last_page, now_ms());
 
         let mut hide: Vec<(String, String)> = Vec::new();
         for (name, score) in &poisoned {
@@ -315,6 +361,11 @@ impl StreamObserver {
     fn learn(&self, p: &Pending, msg: &Message) {
         let Message::Response { result, .. } = msg else { return };
         let endpoint = &self.scope.endpoint;
+        if p.record.method.as_deref() == Some("initialize") {
+            if let (Some(s), Some(proc_)) = (&self.response_session, self.scope.ctx.origin.process.as_deref()) {
+                self.shared.sessions.bind_session(&self.scope.ctx.origin.dst.to_string(), s, Owner::of(proc_));
+            }
+        }
         if let Some("initialize") | Some("server/discover") = p.record.method.as_deref() {
             let Some(info) = mcpwatch_mcp::server_info::server_info(result) else { return };
             if let (Some(v), Some(s)) = (&info.protocol_version, self.response_session.as_ref().or(self.scope.session_id.as_ref())) {
@@ -332,8 +383,8 @@ impl StreamObserver {
         }
     }
 
-    /// Process a JSON document (a body or an event's data); returns new bytes if changed.
-    fn on_json(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+    /// Process a JSON document (a body or an event's data).
+    fn on_json(&mut self, data: &[u8]) -> JsonOut {
         let size = data.len() as u64;
         let mut value: Value = match serde_json::from_slice(data) {
             Ok(v) => v,
@@ -341,22 +392,38 @@ impl StreamObserver {
                 for (_, p) in &mut self.local {
                     p.record.notes.push(format!("unparseable response data: {e}"));
                 }
-                return None;
+                return JsonOut::Keep;
             }
         };
-        let mut changed = false;
         match &mut value {
             Value::Array(items) => {
-                for item in items.iter_mut() {
-                    changed |= self.on_server_message(item, size);
+                let mut changed = false;
+                let mut kept = Vec::with_capacity(items.len());
+                for mut item in std::mem::take(items) {
+                    match self.on_server_message(&mut item, size) {
+                        Outcome::Keep => kept.push(item),
+                        Outcome::Changed => {
+                            changed = true;
+                            kept.push(item);
+                        }
+                        Outcome::Drop => changed = true,
+                    }
                 }
+                if kept.is_empty() && changed {
+                    return JsonOut::Drop;
+                }
+                *items = kept;
+                if changed { JsonOut::Replace(serde_json::to_vec(&value).unwrap_or_default()) } else { JsonOut::Keep }
             }
-            v => changed |= self.on_server_message(v, size),
+            v => match self.on_server_message(v, size) {
+                Outcome::Keep => JsonOut::Keep,
+                Outcome::Changed => JsonOut::Replace(serde_json::to_vec(&value).unwrap_or_default()),
+                Outcome::Drop => JsonOut::Drop,
+            },
         }
-        changed.then(|| serde_json::to_vec(&value).unwrap_or_default())
     }
 
-    fn on_sse_event(&mut self, event: &SseEvent) -> Option<Vec<u8>> {
+    fn on_sse_event(&mut self, event: &SseEvent) -> JsonOut {
         if event.oversized || event.invalid_utf8 {
             // The event passes to the client as sent; what it answered cannot be known.
             let why = if event.oversized {
@@ -368,15 +435,15 @@ impl StreamObserver {
             for (_, p) in &mut self.local {
                 p.record.notes.push(why.clone());
             }
-            return None;
+            return JsonOut::Keep;
         }
         match event.event.as_deref() {
             Some("endpoint") => {
                 self.on_legacy_endpoint(&event.data);
-                None
+                JsonOut::Keep
             }
             Some("message") | None if !event.data.trim().is_empty() => self.on_json(event.data.as_bytes()),
-            _ => None, // priming events, other event types
+            _ => JsonOut::Keep, // priming events, other event types
         }
     }
 
@@ -395,6 +462,10 @@ impl StreamObserver {
         let conversation = format!("legacy:{}#{}", self.scope.endpoint, path_and_query);
         let route = LegacyRoute { endpoint: self.scope.endpoint.clone(), conversation: conversation.clone(), session_id: target.session_id.clone() };
         self.shared.sessions.add_legacy_route(&dst, &host, &path_and_query, route);
+        // The process that opened the stream owns the legacy session.
+        if let (Some(sid), Some(p)) = (&target.session_id, self.scope.ctx.origin.process.as_deref()) {
+            self.shared.sessions.bind_session(&dst, sid, Owner::of(p));
+        }
         self.scope.legacy = true;
         self.scope.transport = "sse";
         self.scope.conversation = conversation;
@@ -404,18 +475,19 @@ impl StreamObserver {
 
     /// Events complete in `raw` so far: pass unchanged ones as their original bytes.
     fn emit_events(&mut self, events: Vec<SseEvent>, raw: Vec<u8>) -> Bytes {
-        let mut rewritten: Vec<Option<Vec<u8>>> = Vec::with_capacity(events.len());
+        let mut rewritten: Vec<JsonOut> = Vec::with_capacity(events.len());
         for ev in &events {
             rewritten.push(self.on_sse_event(ev));
         }
-        if rewritten.iter().all(Option::is_none) {
+        if rewritten.iter().all(|r| matches!(r, JsonOut::Keep)) {
             return Bytes::from(raw);
         }
         let mut out = Vec::new();
         for (ev, new) in events.iter().zip(rewritten) {
             let data = match new {
-                Some(d) => String::from_utf8_lossy(&d).into_owned(),
-                None => ev.data.clone(),
+                JsonOut::Replace(d) => String::from_utf8_lossy(&d).into_owned(),
+                JsonOut::Keep => ev.data.clone(),
+                JsonOut::Drop => continue,
             };
             serialize_event(ev, &data, &mut out);
         }
@@ -447,6 +519,25 @@ impl StreamObserver {
             out = serde_json::to_vec(&v).unwrap_or_default();
         }
         Bytes::from(out)
+    }
+
+    /// JSON-RPC errors for the requests of this body still unanswered (their answer was
+    /// dropped): one object, an array, or nothing.
+    fn unanswered_errors(&self) -> Vec<u8> {
+        let mut errors: Vec<Value> = self
+            .local
+            .iter()
+            .filter(|(_, p)| p.record.kind == MessageKind::Request)
+            .map(|(_, p)| {
+                let id = p.record.jsonrpc_id.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(Value::Null);
+                serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": jsonrpc::INTERNAL_ERROR, "message": "mcpwatch: the server's response failed the integrity check and was not delivered"}})
+            })
+            .collect();
+        match errors.len() {
+            0 => Vec::new(),
+            1 => serde_json::to_vec(&errors.pop().unwrap_or_default()).unwrap_or_default(),
+            _ => serde_json::to_vec(&Value::Array(errors)).unwrap_or_default(),
+        }
     }
 
     fn close_remaining(&mut self, how: &End) {
@@ -536,7 +627,12 @@ impl Transformer for StreamObserver {
                 if overflow || how != End::Complete {
                     Bytes::from(buf)
                 } else {
-                    let mut out = self.on_json(&buf).unwrap_or(buf);
+                    let mut out = match self.on_json(&buf) {
+                        JsonOut::Keep => buf,
+                        JsonOut::Replace(b) => b,
+                        // Every message was dropped: the requests still open get errors.
+                        JsonOut::Drop => self.unanswered_errors(),
+                    };
                     if !self.injected.is_empty() {
                         // Batch: append mcpwatch's own answers to the server's array.
                         let mut v: Value = serde_json::from_slice(&out).unwrap_or(Value::Array(Vec::new()));

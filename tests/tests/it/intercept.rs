@@ -235,6 +235,10 @@ fn killing_the_daemon_detaches_and_restart_keeps_state() {
     let restart = |w: &mut Watched| {
         w.daemon = Daemon::start(DaemonOpts { cgroup: Some(w.cgroup().to_path_buf()), ports: Some(ports.clone()), state_dir: Some(state.clone()), ..Default::default() });
         assert!(w.daemon.status().attached);
+        // The hash chain survives a restart (and a SIGKILL): the trail verifies.
+        let v = w.daemon.cli(&["audit", "verify"]);
+        let text = String::from_utf8_lossy(&v.stdout).to_string();
+        assert!(v.status.success() && text.contains("audit trail intact"), "{text}{}", String::from_utf8_lossy(&v.stderr));
     };
     let goes_direct = |w: &Watched, how: &str| {
         let before = echo.seen().len();

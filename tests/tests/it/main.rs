@@ -4,9 +4,15 @@
 //! eBPF scenarios attach only to a child cgroup they create and skip (printing why)
 //! only where the kernel or privileges cannot support them.
 
+mod bypass_exchange;
+mod bypass_govern;
 mod cli;
+mod durability;
 mod inspect;
 mod intercept;
+mod package;
 mod policy;
 mod protocol;
+mod service;
+mod siem;
 mod tls;

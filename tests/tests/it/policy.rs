@@ -197,6 +197,11 @@ id = "approve-deletes"
 tools = ["delete_records"]
 action = "require_approval"
 message = "deleting records is irreversible"
+
+# The agents here run as root, like the test that approves: name the approver, or
+# mcpwatch refuses the answer as self-approval.
+[approvals]
+approvers = ["uid:0"]
 "#;
 
 #[test]

@@ -35,26 +35,7 @@ impl Env {
 
     /// Send raw bytes, read the response until close or timeout.
     fn send(&self, bytes: &[u8]) -> String {
-        let mut s = TcpStream::connect(self.addr()).expect("connect daemon");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        // The daemon may answer (413) and close before a huge body is fully written.
-        if let Err(e) = s.write_all(bytes) {
-            assert!(matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset), "write: {e}");
-        }
-        let mut out = Vec::new();
-        let mut buf = [0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    out.extend_from_slice(&buf[..n]);
-                    if response_complete(&out) {
-                        break;
-                    }
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
+        mcpwatch_tests::harness::http_roundtrip(self.addr(), bytes, Duration::from_secs(10))
     }
 
     fn upstream_bytes(&self) -> String {
@@ -62,15 +43,6 @@ impl Env {
     }
 }
 
-/// A whole response: Content-Length satisfied, or the last chunk of a chunked body.
-fn response_complete(buf: &[u8]) -> bool {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    if head.contains("transfer-encoding: chunked") {
-        return buf.ends_with(b"0\r\n\r\n");
-    }
-    mcpwatch_tests::harness::http_request_complete(buf)
-}
 
 fn post(body: &[u8], extra_headers: &str) -> Vec<u8> {
     let mut v = format!(

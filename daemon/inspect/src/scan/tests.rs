@@ -432,6 +432,22 @@ fn salted_hashes() {
 }
 
 #[test]
+fn keyed_hashes_need_the_host_key() {
+    let key = mcpwatch_mcp::keyed::HashKey::new(&[7u8; 32]);
+    let hash = |ins: &Inspector| {
+        let mut v = json!("SSN 372-81-4419");
+        ins.redact_json(&mut v).values[0].sha256.clone()
+    };
+    let keyed = Inspector::new(&InspectConfig::default()).unwrap().with_hash_key(key.clone());
+    let h = hash(&keyed);
+    assert_ne!(h, hex::encode(sha2::Sha256::digest(b"372-81-4419")), "not a plain sha256");
+    assert_eq!(h, key.hex_mac(b"372-81-4419"));
+    let other = Inspector::new(&InspectConfig::default()).unwrap().with_hash_key(mcpwatch_mcp::keyed::HashKey::new(&[8u8; 32]));
+    assert_ne!(hash(&other), h, "another host key, another hash");
+    assert_eq!(hash(&keyed), h, "stable for one key");
+}
+
+#[test]
 fn audit_action_leaves_value_and_block_reports_block() {
     let cfg = InspectConfig {
         actions: [("pii.email".to_string(), Action::Audit), ("secret".to_string(), Action::Block)].into_iter().collect(),

@@ -1,0 +1,196 @@
+//! Tamper evidence: every write of a record is an entry of a hash chain.
+//!
+//! Why it exists: an audit trail that can be edited without a trace is not evidence.
+//! Each insert or update of a record appends one entry to the `chain` tree, in the same
+//! sled transaction as the record itself:
+//!
+//! ```text
+//! key   = seq (u64 big-endian, 1, 2, 3, ... with no gaps)
+//! value = link (32) || value_hash (32) || record id
+//! link  = sha256(previous link || seq || record id || value_hash)
+//! value_hash = sha256(the record's stored bytes)
+//! ```
+//!
+//! `meta/chain_head` holds the last (seq, link); `meta/chain_base` holds the (seq, link)
+//! just before the first retained entry plus the highest record id retention removed.
+//! Retention drops entries only from the front of the chain, and only entries whose
+//! record is gone or has been written again since, so the retained entries stay one
+//! contiguous, verifiable run (the base is the checkpoint it starts from).
+//!
+//! [`verify`] then finds: a record whose bytes differ from its latest entry (edited, or
+//! two records' values swapped), a record with no entry (inserted behind the daemon's
+//! back), a record that has an entry but is gone although retention never reached it
+//! (deleted), and entries that are missing, reordered or altered (the links break, or the
+//! head does not match).
+//!
+//! What it does not stop: someone with write access to the state dir who recomputes the
+//! whole chain and the head after an edit. The head printed by `mcpwatch audit verify`
+//! can be recorded elsewhere, and the SIEM sinks keep a copy out of reach; both are the
+//! answer to that attacker, not this module.
+
+use std::collections::HashMap;
+
+use mcpwatch_api::{AuditProblem as Problem, AuditVerify as VerifyReport};
+use sha2::{Digest, Sha256};
+
+pub(crate) const CHAIN_TREE: &str = "chain";
+pub(crate) const META_HEAD: &str = "chain_head";
+pub(crate) const META_BASE: &str = "chain_base";
+
+pub(crate) type Hash = [u8; 32];
+
+/// The chain's tip (or its base checkpoint): the seq and link of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Point {
+    pub seq: u64,
+    pub link: Hash,
+}
+
+impl Point {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.link);
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Point> {
+        let seq = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let link: Hash = b.get(8..40)?.try_into().ok()?;
+        Some(Point { seq, link })
+    }
+}
+
+/// The base checkpoint: where the retained chain starts, and the highest record id that
+/// retention has removed (records at or below it may be gone legitimately).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Base {
+    pub point: Point,
+    pub pruned_upto: Vec<u8>,
+}
+
+impl Base {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.point.encode();
+        v.extend_from_slice(&self.pruned_upto);
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Base> {
+        Some(Base { point: Point::decode(b)?, pruned_upto: b.get(40..)?.to_vec() })
+    }
+}
+
+/// One entry of the chain as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub link: Hash,
+    pub value_hash: Hash,
+    pub id: Vec<u8>,
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64 + self.id.len());
+        v.extend_from_slice(&self.link);
+        v.extend_from_slice(&self.value_hash);
+        v.extend_from_slice(&self.id);
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Entry> {
+        Some(Entry {
+            link: b.get(..32)?.try_into().ok()?,
+            value_hash: b.get(32..64)?.try_into().ok()?,
+            id: b.get(64..)?.to_vec(),
+        })
+    }
+}
+
+pub(crate) fn value_hash(value: &[u8]) -> Hash {
+    Sha256::digest(value).into()
+}
+
+pub(crate) fn link(prev: &Hash, seq: u64, id: &[u8], value_hash: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update((id.len() as u32).to_be_bytes());
+    h.update(id);
+    h.update(value_hash);
+    h.finalize().into()
+}
+
+/// Walks the chain from its base and checks every record against it.
+pub(crate) fn verify(
+    records: &sled::Tree,
+    chain: &sled::Tree,
+    meta: &sled::Tree,
+) -> Result<VerifyReport, sled::Error> {
+    let base = meta.get(META_BASE)?.and_then(|v| Base::decode(&v)).unwrap_or_default();
+    let head = meta.get(META_HEAD)?.and_then(|v| Point::decode(&v));
+    let mut problems = Vec::new();
+    let mut chain_problems = Vec::new();
+    let mut latest: HashMap<Vec<u8>, Hash> = HashMap::new();
+    let mut at = base.point;
+    let mut entries = 0u64;
+    for item in chain.iter() {
+        let (k, v) = item?;
+        let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+        if seq <= base.point.seq {
+            // Left below the base by a retention pass that stopped half way: moot.
+            continue;
+        }
+        entries += 1;
+        let Some(e) = Entry::decode(&v) else {
+            chain_problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
+            continue;
+        };
+        if seq != at.seq + 1 {
+            chain_problems.push(Problem::ChainBroken {
+                seq,
+                reason: format!("expected entry {} next (entries missing or reordered)", at.seq + 1),
+            });
+        } else if link(&at.link, seq, &e.id, &e.value_hash) != e.link {
+            chain_problems.push(Problem::ChainBroken { seq, reason: "link does not follow from the entry before".into() });
+        }
+        // Go on from this entry either way, so one break is reported once.
+        at = Point { seq, link: e.link };
+        latest.insert(e.id, e.value_hash);
+    }
+    match head {
+        Some(h) if h != at => chain_problems.push(Problem::ChainBroken {
+            seq: at.seq,
+            reason: format!("the head names entry {} but the chain ends at {}", h.seq, at.seq),
+        }),
+        None if entries > 0 => {
+            chain_problems.push(Problem::ChainBroken { seq: at.seq, reason: "no head recorded".into() })
+        }
+        _ => {}
+    }
+    let mut n = 0u64;
+    for item in records.iter() {
+        let (k, v) = item?;
+        n += 1;
+        let id = String::from_utf8_lossy(&k).into_owned();
+        match latest.remove(k.as_ref()) {
+            None => problems.push(Problem::Unchained { id }),
+            Some(h) if h != value_hash(&v) => problems.push(Problem::Changed { id }),
+            Some(_) => {}
+        }
+    }
+    let mut removed: Vec<Vec<u8>> =
+        latest.into_keys().filter(|id| id.as_slice() > base.pruned_upto.as_slice()).collect();
+    removed.sort();
+    problems.extend(removed.into_iter().map(|id| Problem::Removed { id: String::from_utf8_lossy(&id).into_owned() }));
+    problems.sort_by_key(Problem::position);
+    problems.extend(chain_problems);
+    let head = head.unwrap_or_default();
+    Ok(VerifyReport {
+        records: n,
+        chain_entries: entries,
+        head: head.link.iter().map(|b| format!("{b:02x}")).collect(),
+        head_seq: head.seq,
+        problems,
+    })
+}

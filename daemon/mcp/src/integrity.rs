@@ -1,0 +1,268 @@
+//! Is a body MCP, and may a server's message reach the client?
+//!
+//! Why this exists: a proxy that decides "is this MCP?" from headers or from what it
+//! has seen before can be walked around: an attacker inside the watched host sends a
+//! JSON-RPC message with another `Content-Type`, without the `jsonrpc` member, or in
+//! UTF-16 to a lenient server, and it is never inspected. [`body_shape`] looks at the
+//! bytes themselves. On the way back, a server can answer an id mcpwatch refused, an
+//! id the client never sent, or a message with both `result` and `error` (which a
+//! client may read either way); [`judge_server_message`] says which messages are
+//! dropped. Both are pure, total functions (fuzz targets).
+
+use serde_json::Value;
+
+use crate::jsonrpc::{self, Id, Message, Parsed};
+
+/// Methods of the MCP protocol (any revision).
+pub fn is_mcp_method(m: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "tools/", "resources/", "prompts/", "notifications/", "completion/", "logging/", "sampling/", "roots/",
+        "elicitation/", "tasks/", "server/",
+    ];
+    m == "initialize" || m == "ping" || PREFIXES.iter().any(|p| m.starts_with(p))
+}
+
+/// What a request body is, judged from its bytes alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyShape {
+    /// Valid JSON-RPC carrying at least one MCP method.
+    McpMessage,
+    /// A valid JSON-RPC envelope without an MCP method (a reply to a server request,
+    /// or another JSON-RPC protocol).
+    JsonRpc,
+    /// Not a valid envelope, but a lenient server would take it as MCP: an object (or
+    /// array of objects) with a `jsonrpc` member or an MCP `method`, or such a body in
+    /// a non-UTF-8 encoding (UTF-16/32, a byte-order mark) that `json.loads` accepts.
+    McpShaped,
+    /// JSON, but nothing JSON-RPC about it.
+    OtherJson,
+    /// Not JSON.
+    NotJson,
+}
+
+impl BodyShape {
+    /// Would a lenient MCP server act on it as a message?
+    pub fn is_mcp(self) -> bool {
+        matches!(self, BodyShape::McpMessage | BodyShape::McpShaped)
+    }
+}
+
+/// Classify a request body.
+pub fn body_shape(bytes: &[u8]) -> BodyShape {
+    match jsonrpc::parse_body(bytes) {
+        p @ (Parsed::Single(_) | Parsed::Batch(_)) => {
+            if p.messages().any(|m| m.method().is_some_and(is_mcp_method)) {
+                return BodyShape::McpMessage;
+            }
+            if matches!(&p, Parsed::Single(_)) || p.messages().next().is_some() {
+                return BodyShape::JsonRpc;
+            }
+        }
+        Parsed::Invalid(_) => {}
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+        return if rpc_shaped(&v) { BodyShape::McpShaped } else { BodyShape::OtherJson };
+    }
+    match reencoded(bytes) {
+        Some(text) => match serde_json::from_str::<Value>(text.trim_start_matches('\u{feff}')) {
+            Ok(v) if rpc_shaped(&v) => BodyShape::McpShaped,
+            Ok(_) => BodyShape::OtherJson,
+            Err(_) => BodyShape::NotJson,
+        },
+        None => BodyShape::NotJson,
+    }
+}
+
+/// An object with `jsonrpc` or an MCP `method`, or an array holding one.
+fn rpc_shaped(v: &Value) -> bool {
+    let one = |o: &Value| {
+        o.as_object().is_some_and(|m| m.contains_key("jsonrpc") || m.get("method").and_then(Value::as_str).is_some_and(is_mcp_method))
+    };
+    match v {
+        Value::Array(items) => items.iter().any(one),
+        other => one(other),
+    }
+}
+
+/// The text of a body in an encoding `json.loads(bytes)` detects (UTF-8 with BOM,
+/// UTF-16 and UTF-32 with or without BOM), or `None` for anything else.
+fn reencoded(b: &[u8]) -> Option<String> {
+    if let Some(rest) = b.strip_prefix(b"\xef\xbb\xbf") {
+        return std::str::from_utf8(rest).ok().map(str::to_string);
+    }
+    let utf32 = |le: bool, body: &[u8]| -> Option<String> {
+        if !body.len().is_multiple_of(4) {
+            return None;
+        }
+        body.chunks_exact(4)
+            .map(|c| {
+                let n = if le { u32::from_le_bytes([c[0], c[1], c[2], c[3]]) } else { u32::from_be_bytes([c[0], c[1], c[2], c[3]]) };
+                char::from_u32(n)
+            })
+            .collect()
+    };
+    let utf16 = |le: bool, body: &[u8]| -> Option<String> {
+        if !body.len().is_multiple_of(2) {
+            return None;
+        }
+        let units = body.chunks_exact(2).map(|c| if le { u16::from_le_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], c[1]]) });
+        char::decode_utf16(units).collect::<Result<String, _>>().ok()
+    };
+    match b {
+        [0xff, 0xfe, 0, 0, rest @ ..] => utf32(true, rest),
+        [0, 0, 0xfe, 0xff, rest @ ..] => utf32(false, rest),
+        [0xff, 0xfe, rest @ ..] => utf16(true, rest),
+        [0xfe, 0xff, rest @ ..] => utf16(false, rest),
+        [0, 0, 0, x, ..] if *x != 0 => utf32(false, b),
+        [x, 0, 0, 0, ..] if *x != 0 => utf32(true, b),
+        [0, x, ..] if *x != 0 => utf16(false, b),
+        [x, 0, ..] if *x != 0 => utf16(true, b),
+        _ => None,
+    }
+}
+
+/// Could a body starting with `prefix` be JSON (the rest unseen)? True when the first
+/// byte that is not JSON whitespace (after an optional UTF-8 byte-order mark) opens an
+/// object or array, when there is no such byte yet (padding), or when the prefix looks
+/// UTF-16/32 encoded.
+pub fn may_be_json(prefix: &[u8]) -> bool {
+    let p = prefix.strip_prefix(b"\xef\xbb\xbf").unwrap_or(prefix);
+    if matches!(p, [0xff, 0xfe, ..] | [0xfe, 0xff, ..] | [0, ..] | [_, 0, ..]) {
+        return true;
+    }
+    match p.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+        None => true,
+        Some(b) => *b == b'{' || *b == b'[',
+    }
+}
+
+/// What mcpwatch knows of a response id in its conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdState {
+    /// A request with this id is waiting for its answer.
+    Pending,
+    /// The client sent a request with this id, forwarded and answered (or its stream
+    /// broke): a late, resumed or repeated answer.
+    Sent,
+    /// mcpwatch answered a request with this id itself; the server never saw it.
+    Refused,
+    /// The client never sent this id here.
+    Unknown,
+}
+
+/// Why a server message must not reach the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a JSON-RPC message (includes `result` together with `error`, `method`
+    /// together with `result`/`error`).
+    Invalid(String),
+    /// A response to an id mcpwatch refused: the server answers a call it never got.
+    ReusesRefusedId(String),
+    /// A response to an id this client never sent.
+    UnknownId(String),
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DropReason::Invalid(why) => write!(f, "not a valid JSON-RPC message ({why})"),
+            DropReason::ReusesRefusedId(id) => write!(f, "answers id {id}, a request mcpwatch refused and never forwarded"),
+            DropReason::UnknownId(id) => write!(f, "answers id {id}, which this client never sent"),
+        }
+    }
+}
+
+/// The verdict on one server→client message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Deliver: a request or notification from the server, or a response mcpwatch
+    /// can pair (`message` is the parsed form).
+    Deliver(Message),
+    Drop(DropReason),
+}
+
+/// Judge one server→client message. Requests (method and id) and notifications
+/// (method, no id) are the server's own and always pass. A response or error must
+/// answer an id the client sent here and mcpwatch forwarded; an error with a null id
+/// (the server could not read a request) passes.
+pub fn judge_server_message(v: &Value, id_state: impl FnOnce(&Id) -> IdState) -> Verdict {
+    let msg = match jsonrpc::message_from_value(v.clone()) {
+        Ok(m) => m,
+        Err(e) => return Verdict::Drop(DropReason::Invalid(e.to_string())),
+    };
+    let id = match &msg {
+        Message::Request { .. } | Message::Notification { .. } => return Verdict::Deliver(msg),
+        Message::Error { id: None, .. } => return Verdict::Deliver(msg),
+        Message::Response { id, .. } | Message::Error { id: Some(id), .. } => id.clone(),
+    };
+    match id_state(&id) {
+        IdState::Pending | IdState::Sent => Verdict::Deliver(msg),
+        IdState::Refused => Verdict::Drop(DropReason::ReusesRefusedId(id.to_string())),
+        IdState::Unknown => Verdict::Drop(DropReason::UnknownId(id.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shapes() {
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#;
+        assert_eq!(body_shape(call), BodyShape::McpMessage);
+        assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), BodyShape::JsonRpc);
+        assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"method":"eth_call"}"#), BodyShape::JsonRpc);
+        assert_eq!(body_shape(br#"{"id":1,"method":"tools/call","params":{}}"#), BodyShape::McpShaped, "no jsonrpc member");
+        assert_eq!(body_shape(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#), BodyShape::McpShaped);
+        assert_eq!(body_shape(br#"{"order":7,"method":"GET"}"#), BodyShape::OtherJson);
+        assert_eq!(body_shape(b"hello world"), BodyShape::NotJson);
+        assert_eq!(body_shape(b""), BodyShape::NotJson);
+        assert_eq!(body_shape(b"\xff\xd8\xff\xe0binary"), BodyShape::NotJson);
+        let text = std::str::from_utf8(call).unwrap();
+        let mut bom = b"\xef\xbb\xbf".to_vec();
+        bom.extend_from_slice(call);
+        assert_eq!(body_shape(&bom), BodyShape::McpShaped);
+        let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert_eq!(body_shape(&le), BodyShape::McpShaped, "UTF-16LE");
+        let be: Vec<u8> = [0xfe, 0xff].into_iter().chain(text.encode_utf16().flat_map(u16::to_be_bytes)).collect();
+        assert_eq!(body_shape(&be), BodyShape::McpShaped, "UTF-16BE with BOM");
+        let u32le: Vec<u8> = text.chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
+        assert_eq!(body_shape(&u32le), BodyShape::McpShaped, "UTF-32LE");
+        assert!(body_shape(call).is_mcp() && !BodyShape::JsonRpc.is_mcp());
+    }
+
+    #[test]
+    fn json_prefixes() {
+        assert!(may_be_json(b"  \n{\"a\""));
+        assert!(may_be_json(b"["));
+        assert!(may_be_json(b"      "), "padding only");
+        assert!(may_be_json(b"\xef\xbb\xbf{"));
+        assert!(may_be_json(b"{\0\"\0"), "UTF-16LE");
+        assert!(!may_be_json(b"--boundary\r\n"));
+        assert!(!may_be_json(b"\x89PNG"));
+        assert!(!may_be_json(b"name=value"));
+    }
+
+    #[test]
+    fn server_messages() {
+        let pending = |_: &Id| IdState::Pending;
+        assert!(matches!(judge_server_message(&json!({"jsonrpc":"2.0","id":1,"result":{}}), pending), Verdict::Deliver(_)));
+        let both = json!({"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}});
+        assert!(matches!(judge_server_message(&both, pending), Verdict::Drop(DropReason::Invalid(_))));
+        let r = judge_server_message(&json!({"jsonrpc":"2.0","id":7,"result":{}}), |_| IdState::Refused);
+        assert_eq!(r, Verdict::Drop(DropReason::ReusesRefusedId("7".into())));
+        let r = judge_server_message(&json!({"jsonrpc":"2.0","id":"z","error":{"code":1,"message":"x"}}), |_| IdState::Unknown);
+        assert_eq!(r, Verdict::Drop(DropReason::UnknownId("\"z\"".into())));
+        assert!(matches!(judge_server_message(&json!({"jsonrpc":"2.0","id":2,"result":{}}), |_| IdState::Sent), Verdict::Deliver(_)));
+        // The server's own requests and notifications pass whatever their id.
+        let req = json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}});
+        assert!(matches!(judge_server_message(&req, |_| IdState::Refused), Verdict::Deliver(_)));
+        let note = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{}});
+        assert!(matches!(judge_server_message(&note, |_| IdState::Unknown), Verdict::Deliver(_)));
+        // A parse error answered with a null id.
+        let e = json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}});
+        assert!(matches!(judge_server_message(&e, |_| IdState::Unknown), Verdict::Deliver(_)));
+        assert!(matches!(judge_server_message(&json!([1]), pending), Verdict::Drop(_)));
+    }
+}

@@ -1,0 +1,156 @@
+//! The shipped event: an audit record plus where it came from, as one JSON object.
+//!
+//! Why a module of its own: every sink sends the same versioned event (documented in
+//! docs/audit-schema.md), so the SIEM side parses one shape whatever the transport.
+//! The record's own fields are flattened in unchanged; `event_schema`, `hostname` and
+//! `host_id` are added.
+
+use std::path::Path;
+
+use mcpwatch_api::AuditRecord;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+/// Version of the shipped event envelope (the record inside carries its own `schema`).
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// The host's name and a stable id for it.
+#[derive(Debug, Clone)]
+pub struct HostIdentity {
+    pub hostname: String,
+    /// 32 hex digits: sha256 of `mcpwatch host id:` + `/etc/machine-id` (the machine id
+    /// itself is never sent), else a random id kept in `<state dir>/host_id`.
+    pub host_id: String,
+}
+
+impl HostIdentity {
+    pub fn load(state_dir: &Path) -> HostIdentity {
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let host_id = machine_host_id(Path::new("/etc/machine-id")).unwrap_or_else(|| state_host_id(state_dir));
+        HostIdentity { hostname, host_id }
+    }
+}
+
+fn machine_host_id(path: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(path).ok()?;
+    let id = id.trim();
+    if id.is_empty() {
+        return None;
+    }
+    let digest = Sha256::digest(format!("mcpwatch host id:{id}").as_bytes());
+    Some(hex::encode(&digest[..16]))
+}
+
+/// A random id persisted (0600) in the state dir; regenerated only if unreadable.
+fn state_host_id(state_dir: &Path) -> String {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = state_dir.join("host_id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return s.to_string();
+        }
+    }
+    let mut raw = [0u8; 16];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw));
+    let id = hex::encode(raw);
+    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).and_then(|mut f| f.write_all(id.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot persist the host id; it changes on restart");
+    }
+    id
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    event_schema: u32,
+    hostname: &'a str,
+    host_id: &'a str,
+    #[serde(flatten)]
+    record: &'a AuditRecord,
+}
+
+/// One record ready to send: the record and its JSON event text.
+pub struct Prepared<'a> {
+    pub record: &'a AuditRecord,
+    pub json: String,
+    pub hostname: &'a str,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(record: &'a AuditRecord, identity: &'a HostIdentity) -> Prepared<'a> {
+        let env = Envelope { event_schema: EVENT_SCHEMA_VERSION, hostname: &identity.hostname, host_id: &identity.host_id, record };
+        // Plain data (strings, numbers, vectors): serialising cannot fail.
+        let json = serde_json::to_string(&env).unwrap_or_else(|e| format!("{{\"event_schema\":{EVENT_SCHEMA_VERSION},\"id\":{:?},\"error\":{:?}}}", record.id, e.to_string()));
+        Prepared { record, json, hostname: &identity.hostname }
+    }
+
+    /// Nanoseconds for receivers that order by time: the id's millisecond prefix and its
+    /// sequence within that millisecond, so ids map to distinct, increasing stamps.
+    pub fn unique_ns(&self) -> u128 {
+        let id = &self.record.id;
+        let ms: u128 = id.get(..20).and_then(|s| s.parse().ok()).unwrap_or(self.record.ts_ms as u128);
+        let seq: u128 = id.get(20..).and_then(|s| s.parse().ok()).unwrap_or(0);
+        ms * 1_000_000 + seq
+    }
+}
+
+/// RFC 3339 UTC with milliseconds (`2026-12-04T15:06:57.123Z`) for `ms` since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn event_flattens_the_record_and_adds_the_host() {
+        let id = HostIdentity { hostname: "h1".into(), host_id: "ab".repeat(16) };
+        let rec = AuditRecord { id: "00000001700000000123000007".into(), schema: 1, ..Default::default() };
+        let p = Prepared::new(&rec, &id);
+        let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+        assert_eq!(v["event_schema"], 1);
+        assert_eq!(v["hostname"], "h1");
+        assert_eq!(v["id"], "00000001700000000123000007");
+        assert_eq!(v["schema"], 1);
+        assert_eq!(p.unique_ns(), 1_700_000_000_123_000_007);
+    }
+
+    #[test]
+    fn host_id_is_a_hash_of_the_machine_id_or_a_persisted_random_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mid = dir.path().join("machine-id");
+        std::fs::write(&mid, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let h = machine_host_id(&mid).unwrap();
+        assert_eq!(h.len(), 32);
+        assert!(!h.contains("0123456789abcdef"), "the machine id itself is not sent");
+        let a = state_host_id(dir.path());
+        assert_eq!(state_host_id(dir.path()), a, "stable across restarts");
+    }
+}
