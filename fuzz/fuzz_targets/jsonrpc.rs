@@ -15,6 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mcpwatch_mcp::jsonrpc::{Limits, Message, Parsed, looks_like_batch, parse_body_with};
+use mcpwatch_mcp::keyed::HashKey;
 use serde_json::Value;
 
 /// Small limits so the fuzzer reaches the depth and batch-size edges.
@@ -54,8 +55,9 @@ fn check_message(m: &Message) {
     assert_eq!(again.method(), m.method());
     assert_eq!(again.id(), m.id());
     assert_eq!(again.target_name(), m.target_name(), "{text}");
-    assert_eq!(again.args_hash(), m.args_hash(), "{text}");
-    assert_eq!(again.result_hash(), m.result_hash(), "{text}");
+    let key = HashKey::new(b"fuzz");
+    assert_eq!(again.args_hash(&key), m.args_hash(&key), "{text}");
+    assert_eq!(again.result_hash(&key), m.result_hash(&key), "{text}");
     assert_eq!(again.validate_params().is_ok(), m.validate_params().is_ok(), "{text}");
     assert_eq!(again.declared_protocol_version(), m.declared_protocol_version());
     let _ = (m.arguments(), m.meta(), m.error_code(), m.is_tools_call(), m.is_initialize());
