@@ -27,15 +27,16 @@ enum Kind {
 /// The one call to the classifier (adapt here when its signature changes); `None`: it
 /// needs more bytes.
 fn classify(prefix: &[u8]) -> Option<Kind> {
-    conn::classify(prefix).map(|k| match k {
-        conn::Sniffed::Http => Kind::Http,
-        conn::Sniffed::Tls => Kind::Tls,
-        conn::Sniffed::Opaque => Kind::Other,
-    })
+    match conn::classify(prefix) {
+        conn::Classification::NeedMore => None,
+        conn::Classification::Http1 | conn::Classification::Http2 => Some(Kind::Http),
+        conn::Classification::Tls => Some(Kind::Tls),
+        conn::Classification::NotHttp(_) => Some(Kind::Other),
+    }
 }
 
 /// Bytes the daemon peeks at most before it must decide (`conn::sniff`'s buffer).
-const PEEK: usize = 16;
+const PEEK: usize = conn::PEEK_WINDOW;
 
 /// Methods an MCP server acts on (Streamable HTTP: POST, GET, DELETE) and their kin.
 const SERVED: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
