@@ -7,7 +7,7 @@
 //! - a decision never changes as more bytes arrive;
 //! - a prefix as long as the daemon's peek window is always decided;
 //! - `Http` only for a method token and a space (after empty lines, which HTTP/1 servers
-//!   skip), `Tls` only for a handshake record header (0x16 0x03);
+//!   skip; SP or HTAB), `Tls` only for a handshake record header (0x16 0x03);
 //! - the bypass property: bytes that an HTTP/1.x server parses as a complete request with
 //!   a method an MCP server serves (httparse, the parser hyper uses, is the oracle) are
 //!   never `Other`, because those bytes would reach the server uninspected.
@@ -78,5 +78,7 @@ fuzz_target!(|data: &[u8]| {
 fn is_request_line_start(prefix: &[u8]) -> bool {
     let rest = &prefix[prefix.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count()..];
     let token = rest.iter().take_while(|&&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)).count();
-    token > 0 && rest.get(token) == Some(&b' ')
+    // The classifier takes runs of SP or HTAB as separators (wider than RFC 9112, on
+    // purpose: hyper refuses what it cannot parse, and nothing unparsed is relayed).
+    token > 0 && matches!(rest.get(token), Some(b' ' | b'\t'))
 }

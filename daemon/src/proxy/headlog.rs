@@ -192,8 +192,12 @@ fn framing_of_head(req: &httparse::Request<'_, '_>) -> (Framing, State) {
             length = match (length, v) {
                 (None, Some(v)) => Some(v),
                 (Some(a), Some(b)) if a == b => Some(a),
-                // Unparsable or conflicting lengths: hyper refuses the request.
-                _ => return (f, State::Lost),
+                // Unparsable or conflicting lengths: hyper refuses the request; should it
+                // ever not, the request is refused here (its body end is unknown).
+                _ => {
+                    f.lost = true;
+                    length
+                }
             };
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             f.transfer_encoding = true;
@@ -345,10 +349,15 @@ mod tests {
         for s in [
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\n\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n\r\n",
         ] {
             let f = framings(s, 2);
             assert!(f[1].is_ambiguous(), "{:?}: {f:?}", String::from_utf8_lossy(s));
+            let has = |h: &[u8]| s.windows(h.len()).any(|w| w.eq_ignore_ascii_case(h));
+            if has(b"transfer-encoding") && has(b"content-length") {
+                assert!(f[0].is_ambiguous(), "the head itself: {f:?}");
+            }
         }
     }
 
