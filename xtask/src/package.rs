@@ -30,6 +30,9 @@ pub struct DebArgs {
     /// Directory the .deb is written to.
     #[arg(long, default_value = "target/debian")]
     out: PathBuf,
+    /// Then install it with `dpkg -i` (needs root). The service is not enabled.
+    #[arg(long)]
+    install: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -241,6 +244,10 @@ pub fn deb(args: &DebArgs) -> Result<PathBuf> {
     util::run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zgzip", "--build"]).arg(&stage).arg(&deb))?;
     let _ = std::fs::remove_dir_all(&stage);
     util::step(format!("built {}", deb.display()));
+    if args.install {
+        util::run(Command::new("dpkg").arg("-i").arg(&deb))?;
+        util::step("installed; enable it with: systemctl enable --now mcpwatchd");
+    }
     println!("{}", deb.display());
     Ok(deb)
 }

@@ -694,7 +694,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                     // Redacted arguments are re-serialised from `value`; otherwise the
                     // client's exact bytes go upstream.
                     let original = if modified { Bytes::new() } else { bytes.clone() };
-                    return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg.clone(), value, original, pending);
+                    return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg.clone(), value, original, pending, audit_failed);
                 }
                 // A held call waits here for a human; the record is already written.
                 let fate = match (&fate, rec.decision.as_ref().map(|d| d.effective.as_str())) {
@@ -1005,6 +1005,7 @@ fn streamed_hold(
     value: serde_json::Value,
     original: Bytes,
     mut pending: Pending,
+    audit_failed: bool,
 ) -> Response<Body> {
     use futures_util::StreamExt as _;
     let token = progress_token(&msg).unwrap_or_default();
@@ -1044,7 +1045,20 @@ fn streamed_hold(
                 let _ = tx.send(event(jsonrpc::error_response(msg.id(), code, &message, Some(data)))).await;
             }
             Fate::Forward => {
-                let _ = shared.durable().await;
+                // Audited before forwarded, here too: the approved call leaves only once
+                // its record is on disk, or failure_mode says an unaudited call may go.
+                let durable = shared.durable().await;
+                if let Err(e) = &durable {
+                    tracing::error!(error = %e, "audit records not durable");
+                }
+                if (audit_failed || durable.is_err())
+                    && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse
+                {
+                    let text = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
+                    finish(&shared, pending, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
+                    let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, text, None))).await;
+                    return;
+                }
                 if let Some(id) = msg.id() {
                     shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Forwarded);
                 }

@@ -379,3 +379,64 @@ fn held_call_streams_progress_then_the_answer() {
     assert!(all.contains(r#""id":7"#) && all.contains(r#""ok":true"#), "answer after approval: {all}\n--- daemon log ---\n{}", env.daemon.log_text());
     assert!(env.upstream_bytes().contains("delete_records"));
 }
+
+/// Issue 9's hole: a held call that streams progress used to return before the
+/// audit-failure check and ignore `durable()`, so in fail-closed mode an approved call
+/// could be forwarded unaudited. The store here sits on a small tmpfs that is filled
+/// while the call waits: the approval's record cannot reach the disk, and the call must
+/// not leave. Needs root (mount); skips with the reason otherwise.
+#[test]
+fn held_call_with_progress_is_not_forwarded_when_the_store_fails_in_closed_mode() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP held_call_with_progress_is_not_forwarded_when_the_store_fails_in_closed_mode: needs root to mount a tmpfs");
+        return;
+    }
+    struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("fs");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&mnt).status().expect("mount");
+    assert!(ok.success(), "mount tmpfs");
+    let fs = Tmpfs(mnt.clone(), dir);
+
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\napproval_timeout_secs = 60\n[approvals]\napprovers = [\"uid:0\"]\n[[rule]]\nid = \"approve-deletes\"\ntools = [\"delete_records\"]\naction = \"require_approval\"\n";
+    let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"ok":true}}"#;
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+    let env = Env::with_reply(
+        DaemonOpts { policy: Some(policy.into()), failure_mode: Some("closed"), state_dir: Some(mnt.join("state")), ..Default::default() },
+        reply.as_bytes(),
+    );
+    let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"t"},"_meta":{"progressToken":"p-1"}}}"#;
+    let mut s = TcpStream::connect(env.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n")).unwrap();
+    let held = env.daemon.wait_pending(1);
+    // Fill the store's file system.
+    let mut filler = std::fs::File::create(mnt.join("filler")).expect("filler");
+    let block = vec![0u8; 64 * 1024];
+    while filler.write_all(&block).is_ok() {}
+    drop(filler);
+    // Other calls meanwhile use up what was left of the store's last page: from here on
+    // its writes fail (they are refused themselves, fail-closed).
+    let big = "x".repeat(4096);
+    for i in 0..16 {
+        let call = format!(r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{big}"}}}}}}"#, 100 + i);
+        let resp = env.send(&post(call.as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n"));
+        if status_line(&resp) == 503 {
+            break;
+        }
+    }
+    assert!(env.daemon.cli(&["approve", &held[0].id]).status.success());
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let all = String::from_utf8_lossy(&got).to_string();
+    assert!(!env.upstream_bytes().contains("delete_records"), "forwarded although its audit record could not be written:\n{all}\n{}", env.daemon.log_text());
+    assert!(all.contains("audit store is unavailable") && all.contains(r#""id":7"#), "{all}\n--- daemon log ---\n{}", env.daemon.log_text());
+    drop(env);
+    drop(fs);
+}
