@@ -17,7 +17,7 @@ use mcpwatch_api::{Request, Response};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on one response line (a large `audit --limit 0` answer fits well below).
-const MAX_LINE_BYTES: u64 = 256 * 1024 * 1024;
+const MAX_LINE_BYTES: u64 = mcpwatch_api::wire::MAX_RESPONSE_LINE;
 
 pub struct Conn {
     reader: BufReader<UnixStream>,
@@ -46,8 +46,7 @@ impl Conn {
     }
 
     pub fn send(&mut self, req: &Request) -> Result<()> {
-        let mut line = serde_json::to_vec(req).context("encoding request")?;
-        line.push(b'\n');
+        let line = mcpwatch_api::wire::encode(req).context("encoding request")?;
         let stream = self.reader.get_mut();
         stream
             .write_all(&line)
@@ -86,7 +85,7 @@ impl Conn {
             bail!("mcpwatchd sent a response line longer than {MAX_LINE_BYTES} bytes");
         }
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let resp = serde_json::from_slice(line).map_err(|e| {
+        let resp = mcpwatch_api::wire::decode(line).map_err(|e| {
             let preview: String = String::from_utf8_lossy(&line[..line.len().min(120)]).into();
             anyhow!(
                 "mcpwatchd sent a response this mcpwatch does not understand ({e}): {preview:?}"

@@ -69,9 +69,7 @@ impl Fake {
 }
 
 fn line(r: &Response) -> String {
-    let mut s = serde_json::to_string(r).expect("encode");
-    s.push('\n');
-    s
+    String::from_utf8(mcpwatch_api::wire::encode(r).expect("encode")).expect("utf8")
 }
 
 fn mcpwatch(socket: &Path, args: &[&str]) -> Output {

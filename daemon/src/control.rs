@@ -57,7 +57,7 @@ fn answer(shared: &Shared, id: &str, who: &Answerer, verdict: Verdict) -> Result
 }
 
 /// Longest request line accepted.
-const MAX_LINE: usize = 64 * 1024;
+const MAX_LINE: usize = mcpwatch_api::wire::MAX_REQUEST_LINE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -145,7 +145,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
     if line.len() > MAX_LINE {
         return send(&mut w, &Response::Error { message: "request too long".into() }).await;
     }
-    let req: Request = match serde_json::from_str(&line) {
+    let req: Request = match mcpwatch_api::wire::decode(line.as_bytes()) {
         Ok(r) => r,
         Err(e) => return send(&mut w, &Response::Error { message: format!("bad request: {e}") }).await,
     };
@@ -247,8 +247,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
 use tokio::io::AsyncReadExt as _;
 
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> io::Result<()> {
-    let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
-    line.push(b'\n');
+    let line = mcpwatch_api::wire::encode(resp).map_err(io::Error::other)?;
     w.write_all(&line).await
 }
 

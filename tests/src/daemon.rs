@@ -155,13 +155,12 @@ impl Daemon {
     pub fn try_request(&self, req: &Request) -> std::io::Result<Response> {
         let mut s = UnixStream::connect(&self.socket)?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+        let line = mcpwatch_api::wire::encode(req).map_err(std::io::Error::other)?;
         s.write_all(&line)?;
         let mut r = BufReader::new(s);
         let mut buf = String::new();
         r.read_line(&mut buf)?;
-        serde_json::from_str(&buf).map_err(std::io::Error::other)
+        mcpwatch_api::wire::decode(buf.as_bytes()).map_err(std::io::Error::other)
     }
 
     pub fn request(&self, req: &Request) -> Response {

@@ -26,6 +26,29 @@ pub use verify::{AuditProblem, AuditVerify};
 
 /// Default path of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mcpwatch/control.sock";
+
+/// The control socket's framing, in one place: one JSON object per line, each way.
+/// Requests are at most [`MAX_REQUEST_LINE`] bytes; a response line (an audit query can
+/// be large) at most [`MAX_RESPONSE_LINE`].
+pub mod wire {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+    pub const MAX_RESPONSE_LINE: u64 = 256 * 1024 * 1024;
+
+    /// One message as a line (JSON + `\n`).
+    pub fn encode<T: Serialize>(msg: &T) -> serde_json::Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(msg)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// One line (with or without its `\n`) back into a message.
+    pub fn decode<T: DeserializeOwned>(line: &[u8]) -> serde_json::Result<T> {
+        serde_json::from_slice(line.strip_suffix(b"\n").unwrap_or(line))
+    }
+}
 /// Default state directory (audit store, CA).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcpwatch";
 
