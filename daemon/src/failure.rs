@@ -1,8 +1,10 @@
 //! Fail-open or fail-closed: the one place that decides.
 //!
-//! Every internal failure on the data path (the audit store refuses a write, the
-//! original destination cannot be resolved, the daemon is going down) ends here, so the
-//! setting an operator sees in `mcpwatch status` is the behaviour they get.
+//! Every internal failure on the data path that could let a call through unaudited (the
+//! audit store refuses a write or cannot make it durable, an MCP body cannot be
+//! inspected, the daemon is down) ends here, so the setting an operator sees in
+//! `mcpwatch status` is the behaviour they get. (A connection whose original destination
+//! cannot be resolved is closed in either mode: there is nowhere to forward it.)
 //!
 //! - `open`: the call goes through unobserved (or is relayed as opaque bytes); the
 //!   failure is counted and logged. When the daemon dies, its non-pinned eBPF links
