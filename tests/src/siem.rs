@@ -16,17 +16,7 @@ use crate::peers::free_port;
 
 /// Stop a child we started: SIGTERM, then SIGKILL after 5 s.
 fn stop_child(child: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::daemon::stop_child(child, Duration::from_secs(5));
 }
 
 /// Poll `ready` until it holds; panic with the child's stderr log if it exits first or
