@@ -55,6 +55,10 @@ pub fn inventory_row(s: &ServerEntry, now_ms: u64) -> Vec<String> {
                 } else if t.poisoning.is_some() {
                     n.push_str(" [suspicious]");
                 }
+                if !t.labels.is_empty() {
+                    let short: Vec<&str> = t.labels.iter().map(|l| l.split(' ').next().unwrap_or(l)).collect();
+                    n.push_str(&format!(" {{{}}}", short.join(",")));
+                }
                 n
             })
             .collect();
@@ -619,4 +623,30 @@ mod tests {
         assert!(!text.contains("while mcpwatchd is down"), "{text}");
         assert!(text.contains("! failure mode is closed but the eBPF links are not pinned"), "{text}");
     }
+}
+
+/// The taint chain of one session (`mcpwatch audit --session`): which results tainted
+/// it, and which later calls flow rules held or blocked, naming the tainting records.
+pub fn taint_chain(records: &[AuditRecord]) -> String {
+    let mut out = String::from("\ntaint chain:\n");
+    let mut any = false;
+    for r in records {
+        let tool = sanitize(r.name.as_deref().unwrap_or("-"));
+        let Some(f) = &r.flow else { continue };
+        if f.taints {
+            any = true;
+            out.push_str(&format!("  {}  {tool}: result tainted the session\n", r.id));
+        }
+        let flow_rule = r.decision.as_ref().filter(|d| d.rules.iter().any(|x| x.starts_with("flow:")));
+        if let Some(d) = flow_rule {
+            any = true;
+            out.push_str(&format!("  {}  {tool} [{}]: {} {}: {}\n", r.id, f.labels.join(","), d.action, d.effective, sanitize(&d.reason)));
+        } else if f.tainted && !f.labels.is_empty() {
+            out.push_str(&format!("  {}  {tool} [{}]: tainted by {}\n", r.id, f.labels.join(","), f.tainted_by.join(", ")));
+        }
+    }
+    if !any {
+        out.push_str("  (no untrusted content entered this session)\n");
+    }
+    out
 }

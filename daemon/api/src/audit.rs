@@ -61,6 +61,27 @@ pub struct AuditRecord {
     /// TLS details when the connection was HTTPS (terminated by mcpwatch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsDetails>,
+    /// Toxic-flow state of the agent's session when this call was judged (tools/call only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowView>,
+}
+
+/// A call's place in its session's taint (docs/policy.md, "Toxic flows").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FlowView {
+    /// The session key: `ENDPOINT#MCP-SESSION-ID`, or `ENDPOINT#proc:TGID:COMM` without one.
+    pub session: String,
+    /// Labels of this call (`private_data`, `untrusted_content`, `public_sink`, `destructive`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Untrusted content had entered the session before this call.
+    pub tainted: bool,
+    /// Audit record ids of the calls whose results (or arguments) tainted the session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tainted_by: Vec<String>,
+    /// This call's own result tainted the session.
+    #[serde(default)]
+    pub taints: bool,
 }
 
 /// A policy decision as recorded.
@@ -163,6 +184,9 @@ pub struct AuditFilter {
     /// (`block`, `forward`, `hold`).
     #[serde(default)]
     pub decision: Option<String>,
+    /// Records of one session: the MCP session id (exact) or a flow session key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl AuditFilter {
@@ -185,6 +209,12 @@ impl AuditFilter {
         }
         if let Some(d) = &self.decision {
             let hit = r.decision.as_ref().is_some_and(|x| &x.action == d || &x.effective == d);
+            if !hit {
+                return false;
+            }
+        }
+        if let Some(s) = &self.session {
+            let hit = r.session_id.as_deref() == Some(s.as_str()) || r.flow.as_ref().is_some_and(|f| &f.session == s);
             if !hit {
                 return false;
             }

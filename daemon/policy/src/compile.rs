@@ -246,7 +246,7 @@ impl Compiler<'_> {
         if !matches!(action, RuleAction::Deny | RuleAction::RequireApproval) {
             return Err(self.err(r.action.span(), format!("a flow's `action` is \"deny\" or \"require_approval\", not \"{}\"", action.as_str())));
         }
-        Ok(FlowDef { id, sequence: seq, action, mode: r.mode, message: r.message.clone(), line: self.line(r.id.span().start) })
+        Ok(FlowDef { id, sequence: seq, action, mode: r.mode, message: r.message.clone(), markers: r.markers, line: self.line(r.id.span().start) })
     }
 
     fn name(&self, s: &Spanned<String>, what: &str) -> Result<String> {

@@ -185,6 +185,9 @@ pub struct FlowDef {
     pub action: RuleAction,
     pub mode: Option<Mode>,
     pub message: Option<String>,
+    /// Match only when the call's arguments repeat a marker (URL, address, number) that
+    /// came in the session's untrusted content.
+    pub markers: bool,
     pub line: usize,
 }
 
@@ -604,10 +607,11 @@ impl FlowTable {
             return FlowCheck::default();
         }
         let s = self.session(key, now_ms);
-        if let Some((record, src_tool)) = args_markers.iter().find_map(|m| s.markers.get(m)).cloned() {
-            let t = TaintRef { record, tool: src_tool, why: TaintReason::Marker };
-            if !s.taints.contains(&t) && s.taints.len() < max_taints {
-                s.taints.push(t);
+        let marker = args_markers.iter().find_map(|m| s.markers.get(m)).cloned();
+        let marker = marker.map(|(record, tool)| TaintRef { record, tool, why: TaintReason::Marker });
+        if let Some(t) = &marker {
+            if !s.taints.contains(t) && s.taints.len() < max_taints {
+                s.taints.push(t.clone());
             }
         }
         let state = TaintState { tainted: !s.taints.is_empty(), by: s.taints.clone() };
@@ -616,7 +620,7 @@ impl FlowTable {
         }
         let mut best: Option<(&FlowDef, Mode)> = None;
         for f in &policy.flows {
-            if !completes(&f.sequence, &s.events, labels) {
+            if (f.markers && marker.is_none()) || !completes(&f.sequence, &s.events, labels) {
                 continue;
             }
             let mode = f.mode.unwrap_or(policy.mode);
@@ -627,7 +631,11 @@ impl FlowTable {
         }
         let verdict = best.map(|(f, mode)| {
             let seq: Vec<&str> = f.sequence.iter().map(|l| l.as_str()).collect();
-            let by = state.by.first().map(|t| t.to_string()).unwrap_or_default();
+            // A marker rule names the result the marker came in; others the first taint.
+            let by = match (&marker, f.markers) {
+                (Some(m), true) => m.to_string(),
+                _ => state.by.first().map(|t| t.to_string()).unwrap_or_default(),
+            };
             let shown: String = tool.chars().take(128).collect();
             let mut reason = format!("flow rule `{}` ({}): `{shown}` in a session tainted by {by}", f.id, seq.join(" -> "));
             if let Some(m) = &f.message {
@@ -739,6 +747,12 @@ id = "hijack"
 sequence = ["untrusted_content", "destructive"]
 action = "deny"
 message = "no destructive calls after untrusted content"
+
+[[flow]]
+id = "attacker-recipient"
+sequence = ["untrusted_content", "public_sink"]
+markers = true
+action = "deny"
 
 [[server]]
 name = "corp"
@@ -876,6 +890,12 @@ host = "corp.example"
         let c = t.check_call(&p, "s", 3, "send_message", l(&[Label::Destructive]), &args);
         assert_eq!(c.state.by, vec![TaintRef { record: "rec-3".into(), tool: "list_chats".into(), why: TaintReason::Marker }]);
         assert_eq!(c.verdict.unwrap().rule, "hijack");
+        // A marker rule matches only the call that repeats the marker.
+        let sink = l(&[Label::PublicSink]);
+        assert!(t.check_call(&p, "s", 4, "send_message", sink, &other).verdict.is_none());
+        let v = t.check_call(&p, "s", 5, "send_message", sink, &args).verdict.unwrap();
+        assert_eq!(v.rule, "attacker-recipient");
+        assert!(v.reason.contains("rec-3") && v.reason.contains("marker"), "{}", v.reason);
         assert!(markers(&json!({"u": "HTTPS://EVIL.example/x"})).iter().all(|m| t.sessions["s"].markers.contains_key(m)));
     }
 

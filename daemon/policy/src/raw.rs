@@ -151,4 +151,7 @@ pub(crate) struct RawFlow {
     pub action: Spanned<RuleAction>,
     pub mode: Option<Mode>,
     pub message: Option<String>,
+    /// Only when the call repeats a marker of the untrusted content.
+    #[serde(default)]
+    pub markers: bool,
 }
