@@ -222,3 +222,21 @@ impl AuditFilter {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_filter_matches_the_mcp_session_or_the_flow_key() {
+        let by_id = AuditRecord { session_id: Some("abc".into()), ..Default::default() };
+        let by_flow = AuditRecord { flow: Some(FlowView { session: "http://h/mcp#proc:1:x".into(), ..Default::default() }), ..Default::default() };
+        let other = AuditRecord { session_id: Some("zzz".into()), ..Default::default() };
+        let f = |s: &str| AuditFilter { session: Some(s.into()), ..Default::default() };
+        assert!(f("abc").matches(&by_id) && !f("abc").matches(&other) && !f("abc").matches(&by_flow));
+        assert!(f("http://h/mcp#proc:1:x").matches(&by_flow) && !f("http://h/mcp#proc:1:x").matches(&by_id));
+        // Records written before the field existed still decode.
+        let old: AuditRecord = serde_json::from_str(&serde_json::to_string(&by_id).unwrap().replace(",\"flow\":null", "")).unwrap();
+        assert_eq!(old.flow, None);
+    }
+}

@@ -35,7 +35,7 @@ pub use compile::{DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES, parse};
 pub use error::PolicyError;
 pub use eval::{Call, Subject, Target};
 pub use flow::{
-    FlowCheck, FlowDef, FlowLimits, FlowTable, FlowVerdict, Injection, Label, LabelSource, Labels, TaintReason, TaintRef,
+    FlowCheck, FlowDef, FlowLimits, FlowTable, FlowVerdict, Injection, Label, LabelSource, Labels, ResultSeen, TaintReason, TaintRef,
     TaintState, ToolLabels, ToolRef, call_labels, markers,
 };
 pub use model::{

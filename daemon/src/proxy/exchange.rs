@@ -924,15 +924,15 @@ fn govern_request(
             retry_after_ms: None,
         };
     }
-    if let Some(gate) = &flow {
-        if d.effective != Effect::Block {
-            match super::flows::apply(gate, &mut view, rec, contact.as_deref()) {
-                super::flows::Outcome::Deny { message, data } => {
-                    rec.decision = Some(view);
-                    return Fate::Refuse { code: CODE_DENIED, message, data, retry_after_ms: None };
-                }
-                super::flows::Outcome::Hold | super::flows::Outcome::Pass => super::flows::commit(shared, gate),
+    if let Some(gate) = &flow
+        && d.effective != Effect::Block
+    {
+        match super::flows::apply(gate, &mut view, rec, contact.as_deref()) {
+            super::flows::Outcome::Deny { message, data } => {
+                rec.decision = Some(view);
+                return Fate::Refuse { code: CODE_DENIED, message, data, retry_after_ms: None };
             }
+            super::flows::Outcome::Hold | super::flows::Outcome::Pass => super::flows::commit(shared, gate),
         }
     }
     rec.decision = Some(view);

@@ -10,7 +10,7 @@
 use mcpwatch_api::{AuditRecord, DecisionView, FlowView};
 use mcpwatch_inspect::poison::{Severity, RESULT_ALERT};
 use mcpwatch_mcp::jsonrpc::Message;
-use mcpwatch_policy::{FlowCheck, Injection, Labels, Mode, RuleAction, ToolLabels, ToolRef};
+use mcpwatch_policy::{FlowCheck, Injection, Labels, Mode, ResultSeen, RuleAction, ToolLabels, ToolRef};
 use serde_json::Value;
 
 use super::exchange::{Scope, TargetOwned};
@@ -191,7 +191,7 @@ pub(super) fn observe_result(shared: &Shared, gov: &Loaded, scope: &Scope, rec: 
     let taints = shared
         .governance
         .with_flows(|t| {
-            t.observe_result(&session, now_ms(), &record, &tool, labels, injection, result);
+            t.observe_result(&session, now_ms(), &ResultSeen { record: &record, tool: &tool, labels, injection, result });
             t.state(&session, now_ms()).by.iter().any(|b| b.record == record)
         })
         .unwrap_or(false);

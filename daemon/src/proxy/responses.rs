@@ -265,11 +265,12 @@ impl StreamObserver {
             p.record.notes.push("result blocked by inspection".into());
             return true;
         }
-        if let Some(r) = &scan {
-            if self.gov.policy.inspect().result_injection && r.severity >= mcpwatch_inspect::poison::Severity::Medium {
-                let kinds: Vec<String> = r.signals.iter().take(4).map(|s| format!("{:?}", s.kind)).collect();
-                p.record.alerts.push(format!("tool result contains instructions aimed at the agent (score {}: {})", r.score, kinds.join(", ")));
-            }
+        if let Some(r) = &scan
+            && self.gov.policy.inspect().result_injection
+            && r.severity >= mcpwatch_inspect::poison::Severity::Medium
+        {
+            let kinds: Vec<String> = r.signals.iter().take(4).map(|s| format!("{:?}", s.kind)).collect();
+            p.record.alerts.push(format!("tool result contains instructions aimed at the agent (score {}: {})", r.score, kinds.join(", ")));
         }
         if let Some(result) = &markers_source {
             super::flows::observe_result(&self.shared, &self.gov, &self.scope, &mut p.record, result, scan.map(|r| r.severity));
