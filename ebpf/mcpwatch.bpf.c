@@ -14,7 +14,18 @@
  *   getpeername4/6         report the original destination, so the redirect is
  *                          invisible to the client.
  *   sched_process_exec     remember the comm of every exec'd process, so a
- *                          short-lived client can still be named after it exits.
+ *                          short-lived client can still be named after it exits;
+ *                          agent scope: a comm in `agent_comms` makes the process
+ *                          an agent at once, any other exec is `pending` until
+ *                          user space has matched it against the policy.
+ *   sched_process_fork     a child of an agent is an agent (of a pending process:
+ *                          pending); any other child is neither (pid reuse).
+ *   task_rename            a thread renamed to an agent comm (prctl, process.title)
+ *                          makes its process an agent.
+ *   sched_process_exit     forget the process when its last thread exits.
+ *
+ * Agents (and pending processes) have EVERY TCP destination redirected, not only
+ * the ports in `ports`; see docs/scope.md.
  *
  * Compiled by daemon/intercept/build.rs with
  *   clang-19 -O2 -g -target bpf -I/usr/include/x86_64-linux-gnu -c
@@ -73,11 +84,47 @@ struct {
 	__type(value, struct mcpw_exec);
 } execs SEC(".maps");
 
-/* Minimal CO-RE view of task_struct: only the fields read below. The loader
- * relocates the offsets against the running kernel's BTF. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MCPW_MAX_AGENTS);
+	__type(key, __u32);
+	__type(value, struct mcpw_agent);
+} agents SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MCPW_MAX_PENDING);
+	__type(key, __u32);
+	__type(value, struct mcpw_agent);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MCPW_MAX_AGENT_COMMS);
+	__type(key, struct mcpw_comm);
+	__type(value, __u32);
+} agent_comms SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MCPW_EVENTS_BYTES);
+} events SEC(".maps");
+
+/* Minimal CO-RE views of kernel structs: only the fields read below. The
+ * loader relocates the offsets against the running kernel's BTF. */
+typedef struct {
+	int counter;
+} atomic_t;
+
+struct signal_struct {
+	atomic_t live;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
+	int pid;
 	int tgid;
 	struct task_struct *real_parent;
+	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
 static __always_inline struct mcpw_config *get_config(void)
@@ -95,6 +142,21 @@ static __always_inline int port_in_scope(const struct mcpw_config *cfg, __u16 po
 	if (!bits)
 		return 0;
 	return (*bits >> (port & 63)) & 1;
+}
+
+/* Whether the calling process is an agent or not yet classified: then every
+ * destination port is in scope. */
+static __always_inline int agent_in_scope(const struct mcpw_config *cfg)
+{
+	if (!cfg->agents)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	return bpf_map_lookup_elem(&agents, &tgid) != 0 || bpf_map_lookup_elem(&pending, &tgid) != 0;
+}
+
+static __always_inline int dst_in_scope(const struct mcpw_config *cfg, __u16 port)
+{
+	return port_in_scope(cfg, port) || agent_in_scope(cfg);
 }
 
 /* Common checks of connect4/connect6 before anything is recorded: a TCP
@@ -138,7 +200,7 @@ int connect4(struct bpf_sock_addr *ctx)
 
 	__u32 ip = ctx->user_ip4; /* network order */
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (!port_in_scope(cfg, port))
+	if (!dst_in_scope(cfg, port))
 		return 1;
 	if (ip == bpf_htonl(LOOPBACK4) && port == cfg->listen_port)
 		return 1; /* already going to the daemon */
@@ -172,7 +234,7 @@ int connect6(struct bpf_sock_addr *ctx)
 	__u32 ip2 = CTX_U32(ctx->user_ip6[2]);
 	__u32 ip3 = CTX_U32(ctx->user_ip6[3]);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (!port_in_scope(cfg, port))
+	if (!dst_in_scope(cfg, port))
 		return 1;
 
 	int mapped = ip0 == 0 && ip1 == 0 && ip2 == bpf_htonl(0x0000ffff);
@@ -310,6 +372,28 @@ int getpeername6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* Whether the current task is in the watched cgroup or below it: only there
+ * do the connect hooks run, so only there is a pending mark worth making. */
+static __always_inline int in_watched_cgroup(const struct mcpw_config *cfg)
+{
+	if (cfg->watch_cgid == 0)
+		return 1;
+	return bpf_get_current_ancestor_cgroup_id((int)cfg->watch_level) == cfg->watch_cgid;
+}
+
+/* Ask user space to classify a process. If the ring is full the process stays
+ * pending (redirected) until user space's periodic sweep classifies it. */
+static __always_inline void emit_event(__u32 tgid, __u32 ppid, __u64 ktime_ns)
+{
+	struct mcpw_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	ev->tgid = tgid;
+	ev->ppid = ppid;
+	ev->ktime_ns = ktime_ns;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 SEC("raw_tracepoint/sched_process_exec")
 int process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -322,5 +406,88 @@ int process_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	e.ppid = (__u32)BPF_CORE_READ(task, real_parent, tgid);
 	bpf_map_update_elem(&execs, &tgid, &e, BPF_ANY);
+
+	struct mcpw_config *cfg = get_config();
+	if (!cfg || !cfg->agents)
+		return 0;
+	if (bpf_map_lookup_elem(&agents, &tgid))
+		return 0; /* an agent stays one whatever it runs next */
+	struct mcpw_agent a = { .flags = MCPW_AGENT_COMM, .ppid = e.ppid, .since_ns = e.ktime_ns };
+	if (bpf_map_lookup_elem(&agent_comms, e.comm)) {
+		bpf_map_update_elem(&agents, &tgid, &a, BPF_ANY);
+		bpf_map_delete_elem(&pending, &tgid);
+		return 0;
+	}
+	if (cfg->classify && in_watched_cgroup(cfg)) {
+		a.flags = 0;
+		bpf_map_update_elem(&pending, &tgid, &a, BPF_ANY);
+		emit_event(tgid, e.ppid, e.ktime_ns);
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_fork")
+int process_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *parent = (struct task_struct *)ctx->args[0];
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 ptgid = (__u32)BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = (__u32)BPF_CORE_READ(child, tgid);
+	if (ptgid == ctgid)
+		return 0; /* a new thread: same process */
+	struct mcpw_config *cfg = get_config();
+	if (!cfg || !cfg->agents)
+		return 0;
+	struct mcpw_agent a = { .flags = MCPW_AGENT_INHERITED, .ppid = ptgid, .since_ns = bpf_ktime_get_ns() };
+	if (bpf_map_lookup_elem(&agents, &ptgid)) {
+		bpf_map_update_elem(&agents, &ctgid, &a, BPF_ANY);
+		bpf_map_delete_elem(&pending, &ctgid);
+		return 0;
+	}
+	/* A reused pid must not keep the status of the process that had it. */
+	bpf_map_delete_elem(&agents, &ctgid);
+	if (bpf_map_lookup_elem(&pending, &ptgid)) {
+		a.flags = 0;
+		bpf_map_update_elem(&pending, &ctgid, &a, BPF_ANY);
+		emit_event(ctgid, ptgid, a.since_ns);
+	} else {
+		bpf_map_delete_elem(&pending, &ctgid);
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/task_rename")
+int task_rename(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct mcpw_config *cfg = get_config();
+	if (!cfg || !cfg->agents)
+		return 0;
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	struct mcpw_comm name;
+	__builtin_memset(&name, 0, sizeof(name));
+	if (bpf_probe_read_kernel_str(name.comm, sizeof(name.comm), (const void *)ctx->args[1]) <= 0)
+		return 0;
+	if (!bpf_map_lookup_elem(&agent_comms, &name))
+		return 0;
+	__u32 tgid = (__u32)BPF_CORE_READ(task, tgid);
+	if (bpf_map_lookup_elem(&agents, &tgid))
+		return 0;
+	struct mcpw_agent a = { .flags = MCPW_AGENT_COMM, .ppid = (__u32)BPF_CORE_READ(task, real_parent, tgid), .since_ns = bpf_ktime_get_ns() };
+	bpf_map_update_elem(&agents, &tgid, &a, BPF_ANY);
+	bpf_map_delete_elem(&pending, &tgid);
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exit")
+int process_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	/* signal->live was decremented before this tracepoint: 0 means the last
+	 * thread of the process is exiting. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	__u32 tgid = (__u32)BPF_CORE_READ(task, tgid);
+	bpf_map_delete_elem(&agents, &tgid);
+	bpf_map_delete_elem(&pending, &tgid);
 	return 0;
 }

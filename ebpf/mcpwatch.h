@@ -17,6 +17,23 @@
 /* Bounds of the LRU maps: churn evicts the oldest entries, never leaks. */
 #define MCPW_MAX_CONNS 65536
 #define MCPW_MAX_EXECS 65536
+/* Live agent processes tracked at once (plain hash: entries leave only when
+ * the process exits, never by eviction, so churn elsewhere cannot push an
+ * agent out of scope). */
+#define MCPW_MAX_AGENTS 65536
+/* Processes exec'd but not yet classified by user space (LRU: a flood of
+ * execs evicts pending entries, never agents). */
+#define MCPW_MAX_PENDING 16384
+/* Exact command names matched in the kernel (built-in list + exact policy comms). */
+#define MCPW_MAX_AGENT_COMMS 1024
+/* Exec events for user space, bytes (power of two, multiple of the page size). */
+#define MCPW_EVENTS_BYTES (256 * 1024)
+
+/* `agents` value flags: why a process is an agent. */
+#define MCPW_AGENT_COMM 1      /* its comm matched `agent_comms` (exec or rename) */
+#define MCPW_AGENT_POLICY 2    /* user space matched a policy [[agent]] pattern */
+#define MCPW_AGENT_INHERITED 4 /* forked from an agent, or a descendant of one */
+
 /* 65536 ports, one bit each, in 64-bit words. */
 #define MCPW_PORT_WORDS 1024
 
@@ -27,6 +44,30 @@ struct mcpw_config {
 	__u32 mark;        /* SO_MARK carried by the daemon's own sockets; 0 = unused */
 	__u32 daemon_tgid; /* the daemon's process id; 0 = unused */
 	__u32 all_ports;   /* non-zero: every TCP port is in scope, `ports` is ignored */
+	__u32 agents;      /* non-zero: every TCP port is in scope for agents (`agents`, `pending`) */
+	__u32 classify;    /* non-zero: unmatched execs become `pending` and are sent to user space */
+	__u32 watch_level; /* depth of the watched cgroup below the cgroup2 root (root: 0) */
+	__u32 _pad0;
+	__u64 watch_cgid;  /* id of the watched cgroup: only execs inside it become pending */
+};
+
+/* `agents` value (key: tgid) and `pending` value (key: tgid). */
+struct mcpw_agent {
+	__u32 flags;    /* MCPW_AGENT_*; 0 in `pending` */
+	__u32 ppid;     /* parent's tgid when the entry was made; 0 if unknown */
+	__u64 since_ns; /* bpf_ktime_get_ns() when the entry was made */
+};
+
+/* `agent_comms` key: a command name, NUL-padded to 16 bytes. */
+struct mcpw_comm {
+	char comm[16];
+};
+
+/* `events` record: a process user space has to classify. */
+struct mcpw_event {
+	__u32 tgid;
+	__u32 ppid;
+	__u64 ktime_ns;
 };
 
 /* What connect4/connect6 learned about a redirected connection. */

@@ -12,6 +12,8 @@
 mod ca;
 mod client;
 mod govern;
+mod list;
+mod report;
 mod scan;
 mod table;
 mod view;
@@ -51,12 +53,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// MCP servers seen on this host: transport, serverInfo, tools, calls, clients.
-    List {
-        /// Print the inventory as a JSON array.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Every MCP server on this host, merged: seen on the network (daemon) and configured in
+    /// client files (scan); status registered / shadow / running / configured-only.
+    List(list::ListArgs),
+    /// A report people read: `--html FILE` (one self-contained page) or `--json`; `--merge DIR`
+    /// joins many hosts' `list --format json` / `scan --json` files into one fleet report.
+    Report(report::ReportArgs),
     /// Audited MCP messages: who called which tool on which server, and how it went.
     Audit(AuditArgs),
     /// Daemon health: failure mode, interception, listeners, counters, warnings.
@@ -196,7 +198,8 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode> {
     let done = match &cli.command {
-        Command::List { json } => list(&cli.socket, *json, out),
+        Command::List(args) => list::run(&cli.socket, args, out),
+        Command::Report(args) => report::run(&cli.socket, args, out),
         Command::Audit(args) => audit(&cli.socket, args, out),
         Command::Status { json } => status(&cli.socket, *json, out),
         Command::Ca(args) => ca::run(args, &cli.socket, out),
@@ -214,20 +217,6 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Scan(args) => return scan::run(args, out),
     };
     done.map(|()| ExitCode::SUCCESS)
-}
-
-fn list(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
-    let servers = match Conn::call(socket, &Request::List)? {
-        Response::List { servers } => servers,
-        other => return Err(unexpected("list", &other)),
-    };
-    if json {
-        let mut text = serde_json::to_string_pretty(&servers)?;
-        text.push('\n');
-        emit(out, &text)
-    } else {
-        emit(out, &view::inventory_table(&servers, now_ms()))
-    }
 }
 
 fn status(socket: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
@@ -473,6 +462,6 @@ mod tests {
         let cli =
             Cli::try_parse_from(["mcpwatch", "--socket", "/s", "list", "--json"]).expect("parse");
         assert_eq!(cli.socket, PathBuf::from("/s"));
-        assert!(matches!(cli.command, Command::List { json: true }));
+        assert!(matches!(cli.command, Command::List(ref a) if a.json));
     }
 }

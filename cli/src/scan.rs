@@ -56,19 +56,18 @@ pub struct ScanArgs {
     format: Format,
 }
 
+/// Parse the `--policy` file, if any (its [[server]] registry classifies servers).
+pub fn load_policy(path: Option<&std::path::Path>) -> Result<Option<mcpwatch_policy::Policy>> {
+    let Some(p) = path else { return Ok(None) };
+    let src = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    mcpwatch_policy::parse(&src, &p.display().to_string())
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{}", e.render()))
+}
+
 /// Run the scan and print it. Exit 1 when something is shadow, risky or unreadable.
 pub fn run(args: &ScanArgs, out: &mut dyn Write) -> Result<ExitCode> {
-    let policy = match &args.policy {
-        Some(p) => {
-            let src = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            Some(
-                mcpwatch_policy::parse(&src, &p.display().to_string())
-                    .map_err(|e| anyhow::anyhow!("{}", e.render()))?,
-            )
-        }
-        None => None,
-    };
+    let policy = load_policy(args.policy.as_deref())?;
     for d in args.home.iter().chain(&args.path).chain(&args.root) {
         if !d.is_dir() {
             anyhow::bail!("{} is not a directory", d.display());
@@ -240,6 +239,7 @@ fn table(r: &Report) -> String {
 fn json_doc(r: &Report) -> Value {
     json!({
         "version": 1,
+        "host": crate::list::hostname(),
         "summary": {
             "servers": r.servers.len(),
             "files_scanned": r.files_scanned,
@@ -255,7 +255,7 @@ fn json_doc(r: &Report) -> Value {
 }
 
 /// One CSV cell: quoted when needed; a leading `= + - @` is neutralised (spreadsheet formulas).
-fn csv_cell(s: &str) -> String {
+pub(crate) fn csv_cell(s: &str) -> String {
     let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
@@ -312,7 +312,7 @@ fn csv(r: &Report) -> String {
 }
 
 /// Markdown table cell: escaped pipes, no line breaks, no HTML, controls made visible.
-fn md(s: &str) -> String {
+pub(crate) fn md(s: &str) -> String {
     sanitize(s)
         .replace('\\', "\\\\")
         .replace('|', "\\|")

@@ -7,107 +7,15 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use mcpwatch_api::{AuditRecord, FailureMode, MessageKind, ServerEntry, Status};
+use mcpwatch_api::{AuditRecord, FailureMode, MessageKind, Status};
 
-use crate::table::{Column, Table, sanitize};
+use crate::table::{Column, sanitize};
 
 /// Printed instead of an empty inventory table.
 pub const EMPTY_INVENTORY: &str =
     "No MCP servers seen yet: mcpwatchd adds a server when a client on this host talks to it.";
 /// Printed instead of an empty audit table (not in `--follow`, which waits for more).
 pub const EMPTY_AUDIT: &str = "No audit records match.";
-
-pub fn inventory_columns() -> Vec<Column> {
-    vec![
-        Column::left("SERVER", 0, 48),
-        Column::left("REGISTRY", 0, 28),
-        Column::left("TRANSPORT", 0, 15),
-        Column::left("NAME/VERSION", 0, 28),
-        Column::left("PROTOCOL", 0, 10),
-        Column::left("TOOLS", 0, 40),
-        Column::right("CALLS", 0, 8),
-        Column::left("CLIENTS", 0, 36),
-        Column::left("LAST SEEN", 0, 10),
-    ]
-}
-
-pub fn inventory_row(s: &ServerEntry, now_ms: u64) -> Vec<String> {
-    let name = match (&s.server_name, &s.server_version) {
-        (Some(n), Some(v)) => format!("{n}/{v}"),
-        (Some(n), None) => n.clone(),
-        (None, Some(v)) => format!("?/{v}"),
-        (None, None) => "-".into(),
-    };
-    let tools = if s.tools.is_empty() {
-        "0".to_string()
-    } else {
-        // Flagged tools first, so truncation never hides them.
-        let mut tools: Vec<&mcpwatch_api::ToolEntry> = s.tools.iter().collect();
-        tools.sort_by_key(|t| if t.hidden.is_some() { 0 } else if t.changed { 1 } else if t.poisoning.is_some() { 2 } else { 3 });
-        let names: Vec<String> = tools
-            .iter()
-            .map(|t| {
-                let mut n = t.name.clone();
-                if t.hidden.is_some() {
-                    n.push_str(" [hidden]");
-                } else if t.changed {
-                    n.push_str(" [changed]");
-                } else if t.poisoning.is_some() {
-                    n.push_str(" [suspicious]");
-                }
-                if !t.labels.is_empty() {
-                    let short: Vec<&str> = t.labels.iter().map(|l| l.split(' ').next().unwrap_or(l)).collect();
-                    n.push_str(&format!(" {{{}}}", short.join(",")));
-                }
-                n
-            })
-            .collect();
-        format!("{}: {}", s.tools.len(), names.join(", "))
-    };
-    let mut clients: Vec<String> = Vec::new();
-    for c in &s.clients {
-        let exe = c.exe.as_deref().map(basename).unwrap_or(c.comm.as_str());
-        let who = c.user.clone().unwrap_or_else(|| format!("uid {}", c.uid));
-        let label = format!("{exe} ({who})");
-        if !clients.contains(&label) {
-            clients.push(label);
-        }
-    }
-    let clients = if clients.is_empty() {
-        "-".to_string()
-    } else {
-        clients.join(", ")
-    };
-    let registry = match (&s.registered, &s.status) {
-        (Some(r), Some(st)) if st != "active" => format!("{r} ({st})"),
-        (Some(r), _) => r.clone(),
-        (None, _) if s.message_count > 0 => "SHADOW".into(),
-        (None, _) => "-".into(),
-    };
-    [
-        s.endpoint.clone(),
-        registry,
-        s.transport.clone(),
-        name,
-        s.protocol_version.clone().unwrap_or_else(|| "-".into()),
-        tools,
-        s.call_count.to_string(),
-        clients,
-        relative(now_ms, s.last_seen_ms),
-    ]
-    .iter()
-    .map(|c| sanitize(c))
-    .collect()
-}
-
-/// The whole `mcpwatch list` table, or the empty-inventory message.
-pub fn inventory_table(servers: &[ServerEntry], now_ms: u64) -> String {
-    if servers.is_empty() {
-        return format!("{EMPTY_INVENTORY}\n");
-    }
-    let rows: Vec<Vec<String>> = servers.iter().map(|s| inventory_row(s, now_ms)).collect();
-    Table::new(inventory_columns()).render(&rows)
-}
 
 /// Audit columns. The minimums keep `--follow` output aligned for rows that arrive
 /// after the header was printed.
@@ -380,15 +288,46 @@ pub fn taint_chain(records: &[AuditRecord]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mcpwatch_api::{CallStatus, ClientUse, Counts, ProcessInfo, ToolEntry};
+    use mcpwatch_api::{CallStatus, Counts, ProcessInfo};
 
     const NOW: u64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
 
-    fn tool(name: &str) -> ToolEntry {
-        ToolEntry {
-            name: name.into(),
-            ..Default::default()
-        }
+    #[test]
+    fn taint_chain_names_the_tainting_record_and_the_blocked_call() {
+        use mcpwatch_api::{DecisionView, FlowView};
+        let flow = |tainted: bool, taints: bool, labels: &[&str]| FlowView {
+            session: "s".into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            tainted,
+            tainted_by: if tainted { vec!["r1".into()] } else { vec![] },
+            taints,
+        };
+        let recs = vec![
+            AuditRecord { id: "r0".into(), name: Some("echo".into()), flow: Some(flow(false, false, &[])), ..Default::default() },
+            AuditRecord { id: "r1".into(), name: Some("read_issue".into()), flow: Some(flow(false, true, &["untrusted_content"])), ..Default::default() },
+            AuditRecord { id: "r2".into(), name: Some("private_read".into()), flow: Some(flow(true, false, &["private_data"])), ..Default::default() },
+            AuditRecord {
+                id: "r3".into(),
+                name: Some("public_post\x1b[2J".into()),
+                flow: Some(flow(true, false, &["public_sink"])),
+                decision: Some(DecisionView {
+                    action: "require_approval".into(),
+                    effective: "hold".into(),
+                    rules: vec!["flow:leak".into()],
+                    reason: "flow rule `leak`".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        let text = taint_chain(&recs);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "taint chain:");
+        assert_eq!(lines[2], "  r1  read_issue: result tainted the session");
+        assert_eq!(lines[3], "  r2  private_read [private_data]: tainted by r1");
+        assert!(lines[4].starts_with("  r3  public_post") && lines[4].ends_with("[public_sink]: require_approval hold: flow rule `leak`"), "{}", lines[4]);
+        assert!(!text.contains('\x1b'), "escaped: {text:?}");
+        assert!(taint_chain(&recs[..1]).contains("no untrusted content entered this session"));
     }
 
     #[test]
@@ -438,124 +377,6 @@ mod tests {
         assert_eq!(basename("/usr/bin/python3.12"), "python3.12");
         assert_eq!(basename("node"), "node");
         assert_eq!(basename("/opt/app/"), "app");
-    }
-
-    #[test]
-    fn empty_inventory_prints_a_message_not_a_header() {
-        assert_eq!(inventory_table(&[], NOW), format!("{EMPTY_INVENTORY}\n"));
-    }
-
-    #[test]
-    fn inventory_row_contents() {
-        let s = ServerEntry {
-            endpoint: "http://127.0.0.2:8765/mcp".into(),
-            transport: "streamable-http".into(),
-            server_name: Some("demo".into()),
-            server_version: Some("1.2.0".into()),
-            protocol_version: Some("2025-11-25".into()),
-            tools: vec![tool("add"), tool("search")],
-            call_count: 7,
-            clients: vec![
-                ClientUse {
-                    exe: Some("/usr/bin/node".into()),
-                    user: Some("alice".into()),
-                    ..Default::default()
-                },
-                ClientUse {
-                    exe: Some("/usr/local/bin/node".into()),
-                    user: Some("alice".into()),
-                    ..Default::default()
-                },
-                ClientUse {
-                    comm: "python3".into(),
-                    uid: 1001,
-                    ..Default::default()
-                },
-            ],
-            last_seen_ms: NOW - 3_000,
-            ..Default::default()
-        };
-        assert_eq!(
-            inventory_row(&s, NOW),
-            vec![
-                "http://127.0.0.2:8765/mcp",
-                "-",
-                "streamable-http",
-                "demo/1.2.0",
-                "2025-11-25",
-                "2: add, search",
-                "7",
-                "node (alice), python3 (uid 1001)",
-                "3s ago",
-            ]
-        );
-    }
-
-    #[test]
-    fn inventory_table_truncates_long_tool_lists() {
-        let s = ServerEntry {
-            endpoint: "http://127.0.0.2:8765/mcp".into(),
-            tools: (0..30).map(|i| tool(&format!("tool_number_{i}"))).collect(),
-            ..Default::default()
-        };
-        let out = inventory_table(&[s], NOW);
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("SERVER"));
-        assert!(
-            lines[1].contains("30: tool_number_0, tool_number_1, tool_…"),
-            "{}",
-            lines[1]
-        );
-        assert!(!lines[1].contains("tool_number_29"));
-    }
-
-    #[test]
-    fn hostile_server_name_is_escaped() {
-        let s = ServerEntry {
-            server_name: Some("x\x1b]0;pwned\x07".into()),
-            ..Default::default()
-        };
-        let row = inventory_row(&s, NOW);
-        assert_eq!(row[3], "x\\u{1b}]0;pwned\\u{7}");
-    }
-
-    #[test]
-    fn taint_chain_names_the_tainting_record_and_the_blocked_call() {
-        use mcpwatch_api::{DecisionView, FlowView};
-        let flow = |tainted: bool, taints: bool, labels: &[&str]| FlowView {
-            session: "s".into(),
-            labels: labels.iter().map(|l| l.to_string()).collect(),
-            tainted,
-            tainted_by: if tainted { vec!["r1".into()] } else { vec![] },
-            taints,
-        };
-        let recs = vec![
-            AuditRecord { id: "r0".into(), name: Some("echo".into()), flow: Some(flow(false, false, &[])), ..Default::default() },
-            AuditRecord { id: "r1".into(), name: Some("read_issue".into()), flow: Some(flow(false, true, &["untrusted_content"])), ..Default::default() },
-            AuditRecord { id: "r2".into(), name: Some("private_read".into()), flow: Some(flow(true, false, &["private_data"])), ..Default::default() },
-            AuditRecord {
-                id: "r3".into(),
-                name: Some("public_post\x1b[2J".into()),
-                flow: Some(flow(true, false, &["public_sink"])),
-                decision: Some(DecisionView {
-                    action: "require_approval".into(),
-                    effective: "hold".into(),
-                    rules: vec!["flow:leak".into()],
-                    reason: "flow rule `leak`".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ];
-        let text = taint_chain(&recs);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[1], "taint chain:");
-        assert_eq!(lines[2], "  r1  read_issue: result tainted the session");
-        assert_eq!(lines[3], "  r2  private_read [private_data]: tainted by r1");
-        assert!(lines[4].starts_with("  r3  public_post") && lines[4].ends_with("[public_sink]: require_approval hold: flow rule `leak`"), "{}", lines[4]);
-        assert!(!text.contains('\x1b'), "escaped: {text:?}");
-        assert!(taint_chain(&recs[..1]).contains("no untrusted content entered this session"));
     }
 
     #[test]
@@ -688,4 +509,3 @@ mod tests {
         assert!(text.contains("! failure mode is closed but the eBPF links are not pinned"), "{text}");
     }
 }
-

@@ -187,7 +187,7 @@ fn list_table_has_one_row_per_server() {
     let fake = Fake::responses(vec![Response::List {
         servers: vec![server(1), server(2)],
     }]);
-    let out = mcpwatch(&fake.path, &["list"]);
+    let out = mcpwatch(&fake.path, &["list", "--no-scan"]);
     fake.request();
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
@@ -219,7 +219,7 @@ fn list_table_has_one_row_per_server() {
 #[test]
 fn empty_inventory_says_so() {
     let fake = Fake::responses(vec![Response::List { servers: vec![] }]);
-    let out = mcpwatch(&fake.path, &["list"]);
+    let out = mcpwatch(&fake.path, &["list", "--no-scan"]);
     fake.request();
     assert!(out.status.success());
     assert!(
@@ -453,7 +453,9 @@ fn status_human_and_json() {
 fn missing_socket_exits_2_with_a_hint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("nope.sock");
-    let out = mcpwatch(&path, &["list"]);
+    // `list --json` is the daemon's raw inventory: nothing to show without it (plain `list`
+    // falls back to configured servers, see tests/report.rs).
+    let out = mcpwatch(&path, &["list", "--json"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     assert_eq!(

@@ -55,6 +55,76 @@ pub struct FileConfig {
     /// What audit records keep (`[audit]`).
     #[serde(default)]
     pub audit: AuditFile,
+    /// Which processes have every port redirected (`[scope]`, see docs/scope.md).
+    #[serde(default)]
+    pub scope: ScopeFile,
+}
+
+/// The `[scope]` table as written:
+///
+/// ```toml
+/// [scope]
+/// agents = true              # agents and their descendants: every TCP port is redirected
+/// builtin_agents = true      # the built-in list of MCP client names (claude, cursor, code, ...)
+/// agent_comms = ["my-agent"] # more exact command names (at most 15 bytes) that make an agent
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeFile {
+    pub agents: Option<bool>,
+    pub builtin_agents: Option<bool>,
+    #[serde(default)]
+    pub agent_comms: Vec<String>,
+}
+
+/// Validated `[scope]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeConfig {
+    /// Agents (policy `[[agent]]`, the command names below, their descendants) have every
+    /// TCP destination redirected, not only the ports in `ports`.
+    pub agents: bool,
+    /// Include `mcpwatch_intercept::BUILTIN_AGENT_COMMS`.
+    pub builtin_agents: bool,
+    /// Extra exact command names.
+    pub agent_comms: Vec<String>,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new() }
+    }
+}
+
+impl ScopeConfig {
+    /// Every command name matched in the kernel (built-in ones first, no duplicates).
+    pub fn comms(&self) -> Vec<String> {
+        let builtin: &[&str] = if self.builtin_agents { mcpwatch_intercept::BUILTIN_AGENT_COMMS } else { &[] };
+        let mut out: Vec<String> = Vec::new();
+        for c in builtin.iter().copied().chain(self.agent_comms.iter().map(String::as_str)) {
+            if !out.iter().any(|o| o == c) {
+                out.push(c.to_string());
+            }
+        }
+        out
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for c in &self.agent_comms {
+            if c.is_empty() || c.len() > mcpwatch_intercept::MAX_COMM_LEN || c.contains('\0') {
+                return Err(ConfigError::Invalid(format!(
+                    "scope.agent_comms: {c:?} must be 1 to {} bytes (the kernel truncates command names)",
+                    mcpwatch_intercept::MAX_COMM_LEN
+                )));
+            }
+        }
+        if self.comms().len() > mcpwatch_intercept::MAX_AGENT_COMMS {
+            return Err(ConfigError::Invalid(format!(
+                "scope.agent_comms: at most {} names in all",
+                mcpwatch_intercept::MAX_AGENT_COMMS
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[audit]`: what the records keep about the calling process.
@@ -92,6 +162,13 @@ pub struct LimitsFile {
     pub header_timeout_ms: Option<u64>,
     pub body_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
+    /// Live connections one process (tgid) may hold (default 512).
+    pub max_connections_per_process: Option<usize>,
+    /// Live connections all processes of one uid may hold together (default 2048).
+    pub max_connections_per_uid: Option<usize>,
+    /// A relayed (opaque or passed-through TLS) connection on which nothing moved this long
+    /// is closed (default 600000; 0: never).
+    pub idle_timeout_ms: Option<u64>,
     pub max_pending_calls: Option<usize>,
     pub max_audit_records: Option<u64>,
 }
@@ -116,6 +193,7 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     /// `[audit] cmdline`.
     pub audit_cmdline: CmdlineMode,
+    pub scope: ScopeConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -124,15 +202,19 @@ pub struct Limits {
     /// requests are refused with 413, larger non-MCP bodies pass uninspected.
     pub max_body_bytes: usize,
     pub max_sse_event_bytes: usize,
-    /// How long to wait for the client's first bytes before treating the connection
-    /// as opaque (server-speaks-first protocols never wait this long: upstream bytes
-    /// end the wait at once).
+    /// How long a new connection may stay undecided (the client sends nothing, or only an
+    /// ambiguous prefix, and the server says nothing) before it is CLOSED. Never a reason
+    /// to relay: a slow client is not an opaque protocol.
     pub peek_timeout: Duration,
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
     /// A request body must arrive within this time (slow clients are cut off).
     pub body_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_process: usize,
+    pub max_connections_per_uid: usize,
+    /// Zero: relayed connections never time out.
+    pub idle_timeout: Duration,
     pub max_pending_calls: usize,
     pub max_audit_records: u64,
 }
@@ -142,11 +224,14 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 4 << 20,
             max_sse_event_bytes: 8 << 20,
-            peek_timeout: Duration::from_millis(500),
+            peek_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_process: 512,
+            max_connections_per_uid: 2048,
+            idle_timeout: Duration::from_secs(600),
             max_pending_calls: 65536,
             max_audit_records: 1_000_000,
         }
@@ -171,6 +256,7 @@ impl Default for Config {
             sinks: crate::sinks::SinksConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
             audit_cmdline: CmdlineMode::default(),
+            scope: ScopeConfig::default(),
         }
     }
 }
@@ -221,7 +307,21 @@ pub struct TlsFile {
     pub handshake_timeout_ms: Option<u64>,
     /// After a client rejected the mcpwatch CA for a host, pass that process/host through for
     /// this long so the agent keeps working (default 900; 0: never pass through, keep failing).
+    /// The back-off is per process (pid + start time) and host, never per executable.
     pub distrust_backoff_secs: Option<u64>,
+    /// Toward destinations governed in enforce mode (a registered server with mode enforce, or
+    /// a global enforce policy): `refuse` (default) never passes a distrusting client through;
+    /// `pass_through` lets the back-off apply there too (uninspected traffic, operator opt-in).
+    pub distrust: Option<DistrustAction>,
+}
+
+/// What a distrusting client gets toward an enforce-mode destination (`tls.distrust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistrustAction {
+    #[default]
+    Refuse,
+    PassThrough,
 }
 
 /// Validated TLS settings.
@@ -238,6 +338,7 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
     /// Zero: distrusting clients are recorded but never passed through.
     pub distrust_backoff: Duration,
+    pub distrust: DistrustAction,
 }
 
 impl Default for TlsConfig {
@@ -253,6 +354,7 @@ impl Default for TlsConfig {
             leaf_cache_size: 1024,
             handshake_timeout: Duration::from_secs(10),
             distrust_backoff: Duration::from_secs(15 * 60),
+            distrust: DistrustAction::Refuse,
         }
     }
 }
@@ -276,6 +378,7 @@ impl TlsFile {
             leaf_cache_size: self.leaf_cache_size.unwrap_or(d.leaf_cache_size),
             handshake_timeout: self.handshake_timeout_ms.map_or(d.handshake_timeout, Duration::from_millis),
             distrust_backoff: self.distrust_backoff_secs.map_or(d.distrust_backoff, Duration::from_secs),
+            distrust: self.distrust.unwrap_or(d.distrust),
         }
     }
 }
@@ -384,6 +487,9 @@ impl FileConfig {
             header_timeout: l.header_timeout_ms.map_or(d.header_timeout, ms),
             body_timeout: l.body_timeout_ms.map_or(d.body_timeout, ms),
             max_connections: l.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_process: l.max_connections_per_process.unwrap_or(d.max_connections_per_process),
+            max_connections_per_uid: l.max_connections_per_uid.unwrap_or(d.max_connections_per_uid),
+            idle_timeout: l.idle_timeout_ms.map_or(d.idle_timeout, ms),
             max_pending_calls: l.max_pending_calls.unwrap_or(d.max_pending_calls),
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
         };
@@ -391,6 +497,12 @@ impl FileConfig {
         c.sinks = self.sinks.into_config().map_err(ConfigError::Invalid)?;
         c.metrics = self.metrics.into_config().map_err(ConfigError::Invalid)?;
         c.audit_cmdline = self.audit.cmdline.unwrap_or_default();
+        let ds = ScopeConfig::default();
+        c.scope = ScopeConfig {
+            agents: self.scope.agents.unwrap_or(ds.agents),
+            builtin_agents: self.scope.builtin_agents.unwrap_or(ds.builtin_agents),
+            agent_comms: self.scope.agent_comms,
+        };
         c.validate()?;
         Ok(c)
     }
@@ -408,6 +520,9 @@ impl Config {
         if self.limits.max_connections == 0 || self.limits.max_pending_calls == 0 {
             return bad("limits.max_connections and limits.max_pending_calls must be positive");
         }
+        if self.limits.max_connections_per_process == 0 || self.limits.max_connections_per_uid == 0 {
+            return bad("limits.max_connections_per_process and limits.max_connections_per_uid must be positive");
+        }
         if self.limits.peek_timeout.is_zero() {
             return bad("limits.peek_timeout_ms must be positive");
         }
@@ -417,6 +532,7 @@ impl Config {
         self.ports.parse::<mcpwatch_intercept::PortScope>()
             .map_err(|e| ConfigError::Invalid(format!("ports: {e}")))?;
         self.tls.validate()?;
+        self.scope.validate()?;
         Ok(())
     }
 
@@ -432,6 +548,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_defaults_on_with_the_builtin_list_and_validates_names() {
+        let c = FileConfig::parse("", Path::new("x")).unwrap().into_config().unwrap();
+        assert!(c.scope.agents && c.scope.builtin_agents);
+        assert!(c.scope.comms().iter().any(|n| n == "claude"));
+        let src = "[scope]\nagents = false\nbuiltin_agents = false\nagent_comms = [\"my-agent\", \"my-agent\"]\n";
+        let c = FileConfig::parse(src, Path::new("x")).unwrap().into_config().unwrap();
+        assert!(!c.scope.agents);
+        assert_eq!(c.scope.comms(), vec!["my-agent".to_string()]);
+        let long = "[scope]\nagent_comms = [\"a-name-longer-than-15\"]\n";
+        let err = FileConfig::parse(long, Path::new("x")).unwrap().into_config().unwrap_err();
+        assert!(err.to_string().contains("scope.agent_comms"), "{err}");
+        assert!(FileConfig::parse("[scope]\nagent = true\n", Path::new("x")).is_err());
+    }
 
     #[test]
     fn typo_is_rejected_with_line_and_column() {

@@ -129,6 +129,14 @@ impl Inventory {
         self.servers.lock().is_ok_and(|s| s.contains_key(endpoint))
     }
 
+    /// Endpoints whose original destination is `dst` (`ip:port`): the address has spoken MCP.
+    pub fn endpoints_at(&self, dst: &str) -> Vec<String> {
+        self.servers
+            .lock()
+            .map(|s| s.values().filter(|e| e.dst == dst).map(|e| e.endpoint.clone()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

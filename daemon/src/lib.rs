@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod proxy;
 pub mod resolve;
+pub mod scope;
 pub mod session;
 pub mod sinks;
 pub mod startup;
@@ -48,7 +49,7 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
         policy: Some(shared.governance.current().origin.clone()),
         policy_error: shared.governance.last_error(),
         held_calls: shared.approvals.list().len() as u64,
-        warnings: shared.tls.as_ref().map(|t| t.warnings()).unwrap_or_default(),
+        warnings: shared.warnings(),
     }
 }
 

@@ -203,6 +203,11 @@ async fn real_main() -> Result<()> {
                 mark: config.mark,
                 daemon_tgid: std::process::id(),
                 pin_dir,
+                agents: mcpwatch_intercept::AgentScope {
+                    enabled: config.scope.agents,
+                    comms: config.scope.comms(),
+                    classify: !shared.governance.current().policy.agents().is_empty(),
+                },
             };
             let interceptor = mcpwatch_intercept::Interceptor::attach(&icfg)
                 .with_context(|| format!("cannot attach interception to {}", cgroup.display()))?;
@@ -214,6 +219,9 @@ async fn real_main() -> Result<()> {
             tracing::info!(cgroup = %cgroup.display(), ports = %config.ports, "interception attached");
             let bpf = Arc::new(BpfResolver::new(interceptor).with_sanitizer(mcpwatchd::resolve::cmdline_filter(shared.clone())));
             tokio::spawn(bpf.clone().sweep_forever());
+            if config.scope.agents {
+                tokio::spawn(mcpwatchd::scope::run(bpf.clone(), shared.clone(), config.scope.comms()));
+            }
             bpf
         }
     };

@@ -37,6 +37,22 @@ pub struct Counters {
     pub passthrough: AtomicU64,
     pub audit_records: AtomicU64,
     pub audit_write_errors: AtomicU64,
+    /// Accepted and closed at once: `limits.max_connections` reached.
+    pub refused_global: AtomicU64,
+    /// Closed: the process's `limits.max_connections_per_process` reached.
+    pub refused_process: AtomicU64,
+    /// Closed: the uid's `limits.max_connections_per_uid` reached.
+    pub refused_uid: AtomicU64,
+    /// Closed: no decisive first bytes within `limits.peek_timeout`.
+    pub closed_silent: AtomicU64,
+    /// Relays closed after `limits.idle_timeout` without traffic.
+    pub closed_idle: AtomicU64,
+    /// Not HTTP toward a governed destination in enforce mode: refused (and audited).
+    pub refused_protocol: AtomicU64,
+    /// TLS clients that reject the CA toward an enforce-mode destination: refused.
+    pub tls_distrust_refused: AtomicU64,
+    /// HTTP/2 client connections (prior knowledge or ALPN h2), governed like HTTP/1.1.
+    pub http2_connections: AtomicU64,
 }
 
 impl Counters {
@@ -60,6 +76,8 @@ pub struct Shared {
     pub governance: crate::governance::Governance,
     /// Calls held for approval.
     pub approvals: crate::approvals::Approvals,
+    /// Per-process and per-uid connection budgets (fair share of `limits.max_connections`).
+    pub admission: Arc<crate::proxy::admission::Admission>,
     records_tx: broadcast::Sender<AuditRecord>,
     next_conn: AtomicU64,
     /// Group commit: writers bump `flush_wanted` and wait until `flushed` reaches it.
@@ -96,6 +114,8 @@ impl Shared {
         let inventory = Inventory::load(store.clone());
         let (records_tx, _) = broadcast::channel(1024);
         let sessions = Sessions::new(config.limits.max_pending_calls);
+        let l = &config.limits;
+        let admission = crate::proxy::admission::Admission::new(l.max_connections, l.max_connections_per_process, l.max_connections_per_uid);
         Arc::new(Shared {
             config,
             store,
@@ -107,6 +127,7 @@ impl Shared {
             tls,
             governance,
             approvals: crate::approvals::Approvals::new(1024),
+            admission,
             records_tx,
             next_conn: AtomicU64::new(1),
             flush_wanted: AtomicU64::new(0),
@@ -204,6 +225,33 @@ impl Shared {
             audit_records: self.store.record_count(),
             audit_write_errors: g(&c.audit_write_errors),
             servers: self.inventory.len() as u64,
+            refused_global: g(&c.refused_global),
+            refused_process: g(&c.refused_process),
+            refused_uid: g(&c.refused_uid),
+            closed_silent: g(&c.closed_silent),
+            closed_idle: g(&c.closed_idle),
+            refused_protocol: g(&c.refused_protocol),
+            tls_distrust_refused: g(&c.tls_distrust_refused),
+            http2_connections: g(&c.http2_connections),
         }
+    }
+
+    /// Operator warnings for `mcpwatch status`: clients that distrust the CA, connection
+    /// limits that refused connections recently, refused non-HTTP traffic.
+    pub fn warnings(&self) -> Vec<String> {
+        use crate::proxy::admission::Refusal;
+        let mut out = self.tls.as_ref().map(|t| t.warnings()).unwrap_or_default();
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.extend(self.admission.warnings(|r| match r {
+            Refusal::Global => g(&c.refused_global),
+            Refusal::Process => g(&c.refused_process),
+            Refusal::Uid => g(&c.refused_uid),
+        }));
+        let refused = g(&c.refused_protocol);
+        if refused > 0 {
+            out.push(format!("{refused} connection(s) that were not HTTP or TLS toward governed MCP destinations refused (enforce mode); see `mcpwatch audit`"));
+        }
+        out
     }
 }

@@ -23,6 +23,8 @@ mod micro;
 mod worker;
 #[path = "bench_tls.rs"]
 mod tls_case;
+#[path = "bench_agent.rs"]
+mod agent_case;
 
 pub use worker::{WorkerArgs, run as run_worker};
 
@@ -78,6 +80,13 @@ pub struct BenchArgs {
     /// Skip the TLS case (client TLS to mcpwatchd + verified TLS upstream, vs direct TLS).
     #[arg(long)]
     pub no_tls: bool,
+    /// Only the agent-scope case (needs a release mcpwatchd: built unless --no-build).
+    #[arg(long, conflicts_with = "no_agent")]
+    pub agent: bool,
+    /// Skip the agent-scope case (an agent's non-MCP download and request/response
+    /// traffic through mcpwatchd vs direct).
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 /// How a worker uses connections.
@@ -309,6 +318,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.micro {
         return micro::run();
     }
+    if args.agent {
+        if !args.no_build {
+            section("building mcpwatchd and mcpwatch (release)");
+            util::run(util::cargo().args(["build", "--release", "-p", "mcpwatchd", "-p", "mcpwatch"]))?;
+        }
+        let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
+        std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
+        return agent_case::run(&util::target_dir().join("release").join("mcpwatchd"), &scratch.0);
+    }
     let seconds = args.seconds.clamp(0.1, MAX_SECONDS);
     let max_calls = args.max_calls.clamp(1, MAX_CALLS);
     let levels: Vec<usize> = args
@@ -497,6 +515,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.no_tls {
         procs::check_interrupted()?;
         tls_case::run(backend, &scratch.0, &args.modes, &levels, seconds, max_calls)?;
+    }
+    if !args.no_agent {
+        procs::check_interrupted()?;
+        let bin = util::target_dir().join("release").join("mcpwatchd");
+        agent_case::run(&bin, &scratch.0)?;
     }
     if !args.no_micro {
         procs::check_interrupted()?;

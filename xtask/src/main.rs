@@ -5,12 +5,14 @@
 //! drive (Python and Node SDKs, the rmcp server) and the system packages; `test` runs
 //! setup, builds every binary and runs the whole test suite; `bench` measures the
 //! proxy's overhead against a real MCP server; `demo` shows mcpwatchd intercepting,
-//! governing and auditing a real MCP session.
+//! governing and auditing a real MCP session; `fuzz` runs the cargo-fuzz targets
+//! (docs/fuzzing.md), briefly as part of `test`.
 
 mod bench;
 mod cgroup;
 mod daemon;
 mod demo;
+mod fuzz;
 mod package;
 mod procs;
 mod setup;
@@ -31,10 +33,17 @@ struct Cli {
 enum Cmd {
     /// Install test peers and system packages (idempotent; fast when already done).
     Setup(setup::SetupArgs),
-    /// Setup, then `cargo build --workspace --bins`, then `cargo test --workspace [ARGS]`.
+    /// Setup, then `cargo build --workspace --bins`, then `cargo test --workspace [ARGS]`,
+    /// then every fuzz target briefly (skipped only when nightly Rust is missing).
     Test {
         #[command(flatten)]
         setup: setup::SetupArgs,
+        /// Skip the fuzz targets (for quick local runs; CI runs them).
+        #[arg(long, env = "MCPWATCH_NO_FUZZ")]
+        no_fuzz: bool,
+        /// Seconds each fuzz target runs after the tests.
+        #[arg(long, default_value_t = 10)]
+        fuzz_seconds: u64,
         /// Passed verbatim to `cargo test --workspace`, e.g. `-p mcpwatch-tests -- --nocapture`
         /// (a leading `--` is eaten: `cargo xtask test -- -- --nocapture` reaches the test binaries).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,6 +56,8 @@ enum Cmd {
     BenchWorker(bench::WorkerArgs),
     /// Setup, build, then watch a real MCP client and server through mcpwatchd (needs root).
     Demo(demo::DemoArgs),
+    /// Run the cargo-fuzz targets (nightly), each for --seconds; nonzero exit on a crash.
+    Fuzz(fuzz::FuzzArgs),
     /// Build the Debian package (binaries, unit, sysusers/tmpfiles, config, docs, completions).
     Deb(package::DebArgs),
     /// Install on a host without dpkg (binaries under /usr/local); idempotent, enables nothing.
@@ -59,7 +70,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Setup(args) => setup::run(&args).map(|()| ExitCode::SUCCESS),
-        Cmd::Test { setup, args } => test(&setup, &args),
+        Cmd::Test { setup, no_fuzz, fuzz_seconds, args } => {
+            test(&setup, &args, (!no_fuzz).then_some(fuzz_seconds))
+        }
         Cmd::Bench(args) => {
             if cfg!(debug_assertions) && std::env::var_os(RELEASE_MARK).is_none() {
                 // Ctrl-C reaches the optimized child too: wait for it to clean up.
@@ -71,6 +84,10 @@ fn main() -> ExitCode {
         }
         Cmd::BenchWorker(args) => bench::run_worker(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Demo(args) => demo::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args).map(|outcome| match outcome {
+            fuzz::Outcome::Passed | fuzz::Outcome::Skipped(_) => ExitCode::SUCCESS,
+            fuzz::Outcome::Failed => ExitCode::FAILURE,
+        }),
         Cmd::Deb(args) => package::deb(&args).map(|_| ExitCode::SUCCESS),
         Cmd::Install(args) => package::install(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Uninstall(args) => package::uninstall(&args).map(|()| ExitCode::SUCCESS),
@@ -105,8 +122,9 @@ fn rerun_optimized() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// `cargo xtask test`: the README's single test command.
-fn test(setup_args: &setup::SetupArgs, args: &[String]) -> anyhow::Result<ExitCode> {
+/// `cargo xtask test`: the README's single test command. `fuzz_seconds`: run every fuzz
+/// target that long after the tests (even when they failed, so one run shows both).
+fn test(setup_args: &setup::SetupArgs, args: &[String], fuzz_seconds: Option<u64>) -> anyhow::Result<ExitCode> {
     setup::run(setup_args)?;
     util::section("cargo build --workspace --bins");
     util::run(util::cargo().args(["build", "--workspace", "--bins"]))?;
@@ -117,11 +135,22 @@ fn test(setup_args: &setup::SetupArgs, args: &[String]) -> anyhow::Result<ExitCo
     } else {
         "tests FAILED"
     });
+    let fuzz = match fuzz_seconds {
+        Some(seconds) => fuzz::run(&fuzz::FuzzArgs { seconds, targets: Vec::new() })?,
+        None => fuzz::Outcome::Skipped("--no-fuzz or MCPWATCH_NO_FUZZ".into()),
+    };
+    if let fuzz::Outcome::Skipped(why) = &fuzz {
+        util::section(&format!("fuzz targets skipped: {why}"));
+    }
     // Propagate cargo test's exit code exactly (101 for test failures).
     let code = status
         .code()
         .and_then(|c| u8::try_from(c).ok())
         .unwrap_or(1);
+    if code == 0 && matches!(fuzz, fuzz::Outcome::Failed) {
+        util::section("tests passed, fuzzing FAILED");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::from(code))
 }
 
@@ -136,6 +165,22 @@ mod tests {
             Ok(Cmd::Test { args, .. }) => args,
             other => panic!("{argv:?} parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn test_fuzz_flags_and_fuzz_command() {
+        match Cli::try_parse_from(["xtask", "test", "--no-fuzz", "--fuzz-seconds", "3", "-p", "x"]).map(|c| c.command) {
+            Ok(Cmd::Test { no_fuzz: true, fuzz_seconds: 3, args, .. }) => assert_eq!(args, ["-p", "x"]),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from(["xtask", "fuzz", "--seconds", "5", "sse_chunks", "jsonrpc"]).map(|c| c.command) {
+            Ok(Cmd::Fuzz(a)) => {
+                assert_eq!(a.seconds, 5);
+                assert_eq!(a.targets, ["sse_chunks", "jsonrpc"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "nosuchtarget"]).is_err());
     }
 
     #[test]

@@ -80,6 +80,11 @@ const APT_NEEDS: &[AptNeed] = &[
         any_of: &["prometheus"],
         install: "prometheus",
     },
+    // Headless browser for the HTML report test (tests/tests/it/report.rs).
+    AptNeed {
+        any_of: &["chromium"],
+        install: "chromium",
+    },
 ];
 
 /// Where the Python venv of the peers lives (git-ignored).

@@ -26,3 +26,4 @@ mod url;
 pub use model::{FileError, Registry, Report, Risk, RiskFlag, Scope, Server, Transport};
 pub use risk::REDACTED;
 pub use scan::{Environment, MAX_FILE_BYTES, Options, scan};
+pub use url::match_key;

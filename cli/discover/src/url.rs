@@ -69,6 +69,15 @@ pub(crate) fn parse(u: &str) -> Option<Url<'_>> {
 }
 
 /// `localhost`, `*.localhost`, 127.0.0.0/8, `::1`.
+/// `host:port/path` of an absolute URL: host lower-cased (IPv6 unbracketed), default port filled
+/// in, path without a trailing `/`, no user-info, query or fragment. A configured server URL and
+/// an endpoint the daemon saw match when their keys are equal. `None` for junk.
+pub fn match_key(u: &str) -> Option<String> {
+    let p = parse(u.trim())?;
+    let path = p.path.trim_end_matches('/');
+    Some(format!("{}:{}{}", p.host.to_ascii_lowercase(), p.port, path))
+}
+
 pub(crate) fn is_loopback(host: &str) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
     h == "localhost"
@@ -143,6 +152,14 @@ mod tests {
         let v6 = parse("http://[::1]/").expect("v6");
         assert_eq!((v6.host, v6.port), ("::1", 80));
         assert!(parse("not a url").is_none());
+    }
+
+    #[test]
+    fn match_keys_ignore_credentials_query_case_and_trailing_slash() {
+        assert_eq!(match_key("https://u:p@API.Example.com/mcp/?k=v").as_deref(), Some("api.example.com:443/mcp"));
+        assert_eq!(match_key("http://127.0.0.2:18001/mcp").as_deref(), Some("127.0.0.2:18001/mcp"));
+        assert_eq!(match_key("http://[::1]:80/"), match_key("http://[::1]"));
+        assert_eq!(match_key("not a url"), None);
     }
 
     #[test]

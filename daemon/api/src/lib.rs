@@ -152,4 +152,28 @@ pub struct Counts {
     pub audit_records: u64,
     pub audit_write_errors: u64,
     pub servers: u64,
+    /// Connections accepted and closed at once because `limits.max_connections` was reached.
+    #[serde(default)]
+    pub refused_global: u64,
+    /// Connections closed because their process held `limits.max_connections_per_process`.
+    #[serde(default)]
+    pub refused_process: u64,
+    /// Connections closed because their uid held `limits.max_connections_per_uid`.
+    #[serde(default)]
+    pub refused_uid: u64,
+    /// Connections closed without any decisive first bytes (`limits.peek_timeout_ms`).
+    #[serde(default)]
+    pub closed_silent: u64,
+    /// Relayed connections closed after `limits.idle_timeout_ms` without traffic.
+    #[serde(default)]
+    pub closed_idle: u64,
+    /// Non-HTTP connections refused toward governed destinations in enforce mode.
+    #[serde(default)]
+    pub refused_protocol: u64,
+    /// TLS clients rejecting the mcpwatch CA, refused toward enforce-mode destinations.
+    #[serde(default)]
+    pub tls_distrust_refused: u64,
+    /// HTTP/2 client connections (governed like HTTP/1.1).
+    #[serde(default)]
+    pub http2_connections: u64,
 }

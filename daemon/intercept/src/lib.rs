@@ -9,13 +9,14 @@
 //!
 //! By default links are not pinned: they detach when the `Interceptor` drops or
 //! the process dies (fail-open). With [`InterceptConfig::pin_dir`] the cgroup
-//! links are pinned there ([`pins`]): they stay attached after the daemon is
+//! (and tracepoint) links are pinned there ([`pins`]): they stay attached after the daemon is
 //! gone, so in-scope connections keep being redirected to its dead port and are
 //! refused (fail-closed), until a restarted daemon replaces them or
 //! [`release_pins`] / [`Interceptor::release`] detaches them.
 //!
 //! [`cgroup`] and [`process`] need no eBPF and are used by the daemon and tests.
 
+mod agents;
 pub mod cgroup;
 mod error;
 mod maps;
@@ -35,11 +36,16 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
+pub use agents::{
+    AgentEvent, AgentFlags, AgentScope, AgentState, BUILTIN_AGENT_COMMS, MAX_AGENT_COMMS,
+    MAX_AGENTS, MAX_COMM_LEN, MAX_PENDING,
+};
 pub use error::InterceptError;
 pub use pins::{pin_dir_for, release_pins};
 pub use ports::{PortScope, PortScopeError};
 
-use maps::{RawConfig, RawExec, RawOrigin, RawPeerKey};
+use agents::AgentMaps;
+use maps::{RawComm, RawConfig, RawExec, RawOrigin, RawPeerKey};
 
 /// The compiled eBPF object.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpwatch.bpf.o"));
@@ -71,11 +77,13 @@ pub struct InterceptConfig {
     pub mark: u32,
     /// The daemon's pid; its connects are never redirected. 0 = none.
     pub daemon_tgid: u32,
-    /// Pin the cgroup links in this directory (on bpffs, created if missing) so
+    /// Pin the cgroup and tracepoint links in this directory (on bpffs, created if missing) so
     /// they outlive the process: fail-closed. Links already pinned there (by a
     /// previous daemon) are replaced. `None`: not pinned, they detach with the
     /// `Interceptor` (fail-open).
     pub pin_dir: Option<PathBuf>,
+    /// Agents (and their descendants) have every TCP port redirected ([`AgentScope`]).
+    pub agents: AgentScope,
 }
 
 /// Where an intercepted connection was going and who opened it, as seen by the
@@ -121,6 +129,7 @@ pub struct Interceptor {
     pins: Option<(PathBuf, Vec<(PathBuf, FdLink)>)>,
     closed_grace_ns: AtomicU64,
     maps: Mutex<Maps>,
+    agents: Mutex<AgentMaps>,
     // Owns the programs and their links; dropped last so maps stay valid meanwhile.
     _ebpf: Mutex<Ebpf>,
 }
@@ -139,6 +148,12 @@ const CGROUP_SOCK_ADDR_PROGRAMS: [&str; 4] =
 const SOCK_OPS_PROGRAM: &str = "sock_ops";
 const EXEC_PROGRAM: &str = "process_exec";
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
+/// Agent tracking: (program, raw tracepoint). Attached host-wide like the exec hook.
+const AGENT_TRACEPOINTS: [(&str, &str); 3] = [
+    ("process_fork", "sched_process_fork"),
+    ("process_exit", "sched_process_exit"),
+    ("task_rename", "task_rename"),
+];
 
 impl Interceptor {
     /// Loads the programs, fills the config, and attaches them to `cfg.cgroup`.
@@ -168,7 +183,7 @@ impl Interceptor {
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(InterceptError::load)?;
-        fill_config(&mut ebpf, cfg)?;
+        fill_config(&mut ebpf, cfg, &cgroup)?;
 
         let cgroup_dir = File::open(&cgroup).map_err(|source| InterceptError::CgroupNotFound {
             path: cgroup.clone(),
@@ -188,12 +203,19 @@ impl Interceptor {
 
         // Bookkeeping first (exec, sock_ops, getpeername), the redirect last:
         // no connection is redirected before its record can be completed.
-        {
-            let prog: &mut RawTracePoint = program(&mut ebpf, EXEC_PROGRAM)?;
+        // Fail-closed pins the tracepoints too: while the daemon is down the agents
+        // map keeps following fork and exit, so an agent's new children stay in scope.
+        for (name, tracepoint) in std::iter::once((EXEC_PROGRAM, EXEC_TRACEPOINT)).chain(AGENT_TRACEPOINTS) {
+            let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
             prog.load()
-                .map_err(|e| InterceptError::program_load(EXEC_PROGRAM, e))?;
-            prog.attach(EXEC_TRACEPOINT)
-                .map_err(|e| InterceptError::attach(EXEC_PROGRAM, &cgroup, e))?;
+                .map_err(|e| InterceptError::program_load(name, e))?;
+            let id = prog
+                .attach(tracepoint)
+                .map_err(|e| InterceptError::attach(name, &cgroup, e))?;
+            if pinning {
+                let link = prog.take_link(id).map_err(|e| take_error(name, e))?;
+                to_pin.push((name, FdLink::from(link)));
+            }
         }
         {
             let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
@@ -238,12 +260,14 @@ impl Interceptor {
             by_peer: take_hash(&mut ebpf, "by_peer")?,
             execs: take_hash(&mut ebpf, "execs")?,
         };
-        tracing::info!(cgroup = %cgroup.display(), listen_port = cfg.listen_port, ports = %cfg.ports, "eBPF interception attached");
+        let agent_maps = take_agent_maps(&mut ebpf)?;
+        tracing::info!(cgroup = %cgroup.display(), listen_port = cfg.listen_port, ports = %cfg.ports, agent_scope = cfg.agents.enabled, "eBPF interception attached");
         Ok(Interceptor {
             cgroup,
             pins,
             closed_grace_ns: AtomicU64::new(duration_ns(CLOSED_GRACE)),
             maps: Mutex::new(maps),
+            agents: Mutex::new(agent_maps),
             _ebpf: Mutex::new(ebpf),
         })
     }
@@ -420,14 +444,28 @@ fn check_cgroup(path: &Path) -> Result<PathBuf, InterceptError> {
     Ok(canonical)
 }
 
-fn fill_config(ebpf: &mut Ebpf, cfg: &InterceptConfig) -> Result<(), InterceptError> {
+fn fill_config(ebpf: &mut Ebpf, cfg: &InterceptConfig, cgroup: &Path) -> Result<(), InterceptError> {
+    let (watch_level, watch_cgid) = watched_cgroup_id(cgroup)?;
     let raw = RawConfig {
         listen_port: u32::from(cfg.listen_port),
         mark: cfg.mark,
         daemon_tgid: cfg.daemon_tgid,
         all_ports: u32::from(cfg.ports == PortScope::All),
+        agents: u32::from(cfg.agents.enabled),
+        classify: u32::from(cfg.agents.enabled && cfg.agents.classify),
+        watch_level,
+        _pad0: 0,
+        watch_cgid,
     };
     let map_err = |map: &'static str| move |source| InterceptError::Map { map, source };
+    if cfg.agents.enabled {
+        let map = ebpf
+            .map_mut("agent_comms")
+            .ok_or(InterceptError::MissingMap("agent_comms"))?;
+        let mut comms: HashMap<&mut MapData, RawComm, u32> =
+            HashMap::try_from(map).map_err(map_err("agent_comms"))?;
+        agents::fill_comms(&mut comms, &cfg.agents.comms)?;
+    }
     {
         let map = ebpf
             .map_mut("ports")
@@ -446,6 +484,41 @@ fn fill_config(ebpf: &mut Ebpf, cfg: &InterceptConfig) -> Result<(), InterceptEr
         Array::try_from(map).map_err(map_err("config"))?;
     config.set(0, raw, 0).map_err(map_err("config"))?;
     Ok(())
+}
+
+/// (depth below the cgroup2 root, cgroup id) of the watched cgroup; the id of a cgroup2
+/// directory is its inode number. The root itself is (0, 0): no filter.
+fn watched_cgroup_id(cgroup: &Path) -> Result<(u32, u64), InterceptError> {
+    use std::os::unix::fs::MetadataExt;
+    let mount = cgroup::cgroup2_mount()?;
+    let mount = mount.canonicalize().unwrap_or(mount);
+    let Ok(rel) = cgroup.strip_prefix(&mount) else {
+        return Err(InterceptError::NotCgroup2 { path: cgroup.to_path_buf(), mount });
+    };
+    let level = rel.components().count();
+    if level == 0 {
+        return Ok((0, 0));
+    }
+    let ino = std::fs::metadata(cgroup)
+        .map_err(|source| InterceptError::CgroupNotFound { path: cgroup.to_path_buf(), source })?
+        .ino();
+    Ok((level as u32, ino))
+}
+
+fn take_agent_maps(ebpf: &mut Ebpf) -> Result<AgentMaps, InterceptError> {
+    let config = ebpf
+        .take_map("config")
+        .ok_or(InterceptError::MissingMap("config"))?;
+    let events = ebpf
+        .take_map("events")
+        .ok_or(InterceptError::MissingMap("events"))?;
+    Ok(AgentMaps {
+        config: Array::try_from(config).map_err(|source| InterceptError::Map { map: "config", source })?,
+        agents: take_hash(ebpf, "agents")?,
+        pending: take_hash(ebpf, "pending")?,
+        events: aya::maps::RingBuf::try_from(events)
+            .map_err(|source| InterceptError::Map { map: "events", source })?,
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, InterceptError>

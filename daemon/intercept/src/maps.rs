@@ -19,6 +19,36 @@ pub(crate) struct RawConfig {
     pub mark: u32,
     pub daemon_tgid: u32,
     pub all_ports: u32,
+    pub agents: u32,
+    pub classify: u32,
+    pub watch_level: u32,
+    pub _pad0: u32,
+    pub watch_cgid: u64,
+}
+
+/// `struct mcpw_agent`: a value of `agents` and `pending`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RawAgent {
+    pub flags: u32,
+    pub ppid: u32,
+    pub since_ns: u64,
+}
+
+/// `struct mcpw_comm`: a key of `agent_comms`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawComm {
+    pub comm: [u8; 16],
+}
+
+/// `struct mcpw_event`: a record of the `events` ring buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RawEvent {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub ktime_ns: u64,
 }
 
 /// `struct mcpw_origin`.
@@ -58,15 +88,20 @@ pub(crate) struct RawExec {
     pub uid: u32,
 }
 
-// SAFETY: all four are #[repr(C)] structs of integers and byte arrays with every
+// SAFETY: all of these are #[repr(C)] structs of integers and byte arrays with every
 // padding byte spelled out as a field, so any bit pattern is a valid value.
 unsafe impl aya::Pod for RawConfig {}
 unsafe impl aya::Pod for RawOrigin {}
 unsafe impl aya::Pod for RawPeerKey {}
 unsafe impl aya::Pod for RawExec {}
+unsafe impl aya::Pod for RawAgent {}
+unsafe impl aya::Pod for RawComm {}
 
 const _: () = {
-    assert!(size_of::<RawConfig>() == 16);
+    assert!(size_of::<RawConfig>() == 40);
+    assert!(size_of::<RawAgent>() == 16);
+    assert!(size_of::<RawComm>() == 16);
+    assert!(size_of::<RawEvent>() == 16);
     assert!(size_of::<RawOrigin>() == 80);
     assert!(size_of::<RawPeerKey>() == 20);
     assert!(size_of::<RawExec>() == 32);

@@ -160,7 +160,7 @@ pub(crate) fn open_pins(dir: &Path) -> Result<Vec<(PathBuf, FdLink)>, InterceptE
     Ok(links)
 }
 
-/// Opens one pinned link and checks it is a cgroup link.
+/// Opens one pinned link and checks it is a cgroup or raw tracepoint link.
 fn open_link(path: &Path) -> Result<FdLink, InterceptError> {
     if path.is_dir() {
         return Err(InterceptError::NotAPin {
@@ -187,10 +187,12 @@ fn open_link(path: &Path) -> Result<FdLink, InterceptError> {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    if kind != LinkType::Cgroup {
+    // Cgroup links (the redirect) and raw tracepoint links (exec/fork/exit/rename
+    // bookkeeping of agent scope).
+    if kind != LinkType::Cgroup && kind != LinkType::RawTracePoint {
         return Err(InterceptError::NotAPin {
             path: path.to_path_buf(),
-            reason: format!("a {kind:?} link, not a cgroup link"),
+            reason: format!("a {kind:?} link, not a cgroup or raw tracepoint link"),
         });
     }
     Ok(link)

@@ -73,6 +73,57 @@ pub fn describe(origin: &Origin, exec_comm: Option<String>) -> ProcessInfo {
     }
 }
 
+/// Describes a live process by pid alone (no connection): for classifying a process
+/// as an agent right after its exec. `None` if it is gone.
+pub fn describe_pid(tgid: u32) -> Option<ProcessInfo> {
+    let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
+    let id_of = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let (uid, gid) = (id_of("Uid:")?, id_of("Gid:")?);
+    let comm = read_comm(tgid)?;
+    let origin = Origin {
+        dst: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        pid: tgid,
+        tgid,
+        uid,
+        gid,
+        comm,
+        cgroup_id: 0,
+    };
+    Some(describe(&origin, None))
+}
+
+/// The parent of a live process, from `/proc/<pid>/stat`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    read_stat(pid).map(|(_, ppid, _)| ppid)
+}
+
+/// Whether `pid` is a live process (exists and is not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the comm, which may itself contain ") ".
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+/// Pids of the live processes (not threads), from `/proc`.
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn user_name(uid: u32) -> Option<String> {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::TestCgroup;
-use crate::{InterceptConfig, InterceptError, Interceptor, PortScope};
+use crate::{AgentScope, InterceptConfig, InterceptError, Interceptor, PortScope};
 
 const MARK: u32 = 0x4d43;
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -228,6 +228,7 @@ fn config(cg: &TestCgroup, daemon: &Daemon, ports: PortScope) -> InterceptConfig
         mark: MARK,
         daemon_tgid: std::process::id(),
         pin_dir: None,
+        agents: AgentScope::default(),
     }
 }
 
@@ -687,6 +688,7 @@ fn refuses_the_root_cgroup_and_non_cgroups() {
         mark: MARK,
         daemon_tgid: std::process::id(),
         pin_dir: None,
+        agents: AgentScope::default(),
     };
     for root in [
         mount.clone(),
@@ -752,12 +754,16 @@ fn pin_names(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
-const PINNED: [&str; 5] = [
+const PINNED: [&str; 9] = [
     "connect4",
     "connect6",
     "getpeername4",
     "getpeername6",
+    "process_exec",
+    "process_exit",
+    "process_fork",
     "sock_ops",
+    "task_rename",
 ];
 
 #[test]
@@ -827,7 +833,7 @@ fn pinned_links_outlive_the_interceptor_and_refuse_until_released() {
     while server.accept().is_ok() {}
 
     // Deliberate release: direct again, nothing left in bpffs.
-    assert_eq!(crate::release_pins(&dir).unwrap(), 5);
+    assert_eq!(crate::release_pins(&dir).unwrap(), PINNED.len());
     assert!(!dir.exists());
     assert_eq!(crate::release_pins(&dir).unwrap(), 0, "idempotent");
     let other = Daemon::bind();
@@ -892,7 +898,7 @@ fn reattach_replaces_pinned_links_and_release_detaches() {
     assert_eq!(r.side, Side::Daemon);
     assert!(r.origin.is_some());
 
-    assert_eq!(ic.release().unwrap(), 5);
+    assert_eq!(ic.release().unwrap(), PINNED.len());
     assert!(!dir.exists(), "release removes the pin dir");
     let r = run_one(None, Some(&cg), &third, &server, (4, "127.0.0.3", sport, 0));
     assert_eq!(r.side, Side::Server, "still redirected after release()");
@@ -963,4 +969,199 @@ fn dropping_the_test_bpffs_detaches_whatever_is_still_pinned_in_it() {
         Side::Server,
         "unmounting the test bpffs left links attached"
     );
+}
+
+/// A symlink to python3 named `name`: exec through it gives the process that comm.
+fn python_named(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let link = dir.join(name);
+    std::os::unix::fs::symlink(python(), &link).unwrap();
+    link
+}
+
+/// A cgroup, a "daemon", a real server (its port never in the port scope) and an
+/// interceptor with agent scope on.
+fn agent_setup(
+    name: &str,
+    comms: &[&str],
+    classify: bool,
+) -> (TestCgroup, Daemon, TcpListener, u16, Interceptor) {
+    let cg = TestCgroup::unique(name).unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let cfg = InterceptConfig {
+        agents: AgentScope {
+            enabled: true,
+            comms: comms.iter().map(|c| c.to_string()).collect(),
+            classify,
+        },
+        ..config(&cg, &daemon, only(1))
+    };
+    let ic = Interceptor::attach(&cfg).unwrap();
+    (cg, daemon, server, port, ic)
+}
+
+/// Runs `CLIENT` (one connection to 127.0.0.1:port) with `program` in `cg`; with
+/// `via_child`, `program` runs the client as a subprocess with the real python3.
+fn spawn_program(cg: &TestCgroup, program: &std::path::Path, port: u16, via_child: bool) -> Client {
+    let mut cmd = Command::new(program);
+    let args = ["4", "127.0.0.1", &port.to_string(), "0", "1", "now"].map(str::to_string);
+    if via_child {
+        let script = format!(
+            "import subprocess, sys\nr = subprocess.run([{:?}, '-c', sys.argv[1]] + sys.argv[2:])\nsys.exit(r.returncode)",
+            python()
+        );
+        cmd.arg("-c").arg(script).arg(CLIENT).args(&args);
+    } else {
+        cmd.arg("-c").arg(CLIENT).args(&args);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: the hook only performs async-signal-safe syscalls.
+    unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+    Client(Some(cmd.spawn().expect("spawn agent client")))
+}
+
+#[test]
+fn agents_and_their_children_have_every_port_redirected() {
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-agents", &["mcpw-agent-t"], false);
+    let tmp = tempfile_dir();
+    let agent = python_named(&tmp, "mcpw-agent-t");
+
+    // The agent itself: its comm is in agent_comms, matched in the kernel at exec.
+    let mut c = spawn_program(&cg, &agent, port, false);
+    let pid = c.pid();
+    let (side, _, origin, _) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
+    assert_eq!(side, Side::Daemon, "agent on an unlisted port goes to the daemon");
+    assert_eq!(origin.unwrap().dst, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    c.finish();
+    // Its entry leaves with the process.
+    assert_eq!(ic.agent_state(pid), crate::AgentState::Unknown);
+
+    // A child the agent runs with another binary (comm python3): inherited at fork.
+    let mut c = spawn_program(&cg, &agent, port, true);
+    let (side, _, origin, _) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
+    assert_eq!(side, Side::Daemon, "the agent's child goes to the daemon");
+    let o = origin.unwrap();
+    assert_ne!(o.tgid, c.pid(), "the connection came from the child");
+    assert_eq!(o.comm, "python3");
+    c.finish();
+
+    // Not an agent: the port scope alone applies, so it goes direct.
+    let mut c = Client::spawn(Some(&cg), 4, "127.0.0.1", port, 0, 1);
+    let (side, ..) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
+    assert_eq!(side, Side::Server, "a non-agent on an unlisted port goes direct");
+    c.finish();
+    assert_eq!(ic.agent_count(), 0, "every agent exited");
+}
+
+#[test]
+fn pending_execs_are_redirected_until_classified() {
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-pending", &[], true);
+
+    for (classified_agent, want) in [(true, Side::Daemon), (false, Side::Server)] {
+        let mut c = Client::spawn_with(Some(&cg), (4, "127.0.0.1", port, 0), 1, true);
+        let pid = c.pid();
+        // The exec was announced to user space and the process is pending meanwhile.
+        let start = Instant::now();
+        while !ic.agent_events(4096).iter().any(|e| e.tgid == pid) {
+            assert!(start.elapsed() < DEADLINE, "no exec event for {pid}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(ic.agent_state(pid), crate::AgentState::Pending { .. }), "{:?}", ic.agent_state(pid));
+        if classified_agent {
+            ic.mark_agent(pid, crate::AgentFlags::POLICY, 0).unwrap();
+            assert!(ic.is_agent(pid));
+        } else {
+            ic.clear_pending(pid);
+            assert_eq!(ic.agent_state(pid), crate::AgentState::Unknown);
+        }
+        c.go();
+        let (side, ..) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
+        assert_eq!(side, want, "classified as agent: {classified_agent}");
+        c.finish();
+    }
+
+    // With classification off, execs are not pending.
+    ic.set_classify(false).unwrap();
+    let mut c = Client::spawn_with(Some(&cg), (4, "127.0.0.1", port, 0), 1, true);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ic.agent_state(c.pid()), crate::AgentState::Unknown);
+    c.go();
+    let (side, ..) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
+    assert_eq!(side, Side::Server);
+    let dead = c.pid();
+    c.finish();
+
+    // Marked after its exit (the exit hook ran first): pruned, not leaked.
+    ic.mark_agent(dead, crate::AgentFlags::POLICY, 0).unwrap();
+    assert!(ic.is_agent(dead));
+    assert_eq!(ic.prune_dead_agents(), 1);
+    assert_eq!(ic.agent_state(dead), crate::AgentState::Unknown);
+}
+
+/// A fresh temp directory, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> TempDir {
+    let dir = std::env::temp_dir().join(format!("mcpw-agent-{}-{}", std::process::id(), crate::monotonic_ns()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+#[test]
+fn renaming_to_an_agent_name_makes_an_agent() {
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-rename", &["mcpw-agent-t"], false);
+    // Like Node's process.title: prctl(PR_SET_NAME) after exec, then connect.
+    let wrap = "import ctypes, sys\nctypes.CDLL(None).prctl(15, b'mcpw-agent-t', 0, 0, 0)\nexec(sys.argv.pop(1))";
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", wrap, CLIENT, "4", "127.0.0.1", &port.to_string(), "0", "1", "now"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the hook only performs async-signal-safe syscalls.
+    unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+    let mut c = Client(Some(cmd.spawn().expect("spawn renaming client")));
+    let (side, _, origin, _) = serve(Some(&ic), accept(&daemon, &server, Some(&mut c)));
+    assert_eq!(side, Side::Daemon, "a process renamed to an agent name is an agent");
+    assert_eq!(origin.unwrap().comm, "mcpw-agent-t");
+    c.finish();
+}
+
+#[test]
+fn pinned_agent_tracking_outlives_the_interceptor() {
+    let fs = crate::pins::TestBpfFs::unique("mcpwatch-test-bpffs-agents").unwrap();
+    let (cg, daemon, server, port, ic) = agent_setup("mcpw-agents-pin", &["mcpw-agent-t"], false);
+    drop(ic);
+    let cfg = InterceptConfig {
+        pin_dir: Some(fs.path().join("pins")),
+        agents: AgentScope { enabled: true, comms: vec!["mcpw-agent-t".into()], classify: false },
+        ..config(&cg, &daemon, only(1))
+    };
+    let ic = Interceptor::attach(&cfg).unwrap();
+    // The daemon "dies" and its listener with it: the pinned hooks keep tracking, so a
+    // child the agent forks now is still redirected (to nobody: refused), never direct.
+    drop(ic);
+    drop(daemon);
+    let tmp = tempfile_dir();
+    let agent = python_named(&tmp, "mcpw-agent-t");
+    let mut c = spawn_program(&cg, &agent, port, true);
+    let out = c.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ConnectionRefused"), "{stderr}");
+    server.set_nonblocking(true).unwrap();
+    assert!(server.accept().is_err(), "the agent's child connected directly");
+    crate::release_pins(&fs.path().join("pins")).unwrap();
 }

@@ -1,51 +1,139 @@
-//! One accepted connection: resolve, connect upstream, sniff, dispatch.
+//! One accepted connection: resolve, admit, connect upstream, classify, dispatch.
+//!
+//! Why a module of its own: this is where a connection is either governed (HTTP/1.x, HTTP/2,
+//! TLS) or relayed untouched, so it is the first thing an attacker in the watched cgroup aims
+//! at. The rule: a connection is relayed opaquely only when it is POSITIVELY something else
+//! (the server spoke first, or the client's first bytes cannot start an HTTP request, an HTTP/2
+//! preface or a TLS record). A slow or silent client never becomes "opaque": it waits, bounded
+//! by `limits.peek_timeout`, after which the connection is CLOSED. Toward a destination the
+//! policy governs (it has spoken MCP, or it is registered), anything that is not HTTP or TLS
+//! follows the destination's mode: refused and audited in enforce mode, audited and relayed
+//! otherwise.
+//!
+//! [`classify`] is pure (no I/O) and public so it can be fuzzed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
+use mcpwatch_policy::Mode;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{http, upstream};
+use super::{admission, http, upstream};
 use crate::resolve::{Origin, Resolve};
-use crate::state::{Counters, Shared};
+use crate::state::{now_ms, Counters, Shared};
 
-/// What the first client bytes look like.
+/// How many client bytes the classifier looks at, at most. A prefix this long that is still
+/// undecided (empty lines or one long token) goes to the HTTP parser, which rejects what it
+/// cannot parse: undecided bytes are never relayed.
+pub const PEEK_WINDOW: usize = 1024;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first client bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniffed {
-    Http,
+pub enum Classification {
+    /// Not enough bytes to tell yet (an empty prefix, a method still being typed, part of the
+    /// HTTP/2 preface, a lone TLS content-type byte).
+    NeedMore,
+    /// An HTTP/1.x request: `token SP`, possibly after empty lines (RFC 9112 §2.2), or an
+    /// undecided prefix as long as [`PEEK_WINDOW`] (the HTTP parser decides).
+    Http1,
+    /// The HTTP/2 prior-knowledge preface.
+    Http2,
+    /// A TLS handshake record (`0x16 0x03`).
     Tls,
-    /// Anything else, including a client that stays silent or a server that speaks first.
-    Opaque,
+    /// Positively not HTTP, HTTP/2 or TLS.
+    NotHttp(NotHttp),
 }
 
-const HTTP_METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"TRACE ",
-];
+/// Why bytes are not HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHttp {
+    /// An SSH identification string (`SSH-`).
+    Ssh,
+    /// A first byte no HTTP request, HTTP/2 preface or TLS handshake starts with (binary
+    /// protocols, TLS records other than a handshake, whitespace other than empty lines).
+    Binary,
+    /// A token not followed by a space (e.g. `SSH-2.0-x\r\n`, Redis `*1\r\n`).
+    NoRequestLine,
+}
 
-/// Classify a prefix. `None`: not enough bytes yet to tell.
-pub fn classify(buf: &[u8]) -> Option<Sniffed> {
-    if buf.is_empty() {
-        return None;
-    }
-    if buf[0] == 0x16 {
-        return match buf.get(1) {
-            None => None,
-            Some(3) => Some(Sniffed::Tls),
-            Some(_) => Some(Sniffed::Opaque),
-        };
-    }
-    let mut undecided = false;
-    for m in HTTP_METHODS {
-        if buf.len() >= m.len() {
-            if buf.starts_with(m) {
-                return Some(Sniffed::Http);
-            }
-        } else if m.starts_with(buf) {
-            undecided = true;
+/// RFC 9110 `tchar`: the characters of an HTTP method token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Classify the first client bytes. Pure; never panics; looks at most at [`PEEK_WINDOW`] bytes.
+pub fn classify(buf: &[u8]) -> Classification {
+    let buf = &buf[..buf.len().min(PEEK_WINDOW)];
+    let full = buf.len() >= PEEK_WINDOW;
+    // Empty lines before a request line are ignored by HTTP/1 servers (httparse, llhttp):
+    // a superset (any run of CR and LF) is skipped; the parser rejects what it does not take.
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n');
+    let Some(start) = start else {
+        return if full { Classification::Http1 } else { Classification::NeedMore };
+    };
+    let rest = &buf[start..];
+    if start == 0 {
+        if rest[0] == 0x16 {
+            return match rest.get(1) {
+                None => Classification::NeedMore,
+                Some(3) => Classification::Tls,
+                Some(_) => Classification::NotHttp(NotHttp::Binary),
+            };
+        }
+        if rest.starts_with(H2_PREFACE) {
+            return Classification::Http2;
+        }
+        if H2_PREFACE.starts_with(rest) {
+            return Classification::NeedMore;
+        }
+        if rest.starts_with(b"SSH-") {
+            return Classification::NotHttp(NotHttp::Ssh);
+        }
+        if b"SSH-".starts_with(rest) {
+            return Classification::NeedMore;
         }
     }
-    if undecided { None } else { Some(Sniffed::Opaque) }
+    request_line(rest, full)
+}
+
+/// `method SP target SP HTTP/` with lenient separators (runs of SP/HTAB), case-insensitive
+/// version: a superset of what HTTP/1 parsers accept, so nothing a server would take as a
+/// request is ever relayed. Text protocols whose first line merely contains a space
+/// (`get key`, `over ipv6`) are not HTTP.
+fn request_line(rest: &[u8], full: bool) -> Classification {
+    let more = if full { Classification::Http1 } else { Classification::NeedMore };
+    let not_http = Classification::NotHttp(NotHttp::NoRequestLine);
+    let is_sep = |b: u8| b == b' ' || b == b'\t';
+    let method = rest.iter().take_while(|b| is_tchar(**b)).count();
+    match rest.get(method) {
+        None => return more,
+        Some(_) if method == 0 => return Classification::NotHttp(NotHttp::Binary),
+        Some(&b) if !is_sep(b) => return not_http,
+        Some(_) => {}
+    }
+    let mut i = method + rest[method..].iter().take_while(|b| is_sep(**b)).count();
+    let target = rest[i..].iter().take_while(|b| **b > b' ' && **b != 0x7f).count();
+    i += target;
+    match rest.get(i) {
+        None => return more,
+        Some(_) if target == 0 => return not_http,
+        Some(&b) if !is_sep(b) => return not_http,
+        Some(_) => {}
+    }
+    i += rest[i..].iter().take_while(|b| is_sep(**b)).count();
+    let version = &rest[i..];
+    let want = b"HTTP/";
+    let n = version.len().min(want.len());
+    if !version[..n].eq_ignore_ascii_case(&want[..n]) {
+        return not_http;
+    }
+    if n < want.len() { more } else { Classification::Http1 }
 }
 
 /// Per-connection facts every exchange needs.
@@ -55,18 +143,31 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     pub origin: Origin,
     pub scheme: &'static str,
-    /// Raw request heads of an HTTP connection (framing checks).
+    /// Raw request heads of an HTTP/1 connection (framing checks).
     pub head_log: Option<super::headlog::HeadLog>,
     /// Set when mcpwatch terminated TLS for this connection (`scheme` is then `https`).
     pub tls: Option<Arc<mcpwatch_api::TlsDetails>>,
 }
 
-pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn super::super::resolve::Resolve>, client: TcpStream, peer: SocketAddr) {
+/// How the wait for the first bytes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Client(Classification),
+    /// The upstream sent bytes before the client said anything decisive.
+    ServerFirst,
+    /// The client closed (or half-closed) without sending anything decisive.
+    ClientClosed,
+    /// Nobody said anything decisive within `limits.peek_timeout`.
+    Silent,
+    Error,
+}
+
+pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: TcpStream, peer: SocketAddr, global: tokio::sync::OwnedSemaphorePermit) {
     let local = match client.local_addr() {
         Ok(a) => a,
         Err(_) => return,
     };
-    let Some(origin) = resolve(&*resolver, peer, local) else {
+    let Some(origin) = resolver.resolve(peer, local) else {
         Counters::inc(&shared.counters.connections_unresolved);
         tracing::warn!(%peer, "no original destination for connection; closing it");
         return;
@@ -75,6 +176,15 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn super::super::resolve
         tracing::warn!(%peer, dst = %origin.dst, "connection to the daemon's own listener; closing it");
         return;
     }
+    // Fair share: one process (or one uid) cannot hold every connection slot.
+    let _ticket = match shared.admission.admit(origin.process.as_deref(), global) {
+        Ok(t) => t,
+        Err(refusal) => {
+            admission::count_refusal(&shared, refusal);
+            tracing::info!(%peer, dst = %origin.dst, ?refusal, "connection limit reached; closing");
+            return;
+        }
+    };
     let _ = client.set_nodelay(true);
     let limits = &shared.config.limits;
     // Connect before reading anything: a server-speaks-first protocol must see its
@@ -90,76 +200,290 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn super::super::resolve
     let ctx = ConnCtx { id: shared.next_conn_id(), peer, origin, scheme: "http", head_log: None, tls: None };
     tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, "connection");
     match kind {
-        Some(Sniffed::Http) => http::serve(shared, ctx, client, upstream).await,
-        Some(Sniffed::Tls) => super::tls::handle(shared, ctx, client, upstream).await,
-        Some(Sniffed::Opaque) => {
-            Counters::inc(&shared.counters.passthrough);
-            relay(client, upstream).await;
+        Sniffed::Client(Classification::Http1) => http::serve(shared, ctx, client, upstream, http::Proto::Http1).await,
+        Sniffed::Client(Classification::Http2) => http::serve(shared, ctx, client, upstream, http::Proto::Http2).await,
+        Sniffed::Client(Classification::Tls) => super::tls::handle(shared, ctx, client, upstream).await,
+        Sniffed::Client(Classification::NotHttp(why)) => {
+            let what = match why {
+                NotHttp::Ssh => "an SSH identification",
+                NotHttp::Binary => "bytes no HTTP request or TLS handshake starts with",
+                NotHttp::NoRequestLine => "a first line that is not an HTTP request line",
+            };
+            opaque(shared, ctx, client, upstream, what).await
         }
-        None => {} // client closed before sending anything
+        Sniffed::ServerFirst => opaque(shared, ctx, client, upstream, "the server speaking first").await,
+        Sniffed::ClientClosed => {
+            // Nothing from the client can follow its FIN, and what is queued is no complete
+            // request line: relaying governs nothing away.
+            Counters::inc(&shared.counters.passthrough);
+            relay(&shared, client, upstream).await
+        }
+        Sniffed::Silent | Sniffed::Client(Classification::NeedMore) => {
+            Counters::inc(&shared.counters.closed_silent);
+            tracing::info!(conn = ctx.id, %peer, "no first bytes within {:?}; closing (never relayed)", limits.peek_timeout);
+        }
+        Sniffed::Error => {}
     }
-}
-
-fn resolve(resolver: &dyn Resolve, peer: SocketAddr, local: SocketAddr) -> Option<Origin> {
-    resolver.resolve(peer, local)
 }
 
 fn is_self(shared: &Shared, dst: SocketAddr) -> bool {
     dst.ip().is_loopback() && dst.port() == shared.config.listen_port
 }
 
-/// Wait for enough client bytes to classify, the server speaking first, or the deadline.
-/// `None` when the client closed without sending anything.
-async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> Option<Sniffed> {
-    let mut buf = [0u8; 16];
+/// A connection that is not HTTP or TLS: relayed, unless its destination is governed in
+/// enforce mode (then refused). Either way toward a governed destination it is audited.
+async fn opaque(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream, what: &str) {
+    if let Some(mode) = governed_mode(&shared, ctx.origin.dst) {
+        let enforce = mode == Mode::Enforce;
+        let verdict = if enforce { "refused (enforce mode)" } else { "relayed uninspected" };
+        let reason = format!("not HTTP ({what}) toward a governed MCP destination: {verdict}");
+        tracing::warn!(conn = ctx.id, dst = %ctx.origin.dst, "{reason}");
+        let rec = connection_record(&shared, &ctx, "http", "tcp", &ctx.origin.dst.ip().to_canonical().to_string(), &reason);
+        super::exchange::write_closed(&shared, rec, CallStatus::TransportError { reason });
+        if enforce {
+            Counters::inc(&shared.counters.refused_protocol);
+            return;
+        }
+    }
+    Counters::inc(&shared.counters.passthrough);
+    relay(&shared, client, upstream).await
+}
+
+/// The mode governing `dst`, when the policy governs it: it has spoken MCP (the inventory
+/// knows it; the strictest mode of its endpoints) or a registry entry matches its address
+/// (`host`/`url` patterns on the IP, path `/`). `None`: an ungoverned destination.
+pub fn governed_mode(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
+    let loaded = shared.governance.current();
+    let endpoints = shared.inventory.endpoints_at(&dst.to_string());
+    let mut mode: Option<Mode> = None;
+    for e in &endpoints {
+        let Some((host, port, path)) = split_endpoint(e) else { continue };
+        let target = mcpwatch_policy::Target { endpoint: e, host, port, path };
+        let m = loaded.inspect_mode(&target);
+        mode = Some(strictest(mode, m));
+    }
+    let ip = dst.ip().to_canonical().to_string();
+    for scheme in ["http", "https"] {
+        let key = Endpoint { scheme: scheme.into(), host: ip.clone(), port: dst.port(), path: "/".into() }.key();
+        let target = mcpwatch_policy::Target { endpoint: &key, host: &ip, port: dst.port(), path: "/" };
+        if let Some(def) = loaded.policy.server_for(&target) {
+            mode = Some(strictest(mode, def.mode.unwrap_or(loaded.policy.mode())));
+        }
+    }
+    mode
+}
+
+pub fn strictest(a: Option<Mode>, b: Mode) -> Mode {
+    let rank = |m: Mode| match m {
+        Mode::Audit => 0,
+        Mode::Warn => 1,
+        Mode::Enforce => 2,
+    };
+    match a {
+        Some(a) if rank(a) >= rank(b) => a,
+        _ => b,
+    }
+}
+
+/// `scheme://host:port/path` (an `Endpoint::key()`) → host, port, path; IPv6 hosts keep brackets.
+fn split_endpoint(key: &str) -> Option<(&str, u16, &str)> {
+    let (_, rest) = key.split_once("://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = authority.rsplit_once(':')?;
+    Some((host, port.parse().ok()?, path))
+}
+
+/// A record for a connection mcpwatch answered itself before any message (refusals,
+/// unreadable TLS clients); the caller sets the status through `exchange::write_closed`.
+pub fn connection_record(shared: &Shared, ctx: &ConnCtx, scheme: &str, transport: &str, host: &str, note: &str) -> AuditRecord {
+    let server = Endpoint { scheme: scheme.into(), host: host.to_string(), port: ctx.origin.dst.port(), path: String::new() }.key();
+    AuditRecord {
+        schema: AUDIT_SCHEMA_VERSION,
+        id: shared.store.new_record_id(),
+        ts_ms: now_ms(),
+        duration_us: Some(0),
+        process: ctx.origin.process.as_deref().cloned(),
+        dst: ctx.origin.dst.to_string(),
+        host: Some(host.to_string()),
+        scheme: scheme.into(),
+        server,
+        transport: transport.into(),
+        kind: MessageKind::Invalid,
+        direction: "client->server".into(),
+        status: CallStatus::TransportError { reason: note.to_string() },
+        ..Default::default()
+    }
+}
+
+/// Wait for enough client bytes to classify, or the server speaking first. A client that
+/// stays silent (or dribbles an undecidable prefix) is [`Sniffed::Silent`] after `deadline`.
+async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> Sniffed {
+    let mut buf = vec![0u8; PEEK_WINDOW];
     let sleep = tokio::time::sleep(deadline);
     tokio::pin!(sleep);
+    // An undecided prefix is re-peeked with a growing pause (peek cannot wait for *more*).
+    let mut pause = Duration::from_millis(2);
     loop {
         tokio::select! {
             biased;
             r = client.peek(&mut buf) => match r {
-                Ok(0) => {
-                    // Closed by the client; anything the server wants to say still
-                    // deserves relaying (half-close), so treat as opaque unless idle.
-                    return Some(Sniffed::Opaque);
-                }
+                Ok(0) => return Sniffed::ClientClosed,
                 Ok(n) => match classify(&buf[..n]) {
-                    Some(k) => return Some(k),
-                    // A prefix of a method: wait a little for more bytes.
-                    None => tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                        _ = &mut sleep => return Some(Sniffed::Opaque),
+                    // The client already sent FIN: no byte can complete the prefix, so
+                    // relaying it governs nothing away (`over ipv6` + EOF to an echo server).
+                    Classification::NeedMore if peer_finished(client) => return Sniffed::ClientClosed,
+                    Classification::NeedMore => tokio::select! {
+                        _ = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_millis(100)),
+                        _ = &mut sleep => return Sniffed::Silent,
                     },
+                    k => return Sniffed::Client(k),
                 },
-                Err(_) => return None,
+                Err(_) => return Sniffed::Error,
             },
-            _ = upstream.readable() => return Some(Sniffed::Opaque),
-            _ = &mut sleep => return Some(Sniffed::Opaque),
+            _ = upstream.readable() => {
+                // Readable also on EOF/error: only real bytes count as speaking first.
+                let mut one = [0u8; 1];
+                match upstream.peek(&mut one).await {
+                    Ok(1..) => return Sniffed::ServerFirst,
+                    _ => return Sniffed::Error,
+                }
+            }
+            _ = &mut sleep => return Sniffed::Silent,
         }
     }
 }
 
-/// Byte-for-byte relay both ways until both sides are done.
-pub async fn relay(mut client: TcpStream, mut upstream: TcpStream) {
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "relay ended with an error");
+/// The peer half-closed (TCP state CLOSE_WAIT): nothing more will arrive after what is queued.
+fn peer_finished(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    // SAFETY: getsockopt writes at most `len` bytes into a zeroed, properly sized tcp_info.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
+    rc == 0 && info.tcpi_state == TCP_CLOSE_WAIT
+}
+
+/// Byte-for-byte relay both ways until both sides are done, or nothing moved for
+/// `limits.idle_timeout` (then both are closed).
+pub async fn relay(shared: &Shared, client: TcpStream, upstream: TcpStream) {
+    relay_io(shared, client, upstream).await
+}
+
+/// [`relay`] over any streams (a TLS pass-through relays the raw socket after replaying the hello).
+pub async fn relay_io<A, B>(shared: &Shared, client: A, upstream: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let idle = shared.config.limits.idle_timeout;
+    let activity = admission::Activity::default();
+    let mut client = admission::Tracked::new(client, activity.clone());
+    let mut upstream = admission::Tracked::new(upstream, activity.clone());
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    if idle.is_zero() {
+        if let Err(e) = copy.await {
+            tracing::debug!(error = %e, "relay ended with an error");
+        }
+        return;
+    }
+    tokio::select! {
+        r = copy => if let Err(e) = r {
+            tracing::debug!(error = %e, "relay ended with an error");
+        },
+        _ = activity.idle_for(idle) => {
+            Counters::inc(&shared.counters.closed_idle);
+            tracing::debug!("relay idle for {idle:?}; closing both sides");
+            let _ = client.get_mut().shutdown().await;
+            let _ = upstream.get_mut().shutdown().await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Classification::{Http1, Http2, NeedMore, Tls};
+    use super::NotHttp as N;
 
     #[test]
     fn classifies_prefixes() {
-        assert_eq!(classify(b"POST /mcp HTTP/1.1"), Some(Sniffed::Http));
-        assert_eq!(classify(b"GET / HTTP/1.1"), Some(Sniffed::Http));
-        assert_eq!(classify(b"PO"), None);
-        assert_eq!(classify(b"OPTIONS"), None);
-        assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Sniffed::Opaque));
-        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Some(Sniffed::Tls));
-        assert_eq!(classify(&[0x16]), None);
-        assert_eq!(classify(b"PRI * HTTP/2.0"), Some(Sniffed::Opaque));
-        assert_eq!(classify(b"\x00\x00"), Some(Sniffed::Opaque));
+        assert_eq!(classify(b"POST /mcp HTTP/1.1"), Http1);
+        assert_eq!(classify(b"GET / HTTP/1.1"), Http1);
+        assert_eq!(classify(b"PO"), NeedMore);
+        assert_eq!(classify(b"OPTIONS"), NeedMore);
+        assert_eq!(classify(b""), NeedMore);
+        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.6 Ubuntu\r\n"), Classification::NotHttp(N::Ssh));
+        assert_eq!(classify(b"SSH"), NeedMore);
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Tls);
+        assert_eq!(classify(&[0x16]), NeedMore);
+        assert_eq!(classify(&[0x16, 0x09]), Classification::NotHttp(N::Binary));
+        assert_eq!(classify(b"\x00\x00"), Classification::NotHttp(N::Binary));
+        assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Classification::NotHttp(N::NoRequestLine));
+        assert_eq!(classify(b" POST /mcp HTTP/1.1"), Classification::NotHttp(N::Binary));
+        // Text protocols with a space in their first line are not HTTP.
+        assert_eq!(classify(b"over ipv6"), NeedMore);
+        assert_eq!(classify(b"over ipv6\n"), Classification::NotHttp(N::NoRequestLine));
+        assert_eq!(classify(b"get key\r\n"), Classification::NotHttp(N::NoRequestLine));
+        assert_eq!(classify(b"GET /"), NeedMore);
+        assert_eq!(classify(b"GET / HT"), NeedMore);
+        assert_eq!(classify(b"GET /  http/1.0\r\n"), Http1);
+        assert_eq!(classify(b"POST\t/mcp\tHTTP/1.1"), Http1);
+        assert_eq!(classify(b"GET /\r\n"), Classification::NotHttp(N::NoRequestLine));
+    }
+
+    #[test]
+    fn leading_empty_lines_are_http() {
+        assert_eq!(classify(b"\r\nPOST /mcp HTTP/1.1\r\n"), Http1);
+        assert_eq!(classify(b"\n\r\n\r\nGET / HTTP/1.1"), Http1);
+        assert_eq!(classify(b"\r\n"), NeedMore);
+        assert_eq!(classify(b"\r\nPO"), NeedMore);
+        // TLS and the HTTP/2 preface only count at the very start.
+        assert_eq!(classify(b"\r\n\x16\x03"), Classification::NotHttp(N::Binary));
+        // A window full of empty lines goes to the parser, never to a relay.
+        assert_eq!(classify(&[b'\n'; PEEK_WINDOW]), Http1);
+    }
+
+    #[test]
+    fn http2_prior_knowledge_and_extension_methods() {
+        assert_eq!(classify(H2_PREFACE), Http2);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), NeedMore);
+        assert_eq!(classify(b"PRI /mcp HTTP/1.1\r\n"), Http1);
+        // Any method token is HTTP: servers decide which methods they route.
+        assert_eq!(classify(b"FROB /mcp HTTP/1.1"), Http1);
+        let long = [b'A'; PEEK_WINDOW + 10];
+        assert_eq!(classify(&long), Http1);
+        assert_eq!(classify(&long[..100]), NeedMore);
+    }
+
+    #[test]
+    fn every_short_input_is_classified_without_panicking() {
+        // Exhaustive over 2-byte inputs plus every 1-byte prefix of common starts.
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let _ = classify(&[a, b]);
+            }
+        }
+        // A slow client's prefixes never leave NeedMore for "not HTTP".
+        let req = b"\r\nPOST /mcp HTTP/1.1\r\n";
+        for n in 0..req.len() {
+            assert!(matches!(classify(&req[..n]), NeedMore | Http1), "{n}: {:?}", classify(&req[..n]));
+        }
+        for n in 0..H2_PREFACE.len() {
+            assert_eq!(classify(&H2_PREFACE[..n]), NeedMore, "{n}");
+        }
+    }
+
+    #[test]
+    fn endpoints_split() {
+        assert_eq!(split_endpoint("http://127.0.0.2:8765/mcp"), Some(("127.0.0.2", 8765, "/mcp")));
+        assert_eq!(split_endpoint("https://[::1]:443/"), Some(("[::1]", 443, "/")));
+        assert_eq!(split_endpoint("https://h:1"), Some(("h", 1, "/")));
+        assert_eq!(split_endpoint("nonsense"), None);
     }
 }

@@ -47,6 +47,9 @@ pub(super) const S2C: &str = "server->client";
 pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, mut req: Request<Incoming>) -> Response<Body> {
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    // First, before any early answer: the head log pairs framings with requests by order.
+    let request_line = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
+    let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of(request_line.as_bytes())).unwrap_or_default();
     let scope = Scope::new(&shared, &ctx, &parts);
 
     // Content-Length together with Transfer-Encoding is how requests are smuggled past
@@ -63,8 +66,6 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
             return local_response(StatusCode::MISDIRECTED_REQUEST, "text/plain", format!("{msg}\n"));
         }
     }
-    let request_line = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
-    let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of(request_line.as_bytes())).unwrap_or_default();
     if framing.is_ambiguous() || (parts.headers.contains_key(http::header::CONTENT_LENGTH) && parts.headers.contains_key(http::header::TRANSFER_ENCODING)) {
         let msg = "mcpwatch: request has both Content-Length and Transfer-Encoding (possible request smuggling); refused";
         tracing::warn!(peer = %ctx.peer, "{msg}");

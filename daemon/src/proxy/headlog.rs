@@ -1,24 +1,37 @@
-//! The raw bytes of request heads, as the client sent them.
+//! The framing of each request head, as the client sent it.
 //!
 //! hyper resolves ambiguous framing itself (Transfer-Encoding wins over Content-Length,
 //! per RFC 9112) and hides the evidence: the Content-Length header is gone from the
 //! parsed request. A request carrying both is a smuggling attempt and must be refused,
-//! so the client stream is wrapped in [`LoggedIo`], which keeps a bounded window of the
-//! most recent bytes read, and [`HeadLog::framing_of`] re-parses the head of each
-//! request from those bytes.
+//! so the client stream is wrapped in [`LoggedIo`], which follows the byte stream the way
+//! an HTTP/1.1 server does: heads parsed in stream order with httparse (the parser hyper
+//! uses, so bare-LF heads and leading empty lines are read alike), bodies skipped by
+//! their Content-Length or chunked framing. Each head's framing is queued, and
+//! [`HeadLog::framing_of`] hands them out in order, one per request hyper delivers.
+//!
+//! Nothing here searches the bytes for text: a copy of a request line inside a body, a
+//! fragment hyper drops from the target, or a head ending in bare LFs cannot make it
+//! read the wrong head (the fuzz target `http_head` checks exactly that). When the
+//! stream cannot be followed (a malformed chunk, an upgrade, an oversized head), every
+//! later request is reported ambiguous and refused: fail closed, never guess.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes kept at most; a request head is far smaller (hyper's own limit is ~400 KiB of
-/// headers, but MCP clients send a few hundred bytes).
-const WINDOW: usize = 64 * 1024;
+/// Largest head followed (hyper's own read buffer is ~400 KiB).
+const MAX_HEAD: usize = 512 * 1024;
+/// Longest chunk-size or trailer line.
+const MAX_LINE: usize = 8 * 1024;
+/// Heads read ahead of the requests hyper delivered (pipelining); past this the
+/// stream is given up on (fail closed).
+const MAX_QUEUED: usize = 1024;
 
 #[derive(Clone, Default)]
-pub struct HeadLog(Arc<Mutex<Vec<u8>>>);
+pub struct HeadLog(Arc<Mutex<Tracker>>);
 
 impl std::fmt::Debug for HeadLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,54 +44,206 @@ impl std::fmt::Debug for HeadLog {
 pub struct Framing {
     pub content_length_headers: usize,
     pub transfer_encoding: bool,
+    /// The stream could not be followed up to this request: its framing is unknown.
+    pub lost: bool,
 }
 
 impl Framing {
     pub fn is_ambiguous(&self) -> bool {
-        self.transfer_encoding && self.content_length_headers > 0
+        self.lost || (self.transfer_encoding && self.content_length_headers > 0)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    #[default]
+    Head,
+    Body(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    /// Given up on: every later request is ambiguous.
+    Lost,
+}
+
+/// Follows one connection's request stream.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    state: State,
+    /// Bytes read but not yet consumed by the state machine.
+    buf: Vec<u8>,
+    queue: VecDeque<Framing>,
+}
+
+impl Tracker {
+    fn lose(&mut self) {
+        self.state = State::Lost;
+        self.buf = Vec::new();
+    }
+
+    /// Feed bytes in the order they were read.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.state == State::Lost {
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        let mut at = 0;
+        loop {
+            let rest = &self.buf[at..];
+            match self.state {
+                State::Lost => return,
+                State::Head => {
+                    // RFC 9112 §2.2: empty lines before a request line are ignored.
+                    let skip = rest.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                    at += skip;
+                    let rest = &self.buf[at..];
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let mut headers = [httparse::EMPTY_HEADER; 128];
+                    let mut req = httparse::Request::new(&mut headers);
+                    match req.parse(rest) {
+                        Ok(httparse::Status::Complete(len)) => {
+                            let (framing, next) = framing_of_head(&req);
+                            if self.queue.len() >= MAX_QUEUED {
+                                return self.lose();
+                            }
+                            self.queue.push_back(framing);
+                            at += len;
+                            self.state = next;
+                        }
+                        Ok(httparse::Status::Partial) if rest.len() <= MAX_HEAD => break,
+                        // Too large or malformed: hyper answers it with an error; what
+                        // follows cannot be framed any more.
+                        _ => return self.lose(),
+                    }
+                }
+                State::Body(n) | State::ChunkData(n) => {
+                    let take = rest.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    at += take;
+                    let left = n - take as u64;
+                    self.state = match (self.state, left) {
+                        (State::Body(_), 0) => State::Head,
+                        (State::Body(_), l) => State::Body(l),
+                        (_, 0) => State::ChunkEnd,
+                        (_, l) => State::ChunkData(l),
+                    };
+                    if left > 0 {
+                        break;
+                    }
+                }
+                State::ChunkEnd => match rest {
+                    [b'\r', b'\n', ..] => {
+                        at += 2;
+                        self.state = State::ChunkSize;
+                    }
+                    [b'\n', ..] => {
+                        at += 1;
+                        self.state = State::ChunkSize;
+                    }
+                    [] | [b'\r'] => break,
+                    _ => return self.lose(),
+                },
+                State::ChunkSize | State::Trailers => {
+                    let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+                        if rest.len() > MAX_LINE {
+                            return self.lose();
+                        }
+                        break;
+                    };
+                    let line = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
+                    at += nl + 1;
+                    if self.state == State::Trailers {
+                        if line.is_empty() {
+                            self.state = State::Head;
+                        }
+                        continue;
+                    }
+                    match chunk_size(line) {
+                        Some(0) => self.state = State::Trailers,
+                        Some(n) => self.state = State::ChunkData(n),
+                        None => return self.lose(),
+                    }
+                }
+            }
+        }
+        self.buf.drain(..at);
+    }
+
+    /// The framing of the next request, in stream order. A request the stream did not
+    /// show a head for (the tracker lost the stream, or disagrees with hyper) is
+    /// reported as `lost`: refused rather than trusted.
+    pub fn next(&mut self) -> Framing {
+        self.queue.pop_front().unwrap_or(Framing { lost: true, ..Framing::default() })
+    }
+}
+
+/// Framing headers of a parsed head, and where its body ends.
+fn framing_of_head(req: &httparse::Request<'_, '_>) -> (Framing, State) {
+    let mut f = Framing::default();
+    let mut length: Option<u64> = None;
+    let mut chunked_last = false;
+    let mut upgrade = req.method.is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"));
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            f.content_length_headers += 1;
+            let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            length = match (length, v) {
+                (None, Some(v)) => Some(v),
+                (Some(a), Some(b)) if a == b => Some(a),
+                // Unparsable or conflicting lengths: hyper refuses the request; should it
+                // ever not, the request is refused here (its body end is unknown).
+                _ => {
+                    f.lost = true;
+                    length
+                }
+            };
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            f.transfer_encoding = true;
+            chunked_last = h.value.rsplit(|b| *b == b',').next().is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    let next = if f.is_ambiguous() || upgrade {
+        // Refused (and the connection closed), or switching protocols: nothing after
+        // this head is HTTP/1 we can frame.
+        State::Lost
+    } else if f.transfer_encoding {
+        if chunked_last { State::ChunkSize } else { State::Lost }
+    } else {
+        match length {
+            Some(0) | None => State::Head,
+            Some(n) => State::Body(n),
+        }
+    };
+    (f, next)
+}
+
+/// The size of a chunk-size line (`1a;ext=x`), `None` when malformed.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let hex = line.split(|b| *b == b';').next()?.trim_ascii();
+    if hex.is_empty() || hex.len() > 15 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 impl HeadLog {
     fn push(&self, bytes: &[u8]) {
-        if let Ok(mut buf) = self.0.lock() {
-            buf.extend_from_slice(bytes);
-            if buf.len() > WINDOW {
-                let excess = buf.len() - WINDOW;
-                buf.drain(..excess);
-            }
+        if let Ok(mut t) = self.0.lock() {
+            t.feed(bytes);
         }
     }
 
-    /// Find the head that starts with `request_line` (e.g. `POST /mcp HTTP/1.1`), report
-    /// its framing headers, and forget everything up to its end.
-    pub fn framing_of(&self, request_line: &[u8]) -> Option<Framing> {
-        let mut buf = self.0.lock().ok()?;
-        let start = find(&buf, request_line)?;
-        let end = find(&buf[start..], b"\r\n\r\n").map(|e| start + e + 4)?;
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(&buf[start..end]).ok()?.is_complete();
-        let mut f = Framing::default();
-        if parsed {
-            for h in req.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    f.content_length_headers += 1;
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    f.transfer_encoding = true;
-                }
-            }
-        }
-        buf.drain(..end);
-        parsed.then_some(f)
+    /// The framing of the next request hyper delivers on this connection. Call it once
+    /// per request, first thing, in the order requests arrive (`exchange::handle` does).
+    /// `_request_line` is what hyper parsed; the order, not the text, pairs them.
+    pub fn framing_of(&self, _request_line: &[u8]) -> Option<Framing> {
+        let mut t = self.0.lock().ok()?;
+        Some(t.next())
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A stream that copies what is read into a [`HeadLog`].
@@ -129,29 +294,81 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LoggedIo<T> {
 mod tests {
     use super::*;
 
+    fn framings(stream: &[u8], n: usize) -> Vec<Framing> {
+        let log = HeadLog::default();
+        // Fed in small pieces: the framing must not depend on how reads split the stream.
+        for piece in stream.chunks(7) {
+            log.push(piece);
+        }
+        (0..n).map(|_| log.framing_of(b"").expect("lock")).collect()
+    }
+
+    const CLEAN: Framing = Framing { content_length_headers: 1, transfer_encoding: false, lost: false };
+
     #[test]
     fn finds_cl_te_in_the_raw_head() {
-        let log = HeadLog::default();
-        log.push(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
-        let f = log.framing_of(b"POST /mcp HTTP/1.1").unwrap();
-        assert!(f.is_ambiguous());
+        let f = framings(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1);
+        assert!(f[0].is_ambiguous());
     }
 
     #[test]
-    fn consecutive_heads_are_told_apart() {
-        let log = HeadLog::default();
-        log.push(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
-        assert_eq!(log.framing_of(b"POST /a HTTP/1.1"), Some(Framing { content_length_headers: 1, transfer_encoding: false }));
-        assert_eq!(log.framing_of(b"POST /a HTTP/1.1"), Some(Framing { content_length_headers: 0, transfer_encoding: true }));
-        assert_eq!(log.framing_of(b"POST /a HTTP/1.1"), None);
+    fn consecutive_heads_are_told_apart_and_bodies_skipped() {
+        let f = framings(
+            b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-T: 1\r\n\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            4,
+        );
+        assert_eq!(f[0], CLEAN);
+        assert_eq!(f[1], Framing { content_length_headers: 0, transfer_encoding: true, lost: false });
+        assert_eq!(f[2], Framing::default());
+        // A request hyper delivered that the stream had no head for: refused, not trusted.
+        assert!(f[3].lost && f[3].is_ambiguous());
+    }
+
+    /// The three ways the old text search was fooled (fuzz seeds `known-bug-*`).
+    #[test]
+    fn a_request_line_in_a_body_a_fragment_or_bare_lf_heads_do_not_hide_cl_te() {
+        // A clean copy of the next request line inside the previous body.
+        let body = b"POST /mcp HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = format!("POST /mcp HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        s.extend_from_slice(body);
+        s.extend_from_slice(b"POST /mcp HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        let f = framings(&s, 2);
+        assert_eq!(f[0], CLEAN);
+        assert!(f[1].is_ambiguous(), "{f:?}");
+        // A fragment hyper drops from the target.
+        let f = framings(b"POST /mcp#x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 1);
+        assert!(f[0].is_ambiguous());
+        // A previous head with bare LFs.
+        let f = framings(b"GET / HTTP/1.1\nHost: x\n\nPOST /mcp HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 2);
+        assert_eq!(f[0], Framing::default());
+        assert!(f[1].is_ambiguous(), "{f:?}");
     }
 
     #[test]
-    fn window_is_bounded() {
+    fn malformed_streams_fail_closed() {
+        for s in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\n\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ] {
+            let f = framings(s, 2);
+            assert!(f[1].is_ambiguous(), "{:?}: {f:?}", String::from_utf8_lossy(s));
+            let has = |h: &[u8]| s.windows(h.len()).any(|w| w.eq_ignore_ascii_case(h));
+            if has(b"transfer-encoding") && has(b"content-length") {
+                assert!(f[0].is_ambiguous(), "the head itself: {f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn buffer_and_queue_are_bounded() {
         let log = HeadLog::default();
-        for _ in 0..100 {
+        for _ in 0..200 {
             log.push(&[b'x'; 4096]);
         }
-        assert!(log.0.lock().unwrap().len() <= WINDOW);
+        let t = log.0.lock().unwrap();
+        assert_eq!(t.state, State::Lost);
+        assert!(t.buf.len() <= MAX_HEAD + 4096);
     }
 }

@@ -1,8 +1,13 @@
-//! hyper glue: serve the client's connection as HTTP/1.1 and forward each request over
-//! one upstream HTTP/1.1 connection to the original destination.
+//! hyper glue: serve the client's connection as HTTP/1.1 or HTTP/2 and forward each request
+//! over HTTP/1.1 to the original destination.
 //!
-//! One upstream connection per client connection mirrors the client's own keep-alive:
-//! the server sees the same connection pattern it would without us. If the server closes
+//! HTTP/1.1: one upstream connection per client connection mirrors the client's own
+//! keep-alive: the server sees the same connection pattern it would without us. HTTP/2
+//! (prior knowledge on plain TCP, or ALPN `h2` after TLS interception) multiplexes streams
+//! that may be long-lived (SSE), so each request gets its own upstream HTTP/1.1 connection
+//! (the first one reuses the connection opened before classification); the request is
+//! rewritten to origin form with a `Host` taken from `:authority`. Either way the same
+//! [`exchange::handle`] governs every request. If the server closes
 //! its side (`Connection: close`), the next request reconnects to the same destination.
 //! Host and all other headers are forwarded unchanged (servers check Host against DNS
 //! rebinding); upgrades (e.g. WebSocket) are spliced byte-for-byte after the 101.
@@ -103,9 +108,71 @@ impl UpstreamConn {
 
 pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;
 
-pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
+/// Concurrent HTTP/2 streams per client connection (each has its own upstream connection).
+pub const H2_MAX_STREAMS: u32 = 8;
+
+/// Which HTTP version the client speaks on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+}
+
+pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream, proto: Proto) {
     let reconnect = tcp_reconnect(&shared, ctx.origin.dst);
-    serve_io(shared, ctx, client, Box::new(upstream), reconnect).await
+    match proto {
+        Proto::Http1 => serve_io(shared, ctx, client, Box::new(upstream), reconnect).await,
+        Proto::Http2 => serve_h2(shared, ctx, client, Box::new(upstream), reconnect).await,
+    }
+}
+
+/// Serve HTTP/2 on any client stream; every request is governed by [`exchange::handle`] and
+/// forwarded over its own upstream HTTP/1.1 connection.
+pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstream: BoxIo, reconnect: Reconnect) {
+    Counters::inc(&shared.counters.http2_connections);
+    let dst = ctx.origin.dst;
+    let first = Arc::new(std::sync::Mutex::new(Some(upstream)));
+    let ctx = Arc::new(ctx);
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req: Request<hyper::body::Incoming>| {
+            let shared = shared.clone();
+            let ctx = ctx.clone();
+            let first = first.lock().map(|mut f| f.take()).unwrap_or(None);
+            let up: SharedUpstream =
+                Arc::new(Mutex::new(UpstreamConn { dst, sender: None, first, reconnect: reconnect.clone() }));
+            async move {
+                Counters::inc(&shared.counters.http_requests);
+                Ok::<_, Infallible>(exchange::handle(shared, ctx, up, h2_to_h1(req)).await)
+            }
+        })
+    };
+    let res = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // Each stream holds its own upstream connection: keep the fan-out per admitted
+        // client connection small (the per-process budget counts client connections).
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .serve_connection(TokioIo::new(client), svc)
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// An HTTP/2 request as an HTTP/1.1 server expects it: origin-form target, `Host` from
+/// `:authority` (an explicit `Host` header wins, as RFC 9113 §8.3.1 allows both).
+pub fn h2_to_h1<B>(mut req: Request<B>) -> Request<B> {
+    if !req.headers().contains_key(http::header::HOST) {
+        if let Some(v) = req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if let Ok(uri) = pq.parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    req
 }
 
 /// Serve HTTP/1.1 on any client stream, forwarding over `upstream` (and `reconnect`).

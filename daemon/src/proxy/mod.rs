@@ -4,12 +4,16 @@
 //! style), so a test can start a real proxy on `127.0.0.1:0` with a static upstream and
 //! no root, while the daemon passes the eBPF-backed resolver.
 //!
-//! Per connection ([`conn`]): resolve the original destination, connect upstream first
-//! (server-speaks-first protocols must keep working), then sniff the client's first
-//! bytes under a short deadline: HTTP goes to [`http`] (parsed, MCP-aware), TLS to [`tls`]
-//! (intercepted or passed through by scope), anything else (SSH, databases, silence) is
-//! relayed byte-for-byte.
+//! Per connection ([`conn`]): take a global slot without waiting (none left: close at once),
+//! resolve the original destination, take the process's and uid's share ([`admission`]),
+//! connect upstream first (server-speaks-first protocols must keep working), then classify
+//! the client's first bytes with no deadline an attacker controls: HTTP/1.x and HTTP/2 go
+//! to [`http`] (parsed, MCP-aware), TLS to [`tls`] (intercepted or passed through by scope),
+//! bytes that are positively not HTTP (SSH, binary protocols) or a server that speaks first
+//! are relayed byte-for-byte (refused toward governed destinations in enforce mode), and a
+//! client that stays silent is closed, never relayed.
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod conn;
@@ -67,10 +71,9 @@ pub async fn run(
         let mut stop = stop_tx.subscribe();
         tracker.spawn(async move {
             loop {
-                let permit = tokio::select! {
-                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                    _ = stop.changed() => return,
-                };
+                // Never wait for a slot before accepting: a full daemon accepts and closes
+                // at once (counted, shown by `mcpwatch status`), so the backlog never
+                // fills and callers are not left hanging in connect().
                 let (stream, peer) = tokio::select! {
                     r = listener.accept() => match r {
                         Ok(x) => x,
@@ -84,11 +87,18 @@ pub async fn run(
                     _ = stop.changed() => return,
                 };
                 Counters::inc(&shared.counters.connections);
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    admission::count_refusal(&shared, admission::Refusal::Global);
+                    shared.admission.refused_global();
+                    // RST rather than FIN: the client learns at once, and no TIME_WAIT here.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                    continue;
+                };
                 let shared = shared.clone();
                 let resolver = resolver.clone();
                 inner.spawn(async move {
-                    conn::handle(shared, resolver, stream, peer).await;
-                    drop(permit);
+                    conn::handle(shared, resolver, stream, peer, permit).await;
                 });
             }
         });

@@ -6,28 +6,33 @@
 //! 1. read the ClientHello (SNI, ALPN) under one deadline, recording the bytes
 //!    ([`mcpwatch_tls::read_client_hello`]); a hostile or truncated hello just closes;
 //! 2. decide: the `[tls]` scope (never / always / default), the in-scope process list, the
-//!    ALPN we can carry, and the distrust back-off for this process and host;
+//!    ALPN we can carry, and the distrust back-off for this process (pid + start time) and
+//!    host;
 //! 3. pass through: replay the recorded bytes upstream and relay, byte-identical: the client
 //!    sees the upstream's own certificate;
 //! 4. intercept ([`mcpwatch_tls::intercept`]): verified upstream TLS with the same server name
 //!    first, and only then a leaf from the local CA for the client. The plaintext then runs
-//!    through the same MCP-aware HTTP path as plain HTTP ([`super::http::serve_io`]), with
-//!    `https` endpoints and TLS details on every record.
+//!    through the same MCP-aware HTTP path as plain HTTP ([`super::http::serve_io`], or
+//!    [`super::http::serve_h2`] when the client picked ALPN `h2`), with `https` endpoints and
+//!    TLS details on every record.
 //!
 //! Failures are recorded, never papered over: an invalid upstream certificate becomes an audit
 //! record (status `transport_error` with the reason and the presented certificate) and the
 //! client's handshake fails with nothing forwarded; a client that rejects the mcpwatch CA is
-//! remembered ([`DistrustTracker`]), reported by `mcpwatch status`, and passed through for a
-//! back-off period so the agent keeps working.
+//! remembered per process and host ([`DistrustTracker`]), reported by `mcpwatch status`, and
+//! passed through for a back-off period so the agent keeps working, EXCEPT toward
+//! destinations governed in enforce mode (registered with mode enforce, or a global enforce
+//! policy), where it is refused and audited unless `tls.distrust = "pass_through"`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{AuditRecord, Endpoint, TlsDetails};
+use mcpwatch_policy::Mode;
 use mcpwatch_tls::{
-    DistrustOptions, DistrustTracker, Hello, InterceptError, Intercepted, LeafIssuer, LeafOptions, LocalCa,
+    ClientProcess, DistrustOptions, DistrustTracker, Hello, InterceptError, Intercepted, LeafIssuer, LeafOptions, LocalCa,
     ServerTarget, TlsAction, TlsError, TlsInfo, TlsScope, UpstreamOptions, UpstreamTls, UpstreamTlsError,
 };
 use tokio::io::AsyncWriteExt;
@@ -36,8 +41,8 @@ use tokio::net::TcpStream;
 use super::conn::{self, ConnCtx};
 use super::http::{self, BoxIo, ForwardError, Reconnect};
 use super::upstream;
-use crate::config::TlsConfig;
-use crate::state::{now_ms, Counters, Shared};
+use crate::config::{DistrustAction, TlsConfig};
+use crate::state::{Counters, Shared};
 
 /// Sub-directory of the state directory holding `ca.pem` and `ca.key`.
 pub const CA_DIR: &str = "ca";
@@ -59,6 +64,8 @@ pub struct TlsRuntime {
     handshake_timeout: Duration,
     /// Pass distrusting process/host pairs through while backed off.
     backoff: bool,
+    /// Toward enforce-mode destinations: refuse distrusting clients, or pass them through.
+    distrust_action: DistrustAction,
 }
 
 impl std::fmt::Debug for TlsRuntime {
@@ -109,6 +116,7 @@ impl TlsRuntime {
             processes: config.processes.clone(),
             handshake_timeout: config.handshake_timeout,
             backoff: !config.distrust_backoff.is_zero(),
+            distrust_action: config.distrust,
         })
     }
 
@@ -120,13 +128,22 @@ impl TlsRuntime {
             .map(|e| {
                 let mut w = format!(
                     "{} ({} rejection{}, last {}s ago)",
-                    distrust_message(&e.exe, &e.host),
+                    distrust_message(&format!("{} (pid {})", e.exe, e.pid), &e.host),
                     e.count,
                     if e.count == 1 { "" } else { "s" },
                     e.since_last.as_secs()
                 );
                 if !e.backoff_remaining.is_zero() {
-                    w.push_str(&format!("; passed through uninspected for {}s more", e.backoff_remaining.as_secs()));
+                    match self.distrust_action {
+                        DistrustAction::PassThrough => w.push_str(&format!(
+                            "; this process is passed through uninspected for {}s more (tls.distrust = pass_through)",
+                            e.backoff_remaining.as_secs()
+                        )),
+                        DistrustAction::Refuse => w.push_str(&format!(
+                            "; REFUSED where the policy enforces, else passed through uninspected for {}s more",
+                            e.backoff_remaining.as_secs()
+                        )),
+                    }
                 }
                 w.push_str("; see `mcpwatch ca install`");
                 w
@@ -134,8 +151,9 @@ impl TlsRuntime {
             .collect()
     }
 
-    /// What to do with this hello, and why (for the log).
-    fn decide(&self, hello: &Hello, ctx: &ConnCtx, exe: &str, host: &str) -> (TlsAction, &'static str) {
+    /// What to do with this hello, and why (for the log). `enforced` says (lazily: it scans the
+    /// inventory) whether the destination is governed in enforce mode.
+    fn decide(&self, hello: &Hello, ctx: &ConnCtx, host: &str, enforced: impl Fn() -> bool) -> (TlsAction, &'static str) {
         if !self.processes.is_empty() {
             let p = ctx.origin.process.as_deref();
             let listed = p.is_some_and(|p| {
@@ -148,11 +166,21 @@ impl TlsRuntime {
         if self.scope.decide_target(hello.sni(), ctx.origin.dst.ip().to_canonical()) == TlsAction::PassThrough {
             return (TlsAction::PassThrough, "tls scope");
         }
-        if !hello.alpn().is_empty() && self.upstream.filter_alpn(hello.alpn()).is_empty() {
-            return (TlsAction::PassThrough, "client offers no ALPN protocol mcpwatch carries");
+        let served = |p: &Vec<u8>| p.as_slice() == mcpwatch_tls::ALPN_H2 || !self.upstream.filter_alpn(std::slice::from_ref(p)).is_empty();
+        if !hello.alpn().is_empty() && !hello.alpn().iter().any(served) {
+            if enforced() {
+                return (TlsAction::Intercept, "client offers no ALPN protocol mcpwatch serves, destination enforced: intercepted without ALPN");
+            }
+            return (TlsAction::PassThrough, "client offers no ALPN protocol mcpwatch serves");
         }
-        if self.backoff && self.distrust.is_backed_off(exe, host, Instant::now()) {
-            return (TlsAction::PassThrough, "client does not trust the mcpwatch CA (back-off)");
+        if self.backoff && !self.distrust.is_empty() {
+            let backed_off = client_process(ctx).is_some_and(|c| self.distrust.is_backed_off(c, host, Instant::now()));
+            if backed_off {
+                if self.distrust_action == DistrustAction::Refuse && enforced() {
+                    return (TlsAction::Intercept, "client does not trust the mcpwatch CA; destination enforced: not passed through");
+                }
+                return (TlsAction::PassThrough, "client does not trust the mcpwatch CA (back-off)");
+            }
         }
         (TlsAction::Intercept, "in scope")
     }
@@ -168,7 +196,7 @@ pub fn distrust_message(exe: &str, host: &str) -> String {
 pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
     let Some(rt) = shared.tls.as_ref() else {
         Counters::inc(&shared.counters.passthrough);
-        return conn::relay(client, upstream).await;
+        return conn::relay(&shared, client, upstream).await;
     };
     let hello = match mcpwatch_tls::read_client_hello(client, rt.handshake_timeout).await {
         Ok(h) => h,
@@ -182,22 +210,22 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
     let exe = process_label(&ctx);
     let sni = hello.sni().map(str::to_owned);
     let host = sni.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
-    let (action, why) = rt.decide(&hello, &ctx, &exe, &host);
+    let (action, why) = rt.decide(&hello, &ctx, &host, || tls_mode(&shared, &ctx, &host) == Mode::Enforce);
     tracing::debug!(conn = ctx.id, sni = ?hello.sni(), %host, ?action, why, "TLS connection");
     match action {
         TlsAction::PassThrough => {
             Counters::inc(&shared.counters.passthrough);
-            pass_through(hello, upstream, rt.handshake_timeout).await;
+            pass_through(&shared, hello, upstream, rt.handshake_timeout).await;
         }
         TlsAction::Intercept => intercept(shared.clone(), ctx, hello, upstream, Names { exe, host, sni }).await,
     }
 }
 
 /// Replays the recorded hello upstream and relays both ways, untouched.
-async fn pass_through(hello: Hello, mut upstream: TcpStream, deadline: Duration) {
+async fn pass_through(shared: &Shared, hello: Hello, mut upstream: TcpStream, deadline: Duration) {
     let (client, recorded) = hello.into_passthrough();
     match tokio::time::timeout(deadline, upstream.write_all(&recorded)).await {
-        Ok(Ok(())) => conn::relay(client, upstream).await,
+        Ok(Ok(())) => conn::relay(shared, client, upstream).await,
         Ok(Err(e)) => tracing::info!(error = %e, "upstream closed before the ClientHello was replayed"),
         Err(_) => tracing::info!("upstream did not take the replayed ClientHello within {deadline:?}"),
     }
@@ -214,7 +242,8 @@ struct Names {
 async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, upstream_tcp: TcpStream, names: Names) {
     let Names { exe, host, .. } = &names;
     let Some(rt) = shared.tls.as_ref() else { return };
-    match mcpwatch_tls::intercept(hello, upstream_tcp, &rt.issuer, &rt.upstream).await {
+    let serve_h2 = [mcpwatch_tls::ALPN_H2.to_vec()];
+    match mcpwatch_tls::intercept_serving(hello, upstream_tcp, &rt.issuer, &rt.upstream, &serve_h2).await {
         Ok(Intercepted { client, upstream, info }) => {
             let reconnect = match tls_reconnect(&shared, ctx.origin.dst, &info) {
                 Ok(r) => r,
@@ -226,14 +255,25 @@ async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, upstream
             tracing::debug!(conn = ctx.id, server = %info.server_name, upstream = %info.upstream.cert.subject, "TLS intercepted");
             ctx.scheme = "https";
             ctx.tls = Some(Arc::new(details(&info)));
-            http::serve_io(shared.clone(), ctx, client, Box::new(upstream) as BoxIo, reconnect).await;
+            if info.alpn.as_deref() == Some(mcpwatch_tls::ALPN_H2) {
+                http::serve_h2(shared.clone(), ctx, client, Box::new(upstream) as BoxIo, reconnect).await;
+            } else {
+                http::serve_io(shared.clone(), ctx, client, Box::new(upstream) as BoxIo, reconnect).await;
+            }
         }
         Err(InterceptError::Upstream(e)) => record_upstream_failure(&shared, &ctx, &names, &e),
         Err(e @ InterceptError::Client { distrust: Some(_), .. }) => {
-            rt.distrust.record(exe, host, Instant::now());
+            // Unattributed connections are remembered for the warning under pid 0, which
+            // never backs off (`client_process` is `None` for them).
+            let client = client_process(&ctx).unwrap_or(ClientProcess { pid: 0, start_ticks: 0 });
+            rt.distrust.record(client, exe, host, Instant::now());
             let message = distrust_message(exe, host);
-            tracing::warn!(conn = ctx.id, error = %e, "{message}");
-            record_distrust(&shared, &ctx, &names, &message, &e);
+            let refused = rt.distrust_action == DistrustAction::Refuse && tls_mode(&shared, &ctx, host) == Mode::Enforce;
+            if refused {
+                Counters::inc(&shared.counters.tls_distrust_refused);
+            }
+            tracing::warn!(conn = ctx.id, error = %e, refused, "{message}");
+            record_distrust(&shared, &ctx, &names, &message, &e, refused);
         }
         Err(e @ InterceptError::Internal(_)) => {
             tracing::warn!(conn = ctx.id, %host, error = %e, "TLS interception failed; connection closed")
@@ -292,22 +332,35 @@ fn process_label(ctx: &ConnCtx) -> String {
 
 /// A record for a TLS connection that never carried a message.
 fn connection_record(shared: &Shared, ctx: &ConnCtx, host: &str, reason: String) -> AuditRecord {
-    let server = Endpoint { scheme: "https".into(), host: host.to_string(), port: ctx.origin.dst.port(), path: String::new() }.key();
-    AuditRecord {
-        schema: AUDIT_SCHEMA_VERSION,
-        id: shared.store.new_record_id(),
-        ts_ms: now_ms(),
-        duration_us: Some(0),
-        process: ctx.origin.process.as_deref().cloned(),
-        dst: ctx.origin.dst.to_string(),
-        host: Some(host.to_string()),
-        scheme: "https".into(),
-        server,
-        transport: "tls".into(),
-        kind: MessageKind::Invalid,
-        direction: "client->server".into(),
-        status: CallStatus::TransportError { reason },
-        ..Default::default()
+    conn::connection_record(shared, ctx, "https", "tls", host, &reason)
+}
+
+/// The client process behind a connection (pid + start time), when it is attributed.
+fn client_process(ctx: &ConnCtx) -> Option<ClientProcess> {
+    let p = ctx.origin.process.as_deref()?;
+    Some(ClientProcess { pid: p.tgid, start_ticks: start_ticks(p.tgid)? })
+}
+
+/// Start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field may contain spaces and parentheses: count fields after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The rollout mode of a TLS destination: a registered server's mode (by SNI host or by the
+/// inventory's knowledge of the address), else the policy's.
+fn tls_mode(shared: &Shared, ctx: &ConnCtx, host: &str) -> Mode {
+    let loaded = shared.governance.current();
+    let port = ctx.origin.dst.port();
+    let key = Endpoint { scheme: "https".into(), host: host.to_string(), port, path: "/".into() }.key();
+    let target = mcpwatch_policy::Target { endpoint: &key, host, port, path: "/" };
+    let by_name = loaded.policy.server_for(&target).map(|d| d.mode.unwrap_or(loaded.policy.mode()));
+    match (conn::governed_mode(shared, ctx.origin.dst), by_name) {
+        (Some(a), Some(b)) => conn::strictest(Some(a), b),
+        (Some(m), None) | (None, Some(m)) => m,
+        (None, None) => loaded.policy.mode(),
     }
 }
 
@@ -338,9 +391,16 @@ fn record_upstream_failure(shared: &Shared, ctx: &ConnCtx, names: &Names, e: &Up
     alert_inventory(shared, &rec.server, alert);
 }
 
-fn record_distrust(shared: &Shared, ctx: &ConnCtx, names: &Names, message: &str, e: &InterceptError) {
+fn record_distrust(shared: &Shared, ctx: &ConnCtx, names: &Names, message: &str, e: &InterceptError, refused: bool) {
     let mut rec = connection_record(shared, ctx, &names.host, message.to_string());
     rec.notes.push(e.to_string());
+    rec.notes.push(if refused {
+        "refused: the destination is governed in enforce mode (tls.distrust = refuse); this client must trust the mcpwatch CA (`mcpwatch ca install`)".to_string()
+    } else if client_process(ctx).is_some() {
+        "this process is passed through uninspected during the back-off (destination not enforced, or tls.distrust = pass_through)".to_string()
+    } else {
+        "unattributed connection: no back-off, it keeps failing".to_string()
+    });
     rec.tls = Some(TlsDetails { sni: names.sni.clone(), ..Default::default() });
     let _ = shared.begin_record(&rec);
     alert_inventory(shared, &rec.server, message.to_string());
@@ -478,7 +538,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn intercepts_refuses_invalid_upstreams_and_backs_off_for_distrusting_clients() {
+    async fn intercepts_refuses_invalid_upstreams_and_reports_distrusting_clients() {
         // Fail, never hang, if a step waits forever.
         tokio::time::timeout(Duration::from_secs(60), scenario()).await.expect("the scenario hung");
     }
@@ -544,12 +604,11 @@ mod tests {
         }
         assert!(warnings.iter().any(|w| w.contains("TLS not inspectable") && w.contains("for localhost")), "{warnings:?}");
         assert!(crate::status(&shared, &[]).warnings.iter().any(|w| w.contains("TLS not inspectable")));
+        // Unattributed (no process identity): never backed off, so it keeps failing rather
+        // than being passed through uninspected (the back-off is per process, never global).
         let passthrough_before = shared.counts().passthrough;
-        let (resp, presented) = call(to_good, trusted.cert_der()).await.expect("backed off: passed through");
-        assert!(resp.contains("hi over tls"), "{resp}");
-        let (_, cert) = x509_parser::parse_x509_certificate(&presented).expect("cert parses");
-        assert!(cert.issuer().to_string().contains("upstream-test"), "the upstream's own certificate");
-        assert_eq!(shared.counts().passthrough, passthrough_before + 1);
+        assert!(call(to_good, trusted.cert_der()).await.is_err(), "no back-off without a process identity");
+        assert_eq!(shared.counts().passthrough, passthrough_before);
         flusher.abort();
     }
 }

@@ -3,9 +3,13 @@
 //! A client that was never told to trust the local CA (or pins certificates) aborts our
 //! handshake. That must be visible ("TLS not inspectable: client does not trust the mcpwatch
 //! CA" in the inventory and `mcpwatch status`) and, if configured, the proxy passes that
-//! process/host pair through for a back-off period so the agent keeps working.
+//! process/destination pair through for a back-off period so the agent keeps working.
 //! [`classify_client_abort`] recognises the abort; [`DistrustTracker`] remembers it, bounded in
 //! size and time.
+//!
+//! The key is ONE process (pid + its start time, so a recycled pid is a new process) and one
+//! destination, never an executable: a process that rejects the CA (deliberately or not)
+//! must not switch interception off for every other process of the same binary.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -79,10 +83,20 @@ impl Default for DistrustOptions {
     }
 }
 
-/// One remembered pair, for `mcpwatch status` and the inventory.
+/// One client process: pid plus start time (clock ticks since boot, `/proc/<pid>/stat` field
+/// 22), which tells a recycled pid from the process that earned the back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientProcess {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+/// One remembered process/destination pair, for `mcpwatch status` and the inventory.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DistrustEntry {
+    /// The executable (or comm) of the process, for people; not part of the key.
     pub exe: String,
+    pub pid: u32,
     pub host: String,
     /// How many rejections were recorded.
     pub count: u64,
@@ -94,6 +108,7 @@ pub struct DistrustEntry {
 
 #[derive(Debug)]
 struct Record {
+    exe: String,
     count: u64,
     last: Instant,
     until: Instant,
@@ -104,24 +119,27 @@ struct Record {
 #[derive(Debug)]
 pub struct DistrustTracker {
     options: DistrustOptions,
-    map: Mutex<HashMap<(String, String), Record>>,
+    map: Mutex<HashMap<Key, Record>>,
 }
+
+type Key = (ClientProcess, String);
 
 /// Longest exe path / host kept (longer ones are truncated, so hostile names cannot bloat it).
 const MAX_KEY_PART: usize = 512;
 
-fn key(exe: &str, host: &str) -> (String, String) {
-    let cut = |s: &str| -> String {
-        if s.len() <= MAX_KEY_PART {
-            return s.to_string();
-        }
-        let mut end = MAX_KEY_PART;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s[..end].to_string()
-    };
-    (cut(exe), cut(&host.to_ascii_lowercase()))
+fn cut(s: &str) -> String {
+    if s.len() <= MAX_KEY_PART {
+        return s.to_string();
+    }
+    let mut end = MAX_KEY_PART;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn key(client: ClientProcess, host: &str) -> Key {
+    (client, cut(&host.to_ascii_lowercase()))
 }
 
 impl DistrustTracker {
@@ -135,13 +153,14 @@ impl DistrustTracker {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Record>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Record>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that `exe` rejected our certificate for `host`; starts (or extends) its back-off.
-    pub fn record(&self, exe: &str, host: &str, now: Instant) {
-        let k = key(exe, host);
+    /// Records that process `client` (running `exe`) rejected our certificate for `host`;
+    /// starts (or extends) its back-off.
+    pub fn record(&self, client: ClientProcess, exe: &str, host: &str, now: Instant) {
+        let k = key(client, host);
         let until = now + self.options.backoff;
         let forget = self.options.forget_after;
         let mut map = self.lock();
@@ -161,6 +180,7 @@ impl DistrustTracker {
             }
         }
         let rec = map.entry(k).or_insert(Record {
+            exe: cut(exe),
             count: 0,
             last: now,
             until,
@@ -170,16 +190,21 @@ impl DistrustTracker {
         rec.until = until;
     }
 
-    /// Should the proxy pass `host` through for `exe` right now?
-    pub fn is_backed_off(&self, exe: &str, host: &str, now: Instant) -> bool {
+    /// Is `client` backed off for `host` right now?
+    pub fn is_backed_off(&self, client: ClientProcess, host: &str, now: Instant) -> bool {
         self.lock()
-            .get(&key(exe, host))
+            .get(&key(client, host))
             .is_some_and(|r| now < r.until)
     }
 
+    /// Nothing remembered (the proxy then skips looking up the client's start time).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Forgets a pair (e.g. after the operator installed the CA for that client).
-    pub fn clear(&self, exe: &str, host: &str) {
-        self.lock().remove(&key(exe, host));
+    pub fn clear(&self, client: ClientProcess, host: &str) {
+        self.lock().remove(&key(client, host));
     }
 
     /// Everything remembered (entries long past their back-off are dropped first), most recent
@@ -190,8 +215,9 @@ impl DistrustTracker {
         map.retain(|_, r| r.until + forget > now);
         let mut out: Vec<DistrustEntry> = map
             .iter()
-            .map(|((exe, host), r)| DistrustEntry {
-                exe: exe.clone(),
+            .map(|((client, host), r)| DistrustEntry {
+                exe: r.exe.clone(),
+                pid: client.pid,
                 host: host.clone(),
                 count: r.count,
                 since_last: now.saturating_duration_since(r.last),
@@ -202,6 +228,7 @@ impl DistrustTracker {
             a.since_last
                 .cmp(&b.since_last)
                 .then_with(|| a.exe.cmp(&b.exe))
+                .then_with(|| a.pid.cmp(&b.pid))
                 .then_with(|| a.host.cmp(&b.host))
         });
         out
@@ -250,8 +277,12 @@ mod tests {
         );
     }
 
+    fn client(pid: u32) -> ClientProcess {
+        ClientProcess { pid, start_ticks: 1000 + u64::from(pid) }
+    }
+
     #[test]
-    fn tracker_backs_off_and_is_bounded() {
+    fn tracker_backs_off_per_process_and_is_bounded() {
         let t0 = Instant::now();
         let backoff = Duration::from_secs(600);
         let tracker = DistrustTracker::new(DistrustOptions {
@@ -259,35 +290,33 @@ mod tests {
             backoff,
             forget_after: Duration::from_secs(3600),
         });
-        assert!(!tracker.is_backed_off("/usr/bin/node", "mcp.example", t0));
-        tracker.record("/usr/bin/node", "MCP.example", t0);
-        assert!(tracker.is_backed_off("/usr/bin/node", "mcp.example", t0 + Duration::from_secs(1)));
-        assert!(!tracker.is_backed_off("/usr/bin/python3", "mcp.example", t0));
-        assert!(!tracker.is_backed_off("/usr/bin/node", "other.example", t0));
-        assert!(tracker.is_backed_off(
-            "/usr/bin/node",
-            "mcp.example",
-            t0 + backoff - Duration::from_secs(1)
-        ));
-        assert!(!tracker.is_backed_off("/usr/bin/node", "mcp.example", t0 + backoff));
+        let node = client(10);
+        assert!(tracker.is_empty());
+        assert!(!tracker.is_backed_off(node, "mcp.example", t0));
+        tracker.record(node, "/usr/bin/node", "MCP.example", t0);
+        assert!(tracker.is_backed_off(node, "mcp.example", t0 + Duration::from_secs(1)));
+        // Another process of the SAME executable is not backed off, nor is a recycled pid.
+        assert!(!tracker.is_backed_off(client(11), "mcp.example", t0));
+        let recycled = ClientProcess { pid: 10, start_ticks: 999_999 };
+        assert!(!tracker.is_backed_off(recycled, "mcp.example", t0));
+        assert!(!tracker.is_backed_off(node, "other.example", t0));
+        assert!(tracker.is_backed_off(node, "mcp.example", t0 + backoff - Duration::from_secs(1)));
+        assert!(!tracker.is_backed_off(node, "mcp.example", t0 + backoff));
 
         // A second rejection extends the back-off and counts.
-        tracker.record("/usr/bin/node", "mcp.example", t0 + backoff);
-        assert!(tracker.is_backed_off(
-            "/usr/bin/node",
-            "mcp.example",
-            t0 + backoff + Duration::from_secs(1)
-        ));
+        tracker.record(node, "/usr/bin/node", "mcp.example", t0 + backoff);
+        assert!(tracker.is_backed_off(node, "mcp.example", t0 + backoff + Duration::from_secs(1)));
         let entries = tracker.entries(t0 + backoff);
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].count, 2);
+        assert_eq!((entries[0].exe.as_str(), entries[0].pid), ("/usr/bin/node", 10));
         assert_eq!(entries[0].backoff_remaining, backoff);
 
         // Bound: the least recently seen pair goes first.
         let t1 = t0 + backoff + Duration::from_secs(10);
-        tracker.record("a", "h", t1);
-        tracker.record("b", "h", t1 + Duration::from_secs(1));
-        tracker.record("c", "h", t1 + Duration::from_secs(2));
+        tracker.record(client(1), "a", "h", t1);
+        tracker.record(client(2), "b", "h", t1 + Duration::from_secs(1));
+        tracker.record(client(3), "c", "h", t1 + Duration::from_secs(2));
         let now = t1 + Duration::from_secs(3);
         let entries = tracker.entries(now);
         assert_eq!(entries.len(), 3);
@@ -295,14 +324,14 @@ mod tests {
         assert_eq!(entries[0].exe, "c");
 
         // Hostile sizes are truncated, not stored whole.
-        tracker.record(&"x".repeat(100_000), &"y".repeat(100_000), now);
+        tracker.record(client(4), &"x".repeat(100_000), &"y".repeat(100_000), now);
         assert!(
             tracker
                 .entries(now)
                 .iter()
                 .all(|e| e.exe.len() <= MAX_KEY_PART && e.host.len() <= MAX_KEY_PART)
         );
-        assert!(tracker.is_backed_off(&"x".repeat(100_000), &"y".repeat(100_000), now));
+        assert!(tracker.is_backed_off(client(4), &"y".repeat(100_000), now));
 
         // Old entries are forgotten.
         assert!(
@@ -310,8 +339,8 @@ mod tests {
                 .entries(now + backoff + Duration::from_secs(3601))
                 .is_empty()
         );
-        tracker.record("d", "h", now);
-        tracker.clear("d", "h");
-        assert!(!tracker.is_backed_off("d", "h", now));
+        tracker.record(client(5), "d", "h", now);
+        tracker.clear(client(5), "h");
+        assert!(!tracker.is_backed_off(client(5), "h", now));
     }
 }

@@ -112,6 +112,19 @@ pub async fn intercept(
     issuer: &LeafIssuer,
     upstream: &UpstreamTls,
 ) -> Result<Intercepted, InterceptError> {
+    intercept_serving(hello, upstream_tcp, issuer, upstream, &[]).await
+}
+
+/// [`intercept`], also offering the client the protocols in `also_serve` (e.g. `h2`, which the
+/// proxy serves itself and forwards as HTTP/1.1) after the one the upstream selected. The
+/// leaf's ALPN list keeps the upstream's choice first, so a client offering both keeps that.
+pub async fn intercept_serving(
+    hello: Hello,
+    upstream_tcp: TcpStream,
+    issuer: &LeafIssuer,
+    upstream: &UpstreamTls,
+    also_serve: &[Vec<u8>],
+) -> Result<Intercepted, InterceptError> {
     if !hello.shares_cipher_suite() {
         hello.reject(AlertDescription::HandshakeFailure).await;
         return Err(InterceptError::LegacyClient);
@@ -148,7 +161,12 @@ pub async fn intercept(
         }
     };
 
-    let leaf_alpn: Vec<Vec<u8>> = upstream_info.alpn.iter().cloned().collect();
+    let mut leaf_alpn: Vec<Vec<u8>> = upstream_info.alpn.iter().cloned().collect();
+    for p in also_serve {
+        if hello.alpn().contains(p) && !leaf_alpn.contains(p) {
+            leaf_alpn.push(p.clone());
+        }
+    }
     let config: Arc<rustls::ServerConfig> =
         match issuer.server_config_for_target(&target, &leaf_alpn) {
             Ok(c) => c,

@@ -8,8 +8,8 @@
 //! 1. [`read_client_hello`] peeks the ClientHello (SNI, ALPN) under one deadline, recording the
 //!    bytes it read so the connection can still be passed through byte-identical.
 //! 2. [`TlsScope::decide`] says whether to intercept or pass through (config lists + default);
-//!    [`DistrustTracker`] says whether this process/host pair is in a back-off because the client
-//!    refused our CA before.
+//!    [`DistrustTracker`] says whether this process (pid + start time) and destination are in a
+//!    back-off because the client refused our CA before.
 //! 3. Pass-through: [`Hello::into_passthrough`] gives back the raw socket and the exact bytes
 //!    already read; the proxy writes them upstream and relays bytes.
 //! 4. Intercept: [`intercept`] connects upstream TLS with the same SNI and verifies it
@@ -39,9 +39,9 @@ use std::sync::{Arc, OnceLock};
 pub use ca::{CaCertInfo, LocalCa};
 pub use decide::{HostPattern, TlsAction, TlsScope, TlsScopeConfig};
 pub use distrust::{
-    DistrustEntry, DistrustOptions, DistrustReason, DistrustTracker, classify_client_abort,
+    ClientProcess, DistrustEntry, DistrustOptions, DistrustReason, DistrustTracker, classify_client_abort,
 };
-pub use flow::{InterceptError, Intercepted, TlsInfo, intercept};
+pub use flow::{InterceptError, Intercepted, TlsInfo, intercept, intercept_serving};
 pub use hello::{
     ClientTlsStream, HandshakeError, Hello, HelloError, HelloStream, read_client_hello,
 };

@@ -318,10 +318,11 @@ async fn client_that_distrusts_our_ca_is_classified() {
 
     let tracker = DistrustTracker::new(Default::default());
     let now = std::time::Instant::now();
+    let client = mcpwatch_tls::ClientProcess { pid: 4242, start_ticks: 17 };
     if err.distrust().is_some() {
-        tracker.record("/usr/bin/node", "mcp.vendor.example", now);
+        tracker.record(client, "/usr/bin/node", "mcp.vendor.example", now);
     }
-    assert!(tracker.is_backed_off("/usr/bin/node", "mcp.vendor.example", now));
+    assert!(tracker.is_backed_off(client, "mcp.vendor.example", now));
 }
 
 #[tokio::test]

@@ -398,7 +398,7 @@ fn fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released() {
         names.sort();
         names
     };
-    let all_pins = ["connect4", "connect6", "getpeername4", "getpeername6", "sock_ops"];
+    let all_pins = ["connect4", "connect6", "getpeername4", "getpeername6", "process_exec", "process_exit", "process_fork", "sock_ops", "task_rename"];
     let refused = |how: &str| {
         assert_eq!(connect_outcome(Some(&cg), "127.0.0.3", probe.addr.port()), "refused", "after {how}: in the cgroup");
         assert_eq!(connect_outcome(Some(&cg), "::ffff:127.0.0.3", probe.addr.port()), "refused", "after {how}: IPv6 socket");
@@ -449,7 +449,7 @@ fn fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released() {
         .expect("run mcpwatchd --release-pins");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("released 5 pinned links"), "{stdout}");
+    assert!(stdout.contains("released 9 pinned links"), "{stdout}");
     assert!(!pin_dir.exists(), "pin dir left behind");
     let r = raw_client(Some(&cg), "127.0.0.3", echo.addr.port(), false, 0, b"direct");
     assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"direct");

@@ -4,6 +4,7 @@
 //! eBPF scenarios attach only to a child cgroup they create and skip (printing why)
 //! only where the kernel or privileges cannot support them.
 
+mod bypass_conn;
 mod bypass_exchange;
 mod bypass_govern;
 mod cli;
@@ -14,6 +15,8 @@ mod intercept;
 mod package;
 mod policy;
 mod protocol;
+mod report;
+mod scope;
 mod service;
 mod siem;
 mod tls;

@@ -103,13 +103,13 @@ fn node_sdk_over_https_is_intercepted_and_audited() {
 }
 
 #[test]
-fn client_that_distrusts_the_ca_fails_is_reported_and_then_passed_through() {
+fn client_that_distrusts_the_ca_fails_is_reported_and_is_not_passed_through() {
     let pki = TestPki::new();
     let cert = pki.server_cert(CertKind::Valid, "localhost");
     let server = tls::https(peers::python_server().json_response(), &cert).spawn();
     let port = server.addr().port();
     let config = tls::tls_config(&pki, "always = [\"localhost\"]\ndistrust_backoff_secs = 600");
-    let Some(w) = Watched::start_with("client_that_distrusts_the_ca_fails_is_reported_and_then_passed_through", DaemonOpts { ports: Some(port.to_string()), config: Some(config), ..Default::default() }) else { return };
+    let Some(w) = Watched::start_with("client_that_distrusts_the_ca_fails_is_reported_and_is_not_passed_through", DaemonOpts { ports: Some(port.to_string()), config: Some(config), ..Default::default() }) else { return };
     let url = tls::https_url("localhost", &server);
 
     // Trusts the upstream's CA only, not mcpwatch's: the intercepted handshake fails.
@@ -135,13 +135,14 @@ fn client_that_distrusts_the_ca_fails_is_reported_and_then_passed_through() {
     assert_eq!(rec.kind, MessageKind::Invalid);
     assert!(matches!(&rec.status, CallStatus::TransportError { reason } if reason.contains("does not trust the mcpwatch CA")), "{rec:?}");
 
-    // During the back-off the same process/host passes through untouched, so the agent works
-    // (and sees the upstream's own certificate, which it trusts).
-    let out = Client::python(&url).env("SSL_CERT_FILE", pki.ca_pem.display().to_string()).cgroup(w.cgroup()).call("echo", json!({"text": "uninspected"})).run();
-    assert_eq!(out.steps()[0]["text"], "uninspected");
-    assert_eq!(server.recorded_calls().len(), 1);
-    assert!(call_record(&w.daemon.audit(), "echo").is_none(), "passed through: not inspected");
-    assert!(w.daemon.status().counts.passthrough >= 1);
+    // The back-off is per process (pid + start time) and host, and the default policy enforces:
+    // the next process of the same executable is intercepted again (and fails again), never
+    // passed through uninspected. Same-process pass-through (`tls.distrust = "pass_through"`)
+    // is covered in `bypass_conn`.
+    let out = Client::python(&url).env("SSL_CERT_FILE", pki.ca_pem.display().to_string()).cgroup(w.cgroup()).call("echo", json!({"text": "uninspected"})).try_run();
+    assert_eq!(out.exit_code, Some(2), "not passed through: {:?}\n{}", out.lines, out.stderr);
+    assert!(server.recorded_calls().is_empty());
+    assert!(call_record(&w.daemon.audit(), "echo").is_none());
 }
 
 /// The client in a watched cgroup sends `payload` (already containing a ClientHello) over a

@@ -1,0 +1,297 @@
+//! Fair share of the daemon's connection slots, and idle tracking for relays.
+//!
+//! Why a module of its own: the proxy has one global budget (`limits.max_connections`). A
+//! single process holding thousands of idle connections must not starve every other agent,
+//! and the accept loop must never stop accepting because of it. So: the accept loop takes a
+//! global permit without waiting (over the limit: the connection is accepted and closed at
+//! once, counted); after the origin is resolved, [`Admission::admit`] checks the per-process
+//! (tgid) and per-uid budgets. Every refusal is counted and the most recent one per kind is
+//! kept for a `mcpwatch status` warning. The maps hold only live connections, so they are
+//! bounded by the global limit.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use mcpwatch_api::ProcessInfo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::state::{Counters, Shared};
+
+/// Which budget refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// `limits.max_connections` (all processes together).
+    Global,
+    /// `limits.max_connections_per_process`.
+    Process,
+    /// `limits.max_connections_per_uid`.
+    Uid,
+}
+
+impl Refusal {
+    fn key(self) -> &'static str {
+        match self {
+            Refusal::Global => "limits.max_connections",
+            Refusal::Process => "limits.max_connections_per_process",
+            Refusal::Uid => "limits.max_connections_per_uid",
+        }
+    }
+}
+
+/// Count a refusal (the accept loop's global refusals and [`Admission::admit`]'s).
+pub fn count_refusal(shared: &Shared, r: Refusal) {
+    let c = &shared.counters;
+    Counters::inc(match r {
+        Refusal::Global => &c.refused_global,
+        Refusal::Process => &c.refused_process,
+        Refusal::Uid => &c.refused_uid,
+    });
+}
+
+/// The last time a budget refused someone, for the status warning.
+#[derive(Debug, Clone)]
+struct Bite {
+    who: String,
+    at: Instant,
+    limit: usize,
+}
+
+/// How long a refusal keeps showing in `mcpwatch status`.
+const WARN_FOR: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default)]
+struct Live {
+    by_tgid: HashMap<u32, usize>,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// Per-process and per-uid connection budgets.
+#[derive(Debug)]
+pub struct Admission {
+    global: usize,
+    per_process: usize,
+    per_uid: usize,
+    live: Mutex<Live>,
+    bites: Mutex<HashMap<Refusal, Bite>>,
+}
+
+/// A live connection's hold on its budgets (and its global permit); released on drop.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    tgid_uid: Option<(u32, u32)>,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let Some((tgid, uid)) = self.tgid_uid else { return };
+        let mut live = self.admission.lock();
+        release(&mut live.by_tgid, tgid);
+        release(&mut live.by_uid, uid);
+    }
+}
+
+fn release(map: &mut HashMap<u32, usize>, k: u32) {
+    if let Some(n) = map.get_mut(&k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&k);
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(global: usize, per_process: usize, per_uid: usize) -> Arc<Admission> {
+        Arc::new(Admission { global, per_process, per_uid, live: Mutex::default(), bites: Mutex::default() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take a slot for a connection of `process` (unattributed connections count only
+    /// against the global budget they already hold).
+    pub fn admit(self: &Arc<Self>, process: Option<&ProcessInfo>, global: OwnedSemaphorePermit) -> Result<Ticket, Refusal> {
+        let Some(p) = process else {
+            return Ok(Ticket { admission: self.clone(), tgid_uid: None, _global: global });
+        };
+        let mut live = self.lock();
+        let refusal = if live.by_tgid.get(&p.tgid).copied().unwrap_or(0) >= self.per_process {
+            Some((Refusal::Process, self.per_process))
+        } else if live.by_uid.get(&p.uid).copied().unwrap_or(0) >= self.per_uid {
+            Some((Refusal::Uid, self.per_uid))
+        } else {
+            None
+        };
+        if let Some((r, limit)) = refusal {
+            drop(live);
+            self.bite(r, format!("{} uid {}", p.label(), p.uid), limit);
+            return Err(r);
+        }
+        *live.by_tgid.entry(p.tgid).or_default() += 1;
+        *live.by_uid.entry(p.uid).or_default() += 1;
+        Ok(Ticket { admission: self.clone(), tgid_uid: Some((p.tgid, p.uid)), _global: global })
+    }
+
+    /// The accept loop found no global permit.
+    pub fn refused_global(&self) {
+        self.bite(Refusal::Global, "all processes together".into(), self.global);
+    }
+
+    fn bite(&self, r: Refusal, who: String, limit: usize) {
+        let mut bites = self.bites.lock().unwrap_or_else(|p| p.into_inner());
+        bites.insert(r, Bite { who, at: Instant::now(), limit });
+    }
+
+    /// Live connections held by the process holding the most (for status).
+    pub fn busiest(&self) -> Option<(u32, usize)> {
+        self.lock().by_tgid.iter().max_by_key(|(_, n)| **n).map(|(k, n)| (*k, *n))
+    }
+
+    /// One human line per budget that refused a connection in the last 10 minutes.
+    pub fn warnings(&self, refused: impl Fn(Refusal) -> u64) -> Vec<String> {
+        let now = Instant::now();
+        let bites = self.bites.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Refusal, String)> = bites
+            .iter()
+            .filter(|(_, b)| now.saturating_duration_since(b.at) < WARN_FOR)
+            .map(|(r, b)| {
+                (
+                    *r,
+                    format!(
+                        "connection limit reached: {} = {} refused connections of {} ({} refused so far, last {}s ago); other agents keep their share",
+                        r.key(),
+                        b.limit,
+                        b.who,
+                        refused(*r),
+                        now.saturating_duration_since(b.at).as_secs()
+                    ),
+                )
+            })
+            .collect();
+        out.sort_by_key(|(r, _)| r.key());
+        out.into_iter().map(|(_, w)| w).collect()
+    }
+}
+
+/// Last activity of a relay (either direction), milliseconds since an origin.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    origin: tokio::time::Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { origin: tokio::time::Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = self.origin.elapsed().saturating_sub(last);
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    }
+}
+
+/// A stream that touches an [`Activity`] whenever bytes move.
+pub struct Tracked<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, activity: Activity) -> Self {
+        Tracked { inner, activity }
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(tgid: u32, uid: u32) -> ProcessInfo {
+        ProcessInfo { pid: tgid, tgid, uid, comm: "agent".into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn budgets_per_process_and_uid_release_on_drop() {
+        let sem = Arc::new(tokio::sync::Semaphore::new(100));
+        let a = Admission::new(100, 2, 3);
+        let permit = || sem.clone().try_acquire_owned().unwrap();
+        let t1 = a.admit(Some(&proc(1, 1000)), permit()).unwrap();
+        let _t2 = a.admit(Some(&proc(1, 1000)), permit()).unwrap();
+        assert_eq!(a.admit(Some(&proc(1, 1000)), permit()).err(), Some(Refusal::Process));
+        // Another process of the same uid: one left in the uid budget.
+        let _t3 = a.admit(Some(&proc(2, 1000)), permit()).unwrap();
+        assert_eq!(a.admit(Some(&proc(2, 1000)), permit()).err(), Some(Refusal::Uid));
+        // Another uid is unaffected; unattributed connections only hold the global permit.
+        let _t4 = a.admit(Some(&proc(3, 1001)), permit()).unwrap();
+        let _t5 = a.admit(None, permit()).unwrap();
+        drop(t1);
+        let _t6 = a.admit(Some(&proc(1, 1000)), permit()).unwrap();
+        let w = a.warnings(|_| 1);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("max_connections_per_process = 2") && w[0].contains("agent (1)"), "{w:?}");
+        assert!(w[1].contains("max_connections_per_uid = 3"), "{w:?}");
+        assert_eq!(a.busiest(), Some((1, 2)));
+        // Permits come back when tickets drop.
+        drop((_t2, _t3, _t4, _t5, _t6));
+        assert_eq!(sem.available_permits(), 100);
+        assert!(a.lock().by_tgid.is_empty() && a.lock().by_uid.is_empty());
+    }
+
+    #[tokio::test]
+    async fn idle_tracking() {
+        let act = Activity::default();
+        act.touch();
+        let t0 = tokio::time::Instant::now();
+        act.idle_for(Duration::from_millis(200)).await;
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+    }
+}
