@@ -608,7 +608,14 @@ pub fn tools_label(s: &InvServer) -> String {
             } else {
                 ""
             };
-            format!("{}{flag}", t.name)
+            // Toxic-flow labels, without their sources (those are in --json).
+            let labels = if t.labels.is_empty() {
+                String::new()
+            } else {
+                let short: Vec<&str> = t.labels.iter().map(|l| l.split(' ').next().unwrap_or(l)).collect();
+                format!(" {{{}}}", short.join(","))
+            };
+            format!("{}{flag}{labels}", t.name)
         })
         .collect();
     if names.is_empty() {

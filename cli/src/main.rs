@@ -121,6 +121,10 @@ struct AuditArgs {
     /// or what happened: block, forward, hold.
     #[arg(long, value_name = "D", value_parser = clap::builder::PossibleValuesParser::new(DECISIONS))]
     decision: Option<String>,
+    /// Only one agent session: an MCP session id, or a flow session key
+    /// (`ENDPOINT#SESSION`); the text output ends with the session's taint chain.
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
     /// Show the newest N matching records (0 for all).
     #[arg(long, value_name = "N", default_value_t = 50)]
     limit: usize,
@@ -281,6 +285,7 @@ fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
         tool: args.tool.clone(),
         limit: (args.limit > 0).then_some(args.limit),
         decision: args.decision.clone(),
+        session: args.session.clone(),
     };
     let mut printer = RecordPrinter::new(args.json);
 
@@ -292,7 +297,11 @@ fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
         if records.is_empty() && !args.json {
             return emit(out, &format!("{}\n", view::EMPTY_AUDIT));
         }
-        return printer.batch(&records, out);
+        printer.batch(&records, out)?;
+        if args.session.is_some() && !args.json {
+            emit(out, &view::taint_chain(&records))?;
+        }
+        return Ok(());
     }
 
     let mut conn = Conn::connect(socket, true)?;

@@ -259,12 +259,76 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// The taint chain of one session (`mcpwatch audit --session`): which results tainted
+/// it, and which later calls flow rules held or blocked, naming the tainting records.
+pub fn taint_chain(records: &[AuditRecord]) -> String {
+    let mut out = String::from("\ntaint chain:\n");
+    let mut any = false;
+    for r in records {
+        let tool = sanitize(r.name.as_deref().unwrap_or("-"));
+        let Some(f) = &r.flow else { continue };
+        if f.taints {
+            any = true;
+            out.push_str(&format!("  {}  {tool}: result tainted the session\n", r.id));
+        }
+        let flow_rule = r.decision.as_ref().filter(|d| d.rules.iter().any(|x| x.starts_with("flow:")));
+        if let Some(d) = flow_rule {
+            any = true;
+            out.push_str(&format!("  {}  {tool} [{}]: {} {}: {}\n", r.id, f.labels.join(","), d.action, d.effective, sanitize(&d.reason)));
+        } else if f.tainted && !f.labels.is_empty() {
+            out.push_str(&format!("  {}  {tool} [{}]: tainted by {}\n", r.id, f.labels.join(","), f.tainted_by.join(", ")));
+        }
+    }
+    if !any {
+        out.push_str("  (no untrusted content entered this session)\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use mcpwatch_api::{CallStatus, Counts, ProcessInfo};
 
     const NOW: u64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+
+    #[test]
+    fn taint_chain_names_the_tainting_record_and_the_blocked_call() {
+        use mcpwatch_api::{DecisionView, FlowView};
+        let flow = |tainted: bool, taints: bool, labels: &[&str]| FlowView {
+            session: "s".into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            tainted,
+            tainted_by: if tainted { vec!["r1".into()] } else { vec![] },
+            taints,
+        };
+        let recs = vec![
+            AuditRecord { id: "r0".into(), name: Some("echo".into()), flow: Some(flow(false, false, &[])), ..Default::default() },
+            AuditRecord { id: "r1".into(), name: Some("read_issue".into()), flow: Some(flow(false, true, &["untrusted_content"])), ..Default::default() },
+            AuditRecord { id: "r2".into(), name: Some("private_read".into()), flow: Some(flow(true, false, &["private_data"])), ..Default::default() },
+            AuditRecord {
+                id: "r3".into(),
+                name: Some("public_post\x1b[2J".into()),
+                flow: Some(flow(true, false, &["public_sink"])),
+                decision: Some(DecisionView {
+                    action: "require_approval".into(),
+                    effective: "hold".into(),
+                    rules: vec!["flow:leak".into()],
+                    reason: "flow rule `leak`".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        let text = taint_chain(&recs);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "taint chain:");
+        assert_eq!(lines[2], "  r1  read_issue: result tainted the session");
+        assert_eq!(lines[3], "  r2  private_read [private_data]: tainted by r1");
+        assert!(lines[4].starts_with("  r3  public_post") && lines[4].ends_with("[public_sink]: require_approval hold: flow rule `leak`"), "{}", lines[4]);
+        assert!(!text.contains('\x1b'), "escaped: {text:?}");
+        assert!(taint_chain(&recs[..1]).contains("no untrusted content entered this session"));
+    }
 
     #[test]
     fn relative_times() {

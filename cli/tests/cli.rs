@@ -266,6 +266,7 @@ fn audit_json_is_ndjson_and_sends_the_filter() {
             tool: Some("add".into()),
             limit: Some(5),
             decision: None,
+            session: None,
         }
     );
     assert!(out.status.success(), "stderr: {}", stderr(&out));

@@ -151,7 +151,11 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
     };
     match req {
         Request::Status => send(&mut w, &Response::Status(status())).await,
-        Request::List => send(&mut w, &Response::List { servers: shared.inventory.list() }).await,
+        Request::List => {
+            let mut servers = shared.inventory.list();
+            crate::proxy::flows::label_inventory(&shared, &mut servers);
+            send(&mut w, &Response::List { servers }).await
+        }
         Request::Pending => send(&mut w, &Response::Pending { calls: shared.approvals.list() }).await,
         Request::Approve { id } => {
             let answerer = Answerer::from_peer(cred.uid(), cred.gid(), cred.pid());

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use mcpwatch_inspect::Inspector;
 use mcpwatch_mcp::keyed::HashKey;
-use mcpwatch_policy::{Decision, Policy, RateLimiter};
+use mcpwatch_policy::{Decision, FlowTable, Policy, RateLimiter};
 
 /// The policy compiled into the binary, used when no policy file exists.
 pub const EMBEDDED_POLICY: &str = include_str!("../default-policy.toml");
@@ -40,6 +40,8 @@ pub struct Governance {
     current: RwLock<Arc<Loaded>>,
     last_error: Mutex<Option<String>>,
     limiter: Mutex<RateLimiter>,
+    /// Per-session taint (toxic flows); like rate limits, it survives reloads.
+    flows: Mutex<FlowTable>,
 }
 
 /// Parse and compile policy text. Errors carry file, line and column. Finding hashes
@@ -103,6 +105,7 @@ impl Governance {
             current: RwLock::new(Arc::new(loaded)),
             last_error: Mutex::new(None),
             limiter: Mutex::new(RateLimiter::default()),
+            flows: Mutex::new(FlowTable::new(mcpwatch_policy::FlowLimits::default())),
         })
     }
 
@@ -165,6 +168,11 @@ impl Governance {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Run `f` on the session taint table (`None` if its lock is poisoned).
+    pub fn with_flows<T>(&self, f: impl FnOnce(&mut FlowTable) -> T) -> Option<T> {
+        self.flows.lock().ok().map(|mut t| f(&mut t))
     }
 
     /// Apply rate limits to a decision (mutates its effect when a limit trips).

@@ -334,6 +334,11 @@ impl Inventory {
         });
     }
 
+    /// The server's `serverInfo.name`, if it said.
+    pub fn server_name(&self, endpoint: &str) -> Option<String> {
+        self.servers.lock().ok()?.get(endpoint)?.server_name.clone()
+    }
+
     pub fn tool(&self, endpoint: &str, name: &str) -> Option<ToolEntry> {
         let servers = self.servers.lock().ok()?;
         servers.get(endpoint)?.tools.iter().find(|t| t.name == name).cloned()

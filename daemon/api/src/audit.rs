@@ -61,6 +61,27 @@ pub struct AuditRecord {
     /// TLS details when the connection was HTTPS (terminated by mcpwatch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsDetails>,
+    /// Toxic-flow state of the agent's session when this call was judged (tools/call only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowView>,
+}
+
+/// A call's place in its session's taint (docs/policy.md, "Toxic flows").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FlowView {
+    /// The session key: `ENDPOINT#MCP-SESSION-ID`, or `ENDPOINT#proc:TGID:COMM` without one.
+    pub session: String,
+    /// Labels of this call (`private_data`, `untrusted_content`, `public_sink`, `destructive`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Untrusted content had entered the session before this call.
+    pub tainted: bool,
+    /// Audit record ids of the calls whose results (or arguments) tainted the session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tainted_by: Vec<String>,
+    /// This call's own result tainted the session.
+    #[serde(default)]
+    pub taints: bool,
 }
 
 /// A policy decision as recorded.
@@ -163,6 +184,9 @@ pub struct AuditFilter {
     /// (`block`, `forward`, `hold`).
     #[serde(default)]
     pub decision: Option<String>,
+    /// Records of one session: the MCP session id (exact) or a flow session key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl AuditFilter {
@@ -189,6 +213,30 @@ impl AuditFilter {
                 return false;
             }
         }
+        if let Some(s) = &self.session {
+            let hit = r.session_id.as_deref() == Some(s.as_str()) || r.flow.as_ref().is_some_and(|f| &f.session == s);
+            if !hit {
+                return false;
+            }
+        }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_filter_matches_the_mcp_session_or_the_flow_key() {
+        let by_id = AuditRecord { session_id: Some("abc".into()), ..Default::default() };
+        let by_flow = AuditRecord { flow: Some(FlowView { session: "http://h/mcp#proc:1:x".into(), ..Default::default() }), ..Default::default() };
+        let other = AuditRecord { session_id: Some("zzz".into()), ..Default::default() };
+        let f = |s: &str| AuditFilter { session: Some(s.into()), ..Default::default() };
+        assert!(f("abc").matches(&by_id) && !f("abc").matches(&other) && !f("abc").matches(&by_flow));
+        assert!(f("http://h/mcp#proc:1:x").matches(&by_flow) && !f("http://h/mcp#proc:1:x").matches(&by_id));
+        // Records written before the field existed still decode.
+        let old: AuditRecord = serde_json::from_str(&serde_json::to_string(&by_id).unwrap().replace(",\"flow\":null", "")).unwrap();
+        assert_eq!(old.flow, None);
     }
 }

@@ -88,6 +88,10 @@ pub struct ToolEntry {
     /// The pinned definition (for diffs when it changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_definition: Option<serde_json::Value>,
+    /// Toxic-flow labels and where each came from, e.g. `public_sink (heuristic)`.
+    /// Filled in by the daemon when it answers `mcpwatch list` (the policy may change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

@@ -18,7 +18,7 @@ pub mod process;
 pub mod verify;
 
 pub use audit::{
-    AuditFilter, AuditRecord, CallStatus, DecisionView, FindingCount, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION,
+    AuditFilter, AuditRecord, CallStatus, DecisionView, FindingCount, FlowView, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION,
 };
 pub use inventory::{ClientUse, Endpoint, ServerEntry, ToolEntry};
 pub use process::{Ancestor, ProcessInfo};

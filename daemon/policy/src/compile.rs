@@ -23,7 +23,8 @@ use crate::model::{
     AgentDef, DefaultAction, Policy, RateDef, RuleAction, RuleDef, ServerDef, ServerStatus,
     ShadowAction,
 };
-use crate::raw::{RawAgent, RawCondition, RawPolicy, RawRule, RawServer, SList};
+use crate::flow::{FlowDef, Label, LabelDef, Labels};
+use crate::raw::{RawAgent, RawCondition, RawFlow, RawLabel, RawPolicy, RawRule, RawServer, SList};
 
 /// Policies are hand-written; anything this large is a mistake (or an attack on the loader).
 pub const MAX_POLICY_BYTES: usize = 4 << 20;
@@ -153,6 +154,20 @@ impl Compiler<'_> {
             rules.push(def);
         }
 
+        let mut labels = Vec::with_capacity(raw.label.len());
+        for l in &raw.label {
+            labels.push(self.label(l, &server_names)?);
+        }
+        let mut flows = Vec::with_capacity(raw.flow.len());
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for f in &raw.flow {
+            let def = self.flow(f)?;
+            if let Some(first) = seen.insert(def.id.clone(), def.line).or_else(|| rules.iter().find(|r| r.id == def.id).map(|r| r.line)) {
+                return Err(self.err(f.id.span(), format!("duplicate id `{}` (first defined at line {first}); flow and rule ids share one namespace", def.id)));
+            }
+            flows.push(def);
+        }
+
         let inspect = match raw.inspect {
             None => InspectSettings::default(),
             Some(r) => {
@@ -195,7 +210,43 @@ impl Compiler<'_> {
             servers,
             agents,
             rules,
+            labels,
+            flows,
         })
+    }
+
+    fn label(&self, r: &RawLabel, servers: &[&str]) -> Result<LabelDef> {
+        if let Some(s) = &r.servers {
+            self.references(s, servers, "server", "[[label]]")?;
+        }
+        let mut set = Labels::NONE;
+        for l in r.labels.get_ref() {
+            set = set.with(*l.get_ref());
+        }
+        Ok(LabelDef {
+            servers: r.servers.as_ref().map(|s| self.patterns(s, PatternKind::Name, "servers")).transpose()?,
+            tools: self.patterns(&r.tools, PatternKind::Name, "tools")?,
+            labels: set,
+        })
+    }
+
+    fn flow(&self, r: &RawFlow) -> Result<FlowDef> {
+        let id = self.name(&r.id, "flow id")?;
+        let seq: Vec<Label> = r.sequence.get_ref().iter().map(|l| *l.get_ref()).collect();
+        if !(2..=6).contains(&seq.len()) {
+            return Err(self.err(r.sequence.span(), "a flow `sequence` has 2 to 6 labels, e.g. [\"untrusted_content\", \"destructive\"]"));
+        }
+        if seq[0] != Label::UntrustedContent {
+            return Err(self.err(
+                r.sequence.get_ref()[0].span(),
+                "a flow `sequence` starts with \"untrusted_content\": flow rules match within a session that untrusted content has tainted",
+            ));
+        }
+        let action = *r.action.get_ref();
+        if !matches!(action, RuleAction::Deny | RuleAction::RequireApproval) {
+            return Err(self.err(r.action.span(), format!("a flow's `action` is \"deny\" or \"require_approval\", not \"{}\"", action.as_str())));
+        }
+        Ok(FlowDef { id, sequence: seq, action, mode: r.mode, message: r.message.clone(), markers: r.markers, line: self.line(r.id.span().start) })
     }
 
     fn name(&self, s: &Spanned<String>, what: &str) -> Result<String> {

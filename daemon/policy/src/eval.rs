@@ -88,7 +88,7 @@ struct Verdict<'p> {
 }
 
 /// Effect rank before rate counters are consulted: block 3, hold 2, maybe-block 1, forward 0.
-fn effect_rank(action: RuleAction, mode: Mode) -> u8 {
+pub(crate) fn effect_rank(action: RuleAction, mode: Mode) -> u8 {
     match (action, mode) {
         (RuleAction::Deny, Mode::Enforce) => 3,
         (RuleAction::RequireApproval, Mode::Enforce) => 2,

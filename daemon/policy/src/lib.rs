@@ -16,11 +16,14 @@
 //! - [`normalize_path`] is the lexical path normaliser argument conditions match
 //!   against (pure and total; fuzzed).
 //! - [`approval_key`] binds a human approval to one exact call.
+//! - [`FlowTable`] follows untrusted content through a session and matches `[[flow]]`
+//!   rules; [`Policy::tool_labels`] says what a tool is.
 
 mod approval;
 mod compile;
 mod error;
 mod eval;
+mod flow;
 mod matcher;
 mod model;
 mod path;
@@ -31,6 +34,10 @@ pub use approval::{approval_key, canonical_hash, canonical_json};
 pub use compile::{DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES, parse};
 pub use error::PolicyError;
 pub use eval::{Call, Subject, Target};
+pub use flow::{
+    FlowCheck, FlowDef, FlowLimits, FlowTable, FlowVerdict, Injection, Label, LabelSource, Labels, ResultSeen, TaintReason, TaintRef,
+    TaintState, ToolLabels, ToolRef, call_labels, markers,
+};
 pub use model::{
     Action, AgentDef, Approver, ConditionForm, Decision, DefaultAction, Effect, InspectSettings, MinSeverity, Mode, Per,
     PinAction, PoisonAction, Policy, RateScope, RateSpec, RuleAction, RuleDef, ServerDef,

@@ -453,6 +453,8 @@ pub struct Policy {
     pub(crate) servers: Vec<ServerDef>,
     pub(crate) agents: Vec<AgentDef>,
     pub(crate) rules: Vec<RuleDef>,
+    pub(crate) labels: Vec<crate::flow::LabelDef>,
+    pub(crate) flows: Vec<crate::flow::FlowDef>,
     pub(crate) inspect: InspectSettings,
 }
 

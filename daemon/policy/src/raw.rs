@@ -26,6 +26,12 @@ pub(crate) struct RawPolicy {
     pub agent: Vec<RawAgent>,
     #[serde(default)]
     pub rule: Vec<RawRule>,
+    /// `[[label]]`: what tools are, for flow rules.
+    #[serde(default)]
+    pub label: Vec<RawLabel>,
+    /// `[[flow]]`: sequences within a tainted session.
+    #[serde(default)]
+    pub flow: Vec<RawFlow>,
     pub approvals: Option<RawApprovals>,
     // Not `Spanned`: toml cannot span a table created implicitly by `[inspect.detectors]`.
     pub inspect: Option<RawInspect>,
@@ -124,4 +130,28 @@ pub(crate) struct RawRate {
 
 fn default_scope() -> RateScope {
     RateScope::Agent
+}
+
+/// `[[label]]`: the policy's word on what a tool is (beats built-in knowledge and heuristics).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLabel {
+    pub servers: Option<SList>,
+    pub tools: SList,
+    /// May be empty: "this tool is none of them".
+    pub labels: Spanned<Vec<Spanned<crate::flow::Label>>>,
+}
+
+/// `[[flow]]`: a sequence of labels within a tainted session.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFlow {
+    pub id: Spanned<String>,
+    pub sequence: Spanned<Vec<Spanned<crate::flow::Label>>>,
+    pub action: Spanned<RuleAction>,
+    pub mode: Option<Mode>,
+    pub message: Option<String>,
+    /// Only when the call repeats a marker of the untrusted content.
+    #[serde(default)]
+    pub markers: bool,
 }

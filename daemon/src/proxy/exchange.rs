@@ -490,6 +490,7 @@ impl Scope {
             findings: Vec::new(),
             alerts: Vec::new(),
             tls: self.ctx.tls.as_deref().cloned(),
+            flow: None,
         }
     }
 
@@ -836,9 +837,11 @@ fn govern_request(
 
     // Tools the inventory has flagged: poisoned and stripped, or changed since pinned.
     let mut extra_block: Option<(i64, String, &'static str)> = None;
+    let tool = if method == "tools/call" { name.and_then(|n| shared.inventory.tool(&scope.endpoint, n)) } else { None };
+    // Toxic flows: the session's taint and the [[flow]] rules this call would complete.
+    let flow = super::flows::check_call(shared, gov, scope, target, msg, tool.as_ref(), rec);
     if method == "tools/call" {
         let pinning = gov.policy.inspect().pinning;
-        let tool = name.and_then(|n| shared.inventory.tool(&scope.endpoint, n));
         if let Some(tool) = &tool {
             if let Some(why) = &tool.hidden {
                 extra_block = Some((CODE_DENIED, format!("tool `{}` is blocked by mcpwatch: {why}", tool.name), "inspect:tool"));
@@ -921,6 +924,17 @@ fn govern_request(
             data: data(&["inspect:content".to_string()], "deny"),
             retry_after_ms: None,
         };
+    }
+    if let Some(gate) = &flow
+        && d.effective != Effect::Block
+    {
+        match super::flows::apply(gate, &mut view, rec, contact.as_deref()) {
+            super::flows::Outcome::Deny { message, data } => {
+                rec.decision = Some(view);
+                return Fate::Refuse { code: CODE_DENIED, message, data, retry_after_ms: None };
+            }
+            super::flows::Outcome::Hold | super::flows::Outcome::Pass => super::flows::commit(shared, gate),
+        }
     }
     rec.decision = Some(view);
     match d.effective {
@@ -1123,6 +1137,13 @@ async fn hold(shared: &Shared, gov: &Loaded, scope: &Scope, msg: &Message, rec: 
         rules: rec.decision.as_ref().map(|d| d.rules.clone()).unwrap_or_default(),
         reason: rec.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
     };
+    // A call held by a flow rule says which earlier call tainted the session.
+    let flow_reason = rec
+        .decision
+        .as_ref()
+        .filter(|d| d.rules.first().is_some_and(|r| r.starts_with("flow:")))
+        .map(|d| format!(" ({})", d.reason))
+        .unwrap_or_default();
     let (id, rx) = shared.approvals.hold(view);
     tracing::warn!(id = %id, server = %scope.endpoint, tool = ?msg.target_name(), "call held for approval: mcpwatch approve {id} / mcpwatch deny {id}");
     let verdict = shared.approvals.wait(&id, rx, timeout).await;
@@ -1134,7 +1155,7 @@ async fn hold(shared: &Shared, gov: &Loaded, scope: &Scope, msg: &Message, rec: 
                 format!("denied by {by} ({id}){why}"),
                 Fate::Refuse {
                     code: CODE_APPROVAL,
-                    message: format!("mcpwatch: approval denied by {by}{why}"),
+                    message: format!("mcpwatch: approval denied by {by}{why}{flow_reason}"),
                     data: serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "denied", "id": id } }),
                     retry_after_ms: None,
                 },
@@ -1145,7 +1166,7 @@ async fn hold(shared: &Shared, gov: &Loaded, scope: &Scope, msg: &Message, rec: 
             Fate::Refuse {
                 code: CODE_APPROVAL,
                 message: format!(
-                    "mcpwatch: this call needs a human's approval and none came within {} s (ask an operator to run `mcpwatch approve` while the call waits)",
+                    "mcpwatch: this call needs a human's approval and none came within {} s (ask an operator to run `mcpwatch approve` while the call waits){flow_reason}",
                     timeout.as_secs()
                 ),
                 data: serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "timed_out", "id": id } }),

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod exchange;
+pub mod flows;
 pub mod headlog;
 pub mod responses;
 pub mod http;

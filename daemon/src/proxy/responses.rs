@@ -244,6 +244,11 @@ impl StreamObserver {
         }
         // Results: detectors (redact in enforce), instructions aimed at the agent (alert).
         let Some(result) = value.get_mut("result") else { return changed };
+        // Instructions aimed at the agent are judged on what the server sent: after
+        // redaction our own placeholders (`<SECRET>`) would read as hidden tags.
+        let flows = method == "tools/call" && !self.gov.policy.flows().is_empty();
+        let scan = (self.gov.policy.inspect().result_injection || flows).then(|| mcpwatch_inspect::poison::scan_result(result));
+        let markers_source = flows.then(|| result.clone());
         let report = self.gov.inspect(result, enforce);
         add_findings(&mut p.record, &report, "response");
         if enforce && report.redacted_total() > 0 {
@@ -260,14 +265,15 @@ impl StreamObserver {
             p.record.notes.push("result blocked by inspection".into());
             return true;
         }
-        if self.gov.policy.inspect().result_injection {
-            if let Some(result) = value.get("result") {
-                let r = mcpwatch_inspect::poison::scan_result(result);
-                if r.severity >= mcpwatch_inspect::poison::Severity::Medium {
-                    let kinds: Vec<String> = r.signals.iter().take(4).map(|s| format!("{:?}", s.kind)).collect();
-                    p.record.alerts.push(format!("tool result contains instructions aimed at the agent (score {}: {})", r.score, kinds.join(", ")));
-                }
-            }
+        if let Some(r) = &scan
+            && self.gov.policy.inspect().result_injection
+            && r.severity >= mcpwatch_inspect::poison::Severity::Medium
+        {
+            let kinds: Vec<String> = r.signals.iter().take(4).map(|s| format!("{:?}", s.kind)).collect();
+            p.record.alerts.push(format!("tool result contains instructions aimed at the agent (score {}: {})", r.score, kinds.join(", ")));
+        }
+        if let Some(result) = &markers_source {
+            super::flows::observe_result(&self.shared, &self.gov, &self.scope, &mut p.record, result, scan.map(|r| r.severity));
         }
         changed
     }

@@ -9,6 +9,7 @@ mod bypass_exchange;
 mod bypass_govern;
 mod cli;
 mod durability;
+mod flows;
 mod inspect;
 mod intercept;
 mod package;

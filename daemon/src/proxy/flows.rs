@@ -1,0 +1,203 @@
+//! Toxic flows on the data path: the glue between the exchange and the pure taint logic.
+//!
+//! Why a module of its own: the decision logic lives in `mcpwatch_policy::FlowTable`
+//! (pure, unit-tested); this file only says which session a message belongs to, which
+//! labels its tool carries (policy, built-in table, heuristics, annotations), and turns
+//! a flow verdict into what the exchange does (block, hold, alert) with a reason that
+//! names the call that tainted the session. `exchange` calls [`check_call`] and
+//! [`apply`] for each `tools/call`, `responses` calls [`observe_result`] for each result.
+
+use mcpwatch_api::{AuditRecord, DecisionView, FlowView};
+use mcpwatch_inspect::poison::{Severity, RESULT_ALERT};
+use mcpwatch_mcp::jsonrpc::Message;
+use mcpwatch_policy::{FlowCheck, Injection, Labels, Mode, ResultSeen, RuleAction, ToolLabels, ToolRef};
+use serde_json::Value;
+
+use super::exchange::{Scope, TargetOwned};
+use crate::governance::Loaded;
+use crate::state::{now_ms, Shared};
+
+/// The session a message belongs to: the MCP session id where there is one, else the
+/// client process (tgid and comm) talking to this endpoint. Idle sessions are
+/// forgotten after `FlowLimits::idle_ms` (30 minutes).
+pub(super) fn session_key(scope: &Scope) -> String {
+    match (&scope.session_id, scope.ctx.origin.process.as_deref()) {
+        (Some(s), _) => format!("{}#{}", scope.endpoint, s.chars().take(128).collect::<String>()),
+        (None, Some(p)) => format!("{}#proc:{}:{}", scope.endpoint, p.tgid, p.comm),
+        (None, None) => format!("{}#conn:{}", scope.endpoint, scope.ctx.origin.dst),
+    }
+}
+
+/// The labels of `tool` on this server (with sources), from the policy, the built-in
+/// table (matched on the server's `serverInfo.name` and endpoint), heuristics and the
+/// definition's annotations.
+pub(super) fn tool_labels(shared: &Shared, gov: &Loaded, target: &TargetOwned, tool: &str, def: Option<&Value>) -> ToolLabels {
+    let server = gov.policy.server_for(&target.as_policy()).map(|s| s.name.clone());
+    let hint = format!("{} {}", shared.inventory.server_name(&target.endpoint).unwrap_or_default(), target.endpoint);
+    gov.policy.tool_labels(&ToolRef { server: server.as_deref(), server_hint: &hint, tool, definition: def })
+}
+
+/// Fill in each tool's labels (with sources) for `mcpwatch list`. Labels depend on the
+/// policy in force, so they are computed when asked, not stored.
+pub fn label_inventory(shared: &Shared, servers: &mut [mcpwatch_api::ServerEntry]) {
+    let gov = shared.governance.current();
+    for s in servers {
+        let target = target_of(&s.endpoint);
+        let hint = format!("{} {}", s.server_name.as_deref().unwrap_or_default(), s.endpoint);
+        let server = gov.policy.server_for(&target.as_policy()).map(|d| d.name.clone());
+        for t in &mut s.tools {
+            let tr = ToolRef { server: server.as_deref(), server_hint: &hint, tool: &t.name, definition: t.pinned_definition.as_ref() };
+            t.labels = gov.policy.tool_labels(&tr).labels.iter().map(|(l, src)| format!("{l} ({})", src.as_str())).collect();
+        }
+    }
+}
+
+/// Host, port and path of an endpoint key (`scheme://host:port/path`).
+fn target_of(endpoint: &str) -> TargetOwned {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h.trim_start_matches('[').trim_end_matches(']'), p.parse().unwrap_or(0)),
+        _ => (authority, 0),
+    };
+    TargetOwned { endpoint: endpoint.to_string(), host: host.to_string(), port, path: path.to_string() }
+}
+
+/// What the flow table said about one call, kept until the decision is final.
+pub(super) struct Gate {
+    session: String,
+    labels: Labels,
+    check: FlowCheck,
+}
+
+/// Judge a `tools/call` against the session's taint and the `[[flow]]` rules. Sets the
+/// record's `flow` view. `None` for other methods.
+pub(super) fn check_call(
+    shared: &Shared,
+    gov: &Loaded,
+    scope: &Scope,
+    target: &TargetOwned,
+    msg: &Message,
+    tool: Option<&mcpwatch_api::ToolEntry>,
+    rec: &mut AuditRecord,
+) -> Option<Gate> {
+    if msg.method() != Some("tools/call") {
+        return None;
+    }
+    let name = msg.target_name().unwrap_or_default();
+    let def = tool.and_then(|t| t.pinned_definition.as_ref());
+    let labels = mcpwatch_policy::call_labels(tool_labels(shared, gov, target, name, def).set(), msg.arguments());
+    let session = session_key(scope);
+    let args_markers = msg.arguments().map(mcpwatch_policy::markers).unwrap_or_default();
+    let check = shared
+        .governance
+        .with_flows(|t| t.check_call(&gov.policy, &session, now_ms(), name, labels, &args_markers))
+        .unwrap_or_default();
+    rec.flow = Some(FlowView {
+        session: session.clone(),
+        labels: labels.iter().map(|l| l.as_str().to_string()).collect(),
+        tainted: check.state.tainted,
+        tainted_by: check.state.by.iter().map(|t| t.record.clone()).collect(),
+        taints: false,
+    });
+    Some(Gate { session, labels, check })
+}
+
+/// What a flow verdict does to the call.
+pub(super) enum Outcome {
+    /// Nothing (no rule matched, or it was only recorded/alerted).
+    Pass,
+    /// Enforced `require_approval`: hold the call.
+    Hold,
+    /// Enforced `deny`: refuse with this message and JSON-RPC `data`.
+    Deny { message: String, data: Value },
+}
+
+/// Fold the flow verdict into the decision view: enforced deny blocks, enforced
+/// `require_approval` holds (unless something stronger already decided), warn alerts,
+/// audit notes. The reason names the record and tool that tainted the session.
+pub(super) fn apply(gate: &Gate, view: &mut DecisionView, rec: &mut AuditRecord, contact: Option<&str>) -> Outcome {
+    let Some(v) = &gate.check.verdict else { return Outcome::Pass };
+    let rule = format!("flow:{}", v.rule);
+    match (v.mode, v.action) {
+        (Mode::Enforce, RuleAction::Deny) => {
+            view.action = "deny".into();
+            view.effective = "block".into();
+            view.mode = v.mode.as_str().into();
+            view.rules.insert(0, rule.clone());
+            view.reason = v.reason.clone();
+            rec.alerts.push(format!("toxic flow blocked: {}", v.reason));
+            let tainted_by: Vec<Value> = gate
+                .check
+                .state
+                .by
+                .iter()
+                .map(|t| serde_json::json!({ "record": t.record, "tool": t.tool, "why": t.why }))
+                .collect();
+            Outcome::Deny {
+                message: format!("mcpwatch: {}", v.reason),
+                data: serde_json::json!({ "mcpwatch": { "decision": "deny", "rules": [rule], "tainted_by": tainted_by, "contact": contact } }),
+            }
+        }
+        (Mode::Enforce, _) if view.effective == "forward" => {
+            view.action = "require_approval".into();
+            view.effective = "hold".into();
+            view.mode = v.mode.as_str().into();
+            view.rules.insert(0, rule);
+            view.reason = v.reason.clone();
+            rec.alerts.push(format!("toxic flow held for approval: {}", v.reason));
+            Outcome::Hold
+        }
+        (Mode::Enforce, _) => {
+            view.rules.push(rule);
+            Outcome::Pass
+        }
+        (Mode::Warn, a) => {
+            view.rules.push(rule);
+            rec.alerts.push(format!("flow rule would {} this call (warn mode): {}", a.as_str(), v.reason));
+            Outcome::Pass
+        }
+        (Mode::Audit, a) => {
+            view.rules.push(rule);
+            rec.notes.push(format!("flow rule would {} this call (audit mode): {}", a.as_str(), v.reason));
+            Outcome::Pass
+        }
+    }
+}
+
+/// The call goes ahead (forwarded or held): it becomes a step of its session.
+pub(super) fn commit(shared: &Shared, gate: &Gate) {
+    shared.governance.with_flows(|t| t.commit_call(&gate.session, now_ms(), gate.labels));
+}
+
+/// See a `tools/call` result: taint the session when the tool is `untrusted_content` or
+/// the result carries instructions aimed at the agent (`severity` from the injection
+/// scan: at the alert threshold or above it taints, low only remembers the result's
+/// markers).
+pub(super) fn observe_result(shared: &Shared, gov: &Loaded, scope: &Scope, rec: &mut AuditRecord, result: &Value, severity: Option<Severity>) {
+    let Some(tool) = rec.name.clone() else { return };
+    let target = scope.target();
+    let def = shared.inventory.tool(&scope.endpoint, &tool).and_then(|t| t.pinned_definition);
+    let labels = tool_labels(shared, gov, &target, &tool, def.as_ref()).set();
+    // The alert threshold (medium) taints: a result mcpwatch alerts on as instructions
+    // aimed at the agent is untrusted content, whatever tool returned it.
+    let injection = match severity {
+        Some(s) if s >= RESULT_ALERT => Injection::High,
+        Some(Severity::Low) => Injection::Low,
+        _ => Injection::None,
+    };
+    let session = rec.flow.as_ref().map_or_else(|| session_key(scope), |f| f.session.clone());
+    let record = rec.id.clone();
+    let taints = shared
+        .governance
+        .with_flows(|t| {
+            t.observe_result(&session, now_ms(), &ResultSeen { record: &record, tool: &tool, labels, injection, result });
+            t.state(&session, now_ms()).by.iter().any(|b| b.record == record)
+        })
+        .unwrap_or(false);
+    if taints {
+        let f = rec.flow.get_or_insert_with(|| FlowView { session, ..Default::default() });
+        f.taints = true;
+        rec.notes.push("this result tainted the session (untrusted content): later calls are judged by [[flow]] rules".into());
+    }
+}
