@@ -12,6 +12,8 @@ pub mod failure;
 pub mod governance;
 pub mod inventory;
 pub mod metrics;
+pub mod notify;
+pub mod preflight;
 pub mod proxy;
 pub mod resolve;
 pub mod scope;

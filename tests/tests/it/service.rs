@@ -122,3 +122,182 @@ matches = '(^|/)\.ssh(/|$)'
     assert!(p.exe.as_deref().unwrap_or_default().contains("python"), "root's process not attributed: {p:?}");
     assert!(recs.iter().any(|r| r.name.as_deref() == Some("read_file") && r.decision.as_ref().is_some_and(|d| d.action == "deny")), "{recs:#?}");
 }
+
+/// The `$NOTIFY_SOCKET` end systemd would own: a unix datagram socket in a temp dir.
+struct NotifyRx {
+    sock: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifyRx {
+    fn bind() -> NotifyRx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
+        NotifyRx { sock, path, _dir: dir }
+    }
+
+    /// Messages until one satisfies `pred` (returned last), within 20 s.
+    fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                let done = pred(&msg);
+                seen.push(msg);
+                if done {
+                    return seen;
+                }
+            }
+        }
+        panic!("no notification {what} within 20s; got {seen:?}");
+    }
+}
+
+fn has_line(msg: &str, line: &str) -> bool {
+    msg.lines().any(|l| l == line)
+}
+
+/// `Type=notify` without systemd: READY=1 once interception is attached, WATCHDOG=1
+/// while the accept loop and audit flusher run, RELOADING=1 (with MONOTONIC_USEC) then
+/// READY=1 on SIGHUP, STOPPING=1 on SIGTERM.
+#[test]
+fn daemon_speaks_the_sd_notify_protocol_with_a_watchdog() {
+    let rx = NotifyRx::bind();
+    let opts = DaemonOpts {
+        ports: Some("9".into()),
+        env: vec![
+            ("NOTIFY_SOCKET".into(), rx.path.display().to_string()),
+            ("WATCHDOG_USEC".into(), "1500000".into()),
+        ],
+        ..Default::default()
+    };
+    let Some(mut w) = Watched::start_with("daemon_speaks_the_sd_notify_protocol", opts) else { return };
+    let seen = rx.until("READY=1", |m| has_line(m, "READY=1"));
+    let ready = seen.last().expect("ready");
+    assert!(ready.contains("STATUS=") && ready.contains("intercepting"), "{ready}");
+    assert!(!seen.iter().any(|m| m.contains("WATCHDOG=1")), "watchdog before READY: {seen:?}");
+    let st = w.daemon.status();
+    assert!(st.attached, "READY=1 but not attached: {st:?}");
+
+    // The watchdog keeps being fed (period WATCHDOG_USEC/3 = 0.5 s) while idle.
+    for _ in 0..3 {
+        rx.until("WATCHDOG=1", |m| has_line(m, "WATCHDOG=1"));
+    }
+
+    let pid = nix::unistd::Pid::from_raw(w.daemon.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let seen = rx.until("RELOADING=1", |m| has_line(m, "RELOADING=1"));
+    let reloading = seen.last().expect("reloading");
+    let usec = reloading.lines().find_map(|l| l.strip_prefix("MONOTONIC_USEC=")).unwrap_or_else(|| panic!("no MONOTONIC_USEC: {reloading}"));
+    assert!(usec.parse::<u64>().expect("number") > 0);
+    let seen = rx.until("READY=1 after reload", |m| has_line(m, "READY=1"));
+    assert!(seen.last().expect("ready").contains("STATUS=policy"), "{seen:?}");
+
+    let status = w.daemon.terminate();
+    assert!(status.success(), "{status}");
+    rx.until("STOPPING=1", |m| has_line(m, "STOPPING=1"));
+}
+
+/// Run mcpwatchd with `args` (and `env`) and expect a refused start: nonzero exit and
+/// exactly one line on stderr, which is returned.
+fn refused_start(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run mcpwatchd");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "started anyway: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line:\n{stderr}");
+    stderr.trim_end().to_string()
+}
+
+/// A daemon command line with private state dir and control socket under `dir`.
+fn daemon_cmd(dir: &std::path::Path, port: u16) -> Command {
+    daemon_cmd_with_state(dir, &dir.join("state"), port)
+}
+
+fn daemon_cmd_with_state(dir: &std::path::Path, state: &std::path::Path, port: u16) -> Command {
+    let mut c = Command::new(mcpwatch_tests::daemon::bin("mcpwatchd"));
+    c.arg("--state-dir").arg(state).arg("--control-socket").arg(dir.join("control.sock")).arg("--listen-port").arg(port.to_string());
+    c.env("MCPWATCH_LOG", "info");
+    c
+}
+
+#[test]
+fn port_in_use_is_one_line_naming_the_fix_and_creates_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let line = refused_start(daemon_cmd(tmp.path(), port).arg("--static-upstream").arg("127.0.0.1:9"));
+    assert!(line.contains(&format!("port {port}")) && line.contains("already in use") && line.contains("--listen-port"), "{line}");
+    assert!(!tmp.path().join("state").exists(), "state dir created before the check");
+}
+
+#[test]
+fn unusable_state_dir_is_one_line_naming_the_fix() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let port = mcpwatch_tests::daemon::free_dual_port();
+    let line = refused_start(daemon_cmd_with_state(tmp.path(), &file.join("state"), port).arg("--static-upstream").arg("127.0.0.1:9"));
+    assert!(line.contains("state dir") && line.contains("Not a directory") && line.contains("--state-dir"), "{line}");
+    assert!(!line.contains("os error"), "{line}");
+}
+
+#[test]
+fn missing_cgroup_is_one_line_and_no_ca_is_created() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Ok(mount) = mcpwatch_intercept::cgroup::cgroup2_mount() else {
+        eprintln!("SKIP missing_cgroup: no cgroup2 mount");
+        return;
+    };
+    let missing = mount.join(format!("mcpwatch-it-missing-{}", std::process::id()));
+    let port = mcpwatch_tests::daemon::free_dual_port();
+    let line = refused_start(daemon_cmd(tmp.path(), port).arg("--cgroup").arg(&missing));
+    assert!(line.contains("does not exist") && line.contains("mkdir") && line.contains("--cgroup"), "{line}");
+    assert!(!tmp.path().join("state").exists(), "state (and CA) created before the check");
+}
+
+#[test]
+fn closed_mode_without_bpffs_is_one_line_naming_the_mount() {
+    if let Some(why) = mcpwatch_tests::harness::ebpf_unavailable() {
+        eprintln!("SKIP closed_mode_without_bpffs: {why}");
+        return;
+    }
+    let cg = mcpwatch_intercept::cgroup::TestCgroup::unique("mcpwatch-it").expect("test cgroup");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = mcpwatch_tests::daemon::free_dual_port();
+    // A tmpfs directory: not a bpf filesystem.
+    let line = refused_start(
+        daemon_cmd(tmp.path(), port).arg("--cgroup").arg(cg.path()).arg("--failure-mode").arg("closed").arg("--pin-dir").arg(tmp.path().join("pins")),
+    );
+    assert!(line.contains("no bpf filesystem") && line.contains("mount -t bpf"), "{line}");
+    assert!(!tmp.path().join("state").exists());
+}
+
+#[test]
+fn no_bpf_capabilities_is_one_line_naming_them() {
+    if let Some(why) = mcpwatch_tests::harness::ebpf_unavailable() {
+        eprintln!("SKIP no_bpf_capabilities: {why}");
+        return;
+    }
+    let cg = mcpwatch_intercept::cgroup::TestCgroup::unique("mcpwatch-it").expect("test cgroup");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).expect("chown");
+    let port = mcpwatch_tests::daemon::free_dual_port();
+    // As nobody with only the non-BPF capabilities of the unit.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"])
+        .args(["--inh-caps=-all,+sys_ptrace", "--ambient-caps=-all,+sys_ptrace", "--bounding-set=-all,+sys_ptrace", "--"])
+        .arg(mcpwatch_tests::daemon::bin("mcpwatchd"))
+        .arg("--state-dir").arg(tmp.path().join("state"))
+        .arg("--control-socket").arg(tmp.path().join("control.sock"))
+        .arg("--listen-port").arg(port.to_string())
+        .arg("--cgroup").arg(cg.path());
+    let line = refused_start(&mut cmd);
+    assert!(line.contains("CAP_BPF") && line.contains("CAP_PERFMON") && line.contains("CAP_NET_ADMIN") && line.contains("AmbientCapabilities"), "{line}");
+    assert!(!tmp.path().join("state").exists());
+}
