@@ -301,3 +301,38 @@ fn no_bpf_capabilities_is_one_line_naming_them() {
     assert!(line.contains("CAP_BPF") && line.contains("CAP_PERFMON") && line.contains("CAP_NET_ADMIN") && line.contains("AmbientCapabilities"), "{line}");
     assert!(!tmp.path().join("state").exists());
 }
+
+/// A rejected `policy reload` prints the error with real line breaks (the excerpt under
+/// `file:line:col`), not literal `\n` sequences, and exits nonzero.
+#[test]
+fn rejected_policy_reload_prints_line_breaks() {
+    let d = mcpwatch_tests::daemon::Daemon::start(DaemonOpts {
+        static_upstream: Some("127.0.0.1:9".parse().expect("addr")),
+        policy: Some("version = 1\nmode = \"audit\"\n".into()),
+        ..Default::default()
+    });
+    std::fs::write(d.policy_path(), "version = 1\nmode = \"enforce\"\nshadw = \"block\"\n").expect("write policy");
+    let out = d.cli(&["policy", "reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("\\n"), "literal \\n in:\n{stderr}");
+    assert!(stderr.lines().count() >= 3 && stderr.contains(":3:1"), "{stderr}");
+}
+
+/// `ca show` without --state-dir asks the running daemon where its state (and CA) is.
+#[test]
+fn ca_show_asks_the_running_daemon_for_its_state_dir() {
+    let d = mcpwatch_tests::daemon::Daemon::start(DaemonOpts { static_upstream: Some("127.0.0.1:9".parse().expect("addr")), ..Default::default() });
+    let ca = d.state_dir.join("ca").join("ca.pem");
+    assert!(ca.exists(), "TLS is on by default; no CA at {}", ca.display());
+    let out = Command::new(mcpwatch_tests::daemon::bin("mcpwatch"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["ca", "show", "--json"])
+        .env_remove("MCPWATCH_STATE_DIR")
+        .output()
+        .expect("run mcpwatch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let show: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(show["path"].as_str(), Some(ca.display().to_string().as_str()), "{show}");
+}
