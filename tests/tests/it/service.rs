@@ -336,3 +336,87 @@ fn ca_show_asks_the_running_daemon_for_its_state_dir() {
     let show: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(show["path"].as_str(), Some(ca.display().to_string().as_str()), "{show}");
 }
+
+/// `audit --follow` survives a daemon restart: it reconnects (the control socket path
+/// is the same, here through a symlink re-pointed at the new daemon's socket), prints
+/// the records made after the restart, and none of the earlier ones twice.
+#[test]
+fn audit_follow_resumes_after_a_daemon_restart_without_duplicates() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).json_response().spawn();
+    let port = server.addr().port().to_string();
+    let Some(mut w) = Watched::start("audit_follow_resumes_after_a_daemon_restart", &port) else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("control.sock");
+    std::os::unix::fs::symlink(&w.daemon.socket, &link).expect("symlink");
+    let mut follow = Command::new(mcpwatch_tests::daemon::bin("mcpwatch"))
+        .arg("--socket")
+        .arg(&link)
+        .args(["audit", "--follow", "--json", "--tool", "echo"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn follower");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&line).expect("NDJSON")).is_err() {
+                return;
+            }
+        }
+    });
+    // The record of the first completed echo after `after_ms`, and everything before it.
+    let wait_ok = |after_ms: u64| -> Vec<serde_json::Value> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(v) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                let done = v["status"]["state"] == "ok" && v["ts_ms"].as_u64().unwrap_or(0) > after_ms;
+                got.push(v);
+                if done {
+                    return got;
+                }
+            }
+        }
+        panic!("no completed echo after {after_ms} within 30s; got {got:?}");
+    };
+    let call = |cg: &std::path::Path, text: &str| {
+        let out = Client::python(&server.url()).cgroup(cg).call("echo", json!({"text": text})).run();
+        assert_eq!(out.steps()[0]["text"], text, "{:?}", out.lines);
+    };
+    call(w.cgroup(), "before-restart");
+    let before = wait_ok(0);
+
+    // Restart on the same state dir; re-point the socket the follower uses.
+    let state = w.daemon.state_dir.clone();
+    let keep = w.daemon.keep_state();
+    w.daemon.terminate();
+    let restarted_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let again = mcpwatch_tests::daemon::Daemon::start(DaemonOpts {
+        cgroup: Some(w.cgroup().to_path_buf()),
+        ports: Some(port.clone()),
+        state_dir: Some(state),
+        ..Default::default()
+    });
+    std::fs::remove_file(&link).expect("unlink");
+    std::os::unix::fs::symlink(&again.socket, &link).expect("symlink");
+    w.daemon = again;
+    call(w.cgroup(), "after-restart");
+    let after = wait_ok(restarted_ms);
+    // Anything still in flight (a duplicate would arrive with the backlog, before the
+    // new record; give a late one a moment too).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let late: Vec<serde_json::Value> = rx.try_iter().collect();
+    let _ = follow.kill();
+    let output = follow.wait_with_output().expect("follower output");
+    drop(keep);
+
+    let mut all: Vec<String> = before.iter().chain(&after).chain(&late).map(|v| v.to_string()).collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "a record was printed twice: {before:?}\n---\n{after:?}\n---\n{late:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reconnected"), "{stderr}");
+}
