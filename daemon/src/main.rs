@@ -100,13 +100,8 @@ fn load_config(args: &Args) -> Result<Config> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MCPWATCH_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // journald's native fields under systemd, text otherwise.
+    mcpwatchd::logging::init();
     if let Err(e) = real_main().await {
         eprintln!("mcpwatchd: {e:#}");
         std::process::exit(2);

@@ -420,3 +420,91 @@ fn audit_follow_resumes_after_a_daemon_restart_without_duplicates() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("reconnected"), "{stderr}");
 }
+
+/// Parse one journal native-protocol datagram into (field, value) pairs.
+fn journal_fields(mut b: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let nl = b.iter().position(|&c| c == b'\n').expect("field ends with a newline");
+        let line = &b[..nl];
+        if let Some(eq) = line.iter().position(|&c| c == b'=') {
+            out.push((String::from_utf8_lossy(&line[..eq]).into(), String::from_utf8_lossy(&line[eq + 1..]).into()));
+            b = &b[nl + 1..];
+        } else {
+            let name = String::from_utf8_lossy(line).to_string();
+            let len = u64::from_le_bytes(b[nl + 1..nl + 9].try_into().expect("length")) as usize;
+            let value = &b[nl + 9..nl + 9 + len];
+            out.push((name, String::from_utf8_lossy(value).into()));
+            b = &b[nl + 9 + len + 1..];
+        }
+    }
+    out
+}
+
+/// Under systemd (`$JOURNAL_STREAM` names stderr) the daemon logs in journald's native
+/// fields: PRIORITY per level (so `journalctl -p err` works), MESSAGE, structured
+/// fields; a denied call and a rejected reload each reach the journal as one entry.
+#[test]
+fn logs_go_to_the_journal_with_priorities_and_fields() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let journal = std::os::unix::net::UnixDatagram::bind(tmp.path().join("journal.sock")).expect("bind fake journal");
+    journal.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
+    let stderr_path = tmp.path().join("stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
+    let meta = std::fs::metadata(&stderr_path).expect("stat");
+    let stream = format!("{}:{}", std::os::unix::fs::MetadataExt::dev(&meta), std::os::unix::fs::MetadataExt::ino(&meta));
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(&policy, "version = 1\nmode = \"enforce\"\n\n[[rule]]\nid = \"no-ssh\"\ntools = [\"read_file\"]\naction = \"deny\"\n").expect("policy");
+    let server = peers::python_server().json_response().spawn();
+    let port = mcpwatch_tests::daemon::free_dual_port();
+    let mut child = daemon_cmd(tmp.path(), port)
+        .arg("--static-upstream")
+        .arg(server.addr().to_string())
+        .arg("--policy")
+        .arg(&policy)
+        .env("JOURNAL_STREAM", &stream)
+        .env("MCPWATCH_JOURNAL_SOCKET", tmp.path().join("journal.sock"))
+        .stderr(stderr_file)
+        .spawn()
+        .expect("spawn mcpwatchd");
+    let entries = std::cell::RefCell::new(Vec::<Vec<(String, String)>>::new());
+    let wait = |what: &str, pred: &dyn Fn(&[(String, String)]) -> bool| -> Vec<(String, String)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut buf = vec![0u8; 65536];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = journal.recv(&mut buf) {
+                let f = journal_fields(&buf[..n]);
+                entries.borrow_mut().push(f.clone());
+                if pred(&f) {
+                    return f;
+                }
+            }
+        }
+        panic!("no journal entry {what}; got {:#?}", entries.borrow());
+    };
+    let get = |f: &[(String, String)], k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+
+    let ready = wait("mcpwatchd ready", &|f| get(f, "MESSAGE").starts_with("mcpwatchd ready"));
+    assert_eq!(get(&ready, "PRIORITY"), "6", "{ready:?}");
+    assert_eq!(get(&ready, "SYSLOG_IDENTIFIER"), "mcpwatchd");
+
+    let out = Client::python(&format!("http://127.0.0.1:{port}/mcp")).call("read_file", json!({"path": "/root/.ssh/id_rsa"})).run();
+    assert_eq!(out.steps()[0]["ok"], false, "{:?}", out.lines);
+    let deny = wait("for the denied call", &|f| get(f, "MESSAGE").starts_with("call blocked"));
+    assert_eq!(get(&deny, "PRIORITY"), "4", "{deny:?}");
+    assert_eq!(get(&deny, "MCPWATCH_TOOL"), "read_file", "{deny:?}");
+    assert!(get(&deny, "MCPWATCH_RULES").contains("no-ssh"), "{deny:?}");
+
+    std::fs::write(&policy, "version = 1\nmode = \"enforce\"\nshadw = \"block\"\n").expect("break policy");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let err = wait("for the rejected reload", &|f| get(f, "PRIORITY") == "3");
+    assert!(get(&err, "MESSAGE").contains("policy reload rejected"), "{err:?}");
+    // The multi-line error travels as one field (the binary form), not as several entries.
+    assert!(get(&err, "MCPWATCH_ERROR").contains(":3:1"), "{err:?}");
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&stderr_path).expect("stderr");
+    assert!(!text.contains("mcpwatchd ready"), "journal entries also went to stderr:\n{text}");
+}
