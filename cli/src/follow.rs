@@ -48,10 +48,10 @@ impl Seen {
             return false;
         }
         self.order.push_back(k);
-        if self.order.len() > MAX_SEEN {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
+        if self.order.len() > MAX_SEEN
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
         }
         self.newest_ts_ms = Some(self.newest_ts_ms.map_or(r.ts_ms, |t| t.max(r.ts_ms)));
         true

@@ -35,11 +35,11 @@ pub const JOURNAL_SOCKET_ENV: &str = "MCPWATCH_JOURNAL_SOCKET";
 /// text on stderr otherwise. The filter comes from `$MCPWATCH_LOG` (default `info`).
 pub fn init() {
     let filter = || EnvFilter::try_from_env("MCPWATCH_LOG").unwrap_or_else(|_| "info".into());
-    if let Some(journal) = journal_socket() {
-        if let Ok(layer) = JournalLayer::connect(journal) {
-            tracing_subscriber::registry().with(layer.with_filter(filter())).init();
-            return;
-        }
+    if let Some(journal) = journal_socket()
+        && let Ok(layer) = JournalLayer::connect(journal)
+    {
+        tracing_subscriber::registry().with(layer.with_filter(filter())).init();
+        return;
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter())
@@ -195,10 +195,10 @@ fn first(logged: &mut Logged, id: &str, what: &'static str) -> bool {
         return false;
     }
     logged.0.push_back(key);
-    if logged.0.len() > MAX_LOGGED {
-        if let Some(old) = logged.0.pop_front() {
-            logged.1.remove(&old);
-        }
+    if logged.0.len() > MAX_LOGGED
+        && let Some(old) = logged.0.pop_front()
+    {
+        logged.1.remove(&old);
     }
     true
 }

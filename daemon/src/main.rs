@@ -127,7 +127,7 @@ async fn real_main() -> Result<()> {
     let cgroup = match args.static_upstream {
         Some(_) => None,
         None => {
-            let cgroup = watched_cgroup(&config)?;
+            let cgroup = watched_cgroup(&config).map_err(|_| mcpwatchd::preflight::no_cgroup2())?;
             mcpwatchd::preflight::cgroup(&cgroup)?;
             mcpwatchd::preflight::bpf_permission()?;
             if mcpwatchd::failure::links_outlive_daemon(config.failure_mode) {

@@ -96,10 +96,10 @@ fn monotonic_usec() -> u64 {
 /// The watchdog interval systemd asked for (`$WATCHDOG_USEC`, honoured only when
 /// `$WATCHDOG_PID` is unset or names this process).
 pub fn watchdog_interval() -> Option<Duration> {
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))

@@ -38,8 +38,13 @@ pub fn cgroup(cgroup: &Path) -> Result<(), PreflightError> {
             }
             Ok(())
         }
-        Err(_) => fail("no cgroup v2 (unified) hierarchy is mounted: mount it (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1".into()),
+        Err(_) => Err(no_cgroup2()),
     }
+}
+
+/// No cgroup2 mount at all (nothing to attach to).
+pub fn no_cgroup2() -> PreflightError {
+    PreflightError("no cgroup v2 (unified) hierarchy is mounted: mount it (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1".into())
 }
 
 /// Capability numbers from `linux/capability.h`.

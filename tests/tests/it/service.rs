@@ -421,8 +421,11 @@ fn audit_follow_resumes_after_a_daemon_restart_without_duplicates() {
     assert!(stderr.contains("reconnected"), "{stderr}");
 }
 
+/// One journal entry: (field, value) pairs in order.
+type Entry = Vec<(String, String)>;
+
 /// Parse one journal native-protocol datagram into (field, value) pairs.
-fn journal_fields(mut b: &[u8]) -> Vec<(String, String)> {
+fn journal_fields(mut b: &[u8]) -> Entry {
     let mut out = Vec::new();
     while !b.is_empty() {
         let nl = b.iter().position(|&c| c == b'\n').expect("field ends with a newline");
@@ -467,8 +470,8 @@ fn logs_go_to_the_journal_with_priorities_and_fields() {
         .stderr(stderr_file)
         .spawn()
         .expect("spawn mcpwatchd");
-    let entries = std::cell::RefCell::new(Vec::<Vec<(String, String)>>::new());
-    let wait = |what: &str, pred: &dyn Fn(&[(String, String)]) -> bool| -> Vec<(String, String)> {
+    let entries = std::cell::RefCell::new(Vec::<Entry>::new());
+    let wait = |what: &str, pred: &dyn Fn(&[(String, String)]) -> bool| -> Entry {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut buf = vec![0u8; 65536];
         while std::time::Instant::now() < deadline {
