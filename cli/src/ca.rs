@@ -31,15 +31,10 @@ const MAX_PEM_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Args)]
 pub struct CaArgs {
-    /// mcpwatchd's state directory (the CA is in `<DIR>/ca/`).
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        env = "MCPWATCH_STATE_DIR",
-        default_value = mcpwatch_api::DEFAULT_STATE_DIR
-    )]
-    state_dir: PathBuf,
+    /// mcpwatchd's state directory (the CA is in `<DIR>/ca/`). Default: the running
+    /// daemon's (asked over the control socket), else /var/lib/mcpwatch.
+    #[arg(long, global = true, value_name = "DIR", env = "MCPWATCH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Filesystem root for the trust store (tests); the store's update command only runs
     /// when this is `/`.
     #[arg(long, global = true, hide = true, value_name = "DIR", default_value = "/")]
@@ -87,8 +82,21 @@ pub struct CaView {
     pub installed: bool,
 }
 
+/// The state dir: the flag (or `MCPWATCH_STATE_DIR`), else the one the running daemon
+/// reports in its status, else the default. A daemon started with `--state-dir` keeps
+/// its CA elsewhere than the default; asking it avoids showing or installing a stale one.
+fn state_dir(args: &CaArgs, socket: &Path) -> PathBuf {
+    if let Some(d) = &args.state_dir {
+        return d.clone();
+    }
+    match crate::client::Conn::call(socket, &mcpwatch_api::Request::Status) {
+        Ok(mcpwatch_api::Response::Status(st)) if !st.state_dir.is_empty() => PathBuf::from(st.state_dir),
+        _ => PathBuf::from(mcpwatch_api::DEFAULT_STATE_DIR),
+    }
+}
+
 pub fn run(args: &CaArgs, socket: &Path, out: &mut dyn Write) -> Result<()> {
-    let dir = args.state_dir.join(CA_DIR);
+    let dir = state_dir(args, socket).join(CA_DIR);
     match &args.command {
         CaCommand::Show { json } => show(&dir, &args.root, *json, out),
         CaCommand::Export { format } => {

@@ -110,7 +110,7 @@ impl Conn {
 }
 
 pub fn daemon_error(message: &str) -> anyhow::Error {
-    anyhow!("mcpwatchd: {}", crate::table::sanitize(message))
+    anyhow!("mcpwatchd: {}", crate::table::sanitize_lines(message))
 }
 
 /// What to tell the operator when the socket cannot be reached.
@@ -195,6 +195,14 @@ mod tests {
         assert_eq!(
             daemon_error("bad\x1b[2J").to_string(),
             "mcpwatchd: bad\\u{1b}[2J"
+        );
+    }
+
+    #[test]
+    fn daemon_error_keeps_line_breaks() {
+        assert_eq!(
+            daemon_error("policy rejected:\np.toml:3:1: bad\r key").to_string(),
+            "mcpwatchd: policy rejected:\np.toml:3:1: bad\\r key"
         );
     }
 }

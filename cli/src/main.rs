@@ -11,6 +11,7 @@
 
 mod ca;
 mod client;
+mod follow;
 mod govern;
 mod list;
 mod report;
@@ -28,7 +29,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use mcpwatch_api::{AuditFilter, AuditRecord, DEFAULT_CONTROL_SOCKET, Request, Response};
 
-use crate::client::{Conn, daemon_error};
+use crate::client::Conn;
 use crate::table::Table;
 
 #[derive(Debug, Parser)]
@@ -105,9 +106,14 @@ enum Command {
 struct AuditArgs {
     #[command(subcommand)]
     action: Option<AuditAction>,
-    /// Keep printing records as they arrive, until interrupted or the daemon closes.
+    /// Keep printing records as they arrive, until interrupted. When mcpwatchd restarts,
+    /// reconnect and continue after the last record printed (no duplicates).
     #[arg(long, short = 'f')]
     follow: bool,
+    /// With --follow: how long to keep trying to reconnect when the daemon goes away
+    /// (0 ends the follow when the stream closes).
+    #[arg(long, value_name = "DURATION", value_parser = parse_since, default_value = "5m", requires = "follow")]
+    reconnect: Duration,
     /// Only records from this long ago onwards, e.g. 30s, 10m, 1h, 2days.
     #[arg(long, value_name = "DURATION", value_parser = parse_since)]
     since: Option<Duration>,
@@ -304,25 +310,11 @@ fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
         return Ok(());
     }
 
-    let mut conn = Conn::connect(socket, true)?;
-    conn.send(&Request::AuditFollow { filter })?;
-    loop {
-        match conn.next()? {
-            Some(Response::Audit { records }) => printer.batch(&records, out)?,
-            Some(Response::Record { record }) => {
-                printer.batch(std::slice::from_ref(&record), out)?
-            }
-            Some(Response::Error { message }) => return Err(daemon_error(&message)),
-            Some(other) => return Err(unexpected("audit --follow", &other)),
-            None => {
-                flush(out)?;
-                let _ = writeln!(io::stderr(), "mcpwatch: mcpwatchd closed the stream");
-                return Ok(());
-            }
-        }
+    follow::follow(socket, filter, args.reconnect, |records| {
+        printer.batch(records, out)?;
         // Followers want each record as it arrives, not when a buffer fills.
-        flush(out)?;
-    }
+        flush(out)
+    })
 }
 
 /// Prints records as a table (header once, widths fixed after the first batch so

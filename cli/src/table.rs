@@ -161,6 +161,12 @@ pub fn sanitize(s: &str) -> String {
     out
 }
 
+/// [`sanitize`] line by line: line breaks stay line breaks (multi-line messages such
+/// as a policy error with its source excerpt), everything else is escaped as there.
+pub fn sanitize_lines(s: &str) -> String {
+    s.split('\n').map(sanitize).collect::<Vec<_>>().join("\n")
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(

@@ -346,7 +346,7 @@ fn audit_follow_streams_until_the_daemon_closes() {
             record: b_done.clone(),
         },
     ]);
-    let out = mcpwatch(&fake.path, &["audit", "--follow", "--json"]);
+    let out = mcpwatch(&fake.path, &["audit", "--follow", "--json", "--reconnect", "0s"]);
     assert_eq!(
         fake.request(),
         Request::AuditFollow {
@@ -376,7 +376,7 @@ fn audit_follow_table_prints_the_header_once() {
         Response::Record { record: record(1) },
         Response::Record { record: record(2) },
     ]);
-    let out = mcpwatch(&fake.path, &["audit", "-f"]);
+    let out = mcpwatch(&fake.path, &["audit", "-f", "--reconnect", "0s"]);
     fake.request();
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);

@@ -29,7 +29,12 @@ pub struct Loaded {
 #[derive(Debug, Clone)]
 pub enum Source {
     Embedded,
+    /// An explicit policy file: it must exist, at start and at every reload.
     File(PathBuf),
+    /// The system default path (`/etc/mcpwatch/policy.toml`): read when it exists, else
+    /// the embedded default. Re-checked at every reload, so writing the file for the
+    /// first time and reloading puts it in force.
+    DefaultPath(PathBuf),
 }
 
 pub struct Governance {
@@ -61,6 +66,8 @@ fn load(source: &Source, key: &HashKey) -> Result<Loaded, String> {
             let src = std::fs::read_to_string(p).map_err(|e| format!("cannot read policy {}: {e}", p.display()))?;
             compile(&src, &p.display().to_string(), key)
         }
+        Source::DefaultPath(p) if p.exists() => load(&Source::File(p.clone()), key),
+        Source::DefaultPath(_) => compile(EMBEDDED_POLICY, EMBEDDED_NAME, key),
     }
 }
 
@@ -109,13 +116,12 @@ impl Governance {
         })
     }
 
-    /// Pick the policy file: an explicit path, else `default_path` if it exists, else
-    /// the embedded default.
+    /// Pick the policy file: an explicit path, else `default_path` (read when it
+    /// exists, at start and at every reload; the embedded default while it does not).
     pub fn source_for(explicit: Option<&Path>, default_path: &Path) -> Source {
         match explicit {
             Some(p) => Source::File(p.to_path_buf()),
-            None if default_path.exists() => Source::File(default_path.to_path_buf()),
-            None => Source::Embedded,
+            None => Source::DefaultPath(default_path.to_path_buf()),
         }
     }
 
@@ -207,5 +213,18 @@ mod tests {
         g.reload().unwrap();
         assert_eq!(g.current().policy.mode(), mcpwatch_policy::Mode::Audit);
         assert!(g.last_error().is_none());
+    }
+
+    #[test]
+    fn default_path_written_after_start_is_picked_up_by_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("policy.toml");
+        let g = Governance::start(Governance::source_for(None, &p)).unwrap();
+        assert_eq!(g.current().origin, EMBEDDED_NAME);
+        std::fs::write(&p, "version = 1\nmode = \"audit\"\n").unwrap();
+        let summary = g.reload().unwrap();
+        assert!(summary.contains(&p.display().to_string()), "{summary}");
+        assert_eq!(g.current().origin, p.display().to_string());
+        assert_eq!(g.current().policy.mode(), mcpwatch_policy::Mode::Audit);
     }
 }

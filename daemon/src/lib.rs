@@ -11,7 +11,10 @@ pub mod control;
 pub mod failure;
 pub mod governance;
 pub mod inventory;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
+pub mod preflight;
 pub mod proxy;
 pub mod resolve;
 pub mod scope;
@@ -80,6 +83,8 @@ pub async fn run(
 /// not take the governing proxy down. Returns the tasks to stop at shutdown.
 async fn start_sinks_and_metrics(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     let (registry, mut tasks) = sinks::start(shared);
+    // Denies, redactions and shadow servers reach the log (journal) as they happen.
+    tasks.push(tokio::spawn(logging::log_events(shared.clone())));
     if let Some(listen) = shared.config.metrics.listen.clone() {
         let m = Arc::new(metrics::Metrics::new(shared.config.metrics.max_series));
         tasks.push(tokio::spawn(metrics::follow(m.clone(), shared.subscribe())));

@@ -100,13 +100,8 @@ fn load_config(args: &Args) -> Result<Config> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MCPWATCH_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // journald's native fields under systemd, text otherwise.
+    mcpwatchd::logging::init();
     if let Err(e) = real_main().await {
         eprintln!("mcpwatchd: {e:#}");
         std::process::exit(2);
@@ -127,11 +122,25 @@ async fn real_main() -> Result<()> {
         println!("config ok; policy {} ok (mode {}, {} servers, {} agents, {} rules)", g.origin, g.policy.mode(), g.policy.servers().len(), g.policy.agents().len(), g.policy.rules().len());
         return Ok(());
     }
+    // Checks an operator can act on, each one line, before anything is created.
+    let notifier = mcpwatchd::notify::Notifier::from_env();
+    let cgroup = match args.static_upstream {
+        Some(_) => None,
+        None => {
+            let cgroup = watched_cgroup(&config).map_err(|_| mcpwatchd::preflight::no_cgroup2())?;
+            mcpwatchd::preflight::cgroup(&cgroup)?;
+            mcpwatchd::preflight::bpf_permission()?;
+            if mcpwatchd::failure::links_outlive_daemon(config.failure_mode) {
+                mcpwatchd::preflight::bpffs(&config.pin_dir)?;
+            }
+            Some(cgroup)
+        }
+    };
     // Everything the daemon creates from here on is private (0600 files, 0700 dirs),
     // whatever umask it was started with; what an earlier run left is tightened too.
+    let listeners = mcpwatchd::preflight::listeners(&config.listen_addrs()).await?;
     mcpwatchd::startup::restrict_umask();
-    mcpwatchd::startup::prepare_state_dir(&config.state_dir)
-        .with_context(|| format!("cannot prepare state dir {}", config.state_dir.display()))?;
+    mcpwatchd::preflight::state_dir(&config.state_dir)?;
     let key = mcpwatchd::startup::load_or_create_key(&config.state_dir).context("hash key")?;
     let governance = mcpwatchd::governance::Governance::start_keyed(source, key).map_err(|e| anyhow::anyhow!("invalid policy:\n{e}"))?;
     {
@@ -142,15 +151,6 @@ async fn real_main() -> Result<()> {
         &config.state_dir,
         mcpwatch_audit::StoreOptions { max_records: config.limits.max_audit_records, ..Default::default() },
     )?;
-    let mut listeners = Vec::new();
-    for addr in config.listen_addrs() {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => listeners.push(l),
-            // IPv6 may be disabled; v4 alone still works.
-            Err(e) if addr.is_ipv6() => tracing::warn!(%addr, error = %e, "cannot listen on IPv6 loopback"),
-            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
-        }
-    }
     let tls = if config.tls.enabled {
         let hostname = nix::unistd::gethostname()
             .ok()
@@ -174,11 +174,18 @@ async fn real_main() -> Result<()> {
     let shared = Shared::build(config.clone(), store, tls, governance);
     {
         // SIGHUP re-reads the policy; a broken file leaves the current one in force.
+        // systemd hears RELOADING=1 before and READY=1 after, either way.
         let shared = shared.clone();
+        let notifier = notifier.clone();
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    let _ = shared.governance.reload();
+                    notifier.reloading();
+                    let status = match shared.governance.reload() {
+                        Ok(summary) => summary,
+                        Err(e) => format!("policy reload rejected, previous policy in force: {}", e.lines().next().unwrap_or_default()),
+                    };
+                    notifier.ready(&status);
                 }
             });
         }
@@ -193,7 +200,7 @@ async fn real_main() -> Result<()> {
             Arc::new(StaticResolver { dst })
         }
         None => {
-            let cgroup = watched_cgroup(&config)?;
+            let cgroup = cgroup.clone().unwrap_or_default();
             let pin_dir = pin_dir_for_mode(&config, &cgroup)?;
             let ports = config.ports.parse::<mcpwatch_intercept::PortScope>().map_err(|e| anyhow::anyhow!("ports: {e}"))?;
             let icfg = mcpwatch_intercept::InterceptConfig {
@@ -234,7 +241,28 @@ async fn real_main() -> Result<()> {
         "mcpwatchd ready"
     );
     let attach = shared.attach.lock().map(|a| a.clone()).unwrap_or_default();
-    mcpwatchd::run(shared, listeners, control, resolver, shutdown_signal()).await;
+    let listen = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+    notifier.ready(&format!(
+        "serving on {listen}; {}; policy {}",
+        match &attach.cgroup {
+            Some(c) => format!("intercepting {c}"),
+            None => "not intercepting (static upstream)".to_string(),
+        },
+        shared.governance.current().origin
+    ));
+    let watchdog = match (notifier.enabled(), mcpwatchd::notify::watchdog_interval()) {
+        (true, Some(interval)) => Some(tokio::spawn(mcpwatchd::notify::watchdog(notifier.clone(), shared.clone(), interval))),
+        _ => None,
+    };
+    let stopping = notifier.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        stopping.stopping();
+    };
+    mcpwatchd::run(shared, listeners, control, resolver, shutdown).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let _ = std::fs::remove_file(&config.control_socket);
     match (&attach.pinned, &attach.cgroup) {
         (Some(dir), Some(cgroup)) if std::path::Path::new(dir).exists() => tracing::warn!(

@@ -78,6 +78,8 @@ pub struct Shared {
     pub approvals: crate::approvals::Approvals,
     /// Per-process and per-uid connection budgets (fair share of `limits.max_connections`).
     pub admission: Arc<crate::proxy::admission::Admission>,
+    /// Liveness of the accept loop and the audit flusher, read by the systemd watchdog.
+    pub heartbeats: crate::notify::Heartbeats,
     records_tx: broadcast::Sender<AuditRecord>,
     next_conn: AtomicU64,
     /// Group commit: writers bump `flush_wanted` and wait until `flushed` reaches it.
@@ -128,6 +130,7 @@ impl Shared {
             governance,
             approvals: crate::approvals::Approvals::new(1024),
             admission,
+            heartbeats: crate::notify::Heartbeats::default(),
             records_tx,
             next_conn: AtomicU64::new(1),
             flush_wanted: AtomicU64::new(0),
@@ -141,7 +144,11 @@ impl Shared {
     /// worker threads never block on the disk.
     pub async fn flush_forever(self: Arc<Self>) {
         loop {
-            self.flush_wake.notified().await;
+            self.heartbeats.flusher();
+            // Wake at least every heartbeat so the watchdog sees an idle flusher alive.
+            if tokio::time::timeout(crate::notify::HEARTBEAT_EVERY, self.flush_wake.notified()).await.is_err() {
+                continue;
+            }
             let target = self.flush_wanted.load(Ordering::Acquire);
             let store = self.store.clone();
             let res = match tokio::task::spawn_blocking(move || store.flush()).await {

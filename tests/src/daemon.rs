@@ -53,6 +53,8 @@ pub struct DaemonOpts {
     /// systemd unit, e.g. `CAP_BPF`) as bounding, inheritable and ambient sets, and
     /// no_new_privs: how the systemd unit runs it. The temp dir is handed to that uid.
     pub run_as: Option<RunAs>,
+    /// Extra environment variables for the daemon (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +118,7 @@ impl Daemon {
             cmd.arg("--policy").arg(path);
         }
         cmd.args(&opts.extra_args);
+        cmd.envs(opts.env.iter().cloned());
         if let Some(cg) = &opts.run_in_cgroup {
             crate::peers::move_into_cgroup(&mut cmd, cg);
         }

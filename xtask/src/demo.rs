@@ -53,6 +53,20 @@ pub struct DemoArgs {
     pub policy: Option<PathBuf>,
 }
 
+/// The daemon's embedded default policy, the same text `mcpwatchd` compiles in.
+const EMBEDDED_POLICY: &str = include_str!("../../daemon/default-policy.toml");
+
+/// The policy file the demo's daemon gets: the one asked for, else the embedded default
+/// written into `dir` (passing it explicitly keeps `/etc/mcpwatch/policy.toml` out).
+fn hermetic_policy(asked: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = asked {
+        return Ok(p.to_path_buf());
+    }
+    let path = dir.join("default-policy.toml");
+    std::fs::write(&path, EMBEDDED_POLICY).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// A scratch directory removed when dropped.
 struct Scratch(PathBuf);
 
@@ -114,20 +128,24 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         "MCP server:      {url}  (official Python SDK, tests/peers/python/server.py, pid {})",
         server.pid()
     ));
-    // Embedded defaults unless told otherwise: what a fresh install does.
+    // Embedded defaults unless told otherwise: what a fresh install does. Hermetic: the
+    // policy and config are always passed explicitly, so /etc/mcpwatch on this machine
+    // never leaks into the demo.
     let policy = args.policy.as_deref();
     let daemon_dir = scratch.0.join("mcpwatchd");
     std::fs::create_dir_all(&daemon_dir).context("creating the daemon's dir")?;
+    let explicit_policy = hermetic_policy(policy, &daemon_dir)?;
     let mut daemon = Daemon::start(&daemon::Opts {
         bin: &daemon_bin,
         upstream: Upstream::Watch {
             cgroup: cg.path(),
             ports: port.to_string(),
         },
-        policy,
+        policy: Some(&explicit_policy),
         dir: &daemon_dir,
         log_filter: "info",
-        config: None,
+        // An empty config file: defaults, never /etc/mcpwatch/mcpwatchd.toml.
+        config: Some(""),
     })?;
     step(format!(
         "mcpwatchd:       pid {}, watching that cgroup, port {port}",
@@ -741,6 +759,23 @@ fn recorded_tools(record: &Path) -> Vec<String> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| v["tool"].as_str().map(str::to_owned))
         .collect()
+}
+
+#[cfg(test)]
+mod hermetic_tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_passes_the_embedded_default_explicitly() {
+        let dir = std::env::temp_dir().join(format!("mcpwatch-demo-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = hermetic_policy(None, &dir).unwrap();
+        assert!(!p.starts_with("/etc"), "{}", p.display());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), EMBEDDED_POLICY);
+        let mine = Path::new("examples/policy.toml");
+        assert_eq!(hermetic_policy(Some(mine), &dir).unwrap(), mine);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[cfg(test)]

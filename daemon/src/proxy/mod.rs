@@ -74,7 +74,9 @@ pub async fn run(
                 // Never wait for a slot before accepting: a full daemon accepts and closes
                 // at once (counted, shown by `mcpwatch status`), so the backlog never
                 // fills and callers are not left hanging in connect().
+                shared.heartbeats.accept();
                 let (stream, peer) = tokio::select! {
+                    _ = tokio::time::sleep(crate::notify::HEARTBEAT_EVERY) => continue,
                     r = listener.accept() => match r {
                         Ok(x) => x,
                         Err(e) => {
