@@ -55,12 +55,8 @@ pub fn label_inventory(shared: &Shared, servers: &mut [mcpwatch_api::ServerEntry
 /// Host, port and path of an endpoint key (`scheme://host:port/path`).
 fn target_of(endpoint: &str) -> TargetOwned {
     let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !p.contains(']') => (h.trim_start_matches('[').trim_end_matches(']'), p.parse().unwrap_or(0)),
-        _ => (authority, 0),
-    };
-    TargetOwned { endpoint: endpoint.to_string(), host: host.to_string(), port, path: path.to_string() }
+    let (host, port, path) = super::exchange::authority_and_path(rest);
+    TargetOwned { endpoint: endpoint.to_string(), host: host.to_string(), port: port.unwrap_or(0), path: path.to_string() }
 }
 
 /// What the flow table said about one call, kept until the decision is final.
