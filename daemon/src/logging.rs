@@ -171,8 +171,8 @@ impl<S: Subscriber> Layer<S> for JournalLayer {
 const MAX_LOGGED: usize = 4096;
 
 /// Log one line per security event seen on the audit broadcast: a call denied or
-/// blocked (warn), content redacted or blocked by a detector (info), traffic to a
-/// shadow server (warn). Runs until the broadcast closes.
+/// blocked (warn), content redacted or blocked by a detector (info), the first traffic
+/// to each shadow server (warn). Runs until the broadcast closes.
 pub async fn log_events(shared: Arc<crate::state::Shared>) {
     let mut rx = shared.subscribe();
     let mut logged = Logged::default();
@@ -218,8 +218,10 @@ fn log_record(rec: &AuditRecord, logged: &mut Logged) {
                 "call would be denied ({} mode): {}", d.mode, d.reason
             );
         }
-        if d.shadow && first(logged, &rec.id, "shadow") {
-            tracing::warn!(audit_id = %rec.id, server = %rec.server, tool, pid, "traffic to a shadow MCP server (not in the policy registry)");
+        // Once per server, not per call: a busy shadow server would otherwise flood the
+        // journal (and pay a log write per call); every call is in the audit store.
+        if d.shadow && first(logged, &rec.server, "shadow") {
+            tracing::warn!(audit_id = %rec.id, server = %rec.server, tool, pid, "traffic to a shadow MCP server (not in the policy registry); logged once per server, every call is audited");
         }
     }
     let redacted: Vec<String> = rec

@@ -25,6 +25,8 @@ mod worker;
 mod tls_case;
 #[path = "bench_agent.rs"]
 mod agent_case;
+#[path = "bench_soak.rs"]
+mod soak;
 
 pub use worker::{WorkerArgs, run as run_worker};
 
@@ -49,6 +51,9 @@ use crate::util::{self, section, step};
 const MAX_SECONDS: f64 = 30.0;
 const MAX_CALLS: usize = 200_000;
 const MAX_CONCURRENCY: usize = 64;
+/// The soak's ceilings.
+const MAX_SOAK_CALLS: usize = 2_000_000;
+const MAX_SOAK_SECONDS: u64 = 20 * 60;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +92,24 @@ pub struct BenchArgs {
     /// traffic through mcpwatchd vs direct).
     #[arg(long)]
     pub no_agent: bool,
+    /// Only the soak: `--soak-calls` audited calls through mcpwatchd (static upstream,
+    /// 8 keep-alive workers), RSS sampled along the way, then `mcpwatch audit --since 1h`
+    /// timed over the full store.
+    #[arg(long)]
+    pub soak: bool,
+    /// Calls in the soak (at most 2,000,000; the soak also stops after 20 minutes).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub soak_calls: usize,
+}
+
+/// One cell reduced to what the bars compare (plain and TLS tables alike).
+#[derive(Debug, Clone)]
+pub(crate) struct Measured {
+    pub target: &'static str,
+    pub mode: Mode,
+    pub concurrency: usize,
+    pub p50_us: f64,
+    pub per_sec: f64,
 }
 
 /// How a worker uses connections.
@@ -318,6 +341,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.micro {
         return micro::run();
     }
+    if args.soak {
+        if !args.no_build {
+            section("building the rmcp peer, mcpwatchd and mcpwatch (release)");
+            util::run(util::cargo().args(["build", "--release", "-p", "mcpwatch-peer-rmcp", "-p", "mcpwatchd", "-p", "mcpwatch"]))?;
+        }
+        let (backend, _backend_guard) = start_backend()?;
+        let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
+        std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
+        return soak::run(backend, &scratch.0, args.soak_calls);
+    }
     if args.agent {
         if !args.no_build {
             section("building mcpwatchd and mcpwatch (release)");
@@ -512,10 +545,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for n in &notes {
         println!("note: {n}");
     }
+    let mut tls_cells = Vec::new();
     if !args.no_tls {
         procs::check_interrupted()?;
-        tls_case::run(backend, &scratch.0, &args.modes, &levels, seconds, max_calls)?;
+        tls_cells = tls_case::run(backend, &scratch.0, &args.modes, &levels, seconds, max_calls)?;
     }
+    print_bars(&cells, &tls_cells, &memory);
     if !args.no_agent {
         procs::check_interrupted()?;
         let bin = util::target_dir().join("release").join("mcpwatchd");
@@ -526,6 +561,78 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         micro::run()?;
     }
     Ok(())
+}
+
+/// One bar of issue 9: a ratio of mcpwatchd to nginx and its limit.
+struct Bar {
+    what: String,
+    ratio: Option<f64>,
+    limit: f64,
+    /// `true`: the ratio must stay at or below `limit`; `false`: at or above.
+    at_most: bool,
+}
+
+/// The bars mcpwatchd is held to, each as a ratio to nginx measured in this run (the real
+/// eBPF path when it ran, else the static target, named in the row).
+fn print_bars(cells: &[Cell], tls: &[Measured], memory: &[(&str, u64)]) {
+    let find = |t: &str, mode: Mode, c: usize| {
+        cells.iter().find(|x| x.target == t && x.mode == mode && x.concurrency == c && x.ok > 0)
+    };
+    let ours = ["mcpwatchd", "mcpwatchd-static"]
+        .into_iter()
+        .find(|t| cells.iter().any(|c| c.target == *t && c.ok > 0));
+    let mut bars = Vec::new();
+    if let Some(t) = ours {
+        let ratio = |mode: Mode, c: usize, f: fn(&Cell) -> f64| match (find(t, mode, c), find("nginx", mode, c)) {
+            (Some(a), Some(n)) if f(n) > 0.0 => Some(f(a) / f(n)),
+            _ => None,
+        };
+        bars.push(Bar { what: format!("{t} keepalive c=1 p50 / nginx"), ratio: ratio(Mode::KeepAlive, 1, |c| c.p50_us), limit: 1.3, at_most: true });
+        bars.push(Bar { what: format!("{t} keepalive c=8 throughput / nginx"), ratio: ratio(Mode::KeepAlive, 8, |c| c.per_sec), limit: 0.7, at_most: false });
+        bars.push(Bar { what: format!("{t} newconn c=1 p50 / nginx"), ratio: ratio(Mode::NewConn, 1, |c| c.p50_us), limit: 1.5, at_most: true });
+    }
+    let tfind = |t: &str| tls.iter().find(|x| x.target == t && x.mode == Mode::KeepAlive && x.concurrency == 1);
+    if let (Some(a), Some(n)) = (tfind("mcpwatchd-tls"), tfind("nginx-tls")) {
+        bars.push(Bar {
+            what: "mcpwatchd-tls keepalive c=1 p50 / nginx-tls".into(),
+            ratio: (n.p50_us > 0.0).then(|| a.p50_us / n.p50_us),
+            limit: 1.3,
+            at_most: true,
+        });
+    }
+    let t8 = |t: &str| tls.iter().find(|x| x.target == t && x.mode == Mode::KeepAlive && x.concurrency == 8);
+    if let (Some(a), Some(n)) = (t8("mcpwatchd-tls"), t8("nginx-tls")) {
+        bars.push(Bar {
+            what: "mcpwatchd-tls keepalive c=8 tput / nginx-tls (plain bar)".into(),
+            ratio: (n.per_sec > 0.0).then(|| a.per_sec / n.per_sec),
+            limit: 0.7,
+            at_most: false,
+        });
+    }
+    let peak = memory.iter().filter(|(t, _)| t.starts_with("mcpwatchd")).map(|(_, k)| *k).max();
+    section("bars (issue 9): mcpwatchd against nginx, this run");
+    for b in &bars {
+        let verdict = match b.ratio {
+            None => "not measured".to_string(),
+            Some(r) if (b.at_most && r <= b.limit) || (!b.at_most && r >= b.limit) => "PASS".into(),
+            Some(_) => "MISS".into(),
+        };
+        println!(
+            "{:<48} {:>8} {} {:<4} {}",
+            b.what,
+            b.ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            if b.at_most { "<=" } else { ">=" },
+            b.limit,
+            verdict
+        );
+    }
+    match peak {
+        Some(kib) => {
+            let mib = kib as f64 / 1024.0;
+            println!("{:<48} {:>6.1} MiB <= 64   {}", "mcpwatchd peak RSS (max over its targets)", mib, if mib <= 64.0 { "PASS" } else { "MISS" });
+        }
+        None => println!("mcpwatchd peak RSS: not measured"),
+    }
 }
 
 /// What keeps a measured target running.

@@ -7,6 +7,10 @@
 //! same client code and the same upstream, and printed as ratios:
 //!
 //! - `direct-tls`: client --TLS--> upstream;
+//! - `nginx-tls`: client --TLS--> nginx (one worker, certificate from an openssl-made bench
+//!   CA) --verified TLS (`proxy_ssl_verify on`, upstream keepalive)--> upstream: the peer
+//!   that does the same two TLS legs and nothing else, so mcpwatchd's TLS cost has a
+//!   comparison;
 //! - `mcpwatchd-tls`: client --TLS--> mcpwatchd (static-upstream mode, `[tls] default =
 //!   "intercept"`) --verified TLS--> upstream.
 //!
@@ -72,7 +76,7 @@ pub fn run(
     levels: &[usize],
     seconds: f64,
     max_calls: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<super::Measured>> {
     section("TLS case: client TLS to mcpwatchd + verified TLS upstream, vs direct TLS");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,18 +118,30 @@ pub fn run(
         daemon.listen, daemon_ca.fingerprint_sha256
     ));
 
-    let targets = [
-        Arc::new(Target {
-            name: "direct-tls",
-            addr: front,
-            tls: connector(&upstream_ca.cert_der())?,
-        }),
+    let mut targets = vec![Arc::new(Target {
+        name: "direct-tls",
+        addr: front,
+        tls: connector(&upstream_ca.cert_der())?,
+    })];
+    // nginx-tls: skipped (with the reason) when nginx or openssl is missing.
+    let nginx = match start_nginx_tls(&dir.join("nginx"), front, upstream_ca.cert_path()) {
+        Ok(Some((guard, addr, ca))) => {
+            targets.push(Arc::new(Target { name: "nginx-tls", addr, tls: connector(&ca)? }));
+            Some(guard)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            step(format!("nginx-tls skipped: {e:#}"));
+            None
+        }
+    };
+    targets.extend([
         Arc::new(Target {
             name: "mcpwatchd-tls",
             addr: daemon.listen,
             tls: connector(&CertificateDer::from(daemon_ca.der.clone()))?,
         }),
-    ];
+    ]);
     let mut cells = Vec::new();
     for t in &targets {
         crate::procs::check_interrupted()?;
@@ -177,8 +193,109 @@ pub fn run(
         println!("note: mcpwatchd: {}", p.chars().take(300).collect::<String>());
     }
     drop(daemon);
+    drop(nginx);
     drop(rt);
-    Ok(())
+    Ok(cells
+        .iter()
+        .map(|c| super::Measured {
+            target: c.target,
+            mode: c.mode,
+            concurrency: c.concurrency,
+            p50_us: c.p50_us,
+            per_sec: c.per_sec,
+        })
+        .collect())
+}
+
+/// nginx terminating TLS (leaf from a throwaway openssl CA) and re-encrypting to `front`
+/// with full verification against `upstream_ca`. `Ok(None)` (said on stdout) when nginx or
+/// openssl is not installed.
+fn start_nginx_tls(
+    dir: &Path,
+    front: SocketAddr,
+    upstream_ca: &Path,
+) -> anyhow::Result<Option<(super::ChildGuard, SocketAddr, CertificateDer<'static>)>> {
+    let Some(nginx) = crate::util::which("nginx").or_else(|| {
+        let p = std::path::PathBuf::from("/usr/sbin/nginx");
+        p.exists().then_some(p)
+    }) else {
+        step("nginx-tls skipped: nginx not installed (cargo xtask setup installs nginx-light)");
+        return Ok(None);
+    };
+    if crate::util::which("openssl").is_none() {
+        step("nginx-tls skipped: openssl not installed");
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir).context("creating the nginx-tls dir")?;
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca_args = vec!["req", "-x509"];
+    ca_args.extend(ec);
+    ca_args.extend([
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=mcpwatch bench nginx CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&ca_args)?;
+    let mut csr_args = vec!["req"];
+    csr_args.extend(ec);
+    csr_args.extend(["-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost"]);
+    openssl(&csr_args)?;
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .context("writing leaf.ext")?;
+    openssl(&[
+        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "leaf.pem", "-days", "2", "-extfile", "leaf.ext",
+    ])?;
+    let ca_pem = std::fs::read(dir.join("ca.pem")).context("reading ca.pem")?;
+    let ca = rustls_pemfile_cert(&ca_pem)?;
+    let addr = super::free_loopback_addr()?;
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         upstream backend_tls {{ server {front}; keepalive 32; }}\n\
+         server {{\n    listen {addr} ssl;\n    ssl_certificate {d}/leaf.pem;\n    ssl_certificate_key {d}/leaf.key;\n\
+         ssl_protocols TLSv1.3;\n    location / {{\n      proxy_pass https://backend_tls;\n\
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n\
+         proxy_buffering off;\n      proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {ca};\n\
+         proxy_ssl_name {HOST};\n      proxy_ssl_server_name on;\n      proxy_ssl_protocols TLSv1.3;\n    }}\n  }}\n}}\n",
+        ca = upstream_ca.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
+    let mut cmd = std::process::Command::new(&nginx);
+    cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf_path);
+    step(format!("$ {}", crate::util::describe(&cmd)));
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", nginx.display()))?;
+    let guard = super::ChildGuard { child, what: "nginx (TLS)" };
+    super::wait_listening(addr, Duration::from_secs(10))
+        .with_context(|| format!("nginx did not listen; see {}", dir.join("error.log").display()))?;
+    Ok(Some((guard, addr, ca)))
+}
+
+/// The first certificate of a PEM file, as DER.
+fn rustls_pemfile_cert(pem: &[u8]) -> anyhow::Result<CertificateDer<'static>> {
+    use mcpwatch_tls::rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem).context("parsing the nginx CA PEM")
 }
 
 fn mode_label(mode: Mode) -> &'static str {
@@ -369,6 +486,17 @@ fn print_table(cells: &[TlsCell], seconds: f64, max_calls: usize) {
                 "-".to_string()
             }
         };
+        let nginx = cells.iter().find(|d| {
+            d.target == "nginx-tls" && d.mode == c.mode && d.concurrency == c.concurrency
+        });
+        let vs_nginx = match nginx {
+            Some(n) if c.target == "mcpwatchd-tls" && n.p50_us > 0.0 && n.per_sec > 0.0 => format!(
+                "  (vs nginx-tls: p50 {:.2}x, tput {:.2}x)",
+                c.p50_us / n.p50_us,
+                c.per_sec / n.per_sec
+            ),
+            _ => String::new(),
+        };
         let (r50, r99, rt) = match base {
             Some(b) if c.target != "direct-tls" => (
                 ratio(c.p50_us, b.p50_us),
@@ -378,7 +506,7 @@ fn print_table(cells: &[TlsCell], seconds: f64, max_calls: usize) {
             _ => ("".into(), "".into(), "".into()),
         };
         println!(
-            "{:<14} {:<9} {:>3} {:>8} {:>6} {:>10.1} {:>10.1} {:>10.0} {:>8} {:>8} {:>8}",
+            "{:<14} {:<9} {:>3} {:>8} {:>6} {:>10.1} {:>10.1} {:>10.0} {:>8} {:>8} {:>8}{}",
             c.target,
             mode_label(c.mode),
             c.concurrency,
@@ -389,7 +517,8 @@ fn print_table(cells: &[TlsCell], seconds: f64, max_calls: usize) {
             c.per_sec,
             r50,
             r99,
-            rt
+            rt,
+            vs_nginx
         );
     }
 }

@@ -1,0 +1,140 @@
+//! `cargo xtask bench --soak`: does mcpwatchd stay small over a million audited calls?
+//!
+//! A host-wide daemon runs for months; a per-record leak that a 3-second bench cell
+//! cannot show shows here. The soak drives `--soak-calls` tools/call requests (default
+//! 1,000,000) through mcpwatchd in static-upstream mode (the proxy, policy, inspection and
+//! audit store; no eBPF, so it needs no cgroup) with 8 keep-alive workers, in chunks, and
+//! samples the daemon's RSS after each chunk. It reports RSS at the half-way mark and at
+//! the end, the growth between them, the peak, and how long `mcpwatch audit --since 1h`
+//! takes over the full store (the default view, and every record as NDJSON). Bounded by
+//! the call count and by [`super::MAX_SOAK_SECONDS`]; loopback only; the daemon is stopped
+//! by PID when this returns.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::{MAX_SOAK_CALLS, MAX_SOAK_SECONDS, Mode};
+use crate::daemon::{self, Daemon, Upstream};
+use crate::util::{section, step};
+
+/// Calls per chunk between two RSS samples.
+const CHUNK: usize = 50_000;
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::Result<()> {
+    let calls = calls.clamp(CHUNK, MAX_SOAK_CALLS);
+    section(format!("soak: {calls} audited calls through mcpwatchd (static upstream, 8 keep-alive workers)").as_str());
+    let dir = scratch.join("soak");
+    std::fs::create_dir_all(&dir).context("creating the soak dir")?;
+    let bin = crate::util::target_dir().join("release").join("mcpwatchd");
+    let d = Daemon::start(&daemon::Opts {
+        bin: &bin,
+        upstream: Upstream::Static(backend),
+        policy: None,
+        dir: &dir,
+        log_filter: "warn",
+        config: None,
+    })?;
+    let pid = d.pid();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the soak runtime")?;
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut errors = 0usize;
+    let mut samples: Vec<(usize, u64)> = Vec::new();
+    let mut half: Option<u64> = None;
+    while done < calls {
+        crate::procs::check_interrupted()?;
+        if started.elapsed() > Duration::from_secs(MAX_SOAK_SECONDS) {
+            step(format!("time limit ({MAX_SOAK_SECONDS} s) reached after {done} calls"));
+            break;
+        }
+        let n = CHUNK.min(calls - done);
+        let cell = rt.block_on(super::load(d.listen, Mode::KeepAlive, 8, Duration::from_secs(300), n));
+        done += cell.ok;
+        errors += cell.errors;
+        if let Some(e) = &cell.first_error {
+            step(format!("first error in chunk: {e}"));
+        }
+        if cell.ok == 0 {
+            anyhow::bail!("a whole chunk failed; mcpwatchd log tail:\n{}", d.log_tail(15));
+        }
+        let rss = rss_kib(pid).context("mcpwatchd's /proc status is unreadable (exited?)")?;
+        samples.push((done, rss));
+        if half.is_none() && done >= calls / 2 {
+            half = Some(rss);
+        }
+        step(format!(
+            "{done:>8} calls  {:>7.1} MiB RSS  {:>6.0} calls/s  ({} s)",
+            mib(rss),
+            cell.per_sec,
+            started.elapsed().as_secs()
+        ));
+    }
+    let end = samples.last().map(|(_, r)| *r);
+    let peak = crate::procs::peak_rss_kib(pid);
+    let records = d
+        .status()
+        .ok()
+        .and_then(|s| s.pointer("/counts/audit_records").and_then(serde_json::Value::as_u64));
+
+    let timed = |args: &[&str]| -> (f64, Result<usize, String>) {
+        let t0 = Instant::now();
+        let out = d.cli(args);
+        let secs = t0.elapsed().as_secs_f64();
+        let lines = match out {
+            Ok(o) if o.status.success() => Ok(o.stdout.iter().filter(|b| **b == b'\n').count()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().chars().take(300).collect()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        (secs, lines)
+    };
+    let view = timed(&["audit", "--since", "1h"]);
+    let all = timed(&["audit", "--since", "1h", "--limit", "0", "--json"]);
+    drop(d);
+
+    section("soak results");
+    println!("calls answered         {done} ({errors} errors) in {} s", started.elapsed().as_secs());
+    println!("audit records          {}", records.map_or("-".into(), |r| r.to_string()));
+    match (half, end) {
+        (Some(h), Some(e)) => {
+            let growth = (e as f64 - h as f64) * 100.0 / h as f64;
+            println!("RSS at half-way        {:.1} MiB", mib(h));
+            println!("RSS at the end         {:.1} MiB", mib(e));
+            println!(
+                "growth half -> end     {growth:+.1} %   (bar: < 5 %: {})",
+                if growth < 5.0 { "PASS" } else { "MISS" }
+            );
+            println!("end RSS <= 64 MiB      {}", if mib(e) <= 64.0 { "PASS" } else { "MISS" });
+        }
+        _ => println!("RSS: not enough samples"),
+    }
+    if let Some(p) = peak {
+        println!("peak RSS (VmHWM)       {:.1} MiB", mib(p));
+    }
+    for (what, (secs, lines)) in [("`audit --since 1h` (newest 50)", view), ("`audit --since 1h --limit 0 --json`", all)] {
+        match lines {
+            Ok(n) => println!("{what:<38} {secs:.2} s, {n} lines"),
+            Err(e) => println!("{what:<38} failed after {secs:.2} s: {e}"),
+        }
+    }
+    Ok(())
+}
