@@ -12,6 +12,7 @@ pub mod failure;
 pub mod governance;
 pub mod inventory;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod preflight;
@@ -83,6 +84,8 @@ pub async fn run(
 /// not take the governing proxy down. Returns the tasks to stop at shutdown.
 async fn start_sinks_and_metrics(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     let (registry, mut tasks) = sinks::start(shared);
+    // Resident size follows live data, not malloc's retained free lists.
+    tasks.push(tokio::spawn(memory::trim_periodically()));
     // Denies, redactions and shadow servers reach the log (journal) as they happen.
     tasks.push(tokio::spawn(logging::log_events(shared.clone())));
     if let Some(listen) = shared.config.metrics.listen.clone() {

@@ -98,11 +98,19 @@ fn load_config(args: &Args) -> Result<Config> {
     Ok(c)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Before any thread exists: malloc's arena cap (see `memory`).
+    mcpwatchd::memory::limit_arenas();
     // journald's native fields under systemd, text otherwise.
     mcpwatchd::logging::init();
-    if let Err(e) = real_main().await {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcpwatchd: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = rt.block_on(real_main()) {
         eprintln!("mcpwatchd: {e:#}");
         std::process::exit(2);
     }

@@ -50,7 +50,7 @@ const SINCE_SEEK_SLACK_MS: u64 = 60_000;
 /// Upper bound on how many records one pruning pass removes below `max_records`.
 const MAX_PRUNE_SLACK: u64 = 4_096;
 /// sled's page cache; its default (1 GiB) is far too much for a host daemon.
-const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 
