@@ -248,6 +248,9 @@ impl Shared {
     pub fn warnings(&self) -> Vec<String> {
         use crate::proxy::admission::Refusal;
         let mut out = self.tls.as_ref().map(|t| t.warnings()).unwrap_or_default();
+        if let Some(w) = self.tls.as_ref().and_then(|t| t.ca.info().expiry_warning(mcpwatch_tls::unix_now())) {
+            out.push(w);
+        }
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         out.extend(self.admission.warnings(|r| match r {

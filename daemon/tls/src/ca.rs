@@ -7,7 +7,7 @@
 //! a half-written key under the real name. Reloading keeps the same certificate, so clients that
 //! trust it keep working across restarts; [`LocalCa::rotate`] is the only way to replace it.
 //!
-//! Profile: ECDSA P-256, valid 10 years, CN "mcpwatch local CA (<hostname>)", basicConstraints
+//! Profile: ECDSA P-256, valid 2 years, CN "mcpwatch local CA (<hostname>)", basicConstraints
 //! CA with pathLen 0 (it can sign leaves, never intermediates), keyUsage keyCertSign + cRLSign.
 
 use std::fs;
@@ -28,8 +28,12 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 /// File name of the CA private key inside the state directory.
 pub const CA_KEY_FILE: &str = "ca.key";
 
-/// CA lifetime: 10 years.
-const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600 + 3 * 24 * 3600);
+/// CA lifetime: two years (plus a few days' slack). A local interception CA is a
+/// standing credential: a short life bounds what a copied key is worth, and two years
+/// leaves operators a yearly-ish rotation rhythm without surprise expiry.
+pub const CA_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 3600 + 3 * 24 * 3600);
+/// `mcpwatch status` warns this long before the CA expires.
+pub const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// CA `notBefore` is backdated a little so a client with a slightly slow clock accepts it.
 const CA_BACKDATE: Duration = Duration::from_secs(3600);
 /// X.520 upper bound for a common name.
@@ -68,6 +72,26 @@ impl CaCertInfo {
         CaCertInfo::from_parts(path, pem, der).map_err(|reason| TlsError::CaFiles {
             dir: dir.to_path_buf(),
             reason,
+        })
+    }
+
+    /// An operator warning when the CA has expired or expires within
+    /// [`CA_EXPIRY_WARNING`] of `now_unix`; `None` otherwise.
+    pub fn expiry_warning(&self, now_unix: i64) -> Option<String> {
+        let left = self.not_after_unix - now_unix;
+        if left <= 0 {
+            return Some(format!(
+                "the local CA {} EXPIRED {} day(s) ago: intercepted TLS clients now reject mcpwatchd; rotate it (`mcpwatch ca rotate`, then `mcpwatch ca install`)",
+                self.path.display(),
+                (-left) / 86_400
+            ));
+        }
+        (left <= CA_EXPIRY_WARNING.as_secs() as i64).then(|| {
+            format!(
+                "the local CA {} expires in {} day(s): rotate it before then (`mcpwatch ca rotate`, then `mcpwatch ca install`)",
+                self.path.display(),
+                left / 86_400
+            )
         })
     }
 
@@ -484,7 +508,13 @@ mod tests {
         let years = (cert.validity().not_after.timestamp()
             - cert.validity().not_before.timestamp())
             / (365 * 24 * 3600);
-        assert_eq!(years, 10);
+        assert_eq!(years, 2, "a local CA lives two years, not ten");
+        let info = ca.info();
+        assert_eq!(info.expiry_warning(unix_now()), None, "a new CA is not about to expire");
+        let soon = info.not_after_unix - 10 * 86_400;
+        assert!(info.expiry_warning(soon).is_some_and(|w| w.contains("expires in 10 day(s)")));
+        let late = info.not_after_unix + 3 * 86_400;
+        assert!(info.expiry_warning(late).is_some_and(|w| w.contains("EXPIRED 3 day(s) ago")));
         assert_eq!(
             cert.public_key().algorithm.algorithm,
             x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY

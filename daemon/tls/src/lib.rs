@@ -36,7 +36,7 @@ pub mod upstream;
 
 use std::sync::{Arc, OnceLock};
 
-pub use ca::{CaCertInfo, LocalCa};
+pub use ca::{CA_EXPIRY_WARNING, CA_VALIDITY, CaCertInfo, LocalCa};
 pub use decide::{HostPattern, TlsAction, TlsScope, TlsScopeConfig};
 pub use distrust::{
     ClientProcess, DistrustEntry, DistrustOptions, DistrustReason, DistrustTracker, classify_client_abort,
@@ -146,7 +146,7 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
 }
 
 /// Seconds since the Unix epoch, for certificate validity arithmetic.
-pub(crate) fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(_) => 0,
