@@ -251,7 +251,30 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     section("5. the operator's view: mcpwatch list");
-    let listed = print_cli(&daemon, &["list"], &mut unexpected);
+    // Hermetic: the inventory's configuration scan reads a home made here, never the
+    // real ones. Its Cursor config names the network server above and a local stdio
+    // server (the npm reference server), which is started now as the client would.
+    let home = scratch.0.join("home");
+    let stdio = start_stdio_server(&home, &url, &scratch.0);
+    let home_arg = home.display().to_string();
+    let listed = print_cli(&daemon, &["list", "--home", &home_arg], &mut unexpected);
+    match &stdio {
+        Ok((p, _)) => {
+            let shown = listed.lines().any(|l| l.contains("everything") && l.contains("running"));
+            if shown {
+                println!(
+                    "    The stdio server (pid {}) is in the inventory as running: found from the\n\
+                     \x20   client's configuration and the process table. Its traffic never crosses the\n\
+                     \x20   network; `mcpwatch wrap` puts it under the same policy.",
+                    p.pid()
+                );
+            } else {
+                unexpected.push("the configured, running stdio server is missing from mcpwatch list".into());
+            }
+        }
+        Err(e) => println!("    (no stdio server shown: {e:#})"),
+    }
+    drop(stdio);
     if listed.contains("SHADOW") {
         println!(
             "    SHADOW: the server is not in the policy's [[server]] registry (matched by URL or\n\
@@ -559,6 +582,40 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 /// Starts the Python SDK server on `SERVER_IP:port` and waits for its `ready` line.
+/// Write `home/.cursor/mcp.json` naming the demo's network server and a stdio server, and
+/// start that stdio server (npm `@modelcontextprotocol/server-everything`, installed by
+/// setup) with its stdin held open, as a client would. The process ends when the returned
+/// `Proc` drops.
+fn start_stdio_server(home: &Path, url: &str, scratch: &Path) -> anyhow::Result<(Proc, std::process::ChildStdin)> {
+    let script = util::repo_root()
+        .join("tests/peers/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if !script.exists() {
+        bail!("{} is not installed (cargo xtask setup)", script.display());
+    }
+    let node = util::which("node").context("node is not installed")?;
+    std::fs::create_dir_all(home.join(".cursor")).context("creating the demo home")?;
+    let config = json!({
+        "mcpServers": {
+            "customer-records": { "url": url },
+            "everything": { "command": node.display().to_string(), "args": [script.display().to_string(), "stdio"] },
+        }
+    });
+    std::fs::write(home.join(".cursor/mcp.json"), serde_json::to_vec_pretty(&config)?)
+        .context("writing the demo's Cursor config")?;
+    let mut child = Command::new(&node)
+        .arg(&script)
+        .arg("stdio")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(scratch.join("stdio-server.stderr")).context("creating the stdio server's stderr file")?)
+        .spawn()
+        .context("starting the stdio server")?;
+    let stdin = child.stdin.take().context("the stdio server's stdin")?;
+    let p = Proc::new(child, "stdio MCP server", Duration::from_secs(2));
+    step(format!("stdio MCP server: pid {} (node server-everything, configured in {}/.cursor/mcp.json)", p.pid(), home.display()));
+    Ok((p, stdin))
+}
+
 fn start_server(
     python: &Path,
     dir: &Path,
