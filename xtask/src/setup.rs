@@ -258,13 +258,24 @@ fn python_venv() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the pinned MCP conformance suite (and the Node 22 it runs on) is installed.
+pub fn conformance_dir() -> PathBuf {
+    util::repo_root().join("tests").join("peers").join("conformance")
+}
+
 fn node_packages() -> anyhow::Result<()> {
-    section("Node peers (tests/peers/node/node_modules)");
-    let dir = node_dir();
+    npm_ci(&node_dir(), "Node peers (tests/peers/node/node_modules)")?;
+    npm_ci(&conformance_dir(), "MCP conformance suite (tests/peers/conformance/node_modules)")
+}
+
+/// `npm ci` in `dir` unless its lock, manifest and the machine's node are unchanged since
+/// the last install (a stamp in node_modules records them).
+fn npm_ci(dir: &Path, what: &str) -> anyhow::Result<()> {
+    section(what);
     let lock = std::fs::read(dir.join("package-lock.json"))
-        .context("reading tests/peers/node/package-lock.json")?;
-    let manifest =
-        std::fs::read(dir.join("package.json")).context("reading tests/peers/node/package.json")?;
+        .with_context(|| format!("reading {}/package-lock.json", dir.display()))?;
+    let manifest = std::fs::read(dir.join("package.json"))
+        .with_context(|| format!("reading {}/package.json", dir.display()))?;
     let node_version =
         util::output_of("node", ["--version"]).context("`node` not found on PATH")?;
     let major: u32 = node_version
@@ -285,7 +296,7 @@ fn node_packages() -> anyhow::Result<()> {
     util::run(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir),
+            .current_dir(dir),
     )?;
     write_stamp(&stamp, &expected)?;
     step(format!("installed (node {node_version}, lock {expected})"));

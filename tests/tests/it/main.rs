@@ -8,6 +8,7 @@ mod bypass_conn;
 mod bypass_exchange;
 mod bypass_govern;
 mod cli;
+mod conformance;
 mod durability;
 mod flows;
 mod inspect;
