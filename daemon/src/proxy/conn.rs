@@ -358,15 +358,7 @@ async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> 
 
 /// The peer half-closed (TCP state CLOSE_WAIT): nothing more will arrive after what is queued.
 fn peer_finished(s: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    const TCP_CLOSE_WAIT: u8 = 8;
-    // SAFETY: getsockopt writes at most `len` bytes into a zeroed, properly sized tcp_info.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
-    };
-    rc == 0 && info.tcpi_state == TCP_CLOSE_WAIT
+    super::lifecycle::half_closed(std::os::fd::AsRawFd::as_raw_fd(s))
 }
 
 /// Byte-for-byte relay both ways until both sides are done, or nothing moved for

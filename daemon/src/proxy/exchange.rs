@@ -1086,8 +1086,13 @@ fn streamed_hold(
                         let observed = responses::observe(shared.clone(), scope, gov, vec![(key, pending)], Vec::new(), resp);
                         let mut b = observed.into_body();
                         let mut buf = Vec::new();
-                        while let Some(frame) = http_body_util::BodyExt::frame(&mut b).await {
-                            let Ok(frame) = frame else { break };
+                        loop {
+                            // A client that went away ends the upstream response too.
+                            let frame = tokio::select! {
+                                f = http_body_util::BodyExt::frame(&mut b) => f,
+                                () = tx.closed() => break,
+                            };
+                            let Some(Ok(frame)) = frame else { break };
                             let Ok(data) = frame.into_data() else { continue };
                             if json {
                                 buf.extend_from_slice(&data);

@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use super::body::{self, Body};
 use super::conn::ConnCtx;
 use super::exchange;
+use super::lifecycle::{self, FinIo, FinSignals};
 use super::upstream;
 use crate::state::{Counters, Shared};
 
@@ -58,6 +59,8 @@ pub struct UpstreamConn {
     sender: Option<client_http1::SendRequest<Body>>,
     first: Option<BoxIo>,
     reconnect: Reconnect,
+    /// Shuts the upstream's sending side when the client's has ended ([`lifecycle`]).
+    fins: Arc<FinSignals>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +86,7 @@ impl UpstreamConn {
             let (sender, conn) = client_http1::Builder::new()
                 .preserve_header_case(true)
                 .title_case_headers(false)
-                .handshake(TokioIo::new(stream))
+                .handshake(TokioIo::new(FinIo::new(stream, self.fins.register())))
                 .await
                 .map_err(|source| ForwardError::Handshake { dst: self.dst, source })?;
             tokio::spawn(async move {
@@ -121,7 +124,10 @@ pub enum Proto {
 pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream, proto: Proto) {
     let reconnect = tcp_reconnect(&shared, ctx.origin.dst);
     match proto {
-        Proto::Http1 => serve_io(shared, ctx, client, Box::new(upstream), reconnect).await,
+        Proto::Http1 => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
+            serve_io(shared, ctx, client, Some(fd), Box::new(upstream), reconnect).await
+        }
         Proto::Http2 => serve_h2(shared, ctx, client, Box::new(upstream), reconnect).await,
     }
 }
@@ -140,7 +146,7 @@ pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstre
             let ctx = ctx.clone();
             let first = first.lock().map(|mut f| f.take()).unwrap_or(None);
             let up: SharedUpstream =
-                Arc::new(Mutex::new(UpstreamConn { dst, sender: None, first, reconnect: reconnect.clone() }));
+                Arc::new(Mutex::new(UpstreamConn { dst, sender: None, first, reconnect: reconnect.clone(), fins: Arc::default() }));
             async move {
                 Counters::inc(&shared.counters.http_requests);
                 Ok::<_, Infallible>(exchange::handle(shared, ctx, up, h2_to_h1(req)).await)
@@ -176,12 +182,28 @@ pub fn h2_to_h1<B>(mut req: Request<B>) -> Request<B> {
 }
 
 /// Serve HTTP/1.1 on any client stream, forwarding over `upstream` (and `reconnect`).
-pub async fn serve_io(shared: Arc<Shared>, mut ctx: ConnCtx, client: impl Io, upstream: BoxIo, reconnect: Reconnect) {
+/// `client_fd` is the client's TCP socket under `client` (owned by it): once the client
+/// has sent FIN or reset, the upstream's sending side is shut down too ([`lifecycle`]).
+pub async fn serve_io(
+    shared: Arc<Shared>,
+    mut ctx: ConnCtx,
+    client: impl Io,
+    client_fd: Option<std::os::fd::RawFd>,
+    upstream: BoxIo,
+    reconnect: Reconnect,
+) {
     let log = super::headlog::HeadLog::default();
     ctx.head_log = Some(log.clone());
     let client = super::headlog::LoggedIo::new(client, log);
-    let up: SharedUpstream =
-        Arc::new(Mutex::new(UpstreamConn { dst: ctx.origin.dst, sender: None, first: Some(upstream), reconnect }));
+    let fins: Arc<FinSignals> = Arc::default();
+    let up: SharedUpstream = Arc::new(Mutex::new(UpstreamConn {
+        dst: ctx.origin.dst,
+        sender: None,
+        first: Some(upstream),
+        reconnect,
+        fins: fins.clone(),
+    }));
+    let ctx_id = ctx.id;
     let ctx = Arc::new(ctx);
     let svc = {
         let shared = shared.clone();
@@ -206,8 +228,23 @@ pub async fn serve_io(shared: Arc<Shared>, mut ctx: ConnCtx, client: impl Io, up
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.limits.header_timeout)
         .serve_connection(TokioIo::new(client), svc)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    tokio::pin!(res);
+    // `client_fd` stays valid while `res` (which owns the client socket) is alive.
+    let watch = async {
+        match client_fd {
+            Some(fd) => lifecycle::watch_client(fd).await,
+            None => std::future::pending().await,
+        }
+    };
+    let res = tokio::select! {
+        r = &mut res => r,
+        () = watch => {
+            tracing::debug!(conn = ctx_id, "client sent FIN or reset; passing it upstream");
+            fins.request_all();
+            res.await
+        }
+    };
     if let Err(e) = res {
         tracing::debug!(error = %e, "client connection ended with an error");
     }

@@ -20,6 +20,7 @@ pub mod conn;
 pub mod exchange;
 pub mod flows;
 pub mod headlog;
+pub mod lifecycle;
 pub mod responses;
 pub mod http;
 pub mod tls;

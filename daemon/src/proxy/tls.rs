@@ -198,6 +198,8 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
         Counters::inc(&shared.counters.passthrough);
         return conn::relay(&shared, client, upstream).await;
     };
+    // The socket stays owned by the hello, then by the TLS stream served below.
+    let client_fd = std::os::fd::AsRawFd::as_raw_fd(&client);
     let hello = match mcpwatch_tls::read_client_hello(client, rt.handshake_timeout).await {
         Ok(h) => h,
         Err(e) => {
@@ -217,7 +219,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
             Counters::inc(&shared.counters.passthrough);
             pass_through(&shared, hello, upstream, rt.handshake_timeout).await;
         }
-        TlsAction::Intercept => intercept(shared.clone(), ctx, hello, upstream, Names { exe, host, sni }).await,
+        TlsAction::Intercept => intercept(shared.clone(), ctx, hello, client_fd, upstream, Names { exe, host, sni }).await,
     }
 }
 
@@ -239,7 +241,7 @@ struct Names {
     sni: Option<String>,
 }
 
-async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, upstream_tcp: TcpStream, names: Names) {
+async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, client_fd: std::os::fd::RawFd, upstream_tcp: TcpStream, names: Names) {
     let Names { exe, host, .. } = &names;
     let Some(rt) = shared.tls.as_ref() else { return };
     let serve_h2 = [mcpwatch_tls::ALPN_H2.to_vec()];
@@ -258,7 +260,7 @@ async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, upstream
             if info.alpn.as_deref() == Some(mcpwatch_tls::ALPN_H2) {
                 http::serve_h2(shared.clone(), ctx, client, Box::new(upstream) as BoxIo, reconnect).await;
             } else {
-                http::serve_io(shared.clone(), ctx, client, Box::new(upstream) as BoxIo, reconnect).await;
+                http::serve_io(shared.clone(), ctx, client, Some(client_fd), Box::new(upstream) as BoxIo, reconnect).await;
             }
         }
         Err(InterceptError::Upstream(e)) => record_upstream_failure(&shared, &ctx, &names, &e),

@@ -13,6 +13,7 @@ mod durability;
 mod flows;
 mod inspect;
 mod intercept;
+mod lifecycle;
 mod package;
 mod policy;
 mod protocol;

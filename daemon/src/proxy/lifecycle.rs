@@ -1,0 +1,230 @@
+//! A proxied HTTP/1 connection ends when either side ends.
+//!
+//! Why a module of its own: hyper serves the client with `half_close(true)` (a client that
+//! shuts down its sending side after a request still gets the answer), so while a response
+//! streams (an SSE GET stream, a POST answered with SSE) hyper does not read the client and
+//! never notices that the client is gone. Without this, every abandoned stream kept the
+//! client socket in CLOSE-WAIT and the upstream connection (and the server's session) open
+//! until the daemon stopped.
+//!
+//! The fix is what a direct connection does: the client's FIN is passed on. [`watch_client`]
+//! polls the client socket's TCP state (cheap: one `getsockopt` per tick, only while the
+//! connection lives) and, once the client has sent FIN or reset, asks the current upstream
+//! stream to shut down its sending side ([`FinSignal::request`]). [`FinIo`] does that from
+//! inside the task that drives the upstream connection, so TLS upstreams send close_notify
+//! first. The server then decides, as it would directly: SDK servers end the stream and
+//! close, the response body ends, hyper finishes and drops the client socket. The other
+//! direction needs nothing extra: an upstream that closes ends the response body, and a
+//! dropped response body drops the upstream connection.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How often the client socket's state is looked at while the connection lives.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Linux TCP states (include/net/tcp_states.h).
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// The kernel's TCP state of a socket, if it can be read.
+fn tcp_state(fd: RawFd) -> Option<u8> {
+    // SAFETY: getsockopt writes at most `len` bytes into a zeroed, properly sized tcp_info;
+    // an fd that is not a TCP socket only makes it fail.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len) };
+    (rc == 0).then_some(info.tcpi_state)
+}
+
+/// The peer has sent FIN (CLOSE-WAIT): nothing more will arrive after what is queued.
+pub fn half_closed(fd: RawFd) -> bool {
+    tcp_state(fd) == Some(TCP_CLOSE_WAIT)
+}
+
+/// The peer has sent FIN (CLOSE-WAIT) or the connection was reset (CLOSE).
+pub fn peer_gone(fd: RawFd) -> bool {
+    matches!(tcp_state(fd), Some(TCP_CLOSE_WAIT | TCP_CLOSE))
+}
+
+/// Resolves once the client socket `fd` has received FIN or a reset. `fd` must stay owned by
+/// the connection being served for as long as this future is polled (the caller selects it
+/// against that connection's future, which owns the socket).
+pub async fn watch_client(fd: RawFd) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if peer_gone(fd) {
+            return;
+        }
+    }
+}
+
+/// "Shut down your sending side": set by the connection's watcher, acted on by [`FinIo`].
+#[derive(Debug, Default)]
+pub struct FinSignal {
+    requested: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl FinSignal {
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+        if let Some(w) = self.waker.lock().ok().and_then(|mut w| w.take()) {
+            w.wake();
+        }
+    }
+
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    fn register(&self, waker: &Waker) {
+        if let Ok(mut w) = self.waker.lock() {
+            match w.as_ref() {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            }
+        }
+    }
+}
+
+/// The upstream streams of one client connection: each new upstream stream gets its own
+/// signal (a stream opened after the client's FIN is not shut down by it: it carries a
+/// request the client sent before its FIN). At most [`FinSignals::MAX`] live signals are
+/// kept; dead ones are pruned on insert.
+#[derive(Debug, Default)]
+pub struct FinSignals {
+    live: Mutex<Vec<std::sync::Weak<FinSignal>>>,
+}
+
+impl FinSignals {
+    /// HTTP/1 has one upstream stream at a time; a few more cover reconnects in flight.
+    pub const MAX: usize = 16;
+
+    /// A signal for a new upstream stream.
+    pub fn register(&self) -> Arc<FinSignal> {
+        let sig = Arc::new(FinSignal::default());
+        if let Ok(mut live) = self.live.lock() {
+            live.retain(|w| w.strong_count() > 0);
+            if live.len() >= Self::MAX {
+                live.remove(0);
+            }
+            live.push(Arc::downgrade(&sig));
+        }
+        sig
+    }
+
+    /// Ask every live upstream stream to shut down its sending side.
+    pub fn request_all(&self) {
+        let live = self.live.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
+        for sig in live.iter().filter_map(std::sync::Weak::upgrade) {
+            sig.request();
+        }
+    }
+}
+
+/// An upstream stream that shuts down its sending side when its [`FinSignal`] is requested.
+/// The shutdown happens inside `poll_read` (the upstream connection's driver always polls
+/// for reads while a response streams or the connection idles), so it runs in the task
+/// that owns the stream.
+pub struct FinIo<T> {
+    inner: T,
+    signal: Arc<FinSignal>,
+    shut: bool,
+}
+
+impl<T> FinIo<T> {
+    pub fn new(inner: T, signal: Arc<FinSignal>) -> Self {
+        Self { inner, signal, shut: false }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for FinIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.shut {
+            if this.signal.requested() {
+                match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                    Poll::Ready(r) => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "upstream shutdown after client FIN");
+                        }
+                        this.shut = true;
+                    }
+                    // The shutdown registered the waker; reading goes on meanwhile.
+                    Poll::Pending => {}
+                }
+            } else {
+                this.signal.register(cx.waker());
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FinIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn client_fin_is_seen_and_passed_upstream() {
+        // client <-> (served) and (upstream) <-> server, over loopback.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = tokio::net::TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
+        let (served, _) = l.accept().await.expect("accept");
+        let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let upstream = tokio::net::TcpStream::connect(l2.local_addr().expect("addr")).await.expect("connect");
+        let (mut server, _) = l2.accept().await.expect("accept");
+
+        let signals = FinSignals::default();
+        let mut up = FinIo::new(upstream, signals.register());
+        assert!(!peer_gone(served.as_raw_fd()));
+        client.shutdown().await.expect("client FIN");
+        tokio::time::timeout(Duration::from_secs(5), watch_client(served.as_raw_fd())).await.expect("FIN seen");
+        signals.request_all();
+        // The upstream driver polls for reads: that is where the FIN goes out.
+        let mut buf = [0u8; 8];
+        let read = tokio::spawn(async move { up.read(&mut buf).await.map(|n| (n, up)) });
+        let mut sbuf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut sbuf)).await.expect("server sees EOF").expect("read");
+        assert_eq!(n, 0, "the server saw the client's FIN");
+        // A server that honours half-close can still answer.
+        server.write_all(b"late").await.expect("write");
+        let (n, _up) = tokio::time::timeout(Duration::from_secs(5), read).await.expect("answer").expect("join").expect("read");
+        assert_eq!(n, 4);
+        drop(served);
+    }
+}
