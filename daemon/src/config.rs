@@ -663,8 +663,11 @@ mod tests {
         assert!(err.starts_with("c.toml:2:1:") && err.contains("addres"), "{err}");
         let err = FileConfig::parse("[metrics]\nlisen = \"x\"\n", Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
-        let err = FileConfig::parse("[sinks.hec]\nurl = \"https://splunk:8088\"\ntoken_file = \"/t\"\n", Path::new("c.toml")).unwrap().into_config().unwrap_err().to_string();
-        assert!(err.contains("only http://"), "{err}");
+        FileConfig::parse("[sinks.hec]\nurl = \"https://splunk:8088\"\ntoken_file = \"/t\"\n", Path::new("c.toml")).unwrap().into_config().expect("https collectors are supported");
+        let err = FileConfig::parse("[sinks.hec]\nurl = \"ftp://splunk:8088\"\ntoken_file = \"/t\"\n", Path::new("c.toml")).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("http:// or https://"), "{err}");
+        let err = FileConfig::parse("[sinks.loki]\nurl = \"http://loki:3100\"\nca_file = \"/ca.pem\"\n", Path::new("c.toml")).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("needs an https:// url"), "{err}");
     }
 
     #[test]

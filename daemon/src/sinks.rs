@@ -28,6 +28,7 @@ mod hec;
 mod http;
 mod loki;
 mod syslog;
+mod tls_client;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

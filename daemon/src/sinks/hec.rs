@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::event::Prepared;
-use super::http::{HttpUrl, post};
+use super::http::{HttpTarget, post};
 use super::SinkError;
 
 /// `[sinks.hec]`.
@@ -22,6 +22,8 @@ use super::SinkError;
 pub struct HecConfig {
     /// Base URL of the collector, e.g. `http://127.0.0.1:8088`.
     pub url: String,
+    /// PEM trust anchors for an `https://` collector (default: the system roots).
+    pub ca_file: Option<std::path::PathBuf>,
     /// File holding the HEC token (kept out of the config file; read at start).
     pub token_file: PathBuf,
     /// Splunk `index` (optional: the token's default index otherwise).
@@ -32,7 +34,7 @@ pub struct HecConfig {
 
 impl HecConfig {
     pub fn validate(&self) -> Result<(), String> {
-        HttpUrl::parse(&self.url, "sinks.hec.url")?;
+        HttpTarget::new(&self.url, self.ca_file.as_deref(), "sinks.hec")?;
         if self.token_file.as_os_str().is_empty() {
             return Err("sinks.hec.token_file must name a file".into());
         }
@@ -41,7 +43,7 @@ impl HecConfig {
 }
 
 pub struct Hec {
-    url: HttpUrl,
+    url: HttpTarget,
     auth: String,
     index: Option<String>,
     sourcetype: String,
@@ -55,7 +57,7 @@ impl Hec {
         if token.is_empty() || token.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(format!("sinks.hec.token_file {}: not a token", cfg.token_file.display()));
         }
-        let url = HttpUrl::parse(&cfg.url, "sinks.hec.url")?;
+        let url = HttpTarget::new(&cfg.url, cfg.ca_file.as_deref(), "sinks.hec")?;
         Ok(Hec {
             url,
             auth: format!("Splunk {token}"),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::event::{HostIdentity, Prepared};
-use super::http::{HttpUrl, post};
+use super::http::{HttpTarget, post};
 use super::SinkError;
 
 /// `[sinks.loki]`.
@@ -23,6 +23,8 @@ use super::SinkError;
 pub struct LokiConfig {
     /// Base URL, e.g. `http://127.0.0.1:3100`.
     pub url: String,
+    /// PEM trust anchors for an `https://` collector (default: the system roots).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Static stream labels added to `job="mcpwatch"` and `host`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -32,7 +34,7 @@ pub struct LokiConfig {
 
 impl LokiConfig {
     pub fn validate(&self) -> Result<(), String> {
-        HttpUrl::parse(&self.url, "sinks.loki.url")?;
+        HttpTarget::new(&self.url, self.ca_file.as_deref(), "sinks.loki")?;
         for k in self.labels.keys() {
             let ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok || k.starts_with("__") {
@@ -47,7 +49,7 @@ impl LokiConfig {
 }
 
 pub struct Loki {
-    url: HttpUrl,
+    url: HttpTarget,
     labels: BTreeMap<String, String>,
     headers: Vec<(&'static str, String)>,
     timeout: Duration,
@@ -59,7 +61,7 @@ impl Loki {
         labels.entry("job".into()).or_insert_with(|| "mcpwatch".into());
         labels.entry("host".into()).or_insert_with(|| identity.hostname.clone());
         let headers = cfg.tenant.iter().map(|t| ("x-scope-orgid", t.clone())).collect();
-        let url = HttpUrl::parse(&cfg.url, "sinks.loki.url")?;
+        let url = HttpTarget::new(&cfg.url, cfg.ca_file.as_deref(), "sinks.loki")?;
         Ok(Loki { url, labels, headers, timeout })
     }
 

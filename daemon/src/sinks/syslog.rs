@@ -17,7 +17,6 @@
 //! needed for more).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -113,34 +112,10 @@ impl SyslogConfig {
     }
 
     fn tls_connector(&self) -> Result<Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>, String> {
-        use rustls::pki_types::pem::PemObject as _;
         if !self.tls {
             return Ok(None);
         }
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.ca_file {
-            Some(path) => {
-                let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("sinks.syslog.ca_file {}: {e}", path.display()))?;
-                for c in certs {
-                    roots.add(c).map_err(|e| format!("sinks.syslog.ca_file {}: {e}", path.display()))?;
-                }
-            }
-            None => {
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            }
-        }
-        if roots.is_empty() {
-            return Err("sinks.syslog: no trust anchors for TLS".into());
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("sinks.syslog: TLS: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Some((tokio_rustls::TlsConnector::from(Arc::new(config)), self.tls_name()?)))
+        Ok(Some((super::tls_client::connector(self.ca_file.as_deref(), "sinks.syslog")?, self.tls_name()?)))
     }
 }
 

@@ -200,6 +200,86 @@ fn hec_sink_retries_refusals_and_outages_without_gap_or_duplicate() {
     assert_cursor_0600(state.path(), "hec");
 }
 
+/// nginx (Debian's, a real TLS server) terminating TLS on `port` with `cert` and proxying
+/// to a plain [`Receiver`] on `backend`: an HTTPS collector. Stopped (by PID) on drop.
+struct NginxTls {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NginxTls {
+    fn start(port: u16, cert: &mcpwatch_tests::tls::ServerCert, backend: u16) -> NginxTls {
+        let nginx = siem::require_tool("nginx");
+        let dir = tempfile::Builder::new().prefix("mcpwatch-nginx-").tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n\
+             location / {{ proxy_pass http://127.0.0.1:{backend}; proxy_http_version 1.1; }}\n }}\n}}\n",
+            cert.cert.display(),
+            cert.key.display()
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("nginx.conf");
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        wait_for("nginx listening", 10, || std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
+        NginxTls { child, _dir: dir }
+    }
+}
+
+impl Drop for NginxTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn hec_over_https_verifies_the_collector_and_catches_up_once_it_is_trusted() {
+    // The HTTPS collector is real nginx terminating TLS in front of the HEC-shaped receiver.
+    let server = server();
+    let state = tempfile::tempdir().expect("state");
+    let token = state.path().join("hec.token");
+    std::fs::write(&token, "aaaaaaaa-2222-3333-4444-555555555555\n").expect("token");
+    let pki = mcpwatch_tests::tls::TestPki::new();
+    let good = pki.server_cert(mcpwatch_tests::tls::CertKind::Valid, "localhost");
+    let wrong = pki.server_cert(mcpwatch_tests::tls::CertKind::WrongName, "localhost");
+    let (tls_port, plain_port) = (peers::free_port(), peers::free_port());
+    let receiver = Receiver::start(plain_port, 200);
+    let config = format!(
+        "{FAST}[sinks.hec]\nurl = \"https://localhost:{tls_port}\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+        pki.ca_pem.display(),
+        token.display()
+    );
+    let d = daemon(&server, state.path(), config);
+
+    // A collector whose certificate names another host gets nothing.
+    let impostor = NginxTls::start(tls_port, &wrong, plain_port);
+    calls(&d, "https", 2);
+    wait_for("a refused certificate", 20, || {
+        d.log_text().lines().any(|l| l.contains("audit sink failed") && l.contains("certificate")).then_some(())
+    });
+    assert!(hec_ids(&receiver.requests()).is_empty(), "records reached a collector with the wrong name");
+    drop(impostor);
+
+    let trusted = NginxTls::start(tls_port, &good, plain_port);
+    assert_exactly_the_store(&d, "HEC over HTTPS", || hec_ids(&receiver.requests()));
+    let reqs = receiver.requests();
+    assert_eq!(reqs[0].header("authorization"), Some("Splunk aaaaaaaa-2222-3333-4444-555555555555"));
+    drop(trusted);
+}
+
 #[test]
 fn loki_sink_pushes_streams_and_catches_up_after_an_outage() {
     // No Grafana Loki here: the receiver below decodes the push API's JSON body.
