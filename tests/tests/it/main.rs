@@ -20,3 +20,4 @@ mod scope;
 mod service;
 mod siem;
 mod tls;
+mod wrap;
