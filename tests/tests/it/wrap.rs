@@ -181,9 +181,11 @@ fn wrap_follows_the_failure_mode_when_the_daemon_is_down() {
     assert_eq!(recorded(&record).len(), 1);
 }
 
+/// Send one line, read one answer; `None` once the daemon has closed the connection.
 fn gate_line(stream: &mut UnixStream, reader: &mut BufReader<UnixStream>, line: &str) -> Option<Value> {
-    stream.write_all(line.as_bytes()).unwrap();
-    stream.write_all(b"\n").unwrap();
+    if stream.write_all(format!("{line}\n").as_bytes()).is_err() {
+        return None;
+    }
     let mut answer = String::new();
     match reader.read_line(&mut answer) {
         Ok(0) | Err(_) => None,
@@ -231,4 +233,127 @@ fn gate_refuses_control_requests_and_takes_identity_from_the_kernel() {
     assert_eq!(p.tgid, std::os::unix::process::parent_id(), "the wrapper's (this test's) parent: {rec:#?}");
     assert_eq!(p.uid, nix::unistd::getuid().as_raw(), "{rec:#?}");
     assert!(rec.notes.iter().any(|n| n.contains(&format!("wrapper pid {}", std::process::id()))), "{rec:#?}");
+}
+
+/// Every regular file below `dir`, relative path → bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let ft = std::fs::symlink_metadata(&p).unwrap().file_type();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for (rel, bytes) in snapshot(from) {
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(dest, bytes).unwrap();
+    }
+}
+
+fn mcpwatch(args: &[&str]) -> Output {
+    Command::new(bin("mcpwatch")).args(args).stdin(Stdio::null()).output().expect("run mcpwatch")
+}
+
+/// Originals only (backups are new files beside them).
+fn originals(snap: &std::collections::BTreeMap<PathBuf, Vec<u8>>) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    snap.iter().filter(|(p, _)| !p.to_string_lossy().ends_with(".mcpwatch-backup")).map(|(p, b)| (p.clone(), b.clone())).collect()
+}
+
+#[test]
+fn wrap_install_is_idempotent_reversible_and_refuses_unparseable_files() {
+    let fixtures = mcpwatch_tests::peers::repo_root().join("tests/fixtures/discovery");
+    for tree in ["root", "clean"] {
+        let original = snapshot(&fixtures.join(tree));
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(tree);
+        copy_tree(&fixtures.join(tree), &root);
+        let r = root.display().to_string();
+        let args = |verb: &str, extra: &[&str]| -> Vec<String> {
+            let mut v = vec!["wrap".to_string(), verb.to_string(), "--all".to_string()];
+            if tree == "root" {
+                v.extend(["--root".to_string(), r.clone()]);
+            } else {
+                v.extend(["--home".to_string(), root.join("home").display().to_string()]);
+            }
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let run = |a: Vec<String>| mcpwatch(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+        // --dry-run changes nothing and shows a diff.
+        let dry = run(args("--install", &["--dry-run"]));
+        assert_eq!(snapshot(&root), original, "{tree}: --dry-run wrote something");
+        let dry_text = String::from_utf8_lossy(&dry.stdout).to_string();
+        // The clean home has only a remote server: nothing to wrap there.
+        let has_stdio = tree == "root";
+        assert_eq!(dry_text.contains("\n+") && dry_text.contains("wrap"), has_stdio, "{tree}: {dry_text}");
+
+        let first = run(args("--install", &[]));
+        let out = String::from_utf8_lossy(&first.stdout).to_string();
+        let after_one = snapshot(&root);
+        assert_eq!(originals(&after_one) != original, has_stdio, "{tree}: {out}");
+        let second = run(args("--install", &[]));
+        assert_eq!(snapshot(&root), after_one, "{tree}: install twice differs from once: {}", String::from_utf8_lossy(&second.stdout));
+
+        // Every changed file: a backup with the original bytes, and the new text parses
+        // with the wrapped launch.
+        for (rel, bytes) in originals(&after_one) {
+            if original.get(&rel) != Some(&bytes) {
+                let backup = PathBuf::from(format!("{}.mcpwatch-backup", root.join(&rel).display()));
+                assert_eq!(std::fs::read(&backup).unwrap(), original[&rel], "{}", backup.display());
+            }
+        }
+
+        if tree == "root" {
+            // bob's file does not parse: named with line:column, never touched.
+            let bob = PathBuf::from("home/bob/.cursor/mcp.json");
+            assert_eq!(after_one[&bob], original[&bob]);
+            assert!(out.contains(&format!("refused {}:", root.join(&bob).display())) && out.contains(":6:7"), "{out}");
+            assert_eq!(first.status.code(), Some(1), "a refused file is an error: {out}");
+            // The scan now sees wrapped servers (and still judges what they run).
+            let scan = mcpwatch(&["scan", "--root", &r, "--json"]);
+            let v: Value = serde_json::from_slice(&scan.stdout).unwrap();
+            let cursor = v["servers"].as_array().unwrap().iter().find(|s| s["name"] == "filesystem").unwrap().clone();
+            assert_eq!(cursor["wrapped"], true, "{cursor}");
+            assert!(cursor["args"].as_array().unwrap().iter().any(|a| a == "wrap"), "{cursor}");
+        }
+
+        let undo_dry = run(args("--uninstall", &["--dry-run"]));
+        assert_eq!(snapshot(&root), after_one, "{tree}: uninstall --dry-run wrote something");
+        assert_eq!(String::from_utf8_lossy(&undo_dry.stdout).contains("\n-"), has_stdio, "{tree}");
+        run(args("--uninstall", &[]));
+        assert_eq!(originals(&snapshot(&root)), original, "{tree}: install + uninstall is not byte-identical");
+    }
+}
+
+#[test]
+fn scan_reports_stdio_servers_that_are_not_wrapped() {
+    let root = mcpwatch_tests::peers::repo_root().join("tests/fixtures/discovery/root");
+    let r = root.display().to_string();
+    let scan = mcpwatch(&["scan", "--root", &r, "--json"]);
+    let v: Value = serde_json::from_slice(&scan.stdout).unwrap();
+    let servers = v["servers"].as_array().unwrap();
+    let stdio = servers.iter().filter(|s| s["transport"] == "stdio").count();
+    assert!(stdio > 0);
+    assert_eq!(v["summary"]["unwrapped"], stdio, "no fixture is wrapped yet");
+    assert!(servers.iter().filter(|s| s["transport"] != "stdio").all(|s| s["wrapped"].is_null()));
+    let sarif = mcpwatch(&["scan", "--root", &r, "--format", "sarif"]);
+    let v: Value = serde_json::from_slice(&sarif.stdout).unwrap();
+    let run0 = &v["runs"][0];
+    let rules = run0["tool"]["driver"]["rules"].as_array().unwrap();
+    let idx = rules.iter().position(|x| x["id"] == "unwrapped-stdio").expect("an unwrapped-stdio rule");
+    let notes: Vec<&Value> = run0["results"].as_array().unwrap().iter().filter(|x| x["ruleId"] == "unwrapped-stdio").collect();
+    assert_eq!(notes.len(), stdio);
+    assert!(notes.iter().all(|n| n["ruleIndex"] == idx && n["level"] == "note"));
 }
