@@ -33,9 +33,13 @@ default_action = "redact"
 "#;
 
 fn daemon(failure_mode: Option<&'static str>) -> Daemon {
+    daemon_with(POLICY, failure_mode)
+}
+
+fn daemon_with(policy: &str, failure_mode: Option<&'static str>) -> Daemon {
     Daemon::start(DaemonOpts {
         static_upstream: Some("127.0.0.1:9".parse().unwrap()),
-        policy: Some(POLICY.to_string()),
+        policy: Some(policy.to_string()),
         failure_mode,
         ..Default::default()
     })
@@ -147,6 +151,35 @@ fn wrap_denies_redacts_and_audits_a_real_stdio_server() {
     assert!(entry.endpoint.contains("wrap_stdio_server.py"), "command line in the key: {}", entry.endpoint);
     assert!(entry.tools.iter().any(|t| t.name == "echo" && !t.hash.is_empty()), "{entry:#?}");
     assert!(entry.clients.iter().any(|c| c.comm.contains("python")), "{entry:#?}");
+}
+
+#[test]
+fn wrap_holds_a_stdio_call_until_a_human_approves_it() {
+    let policy = format!(
+        "{POLICY}\n[[rule]]\nid = \"approve-reads\"\ntools = [\"read_file\"]\naction = \"require_approval\"\n\n[approvals]\napprovers = [\"uid:0\"]\n"
+    );
+    let d = daemon_with(&policy, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("calls.jsonl");
+    let socket = d.socket.display().to_string();
+    let server = wrapped_server(&["--socket", &socket, "wrap"], &record);
+    let client = std::thread::spawn(move || run_client(&["call", "read_file", r#"{"path":"notes.txt"}"#], &server, &[]).0);
+    let held = d.wait_pending(1);
+    assert_eq!(held[0].tool.as_deref(), Some("read_file"));
+    assert!(held[0].server.starts_with("stdio:"), "{held:?}");
+    assert!(recorded(&record).is_empty(), "the server must not see a held call before approval");
+    match d.request(&mcpwatch_api::Request::Approve { id: held[0].id.clone() }) {
+        mcpwatch_api::Response::Done { .. } => {}
+        other => panic!("approve: {other:?}"),
+    }
+    let out = client.join().unwrap();
+    let s = steps(&out);
+    assert_eq!(s[1]["ok"], true, "{s:#?}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s[1]["text"].as_str().unwrap().contains("notes.txt"), "{s:#?}");
+    assert_eq!(recorded(&record).len(), 1, "approved call reached the server once");
+    let records = d.wait_audit("the approved call", |r| r.iter().any(|x| x.name.as_deref() == Some("read_file") && x.status == CallStatus::Ok));
+    let rec = call(&records, "read_file");
+    assert!(rec.decision.as_ref().unwrap().approval.as_deref().unwrap_or_default().starts_with("approved"), "{rec:#?}");
 }
 
 #[test]
