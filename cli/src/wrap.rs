@@ -230,72 +230,61 @@ fn relay(gate: Gate, command: &[String], mode: FailureMode) -> Result<ExitCode> 
     let degraded = Arc::new(Degraded { mode, warned: AtomicBool::new(false) });
     let to_client = Arc::new(Mutex::new(io::stdout()));
 
-    // Client → server.
+    // Client → server on a thread; server → client here: the relay ends with the
+    // server's stdout. When the client hangs up, dropping `to_server` closes the server's stdin.
     {
         let (gate, degraded, to_client) = (gate.clone(), degraded.clone(), to_client.clone());
         let to_server = Mutex::new(child_in);
-        std::thread::spawn(move || {
-            let stdin = io::stdin();
-            let mut reader = stdin.lock();
-            let mut buf = Vec::new();
-            while let Ok(Some(())) = read_line(&mut reader, &mut buf) {
-                if buf.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let Ok(line) = std::str::from_utf8(&buf) else {
-                    eprintln!("mcpwatch wrap: a client line that is not UTF-8 was not forwarded");
-                    continue;
-                };
-                let ok = match gate.ask(GateOp::Client { line: line.to_string() }) {
-                    Some(GateVerdict::Forward { line: new }) => write_line(&to_server, new.as_deref().map_or(&buf[..], str::as_bytes)),
-                    Some(GateVerdict::Answer { line }) => write_line(&to_client, line.as_bytes()),
-                    Some(GateVerdict::Drop { reason } | GateVerdict::Error { message: reason }) => {
-                        eprintln!("mcpwatch wrap: client line not forwarded: {reason}");
-                        Ok(())
-                    }
-                    Some(GateVerdict::Opened { .. }) => Ok(()),
-                    None => {
-                        degraded.note();
-                        match degraded.mode {
-                            FailureMode::Open => write_line(&to_server, &buf),
-                            FailureMode::Closed => match error_for(&buf, "mcpwatch: the mcpwatch daemon went away and failure mode is closed; not forwarded") {
-                                Some(reply) => write_line(&to_client, reply.as_bytes()),
-                                None => Ok(()),
-                            },
-                        }
-                    }
-                };
-                if ok.is_err() {
-                    break;
-                }
-            }
-            // Client hung up: close the server's stdin (dropping `to_server`).
-        });
+        std::thread::spawn(move || pump(&mut io::stdin().lock(), Side::Client, &gate, &degraded, &to_server, &to_client));
     }
+    pump(&mut BufReader::new(child_out), Side::Server, &gate, &degraded, &to_client, &to_client);
+    let status = child.wait().context("waiting for the server")?;
+    Ok(exit_code(status))
+}
 
-    // Server → client (this thread: the relay ends when the server's stdout does).
-    let mut reader = BufReader::new(child_out);
+/// Which end a line comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// Relay lines from `reader` as the gate says: `onward` (to the other end) or `back`
+/// (a client request answered by mcpwatch). Without a gate, the failure mode decides.
+fn pump(reader: &mut impl BufRead, side: Side, gate: &Gate, degraded: &Degraded, onward: &Mutex<impl Write>, back: &Mutex<impl Write>) {
+    let who = if side == Side::Client { "client" } else { "server" };
     let mut buf = Vec::new();
-    while let Ok(Some(())) = read_line(&mut reader, &mut buf) {
+    while let Ok(Some(())) = read_line(reader, &mut buf) {
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let Ok(line) = std::str::from_utf8(&buf) else {
-            eprintln!("mcpwatch wrap: a server line that is not UTF-8 was not forwarded");
+            eprintln!("mcpwatch wrap: a {who} line that is not UTF-8 was not forwarded");
             continue;
         };
-        let ok = match gate.ask(GateOp::Server { line: line.to_string() }) {
-            Some(GateVerdict::Forward { line: new }) => write_line(&to_client, new.as_deref().map_or(&buf[..], str::as_bytes)),
+        let op = match side {
+            Side::Client => GateOp::Client { line: line.to_string() },
+            Side::Server => GateOp::Server { line: line.to_string() },
+        };
+        let ok = match gate.ask(op) {
+            Some(GateVerdict::Forward { line: new }) => write_line(onward, new.as_deref().map_or(&buf[..], str::as_bytes)),
+            Some(GateVerdict::Answer { line }) if side == Side::Client => write_line(back, line.as_bytes()),
             Some(GateVerdict::Drop { reason } | GateVerdict::Error { message: reason }) => {
-                eprintln!("mcpwatch wrap: server line dropped: {reason}");
+                eprintln!("mcpwatch wrap: {who} line not forwarded: {reason}");
                 Ok(())
             }
-            Some(GateVerdict::Answer { .. } | GateVerdict::Opened { .. }) => Ok(()),
+            Some(_) => Ok(()),
             None => {
                 degraded.note();
-                match degraded.mode {
-                    FailureMode::Open => write_line(&to_client, &buf),
-                    FailureMode::Closed => Ok(()),
+                match (degraded.mode, side) {
+                    (FailureMode::Open, _) => write_line(onward, &buf),
+                    (FailureMode::Closed, Side::Client) => {
+                        match error_for(&buf, "mcpwatch: the mcpwatch daemon went away and failure mode is closed; not forwarded") {
+                            Some(reply) => write_line(back, reply.as_bytes()),
+                            None => Ok(()),
+                        }
+                    }
+                    (FailureMode::Closed, Side::Server) => Ok(()),
                 }
             }
         };
@@ -303,8 +292,6 @@ fn relay(gate: Gate, command: &[String], mode: FailureMode) -> Result<ExitCode> 
             break;
         }
     }
-    let status = child.wait().context("waiting for the server")?;
-    Ok(exit_code(status))
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            connection(shared, stream, pid).await;
+            connection(shared, stream, pid, cred.uid()).await;
             drop(slot);
         });
     }
@@ -159,7 +159,7 @@ async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, buf: &mut
 }
 
 
-async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32) {
+async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, uid: u32) {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<GateResponse>(4);
@@ -187,7 +187,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32) {
         let seq = req.seq;
         match (req.body, &session) {
             (GateOp::Open { command }, None) => {
-                let s = Arc::new(Session::open(shared.clone(), wrapper_pid, command));
+                let s = Arc::new(Session::open(shared.clone(), wrapper_pid, uid, command));
                 let body = GateVerdict::Opened { server: s.endpoint.clone(), failure_mode: shared.config.failure_mode };
                 session = Some(s);
                 let _ = tx.send(GateResponse { seq, body }).await;
@@ -237,14 +237,17 @@ struct Session {
 }
 
 impl Session {
-    fn open(shared: Arc<Shared>, wrapper_pid: u32, command: Vec<String>) -> Session {
+    fn open(shared: Arc<Shared>, wrapper_pid: u32, uid: u32, command: Vec<String>) -> Session {
+        use mcpwatch_intercept::process::{describe_pid, parent_of};
         let sanitize = crate::resolve::cmdline_filter(shared.clone());
-        let process = mcpwatch_intercept::process::parent_of(wrapper_pid)
-            .and_then(mcpwatch_intercept::process::describe_pid)
-            .map(|mut p| {
-                sanitize(&mut p);
-                p
-            });
+        // The client is the wrapper's parent, unless that runs as another user than the
+        // wrapper (an orphaned wrapper is re-parented to init or a subreaper, which
+        // must not lend it root's identity): then the wrapper itself.
+        let parent = parent_of(wrapper_pid).and_then(describe_pid).filter(|p| p.uid == uid);
+        let process = parent.or_else(|| describe_pid(wrapper_pid).filter(|p| p.uid == uid)).map(|mut p| {
+            sanitize(&mut p);
+            p
+        });
         let shown = shared.governance.current().inspector.redact_argv(&command);
         let mut key: String = format!("stdio:{}", shown.join(" ")).chars().take(MAX_KEY_CHARS).collect();
         if key == "stdio:" {

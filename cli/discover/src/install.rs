@@ -72,12 +72,12 @@ pub fn edit(file_name: &str, text: &str, client: &ClientDef, wrapper: &str, dir:
             entries.extend(map.entries());
         }
     }
-    if client.project_records == ProjectRecords::ClaudeProjects {
-        if let Some(Kind::Obj(projects)) = root.get("projects").map(|n| &n.kind) {
-            for (_, project) in projects {
-                if let Some(map) = project.get("mcpServers") {
-                    entries.extend(map.entries());
-                }
+    if client.project_records == ProjectRecords::ClaudeProjects
+        && let Some(Kind::Obj(projects)) = root.get("projects").map(|n| &n.kind)
+    {
+        for (_, project) in projects {
+            if let Some(map) = project.get("mcpServers") {
+                entries.extend(map.entries());
             }
         }
     }
@@ -93,7 +93,7 @@ pub fn edit(file_name: &str, text: &str, client: &ClientDef, wrapper: &str, dir:
             changed.push(name.to_string());
         }
     }
-    splices.sort_by(|a, b| b.0.cmp(&a.0));
+    splices.sort_by_key(|s| std::cmp::Reverse(s.0));
     let mut out = text.to_string();
     let mut floor = usize::MAX;
     for (start, end, with) in splices {

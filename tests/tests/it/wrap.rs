@@ -390,3 +390,33 @@ fn scan_reports_stdio_servers_that_are_not_wrapped() {
     assert_eq!(notes.len(), stdio);
     assert!(notes.iter().all(|n| n["ruleIndex"] == idx && n["level"] == "note"));
 }
+
+#[test]
+fn gate_never_lends_another_users_parent_identity() {
+    // An unprivileged user's wrapper whose parent is root (here: this test; in an
+    // attack, init after the wrapper orphaned itself) is attributed to itself.
+    let d = daemon(None);
+    let gate = d.socket.with_file_name("gate.sock");
+    let script = r#"
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rwb")
+def ask(m):
+    f.write((json.dumps(m) + "\n").encode()); f.flush(); return json.loads(f.readline())
+print(json.dumps(ask({"seq": 1, "op": "open", "command": ["nobody-server"], "uid": 0})))
+call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+print(json.dumps(ask({"seq": 2, "op": "client", "line": json.dumps(call)})))
+print(os.getpid(), flush=True)
+"#;
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", script])
+        .arg(&gate)
+        .output()
+        .expect("run setpriv");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let pid: u32 = text.lines().last().unwrap().trim().parse().unwrap();
+    let records = d.wait_audit("nobody's call", |r| r.iter().any(|x| x.server == "stdio:nobody-server" && x.name.as_deref() == Some("echo")));
+    let rec = records.iter().find(|x| x.server == "stdio:nobody-server" && x.name.as_deref() == Some("echo")).unwrap();
+    let p = rec.process.as_ref().expect("process");
+    assert_eq!((p.uid, p.tgid), (65534, pid), "attributed to the unprivileged wrapper, not its root parent: {rec:#?}");
+}
