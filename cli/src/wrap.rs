@@ -149,7 +149,9 @@ impl Gate {
             let mut line = Vec::new();
             loop {
                 line.clear();
-                match r.by_ref().take(MAX_GATE_LINE as u64 + 2).read_until(b'\n', &mut line) {
+                // An answer may be a rewritten message, larger than its request after
+                // escaping: read what the daemon can produce, not just the request limit.
+                match r.by_ref().take(MAX_GATE_LINE as u64 * 8).read_until(b'\n', &mut line) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
@@ -177,13 +179,18 @@ impl Gate {
             return None;
         }
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let line = mcpwatch_api::wire::encode(&GateRequest { seq, body }).ok()?;
+        // Too long for the gate (JSON escaping grows a line): never forwarded, and the
+        // gate is not made to drop the session over it.
+        if line.len() > MAX_GATE_LINE {
+            return Some(GateVerdict::Drop { reason: format!("line longer than the gate's limit of {MAX_GATE_LINE} bytes") });
+        }
         let (tx, rx) = mpsc::channel();
         self.waiting.lock().ok()?.insert(seq, tx);
         if self.broken.load(Ordering::SeqCst) {
             self.waiting.lock().ok()?.remove(&seq);
             return None;
         }
-        let line = mcpwatch_api::wire::encode(&GateRequest { seq, body }).ok()?;
         if self.writer.lock().ok()?.write_all(&line).is_err() {
             self.broken.store(true, Ordering::SeqCst);
             return None;

@@ -323,7 +323,6 @@ impl Session {
     async fn on_client(&self, line: &str) -> GateVerdict {
         let shared = &self.shared;
         Counters::inc(&shared.counters.mcp_messages);
-        let gov = shared.governance.current();
         let bytes = line.len() as u64;
         let msg = match jsonrpc::parse_body(line.as_bytes()) {
             Parsed::Single(m) => m,
@@ -333,19 +332,17 @@ impl Session {
                     Parsed::Invalid(e) => format!("not a JSON-RPC message: {e}"),
                     Parsed::Single(_) => String::new(),
                 };
+                // In every mode, as on the network path: what mcpwatch cannot read the
+                // server might read differently, so it never reaches the server.
                 let mut rec = self.record(MessageKind::Invalid, C2S, None, bytes);
                 rec.notes.push(why.clone());
-                if !self.enforce(&gov) {
-                    self.write_closed(rec, CallStatus::Sent);
-                    return GateVerdict::Forward { line: None };
-                }
                 self.write_closed(rec, CallStatus::JsonrpcError { code: jsonrpc::INVALID_REQUEST, message: why.clone() });
                 let err = jsonrpc::error_response(None, jsonrpc::INVALID_REQUEST, &format!("mcpwatch: {why}"), None);
                 return GateVerdict::Answer { line: err.to_string() };
             }
         };
         match &msg {
-            Message::Request { .. } => self.on_request(&gov, &msg, bytes).await,
+            Message::Request { .. } => self.on_request(&shared.governance.current(), &msg, bytes).await,
             Message::Notification { .. } => {
                 self.sight(msg.method(), None);
                 self.write_closed(self.record(MessageKind::Notification, C2S, Some(&msg), bytes), CallStatus::Sent);

@@ -260,6 +260,14 @@ fn gate_refuses_control_requests_and_takes_identity_from_the_kernel() {
     let line = serde_json::json!({"seq": 2, "op": "client", "line": call, "pid": 1, "uid": 4242}).to_string();
     let verdict = gate_line(&mut s, &mut r, &line).unwrap();
     assert_eq!(verdict["verdict"], "forward", "{verdict}");
+    // What mcpwatch cannot read never reaches the server (a duplicate key could be read
+    // differently there), and the server cannot answer an id the client never sent.
+    let dup = r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"echo","name":"delete_records"}}"#;
+    let verdict = gate_line(&mut s, &mut r, &serde_json::json!({"seq": 3, "op": "client", "line": dup}).to_string()).unwrap();
+    assert_eq!(verdict["verdict"], "answer", "{verdict}");
+    let forged_answer = r#"{"jsonrpc":"2.0","id":77,"result":{"content":[]}}"#;
+    let verdict = gate_line(&mut s, &mut r, &serde_json::json!({"seq": 4, "op": "server", "line": forged_answer}).to_string()).unwrap();
+    assert_eq!(verdict["verdict"], "drop", "{verdict}");
     let records = d.wait_audit("the forged call", |r| r.iter().any(|x| x.server == "stdio:forged-server" && x.name.as_deref() == Some("echo")));
     let rec = records.iter().find(|x| x.server == "stdio:forged-server" && x.name.as_deref() == Some("echo")).unwrap();
     let p = rec.process.as_ref().expect("process from SO_PEERCRED");
