@@ -223,6 +223,8 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
 struct Pending {
     record: AuditRecord,
     started: Instant,
+    /// A `tools/list` without a cursor: its result starts the server's tool list.
+    first_page: bool,
 }
 
 /// One wrapped server, as long as its wrapper is connected.
@@ -376,8 +378,9 @@ impl Session {
         match fate {
             Fate::Forward => {
                 let started = Instant::now();
+                let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
                 if let Some(id) = msg.id() {
-                    let evicted = self.pending.lock().map(|mut p| p.insert(id.to_string(), Pending { record: rec, started })).unwrap_or_default();
+                    let evicted = self.pending.lock().map(|mut p| p.insert(id.to_string(), Pending { record: rec, started, first_page })).unwrap_or_default();
                     for mut e in evicted {
                         e.record.status = CallStatus::TransportError { reason: "evicted: too many pending calls".into() };
                         shared.complete_record(&e.record);
@@ -567,7 +570,7 @@ impl Session {
                 let changed = match &msg {
                     Message::Response { result, .. } => {
                         self.learn(&p.record, result);
-                        self.govern_result(&gov, &mut p.record, &mut value, enforce)
+                        self.govern_result(&gov, &mut p.record, &mut value, enforce, p.first_page)
                     }
                     _ => false,
                 };
@@ -605,10 +608,10 @@ impl Session {
     }
 
     /// Pin and scan `tools/list`, redact results (enforce). True if `value` changed.
-    fn govern_result(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool) -> bool {
+    fn govern_result(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool, first_page: bool) -> bool {
         let method = rec.method.clone().unwrap_or_default();
         if method == "tools/list" {
-            return self.govern_tools_list(gov, rec, value, enforce);
+            return self.govern_tools_list(gov, rec, value, enforce, first_page);
         }
         if matches!(method.as_str(), "initialize" | "server/discover") {
             return false;
@@ -631,7 +634,7 @@ impl Session {
 
     /// Pin every tool definition, scan it for poisoning, strip poisoned tools (enforce,
     /// `poisoning = "strip"`) and tools this client may not see.
-    fn govern_tools_list(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool) -> bool {
+    fn govern_tools_list(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool, first_page: bool) -> bool {
         use mcpwatch_inspect::poison::{self, Severity};
         let Some(tools) = value.pointer("/result/tools").and_then(Value::as_array) else { return false };
         let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
@@ -658,7 +661,6 @@ impl Session {
             let severity = (r.severity > Severity::None).then(|| format!("{:?}", r.severity).to_lowercase());
             sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
         }
-        let first_page = value.pointer("/params/cursor").is_none();
         let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
         for (name, outcome) in self.shared.inventory.observe_tools(&self.endpoint, &sights, first_page, last_page, now_ms()) {
             if let PinOutcome::Changed(diff) = outcome {
