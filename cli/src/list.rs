@@ -68,6 +68,9 @@ pub struct ScanScope {
 pub enum Standing {
     /// Seen on the network, not in the policy's registry.
     Shadow,
+    /// A remote server reached (or configured to be reached) directly although a policy
+    /// `[[gateway]]` fronts its host.
+    Bypass,
     /// A configured stdio server running now (its traffic never crosses the network).
     Running,
     /// In a client configuration, never seen on the network.
@@ -77,8 +80,9 @@ pub enum Standing {
 }
 
 impl Standing {
-    pub const ALL: [Standing; 4] = [
+    pub const ALL: [Standing; 5] = [
         Standing::Shadow,
+        Standing::Bypass,
         Standing::Running,
         Standing::ConfiguredOnly,
         Standing::Registered,
@@ -87,6 +91,7 @@ impl Standing {
     pub fn id(self) -> &'static str {
         match self {
             Standing::Shadow => "shadow",
+            Standing::Bypass => "bypass",
             Standing::Running => "running",
             Standing::ConfiguredOnly => "configured-only",
             Standing::Registered => "registered",
@@ -102,6 +107,10 @@ pub enum RegistryState {
         name: String,
     },
     Shadow,
+    /// Reached around the named `[[gateway]]`.
+    Bypass {
+        gateway: String,
+    },
     /// No policy to check against (configured servers without `--policy`).
     Unchecked,
 }
@@ -236,6 +245,8 @@ pub struct ScanRegistry {
     pub status: String,
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 impl ConfigEntry {
@@ -243,6 +254,9 @@ impl ConfigEntry {
         match (self.registry.status.as_str(), &self.registry.name) {
             ("registered", Some(n)) => RegistryState::Registered { name: n.clone() },
             ("shadow", _) => RegistryState::Shadow,
+            ("bypass", _) => RegistryState::Bypass {
+                gateway: self.registry.gateway.clone().unwrap_or_default(),
+            },
             _ => RegistryState::Unchecked,
         }
     }
@@ -357,13 +371,18 @@ pub fn merge(
             Some(i) => i,
             None => {
                 let registry = c.registry();
+                let status = if matches!(registry, RegistryState::Bypass { .. }) {
+                    Standing::Bypass
+                } else {
+                    Standing::ConfiguredOnly
+                };
                 servers.push(InvServer {
                     id: c
                         .url
                         .clone()
                         .unwrap_or_else(|| format!("stdio:{}", c.launch())),
                     name: c.name.clone(),
-                    status: Standing::ConfiguredOnly,
+                    status,
                     registry,
                     seen: false,
                     configured: true,
@@ -398,7 +417,10 @@ pub fn merge(
                 s.pids.push(*p);
             }
         }
-        if !s.seen && !s.pids.is_empty() {
+        if let RegistryState::Bypass { gateway } = c.registry() {
+            s.status = Standing::Bypass;
+            s.registry = RegistryState::Bypass { gateway };
+        } else if !s.seen && !s.pids.is_empty() {
             s.status = Standing::Running;
         }
         s.configs.push(ConfigRef {
@@ -424,7 +446,6 @@ pub fn merge(
     if configs.is_none() {
         notes.push(NO_SCAN_NOTE.into());
     }
-    notes.push(BYPASS_NOTE.into());
     Inventory {
         kind: INVENTORY_KIND.into(),
         version: 1,
@@ -444,16 +465,30 @@ pub const NO_NETWORK_NOTE: &str = "no network inventory (mcpwatchd did not answe
 pub const NO_SCAN_NOTE: &str = "client configurations were not scanned";
 
 /// Why there is no `bypass` status.
-pub const BYPASS_NOTE: &str = "bypass is not reported: the policy has no gateway configuration to tell \
-     traffic that should have gone through a gateway from traffic that did";
+pub const BYPASS_NOTE: &str = "bypass is not reported: no --policy with a [[gateway]] says which remote \
+     hosts must be reached through a gateway";
+
+/// Mark network servers that a policy `[[gateway]]` fronts but that were reached directly.
+pub fn apply_gateways(inv: &mut Inventory, policy: Option<&mcpwatch_policy::Policy>) {
+    let Some(policy) = policy.filter(|p| !p.gateways().is_empty()) else {
+        inv.notes.push(BYPASS_NOTE.into());
+        return;
+    };
+    for s in inv.servers.iter_mut().filter(|s| s.seen) {
+        if let Some(gateway) = mcpwatch_discover::bypassed_gateway(policy, &s.id) {
+            s.status = Standing::Bypass;
+            s.registry = RegistryState::Bypass { gateway };
+        }
+    }
+    inv.servers.sort_by(|a, b| a.status.cmp(&b.status).then(b.calls.cmp(&a.calls)).then(a.id.cmp(&b.id)));
+}
 
 /// Local scan of the default scope (every home, managed files), as `mcpwatch scan` does, turned
 /// into the entries `merge` takes, plus one note per unreadable file.
 pub fn local_scan(
-    policy: Option<&Path>,
+    policy: Option<&mcpwatch_policy::Policy>,
     scope: &ScanScope,
 ) -> Result<(Vec<ConfigEntry>, Vec<String>)> {
-    let policy = crate::scan::load_policy(policy)?;
     for d in scope.home.iter().chain(&scope.root) {
         if !d.is_dir() {
             anyhow::bail!("{} is not a directory", d.display());
@@ -467,7 +502,7 @@ pub fn local_scan(
         max_depth: 6,
         env: mcpwatch_discover::Environment::from_process(),
     };
-    let report = mcpwatch_discover::scan(&opts, policy.as_ref());
+    let report = mcpwatch_discover::scan(&opts, policy);
     let entries: Vec<ConfigEntry> = serde_json::from_value(serde_json::to_value(&report.servers)?)
         .context("scan entries do not convert to inventory entries")?;
     let notes = report
@@ -516,11 +551,12 @@ pub fn build(
     policy: Option<&Path>,
     scope: &ScanScope,
 ) -> Result<Inventory> {
+    let policy = crate::scan::load_policy(policy)?;
     let network = fetch_network(socket)?;
     let (configs, scan_notes) = if no_scan {
         (None, Vec::new())
     } else {
-        let (c, n) = local_scan(policy, scope)?;
+        let (c, n) = local_scan(policy.as_ref(), scope)?;
         (Some(c), n)
     };
     if network.is_none() && no_scan {
@@ -533,6 +569,7 @@ pub fn build(
         configs.as_deref(),
     );
     inv.notes.extend(scan_notes);
+    apply_gateways(&mut inv, policy.as_ref());
     Ok(inv)
 }
 
@@ -574,6 +611,7 @@ pub fn status_label(s: &InvServer) -> String {
             format!("registered ({name})")
         }
         (Standing::Shadow, _) => "SHADOW".into(),
+        (_, RegistryState::Bypass { gateway }) => format!("BYPASS (around gateway {gateway})"),
         (st, RegistryState::Shadow) => format!("{} (not in registry)", st.id()),
         (st, _) => st.id().into(),
     }
@@ -696,6 +734,7 @@ fn csv(inv: &Inventory) -> String {
         let registry = match &s.registry {
             RegistryState::Registered { name } => format!("registered:{name}"),
             RegistryState::Shadow => "shadow".into(),
+            RegistryState::Bypass { gateway } => format!("bypass:{gateway}"),
             RegistryState::Unchecked => String::new(),
         };
         let cells = [
@@ -822,6 +861,7 @@ mod tests {
             registry: ScanRegistry {
                 status: "unchecked".into(),
                 name: None,
+                gateway: None,
             },
             pids,
         }
@@ -965,5 +1005,37 @@ mod tests {
         let text = table(&merge("h", NOW, Some(&[s]), None), NOW);
         assert!(text.contains("x\\u{1b}]0;pwned\\u{7}"), "{text}");
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn gateways_turn_direct_calls_and_configs_into_bypass() {
+        let policy = mcpwatch_policy::parse(
+            "version = 1\nmode = \"audit\"\n[[gateway]]\nname = \"corp\"\nurl = \"https://gw.corp.example/mcp\"\ncovers = [\"*.githubcopilot.com\"]\n",
+            "p.toml",
+        )
+        .expect("policy");
+        let network = [
+            net("https://api.githubcopilot.com:443/mcp", Some("copilot"), 5),
+            net("https://gw.corp.example:443/mcp", Some("gw"), 9),
+        ];
+        let mut bypassing = conf("direct", Some("https://api.githubcopilot.com/other"), None, vec![]);
+        bypassing.registry = ScanRegistry { status: "bypass".into(), name: None, gateway: Some("corp".into()) };
+        let mut inv = merge("h", NOW, Some(&network), Some(&[bypassing]));
+        apply_gateways(&mut inv, Some(&policy));
+        let by_id = |id: &str| inv.servers.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("{id}"));
+        assert_eq!(by_id("https://api.githubcopilot.com:443/mcp").status, Standing::Bypass);
+        assert_eq!(
+            by_id("https://api.githubcopilot.com:443/mcp").registry,
+            RegistryState::Bypass { gateway: "corp".into() }
+        );
+        assert_eq!(by_id("https://gw.corp.example:443/mcp").status, Standing::Registered);
+        assert_eq!(by_id("https://api.githubcopilot.com/other").status, Standing::Bypass);
+        assert_eq!(inv.servers[0].status, Standing::Bypass, "most alarming first");
+        assert!(!inv.notes.iter().any(|n| n == BYPASS_NOTE));
+        // Without gateways, the note says why there is no bypass status.
+        let mut plain = merge("h", NOW, Some(&network), None);
+        apply_gateways(&mut plain, None);
+        assert!(plain.notes.iter().any(|n| n == BYPASS_NOTE));
+        assert!(plain.servers.iter().all(|s| s.status != Standing::Bypass));
     }
 }

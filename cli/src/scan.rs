@@ -246,6 +246,7 @@ fn json_doc(r: &Report) -> Value {
             "homes_scanned": r.homes_scanned,
             "projects_scanned": r.projects_scanned,
             "shadow": r.shadow_count(),
+            "bypass": r.bypass_count(),
             "risky": r.risky_count(),
             "unreadable": r.errors.len(),
             "unwrapped": r.unwrapped_count(),
@@ -291,6 +292,7 @@ fn csv(r: &Report) -> String {
                 mcpwatch_discover::Registry::Unchecked => String::new(),
                 mcpwatch_discover::Registry::Registered { name } => format!("registered:{name}"),
                 mcpwatch_discover::Registry::Shadow { .. } => "shadow".into(),
+                mcpwatch_discover::Registry::Bypass { gateway, .. } => format!("bypass:{gateway}"),
             },
             risk_ids(s).replace(',', ";"),
             s.file.to_string_lossy().into_owned(),
@@ -365,6 +367,7 @@ fn markdown(r: &Report) -> String {
 
 const SHADOW_RULE: &str = "shadow-server";
 const UNREADABLE_RULE: &str = "unreadable-config";
+const BYPASS_RULE: &str = "gateway-bypass";
 /// A stdio server launched without `mcpwatch wrap` (a note: observed at best, never enforced).
 const UNWRAPPED_RULE: &str = "unwrapped-stdio";
 
@@ -406,7 +409,7 @@ fn sarif_location(file: &std::path::Path, line: Option<usize>, column: Option<us
     json!([{ "physicalLocation": phys }])
 }
 
-/// SARIF 2.1.0: one rule per risk flag, plus shadow servers and unreadable files.
+/// SARIF 2.1.0: one rule per risk flag, plus shadow servers, gateway bypasses and unreadable files.
 fn sarif(r: &Report) -> Value {
     let mut rules: Vec<Value> = RiskFlag::ALL
         .iter()
@@ -426,6 +429,12 @@ fn sarif(r: &Report) -> Value {
         "defaultConfiguration": { "level": "warning" },
     }));
     rules.push(json!({
+        "id": BYPASS_RULE,
+        "shortDescription": { "text": "gateway bypass" },
+        "fullDescription": { "text": "A remote server whose host a [[gateway]] of the policy fronts is reached directly, around the gateway." },
+        "defaultConfiguration": { "level": "error" },
+    }));
+    rules.push(json!({
         "id": UNREADABLE_RULE,
         "shortDescription": { "text": "unreadable config" },
         "fullDescription": { "text": "A client configuration file could not be read or parsed; its servers are unknown." },
@@ -443,8 +452,9 @@ fn sarif(r: &Report) -> Value {
             .position(|f| f.id() == id)
             .unwrap_or(match id {
                 SHADOW_RULE => RiskFlag::ALL.len(),
-                UNREADABLE_RULE => RiskFlag::ALL.len() + 1,
-                _ => RiskFlag::ALL.len() + 2,
+                BYPASS_RULE => RiskFlag::ALL.len() + 1,
+                UNREADABLE_RULE => RiskFlag::ALL.len() + 2,
+                _ => RiskFlag::ALL.len() + 3,
             })
     };
     let mut results = Vec::new();
@@ -469,10 +479,15 @@ fn sarif(r: &Report) -> Value {
                 "partialFingerprints": { "launchHash/v1": s.launch_hash },
             }));
         }
-        if let mcpwatch_discover::Registry::Shadow { reason } = &s.registry {
+        let ungoverned = match &s.registry {
+            mcpwatch_discover::Registry::Shadow { reason } => Some((SHADOW_RULE, reason)),
+            mcpwatch_discover::Registry::Bypass { reason, .. } => Some((BYPASS_RULE, reason)),
+            _ => None,
+        };
+        if let Some((rule, reason)) = ungoverned {
             results.push(json!({
-                "ruleId": SHADOW_RULE,
-                "ruleIndex": index(SHADOW_RULE),
+                "ruleId": rule,
+                "ruleIndex": index(rule),
                 "level": "warning",
                 "message": { "text": format!("{} ({}, {}): {}", s.name, s.client, s.scope.as_str(), reason) },
                 "locations": sarif_location(&s.file, s.line, None),

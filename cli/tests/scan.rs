@@ -660,3 +660,50 @@ fn closed_stdout_exits_0_like_the_other_commands() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn stdio_servers_register_by_launch_and_direct_calls_around_a_gateway_are_bypass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".cursor")).expect("mkdir");
+    std::fs::write(
+        home.join(".cursor/mcp.json"),
+        r#"{ "mcpServers": {
+            "everything": { "command": "npx", "args": ["-y", "@modelcontextprotocol/server-everything@2025.9.25"] },
+            "fetch": { "command": "uvx", "args": ["mcp-server-fetch==2025.4.7"] },
+            "copilot": { "url": "https://api.githubcopilot.com/mcp/" },
+            "via-gateway": { "url": "https://gw.corp.example/mcp" }
+        } }"#,
+    )
+    .expect("write config");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\nmode = \"audit\"\n\
+         [[server]]\nname = \"everything\"\npackage = \"npm:@modelcontextprotocol/server-everything\"\n\
+         [[server]]\nname = \"gw\"\nurl = \"https://gw.corp.example/mcp\"\n\
+         [[gateway]]\nname = \"corp\"\nurl = \"https://gw.corp.example/mcp\"\ncovers = [\"*.githubcopilot.com\"]\n",
+    )
+    .expect("write policy");
+    let (code, v) = json(&["--home", s(&home), "--policy", s(&policy)]);
+    assert_eq!(code, 1, "shadow and bypass need attention");
+    assert_eq!(
+        server(&v, "everything")["registry"],
+        serde_json::json!({"status": "registered", "name": "everything"})
+    );
+    assert_eq!(server(&v, "fetch")["registry"]["status"], "shadow");
+    assert_eq!(server(&v, "copilot")["registry"]["status"], "bypass");
+    assert_eq!(server(&v, "copilot")["registry"]["gateway"], "corp");
+    assert_eq!(server(&v, "via-gateway")["registry"]["status"], "registered");
+    assert_eq!((v["summary"]["shadow"].as_u64(), v["summary"]["bypass"].as_u64()), (Some(1), Some(1)));
+    // SARIF carries the bypass under its own rule.
+    let sarif = scan(&["--home", s(&home), "--policy", s(&policy), "--format", "sarif"]);
+    let sv: Value = serde_json::from_str(&sarif.stdout).expect("sarif json");
+    let results = sv["runs"][0]["results"].as_array().expect("results");
+    assert!(results.iter().any(|r| r["ruleId"] == "gateway-bypass" && r["message"]["text"].as_str().unwrap_or("").contains("copilot")));
+    let rules = sv["runs"][0]["tool"]["driver"]["rules"].as_array().expect("rules");
+    for r in results {
+        let i = r["ruleIndex"].as_u64().expect("index") as usize;
+        assert_eq!(rules[i]["id"], r["ruleId"], "ruleIndex points at its rule");
+    }
+}

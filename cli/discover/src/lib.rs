@@ -25,6 +25,7 @@ mod scan;
 mod url;
 
 pub use model::{FileError, Registry, Report, Risk, RiskFlag, Scope, Server, Transport};
+pub use registry::bypassed_gateway;
 pub use risk::REDACTED;
 pub use scan::{Environment, MAX_FILE_BYTES, Options, scan};
 pub use url::match_key;

@@ -166,6 +166,9 @@ pub enum Registry {
     Registered { name: String },
     /// No `[[server]]` entry matches.
     Shadow { reason: String },
+    /// A remote server reached directly although the policy's `[[gateway]]` `gateway`
+    /// fronts its host.
+    Bypass { gateway: String, reason: String },
 }
 
 impl Registry {
@@ -174,11 +177,21 @@ impl Registry {
             Registry::Unchecked => "-",
             Registry::Registered { name } => name,
             Registry::Shadow { .. } => "SHADOW",
+            Registry::Bypass { .. } => "BYPASS",
         }
     }
 
     pub fn is_shadow(&self) -> bool {
         matches!(self, Registry::Shadow { .. })
+    }
+
+    pub fn is_bypass(&self) -> bool {
+        matches!(self, Registry::Bypass { .. })
+    }
+
+    /// Shadow or bypass: the server is outside the governed path.
+    pub fn is_ungoverned(&self) -> bool {
+        self.is_shadow() || self.is_bypass()
     }
 }
 
@@ -228,7 +241,7 @@ pub struct Server {
 impl Server {
     /// Shadow or risky: counts towards exit status 1.
     pub fn needs_attention(&self) -> bool {
-        !self.risks.is_empty() || self.registry.is_shadow()
+        !self.risks.is_empty() || self.registry.is_ungoverned()
     }
 }
 
@@ -269,6 +282,10 @@ impl Report {
     /// Stdio servers launched without `mcpwatch wrap`.
     pub fn unwrapped_count(&self) -> usize {
         self.servers.iter().filter(|s| s.wrapped == Some(false)).count()
+    }
+
+    pub fn bypass_count(&self) -> usize {
+        self.servers.iter().filter(|s| s.registry.is_bypass()).count()
     }
 
     pub fn risky_count(&self) -> usize {

@@ -604,7 +604,7 @@ impl Scanner<'_> {
             });
         }
         let transport = e.transport.unwrap_or(Transport::Stdio);
-        let registry = registry::status(self.policy, a.url_raw.as_deref());
+        let registry = registry::status(self.policy, a.url_raw.as_deref(), e.command.as_deref(), &e.args);
         let pids = match (&e.command, transport) {
             (Some(c), Transport::Stdio) => procs::running(&self.procs, c, &e.args),
             _ => Vec::new(),

@@ -20,11 +20,12 @@ use crate::matcher::{
 };
 use crate::model::{
     InspectSettings, Approver,
-    AgentDef, DefaultAction, Policy, RateDef, RuleAction, RuleDef, ServerDef, ServerStatus,
+    AgentDef, DefaultAction, GatewayDef, Policy, RateDef, RuleAction, RuleDef, ServerDef, ServerStatus,
     ShadowAction,
 };
 use crate::flow::{FlowDef, Label, LabelDef, Labels};
-use crate::raw::{RawAgent, RawCondition, RawFlow, RawLabel, RawPolicy, RawRule, RawServer, SList};
+use crate::launch::LaunchKind;
+use crate::raw::{RawAgent, RawCondition, RawFlow, RawGateway, RawLabel, RawPolicy, RawRule, RawServer, SList};
 
 /// Policies are hand-written; anything this large is a mistake (or an attack on the loader).
 pub const MAX_POLICY_BYTES: usize = 4 << 20;
@@ -119,6 +120,19 @@ impl Compiler<'_> {
         }
         let server_names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
 
+        let mut gateways = Vec::with_capacity(raw.gateway.len());
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for g in &raw.gateway {
+            let def = self.gateway(g)?;
+            if let Some(first) = seen.insert(def.name.clone(), def.line) {
+                return Err(self.err(
+                    g.name.span(),
+                    format!("duplicate gateway name `{}` (first defined at line {first})", def.name),
+                ));
+            }
+            gateways.push(def);
+        }
+
         let mut agents = Vec::with_capacity(raw.agent.len());
         let mut seen: HashMap<String, usize> = HashMap::new();
         for a in raw.agent {
@@ -212,6 +226,7 @@ impl Compiler<'_> {
             rules,
             labels,
             flows,
+            gateways,
         })
     }
 
@@ -365,21 +380,79 @@ impl Compiler<'_> {
     fn server(&self, r: RawServer) -> Result<ServerDef> {
         let name = self.name(&r.name, "server name")?;
         let line = self.line(r.name.span().start);
-        let matcher = match (&r.url, &r.host) {
+        let matcher = match self.launch_matcher(&name, &r)? {
+            Some(m) => m,
+            None => self.endpoint_matcher(&format!("server `{name}`"), r.name.span(), &r.url, &r.host, &r.port, &r.path, true)?,
+        };
+        self.server_rest(r, name, line, matcher)
+    }
+
+    /// `package = "npm:NAME"` or `command = "/path/glob"`: a stdio server, named by what
+    /// it launches ([`crate::launch::identify`]). Neither may be combined with an endpoint.
+    fn launch_matcher(&self, name: &str, r: &RawServer) -> Result<Option<ServerMatcher>> {
+        let (key, value) = match (&r.package, &r.command) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(c)) => {
+                return Err(self.err(c.span(), format!("server `{name}` sets both `package` and `command`; use one of them")));
+            }
+            (Some(p), None) => ("package", p),
+            (None, Some(c)) => ("command", c),
+        };
+        let endpoint_spans = [
+            r.url.as_ref().map(|u| u.span()),
+            r.host.as_ref().map(|h| h.span()),
+            r.port.as_ref().map(|p| p.span()),
+            r.path.as_ref().map(|p| p.span()),
+        ];
+        if let Some(span) = endpoint_spans.into_iter().flatten().next() {
+            return Err(self.err(
+                span,
+                format!("server `{name}` names a stdio launch with `{key}`; `url`, `host`, `port` and `path` name network endpoints and cannot be combined with it"),
+            ));
+        }
+        if key == "command" {
+            return Ok(Some(ServerMatcher::Command { path: self.pattern(value, PatternKind::Path, "command")? }));
+        }
+        let v = value.get_ref();
+        let Some((kind, pkg)) = v.split_once(':').and_then(|(k, n)| Some((LaunchKind::from_label(k)?, n))) else {
+            return Err(self.err(
+                value.span(),
+                format!("invalid `package` {v:?}: expected `npm:NAME`, `pypi:NAME`, `pymodule:NAME` or `oci:IMAGE` (globs allowed in NAME)"),
+            ));
+        };
+        if !kind.is_package() {
+            return Err(self.err(value.span(), format!("invalid `package` {v:?}: scripts and programs are named with `command = \"PATH\"`")));
+        }
+        let spanned = Spanned::new(value.span(), pkg.to_string());
+        Ok(Some(ServerMatcher::Package { kind, name: self.pattern(&spanned, PatternKind::Name, "package")? }))
+    }
+
+    /// `url = ...` or `host` [+ `port`, `path`]: the endpoint of a `[[server]]` or `[[gateway]]`.
+    fn endpoint_matcher(
+        &self,
+        owner: &str,
+        name_span: Range<usize>,
+        url: &Option<Spanned<String>>,
+        host: &Option<Spanned<String>>,
+        port: &Option<Spanned<u16>>,
+        path: &Option<Spanned<String>>,
+        launch_hint: bool,
+    ) -> Result<ServerMatcher> {
+        Ok(match (url, host) {
             (Some(_), Some(h)) => {
                 return Err(self.err(
                     h.span(),
-                    format!("server `{name}` sets both `url` and `host`; use one of them"),
+                    format!("{owner} sets both `url` and `host`; use one of them"),
                 ));
             }
             (Some(u), None) => {
-                if let Some(p) = &r.port {
+                if let Some(p) = port {
                     return Err(self.err(
                         p.span(),
                         "`port` cannot be combined with `url` (the URL fixes the port); use `host`, `port` and `path` instead",
                     ));
                 }
-                if let Some(p) = &r.path {
+                if let Some(p) = path {
                     return Err(self.err(
                         p.span(),
                         "`path` cannot be combined with `url` (the URL fixes the path); use `host`, `port` and `path` instead",
@@ -388,15 +461,15 @@ impl Compiler<'_> {
                 self.url(u)?
             }
             (None, Some(h)) => {
-                if let Some(p) = &r.port
+                if let Some(p) = port
                     && *p.get_ref() == 0
                 {
                     return Err(self.err(p.span(), "`port` must be between 1 and 65535"));
                 }
                 ServerMatcher::Parts {
                     host: self.pattern(h, PatternKind::Host, "host")?,
-                    port: r.port.as_ref().map(|p| *p.get_ref()),
-                    path: match &r.path {
+                    port: port.as_ref().map(|p| *p.get_ref()),
+                    path: match path {
                         Some(p) => {
                             if !p.get_ref().starts_with('/') {
                                 return Err(self.err(p.span(), "`path` must start with `/`"));
@@ -411,14 +484,37 @@ impl Compiler<'_> {
                 }
             }
             (None, None) => {
+                let stdio = if launch_hint { ", or `package`/`command` for a stdio server" } else { "" };
                 return Err(self.err(
-                    r.name.span(),
+                    name_span,
                     format!(
-                        "server `{name}` needs `url` (exact endpoint) or `host` (with optional `port` and `path`) to say which endpoint it is"
+                        "{owner} needs `url` (exact endpoint) or `host` (with optional `port` and `path`) to say which endpoint it is{stdio}"
                     ),
                 ));
             }
-        };
+        })
+    }
+
+    fn gateway(&self, g: &RawGateway) -> Result<GatewayDef> {
+        let name = self.name(&g.name, "gateway name")?;
+        let owner = format!("gateway `{name}`");
+        let matcher = self.endpoint_matcher(&owner, g.name.span(), &g.url, &g.host, &g.port, &g.path, false)?;
+        if g.covers.get_ref().is_empty() {
+            return Err(self.err(
+                g.covers.span(),
+                format!("{owner}: `covers` is empty; list the remote hosts (globs) that must be reached through this gateway"),
+            ));
+        }
+        Ok(GatewayDef {
+            name,
+            description: g.description.clone(),
+            matcher,
+            covers: self.patterns(&g.covers, PatternKind::Host, "covers")?,
+            line: self.line(g.name.span().start),
+        })
+    }
+
+    fn server_rest(&self, r: RawServer, name: String, line: usize, matcher: ServerMatcher) -> Result<ServerDef> {
         let status = r
             .status
             .as_ref()

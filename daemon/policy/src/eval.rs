@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use mcpwatch_api::ProcessInfo;
 use serde_json::Value;
 
-use crate::model::{
+use crate::model::{GatewayDef, 
     Action, AgentDef, Decision, DefaultAction, Effect, Mode, Policy, RateSpec, RuleAction, RuleDef,
     ServerDef, ShadowAction,
 };
@@ -43,6 +43,30 @@ pub struct Target<'a> {
     /// The server's endpoint path (query ignored). For legacy HTTP+SSE servers: the
     /// path of the SSE stream, not the per-session POST path.
     pub path: &'a str,
+}
+
+/// The endpoint prefix of a stdio server: `stdio://npm:@scope/name`.
+pub const STDIO_SCHEME: &str = "stdio://";
+
+impl<'a> Target<'a> {
+    /// A stdio server as a policy target: `endpoint` must be [`stdio_endpoint`] of its
+    /// launch; host, port and path are empty, so no network matcher can match it.
+    pub fn stdio(endpoint: &'a str) -> Target<'a> {
+        Target { endpoint, host: "", port: 0, path: "" }
+    }
+
+    /// The launch kind and name of a stdio target, `None` for network targets.
+    pub fn stdio_launch(&self) -> Option<(crate::launch::LaunchKind, &'a str)> {
+        let rest = self.endpoint.strip_prefix(STDIO_SCHEME)?;
+        let (kind, name) = rest.split_once(':')?;
+        Some((crate::launch::LaunchKind::from_label(kind)?, name))
+    }
+}
+
+/// The endpoint key of a stdio server (`stdio://npm:@scope/name`): what the audit
+/// record's `server` endpoint and [`Target::stdio`] carry for it.
+pub fn stdio_endpoint(l: &crate::launch::Launch) -> String {
+    format!("{STDIO_SCHEME}{}", l.key())
 }
 
 /// What is being asked.
@@ -147,6 +171,26 @@ impl Policy {
             .filter(|(_, s)| s.matcher.matches(t))
             .max_by_key(|(i, s)| (s.matcher.specificity(), Reverse(*i)))
             .map(|(_, s)| s)
+    }
+
+    /// The gateway the target *is* (its endpoint matches a `[[gateway]]`), if any.
+    pub fn gateway_for(&self, t: &Target<'_>) -> Option<&GatewayDef> {
+        self.gateways.iter().find(|g| g.matcher.matches(t))
+    }
+
+    /// The gateway a direct call to `t` goes around: `t`'s host is covered by a
+    /// `[[gateway]]` and `t` is not that gateway. Stdio targets are never bypasses.
+    pub fn bypassed_gateway(&self, t: &Target<'_>) -> Option<&GatewayDef> {
+        if t.stdio_launch().is_some() || self.gateway_for(t).is_some() {
+            return None;
+        }
+        let host = crate::matcher::norm_target_host(t.host);
+        self.gateways.iter().find(|g| g.covers.matches(host))
+    }
+
+    /// Every `[[gateway]]`, in file order.
+    pub fn gateways(&self) -> &[GatewayDef] {
+        &self.gateways
     }
 
     /// The agent the process is identified as (the most specific match; file order

@@ -18,12 +18,17 @@
 //! - [`approval_key`] binds a human approval to one exact call.
 //! - [`FlowTable`] follows untrusted content through a session and matches `[[flow]]`
 //!   rules; [`Policy::tool_labels`] says what a tool is.
+//! - [`launch::identify`] names what a stdio server launch runs (package, image or script,
+//!   looking through launchers); `[[server]] package/command` entries match it through
+//!   [`Target::stdio`], and [`Policy::bypassed_gateway`] says when a remote call goes
+//!   around a `[[gateway]]`.
 
 mod approval;
 mod compile;
 mod error;
 mod eval;
 mod flow;
+pub mod launch;
 mod matcher;
 mod model;
 mod path;
@@ -33,13 +38,13 @@ mod raw;
 pub use approval::{approval_key, canonical_hash, canonical_json};
 pub use compile::{DEFAULT_APPROVAL_TIMEOUT, MAX_POLICY_BYTES, parse};
 pub use error::PolicyError;
-pub use eval::{Call, Subject, Target};
+pub use eval::{Call, STDIO_SCHEME, Subject, Target, stdio_endpoint};
 pub use flow::{
     FlowCheck, FlowDef, FlowLimits, FlowTable, FlowVerdict, Injection, Label, LabelSource, Labels, ResultSeen, TaintReason, TaintRef,
     TaintState, ToolLabels, ToolRef, call_labels, markers,
 };
 pub use model::{
-    Action, AgentDef, Approver, ConditionForm, Decision, DefaultAction, Effect, InspectSettings, MinSeverity, Mode, Per,
+    Action, AgentDef, Approver, GatewayDef, ConditionForm, Decision, DefaultAction, Effect, InspectSettings, MinSeverity, Mode, Per,
     PinAction, PoisonAction, Policy, RateScope, RateSpec, RuleAction, RuleDef, ServerDef,
     ServerStatus, ShadowAction,
 };

@@ -11,6 +11,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::eval::Target;
+use crate::launch::LaunchKind;
 
 /// How a glob list treats its subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +126,10 @@ pub(crate) enum ServerMatcher {
         port: Option<u16>,
         path: Option<Pattern>,
     },
+    /// `package = "npm:NAME"`: a stdio server launched from a registry package or image.
+    Package { kind: LaunchKind, name: Pattern },
+    /// `command = "/path"`: a stdio server launched as a script or program.
+    Command { path: Pattern },
 }
 
 /// `[::1]` -> `::1`, `example.com.` -> `example.com`.
@@ -159,8 +164,16 @@ pub(crate) fn norm_target_host(h: &str) -> &str {
 
 impl ServerMatcher {
     pub(crate) fn matches(&self, t: &Target<'_>) -> bool {
+        if let Some((kind, name)) = t.stdio_launch() {
+            return match self {
+                ServerMatcher::Package { kind: k, name: n } => *k == kind && n.matches(name, false),
+                ServerMatcher::Command { path } => !kind.is_package() && path.matches(name, false),
+                _ => false,
+            };
+        }
         let host = norm_target_host(t.host);
         match self {
+            ServerMatcher::Package { .. } | ServerMatcher::Command { .. } => false,
             ServerMatcher::Url {
                 scheme,
                 host: h,
@@ -191,6 +204,8 @@ impl ServerMatcher {
     pub(crate) fn specificity(&self) -> u32 {
         match self {
             ServerMatcher::Url { .. } => 100,
+            ServerMatcher::Package { name, .. } => name.specificity() * 10,
+            ServerMatcher::Command { path } => path.specificity() * 10,
             ServerMatcher::Parts { host, port, path } => {
                 host.specificity() * 10
                     + if port.is_some() { 5 } else { 0 }

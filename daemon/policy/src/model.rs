@@ -268,6 +268,23 @@ pub struct ServerDef {
     pub line: usize,
 }
 
+/// A compiled `[[gateway]]` entry: the company's MCP gateway and the hosts it fronts.
+#[derive(Debug, Clone)]
+pub struct GatewayDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub(crate) matcher: ServerMatcher,
+    pub(crate) covers: Patterns,
+    pub line: usize,
+}
+
+impl GatewayDef {
+    /// The `covers` host patterns as written.
+    pub fn covers(&self) -> &[String] {
+        self.covers.sources()
+    }
+}
+
 /// A compiled `[[agent]]` entry.
 #[derive(Debug, Clone)]
 pub struct AgentDef {
@@ -455,6 +472,7 @@ pub struct Policy {
     pub(crate) rules: Vec<RuleDef>,
     pub(crate) labels: Vec<crate::flow::LabelDef>,
     pub(crate) flows: Vec<crate::flow::FlowDef>,
+    pub(crate) gateways: Vec<GatewayDef>,
     pub(crate) inspect: InspectSettings,
 }
 

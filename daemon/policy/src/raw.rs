@@ -33,8 +33,25 @@ pub(crate) struct RawPolicy {
     #[serde(default)]
     pub flow: Vec<RawFlow>,
     pub approvals: Option<RawApprovals>,
+    /// `[[gateway]]`: the company MCP gateway(s) and the remote hosts they front.
+    #[serde(default)]
+    pub gateway: Vec<RawGateway>,
     // Not `Spanned`: toml cannot span a table created implicitly by `[inspect.detectors]`.
     pub inspect: Option<RawInspect>,
+}
+
+/// `[[gateway]]`: an MCP gateway (`url`, or `host` [+ `port`, `path`]) and the remote
+/// hosts it fronts (`covers`): reaching a covered host directly is a bypass.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+    pub url: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub path: Option<Spanned<String>>,
+    pub covers: SList,
 }
 
 /// `[approvals]`: who may answer held calls.
@@ -66,6 +83,10 @@ pub(crate) struct RawServer {
     pub host: Option<Spanned<String>>,
     pub port: Option<Spanned<u16>>,
     pub path: Option<Spanned<String>>,
+    /// A stdio server by package: `npm:NAME`, `pypi:NAME`, `pymodule:NAME`, `oci:IMAGE`.
+    pub package: Option<Spanned<String>>,
+    /// A stdio server by script or program path (glob).
+    pub command: Option<Spanned<String>>,
     pub owner: Option<String>,
     pub status: Option<Spanned<ServerStatus>>,
     /// A TOML date (`2025-06-30`) or the same as a string.

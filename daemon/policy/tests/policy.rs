@@ -2218,3 +2218,80 @@ fn approvers_parse_and_reject_typos() {
         assert!(e.render().contains(":4:"), "{bad}: position: {}", e.render());
     }
 }
+
+// ------------------------------------------------------------------ stdio servers and gateways
+
+#[test]
+fn stdio_servers_register_by_package_or_command_and_never_match_network_targets() {
+    use mcpwatch_policy::launch::identify;
+    use mcpwatch_policy::stdio_endpoint;
+    let p = pol(
+        "version = 1\nmode = \"enforce\"\n\
+         [[server]]\nname = \"everything\"\npackage = \"npm:@modelcontextprotocol/server-*\"\n\
+         [[server]]\nname = \"fetch\"\npackage = \"pypi:mcp-server-fetch\"\n\
+         [[server]]\nname = \"local\"\ncommand = \"/opt/mcp/**\"\n\
+         [[server]]\nname = \"web\"\nhost = \"*\"\n",
+    );
+    let name_of = |argv: &str| {
+        let argv: Vec<String> = argv.split(' ').map(str::to_string).collect();
+        let l = identify(&argv).expect("launch");
+        let ep = stdio_endpoint(&l);
+        p.server_for(&Target::stdio(&ep)).map(|s| s.name.clone())
+    };
+    assert_eq!(name_of("npx -y @modelcontextprotocol/server-everything").as_deref(), Some("everything"));
+    assert_eq!(name_of("node /c/node_modules/@modelcontextprotocol/server-memory/dist/index.js").as_deref(), Some("everything"));
+    assert_eq!(name_of("uvx mcp-server-fetch==1.0").as_deref(), Some("fetch"));
+    assert_eq!(name_of("python3 /opt/mcp/weather/server.py").as_deref(), Some("local"));
+    assert_eq!(name_of("/opt/mcp/bin/srv").as_deref(), Some("local"));
+    // A package of the wrong registry, an unlisted script: shadow. The catch-all network
+    // entry (`host = "*"`) never registers a stdio server.
+    assert_eq!(name_of("uvx server-everything"), None);
+    assert_eq!(name_of("python3 /home/u/evil.py"), None);
+    // And a stdio entry never registers a network endpoint.
+    let e = ep("https://opt.example:443/opt/mcp/x");
+    assert_eq!(p.server_for(&e.t()).map(|s| s.name.as_str()), Some("web"));
+}
+
+#[test]
+fn gateways_name_bypasses_and_are_not_bypasses_themselves() {
+    let p = pol(
+        "version = 1\nmode = \"enforce\"\n\
+         [[gateway]]\nname = \"corp\"\nurl = \"https://mcp-gw.corp.example/mcp\"\ncovers = [\"*.githubcopilot.com\", \"mcp.atlassian.com\"]\n",
+    );
+    let direct = ep("https://api.githubcopilot.com:443/mcp");
+    assert_eq!(p.bypassed_gateway(&direct.t()).map(|g| g.name.as_str()), Some("corp"));
+    let other = ep("https://mcp.example.org:443/mcp");
+    assert!(p.bypassed_gateway(&other.t()).is_none());
+    let gw = ep("https://mcp-gw.corp.example:443/mcp");
+    assert_eq!(p.gateway_for(&gw.t()).map(|g| g.name.as_str()), Some("corp"));
+    assert!(p.bypassed_gateway(&gw.t()).is_none());
+    assert_eq!(p.gateways()[0].covers(), ["*.githubcopilot.com", "mcp.atlassian.com"]);
+}
+
+#[test]
+fn stdio_and_gateway_entries_reject_mistakes_with_positions() {
+    let head = "version = 1\nmode = \"enforce\"\n";
+    let table: &[(&str, usize, usize, &str)] = &[
+        ("[[server]]\nname = \"s\"\npackage = \"npm:x\"\nurl = \"https://a/b\"\n", 6, 7, "cannot be combined"),
+        ("[[server]]\nname = \"s\"\npackage = \"cargo:x\"\n", 5, 11, "expected `npm:NAME`"),
+        ("[[server]]\nname = \"s\"\npackage = \"script:/x\"\n", 5, 11, "`command ="),
+        ("[[server]]\nname = \"s\"\npackage = \"npm:x\"\ncommand = \"/y\"\n", 6, 11, "both `package` and `command`"),
+        ("[[server]]\nname = \"s\"\npakage = \"npm:x\"\n", 5, 1, "did you mean `package`?"),
+        ("[[gateway]]\nname = \"g\"\ncovers = [\"a\"]\n", 4, 8, "needs `url`"),
+        ("[[gateway]]\nname = \"g\"\nhost = \"gw\"\ncovers = []\n", 6, 10, "`covers` is empty"),
+        ("[[gateway]]\nname = \"g\"\nhost = \"gw\"\n", 3, 1, "missing field `covers`"),
+    ];
+    for (body, line, column, fragment) in table {
+        let src = format!("{head}{body}");
+        match parse(&src, "bad.toml") {
+            Ok(_) => panic!("accepted:\n{src}"),
+            Err(e) => assert!(
+                (e.line, e.column) == (*line, *column) && e.message.contains(fragment),
+                "{body:?}\n  got  {}:{}: {}\n  want {line}:{column}: ..{fragment}..",
+                e.line,
+                e.column,
+                e.message
+            ),
+        }
+    }
+}
