@@ -41,7 +41,7 @@ pub const MAX_SESSIONS_PER_UID: usize = 64;
 pub const MAX_SESSIONS: usize = 1024;
 /// Calls of one session waiting for their answer.
 const MAX_PENDING: usize = 1024;
-/// Longest command line kept in the server's inventory key.
+/// Longest command line (and server key) kept.
 const MAX_KEY_CHARS: usize = 240;
 
 const C2S: &str = "client->server";
@@ -230,8 +230,10 @@ struct Pending {
 /// One wrapped server, as long as its wrapper is connected.
 struct Session {
     shared: Arc<Shared>,
-    /// Inventory key: `stdio:` + the (redacted) command line.
+    /// Inventory key and policy target: `stdio://<kind>:<name>` of the launch.
     endpoint: String,
+    /// The command line as shown (arguments redacted, clipped).
+    cmdline: String,
     /// The client: the wrapper's parent process, as the kernel names it.
     process: Option<ProcessInfo>,
     wrapper_pid: u32,
@@ -250,17 +252,25 @@ impl Session {
             sanitize(&mut p);
             p
         });
+        // The server key is the policy's identity of the launch (`stdio://npm:@scope/pkg`,
+        // `stdio://script:/srv/x.py`), so `[[server]] package/command` entries and the
+        // daemon's other stdio sources name it the same way. The command line itself
+        // (arguments redacted by the detectors) goes into every record's note.
         let shown = shared.governance.current().inspector.redact_argv(&command);
-        let mut key: String = format!("stdio:{}", shown.join(" ")).chars().take(MAX_KEY_CHARS).collect();
-        if key == "stdio:" {
-            key.push_str("(no command)");
+        let mut cmdline: String = shown.join(" ").chars().take(MAX_KEY_CHARS).collect();
+        if cmdline.is_empty() {
+            cmdline.push_str("(no command)");
         }
-        tracing::info!(server = %key, wrapper_pid, client = ?process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
-        Session { shared, endpoint: key, process, wrapper_pid, pending: Mutex::new(crate::session::BoundedMap::new(MAX_PENDING)) }
+        let key = match mcpwatch_policy::launch::identify(&command) {
+            Some(l) => mcpwatch_policy::stdio_endpoint(&l).chars().take(MAX_KEY_CHARS).collect(),
+            None => format!("stdio:{cmdline}"),
+        };
+        tracing::info!(server = %key, command = %cmdline, wrapper_pid, client = ?process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
+        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: Mutex::new(crate::session::BoundedMap::new(MAX_PENDING)) }
     }
 
     fn target(&self) -> Target<'_> {
-        Target { endpoint: &self.endpoint, host: "", port: 0, path: "" }
+        Target::stdio(&self.endpoint)
     }
 
     fn enforce(&self, gov: &Loaded) -> bool {
@@ -294,7 +304,7 @@ impl Session {
             status: CallStatus::Pending,
             request_bytes: bytes,
             response_bytes: 0,
-            notes: vec![format!("enforced by mcpwatch wrap (wrapper pid {})", self.wrapper_pid)],
+            notes: vec![format!("enforced by mcpwatch wrap (wrapper pid {}): {}", self.wrapper_pid, self.cmdline)],
             decision: None,
             findings: Vec::new(),
             alerts: Vec::new(),

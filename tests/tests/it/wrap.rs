@@ -22,6 +22,11 @@ version = 1
 mode = "enforce"
 default = "allow"
 
+# Registered by what it launches, as the daemon reads the wrapped command line.
+[[server]]
+name = "stdio-peer"
+command = "**/wrap_stdio_server.py"
+
 [[rule]]
 id = "no-delete"
 action = "deny"
@@ -135,7 +140,8 @@ fn wrap_denies_redacts_and_audits_a_real_stdio_server() {
         assert_eq!(r.transport, "stdio", "{r:#?}");
         let p = r.process.as_ref().unwrap_or_else(|| panic!("no process on {r:#?}"));
         assert_eq!(p.tgid, client_pid, "attributed to the client that launched the wrapper: {r:#?}");
-        assert!(r.server.starts_with("stdio:"), "{r:#?}");
+        assert!(r.server.starts_with("stdio://script:"), "{r:#?}");
+        assert!(r.notes.iter().any(|n| n.contains("--record")), "the command line is kept: {r:#?}");
     }
     assert!(matches!(call(&records, "echo").status, CallStatus::Ok), "{records:#?}");
     let denied = call(&records, "delete_records");
@@ -148,7 +154,8 @@ fn wrap_denies_redacts_and_audits_a_real_stdio_server() {
     let list = d.list();
     let entry = list.iter().find(|e| e.transport == "stdio").unwrap_or_else(|| panic!("no stdio server in the inventory: {list:#?}"));
     assert_eq!(entry.server_name.as_deref(), Some("mcpwatch-peer-python"));
-    assert!(entry.endpoint.contains("wrap_stdio_server.py"), "command line in the key: {}", entry.endpoint);
+    assert!(entry.endpoint.starts_with("stdio://script:") && entry.endpoint.ends_with("wrap_stdio_server.py"), "the launch in the key: {}", entry.endpoint);
+    assert_eq!(entry.registered.as_deref(), Some("stdio-peer"), "registered by its command: {entry:#?}");
     assert!(entry.tools.iter().any(|t| t.name == "echo" && !t.hash.is_empty()), "{entry:#?}");
     assert!(entry.clients.iter().any(|c| c.comm.contains("python")), "{entry:#?}");
 }
@@ -268,8 +275,8 @@ fn gate_refuses_control_requests_and_takes_identity_from_the_kernel() {
     let forged_answer = r#"{"jsonrpc":"2.0","id":77,"result":{"content":[]}}"#;
     let verdict = gate_line(&mut s, &mut r, &serde_json::json!({"seq": 4, "op": "server", "line": forged_answer}).to_string()).unwrap();
     assert_eq!(verdict["verdict"], "drop", "{verdict}");
-    let records = d.wait_audit("the forged call", |r| r.iter().any(|x| x.server == "stdio:forged-server" && x.name.as_deref() == Some("echo")));
-    let rec = records.iter().find(|x| x.server == "stdio:forged-server" && x.name.as_deref() == Some("echo")).unwrap();
+    let records = d.wait_audit("the forged call", |r| r.iter().any(|x| x.server == "stdio://binary:forged-server" && x.name.as_deref() == Some("echo")));
+    let rec = records.iter().find(|x| x.server == "stdio://binary:forged-server" && x.name.as_deref() == Some("echo")).unwrap();
     let p = rec.process.as_ref().expect("process from SO_PEERCRED");
     assert_eq!(p.tgid, std::os::unix::process::parent_id(), "the wrapper's (this test's) parent: {rec:#?}");
     assert_eq!(p.uid, nix::unistd::getuid().as_raw(), "{rec:#?}");
@@ -423,8 +430,8 @@ print(os.getpid(), flush=True)
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     let pid: u32 = text.lines().last().unwrap().trim().parse().unwrap();
-    let records = d.wait_audit("nobody's call", |r| r.iter().any(|x| x.server == "stdio:nobody-server" && x.name.as_deref() == Some("echo")));
-    let rec = records.iter().find(|x| x.server == "stdio:nobody-server" && x.name.as_deref() == Some("echo")).unwrap();
+    let records = d.wait_audit("nobody's call", |r| r.iter().any(|x| x.server == "stdio://binary:nobody-server" && x.name.as_deref() == Some("echo")));
+    let rec = records.iter().find(|x| x.server == "stdio://binary:nobody-server" && x.name.as_deref() == Some("echo")).unwrap();
     let p = rec.process.as_ref().expect("process");
     assert_eq!((p.uid, p.tgid), (65534, pid), "attributed to the unprivileged wrapper, not its root parent: {rec:#?}");
 }
