@@ -339,6 +339,14 @@ fn wrap_install_is_idempotent_reversible_and_refuses_unparseable_files() {
         };
         let run = |a: Vec<String>| mcpwatch(&a.iter().map(String::as_str).collect::<Vec<_>>());
 
+        let policy = fixtures.join("policy.toml").display().to_string();
+        let standing = |v: &Value| -> Vec<(String, Value, Value)> {
+            let mut out: Vec<_> = v["servers"].as_array().unwrap().iter().map(|s| (format!("{}#{}", s["file"], s["name"]), s["registry"].clone(), s["risks"].clone())).collect();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        };
+        let before = standing(&serde_json::from_slice(&mcpwatch(&["scan", "--root", &r, "--json", "--policy", &policy]).stdout).unwrap());
+
         // --dry-run changes nothing and shows a diff.
         let dry = run(args("--install", &["--dry-run"]));
         assert_eq!(snapshot(&root), original, "{tree}: --dry-run wrote something");
@@ -369,9 +377,11 @@ fn wrap_install_is_idempotent_reversible_and_refuses_unparseable_files() {
             assert_eq!(after_one[&bob], original[&bob]);
             assert!(out.contains(&format!("refused {}:", root.join(&bob).display())) && out.contains(":6:7"), "{out}");
             assert_eq!(first.status.code(), Some(1), "a refused file is an error: {out}");
-            // The scan now sees wrapped servers (and still judges what they run).
-            let scan = mcpwatch(&["scan", "--root", &r, "--json"]);
+            // The scan now sees wrapped servers, and still judges and registers what they
+            // run: registry standing and risk flags are those of the unwrapped launch.
+            let scan = mcpwatch(&["scan", "--root", &r, "--json", "--policy", &policy]);
             let v: Value = serde_json::from_slice(&scan.stdout).unwrap();
+            assert_eq!(standing(&v), before, "wrapping changed a server's registry standing or risks");
             let cursor = v["servers"].as_array().unwrap().iter().find(|s| s["name"] == "filesystem").unwrap().clone();
             assert_eq!(cursor["wrapped"], true, "{cursor}");
             assert!(cursor["args"].as_array().unwrap().iter().any(|a| a == "wrap"), "{cursor}");
