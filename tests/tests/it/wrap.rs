@@ -445,3 +445,49 @@ print(os.getpid(), flush=True)
     let p = rec.process.as_ref().expect("process");
     assert_eq!((p.uid, p.tgid), (65534, pid), "attributed to the unprivileged wrapper, not its root parent: {rec:#?}");
 }
+
+#[test]
+fn wrap_refuses_once_it_loses_the_daemon_in_closed_mode() {
+    let mut d = daemon(Some("closed"));
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("calls.jsonl");
+    let socket = d.socket.display().to_string();
+    let cmd = wrapped_server(&["--socket", &socket, "wrap"], &record);
+    let mut child = Command::new(&cmd[0]).args(&cmd[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut to_wrap = child.stdin.take().unwrap();
+    let from_wrap = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from_wrap).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut send = move |v: Value| to_wrap.write_all(format!("{v}\n").as_bytes()).unwrap();
+    let answer = |id: i64| -> Value {
+        loop {
+            let v = rx.recv_timeout(Duration::from_secs(30)).expect("an answer from the wrapper");
+            if v["id"] == id {
+                return v;
+            }
+        }
+    };
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}));
+    assert!(answer(1)["result"]["serverInfo"].is_object());
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "before"}}}));
+    assert_eq!(answer(2)["result"]["content"][0]["text"], "before");
+
+    d.kill();
+    send(serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "after"}}}));
+    let refused = answer(3);
+    assert_eq!(refused["error"]["code"], -32005, "{refused}");
+    drop(send);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lost the mcpwatch daemon") && stderr.contains("failure mode closed"), "{stderr}");
+    let seen: Vec<Value> = recorded(&record);
+    assert_eq!(seen.len(), 1, "only the call made while the daemon governed reached the server: {seen:?}");
+}
