@@ -18,6 +18,8 @@ mod report;
 mod scan;
 mod table;
 mod view;
+mod wrap;
+mod wrap_install;
 
 use std::fmt;
 use std::io::{self, BufWriter, Write};
@@ -99,6 +101,10 @@ enum Command {
     /// Scan MCP client configurations on this host (no daemon): servers, risks, shadow servers.
     /// Exit status 1 when something is shadow, risky or unreadable.
     Scan(scan::ScanArgs),
+    /// Run a stdio MCP server under the daemon's policy: `mcpwatch wrap -- CMD ARGS...`.
+    /// `--install [CLIENT]` / `--uninstall` rewrite client configurations to launch
+    /// their stdio servers this way.
+    Wrap(wrap::WrapArgs),
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +187,13 @@ fn flush(out: &mut dyn Write) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The relay owns stdin/stdout (no buffered, locked stdout here).
+    if let Command::Wrap(args) = &cli.command {
+        return wrap::run(&cli.socket, args).unwrap_or_else(|e| {
+            let _ = writeln!(io::stderr(), "mcpwatch wrap: {e:#}");
+            ExitCode::from(2)
+        });
+    }
     let mut out = BufWriter::new(io::stdout().lock());
     let result = run(&cli, &mut out).and_then(|code| flush(&mut out).map(|()| code));
     match result {
@@ -221,6 +234,7 @@ fn run(cli: &Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Pin(cmd) => govern::pin(&cli.socket, cmd, out),
         Command::Inspect(args) => govern::inspect(args, out),
         Command::Scan(args) => return scan::run(args, out),
+        Command::Wrap(args) => return wrap::run(&cli.socket, args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

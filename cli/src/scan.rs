@@ -249,6 +249,7 @@ fn json_doc(r: &Report) -> Value {
             "bypass": r.bypass_count(),
             "risky": r.risky_count(),
             "unreadable": r.errors.len(),
+            "unwrapped": r.unwrapped_count(),
         },
         "servers": r.servers,
         "errors": r.errors,
@@ -367,6 +368,8 @@ fn markdown(r: &Report) -> String {
 const SHADOW_RULE: &str = "shadow-server";
 const UNREADABLE_RULE: &str = "unreadable-config";
 const BYPASS_RULE: &str = "gateway-bypass";
+/// A stdio server launched without `mcpwatch wrap` (a note: observed at best, never enforced).
+const UNWRAPPED_RULE: &str = "unwrapped-stdio";
 
 fn level(flag: RiskFlag) -> &'static str {
     match flag {
@@ -437,6 +440,12 @@ fn sarif(r: &Report) -> Value {
         "fullDescription": { "text": "A client configuration file could not be read or parsed; its servers are unknown." },
         "defaultConfiguration": { "level": "warning" },
     }));
+    rules.push(json!({
+        "id": UNWRAPPED_RULE,
+        "shortDescription": { "text": "unwrapped stdio server" },
+        "fullDescription": { "text": "A stdio server the client launches directly, not through `mcpwatch wrap --`: mcpwatch can observe it but not enforce policy on it (`mcpwatch wrap --install`)." },
+        "defaultConfiguration": { "level": "note" },
+    }));
     let index = |id: &str| {
         RiskFlag::ALL
             .iter()
@@ -444,7 +453,8 @@ fn sarif(r: &Report) -> Value {
             .unwrap_or(match id {
                 SHADOW_RULE => RiskFlag::ALL.len(),
                 BYPASS_RULE => RiskFlag::ALL.len() + 1,
-                _ => RiskFlag::ALL.len() + 2,
+                UNREADABLE_RULE => RiskFlag::ALL.len() + 2,
+                _ => RiskFlag::ALL.len() + 3,
             })
     };
     let mut results = Vec::new();
@@ -455,6 +465,16 @@ fn sarif(r: &Report) -> Value {
                 "ruleIndex": index(risk.flag.id()),
                 "level": level(risk.flag),
                 "message": { "text": format!("{} ({}, {}): {}", s.name, s.client, s.scope.as_str(), risk.detail) },
+                "locations": sarif_location(&s.file, s.line, None),
+                "partialFingerprints": { "launchHash/v1": s.launch_hash },
+            }));
+        }
+        if s.wrapped == Some(false) {
+            results.push(json!({
+                "ruleId": UNWRAPPED_RULE,
+                "ruleIndex": index(UNWRAPPED_RULE),
+                "level": "note",
+                "message": { "text": format!("{} ({}, {}): stdio server not launched through `mcpwatch wrap`", s.name, s.client, s.scope.as_str()) },
                 "locations": sarif_location(&s.file, s.line, None),
                 "partialFingerprints": { "launchHash/v1": s.launch_hash },
             }));

@@ -9,6 +9,7 @@ pub mod approvals;
 pub mod config;
 pub mod control;
 pub mod failure;
+pub mod gate;
 pub mod governance;
 pub mod inventory;
 pub mod logging;

@@ -242,6 +242,10 @@ async fn real_main() -> Result<()> {
     };
 
     let control = mcpwatchd::control::bind(&config.control_socket, &config.control_group).await?;
+    // The gate for `mcpwatch wrap` (stdio servers), beside the control socket.
+    let gate_path = mcpwatch_api::gate::gate_socket_for(&config.control_socket);
+    let gate = mcpwatchd::gate::bind(&gate_path, config.failure_mode).await?;
+    let gate_task = tokio::spawn(mcpwatchd::gate::serve(gate, shared.clone()));
     tracing::info!(
         listen = ?listeners.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
         control = %config.control_socket.display(),
@@ -268,6 +272,9 @@ async fn real_main() -> Result<()> {
         stopping.stopping();
     };
     mcpwatchd::run(shared, listeners, control, resolver, shutdown).await;
+    gate_task.abort();
+    // The failure-mode file stays: wrappers read it while the daemon is down.
+    let _ = std::fs::remove_file(&gate_path);
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -15,6 +15,7 @@
 
 pub mod clients;
 mod extract;
+pub mod install;
 mod model;
 mod parse;
 mod procs;

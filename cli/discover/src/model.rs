@@ -232,6 +232,10 @@ pub struct Server {
     pub registry: Registry,
     /// Pids of processes running this stdio launch now (argv match under `<root>/proc`).
     pub pids: Vec<u32>,
+    /// Stdio entries only: whether the client launches the server through `mcpwatch wrap --`
+    /// (so the daemon's policy is enforced on it); `false` is configured but not wrapped.
+    /// Reported (JSON, SARIF note `unwrapped-stdio`), not counted as a risk.
+    pub wrapped: Option<bool>,
 }
 
 impl Server {
@@ -273,6 +277,11 @@ impl Report {
             .iter()
             .filter(|s| s.registry.is_shadow())
             .count()
+    }
+
+    /// Stdio servers launched without `mcpwatch wrap`.
+    pub fn unwrapped_count(&self) -> usize {
+        self.servers.iter().filter(|s| s.wrapped == Some(false)).count()
     }
 
     pub fn bypass_count(&self) -> usize {

@@ -400,6 +400,12 @@ fn launch(argv: &[String], a: &mut Assessed, depth: u8) {
     }
 
     match prog.as_str() {
+        // `mcpwatch wrap [options] -- CMD ...`: judge the server it runs.
+        "mcpwatch" if rest.first().is_some_and(|w| w == "wrap") => {
+            if let Some(dash) = rest.iter().position(|x| x == "--") {
+                launch(&rest[dash + 1..], a, depth + 1);
+            }
+        }
         "sh" | "bash" | "zsh" | "dash" | "ksh" | "ash" | "fish" | "busybox" => {
             let rest = if prog == "busybox" && rest.first().is_some_and(|s| s.ends_with("sh")) {
                 &rest[1..]

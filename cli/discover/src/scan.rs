@@ -609,6 +609,8 @@ impl Scanner<'_> {
             (Some(c), Transport::Stdio) => procs::running(&self.procs, c, &e.args),
             _ => Vec::new(),
         };
+        let wrapped = (transport == Transport::Stdio)
+            .then(|| crate::install::is_wrapped(e.command.as_deref().unwrap_or_default(), &e.args));
         self.report.servers.push(Server {
             client: c.id,
             scope,
@@ -628,6 +630,7 @@ impl Scanner<'_> {
             risks: a.risks,
             registry,
             pids,
+            wrapped,
         });
     }
 }

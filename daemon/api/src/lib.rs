@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod audit;
+pub mod gate;
 pub mod inventory;
 pub mod process;
 pub mod verify;

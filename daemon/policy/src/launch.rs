@@ -126,6 +126,12 @@ fn identify_at(argv: &[String], depth: usize, launcher: Option<&str>) -> Option<
             }
             identify_at(rest.get(i..)?, depth + 1, launcher)
         }
+        // `mcpwatch wrap [options] -- CMD ARGS`: the server it runs (the wrapper is
+        // transparent, so an installed wrap keeps a server's registration).
+        "mcpwatch" if rest.first().is_some_and(|w| w == "wrap") => {
+            let dash = rest.iter().position(|a| a == "--")?;
+            identify_at(rest.get(dash + 1..)?, depth + 1, launcher)
+        }
         "sh" | "bash" | "dash" | "zsh" => {
             let c = rest.iter().position(|a| a == "-c" || (a.starts_with('-') && !a.starts_with("--") && a.contains('c')))?;
             let words = shell_words(rest.get(c + 1)?);
@@ -512,6 +518,8 @@ mod tests {
         is("node dist/index.js", Script, "dist/index.js", None);
         is("/opt/mcp/bin/server --stdio", Binary, "/opt/mcp/bin/server", None);
         is("java -jar /opt/s.jar", Script, "/opt/s.jar", None);
+        is("/usr/bin/mcpwatch wrap -- npx -y pkg@4", Npm, "pkg", Some("4"));
+        is("mcpwatch wrap --failure open -- python server.py", Script, "server.py", None);
     }
 
     #[test]

@@ -22,3 +22,4 @@ mod scope;
 mod service;
 mod siem;
 mod tls;
+mod wrap;

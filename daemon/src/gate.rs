@@ -1,0 +1,730 @@
+//! The gate: policy, inspection, approval and audit for stdio servers run under
+//! `mcpwatch wrap`.
+//!
+//! Why it exists: the kernel can observe a stdio pipe but not rewrite it, so enforcing on
+//! a stdio server takes a process in the pipe (the wrapper). The wrapper decides nothing:
+//! it asks this module about every line, and the answer comes from the same
+//! `Governance`, `Inventory`, approval queue and audit store as network traffic.
+//!
+//! Security: the gate listens on its own socket (mode 0666, since wrapped servers run as
+//! any user) that speaks only [`mcpwatch_api::gate`]; a control request is a protocol
+//! error. The caller is identified by `SO_PEERCRED` (pid and uid from the kernel), and
+//! the session is attributed to the wrapper's parent process (the client that launched
+//! it), never to anything a message claims. Lines are bounded
+//! ([`mcpwatch_api::gate::MAX_GATE_LINE`]), connections per uid and in total are
+//! bounded, and each connection has at most two requests in flight (one per direction).
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mcpwatch_api::gate::{GateOp, GateRequest, GateResponse, GateVerdict, MAX_GATE_LINE};
+use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, FailureMode, FindingCount, MessageKind, ProcessInfo, AUDIT_SCHEMA_VERSION};
+use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
+use mcpwatch_policy::{Call, Effect, Mode, Subject, Target};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::approvals::Verdict;
+use crate::failure::{self, Failure, OnFailure};
+use crate::governance::Loaded;
+use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting, ToolSight};
+use crate::proxy::exchange::{call_time_pin, PinCheck, CODE_APPROVAL, CODE_CONTENT_BLOCKED, CODE_DENIED, CODE_RATE_LIMITED};
+use crate::state::{now_ms, Counters, Shared};
+
+/// Wrapped servers one uid may run at once (one gate connection each).
+pub const MAX_SESSIONS_PER_UID: usize = 64;
+/// Gate connections in total.
+pub const MAX_SESSIONS: usize = 1024;
+/// Calls of one session waiting for their answer.
+const MAX_PENDING: usize = 1024;
+/// Longest command line (and server key) kept.
+const MAX_KEY_CHARS: usize = 240;
+
+const C2S: &str = "client->server";
+const S2C: &str = "server->client";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("gate socket {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// Bind the gate socket (0666) and publish the failure mode next to it (0644, left in
+/// place at exit so a wrapper knows what to do while the daemon is down). The socket's
+/// directory is made traversable by everyone (o+x, not o+r): wrapped servers run as any
+/// user, while the control socket beside it keeps its own 0660 mode.
+pub async fn bind(path: &Path, mode: FailureMode) -> Result<UnixListener, GateError> {
+    let p = path.display().to_string();
+    let io = |source| GateError::Io { path: p.clone(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let perms = std::fs::metadata(dir).map_err(io)?.permissions();
+        if perms.mode() & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode((perms.mode() & 0o7777) | 0o001)).map_err(io)?;
+        }
+    }
+    let mode_file = mcpwatch_api::gate::failure_mode_file_for(path);
+    std::fs::write(&mode_file, format!("{mode}\n")).map_err(io)?;
+    std::fs::set_permissions(&mode_file, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+    if path.exists() {
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Connections open per uid, and in total.
+#[derive(Default)]
+struct Budget {
+    per_uid: HashMap<u32, usize>,
+    total: usize,
+}
+
+struct Slot {
+    budget: Arc<Mutex<Budget>>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.budget.lock() {
+            b.total = b.total.saturating_sub(1);
+            if let Some(n) = b.per_uid.get_mut(&self.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    b.per_uid.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
+fn take_slot(budget: &Arc<Mutex<Budget>>, uid: u32) -> Option<Slot> {
+    let mut b = budget.lock().ok()?;
+    let n = b.per_uid.get(&uid).copied().unwrap_or(0);
+    if b.total >= MAX_SESSIONS || n >= MAX_SESSIONS_PER_UID {
+        return None;
+    }
+    b.total += 1;
+    b.per_uid.insert(uid, n + 1);
+    Some(Slot { budget: budget.clone(), uid })
+}
+
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    let budget = Arc::new(Mutex::new(Budget::default()));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "gate accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "gate: no peer credentials; connection closed");
+                continue;
+            }
+        };
+        let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else { continue };
+        let Some(slot) = take_slot(&budget, cred.uid()) else {
+            tracing::warn!(uid = cred.uid(), "gate: too many wrapped servers for this uid; connection refused");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            connection(shared, stream, pid, cred.uid()).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Read one line of at most `MAX_GATE_LINE` bytes; `None` at end of stream or when too long.
+async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, buf: &mut Vec<u8>) -> Option<Result<(), String>> {
+    buf.clear();
+    let mut limited = (&mut *r).take(MAX_GATE_LINE as u64 + 1);
+    match limited.read_until(b'\n', buf).await {
+        Ok(0) => None,
+        Ok(_) if buf.len() > MAX_GATE_LINE => Some(Err(format!("gate line longer than {MAX_GATE_LINE} bytes"))),
+        Ok(_) => Some(Ok(())),
+        Err(_) => None,
+    }
+}
+
+
+async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, uid: u32) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<GateResponse>(4);
+    let writer = tokio::spawn(async move {
+        while let Some(resp) = rx.recv().await {
+            let Ok(line) = mcpwatch_api::wire::encode(&resp) else { continue };
+            if wr.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+    });
+    // At most one request per direction in flight.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(2));
+    let mut session: Option<Arc<Session>> = None;
+    let mut buf = Vec::new();
+    while let Some(res) = read_line(&mut rd, &mut buf).await {
+        let req = match res.and_then(|()| mcpwatch_api::wire::decode::<GateRequest>(&buf).map_err(|e| format!("not a gate request: {e}"))) {
+            Ok(r) => r,
+            Err(message) => {
+                tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
+                let _ = tx.send(GateResponse { seq: 0, body: GateVerdict::Error { message } }).await;
+                break;
+            }
+        };
+        let seq = req.seq;
+        match (req.body, &session) {
+            (GateOp::Open { command }, None) => {
+                let s = Arc::new(Session::open(shared.clone(), wrapper_pid, uid, command));
+                let body = GateVerdict::Opened { server: s.endpoint.clone(), failure_mode: shared.config.failure_mode };
+                session = Some(s);
+                let _ = tx.send(GateResponse { seq, body }).await;
+            }
+            (op @ (GateOp::Client { .. } | GateOp::Server { .. }), Some(s)) => {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                let (s, tx) = (s.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let body = match op {
+                        GateOp::Client { line } => s.on_client(&line).await,
+                        GateOp::Server { line } => s.on_server(&line),
+                        GateOp::Open { .. } => GateVerdict::Error { message: "session already open".into() },
+                    };
+                    let _ = tx.send(GateResponse { seq, body }).await;
+                    drop(permit);
+                });
+            }
+            (_, _) => {
+                let message = if session.is_some() { "session already open" } else { "first request must be `open`" };
+                let _ = tx.send(GateResponse { seq, body: GateVerdict::Error { message: message.into() } }).await;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    if let Some(s) = session {
+        s.close();
+    }
+}
+
+/// A call forwarded to the server, waiting for its answer.
+struct Pending {
+    record: AuditRecord,
+    started: Instant,
+    /// A `tools/list` without a cursor: its result starts the server's tool list.
+    first_page: bool,
+}
+
+/// One wrapped server, as long as its wrapper is connected.
+struct Session {
+    shared: Arc<Shared>,
+    /// Inventory key and policy target: `stdio://<kind>:<name>` of the launch.
+    endpoint: String,
+    /// The command line as shown (arguments redacted, clipped).
+    cmdline: String,
+    /// The client: the wrapper's parent process, as the kernel names it.
+    process: Option<ProcessInfo>,
+    wrapper_pid: u32,
+    pending: Mutex<crate::session::BoundedMap<String, Pending>>,
+}
+
+impl Session {
+    fn open(shared: Arc<Shared>, wrapper_pid: u32, uid: u32, command: Vec<String>) -> Session {
+        use mcpwatch_intercept::process::{describe_pid, parent_of};
+        let sanitize = crate::resolve::cmdline_filter(shared.clone());
+        // The client is the wrapper's parent, unless that runs as another user than the
+        // wrapper (an orphaned wrapper is re-parented to init or a subreaper, which
+        // must not lend it root's identity): then the wrapper itself.
+        let parent = parent_of(wrapper_pid).and_then(describe_pid).filter(|p| p.uid == uid);
+        let process = parent.or_else(|| describe_pid(wrapper_pid).filter(|p| p.uid == uid)).map(|mut p| {
+            sanitize(&mut p);
+            p
+        });
+        // The server key is the policy's identity of the launch (`stdio://npm:@scope/pkg`,
+        // `stdio://script:/srv/x.py`), so `[[server]] package/command` entries and the
+        // daemon's other stdio sources name it the same way. The command line itself
+        // (arguments redacted by the detectors) goes into every record's note.
+        let shown = shared.governance.current().inspector.redact_argv(&command);
+        let mut cmdline: String = shown.join(" ").chars().take(MAX_KEY_CHARS).collect();
+        if cmdline.is_empty() {
+            cmdline.push_str("(no command)");
+        }
+        let key = match mcpwatch_policy::launch::identify(&command) {
+            Some(l) => mcpwatch_policy::stdio_endpoint(&l).chars().take(MAX_KEY_CHARS).collect(),
+            None => format!("stdio:{cmdline}"),
+        };
+        tracing::info!(server = %key, command = %cmdline, wrapper_pid, client = ?process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
+        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: Mutex::new(crate::session::BoundedMap::new(MAX_PENDING)) }
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target::stdio(&self.endpoint)
+    }
+
+    fn enforce(&self, gov: &Loaded) -> bool {
+        gov.inspect_mode(&self.target()) == Mode::Enforce
+    }
+
+    fn record(&self, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
+        let shared = &self.shared;
+        AuditRecord {
+            schema: AUDIT_SCHEMA_VERSION,
+            id: shared.store.new_record_id(),
+            ts_ms: now_ms(),
+            duration_us: None,
+            process: self.process.clone(),
+            dst: String::new(),
+            host: None,
+            scheme: "stdio".into(),
+            http_method: String::new(),
+            path: String::new(),
+            server: self.endpoint.clone(),
+            transport: "stdio".into(),
+            session_id: None,
+            protocol_version: None,
+            kind,
+            direction: direction.to_string(),
+            method: msg.and_then(|m| m.method()).map(str::to_string),
+            jsonrpc_id: msg.and_then(|m| m.id()).map(|i| i.to_string()),
+            name: msg.and_then(|m| m.target_name()).map(str::to_string),
+            args_hash: msg.and_then(|m| m.args_hash(shared.governance.hash_key())),
+            result_hash: None,
+            status: CallStatus::Pending,
+            request_bytes: bytes,
+            response_bytes: 0,
+            notes: vec![format!("enforced by mcpwatch wrap (wrapper pid {}): {}", self.wrapper_pid, self.cmdline)],
+            decision: None,
+            findings: Vec::new(),
+            alerts: Vec::new(),
+            tls: None,
+            flow: None,
+        }
+    }
+
+    fn sight(&self, method: Option<&str>, name: Option<&str>) {
+        self.shared.inventory.saw_message(&Sighting {
+            endpoint: &self.endpoint,
+            dst: "",
+            transport: "stdio",
+            process: self.process.as_ref(),
+            method,
+            name,
+            now_ms: now_ms(),
+        });
+    }
+
+    fn write_closed(&self, mut rec: AuditRecord, status: CallStatus) {
+        rec.status = status;
+        rec.duration_us = Some(0);
+        let _ = self.shared.begin_record(&rec);
+    }
+
+    /// A client line: govern it; forward, rewrite, or answer it here.
+    async fn on_client(&self, line: &str) -> GateVerdict {
+        let shared = &self.shared;
+        Counters::inc(&shared.counters.mcp_messages);
+        let bytes = line.len() as u64;
+        let msg = match jsonrpc::parse_body(line.as_bytes()) {
+            Parsed::Single(m) => m,
+            other => {
+                let why = match other {
+                    Parsed::Batch(_) => "JSON-RPC batches are not relayed to stdio servers by mcpwatch wrap".to_string(),
+                    Parsed::Invalid(e) => format!("not a JSON-RPC message: {e}"),
+                    Parsed::Single(_) => String::new(),
+                };
+                // In every mode, as on the network path: what mcpwatch cannot read the
+                // server might read differently, so it never reaches the server.
+                let mut rec = self.record(MessageKind::Invalid, C2S, None, bytes);
+                rec.notes.push(why.clone());
+                self.write_closed(rec, CallStatus::JsonrpcError { code: jsonrpc::INVALID_REQUEST, message: why.clone() });
+                let err = jsonrpc::error_response(None, jsonrpc::INVALID_REQUEST, &format!("mcpwatch: {why}"), None);
+                return GateVerdict::Answer { line: err.to_string() };
+            }
+        };
+        match &msg {
+            Message::Request { .. } => self.on_request(&shared.governance.current(), &msg, bytes).await,
+            Message::Notification { .. } => {
+                self.sight(msg.method(), None);
+                self.write_closed(self.record(MessageKind::Notification, C2S, Some(&msg), bytes), CallStatus::Sent);
+                GateVerdict::Forward { line: None }
+            }
+            // The client answers a request the server sent.
+            Message::Response { .. } | Message::Error { .. } => GateVerdict::Forward { line: None },
+        }
+    }
+
+    async fn on_request(&self, gov: &Arc<Loaded>, msg: &Message, bytes: u64) -> GateVerdict {
+        let shared = &self.shared;
+        let mut rec = self.record(MessageKind::Request, C2S, Some(msg), bytes);
+        self.sight(msg.method(), rec.name.as_deref());
+        let registry = gov.policy.server_for(&self.target());
+        shared.inventory.set_registration(&self.endpoint, registry.map(|s| s.name.clone()), registry.map(|_| "active".to_string()));
+        let mut value = msg.to_value();
+        let (fate, modified) = self.govern(gov, msg, &mut value, &mut rec);
+        let audit_failed = shared.begin_record(&rec).is_err();
+        let durable = shared.durable().await;
+        if (audit_failed || durable.is_err()) && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
+            rec.status = CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() };
+            shared.complete_record(&rec);
+            let text = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
+            return GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, text, None).to_string() };
+        }
+        let fate = match (&fate, rec.decision.as_ref().map(|d| d.effective.as_str())) {
+            (Fate::Forward, Some("hold")) => self.hold(gov, msg, &mut rec).await,
+            _ => fate,
+        };
+        match fate {
+            Fate::Forward => {
+                let started = Instant::now();
+                let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
+                if let Some(id) = msg.id() {
+                    let evicted = self.pending.lock().map(|mut p| p.insert(id.to_string(), Pending { record: rec, started, first_page })).unwrap_or_default();
+                    for mut e in evicted {
+                        e.record.status = CallStatus::TransportError { reason: "evicted: too many pending calls".into() };
+                        shared.complete_record(&e.record);
+                    }
+                }
+                GateVerdict::Forward { line: modified.then(|| value.to_string()) }
+            }
+            Fate::Refuse { code, message, data } => {
+                rec.status = CallStatus::JsonrpcError { code, message: message.clone() };
+                rec.duration_us = Some(0);
+                rec.notes.push("answered by mcpwatch; not forwarded".into());
+                shared.complete_record(&rec);
+                GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), code, &message, Some(data)).to_string() }
+            }
+        }
+    }
+
+    /// Policy, rate limits, call-time pinning and argument inspection for one request
+    /// (the checks `proxy::exchange::govern_request` makes for network calls, minus
+    /// toxic flows). Returns the fate and whether `value` was rewritten.
+    fn govern(&self, gov: &Loaded, msg: &Message, value: &mut Value, rec: &mut AuditRecord) -> (Fate, bool) {
+        let shared = &self.shared;
+        let method = msg.method().unwrap_or_default();
+        let name = msg.target_name();
+        let is_call = matches!(method, "tools/call" | "prompts/get");
+        let arguments = if is_call { msg.arguments() } else { msg.params() };
+        let subject = Subject { process: self.process.as_ref() };
+        let mut d = gov.policy.evaluate(&subject, &self.target(), &Call { method, name, arguments });
+        let rate = shared.governance.apply_rate_limits(now_ms(), &mut d);
+        let enforce = self.enforce(gov);
+
+        let mut extra_block: Option<(i64, String, &'static str)> = None;
+        if method == "tools/call" {
+            let tool = name.and_then(|n| shared.inventory.tool(&self.endpoint, n));
+            if let Some(why) = tool.as_ref().and_then(|t| t.hidden.clone()) {
+                extra_block = Some((CODE_DENIED, format!("tool `{}` is blocked by mcpwatch: {why}", name.unwrap_or_default()), "inspect:tool"));
+            }
+            let pinning = gov.policy.inspect().pinning;
+            match call_time_pin(name.unwrap_or_default(), tool.as_ref(), shared.inventory.has_tool_list(&self.endpoint), pinning) {
+                PinCheck::Pass => {}
+                PinCheck::Note(why) => rec.notes.push(why),
+                PinCheck::Alert(why) => rec.alerts.push(why),
+                PinCheck::Deny { code, why } => {
+                    extra_block.get_or_insert((code, why, "inspect:pin"));
+                }
+            }
+        }
+        let mut modified = false;
+        let mut content_block = false;
+        if let Some(args) = value.pointer_mut(if is_call { "/params/arguments" } else { "/params" }) {
+            let report = gov.inspect(args, enforce);
+            add_findings(rec, &report, "request");
+            if enforce && report.redacted_total() > 0 {
+                modified = true;
+                rec.args_hash = Some(shared.governance.hash_key().hash_json(args));
+                rec.notes.push(format!("arguments redacted before forwarding ({} spans)", report.redacted_total()));
+            }
+            content_block = enforce && report.action == Some(mcpwatch_inspect::Action::Block);
+        }
+        let mut view = DecisionView {
+            action: d.action.label().to_string(),
+            effective: d.effective.as_str().to_string(),
+            mode: d.mode.as_str().to_string(),
+            rules: d.matched_rules.clone(),
+            reason: d.reason.clone(),
+            shadow: d.shadow,
+            approval: None,
+        };
+        if d.shadow && d.alert {
+            rec.alerts.push(format!("shadow MCP server: {} is not in the policy registry", self.endpoint));
+        }
+        let contact = gov.policy.contact().map(str::to_string);
+        let data = |rules: &[String], decision: &str| serde_json::json!({ "mcpwatch": { "decision": decision, "rules": rules, "contact": contact } });
+        let block = |view: &mut DecisionView, rule: &str, reason: String| {
+            view.action = "deny".into();
+            view.effective = "block".into();
+            view.rules.push(rule.to_string());
+            view.reason = reason;
+        };
+        if let Some((code, message, rule)) = extra_block {
+            if enforce {
+                block(&mut view, rule, message.clone());
+                rec.decision = Some(view);
+                return (Fate::Refuse { code, message: format!("mcpwatch: {message}"), data: data(&[rule.to_string()], "deny") }, modified);
+            }
+            rec.alerts.push(message);
+        }
+        if content_block {
+            block(&mut view, "inspect:content", "the arguments contain data the policy blocks".into());
+            rec.decision = Some(view);
+            let message = "mcpwatch: the arguments contain data that must not leave this host (see `mcpwatch audit` for the detector ids)".to_string();
+            return (Fate::Refuse { code: CODE_CONTENT_BLOCKED, message, data: data(&["inspect:content".to_string()], "deny") }, modified);
+        }
+        rec.decision = Some(view);
+        let fate = match d.effective {
+            Effect::Forward | Effect::Hold => Fate::Forward,
+            Effect::Block => match rate {
+                Some(r) if !r.allowed => Fate::Refuse {
+                    code: CODE_RATE_LIMITED,
+                    message: format!("mcpwatch: rate limit reached ({}); retry in {} s", d.matched_rules.join(", "), r.retry_after_ms.div_ceil(1000)),
+                    data: data(&d.matched_rules, "rate_limit"),
+                },
+                _ => Fate::Refuse { code: CODE_DENIED, message: format!("mcpwatch: {}", d.reason), data: data(&d.matched_rules, d.action.label()) },
+            },
+        };
+        (fate, modified)
+    }
+
+    /// Hold a `require_approval` call until `mcpwatch approve` / `deny` or the timeout.
+    async fn hold(&self, gov: &Loaded, msg: &Message, rec: &mut AuditRecord) -> Fate {
+        let timeout = gov.policy.approval_timeout();
+        let mut masked = msg.arguments().cloned();
+        if let Some(a) = masked.as_mut() {
+            let _ = gov.inspector.redact_json(a);
+        }
+        let now = now_ms();
+        let view = mcpwatch_api::HeldCall {
+            id: String::new(),
+            held_since_ms: now,
+            expires_ms: now + timeout.as_millis() as u64,
+            process: self.process.clone(),
+            agent: rec.decision.as_ref().and_then(|d| d.rules.iter().find_map(|r| r.strip_prefix("agent:").map(str::to_string))),
+            server: self.endpoint.clone(),
+            method: msg.method().unwrap_or_default().to_string(),
+            tool: msg.target_name().map(str::to_string),
+            arguments: masked,
+            args_hash: rec.args_hash.clone(),
+            rules: rec.decision.as_ref().map(|d| d.rules.clone()).unwrap_or_default(),
+            reason: rec.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
+        };
+        let (id, rx) = self.shared.approvals.hold(view);
+        tracing::warn!(id = %id, server = %self.endpoint, tool = ?msg.target_name(), "stdio call held for approval: mcpwatch approve {id} / mcpwatch deny {id}");
+        let (outcome, fate) = match self.shared.approvals.wait(&id, rx, timeout).await {
+            Verdict::Approved { by } => (format!("approved by {by} ({id})"), Fate::Forward),
+            Verdict::Denied { by, reason } => {
+                let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+                let data = serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "denied", "id": id } });
+                (format!("denied by {by} ({id}){why}"), Fate::Refuse { code: CODE_APPROVAL, message: format!("mcpwatch: approval denied by {by}{why}"), data })
+            }
+            Verdict::TimedOut => {
+                let data = serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "timed_out", "id": id } });
+                let message = format!("mcpwatch: this call needs a human's approval and none came within {} s", timeout.as_secs());
+                (format!("timed out after {} s ({id})", timeout.as_secs()), Fate::Refuse { code: CODE_APPROVAL, message, data })
+            }
+        };
+        if let Some(d) = rec.decision.as_mut() {
+            d.approval = Some(outcome);
+            d.effective = if matches!(fate, Fate::Forward) { "forward".into() } else { "block".into() };
+        }
+        if matches!(fate, Fate::Forward) {
+            self.shared.complete_record(rec);
+        }
+        fate
+    }
+
+    /// A server line: answers complete (and may redact) their call's record; an answer
+    /// to an id the client never sent through the gate is dropped in enforce mode.
+    fn on_server(&self, line: &str) -> GateVerdict {
+        let shared = &self.shared;
+        Counters::inc(&shared.counters.mcp_messages);
+        let gov = shared.governance.current();
+        let enforce = self.enforce(&gov);
+        let bytes = line.len() as u64;
+        let msg = match jsonrpc::parse_body(line.as_bytes()) {
+            Parsed::Single(m) => m,
+            _ => {
+                let mut rec = self.record(MessageKind::Invalid, S2C, None, bytes);
+                let why = "server wrote a line that is not one JSON-RPC message";
+                rec.alerts.push(why.into());
+                self.write_closed(rec, if enforce { CallStatus::TransportError { reason: "dropped by mcpwatch".into() } } else { CallStatus::Sent });
+                return if enforce { GateVerdict::Drop { reason: why.into() } } else { GateVerdict::Forward { line: None } };
+            }
+        };
+        match &msg {
+            Message::Response { .. } | Message::Error { .. } => {
+                let pending = msg.id().and_then(|id| self.pending.lock().ok().and_then(|mut p| p.remove(&id.to_string())));
+                let Some(mut p) = pending else {
+                    let why = "server answered an id the client never sent through mcpwatch";
+                    let mut rec = self.record(MessageKind::Invalid, S2C, None, bytes);
+                    rec.jsonrpc_id = msg.id().map(|i| i.to_string());
+                    rec.alerts.push(why.into());
+                    shared.inventory.add_alert(&self.endpoint, why.into());
+                    self.write_closed(rec, if enforce { CallStatus::TransportError { reason: "dropped by mcpwatch (response integrity)".into() } } else { CallStatus::Sent });
+                    return if enforce { GateVerdict::Drop { reason: why.into() } } else { GateVerdict::Forward { line: None } };
+                };
+                let mut value: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                let changed = match &msg {
+                    Message::Response { result, .. } => {
+                        self.learn(&p.record, result);
+                        self.govern_result(&gov, &mut p.record, &mut value, enforce, p.first_page)
+                    }
+                    _ => false,
+                };
+                p.record.status = match &msg {
+                    Message::Error { code, message, .. } => CallStatus::JsonrpcError { code: *code, message: message.clone() },
+                    _ => CallStatus::Ok,
+                };
+                p.record.result_hash = msg.result_hash(shared.governance.hash_key());
+                p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
+                p.record.response_bytes = bytes;
+                shared.complete_record(&p.record);
+                GateVerdict::Forward { line: changed.then(|| value.to_string()) }
+            }
+            Message::Request { .. } | Message::Notification { .. } => {
+                let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };
+                self.write_closed(self.record(kind, S2C, Some(&msg), bytes), CallStatus::Sent);
+                GateVerdict::Forward { line: None }
+            }
+        }
+    }
+
+    /// serverInfo from `initialize` into the inventory.
+    fn learn(&self, rec: &AuditRecord, result: &Value) {
+        if !matches!(rec.method.as_deref(), Some("initialize" | "server/discover")) {
+            return;
+        }
+        if let Some(info) = mcpwatch_mcp::server_info::server_info(result) {
+            self.shared.inventory.set_server_info(&self.endpoint, ServerInfoUpdate {
+                name: info.name,
+                version: info.version,
+                protocol_version: info.protocol_version,
+                capabilities: info.capabilities,
+            });
+        }
+    }
+
+    /// Pin and scan `tools/list`, redact results (enforce). True if `value` changed.
+    fn govern_result(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool, first_page: bool) -> bool {
+        let method = rec.method.clone().unwrap_or_default();
+        if method == "tools/list" {
+            return self.govern_tools_list(gov, rec, value, enforce, first_page);
+        }
+        if matches!(method.as_str(), "initialize" | "server/discover") {
+            return false;
+        }
+        let Some(result) = value.get_mut("result") else { return false };
+        let report = gov.inspect(result, enforce);
+        add_findings(rec, &report, "response");
+        if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
+            let id = value.get("id").cloned().unwrap_or(Value::Null);
+            *value = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": CODE_CONTENT_BLOCKED, "message": "mcpwatch: the result contains data the policy blocks; it was not delivered"}});
+            rec.notes.push("result blocked by inspection".into());
+            return true;
+        }
+        if enforce && report.redacted_total() > 0 {
+            rec.notes.push(format!("result redacted before the client saw it ({} spans)", report.redacted_total()));
+            return true;
+        }
+        false
+    }
+
+    /// Pin every tool definition, scan it for poisoning, strip poisoned tools (enforce,
+    /// `poisoning = "strip"`) and tools this client may not see.
+    fn govern_tools_list(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool, first_page: bool) -> bool {
+        use mcpwatch_inspect::poison::{self, Severity};
+        let Some(tools) = value.pointer("/result/tools").and_then(Value::as_array) else { return false };
+        let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
+        let others = poison::OtherTools::new(&names);
+        let settings = gov.policy.inspect();
+        let min = match settings.poisoning_min_severity {
+            mcpwatch_policy::MinSeverity::Low => Severity::Low,
+            mcpwatch_policy::MinSeverity::Medium => Severity::Medium,
+            mcpwatch_policy::MinSeverity::High => Severity::High,
+        };
+        let mut sights = Vec::new();
+        let mut hide: Vec<(String, String)> = Vec::new();
+        for t in tools {
+            let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
+            let r = poison::scan_tool_with(t, &others);
+            if r.severity >= min {
+                let alert = format!("tool `{name}` looks poisoned (score {})", r.score);
+                self.shared.inventory.add_alert(&self.endpoint, alert.clone());
+                rec.alerts.push(alert);
+                if settings.poisoning == mcpwatch_policy::PoisonAction::Strip {
+                    hide.push((name.to_string(), format!("poisoned tool definition (score {})", r.score)));
+                }
+            }
+            let severity = (r.severity > Severity::None).then(|| format!("{:?}", r.severity).to_lowercase());
+            sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
+        }
+        let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
+        for (name, outcome) in self.shared.inventory.observe_tools(&self.endpoint, &sights, first_page, last_page, now_ms()) {
+            if let PinOutcome::Changed(diff) = outcome {
+                let alert = format!("tool `{name}` changed since it was pinned: {}", diff.first().cloned().unwrap_or_default());
+                self.shared.inventory.add_alert(&self.endpoint, alert.clone());
+                rec.alerts.push(alert);
+                if settings.pinning == mcpwatch_policy::PinAction::Hide {
+                    hide.push((name, "definition changed since it was pinned; `mcpwatch pin accept` to trust it".into()));
+                }
+            }
+        }
+        if !enforce {
+            return false;
+        }
+        let marks: Vec<(String, Option<String>)> =
+            sights.iter().map(|s| (s.name.clone(), hide.iter().find(|(n, _)| *n == s.name).map(|(_, w)| w.clone()))).collect();
+        self.shared.inventory.set_hidden(&self.endpoint, &marks);
+        let subject = Subject { process: self.process.as_ref() };
+        let target = self.target();
+        let Some(list) = value.pointer_mut("/result/tools").and_then(Value::as_array_mut) else { return false };
+        let before = list.len();
+        list.retain(|t| {
+            let Some(name) = t.get("name").and_then(Value::as_str) else { return true };
+            !hide.iter().any(|(n, _)| n == name) && gov.policy.tool_visible(&subject, &target, name)
+        });
+        let removed = before - list.len();
+        if removed > 0 {
+            rec.notes.push(format!("tools/list filtered: {removed} of {before} tools hidden from this client"));
+        }
+        removed > 0
+    }
+
+    /// The wrapper went away: calls still waiting for the server end as transport errors.
+    fn close(&self) {
+        let left = self.pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
+        for mut p in left {
+            p.record.status = CallStatus::TransportError { reason: "the wrapped server or its wrapper exited before answering".into() };
+            p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
+            self.shared.complete_record(&p.record);
+        }
+    }
+}
+
+enum Fate {
+    Forward,
+    Refuse { code: i64, message: String, data: Value },
+}
+
+/// Findings of one inspection into the record (as `proxy::exchange::add_findings`).
+fn add_findings(rec: &mut AuditRecord, report: &mcpwatch_inspect::RedactReport, direction: &str) {
+    for (detector, count) in &report.counts {
+        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "redact".into() });
+    }
+    for (detector, count) in &report.detected_only {
+        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "audit".into() });
+    }
+}
