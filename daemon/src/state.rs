@@ -139,9 +139,10 @@ impl Shared {
         })
     }
 
-    /// The flusher behind [`Shared::durable`]: one `fsync` on a blocking thread covers
-    /// every writer that asked before it started (group commit), and the runtime's
-    /// worker threads never block on the disk.
+    /// The flusher behind [`Shared::durable`]: one journal `fdatasync` on a blocking
+    /// thread ([`Store::sync`]) covers every writer that asked before it started (group
+    /// commit), and the runtime's worker threads never block on the disk. The record is
+    /// already in the kernel (journal write(2) in [`Shared::begin_record`]) before this.
     pub async fn flush_forever(self: Arc<Self>) {
         loop {
             self.heartbeats.flusher();
@@ -151,7 +152,7 @@ impl Shared {
             }
             let target = self.flush_wanted.load(Ordering::Acquire);
             let store = self.store.clone();
-            let res = match tokio::task::spawn_blocking(move || store.flush()).await {
+            let res = match tokio::task::spawn_blocking(move || store.sync()).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(format!("flush task failed: {e}")),

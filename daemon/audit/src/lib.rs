@@ -15,6 +15,12 @@
 //! - `meta`: `schema_version` = layout version of the store as decimal text;
 //!   `chain_head`, `chain_base` = the chain's tip and retention checkpoint.
 //!
+//! In front of sled sits an append-only journal (`<state dir>/audit.journal/`, see
+//! `journal`): a write is appended there with one write(2) first (crash-safe against a
+//! SIGKILL at once, against power loss once [`Store::sync`] ran), then applied to sled
+//! without a transaction; a background checkpoint flushes sled and deletes the journal
+//! segments it covers, and [`Store::open`] replays whatever a crash left behind.
+//!
 //! `<state dir>/audit.lock` is held (flock) for as long as the store is open and names
 //! the owning pid, so a second daemon gets a clear error instead of sled's.
 
@@ -22,6 +28,7 @@ mod chain;
 mod codec;
 mod cursor;
 mod id;
+mod journal;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -34,6 +41,7 @@ use mcpwatch_api::{AUDIT_SCHEMA_VERSION, AuditFilter, AuditRecord, ServerEntry};
 pub use mcpwatch_api::{AuditProblem as Problem, AuditVerify as VerifyReport};
 pub use codec::{DecodeError, SERVER_SCHEMA_VERSION};
 pub use id::ID_LEN;
+pub use journal::JOURNAL_DIR_NAME;
 
 /// Version of the store layout (trees, key formats) recorded in `meta/schema_version`.
 pub const STORE_LAYOUT_VERSION: u32 = 1;
@@ -58,8 +66,8 @@ const META_SCHEMA_VERSION: &str = "schema_version";
 pub struct StoreOptions {
     /// Retention bound: once exceeded, the oldest records are pruned.
     pub max_records: u64,
-    /// How often sled flushes its log in the background; `None` only on [`Store::flush`]
-    /// and on close.
+    /// How often sled flushes its log and the journal is checkpointed (sled flushed, fed
+    /// segments deleted) in the background; `None`: only on [`Store::flush`] and on close.
     pub flush_every_ms: Option<u64>,
 }
 
@@ -123,8 +131,43 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-// Field order is drop order: sled closes (and flushes) before the lock is released.
+/// The chain's tip and the journal it is appended to: one mutex, so journal lines are
+/// in chain order with no gaps.
+struct Head {
+    point: chain::Point,
+    journal: journal::Journal,
+}
+
+/// Owns the checkpoint thread and the lock: dropping the last `Store` stops the thread,
+/// checkpoints once more (so a clean close leaves an empty journal), closes sled and only
+/// then releases the lock.
 struct Inner {
+    core: Arc<Core>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+    _lock: File,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.core.checkpoint() {
+            tracing::error!(error = %e, "final audit checkpoint failed; the journal is replayed at next start");
+        }
+    }
+}
+
+struct Core {
     db: sled::Db,
     records: sled::Tree,
     servers: sled::Tree,
@@ -132,13 +175,17 @@ struct Inner {
     meta: sled::Tree,
     /// The chain's tip; held while a record and its chain entry are written, so entries
     /// are appended in one order with no gaps.
-    head: Mutex<chain::Point>,
+    head: Mutex<Head>,
     ids: id::IdGen,
     /// Number of keys in `records`, kept here because sled's `len` is a full scan.
     count: AtomicU64,
     prune_lock: Mutex<()>,
+    /// One journal sync at a time, so a sync that finds nothing dirty knows an earlier
+    /// one has finished covering every line.
+    sync_lock: Mutex<()>,
+    syncs: journal::SyncCounter,
+    checkpoint_lock: Mutex<()>,
     opts: StoreOptions,
-    _lock: File,
 }
 
 impl std::fmt::Debug for Store {
@@ -197,26 +244,77 @@ impl Store {
             }
         };
 
+        // What a crash left in the journal goes into sled before anything reads it.
+        let (lines, old_segments) = journal::replay(dir)?;
+        let base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
+        let mut head = head;
+        for l in &lines {
+            // Entries retention has moved past: their record is gone or written again since.
+            if l.seq <= base.point.seq {
+                continue;
+            }
+            let vh = chain::value_hash(&l.value);
+            records.insert(l.id.as_slice(), l.value.as_slice())?;
+            let entry = chain::Entry { link: l.link, value_hash: vh, id: l.id.clone() };
+            chain.insert(l.seq.to_be_bytes(), entry.encode())?;
+            if l.seq > head.seq {
+                head = chain::Point { seq: l.seq, link: l.link };
+            }
+        }
+        if !lines.is_empty() {
+            meta.insert(chain::META_HEAD, head.encode())?;
+            tracing::info!(entries = lines.len(), "replayed the audit journal");
+        }
+        db.flush()?;
+        let after = old_segments.last().copied().unwrap_or(0);
+        journal::delete_segments(&dir.join(JOURNAL_DIR_NAME), old_segments)?;
+        let journal = journal::Journal::open(dir, after)?;
+
         let floor = match records.last()? {
             Some((k, _)) => id::parse_id(&k).unwrap_or(0),
             None => 0,
         };
         let count = records.len() as u64;
 
+        let every = opts.flush_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(10)));
+        let core = Arc::new(Core {
+            db,
+            records,
+            servers,
+            chain,
+            meta,
+            head: Mutex::new(Head { point: head, journal }),
+            ids: id::IdGen::new(floor),
+            count: AtomicU64::new(count),
+            prune_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
+            syncs: journal::SyncCounter::default(),
+            checkpoint_lock: Mutex::new(()),
+            opts,
+        });
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let bg = core.clone();
+        let checkpointer = match every {
+            None => None,
+            Some(every) => Some(
+                std::thread::Builder::new()
+                    .name("audit-checkpoint".into())
+                    .spawn(move || {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                            if let Err(e) = bg.checkpoint() {
+                                tracing::error!(error = %e, "audit checkpoint failed; retrying");
+                            }
+                        }
+                    })
+                    .map_err(|source| StoreError::Io {
+                        path: dir.to_path_buf(),
+                        action: "start checkpoint thread",
+                        source,
+                    })?,
+            ),
+        };
         let store = Store {
-            inner: Arc::new(Inner {
-                db,
-                records,
-                servers,
-                chain,
-                meta,
-                head: Mutex::new(head),
-                ids: id::IdGen::new(floor),
-                count: AtomicU64::new(count),
-                prune_lock: Mutex::new(()),
-                opts,
-                _lock: lock,
-            }),
+            inner: Arc::new(Inner { core, stop: Some(stop), checkpointer, _lock: lock }),
         };
         // A lowered `max_records` takes effect at once, not one batch per insert.
         while store.record_count() > store.inner.opts.max_records {
@@ -254,33 +352,43 @@ impl Store {
         }
     }
 
-    /// Writes a record and its chain entry in one transaction (see `chain`).
+    /// Appends a record write and its chain entry to the journal (one write(2): in the
+    /// kernel when this returns), then applies both to sled (see `journal`, `chain`).
     fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool) -> Result<Written, StoreError> {
-        use sled::Transactional as _;
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
         let vh = chain::value_hash(value);
-        let seq = head.seq + 1;
-        let link = chain::link(&head.link, seq, key, &vh);
-        let entry = chain::Entry { link, value_hash: vh, id: key.to_vec() }.encode();
-        let tip = chain::Point { seq, link };
-        let res = (&self.inner.records, &self.inner.chain, &self.inner.meta).transaction(|(r, c, m)| {
-            if must_be_new && r.get(key)?.is_some() {
-                return Err(ConflictableTransactionError::Abort(()));
-            }
-            let old = r.insert(key, value)?;
-            c.insert(&seq.to_be_bytes(), entry.as_slice())?;
-            m.insert(chain::META_HEAD, tip.encode())?;
-            Ok(if old.is_some() { Written::Replaced } else { Written::Added })
-        });
-        match res {
-            Ok(w) => {
-                *head = tip;
-                Ok(w)
-            }
-            Err(TransactionError::Abort(())) => Ok(Written::Exists),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Db(e)),
+        let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        if must_be_new && self.inner.records.contains_key(key)? {
+            return Ok(Written::Exists);
         }
+        let seq = head.point.seq + 1;
+        let link = chain::link(&head.point.link, seq, key, &vh);
+        head.journal.append(&journal::Line { seq, id: key.to_vec(), link, value: value.to_vec() })?;
+        let tip = chain::Point { seq, link };
+        head.point = tip;
+        // From here the write is committed (the journal has it); a sled failure below is
+        // still reported, and replay at the next start completes the write.
+        let entry = chain::Entry { link, value_hash: vh, id: key.to_vec() }.encode();
+        let old = self.inner.records.insert(key, value)?;
+        self.inner.chain.insert(seq.to_be_bytes(), entry)?;
+        self.inner.meta.insert(chain::META_HEAD, tip.encode())?;
+        Ok(if old.is_some() { Written::Replaced } else { Written::Added })
+    }
+
+    /// Makes every write so far survive power loss: one fdatasync of the journal covers
+    /// every writer before it (group commit). Cheap when nothing was written since.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let _one = self.inner.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.inner.head.lock().unwrap_or_else(|p| p.into_inner()).journal.take_dirty();
+        if let Err(source) = journal::sync_files(&files, &self.inner.syncs) {
+            self.inner.head.lock().unwrap_or_else(|p| p.into_inner()).journal.unsync(files);
+            return Err(StoreError::Io { path: PathBuf::from(JOURNAL_DIR_NAME), action: "sync journal", source });
+        }
+        Ok(())
+    }
+
+    /// How many journal fsyncs [`Store::sync`] has done (each covers a group of writes).
+    pub fn journal_syncs(&self) -> u64 {
+        self.inner.syncs.get()
     }
 
     /// Checks every record against the hash chain (`mcpwatch audit verify`).
@@ -379,10 +487,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Forces everything written so far to disk.
+    /// Forces everything written so far to disk: sled flushed, journal emptied.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+        self.inner.checkpoint()
     }
 
     fn record_kv(&self, rec: &AuditRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
@@ -485,6 +592,24 @@ impl Store {
         meta.insert(chain::META_BASE, base.encode())?;
         for k in moved {
             self.inner.chain.remove(k)?;
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Starts a new journal segment, flushes sled (which then holds every line of the old
+    /// segments: they were applied under the head mutex before the rotation) and deletes
+    /// the old segments.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, dir) = {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            (head.journal.rotate()?, head.journal.dir().to_path_buf())
+        };
+        self.db.flush()?;
+        if let Some(done) = done {
+            journal::delete_upto(&dir, done)?;
         }
         Ok(())
     }
