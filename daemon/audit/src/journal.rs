@@ -86,7 +86,15 @@ pub(crate) struct Journal {
     dirty: bool,
     /// Rotated-out segments with lines not yet fsynced.
     unsynced: Vec<Arc<File>>,
+    /// Lines whose write(2) failed (disk full, I/O error), in order, written before any
+    /// later line. While this is not empty [`Journal::write_pending`] fails, so the
+    /// store's sync (and every writer waiting for durability) fails: the same contract
+    /// as sled's buffered writes and failing flush had. Bounded by [`MAX_PENDING_BYTES`].
+    pending: Vec<u8>,
 }
+
+/// Most bytes of lines kept while the journal cannot be written; past it, writes fail.
+pub(crate) const MAX_PENDING_BYTES: usize = 4 << 20;
 
 /// How many fsyncs the journal did (group commit: one covers many writers). For tests
 /// and the bench.
@@ -175,20 +183,40 @@ impl Journal {
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create journal directory"))?;
         let seg = segments(&dir)?.last().copied().unwrap_or(0).max(after) + 1;
         let file = Arc::new(open_segment(&dir, seg)?);
-        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new() })
+        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new() })
     }
 
-    /// Appends one line with one write(2). On error the segment is cut back to where it
-    /// was, so a failed append never leaves half a line in front of the next one.
+    /// Appends one line with one write(2) (in the kernel when this returns). If the write
+    /// fails the line is kept (see `pending`) and the failure surfaces at the next
+    /// sync; only when too much is kept already does the append itself fail.
     pub fn append(&mut self, line: &Line) -> Result<(), StoreError> {
         let bytes = line.encode();
-        let path = seg_path(&self.dir, self.seg);
-        if let Err(e) = (&*self.file).write_all(&bytes) {
-            let _ = self.file.set_len(self.len);
-            return Err(io(&path, "append to journal")(e));
+        if !self.pending.is_empty() && self.pending.len() + bytes.len() > MAX_PENDING_BYTES {
+            let path = seg_path(&self.dir, self.seg);
+            let source = std::io::Error::other(format!("{} bytes of earlier records still unwritten", self.pending.len()));
+            // One more try: the disk may have room again.
+            self.write_pending().map_err(|_| io(&path, "append to journal")(source))?;
         }
-        self.len += bytes.len() as u64;
+        self.pending.extend_from_slice(&bytes);
         self.dirty = true;
+        if let Err(e) = self.write_pending() {
+            tracing::warn!(error = %e, kept = self.pending.len(), "audit journal write failed; kept for the next try, durability waits fail until then");
+        }
+        Ok(())
+    }
+
+    /// Writes the kept lines with one write(2). On error the segment is cut back to where
+    /// it was, so a failed write never leaves half a line in front of the next one.
+    pub fn write_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = (&*self.file).write_all(&self.pending) {
+            let _ = self.file.set_len(self.len);
+            return Err(io(&seg_path(&self.dir, self.seg), "append to journal")(e));
+        }
+        self.len += self.pending.len() as u64;
+        self.pending.clear();
         Ok(())
     }
 

@@ -378,7 +378,11 @@ impl Store {
     /// every writer before it (group commit). Cheap when nothing was written since.
     pub fn sync(&self) -> Result<(), StoreError> {
         let _one = self.inner.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let files = self.inner.head.lock().unwrap_or_else(|p| p.into_inner()).journal.take_dirty();
+        let files = {
+            let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+            head.journal.write_pending()?;
+            head.journal.take_dirty()
+        };
         if let Err(source) = journal::sync_files(&files, &self.inner.syncs) {
             self.inner.head.lock().unwrap_or_else(|p| p.into_inner()).journal.unsync(files);
             return Err(StoreError::Io { path: PathBuf::from(JOURNAL_DIR_NAME), action: "sync journal", source });
