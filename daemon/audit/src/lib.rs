@@ -66,6 +66,12 @@ const META_SCHEMA_VERSION: &str = "schema_version";
 pub struct StoreOptions {
     /// Retention bound: once exceeded, the oldest records are pruned.
     pub max_records: u64,
+    /// Retention by size: once the stored records (ids + values, the bytes sled keeps
+    /// for them before its own overhead) exceed this, the oldest are pruned.
+    pub max_bytes: Option<u64>,
+    /// Retention by age: records whose id is older than this are pruned by the
+    /// background checkpoint (needs `flush_every_ms`) and by [`Store::enforce_retention_at`].
+    pub max_age_ms: Option<u64>,
     /// How often sled flushes its log and the journal is checkpointed (sled flushed, fed
     /// segments deleted) in the background; `None`: only on [`Store::flush`] and on close.
     pub flush_every_ms: Option<u64>,
@@ -75,6 +81,8 @@ impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             max_records: 1_000_000,
+            max_bytes: None,
+            max_age_ms: None,
             flush_every_ms: Some(500),
         }
     }
@@ -179,6 +187,8 @@ struct Core {
     ids: id::IdGen,
     /// Number of keys in `records`, kept here because sled's `len` is a full scan.
     count: AtomicU64,
+    /// Bytes of the keys and values in `records` (what `max_bytes` bounds).
+    bytes: AtomicU64,
     prune_lock: Mutex<()>,
     /// One journal sync at a time, so a sync that finds nothing dirty knows an earlier
     /// one has finished covering every line.
@@ -274,7 +284,12 @@ impl Store {
             Some((k, _)) => id::parse_id(&k).unwrap_or(0),
             None => 0,
         };
-        let count = records.len() as u64;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for item in records.iter() {
+            let (k, v) = item?;
+            count += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
 
         let every = opts.flush_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(10)));
         let core = Arc::new(Core {
@@ -286,6 +301,7 @@ impl Store {
             head: Mutex::new(Head { point: head, journal }),
             ids: id::IdGen::new(floor),
             count: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
             prune_lock: Mutex::new(()),
             sync_lock: Mutex::new(()),
             syncs: journal::SyncCounter::default(),
@@ -301,6 +317,9 @@ impl Store {
                     .name("audit-checkpoint".into())
                     .spawn(move || {
                         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                            if let Err(e) = bg.prune_at(id::now_ms()) {
+                                tracing::error!(error = %e, "audit retention failed; retrying");
+                            }
                             if let Err(e) = bg.checkpoint() {
                                 tracing::error!(error = %e, "audit checkpoint failed; retrying");
                             }
@@ -316,12 +335,13 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner { core, stop: Some(stop), checkpointer, _lock: lock }),
         };
-        // A lowered `max_records` takes effect at once, not one batch per insert.
-        while store.record_count() > store.inner.opts.max_records {
-            if store.prune()? == 0 {
+        // A lowered bound takes effect at once, not one batch per insert.
+        while store.inner.over_bound() {
+            if store.inner.prune_at(id::now_ms())? == 0 {
                 break;
             }
         }
+        store.inner.prune_at(id::now_ms())?;
         Ok(store)
     }
 
@@ -348,7 +368,12 @@ impl Store {
         let (key, value) = self.record_kv(rec)?;
         match self.write_chained(&key, &value, false)? {
             Written::Added => self.key_added(),
-            Written::Replaced | Written::Exists => Ok(()),
+            Written::Replaced | Written::Exists => {
+                if self.inner.over_bound() {
+                    self.inner.prune_at(id::now_ms())?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -369,6 +394,10 @@ impl Store {
         // still reported, and replay at the next start completes the write.
         let entry = chain::Entry { link, value_hash: vh, id: key.to_vec() }.encode();
         let old = self.inner.records.insert(key, value)?;
+        self.inner.bytes.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        if let Some(o) = &old {
+            self.inner.bytes.fetch_sub((key.len() + o.len()) as u64, Ordering::Relaxed);
+        }
         self.inner.chain.insert(seq.to_be_bytes(), entry)?;
         self.inner.meta.insert(chain::META_HEAD, tip.encode())?;
         Ok(if old.is_some() { Written::Replaced } else { Written::Added })
@@ -521,39 +550,65 @@ impl Store {
         Ok((rec.id.as_bytes().to_vec(), value))
     }
 
-    /// Bookkeeping after a key was added to `records`; prunes once past the bound.
+    /// Bookkeeping after a key was added to `records`; prunes once past a bound.
     fn key_added(&self) -> Result<(), StoreError> {
-        let n = self.inner.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.inner.opts.max_records {
-            self.prune()?;
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        if self.inner.over_bound() {
+            self.inner.prune_at(id::now_ms())?;
         }
         Ok(())
     }
 
-    /// Removes the oldest records down to `max_records - slack`, where the slack (1/64 of
-    /// the bound, at most [`MAX_PRUNE_SLACK`]) makes pruning one batch every `slack + 1`
-    /// inserts: amortised O(1) per insert. Returns how many were removed. Concurrent
-    /// callers do not wait: one pruning pass at a time is enough.
-    fn prune(&self) -> Result<u64, StoreError> {
-        let Ok(_guard) = self.inner.prune_lock.try_lock() else {
+    /// Bytes of the stored records' ids and values (what `max_bytes` bounds).
+    pub fn stored_bytes(&self) -> u64 {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Applies every retention bound now, as if the clock read `now_ms` (the background
+    /// checkpoint calls this with the real clock). Returns how many records went.
+    pub fn enforce_retention_at(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.inner.prune_at(now_ms)
+    }
+}
+
+impl Core {
+    fn over_bound(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > self.opts.max_records
+            || self.opts.max_bytes.is_some_and(|m| self.bytes.load(Ordering::Relaxed) > m)
+    }
+
+    /// Removes the oldest records: those older than `max_age_ms` at `now_ms`, and enough
+    /// to get under `max_records - slack` and `max_bytes - slack`, where the slack (1/64
+    /// of the bound, at most [`MAX_PRUNE_SLACK`] records) makes pruning one batch every
+    /// so many inserts: amortised O(1) per insert. Returns how many were removed, and
+    /// moves the chain checkpoint past them. Concurrent callers do not wait: one pruning
+    /// pass at a time is enough.
+    fn prune_at(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let Ok(_guard) = self.prune_lock.try_lock() else {
             return Ok(0);
         };
-        let max = self.inner.opts.max_records;
-        let count = self.record_count();
-        if count <= max {
-            return Ok(0);
-        }
-        let slack = (max / 64).min(MAX_PRUNE_SLACK);
-        let excess = count - (max - slack);
-        let mut removed = 0u64;
+        let max = self.opts.max_records;
+        let count = self.count.load(Ordering::Relaxed);
+        let excess = if count > max { count - (max - (max / 64).min(MAX_PRUNE_SLACK)) } else { 0 };
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let excess_bytes = match self.opts.max_bytes {
+            Some(m) if bytes > m => bytes - (m - m / 64),
+            _ => 0,
+        };
+        let age_floor = self.opts.max_age_ms.map(|a| id::key_floor_for_ms(now_ms.saturating_sub(a)));
+        let (mut removed, mut freed) = (0u64, 0u64);
         let mut last = None;
-        for key in self.inner.records.iter().keys() {
-            if removed >= excess {
+        for key in self.records.iter().keys() {
+            let key = key?;
+            let too_old = age_floor.as_ref().is_some_and(|f| key.as_ref() < f.as_bytes());
+            if removed >= excess && freed >= excess_bytes && !too_old {
                 break;
             }
-            let key = key?;
-            if self.inner.records.remove(&key)?.is_some() {
-                self.inner.count.fetch_sub(1, Ordering::Relaxed);
+            if let Some(v) = self.records.remove(&key)? {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                let n = (key.len() + v.len()) as u64;
+                self.bytes.fetch_sub(n, Ordering::Relaxed);
+                freed += n;
                 removed += 1;
             }
             last = Some(key);
@@ -561,7 +616,9 @@ impl Store {
         if let Some(last) = last {
             self.prune_chain(&last)?;
         }
-        tracing::debug!(removed, max_records = max, "pruned oldest audit records");
+        if removed > 0 {
+            tracing::debug!(removed, freed, max_records = max, "pruned oldest audit records");
+        }
         Ok(removed)
     }
 
@@ -569,17 +626,17 @@ impl Store {
     /// the entry's record is gone or has been written again since. Records up to
     /// `pruned_upto` (the highest id just removed) may be absent from now on.
     fn prune_chain(&self, pruned_upto: &[u8]) -> Result<(), StoreError> {
-        let _head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        let meta = &self.inner.meta;
+        let _head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = &self.meta;
         let mut base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
         if pruned_upto > base.pruned_upto.as_slice() {
             base.pruned_upto = pruned_upto.to_vec();
         }
         let mut moved = Vec::new();
-        for item in self.inner.chain.iter() {
+        for item in self.chain.iter() {
             let (k, v) = item?;
             let Some(e) = chain::Entry::decode(&v) else { break };
-            let current = self.inner.records.get(&e.id)?;
+            let current = self.records.get(&e.id)?;
             let moot = match current {
                 None => e.id.as_slice() <= base.pruned_upto.as_slice(),
                 Some(cur) => chain::value_hash(&cur) != e.value_hash,
@@ -595,7 +652,7 @@ impl Store {
         // reads as a break; the other order would leave a base behind entries it skips.
         meta.insert(chain::META_BASE, base.encode())?;
         for k in moved {
-            self.inner.chain.remove(k)?;
+            self.chain.remove(k)?;
         }
         Ok(())
     }
