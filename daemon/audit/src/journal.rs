@@ -259,6 +259,10 @@ impl Journal {
         }
     }
 
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

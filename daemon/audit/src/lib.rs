@@ -419,6 +419,17 @@ impl Store {
         Ok(())
     }
 
+    /// `Some(reason)` while journal lines wait for a write(2) that failed (disk full, I/O
+    /// error): those writes are not in the kernel yet, so their calls must not be
+    /// treated as audited.
+    pub fn write_backlog(&self) -> Option<String> {
+        let head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        match head.journal.pending_bytes() {
+            0 => None,
+            n => Some(format!("audit journal cannot be written ({n} bytes of records wait for disk space or a working disk)")),
+        }
+    }
+
     /// How many journal fsyncs [`Store::sync`] has done (each covers a group of writes).
     pub fn journal_syncs(&self) -> u64 {
         self.inner.syncs.get()
