@@ -37,9 +37,8 @@ pub struct FileConfig {
     pub mark: Option<u32>,
     /// Group allowed on the control socket besides root.
     pub control_group: Option<String>,
-    /// Flush each audit record to disk before its request is forwarded (default true).
-    /// `false` batches flushes (every 500 ms): faster, but a crash can lose the most
-    /// recent records of calls that were forwarded.
+    /// Older spelling of `[audit] sync`: `true` is `"per_call"`, `false` is `"group"`.
+    /// Setting both is an error.
     pub audit_sync: Option<bool>,
     #[serde(default)]
     pub limits: LimitsFile,
@@ -127,17 +126,46 @@ impl ScopeConfig {
     }
 }
 
-/// `[audit]`: what the records keep about the calling process.
+/// `[audit]`: what the records keep about the calling process, how they reach the disk
+/// and how long they stay (docs/audit-store.md).
 ///
 /// ```toml
 /// [audit]
 /// cmdline = "redacted"   # or "off" (no command line at all) or "full" (verbatim: secrets in argv land on disk)
+/// sync = "group"         # or "per_call" or "off"
+/// group_commit_ms = 10
+/// retain_days = 90       # default: no age bound
+/// max_bytes = 1073741824 # default: no size bound ([limits] max_audit_records still applies)
 /// ```
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFile {
     pub cmdline: Option<CmdlineMode>,
+    pub sync: Option<SyncMode>,
+    pub group_commit_ms: Option<u64>,
+    pub retain_days: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
+
+/// When an audit record must be on disk (fsync) relative to forwarding its call. In
+/// every mode the record is in the kernel (journal write(2)) before the call leaves, so
+/// killing mcpwatchd loses nothing; the mode decides what power loss can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Each call waits for an fsync covering its record (one fsync serves every call
+    /// waiting at that moment). Power loss loses nothing forwarded.
+    PerCall,
+    /// The journal is fsynced every `group_commit_ms`; calls do not wait. Power loss
+    /// loses at most that window.
+    #[default]
+    Group,
+    /// No journal fsync; sled's checkpoint (every 500 ms) is the only one.
+    Off,
+}
+
+/// Default `[audit] group_commit_ms`.
+pub const DEFAULT_GROUP_COMMIT_MS: u64 = 10;
 
 /// How a process's command line is recorded (audit records, held calls, inventory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -186,7 +214,16 @@ pub struct Config {
     /// Base of the pin directories (fail-closed mode); see [`FileConfig::pin_dir`].
     pub pin_dir: PathBuf,
     pub mark: u32,
+    /// Calls wait for their record's fsync (`[audit] sync = "per_call"`).
     pub audit_sync: bool,
+    /// `[audit] sync`.
+    pub audit_sync_mode: SyncMode,
+    /// `[audit] group_commit_ms`.
+    pub audit_group_commit: Duration,
+    /// `[audit] retain_days`, in ms.
+    pub audit_max_age_ms: Option<u64>,
+    /// `[audit] max_bytes`.
+    pub audit_max_bytes: Option<u64>,
     pub limits: Limits,
     pub tls: TlsConfig,
     pub sinks: crate::sinks::SinksConfig,
@@ -250,7 +287,11 @@ impl Default for Config {
             failure_mode: FailureMode::Open,
             pin_dir: PathBuf::from(mcpwatch_intercept::pins::DEFAULT_PIN_BASE),
             mark: DEFAULT_MARK,
-            audit_sync: true,
+            audit_sync: false,
+            audit_sync_mode: SyncMode::default(),
+            audit_group_commit: Duration::from_millis(DEFAULT_GROUP_COMMIT_MS),
+            audit_max_age_ms: None,
+            audit_max_bytes: None,
             limits: Limits::default(),
             tls: TlsConfig::default(),
             sinks: crate::sinks::SinksConfig::default(),
@@ -474,8 +515,34 @@ impl FileConfig {
         if let Some(m) = self.mark {
             c.mark = m;
         }
-        if let Some(a) = self.audit_sync {
-            c.audit_sync = a;
+        c.audit_sync_mode = match (self.audit_sync, self.audit.sync) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "both audit_sync and [audit] sync are set; keep only [audit] sync (\"per_call\", \"group\" or \"off\")".into(),
+                ));
+            }
+            (Some(true), None) => SyncMode::PerCall,
+            (Some(false), None) => SyncMode::Group,
+            (None, m) => m.unwrap_or_default(),
+        };
+        c.audit_sync = c.audit_sync_mode == SyncMode::PerCall;
+        match self.audit.group_commit_ms {
+            Some(0) | Some(60_001..) => {
+                return Err(ConfigError::Invalid("[audit] group_commit_ms must be between 1 and 60000".into()));
+            }
+            Some(ms) => c.audit_group_commit = Duration::from_millis(ms),
+            None => {}
+        }
+        match self.audit.retain_days {
+            Some(0) => return Err(ConfigError::Invalid("[audit] retain_days must be at least 1 (leave it out for no age bound)".into())),
+            Some(d) => c.audit_max_age_ms = Some(d.saturating_mul(86_400_000)),
+            None => {}
+        }
+        match self.audit.max_bytes {
+            Some(b) if b < 1 << 20 => {
+                return Err(ConfigError::Invalid("[audit] max_bytes must be at least 1048576 (1 MiB)".into()));
+            }
+            b => c.audit_max_bytes = b,
         }
         let l = self.limits;
         let ms = Duration::from_millis;
@@ -600,6 +667,25 @@ mod tests {
         let src = "ports = \"80,90000\"\n";
         let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("ports"), "{err}");
+    }
+
+    #[test]
+    fn audit_sync_and_retention_keys() {
+        let parse = |t: &str| FileConfig::parse(t, Path::new("c.toml")).unwrap().into_config();
+        let d = parse("").unwrap();
+        assert_eq!((d.audit_sync_mode, d.audit_sync, d.audit_group_commit), (SyncMode::Group, false, Duration::from_millis(10)));
+        assert_eq!((d.audit_max_age_ms, d.audit_max_bytes), (None, None));
+        let c = parse("[audit]\nsync = \"per_call\"\nretain_days = 2\nmax_bytes = 2097152\ngroup_commit_ms = 5\n").unwrap();
+        assert_eq!((c.audit_sync_mode, c.audit_sync), (SyncMode::PerCall, true));
+        assert_eq!((c.audit_max_age_ms, c.audit_max_bytes, c.audit_group_commit), (Some(2 * 86_400_000), Some(2 << 20), Duration::from_millis(5)));
+        // The old key still works, and means what it meant.
+        assert_eq!(parse("audit_sync = true\n").unwrap().audit_sync_mode, SyncMode::PerCall);
+        assert_eq!(parse("audit_sync = false\n").unwrap().audit_sync_mode, SyncMode::Group);
+        assert_eq!(parse("[audit]\nsync = \"off\"\n").unwrap().audit_sync_mode, SyncMode::Off);
+        for bad in ["audit_sync = true\n[audit]\nsync = \"group\"\n", "[audit]\ngroup_commit_ms = 0\n", "[audit]\nretain_days = 0\n", "[audit]\nmax_bytes = 10\n"] {
+            assert!(matches!(parse(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+        assert!(FileConfig::parse("[audit]\nsync = \"always\"\n", Path::new("c.toml")).is_err());
     }
 
     #[test]

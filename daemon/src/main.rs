@@ -157,7 +157,12 @@ async fn real_main() -> Result<()> {
     }
     let store = mcpwatch_audit::Store::open(
         &config.state_dir,
-        mcpwatch_audit::StoreOptions { max_records: config.limits.max_audit_records, ..Default::default() },
+        mcpwatch_audit::StoreOptions {
+            max_records: config.limits.max_audit_records,
+            max_bytes: config.audit_max_bytes,
+            max_age_ms: config.audit_max_age_ms,
+            ..Default::default()
+        },
     )?;
     let tls = if config.tls.enabled {
         let hostname = nix::unistd::gethostname()

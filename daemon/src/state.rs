@@ -139,19 +139,35 @@ impl Shared {
         })
     }
 
-    /// The flusher behind [`Shared::durable`]: one `fsync` on a blocking thread covers
-    /// every writer that asked before it started (group commit), and the runtime's
-    /// worker threads never block on the disk.
+    /// The flusher behind [`Shared::durable`]: one journal `fdatasync` on a blocking
+    /// thread ([`Store::sync`]) covers every writer that asked before it started (group
+    /// commit), and the runtime's worker threads never block on the disk. The record is
+    /// already in the kernel (journal write(2) in [`Shared::begin_record`]) before this.
+    ///
+    /// `[audit] sync = "group"`: nobody waits; the journal is fsynced every
+    /// `group_commit_ms` instead (no fsync when nothing was written). `"off"`: never.
     pub async fn flush_forever(self: Arc<Self>) {
+        use crate::config::SyncMode;
+        let mode = self.config.audit_sync_mode;
+        let tick = match mode {
+            SyncMode::Group => self.config.audit_group_commit.min(crate::notify::HEARTBEAT_EVERY),
+            SyncMode::PerCall | SyncMode::Off => crate::notify::HEARTBEAT_EVERY,
+        };
         loop {
             self.heartbeats.flusher();
             // Wake at least every heartbeat so the watchdog sees an idle flusher alive.
-            if tokio::time::timeout(crate::notify::HEARTBEAT_EVERY, self.flush_wake.notified()).await.is_err() {
+            let asked = tokio::time::timeout(tick, self.flush_wake.notified()).await.is_ok();
+            let due = match mode {
+                SyncMode::PerCall => asked,
+                SyncMode::Group => true,
+                SyncMode::Off => false,
+            };
+            if !due {
                 continue;
             }
             let target = self.flush_wanted.load(Ordering::Acquire);
             let store = self.store.clone();
-            let res = match tokio::task::spawn_blocking(move || store.flush()).await {
+            let res = match tokio::task::spawn_blocking(move || store.sync()).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(format!("flush task failed: {e}")),
@@ -164,11 +180,20 @@ impl Shared {
         }
     }
 
-    /// Wait until every record inserted so far is on disk (`audit_sync`); immediate
-    /// when `audit_sync = false`. Needs [`Shared::flush_forever`] running.
+    /// Wait until every record inserted so far is durable as `[audit] sync` asks:
+    /// `per_call` waits for an fsync covering it (needs [`Shared::flush_forever`]
+    /// running); `group` and `off` return at once, since the record is already in the
+    /// kernel, unless the journal cannot be written (disk full) or the last group fsync
+    /// failed: then the error, so fail-closed mode does not forward the call.
     pub async fn durable(&self) -> Result<(), String> {
         if !self.config.audit_sync {
-            return Ok(());
+            if let Some(e) = self.store.write_backlog() {
+                return Err(e);
+            }
+            return match &self.flushed.borrow().1 {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            };
         }
         let mut rx = self.flushed.subscribe();
         let target = self.flush_wanted.fetch_add(1, Ordering::AcqRel) + 1;

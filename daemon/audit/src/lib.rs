@@ -15,6 +15,12 @@
 //! - `meta`: `schema_version` = layout version of the store as decimal text;
 //!   `chain_head`, `chain_base` = the chain's tip and retention checkpoint.
 //!
+//! In front of sled sits an append-only journal (`<state dir>/audit.journal/`, see
+//! `journal`): a write is appended there with one write(2) first (crash-safe against a
+//! SIGKILL at once, against power loss once [`Store::sync`] ran), then applied to sled
+//! without a transaction; a background checkpoint flushes sled and deletes the journal
+//! segments it covers, and [`Store::open`] replays whatever a crash left behind.
+//!
 //! `<state dir>/audit.lock` is held (flock) for as long as the store is open and names
 //! the owning pid, so a second daemon gets a clear error instead of sled's.
 
@@ -22,6 +28,7 @@ mod chain;
 mod codec;
 mod cursor;
 mod id;
+mod journal;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -34,6 +41,7 @@ use mcpwatch_api::{AUDIT_SCHEMA_VERSION, AuditFilter, AuditRecord, ServerEntry};
 pub use mcpwatch_api::{AuditProblem as Problem, AuditVerify as VerifyReport};
 pub use codec::{DecodeError, SERVER_SCHEMA_VERSION};
 pub use id::ID_LEN;
+pub use journal::JOURNAL_DIR_NAME;
 
 /// Version of the store layout (trees, key formats) recorded in `meta/schema_version`.
 pub const STORE_LAYOUT_VERSION: u32 = 1;
@@ -58,8 +66,14 @@ const META_SCHEMA_VERSION: &str = "schema_version";
 pub struct StoreOptions {
     /// Retention bound: once exceeded, the oldest records are pruned.
     pub max_records: u64,
-    /// How often sled flushes its log in the background; `None` only on [`Store::flush`]
-    /// and on close.
+    /// Retention by size: once the stored records (ids + values, the bytes sled keeps
+    /// for them before its own overhead) exceed this, the oldest are pruned.
+    pub max_bytes: Option<u64>,
+    /// Retention by age: records whose id is older than this are pruned by the
+    /// background checkpoint (needs `flush_every_ms`) and by [`Store::enforce_retention_at`].
+    pub max_age_ms: Option<u64>,
+    /// How often sled flushes its log and the journal is checkpointed (sled flushed, fed
+    /// segments deleted) in the background; `None`: only on [`Store::flush`] and on close.
     pub flush_every_ms: Option<u64>,
 }
 
@@ -67,6 +81,8 @@ impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             max_records: 1_000_000,
+            max_bytes: None,
+            max_age_ms: None,
             flush_every_ms: Some(500),
         }
     }
@@ -123,8 +139,43 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-// Field order is drop order: sled closes (and flushes) before the lock is released.
+/// The chain's tip and the journal it is appended to: one mutex, so journal lines are
+/// in chain order with no gaps.
+struct Head {
+    point: chain::Point,
+    journal: journal::Journal,
+}
+
+/// Owns the checkpoint thread and the lock: dropping the last `Store` stops the thread,
+/// checkpoints once more (so a clean close leaves an empty journal), closes sled and only
+/// then releases the lock.
 struct Inner {
+    core: Arc<Core>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+    _lock: File,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.core.checkpoint() {
+            tracing::error!(error = %e, "final audit checkpoint failed; the journal is replayed at next start");
+        }
+    }
+}
+
+struct Core {
     db: sled::Db,
     records: sled::Tree,
     servers: sled::Tree,
@@ -132,13 +183,19 @@ struct Inner {
     meta: sled::Tree,
     /// The chain's tip; held while a record and its chain entry are written, so entries
     /// are appended in one order with no gaps.
-    head: Mutex<chain::Point>,
+    head: Mutex<Head>,
     ids: id::IdGen,
     /// Number of keys in `records`, kept here because sled's `len` is a full scan.
     count: AtomicU64,
+    /// Bytes of the keys and values in `records` (what `max_bytes` bounds).
+    bytes: AtomicU64,
     prune_lock: Mutex<()>,
+    /// One journal sync at a time, so a sync that finds nothing dirty knows an earlier
+    /// one has finished covering every line.
+    sync_lock: Mutex<()>,
+    syncs: journal::SyncCounter,
+    checkpoint_lock: Mutex<()>,
     opts: StoreOptions,
-    _lock: File,
 }
 
 impl std::fmt::Debug for Store {
@@ -197,33 +254,94 @@ impl Store {
             }
         };
 
+        // What a crash left in the journal goes into sled before anything reads it.
+        let (lines, old_segments) = journal::replay(dir)?;
+        let base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
+        let mut head = head;
+        for l in &lines {
+            // Entries retention has moved past: their record is gone or written again since.
+            if l.seq <= base.point.seq {
+                continue;
+            }
+            let vh = chain::value_hash(&l.value);
+            records.insert(l.id.as_slice(), l.value.as_slice())?;
+            let entry = chain::Entry { link: l.link, value_hash: vh, id: l.id.clone() };
+            chain.insert(l.seq.to_be_bytes(), entry.encode())?;
+            if l.seq > head.seq {
+                head = chain::Point { seq: l.seq, link: l.link };
+            }
+        }
+        if !lines.is_empty() {
+            meta.insert(chain::META_HEAD, head.encode())?;
+            tracing::info!(entries = lines.len(), "replayed the audit journal");
+        }
+        db.flush()?;
+        let after = old_segments.last().copied().unwrap_or(0);
+        journal::delete_segments(&dir.join(JOURNAL_DIR_NAME), old_segments)?;
+        let journal = journal::Journal::open(dir, after)?;
+
         let floor = match records.last()? {
             Some((k, _)) => id::parse_id(&k).unwrap_or(0),
             None => 0,
         };
-        let count = records.len() as u64;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for item in records.iter() {
+            let (k, v) = item?;
+            count += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
 
-        let store = Store {
-            inner: Arc::new(Inner {
-                db,
-                records,
-                servers,
-                chain,
-                meta,
-                head: Mutex::new(head),
-                ids: id::IdGen::new(floor),
-                count: AtomicU64::new(count),
-                prune_lock: Mutex::new(()),
-                opts,
-                _lock: lock,
-            }),
+        let every = opts.flush_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(10)));
+        let core = Arc::new(Core {
+            db,
+            records,
+            servers,
+            chain,
+            meta,
+            head: Mutex::new(Head { point: head, journal }),
+            ids: id::IdGen::new(floor),
+            count: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
+            prune_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
+            syncs: journal::SyncCounter::default(),
+            checkpoint_lock: Mutex::new(()),
+            opts,
+        });
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let bg = core.clone();
+        let checkpointer = match every {
+            None => None,
+            Some(every) => Some(
+                std::thread::Builder::new()
+                    .name("audit-checkpoint".into())
+                    .spawn(move || {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                            if let Err(e) = bg.prune_at(id::now_ms()) {
+                                tracing::error!(error = %e, "audit retention failed; retrying");
+                            }
+                            if let Err(e) = bg.checkpoint() {
+                                tracing::error!(error = %e, "audit checkpoint failed; retrying");
+                            }
+                        }
+                    })
+                    .map_err(|source| StoreError::Io {
+                        path: dir.to_path_buf(),
+                        action: "start checkpoint thread",
+                        source,
+                    })?,
+            ),
         };
-        // A lowered `max_records` takes effect at once, not one batch per insert.
-        while store.record_count() > store.inner.opts.max_records {
-            if store.prune()? == 0 {
+        let store = Store {
+            inner: Arc::new(Inner { core, stop: Some(stop), checkpointer, _lock: lock }),
+        };
+        // A lowered bound takes effect at once, not one batch per insert.
+        while store.inner.over_bound() {
+            if store.inner.prune_at(id::now_ms())? == 0 {
                 break;
             }
         }
+        store.inner.prune_at(id::now_ms())?;
         Ok(store)
     }
 
@@ -250,37 +368,71 @@ impl Store {
         let (key, value) = self.record_kv(rec)?;
         match self.write_chained(&key, &value, false)? {
             Written::Added => self.key_added(),
-            Written::Replaced | Written::Exists => Ok(()),
+            Written::Replaced | Written::Exists => {
+                if self.inner.over_bound() {
+                    self.inner.prune_at(id::now_ms())?;
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Writes a record and its chain entry in one transaction (see `chain`).
+    /// Appends a record write and its chain entry to the journal (one write(2): in the
+    /// kernel when this returns), then applies both to sled (see `journal`, `chain`).
     fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool) -> Result<Written, StoreError> {
-        use sled::Transactional as _;
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
         let vh = chain::value_hash(value);
-        let seq = head.seq + 1;
-        let link = chain::link(&head.link, seq, key, &vh);
-        let entry = chain::Entry { link, value_hash: vh, id: key.to_vec() }.encode();
-        let tip = chain::Point { seq, link };
-        let res = (&self.inner.records, &self.inner.chain, &self.inner.meta).transaction(|(r, c, m)| {
-            if must_be_new && r.get(key)?.is_some() {
-                return Err(ConflictableTransactionError::Abort(()));
-            }
-            let old = r.insert(key, value)?;
-            c.insert(&seq.to_be_bytes(), entry.as_slice())?;
-            m.insert(chain::META_HEAD, tip.encode())?;
-            Ok(if old.is_some() { Written::Replaced } else { Written::Added })
-        });
-        match res {
-            Ok(w) => {
-                *head = tip;
-                Ok(w)
-            }
-            Err(TransactionError::Abort(())) => Ok(Written::Exists),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Db(e)),
+        let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        if must_be_new && self.inner.records.contains_key(key)? {
+            return Ok(Written::Exists);
         }
+        let seq = head.point.seq + 1;
+        let link = chain::link(&head.point.link, seq, key, &vh);
+        head.journal.append(&journal::Line { seq, id: key.to_vec(), link, value: value.to_vec() })?;
+        let tip = chain::Point { seq, link };
+        head.point = tip;
+        // From here the write is committed (the journal has it); a sled failure below is
+        // still reported, and replay at the next start completes the write.
+        let entry = chain::Entry { link, value_hash: vh, id: key.to_vec() }.encode();
+        let old = self.inner.records.insert(key, value)?;
+        self.inner.bytes.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        if let Some(o) = &old {
+            self.inner.bytes.fetch_sub((key.len() + o.len()) as u64, Ordering::Relaxed);
+        }
+        self.inner.chain.insert(seq.to_be_bytes(), entry)?;
+        self.inner.meta.insert(chain::META_HEAD, tip.encode())?;
+        Ok(if old.is_some() { Written::Replaced } else { Written::Added })
+    }
+
+    /// Makes every write so far survive power loss: one fdatasync of the journal covers
+    /// every writer before it (group commit). Cheap when nothing was written since.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let _one = self.inner.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let files = {
+            let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+            head.journal.write_pending()?;
+            head.journal.take_dirty()
+        };
+        if let Err(source) = journal::sync_files(&files, &self.inner.syncs) {
+            self.inner.head.lock().unwrap_or_else(|p| p.into_inner()).journal.unsync(files);
+            return Err(StoreError::Io { path: PathBuf::from(JOURNAL_DIR_NAME), action: "sync journal", source });
+        }
+        Ok(())
+    }
+
+    /// `Some(reason)` while journal lines wait for a write(2) that failed (disk full, I/O
+    /// error): those writes are not in the kernel yet, so their calls must not be
+    /// treated as audited.
+    pub fn write_backlog(&self) -> Option<String> {
+        let head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        match head.journal.pending_bytes() {
+            0 => None,
+            n => Some(format!("audit journal cannot be written ({n} bytes of records wait for disk space or a working disk)")),
+        }
+    }
+
+    /// How many journal fsyncs [`Store::sync`] has done (each covers a group of writes).
+    pub fn journal_syncs(&self) -> u64 {
+        self.inner.syncs.get()
     }
 
     /// Checks every record against the hash chain (`mcpwatch audit verify`).
@@ -379,10 +531,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Forces everything written so far to disk.
+    /// Forces everything written so far to disk: sled flushed, journal emptied.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+        self.inner.checkpoint()
     }
 
     fn record_kv(&self, rec: &AuditRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
@@ -410,39 +561,65 @@ impl Store {
         Ok((rec.id.as_bytes().to_vec(), value))
     }
 
-    /// Bookkeeping after a key was added to `records`; prunes once past the bound.
+    /// Bookkeeping after a key was added to `records`; prunes once past a bound.
     fn key_added(&self) -> Result<(), StoreError> {
-        let n = self.inner.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.inner.opts.max_records {
-            self.prune()?;
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        if self.inner.over_bound() {
+            self.inner.prune_at(id::now_ms())?;
         }
         Ok(())
     }
 
-    /// Removes the oldest records down to `max_records - slack`, where the slack (1/64 of
-    /// the bound, at most [`MAX_PRUNE_SLACK`]) makes pruning one batch every `slack + 1`
-    /// inserts: amortised O(1) per insert. Returns how many were removed. Concurrent
-    /// callers do not wait: one pruning pass at a time is enough.
-    fn prune(&self) -> Result<u64, StoreError> {
-        let Ok(_guard) = self.inner.prune_lock.try_lock() else {
+    /// Bytes of the stored records' ids and values (what `max_bytes` bounds).
+    pub fn stored_bytes(&self) -> u64 {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Applies every retention bound now, as if the clock read `now_ms` (the background
+    /// checkpoint calls this with the real clock). Returns how many records went.
+    pub fn enforce_retention_at(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.inner.prune_at(now_ms)
+    }
+}
+
+impl Core {
+    fn over_bound(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > self.opts.max_records
+            || self.opts.max_bytes.is_some_and(|m| self.bytes.load(Ordering::Relaxed) > m)
+    }
+
+    /// Removes the oldest records: those older than `max_age_ms` at `now_ms`, and enough
+    /// to get under `max_records - slack` and `max_bytes - slack`, where the slack (1/64
+    /// of the bound, at most [`MAX_PRUNE_SLACK`] records) makes pruning one batch every
+    /// so many inserts: amortised O(1) per insert. Returns how many were removed, and
+    /// moves the chain checkpoint past them. Concurrent callers do not wait: one pruning
+    /// pass at a time is enough.
+    fn prune_at(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let Ok(_guard) = self.prune_lock.try_lock() else {
             return Ok(0);
         };
-        let max = self.inner.opts.max_records;
-        let count = self.record_count();
-        if count <= max {
-            return Ok(0);
-        }
-        let slack = (max / 64).min(MAX_PRUNE_SLACK);
-        let excess = count - (max - slack);
-        let mut removed = 0u64;
+        let max = self.opts.max_records;
+        let count = self.count.load(Ordering::Relaxed);
+        let excess = if count > max { count - (max - (max / 64).min(MAX_PRUNE_SLACK)) } else { 0 };
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let excess_bytes = match self.opts.max_bytes {
+            Some(m) if bytes > m => bytes - (m - m / 64),
+            _ => 0,
+        };
+        let age_floor = self.opts.max_age_ms.map(|a| id::key_floor_for_ms(now_ms.saturating_sub(a)));
+        let (mut removed, mut freed) = (0u64, 0u64);
         let mut last = None;
-        for key in self.inner.records.iter().keys() {
-            if removed >= excess {
+        for key in self.records.iter().keys() {
+            let key = key?;
+            let too_old = age_floor.as_ref().is_some_and(|f| key.as_ref() < f.as_bytes());
+            if removed >= excess && freed >= excess_bytes && !too_old {
                 break;
             }
-            let key = key?;
-            if self.inner.records.remove(&key)?.is_some() {
-                self.inner.count.fetch_sub(1, Ordering::Relaxed);
+            if let Some(v) = self.records.remove(&key)? {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                let n = (key.len() + v.len()) as u64;
+                self.bytes.fetch_sub(n, Ordering::Relaxed);
+                freed += n;
                 removed += 1;
             }
             last = Some(key);
@@ -450,7 +627,9 @@ impl Store {
         if let Some(last) = last {
             self.prune_chain(&last)?;
         }
-        tracing::debug!(removed, max_records = max, "pruned oldest audit records");
+        if removed > 0 {
+            tracing::debug!(removed, freed, max_records = max, "pruned oldest audit records");
+        }
         Ok(removed)
     }
 
@@ -458,17 +637,17 @@ impl Store {
     /// the entry's record is gone or has been written again since. Records up to
     /// `pruned_upto` (the highest id just removed) may be absent from now on.
     fn prune_chain(&self, pruned_upto: &[u8]) -> Result<(), StoreError> {
-        let _head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        let meta = &self.inner.meta;
+        let _head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = &self.meta;
         let mut base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
         if pruned_upto > base.pruned_upto.as_slice() {
             base.pruned_upto = pruned_upto.to_vec();
         }
         let mut moved = Vec::new();
-        for item in self.inner.chain.iter() {
+        for item in self.chain.iter() {
             let (k, v) = item?;
             let Some(e) = chain::Entry::decode(&v) else { break };
-            let current = self.inner.records.get(&e.id)?;
+            let current = self.records.get(&e.id)?;
             let moot = match current {
                 None => e.id.as_slice() <= base.pruned_upto.as_slice(),
                 Some(cur) => chain::value_hash(&cur) != e.value_hash,
@@ -484,7 +663,25 @@ impl Store {
         // reads as a break; the other order would leave a base behind entries it skips.
         meta.insert(chain::META_BASE, base.encode())?;
         for k in moved {
-            self.inner.chain.remove(k)?;
+            self.chain.remove(k)?;
+        }
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Starts a new journal segment, flushes sled (which then holds every line of the old
+    /// segments: they were applied under the head mutex before the rotation) and deletes
+    /// the old segments.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, dir) = {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            (head.journal.rotate()?, head.journal.dir().to_path_buf())
+        };
+        self.db.flush()?;
+        if let Some(done) = done {
+            journal::delete_upto(&dir, done)?;
         }
         Ok(())
     }

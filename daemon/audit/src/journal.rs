@@ -1,0 +1,298 @@
+//! The append-only journal in front of sled: where a record write becomes crash-safe.
+//!
+//! Why it exists: a sled transaction over three trees plus a sled flush per group was the
+//! audit path's bottleneck, and sled keeps writes in user-space buffers until it flushes,
+//! so a SIGKILL between write and flush lost them. Every chained write is instead first
+//! appended as one line to a segment file with a single write(2) (so it is in the kernel
+//! before the call returns: a SIGKILL of the daemon loses nothing written), fsynced in
+//! groups by [`Journal::sync`] (power loss loses at most what was not yet synced), and
+//! then applied to sled without a transaction. A checkpoint (rotate the segment, flush
+//! sled, delete the old segments) keeps the journal short; [`replay`] re-applies what a
+//! crash left in the journal when the store opens again.
+//!
+//! Segment files live in `<state dir>/audit.journal/`, named `<n>.log` (n = 20 digits).
+//! One line per chain entry:
+//!
+//! ```text
+//! <seq, 20 digits> <record id> <link, 64 hex> <record value (compact JSON)>\n
+//! ```
+//!
+//! The value is compact JSON, so it contains no raw newline. A last line without its
+//! newline is torn (the process died inside the write): it is cut off at replay; every
+//! complete line before it is kept.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::StoreError;
+use crate::chain::{self, Hash};
+
+/// Name of the journal directory inside the state dir.
+pub const JOURNAL_DIR_NAME: &str = "audit.journal";
+
+/// One journal line, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Line {
+    pub seq: u64,
+    pub id: Vec<u8>,
+    pub link: Hash,
+    pub value: Vec<u8>,
+}
+
+impl Line {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20 + self.id.len() + 64 + self.value.len() + 4);
+        v.extend_from_slice(format!("{:020} ", self.seq).as_bytes());
+        v.extend_from_slice(&self.id);
+        v.push(b' ');
+        for b in self.link {
+            v.extend_from_slice(format!("{b:02x}").as_bytes());
+        }
+        v.push(b' ');
+        v.extend_from_slice(&self.value);
+        v.push(b'\n');
+        v
+    }
+
+    /// `line` without its trailing newline.
+    fn decode(line: &[u8]) -> Option<Line> {
+        let mut parts = line.splitn(4, |b| *b == b' ');
+        let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let id = parts.next()?.to_vec();
+        let hex = parts.next()?;
+        if hex.len() != 64 || id.is_empty() {
+            return None;
+        }
+        let mut link = [0u8; 32];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            link[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        let value = parts.next()?.to_vec();
+        Some(Line { seq, id, link, value })
+    }
+}
+
+/// The writing end: the current segment plus the segments written but not yet fsynced.
+/// Lives inside the store's head mutex, so lines are appended in chain order.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    seg: u64,
+    file: Arc<File>,
+    len: u64,
+    /// The current segment has lines not yet fsynced.
+    dirty: bool,
+    /// Rotated-out segments with lines not yet fsynced.
+    unsynced: Vec<Arc<File>>,
+    /// Lines whose write(2) failed (disk full, I/O error), in order, written before any
+    /// later line. While this is not empty [`Journal::write_pending`] fails, so the
+    /// store's sync (and every writer waiting for durability) fails: the same contract
+    /// as sled's buffered writes and failing flush had. Bounded by [`MAX_PENDING_BYTES`].
+    pending: Vec<u8>,
+}
+
+/// Most bytes of lines kept while the journal cannot be written; past it, writes fail.
+pub(crate) const MAX_PENDING_BYTES: usize = 4 << 20;
+
+/// How many fsyncs the journal did (group commit: one covers many writers). For tests
+/// and the bench.
+#[derive(Debug, Default)]
+pub(crate) struct SyncCounter(AtomicU64);
+
+impl SyncCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { path, action, source }
+}
+
+fn seg_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:020}.log"))
+}
+
+/// The segment numbers present in `dir`, ascending.
+fn segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir, "list journal"))? {
+        let entry = entry.map_err(io(dir, "list journal"))?;
+        let name = entry.file_name();
+        let Some(n) = name.to_str().and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        out.push(n);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn open_segment(dir: &Path, n: u64) -> Result<File, StoreError> {
+    let path = seg_path(dir, n);
+    OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path, "open journal segment"))
+}
+
+/// Every complete line left in the journal, oldest first; a torn tail is cut off (the
+/// file is truncated to its last complete line). Returns the lines and the segment
+/// numbers they came from.
+pub(crate) fn replay(state_dir: &Path) -> Result<(Vec<Line>, Vec<u64>), StoreError> {
+    let dir = state_dir.join(JOURNAL_DIR_NAME);
+    std::fs::create_dir_all(&dir).map_err(io(&dir, "create journal directory"))?;
+    let segs = segments(&dir)?;
+    let mut lines = Vec::new();
+    for &n in &segs {
+        let path = seg_path(&dir, n);
+        let mut bytes = Vec::new();
+        File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io(&path, "read journal segment"))?;
+        let mut good = 0usize;
+        let mut prev: Option<(u64, Hash)> = None;
+        for raw in bytes.split_inclusive(|b| *b == b'\n') {
+            let Some(body) = raw.strip_suffix(b"\n") else { break };
+            let Some(line) = Line::decode(body) else { break };
+            // Lines within a segment follow each other: a line that does not is damage,
+            // and nothing after it is trusted.
+            if let Some((seq, link)) = prev
+                && (line.seq != seq + 1
+                    || chain::link(&link, line.seq, &line.id, &chain::value_hash(&line.value)) != line.link)
+            {
+                break;
+            }
+            prev = Some((line.seq, line.link));
+            good += raw.len();
+            lines.push(line);
+        }
+        if good < bytes.len() {
+            tracing::warn!(segment = %path.display(), kept = good, dropped = bytes.len() - good, "cutting a torn journal tail");
+            let f = OpenOptions::new().write(true).open(&path).map_err(io(&path, "open journal segment"))?;
+            f.set_len(good as u64).map_err(io(&path, "truncate torn journal tail"))?;
+            f.sync_all().map_err(io(&path, "sync journal segment"))?;
+        }
+    }
+    Ok((lines, segs))
+}
+
+impl Journal {
+    /// A new segment numbered after every existing one and after `after` (the last one
+    /// replayed and deleted), so numbers never repeat.
+    pub fn open(state_dir: &Path, after: u64) -> Result<Journal, StoreError> {
+        let dir = state_dir.join(JOURNAL_DIR_NAME);
+        std::fs::create_dir_all(&dir).map_err(io(&dir, "create journal directory"))?;
+        let seg = segments(&dir)?.last().copied().unwrap_or(0).max(after) + 1;
+        let file = Arc::new(open_segment(&dir, seg)?);
+        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new() })
+    }
+
+    /// Appends one line with one write(2) (in the kernel when this returns). If the write
+    /// fails the line is kept (see `pending`) and the failure surfaces at the next
+    /// sync; only when too much is kept already does the append itself fail.
+    pub fn append(&mut self, line: &Line) -> Result<(), StoreError> {
+        let bytes = line.encode();
+        if !self.pending.is_empty() && self.pending.len() + bytes.len() > MAX_PENDING_BYTES {
+            let path = seg_path(&self.dir, self.seg);
+            let source = std::io::Error::other(format!("{} bytes of earlier records still unwritten", self.pending.len()));
+            // One more try: the disk may have room again.
+            self.write_pending().map_err(|_| io(&path, "append to journal")(source))?;
+        }
+        self.pending.extend_from_slice(&bytes);
+        self.dirty = true;
+        if let Err(e) = self.write_pending() {
+            tracing::warn!(error = %e, kept = self.pending.len(), "audit journal write failed; kept for the next try, durability waits fail until then");
+        }
+        Ok(())
+    }
+
+    /// Writes the kept lines with one write(2). On error the segment is cut back to where
+    /// it was, so a failed write never leaves half a line in front of the next one.
+    pub fn write_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = (&*self.file).write_all(&self.pending) {
+            let _ = self.file.set_len(self.len);
+            return Err(io(&seg_path(&self.dir, self.seg), "append to journal")(e));
+        }
+        self.len += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Starts a new segment if the current one has lines; returns the number of the last
+    /// segment that may be deleted once sled holds everything written so far.
+    pub fn rotate(&mut self) -> Result<Option<u64>, StoreError> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        let next = Arc::new(open_segment(&self.dir, self.seg + 1)?);
+        let old = std::mem::replace(&mut self.file, next);
+        if self.dirty {
+            self.unsynced.push(old);
+        }
+        let done = self.seg;
+        self.seg += 1;
+        self.len = 0;
+        self.dirty = false;
+        Ok(Some(done))
+    }
+
+    /// The files a sync must cover; they count as synced from here on (the caller puts
+    /// them back with [`Journal::unsync`] if the fsync fails).
+    pub fn take_dirty(&mut self) -> Vec<Arc<File>> {
+        let mut out = std::mem::take(&mut self.unsynced);
+        if self.dirty {
+            out.push(self.file.clone());
+            self.dirty = false;
+        }
+        out
+    }
+
+    pub fn unsync(&mut self, files: Vec<Arc<File>>) {
+        for f in files {
+            if Arc::ptr_eq(&f, &self.file) {
+                self.dirty = true;
+            } else {
+                self.unsynced.push(f);
+            }
+        }
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Deletes every segment numbered up to `upto` (their lines are in sled, flushed).
+pub(crate) fn delete_upto(dir: &Path, upto: u64) -> Result<(), StoreError> {
+    delete_segments(dir, segments(dir)?.into_iter().filter(|n| *n <= upto))
+}
+
+pub(crate) fn delete_segments(dir: &Path, segs: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
+    for n in segs {
+        let path = seg_path(dir, n);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, "delete fed journal segment")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// fdatasyncs `files`, counting one sync for the group.
+pub(crate) fn sync_files(files: &[Arc<File>], counter: &SyncCounter) -> std::io::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    counter.0.fetch_add(1, Ordering::Relaxed);
+    for f in files {
+        f.sync_data()?;
+    }
+    Ok(())
+}
