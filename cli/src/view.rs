@@ -163,7 +163,11 @@ pub fn status_text(s: &Status) -> String {
             "{} records, {} write errors, {}",
             c.audit_records,
             c.audit_write_errors,
-            if s.audit_sync { "flushed before forwarding" } else { "flushed in batches (a crash can lose the newest records)" }
+            match &s.audit_durability {
+                Some(d) => d.as_str(),
+                None if s.audit_sync => "flushed before forwarding",
+                None => "flushed in batches (a crash can lose the newest records)",
+            }
         ),
     );
     line("policy", s.policy.as_deref().unwrap_or("-"));

@@ -42,6 +42,14 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
         uptime_secs: shared.started.elapsed().as_secs(),
         failure_mode: shared.config.failure_mode,
         audit_sync: shared.config.audit_sync,
+        audit_durability: Some(match shared.config.audit_sync_mode {
+            config::SyncMode::PerCall => "on disk before forwarding (sync = per_call)".to_string(),
+            config::SyncMode::Group => format!(
+                "in the kernel before forwarding, on disk within {} ms (sync = group)",
+                shared.config.audit_group_commit.as_millis()
+            ),
+            config::SyncMode::Off => "in the kernel before forwarding, on disk at the next checkpoint (sync = off)".to_string(),
+        }),
         attached: attach.attached,
         cgroup: attach.cgroup,
         attach_error: attach.error,

@@ -175,13 +175,13 @@ const TARGETS: &[Target] = &[
     },
     Target {
         name: "mcpwatchd",
-        about: "the real path: eBPF redirect from the client's cgroup, embedded default policy, audit_sync",
+        about: "the real path: eBPF redirect from the client's cgroup, embedded default policy, default audit (sync = group)",
         start: daemon_targets::start_watched,
     },
     Target {
-        name: "mcpwatchd-nosync",
-        about: "the real path with audit_sync = false (audit flushed every 500 ms, not per call)",
-        start: daemon_targets::start_watched_nosync,
+        name: "mcpwatchd-percall",
+        about: "the real path with [audit] sync = \"per_call\" (each call waits for the fsync of its record)",
+        start: daemon_targets::start_watched_percall,
     },
     Target {
         name: "mcpwatchd-noinspect",

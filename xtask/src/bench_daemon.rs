@@ -1,7 +1,7 @@
 //! The bench's mcpwatchd targets: the real path (eBPF attached to a child cgroup, the
 //! load generator inside it, connects to the backend redirected to the daemon), the same
-//! with `audit_sync = false` (records flushed in the background instead of before each
-//! forward) and with the example policy, and static-upstream mode (no eBPF) to tell the
+//! with `[audit] sync = "per_call"` (each call waits for an fsync of its record instead of
+//! the default group commit) and with the example policy, and static-upstream mode (no eBPF) to tell the
 //! proxy's cost from the redirect's.
 //!
 //! Why separate targets: "mcpwatchd costs X" is only useful when it says which part
@@ -70,9 +70,9 @@ pub(super) fn start_watched(env: &Env<'_>) -> anyhow::Result<Started> {
     start_ebpf(env, "mcpwatchd", None, None)
 }
 
-/// The real path with `audit_sync = false`: what the per-request flush costs.
-pub(super) fn start_watched_nosync(env: &Env<'_>) -> anyhow::Result<Started> {
-    start_ebpf(env, "mcpwatchd-nosync", None, Some("audit_sync = false\n"))
+/// The real path with `[audit] sync = "per_call"`: what waiting for the fsync costs.
+pub(super) fn start_watched_percall(env: &Env<'_>) -> anyhow::Result<Started> {
+    start_ebpf(env, "mcpwatchd-percall", None, Some("[audit]\nsync = \"per_call\"\n"))
 }
 
 /// The real path with the content detectors off: what inspection adds end to end.

@@ -140,6 +140,11 @@ pub struct Status {
     /// Audit records are flushed to disk before their request is forwarded.
     #[serde(default)]
     pub audit_sync: bool,
+    /// How a record reaches disk, in words (`mcpwatch status` prints it): every record is
+    /// in the kernel (journal write) before its call is forwarded; this says when it is
+    /// on disk. `None` from daemons older than the journal.
+    #[serde(default)]
+    pub audit_durability: Option<String>,
     /// Whether the eBPF programs are attached, and where.
     pub attached: bool,
     pub cgroup: Option<String>,

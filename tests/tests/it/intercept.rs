@@ -261,7 +261,7 @@ fn killing_the_daemon_detaches_and_restart_keeps_state() {
     );
 
     // SIGKILL: every request forwarded before the kill has its record on disk
-    // (audit_sync flushes before forwarding); its completion may be lost.
+    // (journal write(2) before forwarding; the kernel keeps it); its completion may be lost.
     Client::python(&server.url()).cgroup(w.cgroup()).call("add", json!({"a": 2, "b": 2})).run();
     let n_before = w.daemon.audit().len();
     w.daemon.kill();
