@@ -20,7 +20,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, Endpoint, FindingCount, MessageKind, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, Endpoint, FindingCount, MessageKind};
 use mcpwatch_mcp::integrity::{self, BodyShape};
 use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
 use mcpwatch_policy::{Call, Effect, Mode, PinAction, Subject};
@@ -457,9 +457,6 @@ impl Scope {
 
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         AuditRecord {
-            schema: AUDIT_SCHEMA_VERSION,
-            id: shared.store.new_record_id(),
-            ts_ms: now_ms(),
             duration_us: None,
             process: self.ctx.origin.process.as_deref().cloned(),
             dst: self.ctx.origin.dst.to_string(),
@@ -487,6 +484,7 @@ impl Scope {
             alerts: Vec::new(),
             tls: self.ctx.tls.as_deref().cloned(),
             flow: None,
+            ..super::record::begin(shared)
         }
     }
 
@@ -1218,11 +1216,7 @@ fn refusal_response(req_headers: &HeaderMap, legacy: bool, body: &serde_json::Va
 }
 
 /// Write the record of something mcpwatch answered itself: complete at once.
-pub(super) fn write_closed(shared: &Shared, mut rec: AuditRecord, status: CallStatus) {
-    rec.status = status;
-    rec.duration_us = Some(0);
-    let _ = shared.begin_record(&rec);
-}
+pub(super) use super::record::write_closed;
 
 /// Close a record with the server's answer.
 pub(super) fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {

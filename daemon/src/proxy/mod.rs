@@ -21,6 +21,7 @@ pub mod exchange;
 pub mod flows;
 pub mod headlog;
 pub mod lifecycle;
+pub mod record;
 pub mod responses;
 pub mod http;
 pub mod tls;

@@ -334,7 +334,7 @@ fn process_label(ctx: &ConnCtx) -> String {
 
 /// A record for a TLS connection that never carried a message.
 fn connection_record(shared: &Shared, ctx: &ConnCtx, host: &str, reason: String) -> AuditRecord {
-    conn::connection_record(shared, ctx, "https", "tls", host, &reason)
+    super::record::connection(shared, ctx, "https", "tls", host, &reason)
 }
 
 /// The client process behind a connection (pid + start time), when it is attributed.

@@ -16,6 +16,7 @@ mod lifecycle;
 mod package;
 mod policy;
 mod protocol;
+mod record;
 mod report;
 mod scope;
 mod service;
