@@ -257,8 +257,8 @@ pub fn governed_mode(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
     let endpoints = shared.inventory.endpoints_at(&dst.to_string());
     let mut mode: Option<Mode> = None;
     for e in &endpoints {
-        let Some((host, port, path)) = split_endpoint(e) else { continue };
-        let target = mcpwatch_policy::Target { endpoint: e, host, port, path };
+        let Some(ep) = Endpoint::parse(e) else { continue };
+        let target = mcpwatch_policy::Target { endpoint: e, host: &ep.host, port: ep.port, path: ep.path_or_root() };
         let m = loaded.inspect_mode(&target);
         mode = Some(strictest(mode, m));
     }
@@ -283,17 +283,6 @@ pub fn strictest(a: Option<Mode>, b: Mode) -> Mode {
         Some(a) if rank(a) >= rank(b) => a,
         _ => b,
     }
-}
-
-/// `scheme://host:port/path` (an `Endpoint::key()`) → host, port, path; IPv6 hosts keep brackets.
-fn split_endpoint(key: &str) -> Option<(&str, u16, &str)> {
-    let (_, rest) = key.split_once("://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = authority.rsplit_once(':')?;
-    Some((host, port.parse().ok()?, path))
 }
 
 /// Wait for enough client bytes to classify, or the server speaking first. A client that
@@ -447,13 +436,5 @@ mod tests {
         for n in 0..H2_PREFACE.len() {
             assert_eq!(classify(&H2_PREFACE[..n]), NeedMore, "{n}");
         }
-    }
-
-    #[test]
-    fn endpoints_split() {
-        assert_eq!(split_endpoint("http://127.0.0.2:8765/mcp"), Some(("127.0.0.2", 8765, "/mcp")));
-        assert_eq!(split_endpoint("https://[::1]:443/"), Some(("[::1]", 443, "/")));
-        assert_eq!(split_endpoint("https://h:1"), Some(("h", 1, "/")));
-        assert_eq!(split_endpoint("nonsense"), None);
     }
 }

@@ -405,10 +405,10 @@ impl Scope {
 
     /// Host, port and path of the server endpoint, for policy matching.
     pub(super) fn target(&self) -> TargetOwned {
-        let (host, port, path) = match self.endpoint.split_once("://").map(|(_, rest)| rest) {
-            Some(rest) => {
-                let (host, port, path) = authority_and_path(rest);
-                (host.to_string(), port.unwrap_or(self.ctx.origin.dst.port()), path.to_string())
+        let (host, port, path) = match Endpoint::parse(&self.endpoint) {
+            Some(e) => {
+                let path = e.path_or_root().to_string();
+                (e.host, e.port, path)
             }
             None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
         };
@@ -1318,17 +1318,6 @@ fn strip_port(h: &str) -> String {
     match h.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
         _ => h.to_string(),
-    }
-}
-
-/// `host[:port]/path` of an endpoint key after its `scheme://`: the host without IPv6
-/// brackets, the port when the authority has one (0 when it does not parse), the path
-/// (`/` when absent).
-pub(super) fn authority_and_path(rest: &str) -> (&str, Option<u16>, &str) {
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !p.contains(']') => (h.trim_start_matches('[').trim_end_matches(']'), Some(p.parse().unwrap_or(0)), path),
-        _ => (authority, None, path),
     }
 }
 
