@@ -20,6 +20,7 @@ pub mod conn;
 pub mod exchange;
 pub mod flows;
 pub mod headlog;
+pub mod hooked;
 pub mod lifecycle;
 pub mod record;
 pub mod responses;
