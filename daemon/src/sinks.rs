@@ -192,7 +192,7 @@ pub fn cursor_path(state_dir: &Path, name: &str) -> PathBuf {
 /// off; the proxy is unaffected.
 pub fn start(shared: &Arc<Shared>) -> (SinkRegistry, Vec<tokio::task::JoinHandle<()>>) {
     let cfg = shared.config.sinks.clone();
-    let identity = Arc::new(HostIdentity::load(&shared.config.state_dir));
+    let identity = shared.host.clone();
     let mut made: Vec<(&'static str, Result<Sink, String>)> = Vec::new();
     if let Some(c) = &cfg.syslog {
         made.push(("syslog", syslog::Syslog::new(c.clone(), cfg.timeout).map(Sink::Syslog)));

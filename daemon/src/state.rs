@@ -80,6 +80,8 @@ pub struct Shared {
     pub admission: Arc<crate::proxy::admission::Admission>,
     /// Liveness of the accept loop and the audit flusher, read by the systemd watchdog.
     pub heartbeats: crate::notify::Heartbeats,
+    /// The host's name and stable id, stamped on every audit record and sent by the sinks.
+    pub host: Arc<crate::sinks::HostIdentity>,
     records_tx: broadcast::Sender<AuditRecord>,
     next_conn: AtomicU64,
     /// Group commit: writers bump `flush_wanted` and wait until `flushed` reaches it.
@@ -113,6 +115,7 @@ impl Shared {
         tls: Option<crate::proxy::tls::TlsRuntime>,
         governance: crate::governance::Governance,
     ) -> Arc<Shared> {
+        let host = Arc::new(crate::sinks::HostIdentity::load(&config.state_dir));
         let inventory = Inventory::load(store.clone());
         let (records_tx, _) = broadcast::channel(1024);
         let sessions = Sessions::new(config.limits.max_pending_calls);
@@ -131,6 +134,7 @@ impl Shared {
             approvals: crate::approvals::Approvals::new(1024),
             admission,
             heartbeats: crate::notify::Heartbeats::default(),
+            host,
             records_tx,
             next_conn: AtomicU64::new(1),
             flush_wanted: AtomicU64::new(0),

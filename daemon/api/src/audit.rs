@@ -64,6 +64,13 @@ pub struct AuditRecord {
     /// Toxic-flow state of the agent's session when this call was judged (tools/call only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<FlowView>,
+    /// Name of the host whose daemon wrote the record (stamped when the record is begun).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Stable id of that host: 32 hex digits, sha256 of `mcpwatch host id:` + `/etc/machine-id`
+    /// (the machine id itself is never recorded), else a random id kept in the state dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
 }
 
 /// A call's place in its session's taint (docs/policy.md, "Toxic flows").

@@ -21,6 +21,46 @@ impl Endpoint {
         };
         format!("{}://{}:{}{}", self.scheme, host, self.port, self.path)
     }
+
+    /// The inverse of [`Endpoint::key`]: `scheme://host:port[/path]` with the IPv6 host's
+    /// brackets removed (`key()` adds them back) and the path as written (empty when absent:
+    /// connection keys have none). `None` without a scheme, a port, or with a port that is
+    /// not a number.
+    pub fn parse(key: &str) -> Option<Endpoint> {
+        let (scheme, rest) = key.split_once("://")?;
+        let (authority, path) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
+        let (host, port) = authority.rsplit_once(':').filter(|(_, p)| !p.contains(']'))?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        Some(Endpoint { scheme: scheme.into(), host: host.into(), port: port.parse().ok()?, path: path.into() })
+    }
+
+    /// The path for policy matching: `/` when the key has none.
+    pub fn path_or_root(&self) -> &str {
+        if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        }
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::Endpoint;
+
+    #[test]
+    fn parse_is_the_inverse_of_key() {
+        for key in ["http://127.0.0.2:8765/mcp", "https://[::1]:443/", "https://h:1", "http://[fe80::1]:80/a/b?c"] {
+            let e = Endpoint::parse(key).unwrap_or_else(|| panic!("{key}"));
+            assert_eq!(e.key(), key);
+        }
+        let e = Endpoint::parse("https://[::1]:443/").expect("v6");
+        assert_eq!((e.host.as_str(), e.port, e.path_or_root()), ("::1", 443, "/"));
+        assert_eq!(Endpoint::parse("https://h:1").expect("no path").path_or_root(), "/");
+        for bad in ["nonsense", "http://h/mcp", "http://h:x/mcp", "http://[::1]/mcp", "http://h:99999/"] {
+            assert_eq!(Endpoint::parse(bad), None, "{bad}");
+        }
+    }
 }
 
 impl std::fmt::Display for Endpoint {

@@ -10,14 +10,11 @@
 //! bounded by the global limit.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mcpwatch_api::ProcessInfo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::state::{Counters, Shared};
@@ -211,43 +208,12 @@ impl Activity {
 }
 
 /// A stream that touches an [`Activity`] whenever bytes move.
-pub struct Tracked<S> {
-    inner: S,
-    activity: Activity,
-}
+/// A relayed stream that refreshes its [`Activity`] on every read that moved bytes.
+pub type Tracked<S> = super::hooked::Hooked<S, Activity>;
 
-impl<S> Tracked<S> {
-    pub fn new(inner: S, activity: Activity) -> Self {
-        Tracked { inner, activity }
-    }
-
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl super::hooked::ReadHook for Activity {
+    fn on_read(&mut self, _bytes: &[u8]) {
+        self.touch();
     }
 }
 

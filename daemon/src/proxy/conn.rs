@@ -16,14 +16,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{CallStatus, Endpoint};
 use mcpwatch_policy::Mode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{admission, http, upstream};
+use super::{admission, http, record, upstream};
 use crate::resolve::{Origin, Resolve};
-use crate::state::{now_ms, Counters, Shared};
+use crate::state::{Counters, Shared};
 
 /// How many client bytes the classifier looks at, at most. A prefix this long that is still
 /// undecided (empty lines or one long token) goes to the HTTP parser, which rejects what it
@@ -238,8 +238,8 @@ async fn opaque(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: 
         let verdict = if enforce { "refused (enforce mode)" } else { "relayed uninspected" };
         let reason = format!("not HTTP ({what}) toward a governed MCP destination: {verdict}");
         tracing::warn!(conn = ctx.id, dst = %ctx.origin.dst, "{reason}");
-        let rec = connection_record(&shared, &ctx, "http", "tcp", &ctx.origin.dst.ip().to_canonical().to_string(), &reason);
-        super::exchange::write_closed(&shared, rec, CallStatus::TransportError { reason });
+        let rec = record::connection(&shared, &ctx, "http", "tcp", &ctx.origin.dst.ip().to_canonical().to_string(), &reason);
+        record::write_closed(&shared, rec, CallStatus::TransportError { reason });
         if enforce {
             Counters::inc(&shared.counters.refused_protocol);
             return;
@@ -257,8 +257,8 @@ pub fn governed_mode(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
     let endpoints = shared.inventory.endpoints_at(&dst.to_string());
     let mut mode: Option<Mode> = None;
     for e in &endpoints {
-        let Some((host, port, path)) = split_endpoint(e) else { continue };
-        let target = mcpwatch_policy::Target { endpoint: e, host, port, path };
+        let Some(ep) = Endpoint::parse(e) else { continue };
+        let target = mcpwatch_policy::Target { endpoint: e, host: &ep.host, port: ep.port, path: ep.path_or_root() };
         let m = loaded.inspect_mode(&target);
         mode = Some(strictest(mode, m));
     }
@@ -282,39 +282,6 @@ pub fn strictest(a: Option<Mode>, b: Mode) -> Mode {
     match a {
         Some(a) if rank(a) >= rank(b) => a,
         _ => b,
-    }
-}
-
-/// `scheme://host:port/path` (an `Endpoint::key()`) → host, port, path; IPv6 hosts keep brackets.
-fn split_endpoint(key: &str) -> Option<(&str, u16, &str)> {
-    let (_, rest) = key.split_once("://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = authority.rsplit_once(':')?;
-    Some((host, port.parse().ok()?, path))
-}
-
-/// A record for a connection mcpwatch answered itself before any message (refusals,
-/// unreadable TLS clients); the caller sets the status through `exchange::write_closed`.
-pub fn connection_record(shared: &Shared, ctx: &ConnCtx, scheme: &str, transport: &str, host: &str, note: &str) -> AuditRecord {
-    let server = Endpoint { scheme: scheme.into(), host: host.to_string(), port: ctx.origin.dst.port(), path: String::new() }.key();
-    AuditRecord {
-        schema: AUDIT_SCHEMA_VERSION,
-        id: shared.store.new_record_id(),
-        ts_ms: now_ms(),
-        duration_us: Some(0),
-        process: ctx.origin.process.as_deref().cloned(),
-        dst: ctx.origin.dst.to_string(),
-        host: Some(host.to_string()),
-        scheme: scheme.into(),
-        server,
-        transport: transport.into(),
-        kind: MessageKind::Invalid,
-        direction: "client->server".into(),
-        status: CallStatus::TransportError { reason: note.to_string() },
-        ..Default::default()
     }
 }
 
@@ -469,13 +436,5 @@ mod tests {
         for n in 0..H2_PREFACE.len() {
             assert_eq!(classify(&H2_PREFACE[..n]), NeedMore, "{n}");
         }
-    }
-
-    #[test]
-    fn endpoints_split() {
-        assert_eq!(split_endpoint("http://127.0.0.2:8765/mcp"), Some(("127.0.0.2", 8765, "/mcp")));
-        assert_eq!(split_endpoint("https://[::1]:443/"), Some(("[::1]", 443, "/")));
-        assert_eq!(split_endpoint("https://h:1"), Some(("h", 1, "/")));
-        assert_eq!(split_endpoint("nonsense"), None);
     }
 }

@@ -20,7 +20,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, Endpoint, FindingCount, MessageKind, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, Endpoint, FindingCount, MessageKind};
 use mcpwatch_mcp::integrity::{self, BodyShape};
 use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
 use mcpwatch_policy::{Call, Effect, Mode, PinAction, Subject};
@@ -405,10 +405,10 @@ impl Scope {
 
     /// Host, port and path of the server endpoint, for policy matching.
     pub(super) fn target(&self) -> TargetOwned {
-        let (host, port, path) = match self.endpoint.split_once("://").map(|(_, rest)| rest) {
-            Some(rest) => {
-                let (host, port, path) = authority_and_path(rest);
-                (host.to_string(), port.unwrap_or(self.ctx.origin.dst.port()), path.to_string())
+        let (host, port, path) = match Endpoint::parse(&self.endpoint) {
+            Some(e) => {
+                let path = e.path_or_root().to_string();
+                (e.host, e.port, path)
             }
             None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
         };
@@ -457,9 +457,6 @@ impl Scope {
 
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         AuditRecord {
-            schema: AUDIT_SCHEMA_VERSION,
-            id: shared.store.new_record_id(),
-            ts_ms: now_ms(),
             duration_us: None,
             process: self.ctx.origin.process.as_deref().cloned(),
             dst: self.ctx.origin.dst.to_string(),
@@ -487,6 +484,7 @@ impl Scope {
             alerts: Vec::new(),
             tls: self.ctx.tls.as_deref().cloned(),
             flow: None,
+            ..super::record::begin(shared)
         }
     }
 
@@ -1218,11 +1216,7 @@ fn refusal_response(req_headers: &HeaderMap, legacy: bool, body: &serde_json::Va
 }
 
 /// Write the record of something mcpwatch answered itself: complete at once.
-pub(super) fn write_closed(shared: &Shared, mut rec: AuditRecord, status: CallStatus) {
-    rec.status = status;
-    rec.duration_us = Some(0);
-    let _ = shared.begin_record(&rec);
-}
+pub(super) use super::record::write_closed;
 
 /// Close a record with the server's answer.
 pub(super) fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
@@ -1324,17 +1318,6 @@ fn strip_port(h: &str) -> String {
     match h.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
         _ => h.to_string(),
-    }
-}
-
-/// `host[:port]/path` of an endpoint key after its `scheme://`: the host without IPv6
-/// brackets, the port when the authority has one (0 when it does not parse), the path
-/// (`/` when absent).
-pub(super) fn authority_and_path(rest: &str) -> (&str, Option<u16>, &str) {
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !p.contains(']') => (h.trim_start_matches('[').trim_end_matches(']'), Some(p.parse().unwrap_or(0)), path),
-        _ => (authority, None, path),
     }
 }
 

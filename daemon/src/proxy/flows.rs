@@ -54,9 +54,14 @@ pub fn label_inventory(shared: &Shared, servers: &mut [mcpwatch_api::ServerEntry
 
 /// Host, port and path of an endpoint key (`scheme://host:port/path`).
 fn target_of(endpoint: &str) -> TargetOwned {
-    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
-    let (host, port, path) = super::exchange::authority_and_path(rest);
-    TargetOwned { endpoint: endpoint.to_string(), host: host.to_string(), port: port.unwrap_or(0), path: path.to_string() }
+    let (host, port, path) = match mcpwatch_api::Endpoint::parse(endpoint) {
+        Some(e) => {
+            let path = e.path_or_root().to_string();
+            (e.host, e.port, path)
+        }
+        None => (String::new(), 0, "/".to_string()),
+    };
+    TargetOwned { endpoint: endpoint.to_string(), host, port, path }
 }
 
 /// What the flow table said about one call, kept until the decision is final.

@@ -16,11 +16,8 @@
 //! later request is reported ambiguous and refused: fail closed, never guess.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest head followed (hyper's own read buffer is ~400 KiB).
 const MAX_HEAD: usize = 512 * 1024;
@@ -247,46 +244,11 @@ impl HeadLog {
 }
 
 /// A stream that copies what is read into a [`HeadLog`].
-pub struct LoggedIo<T> {
-    inner: T,
-    log: HeadLog,
-}
+pub type LoggedIo<T> = super::hooked::Hooked<T, HeadLog>;
 
-impl<T> LoggedIo<T> {
-    pub fn new(inner: T, log: HeadLog) -> Self {
-        LoggedIo { inner, log }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for LoggedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                self.log.push(new);
-            }
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for LoggedIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+impl super::hooked::ReadHook for HeadLog {
+    fn on_read(&mut self, bytes: &[u8]) {
+        self.push(bytes);
     }
 }
 

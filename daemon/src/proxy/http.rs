@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 use super::body::{self, Body};
 use super::conn::ConnCtx;
 use super::exchange;
-use super::lifecycle::{self, FinIo, FinSignals};
+use super::lifecycle::{self, FinSignals};
 use super::upstream;
 use crate::state::{Counters, Shared};
 
@@ -86,7 +86,7 @@ impl UpstreamConn {
             let (sender, conn) = client_http1::Builder::new()
                 .preserve_header_case(true)
                 .title_case_headers(false)
-                .handshake(TokioIo::new(FinIo::new(stream, self.fins.register())))
+                .handshake(TokioIo::new(lifecycle::fin_io(stream, self.fins.register())))
                 .await
                 .map_err(|source| ForwardError::Handshake { dst: self.dst, source })?;
             tokio::spawn(async move {

@@ -17,7 +17,6 @@
 //! direction needs nothing extra: an upstream that closes ends the response body, and a
 //! dropped response body drops the upstream connection.
 
-use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
+
+use super::hooked::{Hooked, ReadHook};
 
 /// How often the client socket's state is looked at while the connection lives.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
@@ -133,63 +134,38 @@ impl FinSignals {
 }
 
 /// An upstream stream that shuts down its sending side when its [`FinSignal`] is requested.
-/// The shutdown happens inside `poll_read` (the upstream connection's driver always polls
-/// for reads while a response streams or the connection idles), so it runs in the task
-/// that owns the stream.
-pub struct FinIo<T> {
-    inner: T,
+/// The shutdown happens before a read (the upstream connection's driver always polls for
+/// reads while a response streams or the connection idles), so it runs in the task that
+/// owns the stream.
+pub type FinIo<T> = Hooked<T, FinHook>;
+
+/// Build a [`FinIo`].
+pub fn fin_io<T>(inner: T, signal: Arc<FinSignal>) -> FinIo<T> {
+    Hooked::new(inner, FinHook { signal, shut: false })
+}
+
+/// The [`ReadHook`] of a [`FinIo`].
+pub struct FinHook {
     signal: Arc<FinSignal>,
     shut: bool,
 }
 
-impl<T> FinIo<T> {
-    pub fn new(inner: T, signal: Arc<FinSignal>) -> Self {
-        Self { inner, signal, shut: false }
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for FinIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if !this.shut {
-            if this.signal.requested() {
-                match Pin::new(&mut this.inner).poll_shutdown(cx) {
-                    Poll::Ready(r) => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "upstream shutdown after client FIN");
-                        }
-                        this.shut = true;
-                    }
-                    // The shutdown registered the waker; reading goes on meanwhile.
-                    Poll::Pending => {}
-                }
-            } else {
-                this.signal.register(cx.waker());
-            }
+impl ReadHook for FinHook {
+    fn before_read<S: AsyncWrite + Unpin>(&mut self, inner: Pin<&mut S>, cx: &mut Context<'_>) {
+        if self.shut {
+            return;
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for FinIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if !self.signal.requested() {
+            self.signal.register(cx.waker());
+            return;
+        }
+        // Pending: the shutdown registered the waker; reading goes on meanwhile.
+        if let Poll::Ready(r) = inner.poll_shutdown(cx) {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream shutdown after client FIN");
+            }
+            self.shut = true;
+        }
     }
 }
 
@@ -210,7 +186,7 @@ mod tests {
         let (mut server, _) = l2.accept().await.expect("accept");
 
         let signals = FinSignals::default();
-        let mut up = FinIo::new(upstream, signals.register());
+        let mut up = fin_io(upstream, signals.register());
         assert!(!peer_gone(served.as_raw_fd()));
         client.shutdown().await.expect("client FIN");
         tokio::time::timeout(Duration::from_secs(5), watch_client(served.as_raw_fd())).await.expect("FIN seen");

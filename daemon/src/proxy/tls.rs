@@ -334,7 +334,7 @@ fn process_label(ctx: &ConnCtx) -> String {
 
 /// A record for a TLS connection that never carried a message.
 fn connection_record(shared: &Shared, ctx: &ConnCtx, host: &str, reason: String) -> AuditRecord {
-    conn::connection_record(shared, ctx, "https", "tls", host, &reason)
+    super::record::connection(shared, ctx, "https", "tls", host, &reason)
 }
 
 /// The client process behind a connection (pid + start time), when it is attributed.
@@ -539,6 +539,21 @@ mod tests {
         shared.store.query(&AuditFilter { limit: Some(1000), ..Default::default() }).expect("query")
     }
 
+    /// The records once `done` holds for them (bounded): a refusal is recorded after the
+    /// client's socket is already closed, and written behind by the group commit, so a
+    /// client that has seen its failure cannot assume the record is in the store yet.
+    async fn records_when(shared: &Shared, done: impl Fn(&[AuditRecord]) -> bool) -> Vec<AuditRecord> {
+        let mut recs = records(shared);
+        for _ in 0..200 {
+            if done(&recs) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            recs = records(shared);
+        }
+        recs
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn intercepts_refuses_invalid_upstreams_and_reports_distrusting_clients() {
         // Fail, never hang, if a step waits forever.
@@ -587,11 +602,12 @@ mod tests {
         assert!(!t.insecure);
         // Upstream from an unknown CA: the client's handshake fails, the refusal is audited.
         assert!(call(to_bad, our_ca.clone()).await.is_err(), "no leaf for an invalid upstream");
-        let recs = records(&shared);
         let origin = format!("https://localhost:{}", bad.port());
+        let alerted = || shared.inventory.list().iter().any(|s| s.endpoint == origin && !s.alerts.is_empty());
+        let recs = records_when(&shared, |r| r.iter().any(|r| r.server == origin) && alerted()).await;
         let rec = recs.iter().find(|r| r.server == origin).unwrap_or_else(|| panic!("{recs:#?}"));
         assert!(matches!(&rec.status, CallStatus::TransportError { reason } if reason.contains("unknown CA")), "{rec:?}");
-        assert!(shared.inventory.list().iter().any(|s| s.endpoint == origin && !s.alerts.is_empty()));
+        assert!(alerted(), "{:?}", shared.inventory.list());
         // A client trusting only the upstream's CA rejects our leaf: reported, then backed off
         // (passed through, so it sees and accepts the upstream's own certificate).
         assert!(call(to_good, trusted.cert_der()).await.is_err(), "distrusting client fails once");

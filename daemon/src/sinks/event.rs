@@ -69,8 +69,11 @@ fn state_host_id(state_dir: &Path) -> String {
 #[derive(Serialize)]
 struct Envelope<'a> {
     event_schema: u32,
-    hostname: &'a str,
-    host_id: &'a str,
+    /// Left out when the record carries its own stamp (one key each in the event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_id: Option<&'a str>,
     #[serde(flatten)]
     record: &'a AuditRecord,
 }
@@ -84,7 +87,14 @@ pub struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     pub fn new(record: &'a AuditRecord, identity: &'a HostIdentity) -> Prepared<'a> {
-        let env = Envelope { event_schema: EVENT_SCHEMA_VERSION, hostname: &identity.hostname, host_id: &identity.host_id, record };
+        // Records carry `hostname`/`host_id` since they are begun with them (older ones do
+        // not): the envelope adds the sink's identity only where the record has none.
+        let env = Envelope {
+            event_schema: EVENT_SCHEMA_VERSION,
+            hostname: record.hostname.is_none().then_some(identity.hostname.as_str()),
+            host_id: record.host_id.is_none().then_some(identity.host_id.as_str()),
+            record,
+        };
         // Plain data (strings, numbers, vectors): serialising cannot fail.
         let json = serde_json::to_string(&env).unwrap_or_else(|e| format!("{{\"event_schema\":{EVENT_SCHEMA_VERSION},\"id\":{:?},\"error\":{:?}}}", record.id, e.to_string()));
         Prepared { record, json, hostname: &identity.hostname }
@@ -140,6 +150,18 @@ mod tests {
         assert_eq!(v["id"], "00000001700000000123000007");
         assert_eq!(v["schema"], 1);
         assert_eq!(p.unique_ns(), 1_700_000_000_123_000_007);
+    }
+
+    #[test]
+    fn a_stamped_record_keeps_one_hostname_and_host_id_key() {
+        let id = HostIdentity { hostname: "sink-side".into(), host_id: "ab".repeat(16) };
+        let rec = AuditRecord { hostname: Some("h1".into()), host_id: Some("cd".repeat(16)), ..Default::default() };
+        let p = Prepared::new(&rec, &id);
+        assert_eq!(p.json.matches("\"hostname\"").count(), 1, "{}", p.json);
+        assert_eq!(p.json.matches("\"host_id\"").count(), 1, "{}", p.json);
+        let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+        assert_eq!(v["hostname"], "h1");
+        assert_eq!(v["host_id"], "cd".repeat(16));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod lifecycle;
 mod package;
 mod policy;
 mod protocol;
+mod record;
 mod report;
 mod scope;
 mod service;

@@ -134,6 +134,8 @@ fn client_that_distrusts_the_ca_fails_is_reported_and_is_not_passed_through() {
     let rec = recs.iter().find(|x| x.server == origin).expect("record");
     assert_eq!(rec.kind, MessageKind::Invalid);
     assert!(matches!(&rec.status, CallStatus::TransportError { reason } if reason.contains("does not trust the mcpwatch CA")), "{rec:?}");
+    // TLS connection records are begun like message records: they name their host.
+    crate::record::assert_host_stamp(rec);
 
     // The back-off is per process (pid + start time) and host, and the default policy enforces:
     // the next process of the same executable is intercepted again (and fails again), never
