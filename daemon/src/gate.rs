@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mcpwatch_api::gate::{GateOp, GateRequest, GateResponse, GateVerdict, MAX_GATE_LINE};
-use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, FailureMode, FindingCount, MessageKind, ProcessInfo, AUDIT_SCHEMA_VERSION};
+use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, FailureMode, FindingCount, MessageKind, ProcessInfo};
 use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
 use mcpwatch_policy::{Call, Effect, Mode, Subject, Target};
 use serde_json::Value;
@@ -280,9 +280,6 @@ impl Session {
     fn record(&self, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         let shared = &self.shared;
         AuditRecord {
-            schema: AUDIT_SCHEMA_VERSION,
-            id: shared.store.new_record_id(),
-            ts_ms: now_ms(),
             duration_us: None,
             process: self.process.clone(),
             dst: String::new(),
@@ -310,6 +307,8 @@ impl Session {
             alerts: Vec::new(),
             tls: None,
             flow: None,
+            // Schema, id, time, hostname and host id: stamped where every record begins.
+            ..crate::proxy::record::begin(shared)
         }
     }
 
