@@ -261,6 +261,18 @@ impl ConfigEntry {
         }
     }
 
+    /// `stdio://kind:name` of what the entry launches, if it can be told.
+    fn launch_identity(&self) -> Option<String> {
+        let cmd = self.command.as_deref()?;
+        let mut argv = if self.args.is_empty() && cmd.trim().contains(' ') {
+            mcpwatch_policy::launch::shell_words(cmd)
+        } else {
+            vec![cmd.to_string()]
+        };
+        argv.extend(self.args.iter().cloned());
+        mcpwatch_policy::launch::identify(&argv).map(|l| mcpwatch_policy::stdio_endpoint(&l))
+    }
+
     fn launch(&self) -> String {
         match &self.command {
             Some(c) => std::iter::once(c.as_str())
@@ -353,15 +365,26 @@ pub fn merge(
         .map(from_network)
         .collect();
     // Match keys of the network servers; configured-only groups get their own keys appended.
+    // Stdio servers the daemon saw (through `mcpwatch wrap` or the kernel) are keyed by
+    // their launch identity, `stdio://npm:@scope/name`: the same key a configured entry's
+    // command line gives (`mcpwatch_policy::launch`), so both sources meet on one row.
     let mut keys: Vec<Option<String>> = servers
         .iter()
-        .map(|s| mcpwatch_discover::match_key(&s.id))
+        .map(|s| {
+            if s.id.starts_with(mcpwatch_policy::STDIO_SCHEME) {
+                Some(s.id.clone())
+            } else {
+                mcpwatch_discover::match_key(&s.id)
+            }
+        })
         .collect();
     for c in configs.unwrap_or_default() {
         let url_key = c.url.as_deref().and_then(mcpwatch_discover::match_key);
-        let key = match &url_key {
-            Some(k) => format!("url:{k}"),
-            None => format!("stdio:{}", c.launch_hash),
+        let launch_key = if c.url.is_none() { c.launch_identity() } else { None };
+        let key = match (&url_key, &launch_key) {
+            (Some(k), _) => format!("url:{k}"),
+            (None, Some(k)) => k.clone(),
+            (None, None) => format!("stdio:{}", c.launch_hash),
         };
         let at = url_key
             .as_ref()
@@ -1037,5 +1060,19 @@ mod tests {
         apply_gateways(&mut plain, None);
         assert!(plain.notes.iter().any(|n| n == BYPASS_NOTE));
         assert!(plain.servers.iter().all(|s| s.status != Standing::Bypass));
+    }
+
+    #[test]
+    fn a_configured_stdio_server_joins_the_daemons_stdio_row() {
+        let network = [net("stdio://npm:@modelcontextprotocol/server-everything", None, 4)];
+        let mut everything = conf("everything", None, Some("npx"), vec![]);
+        everything.args = vec!["-y".into(), "@modelcontextprotocol/server-everything@2026.1.1".into()];
+        let other = conf("other", None, Some("uvx"), vec![]);
+        let inv = merge("h", NOW, Some(&network), Some(&[everything, other]));
+        let row = inv.servers.iter().find(|s| s.id == "stdio://npm:@modelcontextprotocol/server-everything").expect("row");
+        assert!(row.seen && row.configured, "{row:?}");
+        assert_eq!(row.calls, 4);
+        assert_eq!(row.configs.len(), 1);
+        assert_eq!(inv.servers.len(), 2, "the other configured server keeps its own row");
     }
 }

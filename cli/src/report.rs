@@ -169,15 +169,16 @@ fn host_file(p: &Path) -> Result<Inventory> {
     if v.is_array() {
         let servers: Vec<ServerEntry> = serde_json::from_value(v)
             .with_context(|| format!("{what}: not `mcpwatch list --json` output"))?;
-        return Ok(list::merge(&stem, now_ms(), Some(&servers), None));
+        let mut inv = list::merge(&stem, now_ms(), Some(&servers), None);
+        list::apply_gateways(&mut inv, None);
+        return Ok(inv);
     }
     let (entries, host) = scan_doc(&v, &what)?;
-    Ok(list::merge(
-        &host.unwrap_or(stem),
-        now_ms(),
-        None,
-        Some(&entries),
-    ))
+    let mut inv = list::merge(&host.unwrap_or(stem), now_ms(), None, Some(&entries));
+    // A scan's own registry verdicts (bypass included) are in its entries; the note
+    // says when no gateway could be checked here.
+    list::apply_gateways(&mut inv, None);
+    Ok(inv)
 }
 
 fn merge_dir(dir: &Path) -> Result<Vec<Inventory>> {
@@ -293,15 +294,10 @@ fn gather(socket: &Path, args: &ReportArgs) -> Result<ReportData> {
             .clone()
             .or(scan_host)
             .unwrap_or_else(list::hostname);
-        (
-            vec![list::merge(
-                &host,
-                now_ms(),
-                network.as_deref(),
-                configs.as_deref(),
-            )],
-            records,
-        )
+        let policy = crate::scan::load_policy(args.policy.as_deref())?;
+        let mut inv = list::merge(&host, now_ms(), network.as_deref(), configs.as_deref());
+        list::apply_gateways(&mut inv, policy.as_ref());
+        (vec![inv], records)
     } else {
         let mut inv = list::build(socket, args.no_scan, args.policy.as_deref(), &args.scope)?;
         if let Some(h) = &args.host {
