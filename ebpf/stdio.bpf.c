@@ -19,10 +19,16 @@
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #define MCPW_STDIO_CHUNK 16384 /* power of two; per-CPU values stay under 32 KiB */
 #define MCPW_STDIO_WATCHED 4096
 #define MCPW_STDIO_RING (4 * 1024 * 1024)
+
+/* `stdio_watch` values: capture this process; its children are captured. */
+#define MCPW_STDIO_CAPTURE 1
+/* An MCP client: not captured itself, its children are. */
+#define MCPW_STDIO_CLIENT 2
 
 #define NR_READ 0
 #define NR_WRITE 1
@@ -32,6 +38,20 @@
 struct mcpw_regs {
 	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax;
 };
+
+/* Minimal CO-RE views (relocated against the kernel's BTF at load). */
+typedef struct {
+	int counter;
+} atomic_t;
+
+struct signal_struct {
+	atomic_t live;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	int tgid;
+	struct signal_struct *signal;
+} __attribute__((preserve_access_index));
 
 struct mcpw_iovec {
 	__u64 base;
@@ -123,7 +143,8 @@ int stdio_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!bpf_map_lookup_elem(&stdio_watch, &tgid))
+	__u32 *w = bpf_map_lookup_elem(&stdio_watch, &tgid);
+	if (!w || !(*w & MCPW_STDIO_CAPTURE))
 		return 0;
 	long nr = (long)ctx->args[1];
 	if (nr != NR_READ && nr != NR_WRITE && nr != NR_WRITEV)
@@ -167,5 +188,38 @@ int stdio_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (ret <= 0)
 		return 0;
 	emit(id >> 32, saved.fd, 0, saved.buf, (__u64)ret);
+	return 0;
+}
+
+/* A child of a client or of a captured process is captured from its first
+ * instruction: a server answers `initialize` within milliseconds of its
+ * launch, before user space could look at it. Runs in the parent. */
+SEC("raw_tracepoint/sched_process_fork")
+int stdio_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *parent = (struct task_struct *)ctx->args[0];
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 ptgid = (__u32)BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = (__u32)BPF_CORE_READ(child, tgid);
+	if (ptgid == ctgid)
+		return 0; /* a thread */
+	if (bpf_map_lookup_elem(&stdio_watch, &ptgid)) {
+		__u32 v = MCPW_STDIO_CAPTURE;
+		bpf_map_update_elem(&stdio_watch, &ctgid, &v, BPF_ANY);
+	} else {
+		/* A reused pid must not keep the status of the process that had it. */
+		bpf_map_delete_elem(&stdio_watch, &ctgid);
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exit")
+int stdio_exit_process(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx->args[0];
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0; /* not the last thread */
+	__u32 tgid = (__u32)BPF_CORE_READ(task, tgid);
+	bpf_map_delete_elem(&stdio_watch, &tgid);
 	return 0;
 }

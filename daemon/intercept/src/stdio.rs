@@ -57,7 +57,15 @@ impl std::fmt::Debug for StdioCapture {
     }
 }
 
-const PROGRAMS: [(&str, &str); 2] = [("stdio_enter", "sys_enter"), ("stdio_exit", "sys_exit")];
+const PROGRAMS: [(&str, &str); 4] = [
+    ("stdio_enter", "sys_enter"),
+    ("stdio_exit", "sys_exit"),
+    ("stdio_fork", "sched_process_fork"),
+    ("stdio_exit_process", "sched_process_exit"),
+];
+/// `stdio_watch` values (stdio.bpf.c).
+const CAPTURE: u32 = 1;
+const CLIENT: u32 = 2;
 
 impl StdioCapture {
     /// Load and attach. Nothing is captured until [`StdioCapture::watch`].
@@ -83,9 +91,24 @@ impl StdioCapture {
         })
     }
 
-    /// Start capturing `pid`'s fds 0 and 1. Fails when [`MAX_WATCHED`] are watched.
+    /// Start capturing `pid`'s fds 0 and 1, and those of the children it forks
+    /// from now on. Fails when [`MAX_WATCHED`] are watched.
     pub fn watch(&mut self, pid: u32) -> Result<(), InterceptError> {
-        self.watch.insert(pid, 1, 0).map_err(|source| InterceptError::Map { map: "stdio_watch", source })
+        self.watch.insert(pid, CAPTURE, 0).map_err(|source| InterceptError::Map { map: "stdio_watch", source })
+    }
+
+    /// `pid` is an MCP client: not captured itself, but every child it forks from
+    /// now on (and their descendants) is. The kernel drops it at exit.
+    pub fn watch_client(&mut self, pid: u32) -> Result<(), InterceptError> {
+        if self.watch.get(&pid, 0).is_ok() {
+            return Ok(());
+        }
+        self.watch.insert(pid, CLIENT, 0).map_err(|source| InterceptError::Map { map: "stdio_watch", source })
+    }
+
+    /// Whether `pid` is in the watched set (as a client or captured).
+    pub fn is_watched(&self, pid: u32) -> bool {
+        self.watch.get(&pid, 0).is_ok()
     }
 
     /// Stop capturing `pid` (exit, or no longer a server). Unknown pids are fine.
@@ -160,7 +183,8 @@ mod tests {
         };
         let mut watched = spawn("W");
         let mut other = spawn("O");
-        cap.watch(watched.id()).unwrap();
+        let watched_pid = watched.id();
+        cap.watch(watched_pid).unwrap();
         for c in [&mut watched, &mut other] {
             use std::io::Write;
             c.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -176,5 +200,34 @@ mod tests {
         assert!(chunks.iter().any(|c| c.dir == StdioDir::Read && c.fd == 0 && c.data == b"\n"), "watched read not captured: {chunks:?}");
         assert!(!text.contains(" O"), "unwatched process captured: {chunks:?}");
         assert_eq!(cap.lost(), 0);
+        assert!(!cap.is_watched(watched_pid), "exit must drop the pid");
+    }
+
+    /// Root only: children of a client are captured from their first write; the
+    /// client itself is not.
+    #[test]
+    fn children_of_a_client_are_captured_from_birth() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let mut cap = StdioCapture::attach().unwrap();
+        let mut client = std::process::Command::new("sh")
+            .args(["-c", "read _; echo client-own; sh -c 'echo child-line'"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = client.id();
+        cap.watch_client(pid).unwrap();
+        {
+            use std::io::Write;
+            client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        }
+        let out = client.wait_with_output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("child-line"));
+        let chunks = cap.drain(1000);
+        assert!(chunks.iter().any(|c| c.pid != pid && c.data == b"child-line\n"), "child not captured: {chunks:?}");
+        assert!(!chunks.iter().any(|c| c.pid == pid), "the client itself captured: {chunks:?}");
     }
 }
