@@ -22,6 +22,8 @@ use serde_json::Value;
 
 use crate::session::BoundedMap;
 
+pub mod task;
+
 /// Longest JSON-RPC line kept (bytes); longer lines are dropped and counted.
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
 /// Streams (pid, fd, direction) reassembled at once.
@@ -109,12 +111,14 @@ impl StdioObserver {
         self.lost_total
     }
 
-    /// The kernel could not deliver `n` chunks of `pid` (ring buffer full).
-    pub fn note_kernel_loss(&mut self, pid: u32, n: u64) {
-        if n == 0 {
-            return;
-        }
+    /// The kernel could not queue `n` chunks (ring buffer full); it does not say
+    /// whose, so the caller marks every stream it knows with [`Self::mark_lost`].
+    pub fn note_kernel_loss(&mut self, n: u64) {
         self.lost_total += n;
+    }
+
+    /// Data of `pid` may be missing: its next event carries `lost`.
+    pub fn mark_lost(&mut self, pid: u32) {
         if self.lost_pids.len() < MAX_STREAMS {
             self.lost_pids.insert(pid);
         }
@@ -316,7 +320,8 @@ mod tests {
         let ev = o.feed(chunk(2, Direction::Read, "od\":\"x\"}\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}\n"));
         assert!(matches!(&ev[..], [Event::ToolCall { lost: true, .. }]));
         assert_eq!(o.lost_total(), 1);
-        o.note_kernel_loss(2, 3);
+        o.note_kernel_loss(3);
+        o.mark_lost(2);
         let ev = o.feed(chunk(2, Direction::Read, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"t\"}}\n"));
         assert!(matches!(&ev[..], [Event::ToolCall { lost: true, .. }]));
         assert_eq!(o.lost_total(), 4);
