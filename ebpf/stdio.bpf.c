@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * stdio.bpf.c: capture what watched stdio MCP servers read and write on fds
- * 0 and 1 (pipes or AF_UNIX socketpairs), for daemon/src/stdio.rs.
+ * stdio.bpf.c: capture what watched stdio MCP servers read and write
+ * (pipes or AF_UNIX socketpairs; any fd, see stdio_enter), for daemon/src/stdio.rs.
  *
  * Why a separate object: these programs hang on the global raw tracepoints
  * sys_enter/sys_exit, unlike the cgroup programs of mcpwatch.bpf.c, and are
@@ -152,9 +152,10 @@ int stdio_enter(struct bpf_raw_tracepoint_args *ctx)
 	struct mcpw_regs regs;
 	if (bpf_probe_read_kernel(&regs, sizeof(regs), (const void *)ctx->args[0]) != 0)
 		return 0;
+	/* Every fd, not only 0 and 1: the Python SDK moves its wire off the
+	 * standard fds (dup above 2, then 0/1 diverted) so that a stray print()
+	 * cannot corrupt it. User space keeps only what parses as JSON-RPC. */
 	__u32 fd = (__u32)regs.di;
-	if (fd > 1)
-		return 0;
 	if (nr == NR_READ) {
 		struct mcpw_stdio_read r = { .buf = regs.si, .fd = fd, .pad = 0 };
 		bpf_map_update_elem(&stdio_reads, &id, &r, BPF_ANY);

@@ -1,6 +1,6 @@
 //! Stdio capture: loads `ebpf/stdio.bpf.c`, attaches it to the raw tracepoints
-//! sys_enter/sys_exit, and hands user space what watched processes read from
-//! fd 0 and wrote to fd 1.
+//! sys_enter/sys_exit, and hands user space what watched processes read and
+//! wrote (read/write/writev on any fd: SDKs move their wire off fds 0/1).
 //!
 //! Why a separate loader from [`crate::Interceptor`]: stdio MCP servers never
 //! touch the network, so the cgroup redirect never sees them; and these
@@ -91,7 +91,7 @@ impl StdioCapture {
         })
     }
 
-    /// Start capturing `pid`'s fds 0 and 1, and those of the children it forks
+    /// Start capturing `pid`'s reads and writes, and those of the children it forks
     /// from now on. Fails when [`MAX_WATCHED`] are watched.
     pub fn watch(&mut self, pid: u32) -> Result<(), InterceptError> {
         self.watch.insert(pid, CAPTURE, 0).map_err(|source| InterceptError::Map { map: "stdio_watch", source })
@@ -201,6 +201,32 @@ mod tests {
         assert!(!text.contains(" O"), "unwatched process captured: {chunks:?}");
         assert_eq!(cap.lost(), 0);
         assert!(!cap.is_watched(watched_pid), "exit must drop the pid");
+    }
+
+    /// Root only: Python's subprocess (vfork + exec) children are followed too.
+    #[test]
+    fn children_of_a_python_client_are_captured() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let mut cap = StdioCapture::attach().unwrap();
+        let mut client = std::process::Command::new("python3")
+            .args(["-c", "import sys, subprocess; sys.stdin.readline(); p = subprocess.Popen(['sh', '-c', 'read x; echo child-$x'], stdin=subprocess.PIPE, stdout=subprocess.PIPE); print(p.communicate(b'py\\n')[0])"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = client.id();
+        cap.watch_client(pid).unwrap();
+        {
+            use std::io::Write;
+            client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        }
+        let out = client.wait_with_output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("child-py"), "{out:?}");
+        let chunks = cap.drain(1000);
+        assert!(chunks.iter().any(|c| c.pid != pid && c.data == b"child-py\n"), "child not captured: {chunks:?}");
     }
 
     /// Root only: children of a client are captured from their first write; the

@@ -65,6 +65,7 @@ pub fn spawn(shared: Arc<Shared>, bpf: Arc<BpfResolver>) {
 
 fn run(mut cap: StdioCapture, shared: Arc<Shared>, bpf: Arc<BpfResolver>) {
     let mut obs = StdioObserver::new();
+    let scope = governed_cgroup(bpf.interceptor());
     let mut ids: HashMap<u32, ServerId> = HashMap::new();
     let mut open: HashMap<(u32, String), (AuditRecord, Instant)> = HashMap::new();
     let mut synced = Instant::now() - CLIENT_SYNC;
@@ -73,9 +74,12 @@ fn run(mut cap: StdioCapture, shared: Arc<Shared>, bpf: Arc<BpfResolver>) {
         if synced.elapsed() >= CLIENT_SYNC {
             synced = Instant::now();
             for pid in bpf.interceptor().root_agents() {
-                if !cap.is_watched(pid) {
-                    if let Err(e) = cap.watch_client(pid) {
-                        tracing::debug!(pid, error = %e, "stdio: cannot watch client");
+                // Agents by command name are marked host-wide by the kernel: only
+                // clients inside the governed cgroup are this daemon's business.
+                if !cap.is_watched(pid) && in_scope(&scope, pid) {
+                    match cap.watch_client(pid) {
+                        Ok(()) => tracing::info!(pid, "stdio: watching the children of an MCP client"),
+                        Err(e) => tracing::warn!(pid, error = %e, "stdio: cannot watch client"),
                     }
                 }
             }
@@ -89,13 +93,19 @@ fn run(mut cap: StdioCapture, shared: Arc<Shared>, bpf: Arc<BpfResolver>) {
                 }
                 kernel_lost = lost;
             }
-            ids.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists() || {
-                obs.forget_pid(*pid);
-                false
-            });
         }
         let chunks = cap.drain(MAX_CHUNKS);
         if chunks.is_empty() {
+            // Forget exited servers only once the ring is drained: their last
+            // chunks may still be queued behind their exit.
+            if ids.len() > MAX_SERVERS / 2 || synced.elapsed() < IDLE {
+                ids.retain(|pid, _| {
+                    std::path::Path::new(&format!("/proc/{pid}")).exists() || {
+                        obs.forget_pid(*pid);
+                        false
+                    }
+                });
+            }
             std::thread::sleep(IDLE);
             continue;
         }
@@ -109,6 +119,19 @@ fn run(mut cap: StdioCapture, shared: Arc<Shared>, bpf: Arc<BpfResolver>) {
             }
         }
     }
+}
+
+/// The governed cgroup as `/proc/<pid>/cgroup` names it (relative to the cgroup2 mount).
+fn governed_cgroup(ic: &Interceptor) -> Option<String> {
+    let mount = mcpwatch_intercept::cgroup::cgroup2_mount().ok()?;
+    let rel = ic.cgroup().strip_prefix(&mount).ok()?;
+    Some(format!("/{}", rel.display()).trim_end_matches('/').to_string())
+}
+
+/// Whether `pid` lives in the governed cgroup or below it.
+fn in_scope(scope: &Option<String>, pid: u32) -> bool {
+    let (Some(scope), Some(path)) = (scope, mcpwatch_intercept::cgroup::cgroup_path_of(pid)) else { return false };
+    scope.is_empty() || path == *scope || path.starts_with(&format!("{scope}/"))
 }
 
 fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerId>, pid: u32) -> ServerId {

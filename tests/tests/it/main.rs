@@ -19,4 +19,5 @@ mod report;
 mod scope;
 mod service;
 mod siem;
+mod stdio;
 mod tls;
