@@ -25,6 +25,8 @@ mod worker;
 mod tls_case;
 #[path = "bench_agent.rs"]
 mod agent_case;
+#[path = "bench_stdio.rs"]
+mod stdio_case;
 
 pub use worker::{WorkerArgs, run as run_worker};
 
@@ -74,6 +76,9 @@ pub struct BenchArgs {
     /// Only the in-process micro-benchmarks (policy evaluation, content detectors).
     #[arg(long, conflicts_with = "no_micro")]
     pub micro: bool,
+    /// Only the stdio capture section (xtask/src/bench_stdio.rs).
+    #[arg(long)]
+    pub stdio: bool,
     /// Skip the micro-benchmarks that otherwise follow the HTTP table.
     #[arg(long)]
     pub no_micro: bool,
@@ -317,6 +322,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     procs::catch_interrupts();
     if args.micro {
         return micro::run();
+    }
+    if args.stdio {
+        return stdio_case::run();
     }
     if args.agent {
         if !args.no_build {
