@@ -203,16 +203,16 @@ mod tests {
         assert!(!cap.is_watched(watched_pid), "exit must drop the pid");
     }
 
-    /// Root only: Python's subprocess (vfork + exec) children are followed too.
-    #[test]
-    fn children_of_a_python_client_are_captured() {
+    /// Run `program args` as a watched client (its stdin released with one line
+    /// once it is watched); returns its pid, stdout and the captured chunks.
+    fn run_client(program: &str, args: &[&str]) -> Option<(u32, String, Vec<StdioChunk>)> {
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root");
-            return;
+            return None;
         }
         let mut cap = StdioCapture::attach().unwrap();
-        let mut client = std::process::Command::new("python3")
-            .args(["-c", "import sys, subprocess; sys.stdin.readline(); p = subprocess.Popen(['sh', '-c', 'read x; echo child-$x'], stdin=subprocess.PIPE, stdout=subprocess.PIPE); print(p.communicate(b'py\\n')[0])"])
+        let mut client = std::process::Command::new(program)
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -224,8 +224,15 @@ mod tests {
             client.stdin.take().unwrap().write_all(b"go\n").unwrap();
         }
         let out = client.wait_with_output().unwrap();
-        assert!(String::from_utf8_lossy(&out.stdout).contains("child-py"), "{out:?}");
-        let chunks = cap.drain(1000);
+        Some((pid, String::from_utf8_lossy(&out.stdout).into_owned(), cap.drain(1000)))
+    }
+
+    /// Root only: Python's subprocess (vfork + exec) children are followed too.
+    #[test]
+    fn children_of_a_python_client_are_captured() {
+        let script = "import sys, subprocess; sys.stdin.readline(); p = subprocess.Popen(['sh', '-c', 'read x; echo child-$x'], stdin=subprocess.PIPE, stdout=subprocess.PIPE); print(p.communicate(b'py\\n')[0])";
+        let Some((pid, stdout, chunks)) = run_client("python3", &["-c", script]) else { return };
+        assert!(stdout.contains("child-py"), "{stdout}");
         assert!(chunks.iter().any(|c| c.pid != pid && c.data == b"child-py\n"), "child not captured: {chunks:?}");
     }
 
@@ -233,26 +240,8 @@ mod tests {
     /// client itself is not.
     #[test]
     fn children_of_a_client_are_captured_from_birth() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let mut cap = StdioCapture::attach().unwrap();
-        let mut client = std::process::Command::new("sh")
-            .args(["-c", "read _; echo client-own; sh -c 'echo child-line'"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = client.id();
-        cap.watch_client(pid).unwrap();
-        {
-            use std::io::Write;
-            client.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        }
-        let out = client.wait_with_output().unwrap();
-        assert!(String::from_utf8_lossy(&out.stdout).contains("child-line"));
-        let chunks = cap.drain(1000);
+        let Some((pid, stdout, chunks)) = run_client("sh", &["-c", "read _; echo client-own; sh -c 'echo child-line'"]) else { return };
+        assert!(stdout.contains("child-line"), "{stdout}");
         assert!(chunks.iter().any(|c| c.pid != pid && c.data == b"child-line\n"), "child not captured: {chunks:?}");
         assert!(!chunks.iter().any(|c| c.pid == pid), "the client itself captured: {chunks:?}");
     }
