@@ -12,9 +12,7 @@ fn main() {
     let manifest =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let ebpf = manifest.join("../../ebpf");
-    let src = ebpf.join("mcpwatch.bpf.c");
     let header = ebpf.join("mcpwatch.h");
-    println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-changed={}", header.display());
     println!("cargo:rerun-if-changed=build.rs");
 
@@ -26,8 +24,17 @@ fn main() {
         );
     }
 
-    let out =
-        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("mcpwatch.bpf.o");
+    // mcpwatch.bpf.c: the cgroup interception; stdio.bpf.c: stdio capture (daemon/intercept/src/stdio.rs).
+    for name in ["mcpwatch", "stdio"] {
+        compile(&ebpf, name);
+    }
+}
+
+fn compile(ebpf: &std::path::Path, name: &str) {
+    let src = ebpf.join(format!("{name}.bpf.c"));
+    println!("cargo:rerun-if-changed={}", src.display());
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join(format!("{name}.bpf.o"));
     let status = Command::new(CLANG)
         .args([
             "-O2",
@@ -39,7 +46,7 @@ fn main() {
             "-I/usr/include/x86_64-linux-gnu",
             "-I",
         ])
-        .arg(&ebpf)
+        .arg(ebpf)
         .arg("-c")
         .arg(&src)
         .arg("-o")

@@ -66,6 +66,7 @@ pub struct FileConfig {
 /// agents = true              # agents and their descendants: every TCP port is redirected
 /// builtin_agents = true      # the built-in list of MCP client names (claude, cursor, code, ...)
 /// agent_comms = ["my-agent"] # more exact command names (at most 15 bytes) that make an agent
+/// stdio = false              # observe stdio MCP servers launched by agents (docs/discovery.md)
 /// ```
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +75,7 @@ pub struct ScopeFile {
     pub builtin_agents: Option<bool>,
     #[serde(default)]
     pub agent_comms: Vec<String>,
+    pub stdio: Option<bool>,
 }
 
 /// Validated `[scope]`.
@@ -86,11 +88,14 @@ pub struct ScopeConfig {
     pub builtin_agents: bool,
     /// Extra exact command names.
     pub agent_comms: Vec<String>,
+    /// Observe the stdio of processes launched by agents (`crate::stdio`): global
+    /// sys_enter/sys_exit tracepoints, so opt-in.
+    pub stdio: bool,
 }
 
 impl Default for ScopeConfig {
     fn default() -> Self {
-        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new() }
+        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new(), stdio: false }
     }
 }
 
@@ -569,6 +574,7 @@ impl FileConfig {
             agents: self.scope.agents.unwrap_or(ds.agents),
             builtin_agents: self.scope.builtin_agents.unwrap_or(ds.builtin_agents),
             agent_comms: self.scope.agent_comms,
+            stdio: self.scope.stdio.unwrap_or(ds.stdio),
         };
         c.validate()?;
         Ok(c)

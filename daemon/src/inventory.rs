@@ -46,6 +46,26 @@ pub struct ToolSight {
     pub poisoning: Option<String>,
 }
 
+/// Sights of the tools of a `tools/list` result, each poisoning-scanned against
+/// the others, and the tools at or above `min` severity with their score.
+pub fn tool_sights(tools: &[serde_json::Value], min: mcpwatch_inspect::poison::Severity) -> (Vec<ToolSight>, Vec<(String, u32)>) {
+    use serde_json::Value;
+    let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
+    let others = mcpwatch_inspect::poison::OtherTools::new(&names);
+    let mut sights = Vec::new();
+    let mut poisoned = Vec::new();
+    for t in tools {
+        let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
+        let r = mcpwatch_inspect::poison::scan_tool_with(t, &others);
+        let severity = (r.severity > mcpwatch_inspect::poison::Severity::None).then(|| format!("{:?}", r.severity).to_lowercase());
+        if r.severity >= min {
+            poisoned.push((name.to_string(), r.score));
+        }
+        sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
+    }
+    (sights, poisoned)
+}
+
 /// Pin state of a tool after a `tools/list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PinOutcome {
@@ -318,6 +338,15 @@ impl Inventory {
             e.tools = kept;
         });
         outcomes
+    }
+
+    /// The command line of a stdio server (already redacted by the caller).
+    pub fn set_command(&self, endpoint: &str, command: &[String]) {
+        self.update(endpoint, |e| {
+            if e.command != command {
+                e.command = command.to_vec();
+            }
+        });
     }
 
     /// Mark tools hidden from clients (or visible again).

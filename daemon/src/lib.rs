@@ -24,6 +24,7 @@ pub mod session;
 pub mod sinks;
 pub mod startup;
 pub mod state;
+pub mod stdio;
 
 use std::future::Future;
 use std::sync::Arc;

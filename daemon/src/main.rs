@@ -241,6 +241,9 @@ async fn real_main() -> Result<()> {
             tokio::spawn(bpf.clone().sweep_forever());
             if config.scope.agents {
                 tokio::spawn(mcpwatchd::scope::run(bpf.clone(), shared.clone(), config.scope.comms()));
+                if config.scope.stdio {
+                    mcpwatchd::stdio::task::spawn(shared.clone(), bpf.clone());
+                }
             }
             bpf
         }

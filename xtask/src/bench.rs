@@ -27,6 +27,8 @@ mod tls_case;
 mod agent_case;
 #[path = "bench_soak.rs"]
 mod soak;
+#[path = "bench_stdio.rs"]
+mod stdio_case;
 
 pub use worker::{WorkerArgs, run as run_worker};
 
@@ -79,6 +81,9 @@ pub struct BenchArgs {
     /// Only the in-process micro-benchmarks (policy evaluation, content detectors).
     #[arg(long, conflicts_with = "no_micro")]
     pub micro: bool,
+    /// Only the stdio capture section (xtask/src/bench_stdio.rs).
+    #[arg(long)]
+    pub stdio: bool,
     /// Skip the micro-benchmarks that otherwise follow the HTTP table.
     #[arg(long)]
     pub no_micro: bool,
@@ -350,6 +355,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
         std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
         return soak::run(backend, &scratch.0, args.soak_calls);
+    }
+    if args.stdio {
+        return stdio_case::run();
     }
     if args.agent {
         if !args.no_build {

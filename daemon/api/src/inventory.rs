@@ -98,6 +98,10 @@ pub struct ServerEntry {
     /// Alerts about this server (poisoned tools, changed pins), newest last, bounded.
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// Stdio servers: the command line that runs the server (redacted per
+    /// `[audit] cmdline`). Empty for network servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     /// The server's `instructions` (from initialize), for review.
     #[serde(default)]
     pub instructions_hash: Option<String>,

@@ -151,6 +151,19 @@ impl Interceptor {
         }
     }
 
+    /// The agents that are one by themselves (command name or policy), not by
+    /// descent: the MCP clients whose children may be stdio servers. Bounded by
+    /// the map (`MAX_AGENTS`).
+    pub fn root_agents(&self) -> Vec<u32> {
+        let m = self.lock_agents();
+        m.agents
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, a)| a.flags & (AgentFlags::COMM.0 | AgentFlags::POLICY.0) != 0)
+            .map(|(tgid, _)| tgid)
+            .collect()
+    }
+
     /// Whether `tgid` is an agent (not merely pending).
     pub fn is_agent(&self, tgid: u32) -> bool {
         matches!(self.agent_state(tgid), AgentState::Agent { .. })

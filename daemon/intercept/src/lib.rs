@@ -23,6 +23,7 @@ mod maps;
 pub mod pins;
 mod ports;
 pub mod process;
+pub mod stdio;
 
 use std::fs::File;
 use std::net::SocketAddr;

@@ -225,7 +225,7 @@ def main() -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--path", default="/mcp", help="Streamable HTTP endpoint path")
-    ap.add_argument("--transport", choices=["streamable", "sse"], default="streamable")
+    ap.add_argument("--transport", choices=["streamable", "sse", "stdio"], default="streamable")
     ap.add_argument("--json-response", action="store_true", help="JSON bodies instead of SSE responses")
     ap.add_argument("--stateless", action="store_true", help="no Mcp-Session-Id for handshake-era clients")
     ap.add_argument("--host-check", choices=["auto", "strict", "off"], default="auto")
@@ -246,6 +246,10 @@ def main() -> int:
     args = ap.parse_args()
 
     mcp = build_server(Recorder(args.record), args.threat_tools, args.flow_tools)
+    if args.transport == "stdio":
+        # JSON-RPC lines on stdin/stdout (the stdio tests: tests/tests/it/stdio.rs).
+        anyio.run(mcp.run_stdio_async)
+        return 0
     security = transport_security(args.host_check, args.host)
     if args.transport == "streamable":
         app = mcp.streamable_http_app(

@@ -22,5 +22,6 @@ mod report;
 mod scope;
 mod service;
 mod siem;
+mod stdio;
 mod tls;
 mod wrap;
