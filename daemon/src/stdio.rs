@@ -248,35 +248,32 @@ fn id_key(id: &Id) -> String {
     id.to_value().to_string()
 }
 
-/// The inventory key of a stdio server: stable across restarts of the same
-/// command, distinct from every network endpoint (`scheme://…`).
-pub fn endpoint_key(cmdline: &str) -> String {
-    format!("stdio:{}", mcpwatch_mcp::canonical::sha256_hex(cmdline.as_bytes()).get(..16).unwrap_or_default())
+/// The inventory and audit key of a stdio server: its launch identity
+/// (`stdio://npm:@scope/name`, `stdio://script:/abs/server.py`, from
+/// `mcpwatch_policy::launch`, the same key `mcpwatch wrap`, `[[server]] package/command`
+/// and `mcpwatch list` use), relative script and program paths resolved against the
+/// process's working directory `cwd`. A command line nothing can be made of is keyed by a
+/// hash of it.
+pub fn endpoint_key(argv: &[String], cwd: Option<&std::path::Path>) -> String {
+    match mcpwatch_policy::launch::identify(argv) {
+        Some(mut l) => {
+            if !l.kind.is_package() && !l.name.starts_with('/') && l.name.contains(['/', '.']) {
+                if let Some(dir) = cwd {
+                    l.name = dir.join(&l.name).display().to_string();
+                }
+            }
+            mcpwatch_policy::stdio_endpoint(&l)
+        }
+        None => format!("stdio:{}", mcpwatch_mcp::canonical::sha256_hex(argv.join(" ").as_bytes()).get(..16).unwrap_or_default()),
+    }
 }
 
-/// Launchers that are not the server: look through them to the package or script.
-const LAUNCHERS: &[&str] = &[
-    "python", "python3", "node", "npx", "npm", "bun", "bunx", "deno", "uv", "uvx", "pipx", "poetry", "docker", "podman", "sh", "bash", "cargo", "java", "dotnet", "env",
-];
-
-/// The words of a launcher invocation that are not the server's name.
-const LAUNCHER_WORDS: &[&str] = &["exec", "run", "-m", "-y", "--yes", "-i", "--rm", "-c", "x", "tool"];
-
-/// The server a command line names, looked through launchers: the first
-/// argument that is neither a launcher, a launcher word nor an option
-/// (`npx -y @scope/pkg` → `@scope/pkg`, `python -m pkg` → `pkg`,
-/// `python3 server.py` → `server.py`, `/usr/bin/srv --stdio` → `srv`).
+/// The server a command line names, looked through launchers (`mcpwatch_policy::launch`):
+/// the package (`npx -y @scope/pkg` → `@scope/pkg`, `python -m pkg` → `pkg`) or the file
+/// name of the script or program (`python3 server.py` → `server.py`).
 pub fn server_name(argv: &[String]) -> Option<String> {
-    for a in argv {
-        let base = a.rsplit('/').next().unwrap_or(a);
-        let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
-        if LAUNCHERS.contains(&base) || LAUNCHERS.contains(&stem) || LAUNCHER_WORDS.contains(&a.as_str()) || a.starts_with('-') {
-            continue;
-        }
-        // Scoped npm packages keep their scope; paths reduce to the file name.
-        return Some(if a.starts_with('@') { a.clone() } else { base.to_string() });
-    }
-    None
+    let l = mcpwatch_policy::launch::identify(argv)?;
+    Some(if l.kind.is_package() { l.name } else { l.name.rsplit('/').next().unwrap_or(&l.name).to_string() })
 }
 
 #[cfg(test)]

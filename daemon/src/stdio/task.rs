@@ -162,7 +162,8 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
         }
         p = pp;
     }
-    let id = ServerId { endpoint: super::endpoint_key(&command.join(" ")), command, client };
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let id = ServerId { endpoint: super::endpoint_key(&command, cwd.as_deref()), command, client };
     if ids.len() < MAX_SERVERS {
         ids.insert(pid, id.clone());
     }

@@ -134,6 +134,9 @@ fn stdio_npx_server_everything_is_inventoried_and_audited() {
     let list = wait_list(&w, "server-everything in the inventory", |l| stdio_servers(l).iter().any(|s| s.tools.iter().any(|t| t.name == "echo") && s.call_count >= 1));
     let s = stdio_servers(&list).into_iter().find(|s| s.tools.iter().any(|t| t.name == "echo")).expect("stdio server");
     assert!(s.command.iter().any(|a| a.contains("everything")), "command line kept: {s:?}");
+    // Keyed by launch identity, looked through npx and node: the key `[[server]] package`
+    // registers and `mcpwatch list` joins configured entries on.
+    assert!(s.endpoint.starts_with("stdio://npm:") && s.endpoint.contains("everything"), "{}", s.endpoint);
     assert!(s.tools.len() > 3, "{s:?}");
     let recs = w.daemon.wait_audit("the stdio echo call", |r| stdio_echo(r).is_some());
     assert_eq!(stdio_echo(&recs).map(|r| r.server.as_str()), Some(s.endpoint.as_str()));
