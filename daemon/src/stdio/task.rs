@@ -44,6 +44,14 @@ struct ServerId {
     endpoint: String,
     command: Vec<String>,
     client: Option<ProcessInfo>,
+    /// The process is `mcpwatch wrap` or runs under it: the wrapper's gate already governs
+    /// and audits every message, so observing it again would count each call twice.
+    wrapped: bool,
+}
+
+/// `mcpwatch wrap ...`, by its raw argv.
+fn is_wrapper(argv: &[String]) -> bool {
+    argv.first().is_some_and(|a| a.rsplit('/').next() == Some("mcpwatch")) && argv.get(1).map(String::as_str) == Some("wrap")
 }
 
 /// Attach the stdio programs and run the loop on its own thread. Failure to
@@ -140,6 +148,7 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
     }
     let sanitize = crate::resolve::cmdline_filter(shared.clone());
     let mut command = mcpwatch_intercept::process::describe_pid(pid).map(|p| p.cmdline).unwrap_or_default();
+    let mut wrapped = is_wrapper(&command);
     let mut tmp = ProcessInfo { cmdline: std::mem::take(&mut command), ..Default::default() };
     sanitize(&mut tmp);
     let command = tmp.cmdline;
@@ -150,6 +159,9 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
         let Some(pp) = mcpwatch_intercept::process::parent_of(p) else { break };
         if pp <= 1 {
             break;
+        }
+        if !wrapped && client.is_none() {
+            wrapped = mcpwatch_intercept::process::describe_pid(pp).is_some_and(|i| is_wrapper(&i.cmdline));
         }
         if let AgentState::Agent { flags, .. } = ic.agent_state(pp) {
             if flags.0 & (mcpwatch_intercept::AgentFlags::COMM.0 | mcpwatch_intercept::AgentFlags::POLICY.0) != 0 {
@@ -163,7 +175,7 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
         p = pp;
     }
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
-    let id = ServerId { endpoint: super::endpoint_key(&command, cwd.as_deref()), command, client };
+    let id = ServerId { endpoint: super::endpoint_key(&command, cwd.as_deref()), command, client, wrapped };
     if ids.len() < MAX_SERVERS {
         ids.insert(pid, id.clone());
     }
@@ -176,6 +188,9 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
     match ev {
         Event::ServerInfo { pid, name, version, protocol_version } => {
             let id = identify(shared, ic, ids, pid);
+            if id.wrapped {
+                return;
+            }
             inv.saw_message(&Sighting { endpoint: &id.endpoint, dst: "", transport: "stdio", process: id.client.as_ref(), method: Some("initialize"), name: None, now_ms: now });
             inv.set_command(&id.endpoint, &id.command);
             let name = name.or_else(|| super::server_name(&id.command));
@@ -183,6 +198,9 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
         }
         Event::ToolsList { pid, tools, first_page, last_page, .. } => {
             let id = identify(shared, ic, ids, pid);
+            if id.wrapped {
+                return;
+            }
             let min = match shared.governance.current().policy.inspect().poisoning_min_severity {
                 mcpwatch_policy::MinSeverity::Low => mcpwatch_inspect::poison::Severity::Low,
                 mcpwatch_policy::MinSeverity::Medium => mcpwatch_inspect::poison::Severity::Medium,
@@ -200,6 +218,9 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
         }
         Event::ToolCall { pid, id: rpc_id, name, arguments, lost } => {
             let id = identify(shared, ic, ids, pid);
+            if id.wrapped {
+                return;
+            }
             inv.saw_message(&Sighting { endpoint: &id.endpoint, dst: "", transport: "stdio", process: id.client.as_ref(), method: Some("tools/call"), name: Some(&name), now_ms: now });
             let mut notes = vec![OBSERVED_NOTE.to_string()];
             if lost {
@@ -245,4 +266,19 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
 
 fn key(id: &Id) -> String {
     id.to_value().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_wrapper;
+
+    #[test]
+    fn wrapped_servers_are_recognised_by_the_wrappers_argv() {
+        let v = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert!(is_wrapper(&v("/usr/bin/mcpwatch wrap -- npx -y pkg")));
+        assert!(is_wrapper(&v("mcpwatch wrap --failure closed -- python s.py")));
+        assert!(!is_wrapper(&v("mcpwatch list")));
+        assert!(!is_wrapper(&v("/opt/evil/mcpwatch-wrap x")));
+        assert!(!is_wrapper(&[]));
+    }
 }
