@@ -171,6 +171,9 @@ pub fn status_text(s: &Status) -> String {
         ),
     );
     line("policy", s.policy.as_deref().unwrap_or("-"));
+    if let Some(c) = &s.coverage {
+        line("coverage", &coverage_text(c));
+    }
     if s.held_calls > 0 {
         line("held calls", &format!("{} waiting for approval (mcpwatch pending)", s.held_calls));
     }
@@ -287,6 +290,18 @@ pub fn taint_chain(records: &[AuditRecord]) -> String {
         out.push_str("  (no untrusted content entered this session)\n");
     }
     out
+}
+
+/// `97.5 % of 400 tool calls governed (10 only observed on stdio)`.
+pub fn coverage_text(c: &mcpwatch_api::Coverage) -> String {
+    match c.governed_percent {
+        None => "no tool calls seen yet".into(),
+        Some(p) if c.calls_observed_only == 0 => format!("{p:.1} % of {} tool calls governed", c.calls_seen),
+        Some(p) => format!(
+            "{p:.1} % of {} tool calls governed ({} only observed on stdio: wrap those servers to govern them)",
+            c.calls_seen, c.calls_observed_only
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -511,5 +526,15 @@ mod tests {
         let text = status_text(&unpinned);
         assert!(!text.contains("while mcpwatchd is down"), "{text}");
         assert!(text.contains("! failure mode is closed but the eBPF links are not pinned"), "{text}");
+    }
+
+    #[test]
+    fn coverage_reads_as_a_share_of_calls() {
+        let c = mcpwatch_api::Coverage::from_counts(400, 10);
+        assert_eq!((c.calls_governed, c.calls_observed_only), (390, 10));
+        assert_eq!(coverage_text(&c), "97.5 % of 400 tool calls governed (10 only observed on stdio: wrap those servers to govern them)");
+        assert_eq!(coverage_text(&mcpwatch_api::Coverage::from_counts(0, 0)), "no tool calls seen yet");
+        assert_eq!(coverage_text(&mcpwatch_api::Coverage::from_counts(3, 0)), "100.0 % of 3 tool calls governed");
+        assert_eq!(mcpwatch_api::Coverage::from_counts(2, 5).calls_governed, 0, "observed never exceeds seen");
     }
 }

@@ -104,6 +104,34 @@ impl Drop for Slot {
     }
 }
 
+/// Registers a connected wrapper's pid in [`Shared::gate_wrappers`] while it is connected.
+struct WrapperMark {
+    shared: Arc<Shared>,
+    pid: u32,
+}
+
+impl WrapperMark {
+    fn new(shared: Arc<Shared>, pid: u32) -> WrapperMark {
+        if let Ok(mut m) = shared.gate_wrappers.lock() {
+            *m.entry(pid).or_insert(0) += 1;
+        }
+        WrapperMark { shared, pid }
+    }
+}
+
+impl Drop for WrapperMark {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.gate_wrappers.lock()
+            && let Some(n) = m.get_mut(&self.pid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.pid);
+            }
+        }
+    }
+}
+
 fn take_slot(budget: &Arc<Mutex<Budget>>, uid: u32) -> Option<Slot> {
     let mut b = budget.lock().ok()?;
     let n = b.per_uid.get(&uid).copied().unwrap_or(0);
@@ -139,8 +167,10 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
             continue;
         };
         let shared = shared.clone();
+        let mark = WrapperMark::new(shared.clone(), pid);
         tokio::spawn(async move {
             connection(shared, stream, pid, cred.uid()).await;
+            drop(mark);
             drop(slot);
         });
     }

@@ -64,6 +64,10 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
         policy_error: shared.governance.last_error(),
         held_calls: shared.approvals.list().len() as u64,
         warnings: shared.warnings(),
+        coverage: Some(mcpwatch_api::Coverage::from_counts(
+            shared.inventory.list().iter().map(|s| s.call_count).sum(),
+            shared.counters.stdio_observed_calls.load(std::sync::atomic::Ordering::Relaxed),
+        )),
     }
 }
 

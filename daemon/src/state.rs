@@ -53,6 +53,8 @@ pub struct Counters {
     pub tls_distrust_refused: AtomicU64,
     /// HTTP/2 client connections (prior knowledge or ALPN h2), governed like HTTP/1.1.
     pub http2_connections: AtomicU64,
+    /// `tools/call`s seen on stdio from the kernel only (not wrapped): observed, not governed.
+    pub stdio_observed_calls: AtomicU64,
 }
 
 impl Counters {
@@ -82,6 +84,10 @@ pub struct Shared {
     pub heartbeats: crate::notify::Heartbeats,
     /// The host's name and stable id, stamped on every audit record and sent by the sinks.
     pub host: Arc<crate::sinks::HostIdentity>,
+    /// Pids of `mcpwatch wrap` processes connected to the gate now (pid → connections),
+    /// as SO_PEERCRED names them: the stdio observer skips their servers, which the gate
+    /// already audits. Bounded by the gate's session budget.
+    pub gate_wrappers: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
     records_tx: broadcast::Sender<AuditRecord>,
     next_conn: AtomicU64,
     /// Group commit: writers bump `flush_wanted` and wait until `flushed` reaches it.
@@ -135,6 +141,7 @@ impl Shared {
             admission,
             heartbeats: crate::notify::Heartbeats::default(),
             host,
+            gate_wrappers: Default::default(),
             records_tx,
             next_conn: AtomicU64::new(1),
             flush_wanted: AtomicU64::new(0),

@@ -169,6 +169,39 @@ pub struct Status {
     pub held_calls: u64,
     /// Human-readable warnings an operator should see (e.g. clients that distrust the CA).
     pub warnings: Vec<String>,
+    /// Which share of the MCP tool calls mcpwatch saw went through a governed path.
+    #[serde(default)]
+    pub coverage: Option<Coverage>,
+}
+
+/// The coverage metric: of the `tools/call`s seen on this host, how many went through a
+/// governed path (the network proxy, or `mcpwatch wrap`), and how many mcpwatch could only
+/// observe (stdio servers seen from the kernel, not wrapped). Calls mcpwatch never saw
+/// (stdio observation off, unwatched processes) are by nature not counted: `mcpwatch list`
+/// shows the servers configured but never seen.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Coverage {
+    pub calls_seen: u64,
+    pub calls_governed: u64,
+    pub calls_observed_only: u64,
+    /// `calls_governed / calls_seen` in percent; `None` before the first call.
+    pub governed_percent: Option<f64>,
+}
+
+impl Coverage {
+    /// From the total calls seen and those only observed (clamped: never more than all).
+    pub fn from_counts(calls_seen: u64, observed_only: u64) -> Coverage {
+        let observed = observed_only.min(calls_seen);
+        let governed = calls_seen - observed;
+        Coverage {
+            calls_seen,
+            calls_governed: governed,
+            calls_observed_only: observed,
+            // Counts stay far below 2^52: the conversion is exact.
+            #[allow(clippy::cast_precision_loss)]
+            governed_percent: (calls_seen > 0).then(|| governed as f64 * 100.0 / calls_seen as f64),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -62,6 +62,9 @@ pub enum NotHttp {
     NoRequestLine,
 }
 
+/// The longest method token still classified as a possible HTTP request line.
+pub const MAX_METHOD_LEN: usize = 24;
+
 /// RFC 9110 `tchar`: the characters of an HTTP method token.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -111,6 +114,13 @@ fn request_line(rest: &[u8], full: bool) -> Classification {
     let not_http = Classification::NotHttp(NotHttp::NoRequestLine);
     let is_sep = |b: u8| b == b' ' || b == b'\t';
     let method = rest.iter().take_while(|b| is_tchar(**b)).count();
+    // A method token longer than any method an MCP server serves (they act on POST, GET
+    // and DELETE; servers reject or 405 unknown methods) is not waited on: a client that
+    // sends a long alphanumeric frame and waits for the answer (a nonce, a binary-safe
+    // text protocol) would otherwise hang until the peek window fills.
+    if method > MAX_METHOD_LEN {
+        return not_http;
+    }
     match rest.get(method) {
         None => return more,
         Some(_) if method == 0 => return Classification::NotHttp(NotHttp::Binary),
@@ -416,8 +426,17 @@ mod tests {
         // Any method token is HTTP: servers decide which methods they route.
         assert_eq!(classify(b"FROB /mcp HTTP/1.1"), Http1);
         let long = [b'A'; PEEK_WINDOW + 10];
-        assert_eq!(classify(&long), Http1);
-        assert_eq!(classify(&long[..100]), NeedMore);
+        assert_eq!(classify(&long[..MAX_METHOD_LEN]), NeedMore);
+        assert_eq!(classify(&long[..MAX_METHOD_LEN + 1]), Classification::NotHttp(NotHttp::NoRequestLine));
+        assert_eq!(classify(&long), Classification::NotHttp(NotHttp::NoRequestLine));
+        // A client that sends a short frame of letters and waits for the answer is not
+        // held until the peek window fills (the agent-scope request/response case).
+        let mut frame = b"R".to_vec();
+        frame.extend([b'q'; 64]);
+        assert_eq!(classify(&frame), Classification::NotHttp(NotHttp::NoRequestLine));
+        let mut served = b"DELETE".to_vec();
+        served.extend([b' '; 1]);
+        assert_ne!(classify(&served), Classification::NotHttp(NotHttp::NoRequestLine));
     }
 
     #[test]

@@ -44,8 +44,8 @@ struct ServerId {
     endpoint: String,
     command: Vec<String>,
     client: Option<ProcessInfo>,
-    /// The process is `mcpwatch wrap` or runs under it: the wrapper's gate already governs
-    /// and audits every message, so observing it again would count each call twice.
+    /// The process is a gate-connected `mcpwatch wrap` or runs under one: the gate already
+    /// governs and audits every message, so observing it again would count each call twice.
     wrapped: bool,
 }
 
@@ -148,7 +148,11 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
     }
     let sanitize = crate::resolve::cmdline_filter(shared.clone());
     let mut command = mcpwatch_intercept::process::describe_pid(pid).map(|p| p.cmdline).unwrap_or_default();
-    let mut wrapped = is_wrapper(&command);
+    // Wrapped: the process, or an ancestor below the client, is a `mcpwatch wrap` that is
+    // connected to the gate now (pid from the gate's SO_PEERCRED, argv as a second check).
+    // A process that only *names* itself `mcpwatch wrap` is still observed.
+    let gated = |p: u32, argv: &[String]| is_wrapper(argv) && shared.gate_wrappers.lock().is_ok_and(|m| m.contains_key(&p));
+    let mut wrapped = gated(pid, &command);
     let mut tmp = ProcessInfo { cmdline: std::mem::take(&mut command), ..Default::default() };
     sanitize(&mut tmp);
     let command = tmp.cmdline;
@@ -161,7 +165,7 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
             break;
         }
         if !wrapped && client.is_none() {
-            wrapped = mcpwatch_intercept::process::describe_pid(pp).is_some_and(|i| is_wrapper(&i.cmdline));
+            wrapped = mcpwatch_intercept::process::describe_pid(pp).is_some_and(|i| gated(pp, &i.cmdline));
         }
         if let AgentState::Agent { flags, .. } = ic.agent_state(pp) {
             if flags.0 & (mcpwatch_intercept::AgentFlags::COMM.0 | mcpwatch_intercept::AgentFlags::POLICY.0) != 0 {
@@ -222,6 +226,7 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
                 return;
             }
             inv.saw_message(&Sighting { endpoint: &id.endpoint, dst: "", transport: "stdio", process: id.client.as_ref(), method: Some("tools/call"), name: Some(&name), now_ms: now });
+            crate::state::Counters::inc(&shared.counters.stdio_observed_calls);
             let mut notes = vec![OBSERVED_NOTE.to_string()];
             if lost {
                 notes.push(LOST_NOTE.to_string());
