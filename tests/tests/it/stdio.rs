@@ -119,6 +119,9 @@ fn stdio_python_sdk_server_is_inventoried_and_audited() {
     assert!(rec.notes.iter().any(|n| n.starts_with("observed on stdio")), "{rec:?}");
     assert_eq!(rec.process.as_ref().map(|p| p.comm.as_str()), Some("mcpw-stdio-cl"), "{rec:?}");
     assert!(rec.args_hash.is_some(), "{rec:?}");
+    // Coverage: this call was only observed, so not every call seen was governed.
+    let cov = w.daemon.status().coverage.expect("status carries coverage");
+    assert!(cov.calls_observed_only >= 1 && cov.calls_governed < cov.calls_seen, "{cov:?}");
 }
 
 #[test]

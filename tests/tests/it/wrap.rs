@@ -158,6 +158,9 @@ fn wrap_denies_redacts_and_audits_a_real_stdio_server() {
     assert_eq!(entry.registered.as_deref(), Some("stdio-peer"), "registered by its command: {entry:#?}");
     assert!(entry.tools.iter().any(|t| t.name == "echo" && !t.hash.is_empty()), "{entry:#?}");
     assert!(entry.clients.iter().any(|c| c.comm.contains("python")), "{entry:#?}");
+    // Coverage: every call went through the gate, none was only observed.
+    let cov = d.status().coverage.expect("status carries coverage");
+    assert!(cov.calls_seen >= 2 && cov.calls_observed_only == 0 && cov.governed_percent == Some(100.0), "{cov:?}");
 }
 
 #[test]
