@@ -679,11 +679,7 @@ impl Session {
         let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
         let others = poison::OtherTools::new(&names);
         let settings = gov.policy.inspect();
-        let min = match settings.poisoning_min_severity {
-            mcpwatch_policy::MinSeverity::Low => Severity::Low,
-            mcpwatch_policy::MinSeverity::Medium => Severity::Medium,
-            mcpwatch_policy::MinSeverity::High => Severity::High,
-        };
+        let min = crate::inventory::poison_floor(settings.poisoning_min_severity);
         let mut sights = Vec::new();
         let mut hide: Vec<(String, String)> = Vec::new();
         for t in tools {

@@ -48,6 +48,16 @@ pub struct ToolSight {
 
 /// Sights of the tools of a `tools/list` result, each poisoning-scanned against
 /// the others, and the tools at or above `min` severity with their score.
+/// The poisoning severity from which a policy acts (`[inspect] poisoning_min_severity`).
+pub fn poison_floor(min: mcpwatch_policy::MinSeverity) -> mcpwatch_inspect::poison::Severity {
+    use mcpwatch_inspect::poison::Severity;
+    match min {
+        mcpwatch_policy::MinSeverity::Low => Severity::Low,
+        mcpwatch_policy::MinSeverity::Medium => Severity::Medium,
+        mcpwatch_policy::MinSeverity::High => Severity::High,
+    }
+}
+
 pub fn tool_sights(tools: &[serde_json::Value], min: mcpwatch_inspect::poison::Severity) -> (Vec<ToolSight>, Vec<(String, u32)>) {
     use serde_json::Value;
     let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();

@@ -229,3 +229,43 @@ pub fn http_response_complete(buf: &[u8]) -> bool {
     }
     head.contains("content-length:") && http_request_complete(buf)
 }
+
+/// One TCP socket a process holds an fd for: its remote port and kernel state
+/// (`/proc/net/tcp` numbering: 0x01 ESTABLISHED, 0x08 CLOSE-WAIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSock {
+    pub remote_port: u16,
+    pub state: u8,
+}
+
+pub const TCP_ESTABLISHED: u8 = 0x01;
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// The TCP sockets `pid` holds open, from `/proc/<pid>/net/tcp{,6}` joined to its fds.
+pub fn tcp_sockets(pid: u32) -> Vec<TcpSock> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                let t = target.to_string_lossy();
+                if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    inodes.insert(ino.to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || !inodes.contains(f[9]) {
+                continue;
+            }
+            let remote_port = f[2].rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()).unwrap_or(0);
+            let state = u8::from_str_radix(f[3], 16).unwrap_or(0);
+            out.push(TcpSock { remote_port, state });
+        }
+    }
+    out
+}

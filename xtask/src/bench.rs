@@ -242,47 +242,41 @@ fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
     let dir = env.scratch.join("nginx");
     std::fs::create_dir_all(&dir).context("creating the nginx scratch dir")?;
     let addr = free_loopback_addr()?;
+    let upstream = format!("upstream backend {{ server {}; keepalive 32; }}", env.backend);
+    let server = format!(
+        "server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://backend;\n\
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n\
+         proxy_buffering off;\n    }}\n  }}"
+    );
+    let guard = spawn_nginx(&nginx, &dir, &upstream, &server, addr, "nginx")?;
+    Ok(Started::Ready {
+        addr,
+        guard: Some(guard),
+    })
+}
+
+/// Start nginx from `dir` as one process (master_process off, so stopping it by PID stops
+/// everything) with `upstream` and `server` blocks inside a bench `http {}` block, and
+/// wait until it listens on `addr`.
+fn spawn_nginx(nginx: &Path, dir: &Path, upstream: &str, server: &str, addr: SocketAddr, what: &'static str) -> anyhow::Result<ChildGuard> {
     let d = dir.display();
-    // One process (master_process off) so stopping it by PID stops everything.
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         upstream backend {{ server {backend}; keepalive 32; }}\n\
-         server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://backend;\n\
-         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n\
-         proxy_buffering off;\n    }}\n  }}\n}}\n",
-        backend = env.backend,
+         {upstream}\n  {server}\n}}\n"
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
-    let mut cmd = Command::new(&nginx);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-c")
-        .arg(&conf_path);
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf_path);
     step(format!("$ {}", util::describe(&cmd)));
-    let child = cmd
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", nginx.display()))?;
-    let guard = ChildGuard {
-        child,
-        what: "nginx",
-    };
-    wait_listening(addr, Duration::from_secs(10)).with_context(|| {
-        format!(
-            "nginx did not listen; see {}",
-            dir.join("error.log").display()
-        )
-    })?;
-    Ok(Started::Ready {
-        addr,
-        guard: Some(guard),
-    })
+    let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {}", nginx.display()))?;
+    let guard = ChildGuard { child, what };
+    wait_listening(addr, Duration::from_secs(10))
+        .with_context(|| format!("nginx did not listen; see {}", dir.join("error.log").display()))?;
+    Ok(guard)
 }
 
 fn free_loopback_addr() -> anyhow::Result<SocketAddr> {

@@ -264,31 +264,16 @@ fn start_nginx_tls(
     let ca = rustls_pemfile_cert(&ca_pem)?;
     let addr = super::free_loopback_addr()?;
     let d = dir.display();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         upstream backend_tls {{ server {front}; keepalive 32; }}\n\
-         server {{\n    listen {addr} ssl;\n    ssl_certificate {d}/leaf.pem;\n    ssl_certificate_key {d}/leaf.key;\n\
+    let upstream = format!("upstream backend_tls {{ server {front}; keepalive 32; }}");
+    let server = format!(
+        "server {{\n    listen {addr} ssl;\n    ssl_certificate {d}/leaf.pem;\n    ssl_certificate_key {d}/leaf.key;\n\
          ssl_protocols TLSv1.3;\n    location / {{\n      proxy_pass https://backend_tls;\n\
          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n\
          proxy_buffering off;\n      proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {ca};\n\
-         proxy_ssl_name {HOST};\n      proxy_ssl_server_name on;\n      proxy_ssl_protocols TLSv1.3;\n    }}\n  }}\n}}\n",
+         proxy_ssl_name {HOST};\n      proxy_ssl_server_name on;\n      proxy_ssl_protocols TLSv1.3;\n    }}\n  }}",
         ca = upstream_ca.display(),
     );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
-    let mut cmd = std::process::Command::new(&nginx);
-    cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf_path);
-    step(format!("$ {}", crate::util::describe(&cmd)));
-    let child = cmd
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", nginx.display()))?;
-    let guard = super::ChildGuard { child, what: "nginx (TLS)" };
-    super::wait_listening(addr, Duration::from_secs(10))
-        .with_context(|| format!("nginx did not listen; see {}", dir.join("error.log").display()))?;
+    let guard = super::spawn_nginx(&nginx, dir, &upstream, &server, addr, "nginx (TLS)")?;
     Ok(Some((guard, addr, ca)))
 }
 

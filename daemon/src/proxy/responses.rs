@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::body::{self, Body, End, Transform, Transformer};
 use super::exchange::{add_findings, complete_with, write_closed, finish, http_failure, is_json, is_sse, Scope, CODE_CONTENT_BLOCKED, H_SESSION, S2C};
 use crate::governance::Loaded;
-use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting, ToolSight};
+use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting};
 use crate::session::{IdFate, LegacyRoute, Owner, Pending};
 use crate::state::{now_ms, Counters, Shared};
 
@@ -281,25 +281,8 @@ impl StreamObserver {
     /// Pin, scan and filter a `tools/list` result.
     fn govern_tools_list(&mut self, p: &mut Pending, value: &mut Value, enforce: bool) -> bool {
         let Some(tools) = value.pointer("/result/tools").and_then(Value::as_array) else { return false };
-        let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
-        let others = mcpwatch_inspect::poison::OtherTools::new(&names);
         let settings = self.gov.policy.inspect();
-        let min = match settings.poisoning_min_severity {
-            mcpwatch_policy::MinSeverity::Low => mcpwatch_inspect::poison::Severity::Low,
-            mcpwatch_policy::MinSeverity::Medium => mcpwatch_inspect::poison::Severity::Medium,
-            mcpwatch_policy::MinSeverity::High => mcpwatch_inspect::poison::Severity::High,
-        };
-        let mut sights = Vec::new();
-        let mut poisoned: Vec<(String, u32)> = Vec::new();
-        for t in tools {
-            let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
-            let r = mcpwatch_inspect::poison::scan_tool_with(t, &others);
-            let severity = (r.severity > mcpwatch_inspect::poison::Severity::None).then(|| format!("{:?}", r.severity).to_lowercase());
-            if r.severity >= min {
-                poisoned.push((name.to_string(), r.score));
-            }
-            sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
-        }
+        let (sights, poisoned) = crate::inventory::tool_sights(tools, crate::inventory::poison_floor(settings.poisoning_min_severity));
         let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
         let outcomes = self.shared.inventory.observe_tools(&self.scope.endpoint, &sights, p.first_page, last_page, now_ms());
 

@@ -205,11 +205,7 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
             if id.wrapped {
                 return;
             }
-            let min = match shared.governance.current().policy.inspect().poisoning_min_severity {
-                mcpwatch_policy::MinSeverity::Low => mcpwatch_inspect::poison::Severity::Low,
-                mcpwatch_policy::MinSeverity::Medium => mcpwatch_inspect::poison::Severity::Medium,
-                mcpwatch_policy::MinSeverity::High => mcpwatch_inspect::poison::Severity::High,
-            };
+            let min = crate::inventory::poison_floor(shared.governance.current().policy.inspect().poisoning_min_severity);
             let (sights, poisoned) = crate::inventory::tool_sights(&tools, min);
             for (name, outcome) in inv.observe_tools(&id.endpoint, &sights, first_page, last_page, now) {
                 if let PinOutcome::Changed(diff) = outcome {

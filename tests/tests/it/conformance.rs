@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mcpwatch_tests::daemon::DaemonOpts;
-use mcpwatch_tests::harness::Watched;
+use mcpwatch_tests::harness::{TCP_CLOSE_WAIT, TCP_ESTABLISHED, Watched, tcp_sockets};
 use mcpwatch_tests::peers::{everything_server, move_into_cgroup, repo_root};
 
 /// Per scenario: (checks passed, checks failed).
@@ -78,38 +78,6 @@ fn run_suite(url: &str, cgroup: Option<&Path>) -> (Results, String) {
     (parse(&text), text)
 }
 
-/// The daemon's TCP sockets: (state, remote port) per socket it holds, from
-/// /proc/<pid>/net/tcp{,6} joined to its open file descriptors.
-fn daemon_sockets(pid: u32) -> Vec<(u8, u16)> {
-    let mut inodes = std::collections::HashSet::new();
-    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                let t = target.to_string_lossy();
-                if let Some(i) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                    inodes.insert(i.to_string());
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || !inodes.contains(f[9]) {
-                continue;
-            }
-            let remote_port = f[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()).unwrap_or(0);
-            let state = u8::from_str_radix(f[3], 16).unwrap_or(0);
-            out.push((state, remote_port));
-        }
-    }
-    out
-}
-
-const ESTABLISHED: u8 = 0x01;
-const CLOSE_WAIT: u8 = 0x08;
 
 #[test]
 fn conformance_results_are_the_same_direct_and_through_mcpwatchd_and_no_connection_lingers() {
@@ -152,9 +120,9 @@ fn conformance_results_are_the_same_direct_and_through_mcpwatchd_and_no_connecti
     let port = server.addr().port();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let socks = daemon_sockets(w.daemon.pid());
-        let close_wait = socks.iter().filter(|(s, _)| *s == CLOSE_WAIT).count();
-        let upstream = socks.iter().filter(|(s, p)| *s == ESTABLISHED && *p == port).count();
+        let socks = tcp_sockets(w.daemon.pid());
+        let close_wait = socks.iter().filter(|s| s.state == TCP_CLOSE_WAIT).count();
+        let upstream = socks.iter().filter(|s| s.state == TCP_ESTABLISHED && s.remote_port == port).count();
         if close_wait == 0 && upstream == 0 {
             break;
         }

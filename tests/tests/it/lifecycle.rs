@@ -7,52 +7,13 @@
 //! client process is killed by its PID). The daemon's sockets are read from
 //! `/proc/<pid>/fd` joined to `/proc/<pid>/net/tcp{,6}`.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcpwatch_tests::harness::Watched;
+use mcpwatch_tests::harness::{TCP_CLOSE_WAIT, TcpSock, Watched, tcp_sockets};
 use mcpwatch_tests::peers;
 
-/// TCP state CLOSE_WAIT in /proc/net/tcp.
-const CLOSE_WAIT: u8 = 0x08;
-
-/// One TCP socket the daemon holds an fd for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Sock {
-    remote_port: u16,
-    state: u8,
-}
-
-/// The TCP sockets `pid` holds open (by fd), with their remote port and state.
-fn daemon_sockets(pid: u32) -> Vec<Sock> {
-    let mut inodes = HashSet::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for e in dir.flatten() {
-            if let Ok(target) = std::fs::read_link(e.path()) {
-                let t = target.to_string_lossy();
-                if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-                    inodes.insert(ino.to_string());
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || !inodes.contains(f[9]) {
-                continue;
-            }
-            let remote_port = f[2].rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()).unwrap_or(0);
-            let state = u8::from_str_radix(f[3], 16).unwrap_or(0);
-            out.push(Sock { remote_port, state });
-        }
-    }
-    out
-}
 
 /// A raw-socket client in the cgroup: initializes sessions, opens GET SSE streams and a POST
 /// whose SSE answer it abandons, prints `ready` and then waits to be killed.
@@ -120,8 +81,8 @@ fn abandoned_sse_streams_close_both_sides() {
     }
 
     // The streams go through the daemon: it holds upstream connections for them.
-    let upstream = |socks: &[Sock]| socks.iter().filter(|s| s.remote_port == port).count();
-    let before = daemon_sockets(pid);
+    let upstream = |socks: &[TcpSock]| socks.iter().filter(|s| s.remote_port == port).count();
+    let before = tcp_sockets(pid);
     assert!(upstream(&before) >= 3, "the daemon relays the GET streams: {before:?}");
 
     // The client vanishes (its sockets close with it).
@@ -131,8 +92,8 @@ fn abandoned_sse_streams_close_both_sides() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last;
     loop {
-        last = daemon_sockets(pid);
-        let close_wait = last.iter().filter(|s| s.state == CLOSE_WAIT).count();
+        last = tcp_sockets(pid);
+        let close_wait = last.iter().filter(|s| s.state == TCP_CLOSE_WAIT).count();
         if close_wait == 0 && upstream(&last) == 0 {
             break;
         }
