@@ -109,6 +109,24 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// `Audit`, handing each part of the answer to `f` as it arrives (a large answer comes
+    /// as `AuditPart`s, then `Audit`).
+    pub fn audit(path: &Path, filter: mcpwatch_api::AuditFilter, mut f: impl FnMut(Vec<mcpwatch_api::AuditRecord>) -> Result<()>) -> Result<()> {
+        let mut conn = Conn::connect(path, false)?;
+        conn.send(&Request::Audit { filter })?;
+        loop {
+            match conn.next()? {
+                Some(Response::AuditPart { records }) => f(records)?,
+                Some(Response::Audit { records }) => return f(records),
+                Some(Response::Error { message }) => return Err(daemon_error(&message)),
+                Some(other) => bail!("mcpwatchd answered audit with {other:?}"),
+                None => bail!("mcpwatchd at {} closed the connection in the middle of an audit answer", path.display()),
+            }
+        }
+    }
+}
+
 pub fn daemon_error(message: &str) -> anyhow::Error {
     anyhow!("mcpwatchd: {}", crate::table::sanitize_lines(message))
 }

@@ -96,7 +96,7 @@ pub fn follow(
 fn stream(conn: &mut Conn, seen: &mut Seen, print: &mut impl FnMut(&[AuditRecord]) -> Result<()>) -> Result<String> {
     loop {
         let batch = match conn.next() {
-            Ok(Some(Response::Audit { records })) => records,
+            Ok(Some(Response::Audit { records } | Response::AuditPart { records })) => records,
             Ok(Some(Response::Record { record })) => vec![record],
             Ok(Some(Response::Error { message })) => return Err(daemon_error(&message)),
             Ok(Some(other)) => return Err(crate::unexpected("audit --follow", &other)),

@@ -310,16 +310,25 @@ fn audit(socket: &Path, args: &AuditArgs, out: &mut dyn Write) -> Result<()> {
     let mut printer = RecordPrinter::new(args.json);
 
     if !args.follow {
-        let records = match Conn::call(socket, &Request::Audit { filter })? {
-            Response::Audit { records } => records,
-            other => return Err(unexpected("audit", &other)),
-        };
-        if records.is_empty() && !args.json {
+        // Printed part by part as the daemon sends them: a full dump never sits in memory
+        // (only `--session`, whose taint chain needs every record, keeps them).
+        let mut printed = 0usize;
+        let mut kept = Vec::new();
+        Conn::audit(socket, filter, |records| {
+            printed += records.len();
+            if !records.is_empty() {
+                printer.batch(&records, out)?;
+            }
+            if args.session.is_some() {
+                kept.extend(records);
+            }
+            Ok(())
+        })?;
+        if printed == 0 && !args.json {
             return emit(out, &format!("{}\n", view::EMPTY_AUDIT));
         }
-        printer.batch(&records, out)?;
         if args.session.is_some() && !args.json {
-            emit(out, &view::taint_chain(&records))?;
+            emit(out, &view::taint_chain(&kept))?;
         }
         return Ok(());
     }
@@ -389,6 +398,7 @@ fn unexpected(request: &str, resp: &Response) -> anyhow::Error {
         Response::Status(_) => "status",
         Response::List { .. } => "list",
         Response::Audit { .. } => "audit",
+        Response::AuditPart { .. } => "audit part",
         Response::Record { .. } => "record",
         Response::Pending { .. } => "pending",
         Response::Done { .. } => "done",

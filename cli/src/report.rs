@@ -16,14 +16,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mcpwatch_api::{AuditFilter, AuditRecord, Request, Response, ServerEntry};
+use mcpwatch_api::{AuditFilter, AuditRecord, ServerEntry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::client::Conn;
 use crate::list::{self, ConfigEntry, INVENTORY_KIND, InvServer, Inventory, Standing};
 use crate::table::sanitize;
-use crate::{emit, now_ms, unexpected};
+use crate::{emit, now_ms};
 
 /// Most tools drawn per server in the chart (the rest are summed up in the caption).
 const CHART_TOOLS: usize = 15;
@@ -245,10 +245,12 @@ fn audit_lists(records: Vec<AuditRecord>) -> (Vec<AuditRecord>, Vec<AuditRecord>
 }
 
 fn audit_call(socket: &Path, filter: AuditFilter) -> Result<Vec<AuditRecord>> {
-    match Conn::call(socket, &Request::Audit { filter })? {
-        Response::Audit { records } => Ok(records),
-        other => Err(unexpected("audit", &other)),
-    }
+    let mut all = Vec::new();
+    Conn::audit(socket, filter, |records| {
+        all.extend(records);
+        Ok(())
+    })?;
+    Ok(all)
 }
 
 fn gather(socket: &Path, args: &ReportArgs) -> Result<ReportData> {

@@ -679,3 +679,21 @@ fn audit_verify_exits_1_naming_the_first_tampered_record_and_0_when_intact() {
     assert!(text.contains("record 00000001700000000000000001 was removed") && text.contains("00000001700000000000000002 was changed"), "{text}");
     assert!(stderr(&out).contains("first at 00000001700000000000000001"), "{}", stderr(&out));
 }
+
+#[test]
+fn audit_answers_in_parts_are_printed_whole_and_in_order() {
+    // A large answer comes as AuditPart lines, then Audit: every record is printed once.
+    let records: Vec<AuditRecord> = (0..5).map(record).collect();
+    let fake = Fake::responses(vec![
+        Response::AuditPart { records: records[..2].to_vec() },
+        Response::AuditPart { records: records[2..4].to_vec() },
+        Response::Audit { records: records[4..].to_vec() },
+    ]);
+    let out = mcpwatch(&fake.path, &["audit", "--json", "--limit", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<AuditRecord>(l).expect("NDJSON record").id)
+        .collect();
+    assert_eq!(ids, records.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+}

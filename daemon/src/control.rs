@@ -221,7 +221,16 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             send(&mut w, &resp).await
         }
         Request::Audit { filter } => match shared.store.query(&filter) {
-            Ok(records) => send(&mut w, &Response::Audit { records }).await,
+            Ok(mut records) => {
+                // In parts: one line per AUDIT_PART records, so an answer of any size stays
+                // within the wire's line bound.
+                while records.len() > AUDIT_PART {
+                    let rest = records.split_off(AUDIT_PART);
+                    send(&mut w, &Response::AuditPart { records }).await?;
+                    records = rest;
+                }
+                send(&mut w, &Response::Audit { records }).await
+            }
             Err(e) => send(&mut w, &Response::Error { message: format!("audit store: {e}") }).await,
         },
         Request::AuditFollow { filter } => {
@@ -249,6 +258,9 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// Records per `AuditPart` line.
+pub const AUDIT_PART: usize = 2_000;
 
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> io::Result<()> {
     let line = mcpwatch_api::wire::encode(resp).map_err(io::Error::other)?;

@@ -161,9 +161,20 @@ impl Daemon {
         let line = mcpwatch_api::wire::encode(req).map_err(std::io::Error::other)?;
         s.write_all(&line)?;
         let mut r = BufReader::new(s);
-        let mut buf = String::new();
-        r.read_line(&mut buf)?;
-        mcpwatch_api::wire::decode(buf.as_bytes()).map_err(std::io::Error::other)
+        // A large audit answer comes in parts (`AuditPart`s, then `Audit`): merged here.
+        let mut parts: Vec<mcpwatch_api::AuditRecord> = Vec::new();
+        loop {
+            let mut buf = String::new();
+            r.read_line(&mut buf)?;
+            match mcpwatch_api::wire::decode(buf.as_bytes()).map_err(std::io::Error::other)? {
+                Response::AuditPart { records } => parts.extend(records),
+                Response::Audit { records } if !parts.is_empty() => {
+                    parts.extend(records);
+                    return Ok(Response::Audit { records: parts });
+                }
+                other => return Ok(other),
+            }
+        }
     }
 
     pub fn request(&self, req: &Request) -> Response {

@@ -82,7 +82,11 @@ pub enum Request {
 pub enum Response {
     Status(Status),
     List { servers: Vec<ServerEntry> },
+    /// The answer to `Audit` (the last part of it, when it came in parts).
     Audit { records: Vec<AuditRecord> },
+    /// One part of a large `Audit` answer: more parts follow, then `Audit` with the last
+    /// records. Keeps every line bounded however many records match.
+    AuditPart { records: Vec<AuditRecord> },
     Record { record: AuditRecord },
     Pending { calls: Vec<HeldCall> },
     Done { message: String },
