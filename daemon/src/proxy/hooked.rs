@@ -17,6 +17,10 @@ pub trait ReadHook {
     fn before_read<S: AsyncWrite + Unpin>(&mut self, _inner: Pin<&mut S>, _cx: &mut Context<'_>) {}
     /// After a read that returned bytes.
     fn on_read(&mut self, _bytes: &[u8]) {}
+    /// After a write that took `n > 0` bytes.
+    fn on_write(&mut self, _n: usize) {}
+    /// After a flush that completed.
+    fn on_flush(&mut self) {}
 }
 
 /// A stream with a [`ReadHook`]; writes go straight to the inner stream.
@@ -51,13 +55,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: ReadHook + Unpin> AsyncRead for Hooke
     }
 }
 
-impl<S: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Hooked<S, H> {
+impl<S: AsyncWrite + Unpin, H: ReadHook + Unpin> AsyncWrite for Hooked<S, H> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &res
+            && *n > 0
+        {
+            this.hook.on_write(*n);
+        }
+        res
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &res
+            && *n > 0
+        {
+            this.hook.on_write(*n);
+        }
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -65,7 +83,12 @@ impl<S: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Hooked<S, H> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = &res {
+            this.hook.on_flush();
+        }
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

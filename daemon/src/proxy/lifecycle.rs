@@ -141,21 +141,37 @@ pub type FinIo<T> = Hooked<T, FinHook>;
 
 /// Build a [`FinIo`].
 pub fn fin_io<T>(inner: T, signal: Arc<FinSignal>) -> FinIo<T> {
-    Hooked::new(inner, FinHook { signal, shut: false })
+    Hooked::new(inner, FinHook { signal, shut: false, wrote: false, flushed: false })
 }
 
 /// The [`ReadHook`] of a [`FinIo`].
 pub struct FinHook {
     signal: Arc<FinSignal>,
     shut: bool,
+    /// A request has been written to this upstream stream ...
+    wrote: bool,
+    /// ... and flushed since its last write: nothing of the client's is in flight here.
+    flushed: bool,
 }
 
 impl ReadHook for FinHook {
+    fn on_write(&mut self, _n: usize) {
+        self.wrote = true;
+        self.flushed = false;
+    }
+
+    fn on_flush(&mut self) {
+        self.flushed = true;
+    }
+
     fn before_read<S: AsyncWrite + Unpin>(&mut self, inner: Pin<&mut S>, cx: &mut Context<'_>) {
         if self.shut {
             return;
         }
-        if !self.signal.requested() {
+        // The client's FIN is passed on only once what it sent before it has left: a
+        // client that half-closes right after its request (`nc -N`, a raw socket) must
+        // not have the request cut off. Until then the next read poll checks again.
+        if !self.signal.requested() || !self.wrote || !self.flushed {
             self.signal.register(cx.waker());
             return;
         }
@@ -191,10 +207,20 @@ mod tests {
         client.shutdown().await.expect("client FIN");
         tokio::time::timeout(Duration::from_secs(5), watch_client(served.as_raw_fd())).await.expect("FIN seen");
         signals.request_all();
-        // The upstream driver polls for reads: that is where the FIN goes out.
+        // Nothing of the client's has been forwarded yet: the FIN waits for it (a client
+        // that half-closes right after its request must not have it cut off).
+        let mut probe = [0u8; 1];
+        assert!(tokio::time::timeout(Duration::from_millis(300), up.read(&mut probe)).await.is_err(), "no EOF, no data yet");
+        let mut sbuf = [0u8; 8];
+        assert!(tokio::time::timeout(Duration::from_millis(300), server.read(&mut sbuf)).await.is_err(), "the server must not see EOF before the request");
+        // The request is forwarded and flushed; the upstream driver polls for reads: that is
+        // where the FIN goes out, after the request.
+        up.write_all(b"req").await.expect("forward");
+        up.flush().await.expect("flush");
         let mut buf = [0u8; 8];
         let read = tokio::spawn(async move { up.read(&mut buf).await.map(|n| (n, up)) });
-        let mut sbuf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut sbuf)).await.expect("request").expect("read");
+        assert_eq!(&sbuf[..n], b"req", "the request arrives whole");
         let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut sbuf)).await.expect("server sees EOF").expect("read");
         assert_eq!(n, 0, "the server saw the client's FIN");
         // A server that honours half-close can still answer.
