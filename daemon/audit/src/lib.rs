@@ -59,6 +59,9 @@ const SINCE_SEEK_SLACK_MS: u64 = 60_000;
 const MAX_PRUNE_SLACK: u64 = 4_096;
 /// sled's page cache; its default (1 GiB) is far too much for a host daemon.
 const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+/// How often (50 ms apart) opening waits for sled's lock held by this process's previous,
+/// still closing store.
+const SLED_LOCK_RETRIES: u32 = 60;
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 
@@ -219,22 +222,30 @@ impl Store {
         let lock = acquire_lock(dir)?;
 
         let db_path = dir.join(DB_DIR_NAME);
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .flush_every_ms(opts.flush_every_ms)
-            .open()
-            .map_err(|e| match e {
-                // Our own lock should make this unreachable, but a process that bypassed
-                // it (an older build) still gets the clear message.
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        dir: dir.to_path_buf(),
-                        holder: None,
-                    }
+        let open_db = || {
+            sled::Config::new()
+                .path(&db_path)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .flush_every_ms(opts.flush_every_ms)
+                .open()
+        };
+        let sled_locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+        // We hold our own lock, so sled's lock can only be held by a store of this process
+        // that is still shutting down (sled's flusher and our checkpoint thread release the
+        // database a moment after the last handle drops): wait for it, bounded.
+        let mut attempt = 0;
+        let db = loop {
+            match open_db() {
+                Err(e) if sled_locked(&e) && attempt < SLED_LOCK_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                other => StoreError::Db(other),
-            })?;
+                // A process that bypassed our lock (an older build) gets the clear message.
+                Err(e) if sled_locked(&e) => return Err(StoreError::Locked { dir: dir.to_path_buf(), holder: None }),
+                Err(e) => return Err(StoreError::Db(e)),
+                Ok(db) => break db,
+            }
+        };
 
         let meta = db.open_tree("meta")?;
         check_layout(&meta, dir)?;
