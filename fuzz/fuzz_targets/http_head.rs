@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
 
 /// Reads `data` through [`LoggedIo`] as the daemon's HTTP server would, in 4 KiB reads.
 fn read_all(data: &[u8], log: &HeadLog) {
-    let mut io = LoggedIo::new(data, log.clone());
+    // A cursor: the wrapper's streams are read-write (it may shut the write side).
+    let mut io = LoggedIo::new(std::io::Cursor::new(data.to_vec()), log.clone());
     let mut cx = Context::from_waker(Waker::noop());
     let mut chunk = [0u8; 4096];
     loop {
