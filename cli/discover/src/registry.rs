@@ -23,53 +23,41 @@ pub(crate) fn status(policy: Option<&Policy>, url_raw: Option<&str>, command: Op
     let Some(raw) = url_raw else {
         return stdio_status(policy, command, args);
     };
-    let Some(u) = url::parse(raw) else {
-        return Registry::Shadow {
-            reason: "URL could not be parsed".into(),
-        };
-    };
-    // The endpoint key the proxy would build: scheme://host:port/path (no query, no user-info).
-    let host = if u.host.contains(':') {
-        format!("[{}]", u.host)
-    } else {
-        u.host.to_ascii_lowercase()
-    };
-    let endpoint = format!(
-        "{}://{}:{}{}",
-        u.scheme.to_ascii_lowercase(),
-        host,
-        u.port,
-        u.path
-    );
-    let target = Target {
-        endpoint: &endpoint,
-        host: u.host,
-        port: u.port,
-        path: u.path,
-    };
-    if let Some(g) = policy.bypassed_gateway(&target) {
-        return Registry::Bypass {
-            gateway: g.name.clone(),
-            reason: format!("{} is fronted by gateway `{}` but is reached directly", u.host, g.name),
-        };
-    }
-    match policy.server_for(&target) {
-        Some(def) => Registry::Registered {
-            name: def.name.clone(),
-        },
-        None => Registry::Shadow {
-            reason: format!("no [[server]] entry matches {}:{}", u.host, u.port),
-        },
-    }
+    with_target(raw, |policy_target, host, port| {
+        if let Some(g) = policy.bypassed_gateway(policy_target) {
+            return Registry::Bypass {
+                gateway: g.name.clone(),
+                reason: format!("{host} is fronted by gateway `{}` but is reached directly", g.name),
+            };
+        }
+        match policy.server_for(policy_target) {
+            Some(def) => Registry::Registered {
+                name: def.name.clone(),
+            },
+            None => Registry::Shadow {
+                reason: format!("no [[server]] entry matches {host}:{port}"),
+            },
+        }
+    })
+    .unwrap_or_else(|| Registry::Shadow {
+        reason: "URL could not be parsed".into(),
+    })
 }
 
 /// The `[[gateway]]` a direct call to `url_raw` goes around, if any.
 pub fn bypassed_gateway(policy: &Policy, url_raw: &str) -> Option<String> {
-    let u = url::parse(url_raw)?;
+    with_target(url_raw, |t, _, _| policy.bypassed_gateway(t).map(|g| g.name.clone())).flatten()
+}
+
+/// Run `f` on the policy target the proxy would build for `raw` (endpoint key
+/// scheme://host:port/path, no query, no user-info), with the URL's host and port;
+/// `None` when the URL does not parse.
+fn with_target<R>(raw: &str, f: impl FnOnce(&Target<'_>, &str, u16) -> R) -> Option<R> {
+    let u = url::parse(raw)?;
     let host = if u.host.contains(':') { format!("[{}]", u.host) } else { u.host.to_ascii_lowercase() };
     let endpoint = format!("{}://{}:{}{}", u.scheme.to_ascii_lowercase(), host, u.port, u.path);
     let target = Target { endpoint: &endpoint, host: u.host, port: u.port, path: u.path };
-    policy.bypassed_gateway(&target).map(|g| g.name.clone())
+    Some(f(&target, u.host, u.port))
 }
 
 fn stdio_status(policy: &Policy, command: Option<&str>, args: &[String]) -> Registry {
