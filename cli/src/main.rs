@@ -131,7 +131,7 @@ struct AuditArgs {
     tool: Option<String>,
     /// Only calls with this policy decision: deny, allow, require_approval, rate_limit,
     /// or what happened: block, forward, hold.
-    #[arg(long, value_name = "D", value_parser = clap::builder::PossibleValuesParser::new(DECISIONS))]
+    #[arg(long, value_name = "D", value_parser = clap::builder::PossibleValuesParser::new(mcpwatch_api::DECISION_WORDS))]
     decision: Option<String>,
     /// Only one agent session: an MCP session id, or a flow session key
     /// (`ENDPOINT#SESSION`); the text output ends with the session's taint chain.
@@ -145,8 +145,6 @@ struct AuditArgs {
     json: bool,
 }
 
-/// What `--decision` can match: the policy's actions, then what happened to the call.
-const DECISIONS: [&str; 7] = ["allow", "deny", "require_approval", "rate_limit", "block", "forward", "hold"];
 
 #[derive(Debug, Subcommand)]
 enum AuditAction {

@@ -229,7 +229,7 @@ fn combine(a: &mut Inventory, b: Inventory) {
 fn audit_lists(records: Vec<AuditRecord>) -> (Vec<AuditRecord>, Vec<AuditRecord>) {
     let denied: Vec<AuditRecord> = records
         .iter()
-        .filter(|r| r.decision.as_ref().is_some_and(|d| d.action == "deny"))
+        .filter(|r| r.decision.as_ref().is_some_and(|d| d.action == mcpwatch_api::ActionKind::Deny))
         .cloned()
         .collect();
     let redacted: Vec<AuditRecord> = records
@@ -323,7 +323,7 @@ fn gather(socket: &Path, args: &ReportArgs) -> Result<ReportData> {
                     },
                 )?
                 .into_iter()
-                .filter(|x| x.decision.as_ref().is_none_or(|d| d.action != "deny")),
+                .filter(|x| x.decision.as_ref().is_none_or(|d| d.action != mcpwatch_api::ActionKind::Deny)),
             );
             Some(r)
         } else {
@@ -830,8 +830,8 @@ pub fn html(d: &ReportData) -> String {
                 "<code>{}</code> {} <span class=\"muted\">({}, {})</span>",
                 esc(&dec.rules.join(", ")),
                 esc(&dec.reason),
-                esc(&dec.mode),
-                esc(&dec.effective)
+                esc(dec.mode.as_str()),
+                esc(dec.effective.as_str())
             )
         });
     }

@@ -72,7 +72,7 @@ pub fn audit_row(r: &AuditRecord, now_ms: u64, time_only: bool) -> Vec<String> {
 fn decision(r: &AuditRecord) -> String {
     let mut parts = Vec::new();
     if let Some(d) = &r.decision {
-        if d.action != "allow" || d.effective != "forward" {
+        if d.action != mcpwatch_api::ActionKind::Allow || d.effective != mcpwatch_api::Effect::Forward {
             let rule = d.rules.first().map(|x| format!(" ({x})")).unwrap_or_default();
             let what = match (d.action.as_str(), d.effective.as_str()) {
                 (a, "forward") => format!("{a}→forwarded"),
@@ -330,8 +330,8 @@ mod tests {
                 name: Some("public_post\x1b[2J".into()),
                 flow: Some(flow(true, false, &["public_sink"])),
                 decision: Some(DecisionView {
-                    action: "require_approval".into(),
-                    effective: "hold".into(),
+                    action: mcpwatch_api::ActionKind::RequireApproval,
+                    effective: mcpwatch_api::Effect::Hold,
                     rules: vec!["flow:leak".into()],
                     reason: "flow rule `leak`".into(),
                     ..Default::default()

@@ -153,7 +153,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
         Request::Status => send(&mut w, &Response::Status(status())).await,
         Request::List => {
             let mut servers = shared.inventory.list();
-            crate::proxy::flows::label_inventory(&shared, &mut servers);
+            crate::govern::flows::label_inventory(&shared, &mut servers);
             send(&mut w, &Response::List { servers }).await
         }
         Request::Pending => send(&mut w, &Response::Pending { calls: shared.approvals.list() }).await,

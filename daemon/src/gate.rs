@@ -21,18 +21,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mcpwatch_api::gate::{GateOp, GateRequest, GateResponse, GateVerdict, MAX_GATE_LINE};
-use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, FailureMode, FindingCount, MessageKind, ProcessInfo};
+use mcpwatch_api::{AuditRecord, CallStatus, FailureMode, MessageKind, ProcessInfo};
 use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
-use mcpwatch_policy::{Call, Effect, Mode, Subject, Target};
+use mcpwatch_policy::Target;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::approvals::Verdict;
 use crate::failure::{self, Failure, OnFailure};
 use crate::governance::Loaded;
-use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting, ToolSight};
-use crate::proxy::exchange::{call_time_pin, PinCheck, CODE_APPROVAL, CODE_CONTENT_BLOCKED, CODE_DENIED, CODE_RATE_LIMITED};
+use crate::inventory::{ServerInfoUpdate, Sighting};
+use crate::govern::{self, Fate, Governed, Judge, Site};
 use crate::state::{now_ms, Counters, Shared};
 
 /// Wrapped servers one uid may run at once (one gate connection each).
@@ -268,6 +267,9 @@ struct Session {
     process: Option<ProcessInfo>,
     wrapper_pid: u32,
     pending: Mutex<crate::session::BoundedMap<String, Pending>>,
+    /// The toxic-flow session: the client process talking to this server, named as the
+    /// proxy names a session-less client, so `[[flow]]` rules judge both transports alike.
+    flow_session: String,
 }
 
 impl Session {
@@ -296,15 +298,24 @@ impl Session {
             None => format!("stdio:{cmdline}"),
         };
         tracing::info!(server = %key, command = %cmdline, wrapper_pid, client = ?process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
-        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: Mutex::new(crate::session::BoundedMap::new(MAX_PENDING)) }
+        let flow_session = match &process {
+            Some(p) => format!("{key}#proc:{}:{}", p.tgid, p.comm),
+            None => format!("{key}#wrapper:{wrapper_pid}"),
+        };
+        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: Mutex::new(crate::session::BoundedMap::new(MAX_PENDING)), flow_session }
     }
 
     fn target(&self) -> Target<'_> {
         Target::stdio(&self.endpoint)
     }
 
+    /// This session as the govern stage sees it.
+    fn site(&self) -> Site<'_> {
+        Site { endpoint: &self.endpoint, target: self.target(), process: self.process.as_ref(), flow_session: &self.flow_session }
+    }
+
     fn enforce(&self, gov: &Loaded) -> bool {
-        gov.inspect_mode(&self.target()) == Mode::Enforce
+        Judge::of(&self.shared, gov).enforce(&self.site())
     }
 
     fn record(&self, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
@@ -401,7 +412,8 @@ impl Session {
         let registry = gov.policy.server_for(&self.target());
         shared.inventory.set_registration(&self.endpoint, registry.map(|s| s.name.clone()), registry.map(|_| "active".to_string()));
         let mut value = msg.to_value();
-        let (fate, modified) = self.govern(gov, msg, &mut value, &mut rec);
+        let site = self.site();
+        let Governed { fate, modified, held } = govern::request(Judge::of(shared, gov), &site, msg, &mut value, &mut rec);
         let audit_failed = shared.begin_record(&rec).is_err();
         let durable = shared.durable().await;
         if (audit_failed || durable.is_err()) && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
@@ -410,9 +422,22 @@ impl Session {
             let text = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
             return GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, text, None).to_string() };
         }
-        let fate = match (&fate, rec.decision.as_ref().map(|d| d.effective.as_str())) {
-            (Fate::Forward, Some("hold")) => self.hold(gov, msg, &mut rec).await,
-            _ => fate,
+        let fate = match fate {
+            Fate::Forward if held => {
+                let fate = govern::hold(Judge::of(shared, gov), &site, msg, &mut rec).await;
+                if matches!(fate, Fate::Forward) {
+                    // The approval is on the record before the call goes.
+                    shared.complete_record(&rec);
+                    if shared.durable().await.is_err() && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
+                        rec.status = CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() };
+                        shared.complete_record(&rec);
+                        let text = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
+                        return GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, text, None).to_string() };
+                    }
+                }
+                fate
+            }
+            fate => fate,
         };
         match fate {
             Fate::Forward => {
@@ -427,7 +452,7 @@ impl Session {
                 }
                 GateVerdict::Forward { line: modified.then(|| value.to_string()) }
             }
-            Fate::Refuse { code, message, data } => {
+            Fate::Refuse { code, message, data, .. } => {
                 rec.status = CallStatus::JsonrpcError { code, message: message.clone() };
                 rec.duration_us = Some(0);
                 rec.notes.push("answered by mcpwatch; not forwarded".into());
@@ -435,144 +460,6 @@ impl Session {
                 GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), code, &message, Some(data)).to_string() }
             }
         }
-    }
-
-    /// Policy, rate limits, call-time pinning and argument inspection for one request
-    /// (the checks `proxy::exchange::govern_request` makes for network calls, minus
-    /// toxic flows). Returns the fate and whether `value` was rewritten.
-    fn govern(&self, gov: &Loaded, msg: &Message, value: &mut Value, rec: &mut AuditRecord) -> (Fate, bool) {
-        let shared = &self.shared;
-        let method = msg.method().unwrap_or_default();
-        let name = msg.target_name();
-        let is_call = matches!(method, "tools/call" | "prompts/get");
-        let arguments = if is_call { msg.arguments() } else { msg.params() };
-        let subject = Subject { process: self.process.as_ref() };
-        let mut d = gov.policy.evaluate(&subject, &self.target(), &Call { method, name, arguments });
-        let rate = shared.governance.apply_rate_limits(now_ms(), &mut d);
-        let enforce = self.enforce(gov);
-
-        let mut extra_block: Option<(i64, String, &'static str)> = None;
-        if method == "tools/call" {
-            let tool = name.and_then(|n| shared.inventory.tool(&self.endpoint, n));
-            if let Some(why) = tool.as_ref().and_then(|t| t.hidden.clone()) {
-                extra_block = Some((CODE_DENIED, format!("tool `{}` is blocked by mcpwatch: {why}", name.unwrap_or_default()), "inspect:tool"));
-            }
-            let pinning = gov.policy.inspect().pinning;
-            match call_time_pin(name.unwrap_or_default(), tool.as_ref(), shared.inventory.has_tool_list(&self.endpoint), pinning) {
-                PinCheck::Pass => {}
-                PinCheck::Note(why) => rec.notes.push(why),
-                PinCheck::Alert(why) => rec.alerts.push(why),
-                PinCheck::Deny { code, why } => {
-                    extra_block.get_or_insert((code, why, "inspect:pin"));
-                }
-            }
-        }
-        let mut modified = false;
-        let mut content_block = false;
-        if let Some(args) = value.pointer_mut(if is_call { "/params/arguments" } else { "/params" }) {
-            let report = gov.inspect(args, enforce);
-            add_findings(rec, &report, "request");
-            if enforce && report.redacted_total() > 0 {
-                modified = true;
-                rec.args_hash = Some(shared.governance.hash_key().hash_json(args));
-                rec.notes.push(format!("arguments redacted before forwarding ({} spans)", report.redacted_total()));
-            }
-            content_block = enforce && report.action == Some(mcpwatch_inspect::Action::Block);
-        }
-        let mut view = DecisionView {
-            action: d.action.label().to_string(),
-            effective: d.effective.as_str().to_string(),
-            mode: d.mode.as_str().to_string(),
-            rules: d.matched_rules.clone(),
-            reason: d.reason.clone(),
-            shadow: d.shadow,
-            approval: None,
-        };
-        if d.shadow && d.alert {
-            rec.alerts.push(format!("shadow MCP server: {} is not in the policy registry", self.endpoint));
-        }
-        let contact = gov.policy.contact().map(str::to_string);
-        let data = |rules: &[String], decision: &str| serde_json::json!({ "mcpwatch": { "decision": decision, "rules": rules, "contact": contact } });
-        let block = |view: &mut DecisionView, rule: &str, reason: String| {
-            view.action = "deny".into();
-            view.effective = "block".into();
-            view.rules.push(rule.to_string());
-            view.reason = reason;
-        };
-        if let Some((code, message, rule)) = extra_block {
-            if enforce {
-                block(&mut view, rule, message.clone());
-                rec.decision = Some(view);
-                return (Fate::Refuse { code, message: format!("mcpwatch: {message}"), data: data(&[rule.to_string()], "deny") }, modified);
-            }
-            rec.alerts.push(message);
-        }
-        if content_block {
-            block(&mut view, "inspect:content", "the arguments contain data the policy blocks".into());
-            rec.decision = Some(view);
-            let message = "mcpwatch: the arguments contain data that must not leave this host (see `mcpwatch audit` for the detector ids)".to_string();
-            return (Fate::Refuse { code: CODE_CONTENT_BLOCKED, message, data: data(&["inspect:content".to_string()], "deny") }, modified);
-        }
-        rec.decision = Some(view);
-        let fate = match d.effective {
-            Effect::Forward | Effect::Hold => Fate::Forward,
-            Effect::Block => match rate {
-                Some(r) if !r.allowed => Fate::Refuse {
-                    code: CODE_RATE_LIMITED,
-                    message: format!("mcpwatch: rate limit reached ({}); retry in {} s", d.matched_rules.join(", "), r.retry_after_ms.div_ceil(1000)),
-                    data: data(&d.matched_rules, "rate_limit"),
-                },
-                _ => Fate::Refuse { code: CODE_DENIED, message: format!("mcpwatch: {}", d.reason), data: data(&d.matched_rules, d.action.label()) },
-            },
-        };
-        (fate, modified)
-    }
-
-    /// Hold a `require_approval` call until `mcpwatch approve` / `deny` or the timeout.
-    async fn hold(&self, gov: &Loaded, msg: &Message, rec: &mut AuditRecord) -> Fate {
-        let timeout = gov.policy.approval_timeout();
-        let mut masked = msg.arguments().cloned();
-        if let Some(a) = masked.as_mut() {
-            let _ = gov.inspector.redact_json(a);
-        }
-        let now = now_ms();
-        let view = mcpwatch_api::HeldCall {
-            id: String::new(),
-            held_since_ms: now,
-            expires_ms: now + timeout.as_millis() as u64,
-            process: self.process.clone(),
-            agent: rec.decision.as_ref().and_then(|d| d.rules.iter().find_map(|r| r.strip_prefix("agent:").map(str::to_string))),
-            server: self.endpoint.clone(),
-            method: msg.method().unwrap_or_default().to_string(),
-            tool: msg.target_name().map(str::to_string),
-            arguments: masked,
-            args_hash: rec.args_hash.clone(),
-            rules: rec.decision.as_ref().map(|d| d.rules.clone()).unwrap_or_default(),
-            reason: rec.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
-        };
-        let (id, rx) = self.shared.approvals.hold(view);
-        tracing::warn!(id = %id, server = %self.endpoint, tool = ?msg.target_name(), "stdio call held for approval: mcpwatch approve {id} / mcpwatch deny {id}");
-        let (outcome, fate) = match self.shared.approvals.wait(&id, rx, timeout).await {
-            Verdict::Approved { by } => (format!("approved by {by} ({id})"), Fate::Forward),
-            Verdict::Denied { by, reason } => {
-                let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-                let data = serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "denied", "id": id } });
-                (format!("denied by {by} ({id}){why}"), Fate::Refuse { code: CODE_APPROVAL, message: format!("mcpwatch: approval denied by {by}{why}"), data })
-            }
-            Verdict::TimedOut => {
-                let data = serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "timed_out", "id": id } });
-                let message = format!("mcpwatch: this call needs a human's approval and none came within {} s", timeout.as_secs());
-                (format!("timed out after {} s ({id})", timeout.as_secs()), Fate::Refuse { code: CODE_APPROVAL, message, data })
-            }
-        };
-        if let Some(d) = rec.decision.as_mut() {
-            d.approval = Some(outcome);
-            d.effective = if matches!(fate, Fate::Forward) { "forward".into() } else { "block".into() };
-        }
-        if matches!(fate, Fate::Forward) {
-            self.shared.complete_record(rec);
-        }
-        fate
     }
 
     /// A server line: answers complete (and may redact) their call's record; an answer
@@ -609,7 +496,7 @@ impl Session {
                 let changed = match &msg {
                     Message::Response { result, .. } => {
                         self.learn(&p.record, result);
-                        self.govern_result(&gov, &mut p.record, &mut value, enforce, p.first_page)
+                        govern::result(Judge::of(shared, &gov), &self.site(), &mut p.record, p.first_page, &mut value)
                     }
                     _ => false,
                 };
@@ -646,88 +533,6 @@ impl Session {
         }
     }
 
-    /// Pin and scan `tools/list`, redact results (enforce). True if `value` changed.
-    fn govern_result(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool, first_page: bool) -> bool {
-        let method = rec.method.clone().unwrap_or_default();
-        if method == "tools/list" {
-            return self.govern_tools_list(gov, rec, value, enforce, first_page);
-        }
-        if matches!(method.as_str(), "initialize" | "server/discover") {
-            return false;
-        }
-        let Some(result) = value.get_mut("result") else { return false };
-        let report = gov.inspect(result, enforce);
-        add_findings(rec, &report, "response");
-        if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
-            let id = value.get("id").cloned().unwrap_or(Value::Null);
-            *value = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": CODE_CONTENT_BLOCKED, "message": "mcpwatch: the result contains data the policy blocks; it was not delivered"}});
-            rec.notes.push("result blocked by inspection".into());
-            return true;
-        }
-        if enforce && report.redacted_total() > 0 {
-            rec.notes.push(format!("result redacted before the client saw it ({} spans)", report.redacted_total()));
-            return true;
-        }
-        false
-    }
-
-    /// Pin every tool definition, scan it for poisoning, strip poisoned tools (enforce,
-    /// `poisoning = "strip"`) and tools this client may not see.
-    fn govern_tools_list(&self, gov: &Loaded, rec: &mut AuditRecord, value: &mut Value, enforce: bool, first_page: bool) -> bool {
-        use mcpwatch_inspect::poison::{self, Severity};
-        let Some(tools) = value.pointer("/result/tools").and_then(Value::as_array) else { return false };
-        let names: Vec<&str> = tools.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
-        let others = poison::OtherTools::new(&names);
-        let settings = gov.policy.inspect();
-        let min = crate::inventory::poison_floor(settings.poisoning_min_severity);
-        let mut sights = Vec::new();
-        let mut hide: Vec<(String, String)> = Vec::new();
-        for t in tools {
-            let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
-            let r = poison::scan_tool_with(t, &others);
-            if r.severity >= min {
-                let alert = format!("tool `{name}` looks poisoned (score {})", r.score);
-                self.shared.inventory.add_alert(&self.endpoint, alert.clone());
-                rec.alerts.push(alert);
-                if settings.poisoning == mcpwatch_policy::PoisonAction::Strip {
-                    hide.push((name.to_string(), format!("poisoned tool definition (score {})", r.score)));
-                }
-            }
-            let severity = (r.severity > Severity::None).then(|| format!("{:?}", r.severity).to_lowercase());
-            sights.push(ToolSight { name: name.to_string(), hash: mcpwatch_inspect::pin::tool_hash(t), def: t.clone(), poisoning: severity });
-        }
-        let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
-        for (name, outcome) in self.shared.inventory.observe_tools(&self.endpoint, &sights, first_page, last_page, now_ms()) {
-            if let PinOutcome::Changed(diff) = outcome {
-                let alert = format!("tool `{name}` changed since it was pinned: {}", diff.first().cloned().unwrap_or_default());
-                self.shared.inventory.add_alert(&self.endpoint, alert.clone());
-                rec.alerts.push(alert);
-                if settings.pinning == mcpwatch_policy::PinAction::Hide {
-                    hide.push((name, "definition changed since it was pinned; `mcpwatch pin accept` to trust it".into()));
-                }
-            }
-        }
-        if !enforce {
-            return false;
-        }
-        let marks: Vec<(String, Option<String>)> =
-            sights.iter().map(|s| (s.name.clone(), hide.iter().find(|(n, _)| *n == s.name).map(|(_, w)| w.clone()))).collect();
-        self.shared.inventory.set_hidden(&self.endpoint, &marks);
-        let subject = Subject { process: self.process.as_ref() };
-        let target = self.target();
-        let Some(list) = value.pointer_mut("/result/tools").and_then(Value::as_array_mut) else { return false };
-        let before = list.len();
-        list.retain(|t| {
-            let Some(name) = t.get("name").and_then(Value::as_str) else { return true };
-            !hide.iter().any(|(n, _)| n == name) && gov.policy.tool_visible(&subject, &target, name)
-        });
-        let removed = before - list.len();
-        if removed > 0 {
-            rec.notes.push(format!("tools/list filtered: {removed} of {before} tools hidden from this client"));
-        }
-        removed > 0
-    }
-
     /// The wrapper went away: calls still waiting for the server end as transport errors.
     fn close(&self) {
         let left = self.pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
@@ -736,20 +541,5 @@ impl Session {
             p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
             self.shared.complete_record(&p.record);
         }
-    }
-}
-
-enum Fate {
-    Forward,
-    Refuse { code: i64, message: String, data: Value },
-}
-
-/// Findings of one inspection into the record (as `proxy::exchange::add_findings`).
-fn add_findings(rec: &mut AuditRecord, report: &mcpwatch_inspect::RedactReport, direction: &str) {
-    for (detector, count) in &report.counts {
-        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "redact".into() });
-    }
-    for (detector, count) in &report.detected_only {
-        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "audit".into() });
     }
 }

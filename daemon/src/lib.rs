@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod failure;
 pub mod gate;
+pub mod govern;
 pub mod governance;
 pub mod inventory;
 pub mod logging;

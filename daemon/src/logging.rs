@@ -19,7 +19,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mcpwatch_api::AuditRecord;
+use mcpwatch_api::{ActionKind, AuditRecord, Effect};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -207,12 +207,12 @@ fn log_record(rec: &AuditRecord, logged: &mut Logged) {
     let tool = rec.name.as_deref().unwrap_or(rec.method.as_deref().unwrap_or("-"));
     let pid = rec.process.as_ref().map(|p| p.pid).unwrap_or(0);
     if let Some(d) = &rec.decision {
-        if d.effective == "block" && first(logged, &rec.id, "deny") {
+        if d.effective == Effect::Block && first(logged, &rec.id, "deny") {
             tracing::warn!(
                 audit_id = %rec.id, server = %rec.server, tool, pid, action = %d.action, rules = %d.rules.join(","),
                 "call blocked: {}", d.reason
             );
-        } else if d.action == "deny" && d.effective != "block" && first(logged, &rec.id, "deny") {
+        } else if d.action == ActionKind::Deny && d.effective != Effect::Block && first(logged, &rec.id, "deny") {
             tracing::warn!(
                 audit_id = %rec.id, server = %rec.server, tool, pid, mode = %d.mode, rules = %d.rules.join(","),
                 "call would be denied ({} mode): {}", d.mode, d.reason

@@ -323,13 +323,7 @@ fn label(v: &str) -> String {
 }
 
 fn decision(r: &AuditRecord) -> &'static str {
-    match r.decision.as_ref().map(|d| d.effective.as_str()) {
-        None => "none",
-        Some("forward") => "forward",
-        Some("block") => "block",
-        Some("hold") => "hold",
-        Some(_) => "other",
-    }
+    r.decision.as_ref().map_or("none", |d| d.effective.as_str())
 }
 
 fn status(s: &CallStatus) -> &'static str {
@@ -433,7 +427,7 @@ mod tests {
             name: Some(tool.into()),
             status: CallStatus::Ok,
             duration_us: Some(20_000),
-            decision: Some(DecisionView { effective: "forward".into(), ..Default::default() }),
+            decision: Some(DecisionView { effective: mcpwatch_api::Effect::Forward, ..Default::default() }),
             ..Default::default()
         }
     }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decision::{ActionKind, Effect, Mode};
 use crate::ProcessInfo;
 
 /// Bump when a field changes meaning; readers keep accepting older versions.
@@ -95,11 +96,11 @@ pub struct FlowView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct DecisionView {
     /// `allow`, `deny`, `require_approval`, `rate_limit`.
-    pub action: String,
+    pub action: ActionKind,
     /// What happened: `forward`, `block`, `hold`.
-    pub effective: String,
+    pub effective: Effect,
     /// `audit`, `warn`, `enforce`.
-    pub mode: String,
+    pub mode: Mode,
     /// Ids of the rules that decided (built-ins: `agent:NAME`, `policy:shadow`, ...).
     pub rules: Vec<String>,
     pub reason: String,
@@ -215,7 +216,7 @@ impl AuditFilter {
             }
         }
         if let Some(d) = &self.decision {
-            let hit = r.decision.as_ref().is_some_and(|x| &x.action == d || &x.effective == d);
+            let hit = r.decision.as_ref().is_some_and(|x| x.action.as_str() == d || x.effective.as_str() == d);
             if !hit {
                 return false;
             }

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod audit;
+pub mod decision;
 pub mod gate;
 pub mod inventory;
 pub mod process;
@@ -21,6 +22,7 @@ pub mod verify;
 pub use audit::{
     AuditFilter, AuditRecord, CallStatus, DecisionView, FindingCount, FlowView, MessageKind, TlsDetails, AUDIT_SCHEMA_VERSION,
 };
+pub use decision::{ActionKind, Effect, Mode, DECISION_WORDS};
 pub use inventory::{ClientUse, Endpoint, ServerEntry, ToolEntry};
 pub use process::{Ancestor, ProcessInfo};
 pub use verify::{AuditProblem, AuditVerify};

@@ -4,49 +4,13 @@
 //! name these types (and serialize them into audit records) without caring how a policy
 //! file is read or judged.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::matcher::{AgentMatcher, Patterns, ServerMatcher};
 
-/// Rollout mode: how much a non-allow decision is allowed to change traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Log only: the call is forwarded and no alert is raised.
-    Audit,
-    /// Log and alert, never block or hold.
-    Warn,
-    /// Block denied and rate-limited calls, hold calls that need approval.
-    Enforce,
-}
-
-impl Mode {
-    /// `audit` < `warn` < `enforce`.
-    pub(crate) fn rank(self) -> u8 {
-        match self {
-            Mode::Audit => 0,
-            Mode::Warn => 1,
-            Mode::Enforce => 2,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Audit => "audit",
-            Mode::Warn => "warn",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use mcpwatch_api::{Effect, Mode};
 
 /// What happens to MCP traffic to a server that is not in the `[[server]]` registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -186,26 +150,15 @@ impl Action {
             Action::RateLimit(_) => "rate_limit",
         }
     }
-}
 
-/// What the proxy actually does with the message once the mode is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Effect {
-    /// Send it on to the server.
-    Forward,
-    /// Answer with a JSON-RPC error; nothing reaches the server.
-    Block,
-    /// Hold it until a human approves or denies it (or the approval times out).
-    Hold,
-}
-
-impl Effect {
-    pub fn as_str(self) -> &'static str {
+    /// The kind an audit record carries.
+    pub fn kind(&self) -> mcpwatch_api::ActionKind {
+        use mcpwatch_api::ActionKind;
         match self {
-            Effect::Forward => "forward",
-            Effect::Block => "block",
-            Effect::Hold => "hold",
+            Action::Allow => ActionKind::Allow,
+            Action::Deny => ActionKind::Deny,
+            Action::RequireApproval => ActionKind::RequireApproval,
+            Action::RateLimit(_) => ActionKind::RateLimit,
         }
     }
 }

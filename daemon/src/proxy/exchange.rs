@@ -20,17 +20,17 @@ use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use mcpwatch_api::{AuditRecord, CallStatus, DecisionView, Endpoint, FindingCount, MessageKind};
+use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind};
 use mcpwatch_mcp::integrity::{self, BodyShape};
 use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
-use mcpwatch_policy::{Call, Effect, Mode, PinAction, Subject};
+use mcpwatch_policy::Mode;
 
 use super::body::{self, Body, Collected};
 use super::conn::ConnCtx;
 use super::auth::HostFit;
 use super::http::{local_response, SharedUpstream};
 use super::responses;
-use crate::approvals::Verdict;
+use crate::govern::{self, Fate, Judge, Site};
 use crate::failure::{self, Failure, OnFailure};
 use crate::governance::Loaded;
 use crate::inventory::Sighting;
@@ -404,6 +404,21 @@ impl Scope {
     }
 
     /// Host, port and path of the server endpoint, for policy matching.
+    /// The toxic-flow session a message belongs to: the MCP session id where there is
+    /// one, else the client process (tgid and comm) talking to this endpoint.
+    pub(super) fn flow_session(&self) -> String {
+        match (&self.session_id, self.ctx.origin.process.as_deref()) {
+            (Some(s), _) => format!("{}#{}", self.endpoint, s.chars().take(128).collect::<String>()),
+            (None, Some(p)) => format!("{}#proc:{}:{}", self.endpoint, p.tgid, p.comm),
+            (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.origin.dst),
+        }
+    }
+
+    /// This exchange as the govern stage sees it.
+    pub(super) fn site<'a>(&'a self, target: &'a TargetOwned, flow_session: &'a str) -> Site<'a> {
+        Site { endpoint: &self.endpoint, target: target.as_policy(), process: self.ctx.origin.process.as_deref(), flow_session }
+    }
+
     pub(super) fn target(&self) -> TargetOwned {
         let (host, port, path) = match Endpoint::parse(&self.endpoint) {
             Some(e) => {
@@ -552,20 +567,6 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
     )
 }
 
-/// Error codes mcpwatch answers with (implementation-defined server-error range).
-pub const CODE_DENIED: i64 = -32001;
-pub const CODE_RATE_LIMITED: i64 = -32002;
-pub const CODE_APPROVAL: i64 = -32003;
-pub const CODE_CONTENT_BLOCKED: i64 = -32004;
-
-/// What happens to one client message after policy and inspection.
-enum Fate {
-    /// Forward (possibly rewritten).
-    Forward,
-    /// Answer locally with this JSON-RPC error; nothing reaches the server.
-    Refuse { code: i64, message: String, data: serde_json::Value, retry_after_ms: Option<u64> },
-}
-
 /// A client POST with a complete JSON body.
 ///
 /// `disguised`: the body is MCP but arrived without `application/json` or by another
@@ -636,6 +637,8 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
 
     let gov = shared.governance.current();
     let target = scope.target();
+    let flow_session = scope.flow_session();
+    let site = scope.site(&target, &flow_session);
     let registry = gov.policy.server_for(&target.as_policy());
     let registered = registry.map(|s| s.name.clone());
     let reg_status = registry.map(|s| match (&s.status, &s.deprecated_since) {
@@ -675,13 +678,14 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                 let name = rec.name.clone();
                 shared.inventory.saw_message(&Sighting { dst: &rec.dst, ..scope.sighting(msg.method(), name.as_deref()) });
                 let mut value = msg.to_value();
-                let fate = if kind == MessageKind::Request {
-                    govern_request(&shared, &gov, &scope, &target, msg, &mut value, &mut rec, &mut modified)
+                let (fate, held) = if kind == MessageKind::Request {
+                    let g = govern::request(Judge::of(&shared, &gov), &site, msg, &mut value, &mut rec);
+                    modified |= g.modified;
+                    (g.fate, g.held)
                 } else {
-                    Fate::Forward
+                    (Fate::Forward, false)
                 };
                 audit_failed |= shared.begin_record(&rec).is_err();
-                let held = matches!(fate, Fate::Forward) && rec.decision.as_ref().is_some_and(|d| d.effective == "hold");
                 // A client that asked for progress on a single call gets an SSE stream at
                 // once: progress notifications while a human decides, then the answer.
                 if held && !batch && accepts_sse(&parts.headers) && progress_token(msg).is_some() {
@@ -692,9 +696,15 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                     return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg.clone(), value, original, pending, audit_failed);
                 }
                 // A held call waits here for a human; the record is already written.
-                let fate = match (&fate, rec.decision.as_ref().map(|d| d.effective.as_str())) {
-                    (Fate::Forward, Some("hold")) => hold(&shared, &gov, &scope, msg, &mut rec).await,
-                    _ => fate,
+                let fate = match fate {
+                    Fate::Forward if held => {
+                        let fate = govern::hold(Judge::of(&shared, &gov), &site, msg, &mut rec).await;
+                        if matches!(fate, Fate::Forward) {
+                            shared.complete_record(&rec);
+                        }
+                        fate
+                    }
+                    fate => fate,
                 };
                 match fate {
                     Fate::Forward => {
@@ -805,196 +815,6 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     responses::observe(shared, scope, gov, local, refusals, resp)
 }
 
-/// Policy and argument inspection for one client request. May rewrite `value`
-/// (redaction); fills the record's decision, findings and alerts.
-#[allow(clippy::too_many_arguments)]
-fn govern_request(
-    shared: &Shared,
-    gov: &Loaded,
-    scope: &Scope,
-    target: &TargetOwned,
-    msg: &Message,
-    value: &mut serde_json::Value,
-    rec: &mut AuditRecord,
-    modified: &mut bool,
-) -> Fate {
-    let method = msg.method().unwrap_or_default();
-    let name = msg.target_name();
-    let arguments = if matches!(method, "tools/call" | "prompts/get") { msg.arguments() } else { msg.params() };
-    let subject = Subject { process: scope.ctx.origin.process.as_deref() };
-    let call = Call { method, name, arguments };
-    let mut d = gov.policy.evaluate(&subject, &target.as_policy(), &call);
-    let rate = shared.governance.apply_rate_limits(now_ms(), &mut d);
-    // Rules carry their own mode in `d.effective`; content inspection (and the tool
-    // flags it raised) follows the server's rollout mode.
-    let enforce = gov.inspect_mode(&target.as_policy()) == Mode::Enforce;
-
-    // Tools the inventory has flagged: poisoned and stripped, or changed since pinned.
-    let mut extra_block: Option<(i64, String, &'static str)> = None;
-    let tool = if method == "tools/call" { name.and_then(|n| shared.inventory.tool(&scope.endpoint, n)) } else { None };
-    // Toxic flows: the session's taint and the [[flow]] rules this call would complete.
-    let flow = super::flows::check_call(shared, gov, scope, target, msg, tool.as_ref(), rec);
-    if method == "tools/call" {
-        let pinning = gov.policy.inspect().pinning;
-        if let Some(tool) = &tool {
-            if let Some(why) = &tool.hidden {
-                extra_block = Some((CODE_DENIED, format!("tool `{}` is blocked by mcpwatch: {why}", tool.name), "inspect:tool"));
-            }
-        }
-        // Call-time pinning: the definition the client calls must be one mcpwatch saw
-        // (and, if it changed, accepted).
-        let listed = shared.inventory.has_tool_list(&scope.endpoint);
-        match call_time_pin(name.unwrap_or_default(), tool.as_ref(), listed, pinning) {
-            PinCheck::Pass => {}
-            PinCheck::Note(why) => rec.notes.push(why),
-            PinCheck::Alert(why) => rec.alerts.push(why),
-            PinCheck::Deny { code, why } => {
-                if extra_block.is_none() {
-                    extra_block = Some((code, why, "inspect:pin"));
-                }
-            }
-        }
-        if gov.policy.inspect().pinning == PinAction::Block && shared.inventory.has_changed_tools(&scope.endpoint) {
-            extra_block = Some((
-                CODE_DENIED,
-                format!("server {} changed tool definitions since they were pinned; blocked until `mcpwatch pin accept`", scope.endpoint),
-                "inspect:pin",
-            ));
-        }
-    }
-
-    // Arguments: detect, redact or block per detector action; rewrite only in enforce mode.
-    let mut content_block = false;
-    let arg_ptr = if matches!(method, "tools/call" | "prompts/get") { "/params/arguments" } else { "/params" };
-    if let Some(args) = value.pointer_mut(arg_ptr) {
-        let report = gov.inspect(args, enforce);
-        add_findings(rec, &report, "request");
-        if enforce && report.redacted_total() > 0 {
-            *modified = true;
-            rec.args_hash = Some(shared.governance.hash_key().hash_json(args)); // the redacted form is what leaves
-            rec.notes.push(format!("arguments redacted before forwarding ({} spans)", report.redacted_total()));
-        }
-        content_block = enforce && report.action == Some(mcpwatch_inspect::Action::Block);
-    }
-
-    let mut view = DecisionView {
-        action: d.action.label().to_string(),
-        effective: d.effective.as_str().to_string(),
-        mode: d.mode.as_str().to_string(),
-        rules: d.matched_rules.clone(),
-        reason: d.reason.clone(),
-        shadow: d.shadow,
-        approval: None,
-    };
-    if d.shadow && d.alert {
-        rec.alerts.push(format!("shadow MCP server: {} is not in the policy registry", scope.endpoint));
-    }
-    if d.alert && !d.shadow && d.effective == Effect::Forward && d.action != mcpwatch_policy::Action::Allow {
-        rec.alerts.push(format!("policy would {} this call ({} mode): {}", d.action.label(), d.mode, d.reason));
-    }
-    let contact = gov.policy.contact().map(str::to_string);
-    let data = |rules: &[String], decision: &str| serde_json::json!({ "mcpwatch": { "decision": decision, "rules": rules, "contact": contact } });
-
-    if let Some((code, message, rule)) = extra_block {
-        if enforce {
-            view.action = "deny".into();
-            view.effective = "block".into();
-            view.rules.push(rule.to_string());
-            view.reason = message.clone();
-            rec.decision = Some(view);
-            return Fate::Refuse { code, message: format!("mcpwatch: {message}"), data: data(&[rule.to_string()], "deny"), retry_after_ms: None };
-        }
-        rec.alerts.push(message);
-    }
-    if content_block {
-        view.action = "deny".into();
-        view.effective = "block".into();
-        view.rules.push("inspect:content".into());
-        view.reason = "the arguments contain data the policy blocks".into();
-        rec.decision = Some(view);
-        return Fate::Refuse {
-            code: CODE_CONTENT_BLOCKED,
-            message: "mcpwatch: the arguments contain data that must not leave this host (see `mcpwatch audit` for the detector ids)".into(),
-            data: data(&["inspect:content".to_string()], "deny"),
-            retry_after_ms: None,
-        };
-    }
-    if let Some(gate) = &flow
-        && d.effective != Effect::Block
-    {
-        match super::flows::apply(gate, &mut view, rec, contact.as_deref()) {
-            super::flows::Outcome::Deny { message, data } => {
-                rec.decision = Some(view);
-                return Fate::Refuse { code: CODE_DENIED, message, data, retry_after_ms: None };
-            }
-            super::flows::Outcome::Hold | super::flows::Outcome::Pass => super::flows::commit(shared, gate),
-        }
-    }
-    rec.decision = Some(view);
-    match d.effective {
-        Effect::Forward | Effect::Hold => Fate::Forward,
-        Effect::Block => {
-            let rules = d.matched_rules.clone();
-            match (&d.action, rate) {
-                (_, Some(r)) if !r.allowed => Fate::Refuse {
-                    code: CODE_RATE_LIMITED,
-                    message: format!("mcpwatch: rate limit reached ({}); retry in {} s", rules.join(", "), r.retry_after_ms.div_ceil(1000)),
-                    data: data(&rules, "rate_limit"),
-                    retry_after_ms: Some(r.retry_after_ms),
-                },
-                _ => Fate::Refuse { code: CODE_DENIED, message: format!("mcpwatch: {}", d.reason), data: data(&rules, d.action.label()), retry_after_ms: None },
-            }
-        }
-    }
-}
-
-/// What call-time pinning says about one `tools/call`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PinCheck {
-    Pass,
-    Note(String),
-    Alert(String),
-    /// Deny in enforce mode (alert otherwise) with this JSON-RPC code.
-    Deny { code: i64, why: String },
-}
-
-/// Call-time pinning for a `tools/call` of `tool` (the inventory's entry for the name,
-/// `None` if no `tools/list` mcpwatch saw from this server had it). `listed`: a tools
-/// list of this server was seen at all. A tool never listed is denied under `block`
-/// (and under `hide` once a list was seen: it would not have been shown); a tool whose
-/// definition changed without `mcpwatch pin accept` is denied under `hide`/`block`.
-pub fn call_time_pin(name: &str, tool: Option<&mcpwatch_api::ToolEntry>, listed: bool, pinning: PinAction) -> PinCheck {
-    let shown: String = name.chars().take(128).collect();
-    match tool {
-        None => {
-            let why = format!("`{shown}` is in no tools/list result mcpwatch saw from this server, so its definition was never checked");
-            match (pinning, listed) {
-                (PinAction::Block, _) | (PinAction::Hide, true) => {
-                    PinCheck::Deny { code: jsonrpc::INVALID_PARAMS, why: format!("Unknown tool: {shown} ({why}; pinning = {})", pin_label(pinning)) }
-                }
-                (PinAction::Hide, false) | (PinAction::Alert, true) => PinCheck::Alert(format!("call-time pinning: {why}")),
-                (PinAction::Alert, false) => PinCheck::Note(format!("call-time pinning: {why} (no tools/list seen yet)")),
-            }
-        }
-        Some(t) if t.changed || t.pinned_hash.as_deref().is_some_and(|h| h != t.hash) => {
-            let why = format!("tool `{}` is called with a definition that changed since it was pinned and was not accepted (`mcpwatch pin accept`)", t.name);
-            match pinning {
-                PinAction::Alert => PinCheck::Alert(format!("call-time pinning: {why}")),
-                PinAction::Hide | PinAction::Block => PinCheck::Deny { code: CODE_DENIED, why },
-            }
-        }
-        Some(_) => PinCheck::Pass,
-    }
-}
-
-fn pin_label(p: PinAction) -> &'static str {
-    match p {
-        PinAction::Alert => "alert",
-        PinAction::Hide => "hide",
-        PinAction::Block => "block",
-    }
-}
-
 /// `params._meta.progressToken` of a request, if the client asked for progress.
 fn progress_token(msg: &Message) -> Option<serde_json::Value> {
     msg.params()?.get("_meta")?.get("progressToken").filter(|t| t.is_string() || t.is_number()).cloned()
@@ -1021,7 +841,10 @@ fn streamed_hold(
     let event = |v: serde_json::Value| Bytes::from(format!("event: message\ndata: {v}\n\n"));
     tokio::spawn(async move {
         let fate = {
-            let held = hold(&shared, &gov, &scope, &msg, &mut pending.record);
+            let target = scope.target();
+            let flow_session = scope.flow_session();
+            let site = scope.site(&target, &flow_session);
+            let held = govern::hold(Judge::of(&shared, &gov), &site, &msg, &mut pending.record);
             tokio::pin!(held);
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             let mut n = 0u64;
@@ -1054,7 +877,9 @@ fn streamed_hold(
             }
             Fate::Forward => {
                 // Audited before forwarded, here too: the approved call leaves only once
-                // its record is on disk, or failure_mode says an unaudited call may go.
+                // its record (with the approval) is on disk, or failure_mode says an
+                // unaudited call may go.
+                shared.complete_record(&pending.record);
                 let durable = shared.durable().await;
                 if let Err(e) = &durable {
                     tracing::error!(error = %e, "audit records not durable");
@@ -1112,84 +937,6 @@ fn streamed_hold(
     resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
     resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
     resp
-}
-
-/// Hold a `require_approval` call until a human answers (or the policy's timeout).
-async fn hold(shared: &Shared, gov: &Loaded, scope: &Scope, msg: &Message, rec: &mut AuditRecord) -> Fate {
-    let timeout = gov.policy.approval_timeout();
-    let mut masked = msg.arguments().cloned();
-    if let Some(a) = masked.as_mut() {
-        let _ = gov.inspector.redact_json(a);
-    }
-    let now = now_ms();
-    let view = mcpwatch_api::HeldCall {
-        id: String::new(),
-        held_since_ms: now,
-        expires_ms: now + timeout.as_millis() as u64,
-        process: scope.ctx.origin.process.as_deref().cloned(),
-        agent: rec.decision.as_ref().and_then(|d| d.rules.iter().find_map(|r| r.strip_prefix("agent:").map(str::to_string))),
-        server: scope.endpoint.clone(),
-        method: msg.method().unwrap_or_default().to_string(),
-        tool: msg.target_name().map(str::to_string),
-        arguments: masked,
-        args_hash: rec.args_hash.clone(),
-        rules: rec.decision.as_ref().map(|d| d.rules.clone()).unwrap_or_default(),
-        reason: rec.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
-    };
-    // A call held by a flow rule says which earlier call tainted the session.
-    let flow_reason = rec
-        .decision
-        .as_ref()
-        .filter(|d| d.rules.first().is_some_and(|r| r.starts_with("flow:")))
-        .map(|d| format!(" ({})", d.reason))
-        .unwrap_or_default();
-    let (id, rx) = shared.approvals.hold(view);
-    tracing::warn!(id = %id, server = %scope.endpoint, tool = ?msg.target_name(), "call held for approval: mcpwatch approve {id} / mcpwatch deny {id}");
-    let verdict = shared.approvals.wait(&id, rx, timeout).await;
-    let (outcome, fate) = match verdict {
-        Verdict::Approved { by } => (format!("approved by {by} ({id})"), Fate::Forward),
-        Verdict::Denied { by, reason } => {
-            let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-            (
-                format!("denied by {by} ({id}){why}"),
-                Fate::Refuse {
-                    code: CODE_APPROVAL,
-                    message: format!("mcpwatch: approval denied by {by}{why}{flow_reason}"),
-                    data: serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "denied", "id": id } }),
-                    retry_after_ms: None,
-                },
-            )
-        }
-        Verdict::TimedOut => (
-            format!("timed out after {} s ({id})", timeout.as_secs()),
-            Fate::Refuse {
-                code: CODE_APPROVAL,
-                message: format!(
-                    "mcpwatch: this call needs a human's approval and none came within {} s (ask an operator to run `mcpwatch approve` while the call waits){flow_reason}",
-                    timeout.as_secs()
-                ),
-                data: serde_json::json!({ "mcpwatch": { "decision": "require_approval", "approval": "timed_out", "id": id } }),
-                retry_after_ms: None,
-            },
-        ),
-    };
-    if let Some(d) = rec.decision.as_mut() {
-        d.approval = Some(outcome);
-        d.effective = if matches!(fate, Fate::Forward) { "forward".into() } else { "block".into() };
-    }
-    if matches!(fate, Fate::Forward) {
-        shared.complete_record(rec);
-    }
-    fate
-}
-
-pub(super) fn add_findings(rec: &mut AuditRecord, report: &mcpwatch_inspect::RedactReport, direction: &str) {
-    for (detector, count) in &report.counts {
-        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "redact".into() });
-    }
-    for (detector, count) in &report.detected_only {
-        rec.findings.push(FindingCount { detector: detector.clone(), direction: direction.into(), count: *count as u32, action: "audit".into() });
-    }
 }
 
 /// The JSON-RPC error(s) mcpwatch answers in place of the server.
@@ -1339,24 +1086,6 @@ mod tests {
         assert_eq!(legacy_session_param("/messages/?session_id=9f").as_deref(), Some("9f"));
         assert_eq!(legacy_session_param("/messages?sessionId="), None);
         assert_eq!(legacy_session_param("/mcp"), None);
-    }
-
-    #[test]
-    fn call_time_pinning() {
-        let seen = mcpwatch_api::ToolEntry { name: "echo".into(), hash: "h1".into(), pinned_hash: Some("h1".into()), ..Default::default() };
-        let changed = mcpwatch_api::ToolEntry { hash: "h2".into(), changed: true, ..seen.clone() };
-        for p in [PinAction::Alert, PinAction::Hide, PinAction::Block] {
-            assert_eq!(call_time_pin("echo", Some(&seen), true, p), PinCheck::Pass);
-        }
-        assert!(matches!(call_time_pin("echo", Some(&changed), true, PinAction::Alert), PinCheck::Alert(_)));
-        assert!(matches!(call_time_pin("echo", Some(&changed), true, PinAction::Hide), PinCheck::Deny { code: CODE_DENIED, .. }));
-        let PinCheck::Deny { code, why } = call_time_pin("__proto__", None, false, PinAction::Block) else { panic!() };
-        assert_eq!(code, -32602);
-        assert!(why.starts_with("Unknown tool: __proto__"), "{why}");
-        assert!(matches!(call_time_pin("x", None, true, PinAction::Hide), PinCheck::Deny { .. }));
-        assert!(matches!(call_time_pin("x", None, false, PinAction::Hide), PinCheck::Alert(_)));
-        assert!(matches!(call_time_pin("x", None, true, PinAction::Alert), PinCheck::Alert(_)));
-        assert!(matches!(call_time_pin("x", None, false, PinAction::Alert), PinCheck::Note(_)));
     }
 
     #[test]

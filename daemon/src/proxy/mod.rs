@@ -18,7 +18,6 @@ pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod exchange;
-pub mod flows;
 pub mod headlog;
 pub mod hooked;
 pub mod lifecycle;

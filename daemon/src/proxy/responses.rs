@@ -20,15 +20,16 @@ use mcpwatch_api::{CallStatus, MessageKind};
 use mcpwatch_mcp::integrity::{self, IdState, Verdict};
 use mcpwatch_mcp::jsonrpc::{self, Message};
 use mcpwatch_mcp::sse::{SseEvent, SseParser};
-use mcpwatch_policy::{Mode, PoisonAction, Subject};
+use mcpwatch_policy::Mode;
 use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
-use super::exchange::{add_findings, complete_with, write_closed, finish, http_failure, is_json, is_sse, Scope, CODE_CONTENT_BLOCKED, H_SESSION, S2C};
+use super::exchange::{complete_with, write_closed, finish, http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
+use crate::govern::{self, Judge};
 use crate::governance::Loaded;
-use crate::inventory::{PinOutcome, ServerInfoUpdate, Sighting};
+use crate::inventory::{ServerInfoUpdate, Sighting};
 use crate::session::{IdFate, LegacyRoute, Owner, Pending};
-use crate::state::{now_ms, Counters, Shared};
+use crate::state::{Counters, Shared};
 
 /// Wrap an upstream response to a client POST.
 pub fn observe(
@@ -220,119 +221,12 @@ impl StreamObserver {
         }
     }
 
-
     /// Policy and inspection on a result. Returns true if `value` changed.
     fn govern_result(&mut self, p: &mut Pending, value: &mut Value) -> bool {
-        let enforce = self.enforce;
-        let method = p.record.method.clone().unwrap_or_default();
-        let mut changed = false;
-        if method == "tools/list" {
-            changed |= self.govern_tools_list(p, value, enforce);
-        }
-        if method == "initialize" {
-            if let Some(text) = value.pointer("/result/instructions").and_then(Value::as_str) {
-                let r = mcpwatch_inspect::poison::scan_instructions(text);
-                if r.severity >= mcpwatch_inspect::poison::Severity::Medium {
-                    let alert = format!("server instructions carry hidden-instruction signals (score {})", r.score);
-                    self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
-                    p.record.alerts.push(alert);
-                }
-            }
-        }
-        if method == "tools/list" || method == "initialize" || method == "server/discover" {
-            return changed;
-        }
-        // Results: detectors (redact in enforce), instructions aimed at the agent (alert).
-        let Some(result) = value.get_mut("result") else { return changed };
-        // Instructions aimed at the agent are judged on what the server sent: after
-        // redaction our own placeholders (`<SECRET>`) would read as hidden tags.
-        let flows = method == "tools/call" && !self.gov.policy.flows().is_empty();
-        let scan = (self.gov.policy.inspect().result_injection || flows).then(|| mcpwatch_inspect::poison::scan_result(result));
-        let markers_source = flows.then(|| result.clone());
-        let report = self.gov.inspect(result, enforce);
-        add_findings(&mut p.record, &report, "response");
-        if enforce && report.redacted_total() > 0 {
-            changed = true;
-            p.record.notes.push(format!("result redacted before the client saw it ({} spans)", report.redacted_total()));
-        }
-        if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
-            let id = value.get("id").cloned().unwrap_or(Value::Null);
-            *value = serde_json::json!({
-                "jsonrpc": "2.0",
-                "id": id,
-                "error": { "code": CODE_CONTENT_BLOCKED, "message": "mcpwatch: the result contains data the policy blocks; it was not delivered" }
-            });
-            p.record.notes.push("result blocked by inspection".into());
-            return true;
-        }
-        if let Some(r) = &scan
-            && self.gov.policy.inspect().result_injection
-            && r.severity >= mcpwatch_inspect::poison::Severity::Medium
-        {
-            let kinds: Vec<String> = r.signals.iter().take(4).map(|s| format!("{:?}", s.kind)).collect();
-            p.record.alerts.push(format!("tool result contains instructions aimed at the agent (score {}: {})", r.score, kinds.join(", ")));
-        }
-        if let Some(result) = &markers_source {
-            super::flows::observe_result(&self.shared, &self.gov, &self.scope, &mut p.record, result, scan.map(|r| r.severity));
-        }
-        changed
-    }
-
-    /// Pin, scan and filter a `tools/list` result.
-    fn govern_tools_list(&mut self, p: &mut Pending, value: &mut Value, enforce: bool) -> bool {
-        let Some(tools) = value.pointer("/result/tools").and_then(Value::as_array) else { return false };
-        let settings = self.gov.policy.inspect();
-        let (sights, poisoned) = crate::inventory::tool_sights(tools, crate::inventory::poison_floor(settings.poisoning_min_severity));
-        let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
-        let outcomes = self.shared.inventory.observe_tools(&self.scope.endpoint, &sights, p.first_page, last_page, now_ms());
-
-        let mut hide: Vec<(String, String)> = Vec::new();
-        for (name, score) in &poisoned {
-            let alert = format!("tool `{name}` looks poisoned (score {score})");
-            self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
-            p.record.alerts.push(alert);
-            if settings.poisoning == PoisonAction::Strip {
-                hide.push((name.clone(), format!("poisoned tool definition (score {score})")));
-            }
-        }
-        for (name, outcome) in &outcomes {
-            if let PinOutcome::Changed(diff) = outcome {
-                let alert = format!("tool `{name}` changed since it was pinned: {}", diff.first().cloned().unwrap_or_default());
-                self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
-                p.record.alerts.push(alert);
-                if settings.pinning == mcpwatch_policy::PinAction::Hide {
-                    hide.push((name.clone(), "definition changed since it was pinned; `mcpwatch pin accept` to trust it".into()));
-                }
-            }
-        }
-        // Record what is hidden (calls to these tools are denied in enforce mode).
-        let mut marks: Vec<(String, Option<String>)> = sights.iter().map(|s| (s.name.clone(), None)).collect();
-        for (n, why) in &hide {
-            if let Some(m) = marks.iter_mut().find(|(x, _)| x == n) {
-                m.1 = Some(why.clone());
-            }
-        }
-        if enforce {
-            self.shared.inventory.set_hidden(&self.scope.endpoint, &marks);
-        }
-
-        // Filter: hidden tools, and tools this agent may not call.
         let target = self.scope.target();
-        let subject = Subject { process: self.scope.ctx.origin.process.as_deref() };
-        let policy = &self.gov.policy;
-        let Some(list) = value.pointer_mut("/result/tools").and_then(Value::as_array_mut) else { return false };
-        let before = list.len();
-        if enforce {
-            list.retain(|t| {
-                let Some(name) = t.get("name").and_then(Value::as_str) else { return true };
-                !hide.iter().any(|(n, _)| n == name) && policy.tool_visible(&subject, &target.as_policy(), name)
-            });
-        }
-        let removed = before - list.len();
-        if removed > 0 {
-            p.record.notes.push(format!("tools/list filtered: {removed} of {before} tools hidden from this client"));
-        }
-        removed > 0
+        let flow_session = self.scope.flow_session();
+        let site = self.scope.site(&target, &flow_session);
+        govern::result(Judge::of(&self.shared, &self.gov), &site, &mut p.record, p.first_page, value)
     }
 
     /// Conversation key for server-initiated requests (answered in a later POST).

@@ -185,7 +185,7 @@ fn peer_closed(s: &mut dyn Stream) -> bool {
 
 fn format_message(p: &Prepared<'_>, cfg: &SyslogConfig) -> String {
     let r = p.record;
-    let warn = r.decision.as_ref().is_some_and(|d| d.effective == "block") || !r.alerts.is_empty();
+    let warn = r.decision.as_ref().is_some_and(|d| d.effective == mcpwatch_api::Effect::Block) || !r.alerts.is_empty();
     let severity = if warn { 4 } else { 5 };
     let pri = u16::from(cfg.facility.code()) * 8 + severity;
     let hostname: String = p.hostname.chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
@@ -227,7 +227,7 @@ mod tests {
         let msg = format_message(&Prepared::new(&rec, &id), &cfg);
         assert!(msg.starts_with("<85>1 2023-11-14T22:13:20.123Z web1 mcpwatch "), "{msg}");
         assert!(msg.contains(" audit [mcpwatch@32473 id=\"00000001700000000123000007\" event_schema=\"1\"] {"), "{msg}");
-        rec.decision = Some(DecisionView { effective: "block".into(), ..Default::default() });
+        rec.decision = Some(DecisionView { effective: mcpwatch_api::Effect::Block, ..Default::default() });
         assert!(format_message(&Prepared::new(&rec, &id), &cfg).starts_with("<84>1 "), "blocked calls are warnings");
         assert_eq!(sd_escape("a\"b]c\\"), "a\\\"b\\]c\\\\");
     }

@@ -91,7 +91,7 @@ fn denied_echo_record(recs: &[AuditRecord]) -> bool {
     recs.iter().any(|r| {
         r.method.as_deref() == Some("tools/call")
             && r.name.as_deref() == Some("echo")
-            && r.decision.as_ref().is_some_and(|d| d.effective == "block")
+            && r.decision.as_ref().is_some_and(|d| d.effective.as_str() == "block")
     })
 }
 
@@ -132,7 +132,7 @@ fn leading_empty_line_is_governed() {
     let resp = raw_call(w.cgroup(), &server, 0.0, "\r\n\r\n\n", "crlf3-bypass");
     assert_denied(&resp, "crlf3-bypass");
     let recs = w.daemon.wait_audit("denied echo after empty lines", denied_echo_record);
-    assert!(recs.iter().all(|r| r.name.as_deref() != Some("echo") || r.decision.as_ref().is_some_and(|d| d.effective == "block")), "{recs:#?}");
+    assert!(recs.iter().all(|r| r.name.as_deref() != Some("echo") || r.decision.as_ref().is_some_and(|d| d.effective.as_str() == "block")), "{recs:#?}");
 }
 
 /// `curl --http2-prior-knowledge` POST of `body` from a process in `cgroup`; stdout + stderr.

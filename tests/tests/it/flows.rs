@@ -191,7 +191,7 @@ fn github_issue_private_read_public_pr_is_held() {
     assert!(msg.contains(&issue.id), "{msg}");
     let held = last_call(&recs, "public_post");
     let d = held.decision.as_ref().expect("decision");
-    assert_eq!(d.action, "require_approval");
+    assert_eq!(d.action.as_str(), "require_approval");
     assert!(d.rules.first().is_some_and(|r| r == "flow:untrusted-private-public"), "{d:?}");
     assert!(d.approval.as_deref().is_some_and(|a| a.starts_with("timed out")), "{d:?}");
     // The clean session's PR was judged untainted.

@@ -124,5 +124,5 @@ fn a_warn_mode_rule_does_not_switch_redaction_off() {
     assert!(!text.contains(SSN) && text.contains("<US_SSN>"), "{text}");
     let recs = w.daemon.wait_audit("lookup", |r| r.iter().any(|x| x.name.as_deref() == Some("lookup_customer") && x.status == CallStatus::Ok));
     let d = recs.iter().find(|x| x.name.as_deref() == Some("lookup_customer")).unwrap().decision.clone().unwrap();
-    assert!(d.rules.iter().any(|r| r == "calls-per-user") && d.mode == "warn", "the warn rule decided: {d:?}");
+    assert!(d.rules.iter().any(|r| r == "calls-per-user") && d.mode.as_str() == "warn", "the warn rule decided: {d:?}");
 }

@@ -112,8 +112,8 @@ fn deny_and_per_agent_tool_lists() {
     assert!(names(&ops).contains(&"delete_records".to_string()) && names(&ops).len() == 5, "{:?}", names(&ops));
 
     // The audit explains each decision; --decision filters.
-    let recs = w.daemon.wait_audit("deny records", |r| r.iter().filter(|x| x.decision.as_ref().is_some_and(|d| d.effective == "block")).count() >= 2);
-    let denied: Vec<_> = recs.iter().filter(|r| r.decision.as_ref().is_some_and(|d| d.action == "deny")).collect();
+    let recs = w.daemon.wait_audit("deny records", |r| r.iter().filter(|x| x.decision.as_ref().is_some_and(|d| d.effective.as_str() == "block")).count() >= 2);
+    let denied: Vec<_> = recs.iter().filter(|r| r.decision.as_ref().is_some_and(|d| d.action.as_str() == "deny")).collect();
     assert!(denied.iter().any(|r| r.decision.as_ref().unwrap().rules.contains(&"no-ssh".to_string())), "{denied:#?}");
     assert!(denied.iter().any(|r| r.decision.as_ref().unwrap().rules.iter().any(|x| x == "agent:reader")), "{denied:#?}");
     let cli = w.daemon.cli(&["audit", "--json", "--decision", "deny"]);
@@ -142,7 +142,7 @@ fn rate_limit_trips_and_recovers() {
     let out = Client::python(&server.url()).cgroup(w.cgroup()).call("echo", json!({"text": "4"})).run();
     assert_eq!(out.steps()[0]["ok"], true, "{:?}", out.lines);
     let recs = w.daemon.audit();
-    assert!(recs.iter().any(|r| r.decision.as_ref().is_some_and(|d| d.action == "rate_limit" && d.effective == "block")));
+    assert!(recs.iter().any(|r| r.decision.as_ref().is_some_and(|d| d.action.as_str() == "rate_limit" && d.effective.as_str() == "block")));
 }
 
 #[test]
@@ -157,9 +157,9 @@ fn rollout_modes_audit_warn_enforce() {
         let recs = w.daemon.wait_audit("read_file record", |r| r.iter().any(|x| x.name.as_deref() == Some("read_file") && x.status != CallStatus::Pending));
         let rec = recs.iter().find(|x| x.name.as_deref() == Some("read_file")).unwrap();
         let d = rec.decision.as_ref().expect("decision recorded");
-        assert_eq!(d.action, "deny", "{mode}");
-        assert_eq!(d.mode, mode);
-        assert_eq!(d.effective, if blocked { "block" } else { "forward" }, "{mode}");
+        assert_eq!(d.action.as_str(), "deny", "{mode}");
+        assert_eq!(d.mode.as_str(), mode);
+        assert_eq!(d.effective.as_str(), if blocked { "block" } else { "forward" }, "{mode}");
         assert_eq!(!rec.alerts.is_empty(), alerted, "{mode}: {:?}", rec.alerts);
     }
 }
@@ -179,7 +179,7 @@ fn shadow_servers_alert_and_block() {
             assert!(recs.iter().any(|r| r.alerts.iter().any(|a| a.contains("shadow"))), "{recs:#?}");
         } else {
             assert!(recorded_tools(&server).is_empty(), "nothing reaches a blocked shadow server");
-            assert!(recs.iter().any(|r| r.decision.as_ref().is_some_and(|d| d.effective == "block")));
+            assert!(recs.iter().any(|r| r.decision.as_ref().is_some_and(|d| d.effective.as_str() == "block")));
         }
         let table = String::from_utf8_lossy(&w.daemon.cli(&["list"]).stdout).to_string();
         assert!(table.contains("SHADOW"), "{table}");

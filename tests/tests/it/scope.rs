@@ -123,7 +123,7 @@ fn delete_calls(server: &Peer) -> usize {
 
 fn denied_delete(recs: &[AuditRecord]) -> Option<&AuditRecord> {
     recs.iter().find(|r| {
-        r.name.as_deref() == Some("delete_records") && r.decision.as_ref().is_some_and(|d| d.effective == "block")
+        r.name.as_deref() == Some("delete_records") && r.decision.as_ref().is_some_and(|d| d.effective.as_str() == "block")
     })
 }
 

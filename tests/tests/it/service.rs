@@ -120,7 +120,7 @@ matches = '(^|/)\.ssh(/|$)'
     let p = echo.process.as_ref().expect("process identity");
     assert_eq!(p.uid, 0, "{p:?}");
     assert!(p.exe.as_deref().unwrap_or_default().contains("python"), "root's process not attributed: {p:?}");
-    assert!(recs.iter().any(|r| r.name.as_deref() == Some("read_file") && r.decision.as_ref().is_some_and(|d| d.action == "deny")), "{recs:#?}");
+    assert!(recs.iter().any(|r| r.name.as_deref() == Some("read_file") && r.decision.as_ref().is_some_and(|d| d.action.as_str() == "deny")), "{recs:#?}");
 }
 
 /// The `$NOTIFY_SOCKET` end systemd would own: a unix datagram socket in a temp dir.

@@ -389,7 +389,7 @@ fn metrics_scraped_by_real_prometheus_match_the_audit_records() {
     let records = d.audit();
     let mut by_tool: HashMap<(String, String), u64> = HashMap::new();
     for r in records.iter().filter(|r| r.status != mcpwatch_api::CallStatus::Pending && r.name.as_deref() == Some("echo")) {
-        let decision = r.decision.as_ref().map_or("none".to_string(), |x| x.effective.clone());
+        let decision = r.decision.as_ref().map_or("none".to_string(), |x| x.effective.to_string());
         *by_tool.entry(("echo".into(), decision)).or_default() += 1;
     }
     assert_eq!(by_tool.values().sum::<u64>(), 4, "{by_tool:?}");

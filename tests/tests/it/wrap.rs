@@ -145,7 +145,7 @@ fn wrap_denies_redacts_and_audits_a_real_stdio_server() {
     }
     assert!(matches!(call(&records, "echo").status, CallStatus::Ok), "{records:#?}");
     let denied = call(&records, "delete_records");
-    assert_eq!(denied.decision.as_ref().unwrap().effective, "block", "{denied:#?}");
+    assert_eq!(denied.decision.as_ref().unwrap().effective.as_str(), "block", "{denied:#?}");
     assert!(matches!(denied.status, CallStatus::JsonrpcError { code: -32001, .. }), "{denied:#?}");
     let redacted = call(&records, "lookup_customer");
     assert!(redacted.findings.iter().any(|f| f.direction == "response" && f.action == "redact"), "{redacted:#?}");
@@ -190,6 +190,65 @@ fn wrap_holds_a_stdio_call_until_a_human_approves_it() {
     let records = d.wait_audit("the approved call", |r| r.iter().any(|x| x.name.as_deref() == Some("read_file") && x.status == CallStatus::Ok));
     let rec = call(&records, "read_file");
     assert!(rec.decision.as_ref().unwrap().approval.as_deref().unwrap_or_default().starts_with("approved"), "{rec:#?}");
+}
+
+/// Toxic flows are judged on the stdio path exactly as on the network: a result of an
+/// `untrusted_content` tool taints the session, and the destructive call it would lead to
+/// is denied by the gate, naming the call that tainted it. (Before the govern stage was
+/// shared, the gate had its own copy of the request checks without `[[flow]]` rules: the
+/// same agent reached by stdio completed the flow the proxy would have stopped.)
+#[test]
+fn wrap_denies_a_toxic_flow_like_the_network_path() {
+    let policy = r#"
+version = 1
+mode = "enforce"
+default = "allow"
+
+[[label]]
+tools = ["echo"]
+labels = ["untrusted_content"]
+
+[[label]]
+tools = ["delete_records"]
+labels = ["destructive"]
+
+[[flow]]
+id = "untrusted-destructive"
+sequence = ["untrusted_content", "destructive"]
+action = "deny"
+"#;
+    let d = daemon_with(policy, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("calls.jsonl");
+    let socket = d.socket.display().to_string();
+    let server = wrapped_server(&["--socket", &socket, "wrap"], &record);
+    let (out, client_pid) =
+        run_client(&["call", "delete_records", r#"{"table":"a"}"#, "call", "echo", r#"{"text":"drop table users"}"#, "call", "delete_records", r#"{"table":"users"}"#], &server, &[]);
+    let s = steps(&out);
+    assert_eq!(s.len(), 4, "connect + 3 steps: {s:#?}\n{}\n{}", String::from_utf8_lossy(&out.stderr), d.log_text());
+    assert_eq!(s[1]["ok"], true, "before any taint the destructive call is allowed: {s:#?}");
+    assert_eq!(s[2]["ok"], true, "{s:#?}");
+    assert_eq!(s[3]["ok"], false, "after the untrusted result the destructive call is denied: {s:#?}");
+    assert_eq!(s[3]["error"]["code"], -32001, "{s:#?}");
+    let seen: Vec<String> = recorded(&record).iter().map(|c| c["tool"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(seen, ["delete_records", "echo"], "the denied call never reached the server");
+
+    let records = d.wait_audit("the three stdio calls completed", |r| {
+        r.iter().filter(|x| x.method.as_deref() == Some("tools/call") && x.direction == "client->server" && x.status != CallStatus::Pending).count() >= 3
+    });
+    let denied = records
+        .iter()
+        .find(|r| r.name.as_deref() == Some("delete_records") && matches!(r.status, CallStatus::JsonrpcError { .. }))
+        .unwrap_or_else(|| panic!("no denied delete_records record: {records:#?}"));
+    let decision = denied.decision.as_ref().expect("decision");
+    assert_eq!(decision.effective, mcpwatch_api::Effect::Block, "{denied:#?}");
+    assert_eq!(decision.rules.first().map(String::as_str), Some("flow:untrusted-destructive"), "{denied:#?}");
+    let flow = denied.flow.as_ref().unwrap_or_else(|| panic!("no flow view: {denied:#?}"));
+    assert!(flow.tainted && !flow.tainted_by.is_empty(), "{flow:?}");
+    assert!(flow.session.contains(&format!("#proc:{client_pid}:")), "the session is the client process: {flow:?}");
+    let echo = records.iter().find(|r| r.name.as_deref() == Some("echo")).expect("echo record");
+    assert!(echo.flow.as_ref().is_some_and(|f| f.taints), "the echo result tainted the session: {echo:#?}");
+    assert_eq!(flow.tainted_by, vec![echo.id.clone()], "the refusal names the tainting call");
 }
 
 #[test]

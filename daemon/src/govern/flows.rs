@@ -1,40 +1,31 @@
-//! Toxic flows on the data path: the glue between the exchange and the pure taint logic.
+//! Toxic flows: the glue between the govern stage and the pure taint logic.
 //!
 //! Why a module of its own: the decision logic lives in `mcpwatch_policy::FlowTable`
-//! (pure, unit-tested); this file only says which session a message belongs to, which
-//! labels its tool carries (policy, built-in table, heuristics, annotations), and turns
-//! a flow verdict into what the exchange does (block, hold, alert) with a reason that
-//! names the call that tainted the session. `exchange` calls [`check_call`] and
-//! [`apply`] for each `tools/call`, `responses` calls [`observe_result`] for each result.
+//! (pure, unit-tested); this file only says which labels a tool carries (policy,
+//! built-in table, heuristics, annotations), and turns a flow verdict into what the
+//! transport does (block, hold, alert) with a reason that names the call that tainted
+//! the session. The transport names the session ([`super::Site::flow_session`]);
+//! [`super::request`] calls [`check_call`] and [`apply`] for each `tools/call`,
+//! [`super::result`] calls [`observe_result`] for each result, on every transport.
 
-use mcpwatch_api::{AuditRecord, DecisionView, FlowView};
+use mcpwatch_api::{ActionKind, AuditRecord, DecisionView, Effect, FlowView};
 use mcpwatch_inspect::poison::{Severity, RESULT_ALERT};
 use mcpwatch_mcp::jsonrpc::Message;
 use mcpwatch_policy::{FlowCheck, Injection, Labels, Mode, ResultSeen, RuleAction, ToolLabels, ToolRef};
 use serde_json::Value;
 
-use super::exchange::{Scope, TargetOwned};
-use crate::governance::Loaded;
-use crate::state::{now_ms, Shared};
+use mcpwatch_policy::Target;
 
-/// The session a message belongs to: the MCP session id where there is one, else the
-/// client process (tgid and comm) talking to this endpoint. Idle sessions are
-/// forgotten after `FlowLimits::idle_ms` (30 minutes).
-pub(super) fn session_key(scope: &Scope) -> String {
-    match (&scope.session_id, scope.ctx.origin.process.as_deref()) {
-        (Some(s), _) => format!("{}#{}", scope.endpoint, s.chars().take(128).collect::<String>()),
-        (None, Some(p)) => format!("{}#proc:{}:{}", scope.endpoint, p.tgid, p.comm),
-        (None, None) => format!("{}#conn:{}", scope.endpoint, scope.ctx.origin.dst),
-    }
-}
+use super::{Judge, Site};
+use crate::state::{now_ms, Shared};
 
 /// The labels of `tool` on this server (with sources), from the policy, the built-in
 /// table (matched on the server's `serverInfo.name` and endpoint), heuristics and the
 /// definition's annotations.
-pub(super) fn tool_labels(shared: &Shared, gov: &Loaded, target: &TargetOwned, tool: &str, def: Option<&Value>) -> ToolLabels {
-    let server = gov.policy.server_for(&target.as_policy()).map(|s| s.name.clone());
-    let hint = format!("{} {}", shared.inventory.server_name(&target.endpoint).unwrap_or_default(), target.endpoint);
-    gov.policy.tool_labels(&ToolRef { server: server.as_deref(), server_hint: &hint, tool, definition: def })
+fn tool_labels(j: Judge<'_>, target: &Target<'_>, tool: &str, def: Option<&Value>) -> ToolLabels {
+    let server = j.gov.policy.server_for(target).map(|s| s.name.clone());
+    let hint = format!("{} {}", j.inventory.server_name(target.endpoint).unwrap_or_default(), target.endpoint);
+    j.gov.policy.tool_labels(&ToolRef { server: server.as_deref(), server_hint: &hint, tool, definition: def })
 }
 
 /// Fill in each tool's labels (with sources) for `mcpwatch list`. Labels depend on the
@@ -42,26 +33,18 @@ pub(super) fn tool_labels(shared: &Shared, gov: &Loaded, target: &TargetOwned, t
 pub fn label_inventory(shared: &Shared, servers: &mut [mcpwatch_api::ServerEntry]) {
     let gov = shared.governance.current();
     for s in servers {
-        let target = target_of(&s.endpoint);
+        let parsed = mcpwatch_api::Endpoint::parse(&s.endpoint);
+        let target = match &parsed {
+            Some(e) => Target { endpoint: &s.endpoint, host: &e.host, port: e.port, path: e.path_or_root() },
+            None => Target { endpoint: &s.endpoint, host: "", port: 0, path: "/" },
+        };
         let hint = format!("{} {}", s.server_name.as_deref().unwrap_or_default(), s.endpoint);
-        let server = gov.policy.server_for(&target.as_policy()).map(|d| d.name.clone());
+        let server = gov.policy.server_for(&target).map(|d| d.name.clone());
         for t in &mut s.tools {
             let tr = ToolRef { server: server.as_deref(), server_hint: &hint, tool: &t.name, definition: t.pinned_definition.as_ref() };
             t.labels = gov.policy.tool_labels(&tr).labels.iter().map(|(l, src)| format!("{l} ({})", src.as_str())).collect();
         }
     }
-}
-
-/// Host, port and path of an endpoint key (`scheme://host:port/path`).
-fn target_of(endpoint: &str) -> TargetOwned {
-    let (host, port, path) = match mcpwatch_api::Endpoint::parse(endpoint) {
-        Some(e) => {
-            let path = e.path_or_root().to_string();
-            (e.host, e.port, path)
-        }
-        None => (String::new(), 0, "/".to_string()),
-    };
-    TargetOwned { endpoint: endpoint.to_string(), host, port, path }
 }
 
 /// What the flow table said about one call, kept until the decision is final.
@@ -73,26 +56,18 @@ pub(super) struct Gate {
 
 /// Judge a `tools/call` against the session's taint and the `[[flow]]` rules. Sets the
 /// record's `flow` view. `None` for other methods.
-pub(super) fn check_call(
-    shared: &Shared,
-    gov: &Loaded,
-    scope: &Scope,
-    target: &TargetOwned,
-    msg: &Message,
-    tool: Option<&mcpwatch_api::ToolEntry>,
-    rec: &mut AuditRecord,
-) -> Option<Gate> {
+pub(super) fn check_call(j: Judge<'_>, site: &Site<'_>, msg: &Message, tool: Option<&mcpwatch_api::ToolEntry>, rec: &mut AuditRecord) -> Option<Gate> {
     if msg.method() != Some("tools/call") {
         return None;
     }
     let name = msg.target_name().unwrap_or_default();
     let def = tool.and_then(|t| t.pinned_definition.as_ref());
-    let labels = mcpwatch_policy::call_labels(tool_labels(shared, gov, target, name, def).set(), msg.arguments());
-    let session = session_key(scope);
+    let labels = mcpwatch_policy::call_labels(tool_labels(j, &site.target, name, def).set(), msg.arguments());
+    let session = site.flow_session.to_string();
     let args_markers = msg.arguments().map(mcpwatch_policy::markers).unwrap_or_default();
-    let check = shared
+    let check = j
         .governance
-        .with_flows(|t| t.check_call(&gov.policy, &session, now_ms(), name, labels, &args_markers))
+        .with_flows(|t| t.check_call(&j.gov.policy, &session, now_ms(), name, labels, &args_markers))
         .unwrap_or_default();
     rec.flow = Some(FlowView {
         session: session.clone(),
@@ -122,9 +97,9 @@ pub(super) fn apply(gate: &Gate, view: &mut DecisionView, rec: &mut AuditRecord,
     let rule = format!("flow:{}", v.rule);
     match (v.mode, v.action) {
         (Mode::Enforce, RuleAction::Deny) => {
-            view.action = "deny".into();
-            view.effective = "block".into();
-            view.mode = v.mode.as_str().into();
+            view.action = ActionKind::Deny;
+            view.effective = Effect::Block;
+            view.mode = v.mode;
             view.rules.insert(0, rule.clone());
             view.reason = v.reason.clone();
             rec.alerts.push(format!("toxic flow blocked: {}", v.reason));
@@ -140,10 +115,10 @@ pub(super) fn apply(gate: &Gate, view: &mut DecisionView, rec: &mut AuditRecord,
                 data: serde_json::json!({ "mcpwatch": { "decision": "deny", "rules": [rule], "tainted_by": tainted_by, "contact": contact } }),
             }
         }
-        (Mode::Enforce, _) if view.effective == "forward" => {
-            view.action = "require_approval".into();
-            view.effective = "hold".into();
-            view.mode = v.mode.as_str().into();
+        (Mode::Enforce, _) if view.effective == Effect::Forward => {
+            view.action = ActionKind::RequireApproval;
+            view.effective = Effect::Hold;
+            view.mode = v.mode;
             view.rules.insert(0, rule);
             view.reason = v.reason.clone();
             rec.alerts.push(format!("toxic flow held for approval: {}", v.reason));
@@ -167,19 +142,18 @@ pub(super) fn apply(gate: &Gate, view: &mut DecisionView, rec: &mut AuditRecord,
 }
 
 /// The call goes ahead (forwarded or held): it becomes a step of its session.
-pub(super) fn commit(shared: &Shared, gate: &Gate) {
-    shared.governance.with_flows(|t| t.commit_call(&gate.session, now_ms(), gate.labels));
+pub(super) fn commit(j: Judge<'_>, gate: &Gate) {
+    j.governance.with_flows(|t| t.commit_call(&gate.session, now_ms(), gate.labels));
 }
 
 /// See a `tools/call` result: taint the session when the tool is `untrusted_content` or
 /// the result carries instructions aimed at the agent (`severity` from the injection
 /// scan: at the alert threshold or above it taints, low only remembers the result's
 /// markers).
-pub(super) fn observe_result(shared: &Shared, gov: &Loaded, scope: &Scope, rec: &mut AuditRecord, result: &Value, severity: Option<Severity>) {
+pub(super) fn observe_result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, result: &Value, severity: Option<Severity>) {
     let Some(tool) = rec.name.clone() else { return };
-    let target = scope.target();
-    let def = shared.inventory.tool(&scope.endpoint, &tool).and_then(|t| t.pinned_definition);
-    let labels = tool_labels(shared, gov, &target, &tool, def.as_ref()).set();
+    let def = j.inventory.tool(site.endpoint, &tool).and_then(|t| t.pinned_definition);
+    let labels = tool_labels(j, &site.target, &tool, def.as_ref()).set();
     // The alert threshold (medium) taints: a result mcpwatch alerts on as instructions
     // aimed at the agent is untrusted content, whatever tool returned it.
     let injection = match severity {
@@ -187,9 +161,9 @@ pub(super) fn observe_result(shared: &Shared, gov: &Loaded, scope: &Scope, rec: 
         Some(Severity::Low) => Injection::Low,
         _ => Injection::None,
     };
-    let session = rec.flow.as_ref().map_or_else(|| session_key(scope), |f| f.session.clone());
+    let session = rec.flow.as_ref().map_or_else(|| site.flow_session.to_string(), |f| f.session.clone());
     let record = rec.id.clone();
-    let taints = shared
+    let taints = j
         .governance
         .with_flows(|t| {
             t.observe_result(&session, now_ms(), &ResultSeen { record: &record, tool: &tool, labels, injection, result });
