@@ -28,10 +28,10 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::failure::{self, Failure, OnFailure};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
 use crate::govern::{self, Fate, Governed, Judge, Site};
+use crate::proxy::record;
 use crate::state::{now_ms, Counters, Shared};
 
 /// Wrapped servers one uid may run at once (one gate connection each).
@@ -349,7 +349,7 @@ impl Session {
             tls: None,
             flow: None,
             // Schema, id, time, hostname and host id: stamped where every record begins.
-            ..crate::proxy::record::begin(shared)
+            ..record::begin(shared)
         }
     }
 
@@ -415,12 +415,8 @@ impl Session {
         let site = self.site();
         let Governed { fate, modified, held } = govern::request(Judge::of(shared, gov), &site, msg, &mut value, &mut rec);
         let audit_failed = shared.begin_record(&rec).is_err();
-        let durable = shared.durable().await;
-        if (audit_failed || durable.is_err()) && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
-            rec.status = CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() };
-            shared.complete_record(&rec);
-            let text = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
-            return GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, text, None).to_string() };
+        if record::commit(shared, true, audit_failed).await.is_err() {
+            return Self::unaudited(shared, &mut rec, msg);
         }
         let fate = match fate {
             Fate::Forward if held => {
@@ -428,11 +424,8 @@ impl Session {
                 if matches!(fate, Fate::Forward) {
                     // The approval is on the record before the call goes.
                     shared.complete_record(&rec);
-                    if shared.durable().await.is_err() && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
-                        rec.status = CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() };
-                        shared.complete_record(&rec);
-                        let text = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
-                        return GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, text, None).to_string() };
+                    if record::commit(shared, true, false).await.is_err() {
+                        return Self::unaudited(shared, &mut rec, msg);
                     }
                 }
                 fate
@@ -460,6 +453,14 @@ impl Session {
                 GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), code, &message, Some(data)).to_string() }
             }
         }
+    }
+
+    /// The call's record could not be committed and failure_mode is closed: answer the
+    /// client, forward nothing.
+    fn unaudited(shared: &Shared, rec: &mut AuditRecord, msg: &Message) -> GateVerdict {
+        rec.status = CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() };
+        shared.complete_record(rec);
+        GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL, None).to_string() }
     }
 
     /// A server line: answers complete (and may redact) their call's record; an answer

@@ -91,6 +91,17 @@ pub struct Pending {
     pub first_page: bool,
 }
 
+/// What a message waiting for its answer within one exchange is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingKey {
+    /// A request, by its JSON-RPC id (as `Id::to_string` writes it).
+    Id(String),
+    /// A notification (answered by the HTTP status alone), by its record id.
+    Notification(String),
+    /// A message mcpwatch could not parse, by its record id: an error with a null id answers it.
+    Invalid(String),
+}
+
 /// Where a legacy client's POSTs belong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyRoute {

@@ -29,12 +29,12 @@ use super::body::{self, Body, Collected};
 use super::conn::ConnCtx;
 use super::auth::HostFit;
 use super::http::{local_response, SharedUpstream};
+use super::record;
 use super::responses;
 use crate::govern::{self, Fate, Judge, Site};
-use crate::failure::{self, Failure, OnFailure};
 use crate::governance::Loaded;
 use crate::inventory::Sighting;
-use crate::session::{IdFate, Pending};
+use crate::session::{IdFate, Pending, PendingKey};
 use crate::state::{now_ms, Counters, Shared};
 
 pub const H_SESSION: &str = "mcp-session-id";
@@ -567,29 +567,24 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
     )
 }
 
-/// A client POST with a complete JSON body.
+/// A client POST with a complete JSON body, through the stages of an exchange:
+/// parse → admit → govern → commit → forward → observe. Each stage is a function with
+/// typed inputs and outputs; every path to the server, held calls included, passes
+/// [`record::commit`] first.
 ///
 /// `disguised`: the body is MCP but arrived without `application/json` or by another
 /// method than POST (audit and warn modes govern it; the reason becomes an alert).
 async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Parts, bytes: Bytes, disguised: Option<String>) -> Response<Body> {
+    // Parse.
     let parsed = jsonrpc::parse_body(&bytes);
     let messages: Vec<Result<Message, String>> = match &parsed {
         Parsed::Single(m) => vec![Ok(m.clone())],
         Parsed::Batch(items) => items.iter().map(|r| r.clone().map_err(|e| e.to_string())).collect(),
         Parsed::Invalid(e) => vec![Err(e.to_string())],
     };
-    let any_mcp_method = messages.iter().any(|m| m.as_ref().is_ok_and(|m| m.method().is_some_and(is_mcp_method)));
-    let evidence = scope.evidence(&shared, &parts.headers);
-    let is_mcp = any_mcp_method
-        || disguised.is_some()
-        || evidence.is_some_and(Evidence::is_exact)
-        // Invalid for mcpwatch but MCP to a lenient server (no `jsonrpc` member, UTF-16…):
-        // refused below by the envelope check rather than forwarded as "not MCP".
-        || (matches!(parsed, Parsed::Invalid(_)) && integrity::body_shape(&bytes) == BodyShape::McpShaped)
-        || (evidence.is_some() && !matches!(parsed, Parsed::Invalid(_)));
-    if !is_mcp {
+    if !is_mcp_body(&shared, &scope, &parts, &parsed, &messages, &bytes, disguised.is_some()) {
         // JSON, but not MCP: not ours to record.
-        if evidence.is_some() {
+        if scope.evidence(&shared, &parts.headers).is_some() {
             if let Some(refused) = guard_host(&shared, &scope, &parts) {
                 return refused;
             }
@@ -597,78 +592,173 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         let req = Request::from_parts(parts, body::full(bytes));
         return forward(&up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
     }
+    // Admit.
+    if let Err(refused) = admit(&shared, &scope, &parts, &parsed, bytes.len() as u64) {
+        return refused;
+    }
+    // Govern.
+    let gov = shared.governance.current();
+    register(&shared, &gov, &scope);
+    let input = BatchInput { parts: &parts, bytes: &bytes, messages: &messages, batch: matches!(parsed, Parsed::Batch(_)), disguised: disguised.as_deref() };
+    let mut gb = match govern_batch(&shared, &scope, &gov, &input).await {
+        Governing::Done(gb) => gb,
+        Governing::Streamed(held) => {
+            let StreamedHold { msg, value, pending, audit_failed, modified } = *held;
+            // Redacted arguments are re-serialised from `value`; otherwise the client's
+            // exact bytes go upstream.
+            let original = if modified { Bytes::new() } else { bytes.clone() };
+            return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, value, original, pending, audit_failed);
+        }
+    };
+    // Commit: what is about to be forwarded is on disk first (or failure_mode allows otherwise).
+    if record::commit(&shared, !gb.pending.is_empty(), gb.audit_failed).await.is_err() {
+        for (_, p) in gb.pending {
+            finish(&shared, p, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
+        }
+        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single_id(&parsed), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL);
+    }
+    // Nothing left to send: answer the client ourselves.
+    if gb.forwarded.is_empty() && !gb.refusals.is_empty() {
+        let body = if input.batch { serde_json::Value::Array(gb.refusals) } else { gb.refusals.pop().unwrap_or_default() };
+        return refusal_response(&parts.headers, scope.legacy, &body, gb.retry_after, input.batch);
+    }
+    let out_bytes = if gb.modified {
+        let v = if input.batch { serde_json::Value::Array(std::mem::take(&mut gb.forwarded)) } else { gb.forwarded.pop().unwrap_or_default() };
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    } else {
+        bytes
+    };
+    // Forward, then observe the response.
+    forward_and_observe(shared, scope, gov, up, parts, out_bytes, gb.pending, gb.refusals).await
+}
 
-    // Envelope, batch and routing-header rules: what fails them is answered here per
-    // the spec and never reaches the server (no parsed-vs-forwarded disagreement).
+/// Whether a POSTed JSON body is MCP (and so governed), not merely JSON.
+fn is_mcp_body(shared: &Shared, scope: &Scope, parts: &Parts, parsed: &Parsed, messages: &[Result<Message, String>], bytes: &[u8], disguised: bool) -> bool {
+    let any_mcp_method = messages.iter().any(|m| m.as_ref().is_ok_and(|m| m.method().is_some_and(is_mcp_method)));
+    let evidence = scope.evidence(shared, &parts.headers);
+    any_mcp_method
+        || disguised
+        || evidence.is_some_and(Evidence::is_exact)
+        // Invalid for mcpwatch but MCP to a lenient server (no `jsonrpc` member, UTF-16…):
+        // refused by the envelope check rather than forwarded as "not MCP".
+        || (matches!(parsed, Parsed::Invalid(_)) && integrity::body_shape(bytes) == BodyShape::McpShaped)
+        || (evidence.is_some() && !matches!(parsed, Parsed::Invalid(_)))
+}
+
+/// The admit stage: envelope, batch and routing-header rules (what fails them is
+/// answered here per the spec and never reaches the server: no parsed-vs-forwarded
+/// disagreement), token audience, and where the request came from (Host/Origin).
+fn admit(shared: &Shared, scope: &Scope, parts: &Parts, parsed: &Parsed, size: u64) -> Result<(), Response<Body>> {
     let signals = mcpwatch_mcp::HeaderSignals::from_lookup(|n| parts.headers.get(n).and_then(|v| v.to_str().ok()));
     let known = scope.protocol_version.as_deref().map(mcpwatch_mcp::Era::for_version);
-    if let Err(rej) = mcpwatch_mcp::session::check_request(&signals, &parsed, known.as_ref()) {
+    if let Err(rej) = mcpwatch_mcp::session::check_request(&signals, parsed, known.as_ref()) {
         Counters::inc(&shared.counters.mcp_messages);
-        let (kind, msg) = match &parsed {
+        let (kind, msg) = match parsed {
             Parsed::Single(m) if m.id().is_some() => (MessageKind::Request, Some(m)),
             Parsed::Single(m) => (MessageKind::Notification, Some(m)),
             _ => (MessageKind::Invalid, None),
         };
-        let mut rec = scope.record(&shared, kind, C2S, msg, bytes.len() as u64);
+        let mut rec = scope.record(shared, kind, C2S, msg, size);
         rec.notes.push(format!("rejected by mcpwatch, not forwarded: {}", rej.message));
-        write_closed(&shared, rec, CallStatus::JsonrpcError { code: rej.code, message: rej.message.clone() });
+        write_closed(shared, rec, CallStatus::JsonrpcError { code: rej.code, message: rej.message.clone() });
         let status = StatusCode::from_u16(rej.http_status).unwrap_or(StatusCode::BAD_REQUEST);
-        return local_response(status, "application/json", serde_json::to_vec(&rej.error_response()).unwrap_or_default());
+        return Err(local_response(status, "application/json", serde_json::to_vec(&rej.error_response()).unwrap_or_default()));
     }
 
     // A token minted for another service must not be replayed to this one.
     if let Some(why) = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|a| super::auth::audience_mismatch(a, &scope.target().host)) {
         Counters::inc(&shared.counters.mcp_messages);
-        let mut rec = scope.record(&shared, MessageKind::Request, C2S, match &parsed { Parsed::Single(m) => Some(m), _ => None }, bytes.len() as u64);
+        let mut rec = scope.record(shared, MessageKind::Request, C2S, match parsed { Parsed::Single(m) => Some(m), _ => None }, size);
         rec.alerts.push(format!("token passthrough refused: {why}"));
-        write_closed(&shared, rec, CallStatus::TransportError { reason: "401 token audience mismatch".into() });
+        write_closed(shared, rec, CallStatus::TransportError { reason: "401 token audience mismatch".into() });
         let mut resp = local_response(StatusCode::UNAUTHORIZED, "text/plain", format!("mcpwatch: {why}; not forwarded\n"));
         resp.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,
             http::HeaderValue::from_static("Bearer error=\"invalid_token\", error_description=\"token audience does not match this server\""),
         );
-        return resp;
+        return Err(resp);
     }
 
     // Refusals above answer anyway; this one is about where the request came from.
-    if let Some(refused) = guard_host(&shared, &scope, &parts) {
-        return refused;
+    match guard_host(shared, scope, parts) {
+        Some(refused) => Err(refused),
+        None => Ok(()),
     }
+}
 
-    let gov = shared.governance.current();
+/// The server's registry entry and status into the inventory.
+fn register(shared: &Shared, gov: &Loaded, scope: &Scope) {
     let target = scope.target();
-    let flow_session = scope.flow_session();
-    let site = scope.site(&target, &flow_session);
     let registry = gov.policy.server_for(&target.as_policy());
-    let registered = registry.map(|s| s.name.clone());
     let reg_status = registry.map(|s| match (&s.status, &s.deprecated_since) {
         (mcpwatch_policy::ServerStatus::Deprecated, Some(d)) => format!("deprecated since {d}"),
         (mcpwatch_policy::ServerStatus::Deprecated, None) => "deprecated".to_string(),
         _ => "active".to_string(),
     });
-    shared.inventory.set_registration(&scope.endpoint, registered.clone(), reg_status);
+    shared.inventory.set_registration(&scope.endpoint, registry.map(|s| s.name.clone()), reg_status);
+}
 
-    let batch = matches!(parsed, Parsed::Batch(_));
-    let n = messages.len().max(1);
-    let per_message_bytes = bytes.len() as u64 / n as u64;
-    let mut local: Vec<(String, Pending)> = Vec::new();
-    let mut forwarded: Vec<serde_json::Value> = Vec::new();
-    let mut refusals: Vec<serde_json::Value> = Vec::new();
-    let mut retry_after: Option<u64> = None;
-    let mut modified = false;
-    let mut audit_failed = false;
+/// What the govern stage reads of one POST.
+struct BatchInput<'a> {
+    parts: &'a Parts,
+    bytes: &'a Bytes,
+    messages: &'a [Result<Message, String>],
+    batch: bool,
+    disguised: Option<&'a str>,
+}
+
+/// One POST's messages after the govern stage.
+#[derive(Default)]
+struct GovernedBatch {
+    /// Records of what goes upstream (and of unparseable messages), keyed for their answers.
+    pending: Vec<(PendingKey, Pending)>,
+    /// The messages to forward, as values (used when the body must be re-serialised).
+    forwarded: Vec<serde_json::Value>,
+    /// mcpwatch's own answers to refused requests.
+    refusals: Vec<serde_json::Value>,
+    /// The longest rate-limit wait among the refusals.
+    retry_after: Option<u64>,
+    /// The body changed (redaction or refusals): re-serialise `forwarded`.
+    modified: bool,
+    /// A record could not be written.
+    audit_failed: bool,
+}
+
+/// A single held call whose client asked for progress: answered on an SSE stream.
+struct StreamedHold {
+    msg: Message,
+    value: serde_json::Value,
+    pending: Pending,
+    audit_failed: bool,
+    modified: bool,
+}
+
+enum Governing {
+    Done(GovernedBatch),
+    Streamed(Box<StreamedHold>),
+}
+
+/// The govern stage for every message of a POST: record each, judge requests
+/// ([`govern::request`]), wait for a human on held calls ([`govern::hold`]).
+async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, input: &BatchInput<'_>) -> Governing {
+    let target = scope.target();
+    let flow_session = scope.flow_session();
+    let site = scope.site(&target, &flow_session);
+    let n = input.messages.len().max(1);
+    let per_message_bytes = input.bytes.len() as u64 / n as u64;
+    let mut gb = GovernedBatch::default();
     let now = Instant::now();
-    for m in &messages {
+    for m in input.messages {
         Counters::inc(&shared.counters.mcp_messages);
         match m {
             Ok(msg @ (Message::Request { .. } | Message::Notification { .. })) => {
                 let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };
-                let mut rec = scope.record(&shared, kind, C2S, Some(msg), per_message_bytes);
-                if batch {
+                let mut rec = scope.record(shared, kind, C2S, Some(msg), per_message_bytes);
+                if input.batch {
                     rec.notes.push(format!("batch of {n}"));
                 }
-                if let Some(why) = &disguised {
-                    rec.alerts.push(why.clone());
+                if let Some(why) = input.disguised {
+                    rec.alerts.push(why.to_string());
                 }
                 if msg.method() == Some("initialize") {
                     if let Some(v) = msg.params().and_then(|p| p.get("protocolVersion")).and_then(|v| v.as_str()) {
@@ -679,26 +769,23 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                 shared.inventory.saw_message(&Sighting { dst: &rec.dst, ..scope.sighting(msg.method(), name.as_deref()) });
                 let mut value = msg.to_value();
                 let (fate, held) = if kind == MessageKind::Request {
-                    let g = govern::request(Judge::of(&shared, &gov), &site, msg, &mut value, &mut rec);
-                    modified |= g.modified;
+                    let g = govern::request(Judge::of(shared, gov), &site, msg, &mut value, &mut rec);
+                    gb.modified |= g.modified;
                     (g.fate, g.held)
                 } else {
                     (Fate::Forward, false)
                 };
-                audit_failed |= shared.begin_record(&rec).is_err();
+                gb.audit_failed |= shared.begin_record(&rec).is_err();
                 // A client that asked for progress on a single call gets an SSE stream at
                 // once: progress notifications while a human decides, then the answer.
-                if held && !batch && accepts_sse(&parts.headers) && progress_token(msg).is_some() {
+                if held && !input.batch && accepts_sse(&input.parts.headers) && progress_token(msg).is_some() {
                     let pending = Pending { record: rec, started: now, first_page: false };
-                    // Redacted arguments are re-serialised from `value`; otherwise the
-                    // client's exact bytes go upstream.
-                    let original = if modified { Bytes::new() } else { bytes.clone() };
-                    return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg.clone(), value, original, pending, audit_failed);
+                    return Governing::Streamed(Box::new(StreamedHold { msg: msg.clone(), value, pending, audit_failed: gb.audit_failed, modified: gb.modified }));
                 }
                 // A held call waits here for a human; the record is already written.
                 let fate = match fate {
                     Fate::Forward if held => {
-                        let fate = govern::hold(Judge::of(&shared, &gov), &site, msg, &mut rec).await;
+                        let fate = govern::hold(Judge::of(shared, gov), &site, msg, &mut rec).await;
                         if matches!(fate, Fate::Forward) {
                             shared.complete_record(&rec);
                         }
@@ -708,17 +795,17 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                 };
                 match fate {
                     Fate::Forward => {
-                        let key = msg.id().map_or_else(|| format!("notification:{}", rec.id), |i| i.to_string());
+                        let key = msg.id().map_or_else(|| PendingKey::Notification(rec.id.clone()), |i| PendingKey::Id(i.to_string()));
                         let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
                         if let Some(id) = msg.id() {
                             shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Forwarded);
                         }
-                        forwarded.push(value);
-                        local.push((key, Pending { record: rec, started: now, first_page }));
+                        gb.forwarded.push(value);
+                        gb.pending.push((key, Pending { record: rec, started: now, first_page }));
                     }
                     Fate::Refuse { code, message, data, retry_after_ms } => {
-                        modified = true;
-                        retry_after = retry_after.max(retry_after_ms);
+                        gb.modified = true;
+                        gb.retry_after = gb.retry_after.max(retry_after_ms);
                         rec.status = CallStatus::JsonrpcError { code, message: message.clone() };
                         rec.duration_us = Some(now.elapsed().as_micros() as u64);
                         rec.notes.push("answered by mcpwatch; not forwarded".into());
@@ -726,7 +813,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                         if let Some(id) = msg.id() {
                             shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Refused);
                         }
-                        refusals.push(jsonrpc::error_response(msg.id(), code, &message, Some(data)));
+                        gb.refusals.push(jsonrpc::error_response(msg.id(), code, &message, Some(data)));
                     }
                 }
             }
@@ -734,59 +821,48 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
                 // The client answers a request the server sent on an SSE stream.
                 if let Some(id) = msg.id() {
                     if let Some(p) = shared.sessions.take(&scope.conversation, &id.to_string()) {
-                        complete_with(&shared, p, msg, bytes.len() as u64);
+                        complete_with(shared, p, msg, input.bytes.len() as u64);
                     }
                 }
-                forwarded.push(msg.to_value());
+                gb.forwarded.push(msg.to_value());
             }
             Err(why) => {
-                let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, per_message_bytes);
+                let mut rec = scope.record(shared, MessageKind::Invalid, C2S, None, per_message_bytes);
                 rec.notes.push(why.clone());
-                audit_failed |= shared.begin_record(&rec).is_err();
-                local.push((format!("invalid:{}", rec.id), Pending { record: rec, started: now, first_page: false }));
+                gb.audit_failed |= shared.begin_record(&rec).is_err();
+                gb.pending.push((PendingKey::Invalid(rec.id.clone()), Pending { record: rec, started: now, first_page: false }));
             }
         }
     }
+    Governing::Done(gb)
+}
 
-    // Audited before forwarded: the records above reach the disk first (group commit).
-    if !local.is_empty() {
-        if let Err(e) = shared.durable().await {
-            tracing::error!(error = %e, "audit records not durable");
-            audit_failed = true;
-        }
-    }
-    if audit_failed && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
-        let msg = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
-        for (_, p) in local {
-            finish(&shared, p, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
-        }
-        let id = single_id(&parsed);
-        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, id, jsonrpc::INTERNAL_ERROR, msg);
-    }
-
-    // Nothing left to send: answer the client ourselves.
-    if forwarded.is_empty() && !refusals.is_empty() {
-        let body = if batch { serde_json::Value::Array(refusals) } else { refusals.pop().unwrap_or_default() };
-        return refusal_response(&parts.headers, scope.legacy, &body, retry_after, batch);
-    }
-
-    let out_bytes = if modified {
-        let v = if batch { serde_json::Value::Array(forwarded) } else { forwarded.pop().unwrap_or_default() };
-        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
-    } else {
-        bytes
-    };
-    // Legacy HTTP+SSE answers on the GET stream, possibly before this POST's 202 is
-    // back: park the requests before forwarding so the answer always finds them.
+/// The forward stage (and the hand-over to observe): send the committed body upstream
+/// and observe what comes back. Legacy HTTP+SSE answers on the GET stream, possibly
+/// before this POST's 202 is back: requests are parked before forwarding so the answer
+/// always finds them.
+#[allow(clippy::too_many_arguments)]
+async fn forward_and_observe(
+    shared: Arc<Shared>,
+    scope: Scope,
+    gov: Arc<Loaded>,
+    up: SharedUpstream,
+    mut parts: Parts,
+    out_bytes: Bytes,
+    mut pending: Vec<(PendingKey, Pending)>,
+    refusals: Vec<serde_json::Value>,
+) -> Response<Body> {
     let mut parked: Vec<String> = Vec::new();
     if scope.legacy {
-        let (requests, rest): (Vec<_>, Vec<_>) = local.into_iter().partition(|(_, p)| p.record.kind == MessageKind::Request);
-        local = rest;
+        let (requests, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(k, _)| matches!(k, PendingKey::Id(_)));
+        pending = rest;
         for (key, p) in requests {
-            for e in shared.sessions.park(&scope.conversation, &key, p) {
-                finish(&shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
+            if let PendingKey::Id(id) = key {
+                for e in shared.sessions.park(&scope.conversation, &id, p) {
+                    finish(&shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
+                }
+                parked.push(id);
             }
-            parked.push(key);
         }
     }
     let unpark = |why: CallStatus| {
@@ -796,14 +872,13 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
             }
         }
     };
-    let mut parts = parts;
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let req = Request::from_parts(parts, body::full(out_bytes));
     let resp = match forward(&up, req).await {
         Ok(r) => r,
         Err(e) => {
             unpark(CallStatus::TransportError { reason: e.to_string() });
-            for (_, p) in local {
+            for (_, p) in pending {
                 finish(&shared, p, CallStatus::TransportError { reason: e.to_string() }, None, 0);
             }
             return gateway_error(e);
@@ -812,7 +887,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     if !resp.status().is_success() {
         unpark(http_failure(resp.status()));
     }
-    responses::observe(shared, scope, gov, local, refusals, resp)
+    responses::observe(shared, scope, gov, pending, refusals, resp)
 }
 
 /// `params._meta.progressToken` of a request, if the client asked for progress.
@@ -880,16 +955,9 @@ fn streamed_hold(
                 // its record (with the approval) is on disk, or failure_mode says an
                 // unaudited call may go.
                 shared.complete_record(&pending.record);
-                let durable = shared.durable().await;
-                if let Err(e) = &durable {
-                    tracing::error!(error = %e, "audit records not durable");
-                }
-                if (audit_failed || durable.is_err())
-                    && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse
-                {
-                    let text = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
+                if record::commit(&shared, true, audit_failed).await.is_err() {
                     finish(&shared, pending, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
-                    let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, text, None))).await;
+                    let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL, None))).await;
                     return;
                 }
                 if let Some(id) = msg.id() {
@@ -898,7 +966,7 @@ fn streamed_hold(
                 let body = if original.is_empty() { Bytes::from(serde_json::to_vec(&value).unwrap_or_default()) } else { original };
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);
-                let key = msg.id().map(|i| i.to_string()).unwrap_or_default();
+                let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| PendingKey::Id(i.to_string()));
                 match forward(&up, Request::from_parts(parts, body::full(body))).await {
                     Err(e) => {
                         finish(&shared, pending, CallStatus::TransportError { reason: e.to_string() }, None, 0);
@@ -963,28 +1031,9 @@ fn refusal_response(req_headers: &HeaderMap, legacy: bool, body: &serde_json::Va
 }
 
 /// Write the record of something mcpwatch answered itself: complete at once.
-pub(super) use super::record::write_closed;
+pub(super) use super::record::{complete_with, finish, write_closed};
 
 /// Close a record with the server's answer.
-pub(super) fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
-    let (status, hash) = match msg {
-        Message::Response { .. } => (CallStatus::Ok, msg.result_hash(shared.governance.hash_key())),
-        Message::Error { code, message, .. } => (CallStatus::JsonrpcError { code: *code, message: message.clone() }, None),
-        _ => (CallStatus::Ok, None),
-    };
-    finish(shared, p, status, hash, size);
-}
-
-pub(super) fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: Option<String>, bytes: u64) {
-    p.record.status = status;
-    p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
-    if result_hash.is_some() {
-        p.record.result_hash = result_hash;
-    }
-    p.record.response_bytes = bytes;
-    shared.complete_record(&p.record);
-}
-
 pub(super) fn http_failure(status: StatusCode) -> CallStatus {
     CallStatus::TransportError { reason: format!("HTTP {status}") }
 }

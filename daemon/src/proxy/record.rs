@@ -1,15 +1,21 @@
-//! Beginning an audit record: the one place a record gets its id, time, schema version and
-//! the identity of the host that wrote it.
+//! An audit record's life: begun, committed before its message is forwarded, completed
+//! by the answer, or closed as it is begun.
 //!
-//! Why a module of its own: records are begun for messages ([`super::exchange`]), for
-//! connections answered before any message (refused non-HTTP toward governed servers, TLS
-//! clients that fail or distrust the CA) and for TLS upstream failures; every one of them
-//! must carry the same stamp (`hostname`, `host_id`: a record read from the store, a file or
-//! a SIEM says which host it is about without its envelope). Building a record starts here.
+//! Why a module of its own: records are begun for messages ([`super::exchange`], the
+//! gate), for connections answered before any message (refused non-HTTP toward governed
+//! servers, TLS clients that fail or distrust the CA) and for TLS upstream failures; every
+//! one of them must carry the same stamp (`hostname`, `host_id`: a record read from the
+//! store, a file or a SIEM says which host it is about without its envelope). And every
+//! path that sends a message upstream (a POST, a held call approved later, a stdio line
+//! through the gate) passes the one [`commit`], so "written before forwarded" holds by
+//! construction rather than by each path remembering it.
 
 use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
+use mcpwatch_mcp::jsonrpc::Message;
 
 use super::conn::ConnCtx;
+use crate::failure::{self, Failure, OnFailure};
+use crate::session::Pending;
 use crate::state::{now_ms, Shared};
 
 /// A new record stamped with its id, time, schema version and the host's name and id; the
@@ -49,4 +55,48 @@ pub fn write_closed(shared: &Shared, mut rec: AuditRecord, status: CallStatus) {
     rec.status = status;
     rec.duration_us = Some(0);
     let _ = shared.begin_record(&rec);
+}
+
+/// What a client is told when its call was not forwarded because it could not be audited.
+pub const UNAUDITED_REFUSAL: &str = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
+
+/// The record of a message that may not go was not written, and `failure_mode` is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unaudited;
+
+/// The commit stage: records begun for what is about to be forwarded reach the disk
+/// (group commit, `[audit] sync`) before it is. `wrote`: records were begun since the
+/// last commit; `failed`: beginning one failed. `Err` when the store failed and
+/// `failure_mode` says an unaudited call may not go; the caller then answers the client
+/// itself and forwards nothing.
+pub async fn commit(shared: &Shared, wrote: bool, mut failed: bool) -> Result<(), Unaudited> {
+    if wrote {
+        if let Err(e) = shared.durable().await {
+            tracing::error!(error = %e, "audit records not durable");
+            failed = true;
+        }
+    }
+    if failed && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
+        return Err(Unaudited);
+    }
+    Ok(())
+}
+
+pub fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
+    let (status, hash) = match msg {
+        Message::Response { .. } => (CallStatus::Ok, msg.result_hash(shared.governance.hash_key())),
+        Message::Error { code, message, .. } => (CallStatus::JsonrpcError { code: *code, message: message.clone() }, None),
+        _ => (CallStatus::Ok, None),
+    };
+    finish(shared, p, status, hash, size);
+}
+
+pub fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: Option<String>, bytes: u64) {
+    p.record.status = status;
+    p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
+    if result_hash.is_some() {
+        p.record.result_hash = result_hash;
+    }
+    p.record.response_bytes = bytes;
+    shared.complete_record(&p.record);
 }

@@ -28,7 +28,7 @@ use super::exchange::{complete_with, write_closed, finish, http_failure, is_json
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
-use crate::session::{IdFate, LegacyRoute, Owner, Pending};
+use crate::session::{IdFate, LegacyRoute, Owner, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
 /// Wrap an upstream response to a client POST.
@@ -36,7 +36,7 @@ pub fn observe(
     shared: Arc<Shared>,
     scope: Scope,
     gov: Arc<Loaded>,
-    local: Vec<(String, Pending)>,
+    local: Vec<(PendingKey, Pending)>,
     injected: Vec<Value>,
     resp: Response<Incoming>,
 ) -> Response<Body> {
@@ -101,7 +101,7 @@ struct StreamObserver {
     scope: Scope,
     gov: Arc<Loaded>,
     /// Messages of the POST this body answers, by id text.
-    local: Vec<(String, Pending)>,
+    local: Vec<(PendingKey, Pending)>,
     /// Local answers to append (batch elements mcpwatch refused).
     injected: Vec<Value>,
     status: StatusCode,
@@ -116,7 +116,7 @@ struct StreamObserver {
 }
 
 impl StreamObserver {
-    fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(String, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
+    fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(PendingKey, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
         let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
         let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
         StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false }
@@ -161,9 +161,9 @@ impl StreamObserver {
             Message::Response { .. } | Message::Error { .. } => {
                 let key = msg.id().map(|i| i.to_string());
                 let local_hit = match &key {
-                    Some(k) => self.local.iter().position(|(lk, _)| lk == k),
+                    Some(k) => self.local.iter().position(|(lk, _)| matches!(lk, PendingKey::Id(id) if id == k)),
                     // An error with a null id answers the message we could not parse.
-                    None => self.local.iter().position(|(lk, _)| lk.starts_with("invalid:")),
+                    None => self.local.iter().position(|(lk, _)| matches!(lk, PendingKey::Invalid(_))),
                 };
                 let pending = match local_hit {
                     Some(i) => Some(self.local.remove(i).1),
@@ -211,7 +211,7 @@ impl StreamObserver {
     /// What this conversation knows of a response id.
     fn id_state(&self, id: &jsonrpc::Id) -> IdState {
         let key = id.to_string();
-        if self.local.iter().any(|(k, _)| *k == key) || self.shared.sessions.is_parked(&self.scope.conversation, &key) {
+        if self.local.iter().any(|(k, _)| matches!(k, PendingKey::Id(id) if *id == key)) || self.shared.sessions.is_parked(&self.scope.conversation, &key) {
             return IdState::Pending;
         }
         match self.shared.sessions.id_fate(&self.scope.conversation, &key) {
