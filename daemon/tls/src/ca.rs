@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    NameConstraints,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -95,7 +96,7 @@ impl CaCertInfo {
         })
     }
 
-    fn from_parts(path: PathBuf, pem: String, der: Vec<u8>) -> Result<CaCertInfo, String> {
+    pub(crate) fn from_parts(path: PathBuf, pem: String, der: Vec<u8>) -> Result<CaCertInfo, String> {
         let (subject, not_after_unix) = {
             let (_, cert) = x509_parser::parse_x509_certificate(&der)
                 .map_err(|e| format!("ca.pem does not parse: {e}"))?;
@@ -122,6 +123,8 @@ pub struct LocalCa {
     info: CaCertInfo,
     key_path: PathBuf,
     key: KeyPair,
+    /// The NameConstraints the certificate carries (`None`: unconstrained).
+    constraints: Option<NameConstraints>,
     /// The CA as rcgen needs it to sign (same DN and key identifier as the on-disk certificate;
     /// its own DER is a re-signature and is never shown to anyone).
     signer: rcgen::Certificate,
@@ -143,13 +146,23 @@ impl LocalCa {
     /// that does not match the certificate, a key file readable by group/others (it may have
     /// leaked: rotate), a certificate that is not a CA. `hostname` is only used when creating.
     pub fn load_or_create(dir: &Path, hostname: &str) -> Result<LocalCa, TlsError> {
+        LocalCa::load_or_create_constrained(dir, hostname, None)
+    }
+
+    /// [`LocalCa::load_or_create`], creating a missing CA with `constraints` (an existing CA is
+    /// loaded as it is: [`crate::CaStore::prepare`] re-issues one whose constraints differ).
+    pub fn load_or_create_constrained(
+        dir: &Path,
+        hostname: &str,
+        constraints: Option<&NameConstraints>,
+    ) -> Result<LocalCa, TlsError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         match (exists(&cert_path)?, exists(&key_path)?) {
             (true, true) => LocalCa::load(dir),
             (false, false) => {
                 ensure_dir(dir)?;
-                let (cert_pem, key_pem) = generate(hostname)?;
+                let (cert_pem, key_pem) = generate(hostname, constraints)?;
                 install_new(dir, &key_pem, &cert_pem)?;
                 LocalCa::load(dir)
             }
@@ -216,11 +229,13 @@ impl LocalCa {
         let info = CaCertInfo::from_parts(cert_path, cert_pem, der).map_err(bad)?;
         let params =
             CertificateParams::from_ca_cert_der(&CertificateDer::from(info.der.as_slice()))?;
+        let constraints = params.name_constraints.clone();
         let signer = params.self_signed(&key)?;
         Ok(LocalCa {
             info,
             key_path,
             key,
+            constraints,
             signer,
         })
     }
@@ -229,7 +244,7 @@ impl LocalCa {
     /// it. Clients must be told to trust the new certificate (`mcpwatch ca install`).
     pub fn rotate(dir: &Path, hostname: &str) -> Result<LocalCa, TlsError> {
         ensure_dir(dir)?;
-        let (cert_pem, key_pem) = generate(hostname)?;
+        let (cert_pem, key_pem) = generate(hostname, None)?;
         let key_tmp = write_temp(dir, CA_KEY_FILE, key_pem.as_bytes(), 0o600)?;
         let cert_tmp = match write_temp(dir, CA_CERT_FILE, cert_pem.as_bytes(), 0o644) {
             Ok(p) => p,
@@ -279,6 +294,11 @@ impl LocalCa {
         self.key.public_key_der()
     }
 
+    /// The NameConstraints the certificate carries (`None`: it may sign any name).
+    pub fn name_constraints(&self) -> Option<&NameConstraints> {
+        self.constraints.as_ref()
+    }
+
     pub(crate) fn signer(&self) -> (&rcgen::Certificate, &KeyPair) {
         (&self.signer, &self.key)
     }
@@ -315,8 +335,12 @@ fn ca_common_name(hostname: &str) -> String {
     format!("{PREFIX}{host})")
 }
 
-/// Generates a CA; returns (certificate PEM, key PEM).
-fn generate(hostname: &str) -> Result<(String, String), TlsError> {
+/// Generates a CA (critical NameConstraints when `constraints` is given); returns
+/// (certificate PEM, key PEM).
+pub(crate) fn generate(
+    hostname: &str,
+    constraints: Option<&NameConstraints>,
+) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -325,6 +349,7 @@ fn generate(hostname: &str) -> Result<(String, String), TlsError> {
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.name_constraints = constraints.cloned();
     let now = unix_now();
     rcgen_time(
         &mut params,
@@ -361,7 +386,7 @@ fn install_new(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), TlsError
 
 /// Writes `contents` to a new, exclusive temporary file in `dir` created with `mode` (so the
 /// permission is in force from the first byte), fsyncs it and returns its path.
-fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf, TlsError> {
+pub(crate) fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf, TlsError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -390,7 +415,7 @@ fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<Path
     Ok(path)
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
     fs::rename(from, to).map_err(|source| {
         let _ = fs::remove_file(from);
         TlsError::Io {
@@ -400,13 +425,13 @@ fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
     })
 }
 
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -417,7 +442,7 @@ fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
         })
 }
 
-fn exists(path: &Path) -> Result<bool, TlsError> {
+pub(crate) fn exists(path: &Path) -> Result<bool, TlsError> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -428,7 +453,7 @@ fn exists(path: &Path) -> Result<bool, TlsError> {
     }
 }
 
-fn read_small(path: &Path) -> Result<String, TlsError> {
+pub(crate) fn read_small(path: &Path) -> Result<String, TlsError> {
     let io = |source| TlsError::Io {
         path: path.to_path_buf(),
         source,
@@ -443,7 +468,7 @@ fn read_small(path: &Path) -> Result<String, TlsError> {
     fs::read_to_string(path).map_err(io)
 }
 
-fn parse_single_cert_pem(pem: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_single_cert_pem(pem: &str) -> Result<Vec<u8>, String> {
     let mut reader = std::io::BufReader::new(pem.as_bytes());
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut reader) {
