@@ -174,6 +174,11 @@ pub fn status_text(s: &Status) -> String {
     if let Some(c) = &s.coverage {
         line("coverage", &coverage_text(c));
     }
+    if let Some(ca) = &s.ca {
+        for (label, value) in ca_lines(ca) {
+            line(label, &value);
+        }
+    }
     if s.held_calls > 0 {
         line("held calls", &format!("{} waiting for approval (mcpwatch pending)", s.held_calls));
     }
@@ -200,6 +205,43 @@ pub fn status_text(s: &Status) -> String {
 }
 
 /// Last path component of an executable path.
+/// `YYYY-MM-DD` of a Unix time in seconds.
+fn day(unix: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string().chars().take(10).collect()
+}
+
+/// The local CA's status lines: the CA signing now, what it may sign, and every previous CA
+/// still trusted until withdrawn.
+pub fn ca_lines(ca: &mcpwatch_api::CaStatus) -> Vec<(&'static str, String)> {
+    let mut out = vec![(
+        "local CA",
+        format!("sha256 {}, expires {}", ca.current.fingerprint_sha256, day(ca.current.not_after_unix)),
+    )];
+    let constraints = match &ca.unconstrained_reason {
+        Some(why) => format!("name constraints: none ({why})"),
+        None => format!("name constraints: {}", ca.name_constraints),
+    };
+    out.push(("", constraints));
+    for r in &ca.retired {
+        let when = match r.withdraw_after_unix {
+            Some(t) => format!("automatically on {}, or `mcpwatch ca withdraw`", day(t)),
+            None => "`mcpwatch ca withdraw`".to_string(),
+        };
+        out.push((
+            "previous CA",
+            format!(
+                "sha256 {}, expires {}, {} on {}: still trusted in the bundle; WITHDRAWAL PENDING ({when})",
+                r.cert.fingerprint_sha256,
+                day(r.cert.not_after_unix),
+                r.reason,
+                day(r.retired_at_unix)
+            ),
+        ));
+    }
+    out
+}
+
 pub fn basename(path: &str) -> &str {
     path.rsplit('/').find(|s| !s.is_empty()).unwrap_or(path)
 }
