@@ -379,12 +379,14 @@ impl LeafIssuer {
             ServerTarget::Ip(ip) => SanType::IpAddress(*ip),
         }];
         let mut dn = DistinguishedName::new();
+        // The CN repeats a DNS name (SAN is what counts). Never an IP literal: OpenSSL checks a
+        // CN that looks like a host name against the CA's DNS name constraints when the leaf
+        // has no DNS SAN, and "127.0.0.1" would violate them.
         dn.push(
             DnType::CommonName,
-            if name.len() <= 64 {
-                name.clone()
-            } else {
-                "mcpwatch leaf".to_string()
+            match target {
+                ServerTarget::Dns(n) if n.len() <= 64 => n.clone(),
+                _ => "mcpwatch leaf".to_string(),
             },
         );
         dn.push(DnType::OrganizationName, "mcpwatch");
