@@ -196,6 +196,15 @@ impl CaStore {
             .collect())
     }
 
+    /// The DER of every mcpwatch CA still trusted (current first, then retired): none of them
+    /// may ever be accepted as an upstream anchor (`UpstreamOptions::exclude_anchors_der`), even
+    /// after `ca install` put the bundle into the system store.
+    pub fn trusted_ders(&self) -> Result<Vec<Vec<u8>>, TlsError> {
+        let mut out = vec![CaCertInfo::read(&self.dir)?.der];
+        out.extend(self.retired()?.into_iter().map(|r| r.info.der));
+        Ok(out)
+    }
+
     /// The bundle: the current certificate, then every retired one.
     pub fn bundle_pem(&self) -> Result<String, TlsError> {
         let mut out = CaCertInfo::read(&self.dir)?.pem;
@@ -383,6 +392,7 @@ mod tests {
         assert_eq!(retired[0].reason, RotationReason::Rotated);
         let bundle = fs::read_to_string(dir.join(BUNDLE_FILE)).unwrap();
         assert_eq!(ders(&bundle), vec![new.cert_der().to_vec(), old.cert_der().to_vec()]);
+        assert_eq!(store.trusted_ders().unwrap(), ders(&bundle));
         assert!(!bundle.contains("PRIVATE KEY"));
         for p in [dir.join(BUNDLE_FILE), dir.join(CA_KEY_FILE), dir.join(CA_CERT_FILE), retired[0].info.path.clone()] {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
