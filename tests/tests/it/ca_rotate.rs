@@ -115,6 +115,9 @@ fn ca_rotates_without_restart_and_withdraw_untrusts_the_old_ca() {
     let probe = tls::ssl_probe(Some(w.cgroup()), "127.0.0.1", port, "localhost", &old_only, b"");
     assert_eq!(probe["ok"], true, "{probe}");
 
+    // A connection established before the rotation (leaf from the old CA) stays usable after.
+    let mut held = held_connection(w.cgroup(), port, &old_only);
+
     // (b) Rotate while the daemon runs: the published anchor becomes the bundle (new + old).
     let text = ca_cmd(d, root.path(), &["rotate"]);
     assert!(text.contains("rotated the local CA") && text.contains("published the bundle (2 certificate(s))"), "{text}");
@@ -139,6 +142,7 @@ fn ca_rotates_without_restart_and_withdraw_untrusts_the_old_ca() {
     let new_only = write_pem(work.path(), "new-only.pem", &[&new_der]);
     openssl_verify(&new_only, &leaf).expect("the leaf chains to the new CA");
     assert!(openssl_verify(&old_only, &leaf).is_err(), "the leaf is not from the old CA");
+    assert_eq!(held.finish(), "HTTP/1.1 200 OK", "the connection opened before the rotation still works");
     // A client trusting only the OLD anchor now fails on new connections: the switch happened.
     let probe = tls::ssl_probe(Some(w.cgroup()), "127.0.0.1", port, "localhost", &old_only, b"");
     assert_eq!(probe["ok"], false, "{probe}");
@@ -168,6 +172,53 @@ fn ca_rotates_without_restart_and_withdraw_untrusts_the_old_ca() {
     assert_eq!(files_holding(&d.state_dir, &old_der), Vec::<PathBuf>::new(), "old CA left in the state dir");
     assert!(d.status().ca.expect("ca").retired.is_empty());
     assert_eq!(server.recorded_calls().len(), 3, "every call reached the server once");
+}
+
+/// A TLS connection (through the daemon, from the watched cgroup) opened now and used later.
+struct Held {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Held {
+    /// Sends an MCP `initialize` over the held connection; returns the HTTP status line.
+    fn finish(&mut self) -> String {
+        self.child.stdin.take().expect("stdin").write_all(b"go\n").expect("go");
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("status line");
+        let _ = self.child.wait();
+        line.trim().to_string()
+    }
+}
+
+fn held_connection(cgroup: &Path, port: u16, cafile: &Path) -> Held {
+    let script = format!(
+        r#"
+import json, socket, ssl, sys
+ctx = ssl.create_default_context(cafile={cafile:?})
+s = ctx.wrap_socket(socket.create_connection(("localhost", {port}), timeout=20), server_hostname="localhost")
+print("ready", flush=True)
+sys.stdin.readline()
+body = json.dumps({{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {{"protocolVersion": "2025-03-26", "capabilities": {{}}, "clientInfo": {{"name": "held", "version": "1"}}}}}}).encode()
+s.sendall(b"POST /mcp HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+got = b""
+while b"\r\n" not in got:
+    chunk = s.recv(4096)
+    if not chunk: break
+    got += chunk
+print(got.split(b"\r\n")[0].decode(), flush=True)
+"#,
+        cafile = cafile.display().to_string()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    peers::move_into_cgroup(&mut cmd, cgroup);
+    let mut child = cmd.spawn().expect("python3");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "the held connection's handshake failed");
+    Held { child, out }
 }
 
 /// Rotation is an operator's decision: refused from inside the watched cgroup.
