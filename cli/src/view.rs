@@ -494,6 +494,26 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_both_cas_during_a_rotation_and_why_none_is_constrained() {
+        let cert = |fp: &str| mcpwatch_api::CaCert { fingerprint_sha256: fp.into(), subject: "CN=x".into(), not_after_unix: 1_893_456_000 };
+        let mut ca = mcpwatch_api::CaStatus {
+            current: cert("AA:BB"),
+            retired: vec![mcpwatch_api::RetiredCaCert { cert: cert("CC:DD"), retired_at_unix: 1_767_225_600, reason: "rotated".into(), withdraw_after_unix: Some(1_768_435_200) }],
+            name_constraints: "permitted: DNS localhost".into(),
+            unconstrained_reason: None,
+            bundle_path: "/var/lib/mcpwatch/ca/bundle.pem".into(),
+        };
+        let text = status_text(&Status { ca: Some(ca.clone()), ..Default::default() });
+        assert!(text.contains("local CA        sha256 AA:BB, expires 2030-01-01"), "{text}");
+        assert!(text.contains("name constraints: permitted: DNS localhost"), "{text}");
+        assert!(text.contains("previous CA     sha256 CC:DD") && text.contains("WITHDRAWAL PENDING (automatically on 2026-01-15"), "{text}");
+        ca.retired.clear();
+        ca.unconstrained_reason = Some("[tls] default = \"intercept\"".into());
+        let text = status_text(&Status { ca: Some(ca), ..Default::default() });
+        assert!(text.contains("name constraints: none ([tls] default = \"intercept\")") && !text.contains("previous CA"), "{text}");
+    }
+
+    #[test]
     fn status_puts_failure_mode_and_problems_up_front() {
         let s = Status {
             version: "0.1.0".into(),
