@@ -5,10 +5,13 @@
 //! is created with mode 0600 by `open(2)` itself, so it is never world-readable even for an
 //! instant, and written to a temporary name then linked/renamed into place so a crash never leaves
 //! a half-written key under the real name. Reloading keeps the same certificate, so clients that
-//! trust it keep working across restarts; [`LocalCa::rotate`] is the only way to replace it.
+//! trust it keep working across restarts; [`crate::CaStore`] replaces it (rotation with the old
+//! certificate kept trusted until withdrawn). The daemon's start-up tightens every file of its
+//! state dir to 0600, `ca.pem` included; agents get the certificate from `mcpwatch ca install`.
 //!
 //! Profile: ECDSA P-256, valid 2 years, CN "mcpwatch local CA (<hostname>)", basicConstraints
-//! CA with pathLen 0 (it can sign leaves, never intermediates), keyUsage keyCertSign + cRLSign.
+//! CA with pathLen 0 (it can sign leaves, never intermediates), keyUsage keyCertSign + cRLSign,
+//! and (when the scope allows it) critical name constraints ([`crate::constraints`]).
 
 use std::fs;
 use std::io::Write;
@@ -82,14 +85,14 @@ impl CaCertInfo {
         let left = self.not_after_unix - now_unix;
         if left <= 0 {
             return Some(format!(
-                "the local CA {} EXPIRED {} day(s) ago: intercepted TLS clients now reject mcpwatchd; rotate it (`mcpwatch ca rotate`, then `mcpwatch ca install`)",
+                "the local CA {} EXPIRED {} day(s) ago: intercepted TLS clients now reject mcpwatchd; rotate it (`mcpwatch ca rotate`, no restart needed)",
                 self.path.display(),
                 (-left) / 86_400
             ));
         }
         (left <= CA_EXPIRY_WARNING.as_secs() as i64).then(|| {
             format!(
-                "the local CA {} expires in {} day(s): rotate it before then (`mcpwatch ca rotate`, then `mcpwatch ca install`)",
+                "the local CA {} expires in {} day(s): rotate it before then (`mcpwatch ca rotate`, no restart needed; `mcpwatch ca withdraw` once clients have the bundle)",
                 self.path.display(),
                 left / 86_400
             )
@@ -238,25 +241,6 @@ impl LocalCa {
             constraints,
             signer,
         })
-    }
-
-    /// Replaces the CA in `dir` with a freshly generated one (new key, new certificate) and loads
-    /// it. Clients must be told to trust the new certificate (`mcpwatch ca install`).
-    pub fn rotate(dir: &Path, hostname: &str) -> Result<LocalCa, TlsError> {
-        ensure_dir(dir)?;
-        let (cert_pem, key_pem) = generate(hostname, None)?;
-        let key_tmp = write_temp(dir, CA_KEY_FILE, key_pem.as_bytes(), 0o600)?;
-        let cert_tmp = match write_temp(dir, CA_CERT_FILE, cert_pem.as_bytes(), 0o644) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = fs::remove_file(&key_tmp);
-                return Err(e);
-            }
-        };
-        rename(&key_tmp, &dir.join(CA_KEY_FILE))?;
-        rename(&cert_tmp, &dir.join(CA_CERT_FILE))?;
-        sync_dir(dir);
-        LocalCa::load(dir)
     }
 
     /// The certificate as stored in `ca.pem`.
@@ -552,20 +536,6 @@ mod tests {
         assert_eq!(again.cert_pem(), ca.cert_pem());
         assert_eq!(again.public_key_der(), ca.public_key_der());
         assert_eq!(CaCertInfo::read(&state).unwrap(), *ca.info());
-
-        let rotated = LocalCa::rotate(&state, "testhost").unwrap();
-        assert_ne!(rotated.cert_der().to_vec(), der);
-        assert_ne!(rotated.public_key_der(), ca.public_key_der());
-        assert_eq!(
-            fs::metadata(state.join(CA_KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
-        let reloaded = LocalCa::load_or_create(&state, "testhost").unwrap();
-        assert_eq!(reloaded.cert_der(), rotated.cert_der());
     }
 
     #[test]

@@ -28,7 +28,9 @@ const NOTHING: &str = "invalid";
 /// The constraints a CA for `scope` should carry, or why it can carry none.
 pub fn scope_constraints(scope: &TlsScope) -> Result<NameConstraints, &'static str> {
     if scope.default == TlsAction::Intercept {
-        return Err("[tls] default = \"intercept\": every host may be intercepted, so no name constraint is possible");
+        return Err(
+            "[tls] default = \"intercept\": every host may be intercepted, so no name constraint is possible",
+        );
     }
     let mut dns: Vec<String> = Vec::new();
     let mut ips: Vec<(IpAddr, u8)> = Vec::new();
@@ -42,8 +44,13 @@ pub fn scope_constraints(scope: &TlsScope) -> Result<NameConstraints, &'static s
     dns.sort();
     dns.dedup();
     // A name below another listed name adds nothing (the subtree already holds it).
-    let covered = |n: &str, by: &str| n != by && n.ends_with(by) && n[..n.len() - by.len()].ends_with('.');
-    let dns: Vec<String> = dns.iter().filter(|n| !dns.iter().any(|b| covered(n, b))).cloned().collect();
+    let covered =
+        |n: &str, by: &str| n != by && n.ends_with(by) && n[..n.len() - by.len()].ends_with('.');
+    let dns: Vec<String> = dns
+        .iter()
+        .filter(|n| !dns.iter().any(|b| covered(n, b)))
+        .cloned()
+        .collect();
     ips.sort();
     ips.dedup();
 
@@ -55,13 +62,22 @@ pub fn scope_constraints(scope: &TlsScope) -> Result<NameConstraints, &'static s
         excluded.push(GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])));
         excluded.push(GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])));
     } else {
-        permitted.extend(ips.into_iter().map(|(a, p)| GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(a, p))));
+        permitted.extend(
+            ips.into_iter()
+                .map(|(a, p)| GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(a, p))),
+        );
     }
-    if !permitted.iter().any(|s| matches!(s, GeneralSubtree::DnsName(_))) {
+    if !permitted
+        .iter()
+        .any(|s| matches!(s, GeneralSubtree::DnsName(_)))
+    {
         // No DNS subtree would leave every DNS name permitted: permit only `.invalid`.
         permitted.insert(0, GeneralSubtree::DnsName(NOTHING.to_string()));
     }
-    Ok(NameConstraints { permitted_subtrees: permitted, excluded_subtrees: excluded })
+    Ok(NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: excluded,
+    })
 }
 
 /// One line for `mcpwatch status` / `ca show`: what the CA may sign.
@@ -82,15 +98,24 @@ pub fn describe(constraints: Option<&NameConstraints>) -> String {
     };
     let mut out = format!("permitted: {}", list(&nc.permitted_subtrees).join(", "));
     if !nc.excluded_subtrees.is_empty() {
-        out.push_str(&format!("; excluded: {}", list(&nc.excluded_subtrees).join(", ")));
+        out.push_str(&format!(
+            "; excluded: {}",
+            list(&nc.excluded_subtrees).join(", ")
+        ));
     }
     out
 }
 
 fn cidr_text(c: &CidrSubnet) -> String {
     let (addr, prefix) = match c {
-        CidrSubnet::V4(a, m) => (IpAddr::from(*a), m.iter().map(|b| b.count_ones()).sum::<u32>()),
-        CidrSubnet::V6(a, m) => (IpAddr::from(*a), m.iter().map(|b| b.count_ones()).sum::<u32>()),
+        CidrSubnet::V4(a, m) => (
+            IpAddr::from(*a),
+            m.iter().map(|b| b.count_ones()).sum::<u32>(),
+        ),
+        CidrSubnet::V6(a, m) => (
+            IpAddr::from(*a),
+            m.iter().map(|b| b.count_ones()).sum::<u32>(),
+        ),
     };
     format!("IP {addr}/{prefix}")
 }
@@ -113,14 +138,22 @@ mod tests {
     #[test]
     fn hosts_map_to_subtrees() {
         let nc = scope_constraints(&scope(
-            &["mcp.vendor.example", "*.mcp.internal", "a.mcp.internal", "MCP.Vendor.Example"],
+            &[
+                "mcp.vendor.example",
+                "*.mcp.internal",
+                "a.mcp.internal",
+                "MCP.Vendor.Example",
+            ],
             TlsAction::PassThrough,
             None,
         ))
         .unwrap();
         assert_eq!(
             nc.permitted_subtrees,
-            vec![GeneralSubtree::DnsName("mcp.internal".into()), GeneralSubtree::DnsName("mcp.vendor.example".into())]
+            vec![
+                GeneralSubtree::DnsName("mcp.internal".into()),
+                GeneralSubtree::DnsName("mcp.vendor.example".into())
+            ]
         );
         assert_eq!(
             nc.excluded_subtrees,
@@ -135,7 +168,12 @@ mod tests {
             "permitted: DNS mcp.internal, DNS mcp.vendor.example; excluded: IP 0.0.0.0/0, IP ::/0"
         );
 
-        let nc = scope_constraints(&scope(&["localhost", "127.0.0.1", "10.0.0.0/8"], TlsAction::PassThrough, None)).unwrap();
+        let nc = scope_constraints(&scope(
+            &["localhost", "127.0.0.1", "10.0.0.0/8"],
+            TlsAction::PassThrough,
+            None,
+        ))
+        .unwrap();
         assert!(nc.excluded_subtrees.is_empty());
         assert_eq!(
             describe(Some(&nc)),
@@ -143,13 +181,24 @@ mod tests {
         );
 
         // Intercepting IPs without SNI: IPs cannot be constrained, DNS still is.
-        let nc = scope_constraints(&scope(&["localhost"], TlsAction::PassThrough, Some(TlsAction::Intercept))).unwrap();
-        assert_eq!(nc.permitted_subtrees, vec![GeneralSubtree::DnsName("localhost".into())]);
+        let nc = scope_constraints(&scope(
+            &["localhost"],
+            TlsAction::PassThrough,
+            Some(TlsAction::Intercept),
+        ))
+        .unwrap();
+        assert_eq!(
+            nc.permitted_subtrees,
+            vec![GeneralSubtree::DnsName("localhost".into())]
+        );
         assert!(nc.excluded_subtrees.is_empty());
 
         // Nothing intercepted: only the reserved .invalid name, no IP.
         let nc = scope_constraints(&scope(&[], TlsAction::PassThrough, None)).unwrap();
-        assert_eq!(nc.permitted_subtrees, vec![GeneralSubtree::DnsName("invalid".into())]);
+        assert_eq!(
+            nc.permitted_subtrees,
+            vec![GeneralSubtree::DnsName("invalid".into())]
+        );
         assert_eq!(nc.excluded_subtrees.len(), 2);
         assert!(describe(Some(&nc)).starts_with("permitted: no DNS name;"));
     }
@@ -159,8 +208,15 @@ mod tests {
     #[test]
     fn webpki_rejects_leaves_outside_the_constraints() {
         let tmp = tempfile::tempdir().unwrap();
-        let nc = scope_constraints(&scope(&["mcp.vendor.example", "*.mcp.internal"], TlsAction::PassThrough, None)).unwrap();
-        let ca = std::sync::Arc::new(crate::LocalCa::load_or_create_constrained(tmp.path(), "nc", Some(&nc)).unwrap());
+        let nc = scope_constraints(&scope(
+            &["mcp.vendor.example", "*.mcp.internal"],
+            TlsAction::PassThrough,
+            None,
+        ))
+        .unwrap();
+        let ca = std::sync::Arc::new(
+            crate::LocalCa::load_or_create_constrained(tmp.path(), "nc", Some(&nc)).unwrap(),
+        );
         let der = ca.cert_der().to_vec();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let ext = cert
@@ -185,7 +241,8 @@ mod tests {
 
     #[test]
     fn intercept_everything_has_no_constraint() {
-        let err = scope_constraints(&scope(&["x.example"], TlsAction::Intercept, None)).unwrap_err();
+        let err =
+            scope_constraints(&scope(&["x.example"], TlsAction::Intercept, None)).unwrap_err();
         assert!(err.contains("no name constraint is possible"), "{err}");
         assert_eq!(describe(None), "none: the CA may sign any name");
     }

@@ -317,7 +317,10 @@ impl LeafIssuer {
     pub fn replace_ca(&self, ca: Arc<LocalCa>) {
         // Cache first, under its lock, so no lookup between the two steps returns an old leaf.
         let mut cache = self.lock();
-        *self.ca.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ca;
+        *self
+            .ca
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = ca;
         cache.map.clear();
         cache.generation += 1;
     }
@@ -396,8 +399,7 @@ impl LeafIssuer {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = unix_now();
-        let not_after =
-            (now + self.options.validity.as_secs() as i64).min(ca.not_after_unix());
+        let not_after = (now + self.options.validity.as_secs() as i64).min(ca.not_after_unix());
         rcgen_time(&mut params, now - LEAF_BACKDATE.as_secs() as i64, not_after);
 
         let (ca_cert, ca_key) = ca.signer();

@@ -28,8 +28,8 @@ use std::time::Duration;
 use rcgen::NameConstraints;
 
 use crate::ca::{
-    CA_CERT_FILE, CA_KEY_FILE, CaCertInfo, LocalCa, ensure_dir, exists, generate, parse_single_cert_pem,
-    read_small, rename, sync_dir, write_temp,
+    CA_CERT_FILE, CA_KEY_FILE, CaCertInfo, LocalCa, ensure_dir, exists, generate,
+    parse_single_cert_pem, read_small, rename, sync_dir, write_temp,
 };
 use crate::{LeafIssuer, TlsError, unix_now};
 
@@ -162,7 +162,8 @@ impl CaStore {
         let _g = self.guard();
         let current = issuer.ca();
         let constraints = current.name_constraints().cloned();
-        let new = Arc::new(self.rotate_files(&current, RotationReason::Rotated, constraints.as_ref())?);
+        let new =
+            Arc::new(self.rotate_files(&current, RotationReason::Rotated, constraints.as_ref())?);
         self.write_bundle()?;
         issuer.replace_ca(new.clone());
         Ok(new)
@@ -181,7 +182,8 @@ impl CaStore {
 
     /// When a retired CA is withdrawn automatically (`None`: only by hand).
     pub fn withdraw_after(&self, retired: &RetiredCa) -> Option<i64> {
-        self.overlap.map(|o| retired.retired_at_unix.saturating_add(o.as_secs() as i64))
+        self.overlap
+            .map(|o| retired.retired_at_unix.saturating_add(o.as_secs() as i64))
     }
 
     /// Retired CAs, oldest first (a file that does not parse is skipped with a warning; a
@@ -240,17 +242,36 @@ impl CaStore {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".pem") else { continue };
+            let Some(stem) = name.strip_suffix(".pem") else {
+                continue;
+            };
             let mut parts = stem.splitn(3, '-');
-            let Some(at) = parts.next().and_then(|t| t.parse::<i64>().ok()) else { continue };
+            let Some(at) = parts.next().and_then(|t| t.parse::<i64>().ok()) else {
+                continue;
+            };
             let reason = RotationReason::parse(parts.next().unwrap_or_default());
             let parsed = read_small(&path).and_then(|pem| {
-                let der = parse_single_cert_pem(&pem).map_err(|reason| TlsError::CaFiles { dir: dir.clone(), reason })?;
-                CaCertInfo::from_parts(path.clone(), pem, der).map_err(|reason| TlsError::CaFiles { dir: dir.clone(), reason })
+                let der = parse_single_cert_pem(&pem).map_err(|reason| TlsError::CaFiles {
+                    dir: dir.clone(),
+                    reason,
+                })?;
+                CaCertInfo::from_parts(path.clone(), pem, der).map_err(|reason| TlsError::CaFiles {
+                    dir: dir.clone(),
+                    reason,
+                })
             });
             match parsed {
-                Ok(info) => out.push((path, RetiredCa { info, retired_at_unix: at, reason })),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "retired CA file ignored"),
+                Ok(info) => out.push((
+                    path,
+                    RetiredCa {
+                        info,
+                        retired_at_unix: at,
+                        reason,
+                    },
+                )),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "retired CA file ignored")
+                }
             }
         }
         out.sort_by_key(|(_, r)| r.retired_at_unix);
@@ -269,7 +290,10 @@ impl CaStore {
             if !(due || duplicate) {
                 continue;
             }
-            fs::remove_file(&path).map_err(|source| TlsError::Io { path: path.clone(), source })?;
+            fs::remove_file(&path).map_err(|source| TlsError::Io {
+                path: path.clone(),
+                source,
+            })?;
             if !duplicate {
                 out.push(r);
             }
@@ -299,9 +323,17 @@ impl CaStore {
         fs::DirBuilder::new()
             .recursive(true)
             .create(&retired)
-            .map_err(|source| TlsError::Io { path: retired.clone(), source })?;
+            .map_err(|source| TlsError::Io {
+                path: retired.clone(),
+                source,
+            })?;
         restrict(&retired, 0o700)?;
-        let fp: String = current.fingerprint_sha256().chars().filter(|c| *c != ':').take(16).collect();
+        let fp: String = current
+            .fingerprint_sha256()
+            .chars()
+            .filter(|c| *c != ':')
+            .take(16)
+            .collect();
         let name = format!("{}-{}-{fp}.pem", unix_now(), reason.as_str());
         let tmp = write_temp(&retired, &name, current.cert_pem().as_bytes(), 0o600)?;
         rename(&tmp, &retired.join(&name))?;
@@ -335,7 +367,10 @@ impl CaStore {
         }
         for p in [next_cert, next_key] {
             if exists(&p)? {
-                fs::remove_file(&p).map_err(|source| TlsError::Io { path: p.clone(), source })?;
+                fs::remove_file(&p).map_err(|source| TlsError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -362,7 +397,9 @@ mod tests {
 
     fn ders(pem: &str) -> Vec<Vec<u8>> {
         let mut r = std::io::BufReader::new(pem.as_bytes());
-        rustls_pemfile::certs(&mut r).map(|c| c.unwrap().to_vec()).collect()
+        rustls_pemfile::certs(&mut r)
+            .map(|c| c.unwrap().to_vec())
+            .collect()
     }
 
     #[test]
@@ -382,7 +419,8 @@ mod tests {
         assert!(!Arc::ptr_eq(&before, &after), "the cache was emptied");
         // A client trusting only the new CA accepts the new leaf; one trusting only the old
         // CA rejects it.
-        let chain = crate::leaf::tests::handshake(after.clone(), new.cert_der(), "a.example").unwrap();
+        let chain =
+            crate::leaf::tests::handshake(after.clone(), new.cert_der(), "a.example").unwrap();
         assert_eq!(chain[1], new.cert_der());
         assert!(crate::leaf::tests::handshake(after, old.cert_der(), "a.example").is_err());
 
@@ -391,10 +429,18 @@ mod tests {
         assert_eq!(retired[0].info.der, old.cert_der().to_vec());
         assert_eq!(retired[0].reason, RotationReason::Rotated);
         let bundle = fs::read_to_string(dir.join(BUNDLE_FILE)).unwrap();
-        assert_eq!(ders(&bundle), vec![new.cert_der().to_vec(), old.cert_der().to_vec()]);
+        assert_eq!(
+            ders(&bundle),
+            vec![new.cert_der().to_vec(), old.cert_der().to_vec()]
+        );
         assert_eq!(store.trusted_ders().unwrap(), ders(&bundle));
         assert!(!bundle.contains("PRIVATE KEY"));
-        for p in [dir.join(BUNDLE_FILE), dir.join(CA_KEY_FILE), dir.join(CA_CERT_FILE), retired[0].info.path.clone()] {
+        for p in [
+            dir.join(BUNDLE_FILE),
+            dir.join(CA_KEY_FILE),
+            dir.join(CA_CERT_FILE),
+            retired[0].info.path.clone(),
+        ] {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
         assert_eq!(mode(&dir.join(RETIRED_DIR)), 0o700);
@@ -409,7 +455,10 @@ mod tests {
         let gone = store.withdraw(false).unwrap();
         assert_eq!(gone.len(), 1);
         assert!(!gone[0].info.path.exists());
-        assert_eq!(ders(&fs::read_to_string(dir.join(BUNDLE_FILE)).unwrap()), vec![new.cert_der().to_vec()]);
+        assert_eq!(
+            ders(&fs::read_to_string(dir.join(BUNDLE_FILE)).unwrap()),
+            vec![new.cert_der().to_vec()]
+        );
         assert!(store.retired().unwrap().is_empty());
     }
 
@@ -419,14 +468,28 @@ mod tests {
         let dir = tmp.path().join("ca");
         let store = CaStore::new(&dir, "h", Some(Duration::from_secs(3600)));
         store.prepare(None).unwrap();
-        let issuer = LeafIssuer::new(Arc::new(LocalCa::load(&dir).unwrap()), LeafOptions::default()).unwrap();
+        let issuer = LeafIssuer::new(
+            Arc::new(LocalCa::load(&dir).unwrap()),
+            LeafOptions::default(),
+        )
+        .unwrap();
         store.rotate(&issuer).unwrap();
-        assert!(store.withdraw(true).unwrap().is_empty(), "overlap not over yet");
+        assert!(
+            store.withdraw(true).unwrap().is_empty(),
+            "overlap not over yet"
+        );
         let r = store.retired().unwrap();
-        assert_eq!(store.withdraw_after(&r[0]), Some(r[0].retired_at_unix + 3600));
+        assert_eq!(
+            store.withdraw_after(&r[0]),
+            Some(r[0].retired_at_unix + 3600)
+        );
         // Age the retirement past the overlap: the next check withdraws it.
         let old = &r[0].info.path;
-        let aged = old.with_file_name(old.file_name().unwrap().to_string_lossy().replacen(&r[0].retired_at_unix.to_string(), &(r[0].retired_at_unix - 7200).to_string(), 1));
+        let aged = old.with_file_name(old.file_name().unwrap().to_string_lossy().replacen(
+            &r[0].retired_at_unix.to_string(),
+            &(r[0].retired_at_unix - 7200).to_string(),
+            1,
+        ));
         fs::rename(old, &aged).unwrap();
         assert_eq!(store.withdraw(true).unwrap().len(), 1);
 
@@ -444,10 +507,20 @@ mod tests {
         let store = CaStore::new(&dir, "h", None);
         store.prepare(None).unwrap();
         let unconstrained = LocalCa::load(&dir).unwrap();
-        let scope = TlsScope::from_config(&TlsScopeConfig { always: vec!["localhost".into()], ..Default::default() }).unwrap();
+        let scope = TlsScope::from_config(&TlsScopeConfig {
+            always: vec!["localhost".into()],
+            ..Default::default()
+        })
+        .unwrap();
         let nc = scope_constraints(&scope).unwrap();
         let p = store.prepare(Some(&nc)).unwrap();
-        assert!(p.reissued.as_deref().unwrap_or_default().contains("DNS localhost"), "{p:?}");
+        assert!(
+            p.reissued
+                .as_deref()
+                .unwrap_or_default()
+                .contains("DNS localhost"),
+            "{p:?}"
+        );
         let ca = LocalCa::load(&dir).unwrap();
         assert_eq!(ca.name_constraints(), Some(&nc));
         let r = store.retired().unwrap();
