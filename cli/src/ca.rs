@@ -407,7 +407,9 @@ fn rotate(dir: &Path, root: &Path, socket: &Path, out: &mut dyn Write) -> Result
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         let change = ask(socket, &mcpwatch_api::Request::CaRotate)?;
         let mut text = format!("{}\n", change.message);
-        text.push_str(&publish_change(root, &change)?);
+        text.push_str(&publish_change(root, &change).with_context(|| {
+            format!("{}\nthe daemon rotated its CA, but publishing the bundle failed: run `mcpwatch ca install` as root", change.message)
+        })?);
         text.push_str(
             "next: give the bundle to every client that does not read the system store (NODE_EXTRA_CA_CERTS, \
              SSL_CERT_FILE: `mcpwatch ca export --bundle`), then `mcpwatch ca withdraw` once they have it\n",
@@ -451,7 +453,9 @@ fn withdraw(dir: &Path, root: &Path, socket: &Path, out: &mut dyn Write) -> Resu
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
         let change = ask(socket, &mcpwatch_api::Request::CaWithdraw)?;
         let mut text = format!("{}\n", change.message);
-        text.push_str(&publish_change(root, &change)?);
+        text.push_str(&publish_change(root, &change).with_context(|| {
+            format!("{}\nthe daemon withdrew the CA(s), but the trust store still needs updating: run `mcpwatch ca install` as root", change.message)
+        })?);
         return write_out(out, text.as_bytes());
     }
     // Offline: the retired certificates go; the bundle is the current CA alone.
