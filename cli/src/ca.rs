@@ -7,9 +7,15 @@
 //! what each runtime needs, reverses the install, and retires the CA for rotation.
 //!
 //! It works without the daemon and without linking it: `show`/`export` read
-//! `<state-dir>/ca/ca.pem` as text (the fingerprint is the SHA-256 of the DER inside the PEM);
-//! the private key is never read. `rotate` removes the CA files while the daemon is stopped;
-//! mcpwatchd creates a fresh CA on its next start.
+//! `<state-dir>/ca/ca.pem` and `<state-dir>/ca/retired/*.pem` as text (the fingerprint is the
+//! SHA-256 of the DER inside the PEM); the private key is never read.
+//!
+//! Rotation keeps clients working: `rotate` asks the running daemon for a new CA (it signs new
+//! leaves at once) and publishes the bundle (new + previous certificate) where `install` put
+//! the anchor; `withdraw` removes the previous CA from the daemon, the bundle and every store
+//! `install` wrote, and checks it is gone. With the daemon stopped, `rotate` retires the
+//! certificate (kept trusted, in `retired/`) and deletes the key; the next start creates the
+//! new CA. The daemon never writes the system store itself (it runs unprivileged).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,13 +61,21 @@ enum CaCommand {
     Export {
         #[arg(long, value_enum, default_value_t = Format::Pem)]
         format: Format,
+        /// Print the trust bundle instead: the current CA and every previous one not yet
+        /// withdrawn (PEM only).
+        #[arg(long, conflicts_with = "format")]
+        bundle: bool,
     },
-    /// Add the CA to the system trust store and print what Node, Python and systemd need.
+    /// Add the CA bundle to the system trust store and print what Node, Python and systemd need.
     Install,
     /// Remove the CA from the system trust store.
     Uninstall,
-    /// Retire the CA (mcpwatchd must be stopped); the next start creates a new one.
+    /// Make a new CA sign from now on; the current one stays trusted (in the published bundle)
+    /// until `ca withdraw` or `[tls] rotation_overlap_days`.
     Rotate,
+    /// Withdraw every previous CA: out of the bundle, every trust store `install` wrote, and
+    /// the state dir.
+    Withdraw,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +93,21 @@ pub struct CaView {
     pub not_after: Option<String>,
     /// Where `ca install` puts it, and whether it is there (same certificate).
     pub system_store: Option<String>,
+    pub installed: bool,
+    /// Previous CAs still trusted (in the bundle) until withdrawn.
+    pub previous: Vec<PreviousView>,
+    /// The installed anchor holds exactly the current bundle.
+    pub store_current: bool,
+}
+
+/// A previous CA waiting for withdrawal, as `ca show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PreviousView {
+    pub path: String,
+    pub fingerprint_sha256: String,
+    pub not_after: Option<String>,
+    pub retired_at_unix: i64,
+    pub reason: String,
     pub installed: bool,
 }
 
@@ -99,7 +128,8 @@ pub fn run(args: &CaArgs, socket: &Path, out: &mut dyn Write) -> Result<()> {
     let dir = state_dir(args, socket).join(CA_DIR);
     match &args.command {
         CaCommand::Show { json } => show(&dir, &args.root, *json, out),
-        CaCommand::Export { format } => {
+        CaCommand::Export { bundle: true, .. } => write_out(out, bundle(&dir)?.as_bytes()),
+        CaCommand::Export { format, .. } => {
             let ca = read_ca(&dir)?;
             match format {
                 Format::Pem => write_out(out, ca.pem.as_bytes()),
@@ -109,6 +139,7 @@ pub fn run(args: &CaArgs, socket: &Path, out: &mut dyn Write) -> Result<()> {
         CaCommand::Install => install(&dir, &args.root, out),
         CaCommand::Uninstall => uninstall(&args.root, out),
         CaCommand::Rotate => rotate(&dir, &args.root, socket, out),
+        CaCommand::Withdraw => withdraw(&dir, &args.root, socket, out),
     }
 }
 
@@ -226,18 +257,32 @@ fn show(dir: &Path, root: &Path, json: bool, out: &mut dyn Write) -> Result<()> 
     let ca = read_ca(dir)?;
     let (subject, not_after) = der::subject_and_expiry(&ca.der).unwrap_or((None, None));
     let store = trust_store(root).ok();
-    let installed = store
+    let anchor: Vec<Vec<u8>> = store
         .as_ref()
         .and_then(|s| std::fs::read_to_string(&s.anchor).ok())
-        .and_then(|pem| pem_to_der(&pem).ok())
-        .is_some_and(|der| der == ca.der);
+        .map(|pem| pem_ders(&pem))
+        .unwrap_or_default();
+    let previous: Vec<PreviousView> = retired(dir)?
+        .into_iter()
+        .map(|r| PreviousView {
+            path: r.cert.path.display().to_string(),
+            fingerprint_sha256: fingerprint(&r.cert.der),
+            not_after: der::subject_and_expiry(&r.cert.der).and_then(|(_, t)| t),
+            retired_at_unix: r.retired_at_unix,
+            reason: r.reason,
+            installed: anchor.contains(&r.cert.der),
+        })
+        .collect();
+    let wanted = pem_ders(&bundle(dir)?);
     let view = CaView {
         path: ca.path.display().to_string(),
         fingerprint_sha256: fingerprint(&ca.der),
         subject,
         not_after,
         system_store: store.map(|s| s.anchor.display().to_string()),
-        installed,
+        installed: anchor.contains(&ca.der),
+        previous,
+        store_current: anchor == wanted,
     };
     if json {
         let mut text = serde_json::to_string_pretty(&view)?;
@@ -258,26 +303,73 @@ fn show(dir: &Path, root: &Path, json: bool, out: &mut dyn Write) -> Result<()> 
         Some(p) => text.push_str(&format!("system store    not installed (`mcpwatch ca install` puts it at {p})\n")),
         None => text.push_str("system store    unsupported distribution\n"),
     }
+    for p in &view.previous {
+        text.push_str(&format!(
+            "previous CA     sha256 {}, expires {}, {} at {} (unix); WITHDRAWAL PENDING (`mcpwatch ca withdraw`){}\n",
+            p.fingerprint_sha256,
+            p.not_after.as_deref().unwrap_or("?"),
+            p.reason,
+            p.retired_at_unix,
+            if p.installed { "; in the system store" } else { "" }
+        ));
+    }
+    if view.system_store.is_some() && view.installed && !view.store_current {
+        text.push_str("system store    OUT OF DATE: it does not hold exactly the current bundle; run `mcpwatch ca install`\n");
+    }
     write_out(out, text.as_bytes())
 }
 
 fn install(dir: &Path, root: &Path, out: &mut dyn Write) -> Result<()> {
     let ca = read_ca(dir)?;
     let store = trust_store(root)?;
-    if let Some(parent) = store.anchor.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    write_public_file(&store.anchor, ca.pem.as_bytes())?;
+    let bundle = bundle(dir)?;
     let mut text = format!(
         "installed the mcpwatch CA (sha256 {}) as {}\n",
         fingerprint(&ca.der),
         store.anchor.display()
     );
-    text.push_str(&refresh(&store.update, &store, root)?);
+    let previous = pem_ders(&bundle).len() - 1;
+    if previous > 0 {
+        text.push_str(&format!(
+            "  with {previous} previous CA(s) still trusted until `mcpwatch ca withdraw` (the bundle)\n"
+        ));
+    }
+    text.push_str(&publish(&store, root, &bundle, &[])?);
     // Agents run as other users and cannot read the state dir (0700): point them at the
-    // published anchor (0644, certificate only), never at the daemon's own copy.
+    // published anchor (0644, certificates only), never at the daemon's own copy.
     text.push_str(&client_instructions(&published_path(&store, root), &store));
     write_out(out, text.as_bytes())
+}
+
+/// Writes `bundle` as the anchor, refreshes the store, and checks that no store still holds
+/// a certificate the anchor held before but the bundle does not (or one of `withdrawn`).
+fn publish(store: &TrustStore, root: &Path, bundle: &str, withdrawn: &[Vec<u8>]) -> Result<String> {
+    if let Some(parent) = store.anchor.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let keep = pem_ders(bundle);
+    let before = std::fs::read_to_string(&store.anchor).map(|p| pem_ders(&p)).unwrap_or_default();
+    let mut removed: Vec<Vec<u8>> = before.into_iter().chain(withdrawn.iter().cloned()).filter(|d| !keep.contains(d)).collect();
+    removed.dedup();
+    write_public_file(&store.anchor, bundle.as_bytes())?;
+    let mut text = format!("published the bundle ({} certificate(s)) as {}\n", keep.len(), store.anchor.display());
+    if removed.is_empty() {
+        text.push_str(&refresh(&store.update, store, root)?);
+        return Ok(text);
+    }
+    text.push_str(&refresh(&store.update_removal, store, root)?);
+    for der in &removed {
+        let still = holding(store, root, der);
+        if !still.is_empty() {
+            bail!(
+                "{text}the withdrawn mcpwatch CA (sha256 {}) is still trusted by {} after the refresh: remove it there by hand",
+                fingerprint(der),
+                still.join(", ")
+            );
+        }
+        text.push_str(&format!("checked: no trust store holds the withdrawn CA (sha256 {}) any more\n", fingerprint(der)));
+    }
+    Ok(text)
 }
 
 fn uninstall(root: &Path, out: &mut dyn Write) -> Result<()> {
@@ -313,52 +405,174 @@ fn uninstall(root: &Path, out: &mut dyn Write) -> Result<()> {
 
 fn rotate(dir: &Path, root: &Path, socket: &Path, out: &mut dyn Write) -> Result<()> {
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        bail!(
-            "mcpwatchd is running (its control socket {} answers): stop it first (`systemctl stop mcpwatchd`), \
-             run `mcpwatch ca rotate`, then start it again; it loads its CA only at start",
-            socket.display()
+        let change = ask(socket, &mcpwatch_api::Request::CaRotate)?;
+        let mut text = format!("{}\n", change.message);
+        text.push_str(&publish_change(root, &change).with_context(|| {
+            format!("{}\nthe daemon rotated its CA, but publishing the bundle failed: run `mcpwatch ca install` as root", change.message)
+        })?);
+        text.push_str(
+            "next: give the bundle to every client that does not read the system store (NODE_EXTRA_CA_CERTS, \
+             SSL_CERT_FILE: `mcpwatch ca export --bundle`), then `mcpwatch ca withdraw` once they have it\n",
         );
+        return write_out(out, text.as_bytes());
     }
+    // Offline: retire the certificate (still trusted until withdrawn) and delete the key;
+    // mcpwatchd creates the new CA at its next start.
     let cert = dir.join(CA_CERT_FILE);
     let key = dir.join(CA_KEY_FILE);
     if !cert.exists() && !key.exists() {
         bail!("no CA in {}: nothing to rotate (mcpwatchd creates one on its next start)", dir.display());
     }
     let mut text = String::new();
-    // An installed copy of the old CA must not stay trusted.
-    if let Ok(store) = trust_store(root)
-        && store.anchor.exists()
-    {
-        std::fs::remove_file(&store.anchor).with_context(|| format!("removing {}", store.anchor.display()))?;
-        text.push_str(&format!("removed the old CA from the system store ({})\n", store.anchor.display()));
-        text.push_str(&refresh(&store.update_removal, &store, root)?);
-    }
     match std::fs::remove_file(&key) {
         Ok(()) => text.push_str(&format!("deleted the old CA key {}\n", key.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow!("deleting {}: {e}", key.display())),
     }
     if cert.exists() {
-        let old_fp = std::fs::read_to_string(&cert)
-            .ok()
-            .and_then(|pem| pem_to_der(&pem).ok())
-            .map(|der| fingerprint(&der));
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let retired = dir.join(format!("ca.pem.retired-{secs}"));
-        std::fs::rename(&cert, &retired).with_context(|| format!("retiring {}", cert.display()))?;
+        let der = read_ca(dir).map(|c| c.der).unwrap_or_default();
+        let fp = fingerprint(&der);
+        let retired_dir = dir.join(RETIRED_DIR);
+        std::fs::create_dir_all(&retired_dir).with_context(|| format!("creating {}", retired_dir.display()))?;
+        let short: String = fp.chars().filter(|c| *c != ':').take(16).collect();
+        let target = retired_dir.join(format!("{}-offline-{short}.pem", unix_now()));
+        std::fs::rename(&cert, &target).with_context(|| format!("retiring {}", cert.display()))?;
         text.push_str(&format!(
-            "retired the old certificate{} to {}\n",
-            old_fp.map(|f| format!(" (sha256 {f})")).unwrap_or_default(),
-            retired.display()
+            "retired the old certificate (sha256 {fp}) to {}: it stays trusted (in the bundle) until `mcpwatch ca withdraw`\n",
+            target.display()
         ));
     }
     text.push_str(
-        "next: start mcpwatchd (it creates a new CA), run `mcpwatch ca install`, and restart clients \
-         that were given the old CA file (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE)\n",
+        "next: start mcpwatchd (it creates the new CA), run `mcpwatch ca install` to publish the bundle (new + old), \
+         give it to clients that do not read the system store, then `mcpwatch ca withdraw`\n",
     );
     write_out(out, text.as_bytes())
+}
+
+fn withdraw(dir: &Path, root: &Path, socket: &Path, out: &mut dyn Write) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        let change = ask(socket, &mcpwatch_api::Request::CaWithdraw)?;
+        let mut text = format!("{}\n", change.message);
+        text.push_str(&publish_change(root, &change).with_context(|| {
+            format!("{}\nthe daemon withdrew the CA(s), but the trust store still needs updating: run `mcpwatch ca install` as root", change.message)
+        })?);
+        return write_out(out, text.as_bytes());
+    }
+    // Offline: the retired certificates go; the bundle is the current CA alone.
+    read_ca(dir).context("no current CA to keep trusting: start mcpwatchd first (it creates the new CA), then withdraw")?;
+    let gone = retired(dir)?;
+    let mut text = String::new();
+    for r in &gone {
+        std::fs::remove_file(&r.cert.path).with_context(|| format!("deleting {}", r.cert.path.display()))?;
+        text.push_str(&format!("withdrew the previous CA (sha256 {}): deleted {}\n", fingerprint(&r.cert.der), r.cert.path.display()));
+    }
+    if gone.is_empty() {
+        text.push_str("no previous CA is waiting for withdrawal\n");
+    }
+    let withdrawn: Vec<Vec<u8>> = gone.into_iter().map(|r| r.cert.der).collect();
+    if let Ok(store) = trust_store(root)
+        && store.anchor.exists()
+    {
+        text.push_str(&publish(&store, root, &bundle(dir)?, &withdrawn)?);
+    }
+    write_out(out, text.as_bytes())
+}
+
+/// Sends a CA request to the running daemon; its refusal is the error.
+fn ask(socket: &Path, req: &mcpwatch_api::Request) -> Result<mcpwatch_api::CaChange> {
+    match crate::client::Conn::call(socket, req)? {
+        mcpwatch_api::Response::Ca(change) => Ok(change),
+        mcpwatch_api::Response::Error { message } => bail!("mcpwatchd: {message}"),
+        _ => bail!("mcpwatchd answered the CA request with something else (an older daemon?)"),
+    }
+}
+
+/// Publishes a daemon's new bundle where `ca install` put the anchor (if it did).
+fn publish_change(root: &Path, change: &mcpwatch_api::CaChange) -> Result<String> {
+    let withdrawn: Vec<Vec<u8>> = change.withdrawn_pem.iter().flat_map(|p| pem_ders(p)).collect();
+    match trust_store(root) {
+        Ok(store) if store.anchor.exists() => publish(&store, root, &change.bundle_pem, &withdrawn),
+        Ok(store) => Ok(format!(
+            "the system store has no mcpwatch anchor ({} does not exist): run `mcpwatch ca install` to publish the bundle\n",
+            store.anchor.display()
+        )),
+        Err(e) => Ok(format!("{e}\n")),
+    }
+}
+
+/// Sub-directory of the CA dir with the retired certificates (kept in step with mcpwatch-tls).
+const RETIRED_DIR: &str = "retired";
+
+/// A retired certificate, still trusted until withdrawn.
+struct Retired {
+    cert: CaCert,
+    retired_at_unix: i64,
+    reason: String,
+}
+
+/// `<dir>/retired/<unix>-<reason>-<fp>.pem`, oldest first; the current certificate is skipped.
+fn retired(dir: &Path) -> Result<Vec<Retired>> {
+    let rdir = dir.join(RETIRED_DIR);
+    let entries = match std::fs::read_dir(&rdir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow!("reading {}: {e}", rdir.display())),
+    };
+    let current = read_ca(dir).map(|c| c.der).ok();
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".pem") else { continue };
+        let mut parts = stem.splitn(3, '-');
+        let Some(at) = parts.next().and_then(|t| t.parse::<i64>().ok()) else { continue };
+        let reason = match parts.next() {
+            Some("offline") => "rotated while mcpwatchd was stopped",
+            Some("scope") => "re-issued for a changed [tls] scope",
+            _ => "rotated",
+        };
+        let path = e.path();
+        let Ok(pem) = std::fs::read_to_string(&path) else { continue };
+        let Ok(der) = pem_to_der(&pem) else { continue };
+        if Some(&der) == current.as_ref() {
+            continue;
+        }
+        out.push(Retired { cert: CaCert { path, pem, der }, retired_at_unix: at, reason: reason.to_string() });
+    }
+    out.sort_by_key(|r| r.retired_at_unix);
+    Ok(out)
+}
+
+/// The trust bundle: the current certificate, then every retired one.
+fn bundle(dir: &Path) -> Result<String> {
+    let mut text = read_ca(dir)?.pem;
+    for r in retired(dir)? {
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&r.cert.pem);
+    }
+    Ok(text)
+}
+
+/// The DER of every certificate in a PEM text.
+fn pem_ders(text: &str) -> Vec<Vec<u8>> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let block = &rest[start..];
+        let Some(end) = block.find(END) else { break };
+        if let Ok(der) = pem_to_der(&block[..end + END.len()]) {
+            out.push(der);
+        }
+        rest = &block[end + END.len()..];
+    }
+    out
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Where agents find the certificate: the published anchor, as seen from inside `root`.
@@ -391,6 +605,32 @@ fn still_trusted_by(store: &TrustStore, root: &Path, der: &[u8]) -> Vec<String> 
                 found.push(p.display().to_string());
             }
         }
+    }
+    found
+}
+
+/// The stores (under `root`) whose content holds the certificate `der`: the PEM bundle, Java's
+/// keystore, and any file or link in the hashed certs directory (by content, not by name: the
+/// current mcpwatch anchor is legitimately linked there under our name).
+fn holding(store: &TrustStore, root: &Path, der: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for rel in &store.stores {
+        let path = root.join(rel);
+        if std::fs::read(&path).is_ok_and(|b| holds_cert(&b, der)) {
+            found.push(path.display().to_string());
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssl/certs")) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let small = std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.len() <= MAX_PEM_BYTES);
+            if small && std::fs::read(&p).is_ok_and(|b| holds_cert(&b, der)) {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    if store.anchor.exists() && std::fs::read(&store.anchor).is_ok_and(|b| holds_cert(&b, der)) {
+        found.push(store.anchor.display().to_string());
     }
     found
 }
@@ -583,6 +823,20 @@ Uq4voOZ//CxBOKc+/kAYNBygAiEArh7m4N8tM7zvJXXL205FoV1Y9u6hCx7216By
 h+S1dp0=
 -----END CERTIFICATE-----
 ";
+    /// A second certificate (CN "mcpwatch test CA 2"), the "new" CA of the rotation tests.
+    const PEM2: &str = "-----BEGIN CERTIFICATE-----
+MIIBtTCCAVugAwIBAgIUTMgUjRnOYq74Zc9mB5l0so6FgDAwCgYIKoZIzj0EAwIw
+MDEbMBkGA1UEAwwSbWNwd2F0Y2ggdGVzdCBDQSAyMREwDwYDVQQKDAhtY3B3YXRj
+aDAeFw0yNjEyMDQyMTE0MTdaFw0zNjEyMDEyMTE0MTdaMDAxGzAZBgNVBAMMEm1j
+cHdhdGNoIHRlc3QgQ0EgMjERMA8GA1UECgwIbWNwd2F0Y2gwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAATJuK6shqZ9jewqkBRie0liR+IlXomgci4K+vHAziY2S/p3
+uvAcVqOXfUV8QtyciB4EzDt0ychzEj6EvcBFFbfmo1MwUTAdBgNVHQ4EFgQUGwmk
+5g1OoLq3W7Ab3tpKMTnh71MwHwYDVR0jBBgwFoAUGwmk5g1OoLq3W7Ab3tpKMTnh
+71MwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA7itIG+sMLEH+
+Uv4tRCqS38nqWHL1lGcvTH7N5XGbP2ACIGLlT2WE0hbj+jAlRLVlZlXBmd4KRS7l
+EAmmr2LFYi7V
+-----END CERTIFICATE-----
+";
     const OPENSSL_FP: &str = "2A:6D:BD:06:69:60:E7:72:9D:6D:06:C6:23:B7:5A:A3:92:AF:95:2E:9B:7F:14:AA:9C:33:DC:F3:09:B8:12:17";
 
     #[test]
@@ -674,23 +928,42 @@ h+S1dp0=
         uninstall(root.path(), &mut out).expect("uninstall twice is fine");
         assert!(String::from_utf8_lossy(&out).contains("not installed"));
 
-        // Rotate: refuses while a daemon answers, otherwise deletes the key, retires the cert
-        // and removes an installed copy.
+        // Rotate with the daemon stopped: the key goes, the certificate is retired but stays
+        // trusted (the installed anchor is untouched) until withdrawn.
         install(&dir, root.path(), &mut Vec::new()).expect("install");
         let sock_dir = tempfile::tempdir().expect("sock dir");
         let sock = sock_dir.path().join("control.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
-        let err = rotate(&dir, root.path(), &sock, &mut Vec::new()).expect_err("daemon running");
-        assert!(err.to_string().contains("is running"), "{err}");
-        drop(listener);
-        std::fs::remove_file(&sock).expect("rm sock");
         let mut out = Vec::new();
         rotate(&dir, root.path(), &sock, &mut out).expect("rotate");
+        assert!(String::from_utf8_lossy(&out).contains("stays trusted"), "{}", String::from_utf8_lossy(&out));
         assert!(!dir.join(CA_KEY_FILE).exists() && !dir.join(CA_CERT_FILE).exists());
-        assert!(!anchor.exists(), "old CA no longer trusted");
-        let retired: Vec<_> = std::fs::read_dir(&dir).expect("ls").filter_map(|e| e.ok()).collect();
-        assert_eq!(retired.len(), 1);
+        assert_eq!(pem_ders(&std::fs::read_to_string(&anchor).expect("anchor")), vec![pem_to_der(PEM).expect("der")], "old CA still trusted");
         assert!(rotate(&dir, root.path(), &sock, &mut Vec::new()).is_err(), "nothing left to rotate");
+        let err = withdraw(&dir, root.path(), &sock, &mut Vec::new()).expect_err("no current CA yet");
+        assert!(format!("{err:#}").contains("start mcpwatchd first"), "{err:#}");
+
+        // The daemon's next start creates the new CA: install publishes new + old.
+        std::fs::write(dir.join(CA_CERT_FILE), PEM2).expect("new CA");
+        let mut out = Vec::new();
+        install(&dir, root.path(), &mut out).expect("install bundle");
+        assert!(String::from_utf8_lossy(&out).contains("1 previous CA(s)"), "{}", String::from_utf8_lossy(&out));
+        let new_der = pem_to_der(PEM2).expect("der");
+        let old_der = pem_to_der(PEM).expect("der");
+        assert_eq!(pem_ders(&std::fs::read_to_string(&anchor).expect("anchor")), vec![new_der.clone(), old_der.clone()]);
+        let mut out = Vec::new();
+        show(&dir, root.path(), true, &mut out).expect("show");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["previous"][0]["fingerprint_sha256"], OPENSSL_FP);
+        assert_eq!(v["previous"][0]["installed"], true);
+        assert_eq!(v["store_current"], true);
+
+        // Withdraw: the old certificate leaves the state dir and the anchor, checked.
+        let mut out = Vec::new();
+        withdraw(&dir, root.path(), &sock, &mut out).expect("withdraw");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(text.contains("no trust store holds the withdrawn CA"), "{text}");
+        assert_eq!(pem_ders(&std::fs::read_to_string(&anchor).expect("anchor")), vec![new_der]);
+        assert!(retired(&dir).expect("retired").is_empty());
     }
 
     #[test]

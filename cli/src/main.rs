@@ -402,6 +402,7 @@ fn unexpected(request: &str, resp: &Response) -> anyhow::Error {
         Response::Done { .. } => "done",
         Response::Error { .. } => "error",
         Response::Verify(_) => "verify",
+        Response::Ca(_) => "ca",
     };
     anyhow::anyhow!("mcpwatchd answered the {request} request with an unexpected `{kind}` response")
 }

@@ -174,6 +174,11 @@ pub fn status_text(s: &Status) -> String {
     if let Some(c) = &s.coverage {
         line("coverage", &coverage_text(c));
     }
+    if let Some(ca) = &s.ca {
+        for (label, value) in ca_lines(ca) {
+            line(label, &value);
+        }
+    }
     if s.held_calls > 0 {
         line("held calls", &format!("{} waiting for approval (mcpwatch pending)", s.held_calls));
     }
@@ -200,6 +205,43 @@ pub fn status_text(s: &Status) -> String {
 }
 
 /// Last path component of an executable path.
+/// `YYYY-MM-DD` of a Unix time in seconds.
+fn day(unix: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string().chars().take(10).collect()
+}
+
+/// The local CA's status lines: the CA signing now, what it may sign, and every previous CA
+/// still trusted until withdrawn.
+pub fn ca_lines(ca: &mcpwatch_api::CaStatus) -> Vec<(&'static str, String)> {
+    let mut out = vec![(
+        "local CA",
+        format!("sha256 {}, expires {}", ca.current.fingerprint_sha256, day(ca.current.not_after_unix)),
+    )];
+    let constraints = match &ca.unconstrained_reason {
+        Some(why) => format!("name constraints: none ({why})"),
+        None => format!("name constraints: {}", ca.name_constraints),
+    };
+    out.push(("", constraints));
+    for r in &ca.retired {
+        let when = match r.withdraw_after_unix {
+            Some(t) => format!("automatically on {}, or `mcpwatch ca withdraw`", day(t)),
+            None => "`mcpwatch ca withdraw`".to_string(),
+        };
+        out.push((
+            "previous CA",
+            format!(
+                "sha256 {}, expires {}, {} on {}: still trusted in the bundle; WITHDRAWAL PENDING ({when})",
+                r.cert.fingerprint_sha256,
+                day(r.cert.not_after_unix),
+                r.reason,
+                day(r.retired_at_unix)
+            ),
+        ));
+    }
+    out
+}
+
 pub fn basename(path: &str) -> &str {
     path.rsplit('/').find(|s| !s.is_empty()).unwrap_or(path)
 }
@@ -449,6 +491,26 @@ mod tests {
             ),
             ("?", "(invalid)", "pending", "-")
         );
+    }
+
+    #[test]
+    fn status_shows_both_cas_during_a_rotation_and_why_none_is_constrained() {
+        let cert = |fp: &str| mcpwatch_api::CaCert { fingerprint_sha256: fp.into(), subject: "CN=x".into(), not_after_unix: 1_893_456_000 };
+        let mut ca = mcpwatch_api::CaStatus {
+            current: cert("AA:BB"),
+            retired: vec![mcpwatch_api::RetiredCaCert { cert: cert("CC:DD"), retired_at_unix: 1_767_225_600, reason: "rotated".into(), withdraw_after_unix: Some(1_768_435_200) }],
+            name_constraints: "permitted: DNS localhost".into(),
+            unconstrained_reason: None,
+            bundle_path: "/var/lib/mcpwatch/ca/bundle.pem".into(),
+        };
+        let text = status_text(&Status { ca: Some(ca.clone()), ..Default::default() });
+        assert!(text.contains("local CA        sha256 AA:BB, expires 2030-01-01"), "{text}");
+        assert!(text.contains("name constraints: permitted: DNS localhost"), "{text}");
+        assert!(text.contains("previous CA     sha256 CC:DD") && text.contains("WITHDRAWAL PENDING (automatically on 2026-01-15"), "{text}");
+        ca.retired.clear();
+        ca.unconstrained_reason = Some("[tls] default = \"intercept\"".into());
+        let text = status_text(&Status { ca: Some(ca), ..Default::default() });
+        assert!(text.contains("name constraints: none ([tls] default = \"intercept\")") && !text.contains("previous CA"), "{text}");
     }
 
     #[test]

@@ -359,6 +359,13 @@ pub struct TlsFile {
     /// a global enforce policy): `refuse` (default) never passes a distrusting client through;
     /// `pass_through` lets the back-off apply there too (uninspected traffic, operator opt-in).
     pub distrust: Option<DistrustAction>,
+    /// After `mcpwatch ca rotate` (or a re-issue for a changed scope), how many days the previous
+    /// CA stays trusted in the bundle before the daemon withdraws it (default 14; 0: only
+    /// `mcpwatch ca withdraw` withdraws it).
+    pub rotation_overlap_days: Option<u64>,
+    /// Give the CA critical X.509 name constraints limited to the intercepted hosts (default
+    /// true). Changing the intercepted hosts then re-issues the CA at the next start.
+    pub name_constraints: Option<bool>,
 }
 
 /// What a distrusting client gets toward an enforce-mode destination (`tls.distrust`).
@@ -385,6 +392,9 @@ pub struct TlsConfig {
     /// Zero: distrusting clients are recorded but never passed through.
     pub distrust_backoff: Duration,
     pub distrust: DistrustAction,
+    /// How long a retired CA stays trusted; `None`: until `mcpwatch ca withdraw`.
+    pub rotation_overlap: Option<Duration>,
+    pub name_constraints: bool,
 }
 
 impl Default for TlsConfig {
@@ -401,6 +411,8 @@ impl Default for TlsConfig {
             handshake_timeout: Duration::from_secs(10),
             distrust_backoff: Duration::from_secs(15 * 60),
             distrust: DistrustAction::Refuse,
+            rotation_overlap: Some(Duration::from_secs(14 * 24 * 3600)),
+            name_constraints: true,
         }
     }
 }
@@ -425,6 +437,12 @@ impl TlsFile {
             handshake_timeout: self.handshake_timeout_ms.map_or(d.handshake_timeout, Duration::from_millis),
             distrust_backoff: self.distrust_backoff_secs.map_or(d.distrust_backoff, Duration::from_secs),
             distrust: self.distrust.unwrap_or(d.distrust),
+            rotation_overlap: match self.rotation_overlap_days {
+                None => d.rotation_overlap,
+                Some(0) => None,
+                Some(days) => Some(Duration::from_secs(days.saturating_mul(24 * 3600))),
+            },
+            name_constraints: self.name_constraints.unwrap_or(d.name_constraints),
         }
     }
 }
@@ -454,7 +472,19 @@ impl TlsConfig {
         if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(300) {
             return bad("tls.handshake_timeout_ms must be between 1 and 300000".into());
         }
+        if self.rotation_overlap.is_some_and(|d| d > Duration::from_secs(365 * 24 * 3600)) {
+            return bad("tls.rotation_overlap_days must be between 0 and 365".into());
+        }
         Ok(())
+    }
+
+    /// The NameConstraints the CA should carry for this scope, or why it carries none.
+    pub fn ca_constraints(&self) -> Result<mcpwatch_tls::NameConstraints, String> {
+        if !self.name_constraints {
+            return Err("[tls] name_constraints = false".into());
+        }
+        let scope = mcpwatch_tls::TlsScope::from_config(&self.scope).map_err(|e| e.to_string())?;
+        mcpwatch_tls::scope_constraints(&scope).map_err(str::to_string)
     }
 }
 
@@ -720,6 +750,15 @@ mod tests {
         assert_eq!(c.tls.extra_anchors, [PathBuf::from("/etc/x.pem")]);
         assert_eq!(c.tls.leaf_validity, Duration::from_secs(7200));
         assert!(c.tls.distrust_backoff.is_zero());
+        assert!(c.tls.ca_constraints().unwrap_err().contains("no name constraint is possible"));
+        let d = FileConfig::default().into_config().unwrap();
+        assert_eq!(d.tls.rotation_overlap, Some(Duration::from_secs(14 * 86_400)));
+        assert!(d.tls.ca_constraints().is_ok(), "pass-through default: constrained");
+        let c = FileConfig::parse("[tls]\nrotation_overlap_days = 0\nname_constraints = false\nalways = [\"a.example\"]\n", Path::new("c.toml")).unwrap().into_config().unwrap();
+        assert_eq!(c.tls.rotation_overlap, None, "0: only `ca withdraw`");
+        assert_eq!(c.tls.ca_constraints().unwrap_err(), "[tls] name_constraints = false");
+        let e = FileConfig::parse("[tls]\nrotation_overlap_days = 400\n", Path::new("c.toml")).unwrap().into_config().unwrap_err();
+        assert!(e.to_string().contains("rotation_overlap_days"), "{e}");
     }
 
     #[test]

@@ -210,6 +210,31 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             };
             send(&mut w, &resp).await
         }
+        Request::CaRotate | Request::CaWithdraw => {
+            // Replacing or withdrawing the CA changes what every client must trust: an
+            // operator's decision, judged like an approval (never from inside the watched
+            // cgroup, unless the policy names the account).
+            let answerer = Answerer::from_peer(cred.uid(), cred.gid(), cred.pid());
+            let named = shared.governance.current().policy.approvers().to_vec();
+            let gate = check_answerer(&answerer, &mcpwatch_api::HeldCall::default(), &named, watched_scope(&shared).as_deref());
+            if let Err(refusal) = gate {
+                tracing::warn!(by = %answerer.label(), ?req, "CA change refused: {refusal}");
+                let message = format!("refused: {refusal}; the CA is unchanged. Run it from outside the watched cgroup, or name who may in the policy: [approvals] approvers (docs/policy.md)");
+                return send(&mut w, &Response::Error { message }).await;
+            }
+            let shared2 = shared.clone();
+            let rotate = req == Request::CaRotate;
+            let done = tokio::task::spawn_blocking(move || if rotate { crate::ca::rotate(&shared2) } else { crate::ca::withdraw(&shared2) }).await;
+            let resp = match done {
+                Ok(Ok(change)) => {
+                    tracing::warn!(by = %who(cred.uid()), "{}", change.message);
+                    Response::Ca(change)
+                }
+                Ok(Err(message)) => Response::Error { message },
+                Err(e) => Response::Error { message: format!("CA change failed: {e}") },
+            };
+            send(&mut w, &resp).await
+        }
         Request::AuditVerify => {
             // A full pass over the store: off the runtime's threads.
             let store = shared.store.clone();

@@ -6,6 +6,7 @@
 //! message in the audit store and the [`inventory`]; [`control`] answers the CLI.
 
 pub mod approvals;
+pub mod ca;
 pub mod config;
 pub mod control;
 pub mod failure;
@@ -69,6 +70,7 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
             shared.inventory.list().iter().map(|s| s.call_count).sum(),
             shared.counters.stdio_observed_calls.load(std::sync::atomic::Ordering::Relaxed),
         )),
+        ca: ca::status(shared),
     }
 }
 
@@ -99,6 +101,8 @@ pub async fn run(
 /// not take the governing proxy down. Returns the tasks to stop at shutdown.
 async fn start_sinks_and_metrics(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     let (registry, mut tasks) = sinks::start(shared);
+    // Retired CAs leave the bundle when their overlap ends.
+    tasks.push(tokio::spawn(ca::withdraw_when_due(shared.clone())));
     // Resident size follows live data, not malloc's retained free lists.
     tasks.push(tokio::spawn(memory::trim_periodically()));
     // Denies, redactions and shadow servers reach the log (journal) as they happen.

@@ -74,6 +74,8 @@ pub struct Shared {
     /// TLS interception (local CA, leaves, upstream trust, scope, distrust); `None` when
     /// `[tls] enabled = false`: TLS is then relayed untouched.
     pub tls: Option<crate::proxy::tls::TlsRuntime>,
+    /// The CA directory's rotation state (retired CAs, bundle); `Some` exactly when `tls` is.
+    pub ca_store: Option<mcpwatch_tls::CaStore>,
     /// The policy and inspector in force (reloadable), rate-limit state.
     pub governance: crate::governance::Governance,
     /// Calls held for approval.
@@ -127,6 +129,7 @@ impl Shared {
         let sessions = Sessions::new(config.limits.max_pending_calls);
         let l = &config.limits;
         let admission = crate::proxy::admission::Admission::new(l.max_connections, l.max_connections_per_process, l.max_connections_per_uid);
+        let ca_store = crate::ca::store_for(&config, &host.hostname, tls.is_some());
         Arc::new(Shared {
             config,
             store,
@@ -136,6 +139,7 @@ impl Shared {
             started: Instant::now(),
             attach: Mutex::new(AttachState::default()),
             tls,
+            ca_store,
             governance,
             approvals: crate::approvals::Approvals::new(1024),
             admission,
@@ -284,9 +288,7 @@ impl Shared {
     pub fn warnings(&self) -> Vec<String> {
         use crate::proxy::admission::Refusal;
         let mut out = self.tls.as_ref().map(|t| t.warnings()).unwrap_or_default();
-        if let Some(w) = self.tls.as_ref().and_then(|t| t.ca.info().expiry_warning(mcpwatch_tls::unix_now())) {
-            out.push(w);
-        }
+        out.extend(crate::ca::warnings(self));
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         out.extend(self.admission.warnings(|r| match r {

@@ -76,6 +76,11 @@ pub enum Request {
     PinAccept { server: String, tool: Option<String> },
     /// Check every audit record against the store's hash chain.
     AuditVerify,
+    /// Make a new local CA sign every new leaf; the current one stays trusted (in the bundle)
+    /// until withdrawn. Judged like `approve` (never from inside the watched cgroup).
+    CaRotate,
+    /// Withdraw every retired CA: delete it and drop it from the bundle.
+    CaWithdraw,
 }
 
 /// One response line from the daemon.
@@ -94,6 +99,56 @@ pub enum Response {
     Done { message: String },
     Error { message: String },
     Verify(AuditVerify),
+    /// The answer to `CaRotate` / `CaWithdraw`.
+    Ca(CaChange),
+}
+
+/// One CA certificate, as status lines show it (never a key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CaCert {
+    /// Colon hex SHA-256 of the DER.
+    pub fingerprint_sha256: String,
+    pub subject: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after_unix: i64,
+}
+
+/// A previous CA still trusted (in the bundle) until withdrawn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RetiredCaCert {
+    pub cert: CaCert,
+    pub retired_at_unix: i64,
+    /// Why it was retired, in words.
+    pub reason: String,
+    /// When the daemon withdraws it by itself (`[tls] rotation_overlap_days`); `None`: only
+    /// `mcpwatch ca withdraw` does.
+    pub withdraw_after_unix: Option<i64>,
+}
+
+/// The local CA as the daemon holds it: the one signing now, the retired ones still trusted,
+/// and what it may sign.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CaStatus {
+    pub current: CaCert,
+    pub retired: Vec<RetiredCaCert>,
+    /// The NameConstraints the current CA carries, in words.
+    pub name_constraints: String,
+    /// Why the CA carries none, when it carries none.
+    #[serde(default)]
+    pub unconstrained_reason: Option<String>,
+    /// `<state>/ca/bundle.pem`: every trusted mcpwatch CA, what `ca install` publishes.
+    pub bundle_path: String,
+}
+
+/// What a rotation or withdrawal changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CaChange {
+    pub status: CaStatus,
+    /// The trust bundle now (certificates only, PEM): to publish where `ca install` did.
+    pub bundle_pem: String,
+    /// Certificates just withdrawn (PEM): must leave every trust store.
+    pub withdrawn_pem: Vec<String>,
+    pub message: String,
 }
 
 /// A call waiting for a human decision, as `mcpwatch pending` shows it.
@@ -178,6 +233,9 @@ pub struct Status {
     /// Which share of the MCP tool calls mcpwatch saw went through a governed path.
     #[serde(default)]
     pub coverage: Option<Coverage>,
+    /// The local CA (current, retired, constraints); `None` without TLS interception.
+    #[serde(default)]
+    pub ca: Option<CaStatus>,
 }
 
 /// The coverage metric: of the `tools/call`s seen on this host, how many went through a

@@ -5,10 +5,13 @@
 //! is created with mode 0600 by `open(2)` itself, so it is never world-readable even for an
 //! instant, and written to a temporary name then linked/renamed into place so a crash never leaves
 //! a half-written key under the real name. Reloading keeps the same certificate, so clients that
-//! trust it keep working across restarts; [`LocalCa::rotate`] is the only way to replace it.
+//! trust it keep working across restarts; [`crate::CaStore`] replaces it (rotation with the old
+//! certificate kept trusted until withdrawn). The daemon's start-up tightens every file of its
+//! state dir to 0600, `ca.pem` included; agents get the certificate from `mcpwatch ca install`.
 //!
 //! Profile: ECDSA P-256, valid 2 years, CN "mcpwatch local CA (<hostname>)", basicConstraints
-//! CA with pathLen 0 (it can sign leaves, never intermediates), keyUsage keyCertSign + cRLSign.
+//! CA with pathLen 0 (it can sign leaves, never intermediates), keyUsage keyCertSign + cRLSign,
+//! and (when the scope allows it) critical name constraints ([`crate::constraints`]).
 
 use std::fs;
 use std::io::Write;
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    NameConstraints,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -81,21 +85,21 @@ impl CaCertInfo {
         let left = self.not_after_unix - now_unix;
         if left <= 0 {
             return Some(format!(
-                "the local CA {} EXPIRED {} day(s) ago: intercepted TLS clients now reject mcpwatchd; rotate it (`mcpwatch ca rotate`, then `mcpwatch ca install`)",
+                "the local CA {} EXPIRED {} day(s) ago: intercepted TLS clients now reject mcpwatchd; rotate it (`mcpwatch ca rotate`, no restart needed)",
                 self.path.display(),
                 (-left) / 86_400
             ));
         }
         (left <= CA_EXPIRY_WARNING.as_secs() as i64).then(|| {
             format!(
-                "the local CA {} expires in {} day(s): rotate it before then (`mcpwatch ca rotate`, then `mcpwatch ca install`)",
+                "the local CA {} expires in {} day(s): rotate it before then (`mcpwatch ca rotate`, no restart needed; `mcpwatch ca withdraw` once clients have the bundle)",
                 self.path.display(),
                 left / 86_400
             )
         })
     }
 
-    fn from_parts(path: PathBuf, pem: String, der: Vec<u8>) -> Result<CaCertInfo, String> {
+    pub(crate) fn from_parts(path: PathBuf, pem: String, der: Vec<u8>) -> Result<CaCertInfo, String> {
         let (subject, not_after_unix) = {
             let (_, cert) = x509_parser::parse_x509_certificate(&der)
                 .map_err(|e| format!("ca.pem does not parse: {e}"))?;
@@ -122,6 +126,8 @@ pub struct LocalCa {
     info: CaCertInfo,
     key_path: PathBuf,
     key: KeyPair,
+    /// The NameConstraints the certificate carries (`None`: unconstrained).
+    constraints: Option<NameConstraints>,
     /// The CA as rcgen needs it to sign (same DN and key identifier as the on-disk certificate;
     /// its own DER is a re-signature and is never shown to anyone).
     signer: rcgen::Certificate,
@@ -143,13 +149,23 @@ impl LocalCa {
     /// that does not match the certificate, a key file readable by group/others (it may have
     /// leaked: rotate), a certificate that is not a CA. `hostname` is only used when creating.
     pub fn load_or_create(dir: &Path, hostname: &str) -> Result<LocalCa, TlsError> {
+        LocalCa::load_or_create_constrained(dir, hostname, None)
+    }
+
+    /// [`LocalCa::load_or_create`], creating a missing CA with `constraints` (an existing CA is
+    /// loaded as it is: [`crate::CaStore::prepare`] re-issues one whose constraints differ).
+    pub fn load_or_create_constrained(
+        dir: &Path,
+        hostname: &str,
+        constraints: Option<&NameConstraints>,
+    ) -> Result<LocalCa, TlsError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         match (exists(&cert_path)?, exists(&key_path)?) {
             (true, true) => LocalCa::load(dir),
             (false, false) => {
                 ensure_dir(dir)?;
-                let (cert_pem, key_pem) = generate(hostname)?;
+                let (cert_pem, key_pem) = generate(hostname, constraints)?;
                 install_new(dir, &key_pem, &cert_pem)?;
                 LocalCa::load(dir)
             }
@@ -216,32 +232,15 @@ impl LocalCa {
         let info = CaCertInfo::from_parts(cert_path, cert_pem, der).map_err(bad)?;
         let params =
             CertificateParams::from_ca_cert_der(&CertificateDer::from(info.der.as_slice()))?;
+        let constraints = params.name_constraints.clone();
         let signer = params.self_signed(&key)?;
         Ok(LocalCa {
             info,
             key_path,
             key,
+            constraints,
             signer,
         })
-    }
-
-    /// Replaces the CA in `dir` with a freshly generated one (new key, new certificate) and loads
-    /// it. Clients must be told to trust the new certificate (`mcpwatch ca install`).
-    pub fn rotate(dir: &Path, hostname: &str) -> Result<LocalCa, TlsError> {
-        ensure_dir(dir)?;
-        let (cert_pem, key_pem) = generate(hostname)?;
-        let key_tmp = write_temp(dir, CA_KEY_FILE, key_pem.as_bytes(), 0o600)?;
-        let cert_tmp = match write_temp(dir, CA_CERT_FILE, cert_pem.as_bytes(), 0o644) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = fs::remove_file(&key_tmp);
-                return Err(e);
-            }
-        };
-        rename(&key_tmp, &dir.join(CA_KEY_FILE))?;
-        rename(&cert_tmp, &dir.join(CA_CERT_FILE))?;
-        sync_dir(dir);
-        LocalCa::load(dir)
     }
 
     /// The certificate as stored in `ca.pem`.
@@ -277,6 +276,11 @@ impl LocalCa {
     /// The CA's SubjectPublicKeyInfo (DER); tests compare it with leaf keys.
     pub fn public_key_der(&self) -> Vec<u8> {
         self.key.public_key_der()
+    }
+
+    /// The NameConstraints the certificate carries (`None`: it may sign any name).
+    pub fn name_constraints(&self) -> Option<&NameConstraints> {
+        self.constraints.as_ref()
     }
 
     pub(crate) fn signer(&self) -> (&rcgen::Certificate, &KeyPair) {
@@ -315,8 +319,12 @@ fn ca_common_name(hostname: &str) -> String {
     format!("{PREFIX}{host})")
 }
 
-/// Generates a CA; returns (certificate PEM, key PEM).
-fn generate(hostname: &str) -> Result<(String, String), TlsError> {
+/// Generates a CA (critical NameConstraints when `constraints` is given); returns
+/// (certificate PEM, key PEM).
+pub(crate) fn generate(
+    hostname: &str,
+    constraints: Option<&NameConstraints>,
+) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -325,6 +333,7 @@ fn generate(hostname: &str) -> Result<(String, String), TlsError> {
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.name_constraints = constraints.cloned();
     let now = unix_now();
     rcgen_time(
         &mut params,
@@ -361,7 +370,7 @@ fn install_new(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), TlsError
 
 /// Writes `contents` to a new, exclusive temporary file in `dir` created with `mode` (so the
 /// permission is in force from the first byte), fsyncs it and returns its path.
-fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf, TlsError> {
+pub(crate) fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf, TlsError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -390,7 +399,7 @@ fn write_temp(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<Path
     Ok(path)
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
     fs::rename(from, to).map_err(|source| {
         let _ = fs::remove_file(from);
         TlsError::Io {
@@ -400,13 +409,13 @@ fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
     })
 }
 
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -417,7 +426,7 @@ fn ensure_dir(dir: &Path) -> Result<(), TlsError> {
         })
 }
 
-fn exists(path: &Path) -> Result<bool, TlsError> {
+pub(crate) fn exists(path: &Path) -> Result<bool, TlsError> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -428,7 +437,7 @@ fn exists(path: &Path) -> Result<bool, TlsError> {
     }
 }
 
-fn read_small(path: &Path) -> Result<String, TlsError> {
+pub(crate) fn read_small(path: &Path) -> Result<String, TlsError> {
     let io = |source| TlsError::Io {
         path: path.to_path_buf(),
         source,
@@ -443,7 +452,7 @@ fn read_small(path: &Path) -> Result<String, TlsError> {
     fs::read_to_string(path).map_err(io)
 }
 
-fn parse_single_cert_pem(pem: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_single_cert_pem(pem: &str) -> Result<Vec<u8>, String> {
     let mut reader = std::io::BufReader::new(pem.as_bytes());
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut reader) {
@@ -527,20 +536,6 @@ mod tests {
         assert_eq!(again.cert_pem(), ca.cert_pem());
         assert_eq!(again.public_key_der(), ca.public_key_der());
         assert_eq!(CaCertInfo::read(&state).unwrap(), *ca.info());
-
-        let rotated = LocalCa::rotate(&state, "testhost").unwrap();
-        assert_ne!(rotated.cert_der().to_vec(), der);
-        assert_ne!(rotated.public_key_der(), ca.public_key_der());
-        assert_eq!(
-            fs::metadata(state.join(CA_KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
-        let reloaded = LocalCa::load_or_create(&state, "testhost").unwrap();
-        assert_eq!(reloaded.cert_der(), rotated.cert_der());
     }
 
     #[test]

@@ -9,11 +9,16 @@
 //! Minting costs a key generation and a signature, so ready `Arc<ServerConfig>`s are cached,
 //! keyed by (name, ALPN list), in a bounded LRU whose entries also expire after a TTL shorter
 //! than half the leaf lifetime (a cached leaf always has at least half its life left).
+//!
+//! The signing CA can be replaced while the daemon runs ([`LeafIssuer::replace_ca`], used by CA
+//! rotation): the cache is emptied at once and a leaf minted by the old CA while the switch
+//! happened is never cached, so every handshake that starts after the switch gets a leaf from
+//! the new CA. Connections already established keep the leaf they were given.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rcgen::{
@@ -162,6 +167,8 @@ struct Cache {
     map: HashMap<CacheKey, CacheEntry>,
     capacity: usize,
     tick: u64,
+    /// Bumped when the CA is replaced; a leaf minted under an older generation is not cached.
+    generation: u64,
 }
 
 impl Cache {
@@ -212,7 +219,7 @@ impl Cache {
 
 /// Mints and caches leaf certificates signed by the local CA. Share it behind an `Arc`.
 pub struct LeafIssuer {
-    ca: Arc<LocalCa>,
+    ca: RwLock<Arc<LocalCa>>,
     options: LeafOptions,
     cache: Mutex<Cache>,
     minted: AtomicU64,
@@ -221,7 +228,7 @@ pub struct LeafIssuer {
 impl std::fmt::Debug for LeafIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeafIssuer")
-            .field("ca", &self.ca)
+            .field("ca", &self.ca())
             .field("options", &self.options)
             .field("minted", &self.minted_count())
             .finish_non_exhaustive()
@@ -254,9 +261,10 @@ impl LeafIssuer {
             map: HashMap::new(),
             capacity: options.cache_capacity,
             tick: 0,
+            generation: 0,
         };
         Ok(LeafIssuer {
-            ca,
+            ca: RwLock::new(ca),
             options,
             cache: Mutex::new(cache),
             minted: AtomicU64::new(0),
@@ -296,9 +304,25 @@ impl LeafIssuer {
         self.lock().map.len()
     }
 
-    /// The CA that signs the leaves.
-    pub fn ca(&self) -> &Arc<LocalCa> {
-        &self.ca
+    /// The CA that signs new leaves now.
+    pub fn ca(&self) -> Arc<LocalCa> {
+        self.ca
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Makes `ca` sign every leaf from now on: the cache is emptied, so the next handshake for
+    /// any name gets a leaf from `ca`. Established connections are untouched.
+    pub fn replace_ca(&self, ca: Arc<LocalCa>) {
+        // Cache first, under its lock, so no lookup between the two steps returns an old leaf.
+        let mut cache = self.lock();
+        *self
+            .ca
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = ca;
+        cache.map.clear();
+        cache.generation += 1;
     }
 
     /// The options in force.
@@ -328,17 +352,28 @@ impl LeafIssuer {
             ));
         }
         let key: CacheKey = (target.clone(), alpn.to_vec());
-        if let Some(config) = self.lock().get(&key, now) {
-            return Ok(config);
-        }
+        let (generation, ca) = {
+            let mut cache = self.lock();
+            if let Some(config) = cache.get(&key, now) {
+                return Ok(config);
+            }
+            (cache.generation, self.ca())
+        };
         // Mint outside the lock; two concurrent misses for one name may both mint, harmlessly.
-        let config = Arc::new(self.mint(target, alpn)?);
-        self.lock()
-            .insert(key, config.clone(), now + self.options.ttl, now);
+        let config = Arc::new(self.mint(&ca, target, alpn)?);
+        let mut cache = self.lock();
+        if cache.generation == generation {
+            cache.insert(key, config.clone(), now + self.options.ttl, now);
+        }
         Ok(config)
     }
 
-    fn mint(&self, target: &ServerTarget, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+    fn mint(
+        &self,
+        ca: &LocalCa,
+        target: &ServerTarget,
+        alpn: &[Vec<u8>],
+    ) -> Result<ServerConfig, TlsError> {
         let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let name = target.to_string();
@@ -347,12 +382,14 @@ impl LeafIssuer {
             ServerTarget::Ip(ip) => SanType::IpAddress(*ip),
         }];
         let mut dn = DistinguishedName::new();
+        // The CN repeats a DNS name (SAN is what counts). Never an IP literal: OpenSSL checks a
+        // CN that looks like a host name against the CA's DNS name constraints when the leaf
+        // has no DNS SAN, and "127.0.0.1" would violate them.
         dn.push(
             DnType::CommonName,
-            if name.len() <= 64 {
-                name.clone()
-            } else {
-                "mcpwatch leaf".to_string()
+            match target {
+                ServerTarget::Dns(n) if n.len() <= 64 => n.clone(),
+                _ => "mcpwatch leaf".to_string(),
             },
         );
         dn.push(DnType::OrganizationName, "mcpwatch");
@@ -362,17 +399,16 @@ impl LeafIssuer {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = unix_now();
-        let not_after =
-            (now + self.options.validity.as_secs() as i64).min(self.ca.not_after_unix());
+        let not_after = (now + self.options.validity.as_secs() as i64).min(ca.not_after_unix());
         rcgen_time(&mut params, now - LEAF_BACKDATE.as_secs() as i64, not_after);
 
-        let (ca_cert, ca_key) = self.ca.signer();
+        let (ca_cert, ca_key) = ca.signer();
         let cert = params.signed_by(&leaf_key, ca_cert, ca_key)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone(), self.ca.cert_der()], key_der)?;
+            .with_single_cert(vec![cert.der().clone(), ca.cert_der()], key_der)?;
         config.alpn_protocols = alpn.to_vec();
         config.session_storage =
             rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_PER_CONFIG);
@@ -383,7 +419,7 @@ impl LeafIssuer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn issuer(options: LeafOptions) -> (tempfile::TempDir, LeafIssuer) {
@@ -394,7 +430,7 @@ mod tests {
 
     /// A real in-memory handshake: a rustls client trusting only `root` connects to `config` as
     /// `name`; returns the chain the client saw (verified by webpki against `root`).
-    fn handshake(
+    pub(crate) fn handshake(
         config: Arc<ServerConfig>,
         root: rustls::pki_types::CertificateDer<'static>,
         name: &str,

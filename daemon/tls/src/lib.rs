@@ -24,14 +24,20 @@
 //!   cache and buffer is bounded.
 //! - Both legs are TLS 1.2 or 1.3 only (rustls implements nothing older).
 //!
+//! The CA can be rotated while the daemon runs ([`CaStore`]: the old certificate stays trusted in
+//! a bundle until withdrawn) and carries X.509 name constraints limiting it to the hosts the
+//! scope intercepts ([`constraints`]).
+//!
 //! Every error type says which side failed: the client, the upstream, or us ([`Side`]).
 
 pub mod ca;
+pub mod constraints;
 pub mod decide;
 pub mod distrust;
 pub mod flow;
 pub mod hello;
 pub mod leaf;
+pub mod rotation;
 pub mod upstream;
 
 use std::sync::{Arc, OnceLock};
@@ -45,6 +51,9 @@ pub use flow::{InterceptError, Intercepted, TlsInfo, intercept, intercept_servin
 pub use hello::{
     ClientTlsStream, HandshakeError, Hello, HelloError, HelloStream, read_client_hello,
 };
+pub use constraints::scope_constraints;
+pub use rcgen::NameConstraints;
+pub use rotation::{CaStore, Prepared, RetiredCa, RotationReason};
 pub use leaf::{LeafIssuer, LeafOptions, ServerTarget, validate_server_name};
 pub use upstream::{
     CertProblem, CertSummary, UpstreamCert, UpstreamOptions, UpstreamTls, UpstreamTlsError,

@@ -7,6 +7,7 @@
 mod bypass_conn;
 mod bypass_exchange;
 mod bypass_govern;
+mod ca_rotate;
 mod cli;
 mod conformance;
 mod durability;
