@@ -174,8 +174,8 @@ async fn real_main() -> Result<()> {
         let rt = mcpwatchd::proxy::tls::TlsRuntime::build(&config.tls, &config.state_dir, &hostname)
             .context("TLS interception ([tls] in the config; `enabled = false` turns it off)")?;
         tracing::info!(
-            ca = %rt.ca.cert_path().display(),
-            fingerprint = %rt.ca.fingerprint_sha256(),
+            ca = %rt.issuer.ca().cert_path().display(),
+            fingerprint = %rt.issuer.ca().fingerprint_sha256(),
             upstream_anchors = rt.upstream.anchor_count(),
             "TLS interception ready"
         );

@@ -52,9 +52,9 @@ pub fn ca_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(CA_DIR)
 }
 
-/// Everything the TLS branch needs, built once at start-up.
+/// Everything the TLS branch needs, built once at start-up. The CA that signs now is
+/// `issuer.ca()`: it changes with `mcpwatch ca rotate`, so no copy of it is kept here.
 pub struct TlsRuntime {
-    pub ca: Arc<LocalCa>,
     pub issuer: LeafIssuer,
     pub upstream: UpstreamTls,
     pub scope: TlsScope,
@@ -71,7 +71,7 @@ pub struct TlsRuntime {
 impl std::fmt::Debug for TlsRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsRuntime")
-            .field("ca", &self.ca)
+            .field("ca", &self.issuer.ca().fingerprint_sha256())
             .field("scope", &self.scope)
             .field("upstream", &self.upstream)
             .finish_non_exhaustive()
@@ -82,12 +82,23 @@ impl TlsRuntime {
     /// Loads (or creates, on first start) the CA in `<state_dir>/ca/` and builds the runtime.
     /// `hostname` names a newly created CA.
     pub fn build(config: &TlsConfig, state_dir: &Path, hostname: &str) -> Result<TlsRuntime, TlsError> {
-        let ca = Arc::new(LocalCa::load_or_create(&ca_dir(state_dir), hostname)?);
-        TlsRuntime::with_ca(config, ca)
+        let dir = ca_dir(state_dir);
+        let ca = Arc::new(LocalCa::load_or_create(&dir, hostname)?);
+        // Every mcpwatch CA still published (the current one and those retired but not yet
+        // withdrawn, as after a restart mid-rotation) is excluded as an upstream anchor.
+        let ours = mcpwatch_tls::CaStore::new(&dir, hostname, None).trusted_ders()?;
+        TlsRuntime::with_ca_excluding(config, ca, ours)
     }
 
     /// Builds the runtime around an already loaded CA.
     pub fn with_ca(config: &TlsConfig, ca: Arc<LocalCa>) -> Result<TlsRuntime, TlsError> {
+        TlsRuntime::with_ca_excluding(config, ca, Vec::new())
+    }
+
+    /// [`TlsRuntime::with_ca`], never accepting any of `ours` (DER) as an upstream anchor
+    /// besides `ca` itself.
+    fn with_ca_excluding(config: &TlsConfig, ca: Arc<LocalCa>, mut ours: Vec<Vec<u8>>) -> Result<TlsRuntime, TlsError> {
+        ours.push(ca.cert_der().to_vec());
         let validity = config.leaf_validity;
         let issuer = LeafIssuer::new(
             ca.clone(),
@@ -97,8 +108,8 @@ impl TlsRuntime {
             extra_anchors_pem: config.extra_anchors.clone(),
             use_system_roots: config.system_roots,
             insecure_hosts: config.insecure_hosts.clone(),
-            // Our own CA is never a valid upstream anchor, even after `mcpwatch ca install`.
-            exclude_anchors_der: vec![ca.cert_der().to_vec()],
+            // Our own CAs are never valid upstream anchors, even after `mcpwatch ca install`.
+            exclude_anchors_der: ours,
             carried_alpn: vec![mcpwatch_tls::ALPN_HTTP1_1.to_vec()],
             handshake_timeout: config.handshake_timeout,
         })?;
@@ -108,7 +119,6 @@ impl TlsRuntime {
             ..DistrustOptions::default()
         });
         Ok(TlsRuntime {
-            ca,
             issuer,
             upstream,
             scope,
@@ -452,6 +462,27 @@ mod tests {
 
     const RESULT: &str = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi over tls"}]}}"#;
 
+    /// After a restart in the middle of a rotation, the published bundle holds the new and
+    /// the retired CA; an admin who lists it as an upstream anchor (or installed it in the
+    /// system store) must not make mcpwatch trust either of its own CAs upstream.
+    #[test]
+    fn retired_cas_are_never_upstream_anchors() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = tmp.path().join("state");
+        let mut config = Config { state_dir: state.clone(), ..Config::default() };
+        config.tls.system_roots = false;
+        let other = Arc::new(LocalCa::load_or_create(&tmp.path().join("other"), "other").expect("other ca"));
+        config.tls.extra_anchors = vec![other.cert_path().to_path_buf()];
+        let first = TlsRuntime::build(&config.tls, &state, "unit-test").expect("first runtime");
+        let store = mcpwatch_tls::CaStore::new(&ca_dir(&state), "unit-test", None);
+        store.rotate(&first.issuer).expect("rotate");
+        let bundle = tmp.path().join("bundle.pem");
+        std::fs::write(&bundle, store.bundle_pem().expect("bundle")).expect("write bundle");
+        config.tls.extra_anchors.insert(0, bundle);
+        let restarted = TlsRuntime::build(&config.tls, &state, "unit-test").expect("restarted runtime");
+        assert_eq!(restarted.upstream.anchor_count(), 1, "only the unrelated anchor; neither the new nor the retired mcpwatch CA");
+    }
+
     /// An HTTPS server presenting a leaf of `ca` for localhost; answers each request once.
     async fn upstream(ca: Arc<LocalCa>) -> SocketAddr {
         let issuer = LeafIssuer::new(ca, LeafOptions::default()).expect("issuer");
@@ -574,7 +605,7 @@ mod tests {
         config.tls.handshake_timeout = Duration::from_secs(5);
         let store = mcpwatch_audit::Store::open(&config.state_dir, mcpwatch_audit::StoreOptions::default()).expect("store");
         let rt = TlsRuntime::build(&config.tls, &config.state_dir, "unit-test").expect("tls runtime");
-        let our_ca = rt.ca.cert_der();
+        let our_ca = rt.issuer.ca().cert_der();
         assert!(
             rt.upstream.anchor_count() == 1,
             "only the configured anchor; never our own CA: {}",
@@ -589,7 +620,7 @@ mod tests {
         // Intercepted: the client sees our leaf, the call is audited with TLS details.
         let (resp, presented) = call(to_good, our_ca.clone()).await.expect("intercepted call");
         assert!(resp.contains("hi over tls"), "{resp}");
-        let ca_spki = shared.tls.as_ref().map(|t| t.ca.public_key_der()).unwrap_or_default();
+        let ca_spki = shared.tls.as_ref().map(|t| t.issuer.ca().public_key_der()).unwrap_or_default();
         let (_, leaf) = x509_parser::parse_x509_certificate(&presented).expect("leaf parses");
         assert_ne!(leaf.public_key().raw, ca_spki.as_slice(), "the leaf has its own key");
         let recs = records(&shared);
