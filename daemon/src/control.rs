@@ -269,7 +269,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
                 match rx.recv().await {
                     Ok(record) => {
                         if filter.matches(&record) {
-                            send(&mut w, &Response::Record { record }).await?;
+                            send(&mut w, &Response::Record { record: Arc::unwrap_or_clone(record) }).await?;
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -106,7 +106,6 @@ async fn start_sinks_and_metrics(shared: &Arc<Shared>) -> Vec<tokio::task::JoinH
     // Resident size follows live data, not malloc's retained free lists.
     tasks.push(tokio::spawn(memory::trim_periodically()));
     // Denies, redactions and shadow servers reach the log (journal) as they happen.
-    tasks.push(tokio::spawn(logging::log_events(shared.clone())));
     if let Some(listen) = shared.config.metrics.listen.clone() {
         let m = Arc::new(metrics::Metrics::new(shared.config.metrics.max_series));
         tasks.push(tokio::spawn(metrics::follow(m.clone(), shared.subscribe())));

@@ -9,15 +9,16 @@
 //! tracing field as an upper-case journal field. Anything else (a terminal, a file, a
 //! test harness) gets the familiar text format.
 //!
-//! The event log reads the audit broadcast (`Shared::subscribe`), never the proxy: the
-//! data path does not wait on logging, and a slow journal only loses log lines (the
-//! audit store keeps every record).
+//! The event log sees each record as the audit store is handed it (`Shared::begin_record`
+//! and `complete_record` call [`note_record`]): a record without a security event costs a
+//! few comparisons; one with an event is logged once, however often it is rewritten. Not
+//! a task fed by the record broadcast, which woke a task (and often the other worker
+//! thread) twice per call.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use mcpwatch_api::{ActionKind, AuditRecord, Effect};
 use tracing::field::{Field, Visit};
@@ -166,24 +167,26 @@ impl<S: Subscriber> Layer<S> for JournalLayer {
     }
 }
 
-/// How many (record, event) pairs are remembered so that a record broadcast twice
+/// How many (record, event) pairs are remembered so that a record written twice
 /// (pending, then final) is logged once.
 const MAX_LOGGED: usize = 4096;
 
-/// Log one line per security event seen on the audit broadcast: a call denied or
+/// The (record or server, event) pairs logged already, bounded by [`MAX_LOGGED`].
+#[derive(Default)]
+pub struct EventLog(Logged);
+
+/// Log one line per security event of a record as it is written: a call denied or
 /// blocked (warn), content redacted or blocked by a detector (info), the first traffic
-/// to each shadow server (warn). Runs until the broadcast closes.
-pub async fn log_events(shared: Arc<crate::state::Shared>) {
-    let mut rx = shared.subscribe();
-    let mut logged = Logged::default();
-    loop {
-        match rx.recv().await {
-            Ok(rec) => log_record(&rec, &mut logged),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(skipped = n, "event log fell behind; see `mcpwatch audit` for every record")
-            }
-            Err(_) => return,
-        }
+/// to each shadow server (warn). Most records carry none: they cost a few comparisons
+/// and no lock.
+pub fn note_record(log: &std::sync::Mutex<EventLog>, rec: &AuditRecord) {
+    let decision = rec.decision.as_ref().is_some_and(|d| d.effective == Effect::Block || d.action == ActionKind::Deny || d.shadow);
+    let content = rec.findings.iter().any(|f| f.action == "redact" || f.action == "block");
+    if !decision && !content {
+        return;
+    }
+    if let Ok(mut g) = log.lock() {
+        log_record(rec, &mut g.0);
     }
 }
 
@@ -256,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_broadcast_twice_is_logged_once() {
+    fn a_record_written_twice_is_logged_once() {
         let mut l = Logged::default();
         assert!(first(&mut l, "1", "deny"));
         assert!(!first(&mut l, "1", "deny"));

@@ -356,7 +356,7 @@ fn tls_failure(r: &AuditRecord) -> Option<&'static str> {
 }
 
 /// Feed `metrics` from the record broadcast until the daemon stops.
-pub async fn follow(metrics: Arc<Metrics>, mut rx: broadcast::Receiver<AuditRecord>) {
+pub async fn follow(metrics: Arc<Metrics>, mut rx: broadcast::Receiver<Arc<AuditRecord>>) {
     loop {
         match rx.recv().await {
             Ok(r) => metrics.observe(&r),

@@ -90,7 +90,12 @@ pub struct Shared {
     /// as SO_PEERCRED names them: the stdio observer skips their servers, which the gate
     /// already audits. Bounded by the gate's session budget.
     pub gate_wrappers: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
-    records_tx: broadcast::Sender<AuditRecord>,
+    /// Records as they are written, for `audit --follow` and metrics; sent only while
+    /// someone listens, and shared (`Arc`), not copied per listener.
+    records_tx: broadcast::Sender<Arc<AuditRecord>>,
+    /// Which security events were logged already (a record is written twice: begun, then
+    /// completed). Logged inline as records are written, not by a task woken per record.
+    event_log: std::sync::Mutex<crate::logging::EventLog>,
     next_conn: AtomicU64,
     /// Group commit: writers bump `flush_wanted` and wait until `flushed` reaches it.
     flush_wanted: AtomicU64,
@@ -147,6 +152,7 @@ impl Shared {
             host,
             gate_wrappers: Default::default(),
             records_tx,
+            event_log: Default::default(),
             next_conn: AtomicU64::new(1),
             flush_wanted: AtomicU64::new(0),
             flush_wake: tokio::sync::Notify::new(),
@@ -231,7 +237,7 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRecord>> {
         self.records_tx.subscribe()
     }
 
@@ -247,8 +253,16 @@ impl Shared {
                 tracing::error!(error = %e, id = %rec.id, "audit write failed");
             }
         }
-        let _ = self.records_tx.send(rec.clone());
+        self.announce(rec);
         res
+    }
+
+    /// Log the record's security events (once each) and hand it to listeners, if any.
+    fn announce(&self, rec: &AuditRecord) {
+        crate::logging::note_record(&self.event_log, rec);
+        if self.records_tx.receiver_count() > 0 {
+            let _ = self.records_tx.send(Arc::new(rec.clone()));
+        }
     }
 
     /// Update a record once its response (or failure) is known.
@@ -257,7 +271,7 @@ impl Shared {
             Counters::inc(&self.counters.audit_write_errors);
             tracing::error!(error = %e, id = %rec.id, "audit update failed");
         }
-        let _ = self.records_tx.send(rec.clone());
+        self.announce(rec);
     }
 
     pub fn counts(&self) -> Counts {

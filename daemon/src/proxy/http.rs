@@ -61,7 +61,59 @@ pub struct UpstreamConn {
     reconnect: Reconnect,
     /// Shuts the upstream's sending side when the client's has ended ([`lifecycle`]).
     fins: Arc<FinSignals>,
+    /// Where the upstream connection's future goes to be driven: the client connection's
+    /// own task (see [`Drive`]), not a task of its own.
+    drivers: Drivers,
 }
+
+/// An upstream HTTP/1.1 connection's future (hyper's `Connection`), to be polled until
+/// the connection ends.
+type ConnDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Hands upstream connection futures to the task that serves the client connection.
+///
+/// Why: with the upstream connection in a task of its own, every request and every
+/// response crosses two tasks (often two worker threads: a futex wake-up each way); driven
+/// in the client's task, the exchange and its upstream wake one task. The futures live as
+/// long as the client connection is served and no longer.
+#[derive(Clone)]
+pub struct Drivers(tokio::sync::mpsc::UnboundedSender<ConnDriver>);
+
+impl Drivers {
+    /// A handle and the future that drives what is sent through it; the client connection's
+    /// task selects on that future beside serving the client.
+    pub fn new() -> (Drivers, Drive) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ConnDriver>();
+        let drive = Box::pin(async move {
+            use futures_util::StreamExt as _;
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    next = rx.recv(), if open => match next {
+                        Some(d) => running.push(d),
+                        None => open = false,
+                    },
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    else => std::future::pending::<()>().await,
+                }
+            }
+        });
+        (Drivers(tx), drive)
+    }
+
+    /// Drive `conn` in the client connection's task, or in a task of its own when that
+    /// task has already ended.
+    fn drive(&self, conn: ConnDriver) {
+        if let Err(tokio::sync::mpsc::error::SendError(conn)) = self.0.send(conn) {
+            tokio::spawn(conn);
+        }
+    }
+}
+
+/// The future that polls the upstream connections handed to [`Drivers`]; it never ends, so
+/// the client connection's task selects on it beside serving the client.
+pub type Drive = std::pin::Pin<Box<dyn std::future::Future<Output = Infallible> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -89,11 +141,11 @@ impl UpstreamConn {
                 .handshake(TokioIo::new(lifecycle::fin_io(stream, self.fins.register())))
                 .await
                 .map_err(|source| ForwardError::Handshake { dst: self.dst, source })?;
-            tokio::spawn(async move {
+            self.drivers.drive(Box::pin(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
-            });
+            }));
             self.sender = Some(sender);
         }
         let sender = self.sender.as_mut().expect("set above");
@@ -139,6 +191,7 @@ pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstre
     let dst = ctx.origin.dst;
     let first = Arc::new(std::sync::Mutex::new(Some(upstream)));
     let ctx = Arc::new(ctx);
+    let (drivers, drive) = Drivers::new();
     let svc = {
         let shared = shared.clone();
         service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -146,20 +199,25 @@ pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstre
             let ctx = ctx.clone();
             let first = first.lock().map(|mut f| f.take()).unwrap_or(None);
             let up: SharedUpstream =
-                Arc::new(Mutex::new(UpstreamConn { dst, sender: None, first, reconnect: reconnect.clone(), fins: Arc::default() }));
+                Arc::new(Mutex::new(UpstreamConn { dst, sender: None, first, reconnect: reconnect.clone(), fins: Arc::default(), drivers: drivers.clone() }));
             async move {
                 Counters::inc(&shared.counters.http_requests);
                 Ok::<_, Infallible>(exchange::handle(shared, ctx, up, h2_to_h1(req)).await)
             }
         })
     };
-    let res = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+    let served = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(TokioTimer::new())
         // Each stream holds its own upstream connection: keep the fan-out per admitted
         // client connection small (the per-process budget counts client connections).
         .max_concurrent_streams(H2_MAX_STREAMS)
-        .serve_connection(TokioIo::new(client), svc)
-        .await;
+        .serve_connection(TokioIo::new(client), svc);
+    let mut drive = drive;
+    let res = tokio::select! {
+        biased;
+        r = served => r,
+        never = &mut drive => match never {},
+    };
     if let Err(e) = res {
         tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
     }
@@ -196,12 +254,14 @@ pub async fn serve_io(
     ctx.head_log = Some(log.clone());
     let client = super::headlog::LoggedIo::new(client, log);
     let fins: Arc<FinSignals> = Arc::default();
+    let (drivers, drive) = Drivers::new();
     let up: SharedUpstream = Arc::new(Mutex::new(UpstreamConn {
         dst: ctx.origin.dst,
         sender: None,
         first: Some(upstream),
         reconnect,
         fins: fins.clone(),
+        drivers,
     }));
     let ctx_id = ctx.id;
     let ctx = Arc::new(ctx);
@@ -230,6 +290,7 @@ pub async fn serve_io(
         .serve_connection(TokioIo::new(client), svc)
         .with_upgrades();
     tokio::pin!(res);
+    let mut drive = drive;
     // `client_fd` stays valid while `res` (which owns the client socket) is alive.
     let watch = async {
         match client_fd {
@@ -238,11 +299,17 @@ pub async fn serve_io(
         }
     };
     let res = tokio::select! {
+        biased;
         r = &mut res => r,
+        never = &mut drive => match never {},
         () = watch => {
             tracing::debug!(conn = ctx_id, "client sent FIN or reset; passing it upstream");
             fins.request_all();
-            res.await
+            tokio::select! {
+                biased;
+                r = &mut res => r,
+                never = &mut drive => match never {},
+            }
         }
     };
     if let Err(e) = res {
