@@ -550,13 +550,12 @@ impl Store {
         let iter = self.inner.sealed_from(start.as_bytes())?;
         let mut skipped = Skipped::default();
         let mut out = Vec::new();
-        let wanted = |it: &chunk::Item| it.id.as_slice() >= start.as_bytes();
         match filter.limit {
             Some(0) => {}
             Some(limit) => {
                 'chunks: for c in iter.rev() {
                     let (k, v) = c?;
-                    for it in skipped.items(&k, &v).into_iter().rev().filter(|it| wanted(it)) {
+                    for it in skipped.items(&k, &v).into_iter().rev().filter(|it| it.id.as_slice() >= start.as_bytes()) {
                         if let Some(rec) = skipped.decode(&it.id, &it.value)
                             && filter.matches(&rec)
                         {
@@ -570,20 +569,71 @@ impl Store {
                 out.reverse();
             }
             None => {
-                for c in iter {
-                    let (k, v) = c?;
-                    for it in skipped.items(&k, &v).into_iter().filter(|it| wanted(it)) {
-                        if let Some(rec) = skipped.decode(&it.id, &it.value)
-                            && filter.matches(&rec)
-                        {
-                            out.push(rec);
-                        }
-                    }
-                }
+                Self::scan(iter, start.as_bytes(), filter, usize::MAX, &mut skipped, &mut |page| {
+                    out.extend(page);
+                    true
+                })?;
             }
         }
         skipped.report("query");
         Ok(out)
+    }
+
+    /// [`Store::query`] handed out in pages of at most `page` records, oldest first, so an
+    /// answer of any size is never held whole: without a limit only one page is in memory
+    /// at a time (with one, the newest `limit` are collected first). `each` returns
+    /// `false` to stop early.
+    pub fn query_pages(&self, filter: &AuditFilter, page: usize, mut each: impl FnMut(Vec<AuditRecord>) -> bool) -> Result<(), StoreError> {
+        let page = page.max(1);
+        if filter.limit.is_some() {
+            let mut all = self.query(filter)?;
+            while !all.is_empty() {
+                let rest = all.split_off(all.len().min(page));
+                if !each(all) {
+                    return Ok(());
+                }
+                all = rest;
+            }
+            return Ok(());
+        }
+        let start = id::key_floor_for_ms(filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS)));
+        let iter = self.inner.sealed_from(start.as_bytes())?;
+        let mut skipped = Skipped::default();
+        Self::scan(iter, start.as_bytes(), filter, page, &mut skipped, &mut each)?;
+        skipped.report("query");
+        Ok(())
+    }
+
+    /// The matches from `start` on, in pages of at most `page`; stops when `each` says so.
+    fn scan(
+        iter: sled::Iter,
+        start: &[u8],
+        filter: &AuditFilter,
+        page: usize,
+        skipped: &mut Skipped,
+        each: &mut dyn FnMut(Vec<AuditRecord>) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut out = Vec::new();
+        for c in iter {
+            let (k, v) = c?;
+            for it in skipped.items(&k, &v) {
+                if it.id.as_slice() < start {
+                    continue;
+                }
+                if let Some(rec) = skipped.decode(&it.id, &it.value)
+                    && filter.matches(&rec)
+                {
+                    out.push(rec);
+                    if out.len() >= page && !each(std::mem::take(&mut out)) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            each(out);
+        }
+        Ok(())
     }
 
     /// Number of stored records (maintained incrementally, not a scan).

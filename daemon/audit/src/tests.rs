@@ -1055,7 +1055,7 @@ fn the_unsealed_tail_stays_bounded_without_a_checkpoint() {
         assert!(held <= TAIL_MAX_BYTES, "{held} bytes unsealed after {i} records");
         ids.push(r.id);
     }
-    assert!(store.inner.records.len() > 0, "the writer sealed without a checkpoint");
+    assert!(!store.inner.records.is_empty(), "the writer sealed without a checkpoint");
     let got: Vec<String> = store.query(&AuditFilter::default()).expect("query").into_iter().map(|r| r.id).collect();
     assert_eq!(got, ids);
 }
@@ -1102,4 +1102,33 @@ fn a_layout_one_store_reads_verifies_and_continues() {
     assert_eq!(report.records, 13);
     let meta = store.inner.db.open_tree("meta").expect("meta");
     assert_eq!(meta.get(META_SCHEMA_VERSION).expect("get").as_deref(), Some(STORE_LAYOUT_VERSION.to_string().as_bytes()));
+}
+
+/// `query_pages` hands out exactly what `query` returns, page by page, oldest first, and
+/// stops when told to.
+#[test]
+fn query_pages_is_query_in_pages() {
+    let dir = tmp();
+    let store = open(dir.path());
+    seeded(&store);
+    for filter in [
+        AuditFilter::default(),
+        AuditFilter { since_ms: Some(5_000), ..Default::default() },
+        AuditFilter { limit: Some(2), ..Default::default() },
+        AuditFilter { tool: Some("add".into()), ..Default::default() },
+    ] {
+        let mut pages = Vec::new();
+        store.query_pages(&filter, 2, |p| {
+            pages.push(p);
+            true
+        }).expect("pages");
+        assert!(pages.iter().all(|p| !p.is_empty() && p.len() <= 2), "{filter:?}");
+        assert_eq!(pages.concat(), store.query(&filter).expect("query"), "{filter:?}");
+    }
+    let mut seen = 0;
+    store.query_pages(&AuditFilter::default(), 1, |_| {
+        seen += 1;
+        false
+    }).expect("pages");
+    assert_eq!(seen, 1, "stopped after the first page");
 }
