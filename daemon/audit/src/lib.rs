@@ -8,7 +8,7 @@
 //!
 //! Layout, under `<state dir>/audit.sled`:
 //! - `records`: chunks of records (see `chunk`): key = the first record id in the chunk
-//!   (26 digits, time-prefixed, see [`Store::new_record_id`]), value = up to 8 KiB of
+//!   (26 digits, time-prefixed, see [`Store::new_record_id`]), value = up to 4 KiB of
 //!   (id, chain seq, JSON of the record (schema first, see `codec`)), in id order.
 //! - `servers`: key = endpoint key, value = `{"schema":N,"server":ServerEntry}`.
 //! - `chain`: one entry per record write, a hash chain (see `chain`), in chunks keyed by
@@ -160,7 +160,7 @@ struct Head {
 }
 
 /// Writes in the journal that sled does not hold yet: [`Core::seal`] writes them into
-/// chunks (so sled sees one key per ~8 KiB, not one per record and per chain entry).
+/// chunks (so sled sees one key per ~4 KiB, not one per record and per chain entry).
 /// Bounded: a writer seals once it holds [`TAIL_MAX_BYTES`].
 #[derive(Default)]
 struct Tail {
