@@ -244,9 +244,19 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
         Request::AuditFollow { filter } => {
             // Subscribe first so nothing falls between the backlog and the stream.
             let mut rx = shared.subscribe();
-            let backlog = shared.store.query(&filter).unwrap_or_default();
-            for record in backlog {
-                send(&mut w, &Response::Record { record }).await?;
+            // The backlog page by page, as for `Audit` (an unreadable store: no backlog).
+            let store = shared.store.clone();
+            let wanted = filter.clone();
+            let (tx, mut pages) = tokio::sync::mpsc::channel::<Vec<mcpwatch_api::AuditRecord>>(2);
+            let reader =
+                tokio::task::spawn_blocking(move || store.query_pages(&wanted, AUDIT_PART, |page| tx.blocking_send(page).is_ok()));
+            while let Some(page) = pages.recv().await {
+                for record in page {
+                    send(&mut w, &Response::Record { record }).await?;
+                }
+            }
+            if let Ok(Err(e)) = reader.await {
+                tracing::warn!(error = %e, "audit follow: backlog unreadable");
             }
             loop {
                 match rx.recv().await {
