@@ -14,6 +14,15 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+fn hwm_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn main() {
     let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(400_000);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -67,6 +76,15 @@ fn main() {
         .query(&mcpwatch_api::AuditFilter { limit: Some(50), ..Default::default() })
         .unwrap_or_else(|e| panic!("query: {e}"));
     println!("query newest 50: {} records in {:.3} s, RSS {:.1} MiB", q.len(), t.elapsed().as_secs_f64(), rss_kib() as f64 / 1024.0);
+    let t = std::time::Instant::now();
+    let mut n = 0usize;
+    store
+        .query_pages(&mcpwatch_api::AuditFilter::default(), 2000, |page| {
+            n += page.len();
+            true
+        })
+        .unwrap_or_else(|e| panic!("query_pages: {e}"));
+    println!("every record, page by page: {n} in {:.1} s, RSS {:.1} MiB, peak {:.1} MiB", t.elapsed().as_secs_f64(), rss_kib() as f64 / 1024.0, hwm_kib() as f64 / 1024.0);
     if std::env::var_os("STORE_RSS_FORGET").is_some() {
         // Under heaptrack: what is still allocated at exit is what the store holds.
         std::mem::forget(store);
