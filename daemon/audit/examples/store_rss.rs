@@ -5,22 +5,22 @@
 use mcpwatch_api::{AuditRecord, CallStatus, MessageKind};
 use mcpwatch_audit::{Store, StoreOptions};
 
-fn rss_kib() -> u64 {
+/// A `/proc/self/status` field in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim_start_matches(':').split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 
+fn rss_kib() -> u64 {
+    status_kib("VmRSS")
+}
+
 fn hwm_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    status_kib("VmHWM")
 }
 
 fn main() {
