@@ -245,25 +245,43 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             };
             send(&mut w, &resp).await
         }
-        Request::Audit { filter } => match shared.store.query(&filter) {
-            Ok(mut records) => {
-                // In parts: one line per AUDIT_PART records, so an answer of any size stays
-                // within the wire's line bound.
-                while records.len() > AUDIT_PART {
-                    let rest = records.split_off(AUDIT_PART);
+        Request::Audit { filter } => {
+            // In parts: one line per AUDIT_PART records, so an answer of any size stays
+            // within the wire's line bound; read page by page on a blocking thread, so the
+            // daemon holds two pages, not the whole answer (1M records were GBs).
+            let store = shared.store.clone();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<mcpwatch_api::AuditRecord>>(2);
+            let reader =
+                tokio::task::spawn_blocking(move || store.query_pages(&filter, AUDIT_PART, |page| tx.blocking_send(page).is_ok()));
+            // The last page goes out as `Audit`, every one before it as `AuditPart`.
+            let mut held = None;
+            while let Some(page) = rx.recv().await {
+                if let Some(records) = held.replace(page) {
                     send(&mut w, &Response::AuditPart { records }).await?;
-                    records = rest;
                 }
-                send(&mut w, &Response::Audit { records }).await
             }
-            Err(e) => send(&mut w, &Response::Error { message: format!("audit store: {e}") }).await,
-        },
+            match reader.await {
+                Ok(Ok(())) => send(&mut w, &Response::Audit { records: held.unwrap_or_default() }).await,
+                Ok(Err(e)) => send(&mut w, &Response::Error { message: format!("audit store: {e}") }).await,
+                Err(e) => send(&mut w, &Response::Error { message: format!("audit query failed: {e}") }).await,
+            }
+        }
         Request::AuditFollow { filter } => {
             // Subscribe first so nothing falls between the backlog and the stream.
             let mut rx = shared.subscribe();
-            let backlog = shared.store.query(&filter).unwrap_or_default();
-            for record in backlog {
-                send(&mut w, &Response::Record { record }).await?;
+            // The backlog page by page, as for `Audit` (an unreadable store: no backlog).
+            let store = shared.store.clone();
+            let wanted = filter.clone();
+            let (tx, mut pages) = tokio::sync::mpsc::channel::<Vec<mcpwatch_api::AuditRecord>>(2);
+            let reader =
+                tokio::task::spawn_blocking(move || store.query_pages(&wanted, AUDIT_PART, |page| tx.blocking_send(page).is_ok()));
+            while let Some(page) = pages.recv().await {
+                for record in page {
+                    send(&mut w, &Response::Record { record }).await?;
+                }
+            }
+            if let Ok(Err(e)) = reader.await {
+                tracing::warn!(error = %e, "audit follow: backlog unreadable");
             }
             loop {
                 match rx.recv().await {

@@ -11,6 +11,14 @@
 //! a few milliseconds of one core (it walks the arenas) and never blocks a request (it
 //! runs on a blocking thread; allocation elsewhere proceeds, arenas are locked one at a
 //! time).
+//!
+//! Large blocks are a second source: glibc raises its mmap threshold each time a
+//! mmap-backed block is freed (up to 32 MiB), after which sled's 512 KiB log buffers and
+//! the audit store's sealing batches come from the arenas and leave large holes there.
+//! [`limit_arenas`] pins the threshold at [`MMAP_THRESHOLD`] (which also turns the
+//! dynamic adjustment off), so blocks that large always go back to the kernel when freed.
+//! Measured (`cargo xtask bench --soak`, 200k calls, audit store with 2 KiB chunks):
+//! 82 MiB -> 65 MiB resident.
 
 use std::time::Duration;
 
@@ -22,12 +30,18 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(2);
 /// request path and measured 71 MiB instead of 85 MiB after 100k calls.
 pub const MAX_ARENAS: i32 = 2;
 
-/// Cap malloc's arenas at [`MAX_ARENAS`]. Call first thing in `main`, before threads start.
+/// Blocks of at least this size are mmapped (and unmapped when freed) instead of carved
+/// out of an arena.
+pub const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Cap malloc's arenas at [`MAX_ARENAS`] and pin the mmap threshold at
+/// [`MMAP_THRESHOLD`]. Call first thing in `main`, before threads start.
 pub fn limit_arenas() {
-    // SAFETY: mallopt only sets a glibc tunable; called before other threads allocate.
+    // SAFETY: mallopt only sets glibc tunables; called before other threads allocate.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, MAX_ARENAS);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

@@ -109,6 +109,8 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
     };
     let view = timed(&["audit", "--since", "1h"]);
     let all = timed(&["audit", "--since", "1h", "--limit", "0", "--json"]);
+    // The full dump is read page by page; its memory shows in the peak taken after it.
+    let peak_after_dump = crate::procs::peak_rss_kib(pid);
     drop(d);
 
     section("soak results");
@@ -129,6 +131,9 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
     }
     if let Some(p) = peak {
         println!("peak RSS (VmHWM)       {:.1} MiB", mib(p));
+    }
+    if let Some(p) = peak_after_dump {
+        println!("peak RSS incl. queries {:.1} MiB   (after the full `--limit 0` dump below)", mib(p));
     }
     for (what, (secs, lines)) in [("`audit --since 1h` (newest 50)", view), ("`audit --since 1h --limit 0 --json`", all)] {
         match lines {

@@ -1,12 +1,11 @@
 //! Tamper evidence: every write of a record is an entry of a hash chain.
 //!
 //! Why it exists: an audit trail that can be edited without a trace is not evidence.
-//! Each insert or update of a record appends one entry to the `chain` tree, in the same
-//! sled transaction as the record itself:
+//! Each insert or update of a record appends one entry to the chain (journal first, then
+//! the `chain` tree, where entries are stored in chunks, see `chunk`):
 //!
 //! ```text
-//! key   = seq (u64 big-endian, 1, 2, 3, ... with no gaps)
-//! value = link (32) || value_hash (32) || record id
+//! entry = seq (1, 2, 3, ... with no gaps), record id, link, value_hash
 //! link  = sha256(previous link || seq || record id || value_hash)
 //! value_hash = sha256(the record's stored bytes)
 //! ```
@@ -32,6 +31,8 @@ use std::collections::HashMap;
 
 use mcpwatch_api::{AuditProblem as Problem, AuditVerify as VerifyReport};
 use sha2::{Digest, Sha256};
+
+use crate::chunk::{self, Item};
 
 pub(crate) const CHAIN_TREE: &str = "chain";
 pub(crate) const META_HEAD: &str = "chain_head";
@@ -90,6 +91,8 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The layout-1 value of an entry (tests write such stores).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(64 + self.id.len());
         v.extend_from_slice(&self.link);
@@ -121,6 +124,35 @@ pub(crate) fn link(prev: &Hash, seq: u64, id: &[u8], value_hash: &Hash) -> Hash 
     h.finalize().into()
 }
 
+/// A chain entry as a chunk item: id = the record id, value = link || value hash.
+impl Entry {
+    pub fn into_item(self, seq: u64) -> Item {
+        let mut value = Vec::with_capacity(64);
+        value.extend_from_slice(&self.link);
+        value.extend_from_slice(&self.value_hash);
+        Item { id: self.id, seq, value }
+    }
+
+    pub fn from_item(it: &Item) -> Option<Entry> {
+        Some(Entry {
+            link: it.value.get(..32)?.try_into().ok()?,
+            value_hash: it.value.get(32..64)?.try_into().ok()?,
+            id: it.id.clone(),
+        })
+    }
+}
+
+/// A layout-1 chain value: key = seq (big-endian), value = link || value hash || id.
+pub(crate) fn legacy_entry(key: &[u8], value: &[u8]) -> Option<Item> {
+    let seq = u64::from_be_bytes(key.try_into().ok()?);
+    Some(Entry::decode(value)?.into_item(seq))
+}
+
+/// The seq a chain chunk's key names (its first entry).
+pub(crate) fn key_seq(key: &[u8]) -> u64 {
+    key.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
 /// Walks the chain from its base and checks every record against it.
 pub(crate) fn verify(
     records: &sled::Tree,
@@ -134,29 +166,36 @@ pub(crate) fn verify(
     let mut latest: HashMap<Vec<u8>, Hash> = HashMap::new();
     let mut at = base.point;
     let mut entries = 0u64;
-    for item in chain.iter() {
-        let (k, v) = item?;
-        let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-        if seq <= base.point.seq {
-            // Left below the base by a retention pass that stopped half way: moot.
-            continue;
-        }
-        entries += 1;
-        let Some(e) = Entry::decode(&v) else {
-            chain_problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
+    for chunk in chain.iter() {
+        let (k, v) = chunk?;
+        let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
+            entries += 1;
+            chain_problems.push(Problem::ChainBroken { seq: key_seq(&k), reason: "unreadable entry".into() });
             continue;
         };
-        if seq != at.seq + 1 {
-            chain_problems.push(Problem::ChainBroken {
-                seq,
-                reason: format!("expected entry {} next (entries missing or reordered)", at.seq + 1),
-            });
-        } else if link(&at.link, seq, &e.id, &e.value_hash) != e.link {
-            chain_problems.push(Problem::ChainBroken { seq, reason: "link does not follow from the entry before".into() });
+        for it in items {
+            let seq = it.seq;
+            if seq <= base.point.seq {
+                // Left below the base by a retention pass that stopped half way: moot.
+                continue;
+            }
+            entries += 1;
+            let Some(e) = Entry::from_item(&it) else {
+                chain_problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
+                continue;
+            };
+            if seq != at.seq + 1 {
+                chain_problems.push(Problem::ChainBroken {
+                    seq,
+                    reason: format!("expected entry {} next (entries missing or reordered)", at.seq + 1),
+                });
+            } else if link(&at.link, seq, &e.id, &e.value_hash) != e.link {
+                chain_problems.push(Problem::ChainBroken { seq, reason: "link does not follow from the entry before".into() });
+            }
+            // Go on from this entry either way, so one break is reported once.
+            at = Point { seq, link: e.link };
+            latest.insert(e.id, e.value_hash);
         }
-        // Go on from this entry either way, so one break is reported once.
-        at = Point { seq, link: e.link };
-        latest.insert(e.id, e.value_hash);
     }
     match head {
         Some(h) if h != at => chain_problems.push(Problem::ChainBroken {
@@ -169,14 +208,18 @@ pub(crate) fn verify(
         _ => {}
     }
     let mut n = 0u64;
-    for item in records.iter() {
-        let (k, v) = item?;
-        n += 1;
-        let id = String::from_utf8_lossy(&k).into_owned();
-        match latest.remove(k.as_ref()) {
-            None => problems.push(Problem::Unchained { id }),
-            Some(h) if h != value_hash(&v) => problems.push(Problem::Changed { id }),
-            Some(_) => {}
+    for chunk in records.iter() {
+        let (k, v) = chunk?;
+        // A chunk whose framing is broken hides its records: they are reported as removed.
+        let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else { continue };
+        for it in items {
+            n += 1;
+            let id = String::from_utf8_lossy(&it.id).into_owned();
+            match latest.remove(&it.id) {
+                None => problems.push(Problem::Unchained { id }),
+                Some(h) if h != value_hash(&it.value) => problems.push(Problem::Changed { id }),
+                Some(_) => {}
+            }
         }
     }
     let mut removed: Vec<Vec<u8>> =

@@ -5,11 +5,9 @@
 //! `id`), so "every record with an id greater than the cursor, in key order" is exactly
 //! the set not yet shipped. Nothing here writes: sled stays behind this crate's API.
 
-use std::ops::Bound;
-
 use mcpwatch_api::AuditRecord;
 
-use crate::{Skipped, Store, StoreError, id};
+use crate::{Skipped, Store, StoreError, chunk, id};
 
 impl Store {
     /// Up to `limit` records with an id strictly greater than `after` (`None`: from the
@@ -19,13 +17,19 @@ impl Store {
         if limit == 0 {
             return Ok(out);
         }
+        let after = lower_bound(after)?;
         let mut skipped = Skipped::default();
-        for item in self.inner.records.range(lower_bound(after)?) {
-            let (k, v) = item?;
-            if let Some(rec) = skipped.decode(&k, &v) {
-                out.push(rec);
-                if out.len() >= limit {
-                    break;
+        'chunks: for c in self.inner.sealed_from(&after)? {
+            let (k, v) = c?;
+            for it in skipped.items(&k, &v) {
+                if it.id.as_slice() <= after.as_slice() {
+                    continue;
+                }
+                if let Some(rec) = skipped.decode(&it.id, &it.value) {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        break 'chunks;
+                    }
                 }
             }
         }
@@ -33,15 +37,17 @@ impl Store {
         Ok(out)
     }
 
-    /// How many keys come after `after`, counting no further than `cap` (so a huge
-    /// backlog costs at most `cap` key reads).
+    /// How many records come after `after`, counting no further than `cap` (so a huge
+    /// backlog costs at most about `cap` record reads).
     pub fn count_after(&self, after: Option<&str>, cap: u64) -> Result<u64, StoreError> {
+        let after = lower_bound(after)?;
         let mut n = 0u64;
-        for key in self.inner.records.range(lower_bound(after)?).keys() {
-            key?;
-            n += 1;
+        for c in self.inner.sealed_from(&after)? {
+            let (k, v) = c?;
+            let items = chunk::decode(&k, &v, chunk::legacy_record).unwrap_or_default();
+            n += items.iter().filter(|it| it.id.as_slice() > after.as_slice()).count() as u64;
             if n >= cap {
-                break;
+                return Ok(cap);
             }
         }
         Ok(n)
@@ -49,21 +55,24 @@ impl Store {
 
     /// Id of the oldest stored record, if any (retention may have pruned past a cursor).
     pub fn first_record_id(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.inner.records.first()?.map(|(k, _)| String::from_utf8_lossy(&k).into_owned()))
+        for c in self.inner.sealed_from(b"")? {
+            let (k, v) = c?;
+            if let Some(it) = chunk::decode(&k, &v, chunk::legacy_record).ok().and_then(|items| items.into_iter().next()) {
+                return Ok(Some(String::from_utf8_lossy(&it.id).into_owned()));
+            }
+        }
+        Ok(None)
     }
 }
 
-/// A key range for sled.
-type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
-
-fn lower_bound(after: Option<&str>) -> Result<KeyRange, StoreError> {
+/// The cursor as a key: empty for "from the oldest" (every id is above it).
+fn lower_bound(after: Option<&str>) -> Result<Vec<u8>, StoreError> {
     match after {
-        None => Ok((Bound::Unbounded, Bound::Unbounded)),
-        Some(a) if id::parse_id(a.as_bytes()).is_some() => Ok((Bound::Excluded(a.as_bytes().to_vec()), Bound::Unbounded)),
+        None => Ok(Vec::new()),
+        Some(a) if id::parse_id(a.as_bytes()).is_some() => Ok(a.as_bytes().to_vec()),
         Some(a) => Err(StoreError::InvalidId { id: a.to_string() }),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

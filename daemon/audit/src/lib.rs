@@ -7,29 +7,33 @@
 //! retention) is decided in one place.
 //!
 //! Layout, under `<state dir>/audit.sled`:
-//! - `records`: key = record id (26 digits, time-prefixed, see [`Store::new_record_id`]),
-//!   value = JSON of the record (schema first, see `codec`).
+//! - `records`: chunks of records (see `chunk`): key = the first record id in the chunk
+//!   (26 digits, time-prefixed, see [`Store::new_record_id`]), value = up to 4 KiB of
+//!   (id, chain seq, JSON of the record (schema first, see `codec`)), in id order.
 //! - `servers`: key = endpoint key, value = `{"schema":N,"server":ServerEntry}`.
-//! - `chain`: one entry per record write, a hash chain (see `chain`): tamper evidence
-//!   checked by [`Store::verify`] (`mcpwatch audit verify`).
+//! - `chain`: one entry per record write, a hash chain (see `chain`), in chunks keyed by
+//!   their first seq: tamper evidence checked by [`Store::verify`] (`mcpwatch audit verify`).
 //! - `meta`: `schema_version` = layout version of the store as decimal text;
 //!   `chain_head`, `chain_base` = the chain's tip and retention checkpoint.
 //!
 //! In front of sled sits an append-only journal (`<state dir>/audit.journal/`, see
 //! `journal`): a write is appended there with one write(2) first (crash-safe against a
-//! SIGKILL at once, against power loss once [`Store::sync`] ran), then applied to sled
-//! without a transaction; a background checkpoint flushes sled and deletes the journal
-//! segments it covers, and [`Store::open`] replays whatever a crash left behind.
+//! SIGKILL at once, against power loss once [`Store::sync`] ran), then kept in memory (the
+//! tail, bounded) until the background checkpoint seals it into sled chunks, flushes sled
+//! and deletes the journal segments it covers; [`Store::open`] replays whatever a crash
+//! left behind. Readers seal the tail first, so they see every committed write.
 //!
 //! `<state dir>/audit.lock` is held (flock) for as long as the store is open and names
 //! the owning pid, so a second daemon gets a clear error instead of sled's.
 
 mod chain;
+mod chunk;
 mod codec;
 mod cursor;
 mod id;
 mod journal;
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -44,7 +48,8 @@ pub use id::ID_LEN;
 pub use journal::JOURNAL_DIR_NAME;
 
 /// Version of the store layout (trees, key formats) recorded in `meta/schema_version`.
-pub const STORE_LAYOUT_VERSION: u32 = 1;
+/// 2: records and chain entries in chunks (layout 1 values are still read, as one-item chunks).
+pub const STORE_LAYOUT_VERSION: u32 = 2;
 
 /// Name of the sled directory inside the state dir.
 pub const DB_DIR_NAME: &str = "audit.sled";
@@ -59,6 +64,9 @@ const SINCE_SEEK_SLACK_MS: u64 = 60_000;
 const MAX_PRUNE_SLACK: u64 = 4_096;
 /// sled's page cache; its default (1 GiB) is far too much for a host daemon.
 const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+/// Most bytes of record values the tail holds before a writer seals it itself (the
+/// checkpoint seals it every `flush_every_ms` otherwise).
+const TAIL_MAX_BYTES: usize = 1 << 20;
 /// How often (50 ms apart) opening waits for sled's lock held by this process's previous,
 /// still closing store.
 const SLED_LOCK_RETRIES: u32 = 60;
@@ -142,11 +150,40 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-/// The chain's tip and the journal it is appended to: one mutex, so journal lines are
-/// in chain order with no gaps.
+/// The chain's tip, the journal it is appended to and the writes not yet sealed into
+/// sled: one mutex, so journal lines are in chain order with no gaps and a seal moves
+/// exactly what the journal holds.
 struct Head {
     point: chain::Point,
     journal: journal::Journal,
+    tail: Tail,
+}
+
+/// Writes in the journal that sled does not hold yet: [`Core::seal`] writes them into
+/// chunks (so sled sees one key per ~4 KiB, not one per record and per chain entry).
+/// Bounded: a writer seals once it holds [`TAIL_MAX_BYTES`].
+#[derive(Default)]
+struct Tail {
+    /// Record id -> (chain seq of its latest write, value).
+    records: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
+    /// Chain entries in seq order.
+    chain: Vec<chunk::Item>,
+    /// Bytes of the values in `records`.
+    bytes: usize,
+    /// Highest record id sealed into sled: a write at or below it may replace a sealed
+    /// record, one above it cannot.
+    sealed_max: Vec<u8>,
+    /// Highest chain seq sealed into sled (replayed entries at or below it are there).
+    chain_sealed: u64,
+}
+
+impl Tail {
+    fn put(&mut self, id: &[u8], seq: u64, value: &[u8]) {
+        self.bytes += value.len();
+        if let Some((_, old)) = self.records.insert(id.to_vec(), (seq, value.to_vec())) {
+            self.bytes -= old.len();
+        }
+    }
 }
 
 /// Owns the checkpoint thread and the lock: dropping the last `Store` stops the thread,
@@ -252,12 +289,13 @@ impl Store {
         let records = db.open_tree("records")?;
         let servers = db.open_tree("servers")?;
         let chain = db.open_tree(chain::CHAIN_TREE)?;
+        let sealed_max = last_record_id(&records)?.unwrap_or_default();
         let head = match meta.get(chain::META_HEAD)?.and_then(|v| chain::Point::decode(&v)) {
             Some(h) => h,
             // A store from before the chain existed (or a new one): the chain starts at
             // the base, and records older than it are covered by `pruned_upto`.
             None => {
-                let base = chain::Base { point: chain::Point::default(), pruned_upto: records.last()?.map(|(k, _)| k.to_vec()).unwrap_or_default() };
+                let base = chain::Base { point: chain::Point::default(), pruned_upto: sealed_max.clone() };
                 if meta.get(chain::META_BASE)?.is_none() {
                     meta.insert(chain::META_BASE, base.encode())?;
                 }
@@ -269,38 +307,29 @@ impl Store {
         let (lines, old_segments) = journal::replay(dir)?;
         let base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
         let mut head = head;
+        let mut tail = Tail { sealed_max, chain_sealed: last_chain_seq(&chain)?, ..Tail::default() };
         for l in &lines {
             // Entries retention has moved past: their record is gone or written again since.
             if l.seq <= base.point.seq {
                 continue;
             }
             let vh = chain::value_hash(&l.value);
-            records.insert(l.id.as_slice(), l.value.as_slice())?;
-            let entry = chain::Entry { link: l.link, value_hash: vh, id: l.id.clone() };
-            chain.insert(l.seq.to_be_bytes(), entry.encode())?;
+            tail.put(&l.id, l.seq, &l.value);
+            tail.chain.push(chain::Entry { link: l.link, value_hash: vh, id: l.id.clone() }.into_item(l.seq));
             if l.seq > head.seq {
                 head = chain::Point { seq: l.seq, link: l.link };
             }
         }
-        if !lines.is_empty() {
-            meta.insert(chain::META_HEAD, head.encode())?;
-            tracing::info!(entries = lines.len(), "replayed the audit journal");
-        }
-        db.flush()?;
-        let after = old_segments.last().copied().unwrap_or(0);
-        journal::delete_segments(&dir.join(JOURNAL_DIR_NAME), old_segments)?;
-        let journal = journal::Journal::open(dir, after)?;
-
-        let floor = match records.last()? {
-            Some((k, _)) => id::parse_id(&k).unwrap_or(0),
-            None => 0,
-        };
-        let (mut count, mut bytes) = (0u64, 0u64);
-        for item in records.iter() {
-            let (k, v) = item?;
-            count += 1;
-            bytes += (k.len() + v.len()) as u64;
-        }
+        let floor = tail
+            .records
+            .keys()
+            .next_back()
+            .filter(|k| k.as_slice() > tail.sealed_max.as_slice())
+            .unwrap_or(&tail.sealed_max)
+            .clone();
+        let floor = id::parse_id(&floor).unwrap_or(0);
+        // Numbered after the replayed segments, which are deleted once sled holds them.
+        let journal = journal::Journal::open(dir, old_segments.last().copied().unwrap_or(0))?;
 
         let every = opts.flush_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(10)));
         let core = Arc::new(Core {
@@ -309,16 +338,42 @@ impl Store {
             servers,
             chain,
             meta,
-            head: Mutex::new(Head { point: head, journal }),
+            head: Mutex::new(Head { point: head, journal, tail }),
             ids: id::IdGen::new(floor),
-            count: AtomicU64::new(count),
-            bytes: AtomicU64::new(bytes),
+            count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             prune_lock: Mutex::new(()),
             sync_lock: Mutex::new(()),
             syncs: journal::SyncCounter::default(),
             checkpoint_lock: Mutex::new(()),
             opts,
         });
+        core.seal_now()?;
+        if !lines.is_empty() {
+            tracing::info!(entries = lines.len(), "replayed the audit journal");
+        }
+        core.db.flush()?;
+        journal::delete_segments(&dir.join(JOURNAL_DIR_NAME), old_segments)?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for c in core.records.iter() {
+            let (k, v) = c?;
+            match chunk::decode(&k, &v, chunk::legacy_record) {
+                Ok(items) => {
+                    for it in items {
+                        count += 1;
+                        bytes += (it.id.len() + it.value.len()) as u64;
+                    }
+                }
+                // Counted as one record, as pruning removes it.
+                Err(_) => {
+                    count += 1;
+                    bytes += (k.len() + v.len()) as u64;
+                }
+            }
+        }
+        core.count.store(count, Ordering::Relaxed);
+        core.bytes.store(bytes, Ordering::Relaxed);
+
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let bg = core.clone();
         let checkpointer = match every {
@@ -389,28 +444,34 @@ impl Store {
     }
 
     /// Appends a record write and its chain entry to the journal (one write(2): in the
-    /// kernel when this returns), then applies both to sled (see `journal`, `chain`).
+    /// kernel when this returns), then to the tail, which the next seal writes into sled
+    /// (see `journal`, `chain`, `chunk`).
     fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool) -> Result<Written, StoreError> {
         let vh = chain::value_hash(value);
         let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        if must_be_new && self.inner.records.contains_key(key)? {
+        let old = match head.tail.records.get(key) {
+            Some((_, v)) => Some(v.len()),
+            None if key <= head.tail.sealed_max.as_slice() => self.inner.find_sealed(key)?.map(|it| it.value.len()),
+            None => None,
+        };
+        if must_be_new && old.is_some() {
             return Ok(Written::Exists);
         }
         let seq = head.point.seq + 1;
         let link = chain::link(&head.point.link, seq, key, &vh);
         head.journal.append(&journal::Line { seq, id: key.to_vec(), link, value: value.to_vec() })?;
-        let tip = chain::Point { seq, link };
-        head.point = tip;
-        // From here the write is committed (the journal has it); a sled failure below is
-        // still reported, and replay at the next start completes the write.
-        let entry = chain::Entry { link, value_hash: vh, id: key.to_vec() }.encode();
-        let old = self.inner.records.insert(key, value)?;
+        head.point = chain::Point { seq, link };
+        // From here the write is committed (the journal has it); a sled failure while
+        // sealing is still reported, and replay at the next start completes the write.
+        head.tail.put(key, seq, value);
+        head.tail.chain.push(chain::Entry { link, value_hash: vh, id: key.to_vec() }.into_item(seq));
         self.inner.bytes.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
-        if let Some(o) = &old {
-            self.inner.bytes.fetch_sub((key.len() + o.len()) as u64, Ordering::Relaxed);
+        if let Some(o) = old {
+            self.inner.bytes.fetch_sub((key.len() + o) as u64, Ordering::Relaxed);
         }
-        self.inner.chain.insert(seq.to_be_bytes(), entry)?;
-        self.inner.meta.insert(chain::META_HEAD, tip.encode())?;
+        if head.tail.bytes > TAIL_MAX_BYTES {
+            self.inner.seal(&mut head)?;
+        }
         Ok(if old.is_some() { Written::Replaced } else { Written::Added })
     }
 
@@ -449,14 +510,22 @@ impl Store {
     /// Checks every record against the hash chain (`mcpwatch audit verify`).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         // A consistent view: no write lands between reading the chain and the records.
-        let _head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.seal(&mut head)?;
         Ok(chain::verify(&self.inner.records, &self.inner.chain, &self.inner.meta)?)
     }
 
     /// The record with this id, `None` if absent. A stored value this build cannot read
     /// (corrupt, or from a newer schema) is an error here, unlike in [`Store::query`].
     pub fn get_record(&self, id: &str) -> Result<Option<AuditRecord>, StoreError> {
-        match self.inner.records.get(id.as_bytes())? {
+        let found = {
+            let head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
+            match head.tail.records.get(id.as_bytes()) {
+                Some((_, v)) => Some(v.clone()),
+                None => self.inner.find_sealed(id.as_bytes())?.map(|it| it.value),
+            }
+        };
+        match found {
             None => Ok(None),
             Some(v) => {
                 codec::decode_record(&v)
@@ -478,38 +547,93 @@ impl Store {
                 .since_ms
                 .map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS)),
         );
-        let iter = self.inner.records.range(start.as_bytes()..);
+        let iter = self.inner.sealed_from(start.as_bytes())?;
         let mut skipped = Skipped::default();
         let mut out = Vec::new();
         match filter.limit {
             Some(0) => {}
             Some(limit) => {
-                for item in iter.rev() {
-                    let (k, v) = item?;
-                    if let Some(rec) = skipped.decode(&k, &v)
-                        && filter.matches(&rec)
-                    {
-                        out.push(rec);
-                        if out.len() >= limit {
-                            break;
+                'chunks: for c in iter.rev() {
+                    let (k, v) = c?;
+                    for it in skipped.items(&k, &v).into_iter().rev().filter(|it| it.id.as_slice() >= start.as_bytes()) {
+                        if let Some(rec) = skipped.decode(&it.id, &it.value)
+                            && filter.matches(&rec)
+                        {
+                            out.push(rec);
+                            if out.len() >= limit {
+                                break 'chunks;
+                            }
                         }
                     }
                 }
                 out.reverse();
             }
             None => {
-                for item in iter {
-                    let (k, v) = item?;
-                    if let Some(rec) = skipped.decode(&k, &v)
-                        && filter.matches(&rec)
-                    {
-                        out.push(rec);
-                    }
-                }
+                Self::scan(iter, start.as_bytes(), filter, usize::MAX, &mut skipped, &mut |page| {
+                    out.extend(page);
+                    true
+                })?;
             }
         }
         skipped.report("query");
         Ok(out)
+    }
+
+    /// [`Store::query`] handed out in pages of at most `page` records, oldest first, so an
+    /// answer of any size is never held whole: without a limit only one page is in memory
+    /// at a time (with one, the newest `limit` are collected first). `each` returns
+    /// `false` to stop early.
+    pub fn query_pages(&self, filter: &AuditFilter, page: usize, mut each: impl FnMut(Vec<AuditRecord>) -> bool) -> Result<(), StoreError> {
+        let page = page.max(1);
+        if filter.limit.is_some() {
+            let mut all = self.query(filter)?;
+            while !all.is_empty() {
+                let rest = all.split_off(all.len().min(page));
+                if !each(all) {
+                    return Ok(());
+                }
+                all = rest;
+            }
+            return Ok(());
+        }
+        let start = id::key_floor_for_ms(filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS)));
+        let iter = self.inner.sealed_from(start.as_bytes())?;
+        let mut skipped = Skipped::default();
+        Self::scan(iter, start.as_bytes(), filter, page, &mut skipped, &mut each)?;
+        skipped.report("query");
+        Ok(())
+    }
+
+    /// The matches from `start` on, in pages of at most `page`; stops when `each` says so.
+    fn scan(
+        iter: sled::Iter,
+        start: &[u8],
+        filter: &AuditFilter,
+        page: usize,
+        skipped: &mut Skipped,
+        each: &mut dyn FnMut(Vec<AuditRecord>) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut out = Vec::new();
+        for c in iter {
+            let (k, v) = c?;
+            for it in skipped.items(&k, &v) {
+                if it.id.as_slice() < start {
+                    continue;
+                }
+                if let Some(rec) = skipped.decode(&it.id, &it.value)
+                    && filter.matches(&rec)
+                {
+                    out.push(rec);
+                    if out.len() >= page && !each(std::mem::take(&mut out)) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            each(out);
+        }
+        Ok(())
     }
 
     /// Number of stored records (maintained incrementally, not a scan).
@@ -618,26 +742,51 @@ impl Core {
             _ => 0,
         };
         let age_floor = self.opts.max_age_ms.map(|a| id::key_floor_for_ms(now_ms.saturating_sub(a)));
+        // Writers wait for a pruning pass (one batch every so many inserts): chunks are
+        // only ever rewritten under the head mutex.
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        self.seal(&mut head)?;
         let (mut removed, mut freed) = (0u64, 0u64);
-        let mut last = None;
-        for key in self.records.iter().keys() {
-            let key = key?;
-            let too_old = age_floor.as_ref().is_some_and(|f| key.as_ref() < f.as_bytes());
-            if removed >= excess && freed >= excess_bytes && !too_old {
-                break;
-            }
-            if let Some(v) = self.records.remove(&key)? {
+        let mut last: Option<Vec<u8>> = None;
+        for c in self.records.iter() {
+            let (k, v) = c?;
+            let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else {
+                // A chunk that does not decode goes whole, counted as one record.
+                self.records.remove(&k)?;
+                let n = (k.len() + v.len()) as u64;
                 self.count.fetch_sub(1, Ordering::Relaxed);
-                let n = (key.len() + v.len()) as u64;
                 self.bytes.fetch_sub(n, Ordering::Relaxed);
-                freed += n;
-                removed += 1;
+                (removed, freed) = (removed + 1, freed + n);
+                last = Some(k.to_vec());
+                continue;
+            };
+            let mut keep = 0;
+            for it in &items {
+                let too_old = age_floor.as_ref().is_some_and(|f| it.id.as_slice() < f.as_bytes());
+                if removed >= excess && freed >= excess_bytes && !too_old {
+                    break;
+                }
+                let n = (it.id.len() + it.value.len()) as u64;
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                self.bytes.fetch_sub(n, Ordering::Relaxed);
+                (removed, freed) = (removed + 1, freed + n);
+                last = Some(it.id.clone());
+                keep += 1;
             }
-            last = Some(key);
+            if keep == items.len() {
+                self.records.remove(&k)?;
+                continue;
+            }
+            if keep > 0 {
+                // The key stays: still at or below every id left in the chunk.
+                self.records.insert(&k, chunk::encode(&items[keep..]))?;
+            }
+            break;
         }
         if let Some(last) = last {
             self.prune_chain(&last)?;
         }
+        drop(head);
         if removed > 0 {
             tracing::debug!(removed, freed, max_records = max, "pruned oldest audit records");
         }
@@ -646,49 +795,226 @@ impl Core {
 
     /// Moves the chain's base past entries retention made moot: from the front, while
     /// the entry's record is gone or has been written again since. Records up to
-    /// `pruned_upto` (the highest id just removed) may be absent from now on.
+    /// `pruned_upto` (the highest id just removed) may be absent from now on. Called
+    /// with the head mutex held and the tail sealed.
     fn prune_chain(&self, pruned_upto: &[u8]) -> Result<(), StoreError> {
-        let _head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let meta = &self.meta;
         let mut base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
         if pruned_upto > base.pruned_upto.as_slice() {
             base.pruned_upto = pruned_upto.to_vec();
         }
-        let mut moved = Vec::new();
-        for item in self.chain.iter() {
-            let (k, v) = item?;
-            let Some(e) = chain::Entry::decode(&v) else { break };
-            let current = self.records.get(&e.id)?;
-            let moot = match current {
-                None => e.id.as_slice() <= base.pruned_upto.as_slice(),
-                Some(cur) => chain::value_hash(&cur) != e.value_hash,
-            };
-            if !moot {
-                break;
+        let mut gone = Vec::new();
+        let mut rest = None;
+        let mut cache = None;
+        'chunks: for c in self.chain.iter() {
+            let (k, v) = c?;
+            let Ok(items) = chunk::decode(&k, &v, chain::legacy_entry) else { break };
+            for (i, it) in items.iter().enumerate() {
+                let Some(e) = chain::Entry::from_item(it) else { break 'chunks };
+                let moot = match self.current_hash(&mut cache, &e.id)? {
+                    None => e.id.as_slice() <= base.pruned_upto.as_slice(),
+                    Some(cur) => cur != e.value_hash,
+                };
+                if !moot {
+                    if i > 0 {
+                        rest = Some((k.to_vec(), chunk::encode(&items[i..])));
+                    }
+                    break 'chunks;
+                }
+                base.point = chain::Point { seq: it.seq, link: e.link };
             }
-            let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            base.point = chain::Point { seq, link: e.link };
-            moved.push(k);
+            gone.push(k);
         }
         // Base first: a crash in between leaves entries below the base, which verify
-        // reads as a break; the other order would leave a base behind entries it skips.
+        // skips; the other order would leave a base behind entries it skips.
         meta.insert(chain::META_BASE, base.encode())?;
-        for k in moved {
+        for k in gone {
             self.chain.remove(k)?;
         }
+        if let Some((k, v)) = rest {
+            self.chain.insert(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// The value hash of the sealed record `id`, reading through `cache` (the chunk read
+    /// last: chain entries come in nearly id order, so most lookups hit it).
+    fn current_hash(&self, cache: &mut Option<CachedChunk>, id: &[u8]) -> Result<Option<chain::Hash>, StoreError> {
+        let hit = cache.as_ref().is_some_and(|c| c.key.as_slice() <= id && c.next.as_deref().is_none_or(|n| id < n));
+        if !hit {
+            *cache = None;
+            let Some((k, v)) = self.records.range(..=id).next_back().transpose()? else {
+                return Ok(None);
+            };
+            let next = self
+                .records
+                .range((std::ops::Bound::Excluded(k.to_vec()), std::ops::Bound::Unbounded))
+                .next()
+                .transpose()?
+                .map(|(n, _)| n.to_vec());
+            let items = chunk::decode(&k, &v, chunk::legacy_record).unwrap_or_default();
+            *cache = Some(CachedChunk { key: k.to_vec(), next, items });
+        }
+        Ok(cache.as_ref().and_then(|c| {
+            let i = c.items.binary_search_by(|it| it.id.as_slice().cmp(id)).ok()?;
+            Some(chain::value_hash(&c.items[i].value))
+        }))
+    }
+
+    /// The sealed record `id` (not the tail's).
+    fn find_sealed(&self, id: &[u8]) -> Result<Option<chunk::Item>, StoreError> {
+        let Some((k, v)) = self.records.range(..=id).next_back().transpose()? else {
+            return Ok(None);
+        };
+        let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else {
+            return Ok(None);
+        };
+        Ok(items.into_iter().find(|it| it.id == id))
+    }
+
+    /// Seals the tail, then iterates the record chunks from the one that may hold `from`
+    /// (items below `from` are the caller's to skip).
+    fn sealed_from(&self, from: &[u8]) -> Result<sled::Iter, StoreError> {
+        self.seal_now()?;
+        let start = match self.records.range(..=from).next_back().transpose()? {
+            Some((k, _)) => k.to_vec(),
+            None => from.to_vec(),
+        };
+        Ok(self.records.range(start..))
+    }
+
+    fn seal_now(&self) -> Result<(), StoreError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        self.seal(&mut head)
+    }
+
+    /// Writes the tail into sled: records above every sealed id are appended to the last
+    /// chunk while it has room, then to new chunks; a record at or below (a completion
+    /// that came after its record was sealed, or a replayed line) replaces or joins the
+    /// chunk that covers it. Chain entries are appended likewise. The tail is emptied only
+    /// once all of it is in sled, so a failed seal is retried whole (every step is
+    /// idempotent).
+    fn seal(&self, head: &mut Head) -> Result<(), StoreError> {
+        let tail = &mut head.tail;
+        if tail.records.is_empty() && tail.chain.is_empty() {
+            return Ok(());
+        }
+        let last_chunk = |tree: &sled::Tree, legacy: fn(&[u8], &[u8]) -> Option<chunk::Item>| -> Result<Option<Open>, StoreError> {
+            Ok(match tree.last()? {
+                Some((k, v)) => chunk::decode(&k, &v, legacy).ok().map(|items| Open { key: k.to_vec(), items, len: v.len() }),
+                None => None,
+            })
+        };
+        if !tail.records.is_empty() {
+            if let Some(m) = last_chunk(&self.records, chunk::legacy_record)?.and_then(|o| o.items.last().map(|it| it.id.clone()))
+                && m > tail.sealed_max
+            {
+                tail.sealed_max = m;
+            }
+            let split = tail.records.range(..=tail.sealed_max.clone()).count();
+            for (id, (seq, value)) in tail.records.iter().take(split) {
+                self.merge_record(chunk::Item { id: id.clone(), seq: *seq, value: value.clone() })?;
+            }
+            let fresh = tail.records.iter().skip(split).map(|(id, (seq, value))| chunk::Item { id: id.clone(), seq: *seq, value: value.clone() });
+            let open = last_chunk(&self.records, chunk::legacy_record)?;
+            if let Some(m) = append_items(&self.records, open, fresh, |it| it.id.clone())? {
+                tail.sealed_max = m.id;
+            }
+        }
+        let pending = tail.chain.iter().filter(|it| it.seq > tail.chain_sealed).cloned();
+        let open = last_chunk(&self.chain, chain::legacy_entry)?;
+        if let Some(m) = append_items(&self.chain, open, pending, |it| it.seq.to_be_bytes().to_vec())? {
+            tail.chain_sealed = m.seq;
+        }
+        self.meta.insert(chain::META_HEAD, head.point.encode())?;
+        let tail = &mut head.tail;
+        tail.records.clear();
+        tail.chain.clear();
+        tail.bytes = 0;
+        Ok(())
+    }
+
+    /// Puts `item` into the chunk that covers its id (replacing the record of that id),
+    /// or into a chunk of its own below the first one.
+    fn merge_record(&self, item: chunk::Item) -> Result<(), StoreError> {
+        let (key, mut items) = match self.records.range(..=item.id.as_slice()).next_back().transpose()? {
+            Some((k, v)) => match chunk::decode(&k, &v, chunk::legacy_record) {
+                Ok(items) => (k.to_vec(), items),
+                // A chunk that does not decode is left as it is; the record gets its own.
+                Err(_) => (item.id.clone(), Vec::new()),
+            },
+            None => (item.id.clone(), Vec::new()),
+        };
+        match items.binary_search_by(|it| it.id.cmp(&item.id)) {
+            Ok(i) => items[i] = item,
+            Err(i) => items.insert(i, item),
+        }
+        self.records.insert(key, chunk::encode(&items))?;
         Ok(())
     }
 }
 
+/// The last chunk of a tree, decoded, which new items may be appended to.
+struct Open {
+    key: Vec<u8>,
+    items: Vec<chunk::Item>,
+    len: usize,
+}
+
+/// A record chunk kept across lookups (`Core::current_hash`).
+struct CachedChunk {
+    key: Vec<u8>,
+    next: Option<Vec<u8>>,
+    items: Vec<chunk::Item>,
+}
+
+/// Appends `items` (in key order, all above `open`'s) to `open` while it has room, then
+/// to new chunks keyed by `key_of` their first item. Returns the last item written.
+fn append_items(
+    tree: &sled::Tree,
+    open: Option<Open>,
+    items: impl Iterator<Item = chunk::Item>,
+    key_of: impl Fn(&chunk::Item) -> Vec<u8>,
+) -> Result<Option<chunk::Item>, StoreError> {
+    let mut cur = open.filter(|o| chunk::has_room(o.items.len(), o.len));
+    let mut dirty = false;
+    let mut last = None;
+    for it in items {
+        match &mut cur {
+            Some(o) if chunk::has_room(o.items.len(), o.len) => {
+                o.len += it.encoded_len();
+                o.items.push(it.clone());
+            }
+            _ => {
+                if let Some(o) = cur.take()
+                    && dirty
+                {
+                    tree.insert(o.key, chunk::encode(&o.items))?;
+                }
+                cur = Some(Open { key: key_of(&it), len: chunk::MAGIC.len() + it.encoded_len(), items: vec![it.clone()] });
+            }
+        }
+        dirty = true;
+        last = Some(it);
+    }
+    if let Some(o) = cur
+        && dirty
+    {
+        tree.insert(o.key, chunk::encode(&o.items))?;
+    }
+    Ok(last)
+}
+
 impl Core {
-    /// Starts a new journal segment, flushes sled (which then holds every line of the old
-    /// segments: they were applied under the head mutex before the rotation) and deletes
-    /// the old segments.
+    /// Starts a new journal segment and seals the tail (under the head mutex: sled then
+    /// holds every line of the old segments), flushes sled and deletes the old segments.
     fn checkpoint(&self) -> Result<(), StoreError> {
         let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (done, dir) = {
             let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-            (head.journal.rotate()?, head.journal.dir().to_path_buf())
+            let done = head.journal.rotate()?;
+            self.seal(&mut head)?;
+            (done, head.journal.dir().to_path_buf())
         };
         self.db.flush()?;
         if let Some(done) = done {
@@ -715,6 +1041,17 @@ struct Skipped {
 }
 
 impl Skipped {
+    /// The items of a record chunk; a chunk that does not decode counts as one corrupt value.
+    fn items(&mut self, key: &[u8], value: &[u8]) -> Vec<chunk::Item> {
+        match chunk::decode(key, value, chunk::legacy_record) {
+            Ok(items) => items,
+            Err(chunk::BadChunk) => {
+                self.note(key, DecodeError::Corrupt("chunk framing is broken".into()));
+                Vec::new()
+            }
+        }
+    }
+
     fn decode(&mut self, key: &[u8], value: &[u8]) -> Option<AuditRecord> {
         match codec::decode_record(value) {
             Ok(rec) => Some(rec),
@@ -789,7 +1126,30 @@ fn acquire_lock(dir: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
-/// Writes the layout version into a new store, refuses one written by a newer build.
+/// The highest record id in sled (the last chunk's last item).
+fn last_record_id(records: &sled::Tree) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(match records.last()? {
+        Some((k, v)) => match chunk::decode(&k, &v, chunk::legacy_record) {
+            Ok(items) => items.last().map(|it| it.id.clone()).or(Some(k.to_vec())),
+            Err(_) => Some(k.to_vec()),
+        },
+        None => None,
+    })
+}
+
+/// The highest chain seq in sled.
+fn last_chain_seq(chain: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(match chain.last()? {
+        Some((k, v)) => match chunk::decode(&k, &v, chain::legacy_entry) {
+            Ok(items) => items.last().map_or(chain::key_seq(&k), |it| it.seq),
+            Err(_) => chain::key_seq(&k),
+        },
+        None => 0,
+    })
+}
+
+/// Writes the layout version into a new store, refuses one written by a newer build, and
+/// moves an older one up (layout 1 values are read as they are; new writes are chunks).
 fn check_layout(meta: &sled::Tree, dir: &Path) -> Result<(), StoreError> {
     match meta.get(META_SCHEMA_VERSION)? {
         None => {
@@ -812,7 +1172,9 @@ fn check_layout(meta: &sled::Tree, dir: &Path) -> Result<(), StoreError> {
                     supported: STORE_LAYOUT_VERSION,
                 });
             }
-            // Older layouts would be migrated here; version 1 is the first.
+            if found < STORE_LAYOUT_VERSION {
+                meta.insert(META_SCHEMA_VERSION, STORE_LAYOUT_VERSION.to_string().as_bytes())?;
+            }
             Ok(())
         }
     }

@@ -640,6 +640,34 @@ fn raw_tree(dir: &Path, tree: &str, f: impl FnOnce(&sled::Tree)) {
     db.flush().expect("flush");
 }
 
+/// Every item of a chunked tree, in key order, and the tree rewritten with `f`'s result
+/// as one chunk: what an attacker who understands the layout can do.
+fn raw_items(dir: &Path, tree: &str, f: impl FnOnce(&mut Vec<chunk::Item>)) {
+    let legacy = if tree == "chain" { chain::legacy_entry } else { chunk::legacy_record };
+    raw_tree(dir, tree, |t| {
+        let mut items = Vec::new();
+        for c in t.iter() {
+            let (k, v) = c.expect("read");
+            items.extend(chunk::decode(&k, &v, legacy).expect("chunk"));
+            t.remove(k).expect("remove");
+        }
+        f(&mut items);
+        if let Some(first) = items.first() {
+            let key = if tree == "chain" { first.seq.to_be_bytes().to_vec() } else { first.id.clone() };
+            t.insert(key, chunk::encode(&items)).expect("write");
+        }
+    });
+}
+
+/// Edits the stored records (id -> value) behind the daemon's back.
+fn raw_records(dir: &Path, f: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>)) {
+    raw_items(dir, "records", |items| {
+        let mut map: BTreeMap<Vec<u8>, Vec<u8>> = items.drain(..).map(|it| (it.id, it.value)).collect();
+        f(&mut map);
+        items.extend(map.into_iter().map(|(id, value)| chunk::Item { id, seq: 0, value }));
+    });
+}
+
 fn problems(dir: &Path) -> Vec<Problem> {
     open(dir).verify().expect("verify").problems
 }
@@ -661,10 +689,10 @@ fn verify_passes_on_an_untouched_store_across_reopen() {
 fn verify_names_an_edited_record() {
     let dir = tmp();
     let ids = chained_store(dir.path(), 10);
-    raw_tree(dir.path(), "records", |t| {
-        let v = t.get(&ids[3]).expect("get").expect("present");
-        let edited = String::from_utf8_lossy(&v).replace("python3", "innocent");
-        t.insert(&ids[3], edited.as_bytes()).expect("edit");
+    raw_records(dir.path(), |t| {
+        let v = t.get(ids[3].as_bytes()).expect("present");
+        let edited = String::from_utf8_lossy(v).replace("python3", "innocent");
+        t.insert(ids[3].clone().into_bytes(), edited.into_bytes());
     });
     assert_eq!(problems(dir.path()), vec![Problem::Changed { id: ids[3].clone() }]);
 }
@@ -673,11 +701,11 @@ fn verify_names_an_edited_record() {
 fn verify_names_a_deleted_record_and_a_forged_one() {
     let dir = tmp();
     let ids = chained_store(dir.path(), 10);
-    raw_tree(dir.path(), "records", |t| {
-        let v = t.remove(&ids[5]).expect("rm").expect("present");
+    raw_records(dir.path(), |t| {
+        let v = t.remove(ids[5].as_bytes()).expect("present");
         // The same bytes under a new id: never written by the daemon.
         let forged = format!("{}9", &ids[9][..ids[9].len() - 1]);
-        t.insert(forged.as_bytes(), v).expect("forge");
+        t.insert(forged.into_bytes(), v);
     });
     let p = problems(dir.path());
     assert_eq!(p.len(), 2, "{p:?}");
@@ -691,11 +719,11 @@ fn verify_names_a_deleted_record_and_a_forged_one() {
 fn verify_names_reordered_records_and_a_broken_chain() {
     let dir = tmp();
     let ids = chained_store(dir.path(), 10);
-    raw_tree(dir.path(), "records", |t| {
-        let a = t.get(&ids[1]).expect("get").expect("a");
-        let b = t.get(&ids[2]).expect("get").expect("b");
-        t.insert(&ids[1], b).expect("swap");
-        t.insert(&ids[2], a).expect("swap");
+    raw_records(dir.path(), |t| {
+        let a = t.get(ids[1].as_bytes()).expect("a").clone();
+        let b = t.get(ids[2].as_bytes()).expect("b").clone();
+        t.insert(ids[1].clone().into_bytes(), b);
+        t.insert(ids[2].clone().into_bytes(), a);
     });
     assert_eq!(
         problems(dir.path()),
@@ -705,8 +733,10 @@ fn verify_names_reordered_records_and_a_broken_chain() {
     // Removing a chain entry (to hide a write) breaks the links.
     let dir = tmp();
     chained_store(dir.path(), 10);
-    raw_tree(dir.path(), "chain", |t| {
-        t.remove(4u64.to_be_bytes()).expect("rm entry");
+    raw_items(dir.path(), "chain", |items| {
+        let n = items.len();
+        items.retain(|it| it.seq != 4);
+        assert_eq!(items.len(), n - 1, "entry 4 was there");
     });
     let p = problems(dir.path());
     assert!(p.iter().any(|x| matches!(x, Problem::ChainBroken { seq: 5, .. })), "{p:?}");
@@ -731,7 +761,7 @@ fn verify_survives_retention_through_the_checkpoint() {
     // A record retention did not reach, deleted behind the daemon's back, is still seen.
     let newest = store.query(&AuditFilter { limit: Some(1), ..Default::default() }).expect("q")[0].id.clone();
     drop(store);
-    raw_tree(dir.path(), "records", |t| {
+    raw_records(dir.path(), |t| {
         t.remove(newest.as_bytes()).expect("rm");
     });
     let p = Store::open(dir.path(), opts(64)).expect("open").verify().expect("verify").problems;
@@ -969,8 +999,136 @@ fn retention_by_age_drops_only_old_records() {
     assert_eq!(store.enforce_retention_at(t0 + 10 * day).expect("again"), 0);
     // Tampering below the new checkpoint's line is still caught above it.
     drop(store);
-    raw_tree(dir.path(), "records", |t| {
+    raw_records(dir.path(), |t| {
         t.remove(young[0].id.as_bytes()).expect("raw remove");
     });
     assert_eq!(problems(dir.path()), vec![Problem::Removed { id: young[0].id.clone() }]);
+}
+
+// ------------------------------------------------------------------ bounded memory
+
+/// sled keeps bookkeeping in memory for every page it wrote, and a leaf holds at most
+/// 16 keys: the store hands it chunks, not one key per record and one per chain entry
+/// (which made the daemon's resident memory grow with the number of records). Counts
+/// sled keys, not bytes of RSS.
+#[test]
+fn sled_keys_grow_by_chunks_not_by_records() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let n = 2_000u64;
+    for i in 0..n {
+        let mut r = rec_at(&store, 1_700_000_000_000 + i, "http://127.0.0.1:9/mcp", Some("echo"));
+        store.insert_record(&r).expect("insert");
+        r.status = CallStatus::Ok;
+        store.update_record(&r).expect("update");
+        if i % 300 == 7 {
+            // A checkpoint between a call's two writes, as the background one may land.
+            store.flush().expect("checkpoint");
+        }
+    }
+    store.flush().expect("checkpoint");
+    let (records, chain) = (store.inner.records.len() as u64, store.inner.chain.len() as u64);
+    assert!(records * 4 <= n, "{records} sled keys for {n} records");
+    assert!(chain * 10 <= 2 * n, "{chain} sled keys for {} chain entries", 2 * n);
+    assert_eq!(store.record_count(), n);
+    let all = store.query(&AuditFilter::default()).expect("query");
+    assert_eq!(all.len() as u64, n);
+    assert!(all.iter().all(|r| r.status == CallStatus::Ok), "every completion is stored");
+    let report = store.verify().expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.chain_entries, 2 * n);
+}
+
+/// Writes not yet sealed into sled are bounded (bytes held), whether or not a
+/// checkpoint runs: past `TAIL_MAX_BYTES` the writer seals the tail itself.
+#[test]
+fn the_unsealed_tail_stays_bounded_without_a_checkpoint() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let pad = "x".repeat(16 * 1024);
+    let mut ids = Vec::new();
+    for i in 0..200u64 {
+        let mut r = rec_at(&store, 1_700_000_000_000 + i, "http://a/mcp", Some("echo"));
+        r.notes = vec![pad.clone()];
+        store.insert_record(&r).expect("insert");
+        let held = store.inner.head.lock().expect("head").tail.bytes;
+        assert!(held <= TAIL_MAX_BYTES, "{held} bytes unsealed after {i} records");
+        ids.push(r.id);
+    }
+    assert!(!store.inner.records.is_empty(), "the writer sealed without a checkpoint");
+    let got: Vec<String> = store.query(&AuditFilter::default()).expect("query").into_iter().map(|r| r.id).collect();
+    assert_eq!(got, ids);
+}
+
+/// A store written by layout 1 (one sled key per record and per chain entry) is read as
+/// it is: every record, a passing verify, and the chain goes on in chunks.
+#[test]
+fn a_layout_one_store_reads_verifies_and_continues() {
+    let dir = tmp();
+    let ids = chained_store(dir.path(), 12);
+    raw_tree(dir.path(), "records", |t| {
+        let chunks: Vec<_> = t.iter().map(|c| c.expect("read")).collect();
+        for (k, v) in chunks {
+            t.remove(&k).expect("rm");
+            for it in chunk::decode(&k, &v, chunk::legacy_record).expect("chunk") {
+                t.insert(it.id, it.value).expect("one key per record");
+            }
+        }
+    });
+    raw_tree(dir.path(), "chain", |t| {
+        let chunks: Vec<_> = t.iter().map(|c| c.expect("read")).collect();
+        for (k, v) in chunks {
+            t.remove(&k).expect("rm");
+            for it in chunk::decode(&k, &v, chain::legacy_entry).expect("chunk") {
+                let e = chain::Entry::from_item(&it).expect("entry");
+                t.insert(it.seq.to_be_bytes(), e.encode()).expect("one key per entry");
+            }
+        }
+    });
+    raw_tree(dir.path(), "meta", |t| {
+        t.insert(META_SCHEMA_VERSION, &b"1"[..]).expect("layout 1");
+    });
+    let store = open(dir.path());
+    assert_eq!(store.inner.records.len(), 12, "read in place, not rewritten");
+    let got: Vec<String> = store.query(&AuditFilter::default()).expect("query").into_iter().map(|r| r.id).collect();
+    assert_eq!(got, ids);
+    assert!(store.verify().expect("verify").ok());
+    let mut r = rec_at(&store, 1_700_000_001_000, "http://127.0.0.1:9/mcp", Some("echo"));
+    store.insert_record(&r).expect("insert");
+    r.status = CallStatus::Ok;
+    store.update_record(&r).expect("update");
+    let report = store.verify().expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.records, 13);
+    let meta = store.inner.db.open_tree("meta").expect("meta");
+    assert_eq!(meta.get(META_SCHEMA_VERSION).expect("get").as_deref(), Some(STORE_LAYOUT_VERSION.to_string().as_bytes()));
+}
+
+/// `query_pages` hands out exactly what `query` returns, page by page, oldest first, and
+/// stops when told to.
+#[test]
+fn query_pages_is_query_in_pages() {
+    let dir = tmp();
+    let store = open(dir.path());
+    seeded(&store);
+    for filter in [
+        AuditFilter::default(),
+        AuditFilter { since_ms: Some(5_000), ..Default::default() },
+        AuditFilter { limit: Some(2), ..Default::default() },
+        AuditFilter { tool: Some("add".into()), ..Default::default() },
+    ] {
+        let mut pages = Vec::new();
+        store.query_pages(&filter, 2, |p| {
+            pages.push(p);
+            true
+        }).expect("pages");
+        assert!(pages.iter().all(|p| !p.is_empty() && p.len() <= 2), "{filter:?}");
+        assert_eq!(pages.concat(), store.query(&filter).expect("query"), "{filter:?}");
+    }
+    let mut seen = 0;
+    store.query_pages(&AuditFilter::default(), 1, |_| {
+        seen += 1;
+        false
+    }).expect("pages");
+    assert_eq!(seen, 1, "stopped after the first page");
 }
