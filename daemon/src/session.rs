@@ -115,6 +115,9 @@ pub struct LegacyRoute {
 pub struct Sessions {
     inner: Mutex<Inner>,
     owners: Mutex<Owners>,
+    /// Keys the `ids` table: a per-process random SipHash key, so the peer whose ids these
+    /// are cannot choose two that share a slot.
+    id_hasher: std::hash::RandomState,
 }
 
 /// What became of a client request id in a conversation.
@@ -177,8 +180,10 @@ struct Inner {
     legacy: BoundedMap<(String, String, String), LegacyRoute>,
     /// (endpoint, session id) → protocol version.
     versions: BoundedMap<(String, String), String>,
-    /// (conversation, JSON-RPC id text) → what mcpwatch did with that request.
-    ids: BoundedMap<(String, String), IdFate>,
+    /// keyed hash of (conversation, JSON-RPC id text) → what mcpwatch did with that
+    /// request. A hash, not the two strings (kept twice by the map and its eviction
+    /// order): at the `max_pending_calls` bound that was ~9 MiB of the daemon's memory.
+    ids: BoundedMap<u64, IdFate>,
 }
 
 impl Sessions {
@@ -191,19 +196,27 @@ impl Sessions {
                 ids: BoundedMap::new(max_pending),
             }),
             owners: Mutex::new(Owners { by_session: BoundedMap::new(MAX_SESSION_BINDINGS), by_owner: HashMap::new() }),
+            id_hasher: std::hash::RandomState::new(),
         }
+    }
+
+    fn id_key(&self, conversation: &str, id: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.id_hasher.hash_one((conversation, id))
     }
 
     /// Remember what happened to a client request id.
     pub fn note_id(&self, conversation: &str, id: &str, fate: IdFate) {
         if let Ok(mut i) = self.inner.lock() {
-            i.ids.insert((conversation.to_string(), id.to_string()), fate);
+            let key = self.id_key(conversation, id);
+            i.ids.insert(key, fate);
         }
     }
 
     /// What happened to a client request id, if it was seen.
     pub fn id_fate(&self, conversation: &str, id: &str) -> Option<IdFate> {
-        self.inner.lock().ok()?.ids.get(&(conversation.to_string(), id.to_string())).copied()
+        let key = self.id_key(conversation, id);
+        self.inner.lock().ok()?.ids.get(&key).copied()
     }
 
     /// Is a request with this id parked in the conversation?
@@ -344,6 +357,25 @@ mod tests {
         assert!(s.owners.lock().unwrap().by_owner[&b].len() <= MAX_SESSIONS_PER_OWNER);
         s.unbind_session("d", "victim");
         assert_eq!(s.session_owner("d", "victim"), None);
+    }
+
+    #[test]
+    fn id_fates_are_per_conversation_and_bounded() {
+        let s = Sessions::new(4);
+        s.note_id("conv-a", "1", IdFate::Forwarded);
+        s.note_id("conv-a", "\"1\"", IdFate::Refused);
+        assert_eq!(s.id_fate("conv-a", "1"), Some(IdFate::Forwarded));
+        assert_eq!(s.id_fate("conv-a", "\"1\""), Some(IdFate::Refused), "a string id is not the number");
+        assert_eq!(s.id_fate("conv-b", "1"), None, "another conversation never sent it");
+        // (conversation, id) pairs that concatenate alike stay apart.
+        s.note_id("conv-a1", "", IdFate::Refused);
+        assert_eq!(s.id_fate("conv-a", "1"), Some(IdFate::Forwarded));
+        for i in 0..10 {
+            s.note_id("conv-c", &i.to_string(), IdFate::Forwarded);
+        }
+        assert_eq!(s.id_fate("conv-a", "1"), None, "the oldest are forgotten at the bound");
+        assert_eq!(s.id_fate("conv-c", "9"), Some(IdFate::Forwarded));
+        assert!(s.inner.lock().unwrap().ids.len() <= 4);
     }
 
     #[test]
