@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Empty, Full};
 use http_body_util::combinators::UnsyncBoxBody;
+use http::{Response, StatusCode};
 use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -203,4 +204,14 @@ impl<T: Transformer> Drop for Transform<T> {
             let _ = t.finish(End::Dropped);
         }
     }
+}
+
+/// A response the proxy itself produces (gateway errors, refusals).
+pub fn local_response(status: StatusCode, content_type: &str, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
 }

@@ -16,13 +16,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcpwatch_api::{CallStatus, Endpoint};
+use mcpwatch_api::CallStatus;
 use mcpwatch_policy::Mode;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::relay::{governed_mode, relay};
 use super::{admission, http, record, upstream};
-use crate::resolve::{Origin, Resolve};
+use super::ctx::ConnCtx;
+use crate::resolve::Resolve;
 use crate::state::{Counters, Shared};
 
 /// How many client bytes the classifier looks at, at most. A prefix this long that is still
@@ -146,19 +147,6 @@ fn request_line(rest: &[u8], full: bool) -> Classification {
     if n < want.len() { more } else { Classification::Http1 }
 }
 
-/// Per-connection facts every exchange needs.
-#[derive(Debug, Clone)]
-pub struct ConnCtx {
-    pub id: u64,
-    pub peer: SocketAddr,
-    pub origin: Origin,
-    pub scheme: &'static str,
-    /// Raw request heads of an HTTP/1 connection (framing checks).
-    pub head_log: Option<super::headlog::HeadLog>,
-    /// Set when mcpwatch terminated TLS for this connection (`scheme` is then `https`).
-    pub tls: Option<Arc<mcpwatch_api::TlsDetails>>,
-}
-
 /// How the wait for the first bytes ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sniffed {
@@ -259,42 +247,6 @@ async fn opaque(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: 
     relay(&shared, client, upstream).await
 }
 
-/// The mode governing `dst`, when the policy governs it: it has spoken MCP (the inventory
-/// knows it; the strictest mode of its endpoints) or a registry entry matches its address
-/// (`host`/`url` patterns on the IP, path `/`). `None`: an ungoverned destination.
-pub fn governed_mode(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
-    let loaded = shared.governance.current();
-    let endpoints = shared.inventory.endpoints_at(&dst.to_string());
-    let mut mode: Option<Mode> = None;
-    for e in &endpoints {
-        let Some(ep) = Endpoint::parse(e) else { continue };
-        let target = mcpwatch_policy::Target { endpoint: e, host: &ep.host, port: ep.port, path: ep.path_or_root() };
-        let m = loaded.inspect_mode(&target);
-        mode = Some(strictest(mode, m));
-    }
-    let ip = dst.ip().to_canonical().to_string();
-    for scheme in ["http", "https"] {
-        let key = Endpoint { scheme: scheme.into(), host: ip.clone(), port: dst.port(), path: "/".into() }.key();
-        let target = mcpwatch_policy::Target { endpoint: &key, host: &ip, port: dst.port(), path: "/" };
-        if let Some(def) = loaded.policy.server_for(&target) {
-            mode = Some(strictest(mode, def.mode.unwrap_or(loaded.policy.mode())));
-        }
-    }
-    mode
-}
-
-pub fn strictest(a: Option<Mode>, b: Mode) -> Mode {
-    let rank = |m: Mode| match m {
-        Mode::Audit => 0,
-        Mode::Warn => 1,
-        Mode::Enforce => 2,
-    };
-    match a {
-        Some(a) if rank(a) >= rank(b) => a,
-        _ => b,
-    }
-}
-
 /// Wait for enough client bytes to classify, or the server speaking first. A client that
 /// stays silent (or dribbles an undecidable prefix) is [`Sniffed::Silent`] after `deadline`.
 async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> Sniffed {
@@ -336,42 +288,6 @@ async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> 
 /// The peer half-closed (TCP state CLOSE_WAIT): nothing more will arrive after what is queued.
 fn peer_finished(s: &TcpStream) -> bool {
     super::lifecycle::half_closed(std::os::fd::AsRawFd::as_raw_fd(s))
-}
-
-/// Byte-for-byte relay both ways until both sides are done, or nothing moved for
-/// `limits.idle_timeout` (then both are closed).
-pub async fn relay(shared: &Shared, client: TcpStream, upstream: TcpStream) {
-    relay_io(shared, client, upstream).await
-}
-
-/// [`relay`] over any streams (a TLS pass-through relays the raw socket after replaying the hello).
-pub async fn relay_io<A, B>(shared: &Shared, client: A, upstream: B)
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let idle = shared.config.limits.idle_timeout;
-    let activity = admission::Activity::default();
-    let mut client = admission::Tracked::new(client, activity.clone());
-    let mut upstream = admission::Tracked::new(upstream, activity.clone());
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    if idle.is_zero() {
-        if let Err(e) = copy.await {
-            tracing::debug!(error = %e, "relay ended with an error");
-        }
-        return;
-    }
-    tokio::select! {
-        r = copy => if let Err(e) = r {
-            tracing::debug!(error = %e, "relay ended with an error");
-        },
-        _ = activity.idle_for(idle) => {
-            Counters::inc(&shared.counters.closed_idle);
-            tracing::debug!("relay idle for {idle:?}; closing both sides");
-            let _ = client.get_mut().shutdown().await;
-            let _ = upstream.get_mut().shutdown().await;
-        }
-    }
 }
 
 #[cfg(test)]

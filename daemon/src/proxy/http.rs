@@ -15,153 +15,18 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use hyper::client::conn::http1 as client_http1;
 use hyper::server::conn::http1 as server_http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use super::body::{self, Body};
-use super::conn::ConnCtx;
+use super::ctx::ConnCtx;
 use super::exchange;
 use super::lifecycle::{self, FinSignals};
-use super::upstream;
+use super::forward::{tcp_reconnect, BoxIo, Drivers, Io, Reconnect, SharedUpstream, UpstreamConn};
 use crate::state::{Counters, Shared};
-
-/// Any byte stream hyper can run HTTP/1.1 over (plain TCP or TLS).
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
-
-pub type BoxIo = Box<dyn Io>;
-type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<BoxIo, ForwardError>> + Send>>;
-
-/// Opens a fresh upstream stream to the same destination (after the server closed the
-/// previous one). Plain TCP for `http`, TCP + verified TLS for `https`.
-pub type Reconnect = Arc<dyn Fn() -> ConnectFuture + Send + Sync>;
-
-/// A reconnector for plain TCP to `dst` with the daemon's mark.
-pub fn tcp_reconnect(shared: &Shared, dst: std::net::SocketAddr) -> Reconnect {
-    let mark = shared.config.mark;
-    let timeout = shared.config.limits.connect_timeout;
-    Arc::new(move || {
-        Box::pin(async move {
-            let s = upstream::connect(dst, mark, timeout).await?;
-            Ok(Box::new(s) as BoxIo)
-        })
-    })
-}
-
-/// The upstream side of one proxied HTTP connection.
-pub struct UpstreamConn {
-    dst: std::net::SocketAddr,
-    sender: Option<client_http1::SendRequest<Body>>,
-    first: Option<BoxIo>,
-    reconnect: Reconnect,
-    /// Shuts the upstream's sending side when the client's has ended ([`lifecycle`]).
-    fins: Arc<FinSignals>,
-    /// Where the upstream connection's future goes to be driven: the client connection's
-    /// own task (see [`Drive`]), not a task of its own.
-    drivers: Drivers,
-}
-
-/// An upstream HTTP/1.1 connection's future (hyper's `Connection`), to be polled until
-/// the connection ends.
-type ConnDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Hands upstream connection futures to the task that serves the client connection.
-///
-/// Why: with the upstream connection in a task of its own, every request and every
-/// response crosses two tasks (often two worker threads: a futex wake-up each way); driven
-/// in the client's task, the exchange and its upstream wake one task. The futures live as
-/// long as the client connection is served and no longer.
-#[derive(Clone)]
-pub struct Drivers(tokio::sync::mpsc::UnboundedSender<ConnDriver>);
-
-impl Drivers {
-    /// A handle and the future that drives what is sent through it; the client connection's
-    /// task selects on that future beside serving the client.
-    pub fn new() -> (Drivers, Drive) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ConnDriver>();
-        let drive = Box::pin(async move {
-            use futures_util::StreamExt as _;
-            let mut running = futures_util::stream::FuturesUnordered::new();
-            let mut open = true;
-            loop {
-                tokio::select! {
-                    next = rx.recv(), if open => match next {
-                        Some(d) => running.push(d),
-                        None => open = false,
-                    },
-                    Some(()) = running.next(), if !running.is_empty() => {}
-                    else => std::future::pending::<()>().await,
-                }
-            }
-        });
-        (Drivers(tx), drive)
-    }
-
-    /// Drive `conn` in the client connection's task, or in a task of its own when that
-    /// task has already ended.
-    fn drive(&self, conn: ConnDriver) {
-        if let Err(tokio::sync::mpsc::error::SendError(conn)) = self.0.send(conn) {
-            tokio::spawn(conn);
-        }
-    }
-}
-
-/// The future that polls the upstream connections handed to [`Drivers`]; it never ends, so
-/// the client connection's task selects on it beside serving the client.
-pub type Drive = std::pin::Pin<Box<dyn std::future::Future<Output = Infallible> + Send>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("{0}")]
-    Connect(#[from] upstream::UpstreamError),
-    #[error("upstream {dst}: {reason}")]
-    Reconnect { dst: std::net::SocketAddr, reason: String },
-    #[error("upstream {dst}: HTTP handshake failed: {source}")]
-    Handshake { dst: std::net::SocketAddr, source: hyper::Error },
-    #[error("upstream {dst}: {source}")]
-    Request { dst: std::net::SocketAddr, source: hyper::Error },
-}
-
-impl UpstreamConn {
-    async fn sender(&mut self) -> Result<&mut client_http1::SendRequest<Body>, ForwardError> {
-        let usable = self.sender.as_ref().is_some_and(|s| !s.is_closed());
-        if !usable {
-            let stream = match self.first.take() {
-                Some(s) => s,
-                None => (self.reconnect)().await?,
-            };
-            let (sender, conn) = client_http1::Builder::new()
-                .preserve_header_case(true)
-                .title_case_headers(false)
-                .handshake(TokioIo::new(lifecycle::fin_io(stream, self.fins.register())))
-                .await
-                .map_err(|source| ForwardError::Handshake { dst: self.dst, source })?;
-            self.drivers.drive(Box::pin(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            }));
-            self.sender = Some(sender);
-        }
-        let sender = self.sender.as_mut().expect("set above");
-        sender.ready().await.map_err(|source| ForwardError::Request { dst: self.dst, source })?;
-        Ok(sender)
-    }
-
-    /// Send one request upstream and return the response head + streaming body.
-    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
-        let dst = self.dst;
-        let sender = self.sender().await?;
-        sender.send_request(req).await.map_err(|source| ForwardError::Request { dst, source })
-    }
-}
-
-pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;
 
 /// Concurrent HTTP/2 streams per client connection (each has its own upstream connection).
 pub const H2_MAX_STREAMS: u32 = 8;
@@ -199,7 +64,7 @@ pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstre
             let ctx = ctx.clone();
             let first = first.lock().map(|mut f| f.take()).unwrap_or(None);
             let up: SharedUpstream =
-                Arc::new(Mutex::new(UpstreamConn { dst, sender: None, first, reconnect: reconnect.clone(), fins: Arc::default(), drivers: drivers.clone() }));
+                Arc::new(Mutex::new(UpstreamConn::new(dst, first, reconnect.clone(), Arc::default(), drivers.clone())));
             async move {
                 Counters::inc(&shared.counters.http_requests);
                 Ok::<_, Infallible>(exchange::handle(shared, ctx, up, h2_to_h1(req)).await)
@@ -255,14 +120,7 @@ pub async fn serve_io(
     let client = super::headlog::LoggedIo::new(client, log);
     let fins: Arc<FinSignals> = Arc::default();
     let (drivers, drive) = Drivers::new();
-    let up: SharedUpstream = Arc::new(Mutex::new(UpstreamConn {
-        dst: ctx.origin.dst,
-        sender: None,
-        first: Some(upstream),
-        reconnect,
-        fins: fins.clone(),
-        drivers,
-    }));
+    let up: SharedUpstream = Arc::new(Mutex::new(UpstreamConn::new(ctx.origin.dst, Some(upstream), reconnect, fins.clone(), drivers)));
     let ctx_id = ctx.id;
     let ctx = Arc::new(ctx);
     let svc = {
@@ -315,14 +173,4 @@ pub async fn serve_io(
     if let Err(e) = res {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
-}
-
-/// A response the proxy itself produces (gateway errors, refusals).
-pub fn local_response(status: StatusCode, content_type: &str, body: impl Into<bytes::Bytes>) -> Response<Body> {
-    let mut resp = Response::new(body::full(body));
-    *resp.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    resp
 }

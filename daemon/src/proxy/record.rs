@@ -13,7 +13,7 @@
 use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
 use mcpwatch_mcp::jsonrpc::Message;
 
-use super::conn::ConnCtx;
+use super::ctx::ConnCtx;
 use crate::failure::{self, Failure, OnFailure};
 use crate::session::Pending;
 use crate::state::{now_ms, Shared};

@@ -24,7 +24,8 @@ use mcpwatch_policy::Mode;
 use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
-use super::exchange::{complete_with, write_closed, finish, http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
+use super::record::{complete_with, finish, write_closed};
+use super::scope::{http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};

@@ -38,8 +38,10 @@ use mcpwatch_tls::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::conn::{self, ConnCtx};
-use super::http::{self, BoxIo, ForwardError, Reconnect};
+use super::relay;
+use super::ctx::ConnCtx;
+use super::forward::{BoxIo, ForwardError, Reconnect};
+use super::http;
 use super::upstream;
 use crate::config::{DistrustAction, TlsConfig};
 use crate::state::{Counters, Shared};
@@ -206,7 +208,7 @@ pub fn distrust_message(exe: &str, host: &str) -> String {
 pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream) {
     let Some(rt) = shared.tls.as_ref() else {
         Counters::inc(&shared.counters.passthrough);
-        return conn::relay(&shared, client, upstream).await;
+        return relay::relay(&shared, client, upstream).await;
     };
     // The socket stays owned by the hello, then by the TLS stream served below.
     let client_fd = std::os::fd::AsRawFd::as_raw_fd(&client);
@@ -237,7 +239,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
 async fn pass_through(shared: &Shared, hello: Hello, mut upstream: TcpStream, deadline: Duration) {
     let (client, recorded) = hello.into_passthrough();
     match tokio::time::timeout(deadline, upstream.write_all(&recorded)).await {
-        Ok(Ok(())) => conn::relay(shared, client, upstream).await,
+        Ok(Ok(())) => relay::relay(shared, client, upstream).await,
         Ok(Err(e)) => tracing::info!(error = %e, "upstream closed before the ClientHello was replayed"),
         Err(_) => tracing::info!("upstream did not take the replayed ClientHello within {deadline:?}"),
     }
@@ -369,8 +371,8 @@ fn tls_mode(shared: &Shared, ctx: &ConnCtx, host: &str) -> Mode {
     let key = Endpoint { scheme: "https".into(), host: host.to_string(), port, path: "/".into() }.key();
     let target = mcpwatch_policy::Target { endpoint: &key, host, port, path: "/" };
     let by_name = loaded.policy.server_for(&target).map(|d| d.mode.unwrap_or(loaded.policy.mode()));
-    match (conn::governed_mode(shared, ctx.origin.dst), by_name) {
-        (Some(a), Some(b)) => conn::strictest(Some(a), b),
+    match (relay::governed_mode(shared, ctx.origin.dst), by_name) {
+        (Some(a), Some(b)) => relay::strictest(Some(a), b),
         (Some(m), None) | (None, Some(m)) => m,
         (None, None) => loaded.policy.mode(),
     }

@@ -1,0 +1,25 @@
+//! The facts of one accepted connection that every later stage reads: its id, the
+//! client's address, where it was really going and who sent it (`Origin`), the scheme,
+//! and what TLS interception learned.
+//!
+//! Why a module of its own: `conn` creates a `ConnCtx`, and `http`, `exchange`, `scope`,
+//! `record` and `tls` read it; defined here, none of them has to import `conn` (which
+//! itself calls into `http` and `tls`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::resolve::Origin;
+
+/// Per-connection facts every exchange needs.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub origin: Origin,
+    pub scheme: &'static str,
+    /// Raw request heads of an HTTP/1 connection (framing checks).
+    pub head_log: Option<super::headlog::HeadLog>,
+    /// Set when mcpwatch terminated TLS for this connection (`scheme` is then `https`).
+    pub tls: Option<Arc<mcpwatch_api::TlsDetails>>,
+}

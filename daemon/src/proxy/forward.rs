@@ -1,0 +1,158 @@
+//! The upstream side of a proxied HTTP connection: one hyper HTTP/1.1 client connection
+//! per client connection (reopened if the server closes it), its errors, and the
+//! [`Drivers`] that poll it inside the client connection's own task.
+//!
+//! Why a module of its own: `exchange` forwards through it and `http` creates it; kept
+//! apart from `http` (which calls `exchange`), neither imports the other.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::client::conn::http1 as client_http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Mutex;
+
+use super::body::Body;
+use super::lifecycle::{self, FinSignals};
+use super::upstream;
+use crate::state::Shared;
+
+/// Any byte stream hyper can run HTTP/1.1 over (plain TCP or TLS).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+pub type BoxIo = Box<dyn Io>;
+type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<BoxIo, ForwardError>> + Send>>;
+
+/// Opens a fresh upstream stream to the same destination (after the server closed the
+/// previous one). Plain TCP for `http`, TCP + verified TLS for `https`.
+pub type Reconnect = Arc<dyn Fn() -> ConnectFuture + Send + Sync>;
+
+/// A reconnector for plain TCP to `dst` with the daemon's mark.
+pub fn tcp_reconnect(shared: &Shared, dst: std::net::SocketAddr) -> Reconnect {
+    let mark = shared.config.mark;
+    let timeout = shared.config.limits.connect_timeout;
+    Arc::new(move || {
+        Box::pin(async move {
+            let s = upstream::connect(dst, mark, timeout).await?;
+            Ok(Box::new(s) as BoxIo)
+        })
+    })
+}
+
+/// The upstream side of one proxied HTTP connection.
+pub struct UpstreamConn {
+    dst: std::net::SocketAddr,
+    sender: Option<client_http1::SendRequest<Body>>,
+    first: Option<BoxIo>,
+    reconnect: Reconnect,
+    /// Shuts the upstream's sending side when the client's has ended ([`lifecycle`]).
+    fins: Arc<FinSignals>,
+    /// Where the upstream connection's future goes to be driven: the client connection's
+    /// own task (see [`Drive`]), not a task of its own.
+    drivers: Drivers,
+}
+
+/// An upstream HTTP/1.1 connection's future (hyper's `Connection`), to be polled until
+/// the connection ends.
+type ConnDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Hands upstream connection futures to the task that serves the client connection.
+///
+/// Why: with the upstream connection in a task of its own, every request and every
+/// response crosses two tasks (often two worker threads: a futex wake-up each way); driven
+/// in the client's task, the exchange and its upstream wake one task. The futures live as
+/// long as the client connection is served and no longer.
+#[derive(Clone)]
+pub struct Drivers(tokio::sync::mpsc::UnboundedSender<ConnDriver>);
+
+impl Drivers {
+    /// A handle and the future that drives what is sent through it; the client connection's
+    /// task selects on that future beside serving the client.
+    pub fn new() -> (Drivers, Drive) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ConnDriver>();
+        let drive = Box::pin(async move {
+            use futures_util::StreamExt as _;
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    next = rx.recv(), if open => match next {
+                        Some(d) => running.push(d),
+                        None => open = false,
+                    },
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    else => std::future::pending::<()>().await,
+                }
+            }
+        });
+        (Drivers(tx), drive)
+    }
+
+    /// Drive `conn` in the client connection's task, or in a task of its own when that
+    /// task has already ended.
+    fn drive(&self, conn: ConnDriver) {
+        if let Err(tokio::sync::mpsc::error::SendError(conn)) = self.0.send(conn) {
+            tokio::spawn(conn);
+        }
+    }
+}
+
+/// The future that polls the upstream connections handed to [`Drivers`]; it never ends, so
+/// the client connection's task selects on it beside serving the client.
+pub type Drive = std::pin::Pin<Box<dyn std::future::Future<Output = Infallible> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0}")]
+    Connect(#[from] upstream::UpstreamError),
+    #[error("upstream {dst}: {reason}")]
+    Reconnect { dst: std::net::SocketAddr, reason: String },
+    #[error("upstream {dst}: HTTP handshake failed: {source}")]
+    Handshake { dst: std::net::SocketAddr, source: hyper::Error },
+    #[error("upstream {dst}: {source}")]
+    Request { dst: std::net::SocketAddr, source: hyper::Error },
+}
+
+impl UpstreamConn {
+    /// The upstream side of a client connection: `first` is the stream opened before the
+    /// client was classified, `reconnect` opens the next one if the server closes it.
+    pub fn new(dst: std::net::SocketAddr, first: Option<BoxIo>, reconnect: Reconnect, fins: Arc<FinSignals>, drivers: Drivers) -> UpstreamConn {
+        UpstreamConn { dst, sender: None, first, reconnect, fins, drivers }
+    }
+
+    async fn sender(&mut self) -> Result<&mut client_http1::SendRequest<Body>, ForwardError> {
+        let usable = self.sender.as_ref().is_some_and(|s| !s.is_closed());
+        if !usable {
+            let stream = match self.first.take() {
+                Some(s) => s,
+                None => (self.reconnect)().await?,
+            };
+            let (sender, conn) = client_http1::Builder::new()
+                .preserve_header_case(true)
+                .title_case_headers(false)
+                .handshake(TokioIo::new(lifecycle::fin_io(stream, self.fins.register())))
+                .await
+                .map_err(|source| ForwardError::Handshake { dst: self.dst, source })?;
+            self.drivers.drive(Box::pin(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            }));
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("set above");
+        sender.ready().await.map_err(|source| ForwardError::Request { dst: self.dst, source })?;
+        Ok(sender)
+    }
+
+    /// Send one request upstream and return the response head + streaming body.
+    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        let dst = self.dst;
+        let sender = self.sender().await?;
+        sender.send_request(req).await.map_err(|source| ForwardError::Request { dst, source })
+    }
+}
+
+pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;

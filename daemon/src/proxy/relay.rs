@@ -1,0 +1,84 @@
+//! Where bytes go unparsed: the byte relay (closed when idle), and the rollout mode of a
+//! destination, which decides whether unparsed bytes toward it may be relayed at all.
+//!
+//! Why a module of its own: `conn` relays what is positively not HTTP/TLS and `tls`
+//! relays what it passes through; both use this, and `conn` calls `tls`, so neither may
+//! hold it.
+
+use std::net::SocketAddr;
+
+use mcpwatch_api::Endpoint;
+use mcpwatch_policy::Mode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::admission;
+use crate::state::{Counters, Shared};
+
+/// The mode governing `dst`, when the policy governs it: it has spoken MCP (the inventory
+/// knows it; the strictest mode of its endpoints) or a registry entry matches its address
+/// (`host`/`url` patterns on the IP, path `/`). `None`: an ungoverned destination.
+pub fn governed_mode(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
+    let loaded = shared.governance.current();
+    let endpoints = shared.inventory.endpoints_at(&dst.to_string());
+    let mut mode: Option<Mode> = None;
+    for e in &endpoints {
+        let Some(ep) = Endpoint::parse(e) else { continue };
+        let target = mcpwatch_policy::Target { endpoint: e, host: &ep.host, port: ep.port, path: ep.path_or_root() };
+        let m = loaded.inspect_mode(&target);
+        mode = Some(strictest(mode, m));
+    }
+    let ip = dst.ip().to_canonical().to_string();
+    for scheme in ["http", "https"] {
+        let key = Endpoint { scheme: scheme.into(), host: ip.clone(), port: dst.port(), path: "/".into() }.key();
+        let target = mcpwatch_policy::Target { endpoint: &key, host: &ip, port: dst.port(), path: "/" };
+        if let Some(def) = loaded.policy.server_for(&target) {
+            mode = Some(strictest(mode, def.mode.unwrap_or(loaded.policy.mode())));
+        }
+    }
+    mode
+}
+
+/// The stricter of two modes (`None`: only `b`).
+pub fn strictest(a: Option<Mode>, b: Mode) -> Mode {
+    match a {
+        Some(a) if a.rank() >= b.rank() => a,
+        _ => b,
+    }
+}
+
+/// Byte-for-byte relay both ways until both sides are done, or nothing moved for
+/// `limits.idle_timeout` (then both are closed).
+pub async fn relay(shared: &Shared, client: TcpStream, upstream: TcpStream) {
+    relay_io(shared, client, upstream).await
+}
+
+/// [`relay`] over any streams (a TLS pass-through relays the raw socket after replaying the hello).
+pub async fn relay_io<A, B>(shared: &Shared, client: A, upstream: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let idle = shared.config.limits.idle_timeout;
+    let activity = admission::Activity::default();
+    let mut client = admission::Tracked::new(client, activity.clone());
+    let mut upstream = admission::Tracked::new(upstream, activity.clone());
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    if idle.is_zero() {
+        if let Err(e) = copy.await {
+            tracing::debug!(error = %e, "relay ended with an error");
+        }
+        return;
+    }
+    tokio::select! {
+        r = copy => if let Err(e) = r {
+            tracing::debug!(error = %e, "relay ended with an error");
+        },
+        _ = activity.idle_for(idle) => {
+            Counters::inc(&shared.counters.closed_idle);
+            tracing::debug!("relay idle for {idle:?}; closing both sides");
+            let _ = client.get_mut().shutdown().await;
+            let _ = upstream.get_mut().shutdown().await;
+        }
+    }
+}

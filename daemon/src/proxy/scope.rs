@@ -1,0 +1,343 @@
+//! Where an HTTP exchange belongs: the server endpoint, session, transport and
+//! conversation keys of one request ([`Scope`]), the evidence that it is addressed to an
+//! MCP server, and the header helpers both directions use.
+//!
+//! Why a module of its own: the request side (`exchange`) and the response side
+//! (`responses`) both need a request's scope; kept here, neither imports the other's
+//! internals (`exchange` hands a `Scope` to `responses::observe`, and that is the only
+//! edge between them).
+
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, HOST};
+use http::request::Parts;
+use http::{HeaderMap, StatusCode};
+use hyper::Response;
+use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind};
+use mcpwatch_mcp::jsonrpc::Message;
+use mcpwatch_policy::Mode;
+
+use super::body::Body;
+use super::ctx::ConnCtx;
+use super::body::local_response;
+use super::record::write_closed;
+use crate::govern::Site;
+use crate::inventory::Sighting;
+use crate::state::{now_ms, Shared};
+
+pub const H_SESSION: &str = "mcp-session-id";
+pub const H_VERSION: &str = "mcp-protocol-version";
+pub const H_METHOD: &str = "mcp-method";
+
+pub(super) const C2S: &str = "client->server";
+pub(super) const S2C: &str = "server->client";
+
+/// The `sessionId` (or `session_id`) query parameter of a legacy HTTP+SSE message URL.
+pub fn legacy_session_param(path_and_query: &str) -> Option<String> {
+    let query = path_and_query.split_once('?')?.1;
+    query.split('&').find_map(|kv| match kv.split_once('=') {
+        Some(("sessionId" | "session_id", v)) if !v.is_empty() => Some(v.to_string()),
+        _ => None,
+    })
+}
+
+/// Why a request is taken to be addressed to an MCP server before its body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Evidence {
+    /// MCP headers (Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method).
+    Headers,
+    /// A legacy HTTP+SSE message route announced by the server.
+    Legacy,
+    /// This endpoint (or this path at this socket address) carried MCP before.
+    Endpoint,
+    /// This socket address carried MCP before, on another path.
+    Server,
+}
+
+impl Evidence {
+    /// Evidence about this very endpoint, not just the server.
+    pub(super) fn is_exact(self) -> bool {
+        !matches!(self, Evidence::Server)
+    }
+
+    /// Seen carrying MCP (not merely claimed by the request's own headers).
+    pub(super) fn is_seen_endpoint(self) -> bool {
+        matches!(self, Evidence::Legacy | Evidence::Endpoint)
+    }
+}
+
+/// The server an exchange is addressed to, as the policy matches it.
+pub struct TargetOwned {
+    pub endpoint: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl TargetOwned {
+    pub fn as_policy(&self) -> mcpwatch_policy::Target<'_> {
+        mcpwatch_policy::Target { endpoint: &self.endpoint, host: &self.host, port: self.port, path: &self.path }
+    }
+}
+
+/// Where an exchange belongs: server endpoint, session, transport, conversation keys.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub(super) ctx: Arc<ConnCtx>,
+    pub(super) host: Option<String>,
+    pub(super) http_method: String,
+    pub(super) path: String,
+    pub(super) path_and_query: String,
+    pub(super) endpoint: String,
+    pub(super) transport: &'static str,
+    pub(super) session_id: Option<String>,
+    pub(super) protocol_version: Option<String>,
+    /// Correlation key for messages answered on another connection.
+    pub(super) conversation: String,
+    pub(super) legacy: bool,
+}
+
+impl Scope {
+    pub(super) fn new(shared: &Shared, ctx: &Arc<ConnCtx>, parts: &Parts) -> Scope {
+        let host_header = parts.headers.get(HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let dst = ctx.origin.dst;
+        let path = parts.uri.path().to_string();
+        let path_and_query = parts.uri.path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_string());
+        let host_only = host_header.as_deref().map(strip_port).unwrap_or_else(|| dst.ip().to_string());
+        let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let dst_s = dst.to_string();
+        let host_key = host_header.clone().unwrap_or_default();
+        if let Some(route) = shared.sessions.legacy_route(&dst_s, &host_key, &path_and_query) {
+            return Scope {
+                ctx: ctx.clone(),
+                host: host_header,
+                http_method: parts.method.to_string(),
+                path,
+                path_and_query,
+                endpoint: route.endpoint.clone(),
+                transport: "sse",
+                session_id: route.session_id.clone(),
+                protocol_version: header(H_VERSION),
+                conversation: route.conversation,
+                legacy: true,
+            };
+        }
+        let endpoint = Endpoint { scheme: ctx.scheme.to_string(), host: host_only, port: dst.port(), path: path.clone() }.key();
+        let session_id = header(H_SESSION);
+        let protocol_version = header(H_VERSION)
+            .or_else(|| session_id.as_deref().and_then(|s| shared.sessions.version(&endpoint, s)));
+        let conversation = format!("{endpoint}#{}", session_id.as_deref().unwrap_or("-"));
+        Scope {
+            ctx: ctx.clone(),
+            host: host_header,
+            http_method: parts.method.to_string(),
+            path,
+            path_and_query,
+            endpoint,
+            transport: "streamable-http",
+            session_id,
+            protocol_version,
+            conversation,
+            legacy: false,
+        }
+    }
+
+    /// Host, port and path of the server endpoint, for policy matching.
+    /// The toxic-flow session a message belongs to: the MCP session id where there is
+    /// one, else the client process (tgid and comm) talking to this endpoint.
+    pub(super) fn flow_session(&self) -> String {
+        match (&self.session_id, self.ctx.origin.process.as_deref()) {
+            (Some(s), _) => format!("{}#{}", self.endpoint, s.chars().take(128).collect::<String>()),
+            (None, Some(p)) => format!("{}#proc:{}:{}", self.endpoint, p.tgid, p.comm),
+            (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.origin.dst),
+        }
+    }
+
+    /// This exchange as the govern stage sees it.
+    pub(super) fn site<'a>(&'a self, target: &'a TargetOwned, flow_session: &'a str) -> Site<'a> {
+        Site { endpoint: &self.endpoint, target: target.as_policy(), process: self.ctx.origin.process.as_deref(), flow_session }
+    }
+
+    pub(super) fn target(&self) -> TargetOwned {
+        let (host, port, path) = match Endpoint::parse(&self.endpoint) {
+            Some(e) => {
+                let path = e.path_or_root().to_string();
+                (e.host, e.port, path)
+            }
+            None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
+        };
+        TargetOwned { endpoint: self.endpoint.clone(), host, port, path }
+    }
+
+    /// What says this request goes to an MCP server, before its body is understood.
+    /// Known endpoints are looked up by the real destination as well as by endpoint
+    /// key, since the key's host comes from the client's Host header.
+    pub(super) fn evidence(&self, shared: &Shared, headers: &HeaderMap) -> Option<Evidence> {
+        let dst = self.ctx.origin.dst.to_string();
+        if self.legacy {
+            Some(Evidence::Legacy)
+        } else if shared.inventory.contains(&self.endpoint) || shared.inventory.knows_dst_path(&dst, &self.path) {
+            Some(Evidence::Endpoint)
+        } else if has_mcp_headers(headers) {
+            Some(Evidence::Headers)
+        } else if shared.inventory.knows_dst(&dst) {
+            Some(Evidence::Server)
+        } else {
+            None
+        }
+    }
+
+    /// Does this server's rollout mode (registry `mode`, else the policy's) enforce?
+    pub(super) fn enforce(&self, shared: &Shared) -> bool {
+        shared.governance.current().inspect_mode(&self.target().as_policy()) == Mode::Enforce
+    }
+
+    /// Answer a request mcpwatch refuses at the HTTP layer: a closed record with the
+    /// alert, and `status` with `message` to the client.
+    pub(super) fn refuse(&self, shared: &Shared, status: StatusCode, alert: String, message: &str) -> Response<Body> {
+        let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, 0);
+        rec.alerts.push(alert);
+        rec.notes.push("refused by mcpwatch; not forwarded".into());
+        write_closed(shared, rec, CallStatus::TransportError { reason: format!("{} refused by mcpwatch", status.as_u16()) });
+        local_response(status, "text/plain", format!("{message}\n"))
+    }
+
+    /// Record an alert about a request that is forwarded anyway (audit/warn mode).
+    pub(super) fn alert_forwarded(&self, shared: &Shared, alert: String) {
+        let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, 0);
+        rec.alerts.push(alert);
+        write_closed(shared, rec, CallStatus::Sent);
+    }
+
+    pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
+        AuditRecord {
+            duration_us: None,
+            process: self.ctx.origin.process.as_deref().cloned(),
+            dst: self.ctx.origin.dst.to_string(),
+            host: self.host.clone(),
+            scheme: self.ctx.scheme.to_string(),
+            http_method: self.http_method.clone(),
+            path: self.path_and_query.clone(),
+            server: self.endpoint.clone(),
+            transport: self.transport.to_string(),
+            session_id: self.session_id.clone(),
+            protocol_version: self.protocol_version.clone(),
+            kind,
+            direction: direction.to_string(),
+            method: msg.and_then(|m| m.method()).map(str::to_string),
+            jsonrpc_id: msg.and_then(|m| m.id()).map(|i| i.to_string()),
+            name: msg.and_then(|m| m.target_name()).map(str::to_string),
+            args_hash: msg.and_then(|m| m.args_hash(shared.governance.hash_key())),
+            result_hash: None,
+            status: CallStatus::Pending,
+            request_bytes: bytes,
+            response_bytes: 0,
+            notes: Vec::new(),
+            decision: None,
+            findings: Vec::new(),
+            alerts: Vec::new(),
+            tls: self.ctx.tls.as_deref().cloned(),
+            flow: None,
+            ..super::record::begin(shared)
+        }
+    }
+
+    /// A body that claimed to be MCP but could not be used: record it, closed.
+    pub(super) fn record_invalid(&self, shared: &Shared, bytes: u64, why: &str, status: CallStatus) {
+        let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, bytes);
+        rec.notes.push(why.to_string());
+        write_closed(&shared, rec, status);
+    }
+
+    pub(super) fn record_session_delete(&self, shared: &Shared, status: StatusCode) {
+        let mut rec = self.record(shared, MessageKind::Notification, C2S, None, 0);
+        rec.notes.push("session terminated by the client (HTTP DELETE)".into());
+        write_closed(&shared, rec, if status.is_success() { CallStatus::Ok } else { http_failure(status) });
+        if let Some(s) = &self.session_id {
+            shared.sessions.end_session(&self.endpoint, s);
+            if status.is_success() {
+                shared.sessions.unbind_session(&self.ctx.origin.dst.to_string(), s);
+            }
+        }
+    }
+
+    pub(super) fn sighting<'a>(&'a self, method: Option<&'a str>, name: Option<&'a str>) -> Sighting<'a> {
+        Sighting {
+            endpoint: &self.endpoint,
+            dst: "",
+            transport: self.transport,
+            process: self.ctx.origin.process.as_deref(),
+            method,
+            name,
+            now_ms: now_ms(),
+        }
+    }
+}
+
+
+/// Close a record with the server's answer.
+pub(super) fn http_failure(status: StatusCode) -> CallStatus {
+    CallStatus::TransportError { reason: format!("HTTP {status}") }
+}
+
+pub(super) fn header_has(h: &HeaderMap, name: http::header::HeaderName, needle: &str) -> bool {
+    h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains(needle)))
+}
+
+pub(super) fn is_json(h: &HeaderMap) -> bool {
+    header_has(h, CONTENT_TYPE, "json")
+}
+
+pub(super) fn is_sse(h: &HeaderMap) -> bool {
+    header_has(h, CONTENT_TYPE, "text/event-stream")
+}
+
+pub(super) fn accepts_sse(h: &HeaderMap) -> bool {
+    header_has(h, http::header::ACCEPT, "text/event-stream")
+}
+
+pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(http::header::UPGRADE) && header_has(h, http::header::CONNECTION, "upgrade")
+}
+
+pub(super) fn has_mcp_headers(h: &HeaderMap) -> bool {
+    h.contains_key(H_SESSION) || h.contains_key(H_VERSION) || h.contains_key(H_METHOD)
+}
+
+/// Does the request carry a body (a positive Content-Length, or chunked)?
+pub(super) fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
+}
+
+/// `host:port` / `[v6]:port` / `host` → host.
+pub(super) fn strip_port(h: &str) -> String {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
+        _ => h.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(strip_port("127.0.0.2:8765"), "127.0.0.2");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+
+    #[test]
+    fn legacy_session_params() {
+        assert_eq!(legacy_session_param("/messages?sessionId=abc&x=1").as_deref(), Some("abc"));
+        assert_eq!(legacy_session_param("/messages/?session_id=9f").as_deref(), Some("9f"));
+        assert_eq!(legacy_session_param("/messages?sessionId="), None);
+        assert_eq!(legacy_session_param("/mcp"), None);
+    }
+}
