@@ -319,37 +319,13 @@ impl Session {
     }
 
     fn record(&self, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
-        let shared = &self.shared;
         AuditRecord {
-            duration_us: None,
             process: self.process.clone(),
-            dst: String::new(),
-            host: None,
             scheme: "stdio".into(),
-            http_method: String::new(),
-            path: String::new(),
             server: self.endpoint.clone(),
             transport: "stdio".into(),
-            session_id: None,
-            protocol_version: None,
-            kind,
-            direction: direction.to_string(),
-            method: msg.and_then(|m| m.method()).map(str::to_string),
-            jsonrpc_id: msg.and_then(|m| m.id()).map(|i| i.to_string()),
-            name: msg.and_then(|m| m.target_name()).map(str::to_string),
-            args_hash: msg.and_then(|m| m.args_hash(shared.governance.hash_key())),
-            result_hash: None,
-            status: CallStatus::Pending,
-            request_bytes: bytes,
-            response_bytes: 0,
             notes: vec![format!("enforced by mcpwatch wrap (wrapper pid {}): {}", self.wrapper_pid, self.cmdline)],
-            decision: None,
-            findings: Vec::new(),
-            alerts: Vec::new(),
-            tls: None,
-            flow: None,
-            // Schema, id, time, hostname and host id: stamped where every record begins.
-            ..record::begin(shared)
+            ..record::message(&self.shared, kind, direction, msg, bytes)
         }
     }
 

@@ -31,6 +31,24 @@ pub fn begin(shared: &Shared) -> AuditRecord {
     }
 }
 
+/// A new record for one JSON-RPC message (`None`: a body that is not one): what the
+/// message says (method, id, target name, keyed hash of its arguments), its kind,
+/// direction and size, status pending. The transport fills in where it came from
+/// (`..message(...)`): the proxy's `Scope::record`, the gate's `Session::record`.
+pub fn message(shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
+    AuditRecord {
+        kind,
+        direction: direction.to_string(),
+        method: msg.and_then(|m| m.method()).map(str::to_string),
+        jsonrpc_id: msg.and_then(|m| m.id()).map(|i| i.to_string()),
+        name: msg.and_then(|m| m.target_name()).map(str::to_string),
+        args_hash: msg.and_then(|m| m.args_hash(shared.governance.hash_key())),
+        status: CallStatus::Pending,
+        request_bytes: bytes,
+        ..begin(shared)
+    }
+}
+
 /// A record for a connection mcpwatch answered itself before any message (refusals,
 /// unreadable TLS clients); the caller sets the status through [`write_closed`].
 pub fn connection(shared: &Shared, ctx: &ConnCtx, scheme: &str, transport: &str, host: &str, note: &str) -> AuditRecord {

@@ -211,7 +211,6 @@ impl Scope {
 
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         AuditRecord {
-            duration_us: None,
             process: self.ctx.origin.process.as_deref().cloned(),
             dst: self.ctx.origin.dst.to_string(),
             host: self.host.clone(),
@@ -222,23 +221,8 @@ impl Scope {
             transport: self.transport.to_string(),
             session_id: self.session_id.clone(),
             protocol_version: self.protocol_version.clone(),
-            kind,
-            direction: direction.to_string(),
-            method: msg.and_then(|m| m.method()).map(str::to_string),
-            jsonrpc_id: msg.and_then(|m| m.id()).map(|i| i.to_string()),
-            name: msg.and_then(|m| m.target_name()).map(str::to_string),
-            args_hash: msg.and_then(|m| m.args_hash(shared.governance.hash_key())),
-            result_hash: None,
-            status: CallStatus::Pending,
-            request_bytes: bytes,
-            response_bytes: 0,
-            notes: Vec::new(),
-            decision: None,
-            findings: Vec::new(),
-            alerts: Vec::new(),
             tls: self.ctx.tls.as_deref().cloned(),
-            flow: None,
-            ..super::record::begin(shared)
+            ..super::record::message(shared, kind, direction, msg, bytes)
         }
     }
 
