@@ -299,7 +299,7 @@ impl Session {
         };
         tracing::info!(server = %key, command = %cmdline, wrapper_pid, client = ?process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
         let flow_session = match &process {
-            Some(p) => format!("{key}#proc:{}:{}", p.tgid, p.comm),
+            Some(p) => govern::flows::process_session(&key, p),
             None => format!("{key}#wrapper:{wrapper_pid}"),
         };
         Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: Mutex::new(crate::session::BoundedMap::new(MAX_PENDING)), flow_session }

@@ -19,6 +19,13 @@ use mcpwatch_policy::Target;
 use super::{Judge, Site};
 use crate::state::{now_ms, Shared};
 
+/// The session of a client that has no MCP session id: the client process (tgid and
+/// command name) talking to `endpoint`, `ENDPOINT#proc:TGID:COMM` (docs/policy.md). The
+/// proxy and the gate name such sessions alike, so a flow spans both transports' records.
+pub fn process_session(endpoint: &str, p: &mcpwatch_api::ProcessInfo) -> String {
+    format!("{endpoint}#proc:{}:{}", p.tgid, p.comm)
+}
+
 /// The labels of `tool` on this server (with sources), from the policy, the built-in
 /// table (matched on the server's `serverInfo.name` and endpoint), heuristics and the
 /// definition's annotations.

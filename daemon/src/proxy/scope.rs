@@ -142,13 +142,12 @@ impl Scope {
         }
     }
 
-    /// Host, port and path of the server endpoint, for policy matching.
     /// The toxic-flow session a message belongs to: the MCP session id where there is
     /// one, else the client process (tgid and comm) talking to this endpoint.
     pub(super) fn flow_session(&self) -> String {
         match (&self.session_id, self.ctx.origin.process.as_deref()) {
             (Some(s), _) => format!("{}#{}", self.endpoint, s.chars().take(128).collect::<String>()),
-            (None, Some(p)) => format!("{}#proc:{}:{}", self.endpoint, p.tgid, p.comm),
+            (None, Some(p)) => crate::govern::flows::process_session(&self.endpoint, p),
             (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.origin.dst),
         }
     }
@@ -158,6 +157,7 @@ impl Scope {
         Site { endpoint: &self.endpoint, target: target.as_policy(), process: self.ctx.origin.process.as_deref(), flow_session }
     }
 
+    /// Host, port and path of the server endpoint, for policy matching.
     pub(super) fn target(&self) -> TargetOwned {
         let (host, port, path) = match Endpoint::parse(&self.endpoint) {
             Some(e) => {
