@@ -175,21 +175,6 @@ const MAX_LOGGED: usize = 4096;
 #[derive(Default)]
 pub struct EventLog(Logged);
 
-/// Log one line per security event of a record as it is written: a call denied or
-/// blocked (warn), content redacted or blocked by a detector (info), the first traffic
-/// to each shadow server (warn). Most records carry none: they cost a few comparisons
-/// and no lock.
-pub fn note_record(log: &std::sync::Mutex<EventLog>, rec: &AuditRecord) {
-    let decision = rec.decision.as_ref().is_some_and(|d| d.effective == Effect::Block || d.action == ActionKind::Deny || d.shadow);
-    let content = rec.findings.iter().any(|f| f.action == "redact" || f.action == "block");
-    if !decision && !content {
-        return;
-    }
-    if let Ok(mut g) = log.lock() {
-        log_record(rec, &mut g.0);
-    }
-}
-
 type Logged = (VecDeque<(String, &'static str)>, HashSet<(String, &'static str)>);
 
 fn first(logged: &mut Logged, id: &str, what: &'static str) -> bool {
@@ -206,16 +191,22 @@ fn first(logged: &mut Logged, id: &str, what: &'static str) -> bool {
     true
 }
 
-fn log_record(rec: &AuditRecord, logged: &mut Logged) {
+/// Log one line per security event of a record as it is written: a call denied or
+/// blocked (warn), content redacted or blocked by a detector (info), the first traffic
+/// to each shadow server (warn). Most records carry none: they cost a few comparisons
+/// and no lock.
+pub fn note_record(log: &std::sync::Mutex<EventLog>, rec: &AuditRecord) {
+    // The lock is taken only once an event's condition holds (they short-circuit).
+    let first = |key: &str, what: &'static str| log.lock().is_ok_and(|mut g| first(&mut g.0, key, what));
     let tool = rec.name.as_deref().unwrap_or(rec.method.as_deref().unwrap_or("-"));
     let pid = rec.process.as_ref().map(|p| p.pid).unwrap_or(0);
     if let Some(d) = &rec.decision {
-        if d.effective == Effect::Block && first(logged, &rec.id, "deny") {
+        if d.effective == Effect::Block && first(&rec.id, "deny") {
             tracing::warn!(
                 audit_id = %rec.id, server = %rec.server, tool, pid, action = %d.action, rules = %d.rules.join(","),
                 "call blocked: {}", d.reason
             );
-        } else if d.action == ActionKind::Deny && d.effective != Effect::Block && first(logged, &rec.id, "deny") {
+        } else if d.action == ActionKind::Deny && d.effective != Effect::Block && first(&rec.id, "deny") {
             tracing::warn!(
                 audit_id = %rec.id, server = %rec.server, tool, pid, mode = %d.mode, rules = %d.rules.join(","),
                 "call would be denied ({} mode): {}", d.mode, d.reason
@@ -223,7 +214,7 @@ fn log_record(rec: &AuditRecord, logged: &mut Logged) {
         }
         // Once per server, not per call: a busy shadow server would otherwise flood the
         // journal (and pay a log write per call); every call is in the audit store.
-        if d.shadow && first(logged, &rec.server, "shadow") {
+        if d.shadow && first(&rec.server, "shadow") {
             tracing::warn!(audit_id = %rec.id, server = %rec.server, tool, pid, "traffic to a shadow MCP server (not in the policy registry); logged once per server, every call is audited");
         }
     }
@@ -233,7 +224,7 @@ fn log_record(rec: &AuditRecord, logged: &mut Logged) {
         .filter(|f| f.action == "redact" || f.action == "block")
         .map(|f| format!("{}x{} ({}, {})", f.detector, f.count, f.direction, f.action))
         .collect();
-    if !redacted.is_empty() && first(logged, &rec.id, "redact") {
+    if !redacted.is_empty() && first(&rec.id, "redact") {
         tracing::info!(audit_id = %rec.id, server = %rec.server, tool, pid, findings = %redacted.join(", "), "sensitive content redacted");
     }
 }
