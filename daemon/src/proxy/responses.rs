@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
 use super::record::{complete_with, finish, write_closed};
-use super::scope::{http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
+use super::scope::{http_failure, is_json, is_sse, Scope, TargetOwned, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
@@ -114,13 +114,19 @@ struct StreamObserver {
     enforce: bool,
     /// Set when a limit forced the stream to end early.
     abort: bool,
+    /// The server as the policy matches it, and the toxic-flow session, for
+    /// `govern::result`: computed once per stream, not per answer.
+    target: TargetOwned,
+    flow_session: String,
 }
 
 impl StreamObserver {
     fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(PendingKey, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
         let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
-        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false }
+        let target = scope.target();
+        let flow_session = scope.flow_session();
+        let enforce = gov.inspect_mode(&target.as_policy()) == Mode::Enforce;
+        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, target, flow_session }
     }
 
     /// The response carries no JSON-RPC: close what can be closed now.
@@ -224,9 +230,7 @@ impl StreamObserver {
 
     /// Policy and inspection on a result. Returns true if `value` changed.
     fn govern_result(&mut self, p: &mut Pending, value: &mut Value) -> bool {
-        let target = self.scope.target();
-        let flow_session = self.scope.flow_session();
-        let site = self.scope.site(&target, &flow_session);
+        let site = self.scope.site(&self.target, &self.flow_session);
         govern::result(Judge::of(&self.shared, &self.gov), &site, &mut p.record, p.first_page, value)
     }
 
