@@ -332,6 +332,9 @@ struct Cell {
     p99_us: f64,
     max_us: f64,
     per_sec: f64,
+    /// CPU time the proxy (and its children) spent per answered call during the cell,
+    /// background work included; `None` for `direct`.
+    cpu_us: Option<f64>,
 }
 
 /// Runs `cargo xtask bench`.
@@ -448,6 +451,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut failed: Option<String> = None;
         'cells: for &mode in &args.modes {
             for &c in &levels {
+                let cpu_before = pid.and_then(procs::cpu_ticks_tree);
                 let cell = match worker::run_cell(
                     target.name,
                     addr,
@@ -479,6 +483,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     step(format!("first error: {e}"));
                 }
                 ok_calls += cell.ok;
+                let mut cell = cell;
+                if let (Some(b), Some(a)) = (cpu_before, pid.and_then(procs::cpu_ticks_tree))
+                    && cell.ok > 0
+                {
+                    let secs = a.saturating_sub(b) as f64 / procs::ticks_per_second() as f64;
+                    cell.cpu_us = Some(secs * 1e6 / cell.ok as f64);
+                }
                 cells.push(cell);
             }
         }
@@ -580,6 +591,7 @@ fn print_bars(cells: &[Cell], tls: &[Measured], memory: &[(&str, u64)]) {
     let find = |t: &str, mode: Mode, c: usize| {
         cells.iter().find(|x| x.target == t && x.mode == mode && x.concurrency == c && x.ok > 0)
     };
+    let mut cpu: Vec<String> = Vec::new();
     let ours = ["mcpwatchd", "mcpwatchd-static"]
         .into_iter()
         .find(|t| cells.iter().any(|c| c.target == *t && c.ok > 0));
@@ -592,6 +604,13 @@ fn print_bars(cells: &[Cell], tls: &[Measured], memory: &[(&str, u64)]) {
         bars.push(Bar { what: format!("{t} keepalive c=1 p50 / nginx"), ratio: ratio(Mode::KeepAlive, 1, |c| c.p50_us), limit: 1.3, at_most: true });
         bars.push(Bar { what: format!("{t} keepalive c=8 throughput / nginx"), ratio: ratio(Mode::KeepAlive, 8, |c| c.per_sec), limit: 0.7, at_most: false });
         bars.push(Bar { what: format!("{t} newconn c=1 p50 / nginx"), ratio: ratio(Mode::NewConn, 1, |c| c.p50_us), limit: 1.5, at_most: true });
+        cpu = [(Mode::KeepAlive, 1), (Mode::KeepAlive, 8), (Mode::NewConn, 1)]
+            .into_iter()
+            .filter_map(|(m, c)| {
+                let (a, n) = (find(t, m, c)?.cpu_us?, find("nginx", m, c)?.cpu_us?);
+                (n > 0.0).then(|| format!("{} c={c} {a:.0} us = {:.1}x nginx's {n:.0} us", m.label(), a / n))
+            })
+            .collect();
     }
     let tfind = |t: &str| tls.iter().find(|x| x.target == t && x.mode == Mode::KeepAlive && x.concurrency == 1);
     if let (Some(a), Some(n)) = (tfind("mcpwatchd-tls"), tfind("nginx-tls")) {
@@ -635,6 +654,11 @@ fn print_bars(cells: &[Cell], tls: &[Measured], memory: &[(&str, u64)]) {
         }
         None => println!("mcpwatchd peak RSS: not measured"),
     }
+    // Not a bar: where the time goes. At c=1 the proxy's CPU per call is on the
+    // critical path; at c=8 on 2 cores it is what throughput trades against.
+    for line in &cpu {
+        println!("  cpu per call: {line}");
+    }
 }
 
 /// What keeps a measured target running.
@@ -666,7 +690,7 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
             .as_str(),
     );
     println!(
-        "{:<17} {:<9} {:>3} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "{:<17} {:<9} {:>3} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11}",
         "target",
         "mode",
         "c",
@@ -678,7 +702,8 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
         "calls/s",
         "p50 x",
         "p99 x",
-        "tput x"
+        "tput x",
+        "cpu us/call"
     );
     for cell in cells {
         let base = cells.iter().find(|b| {
@@ -700,7 +725,7 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<17} {:<9} {:>3} {:>8} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.0} {:>9} {:>9} {:>9}",
+            "{:<17} {:<9} {:>3} {:>8} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>10.0} {:>9} {:>9} {:>9} {:>11}",
             cell.target,
             cell.mode.label(),
             cell.concurrency,
@@ -712,14 +737,16 @@ fn print_table(cells: &[Cell], skipped: &[(&str, String)], seconds: f64, max_cal
             cell.per_sec,
             p50x,
             p99x,
-            tputx
+            tputx,
+            cell.cpu_us.map_or("-".into(), |u| format!("{u:.0}"))
         );
     }
     for (name, reason) in skipped {
         println!("{name:<17} skipped: {reason}");
     }
     println!(
-        "(x = ratio to direct at the same mode and concurrency; latency ratios > 1 and tput ratios < 1 are overhead)"
+        "(x = ratio to direct at the same mode and concurrency; latency ratios > 1 and tput ratios < 1 are overhead;\n \
+         cpu us/call = the proxy's own CPU time (user + system, its children and background work included) per answered call)"
     );
 }
 
@@ -921,6 +948,7 @@ async fn load(
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
         max_us: lat.last().map_or(0.0, |m| f64::from(*m)),
+        cpu_us: None,
         per_sec: if elapsed > 0.0 {
             lat.len() as f64 / elapsed
         } else {

@@ -163,6 +163,7 @@ pub(super) fn run_cell(
         p99_us: r.p99_us,
         max_us: r.max_us,
         per_sec: r.per_sec,
+        cpu_us: None,
     })
 }
 

@@ -113,6 +113,52 @@ impl Drop for Proc {
     }
 }
 
+/// CPU time (user + system, in clock ticks) used so far by `pid` and every live process
+/// below it (nginx does its work in a worker child). `None` when `pid` is gone.
+pub fn cpu_ticks_tree(pid: u32) -> Option<u64> {
+    // (pid, ppid, utime + stime) of every process, from /proc/N/stat.
+    let mut all: Vec<(u32, u32, u64)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if let Some(t) = std::fs::read_to_string(format!("/proc/{n}/stat")).ok().and_then(|s| parse_stat(&s)) {
+            all.push((n, t.0, t.1));
+        }
+    }
+    all.iter().find(|(p, _, _)| *p == pid)?;
+    let mut tree = vec![pid];
+    let mut total = 0;
+    while let Some(p) = tree.pop() {
+        for (child, parent, ticks) in &all {
+            if *child == p {
+                total += ticks;
+            }
+            if *parent == p && *child != p {
+                tree.push(*child);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// (ppid, utime + stime) from a `/proc/N/stat` line; the command name may hold spaces
+/// and parentheses, so fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) ... utime(11) stime(12).
+    let ppid = f.get(1)?.parse().ok()?;
+    let ut: u64 = f.get(11)?.parse().ok()?;
+    let st: u64 = f.get(12)?.parse().ok()?;
+    Some((ppid, ut + st))
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 { n as u64 } else { 100 }
+}
+
 /// Peak resident set size (`VmHWM`) of a live process, in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
