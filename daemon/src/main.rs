@@ -171,7 +171,7 @@ async fn real_main() -> Result<()> {
             .unwrap_or_else(|| "localhost".to_string());
         mcpwatchd::ca::prepare(&config.tls, &config.state_dir, &hostname)
             .context("local CA ([tls] in the config; `enabled = false` turns it off)")?;
-        let rt = mcpwatchd::proxy::tls::TlsRuntime::build(&config.tls, &config.state_dir, &hostname)
+        let rt = mcpwatchd::interception::TlsRuntime::build(&config.tls, &config.state_dir, &hostname)
             .context("TLS interception ([tls] in the config; `enabled = false` turns it off)")?;
         tracing::info!(
             ca = %rt.issuer.ca().cert_path().display(),

@@ -21,7 +21,7 @@ use mcpwatch_policy::Mode;
 use tokio::net::TcpStream;
 
 use super::relay::{governed_mode, relay};
-use super::{admission, http, record, upstream};
+use super::{http, record, upstream};
 use super::ctx::ConnCtx;
 use crate::resolve::Resolve;
 use crate::state::{Counters, Shared};
@@ -178,7 +178,7 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
     let _ticket = match shared.admission.admit(origin.process.as_deref(), global) {
         Ok(t) => t,
         Err(refusal) => {
-            admission::count_refusal(&shared, refusal);
+            Counters::inc(shared.counters.refused(refusal));
             tracing::info!(%peer, dst = %origin.dst, ?refusal, "connection limit reached; closing");
             return;
         }
