@@ -31,7 +31,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
 use crate::govern::{self, Fate, Governed, Judge, Site};
-use crate::proxy::record;
+use crate::record;
 use crate::state::{now_ms, Counters, Shared};
 
 /// Wrapped servers one uid may run at once (one gate connection each).

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod notify;
 pub mod preflight;
 pub mod proxy;
+pub mod record;
 pub mod resolve;
 pub mod scope;
 pub mod session;

@@ -22,7 +22,6 @@ pub mod forward;
 pub mod headlog;
 pub mod hooked;
 pub mod lifecycle;
-pub mod record;
 pub mod relay;
 pub mod responses;
 pub mod scope;

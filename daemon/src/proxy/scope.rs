@@ -20,7 +20,7 @@ use mcpwatch_policy::Mode;
 use super::body::Body;
 use super::ctx::ConnCtx;
 use super::body::local_response;
-use super::record::write_closed;
+use crate::record::write_closed;
 use crate::govern::Site;
 use crate::inventory::Sighting;
 use crate::state::{now_ms, Shared};
@@ -222,7 +222,7 @@ impl Scope {
             session_id: self.session_id.clone(),
             protocol_version: self.protocol_version.clone(),
             tls: self.ctx.tls.as_deref().cloned(),
-            ..super::record::message(shared, kind, direction, msg, bytes)
+            ..crate::record::message(shared, kind, direction, msg, bytes)
         }
     }
 

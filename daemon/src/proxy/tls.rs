@@ -188,7 +188,7 @@ fn process_label(ctx: &ConnCtx) -> String {
 
 /// A record for a TLS connection that never carried a message.
 fn connection_record(shared: &Shared, ctx: &ConnCtx, host: &str, reason: String) -> AuditRecord {
-    super::record::connection(shared, ctx, "https", "tls", host, &reason)
+    crate::record::connection(shared, &ctx.origin, "https", "tls", host, &reason)
 }
 
 /// The rollout mode of a TLS destination: a registered server's mode (by SNI host or by the
