@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod approvals;
 pub mod ca;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod failure;
@@ -15,6 +16,7 @@ pub mod gate;
 pub mod govern;
 pub mod governance;
 pub mod interception;
+pub mod host;
 pub mod inventory;
 pub mod logging;
 pub mod memory;
@@ -119,7 +121,7 @@ pub async fn run(
 /// metrics address that cannot be bound is logged, not fatal: monitoring failing must
 /// not take the governing proxy down. Returns the tasks to stop at shutdown.
 async fn start_sinks_and_metrics(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
-    let (registry, mut tasks) = sinks::start(shared);
+    let (registry, mut tasks) = sinks::start(&shared.config.sinks, &shared.config.state_dir, &shared.store, &shared.host);
     // Retired CAs leave the bundle when their overlap ends.
     tasks.push(tokio::spawn(ca::withdraw_when_due(shared.clone())));
     // Resident size follows live data, not malloc's retained free lists.

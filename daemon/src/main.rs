@@ -273,7 +273,10 @@ async fn real_main() -> Result<()> {
         shared.governance.current().origin
     ));
     let watchdog = match (notifier.enabled(), mcpwatchd::notify::watchdog_interval()) {
-        (true, Some(interval)) => Some(tokio::spawn(mcpwatchd::notify::watchdog(notifier.clone(), shared.clone(), interval))),
+        (true, Some(interval)) => Some({
+            let shared = shared.clone();
+            tokio::spawn(mcpwatchd::notify::watchdog(notifier.clone(), move |w| shared.heartbeats.alive_within(w), interval))
+        }),
         _ => None,
     };
     let stopping = notifier.clone();

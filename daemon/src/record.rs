@@ -16,7 +16,8 @@ use mcpwatch_mcp::jsonrpc::Message;
 use crate::failure::{self, Failure, OnFailure};
 use crate::resolve::Origin;
 use crate::session::Pending;
-use crate::state::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::state::Shared;
 
 /// A new record stamped with its id, time, schema version and the host's name and id; the
 /// caller fills in the rest (`..begin(shared)`).

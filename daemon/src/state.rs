@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use mcpwatch_api::{AuditRecord, Counts};
 use mcpwatch_audit::Store;
@@ -95,7 +95,7 @@ pub struct Shared {
     /// Liveness of the accept loop and the audit flusher, read by the systemd watchdog.
     pub heartbeats: crate::notify::Heartbeats,
     /// The host's name and stable id, stamped on every audit record and sent by the sinks.
-    pub host: Arc<crate::sinks::HostIdentity>,
+    pub host: Arc<crate::host::HostIdentity>,
     /// Pids of `mcpwatch wrap` processes connected to the gate now (pid → connections),
     /// as SO_PEERCRED names them: the stdio observer skips their servers, which the gate
     /// already audits. Bounded by the gate's session budget.
@@ -111,11 +111,6 @@ pub struct Shared {
     flush_wanted: AtomicU64,
     flush_wake: tokio::sync::Notify,
     flushed: tokio::sync::watch::Sender<(u64, Option<String>)>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shared {
@@ -138,7 +133,7 @@ impl Shared {
         tls: Option<crate::interception::TlsRuntime>,
         governance: crate::governance::Governance,
     ) -> Arc<Shared> {
-        let host = Arc::new(crate::sinks::HostIdentity::load(&config.state_dir));
+        let host = Arc::new(crate::host::HostIdentity::load(&config.state_dir));
         let inventory = Inventory::load(store.clone());
         let (records_tx, _) = broadcast::channel(1024);
         let sessions = Sessions::new(config.limits.max_pending_calls);

@@ -23,7 +23,8 @@ use super::body::local_response;
 use crate::record::write_closed;
 use crate::govern::Site;
 use crate::inventory::Sighting;
-use crate::state::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::state::Shared;
 
 pub const H_SESSION: &str = "mcp-session-id";
 pub const H_VERSION: &str = "mcp-protocol-version";
