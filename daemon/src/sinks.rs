@@ -203,7 +203,7 @@ pub fn start(
         made.push(("syslog", syslog::Syslog::new(c.clone(), cfg.timeout).map(Sink::Syslog)));
     }
     if let Some(c) = &cfg.loki {
-        made.push(("loki", loki::Loki::new(c.clone(), cfg.timeout, &identity).map(Sink::Loki)));
+        made.push(("loki", loki::Loki::new(c.clone(), cfg.timeout, identity).map(Sink::Loki)));
     }
     if let Some(c) = &cfg.hec {
         made.push(("hec", hec::Hec::new(c.clone(), cfg.timeout).map(Sink::Hec)));
