@@ -191,7 +191,7 @@ impl TlsRuntime {
     }
 }
 
-/// "TLS not inspectable: client <exe> does not trust the mcpwatch CA for <host>".
+/// `TLS not inspectable: client <exe> does not trust the mcpwatch CA for <host>`.
 pub fn distrust_message(exe: &str, host: &str) -> String {
     format!("TLS not inspectable: client {exe} does not trust the mcpwatch CA for {host}")
 }

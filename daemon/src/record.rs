@@ -9,6 +9,9 @@
 //! path that sends a message upstream (a POST, a held call approved later, a stdio line
 //! through the gate) passes the one [`commit`], so "written before forwarded" holds by
 //! construction rather than by each path remembering it.
+//!
+//! At the crate's top level, not in `proxy`: the proxy and the stdio gate (`crate::gate`)
+//! both build and commit records here, so neither transport imports the other.
 
 use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
 use mcpwatch_mcp::jsonrpc::Message;
