@@ -23,7 +23,7 @@ pub const WITHDRAW_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// first start, re-issue it when the scope's constraints changed, withdraw retired CAs whose
 /// overlap ended. Logs what it did.
 pub fn prepare(config: &TlsConfig, state_dir: &std::path::Path, hostname: &str) -> Result<(), TlsError> {
-    let store = CaStore::new(&crate::proxy::tls::ca_dir(state_dir), hostname, config.rotation_overlap);
+    let store = CaStore::new(&crate::interception::ca_dir(state_dir), hostname, config.rotation_overlap);
     let desired = config.ca_constraints();
     if let Err(why) = &desired {
         tracing::info!("local CA without name constraints: {why}");
@@ -36,12 +36,6 @@ pub fn prepare(config: &TlsConfig, state_dir: &std::path::Path, hostname: &str) 
         tracing::warn!(fingerprint = %w.info.fingerprint_sha256, "retired CA withdrawn (overlap over); `mcpwatch ca install` removes it from the system trust store");
     }
     Ok(())
-}
-
-/// The CA store of a daemon with TLS (held in `Shared`, so rotations and withdrawals are
-/// serialised by one lock).
-pub fn store_for(config: &crate::config::Config, hostname: &str, tls: bool) -> Option<CaStore> {
-    tls.then(|| CaStore::new(&crate::proxy::tls::ca_dir(&config.state_dir), hostname, config.tls.rotation_overlap))
 }
 
 fn store(shared: &Shared) -> Option<&CaStore> {

@@ -50,7 +50,7 @@ pub struct FileConfig {
     pub sinks: crate::sinks::SinksFile,
     /// Prometheus metrics endpoint (`[metrics]`): off unless `listen` is set.
     #[serde(default)]
-    pub metrics: crate::metrics::MetricsFile,
+    pub metrics: MetricsFile,
     /// What audit records keep (`[audit]`).
     #[serde(default)]
     pub audit: AuditFile,
@@ -232,7 +232,7 @@ pub struct Config {
     pub limits: Limits,
     pub tls: TlsConfig,
     pub sinks: crate::sinks::SinksConfig,
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// `[audit] cmdline`.
     pub audit_cmdline: CmdlineMode,
     pub scope: ScopeConfig,
@@ -300,7 +300,7 @@ impl Default for Config {
             limits: Limits::default(),
             tls: TlsConfig::default(),
             sinks: crate::sinks::SinksConfig::default(),
-            metrics: crate::metrics::MetricsConfig::default(),
+            metrics: MetricsConfig::default(),
             audit_cmdline: CmdlineMode::default(),
             scope: ScopeConfig::default(),
         }
@@ -648,6 +648,61 @@ impl Config {
     }
 }
 
+/// `[metrics]`.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// `127.0.0.1:9464`, `[::1]:9464` or `unix:/run/mcpwatch/metrics.sock`.
+    pub listen: Option<String>,
+    /// Allow a non-loopback TCP address (the metrics name servers and tools).
+    pub allow_remote: Option<bool>,
+    /// Most distinct (server, method, tool) label sets (default 500).
+    pub max_series: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: Option<MetricsListen>,
+    pub max_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: None, max_series: 500 }
+    }
+}
+
+impl MetricsFile {
+    pub fn into_config(self) -> Result<MetricsConfig, String> {
+        let max_series = self.max_series.unwrap_or(500);
+        if !(1..=100_000).contains(&max_series) {
+            return Err("metrics.max_series must be between 1 and 100000".into());
+        }
+        let listen = match self.listen.as_deref() {
+            None => None,
+            Some(s) => Some(match s.strip_prefix("unix:") {
+                Some(p) if p.starts_with('/') => MetricsListen::Unix(PathBuf::from(p)),
+                Some(_) => return Err(format!("metrics.listen: {s:?}: a Unix socket path must be absolute")),
+                None => {
+                    let addr: SocketAddr = s.parse().map_err(|_| format!("metrics.listen: {s:?} is not ip:port or unix:/path"))?;
+                    if !addr.ip().is_loopback() && !self.allow_remote.unwrap_or(false) {
+                        return Err(format!("metrics.listen: {addr} is not loopback; set metrics.allow_remote = true to expose it"));
+                    }
+                    MetricsListen::Tcp(addr)
+                }
+            }),
+        };
+        Ok(MetricsConfig { listen, max_series })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,5 +860,17 @@ mod tests {
     fn line_col_counts_from_one() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn listen_must_be_loopback_unless_allowed() {
+        let ok = MetricsFile { listen: Some("127.0.0.1:9464".into()), ..Default::default() }.into_config().unwrap();
+        assert_eq!(ok.listen, Some(MetricsListen::Tcp("127.0.0.1:9464".parse().unwrap())));
+        let err = MetricsFile { listen: Some("0.0.0.0:9464".into()), ..Default::default() }.into_config().unwrap_err();
+        assert!(err.contains("allow_remote"), "{err}");
+        assert!(MetricsFile { listen: Some("0.0.0.0:9464".into()), allow_remote: Some(true), ..Default::default() }.into_config().is_ok());
+        let unix = MetricsFile { listen: Some("unix:/run/m.sock".into()), ..Default::default() }.into_config().unwrap();
+        assert_eq!(unix.listen, Some(MetricsListen::Unix("/run/m.sock".into())));
+        assert!(MetricsFile { listen: Some("unix:rel.sock".into()), ..Default::default() }.into_config().is_err());
     }
 }

@@ -31,8 +31,9 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
 use crate::govern::{self, Fate, Governed, Judge, Site};
-use crate::proxy::record;
-use crate::state::{now_ms, Counters, Shared};
+use crate::record;
+use crate::clock::now_ms;
+use crate::state::{Counters, Shared};
 
 /// Wrapped servers one uid may run at once (one gate connection each).
 pub const MAX_SESSIONS_PER_UID: usize = 64;

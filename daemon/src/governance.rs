@@ -56,7 +56,7 @@ pub fn compile(src: &str, origin: &str, key: &HashKey) -> Result<Loaded, String>
     let inspector = Inspector::new(&policy.inspect().detectors)
         .map_err(|e| format!("{origin}: [inspect.detectors]: {e}"))?
         .with_hash_key(key.clone());
-    Ok(Loaded { policy, inspector, origin: origin.to_string(), loaded_ms: crate::state::now_ms() })
+    Ok(Loaded { policy, inspector, origin: origin.to_string(), loaded_ms: crate::clock::now_ms() })
 }
 
 fn load(source: &Source, key: &HashKey) -> Result<Loaded, String> {

@@ -5,14 +5,18 @@
 //! them, relays non-MCP bytes untouched and parses MCP over HTTP; [`state`] records every
 //! message in the audit store and the [`inventory`]; [`control`] answers the CLI.
 
+pub mod admission;
 pub mod approvals;
 pub mod ca;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod failure;
 pub mod gate;
 pub mod govern;
 pub mod governance;
+pub mod interception;
+pub mod host;
 pub mod inventory;
 pub mod logging;
 pub mod memory;
@@ -20,6 +24,7 @@ pub mod metrics;
 pub mod notify;
 pub mod preflight;
 pub mod proxy;
+pub mod record;
 pub mod resolve;
 pub mod scope;
 pub mod session;
@@ -65,13 +70,29 @@ pub fn status(shared: &Shared, listen: &[std::net::SocketAddr]) -> Status {
         policy: Some(shared.governance.current().origin.clone()),
         policy_error: shared.governance.last_error(),
         held_calls: shared.approvals.list().len() as u64,
-        warnings: shared.warnings(),
+        warnings: warnings(shared),
         coverage: Some(mcpwatch_api::Coverage::from_counts(
             shared.inventory.list().iter().map(|s| s.call_count).sum(),
             shared.counters.stdio_observed_calls.load(std::sync::atomic::Ordering::Relaxed),
         )),
         ca: ca::status(shared),
     }
+}
+
+/// Operator warnings for `mcpwatch status`: clients that distrust the CA, the CA's expiry
+/// and rotation, connection limits that refused connections recently, refused non-HTTP
+/// traffic.
+pub fn warnings(shared: &Shared) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    let mut out = shared.tls.as_ref().map(|t| t.warnings()).unwrap_or_default();
+    out.extend(ca::warnings(shared));
+    let c = &shared.counters;
+    out.extend(shared.admission.warnings(|r| c.refused(r).load(Ordering::Relaxed)));
+    let refused = c.refused_protocol.load(Ordering::Relaxed);
+    if refused > 0 {
+        out.push(format!("{refused} connection(s) that were not HTTP or TLS toward governed MCP destinations refused (enforce mode); see `mcpwatch audit`"));
+    }
+    out
 }
 
 /// Serve the proxy and the control socket until `shutdown` resolves.
@@ -100,7 +121,7 @@ pub async fn run(
 /// metrics address that cannot be bound is logged, not fatal: monitoring failing must
 /// not take the governing proxy down. Returns the tasks to stop at shutdown.
 async fn start_sinks_and_metrics(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
-    let (registry, mut tasks) = sinks::start(shared);
+    let (registry, mut tasks) = sinks::start(&shared.config.sinks, &shared.config.state_dir, &shared.store, &shared.host);
     // Retired CAs leave the bundle when their overlap ends.
     tasks.push(tokio::spawn(ca::withdraw_when_due(shared.clone())));
     // Resident size follows live data, not malloc's retained free lists.

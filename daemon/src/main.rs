@@ -171,7 +171,7 @@ async fn real_main() -> Result<()> {
             .unwrap_or_else(|| "localhost".to_string());
         mcpwatchd::ca::prepare(&config.tls, &config.state_dir, &hostname)
             .context("local CA ([tls] in the config; `enabled = false` turns it off)")?;
-        let rt = mcpwatchd::proxy::tls::TlsRuntime::build(&config.tls, &config.state_dir, &hostname)
+        let rt = mcpwatchd::interception::TlsRuntime::build(&config.tls, &config.state_dir, &hostname)
             .context("TLS interception ([tls] in the config; `enabled = false` turns it off)")?;
         tracing::info!(
             ca = %rt.issuer.ca().cert_path().display(),
@@ -273,7 +273,10 @@ async fn real_main() -> Result<()> {
         shared.governance.current().origin
     ));
     let watchdog = match (notifier.enabled(), mcpwatchd::notify::watchdog_interval()) {
-        (true, Some(interval)) => Some(tokio::spawn(mcpwatchd::notify::watchdog(notifier.clone(), shared.clone(), interval))),
+        (true, Some(interval)) => Some({
+            let shared = shared.clone();
+            tokio::spawn(mcpwatchd::notify::watchdog(notifier.clone(), move |w| shared.heartbeats.alive_within(w), interval))
+        }),
         _ => None,
     };
     let stopping = notifier.clone();

@@ -13,8 +13,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,66 +21,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use mcpwatch_api::{AuditRecord, CallStatus};
-use serde::Deserialize;
 use tokio::sync::broadcast;
 
+use crate::config::MetricsListen;
 use crate::sinks::SinkRegistry;
 use crate::state::Shared;
-
-/// `[metrics]`.
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsFile {
-    /// `127.0.0.1:9464`, `[::1]:9464` or `unix:/run/mcpwatch/metrics.sock`.
-    pub listen: Option<String>,
-    /// Allow a non-loopback TCP address (the metrics name servers and tools).
-    pub allow_remote: Option<bool>,
-    /// Most distinct (server, method, tool) label sets (default 500).
-    pub max_series: Option<usize>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MetricsListen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-/// Validated `[metrics]`.
-#[derive(Debug, Clone)]
-pub struct MetricsConfig {
-    pub listen: Option<MetricsListen>,
-    pub max_series: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { listen: None, max_series: 500 }
-    }
-}
-
-impl MetricsFile {
-    pub fn into_config(self) -> Result<MetricsConfig, String> {
-        let max_series = self.max_series.unwrap_or(500);
-        if !(1..=100_000).contains(&max_series) {
-            return Err("metrics.max_series must be between 1 and 100000".into());
-        }
-        let listen = match self.listen.as_deref() {
-            None => None,
-            Some(s) => Some(match s.strip_prefix("unix:") {
-                Some(p) if p.starts_with('/') => MetricsListen::Unix(PathBuf::from(p)),
-                Some(_) => return Err(format!("metrics.listen: {s:?}: a Unix socket path must be absolute")),
-                None => {
-                    let addr: SocketAddr = s.parse().map_err(|_| format!("metrics.listen: {s:?} is not ip:port or unix:/path"))?;
-                    if !addr.ip().is_loopback() && !self.allow_remote.unwrap_or(false) {
-                        return Err(format!("metrics.listen: {addr} is not loopback; set metrics.allow_remote = true to expose it"));
-                    }
-                    MetricsListen::Tcp(addr)
-                }
-            }),
-        };
-        Ok(MetricsConfig { listen, max_series })
-    }
-}
 
 /// Upper bounds (seconds) of the latency histogram.
 const BUCKETS: [f64; 14] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -521,17 +464,5 @@ mod tests {
         assert!(ok.contains("mcpwatch_calls_total{server=\"http://a/mcp\",method=\"tools/call\",tool=\"echo\",decision=\"forward\",status=\"ok\"} 1"), "{ok}");
         assert!(get("/other").await.starts_with("HTTP/1.1 404"));
         task.abort();
-    }
-
-    #[test]
-    fn listen_must_be_loopback_unless_allowed() {
-        let ok = MetricsFile { listen: Some("127.0.0.1:9464".into()), ..Default::default() }.into_config().unwrap();
-        assert_eq!(ok.listen, Some(MetricsListen::Tcp("127.0.0.1:9464".parse().unwrap())));
-        let err = MetricsFile { listen: Some("0.0.0.0:9464".into()), ..Default::default() }.into_config().unwrap_err();
-        assert!(err.contains("allow_remote"), "{err}");
-        assert!(MetricsFile { listen: Some("0.0.0.0:9464".into()), allow_remote: Some(true), ..Default::default() }.into_config().is_ok());
-        let unix = MetricsFile { listen: Some("unix:/run/m.sock".into()), ..Default::default() }.into_config().unwrap();
-        assert_eq!(unix.listen, Some(MetricsListen::Unix("/run/m.sock".into())));
-        assert!(MetricsFile { listen: Some("unix:rel.sock".into()), ..Default::default() }.into_config().is_err());
     }
 }

@@ -16,7 +16,6 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often the accept loop and the audit flusher bump their heartbeat when idle.
@@ -146,7 +145,8 @@ impl Heartbeats {
 
 /// Ping `WATCHDOG=1` every `interval / 3` while both heartbeats are fresh. A stale one
 /// is logged once per episode and the pings stop, so systemd restarts the service.
-pub async fn watchdog(notifier: Notifier, shared: Arc<crate::state::Shared>, interval: Duration) {
+/// `alive(window)`: both heartbeats beat within `window` ([`Heartbeats::alive_within`]).
+pub async fn watchdog(notifier: Notifier, alive: impl Fn(Duration) -> bool, interval: Duration) {
     let period = (interval / 3).max(Duration::from_millis(100));
     // Fresh means: beat within half the interval, but never tighter than a few beats.
     let window = (interval / 2).max(HEARTBEAT_EVERY * 4);
@@ -155,7 +155,7 @@ pub async fn watchdog(notifier: Notifier, shared: Arc<crate::state::Shared>, int
     let mut stale = false;
     loop {
         tick.tick().await;
-        if shared.heartbeats.alive_within(window) {
+        if alive(window) {
             if stale {
                 tracing::info!("accept loop and audit flusher alive again; watchdog pings resume");
                 stale = false;

@@ -36,11 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcpwatch_api::{AuditRecord, CallStatus};
+use mcpwatch_audit::Store;
 use serde::Deserialize;
 
-use crate::state::{Shared, now_ms};
+use crate::clock::now_ms;
+use crate::host::HostIdentity;
 
-pub use event::{EVENT_SCHEMA_VERSION, HostIdentity};
+pub use event::EVENT_SCHEMA_VERSION;
 
 /// `[sinks]`: shared settings plus one optional table per sink kind.
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -190,15 +192,18 @@ pub fn cursor_path(state_dir: &Path, name: &str) -> PathBuf {
 /// Start one task per configured sink; returns their stats and tasks. Failing to set a
 /// sink up (unreadable token file, unwritable file path) is logged and that sink stays
 /// off; the proxy is unaffected.
-pub fn start(shared: &Arc<Shared>) -> (SinkRegistry, Vec<tokio::task::JoinHandle<()>>) {
-    let cfg = shared.config.sinks.clone();
-    let identity = shared.host.clone();
+pub fn start(
+    cfg: &SinksConfig,
+    state_dir: &Path,
+    store: &Store,
+    identity: &Arc<HostIdentity>,
+) -> (SinkRegistry, Vec<tokio::task::JoinHandle<()>>) {
     let mut made: Vec<(&'static str, Result<Sink, String>)> = Vec::new();
     if let Some(c) = &cfg.syslog {
         made.push(("syslog", syslog::Syslog::new(c.clone(), cfg.timeout).map(Sink::Syslog)));
     }
     if let Some(c) = &cfg.loki {
-        made.push(("loki", loki::Loki::new(c.clone(), cfg.timeout, &identity).map(Sink::Loki)));
+        made.push(("loki", loki::Loki::new(c.clone(), cfg.timeout, identity).map(Sink::Loki)));
     }
     if let Some(c) = &cfg.hec {
         made.push(("hec", hec::Hec::new(c.clone(), cfg.timeout).map(Sink::Hec)));
@@ -214,10 +219,10 @@ pub fn start(shared: &Arc<Shared>) -> (SinkRegistry, Vec<tokio::task::JoinHandle
                 let stats = Arc::new(SinkStats { name, ..Default::default() });
                 registry.push(stats.clone());
                 let driver = Driver {
-                    shared: shared.clone(),
+                    store: store.clone(),
                     cfg: cfg.clone(),
                     identity: identity.clone(),
-                    cursor_file: cursor_path(&shared.config.state_dir, name),
+                    cursor_file: cursor_path(state_dir, name),
                     stats,
                 };
                 tasks.push(tokio::spawn(driver.run(sink)));
@@ -230,7 +235,7 @@ pub fn start(shared: &Arc<Shared>) -> (SinkRegistry, Vec<tokio::task::JoinHandle
 }
 
 struct Driver {
-    shared: Arc<Shared>,
+    store: Store,
     cfg: SinksConfig,
     identity: Arc<HostIdentity>,
     cursor_file: PathBuf,
@@ -300,7 +305,7 @@ impl Driver {
     /// The records after `cursor` that may be shipped now: a prefix of the store, so the
     /// cursor never skips a record that is not ready yet.
     async fn ready_page(&self, cursor: Option<&str>) -> Vec<AuditRecord> {
-        let store = self.shared.store.clone();
+        let store = self.store.clone();
         let after = cursor.map(str::to_string);
         let limit = self.cfg.batch_size;
         let page = match tokio::task::spawn_blocking(move || store.records_after(after.as_deref(), limit)).await {
@@ -322,7 +327,7 @@ impl Driver {
     }
 
     async fn update_backlog(&self, cursor: Option<&str>) {
-        let store = self.shared.store.clone();
+        let store = self.store.clone();
         let after = cursor.map(str::to_string);
         let cap = self.cfg.max_backlog.saturating_add(1);
         let Ok(Ok(n)) = tokio::task::spawn_blocking(move || store.count_after(after.as_deref(), cap)).await else {

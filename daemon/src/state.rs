@@ -7,12 +7,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use mcpwatch_api::{AuditRecord, Counts};
 use mcpwatch_audit::Store;
 use tokio::sync::broadcast;
 
+use crate::admission::Refusal;
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::session::Sessions;
@@ -61,6 +62,15 @@ impl Counters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The counter of connections a budget refused.
+    pub fn refused(&self, r: Refusal) -> &AtomicU64 {
+        match r {
+            Refusal::Global => &self.refused_global,
+            Refusal::Process => &self.refused_process,
+            Refusal::Uid => &self.refused_uid,
+        }
+    }
 }
 
 pub struct Shared {
@@ -73,7 +83,7 @@ pub struct Shared {
     pub attach: Mutex<AttachState>,
     /// TLS interception (local CA, leaves, upstream trust, scope, distrust); `None` when
     /// `[tls] enabled = false`: TLS is then relayed untouched.
-    pub tls: Option<crate::proxy::tls::TlsRuntime>,
+    pub tls: Option<crate::interception::TlsRuntime>,
     /// The CA directory's rotation state (retired CAs, bundle); `Some` exactly when `tls` is.
     pub ca_store: Option<mcpwatch_tls::CaStore>,
     /// The policy and inspector in force (reloadable), rate-limit state.
@@ -81,11 +91,11 @@ pub struct Shared {
     /// Calls held for approval.
     pub approvals: crate::approvals::Approvals,
     /// Per-process and per-uid connection budgets (fair share of `limits.max_connections`).
-    pub admission: Arc<crate::proxy::admission::Admission>,
+    pub admission: Arc<crate::admission::Admission>,
     /// Liveness of the accept loop and the audit flusher, read by the systemd watchdog.
     pub heartbeats: crate::notify::Heartbeats,
     /// The host's name and stable id, stamped on every audit record and sent by the sinks.
-    pub host: Arc<crate::sinks::HostIdentity>,
+    pub host: Arc<crate::host::HostIdentity>,
     /// Pids of `mcpwatch wrap` processes connected to the gate now (pid → connections),
     /// as SO_PEERCRED names them: the stdio observer skips their servers, which the gate
     /// already audits. Bounded by the gate's session budget.
@@ -103,18 +113,13 @@ pub struct Shared {
     flushed: tokio::sync::watch::Sender<(u64, Option<String>)>,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Shared {
     pub fn new(config: Config, store: Store) -> Arc<Shared> {
         Shared::with_tls(config, store, None)
     }
 
-    /// [`Shared::new`] with TLS interception (built by `proxy::tls::TlsRuntime::build`).
-    pub fn with_tls(config: Config, store: Store, tls: Option<crate::proxy::tls::TlsRuntime>) -> Arc<Shared> {
+    /// [`Shared::new`] with TLS interception (built by `interception::TlsRuntime::build`).
+    pub fn with_tls(config: Config, store: Store, tls: Option<crate::interception::TlsRuntime>) -> Arc<Shared> {
         // The embedded policy is compiled by a unit test; it cannot fail here.
         let governance = crate::governance::Governance::start(crate::governance::Source::Embedded)
             .unwrap_or_else(|e| panic!("embedded default policy does not compile: {e}"));
@@ -125,16 +130,16 @@ impl Shared {
     pub fn build(
         config: Config,
         store: Store,
-        tls: Option<crate::proxy::tls::TlsRuntime>,
+        tls: Option<crate::interception::TlsRuntime>,
         governance: crate::governance::Governance,
     ) -> Arc<Shared> {
-        let host = Arc::new(crate::sinks::HostIdentity::load(&config.state_dir));
+        let host = Arc::new(crate::host::HostIdentity::load(&config.state_dir));
         let inventory = Inventory::load(store.clone());
         let (records_tx, _) = broadcast::channel(1024);
         let sessions = Sessions::new(config.limits.max_pending_calls);
         let l = &config.limits;
-        let admission = crate::proxy::admission::Admission::new(l.max_connections, l.max_connections_per_process, l.max_connections_per_uid);
-        let ca_store = crate::ca::store_for(&config, &host.hostname, tls.is_some());
+        let admission = crate::admission::Admission::new(l.max_connections, l.max_connections_per_process, l.max_connections_per_uid);
+        let ca_store = crate::interception::store_for(&config, &host.hostname, tls.is_some());
         Arc::new(Shared {
             config,
             store,
@@ -295,25 +300,5 @@ impl Shared {
             tls_distrust_refused: g(&c.tls_distrust_refused),
             http2_connections: g(&c.http2_connections),
         }
-    }
-
-    /// Operator warnings for `mcpwatch status`: clients that distrust the CA, connection
-    /// limits that refused connections recently, refused non-HTTP traffic.
-    pub fn warnings(&self) -> Vec<String> {
-        use crate::proxy::admission::Refusal;
-        let mut out = self.tls.as_ref().map(|t| t.warnings()).unwrap_or_default();
-        out.extend(crate::ca::warnings(self));
-        let c = &self.counters;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.extend(self.admission.warnings(|r| match r {
-            Refusal::Global => g(&c.refused_global),
-            Refusal::Process => g(&c.refused_process),
-            Refusal::Uid => g(&c.refused_uid),
-        }));
-        let refused = g(&c.refused_protocol);
-        if refused > 0 {
-            out.push(format!("{refused} connection(s) that were not HTTP or TLS toward governed MCP destinations refused (enforce mode); see `mcpwatch audit`"));
-        }
-        out
     }
 }

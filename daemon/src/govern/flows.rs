@@ -17,7 +17,8 @@ use serde_json::Value;
 use mcpwatch_policy::Target;
 
 use super::{Judge, Site};
-use crate::state::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::state::Shared;
 
 /// The session of a client that has no MCP session id: the client process (tgid and
 /// command name) talking to `endpoint`, `ENDPOINT#proc:TGID:COMM` (docs/policy.md). The

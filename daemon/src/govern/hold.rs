@@ -7,7 +7,7 @@ use mcpwatch_mcp::jsonrpc::Message;
 
 use super::{Fate, Judge, Site, CODE_APPROVAL};
 use crate::approvals::Verdict;
-use crate::state::now_ms;
+use crate::clock::now_ms;
 
 /// Wait for the verdict on a held call. Sets the record's `approval` and effect; the
 /// caller completes the record and, on [`Fate::Forward`], commits it before forwarding.

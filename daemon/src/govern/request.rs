@@ -9,7 +9,7 @@ use mcpwatch_policy::{Call, PinAction, Subject};
 use serde_json::Value;
 
 use super::{add_findings, flows, Fate, Governed, Judge, Site, CODE_CONTENT_BLOCKED, CODE_DENIED, CODE_RATE_LIMITED};
-use crate::state::now_ms;
+use crate::clock::now_ms;
 
 /// Policy and argument inspection for one client request. May rewrite `value`
 /// (redaction); fills the record's decision, findings and alerts.

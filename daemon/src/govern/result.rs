@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{add_findings, flows, Judge, Site, CODE_CONTENT_BLOCKED};
 use crate::inventory::PinOutcome;
-use crate::state::now_ms;
+use crate::clock::now_ms;
 
 /// Govern the answer `value` (a whole JSON-RPC response) to the call `rec` records.
 /// `first_page`: the call asked for the first page of a paginated list. True if `value`

@@ -21,8 +21,9 @@ use mcpwatch_policy::Mode;
 use tokio::net::TcpStream;
 
 use super::relay::{governed_mode, relay};
-use super::{admission, http, record, upstream};
+use super::{http, upstream};
 use super::ctx::ConnCtx;
+use crate::record;
 use crate::resolve::Resolve;
 use crate::state::{Counters, Shared};
 
@@ -178,7 +179,7 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
     let _ticket = match shared.admission.admit(origin.process.as_deref(), global) {
         Ok(t) => t,
         Err(refusal) => {
-            admission::count_refusal(&shared, refusal);
+            Counters::inc(shared.counters.refused(refusal));
             tracing::info!(%peer, dst = %origin.dst, ?refusal, "connection limit reached; closing");
             return;
         }
@@ -236,7 +237,7 @@ async fn opaque(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: 
         let verdict = if enforce { "refused (enforce mode)" } else { "relayed uninspected" };
         let reason = format!("not HTTP ({what}) toward a governed MCP destination: {verdict}");
         tracing::warn!(conn = ctx.id, dst = %ctx.origin.dst, "{reason}");
-        let rec = record::connection(&shared, &ctx, "http", "tcp", &ctx.origin.dst.ip().to_canonical().to_string(), &reason);
+        let rec = record::connection(&shared, &ctx.origin, "http", "tcp", &ctx.origin.dst.ip().to_canonical().to_string(), &reason);
         record::write_closed(&shared, rec, CallStatus::TransportError { reason });
         if enforce {
             Counters::inc(&shared.counters.refused_protocol);

@@ -2,8 +2,8 @@
 //! client's address, where it was really going and who sent it (`Origin`), the scheme,
 //! and what TLS interception learned.
 //!
-//! Why a module of its own: `conn` creates a `ConnCtx`, and `http`, `exchange`, `scope`,
-//! `record` and `tls` read it; defined here, none of them has to import `conn` (which
+//! Why a module of its own: `conn` creates a `ConnCtx`, and `http`, `exchange`, `scope`
+//! and `tls` read it; defined here, none of them has to import `conn` (which
 //! itself calls into `http` and `tls`).
 
 use std::net::SocketAddr;

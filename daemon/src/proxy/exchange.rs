@@ -29,7 +29,7 @@ use super::ctx::ConnCtx;
 use super::auth::HostFit;
 use super::body::local_response;
 use super::forward::{ForwardError, SharedUpstream};
-use super::record;
+use crate::record;
 use super::responses;
 use super::scope::{
     accepts_sse, has_body, header_has, http_failure, is_json, is_sse, is_upgrade, legacy_session_param, strip_port, Evidence, Scope, C2S, H_SESSION,
@@ -786,7 +786,7 @@ fn refusal_response(req_headers: &HeaderMap, legacy: bool, body: &serde_json::Va
 }
 
 /// Write the record of something mcpwatch answered itself: complete at once.
-pub(super) use super::record::{complete_with, finish, write_closed};
+pub(super) use crate::record::{complete_with, finish, write_closed};
 
 
 async fn forward(up: &SharedUpstream, req: Request<Body>) -> Result<Response<Incoming>, ForwardError> {

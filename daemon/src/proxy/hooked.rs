@@ -1,6 +1,6 @@
 //! One stream wrapper for "watch what is read, pass everything else through".
 //!
-//! Why a module of its own: the relay's idle tracking ([`super::admission::Tracked`]), the raw
+//! Why a module of its own: the relay's idle tracking ([`super::relay::Tracked`]), the raw
 //! request log ([`super::headlog::LoggedIo`]) and the upstream's FIN hand-over
 //! ([`super::lifecycle::FinIo`]) all wrap a stream and differ only in what happens around a
 //! read; the write side is plain delegation, written once here.

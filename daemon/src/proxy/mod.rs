@@ -5,7 +5,7 @@
 //! no root, while the daemon passes the eBPF-backed resolver.
 //!
 //! Per connection ([`conn`]): take a global slot without waiting (none left: close at once),
-//! resolve the original destination, take the process's and uid's share ([`admission`]),
+//! resolve the original destination, take the process's and uid's share ([`crate::admission`]),
 //! connect upstream first (server-speaks-first protocols must keep working), then classify
 //! the client's first bytes with no deadline an attacker controls: HTTP/1.x and HTTP/2 go
 //! to [`http`] (parsed, MCP-aware), TLS to [`tls`] (intercepted or passed through by scope),
@@ -13,7 +13,6 @@
 //! are relayed byte-for-byte (refused toward governed destinations in enforce mode), and a
 //! client that stays silent is closed, never relayed.
 
-pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod conn;
@@ -23,7 +22,6 @@ pub mod forward;
 pub mod headlog;
 pub mod hooked;
 pub mod lifecycle;
-pub mod record;
 pub mod relay;
 pub mod responses;
 pub mod scope;
@@ -39,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Refusal;
 use crate::resolve::Resolve;
 use crate::state::{Counters, Shared};
 
@@ -96,7 +95,7 @@ pub async fn run(
                 };
                 Counters::inc(&shared.counters.connections);
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    admission::count_refusal(&shared, admission::Refusal::Global);
+                    Counters::inc(shared.counters.refused(Refusal::Global));
                     shared.admission.refused_global();
                     // RST rather than FIN: the client learns at once, and no TIME_WAIT here.
                     let _ = stream.set_zero_linger();

@@ -1,18 +1,20 @@
-//! Where bytes go unparsed: the byte relay (closed when idle), and the rollout mode of a
-//! destination, which decides whether unparsed bytes toward it may be relayed at all.
+//! Where bytes go unparsed: the byte relay (closed when idle, tracked by [`Activity`]), and
+//! the rollout mode of a destination, which decides whether unparsed bytes toward it may be relayed at all.
 //!
 //! Why a module of its own: `conn` relays what is positively not HTTP/TLS and `tls`
 //! relays what it passes through; both use this, and `conn` calls `tls`, so neither may
 //! hold it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use mcpwatch_api::Endpoint;
 use mcpwatch_policy::Mode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::admission;
 use crate::state::{Counters, Shared};
 
 /// The mode governing `dst`, when the policy governs it: it has spoken MCP (the inventory
@@ -60,9 +62,9 @@ where
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let idle = shared.config.limits.idle_timeout;
-    let activity = admission::Activity::default();
-    let mut client = admission::Tracked::new(client, activity.clone());
-    let mut upstream = admission::Tracked::new(upstream, activity.clone());
+    let activity = Activity::default();
+    let mut client = Tracked::new(client, activity.clone());
+    let mut upstream = Tracked::new(upstream, activity.clone());
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     if idle.is_zero() {
         if let Err(e) = copy.await {
@@ -80,5 +82,59 @@ where
             let _ = client.get_mut().shutdown().await;
             let _ = upstream.get_mut().shutdown().await;
         }
+    }
+}
+
+/// Last activity of a relay (either direction), milliseconds since an origin.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    origin: tokio::time::Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { origin: tokio::time::Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = self.origin.elapsed().saturating_sub(last);
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    }
+}
+
+/// A relayed stream that refreshes its [`Activity`] on every read that moved bytes.
+pub type Tracked<S> = super::hooked::Hooked<S, Activity>;
+
+impl super::hooked::ReadHook for Activity {
+    fn on_read(&mut self, _bytes: &[u8]) {
+        self.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_tracking() {
+        let act = Activity::default();
+        act.touch();
+        let t0 = tokio::time::Instant::now();
+        act.idle_for(Duration::from_millis(200)).await;
+        assert!(t0.elapsed() >= Duration::from_millis(200));
     }
 }

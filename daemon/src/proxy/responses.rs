@@ -24,7 +24,7 @@ use mcpwatch_policy::Mode;
 use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
-use super::record::{complete_with, finish, write_closed};
+use crate::record::{complete_with, finish, write_closed};
 use super::scope::{http_failure, is_json, is_sse, Scope, TargetOwned, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;

@@ -20,10 +20,11 @@ use mcpwatch_policy::Mode;
 use super::body::Body;
 use super::ctx::ConnCtx;
 use super::body::local_response;
-use super::record::write_closed;
+use crate::record::write_closed;
 use crate::govern::Site;
 use crate::inventory::Sighting;
-use crate::state::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::state::Shared;
 
 pub const H_SESSION: &str = "mcp-session-id";
 pub const H_VERSION: &str = "mcp-protocol-version";
@@ -222,7 +223,7 @@ impl Scope {
             session_id: self.session_id.clone(),
             protocol_version: self.protocol_version.clone(),
             tls: self.ctx.tls.as_deref().cloned(),
-            ..super::record::message(shared, kind, direction, msg, bytes)
+            ..crate::record::message(shared, kind, direction, msg, bytes)
         }
     }
 

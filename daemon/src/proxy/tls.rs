@@ -19,21 +19,19 @@
 //! Failures are recorded, never papered over: an invalid upstream certificate becomes an audit
 //! record (status `transport_error` with the reason and the presented certificate) and the
 //! client's handshake fails with nothing forwarded; a client that rejects the mcpwatch CA is
-//! remembered per process and host ([`DistrustTracker`]), reported by `mcpwatch status`, and
+//! remembered per process and host ([`mcpwatch_tls::DistrustTracker`]), reported by `mcpwatch status`, and
 //! passed through for a back-off period so the agent keeps working, EXCEPT toward
 //! destinations governed in enforce mode (registered with mode enforce, or a global enforce
 //! policy), where it is refused and audited unless `tls.distrust = "pass_through"`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mcpwatch_api::{AuditRecord, Endpoint, TlsDetails};
 use mcpwatch_policy::Mode;
 use mcpwatch_tls::{
-    ClientProcess, DistrustOptions, DistrustTracker, Hello, InterceptError, Intercepted, LeafIssuer, LeafOptions, LocalCa,
-    ServerTarget, TlsAction, TlsError, TlsInfo, TlsScope, UpstreamOptions, UpstreamTls, UpstreamTlsError,
+    ClientProcess, Hello, InterceptError, Intercepted, ServerTarget, TlsAction, TlsError, TlsInfo, UpstreamTlsError,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -43,165 +41,9 @@ use super::ctx::ConnCtx;
 use super::forward::{BoxIo, ForwardError, Reconnect};
 use super::http;
 use super::upstream;
-use crate::config::{DistrustAction, TlsConfig};
+use crate::config::DistrustAction;
+use crate::interception::{client_process, distrust_message};
 use crate::state::{Counters, Shared};
-
-/// Sub-directory of the state directory holding `ca.pem` and `ca.key`.
-pub const CA_DIR: &str = "ca";
-
-/// Where the CA lives for a state directory.
-pub fn ca_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(CA_DIR)
-}
-
-/// Everything the TLS branch needs, built once at start-up. The CA that signs now is
-/// `issuer.ca()`: it changes with `mcpwatch ca rotate`, so no copy of it is kept here.
-pub struct TlsRuntime {
-    pub issuer: LeafIssuer,
-    pub upstream: UpstreamTls,
-    pub scope: TlsScope,
-    pub distrust: DistrustTracker,
-    /// In-scope processes (exe path or comm); empty: all.
-    processes: Vec<String>,
-    handshake_timeout: Duration,
-    /// Pass distrusting process/host pairs through while backed off.
-    backoff: bool,
-    /// Toward enforce-mode destinations: refuse distrusting clients, or pass them through.
-    distrust_action: DistrustAction,
-}
-
-impl std::fmt::Debug for TlsRuntime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsRuntime")
-            .field("ca", &self.issuer.ca().fingerprint_sha256())
-            .field("scope", &self.scope)
-            .field("upstream", &self.upstream)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TlsRuntime {
-    /// Loads (or creates, on first start) the CA in `<state_dir>/ca/` and builds the runtime.
-    /// `hostname` names a newly created CA.
-    pub fn build(config: &TlsConfig, state_dir: &Path, hostname: &str) -> Result<TlsRuntime, TlsError> {
-        let dir = ca_dir(state_dir);
-        let ca = Arc::new(LocalCa::load_or_create(&dir, hostname)?);
-        // Every mcpwatch CA still published (the current one and those retired but not yet
-        // withdrawn, as after a restart mid-rotation) is excluded as an upstream anchor.
-        let ours = mcpwatch_tls::CaStore::new(&dir, hostname, None).trusted_ders()?;
-        TlsRuntime::with_ca_excluding(config, ca, ours)
-    }
-
-    /// Builds the runtime around an already loaded CA.
-    pub fn with_ca(config: &TlsConfig, ca: Arc<LocalCa>) -> Result<TlsRuntime, TlsError> {
-        TlsRuntime::with_ca_excluding(config, ca, Vec::new())
-    }
-
-    /// [`TlsRuntime::with_ca`], never accepting any of `ours` (DER) as an upstream anchor
-    /// besides `ca` itself.
-    fn with_ca_excluding(config: &TlsConfig, ca: Arc<LocalCa>, mut ours: Vec<Vec<u8>>) -> Result<TlsRuntime, TlsError> {
-        ours.push(ca.cert_der().to_vec());
-        let validity = config.leaf_validity;
-        let issuer = LeafIssuer::new(
-            ca.clone(),
-            LeafOptions { validity, cache_capacity: config.leaf_cache_size, ttl: validity / 4 },
-        )?;
-        let upstream = UpstreamTls::new(UpstreamOptions {
-            extra_anchors_pem: config.extra_anchors.clone(),
-            use_system_roots: config.system_roots,
-            insecure_hosts: config.insecure_hosts.clone(),
-            // Our own CAs are never valid upstream anchors, even after `mcpwatch ca install`.
-            exclude_anchors_der: ours,
-            carried_alpn: vec![mcpwatch_tls::ALPN_HTTP1_1.to_vec()],
-            handshake_timeout: config.handshake_timeout,
-        })?;
-        let scope = TlsScope::from_config(&config.scope)?;
-        let distrust = DistrustTracker::new(DistrustOptions {
-            backoff: config.distrust_backoff,
-            ..DistrustOptions::default()
-        });
-        Ok(TlsRuntime {
-            issuer,
-            upstream,
-            scope,
-            distrust,
-            processes: config.processes.clone(),
-            handshake_timeout: config.handshake_timeout,
-            backoff: !config.distrust_backoff.is_zero(),
-            distrust_action: config.distrust,
-        })
-    }
-
-    /// Operator warnings for `mcpwatch status`: one per process/host that rejected our CA.
-    pub fn warnings(&self) -> Vec<String> {
-        self.distrust
-            .entries(Instant::now())
-            .into_iter()
-            .map(|e| {
-                let mut w = format!(
-                    "{} ({} rejection{}, last {}s ago)",
-                    distrust_message(&format!("{} (pid {})", e.exe, e.pid), &e.host),
-                    e.count,
-                    if e.count == 1 { "" } else { "s" },
-                    e.since_last.as_secs()
-                );
-                if !e.backoff_remaining.is_zero() {
-                    match self.distrust_action {
-                        DistrustAction::PassThrough => w.push_str(&format!(
-                            "; this process is passed through uninspected for {}s more (tls.distrust = pass_through)",
-                            e.backoff_remaining.as_secs()
-                        )),
-                        DistrustAction::Refuse => w.push_str(&format!(
-                            "; REFUSED where the policy enforces, else passed through uninspected for {}s more",
-                            e.backoff_remaining.as_secs()
-                        )),
-                    }
-                }
-                w.push_str("; see `mcpwatch ca install`");
-                w
-            })
-            .collect()
-    }
-
-    /// What to do with this hello, and why (for the log). `enforced` says (lazily: it scans the
-    /// inventory) whether the destination is governed in enforce mode.
-    fn decide(&self, hello: &Hello, ctx: &ConnCtx, host: &str, enforced: impl Fn() -> bool) -> (TlsAction, &'static str) {
-        if !self.processes.is_empty() {
-            let p = ctx.origin.process.as_deref();
-            let listed = p.is_some_and(|p| {
-                self.processes.iter().any(|want| p.exe.as_deref() == Some(want.as_str()) || p.comm == *want)
-            });
-            if !listed {
-                return (TlsAction::PassThrough, "process not in tls.processes");
-            }
-        }
-        if self.scope.decide_target(hello.sni(), ctx.origin.dst.ip().to_canonical()) == TlsAction::PassThrough {
-            return (TlsAction::PassThrough, "tls scope");
-        }
-        let served = |p: &Vec<u8>| p.as_slice() == mcpwatch_tls::ALPN_H2 || !self.upstream.filter_alpn(std::slice::from_ref(p)).is_empty();
-        if !hello.alpn().is_empty() && !hello.alpn().iter().any(served) {
-            if enforced() {
-                return (TlsAction::Intercept, "client offers no ALPN protocol mcpwatch serves, destination enforced: intercepted without ALPN");
-            }
-            return (TlsAction::PassThrough, "client offers no ALPN protocol mcpwatch serves");
-        }
-        if self.backoff && !self.distrust.is_empty() {
-            let backed_off = client_process(ctx).is_some_and(|c| self.distrust.is_backed_off(c, host, Instant::now()));
-            if backed_off {
-                if self.distrust_action == DistrustAction::Refuse && enforced() {
-                    return (TlsAction::Intercept, "client does not trust the mcpwatch CA; destination enforced: not passed through");
-                }
-                return (TlsAction::PassThrough, "client does not trust the mcpwatch CA (back-off)");
-            }
-        }
-        (TlsAction::Intercept, "in scope")
-    }
-}
-
-/// "TLS not inspectable: client <exe> does not trust the mcpwatch CA for <host>".
-pub fn distrust_message(exe: &str, host: &str) -> String {
-    format!("TLS not inspectable: client {exe} does not trust the mcpwatch CA for {host}")
-}
 
 /// Handles a connection whose first bytes look like a TLS record. Without a TLS runtime
 /// (`[tls] enabled = false`) it is relayed untouched.
@@ -212,7 +54,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
     };
     // The socket stays owned by the hello, then by the TLS stream served below.
     let client_fd = std::os::fd::AsRawFd::as_raw_fd(&client);
-    let hello = match mcpwatch_tls::read_client_hello(client, rt.handshake_timeout).await {
+    let hello = match mcpwatch_tls::read_client_hello(client, rt.handshake_timeout()).await {
         Ok(h) => h,
         Err(e) => {
             // Nothing usable arrived; nothing was forwarded. The client gets a closed socket
@@ -224,12 +66,12 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
     let exe = process_label(&ctx);
     let sni = hello.sni().map(str::to_owned);
     let host = sni.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
-    let (action, why) = rt.decide(&hello, &ctx, &host, || tls_mode(&shared, &ctx, &host) == Mode::Enforce);
+    let (action, why) = rt.decide(&hello, ctx.origin.process.as_deref(), ctx.origin.dst.ip(), &host, || tls_mode(&shared, &ctx, &host) == Mode::Enforce);
     tracing::debug!(conn = ctx.id, sni = ?hello.sni(), %host, ?action, why, "TLS connection");
     match action {
         TlsAction::PassThrough => {
             Counters::inc(&shared.counters.passthrough);
-            pass_through(&shared, hello, upstream, rt.handshake_timeout).await;
+            pass_through(&shared, hello, upstream, rt.handshake_timeout()).await;
         }
         TlsAction::Intercept => intercept(shared.clone(), ctx, hello, client_fd, upstream, Names { exe, host, sni }).await,
     }
@@ -279,10 +121,10 @@ async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, client_f
         Err(e @ InterceptError::Client { distrust: Some(_), .. }) => {
             // Unattributed connections are remembered for the warning under pid 0, which
             // never backs off (`client_process` is `None` for them).
-            let client = client_process(&ctx).unwrap_or(ClientProcess { pid: 0, start_ticks: 0 });
+            let client = client_process(ctx.origin.process.as_deref()).unwrap_or(ClientProcess { pid: 0, start_ticks: 0 });
             rt.distrust.record(client, exe, host, Instant::now());
             let message = distrust_message(exe, host);
-            let refused = rt.distrust_action == DistrustAction::Refuse && tls_mode(&shared, &ctx, host) == Mode::Enforce;
+            let refused = rt.distrust_action() == DistrustAction::Refuse && tls_mode(&shared, &ctx, host) == Mode::Enforce;
             if refused {
                 Counters::inc(&shared.counters.tls_distrust_refused);
             }
@@ -346,21 +188,7 @@ fn process_label(ctx: &ConnCtx) -> String {
 
 /// A record for a TLS connection that never carried a message.
 fn connection_record(shared: &Shared, ctx: &ConnCtx, host: &str, reason: String) -> AuditRecord {
-    super::record::connection(shared, ctx, "https", "tls", host, &reason)
-}
-
-/// The client process behind a connection (pid + start time), when it is attributed.
-fn client_process(ctx: &ConnCtx) -> Option<ClientProcess> {
-    let p = ctx.origin.process.as_deref()?;
-    Some(ClientProcess { pid: p.tgid, start_ticks: start_ticks(p.tgid)? })
-}
-
-/// Start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The comm field may contain spaces and parentheses: count fields after the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    crate::record::connection(shared, &ctx.origin, "https", "tls", host, &reason)
 }
 
 /// The rollout mode of a TLS destination: a registered server's mode (by SNI host or by the
@@ -410,7 +238,7 @@ fn record_distrust(shared: &Shared, ctx: &ConnCtx, names: &Names, message: &str,
     rec.notes.push(e.to_string());
     rec.notes.push(if refused {
         "refused: the destination is governed in enforce mode (tls.distrust = refuse); this client must trust the mcpwatch CA (`mcpwatch ca install`)".to_string()
-    } else if client_process(ctx).is_some() {
+    } else if client_process(ctx.origin.process.as_deref()).is_some() {
         "this process is passed through uninspected during the back-off (destination not enforced, or tls.distrust = pass_through)".to_string()
     } else {
         "unattributed connection: no back-off, it keeps failing".to_string()
@@ -460,30 +288,10 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::interception::TlsRuntime;
     use crate::resolve::StaticResolver;
 
     const RESULT: &str = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi over tls"}]}}"#;
-
-    /// After a restart in the middle of a rotation, the published bundle holds the new and
-    /// the retired CA; an admin who lists it as an upstream anchor (or installed it in the
-    /// system store) must not make mcpwatch trust either of its own CAs upstream.
-    #[test]
-    fn retired_cas_are_never_upstream_anchors() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let state = tmp.path().join("state");
-        let mut config = Config { state_dir: state.clone(), ..Config::default() };
-        config.tls.system_roots = false;
-        let other = Arc::new(LocalCa::load_or_create(&tmp.path().join("other"), "other").expect("other ca"));
-        config.tls.extra_anchors = vec![other.cert_path().to_path_buf()];
-        let first = TlsRuntime::build(&config.tls, &state, "unit-test").expect("first runtime");
-        let store = mcpwatch_tls::CaStore::new(&ca_dir(&state), "unit-test", None);
-        store.rotate(&first.issuer).expect("rotate");
-        let bundle = tmp.path().join("bundle.pem");
-        std::fs::write(&bundle, store.bundle_pem().expect("bundle")).expect("write bundle");
-        config.tls.extra_anchors.insert(0, bundle);
-        let restarted = TlsRuntime::build(&config.tls, &state, "unit-test").expect("restarted runtime");
-        assert_eq!(restarted.upstream.anchor_count(), 1, "only the unrelated anchor; neither the new nor the retired mcpwatch CA");
-    }
 
     /// An HTTPS server presenting a leaf of `ca` for localhost; answers each request once.
     async fn upstream(ca: Arc<LocalCa>) -> SocketAddr {

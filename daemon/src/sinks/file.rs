@@ -133,7 +133,7 @@ fn last_id_in(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::HostIdentity;
+    use crate::host::HostIdentity;
     use mcpwatch_api::AuditRecord;
 
     fn recs(n: usize, from: u64) -> Vec<AuditRecord> {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::event::{HostIdentity, Prepared};
+use super::event::Prepared;
+use crate::host::HostIdentity;
 use super::http::{HttpTarget, post};
 use super::SinkError;
 

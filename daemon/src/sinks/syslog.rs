@@ -216,7 +216,7 @@ fn sd_escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::HostIdentity;
+    use crate::host::HostIdentity;
     use mcpwatch_api::{AuditRecord, DecisionView};
 
     #[test]

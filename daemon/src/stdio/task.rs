@@ -21,7 +21,8 @@ use mcpwatch_mcp::Id;
 use super::{Chunk, Direction, Event, StdioObserver};
 use crate::inventory::{PinOutcome, Sighting, ServerInfoUpdate};
 use crate::resolve::BpfResolver;
-use crate::state::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::state::Shared;
 
 /// How often the clients are synced into the watched set.
 const CLIENT_SYNC: Duration = Duration::from_millis(50);

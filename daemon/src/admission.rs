@@ -1,4 +1,4 @@
-//! Fair share of the daemon's connection slots, and idle tracking for relays.
+//! Fair share of the daemon's connection slots.
 //!
 //! Why a module of its own: the proxy has one global budget (`limits.max_connections`). A
 //! single process holding thousands of idle connections must not starve every other agent,
@@ -8,16 +8,17 @@
 //! (tgid) and per-uid budgets. Every refusal is counted and the most recent one per kind is
 //! kept for a `mcpwatch status` warning. The maps hold only live connections, so they are
 //! bounded by the global limit.
+//!
+//! At the crate's top level, not in `proxy`: the daemon-wide state holds the budgets (the
+//! status warnings read them) and only the proxy takes from them; here, importing neither,
+//! neither import is a loop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mcpwatch_api::ProcessInfo;
 use tokio::sync::OwnedSemaphorePermit;
-
-use crate::state::{Counters, Shared};
 
 /// Which budget refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,16 +39,6 @@ impl Refusal {
             Refusal::Uid => "limits.max_connections_per_uid",
         }
     }
-}
-
-/// Count a refusal (the accept loop's global refusals and [`Admission::admit`]'s).
-pub fn count_refusal(shared: &Shared, r: Refusal) {
-    let c = &shared.counters;
-    Counters::inc(match r {
-        Refusal::Global => &c.refused_global,
-        Refusal::Process => &c.refused_process,
-        Refusal::Uid => &c.refused_uid,
-    });
 }
 
 /// The last time a budget refused someone, for the status warning.
@@ -176,47 +167,6 @@ impl Admission {
     }
 }
 
-/// Last activity of a relay (either direction), milliseconds since an origin.
-#[derive(Debug, Clone)]
-pub struct Activity {
-    origin: tokio::time::Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity { origin: tokio::time::Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
-    }
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing moved for `idle`.
-    pub async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let quiet = self.origin.elapsed().saturating_sub(last);
-            if quiet >= idle {
-                return;
-            }
-            tokio::time::sleep(idle - quiet).await;
-        }
-    }
-}
-
-/// A stream that touches an [`Activity`] whenever bytes move.
-/// A relayed stream that refreshes its [`Activity`] on every read that moved bytes.
-pub type Tracked<S> = super::hooked::Hooked<S, Activity>;
-
-impl super::hooked::ReadHook for Activity {
-    fn on_read(&mut self, _bytes: &[u8]) {
-        self.touch();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,14 +200,5 @@ mod tests {
         drop((_t2, _t3, _t4, _t5, _t6));
         assert_eq!(sem.available_permits(), 100);
         assert!(a.lock().by_tgid.is_empty() && a.lock().by_uid.is_empty());
-    }
-
-    #[tokio::test]
-    async fn idle_tracking() {
-        let act = Activity::default();
-        act.touch();
-        let t0 = tokio::time::Instant::now();
-        act.idle_for(Duration::from_millis(200)).await;
-        assert!(t0.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -1,7 +1,7 @@
 //! An audit record's life: begun, committed before its message is forwarded, completed
 //! by the answer, or closed as it is begun.
 //!
-//! Why a module of its own: records are begun for messages ([`super::exchange`], the
+//! Why a module of its own: records are begun for messages ([`crate::proxy::exchange`], the
 //! gate), for connections answered before any message (refused non-HTTP toward governed
 //! servers, TLS clients that fail or distrust the CA) and for TLS upstream failures; every
 //! one of them must carry the same stamp (`hostname`, `host_id`: a record read from the
@@ -9,14 +9,18 @@
 //! path that sends a message upstream (a POST, a held call approved later, a stdio line
 //! through the gate) passes the one [`commit`], so "written before forwarded" holds by
 //! construction rather than by each path remembering it.
+//!
+//! At the crate's top level, not in `proxy`: the proxy and the stdio gate (`crate::gate`)
+//! both build and commit records here, so neither transport imports the other.
 
 use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
 use mcpwatch_mcp::jsonrpc::Message;
 
-use super::ctx::ConnCtx;
 use crate::failure::{self, Failure, OnFailure};
+use crate::resolve::Origin;
 use crate::session::Pending;
-use crate::state::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::state::Shared;
 
 /// A new record stamped with its id, time, schema version and the host's name and id; the
 /// caller fills in the rest (`..begin(shared)`).
@@ -51,12 +55,12 @@ pub fn message(shared: &Shared, kind: MessageKind, direction: &str, msg: Option<
 
 /// A record for a connection mcpwatch answered itself before any message (refusals,
 /// unreadable TLS clients); the caller sets the status through [`write_closed`].
-pub fn connection(shared: &Shared, ctx: &ConnCtx, scheme: &str, transport: &str, host: &str, note: &str) -> AuditRecord {
-    let server = Endpoint { scheme: scheme.into(), host: host.to_string(), port: ctx.origin.dst.port(), path: String::new() }.key();
+pub fn connection(shared: &Shared, origin: &Origin, scheme: &str, transport: &str, host: &str, note: &str) -> AuditRecord {
+    let server = Endpoint { scheme: scheme.into(), host: host.to_string(), port: origin.dst.port(), path: String::new() }.key();
     AuditRecord {
         duration_us: Some(0),
-        process: ctx.origin.process.as_deref().cloned(),
-        dst: ctx.origin.dst.to_string(),
+        process: origin.process.as_deref().cloned(),
+        dst: origin.dst.to_string(),
         host: Some(host.to_string()),
         scheme: scheme.into(),
         server,
