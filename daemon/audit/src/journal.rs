@@ -44,12 +44,22 @@ pub(crate) struct Line {
 
 impl Line {
     pub fn encode(&self) -> Vec<u8> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut v = Vec::with_capacity(20 + self.id.len() + 64 + self.value.len() + 4);
-        v.extend_from_slice(format!("{:020} ", self.seq).as_bytes());
+        // The sequence number, zero-padded to 20 digits (u64::MAX has 20).
+        let mut digits = [b'0'; 20];
+        let mut n = self.seq;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        v.extend_from_slice(&digits);
+        v.push(b' ');
         v.extend_from_slice(&self.id);
         v.push(b' ');
         for b in self.link {
-            v.extend_from_slice(format!("{b:02x}").as_bytes());
+            v.push(HEX[usize::from(b >> 4)]);
+            v.push(HEX[usize::from(b & 0xf)]);
         }
         v.push(b' ');
         v.extend_from_slice(&self.value);
@@ -295,4 +305,24 @@ pub(crate) fn sync_files(files: &[Arc<File>], counter: &SyncCounter) -> std::io:
         f.sync_data()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Line;
+
+    #[test]
+    fn a_line_is_the_zero_padded_seq_the_id_the_hex_link_and_the_value() {
+        let mut link = [0u8; 32];
+        link[0] = 0xab;
+        link[31] = 0x07;
+        let line = Line { seq: 42, id: b"0001".to_vec(), link, value: b"{\"a\":1}".to_vec() };
+        let text = line.encode();
+        let expected = format!("{:020} 0001 ab{}07 {{\"a\":1}}\n", 42, "00".repeat(30));
+        assert_eq!(String::from_utf8(text.clone()).expect("utf8"), expected);
+        let back = Line::decode(&text[..text.len() - 1]).expect("decodes");
+        assert_eq!((back.seq, &back.id[..], back.link, &back.value[..]), (42, &b"0001"[..], link, &b"{\"a\":1}"[..]));
+        let max = Line { seq: u64::MAX, ..back }.encode();
+        assert!(max.starts_with(format!("{} ", u64::MAX).as_bytes()));
+    }
 }

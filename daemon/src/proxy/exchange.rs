@@ -45,8 +45,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     // First, before any early answer: the head log pairs framings with requests by order.
-    let request_line = format!("{} {} {:?}", parts.method, parts.uri, parts.version);
-    let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of(request_line.as_bytes())).unwrap_or_default();
+    let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of()).unwrap_or_default();
     let scope = Scope::new(&shared, &ctx, &parts);
 
     // Content-Length together with Transfer-Encoding is how requests are smuggled past

@@ -236,8 +236,8 @@ impl HeadLog {
 
     /// The framing of the next request hyper delivers on this connection. Call it once
     /// per request, first thing, in the order requests arrive (`exchange::handle` does).
-    /// `_request_line` is what hyper parsed; the order, not the text, pairs them.
-    pub fn framing_of(&self, _request_line: &[u8]) -> Option<Framing> {
+    /// The order, not the text, pairs them.
+    pub fn framing_of(&self) -> Option<Framing> {
         let mut t = self.0.lock().ok()?;
         Some(t.next())
     }
@@ -262,7 +262,7 @@ mod tests {
         for piece in stream.chunks(7) {
             log.push(piece);
         }
-        (0..n).map(|_| log.framing_of(b"").expect("lock")).collect()
+        (0..n).map(|_| log.framing_of().expect("lock")).collect()
     }
 
     const CLEAN: Framing = Framing { content_length_headers: 1, transfer_encoding: false, lost: false };

@@ -123,8 +123,8 @@ struct StreamObserver {
 impl StreamObserver {
     fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(PendingKey, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
         let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let target = scope.target();
-        let flow_session = scope.flow_session();
+        let target = scope.target().clone();
+        let flow_session = scope.flow_session().to_owned();
         let enforce = gov.inspect_mode(&target.as_policy()) == Mode::Enforce;
         StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, target, flow_session }
     }
@@ -354,10 +354,7 @@ impl StreamObserver {
         if let (Some(sid), Some(p)) = (&target.session_id, self.scope.ctx.origin.process.as_deref()) {
             self.shared.sessions.bind_session(&dst, sid, Owner::of(p));
         }
-        self.scope.legacy = true;
-        self.scope.transport = "sse";
-        self.scope.conversation = conversation;
-        self.scope.session_id = target.session_id;
+        self.scope.adopt_legacy(conversation, target.session_id);
         self.shared.inventory.saw_message(&Sighting { dst: &dst, ..self.scope.sighting(None, None) });
     }
 

@@ -68,6 +68,7 @@ impl Evidence {
 }
 
 /// The server an exchange is addressed to, as the policy matches it.
+#[derive(Debug, Clone)]
 pub struct TargetOwned {
     pub endpoint: String,
     pub host: String,
@@ -96,6 +97,10 @@ pub struct Scope {
     /// Correlation key for messages answered on another connection.
     pub(super) conversation: String,
     pub(super) legacy: bool,
+    /// [`Scope::target`] and [`Scope::flow_session`], computed on first use: a request
+    /// asks for them from several stages.
+    target: std::sync::OnceLock<TargetOwned>,
+    flow_session: std::sync::OnceLock<String>,
 }
 
 impl Scope {
@@ -121,6 +126,8 @@ impl Scope {
                 protocol_version: header(H_VERSION),
                 conversation: route.conversation,
                 legacy: true,
+                target: std::sync::OnceLock::new(),
+                flow_session: std::sync::OnceLock::new(),
             };
         }
         let endpoint = Endpoint { scheme: ctx.scheme.to_string(), host: host_only, port: dst.port(), path: path.clone() }.key();
@@ -140,17 +147,29 @@ impl Scope {
             protocol_version,
             conversation,
             legacy: false,
+            target: std::sync::OnceLock::new(),
+            flow_session: std::sync::OnceLock::new(),
         }
     }
 
     /// The toxic-flow session a message belongs to: the MCP session id where there is
     /// one, else the client process (tgid and comm) talking to this endpoint.
-    pub(super) fn flow_session(&self) -> String {
-        match (&self.session_id, self.ctx.origin.process.as_deref()) {
+    pub(super) fn flow_session(&self) -> &str {
+        self.flow_session.get_or_init(|| match (&self.session_id, self.ctx.origin.process.as_deref()) {
             (Some(s), _) => format!("{}#{}", self.endpoint, s.chars().take(128).collect::<String>()),
             (None, Some(p)) => crate::govern::flows::process_session(&self.endpoint, p),
             (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.origin.dst),
-        }
+        })
+    }
+
+    /// The exchange turned out to belong to a legacy HTTP+SSE session (its stream named
+    /// the POST endpoint): later stages see that session.
+    pub(super) fn adopt_legacy(&mut self, conversation: String, session_id: Option<String>) {
+        self.legacy = true;
+        self.transport = "sse";
+        self.conversation = conversation;
+        self.session_id = session_id;
+        self.flow_session = std::sync::OnceLock::new();
     }
 
     /// This exchange as the govern stage sees it.
@@ -159,15 +178,17 @@ impl Scope {
     }
 
     /// Host, port and path of the server endpoint, for policy matching.
-    pub(super) fn target(&self) -> TargetOwned {
-        let (host, port, path) = match Endpoint::parse(&self.endpoint) {
-            Some(e) => {
-                let path = e.path_or_root().to_string();
-                (e.host, e.port, path)
-            }
-            None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
-        };
-        TargetOwned { endpoint: self.endpoint.clone(), host, port, path }
+    pub(super) fn target(&self) -> &TargetOwned {
+        self.target.get_or_init(|| {
+            let (host, port, path) = match Endpoint::parse(&self.endpoint) {
+                Some(e) => {
+                    let path = e.path_or_root().to_string();
+                    (e.host, e.port, path)
+                }
+                None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
+            };
+            TargetOwned { endpoint: self.endpoint.clone(), host, port, path }
+        })
     }
 
     /// What says this request goes to an MCP server, before its body is understood.
