@@ -14,7 +14,8 @@ string literals are stripped; edges only from `#[cfg(test)] mod` blocks are repo
 apart ("test only"). Exit status 1 when non-test code has a cycle.
 
 A grep-level check, not a compiler: a path spelled through a `use` alias or a macro is
-not seen. Good enough to keep the module graph honest by hand; not run as a test.
+not seen. xtask's test `daemon_modules_import_one_way` runs it on daemon/src and on
+proxy/.
 """
 import os, re, sys
 

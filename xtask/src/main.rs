@@ -167,6 +167,24 @@ mod tests {
         }
     }
 
+    /// The daemon's module graph has no import cycle, among its top-level modules or
+    /// inside `proxy` (ARCHITECTURE.md's invariant; `xtask/modgraph.py` reads the `use`s).
+    #[test]
+    fn daemon_modules_import_one_way() {
+        for extra in [&[][..], &["--sub", "proxy"][..]] {
+            let out = std::process::Command::new("python3")
+                .arg(util::repo_root().join("xtask").join("modgraph.py"))
+                .args(["daemon/src", "mcpwatchd"])
+                .args(extra)
+                .current_dir(util::repo_root())
+                .output()
+                .expect("python3 runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "import cycle in daemon/src {extra:?}:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(text.contains("non-test code:") && text.contains(" 0 cyclic"), "unexpected report:\n{text}");
+        }
+    }
+
     #[test]
     fn test_fuzz_flags_and_fuzz_command() {
         match Cli::try_parse_from(["xtask", "test", "--no-fuzz", "--fuzz-seconds", "3", "-p", "x"]).map(|c| c.command) {
