@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod relay;
 pub mod responses;
 pub mod scope;
+pub mod splice;
 pub mod http;
 pub mod tls;
 pub mod upstream;

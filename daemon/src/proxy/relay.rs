@@ -50,9 +50,33 @@ pub fn strictest(a: Option<Mode>, b: Mode) -> Mode {
 }
 
 /// Byte-for-byte relay both ways until both sides are done, or nothing moved for
-/// `limits.idle_timeout` (then both are closed).
-pub async fn relay(shared: &Shared, client: TcpStream, upstream: TcpStream) {
-    relay_io(shared, client, upstream).await
+/// `limits.idle_timeout` (then both are closed). The bytes move in the kernel
+/// ([`super::splice`]); without pipes (out of descriptors) through [`relay_io`].
+pub async fn relay(shared: &Shared, mut client: TcpStream, mut upstream: TcpStream) {
+    let pipes = match super::splice::Pipes::new() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipes for a spliced relay; copying");
+            return relay_io(shared, client, upstream).await;
+        }
+    };
+    let idle = shared.config.limits.idle_timeout;
+    let activity = Activity::default();
+    let act = activity.clone();
+    let copy = super::splice::relay(&client, &upstream, &pipes, move || act.touch());
+    if idle.is_zero() {
+        return copy.await;
+    }
+    let idled = tokio::select! {
+        () = copy => false,
+        _ = activity.idle_for(idle) => true,
+    };
+    if idled {
+        Counters::inc(&shared.counters.closed_idle);
+        tracing::debug!("relay idle for {idle:?}; closing both sides");
+        let _ = client.shutdown().await;
+        let _ = upstream.shutdown().await;
+    }
 }
 
 /// [`relay`] over any streams (a TLS pass-through relays the raw socket after replaying the hello).
