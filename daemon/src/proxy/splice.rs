@@ -17,8 +17,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bytes asked of one `splice` call (the pipe holds 64 KiB by default).
-const CHUNK: usize = 64 * 1024;
+/// Bytes asked of one `splice` call, and the capacity asked for each pipe (64 KiB by
+/// default; pages are only taken while bytes are in flight).
+const CHUNK: usize = 256 * 1024;
 
 /// A pipe for one direction; both ends close when dropped.
 struct Pipe {
@@ -34,7 +35,11 @@ impl Pipe {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
-        Ok(unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } })
+        let pipe = unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } };
+        // Best effort: over the per-user pipe quota the kernel keeps the default size.
+        // SAFETY: F_SETPIPE_SZ on a pipe fd we own.
+        let _ = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+        Ok(pipe)
     }
 }
 
