@@ -2,13 +2,13 @@
 //! (`mcpwatchd::proxy::headlog`: Content-Length together with Transfer-Encoding).
 //!
 //! hyper hides the evidence (it drops Content-Length when Transfer-Encoding is present),
-//! so the daemon re-finds each request's head in the raw bytes it read, by the request
-//! line it renders from hyper's parsed request (`"{method} {uri} {version:?}"`,
-//! `proxy::exchange`). The input is the byte stream a client sends on one connection.
+//! so the daemon re-finds each request's head in the raw bytes it read, pairing heads
+//! with hyper's requests by their order on the connection (`proxy::exchange` asks once
+//! per request, first thing). The input is the byte stream a client sends on one connection.
 //! This target walks it request by request the way an HTTP/1.1 server does (httparse for
 //! heads, Content-Length or chunked bodies, stopping where hyper would answer 400 or where
 //! the model is unsure) and checks, for every request hyper would hand to the service:
-//! `framing_of(rendered request line)` says "ambiguous" exactly when that request carries
+//! `framing_of()`, asked in request order, says "ambiguous" exactly when that request carries
 //! both headers. A miss is a smuggled request that is forwarded instead of refused.
 #![no_main]
 
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut pos = 0;
     for _ in 0..MAX_REQUESTS {
         let Some(req) = next_request(&data[pos..]) else { break };
-        let got = log.framing_of(req.line.as_bytes()).unwrap_or_default();
+        let got = log.framing_of().unwrap_or_default();
         // The bypass property: a CL+TE request is always seen. The other way round, the
         // head log may only err on the closed side: a stream it cannot follow (`lost`)
         // is refused, never a clean request called ambiguous for its own headers.
