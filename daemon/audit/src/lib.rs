@@ -151,17 +151,34 @@ pub struct Store {
 }
 
 /// The chain's tip, the journal it is appended to and the writes not yet sealed into
-/// sled: one mutex, so journal lines are in chain order with no gaps and a seal moves
-/// exactly what the journal holds.
+/// sled: one mutex, so journal lines are in chain order with no gaps. Held only for a
+/// write's own bookkeeping: sealing writes sled outside it (see [`Core::seal_frozen`]).
 struct Head {
     point: chain::Point,
     journal: journal::Journal,
+    /// Writes since the last freeze.
     tail: Tail,
+    /// The tail a sealer (holding `Core::sealed`, not this mutex) is writing into sled
+    /// right now: lookups read it until sled holds it.
+    frozen: Option<Arc<Tail>>,
+    /// [`Sealed::max_id`] as of the last finished seal: a write at or below it may
+    /// replace a record in sled, one above it cannot (unless it is in `frozen`).
+    sealed_max: Vec<u8>,
+    /// The checkpoint thread was asked to seal since the last freeze.
+    woken: bool,
 }
 
-/// Writes in the journal that sled does not hold yet: [`Core::seal`] writes them into
-/// chunks (so sled sees one key per ~4 KiB, not one per record and per chain entry).
-/// Bounded: a writer seals once it holds [`TAIL_MAX_BYTES`].
+impl Head {
+    /// The unsealed value of record `id`: the tail's, else the one being sealed.
+    fn unsealed(&self, id: &[u8]) -> Option<&Vec<u8>> {
+        self.tail.records.get(id).or_else(|| self.frozen.as_ref()?.records.get(id)).map(|(_, v)| v)
+    }
+}
+
+/// Writes in the journal that sled does not hold yet: a seal writes them into chunks
+/// (so sled sees one key per ~4 KiB, not one per record and per chain entry). Bounded:
+/// past half of [`TAIL_MAX_BYTES`] the checkpoint thread is woken to seal it, past all
+/// of it the writer seals it itself.
 #[derive(Default)]
 struct Tail {
     /// Record id -> (chain seq of its latest write, value).
@@ -170,11 +187,6 @@ struct Tail {
     chain: Vec<chunk::Item>,
     /// Bytes of the values in `records`.
     bytes: usize,
-    /// Highest record id sealed into sled: a write at or below it may replace a sealed
-    /// record, one above it cannot.
-    sealed_max: Vec<u8>,
-    /// Highest chain seq sealed into sled (replayed entries at or below it are there).
-    chain_sealed: u64,
 }
 
 impl Tail {
@@ -184,6 +196,32 @@ impl Tail {
             self.bytes -= old.len();
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.chain.is_empty()
+    }
+
+    /// Puts an older tail (a seal of it failed) back under this one: its writes come
+    /// first, and a record written again since keeps its newer value.
+    fn put_back(&mut self, older: &Tail) {
+        for (id, (seq, v)) in &older.records {
+            if !self.records.contains_key(id) {
+                self.bytes += v.len();
+                self.records.insert(id.clone(), (*seq, v.clone()));
+            }
+        }
+        let newer = std::mem::take(&mut self.chain);
+        self.chain = older.chain.iter().cloned().chain(newer).collect();
+    }
+}
+
+/// How far sled holds the journal; owned by whoever seals (one at a time: the mutex
+/// `Core::sealed`), so a seal never races another over the chunks it rewrites.
+struct Sealed {
+    /// Highest record id sealed into sled.
+    max_id: Vec<u8>,
+    /// Highest chain seq sealed into sled (replayed entries at or below it are there).
+    chain_seq: u64,
 }
 
 /// Owns the checkpoint thread and the lock: dropping the last `Store` stops the thread,
@@ -191,7 +229,6 @@ impl Tail {
 /// then releases the lock.
 struct Inner {
     core: Arc<Core>,
-    stop: Option<std::sync::mpsc::Sender<()>>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
     _lock: File,
 }
@@ -205,7 +242,11 @@ impl std::ops::Deref for Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        self.core.stopping.store(true, Ordering::Release);
+        if let Some(w) = &self.core.wake {
+            // Full means a wake is already queued: the thread sees `stopping` either way.
+            let _ = w.try_send(());
+        }
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
@@ -224,6 +265,13 @@ struct Core {
     /// The chain's tip; held while a record and its chain entry are written, so entries
     /// are appended in one order with no gaps.
     head: Mutex<Head>,
+    /// Held by whoever writes into the `records` and `chain` trees (a seal, a pruning
+    /// pass), before `head` when both are taken.
+    sealed: Mutex<Sealed>,
+    /// Wakes the checkpoint thread to seal (`None` without one).
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Set when the last `Store` drops: the checkpoint thread ends.
+    stopping: std::sync::atomic::AtomicBool,
     ids: id::IdGen,
     /// Number of keys in `records`, kept here because sled's `len` is a full scan.
     count: AtomicU64,
@@ -307,7 +355,8 @@ impl Store {
         let (lines, old_segments) = journal::replay(dir)?;
         let base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
         let mut head = head;
-        let mut tail = Tail { sealed_max, chain_sealed: last_chain_seq(&chain)?, ..Tail::default() };
+        let sealed = Sealed { max_id: sealed_max.clone(), chain_seq: last_chain_seq(&chain)? };
+        let mut tail = Tail::default();
         for l in &lines {
             // Entries retention has moved past: their record is gone or written again since.
             if l.seq <= base.point.seq {
@@ -324,21 +373,25 @@ impl Store {
             .records
             .keys()
             .next_back()
-            .filter(|k| k.as_slice() > tail.sealed_max.as_slice())
-            .unwrap_or(&tail.sealed_max)
+            .filter(|k| k.as_slice() > sealed_max.as_slice())
+            .unwrap_or(&sealed_max)
             .clone();
         let floor = id::parse_id(&floor).unwrap_or(0);
         // Numbered after the replayed segments, which are deleted once sled holds them.
         let journal = journal::Journal::open(dir, old_segments.last().copied().unwrap_or(0))?;
 
         let every = opts.flush_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(10)));
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let core = Arc::new(Core {
             db,
             records,
             servers,
             chain,
             meta,
-            head: Mutex::new(Head { point: head, journal, tail }),
+            head: Mutex::new(Head { point: head, journal, tail, frozen: None, sealed_max, woken: false }),
+            sealed: Mutex::new(sealed),
+            wake: every.map(|_| wake),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             ids: id::IdGen::new(floor),
             count: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -374,7 +427,6 @@ impl Store {
         core.count.store(count, Ordering::Relaxed);
         core.bytes.store(bytes, Ordering::Relaxed);
 
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let bg = core.clone();
         let checkpointer = match every {
             None => None,
@@ -382,13 +434,32 @@ impl Store {
                 std::thread::Builder::new()
                     .name("audit-checkpoint".into())
                     .spawn(move || {
-                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                        use std::sync::mpsc::RecvTimeoutError;
+                        let mut next = std::time::Instant::now() + every;
+                        loop {
+                            let wait = next.saturating_duration_since(std::time::Instant::now());
+                            let woke = match woken.recv_timeout(wait) {
+                                Ok(()) => true,
+                                Err(RecvTimeoutError::Timeout) => false,
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            };
+                            if bg.stopping.load(Ordering::Acquire) {
+                                break;
+                            }
+                            if woke {
+                                // A writer found the tail filling up: seal it, off the writers' path.
+                                if let Err(e) = bg.seal_now() {
+                                    tracing::error!(error = %e, "audit seal failed; retrying");
+                                }
+                                continue;
+                            }
                             if let Err(e) = bg.prune_at(id::now_ms()) {
                                 tracing::error!(error = %e, "audit retention failed; retrying");
                             }
                             if let Err(e) = bg.checkpoint() {
                                 tracing::error!(error = %e, "audit checkpoint failed; retrying");
                             }
+                            next = std::time::Instant::now() + every;
                         }
                     })
                     .map_err(|source| StoreError::Io {
@@ -399,7 +470,7 @@ impl Store {
             ),
         };
         let store = Store {
-            inner: Arc::new(Inner { core, stop: Some(stop), checkpointer, _lock: lock }),
+            inner: Arc::new(Inner { core, checkpointer, _lock: lock }),
         };
         // A lowered bound takes effect at once, not one batch per insert.
         while store.inner.over_bound() {
@@ -449,9 +520,9 @@ impl Store {
     fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool) -> Result<Written, StoreError> {
         let vh = chain::value_hash(value);
         let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        let old = match head.tail.records.get(key) {
-            Some((_, v)) => Some(v.len()),
-            None if key <= head.tail.sealed_max.as_slice() => self.inner.find_sealed(key)?.map(|it| it.value.len()),
+        let old = match head.unsealed(key) {
+            Some(v) => Some(v.len()),
+            None if key <= head.sealed_max.as_slice() => self.inner.find_sealed(key)?.map(|it| it.value.len()),
             None => None,
         };
         if must_be_new && old.is_some() {
@@ -469,8 +540,16 @@ impl Store {
         if let Some(o) = old {
             self.inner.bytes.fetch_sub((key.len() + o) as u64, Ordering::Relaxed);
         }
-        if head.tail.bytes > TAIL_MAX_BYTES {
-            self.inner.seal(&mut head)?;
+        let held = head.tail.bytes;
+        if held > TAIL_MAX_BYTES / 2 && !head.woken && let Some(w) = &self.inner.wake {
+            head.woken = true;
+            let _ = w.try_send(());
+        }
+        drop(head);
+        if held > TAIL_MAX_BYTES {
+            // The checkpoint thread has not kept up (or there is none): this writer seals,
+            // still without holding up the others' writes.
+            self.inner.seal_over(TAIL_MAX_BYTES)?;
         }
         Ok(if old.is_some() { Written::Replaced } else { Written::Added })
     }
@@ -510,8 +589,9 @@ impl Store {
     /// Checks every record against the hash chain (`mcpwatch audit verify`).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         // A consistent view: no write lands between reading the chain and the records.
+        let mut sealed = self.inner.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        self.inner.seal(&mut head)?;
+        self.inner.seal_held(&mut sealed, &mut head)?;
         Ok(chain::verify(&self.inner.records, &self.inner.chain, &self.inner.meta)?)
     }
 
@@ -520,8 +600,8 @@ impl Store {
     pub fn get_record(&self, id: &str) -> Result<Option<AuditRecord>, StoreError> {
         let found = {
             let head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-            match head.tail.records.get(id.as_bytes()) {
-                Some((_, v)) => Some(v.clone()),
+            match head.unsealed(id.as_bytes()) {
+                Some(v) => Some(v.clone()),
                 None => self.inner.find_sealed(id.as_bytes())?.map(|it| it.value),
             }
         };
@@ -742,10 +822,13 @@ impl Core {
             _ => 0,
         };
         let age_floor = self.opts.max_age_ms.map(|a| id::key_floor_for_ms(now_ms.saturating_sub(a)));
-        // Writers wait for a pruning pass (one batch every so many inserts): chunks are
-        // only ever rewritten under the head mutex.
+        // Writers wait for a pruning pass (one batch every so many inserts), so none of
+        // them finds a record in sled that this pass then removes; the bulk of the tail is
+        // sealed before they are stopped.
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        self.seal_frozen(&mut sealed)?;
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        self.seal(&mut head)?;
+        self.seal_held(&mut sealed, &mut head)?;
         let (mut removed, mut freed) = (0u64, 0u64);
         let mut last: Option<Vec<u8>> = None;
         for c in self.records.iter() {
@@ -787,6 +870,7 @@ impl Core {
             self.prune_chain(&last)?;
         }
         drop(head);
+        drop(sealed);
         if removed > 0 {
             tracing::debug!(removed, freed, max_records = max, "pruned oldest audit records");
         }
@@ -796,7 +880,7 @@ impl Core {
     /// Moves the chain's base past entries retention made moot: from the front, while
     /// the entry's record is gone or has been written again since. Records up to
     /// `pruned_upto` (the highest id just removed) may be absent from now on. Called
-    /// with the head mutex held and the tail sealed.
+    /// with `sealed` and the head mutex held and the tail sealed.
     fn prune_chain(&self, pruned_upto: &[u8]) -> Result<(), StoreError> {
         let meta = &self.meta;
         let mut base = meta.get(chain::META_BASE)?.and_then(|v| chain::Base::decode(&v)).unwrap_or_default();
@@ -883,22 +967,75 @@ impl Core {
         Ok(self.records.range(start..))
     }
 
+    /// Seals every write committed before this call (readers call it first).
     fn seal_now(&self) -> Result<(), StoreError> {
-        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        self.seal(&mut head)
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        self.seal_frozen(&mut sealed)
     }
 
-    /// Writes the tail into sled: records above every sealed id are appended to the last
-    /// chunk while it has room, then to new chunks; a record at or below (a completion
-    /// that came after its record was sealed, or a replayed line) replaces or joins the
-    /// chunk that covers it. Chain entries are appended likewise. The tail is emptied only
-    /// once all of it is in sled, so a failed seal is retried whole (every step is
-    /// idempotent).
-    fn seal(&self, head: &mut Head) -> Result<(), StoreError> {
-        let tail = &mut head.tail;
-        if tail.records.is_empty() && tail.chain.is_empty() {
+    /// Seals the tail if it still holds more than `bytes` once this caller's turn to
+    /// seal comes (the seal before may have taken it).
+    fn seal_over(&self, bytes: usize) -> Result<(), StoreError> {
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        if self.head.lock().unwrap_or_else(|p| p.into_inner()).tail.bytes <= bytes {
             return Ok(());
         }
+        self.seal_frozen(&mut sealed)
+    }
+
+    /// Seals the tail without holding up writers: under the head mutex the tail is only
+    /// swapped for an empty one (lookups go on reading it as `frozen`), sled is written
+    /// without the mutex, and `frozen` goes once sled holds it. A failed seal puts the
+    /// tail back, under the writes since, to be retried whole.
+    fn seal_frozen(&self, sealed: &mut Sealed) -> Result<(), StoreError> {
+        self.seal_frozen_after(sealed, |_| Ok(()))
+    }
+
+    /// [`Core::seal_frozen`], running `first` in the same hold of the head mutex as the
+    /// freeze (so the frozen tail is exactly what was written before `first`).
+    fn seal_frozen_after<T>(&self, sealed: &mut Sealed, first: impl FnOnce(&mut Head) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let (out, frozen, point) = {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            let out = first(&mut head)?;
+            if head.tail.is_empty() {
+                return Ok(out);
+            }
+            let frozen = Arc::new(std::mem::take(&mut head.tail));
+            head.frozen = Some(frozen.clone());
+            head.woken = false;
+            (out, frozen, head.point)
+        };
+        let written = self.write_tail(sealed, &frozen, point);
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        head.frozen = None;
+        match written {
+            Ok(()) => head.sealed_max.clone_from(&sealed.max_id),
+            Err(_) => head.tail.put_back(&frozen),
+        }
+        written.map(|()| out)
+    }
+
+    /// Seals the tail while the caller holds the head mutex (verify, pruning: nothing
+    /// may be written meanwhile). Called with `sealed` held, so nothing is frozen.
+    fn seal_held(&self, sealed: &mut Sealed, head: &mut Head) -> Result<(), StoreError> {
+        debug_assert!(head.frozen.is_none(), "a seal runs while `sealed` is held, and ends before it is released");
+        if head.tail.is_empty() {
+            return Ok(());
+        }
+        self.write_tail(sealed, &head.tail, head.point)?;
+        head.tail = Tail::default();
+        head.woken = false;
+        head.sealed_max.clone_from(&sealed.max_id);
+        Ok(())
+    }
+
+    /// Writes `tail` into sled: records above every sealed id are appended to the last
+    /// chunk while it has room, then to new chunks; a record at or below (a completion
+    /// that came after its record was sealed, or a replayed line) replaces or joins the
+    /// chunk that covers it. Chain entries are appended likewise, and `point` (the chain
+    /// tip as of `tail`'s last entry) becomes the stored head. Every step is idempotent,
+    /// so a failed write is retried whole.
+    fn write_tail(&self, sealed: &mut Sealed, tail: &Tail, point: chain::Point) -> Result<(), StoreError> {
         let last_chunk = |tree: &sled::Tree, legacy: fn(&[u8], &[u8]) -> Option<chunk::Item>| -> Result<Option<Open>, StoreError> {
             Ok(match tree.last()? {
                 Some((k, v)) => chunk::decode(&k, &v, legacy).ok().map(|items| Open { key: k.to_vec(), items, len: v.len() }),
@@ -907,30 +1044,26 @@ impl Core {
         };
         if !tail.records.is_empty() {
             if let Some(m) = last_chunk(&self.records, chunk::legacy_record)?.and_then(|o| o.items.last().map(|it| it.id.clone()))
-                && m > tail.sealed_max
+                && m > sealed.max_id
             {
-                tail.sealed_max = m;
+                sealed.max_id = m;
             }
-            let split = tail.records.range(..=tail.sealed_max.clone()).count();
+            let split = tail.records.range(..=sealed.max_id.clone()).count();
             for (id, (seq, value)) in tail.records.iter().take(split) {
                 self.merge_record(chunk::Item { id: id.clone(), seq: *seq, value: value.clone() })?;
             }
             let fresh = tail.records.iter().skip(split).map(|(id, (seq, value))| chunk::Item { id: id.clone(), seq: *seq, value: value.clone() });
             let open = last_chunk(&self.records, chunk::legacy_record)?;
             if let Some(m) = append_items(&self.records, open, fresh, |it| it.id.clone())? {
-                tail.sealed_max = m.id;
+                sealed.max_id = m.id;
             }
         }
-        let pending = tail.chain.iter().filter(|it| it.seq > tail.chain_sealed).cloned();
+        let pending = tail.chain.iter().filter(|it| it.seq > sealed.chain_seq).cloned();
         let open = last_chunk(&self.chain, chain::legacy_entry)?;
         if let Some(m) = append_items(&self.chain, open, pending, |it| it.seq.to_be_bytes().to_vec())? {
-            tail.chain_sealed = m.seq;
+            sealed.chain_seq = m.seq;
         }
-        self.meta.insert(chain::META_HEAD, head.point.encode())?;
-        let tail = &mut head.tail;
-        tail.records.clear();
-        tail.chain.clear();
-        tail.bytes = 0;
+        self.meta.insert(chain::META_HEAD, point.encode())?;
         Ok(())
     }
 
@@ -1006,16 +1139,14 @@ fn append_items(
 }
 
 impl Core {
-    /// Starts a new journal segment and seals the tail (under the head mutex: sled then
-    /// holds every line of the old segments), flushes sled and deletes the old segments.
+    /// Starts a new journal segment and seals the tail (frozen in the same hold of the
+    /// head mutex as the rotation: sled then holds every line of the old segments),
+    /// flushes sled and deletes the old segments.
     fn checkpoint(&self) -> Result<(), StoreError> {
         let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (done, dir) = {
-            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-            let done = head.journal.rotate()?;
-            self.seal(&mut head)?;
-            (done, head.journal.dir().to_path_buf())
-        };
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, dir) = self.seal_frozen_after(&mut sealed, |head| Ok((head.journal.rotate()?, head.journal.dir().to_path_buf())))?;
+        drop(sealed);
         self.db.flush()?;
         if let Some(done) = done {
             journal::delete_upto(&dir, done)?;
