@@ -351,6 +351,11 @@ pub struct TlsFile {
     pub leaf_cache_size: Option<usize>,
     /// Bound on reading the ClientHello and finishing each handshake (default 10000).
     pub handshake_timeout_ms: Option<u64>,
+    /// How long after a full verification of an upstream certificate later connections to
+    /// that host may resume its TLS session instead of verifying again (default 300; 0:
+    /// verify every upstream connection in full). Never past the certificate's expiry,
+    /// never for insecure hosts; a new full handshake retires older sessions.
+    pub upstream_resumption_secs: Option<u64>,
     /// After a client rejected the mcpwatch CA for a host, pass that process/host through for
     /// this long so the agent keeps working (default 900; 0: never pass through, keep failing).
     /// The back-off is per process (pid + start time) and host, never per executable.
@@ -389,6 +394,8 @@ pub struct TlsConfig {
     pub leaf_validity: Duration,
     pub leaf_cache_size: usize,
     pub handshake_timeout: Duration,
+    /// Zero: no upstream session resumption.
+    pub upstream_resumption: Duration,
     /// Zero: distrusting clients are recorded but never passed through.
     pub distrust_backoff: Duration,
     pub distrust: DistrustAction,
@@ -409,6 +416,7 @@ impl Default for TlsConfig {
             leaf_validity: Duration::from_secs(24 * 3600),
             leaf_cache_size: 1024,
             handshake_timeout: Duration::from_secs(10),
+            upstream_resumption: Duration::from_secs(300),
             distrust_backoff: Duration::from_secs(15 * 60),
             distrust: DistrustAction::Refuse,
             rotation_overlap: Some(Duration::from_secs(14 * 24 * 3600)),
@@ -435,6 +443,7 @@ impl TlsFile {
             leaf_validity: self.leaf_validity_hours.map_or(d.leaf_validity, |h| Duration::from_secs(h.saturating_mul(3600))),
             leaf_cache_size: self.leaf_cache_size.unwrap_or(d.leaf_cache_size),
             handshake_timeout: self.handshake_timeout_ms.map_or(d.handshake_timeout, Duration::from_millis),
+            upstream_resumption: self.upstream_resumption_secs.map_or(d.upstream_resumption, Duration::from_secs),
             distrust_backoff: self.distrust_backoff_secs.map_or(d.distrust_backoff, Duration::from_secs),
             distrust: self.distrust.unwrap_or(d.distrust),
             rotation_overlap: match self.rotation_overlap_days {
@@ -468,6 +477,9 @@ impl TlsConfig {
         }
         if self.leaf_cache_size == 0 {
             return bad("tls.leaf_cache_size must be positive".into());
+        }
+        if self.upstream_resumption > Duration::from_secs(86_400) {
+            return bad(format!("tls.upstream_resumption_secs must be at most 86400 (a day), got {}", self.upstream_resumption.as_secs()));
         }
         if self.handshake_timeout.is_zero() || self.handshake_timeout > Duration::from_secs(300) {
             return bad("tls.handshake_timeout_ms must be between 1 and 300000".into());
@@ -828,6 +840,7 @@ mod tests {
             ("[tls]\nleaf_validity_hours = 0\n", "leaf_validity_hours"),
             ("[tls]\nleaf_validity_hours = 721\n", "leaf_validity_hours"),
             ("[tls]\nhandshake_timeout_ms = 0\n", "handshake_timeout_ms"),
+            ("[tls]\nupstream_resumption_secs = 86401\n", "upstream_resumption_secs"),
         ] {
             let err = FileConfig::parse(src, Path::new("c.toml")).unwrap().into_config().unwrap_err().to_string();
             assert!(err.contains(needle), "{src}: {err}");

@@ -89,6 +89,7 @@ impl TlsRuntime {
             exclude_anchors_der: ours,
             carried_alpn: vec![mcpwatch_tls::ALPN_HTTP1_1.to_vec()],
             handshake_timeout: config.handshake_timeout,
+            resumption_max_age: config.upstream_resumption,
         })?;
         let scope = TlsScope::from_config(&config.scope)?;
         let distrust = DistrustTracker::new(DistrustOptions {

@@ -139,6 +139,10 @@ pub struct TlsDetails {
     /// The upstream certificate was NOT verified (explicit per-host override).
     #[serde(default)]
     pub insecure: bool,
+    /// The upstream TLS session was resumed: the certificate above was verified by the
+    /// full handshake it descends from (`[tls] upstream_resumption_secs` bounds how long ago).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

@@ -175,6 +175,7 @@ pub fn details(info: &TlsInfo) -> TlsDetails {
         upstream_issuer: Some(up.cert.issuer.clone()),
         upstream_fingerprint: Some(up.cert.fingerprint_sha256.clone()),
         insecure: up.insecure,
+        resumed: up.resumed,
     }
 }
 

@@ -37,6 +37,7 @@ pub mod distrust;
 pub mod flow;
 pub mod hello;
 pub mod leaf;
+pub mod resume;
 pub mod rotation;
 pub mod upstream;
 

@@ -6,8 +6,12 @@
 //! configured extra anchors. Failures are categorised ([`CertProblem`]) so the audit can say why
 //! a connection was refused, and carry a summary of the certificate that was presented.
 //!
-//! Every connection is verified in full (no session resumption upstream), so an expired or
-//! replaced certificate is noticed on the next connection, never hidden by a resumed session.
+//! Sessions are resumed (a full handshake verifies the chain, later connections to the same
+//! name may resume from it) only within the bounds of [`crate::resume`]: at most
+//! `resumption_max_age` after the full verification they descend from, never past the
+//! verified certificate's expiry, never for insecure-listed hosts. A zero max age verifies
+//! every connection in full. The audit sees the certificate either way (a resumed session
+//! carries the chain it was verified with) and whether the connection was resumed.
 //!
 //! The local mcpwatch CA is excluded from the upstream anchors even after `mcpwatch ca install`
 //! put it into the system store: a certificate signed by our own CA is never a valid upstream.
@@ -17,7 +21,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
@@ -56,6 +60,10 @@ pub struct UpstreamOptions {
     pub carried_alpn: Vec<Vec<u8>>,
     /// Bound on the upstream TLS handshake. Default 10 s.
     pub handshake_timeout: Duration,
+    /// How long after a full verification its sessions may be resumed (see
+    /// [`crate::resume`]). Zero: no resumption, every connection verified in full.
+    /// Default 300 s.
+    pub resumption_max_age: Duration,
 }
 
 impl Default for UpstreamOptions {
@@ -67,6 +75,7 @@ impl Default for UpstreamOptions {
             exclude_anchors_der: Vec::new(),
             carried_alpn: vec![crate::ALPN_HTTP1_1.to_vec()],
             handshake_timeout: Duration::from_secs(10),
+            resumption_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -148,6 +157,8 @@ pub struct UpstreamCert {
     pub insecure: bool,
     /// When `insecure`, the verification failure that was overridden (None: it verified anyway).
     pub overridden: Option<CertProblem>,
+    /// The session was resumed: `cert` was verified by the full handshake it descends from.
+    pub resumed: bool,
 }
 
 /// Why the upstream TLS connection failed.
@@ -189,8 +200,12 @@ impl UpstreamTlsError {
 
 /// Builds verified upstream TLS connections. Share it behind an `Arc`.
 pub struct UpstreamTls {
-    base: Arc<ClientConfig>,
-    verifier: Arc<WebPkiServerVerifier>,
+    /// Verified hosts: one shared verifier (rustls resumes only sessions made with the same
+    /// verifier instance) and the bounded session store.
+    verified: Arc<ClientConfig>,
+    /// Insecure-listed hosts: accepts a failed chain, never resumes (a resumed session
+    /// would hide what was overridden).
+    insecure_config: Arc<ClientConfig>,
     insecure: HashSet<ServerTarget>,
     carried_alpn: Vec<Vec<u8>>,
     handshake_timeout: Duration,
@@ -249,15 +264,26 @@ impl UpstreamTls {
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| TlsError::Anchors(e.to_string()))?;
-        let mut base = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_webpki_verifier(verifier.clone())
-            .with_no_client_auth();
-        // Every upstream connection gets its own recording verifier (see `connect_target`), and
-        // rustls only resumes sessions made with the same verifier instance: resumption would
-        // never happen, so do not keep a session cache at all. The upside is deliberate: every
-        // upstream connection is fully verified and the audit always sees the certificate.
-        base.resumption = rustls::client::Resumption::disabled();
+        let sessions = (!options.resumption_max_age.is_zero())
+            .then(|| Arc::new(crate::resume::SessionStore::new(options.resumption_max_age)));
+        let config = |insecure: bool| -> Result<ClientConfig, TlsError> {
+            let recorder = Arc::new(RecordingVerifier {
+                inner: verifier.clone(),
+                insecure,
+                sessions: if insecure { None } else { sessions.clone() },
+            });
+            let mut c = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+                .dangerous()
+                .with_custom_certificate_verifier(recorder)
+                .with_no_client_auth();
+            c.resumption = match (&sessions, insecure) {
+                (Some(store), false) => rustls::client::Resumption::store(store.clone()),
+                _ => rustls::client::Resumption::disabled(),
+            };
+            Ok(c)
+        };
+        let (verified, insecure_config) = (Arc::new(config(false)?), Arc::new(config(true)?));
         let insecure = options
             .insecure_hosts
             .iter()
@@ -278,8 +304,8 @@ impl UpstreamTls {
             tracing::warn!(hosts = ?options.insecure_hosts, "upstream certificate verification is disabled for these hosts");
         }
         Ok(UpstreamTls {
-            base: Arc::new(base),
-            verifier,
+            verified,
+            insecure_config,
             insecure,
             carried_alpn: options.carried_alpn,
             handshake_timeout: options.handshake_timeout,
@@ -331,25 +357,25 @@ impl UpstreamTls {
         alpn: &[Vec<u8>],
     ) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
         let insecure = self.is_insecure(target);
-        let recorder = Arc::new(RecordingVerifier {
-            inner: self.verifier.clone(),
-            insecure,
-            seen: Mutex::new(Seen::default()),
-        });
-        let mut config = (*self.base).clone();
-        config
-            .dangerous()
-            .set_certificate_verifier(recorder.clone());
-        config.alpn_protocols = alpn.to_vec();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let base = if insecure { &self.insecure_config } else { &self.verified };
+        let config = if base.alpn_protocols.as_slice() == alpn {
+            base.clone()
+        } else {
+            // The clone shares the verifier and the session store: resumption still applies.
+            let mut c = (**base).clone();
+            c.alpn_protocols = alpn.to_vec();
+            Arc::new(c)
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
         let server_name = target.server_name();
-        let result =
-            tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp)).await;
-        let seen = recorder.take();
-        let stream = match result {
+        let recording = Recording { inner: connector.connect(server_name, tcp), seen: Some(Seen::default()) };
+        let (result, seen) = match tokio::time::timeout(self.handshake_timeout, recording).await {
             Err(_) => return Err(UpstreamTlsError::Timeout(self.handshake_timeout)),
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+            Ok(done) => done,
+        };
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(e) => {
                 if let (Some(failure), false) = (&seen.failure, insecure) {
                     let presented = seen.end_entity.as_deref().map(CertSummary::from_der);
                     return Err(UpstreamTlsError::Certificate {
@@ -393,6 +419,7 @@ impl UpstreamTls {
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
             insecure,
             overridden,
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         };
         Ok((stream, info))
     }
@@ -456,19 +483,40 @@ struct Seen {
     failure: Option<rustls::Error>,
 }
 
-/// Delegates to webpki, remembering what was presented and why it failed; for insecure-listed
-/// hosts it accepts a failed chain (signatures over the handshake are still checked).
+thread_local! {
+    /// What the verifier saw during the poll of one [`Recording`] on this thread.
+    static SEEN: std::cell::RefCell<Option<Seen>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Drives a handshake with its own [`Seen`] installed for each poll: rustls calls the
+/// (shared) verifier synchronously inside a poll, so it records into this connection's
+/// `Seen`, never another's.
+struct Recording<F> {
+    inner: F,
+    seen: Option<Seen>,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Recording<F> {
+    type Output = (F::Output, Seen);
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        SEEN.with(|s| *s.borrow_mut() = this.seen.take());
+        let polled = std::pin::Pin::new(&mut this.inner).poll(cx);
+        this.seen = SEEN.with(|s| s.borrow_mut().take());
+        polled.map(|out| (out, this.seen.take().unwrap_or_default()))
+    }
+}
+
+/// Delegates to webpki, recording (into the polling [`Recording`]'s `Seen`) what was
+/// presented and why it failed, and telling the session store of each full verification;
+/// for insecure-listed hosts it accepts a failed chain (signatures over the handshake are
+/// still checked).
 #[derive(Debug)]
 struct RecordingVerifier {
     inner: Arc<WebPkiServerVerifier>,
     insecure: bool,
-    seen: Mutex<Seen>,
-}
-
-impl RecordingVerifier {
-    fn take(&self) -> Seen {
-        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
-    }
+    sessions: Option<Arc<crate::resume::SessionStore>>,
 }
 
 impl ServerCertVerifier for RecordingVerifier {
@@ -487,12 +535,20 @@ impl ServerCertVerifier for RecordingVerifier {
             ocsp_response,
             now,
         );
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.end_entity = Some(end_entity.to_vec());
+        SEEN.with(|s| {
+            if let Some(seen) = s.borrow_mut().as_mut() {
+                seen.end_entity = Some(end_entity.to_vec());
+                seen.failure = result.as_ref().err().cloned();
+            }
+        });
         match result {
-            Ok(ok) => Ok(ok),
+            Ok(ok) => {
+                if let Some(store) = &self.sessions {
+                    store.verified(server_name, end_entity);
+                }
+                Ok(ok)
+            }
             Err(e) => {
-                seen.failure = Some(e.clone());
                 if self.insecure {
                     Ok(ServerCertVerified::assertion())
                 } else {

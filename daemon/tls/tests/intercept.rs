@@ -434,3 +434,82 @@ async fn upstream_options_are_validated() {
     });
     assert!(matches!(excluded, Err(TlsError::Anchors(_))));
 }
+
+/// One intercepted connection through `env` to a server with `config`: what the proxy saw.
+async fn through(env: &Env, config: std::sync::Arc<rustls::ServerConfig>, sni: &str) -> Result<mcpwatch_tls::TlsInfo, InterceptError> {
+    let (up_addr, up) = upstream_server_with(config).await;
+    let (proxy_addr, proxy) = env.intercepting_proxy(up_addr).await;
+    let client = guard(run_client(proxy_addr, env.client_trusting_local_ca(&[H1]), sni)).await;
+    let info = guard(proxy).await.unwrap();
+    if info.is_ok() {
+        assert_eq!(client.result.as_ref().unwrap(), b"echo:ping\n");
+    }
+    let _ = guard(up).await;
+    info
+}
+
+#[tokio::test]
+async fn upstream_sessions_resume_only_from_a_verification_still_standing() {
+    let env = Env::new();
+    let cert = env.upstream_ca.issue("mcp.vendor.example", &["mcp.vendor.example"], None);
+    let server = cert.server_config(&[H1]);
+    let mut resumed = Vec::new();
+    for _ in 0..3 {
+        let info = through(&env, server.clone(), "mcp.vendor.example").await.unwrap();
+        // A resumed session still reports the certificate its full handshake verified.
+        assert_eq!(info.upstream.cert.fingerprint_sha256, cert.fingerprint());
+        resumed.push(info.upstream.resumed);
+    }
+    assert_eq!(resumed, [false, true, true], "the first connection verifies, later ones resume");
+
+    // The host now presents another certificate (and knows none of our sessions): a full,
+    // verified handshake, which retires every ticket of the old one.
+    let replaced = env.upstream_ca.issue("mcp.vendor.example", &["mcp.vendor.example"], None);
+    let info = through(&env, replaced.server_config(&[H1]), "mcp.vendor.example").await.unwrap();
+    assert!(!info.upstream.resumed);
+    assert_eq!(info.upstream.cert.fingerprint_sha256, replaced.fingerprint());
+    // The old server would still take its ticket; it is not offered.
+    let info = through(&env, server.clone(), "mcp.vendor.example").await.unwrap();
+    assert!(!info.upstream.resumed, "a ticket outlived the verification it came from");
+
+    // Resumption off: every connection is verified in full.
+    let off = Env::with_upstream(&[], Duration::ZERO);
+    let cert = off.upstream_ca.issue("mcp.vendor.example", &["mcp.vendor.example"], None);
+    let server = cert.server_config(&[H1]);
+    for _ in 0..2 {
+        assert!(!through(&off, server.clone(), "mcp.vendor.example").await.unwrap().upstream.resumed);
+    }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_never_hidden_by_a_resumed_session() {
+    let env = Env::new();
+    let cert = env.upstream_ca.issue_expiring_in("mcp.vendor.example", &["mcp.vendor.example"], 2);
+    let server = cert.server_config(&[H1]);
+    let first = through(&env, server.clone(), "mcp.vendor.example").await.unwrap();
+    assert!(!first.upstream.resumed);
+    let second = through(&env, server.clone(), "mcp.vendor.example").await.unwrap();
+    assert!(second.upstream.resumed, "the precondition: this server resumes our sessions");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    // The server would resume (its ticket is fresh), but the certificate has expired since
+    // it was verified: verified again, and refused.
+    match through(&env, server, "mcp.vendor.example").await {
+        Err(InterceptError::Upstream(UpstreamTlsError::Certificate { problem, presented, .. })) => {
+            assert_eq!(problem, CertProblem::Expired);
+            assert_eq!(presented.unwrap().fingerprint_sha256, cert.fingerprint());
+        }
+        other => panic!("expected an expired-certificate refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_insecure_host_is_verified_and_reported_on_every_connection() {
+    let env = Env::with_insecure(&["mcp.vendor.example"]);
+    let selfsigned = self_signed("mcp.vendor.example", &["mcp.vendor.example"]);
+    let server = selfsigned.server_config(&[H1]);
+    for round in 0..2 {
+        let info = through(&env, server.clone(), "mcp.vendor.example").await.unwrap();
+        assert!(!info.upstream.resumed, "round {round}");
+        assert_eq!(info.upstream.overridden, Some(CertProblem::SelfSigned), "round {round}: what was overridden is said every time");
+    }
+}

@@ -90,6 +90,26 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A server certificate for `sans` that expires `secs` seconds from now.
+    pub fn issue_expiring_in(&self, cn: &str, sans: &[&str], secs: u64) -> ServerCert {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.remove(DnType::CommonName);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.use_authority_key_identifier_extension = true;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + (now - Duration::from_secs(3600));
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + (now + Duration::from_secs(secs));
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        ServerCert {
+            chain: vec![cert.der().clone(), self.der()],
+            key: key.serialize_der(),
+        }
+    }
+}
+
 /// A self-signed server certificate (issuer == subject).
 pub fn self_signed(cn: &str, sans: &[&str]) -> ServerCert {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -220,9 +240,15 @@ pub async fn upstream_server(
     cert: &ServerCert,
     alpn: &[&[u8]],
 ) -> (SocketAddr, JoinHandle<UpstreamReport>) {
+    upstream_server_with(cert.server_config(alpn)).await
+}
+
+/// [`upstream_server`] with a given config: one config across servers keeps its session
+/// cache, so a later server resumes the sessions of an earlier one.
+pub async fn upstream_server_with(config: Arc<ServerConfig>) -> (SocketAddr, JoinHandle<UpstreamReport>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(alpn));
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let handle = tokio::spawn(async move {
         let mut report = UpstreamReport::default();
         let (tcp, _) = match tokio::time::timeout(Duration::from_secs(20), listener.accept()).await
@@ -297,6 +323,11 @@ impl Env {
     }
 
     pub fn with_insecure(insecure: &[&str]) -> Env {
+        Env::with_upstream(insecure, UpstreamOptions::default().resumption_max_age)
+    }
+
+    /// An env whose upstream sessions resume for `resumption` (zero: never).
+    pub fn with_upstream(insecure: &[&str], resumption: Duration) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(LocalCa::load_or_create(&dir.path().join("state"), "testhost").unwrap());
         let issuer = Arc::new(LeafIssuer::new(ca.clone(), LeafOptions::default()).unwrap());
@@ -307,6 +338,7 @@ impl Env {
                 use_system_roots: false,
                 insecure_hosts: insecure.iter().map(|s| s.to_string()).collect(),
                 exclude_anchors_der: vec![ca.cert_der().to_vec()],
+                resumption_max_age: resumption,
                 ..UpstreamOptions::default()
             })
             .unwrap(),
