@@ -163,13 +163,12 @@ impl ClientSessionStore for SessionStore {
     fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
         let mut s = self.lock();
         let server = s.map.get_mut(name)?;
-        while let Some((g, v)) = server.tls13.pop_back() {
-            if self.usable(server, g) {
-                return Some(v);
-            }
-            // Older ones are no better: a ticket is never usable again once it is not.
-            server.tls13.clear();
+        let (g, v) = server.tls13.pop_back()?;
+        if self.usable(server, g) {
+            return Some(v);
         }
+        // Older ones are no better: a ticket is never usable again once it is not.
+        server.tls13.clear();
         None
     }
 }

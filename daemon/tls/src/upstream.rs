@@ -264,26 +264,6 @@ impl UpstreamTls {
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| TlsError::Anchors(e.to_string()))?;
-        let sessions = (!options.resumption_max_age.is_zero())
-            .then(|| Arc::new(crate::resume::SessionStore::new(options.resumption_max_age)));
-        let config = |insecure: bool| -> Result<ClientConfig, TlsError> {
-            let recorder = Arc::new(RecordingVerifier {
-                inner: verifier.clone(),
-                insecure,
-                sessions: if insecure { None } else { sessions.clone() },
-            });
-            let mut c = ClientConfig::builder_with_provider(provider())
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-                .dangerous()
-                .with_custom_certificate_verifier(recorder)
-                .with_no_client_auth();
-            c.resumption = match (&sessions, insecure) {
-                (Some(store), false) => rustls::client::Resumption::store(store.clone()),
-                _ => rustls::client::Resumption::disabled(),
-            };
-            Ok(c)
-        };
-        let (verified, insecure_config) = (Arc::new(config(false)?), Arc::new(config(true)?));
         let insecure = options
             .insecure_hosts
             .iter()
@@ -300,6 +280,28 @@ impl UpstreamTls {
                 ));
             }
         }
+        let sessions = (!options.resumption_max_age.is_zero())
+            .then(|| Arc::new(crate::resume::SessionStore::new(options.resumption_max_age)));
+        let config = |insecure: bool| -> Result<ClientConfig, TlsError> {
+            let recorder = Arc::new(RecordingVerifier {
+                inner: verifier.clone(),
+                insecure,
+                sessions: if insecure { None } else { sessions.clone() },
+            });
+            let mut c = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+                .dangerous()
+                .with_custom_certificate_verifier(recorder)
+                .with_no_client_auth();
+            // The usual offer: a connection offering exactly this needs no config of its own.
+            c.alpn_protocols = options.carried_alpn.clone();
+            c.resumption = match (&sessions, insecure) {
+                (Some(store), false) => rustls::client::Resumption::store(store.clone()),
+                _ => rustls::client::Resumption::disabled(),
+            };
+            Ok(c)
+        };
+        let (verified, insecure_config) = (Arc::new(config(false)?), Arc::new(config(true)?));
         if !insecure.is_empty() {
             tracing::warn!(hosts = ?options.insecure_hosts, "upstream certificate verification is disabled for these hosts");
         }

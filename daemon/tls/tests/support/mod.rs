@@ -72,36 +72,32 @@ impl TestCa {
     /// A server certificate for `sans` valid over [not_before, not_after] (None: rcgen's wide
     /// default range).
     pub fn issue(&self, cn: &str, sans: &[&str], validity: Option<(Ymd, Ymd)>) -> ServerCert {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.remove(DnType::CommonName);
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.use_authority_key_identifier_extension = true;
-        if let Some(((y1, m1, d1), (y2, m2, d2))) = validity {
-            params.not_before = rcgen::date_time_ymd(y1, m1, d1);
-            params.not_after = rcgen::date_time_ymd(y2, m2, d2);
-        }
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        ServerCert {
-            chain: vec![cert.der().clone(), self.der()],
-            key: key.serialize_der(),
-        }
+        self.issue_with(cn, sans, |params| {
+            if let Some(((y1, m1, d1), (y2, m2, d2))) = validity {
+                params.not_before = rcgen::date_time_ymd(y1, m1, d1);
+                params.not_after = rcgen::date_time_ymd(y2, m2, d2);
+            }
+        })
     }
-}
 
-impl TestCa {
     /// A server certificate for `sans` that expires `secs` seconds from now.
     pub fn issue_expiring_in(&self, cn: &str, sans: &[&str], secs: u64) -> ServerCert {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        self.issue_with(cn, sans, |params| {
+            params.not_before = rcgen::date_time_ymd(1970, 1, 1) + (now - Duration::from_secs(3600));
+            params.not_after = rcgen::date_time_ymd(1970, 1, 1) + (now + Duration::from_secs(secs));
+        })
+    }
+
+    /// A server certificate for `sans` signed by this CA, its validity set by `validity`.
+    fn issue_with(&self, cn: &str, sans: &[&str], validity: impl FnOnce(&mut CertificateParams)) -> ServerCert {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.remove(DnType::CommonName);
         params.distinguished_name.push(DnType::CommonName, cn);
         params.use_authority_key_identifier_extension = true;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + (now - Duration::from_secs(3600));
-        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + (now + Duration::from_secs(secs));
+        validity(&mut params);
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         ServerCert {
             chain: vec![cert.der().clone(), self.der()],
