@@ -204,6 +204,8 @@ pub struct LimitsFile {
     pub idle_timeout_ms: Option<u64>,
     pub max_pending_calls: Option<usize>,
     pub max_audit_records: Option<u64>,
+    /// Threads serving proxied connections (default 0: one per CPU).
+    pub proxy_threads: Option<usize>,
 }
 
 /// Validated configuration the daemon runs with.
@@ -259,6 +261,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_pending_calls: usize,
     pub max_audit_records: u64,
+    /// Threads serving proxied connections, each with a runtime of its own
+    /// (`proxy::workers`).
+    pub proxy_threads: usize,
 }
 
 impl Default for Limits {
@@ -276,6 +281,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             max_pending_calls: 65536,
             max_audit_records: 1_000_000,
+            proxy_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -606,6 +612,10 @@ impl FileConfig {
             idle_timeout: l.idle_timeout_ms.map_or(d.idle_timeout, ms),
             max_pending_calls: l.max_pending_calls.unwrap_or(d.max_pending_calls),
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
+            proxy_threads: match l.proxy_threads {
+                None | Some(0) => d.proxy_threads,
+                Some(n) => n,
+            },
         };
         c.tls = self.tls.into_config();
         c.sinks = self.sinks.into_config().map_err(ConfigError::Invalid)?;
@@ -637,6 +647,9 @@ impl Config {
         }
         if self.limits.max_connections_per_process == 0 || self.limits.max_connections_per_uid == 0 {
             return bad("limits.max_connections_per_process and limits.max_connections_per_uid must be positive");
+        }
+        if self.limits.proxy_threads == 0 || self.limits.proxy_threads > 1024 {
+            return bad("limits.proxy_threads must be between 1 and 1024 (0 in the file: one per CPU)");
         }
         if self.limits.peek_timeout.is_zero() {
             return bad("limits.peek_timeout_ms must be positive");
@@ -763,6 +776,17 @@ mod tests {
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/agents"));
         let err = FileConfig::parse("pin_dir = \"pins\"\n", Path::new("c.toml")).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("pin_dir"), "{err}");
+    }
+
+    #[test]
+    fn proxy_threads_default_to_the_cpus_and_are_bounded() {
+        let parse = |t: &str| FileConfig::parse(t, Path::new("c.toml")).unwrap().into_config();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(parse("").unwrap().limits.proxy_threads, cpus);
+        assert_eq!(parse("[limits]\nproxy_threads = 0\n").unwrap().limits.proxy_threads, cpus);
+        assert_eq!(parse("[limits]\nproxy_threads = 3\n").unwrap().limits.proxy_threads, 3);
+        let err = parse("[limits]\nproxy_threads = 5000\n").unwrap_err().to_string();
+        assert!(err.contains("proxy_threads"), "{err}");
     }
 
     #[test]

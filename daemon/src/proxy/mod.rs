@@ -29,6 +29,7 @@ pub mod splice;
 pub mod http;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,6 +68,13 @@ pub async fn run(
         })
     };
     let tracker = TaskTracker::new();
+    let workers = match workers::Workers::start(shared.config.limits.proxy_threads) {
+        Ok(w) => Some(Arc::new(w)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the proxy threads; serving connections on the main runtime");
+            None
+        }
+    };
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let (stop_tx, _) = tokio::sync::watch::channel(false);
     for listener in listeners {
@@ -74,6 +82,7 @@ pub async fn run(
         let resolver = resolver.clone();
         let limit = limit.clone();
         let inner = tracker.clone();
+        let workers = workers.clone();
         let mut stop = stop_tx.subscribe();
         tracker.spawn(async move {
             loop {
@@ -105,9 +114,27 @@ pub async fn run(
                 };
                 let shared = shared.clone();
                 let resolver = resolver.clone();
-                inner.spawn(async move {
-                    conn::handle(shared, resolver, stream, peer, permit).await;
-                });
+                let Some(workers) = &workers else {
+                    inner.spawn(async move {
+                        conn::handle(shared, resolver, stream, peer, permit).await;
+                    });
+                    continue;
+                };
+                // The connection moves to its thread's runtime: out of this one's poller,
+                // into that one's.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand an accepted connection to a proxy thread");
+                        continue;
+                    }
+                };
+                workers.spawn(inner.track_future(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => conn::handle(shared, resolver, stream, peer, permit).await,
+                        Err(e) => tracing::warn!(error = %e, "cannot register a connection on its proxy thread"),
+                    }
+                }));
             }
         });
     }
@@ -116,6 +143,10 @@ pub async fn run(
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    if let Some(workers) = workers.and_then(|w| Arc::try_unwrap(w).ok()) {
+        // Connections past the drain timeout are closed with their threads.
+        let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
     }
     inventory_writer.abort();
     flusher.abort();

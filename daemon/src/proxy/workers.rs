@@ -1,0 +1,177 @@
+//! The connection threads: one single-threaded runtime per thread, each owning the
+//! connections the accept loop hands it, for their whole life.
+//!
+//! Why not the work-stealing runtime the rest of the daemon runs on: a proxied call wakes
+//! several tasks in turn (the client half, the upstream connection's driver, the audit
+//! commit), and a work-stealing scheduler wakes an idle worker for each of them and moves
+//! them between threads. On this machine that cost more than the proxying itself: at one
+//! client, 215 µs of CPU per call with two workers against 136 µs with one (`cargo xtask
+//! bench`, static upstream). nginx answers the same way: worker processes that never share a
+//! connection. Here a connection, every task it spawns and its timers stay on one thread;
+//! the shared state (policy, audit store, sessions) is reached through the same `Arc`s.
+//!
+//! A new connection goes to the thread holding the fewest live connections (round-robin
+//! among equals). The count is `[limits] proxy_threads` (default: one per CPU).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// How long a thread's runtime waits for its blocking tasks when the proxy stops.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The set of connection threads.
+pub struct Workers {
+    threads: Vec<Worker>,
+    next: AtomicUsize,
+}
+
+struct Worker {
+    handle: Handle,
+    live: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<()>>,
+}
+
+/// Decrements a thread's live count when the connection's future ends or is dropped.
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Workers {
+    /// Start `n` threads (at least one), each running a current-thread runtime with I/O and
+    /// timers until [`Workers::stop`].
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let mut threads = Vec::with_capacity(n.max(1));
+        for i in 0..n.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("mcpwatch-proxy-blocking")
+                .build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let join = std::thread::Builder::new()
+                .name(format!("mcpwatch-proxy-{i}"))
+                .spawn(move || {
+                    let _ = rt.block_on(stopped);
+                    rt.shutdown_timeout(STOP_GRACE);
+                })?;
+            threads.push(Worker { handle, live: Arc::new(AtomicUsize::new(0)), stop: Some(stop), join: Some(join) });
+        }
+        Ok(Workers { threads, next: AtomicUsize::new(0) })
+    }
+
+    /// How many threads there are.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Run `fut` on the thread with the fewest live connections.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.threads.len();
+        let mut best = start % n;
+        let mut least = usize::MAX;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let live = self.threads[i].live.load(Ordering::Relaxed);
+            if live < least {
+                least = live;
+                best = i;
+            }
+        }
+        let w = &self.threads[best];
+        w.live.fetch_add(1, Ordering::Relaxed);
+        let live = Live(w.live.clone());
+        w.handle.spawn(async move {
+            let _live = live;
+            fut.await;
+        });
+    }
+
+    /// Live connections per thread (for tests and status).
+    pub fn live(&self) -> Vec<usize> {
+        self.threads.iter().map(|w| w.live.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Stop every thread: connections still running are dropped (closed), blocking tasks
+    /// get [`STOP_GRACE`]. Returns once the threads have ended.
+    pub fn stop(mut self) {
+        for w in &mut self.threads {
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for w in &mut self.threads {
+            if let Some(join) = w.join.take() {
+                let _ = join.join();
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Dropped without `stop` (a panic on the way): let the threads end on their own.
+        for w in &mut self.threads {
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_to_the_least_loaded_thread_and_stay_on_it() {
+        let workers = Workers::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (hold_tx, hold_rx) = tokio::sync::watch::channel(false);
+        for _ in 0..4 {
+            let tx = tx.clone();
+            let mut hold = hold_rx.clone();
+            workers.spawn(async move {
+                let before = std::thread::current().name().map(str::to_string);
+                tokio::task::yield_now().await;
+                let _ = hold.wait_for(|h| *h).await;
+                let after = std::thread::current().name().map(str::to_string);
+                tx.send((before, after)).unwrap();
+            });
+        }
+        // Four held connections spread two and two.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while workers.live() != vec![2, 2] {
+            assert!(std::time::Instant::now() < deadline, "live per thread: {:?}", workers.live());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        hold_tx.send(true).unwrap();
+        let mut names = Vec::new();
+        for _ in 0..4 {
+            let (before, after) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(before, after, "a connection moved between threads");
+            names.push(before.unwrap());
+        }
+        names.sort();
+        assert_eq!(names, ["mcpwatch-proxy-0", "mcpwatch-proxy-0", "mcpwatch-proxy-1", "mcpwatch-proxy-1"]);
+        while workers.live() != vec![0, 0] {
+            assert!(std::time::Instant::now() < deadline, "live per thread: {:?}", workers.live());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        workers.stop();
+    }
+}
