@@ -331,12 +331,7 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
 async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Parts, bytes: Bytes, disguised: Option<String>) -> Response<Body> {
     // Parse.
     let parsed = jsonrpc::parse_body(&bytes);
-    let messages: Vec<Result<Message, String>> = match &parsed {
-        Parsed::Single(m) => vec![Ok(m.clone())],
-        Parsed::Batch(items) => items.iter().map(|r| r.clone().map_err(|e| e.to_string())).collect(),
-        Parsed::Invalid(e) => vec![Err(e.to_string())],
-    };
-    if !is_mcp_body(&shared, &scope, &parts, &parsed, &messages, &bytes, disguised.is_some()) {
+    if !is_mcp_body(&shared, &scope, &parts, &parsed, &bytes, disguised.is_some()) {
         // JSON, but not MCP: not ours to record.
         if scope.evidence(&shared, &parts.headers).is_some() {
             if let Some(refused) = guard_host(&shared, &scope, &parts) {
@@ -353,7 +348,15 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     // Govern.
     let gov = shared.governance.current();
     register(&shared, &gov, &scope);
-    let input = BatchInput { parts: &parts, bytes: &bytes, messages: &messages, batch: matches!(parsed, Parsed::Batch(_)), disguised: disguised.as_deref() };
+    let batch = matches!(parsed, Parsed::Batch(_));
+    let single = single_id(&parsed);
+    // The parsed messages move on to the govern stage (no copy of their params).
+    let messages: Vec<Result<Message, String>> = match parsed {
+        Parsed::Single(m) => vec![Ok(m)],
+        Parsed::Batch(items) => items.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
+        Parsed::Invalid(e) => vec![Err(e.to_string())],
+    };
+    let input = BatchInput { parts: &parts, bytes: &bytes, messages: &messages, batch, disguised: disguised.as_deref() };
     let mut gb = match govern_batch(&shared, &scope, &gov, &input).await {
         Governing::Done(gb) => gb,
         Governing::Streamed(held) => {
@@ -369,7 +372,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         for (_, p) in gb.pending {
             finish(&shared, p, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
         }
-        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single_id(&parsed), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL);
+        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single, jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL);
     }
     // Nothing left to send: answer the client ourselves.
     if gb.forwarded.is_empty() && !gb.refusals.is_empty() {
@@ -387,8 +390,13 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
 }
 
 /// Whether a POSTed JSON body is MCP (and so governed), not merely JSON.
-fn is_mcp_body(shared: &Shared, scope: &Scope, parts: &Parts, parsed: &Parsed, messages: &[Result<Message, String>], bytes: &[u8], disguised: bool) -> bool {
-    let any_mcp_method = messages.iter().any(|m| m.as_ref().is_ok_and(|m| m.method().is_some_and(is_mcp_method)));
+fn is_mcp_body(shared: &Shared, scope: &Scope, parts: &Parts, parsed: &Parsed, bytes: &[u8], disguised: bool) -> bool {
+    let mcp = |m: &Message| m.method().is_some_and(is_mcp_method);
+    let any_mcp_method = match parsed {
+        Parsed::Single(m) => mcp(m),
+        Parsed::Batch(items) => items.iter().any(|r| r.as_ref().is_ok_and(mcp)),
+        Parsed::Invalid(_) => false,
+    };
     let evidence = scope.evidence(shared, &parts.headers);
     any_mcp_method
         || disguised
