@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Action;
 use crate::scan::Inspector;
-use crate::text::{escape_pointer_token, push_pointer};
+use crate::text::{enter, enter_index, escape_pointer_token};
 use crate::Finding;
 
 /// Deeper JSON than this is not descended into (serde_json's parser stops at 128 anyway).
@@ -147,7 +147,7 @@ impl Inspector {
     /// in place. Audit-only findings are counted and hashed but left unchanged.
     pub fn redact_json(&self, v: &mut Value) -> RedactReport {
         let mut report = RedactReport::default();
-        self.walk_redact(v, "", None, 0, &mut report);
+        self.walk_redact(v, &mut String::new(), None, 0, &mut report);
         report
     }
 
@@ -213,7 +213,7 @@ impl Inspector {
         Some(out)
     }
 
-    fn walk_redact(&self, v: &mut Value, ptr: &str, key: Option<&str>, depth: usize, report: &mut RedactReport) {
+    fn walk_redact(&self, v: &mut Value, ptr: &mut String, key: Option<&str>, depth: usize, report: &mut RedactReport) {
         if depth > MAX_DEPTH {
             return;
         }
@@ -225,8 +225,9 @@ impl Inspector {
             }
             Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
-                    let p = format!("{ptr}/{i}");
-                    self.walk_redact(item, &p, None, depth + 1, report);
+                    let back = enter_index(ptr, i);
+                    self.walk_redact(item, ptr, None, depth + 1, report);
+                    ptr.truncate(back);
                 }
             }
             Value::Object(map) => {
@@ -234,8 +235,9 @@ impl Inspector {
                 let mut new_keys: Vec<Option<String>> = Vec::with_capacity(map.len());
                 let mut any = false;
                 for k in map.keys() {
-                    let p = push_pointer(ptr, k);
-                    let nk = self.redact_string(k, None, &p, report);
+                    let back = enter(ptr, k);
+                    let nk = self.redact_string(k, None, ptr, report);
+                    ptr.truncate(back);
                     any |= nk.is_some();
                     new_keys.push(nk);
                 }
@@ -250,8 +252,9 @@ impl Inspector {
                         .collect();
                     let mut rebuilt = Map::new();
                     for ((k, mut item), nk) in old.into_iter().zip(new_keys) {
-                        let p = push_pointer(ptr, &k);
-                        self.walk_redact(&mut item, &p, Some(&k), depth + 1, report);
+                        let back = enter(ptr, &k);
+                        self.walk_redact(&mut item, ptr, Some(&k), depth + 1, report);
+                        ptr.truncate(back);
                         let name = match nk {
                             None => k,
                             Some(base) => {
@@ -269,8 +272,9 @@ impl Inspector {
                     *map = rebuilt;
                 } else {
                     for (k, item) in map.iter_mut() {
-                        let p = push_pointer(ptr, k);
-                        self.walk_redact(item, &p, Some(k), depth + 1, report);
+                        let back = enter(ptr, k);
+                        self.walk_redact(item, ptr, Some(k), depth + 1, report);
+                        ptr.truncate(back);
                     }
                 }
             }

@@ -25,7 +25,7 @@ use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::text::{ceil_boundary, floor_boundary, is_control, is_invisible, push_pointer, safe_excerpt};
+use crate::text::{ceil_boundary, enter, enter_index, floor_boundary, is_control, is_invisible, safe_excerpt};
 
 /// Kinds of hidden-instruction evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -215,7 +215,7 @@ pub fn scan_tool_with(def: &Value, others: &OtherTools) -> PoisonReport {
     let own = def.get("name").and_then(Value::as_str).unwrap_or("");
     let ctx = Ctx { others: Some(others), own, mode: Mode::Definition };
     let mut acc = Acc::default();
-    walk(def, "", 0, &ctx, &mut acc);
+    walk(def, &mut String::new(), 0, &ctx, &mut acc);
     acc.finish()
 }
 
@@ -232,7 +232,7 @@ pub fn scan_instructions(text: &str) -> PoisonReport {
 /// from [`RESULT_ALERT`] (`Medium`) up, where at least two independent signals co-occur.
 pub fn scan_result(v: &Value) -> PoisonReport {
     let mut acc = Acc::default();
-    walk(v, "", 0, &Ctx { others: None, own: "", mode: Mode::Data }, &mut acc);
+    walk(v, &mut String::new(), 0, &Ctx { others: None, own: "", mode: Mode::Data }, &mut acc);
     acc.finish()
 }
 
@@ -241,7 +241,7 @@ pub fn scan_result(v: &Value) -> PoisonReport {
 /// `CredentialRequest`.
 pub fn scan_elicitation(params: &Value) -> PoisonReport {
     let mut acc = Acc::default();
-    walk(params, "", 0, &Ctx { others: None, own: "", mode: Mode::Elicitation }, &mut acc);
+    walk(params, &mut String::new(), 0, &Ctx { others: None, own: "", mode: Mode::Elicitation }, &mut acc);
     acc.finish()
 }
 
@@ -279,7 +279,7 @@ impl Acc {
     }
 }
 
-fn walk(v: &Value, ptr: &str, depth: usize, ctx: &Ctx<'_>, acc: &mut Acc) {
+fn walk(v: &Value, ptr: &mut String, depth: usize, ctx: &Ctx<'_>, acc: &mut Acc) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -287,17 +287,21 @@ fn walk(v: &Value, ptr: &str, depth: usize, ctx: &Ctx<'_>, acc: &mut Acc) {
         Value::String(s) => scan_text(s, ptr, false, ctx, acc),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk(item, &format!("{ptr}/{i}"), depth + 1, ctx, acc);
+                let back = enter_index(ptr, i);
+                walk(item, ptr, depth + 1, ctx, acc);
+                ptr.truncate(back);
             }
         }
         Value::Object(map) => {
             for (k, item) in map {
-                let p = push_pointer(ptr, k);
-                scan_text(k, &p, true, ctx, acc);
-                if ctx.mode == Mode::Elicitation && ptr.ends_with("/properties") && SECRET_FIELD.is_match(k) {
-                    acc.add(SignalKind::CredentialRequest, &p, safe_excerpt(k, EXCERPT_CHARS));
+                let in_properties = ptr.ends_with("/properties");
+                let back = enter(ptr, k);
+                scan_text(k, ptr, true, ctx, acc);
+                if ctx.mode == Mode::Elicitation && in_properties && SECRET_FIELD.is_match(k) {
+                    acc.add(SignalKind::CredentialRequest, ptr, safe_excerpt(k, EXCERPT_CHARS));
                 }
-                walk(item, &p, depth + 1, ctx, acc);
+                walk(item, ptr, depth + 1, ctx, acc);
+                ptr.truncate(back);
             }
         }
         _ => {}

@@ -32,6 +32,23 @@ pub(crate) fn escape_pointer_token(tok: &str, out: &mut String) {
     }
 }
 
+/// Appends `/tok` (escaped) to the path buffer `ptr` and returns the length to truncate
+/// back to afterwards: a walk reuses one buffer instead of allocating a path per node.
+pub(crate) fn enter(ptr: &mut String, tok: &str) -> usize {
+    let back = ptr.len();
+    ptr.push('/');
+    escape_pointer_token(tok, ptr);
+    back
+}
+
+/// [`enter`] for an array index.
+pub(crate) fn enter_index(ptr: &mut String, i: usize) -> usize {
+    use std::fmt::Write as _;
+    let back = ptr.len();
+    let _ = write!(ptr, "/{i}");
+    back
+}
+
 pub(crate) fn push_pointer(base: &str, tok: &str) -> String {
     let mut p = String::with_capacity(base.len() + tok.len() + 1);
     p.push_str(base);
