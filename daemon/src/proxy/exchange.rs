@@ -349,7 +349,6 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     let gov = shared.governance.current();
     register(&shared, &gov, &scope);
     let batch = matches!(parsed, Parsed::Batch(_));
-    let single = single_id(&parsed);
     // The parsed messages move on to the govern stage (no copy of their params).
     let messages: Vec<Result<Message, String>> = match parsed {
         Parsed::Single(m) => vec![Ok(m)],
@@ -372,7 +371,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         for (_, p) in gb.pending {
             finish(&shared, p, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
         }
-        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single, jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL);
+        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single_id(&messages, batch), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL);
     }
     // Nothing left to send: answer the client ourselves.
     if gb.forwarded.is_empty() && !gb.refusals.is_empty() {
@@ -810,9 +809,10 @@ fn rpc_error_response(status: StatusCode, id: Option<jsonrpc::Id>, code: i64, me
     local_response(status, "application/json", serde_json::to_vec(&v).unwrap_or_default())
 }
 
-fn single_id(p: &Parsed) -> Option<jsonrpc::Id> {
-    match p {
-        Parsed::Single(m) => m.id().cloned(),
+/// The id of a body's one request (none for a batch or an unparseable body).
+fn single_id(messages: &[Result<Message, String>], batch: bool) -> Option<jsonrpc::Id> {
+    match messages {
+        [Ok(m)] if !batch => m.id().cloned(),
         _ => None,
     }
 }

@@ -70,11 +70,6 @@ impl Workers {
         Ok(Workers { threads, next: AtomicUsize::new(0) })
     }
 
-    /// How many threads there are.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
     /// Run `fut` on the thread with the fewest live connections.
     pub fn spawn<F>(&self, fut: F)
     where
@@ -101,7 +96,7 @@ impl Workers {
         });
     }
 
-    /// Live connections per thread (for tests and status).
+    /// Live connections per thread.
     pub fn live(&self) -> Vec<usize> {
         self.threads.iter().map(|w| w.live.load(Ordering::Relaxed)).collect()
     }
@@ -109,14 +104,19 @@ impl Workers {
     /// Stop every thread: connections still running are dropped (closed), blocking tasks
     /// get [`STOP_GRACE`]. Returns once the threads have ended.
     pub fn stop(mut self) {
-        for w in &mut self.threads {
-            if let Some(stop) = w.stop.take() {
-                let _ = stop.send(());
-            }
-        }
+        self.signal_stop();
         for w in &mut self.threads {
             if let Some(join) = w.join.take() {
                 let _ = join.join();
+            }
+        }
+    }
+
+    /// Tell every thread to end (once; later calls find nothing left to send).
+    fn signal_stop(&mut self) {
+        for w in &mut self.threads {
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(());
             }
         }
     }
@@ -125,11 +125,7 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         // Dropped without `stop` (a panic on the way): let the threads end on their own.
-        for w in &mut self.threads {
-            if let Some(stop) = w.stop.take() {
-                let _ = stop.send(());
-            }
-        }
+        self.signal_stop();
     }
 }
 
