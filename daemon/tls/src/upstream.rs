@@ -207,7 +207,6 @@ pub struct UpstreamTls {
     /// would hide what was overridden).
     insecure_config: Arc<ClientConfig>,
     insecure: HashSet<ServerTarget>,
-    carried_alpn: Vec<Vec<u8>>,
     handshake_timeout: Duration,
     anchors: usize,
 }
@@ -217,7 +216,7 @@ impl std::fmt::Debug for UpstreamTls {
         f.debug_struct("UpstreamTls")
             .field("anchors", &self.anchors)
             .field("insecure", &self.insecure)
-            .field("carried_alpn", &self.carried_alpn)
+            .field("carried_alpn", &self.carried_alpn())
             .finish_non_exhaustive()
     }
 }
@@ -294,7 +293,7 @@ impl UpstreamTls {
                 .with_custom_certificate_verifier(recorder)
                 .with_no_client_auth();
             // The usual offer: a connection offering exactly this needs no config of its own.
-            c.alpn_protocols = options.carried_alpn.clone();
+            c.alpn_protocols.clone_from(&options.carried_alpn);
             c.resumption = match (&sessions, insecure) {
                 (Some(store), false) => rustls::client::Resumption::store(store.clone()),
                 _ => rustls::client::Resumption::disabled(),
@@ -309,7 +308,6 @@ impl UpstreamTls {
             verified,
             insecure_config,
             insecure,
-            carried_alpn: options.carried_alpn,
             handshake_timeout: options.handshake_timeout,
             anchors,
         })
@@ -320,16 +318,16 @@ impl UpstreamTls {
         self.anchors
     }
 
-    /// The ALPN protocols the proxy carries end to end.
+    /// The ALPN protocols the proxy carries end to end (the configs' usual offer).
     pub fn carried_alpn(&self) -> &[Vec<u8>] {
-        &self.carried_alpn
+        &self.verified.alpn_protocols
     }
 
     /// The client's offer restricted to what we carry, in the client's order.
     pub fn filter_alpn(&self, client_offer: &[Vec<u8>]) -> Vec<Vec<u8>> {
         client_offer
             .iter()
-            .filter(|p| self.carried_alpn.contains(p))
+            .filter(|p| self.carried_alpn().contains(p))
             .cloned()
             .collect()
     }
