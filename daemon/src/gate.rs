@@ -370,8 +370,11 @@ impl Session {
                 return GateVerdict::Answer { line: err.to_string() };
             }
         };
+        if msg.is_request() {
+            return self.on_request(&shared.governance.current(), msg, bytes).await;
+        }
         match &msg {
-            Message::Request { .. } => self.on_request(&shared.governance.current(), &msg, bytes).await,
+            Message::Request { .. } => unreachable!("requests are handled above"),
             Message::Notification { .. } => {
                 self.sight(msg.method(), None);
                 self.write_closed(self.record(MessageKind::Notification, C2S, Some(&msg), bytes), CallStatus::Sent);
@@ -382,27 +385,26 @@ impl Session {
         }
     }
 
-    async fn on_request(&self, gov: &Arc<Loaded>, msg: &Message, bytes: u64) -> GateVerdict {
+    async fn on_request(&self, gov: &Arc<Loaded>, mut msg: Message, bytes: u64) -> GateVerdict {
         let shared = &self.shared;
-        let mut rec = self.record(MessageKind::Request, C2S, Some(msg), bytes);
+        let mut rec = self.record(MessageKind::Request, C2S, Some(&msg), bytes);
         self.sight(msg.method(), rec.name.as_deref());
         let registry = gov.policy.server_for(&self.target());
         shared.inventory.set_registration(&self.endpoint, registry.map(|s| s.name.clone()), registry.map(|_| "active".to_string()));
-        let mut value = msg.to_value();
         let site = self.site();
-        let Governed { fate, modified, held } = govern::request(Judge::of(shared, gov), &site, msg, &mut value, &mut rec);
+        let Governed { fate, modified, held } = govern::request(Judge::of(shared, gov), &site, &mut msg, &mut rec);
         let audit_failed = shared.begin_record(&rec).is_err();
         if record::commit(shared, true, audit_failed).await.is_err() {
-            return Self::unaudited(shared, &mut rec, msg);
+            return Self::unaudited(shared, &mut rec, &msg);
         }
         let fate = match fate {
             Fate::Forward if held => {
-                let fate = govern::hold(Judge::of(shared, gov), &site, msg, &mut rec).await;
+                let fate = govern::hold(Judge::of(shared, gov), &site, &msg, &mut rec).await;
                 if matches!(fate, Fate::Forward) {
                     // The approval is on the record before the call goes.
                     shared.complete_record(&rec);
                     if record::commit(shared, true, false).await.is_err() {
-                        return Self::unaudited(shared, &mut rec, msg);
+                        return Self::unaudited(shared, &mut rec, &msg);
                     }
                 }
                 fate
@@ -420,7 +422,7 @@ impl Session {
                         shared.complete_record(&e.record);
                     }
                 }
-                GateVerdict::Forward { line: modified.then(|| value.to_string()) }
+                GateVerdict::Forward { line: modified.then(|| msg.to_value().to_string()) }
             }
             Fate::Refuse { code, message, data, .. } => {
                 rec.status = CallStatus::JsonrpcError { code, message: message.clone() };
@@ -448,7 +450,7 @@ impl Session {
         let gov = shared.governance.current();
         let enforce = self.enforce(&gov);
         let bytes = line.len() as u64;
-        let msg = match jsonrpc::parse_body(line.as_bytes()) {
+        let mut msg = match jsonrpc::parse_body(line.as_bytes()) {
             Parsed::Single(m) => m,
             _ => {
                 let mut rec = self.record(MessageKind::Invalid, S2C, None, bytes);
@@ -470,23 +472,18 @@ impl Session {
                     self.write_closed(rec, if enforce { CallStatus::TransportError { reason: "dropped by mcpwatch (response integrity)".into() } } else { CallStatus::Sent });
                     return if enforce { GateVerdict::Drop { reason: why.into() } } else { GateVerdict::Forward { line: None } };
                 };
-                let mut value: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-                let changed = match &msg {
-                    Message::Response { result, .. } => {
-                        self.learn(&p.record, result);
-                        govern::result(Judge::of(shared, &gov), &self.site(), &mut p.record, p.first_page, &mut value)
-                    }
-                    _ => false,
-                };
-                p.record.status = match &msg {
-                    Message::Error { code, message, .. } => CallStatus::JsonrpcError { code: *code, message: message.clone() },
-                    _ => CallStatus::Ok,
-                };
-                p.record.result_hash = msg.result_hash(shared.governance.hash_key());
+                // Learned from, and recorded (status, result hash), as the server sent it.
+                if let Some(result) = msg.result() {
+                    self.learn(&p.record, result);
+                }
+                let (status, hash) = record::answer_of(shared, &msg);
+                let changed = msg.result().is_some() && govern::result(Judge::of(shared, &gov), &self.site(), &mut p.record, p.first_page, &mut msg);
+                p.record.status = status;
+                p.record.result_hash = hash;
                 p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
                 p.record.response_bytes = bytes;
                 shared.complete_record(&p.record);
-                GateVerdict::Forward { line: changed.then(|| value.to_string()) }
+                GateVerdict::Forward { line: changed.then(|| msg.to_value().to_string()) }
             }
             Message::Request { .. } | Message::Notification { .. } => {
                 let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };

@@ -105,12 +105,18 @@ pub async fn commit(shared: &Shared, wrote: bool, mut failed: bool) -> Result<()
 }
 
 pub fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
-    let (status, hash) = match msg {
+    let (status, hash) = answer_of(shared, msg);
+    finish(shared, p, status, hash, size);
+}
+
+/// What an answer says for its call's record: the status and the keyed hash of the
+/// result (never the result itself).
+pub fn answer_of(shared: &Shared, msg: &Message) -> (CallStatus, Option<String>) {
+    match msg {
         Message::Response { .. } => (CallStatus::Ok, msg.result_hash(shared.governance.hash_key())),
         Message::Error { code, message, .. } => (CallStatus::JsonrpcError { code: *code, message: message.clone() }, None),
         _ => (CallStatus::Ok, None),
-    };
-    finish(shared, p, status, hash, size);
+    }
 }
 
 pub fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: Option<String>, bytes: u64) {

@@ -185,8 +185,13 @@ pub enum Verdict {
 /// (method, no id) are the server's own and always pass. A response or error must
 /// answer an id the client sent here and mcpwatch forwarded; an error with a null id
 /// (the server could not read a request) passes.
-pub fn judge_server_message(v: &Value, id_state: impl FnOnce(&Id) -> IdState) -> Verdict {
-    let msg = match jsonrpc::message_from_value(v.clone()) {
+///
+/// On [`Verdict::Deliver`] the message's payload (`result`, `params`) has moved out of
+/// `v` rather than being copied ([`jsonrpc::take_message`]): put it back with
+/// [`jsonrpc::put_back`] if the value is wanted again. On [`Verdict::Drop`] `v` is as
+/// it came.
+pub fn judge_server_message(v: &mut Value, id_state: impl FnOnce(&Id) -> IdState) -> Verdict {
+    let msg = match jsonrpc::take_message(v) {
         Ok(m) => m,
         Err(e) => return Verdict::Drop(DropReason::Invalid(e.to_string())),
     };
@@ -195,11 +200,13 @@ pub fn judge_server_message(v: &Value, id_state: impl FnOnce(&Id) -> IdState) ->
         Message::Error { id: None, .. } => return Verdict::Deliver(msg),
         Message::Response { id, .. } | Message::Error { id: Some(id), .. } => id.clone(),
     };
-    match id_state(&id) {
-        IdState::Pending | IdState::Sent => Verdict::Deliver(msg),
-        IdState::Refused => Verdict::Drop(DropReason::ReusesRefusedId(id.to_string())),
-        IdState::Unknown => Verdict::Drop(DropReason::UnknownId(id.to_string())),
-    }
+    let why = match id_state(&id) {
+        IdState::Pending | IdState::Sent => return Verdict::Deliver(msg),
+        IdState::Refused => DropReason::ReusesRefusedId(id.to_string()),
+        IdState::Unknown => DropReason::UnknownId(id.to_string()),
+    };
+    jsonrpc::put_back(v, msg);
+    Verdict::Drop(why)
 }
 
 #[cfg(test)]
@@ -247,22 +254,55 @@ mod tests {
     #[test]
     fn server_messages() {
         let pending = |_: &Id| IdState::Pending;
-        assert!(matches!(judge_server_message(&json!({"jsonrpc":"2.0","id":1,"result":{}}), pending), Verdict::Deliver(_)));
-        let both = json!({"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}});
-        assert!(matches!(judge_server_message(&both, pending), Verdict::Drop(DropReason::Invalid(_))));
-        let r = judge_server_message(&json!({"jsonrpc":"2.0","id":7,"result":{}}), |_| IdState::Refused);
+        assert!(matches!(judge_server_message(&mut json!({"jsonrpc":"2.0","id":1,"result":{}}), pending), Verdict::Deliver(_)));
+        let mut both = json!({"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}});
+        assert!(matches!(judge_server_message(&mut both, pending), Verdict::Drop(DropReason::Invalid(_))));
+        let r = judge_server_message(&mut json!({"jsonrpc":"2.0","id":7,"result":{}}), |_| IdState::Refused);
         assert_eq!(r, Verdict::Drop(DropReason::ReusesRefusedId("7".into())));
-        let r = judge_server_message(&json!({"jsonrpc":"2.0","id":"z","error":{"code":1,"message":"x"}}), |_| IdState::Unknown);
+        let r = judge_server_message(&mut json!({"jsonrpc":"2.0","id":"z","error":{"code":1,"message":"x"}}), |_| IdState::Unknown);
         assert_eq!(r, Verdict::Drop(DropReason::UnknownId("\"z\"".into())));
-        assert!(matches!(judge_server_message(&json!({"jsonrpc":"2.0","id":2,"result":{}}), |_| IdState::Sent), Verdict::Deliver(_)));
+        assert!(matches!(judge_server_message(&mut json!({"jsonrpc":"2.0","id":2,"result":{}}), |_| IdState::Sent), Verdict::Deliver(_)));
         // The server's own requests and notifications pass whatever their id.
-        let req = json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}});
-        assert!(matches!(judge_server_message(&req, |_| IdState::Refused), Verdict::Deliver(_)));
-        let note = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{}});
-        assert!(matches!(judge_server_message(&note, |_| IdState::Unknown), Verdict::Deliver(_)));
+        let mut req = json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}});
+        assert!(matches!(judge_server_message(&mut req, |_| IdState::Refused), Verdict::Deliver(_)));
+        let mut note = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{}});
+        assert!(matches!(judge_server_message(&mut note, |_| IdState::Unknown), Verdict::Deliver(_)));
         // A parse error answered with a null id.
-        let e = json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}});
-        assert!(matches!(judge_server_message(&e, |_| IdState::Unknown), Verdict::Deliver(_)));
-        assert!(matches!(judge_server_message(&json!([1]), pending), Verdict::Drop(_)));
+        let mut e = json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}});
+        assert!(matches!(judge_server_message(&mut e, |_| IdState::Unknown), Verdict::Deliver(_)));
+        assert!(matches!(judge_server_message(&mut json!([1]), pending), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn judged_values_come_back_whole() {
+        // Dropped: the value is as the server sent it (its id goes into the record).
+        let sent = json!({"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi"}]},"x-extra":1});
+        let mut v = sent.clone();
+        assert!(matches!(judge_server_message(&mut v, |_| IdState::Unknown), Verdict::Drop(_)));
+        assert_eq!(v, sent);
+        let mut bad = json!({"jsonrpc":"2.0","id":7,"method":5,"params":{"a":1}});
+        let before = bad.clone();
+        assert!(matches!(judge_server_message(&mut bad, |_| IdState::Pending), Verdict::Drop(DropReason::Invalid(_))));
+        assert_eq!(bad, before, "an invalid message is not taken apart");
+        // Delivered: the payload moved into the message; put back, the value is whole
+        // again, members the message does not model included.
+        let mut v = sent.clone();
+        let Verdict::Deliver(msg) = judge_server_message(&mut v, |_| IdState::Pending) else { panic!("delivered") };
+        assert_eq!(msg.result(), sent.get("result"));
+        assert!(v.get("result").is_none(), "moved, not copied");
+        jsonrpc::put_back(&mut v, msg);
+        assert_eq!(v, sent);
+        // A response rewritten into an error loses its result and keeps its id.
+        let mut v = sent.clone();
+        let Verdict::Deliver(msg) = judge_server_message(&mut v, |_| IdState::Pending) else { panic!("delivered") };
+        let blocked = Message::Error { id: msg.id().cloned(), code: -32004, message: "blocked".into(), data: None };
+        jsonrpc::put_back(&mut v, blocked);
+        assert_eq!(v, json!({"jsonrpc":"2.0","id":7,"x-extra":1,"error":{"code":-32004,"message":"blocked"}}));
+        // A server request: params move and come back.
+        let req = json!({"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{"messages":[]}});
+        let mut v = req.clone();
+        let Verdict::Deliver(msg) = judge_server_message(&mut v, |_| IdState::Refused) else { panic!("delivered") };
+        jsonrpc::put_back(&mut v, msg);
+        assert_eq!(v, req);
     }
 }

@@ -142,29 +142,34 @@ pub enum Message {
 impl Message {
     /// The message as a JSON-RPC 2.0 object (`"jsonrpc"` first).
     pub fn to_value(&self) -> Value {
+        self.clone().into_value()
+    }
+
+    /// [`Message::to_value`], moving the payload instead of copying it.
+    pub fn into_value(self) -> Value {
         let mut m = Map::new();
         m.insert("jsonrpc".into(), Value::String("2.0".into()));
         match self {
             Message::Request { id, method, params } => {
                 m.insert("id".into(), id.to_value());
-                m.insert("method".into(), Value::String(method.clone()));
+                m.insert("method".into(), Value::String(method));
                 if let Some(p) = params {
-                    m.insert("params".into(), p.clone());
+                    m.insert("params".into(), p);
                 }
             }
             Message::Notification { method, params } => {
-                m.insert("method".into(), Value::String(method.clone()));
+                m.insert("method".into(), Value::String(method));
                 if let Some(p) = params {
-                    m.insert("params".into(), p.clone());
+                    m.insert("params".into(), p);
                 }
             }
             Message::Response { id, result } => {
                 m.insert("id".into(), id.to_value());
-                m.insert("result".into(), result.clone());
+                m.insert("result".into(), result);
             }
             Message::Error { id, code, message, data } => {
                 m.insert("id".into(), id.as_ref().map_or(Value::Null, Id::to_value));
-                m.insert("error".into(), error_object(*code, message, data.clone()));
+                m.insert("error".into(), error_object(code, &message, data));
             }
         }
         Value::Object(m)
@@ -360,6 +365,50 @@ pub fn message_from_value(value: Value) -> Result<Message, Invalid> {
     let Value::Object(mut obj) = value else {
         return Err(Invalid::NotAnObject);
     };
+    message_from_object(&mut obj)
+}
+
+/// [`message_from_value`] without copying the payload: on success the message's
+/// `params` or `result` is moved out of `value` (its other members stay); on error
+/// `value` is untouched. [`put_back`] restores the value from the (possibly rewritten)
+/// message. For the response path, where a server's answer is judged and usually passed
+/// on as the bytes it came in.
+pub fn take_message(value: &mut Value) -> Result<Message, Invalid> {
+    match value {
+        Value::Object(obj) => message_from_object(obj),
+        _ => Err(Invalid::NotAnObject),
+    }
+}
+
+/// Undo [`take_message`]: move the message's payload back into `value`, keeping the
+/// members the message does not model. A response rewritten into an error (mcpwatch
+/// blocked it) loses `result` and gains `error`.
+pub fn put_back(value: &mut Value, msg: Message) {
+    let Value::Object(obj) = value else {
+        *value = msg.into_value();
+        return;
+    };
+    match msg {
+        Message::Request { params, .. } | Message::Notification { params, .. } => {
+            if let Some(p) = params {
+                obj.insert("params".into(), p);
+            }
+        }
+        Message::Response { result, .. } => {
+            obj.insert("result".into(), result);
+        }
+        Message::Error { code, message, data, .. } => {
+            if !obj.contains_key("error") {
+                obj.remove("result");
+                obj.insert("error".into(), error_object(code, &message, data));
+            }
+        }
+    }
+}
+
+/// The checks of [`message_from_value`]; members are removed only once the message is
+/// known to be valid, so an error leaves `obj` as it was.
+fn message_from_object(obj: &mut Map<String, Value>) -> Result<Message, Invalid> {
     match obj.get("jsonrpc") {
         None => return Err(Invalid::MissingJsonrpc),
         Some(Value::String(s)) if s == "2.0" => {}
@@ -379,19 +428,23 @@ pub fn message_from_value(value: Value) -> Result<Message, Invalid> {
     }
 
     if has_method {
-        let method = match obj.remove("method") {
-            Some(Value::String(s)) => s,
+        let method = match obj.get("method") {
+            Some(Value::String(s)) => s.clone(),
             _ => return Err(Invalid::MethodNotString),
         };
-        let params = match obj.remove("params") {
+        match obj.get("params") {
+            None | Some(Value::Object(_) | Value::Array(_)) => {}
+            Some(other) => return Err(Invalid::BadParams { found: type_name(other) }),
+        }
+        let id = match obj.get("id") {
             None => None,
-            Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
-            Some(other) => return Err(Invalid::BadParams { found: type_name(&other) }),
+            Some(v) => Some(request_id(v)?),
         };
-        return match obj.get("id") {
-            None => Ok(Message::Notification { method, params }),
-            Some(v) => Ok(Message::Request { id: request_id(v)?, method, params }),
-        };
+        let params = obj.remove("params");
+        return Ok(match id {
+            None => Message::Notification { method, params },
+            Some(id) => Message::Request { id, method, params },
+        });
     }
     if has_result {
         let id = match obj.get("id") {
@@ -406,18 +459,19 @@ pub fn message_from_value(value: Value) -> Result<Message, Invalid> {
             None | Some(Value::Null) => None,
             Some(v) => Some(request_id(v)?),
         };
-        let Some(Value::Object(mut err)) = obj.remove("error") else {
+        let Some(Value::Object(err)) = obj.get("error") else {
             return Err(Invalid::BadErrorObject);
         };
         let code = match err.get("code") {
             Some(Value::Number(n)) => n.as_i64().ok_or(Invalid::BadErrorObject)?,
             _ => return Err(Invalid::BadErrorObject),
         };
-        let message = match err.remove("message") {
-            Some(Value::String(s)) => s,
+        let message = match err.get("message") {
+            Some(Value::String(s)) => s.clone(),
             _ => return Err(Invalid::BadErrorObject),
         };
-        let data = err.remove("data");
+        // Errors are small: copied, so the server's error object stays as sent.
+        let data = err.get("data").cloned();
         return Ok(Message::Error { id, code, message, data });
     }
     Err(Invalid::NotAMessage)

@@ -88,6 +88,14 @@ impl Message {
         }
     }
 
+    /// The `params` of a request or notification, to rewrite in place (redaction).
+    pub fn params_mut(&mut self) -> Option<&mut Value> {
+        match self {
+            Message::Request { params, .. } | Message::Notification { params, .. } => params.as_mut(),
+            _ => None,
+        }
+    }
+
     /// The `result` of a successful response.
     pub fn result(&self) -> Option<&Value> {
         match self {

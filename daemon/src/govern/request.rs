@@ -11,9 +11,10 @@ use serde_json::Value;
 use super::{add_findings, flows, Fate, Governed, Judge, Site, CODE_CONTENT_BLOCKED, CODE_DENIED, CODE_RATE_LIMITED};
 use crate::clock::now_ms;
 
-/// Policy and argument inspection for one client request. May rewrite `value`
-/// (redaction); fills the record's decision, findings and alerts.
-pub fn request(j: Judge<'_>, site: &Site<'_>, msg: &Message, value: &mut Value, rec: &mut AuditRecord) -> Governed {
+/// Policy and argument inspection for one client request. May rewrite the message's
+/// params in place (redaction: `Governed::modified`, and the caller re-serialises it);
+/// fills the record's decision, findings and alerts.
+pub fn request(j: Judge<'_>, site: &Site<'_>, msg: &mut Message, rec: &mut AuditRecord) -> Governed {
     let method = msg.method().unwrap_or_default();
     let name = msg.target_name();
     let is_call = matches!(method, "tools/call" | "prompts/get");
@@ -58,7 +59,11 @@ pub fn request(j: Judge<'_>, site: &Site<'_>, msg: &Message, value: &mut Value, 
     // Arguments: detect, redact or block per detector action; rewrite only in enforce mode.
     let mut modified = false;
     let mut content_block = false;
-    if let Some(args) = value.pointer_mut(if is_call { "/params/arguments" } else { "/params" }) {
+    let inspected = match msg.params_mut() {
+        Some(params) if is_call => params.get_mut("arguments"),
+        params => params,
+    };
+    if let Some(args) = inspected {
         let report = j.gov.inspect(args, enforce);
         add_findings(rec, &report, "request");
         if enforce && report.redacted_total() > 0 {

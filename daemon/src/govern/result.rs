@@ -5,6 +5,7 @@
 //! flow session. The same for every transport.
 
 use mcpwatch_api::AuditRecord;
+use mcpwatch_mcp::jsonrpc::Message;
 use mcpwatch_inspect::poison::{self, Severity};
 use mcpwatch_policy::{PinAction, PoisonAction, Subject};
 use serde_json::Value;
@@ -13,18 +14,21 @@ use super::{add_findings, flows, Judge, Site, CODE_CONTENT_BLOCKED};
 use crate::inventory::PinOutcome;
 use crate::clock::now_ms;
 
-/// Govern the answer `value` (a whole JSON-RPC response) to the call `rec` records.
-/// `first_page`: the call asked for the first page of a paginated list. True if `value`
-/// was rewritten (redacted, filtered or replaced by an error).
-pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: bool, value: &mut Value) -> bool {
+/// Govern the answer `msg` (a server's response) to the call `rec` records.
+/// `first_page`: the call asked for the first page of a paginated list. True if `msg`
+/// was rewritten (redacted, filtered, or replaced by an error when inspection blocks it).
+pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: bool, msg: &mut Message) -> bool {
+    let Message::Response { id, result } = msg else { return false };
     let enforce = j.enforce(site);
-    let method = rec.method.clone().unwrap_or_default();
+    let method = rec.method.as_deref().unwrap_or_default();
+    let (listing, initialize, no_result_scan, tools_call) =
+        (method == "tools/list", method == "initialize", matches!(method, "tools/list" | "initialize" | "server/discover"), method == "tools/call");
     let mut changed = false;
-    if method == "tools/list" {
-        changed |= tools_list(j, site, rec, first_page, value, enforce);
+    if listing {
+        changed |= tools_list(j, site, rec, first_page, result, enforce);
     }
-    if method == "initialize" {
-        if let Some(text) = value.pointer("/result/instructions").and_then(Value::as_str) {
+    if initialize {
+        if let Some(text) = result.get("instructions").and_then(Value::as_str) {
             let r = poison::scan_instructions(text);
             if r.severity >= Severity::Medium {
                 let alert = format!("server instructions carry hidden-instruction signals (score {})", r.score);
@@ -33,14 +37,13 @@ pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
             }
         }
     }
-    if matches!(method.as_str(), "tools/list" | "initialize" | "server/discover") {
+    if no_result_scan {
         return changed;
     }
     // Results: detectors (redact in enforce), instructions aimed at the agent (alert).
-    let Some(result) = value.get_mut("result") else { return changed };
     // Instructions aimed at the agent are judged on what the server sent: after
     // redaction our own placeholders (`<SECRET>`) would read as hidden tags.
-    let flows_on = method == "tools/call" && !j.gov.policy.flows().is_empty();
+    let flows_on = tools_call && !j.gov.policy.flows().is_empty();
     let injection = j.gov.policy.inspect().result_injection;
     let scan = (injection || flows_on).then(|| poison::scan_result(result));
     let markers_source = flows_on.then(|| result.clone());
@@ -51,12 +54,8 @@ pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
         rec.notes.push(format!("result redacted before the client saw it ({} spans)", report.redacted_total()));
     }
     if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
-        let id = value.get("id").cloned().unwrap_or(Value::Null);
-        *value = serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "error": { "code": CODE_CONTENT_BLOCKED, "message": "mcpwatch: the result contains data the policy blocks; it was not delivered" }
-        });
+        let message = "mcpwatch: the result contains data the policy blocks; it was not delivered".to_string();
+        *msg = Message::Error { id: Some(id.clone()), code: CODE_CONTENT_BLOCKED, message, data: None };
         rec.notes.push("result blocked by inspection".into());
         return true;
     }
@@ -74,11 +73,11 @@ pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
 }
 
 /// Pin, scan and filter a `tools/list` result.
-fn tools_list(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: bool, value: &mut Value, enforce: bool) -> bool {
-    let Some(tools) = value.pointer("/result/tools").and_then(Value::as_array) else { return false };
+fn tools_list(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: bool, result: &mut Value, enforce: bool) -> bool {
+    let Some(tools) = result.get("tools").and_then(Value::as_array) else { return false };
     let settings = j.gov.policy.inspect();
     let (sights, poisoned) = crate::inventory::tool_sights(tools, crate::inventory::poison_floor(settings.poisoning_min_severity));
-    let last_page = value.pointer("/result/nextCursor").is_none_or(Value::is_null);
+    let last_page = result.get("nextCursor").is_none_or(Value::is_null);
     let outcomes = j.inventory.observe_tools(site.endpoint, &sights, first_page, last_page, now_ms());
 
     let mut hide: Vec<(String, String)> = Vec::new();
@@ -110,7 +109,7 @@ fn tools_list(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
 
     // Filter: hidden tools, and tools this agent may not call.
     let subject = Subject { process: site.process };
-    let Some(list) = value.pointer_mut("/result/tools").and_then(Value::as_array_mut) else { return false };
+    let Some(list) = result.get_mut("tools").and_then(Value::as_array_mut) else { return false };
     let before = list.len();
     list.retain(|t| {
         let Some(name) = t.get("name").and_then(Value::as_str) else { return true };

@@ -355,15 +355,16 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         Parsed::Batch(items) => items.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
         Parsed::Invalid(e) => vec![Err(e.to_string())],
     };
-    let input = BatchInput { parts: &parts, bytes: &bytes, messages: &messages, batch, disguised: disguised.as_deref() };
-    let mut gb = match govern_batch(&shared, &scope, &gov, &input).await {
+    let mut messages = messages;
+    let input = BatchInput { parts: &parts, bytes: &bytes, batch, disguised: disguised.as_deref() };
+    let mut gb = match govern_batch(&shared, &scope, &gov, &input, &mut messages).await {
         Governing::Done(gb) => gb,
         Governing::Streamed(held) => {
-            let StreamedHold { msg, value, pending, audit_failed, modified } = *held;
-            // Redacted arguments are re-serialised from `value`; otherwise the client's
-            // exact bytes go upstream.
-            let original = if modified { Bytes::new() } else { bytes.clone() };
-            return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, value, original, pending, audit_failed);
+            let StreamedHold { msg, pending, audit_failed, modified } = *held;
+            // Redacted arguments are re-serialised from the message; otherwise the
+            // client's exact bytes go upstream.
+            let body = if modified { Bytes::from(serde_json::to_vec(&msg.to_value()).unwrap_or_default()) } else { bytes.clone() };
+            return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, body, pending, audit_failed);
         }
     };
     // Commit: what is about to be forwarded is on disk first (or failure_mode allows otherwise).
@@ -379,7 +380,10 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         return refusal_response(&parts.headers, scope.legacy, &body, gb.retry_after, input.batch);
     }
     let out_bytes = if gb.modified {
-        let v = if input.batch { serde_json::Value::Array(std::mem::take(&mut gb.forwarded)) } else { gb.forwarded.pop().unwrap_or_default() };
+        // Only now are the forwarded messages turned back into JSON (redacted, or with
+        // the refused ones left out); an unchanged body goes as the client's bytes.
+        let mut values = gb.forwarded.iter().filter_map(|&i| messages.get(i)?.as_ref().ok().map(Message::to_value));
+        let v = if input.batch { serde_json::Value::Array(values.collect()) } else { values.next().unwrap_or_default() };
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     } else {
         bytes
@@ -463,7 +467,6 @@ fn register(shared: &Shared, gov: &Loaded, scope: &Scope) {
 struct BatchInput<'a> {
     parts: &'a Parts,
     bytes: &'a Bytes,
-    messages: &'a [Result<Message, String>],
     batch: bool,
     disguised: Option<&'a str>,
 }
@@ -473,8 +476,9 @@ struct BatchInput<'a> {
 struct GovernedBatch {
     /// Records of what goes upstream (and of unparseable messages), keyed for their answers.
     pending: Vec<(PendingKey, Pending)>,
-    /// The messages to forward, as values (used when the body must be re-serialised).
-    forwarded: Vec<serde_json::Value>,
+    /// Which of the POST's messages go upstream (their indices), for re-serialising the
+    /// body when it changed.
+    forwarded: Vec<usize>,
     /// mcpwatch's own answers to refused requests.
     refusals: Vec<serde_json::Value>,
     /// The longest rate-limit wait among the refusals.
@@ -488,7 +492,6 @@ struct GovernedBatch {
 /// A single held call whose client asked for progress: answered on an SSE stream.
 struct StreamedHold {
     msg: Message,
-    value: serde_json::Value,
     pending: Pending,
     audit_failed: bool,
     modified: bool,
@@ -501,15 +504,18 @@ enum Governing {
 
 /// The govern stage for every message of a POST: record each, judge requests
 /// ([`govern::request`]), wait for a human on held calls ([`govern::hold`]).
-async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, input: &BatchInput<'_>) -> Governing {
+///
+/// Redaction rewrites `messages` in place; `GovernedBatch::forwarded` names the ones
+/// that go upstream.
+async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, input: &BatchInput<'_>, messages: &mut [Result<Message, String>]) -> Governing {
     let target = scope.target();
     let flow_session = scope.flow_session();
     let site = scope.site(&target, &flow_session);
-    let n = input.messages.len().max(1);
+    let n = messages.len().max(1);
     let per_message_bytes = input.bytes.len() as u64 / n as u64;
     let mut gb = GovernedBatch::default();
     let now = Instant::now();
-    for m in input.messages {
+    for (index, m) in messages.iter_mut().enumerate() {
         Counters::inc(&shared.counters.mcp_messages);
         match m {
             Ok(msg @ (Message::Request { .. } | Message::Notification { .. })) => {
@@ -528,9 +534,8 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 }
                 let name = rec.name.clone();
                 shared.inventory.saw_message(&Sighting { dst: &rec.dst, ..scope.sighting(msg.method(), name.as_deref()) });
-                let mut value = msg.to_value();
                 let (fate, held) = if kind == MessageKind::Request {
-                    let g = govern::request(Judge::of(shared, gov), &site, msg, &mut value, &mut rec);
+                    let g = govern::request(Judge::of(shared, gov), &site, msg, &mut rec);
                     gb.modified |= g.modified;
                     (g.fate, g.held)
                 } else {
@@ -541,7 +546,8 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 // once: progress notifications while a human decides, then the answer.
                 if held && !input.batch && accepts_sse(&input.parts.headers) && progress_token(msg).is_some() {
                     let pending = Pending { record: rec, started: now, first_page: false };
-                    return Governing::Streamed(Box::new(StreamedHold { msg: msg.clone(), value, pending, audit_failed: gb.audit_failed, modified: gb.modified }));
+                    let msg = std::mem::replace(msg, Message::Notification { method: String::new(), params: None });
+                    return Governing::Streamed(Box::new(StreamedHold { msg, pending, audit_failed: gb.audit_failed, modified: gb.modified }));
                 }
                 // A held call waits here for a human; the record is already written.
                 let fate = match fate {
@@ -556,12 +562,16 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 };
                 match fate {
                     Fate::Forward => {
-                        let key = msg.id().map_or_else(|| PendingKey::Notification(rec.id.clone()), |i| PendingKey::Id(i.to_string()));
                         let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
-                        if let Some(id) = msg.id() {
-                            shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Forwarded);
-                        }
-                        gb.forwarded.push(value);
+                        let key = match msg.id() {
+                            Some(id) => {
+                                let id = id.to_string();
+                                shared.sessions.note_id(&scope.conversation, &id, IdFate::Forwarded);
+                                PendingKey::Id(id)
+                            }
+                            None => PendingKey::Notification(rec.id.clone()),
+                        };
+                        gb.forwarded.push(index);
                         gb.pending.push((key, Pending { record: rec, started: now, first_page }));
                     }
                     Fate::Refuse { code, message, data, retry_after_ms } => {
@@ -585,7 +595,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         complete_with(shared, p, msg, input.bytes.len() as u64);
                     }
                 }
-                gb.forwarded.push(msg.to_value());
+                gb.forwarded.push(index);
             }
             Err(why) => {
                 let mut rec = scope.record(shared, MessageKind::Invalid, C2S, None, per_message_bytes);
@@ -666,8 +676,7 @@ fn streamed_hold(
     gov: Arc<Loaded>,
     parts: Parts,
     msg: Message,
-    value: serde_json::Value,
-    original: Bytes,
+    body: Bytes,
     mut pending: Pending,
     audit_failed: bool,
 ) -> Response<Body> {
@@ -724,7 +733,6 @@ fn streamed_hold(
                 if let Some(id) = msg.id() {
                     shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Forwarded);
                 }
-                let body = if original.is_empty() { Bytes::from(serde_json::to_vec(&value).unwrap_or_default()) } else { original };
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);
                 let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| PendingKey::Id(i.to_string()));

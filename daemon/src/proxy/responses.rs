@@ -24,7 +24,7 @@ use mcpwatch_policy::Mode;
 use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
-use crate::record::{complete_with, finish, write_closed};
+use crate::record::{answer_of, finish, write_closed};
 use super::scope::{http_failure, is_json, is_sse, Scope, TargetOwned, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
@@ -146,10 +146,14 @@ impl StreamObserver {
     }
 
     /// One JSON-RPC message from the server: pass, change (`value` rewritten) or drop.
-    fn on_server_message(&mut self, value: &mut Value, size: u64) -> Outcome {
+    /// One message of a server's answer. `keep_value`: the caller re-serialises `value`
+    /// whatever the outcome (a batch with a changed member); otherwise `value` is
+    /// whole again only when the outcome is [`Outcome::Changed`], since an unchanged
+    /// single message goes to the client as the bytes it came in.
+    fn on_server_message(&mut self, value: &mut Value, size: u64, keep_value: bool) -> Outcome {
         Counters::inc(&self.shared.counters.mcp_messages);
         let verdict = integrity::judge_server_message(value, |id| self.id_state(id));
-        let msg = match verdict {
+        let mut msg = match verdict {
             Verdict::Deliver(msg) => msg,
             Verdict::Drop(why) => {
                 let enforce = self.enforce;
@@ -164,7 +168,19 @@ impl StreamObserver {
                 return if enforce { Outcome::Drop } else { Outcome::Keep };
             }
         };
-        match &msg {
+        let outcome = self.on_delivered(&mut msg, size);
+        // The payload moved out of `value` into `msg` (no copy): put back where used.
+        if keep_value || matches!(outcome, Outcome::Changed) {
+            jsonrpc::put_back(value, msg);
+        }
+        outcome
+    }
+
+    /// A server message that passed the integrity check: an answer completes its call's
+    /// record (after the govern stage had its say); a request or notification of the
+    /// server's own is recorded.
+    fn on_delivered(&mut self, msg: &mut Message, size: u64) -> Outcome {
+        match &*msg {
             Message::Response { .. } | Message::Error { .. } => {
                 let key = msg.id().map(|i| i.to_string());
                 let local_hit = match &key {
@@ -177,17 +193,16 @@ impl StreamObserver {
                     None => key.and_then(|k| self.shared.sessions.take(&self.scope.conversation, &k)),
                 };
                 let Some(mut p) = pending else { return Outcome::Keep };
-                let changed = match &msg {
-                    Message::Response { .. } => self.govern_result(&mut p, value),
-                    _ => false,
-                };
-                self.learn(&p, &msg);
-                complete_with(&self.shared, p, &msg, size);
+                // Learned from, and recorded (status, result hash), as the server sent it.
+                self.learn(&p, msg);
+                let (status, hash) = answer_of(&self.shared, msg);
+                let changed = msg.result().is_some() && self.govern_result(&mut p, msg);
+                finish(&self.shared, p, status, hash, size);
                 if changed { Outcome::Changed } else { Outcome::Keep }
             }
             Message::Request { .. } | Message::Notification { .. } => {
                 let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };
-                let mut rec = self.scope.record(&self.shared, kind, S2C, Some(&msg), size);
+                let mut rec = self.scope.record(&self.shared, kind, S2C, Some(&*msg), size);
                 if let Some(s) = &self.response_session {
                     rec.session_id.get_or_insert_with(|| s.clone());
                 }
@@ -229,9 +244,9 @@ impl StreamObserver {
     }
 
     /// Policy and inspection on a result. Returns true if `value` changed.
-    fn govern_result(&mut self, p: &mut Pending, value: &mut Value) -> bool {
+    fn govern_result(&mut self, p: &mut Pending, msg: &mut Message) -> bool {
         let site = self.scope.site(&self.target, &self.flow_session);
-        govern::result(Judge::of(&self.shared, &self.gov), &site, &mut p.record, p.first_page, value)
+        govern::result(Judge::of(&self.shared, &self.gov), &site, &mut p.record, p.first_page, msg)
     }
 
     /// Conversation key for server-initiated requests (answered in a later POST).
@@ -288,7 +303,7 @@ impl StreamObserver {
                 let mut changed = false;
                 let mut kept = Vec::with_capacity(items.len());
                 for mut item in std::mem::take(items) {
-                    match self.on_server_message(&mut item, size) {
+                    match self.on_server_message(&mut item, size, true) {
                         Outcome::Keep => kept.push(item),
                         Outcome::Changed => {
                             changed = true;
@@ -303,7 +318,7 @@ impl StreamObserver {
                 *items = kept;
                 if changed { JsonOut::Replace(serde_json::to_vec(&value).unwrap_or_default()) } else { JsonOut::Keep }
             }
-            v => match self.on_server_message(v, size) {
+            v => match self.on_server_message(v, size, false) {
                 Outcome::Keep => JsonOut::Keep,
                 Outcome::Changed => JsonOut::Replace(serde_json::to_vec(&value).unwrap_or_default()),
                 Outcome::Drop => JsonOut::Drop,
