@@ -290,8 +290,11 @@ impl Sessions {
         }
     }
 
-    pub fn legacy_route(&self, dst: &str, host: &str, path_and_query: &str) -> Option<LegacyRoute> {
+    pub fn legacy_route(&self, dst: &std::net::SocketAddr, host: &str, path_and_query: &str) -> Option<LegacyRoute> {
         let i = self.inner.lock().ok()?;
+        if i.legacy.is_empty() {
+            return None; // no legacy HTTP+SSE session open: no key to build
+        }
         i.legacy.get(&(dst.to_string(), host.to_string(), path_and_query.to_string())).cloned()
     }
 
@@ -302,7 +305,11 @@ impl Sessions {
     }
 
     pub fn version(&self, endpoint: &str, session: &str) -> Option<String> {
-        self.inner.lock().ok()?.versions.get(&(endpoint.to_string(), session.to_string())).cloned()
+        let i = self.inner.lock().ok()?;
+        if i.versions.is_empty() {
+            return None;
+        }
+        i.versions.get(&(endpoint.to_string(), session.to_string())).cloned()
     }
 
     pub fn end_session(&self, endpoint: &str, session: &str) {

@@ -111,9 +111,7 @@ impl Scope {
         let path_and_query = parts.uri.path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_string());
         let host_only = host_header.as_deref().map(strip_port).unwrap_or_else(|| dst.ip().to_string());
         let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let dst_s = dst.to_string();
-        let host_key = host_header.clone().unwrap_or_default();
-        if let Some(route) = shared.sessions.legacy_route(&dst_s, &host_key, &path_and_query) {
+        if let Some(route) = shared.sessions.legacy_route(&dst, host_header.as_deref().unwrap_or_default(), &path_and_query) {
             return Scope {
                 ctx: ctx.clone(),
                 host: host_header,
@@ -286,8 +284,10 @@ pub(super) fn http_failure(status: StatusCode) -> CallStatus {
     CallStatus::TransportError { reason: format!("HTTP {status}") }
 }
 
+/// Whether a header `name` contains `needle` (lowercase ASCII), ignoring ASCII case.
 pub(super) fn header_has(h: &HeaderMap, name: http::header::HeaderName, needle: &str) -> bool {
-    h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains(needle)))
+    let needle = needle.as_bytes();
+    h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| needle.is_empty() || s.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))))
 }
 
 pub(super) fn is_json(h: &HeaderMap) -> bool {
@@ -330,6 +330,19 @@ pub(super) fn strip_port(h: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_matching_ignores_case() {
+        let mut h = HeaderMap::new();
+        h.append(CONTENT_TYPE, http::HeaderValue::from_static("Application/JSON; charset=utf-8"));
+        h.append(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        h.append(http::header::ACCEPT, http::HeaderValue::from_static("TEXT/Event-Stream"));
+        assert!(is_json(&h));
+        assert!(!is_sse(&h));
+        assert!(accepts_sse(&h), "the second Accept value counts");
+        assert!(!header_has(&h, CONTENT_TYPE, "xml"));
+        assert!(!header_has(&h, CONTENT_TYPE, "application/json; charset=utf-8; extra"), "longer than the value");
+    }
 
     #[test]
     fn strips_ports() {
