@@ -15,7 +15,7 @@
 //! a task fed by the record broadcast, which woke a task (and often the other worker
 //! thread) twice per call.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -175,18 +175,22 @@ const MAX_LOGGED: usize = 4096;
 #[derive(Default)]
 pub struct EventLog(Logged);
 
-type Logged = (VecDeque<(String, &'static str)>, HashSet<(String, &'static str)>);
+/// The keys logged, oldest first, and per event kind the set of keys (looked up by
+/// `&str`: a key already logged, such as a busy shadow server, costs no allocation).
+type Logged = (VecDeque<(String, &'static str)>, HashMap<&'static str, HashSet<String>>);
 
 fn first(logged: &mut Logged, id: &str, what: &'static str) -> bool {
-    let key = (id.to_string(), what);
-    if !logged.1.insert(key.clone()) {
+    let seen = logged.1.entry(what).or_default();
+    if seen.contains(id) {
         return false;
     }
-    logged.0.push_back(key);
+    seen.insert(id.to_string());
+    logged.0.push_back((id.to_string(), what));
     if logged.0.len() > MAX_LOGGED
-        && let Some(old) = logged.0.pop_front()
+        && let Some((old, kind)) = logged.0.pop_front()
+        && let Some(set) = logged.1.get_mut(kind)
     {
-        logged.1.remove(&old);
+        set.remove(&old);
     }
     true
 }
@@ -258,6 +262,9 @@ mod tests {
         for i in 0..MAX_LOGGED + 1 {
             first(&mut l, &i.to_string(), "x");
         }
-        assert!(l.0.len() <= MAX_LOGGED && l.1.len() <= MAX_LOGGED);
+        let kept: usize = l.1.values().map(HashSet::len).sum();
+        assert!(l.0.len() <= MAX_LOGGED && kept <= MAX_LOGGED, "{} queued, {kept} kept", l.0.len());
+        assert_eq!(kept, l.0.len(), "the sets and the queue forget together");
+        assert!(first(&mut l, "1", "deny"), "the oldest key was forgotten, so it logs again");
     }
 }
