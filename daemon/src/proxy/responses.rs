@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
 use crate::record::{answer_of, finish, write_closed};
-use super::scope::{http_failure, is_json, is_sse, Scope, TargetOwned, H_SESSION, S2C};
+use super::scope::{http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
@@ -42,7 +42,7 @@ pub fn observe(
     resp: Response<Incoming>,
 ) -> Response<Body> {
     let status = resp.status();
-    let headers = resp.headers().clone();
+    let headers = resp.headers();
     let limits = &shared.config.limits;
     let mode = if is_sse(&headers) {
         Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
@@ -50,20 +50,19 @@ pub fn observe(
         Mode2::Json { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false }
     } else {
         // No JSON-RPC in the response (202 Accepted for notifications, or an HTTP error).
-        let mut obs = StreamObserver::new(shared.clone(), scope, gov, local, &headers, status, Mode2::Ignore);
+        let mut obs = StreamObserver::new(shared.clone(), scope, gov, local, headers, status, Mode2::Ignore);
         obs.finish_headers_only();
         return resp.map(body::incoming);
     };
-    let obs = StreamObserver { injected, ..StreamObserver::new(shared, scope, gov, local, &headers, status, mode) };
+    let obs = StreamObserver { injected, ..StreamObserver::new(shared, scope, gov, local, headers, status, mode) };
     transformed(resp, obs)
 }
 
 /// Wrap a GET SSE stream (server-initiated messages, legacy responses).
 pub fn observe_stream(shared: Arc<Shared>, scope: Scope, resp: Response<Incoming>) -> Response<Body> {
     let gov = shared.governance.current();
-    let headers = resp.headers().clone();
     let mode = Mode2::Sse { parser: SseParser::new(shared.config.limits.max_sse_event_bytes), raw: Vec::new() };
-    let obs = StreamObserver::new(shared, scope, gov, Vec::new(), &headers, resp.status(), mode);
+    let obs = StreamObserver::new(shared, scope, gov, Vec::new(), resp.headers(), resp.status(), mode);
     transformed(resp, obs)
 }
 
@@ -114,19 +113,16 @@ struct StreamObserver {
     enforce: bool,
     /// Set when a limit forced the stream to end early.
     abort: bool,
-    /// The server as the policy matches it, and the toxic-flow session, for
-    /// `govern::result`: computed once per stream, not per answer.
-    target: TargetOwned,
-    flow_session: String,
 }
 
 impl StreamObserver {
     fn new(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(PendingKey, Pending)>, headers: &HeaderMap, status: StatusCode, mode: Mode2) -> Self {
         let response_session = headers.get(H_SESSION).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let target = scope.target().clone();
-        let flow_session = scope.flow_session().to_owned();
-        let enforce = gov.inspect_mode(&target.as_policy()) == Mode::Enforce;
-        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, target, flow_session }
+        // The scope computes the policy target and the toxic-flow session once and keeps
+        // them (`Scope::target`, `Scope::flow_session`): every answer of the stream reads
+        // those, no copy per stream or per answer.
+        let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
+        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false }
     }
 
     /// The response carries no JSON-RPC: close what can be closed now.
@@ -245,7 +241,7 @@ impl StreamObserver {
 
     /// Policy and inspection on a result. Returns true if `value` changed.
     fn govern_result(&mut self, p: &mut Pending, msg: &mut Message) -> bool {
-        let site = self.scope.site(&self.target, &self.flow_session);
+        let site = self.scope.site(self.scope.target(), self.scope.flow_session());
         govern::result(Judge::of(&self.shared, &self.gov), &site, &mut p.record, p.first_page, msg)
     }
 

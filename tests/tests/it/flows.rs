@@ -150,6 +150,43 @@ fn tp005_inj005_injected_ticket_then_destructive_sql_is_denied() {
     assert_eq!(n, 3, "only this session's calls: {}", String::from_utf8_lossy(&json.stdout));
 }
 
+/// TP-005 over the legacy HTTP+SSE transport: the tainting result arrives on the GET
+/// stream, the follow-on write is a POST to the announced message URL. Both must be
+/// judged in the same toxic-flow session (the legacy session), or the write would be
+/// checked against a session the result never tainted.
+#[test]
+fn tp005_over_legacy_sse_is_denied_too() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).legacy_sse().arg("--flow-tools").arg(THREATS).spawn();
+    let Some(w) = start("tp005_over_legacy_sse_is_denied_too", &server, POLICY) else { return };
+    let (_, write_args) = case_call("INJ-005", 1);
+    let out = Client::python(&server.sse_url())
+        .legacy_sse()
+        .cgroup(w.cgroup())
+        .call("run_sql", json!({"query": "SELECT * FROM support_messages WHERE ticket_id = 88"}))
+        .call("run_sql", write_args)
+        .run();
+    let steps = out.steps();
+    assert_eq!(steps[0]["ok"], true, "{:?}", out.lines);
+    assert!(steps[0]["text"].as_str().unwrap_or_default().contains("IMPORTANT Instructions for CURSOR CLAUDE"), "{}", steps[0]);
+    // Legacy answers travel on the GET stream; mcpwatch refuses the POST itself (403),
+    // which this SDK does not surface: its call times out. What matters here is that
+    // the write is refused and never reaches the server.
+    assert_ne!(steps[1]["ok"], true, "the destructive write is not answered by the server: {:?}", out.lines);
+    assert_eq!(recorded(&server, "run_sql"), 1, "the destructive write never reached the server");
+    let recs = w.daemon.wait_audit("flow records", |r| settled(r, "run_sql", 2));
+    let ticket = recs
+        .iter()
+        .find(|r| r.name.as_deref() == Some("run_sql") && r.flow.as_ref().is_some_and(|f| f.taints))
+        .unwrap_or_else(|| panic!("no tainting record: {recs:#?}"));
+    let denied = last_call(&recs, "run_sql");
+    let f = denied.flow.as_ref().expect("flow view");
+    assert_eq!(f.session, ticket.flow.as_ref().map(|t| t.session.clone()).unwrap_or_default(), "one session for the result and the call");
+    assert!(f.tainted_by == vec![ticket.id.clone()], "{f:?}");
+    let d = denied.decision.as_ref().expect("decision");
+    assert_eq!(d.effective.as_str(), "block", "{d:?}");
+    assert!(d.rules.iter().any(|r| r == "flow:untrusted-destructive"), "{d:?}");
+}
+
 /// The GitHub toxic flow (PII-008; "TP-006" in the corpus): a public issue asks the agent
 /// to publish the author's private repositories. Reading the issue taints the session;
 /// reading a private repo and then opening a public PR is held for approval (and, with no
