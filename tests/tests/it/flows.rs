@@ -86,6 +86,13 @@ fn last_call<'a>(recs: &'a [AuditRecord], tool: &str) -> &'a AuditRecord {
     recs.iter().rev().find(|r| r.name.as_deref() == Some(tool) && r.method.as_deref() == Some("tools/call")).unwrap_or_else(|| panic!("no {tool} record"))
 }
 
+/// The `tool` call whose result tainted its toxic-flow session.
+fn tainting_call<'a>(recs: &'a [AuditRecord], tool: &str) -> &'a AuditRecord {
+    recs.iter()
+        .find(|r| r.name.as_deref() == Some(tool) && r.flow.as_ref().is_some_and(|f| f.taints))
+        .unwrap_or_else(|| panic!("no tainting {tool} record: {recs:#?}"))
+}
+
 fn settled(recs: &[AuditRecord], tool: &str, n: usize) -> bool {
     recs.iter().filter(|r| r.name.as_deref() == Some(tool) && r.status != CallStatus::Pending).count() >= n
 }
@@ -127,10 +134,7 @@ fn tp005_inj005_injected_ticket_then_destructive_sql_is_denied() {
     assert_eq!(recorded(&server, "run_sql"), 4, "the destructive write never reached the server");
 
     let recs = w.daemon.wait_audit("flow records", |r| settled(r, "run_sql", 5));
-    let ticket = recs
-        .iter()
-        .find(|r| r.name.as_deref() == Some("run_sql") && r.flow.as_ref().is_some_and(|f| f.taints))
-        .unwrap_or_else(|| panic!("no tainting record: {recs:#?}"));
+    let ticket = tainting_call(&recs, "run_sql");
     assert!(msg.contains(&ticket.id), "the error names the tainting record {}: {msg}", ticket.id);
     let denied = last_call(&recs, "run_sql");
     let f = denied.flow.as_ref().expect("flow view");
@@ -174,10 +178,7 @@ fn tp005_over_legacy_sse_is_denied_too() {
     assert_ne!(steps[1]["ok"], true, "the destructive write is not answered by the server: {:?}", out.lines);
     assert_eq!(recorded(&server, "run_sql"), 1, "the destructive write never reached the server");
     let recs = w.daemon.wait_audit("flow records", |r| settled(r, "run_sql", 2));
-    let ticket = recs
-        .iter()
-        .find(|r| r.name.as_deref() == Some("run_sql") && r.flow.as_ref().is_some_and(|f| f.taints))
-        .unwrap_or_else(|| panic!("no tainting record: {recs:#?}"));
+    let ticket = tainting_call(&recs, "run_sql");
     let denied = last_call(&recs, "run_sql");
     let f = denied.flow.as_ref().expect("flow view");
     assert_eq!(f.session, ticket.flow.as_ref().map(|t| t.session.clone()).unwrap_or_default(), "one session for the result and the call");
