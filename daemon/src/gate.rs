@@ -370,11 +370,8 @@ impl Session {
                 return GateVerdict::Answer { line: err.to_string() };
             }
         };
-        if msg.is_request() {
-            return self.on_request(&shared.governance.current(), msg, bytes).await;
-        }
-        match &msg {
-            Message::Request { .. } => unreachable!("requests are handled above"),
+        match msg {
+            Message::Request { .. } => self.on_request(&shared.governance.current(), msg, bytes).await,
             Message::Notification { .. } => {
                 self.sight(msg.method(), None);
                 self.write_closed(self.record(MessageKind::Notification, C2S, Some(&msg), bytes), CallStatus::Sent);
@@ -477,7 +474,7 @@ impl Session {
                     self.learn(&p.record, result);
                 }
                 let (status, hash) = record::answer_of(shared, &msg);
-                let changed = msg.result().is_some() && govern::result(Judge::of(shared, &gov), &self.site(), &mut p.record, p.first_page, &mut msg);
+                let changed = govern::result(Judge::of(shared, &gov), &self.site(), &mut p.record, p.first_page, &mut msg);
                 p.record.status = status;
                 p.record.result_hash = hash;
                 p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);

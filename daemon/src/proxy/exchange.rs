@@ -350,12 +350,11 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
     register(&shared, &gov, &scope);
     let batch = matches!(parsed, Parsed::Batch(_));
     // The parsed messages move on to the govern stage (no copy of their params).
-    let messages: Vec<Result<Message, String>> = match parsed {
+    let mut messages: Vec<Result<Message, String>> = match parsed {
         Parsed::Single(m) => vec![Ok(m)],
         Parsed::Batch(items) => items.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
         Parsed::Invalid(e) => vec![Err(e.to_string())],
     };
-    let mut messages = messages;
     let input = BatchInput { parts: &parts, bytes: &bytes, batch, disguised: disguised.as_deref() };
     let mut gb = match govern_batch(&shared, &scope, &gov, &input, &mut messages).await {
         Governing::Done(gb) => gb,

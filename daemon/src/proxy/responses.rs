@@ -142,7 +142,7 @@ impl StreamObserver {
     }
 
     /// One JSON-RPC message from the server: pass, change (`value` rewritten) or drop.
-    /// One message of a server's answer. `keep_value`: the caller re-serialises `value`
+    /// `keep_value`: the caller re-serialises `value`
     /// whatever the outcome (a batch with a changed member); otherwise `value` is
     /// whole again only when the outcome is [`Outcome::Changed`], since an unchanged
     /// single message goes to the client as the bytes it came in.
@@ -192,7 +192,7 @@ impl StreamObserver {
                 // Learned from, and recorded (status, result hash), as the server sent it.
                 self.learn(&p, msg);
                 let (status, hash) = answer_of(&self.shared, msg);
-                let changed = msg.result().is_some() && self.govern_result(&mut p, msg);
+                let changed = self.govern_result(&mut p, msg);
                 finish(&self.shared, p, status, hash, size);
                 if changed { Outcome::Changed } else { Outcome::Keep }
             }
@@ -239,7 +239,7 @@ impl StreamObserver {
         }
     }
 
-    /// Policy and inspection on a result. Returns true if `value` changed.
+    /// Policy and inspection on an answer (`govern::result`). Returns true if `msg` changed.
     fn govern_result(&mut self, p: &mut Pending, msg: &mut Message) -> bool {
         let site = self.scope.site(self.scope.target(), self.scope.flow_session());
         govern::result(Judge::of(&self.shared, &self.gov), &site, &mut p.record, p.first_page, msg)
