@@ -123,22 +123,74 @@ fn next_request(bytes: &[u8]) -> Option<Request> {
     Some(Request { line, framing, len: body_len.map(|b| head_len + b) })
 }
 
-/// Length of a complete chunked body without trailers, `None` when unsure.
+/// Length of a complete chunked body as hyper's decoder reads it (hyper 1.x
+/// `proto/h1/decode.rs`, written here independently of the head log's port), `None`
+/// where hyper answers with an error or the model is unsure. Note httparse's
+/// `parse_chunk_size` is laxer than hyper (it lets a bare LF into an extension), so it
+/// is not the model.
 fn chunked_len(bytes: &[u8]) -> Option<usize> {
     let mut pos = 0;
     loop {
-        let (skip, size) = match httparse::parse_chunk_size(&bytes[pos..]) {
-            Ok(httparse::Status::Complete((skip, size))) => (skip, usize::try_from(size).ok()?),
-            _ => return None,
-        };
-        pos += skip;
-        if size == 0 {
-            return bytes[pos..].starts_with(b"\r\n").then_some(pos + 2);
+        let digits = bytes[pos..].iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 {
+            return None;
         }
-        pos = pos.checked_add(size)?;
-        if !bytes.get(pos..)?.starts_with(b"\r\n") {
+        let mut size: u64 = 0;
+        for &b in &bytes[pos..pos + digits] {
+            size = size.checked_mul(16)?.checked_add(u64::from(char::from(b).to_digit(16)?))?;
+        }
+        pos += digits;
+        pos += bytes[pos..].iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+        if bytes.get(pos) == Some(&b';') {
+            let ext = bytes[pos..].iter().position(|b| *b == b'\r')?;
+            if bytes[pos..pos + ext].contains(&b'\n') || ext > 1024 {
+                return None;
+            }
+            pos += ext;
+        }
+        if bytes.get(pos..pos + 2)? != b"\r\n" {
+            return None;
+        }
+        pos += 2;
+        if size == 0 {
+            return trailers_len(&bytes[pos..]).map(|t| pos + t);
+        }
+        pos = pos.checked_add(usize::try_from(size).ok()?)?;
+        if bytes.get(pos..pos + 2)? != b"\r\n" {
             return None;
         }
         pos += 2;
     }
+}
+
+/// Trailer lines after the last chunk: each runs to a CR (a bare LF is part of the
+/// line) and needs an LF after it; an empty line ends them. hyper then parses them with
+/// httparse and refuses the body when they are not valid headers.
+fn trailers_len(bytes: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    let mut lines = 0;
+    loop {
+        let cr = bytes[pos..].iter().position(|b| *b == b'\r')?;
+        pos += cr;
+        if bytes.get(pos + 1) != Some(&b'\n') {
+            return None;
+        }
+        pos += 2;
+        if cr == 0 {
+            break;
+        }
+        lines += 1;
+    }
+    if lines > 0 {
+        if lines >= MAX_HEADERS || pos > 8 * 1024 {
+            return None;
+        }
+        let mut headers = vec![httparse::EMPTY_HEADER; lines];
+        let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(&bytes[..pos], &mut headers) else { return None };
+        for h in parsed.iter() {
+            http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            http::HeaderValue::from_bytes(h.value).ok()?;
+        }
+    }
+    Some(pos)
 }

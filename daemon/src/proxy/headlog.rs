@@ -6,7 +6,9 @@
 //! so the client stream is wrapped in [`LoggedIo`], which follows the byte stream the way
 //! an HTTP/1.1 server does: heads parsed in stream order with httparse (the parser hyper
 //! uses, so bare-LF heads and leading empty lines are read alike), bodies skipped by
-//! their Content-Length or chunked framing. Each head's framing is queued, and
+//! their Content-Length, chunked bodies and trailers decoded byte for byte as hyper's
+//! decoder reads them ([`Chunk`]: where a bare LF ends a line for one parser and not
+//! the other, a trailer can hide a head or show a false one). Each head's framing is queued, and
 //! [`HeadLog::framing_of`] hands them out in order, one per request hyper delivers.
 //!
 //! Nothing here searches the bytes for text: a copy of a request line inside a body, a
@@ -56,12 +58,63 @@ enum State {
     #[default]
     Head,
     Body(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers,
+    Chunked(Chunk),
     /// Given up on: every later request is ambiguous.
     Lost,
+}
+
+/// Where a chunked body is, byte for byte as hyper's `ChunkedState` decoder reads it
+/// (hyper 1.x `proto/h1/decode.rs`). Any byte hyper refuses loses the stream: hyper
+/// then ends the connection, and nothing after it may be paired with a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting the first hex digit of a chunk size.
+    Start,
+    Size(u64),
+    /// Blanks after the size: no more digits may follow.
+    SizeLws(u64),
+    /// `;ext` up to CR; the count bounds its length.
+    Extension(u64, usize),
+    /// CR seen, LF must follow.
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// Inside a trailer line (any byte but CR, bare LF included, as hyper reads it).
+    Trailer(usize),
+    TrailerLf,
+    /// After the last chunk or a trailer line: CR ends the body, anything else starts a trailer.
+    EndCr,
+    EndLf,
+}
+
+impl Chunk {
+    /// The state after `b`, `None` where hyper answers with an error.
+    fn step(self, b: u8) -> Option<State> {
+        use Chunk::*;
+        let hex = |b: u8| char::from(b).to_digit(16).map(u64::from);
+        let next = match (self, b) {
+            (Start, b) => Size(hex(b)?),
+            (Size(n) | SizeLws(n), b'\t' | b' ') => SizeLws(n),
+            (Size(n) | SizeLws(n), b';') => Extension(n, 0),
+            (Size(n) | SizeLws(n) | Extension(n, _), b'\r') => SizeLf(n),
+            (Size(n), b) => Size(n.checked_mul(16)?.checked_add(hex(b)?)?),
+            (Extension(..), b'\n') => return None,
+            (Extension(n, len), _) if len < MAX_LINE => Extension(n, len + 1),
+            (SizeLf(0), b'\n') => EndCr,
+            (SizeLf(n), b'\n') => Data(n),
+            (DataCr, b'\r') => DataLf,
+            (DataLf, b'\n') => Start,
+            (Trailer(_), b'\r') => TrailerLf,
+            (Trailer(len), _) if len < MAX_LINE => Trailer(len + 1),
+            (TrailerLf, b'\n') => EndCr,
+            (EndCr, b'\r') => EndLf,
+            (EndCr, _) => Trailer(1),
+            (EndLf, b'\n') => return Some(State::Head),
+            _ => return None,
+        };
+        Some(State::Chunked(next))
+    }
 }
 
 /// Follows one connection's request stream.
@@ -116,50 +169,25 @@ impl Tracker {
                         _ => return self.lose(),
                     }
                 }
-                State::Body(n) | State::ChunkData(n) => {
+                State::Body(n) | State::Chunked(Chunk::Data(n)) => {
                     let take = rest.len().min(usize::try_from(n).unwrap_or(usize::MAX));
                     at += take;
                     let left = n - take as u64;
                     self.state = match (self.state, left) {
                         (State::Body(_), 0) => State::Head,
                         (State::Body(_), l) => State::Body(l),
-                        (_, 0) => State::ChunkEnd,
-                        (_, l) => State::ChunkData(l),
+                        (_, 0) => State::Chunked(Chunk::DataCr),
+                        (_, l) => State::Chunked(Chunk::Data(l)),
                     };
                     if left > 0 {
                         break;
                     }
                 }
-                State::ChunkEnd => match rest {
-                    [b'\r', b'\n', ..] => {
-                        at += 2;
-                        self.state = State::ChunkSize;
-                    }
-                    [b'\n', ..] => {
-                        at += 1;
-                        self.state = State::ChunkSize;
-                    }
-                    [] | [b'\r'] => break,
-                    _ => return self.lose(),
-                },
-                State::ChunkSize | State::Trailers => {
-                    let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
-                        if rest.len() > MAX_LINE {
-                            return self.lose();
-                        }
-                        break;
-                    };
-                    let line = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
-                    at += nl + 1;
-                    if self.state == State::Trailers {
-                        if line.is_empty() {
-                            self.state = State::Head;
-                        }
-                        continue;
-                    }
-                    match chunk_size(line) {
-                        Some(0) => self.state = State::Trailers,
-                        Some(n) => self.state = State::ChunkData(n),
+                State::Chunked(c) => {
+                    let Some(&b) = rest.first() else { break };
+                    at += 1;
+                    match c.step(b) {
+                        Some(next) => self.state = next,
                         None => return self.lose(),
                     }
                 }
@@ -208,7 +236,7 @@ fn framing_of_head(req: &httparse::Request<'_, '_>) -> (Framing, State) {
         // this head is HTTP/1 we can frame.
         State::Lost
     } else if f.transfer_encoding {
-        if chunked_last { State::ChunkSize } else { State::Lost }
+        if chunked_last { State::Chunked(Chunk::Start) } else { State::Lost }
     } else {
         match length {
             Some(0) | None => State::Head,
@@ -216,15 +244,6 @@ fn framing_of_head(req: &httparse::Request<'_, '_>) -> (Framing, State) {
         }
     };
     (f, next)
-}
-
-/// The size of a chunk-size line (`1a;ext=x`), `None` when malformed.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let hex = line.split(|b| *b == b';').next()?.trim_ascii();
-    if hex.is_empty() || hex.len() > 15 || !hex.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 impl HeadLog {
@@ -304,6 +323,37 @@ mod tests {
         let f = framings(b"GET / HTTP/1.1\nHost: x\n\nPOST /mcp HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 2);
         assert_eq!(f[0], Framing::default());
         assert!(f[1].is_ambiguous(), "{f:?}");
+    }
+
+    /// Chunked bodies end where hyper's decoder ends them, byte for byte. A tracker
+    /// that split chunk lines or trailers at bare LFs saw a head inside what hyper reads
+    /// as a trailer, and its queue then paired the next (CL+TE) request with that clean
+    /// head: the smuggled request was forwarded.
+    #[test]
+    fn chunked_bodies_end_where_hyper_ends_them() {
+        // `X: a\n` then CRLF is one trailer line to hyper, so the `GET /x` line is a
+        // trailer too (httparse stops reading trailers at the first empty line).
+        let f = framings(
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\r\nGET /x HTTP/1.1\r\n\r\nPOST /mcp HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            2,
+        );
+        assert_eq!(f[0], Framing { content_length_headers: 0, transfer_encoding: true, lost: false });
+        assert!(f[1].is_ambiguous(), "the second request hyper delivers is the CL+TE one: {f:?}");
+        // Blanks after the size and an extension are fine; a body chunk ends in CRLF.
+        let f = framings(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2 ;x=y\r\n{}\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n", 2);
+        assert_eq!(f[1], Framing::default());
+        // What hyper refuses ends the connection there; nothing after it is trusted
+        // (fuzz seed `regression-bare-lf-chunk-extension`: a bare LF inside a chunk extension).
+        for s in [
+            &b"v mp HTTP/1.1\nTransfer-Encoding:chunked\r\n\n0;\n\nP c HTTP/1.1\nsf:b\r\n\r\nT p HTTP/1.1\nTransfer-Encoding:\nContent-Length:5\neeh:\n\n"[..],
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 2\r\n{}\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2 2\r\n{}\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        ] {
+            let f = framings(s, 3);
+            assert!(f[1].is_ambiguous() && f[2].is_ambiguous(), "{:?}: {f:?}", String::from_utf8_lossy(s));
+        }
     }
 
     #[test]

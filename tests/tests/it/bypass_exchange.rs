@@ -395,3 +395,30 @@ fn compressed_mcp_bodies_are_refused() {
     let recs = daemon.wait_audit("encoding alert", |r| alerts(r).iter().any(|a| a.contains("Content-Encoding `gzip`")));
     assert!(!recs.is_empty());
 }
+
+/// PA-005 hidden behind a chunk trailer: `X: a` ended by a bare LF and then CRLF is one
+/// trailer line to hyper, so the `GET /x` line after it is a trailer too. The head log
+/// once split trailers at bare LFs, saw `GET /x` as a second request, and handed its
+/// clean framing to the CL+TE request hyper delivered next: the smuggled request was
+/// forwarded. Pipelined on one connection, the second request is refused.
+#[test]
+fn cl_te_after_a_bare_lf_trailer_is_refused() {
+    let env = Lenient::start(DENY_DELETES, None, OK_REPLY);
+    let host = "Host: 127.0.0.1\r\nContent-Type: application/json\r\n";
+    let body = r#"{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"smuggled":"marker-8b1f"}}"#;
+    let mut stream = format!("POST /api/orders HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\nb\r\n{{\"order\":7}}\r\n0\r\nX: a\n\r\nGET /x HTTP/1.1\r\n\r\n").into_bytes();
+    stream.extend_from_slice(
+        format!("POST /mcp HTTP/1.1\r\n{host}Content-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes(),
+    );
+    let mut s = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], env.daemon.port))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    s.write_all(&stream).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    let statuses: Vec<u16> = out.match_indices("HTTP/1.1 ").filter_map(|(i, _)| out[i + 9..].get(..3)?.parse().ok()).collect();
+    assert_eq!(statuses.first(), Some(&200), "the first request is clean: {out}");
+    assert!(statuses.get(1).is_some_and(|s| (400..500).contains(s)), "the CL+TE request was not refused: {out}");
+    assert!(env.upstream_bytes().contains(r#"{"order":7}"#), "the clean request was forwarded");
+    assert!(!env.upstream_bytes().contains("marker-8b1f"), "the smuggled request reached the server: {}", env.upstream_bytes());
+}
