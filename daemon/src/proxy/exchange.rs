@@ -32,7 +32,7 @@ use super::forward::{ForwardError, SharedUpstream};
 use crate::record;
 use super::responses;
 use super::scope::{
-    accepts_sse, has_body, header_has, http_failure, is_json, is_sse, is_upgrade, legacy_session_param, strip_port, Evidence, Scope, C2S, H_SESSION,
+    accepts_sse, has_body, header_has, http_failure, is_json, is_sse, legacy_session_param, strip_port, Evidence, Scope, C2S, H_SESSION,
 };
 use crate::govern::{self, Fate, Judge};
 use crate::governance::Loaded;
@@ -42,7 +42,7 @@ use crate::state::{Counters, Shared};
 
 
 pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, mut req: Request<Incoming>) -> Response<Body> {
-    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = super::upgrade::prepare(&mut req);
     let (parts, body) = req.into_parts();
     // First, before any early answer: the head log pairs framings with requests by order.
     let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of()).unwrap_or_default();
@@ -76,6 +76,11 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return resp;
     }
 
+    if upgrade.is_some() {
+        if let Some(refused) = super::upgrade::gate(&shared, &scope, &parts, ctx.origin.dst) {
+            return refused;
+        }
+    }
     if has_body(&parts.headers) {
         return with_body(shared, scope, up, parts, body).await;
     }
@@ -101,10 +106,8 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     if oauth_metadata && resp.status().is_success() {
         return check_oauth_metadata(&shared, &scope, resp).await;
     }
-    if let Some(client_upgrade) = upgrade {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return splice_upgrade(client_upgrade, resp);
-        }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return super::upgrade::splice(upgrade, resp);
     }
     if wants_sse && is_sse(resp.headers()) && resp.status().is_success() {
         return responses::observe_stream(shared, scope, resp);
@@ -824,20 +827,6 @@ fn single_id(messages: &[Result<Message, String>], batch: bool) -> Option<jsonrp
     }
 }
 
-fn splice_upgrade(client: hyper::upgrade::OnUpgrade, mut resp: Response<Incoming>) -> Response<Body> {
-    let server = hyper::upgrade::on(&mut resp);
-    tokio::spawn(async move {
-        match tokio::try_join!(client, server) {
-            Ok((c, s)) => {
-                let mut c = hyper_util::rt::TokioIo::new(c);
-                let mut s = hyper_util::rt::TokioIo::new(s);
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
-    });
-    resp.map(|_| body::empty())
-}
 
 
 

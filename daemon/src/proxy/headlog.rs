@@ -228,7 +228,9 @@ fn framing_of_head(req: &httparse::Request<'_, '_>) -> (Framing, State) {
             f.transfer_encoding = true;
             chunked_last = h.value.rsplit(|b| *b == b',').next().is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
+            // Only a WebSocket is ever spliced (`proxy::upgrade` strips other offers, so
+            // the stream stays HTTP/1 after them).
+            upgrade |= h.value.trim_ascii().eq_ignore_ascii_case(b"websocket");
         }
     }
     let next = if f.is_ambiguous() || upgrade {
@@ -371,6 +373,16 @@ mod tests {
                 assert!(f[0].is_ambiguous(), "the head itself: {f:?}");
             }
         }
+    }
+
+    /// Only a WebSocket handshake may be spliced, so only it ends HTTP/1 on the stream;
+    /// an `h2c` offer is stripped before the server sees it and the stream goes on.
+    #[test]
+    fn only_a_websocket_upgrade_ends_the_stream() {
+        let f = framings(b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 2);
+        assert_eq!(f, [Framing::default(), CLEAN]);
+        let f = framings(b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 2);
+        assert!(f[1].lost, "{f:?}");
     }
 
     #[test]

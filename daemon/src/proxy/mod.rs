@@ -29,6 +29,7 @@ pub mod splice;
 pub mod http;
 pub mod tls;
 pub mod upstream;
+pub mod upgrade;
 pub mod workers;
 
 use std::future::Future;

@@ -302,10 +302,6 @@ pub(super) fn accepts_sse(h: &HeaderMap) -> bool {
     header_has(h, http::header::ACCEPT, "text/event-stream")
 }
 
-pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(http::header::UPGRADE) && header_has(h, http::header::CONNECTION, "upgrade")
-}
-
 pub(super) fn has_mcp_headers(h: &HeaderMap) -> bool {
     h.contains_key(H_SESSION) || h.contains_key(H_VERSION) || h.contains_key(H_METHOD)
 }

@@ -422,3 +422,53 @@ fn cl_te_after_a_bare_lf_trailer_is_refused() {
     assert!(env.upstream_bytes().contains(r#"{"order":7}"#), "the clean request was forwarded");
     assert!(!env.upstream_bytes().contains("marker-8b1f"), "the smuggled request reached the server: {}", env.upstream_bytes());
 }
+
+/// Protocol choice: past a `101` the connection is spliced and nothing is inspected.
+/// `Upgrade: h2c` is never offered to the server (it goes out as plain HTTP/1.1, and
+/// later requests on the connection are still parsed and governed), a server that
+/// switches unasked gets a 502, and a WebSocket handshake that says it carries MCP is
+/// refused in enforce mode before any byte reaches the server. A WebSocket without MCP
+/// evidence (a browser-automation socket, say) is still relayed.
+#[test]
+fn upgrades_cannot_carry_calls_past_inspection() {
+    // h2c: stripped, answered as HTTP/1.1, and the connection stays governed.
+    let env = Lenient::start(DENY_DELETES, None, OK_REPLY);
+    let addr = SocketAddr::from(([127, 0, 0, 1], env.daemon.port));
+    let mut stream = b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n".to_vec();
+    stream.extend_from_slice(&request("POST", "/mcp", "Host: 127.0.0.1\r\nContent-Type: application/json\r\n", DELETE_CALL.as_bytes()));
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    s.write_all(&stream).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "the h2c request is answered as HTTP/1.1: {out}");
+    let seen = env.upstream_bytes().to_ascii_lowercase();
+    assert!(seen.contains("get /mcp http/1.1"), "{seen}");
+    assert!(!seen.contains("upgrade") && !seen.contains("http2-settings"), "the upgrade was offered to the server: {seen}");
+    assert!(!seen.contains("delete_records"), "the call after the h2c offer was not governed: {seen}");
+    assert!(out.matches("HTTP/1.1 ").count() == 2 && out.contains(r#"denied by policy rule \"no-deletes\""#), "the call after the h2c offer is denied on the same connection: {out}");
+
+    // A server that switches protocols on its own is not relayed.
+    let env = Lenient::start(DENY_DELETES, None, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    let resp = env.send(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    assert_eq!(status(&resp), 502, "{resp}");
+
+    // MCP over WebSocket in enforce mode: refused, audited, never forwarded.
+    let ws_reply: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    let env = Lenient::start(DENY_DELETES, None, ws_reply);
+    let handshake = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n").into_bytes()
+    };
+    let resp = env.send(&handshake("/ws", "Sec-WebSocket-Protocol: mcp\r\n"));
+    assert_eq!(status(&resp), 403, "{resp}");
+    assert!(!env.upstream_bytes().contains("/ws"), "the MCP WebSocket handshake reached the server");
+    let recs = env.daemon.wait_audit("websocket refusal", |r| alerts(r).iter().any(|a| a.contains("MCP over WebSocket")));
+    assert!(alerts(&recs).iter().any(|a| a.contains("subprotocol `mcp`") && a.contains("refused (enforce mode)")), "{:?}", alerts(&recs));
+    assert!(env.daemon.status().counts.refused_protocol >= 1);
+
+    // Without MCP evidence, a WebSocket is relayed as before.
+    let resp = env.send(&handshake("/devtools/browser", ""));
+    assert_eq!(status(&resp), 101, "{resp}");
+    assert!(env.upstream_bytes().contains("GET /devtools/browser"), "{}", env.upstream_bytes());
+}
