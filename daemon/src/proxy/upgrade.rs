@@ -72,10 +72,10 @@ fn strip(h: &mut HeaderMap) {
         .map(str::to_string)
         .collect();
     h.remove(CONNECTION);
-    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
-        if !kept.is_empty() {
-            h.insert(CONNECTION, v);
-        }
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+    {
+        h.insert(CONNECTION, v);
     }
 }
 
