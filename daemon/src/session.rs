@@ -167,7 +167,7 @@ pub fn stat_start_time(stat: &str) -> Option<u64> {
 const MAX_SESSIONS_PER_OWNER: usize = 256;
 const MAX_SESSION_BINDINGS: usize = 65_536;
 
-/// (destination `ip:port`, Mcp-Session-Id) → owner.
+/// (destination `ip:port`, [`session_key`] of the session id) → owner.
 struct Owners {
     by_session: BoundedMap<(String, String), Owner>,
     by_owner: HashMap<Owner, VecDeque<(String, String)>>,
@@ -176,7 +176,7 @@ struct Owners {
 struct Inner {
     /// (conversation, JSON-RPC id text) → pending message.
     pending: BoundedMap<(String, String), Pending>,
-    /// (dst, host, path?query) → legacy route.
+    /// [`legacy_key`] (dst, host, canonical path and session) → legacy route.
     legacy: BoundedMap<(String, String, String), LegacyRoute>,
     /// (endpoint, session id) → protocol version.
     versions: BoundedMap<(String, String), String>,
@@ -227,7 +227,7 @@ impl Sessions {
     /// Bind a session (seen in an `initialize` response) to the process that opened it.
     pub fn bind_session(&self, dst: &str, session: &str, owner: Owner) {
         let Ok(mut o) = self.owners.lock() else { return };
-        let key = (dst.to_string(), session.to_string());
+        let key = (dst.to_string(), session_key(session));
         let o = &mut *o;
         let mine = o.by_owner.entry(owner.clone()).or_default();
         if mine.len() >= MAX_SESSIONS_PER_OWNER {
@@ -250,12 +250,12 @@ impl Sessions {
 
     /// The process that opened this session, if mcpwatch saw it opened.
     pub fn session_owner(&self, dst: &str, session: &str) -> Option<Owner> {
-        self.owners.lock().ok()?.by_session.get(&(dst.to_string(), session.to_string())).cloned()
+        self.owners.lock().ok()?.by_session.get(&(dst.to_string(), session_key(session))).cloned()
     }
 
     pub fn unbind_session(&self, dst: &str, session: &str) {
         if let Ok(mut o) = self.owners.lock() {
-            o.by_session.remove(&(dst.to_string(), session.to_string()));
+            o.by_session.remove(&(dst.to_string(), session_key(session)));
         }
     }
 
@@ -286,16 +286,19 @@ impl Sessions {
 
     pub fn add_legacy_route(&self, dst: &str, host: &str, path_and_query: &str, route: LegacyRoute) {
         if let Ok(mut i) = self.inner.lock() {
-            i.legacy.insert((dst.to_string(), host.to_string(), path_and_query.to_string()), route);
+            i.legacy.insert(legacy_key(dst, host, path_and_query), route);
         }
     }
 
+    /// The legacy route a POST belongs to, by the same canonical key the announcement
+    /// was stored under ([`legacy_key`]): a spelling of the message URL the server still
+    /// routes to the session finds it.
     pub fn legacy_route(&self, dst: &std::net::SocketAddr, host: &str, path_and_query: &str) -> Option<LegacyRoute> {
         let i = self.inner.lock().ok()?;
         if i.legacy.is_empty() {
             return None; // no legacy HTTP+SSE session open: no key to build
         }
-        i.legacy.get(&(dst.to_string(), host.to_string(), path_and_query.to_string())).cloned()
+        i.legacy.get(&legacy_key(&dst.to_string(), host, path_and_query)).cloned()
     }
 
     pub fn set_version(&self, endpoint: &str, session: &str, version: &str) {
@@ -319,9 +322,122 @@ impl Sessions {
     }
 }
 
+/// A session id as servers may look it up, for ownership and routes: percent escapes
+/// decoded, ASCII lower-cased, and the spellings Python's `UUID(hex=...)` accepts for one
+/// id (`urn:uuid:` prefix, braces, hyphens) removed. The Python SDK's legacy transport
+/// finds its session with exactly that parse, so `ABCD-...` reaches the session
+/// announced as `abcd...`; an owner check on the raw string would not see it. Ids that
+/// differ only in these ways are taken for one (stricter, never looser).
+pub fn session_key(id: &str) -> String {
+    let mut s = percent_decode(id, false).to_ascii_lowercase();
+    for prefix in ["urn:", "uuid:"] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            s = rest.to_string();
+        }
+    }
+    s.retain(|c| !matches!(c, '{' | '}' | '-'));
+    s
+}
+
+/// Every legacy session id a message URL carries (`sessionId` or `session_id`, names and
+/// values percent- and `+`-decoded as Starlette and Express decode queries), as
+/// [`session_key`]s, without repeats. More than one is a request the daemon and the
+/// server could read differently (Starlette takes the last, this code once took the first).
+pub fn session_params(path_and_query: &str) -> Vec<String> {
+    let Some((_, query)) = path_and_query.split_once('?') else { return Vec::new() };
+    let mut out: Vec<String> = Vec::new();
+    for kv in query.split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let k = percent_decode(k, true);
+        if !matches!(k.as_str(), "sessionId" | "session_id") {
+            continue;
+        }
+        let v = session_key(&percent_decode(v, true));
+        if !v.is_empty() && !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The key of a legacy route: destination, Host without port or trailing dot and
+/// lower-cased, the path as servers route it (`mcpwatch_policy::canonical_request_path`),
+/// and the session the query names (the raw query when it names none).
+fn legacy_key(dst: &str, host: &str, path_and_query: &str) -> (String, String, String) {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let host = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(inside, _)| inside),
+        None if host.matches(':').count() == 1 => host.split_once(':').map_or(host, |(h, _)| h),
+        None => host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let path = mcpwatch_policy::canonical_request_path(path);
+    let session = session_params(path_and_query);
+    let rest = if session.is_empty() { query.to_string() } else { session.join("&") };
+    (dst.to_string(), host, format!("{path}?{rest}"))
+}
+
+/// Percent-decode (and `+` to space when `plus` is set); invalid escapes stay as written.
+fn percent_decode(s: &str, plus: bool) -> String {
+    if !s.bytes().any(|b| b == b'%' || (plus && b == b'+')) {
+        return s.to_string();
+    }
+    let raw = s.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Spellings of one session id and of one message URL that servers resolve alike
+    /// are one key; a second session in the same URL is reported, not dropped.
+    #[test]
+    fn session_ids_and_legacy_urls_are_keyed_as_servers_read_them() {
+        let hex = "9f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e";
+        for spelling in ["9F1C2D3E4F5A6B7C8D9E0F1A2B3C4D5E", "9f1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e", "{9f1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e}", "urn:uuid:9f1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e", "%39f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e"] {
+            assert_eq!(session_key(spelling), hex, "{spelling}");
+        }
+        assert_eq!(session_params(&format!("/messages/?session_id={hex}&x=1")), [hex]);
+        assert_eq!(session_params(&format!("/messages?sessionId=a&sessionId=A")), ["a"], "one session, spelled twice");
+        assert_eq!(session_params(&format!("/messages/?%73ession_id={hex}")), [hex], "Starlette decodes names");
+        assert_eq!(session_params(&format!("/messages/?sessionId=mine&session_id={hex}")), ["mine", hex]);
+        assert!(session_params("/messages?sessionId=").is_empty() && session_params("/mcp").is_empty());
+
+        let announced = legacy_key("127.0.0.2:8000", "127.0.0.2:8000", &format!("/messages/?session_id={hex}"));
+        for variant in [
+            format!("/messages?session_id={}", hex.to_uppercase()),
+            format!("/%6Dessages/?session_id={hex}"),
+            format!("/Messages//?session%5Fid={hex}&x=1"),
+        ] {
+            assert_eq!(legacy_key("127.0.0.2:8000", "127.0.0.2", &variant), announced, "{variant}");
+        }
+        assert_ne!(legacy_key("127.0.0.2:8000", "127.0.0.2", "/messages/?session_id=other"), announced);
+        assert_ne!(legacy_key("127.0.0.2:8000", "evil.example", &format!("/messages/?session_id={hex}")), announced);
+
+        let s = Sessions::new(16);
+        s.bind_session("127.0.0.2:8000", hex, Owner::of(&mcpwatch_api::ProcessInfo { pid: 7, ..Default::default() }));
+        assert!(s.session_owner("127.0.0.2:8000", "9F1C2D3E-4F5A-6B7C-8D9E-0F1A2B3C4D5E").is_some());
+    }
 
     #[test]
     fn bounded_map_evicts_oldest() {

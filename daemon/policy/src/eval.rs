@@ -471,6 +471,17 @@ pub(crate) fn q(s: &str) -> String {
     format!("{:?}", cut(s))
 }
 
+/// `scheme://host:port/path` with the host as registry matching reads it and the path as
+/// servers route it ([`crate::matcher::norm_path`]).
+fn canonical_endpoint(t: &Target<'_>) -> String {
+    let scheme = t.endpoint.split_once("://").map_or("", |(s, _)| s).to_ascii_lowercase();
+    if t.stdio_launch().is_some() {
+        return t.endpoint.to_string();
+    }
+    let host = crate::matcher::norm_target_host(t.host).to_ascii_lowercase();
+    format!("{scheme}://{host}:{}{}", t.port, crate::matcher::norm_path(t.path))
+}
+
 fn cut(s: &str) -> &str {
     match s.char_indices().nth(MAX_SHOWN) {
         Some((i, _)) => &s[..i],
@@ -522,22 +533,22 @@ impl Ctx<'_, '_> {
     fn rate_key(&self, scope: crate::model::RateScope) -> String {
         use crate::model::RateScope;
         match scope {
+            // An unidentified process counts with every other unidentified process of
+            // its user: its executable path or name is its own to choose (a copy of the
+            // interpreter elsewhere would be a fresh counter).
             RateScope::Agent => match (self.agent, self.subject.process) {
                 (Some(a), _) => format!("agent:{}", a.name),
-                (None, Some(p)) => {
-                    format!(
-                        "process:{}",
-                        cut(p.exe.as_deref().unwrap_or(p.comm.as_str()))
-                    )
-                }
+                (None, Some(p)) => format!("unidentified:uid:{}", p.uid),
                 (None, None) => "unknown".into(),
             },
+            // A shadow server by its endpoint as servers route it: a spelling of the
+            // path or host is not a fresh counter.
             RateScope::Tool => {
-                let server = self
-                    .server
-                    .map_or(cut(self.target.endpoint), |s| s.name.as_str());
                 let tool = cut(self.call.name.unwrap_or(self.call.method));
-                format!("tool:{server}/{tool}")
+                match self.server {
+                    Some(s) => format!("tool:{}/{tool}", s.name),
+                    None => format!("tool:{}/{tool}", cut(&canonical_endpoint(self.target))),
+                }
             }
             RateScope::Uid => match self.subject.process {
                 Some(p) => format!("uid:{}", p.uid),

@@ -141,11 +141,54 @@ pub(crate) fn norm_host(h: &str) -> &str {
     h.strip_suffix('.').unwrap_or(h)
 }
 
-/// Drop query and fragment; `/mcp/` -> `/mcp`; `` -> `/`.
-pub(crate) fn norm_path(p: &str) -> &str {
+/// A request path as a server may route it, for registry matching: query and fragment
+/// dropped, percent escapes decoded (uvicorn hands Starlette the decoded path, so
+/// `/%6Dcp` reaches `/mcp`), `;params` dropped from each segment (servlet containers),
+/// empty and `.` segments dropped and `..` applied, ASCII lower-cased (Express routes
+/// case-insensitively), no trailing `/`; `` -> `/`.
+///
+/// The same function normalises the registry's paths, so a variant of a registered path
+/// cannot make its server look unregistered (and its rules not apply). A variant a server
+/// would not route is only matched more strictly than it needs to be.
+pub fn norm_path(p: &str) -> std::borrow::Cow<'_, str> {
     let p = p.split(['?', '#']).next().unwrap_or("");
+    let plain = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'~' | b'/' | b'.' | b'*');
     let trimmed = p.trim_end_matches('/');
-    if trimmed.is_empty() { "/" } else { trimmed }
+    if p.bytes().all(|b| plain(&b))
+        && !trimmed.contains("//")
+        && !trimmed.split('/').any(|seg| seg == "." || seg == "..")
+    {
+        return std::borrow::Cow::Borrowed(if trimmed.is_empty() { "/" } else { trimmed });
+    }
+    let mut bytes = Vec::with_capacity(p.len());
+    let raw = p.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                bytes.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    std::borrow::Cow::Owned(format!("/{}", segments.join("/")))
 }
 
 /// A target host as the proxy may hand it over (an HTTP Host header keeps its port):
@@ -184,7 +227,7 @@ impl ServerMatcher {
                 t.port == *port
                     && t_scheme.eq_ignore_ascii_case(scheme)
                     && host.eq_ignore_ascii_case(h)
-                    && norm_path(t.path) == path
+                    && norm_path(t.path) == path.as_str()
             }
             ServerMatcher::Parts {
                 host: h,
@@ -195,7 +238,7 @@ impl ServerMatcher {
                     && port.is_none_or(|p| p == t.port)
                     && path
                         .as_ref()
-                        .is_none_or(|p| p.matches(norm_path(t.path), false))
+                        .is_none_or(|p| p.matches(&norm_path(t.path), false))
             }
         }
     }

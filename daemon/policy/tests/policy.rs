@@ -940,6 +940,40 @@ path = "/api/*"
     );
 }
 
+/// A variant of a registered path that a server still routes to the registered endpoint
+/// must not make the server look unregistered (its registry rules would not apply):
+/// uvicorn decodes `%6D`, Express matches case-insensitively, servlet containers drop
+/// `;params`, and proxies collapse `//` and dot segments.
+#[test]
+fn registered_paths_match_the_variants_servers_route() {
+    let p = pol(r#"
+version = 1
+mode = "enforce"
+[[server]]
+name = "records"
+url = "http://10.0.0.5:8000/mcp"
+[[server]]
+name = "api"
+host = "tools.corp.example"
+path = "/API/*"
+"#);
+    let name = |path: &str| {
+        p.server_for(&Target { endpoint: "http://x", host: "10.0.0.5", port: 8000, path }).map(|s| s.name.clone())
+    };
+    for variant in ["/mcp", "/MCP", "/%6Dcp", "/%6dcp/", "//mcp", "/./mcp", "/x/../mcp", "/mcp;jsessionid=1", "/m%63p?x=1", "/%2Fmcp"] {
+        assert_eq!(name(variant).as_deref(), Some("records"), "{variant}");
+    }
+    for other in ["/mcpx", "/mcp/x", "/x/mcp", "/%256Dcp", "/m%"] {
+        assert_eq!(name(other), None, "{other}");
+    }
+    let api = |path: &str| {
+        p.server_for(&Target { endpoint: "https://x", host: "tools.corp.example", port: 443, path }).map(|s| s.name.clone())
+    };
+    assert_eq!(api("/api/v1").as_deref(), Some("api"));
+    assert_eq!(api("/Api/%761").as_deref(), Some("api"));
+    assert_eq!(api("/api/v1/x"), None, "`*` still stops at `/`");
+}
+
 #[test]
 fn tools_list_visibility_per_agent() {
     let p = pol(BASE);
@@ -1123,6 +1157,31 @@ fn rate_scopes_uid_tool_aggregate_and_warn_mode() {
         }
     }
     assert_eq!(alerted, 50, "calls 101..150 exceed the aggregate limit");
+}
+
+/// A counter key the caller can vary is a way around the limit: an unidentified process
+/// that copies its interpreter elsewhere, or a client that spells a shadow server's path
+/// another way, still counts against the same limit.
+#[test]
+fn rate_counters_are_not_reset_by_a_new_exe_or_a_spelling() {
+    let p = pol(RATED);
+    let mut l = RateLimiter::default();
+    let python = proc_("python3", "/usr/bin/python3.11", 10);
+    let copy = proc_("p", "/tmp/x/python3-copy", 10);
+    let other_user = proc_("p", "/tmp/x/python3-copy", 11);
+    for i in 0..3 {
+        assert!(limited(&p, &mut l, i, &python, FILES, "write").1);
+    }
+    assert!(!limited(&p, &mut l, 3, &copy, FILES, "write").1, "a copied executable is the same unidentified caller");
+    assert!(limited(&p, &mut l, 4, &other_user, FILES, "write").1, "another user has its own counter");
+
+    let mut l = RateLimiter::default();
+    let shadow = "http://evil.example:80/mcp";
+    assert!(limited(&p, &mut l, 0, &python, shadow, "tool_x").1);
+    for variant in ["http://EVIL.example.:80/MCP", "http://evil.example:80/%6Dcp/", "http://evil.example:80//mcp;x"] {
+        assert!(!limited(&p, &mut l, 1, &python, variant, "tool_x").1, "{variant}: a fresh counter");
+    }
+    assert!(limited(&p, &mut l, 2, &python, "http://evil.example:80/other", "tool_x").1, "another endpoint");
 }
 
 #[test]

@@ -32,7 +32,7 @@ use super::forward::{ForwardError, SharedUpstream};
 use crate::record;
 use super::responses;
 use super::scope::{
-    accepts_sse, has_body, header_has, http_failure, is_json, is_sse, legacy_session_param, strip_port, Evidence, Scope, C2S, H_SESSION,
+    accepts_sse, has_body, header_has, http_failure, is_json, is_sse, strip_port, Evidence, Scope, C2S, H_SESSION,
 };
 use crate::govern::{self, Fate, Judge};
 use crate::governance::Loaded;
@@ -272,23 +272,37 @@ fn clip_path(p: &str) -> String {
 
 /// A request presenting a session id that another process opened: refused in enforce
 /// mode (403), alerted otherwise. Sessions mcpwatch did not see opened are not judged.
+/// Ids are compared as servers look them up ([`crate::session::session_key`]), and a
+/// message URL naming two different legacy sessions is refused the same way: the daemon
+/// and the server could each take another one.
 fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>> {
+    let params = crate::session::session_params(&scope.path_and_query);
+    if params.len() > 1 {
+        let alert = format!("the message URL names {} different legacy sessions (session confusion)", params.len());
+        tracing::warn!(peer = %scope.ctx.peer, "{alert}");
+        if scope.enforce(shared) {
+            return Some(scope.refuse(shared, StatusCode::BAD_REQUEST, alert, "mcpwatch: more than one session id in the request; refused"));
+        }
+        scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
+    }
     let process = scope.ctx.origin.process.as_deref()?;
-    // Mcp-Session-Id, the legacy route's session, or a legacy `sessionId` query sent
-    // with another Host (which finds no route).
-    let session = scope.session_id.clone().or_else(|| legacy_session_param(&scope.path_and_query))?;
-    let owner = shared.sessions.session_owner(&scope.ctx.origin.dst.to_string(), &session)?;
     let me = crate::session::Owner::of(process);
-    if owner.same_process(&me) {
+    let dst = scope.ctx.origin.dst.to_string();
+    // Mcp-Session-Id, the legacy route's session, and every `sessionId` of the URL (one
+    // sent with another Host finds no route, but its owner is still known).
+    for session in scope.session_id.iter().chain(params.iter()) {
+        let Some(owner) = shared.sessions.session_owner(&dst, session) else { continue };
+        if owner.same_process(&me) {
+            continue;
+        }
+        let alert = format!("session {} was opened by {} but presented by {} (session hijack)", clip_path(session), owner.label(), me.label());
+        tracing::warn!(peer = %scope.ctx.peer, "{alert}");
+        if scope.enforce(shared) {
+            return Some(scope.refuse(shared, StatusCode::FORBIDDEN, alert, "mcpwatch: this MCP session belongs to another process; refused"));
+        }
+        scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
         return None;
     }
-    let session = session.as_str();
-    let alert = format!("session {} was opened by {} but presented by {} (session hijack)", clip_path(session), owner.label(), me.label());
-    tracing::warn!(peer = %scope.ctx.peer, "{alert}");
-    if scope.enforce(shared) {
-        return Some(scope.refuse(shared, StatusCode::FORBIDDEN, alert, "mcpwatch: this MCP session belongs to another process; refused"));
-    }
-    scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
     None
 }
 

@@ -33,15 +33,6 @@ pub const H_METHOD: &str = "mcp-method";
 pub(super) const C2S: &str = "client->server";
 pub(super) const S2C: &str = "server->client";
 
-/// The `sessionId` (or `session_id`) query parameter of a legacy HTTP+SSE message URL.
-pub fn legacy_session_param(path_and_query: &str) -> Option<String> {
-    let query = path_and_query.split_once('?')?.1;
-    query.split('&').find_map(|kv| match kv.split_once('=') {
-        Some(("sessionId" | "session_id", v)) if !v.is_empty() => Some(v.to_string()),
-        _ => None,
-    })
-}
-
 /// Why a request is taken to be addressed to an MCP server before its body is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Evidence {
@@ -348,11 +339,4 @@ mod tests {
         assert_eq!(strip_port("::1"), "::1");
     }
 
-    #[test]
-    fn legacy_session_params() {
-        assert_eq!(legacy_session_param("/messages?sessionId=abc&x=1").as_deref(), Some("abc"));
-        assert_eq!(legacy_session_param("/messages/?session_id=9f").as_deref(), Some("9f"));
-        assert_eq!(legacy_session_param("/messages?sessionId="), None);
-        assert_eq!(legacy_session_param("/mcp"), None);
-    }
 }

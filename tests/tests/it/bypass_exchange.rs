@@ -472,3 +472,93 @@ fn upgrades_cannot_carry_calls_past_inspection() {
     assert_eq!(status(&resp), 101, "{resp}");
     assert!(env.upstream_bytes().contains("GET /devtools/browser"), "{}", env.upstream_bytes());
 }
+
+/// Identity by path: a server registered by its URL keeps its rules when the client
+/// spells the path another way the server still routes. uvicorn decodes `%6D` before
+/// Starlette routes, so `POST /%6Dcp` reaches the Python SDK's `/mcp`; before, the
+/// daemon matched the registry on the raw path, took the server for a shadow one, and a
+/// rule scoped to it (`servers = ["records"]`) did not apply.
+#[test]
+fn a_path_variant_does_not_shed_the_servers_rules() {
+    let server = peers::python_server().json_response().stateless().spawn();
+    let port = server.addr().port();
+    let policy = format!(
+        "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[[server]]\nname = \"records\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n[[rule]]\nid = \"no-deletes-on-records\"\nservers = [\"records\"]\ntools = [\"delete_records\"]\naction = \"deny\"\n"
+    );
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), policy: Some(policy), ..Default::default() });
+    let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let headers = format!("Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n");
+    // The variant reaches the tool when nothing is in between: the attack is real.
+    let direct = send(server.addr(), &request("POST", "/%6Dcp", &headers, br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"routed"}}}"#));
+    assert!(direct.contains("routed"), "uvicorn no longer routes /%6Dcp to /mcp; the test needs another variant: {direct}");
+    for path in ["/%6Dcp", "/MCP", "//mcp", "/mcp/"] {
+        let resp = send(addr, &request("POST", path, &headers, DELETE_CALL.as_bytes()));
+        assert!(resp.contains("no-deletes-on-records"), "{path}: not denied by the server's rule: {resp}");
+    }
+    assert!(!server.recorded_calls().iter().any(|c| c.to_string().contains("delete_records")), "a delete reached the server: {:?}", server.recorded_calls());
+}
+
+/// Session identity over legacy HTTP+SSE: the Python SDK finds a legacy session with
+/// `UUID(hex=...)` on a Starlette-decoded query, so the announced
+/// `/messages/?session_id=<hex>` can be spelled in upper case, as a hyphenated UUID,
+/// with an encoded name or path, or after a decoy `session_id` (Starlette takes the
+/// last). A process that did not open the session (a forked child here: same cgroup,
+/// another tgid) is refused on every spelling, before the server sees the call.
+#[test]
+fn a_legacy_session_cannot_be_taken_by_spelling_its_id_another_way() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).legacy_sse().spawn();
+    let Some(w) = Watched::start_with("a_legacy_session_cannot_be_taken_by_spelling_its_id_another_way", DaemonOpts { ports: Some(server.addr().port().to_string()), policy: Some("version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n".into()), ..Default::default() }) else { return };
+    let (ip, port) = (server.addr().ip().to_string(), server.addr().port());
+    let script = format!(
+        r#"
+import http.client, json, os, socket, uuid
+IP, PORT = "{ip}", {port}
+HOST = f"{{IP}}:{{PORT}}"
+s = socket.create_connection((IP, PORT), timeout=20)
+s.sendall(f"GET /sse HTTP/1.1\r\nHost: {{HOST}}\r\nAccept: text/event-stream\r\n\r\n".encode())
+buf = b""
+while b"session_id=" not in buf or not buf.split(b"session_id=", 1)[1].count(b"\n"):
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    buf += chunk
+endpoint = [l for l in buf.decode().splitlines() if "session_id=" in l][0].split("data:", 1)[1].strip()
+sid = endpoint.split("session_id=", 1)[1]
+def post(path, body):
+    c = http.client.HTTPConnection(IP, PORT, timeout=20)
+    c.request("POST", path, json.dumps(body), {{"Host": HOST, "Content-Type": "application/json"}})
+    r = c.getresponse()
+    r.read()
+    return r.status
+owner = post(endpoint, {{"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {{"protocolVersion": "2024-11-05", "capabilities": {{}}, "clientInfo": {{"name": "t", "version": "1"}}}}}})
+rd, wr = os.pipe()
+pid = os.fork()
+if pid == 0:
+    call = lambda text: {{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {{"name": "echo", "arguments": {{"text": text}}}}}}
+    variants = {{
+        "exact": endpoint,
+        "upper": f"/messages/?session_id={{sid.upper()}}",
+        "hyphens": f"/messages/?session_id={{uuid.UUID(hex=sid)}}",
+        "encoded-name": f"/messages/?session%5Fid={{sid}}",
+        "encoded-path": f"/%6Dessages/?session_id={{sid}}",
+        "decoy-first": f"/messages/?session_id={{uuid.uuid4().hex}}&session_id={{sid}}",
+    }}
+    out = {{k: post(v, call("thief-" + k)) for k, v in variants.items()}}
+    os.write(wr, json.dumps(out).encode())
+    os._exit(0)
+os.close(wr)
+os.waitpid(pid, 0)
+print(json.dumps({{"owner": owner, "sid": sid, "thief": json.loads(os.read(rd, 65536))}}))
+"#
+    );
+    let out = harness::py(Some(w.cgroup()), &script);
+    assert_eq!(out["owner"], 202, "{out}");
+    for (spelling, status) in out["thief"].as_object().expect("thief statuses") {
+        let want: &[u64] = if spelling == "decoy-first" { &[400, 403] } else { &[403] };
+        assert!(status.as_u64().is_some_and(|s| want.contains(&s)), "{spelling}: {status} ({out})");
+    }
+    let texts: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    assert!(!texts.iter().any(|t| t.starts_with("thief")), "a hijacked call reached the server: {texts:?}");
+    let recs = w.daemon.wait_audit("hijack alerts", |r| alerts(r).iter().filter(|a| a.contains("session hijack") || a.contains("different legacy sessions")).count() >= 6);
+    assert!(!recs.is_empty());
+}
