@@ -119,7 +119,10 @@ impl Scope {
                 flow_session: std::sync::OnceLock::new(),
             };
         }
-        let endpoint = Endpoint { scheme: ctx.scheme.to_string(), host: host_only, port: dst.port(), path: path.clone() }.key();
+        // The endpoint is an identity (inventory, tool pins, registry, sessions, flows):
+        // spelled as servers route it, so `/%6Dcp` or `MCP.example.` is not another server.
+        let host_key = host_only.strip_suffix('.').unwrap_or(&host_only).to_ascii_lowercase();
+        let endpoint = Endpoint { scheme: ctx.scheme.to_string(), host: host_key, port: dst.port(), path: mcpwatch_policy::canonical_request_path(&path).into_owned() }.key();
         let session_id = header(H_SESSION);
         let protocol_version = header(H_VERSION)
             .or_else(|| session_id.as_deref().and_then(|s| shared.sessions.version(&endpoint, s)));

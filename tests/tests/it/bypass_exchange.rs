@@ -562,3 +562,28 @@ print(json.dumps({{"owner": owner, "sid": sid, "thief": json.loads(os.read(rd, 6
     let recs = w.daemon.wait_audit("hijack alerts", |r| alerts(r).iter().filter(|a| a.contains("session hijack") || a.contains("different legacy sessions")).count() >= 6);
     assert!(!recs.is_empty());
 }
+
+/// Tool pins are kept per endpoint, so the endpoint is spelled as the server routes it:
+/// after `tools/list` at `/mcp`, a call to an unlisted tool through `/%6Dcp` (the same
+/// endpoint to uvicorn) is the unlisted call it is (denied under `hide`), not a call to a
+/// server whose list was never seen (only alerted under `hide`).
+#[test]
+fn pins_hold_for_every_spelling_of_the_endpoint() {
+    let case = threat_case("PA-013");
+    let input: Value = serde_json::from_str(case["input"].as_str().unwrap()).unwrap();
+    let tool = input["params"]["name"].as_str().unwrap();
+    let server = peers::python_server().json_response().stateless().spawn();
+    let hide = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[inspect]\npinning = \"hide\"\n";
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), policy: Some(hide.into()), ..Default::default() });
+    let port = server.addr().port();
+    let out = Client::python(&format!("http://127.0.0.1:{}/mcp", daemon.port)).list().run();
+    assert!(out.steps()[0]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{:?}", out.lines);
+    let headers = format!("Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n");
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": input["params"].clone()}).to_string();
+    for path in ["/%6Dcp", "/MCP/"] {
+        let resp = send(SocketAddr::from(([127, 0, 0, 1], daemon.port)), &request("POST", path, &headers, call.as_bytes()));
+        assert!(resp.contains("-32602") && resp.contains(tool), "{path}: not refused as an unlisted tool: {resp}");
+    }
+    let tools: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["tool"].as_str().map(str::to_string)).collect();
+    assert!(!tools.iter().any(|t| t == tool), "the unlisted tool reached the server: {tools:?}");
+}
