@@ -70,11 +70,41 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
     tracing::debug!(conn = ctx.id, sni = ?hello.sni(), %host, ?action, why, "TLS connection");
     match action {
         TlsAction::PassThrough => {
+            if !passes_toward_governed(&shared, &ctx, &host, sni.as_deref()) {
+                return;
+            }
             Counters::inc(&shared.counters.passthrough);
             pass_through(&shared, hello, upstream, rt.handshake_timeout()).await;
         }
         TlsAction::Intercept => intercept(shared.clone(), ctx, hello, client_fd, upstream, Names { exe, host, sni }).await,
     }
+}
+
+/// TLS that is not intercepted, toward a destination where MCP was seen or a `[[server]]`
+/// entry matches the address: whatever it carries is not inspected. A client could pick an
+/// SNI the `[tls]` scope does not list (or none) to reach a server that answers any name.
+/// So it is audited in every mode; without SNI (or with an IP literal as SNI: no name a
+/// shared front end could route by) it follows the destination's mode like any opaque
+/// protocol (refused in enforce mode). A named SNI is relayed: on a shared front end (a CDN
+/// address that also serves MCP) it is most likely another site. `false`: refused.
+fn passes_toward_governed(shared: &Shared, ctx: &ConnCtx, host: &str, sni: Option<&str>) -> bool {
+    let Some(mode) = relay::governed_mode(shared, ctx.origin.dst) else { return true };
+    let named = sni.is_some_and(|s| s.parse::<std::net::IpAddr>().is_err());
+    let refuse = mode == Mode::Enforce && !named;
+    let verdict = if refuse { "refused (enforce mode)" } else { "relayed uninspected" };
+    let what = match sni {
+        Some(s) => format!("TLS with SNI `{}`", s.chars().take(253).collect::<String>()),
+        None => "TLS without SNI".to_string(),
+    };
+    let reason = format!("{what}, not intercepted, toward a governed MCP destination: {verdict}");
+    tracing::warn!(conn = ctx.id, dst = %ctx.origin.dst, "{reason}");
+    let mut rec = connection_record(shared, ctx, host, reason.clone());
+    rec.tls = Some(TlsDetails { sni: sni.map(str::to_owned), ..Default::default() });
+    crate::record::write_closed(shared, rec, mcpwatch_api::CallStatus::TransportError { reason });
+    if refuse {
+        Counters::inc(&shared.counters.refused_protocol);
+    }
+    !refuse
 }
 
 /// Replays the recorded hello upstream and relays both ways, untouched.

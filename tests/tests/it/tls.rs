@@ -421,3 +421,41 @@ fn ca_key_is_private_and_leaves_never_carry_the_ca_key() {
     assert_ne!(tls::pem_file_der(&tls::daemon_ca(&again)), ca_der);
     assert_eq!(again.status().ca.expect("ca").retired[0].cert.fingerprint_sha256, tls::fingerprint(&ca_der));
 }
+
+/// TLS the `[tls]` scope does not intercept, toward an address where MCP was seen: a
+/// client picking an unlisted SNI (or none) reaches a server that answers any name, and
+/// nothing it sends is inspected. It is audited in every mode; without SNI, in enforce
+/// mode, it is refused like any opaque protocol toward a governed destination. A named
+/// SNI is relayed (on a shared front end it is most likely another site).
+#[test]
+fn unintercepted_tls_toward_a_governed_destination_is_audited_and_without_sni_refused() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response(), &cert).spawn();
+    let config = tls::tls_config(&pki, "always = [\"localhost\"]\nhandshake_timeout_ms = 2000");
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), config: Some(config), policy: Some("version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n".into()), ..Default::default() });
+    // An intercepted call makes the address a governed MCP destination.
+    let out = Client::python(&format!("https://localhost:{}/mcp", daemon.port))
+        .env("SSL_CERT_FILE", tls::daemon_ca(&daemon).display().to_string())
+        .call("echo", json!({"text": "seen"}))
+        .run();
+    assert_eq!(out.steps()[0]["text"], "seen", "{:?}", out.lines);
+
+    // Another name: relayed to the server (its own certificate comes back), and audited.
+    let probe = tls::ssl_probe(None, "127.0.0.1", daemon.port, "unlisted.example", &pki.ca_pem, b"");
+    assert!(probe["error"].as_str().is_some_and(|e| e.contains("ostname") || e.contains("match")), "the server's own certificate was not presented: {probe}");
+    // No SNI: refused before anything reaches the server.
+    let no_sni = harness::py(
+        None,
+        &format!(
+            "import json, socket, ssl\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\nout = {{}}\ntry:\n    s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {}), timeout=10))\n    out['cert'] = s.getpeercert(binary_form=True).hex()\nexcept Exception as e:\n    out['error'] = '%s: %s' % (type(e).__name__, e)\nprint(json.dumps(out))",
+            daemon.port
+        ),
+    );
+    assert!(no_sni.get("cert").is_none(), "TLS without SNI reached the governed server: {no_sni}");
+    let recs = daemon.wait_audit("pass-through records", |r| r.iter().filter(|x| x.notes.iter().chain(x.alerts.iter()).any(|n| n.contains("toward a governed MCP destination")) || matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("toward a governed MCP destination"))).count() >= 2);
+    let reasons: Vec<String> = recs.iter().filter_map(|r| match &r.status { CallStatus::TransportError { reason } => Some(reason.clone()), _ => None }).collect();
+    assert!(reasons.iter().any(|r| r.contains("SNI `unlisted.example`") && r.contains("relayed uninspected")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("without SNI") && r.contains("refused (enforce mode)")), "{reasons:?}");
+    assert!(daemon.status().counts.refused_protocol >= 1);
+}
