@@ -329,7 +329,7 @@ impl Sessions {
 /// announced as `abcd...`; an owner check on the raw string would not see it. Ids that
 /// differ only in these ways are taken for one (stricter, never looser).
 pub fn session_key(id: &str) -> String {
-    let mut s = percent_decode(id, false).to_ascii_lowercase();
+    let mut s = mcpwatch_policy::percent_decode(id, false).to_ascii_lowercase();
     for prefix in ["urn:", "uuid:"] {
         if let Some(rest) = s.strip_prefix(prefix) {
             s = rest.to_string();
@@ -348,11 +348,11 @@ pub fn session_params(path_and_query: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for kv in query.split('&') {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let k = percent_decode(k, true);
-        if !matches!(k.as_str(), "sessionId" | "session_id") {
+        let k = mcpwatch_policy::percent_decode(k, true);
+        if !matches!(k.as_ref(), "sessionId" | "session_id") {
             continue;
         }
-        let v = session_key(&percent_decode(v, true));
+        let v = session_key(&mcpwatch_policy::percent_decode(v, true));
         if !v.is_empty() && !out.contains(&v) {
             out.push(v);
         }
@@ -375,34 +375,6 @@ fn legacy_key(dst: &str, host: &str, path_and_query: &str) -> (String, String, S
     let session = session_params(path_and_query);
     let rest = if session.is_empty() { query.to_string() } else { session.join("&") };
     (dst.to_string(), host, format!("{path}?{rest}"))
-}
-
-/// Percent-decode (and `+` to space when `plus` is set); invalid escapes stay as written.
-fn percent_decode(s: &str, plus: bool) -> String {
-    if !s.bytes().any(|b| b == b'%' || (plus && b == b'+')) {
-        return s.to_string();
-    }
-    let raw = s.as_bytes();
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

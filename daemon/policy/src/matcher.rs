@@ -160,23 +160,7 @@ pub fn norm_path(p: &str) -> std::borrow::Cow<'_, str> {
     {
         return std::borrow::Cow::Borrowed(if trimmed.is_empty() { "/" } else { trimmed });
     }
-    let mut bytes = Vec::with_capacity(p.len());
-    let raw = p.as_bytes();
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                bytes.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                bytes.push(b);
-                i += 1;
-            }
-        }
-    }
-    let decoded = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let decoded = percent_decode(p, false).to_ascii_lowercase();
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         let seg = seg.split(';').next().unwrap_or("");
@@ -189,6 +173,35 @@ pub fn norm_path(p: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(format!("/{}", segments.join("/")))
+}
+
+/// Percent-decode `s` (and `+` to a space when `plus`, as query strings are decoded);
+/// an invalid escape stays as written, invalid UTF-8 becomes U+FFFD.
+pub fn percent_decode(s: &str, plus: bool) -> std::borrow::Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || (plus && b == b'+')) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let raw = s.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (raw[i], raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// A target host as the proxy may hand it over (an HTTP Host header keeps its port):
