@@ -371,6 +371,10 @@ fn legacy_key(dst: &str, host: &str, path_and_query: &str) -> (String, String, S
         None => host,
     };
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    // Toward a loopback address every local alias reaches the same socket: the address
+    // alone names the server (`proxy::scope` names the endpoint the same way).
+    let loopback = dst.parse::<std::net::SocketAddr>().is_ok_and(|d| d.ip().to_canonical().is_loopback());
+    let host = if loopback { String::new() } else { host };
     let path = mcpwatch_policy::canonical_request_path(path);
     let session = session_params(path_and_query);
     let rest = if session.is_empty() { query.to_string() } else { session.join("&") };
@@ -404,7 +408,12 @@ mod tests {
             assert_eq!(legacy_key("127.0.0.2:8000", "127.0.0.2", &variant), announced, "{variant}");
         }
         assert_ne!(legacy_key("127.0.0.2:8000", "127.0.0.2", "/messages/?session_id=other"), announced);
-        assert_ne!(legacy_key("127.0.0.2:8000", "evil.example", &format!("/messages/?session_id={hex}")), announced);
+        // Toward a loopback address the Host does not matter (every local alias reaches it);
+        // toward another address it is part of the route.
+        assert_eq!(legacy_key("127.0.0.2:8000", "localhost", &format!("/messages/?session_id={hex}")), announced);
+        let remote = legacy_key("10.0.0.5:80", "mcp.example", &format!("/messages/?session_id={hex}"));
+        assert_eq!(legacy_key("10.0.0.5:80", "MCP.example.", &format!("/messages/?session_id={hex}")), remote);
+        assert_ne!(legacy_key("10.0.0.5:80", "other.example", &format!("/messages/?session_id={hex}")), remote);
 
         let s = Sessions::new(16);
         s.bind_session("127.0.0.2:8000", hex, Owner::of(&mcpwatch_api::ProcessInfo { pid: 7, ..Default::default() }));

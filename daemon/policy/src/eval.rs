@@ -169,7 +169,7 @@ impl Policy {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.matcher.matches(t))
-            .max_by_key(|(i, s)| (s.matcher.specificity(), Reverse(*i)))
+            .max_by_key(|(i, s)| (s.matcher.names_host(t), s.matcher.specificity(), Reverse(*i)))
             .map(|(_, s)| s)
     }
 

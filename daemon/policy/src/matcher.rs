@@ -219,6 +219,17 @@ pub(crate) fn norm_target_host(h: &str) -> &str {
 }
 
 impl ServerMatcher {
+    /// Whether the entry names `t`'s host as written (`true`), rather than only as the
+    /// `localhost` alias of a loopback address: a literal entry for the address wins.
+    pub(crate) fn names_host(&self, t: &Target<'_>) -> bool {
+        let host = norm_target_host(t.host);
+        match self {
+            ServerMatcher::Url { host: h, .. } => host.eq_ignore_ascii_case(h),
+            ServerMatcher::Parts { host: h, .. } => h.matches(host, true),
+            ServerMatcher::Package { .. } | ServerMatcher::Command { .. } => true,
+        }
+    }
+
     pub(crate) fn matches(&self, t: &Target<'_>) -> bool {
         if let Some((kind, name)) = t.stdio_launch() {
             return match self {
@@ -228,6 +239,11 @@ impl ServerMatcher {
             };
         }
         let host = norm_target_host(t.host);
+        // A loopback address is also `localhost`: the daemon names plain-HTTP loopback
+        // endpoints by their address (any local alias reaches the same socket), and an
+        // entry written with `localhost` still matches them.
+        let loopback = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback());
+        let host_is = |want: &str| host.eq_ignore_ascii_case(want) || (loopback && want.eq_ignore_ascii_case("localhost"));
         match self {
             ServerMatcher::Package { .. } | ServerMatcher::Command { .. } => false,
             ServerMatcher::Url {
@@ -239,7 +255,7 @@ impl ServerMatcher {
                 let t_scheme = t.endpoint.split_once("://").map(|(s, _)| s).unwrap_or("");
                 t.port == *port
                     && t_scheme.eq_ignore_ascii_case(scheme)
-                    && host.eq_ignore_ascii_case(h)
+                    && host_is(h)
                     && norm_path(t.path) == path.as_str()
             }
             ServerMatcher::Parts {
@@ -247,7 +263,7 @@ impl ServerMatcher {
                 port,
                 path,
             } => {
-                h.matches(host, true)
+                (h.matches(host, true) || (loopback && h.matches("localhost", true)))
                     && port.is_none_or(|p| p == t.port)
                     && path
                         .as_ref()

@@ -972,6 +972,15 @@ path = "/API/*"
     assert_eq!(api("/api/v1").as_deref(), Some("api"));
     assert_eq!(api("/Api/%761").as_deref(), Some("api"));
     assert_eq!(api("/api/v1/x"), None, "`*` still stops at `/`");
+
+    // A loopback address is `localhost` too (the daemon names plain-HTTP loopback
+    // endpoints by address); another loopback address is another server.
+    let p = pol("version = 1\nmode = \"enforce\"\n[[server]]\nname = \"local\"\nurl = \"http://localhost:8000/mcp\"\n[[server]]\nname = \"two\"\nurl = \"http://127.0.0.2:8000/mcp\"\n");
+    let at = |host: &str| p.server_for(&Target { endpoint: "http://x", host, port: 8000, path: "/mcp" }).map(|s| s.name.clone());
+    assert_eq!(at("127.0.0.1").as_deref(), Some("local"));
+    assert_eq!(at("::1").as_deref(), Some("local"));
+    assert_eq!(at("127.0.0.2").as_deref(), Some("two"), "the literal entry is more specific");
+    assert_eq!(at("10.0.0.1"), None);
 }
 
 #[test]

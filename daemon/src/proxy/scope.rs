@@ -121,7 +121,14 @@ impl Scope {
         }
         // The endpoint is an identity (inventory, tool pins, registry, sessions, flows):
         // spelled as servers route it, so `/%6Dcp` or `MCP.example.` is not another server.
-        let host_key = host_only.strip_suffix('.').unwrap_or(&host_only).to_ascii_lowercase();
+        // Plain HTTP to a loopback address is named by that address: every local alias
+        // (`localhost`, `x.localhost`, the host's name, the IP itself) reaches the same
+        // socket, and `auth::host_fit` refuses any other name toward MCP.
+        let host_key = if ctx.tls.is_none() && dst.ip().to_canonical().is_loopback() {
+            dst.ip().to_canonical().to_string()
+        } else {
+            host_only.strip_suffix('.').unwrap_or(&host_only).to_ascii_lowercase()
+        };
         let endpoint = Endpoint { scheme: ctx.scheme.to_string(), host: host_key, port: dst.port(), path: mcpwatch_policy::canonical_request_path(&path).into_owned() }.key();
         let session_id = header(H_SESSION);
         let protocol_version = header(H_VERSION)

@@ -473,27 +473,29 @@ fn upgrades_cannot_carry_calls_past_inspection() {
     assert!(env.upstream_bytes().contains("GET /devtools/browser"), "{}", env.upstream_bytes());
 }
 
-/// Identity by path: a server registered by its URL keeps its rules when the client
-/// spells the path another way the server still routes. uvicorn decodes `%6D` before
-/// Starlette routes, so `POST /%6Dcp` reaches the Python SDK's `/mcp`; before, the
-/// daemon matched the registry on the raw path, took the server for a shadow one, and a
-/// rule scoped to it (`servers = ["records"]`) did not apply.
+/// Identity by path and Host: a server registered by its URL keeps its rules when the
+/// client spells the endpoint another way the server still routes. uvicorn decodes `%6D`
+/// before Starlette routes, so `POST /%6Dcp` reaches the Python SDK's `/mcp`; and toward a
+/// loopback address every local alias (`127.0.0.1`, `LOCALHOST`, `x.localhost`) reaches
+/// the server registered as `localhost`. Before, the daemon matched the registry on the
+/// raw path and Host, took the server for a shadow one, and a rule scoped to it
+/// (`servers = ["records"]`) did not apply.
 #[test]
-fn a_path_variant_does_not_shed_the_servers_rules() {
+fn a_path_or_host_variant_does_not_shed_the_servers_rules() {
     let server = peers::python_server().json_response().stateless().spawn();
     let port = server.addr().port();
     let policy = format!(
-        "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[[server]]\nname = \"records\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n[[rule]]\nid = \"no-deletes-on-records\"\nservers = [\"records\"]\ntools = [\"delete_records\"]\naction = \"deny\"\n"
+        "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[[server]]\nname = \"records\"\nurl = \"http://localhost:{port}/mcp\"\n[[rule]]\nid = \"no-deletes-on-records\"\nservers = [\"records\"]\ntools = [\"delete_records\"]\naction = \"deny\"\n"
     );
     let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), policy: Some(policy), ..Default::default() });
     let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
-    let headers = format!("Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n");
+    let headers = |host: &str| format!("Host: {host}:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n");
     // The variant reaches the tool when nothing is in between: the attack is real.
-    let direct = send(server.addr(), &request("POST", "/%6Dcp", &headers, br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"routed"}}}"#));
+    let direct = send(server.addr(), &request("POST", "/%6Dcp", &headers("127.0.0.1"), br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"routed"}}}"#));
     assert!(direct.contains("routed"), "uvicorn no longer routes /%6Dcp to /mcp; the test needs another variant: {direct}");
-    for path in ["/%6Dcp", "/MCP", "//mcp", "/mcp/"] {
-        let resp = send(addr, &request("POST", path, &headers, DELETE_CALL.as_bytes()));
-        assert!(resp.contains("no-deletes-on-records"), "{path}: not denied by the server's rule: {resp}");
+    for (host, path) in [("localhost", "/mcp"), ("localhost", "/%6Dcp"), ("localhost", "/MCP"), ("localhost", "//mcp"), ("localhost", "/mcp/"), ("127.0.0.1", "/mcp"), ("LOCALHOST", "/mcp"), ("x.localhost", "/m%63p")] {
+        let resp = send(addr, &request("POST", path, &headers(host), DELETE_CALL.as_bytes()));
+        assert!(resp.contains("no-deletes-on-records"), "Host {host}, {path}: not denied by the server's rule: {resp}");
     }
     assert!(!server.recorded_calls().iter().any(|c| c.to_string().contains("delete_records")), "a delete reached the server: {:?}", server.recorded_calls());
 }
