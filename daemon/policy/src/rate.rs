@@ -4,8 +4,13 @@
 //! (rule id, scope key), not by anything of a particular compiled policy, and
 //! [`RateLimiter::retain_rules`] drops only the counters of rules that are gone.
 //! Time is passed in (milliseconds from any monotonic origin); nothing here reads a
-//! clock. The number of counters is bounded; fully refilled counters are forgotten first
-//! (they carry no information), then the least recently used.
+//! clock. The number of counters is bounded, and a counter that still carries debt is
+//! never forgotten: the scope key is partly the caller's to choose (a tool name, an
+//! endpoint), so dropping the least recently used live counter would let a caller flood
+//! the table with fresh keys until its own exhausted counter was evicted. Fully refilled
+//! counters (which carry no information) are forgotten when room is needed; while the
+//! table is still full, a new key counts against its rule's one shared overflow counter
+//! ([`OVERFLOW_KEY`]): new callers are limited together, nobody's limit is reset.
 //!
 //! Algorithm: a token bucket per counter, written as GCRA (one timestamp per counter).
 //! `count` per `per` means a burst of up to `count` calls, refilled evenly: one call's
@@ -17,6 +22,8 @@ use crate::model::{Action, Decision, Effect, Mode, Policy, RateSpec, RuleAction}
 
 /// Counters kept unless told otherwise.
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
+/// The scope key new callers of a rule share while every counter is live.
+pub const OVERFLOW_KEY: &str = "(overflow: every counter is live; new callers share this one)";
 /// Time is kept in femtoseconds so `window / count` is exact enough for any count the
 /// policy accepts (at most 1 000 000 per second).
 const FS_PER_MS: u128 = 1_000_000_000_000;
@@ -103,68 +110,49 @@ impl RateLimiter {
 
     /// Count one call against the counter if it is allowed; refused calls cost nothing.
     pub fn check(&mut self, now_ms: u64, spec: &RateSpec) -> RateResult {
-        let r = self.peek(now_ms, spec);
+        let spec = self.resolve(now_ms, spec);
+        let r = self.peek(now_ms, &spec);
         if r.allowed {
-            self.consume(now_ms, spec);
+            self.consume(now_ms, &spec);
         }
         r
+    }
+
+    /// The counter `spec` counts against: its own when it exists or there is room for it
+    /// (after forgetting refilled counters), else its rule's overflow counter.
+    fn resolve<'s>(&mut self, now_ms: u64, spec: &'s RateSpec) -> std::borrow::Cow<'s, RateSpec> {
+        let exists = self.buckets.get(&spec.rule).is_some_and(|m| m.contains_key(&spec.key));
+        if exists || self.len < self.max_keys {
+            return std::borrow::Cow::Borrowed(spec);
+        }
+        self.forget_refilled(now_ms);
+        if self.len < self.max_keys {
+            return std::borrow::Cow::Borrowed(spec);
+        }
+        std::borrow::Cow::Owned(RateSpec { key: OVERFLOW_KEY.to_string(), ..spec.clone() })
     }
 
     fn consume(&mut self, now_ms: u64, spec: &RateSpec) {
         let now = u128::from(now_ms) * FS_PER_MS;
         let (interval, _) = params(spec);
-        let exists = self
-            .buckets
-            .get(&spec.rule)
-            .is_some_and(|m| m.contains_key(&spec.key));
-        if !exists {
-            self.make_room(now_ms);
-            self.len += 1;
-        }
-        let b = self
-            .buckets
-            .entry(spec.rule.clone())
-            .or_default()
-            .entry(spec.key.clone())
-            .or_insert(Bucket {
-                tat: now,
-                touched_ms: now_ms,
-            });
+        let m = self.buckets.entry(spec.rule.clone()).or_default();
+        let b = match m.get_mut(&spec.key) {
+            Some(b) => b,
+            None => {
+                // Overflow counters (one per rule) may go past `max_keys`.
+                self.len += 1;
+                m.entry(spec.key.clone()).or_insert(Bucket { tat: now, touched_ms: now_ms })
+            }
+        };
         b.tat = b.tat.max(now) + interval;
         b.touched_ms = now_ms;
     }
 
-    /// Ensure there is room for one more counter.
-    fn make_room(&mut self, now_ms: u64) {
-        if self.len < self.max_keys {
-            return;
-        }
+    /// Forget every counter that is full again (it carries no debt).
+    fn forget_refilled(&mut self, now_ms: u64) {
         let now = u128::from(now_ms) * FS_PER_MS;
         for m in self.buckets.values_mut() {
             m.retain(|_, b| b.tat > now);
-        }
-        self.buckets.retain(|_, m| !m.is_empty());
-        self.len = self.buckets.values().map(HashMap::len).sum();
-        if self.len < self.max_keys {
-            return;
-        }
-        // Still full of live counters: drop the least recently used eighth at once, so
-        // a flood of new keys costs amortised O(1) per call.
-        let keep = self.max_keys - self.max_keys / 8 - 1;
-        let mut all: Vec<(u64, String, String)> = self
-            .buckets
-            .iter()
-            .flat_map(|(r, m)| m.iter().map(|(k, b)| (b.touched_ms, r.clone(), k.clone())))
-            .collect();
-        let drop = all.len().saturating_sub(keep);
-        if drop == 0 {
-            return;
-        }
-        all.select_nth_unstable_by_key(drop - 1, |(t, _, _)| *t);
-        for (_, r, k) in &all[..drop] {
-            if let Some(m) = self.buckets.get_mut(r) {
-                m.remove(k);
-            }
         }
         self.buckets.retain(|_, m| !m.is_empty());
         self.len = self.buckets.values().map(HashMap::len).sum();
@@ -195,6 +183,8 @@ impl RateLimiter {
         if d.rate_limits.is_empty() || d.effective != Effect::Forward {
             return None;
         }
+        let specs: Vec<RateSpec> = d.rate_limits.iter().map(|s| self.resolve(now_ms, s).into_owned()).collect();
+        d.rate_limits = specs;
         let results: Vec<RateResult> = d.rate_limits.iter().map(|s| self.peek(now_ms, s)).collect();
         let blocking = d
             .rate_limits
@@ -316,20 +306,26 @@ mod tests {
         assert!(!l.check(30_100, &hot).allowed, "live counter kept");
     }
 
+    /// A caller cannot reset its own exhausted counter by flooding the table with fresh
+    /// keys (tool names and endpoints are the caller's to choose): live counters are never
+    /// dropped, and while every counter is live new keys share one overflow counter.
     #[test]
-    fn lru_eviction_when_all_counters_are_live() {
+    fn a_flood_of_fresh_keys_never_resets_a_live_counter() {
         let mut l = RateLimiter::new(8);
-        for i in 0..8u64 {
-            assert!(
-                l.check(i, &spec("r", &format!("k{i}"), 1, Per::Hour))
-                    .allowed
-            );
+        let mine = spec("r", "tool:files/delete", 1, Per::Hour);
+        assert!(l.check(0, &mine).allowed);
+        assert!(!l.check(1, &mine).allowed);
+        let mut flood_allowed = 0;
+        for i in 0..1_000u64 {
+            if l.check(2 + i, &spec("r", &format!("tool:files/junk{i}"), 1, Per::Hour)).allowed {
+                flood_allowed += 1;
+            }
+            assert!(l.len() <= 8 + 1, "bounded: {}", l.len());
         }
-        assert_eq!(l.len(), 8);
-        assert!(l.check(100, &spec("r", "new", 1, Per::Hour)).allowed);
-        assert!(l.len() <= 8);
-        // The oldest was forgotten (so it is allowed again); the newest is still limited.
-        assert!(l.peek(101, &spec("r", "k0", 1, Per::Hour)).allowed);
-        assert!(!l.peek(101, &spec("r", "k7", 1, Per::Hour)).allowed);
+        assert_eq!(flood_allowed, 7 + 1, "seven fresh counters fit, then one shared overflow call");
+        assert!(!l.check(2_000, &mine).allowed, "the exhausted counter survived the flood");
+        // Once counters refill they are forgotten and new keys get their own again.
+        assert!(l.check(3_600_000 + 2_000, &spec("r", "tool:files/later", 1, Per::Hour)).allowed);
+        assert!(l.buckets["r"].contains_key("tool:files/later"));
     }
 }
