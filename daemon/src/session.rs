@@ -238,6 +238,20 @@ impl Sessions {
             }
         }
         mine.push_back(key.clone());
+        if o.by_session.len() >= MAX_SESSION_BINDINGS && o.by_session.get(&key).is_none() {
+            // Full: make room at the expense of the process holding the most sessions (its
+            // oldest), not the oldest binding of all. Otherwise a flood of sessions from
+            // many short-lived processes would push out another process's binding, and
+            // its session could then be presented by anyone, unjudged.
+            let biggest = o.by_owner.iter().filter(|(_, keys)| !keys.is_empty()).max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone());
+            if let Some(keys) = biggest.and_then(|who| o.by_owner.get_mut(&who)) {
+                while let Some(old) = keys.pop_front() {
+                    if old != key && o.by_session.remove(&old).is_some() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = o.by_session.insert(key, owner);
         if o.by_owner.len() > MAX_SESSION_BINDINGS {
             let live = &o.by_session;
@@ -384,6 +398,22 @@ fn legacy_key(dst: &str, host: &str, path_and_query: &str) -> (String, String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood of sessions from many processes pushes out the flooders' own bindings, never
+    /// the one other process's: its session stays judged.
+    #[test]
+    fn a_session_flood_does_not_push_out_another_processs_binding() {
+        let s = Sessions::new(16);
+        let who = |tgid: u32| Owner { tgid, start_time: Some(1), uid: 1000 };
+        s.bind_session("127.0.0.2:8000", "victim-session", who(1));
+        for i in 0..(MAX_SESSION_BINDINGS as u32 + 5_000) {
+            // 64 sessions per attacker process, many processes.
+            s.bind_session("127.0.0.2:8000", &format!("junk{i}"), who(2 + i / 64));
+        }
+        assert_eq!(s.session_owner("127.0.0.2:8000", "victim-session"), Some(who(1)));
+        let o = s.owners.lock().unwrap();
+        assert!(o.by_session.len() <= MAX_SESSION_BINDINGS);
+    }
 
     /// Spellings of one session id and of one message URL that servers resolve alike
     /// are one key; a second session in the same URL is reported, not dropped.
