@@ -4,7 +4,9 @@
 //! marks the entry dirty, and [`Inventory::persist`] (every second, and at shutdown)
 //! writes the dirty entries. Rewriting a server's whole entry on every message would
 //! cost more than the message. Bounded: at most [`MAX_SERVERS`] servers and
-//! [`MAX_CLIENTS`] client processes per server (least recently seen evicted).
+//! [`MAX_CLIENTS`] client processes per server (least recently seen evicted). An evicted
+//! server is written to the store first and read back when it is next judged, so a
+//! flood of endpoints cannot make a pinned server forget its tools.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -148,7 +150,35 @@ impl Inventory {
 
     /// Has a `tools/list` result of this server been seen (it has tools on record)?
     pub fn has_tool_list(&self, endpoint: &str) -> bool {
-        self.servers.lock().is_ok_and(|s| s.get(endpoint).is_some_and(|e| !e.tools.is_empty()))
+        self.servers.lock().is_ok_and(|mut s| self.resident(&mut s, endpoint).is_some_and(|e| !e.tools.is_empty()))
+    }
+
+    /// The entry of `endpoint`, brought back from the store when it was evicted from
+    /// memory. Memory is a bounded cache of the store, not the truth: a flood of new
+    /// endpoints must not make a pinned server forget its tools (its next call would be
+    /// judged as a call to a server whose list was never seen).
+    fn resident<'a>(&self, servers: &'a mut HashMap<String, ServerEntry>, endpoint: &str) -> Option<&'a mut ServerEntry> {
+        if !servers.contains_key(endpoint) {
+            let stored = self.store.server(endpoint).ok().flatten()?;
+            self.make_room(servers);
+            servers.insert(endpoint.to_string(), stored);
+        }
+        servers.get_mut(endpoint)
+    }
+
+    /// At [`MAX_SERVERS`], drop the least recently seen entry from memory, writing it to
+    /// the store first so nothing it holds (pins, changes not yet persisted) is lost.
+    fn make_room(&self, servers: &mut HashMap<String, ServerEntry>) {
+        if servers.len() < MAX_SERVERS {
+            return;
+        }
+        let Some(oldest) = servers.values().min_by_key(|s| s.last_seen_ms).map(|s| s.endpoint.clone()) else { return };
+        if let Some(e) = servers.remove(&oldest) {
+            if let Err(err) = self.store.put_server(&e) {
+                tracing::error!(error = %err, endpoint = %e.endpoint, "cannot persist an evicted inventory entry; keeping it");
+                servers.insert(oldest, e);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -179,20 +209,17 @@ impl Inventory {
     }
 
     fn update(&self, endpoint: &str, f: impl FnOnce(&mut ServerEntry)) {
-        let Ok(mut servers) = self.servers.lock() else { return };
-        if !servers.contains_key(endpoint) && servers.len() >= MAX_SERVERS {
-            if let Some(oldest) =
-                servers.values().min_by_key(|s| s.last_seen_ms).map(|s| s.endpoint.clone())
-            {
-                servers.remove(&oldest);
-            }
+        let Ok(mut guard) = self.servers.lock() else { return };
+        let servers = &mut *guard;
+        if self.resident(servers, endpoint).is_none() {
+            self.make_room(servers);
         }
         let entry = servers.entry(endpoint.to_string()).or_insert_with(|| ServerEntry {
             endpoint: endpoint.to_string(),
             ..Default::default()
         });
         f(entry);
-        drop(servers);
+        drop(guard);
         if let Ok(mut d) = self.dirty.lock() {
             d.insert(endpoint.to_string());
         }
@@ -379,13 +406,13 @@ impl Inventory {
     }
 
     pub fn tool(&self, endpoint: &str, name: &str) -> Option<ToolEntry> {
-        let servers = self.servers.lock().ok()?;
-        servers.get(endpoint)?.tools.iter().find(|t| t.name == name).cloned()
+        let mut servers = self.servers.lock().ok()?;
+        self.resident(&mut servers, endpoint)?.tools.iter().find(|t| t.name == name).cloned()
     }
 
     /// Does the server have a tool whose definition changed since it was pinned?
     pub fn has_changed_tools(&self, endpoint: &str) -> bool {
-        self.servers.lock().is_ok_and(|s| s.get(endpoint).is_some_and(|e| e.tools.iter().any(|t| t.changed)))
+        self.servers.lock().is_ok_and(|mut s| self.resident(&mut s, endpoint).is_some_and(|e| e.tools.iter().any(|t| t.changed)))
     }
 
     /// Trust the current definitions (`mcpwatch pin accept SERVER [TOOL]`). `server`
@@ -484,6 +511,27 @@ mod tests {
         inv.accept_pins(e, Some("run_shell")).unwrap();
         let out = inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 4);
         assert_eq!(out[1].1, PinOutcome::Trusted);
+    }
+
+    /// Memory holds at most MAX_SERVERS entries, but a flood of new endpoints does not
+    /// make a pinned server forget its tools: an evicted entry is written to the store and
+    /// comes back, pins and changes included, when its server is next judged.
+    #[test]
+    fn a_flood_of_endpoints_does_not_unpin_a_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let e = "http://127.0.0.1:1/mcp";
+        inv.observe_tools(e, &[sight("search", "a")], true, true, 1);
+        inv.observe_tools(e, &[sight("search", "a"), sight("run_shell", "b")], true, true, 2);
+        assert!(inv.has_changed_tools(e));
+        for i in 0..(MAX_SERVERS as u64 + 10) {
+            inv.update(&format!("http://127.0.0.1:2/junk{i}"), |s| s.last_seen_ms = 10 + i);
+        }
+        assert!(inv.len() <= MAX_SERVERS);
+        assert!(!inv.servers.lock().unwrap().contains_key(e), "the pinned server was evicted from memory");
+        assert!(inv.has_tool_list(e), "its tool list came back from the store");
+        assert!(inv.has_changed_tools(e), "and its unaccepted change with it");
+        assert!(inv.tool(e, "run_shell").is_some_and(|t| t.changed));
     }
 
     #[test]

@@ -731,6 +731,11 @@ impl Store {
         Ok(())
     }
 
+    /// The stored inventory entry of `endpoint`, if any (an unreadable one is `None`).
+    pub fn server(&self, endpoint: &str) -> Result<Option<ServerEntry>, StoreError> {
+        Ok(self.inner.servers.get(endpoint.as_bytes())?.and_then(|v| codec::decode_server(&v).ok()))
+    }
+
     /// Every stored inventory entry, ordered by endpoint. Unreadable ones are skipped.
     pub fn servers(&self) -> Result<Vec<ServerEntry>, StoreError> {
         let mut out = Vec::new();
