@@ -634,8 +634,20 @@ fn chained_store(dir: &Path, n: u64) -> Vec<String> {
 }
 
 /// Opens the store's sled files directly, as someone editing them behind the daemon would.
+/// sled releases its file lock when the dropped store's background threads finish, which
+/// under load (CI) can take a moment: wait for it as `Store::open` does.
 fn raw_tree(dir: &Path, tree: &str, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(dir.join(DB_DIR_NAME)).expect("raw open");
+    let locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+    let mut attempt = 0;
+    let db = loop {
+        match sled::open(dir.join(DB_DIR_NAME)) {
+            Err(e) if locked(&e) && attempt < SLED_LOCK_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => break r.expect("raw open"),
+        }
+    };
     f(&db.open_tree(tree).expect("tree"));
     db.flush().expect("flush");
 }
