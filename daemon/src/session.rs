@@ -379,16 +379,10 @@ pub fn session_params(path_and_query: &str) -> Vec<String> {
 /// and the session the query names (the raw query when it names none).
 fn legacy_key(dst: &str, host: &str, path_and_query: &str) -> (String, String, String) {
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
-    let host = match host.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(rest, |(inside, _)| inside),
-        None if host.matches(':').count() == 1 => host.split_once(':').map_or(host, |(h, _)| h),
-        None => host,
-    };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     // Toward a loopback address every local alias reaches the same socket: the address
     // alone names the server (`proxy::scope` names the endpoint the same way).
     let loopback = dst.parse::<std::net::SocketAddr>().is_ok_and(|d| d.ip().to_canonical().is_loopback());
-    let host = if loopback { String::new() } else { host };
+    let host = if loopback { String::new() } else { mcpwatch_policy::canonical_host(host) };
     let path = mcpwatch_policy::canonical_request_path(path);
     let session = session_params(path_and_query);
     let rest = if session.is_empty() { query.to_string() } else { session.join("&") };

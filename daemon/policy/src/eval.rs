@@ -478,7 +478,7 @@ fn canonical_endpoint(t: &Target<'_>) -> String {
     if t.stdio_launch().is_some() {
         return t.endpoint.to_string();
     }
-    let host = crate::matcher::norm_target_host(t.host).to_ascii_lowercase();
+    let host = crate::matcher::canonical_host(t.host);
     format!("{scheme}://{host}:{}{}", t.port, crate::matcher::norm_path(t.path))
 }
 

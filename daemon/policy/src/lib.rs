@@ -48,6 +48,6 @@ pub use model::{
     PinAction, PoisonAction, Policy, RateScope, RateSpec, RuleAction, RuleDef, ServerDef,
     ServerStatus, ShadowAction,
 };
-pub use matcher::{norm_path as canonical_request_path, percent_decode};
+pub use matcher::{canonical_host, norm_path as canonical_request_path, percent_decode};
 pub use path::normalize_path;
 pub use rate::{DEFAULT_MAX_KEYS, RateLimiter, RateResult};

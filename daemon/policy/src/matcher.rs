@@ -218,15 +218,36 @@ pub(crate) fn norm_target_host(h: &str) -> &str {
     h.strip_suffix('.').unwrap_or(h)
 }
 
+/// A host as an identity key: [`norm_target_host`] (no port, brackets or trailing dot),
+/// ASCII lower-cased. The registry compares hosts this way; the daemon keys endpoints and
+/// legacy routes with it.
+pub fn canonical_host(h: &str) -> String {
+    norm_target_host(h).to_ascii_lowercase()
+}
+
 impl ServerMatcher {
     /// Whether the entry names `t`'s host as written (`true`), rather than only as the
     /// `localhost` alias of a loopback address: a literal entry for the address wins.
     pub(crate) fn names_host(&self, t: &Target<'_>) -> bool {
-        let host = norm_target_host(t.host);
-        match self {
-            ServerMatcher::Url { host: h, .. } => host.eq_ignore_ascii_case(h),
-            ServerMatcher::Parts { host: h, .. } => h.matches(host, true),
-            ServerMatcher::Package { .. } | ServerMatcher::Command { .. } => true,
+        t.stdio_launch().is_some() || self.host_match(norm_target_host(t.host)) == Some(true)
+    }
+
+    /// How the entry's host names `host`: `Some(true)` as written, `Some(false)` only as
+    /// the `localhost` alias of a loopback address (the daemon names plain-HTTP loopback
+    /// endpoints by their address, any local alias reaching the same socket, and an entry
+    /// written with `localhost` still matches them), `None` not at all.
+    fn host_match(&self, host: &str) -> Option<bool> {
+        let names = |want: &str| match self {
+            ServerMatcher::Url { host: h, .. } => want.eq_ignore_ascii_case(h),
+            ServerMatcher::Parts { host: h, .. } => h.matches(want, true),
+            ServerMatcher::Package { .. } | ServerMatcher::Command { .. } => false,
+        };
+        if names(host) {
+            Some(true)
+        } else if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback()) && names("localhost") {
+            Some(false)
+        } else {
+            None
         }
     }
 
@@ -238,32 +259,18 @@ impl ServerMatcher {
                 _ => false,
             };
         }
-        let host = norm_target_host(t.host);
-        // A loopback address is also `localhost`: the daemon names plain-HTTP loopback
-        // endpoints by their address (any local alias reaches the same socket), and an
-        // entry written with `localhost` still matches them.
-        let loopback = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback());
-        let host_is = |want: &str| host.eq_ignore_ascii_case(want) || (loopback && want.eq_ignore_ascii_case("localhost"));
+        let host_fits = self.host_match(norm_target_host(t.host)).is_some();
         match self {
             ServerMatcher::Package { .. } | ServerMatcher::Command { .. } => false,
-            ServerMatcher::Url {
-                scheme,
-                host: h,
-                port,
-                path,
-            } => {
+            ServerMatcher::Url { scheme, port, path, .. } => {
                 let t_scheme = t.endpoint.split_once("://").map(|(s, _)| s).unwrap_or("");
                 t.port == *port
                     && t_scheme.eq_ignore_ascii_case(scheme)
-                    && host_is(h)
+                    && host_fits
                     && norm_path(t.path) == path.as_str()
             }
-            ServerMatcher::Parts {
-                host: h,
-                port,
-                path,
-            } => {
-                (h.matches(host, true) || (loopback && h.matches("localhost", true)))
+            ServerMatcher::Parts { port, path, .. } => {
+                host_fits
                     && port.is_none_or(|p| p == t.port)
                     && path
                         .as_ref()

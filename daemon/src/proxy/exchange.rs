@@ -841,13 +841,6 @@ fn single_id(messages: &[Result<Message, String>], batch: bool) -> Option<jsonrp
     }
 }
 
-
-
-
-
-
-
-
 pub use mcpwatch_mcp::integrity::is_mcp_method;
 
 

@@ -127,7 +127,7 @@ impl Scope {
         let host_key = if ctx.tls.is_none() && dst.ip().to_canonical().is_loopback() {
             dst.ip().to_canonical().to_string()
         } else {
-            host_only.strip_suffix('.').unwrap_or(&host_only).to_ascii_lowercase()
+            mcpwatch_policy::canonical_host(&host_only)
         };
         let endpoint = Endpoint { scheme: ctx.scheme.to_string(), host: host_key, port: dst.port(), path: mcpwatch_policy::canonical_request_path(&path).into_owned() }.key();
         let session_id = header(H_SESSION);
