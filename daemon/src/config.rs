@@ -203,6 +203,9 @@ pub struct LimitsFile {
     /// is closed (default 600000; 0: never).
     pub idle_timeout_ms: Option<u64>,
     pub max_pending_calls: Option<usize>,
+    /// Legacy HTTP+SSE streams open at once whose message routes are remembered (default
+    /// 4096); a stream beyond this is ended before it announces its message URL.
+    pub max_legacy_streams: Option<usize>,
     pub max_audit_records: Option<u64>,
     /// Threads serving proxied connections (default 0: one per CPU).
     pub proxy_threads: Option<usize>,
@@ -260,6 +263,8 @@ pub struct Limits {
     /// Zero: relayed connections never time out.
     pub idle_timeout: Duration,
     pub max_pending_calls: usize,
+    /// Open legacy HTTP+SSE streams with a remembered route (`session::Sessions`).
+    pub max_legacy_streams: usize,
     pub max_audit_records: u64,
     /// Threads serving proxied connections, each with a runtime of its own
     /// (`proxy::workers`).
@@ -280,6 +285,7 @@ impl Default for Limits {
             max_connections_per_uid: 2048,
             idle_timeout: Duration::from_secs(600),
             max_pending_calls: 65536,
+            max_legacy_streams: 4096,
             max_audit_records: 1_000_000,
             proxy_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -611,6 +617,7 @@ impl FileConfig {
             max_connections_per_uid: l.max_connections_per_uid.unwrap_or(d.max_connections_per_uid),
             idle_timeout: l.idle_timeout_ms.map_or(d.idle_timeout, ms),
             max_pending_calls: l.max_pending_calls.unwrap_or(d.max_pending_calls),
+            max_legacy_streams: l.max_legacy_streams.unwrap_or(d.max_legacy_streams),
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),
             proxy_threads: match l.proxy_threads {
                 None | Some(0) => d.proxy_threads,
@@ -642,8 +649,8 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             return bad("limits.max_body_bytes must be at least 1024");
         }
-        if self.limits.max_connections == 0 || self.limits.max_pending_calls == 0 {
-            return bad("limits.max_connections and limits.max_pending_calls must be positive");
+        if self.limits.max_connections == 0 || self.limits.max_pending_calls == 0 || self.limits.max_legacy_streams == 0 {
+            return bad("limits.max_connections, limits.max_pending_calls and limits.max_legacy_streams must be positive");
         }
         if self.limits.max_connections_per_process == 0 || self.limits.max_connections_per_uid == 0 {
             return bad("limits.max_connections_per_process and limits.max_connections_per_uid must be positive");

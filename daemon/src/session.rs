@@ -167,6 +167,18 @@ pub fn stat_start_time(stat: &str) -> Option<u64> {
 const MAX_SESSIONS_PER_OWNER: usize = 256;
 const MAX_SESSION_BINDINGS: usize = 65_536;
 
+/// A legacy route could not be remembered: `limits.max_legacy_streams` streams are open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("limits.max_legacy_streams = {0} legacy HTTP+SSE streams are already open")]
+pub struct LegacyRoutesFull(pub usize);
+
+/// Where a remembered legacy route is stored, so its stream can remove it when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyRouteKey {
+    key: (String, String, String),
+    conversation: String,
+}
+
 /// (destination `ip:port`, [`session_key`] of the session id) → owner.
 struct Owners {
     by_session: BoundedMap<(String, String), Owner>,
@@ -176,8 +188,12 @@ struct Owners {
 struct Inner {
     /// (conversation, JSON-RPC id text) → pending message.
     pending: BoundedMap<(String, String), Pending>,
-    /// [`legacy_key`] (dst, host, canonical path and session) → legacy route.
-    legacy: BoundedMap<(String, String, String), LegacyRoute>,
+    /// [`legacy_key`] (dst, host, canonical path and session) → legacy route. A route
+    /// lives exactly as long as the GET stream that announced it and is never evicted:
+    /// a forgotten route would let its POSTs be judged as some other endpoint. When
+    /// `max_legacy` streams are open, a new stream is refused instead.
+    legacy: HashMap<(String, String, String), LegacyRoute>,
+    max_legacy: usize,
     /// (endpoint, session id) → protocol version.
     versions: BoundedMap<(String, String), String>,
     /// keyed hash of (conversation, JSON-RPC id text) → what mcpwatch did with that
@@ -187,11 +203,13 @@ struct Inner {
 }
 
 impl Sessions {
-    pub fn new(max_pending: usize) -> Sessions {
+    /// Bounds: `max_pending` parked messages and id fates, `max_legacy` open legacy streams.
+    pub fn new(max_pending: usize, max_legacy: usize) -> Sessions {
         Sessions {
             inner: Mutex::new(Inner {
                 pending: BoundedMap::new(max_pending),
-                legacy: BoundedMap::new(4096),
+                legacy: HashMap::new(),
+                max_legacy: max_legacy.max(1),
                 versions: BoundedMap::new(4096),
                 ids: BoundedMap::new(max_pending),
             }),
@@ -298,10 +316,34 @@ impl Sessions {
         self.inner.lock().map_or(0, |i| i.pending.len())
     }
 
-    pub fn add_legacy_route(&self, dst: &str, host: &str, path_and_query: &str, route: LegacyRoute) {
-        if let Ok(mut i) = self.inner.lock() {
-            i.legacy.insert(legacy_key(dst, host, path_and_query), route);
+    /// Remember the route a legacy stream announced, until [`Sessions::remove_legacy_route`]
+    /// (its stream ended). Nothing is evicted to make room: when `max_legacy` routes
+    /// are held, the route is refused and the caller ends the stream before the client
+    /// learns the message URL. A route re-announced under the same key replaces the old one.
+    pub fn add_legacy_route(&self, dst: &str, host: &str, path_and_query: &str, route: LegacyRoute) -> Result<LegacyRouteKey, LegacyRoutesFull> {
+        let mut i = self.inner.lock().map_err(|_| LegacyRoutesFull(0))?;
+        let key = legacy_key(dst, host, path_and_query);
+        if i.legacy.len() >= i.max_legacy && !i.legacy.contains_key(&key) {
+            return Err(LegacyRoutesFull(i.max_legacy));
         }
+        let conversation = route.conversation.clone();
+        i.legacy.insert(key.clone(), route);
+        Ok(LegacyRouteKey { key, conversation })
+    }
+
+    /// Forget a route when the stream that announced it ends (unless a later stream has
+    /// announced the same URL since).
+    pub fn remove_legacy_route(&self, route: &LegacyRouteKey) {
+        if let Ok(mut i) = self.inner.lock() {
+            if i.legacy.get(&route.key).is_some_and(|r| r.conversation == route.conversation) {
+                i.legacy.remove(&route.key);
+            }
+        }
+    }
+
+    /// Legacy routes remembered now (one per open legacy stream).
+    pub fn legacy_routes(&self) -> usize {
+        self.inner.lock().map_or(0, |i| i.legacy.len())
     }
 
     /// The legacy route a POST belongs to, by the same canonical key the announcement
@@ -397,7 +439,7 @@ mod tests {
     /// the one other process's: its session stays judged.
     #[test]
     fn a_session_flood_does_not_push_out_another_processs_binding() {
-        let s = Sessions::new(16);
+        let s = Sessions::new(16, 64);
         let who = |tgid: u32| Owner { tgid, start_time: Some(1), uid: 1000 };
         s.bind_session("127.0.0.2:8000", "victim-session", who(1));
         for i in 0..(MAX_SESSION_BINDINGS as u32 + 5_000) {
@@ -439,7 +481,7 @@ mod tests {
         assert_eq!(legacy_key("10.0.0.5:80", "MCP.example.", &format!("/messages/?session_id={hex}")), remote);
         assert_ne!(legacy_key("10.0.0.5:80", "other.example", &format!("/messages/?session_id={hex}")), remote);
 
-        let s = Sessions::new(16);
+        let s = Sessions::new(16, 64);
         s.bind_session("127.0.0.2:8000", hex, Owner::of(&mcpwatch_api::ProcessInfo { pid: 7, ..Default::default() }));
         assert!(s.session_owner("127.0.0.2:8000", "9F1C2D3E-4F5A-6B7C-8D9E-0F1A2B3C4D5E").is_some());
     }
@@ -473,7 +515,7 @@ mod tests {
 
     #[test]
     fn session_bindings_are_per_owner_bounded() {
-        let s = Sessions::new(16);
+        let s = Sessions::new(16, 64);
         let a = Owner { tgid: 1, start_time: Some(5), uid: 0 };
         let b = Owner { tgid: 2, start_time: Some(6), uid: 0 };
         s.bind_session("d", "victim", a.clone());
@@ -489,7 +531,7 @@ mod tests {
 
     #[test]
     fn id_fates_are_per_conversation_and_bounded() {
-        let s = Sessions::new(4);
+        let s = Sessions::new(4, 64);
         s.note_id("conv-a", "1", IdFate::Forwarded);
         s.note_id("conv-a", "\"1\"", IdFate::Refused);
         assert_eq!(s.id_fate("conv-a", "1"), Some(IdFate::Forwarded));
@@ -508,7 +550,7 @@ mod tests {
 
     #[test]
     fn drain_takes_only_one_conversation() {
-        let s = Sessions::new(16);
+        let s = Sessions::new(16, 64);
         let p = Pending { record: AuditRecord::default(), started: Instant::now(), first_page: false };
         s.park("a", "1", p.clone());
         s.park("a", "2", p.clone());
@@ -516,5 +558,30 @@ mod tests {
         assert_eq!(s.drain("a").len(), 2);
         assert!(s.take("b", "1").is_some());
         assert_eq!(s.pending_len(), 0);
+    }
+
+    /// A legacy route lives as long as its stream: never evicted by other announcements,
+    /// refused when the table is full, freed when its stream ends, and not freed by a
+    /// stale stream whose URL was announced again since.
+    #[test]
+    fn legacy_routes_are_held_by_their_streams_not_by_recency() {
+        let s = Sessions::new(16, 2);
+        let route = |c: &str| LegacyRoute { endpoint: "http://127.0.0.1:8000/sse".into(), conversation: c.into(), session_id: None };
+        let mine = s.add_legacy_route("127.0.0.1:8000", "", "/messages/?session_id=aa", route("a")).unwrap();
+        let other = s.add_legacy_route("127.0.0.1:8000", "", "/messages/?session_id=bb", route("b")).unwrap();
+        let dst: std::net::SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        assert_eq!(s.add_legacy_route("127.0.0.1:8000", "", "/messages/?session_id=cc", route("c")), Err(LegacyRoutesFull(2)));
+        assert_eq!(s.legacy_route(&dst, "", "/messages/?session_id=AA").map(|r| r.conversation), Some("a".into()));
+        s.remove_legacy_route(&other);
+        let third = s.add_legacy_route("127.0.0.1:8000", "", "/messages/?session_id=cc", route("c")).unwrap();
+        assert_eq!(s.legacy_routes(), 2);
+        // Announced again by a later stream: the first stream's end leaves the new route.
+        let again = s.add_legacy_route("127.0.0.1:8000", "", "/messages/?session_id=aa", route("a2")).unwrap();
+        s.remove_legacy_route(&mine);
+        assert_eq!(s.legacy_route(&dst, "", "/messages/?session_id=aa").map(|r| r.conversation), Some("a2".into()));
+        s.remove_legacy_route(&again);
+        s.remove_legacy_route(&third);
+        assert_eq!(s.legacy_routes(), 0);
+        assert!(s.legacy_route(&dst, "", "/messages/?session_id=aa").is_none());
     }
 }

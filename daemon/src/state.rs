@@ -136,7 +136,7 @@ impl Shared {
         let host = Arc::new(crate::host::HostIdentity::load(&config.state_dir));
         let inventory = Inventory::load(store.clone());
         let (records_tx, _) = broadcast::channel(1024);
-        let sessions = Sessions::new(config.limits.max_pending_calls);
+        let sessions = Sessions::new(config.limits.max_pending_calls, config.limits.max_legacy_streams);
         let l = &config.limits;
         let admission = crate::admission::Admission::new(l.max_connections, l.max_connections_per_process, l.max_connections_per_uid);
         let ca_store = crate::interception::store_for(&config, &host.hostname, tls.is_some());

@@ -29,7 +29,7 @@ use super::scope::{http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
-use crate::session::{IdFate, LegacyRoute, Owner, Pending, PendingKey};
+use crate::session::{IdFate, LegacyRoute, LegacyRouteKey, Owner, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
 /// Wrap an upstream response to a client POST.
@@ -113,6 +113,9 @@ struct StreamObserver {
     enforce: bool,
     /// Set when a limit forced the stream to end early.
     abort: bool,
+    /// The legacy message route this stream announced: remembered while the stream is
+    /// open, forgotten when it ends.
+    legacy_route: Option<LegacyRouteKey>,
 }
 
 impl StreamObserver {
@@ -122,7 +125,7 @@ impl StreamObserver {
         // them (`Scope::target`, `Scope::flow_session`): every answer of the stream reads
         // those, no copy per stream or per answer.
         let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
-        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false }
+        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, legacy_route: None }
     }
 
     /// The response carries no JSON-RPC: close what can be closed now.
@@ -337,22 +340,22 @@ impl StreamObserver {
             return JsonOut::Keep;
         }
         match event.event.as_deref() {
-            Some("endpoint") => {
-                self.on_legacy_endpoint(&event.data);
-                JsonOut::Keep
-            }
+            Some("endpoint") => self.on_legacy_endpoint(&event.data),
             Some("message") | None if !event.data.trim().is_empty() => self.on_json(event.data.as_bytes()),
             _ => JsonOut::Keep, // priming events, other event types
         }
     }
 
-    /// Legacy HTTP+SSE: the server says where the client must POST.
-    fn on_legacy_endpoint(&mut self, data: &str) {
+    /// Legacy HTTP+SSE: the server says where the client must POST. The route is
+    /// remembered for as long as this stream is open; when no route can be remembered,
+    /// the event is withheld and the stream ended, so the client never learns a message
+    /// URL whose POSTs mcpwatch could not attribute to this server.
+    fn on_legacy_endpoint(&mut self, data: &str) -> JsonOut {
         let target = match mcpwatch_mcp::legacy::parse_endpoint(data.trim(), &self.scope.path) {
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(error = %e, endpoint = %self.scope.endpoint, "unusable legacy endpoint event");
-                return;
+                return JsonOut::Keep;
             }
         };
         let path_and_query = target.path_and_query();
@@ -360,13 +363,33 @@ impl StreamObserver {
         let host = self.scope.host.clone().unwrap_or_default();
         let conversation = format!("legacy:{}#{}", self.scope.endpoint, path_and_query);
         let route = LegacyRoute { endpoint: self.scope.endpoint.clone(), conversation: conversation.clone(), session_id: target.session_id.clone() };
-        self.shared.sessions.add_legacy_route(&dst, &host, &path_and_query, route);
+        match self.shared.sessions.add_legacy_route(&dst, &host, &path_and_query, route) {
+            Ok(key) => {
+                if let Some(old) = self.legacy_route.replace(key) {
+                    if Some(&old) != self.legacy_route.as_ref() {
+                        self.shared.sessions.remove_legacy_route(&old);
+                    }
+                }
+            }
+            Err(full) => {
+                let why = format!("legacy HTTP+SSE stream refused: {full}");
+                tracing::warn!(endpoint = %self.scope.endpoint, "{why}");
+                let mut rec = self.scope.record(&self.shared, MessageKind::Invalid, S2C, None, 0);
+                rec.alerts.push(why.clone());
+                rec.notes.push("the endpoint event was withheld and the stream ended".into());
+                write_closed(&self.shared, rec, CallStatus::TransportError { reason: why.clone() });
+                self.shared.inventory.add_alert(&self.scope.endpoint, why);
+                self.abort = true;
+                return JsonOut::Drop;
+            }
+        }
         // The process that opened the stream owns the legacy session.
         if let (Some(sid), Some(p)) = (&target.session_id, self.scope.ctx.origin.process.as_deref()) {
             self.shared.sessions.bind_session(&dst, sid, Owner::of(p));
         }
         self.scope.adopt_legacy(conversation, target.session_id);
         self.shared.inventory.saw_message(&Sighting { dst: &dst, ..self.scope.sighting(None, None) });
+        JsonOut::Keep
     }
 
     /// Events complete in `raw` so far: pass unchanged ones as their original bytes.
@@ -452,6 +475,9 @@ impl StreamObserver {
                 (_, None) => CallStatus::TransportError { reason: "response ended without an answer to this request".into() },
             };
             finish(&self.shared, p, status, None, bytes);
+        }
+        if let Some(route) = self.legacy_route.take() {
+            self.shared.sessions.remove_legacy_route(&route);
         }
         // A legacy GET stream ending strands the calls still waiting on it.
         if self.scope.legacy && self.scope.http_method == "GET" {

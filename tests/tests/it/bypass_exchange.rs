@@ -589,3 +589,92 @@ fn pins_hold_for_every_spelling_of_the_endpoint() {
     let tools: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["tool"].as_str().map(str::to_string)).collect();
     assert!(!tools.iter().any(|t| t == tool), "the unlisted tool reached the server: {tools:?}");
 }
+
+/// Legacy HTTP+SSE routes cannot be flooded out. A legacy client's POSTs are attributed
+/// to their server through the route its stream announced; before, the route table kept
+/// the last 4096 announcements whatever their streams did, so a client that opened and
+/// closed streams in a loop pushed its own live route out, and its POSTs were then judged
+/// as a shadow endpoint at `/messages/`, where a rule scoped to the registered server does
+/// not apply. Now a route lives exactly as long as its stream, and when
+/// `limits.max_legacy_streams` streams are open a new one is ended before it announces a
+/// message URL.
+#[test]
+fn legacy_routes_cannot_be_flooded_out() {
+    const STREAMS: usize = 4;
+    let server = peers::python_server().legacy_sse().spawn();
+    let port = server.addr().port();
+    let policy = format!(
+        "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[[server]]\nname = \"legacy\"\nurl = \"http://127.0.0.1:{port}/sse\"\n[[rule]]\nid = \"no-deletes-on-legacy\"\nservers = [\"legacy\"]\ntools = [\"delete_records\"]\naction = \"deny\"\n"
+    );
+    let daemon = Daemon::start(DaemonOpts {
+        static_upstream: Some(server.addr()),
+        policy: Some(policy),
+        config: Some(format!("[limits]\nmax_legacy_streams = {STREAMS}\n")),
+        ..Default::default()
+    });
+    let script = format!(
+        r#"
+import http.client, json, socket, time
+DAEMON, HOST = {daemon}, "127.0.0.1:{port}"
+def open_stream():
+    s = socket.create_connection(("127.0.0.1", DAEMON), timeout=20)
+    s.sendall(f"GET /sse HTTP/1.1\r\nHost: {{HOST}}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    buf = b""
+    while b"session_id=" not in buf or not buf.split(b"session_id=", 1)[1].count(b"\n"):
+        chunk = s.recv(4096)
+        buf += chunk
+        if not chunk or buf.endswith(b"\r\n0\r\n\r\n"):
+            return s, None  # closed, or the chunked body ended with no endpoint event
+    return s, [l for l in buf.decode().splitlines() if "session_id=" in l][0].split("data:", 1)[1].strip()
+def post(path, body):
+    c = http.client.HTTPConnection("127.0.0.1", DAEMON, timeout=20)
+    c.request("POST", path, json.dumps(body), {{"Host": HOST, "Content-Type": "application/json"}})
+    r = c.getresponse()
+    r.read()
+    return r.status
+mine, endpoint = open_stream()
+init = post(endpoint, {{"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {{"protocolVersion": "2024-11-05", "capabilities": {{}}, "clientInfo": {{"name": "t", "version": "1"}}}}}})
+post(endpoint, {{"jsonrpc": "2.0", "method": "notifications/initialized"}})
+# The flood: streams opened and closed in a loop, many more than the table holds.
+flood = 0
+for _ in range({flood}):
+    for _ in range(50):  # the daemon sees a close a moment later; until then the table may be full
+        s, e = open_stream()
+        s.close()
+        if e is not None:
+            break
+        time.sleep(0.1)
+    flood += e is not None
+time.sleep(0.3)
+delete = post(endpoint, {{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {{"name": "delete_records", "arguments": {{"table": "orders"}}}}}})
+echo = post(endpoint, {{"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {{"name": "echo", "arguments": {{"text": "still-routed"}}}}}})
+# Fill the table with open streams: the one beyond it never learns a message URL.
+held = [open_stream() for _ in range({more})]
+extra, extra_endpoint = open_stream()
+for s, _ in held:
+    s.close()
+extra.close()
+time.sleep(0.3)
+after, after_endpoint = open_stream()
+after.close()
+mine.close()
+print(json.dumps({{"init": init, "flood": flood, "delete": delete, "echo": echo, "held": [e is not None for _, e in held], "extra": extra_endpoint, "after": after_endpoint}}))
+"#,
+        daemon = daemon.port,
+        flood = STREAMS * 4,
+        more = STREAMS - 1,
+    );
+    let out = harness::py(None, &script);
+    assert!(out["init"].as_u64().is_some_and(|s| s < 300), "{out}");
+    assert_eq!(out["flood"], (STREAMS * 4) as u64, "every stream opened in turn got its URL: {out}");
+    assert_eq!(out["delete"], 403, "after the flood, the delete on the live session was not judged as the registered server's: {out}");
+    assert!(out["echo"].as_u64().is_some_and(|s| s < 300), "{out}");
+    assert!(out["held"].as_array().is_some_and(|h| h.iter().all(|e| e == true)), "{out}");
+    assert!(out["extra"].is_null(), "a stream beyond limits.max_legacy_streams learned a message URL: {out}");
+    assert!(out["after"].is_string(), "closed streams did not free their routes: {out}");
+    let tools: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["tool"].as_str().map(str::to_string)).collect();
+    assert!(tools.iter().any(|t| t == "echo"), "{tools:?}");
+    assert!(!tools.iter().any(|t| t == "delete_records"), "the delete reached the server: {tools:?}");
+    let recs = daemon.wait_audit("legacy stream refusal", |r| alerts(r).iter().any(|a| a.contains("legacy HTTP+SSE stream refused")));
+    assert!(alerts(&recs).iter().any(|a| a.contains("max_legacy_streams = 4")), "{:?}", alerts(&recs));
+}
