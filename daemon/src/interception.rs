@@ -43,6 +43,51 @@ pub struct TlsRuntime {
     backoff: bool,
     /// Toward enforce-mode destinations: refuse distrusting clients, or pass them through.
     distrust_action: DistrustAction,
+    /// Destinations that proved, by a verified handshake, that they are a server name.
+    pub proofs: NameProofs,
+}
+
+/// (destination, server name) pairs whose destination presented a certificate that
+/// verified for the name, for [`NameProofs::TTL`]. Only proofs are kept: a pair that
+/// failed is probed again next time, so forgetting an entry (a flood of names fills the
+/// table) costs a probe, never lets anything through unproven.
+pub struct NameProofs {
+    proven: std::sync::Mutex<std::collections::HashMap<(std::net::SocketAddr, String), Instant>>,
+}
+
+impl NameProofs {
+    /// How long a proof holds.
+    pub const TTL: Duration = Duration::from_secs(600);
+    /// Most proofs held at once.
+    pub const CAPACITY: usize = 1024;
+
+    pub fn new() -> NameProofs {
+        NameProofs { proven: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// Did `dst` prove `name` less than [`NameProofs::TTL`] ago?
+    pub fn proven(&self, dst: std::net::SocketAddr, name: &str, now: Instant) -> bool {
+        let Ok(p) = self.proven.lock() else { return false };
+        p.get(&(dst, name.to_ascii_lowercase())).is_some_and(|t| now.saturating_duration_since(*t) < Self::TTL)
+    }
+
+    /// `dst` just proved `name`.
+    pub fn prove(&self, dst: std::net::SocketAddr, name: &str, now: Instant) {
+        let Ok(mut p) = self.proven.lock() else { return };
+        if p.len() >= Self::CAPACITY {
+            p.retain(|_, t| now.saturating_duration_since(*t) < Self::TTL);
+            if p.len() >= Self::CAPACITY {
+                p.clear();
+            }
+        }
+        p.insert((dst, name.to_ascii_lowercase()), now);
+    }
+}
+
+impl Default for NameProofs {
+    fn default() -> Self {
+        NameProofs::new()
+    }
 }
 
 impl std::fmt::Debug for TlsRuntime {
@@ -105,12 +150,27 @@ impl TlsRuntime {
             handshake_timeout: config.handshake_timeout,
             backoff: !config.distrust_backoff.is_zero(),
             distrust_action: config.distrust,
+            proofs: NameProofs::new(),
         })
     }
 
     /// How long a client may take to send its ClientHello (and the upstream to take it).
     pub fn handshake_timeout(&self) -> Duration {
         self.handshake_timeout
+    }
+
+    /// Does `dst` answer as `name`? A verified handshake for `name` with the destination
+    /// (insecure-listed names included: only a certificate that really verified counts),
+    /// remembered in [`TlsRuntime::proofs`]. `tcp` is a new connection to `dst`.
+    pub async fn proves_name(&self, dst: std::net::SocketAddr, name: &str, tcp: tokio::net::TcpStream) -> Result<(), String> {
+        match self.upstream.connect(tcp, name, &[]).await {
+            Ok((_, cert)) if cert.overridden.is_none() => {
+                self.proofs.prove(dst, name, Instant::now());
+                Ok(())
+            }
+            Ok((_, cert)) => Err(format!("its certificate does not verify for `{name}` ({})", cert.overridden.map_or_else(String::new, |p| p.to_string()))),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// What happens to a client that distrusts the CA toward an enforce-mode destination.
@@ -240,5 +300,24 @@ mod tests {
         config.tls.extra_anchors.insert(0, bundle);
         let restarted = TlsRuntime::build(&config.tls, &state, "unit-test").expect("restarted runtime");
         assert_eq!(restarted.upstream.anchor_count(), 1, "only the unrelated anchor; neither the new nor the retired mcpwatch CA");
+    }
+
+    /// A proof holds for its TTL, per destination and name (any case); a full table
+    /// forgets proofs (each then costs a new probe), never the other way round.
+    #[test]
+    fn name_proofs_expire_and_a_flood_only_forgets_them() {
+        let p = NameProofs::new();
+        let dst: std::net::SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(!p.proven(dst, "mcp.example", t0));
+        p.prove(dst, "MCP.example", t0);
+        assert!(p.proven(dst, "mcp.example", t0 + NameProofs::TTL / 2));
+        assert!(!p.proven(dst, "mcp.example", t0 + NameProofs::TTL));
+        assert!(!p.proven("127.0.0.1:9443".parse().unwrap(), "mcp.example", t0));
+        for i in 0..NameProofs::CAPACITY * 2 {
+            p.prove(dst, &format!("n{i}.example"), t0);
+        }
+        assert!(p.proven.lock().unwrap().len() <= NameProofs::CAPACITY);
+        assert!(!p.proven(dst, "unproven.example", t0));
     }
 }

@@ -77,9 +77,19 @@ impl TestPki {
             CertKind::WrongName => "not-the-host.mcpwatch.test".to_string(),
             _ => host.to_string(),
         };
+        self.issue(kind, vec![san])
+    }
+
+    /// A valid certificate from the test CA for every name of `names` (the first is the CN).
+    pub fn server_cert_for_names(&self, names: &[&str]) -> ServerCert {
+        self.issue(CertKind::Valid, names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn issue(&self, kind: CertKind, sans: Vec<String>) -> ServerCert {
         let key = KeyPair::generate().expect("leaf key");
-        let mut params = CertificateParams::new(vec![san.clone()]).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, san);
+        let cn = sans.first().cloned().unwrap_or_default();
+        let mut params = CertificateParams::new(sans).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;

@@ -70,7 +70,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
     tracing::debug!(conn = ctx.id, sni = ?hello.sni(), %host, ?action, why, "TLS connection");
     match action {
         TlsAction::PassThrough => {
-            if !passes_toward_governed(&shared, &ctx, &host, sni.as_deref()) {
+            if !passes_toward_governed(&shared, &ctx, &host, sni.as_deref()).await {
                 return;
             }
             Counters::inc(&shared.counters.passthrough);
@@ -83,15 +83,26 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
 /// TLS that is not intercepted, toward a destination where MCP was seen or a `[[server]]`
 /// entry matches the address: whatever it carries is not inspected. A client could pick an
 /// SNI the `[tls]` scope does not list (or none) to reach a server that answers any name.
-/// So it is audited in every mode; without SNI (or with an IP literal as SNI: no name a
-/// shared front end could route by) it follows the destination's mode like any opaque
-/// protocol (refused in enforce mode). A named SNI is relayed: on a shared front end (a CDN
-/// address that also serves MCP) it is most likely another site. `false`: refused.
-fn passes_toward_governed(shared: &Shared, ctx: &ConnCtx, host: &str, sni: Option<&str>) -> bool {
+/// So it is audited in every mode, and in enforce mode it is relayed only when the
+/// destination proves the name: without SNI (or with an IP literal, no name a shared front
+/// end could route by) it is refused like any opaque protocol; with a named SNI, mcpwatch
+/// makes its own verified handshake for that name with the destination
+/// ([`crate::interception::TlsRuntime::proves_name`]) and relays only if the certificate
+/// verifies (a shared front end serving another site), refusing when it does not (the MCP
+/// server answering whatever name it is asked for). `false`: refused.
+async fn passes_toward_governed(shared: &Shared, ctx: &ConnCtx, host: &str, sni: Option<&str>) -> bool {
     let Some(mode) = relay::governed_mode(shared, ctx.origin.dst) else { return true };
-    let named = sni.is_some_and(|s| s.parse::<std::net::IpAddr>().is_err());
-    let refuse = mode == Mode::Enforce && !named;
-    let verdict = if refuse { "refused (enforce mode)" } else { "relayed uninspected" };
+    let named = sni.filter(|s| s.parse::<std::net::IpAddr>().is_err());
+    let refusal = match (mode, named) {
+        (Mode::Enforce, None) => Some("refused (enforce mode)".to_string()),
+        (Mode::Enforce, Some(name)) => prove_name(shared, ctx.origin.dst, name).await.err().map(|why| format!("refused (enforce mode): the destination did not prove the name: {why}")),
+        _ => None,
+    };
+    let verdict = match (&refusal, named.is_some() && mode == Mode::Enforce) {
+        (Some(r), _) => r.clone(),
+        (None, true) => "relayed uninspected (the destination proved the name)".to_string(),
+        (None, false) => "relayed uninspected".to_string(),
+    };
     let what = match sni {
         Some(s) => format!("TLS with SNI `{}`", s.chars().take(253).collect::<String>()),
         None => "TLS without SNI".to_string(),
@@ -101,10 +112,21 @@ fn passes_toward_governed(shared: &Shared, ctx: &ConnCtx, host: &str, sni: Optio
     let mut rec = connection_record(shared, ctx, host, reason.clone());
     rec.tls = Some(TlsDetails { sni: sni.map(str::to_owned), ..Default::default() });
     crate::record::write_closed(shared, rec, mcpwatch_api::CallStatus::TransportError { reason });
-    if refuse {
+    if refusal.is_some() {
         Counters::inc(&shared.counters.refused_protocol);
     }
-    !refuse
+    refusal.is_none()
+}
+
+/// Does `dst` answer as `name`? A remembered proof, else a verified handshake of mcpwatch's
+/// own on a new connection.
+async fn prove_name(shared: &Shared, dst: SocketAddr, name: &str) -> Result<(), String> {
+    let Some(rt) = shared.tls.as_ref() else { return Err("TLS interception is disabled".into()) };
+    if rt.proofs.proven(dst, name, Instant::now()) {
+        return Ok(());
+    }
+    let tcp = upstream::connect(dst, shared.config.mark, shared.config.limits.connect_timeout).await.map_err(|e| e.to_string())?;
+    rt.proves_name(dst, name, tcp).await
 }
 
 /// Replays the recorded hello upstream and relays both ways, untouched.

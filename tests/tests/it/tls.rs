@@ -422,15 +422,16 @@ fn ca_key_is_private_and_leaves_never_carry_the_ca_key() {
     assert_eq!(again.status().ca.expect("ca").retired[0].cert.fingerprint_sha256, tls::fingerprint(&ca_der));
 }
 
-/// TLS the `[tls]` scope does not intercept, toward an address where MCP was seen: a
-/// client picking an unlisted SNI (or none) reaches a server that answers any name, and
-/// nothing it sends is inspected. It is audited in every mode; without SNI, in enforce
-/// mode, it is refused like any opaque protocol toward a governed destination. A named
-/// SNI is relayed (on a shared front end it is most likely another site).
+/// TLS the `[tls]` scope does not intercept, toward a destination that carried MCP: the
+/// client picks the SNI, so a name the scope does not list (or none) would reach a server
+/// that answers any name, uninspected. It is audited, and in enforce mode it is relayed
+/// only when the destination proves the name with a certificate that verifies for it (a
+/// shared front end serving another site); a server answering a name it has no
+/// certificate for, or no name at all, is refused before anything reaches it.
 #[test]
-fn unintercepted_tls_toward_a_governed_destination_is_audited_and_without_sni_refused() {
+fn unintercepted_tls_toward_a_governed_destination_is_audited_and_relayed_only_when_the_name_is_proven() {
     let pki = TestPki::new();
-    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let cert = pki.server_cert_for_names(&["localhost", "alias.mcpwatch.test"]);
     let server = tls::https(peers::python_server().json_response(), &cert).spawn();
     let config = tls::tls_config(&pki, "always = [\"localhost\"]\nhandshake_timeout_ms = 2000");
     let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), config: Some(config), policy: Some("version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n".into()), ..Default::default() });
@@ -441,9 +442,14 @@ fn unintercepted_tls_toward_a_governed_destination_is_audited_and_without_sni_re
         .run();
     assert_eq!(out.steps()[0]["text"], "seen", "{:?}", out.lines);
 
-    // Another name: relayed to the server (its own certificate comes back), and audited.
-    let probe = tls::ssl_probe(None, "127.0.0.1", daemon.port, "unlisted.example", &pki.ca_pem, b"");
-    assert!(probe["error"].as_str().is_some_and(|e| e.contains("ostname") || e.contains("match")), "the server's own certificate was not presented: {probe}");
+    // A name the server has no certificate for: it would answer with its own, so the
+    // call would pass uninspected. Refused.
+    let unproven = tls::ssl_probe(None, "127.0.0.1", daemon.port, "unlisted.example", &pki.ca_pem, b"");
+    assert!(unproven.get("cert").is_none() && unproven["error"].as_str().is_some_and(|e| !e.contains("ostname") && !e.contains("match")), "an unproven name reached the governed server: {unproven}");
+    // A name the destination proves (its certificate verifies for it): relayed, and the
+    // client verifies the server's own certificate.
+    let proven = tls::ssl_probe(None, "127.0.0.1", daemon.port, "alias.mcpwatch.test", &pki.ca_pem, b"");
+    assert_eq!(proven["cert"].as_str(), Some(harness::hex(&cert.der).as_str()), "the proven name was not relayed to the server: {proven}");
     // No SNI: refused before anything reaches the server.
     let no_sni = harness::py(
         None,
@@ -453,9 +459,10 @@ fn unintercepted_tls_toward_a_governed_destination_is_audited_and_without_sni_re
         ),
     );
     assert!(no_sni.get("cert").is_none(), "TLS without SNI reached the governed server: {no_sni}");
-    let recs = daemon.wait_audit("pass-through records", |r| r.iter().filter(|x| x.notes.iter().chain(x.alerts.iter()).any(|n| n.contains("toward a governed MCP destination")) || matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("toward a governed MCP destination"))).count() >= 2);
+    let recs = daemon.wait_audit("pass-through records", |r| r.iter().filter(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("toward a governed MCP destination"))).count() >= 3);
     let reasons: Vec<String> = recs.iter().filter_map(|r| match &r.status { CallStatus::TransportError { reason } => Some(reason.clone()), _ => None }).collect();
-    assert!(reasons.iter().any(|r| r.contains("SNI `unlisted.example`") && r.contains("relayed uninspected")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("SNI `unlisted.example`") && r.contains("did not prove the name")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("SNI `alias.mcpwatch.test`") && r.contains("relayed uninspected (the destination proved the name)")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("without SNI") && r.contains("refused (enforce mode)")), "{reasons:?}");
-    assert!(daemon.status().counts.refused_protocol >= 1);
+    assert!(daemon.status().counts.refused_protocol >= 2);
 }
