@@ -76,6 +76,11 @@ pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstre
         // Each stream holds its own upstream connection: keep the fan-out per admitted
         // client connection small (the per-process budget counts client connections).
         .max_concurrent_streams(H2_MAX_STREAMS)
+        // Rapid Reset (CVE-2023-44487, threat case RE-004): a client that opens and cancels
+        // streams faster than they are served gets GOAWAY ENHANCE_YOUR_CALM. These are h2's
+        // defaults, stated here so that no later change loses them.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
         .serve_connection(TokioIo::new(client), svc);
     let mut drive = drive;
     let res = tokio::select! {

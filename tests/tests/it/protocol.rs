@@ -440,3 +440,74 @@ fn held_call_with_progress_is_not_forwarded_when_the_store_fails_in_closed_mode(
     drop(env);
     drop(fs);
 }
+
+/// One HTTP/2 frame: 9-byte header (length, type, flags, stream) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The frames of a byte stream from an HTTP/2 server: (type, flags, stream, payload).
+fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = (usize::from(bytes[0]) << 16) | (usize::from(bytes[1]) << 8) | usize::from(bytes[2]);
+        if bytes.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        out.push((bytes[3], bytes[4], stream, bytes[9..9 + len].to_vec()));
+        bytes = &bytes[9 + len..];
+    }
+    out
+}
+
+/// RE-004, HTTP/2 Rapid Reset (CVE-2023-44487): a client that opens request streams and
+/// cancels each at once (HEADERS then RST_STREAM, 100,000 times) is sent GOAWAY
+/// ENHANCE_YOUR_CALM and cut off; the server behind sees few of those requests, and the
+/// daemon keeps serving.
+#[test]
+fn h2_rapid_reset_is_cut_off() {
+    assert!(case_ids("resource_exhaustion").contains(&"RE-004".to_string()));
+    let env = Env::start(DaemonOpts::default());
+    let authority = format!("127.0.0.1:{}", env.upstream.addr.port());
+    // HPACK without the dynamic table: :method POST (static 3), :scheme http (static 6),
+    // :path and :authority as literals without indexing on static names 4 and 1.
+    let mut block = vec![0x83, 0x86, 0x04, 4];
+    block.extend_from_slice(b"/mcp");
+    block.extend_from_slice(&[0x01, authority.len() as u8]);
+    block.extend_from_slice(authority.as_bytes());
+    const STREAMS: u32 = 100_000;
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(h2_frame(0x4, 0, 0, &[]));
+    for i in 0..STREAMS {
+        let stream = 2 * i + 1;
+        burst.extend(h2_frame(0x1, 0x4, stream, &block)); // HEADERS, END_HEADERS
+        burst.extend(h2_frame(0x3, 0, stream, &0x8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let mut s = TcpStream::connect(env.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let reader = {
+        let mut s = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            got
+        })
+    };
+    let written = s.write_all(&burst).is_ok();
+    let got = reader.join().expect("reader");
+    let frames = h2_frames(&got);
+    let goaway = frames.iter().find(|f| f.0 == 0x7).unwrap_or_else(|| panic!("no GOAWAY (all written: {written}); frames: {:?}", frames.iter().map(|f| f.0).collect::<Vec<_>>()));
+    let code = u32::from_be_bytes([goaway.3[4], goaway.3[5], goaway.3[6], goaway.3[7]]);
+    assert_eq!(code, 0xb, "GOAWAY error code is not ENHANCE_YOUR_CALM");
+    let requests = env.upstream.seen().iter().map(|c| String::from_utf8_lossy(&c.bytes).matches("POST /mcp").count()).sum::<usize>();
+    assert!(requests < 100, "{requests} of the cancelled requests reached the server");
+    // The daemon still serves.
+    let resp = env.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
