@@ -555,6 +555,18 @@ impl Ctx<'_, '_> {
                 None => "uid:unknown".into(),
             },
             RateScope::Aggregate => "all".into(),
+            // The same caller making the same call again: arguments compared canonically
+            // (key order and whitespace do not make a new call).
+            RateScope::Call => {
+                let caller = self.rate_key(RateScope::Agent);
+                let server = match self.server {
+                    Some(s) => s.name.clone(),
+                    None => cut(&canonical_endpoint(self.target)).to_string(),
+                };
+                let tool = cut(self.call.name.unwrap_or(self.call.method));
+                let args = self.call.arguments.map_or_else(|| "-".to_string(), |a| crate::approval::canonical_hash(a)[..32].to_string());
+                format!("call:{caller}/{server}/{tool}/{args}")
+            }
         }
     }
 

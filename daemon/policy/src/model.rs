@@ -103,6 +103,10 @@ pub enum RateScope {
     Uid,
     /// One counter for every call the rule matches, across all servers and callers.
     Aggregate,
+    /// One counter per identical call: caller (as [`RateScope::Agent`] counts it), server,
+    /// tool and the hash of the canonical arguments. A loop repeating the same call trips
+    /// it; calls with other arguments count apart (threat case RE-007).
+    Call,
 }
 
 impl RateScope {
@@ -112,6 +116,7 @@ impl RateScope {
             RateScope::Tool => "tool",
             RateScope::Uid => "uid",
             RateScope::Aggregate => "aggregate",
+            RateScope::Call => "call",
         }
     }
 }

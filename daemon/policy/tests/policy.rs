@@ -2363,3 +2363,45 @@ fn stdio_and_gateway_entries_reject_mistakes_with_positions() {
         }
     }
 }
+
+/// RE-007, an agent loop: the same call repeated trips a `scope = "call"` limit after
+/// `count`; the same arguments in another key order are the same call; other arguments,
+/// another tool or another caller count apart.
+#[test]
+fn a_call_scoped_limit_stops_a_repeated_identical_call_only() {
+    let p = pol(r#"
+version = 1
+mode = "enforce"
+[[agent]]
+name = "a"
+comm = "a"
+[[agent]]
+name = "b"
+comm = "b"
+[[rule]]
+id = "no-loops"
+action = "rate_limit"
+rate = { count = 5, per = "minute", scope = "call" }
+"#);
+    let mut l = RateLimiter::default();
+    let a = proc_("a", "/bin/a", 10);
+    let b = proc_("b", "/bin/b", 10);
+    let mut once = |now: u64, who: &ProcessInfo, tool: &str, args: Value| {
+        let mut d = call(&p, Some(who), FILES, tool, args);
+        let r = l.apply(now, &mut d).expect("rate limited rule");
+        (r.allowed, d)
+    };
+    let ticket = json!({"title": "Printer on floor 3 offline", "priority": "high"});
+    for i in 0..5 {
+        assert!(once(i, &a, "create_ticket", ticket.clone()).0, "identical call {i} is within the count");
+    }
+    let (ok, d) = once(5, &a, "create_ticket", json!({"priority": "high", "title": "Printer on floor 3 offline"}));
+    assert!(!ok, "the sixth identical call (keys reordered) went through: {}", d.reason);
+    match &d.action {
+        Action::RateLimit(spec) => assert!(spec.key.starts_with("call:agent:a/http://127.0.0.2:8765/mcp/create_ticket/"), "{}", spec.key),
+        other => panic!("{other:?}"),
+    }
+    assert!(once(6, &a, "create_ticket", json!({"title": "Printer on floor 4 offline", "priority": "high"})).0, "other arguments are another call");
+    assert!(once(7, &a, "update_ticket", ticket.clone()).0, "another tool is another call");
+    assert!(once(8, &b, "create_ticket", ticket.clone()).0, "another agent is another caller");
+}

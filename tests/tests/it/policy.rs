@@ -145,6 +145,37 @@ fn rate_limit_trips_and_recovers() {
     assert!(recs.iter().any(|r| r.decision.as_ref().is_some_and(|d| d.action.as_str() == "rate_limit" && d.effective.as_str() == "block")));
 }
 
+/// RE-007, an agent loop: the same call repeated within the window. A `scope = "call"`
+/// limit stops the sixth identical call (arguments compared canonically) while a call with
+/// other arguments goes on.
+#[test]
+fn an_agent_loop_of_identical_calls_is_stopped_and_other_calls_continue() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/threats.jsonl")).expect("threats.jsonl");
+    let case: Value = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|c| c["id"] == "RE-007").expect("RE-007");
+    assert!(case["expected"]["details"].as_str().is_some_and(|d| d.contains("same tool + canonical args")), "{case}");
+    let server = server();
+    let policy = format!("{AGENTS}\n[[rule]]\nid = \"no-loops\"\naction = \"rate_limit\"\nrate = {{ count = 5, per = \"minute\", scope = \"call\" }}\n");
+    let Some(w) = start("an_agent_loop_of_identical_calls_is_stopped_and_other_calls_continue", &server, &policy) else { return };
+    let mut client = Client::python(&server.url()).cgroup(w.cgroup());
+    for _ in 0..8 {
+        client = client.call("echo", json!({"text": "Printer on floor 3 offline"}));
+    }
+    let out = client.call("echo", json!({"text": "Printer on floor 4 offline"})).run();
+    let steps = out.steps();
+    for (i, step) in steps.iter().enumerate().take(5) {
+        assert_eq!(step["ok"], true, "identical call {i}: {step}");
+    }
+    for step in &steps[5..8] {
+        let (code, msg) = call_error(step);
+        assert_eq!(code, -32002, "{msg}");
+        assert!(msg.contains("no-loops"), "{msg}");
+    }
+    assert_eq!(steps[8]["ok"], true, "a call with other arguments was stopped: {}", steps[8]);
+    let texts: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    assert_eq!(texts.iter().filter(|t| t.contains("floor 3")).count(), 5, "{texts:?}");
+    assert_eq!(texts.iter().filter(|t| t.contains("floor 4")).count(), 1, "{texts:?}");
+}
+
 #[test]
 fn rollout_modes_audit_warn_enforce() {
     for (mode, blocked, alerted) in [("audit", false, false), ("warn", false, true), ("enforce", true, false)] {
