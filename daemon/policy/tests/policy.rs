@@ -2405,3 +2405,52 @@ rate = { count = 5, per = "minute", scope = "call" }
     assert!(once(7, &a, "update_ticket", ticket.clone()).0, "another tool is another call");
     assert!(once(8, &b, "create_ticket", ticket.clone()).0, "another agent is another caller");
 }
+
+/// AU-007 and AU-008, a per-agent tool list written as the cases state it: the agent's
+/// `allow` list is its `[[agent]] tools`, its `deny` list an agent-scoped deny rule. A
+/// denied tool is blocked (deny wins over the allow list), tools outside the list are
+/// blocked, and the agent's `tools/list` shows exactly its allowed tools.
+#[test]
+fn per_agent_allow_and_deny_lists_from_the_threat_cases() {
+    let cases = cases_file();
+    let case = |id: &str| cases.iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("{id}")).clone();
+    let au7 = case("AU-007");
+    let list = |v: &Value| -> Vec<String> { v.as_array().expect("list").iter().map(|s| s.as_str().expect("name").to_string()).collect() };
+    let agent = au7["input"]["policy"]["agent"].as_str().expect("agent").to_string();
+    let allow = list(&au7["input"]["policy"]["allow"]);
+    let deny = list(&au7["input"]["policy"]["deny"]);
+    let quoted = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    // The allow list plus a glob the deny list overlaps: deny must still win.
+    let p = pol(&format!(
+        "version = 1\nmode = \"enforce\"\n[[agent]]\nname = {agent:?}\ncomm = {agent:?}\ntools = [{}, \"*_ticket*\"]\n[[rule]]\nid = \"support-deny\"\nagents = [{agent:?}]\ntools = [{}]\naction = \"deny\"\n",
+        quoted(&allow),
+        quoted(&deny)
+    ));
+    let bot = proc_(&agent, "/srv/support-bot", 500);
+    let msgs = messages(&au7["input"]);
+    assert_eq!(msgs.len(), 1);
+    let d = judge_msg(&p, Some(&bot), FILES, &msgs[0]);
+    assert_eq!(d.effective, Effect::Block, "{}", d.reason);
+    assert!(d.matched_rules.iter().any(|r| r == "support-deny"), "{:?}", d.matched_rules);
+    let d = call(&p, Some(&bot), FILES, "delete_ticket", json!({"id": 1}));
+    assert_eq!(d.effective, Effect::Block, "deny wins over the allow list's `*_ticket*`: {}", d.reason);
+    assert_eq!(call(&p, Some(&bot), FILES, "drop_table", json!({})).effective, Effect::Block, "a tool outside the allow list");
+    for tool in &allow {
+        assert_eq!(call(&p, Some(&bot), FILES, tool, json!({})).effective, Effect::Forward, "{tool}");
+    }
+
+    // AU-008: the tools/list result, filtered to what the agent may call.
+    let au8 = case("AU-008");
+    let result: Value = serde_json::from_str(au8["input"]["message"].as_str().expect("message")).expect("result JSON");
+    let e = ep(FILES);
+    let subject = Subject { process: Some(&bot) };
+    let visible: Vec<String> = result["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .filter(|name| p.tool_visible(&subject, &e.t(), name))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(visible, list(&au8["input"]["policy"]["allow"]), "{}", au8["expected"]["details"]);
+}
