@@ -13,6 +13,10 @@
  *                          mark it closed (and drop the cookie entry) on close.
  *   getpeername4/6         report the original destination, so the redirect is
  *                          invisible to the client.
+ *   connect4/6, sendmsg4/6 on UDP sockets: refuse datagrams toward in-scope ports
+ *                          (DNS excepted). QUIC (HTTP/3) cannot be redirected or
+ *                          inspected; refused, every HTTP/3 client falls back to
+ *                          TCP, which is. Counted in `udp_refused`.
  *   sched_process_exec     remember the comm of every exec'd process, so a
  *                          short-lived client can still be named after it exits;
  *                          agent scope: a comm in `agent_comms` makes the process
@@ -40,7 +44,9 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define IPPROTO_TCP 6
+#define DNS_PORT 53
 #define LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
 
 /* A 4-byte context load clang may not merge with its neighbour: the verifier
@@ -104,6 +110,14 @@ struct {
 	__type(key, struct mcpw_comm);
 	__type(value, __u32);
 } agent_comms SEC(".maps");
+
+/* UDP connects and sends refused (QUIC toward in-scope ports), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} udp_refused SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -178,6 +192,32 @@ static __always_inline int is_candidate(struct bpf_sock_addr *ctx, const struct 
 	return 1;
 }
 
+/* A UDP connect or send toward an in-scope port (DNS excepted) by anyone but the
+ * daemon: QUIC (HTTP/3) would carry MCP past the proxy, and cannot be redirected to
+ * it. Refused (the caller gets EPERM), an HTTP/3 client falls back to TCP. */
+static __always_inline int udp_refused_here(struct bpf_sock_addr *ctx, const struct mcpw_config *cfg, __u16 port)
+{
+	if (!cfg->refuse_udp || cfg->listen_port == 0)
+		return 0;
+	if (ctx->type != SOCK_DGRAM || port == DNS_PORT || port == 0)
+		return 0;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 0;
+	if (cfg->mark != 0 && sk->mark == cfg->mark)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (cfg->daemon_tgid != 0 && tgid == cfg->daemon_tgid)
+		return 0;
+	if (!dst_in_scope(cfg, port))
+		return 0;
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&udp_refused, &zero);
+	if (n)
+		*n += 1;
+	return 1;
+}
+
 static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct mcpw_origin *o)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -195,11 +235,15 @@ SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
 	struct mcpw_config *cfg = get_config();
-	if (!cfg || !is_candidate(ctx, cfg))
+	if (!cfg)
+		return 1;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	if (udp_refused_here(ctx, cfg, port))
+		return 0;
+	if (!is_candidate(ctx, cfg))
 		return 1;
 
 	__u32 ip = ctx->user_ip4; /* network order */
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	if (!dst_in_scope(cfg, port))
 		return 1;
 	if (ip == bpf_htonl(LOOPBACK4) && port == cfg->listen_port)
@@ -226,7 +270,11 @@ SEC("cgroup/connect6")
 int connect6(struct bpf_sock_addr *ctx)
 {
 	struct mcpw_config *cfg = get_config();
-	if (!cfg || !is_candidate(ctx, cfg))
+	if (!cfg)
+		return 1;
+	if (udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)))
+		return 0;
+	if (!is_candidate(ctx, cfg))
 		return 1;
 
 	__u32 ip0 = CTX_U32(ctx->user_ip6[0]);
@@ -265,6 +313,25 @@ int connect6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[3] = bpf_htonl(1);
 	}
 	ctx->user_port = bpf_htons((__u16)cfg->listen_port);
+	return 1;
+}
+
+/* Unconnected UDP sockets name their destination per datagram. */
+SEC("cgroup/sendmsg4")
+int sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct mcpw_config *cfg = get_config();
+	if (cfg && udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)))
+		return 0;
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct mcpw_config *cfg = get_config();
+	if (cfg && udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)))
+		return 0;
 	return 1;
 }
 

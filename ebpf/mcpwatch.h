@@ -47,7 +47,7 @@ struct mcpw_config {
 	__u32 agents;      /* non-zero: every TCP port is in scope for agents (`agents`, `pending`) */
 	__u32 classify;    /* non-zero: unmatched execs become `pending` and are sent to user space */
 	__u32 watch_level; /* depth of the watched cgroup below the cgroup2 root (root: 0) */
-	__u32 _pad0;
+	__u32 refuse_udp;  /* non-zero: UDP to in-scope ports (not 53) is refused (QUIC, HTTP/3) */
 	__u64 watch_cgid;  /* id of the watched cgroup: only execs inside it become pending */
 };
 

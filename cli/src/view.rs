@@ -156,6 +156,9 @@ pub fn status_text(s: &Status) -> String {
             c.http_requests, c.mcp_messages
         ),
     );
+    if c.udp_refused > 0 {
+        line("udp refused", &format!("{} (QUIC/HTTP3 toward in-scope ports; clients fall back to TCP)", c.udp_refused));
+    }
     line("servers", &c.servers.to_string());
     line(
         "audit",

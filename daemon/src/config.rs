@@ -67,6 +67,7 @@ pub struct FileConfig {
 /// builtin_agents = true      # the built-in list of MCP client names (claude, cursor, code, ...)
 /// agent_comms = ["my-agent"] # more exact command names (at most 15 bytes) that make an agent
 /// stdio = false              # observe stdio MCP servers launched by agents (docs/discovery.md)
+/// udp = "refuse"             # UDP (QUIC, HTTP/3) toward in-scope ports: refused, or "allow"
 /// ```
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +77,18 @@ pub struct ScopeFile {
     #[serde(default)]
     pub agent_comms: Vec<String>,
     pub stdio: Option<bool>,
+    pub udp: Option<UdpScope>,
+}
+
+/// What happens to UDP from a watched process toward an in-scope port (`[scope] udp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UdpScope {
+    /// Refused (EPERM), DNS (port 53) excepted: QUIC, and so HTTP/3, cannot be
+    /// redirected to mcpwatchd, and a refused HTTP/3 client falls back to TCP, which is.
+    Refuse,
+    /// Sent: HTTP/3 toward in-scope ports passes unobserved.
+    Allow,
 }
 
 /// Validated `[scope]`.
@@ -91,11 +104,12 @@ pub struct ScopeConfig {
     /// Observe the stdio of processes launched by agents (`crate::stdio`): global
     /// sys_enter/sys_exit tracepoints, so opt-in.
     pub stdio: bool,
+    pub udp: UdpScope,
 }
 
 impl Default for ScopeConfig {
     fn default() -> Self {
-        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new(), stdio: false }
+        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new(), stdio: false, udp: UdpScope::Refuse }
     }
 }
 
@@ -634,6 +648,7 @@ impl FileConfig {
             builtin_agents: self.scope.builtin_agents.unwrap_or(ds.builtin_agents),
             agent_comms: self.scope.agent_comms,
             stdio: self.scope.stdio.unwrap_or(ds.stdio),
+            udp: self.scope.udp.unwrap_or(ds.udp),
         };
         c.validate()?;
         Ok(c)
@@ -752,6 +767,11 @@ mod tests {
         let err = FileConfig::parse(long, Path::new("x")).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("scope.agent_comms"), "{err}");
         assert!(FileConfig::parse("[scope]\nagent = true\n", Path::new("x")).is_err());
+        assert_eq!(FileConfig::parse("", Path::new("x")).unwrap().into_config().unwrap().scope.udp, UdpScope::Refuse);
+        let allow = FileConfig::parse("[scope]\nudp = \"allow\"\n", Path::new("x")).unwrap().into_config().unwrap();
+        assert_eq!(allow.scope.udp, UdpScope::Allow);
+        let err = FileConfig::parse("[scope]\nudp = \"block\"\n", Path::new("x")).unwrap_err().to_string();
+        assert!(err.contains("refuse") && err.contains("allow"), "{err}");
     }
 
     #[test]

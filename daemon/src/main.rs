@@ -230,6 +230,7 @@ async fn real_main() -> Result<()> {
                     comms: config.scope.comms(),
                     classify: !shared.governance.current().policy.agents().is_empty(),
                 },
+                refuse_udp: config.scope.udp == mcpwatchd::config::UdpScope::Refuse,
             };
             let interceptor = mcpwatch_intercept::Interceptor::attach(&icfg)
                 .with_context(|| format!("cannot attach interception to {}", cgroup.display()))?;
@@ -241,6 +242,7 @@ async fn real_main() -> Result<()> {
             tracing::info!(cgroup = %cgroup.display(), ports = %config.ports, "interception attached");
             let bpf = Arc::new(BpfResolver::new(interceptor).with_sanitizer(mcpwatchd::resolve::cmdline_filter(shared.clone())));
             tokio::spawn(bpf.clone().sweep_forever());
+            tokio::spawn(mcpwatchd::resolve::count_udp_refused(bpf.clone(), shared.clone()));
             if config.scope.agents {
                 tokio::spawn(mcpwatchd::scope::run(bpf.clone(), shared.clone(), config.scope.comms()));
                 if config.scope.stdio {

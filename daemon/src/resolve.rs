@@ -126,6 +126,20 @@ impl BpfResolver {
     }
 }
 
+/// Copy the kernel's count of refused UDP (`[scope] udp`) into the daemon's counters
+/// once a second, for `mcpwatch status` and the metrics.
+pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let n = bpf.interceptor().udp_refused();
+        let before = shared.counters.udp_refused.swap(n, std::sync::atomic::Ordering::Relaxed);
+        if n > before {
+            tracing::info!(refused = n - before, total = n, "UDP toward in-scope ports refused (QUIC/HTTP3 cannot be inspected; clients fall back to TCP)");
+        }
+    }
+}
+
 impl Resolve for BpfResolver {
     fn resolve(&self, peer: SocketAddr, _local: SocketAddr) -> Option<Origin> {
         let origin = self.interceptor.lookup(peer)?;

@@ -54,6 +54,9 @@ pub struct Counters {
     pub tls_distrust_refused: AtomicU64,
     /// HTTP/2 client connections (prior knowledge or ALPN h2), governed like HTTP/1.1.
     pub http2_connections: AtomicU64,
+    /// UDP connects and sends refused by the eBPF hooks (`[scope] udp`), copied from the
+    /// kernel's counter by `resolve::count_udp_refused`.
+    pub udp_refused: AtomicU64,
     /// `tools/call`s seen on stdio from the kernel only (not wrapped): observed, not governed.
     pub stdio_observed_calls: AtomicU64,
 }
@@ -299,6 +302,7 @@ impl Shared {
             refused_protocol: g(&c.refused_protocol),
             tls_distrust_refused: g(&c.tls_distrust_refused),
             http2_connections: g(&c.http2_connections),
+            udp_refused: g(&c.udp_refused),
         }
     }
 }

@@ -302,4 +302,7 @@ pub struct Counts {
     /// HTTP/2 client connections (governed like HTTP/1.1).
     #[serde(default)]
     pub http2_connections: u64,
+    /// UDP connects and sends (QUIC, HTTP/3) refused toward in-scope ports (`[scope] udp`).
+    #[serde(default)]
+    pub udp_refused: u64,
 }

@@ -85,6 +85,9 @@ pub struct InterceptConfig {
     pub pin_dir: Option<PathBuf>,
     /// Agents (and their descendants) have every TCP port redirected ([`AgentScope`]).
     pub agents: AgentScope,
+    /// Refuse UDP toward in-scope ports (every port but 53 for agents and `all`): QUIC
+    /// (HTTP/3) cannot be redirected, and refused, HTTP/3 clients fall back to TCP.
+    pub refuse_udp: bool,
 }
 
 /// Where an intercepted connection was going and who opened it, as seen by the
@@ -118,6 +121,7 @@ struct Maps {
     by_cookie: HashMap<MapData, u64, RawOrigin>,
     by_peer: HashMap<MapData, RawPeerKey, RawOrigin>,
     execs: HashMap<MapData, u32, RawExec>,
+    udp_refused: aya::maps::PerCpuArray<MapData, u64>,
 }
 
 /// Attached interception programs. Dropping it detaches them, unless they are
@@ -144,8 +148,8 @@ impl std::fmt::Debug for Interceptor {
     }
 }
 
-const CGROUP_SOCK_ADDR_PROGRAMS: [&str; 4] =
-    ["getpeername4", "getpeername6", "connect4", "connect6"];
+const CGROUP_SOCK_ADDR_PROGRAMS: [&str; 6] =
+    ["getpeername4", "getpeername6", "connect4", "connect6", "sendmsg4", "sendmsg6"];
 const SOCK_OPS_PROGRAM: &str = "sock_ops";
 const EXEC_PROGRAM: &str = "process_exec";
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
@@ -260,6 +264,10 @@ impl Interceptor {
             by_cookie: take_hash(&mut ebpf, "by_cookie")?,
             by_peer: take_hash(&mut ebpf, "by_peer")?,
             execs: take_hash(&mut ebpf, "execs")?,
+            udp_refused: {
+                let map = ebpf.take_map("udp_refused").ok_or(InterceptError::MissingMap("udp_refused"))?;
+                aya::maps::PerCpuArray::try_from(map).map_err(|source| InterceptError::Map { map: "udp_refused", source })?
+            },
         };
         let agent_maps = take_agent_maps(&mut ebpf)?;
         tracing::info!(cgroup = %cgroup.display(), listen_port = cfg.listen_port, ports = %cfg.ports, agent_scope = cfg.agents.enabled, "eBPF interception attached");
@@ -285,6 +293,12 @@ impl Interceptor {
             return None;
         }
         Some(raw.to_origin())
+    }
+
+    /// UDP connects and sends refused since attach ([`InterceptConfig::refuse_udp`]).
+    pub fn udp_refused(&self) -> u64 {
+        let maps = self.lock_maps();
+        maps.udp_refused.get(&0, 0).map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 
     /// The comm a process had at its last exec, if seen since attach (also after
@@ -455,7 +469,7 @@ fn fill_config(ebpf: &mut Ebpf, cfg: &InterceptConfig, cgroup: &Path) -> Result<
         agents: u32::from(cfg.agents.enabled),
         classify: u32::from(cfg.agents.enabled && cfg.agents.classify),
         watch_level,
-        _pad0: 0,
+        refuse_udp: u32::from(cfg.refuse_udp),
         watch_cgid,
     };
     let map_err = |map: &'static str| move |source| InterceptError::Map { map, source };

@@ -22,7 +22,7 @@ pub(crate) struct RawConfig {
     pub agents: u32,
     pub classify: u32,
     pub watch_level: u32,
-    pub _pad0: u32,
+    pub refuse_udp: u32,
     pub watch_cgid: u64,
 }
 

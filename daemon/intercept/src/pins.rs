@@ -10,7 +10,7 @@
 //!
 //! Layout: one directory per watched cgroup ([`pin_dir_for`]), holding one
 //! pinned link per cgroup program, named after the program (`connect4`,
-//! `connect6`, `getpeername4`, `getpeername6`, `sock_ops`). A restarted daemon
+//! `connect6`, `getpeername4`, `getpeername6`, `sendmsg4`, `sendmsg6`, `sock_ops`). A restarted daemon
 //! replaces them ([`crate::Interceptor::attach`]); [`release_pins`] detaches
 //! them for good. The exec tracepoint is bookkeeping only and is never pinned.
 

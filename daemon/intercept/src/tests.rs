@@ -229,6 +229,7 @@ fn config(cg: &TestCgroup, daemon: &Daemon, ports: PortScope) -> InterceptConfig
         daemon_tgid: std::process::id(),
         pin_dir: None,
         agents: AgentScope::default(),
+        refuse_udp: true,
     }
 }
 
@@ -689,6 +690,7 @@ fn refuses_the_root_cgroup_and_non_cgroups() {
         daemon_tgid: std::process::id(),
         pin_dir: None,
         agents: AgentScope::default(),
+        refuse_udp: false,
     };
     for root in [
         mount.clone(),
@@ -754,7 +756,7 @@ fn pin_names(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
-const PINNED: [&str; 9] = [
+const PINNED: [&str; 11] = [
     "connect4",
     "connect6",
     "getpeername4",
@@ -762,6 +764,8 @@ const PINNED: [&str; 9] = [
     "process_exec",
     "process_exit",
     "process_fork",
+    "sendmsg4",
+    "sendmsg6",
     "sock_ops",
     "task_rename",
 ];
@@ -1164,4 +1168,52 @@ fn pinned_agent_tracking_outlives_the_interceptor() {
     server.set_nonblocking(true).unwrap();
     assert!(server.accept().is_err(), "the agent's child connected directly");
     crate::release_pins(&fs.path().join("pins")).unwrap();
+}
+
+/// What a process does with UDP toward `port` on loopback (v4 and v6): connect() then
+/// send, and sendto() on an unconnected socket; each step prints `sent` or the errno name.
+fn udp_outcome(cg: Option<&TestCgroup>, port: u16) -> Vec<String> {
+    let mut cmd = Command::new(python());
+    cmd.args([
+        "-c",
+        "import errno, socket, sys\n\
+         port = int(sys.argv[1])\n\
+         def step(f):\n    try:\n        f(); return 'sent'\n    except OSError as e:\n        return errno.errorcode.get(e.errno, str(e.errno))\n\
+         out = []\n\
+         for fam, host in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):\n    c = socket.socket(fam, socket.SOCK_DGRAM)\n    out.append(step(lambda: (c.connect((host, port)), c.send(b'quic'))))\n    u = socket.socket(fam, socket.SOCK_DGRAM)\n    out.append(step(lambda: u.sendto(b'quic', (host, port))))\n\
+         print(' '.join(out))\n",
+        &port.to_string(),
+    ]);
+    if let Some(cg) = cg {
+        // SAFETY: the hook only performs async-signal-safe syscalls.
+        unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().split_whitespace().map(str::to_string).collect()
+}
+
+/// QUIC (HTTP/3) cannot be redirected to the daemon: UDP from the watched cgroup toward
+/// an in-scope port is refused (connect and unconnected sends, IPv4 and IPv6) and
+/// counted; DNS, out-of-scope ports and processes outside the cgroup are untouched; with
+/// `refuse_udp` off nothing is refused.
+#[test]
+fn udp_toward_in_scope_ports_is_refused_so_http3_falls_back_to_tcp() {
+    let cg = TestCgroup::unique("mcpwatch-test-udp").unwrap();
+    let daemon = Daemon::bind();
+    let scoped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, PortScope::Ranges(vec![53..=53, scoped..=scoped]))).unwrap();
+    let refused = vec!["EPERM".to_string(); 4];
+    let sent = vec!["sent".to_string(); 4];
+    assert_eq!(udp_outcome(Some(&cg), scoped), refused, "UDP to an in-scope port from the cgroup");
+    assert_eq!(ic.udp_refused(), 4);
+    assert_eq!(udp_outcome(Some(&cg), 53), sent, "DNS is never refused");
+    assert_eq!(udp_outcome(Some(&cg), other), sent, "an out-of-scope port");
+    assert_eq!(udp_outcome(None, scoped), sent, "a process outside the cgroup");
+    assert_eq!(ic.udp_refused(), 4);
+    drop(ic);
+    let ic = Interceptor::attach(&InterceptConfig { refuse_udp: false, ..config(&cg, &daemon, PortScope::Ranges(vec![scoped..=scoped])) }).unwrap();
+    assert_eq!(udp_outcome(Some(&cg), scoped), sent, "refuse_udp off");
+    assert_eq!(ic.udp_refused(), 0);
 }

@@ -398,7 +398,7 @@ fn fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released() {
         names.sort();
         names
     };
-    let all_pins = ["connect4", "connect6", "getpeername4", "getpeername6", "process_exec", "process_exit", "process_fork", "sock_ops", "task_rename"];
+    let all_pins = ["connect4", "connect6", "getpeername4", "getpeername6", "process_exec", "process_exit", "process_fork", "sendmsg4", "sendmsg6", "sock_ops", "task_rename"];
     let refused = |how: &str| {
         assert_eq!(connect_outcome(Some(&cg), "127.0.0.3", probe.addr.port()), "refused", "after {how}: in the cgroup");
         assert_eq!(connect_outcome(Some(&cg), "::ffff:127.0.0.3", probe.addr.port()), "refused", "after {how}: IPv6 socket");
@@ -449,7 +449,7 @@ fn fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released() {
         .expect("run mcpwatchd --release-pins");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("released 9 pinned links"), "{stdout}");
+    assert!(stdout.contains("released 11 pinned links"), "{stdout}");
     assert!(!pin_dir.exists(), "pin dir left behind");
     let r = raw_client(Some(&cg), "127.0.0.3", echo.addr.port(), false, 0, b"direct");
     assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"direct");
@@ -467,4 +467,34 @@ fn fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released() {
     assert_eq!(connect_outcome(Some(&cg), "127.0.0.3", probe.addr.port()), "connected", "open mode: direct after stop");
     drop(w);
     drop(bpffs);
+}
+
+/// HTTP/3 runs over UDP, which cannot be redirected: from the watched cgroup, a QUIC
+/// datagram toward an in-scope port is refused (EPERM; HTTP/3 clients then fall back to
+/// TCP), DNS is not, and `mcpwatch status` counts the refusals; TCP to the same port is
+/// still redirected and relayed.
+#[test]
+fn quic_toward_an_in_scope_port_is_refused_and_counted() {
+    let echo = RawServer::start("127.0.0.3:0", RawBehaviour { echo: true, ..Default::default() });
+    let port = echo.addr.port();
+    let Some(w) = Watched::start("quic_toward_an_in_scope_port_is_refused_and_counted", &format!("53,{port}")) else { return };
+    let out = harness::py(
+        Some(w.cgroup()),
+        &format!(
+            "import errno, json, socket\n\
+             def send(port):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try:\n        s.sendto(b'\\xc0quic-initial', ('127.0.0.3', port)); return 'sent'\n    except OSError as e:\n        return errno.errorcode.get(e.errno, str(e.errno))\n\
+             print(json.dumps({{'quic': send({port}), 'dns': send(53)}}))"
+        ),
+    );
+    assert_eq!(out["quic"], "EPERM", "{out}");
+    assert_eq!(out["dns"], "sent", "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while w.daemon.status().counts.udp_refused < 1 {
+        assert!(std::time::Instant::now() < deadline, "status never counted the refused datagram");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let cli = w.daemon.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&cli.stdout).contains("udp refused"), "{}", String::from_utf8_lossy(&cli.stdout));
+    let r = raw_client(Some(w.cgroup()), "127.0.0.3", port, false, 0, b"over tcp");
+    assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"over tcp");
 }
