@@ -316,23 +316,24 @@ int connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* Unconnected UDP sockets name their destination per datagram. */
+/* Unconnected UDP sockets name their destination per datagram: 0 refuses it. One
+ * program per attach point (sendmsg4, sendmsg6), the same verdict. */
+static __always_inline int udp_send_verdict(struct bpf_sock_addr *ctx)
+{
+	struct mcpw_config *cfg = get_config();
+	return !(cfg && udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)));
+}
+
 SEC("cgroup/sendmsg4")
 int sendmsg4(struct bpf_sock_addr *ctx)
 {
-	struct mcpw_config *cfg = get_config();
-	if (cfg && udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)))
-		return 0;
-	return 1;
+	return udp_send_verdict(ctx);
 }
 
 SEC("cgroup/sendmsg6")
 int sendmsg6(struct bpf_sock_addr *ctx)
 {
-	struct mcpw_config *cfg = get_config();
-	if (cfg && udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)))
-		return 0;
-	return 1;
+	return udp_send_verdict(ctx);
 }
 
 static __always_inline void peer_key_of(struct bpf_sock_ops *skops, struct mcpw_peer_key *key)

@@ -127,7 +127,7 @@ impl BpfResolver {
 }
 
 /// Copy the kernel's count of refused UDP (`[scope] udp`) into the daemon's counters
-/// once a second, for `mcpwatch status` and the metrics.
+/// once a second, for `mcpwatch status`.
 pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

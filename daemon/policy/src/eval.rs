@@ -543,13 +543,7 @@ impl Ctx<'_, '_> {
             },
             // A shadow server by its endpoint as servers route it: a spelling of the
             // path or host is not a fresh counter.
-            RateScope::Tool => {
-                let tool = cut(self.call.name.unwrap_or(self.call.method));
-                match self.server {
-                    Some(s) => format!("tool:{}/{tool}", s.name),
-                    None => format!("tool:{}/{tool}", cut(&canonical_endpoint(self.target))),
-                }
-            }
+            RateScope::Tool => format!("tool:{}", self.server_and_tool()),
             RateScope::Uid => match self.subject.process {
                 Some(p) => format!("uid:{}", p.uid),
                 None => "uid:unknown".into(),
@@ -559,14 +553,19 @@ impl Ctx<'_, '_> {
             // (key order and whitespace do not make a new call).
             RateScope::Call => {
                 let caller = self.rate_key(RateScope::Agent);
-                let server = match self.server {
-                    Some(s) => s.name.clone(),
-                    None => cut(&canonical_endpoint(self.target)).to_string(),
-                };
-                let tool = cut(self.call.name.unwrap_or(self.call.method));
                 let args = self.call.arguments.map_or_else(|| "-".to_string(), |a| crate::approval::canonical_hash(a)[..32].to_string());
-                format!("call:{caller}/{server}/{tool}/{args}")
+                format!("call:{caller}/{}/{args}", self.server_and_tool())
             }
+        }
+    }
+
+    /// `server/tool` of a rate key: the registry name, or a shadow server's endpoint as
+    /// servers route it (a spelling of the path or host is not a fresh counter).
+    fn server_and_tool(&self) -> String {
+        let tool = cut(self.call.name.unwrap_or(self.call.method));
+        match self.server {
+            Some(s) => format!("{}/{tool}", s.name),
+            None => format!("{}/{tool}", cut(&canonical_endpoint(self.target))),
         }
     }
 

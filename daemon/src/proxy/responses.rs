@@ -364,13 +364,11 @@ impl StreamObserver {
         let conversation = format!("legacy:{}#{}", self.scope.endpoint, path_and_query);
         let route = LegacyRoute { endpoint: self.scope.endpoint.clone(), conversation: conversation.clone(), session_id: target.session_id.clone() };
         match self.shared.sessions.add_legacy_route(&dst, &host, &path_and_query, route) {
-            Ok(key) => {
-                if let Some(old) = self.legacy_route.replace(key) {
-                    if Some(&old) != self.legacy_route.as_ref() {
-                        self.shared.sessions.remove_legacy_route(&old);
-                    }
-                }
-            }
+            // A second announcement on the same stream: the earlier route is no longer its.
+            Ok(key) => match self.legacy_route.replace(key.clone()) {
+                Some(old) if old != key => self.shared.sessions.remove_legacy_route(&old),
+                _ => {}
+            },
             Err(full) => {
                 let why = format!("legacy HTTP+SSE stream refused: {full}");
                 tracing::warn!(endpoint = %self.scope.endpoint, "{why}");

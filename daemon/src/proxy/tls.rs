@@ -93,15 +93,13 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
 async fn passes_toward_governed(shared: &Shared, ctx: &ConnCtx, host: &str, sni: Option<&str>) -> bool {
     let Some(mode) = relay::governed_mode(shared, ctx.origin.dst) else { return true };
     let named = sni.filter(|s| s.parse::<std::net::IpAddr>().is_err());
-    let refusal = match (mode, named) {
-        (Mode::Enforce, None) => Some("refused (enforce mode)".to_string()),
-        (Mode::Enforce, Some(name)) => prove_name(shared, ctx.origin.dst, name).await.err().map(|why| format!("refused (enforce mode): the destination did not prove the name: {why}")),
-        _ => None,
-    };
-    let verdict = match (&refusal, named.is_some() && mode == Mode::Enforce) {
-        (Some(r), _) => r.clone(),
-        (None, true) => "relayed uninspected (the destination proved the name)".to_string(),
-        (None, false) => "relayed uninspected".to_string(),
+    let (refused, verdict) = match (mode, named) {
+        (Mode::Enforce, None) => (true, "refused (enforce mode)".to_string()),
+        (Mode::Enforce, Some(name)) => match prove_name(shared, ctx.origin.dst, name).await {
+            Ok(()) => (false, "relayed uninspected (the destination proved the name)".to_string()),
+            Err(why) => (true, format!("refused (enforce mode): the destination did not prove the name: {why}")),
+        },
+        _ => (false, "relayed uninspected".to_string()),
     };
     let what = match sni {
         Some(s) => format!("TLS with SNI `{}`", s.chars().take(253).collect::<String>()),
@@ -112,10 +110,10 @@ async fn passes_toward_governed(shared: &Shared, ctx: &ConnCtx, host: &str, sni:
     let mut rec = connection_record(shared, ctx, host, reason.clone());
     rec.tls = Some(TlsDetails { sni: sni.map(str::to_owned), ..Default::default() });
     crate::record::write_closed(shared, rec, mcpwatch_api::CallStatus::TransportError { reason });
-    if refusal.is_some() {
+    if refused {
         Counters::inc(&shared.counters.refused_protocol);
     }
-    refusal.is_none()
+    !refused
 }
 
 /// Does `dst` answer as `name`? A remembered proof, else a verified handshake of mcpwatch's
