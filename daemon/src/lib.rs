@@ -17,6 +17,7 @@ pub mod govern;
 pub mod governance;
 pub mod interception;
 pub mod host;
+pub mod hostproof;
 pub mod inventory;
 pub mod logging;
 pub mod memory;

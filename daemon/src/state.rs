@@ -99,6 +99,8 @@ pub struct Shared {
     pub heartbeats: crate::notify::Heartbeats,
     /// The host's name and stable id, stamped on every audit record and sent by the sinks.
     pub host: Arc<crate::host::HostIdentity>,
+    /// Which plain-HTTP Host names resolve to their destinations (cached DNS proofs).
+    pub host_proofs: crate::hostproof::HostProofs,
     /// Pids of `mcpwatch wrap` processes connected to the gate now (pid → connections),
     /// as SO_PEERCRED names them: the stdio observer skips their servers, which the gate
     /// already audits. Bounded by the gate's session budget.
@@ -158,6 +160,7 @@ impl Shared {
             admission,
             heartbeats: crate::notify::Heartbeats::default(),
             host,
+            host_proofs: crate::hostproof::HostProofs::new(),
             gate_wrappers: Default::default(),
             records_tx,
             event_log: Default::default(),

@@ -269,3 +269,70 @@ pub fn tcp_sockets(pid: u32) -> Vec<TcpSock> {
     }
     out
 }
+
+/// A network namespace joined to this one by a veth pair: a destination off loopback
+/// for tests that need a "remote" server, while every byte stays on this machine.
+/// Addresses come from 198.18.0.0/15 (RFC 2544, benchmarking), one /30 per namespace:
+/// the host side is `.1`, the namespace side `.2`. Removed (link and namespace) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+    link: String,
+    pub host_ip: std::net::Ipv4Addr,
+    pub ns_ip: std::net::Ipv4Addr,
+}
+
+impl Netns {
+    /// Creates the namespace, or says why it cannot be made here (not root, no `ip`).
+    pub fn create() -> Result<Netns, String> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        if !nix::unistd::geteuid().is_root() {
+            return Err("not running as root (creating a network namespace needs CAP_NET_ADMIN)".into());
+        }
+        // One /30 of the 32768 in 198.18.0.0/15, from the pid and a counter.
+        let n = (std::process::id().wrapping_mul(8).wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % 32768;
+        let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + n * 4;
+        let ns = Netns {
+            name: format!("mcpwit{n}"),
+            link: format!("mcpwv{n}"),
+            host_ip: std::net::Ipv4Addr::from(base + 1),
+            ns_ip: std::net::Ipv4Addr::from(base + 2),
+        };
+        let peer = format!("{}p", ns.link);
+        let (host_cidr, ns_cidr) = (format!("{}/30", ns.host_ip), format!("{}/30", ns.ns_ip));
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &ns.name],
+            &["link", "add", &ns.link, "type", "veth", "peer", "name", &peer],
+            &["link", "set", &peer, "netns", &ns.name],
+            &["addr", "add", &host_cidr, "dev", &ns.link],
+            &["link", "set", &ns.link, "up"],
+            &["-n", &ns.name, "addr", "add", &ns_cidr, "dev", &peer],
+            &["-n", &ns.name, "link", "set", &peer, "up"],
+            &["-n", &ns.name, "link", "set", "lo", "up"],
+        ];
+        for args in steps {
+            let out = Command::new("ip").args(args).output().map_err(|e| format!("running `ip`: {e}"))?;
+            if !out.status.success() {
+                // `ns` drops here and removes what was made.
+                return Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        Ok(ns)
+    }
+
+    /// `program` run inside the namespace (`ip netns exec` execs it: the pid is the
+    /// program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.link]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}

@@ -219,6 +219,8 @@ pub struct ServerBuilder {
     stateless: bool,
     host_check: HostCheck,
     cgroup: Option<PathBuf>,
+    /// Run inside this network namespace ([`crate::harness::Netns`]).
+    netns: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -253,6 +255,7 @@ impl ServerBuilder {
             stateless: false,
             host_check: HostCheck::Auto,
             cgroup: None,
+            netns: None,
             args: Vec::new(),
             env: Vec::new(),
         }
@@ -262,6 +265,14 @@ impl ServerBuilder {
     pub fn ip(mut self, ip: Ipv4Addr) -> Self {
         assert!(ip.is_loopback(), "tests only listen on loopback, not {ip}");
         self.ip = ip;
+        self
+    }
+
+    /// Listen on the namespace side of `ns`: a server at an address off loopback (a
+    /// "remote" server), reached through the namespace's veth pair.
+    pub fn in_netns(mut self, ns: &crate::harness::Netns) -> Self {
+        self.ip = ns.ns_ip;
+        self.netns = Some(ns.name.clone());
         self
     }
 
@@ -400,6 +411,17 @@ impl ServerBuilder {
             cmd.env_remove(var);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(ns) = &self.netns {
+            let mut wrapped = Command::new("ip");
+            wrapped.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            cmd = wrapped;
+        }
         if let Some(cg) = &self.cgroup {
             move_into_cgroup(&mut cmd, cg);
         }

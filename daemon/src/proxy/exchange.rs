@@ -46,7 +46,8 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     let (parts, body) = req.into_parts();
     // First, before any early answer: the head log pairs framings with requests by order.
     let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of()).unwrap_or_default();
-    let scope = Scope::new(&shared, &ctx, &parts);
+    let claimed = super::scope::unproven_host(&shared, &ctx, &parts).await;
+    let scope = Scope::new(&shared, &ctx, &parts, claimed);
 
     // Content-Length together with Transfer-Encoding is how requests are smuggled past
     // a proxy (RFC 9112 §6.1 lets a proxy reject it; we always do, and close).

@@ -88,6 +88,10 @@ pub struct Scope {
     /// Correlation key for messages answered on another connection.
     pub(super) conversation: String,
     pub(super) legacy: bool,
+    /// A plain-HTTP Host name that does not resolve to the remote destination
+    /// ([`crate::hostproof`]): the endpoint is named by the address instead, and records
+    /// say what the client claimed.
+    pub(super) claimed_host: Option<String>,
     /// [`Scope::target`] and [`Scope::flow_session`], computed on first use: a request
     /// asks for them from several stages.
     target: std::sync::OnceLock<TargetOwned>,
@@ -95,7 +99,9 @@ pub struct Scope {
 }
 
 impl Scope {
-    pub(super) fn new(shared: &Shared, ctx: &Arc<ConnCtx>, parts: &Parts) -> Scope {
+    /// `claimed_host` is the Host name when it did not prove to name the destination
+    /// ([`unproven_host`]).
+    pub(super) fn new(shared: &Shared, ctx: &Arc<ConnCtx>, parts: &Parts, claimed_host: Option<String>) -> Scope {
         let host_header = parts.headers.get(HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
         let dst = ctx.origin.dst;
         let path = parts.uri.path().to_string();
@@ -115,6 +121,7 @@ impl Scope {
                 protocol_version: header(H_VERSION),
                 conversation: route.conversation,
                 legacy: true,
+                claimed_host,
                 target: std::sync::OnceLock::new(),
                 flow_session: std::sync::OnceLock::new(),
             };
@@ -123,8 +130,9 @@ impl Scope {
         // spelled as servers route it, so `/%6Dcp` or `MCP.example.` is not another server.
         // Plain HTTP to a loopback address is named by that address: every local alias
         // (`localhost`, `x.localhost`, the host's name, the IP itself) reaches the same
-        // socket, and `auth::host_fit` refuses any other name toward MCP.
-        let host_key = if ctx.tls.is_none() && dst.ip().to_canonical().is_loopback() {
+        // socket, and `auth::host_fit` refuses any other name toward MCP. Plain HTTP to a
+        // remote address whose Host does not resolve there is named by that address too.
+        let host_key = if ctx.tls.is_none() && (dst.ip().to_canonical().is_loopback() || claimed_host.is_some()) {
             dst.ip().to_canonical().to_string()
         } else {
             mcpwatch_policy::canonical_host(&host_only)
@@ -146,6 +154,7 @@ impl Scope {
             protocol_version,
             conversation,
             legacy: false,
+            claimed_host,
             target: std::sync::OnceLock::new(),
             flow_session: std::sync::OnceLock::new(),
         }
@@ -231,7 +240,7 @@ impl Scope {
     }
 
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
-        AuditRecord {
+        let mut rec = AuditRecord {
             process: self.ctx.origin.process.as_deref().cloned(),
             dst: self.ctx.origin.dst.to_string(),
             host: self.host.clone(),
@@ -244,6 +253,27 @@ impl Scope {
             protocol_version: self.protocol_version.clone(),
             tls: self.ctx.tls.as_deref().cloned(),
             ..crate::record::message(shared, kind, direction, msg, bytes)
+        };
+        if let Some(name) = &self.claimed_host {
+            self.note_claimed_host(shared, name, &mut rec);
+        }
+        rec
+    }
+
+    /// The Host named a place the connection does not go: noted on every record, and
+    /// an alert when the name is a registered server's (the client claimed its rules).
+    fn note_claimed_host(&self, shared: &Shared, name: &str, rec: &mut AuditRecord) {
+        let dst = self.ctx.origin.dst.ip().to_canonical();
+        let why = format!("Host `{name}` does not resolve to the destination {dst}; the server is named by its address");
+        let claimed = TargetOwned {
+            endpoint: String::new(),
+            host: mcpwatch_policy::canonical_host(name),
+            port: self.ctx.origin.dst.port(),
+            path: self.target().path.clone(),
+        };
+        match shared.governance.current().policy.server_for(&claimed.as_policy()) {
+            Some(s) => rec.alerts.push(format!("{why} (registered server `{}` impersonated)", s.name)),
+            None => rec.notes.push(why),
         }
     }
 
@@ -314,6 +344,27 @@ pub(super) fn has_body(h: &HeaderMap) -> bool {
 }
 
 /// `host:port` / `[v6]:port` / `host` → host.
+/// Over plain HTTP toward a remote address, the request's Host name when the daemon's
+/// resolver does not map it to that address (an IP literal: when it is another
+/// address). `None` when the name is proven, or not needed: TLS proves it, and loopback
+/// destinations are named by their address anyway.
+pub(super) async fn unproven_host(shared: &Shared, ctx: &ConnCtx, parts: &Parts) -> Option<String> {
+    let dst = ctx.origin.dst.ip().to_canonical();
+    if ctx.tls.is_some() || dst.is_loopback() {
+        return None;
+    }
+    let name = strip_port(parts.headers.get(HOST)?.to_str().ok()?.trim());
+    if name.is_empty() {
+        return None;
+    }
+    let proof = match name.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.to_canonical() == dst => crate::hostproof::Proof::Proven,
+        Ok(_) => crate::hostproof::Proof::Unproven,
+        Err(_) => shared.host_proofs.check(dst, &name).await,
+    };
+    (proof == crate::hostproof::Proof::Unproven).then(|| name.chars().take(253).collect())
+}
+
 pub(super) fn strip_port(h: &str) -> String {
     if let Some(rest) = h.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest).to_string();

@@ -678,3 +678,64 @@ print(json.dumps({{"init": init, "flood": flood, "delete": delete, "echo": echo,
     let recs = daemon.wait_audit("legacy stream refusal", |r| alerts(r).iter().any(|a| a.contains("legacy HTTP+SSE stream refused")));
     assert!(alerts(&recs).iter().any(|a| a.contains("max_legacy_streams = 4")), "{:?}", alerts(&recs));
 }
+
+/// Identity by Host over plain HTTP: a client inside the cgroup connects to a remote
+/// address and writes a registered server's name in `Host`. That name does not resolve
+/// to the address, so it does not name the server: the server is named by its address
+/// (here shadow, and `shadow = "block"` denies the call), with an alert naming the
+/// server it impersonated. Before, the call was judged as the registered server's and
+/// forwarded. A `[[server]]` written with the address matches it whatever Host claims.
+/// The "remote" server runs in a network namespace of its own (198.18.0.0/15).
+#[test]
+fn a_host_header_does_not_make_a_remote_address_a_registered_server() {
+    let ns = match harness::Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIP a_host_header_does_not_make_a_remote_address_a_registered_server: {why}");
+            return;
+        }
+    };
+    let server = peers::python_server().in_netns(&ns).json_response().stateless().spawn();
+    let remote = server.addr();
+    assert!(!remote.ip().is_loopback(), "{remote}");
+    let call = |text: &str| format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}"}}}}}}"#);
+    let post = |daemon: &Daemon, host: &str, text: &str| {
+        let headers = format!("Host: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n");
+        send(SocketAddr::from(([127, 0, 0, 1], daemon.port)), &request("POST", "/mcp", &headers, call(text).as_bytes()))
+    };
+    let echoed = || -> Vec<String> { server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect() };
+    let by_address = format!("http://{remote}/mcp");
+    let claimed = format!("mcp.trusted.example:{}", remote.port());
+
+    // Registered by name only: the claimed name is not this address.
+    let by_name = "version = 1\nmode = \"enforce\"\nshadow = \"block\"\n[[server]]\nname = \"trusted\"\nhost = \"mcp.trusted.example\"\n";
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(remote), policy: Some(by_name.into()), ..Default::default() });
+    let resp = post(&daemon, &claimed, "impersonated");
+    assert!(resp.contains("\"error\"") && resp.contains("policy:shadow") && resp.contains(&by_address), "{resp}");
+    assert!(echoed().is_empty(), "a call claiming a registered name reached an unregistered address: {:?}", echoed());
+    let recs = daemon.wait_audit("impersonation alert", |r| alerts(r).iter().any(|a| a.contains("impersonated")));
+    let call_rec = recs.iter().find(|r| r.method.as_deref() == Some("tools/call")).unwrap_or_else(|| panic!("{recs:#?}"));
+    assert_eq!(call_rec.server, by_address, "{call_rec:#?}");
+    let decision = call_rec.decision.as_ref().unwrap_or_else(|| panic!("{call_rec:#?}"));
+    assert!(decision.shadow && decision.rules.iter().any(|r| r == "policy:shadow"), "{decision:?}");
+    assert!(alerts(&recs).iter().any(|a| a.contains("mcp.trusted.example") && a.contains("`trusted`")), "{:?}", alerts(&recs));
+    drop(daemon);
+
+    // Registered by address: that entry governs, whatever name the client wrote.
+    let by_addr = format!("version = 1\nmode = \"enforce\"\nshadow = \"block\"\n[[server]]\nname = \"remote\"\nurl = \"{by_address}\"\n");
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(remote), policy: Some(by_addr), ..Default::default() });
+    let resp = post(&daemon, &remote.to_string(), "literal");
+    assert_eq!(status(&resp), 200, "{resp}");
+    let resp = post(&daemon, &claimed, "claimed");
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(echoed(), vec!["literal", "claimed"]);
+    let recs = daemon.wait_audit("two calls", |r| r.iter().filter(|r| r.method.as_deref() == Some("tools/call")).count() >= 2);
+    for r in recs.iter().filter(|r| r.method.as_deref() == Some("tools/call")) {
+        assert_eq!(r.server, by_address, "{r:#?}");
+        assert!(!r.decision.as_ref().is_some_and(|d| d.shadow), "{r:#?}");
+    }
+    let claimed_rec = recs.iter().find(|r| r.host.as_deref() == Some(claimed.as_str()) && r.method.as_deref() == Some("tools/call")).unwrap_or_else(|| panic!("{recs:#?}"));
+    assert!(claimed_rec.notes.iter().any(|n| n.contains("does not resolve")), "{claimed_rec:#?}");
+    drop(server);
+    drop(ns);
+}

@@ -1,0 +1,170 @@
+//! Does a plain-HTTP `Host` name its real destination?
+//!
+//! A server's identity (registry entry, inventory, tool pins, sessions, flows) is its
+//! endpoint, and the endpoint's host comes from the request. Over TLS that name is
+//! proven: mcpwatch's own verified handshake with the destination checks it (and a
+//! `Host` that differs from the SNI is refused). Over plain HTTP nothing proves it: a
+//! client inside the cgroup could connect to any address and write the name of a
+//! registered server in `Host`, and be judged by that server's rules (`shadow = "block"`
+//! and agents' `servers` lists undone). So toward a remote address a name counts only
+//! when the daemon's own resolver maps it to that address; otherwise the endpoint is
+//! named by the address, as the connection really goes.
+//!
+//! Lookups are cached per (address, name): proofs for [`HostProofs::PROVEN_TTL`],
+//! failures for the shorter [`HostProofs::REFUSED_TTL`] (a flood of names costs lookups
+//! bounded by [`HostProofs::MAX_LOOKUPS`] at a time, never a name it did not prove).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a lookup said about a name toward an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// The name resolves to the destination.
+    Proven,
+    /// It does not (or the lookup failed or timed out): the name is a claim only.
+    Unproven,
+}
+
+/// Cached DNS proofs that names resolve to destinations (see the module doc).
+pub struct HostProofs {
+    seen: Mutex<HashMap<(IpAddr, String), (Instant, Proof)>>,
+    lookups: tokio::sync::Semaphore,
+}
+
+impl HostProofs {
+    /// How long a name that resolved to the destination stays proven.
+    pub const PROVEN_TTL: Duration = Duration::from_secs(300);
+    /// How long a failed proof is remembered before the name is looked up again.
+    pub const REFUSED_TTL: Duration = Duration::from_secs(30);
+    /// Most (address, name) pairs remembered.
+    pub const CAPACITY: usize = 4096;
+    /// Most lookups in flight; more wait for a turn within the deadline.
+    pub const MAX_LOOKUPS: usize = 16;
+    /// A lookup that takes longer proves nothing.
+    pub const DEADLINE: Duration = Duration::from_secs(2);
+
+    pub fn new() -> HostProofs {
+        HostProofs { seen: Mutex::new(HashMap::new()), lookups: tokio::sync::Semaphore::new(Self::MAX_LOOKUPS) }
+    }
+
+    /// Does `name` resolve to `dst`, by the system resolver?
+    pub async fn check(&self, dst: IpAddr, name: &str) -> Proof {
+        let host = name.to_string();
+        self.check_with(dst, name, Instant::now(), async move {
+            tokio::net::lookup_host((host.as_str(), 0)).await.map(|addrs| addrs.map(|a| a.ip()).collect())
+        })
+        .await
+    }
+
+    /// [`HostProofs::check`] with the lookup given (tests resolve without DNS).
+    pub async fn check_with<F>(&self, dst: IpAddr, name: &str, now: Instant, lookup: F) -> Proof
+    where
+        F: Future<Output = std::io::Result<Vec<IpAddr>>>,
+    {
+        let dst = dst.to_canonical();
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(p) = self.cached(dst, &name, now) {
+            return p;
+        }
+        let resolved = tokio::time::timeout(Self::DEADLINE, async {
+            let _turn = self.lookups.acquire().await.ok()?;
+            lookup.await.ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        let proof = match resolved {
+            Some(addrs) if addrs.iter().any(|a| a.to_canonical() == dst) => Proof::Proven,
+            _ => Proof::Unproven,
+        };
+        self.remember(dst, name, now, proof);
+        proof
+    }
+
+    fn cached(&self, dst: IpAddr, name: &str, now: Instant) -> Option<Proof> {
+        let seen = self.seen.lock().ok()?;
+        let (at, proof) = seen.get(&(dst, name.to_string()))?;
+        (now.saturating_duration_since(*at) < Self::ttl(*proof)).then_some(*proof)
+    }
+
+    fn remember(&self, dst: IpAddr, name: String, now: Instant, proof: Proof) {
+        let Ok(mut seen) = self.seen.lock() else { return };
+        if seen.len() >= Self::CAPACITY {
+            seen.retain(|_, (at, p)| now.saturating_duration_since(*at) < Self::ttl(*p));
+            if seen.len() >= Self::CAPACITY {
+                seen.clear();
+            }
+        }
+        seen.insert((dst, name), (now, proof));
+    }
+
+    fn ttl(proof: Proof) -> Duration {
+        match proof {
+            Proof::Proven => Self::PROVEN_TTL,
+            Proof::Unproven => Self::REFUSED_TTL,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+impl Default for HostProofs {
+    fn default() -> Self {
+        HostProofs::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(ips: &[&str]) -> std::io::Result<Vec<IpAddr>> {
+        Ok(ips.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    #[tokio::test]
+    async fn a_name_counts_only_when_it_resolves_to_the_destination() {
+        let p = HostProofs::new();
+        let dst: IpAddr = "198.18.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(p.check_with(dst, "MCP.Example.", t0, async { answer(&["192.0.2.9", "198.18.0.2"]) }).await, Proof::Proven);
+        // Cached: the lookup is not asked again within the TTL.
+        let later = t0 + HostProofs::PROVEN_TTL / 2;
+        assert_eq!(p.check_with(dst, "mcp.example", later, async { panic!("looked up again") }).await, Proof::Proven);
+        // Another address under the same name is a claim only.
+        let other: IpAddr = "198.18.0.6".parse().unwrap();
+        assert_eq!(p.check_with(other, "mcp.example", t0, async { answer(&["198.18.0.2"]) }).await, Proof::Unproven);
+        // A failing lookup proves nothing, and is asked again once its shorter TTL ends.
+        assert_eq!(p.check_with(dst, "gone.example", t0, async { Err(std::io::Error::other("NXDOMAIN")) }).await, Proof::Unproven);
+        assert_eq!(p.check_with(dst, "gone.example", t0 + HostProofs::REFUSED_TTL / 2, async { answer(&["198.18.0.2"]) }).await, Proof::Unproven);
+        assert_eq!(p.check_with(dst, "gone.example", t0 + HostProofs::REFUSED_TTL, async { answer(&["198.18.0.2"]) }).await, Proof::Proven);
+        // An IPv4-mapped destination is the IPv4 address.
+        let mapped: IpAddr = "::ffff:198.18.0.2".parse().unwrap();
+        assert_eq!(p.check_with(mapped, "mcp.example", later, async { panic!("looked up again") }).await, Proof::Proven);
+        // A proof expires.
+        assert_eq!(p.check_with(dst, "mcp.example", t0 + HostProofs::PROVEN_TTL, async { answer(&[]) }).await, Proof::Unproven);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_resolver_proves_nothing_and_a_flood_stays_bounded() {
+        let p = HostProofs::new();
+        let dst: IpAddr = "198.18.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        let slow = async {
+            tokio::time::sleep(HostProofs::DEADLINE * 2).await;
+            answer(&["198.18.0.2"])
+        };
+        assert_eq!(p.check_with(dst, "slow.example", t0, slow).await, Proof::Unproven);
+        for i in 0..HostProofs::CAPACITY * 2 {
+            p.check_with(dst, &format!("n{i}.example"), t0, async { answer(&[]) }).await;
+        }
+        assert!(p.len() <= HostProofs::CAPACITY, "{}", p.len());
+    }
+}
