@@ -112,6 +112,22 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
     // The full dump is read page by page; its memory shows in the peak taken after it.
     let peak_after_dump = crate::procs::peak_rss_kib(pid);
     drop(d);
+    // A restart on the full store (opening counts every record), then a full verify.
+    let restarted = Daemon::start(&daemon::Opts {
+        bin: &bin,
+        upstream: Upstream::Static(backend),
+        policy: None,
+        dir: &dir,
+        log_filter: "warn",
+        config: None,
+    })?;
+    let after_open = rss_kib(restarted.pid());
+    let t0 = Instant::now();
+    let verify = restarted.cli(&["audit", "verify"]);
+    let verify_secs = t0.elapsed().as_secs_f64();
+    let verify_ok = verify.as_ref().is_ok_and(|o| o.status.success());
+    let peak_after_verify = crate::procs::peak_rss_kib(restarted.pid());
+    drop(restarted);
 
     section("soak results");
     println!("calls answered         {done} ({errors} errors) in {} s", started.elapsed().as_secs());
@@ -140,6 +156,13 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
             Ok(n) => println!("{what:<38} {secs:.2} s, {n} lines"),
             Err(e) => println!("{what:<38} failed after {secs:.2} s: {e}"),
         }
+    }
+    if let Some(r) = after_open {
+        println!("RSS after a restart    {:.1} MiB   (the store is opened and its records counted)", mib(r));
+    }
+    println!("`audit verify`                         {verify_secs:.2} s, {}", if verify_ok { "passed" } else { "FAILED" });
+    if let Some(p) = peak_after_verify {
+        println!("peak RSS after restart {:.1} MiB   (open + full verify)", mib(p));
     }
     Ok(())
 }

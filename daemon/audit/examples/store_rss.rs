@@ -76,6 +76,7 @@ fn main() {
         .query(&mcpwatch_api::AuditFilter { limit: Some(50), ..Default::default() })
         .unwrap_or_else(|e| panic!("query: {e}"));
     println!("query newest 50: {} records in {:.3} s, RSS {:.1} MiB", q.len(), t.elapsed().as_secs_f64(), rss_kib() as f64 / 1024.0);
+    println!("before the full scan: RSS {:.1} MiB, peak {:.1} MiB", rss_kib() as f64 / 1024.0, hwm_kib() as f64 / 1024.0);
     let t = std::time::Instant::now();
     let mut n = 0usize;
     store
@@ -92,6 +93,24 @@ fn main() {
         libc::malloc_trim(0);
     }
     println!("after malloc_trim: RSS {:.1} MiB", rss_kib() as f64 / 1024.0);
+    // Opening a full store counts its records: a pass over every chunk.
+    drop(store);
+    let before = rss_kib();
+    let t = std::time::Instant::now();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    println!("reopened ({} records) in {:.1} s: RSS {:.1} MiB before, {:.1} MiB after", store.record_count(), t.elapsed().as_secs_f64(), before as f64 / 1024.0, rss_kib() as f64 / 1024.0);
+    // A full verify (chain and every record); VmHWM reset first (clear_refs 5).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let t = std::time::Instant::now();
+    let report = store.verify().unwrap_or_else(|e| panic!("verify: {e}"));
+    println!(
+        "verify: {} records, {} problems in {:.1} s, peak {:.1} MiB, RSS after {:.1} MiB",
+        report.records,
+        report.problems.len(),
+        t.elapsed().as_secs_f64(),
+        hwm_kib() as f64 / 1024.0,
+        rss_kib() as f64 / 1024.0
+    );
     if std::env::var_os("STORE_RSS_FORGET").is_some() {
         // Under heaptrack: what is still allocated at exit is what the store holds.
         std::mem::forget(store);

@@ -153,20 +153,67 @@ pub(crate) fn key_seq(key: &[u8]) -> u64 {
     key.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-/// Walks the chain from its base and checks every record against it.
+/// 128 bits of a value hash: what [`verify`] keeps per record. The chain links use the
+/// whole hash; matching a record against its entry needs no more than this (an edit
+/// that keeps these bits is a 128-bit second preimage).
+type Short = [u8; 16];
+
+fn short(h: &Hash) -> Short {
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&h[..16]);
+    s
+}
+
+/// The latest value hash of every chained id, as small as it can be held: a verify
+/// pass over 1M records kept ~170 MiB as `HashMap<Vec<u8>, Hash>`. A well-formed id is
+/// its packed `u64`; only a damaged store has others, kept as bytes.
+struct Latest {
+    packed: HashMap<u64, Short>,
+    other: HashMap<Vec<u8>, Short>,
+}
+
+impl Latest {
+    fn insert(&mut self, id: Vec<u8>, h: &Hash) {
+        match crate::id::parse_id(&id) {
+            Some(p) => {
+                self.packed.insert(p, short(h));
+            }
+            None => {
+                self.other.insert(id, short(h));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &[u8]) -> Option<Short> {
+        match crate::id::parse_id(id) {
+            Some(p) => self.packed.remove(&p),
+            None => self.other.remove(id),
+        }
+    }
+
+    /// The ids left, as their bytes.
+    fn into_ids(self) -> impl Iterator<Item = Vec<u8>> {
+        self.packed.into_keys().map(|p| crate::id::format_id(p).into_bytes()).chain(self.other.into_keys())
+    }
+}
+
+/// Walks the chain from its base and checks every record against it. `expected` is about
+/// how many records are stored (sizes the table once instead of growing it through
+/// copies).
 pub(crate) fn verify(
     records: &sled::Tree,
     chain: &sled::Tree,
     meta: &sled::Tree,
+    expected: usize,
 ) -> Result<VerifyReport, sled::Error> {
     let base = meta.get(META_BASE)?.and_then(|v| Base::decode(&v)).unwrap_or_default();
     let head = meta.get(META_HEAD)?.and_then(|v| Point::decode(&v));
     let mut problems = Vec::new();
     let mut chain_problems = Vec::new();
-    let mut latest: HashMap<Vec<u8>, Hash> = HashMap::new();
+    let mut latest = Latest { packed: HashMap::with_capacity(expected), other: HashMap::new() };
     let mut at = base.point;
     let mut entries = 0u64;
-    for chunk in chain.iter() {
+    for chunk in crate::paced::Paced::all(chain) {
         let (k, v) = chunk?;
         let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
             entries += 1;
@@ -194,7 +241,7 @@ pub(crate) fn verify(
             }
             // Go on from this entry either way, so one break is reported once.
             at = Point { seq, link: e.link };
-            latest.insert(e.id, e.value_hash);
+            latest.insert(e.id, &e.value_hash);
         }
     }
     match head {
@@ -208,7 +255,7 @@ pub(crate) fn verify(
         _ => {}
     }
     let mut n = 0u64;
-    for chunk in records.iter() {
+    for chunk in crate::paced::Paced::all(records) {
         let (k, v) = chunk?;
         // A chunk whose framing is broken hides its records: they are reported as removed.
         let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else { continue };
@@ -217,13 +264,13 @@ pub(crate) fn verify(
             let id = String::from_utf8_lossy(&it.id).into_owned();
             match latest.remove(&it.id) {
                 None => problems.push(Problem::Unchained { id }),
-                Some(h) if h != value_hash(&it.value) => problems.push(Problem::Changed { id }),
+                Some(h) if h != short(&value_hash(&it.value)) => problems.push(Problem::Changed { id }),
                 Some(_) => {}
             }
         }
     }
     let mut removed: Vec<Vec<u8>> =
-        latest.into_keys().filter(|id| id.as_slice() > base.pruned_upto.as_slice()).collect();
+        latest.into_ids().filter(|id| id.as_slice() > base.pruned_upto.as_slice()).collect();
     removed.sort();
     problems.extend(removed.into_iter().map(|id| Problem::Removed { id: String::from_utf8_lossy(&id).into_owned() }));
     problems.sort_by_key(Problem::position);

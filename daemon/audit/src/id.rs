@@ -53,7 +53,7 @@ impl IdGen {
 }
 
 /// `ms * 1_000_000 + seq` rendered as 26 digits.
-fn format_id(packed: u64) -> String {
+pub(crate) fn format_id(packed: u64) -> String {
     format!(
         "{:0ms$}{:06}",
         packed / SEQ_PER_MS,

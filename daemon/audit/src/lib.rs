@@ -32,6 +32,7 @@ mod codec;
 mod cursor;
 mod id;
 mod journal;
+mod paced;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -408,7 +409,7 @@ impl Store {
         core.db.flush()?;
         journal::delete_segments(&dir.join(JOURNAL_DIR_NAME), old_segments)?;
         let (mut count, mut bytes) = (0u64, 0u64);
-        for c in core.records.iter() {
+        for c in paced::Paced::all(&core.records) {
             let (k, v) = c?;
             match chunk::decode(&k, &v, chunk::legacy_record) {
                 Ok(items) => {
@@ -592,7 +593,8 @@ impl Store {
         let mut sealed = self.inner.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
         self.inner.seal_held(&mut sealed, &mut head)?;
-        Ok(chain::verify(&self.inner.records, &self.inner.chain, &self.inner.meta)?)
+        let expected = usize::try_from(self.record_count()).unwrap_or(0);
+        Ok(chain::verify(&self.inner.records, &self.inner.chain, &self.inner.meta, expected)?)
     }
 
     /// The record with this id, `None` if absent. A stored value this build cannot read
@@ -686,7 +688,7 @@ impl Store {
 
     /// The matches from `start` on, in pages of at most `page`; stops when `each` says so.
     fn scan(
-        iter: sled::Iter,
+        iter: paced::Paced<'_>,
         start: &[u8],
         filter: &AuditFilter,
         page: usize,
@@ -836,7 +838,7 @@ impl Core {
         self.seal_held(&mut sealed, &mut head)?;
         let (mut removed, mut freed) = (0u64, 0u64);
         let mut last: Option<Vec<u8>> = None;
-        for c in self.records.iter() {
+        for c in paced::Paced::all(&self.records) {
             let (k, v) = c?;
             let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else {
                 // A chunk that does not decode goes whole, counted as one record.
@@ -895,7 +897,7 @@ impl Core {
         let mut gone = Vec::new();
         let mut rest = None;
         let mut cache = None;
-        'chunks: for c in self.chain.iter() {
+        'chunks: for c in paced::Paced::all(&self.chain) {
             let (k, v) = c?;
             let Ok(items) = chunk::decode(&k, &v, chain::legacy_entry) else { break };
             for (i, it) in items.iter().enumerate() {
@@ -963,13 +965,13 @@ impl Core {
 
     /// Seals the tail, then iterates the record chunks from the one that may hold `from`
     /// (items below `from` are the caller's to skip).
-    fn sealed_from(&self, from: &[u8]) -> Result<sled::Iter, StoreError> {
+    fn sealed_from(&self, from: &[u8]) -> Result<paced::Paced<'_>, StoreError> {
         self.seal_now()?;
         let start = match self.records.range(..=from).next_back().transpose()? {
             Some((k, _)) => k.to_vec(),
             None => from.to_vec(),
         };
-        Ok(self.records.range(start..))
+        Ok(paced::Paced::new(&self.records, self.records.range(start..)))
     }
 
     /// Seals every write committed before this call (readers call it first).
