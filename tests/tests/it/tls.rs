@@ -466,3 +466,54 @@ fn unintercepted_tls_toward_a_governed_destination_is_audited_and_relayed_only_w
     assert!(reasons.iter().any(|r| r.contains("without SNI") && r.contains("refused (enforce mode)")), "{reasons:?}");
     assert!(daemon.status().counts.refused_protocol >= 2);
 }
+
+/// TLS-004, domain fronting: inside a TLS session for the intercepted name, a request
+/// naming another server, in `Host` (the corpus' case) or in an absolute-form target
+/// with a `Host` that matches the SNI, is answered 421 and audited; it never reaches the
+/// server. A request for the SNI's own name, in either form, is served.
+#[test]
+fn tls_004_a_request_naming_another_server_than_the_sni_is_misdirected() {
+    let case: Value = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/threats.jsonl"))
+        .expect("threats.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|c| c["id"] == "TLS-004")
+        .expect("TLS-004 in the corpus");
+    assert_eq!(case["expected"]["error"]["http_status"], 421);
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response().stateless(), &cert).spawn();
+    let daemon = static_tls_daemon(&pki, server.addr(), "");
+    let ca = tls::daemon_ca(&daemon);
+    // The corpus' request (its Host names another server), closed after one answer.
+    let corpus = case["input"]["http"].as_str().expect("case http").replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    let port = server.addr().port();
+    let request = |target: &str, host: &str, text: &str| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}"}}}}}}"#);
+        format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    };
+    let over_tls = |payload: &str| -> String {
+        let out = tls::ssl_probe(None, "127.0.0.1", daemon.port, "localhost", &ca, payload.as_bytes());
+        assert_eq!(out["ok"], true, "{out}");
+        String::from_utf8_lossy(&harness::unhex(out["got"].as_str().unwrap_or_default())).into_owned()
+    };
+    let fronted = [
+        ("Host names another server", corpus),
+        ("absolute-form target names another server", request("https://mcp.evil-tools.example/mcp", &format!("localhost:{port}"), "fronted")),
+    ];
+    for (what, payload) in &fronted {
+        let resp = over_tls(payload);
+        assert!(resp.starts_with("HTTP/1.1 421"), "{what}: {resp}");
+        assert!(resp.contains("mcp.evil-tools.example"), "{what}: {resp}");
+    }
+    // The SNI's own name is served, in origin form; in absolute form it is forwarded as
+    // sent (uvicorn, an origin server, answers 404 to a target it does not route).
+    let resp = over_tls(&request("/mcp", &format!("localhost:{port}"), "origin"));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let resp = over_tls(&request(&format!("https://localhost:{port}/mcp"), "elsewhere.example", "absolute"));
+    assert!(resp.contains("server: uvicorn") && !resp.starts_with("HTTP/1.1 421"), "{resp}");
+    let echoed: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    assert_eq!(echoed, vec!["origin"], "a fronted call reached the server");
+    let recs = daemon.wait_audit("two fronting records", |r| r.iter().filter(|x| x.alerts.iter().any(|a| a.contains("domain fronting"))).count() >= 2);
+    assert!(recs.iter().any(|r| r.alerts.iter().any(|a| a.contains("mcp.evil-tools.example"))), "{recs:#?}");
+}
