@@ -113,7 +113,11 @@ pub fn policy(socket: &Path, cmd: &PolicyCmd, out: &mut dyn Write) -> Result<()>
                     p.agents().len(),
                     p.rules().len()
                 ),
-            )
+            )?;
+            for w in p.warnings() {
+                emit(out, &format!("{name}: warning: {w}\n"))?;
+            }
+            Ok(())
         }
     }
 }

@@ -56,6 +56,9 @@ pub fn compile(src: &str, origin: &str, key: &HashKey) -> Result<Loaded, String>
     let inspector = Inspector::new(&policy.inspect().detectors)
         .map_err(|e| format!("{origin}: [inspect.detectors]: {e}"))?
         .with_hash_key(key.clone());
+    for w in policy.warnings() {
+        tracing::warn!("{origin}: {w}");
+    }
     Ok(Loaded { policy, inspector, origin: origin.to_string(), loaded_ms: crate::clock::now_ms() })
 }
 

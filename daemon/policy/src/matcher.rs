@@ -308,6 +308,18 @@ pub(crate) struct AgentMatcher {
 }
 
 impl AgentMatcher {
+    /// Set only from what a process picks for itself (its executable path and command
+    /// name), none of what the kernel attributes to it (uid, gid, unit, cgroup).
+    pub(crate) fn chosen_by_the_process(&self) -> bool {
+        (self.exe.is_some() || self.comm.is_some())
+            && self.uid.is_none()
+            && self.user.is_none()
+            && self.gid.is_none()
+            && self.group.is_none()
+            && self.unit.is_none()
+            && self.cgroup.is_none()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.exe.is_none()
             && self.comm.is_none()

@@ -482,6 +482,24 @@ impl Policy {
         &self.agents
     }
 
+    /// What is valid but does not hold against the processes it is about, one line each
+    /// (`policy check` prints them, the daemon logs them at every load): an agent known
+    /// only by `exe` and `comm`, which whoever starts a process chooses (a script named
+    /// after the agent has its `comm`; a copied binary has another `exe`). Such an
+    /// agent's permissions can be claimed and its restrictions shed by renaming.
+    pub fn warnings(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter(|a| a.matcher.chosen_by_the_process())
+            .map(|a| {
+                format!(
+                    "line {}: agent `{}` is identified only by exe/comm, which the process itself chooses: another program can take its permissions, and this one can shed its restrictions by running under another name; add uid, user, gid, group, unit or cgroup",
+                    a.line, a.name
+                )
+            })
+            .collect()
+    }
+
     pub fn rules(&self) -> &[RuleDef] {
         &self.rules
     }

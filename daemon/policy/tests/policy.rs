@@ -2454,3 +2454,33 @@ fn per_agent_allow_and_deny_lists_from_the_threat_cases() {
         .collect();
     assert_eq!(visible, list(&au8["input"]["policy"]["allow"]), "{}", au8["expected"]["details"]);
 }
+
+/// An agent known only by what a process picks for itself (exe, comm) is valid but
+/// warned about, naming its line; one that also has a kernel-attributed matcher is not.
+#[test]
+fn agents_identified_only_by_exe_or_comm_are_warned_about() {
+    let p = pol(r#"
+version = 1
+mode = "enforce"
+[[agent]]
+name = "by-comm"
+comm = "reader-agent"
+tools = ["read_*"]
+[[agent]]
+name = "by-exe-and-comm"
+exe = "/usr/lib/editor/**"
+comm = "code"
+[[agent]]
+name = "by-exe-and-uid"
+exe = "/usr/lib/editor/**"
+uid = 1000
+[[agent]]
+name = "by-unit"
+unit = "ci-runner-*.service"
+"#);
+    let w = p.warnings();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].starts_with("line 5: agent `by-comm`"), "{w:#?}");
+    assert!(w[1].starts_with("line 9: agent `by-exe-and-comm`"), "{w:#?}");
+    assert!(w.iter().all(|l| l.contains("the process itself chooses")), "{w:#?}");
+}
