@@ -196,7 +196,7 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
         }
     };
     let kind = sniff(&client, &upstream, limits.peek_timeout).await;
-    let ctx = ConnCtx { id: shared.next_conn_id(), peer, origin, scheme: "http", head_log: None, tls: None };
+    let ctx = ConnCtx::new(shared.next_conn_id(), peer, origin);
     tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, "connection");
     match kind {
         Sniffed::Client(Classification::Http1) => http::serve(shared, ctx, client, upstream, http::Proto::Http1).await,

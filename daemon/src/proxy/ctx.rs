@@ -22,4 +22,18 @@ pub struct ConnCtx {
     pub head_log: Option<super::headlog::HeadLog>,
     /// Set when mcpwatch terminated TLS for this connection (`scheme` is then `https`).
     pub tls: Option<Arc<mcpwatch_api::TlsDetails>>,
+    /// The sending process as a session owner, read from `/proc` once per connection
+    /// (every request asks: session ownership is checked on each).
+    pub owner: std::sync::OnceLock<Option<crate::session::Owner>>,
+}
+
+impl ConnCtx {
+    pub fn new(id: u64, peer: SocketAddr, origin: Origin) -> ConnCtx {
+        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new() }
+    }
+
+    /// The process that sent this connection, as a session owner (`None`: unknown).
+    pub fn owner(&self) -> Option<&crate::session::Owner> {
+        self.owner.get_or_init(|| self.origin.process.as_deref().map(crate::session::Owner::of)).as_ref()
+    }
 }

@@ -287,14 +287,13 @@ fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>>
         }
         scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
     }
-    let process = scope.ctx.origin.process.as_deref()?;
-    let me = crate::session::Owner::of(process);
+    let me = scope.ctx.owner()?;
     let dst = scope.ctx.origin.dst.to_string();
     // Mcp-Session-Id, the legacy route's session, and every `sessionId` of the URL (one
     // sent with another Host finds no route, but its owner is still known).
     for session in scope.session_id.iter().chain(params.iter()) {
         let Some(owner) = shared.sessions.session_owner(&dst, session) else { continue };
-        if owner.same_process(&me) {
+        if owner.same_process(me) {
             continue;
         }
         let alert = format!("session {} was opened by {} but presented by {} (session hijack)", clip_path(session), owner.label(), me.label());

@@ -29,7 +29,7 @@ use super::scope::{http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
-use crate::session::{IdFate, LegacyRoute, LegacyRouteKey, Owner, Pending, PendingKey};
+use crate::session::{IdFate, LegacyRoute, LegacyRouteKey, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
 /// Wrap an upstream response to a client POST.
@@ -264,8 +264,8 @@ impl StreamObserver {
         let Message::Response { result, .. } = msg else { return };
         let endpoint = &self.scope.endpoint;
         if p.record.method.as_deref() == Some("initialize") {
-            if let (Some(s), Some(proc_)) = (&self.response_session, self.scope.ctx.origin.process.as_deref()) {
-                self.shared.sessions.bind_session(&self.scope.ctx.origin.dst.to_string(), s, Owner::of(proc_));
+            if let (Some(s), Some(owner)) = (&self.response_session, self.scope.ctx.owner()) {
+                self.shared.sessions.bind_session(&self.scope.ctx.origin.dst.to_string(), s, owner.clone());
             }
         }
         if let Some("initialize") | Some("server/discover") = p.record.method.as_deref() {
@@ -382,8 +382,8 @@ impl StreamObserver {
             }
         }
         // The process that opened the stream owns the legacy session.
-        if let (Some(sid), Some(p)) = (&target.session_id, self.scope.ctx.origin.process.as_deref()) {
-            self.shared.sessions.bind_session(&dst, sid, Owner::of(p));
+        if let (Some(sid), Some(owner)) = (&target.session_id, self.scope.ctx.owner()) {
+            self.shared.sessions.bind_session(&dst, sid, owner.clone());
         }
         self.scope.adopt_legacy(conversation, target.session_id);
         self.shared.inventory.saw_message(&Sighting { dst: &dst, ..self.scope.sighting(None, None) });
