@@ -111,6 +111,16 @@ struct {
 	__type(value, __u32);
 } agent_comms SEC(".maps");
 
+/* The host's DNS resolvers (IPv6, or IPv4-mapped ::ffff:a.b.c.d), from resolv.conf:
+ * the only destinations UDP port 53 stays open toward (QUIC to any other host's port 53
+ * would carry MCP past the proxy). Kept current by the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MCPW_MAX_DNS_SERVERS);
+	__type(key, struct mcpw_addr);
+	__type(value, __u8);
+} dns_servers SEC(".maps");
+
 /* UDP connects and sends refused (QUIC toward in-scope ports), per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -192,14 +202,39 @@ static __always_inline int is_candidate(struct bpf_sock_addr *ctx, const struct 
 	return 1;
 }
 
-/* A UDP connect or send toward an in-scope port (DNS excepted) by anyone but the
- * daemon: QUIC (HTTP/3) would carry MCP past the proxy, and cannot be redirected to
- * it. Refused (the caller gets EPERM), an HTTP/3 client falls back to TCP. */
-static __always_inline int udp_refused_here(struct bpf_sock_addr *ctx, const struct mcpw_config *cfg, __u16 port)
+/* Is the destination one of the host's resolvers? `v6` is a constant at each call
+ * site, so a program only reads the address fields its attach point allows. */
+static __always_inline int to_dns_server(struct bpf_sock_addr *ctx, int v6)
+{
+	struct mcpw_addr a;
+	__builtin_memset(&a, 0, sizeof(a));
+	if (v6) {
+		__u32 w[4];
+		w[0] = CTX_U32(ctx->user_ip6[0]);
+		w[1] = CTX_U32(ctx->user_ip6[1]);
+		w[2] = CTX_U32(ctx->user_ip6[2]);
+		w[3] = CTX_U32(ctx->user_ip6[3]);
+		__builtin_memcpy(a.ip, w, 16);
+	} else {
+		__u32 ip = ctx->user_ip4;
+		a.ip[10] = 0xff;
+		a.ip[11] = 0xff;
+		__builtin_memcpy(&a.ip[12], &ip, 4);
+	}
+	return bpf_map_lookup_elem(&dns_servers, &a) != 0;
+}
+
+/* A UDP connect or send toward an in-scope port by anyone but the daemon: QUIC
+ * (HTTP/3) would carry MCP past the proxy, and cannot be redirected to it. Refused (the
+ * caller gets EPERM), an HTTP/3 client falls back to TCP. DNS is excepted only toward
+ * the host's resolvers (`dns_servers`). */
+static __always_inline int udp_refused_here(struct bpf_sock_addr *ctx, const struct mcpw_config *cfg, __u16 port, int v6)
 {
 	if (!cfg->refuse_udp || cfg->listen_port == 0)
 		return 0;
-	if (ctx->type != SOCK_DGRAM || port == DNS_PORT || port == 0)
+	if (ctx->type != SOCK_DGRAM || port == 0)
+		return 0;
+	if (port == DNS_PORT && to_dns_server(ctx, v6))
 		return 0;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
@@ -238,7 +273,7 @@ int connect4(struct bpf_sock_addr *ctx)
 	if (!cfg)
 		return 1;
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (udp_refused_here(ctx, cfg, port))
+	if (udp_refused_here(ctx, cfg, port, 0))
 		return 0;
 	if (!is_candidate(ctx, cfg))
 		return 1;
@@ -272,7 +307,7 @@ int connect6(struct bpf_sock_addr *ctx)
 	struct mcpw_config *cfg = get_config();
 	if (!cfg)
 		return 1;
-	if (udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)))
+	if (udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port), 1))
 		return 0;
 	if (!is_candidate(ctx, cfg))
 		return 1;
@@ -318,22 +353,22 @@ int connect6(struct bpf_sock_addr *ctx)
 
 /* Unconnected UDP sockets name their destination per datagram: 0 refuses it. One
  * program per attach point (sendmsg4, sendmsg6), the same verdict. */
-static __always_inline int udp_send_verdict(struct bpf_sock_addr *ctx)
+static __always_inline int udp_send_verdict(struct bpf_sock_addr *ctx, int v6)
 {
 	struct mcpw_config *cfg = get_config();
-	return !(cfg && udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port)));
+	return !(cfg && udp_refused_here(ctx, cfg, bpf_ntohs((__u16)ctx->user_port), v6));
 }
 
 SEC("cgroup/sendmsg4")
 int sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return udp_send_verdict(ctx);
+	return udp_send_verdict(ctx, 0);
 }
 
 SEC("cgroup/sendmsg6")
 int sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return udp_send_verdict(ctx);
+	return udp_send_verdict(ctx, 1);
 }
 
 static __always_inline void peer_key_of(struct bpf_sock_ops *skops, struct mcpw_peer_key *key)

@@ -26,6 +26,8 @@
 #define MCPW_MAX_PENDING 16384
 /* Exact command names matched in the kernel (built-in list + exact policy comms). */
 #define MCPW_MAX_AGENT_COMMS 1024
+/* Resolver addresses UDP port 53 stays open toward. */
+#define MCPW_MAX_DNS_SERVERS 64
 /* Exec events for user space, bytes (power of two, multiple of the page size). */
 #define MCPW_EVENTS_BYTES (256 * 1024)
 
@@ -61,6 +63,11 @@ struct mcpw_agent {
 /* `agent_comms` key: a command name, NUL-padded to 16 bytes. */
 struct mcpw_comm {
 	char comm[16];
+};
+
+/* `dns_servers` key: an IPv6 address, IPv4 as ::ffff:a.b.c.d (network order). */
+struct mcpw_addr {
+	__u8 ip[16];
 };
 
 /* `events` record: a process user space has to classify. */

@@ -68,6 +68,7 @@ pub struct FileConfig {
 /// agent_comms = ["my-agent"] # more exact command names (at most 15 bytes) that make an agent
 /// stdio = false              # observe stdio MCP servers launched by agents (docs/discovery.md)
 /// udp = "refuse"             # UDP (QUIC, HTTP/3) toward in-scope ports: refused, or "allow"
+/// dns_servers = ["127.0.0.53"] # where UDP port 53 stays open; default: resolv.conf's
 /// ```
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -78,13 +79,14 @@ pub struct ScopeFile {
     pub agent_comms: Vec<String>,
     pub stdio: Option<bool>,
     pub udp: Option<UdpScope>,
+    pub dns_servers: Option<Vec<std::net::IpAddr>>,
 }
 
 /// What happens to UDP from a watched process toward an in-scope port (`[scope] udp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UdpScope {
-    /// Refused (EPERM), DNS (port 53) excepted: QUIC, and so HTTP/3, cannot be
+    /// Refused (EPERM), DNS (port 53 toward the host's resolvers) excepted: QUIC, and so HTTP/3, cannot be
     /// redirected to mcpwatchd, and a refused HTTP/3 client falls back to TCP, which is.
     Refuse,
     /// Sent: HTTP/3 toward in-scope ports passes unobserved.
@@ -105,11 +107,14 @@ pub struct ScopeConfig {
     /// sys_enter/sys_exit tracepoints, so opt-in.
     pub stdio: bool,
     pub udp: UdpScope,
+    /// The resolvers UDP port 53 stays open toward; `None`: the `nameserver` lines of
+    /// /etc/resolv.conf, followed as it changes.
+    pub dns_servers: Option<Vec<std::net::IpAddr>>,
 }
 
 impl Default for ScopeConfig {
     fn default() -> Self {
-        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new(), stdio: false, udp: UdpScope::Refuse }
+        ScopeConfig { agents: true, builtin_agents: true, agent_comms: Vec::new(), stdio: false, udp: UdpScope::Refuse, dns_servers: None }
     }
 }
 
@@ -649,7 +654,11 @@ impl FileConfig {
             agent_comms: self.scope.agent_comms,
             stdio: self.scope.stdio.unwrap_or(ds.stdio),
             udp: self.scope.udp.unwrap_or(ds.udp),
+            dns_servers: self.scope.dns_servers,
         };
+        if c.scope.dns_servers.as_ref().is_some_and(|d| d.len() > mcpwatch_intercept::MAX_DNS_SERVERS) {
+            return Err(ConfigError::Invalid(format!("scope.dns_servers: at most {} addresses", mcpwatch_intercept::MAX_DNS_SERVERS)));
+        }
         c.validate()?;
         Ok(c)
     }
@@ -772,6 +781,11 @@ mod tests {
         assert_eq!(allow.scope.udp, UdpScope::Allow);
         let err = FileConfig::parse("[scope]\nudp = \"block\"\n", Path::new("x")).unwrap_err().to_string();
         assert!(err.contains("refuse") && err.contains("allow"), "{err}");
+        let dns = FileConfig::parse("[scope]\ndns_servers = [\"127.0.0.53\", \"::1\"]\n", Path::new("x")).unwrap().into_config().unwrap();
+        assert_eq!(dns.scope.dns_servers, Some(vec!["127.0.0.53".parse().unwrap(), "::1".parse().unwrap()]));
+        assert_eq!(FileConfig::parse("", Path::new("x")).unwrap().into_config().unwrap().scope.dns_servers, None);
+        let err = FileConfig::parse("[scope]\ndns_servers = [\"resolver.local\"]\n", Path::new("x")).unwrap_err().to_string();
+        assert!(err.contains("x:2:16") && err.contains("IP address"), "{err}");
     }
 
     #[test]

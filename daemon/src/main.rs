@@ -231,6 +231,7 @@ async fn real_main() -> Result<()> {
                     classify: !shared.governance.current().policy.agents().is_empty(),
                 },
                 refuse_udp: config.scope.udp == mcpwatchd::config::UdpScope::Refuse,
+                dns_servers: config.scope.dns_servers.clone().unwrap_or_else(mcpwatchd::resolve::host_dns_servers),
             };
             let interceptor = mcpwatch_intercept::Interceptor::attach(&icfg)
                 .with_context(|| format!("cannot attach interception to {}", cgroup.display()))?;
@@ -242,7 +243,7 @@ async fn real_main() -> Result<()> {
             tracing::info!(cgroup = %cgroup.display(), ports = %config.ports, "interception attached");
             let bpf = Arc::new(BpfResolver::new(interceptor).with_sanitizer(mcpwatchd::resolve::cmdline_filter(shared.clone())));
             tokio::spawn(bpf.clone().sweep_forever());
-            tokio::spawn(mcpwatchd::resolve::count_udp_refused(bpf.clone(), shared.clone()));
+            tokio::spawn(mcpwatchd::resolve::count_udp_refused(bpf.clone(), shared.clone(), config.scope.dns_servers.is_none()));
             if config.scope.agents {
                 tokio::spawn(mcpwatchd::scope::run(bpf.clone(), shared.clone(), config.scope.comms()));
                 if config.scope.stdio {

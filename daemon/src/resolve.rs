@@ -128,10 +128,33 @@ impl BpfResolver {
 
 /// Copy the kernel's count of refused UDP (`[scope] udp`) into the daemon's counters
 /// once a second, for `mcpwatch status`.
-pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::Shared>) {
+/// Where the host's resolvers are listed.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The host's DNS resolvers (`nameserver` lines of [`RESOLV_CONF`]; none if unreadable).
+pub fn host_dns_servers() -> Vec<std::net::IpAddr> {
+    std::fs::read_to_string(RESOLV_CONF).map(|t| mcpwatch_intercept::resolv_conf_nameservers(&t)).unwrap_or_default()
+}
+
+/// Every second: copy the kernel's count of refused UDP into the counters, and (with
+/// `follow_resolv_conf`, when `[scope] dns_servers` is not set) keep the resolvers UDP
+/// port 53 stays open toward in step with [`RESOLV_CONF`] (DHCP and network managers
+/// rewrite it).
+pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::Shared>, follow_resolv_conf: bool) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut resolvers = host_dns_servers();
     loop {
         tick.tick().await;
+        let now = if follow_resolv_conf { host_dns_servers() } else { resolvers.clone() };
+        if now != resolvers {
+            match bpf.interceptor().set_dns_servers(&now) {
+                Ok(()) => {
+                    tracing::info!(resolvers = ?now, "DNS resolvers changed; UDP port 53 is open toward these only");
+                    resolvers = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot update the DNS resolvers UDP port 53 is open toward"),
+            }
+        }
         let n = bpf.interceptor().udp_refused();
         let before = shared.counters.udp_refused.swap(n, std::sync::atomic::Ordering::Relaxed);
         if n > before {

@@ -85,10 +85,36 @@ pub struct InterceptConfig {
     pub pin_dir: Option<PathBuf>,
     /// Agents (and their descendants) have every TCP port redirected ([`AgentScope`]).
     pub agents: AgentScope,
-    /// Refuse UDP toward in-scope ports (every port but 53 for agents and `all`): QUIC
-    /// (HTTP/3) cannot be redirected, and refused, HTTP/3 clients fall back to TCP.
+    /// Refuse UDP toward in-scope ports (every port for agents and `all`; port 53 only
+    /// toward a host that is not in `dns_servers`): QUIC (HTTP/3) cannot be redirected,
+    /// and refused, HTTP/3 clients fall back to TCP.
     pub refuse_udp: bool,
+    /// The host's DNS resolvers: with `refuse_udp`, UDP port 53 stays open toward these
+    /// only (a QUIC server on another host's port 53 would carry MCP past the proxy).
+    /// Kept current with [`Interceptor::set_dns_servers`]; see [`resolv_conf_nameservers`].
+    pub dns_servers: Vec<std::net::IpAddr>,
 }
+
+/// The `nameserver` addresses of a resolv.conf text (at most 64; IPv6 zone ids dropped).
+pub fn resolv_conf_nameservers(text: &str) -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    for line in text.lines().take(1024) {
+        let mut f = line.split_whitespace();
+        if f.next() != Some("nameserver") {
+            continue;
+        }
+        let Some(addr) = f.next().map(|a| a.split('%').next().unwrap_or(a)) else { continue };
+        if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
+            if !out.contains(&ip) && out.len() < MAX_DNS_SERVERS {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+/// Most resolver addresses the kernel side holds (`MCPW_MAX_DNS_SERVERS`).
+pub const MAX_DNS_SERVERS: usize = 64;
 
 /// Where an intercepted connection was going and who opened it, as seen by the
 /// connect hook.
@@ -122,6 +148,7 @@ struct Maps {
     by_peer: HashMap<MapData, RawPeerKey, RawOrigin>,
     execs: HashMap<MapData, u32, RawExec>,
     udp_refused: aya::maps::PerCpuArray<MapData, u64>,
+    dns_servers: HashMap<MapData, [u8; 16], u8>,
 }
 
 /// Attached interception programs. Dropping it detaches them, unless they are
@@ -268,17 +295,40 @@ impl Interceptor {
                 let map = ebpf.take_map("udp_refused").ok_or(InterceptError::MissingMap("udp_refused"))?;
                 aya::maps::PerCpuArray::try_from(map).map_err(|source| InterceptError::Map { map: "udp_refused", source })?
             },
+            dns_servers: take_hash(&mut ebpf, "dns_servers")?,
         };
         let agent_maps = take_agent_maps(&mut ebpf)?;
         tracing::info!(cgroup = %cgroup.display(), listen_port = cfg.listen_port, ports = %cfg.ports, agent_scope = cfg.agents.enabled, "eBPF interception attached");
-        Ok(Interceptor {
+        let ic = Interceptor {
             cgroup,
             pins,
             closed_grace_ns: AtomicU64::new(duration_ns(CLOSED_GRACE)),
             maps: Mutex::new(maps),
             agents: Mutex::new(agent_maps),
             _ebpf: Mutex::new(ebpf),
-        })
+        };
+        ic.set_dns_servers(&cfg.dns_servers)?;
+        Ok(ic)
+    }
+
+    /// Make `servers` (at most [`MAX_DNS_SERVERS`]) the resolvers UDP port 53 stays open
+    /// toward, replacing the previous list.
+    pub fn set_dns_servers(&self, servers: &[std::net::IpAddr]) -> Result<(), InterceptError> {
+        let key = |ip: &std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let wanted: Vec<[u8; 16]> = servers.iter().take(MAX_DNS_SERVERS).map(key).collect();
+        let mut maps = self.lock_maps();
+        let stale: Vec<[u8; 16]> = maps.dns_servers.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        let err = |source| InterceptError::Map { map: "dns_servers", source };
+        for k in stale {
+            maps.dns_servers.remove(&k).map_err(err)?;
+        }
+        for k in wanted {
+            maps.dns_servers.insert(k, 1, 0).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// The original destination and identity of an intercepted connection, by the

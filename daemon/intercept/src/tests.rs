@@ -230,6 +230,7 @@ fn config(cg: &TestCgroup, daemon: &Daemon, ports: PortScope) -> InterceptConfig
         pin_dir: None,
         agents: AgentScope::default(),
         refuse_udp: true,
+        dns_servers: Vec::new(),
     }
 }
 
@@ -691,6 +692,7 @@ fn refuses_the_root_cgroup_and_non_cgroups() {
         pin_dir: None,
         agents: AgentScope::default(),
         refuse_udp: false,
+        dns_servers: Vec::new(),
     };
     for root in [
         mount.clone(),
@@ -1208,12 +1210,28 @@ fn udp_toward_in_scope_ports_is_refused_so_http3_falls_back_to_tcp() {
     let sent = vec!["sent".to_string(); 4];
     assert_eq!(udp_outcome(Some(&cg), scoped), refused, "UDP to an in-scope port from the cgroup");
     assert_eq!(ic.udp_refused(), 4);
-    assert_eq!(udp_outcome(Some(&cg), 53), sent, "DNS is never refused");
+    // Port 53 is open toward the host's resolvers only: elsewhere it could carry QUIC.
+    assert_eq!(udp_outcome(Some(&cg), 53), refused, "port 53 toward an address that is no resolver");
+    assert_eq!(ic.udp_refused(), 8);
+    ic.set_dns_servers(&["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]).unwrap();
+    assert_eq!(udp_outcome(Some(&cg), 53), sent, "DNS toward the resolvers");
+    ic.set_dns_servers(&["::1".parse().unwrap()]).unwrap();
+    assert_eq!(udp_outcome(Some(&cg), 53), vec!["EPERM", "EPERM", "sent", "sent"], "127.0.0.1 is no resolver any more");
+    assert_eq!(ic.udp_refused(), 10);
     assert_eq!(udp_outcome(Some(&cg), other), sent, "an out-of-scope port");
     assert_eq!(udp_outcome(None, scoped), sent, "a process outside the cgroup");
-    assert_eq!(ic.udp_refused(), 4);
+    assert_eq!(ic.udp_refused(), 10);
     drop(ic);
     let ic = Interceptor::attach(&InterceptConfig { refuse_udp: false, ..config(&cg, &daemon, PortScope::Ranges(vec![scoped..=scoped])) }).unwrap();
     assert_eq!(udp_outcome(Some(&cg), scoped), sent, "refuse_udp off");
     assert_eq!(ic.udp_refused(), 0);
+}
+
+#[test]
+fn resolvers_are_the_nameserver_lines_of_resolv_conf() {
+    let text = "# generated\nsearch example.com\nnameserver 10.255.255.53\nnameserver  fe80::1%eth0\nnameserver 127.0.0.53 # stub\nnameserver 10.255.255.53\nnameserver not-an-ip\noptions edns0\n";
+    let got: Vec<String> = crate::resolv_conf_nameservers(text).iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["10.255.255.53", "fe80::1", "127.0.0.53"]);
+    let many: String = (0..100).map(|i| format!("nameserver 10.0.0.{i}\n")).collect();
+    assert_eq!(crate::resolv_conf_nameservers(&many).len(), crate::MAX_DNS_SERVERS);
 }

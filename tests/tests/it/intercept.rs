@@ -471,23 +471,26 @@ fn fail_closed_refuses_while_the_daemon_is_down_until_pins_are_released() {
 
 /// HTTP/3 runs over UDP, which cannot be redirected: from the watched cgroup, a QUIC
 /// datagram toward an in-scope port is refused (EPERM; HTTP/3 clients then fall back to
-/// TCP), DNS is not, and `mcpwatch status` counts the refusals; TCP to the same port is
-/// still redirected and relayed.
+/// TCP), and so is one toward port 53 of a host that is not a configured resolver (QUIC
+/// on port 53 would pass for DNS); DNS to the resolver is sent, and `mcpwatch status`
+/// counts the refusals; TCP to the same port is still redirected and relayed.
 #[test]
 fn quic_toward_an_in_scope_port_is_refused_and_counted() {
     let echo = RawServer::start("127.0.0.3:0", RawBehaviour { echo: true, ..Default::default() });
     let port = echo.addr.port();
-    let Some(w) = Watched::start("quic_toward_an_in_scope_port_is_refused_and_counted", &format!("53,{port}")) else { return };
+    let opts = DaemonOpts { ports: Some(format!("53,{port}")), config: Some("[scope]\ndns_servers = [\"127.0.0.3\"]\n".into()), ..Default::default() };
+    let Some(w) = Watched::start_with("quic_toward_an_in_scope_port_is_refused_and_counted", opts) else { return };
     let out = harness::py(
         Some(w.cgroup()),
         &format!(
             "import errno, json, socket\n\
-             def send(port):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try:\n        s.sendto(b'\\xc0quic-initial', ('127.0.0.3', port)); return 'sent'\n    except OSError as e:\n        return errno.errorcode.get(e.errno, str(e.errno))\n\
-             print(json.dumps({{'quic': send({port}), 'dns': send(53)}}))"
+             def send(host, port):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    try:\n        s.sendto(b'\\xc0quic-initial', (host, port)); return 'sent'\n    except OSError as e:\n        return errno.errorcode.get(e.errno, str(e.errno))\n\
+             print(json.dumps({{'quic': send('127.0.0.3', {port}), 'dns': send('127.0.0.3', 53), 'quic_on_53': send('127.0.0.4', 53)}}))"
         ),
     );
     assert_eq!(out["quic"], "EPERM", "{out}");
     assert_eq!(out["dns"], "sent", "{out}");
+    assert_eq!(out["quic_on_53"], "EPERM", "{out}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while w.daemon.status().counts.udp_refused < 1 {
         assert!(std::time::Instant::now() < deadline, "status never counted the refused datagram");
