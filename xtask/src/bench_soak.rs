@@ -42,14 +42,9 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
     let dir = scratch.join("soak");
     std::fs::create_dir_all(&dir).context("creating the soak dir")?;
     let bin = crate::util::target_dir().join("release").join("mcpwatchd");
-    let d = Daemon::start(&daemon::Opts {
-        bin: &bin,
-        upstream: Upstream::Static(backend),
-        policy: None,
-        dir: &dir,
-        log_filter: "warn",
-        config: None,
-    })?;
+    // The same daemon twice: the soak, then a restart on the store it filled.
+    let opts = daemon::Opts { bin: &bin, upstream: Upstream::Static(backend), policy: None, dir: &dir, log_filter: "warn", config: None };
+    let d = Daemon::start(&opts)?;
     let pid = d.pid();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -113,14 +108,7 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
     let peak_after_dump = crate::procs::peak_rss_kib(pid);
     drop(d);
     // A restart on the full store (opening counts every record), then a full verify.
-    let restarted = Daemon::start(&daemon::Opts {
-        bin: &bin,
-        upstream: Upstream::Static(backend),
-        policy: None,
-        dir: &dir,
-        log_filter: "warn",
-        config: None,
-    })?;
+    let restarted = Daemon::start(&opts)?;
     let after_open = rss_kib(restarted.pid());
     let t0 = Instant::now();
     let verify = restarted.cli(&["audit", "verify"]);

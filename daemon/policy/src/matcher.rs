@@ -311,24 +311,16 @@ impl AgentMatcher {
     /// Set only from what a process picks for itself (its executable path and command
     /// name), none of what the kernel attributes to it (uid, gid, unit, cgroup).
     pub(crate) fn chosen_by_the_process(&self) -> bool {
-        (self.exe.is_some() || self.comm.is_some())
-            && self.uid.is_none()
-            && self.user.is_none()
-            && self.gid.is_none()
-            && self.group.is_none()
-            && self.unit.is_none()
-            && self.cgroup.is_none()
+        (self.exe.is_some() || self.comm.is_some()) && !self.attributed_by_the_kernel()
+    }
+
+    /// Any matcher on what the kernel attributes to a process (uid, gid, unit, cgroup).
+    fn attributed_by_the_kernel(&self) -> bool {
+        self.uid.is_some() || self.user.is_some() || self.gid.is_some() || self.group.is_some() || self.unit.is_some() || self.cgroup.is_some()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.exe.is_none()
-            && self.comm.is_none()
-            && self.uid.is_none()
-            && self.user.is_none()
-            && self.gid.is_none()
-            && self.group.is_none()
-            && self.unit.is_none()
-            && self.cgroup.is_none()
+        self.exe.is_none() && self.comm.is_none() && !self.attributed_by_the_kernel()
     }
 
     /// `exe` and `comm` match the connecting process or the process the call is
