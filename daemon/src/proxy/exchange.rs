@@ -42,7 +42,7 @@ use crate::state::{Counters, Shared};
 
 
 pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, mut req: Request<Incoming>) -> Response<Body> {
-    super::http::host_from_absolute_form(&mut req);
+    super::scope::host_from_absolute_form(&mut req);
     let upgrade = super::upgrade::prepare(&mut req);
     let (parts, body) = req.into_parts();
     // First, before any early answer: the head log pairs framings with requests by order.

@@ -109,27 +109,6 @@ pub fn h2_to_h1<B>(mut req: Request<B>) -> Request<B> {
     req
 }
 
-/// RFC 9112 §3.2.2: a request in absolute form (`POST https://b.example/mcp`) is routed
-/// by its target's authority whatever `Host` says, and a proxy must replace `Host` with
-/// it. mcpwatch does so before anything reads `Host`: the server is judged by the name
-/// it routes by, and a `Host` equal to the SNI cannot front for another name written in
-/// the target (TLS-004). The target itself is forwarded as sent (a forward proxy upstream
-/// needs it). `CONNECT` (authority form) is left alone.
-pub fn host_from_absolute_form<B>(req: &mut Request<B>) {
-    if req.method() == http::Method::CONNECT {
-        return;
-    }
-    let Some(a) = req.uri().authority() else { return };
-    // Without any userinfo (`user:pass@`), which is not part of the host.
-    let host = match a.port() {
-        Some(p) => format!("{}:{}", a.host(), p.as_str()),
-        None => a.host().to_string(),
-    };
-    if let Ok(v) = http::HeaderValue::from_str(&host) {
-        req.headers_mut().insert(http::header::HOST, v);
-    }
-}
-
 /// Serve HTTP/1.1 on any client stream, forwarding over `upstream` (and `reconnect`).
 /// `client_fd` is the client's TCP socket under `client` (owned by it): once the client
 /// has sent FIN or reset, the upstream's sending side is shut down too ([`lifecycle`]).
@@ -198,26 +177,5 @@ pub async fn serve_io(
     };
     if let Err(e) = res {
         tracing::debug!(error = %e, "client connection ended with an error");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn host_after(method: &str, target: &str, host: &str) -> String {
-        let mut req = Request::builder().method(method).uri(target).header(http::header::HOST, host).body(()).unwrap();
-        host_from_absolute_form(&mut req);
-        req.headers()[http::header::HOST].to_str().unwrap().to_string()
-    }
-
-    #[test]
-    fn an_absolute_target_names_the_host() {
-        assert_eq!(host_after("POST", "https://b.example/mcp", "a.example"), "b.example");
-        assert_eq!(host_after("POST", "http://user:pw@b.example:8080/mcp", "a.example"), "b.example:8080");
-        assert_eq!(host_after("POST", "http://[::1]:9/mcp", "a.example"), "[::1]:9");
-        // Origin form and CONNECT keep their Host.
-        assert_eq!(host_after("POST", "/mcp", "a.example"), "a.example");
-        assert_eq!(host_after("CONNECT", "b.example:443", "a.example"), "a.example");
     }
 }
