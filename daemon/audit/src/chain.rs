@@ -153,6 +153,52 @@ pub(crate) fn key_seq(key: &[u8]) -> u64 {
     key.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
+/// The chain entries after `from` (the head a [`verify`] pass ran to), checked to follow
+/// on from it and to end at the stored head; and the latest value hash of each record
+/// they wrote, against which records written during the pass are judged.
+pub(crate) struct Since {
+    pub latest: HashMap<Vec<u8>, Hash>,
+    pub problems: Vec<Problem>,
+    pub entries: u64,
+    pub head: Point,
+}
+
+pub(crate) fn verify_since(chain: &sled::Tree, meta: &sled::Tree, from: Point) -> Result<Since, sled::Error> {
+    let head = meta.get(META_HEAD)?.and_then(|v| Point::decode(&v));
+    let next = from.seq.saturating_add(1).to_be_bytes();
+    // The chunk holding entry `from + 1` starts at or before it.
+    let first = chain.range(..=next.as_slice()).next_back().transpose()?.map_or(next.to_vec(), |(k, _)| k.to_vec());
+    let mut since = Since { latest: HashMap::new(), problems: Vec::new(), entries: 0, head: from };
+    let mut at = from;
+    for c in chain.range(first..) {
+        let (k, v) = c?;
+        let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
+            since.problems.push(Problem::ChainBroken { seq: key_seq(&k), reason: "unreadable entry".into() });
+            continue;
+        };
+        for it in items.into_iter().filter(|it| it.seq > from.seq) {
+            since.entries += 1;
+            let seq = it.seq;
+            let Some(e) = Entry::from_item(&it) else {
+                since.problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
+                continue;
+            };
+            if seq != at.seq + 1 {
+                since.problems.push(Problem::ChainBroken { seq, reason: format!("expected entry {} next (entries missing or reordered)", at.seq + 1) });
+            } else if link(&at.link, seq, &e.id, &e.value_hash) != e.link {
+                since.problems.push(Problem::ChainBroken { seq, reason: "link does not follow from the entry before".into() });
+            }
+            at = Point { seq, link: e.link };
+            since.latest.insert(e.id, e.value_hash);
+        }
+    }
+    if head.is_some_and(|h| h != at) {
+        since.problems.push(Problem::ChainBroken { seq: at.seq, reason: format!("the head names entry {} but the chain ends at {}", head.map_or(0, |h| h.seq), at.seq) });
+    }
+    since.head = at;
+    Ok(since)
+}
+
 /// 128 bits of a value hash: what [`verify`] keeps per record. The chain links use the
 /// whole hash; matching a record against its entry needs no more than this (an edit
 /// that keeps these bits is a 128-bit second preimage).
@@ -197,17 +243,23 @@ impl Latest {
     }
 }
 
-/// Walks the chain from its base and checks every record against it. `expected` is about
-/// how many records are stored (sizes the table once instead of growing it through
-/// copies).
+/// Walks the chain from its base up to `snap` (the head when the pass began: entries
+/// written since are skipped, see [`verify_since`]; `None`: the stored head) and checks
+/// every record against it. `expected` is about how many records are stored (sizes the
+/// table once instead of growing it through copies).
 pub(crate) fn verify(
     records: &sled::Tree,
     chain: &sled::Tree,
     meta: &sled::Tree,
     expected: usize,
+    snap: Option<Point>,
 ) -> Result<VerifyReport, sled::Error> {
     let base = meta.get(META_BASE)?.and_then(|v| Base::decode(&v)).unwrap_or_default();
-    let head = meta.get(META_HEAD)?.and_then(|v| Point::decode(&v));
+    let head = match snap {
+        Some(p) => Some(p),
+        None => meta.get(META_HEAD)?.and_then(|v| Point::decode(&v)),
+    };
+    let upto = snap.map_or(u64::MAX, |p| p.seq);
     let mut problems = Vec::new();
     let mut chain_problems = Vec::new();
     let mut latest = Latest { packed: HashMap::with_capacity(expected), other: HashMap::new() };
@@ -222,8 +274,9 @@ pub(crate) fn verify(
         };
         for it in items {
             let seq = it.seq;
-            if seq <= base.point.seq {
+            if seq <= base.point.seq || seq > upto {
                 // Left below the base by a retention pass that stopped half way: moot.
+                // Above `upto`: written during the pass, judged by `verify_since`.
                 continue;
             }
             entries += 1;

@@ -588,13 +588,48 @@ impl Store {
     }
 
     /// Checks every record against the hash chain (`mcpwatch audit verify`).
+    ///
+    /// Writers are not held up for the pass (over 1M records it takes seconds): it runs
+    /// up to the chain's head as of its start, with every earlier write sealed. A record
+    /// written during the pass then looks unchained (sealed since) or changed (completed
+    /// since); each such record is judged again at the end, with writers held off for
+    /// that short step only, against the entries written since, whose links are checked
+    /// to follow on from the pass's head to the stored one. Retention waits for the pass.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        // A consistent view: no write lands between reading the chain and the records.
-        let mut sealed = self.inner.sealed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        self.inner.seal_held(&mut sealed, &mut head)?;
+        let inner = &self.inner;
+        let _no_prune = inner.prune_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = {
+            let mut sealed = inner.sealed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut head = inner.head.lock().unwrap_or_else(|p| p.into_inner());
+            inner.seal_held(&mut sealed, &mut head)?;
+            head.point
+        };
         let expected = usize::try_from(self.record_count()).unwrap_or(0);
-        Ok(chain::verify(&self.inner.records, &self.inner.chain, &self.inner.meta, expected)?)
+        let mut report = chain::verify(&inner.records, &inner.chain, &inner.meta, expected, Some(snap))?;
+        let mut sealed = inner.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut head = inner.head.lock().unwrap_or_else(|p| p.into_inner());
+        inner.seal_held(&mut sealed, &mut head)?;
+        let since = chain::verify_since(&inner.chain, &inner.meta, snap)?;
+        let mut cache = None;
+        let mut kept = Vec::with_capacity(report.problems.len());
+        for p in std::mem::take(&mut report.problems) {
+            let written_since = match &p {
+                Problem::Unchained { id } | Problem::Changed { id } => match since.latest.get(id.as_bytes()) {
+                    Some(h) => inner.current_hash(&mut cache, id.as_bytes())?.as_ref() == Some(h),
+                    None => false,
+                },
+                _ => false,
+            };
+            if !written_since {
+                kept.push(p);
+            }
+        }
+        kept.extend(since.problems);
+        report.problems = kept;
+        report.chain_entries += since.entries;
+        report.head = since.head.link.iter().map(|b| format!("{b:02x}")).collect();
+        report.head_seq = since.head.seq;
+        Ok(report)
     }
 
     /// The record with this id, `None` if absent. A stored value this build cannot read

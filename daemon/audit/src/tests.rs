@@ -1201,3 +1201,52 @@ fn concurrent_writers_seals_and_readers_lose_nothing() {
     drop(store);
     check(&open(dir.path()));
 }
+
+/// `verify` does not hold writers up for its pass, and what they write meanwhile (new
+/// records sealed during the pass, completions of records sealed before it) is not taken
+/// for tampering (the tests above show edits behind the store's back still are).
+#[test]
+fn verify_beside_writers_reports_only_tampering_and_lets_them_write() {
+    let dir = tmp();
+    let store = Store::open(dir.path(), StoreOptions { flush_every_ms: Some(2), ..opts(1_000_000) }).expect("open");
+    let mut pending = Vec::new();
+    for i in 0..10_000u64 {
+        let r = rec_at(&store, 1_700_000_000_000 + i, "http://127.0.0.1:9/mcp", Some("echo"));
+        store.insert_record(&r).expect("insert");
+        pending.push(r);
+    }
+    store.flush().expect("flush");
+    let writes = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, writes, stop) = (store.clone(), writes.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // A new record, and the completion of one written long before.
+                let r = rec_at(&store, 1_800_000_000_000 + i, "http://127.0.0.1:9/mcp", Some("add"));
+                store.insert_record(&r).expect("insert");
+                if let Some(mut old) = pending.pop() {
+                    old.status = CallStatus::Ok;
+                    old.response_bytes = 9;
+                    store.update_record(&old).expect("update");
+                }
+                writes.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let mut during = 0;
+    for _ in 0..5 {
+        let before = writes.load(Ordering::Relaxed);
+        let report = store.verify().expect("verify");
+        during += writes.load(Ordering::Relaxed) - before;
+        assert!(report.ok(), "writes during the pass were taken for tampering: {:?}", report.problems);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(during > 5, "writers were held up by verify ({during} writes during 5 passes)");
+    let report = store.verify().expect("verify");
+    assert!(report.ok() && report.records == store.record_count(), "{report:?}");
+}
