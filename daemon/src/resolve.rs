@@ -131,9 +131,19 @@ impl BpfResolver {
 /// Where the host's resolvers are listed.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// The host's DNS resolvers (`nameserver` lines of [`RESOLV_CONF`]; none if unreadable).
+/// The host's DNS resolvers: the `nameserver` lines of [`RESOLV_CONF`], or, when it has
+/// none or cannot be read, the local machine (127.0.0.1 and ::1), as the C library then
+/// uses (resolv.conf(5)).
 pub fn host_dns_servers() -> Vec<std::net::IpAddr> {
-    std::fs::read_to_string(RESOLV_CONF).map(|t| mcpwatch_intercept::resolv_conf_nameservers(&t)).unwrap_or_default()
+    dns_servers_from(std::fs::read_to_string(RESOLV_CONF).ok().as_deref())
+}
+
+fn dns_servers_from(resolv_conf: Option<&str>) -> Vec<std::net::IpAddr> {
+    let listed = resolv_conf.map(mcpwatch_intercept::resolv_conf_nameservers).unwrap_or_default();
+    if listed.is_empty() {
+        return vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    }
+    listed
 }
 
 /// Every second: copy the kernel's count of refused UDP into the counters, and (with
@@ -189,5 +199,18 @@ impl Resolve for BpfResolver {
             }
         };
         Some(Origin { dst: origin.dst, process: Some(process) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolvers_default_to_the_local_machine_as_the_c_library_does() {
+        let local: Vec<std::net::IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(dns_servers_from(None), local);
+        assert_eq!(dns_servers_from(Some("search example.com\noptions edns0\n")), local);
+        assert_eq!(dns_servers_from(Some("nameserver 127.0.0.53\n")), vec!["127.0.0.53".parse::<std::net::IpAddr>().unwrap()]);
     }
 }
