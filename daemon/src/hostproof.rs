@@ -11,8 +11,10 @@
 //! named by the address, as the connection really goes.
 //!
 //! Lookups are cached per (address, name): proofs for [`HostProofs::PROVEN_TTL`],
-//! failures for the shorter [`HostProofs::REFUSED_TTL`] (a flood of names costs lookups
-//! bounded by [`HostProofs::MAX_LOOKUPS`] at a time, never a name it did not prove).
+//! failures for the shorter [`HostProofs::REFUSED_TTL`]. A flood of names costs at most
+//! [`HostProofs::MAX_LOOKUPS`] resolver threads at a time (a turn is held until
+//! `getaddrinfo` returns, not until the caller's deadline), and never a name it did not
+//! prove: a request that waits past [`HostProofs::DEADLINE`] is named by its address.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +34,10 @@ pub enum Proof {
 /// Cached DNS proofs that names resolve to destinations (see the module doc).
 pub struct HostProofs {
     seen: Mutex<HashMap<(IpAddr, String), (Instant, Proof)>>,
-    lookups: tokio::sync::Semaphore,
+    /// Turns to run `getaddrinfo`, held until it returns: a caller that gives up at the
+    /// deadline does not free its turn while the lookup still occupies a blocking thread
+    /// (the pool the audit store's fsyncs run on).
+    lookups: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl HostProofs {
@@ -48,14 +53,33 @@ impl HostProofs {
     pub const DEADLINE: Duration = Duration::from_secs(2);
 
     pub fn new() -> HostProofs {
-        HostProofs { seen: Mutex::new(HashMap::new()), lookups: tokio::sync::Semaphore::new(Self::MAX_LOOKUPS) }
+        HostProofs { seen: Mutex::new(HashMap::new()), lookups: std::sync::Arc::new(tokio::sync::Semaphore::new(Self::MAX_LOOKUPS)) }
     }
 
     /// Does `name` resolve to `dst`, by the system resolver?
     pub async fn check(&self, dst: IpAddr, name: &str) -> Proof {
+        self.check_resolving(dst, name, |host| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0)).map(|addrs| addrs.map(|a| a.ip()).collect())
+        })
+        .await
+    }
+
+    /// [`HostProofs::check`] with a blocking `resolve` in place of `getaddrinfo`: run on a
+    /// blocking thread, holding a lookup turn until it returns.
+    async fn check_resolving<R>(&self, dst: IpAddr, name: &str, resolve: R) -> Proof
+    where
+        R: FnOnce(String) -> std::io::Result<Vec<IpAddr>> + Send + 'static,
+    {
         let host = name.to_string();
+        let lookups = self.lookups.clone();
         self.check_with(dst, name, Instant::now(), async move {
-            tokio::net::lookup_host((host.as_str(), 0)).await.map(|addrs| addrs.map(|a| a.ip()).collect())
+            let turn = lookups.acquire_owned().await.map_err(std::io::Error::other)?;
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                resolve(host)
+            })
+            .await
+            .map_err(std::io::Error::other)?
         })
         .await
     }
@@ -70,13 +94,7 @@ impl HostProofs {
         if let Some(p) = self.cached(dst, &name, now) {
             return p;
         }
-        let resolved = tokio::time::timeout(Self::DEADLINE, async {
-            let _turn = self.lookups.acquire().await.ok()?;
-            lookup.await.ok()
-        })
-        .await
-        .ok()
-        .flatten();
+        let resolved = tokio::time::timeout(Self::DEADLINE, lookup).await.ok().and_then(Result::ok);
         let proof = match resolved {
             Some(addrs) if addrs.iter().any(|a| a.to_canonical() == dst) => Proof::Proven,
             _ => Proof::Unproven,
@@ -150,6 +168,53 @@ mod tests {
         assert_eq!(p.check_with(mapped, "mcp.example", later, async { panic!("looked up again") }).await, Proof::Proven);
         // A proof expires.
         assert_eq!(p.check_with(dst, "mcp.example", t0 + HostProofs::PROVEN_TTL, async { answer(&[]) }).await, Proof::Unproven);
+    }
+
+    /// A lookup its caller gave up on keeps its turn until the resolver returns: a flood
+    /// of names never has more than `MAX_LOOKUPS` resolver threads at once. (Real time:
+    /// tokio does not advance paused time while a blocking task runs; ~2 deadlines.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_is_held_until_the_resolver_returns_not_until_the_deadline() {
+        let p = std::sync::Arc::new(HostProofs::new());
+        let dst: IpAddr = "198.18.0.2".parse().unwrap();
+        let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        // Opens the gate when dropped, on a failed assertion too: the hung resolver
+        // threads end, and the runtime (which waits for them) can shut down.
+        struct Opener(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+        impl Drop for Opener {
+            fn drop(&mut self) {
+                let (open, cv) = &*self.0;
+                *open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                cv.notify_all();
+            }
+        }
+        let opener = Opener(gate.clone());
+        let mut callers = Vec::new();
+        for i in 0..HostProofs::MAX_LOOKUPS {
+            let (p, gate) = (p.clone(), gate.clone());
+            callers.push(tokio::spawn(async move {
+                p.check_resolving(dst, &format!("hung{i}.example"), move |_| {
+                    let (open, cv) = &*gate;
+                    let _open = cv.wait_while(open.lock().unwrap(), |o| !*o).unwrap();
+                    Ok(vec![dst])
+                })
+                .await
+            }));
+        }
+        for c in callers {
+            assert_eq!(c.await.unwrap(), Proof::Unproven, "a hung lookup past the deadline proves nothing");
+        }
+        // Their callers are gone, the resolver threads are not: no turn is free.
+        assert_eq!(p.lookups.available_permits(), 0);
+        assert_eq!(p.check_resolving(dst, "late.example", move |_| Ok(vec![dst])).await, Proof::Unproven);
+        drop(opener);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while p.lookups.available_permits() < HostProofs::MAX_LOOKUPS {
+            assert!(std::time::Instant::now() < until, "turns not given back");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(p.check_resolving(dst, "late.example", move |_| Ok(vec![dst])).await, Proof::Unproven, "a failure is remembered for REFUSED_TTL");
+        assert_eq!(p.check_resolving(dst, "fresh.example", move |_| Ok(vec![dst])).await, Proof::Proven);
     }
 
     #[tokio::test(start_paused = true)]
