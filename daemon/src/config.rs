@@ -146,6 +146,9 @@ impl ScopeConfig {
                 mcpwatch_intercept::MAX_AGENT_COMMS
             )));
         }
+        if self.dns_servers.as_ref().is_some_and(|d| d.len() > mcpwatch_intercept::MAX_DNS_SERVERS) {
+            return Err(ConfigError::Invalid(format!("scope.dns_servers: at most {} addresses", mcpwatch_intercept::MAX_DNS_SERVERS)));
+        }
         Ok(())
     }
 }
@@ -656,9 +659,6 @@ impl FileConfig {
             udp: self.scope.udp.unwrap_or(ds.udp),
             dns_servers: self.scope.dns_servers,
         };
-        if c.scope.dns_servers.as_ref().is_some_and(|d| d.len() > mcpwatch_intercept::MAX_DNS_SERVERS) {
-            return Err(ConfigError::Invalid(format!("scope.dns_servers: at most {} addresses", mcpwatch_intercept::MAX_DNS_SERVERS)));
-        }
         c.validate()?;
         Ok(c)
     }

@@ -218,6 +218,9 @@ async fn real_main() -> Result<()> {
             let cgroup = cgroup.clone().unwrap_or_default();
             let pin_dir = pin_dir_for_mode(&config, &cgroup)?;
             let ports = config.ports.parse::<mcpwatch_intercept::PortScope>().map_err(|e| anyhow::anyhow!("ports: {e}"))?;
+            // The resolvers UDP port 53 stays open toward: configured, else resolv.conf's
+            // (then followed as it changes).
+            let resolv_conf = config.scope.dns_servers.is_none().then(mcpwatchd::resolve::host_dns_servers);
             let icfg = mcpwatch_intercept::InterceptConfig {
                 cgroup: cgroup.clone(),
                 listen_port: config.listen_port,
@@ -231,7 +234,7 @@ async fn real_main() -> Result<()> {
                     classify: !shared.governance.current().policy.agents().is_empty(),
                 },
                 refuse_udp: config.scope.udp == mcpwatchd::config::UdpScope::Refuse,
-                dns_servers: config.scope.dns_servers.clone().unwrap_or_else(mcpwatchd::resolve::host_dns_servers),
+                dns_servers: resolv_conf.clone().or_else(|| config.scope.dns_servers.clone()).unwrap_or_default(),
             };
             let interceptor = mcpwatch_intercept::Interceptor::attach(&icfg)
                 .with_context(|| format!("cannot attach interception to {}", cgroup.display()))?;
@@ -243,7 +246,7 @@ async fn real_main() -> Result<()> {
             tracing::info!(cgroup = %cgroup.display(), ports = %config.ports, "interception attached");
             let bpf = Arc::new(BpfResolver::new(interceptor).with_sanitizer(mcpwatchd::resolve::cmdline_filter(shared.clone())));
             tokio::spawn(bpf.clone().sweep_forever());
-            tokio::spawn(mcpwatchd::resolve::count_udp_refused(bpf.clone(), shared.clone(), config.scope.dns_servers.is_none()));
+            tokio::spawn(mcpwatchd::resolve::count_udp_refused(bpf.clone(), shared.clone(), resolv_conf));
             if config.scope.agents {
                 tokio::spawn(mcpwatchd::scope::run(bpf.clone(), shared.clone(), config.scope.comms()));
                 if config.scope.stdio {

@@ -126,8 +126,6 @@ impl BpfResolver {
     }
 }
 
-/// Copy the kernel's count of refused UDP (`[scope] udp`) into the daemon's counters
-/// once a second, for `mcpwatch status`.
 /// Where the host's resolvers are listed.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
@@ -146,23 +144,24 @@ fn dns_servers_from(resolv_conf: Option<&str>) -> Vec<std::net::IpAddr> {
     listed
 }
 
-/// Every second: copy the kernel's count of refused UDP into the counters, and (with
-/// `follow_resolv_conf`, when `[scope] dns_servers` is not set) keep the resolvers UDP
-/// port 53 stays open toward in step with [`RESOLV_CONF`] (DHCP and network managers
-/// rewrite it).
-pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::Shared>, follow_resolv_conf: bool) {
+/// Every second: copy the kernel's count of refused UDP (`[scope] udp`) into the
+/// counters, for `mcpwatch status`; and, given `resolv_conf` (the resolvers attached from
+/// [`RESOLV_CONF`], when `[scope] dns_servers` is not set), keep the resolvers UDP port
+/// 53 stays open toward in step with it (DHCP and network managers rewrite it).
+pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::Shared>, mut resolv_conf: Option<Vec<std::net::IpAddr>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut resolvers = host_dns_servers();
     loop {
         tick.tick().await;
-        let now = if follow_resolv_conf { host_dns_servers() } else { resolvers.clone() };
-        if now != resolvers {
-            match bpf.interceptor().set_dns_servers(&now) {
-                Ok(()) => {
-                    tracing::info!(resolvers = ?now, "DNS resolvers changed; UDP port 53 is open toward these only");
-                    resolvers = now;
+        if let Some(attached) = resolv_conf.as_mut() {
+            let now = host_dns_servers();
+            if now != *attached {
+                match bpf.interceptor().set_dns_servers(&now) {
+                    Ok(()) => {
+                        tracing::info!(resolvers = ?now, "DNS resolvers changed; UDP port 53 is open toward these only");
+                        *attached = now;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot update the DNS resolvers UDP port 53 is open toward"),
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot update the DNS resolvers UDP port 53 is open toward"),
             }
         }
         let n = bpf.interceptor().udp_refused();

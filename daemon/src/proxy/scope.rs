@@ -343,7 +343,6 @@ pub(super) fn has_body(h: &HeaderMap) -> bool {
         || h.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
 }
 
-/// `host:port` / `[v6]:port` / `host` → host.
 /// Over plain HTTP toward a remote address, the request's Host name when the daemon's
 /// resolver does not map it to that address (an IP literal: when it is another
 /// address). `None` when the name is proven, or not needed: TLS proves it, and loopback
@@ -386,6 +385,7 @@ pub(super) fn host_from_absolute_form<B>(req: &mut hyper::Request<B>) {
     }
 }
 
+/// `host:port` / `[v6]:port` / `host` → host.
 pub(super) fn strip_port(h: &str) -> String {
     if let Some(rest) = h.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest).to_string();
