@@ -202,25 +202,33 @@ static __always_inline int is_candidate(struct bpf_sock_addr *ctx, const struct 
 	return 1;
 }
 
+/* An address as the maps key it, into zeroed `out[16]`: IPv4 (network order) as
+ * ::ffff:a.b.c.d, IPv6 from its four words as read from the context. */
+static __always_inline void put_ip4(__u8 *out, __u32 ip)
+{
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &ip, 4);
+}
+
+static __always_inline void put_ip6(__u8 *out, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
+{
+	__builtin_memcpy(&out[0], &w0, 4);
+	__builtin_memcpy(&out[4], &w1, 4);
+	__builtin_memcpy(&out[8], &w2, 4);
+	__builtin_memcpy(&out[12], &w3, 4);
+}
+
 /* Is the destination one of the host's resolvers? `v6` is a constant at each call
  * site, so a program only reads the address fields its attach point allows. */
 static __always_inline int to_dns_server(struct bpf_sock_addr *ctx, int v6)
 {
 	struct mcpw_addr a;
 	__builtin_memset(&a, 0, sizeof(a));
-	if (v6) {
-		__u32 w[4];
-		w[0] = CTX_U32(ctx->user_ip6[0]);
-		w[1] = CTX_U32(ctx->user_ip6[1]);
-		w[2] = CTX_U32(ctx->user_ip6[2]);
-		w[3] = CTX_U32(ctx->user_ip6[3]);
-		__builtin_memcpy(a.ip, w, 16);
-	} else {
-		__u32 ip = ctx->user_ip4;
-		a.ip[10] = 0xff;
-		a.ip[11] = 0xff;
-		__builtin_memcpy(&a.ip[12], &ip, 4);
-	}
+	if (v6)
+		put_ip6(a.ip, CTX_U32(ctx->user_ip6[0]), CTX_U32(ctx->user_ip6[1]), CTX_U32(ctx->user_ip6[2]), CTX_U32(ctx->user_ip6[3]));
+	else
+		put_ip4(a.ip, ctx->user_ip4);
 	return bpf_map_lookup_elem(&dns_servers, &a) != 0;
 }
 
@@ -286,9 +294,7 @@ int connect4(struct bpf_sock_addr *ctx)
 
 	struct mcpw_origin o;
 	__builtin_memset(&o, 0, sizeof(o));
-	o.dst_ip[10] = 0xff;
-	o.dst_ip[11] = 0xff;
-	__builtin_memcpy(&o.dst_ip[12], &ip, 4);
+	put_ip4(o.dst_ip, ip);
 	o.dst_port = port;
 	o.family = AF_INET;
 	fill_identity(ctx, &o);
@@ -327,10 +333,7 @@ int connect6(struct bpf_sock_addr *ctx)
 
 	struct mcpw_origin o;
 	__builtin_memset(&o, 0, sizeof(o));
-	__builtin_memcpy(&o.dst_ip[0], &ip0, 4);
-	__builtin_memcpy(&o.dst_ip[4], &ip1, 4);
-	__builtin_memcpy(&o.dst_ip[8], &ip2, 4);
-	__builtin_memcpy(&o.dst_ip[12], &ip3, 4);
+	put_ip6(o.dst_ip, ip0, ip1, ip2, ip3);
 	o.dst_port = port;
 	o.family = AF_INET6;
 	fill_identity(ctx, &o);
@@ -374,21 +377,10 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 static __always_inline void peer_key_of(struct bpf_sock_ops *skops, struct mcpw_peer_key *key)
 {
 	__builtin_memset(key, 0, sizeof(*key));
-	if (skops->family == AF_INET) {
-		__u32 ip = skops->local_ip4;
-		key->ip[10] = 0xff;
-		key->ip[11] = 0xff;
-		__builtin_memcpy(&key->ip[12], &ip, 4);
-	} else {
-		__u32 ip0 = CTX_U32(skops->local_ip6[0]);
-		__u32 ip1 = CTX_U32(skops->local_ip6[1]);
-		__u32 ip2 = CTX_U32(skops->local_ip6[2]);
-		__u32 ip3 = CTX_U32(skops->local_ip6[3]);
-		__builtin_memcpy(&key->ip[0], &ip0, 4);
-		__builtin_memcpy(&key->ip[4], &ip1, 4);
-		__builtin_memcpy(&key->ip[8], &ip2, 4);
-		__builtin_memcpy(&key->ip[12], &ip3, 4);
-	}
+	if (skops->family == AF_INET)
+		put_ip4(key->ip, skops->local_ip4);
+	else
+		put_ip6(key->ip, CTX_U32(skops->local_ip6[0]), CTX_U32(skops->local_ip6[1]), CTX_U32(skops->local_ip6[2]), CTX_U32(skops->local_ip6[3]));
 	key->port = (__u16)skops->local_port; /* host order */
 }
 

@@ -314,11 +314,7 @@ impl Interceptor {
     /// Make `servers` (at most [`MAX_DNS_SERVERS`]) the resolvers UDP port 53 stays open
     /// toward, replacing the previous list.
     pub fn set_dns_servers(&self, servers: &[std::net::IpAddr]) -> Result<(), InterceptError> {
-        let key = |ip: &std::net::IpAddr| match ip {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            std::net::IpAddr::V6(v6) => v6.octets(),
-        };
-        let wanted: Vec<[u8; 16]> = servers.iter().take(MAX_DNS_SERVERS).map(key).collect();
+        let wanted: Vec<[u8; 16]> = servers.iter().take(MAX_DNS_SERVERS).map(|ip| maps::ip_key(*ip)).collect();
         let mut maps = self.lock_maps();
         let stale: Vec<[u8; 16]> = maps.dns_servers.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
         let err = |source| InterceptError::Map { map: "dns_servers", source };

@@ -113,15 +113,19 @@ pub(crate) fn comm_str(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
+/// An address as the kernel programs key it: IPv4 as `::ffff:a.b.c.d`, IPv6 as is.
+pub(crate) fn ip_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 /// The key the sock_ops program stores a connection under, for the peer address
-/// the daemon sees on `accept`: IPv4 as `::ffff:a.b.c.d`, IPv6 as is.
+/// the daemon sees on `accept`.
 pub(crate) fn peer_key(peer: SocketAddr) -> RawPeerKey {
-    let ip = match peer.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
     RawPeerKey {
-        ip: ip.octets(),
+        ip: ip_key(peer.ip()),
         port: peer.port(),
         _pad0: 0,
     }
