@@ -168,35 +168,80 @@ pub(crate) fn verify_since(chain: &sled::Tree, meta: &sled::Tree, from: Point) -
     let next = from.seq.saturating_add(1).to_be_bytes();
     // The chunk holding entry `from + 1` starts at or before it.
     let first = chain.range(..=next.as_slice()).next_back().transpose()?.map_or(next.to_vec(), |(k, _)| k.to_vec());
-    let mut since = Since { latest: HashMap::new(), problems: Vec::new(), entries: 0, head: from };
-    let mut at = from;
+    let mut walk = Walk::from(from);
+    let mut latest = HashMap::new();
     for c in chain.range(first..) {
         let (k, v) = c?;
         let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
-            since.problems.push(Problem::ChainBroken { seq: key_seq(&k), reason: "unreadable entry".into() });
+            walk.unreadable(key_seq(&k));
             continue;
         };
-        for it in items.into_iter().filter(|it| it.seq > from.seq) {
-            since.entries += 1;
-            let seq = it.seq;
-            let Some(e) = Entry::from_item(&it) else {
-                since.problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
-                continue;
-            };
-            if seq != at.seq + 1 {
-                since.problems.push(Problem::ChainBroken { seq, reason: format!("expected entry {} next (entries missing or reordered)", at.seq + 1) });
-            } else if link(&at.link, seq, &e.id, &e.value_hash) != e.link {
-                since.problems.push(Problem::ChainBroken { seq, reason: "link does not follow from the entry before".into() });
+        for it in items.iter().filter(|it| it.seq > from.seq) {
+            if let Some(e) = walk.step(it) {
+                latest.insert(e.id, e.value_hash);
             }
-            at = Point { seq, link: e.link };
-            since.latest.insert(e.id, e.value_hash);
         }
     }
-    if head.is_some_and(|h| h != at) {
-        since.problems.push(Problem::ChainBroken { seq: at.seq, reason: format!("the head names entry {} but the chain ends at {}", head.map_or(0, |h| h.seq), at.seq) });
+    let (head, entries, problems) = walk.end(head);
+    Ok(Since { latest, problems, entries, head })
+}
+
+/// A walk along the chain's entries in seq order: each must follow the one before (no
+/// gap, its link computed from the one before), and the last must be the head. One
+/// break is reported once: the walk goes on from the entry that broke it.
+struct Walk {
+    at: Point,
+    entries: u64,
+    problems: Vec<Problem>,
+}
+
+impl Walk {
+    fn from(at: Point) -> Walk {
+        Walk { at, entries: 0, problems: Vec::new() }
     }
-    since.head = at;
-    Ok(since)
+
+    /// A chunk of entries that does not decode, whose key names `seq`.
+    fn unreadable(&mut self, seq: u64) {
+        self.entries += 1;
+        self.problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
+    }
+
+    /// The next entry; `None` if it does not decode.
+    fn step(&mut self, it: &Item) -> Option<Entry> {
+        self.entries += 1;
+        let seq = it.seq;
+        let Some(e) = Entry::from_item(it) else {
+            self.problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
+            return None;
+        };
+        if seq != self.at.seq + 1 {
+            self.problems.push(Problem::ChainBroken { seq, reason: format!("expected entry {} next (entries missing or reordered)", self.at.seq + 1) });
+        } else if link(&self.at.link, seq, &e.id, &e.value_hash) != e.link {
+            self.problems.push(Problem::ChainBroken { seq, reason: "link does not follow from the entry before".into() });
+        }
+        self.at = Point { seq, link: e.link };
+        Some(e)
+    }
+
+    /// Where the walk ended (checked against `head`), how many entries it met, and what
+    /// was broken.
+    fn end(mut self, head: Option<Point>) -> (Point, u64, Vec<Problem>) {
+        let at = self.at;
+        match head {
+            Some(h) if h != at => self.problems.push(Problem::ChainBroken {
+                seq: at.seq,
+                reason: format!("the head names entry {} but the chain ends at {}", h.seq, at.seq),
+            }),
+            None if self.entries > 0 => self.problems.push(Problem::ChainBroken { seq: at.seq, reason: "no head recorded".into() }),
+            _ => {}
+        }
+        (at, self.entries, self.problems)
+    }
+}
+
+/// A chain link or head as `mcpwatch audit verify` prints it.
+pub(crate) fn hex(link: &Hash) -> String {
+    link.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 128 bits of a value hash: what [`verify`] keeps per record. The chain links use the
@@ -261,52 +306,23 @@ pub(crate) fn verify(
     };
     let upto = snap.map_or(u64::MAX, |p| p.seq);
     let mut problems = Vec::new();
-    let mut chain_problems = Vec::new();
     let mut latest = Latest { packed: HashMap::with_capacity(expected), other: HashMap::new() };
-    let mut at = base.point;
-    let mut entries = 0u64;
+    let mut walk = Walk::from(base.point);
     for chunk in crate::paced::Paced::all(chain) {
         let (k, v) = chunk?;
         let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
-            entries += 1;
-            chain_problems.push(Problem::ChainBroken { seq: key_seq(&k), reason: "unreadable entry".into() });
+            walk.unreadable(key_seq(&k));
             continue;
         };
-        for it in items {
-            let seq = it.seq;
-            if seq <= base.point.seq || seq > upto {
-                // Left below the base by a retention pass that stopped half way: moot.
-                // Above `upto`: written during the pass, judged by `verify_since`.
-                continue;
+        // Below the base: left by a retention pass that stopped half way, moot. Above
+        // `upto`: written during the pass, judged by `verify_since`.
+        for it in items.iter().filter(|it| it.seq > base.point.seq && it.seq <= upto) {
+            if let Some(e) = walk.step(it) {
+                latest.insert(e.id, &e.value_hash);
             }
-            entries += 1;
-            let Some(e) = Entry::from_item(&it) else {
-                chain_problems.push(Problem::ChainBroken { seq, reason: "unreadable entry".into() });
-                continue;
-            };
-            if seq != at.seq + 1 {
-                chain_problems.push(Problem::ChainBroken {
-                    seq,
-                    reason: format!("expected entry {} next (entries missing or reordered)", at.seq + 1),
-                });
-            } else if link(&at.link, seq, &e.id, &e.value_hash) != e.link {
-                chain_problems.push(Problem::ChainBroken { seq, reason: "link does not follow from the entry before".into() });
-            }
-            // Go on from this entry either way, so one break is reported once.
-            at = Point { seq, link: e.link };
-            latest.insert(e.id, &e.value_hash);
         }
     }
-    match head {
-        Some(h) if h != at => chain_problems.push(Problem::ChainBroken {
-            seq: at.seq,
-            reason: format!("the head names entry {} but the chain ends at {}", h.seq, at.seq),
-        }),
-        None if entries > 0 => {
-            chain_problems.push(Problem::ChainBroken { seq: at.seq, reason: "no head recorded".into() })
-        }
-        _ => {}
-    }
+    let (_, entries, chain_problems) = walk.end(head);
     let mut n = 0u64;
     for chunk in crate::paced::Paced::all(records) {
         let (k, v) = chunk?;
@@ -332,7 +348,7 @@ pub(crate) fn verify(
     Ok(VerifyReport {
         records: n,
         chain_entries: entries,
-        head: head.link.iter().map(|b| format!("{b:02x}")).collect(),
+        head: hex(&head.link),
         head_seq: head.seq,
         problems,
     })

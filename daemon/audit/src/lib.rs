@@ -627,7 +627,7 @@ impl Store {
         kept.extend(since.problems);
         report.problems = kept;
         report.chain_entries += since.entries;
-        report.head = since.head.link.iter().map(|b| format!("{b:02x}")).collect();
+        report.head = chain::hex(&since.head.link);
         report.head_seq = since.head.seq;
         Ok(report)
     }
