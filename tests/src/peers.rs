@@ -502,6 +502,12 @@ impl Peer {
 
     /// Every tools/call the server received, in order, as `{"method","tool","arguments"}`
     /// (Python and Node servers; panics for the others).
+    /// The `text` argument of every recorded tools/call that had one (`echo` calls), in
+    /// order: what reached the server.
+    pub fn recorded_texts(&self) -> Vec<String> {
+        self.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect()
+    }
+
     pub fn recorded_calls(&self) -> Vec<Value> {
         let Some(path) = &self.record else {
             panic!("{:?} servers do not record tool calls", self.kind);

@@ -206,7 +206,7 @@ def call(sid, text):
     // Another process presents it.
     let thief = harness::py(Some(w.cgroup()), &format!("{prelude}\nst, body = call({sid:?}, 'thief')\nprint(json.dumps({{'status': st, 'body': body}}))"));
     assert_eq!(thief["status"], 403, "{thief}");
-    let texts: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    let texts = server.recorded_texts();
     assert_eq!(texts, vec!["owner"], "the hijacked call reached the server");
     let recs = w.daemon.wait_audit("hijack alert", |r| alerts(r).iter().any(|a| a.contains("session hijack")));
     assert!(alerts(&recs).iter().any(|a| a.contains(&sid[..8])), "{:?}", alerts(&recs));
@@ -239,7 +239,7 @@ fn rebinding_and_foreign_origins_to_loopback_servers_are_refused() {
     // A local client with a fitting Host and no Origin (AU-011 style) is served.
     let resp = send(addr, &request("POST", "/mcp", &format!("Host: 127.0.0.1:{port}\r\n{json_headers}"), call("local").as_bytes()));
     assert_eq!(status(&resp), 200, "{resp}");
-    let texts: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    let texts = server.recorded_texts();
     assert_eq!(texts, vec!["local"], "a refused request reached the server");
     let recs = daemon.wait_audit("host alerts", |r| alerts(r).len() >= cases.len());
     let all = alerts(&recs);
@@ -559,7 +559,7 @@ print(json.dumps({{"owner": owner, "sid": sid, "thief": json.loads(os.read(rd, 6
         let want: &[u64] = if spelling == "decoy-first" { &[400, 403] } else { &[403] };
         assert!(status.as_u64().is_some_and(|s| want.contains(&s)), "{spelling}: {status} ({out})");
     }
-    let texts: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    let texts = server.recorded_texts();
     assert!(!texts.iter().any(|t| t.starts_with("thief")), "a hijacked call reached the server: {texts:?}");
     let recs = w.daemon.wait_audit("hijack alerts", |r| alerts(r).iter().filter(|a| a.contains("session hijack") || a.contains("different legacy sessions")).count() >= 6);
     assert!(!recs.is_empty());
@@ -703,7 +703,7 @@ fn a_host_header_does_not_make_a_remote_address_a_registered_server() {
         let headers = format!("Host: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n");
         send(SocketAddr::from(([127, 0, 0, 1], daemon.port)), &request("POST", "/mcp", &headers, call(text).as_bytes()))
     };
-    let echoed = || -> Vec<String> { server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect() };
+    let echoed = || server.recorded_texts();
     let by_address = format!("http://{remote}/mcp");
     let claimed = format!("mcp.trusted.example:{}", remote.port());
 

@@ -171,7 +171,7 @@ fn an_agent_loop_of_identical_calls_is_stopped_and_other_calls_continue() {
         assert!(msg.contains("no-loops"), "{msg}");
     }
     assert_eq!(steps[8]["ok"], true, "a call with other arguments was stopped: {}", steps[8]);
-    let texts: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    let texts = server.recorded_texts();
     assert_eq!(texts.iter().filter(|t| t.contains("floor 3")).count(), 5, "{texts:?}");
     assert_eq!(texts.iter().filter(|t| t.contains("floor 4")).count(), 1, "{texts:?}");
 }

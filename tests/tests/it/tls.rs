@@ -512,7 +512,7 @@ fn tls_004_a_request_naming_another_server_than_the_sni_is_misdirected() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let resp = over_tls(&request(&format!("https://localhost:{port}/mcp"), "elsewhere.example", "absolute"));
     assert!(resp.contains("server: uvicorn") && !resp.starts_with("HTTP/1.1 421"), "{resp}");
-    let echoed: Vec<String> = server.recorded_calls().iter().filter_map(|c| c["arguments"]["text"].as_str().map(str::to_string)).collect();
+    let echoed = server.recorded_texts();
     assert_eq!(echoed, vec!["origin"], "a fronted call reached the server");
     let recs = daemon.wait_audit("two fronting records", |r| r.iter().filter(|x| x.alerts.iter().any(|a| a.contains("domain fronting"))).count() >= 2);
     assert!(recs.iter().any(|r| r.alerts.iter().any(|a| a.contains("mcp.evil-tools.example"))), "{recs:#?}");
