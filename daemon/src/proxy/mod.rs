@@ -78,66 +78,33 @@ pub async fn run(
     };
     let limit = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let (stop_tx, _) = tokio::sync::watch::channel(false);
-    for listener in listeners {
-        let shared = shared.clone();
-        let resolver = resolver.clone();
-        let limit = limit.clone();
-        let inner = tracker.clone();
-        let workers = workers.clone();
-        let mut stop = stop_tx.subscribe();
-        tracker.spawn(async move {
-            loop {
-                // Never wait for a slot before accepting: a full daemon accepts and closes
-                // at once (counted, shown by `mcpwatch status`), so the backlog never
-                // fills and callers are not left hanging in connect().
-                shared.heartbeats.accept();
-                let (stream, peer) = tokio::select! {
-                    _ = tokio::time::sleep(crate::notify::HEARTBEAT_EVERY) => continue,
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop.changed() => return,
-                };
-                Counters::inc(&shared.counters.connections);
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    Counters::inc(shared.counters.refused(Refusal::Global));
-                    shared.admission.refused_global();
-                    // RST rather than FIN: the client learns at once, and no TIME_WAIT here.
-                    let _ = stream.set_zero_linger();
-                    drop(stream);
-                    continue;
-                };
-                let shared = shared.clone();
-                let resolver = resolver.clone();
-                let Some(workers) = &workers else {
-                    inner.spawn(async move {
-                        conn::handle(shared, resolver, stream, peer, permit).await;
-                    });
-                    continue;
-                };
-                // The connection moves to its thread's runtime: out of this one's poller,
-                // into that one's.
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot hand an accepted connection to a proxy thread");
-                        continue;
+    for (k, listener) in listeners.into_iter().enumerate() {
+        let accept = Accept {
+            shared: shared.clone(),
+            resolver: resolver.clone(),
+            limit: limit.clone(),
+            tracker: tracker.clone(),
+            workers: workers.clone(),
+            stop: stop_tx.subscribe(),
+        };
+        let Some(w) = &workers else {
+            tracker.spawn(accept.run(listener));
+            continue;
+        };
+        // The accept loop moves to a proxy thread (out of this runtime's poller, into
+        // that thread's), so most connections start where they were accepted.
+        match listener.into_std() {
+            Ok(std) => w.run_on(
+                k,
+                tracker.track_future(async move {
+                    match TcpListener::from_std(std) {
+                        Ok(listener) => accept.run(listener).await,
+                        Err(e) => tracing::error!(error = %e, "cannot listen on a proxy thread"),
                     }
-                };
-                workers.spawn(inner.track_future(async move {
-                    match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => conn::handle(shared, resolver, stream, peer, permit).await,
-                        Err(e) => tracing::warn!(error = %e, "cannot register a connection on its proxy thread"),
-                    }
-                }));
-            }
-        });
+                }),
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot hand a listener to a proxy thread"),
+        }
     }
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -154,5 +121,82 @@ pub async fn run(
     shared.inventory.persist();
     if let Err(e) = shared.store.flush() {
         tracing::error!(error = %e, "final audit flush failed");
+    }
+}
+
+/// One listener's accept loop and what it hands each connection.
+struct Accept {
+    shared: Arc<Shared>,
+    resolver: Arc<dyn Resolve>,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    workers: Option<Arc<workers::Workers>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Accept {
+    async fn run(mut self, listener: TcpListener) {
+        let shared = &self.shared;
+        loop {
+            // Never wait for a slot before accepting: a full daemon accepts and closes at
+            // once (counted, shown by `mcpwatch status`), so the backlog never fills and
+            // callers are not left hanging in connect().
+            shared.heartbeats.accept();
+            let (stream, peer) = tokio::select! {
+                _ = tokio::time::sleep(crate::notify::HEARTBEAT_EVERY) => continue,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = self.stop.changed() => return,
+            };
+            Counters::inc(&shared.counters.connections);
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                Counters::inc(shared.counters.refused(Refusal::Global));
+                shared.admission.refused_global();
+                // RST rather than FIN: the client learns at once, and no TIME_WAIT here.
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                continue;
+            };
+            let (shared, resolver) = (shared.clone(), self.resolver.clone());
+            let Some(workers) = &self.workers else {
+                self.tracker.spawn(async move { conn::handle(shared, resolver, stream, peer, permit).await });
+                continue;
+            };
+            match workers.place() {
+                (workers::Placement::Here, live) => {
+                    self.tracker.spawn(async move {
+                        let _live = live;
+                        conn::handle(shared, resolver, stream, peer, permit).await;
+                    });
+                }
+                (workers::Placement::There(i), live) => {
+                    // Another thread has more room: the connection moves to its poller.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot hand an accepted connection to a proxy thread");
+                            continue;
+                        }
+                    };
+                    workers.spawn_there(
+                        i,
+                        self.tracker.track_future(async move {
+                            let _live = live;
+                            match tokio::net::TcpStream::from_std(stream) {
+                                Ok(stream) => conn::handle(shared, resolver, stream, peer, permit).await,
+                                Err(e) => tracing::warn!(error = %e, "cannot register a connection on its proxy thread"),
+                            }
+                        }),
+                    );
+                }
+            }
+        }
     }
 }

@@ -10,10 +10,16 @@
 //! connection. Here a connection, every task it spawns and its timers stay on one thread;
 //! the shared state (policy, audit store, sessions) is reached through the same `Arc`s.
 //!
-//! A new connection goes to the thread holding the fewest live connections (round-robin
-//! among equals). The count is `[limits] proxy_threads` (default: one per CPU).
+//! The accept loops run on these threads too (listener k on thread k mod n), so a new
+//! connection wakes one thread, not the main runtime and then a proxy thread. It goes to
+//! the thread holding the fewest live connections; among equals, the thread that accepted
+//! it (no hand-over at all), else round-robin. Measured (`cargo xtask bench`, new
+//! connection per call, one client): the hand-over from an accept loop on the main runtime
+//! cost a context switch there and a cross-thread wake-up per connection. The count is
+//! `[limits] proxy_threads` (default: one per CPU).
 
 use std::future::Future;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,6 +30,19 @@ use tokio::sync::oneshot;
 
 /// How long a thread's runtime waits for its blocking tasks when the proxy stops.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// On a connection thread: its index in its [`Workers`].
+    static HERE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Where a new connection runs: on the calling thread (the one that accepted it) or on
+/// another one, which takes it through its own poller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Here,
+    There(usize),
+}
 
 /// The set of connection threads.
 pub struct Workers {
@@ -39,7 +58,7 @@ struct Worker {
 }
 
 /// Decrements a thread's live count when the connection's future ends or is dropped.
-struct Live(Arc<AtomicUsize>);
+pub struct Live(Arc<AtomicUsize>);
 
 impl Drop for Live {
     fn drop(&mut self) {
@@ -62,6 +81,7 @@ impl Workers {
             let join = std::thread::Builder::new()
                 .name(format!("mcpwatch-proxy-{i}"))
                 .spawn(move || {
+                    HERE.with(|h| h.set(Some(i)));
                     let _ = rt.block_on(stopped);
                     rt.shutdown_timeout(STOP_GRACE);
                 })?;
@@ -70,11 +90,12 @@ impl Workers {
         Ok(Workers { threads, next: AtomicUsize::new(0) })
     }
 
-    /// Run `fut` on the thread with the fewest live connections.
-    pub fn spawn<F>(&self, fut: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
+    /// Choose the thread for a new connection: the fewest live connections; among equals
+    /// the calling thread if it is one of them (so a connection accepted on a thread with
+    /// room stays there), else round-robin. Counts the connection as live there; the
+    /// returned guard uncounts it when dropped.
+    pub fn place(&self) -> (Placement, Live) {
+        let here = HERE.with(Cell::get).filter(|i| *i < self.threads.len());
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.threads.len();
         let mut best = start % n;
@@ -82,7 +103,7 @@ impl Workers {
         for k in 0..n {
             let i = (start + k) % n;
             let live = self.threads[i].live.load(Ordering::Relaxed);
-            if live < least {
+            if live < least || (live == least && Some(i) == here) {
                 least = live;
                 best = i;
             }
@@ -90,10 +111,44 @@ impl Workers {
         let w = &self.threads[best];
         w.live.fetch_add(1, Ordering::Relaxed);
         let live = Live(w.live.clone());
-        w.handle.spawn(async move {
+        (if Some(best) == here { Placement::Here } else { Placement::There(best) }, live)
+    }
+
+    /// Run `fut` on the thread with the fewest live connections (see [`Workers::place`]).
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (at, live) = self.place();
+        let task = async move {
             let _live = live;
             fut.await;
-        });
+        };
+        match at {
+            Placement::Here => drop(tokio::spawn(task)),
+            Placement::There(i) => drop(self.threads[i].handle.spawn(task)),
+        }
+    }
+
+    /// Run `fut` on thread `i mod n`, not counted as a connection (the accept loops).
+    pub fn run_on<F>(&self, i: usize, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.threads[i % self.threads.len()].handle.spawn(fut));
+    }
+
+    /// Run `fut` on thread `i` (from [`Workers::place`]).
+    pub fn spawn_there<F>(&self, i: usize, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.threads[i].handle.spawn(fut));
+    }
+
+    /// How many threads there are.
+    pub fn count(&self) -> usize {
+        self.threads.len()
     }
 
     /// Live connections per thread.
@@ -169,5 +224,40 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         workers.stop();
+    }
+
+    #[test]
+    fn a_connection_accepted_on_a_thread_with_room_stays_there() {
+        let workers = Arc::new(Workers::start(2).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..2 {
+            let (w, tx) = (workers.clone(), tx.clone());
+            workers.run_on(i, async move {
+                let (at, live) = w.place();
+                tx.send((i, at)).unwrap();
+                drop(live);
+            });
+        }
+        let mut seen: Vec<(usize, Placement)> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+        seen.sort_by_key(|(i, _)| *i);
+        assert_eq!(seen, [(0, Placement::Here), (1, Placement::Here)]);
+        // Thread 0 busier than thread 1: what thread 0 accepts goes to thread 1.
+        let (_, held) = workers.place();
+        let busy = if workers.live() == vec![1, 0] { 0 } else { 1 };
+        let w = workers.clone();
+        workers.run_on(busy, async move {
+            let (at, _live) = w.place();
+            tx.send((busy, at)).unwrap();
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (busy, Placement::There(1 - busy)));
+        drop(held);
+        // From outside the threads nothing is "here".
+        assert!(matches!(workers.place().0, Placement::There(_)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&workers) > 1 {
+            assert!(std::time::Instant::now() < deadline, "a placing task still holds the workers");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Arc::try_unwrap(workers).ok().unwrap().stop();
     }
 }
