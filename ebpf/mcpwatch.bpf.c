@@ -148,6 +148,8 @@ struct task_struct {
 	int pid;
 	int tgid;
 	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	__u64 start_boottime;
 	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
@@ -272,6 +274,10 @@ static __always_inline void fill_identity(struct bpf_sock_addr *ctx, struct mcpw
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 	o->cgroup_id = bpf_get_current_cgroup_id();
 	o->cookie = bpf_get_socket_cookie(ctx);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	o->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	struct mcpw_exec *e = bpf_map_lookup_elem(&execs, &o->tgid);
+	o->exec_ns = e ? e->ktime_ns : 0;
 }
 
 SEC("cgroup/connect4")

@@ -93,6 +93,12 @@ struct mcpw_origin {
 	__u64 cgroup_id;
 	__u64 cookie;      /* socket cookie, to tell the owner of a peer-keyed entry */
 	__u64 closed_ns;   /* bpf_ktime_get_ns() when the client socket closed; 0 = open */
+	/* The process's start (its thread group leader's start_boottime, ns) and the
+	 * time of its last exec seen since attach (`execs`, 0 = none): with tgid they
+	 * name one process image, so a pid reused or a process that exec'd since is
+	 * never taken for the one described before. */
+	__u64 start_ns;
+	__u64 exec_ns;
 };
 
 /* `by_peer` key: the client's local address as the daemon sees it as the peer

@@ -52,40 +52,52 @@ pub fn cmdline_filter(shared: Arc<crate::state::Shared>) -> Sanitize {
 
 /// Resolves through the eBPF maps and describes the process from `/proc`.
 ///
-/// Process descriptions are cached per tgid for a short time (bounded), because an
-/// agent opens many connections and walking `/proc` ancestry each time is wasteful.
+/// Process descriptions are cached for a short time (bounded), because an agent opens
+/// many connections and walking `/proc` ancestry each time is wasteful. An entry is
+/// keyed by what the `connect` hook read of the process image, not by its pid alone:
+/// tgid, start time and last exec. A pid is reused within seconds on a host with a
+/// small `pid_max` (32768 here), and a process can exec another program: either way the
+/// new image must not be judged as the agent described before it (its exe, unit and
+/// ancestry are what `[[agent]]` rules match on). Without a start time from the hook,
+/// nothing is cached.
 pub struct BpfResolver {
     interceptor: Interceptor,
     cache: Mutex<ProcessCache>,
     sanitize: Option<Sanitize>,
 }
 
+/// What names one process image: (tgid, start_ns, exec_ns) from the `connect` hook.
+type Image = (u32, u64, u64);
+
 struct ProcessCache {
-    entries: std::collections::HashMap<u32, (Instant, Arc<ProcessInfo>)>,
+    entries: std::collections::HashMap<u32, (Instant, Image, Arc<ProcessInfo>)>,
     capacity: usize,
     ttl: Duration,
 }
 
 impl ProcessCache {
-    fn get(&mut self, tgid: u32, now: Instant) -> Option<Arc<ProcessInfo>> {
-        match self.entries.get(&tgid) {
-            Some((at, info)) if now.duration_since(*at) < self.ttl => Some(info.clone()),
+    fn get(&mut self, image: Image, now: Instant) -> Option<Arc<ProcessInfo>> {
+        match self.entries.get(&image.0) {
+            Some((at, seen, info)) if *seen == image && image.1 != 0 && now.duration_since(*at) < self.ttl => Some(info.clone()),
             _ => None,
         }
     }
 
-    fn put(&mut self, tgid: u32, now: Instant, info: Arc<ProcessInfo>) {
+    fn put(&mut self, image: Image, now: Instant, info: Arc<ProcessInfo>) {
+        if image.1 == 0 {
+            return;
+        }
         if self.entries.len() >= self.capacity {
             let ttl = self.ttl;
-            self.entries.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+            self.entries.retain(|_, (at, _, _)| now.duration_since(*at) < ttl);
             if self.entries.len() >= self.capacity {
                 // Still full of fresh entries: drop the oldest.
-                if let Some(oldest) = self.entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k) {
+                if let Some(oldest) = self.entries.iter().min_by_key(|(_, (at, _, _))| *at).map(|(k, _)| *k) {
                     self.entries.remove(&oldest);
                 }
             }
         }
-        self.entries.insert(tgid, (now, info));
+        self.entries.insert(image.0, (now, image, info));
     }
 }
 
@@ -176,7 +188,8 @@ impl Resolve for BpfResolver {
     fn resolve(&self, peer: SocketAddr, _local: SocketAddr) -> Option<Origin> {
         let origin = self.interceptor.lookup(peer)?;
         let now = Instant::now();
-        let cached = self.cache.lock().ok().and_then(|mut c| c.get(origin.tgid, now));
+        let image = (origin.tgid, origin.start_ns, origin.exec_ns);
+        let cached = self.cache.lock().ok().and_then(|mut c| c.get(image, now));
         let process = match cached {
             // The cached description is per process; the thread and cgroup are per call.
             Some(p) if p.uid == origin.uid => {
@@ -192,7 +205,7 @@ impl Resolve for BpfResolver {
                 }
                 let info = Arc::new(info);
                 if let Ok(mut c) = self.cache.lock() {
-                    c.put(origin.tgid, now, info.clone());
+                    c.put(image, now, info.clone());
                 }
                 info
             }
@@ -204,6 +217,22 @@ impl Resolve for BpfResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_process_is_the_same_image_or_nothing() {
+        let mut c = ProcessCache { entries: Default::default(), capacity: 4, ttl: Duration::from_secs(5) };
+        let now = Instant::now();
+        let agent = Arc::new(ProcessInfo { tgid: 42, exe: Some("/usr/bin/agent".into()), ..Default::default() });
+        c.put((42, 1_000, 0), now, agent.clone());
+        assert_eq!(c.get((42, 1_000, 0), now).as_deref(), Some(&*agent));
+        // The pid reused by a process started later, or the same process after an exec.
+        assert!(c.get((42, 2_000, 0), now).is_none());
+        assert!(c.get((42, 1_000, 7), now).is_none());
+        assert!(c.get((42, 1_000, 0), now + Duration::from_secs(6)).is_none());
+        // Without a start time from the hook, nothing is cached.
+        c.put((43, 0, 0), now, agent);
+        assert!(c.get((43, 0, 0), now).is_none());
+    }
 
     #[test]
     fn resolvers_default_to_the_local_machine_as_the_c_library_does() {

@@ -139,8 +139,10 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The owner `p` describes. Its start time comes from the `connect` hook when it
+    /// read one (no `/proc` read per connection), else from `/proc/<pid>/stat`.
     pub fn of(p: &ProcessInfo) -> Owner {
-        let start_time = std::fs::read_to_string(format!("/proc/{}/stat", p.tgid)).ok().and_then(|t| stat_start_time(&t));
+        let start_time = p.start_ticks.or_else(|| std::fs::read_to_string(format!("/proc/{}/stat", p.tgid)).ok().and_then(|t| stat_start_time(&t)));
         Owner { tgid: p.tgid, start_time, uid: p.uid }
     }
 

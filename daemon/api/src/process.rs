@@ -28,6 +28,11 @@ pub struct ProcessInfo {
     /// The process the call is attributed to: the process itself, or the nearest
     /// ancestor when the process is a launcher/bridge such as `mcp-remote` or `npx`.
     pub agent: Option<Ancestor>,
+    /// When the process started, in clock ticks after boot (`/proc/<pid>/stat` field
+    /// 22), as the `connect` hook read it: with `tgid` it names one process even after
+    /// its pid is reused. Omitted when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

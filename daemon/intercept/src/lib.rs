@@ -130,6 +130,12 @@ pub struct Origin {
     /// Name of the thread that called connect().
     pub comm: String,
     pub cgroup_id: u64,
+    /// When the process started (its thread group leader's `start_boottime`, ns after
+    /// boot); 0 if the kernel did not say.
+    pub start_ns: u64,
+    /// When the process last exec'd, as the exec tracepoint saw it since attach
+    /// (`bpf_ktime_get_ns()`); 0 if not seen.
+    pub exec_ns: u64,
 }
 
 /// Entry counts of the maps, for status output and tests.

@@ -67,6 +67,8 @@ pub(crate) struct RawOrigin {
     pub cgroup_id: u64,
     pub cookie: u64,
     pub closed_ns: u64,
+    pub start_ns: u64,
+    pub exec_ns: u64,
 }
 
 /// `struct mcpw_peer_key`.
@@ -102,7 +104,7 @@ const _: () = {
     assert!(size_of::<RawAgent>() == 16);
     assert!(size_of::<RawComm>() == 16);
     assert!(size_of::<RawEvent>() == 16);
-    assert!(size_of::<RawOrigin>() == 80);
+    assert!(size_of::<RawOrigin>() == 96);
     assert!(size_of::<RawPeerKey>() == 20);
     assert!(size_of::<RawExec>() == 32);
 };
@@ -160,6 +162,8 @@ impl RawOrigin {
             gid: self.gid,
             comm: comm_str(&self.comm),
             cgroup_id: self.cgroup_id,
+            start_ns: self.start_ns,
+            exec_ns: self.exec_ns,
         }
     }
 }
@@ -197,6 +201,8 @@ mod tests {
             cgroup_id: 9,
             cookie: 1,
             closed_ns: 0,
+            start_ns: 0,
+            exec_ns: 0,
         };
         assert_eq!(o.dst(), "127.0.0.3:18001".parse::<SocketAddr>().unwrap());
         o.family = AF_INET6; // v4-mapped destination of an IPv6 socket

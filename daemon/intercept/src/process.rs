@@ -70,7 +70,14 @@ pub fn describe(origin: &Origin, exec_comm: Option<String>) -> ProcessInfo {
         unit,
         ancestry,
         agent: Some(agent),
+        start_ticks: (origin.start_ns != 0).then(|| ns_to_ticks(origin.start_ns)),
     }
+}
+
+/// Nanoseconds after boot as `/proc/<pid>/stat` counts them: clock ticks (`USER_HZ`).
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|h| *h > 0).unwrap_or(100) as u64;
+    ns / (1_000_000_000 / hz)
 }
 
 /// Describes a live process by pid alone (no connection): for classifying a process
@@ -94,6 +101,8 @@ pub fn describe_pid(tgid: u32) -> Option<ProcessInfo> {
         gid,
         comm,
         cgroup_id: 0,
+        start_ns: 0,
+        exec_ns: 0,
     };
     Some(describe(&origin, None))
 }
@@ -354,6 +363,8 @@ mod tests {
             gid: nix::unistd::getgid().as_raw(),
             comm: comm.into(),
             cgroup_id: 7,
+            start_ns: 0,
+            exec_ns: 0,
         }
     }
 

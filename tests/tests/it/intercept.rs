@@ -501,3 +501,50 @@ fn quic_toward_an_in_scope_port_is_refused_and_counted() {
     let r = raw_client(Some(w.cgroup()), "127.0.0.3", port, false, 0, b"over tcp");
     assert_eq!(harness::unhex(r["got"].as_str().unwrap()), b"over tcp");
 }
+
+/// A process described once is not taken for the same program after it exec'd another:
+/// the daemon's process cache is keyed by the process image the `connect` hook saw
+/// (tgid, start time, last exec), not by the pid alone. Keyed by pid, the second call
+/// here (made by bash after `execv`, same pid, within the cache's 5 s) was recorded as
+/// python's, with python's exe and command line: the identity `[[agent]]` rules match.
+#[test]
+fn a_process_that_execs_another_program_is_described_again() {
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}".to_vec();
+    let server = RawServer::start("127.0.0.3:0", RawBehaviour { http_reply: Some(reply), ..Default::default() });
+    let port = server.addr.port();
+    let Some(w) = Watched::start("a_process_that_execs_another_program_is_described_again", &port.to_string()) else { return };
+    let post = |tool: &str| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
+        format!("POST /mcp HTTP/1.1\r\nHost: 127.0.0.3:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    };
+    // python3 calls `first`, then becomes bash (same pid), which calls `second`.
+    let bash = format!(
+        "exec 3<>/dev/tcp/127.0.0.3/{port}; printf '%s' \"$REQ\" >&3; cat <&3 >/dev/null; echo done"
+    );
+    let script = format!(
+        r#"import os, socket
+s = socket.create_connection(("127.0.0.3", {port}))
+s.sendall({first:?}.encode())
+while s.recv(65536): pass
+s.close()
+os.environ["REQ"] = {second:?}
+os.execv("/bin/bash", ["bash", "-c", {bash:?}])
+"#,
+        first = post("first"),
+        second = post("second"),
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(&script).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    peers::move_into_cgroup(&mut cmd, w.cgroup());
+    let out = cmd.output().expect("run python3");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = w.daemon.wait_audit("both calls recorded", |r| call_record(r, "first").is_some() && call_record(r, "second").is_some());
+    let first = call_record(&recs, "first").and_then(|r| r.process.clone()).expect("first call's process");
+    let second = call_record(&recs, "second").and_then(|r| r.process.clone()).expect("second call's process");
+    assert_eq!(first.tgid, second.tgid, "the same process made both calls");
+    assert!(first.exe.as_deref().unwrap_or_default().contains("python"), "{first:?}");
+    assert!(second.exe.as_deref().unwrap_or_default().ends_with("bash"), "after exec the process is bash: {second:?}");
+    assert_eq!(second.comm, "bash", "{second:?}");
+    // The hook read the start time: one process, one start, whatever it runs.
+    assert!(first.start_ticks.is_some() && first.start_ticks == second.start_ticks, "{first:?} {second:?}");
+}
