@@ -126,5 +126,6 @@ pub fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: 
         p.record.result_hash = result_hash;
     }
     p.record.response_bytes = bytes;
-    shared.complete_record(&p.record);
+    // The call is over: its completion may ride with the next journal write.
+    shared.finish_record(&p.record);
 }

@@ -278,7 +278,21 @@ impl Shared {
 
     /// Update a record once its response (or failure) is known.
     pub fn complete_record(&self, rec: &AuditRecord) {
-        if let Err(e) = self.store.update_record(rec) {
+        self.store_update(rec, false);
+    }
+
+    /// [`Shared::complete_record`] for a call that is over (answered, failed, closed):
+    /// with `[audit] sync = "group"` its journal line goes out with the next write(2) or
+    /// the group commit, within `group_commit_ms` (`Store::finish_record`); with
+    /// `per_call` or `off` (no periodic commit) at once. Not for a change that must be
+    /// written before something is forwarded (an approval): that is `complete_record`.
+    pub fn finish_record(&self, rec: &AuditRecord) {
+        self.store_update(rec, self.config.audit_sync_mode == crate::config::SyncMode::Group);
+    }
+
+    fn store_update(&self, rec: &AuditRecord, defer: bool) {
+        let res = if defer { self.store.finish_record(rec) } else { self.store.update_record(rec) };
+        if let Err(e) = res {
             Counters::inc(&self.counters.audit_write_errors);
             tracing::error!(error = %e, id = %rec.id, "audit update failed");
         }

@@ -43,9 +43,22 @@ pub(crate) struct Line {
 }
 
 impl Line {
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut v);
+        v
+    }
+
+    /// The length of [`Line::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        20 + 1 + self.id.len() + 1 + 64 + 1 + self.value.len() + 1
+    }
+
+    /// Appends the encoded line to `v`.
+    pub fn encode_into(&self, v: &mut Vec<u8>) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut v = Vec::with_capacity(20 + self.id.len() + 64 + self.value.len() + 4);
+        v.reserve(self.encoded_len());
         // The sequence number, zero-padded to 20 digits (u64::MAX has 20).
         let mut digits = [b'0'; 20];
         let mut n = self.seq;
@@ -64,7 +77,6 @@ impl Line {
         v.push(b' ');
         v.extend_from_slice(&self.value);
         v.push(b'\n');
-        v
     }
 
     /// `line` without its trailing newline.
@@ -96,12 +108,19 @@ pub(crate) struct Journal {
     dirty: bool,
     /// Rotated-out segments with lines not yet fsynced.
     unsynced: Vec<Arc<File>>,
-    /// Lines whose write(2) failed (disk full, I/O error), in order, written before any
-    /// later line. While this is not empty [`Journal::write_pending`] fails, so the
-    /// store's sync (and every writer waiting for durability) fails: the same contract
-    /// as sled's buffered writes and failing flush had. Bounded by [`MAX_PENDING_BYTES`].
+    /// Lines not yet written, in order, written before any later line: completions
+    /// appended with [`Journal::append_deferred`], and lines whose write(2) failed (disk
+    /// full, I/O error). After a failure (`failed`) [`Journal::write_pending`] fails until
+    /// a write succeeds, so the store's sync (and every writer waiting for durability)
+    /// fails: the same contract as sled's buffered writes and failing flush had. Bounded
+    /// by [`MAX_PENDING_BYTES`].
     pending: Vec<u8>,
+    /// The last write(2) of `pending` failed.
+    failed: bool,
 }
+
+/// Most bytes of deferred lines kept before they are written anyway.
+pub(crate) const MAX_DEFERRED_BYTES: usize = 64 << 10;
 
 /// Most bytes of lines kept while the journal cannot be written; past it, writes fail.
 pub(crate) const MAX_PENDING_BYTES: usize = 4 << 20;
@@ -193,25 +212,39 @@ impl Journal {
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create journal directory"))?;
         let seg = segments(&dir)?.last().copied().unwrap_or(0).max(after) + 1;
         let file = Arc::new(open_segment(&dir, seg)?);
-        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new() })
+        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new(), failed: false })
     }
 
     /// Appends one line with one write(2) (in the kernel when this returns). If the write
     /// fails the line is kept (see `pending`) and the failure surfaces at the next
     /// sync; only when too much is kept already does the append itself fail.
     pub fn append(&mut self, line: &Line) -> Result<(), StoreError> {
-        let bytes = line.encode();
-        if !self.pending.is_empty() && self.pending.len() + bytes.len() > MAX_PENDING_BYTES {
+        if self.failed && self.pending.len() + line.encoded_len() > MAX_PENDING_BYTES {
             let path = seg_path(&self.dir, self.seg);
             let source = std::io::Error::other(format!("{} bytes of earlier records still unwritten", self.pending.len()));
             // One more try: the disk may have room again.
             self.write_pending().map_err(|_| io(&path, "append to journal")(source))?;
         }
-        self.pending.extend_from_slice(&bytes);
+        line.encode_into(&mut self.pending);
         self.dirty = true;
         if let Err(e) = self.write_pending() {
             tracing::warn!(error = %e, kept = self.pending.len(), "audit journal write failed; kept for the next try, durability waits fail until then");
         }
+        Ok(())
+    }
+
+    /// Appends one line that need not be in the kernel yet: it waits in user space and
+    /// goes out with the next write(2) (the next [`Journal::append`], a sync, a
+    /// rotation), so one write carries both. For lines whose loss on a crash loses no
+    /// forwarded call's record (a call's completion: the call's own line was written
+    /// before it was forwarded). Written at once after a failure or past
+    /// [`MAX_DEFERRED_BYTES`].
+    pub fn append_deferred(&mut self, line: &Line) -> Result<(), StoreError> {
+        if self.failed || self.pending.len() + line.encoded_len() > MAX_DEFERRED_BYTES {
+            return self.append(line);
+        }
+        line.encode_into(&mut self.pending);
+        self.dirty = true;
         Ok(())
     }
 
@@ -223,16 +256,22 @@ impl Journal {
         }
         if let Err(e) = (&*self.file).write_all(&self.pending) {
             let _ = self.file.set_len(self.len);
+            self.failed = true;
             return Err(io(&seg_path(&self.dir, self.seg), "append to journal")(e));
         }
         self.len += self.pending.len() as u64;
         self.pending.clear();
+        self.failed = false;
         Ok(())
     }
 
     /// Starts a new segment if the current one has lines; returns the number of the last
     /// segment that may be deleted once sled holds everything written so far.
     pub fn rotate(&mut self) -> Result<Option<u64>, StoreError> {
+        // Deferred lines belong in the segment they were appended to. If the write
+        // fails they stay kept and go to the next one (replay takes lines sled already
+        // holds again, as it does after a crash).
+        let _ = self.write_pending();
         if self.len == 0 {
             return Ok(None);
         }
@@ -269,12 +308,21 @@ impl Journal {
         }
     }
 
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
+    /// Bytes of lines kept because their write(2) failed (0 while writes succeed;
+    /// deferred lines do not count).
+    pub fn unwritten_bytes(&self) -> usize {
+        if self.failed { self.pending.len() } else { 0 }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Deferred lines are not left behind by a store dropped without a checkpoint.
+        let _ = self.write_pending();
     }
 }
 

@@ -493,7 +493,7 @@ impl Store {
     /// A record with `schema` 0 is stored as the current [`AUDIT_SCHEMA_VERSION`].
     pub fn insert_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
         let (key, value) = self.record_kv(rec)?;
-        match self.write_chained(&key, &value, true)? {
+        match self.write_chained(&key, &value, true, false)? {
             Written::Added => self.key_added(),
             Written::Replaced => Ok(()),
             Written::Exists => Err(StoreError::DuplicateId { id: rec.id.clone() }),
@@ -503,8 +503,23 @@ impl Store {
     /// Replaces the record with `rec.id` (e.g. when its response arrives). A record that
     /// was pruned meanwhile is stored again rather than lost.
     pub fn update_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        self.update(rec, false)
+    }
+
+    /// [`Store::update_record`] for a record whose call is over (its answer arrived, or
+    /// it failed): the journal line waits in user space for the next write(2) (the next
+    /// record begun, or [`Store::sync`]), so under load one write carries a completion
+    /// and the next call's record. A SIGKILL loses at most the completions since the
+    /// last write, never a call's own record. Only for stores whose owner calls
+    /// [`Store::sync`] periodically (the group commit): nothing else writes it out
+    /// while the store is idle.
+    pub fn finish_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
+        self.update(rec, true)
+    }
+
+    fn update(&self, rec: &AuditRecord, defer: bool) -> Result<(), StoreError> {
         let (key, value) = self.record_kv(rec)?;
-        match self.write_chained(&key, &value, false)? {
+        match self.write_chained(&key, &value, false, defer)? {
             Written::Added => self.key_added(),
             Written::Replaced | Written::Exists => {
                 if self.inner.over_bound() {
@@ -518,7 +533,7 @@ impl Store {
     /// Appends a record write and its chain entry to the journal (one write(2): in the
     /// kernel when this returns), then to the tail, which the next seal writes into sled
     /// (see `journal`, `chain`, `chunk`).
-    fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool) -> Result<Written, StoreError> {
+    fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool, defer: bool) -> Result<Written, StoreError> {
         let vh = chain::value_hash(value);
         let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
         let old = match head.unsealed(key) {
@@ -531,7 +546,8 @@ impl Store {
         }
         let seq = head.point.seq + 1;
         let link = chain::link(&head.point.link, seq, key, &vh);
-        head.journal.append(&journal::Line { seq, id: key.to_vec(), link, value: value.to_vec() })?;
+        let line = journal::Line { seq, id: key.to_vec(), link, value: value.to_vec() };
+        if defer { head.journal.append_deferred(&line)? } else { head.journal.append(&line)? }
         head.point = chain::Point { seq, link };
         // From here the write is committed (the journal has it); a sled failure while
         // sealing is still reported, and replay at the next start completes the write.
@@ -576,7 +592,7 @@ impl Store {
     /// treated as audited.
     pub fn write_backlog(&self) -> Option<String> {
         let head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        match head.journal.pending_bytes() {
+        match head.journal.unwritten_bytes() {
             0 => None,
             n => Some(format!("audit journal cannot be written ({n} bytes of records wait for disk space or a working disk)")),
         }

@@ -896,6 +896,55 @@ fn replaying_lines_sled_already_has_is_idempotent() {
     assert_eq!(report.head_seq, 9);
 }
 
+/// A finished call's completion waits in user space and goes out with the next write:
+/// the next record begun, a sync, or the store's close. What a SIGKILL leaves (the
+/// journal as written) has every call's own record; a crash that cuts the deferred
+/// completion off replays to the record as begun, with the chain intact.
+#[test]
+fn completions_ride_with_the_next_write() {
+    let dir = tmp();
+    let journal_copy = tmp();
+    let snapshot = tmp();
+    let journal_len = |d: &Path| journal_segments(d).iter().map(|p| std::fs::metadata(p).expect("meta").len()).sum::<u64>();
+    {
+        let _ = open(dir.path());
+    }
+    copy_dir(&dir.path().join(DB_DIR_NAME), snapshot.path());
+    let store = open(dir.path());
+    let mut first = rec_at(&store, 1_700_000_000_000, "http://a/mcp", Some("echo"));
+    store.insert_record(&first).expect("insert");
+    let after_insert = journal_len(dir.path());
+    assert!(after_insert > 0, "a call's own record is written at once");
+    first.status = CallStatus::Ok;
+    first.response_bytes = 7;
+    store.finish_record(&first).expect("finish");
+    assert_eq!(journal_len(dir.path()), after_insert, "the completion waits for the next write");
+    // What a SIGKILL here would leave: the record as begun.
+    copy_dir(&dir.path().join(JOURNAL_DIR_NAME), journal_copy.path());
+    let second = rec_at(&store, 1_700_000_000_001, "http://a/mcp", Some("add"));
+    store.insert_record(&second).expect("insert");
+    let both = journal_len(dir.path());
+    assert!(both > after_insert * 2, "one write carried the completion and the next record");
+    assert_eq!(store.get_record(&first.id).expect("get"), Some(first.clone()));
+    // A sync writes a completion that nothing followed.
+    let mut done = second.clone();
+    done.status = CallStatus::Ok;
+    store.finish_record(&done).expect("finish");
+    store.sync().expect("sync");
+    assert!(journal_len(dir.path()) > both);
+    drop(store);
+
+    // Replay the journal as a SIGKILL left it after the first record.
+    std::fs::remove_dir_all(dir.path().join(DB_DIR_NAME)).expect("rm sled");
+    std::fs::remove_dir_all(dir.path().join(JOURNAL_DIR_NAME)).expect("rm journal");
+    copy_dir(snapshot.path(), &dir.path().join(DB_DIR_NAME));
+    copy_dir(journal_copy.path(), &dir.path().join(JOURNAL_DIR_NAME));
+    let store = open(dir.path());
+    let got = store.get_record(&first.id).expect("get").expect("the call's record survives");
+    assert_eq!(got.status, CallStatus::Pending, "its completion was not yet written");
+    assert!(store.verify().expect("verify").ok());
+}
+
 /// Group commit: many writers' lines, one fdatasync.
 #[test]
 fn one_journal_sync_covers_many_concurrent_writers() {
