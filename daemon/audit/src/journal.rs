@@ -25,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::StoreError;
 use crate::chain::{self, Hash};
@@ -117,6 +117,9 @@ pub(crate) struct Journal {
     pending: Vec<u8>,
     /// The last write(2) of `pending` failed.
     failed: bool,
+    /// Bytes kept after a failed write(2) ([`Journal::backlog`]), readable without the
+    /// store's head mutex (every proxied call asks, before it forwards).
+    backlog: Arc<AtomicUsize>,
 }
 
 /// Most bytes of deferred lines kept before they are written anyway.
@@ -212,7 +215,7 @@ impl Journal {
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create journal directory"))?;
         let seg = segments(&dir)?.last().copied().unwrap_or(0).max(after) + 1;
         let file = Arc::new(open_segment(&dir, seg)?);
-        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new(), failed: false })
+        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new(), failed: false, backlog: Arc::default() })
     }
 
     /// Appends one line with one write(2) (in the kernel when this returns). If the write
@@ -257,11 +260,15 @@ impl Journal {
         if let Err(e) = (&*self.file).write_all(&self.pending) {
             let _ = self.file.set_len(self.len);
             self.failed = true;
+            self.backlog.store(self.pending.len(), Ordering::Release);
             return Err(io(&seg_path(&self.dir, self.seg), "append to journal")(e));
         }
         self.len += self.pending.len() as u64;
         self.pending.clear();
-        self.failed = false;
+        if self.failed {
+            self.failed = false;
+            self.backlog.store(0, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -308,10 +315,10 @@ impl Journal {
         }
     }
 
-    /// Bytes of lines kept because their write(2) failed (0 while writes succeed;
-    /// deferred lines do not count).
-    pub fn unwritten_bytes(&self) -> usize {
-        if self.failed { self.pending.len() } else { 0 }
+    /// A handle on the bytes of lines kept because their write(2) failed, as of the
+    /// last write attempt (0 while writes succeed; deferred lines do not count).
+    pub fn backlog(&self) -> Arc<AtomicUsize> {
+        self.backlog.clone()
     }
 
     pub fn dir(&self) -> &Path {

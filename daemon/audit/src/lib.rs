@@ -283,6 +283,8 @@ struct Core {
     /// one has finished covering every line.
     sync_lock: Mutex<()>,
     syncs: journal::SyncCounter,
+    /// Bytes of journal lines whose write(2) failed, as of the last attempt.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
     checkpoint_lock: Mutex<()>,
     opts: StoreOptions,
 }
@@ -380,6 +382,7 @@ impl Store {
         let floor = id::parse_id(&floor).unwrap_or(0);
         // Numbered after the replayed segments, which are deleted once sled holds them.
         let journal = journal::Journal::open(dir, old_segments.last().copied().unwrap_or(0))?;
+        let backlog = journal.backlog();
 
         let every = opts.flush_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(10)));
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
@@ -399,6 +402,7 @@ impl Store {
             prune_lock: Mutex::new(()),
             sync_lock: Mutex::new(()),
             syncs: journal::SyncCounter::default(),
+            backlog,
             checkpoint_lock: Mutex::new(()),
             opts,
         });
@@ -591,8 +595,8 @@ impl Store {
     /// error): those writes are not in the kernel yet, so their calls must not be
     /// treated as audited.
     pub fn write_backlog(&self) -> Option<String> {
-        let head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        match head.journal.unwritten_bytes() {
+        // Read without the head mutex: every proxied call asks before it forwards.
+        match self.inner.backlog.load(Ordering::Acquire) {
             0 => None,
             n => Some(format!("audit journal cannot be written ({n} bytes of records wait for disk space or a working disk)")),
         }
