@@ -214,13 +214,16 @@ impl Inventory {
         if self.resident(servers, endpoint).is_none() {
             self.make_room(servers);
         }
-        let entry = servers.entry(endpoint.to_string()).or_insert_with(|| ServerEntry {
-            endpoint: endpoint.to_string(),
-            ..Default::default()
-        });
+        // Found without allocating the key: this runs for every message.
+        let entry = match servers.get_mut(endpoint) {
+            Some(e) => e,
+            None => servers.entry(endpoint.to_string()).or_insert_with(|| ServerEntry { endpoint: endpoint.to_string(), ..Default::default() }),
+        };
         f(entry);
         drop(guard);
-        if let Ok(mut d) = self.dirty.lock() {
+        if let Ok(mut d) = self.dirty.lock()
+            && !d.contains(endpoint)
+        {
             d.insert(endpoint.to_string());
         }
     }
@@ -474,6 +477,10 @@ impl Inventory {
     }
 
     pub fn set_protocol_version(&self, endpoint: &str, version: &str) {
+        // Every answer carries it; the entry changes (and is written) only when it does.
+        if self.servers.lock().is_ok_and(|s| s.get(endpoint).is_some_and(|e| e.protocol_version.as_deref() == Some(version))) {
+            return;
+        }
         self.update(endpoint, |e| {
             if e.protocol_version.as_deref() != Some(version) {
                 e.protocol_version = Some(version.to_string());
