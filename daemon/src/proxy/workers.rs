@@ -146,11 +146,6 @@ impl Workers {
         drop(self.threads[i].handle.spawn(fut));
     }
 
-    /// How many threads there are.
-    pub fn count(&self) -> usize {
-        self.threads.len()
-    }
-
     /// Live connections per thread.
     pub fn live(&self) -> Vec<usize> {
         self.threads.iter().map(|w| w.live.load(Ordering::Relaxed)).collect()
