@@ -78,7 +78,8 @@ struct ProcessCache {
 impl ProcessCache {
     fn get(&mut self, image: Image, now: Instant) -> Option<Arc<ProcessInfo>> {
         match self.entries.get(&image.0) {
-            Some((at, seen, info)) if *seen == image && image.1 != 0 && now.duration_since(*at) < self.ttl => Some(info.clone()),
+            // `put` never stores an image without a start time, so none matches one.
+            Some((at, seen, info)) if *seen == image && now.duration_since(*at) < self.ttl => Some(info.clone()),
             _ => None,
         }
     }

@@ -110,14 +110,13 @@ pub(crate) struct Journal {
     unsynced: Vec<Arc<File>>,
     /// Lines not yet written, in order, written before any later line: completions
     /// appended with [`Journal::append_deferred`], and lines whose write(2) failed (disk
-    /// full, I/O error). After a failure (`failed`) [`Journal::write_pending`] fails until
+    /// full, I/O error). After a failure (`backlog`) [`Journal::write_pending`] fails until
     /// a write succeeds, so the store's sync (and every writer waiting for durability)
     /// fails: the same contract as sled's buffered writes and failing flush had. Bounded
     /// by [`MAX_PENDING_BYTES`].
     pending: Vec<u8>,
-    /// The last write(2) of `pending` failed.
-    failed: bool,
-    /// Bytes kept after a failed write(2) ([`Journal::backlog`]), readable without the
+    /// Bytes kept after a failed write(2), 0 while writes succeed ([`Journal::backlog`]):
+    /// non-zero exactly when the last write of `pending` failed. Readable without the
     /// store's head mutex (every proxied call asks, before it forwards).
     backlog: Arc<AtomicUsize>,
 }
@@ -215,14 +214,14 @@ impl Journal {
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create journal directory"))?;
         let seg = segments(&dir)?.last().copied().unwrap_or(0).max(after) + 1;
         let file = Arc::new(open_segment(&dir, seg)?);
-        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new(), failed: false, backlog: Arc::default() })
+        Ok(Journal { dir, seg, file, len: 0, dirty: false, unsynced: Vec::new(), pending: Vec::new(), backlog: Arc::default() })
     }
 
     /// Appends one line with one write(2) (in the kernel when this returns). If the write
     /// fails the line is kept (see `pending`) and the failure surfaces at the next
     /// sync; only when too much is kept already does the append itself fail.
     pub fn append(&mut self, line: &Line) -> Result<(), StoreError> {
-        if self.failed && self.pending.len() + line.encoded_len() > MAX_PENDING_BYTES {
+        if self.failed() && self.pending.len() + line.encoded_len() > MAX_PENDING_BYTES {
             let path = seg_path(&self.dir, self.seg);
             let source = std::io::Error::other(format!("{} bytes of earlier records still unwritten", self.pending.len()));
             // One more try: the disk may have room again.
@@ -243,7 +242,7 @@ impl Journal {
     /// before it was forwarded). Written at once after a failure or past
     /// [`MAX_DEFERRED_BYTES`].
     pub fn append_deferred(&mut self, line: &Line) -> Result<(), StoreError> {
-        if self.failed || self.pending.len() + line.encoded_len() > MAX_DEFERRED_BYTES {
+        if self.failed() || self.pending.len() + line.encoded_len() > MAX_DEFERRED_BYTES {
             return self.append(line);
         }
         line.encode_into(&mut self.pending);
@@ -259,17 +258,20 @@ impl Journal {
         }
         if let Err(e) = (&*self.file).write_all(&self.pending) {
             let _ = self.file.set_len(self.len);
-            self.failed = true;
             self.backlog.store(self.pending.len(), Ordering::Release);
             return Err(io(&seg_path(&self.dir, self.seg), "append to journal")(e));
         }
         self.len += self.pending.len() as u64;
         self.pending.clear();
-        if self.failed {
-            self.failed = false;
+        if self.failed() {
             self.backlog.store(0, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// The last write(2) of `pending` failed.
+    fn failed(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) != 0
     }
 
     /// Starts a new segment if the current one has lines; returns the number of the last

@@ -535,7 +535,8 @@ impl Store {
     }
 
     /// Appends a record write and its chain entry to the journal (one write(2): in the
-    /// kernel when this returns), then to the tail, which the next seal writes into sled
+    /// kernel when this returns; with `defer`, with the next write, see
+    /// [`Store::finish_record`]), then to the tail, which the next seal writes into sled
     /// (see `journal`, `chain`, `chunk`).
     fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool, defer: bool) -> Result<Written, StoreError> {
         let vh = chain::value_hash(value);

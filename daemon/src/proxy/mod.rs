@@ -185,7 +185,7 @@ impl Accept {
                             continue;
                         }
                     };
-                    workers.spawn_there(
+                    workers.run_on(
                         i,
                         self.tracker.track_future(async move {
                             let _live = live;

@@ -115,6 +115,9 @@ impl Workers {
     }
 
     /// Run `fut` on the thread with the fewest live connections (see [`Workers::place`]).
+    /// The accept loops place connections themselves (a stream accepted here moves to
+    /// another thread's poller only when it goes there); tests place futures with this.
+    #[cfg(test)]
     pub fn spawn<F>(&self, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -126,24 +129,17 @@ impl Workers {
         };
         match at {
             Placement::Here => drop(tokio::spawn(task)),
-            Placement::There(i) => drop(self.threads[i].handle.spawn(task)),
+            Placement::There(i) => self.run_on(i, task),
         }
     }
 
-    /// Run `fut` on thread `i mod n`, not counted as a connection (the accept loops).
+    /// Run `fut` on thread `i mod n`: an accept loop, or a connection placed there by
+    /// [`Workers::place`] (which counts it).
     pub fn run_on<F>(&self, i: usize, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         drop(self.threads[i % self.threads.len()].handle.spawn(fut));
-    }
-
-    /// Run `fut` on thread `i` (from [`Workers::place`]).
-    pub fn spawn_there<F>(&self, i: usize, fut: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        drop(self.threads[i].handle.spawn(fut));
     }
 
     /// Live connections per thread.
