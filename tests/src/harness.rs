@@ -79,6 +79,8 @@ pub struct RawBehaviour {
     /// Send this reply after the request's end is detected (HTTP: blank line +
     /// Content-Length), then close.
     pub http_reply: Option<Vec<u8>>,
+    /// After `http_reply`, keep the connection and record what follows (a `101`).
+    pub stay_open: bool,
 }
 
 impl RawServer {
@@ -103,6 +105,7 @@ impl RawServer {
                         let _ = s.write_all(banner);
                     }
                     let mut buf = [0u8; 65536];
+                    let mut replied = false;
                     loop {
                         let n = match s.read(&mut buf) {
                             Ok(0) | Err(_) => break,
@@ -117,8 +120,12 @@ impl RawServer {
                             let _ = s.write_all(&buf[..n]);
                         }
                         if let Some(reply) = &b.http_reply {
-                            if http_request_complete(&all) {
+                            if !(b.stay_open && replied) && http_request_complete(&all) {
                                 let _ = s.write_all(reply);
+                                if b.stay_open {
+                                    replied = true;
+                                    continue;
+                                }
                                 let _ = s.shutdown(std::net::Shutdown::Both);
                                 break;
                             }

@@ -109,7 +109,8 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return check_oauth_metadata(&shared, &scope, resp).await;
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return super::upgrade::splice(upgrade, resp);
+        let mode = super::upgrade::mode(&shared, &scope, scope.ctx.origin.dst);
+        return super::upgrade::splice(upgrade, resp, super::websocket::Watch::new(shared.clone(), scope, mode));
     }
     if wants_sse && is_sse(resp.headers()) && resp.status().is_success() {
         return responses::observe_stream(shared, scope, resp);

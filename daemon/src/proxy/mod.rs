@@ -30,6 +30,7 @@ pub mod http;
 pub mod tls;
 pub mod upstream;
 pub mod upgrade;
+pub mod websocket;
 pub mod workers;
 
 use std::future::Future;

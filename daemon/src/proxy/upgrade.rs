@@ -14,9 +14,11 @@
 //! - a WebSocket handshake with MCP evidence (subprotocol `mcp`, MCP headers, or a
 //!   destination where MCP was seen or the registry names a server) follows that server's
 //!   mode: refused (403) in enforce mode, relayed with an alert in audit and warn mode.
-//!   WebSocket frames are not parsed: without evidence a WebSocket is relayed, like any
-//!   opaque protocol toward a destination that is not governed.
-//! - a `101` is spliced only when it switches to the WebSocket that was asked for.
+//!   Without evidence the handshake goes on, minus `Sec-WebSocket-Extensions`, and what
+//!   the client then sends is read by [`super::websocket`]: MCP found in its frames is
+//!   refused or recorded the same way.
+//! - a `101` is relayed only when it switches to the WebSocket that was asked for, with
+//!   no extension turned on.
 
 use http::header::{CONNECTION, UPGRADE};
 use http::request::Parts;
@@ -28,7 +30,10 @@ use mcpwatch_policy::Mode;
 use super::body::{self, Body};
 use super::relay::{governed_mode, strictest};
 use super::scope::Scope;
+use super::websocket::Watch;
 use crate::state::{Counters, Shared};
+
+const SEC_WEBSOCKET_EXTENSIONS: &str = "sec-websocket-extensions";
 
 /// The WebSocket subprotocol MCP clients and servers name.
 const MCP_SUBPROTOCOL: &str = "mcp";
@@ -40,6 +45,9 @@ pub(super) fn prepare(req: &mut Request<Incoming>) -> Option<hyper::upgrade::OnU
         return None;
     }
     if is_websocket_handshake(req.headers()) {
+        // Compression (permessage-deflate) would hide every payload from
+        // `super::websocket`: never offered, so never negotiated.
+        req.headers_mut().remove(SEC_WEBSOCKET_EXTENSIONS);
         return Some(hyper::upgrade::on(req));
     }
     let protocols = req.headers().get_all(UPGRADE).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ");
@@ -98,7 +106,7 @@ pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net:
     } else {
         return None;
     };
-    let mode = strictest(governed, shared.governance.current().inspect_mode(&scope.target().as_policy()));
+    let mode = mode(shared, scope, dst);
     if mode == Mode::Enforce {
         Counters::inc(&shared.counters.refused_protocol);
         let alert = format!("MCP over WebSocket ({why}) cannot be inspected: refused (enforce mode)");
@@ -111,23 +119,30 @@ pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net:
     None
 }
 
-/// Answer a `101`: splice client and server once the server switched to the WebSocket
-/// the client asked for (`client`); any other switch is not honoured (502), so a server
-/// cannot take a connection past inspection by switching unasked.
-pub(super) fn splice(client: Option<hyper::upgrade::OnUpgrade>, mut resp: Response<Incoming>) -> Response<Body> {
+/// The mode a WebSocket toward `dst` is judged in: the strictest of the destination's
+/// and the request's.
+pub(super) fn mode(shared: &Shared, scope: &Scope, dst: std::net::SocketAddr) -> Mode {
+    strictest(governed_mode(shared, dst), shared.governance.current().inspect_mode(&scope.target().as_policy()))
+}
+
+/// Answer a `101`: relay client and server through [`super::websocket`] once the server
+/// switched to the WebSocket the client asked for (`client`) without an extension; any
+/// other switch is not honoured (502), so a server cannot take a connection past
+/// inspection by switching unasked or by compressing what it was not offered to.
+pub(super) fn splice(client: Option<hyper::upgrade::OnUpgrade>, mut resp: Response<Incoming>, watch: Watch) -> Response<Body> {
     let websocket = resp.headers().get(UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
     let Some(client) = client.filter(|_| websocket) else {
         tracing::warn!("the server switched protocols without a WebSocket handshake asking for it; not relayed");
         return body::local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: the server switched to a protocol that was not asked for\n".to_string());
     };
+    if resp.headers().contains_key(SEC_WEBSOCKET_EXTENSIONS) {
+        tracing::warn!("the server turned on a WebSocket extension it was not offered; not relayed");
+        return body::local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: the server turned on a WebSocket extension that was not offered\n".to_string());
+    }
     let server = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
         match tokio::try_join!(client, server) {
-            Ok((c, s)) => {
-                let mut c = hyper_util::rt::TokioIo::new(c);
-                let mut s = hyper_util::rt::TokioIo::new(s);
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
-            }
+            Ok((c, s)) => super::websocket::relay(hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s), watch).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

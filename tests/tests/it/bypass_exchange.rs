@@ -473,6 +473,132 @@ fn upgrades_cannot_carry_calls_past_inspection() {
     assert!(env.upstream_bytes().contains("GET /devtools/browser"), "{}", env.upstream_bytes());
 }
 
+/// A client frame with a zero mask (legal, RFC 6455 §5.3), so the payload is readable
+/// in what the upstream saw.
+fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Open a WebSocket through the daemon (no subprotocol, no MCP header: nothing says MCP)
+/// and send `frames`; what the client read back (the 101 and any close frame).
+fn ws_session(env: &Lenient, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], env.daemon.port))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /socket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n").expect("handshake");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).expect("read the handshake answer");
+        assert!(n > 0, "closed during the handshake: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    for f in frames {
+        if s.write_all(f).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// The close code of the first close frame the server side sent after the 101.
+fn close_code(answer: &[u8]) -> Option<u16> {
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let rest = &answer[end..];
+    (rest.first() == Some(&0x88) && rest.len() >= 4).then(|| u16::from_be_bytes([rest[2], rest[3]]))
+}
+
+/// Protocol choice: a WebSocket whose handshake says nothing about MCP, toward a server
+/// mcpwatch never saw. Before, it was spliced byte for byte, so a denied call sent as a
+/// frame reached the server unrecorded. Now the client's frames are read: a message that
+/// is MCP closes the socket (1008) in enforce mode before it is forwarded, and is recorded
+/// (and forwarded) in audit mode; compression is never negotiated and a compressed frame
+/// closes the socket; other messages (a browser-automation command) still go through.
+#[test]
+fn mcp_over_a_websocket_is_found_by_its_frames() {
+    let ws_reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    let open = |policy: &str, reply: &[u8]| {
+        let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(reply.to_vec()), stay_open: true, ..Default::default() });
+        let config = Some("[limits]\nmax_body_bytes = 4096\n".to_string());
+        let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), config, ..Default::default() });
+        Lenient { upstream, daemon }
+    };
+    let cdp = br#"{"id":1,"method":"Page.navigate","params":{"url":"about:blank"}}"#;
+    let call = DELETE_CALL.as_bytes();
+    let (head, tail) = call.split_at(40);
+
+    // Enforce: a browser command passes, then the call (in two fragments, a ping between)
+    // is refused and never forwarded.
+    let env = open(DENY_DELETES, ws_reply);
+    let answer = ws_session(&env, &[ws_frame(true, 1, cdp), ws_frame(false, 1, head), ws_frame(true, 9, b"hi"), ws_frame(true, 0, tail)]);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert_eq!(close_code(&answer), Some(1008), "the client is told why: {text}");
+    let seen = env.upstream_bytes();
+    assert!(!seen.to_ascii_lowercase().contains("sec-websocket-extensions"), "compression was offered to the server: {seen}");
+    assert!(seen.contains("Page.navigate"), "a non-MCP message was not relayed: {seen}");
+    assert!(!seen.contains("delete_records") && !seen.contains(r#""method":"tools/call""#), "the denied call reached the server over a WebSocket: {seen}");
+    let recs = env.daemon.wait_audit("the refused WebSocket message", |r| r.iter().any(|r| r.name.as_deref() == Some("delete_records")));
+    let rec = recs.iter().find(|r| r.name.as_deref() == Some("delete_records")).expect("record");
+    assert_eq!((rec.transport.as_str(), rec.method.as_deref()), ("websocket", Some("tools/call")));
+    assert!(rec.alerts.iter().any(|a| a.contains("MCP over WebSocket") && a.contains("enforce mode")), "{:?}", rec.alerts);
+    assert!(matches!(rec.status, CallStatus::TransportError { .. }), "{:?}", rec.status);
+    assert!(!recs.iter().any(|r| r.method.as_deref() == Some("Page.navigate")), "a non-MCP message was recorded");
+
+    // A compressed frame (RSV1) cannot be read: closed with 1002, not forwarded.
+    let env = open(DENY_DELETES, ws_reply);
+    let mut compressed = ws_frame(true, 1, call);
+    compressed[0] |= 0x40;
+    let answer = ws_session(&env, &[compressed]);
+    assert_eq!(close_code(&answer), Some(1002), "{}", String::from_utf8_lossy(&answer));
+    assert!(!env.upstream_bytes().contains("delete_records"), "a compressed frame was forwarded");
+
+    // Past max_body_bytes: a binary message streams on whole, one that may be JSON (the
+    // call padded) is refused with 1009.
+    let env = open(DENY_DELETES, ws_reply);
+    let mut png = b"\x89PNG\r\n".to_vec();
+    png.resize(6000, b'p');
+    png.extend_from_slice(b"end-of-image");
+    let padded = format!(r#"{{"pad":"{}","jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"delete_records","arguments":{{}}}}}}"#, "A".repeat(8000));
+    let answer = ws_session(&env, &[ws_frame(false, 2, &png[..3000]), ws_frame(true, 0, &png[3000..]), ws_frame(true, 1, padded.as_bytes())]);
+    assert_eq!(close_code(&answer), Some(1009), "{}", String::from_utf8_lossy(&answer));
+    let seen = env.upstream_bytes();
+    assert!(seen.contains("end-of-image") && seen.matches('p').count() >= 5990, "a large binary message was not relayed whole");
+    assert!(!seen.contains("delete_records") && !seen.contains("AAAAAAAA"), "the padded call was forwarded");
+
+    // A server that turns compression on anyway is not relayed.
+    let env = open(DENY_DELETES, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+    let answer = String::from_utf8_lossy(&ws_session(&env, &[])).into_owned();
+    assert_eq!(status(&answer), 502, "{answer}");
+
+    // Audit mode: the call goes on, and its record was written first.
+    let env = open(&DENY_DELETES.replace("mode = \"enforce\"", "mode = \"audit\""), ws_reply);
+    let answer = ws_session(&env, &[ws_frame(true, 2, &png), ws_frame(true, 1, call)]);
+    assert_eq!(close_code(&answer), None, "{}", String::from_utf8_lossy(&answer));
+    let recs = env.daemon.wait_audit("the relayed WebSocket call", |r| r.iter().any(|r| r.name.as_deref() == Some("delete_records")));
+    let rec = recs.iter().find(|r| r.name.as_deref() == Some("delete_records")).expect("record");
+    assert_eq!(rec.transport, "websocket");
+    assert_eq!(rec.status, CallStatus::Sent);
+    assert!(rec.alerts.iter().any(|a| a.contains("MCP over WebSocket") && a.contains("relayed")), "{:?}", rec.alerts);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(env.upstream_bytes().contains("end-of-image") && env.upstream_bytes().contains("delete_records")) {
+        assert!(std::time::Instant::now() < deadline, "the audited call was not relayed: {}", env.upstream_bytes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Identity by path and Host: a server registered by its URL keeps its rules when the
 /// client spells the endpoint another way the server still routes. uvicorn decodes `%6D`
 /// before Starlette routes, so `POST /%6Dcp` reaches the Python SDK's `/mcp`; and toward a
