@@ -97,6 +97,11 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     }
     let oauth_metadata = parts.method == Method::GET && super::auth::is_oauth_metadata_path(parts.uri.path());
     let is_delete_session = parts.method == Method::DELETE && parts.headers.contains_key(H_SESSION);
+    let mut parts = parts;
+    if wants_sse || oauth_metadata {
+        // Their answers are read: asked for uncompressed.
+        super::scope::ask_identity(&mut parts.headers);
+    }
     let req = Request::from_parts(parts, body::incoming(body));
     let resp = match forward(&up, req).await {
         Ok(r) => r,
@@ -310,6 +315,12 @@ fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>>
 
 /// Validate OAuth metadata before the client sees it; unsafe metadata becomes a 502.
 async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Incoming>) -> Response<Body> {
+    if let Some(coding) = super::scope::content_coding(resp.headers()) {
+        let mut rec = scope.record(shared, MessageKind::Invalid, "server->client", None, 0);
+        rec.alerts.push(format!("OAuth metadata sent with Content-Encoding `{coding}` (not asked for, cannot be checked) dropped"));
+        write_closed(shared, rec, CallStatus::TransportError { reason: "502 OAuth metadata not inspectable".into() });
+        return local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: the server's OAuth metadata is compressed and cannot be checked; not delivered\n");
+    }
     let (parts, b) = resp.into_parts();
     let limits = &shared.config.limits;
     let bytes = match body::collect(b, limits.max_body_bytes, limits.body_timeout).await {
@@ -347,7 +358,7 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
 ///
 /// `disguised`: the body is MCP but arrived without `application/json` or by another
 /// method than POST (audit and warn modes govern it; the reason becomes an alert).
-async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Parts, bytes: Bytes, disguised: Option<String>) -> Response<Body> {
+async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: Parts, bytes: Bytes, disguised: Option<String>) -> Response<Body> {
     // Parse.
     let parsed = jsonrpc::parse_body(&bytes);
     if !is_mcp_body(&shared, &scope, &parts, &parsed, &bytes, disguised.is_some()) {
@@ -360,6 +371,8 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts: Part
         let req = Request::from_parts(parts, body::full(bytes));
         return forward(&up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
     }
+    // Its answer is read: asked for uncompressed (see `scope::ask_identity`).
+    super::scope::ask_identity(&mut parts.headers);
     // Admit.
     if let Err(refused) = admit(&shared, &scope, &parts, &parsed, bytes.len() as u64) {
         return refused;

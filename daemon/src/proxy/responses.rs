@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
 use crate::record::{answer_of, finish, write_closed};
-use super::scope::{http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
+use super::scope::{content_coding, http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
@@ -44,6 +44,9 @@ pub fn observe(
     let status = resp.status();
     let headers = resp.headers();
     let limits = &shared.config.limits;
+    if (is_sse(headers) || is_json(headers)) && let Some(coding) = content_coding(headers) {
+        return encoded(shared, scope, gov, local, resp, &coding);
+    }
     let mode = if is_sse(&headers) {
         Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
     } else if is_json(&headers) {
@@ -61,9 +64,49 @@ pub fn observe(
 /// Wrap a GET SSE stream (server-initiated messages, legacy responses).
 pub fn observe_stream(shared: Arc<Shared>, scope: Scope, resp: Response<Incoming>) -> Response<Body> {
     let gov = shared.governance.current();
+    if let Some(coding) = content_coding(resp.headers()) {
+        return encoded(shared, scope, gov, Vec::new(), resp, &coding);
+    }
     let mode = Mode2::Sse { parser: SseParser::new(shared.config.limits.max_sse_event_bytes), raw: Vec::new() };
     let obs = StreamObserver::new(shared, scope, gov, Vec::new(), resp.headers(), resp.status(), mode);
     transformed(resp, obs)
+}
+
+/// An answer in a content coding mcpwatch did not ask for (it asks for `identity`): its
+/// messages cannot be read, so nothing in it can be redacted, pinned or checked. In
+/// enforce mode it is not delivered (502); otherwise it goes on, its calls' records and
+/// the inventory carrying the alert.
+fn encoded(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(PendingKey, Pending)>, resp: Response<Incoming>, coding: &str) -> Response<Body> {
+    let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
+    let alert = format!(
+        "server answered with Content-Encoding `{coding}` (not asked for; not inspectable): {}",
+        if enforce { "not delivered (enforce mode)" } else { "delivered uninspected" }
+    );
+    tracing::warn!(endpoint = %scope.endpoint, "{alert}");
+    shared.inventory.add_alert(&scope.endpoint, alert.clone());
+    if local.is_empty() {
+        let mut rec = scope.record(&shared, MessageKind::Invalid, S2C, None, 0);
+        rec.alerts.push(alert.clone());
+        let status = if enforce { CallStatus::TransportError { reason: "502 compressed answer not delivered".into() } } else { CallStatus::Sent };
+        write_closed(&shared, rec, status);
+    }
+    for (_, mut p) in local {
+        p.record.alerts.push(alert.clone());
+        let status = if enforce {
+            CallStatus::TransportError { reason: format!("answer with Content-Encoding `{coding}` not delivered (not inspectable)") }
+        } else {
+            CallStatus::Sent
+        };
+        finish(&shared, p, status, None, 0);
+    }
+    if enforce {
+        return body::local_response(
+            StatusCode::BAD_GATEWAY,
+            "text/plain",
+            format!("mcpwatch: the server answered with Content-Encoding `{coding}`, which mcpwatch cannot inspect; not delivered\n"),
+        );
+    }
+    resp.map(body::incoming)
 }
 
 fn transformed(resp: Response<Incoming>, obs: StreamObserver) -> Response<Body> {

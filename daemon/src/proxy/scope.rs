@@ -321,6 +321,29 @@ pub(super) fn header_has(h: &HeaderMap, name: http::header::HeaderName, needle: 
     h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| needle.is_empty() || s.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))))
 }
 
+/// Ask for an answer mcpwatch can read: `Accept-Encoding: identity`. Clients accept gzip
+/// by default (httpx, undici) and decode it themselves, so a server behind a compression
+/// middleware would otherwise answer in bytes that redaction, tool pinning and the
+/// integrity checks cannot read. Accept-Encoding only asks; [`content_coding`] is what
+/// the answer is checked by.
+pub(super) fn ask_identity(h: &mut HeaderMap) {
+    h.insert(http::header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
+}
+
+/// The response's content coding, when it is one mcpwatch would have to decode to read
+/// the body (anything but none or `identity`).
+pub(super) fn content_coding(h: &HeaderMap) -> Option<String> {
+    let codings: Vec<&str> = h
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("(not text)"))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", ").chars().take(64).collect())
+}
+
 pub(super) fn is_json(h: &HeaderMap) -> bool {
     header_has(h, CONTENT_TYPE, "json")
 }

@@ -243,6 +243,11 @@ def main() -> int:
         metavar="THREATS_JSONL",
         help="also serve the toxic-flow tools (injected results taken from this threat corpus)",
     )
+    ap.add_argument(
+        "--gzip",
+        action="store_true",
+        help="compress responses for clients that accept it (Starlette's GZipMiddleware, from 1 byte)",
+    )
     args = ap.parse_args()
 
     mcp = build_server(Recorder(args.record), args.threat_tools, args.flow_tools)
@@ -261,6 +266,11 @@ def main() -> int:
         )
     else:
         app = mcp.sse_app(transport_security=security, host=args.host)
+
+    if args.gzip:
+        from starlette.middleware.gzip import GZipMiddleware
+
+        app = GZipMiddleware(app, minimum_size=1)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

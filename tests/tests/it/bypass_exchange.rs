@@ -473,6 +473,34 @@ fn upgrades_cannot_carry_calls_past_inspection() {
     assert!(env.upstream_bytes().contains("GET /devtools/browser"), "{}", env.upstream_bytes());
 }
 
+/// Framing choice, the server's side: an answer in a Content-Encoding mcpwatch did not ask
+/// for cannot be read (nothing in it redacted, pinned or checked). mcpwatch asks for
+/// `identity` whatever the client accepts; a server that compresses anyway is not
+/// delivered in enforce mode and is delivered with an alert in audit mode.
+#[test]
+fn an_answer_mcpwatch_cannot_read_is_not_delivered_in_enforce_mode() {
+    // Not real gzip: mcpwatch never decodes it, and a client would (with the secret inside).
+    let body = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03compressed-secret";
+    let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    reply.extend_from_slice(body);
+    let echo = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nAccept-Encoding: gzip, deflate, br\r\n";
+    for (mode, delivered) in [("enforce", false), ("audit", true)] {
+        let env = Lenient::start(&DENY_DELETES.replace("mode = \"enforce\"", &format!("mode = \"{mode}\"")), None, &reply);
+        let resp = env.send(&request("POST", "/mcp", headers, echo));
+        let seen = env.upstream_bytes().to_ascii_lowercase();
+        assert!(seen.contains("accept-encoding: identity") && !seen.contains("gzip"), "{mode}: compression was offered to the server: {seen}");
+        assert_eq!(status(&resp) == 200 && resp.contains("compressed-secret"), delivered, "{mode}: {resp}");
+        if !delivered {
+            assert_eq!(status(&resp), 502, "{resp}");
+        }
+        let recs = env.daemon.wait_audit("the echo record", |r| r.iter().any(|r| r.name.as_deref() == Some("echo") && r.status != CallStatus::Pending));
+        let rec = recs.iter().find(|r| r.name.as_deref() == Some("echo")).expect("record");
+        assert!(rec.alerts.iter().any(|a| a.contains("Content-Encoding `gzip`")), "{mode}: {:?}", rec.alerts);
+        assert_eq!(matches!(rec.status, CallStatus::TransportError { .. }), !delivered, "{mode}: {:?}", rec.status);
+    }
+}
+
 /// A client frame with a zero mask (legal, RFC 6455 §5.3), so the payload is readable
 /// in what the upstream saw.
 fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {

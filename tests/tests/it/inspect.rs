@@ -49,6 +49,23 @@ fn results_are_redacted_on_embedded_defaults_and_the_audit_keeps_no_raw_values()
     }
 }
 
+/// Framing choice: results the server compresses. Clients accept gzip by default (httpx,
+/// undici) and decode it, so a server behind a compression middleware sent results
+/// mcpwatch could not read: the SSN went to the client unredacted and the audit had
+/// no finding. mcpwatch now asks MCP servers for uncompressed answers.
+#[test]
+fn a_compressing_server_cannot_take_results_past_redaction() {
+    let server = peers::python_server().ip([127, 0, 0, 2].into()).json_response().arg("--threat-tools").arg("--gzip").spawn();
+    let Some(w) = start("a_compressing_server_cannot_take_results_past_redaction", &server, None) else { return };
+    let out = Client::python(&server.url()).cgroup(w.cgroup()).call("lookup_customer", json!({"customer_id": "c-43"})).run();
+    let text = out.steps()[0]["text"].as_str().unwrap_or_default().to_string();
+    assert!(!text.contains(SSN) && !text.contains(CARD), "raw PII reached the client in a compressed answer: {text}");
+    assert!(text.contains("<US_SSN>") && text.contains("<CREDIT_CARD>"), "{text}");
+    let recs = w.daemon.wait_audit("lookup record", |r| r.iter().any(|x| x.name.as_deref() == Some("lookup_customer") && x.status == CallStatus::Ok));
+    let rec = recs.iter().find(|x| x.name.as_deref() == Some("lookup_customer")).unwrap();
+    assert!(rec.findings.iter().any(|f| f.detector == "pii.us_ssn" && f.action == "redact"), "{:?}", rec.findings);
+}
+
 #[test]
 fn arguments_are_redacted_before_the_server_sees_them() {
     let server = threat_server();
