@@ -61,6 +61,17 @@ pub fn observe(
     transformed(resp, obs)
 }
 
+/// Parse an answer as MCP clients read it: a leading UTF-8 byte-order mark is skipped
+/// (fetch's `json()` does) and invalid UTF-8 becomes U+FFFD (fetch and httpx decode so).
+/// Left unchanged, the original bytes go to the client, which reads what was inspected.
+fn parse_as_clients_do(data: &[u8]) -> Result<Value, serde_json::Error> {
+    let data = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
+    match serde_json::from_slice(data) {
+        Err(e) if std::str::from_utf8(data).is_err() => serde_json::from_str(&String::from_utf8_lossy(data)).map_err(|_| e),
+        r => r,
+    }
+}
+
 /// Wrap a GET SSE stream (server-initiated messages, legacy responses).
 pub fn observe_stream(shared: Arc<Shared>, scope: Scope, resp: Response<Incoming>) -> Response<Body> {
     let gov = shared.governance.current();
@@ -331,14 +342,10 @@ impl StreamObserver {
     /// Process a JSON document (a body or an event's data).
     fn on_json(&mut self, data: &[u8]) -> JsonOut {
         let size = data.len() as u64;
-        let mut value: Value = match serde_json::from_slice(data) {
+        let mut value: Value = match parse_as_clients_do(data) {
             Ok(v) => v,
-            Err(e) => {
-                for (_, p) in &mut self.local {
-                    p.record.notes.push(format!("unparseable response data: {e}"));
-                }
-                return JsonOut::Keep;
-            }
+            Err(_) if data.iter().all(u8::is_ascii_whitespace) => return JsonOut::Keep,
+            Err(e) => return self.unreadable(&e.to_string()),
         };
         match &mut value {
             Value::Array(items) => {
@@ -369,18 +376,21 @@ impl StreamObserver {
     }
 
     fn on_sse_event(&mut self, event: &SseEvent) -> JsonOut {
-        if event.oversized || event.invalid_utf8 {
+        if event.oversized {
             // The event passes to the client as sent; what it answered cannot be known.
-            let why = if event.oversized {
-                format!("SSE event larger than limits.max_sse_event_bytes ({} bytes); not inspected", event.raw_len)
-            } else {
-                "SSE event data is not valid UTF-8; not inspected".to_string()
-            };
+            let why = format!("SSE event larger than limits.max_sse_event_bytes ({} bytes); not inspected", event.raw_len);
             tracing::warn!(endpoint = %self.scope.endpoint, "{why}");
             for (_, p) in &mut self.local {
                 p.record.notes.push(why.clone());
             }
             return JsonOut::Keep;
+        }
+        if event.invalid_utf8 {
+            // Clients decode it as the parser did (U+FFFD for each bad sequence) and parse
+            // what that gives: so is it inspected. Unchanged, the original bytes go on.
+            for (_, p) in &mut self.local {
+                p.record.notes.push("SSE event data is not valid UTF-8; inspected as clients decode it (U+FFFD)".into());
+            }
         }
         match event.event.as_deref() {
             Some("endpoint") => self.on_legacy_endpoint(&event.data),
@@ -431,6 +441,29 @@ impl StreamObserver {
         self.scope.adopt_legacy(conversation, target.session_id);
         self.shared.inventory.saw_message(&Sighting { dst: &dst, ..self.scope.sighting(None, None) });
         JsonOut::Keep
+    }
+
+    /// An answer (a JSON body, an event's data) that clients may read but mcpwatch
+    /// cannot (a lone surrogate escape, say): nothing in it can be redacted, pinned or
+    /// checked, so in enforce mode it is not delivered, as a message failing the
+    /// integrity check is not. Error statuses pass: their bodies are not messages.
+    fn unreadable(&mut self, why: &str) -> JsonOut {
+        let drop = self.enforce && self.status.is_success();
+        let alert = format!("server answer that is not valid JSON ({why}): {}", if drop { "not delivered (enforce mode)" } else { "delivered uninspected" });
+        tracing::warn!(endpoint = %self.scope.endpoint, "{alert}");
+        if self.status.is_success() {
+            self.shared.inventory.add_alert(&self.scope.endpoint, alert.clone());
+            if self.local.is_empty() {
+                let mut rec = self.scope.record(&self.shared, MessageKind::Invalid, S2C, None, 0);
+                rec.alerts.push(alert.clone());
+                let status = if drop { CallStatus::TransportError { reason: "dropped by mcpwatch (not valid JSON)".into() } } else { CallStatus::Sent };
+                write_closed(&self.shared, rec, status);
+            }
+        }
+        for (_, p) in &mut self.local {
+            p.record.alerts.push(alert.clone());
+        }
+        if drop { JsonOut::Drop } else { JsonOut::Keep }
     }
 
     /// Events complete in `raw` so far: pass unchanged ones as their original bytes.

@@ -501,6 +501,65 @@ fn an_answer_mcpwatch_cannot_read_is_not_delivered_in_enforce_mode() {
     }
 }
 
+/// Parsing differences, the server's side: an answer mcpwatch could not parse went to the
+/// client uninspected, and MCP clients read more than serde_json does. fetch's `json()`
+/// skips a byte-order mark, fetch and httpx decode invalid UTF-8 as U+FFFD, and
+/// JSON.parse takes a lone surrogate escape. A malicious server used any of them to pass
+/// an SSN unredacted. Now answers are read as clients read them, and what still cannot be
+/// read is not delivered in enforce mode.
+#[test]
+fn an_answer_clients_read_but_serde_does_not_is_not_a_way_past_inspection() {
+    const SSN: &str = "536-22-8741";
+    let policy = |mode: &str| format!("version = 1\nmode = \"{mode}\"\nshadow = \"allow\"\n[inspect.detectors]\ndefault_action = \"redact\"\n");
+    let result = |text: &[u8]| {
+        let mut v = br#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"SSN "#.to_vec();
+        v.extend_from_slice(SSN.as_bytes());
+        v.extend_from_slice(text);
+        v.extend_from_slice(br#""}]}}"#);
+        v
+    };
+    let reply = |content_type: &str, body: &[u8]| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let sse = |data: &[u8]| {
+        let mut v = b"event: message\ndata: ".to_vec();
+        v.extend_from_slice(data);
+        v.extend_from_slice(b"\n\n");
+        v
+    };
+    let bom = [b"\xef\xbb\xbf".as_slice(), &result(b"")].concat();
+    let echo = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("a byte-order mark", "enforce", reply("application/json", &bom)),
+        ("invalid UTF-8 in a JSON body", "enforce", reply("application/json", &result(b" \xff"))),
+        ("invalid UTF-8 in an SSE event", "enforce", reply("text/event-stream", &sse(&result(b" \xff")))),
+        ("a lone surrogate", "enforce", reply("application/json", &result(br" \ud800"))),
+    ];
+    for (what, mode, reply) in cases {
+        let env = Lenient::start(&policy(mode), None, &reply);
+        let resp = env.send(&request("POST", "/mcp", headers, echo));
+        assert!(!resp.contains(SSN), "{what}: the SSN reached the client: {resp}");
+        let recs = env.daemon.wait_audit("the echo record", |r| r.iter().any(|r| r.name.as_deref() == Some("echo") && r.status != CallStatus::Pending));
+        let rec = recs.iter().find(|r| r.name.as_deref() == Some("echo")).expect("record");
+        if what == "a lone surrogate" {
+            assert!(resp.contains("not delivered"), "{what}: {resp}");
+            assert!(rec.alerts.iter().any(|a| a.contains("not valid JSON") && a.contains("not delivered")), "{what}: {:?}", rec.alerts);
+        } else {
+            assert!(resp.contains("<US_SSN>"), "{what}: not redacted: {resp}");
+            assert!(rec.findings.iter().any(|f| f.detector == "pii.us_ssn" && f.direction == "response"), "{what}: {:?}", rec.findings);
+        }
+    }
+    // In audit mode what cannot be read is delivered, with the alert on its call's record.
+    let env = Lenient::start(&policy("audit"), None, &reply("application/json", &result(br" \ud800")));
+    let resp = env.send(&request("POST", "/mcp", headers, echo));
+    assert!(resp.contains(SSN), "audit mode changes nothing: {resp}");
+    let recs = env.daemon.wait_audit("the echo record", |r| r.iter().any(|r| r.name.as_deref() == Some("echo") && r.status != CallStatus::Pending));
+    assert!(alerts(&recs).iter().any(|a| a.contains("not valid JSON") && a.contains("delivered uninspected")), "{:?}", alerts(&recs));
+}
+
 /// A client frame with a zero mask (legal, RFC 6455 §5.3), so the payload is readable
 /// in what the upstream saw.
 fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
