@@ -10,7 +10,9 @@
 //!   parses to on its own;
 //! - rejection codes are JSON-RPC's (-32700 below JSON, -32600 above);
 //! - the depth limit holds for everything accepted;
-//! - the cheap batch pre-check agrees with the parse.
+//! - the cheap batch pre-check agrees with the parse;
+//! - `integrity::body_shape` (with its lenient re-reads: other encodings, U+FFFD, lone
+//!   surrogates) never panics, and calls what parses with an MCP method MCP.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -22,7 +24,11 @@ use serde_json::Value;
 const LIMITS: Limits = Limits { max_bytes: 1 << 16, max_depth: 8, max_batch: 4 };
 
 fuzz_target!(|data: &[u8]| {
+    let shape = mcpwatch_mcp::integrity::body_shape(data);
     let parsed = parse_body_with(data, &LIMITS);
+    if parsed.messages().any(|m| m.method().is_some_and(mcpwatch_mcp::integrity::is_mcp_method)) {
+        assert!(shape.is_mcp(), "{shape:?} for a body with an MCP method");
+    }
     if let Some(invalid) = parsed.first_invalid() {
         assert!(matches!(invalid.code(), -32700 | -32600), "{invalid:?} has code {}", invalid.code());
         let _ = invalid.error_response().to_string();

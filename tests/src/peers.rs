@@ -509,6 +509,18 @@ impl Peer {
     }
 
     pub fn recorded_calls(&self) -> Vec<Value> {
+        self.recorded_lines()
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// The lines of the server's call record as written (a call whose arguments JSON
+    /// cannot hold, a lone surrogate say, is still counted).
+    pub fn recorded_lines(&self) -> Vec<String> {
         let Some(path) = &self.record else {
             panic!("{:?} servers do not record tool calls", self.kind);
         };
@@ -517,12 +529,7 @@ impl Peer {
             Err(e) if e.kind() == ErrorKind::NotFound => String::new(),
             Err(e) => panic!("reading {}: {e}", path.display()),
         };
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}"))
-            })
-            .collect()
+        text.lines().map(str::to_string).collect()
     }
 
     /// What the server wrote to stderr so far.

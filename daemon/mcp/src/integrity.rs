@@ -63,14 +63,68 @@ pub fn body_shape(bytes: &[u8]) -> BodyShape {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         return if rpc_shaped(&v) { BodyShape::McpShaped } else { BodyShape::OtherJson };
     }
-    match reencoded(bytes) {
-        Some(text) => match serde_json::from_str::<Value>(text.trim_start_matches('\u{feff}')) {
-            Ok(v) if rpc_shaped(&v) => BodyShape::McpShaped,
-            Ok(_) => BodyShape::OtherJson,
-            Err(_) => BodyShape::NotJson,
-        },
-        None => BodyShape::NotJson,
+    // What lenient servers read besides: other encodings (`json.loads`), invalid UTF-8
+    // as U+FFFD (Express' body-parser decodes so), lone surrogate escapes (JSON.parse and
+    // `json.loads` take them; serde_json does not).
+    let text = match reencoded(bytes) {
+        Some(text) => text,
+        None => String::from_utf8_lossy(bytes).into_owned(),
+    };
+    let text = text.trim_start_matches('\u{feff}');
+    let parsed = serde_json::from_str::<Value>(text).or_else(|e| match without_lone_surrogates(text) {
+        Some(fixed) => serde_json::from_str::<Value>(&fixed),
+        None => Err(e),
+    });
+    match parsed {
+        Ok(v) if rpc_shaped(&v) => BodyShape::McpShaped,
+        Ok(_) => BodyShape::OtherJson,
+        Err(_) => BodyShape::NotJson,
     }
+}
+
+/// `text` with every `\u` escape of an unpaired surrogate (inside JSON strings) written
+/// as `\ufffd`, or `None` when there is none. Only escapes are looked at: a string's
+/// characters themselves are already valid (they come from a Rust `str`).
+fn without_lone_surrogates(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let hex = |at: usize| -> Option<u16> { b.get(at..at + 4).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u16::from_str_radix(h, 16).ok()) };
+    let escape_at = |at: usize| -> Option<u16> { (b.get(at) == Some(&b'\\') && b.get(at + 1) == Some(&b'u')).then(|| hex(at + 2)).flatten() };
+    let mut lone: Vec<usize> = Vec::new();
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match b[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                if let Some(u) = escape_at(i) {
+                    if (0xd800..0xdc00).contains(&u) && escape_at(i + 6).is_some_and(|l| (0xdc00..0xe000).contains(&l)) {
+                        i += 12; // a pair
+                        continue;
+                    }
+                    if (0xd800..0xe000).contains(&u) {
+                        lone.push(i);
+                    }
+                    i += 6;
+                    continue;
+                }
+                i += 2; // any other escape, `\\` and `\"` included
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if lone.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for at in lone {
+        out.push_str(&text[from..at]);
+        out.push_str("\\ufffd");
+        from = at + 6;
+    }
+    out.push_str(&text[from..]);
+    Some(out)
 }
 
 /// An object with `jsonrpc` or an MCP `method`, or an array holding one.
@@ -237,6 +291,17 @@ mod tests {
         let u32le: Vec<u8> = text.chars().flat_map(|c| (c as u32).to_le_bytes()).collect();
         assert_eq!(body_shape(&u32le), BodyShape::McpShaped, "UTF-32LE");
         assert!(body_shape(call).is_mcp() && !BodyShape::JsonRpc.is_mcp());
+        // What Express (invalid UTF-8 as U+FFFD) and JSON.parse / json.loads (lone
+        // surrogate escapes) read, serde_json does not.
+        let invalid_utf8 = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"arguments\":{\"a\":\"\xff\"}}}";
+        assert_eq!(body_shape(invalid_utf8), BodyShape::McpShaped, "invalid UTF-8");
+        for s in [r"\ud800", r"\udc00", r"\ud800\u0041", r"a\udbff"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{{"a":"{s}"}}}}}}"#);
+            assert_eq!(body_shape(body.as_bytes()), BodyShape::McpShaped, "lone surrogate {s}");
+        }
+        assert_eq!(body_shape(br#"{"a":"\\ud800","b":"\ud83d\ude00"}"#), BodyShape::OtherJson, "an escaped backslash and a pair are not lone");
+        assert_eq!(without_lone_surrogates(r#"{"a":"\\ud800\ud83d\ude00"}"#), None);
+        assert_eq!(without_lone_surrogates(r#"["\udc00x\ud800"]"#).as_deref(), Some(r#"["\ufffdx\ufffd"]"#));
     }
 
     #[test]

@@ -560,6 +560,31 @@ fn an_answer_clients_read_but_serde_does_not_is_not_a_way_past_inspection() {
     assert!(alerts(&recs).iter().any(|a| a.contains("not valid JSON") && a.contains("delivered uninspected")), "{:?}", alerts(&recs));
 }
 
+/// Parsing differences, the client's side: a body serde_json cannot parse was "JSON but
+/// not MCP" toward a server with no MCP evidence yet, and forwarded. The TypeScript SDK's
+/// Express server (body-parser, then JSON.parse) takes a lone surrogate escape and decodes
+/// invalid UTF-8 as U+FFFD, so a denied call carrying either ran. Now such a body is taken
+/// for MCP and refused by the envelope check.
+#[test]
+fn a_body_servers_read_but_serde_does_not_is_not_a_way_past_the_policy() {
+    let server = peers::node_server().json_response().stateless().spawn();
+    let port = server.addr().port();
+    let surrogate = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"orders\ud800"}}}"#.to_vec();
+    let mut invalid = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"orders"#.to_vec();
+    invalid.extend_from_slice(b"\xff\"}}}");
+    let headers = format!("Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n");
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), policy: Some(DENY_DELETES.into()), ..Default::default() });
+    for (what, body) in [("a lone surrogate", surrogate), ("invalid UTF-8", invalid)] {
+        // Nothing in between: the server runs it.
+        let direct = send(server.addr(), &request("POST", "/mcp", &headers, &body));
+        assert!(direct.contains("deleted 42 records"), "{what}: the SDK server no longer takes it; the test needs another variant: {direct}");
+        let calls_before = server.recorded_lines().len();
+        let resp = send(SocketAddr::from(([127, 0, 0, 1], daemon.port)), &request("POST", "/mcp", &headers, &body));
+        assert!(!resp.contains("deleted 42 records") && status(&resp) >= 400, "{what}: {resp}");
+        assert_eq!(server.recorded_lines().len(), calls_before, "{what}: the call reached the server: {:?}", server.recorded_lines());
+    }
+}
+
 /// A client frame with a zero mask (legal, RFC 6455 §5.3), so the payload is readable
 /// in what the upstream saw.
 fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
