@@ -134,9 +134,9 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     let exact = evidence.is_some_and(Evidence::is_exact);
     // A compressed body cannot be inspected, and servers inflate it before parsing
     // (Express' `express.json()` does by default): MCP must arrive as plain JSON.
-    let encoding = parts.headers.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim).unwrap_or_default();
-    if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") && (json_post || exact) {
-        let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip_path(encoding));
+    // Every Content-Encoding header counts (a server may join them), `identity` alone does not.
+    if let Some(encoding) = super::scope::content_coding(&parts.headers).filter(|_| json_post || exact) {
+        let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip_path(&encoding));
         if scope.enforce(&shared) {
             return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires an unencoded application/json body"));
         }

@@ -89,6 +89,8 @@ fn mcp_without_json_content_type_or_padded_is_refused() {
         ("no jsonrpc member", request("POST", "/fresh", &format!("{host}Content-Type: application/json\r\n"), no_jsonrpc), 400),
         ("padding first (RE-008 shape)", request("POST", "/new", &format!("{host}Content-Type: application/json\r\n"), padded.as_bytes()), 413),
         ("whitespace padding, octet-stream", request("POST", "/new2", &format!("{host}Content-Type: application/octet-stream\r\n"), spaces.as_bytes()), 413),
+        // A server joins the two headers ("identity, gzip") and inflates.
+        ("identity, then gzip", request("POST", "/enc", &format!("{host}Content-Type: application/json\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\n"), call), 415),
     ];
     for (what, bytes, want) in &cases {
         let resp = env.send(bytes);
