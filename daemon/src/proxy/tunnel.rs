@@ -1,0 +1,196 @@
+//! `CONNECT` through a watched port: an agent behind an HTTP forward proxy.
+//!
+//! A client with `HTTPS_PROXY` set opens a tunnel (`CONNECT host:port`) through the proxy and
+//! speaks to the server inside it. Before, the proxy's `200` reached the client and the
+//! tunnel was dead: nothing behind a forward proxy on a watched port worked. A tunnel that
+//! is spliced blindly would be worse: a way around everything mcpwatch inspects. So:
+//!
+//! - toward a destination the registry names (`[[server]]` at that host and port) or where
+//!   MCP was seen, the tunnel follows the destination's mode before anything is sent:
+//!   refused (403) in enforce mode, audited and opened otherwise;
+//! - once the proxy answered `2xx`, the client's first bytes in the tunnel are classified as
+//!   on a fresh connection ([`super::conn::classify`]): plain HTTP/1 or HTTP/2 is served and
+//!   governed like any other ([`super::http::serve_io`]), named by the tunnel's destination
+//!   (its address as resolved here, and `Host` proven against it); anything else (TLS, which
+//!   mcpwatch cannot terminate inside a tunnel) is relayed as it is;
+//! - the tunnel's upstream is the proxy's connection: when it ends, so do the tunnel's
+//!   requests (no reconnect).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::request::Parts;
+use http::StatusCode;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use mcpwatch_policy::Mode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::body::{self, Body};
+use super::conn::{classify, Classification, PEEK_WINDOW};
+use super::ctx::ConnCtx;
+use super::forward::{BoxIo, ForwardError, Reconnect, SharedUpstream};
+use super::relay::{governed_mode, strictest};
+use super::scope::Scope;
+use crate::resolve::Origin;
+use crate::state::{Counters, Shared};
+
+/// Answer a `CONNECT`: gate it, forward it, and on `2xx` serve what the client sends inside.
+pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, up: SharedUpstream, parts: Parts, client: OnUpgrade) -> Response<Body> {
+    let Some((host, port)) = parts.uri.authority().map(|a| (a.host().trim_start_matches('[').trim_end_matches(']').to_string(), a.port_u16().unwrap_or(443))) else {
+        return body::local_response(StatusCode::BAD_REQUEST, "text/plain", "mcpwatch: CONNECT without host:port\n".to_string());
+    };
+    let dst = destination(&host, port).await;
+    if let Some(mode) = tunnel_mode(&shared, &host, port, dst) {
+        let enforce = mode == Mode::Enforce;
+        let alert = format!(
+            "CONNECT tunnel to {host}:{port}, a governed MCP destination, through a forward proxy: {}",
+            if enforce { "refused (enforce mode)" } else { "opened; TLS inside it is not inspected" }
+        );
+        tracing::warn!(conn = ctx.id, "{alert}");
+        if enforce {
+            Counters::inc(&shared.counters.refused_protocol);
+            return scope.refuse(&shared, StatusCode::FORBIDDEN, alert, "mcpwatch: a tunnel to a governed MCP server cannot be inspected; refused");
+        }
+        scope.alert_forwarded(&shared, alert);
+    }
+    let req = Request::from_parts(parts, body::empty());
+    let mut resp = match up.lock().await.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(error = %e, "CONNECT through the proxy failed");
+            return body::local_response(StatusCode::BAD_GATEWAY, "text/plain", format!("mcpwatch: {e}\n"));
+        }
+    };
+    if !resp.status().is_success() {
+        return resp.map(body::incoming);
+    }
+    let server = hyper::upgrade::on(&mut resp);
+    let inner = ConnCtx::new(ctx.id, ctx.peer, Origin { dst, process: ctx.origin.process.clone() });
+    tokio::spawn(async move {
+        match tokio::try_join!(client, server) {
+            Ok((c, s)) => serve_boxed(shared, inner, TokioIo::new(c), TokioIo::new(s)).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    resp.map(|_| body::empty())
+}
+
+/// The address the tunnel leads to, as the proxy would resolve it (an unspecified address
+/// when the name does not resolve here: then no `Host` is proven against it).
+async fn destination(host: &str, port: u16) -> SocketAddr {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return SocketAddr::new(ip, port);
+    }
+    let lookup = tokio::time::timeout(crate::hostproof::HostProofs::DEADLINE, tokio::net::lookup_host((host, port)));
+    match lookup.await {
+        Ok(Ok(mut addrs)) => addrs.next().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+        _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+    }
+}
+
+/// The strictest mode of what the tunnel's destination is known as: a registry entry at
+/// `host:port`, or an address where MCP was seen. `None`: not governed.
+fn tunnel_mode(shared: &Shared, host: &str, port: u16, dst: SocketAddr) -> Option<Mode> {
+    let loaded = shared.governance.current();
+    let registered = loaded.policy.server_at(host, port).map(|s| s.mode.unwrap_or(loaded.policy.mode()));
+    let seen = if dst.ip().is_unspecified() { None } else { governed_mode(shared, dst) };
+    match (registered, seen) {
+        (Some(a), b) => Some(strictest(b, a)),
+        (None, b) => b,
+    }
+}
+
+/// [`serve`] behind a named type: the tunnel's requests go back through
+/// `exchange::handle`, which opens tunnels, and a recursive `async fn` needs one.
+fn serve_boxed(shared: Arc<Shared>, ctx: ConnCtx, client: TokioIo<hyper::upgrade::Upgraded>, server: TokioIo<hyper::upgrade::Upgraded>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve(shared, ctx, client, server))
+}
+
+/// Inside the tunnel: HTTP is served and governed, anything else relayed.
+async fn serve<C, S>(shared: Arc<Shared>, ctx: ConnCtx, mut client: C, server: S)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut first = Vec::with_capacity(PEEK_WINDOW);
+    let deadline = tokio::time::sleep(shared.config.limits.peek_timeout);
+    tokio::pin!(deadline);
+    let kind = loop {
+        let mut chunk = [0u8; 512];
+        tokio::select! {
+            r = client.read(&mut chunk[..(PEEK_WINDOW - first.len()).clamp(1, 512)]) => match r {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => {
+                    first.extend_from_slice(&chunk[..n]);
+                    match classify(&first) {
+                        Classification::NeedMore if first.len() < PEEK_WINDOW => continue,
+                        Classification::NeedMore => break Some(Classification::Http1),
+                        k => break Some(k),
+                    }
+                }
+            },
+            () = &mut deadline => break None,
+        }
+    };
+    let client = Rewind { first: Bytes::from(first), io: client };
+    let no_reconnect: Reconnect = {
+        let dst = ctx.origin.dst;
+        Arc::new(move || Box::pin(async move { Err::<BoxIo, _>(ForwardError::Reconnect { dst, reason: "the proxy's tunnel ended".into() }) }))
+    };
+    match kind {
+        Some(Classification::Http1) => super::http::serve_io(shared, ctx, client, None, Box::new(server), no_reconnect).await,
+        Some(Classification::Http2) => super::http::serve_h2(shared, ctx, client, Box::new(server), no_reconnect).await,
+        Some(_) => {
+            Counters::inc(&shared.counters.passthrough);
+            let (mut c, mut s) = (client, server);
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+        }
+        // Silent or gone before a first byte: nothing was sent, nothing is relayed.
+        None => Counters::inc(&shared.counters.closed_silent),
+    }
+}
+
+/// The client's first bytes (read to classify them), then the rest of its stream.
+struct Rewind<T> {
+    first: Bytes,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
