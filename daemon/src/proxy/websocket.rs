@@ -22,6 +22,8 @@
 //! - A message larger than `limits.max_body_bytes` cannot be held for inspection: one that
 //!   starts like JSON is refused in enforce mode (1009) and alerted otherwise; other
 //!   large messages (a browser-automation screenshot) stream on.
+//! - A message is held until it is whole, at most `limits.body_timeout` from its first
+//!   frame (then 1008), so a client cannot hold memory with one it never finishes.
 //! - Other messages go on unchanged and unrecorded; the server's frames are relayed as
 //!   they are.
 
@@ -76,13 +78,15 @@ pub(super) enum Close {
     TooLarge(String),
     /// The record could not be written and failure_mode is closed (1011).
     Unaudited,
+    /// A message not whole within `limits.body_timeout` (1008).
+    Slow(std::time::Duration),
 }
 
 impl Close {
     fn code(&self) -> u16 {
         match self {
             Close::Protocol(_) => 1002,
-            Close::Policy(_) => 1008,
+            Close::Policy(_) | Close::Slow(_) => 1008,
             Close::TooLarge(_) => 1009,
             Close::Unaudited => 1011,
         }
@@ -96,6 +100,7 @@ impl Close {
             Close::Policy(_) => "mcpwatch: MCP over WebSocket is not inspected; refused (enforce mode)".to_string(),
             Close::TooLarge(_) => "mcpwatch: message too large to inspect; refused (enforce mode)".to_string(),
             Close::Unaudited => "mcpwatch: audit store unavailable (fail-closed)".to_string(),
+            Close::Slow(t) => format!("mcpwatch: message not complete within {t:?} (limits.body_timeout)"),
         };
         let mut end = reason.len().min(123);
         while !reason.is_char_boundary(end) {
@@ -331,10 +336,22 @@ where
     // Passing an oversized message through: its remaining frames are not held.
     let mut streaming = false;
     // Read more of the client; at its end, a message not yet whole never goes.
+    // A message being held must be whole within `limits.body_timeout` of its first frame,
+    // as a POST body must: a client cannot hold memory by never finishing one.
+    let timeout = watch.shared.config.limits.body_timeout;
+    let mut since: Option<tokio::time::Instant> = None;
     macro_rules! more {
         () => {{
             buf.reserve(8 * 1024);
-            match client.read_buf(&mut buf).await {
+            let read = client.read_buf(&mut buf);
+            let read = match since {
+                Some(t) => match tokio::time::timeout_at(t + timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(Close::Slow(timeout)),
+                },
+                None => read.await,
+            };
+            match read {
                 Ok(0) | Err(_) => {
                     let _ = server.shutdown().await;
                     return Ok(());
@@ -358,6 +375,9 @@ where
             more!();
         };
         let is_data = !head.is_control();
+        if is_data && !streaming && since.is_none() {
+            since = Some(tokio::time::Instant::now());
+        }
         if is_data {
             let continuation = head.opcode == 0;
             if continuation != (in_message || streaming) {
@@ -382,6 +402,7 @@ where
             message.clear();
             in_message = false;
             streaming = true;
+            since = None;
         }
         if is_data && streaming {
             // Forward as it comes, without holding.
@@ -428,6 +449,7 @@ where
             send!(&held);
             held.clear();
             message.clear();
+            since = None;
         }
     }
 }

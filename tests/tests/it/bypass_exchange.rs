@@ -645,7 +645,7 @@ fn mcp_over_a_websocket_is_found_by_its_frames() {
     let ws_reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
     let open = |policy: &str, reply: &[u8]| {
         let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(reply.to_vec()), stay_open: true, ..Default::default() });
-        let config = Some("[limits]\nmax_body_bytes = 4096\n".to_string());
+        let config = Some("[limits]\nmax_body_bytes = 4096\nbody_timeout_ms = 1500\n".to_string());
         let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), config, ..Default::default() });
         Lenient { upstream, daemon }
     };
@@ -691,6 +691,19 @@ fn mcp_over_a_websocket_is_found_by_its_frames() {
     let seen = env.upstream_bytes();
     assert!(seen.contains("end-of-image") && seen.matches('p').count() >= 5990, "a large binary message was not relayed whole");
     assert!(!seen.contains("delete_records") && !seen.contains("AAAAAAAA"), "the padded call was forwarded");
+
+    // A message never finished: held at most body_timeout, then the socket is closed.
+    let env = open(DENY_DELETES, ws_reply);
+    let mut s = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], env.daemon.port))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /socket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").expect("handshake");
+    s.write_all(&ws_frame(false, 1, head)).expect("first fragment");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert_eq!(close_code(&answer), Some(1008), "{}", String::from_utf8_lossy(&answer));
+    assert!(started.elapsed() < Duration::from_secs(8), "held for {:?}", started.elapsed());
+    assert!(!env.upstream_bytes().contains("tools/call"), "an unfinished message was forwarded");
 
     // A server that turns compression on anyway is not relayed.
     let env = open(DENY_DELETES, b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
