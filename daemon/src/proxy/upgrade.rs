@@ -106,7 +106,7 @@ pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net:
     } else {
         return None;
     };
-    let mode = mode(shared, scope, dst);
+    let mode = strictest(governed, shared.governance.current().inspect_mode(&scope.target().as_policy()));
     if mode == Mode::Enforce {
         Counters::inc(&shared.counters.refused_protocol);
         let alert = format!("MCP over WebSocket ({why}) cannot be inspected: refused (enforce mode)");

@@ -156,18 +156,13 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Head>, Close> {
     Ok(Some(head))
 }
 
-/// `payload` unmasked in place; `offset` is where it starts within the frame's payload.
-fn unmask(payload: &mut [u8], mask: Option<[u8; 4]>, offset: usize) {
+/// A frame's payload (from its first byte) unmasked in place.
+fn unmask(payload: &mut [u8], mask: Option<[u8; 4]>) {
     if let Some(m) = mask {
         for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= m[(offset + i) % 4];
+            *b ^= m[i % 4];
         }
     }
-}
-
-/// Could this be the start of a JSON text (any encoding a lenient server decodes)?
-fn json_like(prefix: &[u8]) -> bool {
-    prefix.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0 | 0xef | 0xbb | 0xbf | 0xfe | 0xff)).is_some_and(|b| *b == b'{' || *b == b'[')
 }
 
 /// What the client's frames are judged by: the exchange's scope and the destination's
@@ -265,7 +260,7 @@ impl Watch {
 
     /// A message past the inspection limit whose first bytes are `prefix`.
     fn oversized(&mut self, prefix: &[u8]) -> Result<(), Close> {
-        if !json_like(prefix) {
+        if !integrity::may_be_json(prefix) {
             return Ok(());
         }
         let limit = self.shared.config.limits.max_body_bytes;
@@ -393,7 +388,7 @@ where
                     more!();
                 }
                 let mut p = buf[head.len..head.len + want].to_vec();
-                unmask(&mut p, head.mask, 0);
+                unmask(&mut p, head.mask);
                 prefix.extend_from_slice(&p);
             }
             watch.oversized(&prefix)?;
@@ -428,7 +423,7 @@ where
         let frame = buf.split_to(total);
         if !is_data {
             let mut payload = frame[head.len..].to_vec();
-            unmask(&mut payload, head.mask, 0);
+            unmask(&mut payload, head.mask);
             watch.judge(&payload).await?;
             if head.opcode == 8 {
                 // The client closes: an unfinished message never goes.
@@ -441,7 +436,7 @@ where
         }
         let start = message.len();
         message.extend_from_slice(&frame[head.len..]);
-        unmask(&mut message[start..], head.mask, 0);
+        unmask(&mut message[start..], head.mask);
         held.extend_from_slice(&frame);
         in_message = !head.fin;
         if head.fin {
@@ -487,7 +482,7 @@ mod tests {
         let h = parse_head(&f).unwrap().unwrap();
         assert_eq!((h.fin, h.opcode, h.len, h.payload), (true, 1, 8, 300));
         let mut p = f[h.len..].to_vec();
-        unmask(&mut p, h.mask, 0);
+        unmask(&mut p, h.mask);
         assert_eq!(p, vec![b'x'; 300]);
     }
 
@@ -503,15 +498,6 @@ mod tests {
         huge[1] = 0x80 | 127;
         huge.splice(2..2, [0x80, 0, 0, 0, 0, 0, 0, 0]);
         assert!(matches!(parse_head(&huge), Err(Close::Protocol(_))), "top length bit");
-    }
-
-    #[test]
-    fn json_is_recognised_through_whitespace_and_byte_order_marks() {
-        assert!(json_like(b"  \n{\"jsonrpc\""));
-        assert!(json_like(b"\xef\xbb\xbf["));
-        assert!(json_like(b"\xff\xfe{\x00"));
-        assert!(!json_like(b"\x89PNG"));
-        assert!(!json_like(b"hello {"));
     }
 
     #[test]

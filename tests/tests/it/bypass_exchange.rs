@@ -688,6 +688,11 @@ fn mcp_over_a_websocket_is_found_by_its_frames() {
     let padded = format!(r#"{{"pad":"{}","jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"delete_records","arguments":{{}}}}}}"#, "A".repeat(8000));
     let answer = ws_session(&env, &[ws_frame(false, 2, &png[..3000]), ws_frame(true, 0, &png[3000..]), ws_frame(true, 1, padded.as_bytes())]);
     assert_eq!(close_code(&answer), Some(1009), "{}", String::from_utf8_lossy(&answer));
+    // Whitespace first: the visible prefix proves nothing (as for a POST body).
+    let env2 = open(DENY_DELETES, ws_reply);
+    let spaces = format!("{}{DELETE_CALL}", " ".repeat(8000));
+    assert_eq!(close_code(&ws_session(&env2, &[ws_frame(true, 1, spaces.as_bytes())])), Some(1009));
+    assert!(!env2.upstream_bytes().contains("delete_records"), "the space-padded call was forwarded");
     let seen = env.upstream_bytes();
     assert!(seen.contains("end-of-image") && seen.matches('p').count() >= 5990, "a large binary message was not relayed whole");
     assert!(!seen.contains("delete_records") && !seen.contains("AAAAAAAA"), "the padded call was forwarded");
