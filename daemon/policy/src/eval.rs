@@ -164,6 +164,12 @@ struct Judged<'p> {
 impl Policy {
     /// The registry entry for this endpoint (the most specific match; file order breaks
     /// ties), or `None` for a shadow server.
+    /// A registry entry naming a server at `host:port`, whatever its path or scheme (the
+    /// destination of a `CONNECT` tunnel, which says no more).
+    pub fn server_at(&self, host: &str, port: u16) -> Option<&ServerDef> {
+        self.servers.iter().find(|s| s.matcher.serves_at(host, port))
+    }
+
     pub fn server_for(&self, t: &Target<'_>) -> Option<&ServerDef> {
         self.servers
             .iter()

@@ -279,6 +279,17 @@ impl ServerMatcher {
         }
     }
 
+    /// Does the entry name a server at `host:port`, whatever its path and scheme? (What a
+    /// `CONNECT host:port` tunnel may lead to.)
+    pub(crate) fn serves_at(&self, host: &str, port: u16) -> bool {
+        let host_fits = self.host_match(norm_target_host(host)).is_some();
+        match self {
+            ServerMatcher::Package { .. } | ServerMatcher::Command { .. } => false,
+            ServerMatcher::Url { port: p, .. } => host_fits && *p == port,
+            ServerMatcher::Parts { port: p, .. } => host_fits && p.is_none_or(|p| p == port),
+        }
+    }
+
     /// A full URL beats host+port+path, which beats a bare host; literals beat globs.
     pub(crate) fn specificity(&self) -> u32 {
         match self {

@@ -12,17 +12,22 @@
 //!
 //! [`classify`] is pure (no I/O) and public so it can be fuzzed.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mcpwatch_api::CallStatus;
 use mcpwatch_policy::Mode;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::relay::{governed_mode, relay};
 use super::{http, upstream};
 use super::ctx::ConnCtx;
+use super::forward::{BoxIo, ForwardError, Reconnect};
+use super::tunnel::Rewind;
 use crate::record;
 use crate::resolve::Resolve;
 use crate::state::{Counters, Shared};
@@ -196,7 +201,8 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
         }
     };
     let kind = sniff(&client, &upstream, limits.peek_timeout).await;
-    let ctx = ConnCtx::new(shared.next_conn_id(), peer, origin);
+    let mut ctx = ConnCtx::new(shared.next_conn_id(), peer, origin);
+    ctx.serve_tunnel = Some(serve_tunnel);
     tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, "connection");
     match kind {
         Sniffed::Client(Classification::Http1) => http::serve(shared, ctx, client, upstream, http::Proto::Http1).await,
@@ -222,6 +228,48 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
             tracing::info!(conn = ctx.id, %peer, "no first bytes within {:?}; closing (never relayed)", limits.peek_timeout);
         }
         Sniffed::Error => {}
+    }
+}
+
+/// Serves what a client sends inside a `CONNECT` tunnel (the [`super::ctx::ServeTunnel`]
+/// of every connection): its first bytes are classified as on a fresh connection; plain
+/// HTTP/1 or HTTP/2 is served and governed, TLS goes to [`super::tunnel::tls_inside`],
+/// anything else is relayed (the tunnel's destination was gated before it opened). A client
+/// silent for `limits.peek_timeout` is closed, nothing relayed.
+pub fn serve_tunnel(shared: Arc<Shared>, ctx: ConnCtx, client: BoxIo, server: BoxIo) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(serve_tunnel_inner(shared, ctx, client, server))
+}
+
+async fn serve_tunnel_inner(shared: Arc<Shared>, ctx: ConnCtx, mut client: BoxIo, server: BoxIo) {
+    let mut first = Vec::with_capacity(PEEK_WINDOW);
+    let deadline = tokio::time::Instant::now() + shared.config.limits.peek_timeout;
+    let kind = loop {
+        let mut chunk = [0u8; 512];
+        let room = (PEEK_WINDOW - first.len()).clamp(1, chunk.len());
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..room])).await {
+            Ok(Ok(n)) if n > 0 => {
+                first.extend_from_slice(&chunk[..n]);
+                match classify(&first) {
+                    Classification::NeedMore if first.len() < PEEK_WINDOW => continue,
+                    Classification::NeedMore => break Some(Classification::Http1),
+                    k => break Some(k),
+                }
+            }
+            _ => break None,
+        }
+    };
+    // The tunnel's upstream is the proxy's connection: there is no reconnecting it.
+    let no_reconnect: Reconnect = {
+        let dst = ctx.origin.dst;
+        Arc::new(move || Box::pin(async move { Err::<BoxIo, _>(ForwardError::Reconnect { dst, reason: "the proxy's tunnel ended".into() }) }))
+    };
+    match kind {
+        Some(Classification::Http1) => http::serve_io(shared, ctx, Rewind::new(first, client), None, server, no_reconnect).await,
+        Some(Classification::Http2) => http::serve_h2(shared, ctx, Rewind::new(first, client), server, no_reconnect).await,
+        Some(Classification::Tls) => super::tunnel::tls_inside(shared, ctx, first, client, server).await,
+        Some(Classification::NotHttp(_)) => super::tunnel::relay_rewound(&shared, first, client, server).await,
+        // Silent or gone before a first byte: nothing was sent, nothing is relayed.
+        None | Some(Classification::NeedMore) => Counters::inc(&shared.counters.closed_silent),
     }
 }
 

@@ -6,10 +6,20 @@
 //! and `tls` read it; defined here, none of them has to import `conn` (which
 //! itself calls into `http` and `tls`).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use super::forward::BoxIo;
 use crate::resolve::Origin;
+use crate::state::Shared;
+
+/// Serves the connection a client opens inside a `CONNECT` tunnel (its side, then the
+/// proxy's tunnel as the upstream), as on a fresh connection. It is `conn::serve_tunnel`:
+/// `conn` sets it on every context it creates, so `tunnel` (reached from `exchange`) can
+/// start a connection without importing `conn` and closing an import cycle.
+pub type ServeTunnel = fn(Arc<Shared>, ConnCtx, BoxIo, BoxIo) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Per-connection facts every exchange needs.
 #[derive(Debug, Clone)]
@@ -25,11 +35,16 @@ pub struct ConnCtx {
     /// The sending process as a session owner, read from `/proc` once per connection
     /// (every request asks: session ownership is checked on each).
     pub owner: std::sync::OnceLock<Option<crate::session::Owner>>,
+    /// How a `CONNECT` tunnel's inner connection is served (`None`: tunnels are refused).
+    pub serve_tunnel: Option<ServeTunnel>,
+    /// Inside a `CONNECT` tunnel: the host the client asked the proxy for (`origin.dst` is
+    /// that host as resolved here).
+    pub tunnel_host: Option<String>,
 }
 
 impl ConnCtx {
     pub fn new(id: u64, peer: SocketAddr, origin: Origin) -> ConnCtx {
-        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new() }
+        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new(), serve_tunnel: None, tunnel_host: None }
     }
 
     /// The process that sent this connection, as a session owner (`None`: unknown).

@@ -44,6 +44,7 @@ use crate::state::{Counters, Shared};
 pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, mut req: Request<Incoming>) -> Response<Body> {
     super::scope::host_from_absolute_form(&mut req);
     let upgrade = super::upgrade::prepare(&mut req);
+    let tunnel = (req.method() == Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     // First, before any early answer: the head log pairs framings with requests by order.
     let framing = ctx.head_log.as_ref().and_then(|l| l.framing_of()).unwrap_or_default();
@@ -78,6 +79,9 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return resp;
     }
 
+    if let Some(client) = tunnel {
+        return super::tunnel::open(shared, ctx, scope, up, parts, client).await;
+    }
     if upgrade.is_some() {
         if let Some(refused) = super::upgrade::gate(&shared, &scope, &parts, ctx.origin.dst) {
             return refused;

@@ -28,6 +28,7 @@ pub mod scope;
 pub mod splice;
 pub mod http;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod upgrade;
 pub mod websocket;

@@ -359,3 +359,65 @@ impl Hello {
         .await;
     }
 }
+
+/// What a client's first bytes say of its ClientHello, when they are not read from a socket
+/// this crate owns (inside a `CONNECT` tunnel, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloScan {
+    /// A whole ClientHello, with its SNI if it named one.
+    Hello { sni: Option<String> },
+    /// A prefix of a ClientHello: more bytes may finish it.
+    NeedMore,
+    /// Not a ClientHello rustls accepts.
+    NotHello,
+}
+
+/// Parses `bytes` (the start of a client's TLS stream) as rustls would, without a socket.
+pub fn scan_client_hello(bytes: &[u8]) -> HelloScan {
+    if bytes.len() > MAX_HELLO_BYTES {
+        return HelloScan::NotHello;
+    }
+    let mut acceptor = Acceptor::default();
+    let mut feed = bytes;
+    while !feed.is_empty() {
+        match acceptor.read_tls(&mut feed) {
+            Ok(0) | Err(_) => return HelloScan::NotHello,
+            Ok(_) => {}
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => HelloScan::Hello { sni: accepted.client_hello().server_name().map(str::to_owned) },
+        Ok(None) => HelloScan::NeedMore,
+        Err(_) => HelloScan::NotHello,
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    /// A real ClientHello, as rustls's client writes it for `name`.
+    fn hello_for(name: &str) -> Vec<u8> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let roots = rustls::RootCertStore::empty();
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("a name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).expect("a client");
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).expect("write the hello");
+        }
+        out
+    }
+
+    #[test]
+    fn a_whole_hello_gives_its_sni_and_a_prefix_asks_for_more() {
+        let hello = hello_for("mcp.records.test");
+        assert_eq!(scan_client_hello(&hello), HelloScan::Hello { sni: Some("mcp.records.test".into()) });
+        assert_eq!(scan_client_hello(&hello[..hello.len() / 2]), HelloScan::NeedMore);
+        assert_eq!(scan_client_hello(&hello[..3]), HelloScan::NeedMore);
+        assert_eq!(scan_client_hello(b"GET / HTTP/1.1\r\n\r\n"), HelloScan::NotHello);
+        let ip = hello_for("127.0.0.1");
+        assert_eq!(scan_client_hello(&ip), HelloScan::Hello { sni: None });
+    }
+}

@@ -50,7 +50,7 @@ pub use distrust::{
 };
 pub use flow::{InterceptError, Intercepted, TlsInfo, intercept, intercept_serving};
 pub use hello::{
-    ClientTlsStream, HandshakeError, Hello, HelloError, HelloStream, read_client_hello,
+    ClientTlsStream, HandshakeError, Hello, HelloError, HelloScan, HelloStream, read_client_hello, scan_client_hello,
 };
 pub use constraints::scope_constraints;
 pub use rcgen::NameConstraints;

@@ -997,3 +997,104 @@ fn a_host_header_does_not_make_a_remote_address_a_registered_server() {
     drop(server);
     drop(ns);
 }
+
+/// Protocol choice through an HTTP forward proxy (an agent with `HTTPS_PROXY` set, the proxy
+/// on a watched port). Before, the proxy's `200` reached the client and the tunnel was dead;
+/// now what the client sends inside is served as on a fresh connection: plain HTTP is
+/// governed (a denied call is answered by mcpwatch and never reaches the proxy), TLS goes
+/// on as it is, and a tunnel to a registered MCP server is refused in enforce mode.
+#[test]
+fn a_connect_tunnel_is_governed_inside() {
+    let proxy_with = |policy: &str, config: Option<String>| {
+        let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec()), stay_open: true, ..Default::default() });
+        let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), config, ..Default::default() });
+        Lenient { upstream, daemon }
+    };
+    let proxy = |policy: &str| proxy_with(policy, None);
+    let tunnel = |env: &Lenient, target: &str| {
+        let mut s = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], env.daemon.port))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).expect("CONNECT");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).expect("read the CONNECT answer"), 1, "closed: {}", String::from_utf8_lossy(&head));
+            head.push(b[0]);
+        }
+        (s, String::from_utf8_lossy(&head).into_owned())
+    };
+    let wait_upstream = |env: &Lenient, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !env.upstream_bytes().contains(what) {
+            assert!(std::time::Instant::now() < deadline, "{what:?} never went through the tunnel: {}", env.upstream_bytes());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Plain HTTP inside: governed.
+    let env = proxy(DENY_DELETES);
+    let (mut s, head) = tunnel(&env, "127.0.0.1:9");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let headers = "Host: 127.0.0.1:9\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+    let body = DELETE_CALL.as_bytes();
+    s.write_all(&format!("POST /mcp HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n", body.len()).into_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut answer = vec![0u8; 4096];
+    let n = s.read(&mut answer).expect("the denial comes back through the tunnel");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.contains("no-deletes"), "{answer}");
+    let echo = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"through the tunnel"}}}"#;
+    s.write_all(&format!("POST /mcp HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n", echo.len()).into_bytes()).expect("write");
+    s.write_all(echo).expect("write");
+    wait_upstream(&env, "through the tunnel");
+    assert!(!env.upstream_bytes().contains("delete_records"), "the denied call reached the proxy: {}", env.upstream_bytes());
+    let recs = env.daemon.wait_audit("the tunnel's calls", |r| r.iter().any(|r| r.name.as_deref() == Some("echo")) && r.iter().any(|r| r.name.as_deref() == Some("delete_records")));
+    assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && r.dst == "127.0.0.1:9"), "named by the tunnel's destination: {recs:#?}");
+
+    // TLS inside: relayed as it is.
+    let env = proxy(DENY_DELETES);
+    let (mut s, head) = tunnel(&env, "127.0.0.1:9443");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"\x16\x03\x01\x00\x05hello-tls-bytes").expect("write");
+    wait_upstream(&env, "hello-tls-bytes");
+
+    // A tunnel to a registered MCP server, in enforce mode: refused before the proxy hears of it.
+    let env = proxy(&format!("{DENY_DELETES}[[server]]\nname = \"records\"\nurl = \"https://mcp.records.test:8443/mcp\"\n"));
+    let (_s, head) = tunnel(&env, "mcp.records.test:8443");
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(!env.upstream_bytes().contains("CONNECT"), "{}", env.upstream_bytes());
+    let recs = env.daemon.wait_audit("the refused tunnel", |r| alerts(r).iter().any(|a| a.contains("CONNECT tunnel")));
+    assert!(alerts(&recs).iter().any(|a| a.contains("mcp.records.test:8443") && a.contains("refused (enforce mode)")), "{:?}", alerts(&recs));
+
+    // TLS inside a tunnel toward a host the [tls] scope intercepts: mcpwatch does not
+    // terminate it, so in enforce mode it is refused and recorded, the hello never reaching
+    // the proxy. The host is judged by the hello's SNI (sent in two pieces: the SNI is read
+    // from the whole hello) and by the CONNECT host, whatever the SNI says.
+    let pki = mcpwatch_tests::tls::TestPki::new();
+    let config = mcpwatch_tests::tls::tls_config(&pki, "always = [\"mcp.intercepted.test\"]");
+    for (target, sni) in [("127.0.0.1:9443", "mcp.intercepted.test"), ("mcp.intercepted.test:9443", "elsewhere.test")] {
+        let env = proxy_with(DENY_DELETES, Some(config.clone()));
+        let (mut s, head) = tunnel(&env, target);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let hello = mcpwatch_tests::tls::hello::client_hello(Some(sni.as_bytes()));
+        let (a, b) = hello.split_at(hello.len() / 2);
+        s.write_all(a).expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(b).expect("write");
+        let mut rest = [0u8; 64];
+        match s.read(&mut rest) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("the tunnel stayed open ({target}, SNI {sni}): {other:?}"),
+        }
+        let recs = env.daemon.wait_audit("the refused TLS inside a tunnel", |r| r.iter().any(|r| matches!(&r.status, CallStatus::TransportError { reason } if reason.contains("inside a CONNECT tunnel"))));
+        let reason = recs.iter().find_map(|r| match &r.status { CallStatus::TransportError { reason } if reason.contains("CONNECT") => Some(reason.clone()), _ => None }).expect("a reason");
+        assert!(reason.contains(sni) && reason.contains("refused (enforce mode)"), "{reason}");
+        assert!(!env.upstream_bytes().contains(sni), "the hello reached the proxy: {}", env.upstream_bytes());
+    }
+    // ... and toward a host it does not intercept, TLS goes on as it is.
+    let env = proxy_with(DENY_DELETES, Some(config));
+    let (mut s, _) = tunnel(&env, "127.0.0.1:9443");
+    s.write_all(&mcpwatch_tests::tls::hello::client_hello(Some(b"passes.test"))).expect("write");
+    wait_upstream(&env, "passes.test");
+}

@@ -1,0 +1,227 @@
+//! `CONNECT` through a watched port: an agent behind an HTTP forward proxy.
+//!
+//! A client with `HTTPS_PROXY` set opens a tunnel (`CONNECT host:port`) through the proxy and
+//! speaks to the server inside it. Without this module the proxy's `200` reached the client
+//! and the tunnel was dead: nothing behind a forward proxy on a watched port worked. A
+//! tunnel spliced blindly would be worse: a way around everything mcpwatch inspects. So:
+//!
+//! - toward a destination the registry names (`[[server]]` at that host and port) or where
+//!   MCP was seen, the tunnel follows the destination's mode before anything is sent:
+//!   refused (403) in enforce mode, audited and opened otherwise;
+//! - once the proxy answered `2xx`, what the client sends inside is served as on a fresh
+//!   connection (`ConnCtx::serve_tunnel`, which is `conn::serve_tunnel`): plain HTTP/1 or
+//!   HTTP/2 is served and governed, named by the tunnel's destination;
+//! - TLS inside a tunnel is not terminated. Toward a host the `[tls]` scope would intercept
+//!   (by the `CONNECT` host or the hello's SNI) it is refused in enforce mode and relayed
+//!   with an audit record otherwise ([`tls_inside`]); other TLS and other bytes are relayed;
+//! - the tunnel's upstream is the proxy's connection: when it ends, so do the tunnel's
+//!   requests (no reconnect).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::request::Parts;
+use http::StatusCode;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use mcpwatch_api::CallStatus;
+use mcpwatch_policy::Mode;
+use mcpwatch_tls::{HelloScan, TlsAction};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::body::{self, Body};
+use super::ctx::ConnCtx;
+use super::forward::{BoxIo, SharedUpstream};
+use super::relay::{governed_mode, strictest};
+use super::scope::Scope;
+use crate::record;
+use crate::resolve::Origin;
+use crate::state::{Counters, Shared};
+
+/// The most of a tunnel's first TLS flight read to find its SNI: a ClientHello with
+/// post-quantum key shares is under 2 KiB; one that is not whole within this is relayed as
+/// one without SNI.
+const HELLO_MAX: usize = 16 * 1024;
+
+/// Answer a `CONNECT`: gate it, forward it, and on `2xx` serve what the client sends inside.
+pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, up: SharedUpstream, parts: Parts, client: OnUpgrade) -> Response<Body> {
+    let Some((host, port)) = parts.uri.authority().map(|a| (a.host().trim_start_matches('[').trim_end_matches(']').to_string(), a.port_u16().unwrap_or(443))) else {
+        return body::local_response(StatusCode::BAD_REQUEST, "text/plain", "mcpwatch: CONNECT without host:port\n".to_string());
+    };
+    let Some(serve_tunnel) = ctx.serve_tunnel else {
+        return body::local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: CONNECT is not served on this connection\n".to_string());
+    };
+    let dst = destination(&host, port).await;
+    if let Some(mode) = tunnel_mode(&shared, &host, port, dst) {
+        let enforce = mode == Mode::Enforce;
+        let alert = format!(
+            "CONNECT tunnel to {host}:{port}, a governed MCP destination, through a forward proxy: {}",
+            if enforce { "refused (enforce mode)" } else { "opened; TLS inside it is not inspected" }
+        );
+        tracing::warn!(conn = ctx.id, "{alert}");
+        if enforce {
+            Counters::inc(&shared.counters.refused_protocol);
+            return scope.refuse(&shared, StatusCode::FORBIDDEN, alert, "mcpwatch: a tunnel to a governed MCP server cannot be inspected; refused");
+        }
+        scope.alert_forwarded(&shared, alert);
+    }
+    let req = Request::from_parts(parts, body::empty());
+    let mut resp = match up.lock().await.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(error = %e, "CONNECT through the proxy failed");
+            return body::local_response(StatusCode::BAD_GATEWAY, "text/plain", format!("mcpwatch: {e}\n"));
+        }
+    };
+    if !resp.status().is_success() {
+        return resp.map(body::incoming);
+    }
+    let server = hyper::upgrade::on(&mut resp);
+    let mut inner = ConnCtx::new(ctx.id, ctx.peer, Origin { dst, process: ctx.origin.process.clone() });
+    inner.serve_tunnel = Some(serve_tunnel);
+    inner.tunnel_host = Some(host);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, server) {
+            Ok((c, s)) => serve_tunnel(shared, inner, Box::new(TokioIo::new(c)), Box::new(TokioIo::new(s))).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    resp.map(|_| body::empty())
+}
+
+/// The address the tunnel leads to, as the proxy would resolve it (an unspecified address
+/// when the name does not resolve here: then no `Host` is proven against it).
+async fn destination(host: &str, port: u16) -> SocketAddr {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return SocketAddr::new(ip, port);
+    }
+    let lookup = tokio::time::timeout(crate::hostproof::HostProofs::DEADLINE, tokio::net::lookup_host((host, port)));
+    match lookup.await {
+        Ok(Ok(mut addrs)) => addrs.next().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+        _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+    }
+}
+
+/// The strictest mode of what the tunnel's destination is known as: a registry entry at
+/// `host:port`, or an address where MCP was seen. `None`: not governed.
+fn tunnel_mode(shared: &Shared, host: &str, port: u16, dst: SocketAddr) -> Option<Mode> {
+    let loaded = shared.governance.current();
+    let registered = loaded.policy.server_at(host, port).map(|s| s.mode.unwrap_or(loaded.policy.mode()));
+    let seen = if dst.ip().is_unspecified() { None } else { governed_mode(shared, dst) };
+    match (registered, seen) {
+        (Some(a), b) => Some(strictest(b, a)),
+        (None, b) => b,
+    }
+}
+
+/// TLS inside a tunnel (`first` holds the client's first bytes, a TLS record). mcpwatch does
+/// not terminate it, so toward a host the `[tls]` scope would intercept, by the `CONNECT`
+/// host or by the hello's SNI, it would be a way around inspection by protocol choice: it is
+/// recorded, and refused in enforce mode. Anything else is relayed as it is.
+pub(super) async fn tls_inside(shared: Arc<Shared>, ctx: ConnCtx, first: Vec<u8>, mut client: BoxIo, server: BoxIo) {
+    let Some(rt) = shared.tls.as_ref() else {
+        return relay_rewound(&shared, first, client, server).await;
+    };
+    let (first, sni) = read_sni(first, &mut client, shared.config.limits.peek_timeout).await;
+    let host = ctx.tunnel_host.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
+    let by_host = if host.parse::<IpAddr>().is_ok() { rt.scope.decide_target(None, ctx.origin.dst.ip().to_canonical()) } else { rt.scope.decide(Some(&host)) };
+    let by_sni = rt.scope.decide_target(sni.as_deref(), ctx.origin.dst.ip().to_canonical());
+    if by_host == TlsAction::PassThrough && by_sni == TlsAction::PassThrough {
+        return relay_rewound(&shared, first, client, server).await;
+    }
+    let loaded = shared.governance.current();
+    let mode = tunnel_mode(&shared, &host, ctx.origin.dst.port(), ctx.origin.dst).unwrap_or(loaded.policy.mode());
+    let enforce = mode == Mode::Enforce;
+    let sni_text = sni.as_deref().map_or_else(|| "no SNI".to_string(), |s| format!("SNI `{}`", s.chars().take(253).collect::<String>()));
+    let reason = format!(
+        "TLS ({sni_text}) inside a CONNECT tunnel to {host}:{}, a host the [tls] scope intercepts; mcpwatch does not terminate TLS inside a tunnel: {}",
+        ctx.origin.dst.port(),
+        if enforce { "refused (enforce mode)" } else { "relayed uninspected" }
+    );
+    tracing::warn!(conn = ctx.id, "{reason}");
+    let mut rec = record::connection(&shared, &ctx.origin, "https", "tls", &host, &reason);
+    rec.tls = Some(mcpwatch_api::TlsDetails { sni, ..Default::default() });
+    record::write_closed(&shared, rec, CallStatus::TransportError { reason });
+    if enforce {
+        Counters::inc(&shared.counters.refused_protocol);
+        return;
+    }
+    relay_rewound(&shared, first, client, server).await
+}
+
+/// Reads the client's first TLS flight until it holds a whole ClientHello, or [`HELLO_MAX`]
+/// bytes, an error, EOF or `wait` ended the search (then: no SNI). Returns every byte read,
+/// to be replayed.
+async fn read_sni(mut first: Vec<u8>, client: &mut BoxIo, wait: Duration) -> (Vec<u8>, Option<String>) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match mcpwatch_tls::scan_client_hello(&first) {
+            HelloScan::Hello { sni } => return (first, sni),
+            HelloScan::NeedMore if first.len() < HELLO_MAX => {}
+            HelloScan::NeedMore | HelloScan::NotHello => return (first, None),
+        }
+        let mut chunk = [0u8; 2048];
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&chunk[..n]),
+            _ => return (first, None),
+        }
+    }
+}
+
+/// Relays a tunnel both ways, the client's already-read bytes first.
+pub(super) async fn relay_rewound(shared: &Shared, first: Vec<u8>, client: BoxIo, mut server: BoxIo) {
+    Counters::inc(&shared.counters.passthrough);
+    let mut client = Rewind::new(first, client);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
+
+/// The client's first bytes (read to classify them), then the rest of its stream.
+pub(super) struct Rewind<T> {
+    first: Bytes,
+    io: T,
+}
+
+impl<T> Rewind<T> {
+    pub(super) fn new(first: Vec<u8>, io: T) -> Rewind<T> {
+        Rewind { first: Bytes::from(first), io }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
