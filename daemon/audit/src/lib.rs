@@ -50,7 +50,10 @@ pub use journal::JOURNAL_DIR_NAME;
 
 /// Version of the store layout (trees, key formats) recorded in `meta/schema_version`.
 /// 2: records and chain entries in chunks (layout 1 values are still read, as one-item chunks).
-pub const STORE_LAYOUT_VERSION: u32 = 2;
+/// 3: chunks may be LZ4-compressed (`chunk::MAGIC_LZ4`); layout 2 chunks are still read, so
+/// a layout-2 store is moved up in place, and a layout-2 build refuses a layout-3 store
+/// rather than misreading its compressed chunks as layout-1 values.
+pub const STORE_LAYOUT_VERSION: u32 = 3;
 
 /// Name of the sled directory inside the state dir.
 pub const DB_DIR_NAME: &str = "audit.sled";
@@ -1101,7 +1104,7 @@ impl Core {
     fn write_tail(&self, sealed: &mut Sealed, tail: &Tail, point: chain::Point) -> Result<(), StoreError> {
         let last_chunk = |tree: &sled::Tree, legacy: fn(&[u8], &[u8]) -> Option<chunk::Item>| -> Result<Option<Open>, StoreError> {
             Ok(match tree.last()? {
-                Some((k, v)) => chunk::decode(&k, &v, legacy).ok().map(|items| Open { key: k.to_vec(), items, len: v.len() }),
+                Some((k, v)) => chunk::decode(&k, &v, legacy).ok().map(|items| Open { key: k.to_vec(), len: chunk::raw_len(&items), items }),
                 None => None,
             })
         };
@@ -1117,13 +1120,13 @@ impl Core {
             }
             let fresh = tail.records.iter().skip(split).map(|(id, (seq, value))| chunk::Item { id: id.clone(), seq: *seq, value: value.clone() });
             let open = last_chunk(&self.records, chunk::legacy_record)?;
-            if let Some(m) = append_items(&self.records, open, fresh, |it| it.id.clone())? {
+            if let Some(m) = append_items(&self.records, open, fresh, chunk::RECORD_CHUNK_RAW_BYTES, |it| it.id.clone())? {
                 sealed.max_id = m.id;
             }
         }
         let pending = tail.chain.iter().filter(|it| it.seq > sealed.chain_seq).cloned();
         let open = last_chunk(&self.chain, chain::legacy_entry)?;
-        if let Some(m) = append_items(&self.chain, open, pending, |it| it.seq.to_be_bytes().to_vec())? {
+        if let Some(m) = append_items(&self.chain, open, pending, chunk::CHUNK_BYTES, |it| it.seq.to_be_bytes().to_vec())? {
             sealed.chain_seq = m.seq;
         }
         self.meta.insert(chain::META_HEAD, point.encode())?;
@@ -1154,6 +1157,7 @@ impl Core {
 struct Open {
     key: Vec<u8>,
     items: Vec<chunk::Item>,
+    /// The items' encoding before compression ([`chunk::raw_len`]).
     len: usize,
 }
 
@@ -1164,20 +1168,22 @@ struct CachedChunk {
     items: Vec<chunk::Item>,
 }
 
-/// Appends `items` (in key order, all above `open`'s) to `open` while it has room, then
-/// to new chunks keyed by `key_of` their first item. Returns the last item written.
+/// Appends `items` (in key order, all above `open`'s) to `open` while it has room (chunks
+/// close at `limit` bytes before compression), then to new chunks keyed by `key_of` their
+/// first item. Returns the last item written.
 fn append_items(
     tree: &sled::Tree,
     open: Option<Open>,
     items: impl Iterator<Item = chunk::Item>,
+    limit: usize,
     key_of: impl Fn(&chunk::Item) -> Vec<u8>,
 ) -> Result<Option<chunk::Item>, StoreError> {
-    let mut cur = open.filter(|o| chunk::has_room(o.items.len(), o.len));
+    let mut cur = open.filter(|o| chunk::has_room(o.items.len(), o.len, limit));
     let mut dirty = false;
     let mut last = None;
     for it in items {
         match &mut cur {
-            Some(o) if chunk::has_room(o.items.len(), o.len) => {
+            Some(o) if chunk::has_room(o.items.len(), o.len, limit) => {
                 o.len += it.encoded_len();
                 o.items.push(it.clone());
             }
