@@ -174,6 +174,11 @@ const TARGETS: &[Target] = &[
         start: start_nginx,
     },
     Target {
+        name: "nginx-perconn",
+        about: "nginx with no upstream keepalive: one upstream connection per request (its newconn cells pay the handshakes mcpwatchd pays)",
+        start: start_nginx_perconn,
+    },
+    Target {
         name: "mcpwatchd-static",
         about: "mcpwatchd --static-upstream: the proxy alone, no eBPF (embedded default policy)",
         start: daemon_targets::start_static,
@@ -231,6 +236,18 @@ fn start_direct(env: &Env<'_>) -> anyhow::Result<Started> {
 }
 
 fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
+    start_nginx_with(env, "nginx", "keepalive 32;")
+}
+
+/// nginx without upstream keepalive: a new upstream connection for every request. In
+/// newconn cells that is what mcpwatchd does (one upstream connection per client
+/// connection, opened before the client's first byte), so the two pay the same TCP
+/// handshakes and teardowns; in keepalive cells it is not a fair peer.
+fn start_nginx_perconn(env: &Env<'_>) -> anyhow::Result<Started> {
+    start_nginx_with(env, "nginx-perconn", "")
+}
+
+fn start_nginx_with(env: &Env<'_>, what: &'static str, keepalive: &str) -> anyhow::Result<Started> {
     let Some(nginx) = util::which("nginx").or_else(|| {
         let p = PathBuf::from("/usr/sbin/nginx");
         p.exists().then_some(p)
@@ -239,16 +256,16 @@ fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
             "nginx not installed (cargo xtask setup installs nginx-light)".into(),
         ));
     };
-    let dir = env.scratch.join("nginx");
+    let dir = env.scratch.join(what);
     std::fs::create_dir_all(&dir).context("creating the nginx scratch dir")?;
     let addr = free_loopback_addr()?;
-    let upstream = format!("upstream backend {{ server {}; keepalive 32; }}", env.backend);
+    let upstream = format!("upstream backend {{ server {}; {keepalive} }}", env.backend);
     let server = format!(
         "server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://backend;\n\
          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n\
          proxy_buffering off;\n    }}\n  }}"
     );
-    let guard = spawn_nginx(&nginx, &dir, &upstream, &server, addr, "nginx")?;
+    let guard = spawn_nginx(&nginx, &dir, &upstream, &server, addr, what)?;
     Ok(Started::Ready {
         addr,
         guard: Some(guard),
@@ -653,6 +670,16 @@ fn print_bars(cells: &[Cell], tls: &[Measured], memory: &[(&str, u64)]) {
             println!("{:<48} {:>6.1} MiB <= 64   {}", "mcpwatchd peak RSS (max over its targets)", mib, if mib <= 64.0 { "PASS" } else { "MISS" });
         }
         None => println!("mcpwatchd peak RSS: not measured"),
+    }
+    // Not a bar: nginx pools upstream connections (keepalive 32), so in newconn cells it
+    // opens one TCP connection per call where mcpwatchd opens two (it connects upstream
+    // for each client connection, before the client's first byte, by design). The same
+    // ratio against nginx made to connect upstream per request shows what is left.
+    if let Some(t) = ours
+        && let (Some(a), Some(n)) = (find(t, Mode::NewConn, 1), find("nginx-perconn", Mode::NewConn, 1))
+        && n.p50_us > 0.0
+    {
+        println!("  not a bar: {t} newconn c=1 p50 / nginx-perconn (no upstream keepalive) {:.2}x", a.p50_us / n.p50_us);
     }
     // Not a bar: where the time goes. At c=1 the proxy's CPU per call is on the
     // critical path; at c=8 on 2 cores it is what throughput trades against.
