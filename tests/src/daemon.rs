@@ -294,3 +294,29 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A file of a state dir as someone who knows the audit store's layout reads it: its bytes,
+/// then what every compressed chunk in it holds. The store keeps record chunks as LZ4
+/// blocks (`\0mwc\x02`, the encoding's length, the block's length, the block;
+/// docs/audit-store.md), so a search of the raw bytes alone would not see inside them.
+pub fn readable_bytes(bytes: &[u8]) -> Vec<u8> {
+    const MAGIC_LZ4: &[u8] = b"\0mwc\x02";
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(MAGIC_LZ4.len()).position(|w| w == MAGIC_LZ4) {
+        let start = at + i + MAGIC_LZ4.len();
+        at = start;
+        let Some(header) = bytes.get(start..start + 8) else { break };
+        let raw = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let packed = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if raw > 1 << 20 {
+            continue;
+        }
+        if let Some(block) = bytes.get(start + 8..start + 8 + packed)
+            && let Ok(plain) = lz4_flex::block::decompress(block, raw)
+        {
+            out.extend_from_slice(&plain);
+        }
+    }
+    out
+}

@@ -9,8 +9,10 @@
 //! bookkeeping stays small whatever the number of records (docs/audit-store.md).
 //!
 //! A chunk value: [`MAGIC`], then per item `u16 LE id length, id, u64 LE seq, u32 LE value
-//! length, value`; or [`MAGIC_LZ4`], the length of those items' encoding (u32 LE), and that
-//! encoding as one LZ4 block. Record chunks are compressed when that saves a quarter: a
+//! length, value`; or [`MAGIC_LZ4`], the length of those items' encoding (u32 LE), the
+//! length of the block that follows (u32 LE), and that encoding as one LZ4 block (the
+//! lengths make a compressed chunk self-delimiting: a scan of the store's files can find
+//! and read one without sled, as the secrets test does). Record chunks are compressed when that saves a quarter: a
 //! record is ~2 KiB of JSON that repeats its neighbours (the same process, server and
 //! decision), so a chunk of [`RECORD_CHUNK_RAW_BYTES`] of records is stored in about
 //! [`CHUNK_BYTES`], and sled sees about four times fewer pages than with raw chunks of that
@@ -76,10 +78,11 @@ pub(crate) fn encode(items: &[Item]) -> Vec<u8> {
     }
     if (COMPRESS_FROM..=RAW_MAX).contains(&body.len()) {
         let packed = lz4_flex::block::compress(&body);
-        if packed.len() + 4 < body.len() / 4 * 3 {
-            let mut out = Vec::with_capacity(MAGIC_LZ4.len() + 4 + packed.len());
+        if packed.len() + 8 < body.len() / 4 * 3 {
+            let mut out = Vec::with_capacity(MAGIC_LZ4.len() + 8 + packed.len());
             out.extend_from_slice(MAGIC_LZ4);
             out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
             out.extend_from_slice(&packed);
             return out;
         }
@@ -94,9 +97,11 @@ pub(crate) fn encode(items: &[Item]) -> Vec<u8> {
 /// [`MAGIC`]) into its single item.
 pub(crate) fn decode(key: &[u8], bytes: &[u8], legacy: fn(&[u8], &[u8]) -> Option<Item>) -> Result<Vec<Item>, BadChunk> {
     if let Some(rest) = bytes.strip_prefix(MAGIC_LZ4) {
-        let (len, packed) = take(rest, 4)?;
+        let (len, rest) = take(rest, 4)?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if len > RAW_MAX {
+        let (plen, packed) = take(rest, 4)?;
+        let plen = u32::from_le_bytes([plen[0], plen[1], plen[2], plen[3]]) as usize;
+        if len > RAW_MAX || plen != packed.len() {
             return Err(BadChunk);
         }
         let body = lz4_flex::block::decompress(packed, len).map_err(|_| BadChunk)?;
@@ -224,7 +229,7 @@ mod tests {
         };
         assert_eq!(claim(u32::MAX), Err(BadChunk), "4 GiB claimed");
         assert_eq!(claim(10), Err(BadChunk), "less than the block holds");
-        for cut in [MAGIC_LZ4.len() + 2, MAGIC_LZ4.len() + 4, bytes.len() / 2, bytes.len() - 1] {
+        for cut in [MAGIC_LZ4.len() + 2, MAGIC_LZ4.len() + 4, MAGIC_LZ4.len() + 8, bytes.len() / 2, bytes.len() - 1] {
             assert_eq!(decode(b"k", &bytes[..cut], legacy_record), Err(BadChunk), "cut at {cut}");
         }
     }

@@ -288,7 +288,8 @@ print(json.dumps({"ok": True, "out": out}))
         if !f.is_file() {
             continue;
         }
-        let bytes = std::fs::read(&f).unwrap_or_default();
+        // Compressed audit chunks are read as well as the raw bytes.
+        let bytes = mcpwatch_tests::daemon::readable_bytes(&std::fs::read(&f).unwrap_or_default());
         let has = |needle: &str| bytes.windows(needle.len()).any(|x| x == needle.as_bytes());
         assert!(!has(TOKEN) && !has(PASSWORD), "argv secret written to {}", f.display());
         marker_seen |= has(MARKER);
