@@ -81,6 +81,8 @@ fn files_holding(dir: &Path, der: &[u8]) -> Vec<PathBuf> {
             if p.is_dir() {
                 stack.push(p);
             } else if let Ok(bytes) = std::fs::read(&p) {
+                // Compressed audit chunks are read as well as the raw bytes.
+                let bytes = mcpwatch_tests::daemon::readable_bytes(&bytes);
                 let flat: String = String::from_utf8_lossy(&bytes).lines().collect();
                 if bytes.windows(der.len()).any(|w| w == der) || flat.contains(&pem_body) {
                     found.push(p);
