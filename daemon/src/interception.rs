@@ -212,9 +212,9 @@ impl TlsRuntime {
     /// What to do with this hello, and why (for the log). `enforced` says (lazily: it scans the
     /// inventory) whether the destination is governed in enforce mode.
     /// `process` sent the hello toward `dst`; `host` is its SNI, else `dst`.
-    pub fn decide(
+    pub fn decide<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         &self,
-        hello: &Hello,
+        hello: &Hello<T>,
         process: Option<&ProcessInfo>,
         dst: IpAddr,
         host: &str,

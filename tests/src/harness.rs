@@ -142,6 +142,68 @@ impl RawServer {
     }
 }
 
+/// A forward proxy on loopback that answers `CONNECT host:port` (what an agent with
+/// `HTTPS_PROXY` set sends) by connecting there and relaying both ways: the proxy an agent
+/// behind a corporate proxy talks to. `targets` records every `CONNECT` it served.
+pub struct ConnectProxy {
+    pub addr: SocketAddr,
+    pub targets: Arc<Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    pub fn start() -> ConnectProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("addr");
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let _ = client.set_read_timeout(Some(Duration::from_secs(20)));
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match client.read(&mut b) {
+                            Ok(1) if head.len() < 8192 => head.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let Some(target) = head.strip_prefix("CONNECT ").and_then(|r| r.split_whitespace().next()).map(str::to_string) else {
+                        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n");
+                        return;
+                    };
+                    seen.lock().expect("lock").push(target.clone());
+                    let Ok(upstream) = TcpStream::connect(target.as_str()) else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+                        return;
+                    };
+                    if client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").is_err() {
+                        return;
+                    }
+                    let _ = client.set_read_timeout(None);
+                    let (mut c2, mut u2) = (client.try_clone().expect("clone"), upstream.try_clone().expect("clone"));
+                    let (mut c1, mut u1) = (client, upstream);
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c1, &mut u1);
+                        let _ = u1.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut u2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        ConnectProxy { addr, targets }
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().expect("lock").clone()
+    }
+}
+
 /// A full HTTP/1.1 request with a Content-Length body (or none) has arrived.
 pub fn http_request_complete(buf: &[u8]) -> bool {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };

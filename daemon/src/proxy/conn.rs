@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use super::relay::{governed_mode, relay};
 use super::{http, upstream};
 use super::ctx::ConnCtx;
-use super::forward::{BoxIo, ForwardError, Reconnect};
+use super::forward::BoxIo;
 use super::tunnel::Rewind;
 use crate::record;
 use crate::resolve::Resolve;
@@ -233,7 +233,7 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
 
 /// Serves what a client sends inside a `CONNECT` tunnel (the [`super::ctx::ServeTunnel`]
 /// of every connection): its first bytes are classified as on a fresh connection; plain
-/// HTTP/1 or HTTP/2 is served and governed, TLS goes to [`super::tunnel::tls_inside`],
+/// HTTP/1 or HTTP/2 is served and governed, TLS goes to [`super::tls::in_tunnel`],
 /// anything else is relayed (the tunnel's destination was gated before it opened). A client
 /// silent for `limits.peek_timeout` is closed, nothing relayed.
 pub fn serve_tunnel(shared: Arc<Shared>, ctx: ConnCtx, client: BoxIo, server: BoxIo) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -258,15 +258,11 @@ async fn serve_tunnel_inner(shared: Arc<Shared>, ctx: ConnCtx, mut client: BoxIo
             _ => break None,
         }
     };
-    // The tunnel's upstream is the proxy's connection: there is no reconnecting it.
-    let no_reconnect: Reconnect = {
-        let dst = ctx.origin.dst;
-        Arc::new(move || Box::pin(async move { Err::<BoxIo, _>(ForwardError::Reconnect { dst, reason: "the proxy's tunnel ended".into() }) }))
-    };
+    let no_reconnect = super::tunnel::no_reconnect(ctx.origin.dst);
     match kind {
         Some(Classification::Http1) => http::serve_io(shared, ctx, Rewind::new(first, client), None, server, no_reconnect).await,
         Some(Classification::Http2) => http::serve_h2(shared, ctx, Rewind::new(first, client), server, no_reconnect).await,
-        Some(Classification::Tls) => super::tunnel::tls_inside(shared, ctx, first, client, server).await,
+        Some(Classification::Tls) => super::tls::in_tunnel(shared, ctx, first, client, server).await,
         Some(Classification::NotHttp(_)) => super::tunnel::relay_rewound(&shared, first, client, server).await,
         // Silent or gone before a first byte: nothing was sent, nothing is relayed.
         None | Some(Classification::NeedMore) => Counters::inc(&shared.counters.closed_silent),

@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 
 use super::relay;
 use super::ctx::ConnCtx;
+use super::tunnel::{self, Rewind};
 use super::forward::{BoxIo, ForwardError, Reconnect};
 use super::http;
 use super::upstream;
@@ -76,7 +77,82 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
             Counters::inc(&shared.counters.passthrough);
             pass_through(&shared, hello, upstream, rt.handshake_timeout()).await;
         }
-        TlsAction::Intercept => intercept(shared.clone(), ctx, hello, client_fd, upstream, Names { exe, host, sni }).await,
+        TlsAction::Intercept => {
+            let no_sni = ServerTarget::Ip(ctx.origin.dst.ip().to_canonical());
+            let leg = Leg { client_fd: Some(client_fd), no_sni, tunnel: false };
+            intercept(shared.clone(), ctx, hello, upstream, leg, Names { exe, host, sni }).await
+        }
+    }
+}
+
+/// TLS inside a `CONNECT` tunnel (`first`: the client's first bytes, already read; the
+/// upstream is the proxy's tunnel). The same decision as on a socket, with the tunnel's host
+/// standing in for the destination's address: an intercepted connection is served like any
+/// other (verified TLS through the tunnel first, then a leaf for the client; no reconnect).
+/// A hello whose SNI is outside the `[tls]` scope on a tunnel to a host inside it would
+/// take that host out of inspection by the client's choice: it is recorded, and refused in
+/// enforce mode. Anything else is relayed as it came.
+pub async fn in_tunnel(shared: Arc<Shared>, ctx: ConnCtx, first: Vec<u8>, client: BoxIo, server: BoxIo) {
+    let Some(rt) = shared.tls.as_ref() else {
+        return tunnel::relay_rewound(&shared, first, client, server).await;
+    };
+    let hello = match mcpwatch_tls::read_client_hello(Rewind::new(first, client), rt.handshake_timeout()).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::info!(conn = ctx.id, peer = %ctx.peer, dst = %ctx.origin.dst, error = %e, "no usable ClientHello inside a CONNECT tunnel; closing");
+            return;
+        }
+    };
+    let exe = process_label(&ctx);
+    let sni = hello.sni().map(str::to_owned);
+    let dst_ip = ctx.origin.dst.ip().to_canonical();
+    let tunnel_host = ctx.tunnel_host.clone().unwrap_or_else(|| dst_ip.to_string());
+    let host = sni.clone().unwrap_or_else(|| tunnel_host.clone());
+    let (action, why) = rt.decide(&hello, ctx.origin.process.as_deref(), ctx.origin.dst.ip(), &host, || tls_mode(&shared, &ctx, &host) == Mode::Enforce);
+    let tunnel_ip = tunnel_host.parse::<std::net::IpAddr>().ok();
+    let tunnel_in_scope = match tunnel_ip {
+        Some(ip) => rt.scope.decide_target(None, ip.to_canonical()),
+        None => rt.scope.decide(Some(&tunnel_host)),
+    } == TlsAction::Intercept;
+    tracing::debug!(conn = ctx.id, sni = ?sni, %tunnel_host, ?action, why, "TLS inside a CONNECT tunnel");
+    match action {
+        TlsAction::Intercept => {
+            let no_sni = match tunnel_ip {
+                Some(ip) => ServerTarget::Ip(ip.to_canonical()),
+                None => match mcpwatch_tls::validate_server_name(&tunnel_host) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::info!(conn = ctx.id, error = %e, "CONNECT host is not a server name; closing");
+                        return;
+                    }
+                },
+            };
+            let leg = Leg { client_fd: None, no_sni, tunnel: true };
+            intercept(shared.clone(), ctx, hello, server, leg, Names { exe, host, sni }).await;
+        }
+        TlsAction::PassThrough if tunnel_in_scope && why == "tls scope" => {
+            let enforce = tls_mode(&shared, &ctx, &tunnel_host) == Mode::Enforce;
+            let sni_text = sni.as_deref().map_or_else(|| "no SNI".to_string(), |s| format!("SNI `{}`", s.chars().take(253).collect::<String>()));
+            let reason = format!(
+                "TLS ({sni_text}, outside the [tls] scope) inside a CONNECT tunnel to {tunnel_host}:{}, a host the scope intercepts: {}",
+                ctx.origin.dst.port(),
+                if enforce { "refused (enforce mode)" } else { "relayed uninspected" }
+            );
+            tracing::warn!(conn = ctx.id, "{reason}");
+            let mut rec = connection_record(&shared, &ctx, &tunnel_host, reason.clone());
+            rec.tls = Some(TlsDetails { sni, ..Default::default() });
+            crate::record::write_closed(&shared, rec, mcpwatch_api::CallStatus::TransportError { reason });
+            if enforce {
+                Counters::inc(&shared.counters.refused_protocol);
+                return;
+            }
+            let (client, recorded) = hello.into_passthrough();
+            tunnel::relay_rewound(&shared, recorded, Box::new(client), server).await;
+        }
+        TlsAction::PassThrough => {
+            let (client, recorded) = hello.into_passthrough();
+            tunnel::relay_rewound(&shared, recorded, Box::new(client), server).await;
+        }
     }
 }
 
@@ -145,17 +221,31 @@ struct Names {
     sni: Option<String>,
 }
 
-async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, client_fd: std::os::fd::RawFd, upstream_tcp: TcpStream, names: Names) {
+/// What an intercepted connection's legs are, beyond their streams.
+struct Leg {
+    /// The client's socket, when the client stream is one (framing checks read its queue).
+    client_fd: Option<std::os::fd::RawFd>,
+    /// The name the upstream is verified against when the client sent no SNI.
+    no_sni: ServerTarget,
+    /// The upstream is a proxy's `CONNECT` tunnel: it cannot be dialled again.
+    tunnel: bool,
+}
+
+async fn intercept<C: super::forward::Io, U: super::forward::Io>(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello<C>, upstream_io: U, leg: Leg, names: Names) {
     let Names { exe, host, .. } = &names;
     let Some(rt) = shared.tls.as_ref() else { return };
     let serve_h2 = [mcpwatch_tls::ALPN_H2.to_vec()];
-    match mcpwatch_tls::intercept_serving(hello, upstream_tcp, &rt.issuer, &rt.upstream, &serve_h2).await {
+    match mcpwatch_tls::intercept_over(hello, upstream_io, leg.no_sni, &rt.issuer, &rt.upstream, &serve_h2).await {
         Ok(Intercepted { client, upstream, info }) => {
-            let reconnect = match tls_reconnect(&shared, ctx.origin.dst, &info) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(conn = ctx.id, error = %e, "internal: cannot rebuild the upstream server name; closing");
-                    return;
+            let reconnect = if leg.tunnel {
+                super::tunnel::no_reconnect(ctx.origin.dst)
+            } else {
+                match tls_reconnect(&shared, ctx.origin.dst, &info) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(conn = ctx.id, error = %e, "internal: cannot rebuild the upstream server name; closing");
+                        return;
+                    }
                 }
             };
             tracing::debug!(conn = ctx.id, server = %info.server_name, upstream = %info.upstream.cert.subject, "TLS intercepted");
@@ -164,7 +254,7 @@ async fn intercept(shared: Arc<Shared>, mut ctx: ConnCtx, hello: Hello, client_f
             if info.alpn.as_deref() == Some(mcpwatch_tls::ALPN_H2) {
                 http::serve_h2(shared.clone(), ctx, client, Box::new(upstream) as BoxIo, reconnect).await;
             } else {
-                http::serve_io(shared.clone(), ctx, client, Some(client_fd), Box::new(upstream) as BoxIo, reconnect).await;
+                http::serve_io(shared.clone(), ctx, client, leg.client_fd, Box::new(upstream) as BoxIo, reconnect).await;
             }
         }
         Err(InterceptError::Upstream(e)) => record_upstream_failure(&shared, &ctx, &names, &e),

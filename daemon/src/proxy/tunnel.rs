@@ -11,9 +11,11 @@
 //! - once the proxy answered `2xx`, what the client sends inside is served as on a fresh
 //!   connection (`ConnCtx::serve_tunnel`, which is `conn::serve_tunnel`): plain HTTP/1 or
 //!   HTTP/2 is served and governed, named by the tunnel's destination;
-//! - TLS inside a tunnel is not terminated. Toward a host the `[tls]` scope would intercept
-//!   (by the `CONNECT` host or the hello's SNI) it is refused in enforce mode and relayed
-//!   with an audit record otherwise ([`tls_inside`]); other TLS and other bytes are relayed;
+//! - TLS inside a tunnel gets the decision TLS gets on a socket (`tls::in_tunnel`), the
+//!   tunnel's host standing in for the destination: intercepted (verified TLS to the server
+//!   through the tunnel, a leaf for the client, then the HTTP path) or passed through; a
+//!   hello naming a host outside the `[tls]` scope on a tunnel to a host inside it is
+//!   recorded and refused in enforce mode; other bytes are relayed;
 //! - the tunnel's upstream is the proxy's connection: when it ends, so do the tunnel's
 //!   requests (no reconnect).
 
@@ -21,7 +23,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::request::Parts;
@@ -29,24 +30,16 @@ use http::StatusCode;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use mcpwatch_api::CallStatus;
 use mcpwatch_policy::Mode;
-use mcpwatch_tls::{HelloScan, TlsAction};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::{self, Body};
 use super::ctx::ConnCtx;
-use super::forward::{BoxIo, SharedUpstream};
+use super::forward::{BoxIo, ForwardError, Reconnect, SharedUpstream};
 use super::relay::{governed_mode, strictest};
 use super::scope::Scope;
-use crate::record;
 use crate::resolve::Origin;
 use crate::state::{Counters, Shared};
-
-/// The most of a tunnel's first TLS flight read to find its SNI: a ClientHello with
-/// post-quantum key shares is under 2 KiB; one that is not whole within this is relayed as
-/// one without SNI.
-const HELLO_MAX: usize = 16 * 1024;
 
 /// Answer a `CONNECT`: gate it, forward it, and on `2xx` serve what the client sends inside.
 pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, up: SharedUpstream, parts: Parts, client: OnUpgrade) -> Response<Body> {
@@ -119,58 +112,10 @@ fn tunnel_mode(shared: &Shared, host: &str, port: u16, dst: SocketAddr) -> Optio
     }
 }
 
-/// TLS inside a tunnel (`first` holds the client's first bytes, a TLS record). mcpwatch does
-/// not terminate it, so toward a host the `[tls]` scope would intercept, by the `CONNECT`
-/// host or by the hello's SNI, it would be a way around inspection by protocol choice: it is
-/// recorded, and refused in enforce mode. Anything else is relayed as it is.
-pub(super) async fn tls_inside(shared: Arc<Shared>, ctx: ConnCtx, first: Vec<u8>, mut client: BoxIo, server: BoxIo) {
-    let Some(rt) = shared.tls.as_ref() else {
-        return relay_rewound(&shared, first, client, server).await;
-    };
-    let (first, sni) = read_sni(first, &mut client, shared.config.limits.peek_timeout).await;
-    let host = ctx.tunnel_host.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
-    let by_host = if host.parse::<IpAddr>().is_ok() { rt.scope.decide_target(None, ctx.origin.dst.ip().to_canonical()) } else { rt.scope.decide(Some(&host)) };
-    let by_sni = rt.scope.decide_target(sni.as_deref(), ctx.origin.dst.ip().to_canonical());
-    if by_host == TlsAction::PassThrough && by_sni == TlsAction::PassThrough {
-        return relay_rewound(&shared, first, client, server).await;
-    }
-    let loaded = shared.governance.current();
-    let mode = tunnel_mode(&shared, &host, ctx.origin.dst.port(), ctx.origin.dst).unwrap_or(loaded.policy.mode());
-    let enforce = mode == Mode::Enforce;
-    let sni_text = sni.as_deref().map_or_else(|| "no SNI".to_string(), |s| format!("SNI `{}`", s.chars().take(253).collect::<String>()));
-    let reason = format!(
-        "TLS ({sni_text}) inside a CONNECT tunnel to {host}:{}, a host the [tls] scope intercepts; mcpwatch does not terminate TLS inside a tunnel: {}",
-        ctx.origin.dst.port(),
-        if enforce { "refused (enforce mode)" } else { "relayed uninspected" }
-    );
-    tracing::warn!(conn = ctx.id, "{reason}");
-    let mut rec = record::connection(&shared, &ctx.origin, "https", "tls", &host, &reason);
-    rec.tls = Some(mcpwatch_api::TlsDetails { sni, ..Default::default() });
-    record::write_closed(&shared, rec, CallStatus::TransportError { reason });
-    if enforce {
-        Counters::inc(&shared.counters.refused_protocol);
-        return;
-    }
-    relay_rewound(&shared, first, client, server).await
-}
-
-/// Reads the client's first TLS flight until it holds a whole ClientHello, or [`HELLO_MAX`]
-/// bytes, an error, EOF or `wait` ended the search (then: no SNI). Returns every byte read,
-/// to be replayed.
-async fn read_sni(mut first: Vec<u8>, client: &mut BoxIo, wait: Duration) -> (Vec<u8>, Option<String>) {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match mcpwatch_tls::scan_client_hello(&first) {
-            HelloScan::Hello { sni } => return (first, sni),
-            HelloScan::NeedMore if first.len() < HELLO_MAX => {}
-            HelloScan::NeedMore | HelloScan::NotHello => return (first, None),
-        }
-        let mut chunk = [0u8; 2048];
-        match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&chunk[..n]),
-            _ => return (first, None),
-        }
-    }
+/// The tunnel's upstream is the proxy's connection: when it ends there is no dialling it
+/// again (a new connection to the destination would not go through the proxy).
+pub(super) fn no_reconnect(dst: SocketAddr) -> Reconnect {
+    Arc::new(move || Box::pin(async move { Err::<BoxIo, _>(ForwardError::Reconnect { dst, reason: "the proxy's tunnel ended".into() }) }))
 }
 
 /// Relays a tunnel both ways, the client's already-read bytes first.

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use rustls::AlertDescription;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::distrust::{DistrustReason, classify_client_abort};
@@ -22,16 +23,16 @@ use crate::upstream::{UpstreamCert, UpstreamTls, UpstreamTlsError, UpstreamTlsSt
 use crate::{Side, TlsError, version_name};
 
 /// Both legs of an intercepted connection, handshakes complete.
-pub struct Intercepted {
+pub struct Intercepted<C = TcpStream, U = TcpStream> {
     /// Our TLS server side, talking to the client (plaintext in and out).
-    pub client: ClientTlsStream,
+    pub client: ClientTlsStream<C>,
     /// Our TLS client side, talking to the original destination.
-    pub upstream: UpstreamTlsStream,
+    pub upstream: UpstreamTlsStream<U>,
     /// What the audit and inventory record about the TLS layer.
     pub info: TlsInfo,
 }
 
-impl std::fmt::Debug for Intercepted {
+impl<C, U> std::fmt::Debug for Intercepted<C, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Intercepted")
             .field("info", &self.info)
@@ -125,6 +126,34 @@ pub async fn intercept_serving(
     upstream: &UpstreamTls,
     also_serve: &[Vec<u8>],
 ) -> Result<Intercepted, InterceptError> {
+    let no_sni = match upstream_tcp.peer_addr() {
+        Ok(addr) => ServerTarget::Ip(addr.ip().to_canonical()),
+        Err(e) => {
+            hello.reject(AlertDescription::InternalError).await;
+            return Err(InterceptError::Internal(format!(
+                "upstream socket has no peer address: {e}"
+            )));
+        }
+    };
+    intercept_over(hello, upstream_tcp, no_sni, issuer, upstream, also_serve).await
+}
+
+/// [`intercept_serving`] over any streams: `upstream_io` already leads to the server (a
+/// socket, or a proxy's `CONNECT` tunnel), and `no_sni` is the name the upstream is
+/// verified against when the client sent no SNI (the destination's address for a socket,
+/// the tunnel's host for a tunnel).
+pub async fn intercept_over<C, U>(
+    hello: Hello<C>,
+    upstream_io: U,
+    no_sni: ServerTarget,
+    issuer: &LeafIssuer,
+    upstream: &UpstreamTls,
+    also_serve: &[Vec<u8>],
+) -> Result<Intercepted<C, U>, InterceptError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     if !hello.shares_cipher_suite() {
         hello.reject(AlertDescription::HandshakeFailure).await;
         return Err(InterceptError::LegacyClient);
@@ -137,20 +166,12 @@ pub async fn intercept_serving(
                 return Err(InterceptError::BadName(e));
             }
         },
-        None => match upstream_tcp.peer_addr() {
-            Ok(addr) => ServerTarget::Ip(addr.ip().to_canonical()),
-            Err(e) => {
-                hello.reject(AlertDescription::InternalError).await;
-                return Err(InterceptError::Internal(format!(
-                    "upstream socket has no peer address: {e}"
-                )));
-            }
-        },
+        None => no_sni,
     };
 
     let offer = upstream.filter_alpn(hello.alpn());
     let (upstream_stream, upstream_info) = match upstream
-        .connect_target(upstream_tcp, &target, &offer)
+        .connect_target(upstream_io, &target, &offer)
         .await
     {
         Ok(ok) => ok,

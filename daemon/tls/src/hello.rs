@@ -30,19 +30,19 @@ pub const MAX_HELLO_BYTES: usize = 80 * 1024;
 const MAX_ALPN_KEPT: usize = 32;
 
 /// The client-side stream once our handshake completed.
-pub type ClientTlsStream = tokio_rustls::server::TlsStream<HelloStream>;
+pub type ClientTlsStream<T = TcpStream> = tokio_rustls::server::TlsStream<HelloStream<T>>;
 
 /// The client's TCP socket, recording what is read while the ClientHello is peeked and counting
 /// what we write (used to tell "client hung up after seeing our certificate" from other EOFs).
 #[derive(Debug)]
-pub struct HelloStream {
-    tcp: TcpStream,
+pub struct HelloStream<T = TcpStream> {
+    tcp: T,
     record: Option<Vec<u8>>,
     written: u64,
 }
 
-impl HelloStream {
-    fn new(tcp: TcpStream) -> HelloStream {
+impl<T> HelloStream<T> {
+    fn new(tcp: T) -> HelloStream<T> {
         HelloStream {
             tcp,
             record: Some(Vec::with_capacity(2048)),
@@ -51,7 +51,7 @@ impl HelloStream {
     }
 
     /// The underlying socket (peer address, socket options).
-    pub fn get_ref(&self) -> &TcpStream {
+    pub fn get_ref(&self) -> &T {
         &self.tcp
     }
 
@@ -66,7 +66,7 @@ impl HelloStream {
     }
 }
 
-impl AsyncRead for HelloStream {
+impl<T: AsyncRead + Unpin> AsyncRead for HelloStream<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,7 +89,7 @@ impl AsyncRead for HelloStream {
     }
 }
 
-impl AsyncWrite for HelloStream {
+impl<T: AsyncWrite + Unpin> AsyncWrite for HelloStream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -198,15 +198,15 @@ pub(crate) fn rustls_error(e: &io::Error) -> Option<rustls::Error> {
 ///
 /// Consume it exactly one way: [`Hello::accept`] (terminate TLS with our leaf),
 /// [`Hello::into_passthrough`] (relay untouched) or [`Hello::reject`] (fatal alert, close).
-pub struct Hello {
-    start: StartHandshake<HelloStream>,
+pub struct Hello<T = TcpStream> {
+    start: StartHandshake<HelloStream<T>>,
     sni: Option<String>,
     alpn: Vec<Vec<u8>>,
     shares_cipher_suite: bool,
     handshake_timeout: Duration,
 }
 
-impl std::fmt::Debug for Hello {
+impl<T> std::fmt::Debug for Hello<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hello")
             .field("sni", &self.sni)
@@ -218,7 +218,7 @@ impl std::fmt::Debug for Hello {
                     .map(|p| String::from_utf8_lossy(p).into_owned())
                     .collect::<Vec<_>>(),
             )
-            .field("recorded", &self.recorded().len())
+            .field("recorded", &self.start.io.record.as_deref().map_or(0, <[u8]>::len))
             .finish_non_exhaustive()
     }
 }
@@ -229,7 +229,7 @@ impl std::fmt::Debug for Hello {
 /// forbids IPs there; the caller uses the original destination address instead). A name rustls
 /// finds syntactically invalid fails here with [`HelloError::Invalid`] (after rustls sent the
 /// client an `illegal_parameter` alert).
-pub async fn read_client_hello(tcp: TcpStream, deadline: Duration) -> Result<Hello, HelloError> {
+pub async fn read_client_hello<T: AsyncRead + AsyncWrite + Unpin>(tcp: T, deadline: Duration) -> Result<Hello<T>, HelloError> {
     let mut acceptor = LazyConfigAcceptor::new(Acceptor::default(), HelloStream::new(tcp));
     let result = tokio::time::timeout(deadline, &mut acceptor).await;
     let start = match result {
@@ -284,7 +284,7 @@ fn classify_hello_error(e: io::Error, recorded: &[u8]) -> HelloError {
     }
 }
 
-impl Hello {
+impl<T: AsyncRead + AsyncWrite + Unpin> Hello<T> {
     /// The server name the client asked for (lower-case), if it sent a DNS name.
     pub fn sni(&self) -> Option<&str> {
         self.sni.as_deref()
@@ -308,7 +308,7 @@ impl Hello {
     }
 
     /// The client's socket (peer address etc.).
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> &T {
         &self.start.io.tcp
     }
 
@@ -321,7 +321,7 @@ impl Hello {
     /// Gives up on TLS termination: returns the raw socket and every byte already read from it,
     /// which the caller writes to the upstream first to relay the connection byte-identical.
     /// Nothing has been written to the client.
-    pub fn into_passthrough(self) -> (TcpStream, Vec<u8>) {
+    pub fn into_passthrough(self) -> (T, Vec<u8>) {
         let StartHandshake { io, .. } = self.start;
         (io.tcp, io.record.unwrap_or_default())
     }
@@ -331,7 +331,7 @@ impl Hello {
     pub async fn accept(
         self,
         config: Arc<ServerConfig>,
-    ) -> Result<ClientTlsStream, HandshakeError> {
+    ) -> Result<ClientTlsStream<T>, HandshakeError> {
         let Hello {
             mut start,
             handshake_timeout,
@@ -357,67 +357,5 @@ impl Hello {
             tcp.shutdown().await
         })
         .await;
-    }
-}
-
-/// What a client's first bytes say of its ClientHello, when they are not read from a socket
-/// this crate owns (inside a `CONNECT` tunnel, say).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HelloScan {
-    /// A whole ClientHello, with its SNI if it named one.
-    Hello { sni: Option<String> },
-    /// A prefix of a ClientHello: more bytes may finish it.
-    NeedMore,
-    /// Not a ClientHello rustls accepts.
-    NotHello,
-}
-
-/// Parses `bytes` (the start of a client's TLS stream) as rustls would, without a socket.
-pub fn scan_client_hello(bytes: &[u8]) -> HelloScan {
-    if bytes.len() > MAX_HELLO_BYTES {
-        return HelloScan::NotHello;
-    }
-    let mut acceptor = Acceptor::default();
-    let mut feed = bytes;
-    while !feed.is_empty() {
-        match acceptor.read_tls(&mut feed) {
-            Ok(0) | Err(_) => return HelloScan::NotHello,
-            Ok(_) => {}
-        }
-    }
-    match acceptor.accept() {
-        Ok(Some(accepted)) => HelloScan::Hello { sni: accepted.client_hello().server_name().map(str::to_owned) },
-        Ok(None) => HelloScan::NeedMore,
-        Err(_) => HelloScan::NotHello,
-    }
-}
-
-#[cfg(test)]
-mod scan_tests {
-    use super::*;
-
-    /// A real ClientHello, as rustls's client writes it for `name`.
-    fn hello_for(name: &str) -> Vec<u8> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let roots = rustls::RootCertStore::empty();
-        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("a name");
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).expect("a client");
-        let mut out = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut out).expect("write the hello");
-        }
-        out
-    }
-
-    #[test]
-    fn a_whole_hello_gives_its_sni_and_a_prefix_asks_for_more() {
-        let hello = hello_for("mcp.records.test");
-        assert_eq!(scan_client_hello(&hello), HelloScan::Hello { sni: Some("mcp.records.test".into()) });
-        assert_eq!(scan_client_hello(&hello[..hello.len() / 2]), HelloScan::NeedMore);
-        assert_eq!(scan_client_hello(&hello[..3]), HelloScan::NeedMore);
-        assert_eq!(scan_client_hello(b"GET / HTTP/1.1\r\n\r\n"), HelloScan::NotHello);
-        let ip = hello_for("127.0.0.1");
-        assert_eq!(scan_client_hello(&ip), HelloScan::Hello { sni: None });
     }
 }

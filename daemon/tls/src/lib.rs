@@ -48,9 +48,9 @@ pub use decide::{HostPattern, TlsAction, TlsScope, TlsScopeConfig};
 pub use distrust::{
     ClientProcess, DistrustEntry, DistrustOptions, DistrustReason, DistrustTracker, classify_client_abort,
 };
-pub use flow::{InterceptError, Intercepted, TlsInfo, intercept, intercept_serving};
+pub use flow::{InterceptError, Intercepted, TlsInfo, intercept, intercept_over, intercept_serving};
 pub use hello::{
-    ClientTlsStream, HandshakeError, Hello, HelloError, HelloScan, HelloStream, read_client_hello, scan_client_hello,
+    ClientTlsStream, HandshakeError, Hello, HelloError, HelloStream, read_client_hello,
 };
 pub use constraints::scope_constraints;
 pub use rcgen::NameConstraints;

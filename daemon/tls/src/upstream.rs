@@ -30,6 +30,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::hello::rustls_error;
@@ -37,7 +38,7 @@ use crate::leaf::{ServerTarget, validate_server_name};
 use crate::{TlsError, fingerprint_sha256, provider, version_name};
 
 /// The upstream-side stream after a verified handshake.
-pub type UpstreamTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub type UpstreamTlsStream<T = TcpStream> = tokio_rustls::client::TlsStream<T>;
 
 /// Largest PEM anchor file read.
 const MAX_ANCHOR_FILE: u64 = 4 * 1024 * 1024;
@@ -339,23 +340,23 @@ impl UpstreamTls {
 
     /// TLS over `tcp` (already connected to the original destination) for server name `sni`
     /// (a DNS name or an IP literal), offering `alpn`; verified unless the host is insecure-listed.
-    pub async fn connect(
+    pub async fn connect<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        tcp: TcpStream,
+        tcp: T,
         sni: &str,
         alpn: &[Vec<u8>],
-    ) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
+    ) -> Result<(UpstreamTlsStream<T>, UpstreamCert), UpstreamTlsError> {
         let target = validate_server_name(sni).map_err(UpstreamTlsError::BadName)?;
         self.connect_target(tcp, &target, alpn).await
     }
 
     /// [`UpstreamTls::connect`] for an already validated name.
-    pub async fn connect_target(
+    pub async fn connect_target<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        tcp: TcpStream,
+        tcp: T,
         target: &ServerTarget,
         alpn: &[Vec<u8>],
-    ) -> Result<(UpstreamTlsStream, UpstreamCert), UpstreamTlsError> {
+    ) -> Result<(UpstreamTlsStream<T>, UpstreamCert), UpstreamTlsError> {
         let insecure = self.is_insecure(target);
         let base = if insecure { &self.insecure_config } else { &self.verified };
         let config = if base.alpn_protocols.as_slice() == alpn {

@@ -1051,12 +1051,22 @@ fn a_connect_tunnel_is_governed_inside() {
     let recs = env.daemon.wait_audit("the tunnel's calls", |r| r.iter().any(|r| r.name.as_deref() == Some("echo")) && r.iter().any(|r| r.name.as_deref() == Some("delete_records")));
     assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && r.dst == "127.0.0.1:9"), "named by the tunnel's destination: {recs:#?}");
 
-    // TLS inside: relayed as it is.
+    // A TLS record that is no ClientHello: closed, as on a direct connection; nothing of
+    // it reaches the proxy.
     let env = proxy(DENY_DELETES);
     let (mut s, head) = tunnel(&env, "127.0.0.1:9443");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"\x16\x03\x01\x00\x05hello-tls-bytes").expect("write");
-    wait_upstream(&env, "hello-tls-bytes");
+    let mut rest = [0u8; 64];
+    let closed = loop {
+        match s.read(&mut rest) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    assert!(closed, "the tunnel stayed open after a record that is no ClientHello");
+    assert!(!env.upstream_bytes().contains("hello-tls-bytes"), "{}", env.upstream_bytes());
 
     // A tunnel to a registered MCP server, in enforce mode: refused before the proxy hears of it.
     let env = proxy(&format!("{DENY_DELETES}[[server]]\nname = \"records\"\nurl = \"https://mcp.records.test:8443/mcp\"\n"));
@@ -1066,35 +1076,76 @@ fn a_connect_tunnel_is_governed_inside() {
     let recs = env.daemon.wait_audit("the refused tunnel", |r| alerts(r).iter().any(|a| a.contains("CONNECT tunnel")));
     assert!(alerts(&recs).iter().any(|a| a.contains("mcp.records.test:8443") && a.contains("refused (enforce mode)")), "{:?}", alerts(&recs));
 
-    // TLS inside a tunnel toward a host the [tls] scope intercepts: mcpwatch does not
-    // terminate it, so in enforce mode it is refused and recorded, the hello never reaching
-    // the proxy. The host is judged by the hello's SNI (sent in two pieces: the SNI is read
-    // from the whole hello) and by the CONNECT host, whatever the SNI says.
+    // TLS inside a tunnel to a host the [tls] scope intercepts, with a hello naming a host
+    // outside it: the client's choice of SNI would take the host out of inspection, so in
+    // enforce mode the tunnel is closed and recorded, the hello never reaching the proxy.
+    // (A hello naming the host itself is intercepted: see
+    // `tls_inside_a_connect_tunnel_is_intercepted_and_governed`.)
     let pki = mcpwatch_tests::tls::TestPki::new();
     let config = mcpwatch_tests::tls::tls_config(&pki, "always = [\"mcp.intercepted.test\"]");
-    for (target, sni) in [("127.0.0.1:9443", "mcp.intercepted.test"), ("mcp.intercepted.test:9443", "elsewhere.test")] {
-        let env = proxy_with(DENY_DELETES, Some(config.clone()));
-        let (mut s, head) = tunnel(&env, target);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let hello = mcpwatch_tests::tls::hello::client_hello(Some(sni.as_bytes()));
-        let (a, b) = hello.split_at(hello.len() / 2);
-        s.write_all(a).expect("write");
-        std::thread::sleep(Duration::from_millis(100));
-        s.write_all(b).expect("write");
-        let mut rest = [0u8; 64];
-        match s.read(&mut rest) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("the tunnel stayed open ({target}, SNI {sni}): {other:?}"),
-        }
-        let recs = env.daemon.wait_audit("the refused TLS inside a tunnel", |r| r.iter().any(|r| matches!(&r.status, CallStatus::TransportError { reason } if reason.contains("inside a CONNECT tunnel"))));
-        let reason = recs.iter().find_map(|r| match &r.status { CallStatus::TransportError { reason } if reason.contains("CONNECT") => Some(reason.clone()), _ => None }).expect("a reason");
-        assert!(reason.contains(sni) && reason.contains("refused (enforce mode)"), "{reason}");
-        assert!(!env.upstream_bytes().contains(sni), "the hello reached the proxy: {}", env.upstream_bytes());
+    let (target, sni) = ("mcp.intercepted.test:9443", "elsewhere.test");
+    let env = proxy_with(DENY_DELETES, Some(config.clone()));
+    let (mut s, head) = tunnel(&env, target);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let hello = mcpwatch_tests::tls::hello::client_hello(Some(sni.as_bytes()));
+    let (a, b) = hello.split_at(hello.len() / 2);
+    s.write_all(a).expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b).expect("write");
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the tunnel stayed open ({target}, SNI {sni}): {other:?}"),
     }
+    let recs = env.daemon.wait_audit("the refused TLS inside a tunnel", |r| r.iter().any(|r| matches!(&r.status, CallStatus::TransportError { reason } if reason.contains("inside a CONNECT tunnel"))));
+    let reason = recs.iter().find_map(|r| match &r.status { CallStatus::TransportError { reason } if reason.contains("CONNECT") => Some(reason.clone()), _ => None }).expect("a reason");
+    assert!(reason.contains(sni) && reason.contains("refused (enforce mode)"), "{reason}");
+    assert!(!env.upstream_bytes().contains(sni), "the hello reached the proxy: {}", env.upstream_bytes());
     // ... and toward a host it does not intercept, TLS goes on as it is.
     let env = proxy_with(DENY_DELETES, Some(config));
     let (mut s, _) = tunnel(&env, "127.0.0.1:9443");
     s.write_all(&mcpwatch_tests::tls::hello::client_hello(Some(b"passes.test"))).expect("write");
     wait_upstream(&env, "passes.test");
+}
+
+/// An agent behind a forward proxy (`HTTPS_PROXY`) calling an HTTPS MCP server the `[tls]`
+/// scope intercepts: the real Python SDK, through mcpwatchd on the proxy's port, to a real
+/// CONNECT proxy in front of the real server. mcpwatch terminates the TLS inside the tunnel
+/// (verifying the server through the tunnel first), so the calls are governed as on a direct
+/// connection: the denied call is answered by mcpwatch and never reaches the server, the
+/// allowed one is recorded as `https` with its TLS details. Before, TLS inside a tunnel could
+/// only be relayed or refused.
+#[test]
+fn tls_inside_a_connect_tunnel_is_intercepted_and_governed() {
+    use mcpwatch_tests::tls::{self, CertKind, TestPki};
+    let pki = TestPki::new();
+    let cert = pki.server_cert(CertKind::Valid, "localhost");
+    let server = tls::https(peers::python_server().json_response().arg("--threat-tools"), &cert).spawn();
+    let proxy = harness::ConnectProxy::start();
+    let config = tls::tls_config(&pki, "always = [\"localhost\"]");
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(proxy.addr), policy: Some(DENY_DELETES.into()), config: Some(config), ..Default::default() });
+    let url = tls::https_url("localhost", &server);
+    let out = Client::python(&url)
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{}", daemon.port))
+        .env("SSL_CERT_FILE", tls::daemon_ca(&daemon).display().to_string())
+        .call("echo", json!({"text": "through the proxy"}))
+        .call("delete_records", json!({"table": "orders"}))
+        .try_run();
+    let steps = out.steps();
+    assert_eq!(steps.first().map(|s| &s["text"]), Some(&json!("through the proxy")), "{:?}\n{}", out.lines, out.stderr);
+    assert_eq!(steps[1]["ok"], false, "the denied call went through: {}", steps[1]);
+    assert!(proxy.targets().iter().any(|t| t == &format!("localhost:{}", server.addr().port())), "the calls went through the proxy: {:?}", proxy.targets());
+    let calls = server.recorded_calls();
+    assert!(calls.iter().all(|c| c["tool"] != "delete_records"), "the denied call reached the server: {calls:?}");
+    assert!(calls.iter().any(|c| c["tool"] == "echo"), "{calls:?}");
+    let recs = daemon.wait_audit("the calls through the tunnel", |r| r.iter().any(|r| r.name.as_deref() == Some("echo") && r.status == CallStatus::Ok) && r.iter().any(|r| r.name.as_deref() == Some("delete_records")));
+    let echo = recs.iter().find(|r| r.name.as_deref() == Some("echo")).expect("echo");
+    assert_eq!(echo.server, url, "{echo:#?}");
+    assert_eq!(echo.scheme, "https");
+    let tls_details = echo.tls.as_ref().expect("TLS details on the record");
+    assert_eq!(tls_details.sni.as_deref(), Some("localhost"));
+    assert!(tls_details.upstream_fingerprint.is_some(), "{tls_details:?}");
+    let denied = recs.iter().find(|r| r.name.as_deref() == Some("delete_records")).expect("delete_records");
+    assert!(denied.decision.as_ref().is_some_and(|d| d.rules.iter().any(|r| r == "no-deletes")), "{denied:#?}");
 }
