@@ -54,12 +54,12 @@ pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, u
         let enforce = mode == Mode::Enforce;
         let alert = format!(
             "CONNECT tunnel to {host}:{port}, a governed MCP destination, through a forward proxy: {}",
-            if enforce { "refused (enforce mode)" } else { "opened; TLS inside it is not inspected" }
+            if enforce { "refused (enforce mode)" } else { "opened; TLS inside it is inspected only toward hosts the [tls] scope intercepts" }
         );
         tracing::warn!(conn = ctx.id, "{alert}");
         if enforce {
             Counters::inc(&shared.counters.refused_protocol);
-            return scope.refuse(&shared, StatusCode::FORBIDDEN, alert, "mcpwatch: a tunnel to a governed MCP server cannot be inspected; refused");
+            return scope.refuse(&shared, StatusCode::FORBIDDEN, alert, "mcpwatch: a tunnel to a governed MCP server is refused in enforce mode");
         }
         scope.alert_forwarded(&shared, alert);
     }
