@@ -208,14 +208,7 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
         Sniffed::Client(Classification::Http1) => http::serve(shared, ctx, client, upstream, http::Proto::Http1).await,
         Sniffed::Client(Classification::Http2) => http::serve(shared, ctx, client, upstream, http::Proto::Http2).await,
         Sniffed::Client(Classification::Tls) => super::tls::handle(shared, ctx, client, upstream).await,
-        Sniffed::Client(Classification::NotHttp(why)) => {
-            let what = match why {
-                NotHttp::Ssh => "an SSH identification",
-                NotHttp::Binary => "bytes no HTTP request or TLS handshake starts with",
-                NotHttp::NoRequestLine => "a first line that is not an HTTP request line",
-            };
-            opaque(shared, ctx, client, upstream, what).await
-        }
+        Sniffed::Client(Classification::NotHttp(why)) => opaque(shared, ctx, client, upstream, not_http_text(why)).await,
         Sniffed::ServerFirst => opaque(shared, ctx, client, upstream, "the server speaking first").await,
         Sniffed::ClientClosed => {
             // Nothing from the client can follow its FIN, and what is queued is no complete
@@ -263,9 +256,22 @@ async fn serve_tunnel_inner(shared: Arc<Shared>, ctx: ConnCtx, mut client: BoxIo
         Some(Classification::Http1) => http::serve_io(shared, ctx, Rewind::new(first, client), None, server, no_reconnect).await,
         Some(Classification::Http2) => http::serve_h2(shared, ctx, Rewind::new(first, client), server, no_reconnect).await,
         Some(Classification::Tls) => super::tls::in_tunnel(shared, ctx, first, client, server).await,
-        Some(Classification::NotHttp(_)) => super::tunnel::relay_rewound(&shared, first, client, server).await,
+        Some(Classification::NotHttp(why)) => {
+            if super::tunnel::passes_uninspected(&shared, &ctx, not_http_text(why), None) {
+                super::tunnel::relay_rewound(&shared, first, client, server).await
+            }
+        }
         // Silent or gone before a first byte: nothing was sent, nothing is relayed.
         None | Some(Classification::NeedMore) => Counters::inc(&shared.counters.closed_silent),
+    }
+}
+
+/// What a connection that is not HTTP began with, for records.
+fn not_http_text(why: NotHttp) -> &'static str {
+    match why {
+        NotHttp::Ssh => "an SSH identification",
+        NotHttp::Binary => "bytes no HTTP request or TLS handshake starts with",
+        NotHttp::NoRequestLine => "a first line that is not an HTTP request line",
     }
 }
 

@@ -40,11 +40,16 @@ pub struct ConnCtx {
     /// Inside a `CONNECT` tunnel: the host the client asked the proxy for (`origin.dst` is
     /// that host as resolved here).
     pub tunnel_host: Option<String>,
+    /// Inside a `CONNECT` tunnel to a governed MCP destination (a `[[server]]` at the
+    /// tunnel's host and port, or an address where MCP was seen): that destination's mode.
+    /// What cannot be inspected inside such a tunnel is refused in enforce mode
+    /// (`tunnel::passes_uninspected`).
+    pub tunnel_mode: Option<mcpwatch_policy::Mode>,
 }
 
 impl ConnCtx {
     pub fn new(id: u64, peer: SocketAddr, origin: Origin) -> ConnCtx {
-        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new(), serve_tunnel: None, tunnel_host: None }
+        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new(), serve_tunnel: None, tunnel_host: None, tunnel_mode: None }
     }
 
     /// The process that sent this connection, as a session owner (`None`: unknown).

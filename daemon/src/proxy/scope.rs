@@ -239,6 +239,13 @@ impl Scope {
         write_closed(shared, rec, CallStatus::Sent);
     }
 
+    /// Record a note about a request that is forwarded (nothing suspicious in it).
+    pub(super) fn note_forwarded(&self, shared: &Shared, note: String) {
+        let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, 0);
+        rec.notes.push(note);
+        write_closed(shared, rec, CallStatus::Sent);
+    }
+
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         let mut rec = AuditRecord {
             process: self.ctx.origin.process.as_deref().cloned(),

@@ -91,10 +91,15 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
 /// other (verified TLS through the tunnel first, then a leaf for the client; no reconnect).
 /// A hello whose SNI is outside the `[tls]` scope on a tunnel to a host inside it would
 /// take that host out of inspection by the client's choice: it is recorded, and refused in
-/// enforce mode. Anything else is relayed as it came.
+/// enforce mode. Other TLS that is not intercepted goes through
+/// [`tunnel::passes_uninspected`]: refused in enforce mode toward a governed destination,
+/// relayed as it came otherwise.
 pub async fn in_tunnel(shared: Arc<Shared>, ctx: ConnCtx, first: Vec<u8>, client: BoxIo, server: BoxIo) {
     let Some(rt) = shared.tls.as_ref() else {
-        return tunnel::relay_rewound(&shared, first, client, server).await;
+        if tunnel::passes_uninspected(&shared, &ctx, "TLS (interception is off)", Some(TlsDetails::default())) {
+            tunnel::relay_rewound(&shared, first, client, server).await;
+        }
+        return;
     };
     let hello = match mcpwatch_tls::read_client_hello(Rewind::new(first, client), rt.handshake_timeout()).await {
         Ok(h) => h,
@@ -150,6 +155,11 @@ pub async fn in_tunnel(shared: Arc<Shared>, ctx: ConnCtx, first: Vec<u8>, client
             tunnel::relay_rewound(&shared, recorded, Box::new(client), server).await;
         }
         TlsAction::PassThrough => {
+            let sni_text = sni.as_deref().map_or_else(|| "no SNI".to_string(), |s| format!("SNI `{}`", s.chars().take(253).collect::<String>()));
+            let what = format!("TLS ({sni_text}), not intercepted,");
+            if !tunnel::passes_uninspected(&shared, &ctx, &what, Some(TlsDetails { sni, ..Default::default() })) {
+                return;
+            }
             let (client, recorded) = hello.into_passthrough();
             tunnel::relay_rewound(&shared, recorded, Box::new(client), server).await;
         }

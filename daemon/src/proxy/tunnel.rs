@@ -5,9 +5,9 @@
 //! and the tunnel was dead: nothing behind a forward proxy on a watched port worked. A
 //! tunnel spliced blindly would be worse: a way around everything mcpwatch inspects. So:
 //!
-//! - toward a destination the registry names (`[[server]]` at that host and port) or where
-//!   MCP was seen, the tunnel follows the destination's mode before anything is sent:
-//!   refused (403) in enforce mode, audited and opened otherwise;
+//! - a tunnel toward a destination the registry names (`[[server]]` at that host and port)
+//!   or where MCP was seen is recorded and opened, carrying that destination's mode inside
+//!   (`ConnCtx::tunnel_mode`);
 //! - once the proxy answered `2xx`, what the client sends inside is served as on a fresh
 //!   connection (`ConnCtx::serve_tunnel`, which is `conn::serve_tunnel`): plain HTTP/1 or
 //!   HTTP/2 is served and governed, named by the tunnel's destination;
@@ -15,7 +15,11 @@
 //!   tunnel's host standing in for the destination: intercepted (verified TLS to the server
 //!   through the tunnel, a leaf for the client, then the HTTP path) or passed through; a
 //!   hello naming a host outside the `[tls]` scope on a tunnel to a host inside it is
-//!   recorded and refused in enforce mode; other bytes are relayed;
+//!   recorded and refused in enforce mode;
+//! - what cannot be inspected inside a tunnel to a governed destination (TLS that is not
+//!   intercepted, a protocol that is neither HTTP nor TLS) is recorded, and refused in
+//!   enforce mode ([`passes_uninspected`]), as on a direct connection; toward other
+//!   destinations it is relayed;
 //! - the tunnel's upstream is the proxy's connection: when it ends, so do the tunnel's
 //!   requests (no reconnect).
 
@@ -30,6 +34,7 @@ use http::StatusCode;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use mcpwatch_api::{CallStatus, TlsDetails};
 use mcpwatch_policy::Mode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -50,18 +55,20 @@ pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, u
         return body::local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: CONNECT is not served on this connection\n".to_string());
     };
     let dst = destination(&host, port).await;
-    if let Some(mode) = tunnel_mode(&shared, &host, port, dst) {
-        let enforce = mode == Mode::Enforce;
-        let alert = format!(
-            "CONNECT tunnel to {host}:{port}, a governed MCP destination, through a forward proxy: {}",
-            if enforce { "refused (enforce mode)" } else { "opened; TLS inside it is inspected only toward hosts the [tls] scope intercepts" }
+    // A tunnel to a governed destination opens: what the client sends inside is governed
+    // as on a direct connection, and what cannot be inspected there is refused in enforce
+    // mode (`passes_uninspected`). Refusing the tunnel itself would cut an agent behind a
+    // forward proxy off from every server it may call, from its second connection on once
+    // MCP was seen there.
+    let mode = tunnel_mode(&shared, &host, port, dst);
+    if let Some(mode) = mode {
+        let note = format!(
+            "CONNECT tunnel to {host}:{port}, a governed MCP destination ({} mode), through a forward proxy: opened; what the client sends inside is governed, and what mcpwatch cannot inspect there is {}",
+            mode.as_str(),
+            if mode == Mode::Enforce { "refused" } else { "relayed and recorded" }
         );
-        tracing::warn!(conn = ctx.id, "{alert}");
-        if enforce {
-            Counters::inc(&shared.counters.refused_protocol);
-            return scope.refuse(&shared, StatusCode::FORBIDDEN, alert, "mcpwatch: a tunnel to a governed MCP server is refused in enforce mode");
-        }
-        scope.alert_forwarded(&shared, alert);
+        tracing::info!(conn = ctx.id, "{note}");
+        scope.note_forwarded(&shared, note);
     }
     let req = Request::from_parts(parts, body::empty());
     let mut resp = match up.lock().await.send(req).await {
@@ -78,6 +85,7 @@ pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, u
     let mut inner = ConnCtx::new(ctx.id, ctx.peer, Origin { dst, process: ctx.origin.process.clone() });
     inner.serve_tunnel = Some(serve_tunnel);
     inner.tunnel_host = Some(host);
+    inner.tunnel_mode = mode;
     tokio::spawn(async move {
         match tokio::try_join!(client, server) {
             Ok((c, s)) => serve_tunnel(shared, inner, Box::new(TokioIo::new(c)), Box::new(TokioIo::new(s))).await,
@@ -110,6 +118,30 @@ fn tunnel_mode(shared: &Shared, host: &str, port: u16, dst: SocketAddr) -> Optio
         (Some(a), b) => Some(strictest(b, a)),
         (None, b) => b,
     }
+}
+
+/// Bytes inside a tunnel that mcpwatch cannot inspect (`what`: TLS it does not intercept,
+/// a protocol that is neither HTTP nor TLS) toward a governed destination
+/// (`ctx.tunnel_mode`): recorded in every mode, refused in enforce mode, as they are on a
+/// direct connection. `tls`: the TLS facts known (the hello's SNI). `true`: relay them.
+pub(super) fn passes_uninspected(shared: &Shared, ctx: &ConnCtx, what: &str, tls: Option<TlsDetails>) -> bool {
+    let Some(mode) = ctx.tunnel_mode else { return true };
+    let enforce = mode == Mode::Enforce;
+    let host = ctx.tunnel_host.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
+    let reason = format!(
+        "{what} inside a CONNECT tunnel to {host}:{}, a governed MCP destination: {}",
+        ctx.origin.dst.port(),
+        if enforce { "refused (enforce mode)" } else { "relayed uninspected" }
+    );
+    tracing::warn!(conn = ctx.id, "{reason}");
+    let (scheme, transport) = if tls.is_some() { ("https", "tls") } else { ("http", "tcp") };
+    let mut rec = crate::record::connection(shared, &ctx.origin, scheme, transport, &host, &reason);
+    rec.tls = tls;
+    crate::record::write_closed(shared, rec, CallStatus::TransportError { reason });
+    if enforce {
+        Counters::inc(&shared.counters.refused_protocol);
+    }
+    !enforce
 }
 
 /// The tunnel's upstream is the proxy's connection: when it ends there is no dialling it

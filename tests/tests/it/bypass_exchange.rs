@@ -1001,8 +1001,10 @@ fn a_host_header_does_not_make_a_remote_address_a_registered_server() {
 /// Protocol choice through an HTTP forward proxy (an agent with `HTTPS_PROXY` set, the proxy
 /// on a watched port). Before, the proxy's `200` reached the client and the tunnel was dead;
 /// now what the client sends inside is served as on a fresh connection: plain HTTP is
-/// governed (a denied call is answered by mcpwatch and never reaches the proxy), TLS goes
-/// on as it is, and a tunnel to a registered MCP server is refused in enforce mode.
+/// governed (a denied call is answered by mcpwatch and never reaches the proxy), also on a
+/// second tunnel once MCP was seen there; TLS toward a host not governed goes on as it is;
+/// inside a tunnel to a registered MCP server, in enforce mode, what mcpwatch cannot
+/// inspect is refused.
 #[test]
 fn a_connect_tunnel_is_governed_inside() {
     let proxy_with = |policy: &str, config: Option<String>| {
@@ -1051,6 +1053,21 @@ fn a_connect_tunnel_is_governed_inside() {
     let recs = env.daemon.wait_audit("the tunnel's calls", |r| r.iter().any(|r| r.name.as_deref() == Some("echo")) && r.iter().any(|r| r.name.as_deref() == Some("delete_records")));
     assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && r.dst == "127.0.0.1:9"), "named by the tunnel's destination: {recs:#?}");
 
+    // A second tunnel to that destination, where MCP has now been seen: it opens (an agent
+    // behind a forward proxy reconnects), and what it carries is governed again.
+    let (mut s, head) = tunnel(&env, "127.0.0.1:9");
+    assert!(head.starts_with("HTTP/1.1 200"), "a tunnel to a destination where MCP was seen was refused: {head}");
+    s.write_all(&format!("POST /mcp HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n", body.len()).into_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut again = vec![0u8; 4096];
+    let n = s.read(&mut again).expect("the denial comes back through the second tunnel");
+    let again = String::from_utf8_lossy(&again[..n]);
+    assert!(again.contains("no-deletes"), "{again}");
+    assert!(!env.upstream_bytes().contains("delete_records"), "the denied call reached the proxy: {}", env.upstream_bytes());
+    let recs = env.daemon.audit();
+    assert!(recs.iter().any(|r| r.notes.iter().any(|n| n.contains("CONNECT tunnel to 127.0.0.1:9") && n.contains("enforce mode"))), "the tunnel to a governed destination is recorded: {recs:#?}");
+
+
     // A TLS record that is no ClientHello: closed, as on a direct connection; nothing of
     // it reaches the proxy.
     let env = proxy(DENY_DELETES);
@@ -1068,13 +1085,33 @@ fn a_connect_tunnel_is_governed_inside() {
     assert!(closed, "the tunnel stayed open after a record that is no ClientHello");
     assert!(!env.upstream_bytes().contains("hello-tls-bytes"), "{}", env.upstream_bytes());
 
-    // A tunnel to a registered MCP server, in enforce mode: refused before the proxy hears of it.
+    // A tunnel to a registered MCP server, in enforce mode: it opens, but what mcpwatch
+    // cannot inspect inside it (here a binary protocol, then TLS it does not intercept)
+    // is refused and recorded, and never reaches the proxy.
     let env = proxy(&format!("{DENY_DELETES}[[server]]\nname = \"records\"\nurl = \"https://mcp.records.test:8443/mcp\"\n"));
-    let (_s, head) = tunnel(&env, "mcp.records.test:8443");
-    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    assert!(!env.upstream_bytes().contains("CONNECT"), "{}", env.upstream_bytes());
-    let recs = env.daemon.wait_audit("the refused tunnel", |r| alerts(r).iter().any(|a| a.contains("CONNECT tunnel")));
-    assert!(alerts(&recs).iter().any(|a| a.contains("mcp.records.test:8443") && a.contains("refused (enforce mode)")), "{:?}", alerts(&recs));
+    let (mut s, head) = tunnel(&env, "mcp.records.test:8443");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"\x00\x01binary-inside").expect("write");
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("opaque bytes inside a tunnel to a registered server were relayed: {other:?}"),
+    }
+    let (mut s, head) = tunnel(&env, "mcp.records.test:8443");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(&mcpwatch_tests::tls::hello::client_hello(Some(b"mcp.records.test"))).expect("write");
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("TLS that is not intercepted inside a tunnel to a registered server was relayed: {other:?}"),
+    }
+    let refused = |r: &AuditRecord, what: &str| matches!(&r.status, CallStatus::TransportError { reason } if reason.contains(what) && reason.contains("mcp.records.test:8443") && reason.contains("refused (enforce mode)"));
+    let recs = env.daemon.wait_audit("the refused bytes inside the tunnels", |r| r.iter().any(|r| refused(r, "no HTTP request")) && r.iter().any(|r| refused(r, "TLS (SNI")));
+    let tls_rec = recs.iter().find(|r| refused(r, "TLS (SNI")).expect("the TLS record");
+    assert_eq!(tls_rec.tls.as_ref().and_then(|t| t.sni.as_deref()), Some("mcp.records.test"), "{tls_rec:#?}");
+    let upstream = env.upstream_bytes();
+    assert!(!upstream.contains("binary-inside") && !upstream.contains("\u{16}\u{3}"), "bytes inside the tunnels reached the proxy: {upstream:?}");
 
     // TLS inside a tunnel to a host the [tls] scope intercepts, with a hello naming a host
     // outside it: the client's choice of SNI would take the host out of inspection, so in
