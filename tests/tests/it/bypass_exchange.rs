@@ -1033,6 +1033,16 @@ fn a_connect_tunnel_is_governed_inside() {
         }
     };
 
+    // The tunnel is closed by mcpwatch (EOF or reset) before anything comes back.
+    let assert_closed = |s: &mut std::net::TcpStream, what: &str| {
+        let mut rest = [0u8; 64];
+        match s.read(&mut rest) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("{what}: the tunnel stayed open: {other:?}"),
+        }
+    };
+
     // Plain HTTP inside: governed.
     let env = proxy(DENY_DELETES);
     let (mut s, head) = tunnel(&env, "127.0.0.1:9");
@@ -1092,20 +1102,11 @@ fn a_connect_tunnel_is_governed_inside() {
     let (mut s, head) = tunnel(&env, "mcp.records.test:8443");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"\x00\x01binary-inside").expect("write");
-    let mut rest = [0u8; 64];
-    match s.read(&mut rest) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("opaque bytes inside a tunnel to a registered server were relayed: {other:?}"),
-    }
+    assert_closed(&mut s, "opaque bytes inside a tunnel to a registered server");
     let (mut s, head) = tunnel(&env, "mcp.records.test:8443");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(&mcpwatch_tests::tls::hello::client_hello(Some(b"mcp.records.test"))).expect("write");
-    match s.read(&mut rest) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("TLS that is not intercepted inside a tunnel to a registered server was relayed: {other:?}"),
-    }
+    assert_closed(&mut s, "TLS that is not intercepted inside a tunnel to a registered server");
     let refused = |r: &AuditRecord, what: &str| matches!(&r.status, CallStatus::TransportError { reason } if reason.contains(what) && reason.contains("mcp.records.test:8443") && reason.contains("refused (enforce mode)"));
     let recs = env.daemon.wait_audit("the refused bytes inside the tunnels", |r| r.iter().any(|r| refused(r, "no HTTP request")) && r.iter().any(|r| refused(r, "TLS (SNI")));
     let tls_rec = recs.iter().find(|r| refused(r, "TLS (SNI")).expect("the TLS record");
@@ -1129,12 +1130,7 @@ fn a_connect_tunnel_is_governed_inside() {
     s.write_all(a).expect("write");
     std::thread::sleep(Duration::from_millis(100));
     s.write_all(b).expect("write");
-    let mut rest = [0u8; 64];
-    match s.read(&mut rest) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("the tunnel stayed open ({target}, SNI {sni}): {other:?}"),
-    }
+    assert_closed(&mut s, &format!("TLS to {target} with SNI {sni}"));
     let recs = env.daemon.wait_audit("the refused TLS inside a tunnel", |r| r.iter().any(|r| matches!(&r.status, CallStatus::TransportError { reason } if reason.contains("inside a CONNECT tunnel"))));
     let reason = recs.iter().find_map(|r| match &r.status { CallStatus::TransportError { reason } if reason.contains("CONNECT") => Some(reason.clone()), _ => None }).expect("a reason");
     assert!(reason.contains(sni) && reason.contains("refused (enforce mode)"), "{reason}");
