@@ -1181,4 +1181,15 @@ fn tls_inside_a_connect_tunnel_is_intercepted_and_governed() {
     assert!(tls_details.upstream_fingerprint.is_some(), "{tls_details:?}");
     let denied = recs.iter().find(|r| r.name.as_deref() == Some("delete_records")).expect("delete_records");
     assert!(denied.decision.as_ref().is_some_and(|d| d.rules.iter().any(|r| r == "no-deletes")), "{denied:#?}");
+
+    // The agent starts again: MCP has been seen at the tunnel's destination, so it is
+    // governed now, and its new tunnels still open (in enforce mode too) and are
+    // intercepted as the first ones were.
+    let again = Client::python(&url)
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{}", daemon.port))
+        .env("SSL_CERT_FILE", tls::daemon_ca(&daemon).display().to_string())
+        .call("echo", json!({"text": "after a restart"}))
+        .try_run();
+    assert_eq!(again.steps().first().map(|s| &s["text"]), Some(&json!("after a restart")), "{:?}\n{}", again.lines, again.stderr);
+    daemon.wait_audit("the call of the second session", |r| r.iter().any(|r| r.name.as_deref() == Some("echo") && r.status == CallStatus::Ok && r.scheme == "https" && r.jsonrpc_id.is_some() && server.recorded_texts().iter().any(|t| t == "after a restart")));
 }
