@@ -237,6 +237,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
         }
         Request::AuditVerify => {
             // A full pass over the store: off the runtime's threads.
+            shared.run_deferred();
             let store = shared.store.clone();
             let resp = match tokio::task::spawn_blocking(move || store.verify()).await {
                 Ok(Ok(report)) => Response::Verify(report),
@@ -249,6 +250,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             // In parts: one line per AUDIT_PART records, so an answer of any size stays
             // within the wire's line bound; read page by page on a blocking thread, so the
             // daemon holds two pages, not the whole answer (1M records were GBs).
+            shared.run_deferred();
             let store = shared.store.clone();
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<mcpwatch_api::AuditRecord>>(2);
             let reader =
@@ -270,6 +272,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             // Subscribe first so nothing falls between the backlog and the stream.
             let mut rx = shared.subscribe();
             // The backlog page by page, as for `Audit` (an unreadable store: no backlog).
+            shared.run_deferred();
             let store = shared.store.clone();
             let wanted = filter.clone();
             let (tx, mut pages) = tokio::sync::mpsc::channel::<Vec<mcpwatch_api::AuditRecord>>(2);

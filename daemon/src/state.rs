@@ -116,6 +116,8 @@ pub struct Shared {
     flush_wanted: AtomicU64,
     flush_wake: tokio::sync::Notify,
     flushed: tokio::sync::watch::Sender<(u64, Option<String>)>,
+    /// Completions left by connection threads until they go idle (`record::finish`).
+    pub(crate) deferred: crate::record::Deferred,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ impl Shared {
             flush_wanted: AtomicU64::new(0),
             flush_wake: tokio::sync::Notify::new(),
             flushed: tokio::sync::watch::channel((0, None)).0,
+            deferred: Default::default(),
         })
     }
 
@@ -286,6 +289,15 @@ impl Shared {
     /// the group commit, within `group_commit_ms` (`Store::finish_record`); with
     /// `per_call` or `off` (no periodic commit) at once. Not for a change that must be
     /// written before something is forwarded (an approval): that is `complete_record`.
+    /// Write the completions that wait for their connection thread to go idle
+    /// ([`crate::record::Deferred`]): run by those threads before they sleep, by readers
+    /// of the store before they read, and at shutdown.
+    pub fn run_deferred(&self) {
+        for rec in self.deferred.take() {
+            self.finish_record(&rec);
+        }
+    }
+
     pub fn finish_record(&self, rec: &AuditRecord) {
         self.store_update(rec, self.config.audit_sync_mode == crate::config::SyncMode::Group);
     }

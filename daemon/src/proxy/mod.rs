@@ -71,7 +71,15 @@ pub async fn run(
         })
     };
     let tracker = TaskTracker::new();
-    let workers = match workers::Workers::start(shared.config.limits.proxy_threads) {
+    let idle: Arc<dyn Fn() + Send + Sync> = {
+        let shared = Arc::downgrade(&shared);
+        Arc::new(move || {
+            if let Some(s) = shared.upgrade() {
+                s.run_deferred();
+            }
+        })
+    };
+    let workers = match workers::Workers::start(shared.config.limits.proxy_threads, Some(idle)) {
         Ok(w) => Some(Arc::new(w)),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the proxy threads; serving connections on the main runtime");
@@ -120,6 +128,7 @@ pub async fn run(
     }
     inventory_writer.abort();
     flusher.abort();
+    shared.run_deferred();
     shared.inventory.persist();
     if let Err(e) = shared.store.flush() {
         tracing::error!(error = %e, "final audit flush failed");

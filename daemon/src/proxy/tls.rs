@@ -528,6 +528,7 @@ mod tests {
     }
 
     fn records(shared: &Shared) -> Vec<AuditRecord> {
+        shared.run_deferred();
         shared.store.query(&AuditFilter { limit: Some(1000), ..Default::default() }).expect("query")
     }
 

@@ -68,22 +68,33 @@ impl Drop for Live {
 
 impl Workers {
     /// Start `n` threads (at least one), each running a current-thread runtime with I/O and
-    /// timers until [`Workers::stop`].
-    pub fn start(n: usize) -> std::io::Result<Self> {
+    /// timers until [`Workers::stop`]. `idle`: run whenever a thread is about to sleep, and
+    /// once more when it ends (the proxy writes the call completions left for then:
+    /// `record::finish`).
+    pub fn start(n: usize, idle: Option<Arc<dyn Fn() + Send + Sync>>) -> std::io::Result<Self> {
         let mut threads = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name("mcpwatch-proxy-blocking")
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all().thread_name("mcpwatch-proxy-blocking");
+            if let Some(f) = idle.clone() {
+                builder.on_thread_park(move || f());
+            }
+            let rt = builder.build()?;
+            let idle = idle.clone();
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let join = std::thread::Builder::new()
                 .name(format!("mcpwatch-proxy-{i}"))
                 .spawn(move || {
                     HERE.with(|h| h.set(Some(i)));
+                    if idle.is_some() {
+                        crate::record::defer_on_this_thread();
+                    }
                     let _ = rt.block_on(stopped);
                     rt.shutdown_timeout(STOP_GRACE);
+                    if let Some(f) = idle {
+                        f();
+                    }
                 })?;
             threads.push(Worker { handle, live: Arc::new(AtomicUsize::new(0)), stop: Some(stop), join: Some(join) });
         }
@@ -181,7 +192,7 @@ mod tests {
 
     #[test]
     fn connections_go_to_the_least_loaded_thread_and_stay_on_it() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, None).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let (hold_tx, hold_rx) = tokio::sync::watch::channel(false);
         for _ in 0..4 {
@@ -219,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_connection_accepted_on_a_thread_with_room_stays_there() {
-        let workers = Arc::new(Workers::start(2).unwrap());
+        let workers = Arc::new(Workers::start(2, None).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         for i in 0..2 {
             let (w, tx) = (workers.clone(), tx.clone());
