@@ -14,8 +14,6 @@
 //! both build and commit records here, so neither transport imports the other.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use mcpwatch_api::{AuditRecord, CallStatus, Endpoint, MessageKind, AUDIT_SCHEMA_VERSION};
 use mcpwatch_mcp::jsonrpc::Message;
@@ -124,11 +122,11 @@ pub fn answer_of(shared: &Shared, msg: &Message) -> (CallStatus, Option<String>)
 }
 
 /// A call is over (answered, failed, closed): its record gets the outcome. On a proxy
-/// connection thread the store write waits in [`Deferred`] until the thread is about to
-/// sleep (or [`DEFER_AT_MOST`] wait), so it is not between the server's answer and the
-/// client; elsewhere it is written at once. Either way it may then ride with the next
-/// journal write (`Shared::finish_record`): a completion was never a write that anything
-/// waits for before forwarding.
+/// connection thread the store write waits in `Shared::deferred` ([`crate::state::Deferred`])
+/// until the thread is about to sleep, or until [`DEFER_AT_MOST`] wait, so it is not
+/// between the server's answer and the client; elsewhere it is written at once. Either way
+/// it may then ride with the next journal write (`Shared::finish_record`): a completion
+/// was never a write that anything waits for before forwarding.
 pub fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: Option<String>, bytes: u64) {
     p.record.status = status;
     p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
@@ -159,37 +157,4 @@ thread_local! {
 /// for then.
 pub fn defer_on_this_thread() {
     DEFERS.with(|d| d.set(true));
-}
-
-/// Completions of calls that are over, waiting for their connection thread to go idle.
-///
-/// Measured (`perf`, `cargo xtask bench`, one keep-alive client): writing the completion
-/// (encode, chain link, journal buffer) was ~7 µs between the server's answer and the
-/// client's. Readers of the store (`mcpwatch audit`, verify, follow) and the proxy's
-/// shutdown write what waits first, so nothing reads a store that lacks a completion the
-/// client already has.
-#[derive(Default)]
-pub struct Deferred {
-    queue: Mutex<Vec<AuditRecord>>,
-    len: AtomicUsize,
-}
-
-impl Deferred {
-    /// Queue a completion; returns how many wait now.
-    fn push(&self, rec: AuditRecord) -> usize {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.push(rec);
-        self.len.store(q.len(), Ordering::Release);
-        q.len()
-    }
-
-    /// Everything waiting, oldest first (nothing, without locking, when nothing waits).
-    pub fn take(&self) -> Vec<AuditRecord> {
-        if self.len.load(Ordering::Acquire) == 0 {
-            return Vec::new();
-        }
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        self.len.store(0, Ordering::Release);
-        std::mem::take(&mut *q)
-    }
 }

@@ -236,8 +236,9 @@ mod tests {
             let (w, tx) = (workers.clone(), tx.clone());
             workers.run_on(i, async move {
                 let (at, live) = w.place();
-                tx.send((i, at)).unwrap();
+                // Uncounted before the test goes on to read the counts.
                 drop(live);
+                tx.send((i, at)).unwrap();
             });
         }
         let mut seen: Vec<(usize, Placement)> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
