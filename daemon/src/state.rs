@@ -284,11 +284,6 @@ impl Shared {
         self.store_update(rec, false);
     }
 
-    /// [`Shared::complete_record`] for a call that is over (answered, failed, closed):
-    /// with `[audit] sync = "group"` its journal line goes out with the next write(2) or
-    /// the group commit, within `group_commit_ms` (`Store::finish_record`); with
-    /// `per_call` or `off` (no periodic commit) at once. Not for a change that must be
-    /// written before something is forwarded (an approval): that is `complete_record`.
     /// Write the completions that wait for their connection thread to go idle
     /// ([`Deferred`]): run by those threads before they sleep, by readers
     /// of the store before they read, and at shutdown.
@@ -298,6 +293,11 @@ impl Shared {
         }
     }
 
+    /// [`Shared::complete_record`] for a call that is over (answered, failed, closed):
+    /// with `[audit] sync = "group"` its journal line goes out with the next write(2) or
+    /// the group commit, within `group_commit_ms` (`Store::finish_record`); with
+    /// `per_call` or `off` (no periodic commit) at once. Not for a change that must be
+    /// written before something is forwarded (an approval): that is `complete_record`.
     pub fn finish_record(&self, rec: &AuditRecord) {
         self.store_update(rec, self.config.audit_sync_mode == crate::config::SyncMode::Group);
     }

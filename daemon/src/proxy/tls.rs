@@ -135,33 +135,20 @@ pub async fn in_tunnel(shared: Arc<Shared>, ctx: ConnCtx, first: Vec<u8>, client
             let leg = Leg { client_fd: None, no_sni, tunnel: true };
             intercept(shared.clone(), ctx, hello, server, leg, Names { exe, host, sni }).await;
         }
-        TlsAction::PassThrough if tunnel_in_scope && why == "tls scope" => {
-            let enforce = tls_mode(&shared, &ctx, &tunnel_host) == Mode::Enforce;
-            let sni_text = sni.as_deref().map_or_else(|| "no SNI".to_string(), |s| format!("SNI `{}`", s.chars().take(253).collect::<String>()));
-            let reason = format!(
-                "TLS ({sni_text}, outside the [tls] scope) inside a CONNECT tunnel to {tunnel_host}:{}, a host the scope intercepts: {}",
-                ctx.origin.dst.port(),
-                if enforce { "refused (enforce mode)" } else { "relayed uninspected" }
-            );
-            tracing::warn!(conn = ctx.id, "{reason}");
-            let mut rec = connection_record(&shared, &ctx, &tunnel_host, reason.clone());
-            rec.tls = Some(TlsDetails { sni, ..Default::default() });
-            crate::record::write_closed(&shared, rec, mcpwatch_api::CallStatus::TransportError { reason });
-            if enforce {
-                Counters::inc(&shared.counters.refused_protocol);
-                return;
-            }
-            let (client, recorded) = hello.into_passthrough();
-            tunnel::relay_rewound(&shared, recorded, Box::new(client), server).await;
-        }
         TlsAction::PassThrough => {
             let sni_text = sni.as_deref().map_or_else(|| "no SNI".to_string(), |s| format!("SNI `{}`", s.chars().take(253).collect::<String>()));
-            let what = format!("TLS ({sni_text}), not intercepted,");
-            if !tunnel::passes_uninspected(&shared, &ctx, &what, Some(TlsDetails { sni, ..Default::default() })) {
-                return;
+            let details = Some(TlsDetails { sni, ..Default::default() });
+            let passes = if tunnel_in_scope && why == "tls scope" {
+                let mode = tls_mode(&shared, &ctx, &tunnel_host);
+                let what = format!("TLS ({sni_text}, outside the [tls] scope)");
+                tunnel::passes_uninspected_in(&shared, &ctx, mode, &what, "a host the scope intercepts", details)
+            } else {
+                tunnel::passes_uninspected(&shared, &ctx, &format!("TLS ({sni_text}), not intercepted,"), details)
+            };
+            if passes {
+                let (client, recorded) = hello.into_passthrough();
+                tunnel::relay_rewound(&shared, recorded, Box::new(client), server).await;
             }
-            let (client, recorded) = hello.into_passthrough();
-            tunnel::relay_rewound(&shared, recorded, Box::new(client), server).await;
         }
     }
 }

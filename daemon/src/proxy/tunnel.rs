@@ -125,11 +125,19 @@ fn tunnel_mode(shared: &Shared, host: &str, port: u16, dst: SocketAddr) -> Optio
 /// (`ctx.tunnel_mode`): recorded in every mode, refused in enforce mode, as they are on a
 /// direct connection. `tls`: the TLS facts known (the hello's SNI). `true`: relay them.
 pub(super) fn passes_uninspected(shared: &Shared, ctx: &ConnCtx, what: &str, tls: Option<TlsDetails>) -> bool {
-    let Some(mode) = ctx.tunnel_mode else { return true };
+    match ctx.tunnel_mode {
+        Some(mode) => passes_uninspected_in(shared, ctx, mode, what, "a governed MCP destination", tls),
+        None => true,
+    }
+}
+
+/// [`passes_uninspected`] under `mode`, for a tunnel whose host is `whose` (why its
+/// contents should have been inspected): recorded, counted and refused in enforce mode.
+pub(super) fn passes_uninspected_in(shared: &Shared, ctx: &ConnCtx, mode: Mode, what: &str, whose: &str, tls: Option<TlsDetails>) -> bool {
     let enforce = mode == Mode::Enforce;
     let host = ctx.tunnel_host.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
     let reason = format!(
-        "{what} inside a CONNECT tunnel to {host}:{}, a governed MCP destination: {}",
+        "{what} inside a CONNECT tunnel to {host}:{}, {whose}: {}",
         ctx.origin.dst.port(),
         if enforce { "refused (enforce mode)" } else { "relayed uninspected" }
     );
