@@ -184,6 +184,11 @@ const TARGETS: &[Target] = &[
         start: daemon_targets::start_static,
     },
     Target {
+        name: "mcpwatchd-base",
+        about: "mcpwatchd-static on the build named by $MCPWATCH_BENCH_BASE (a change measured against its baseline in one run)",
+        start: daemon_targets::start_static_base,
+    },
+    Target {
         name: "mcpwatchd",
         about: "the real path: eBPF redirect from the client's cgroup, embedded default policy, default audit (sync = group)",
         start: daemon_targets::start_watched,
@@ -685,6 +690,21 @@ fn print_bars(cells: &[Cell], tls: &[Measured], memory: &[(&str, u64)]) {
     // critical path; at c=8 on 2 cores it is what throughput trades against.
     for line in &cpu {
         println!("  cpu per call: {line}");
+    }
+    // Not a bar: this build against the baseline build (`mcpwatchd-base`), cell by cell.
+    for base in cells.iter().filter(|c| c.target == "mcpwatchd-base" && c.ok > 0) {
+        let Some(now) = find("mcpwatchd-static", base.mode, base.concurrency) else { continue };
+        let cpu = match (now.cpu_us, base.cpu_us) {
+            (Some(a), Some(b)) if b > 0.0 => format!("cpu/call {a:.0} vs {b:.0} us = {:.2}x", a / b),
+            _ => "cpu/call not measured".into(),
+        };
+        println!(
+            "  vs base: {} c={} p50 {:.2}x, tput {:.2}x, {cpu}",
+            base.mode.label(),
+            base.concurrency,
+            now.p50_us / base.p50_us.max(1.0),
+            now.per_sec / base.per_sec.max(1.0)
+        );
     }
 }
 

@@ -46,9 +46,26 @@ pub(super) fn start_static(env: &Env<'_>) -> anyhow::Result<Started> {
     if let Some(skip) = missing_bin() {
         return Ok(skip);
     }
-    let dir = env.scratch.join("mcpwatchd-static");
+    start_static_with(env, "mcpwatchd-static", daemon_bin())
+}
+
+/// Where `mcpwatchd-base` finds the baseline build it compares with.
+pub(super) const BASE_ENV: &str = "MCPWATCH_BENCH_BASE";
+
+/// The static target on another build of mcpwatchd (`$MCPWATCH_BENCH_BASE`), so a change
+/// is measured against the build before it in the same run, minutes apart instead of
+/// hours: this machine's speed drifts by a third between runs.
+pub(super) fn start_static_base(env: &Env<'_>) -> anyhow::Result<Started> {
+    match std::env::var_os(BASE_ENV).map(PathBuf::from) {
+        Some(bin) if bin.is_file() => start_static_with(env, "mcpwatchd-base", bin),
+        Some(bin) => Ok(Started::Skipped(format!("{BASE_ENV}={} is not a file", bin.display()))),
+        None => Ok(Started::Skipped(format!("set {BASE_ENV} to another build's mcpwatchd binary to compare with it"))),
+    }
+}
+
+fn start_static_with(env: &Env<'_>, name: &str, bin: PathBuf) -> anyhow::Result<Started> {
+    let dir = env.scratch.join(name);
     std::fs::create_dir_all(&dir).context("creating the daemon's scratch dir")?;
-    let bin = daemon_bin();
     let daemon = Daemon::start(&daemon::Opts {
         bin: &bin,
         upstream: Upstream::Static(env.backend),
