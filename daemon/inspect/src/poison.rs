@@ -17,6 +17,7 @@
 //!
 //! A single word such as `IMPORTANT:` is never a signal; only co-occurring signals reach `High`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
@@ -309,8 +310,8 @@ fn walk(v: &Value, ptr: &mut String, depth: usize, ctx: &Ctx<'_>, acc: &mut Acc)
 }
 
 /// Normalised text plus what normalisation found.
-struct Prepared {
-    text: String,
+struct Prepared<'a> {
+    text: Cow<'a, str>,
     invisible: Option<String>,
     control: Option<String>,
     /// Unicode tag characters were present (ASCII smuggling), not just stray zero-width chars.
@@ -326,7 +327,12 @@ fn is_pictograph(c: Option<char>) -> bool {
     c.is_some_and(|c| u32::from(c) >= 0x1F000 || ('\u{2600}'..='\u{27BF}').contains(&c))
 }
 
-fn prepare(s: &str) -> Prepared {
+fn prepare(s: &str) -> Prepared<'_> {
+    // Most strings (keys, ids, plain text) are printable ASCII with no escape to read:
+    // they are their own normal form, so no copy.
+    if s.bytes().all(|b| matches!(b, b' '..=b'~' | b'\t' | b'\n' | b'\r') && b != b'\\') {
+        return Prepared { text: Cow::Borrowed(s), invisible: None, control: None, tags: false };
+    }
     let mut text = String::with_capacity(s.len());
     let mut decoded_tags = String::new();
     let mut invisible = None;
@@ -390,7 +396,7 @@ fn prepare(s: &str) -> Prepared {
         text.push('\n');
         text.push_str(&decoded_tags);
     }
-    Prepared { text, invisible, control, tags }
+    Prepared { text: Cow::Owned(text), invisible, control, tags }
 }
 
 struct Rules {
@@ -467,25 +473,31 @@ fn scan_text(s: &str, ptr: &str, is_key: bool, ctx: &Ctx<'_>, acc: &mut Acc) {
     if is_key && text.contains(['_', '-']) {
         // Property names: also read `content_from_reading_ssh_id_rsa` as words.
         let spaced = text.replace(['_', '-'], " ");
-        text.push('\n');
-        text.push_str(&spaced);
+        let t = text.to_mut();
+        t.push('\n');
+        t.push_str(&spaced);
     }
+    let text = &*text;
     let rules = &*RULESET;
-    for idx in rules.set.matches(&text).iter() {
-        let Some((kind, in_data, re)) = rules.rules.get(idx) else { continue };
-        if data && !in_data {
-            continue;
-        }
-        if let Some(m) = re.find(&text) {
-            acc.add(*kind, ptr, excerpt_around(&text, m.start(), m.end()));
+    // Most strings match no rule: asking that first costs no allocation (the set of
+    // matches is one).
+    if rules.set.is_match(text) {
+        for idx in rules.set.matches(text).iter() {
+            let Some((kind, in_data, re)) = rules.rules.get(idx) else { continue };
+            if data && !in_data {
+                continue;
+            }
+            if let Some(m) = re.find(text) {
+                acc.add(*kind, ptr, excerpt_around(text, m.start(), m.end()));
+            }
         }
     }
     if mode == Mode::Elicitation
-        && let Some(m) = CREDENTIAL_RE.find(&text) {
-            acc.add(SignalKind::CredentialRequest, ptr, excerpt_around(&text, m.start(), m.end()));
+        && let Some(m) = CREDENTIAL_RE.find(text) {
+            acc.add(SignalKind::CredentialRequest, ptr, excerpt_around(text, m.start(), m.end()));
         }
-    if let Some((start, end)) = ctx.others.and_then(|o| o.mention(&text, ctx.own)) {
-        acc.add(SignalKind::CrossTool, ptr, excerpt_around(&text, start, end));
+    if let Some((start, end)) = ctx.others.and_then(|o| o.mention(text, ctx.own)) {
+        acc.add(SignalKind::CrossTool, ptr, excerpt_around(text, start, end));
     }
 }
 
