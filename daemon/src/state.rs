@@ -288,9 +288,20 @@ impl Shared {
     /// ([`Deferred`]): run by those threads before they sleep, by readers
     /// of the store before they read, and at shutdown.
     pub fn run_deferred(&self) {
-        for rec in self.deferred.take() {
-            self.finish_record(&rec);
+        thread_local! {
+            /// The batch being written, kept between batches with its capacity: the
+            /// queue gets it back empty, so steady-state queueing allocates nothing.
+            static BATCH: std::cell::RefCell<Vec<AuditRecord>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BATCH.with(|b| {
+            // Not re-entered (writing a record does not run this); if it were, the inner
+            // call leaves the queue to the outer one.
+            let Ok(mut batch) = b.try_borrow_mut() else { return };
+            self.deferred.swap(&mut batch);
+            for rec in batch.drain(..) {
+                self.finish_record(&rec);
+            }
+        });
     }
 
     /// [`Shared::complete_record`] for a call that is over (answered, failed, closed):
@@ -360,13 +371,14 @@ impl Deferred {
         q.len()
     }
 
-    /// Everything waiting, oldest first (nothing, without locking, when nothing waits).
-    pub fn take(&self) -> Vec<AuditRecord> {
+    /// Exchanges the queue with `batch` (empty): `batch` then holds everything waiting,
+    /// oldest first (nothing happens, without locking, when nothing waits).
+    pub fn swap(&self, batch: &mut Vec<AuditRecord>) {
         if self.len.load(Ordering::Acquire) == 0 {
-            return Vec::new();
+            return;
         }
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.len.store(0, Ordering::Release);
-        std::mem::take(&mut *q)
+        std::mem::swap(&mut *q, batch);
     }
 }
