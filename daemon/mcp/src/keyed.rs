@@ -63,14 +63,49 @@ impl HashKey {
     }
 
     /// Keyed hash of the canonical JSON of `v` (what `args_hash`/`result_hash` record).
+    ///
+    /// The canonical text is written into a buffer this thread keeps (every call hashes
+    /// its arguments and its result): at most [`KEEP_BUFFER`] bytes of it stay allocated.
     pub fn hash_json(&self, v: &serde_json::Value) -> String {
-        self.hex_mac(crate::canonical::canonical_json(v).as_bytes())
+        thread_local! {
+            static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        BUF.with(|b| match b.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                crate::canonical::write_canonical(v, &mut buf);
+                let hex = self.hex_mac(buf.as_bytes());
+                if buf.capacity() > KEEP_BUFFER {
+                    buf.clear();
+                    buf.shrink_to(KEEP_BUFFER);
+                }
+                hex
+            }
+            Err(_) => self.hex_mac(crate::canonical::canonical_json(v).as_bytes()),
+        })
     }
 }
+
+/// Most bytes of [`HashKey::hash_json`]'s canonical-text buffer a thread keeps between
+/// calls (a larger value's text is freed once hashed).
+pub const KEEP_BUFFER: usize = 64 << 10;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reused buffer changes nothing: a big value, then a small one, then the big
+    /// one again hash as their canonical text does.
+    #[test]
+    fn hash_json_is_the_mac_of_the_canonical_text_whatever_came_before() {
+        let k = HashKey::new(b"k");
+        let big = serde_json::json!({"z": "x".repeat(200_000), "a": [1, 2.5, null]});
+        let small = serde_json::json!({"b": 1, "a": "\u{1}"});
+        for v in [&big, &small, &big, &small] {
+            assert_eq!(k.hash_json(v), k.hex_mac(crate::canonical::canonical_json(v).as_bytes()));
+        }
+        assert_ne!(k.hash_json(&big), k.hash_json(&small));
+    }
 
     #[test]
     fn rfc4231_vectors() {
