@@ -14,12 +14,27 @@ pub struct Endpoint {
 impl Endpoint {
     /// The canonical key, e.g. `http://127.0.0.2:8765/mcp`. IPv6 hosts are bracketed.
     pub fn key(&self) -> String {
-        let host = if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!("{}://{}:{}{}", self.scheme, host, self.port, self.path)
+        Endpoint::key_of(&self.scheme, &self.host, self.port, &self.path)
+    }
+
+    /// [`Endpoint::key`] of the parts, without building an `Endpoint` (every proxied
+    /// request names its endpoint this way: one allocation).
+    pub fn key_of(scheme: &str, host: &str, port: u16, path: &str) -> String {
+        use std::fmt::Write as _;
+        let bracket = host.contains(':') && !host.starts_with('[');
+        let mut k = String::with_capacity(scheme.len() + host.len() + path.len() + 11);
+        k.push_str(scheme);
+        k.push_str("://");
+        if bracket {
+            k.push('[');
+        }
+        k.push_str(host);
+        if bracket {
+            k.push(']');
+        }
+        let _ = write!(k, ":{port}");
+        k.push_str(path);
+        k
     }
 
     /// The inverse of [`Endpoint::key`]: `scheme://host:port[/path]` with the IPv6 host's

@@ -137,7 +137,7 @@ impl Scope {
         } else {
             mcpwatch_policy::canonical_host(&host_only)
         };
-        let endpoint = Endpoint { scheme: ctx.scheme.to_string(), host: host_key, port: dst.port(), path: mcpwatch_policy::canonical_request_path(&path).into_owned() }.key();
+        let endpoint = Endpoint::key_of(ctx.scheme, &host_key, dst.port(), &mcpwatch_policy::canonical_request_path(&path));
         let session_id = header(H_SESSION);
         let protocol_version = header(H_VERSION)
             .or_else(|| session_id.as_deref().and_then(|s| shared.sessions.version(&endpoint, s)));
