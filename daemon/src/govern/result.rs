@@ -46,7 +46,13 @@ pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
     let flows_on = tools_call && !j.gov.policy.flows().is_empty();
     let injection = j.gov.policy.inspect().result_injection;
     let scan = (injection || flows_on).then(|| poison::scan_result(result));
-    let markers_source = flows_on.then(|| result.clone());
+    // The flow table sees the result as the server sent it (its markers, whether it
+    // taints), before redaction rewrites it in place: no copy is kept. A result blocked
+    // below still counts: the session is judged as if its agent had read it, the
+    // stricter of the two readings.
+    if flows_on {
+        flows::observe_result(j, site, rec, result, scan.as_ref().map(|r| r.severity));
+    }
     let report = j.gov.inspect(result, enforce);
     add_findings(rec, &report, "response");
     if enforce && report.redacted_total() > 0 {
@@ -65,9 +71,6 @@ pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
     {
         let kinds: Vec<String> = r.signals.iter().take(4).map(|s| format!("{:?}", s.kind)).collect();
         rec.alerts.push(format!("tool result contains instructions aimed at the agent (score {}: {})", r.score, kinds.join(", ")));
-    }
-    if let Some(result) = &markers_source {
-        flows::observe_result(j, site, rec, result, scan.map(|r| r.severity));
     }
     changed
 }
