@@ -51,6 +51,14 @@ pub fn observe(
         Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
     } else if is_json(&headers) {
         Mode2::Json { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false }
+    } else if !local.is_empty() && may_carry_text(status, headers) {
+        // Not JSON-RPC, but text the client reads as the call's failure (the TypeScript
+        // SDK puts an error body into the error it raises, and so into the agent's view):
+        // a debug page or a stack trace carrying a key is inspected like a result.
+        if let Some(coding) = content_coding(headers) {
+            return encoded(shared, scope, gov, local, resp, &coding);
+        }
+        Mode2::Text { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false }
     } else {
         // No JSON-RPC in the response (202 Accepted for notifications, or an HTTP error).
         let mut obs = StreamObserver::new(shared.clone(), scope, gov, local, headers, status, Mode2::Ignore);
@@ -120,6 +128,20 @@ fn encoded(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(Pend
     resp.map(body::incoming)
 }
 
+/// A body the client would read as text: not `202`/`204`/`304`, not declared empty, and
+/// a textual (or no) `Content-Type`.
+fn may_carry_text(status: StatusCode, headers: &HeaderMap) -> bool {
+    if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
+        return false;
+    }
+    if headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0") {
+        return false;
+    }
+    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    essence.is_empty() || essence.starts_with("text/") || essence.ends_with("+json") || essence.ends_with("/xml") || essence.ends_with("+xml")
+}
+
 fn transformed(resp: Response<Incoming>, obs: StreamObserver) -> Response<Body> {
     let (mut parts, b) = resp.into_parts();
     // The body may change length; hyper frames it anew.
@@ -146,6 +168,9 @@ enum JsonOut {
 
 enum Mode2 {
     Json { buf: Vec<u8>, limit: usize, overflow: bool },
+    /// A text body answering calls (an HTTP error page): held whole, inspected, closes
+    /// the calls as an HTTP failure.
+    Text { buf: Vec<u8>, limit: usize, overflow: bool },
     Sse { parser: SseParser, raw: Vec<u8> },
     Ignore,
 }
@@ -180,6 +205,37 @@ impl StreamObserver {
         // those, no copy per stream or per answer.
         let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
         StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, legacy_route: None }
+    }
+
+    /// A text body answering this POST's calls: the detectors run over it as over a
+    /// result. Enforce mode redacts it (or, when a detector blocks, replaces it); every
+    /// call it answers carries the findings. The calls are closed by `close_remaining`.
+    fn on_text(&mut self, buf: Vec<u8>) -> Vec<u8> {
+        let mut v = Value::String(String::from_utf8_lossy(&buf).into_owned());
+        let report = self.gov.inspect(&mut v, self.enforce);
+        if report.counts.is_empty() && report.detected_only.is_empty() {
+            return buf;
+        }
+        let blocked = self.enforce && report.action == Some(mcpwatch_inspect::Action::Block);
+        let redacted = self.enforce && report.redacted_total() > 0;
+        let note = if blocked {
+            "HTTP error body not delivered: it contains data the policy blocks".to_string()
+        } else if redacted {
+            format!("HTTP error body redacted before the client saw it ({} spans)", report.redacted_total())
+        } else {
+            String::new()
+        };
+        for (_, p) in &mut self.local {
+            govern::add_findings(&mut p.record, &report, "response");
+            if !note.is_empty() {
+                p.record.notes.push(note.clone());
+            }
+        }
+        match v {
+            _ if blocked => format!("mcpwatch: the server's {} answer contains data the policy blocks; it was not delivered\n", self.status).into_bytes(),
+            Value::String(text) if redacted => text.into_bytes(),
+            _ => buf,
+        }
     }
 
     /// The response carries no JSON-RPC: close what can be closed now.
@@ -570,7 +626,7 @@ impl Transformer for StreamObserver {
     fn chunk(&mut self, data: &[u8]) -> Bytes {
         self.bytes += data.len() as u64;
         match &mut self.mode {
-            Mode2::Json { buf, limit, overflow } => {
+            Mode2::Json { buf, limit, overflow } | Mode2::Text { buf, limit, overflow } => {
                 if *overflow {
                     return Bytes::copy_from_slice(data);
                 }
@@ -656,6 +712,13 @@ impl Transformer for StreamObserver {
                     serialize_event(&SseEvent::default(), &v.to_string(), &mut out);
                 }
                 Bytes::from(out)
+            }
+            Mode2::Text { buf, overflow, .. } => {
+                if overflow || how != End::Complete {
+                    Bytes::from(buf)
+                } else {
+                    Bytes::from(self.on_text(buf))
+                }
             }
             Mode2::Ignore => Bytes::new(),
         };

@@ -511,3 +511,35 @@ fn h2_rapid_reset_is_cut_off() {
     let resp = env.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+/// An HTTP error page answering a call is text the client reads (the TypeScript SDK puts
+/// the body into the error it raises, so the agent sees it): a debug page carrying a
+/// cloud key is inspected like a result. Enforce (the default) redacts it; the call's
+/// record has the finding and the HTTP failure. Before, such bodies passed uninspected.
+#[test]
+fn an_http_error_page_answering_a_call_is_inspected_and_redacted() {
+    let key = "AKIAQYLPMN5HHHFPZAM2";
+    let page = format!("<html><body><h1>Internal Server Error</h1><pre>boto3 failed: aws_access_key_id={key} region=eu-west-1</pre></body></html>");
+    let reply = format!("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\r\n{page}", page.len());
+    let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
+    let body = br#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"list_buckets","arguments":{}}}"#;
+    let resp = env.send(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n"));
+    assert_eq!(status_line(&resp), 500, "{resp}");
+    assert!(resp.contains("Internal Server Error") && resp.contains("region=eu-west-1"), "the page was not passed on: {resp}");
+    assert!(!resp.contains(key), "the key reached the client:\n{resp}\n--- daemon log ---\n{}", env.daemon.log_text());
+    let recs = env.daemon.wait_audit("the call's record", |r| r.iter().any(|x| x.jsonrpc_id.as_deref() == Some("41") && x.status != CallStatus::Pending));
+    let rec = recs.iter().find(|x| x.jsonrpc_id.as_deref() == Some("41")).expect("record");
+    assert!(matches!(&rec.status, CallStatus::TransportError { reason } if reason.contains("500")), "{:?}", rec.status);
+    assert!(rec.findings.iter().any(|f| f.direction == "response" && f.action == "redact"), "{:?}", rec.findings);
+    assert!(rec.notes.iter().any(|n| n.contains("HTTP error body redacted")), "{:?}", rec.notes);
+    assert!(!serde_json::to_string(rec).unwrap().contains(key), "the key is in the audit record");
+
+    // A page with nothing to find goes on as the server sent it (framed anew, as any
+    // body mcpwatch held).
+    let plain = "<html>upstream timed out</html>";
+    let reply = format!("HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{plain}", plain.len());
+    let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
+    let resp = env.send(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n"));
+    assert_eq!(status_line(&resp), 504, "{resp}");
+    assert!(resp.contains(plain) && !resp.contains("mcpwatch"), "{resp}");
+}
