@@ -47,9 +47,9 @@ pub fn observe(
     if (is_sse(headers) || is_json(headers)) && let Some(coding) = content_coding(headers) {
         return encoded(shared, scope, gov, local, resp, &coding);
     }
-    let mode = if is_sse(&headers) {
+    let mode = if is_sse(headers) {
         Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
-    } else if is_json(&headers) {
+    } else if is_json(headers) {
         Mode2::Json { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false }
     } else if !local.is_empty() && may_carry_text(status, headers) {
         // Not JSON-RPC, but text the client reads as the call's failure (the TypeScript
