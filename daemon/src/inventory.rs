@@ -368,7 +368,7 @@ impl Inventory {
                     }
                     (None, _) => {
                         entry.pinned_hash = Some(t.hash.clone());
-                        entry.pinned_definition = Some(t.def.clone());
+                        entry.pinned_definition = Some(std::sync::Arc::new(t.def.clone()));
                         PinOutcome::FirstSeen
                     }
                 };

@@ -144,9 +144,10 @@ pub struct ToolEntry {
     /// Why the tool is hidden from clients, if it is.
     #[serde(default)]
     pub hidden: Option<String>,
-    /// The pinned definition (for diffs when it changes).
+    /// The pinned definition (for diffs when it changes). Shared, not copied: every
+    /// `tools/call` looks its tool up (flags, pin, flow labels) twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned_definition: Option<serde_json::Value>,
+    pub pinned_definition: Option<std::sync::Arc<serde_json::Value>>,
     /// Toxic-flow labels and where each came from, e.g. `public_sink (heuristic)`.
     /// Filled in by the daemon when it answers `mcpwatch list` (the policy may change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -49,7 +49,7 @@ pub fn label_inventory(shared: &Shared, servers: &mut [mcpwatch_api::ServerEntry
         let hint = format!("{} {}", s.server_name.as_deref().unwrap_or_default(), s.endpoint);
         let server = gov.policy.server_for(&target).map(|d| d.name.clone());
         for t in &mut s.tools {
-            let tr = ToolRef { server: server.as_deref(), server_hint: &hint, tool: &t.name, definition: t.pinned_definition.as_ref() };
+            let tr = ToolRef { server: server.as_deref(), server_hint: &hint, tool: &t.name, definition: t.pinned_definition.as_deref() };
             t.labels = gov.policy.tool_labels(&tr).labels.iter().map(|(l, src)| format!("{l} ({})", src.as_str())).collect();
         }
     }
@@ -69,7 +69,7 @@ pub(super) fn check_call(j: Judge<'_>, site: &Site<'_>, msg: &Message, tool: Opt
         return None;
     }
     let name = msg.target_name().unwrap_or_default();
-    let def = tool.and_then(|t| t.pinned_definition.as_ref());
+    let def = tool.and_then(|t| t.pinned_definition.as_deref());
     let labels = mcpwatch_policy::call_labels(tool_labels(j, &site.target, name, def).set(), msg.arguments());
     let session = site.flow_session.to_string();
     let args_markers = msg.arguments().map(mcpwatch_policy::markers).unwrap_or_default();
@@ -161,7 +161,7 @@ pub(super) fn commit(j: Judge<'_>, gate: &Gate) {
 pub(super) fn observe_result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, result: &Value, severity: Option<Severity>) {
     let Some(tool) = rec.name.clone() else { return };
     let def = j.inventory.tool(site.endpoint, &tool).and_then(|t| t.pinned_definition);
-    let labels = tool_labels(j, &site.target, &tool, def.as_ref()).set();
+    let labels = tool_labels(j, &site.target, &tool, def.as_deref()).set();
     // The alert threshold (medium) taints: a result mcpwatch alerts on as instructions
     // aimed at the agent is untrusted content, whatever tool returned it.
     let injection = match severity {
