@@ -44,20 +44,19 @@ pub fn observe(
     let status = resp.status();
     let headers = resp.headers();
     let limits = &shared.config.limits;
-    if (is_sse(headers) || is_json(headers)) && let Some(coding) = content_coding(headers) {
+    let (sse, json) = (is_sse(headers), is_json(headers));
+    // Not JSON-RPC, but text the client reads as the call's failure (the TypeScript SDK
+    // puts an error body into the error it raises, and so into the agent's view): a debug
+    // page or a stack trace carrying a key is inspected like a result.
+    let text = !sse && !json && !local.is_empty() && may_carry_text(status, headers);
+    if (sse || json || text) && let Some(coding) = content_coding(headers) {
         return encoded(shared, scope, gov, local, resp, &coding);
     }
-    let mode = if is_sse(headers) {
+    let mode = if sse {
         Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
-    } else if is_json(headers) {
+    } else if json {
         Mode2::Json { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false }
-    } else if !local.is_empty() && may_carry_text(status, headers) {
-        // Not JSON-RPC, but text the client reads as the call's failure (the TypeScript
-        // SDK puts an error body into the error it raises, and so into the agent's view):
-        // a debug page or a stack trace carrying a key is inspected like a result.
-        if let Some(coding) = content_coding(headers) {
-            return encoded(shared, scope, gov, local, resp, &coding);
-        }
+    } else if text {
         Mode2::Text { buf: Vec::new(), limit: limits.max_body_bytes, overflow: false }
     } else {
         // No JSON-RPC in the response (202 Accepted for notifications, or an HTTP error).
@@ -129,7 +128,7 @@ fn encoded(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(Pend
 }
 
 /// A body the client would read as text: not `202`/`204`/`304`, not declared empty, and
-/// a textual (or no) `Content-Type`.
+/// a textual (or no) `Content-Type` (any type naming JSON took the JSON path before).
 fn may_carry_text(status: StatusCode, headers: &HeaderMap) -> bool {
     if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
         return false;
@@ -139,7 +138,7 @@ fn may_carry_text(status: StatusCode, headers: &HeaderMap) -> bool {
     }
     let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or_default().trim();
-    essence.is_empty() || essence.starts_with("text/") || essence.ends_with("+json") || essence.ends_with("/xml") || essence.ends_with("+xml")
+    essence.is_empty() || essence.starts_with("text/") || essence.ends_with("/xml") || essence.ends_with("+xml")
 }
 
 fn transformed(resp: Response<Incoming>, obs: StreamObserver) -> Response<Body> {
@@ -219,17 +218,15 @@ impl StreamObserver {
         let blocked = self.enforce && report.action == Some(mcpwatch_inspect::Action::Block);
         let redacted = self.enforce && report.redacted_total() > 0;
         let note = if blocked {
-            "HTTP error body not delivered: it contains data the policy blocks".to_string()
+            Some("HTTP error body not delivered: it contains data the policy blocks".to_string())
         } else if redacted {
-            format!("HTTP error body redacted before the client saw it ({} spans)", report.redacted_total())
+            Some(format!("HTTP error body redacted before the client saw it ({} spans)", report.redacted_total()))
         } else {
-            String::new()
+            None
         };
         for (_, p) in &mut self.local {
             govern::add_findings(&mut p.record, &report, "response");
-            if !note.is_empty() {
-                p.record.notes.push(note.clone());
-            }
+            p.record.notes.extend(note.clone());
         }
         match v {
             _ if blocked => format!("mcpwatch: the server's {} answer contains data the policy blocks; it was not delivered\n", self.status).into_bytes(),
