@@ -11,7 +11,7 @@
 use mcpwatch_api::{ActionKind, AuditRecord, DecisionView, Effect, FlowView};
 use mcpwatch_inspect::poison::{Severity, RESULT_ALERT};
 use mcpwatch_mcp::jsonrpc::Message;
-use mcpwatch_policy::{FlowCheck, Injection, Labels, Mode, ResultSeen, RuleAction, ToolLabels, ToolRef};
+use mcpwatch_policy::{FlowCheck, Injection, Label, Labels, Mode, ResultSeen, RuleAction, ToolLabels, ToolRef};
 use serde_json::Value;
 
 use mcpwatch_policy::Target;
@@ -160,8 +160,17 @@ pub(super) fn commit(j: Judge<'_>, gate: &Gate) {
 /// markers).
 pub(super) fn observe_result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, result: &Value, severity: Option<Severity>) {
     let Some(tool) = rec.name.clone() else { return };
-    let def = j.inventory.tool(site.endpoint, &tool).and_then(|t| t.pinned_definition);
-    let labels = tool_labels(j, &site.target, &tool, def.as_deref()).set();
+    let labels = match rec.flow.as_ref() {
+        // The labels the call was judged with ([`check_call`]): the tool's, plus
+        // `destructive` when an argument showed it, which a result does not read. Worked
+        // out once per call, not again here.
+        Some(f) => f.labels.iter().filter_map(|s| Label::ALL.into_iter().find(|l| l.as_str() == s)).fold(Labels::NONE, Labels::with),
+        // A call judged before `[[flow]]` rules were loaded.
+        None => {
+            let def = j.inventory.tool(site.endpoint, &tool).and_then(|t| t.pinned_definition);
+            tool_labels(j, &site.target, &tool, def.as_deref()).set()
+        }
+    };
     // The alert threshold (medium) taints: a result mcpwatch alerts on as instructions
     // aimed at the agent is untrusted content, whatever tool returned it.
     let injection = match severity {
