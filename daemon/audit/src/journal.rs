@@ -21,6 +21,7 @@
 //! newline is torn (the process died inside the write): it is cut off at replay; every
 //! complete line before it is kept.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,16 +34,17 @@ use crate::chain::{self, Hash};
 /// Name of the journal directory inside the state dir.
 pub const JOURNAL_DIR_NAME: &str = "audit.journal";
 
-/// One journal line, decoded.
+/// One journal line: borrowed from the writer's record when appended (no copy of the
+/// record per write), owned when decoded by [`replay`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Line {
+pub(crate) struct Line<'a> {
     pub seq: u64,
-    pub id: Vec<u8>,
+    pub id: Cow<'a, [u8]>,
     pub link: Hash,
-    pub value: Vec<u8>,
+    pub value: Cow<'a, [u8]>,
 }
 
-impl Line {
+impl Line<'_> {
     #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.encoded_len());
@@ -80,10 +82,10 @@ impl Line {
     }
 
     /// `line` without its trailing newline.
-    fn decode(line: &[u8]) -> Option<Line> {
+    fn decode(line: &[u8]) -> Option<Line<'static>> {
         let mut parts = line.splitn(4, |b| *b == b' ');
         let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-        let id = parts.next()?.to_vec();
+        let id: Cow<'static, [u8]> = Cow::Owned(parts.next()?.to_vec());
         let hex = parts.next()?;
         if hex.len() != 64 || id.is_empty() {
             return None;
@@ -92,7 +94,7 @@ impl Line {
         for (i, pair) in hex.chunks(2).enumerate() {
             link[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
         }
-        let value = parts.next()?.to_vec();
+        let value = Cow::Owned(parts.next()?.to_vec());
         Some(Line { seq, id, link, value })
     }
 }
@@ -170,7 +172,7 @@ fn open_segment(dir: &Path, n: u64) -> Result<File, StoreError> {
 /// Every complete line left in the journal, oldest first; a torn tail is cut off (the
 /// file is truncated to its last complete line). Returns the lines and the segment
 /// numbers they came from.
-pub(crate) fn replay(state_dir: &Path) -> Result<(Vec<Line>, Vec<u64>), StoreError> {
+pub(crate) fn replay(state_dir: &Path) -> Result<(Vec<Line<'static>>, Vec<u64>), StoreError> {
     let dir = state_dir.join(JOURNAL_DIR_NAME);
     std::fs::create_dir_all(&dir).map_err(io(&dir, "create journal directory"))?;
     let segs = segments(&dir)?;
@@ -220,7 +222,7 @@ impl Journal {
     /// Appends one line with one write(2) (in the kernel when this returns). If the write
     /// fails the line is kept (see `pending`) and the failure surfaces at the next
     /// sync; only when too much is kept already does the append itself fail.
-    pub fn append(&mut self, line: &Line) -> Result<(), StoreError> {
+    pub fn append(&mut self, line: &Line<'_>) -> Result<(), StoreError> {
         if self.failed() && self.pending.len() + line.encoded_len() > MAX_PENDING_BYTES {
             let path = seg_path(&self.dir, self.seg);
             let source = std::io::Error::other(format!("{} bytes of earlier records still unwritten", self.pending.len()));
@@ -241,7 +243,7 @@ impl Journal {
     /// forwarded call's record (a call's completion: the call's own line was written
     /// before it was forwarded). Written at once after a failure or past
     /// [`MAX_DEFERRED_BYTES`].
-    pub fn append_deferred(&mut self, line: &Line) -> Result<(), StoreError> {
+    pub fn append_deferred(&mut self, line: &Line<'_>) -> Result<(), StoreError> {
         if self.failed() || self.pending.len() + line.encoded_len() > MAX_DEFERRED_BYTES {
             return self.append(line);
         }
@@ -373,7 +375,7 @@ mod tests {
         let mut link = [0u8; 32];
         link[0] = 0xab;
         link[31] = 0x07;
-        let line = Line { seq: 42, id: b"0001".to_vec(), link, value: b"{\"a\":1}".to_vec() };
+        let line = Line { seq: 42, id: b"0001".to_vec().into(), link, value: b"{\"a\":1}".to_vec().into() };
         let text = line.encode();
         let expected = format!("{:020} 0001 ab{}07 {{\"a\":1}}\n", 42, "00".repeat(30));
         assert_eq!(String::from_utf8(text.clone()).expect("utf8"), expected);

@@ -370,7 +370,7 @@ impl Store {
             }
             let vh = chain::value_hash(&l.value);
             tail.put(&l.id, l.seq, &l.value);
-            tail.chain.push(chain::Entry { link: l.link, value_hash: vh, id: l.id.clone() }.into_item(l.seq));
+            tail.chain.push(chain::Entry { link: l.link, value_hash: vh, id: l.id.to_vec() }.into_item(l.seq));
             if l.seq > head.seq {
                 head = chain::Point { seq: l.seq, link: l.link };
             }
@@ -554,7 +554,7 @@ impl Store {
         }
         let seq = head.point.seq + 1;
         let link = chain::link(&head.point.link, seq, key, &vh);
-        let line = journal::Line { seq, id: key.to_vec(), link, value: value.to_vec() };
+        let line = journal::Line { seq, id: key.into(), link, value: value.into() };
         if defer { head.journal.append_deferred(&line)? } else { head.journal.append(&line)? }
         head.point = chain::Point { seq, link };
         // From here the write is committed (the journal has it); a sled failure while
