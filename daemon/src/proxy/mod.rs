@@ -148,13 +148,22 @@ struct Accept {
 impl Accept {
     async fn run(mut self, listener: TcpListener) {
         let shared = &self.shared;
+        // One heartbeat timer for the loop's life, re-armed only when it fires: a timer
+        // created per accepted connection is registered earlier than the thread's next
+        // wake-up, and tokio then wakes its own driver (an eventfd write and one more
+        // epoll_wait for every connection; seen with strace, new connection per call).
+        let beat = tokio::time::sleep(crate::notify::HEARTBEAT_EVERY);
+        tokio::pin!(beat);
         loop {
             // Never wait for a slot before accepting: a full daemon accepts and closes at
             // once (counted, shown by `mcpwatch status`), so the backlog never fills and
             // callers are not left hanging in connect().
             shared.heartbeats.accept();
             let (stream, peer) = tokio::select! {
-                _ = tokio::time::sleep(crate::notify::HEARTBEAT_EVERY) => continue,
+                () = &mut beat => {
+                    beat.as_mut().reset(tokio::time::Instant::now() + crate::notify::HEARTBEAT_EVERY);
+                    continue;
+                }
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
