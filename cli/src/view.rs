@@ -156,6 +156,12 @@ pub fn status_text(s: &Status) -> String {
             c.http_requests, c.mcp_messages
         ),
     );
+    if c.upstream_kept > 0 || c.upstream_reused > 0 {
+        line(
+            "upstream reuse",
+            &format!("{} idle upstream connections kept, {} client connections served over one (limits.upstream_keepalive_ms)", c.upstream_kept, c.upstream_reused),
+        );
+    }
     if c.udp_refused > 0 {
         line("udp refused", &format!("{} (QUIC/HTTP3 toward in-scope ports; clients fall back to TCP)", c.udp_refused));
     }

@@ -224,6 +224,9 @@ pub struct LimitsFile {
     /// A relayed (opaque or passed-through TLS) connection on which nothing moved this long
     /// is closed (default 600000; 0: never).
     pub idle_timeout_ms: Option<u64>,
+    /// An idle upstream HTTP/1.1 connection is kept this long for the same process's next
+    /// connection to the same destination (default 2000; 0: never kept).
+    pub upstream_keepalive_ms: Option<u64>,
     pub max_pending_calls: Option<usize>,
     /// Legacy HTTP+SSE streams open at once whose message routes are remembered (default
     /// 4096); a stream beyond this is ended before it announces its message URL.
@@ -284,6 +287,9 @@ pub struct Limits {
     pub max_connections_per_uid: usize,
     /// Zero: relayed connections never time out.
     pub idle_timeout: Duration,
+    /// How long an idle upstream HTTP/1.1 connection is kept for its process's next
+    /// connection to the same destination (`proxy::pool`). Zero: never kept.
+    pub upstream_keepalive: Duration,
     pub max_pending_calls: usize,
     /// Open legacy HTTP+SSE streams with a remembered route (`session::Sessions`).
     pub max_legacy_streams: usize,
@@ -306,6 +312,9 @@ impl Default for Limits {
             max_connections_per_process: 512,
             max_connections_per_uid: 2048,
             idle_timeout: Duration::from_secs(600),
+            // Below the idle timeouts servers commonly use (Node.js and uvicorn: 5 s), so a
+            // kept connection is rarely closed by the server just as a request goes out.
+            upstream_keepalive: Duration::from_secs(2),
             max_pending_calls: 65536,
             max_legacy_streams: 4096,
             max_audit_records: 1_000_000,
@@ -638,6 +647,7 @@ impl FileConfig {
             max_connections_per_process: l.max_connections_per_process.unwrap_or(d.max_connections_per_process),
             max_connections_per_uid: l.max_connections_per_uid.unwrap_or(d.max_connections_per_uid),
             idle_timeout: l.idle_timeout_ms.map_or(d.idle_timeout, ms),
+            upstream_keepalive: l.upstream_keepalive_ms.map_or(d.upstream_keepalive, ms),
             max_pending_calls: l.max_pending_calls.unwrap_or(d.max_pending_calls),
             max_legacy_streams: l.max_legacy_streams.unwrap_or(d.max_legacy_streams),
             max_audit_records: l.max_audit_records.unwrap_or(d.max_audit_records),

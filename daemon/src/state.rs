@@ -48,6 +48,10 @@ pub struct Counters {
     pub closed_silent: AtomicU64,
     /// Relays closed after `limits.idle_timeout` without traffic.
     pub closed_idle: AtomicU64,
+    /// Idle upstream connections kept for their process's next connection (`proxy::pool`).
+    pub upstream_kept: AtomicU64,
+    /// Client connections served over a kept upstream connection instead of a new one.
+    pub upstream_reused: AtomicU64,
     /// Not HTTP toward a governed destination in enforce mode: refused (and audited).
     pub refused_protocol: AtomicU64,
     /// TLS clients that reject the CA toward an enforce-mode destination: refused.
@@ -339,6 +343,8 @@ impl Shared {
             refused_uid: g(&c.refused_uid),
             closed_silent: g(&c.closed_silent),
             closed_idle: g(&c.closed_idle),
+            upstream_kept: g(&c.upstream_kept),
+            upstream_reused: g(&c.upstream_reused),
             refused_protocol: g(&c.refused_protocol),
             tls_distrust_refused: g(&c.tls_distrust_refused),
             http2_connections: g(&c.http2_connections),

@@ -293,6 +293,13 @@ pub struct Counts {
     /// Relayed connections closed after `limits.idle_timeout_ms` without traffic.
     #[serde(default)]
     pub closed_idle: u64,
+    /// Idle upstream HTTP/1.1 connections kept for the same process's next connection to
+    /// the same destination (`limits.upstream_keepalive_ms`).
+    #[serde(default)]
+    pub upstream_kept: u64,
+    /// Client connections served over such a kept upstream connection.
+    #[serde(default)]
+    pub upstream_reused: u64,
     /// Non-HTTP connections refused toward governed destinations in enforce mode.
     #[serde(default)]
     pub refused_protocol: u64,

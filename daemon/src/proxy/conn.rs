@@ -24,7 +24,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::relay::{governed_mode, relay};
-use super::{http, upstream};
+use super::{http, pool, upstream};
 use super::ctx::ConnCtx;
 use super::forward::BoxIo;
 use super::tunnel::Rewind;
@@ -191,22 +191,56 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
     };
     let _ = client.set_nodelay(true);
     let limits = &shared.config.limits;
-    // Connect before reading anything: a server-speaks-first protocol must see its
-    // client connected as if nobody were in between.
-    let upstream = match upstream::connect(origin.dst, shared.config.mark, limits.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(%peer, error = %e, "upstream connect failed; closing client");
-            return;
-        }
-    };
-    let kind = sniff(&client, &upstream, limits.peek_timeout).await;
     let mut ctx = ConnCtx::new(shared.next_conn_id(), peer, origin);
     ctx.serve_tunnel = Some(serve_tunnel);
-    tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, "connection");
+    let keep = pool::Key::of(ctx.origin.dst, ctx.owner(), limits.upstream_keepalive);
+    // Connect before reading anything: a server-speaks-first protocol must see its
+    // client connected as if nobody were in between. Unless this process keeps an idle
+    // connection to this destination: it answered HTTP, it does not speak first.
+    let eager = match keep.as_ref().is_some_and(pool::has) {
+        true => None,
+        false => match upstream::connect(ctx.origin.dst, shared.config.mark, limits.connect_timeout).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "upstream connect failed; closing client");
+                return;
+            }
+        },
+    };
+    let kind = sniff(&client, eager.as_ref(), limits.peek_timeout).await;
+    tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, reused = eager.is_none(), "connection");
+    if matches!(kind, Sniffed::Silent | Sniffed::Error | Sniffed::Client(Classification::NeedMore)) && eager.is_none() {
+        if !matches!(kind, Sniffed::Error) {
+            Counters::inc(&shared.counters.closed_silent);
+            tracing::info!(conn = ctx.id, %peer, "no first bytes within {:?}; closing (never relayed)", limits.peek_timeout);
+        }
+        return;
+    }
+    let upstream = match eager {
+        Some(s) => s,
+        None => {
+            let kept = match (kind, &keep) {
+                (Sniffed::Client(Classification::Http1), Some(key)) => pool::take(key).await,
+                _ => None,
+            };
+            match kept {
+                Some(s) => {
+                    Counters::inc(&shared.counters.upstream_reused);
+                    s
+                }
+                None => match upstream::connect(ctx.origin.dst, shared.config.mark, limits.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::info!(%peer, error = %e, "upstream connect failed; closing client");
+                        return;
+                    }
+                },
+            }
+        }
+    };
     match kind {
-        Sniffed::Client(Classification::Http1) => http::serve(shared, ctx, client, upstream, http::Proto::Http1).await,
-        Sniffed::Client(Classification::Http2) => http::serve(shared, ctx, client, upstream, http::Proto::Http2).await,
+        Sniffed::Client(Classification::Http1) => http::serve(shared, ctx, client, upstream, http::Proto::Http1, keep).await,
+        Sniffed::Client(Classification::Http2) => http::serve(shared, ctx, client, upstream, http::Proto::Http2, None).await,
         Sniffed::Client(Classification::Tls) => super::tls::handle(shared, ctx, client, upstream).await,
         Sniffed::Client(Classification::NotHttp(why)) => opaque(shared, ctx, client, upstream, not_http_text(why)).await,
         Sniffed::ServerFirst => opaque(shared, ctx, client, upstream, "the server speaking first").await,
@@ -300,7 +334,7 @@ async fn opaque(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: 
 
 /// Wait for enough client bytes to classify, or the server speaking first. A client that
 /// stays silent (or dribbles an undecidable prefix) is [`Sniffed::Silent`] after `deadline`.
-async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> Sniffed {
+async fn sniff(client: &TcpStream, upstream: Option<&TcpStream>, deadline: Duration) -> Sniffed {
     let mut buf = vec![0u8; PEEK_WINDOW];
     let sleep = tokio::time::sleep(deadline);
     tokio::pin!(sleep);
@@ -323,12 +357,15 @@ async fn sniff(client: &TcpStream, upstream: &TcpStream, deadline: Duration) -> 
                 },
                 Err(_) => return Sniffed::Error,
             },
-            _ = upstream.readable() => {
+            _ = async { upstream?.readable().await.ok() }, if upstream.is_some() => {
                 // Readable also on EOF/error: only real bytes count as speaking first.
                 let mut one = [0u8; 1];
-                match upstream.peek(&mut one).await {
-                    Ok(1..) => return Sniffed::ServerFirst,
-                    _ => return Sniffed::Error,
+                match upstream.map(|u| u.peek(&mut one)) {
+                    Some(p) => match p.await {
+                        Ok(1..) => return Sniffed::ServerFirst,
+                        _ => return Sniffed::Error,
+                    },
+                    None => return Sniffed::Error,
                 }
             }
             _ = &mut sleep => return Sniffed::Silent,

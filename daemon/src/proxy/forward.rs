@@ -52,6 +52,11 @@ pub struct UpstreamConn {
     /// Where the upstream connection's future goes to be driven: the client connection's
     /// own task (see [`Drive`]), not a task of its own.
     drivers: Drivers,
+    /// The first stream may be kept for reuse ([`super::pool`]): `Connection: close` is not
+    /// passed upstream.
+    keepable: bool,
+    /// Upstream HTTP connections opened so far (the first stream included).
+    opened: u32,
 }
 
 /// An upstream HTTP/1.1 connection's future (hyper's `Connection`), to be polled until
@@ -119,7 +124,19 @@ impl UpstreamConn {
     /// The upstream side of a client connection: `first` is the stream opened before the
     /// client was classified, `reconnect` opens the next one if the server closes it.
     pub fn new(dst: std::net::SocketAddr, first: Option<BoxIo>, reconnect: Reconnect, fins: Arc<FinSignals>, drivers: Drivers) -> UpstreamConn {
-        UpstreamConn { dst, sender: None, first, reconnect, fins, drivers }
+        UpstreamConn { dst, sender: None, first, reconnect, fins, drivers, keepable: false, opened: 0 }
+    }
+
+    /// The first stream may be kept for reuse when the client connection ends
+    /// ([`super::pool`]): a request's `Connection: close` (hop-by-hop) stays with the client.
+    pub fn keepable(&mut self) {
+        self.keepable = true;
+    }
+
+    /// Idle over the first stream: no request in flight, the last answer read to its end,
+    /// the server did not ask to close, and no other upstream stream was opened since.
+    pub fn idle_on_first(&self) -> bool {
+        self.opened == 1 && self.sender.as_ref().is_some_and(|s| s.is_ready() && !s.is_closed())
     }
 
     async fn sender(&mut self) -> Result<&mut client_http1::SendRequest<Body>, ForwardError> {
@@ -135,6 +152,7 @@ impl UpstreamConn {
                 .handshake(TokioIo::new(lifecycle::fin_io(stream, self.fins.register())))
                 .await
                 .map_err(|source| ForwardError::Handshake { dst: self.dst, source })?;
+            self.opened += 1;
             self.drivers.drive(Box::pin(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream connection ended");
@@ -148,11 +166,31 @@ impl UpstreamConn {
     }
 
     /// Send one request upstream and return the response head + streaming body.
-    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+    pub async fn send(&mut self, mut req: Request<Body>) -> Result<Response<hyper::body::Incoming>, ForwardError> {
         let dst = self.dst;
+        if self.keepable {
+            drop_close(&mut req);
+        }
         let sender = self.sender().await?;
         sender.send_request(req).await.map_err(|source| ForwardError::Request { dst, source })
     }
 }
 
 pub type SharedUpstream = Arc<Mutex<UpstreamConn>>;
+
+/// Removes `Connection: close` from an HTTP/1.1 request whose `Connection` says nothing
+/// else (RFC 9110 §7.6.1: hop-by-hop, for the client's own connection). Any other option
+/// (`upgrade`, ...) leaves the header as the client sent it.
+fn drop_close(req: &mut Request<Body>) {
+    if req.version() != http::Version::HTTP_11 {
+        return;
+    }
+    let mut options = req.headers().get_all(http::header::CONNECTION).iter().peekable();
+    if options.peek().is_none() {
+        return;
+    }
+    let only_close = options.all(|v| v.to_str().is_ok_and(|v| v.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|t| t.eq_ignore_ascii_case("close"))));
+    if only_close {
+        req.headers_mut().remove(http::header::CONNECTION);
+    }
+}

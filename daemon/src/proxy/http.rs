@@ -2,7 +2,9 @@
 //! over HTTP/1.1 to the original destination.
 //!
 //! HTTP/1.1: one upstream connection per client connection mirrors the client's own
-//! keep-alive: the server sees the same connection pattern it would without us. HTTP/2
+//! keep-alive: the server sees the same connection pattern it would without us, except that
+//! an upstream connection left idle when its client connection ends may be kept for the same
+//! process's next connection to the same destination ([`pool`]). HTTP/2
 //! (prior knowledge on plain TCP, or ALPN `h2` after TLS interception) multiplexes streams
 //! that may be long-lived (SSE), so each request gets its own upstream HTTP/1.1 connection
 //! (the first one reuses the connection opened before classification); the request is
@@ -26,6 +28,7 @@ use super::ctx::ConnCtx;
 use super::exchange;
 use super::lifecycle::{self, FinSignals};
 use super::forward::{tcp_reconnect, BoxIo, Drivers, Io, Reconnect, SharedUpstream, UpstreamConn};
+use super::pool;
 use crate::state::{Counters, Shared};
 
 /// Concurrent HTTP/2 streams per client connection (each has its own upstream connection).
@@ -38,12 +41,20 @@ pub enum Proto {
     Http2,
 }
 
-pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream, proto: Proto) {
+/// Serve a plain TCP client connection. `keep`: the key under which its upstream stream is
+/// kept for reuse when the client connection ends idle ([`pool`]; HTTP/1.1 only).
+pub async fn serve(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: TcpStream, proto: Proto, keep: Option<pool::Key>) {
     let reconnect = tcp_reconnect(&shared, ctx.origin.dst);
     match proto {
         Proto::Http1 => {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
-            serve_io(shared, ctx, client, Some(fd), Box::new(upstream), reconnect).await
+            match keep {
+                Some(key) => {
+                    let (io, handle) = pool::reclaimable(upstream);
+                    serve_io_keeping(shared, ctx, client, Some(fd), Box::new(io), reconnect, Some((key, handle))).await
+                }
+                None => serve_io(shared, ctx, client, Some(fd), Box::new(upstream), reconnect).await,
+            }
         }
         Proto::Http2 => serve_h2(shared, ctx, client, Box::new(upstream), reconnect).await,
     }
@@ -114,22 +125,41 @@ pub fn h2_to_h1<B>(mut req: Request<B>) -> Request<B> {
 /// has sent FIN or reset, the upstream's sending side is shut down too ([`lifecycle`]).
 pub async fn serve_io(
     shared: Arc<Shared>,
+    ctx: ConnCtx,
+    client: impl Io,
+    client_fd: Option<std::os::fd::RawFd>,
+    upstream: BoxIo,
+    reconnect: Reconnect,
+) {
+    serve_io_keeping(shared, ctx, client, client_fd, upstream, reconnect, None).await
+}
+
+/// [`serve_io`], and when `keep` is given, its upstream socket goes to the [`pool`] at the
+/// end if the upstream connection is idle then.
+async fn serve_io_keeping(
+    shared: Arc<Shared>,
     mut ctx: ConnCtx,
     client: impl Io,
     client_fd: Option<std::os::fd::RawFd>,
     upstream: BoxIo,
     reconnect: Reconnect,
+    keep: Option<(pool::Key, pool::Reclaim)>,
 ) {
     let log = super::headlog::HeadLog::default();
     ctx.head_log = Some(log.clone());
     let client = super::headlog::LoggedIo::new(client, log);
     let fins: Arc<FinSignals> = Arc::default();
     let (drivers, drive) = Drivers::new();
-    let up: SharedUpstream = Arc::new(Mutex::new(UpstreamConn::new(ctx.origin.dst, Some(upstream), reconnect, fins.clone(), drivers)));
+    let mut conn = UpstreamConn::new(ctx.origin.dst, Some(upstream), reconnect, fins.clone(), drivers);
+    if keep.is_some() {
+        conn.keepable();
+    }
+    let up: SharedUpstream = Arc::new(Mutex::new(conn));
     let ctx_id = ctx.id;
     let ctx = Arc::new(ctx);
     let svc = {
         let shared = shared.clone();
+        let up = up.clone();
         service_fn(move |req| {
             let shared = shared.clone();
             let ctx = ctx.clone();
@@ -177,5 +207,29 @@ pub async fn serve_io(
     };
     if let Err(e) = res {
         tracing::debug!(error = %e, "client connection ended with an error");
+    }
+    if let Some((key, handle)) = keep {
+        keep_upstream(&shared, &up, &mut drive, key, handle);
+    }
+}
+
+/// The client connection is over: its upstream socket goes to the [`pool`] if hyper's
+/// connection over it is idle (see the rules there), else it closes as before.
+fn keep_upstream(shared: &Shared, up: &SharedUpstream, drive: &mut super::forward::Drive, key: pool::Key, handle: pool::Reclaim) {
+    use futures_util::FutureExt as _;
+    let idle = |up: &SharedUpstream| up.try_lock().is_ok_and(|u| u.idle_on_first());
+    // The answer's end may not have been seen by the upstream connection's future yet:
+    // give it one turn (it never completes; `now_or_never` polls once).
+    if !idle(up) {
+        let _ = (&mut *drive).now_or_never();
+        if !idle(up) {
+            return;
+        }
+    }
+    if let Some(stream) = handle.take()
+        && pool::clean(&stream)
+    {
+        Counters::inc(&shared.counters.upstream_kept);
+        pool::put(key, stream, shared.config.limits.upstream_keepalive);
     }
 }

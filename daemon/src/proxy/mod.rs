@@ -22,6 +22,7 @@ pub mod forward;
 pub mod headlog;
 pub mod hooked;
 pub mod lifecycle;
+pub mod pool;
 pub mod relay;
 pub mod responses;
 pub mod scope;

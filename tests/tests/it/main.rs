@@ -17,6 +17,7 @@ mod intercept;
 mod lifecycle;
 mod package;
 mod policy;
+mod pool;
 mod protocol;
 mod record;
 mod report;
