@@ -59,7 +59,7 @@ pub fn peer_gone(fd: RawFd) -> bool {
 /// the connection being served for as long as this future is polled (the caller selects it
 /// against that connection's future, which owns the socket).
 pub async fn watch_client(fd: RawFd) {
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    let mut tick = tokio::time::interval_at(next_on_grid(tokio::time::Instant::now()), WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -67,6 +67,20 @@ pub async fn watch_client(fd: RawFd) {
             return;
         }
     }
+}
+
+/// The first tick of a connection's watch: the next multiple of [`WATCH_INTERVAL`] since a
+/// fixed origin, not `WATCH_INTERVAL` from now. Connections opened in the same interval then
+/// share their timers' deadline: a timer earlier than every other makes tokio wake its own
+/// driver (an eventfd write and one more epoll_wait); one at an existing deadline does not.
+/// A new connection's first look comes within one interval, as before.
+fn next_on_grid(now: tokio::time::Instant) -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| now);
+    let step = WATCH_INTERVAL.as_millis().max(1);
+    let since = now.saturating_duration_since(origin).as_millis();
+    let steps = since / step + 1;
+    origin + Duration::from_millis(u64::try_from(steps * step).unwrap_or(u64::MAX))
 }
 
 /// "Shut down your sending side": set by the connection's watcher, acted on by [`FinIo`].
@@ -190,6 +204,24 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn watch_ticks_share_a_grid_and_come_within_one_interval() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("rt");
+        rt.block_on(async {
+            let a = tokio::time::Instant::now();
+            let first = next_on_grid(a);
+            for ms in [0u64, 1, 7, 120, 249, 250, 251, 600] {
+                let now = a + Duration::from_millis(ms);
+                let next = next_on_grid(now);
+                assert!(next > now && next <= now + WATCH_INTERVAL, "{ms} ms: {:?} after", next - now);
+                let off = next.duration_since(first).as_millis() % WATCH_INTERVAL.as_millis();
+                assert_eq!(off, 0, "{ms} ms: off the grid by {off} ms");
+            }
+            // Two connections within one interval share their first deadline.
+            assert_eq!(next_on_grid(a + Duration::from_millis(10)), next_on_grid(a + Duration::from_millis(20)));
+        });
+    }
 
     #[tokio::test]
     async fn client_fin_is_seen_and_passed_upstream() {
