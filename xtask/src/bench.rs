@@ -527,9 +527,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if let Held::Daemon(running) = &hold {
             // Proof that the calls went through the daemon and were audited.
             match running.counts() {
-                Ok((conns, msgs, recs, policy)) => {
+                Ok((conns, msgs, recs, reused, policy)) => {
                     step(format!(
-                        "mcpwatchd counted {conns} connections, {msgs} MCP messages, {recs} audit records \
+                        "mcpwatchd counted {conns} connections ({reused} over a kept upstream connection), \
+                         {msgs} MCP messages, {recs} audit records \
                          ({ok_calls} measured calls + warm-ups and checks); policy {policy}"
                     ));
                     if msgs < ok_calls as u64 {

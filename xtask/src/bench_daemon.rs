@@ -163,7 +163,7 @@ impl Running {
 
     /// The daemon's counters, from `mcpwatch status --json`: (connections, MCP messages,
     /// audit records, the policy in force), to prove the calls went through it.
-    pub fn counts(&self) -> anyhow::Result<(u64, u64, u64, String)> {
+    pub fn counts(&self) -> anyhow::Result<(u64, u64, u64, u64, String)> {
         let s = self.daemon.status()?;
         let n = |k: &str| s["counts"][k].as_u64().unwrap_or(0);
         let policy = s["policy"].as_str().unwrap_or("(not reported)").to_owned();
@@ -171,6 +171,7 @@ impl Running {
             n("connections"),
             n("mcp_messages"),
             n("audit_records"),
+            n("upstream_reused"),
             policy,
         ))
     }
