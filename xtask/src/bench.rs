@@ -512,6 +512,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if rounds > 1 {
             section(format!("round {round} of {rounds}").as_str());
         }
+        if round > 1 {
+            // Every round starts as the first did: no daemon replays an earlier round's store.
+            for t in &chosen {
+                let _ = std::fs::remove_dir_all(scratch.0.join(t.name));
+            }
+            let _ = std::fs::remove_dir_all(scratch.0.join("tls"));
+        }
         let first_cell = cells.len();
         for &target in &chosen {
             procs::check_interrupted()?;
