@@ -359,52 +359,58 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Cells grouped by target, mode and concurrency, in the order they first appear.
+fn by_cell<T>(cells: &[T], key: impl Fn(&T) -> (&'static str, Mode, usize)) -> Vec<Vec<&T>> {
+    let mut groups: Vec<((&str, Mode, usize), Vec<&T>)> = Vec::new();
+    for c in cells {
+        let k = key(c);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, same)) => same.push(c),
+            None => groups.push((k, vec![c])),
+        }
+    }
+    groups.into_iter().map(|(_, same)| same).collect()
+}
+
 /// One cell per target, mode and concurrency: each measure the median of its rounds
 /// (rounds that answered nothing left out), calls and errors summed, the worst max.
 fn merge_cells(cells: Vec<Cell>) -> Vec<Cell> {
-    let mut out: Vec<Cell> = Vec::new();
-    for c in &cells {
-        if out.iter().any(|o| o.target == c.target && o.mode == c.mode && o.concurrency == c.concurrency) {
-            continue;
-        }
-        let same: Vec<&Cell> = cells.iter().filter(|x| x.target == c.target && x.mode == c.mode && x.concurrency == c.concurrency).collect();
-        let answered: Vec<&Cell> = same.iter().copied().filter(|x| x.ok > 0).collect();
-        let med = |f: fn(&Cell) -> f64| median(answered.iter().map(|x| f(x)).collect());
-        let cpu: Vec<f64> = answered.iter().filter_map(|x| x.cpu_us).collect();
-        out.push(Cell {
-            target: c.target,
-            mode: c.mode,
-            concurrency: c.concurrency,
-            ok: same.iter().map(|x| x.ok).sum(),
-            errors: same.iter().map(|x| x.errors).sum(),
-            first_error: same.iter().find_map(|x| x.first_error.clone()),
-            p50_us: med(|x| x.p50_us),
-            p99_us: med(|x| x.p99_us),
-            max_us: answered.iter().map(|x| x.max_us).fold(0.0, f64::max),
-            per_sec: med(|x| x.per_sec),
-            cpu_us: (!cpu.is_empty()).then(|| median(cpu)),
-        });
-    }
-    out
+    by_cell(&cells, |c| (c.target, c.mode, c.concurrency))
+        .into_iter()
+        .map(|same| {
+            let c = same[0];
+            let answered: Vec<&Cell> = same.iter().copied().filter(|x| x.ok > 0).collect();
+            let med = |f: fn(&Cell) -> f64| median(answered.iter().map(|x| f(x)).collect());
+            let cpu: Vec<f64> = answered.iter().filter_map(|x| x.cpu_us).collect();
+            Cell {
+                target: c.target,
+                mode: c.mode,
+                concurrency: c.concurrency,
+                ok: same.iter().map(|x| x.ok).sum(),
+                errors: same.iter().map(|x| x.errors).sum(),
+                first_error: same.iter().find_map(|x| x.first_error.clone()),
+                p50_us: med(|x| x.p50_us),
+                p99_us: med(|x| x.p99_us),
+                max_us: answered.iter().map(|x| x.max_us).fold(0.0, f64::max),
+                per_sec: med(|x| x.per_sec),
+                cpu_us: (!cpu.is_empty()).then(|| median(cpu)),
+            }
+        })
+        .collect()
 }
 
 /// [`merge_cells`] for the TLS table's cells.
 fn merge_measured(cells: Vec<Measured>) -> Vec<Measured> {
-    let mut out: Vec<Measured> = Vec::new();
-    for c in &cells {
-        if out.iter().any(|o| o.target == c.target && o.mode == c.mode && o.concurrency == c.concurrency) {
-            continue;
-        }
-        let same: Vec<&Measured> = cells.iter().filter(|x| x.target == c.target && x.mode == c.mode && x.concurrency == c.concurrency).collect();
-        out.push(Measured {
-            target: c.target,
-            mode: c.mode,
-            concurrency: c.concurrency,
+    by_cell(&cells, |c| (c.target, c.mode, c.concurrency))
+        .into_iter()
+        .map(|same| Measured {
+            target: same[0].target,
+            mode: same[0].mode,
+            concurrency: same[0].concurrency,
             p50_us: median(same.iter().map(|x| x.p50_us).collect()),
             per_sec: median(same.iter().map(|x| x.per_sec).collect()),
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 /// Measured outcome of one cell.

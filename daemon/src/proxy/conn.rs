@@ -197,46 +197,28 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
     // Connect before reading anything: a server-speaks-first protocol must see its
     // client connected as if nobody were in between. Unless this process keeps an idle
     // connection to this destination: it answered HTTP, it does not speak first.
-    let eager = match keep.as_ref().is_some_and(pool::has) {
-        true => None,
-        false => match upstream::connect(ctx.origin.dst, shared.config.mark, limits.connect_timeout).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "upstream connect failed; closing client");
-                return;
-            }
-        },
+    let eager = if keep.as_ref().is_some_and(pool::has) {
+        None
+    } else {
+        let Some(s) = dial(&shared, ctx.origin.dst, peer).await else { return };
+        Some(s)
     };
     let kind = sniff(&client, eager.as_ref(), limits.peek_timeout).await;
     tracing::debug!(conn = ctx.id, %peer, dst = %ctx.origin.dst, ?kind, reused = eager.is_none(), "connection");
-    if matches!(kind, Sniffed::Silent | Sniffed::Error | Sniffed::Client(Classification::NeedMore)) && eager.is_none() {
-        if !matches!(kind, Sniffed::Error) {
+    let upstream = match kind {
+        Sniffed::Silent | Sniffed::Client(Classification::NeedMore) => {
             Counters::inc(&shared.counters.closed_silent);
             tracing::info!(conn = ctx.id, %peer, "no first bytes within {:?}; closing (never relayed)", limits.peek_timeout);
+            return;
         }
-        return;
-    }
-    let upstream = match eager {
-        Some(s) => s,
-        None => {
-            let kept = match (kind, &keep) {
-                (Sniffed::Client(Classification::Http1), Some(key)) => pool::take(key).await,
-                _ => None,
-            };
-            match kept {
-                Some(s) => {
-                    Counters::inc(&shared.counters.upstream_reused);
-                    s
-                }
-                None => match upstream::connect(ctx.origin.dst, shared.config.mark, limits.connect_timeout).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::info!(%peer, error = %e, "upstream connect failed; closing client");
-                        return;
-                    }
-                },
+        Sniffed::Error => return,
+        _ => match eager {
+            Some(s) => s,
+            None => {
+                let Some(s) = kept_or_dialled(&shared, ctx.origin.dst, peer, kind, keep.as_ref()).await else { return };
+                s
             }
-        }
+        },
     };
     match kind {
         Sniffed::Client(Classification::Http1) => http::serve(shared, ctx, client, upstream, http::Proto::Http1, keep).await,
@@ -250,12 +232,32 @@ pub async fn handle(shared: Arc<Shared>, resolver: Arc<dyn Resolve>, client: Tcp
             Counters::inc(&shared.counters.passthrough);
             relay(&shared, client, upstream).await
         }
-        Sniffed::Silent | Sniffed::Client(Classification::NeedMore) => {
-            Counters::inc(&shared.counters.closed_silent);
-            tracing::info!(conn = ctx.id, %peer, "no first bytes within {:?}; closing (never relayed)", limits.peek_timeout);
-        }
-        Sniffed::Error => {}
+        // Closed above, before any upstream was taken.
+        Sniffed::Silent | Sniffed::Client(Classification::NeedMore) | Sniffed::Error => {}
     }
+}
+
+/// A new upstream connection to `dst`; `None` (logged) when it cannot be opened.
+async fn dial(shared: &Shared, dst: SocketAddr, peer: SocketAddr) -> Option<TcpStream> {
+    match upstream::connect(dst, shared.config.mark, shared.config.limits.connect_timeout).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "upstream connect failed; closing client");
+            None
+        }
+    }
+}
+
+/// The upstream for a client that was not dialled eagerly: its process's kept connection
+/// when the client speaks plain HTTP/1, else a new one.
+async fn kept_or_dialled(shared: &Shared, dst: SocketAddr, peer: SocketAddr, kind: Sniffed, keep: Option<&pool::Key>) -> Option<TcpStream> {
+    if let (Sniffed::Client(Classification::Http1), Some(key)) = (kind, keep)
+        && let Some(s) = pool::take(key).await
+    {
+        Counters::inc(&shared.counters.upstream_reused);
+        return Some(s);
+    }
+    dial(shared, dst, peer).await
 }
 
 /// Serves what a client sends inside a `CONNECT` tunnel (the [`super::ctx::ServeTunnel`]
@@ -357,15 +359,17 @@ async fn sniff(client: &TcpStream, upstream: Option<&TcpStream>, deadline: Durat
                 },
                 Err(_) => return Sniffed::Error,
             },
-            _ = async { upstream?.readable().await.ok() }, if upstream.is_some() => {
+            // No upstream yet (a kept connection waits for this client): nothing speaks first.
+            Some(upstream) = async {
+                let u = upstream?;
+                let _ = u.readable().await;
+                Some(u)
+            }, if upstream.is_some() => {
                 // Readable also on EOF/error: only real bytes count as speaking first.
                 let mut one = [0u8; 1];
-                match upstream.map(|u| u.peek(&mut one)) {
-                    Some(p) => match p.await {
-                        Ok(1..) => return Sniffed::ServerFirst,
-                        _ => return Sniffed::Error,
-                    },
-                    None => return Sniffed::Error,
+                match upstream.peek(&mut one).await {
+                    Ok(1..) => return Sniffed::ServerFirst,
+                    _ => return Sniffed::Error,
                 }
             }
             _ = &mut sleep => return Sniffed::Silent,

@@ -275,31 +275,32 @@ fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "upstream socket taken back for reuse")
 }
 
+impl Reclaimable {
+    /// `io` on the socket; `taken` once [`Reclaim::take`] has it; an error if the slot's
+    /// lock is poisoned.
+    fn on_socket<R>(&self, taken: fn() -> io::Result<R>, io: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match self.slot.stream.lock().as_deref_mut() {
+            Ok(Some(s)) => io(Pin::new(s)),
+            Ok(None) => Poll::Ready(taken()),
+            Err(_) => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
 impl AsyncRead for Reclaimable {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let Ok(mut g) = self.slot.stream.lock() else { return Poll::Ready(Err(gone())) };
-        match g.as_mut() {
-            Some(s) => Pin::new(s).poll_read(cx, buf),
-            None => Poll::Ready(Ok(())),
-        }
+        // Taken: EOF, so hyper's idle connection ends quietly.
+        self.on_socket(|| Ok(()), |s| s.poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Reclaimable {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let Ok(mut g) = self.slot.stream.lock() else { return Poll::Ready(Err(gone())) };
-        match g.as_mut() {
-            Some(s) => Pin::new(s).poll_write(cx, buf),
-            None => Poll::Ready(Err(gone())),
-        }
+        self.on_socket(|| Err(gone()), |s| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let Ok(mut g) = self.slot.stream.lock() else { return Poll::Ready(Err(gone())) };
-        match g.as_mut() {
-            Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(gone())),
-        }
+        self.on_socket(|| Err(gone()), |s| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -307,20 +308,12 @@ impl AsyncWrite for Reclaimable {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Ok(mut g) = self.slot.stream.lock() else { return Poll::Ready(Err(gone())) };
-        match g.as_mut() {
-            Some(s) => Pin::new(s).poll_flush(cx),
-            None => Poll::Ready(Ok(())),
-        }
+        self.on_socket(|| Ok(()), |s| s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.slot.shut.store(true, Ordering::Release);
-        let Ok(mut g) = self.slot.stream.lock() else { return Poll::Ready(Err(gone())) };
-        match g.as_mut() {
-            Some(s) => Pin::new(s).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
-        }
+        self.on_socket(|| Ok(()), |s| s.poll_shutdown(cx))
     }
 }
 
