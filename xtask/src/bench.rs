@@ -29,7 +29,10 @@ mod agent_case;
 mod soak;
 #[path = "bench_stdio.rs"]
 mod stdio_case;
+#[path = "bench_floor.rs"]
+mod floor;
 
+pub use floor::{FloorArgs, run as run_floor};
 pub use worker::{WorkerArgs, run as run_worker};
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -184,6 +187,11 @@ const TARGETS: &[Target] = &[
         start: start_nginx_perconn,
     },
     Target {
+        name: "hyper-floor",
+        about: "mcpwatchd's plumbing alone (hyper server and client on current-thread proxy threads, no parse, policy, audit or inspection): the floor under mcpwatchd's ratios",
+        start: start_floor,
+    },
+    Target {
         name: "mcpwatchd-static",
         about: "mcpwatchd --static-upstream: the proxy alone, no eBPF (embedded default policy)",
         start: daemon_targets::start_static,
@@ -247,6 +255,18 @@ fn start_direct(env: &Env<'_>) -> anyhow::Result<Started> {
 
 fn start_nginx(env: &Env<'_>) -> anyhow::Result<Started> {
     start_nginx_with(env, "nginx", "keepalive 32;")
+}
+
+fn start_floor(env: &Env<'_>) -> anyhow::Result<Started> {
+    let addr = free_loopback_addr()?;
+    let exe = std::env::current_exe().context("finding xtask's own binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench-floor").arg("--listen").arg(addr.to_string()).arg("--upstream").arg(env.backend.to_string());
+    step(format!("$ {}", util::describe(&cmd)));
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().context("starting the hyper floor proxy")?;
+    let guard = ChildGuard { child, what: "hyper-floor" };
+    wait_listening(addr, Duration::from_secs(10)).context("the hyper floor proxy did not listen")?;
+    Ok(Started::Ready { addr, guard: Some(guard) })
 }
 
 /// nginx without upstream keepalive: a new upstream connection for every request. In
@@ -815,6 +835,23 @@ fn print_bar_notes(cells: &[Cell], ours: Option<&str>, peak: Option<u64>, cpu: &
         && n.p50_us > 0.0
     {
         println!("  not a bar: {t} newconn c=1 p50 / nginx-perconn (no upstream keepalive) {:.2}x", a.p50_us / n.p50_us);
+    }
+    // Not a bar: the same ratios for hyper-floor, mcpwatchd's HTTP stack with none of its
+    // work (`bench_floor`). No change to mcpwatch's own work gets below them.
+    if let Some(t) = ours {
+        for (mode, c) in [(Mode::KeepAlive, 1), (Mode::KeepAlive, 8), (Mode::NewConn, 1)] {
+            let (Some(f), Some(n), Some(a)) = (find("hyper-floor", mode, c), find("nginx", mode, c), find(t, mode, c)) else { continue };
+            let cpu = match (a.cpu_us, f.cpu_us) {
+                (Some(a), Some(f)) => format!(", cpu/call {:+.0} us", a - f),
+                _ => String::new(),
+            };
+            let (floor, what) = if c == 1 { (f.p50_us / n.p50_us.max(1.0), "p50") } else { (f.per_sec / n.per_sec.max(1.0), "tput") };
+            println!(
+                "  floor: hyper-floor {} c={c} {what} / nginx {floor:.2}x; {t} over the floor: p50 {:+.0} us{cpu}",
+                mode.label(),
+                a.p50_us - f.p50_us
+            );
+        }
     }
     // Not a bar: where the time goes. At c=1 the proxy's CPU per call is on the
     // critical path; at c=8 on 2 cores it is what throughput trades against.

@@ -54,6 +54,9 @@ enum Cmd {
     /// One load-generator cell of `bench`, run as its own process (internal).
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
+    /// `bench`'s hyper-floor target: mcpwatchd's HTTP plumbing alone (internal).
+    #[command(hide = true)]
+    BenchFloor(bench::FloorArgs),
     /// Setup, build, then watch a real MCP client and server through mcpwatchd (needs root).
     Demo(demo::DemoArgs),
     /// Run the cargo-fuzz targets (nightly), each for --seconds; nonzero exit on a crash.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::BenchWorker(args) => bench::run_worker(&args).map(|()| ExitCode::SUCCESS),
+        Cmd::BenchFloor(args) => bench::run_floor(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args).map(|outcome| match outcome {
             fuzz::Outcome::Passed | fuzz::Outcome::Skipped(_) => ExitCode::SUCCESS,
