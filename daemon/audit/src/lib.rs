@@ -194,9 +194,9 @@ struct Tail {
 }
 
 impl Tail {
-    fn put(&mut self, id: &[u8], seq: u64, value: &[u8]) {
+    fn put(&mut self, id: Vec<u8>, seq: u64, value: Vec<u8>) {
         self.bytes += value.len();
-        if let Some((_, old)) = self.records.insert(id.to_vec(), (seq, value.to_vec())) {
+        if let Some((_, old)) = self.records.insert(id, (seq, value)) {
             self.bytes -= old.len();
         }
     }
@@ -369,7 +369,7 @@ impl Store {
                 continue;
             }
             let vh = chain::value_hash(&l.value);
-            tail.put(&l.id, l.seq, &l.value);
+            tail.put(l.id.to_vec(), l.seq, l.value.to_vec());
             tail.chain.push(chain::Entry { link: l.link, value_hash: vh, id: l.id.to_vec() }.into_item(l.seq));
             if l.seq > head.seq {
                 head = chain::Point { seq: l.seq, link: l.link };
@@ -500,7 +500,7 @@ impl Store {
     /// A record with `schema` 0 is stored as the current [`AUDIT_SCHEMA_VERSION`].
     pub fn insert_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
         let (key, value) = self.record_kv(rec)?;
-        match self.write_chained(&key, &value, true, false)? {
+        match self.write_chained(key, value, true, false)? {
             Written::Added => self.key_added(),
             Written::Replaced => Ok(()),
             Written::Exists => Err(StoreError::DuplicateId { id: rec.id.clone() }),
@@ -526,7 +526,7 @@ impl Store {
 
     fn update(&self, rec: &AuditRecord, defer: bool) -> Result<(), StoreError> {
         let (key, value) = self.record_kv(rec)?;
-        match self.write_chained(&key, &value, false, defer)? {
+        match self.write_chained(key, value, false, defer)? {
             Written::Added => self.key_added(),
             Written::Replaced | Written::Exists => {
                 if self.inner.over_bound() {
@@ -541,29 +541,30 @@ impl Store {
     /// kernel when this returns; with `defer`, with the next write, see
     /// [`Store::finish_record`]), then to the tail, which the next seal writes into sled
     /// (see `journal`, `chain`, `chunk`).
-    fn write_chained(&self, key: &[u8], value: &[u8], must_be_new: bool, defer: bool) -> Result<Written, StoreError> {
-        let vh = chain::value_hash(value);
+    fn write_chained(&self, key: Vec<u8>, value: Vec<u8>, must_be_new: bool, defer: bool) -> Result<Written, StoreError> {
+        let vh = chain::value_hash(&value);
         let mut head = self.inner.head.lock().unwrap_or_else(|p| p.into_inner());
-        let old = match head.unsealed(key) {
+        let old = match head.unsealed(&key) {
             Some(v) => Some(v.len()),
-            None if key <= head.sealed_max.as_slice() => self.inner.find_sealed(key)?.map(|it| it.value.len()),
+            None if key.as_slice() <= head.sealed_max.as_slice() => self.inner.find_sealed(&key)?.map(|it| it.value.len()),
             None => None,
         };
         if must_be_new && old.is_some() {
             return Ok(Written::Exists);
         }
         let seq = head.point.seq + 1;
-        let link = chain::link(&head.point.link, seq, key, &vh);
-        let line = journal::Line { seq, id: key.into(), link, value: value.into() };
+        let link = chain::link(&head.point.link, seq, &key, &vh);
+        let line = journal::Line { seq, id: key.as_slice().into(), link, value: value.as_slice().into() };
         if defer { head.journal.append_deferred(&line)? } else { head.journal.append(&line)? }
         head.point = chain::Point { seq, link };
         // From here the write is committed (the journal has it); a sled failure while
         // sealing is still reported, and replay at the next start completes the write.
+        let (key_len, value_len) = (key.len(), value.len());
+        head.tail.chain.push(chain::Entry { link, value_hash: vh, id: key.clone() }.into_item(seq));
         head.tail.put(key, seq, value);
-        head.tail.chain.push(chain::Entry { link, value_hash: vh, id: key.to_vec() }.into_item(seq));
-        self.inner.bytes.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        self.inner.bytes.fetch_add((key_len + value_len) as u64, Ordering::Relaxed);
         if let Some(o) = old {
-            self.inner.bytes.fetch_sub((key.len() + o) as u64, Ordering::Relaxed);
+            self.inner.bytes.fetch_sub((key_len + o) as u64, Ordering::Relaxed);
         }
         let held = head.tail.bytes;
         if held > TAIL_MAX_BYTES / 2 && !head.woken && let Some(w) = &self.inner.wake {
@@ -1180,12 +1181,11 @@ fn append_items(
 ) -> Result<Option<chunk::Item>, StoreError> {
     let mut cur = open.filter(|o| chunk::has_room(o.items.len(), o.len, limit));
     let mut dirty = false;
-    let mut last = None;
     for it in items {
         match &mut cur {
             Some(o) if chunk::has_room(o.items.len(), o.len, limit) => {
                 o.len += it.encoded_len();
-                o.items.push(it.clone());
+                o.items.push(it);
             }
             _ => {
                 if let Some(o) = cur.take()
@@ -1193,18 +1193,19 @@ fn append_items(
                 {
                     tree.insert(o.key, chunk::encode(&o.items))?;
                 }
-                cur = Some(Open { key: key_of(&it), len: chunk::MAGIC.len() + it.encoded_len(), items: vec![it.clone()] });
+                cur = Some(Open { key: key_of(&it), len: chunk::MAGIC.len() + it.encoded_len(), items: vec![it] });
             }
         }
         dirty = true;
-        last = Some(it);
     }
-    if let Some(o) = cur
-        && dirty
-    {
-        tree.insert(o.key, chunk::encode(&o.items))?;
+    // The last item written is the open chunk's last (items arrive in key order).
+    match cur {
+        Some(o) if dirty => {
+            tree.insert(o.key, chunk::encode(&o.items))?;
+            Ok(o.items.into_iter().next_back())
+        }
+        _ => Ok(None),
     }
-    Ok(last)
 }
 
 impl Core {
