@@ -107,8 +107,7 @@ fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, dst: &str
         return;
     }
     let path = endpoint.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string())).unwrap_or_else(|| "/".into());
-    let key = dst.to_string();
-    match map.get_mut(&key) {
+    match map.get_mut(dst) {
         Some(paths) if paths.contains(&path) => {}
         Some(paths) => {
             if paths.len() >= MAX_PATHS_PER_DST {
@@ -117,7 +116,7 @@ fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, dst: &str
             paths.push(path);
         }
         None => {
-            let _ = map.insert(key, vec![path]);
+            let _ = map.insert(dst.to_owned(), vec![path]);
         }
     }
 }
@@ -140,12 +139,12 @@ impl Inventory {
 
     /// Has MCP been seen at this socket address (any path)?
     pub fn knows_dst(&self, dst: &str) -> bool {
-        self.mcp_dsts.lock().is_ok_and(|d| d.get(&dst.to_string()).is_some())
+        self.mcp_dsts.lock().is_ok_and(|d| d.get(dst).is_some())
     }
 
     /// Has MCP been seen at this socket address and path?
     pub fn knows_dst_path(&self, dst: &str, path: &str) -> bool {
-        self.mcp_dsts.lock().is_ok_and(|d| d.get(&dst.to_string()).is_some_and(|paths| paths.iter().any(|p| p == path)))
+        self.mcp_dsts.lock().is_ok_and(|d| d.get(dst).is_some_and(|paths| paths.iter().any(|p| p == path)))
     }
 
     /// Has a `tools/list` result of this server been seen (it has tools on record)?

@@ -51,11 +51,18 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         evicted
     }
 
-    pub fn get(&self, k: &K) -> Option<&V> {
+    /// Looked up by any borrowed form of the key (`&str` for `String` keys: no allocation).
+    pub fn get<Q: Eq + Hash + ?Sized>(&self, k: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.map.get(k)
     }
 
-    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+    pub fn get_mut<Q: Eq + Hash + ?Sized>(&mut self, k: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.map.get_mut(k)
     }
 

@@ -298,7 +298,7 @@ fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>>
         scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
     }
     let me = scope.ctx.owner()?;
-    let dst = scope.ctx.origin.dst.to_string();
+    let dst = scope.ctx.dst_key();
     // Mcp-Session-Id, the legacy route's session, and every `sessionId` of the URL (one
     // sent with another Host finds no route, but its owner is still known).
     for session in scope.session_id.iter().chain(params.iter()) {

@@ -372,7 +372,7 @@ impl StreamObserver {
         let endpoint = &self.scope.endpoint;
         if p.record.method.as_deref() == Some("initialize") {
             if let (Some(s), Some(owner)) = (&self.response_session, self.scope.ctx.owner()) {
-                self.shared.sessions.bind_session(&self.scope.ctx.origin.dst.to_string(), s, owner.clone());
+                self.shared.sessions.bind_session(self.scope.ctx.dst_key(), s, owner.clone());
             }
         }
         if let Some("initialize") | Some("server/discover") = p.record.method.as_deref() {
@@ -465,7 +465,7 @@ impl StreamObserver {
             }
         };
         let path_and_query = target.path_and_query();
-        let dst = self.scope.ctx.origin.dst.to_string();
+        let dst = self.scope.ctx.dst_key().to_owned();
         let host = self.scope.host.clone().unwrap_or_default();
         let conversation = format!("legacy:{}#{}", self.scope.endpoint, path_and_query);
         let route = LegacyRoute { endpoint: self.scope.endpoint.clone(), conversation: conversation.clone(), session_id: target.session_id.clone() };

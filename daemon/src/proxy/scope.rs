@@ -203,14 +203,14 @@ impl Scope {
     /// Known endpoints are looked up by the real destination as well as by endpoint
     /// key, since the key's host comes from the client's Host header.
     pub(super) fn evidence(&self, shared: &Shared, headers: &HeaderMap) -> Option<Evidence> {
-        let dst = self.ctx.origin.dst.to_string();
+        let dst = self.ctx.dst_key();
         if self.legacy {
             Some(Evidence::Legacy)
-        } else if shared.inventory.contains(&self.endpoint) || shared.inventory.knows_dst_path(&dst, &self.path) {
+        } else if shared.inventory.contains(&self.endpoint) || shared.inventory.knows_dst_path(dst, &self.path) {
             Some(Evidence::Endpoint)
         } else if has_mcp_headers(headers) {
             Some(Evidence::Headers)
-        } else if shared.inventory.knows_dst(&dst) {
+        } else if shared.inventory.knows_dst(dst) {
             Some(Evidence::Server)
         } else {
             None
@@ -249,7 +249,7 @@ impl Scope {
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         let mut rec = AuditRecord {
             process: self.ctx.origin.process.as_deref().cloned(),
-            dst: self.ctx.origin.dst.to_string(),
+            dst: self.ctx.dst_key().to_owned(),
             host: self.host.clone(),
             scheme: self.ctx.scheme.to_string(),
             http_method: self.http_method.clone(),
@@ -298,7 +298,7 @@ impl Scope {
         if let Some(s) = &self.session_id {
             shared.sessions.end_session(&self.endpoint, s);
             if status.is_success() {
-                shared.sessions.unbind_session(&self.ctx.origin.dst.to_string(), s);
+                shared.sessions.unbind_session(self.ctx.dst_key(), s);
             }
         }
     }
