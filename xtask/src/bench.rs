@@ -31,6 +31,8 @@ mod soak;
 mod stdio_case;
 #[path = "bench_floor.rs"]
 mod floor;
+#[path = "bench_instr.rs"]
+mod instr;
 
 pub use floor::{FloorArgs, run as run_floor};
 pub use worker::{WorkerArgs, run as run_worker};
@@ -110,6 +112,14 @@ pub struct BenchArgs {
     /// timed over the full store.
     #[arg(long)]
     pub soak: bool,
+    /// Only the instruction count: hyper-floor, mcpwatchd-static (and mcpwatchd-base with
+    /// $MCPWATCH_BENCH_BASE) under callgrind, instructions per call and by group
+    /// (xtask/src/bench_instr.rs). Repeatable where timings are not.
+    #[arg(long)]
+    pub instructions: bool,
+    /// Calls counted by `--instructions` (after 300 warm-up calls), at most 20000.
+    #[arg(long, default_value_t = 2000)]
+    pub instruction_calls: usize,
     /// Calls in the soak (at most 2,000,000; the soak also stops after 20 minutes).
     #[arg(long, default_value_t = 1_000_000)]
     pub soak_calls: usize,
@@ -469,6 +479,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.stdio {
         return stdio_case::run();
+    }
+    if args.instructions {
+        if !(1..=20_000).contains(&args.instruction_calls) {
+            bail!("--instruction-calls must be between 1 and 20000");
+        }
+        if !args.no_build {
+            section("building the rmcp peer, mcpwatchd and mcpwatch (release)");
+            util::run(util::cargo().args(["build", "--release", "-p", "mcpwatch-peer-rmcp", "-p", "mcpwatchd", "-p", "mcpwatch"]))?;
+        }
+        let (backend, _backend_guard) = start_backend()?;
+        let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
+        std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
+        return instr::run(backend, &scratch.0, args.instruction_calls);
     }
     if args.agent {
         if !args.no_build {
