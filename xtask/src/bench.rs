@@ -461,6 +461,19 @@ struct Cell {
     cpu_us: Option<f64>,
 }
 
+/// For the sections that run on their own (`--soak`, `--instructions`): the release
+/// binaries (unless `no_build`), the rmcp peer and a scratch dir.
+fn backend_and_scratch(no_build: bool) -> anyhow::Result<(SocketAddr, ChildGuard, Scratch)> {
+    if !no_build {
+        section("building the rmcp peer, mcpwatchd and mcpwatch (release)");
+        util::run(util::cargo().args(["build", "--release", "-p", "mcpwatch-peer-rmcp", "-p", "mcpwatchd", "-p", "mcpwatch"]))?;
+    }
+    let (backend, guard) = start_backend()?;
+    let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
+    Ok((backend, guard, scratch))
+}
+
 /// Runs `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     procs::catch_interrupts();
@@ -468,13 +481,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return micro::run();
     }
     if args.soak {
-        if !args.no_build {
-            section("building the rmcp peer, mcpwatchd and mcpwatch (release)");
-            util::run(util::cargo().args(["build", "--release", "-p", "mcpwatch-peer-rmcp", "-p", "mcpwatchd", "-p", "mcpwatch"]))?;
-        }
-        let (backend, _backend_guard) = start_backend()?;
-        let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
-        std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
+        let (backend, _backend_guard, scratch) = backend_and_scratch(args.no_build)?;
         return soak::run(backend, &scratch.0, args.soak_calls);
     }
     if args.stdio {
@@ -484,13 +491,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if !(1..=20_000).contains(&args.instruction_calls) {
             bail!("--instruction-calls must be between 1 and 20000");
         }
-        if !args.no_build {
-            section("building the rmcp peer, mcpwatchd and mcpwatch (release)");
-            util::run(util::cargo().args(["build", "--release", "-p", "mcpwatch-peer-rmcp", "-p", "mcpwatchd", "-p", "mcpwatch"]))?;
-        }
-        let (backend, _backend_guard) = start_backend()?;
-        let scratch = Scratch(std::env::temp_dir().join(format!("mcpwatch-bench-{}", std::process::id())));
-        std::fs::create_dir_all(&scratch.0).context("creating the bench scratch dir")?;
+        let (backend, _backend_guard, scratch) = backend_and_scratch(args.no_build)?;
         return instr::run(backend, &scratch.0, args.instruction_calls);
     }
     if args.agent {

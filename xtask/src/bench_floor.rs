@@ -88,6 +88,8 @@ async fn serve(client: tokio::net::TcpStream, upstream: SocketAddr) {
         let sender = sender.clone();
         async move { Ok::<_, Infallible>(forward(&sender, req).await) }
     });
+    // The same settings as mcpwatchd's client side (daemon/src/proxy/http.rs, `serve`):
+    // a copy on purpose, so the floor measures the daemon's stack; change both together.
     let served = hyper::server::conn::http1::Builder::new()
         .preserve_header_case(true)
         .title_case_headers(false)
