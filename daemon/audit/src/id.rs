@@ -54,12 +54,19 @@ impl IdGen {
 
 /// `ms * 1_000_000 + seq` rendered as 26 digits.
 pub(crate) fn format_id(packed: u64) -> String {
-    format!(
-        "{:0ms$}{:06}",
-        packed / SEQ_PER_MS,
-        packed % SEQ_PER_MS,
-        ms = MS_DIGITS
-    )
+    // `format!("{:020}{:06}", ms, seq)`, written digit by digit into one allocation
+    // (every call's record takes an id; the formatter grew its string three times).
+    let mut digits = [b'0'; ID_LEN];
+    let (mut ms, mut seq) = (packed / SEQ_PER_MS, packed % SEQ_PER_MS);
+    for d in digits[MS_DIGITS..].iter_mut().rev() {
+        *d = b'0' + (seq % 10) as u8;
+        seq /= 10;
+    }
+    for d in digits[..MS_DIGITS].iter_mut().rev() {
+        *d = b'0' + (ms % 10) as u8;
+        ms /= 10;
+    }
+    digits.iter().map(|&d| char::from(d)).collect()
 }
 
 /// The packed value of a well-formed id, `None` for anything else.
@@ -87,6 +94,15 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn format_id_is_twenty_ms_digits_and_six_sequence_digits() {
+        for packed in [0, 1, 999_999, 1_000_000, 1_796_583_088_035_000_123, u64::MAX] {
+            let want = format!("{:020}{:06}", packed / super::SEQ_PER_MS, packed % super::SEQ_PER_MS);
+            assert_eq!(super::format_id(packed), want);
+            assert_eq!(super::parse_id(want.as_bytes()), Some(packed));
+        }
+    }
+
     use super::*;
 
     #[test]

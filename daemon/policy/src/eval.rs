@@ -474,7 +474,17 @@ struct Ctx<'a, 'p> {
 
 /// Quote and cut an attacker-controlled string for human text (control characters escaped).
 pub(crate) fn q(s: &str) -> String {
-    format!("{:?}", cut(s))
+    let s = cut(s);
+    // What `{:?}` writes, without the formatting machinery for the usual name or
+    // endpoint: printable ASCII other than a quote or a backslash is written as it is.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return out;
+    }
+    format!("{s:?}")
 }
 
 /// `scheme://host:port/path` with the host as registry matching reads it and the path as
@@ -685,5 +695,23 @@ impl Ctx<'_, '_> {
             out.push_str(&self.shadow_note());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_writes_what_debug_writes() {
+        let mut samples: Vec<String> = (0u8..=0x7f).map(|b| format!("a{}b", b as char)).collect();
+        samples.extend(
+            ["", "echo", "http://127.0.0.1:8080/mcp", "say \"hi\"", "a\\b", "tab\there", "é", "\u{200b}x", "\u{7f}", "line\nbreak", "'single'"]
+                .map(String::from),
+        );
+        samples.push("x".repeat(MAX_SHOWN + 10));
+        for s in &samples {
+            assert_eq!(q(s), format!("{:?}", cut(s)), "for {s:?}");
+        }
     }
 }

@@ -38,6 +38,9 @@ pub struct ConnCtx {
     /// `origin.dst` as text (`ip:port`), made once per connection: records, the inventory's
     /// and sessions' maps are keyed by it, and several stages of every request ask.
     dst_key: std::sync::OnceLock<String>,
+    /// `origin.dst`'s address in canonical form (an IPv4-mapped IPv6 address as IPv4),
+    /// as text: the host of endpoints named by their address.
+    ip_key: std::sync::OnceLock<String>,
     /// How a `CONNECT` tunnel's inner connection is served (`None`: tunnels are refused).
     pub serve_tunnel: Option<ServeTunnel>,
     /// Inside a `CONNECT` tunnel: the host the client asked the proxy for (`origin.dst` is
@@ -52,12 +55,17 @@ pub struct ConnCtx {
 
 impl ConnCtx {
     pub fn new(id: u64, peer: SocketAddr, origin: Origin) -> ConnCtx {
-        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new(), dst_key: std::sync::OnceLock::new(), serve_tunnel: None, tunnel_host: None, tunnel_mode: None }
+        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new(), dst_key: std::sync::OnceLock::new(), ip_key: std::sync::OnceLock::new(), serve_tunnel: None, tunnel_host: None, tunnel_mode: None }
     }
 
     /// The original destination as `ip:port` (see `dst_key`).
     pub fn dst_key(&self) -> &str {
         self.dst_key.get_or_init(|| self.origin.dst.to_string())
+    }
+
+    /// The original destination's address, canonical, as text (see `ip_key`).
+    pub fn ip_key(&self) -> &str {
+        self.ip_key.get_or_init(|| self.origin.dst.ip().to_canonical().to_string())
     }
 
     /// The process that sent this connection, as a session owner (`None`: unknown).

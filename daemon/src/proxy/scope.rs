@@ -112,7 +112,7 @@ impl Scope {
             return Scope {
                 ctx: ctx.clone(),
                 host: host_header,
-                http_method: parts.method.to_string(),
+                http_method: parts.method.as_str().to_owned(),
                 path,
                 path_and_query,
                 endpoint: route.endpoint.clone(),
@@ -133,7 +133,7 @@ impl Scope {
         // socket, and `auth::host_fit` refuses any other name toward MCP. Plain HTTP to a
         // remote address whose Host does not resolve there is named by that address too.
         let host_key = if ctx.tls.is_none() && (dst.ip().to_canonical().is_loopback() || claimed_host.is_some()) {
-            dst.ip().to_canonical().to_string()
+            ctx.ip_key().to_owned()
         } else {
             mcpwatch_policy::canonical_host(&host_only)
         };
@@ -145,7 +145,7 @@ impl Scope {
         Scope {
             ctx: ctx.clone(),
             host: host_header,
-            http_method: parts.method.to_string(),
+            http_method: parts.method.as_str().to_owned(),
             path,
             path_and_query,
             endpoint,
