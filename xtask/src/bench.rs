@@ -474,6 +474,21 @@ fn backend_and_scratch(no_build: bool) -> anyhow::Result<(SocketAddr, ChildGuard
     Ok((backend, guard, scratch))
 }
 
+/// The order targets run in, in round `round` (from 1): as given in odd rounds, the
+/// reverse in even ones, `direct` first in both. A target that always ran right after
+/// another would carry that one's after-effects (its store's writeback, a warm or cold
+/// core) into every round, and a `vs base` ratio would carry them too.
+fn round_order<'a>(chosen: &[&'a Target], round: usize) -> Vec<&'a Target> {
+    let (first, rest): (Vec<&Target>, Vec<&Target>) = chosen.iter().partition(|t| t.name == "direct");
+    let mut order = first;
+    if round % 2 == 0 {
+        order.extend(rest.into_iter().rev());
+    } else {
+        order.extend(rest);
+    }
+    order
+}
+
 /// Runs `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     procs::catch_interrupts();
@@ -570,7 +585,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(scratch.0.join("tls"));
         }
         let first_cell = cells.len();
-        for &target in &chosen {
+        for target in round_order(&chosen, round) {
             procs::check_interrupted()?;
             section(format!("target {}", target.name).as_str());
             let started =
@@ -1231,6 +1246,18 @@ mod tests {
 
     fn cell(target: &'static str, p50: f64, tput: f64, cpu: Option<f64>, ok: usize) -> Cell {
         Cell { target, mode: Mode::KeepAlive, concurrency: 1, ok, errors: 1, first_error: None, p50_us: p50, p99_us: p50 * 2.0, max_us: p50 * 10.0, per_sec: tput, cpu_us: cpu }
+    }
+
+    #[test]
+    fn even_rounds_run_the_targets_in_reverse_with_direct_first() {
+        let chosen: Vec<&Target> = ["direct", "nginx", "hyper-floor", "mcpwatchd"]
+            .iter()
+            .map(|n| TARGETS.iter().find(|t| t.name == *n).expect("known target"))
+            .collect();
+        let names = |round| round_order(&chosen, round).iter().map(|t| t.name).collect::<Vec<_>>();
+        assert_eq!(names(1), ["direct", "nginx", "hyper-floor", "mcpwatchd"]);
+        assert_eq!(names(2), ["direct", "mcpwatchd", "hyper-floor", "nginx"]);
+        assert_eq!(names(3), names(1));
     }
 
     #[test]
