@@ -94,16 +94,16 @@ pub(crate) fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn format_id_is_twenty_ms_digits_and_six_sequence_digits() {
         for packed in [0, 1, 999_999, 1_000_000, 1_796_583_088_035_000_123, u64::MAX] {
-            let want = format!("{:020}{:06}", packed / super::SEQ_PER_MS, packed % super::SEQ_PER_MS);
-            assert_eq!(super::format_id(packed), want);
-            assert_eq!(super::parse_id(want.as_bytes()), Some(packed));
+            let want = format!("{:020}{:06}", packed / SEQ_PER_MS, packed % SEQ_PER_MS);
+            assert_eq!(format_id(packed), want);
+            assert_eq!(parse_id(want.as_bytes()), Some(packed));
         }
     }
-
-    use super::*;
 
     #[test]
     fn ids_are_fixed_width_and_parse_back() {

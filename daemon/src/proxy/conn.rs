@@ -323,7 +323,7 @@ async fn opaque(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstream: 
         let verdict = if enforce { "refused (enforce mode)" } else { "relayed uninspected" };
         let reason = format!("not HTTP ({what}) toward a governed MCP destination: {verdict}");
         tracing::warn!(conn = ctx.id, dst = %ctx.origin.dst, "{reason}");
-        let rec = record::connection(&shared, &ctx.origin, "http", "tcp", &ctx.origin.dst.ip().to_canonical().to_string(), &reason);
+        let rec = record::connection(&shared, &ctx.origin, "http", "tcp", ctx.ip_key(), &reason);
         record::write_closed(&shared, rec, CallStatus::TransportError { reason });
         if enforce {
             Counters::inc(&shared.counters.refused_protocol);

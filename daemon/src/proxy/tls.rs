@@ -66,7 +66,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: ConnCtx, client: TcpStream, upstre
     };
     let exe = process_label(&ctx);
     let sni = hello.sni().map(str::to_owned);
-    let host = sni.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
+    let host = sni.clone().unwrap_or_else(|| ctx.ip_key().to_owned());
     let (action, why) = rt.decide(&hello, ctx.origin.process.as_deref(), ctx.origin.dst.ip(), &host, || tls_mode(&shared, &ctx, &host) == Mode::Enforce);
     tracing::debug!(conn = ctx.id, sni = ?hello.sni(), %host, ?action, why, "TLS connection");
     match action {

@@ -135,7 +135,7 @@ pub(super) fn passes_uninspected(shared: &Shared, ctx: &ConnCtx, what: &str, tls
 /// contents should have been inspected): recorded, counted and refused in enforce mode.
 pub(super) fn passes_uninspected_in(shared: &Shared, ctx: &ConnCtx, mode: Mode, what: &str, whose: &str, tls: Option<TlsDetails>) -> bool {
     let enforce = mode == Mode::Enforce;
-    let host = ctx.tunnel_host.clone().unwrap_or_else(|| ctx.origin.dst.ip().to_canonical().to_string());
+    let host = ctx.tunnel_host.clone().unwrap_or_else(|| ctx.ip_key().to_owned());
     let reason = format!(
         "{what} inside a CONNECT tunnel to {host}:{}, {whose}: {}",
         ctx.origin.dst.port(),

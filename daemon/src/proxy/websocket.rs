@@ -201,9 +201,9 @@ impl Watch {
         if records.is_empty() {
             return Ok(());
         }
-        let dst = self.scope.ctx.origin.dst;
+        let dst = self.scope.ctx.dst_key();
         shared.inventory.saw_message(&crate::inventory::Sighting {
-            dst: &dst.to_string(),
+            dst,
             transport: TRANSPORT,
             ..self.scope.sighting(first.and_then(|m| m.method()), first.and_then(|m| m.target_name()))
         });
