@@ -44,6 +44,15 @@ impl Counted {
     }
 }
 
+/// What runs under callgrind, and how it is told where to listen.
+enum Counting {
+    /// `xtask bench-floor` (`--listen ADDR`).
+    Floor,
+    /// An mcpwatchd build in static-upstream mode (`--listen-port PORT`, on 127.0.0.1 and
+    /// ::1 both), its state beside its callgrind output.
+    Daemon { bin: PathBuf },
+}
+
 const SHA_GROUP: &str = "sha2 (SHA-256, software under valgrind)";
 
 /// Runs the count for every target against `backend` and prints the comparison.
@@ -54,46 +63,43 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
             return Ok(());
         }
     }
-    let exe = std::env::current_exe().context("finding xtask's own binary")?;
-    let release = util::target_dir().join("release");
-    let mut targets: Vec<(&'static str, Vec<String>, PathBuf)> = vec![("hyper-floor", vec!["bench-floor".into(), "--upstream".into(), backend.to_string()], exe.clone())];
-    let daemon_args = |dir: &Path| -> Vec<String> {
-        vec![
-            "--state-dir".into(),
-            dir.join("state").display().to_string(),
-            "--control-socket".into(),
-            dir.join("control.sock").display().to_string(),
-            "--static-upstream".into(),
-            backend.to_string(),
-        ]
-    };
+    let mut targets = vec![("hyper-floor", Counting::Floor)];
     if let Some(base) = std::env::var_os(super::daemon_targets::BASE_ENV).map(PathBuf::from).filter(|p| p.is_file()) {
-        targets.push(("mcpwatchd-base", daemon_args(&scratch.join("base")), base));
+        targets.push(("mcpwatchd-base", Counting::Daemon { bin: base }));
     }
-    targets.push(("mcpwatchd-static", daemon_args(&scratch.join("static")), release.join("mcpwatchd")));
+    let ours = util::target_dir().join("release").join("mcpwatchd");
+    targets.push(("mcpwatchd-static", Counting::Daemon { bin: ours }));
     let mut counted = Vec::new();
-    for (name, args, bin) in targets {
+    for (name, what) in targets {
         section(&format!("{name}: {calls} calls under callgrind"));
-        counted.push(count(name, &bin, &args, scratch, calls)?);
+        counted.push(count(name, &what, backend, scratch, calls)?);
     }
     print(&counted);
     Ok(())
 }
 
-/// Starts `bin args` under callgrind, makes the calls and reads the counts back.
-fn count(name: &'static str, bin: &Path, args: &[String], scratch: &Path, calls: usize) -> anyhow::Result<Counted> {
+/// Starts `what` under callgrind, makes the calls and reads the counts back.
+fn count(name: &'static str, what: &Counting, backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::Result<Counted> {
     let dir = scratch.join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join("callgrind.out");
-    // The daemon listens on the port on 127.0.0.1 and ::1 both.
-    let addr = if name == "hyper-floor" { free_loopback_addr()? } else { SocketAddr::from(([127, 0, 0, 1], crate::procs::free_dual_port()?)) };
     let mut cmd = Command::new("valgrind");
-    cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display())).arg(bin).args(args);
-    if name == "hyper-floor" {
-        cmd.arg("--listen").arg(addr.to_string());
-    } else {
-        cmd.arg("--listen-port").arg(addr.port().to_string()).env("MCPWATCH_LOG", "warn");
-    }
+    cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display()));
+    let addr = match what {
+        Counting::Floor => {
+            let addr = free_loopback_addr()?;
+            cmd.arg(std::env::current_exe().context("finding xtask's own binary")?).arg("bench-floor");
+            cmd.arg("--listen").arg(addr.to_string()).arg("--upstream").arg(backend.to_string());
+            addr
+        }
+        Counting::Daemon { bin } => {
+            let port = crate::procs::free_dual_port()?;
+            cmd.arg(bin).arg("--state-dir").arg(dir.join("state")).arg("--control-socket").arg(dir.join("control.sock"));
+            cmd.arg("--listen-port").arg(port.to_string()).arg("--static-upstream").arg(backend.to_string());
+            cmd.env("MCPWATCH_LOG", "warn");
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
     let log = std::fs::File::create(dir.join("valgrind.log")).context("creating the valgrind log")?;
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     step(format!("$ {}", util::describe(&cmd)));
@@ -102,37 +108,15 @@ fn count(name: &'static str, bin: &Path, args: &[String], scratch: &Path, calls:
     let _guard = ChildGuard { child, what: name };
     // Under valgrind a start takes tens of seconds (the daemon builds its rule sets).
     wait_listening(addr, Duration::from_secs(180)).with_context(|| format!("{name} did not listen under valgrind; see {}", dir.join("valgrind.log").display()))?;
-    calls_through(addr, WARMUP_CALLS)?;
+    super::worker::run_counted(addr, WARMUP_CALLS)?;
     control(pid, "-z")?;
-    let made = calls_through(addr, calls)?;
+    super::worker::run_counted(addr, calls)?;
     control(pid, "-d")?;
     let dump = dump_of(&out)?;
     let text = stdout_of(Command::new("callgrind_annotate").arg("--auto=no").arg("--threshold=100").arg(&dump))?;
     let (total, groups) = group_counts(&text);
-    let per = made.max(1) as f64;
+    let per = calls.max(1) as f64;
     Ok(Counted { name, per_call: total as f64 / per, groups: groups.into_iter().map(|(k, v)| (k, v as f64 / per)).collect() })
-}
-
-/// `calls` keep-alive calls from one client (the bench's worker, no timed warm-up: every
-/// call it makes is counted). Returns the calls answered.
-fn calls_through(addr: SocketAddr, calls: usize) -> anyhow::Result<usize> {
-    let exe = std::env::current_exe().context("finding xtask's own binary")?;
-    let out = stdout_of(
-        Command::new(exe)
-            .arg("bench-worker")
-            .arg("--url")
-            .arg(format!("http://{addr}/mcp"))
-            .args(["--mode", "keepalive", "--concurrency", "1", "--seconds", "600", "--warmup-ms", "0"])
-            .arg("--max-calls")
-            .arg(calls.to_string()),
-    )?;
-    let line = out.lines().last().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("bench worker printed {line:?}"))?;
-    let ok = v.get("ok").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
-    if ok < calls {
-        bail!("only {ok} of {calls} calls were answered: {line}");
-    }
-    Ok(ok)
 }
 
 /// Runs `cmd` quietly; its stdout, or an error with its stderr unless it exits 0.

@@ -102,16 +102,8 @@ fn addr_of_url(url: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Runs one cell in a fresh worker process (this executable), inside `cgroup` if given.
-pub(super) fn run_cell(
-    target: &'static str,
-    addr: SocketAddr,
-    mode: Mode,
-    concurrency: usize,
-    seconds: f64,
-    max_calls: usize,
-    cgroup: Option<&Path>,
-) -> anyhow::Result<Cell> {
+/// `xtask bench-worker` for one cell against `addr`, stdout piped (see [`report_of`]).
+fn worker_command(addr: SocketAddr, mode: Mode, concurrency: usize, seconds: f64, max_calls: usize) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("finding the xtask executable")?;
     let mut cmd = Command::new(&exe);
     cmd.arg("bench-worker")
@@ -128,13 +120,12 @@ pub(super) fn run_cell(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(cg) = cgroup {
-        crate::cgroup::spawn_inside(&mut cmd, cg)?;
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting the bench worker {}", exe.display()))?;
-    // Bounded by the worker's own limits (<= 30 s + warm-up + check); no extra timer.
+    Ok(cmd)
+}
+
+/// Waits for a worker started from [`worker_command`] and reads its report line.
+fn report_of(child: std::process::Child) -> anyhow::Result<Report> {
+    // Bounded by the worker's own limits (its seconds + warm-up + check); no extra timer.
     let start = Instant::now();
     let out = child
         .wait_with_output()
@@ -150,8 +141,25 @@ pub(super) fn run_cell(
         );
     }
     let line = stdout.lines().last().unwrap_or_default();
-    let r: Report = serde_json::from_str(line)
-        .with_context(|| format!("bench worker printed {line:?}, not a report"))?;
+    serde_json::from_str(line).with_context(|| format!("bench worker printed {line:?}, not a report"))
+}
+
+/// Runs one cell in a fresh worker process (this executable), inside `cgroup` if given.
+pub(super) fn run_cell(
+    target: &'static str,
+    addr: SocketAddr,
+    mode: Mode,
+    concurrency: usize,
+    seconds: f64,
+    max_calls: usize,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<Cell> {
+    let mut cmd = worker_command(addr, mode, concurrency, seconds, max_calls)?;
+    if let Some(cg) = cgroup {
+        crate::cgroup::spawn_inside(&mut cmd, cg)?;
+    }
+    let child = cmd.spawn().with_context(|| format!("starting the bench worker {}", cmd.get_program().to_string_lossy()))?;
+    let r = report_of(child)?;
     Ok(Cell {
         target,
         mode,
@@ -165,6 +173,20 @@ pub(super) fn run_cell(
         per_sec: r.per_sec,
         cpu_us: None,
     })
+}
+
+/// Exactly `calls` keep-alive calls from one client, with no timed warm-up (every call the
+/// worker makes is one the caller counts: `bench --instructions`). Fails unless all are
+/// answered.
+pub(super) fn run_counted(addr: SocketAddr, calls: usize) -> anyhow::Result<()> {
+    let mut cmd = worker_command(addr, Mode::KeepAlive, 1, 600.0, calls)?;
+    cmd.args(["--warmup-ms", "0"]);
+    let child = cmd.spawn().with_context(|| format!("starting the bench worker {}", cmd.get_program().to_string_lossy()))?;
+    let r = report_of(child)?;
+    if r.ok < calls {
+        bail!("only {} of {calls} calls were answered (first error: {:?})", r.ok, r.first_error);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
