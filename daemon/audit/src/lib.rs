@@ -33,6 +33,7 @@ mod cursor;
 mod id;
 mod journal;
 mod paced;
+mod record_json;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -839,11 +840,7 @@ impl Store {
                     supported: AUDIT_SCHEMA_VERSION,
                 });
             }
-        }
-        .map_err(|source| StoreError::Encode {
-            what: "audit record",
-            source,
-        })?;
+        };
         Ok((rec.id.as_bytes().to_vec(), value))
     }
 
