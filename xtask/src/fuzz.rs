@@ -367,16 +367,16 @@ mod tests {
                 ("sniff", "threat-PA-007-0"),
                 ("http_head", "threat-PA-007-0"),
                 ("jsonrpc", "threat-PA-007-0-body"),
-                ("jsonrpc", "threat-TR-001-1"),
-                ("sse_chunks", "threat-TR-001-1"),
-                ("policy_args", "threat-TR-001-1"),
-                ("path_normalize", "threat-TR-001-1-0"),
-                ("path_normalize", "threat-TR-001-1-1"),
+                ("jsonrpc", "threat-TR-001-0"),
+                ("sse_chunks", "threat-TR-001-0"),
+                ("policy_args", "threat-TR-001-0"),
+                ("path_normalize", "threat-TR-001-0-0"),
+                ("path_normalize", "threat-TR-001-0-1"),
             ]
         );
         assert_eq!(seeds[5].bytes, br#"{"path":"/p/../etc"}"#);
         assert!(seeds[4].bytes.ends_with(b"\n\n"));
-        assert_eq!(seeds[7].bytes, b"/p/../etc");
+        assert_eq!(seeds[6].bytes, b"/p/../etc");
         assert!(seeds_from_threats("{not json").is_err());
     }
 

@@ -23,6 +23,11 @@ pub(crate) fn is_word(c: Option<char>) -> bool {
 
 /// RFC 6901 escaping of one reference token.
 pub(crate) fn escape_pointer_token(tok: &str, out: &mut String) {
+    // Most keys need no escape: copied whole rather than char by char.
+    if !tok.bytes().any(|b| b == b'~' || b == b'/') {
+        out.push_str(tok);
+        return;
+    }
     for c in tok.chars() {
         match c {
             '~' => out.push_str("~0"),

@@ -140,7 +140,7 @@ pub enum Message {
 }
 
 impl Message {
-    /// The message as a JSON-RPC 2.0 object (`"jsonrpc"` first).
+    /// The message as a JSON-RPC 2.0 object.
     pub fn to_value(&self) -> Value {
         self.clone().into_value()
     }
@@ -520,6 +520,12 @@ fn short_json(v: &Value) -> String {
     let s = v.to_string();
     let c = clip(&s, 32);
     if c.len() < s.len() { format!("{c}...") } else { s }
+}
+
+/// The first `n` chars of `s` (all of it if shorter), borrowed: what
+/// `s.chars().take(n).collect::<String>()` makes, without building it char by char.
+pub fn first_chars(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(at, _)| &s[..at])
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
@@ -912,7 +918,8 @@ mod tests {
     fn error_response_shape() {
         let v = error_response(Some(&Id::from("x")), INVALID_PARAMS, "Unknown tool: t", None);
         assert_eq!(v, json!({"jsonrpc":"2.0","id":"x","error":{"code":-32602,"message":"Unknown tool: t"}}));
-        assert_eq!(v.to_string(), r#"{"jsonrpc":"2.0","id":"x","error":{"code":-32602,"message":"Unknown tool: t"}}"#);
+        // Objects are maps sorted by key (serde_json without `preserve_order`).
+        assert_eq!(v.to_string(), r#"{"error":{"code":-32602,"message":"Unknown tool: t"},"id":"x","jsonrpc":"2.0"}"#);
         let v = error_response(None, PARSE_ERROR, "Parse error", Some(json!({"at": 3})));
         assert_eq!(v, json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error","data":{"at":3}}}));
         let v = Invalid::DuplicateKey { key: "name".into(), line: 1, column: 2 }.error_response();
@@ -931,8 +938,18 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"m","data":[1]}}"#,
         ] {
             let m = single(body);
-            assert_eq!(m.to_json(), body);
+            let text = m.to_json();
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), serde_json::from_str::<Value>(body).unwrap(), "{text}");
             assert_eq!(single(&m.to_json()), m);
+        }
+    }
+
+    #[test]
+    fn first_chars_is_chars_take_collect() {
+        for s in ["", "a", "abc", "é€😀x", "ÿÿÿÿ"] {
+            for n in 0..6 {
+                assert_eq!(first_chars(s, n), s.chars().take(n).collect::<String>(), "{s:?} {n}");
+            }
         }
     }
 }

@@ -59,7 +59,14 @@ impl HashKey {
 
     /// Lower-case hex HMAC-SHA256 of `data`.
     pub fn hex_mac(&self, data: &[u8]) -> String {
-        hex::encode(self.mac(&[data]))
+        // Into a fixed buffer: `hex::encode` builds its String char by char (~900
+        // instructions, and every call hashes its arguments and its result).
+        let mac = self.mac(&[data]);
+        let mut text = [0u8; 64];
+        match hex::encode_to_slice(mac, &mut text) {
+            Ok(()) => String::from_utf8_lossy(&text).into_owned(),
+            Err(_) => hex::encode(mac),
+        }
     }
 
     /// Keyed hash of the canonical JSON of `v` (what `args_hash`/`result_hash` record).

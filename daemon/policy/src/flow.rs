@@ -322,9 +322,13 @@ impl Policy {
             }
         }
         if !by_policy {
-            let hint = t.server_hint.to_ascii_lowercase();
-            let builtin: Vec<&(&str, &str, &[Label])> =
-                BUILTIN.iter().filter(|(s, n, _)| hint.contains(s) && name_match(n, t.tool)).collect();
+            // By name first: few calls name a listed tool, and only those need the
+            // lower-cased hint searched.
+            let mut builtin: Vec<&(&str, &str, &[Label])> = BUILTIN.iter().filter(|(_, n, _)| name_match(n, t.tool)).collect();
+            if !builtin.is_empty() {
+                let hint = t.server_hint.to_ascii_lowercase();
+                builtin.retain(|(s, _, _)| hint.contains(s));
+            }
             if builtin.is_empty() {
                 for l in heuristic(t.tool, t.definition).iter() {
                     out.add(l, LabelSource::Heuristic);

@@ -164,7 +164,7 @@ pub enum PinCheck {
 /// (and under `hide` once a list was seen: it would not have been shown); a tool whose
 /// definition changed without `mcpwatch pin accept` is denied under `hide`/`block`.
 pub fn call_time_pin(name: &str, tool: Option<&mcpwatch_api::ToolEntry>, listed: bool, pinning: PinAction) -> PinCheck {
-    let shown: String = name.chars().take(128).collect();
+    let shown = mcpwatch_mcp::jsonrpc::first_chars(name, 128);
     match tool {
         None => {
             let why = format!("`{shown}` is in no tools/list result mcpwatch saw from this server, so its definition was never checked");

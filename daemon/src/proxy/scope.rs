@@ -164,7 +164,7 @@ impl Scope {
     /// one, else the client process (tgid and comm) talking to this endpoint.
     pub(super) fn flow_session(&self) -> &str {
         self.flow_session.get_or_init(|| match (&self.session_id, self.ctx.origin.process.as_deref()) {
-            (Some(s), _) => format!("{}#{}", self.endpoint, s.chars().take(128).collect::<String>()),
+            (Some(s), _) => format!("{}#{}", self.endpoint, mcpwatch_mcp::jsonrpc::first_chars(s, 128)),
             (None, Some(p)) => crate::govern::flows::process_session(&self.endpoint, p),
             (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.origin.dst),
         })
