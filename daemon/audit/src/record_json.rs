@@ -416,11 +416,11 @@ fn is_clean(bytes: &[u8]) -> bool {
 fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     let (mut start, mut i) = (0, 0);
     while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8) {
-            if !needs_escape(u64::from_le_bytes(<[u8; 8]>::try_from(word).expect("eight bytes"))) {
-                i += 8;
-                continue;
-            }
+        if let Some(word) = bytes.get(i..i + 8)
+            && !needs_escape(u64::from_le_bytes(<[u8; 8]>::try_from(word).expect("eight bytes")))
+        {
+            i += 8;
+            continue;
         }
         let end = (i + 8).min(bytes.len());
         while i < end {
