@@ -387,7 +387,7 @@ impl Session {
         let mut rec = self.record(MessageKind::Request, C2S, Some(&msg), bytes);
         self.sight(msg.method(), rec.name.as_deref());
         let registry = gov.policy.server_for(&self.target());
-        shared.inventory.set_registration(&self.endpoint, registry.map(|s| s.name.clone()), registry.map(|_| "active".to_string()));
+        shared.inventory.set_registration(&self.endpoint, registry);
         let site = self.site();
         let Governed { fate, modified, held } = govern::request(Judge::of(shared, gov), &site, &mut msg, &mut rec);
         let audit_failed = shared.begin_record(&rec).is_err();

@@ -157,12 +157,19 @@ impl Inventory {
     /// endpoints must not make a pinned server forget its tools (its next call would be
     /// judged as a call to a server whose list was never seen).
     fn resident<'a>(&self, servers: &'a mut HashMap<String, ServerEntry>, endpoint: &str) -> Option<&'a mut ServerEntry> {
-        if !servers.contains_key(endpoint) {
-            let stored = self.store.server(endpoint).ok().flatten()?;
-            self.make_room(servers);
-            servers.insert(endpoint.to_string(), stored);
+        self.resident_or(servers, endpoint, |_| None)
+    }
+
+    /// [`Inventory::resident`], or the entry `create` makes (at its place in memory)
+    /// when the store has none either. One lookup when the entry is in memory: this runs
+    /// for every message.
+    fn resident_or<'a>(&self, servers: &'a mut HashMap<String, ServerEntry>, endpoint: &str, create: impl FnOnce(&str) -> Option<ServerEntry>) -> Option<&'a mut ServerEntry> {
+        if servers.contains_key(endpoint) {
+            return servers.get_mut(endpoint);
         }
-        servers.get_mut(endpoint)
+        let entry = self.store.server(endpoint).ok().flatten().or_else(|| create(endpoint))?;
+        self.make_room(servers);
+        Some(servers.entry(endpoint.to_string()).or_insert(entry))
     }
 
     /// At [`MAX_SERVERS`], drop the least recently seen entry from memory, writing it to
@@ -209,15 +216,7 @@ impl Inventory {
 
     fn update(&self, endpoint: &str, f: impl FnOnce(&mut ServerEntry)) {
         let Ok(mut guard) = self.servers.lock() else { return };
-        let servers = &mut *guard;
-        if self.resident(servers, endpoint).is_none() {
-            self.make_room(servers);
-        }
-        // Found without allocating the key: this runs for every message.
-        let entry = match servers.get_mut(endpoint) {
-            Some(e) => e,
-            None => servers.entry(endpoint.to_string()).or_insert_with(|| ServerEntry { endpoint: endpoint.to_string(), ..Default::default() }),
-        };
+        let Some(entry) = self.resident_or(&mut guard, endpoint, |e| Some(ServerEntry { endpoint: e.to_string(), ..Default::default() })) else { return };
         f(entry);
         drop(guard);
         if let Ok(mut d) = self.dirty.lock()
@@ -260,8 +259,13 @@ impl Inventory {
                 e.first_seen_ms = s.now_ms;
             }
             e.last_seen_ms = s.now_ms;
-            e.dst = s.dst.to_string();
-            e.transport = s.transport.to_string();
+            // Assigned only when they change: every message says them.
+            if e.dst != s.dst {
+                e.dst = s.dst.to_string();
+            }
+            if e.transport != s.transport {
+                e.transport = s.transport.to_string();
+            }
             e.message_count += 1;
             if s.method == Some("tools/call") {
                 e.call_count += 1;
@@ -270,12 +274,14 @@ impl Inventory {
                 }
             }
             if let Some(p) = s.process {
-                let agent = p.agent.as_ref().map(|a| a.exe.clone().unwrap_or_else(|| a.comm.clone()));
+                let agent = p.agent.as_ref().map(|a| a.exe.as_deref().unwrap_or(&a.comm));
                 match e.clients.iter_mut().find(|c| c.exe == p.exe && c.uid == p.uid && c.comm == p.comm) {
                     Some(c) => {
                         c.last_seen_ms = s.now_ms;
                         c.messages += 1;
-                        c.agent = agent;
+                        if c.agent.as_deref() != agent {
+                            c.agent = agent.map(str::to_owned);
+                        }
                     }
                     None => {
                         if e.clients.len() >= MAX_CLIENTS {
@@ -294,7 +300,7 @@ impl Inventory {
                             comm: p.comm.clone(),
                             uid: p.uid,
                             user: p.user.clone(),
-                            agent,
+                            agent: agent.map(str::to_owned),
                             last_seen_ms: s.now_ms,
                             messages: 1,
                         });
@@ -468,10 +474,23 @@ impl Inventory {
         });
     }
 
-    pub fn set_registration(&self, endpoint: &str, registered: Option<String>, status: Option<String>) {
+    /// Whether `endpoint` is in the policy's registry (`registry`: its entry there) and
+    /// its status: `active`, `deprecated` or `deprecated since DATE`. Every message
+    /// says it; the entry changes (and is written) only when it does.
+    pub fn set_registration(&self, endpoint: &str, registry: Option<&mcpwatch_policy::ServerDef>) {
+        let name = registry.map(|s| s.name.as_str());
+        let status: Option<std::borrow::Cow<'_, str>> = registry.map(|s| match (&s.status, &s.deprecated_since) {
+            (mcpwatch_policy::ServerStatus::Deprecated, Some(d)) => format!("deprecated since {d}").into(),
+            (mcpwatch_policy::ServerStatus::Deprecated, None) => "deprecated".into(),
+            _ => "active".into(),
+        });
+        let same = |e: &ServerEntry| e.registered.as_deref() == name && e.status.as_deref() == status.as_deref();
+        if self.servers.lock().is_ok_and(|s| s.get(endpoint).is_some_and(same)) {
+            return;
+        }
         self.update(endpoint, |e| {
-            e.registered = registered;
-            e.status = status;
+            e.registered = name.map(str::to_owned);
+            e.status = status.map(std::borrow::Cow::into_owned);
         });
     }
 
@@ -499,6 +518,35 @@ mod tests {
 
     fn inventory(dir: &std::path::Path) -> Inventory {
         Inventory::load(Store::open(dir, mcpwatch_audit::StoreOptions::default()).expect("store"))
+    }
+
+    #[test]
+    fn registration_is_written_only_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let policy = mcpwatch_policy::parse(
+            "version = 1\nmode = \"enforce\"\ndefault = \"allow\"\n\n[[server]]\nname = \"live\"\nurl = \"http://a/mcp\"\n\n[[server]]\nname = \"old\"\nurl = \"http://b/mcp\"\nstatus = \"deprecated\"\ndeprecated_since = \"2025-06-30\"\n",
+            "t.toml",
+        )
+        .expect("policy");
+        let (live, old) = (&policy.servers()[0], &policy.servers()[1]);
+        let entry = |e: &str| inv.list().into_iter().find(|s| s.endpoint == e).map(|s| (s.registered, s.status));
+        inv.set_registration("http://a/mcp", Some(live));
+        inv.set_registration("http://b/mcp", Some(old));
+        inv.set_registration("http://c/mcp", None);
+        assert_eq!(entry("http://a/mcp"), Some((Some("live".into()), Some("active".into()))));
+        assert_eq!(entry("http://b/mcp"), Some((Some("old".into()), Some("deprecated since 2025-06-30".into()))));
+        assert_eq!(entry("http://c/mcp"), Some((None, None)));
+        assert_eq!(inv.persist(), 3);
+        // The same again changes nothing, so nothing is written.
+        inv.set_registration("http://a/mcp", Some(live));
+        inv.set_registration("http://b/mcp", Some(old));
+        inv.set_registration("http://c/mcp", None);
+        assert_eq!(inv.persist(), 0);
+        // A server that left the registry is written once more.
+        inv.set_registration("http://a/mcp", None);
+        assert_eq!(entry("http://a/mcp"), Some((None, None)));
+        assert_eq!(inv.persist(), 1);
     }
 
     #[test]

@@ -489,13 +489,7 @@ fn admit(shared: &Shared, scope: &Scope, parts: &Parts, parsed: &Parsed, size: u
 /// The server's registry entry and status into the inventory.
 fn register(shared: &Shared, gov: &Loaded, scope: &Scope) {
     let target = scope.target();
-    let registry = gov.policy.server_for(&target.as_policy());
-    let reg_status = registry.map(|s| match (&s.status, &s.deprecated_since) {
-        (mcpwatch_policy::ServerStatus::Deprecated, Some(d)) => format!("deprecated since {d}"),
-        (mcpwatch_policy::ServerStatus::Deprecated, None) => "deprecated".to_string(),
-        _ => "active".to_string(),
-    });
-    shared.inventory.set_registration(&scope.endpoint, registry.map(|s| s.name.clone()), reg_status);
+    shared.inventory.set_registration(&scope.endpoint, gov.policy.server_for(&target.as_policy()));
 }
 
 /// What the govern stage reads of one POST.
