@@ -51,11 +51,55 @@ pub struct ConnCtx {
     /// What cannot be inspected inside such a tunnel is refused in enforce mode
     /// (`tunnel::passes_uninspected`).
     pub tunnel_mode: Option<mcpwatch_policy::Mode>,
+    /// The last request's endpoint key and what it was made from (`scope::Scope::new`).
+    pub endpoint_memo: EndpointMemo,
+}
+
+/// The endpoint key of the last request on a connection, with the Host header, path and
+/// naming (by address or not) it was made from. A keep-alive client names the same
+/// server on every request: the canonical host and path are worked out once, not per
+/// request. One entry per connection; a request that differs replaces it.
+#[derive(Debug, Default)]
+pub struct EndpointMemo(std::sync::Mutex<Option<MemoEntry>>);
+
+#[derive(Debug)]
+struct MemoEntry {
+    host: Option<String>,
+    path: String,
+    claimed: bool,
+    endpoint: String,
+}
+
+/// A copied context (a tunnel's inner connection) starts with no memo of its own.
+impl Clone for EndpointMemo {
+    fn clone(&self) -> EndpointMemo {
+        EndpointMemo::default()
+    }
+}
+
+impl EndpointMemo {
+    /// The endpoint key for this Host header (`None`: none), path and `claimed` (the Host
+    /// did not prove to name the destination): the last one if all three are the last
+    /// request's, else what `make` makes. `make` must depend on nothing else that can
+    /// change during the connection.
+    pub fn endpoint(&self, host: Option<&str>, path: &str, claimed: bool, make: impl FnOnce() -> String) -> String {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = last.as_ref()
+            && e.host.as_deref() == host
+            && e.path == path
+            && e.claimed == claimed
+        {
+            return e.endpoint.clone();
+        }
+        let endpoint = make();
+        *last = Some(MemoEntry { host: host.map(str::to_owned), path: path.to_owned(), claimed, endpoint: endpoint.clone() });
+        endpoint
+    }
 }
 
 impl ConnCtx {
     pub fn new(id: u64, peer: SocketAddr, origin: Origin) -> ConnCtx {
-        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new(), dst_key: std::sync::OnceLock::new(), ip_key: std::sync::OnceLock::new(), serve_tunnel: None, tunnel_host: None, tunnel_mode: None }
+        ConnCtx { id, peer, origin, scheme: "http", head_log: None, tls: None, owner: std::sync::OnceLock::new(), dst_key: std::sync::OnceLock::new(), ip_key: std::sync::OnceLock::new(), serve_tunnel: None, tunnel_host: None, tunnel_mode: None, endpoint_memo: EndpointMemo::default() }
     }
 
     /// The original destination as `ip:port` (see `dst_key`).
@@ -71,5 +115,35 @@ impl ConnCtx {
     /// The process that sent this connection, as a session owner (`None`: unknown).
     pub fn owner(&self) -> Option<&crate::session::Owner> {
         self.owner.get_or_init(|| self.origin.process.as_deref().map(crate::session::Owner::of)).as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_memo_makes_a_key_once_per_distinct_request() {
+        let memo = EndpointMemo::default();
+        let made = std::cell::Cell::new(0);
+        let get = |host: Option<&str>, path: &str, claimed: bool| {
+            memo.endpoint(host, path, claimed, || {
+                made.set(made.get() + 1);
+                format!("{host:?}{path}{claimed}")
+            })
+        };
+        assert_eq!(get(Some("a"), "/mcp", false), "Some(\"a\")/mcpfalse");
+        assert_eq!(get(Some("a"), "/mcp", false), "Some(\"a\")/mcpfalse");
+        assert_eq!(made.get(), 1, "the same request again is not worked out again");
+        // Any of the three differing makes a new key (and replaces the memo).
+        assert_eq!(get(Some("b"), "/mcp", false), "Some(\"b\")/mcpfalse");
+        assert_eq!(get(None, "/mcp", false), "None/mcpfalse");
+        assert_eq!(get(None, "/other", false), "None/otherfalse");
+        assert_eq!(get(None, "/other", true), "None/othertrue");
+        assert_eq!(get(Some("a"), "/mcp", false), "Some(\"a\")/mcpfalse");
+        assert_eq!(made.get(), 6);
+        // A copy starts empty.
+        let copy = memo.clone();
+        assert_eq!(copy.endpoint(Some("a"), "/mcp", false, || "fresh".into()), "fresh");
     }
 }

@@ -106,7 +106,6 @@ impl Scope {
         let dst = ctx.origin.dst;
         let path = parts.uri.path().to_string();
         let path_and_query = parts.uri.path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_string());
-        let host_only = host_header.as_deref().map(strip_port).unwrap_or_else(|| dst.ip().to_string());
         let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         if let Some(route) = shared.sessions.legacy_route(&dst, host_header.as_deref().unwrap_or_default(), &path_and_query) {
             return Scope {
@@ -132,12 +131,15 @@ impl Scope {
         // (`localhost`, `x.localhost`, the host's name, the IP itself) reaches the same
         // socket, and `auth::host_fit` refuses any other name toward MCP. Plain HTTP to a
         // remote address whose Host does not resolve there is named by that address too.
-        let host_key = if ctx.tls.is_none() && (dst.ip().to_canonical().is_loopback() || claimed_host.is_some()) {
-            ctx.ip_key().to_owned()
-        } else {
-            mcpwatch_policy::canonical_host(&host_only)
-        };
-        let endpoint = Endpoint::key_of(ctx.scheme, &host_key, dst.port(), &mcpwatch_policy::canonical_request_path(&path));
+        let endpoint = ctx.endpoint_memo.endpoint(host_header.as_deref(), &path, claimed_host.is_some(), || {
+            let host_key = if ctx.tls.is_none() && (dst.ip().to_canonical().is_loopback() || claimed_host.is_some()) {
+                ctx.ip_key().to_owned()
+            } else {
+                let host_only = host_header.as_deref().map(strip_port).unwrap_or_else(|| dst.ip().to_string());
+                mcpwatch_policy::canonical_host(&host_only)
+            };
+            Endpoint::key_of(ctx.scheme, &host_key, dst.port(), &mcpwatch_policy::canonical_request_path(&path))
+        });
         let session_id = header(H_SESSION);
         let protocol_version = header(H_VERSION)
             .or_else(|| session_id.as_deref().and_then(|s| shared.sessions.version(&endpoint, s)));
@@ -325,7 +327,15 @@ pub(super) fn http_failure(status: StatusCode) -> CallStatus {
 /// Whether a header `name` contains `needle` (lowercase ASCII), ignoring ASCII case.
 pub(super) fn header_has(h: &HeaderMap, name: http::header::HeaderName, needle: &str) -> bool {
     let needle = needle.as_bytes();
-    h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| needle.is_empty() || s.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))))
+    h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| contains_ignore_ascii_case(s.as_bytes(), needle)))
+}
+
+/// `hay` contains `needle` (lowercase ASCII), ignoring ASCII case. Each window is
+/// compared only where its first byte matches: a request asks several of these of
+/// headers like `Accept: application/json, text/event-stream`.
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else { return true };
+    hay.windows(needle.len()).any(|w| w[0].to_ascii_lowercase() == first && w.eq_ignore_ascii_case(needle))
 }
 
 /// Ask for an answer mcpwatch can read: `Accept-Encoding: identity`. Clients accept gzip
@@ -457,6 +467,13 @@ mod tests {
         assert!(accepts_sse(&h), "the second Accept value counts");
         assert!(!header_has(&h, CONTENT_TYPE, "xml"));
         assert!(!header_has(&h, CONTENT_TYPE, "application/json; charset=utf-8; extra"), "longer than the value");
+        // Against the plain definition, at every offset and case.
+        for hay in ["", "j", "JSON", "xjsoN", "application/jso", "a/JsOn;x", "jjson", "jsojson"] {
+            for needle in ["", "j", "json", "son"] {
+                let plain = needle.is_empty() || hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
+                assert_eq!(contains_ignore_ascii_case(hay.as_bytes(), needle.as_bytes()), plain, "{hay:?} {needle:?}");
+            }
+        }
     }
 
     #[test]
