@@ -64,7 +64,7 @@ impl HashKey {
         let mac = self.mac(&[data]);
         let mut text = [0u8; 64];
         match hex::encode_to_slice(mac, &mut text) {
-            Ok(()) => String::from_utf8_lossy(&text).into_owned(),
+            Ok(()) => String::from_utf8(text.to_vec()).unwrap_or_else(|_| hex::encode(mac)),
             Err(_) => hex::encode(mac),
         }
     }

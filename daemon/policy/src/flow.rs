@@ -161,7 +161,8 @@ pub struct ToolRef<'a> {
     /// Registry name of the server (`[[server]] name`), if registered.
     pub server: Option<&'a str>,
     /// What identifies the server for the built-in table: its `serverInfo.name` and
-    /// endpoint, e.g. `github-mcp-server https://api.githubcopilot.com/mcp/`.
+    /// endpoint, e.g. `github-mcp-server https://api.githubcopilot.com/mcp/`. Read only
+    /// when [`builtin_names`] the tool.
     pub server_hint: &'a str,
     pub tool: &'a str,
     /// The tool's definition from `tools/list` (name, description, inputSchema, annotations).
@@ -239,6 +240,12 @@ const BUILTIN: &[(&str, &str, &[Label])] = &[
     ("whatsapp", "list_messages", &[Label::UntrustedContent, Label::PrivateData]),
     ("whatsapp", "send_message", &[Label::PublicSink]),
 ];
+
+/// Whether the built-in table names `tool` for some server: only then does
+/// [`ToolRef::server_hint`] matter (callers may leave it empty otherwise).
+pub fn builtin_names(tool: &str) -> bool {
+    BUILTIN.iter().any(|(_, n, _)| name_match(n, tool))
+}
 
 fn name_match(entry: &str, name: &str) -> bool {
     match entry.strip_suffix('*') {
@@ -806,6 +813,16 @@ host = "corp.example"
         for t in ["echo", "add", "weather", "get_time"] {
             assert!(labels(&p, None, "x", t, None).labels.is_empty(), "{t}");
         }
+        // The hint matters only for tools the built-in table names (callers skip it
+        // for the others).
+        for t in ["get_issue", "get_issue_comments", "create_pull_request", "echo", "read_issue", "get_time", "search_code"] {
+            let with_hint = labels(&p, None, "github-mcp-server", t, None);
+            let without = labels(&p, None, "", t, None);
+            if with_hint != without {
+                assert!(builtin_names(t), "{t}");
+            }
+        }
+        assert!(builtin_names("get_issue") && builtin_names("get_issue_comments") && !builtin_names("echo"));
     }
 
     #[test]

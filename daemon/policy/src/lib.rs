@@ -41,7 +41,7 @@ pub use error::PolicyError;
 pub use eval::{Call, STDIO_SCHEME, Subject, Target, stdio_endpoint};
 pub use flow::{
     FlowCheck, FlowDef, FlowLimits, FlowTable, FlowVerdict, Injection, Label, LabelSource, Labels, ResultSeen, TaintReason, TaintRef,
-    TaintState, ToolLabels, ToolRef, call_labels, markers,
+    TaintState, ToolLabels, ToolRef, builtin_names, call_labels, markers,
 };
 pub use model::{
     Action, AgentDef, Approver, GatewayDef, ConditionForm, Decision, DefaultAction, Effect, InspectSettings, MinSeverity, Mode, Per,

@@ -31,9 +31,15 @@ pub fn process_session(endpoint: &str, p: &mcpwatch_api::ProcessInfo) -> String 
 /// table (matched on the server's `serverInfo.name` and endpoint), heuristics and the
 /// definition's annotations.
 fn tool_labels(j: Judge<'_>, target: &Target<'_>, tool: &str, def: Option<&Value>) -> ToolLabels {
-    let server = j.gov.policy.server_for(target).map(|s| s.name.clone());
-    let hint = format!("{} {}", j.inventory.server_name(target.endpoint).unwrap_or_default(), target.endpoint);
-    j.gov.policy.tool_labels(&ToolRef { server: server.as_deref(), server_hint: &hint, tool, definition: def })
+    let server = j.gov.policy.server_for(target).map(|s| s.name.as_str());
+    // The hint (the server's name as it calls itself) is read only for tools the built-in
+    // table names: made only for them.
+    let hint = if mcpwatch_policy::builtin_names(tool) {
+        format!("{} {}", j.inventory.server_name(target.endpoint).unwrap_or_default(), target.endpoint)
+    } else {
+        String::new()
+    };
+    j.gov.policy.tool_labels(&ToolRef { server, server_hint: &hint, tool, definition: def })
 }
 
 /// Fill in each tool's labels (with sources) for `mcpwatch list`. Labels depend on the
