@@ -109,42 +109,35 @@ pub(crate) fn write(out: &mut Vec<u8>, rec: &AuditRecord) {
     uint(out, *response_bytes);
     key(out, b",\"notes\":");
     strings(out, notes);
-    if let Some(d) = decision {
-        key(out, b",\"decision\":");
-        decision_view(out, d);
-    }
-    if !findings.is_empty() {
-        key(out, b",\"findings\":");
-        out.push(b'[');
-        for (i, f) in findings.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            finding(out, f);
-        }
-        out.push(b']');
-    }
-    if !alerts.is_empty() {
-        key(out, b",\"alerts\":");
-        strings(out, alerts);
-    }
-    if let Some(t) = tls {
-        key(out, b",\"tls\":");
-        tls_details(out, t);
-    }
-    if let Some(f) = flow {
-        key(out, b",\"flow\":");
-        flow_view(out, f);
-    }
-    if let Some(h) = hostname {
-        key(out, b",\"hostname\":");
-        string(out, h);
-    }
-    if let Some(h) = host_id {
-        key(out, b",\"host_id\":");
-        string(out, h);
-    }
+    // What serde skips when unset or empty.
+    present(out, b",\"decision\":", decision.as_ref(), decision_view);
+    present(out, b",\"findings\":", (!findings.is_empty()).then_some(findings), |out, f| array(out, f, finding));
+    present(out, b",\"alerts\":", (!alerts.is_empty()).then_some(alerts), |out, a| strings(out, a));
+    present(out, b",\"tls\":", tls.as_ref(), tls_details);
+    present(out, b",\"flow\":", flow.as_ref(), flow_view);
+    present(out, b",\"hostname\":", hostname.as_ref(), |out, h| string(out, h));
+    present(out, b",\"host_id\":", host_id.as_ref(), |out, h| string(out, h));
     out.push(b'}');
+}
+
+/// `literal` (`,"name":`) and the value, if there is one: a field serde skips otherwise.
+fn present<T: ?Sized>(out: &mut Vec<u8>, literal: &[u8], value: Option<&T>, write: impl FnOnce(&mut Vec<u8>, &T)) {
+    if let Some(v) = value {
+        key(out, literal);
+        write(out, v);
+    }
+}
+
+/// `[a,b,...]`, each item written by `write`.
+fn array<T>(out: &mut Vec<u8>, items: &[T], write: impl Fn(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
 }
 
 fn process_info(out: &mut Vec<u8>, p: &ProcessInfo) {
@@ -174,23 +167,13 @@ fn process_info(out: &mut Vec<u8>, p: &ProcessInfo) {
     key(out, b",\"unit\":");
     opt_string(out, unit);
     key(out, b",\"ancestry\":");
-    out.push(b'[');
-    for (i, a) in ancestry.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        ancestor(out, a);
-    }
-    out.push(b']');
+    array(out, ancestry, ancestor);
     key(out, b",\"agent\":");
     match agent {
         Some(a) => ancestor(out, a),
         None => out.extend_from_slice(b"null"),
     }
-    if let Some(t) = start_ticks {
-        key(out, b",\"start_ticks\":");
-        uint(out, *t);
-    }
+    present(out, b",\"start_ticks\":", start_ticks.as_ref(), |out, t| uint(out, *t));
     out.push(b'}');
 }
 
@@ -239,10 +222,7 @@ fn decision_view(out: &mut Vec<u8>, d: &DecisionView) {
     string(out, reason);
     key(out, b",\"shadow\":");
     boolean(out, *shadow);
-    if let Some(a) = approval {
-        key(out, b",\"approval\":");
-        string(out, a);
-    }
+    present(out, b",\"approval\":", approval.as_ref(), |out, a| string(out, a));
     out.push(b'}');
 }
 
@@ -287,16 +267,10 @@ fn flow_view(out: &mut Vec<u8>, f: &FlowView) {
     let FlowView { session, labels, tainted, tainted_by, taints } = f;
     out.extend_from_slice(b"{\"session\":");
     string(out, session);
-    if !labels.is_empty() {
-        key(out, b",\"labels\":");
-        strings(out, labels);
-    }
+    present(out, b",\"labels\":", (!labels.is_empty()).then_some(labels), |out, l| strings(out, l));
     key(out, b",\"tainted\":");
     boolean(out, *tainted);
-    if !tainted_by.is_empty() {
-        key(out, b",\"tainted_by\":");
-        strings(out, tainted_by);
-    }
+    present(out, b",\"tainted_by\":", (!tainted_by.is_empty()).then_some(tainted_by), |out, l| strings(out, l));
     key(out, b",\"taints\":");
     boolean(out, *taints);
     out.push(b'}');
@@ -355,14 +329,7 @@ fn opt_string(out: &mut Vec<u8>, s: &Option<String>) {
 }
 
 fn strings(out: &mut Vec<u8>, list: &[String]) {
-    out.push(b'[');
-    for (i, s) in list.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        string(out, s);
-    }
-    out.push(b']');
+    array(out, list, |out, s| string(out, s));
 }
 
 const LOW: u64 = 0x0101_0101_0101_0101;
