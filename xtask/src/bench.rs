@@ -752,6 +752,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let r: Vec<String> = each.iter().map(|e| e.get(i).and_then(|x| x.ratio).map_or("-".into(), |r| format!("{r:.2}"))).collect();
             println!("    {:<48} {}", b.what, r.join("  "));
         }
+        let cells_by_round: Vec<Vec<Cell>> = by_round.iter().map(|(c, _)| c.clone()).collect();
+        for (what, per) in base_cpu_by_round(&cells_by_round) {
+            let r: Vec<String> = per.iter().map(|x| x.map_or("-".into(), |v| format!("{v:.2}"))).collect();
+            println!("    {what:<48} {}", r.join("  "));
+        }
     }
     if !args.no_agent {
         procs::check_interrupted()?;
@@ -898,8 +903,7 @@ fn print_bar_notes(cells: &[Cell], ours: Option<&str>, peak: Option<u64>, cpu: &
         println!("  cpu per call: {line}");
     }
     // Not a bar: this build against the baseline build (`mcpwatchd-base`), cell by cell.
-    for base in cells.iter().filter(|c| c.target == "mcpwatchd-base" && c.ok > 0) {
-        let Some(now) = find("mcpwatchd-static", base.mode, base.concurrency) else { continue };
+    for (base, now) in against_base(cells) {
         let cpu = match (now.cpu_us, base.cpu_us) {
             (Some(a), Some(b)) if b > 0.0 => format!("cpu/call {a:.0} vs {b:.0} us = {:.2}x", a / b),
             _ => "cpu/call not measured".into(),
@@ -912,6 +916,40 @@ fn print_bar_notes(cells: &[Cell], ours: Option<&str>, peak: Option<u64>, cpu: &
             now.per_sec / base.per_sec.max(1.0)
         );
     }
+}
+
+/// Each measured `mcpwatchd-base` cell with the `mcpwatchd-static` cell of the same mode
+/// and concurrency: this build against the baseline build.
+fn against_base(cells: &[Cell]) -> Vec<(&Cell, &Cell)> {
+    cells
+        .iter()
+        .filter(|c| c.target == "mcpwatchd-base" && c.ok > 0)
+        .filter_map(|base| {
+            let now = cells.iter().find(|x| x.target == "mcpwatchd-static" && x.mode == base.mode && x.concurrency == base.concurrency && x.ok > 0)?;
+            Some((base, now))
+        })
+        .collect()
+}
+
+/// The `vs base` CPU-per-call ratio of each cell, one column per round: how far the
+/// median's rounds spread (on a noisy machine a few percent is inside it).
+fn base_cpu_by_round(rounds: &[Vec<Cell>]) -> Vec<(String, Vec<Option<f64>>)> {
+    let Some(first) = rounds.first() else { return Vec::new() };
+    against_base(first)
+        .iter()
+        .map(|(b, _)| {
+            let per = rounds
+                .iter()
+                .map(|r| {
+                    against_base(r)
+                        .into_iter()
+                        .find(|(x, _)| x.mode == b.mode && x.concurrency == b.concurrency)
+                        .and_then(|(x, n)| Some(n.cpu_us? / x.cpu_us.filter(|c| *c > 0.0)?))
+                })
+                .collect();
+            (format!("vs base cpu/call {} c={}", b.mode.label(), b.concurrency), per)
+        })
+        .collect()
 }
 
 /// What keeps a measured target running.
@@ -1246,6 +1284,18 @@ mod tests {
 
     fn cell(target: &'static str, p50: f64, tput: f64, cpu: Option<f64>, ok: usize) -> Cell {
         Cell { target, mode: Mode::KeepAlive, concurrency: 1, ok, errors: 1, first_error: None, p50_us: p50, p99_us: p50 * 2.0, max_us: p50 * 10.0, per_sec: tput, cpu_us: cpu }
+    }
+
+    #[test]
+    fn vs_base_cpu_is_shown_round_by_round() {
+        let round = |base: f64, now: f64| vec![cell("nginx", 1.0, 1.0, Some(9.0), 5), cell("mcpwatchd-base", 1.0, 1.0, Some(base), 5), cell("mcpwatchd-static", 1.0, 1.0, Some(now), 5)];
+        let mut third = round(100.0, 90.0);
+        third[2].ok = 0; // a round where this build answered nothing
+        let rows = base_cpu_by_round(&[round(200.0, 180.0), round(100.0, 110.0), third]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0, "vs base cpu/call keepalive c=1");
+        assert_eq!(rows[0].1, vec![Some(0.9), Some(1.1), None]);
+        assert!(base_cpu_by_round(&[]).is_empty());
     }
 
     #[test]
