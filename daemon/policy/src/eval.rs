@@ -499,10 +499,7 @@ fn canonical_endpoint(t: &Target<'_>) -> String {
 }
 
 fn cut(s: &str) -> &str {
-    match s.char_indices().nth(MAX_SHOWN) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+    mcpwatch_mcp::jsonrpc::first_chars(s, MAX_SHOWN)
 }
 
 impl Ctx<'_, '_> {

@@ -658,7 +658,7 @@ impl FlowTable {
                 (Some(m), true) => m.to_string(),
                 _ => state.by.first().map(|t| t.to_string()).unwrap_or_default(),
             };
-            let shown: String = tool.chars().take(128).collect();
+            let shown = mcpwatch_mcp::jsonrpc::first_chars(tool, 128);
             let mut reason = format!("flow rule `{}` ({}): `{shown}` in a session tainted by {by}", f.id, seq.join(" -> "));
             if let Some(m) = &f.message {
                 reason = format!("{m} ({reason})");
@@ -706,18 +706,18 @@ impl FlowTable {
             return;
         }
         let s = self.session(key, now_ms);
-        let shown: String = tool.chars().take(128).collect();
+        let shown = mcpwatch_mcp::jsonrpc::first_chars(tool, 128);
         if let Some(why) = why
             && s.taints.len() < max_taints
             && !s.taints.iter().any(|t| t.record == record)
         {
-            s.taints.push(TaintRef { record: record.to_string(), tool: shown.clone(), why });
+            s.taints.push(TaintRef { record: record.to_string(), tool: shown.to_owned(), why });
         }
         for m in markers(result) {
             if s.markers.len() >= max_markers {
                 break;
             }
-            s.markers.entry(m).or_insert_with(|| (record.to_string(), shown.clone()));
+            s.markers.entry(m).or_insert_with(|| (record.to_string(), shown.to_owned()));
         }
     }
 }
