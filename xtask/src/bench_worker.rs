@@ -123,8 +123,9 @@ fn worker_command(addr: SocketAddr, mode: Mode, concurrency: usize, seconds: f64
     Ok(cmd)
 }
 
-/// Waits for a worker started from [`worker_command`] and reads its report line.
-fn report_of(child: std::process::Child) -> anyhow::Result<Report> {
+/// Starts a worker from [`worker_command`], waits for it and reads its report line.
+fn report_of(cmd: &mut Command) -> anyhow::Result<Report> {
+    let child = cmd.spawn().with_context(|| format!("starting the bench worker {}", cmd.get_program().to_string_lossy()))?;
     // Bounded by the worker's own limits (its seconds + warm-up + check); no extra timer.
     let start = Instant::now();
     let out = child
@@ -158,8 +159,7 @@ pub(super) fn run_cell(
     if let Some(cg) = cgroup {
         crate::cgroup::spawn_inside(&mut cmd, cg)?;
     }
-    let child = cmd.spawn().with_context(|| format!("starting the bench worker {}", cmd.get_program().to_string_lossy()))?;
-    let r = report_of(child)?;
+    let r = report_of(&mut cmd)?;
     Ok(Cell {
         target,
         mode,
@@ -181,8 +181,7 @@ pub(super) fn run_cell(
 pub(super) fn run_counted(addr: SocketAddr, calls: usize) -> anyhow::Result<()> {
     let mut cmd = worker_command(addr, Mode::KeepAlive, 1, 600.0, calls)?;
     cmd.args(["--warmup-ms", "0"]);
-    let child = cmd.spawn().with_context(|| format!("starting the bench worker {}", cmd.get_program().to_string_lossy()))?;
-    let r = report_of(child)?;
+    let r = report_of(&mut cmd)?;
     if r.ok < calls {
         bail!("only {} of {calls} calls were answered (first error: {:?})", r.ok, r.first_error);
     }
