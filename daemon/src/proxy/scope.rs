@@ -168,7 +168,7 @@ impl Scope {
         self.flow_session.get_or_init(|| match (&self.session_id, self.ctx.origin.process.as_deref()) {
             (Some(s), _) => format!("{}#{}", self.endpoint, mcpwatch_mcp::jsonrpc::first_chars(s, 128)),
             (None, Some(p)) => crate::govern::flows::process_session(&self.endpoint, p),
-            (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.origin.dst),
+            (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.dst_key()),
         })
     }
 
