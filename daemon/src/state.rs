@@ -205,8 +205,18 @@ impl Shared {
                 continue;
             }
             let target = self.flush_wanted.load(Ordering::Acquire);
-            let store = self.store.clone();
-            let res = match tokio::task::spawn_blocking(move || store.sync()).await {
+            let shared = self.clone();
+            let group = mode == SyncMode::Group;
+            let res = match tokio::task::spawn_blocking(move || {
+                // The completions no proxy thread wrote while it waited for a server
+                // (`run_deferred_on_park`) go out with this commit.
+                if group {
+                    shared.run_deferred();
+                }
+                shared.store.sync()
+            })
+            .await
+            {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(format!("flush task failed: {e}")),
@@ -308,6 +318,19 @@ impl Shared {
         });
     }
 
+    /// A proxy thread is about to sleep: with `[audit] sync = "group"`, write the waiting
+    /// completions only if it sleeps waiting for a server's answer
+    /// ([`crate::record::idle_waits_for_upstream`]); otherwise the group commit
+    /// ([`Shared::flush_forever`]) writes them within `group_commit_ms`. So at one call at
+    /// a time, the previous call's completion is written while its successor is with the
+    /// server, not while the client's next request waits. Other modes have no periodic
+    /// commit: they write on every sleep.
+    pub fn run_deferred_on_park(&self) {
+        if self.config.audit_sync_mode != crate::config::SyncMode::Group || crate::record::idle_waits_for_upstream() {
+            self.run_deferred();
+        }
+    }
+
     /// [`Shared::complete_record`] for a call that is over (answered, failed, closed):
     /// with `[audit] sync = "group"` its journal line goes out with the next write(2) or
     /// the group commit, within `group_commit_ms` (`Store::finish_record`); with
@@ -386,5 +409,77 @@ impl Deferred {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.len.store(0, Ordering::Release);
         std::mem::swap(&mut *q, batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use mcpwatch_api::{AuditFilter, AuditRecord, CallStatus};
+
+    use super::*;
+    use crate::config::{Config, SyncMode};
+
+    fn shared_with(dir: &std::path::Path, mode: SyncMode) -> Arc<Shared> {
+        let store = mcpwatch_audit::Store::open(&dir.join("state"), Default::default()).expect("store");
+        let config = Config { audit_sync_mode: mode, audit_group_commit: Duration::from_millis(10), ..Config::default() };
+        Shared::new(config, store)
+    }
+
+    /// A call's record written pending, and its completion left waiting in `Deferred` as a
+    /// proxy thread's `record::finish` leaves it.
+    fn begun_and_deferred(shared: &Shared) -> String {
+        let rec = AuditRecord { status: CallStatus::Pending, ..crate::record::begin(shared) };
+        shared.begin_record(&rec).expect("begin");
+        shared.deferred.push(AuditRecord { status: CallStatus::Ok, duration_us: Some(5), ..rec.clone() });
+        rec.id
+    }
+
+    /// What the store holds for `id` (the store alone: `Deferred` is not read).
+    fn stored_status(shared: &Shared, id: &str) -> CallStatus {
+        let recs = shared.store.query(&AuditFilter { limit: Some(100), ..Default::default() }).expect("query");
+        recs.into_iter().find(|r| r.id == id).map(|r| r.status).expect("the record is stored")
+    }
+
+    #[test]
+    fn a_park_writes_waiting_completions_while_a_server_is_awaited_and_not_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_with(dir.path(), SyncMode::Group);
+        let id = begun_and_deferred(&shared);
+        assert!(!crate::record::idle_waits_for_upstream());
+        shared.run_deferred_on_park();
+        assert_eq!(stored_status(&shared, &id), CallStatus::Pending, "with nothing awaited, the park leaves it to the group commit");
+        let awaiting = crate::record::awaiting_upstream();
+        assert!(crate::record::idle_waits_for_upstream());
+        shared.run_deferred_on_park();
+        drop(awaiting);
+        assert!(!crate::record::idle_waits_for_upstream(), "the guard uncounts itself");
+        assert_eq!(stored_status(&shared, &id), CallStatus::Ok, "a park while a server is awaited writes it");
+    }
+
+    #[test]
+    fn without_a_group_commit_every_park_writes_waiting_completions() {
+        for mode in [SyncMode::PerCall, SyncMode::Off] {
+            let dir = tempfile::tempdir().unwrap();
+            let shared = shared_with(dir.path(), mode);
+            let id = begun_and_deferred(&shared);
+            shared.run_deferred_on_park();
+            assert_eq!(stored_status(&shared, &id), CallStatus::Ok, "{mode:?}: no periodic commit would write it");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_group_commit_writes_the_completions_no_park_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared_with(dir.path(), SyncMode::Group);
+        let id = begun_and_deferred(&shared);
+        let flusher = tokio::spawn(shared.clone().flush_forever());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored_status(&shared, &id) != CallStatus::Ok {
+            assert!(Instant::now() < deadline, "the completion was never written by the group commit");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        flusher.abort();
     }
 }

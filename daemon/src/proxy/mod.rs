@@ -76,7 +76,7 @@ pub async fn run(
         let shared = Arc::downgrade(&shared);
         Arc::new(move || {
             if let Some(s) = shared.upgrade() {
-                s.run_deferred();
+                s.run_deferred_on_park();
             }
         })
     };

@@ -69,8 +69,8 @@ impl Drop for Live {
 impl Workers {
     /// Start `n` threads (at least one), each running a current-thread runtime with I/O and
     /// timers until [`Workers::stop`]. `idle`: run whenever a thread is about to sleep, and
-    /// once more when it ends (the proxy writes the call completions left for then:
-    /// `record::finish`).
+    /// once more when it ends (the proxy may write the call completions left for then:
+    /// `record::finish`, `Shared::run_deferred_on_park`).
     pub fn start(n: usize, idle: Option<Arc<dyn Fn() + Send + Sync>>) -> std::io::Result<Self> {
         let mut threads = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
