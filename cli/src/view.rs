@@ -453,12 +453,12 @@ mod tests {
     fn audit_row_contents() {
         let r = AuditRecord {
             ts_ms: NOW + 5,
-            process: Some(ProcessInfo {
+            process: Some(std::sync::Arc::new(ProcessInfo {
                 tgid: 4242,
                 comm: "python3".into(),
                 exe: Some("/usr/bin/python3.12".into()),
                 ..Default::default()
-            }),
+            })),
             server: "http://127.0.0.2:8765/mcp".into(),
             method: Some("tools/call".into()),
             name: Some("add".into()),

@@ -142,13 +142,13 @@ fn record(i: u64) -> AuditRecord {
         id: format!("{:020}{:06}", 1_700_000_000_000u64 + i, 0),
         ts_ms: 1_700_000_000_000 + i,
         duration_us: Some(1_500),
-        process: Some(ProcessInfo {
+        process: Some(std::sync::Arc::new(ProcessInfo {
             pid: 4242,
             tgid: 4242,
             comm: "node".into(),
             exe: Some("/usr/bin/node".into()),
             ..Default::default()
-        }),
+        })),
         dst: "127.0.0.2:18001".into(),
         server: "http://127.0.0.2:18001/mcp".into(),
         scheme: "http".into(),

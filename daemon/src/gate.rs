@@ -265,7 +265,7 @@ struct Session {
     /// The command line as shown (arguments redacted, clipped).
     cmdline: String,
     /// The client: the wrapper's parent process, as the kernel names it.
-    process: Option<ProcessInfo>,
+    process: Option<Arc<ProcessInfo>>,
     wrapper_pid: u32,
     pending: Mutex<crate::session::BoundedMap<String, Pending>>,
     /// The toxic-flow session: the client process talking to this server, named as the
@@ -283,7 +283,7 @@ impl Session {
         let parent = parent_of(wrapper_pid).and_then(describe_pid).filter(|p| p.uid == uid);
         let process = parent.or_else(|| describe_pid(wrapper_pid).filter(|p| p.uid == uid)).map(|mut p| {
             sanitize(&mut p);
-            p
+            Arc::new(p)
         });
         // The server key is the policy's identity of the launch (`stdio://npm:@scope/pkg`,
         // `stdio://script:/srv/x.py`), so `[[server]] package/command` entries and the
@@ -312,7 +312,7 @@ impl Session {
 
     /// This session as the govern stage sees it.
     fn site(&self) -> Site<'_> {
-        Site { endpoint: &self.endpoint, target: self.target(), process: self.process.as_ref(), flow_session: &self.flow_session }
+        Site { endpoint: &self.endpoint, target: self.target(), process: self.process.as_deref(), flow_session: &self.flow_session }
     }
 
     fn enforce(&self, gov: &Loaded) -> bool {
@@ -335,7 +335,7 @@ impl Session {
             endpoint: &self.endpoint,
             dst: "",
             transport: "stdio",
-            process: self.process.as_ref(),
+            process: self.process.as_deref(),
             method,
             name,
             now_ms: now_ms(),

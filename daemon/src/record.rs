@@ -61,7 +61,7 @@ pub fn connection(shared: &Shared, origin: &Origin, scheme: &str, transport: &st
     let server = Endpoint { scheme: scheme.into(), host: host.to_string(), port: origin.dst.port(), path: String::new() }.key();
     AuditRecord {
         duration_us: Some(0),
-        process: origin.process.as_deref().cloned(),
+        process: origin.process.clone(),
         dst: origin.dst.to_string(),
         host: Some(host.to_string()),
         scheme: scheme.into(),

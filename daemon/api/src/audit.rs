@@ -1,5 +1,7 @@
 //! Audit records: one per MCP request/response pair and per notification.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{ActionKind, Effect, Mode};
@@ -17,7 +19,9 @@ pub struct AuditRecord {
     pub ts_ms: u64,
     /// Set when the response ended (or the transport failed).
     pub duration_us: Option<u64>,
-    pub process: Option<ProcessInfo>,
+    /// The client process, shared: every record of a connection (or stdio session) points
+    /// at the one description made when it was resolved, instead of a copy each.
+    pub process: Option<Arc<ProcessInfo>>,
     /// Original destination `ip:port` the client dialled.
     pub dst: String,
     /// HTTP Host header (or TLS SNI).

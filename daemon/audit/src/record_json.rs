@@ -14,6 +14,8 @@
 //! - the tests compare this encoder with serde_json over every field, every variant and
 //!   every byte value at every position of a string.
 
+use std::sync::{Arc, Weak};
+
 use mcpwatch_api::{Ancestor, AuditRecord, CallStatus, DecisionView, FindingCount, FlowView, MessageKind, ProcessInfo, TlsDetails};
 
 /// Appends the JSON of `rec` to `out`: byte for byte what `serde_json::to_writer` writes.
@@ -62,7 +64,7 @@ pub(crate) fn write(out: &mut Vec<u8>, rec: &AuditRecord) {
     opt_uint(out, *duration_us);
     key(out, b",\"process\":");
     match process {
-        Some(p) => process_info(out, p),
+        Some(p) => shared_process_info(out, p),
         None => out.extend_from_slice(b"null"),
     }
     key(out, b",\"dst\":");
@@ -138,6 +140,46 @@ fn array<T>(out: &mut Vec<u8>, items: &[T], write: impl Fn(&mut Vec<u8>, &T)) {
         write(out, item);
     }
     out.push(b']');
+}
+
+/// How many process descriptions each thread keeps encoded ([`shared_process_info`]).
+const PROCESS_CACHE: usize = 8;
+
+thread_local! {
+    /// The JSON of the last process descriptions this thread encoded, each beside a weak
+    /// pointer to the description it was made from. Oldest replaced first.
+    static PROCESSES: std::cell::RefCell<(usize, Vec<(Weak<ProcessInfo>, Vec<u8>)>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// [`process_info`] for a description shared by every record of a connection: its JSON is
+/// made once per thread and copied after. A hit needs the very allocation it was made from
+/// (`Weak::upgrade` and pointer equality): a description changed since cannot be that
+/// allocation (`Arc::get_mut` refuses while a weak pointer exists, and `Arc::make_mut`
+/// moves the value away from its weak pointers), and its memory is not reused while the
+/// weak pointer holds it, so an address cannot stand for another description.
+fn shared_process_info(out: &mut Vec<u8>, p: &Arc<ProcessInfo>) {
+    PROCESSES.with(|cell| {
+        let Ok(mut cache) = cell.try_borrow_mut() else {
+            return process_info(out, p);
+        };
+        let (next, entries) = &mut *cache;
+        if let Some((_, json)) = entries.iter().find(|(w, _)| w.upgrade().is_some_and(|a| Arc::ptr_eq(&a, p))) {
+            out.extend_from_slice(json);
+            return;
+        }
+        let start = out.len();
+        process_info(out, p);
+        let made = &out[start..];
+        if entries.len() < PROCESS_CACHE {
+            entries.push((Arc::downgrade(p), made.to_vec()));
+        } else {
+            let slot = &mut entries[*next % PROCESS_CACHE];
+            slot.0 = Arc::downgrade(p);
+            slot.1.clear();
+            slot.1.extend_from_slice(made);
+            *next = (*next + 1) % PROCESS_CACHE;
+        }
+    })
 }
 
 fn process_info(out: &mut Vec<u8>, p: &ProcessInfo) {
@@ -423,6 +465,46 @@ mod tests {
     use super::*;
     use mcpwatch_api::decision::{ActionKind, Effect, Mode};
 
+    #[test]
+    fn a_shared_process_description_is_encoded_once_and_never_stale() {
+        let mut r = full("cached");
+        // Hits: the same allocation again, on this thread.
+        same_as_serde(&r);
+        same_as_serde(&r);
+        // A change through the Arc is a different allocation (make_mut moves the value
+        // away from the cache's weak pointer), so it is encoded anew.
+        std::sync::Arc::make_mut(r.process.as_mut().expect("set")).comm = s("changed\"");
+        same_as_serde(&r);
+        assert!(String::from_utf8(encoded(&r)).unwrap().contains(r#""comm":"changed\"""#));
+        // More descriptions than the cache holds, round and round, each its own bytes.
+        let many: Vec<AuditRecord> = (0..super::PROCESS_CACHE * 2 + 1)
+            .map(|i| {
+                let mut r = full("cached");
+                std::sync::Arc::make_mut(r.process.as_mut().expect("set")).pid = i as u32;
+                r
+            })
+            .collect();
+        for _ in 0..3 {
+            for r in &many {
+                same_as_serde(r);
+            }
+        }
+        // A description dropped and another made (perhaps at the same address) is not
+        // mistaken for it.
+        for i in 0..4u32 {
+            let mut r = full("cached");
+            std::sync::Arc::make_mut(r.process.as_mut().expect("set")).uid = 1000 + i;
+            same_as_serde(&r);
+            drop(r);
+        }
+    }
+
+    fn encoded(rec: &AuditRecord) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out, rec);
+        out
+    }
+
     fn same_as_serde(rec: &AuditRecord) {
         let mut ours = Vec::new();
         write(&mut ours, rec);
@@ -443,7 +525,7 @@ mod tests {
             id: format!("0001{text}"),
             ts_ms: u64::MAX,
             duration_us: Some(0),
-            process: Some(ProcessInfo {
+            process: Some(std::sync::Arc::new(ProcessInfo {
                 pid: u32::MAX,
                 tgid: 1,
                 uid: 0,
@@ -459,7 +541,7 @@ mod tests {
                 ancestry: vec![ancestor.clone(), Ancestor { pid: 1, comm: s("init"), exe: None }],
                 agent: Some(ancestor),
                 start_ticks: Some(99),
-            }),
+            })),
             dst: s("127.0.0.1:1"),
             host: Some(s(text)),
             scheme: s("https"),
@@ -543,8 +625,8 @@ mod tests {
         let f = r.flow.as_mut().expect("set");
         (f.labels, f.tainted_by) = (vec![], vec![]);
         same_as_serde(&r);
-        r.process.as_mut().expect("set").start_ticks = None;
-        r.process.as_mut().expect("set").agent = None;
+        std::sync::Arc::make_mut(r.process.as_mut().expect("set")).start_ticks = None;
+        std::sync::Arc::make_mut(r.process.as_mut().expect("set")).agent = None;
         same_as_serde(&r);
         (r.findings, r.alerts, r.decision, r.tls, r.flow, r.hostname, r.host_id, r.process) = (vec![], vec![], None, None, None, None, None, None);
         same_as_serde(&r);

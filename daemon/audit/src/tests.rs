@@ -48,11 +48,11 @@ fn rec_at(store: &Store, ts_ms: u64, server: &str, tool: Option<&str>) -> AuditR
             .into(),
         ),
         name: tool.map(str::to_string),
-        process: Some(ProcessInfo {
+        process: Some(std::sync::Arc::new(ProcessInfo {
             tgid: 42,
             comm: "python3".into(),
             ..Default::default()
-        }),
+        })),
         request_bytes: 100,
         ..Default::default()
     }

@@ -250,7 +250,7 @@ impl Scope {
 
     pub(super) fn record(&self, shared: &Shared, kind: MessageKind, direction: &str, msg: Option<&Message>, bytes: u64) -> AuditRecord {
         let mut rec = AuditRecord {
-            process: self.ctx.origin.process.as_deref().cloned(),
+            process: self.ctx.origin.process.clone(),
             dst: self.ctx.dst_key().to_owned(),
             host: self.host.clone(),
             scheme: self.ctx.scheme.to_string(),

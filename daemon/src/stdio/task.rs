@@ -44,7 +44,7 @@ pub const LOST_NOTE: &str = "stdio data was lost before this message (ring full,
 struct ServerId {
     endpoint: String,
     command: Vec<String>,
-    client: Option<ProcessInfo>,
+    client: Option<Arc<ProcessInfo>>,
     /// The process is a gate-connected `mcpwatch wrap` or runs under one: the gate already
     /// governs and audits every message, so observing it again would count each call twice.
     wrapped: bool,
@@ -172,7 +172,7 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
             if flags.0 & (mcpwatch_intercept::AgentFlags::COMM.0 | mcpwatch_intercept::AgentFlags::POLICY.0) != 0 {
                 client = mcpwatch_intercept::process::describe_pid(pp).map(|mut info| {
                     sanitize(&mut info);
-                    info
+                    Arc::new(info)
                 });
                 break;
             }
@@ -196,7 +196,7 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
             if id.wrapped {
                 return;
             }
-            inv.saw_message(&Sighting { endpoint: &id.endpoint, dst: "", transport: "stdio", process: id.client.as_ref(), method: Some("initialize"), name: None, now_ms: now });
+            inv.saw_message(&Sighting { endpoint: &id.endpoint, dst: "", transport: "stdio", process: id.client.as_deref(), method: Some("initialize"), name: None, now_ms: now });
             inv.set_command(&id.endpoint, &id.command);
             let name = name.or_else(|| super::server_name(&id.command));
             inv.set_server_info(&id.endpoint, ServerInfoUpdate { name, version, protocol_version, capabilities: None });
@@ -222,7 +222,7 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
             if id.wrapped {
                 return;
             }
-            inv.saw_message(&Sighting { endpoint: &id.endpoint, dst: "", transport: "stdio", process: id.client.as_ref(), method: Some("tools/call"), name: Some(&name), now_ms: now });
+            inv.saw_message(&Sighting { endpoint: &id.endpoint, dst: "", transport: "stdio", process: id.client.as_deref(), method: Some("tools/call"), name: Some(&name), now_ms: now });
             crate::state::Counters::inc(&shared.counters.stdio_observed_calls);
             let mut notes = vec![OBSERVED_NOTE.to_string()];
             if lost {

@@ -308,7 +308,7 @@ print(json.dumps({{"agent_pid": os.getpid(), "rc": out.returncode, "stdout": out
     assert!(p.exe.as_deref().unwrap_or_default().ends_with("node"), "{p:?}");
     assert!(p.cmdline.iter().any(|a| a.contains("mcp-remote")), "{p:?}");
     assert_eq!(p.ancestry.first().map(|a| a.pid), Some(agent_pid), "parent recorded: {p:?}");
-    let a = p.agent.expect("agent");
+    let a = p.agent.clone().expect("agent");
     assert_eq!(a.pid, agent_pid, "attributed to the launching agent, not the bridge");
     assert!(a.comm.starts_with("python"), "{a:?}");
     // The inventory names the agent too.
