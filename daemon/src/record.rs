@@ -153,37 +153,6 @@ thread_local! {
     /// This thread's runtime calls [`crate::state::Shared::run_deferred_on_park`] before
     /// it sleeps.
     static DEFERS: Cell<bool> = const { Cell::new(false) };
-    /// Requests this thread has sent upstream whose answer has not begun to arrive.
-    static AWAITING: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Held from sending a request upstream until its answer's head arrives (or the send
-/// fails): while any is held, this thread going to sleep means it waits for a server,
-/// which is when the completions waiting in [`crate::state::Deferred`] are written (see
-/// [`idle_waits_for_upstream`]), instead of after an answer, where the client's next
-/// request would wait behind them.
-#[must_use = "the request counts as awaited only while this is held"]
-pub struct AwaitingUpstream(());
-
-/// Count a request as awaited on this thread until the returned guard drops.
-pub fn awaiting_upstream() -> AwaitingUpstream {
-    AWAITING.with(|a| a.set(a.get() + 1));
-    AwaitingUpstream(())
-}
-
-impl Drop for AwaitingUpstream {
-    fn drop(&mut self) {
-        // A guard dropped on another thread (a future moved by a multi-threaded runtime)
-        // leaves its own thread counting one too many: that thread then writes on every
-        // sleep, as before this existed; never fewer.
-        AWAITING.with(|a| a.set(a.get().saturating_sub(1)));
-    }
-}
-
-/// Whether this thread, about to sleep, waits for an upstream answer: the idle time in
-/// which its waiting completions are written.
-pub fn idle_waits_for_upstream() -> bool {
-    AWAITING.with(Cell::get) > 0
 }
 
 /// Mark the calling thread as one whose runtime writes waiting completions before it

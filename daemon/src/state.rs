@@ -320,13 +320,13 @@ impl Shared {
 
     /// A proxy thread is about to sleep: with `[audit] sync = "group"`, write the waiting
     /// completions only if it sleeps waiting for a server's answer
-    /// ([`crate::record::idle_waits_for_upstream`]); otherwise the group commit
+    /// ([`idle_waits_for_upstream`]); otherwise the group commit
     /// ([`Shared::flush_forever`]) writes them within `group_commit_ms`. So at one call at
     /// a time, the previous call's completion is written while its successor is with the
     /// server, not while the client's next request waits. Other modes have no periodic
     /// commit: they write on every sleep.
     pub fn run_deferred_on_park(&self) {
-        if self.config.audit_sync_mode != crate::config::SyncMode::Group || crate::record::idle_waits_for_upstream() {
+        if self.config.audit_sync_mode != crate::config::SyncMode::Group || idle_waits_for_upstream() {
             self.run_deferred();
         }
     }
@@ -374,6 +374,40 @@ impl Shared {
             udp_refused: g(&c.udp_refused),
         }
     }
+}
+
+thread_local! {
+    /// Requests this thread has sent upstream whose answer has not begun to arrive.
+    static AWAITING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Held from sending a request upstream until its answer's head arrives (or the send
+/// fails): while any is held, this thread going to sleep means it waits for a server,
+/// which is when the completions waiting in [`Deferred`] are written (see
+/// [`idle_waits_for_upstream`]), instead of after an answer, where the client's next
+/// request would wait behind them.
+#[must_use = "the request counts as awaited only while this is held"]
+pub struct AwaitingUpstream(());
+
+/// Count a request as awaited on this thread until the returned guard drops.
+pub fn awaiting_upstream() -> AwaitingUpstream {
+    AWAITING.with(|a| a.set(a.get() + 1));
+    AwaitingUpstream(())
+}
+
+impl Drop for AwaitingUpstream {
+    fn drop(&mut self) {
+        // A guard dropped on another thread (a future moved by a multi-threaded runtime)
+        // leaves its own thread counting one too many: that thread then writes on every
+        // sleep, as before this existed; never fewer.
+        AWAITING.with(|a| a.set(a.get().saturating_sub(1)));
+    }
+}
+
+/// Whether this thread, about to sleep, waits for an upstream answer: the idle time in
+/// which its waiting completions are written.
+pub fn idle_waits_for_upstream() -> bool {
+    AWAITING.with(std::cell::Cell::get) > 0
 }
 
 /// Completions of calls that are over, waiting for their connection thread to go idle
@@ -447,14 +481,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared_with(dir.path(), SyncMode::Group);
         let id = begun_and_deferred(&shared);
-        assert!(!crate::record::idle_waits_for_upstream());
+        assert!(!idle_waits_for_upstream());
         shared.run_deferred_on_park();
         assert_eq!(stored_status(&shared, &id), CallStatus::Pending, "with nothing awaited, the park leaves it to the group commit");
-        let awaiting = crate::record::awaiting_upstream();
-        assert!(crate::record::idle_waits_for_upstream());
+        let awaiting = awaiting_upstream();
+        assert!(idle_waits_for_upstream());
         shared.run_deferred_on_park();
         drop(awaiting);
-        assert!(!crate::record::idle_waits_for_upstream(), "the guard uncounts itself");
+        assert!(!idle_waits_for_upstream(), "the guard uncounts itself");
         assert_eq!(stored_status(&shared, &id), CallStatus::Ok, "a park while a server is awaited writes it");
     }
 

@@ -1,6 +1,8 @@
 //! `cargo xtask bench --instructions`: instructions per call, counted by callgrind, for
-//! `hyper-floor` (mcpwatchd's HTTP stack alone), `mcpwatchd-static` and, with
-//! `$MCPWATCH_BENCH_BASE`, `mcpwatchd-base`, with what mcpwatchd's own work spends them on.
+//! `hyper-floor` (mcpwatchd's HTTP stack alone), `mcpwatchd-static`, `mcpwatchd` (the real
+//! path: eBPF redirect, so every record describes the client process; skipped, saying why,
+//! where the kernel cannot) and, with `$MCPWATCH_BENCH_BASE`, the same two on that build
+//! (`mcpwatchd-base`, `mcpwatchd-base-real`), with what mcpwatchd's own work spends them on.
 //!
 //! Why it exists: the timed bench's ratios move by a third between runs on this machine,
 //! and its CPU per call cannot say where the time goes. An instruction count is
@@ -51,6 +53,9 @@ enum Counting {
     /// An mcpwatchd build in static-upstream mode (`--listen-port PORT`, on 127.0.0.1 and
     /// ::1 both), its state beside its callgrind output.
     Daemon { bin: PathBuf },
+    /// An mcpwatchd build on the real path: its eBPF programs on a child cgroup made for
+    /// the count, the client inside it dialling the backend itself (redirected).
+    Watched { bin: PathBuf },
 }
 
 const SHA_GROUP: &str = "sha2 (SHA-256, software under valgrind)";
@@ -64,11 +69,21 @@ pub(super) fn run(backend: SocketAddr, scratch: &Path, calls: usize) -> anyhow::
         }
     }
     let mut targets = vec![("hyper-floor", Counting::Floor)];
-    if let Some(base) = std::env::var_os(super::daemon_targets::BASE_ENV).map(PathBuf::from).filter(|p| p.is_file()) {
-        targets.push(("mcpwatchd-base", Counting::Daemon { bin: base }));
+    let base = std::env::var_os(super::daemon_targets::BASE_ENV).map(PathBuf::from).filter(|p| p.is_file());
+    if let Some(base) = &base {
+        targets.push(("mcpwatchd-base", Counting::Daemon { bin: base.clone() }));
     }
     let ours = util::target_dir().join("release").join("mcpwatchd");
-    targets.push(("mcpwatchd-static", Counting::Daemon { bin: ours }));
+    targets.push(("mcpwatchd-static", Counting::Daemon { bin: ours.clone() }));
+    match crate::cgroup::ebpf_unavailable() {
+        None => {
+            if let Some(base) = base {
+                targets.push(("mcpwatchd-base-real", Counting::Watched { bin: base }));
+            }
+            targets.push(("mcpwatchd", Counting::Watched { bin: ours }));
+        }
+        Some(why) => println!("skipped: the real path (mcpwatchd, eBPF): {why}"),
+    }
     let mut counted = Vec::new();
     for (name, what) in targets {
         section(&format!("{name}: {calls} calls under callgrind"));
@@ -83,6 +98,8 @@ fn count(name: &'static str, what: &Counting, backend: SocketAddr, scratch: &Pat
     let dir = scratch.join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join("callgrind.out");
+    // Declared before the daemon's guard, so it outlives it: the daemon is stopped first.
+    let mut cgroup = None;
     let mut cmd = Command::new("valgrind");
     cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display()));
     let addr = match what {
@@ -99,6 +116,15 @@ fn count(name: &'static str, what: &Counting, backend: SocketAddr, scratch: &Pat
             cmd.env("MCPWATCH_LOG", "warn");
             SocketAddr::from(([127, 0, 0, 1], port))
         }
+        Counting::Watched { bin } => {
+            let cg = crate::cgroup::ChildCgroup::create("mcpwatch-instr")?;
+            let port = crate::procs::free_dual_port()?;
+            cmd.arg(bin).arg("--state-dir").arg(dir.join("state")).arg("--control-socket").arg(dir.join("control.sock"));
+            cmd.arg("--listen-port").arg(port.to_string()).arg("--cgroup").arg(cg.path()).arg("--ports").arg(backend.port().to_string());
+            cmd.env("MCPWATCH_LOG", "warn");
+            cgroup = Some(cg);
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
     };
     let log = std::fs::File::create(dir.join("valgrind.log")).context("creating the valgrind log")?;
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
@@ -108,15 +134,37 @@ fn count(name: &'static str, what: &Counting, backend: SocketAddr, scratch: &Pat
     let _guard = ChildGuard { child, what: name };
     // Under valgrind a start takes tens of seconds (the daemon builds its rule sets).
     wait_listening(addr, Duration::from_secs(180)).with_context(|| format!("{name} did not listen under valgrind; see {}", dir.join("valgrind.log").display()))?;
-    super::worker::run_counted(addr, WARMUP_CALLS)?;
+    // The real path's client dials the backend itself, from inside the watched cgroup,
+    // once the control socket answers (the programs are attached by then).
+    let (client_addr, inside) = match &cgroup {
+        Some(cg) => {
+            wait_control_socket(&dir.join("control.sock"), Duration::from_secs(180)).with_context(|| format!("{name}: see {}", dir.join("valgrind.log").display()))?;
+            (backend, Some(cg.path()))
+        }
+        None => (addr, None),
+    };
+    super::worker::run_counted(client_addr, WARMUP_CALLS, inside)?;
     control(pid, "-z")?;
-    super::worker::run_counted(addr, calls)?;
+    super::worker::run_counted(client_addr, calls, inside)?;
     control(pid, "-d")?;
     let dump = dump_of(&out)?;
     let text = stdout_of(Command::new("callgrind_annotate").arg("--auto=no").arg("--threshold=100").arg(&dump))?;
     let (total, groups) = group_counts(&text);
     let per = calls.max(1) as f64;
     Ok(Counted { name, per_call: total as f64 / per, groups: groups.into_iter().map(|(k, v)| (k, v as f64 / per)).collect() })
+}
+
+/// Waits until the daemon's control socket accepts a connection.
+fn wait_control_socket(path: &Path, limit: Duration) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        crate::procs::check_interrupted()?;
+        if start.elapsed() > limit {
+            bail!("the control socket {} did not answer within {limit:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// Runs `cmd` quietly; its stdout, or an error with its stderr unless it exits 0.
@@ -214,11 +262,13 @@ fn print(counted: &[Counted]) {
         let lean = c.per_call - c.sha();
         println!("{:<18} {:>12.0} {:>16.0} {:>11.2}x", c.name, c.per_call, lean, lean / (floor.per_call - floor.sha()).max(1.0));
     }
-    let Some(ours) = counted.iter().rev().find(|c| c.name.starts_with("mcpwatchd")) else { return };
-    if let Some(base) = counted.iter().find(|c| c.name == "mcpwatchd-base") {
-        let (a, b) = (ours.per_call - ours.sha(), base.per_call - base.sha());
-        println!("{} vs mcpwatchd-base, without SHA-256: {:+.0} per call ({:.3}x)", ours.name, a - b, a / b.max(1.0));
+    let lean = |name: &str| counted.iter().find(|c| c.name == name).map(|c| c.per_call - c.sha());
+    for (new, old) in [("mcpwatchd-static", "mcpwatchd-base"), ("mcpwatchd", "mcpwatchd-base-real"), ("mcpwatchd", "mcpwatchd-static")] {
+        if let (Some(a), Some(b)) = (lean(new), lean(old)) {
+            println!("{new} vs {old}, without SHA-256: {:+.0} per call ({:.3}x)", a - b, a / b.max(1.0));
+        }
     }
+    let Some(ours) = counted.iter().find(|c| c.name == "mcpwatchd-static") else { return };
     println!("\n{} by group (self instructions per call; floor's beside it):", ours.name);
     let mut rows: Vec<(&String, &f64)> = ours.groups.iter().collect();
     rows.sort_by(|a, b| b.1.total_cmp(a.1));

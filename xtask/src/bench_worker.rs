@@ -175,12 +175,15 @@ pub(super) fn run_cell(
     })
 }
 
-/// Exactly `calls` keep-alive calls from one client, with no timed warm-up (every call the
-/// worker makes is one the caller counts: `bench --instructions`). Fails unless all are
-/// answered.
-pub(super) fn run_counted(addr: SocketAddr, calls: usize) -> anyhow::Result<()> {
+/// Exactly `calls` keep-alive calls from one client (inside `cgroup` if given), with no
+/// timed warm-up (every call the worker makes is one the caller counts: `bench
+/// --instructions`). Fails unless all are answered.
+pub(super) fn run_counted(addr: SocketAddr, calls: usize, cgroup: Option<&Path>) -> anyhow::Result<()> {
     let mut cmd = worker_command(addr, Mode::KeepAlive, 1, 600.0, calls)?;
     cmd.args(["--warmup-ms", "0"]);
+    if let Some(cg) = cgroup {
+        crate::cgroup::spawn_inside(&mut cmd, cg)?;
+    }
     let r = report_of(&mut cmd)?;
     if r.ok < calls {
         bail!("only {} of {calls} calls were answered (first error: {:?})", r.ok, r.first_error);

@@ -172,7 +172,7 @@ impl UpstreamConn {
             drop_close(&mut req);
         }
         let sender = self.sender().await?;
-        let _awaiting = crate::record::awaiting_upstream();
+        let _awaiting = crate::state::awaiting_upstream();
         sender.send_request(req).await.map_err(|source| ForwardError::Request { dst, source })
     }
 }
