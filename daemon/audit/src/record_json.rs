@@ -173,7 +173,7 @@ fn shared_process_info(out: &mut Vec<u8>, p: &Arc<ProcessInfo>) {
         if entries.len() < PROCESS_CACHE {
             entries.push((Arc::downgrade(p), made.to_vec()));
         } else {
-            let slot = &mut entries[*next % PROCESS_CACHE];
+            let slot = &mut entries[*next];
             slot.0 = Arc::downgrade(p);
             slot.1.clear();
             slot.1.extend_from_slice(made);

@@ -63,10 +63,12 @@ impl HashKey {
         // instructions, and every call hashes its arguments and its result).
         let mac = self.mac(&[data]);
         let mut text = [0u8; 64];
-        match hex::encode_to_slice(mac, &mut text) {
-            Ok(()) => String::from_utf8(text.to_vec()).unwrap_or_else(|_| hex::encode(mac)),
-            Err(_) => hex::encode(mac),
-        }
+        // Neither fails (64 hex digits fit, and they are ASCII); `hex::encode` stays the
+        // one fallback rather than a panic.
+        hex::encode_to_slice(mac, &mut text)
+            .ok()
+            .and_then(|()| String::from_utf8(text.to_vec()).ok())
+            .unwrap_or_else(|| hex::encode(mac))
     }
 
     /// Keyed hash of the canonical JSON of `v` (what `args_hash`/`result_hash` record).
