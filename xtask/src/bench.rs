@@ -342,14 +342,21 @@ fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
 }
 
 fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    wait_until(limit, || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+        .with_context(|| format!("nothing listening on {addr} after {limit:?}"))
+}
+
+/// Polls `ready` every 50 ms until it holds; an error after `limit`, or at once on Ctrl-C.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let start = Instant::now();
-    while start.elapsed() < limit {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
+    while !ready() {
+        procs::check_interrupted()?;
+        if start.elapsed() > limit {
+            bail!("gave up after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listening on {addr} after {limit:?}")
+    Ok(())
 }
 
 /// Starts the rmcp peer on a free loopback port and waits for its `ready` line.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::{ChildGuard, free_loopback_addr, section, step, wait_listening};
+use super::{ChildGuard, free_loopback_addr, section, step, wait_listening, wait_until};
 use crate::util;
 
 /// Calls made before the counters are zeroed.
@@ -138,7 +138,9 @@ fn count(name: &'static str, what: &Counting, backend: SocketAddr, scratch: &Pat
     // once the control socket answers (the programs are attached by then).
     let (client_addr, inside) = match &cgroup {
         Some(cg) => {
-            wait_control_socket(&dir.join("control.sock"), Duration::from_secs(180)).with_context(|| format!("{name}: see {}", dir.join("valgrind.log").display()))?;
+            let socket = dir.join("control.sock");
+            wait_until(Duration::from_secs(180), || std::os::unix::net::UnixStream::connect(&socket).is_ok())
+                .with_context(|| format!("{name}: the control socket {} did not answer; see {}", socket.display(), dir.join("valgrind.log").display()))?;
             (backend, Some(cg.path()))
         }
         None => (addr, None),
@@ -152,19 +154,6 @@ fn count(name: &'static str, what: &Counting, backend: SocketAddr, scratch: &Pat
     let (total, groups) = group_counts(&text);
     let per = calls.max(1) as f64;
     Ok(Counted { name, per_call: total as f64 / per, groups: groups.into_iter().map(|(k, v)| (k, v as f64 / per)).collect() })
-}
-
-/// Waits until the daemon's control socket accepts a connection.
-fn wait_control_socket(path: &Path, limit: Duration) -> anyhow::Result<()> {
-    let start = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        crate::procs::check_interrupted()?;
-        if start.elapsed() > limit {
-            bail!("the control socket {} did not answer within {limit:?}", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// Runs `cmd` quietly; its stdout, or an error with its stderr unless it exits 0.

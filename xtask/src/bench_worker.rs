@@ -123,8 +123,12 @@ fn worker_command(addr: SocketAddr, mode: Mode, concurrency: usize, seconds: f64
     Ok(cmd)
 }
 
-/// Starts a worker from [`worker_command`], waits for it and reads its report line.
-fn report_of(cmd: &mut Command) -> anyhow::Result<Report> {
+/// Starts a worker from [`worker_command`] (inside `cgroup` if given), waits for it and
+/// reads its report line.
+fn report_of(cmd: &mut Command, cgroup: Option<&Path>) -> anyhow::Result<Report> {
+    if let Some(cg) = cgroup {
+        crate::cgroup::spawn_inside(cmd, cg)?;
+    }
     let child = cmd.spawn().with_context(|| format!("starting the bench worker {}", cmd.get_program().to_string_lossy()))?;
     // Bounded by the worker's own limits (its seconds + warm-up + check); no extra timer.
     let start = Instant::now();
@@ -156,10 +160,7 @@ pub(super) fn run_cell(
     cgroup: Option<&Path>,
 ) -> anyhow::Result<Cell> {
     let mut cmd = worker_command(addr, mode, concurrency, seconds, max_calls)?;
-    if let Some(cg) = cgroup {
-        crate::cgroup::spawn_inside(&mut cmd, cg)?;
-    }
-    let r = report_of(&mut cmd)?;
+    let r = report_of(&mut cmd, cgroup)?;
     Ok(Cell {
         target,
         mode,
@@ -181,10 +182,7 @@ pub(super) fn run_cell(
 pub(super) fn run_counted(addr: SocketAddr, calls: usize, cgroup: Option<&Path>) -> anyhow::Result<()> {
     let mut cmd = worker_command(addr, Mode::KeepAlive, 1, 600.0, calls)?;
     cmd.args(["--warmup-ms", "0"]);
-    if let Some(cg) = cgroup {
-        crate::cgroup::spawn_inside(&mut cmd, cg)?;
-    }
-    let r = report_of(&mut cmd)?;
+    let r = report_of(&mut cmd, cgroup)?;
     if r.ok < calls {
         bail!("only {} of {calls} calls were answered (first error: {:?})", r.ok, r.first_error);
     }
