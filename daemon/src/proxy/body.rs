@@ -80,27 +80,77 @@ pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, 
         Ok(Some(Stop::Failed(error))) => Collected::Truncated { partial: buf.freeze(), error },
         Ok(Some(Stop::Over)) => {
             let json_like = mcpwatch_mcp::integrity::may_be_json(&buf);
-            Collected::TooLarge { rest: Prefixed { prefix: Some(buf.freeze()), rest: body }.boxed_unsync(), json_like }
+            Collected::TooLarge { rest: read_then(vec![buf.freeze()], incoming(body)), json_like }
         }
-        Ok(Some(Stop::NotJson)) => Collected::NotJson(Prefixed { prefix: Some(buf.freeze()), rest: body }.boxed_unsync()),
+        Ok(Some(Stop::NotJson)) => Collected::NotJson(read_then(vec![buf.freeze()], incoming(body))),
     }
 }
 
-/// Already-read bytes followed by the rest of an incoming body.
-struct Prefixed {
-    prefix: Option<Bytes>,
-    rest: Incoming,
+/// A body read to its end before its response head goes out, when it ends within `hold`
+/// bytes: hyper then gives the client an exact `Content-Length`, as the server did,
+/// instead of re-framing the answer as chunked. For answers mcpwatch holds whole anyway
+/// (a JSON body is inspected, and perhaps rewritten, before any byte of it is
+/// delivered), so nothing reaches the client later than it would have. A body that goes
+/// past `hold` before its end (an oversized answer passed on uninspected) or carries
+/// trailers or an error goes on as it comes: what was read first, then the rest.
+pub async fn settle(mut body: Body, hold: usize) -> Body {
+    let mut held: Vec<Bytes> = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        match body.frame().await {
+            None => {
+                return match held.len() {
+                    0 => empty(),
+                    1 => full(held.pop().unwrap_or_default()),
+                    _ => full(held.concat()),
+                };
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    bytes += data.len();
+                    held.push(data);
+                    if bytes > hold {
+                        return read_then(held, body);
+                    }
+                }
+                Err(other) => {
+                    let mut frames: std::collections::VecDeque<_> = held.into_iter().map(|d| Ok(Frame::data(d))).collect();
+                    frames.push_back(Ok(other));
+                    return Held { frames, rest: Some(body) }.boxed_unsync();
+                }
+            },
+            Some(Err(e)) => {
+                let mut frames: std::collections::VecDeque<_> = held.into_iter().map(|d| Ok(Frame::data(d))).collect();
+                frames.push_back(Err(e));
+                return Held { frames, rest: None }.boxed_unsync();
+            }
+        }
+    }
 }
 
-impl HttpBody for Prefixed {
+/// `read` (data already taken from a body), then the rest of that body.
+fn read_then(read: Vec<Bytes>, rest: Body) -> Body {
+    Held { frames: read.into_iter().map(|d| Ok(Frame::data(d))).collect(), rest: Some(rest) }.boxed_unsync()
+}
+
+/// Frames already read, then the rest of the body (none after an error).
+struct Held {
+    frames: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: Option<Body>,
+}
+
+impl HttpBody for Held {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(p) = self.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(p))));
+        if let Some(f) = self.frames.pop_front() {
+            return Poll::Ready(Some(f));
         }
-        Pin::new(&mut self.rest).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use super::auth::HostFit;
 use super::body::local_response;
 use super::forward::{ForwardError, SharedUpstream};
 use crate::record;
-use super::responses;
+use super::responses::{self, Delivery};
 use super::scope::{
     accepts_sse, has_body, header_has, http_failure, is_json, is_sse, strip_port, Evidence, Scope, C2S, H_SESSION,
 };
@@ -687,7 +687,14 @@ async fn forward_and_observe(
     if !resp.status().is_success() {
         unpark(http_failure(resp.status()));
     }
-    responses::observe(shared, scope, gov, pending, refusals, resp)
+    let hold = shared.config.limits.max_body_bytes;
+    match responses::observe(shared, scope, gov, pending, refusals, resp) {
+        (resp, Delivery::Whole) => {
+            let (parts, b) = resp.into_parts();
+            Response::from_parts(parts, body::settle(b, hold).await)
+        }
+        (resp, Delivery::Streamed) => resp,
+    }
 }
 
 /// `params._meta.progressToken` of a request, if the client asked for progress.
@@ -772,7 +779,7 @@ fn streamed_hold(
                     }
                     Ok(resp) => {
                         let json = is_json(resp.headers());
-                        let observed = responses::observe(shared.clone(), scope, gov, vec![(key, pending)], Vec::new(), resp);
+                        let (observed, _) = responses::observe(shared.clone(), scope, gov, vec![(key, pending)], Vec::new(), resp);
                         let mut b = observed.into_body();
                         let mut buf = Vec::new();
                         loop {

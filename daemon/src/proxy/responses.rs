@@ -32,6 +32,17 @@ use crate::inventory::{ServerInfoUpdate, Sighting};
 use crate::session::{IdFate, LegacyRoute, LegacyRouteKey, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
+/// How an observed answer goes on to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// As it arrives (an SSE stream, a body mcpwatch does not read).
+    Streamed,
+    /// Held until its end anyway (a JSON body, or text answering calls, is inspected
+    /// whole before any of it is delivered): it can go out framed by its exact length
+    /// ([`super::body::settle`]).
+    Whole,
+}
+
 /// Wrap an upstream response to a client POST.
 pub fn observe(
     shared: Arc<Shared>,
@@ -40,7 +51,7 @@ pub fn observe(
     local: Vec<(PendingKey, Pending)>,
     injected: Vec<Value>,
     resp: Response<Incoming>,
-) -> Response<Body> {
+) -> (Response<Body>, Delivery) {
     let status = resp.status();
     let headers = resp.headers();
     let limits = &shared.config.limits;
@@ -50,7 +61,7 @@ pub fn observe(
     // page or a stack trace carrying a key is inspected like a result.
     let text = !sse && !json && !local.is_empty() && may_carry_text(status, headers);
     if (sse || json || text) && let Some(coding) = content_coding(headers) {
-        return encoded(shared, scope, gov, local, resp, &coding);
+        return (encoded(shared, scope, gov, local, resp, &coding), Delivery::Streamed);
     }
     let mode = if sse {
         Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
@@ -62,10 +73,11 @@ pub fn observe(
         // No JSON-RPC in the response (202 Accepted for notifications, or an HTTP error).
         let mut obs = StreamObserver::new(shared.clone(), scope, gov, local, headers, status, Mode2::Ignore);
         obs.finish_headers_only();
-        return resp.map(body::incoming);
+        return (resp.map(body::incoming), Delivery::Streamed);
     };
+    let delivery = if sse { Delivery::Streamed } else { Delivery::Whole };
     let obs = StreamObserver { injected, ..StreamObserver::new(shared, scope, gov, local, headers, status, mode) };
-    transformed(resp, obs)
+    (transformed(resp, obs), delivery)
 }
 
 /// Parse an answer as MCP clients read it: a leading UTF-8 byte-order mark is skipped

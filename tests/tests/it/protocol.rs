@@ -534,12 +534,56 @@ fn an_http_error_page_answering_a_call_is_inspected_and_redacted() {
     assert!(rec.notes.iter().any(|n| n.contains("HTTP error body redacted")), "{:?}", rec.notes);
     assert!(!serde_json::to_string(rec).unwrap().contains(key), "the key is in the audit record");
 
-    // A page with nothing to find goes on as the server sent it (framed anew, as any
-    // body mcpwatch held).
+    // A page with nothing to find goes on as the server sent it, framed by its length.
     let plain = "<html>upstream timed out</html>";
     let reply = format!("HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{plain}", plain.len());
     let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
     let resp = env.send(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n"));
     assert_eq!(status_line(&resp), 504, "{resp}");
     assert!(resp.contains(plain) && !resp.contains("mcpwatch"), "{resp}");
+    assert_eq!(content_length(&head_and_body(&resp).0), Some(plain.len()), "{resp}");
+}
+
+/// The head and body of a raw response; the head lowercased.
+fn head_and_body(resp: &str) -> (String, &str) {
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head: {resp}"));
+    (head.to_ascii_lowercase(), body)
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// An answer mcpwatch holds whole to inspect (JSON, or text answering a call) reaches the
+/// client framed by its exact length, as the server framed it: not re-framed as chunked.
+/// Where a result was redacted, the length is the redacted body's. Before, every such
+/// answer went out with `Transfer-Encoding: chunked`.
+#[test]
+fn an_answer_held_whole_keeps_an_exact_content_length_redacted_or_not() {
+    let call = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"lookup","arguments":{}}}"#;
+    let headers = "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n";
+
+    let clean = r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"three rows"}]}}"#;
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{clean}", clean.len());
+    let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
+    let resp = env.send(&post(call, headers));
+    let (head, body) = head_and_body(&resp);
+    assert_eq!(status_line(&resp), 200, "{resp}");
+    assert!(!head.contains("transfer-encoding"), "re-framed as chunked:\n{resp}");
+    assert_eq!(content_length(&head), Some(clean.len()), "{resp}");
+    assert_eq!(body, clean, "the unchanged answer was altered");
+
+    let key = "AKIAQYLPMN5HHHFPZAM2";
+    let secret = format!(r#"{{"jsonrpc":"2.0","id":3,"result":{{"content":[{{"type":"text","text":"aws_access_key_id={key} region=eu-west-1"}}]}}}}"#);
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{secret}", secret.len());
+    let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
+    let resp = env.send(&post(call, headers));
+    let (head, body) = head_and_body(&resp);
+    assert!(!resp.contains(key), "the key reached the client:\n{resp}");
+    assert!(body.contains("region=eu-west-1"), "the answer was not passed on: {resp}");
+    assert!(!head.contains("transfer-encoding"), "re-framed as chunked:\n{resp}");
+    assert_eq!(content_length(&head), Some(body.len()), "the length is not the redacted body's:\n{resp}");
+    assert_ne!(body.len(), secret.len(), "nothing was redacted: {resp}");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("the redacted answer is not JSON ({e}): {body}"));
+    assert_eq!(v["id"], 3);
 }
