@@ -288,15 +288,33 @@ impl Latest {
     }
 }
 
+/// Which of `passes` verify passes judges `id` (see [`verify`]): a well-formed id's
+/// packed value mixed (so time-ordered ids spread evenly), anything else in the first.
+pub(crate) fn pass_of(id: &[u8], passes: u64) -> u64 {
+    match crate::id::parse_id(id) {
+        Some(p) => (p.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % passes,
+        None => 0,
+    }
+}
+
 /// Walks the chain from its base up to `snap` (the head when the pass began: entries
 /// written since are skipped, see [`verify_since`]; `None`: the stored head) and checks
-/// every record against it. `expected` is about how many records are stored (sizes the
-/// table once instead of growing it through copies).
+/// every record against it. `expected` is about how many records are stored.
+///
+/// The table of every chained id's latest value hash is what the check holds in memory
+/// (24 bytes an id, in a hash table at most half full: ~52 MiB for the default 1M
+/// records, which took a serving daemon past 100 MiB). So a store with more than
+/// `ids_per_pass` records is checked in passes: pass `k` holds only the ids of its share
+/// ([`pass_of`]), walking the chain and the records again, and judges only those. Every id
+/// is judged in exactly one pass, whatever chunk it is stored in; the links are checked
+/// in the first. Time grows by a chain and records walk per extra pass (the records' own
+/// hashes are computed once each).
 pub(crate) fn verify(
     records: &sled::Tree,
     chain: &sled::Tree,
     meta: &sled::Tree,
     expected: usize,
+    ids_per_pass: usize,
     snap: Option<Point>,
 ) -> Result<VerifyReport, sled::Error> {
     let base = meta.get(META_BASE)?.and_then(|v| Base::decode(&v)).unwrap_or_default();
@@ -305,43 +323,60 @@ pub(crate) fn verify(
         None => meta.get(META_HEAD)?.and_then(|v| Point::decode(&v)),
     };
     let upto = snap.map_or(u64::MAX, |p| p.seq);
+    let passes = expected.div_ceil(ids_per_pass.max(1)).max(1) as u64;
     let mut problems = Vec::new();
-    let mut latest = Latest { packed: HashMap::with_capacity(expected), other: HashMap::new() };
-    let mut walk = Walk::from(base.point);
-    for chunk in crate::paced::Paced::all(chain) {
-        let (k, v) = chunk?;
-        let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
-            walk.unreadable(key_seq(&k));
-            continue;
-        };
-        // Below the base: left by a retention pass that stopped half way, moot. Above
-        // `upto`: written during the pass, judged by `verify_since`.
-        for it in items.iter().filter(|it| it.seq > base.point.seq && it.seq <= upto) {
-            if let Some(e) = walk.step(it) {
-                latest.insert(e.id, &e.value_hash);
-            }
-        }
-    }
-    let (_, entries, chain_problems) = walk.end(head);
+    let mut links = None;
     let mut n = 0u64;
-    for chunk in crate::paced::Paced::all(records) {
-        let (k, v) = chunk?;
-        // A chunk whose framing is broken hides its records: they are reported as removed.
-        let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else { continue };
-        for it in items {
-            n += 1;
-            let id = String::from_utf8_lossy(&it.id).into_owned();
-            match latest.remove(&it.id) {
-                None => problems.push(Problem::Unchained { id }),
-                Some(h) if h != short(&value_hash(&it.value)) => problems.push(Problem::Changed { id }),
-                Some(_) => {}
+    for pass in 0..passes {
+        let mine = |id: &[u8]| passes == 1 || pass_of(id, passes) == pass;
+        let mut latest = Latest { packed: HashMap::with_capacity(expected.div_ceil(passes as usize)), other: HashMap::new() };
+        let mut walk = (pass == 0).then(|| Walk::from(base.point));
+        for chunk in crate::paced::Paced::all(chain) {
+            let (k, v) = chunk?;
+            let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
+                if let Some(w) = &mut walk {
+                    w.unreadable(key_seq(&k));
+                }
+                continue;
+            };
+            // Below the base: left by a retention pass that stopped half way, moot. Above
+            // `upto`: written during the pass, judged by `verify_since`.
+            for it in items.iter().filter(|it| it.seq > base.point.seq && it.seq <= upto) {
+                let e = match &mut walk {
+                    Some(w) => w.step(it),
+                    None => Entry::from_item(it),
+                };
+                if let Some(e) = e.filter(|e| mine(&e.id)) {
+                    latest.insert(e.id, &e.value_hash);
+                }
             }
         }
+        if let Some(w) = walk {
+            links = Some(w.end(head));
+        }
+        for chunk in crate::paced::Paced::all(records) {
+            let (k, v) = chunk?;
+            // A chunk whose framing is broken hides its records: they are reported as removed.
+            let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else { continue };
+            for it in items.into_iter().filter(|it| mine(&it.id)) {
+                n += 1;
+                let id = String::from_utf8_lossy(&it.id).into_owned();
+                match latest.remove(&it.id) {
+                    None => problems.push(Problem::Unchained { id }),
+                    Some(h) if h != short(&value_hash(&it.value)) => problems.push(Problem::Changed { id }),
+                    Some(_) => {}
+                }
+            }
+        }
+        problems.extend(
+            latest
+                .into_ids()
+                .filter(|id| id.as_slice() > base.pruned_upto.as_slice())
+                .map(|id| Problem::Removed { id: String::from_utf8_lossy(&id).into_owned() }),
+        );
     }
-    let mut removed: Vec<Vec<u8>> =
-        latest.into_ids().filter(|id| id.as_slice() > base.pruned_upto.as_slice()).collect();
-    removed.sort();
-    problems.extend(removed.into_iter().map(|id| Problem::Removed { id: String::from_utf8_lossy(&id).into_owned() }));
+    let (_, entries, chain_problems) = links.unwrap_or_else(|| Walk::from(base.point).end(head));
+    // Problems by the record they concern (each pass found its own), then the chain's.
     problems.sort_by_key(Problem::position);
     problems.extend(chain_problems);
     let head = head.unwrap_or_default();

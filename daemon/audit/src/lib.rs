@@ -91,7 +91,14 @@ pub struct StoreOptions {
     /// How often sled flushes its log and the journal is checkpointed (sled flushed, fed
     /// segments deleted) in the background; `None`: only on [`Store::flush`] and on close.
     pub flush_every_ms: Option<u64>,
+    /// Most chained ids [`Store::verify`] holds at once (~50 bytes each): a store with
+    /// more records is checked in passes (see `chain::verify`).
+    pub verify_ids_per_pass: usize,
 }
+
+/// Default [`StoreOptions::verify_ids_per_pass`]: ~13 MiB of table a pass, four passes
+/// over the default 1M records.
+pub const VERIFY_IDS_PER_PASS: usize = 1 << 18;
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
@@ -100,6 +107,7 @@ impl Default for StoreOptions {
             max_bytes: None,
             max_age_ms: None,
             flush_every_ms: Some(500),
+            verify_ids_per_pass: VERIFY_IDS_PER_PASS,
         }
     }
 }
@@ -635,7 +643,7 @@ impl Store {
             head.point
         };
         let expected = usize::try_from(self.record_count()).unwrap_or(0);
-        let mut report = chain::verify(&inner.records, &inner.chain, &inner.meta, expected, Some(snap))?;
+        let mut report = chain::verify(&inner.records, &inner.chain, &inner.meta, expected, inner.opts.verify_ids_per_pass, Some(snap))?;
         let mut sealed = inner.sealed.lock().unwrap_or_else(|p| p.into_inner());
         let mut head = inner.head.lock().unwrap_or_else(|p| p.into_inner());
         inner.seal_held(&mut sealed, &mut head)?;

@@ -754,6 +754,56 @@ fn verify_names_reordered_records_and_a_broken_chain() {
     assert!(p.iter().any(|x| matches!(x, Problem::ChainBroken { seq: 5, .. })), "{p:?}");
 }
 
+/// A store checked in several passes (a few ids held at a time, as a store larger than
+/// `verify_ids_per_pass` is) finds exactly what one pass finds: every id is judged once,
+/// in its own pass, and the chain's links in the first.
+#[test]
+fn verify_in_passes_finds_what_one_pass_finds() {
+    let in_passes = |dir: &Path, per_pass: usize| {
+        let store = Store::open(dir, StoreOptions { verify_ids_per_pass: per_pass, ..opts(1_000_000) }).expect("open");
+        store.verify().expect("verify")
+    };
+    let dir = tmp();
+    let ids = chained_store(dir.path(), 40);
+    let whole = in_passes(dir.path(), VERIFY_IDS_PER_PASS);
+    assert!(whole.ok(), "{whole:?}");
+    let spread: std::collections::HashSet<u64> = ids.iter().map(|id| chain::pass_of(id.as_bytes(), 14)).collect();
+    assert!(spread.len() >= 8, "40 ids fall in only {} of 14 passes", spread.len());
+    let split = in_passes(dir.path(), 3);
+    assert_eq!(split, whole, "an untouched store, 14 passes");
+
+    // Edited, removed, forged and swapped records at once.
+    raw_records(dir.path(), |t| {
+        let v = t.get(ids[3].as_bytes()).expect("present").clone();
+        t.insert(ids[3].clone().into_bytes(), String::from_utf8_lossy(&v).replace("python3", "innocent").into_bytes());
+        let gone = t.remove(ids[25].as_bytes()).expect("present");
+        t.insert(format!("{}9", &ids[39][..ids[39].len() - 1]).into_bytes(), gone);
+        let a = t.get(ids[11].as_bytes()).expect("a").clone();
+        let b = t.get(ids[30].as_bytes()).expect("b").clone();
+        t.insert(ids[11].clone().into_bytes(), b);
+        t.insert(ids[30].clone().into_bytes(), a);
+    });
+    let whole = in_passes(dir.path(), VERIFY_IDS_PER_PASS);
+    for want in [
+        Problem::Changed { id: ids[3].clone() },
+        Problem::Removed { id: ids[25].clone() },
+        Problem::Changed { id: ids[11].clone() },
+        Problem::Changed { id: ids[30].clone() },
+    ] {
+        assert!(whole.problems.contains(&want), "{want:?} not found: {:?}", whole.problems);
+    }
+    assert!(whole.problems.iter().any(|p| matches!(p, Problem::Unchained { .. })), "{:?}", whole.problems);
+    for per_pass in [1, 3, 7, 39] {
+        assert_eq!(in_passes(dir.path(), per_pass).problems, whole.problems, "{per_pass} ids a pass");
+    }
+
+    // A chain entry removed: found once, by the first pass.
+    raw_items(dir.path(), "chain", |items| items.retain(|it| it.seq != 9));
+    let whole = in_passes(dir.path(), VERIFY_IDS_PER_PASS);
+    assert_eq!(whole.problems.iter().filter(|p| matches!(p, Problem::ChainBroken { seq: 10, .. })).count(), 1, "{:?}", whole.problems);
+    assert_eq!(in_passes(dir.path(), 3).problems, whole.problems);
+}
+
 #[test]
 fn verify_survives_retention_through_the_checkpoint() {
     let dir = tmp();
