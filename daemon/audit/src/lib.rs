@@ -735,28 +735,57 @@ impl Store {
     }
 
     /// [`Store::query`] handed out in pages of at most `page` records, oldest first, so an
-    /// answer of any size is never held whole: without a limit only one page is in memory
-    /// at a time (with one, the newest `limit` are collected first). `each` returns
+    /// answer of any size is never held whole: one page is in memory at a time, with a
+    /// limit too (the newest `limit` are found by walking back and counting, then read
+    /// forward; `mcpwatch audit --limit 500000` once held all of them). `each` returns
     /// `false` to stop early.
     pub fn query_pages(&self, filter: &AuditFilter, page: usize, mut each: impl FnMut(Vec<AuditRecord>) -> bool) -> Result<(), StoreError> {
         let page = page.max(1);
-        if filter.limit.is_some() {
-            let mut all = self.query(filter)?;
-            while !all.is_empty() {
-                let rest = all.split_off(all.len().min(page));
-                if !each(all) {
-                    return Ok(());
-                }
-                all = rest;
-            }
-            return Ok(());
-        }
-        let start = id::key_floor_for_ms(filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS)));
-        let iter = self.inner.sealed_from(start.as_bytes())?;
+        let mut start = id::key_floor_for_ms(filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS))).into_bytes();
         let mut skipped = Skipped::default();
-        Self::scan(iter, start.as_bytes(), filter, page, &mut skipped, &mut each)?;
+        let mut left = usize::MAX;
+        if let Some(limit) = filter.limit {
+            // The newest `limit` matches, without holding them: walk back to the oldest of
+            // them (counting, keeping only its id), then hand them out from there as an
+            // unlimited query does. A record written in between comes after them.
+            let Some(oldest) = self.nth_newest_match(filter, &start, limit, &mut skipped)? else {
+                skipped.report("query");
+                return Ok(());
+            };
+            start = oldest;
+            left = limit;
+        }
+        let iter = self.inner.sealed_from(&start)?;
+        Self::scan(iter, &start, filter, page, &mut skipped, &mut |mut records| {
+            records.truncate(left);
+            left -= records.len();
+            each(records) && left > 0
+        })?;
         skipped.report("query");
         Ok(())
+    }
+
+    /// The id of the `limit`-th newest record at or after `start` that matches `filter` (of
+    /// the oldest match when there are fewer); `None` when none match or `limit` is 0.
+    fn nth_newest_match(&self, filter: &AuditFilter, start: &[u8], limit: usize, skipped: &mut Skipped) -> Result<Option<Vec<u8>>, StoreError> {
+        if limit == 0 {
+            return Ok(None);
+        }
+        let mut found = 0usize;
+        let mut oldest = None;
+        for c in self.inner.sealed_from(start)?.rev() {
+            let (k, v) = c?;
+            for it in skipped.items(&k, &v).into_iter().rev().filter(|it| it.id.as_slice() >= start) {
+                if skipped.decode(&it.id, &it.value).is_some_and(|rec| filter.matches(&rec)) {
+                    found += 1;
+                    oldest = Some(it.id);
+                    if found >= limit {
+                        return Ok(oldest);
+                    }
+                }
+            }
+        }
+        Ok(oldest)
     }
 
     /// The matches from `start` on, in pages of at most `page`; stops when `each` says so.

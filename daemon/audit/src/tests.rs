@@ -1216,16 +1216,24 @@ fn a_layout_one_store_reads_verifies_and_continues() {
 }
 
 /// `query_pages` hands out exactly what `query` returns, page by page, oldest first, and
-/// stops when told to.
+/// stops when told to; with a limit too (the newest `limit` matches, found by walking
+/// back, handed out forward across pages).
 #[test]
 fn query_pages_is_query_in_pages() {
     let dir = tmp();
     let store = open(dir.path());
     seeded(&store);
+    let all = store.query(&AuditFilter::default()).expect("query").len();
+    assert!(all >= 6, "seeded {all} records");
     for filter in [
         AuditFilter::default(),
         AuditFilter { since_ms: Some(5_000), ..Default::default() },
         AuditFilter { limit: Some(2), ..Default::default() },
+        AuditFilter { limit: Some(5), ..Default::default() },
+        AuditFilter { limit: Some(all + 10), ..Default::default() },
+        AuditFilter { limit: Some(0), ..Default::default() },
+        AuditFilter { limit: Some(3), tool: Some("add".into()), ..Default::default() },
+        AuditFilter { limit: Some(3), since_ms: Some(5_000), ..Default::default() },
         AuditFilter { tool: Some("add".into()), ..Default::default() },
     ] {
         let mut pages = Vec::new();
