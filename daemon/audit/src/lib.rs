@@ -755,14 +755,28 @@ impl Store {
             start = oldest;
             left = limit;
         }
-        let iter = self.inner.sealed_from(&start)?;
-        Self::scan(iter, &start, filter, page, &mut skipped, &mut |mut records| {
+        self.pages_from(filter, &start, left, page, &mut skipped, &mut each)?;
+        skipped.report("query");
+        Ok(())
+    }
+
+    /// At most `left` matches from `start` on, in pages of at most `page`, oldest first;
+    /// stops when `each` says so.
+    fn pages_from(
+        &self,
+        filter: &AuditFilter,
+        start: &[u8],
+        mut left: usize,
+        page: usize,
+        skipped: &mut Skipped,
+        each: &mut dyn FnMut(Vec<AuditRecord>) -> bool,
+    ) -> Result<(), StoreError> {
+        let iter = self.inner.sealed_from(start)?;
+        Self::scan(iter, start, filter, page, skipped, &mut |mut records| {
             records.truncate(left);
             left -= records.len();
             each(records) && left > 0
-        })?;
-        skipped.report("query");
-        Ok(())
+        })
     }
 
     /// The id of the `limit`-th newest record at or after `start` that matches `filter` (of

@@ -1252,6 +1252,34 @@ fn query_pages_is_query_in_pages() {
     assert_eq!(seen, 1, "stopped after the first page");
 }
 
+/// A limited answer is the newest `limit` matches as of its walk back: records written
+/// between that walk and the read forward (which starts at the oldest of them) come
+/// after them and are not handed out.
+#[test]
+fn a_limited_answer_ignores_records_written_after_its_walk_back() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let seeded = seeded(&store);
+    let filter = AuditFilter { limit: Some(3), ..Default::default() };
+    let from = id::key_floor_for_ms(0).into_bytes();
+    let oldest = store.nth_newest_match(&filter, &from, 3, &mut Skipped::default()).expect("walk back").expect("a match");
+    assert_eq!(oldest, seeded[7].id.as_bytes(), "the third newest of ten");
+    for ms in [20_000, 21_000] {
+        let r = rec_at(&store, ms, "http://127.0.0.1:18002/mcp", Some("add"));
+        store.insert_record(&r).expect("insert");
+    }
+    let mut got = Vec::new();
+    store
+        .pages_from(&filter, &oldest, 3, 2, &mut Skipped::default(), &mut |p| {
+            assert!(p.len() <= 2, "a page of {}", p.len());
+            got.extend(p);
+            true
+        })
+        .expect("read forward");
+    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, seeded[7..].iter().map(|r| r.id.as_str()).collect::<Vec<_>>());
+}
+
 /// Sealing runs beside the writers, not under their mutex: with several writers, the
 /// background checkpoint thread woken to seal, readers and checkpoints all at once,
 /// no write is lost or counted twice, every completion wins over its insert (also when
