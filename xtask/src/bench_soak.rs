@@ -11,9 +11,10 @@
 //! A chunk's RSS is the median of samples taken every [`SAMPLE_EVERY`] while it runs, not
 //! one reading at its end: the daemon trims its heap every 2 s (`memory::TRIM_EVERY`), so
 //! a single reading lands anywhere in a ~2 MiB saw-tooth, and three soaks of one build
-//! read +0.7 %, +2.8 % and +5.9 % growth that way. The last reading is printed beside it. Bounded by
-//! the call count and by [`super::MAX_SOAK_SECONDS`]; loopback only; the daemon is stopped
-//! by PID when this returns.
+//! read +0.7 %, +2.8 % and +5.9 % growth that way. The last reading is printed beside it.
+//!
+//! Bounded by the call count and by [`super::MAX_SOAK_SECONDS`]; loopback only; the daemon
+//! is stopped by PID when this returns.
 
 use std::net::SocketAddr;
 use std::path::Path;

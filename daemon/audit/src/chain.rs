@@ -325,34 +325,28 @@ pub(crate) fn verify(
     let upto = snap.map_or(u64::MAX, |p| p.seq);
     let passes = expected.div_ceil(ids_per_pass.max(1)).max(1) as u64;
     let mut problems = Vec::new();
-    let mut links = None;
+    // Walked along the chain in the first pass only.
+    let mut walk = Walk::from(base.point);
     let mut n = 0u64;
     for pass in 0..passes {
         let mine = |id: &[u8]| passes == 1 || pass_of(id, passes) == pass;
         let mut latest = Latest { packed: HashMap::with_capacity(expected.div_ceil(passes as usize)), other: HashMap::new() };
-        let mut walk = (pass == 0).then(|| Walk::from(base.point));
         for chunk in crate::paced::Paced::all(chain) {
             let (k, v) = chunk?;
             let Ok(items) = chunk::decode(&k, &v, legacy_entry) else {
-                if let Some(w) = &mut walk {
-                    w.unreadable(key_seq(&k));
+                if pass == 0 {
+                    walk.unreadable(key_seq(&k));
                 }
                 continue;
             };
             // Below the base: left by a retention pass that stopped half way, moot. Above
             // `upto`: written during the pass, judged by `verify_since`.
             for it in items.iter().filter(|it| it.seq > base.point.seq && it.seq <= upto) {
-                let e = match &mut walk {
-                    Some(w) => w.step(it),
-                    None => Entry::from_item(it),
-                };
+                let e = if pass == 0 { walk.step(it) } else { Entry::from_item(it) };
                 if let Some(e) = e.filter(|e| mine(&e.id)) {
                     latest.insert(e.id, &e.value_hash);
                 }
             }
-        }
-        if let Some(w) = walk {
-            links = Some(w.end(head));
         }
         for chunk in crate::paced::Paced::all(records) {
             let (k, v) = chunk?;
@@ -375,7 +369,7 @@ pub(crate) fn verify(
                 .map(|id| Problem::Removed { id: String::from_utf8_lossy(&id).into_owned() }),
         );
     }
-    let (_, entries, chain_problems) = links.unwrap_or_else(|| Walk::from(base.point).end(head));
+    let (_, entries, chain_problems) = walk.end(head);
     // Problems by the record they concern (each pass found its own), then the chain's.
     problems.sort_by_key(Problem::position);
     problems.extend(chain_problems);

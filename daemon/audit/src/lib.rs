@@ -741,21 +741,18 @@ impl Store {
     /// `false` to stop early.
     pub fn query_pages(&self, filter: &AuditFilter, page: usize, mut each: impl FnMut(Vec<AuditRecord>) -> bool) -> Result<(), StoreError> {
         let page = page.max(1);
-        let mut start = id::key_floor_for_ms(filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS))).into_bytes();
+        let start = id::key_floor_for_ms(filter.since_ms.map_or(0, |s| s.saturating_sub(SINCE_SEEK_SLACK_MS))).into_bytes();
         let mut skipped = Skipped::default();
-        let mut left = usize::MAX;
-        if let Some(limit) = filter.limit {
+        let from = match filter.limit {
             // The newest `limit` matches, without holding them: walk back to the oldest of
             // them (counting, keeping only its id), then hand them out from there as an
             // unlimited query does. A record written in between comes after them.
-            let Some(oldest) = self.nth_newest_match(filter, &start, limit, &mut skipped)? else {
-                skipped.report("query");
-                return Ok(());
-            };
-            start = oldest;
-            left = limit;
+            Some(limit) => self.nth_newest_match(filter, &start, limit, &mut skipped)?.map(|oldest| (oldest, limit)),
+            None => Some((start, usize::MAX)),
+        };
+        if let Some((from, left)) = from {
+            self.pages_from(filter, &from, left, page, &mut skipped, &mut each)?;
         }
-        self.pages_from(filter, &start, left, page, &mut skipped, &mut each)?;
         skipped.report("query");
         Ok(())
     }

@@ -113,30 +113,30 @@ pub async fn settle(mut body: Body, hold: usize) -> Body {
                         return read_then(held, body);
                     }
                 }
-                Err(other) => {
-                    let mut frames: std::collections::VecDeque<_> = held.into_iter().map(|d| Ok(Frame::data(d))).collect();
-                    frames.push_back(Ok(other));
-                    return Held { frames, rest: Some(body) }.boxed_unsync();
-                }
+                Err(other) => return Held::new(held, Some(Ok(other)), Some(body)).boxed_unsync(),
             },
-            Some(Err(e)) => {
-                let mut frames: std::collections::VecDeque<_> = held.into_iter().map(|d| Ok(Frame::data(d))).collect();
-                frames.push_back(Err(e));
-                return Held { frames, rest: None }.boxed_unsync();
-            }
+            Some(Err(e)) => return Held::new(held, Some(Err(e)), None).boxed_unsync(),
         }
     }
 }
 
 /// `read` (data already taken from a body), then the rest of that body.
 fn read_then(read: Vec<Bytes>, rest: Body) -> Body {
-    Held { frames: read.into_iter().map(|d| Ok(Frame::data(d))).collect(), rest: Some(rest) }.boxed_unsync()
+    Held::new(read, None, Some(rest)).boxed_unsync()
 }
 
 /// Frames already read, then the rest of the body (none after an error).
 struct Held {
     frames: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
     rest: Option<Body>,
+}
+
+impl Held {
+    /// The data `read`, then `last` (a non-data frame or the error that stopped the
+    /// read), then `rest`.
+    fn new(read: Vec<Bytes>, last: Option<Result<Frame<Bytes>, BoxError>>, rest: Option<Body>) -> Held {
+        Held { frames: read.into_iter().map(|d| Ok(Frame::data(d))).chain(last).collect(), rest }
+    }
 }
 
 impl HttpBody for Held {
