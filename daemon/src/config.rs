@@ -57,6 +57,48 @@ pub struct FileConfig {
     /// Which processes have every port redirected (`[scope]`, see docs/scope.md).
     #[serde(default)]
     pub scope: ScopeFile,
+    /// How proxied HTTP/1.1 is written (`[http]`).
+    #[serde(default)]
+    pub http: HttpFile,
+}
+
+/// The `[http]` table as written:
+///
+/// ```toml
+/// [http]
+/// header_case = "auto" # header names: "auto", "keep" (as their sender wrote them), "lower"
+/// ```
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    pub header_case: Option<HeaderCase>,
+}
+
+/// How proxied HTTP/1.1 header *names* are passed on (values are always passed as they came).
+///
+/// Field names are case-insensitive (RFC 9110 §5.1) and HTTP/2 carries them lower-cased, so
+/// lower case is the same request to every conforming peer; but non-MCP traffic through
+/// mcpwatch is passed byte for byte, and a peer may (against the RFC) match names by case.
+/// Keeping the case costs hyper a second header map per message: ~11 k instructions per
+/// proxied call, ~5 % of mcpwatchd's own work (docs/protocols.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderCase {
+    /// Lower case toward destinations where mcpwatch has seen MCP (every MCP SDK reads
+    /// names case-insensitively), kept everywhere else (a first connection to a new server
+    /// included): non-MCP traffic stays byte for byte.
+    #[default]
+    Auto,
+    /// Always as their sender wrote them, both ways.
+    Keep,
+    /// Always lower case, both ways.
+    Lower,
+}
+
+/// How proxied HTTP/1.1 is written (`[http]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub header_case: HeaderCase,
 }
 
 /// The `[scope]` table as written:
@@ -266,6 +308,7 @@ pub struct Config {
     /// `[audit] cmdline`.
     pub audit_cmdline: CmdlineMode,
     pub scope: ScopeConfig,
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -346,6 +389,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             audit_cmdline: CmdlineMode::default(),
             scope: ScopeConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -669,6 +713,7 @@ impl FileConfig {
             udp: self.scope.udp.unwrap_or(ds.udp),
             dns_servers: self.scope.dns_servers,
         };
+        c.http = HttpConfig { header_case: self.http.header_case.unwrap_or_default() };
         c.validate()?;
         Ok(c)
     }
@@ -827,6 +872,18 @@ mod tests {
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/agents"));
         let err = FileConfig::parse("pin_dir = \"pins\"\n", Path::new("c.toml")).unwrap().into_config().unwrap_err();
         assert!(err.to_string().contains("pin_dir"), "{err}");
+    }
+
+    #[test]
+    fn header_case_is_auto_by_default_and_can_be_fixed() {
+        let parse = |t: &str| FileConfig::parse(t, Path::new("c.toml")).and_then(FileConfig::into_config);
+        assert_eq!(parse("").unwrap().http.header_case, HeaderCase::Auto);
+        assert_eq!(parse("[http]\nheader_case = \"keep\"\n").unwrap().http.header_case, HeaderCase::Keep);
+        assert_eq!(parse("[http]\nheader_case = \"lower\"\n").unwrap().http.header_case, HeaderCase::Lower);
+        for bad in ["[http]\nheader_case = \"upper\"\n", "[http]\nheader_case = true\n", "[http]\npreserve_header_case = true\n"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("c.toml:2:"), "{bad}: {err}");
+        }
     }
 
     #[test]

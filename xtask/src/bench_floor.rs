@@ -76,7 +76,7 @@ async fn serve(client: tokio::net::TcpStream, upstream: SocketAddr) {
     let Ok(up) = tokio::net::TcpStream::connect(upstream).await else { return };
     let _ = up.set_nodelay(true);
     let Ok((sender, conn)) = hyper::client::conn::http1::Builder::new()
-        .preserve_header_case(true)
+        .preserve_header_case(false)
         .title_case_headers(false)
         .handshake::<_, Body>(TokioIo::new(up))
         .await
@@ -88,10 +88,12 @@ async fn serve(client: tokio::net::TcpStream, upstream: SocketAddr) {
         let sender = sender.clone();
         async move { Ok::<_, Infallible>(forward(&sender, req).await) }
     });
-    // The same settings as mcpwatchd's client side (daemon/src/proxy/http.rs, `serve`):
-    // a copy on purpose, so the floor measures the daemon's stack; change both together.
+    // The same settings as mcpwatchd's client side (daemon/src/proxy/http.rs, `serve`), with
+    // header names lower-cased as its default `[http] header_case = "auto"` passes them toward a
+    // destination known to speak MCP: a copy on purpose, so the floor measures the daemon's
+    // stack; change both together.
     let served = hyper::server::conn::http1::Builder::new()
-        .preserve_header_case(true)
+        .preserve_header_case(false)
         .title_case_headers(false)
         .keep_alive(true)
         .auto_date_header(false)

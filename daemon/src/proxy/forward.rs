@@ -57,6 +57,8 @@ pub struct UpstreamConn {
     keepable: bool,
     /// Upstream HTTP connections opened so far (the first stream included).
     opened: u32,
+    /// Requests (and their answers) keep their header names' case (`[http] header_case`).
+    preserve_case: bool,
 }
 
 /// An upstream HTTP/1.1 connection's future (hyper's `Connection`), to be polled until
@@ -124,7 +126,14 @@ impl UpstreamConn {
     /// The upstream side of a client connection: `first` is the stream opened before the
     /// client was classified, `reconnect` opens the next one if the server closes it.
     pub fn new(dst: std::net::SocketAddr, first: Option<BoxIo>, reconnect: Reconnect, fins: Arc<FinSignals>, drivers: Drivers) -> UpstreamConn {
-        UpstreamConn { dst, sender: None, first, reconnect, fins, drivers, keepable: false, opened: 0 }
+        UpstreamConn { dst, sender: None, first, reconnect, fins, drivers, keepable: false, opened: 0, preserve_case: false }
+    }
+
+    /// Write requests with their header names in the case the client wrote them
+    /// (`[http] header_case`, decided per connection in `http`; hyper keeps that case beside
+    /// each message's headers).
+    pub fn preserve_header_case(&mut self, on: bool) {
+        self.preserve_case = on;
     }
 
     /// The first stream may be kept for reuse when the client connection ends
@@ -147,7 +156,7 @@ impl UpstreamConn {
                 None => (self.reconnect)().await?,
             };
             let (sender, conn) = client_http1::Builder::new()
-                .preserve_header_case(true)
+                .preserve_header_case(self.preserve_case)
                 .title_case_headers(false)
                 .handshake(TokioIo::new(lifecycle::fin_io(stream, self.fins.register())))
                 .await

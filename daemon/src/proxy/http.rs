@@ -11,8 +11,10 @@
 //! rewritten to origin form with a `Host` taken from `:authority`. Either way the same
 //! [`exchange::handle`] governs every request. If the server closes
 //! its side (`Connection: close`), the next request reconnects to the same destination.
-//! Host and all other headers are forwarded unchanged (servers check Host against DNS
-//! rebinding); upgrades (e.g. WebSocket) are spliced byte-for-byte after the 101.
+//! Host and all other header values are forwarded unchanged (servers check Host against DNS
+//! rebinding); header names keep their case except on connections toward a destination
+//! known to speak MCP ([`keep_header_case`], `[http] header_case`); upgrades (e.g.
+//! WebSocket) are spliced byte-for-byte after the 101.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use super::lifecycle::{self, FinSignals};
 use super::forward::{tcp_reconnect, BoxIo, Drivers, Io, Reconnect, SharedUpstream, UpstreamConn};
 use super::pool;
 use crate::state::{Counters, Shared};
+use crate::config::HeaderCase;
 
 /// Concurrent HTTP/2 streams per client connection (each has its own upstream connection).
 pub const H2_MAX_STREAMS: u32 = 8;
@@ -134,6 +137,18 @@ pub async fn serve_io(
     serve_io_keeping(shared, ctx, client, client_fd, upstream, reconnect, None).await
 }
 
+/// Whether this connection passes header names in their sender's case (`[http]
+/// header_case`): under `auto`, everywhere but toward a destination where MCP was seen.
+/// Decided once per connection, before its first request: hyper's setting is per
+/// connection. Names are case-insensitive, so no judgement depends on it.
+fn keep_header_case(shared: &Shared, ctx: &ConnCtx) -> bool {
+    match shared.config.http.header_case {
+        HeaderCase::Keep => true,
+        HeaderCase::Lower => false,
+        HeaderCase::Auto => !shared.inventory.knows_dst(ctx.dst_key()),
+    }
+}
+
 /// [`serve_io`], and when `keep` is given, its upstream socket goes to the [`pool`] at the
 /// end if the upstream connection is idle then.
 async fn serve_io_keeping(
@@ -151,6 +166,8 @@ async fn serve_io_keeping(
     let fins: Arc<FinSignals> = Arc::default();
     let (drivers, drive) = Drivers::new();
     let mut conn = UpstreamConn::new(ctx.origin.dst, Some(upstream), reconnect, fins.clone(), drivers);
+    let keep_case = keep_header_case(&shared, &ctx);
+    conn.preserve_header_case(keep_case);
     if keep.is_some() {
         conn.keepable();
     }
@@ -171,7 +188,7 @@ async fn serve_io_keeping(
         })
     };
     let res = server_http1::Builder::new()
-        .preserve_header_case(true)
+        .preserve_header_case(keep_case)
         .title_case_headers(false)
         .keep_alive(true)
         // A transparent proxy adds nothing: no Date header the server did not send.

@@ -587,3 +587,46 @@ fn an_answer_held_whole_keeps_an_exact_content_length_redacted_or_not() {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("the redacted answer is not JSON ({e}): {body}"));
     assert_eq!(v["id"], 3);
 }
+
+/// Header names (`[http] header_case`): under the default `auto` they keep their sender's
+/// case until mcpwatch has seen MCP at the destination, and a connection opened after that
+/// passes them lower-cased (as HTTP/2 carries them; names are case-insensitive, RFC 9110
+/// §5.1), both ways: request to the server, answer to the client. `keep` and `lower` fix
+/// it either way. Values are never touched.
+#[test]
+fn header_names_keep_their_case_until_the_destination_is_known_to_speak_mcp() {
+    let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup","arguments":{}}}"#;
+    let headers = "X-Trace-Token: AbC-123\r\nMCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n";
+    let body = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Served-By: Node-7\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    // What the server got on the last connection, and what the client got back.
+    let exchange = |env: &Env| {
+        let resp = env.send(&post(call, headers));
+        assert_eq!(status_line(&resp), 200, "{resp}");
+        let seen = env.upstream.seen();
+        let last = seen.last().expect("nothing reached the server");
+        (String::from_utf8_lossy(&last.bytes).into_owned(), resp)
+    };
+    let kept = |(sent, resp): &(String, String)| {
+        assert!(sent.contains("\r\nX-Trace-Token: AbC-123\r\n") && sent.contains("\r\nMCP-Protocol-Version: 2025-11-25\r\n"), "the request's header case was not kept:\n{sent}");
+        assert!(resp.contains("\r\nX-Served-By: Node-7\r\n"), "the answer's header case was not kept:\n{resp}");
+    };
+    let lowered = |(sent, resp): &(String, String)| {
+        assert!(sent.contains("\r\nx-trace-token: AbC-123\r\n") && sent.contains("\r\nmcp-protocol-version: 2025-11-25\r\n"), "the request's header names are not lower-cased (or a value changed):\n{sent}");
+        assert!(resp.contains("\r\nx-served-by: Node-7\r\n"), "the answer's header names are not lower-cased (or a value changed):\n{resp}");
+    };
+
+    let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
+    kept(&exchange(&env));
+    env.daemon.wait_audit("the first call", |r| r.iter().any(|x| x.method.as_deref() == Some("tools/call") && x.status != CallStatus::Pending));
+    lowered(&exchange(&env));
+
+    let config = |case: &str| DaemonOpts { config: Some(format!("[http]\nheader_case = \"{case}\"\n")), ..Default::default() };
+    let env = Env::with_reply(config("keep"), reply.as_bytes());
+    kept(&exchange(&env));
+    env.daemon.wait_audit("the first call", |r| r.iter().any(|x| x.method.as_deref() == Some("tools/call") && x.status != CallStatus::Pending));
+    kept(&exchange(&env));
+
+    let env = Env::with_reply(config("lower"), reply.as_bytes());
+    lowered(&exchange(&env));
+}
