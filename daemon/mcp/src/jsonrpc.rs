@@ -324,13 +324,14 @@ pub fn parse_body_with(bytes: &[u8], limits: &Limits) -> Parsed {
     if bytes.len() > limits.max_bytes {
         return Parsed::Invalid(Invalid::TooLarge { len: bytes.len(), limit: limits.max_bytes });
     }
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Parsed::Invalid(Invalid::NotUtf8 { valid_up_to: e.valid_up_to() });
-    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => return Parsed::Invalid(Invalid::NotUtf8 { valid_up_to: e.valid_up_to() }),
+    };
     if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
         return Parsed::Invalid(Invalid::Empty);
     }
-    let value = match parse_strict(bytes, limits.max_depth) {
+    let value = match strict(serde_json::Deserializer::from_str(text), limits.max_depth) {
         Ok(v) => v,
         Err(e) => return Parsed::Invalid(e),
     };
@@ -640,10 +641,19 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
 /// excessive depth rejected). Exposed for other pure crates that read JSON
 /// from untrusted sources.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, Invalid> {
+    // Text already known to be UTF-8 is read as `str`: serde_json then does not validate
+    // every string again (32 per tools/call exchange, ~5 k instructions). Other bytes take
+    // the byte reader, which fails on them exactly where it always did.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => strict(serde_json::Deserializer::from_str(text), max_depth),
+        Err(_) => strict(serde_json::Deserializer::from_slice(bytes), max_depth),
+    }
+}
+
+fn strict<'de, R: serde_json::de::Read<'de>>(mut de: serde_json::Deserializer<R>, max_depth: usize) -> Result<Value, Invalid> {
     let max_depth = max_depth.clamp(1, 100);
     let reason = Cell::new(None);
     let seed = StrictSeed { depth: 0, max_depth, reason: &reason };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
     let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     match result {
         Ok(v) => Ok(v),

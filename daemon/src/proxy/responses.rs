@@ -85,9 +85,11 @@ pub fn observe(
 /// Left unchanged, the original bytes go to the client, which reads what was inspected.
 fn parse_as_clients_do(data: &[u8]) -> Result<Value, serde_json::Error> {
     let data = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
-    match serde_json::from_slice(data) {
-        Err(e) if std::str::from_utf8(data).is_err() => serde_json::from_str(&String::from_utf8_lossy(data)).map_err(|_| e),
-        r => r,
+    match std::str::from_utf8(data) {
+        // Read as `str`: serde_json does not validate every string again.
+        Ok(text) => serde_json::from_str(text),
+        // The error, when even the decoded text is not JSON, is the one the bytes give.
+        Err(_) => serde_json::from_str(&String::from_utf8_lossy(data)).or_else(|_| serde_json::from_slice(data)),
     }
 }
 
