@@ -642,7 +642,7 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
 /// from untrusted sources.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, Invalid> {
     // Text already known to be UTF-8 is read as `str`: serde_json then does not validate
-    // every string again (32 per tools/call exchange, ~5 k instructions). Other bytes take
+    // every string again (32 per tools/call exchange, ~2.7 k instructions). Other bytes take
     // the byte reader, which fails on them exactly where it always did.
     match std::str::from_utf8(bytes) {
         Ok(text) => strict(serde_json::Deserializer::from_str(text), max_depth),
