@@ -88,7 +88,7 @@ async fn serve(client: tokio::net::TcpStream, upstream: SocketAddr) {
         let sender = sender.clone();
         async move { Ok::<_, Infallible>(forward(&sender, req).await) }
     });
-    // The same settings as mcpwatchd's client side (daemon/src/proxy/http.rs, `serve`), with
+    // The same settings as mcpwatchd's client side (daemon/src/proxy/http.rs, `serve_io_keeping`), with
     // header names lower-cased as its default `[http] header_case = "auto"` passes them toward a
     // destination known to speak MCP: a copy on purpose, so the floor measures the daemon's
     // stack; change both together.

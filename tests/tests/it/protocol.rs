@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use mcpwatch_api::{CallStatus, MessageKind};
+use mcpwatch_api::{AuditRecord, CallStatus, MessageKind};
 use mcpwatch_tests::daemon::{Daemon, DaemonOpts};
 use mcpwatch_tests::harness::{RawBehaviour, RawServer};
 use serde_json::Value;
@@ -616,15 +616,18 @@ fn header_names_keep_their_case_until_the_destination_is_known_to_speak_mcp() {
         assert!(resp.contains("\r\nx-served-by: Node-7\r\n"), "the answer's header names are not lower-cased (or a value changed):\n{resp}");
     };
 
+    // The first call is recorded: its destination is known to speak MCP from then on.
+    let answered = |r: &[AuditRecord]| r.iter().any(|x| x.method.as_deref() == Some("tools/call") && x.status != CallStatus::Pending);
+
     let env = Env::with_reply(DaemonOpts::default(), reply.as_bytes());
     kept(&exchange(&env));
-    env.daemon.wait_audit("the first call", |r| r.iter().any(|x| x.method.as_deref() == Some("tools/call") && x.status != CallStatus::Pending));
+    env.daemon.wait_audit("the first call", answered);
     lowered(&exchange(&env));
 
     let config = |case: &str| DaemonOpts { config: Some(format!("[http]\nheader_case = \"{case}\"\n")), ..Default::default() };
     let env = Env::with_reply(config("keep"), reply.as_bytes());
     kept(&exchange(&env));
-    env.daemon.wait_audit("the first call", |r| r.iter().any(|x| x.method.as_deref() == Some("tools/call") && x.status != CallStatus::Pending));
+    env.daemon.wait_audit("the first call", answered);
     kept(&exchange(&env));
 
     let env = Env::with_reply(config("lower"), reply.as_bytes());
