@@ -27,8 +27,13 @@ pub(crate) fn encode_record(rec: &AuditRecord) -> Vec<u8> {
     // A proxied call's record is 1-2 KiB: sized once instead of growing from 128 bytes
     // through four reallocations.
     let mut out = Vec::with_capacity(2048);
-    crate::record_json::write(&mut out, rec);
+    encode_record_into(&mut out, rec);
     out
+}
+
+/// [`encode_record`] appended to `out` (a buffer the caller reuses).
+pub(crate) fn encode_record_into(out: &mut Vec<u8>, rec: &AuditRecord) {
+    crate::record_json::write(out, rec);
 }
 
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<AuditRecord, DecodeError> {

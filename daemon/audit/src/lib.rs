@@ -69,6 +69,9 @@ const SINCE_SEEK_SLACK_MS: u64 = 60_000;
 const MAX_PRUNE_SLACK: u64 = 4_096;
 /// sled's page cache; its default (1 GiB) is far too much for a host daemon.
 const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+/// Most bytes of a thread's record-encoding buffer ([`Store::with_record_value`]) kept
+/// between writes: a larger record's buffer is freed once written.
+const KEEP_ENCODING: usize = 64 << 10;
 /// Most bytes of record values the tail holds before a writer seals it itself (the
 /// checkpoint seals it every `flush_every_ms` otherwise).
 const TAIL_MAX_BYTES: usize = 1 << 20;
@@ -513,8 +516,7 @@ impl Store {
     /// Stores a new record under `rec.id`, which must come from [`Store::new_record_id`].
     /// A record with `schema` 0 is stored as the current [`AUDIT_SCHEMA_VERSION`].
     pub fn insert_record(&self, rec: &AuditRecord) -> Result<(), StoreError> {
-        let (key, value) = self.record_kv(rec)?;
-        match self.write_chained(&key, &value, true, false)? {
+        match self.with_record_value(rec, |value| self.write_chained(rec.id.as_bytes(), value, true, false))? {
             Written::Added => self.key_added(),
             Written::Replaced => Ok(()),
             Written::Exists => Err(StoreError::DuplicateId { id: rec.id.clone() }),
@@ -539,8 +541,7 @@ impl Store {
     }
 
     fn update(&self, rec: &AuditRecord, defer: bool) -> Result<(), StoreError> {
-        let (key, value) = self.record_kv(rec)?;
-        match self.write_chained(&key, &value, false, defer)? {
+        match self.with_record_value(rec, |value| self.write_chained(rec.id.as_bytes(), value, false, defer))? {
             Written::Added => self.key_added(),
             Written::Replaced | Written::Exists => {
                 if self.inner.over_bound() {
@@ -871,16 +872,27 @@ impl Store {
         self.inner.checkpoint()
     }
 
-    fn record_kv(&self, rec: &AuditRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    /// Runs `write` on the stored encoding of `rec` (its key is `rec.id`), after checking
+    /// the id and the schema.
+    ///
+    /// The encoding goes into a buffer this thread keeps, not a fresh one per write: the
+    /// journal and the tail copy the bytes anyway, and a 2 KiB allocation per write (two
+    /// per proxied call) is a request glibc serves from its large bins, consolidating its
+    /// fast bins first. At most [`KEEP_ENCODING`] bytes of it stay allocated.
+    fn with_record_value<T>(&self, rec: &AuditRecord, write: impl FnOnce(&[u8]) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         if id::parse_id(rec.id.as_bytes()).is_none() {
             return Err(StoreError::InvalidId { id: rec.id.clone() });
         }
-        let value = match rec.schema {
-            AUDIT_SCHEMA_VERSION => codec::encode_record(rec),
-            0 => codec::encode_record(&AuditRecord {
-                schema: AUDIT_SCHEMA_VERSION,
-                ..rec.clone()
-            }),
+        let upgraded;
+        let rec = match rec.schema {
+            AUDIT_SCHEMA_VERSION => rec,
+            0 => {
+                upgraded = AuditRecord { schema: AUDIT_SCHEMA_VERSION, ..rec.clone() };
+                &upgraded
+            }
             found => {
                 return Err(StoreError::UnsupportedSchema {
                     id: rec.id.clone(),
@@ -889,7 +901,20 @@ impl Store {
                 });
             }
         };
-        Ok((rec.id.as_bytes().to_vec(), value))
+        BUF.with(|b| match b.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                codec::encode_record_into(&mut buf, rec);
+                let out = write(&buf);
+                if buf.capacity() > KEEP_ENCODING {
+                    *buf = Vec::new();
+                }
+                out
+            }
+            // Re-entered (a write does not encode another record; if one ever did, it
+            // gets a buffer of its own).
+            Err(_) => write(&codec::encode_record(rec)),
+        })
     }
 
     /// Bookkeeping after a key was added to `records`; prunes once past a bound.
