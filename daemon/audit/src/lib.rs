@@ -875,10 +875,10 @@ impl Store {
     /// Runs `write` on the stored encoding of `rec` (its key is `rec.id`), after checking
     /// the id and the schema.
     ///
-    /// The encoding goes into a buffer this thread keeps, not a fresh one per write: the
-    /// journal and the tail copy the bytes anyway, and a 2 KiB allocation per write (two
-    /// per proxied call) is a request glibc serves from its large bins, consolidating its
-    /// fast bins first. At most [`KEEP_ENCODING`] bytes of it stay allocated.
+    /// The encoding goes into a buffer this thread keeps, not a fresh 2 KiB one per write
+    /// (two per proxied call): the journal and the tail copy the bytes anyway. At most
+    /// [`KEEP_ENCODING`] bytes of it stay allocated. Measured with the batch sizing in
+    /// `proxy::exchange`: ~1k instructions per call fewer in malloc and free.
     fn with_record_value<T>(&self, rec: &AuditRecord, write: impl FnOnce(&[u8]) -> Result<T, StoreError>) -> Result<T, StoreError> {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -543,8 +543,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
     let n = messages.len().max(1);
     let per_message_bytes = input.bytes.len() as u64 / n as u64;
     // Sized to the batch (nearly always one message): a `Vec` grown by its first push
-    // takes room for four, and four pending records are ~3.5 KiB, a request glibc serves
-    // from its large bins after consolidating the fast ones; one is under 1 KiB.
+    // takes room for four, and four pending records are ~3.5 KiB; one is under 1 KiB.
     let mut gb = GovernedBatch { pending: Vec::with_capacity(n), forwarded: Vec::with_capacity(n), ..GovernedBatch::default() };
     let now = Instant::now();
     for (index, m) in messages.iter_mut().enumerate() {
