@@ -293,11 +293,21 @@ fn npm_ci(dir: &Path, what: &str) -> anyhow::Result<()> {
         step(format!("up to date (node {node_version}, lock {expected})"));
         return Ok(());
     }
-    util::run(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(dir),
-    )?;
+    let ci = || {
+        util::run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(dir),
+        )
+    };
+    // npm's tar extraction now and then fails a package with ENOENT ("Cannot cd into
+    // node_modules/<pkg>", npm/cli#4140; seen once here in a fresh-clone CI run). `npm ci`
+    // starts from an empty node_modules, so one more run is a clean retry; a second
+    // failure is reported.
+    if let Err(first) = ci() {
+        step(format!("npm ci failed ({first:#}); retrying once"));
+        ci().context("npm ci failed twice")?;
+    }
     write_stamp(&stamp, &expected)?;
     step(format!("installed (node {node_version}, lock {expected})"));
     Ok(())
