@@ -14,22 +14,21 @@ const BLOCK: usize = 64;
 
 /// A secret key for [`HashKey::hex_mac`]. Its `Debug` never shows the bytes.
 ///
-/// Besides the padded keys it keeps both hash states with their pad block already
-/// absorbed, so a MAC clones them instead of compressing the two pad blocks again: two
-/// of the four to five SHA-256 blocks of a short value's MAC, and every call MACs its
-/// arguments and its result.
+/// It keeps both hash states with their pad block (the block-sized key XOR ipad, XOR
+/// opad) already absorbed, so a MAC clones them instead of compressing the two pad blocks
+/// again: two of the four to five SHA-256 blocks of a short value's MAC, and every call
+/// MACs its arguments and its result.
 #[derive(Clone)]
 pub struct HashKey {
-    ipad: [u8; BLOCK],
-    opad: [u8; BLOCK],
+    /// The key padded to a block: what equality compares (the states follow from it).
+    key: [u8; BLOCK],
     inner: Sha256,
     outer: Sha256,
 }
 
 impl PartialEq for HashKey {
     fn eq(&self, other: &Self) -> bool {
-        // The states follow from the pads.
-        self.ipad == other.ipad && self.opad == other.opad
+        self.key == other.key
     }
 }
 
@@ -61,7 +60,7 @@ impl HashKey {
         inner.update(ipad);
         let mut outer = Sha256::new();
         outer.update(opad);
-        HashKey { ipad, opad, inner, outer }
+        HashKey { key: k, inner, outer }
     }
 
     /// HMAC-SHA256 of the concatenation of `parts`.
@@ -159,10 +158,10 @@ mod tests {
         for n in [0usize, 1, 55, 56, 63, 64, 65, 200] {
             let data = vec![0x5a; n];
             let mut inner = Sha256::new();
-            inner.update(k.ipad);
+            inner.update(k.key.map(|b| b ^ 0x36));
             inner.update(&data);
             let mut outer = Sha256::new();
-            outer.update(k.opad);
+            outer.update(k.key.map(|b| b ^ 0x5c));
             outer.update(inner.finalize());
             let want: [u8; 32] = outer.finalize().into();
             assert_eq!(k.mac(&[&data]), want, "{n} bytes");
