@@ -137,7 +137,7 @@ pub fn finish(shared: &Shared, mut p: Pending, status: CallStatus, result_hash: 
     }
     p.record.response_bytes = bytes;
     if DEFERS.with(Cell::get) {
-        if shared.deferred.push(p.record) >= DEFER_AT_MOST {
+        if shared.defer(p.record) >= DEFER_AT_MOST {
             shared.run_deferred();
         }
         return;

@@ -334,7 +334,11 @@ impl Store {
             sled::Config::new()
                 .path(&db_path)
                 .cache_capacity(CACHE_CAPACITY_BYTES)
-                .flush_every_ms(opts.flush_every_ms)
+                // No flusher thread of sled's own: the checkpoint flushes sled every
+                // `flush_every_ms` before it deletes journal segments (and a store without
+                // a checkpoint thread flushes on `flush` and on close), so sled's periodic
+                // flush only duplicated it and woke a thread ~4 times a second when idle.
+                .flush_every_ms(None)
                 .open()
         };
         let sled_locked = |e: &sled::Error| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
