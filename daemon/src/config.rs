@@ -225,8 +225,9 @@ pub enum SyncMode {
     /// Each call waits for an fsync covering its record (one fsync serves every call
     /// waiting at that moment). Power loss loses nothing forwarded.
     PerCall,
-    /// The journal is fsynced every `group_commit_ms`; calls do not wait. Power loss
-    /// loses at most that window.
+    /// The journal is fsynced `group_commit_ms` after the first write since the last
+    /// fsync (none while nothing is written); calls do not wait. Power loss loses at
+    /// most that window.
     #[default]
     Group,
     /// No journal fsync; sled's checkpoint (every 500 ms) is the only one.
