@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::forward::BoxIo;
+use super::scope::TargetOwned;
 use crate::resolve::Origin;
 use crate::state::Shared;
 
@@ -55,12 +56,20 @@ pub struct ConnCtx {
     pub endpoint_memo: EndpointMemo,
 }
 
-/// The endpoint key of the last request on a connection, with the Host header, path and
-/// naming (by address or not) it was made from. A keep-alive client names the same
-/// server on every request: the canonical host and path are worked out once, not per
-/// request. One entry per connection; a request that differs replaces it.
+/// What the last request on a connection worked out about its server: its endpoint key
+/// (with the Host header, path and naming, by address or not, it was made from), its
+/// policy target and its toxic-flow session. A keep-alive client names the same server
+/// (and session) on every request: the canonical host and path, the target's parts and
+/// the flow key are worked out once, not per request. One entry each per connection; a
+/// request that differs replaces it.
 #[derive(Debug, Default)]
-pub struct EndpointMemo(std::sync::Mutex<Option<MemoEntry>>);
+pub struct EndpointMemo {
+    endpoint: std::sync::Mutex<Option<MemoEntry>>,
+    /// Endpoint key and path -> target.
+    target: std::sync::Mutex<Option<(String, String, Arc<TargetOwned>)>>,
+    /// Endpoint key and session id -> flow session.
+    flow: std::sync::Mutex<Option<(String, Option<String>, Arc<str>)>>,
+}
 
 #[derive(Debug)]
 struct MemoEntry {
@@ -83,7 +92,7 @@ impl EndpointMemo {
     /// request's, else what `make` makes. `make` must depend on nothing else that can
     /// change during the connection.
     pub fn endpoint(&self, host: Option<&str>, path: &str, claimed: bool, make: impl FnOnce() -> String) -> String {
-        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.endpoint.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = last.as_ref()
             && e.host.as_deref() == host
             && e.path == path
@@ -94,6 +103,37 @@ impl EndpointMemo {
         let endpoint = make();
         *last = Some(MemoEntry { host: host.map(str::to_owned), path: path.to_owned(), claimed, endpoint: endpoint.clone() });
         endpoint
+    }
+
+    /// The policy target of `endpoint` reached at `path`: the last one if both are the
+    /// last request's, else what `make` makes (which must depend on nothing else that can
+    /// change during the connection).
+    pub fn target(&self, endpoint: &str, path: &str, make: impl FnOnce() -> TargetOwned) -> Arc<TargetOwned> {
+        let mut last = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((e, p, t)) = last.as_ref()
+            && e == endpoint
+            && p == path
+        {
+            return t.clone();
+        }
+        let t = Arc::new(make());
+        *last = Some((endpoint.to_owned(), path.to_owned(), t.clone()));
+        t
+    }
+
+    /// The toxic-flow session of `endpoint` and `session` (the MCP session id, if any):
+    /// the last one if both are the last request's, else what `make` makes (likewise).
+    pub fn flow_session(&self, endpoint: &str, session: Option<&str>, make: impl FnOnce() -> String) -> Arc<str> {
+        let mut last = self.flow.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((e, s, f)) = last.as_ref()
+            && e == endpoint
+            && s.as_deref() == session
+        {
+            return f.clone();
+        }
+        let f: Arc<str> = make().into();
+        *last = Some((endpoint.to_owned(), session.map(str::to_owned), f.clone()));
+        f
     }
 }
 
@@ -145,5 +185,29 @@ mod tests {
         // A copy starts empty.
         let copy = memo.clone();
         assert_eq!(copy.endpoint(Some("a"), "/mcp", false, || "fresh".into()), "fresh");
+    }
+
+    #[test]
+    fn target_and_flow_memos_are_remade_when_endpoint_path_or_session_differ() {
+        let memo = EndpointMemo::default();
+        let made = std::cell::Cell::new(0);
+        let target = |endpoint: &str, path: &str| {
+            memo.target(endpoint, path, || {
+                made.set(made.get() + 1);
+                TargetOwned { endpoint: endpoint.into(), host: "h".into(), port: 1, path: path.into() }
+            })
+        };
+        let a = target("http://a:1/mcp", "/mcp");
+        assert!(Arc::ptr_eq(&a, &target("http://a:1/mcp", "/mcp")), "the same server again is the same target");
+        assert_eq!(made.get(), 1);
+        assert_eq!(target("http://b:1/mcp", "/mcp").endpoint, "http://b:1/mcp");
+        assert_eq!(target("http://b:1/mcp", "/other").path, "/other");
+        assert_eq!(made.get(), 3);
+        let flow = |endpoint: &str, session: Option<&str>| memo.flow_session(endpoint, session, || format!("{endpoint}#{session:?}"));
+        let f = flow("e", Some("s1"));
+        assert!(Arc::ptr_eq(&f, &flow("e", Some("s1"))));
+        assert_eq!(&*flow("e", Some("s2")), "e#Some(\"s2\")", "another session is another flow");
+        assert_eq!(&*flow("e", None), "e#None");
+        assert_eq!(&*flow("f", None), "f#None");
     }
 }

@@ -94,8 +94,8 @@ pub struct Scope {
     pub(super) claimed_host: Option<String>,
     /// [`Scope::target`] and [`Scope::flow_session`], computed on first use: a request
     /// asks for them from several stages.
-    target: std::sync::OnceLock<TargetOwned>,
-    flow_session: std::sync::OnceLock<String>,
+    target: std::sync::OnceLock<Arc<TargetOwned>>,
+    flow_session: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Scope {
@@ -165,10 +165,12 @@ impl Scope {
     /// The toxic-flow session a message belongs to: the MCP session id where there is
     /// one, else the client process (tgid and comm) talking to this endpoint.
     pub(super) fn flow_session(&self) -> &str {
-        self.flow_session.get_or_init(|| match (&self.session_id, self.ctx.origin.process.as_deref()) {
-            (Some(s), _) => format!("{}#{}", self.endpoint, mcpwatch_mcp::jsonrpc::first_chars(s, 128)),
-            (None, Some(p)) => crate::govern::flows::process_session(&self.endpoint, p),
-            (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.dst_key()),
+        self.flow_session.get_or_init(|| {
+            self.ctx.endpoint_memo.flow_session(&self.endpoint, self.session_id.as_deref(), || match (&self.session_id, self.ctx.origin.process.as_deref()) {
+                (Some(s), _) => format!("{}#{}", self.endpoint, mcpwatch_mcp::jsonrpc::first_chars(s, 128)),
+                (None, Some(p)) => crate::govern::flows::process_session(&self.endpoint, p),
+                (None, None) => format!("{}#conn:{}", self.endpoint, self.ctx.dst_key()),
+            })
         })
     }
 
@@ -190,14 +192,16 @@ impl Scope {
     /// Host, port and path of the server endpoint, for policy matching.
     pub(super) fn target(&self) -> &TargetOwned {
         self.target.get_or_init(|| {
-            let (host, port, path) = match Endpoint::parse(&self.endpoint) {
-                Some(e) => {
-                    let path = e.path_or_root().to_string();
-                    (e.host, e.port, path)
-                }
-                None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
-            };
-            TargetOwned { endpoint: self.endpoint.clone(), host, port, path }
+            self.ctx.endpoint_memo.target(&self.endpoint, &self.path, || {
+                let (host, port, path) = match Endpoint::parse(&self.endpoint) {
+                    Some(e) => {
+                        let path = e.path_or_root().to_string();
+                        (e.host, e.port, path)
+                    }
+                    None => (self.ctx.origin.dst.ip().to_string(), self.ctx.origin.dst.port(), self.path.clone()),
+                };
+                TargetOwned { endpoint: self.endpoint.clone(), host, port, path }
+            })
         })
     }
 
