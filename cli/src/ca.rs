@@ -903,7 +903,7 @@ EAmmr2LFYi7V
         // (Debian's refresh without --fresh left exactly these behind).
         let certs = root.path().join("etc/ssl/certs");
         std::fs::create_dir_all(certs.join("java")).expect("mkdir certs");
-        std::fs::write(certs.join("ca-certificates.crt"), format!("{PEM}")).expect("bundle");
+        std::fs::write(certs.join("ca-certificates.crt"), PEM).expect("bundle");
         std::os::unix::fs::symlink(&anchor, certs.join("mcpwatch-ca.pem")).expect("link");
         let err = uninstall(root.path(), &mut Vec::new()).expect_err("still trusted");
         let msg = err.to_string();

@@ -71,15 +71,15 @@ pub fn audit_row(r: &AuditRecord, now_ms: u64, time_only: bool) -> Vec<String> {
 /// `deny (no-ssh-keys)`, `redacted 2`, `alert`, or `-`.
 fn decision(r: &AuditRecord) -> String {
     let mut parts = Vec::new();
-    if let Some(d) = &r.decision {
-        if d.action != mcpwatch_api::ActionKind::Allow || d.effective != mcpwatch_api::Effect::Forward {
-            let rule = d.rules.first().map(|x| format!(" ({x})")).unwrap_or_default();
-            let what = match (d.action.as_str(), d.effective.as_str()) {
-                (a, "forward") => format!("{a}→forwarded"),
-                (a, _) => a.to_string(),
-            };
-            parts.push(format!("{what}{rule}"));
-        }
+    if let Some(d) = &r.decision
+        && (d.action != mcpwatch_api::ActionKind::Allow || d.effective != mcpwatch_api::Effect::Forward)
+    {
+        let rule = d.rules.first().map(|x| format!(" ({x})")).unwrap_or_default();
+        let what = match (d.action.as_str(), d.effective.as_str()) {
+            (a, "forward") => format!("{a}→forwarded"),
+            (a, _) => a.to_string(),
+        };
+        parts.push(format!("{what}{rule}"));
     }
     let redacted: u32 = r.findings.iter().filter(|f| f.action == "redact").map(|f| f.count).sum();
     if redacted > 0 {

@@ -179,11 +179,11 @@ impl Inventory {
             return;
         }
         let Some(oldest) = servers.values().min_by_key(|s| s.last_seen_ms).map(|s| s.endpoint.clone()) else { return };
-        if let Some(e) = servers.remove(&oldest) {
-            if let Err(err) = self.store.put_server(&e) {
-                tracing::error!(error = %err, endpoint = %e.endpoint, "cannot persist an evicted inventory entry; keeping it");
-                servers.insert(oldest, e);
-            }
+        if let Some(e) = servers.remove(&oldest)
+            && let Err(err) = self.store.put_server(&e)
+        {
+            tracing::error!(error = %err, endpoint = %e.endpoint, "cannot persist an evicted inventory entry; keeping it");
+            servers.insert(oldest, e);
         }
     }
 
@@ -249,10 +249,10 @@ impl Inventory {
 
     /// A client sent a message to this server.
     pub fn saw_message(&self, s: &Sighting<'_>) {
-        if !s.dst.is_empty() {
-            if let Ok(mut d) = self.mcp_dsts.lock() {
-                note_dst(&mut d, s.dst, s.endpoint);
-            }
+        if !s.dst.is_empty()
+            && let Ok(mut d) = self.mcp_dsts.lock()
+        {
+            note_dst(&mut d, s.dst, s.endpoint);
         }
         self.update(s.endpoint, |e| {
             if e.first_seen_ms == 0 {
@@ -284,16 +284,15 @@ impl Inventory {
                         }
                     }
                     None => {
-                        if e.clients.len() >= MAX_CLIENTS {
-                            if let Some(i) = e
+                        if e.clients.len() >= MAX_CLIENTS
+                            && let Some(i) = e
                                 .clients
                                 .iter()
                                 .enumerate()
                                 .min_by_key(|(_, c)| c.last_seen_ms)
                                 .map(|(i, _)| i)
-                            {
-                                e.clients.remove(i);
-                            }
+                        {
+                            e.clients.remove(i);
                         }
                         e.clients.push(ClientUse {
                             exe: p.exe.clone(),

@@ -94,11 +94,11 @@ pub struct Unaudited;
 /// `failure_mode` says an unaudited call may not go; the caller then answers the client
 /// itself and forwards nothing.
 pub async fn commit(shared: &Shared, wrote: bool, mut failed: bool) -> Result<(), Unaudited> {
-    if wrote {
-        if let Err(e) = shared.durable().await {
-            tracing::error!(error = %e, "audit records not durable");
-            failed = true;
-        }
+    if wrote
+        && let Err(e) = shared.durable().await
+    {
+        tracing::error!(error = %e, "audit records not durable");
+        failed = true;
     }
     if failed && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
         return Err(Unaudited);

@@ -257,12 +257,11 @@ impl Sessions {
         let key = (dst.to_string(), session_key(session));
         let o = &mut *o;
         let mine = o.by_owner.entry(owner.clone()).or_default();
-        if mine.len() >= MAX_SESSIONS_PER_OWNER {
-            if let Some(old) = mine.pop_front() {
-                if o.by_session.get(&old) == Some(&owner) {
-                    o.by_session.remove(&old);
-                }
-            }
+        if mine.len() >= MAX_SESSIONS_PER_OWNER
+            && let Some(old) = mine.pop_front()
+            && o.by_session.get(&old) == Some(&owner)
+        {
+            o.by_session.remove(&old);
         }
         mine.push_back(key.clone());
         if o.by_session.len() >= MAX_SESSION_BINDINGS && o.by_session.get(&key).is_none() {
@@ -343,10 +342,10 @@ impl Sessions {
     /// Forget a route when the stream that announced it ends (unless a later stream has
     /// announced the same URL since).
     pub fn remove_legacy_route(&self, route: &LegacyRouteKey) {
-        if let Ok(mut i) = self.inner.lock() {
-            if i.legacy.get(&route.key).is_some_and(|r| r.conversation == route.conversation) {
-                i.legacy.remove(&route.key);
-            }
+        if let Ok(mut i) = self.inner.lock()
+            && i.legacy.get(&route.key).is_some_and(|r| r.conversation == route.conversation)
+        {
+            i.legacy.remove(&route.key);
         }
     }
 
@@ -469,7 +468,7 @@ mod tests {
             assert_eq!(session_key(spelling), hex, "{spelling}");
         }
         assert_eq!(session_params(&format!("/messages/?session_id={hex}&x=1")), [hex]);
-        assert_eq!(session_params(&format!("/messages?sessionId=a&sessionId=A")), ["a"], "one session, spelled twice");
+        assert_eq!(session_params("/messages?sessionId=a&sessionId=A"), ["a"], "one session, spelled twice");
         assert_eq!(session_params(&format!("/messages/?%73ession_id={hex}")), [hex], "Starlette decodes names");
         assert_eq!(session_params(&format!("/messages/?sessionId=mine&session_id={hex}")), ["mine", hex]);
         assert!(session_params("/messages?sessionId=").is_empty() && session_params("/mcp").is_empty());

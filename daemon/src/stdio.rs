@@ -257,10 +257,10 @@ fn id_key(id: &Id) -> String {
 pub fn endpoint_key(argv: &[String], cwd: Option<&std::path::Path>) -> String {
     match mcpwatch_policy::launch::identify(argv) {
         Some(mut l) => {
-            if !l.kind.is_package() && !l.name.starts_with('/') && l.name.contains(['/', '.']) {
-                if let Some(dir) = cwd {
-                    l.name = dir.join(&l.name).display().to_string();
-                }
+            if !l.kind.is_package() && !l.name.starts_with('/') && l.name.contains(['/', '.'])
+                && let Some(dir) = cwd
+            {
+                l.name = dir.join(&l.name).display().to_string();
             }
             mcpwatch_policy::stdio_endpoint(&l)
         }

@@ -134,10 +134,10 @@ impl Daemon {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(st)) = child.try_wait() {
-                    panic!("mcpwatchd exited during start ({st}):\n{}", self.log_text());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(st)) = child.try_wait()
+            {
+                panic!("mcpwatchd exited during start ({st}):\n{}", self.log_text());
             }
             if let Ok(Response::Status(_)) = self.try_request(&Request::Status) {
                 return;
@@ -257,10 +257,10 @@ impl Daemon {
     pub fn wait_pending(&self, n: usize) -> Vec<mcpwatch_api::HeldCall> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Response::Pending { calls } = self.request(&Request::Pending) {
-                if calls.len() >= n {
-                    return calls;
-                }
+            if let Response::Pending { calls } = self.request(&Request::Pending)
+                && calls.len() >= n
+            {
+                return calls;
             }
             assert!(Instant::now() < deadline, "no held call after 20s:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));

@@ -119,16 +119,16 @@ impl RawServer {
                         if b.echo {
                             let _ = s.write_all(&buf[..n]);
                         }
-                        if let Some(reply) = &b.http_reply {
-                            if !(b.stay_open && replied) && http_request_complete(&all) {
-                                let _ = s.write_all(reply);
-                                if b.stay_open {
-                                    replied = true;
-                                    continue;
-                                }
-                                let _ = s.shutdown(std::net::Shutdown::Both);
-                                break;
+                        if let Some(reply) = &b.http_reply
+                            && !(b.stay_open && replied) && http_request_complete(&all)
+                        {
+                            let _ = s.write_all(reply);
+                            if b.stay_open {
+                                replied = true;
+                                continue;
                             }
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                            break;
                         }
                     }
                 });

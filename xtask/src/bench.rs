@@ -488,7 +488,7 @@ fn backend_and_scratch(no_build: bool) -> anyhow::Result<(SocketAddr, ChildGuard
 fn round_order<'a>(chosen: &[&'a Target], round: usize) -> Vec<&'a Target> {
     let (first, rest): (Vec<&Target>, Vec<&Target>) = chosen.iter().partition(|t| t.name == "direct");
     let mut order = first;
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         order.extend(rest.into_iter().rev());
     } else {
         order.extend(rest);

@@ -207,10 +207,10 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     pub fn matches(&self, r: &AuditRecord) -> bool {
-        if let Some(since) = self.since_ms {
-            if r.ts_ms < since {
-                return false;
-            }
+        if let Some(since) = self.since_ms
+            && r.ts_ms < since
+        {
+            return false;
         }
         if let Some(s) = &self.server {
             let host_hit = r.host.as_deref().is_some_and(|h| h.contains(s.as_str()));
@@ -218,10 +218,10 @@ impl AuditFilter {
                 return false;
             }
         }
-        if let Some(t) = &self.tool {
-            if r.name.as_deref() != Some(t.as_str()) {
-                return false;
-            }
+        if let Some(t) = &self.tool
+            && r.name.as_deref() != Some(t.as_str())
+        {
+            return false;
         }
         if let Some(d) = &self.decision {
             let hit = r.decision.as_ref().is_some_and(|x| x.action.as_str() == d || x.effective.as_str() == d);

@@ -104,10 +104,10 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<std::net::IpAddr> {
             continue;
         }
         let Some(addr) = f.next().map(|a| a.split('%').next().unwrap_or(a)) else { continue };
-        if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
-            if !out.contains(&ip) && out.len() < MAX_DNS_SERVERS {
-                out.push(ip);
-            }
+        if let Ok(ip) = addr.parse::<std::net::IpAddr>()
+            && !out.contains(&ip) && out.len() < MAX_DNS_SERVERS
+        {
+            out.push(ip);
         }
     }
     out

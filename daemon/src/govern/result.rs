@@ -27,14 +27,14 @@ pub fn result(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
     if listing {
         changed |= tools_list(j, site, rec, first_page, result, enforce);
     }
-    if initialize {
-        if let Some(text) = result.get("instructions").and_then(Value::as_str) {
-            let r = poison::scan_instructions(text);
-            if r.severity >= Severity::Medium {
-                let alert = format!("server instructions carry hidden-instruction signals (score {})", r.score);
-                j.inventory.add_alert(site.endpoint, alert.clone());
-                rec.alerts.push(alert);
-            }
+    if initialize
+        && let Some(text) = result.get("instructions").and_then(Value::as_str)
+    {
+        let r = poison::scan_instructions(text);
+        if r.severity >= Severity::Medium {
+            let alert = format!("server instructions carry hidden-instruction signals (score {})", r.score);
+            j.inventory.add_alert(site.endpoint, alert.clone());
+            rec.alerts.push(alert);
         }
     }
     if no_result_scan {

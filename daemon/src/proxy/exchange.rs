@@ -55,15 +55,15 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     // a proxy (RFC 9112 §6.1 lets a proxy reject it; we always do, and close).
     // TLS-004: a request whose Host names another server than the TLS SNI is
     // misdirected (domain fronting); answer 421 rather than route by one of them.
-    if let (Some(sni), Some(host)) = (ctx.tls.as_ref().and_then(|t| t.sni.as_deref()), parts.headers.get(HOST).and_then(|v| v.to_str().ok())) {
-        if !strip_port(host).eq_ignore_ascii_case(sni.trim_end_matches('.')) {
-            let msg = format!("mcpwatch: Host `{}` does not match the TLS server name `{sni}`", strip_port(host));
-            tracing::warn!(peer = %ctx.peer, "{msg}");
-            let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, 0);
-            rec.alerts.push(format!("Host/SNI mismatch (possible domain fronting): {msg}"));
-            write_closed(&shared, rec, CallStatus::TransportError { reason: "421 misdirected request".into() });
-            return local_response(StatusCode::MISDIRECTED_REQUEST, "text/plain", format!("{msg}\n"));
-        }
+    if let (Some(sni), Some(host)) = (ctx.tls.as_ref().and_then(|t| t.sni.as_deref()), parts.headers.get(HOST).and_then(|v| v.to_str().ok()))
+        && !strip_port(host).eq_ignore_ascii_case(sni.trim_end_matches('.'))
+    {
+        let msg = format!("mcpwatch: Host `{}` does not match the TLS server name `{sni}`", strip_port(host));
+        tracing::warn!(peer = %ctx.peer, "{msg}");
+        let mut rec = scope.record(&shared, MessageKind::Invalid, C2S, None, 0);
+        rec.alerts.push(format!("Host/SNI mismatch (possible domain fronting): {msg}"));
+        write_closed(&shared, rec, CallStatus::TransportError { reason: "421 misdirected request".into() });
+        return local_response(StatusCode::MISDIRECTED_REQUEST, "text/plain", format!("{msg}\n"));
     }
     if framing.is_ambiguous() || (parts.headers.contains_key(http::header::CONTENT_LENGTH) && parts.headers.contains_key(http::header::TRANSFER_ENCODING)) {
         let msg = "mcpwatch: request has both Content-Length and Transfer-Encoding (possible request smuggling); refused";
@@ -82,10 +82,10 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     if let Some(client) = tunnel {
         return super::tunnel::open(shared, ctx, scope, up, parts, client).await;
     }
-    if upgrade.is_some() {
-        if let Some(refused) = super::upgrade::gate(&shared, &scope, &parts, ctx.origin.dst) {
-            return refused;
-        }
+    if upgrade.is_some()
+        && let Some(refused) = super::upgrade::gate(&shared, &scope, &parts, ctx.origin.dst)
+    {
+        return refused;
     }
     if has_body(&parts.headers) {
         return with_body(shared, scope, up, parts, body).await;
@@ -94,10 +94,10 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     // Requests without a body toward an MCP server (or opening an SSE stream): their
     // Host and Origin must fit the real destination.
     let wants_sse = parts.method == Method::GET && accepts_sse(&parts.headers);
-    if wants_sse || scope.evidence(&shared, &parts.headers).is_some() {
-        if let Some(refused) = guard_host(&shared, &scope, &parts) {
-            return refused;
-        }
+    if (wants_sse || scope.evidence(&shared, &parts.headers).is_some())
+        && let Some(refused) = guard_host(&shared, &scope, &parts)
+    {
+        return refused;
     }
     let oauth_metadata = parts.method == Method::GET && super::auth::is_oauth_metadata_path(parts.uri.path());
     let is_delete_session = parts.method == Method::DELETE && parts.headers.contains_key(H_SESSION);
@@ -153,10 +153,10 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     match body::collect_with(body, limits.max_body_bytes, limits.body_timeout, stop_early).await {
         Collected::Complete(bytes) => complete_body(shared, scope, up, parts, bytes, &content_type, evidence).await,
         Collected::NotJson(rest) => {
-            if evidence.is_some() {
-                if let Some(refused) = guard_host(&shared, &scope, &parts) {
-                    return refused;
-                }
+            if evidence.is_some()
+                && let Some(refused) = guard_host(&shared, &scope, &parts)
+            {
+                return refused;
             }
             forward_incoming(&up, Request::from_parts(parts, rest)).await
         }
@@ -175,10 +175,10 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
                 }
                 scope.alert_forwarded(&shared, format!("{alert}; forwarded uninspected (not enforce mode)"));
             }
-            if evidence.is_some() {
-                if let Some(refused) = guard_host(&shared, &scope, &parts) {
-                    return refused;
-                }
+            if evidence.is_some()
+                && let Some(refused) = guard_host(&shared, &scope, &parts)
+            {
+                return refused;
             }
             forward_incoming(&up, Request::from_parts(parts, rest)).await
         }
@@ -245,10 +245,10 @@ async fn complete_body(
         }
         scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
     }
-    if evidence.is_some() {
-        if let Some(refused) = guard_host(&shared, &scope, &parts) {
-            return refused;
-        }
+    if evidence.is_some()
+        && let Some(refused) = guard_host(&shared, &scope, &parts)
+    {
+        return refused;
     }
     forward_incoming(&up, Request::from_parts(parts, body::full(bytes))).await
 }
@@ -302,7 +302,7 @@ fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>>
     // Mcp-Session-Id, the legacy route's session, and every `sessionId` of the URL (one
     // sent with another Host finds no route, but its owner is still known).
     for session in scope.session_id.iter().chain(params.iter()) {
-        let Some(owner) = shared.sessions.session_owner(&dst, session) else { continue };
+        let Some(owner) = shared.sessions.session_owner(dst, session) else { continue };
         if owner.same_process(me) {
             continue;
         }
@@ -345,7 +345,7 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
     tracing::warn!(endpoint = %scope.endpoint, path = %scope.path, "unsafe OAuth metadata dropped: {summary}");
     let mut rec = scope.record(shared, MessageKind::Invalid, "server->client", None, bytes.len() as u64);
     rec.alerts.push(format!("unsafe OAuth metadata from the server dropped: {summary}"));
-    write_closed(&shared, rec, CallStatus::TransportError { reason: "502 unsafe OAuth metadata".into() });
+    write_closed(shared, rec, CallStatus::TransportError { reason: "502 unsafe OAuth metadata".into() });
     // The client learns which fields, not their (hostile) values; those are in the audit.
     let fields: Vec<&str> = problems.iter().filter_map(|p| p.split(':').next()).collect();
     local_response(
@@ -367,10 +367,10 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
     let parsed = jsonrpc::parse_body(&bytes);
     if !is_mcp_body(&shared, &scope, &parts, &parsed, &bytes, disguised.is_some()) {
         // JSON, but not MCP: not ours to record.
-        if scope.evidence(&shared, &parts.headers).is_some() {
-            if let Some(refused) = guard_host(&shared, &scope, &parts) {
-                return refused;
-            }
+        if scope.evidence(&shared, &parts.headers).is_some()
+            && let Some(refused) = guard_host(&shared, &scope, &parts)
+        {
+            return refused;
         }
         let req = Request::from_parts(parts, body::full(bytes));
         return forward(&up, req).await.map_or_else(gateway_error, |r| r.map(body::incoming));
@@ -539,7 +539,7 @@ enum Governing {
 async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, input: &BatchInput<'_>, messages: &mut [Result<Message, String>]) -> Governing {
     let target = scope.target();
     let flow_session = scope.flow_session();
-    let site = scope.site(&target, &flow_session);
+    let site = scope.site(target, flow_session);
     let n = messages.len().max(1);
     let per_message_bytes = input.bytes.len() as u64 / n as u64;
     // Sized to the batch (nearly always one message): a `Vec` grown by its first push
@@ -558,10 +558,10 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 if let Some(why) = input.disguised {
                     rec.alerts.push(why.to_string());
                 }
-                if msg.method() == Some("initialize") {
-                    if let Some(v) = msg.params().and_then(|p| p.get("protocolVersion")).and_then(|v| v.as_str()) {
-                        rec.notes.push(format!("client requested protocol {v}"));
-                    }
+                if msg.method() == Some("initialize")
+                    && let Some(v) = msg.params().and_then(|p| p.get("protocolVersion")).and_then(|v| v.as_str())
+                {
+                    rec.notes.push(format!("client requested protocol {v}"));
                 }
                 let name = rec.name.clone();
                 shared.inventory.saw_message(&Sighting { dst: &rec.dst, ..scope.sighting(msg.method(), name.as_deref()) });
@@ -621,10 +621,10 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
             }
             Ok(msg) => {
                 // The client answers a request the server sent on an SSE stream.
-                if let Some(id) = msg.id() {
-                    if let Some(p) = shared.sessions.take(&scope.conversation, &id.to_string()) {
-                        complete_with(shared, p, msg, input.bytes.len() as u64);
-                    }
+                if let Some(id) = msg.id()
+                    && let Some(p) = shared.sessions.take(&scope.conversation, &id.to_string())
+                {
+                    complete_with(shared, p, msg, input.bytes.len() as u64);
                 }
                 gb.forwarded.push(index);
             }
@@ -726,7 +726,7 @@ fn streamed_hold(
         let fate = {
             let target = scope.target();
             let flow_session = scope.flow_session();
-            let site = scope.site(&target, &flow_session);
+            let site = scope.site(target, flow_session);
             let held = govern::hold(Judge::of(&shared, &gov), &site, &msg, &mut pending.record);
             tokio::pin!(held);
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -829,10 +829,10 @@ fn refusal_response(req_headers: &HeaderMap, legacy: bool, body: &serde_json::Va
     } else {
         local_response(status, "text/event-stream", format!("event: message\ndata: {text}\n\n"))
     };
-    if let (Some(ms), StatusCode::TOO_MANY_REQUESTS) = (retry_after_ms, status) {
-        if let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
-            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-        }
+    if let (Some(ms), StatusCode::TOO_MANY_REQUESTS) = (retry_after_ms, status)
+        && let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string())
+    {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
     }
     resp
 }

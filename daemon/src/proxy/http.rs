@@ -110,10 +110,10 @@ pub async fn serve_h2(shared: Arc<Shared>, ctx: ConnCtx, client: impl Io, upstre
 /// An HTTP/2 request as an HTTP/1.1 server expects it: origin-form target, `Host` from
 /// `:authority` (an explicit `Host` header wins, as RFC 9113 §8.3.1 allows both).
 pub fn h2_to_h1<B>(mut req: Request<B>) -> Request<B> {
-    if !req.headers().contains_key(http::header::HOST) {
-        if let Some(v) = req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(v) = req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, v);
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
     if let Ok(uri) = pq.parse() {

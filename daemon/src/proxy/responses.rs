@@ -384,10 +384,10 @@ impl StreamObserver {
     fn learn(&self, p: &Pending, msg: &Message) {
         let Message::Response { result, .. } = msg else { return };
         let endpoint = &self.scope.endpoint;
-        if p.record.method.as_deref() == Some("initialize") {
-            if let (Some(s), Some(owner)) = (&self.response_session, self.scope.ctx.owner()) {
-                self.shared.sessions.bind_session(self.scope.ctx.dst_key(), s, owner.clone());
-            }
+        if p.record.method.as_deref() == Some("initialize")
+            && let (Some(s), Some(owner)) = (&self.response_session, self.scope.ctx.owner())
+        {
+            self.shared.sessions.bind_session(self.scope.ctx.dst_key(), s, owner.clone());
         }
         if let Some("initialize") | Some("server/discover") = p.record.method.as_deref() {
             let Some(info) = mcpwatch_mcp::server_info::server_info(result) else { return };

@@ -294,13 +294,13 @@ impl Scope {
     pub(super) fn record_invalid(&self, shared: &Shared, bytes: u64, why: &str, status: CallStatus) {
         let mut rec = self.record(shared, MessageKind::Invalid, C2S, None, bytes);
         rec.notes.push(why.to_string());
-        write_closed(&shared, rec, status);
+        write_closed(shared, rec, status);
     }
 
     pub(super) fn record_session_delete(&self, shared: &Shared, status: StatusCode) {
         let mut rec = self.record(shared, MessageKind::Notification, C2S, None, 0);
         rec.notes.push("session terminated by the client (HTTP DELETE)".into());
-        write_closed(&shared, rec, if status.is_success() { CallStatus::Ok } else { http_failure(status) });
+        write_closed(shared, rec, if status.is_success() { CallStatus::Ok } else { http_failure(status) });
         if let Some(s) = &self.session_id {
             shared.sessions.end_session(&self.endpoint, s);
             if status.is_success() {

@@ -168,14 +168,14 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
         if !wrapped && client.is_none() {
             wrapped = mcpwatch_intercept::process::describe_pid(pp).is_some_and(|i| gated(pp, &i.cmdline));
         }
-        if let AgentState::Agent { flags, .. } = ic.agent_state(pp) {
-            if flags.0 & (mcpwatch_intercept::AgentFlags::COMM.0 | mcpwatch_intercept::AgentFlags::POLICY.0) != 0 {
-                client = mcpwatch_intercept::process::describe_pid(pp).map(|mut info| {
-                    sanitize(&mut info);
-                    Arc::new(info)
-                });
-                break;
-            }
+        if let AgentState::Agent { flags, .. } = ic.agent_state(pp)
+            && flags.0 & (mcpwatch_intercept::AgentFlags::COMM.0 | mcpwatch_intercept::AgentFlags::POLICY.0) != 0
+        {
+            client = mcpwatch_intercept::process::describe_pid(pp).map(|mut info| {
+                sanitize(&mut info);
+                Arc::new(info)
+            });
+            break;
         }
         p = pp;
     }
@@ -247,10 +247,10 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
                 ..Default::default()
             };
             let _ = shared.begin_record(&rec);
-            if open.len() >= MAX_OPEN_CALLS {
-                if let Some(k) = open.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) {
-                    open.remove(&k);
-                }
+            if open.len() >= MAX_OPEN_CALLS
+                && let Some(k) = open.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone())
+            {
+                open.remove(&k);
             }
             open.insert((pid, key(&rpc_id)), (rec, Instant::now()));
         }

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use mcpwatch_tests::daemon::{bin, free_dual_port};
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    out
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 fn ok(cmd: &mut Command) -> String {

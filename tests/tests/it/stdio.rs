@@ -55,7 +55,7 @@ fn run_client(cgroup: &Path, program: &Path, dir: &Path, server: &[String]) -> V
     let out = cmd.output().unwrap_or_else(|e| panic!("run client: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "client failed ({}):\n{stdout}\n--- stderr ---\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    let last = stdout.lines().filter(|l| l.starts_with('{')).last().unwrap_or_default();
+    let last = stdout.lines().rfind(|l| l.starts_with('{')).unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("client output not JSON ({e}): {stdout}"))
 }
 

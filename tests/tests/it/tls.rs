@@ -345,7 +345,7 @@ fn hostile_client_hellos_never_crash_or_hang_the_daemon() {
 
     // Still alive and still serving: status answers and a real client gets through.
     let st = daemon.status();
-    assert!(st.counts.connections as usize >= cases.len() + 1, "{st:?}");
+    assert!(st.counts.connections as usize > cases.len(), "{st:?}");
     let url = format!("https://localhost:{}/mcp", daemon.port);
     let out = Client::python(&url).env("SSL_CERT_FILE", tls::daemon_ca(&daemon).display().to_string()).call("echo", json!({"text": "still here"})).run();
     assert_eq!(out.steps()[0]["text"], "still here");
