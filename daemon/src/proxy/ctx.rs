@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::forward::BoxIo;
-use super::scope::TargetOwned;
 use crate::resolve::Origin;
 use crate::state::Shared;
 
@@ -54,6 +53,21 @@ pub struct ConnCtx {
     pub tunnel_mode: Option<mcpwatch_policy::Mode>,
     /// The last request's endpoint key and what it was made from (`scope::Scope::new`).
     pub endpoint_memo: EndpointMemo,
+}
+
+/// The server an exchange is addressed to, as the policy matches it.
+#[derive(Debug, Clone)]
+pub struct TargetOwned {
+    pub endpoint: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl TargetOwned {
+    pub fn as_policy(&self) -> mcpwatch_policy::Target<'_> {
+        mcpwatch_policy::Target { endpoint: &self.endpoint, host: &self.host, port: self.port, path: &self.path }
+    }
 }
 
 /// What the last request on a connection worked out about its server: its endpoint key

@@ -18,7 +18,7 @@ use mcpwatch_mcp::jsonrpc::Message;
 use mcpwatch_policy::Mode;
 
 use super::body::Body;
-use super::ctx::ConnCtx;
+use super::ctx::{ConnCtx, TargetOwned};
 use super::body::local_response;
 use crate::record::write_closed;
 use crate::govern::Site;
@@ -55,21 +55,6 @@ impl Evidence {
     /// Seen carrying MCP (not merely claimed by the request's own headers).
     pub(super) fn is_seen_endpoint(self) -> bool {
         matches!(self, Evidence::Legacy | Evidence::Endpoint)
-    }
-}
-
-/// The server an exchange is addressed to, as the policy matches it.
-#[derive(Debug, Clone)]
-pub struct TargetOwned {
-    pub endpoint: String,
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
-
-impl TargetOwned {
-    pub fn as_policy(&self) -> mcpwatch_policy::Target<'_> {
-        mcpwatch_policy::Target { endpoint: &self.endpoint, host: &self.host, port: self.port, path: &self.path }
     }
 }
 
