@@ -124,7 +124,7 @@ pub struct Shared {
     /// group commit last started, and the flusher was told ([`Shared::arm_commit`]). An
     /// idle daemon then runs no commit at all instead of one every `group_commit_ms`.
     commit_armed: AtomicBool,
-    /// Group commits run (each is one journal fsync at most), for tests and `status`.
+    /// Group commits run (each is one journal fsync at most), for tests.
     commits: AtomicU64,
     /// Completions left by connection threads until they go idle (`record::finish`).
     deferred: Deferred,
@@ -245,6 +245,12 @@ impl Shared {
             if let Some(e) = &res {
                 Counters::inc(&self.counters.audit_write_errors);
                 tracing::error!(error = %e, "audit flush failed");
+                if group {
+                    // What it did not sync is still to sync: the next window retries it
+                    // without waiting for a new write (as the fixed tick did), and a disk
+                    // that recovers clears the error `durable` reports within a window.
+                    self.arm_commit();
+                }
             }
             self.flushed.send_replace((target, res));
         }
@@ -579,6 +585,57 @@ mod tests {
             assert!(Instant::now() < deadline, "the second write was never committed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        flusher.abort();
+    }
+
+    /// A commit that fails (the disk is full) is retried window after window without a new
+    /// write: once there is room again, what waited is written and synced and `durable`
+    /// stops failing, though nothing was written since. Needs root to mount a small
+    /// tmpfs; skips with the reason otherwise.
+    #[tokio::test]
+    async fn a_failed_group_commit_is_retried_without_a_new_write() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP a_failed_group_commit_is_retried_without_a_new_write: needs root to mount a tmpfs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(dir.path()).status().expect("mount");
+        assert!(ok.success(), "mount tmpfs");
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+        let _mounted = Unmount(dir.path().to_path_buf());
+        let shared = shared_with(dir.path(), SyncMode::Group);
+        let flusher = tokio::spawn(shared.clone().flush_forever());
+        // Fill the file system, then write: the journal line waits in user space.
+        let filler_path = dir.path().join("filler");
+        let mut filler = std::fs::File::create(&filler_path).expect("filler");
+        while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+        drop(filler);
+        let rec = AuditRecord { status: CallStatus::Pending, ..crate::record::begin(&shared) };
+        shared.begin_record(&rec).expect("kept for the next try");
+        assert!(shared.durable().await.is_err(), "the line is not in the kernel");
+        // A commit runs and fails.
+        let failed = || shared.counters.audit_write_errors.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while failed() == 0 {
+            assert!(Instant::now() < deadline, "no commit failed on a full disk");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let commits = shared.commits();
+        // Room again; nothing is written from here on.
+        std::fs::remove_file(&filler_path).expect("rm filler");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = shared.durable().await {
+            assert!(Instant::now() < deadline, "the failed commit was never retried: {e}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(shared.commits() > commits, "a later commit did it");
+        assert!(shared.store.journal_syncs() >= 1);
+        assert_eq!(stored_status(&shared, &rec.id), CallStatus::Pending, "the record that waited is stored");
         flusher.abort();
     }
 
