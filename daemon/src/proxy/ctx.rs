@@ -78,19 +78,38 @@ impl TargetOwned {
 /// request that differs replaces it.
 #[derive(Debug, Default)]
 pub struct EndpointMemo {
-    endpoint: std::sync::Mutex<Option<MemoEntry>>,
+    /// Host header, path, naming -> endpoint key.
+    endpoint: Last<(Option<String>, String, bool), String>,
     /// Endpoint key and path -> target.
-    target: std::sync::Mutex<Option<(String, String, Arc<TargetOwned>)>>,
+    target: Last<(String, String), Arc<TargetOwned>>,
     /// Endpoint key and session id -> flow session.
-    flow: std::sync::Mutex<Option<(String, Option<String>, Arc<str>)>>,
+    flow: Last<(String, Option<String>), Arc<str>>,
 }
 
+/// One remembered key and what was made from it.
 #[derive(Debug)]
-struct MemoEntry {
-    host: Option<String>,
-    path: String,
-    claimed: bool,
-    endpoint: String,
+struct Last<K, V>(std::sync::Mutex<Option<(K, V)>>);
+
+impl<K, V> Default for Last<K, V> {
+    fn default() -> Last<K, V> {
+        Last(std::sync::Mutex::new(None))
+    }
+}
+
+impl<K, V: Clone> Last<K, V> {
+    /// The remembered value if `same` says its key is this request's, else the key and
+    /// value `make` makes, remembered in its place.
+    fn get_or(&self, same: impl FnOnce(&K) -> bool, make: impl FnOnce() -> (K, V)) -> V {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, v)) = last.as_ref()
+            && same(k)
+        {
+            return v.clone();
+        }
+        let (k, v) = make();
+        *last = Some((k, v.clone()));
+        v
+    }
 }
 
 /// A copied context (a tunnel's inner connection) starts with no memo of its own.
@@ -106,48 +125,23 @@ impl EndpointMemo {
     /// request's, else what `make` makes. `make` must depend on nothing else that can
     /// change during the connection.
     pub fn endpoint(&self, host: Option<&str>, path: &str, claimed: bool, make: impl FnOnce() -> String) -> String {
-        let mut last = self.endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = last.as_ref()
-            && e.host.as_deref() == host
-            && e.path == path
-            && e.claimed == claimed
-        {
-            return e.endpoint.clone();
-        }
-        let endpoint = make();
-        *last = Some(MemoEntry { host: host.map(str::to_owned), path: path.to_owned(), claimed, endpoint: endpoint.clone() });
-        endpoint
+        self.endpoint.get_or(
+            |(h, p, c)| h.as_deref() == host && p == path && *c == claimed,
+            || ((host.map(str::to_owned), path.to_owned(), claimed), make()),
+        )
     }
 
     /// The policy target of `endpoint` reached at `path`: the last one if both are the
     /// last request's, else what `make` makes (which must depend on nothing else that can
     /// change during the connection).
     pub fn target(&self, endpoint: &str, path: &str, make: impl FnOnce() -> TargetOwned) -> Arc<TargetOwned> {
-        let mut last = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((e, p, t)) = last.as_ref()
-            && e == endpoint
-            && p == path
-        {
-            return t.clone();
-        }
-        let t = Arc::new(make());
-        *last = Some((endpoint.to_owned(), path.to_owned(), t.clone()));
-        t
+        self.target.get_or(|(e, p)| e == endpoint && p == path, || ((endpoint.to_owned(), path.to_owned()), Arc::new(make())))
     }
 
     /// The toxic-flow session of `endpoint` and `session` (the MCP session id, if any):
     /// the last one if both are the last request's, else what `make` makes (likewise).
     pub fn flow_session(&self, endpoint: &str, session: Option<&str>, make: impl FnOnce() -> String) -> Arc<str> {
-        let mut last = self.flow.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((e, s, f)) = last.as_ref()
-            && e == endpoint
-            && s.as_deref() == session
-        {
-            return f.clone();
-        }
-        let f: Arc<str> = make().into();
-        *last = Some((endpoint.to_owned(), session.map(str::to_owned), f.clone()));
-        f
+        self.flow.get_or(|(e, s)| e == endpoint && s.as_deref() == session, || ((endpoint.to_owned(), session.map(str::to_owned)), make().into()))
     }
 }
 
