@@ -69,9 +69,13 @@ fn wait_log(d: &Daemon, needle: &str) {
     wait_for(&format!("daemon log line {needle:?}"), 20, || d.log_text().contains(needle).then_some(()));
 }
 
+/// The sink's cursor file is there, 0600. The daemon writes it once `send` returned (an
+/// fsynced temp file renamed into place), which can be a moment after the receiver
+/// already shows the batch: waited for, bounded.
 fn assert_cursor_0600(state: &Path, sink: &str) {
     let p = state.join("sinks").join(format!("{sink}.cursor"));
-    let mode = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
+    let meta = wait_for(&format!("{} to be written", p.display()), 20, || std::fs::metadata(&p).ok());
+    let mode = meta.permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{}", p.display());
 }
 
