@@ -75,11 +75,102 @@ pub fn body_shape(bytes: &[u8]) -> BodyShape {
         Some(fixed) => serde_json::from_str::<Value>(&fixed),
         None => Err(e),
     });
+    // Then what serde_json refuses but servers take: numbers out of f64's range (`1e400`
+    // is Infinity to JSON.parse and to pydantic), NaN and ±Infinity (Python), nesting
+    // past serde_json's 128 levels (JSON.parse and jiter go deeper). The skeleton keeps
+    // the structure and keys and stands `0` for every number, `null` for deep subtrees.
+    let parsed = parsed.or_else(|e| {
+        let fixed = without_lone_surrogates(text);
+        match skeleton(fixed.as_deref().unwrap_or(text)) {
+            Some(s) => serde_json::from_str::<Value>(&s),
+            None => Err(e),
+        }
+    });
     match parsed {
         Ok(v) if rpc_shaped(&v) => BodyShape::McpShaped,
         Ok(_) => BodyShape::OtherJson,
         Err(_) => BodyShape::NotJson,
     }
+}
+
+/// Containers deeper than this are cut from a [`skeleton`] (the envelope a server acts on
+/// is at the top, or one level down in a batch).
+const SKELETON_DEPTH: usize = 16;
+
+/// `text` as JSON serde_json reads, for telling the shape of a lenient document: every
+/// number (whatever its range), `NaN`, `Infinity` and `-Infinity` written `0`, every
+/// container below [`SKELETON_DEPTH`] written `null`, strings and keys as they are.
+/// `None` when a token is not JSON even to a lenient reader.
+fn skeleton(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len().min(1 << 16));
+    let (mut i, mut depth) = (0usize, 0usize);
+    // While cutting a deep subtree: the depth its container opened at.
+    let mut cut: Option<usize> = None;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                if i >= b.len() {
+                    return None;
+                }
+                i += 1;
+                if cut.is_none() {
+                    out.push_str(&text[start..i]);
+                }
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if cut.is_none() {
+                    if depth > SKELETON_DEPTH {
+                        cut = Some(depth);
+                        out.push_str("null");
+                    } else {
+                        out.push(char::from(c));
+                    }
+                }
+            }
+            b'}' | b']' => {
+                if cut == Some(depth) {
+                    cut = None;
+                } else if cut.is_none() {
+                    out.push(char::from(c));
+                }
+                depth = depth.checked_sub(1)?;
+            }
+            b',' | b':' | b' ' | b'\t' | b'\n' | b'\r' => {
+                if cut.is_none() {
+                    out.push(char::from(c));
+                }
+            }
+            _ => {
+                let start = i;
+                while i < b.len() && !matches!(b[i], b',' | b':' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'{' | b'[') {
+                    i += 1;
+                }
+                let word = &text[start..i];
+                let literal = matches!(word, "true" | "false" | "null");
+                let number = matches!(word, "NaN" | "Infinity" | "-Infinity" | "+Infinity")
+                    || (word.starts_with(|ch: char| ch == '-' || ch.is_ascii_digit())
+                        && word.bytes().all(|ch| ch.is_ascii_digit() || matches!(ch, b'-' | b'+' | b'.' | b'e' | b'E')));
+                if !literal && !number {
+                    return None;
+                }
+                if cut.is_none() {
+                    out.push_str(if literal { word } else { "0" });
+                }
+                continue;
+            }
+        }
+        i += 1;
+    }
+    (depth == 0).then_some(out)
 }
 
 /// `text` with every `\u` escape of an unpaired surrogate (inside JSON strings) written
@@ -302,6 +393,27 @@ mod tests {
         assert_eq!(body_shape(br#"{"a":"\\ud800","b":"\ud83d\ude00"}"#), BodyShape::OtherJson, "an escaped backslash and a pair are not lone");
         assert_eq!(without_lone_surrogates(r#"{"a":"\\ud800\ud83d\ude00"}"#), None);
         assert_eq!(without_lone_surrogates(r#"["\udc00x\ud800"]"#).as_deref(), Some(r#"["\ufffdx\ufffd"]"#));
+    }
+
+    #[test]
+    fn what_lenient_parsers_read_beyond_serde_is_still_shaped() {
+        let call = |extra: &str| format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"x","_meta":{{"x":{extra}}}}}}}"#);
+        // JSON.parse: 1e400 is Infinity; pydantic / json.loads: NaN, Infinity, -Infinity.
+        for v in ["1e400", "-1e400", "NaN", "Infinity", "-Infinity", "[NaN, 1E+999]"] {
+            assert_eq!(body_shape(call(v).as_bytes()), BodyShape::McpShaped, "{v}");
+        }
+        // Nesting past serde_json's 128 levels (JSON.parse has no limit).
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(body_shape(call(&deep).as_bytes()), BodyShape::McpShaped, "200 levels deep");
+        let deep_batch = format!("[{},{}]", call("1"), deep);
+        assert_eq!(body_shape(deep_batch.as_bytes()), BodyShape::McpShaped, "a batch with a deep member");
+        // Not a message, however lenient the reading.
+        assert_eq!(body_shape(format!(r#"{{"v":NaN,"d":{deep}}}"#).as_bytes()), BodyShape::OtherJson);
+        for bad in ["{\"a\":nope}", "{\"a\":1", "[1]]", "{\"a\":\"open}"] {
+            assert_eq!(body_shape(bad.as_bytes()), BodyShape::NotJson, "{bad}");
+        }
+        // Strings and keys stay as they are, escapes and brackets inside them included.
+        assert_eq!(skeleton(r#"{"a\"[":[1.5e9,"]{"],"b":NaN}"#).as_deref(), Some(r#"{"a\"[":[0,"]{"],"b":0}"#));
     }
 
     #[test]

@@ -87,7 +87,10 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
     {
         return refused;
     }
-    if has_body(&parts.headers) {
+    // A body is what the framing carries, not what the headers announce: an HTTP/2
+    // request streams DATA frames with no Content-Length (nor Transfer-Encoding), and
+    // hyper knows it has a body from the HEADERS frame lacking END_STREAM.
+    if has_body(&parts.headers) || !http_body::Body::is_end_stream(&body) {
         return with_body(shared, scope, up, parts, body).await;
     }
 
@@ -121,7 +124,9 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         let mode = super::upgrade::mode(&shared, &scope, scope.ctx.origin.dst);
         return super::upgrade::splice(upgrade, resp, super::websocket::Watch::new(shared.clone(), scope, mode));
     }
-    if wants_sse && is_sse(resp.headers()) && resp.status().is_success() {
+    // Watched when the server streams events, whatever the client said it accepts: the
+    // legacy SSE transport streams to a GET without `Accept: text/event-stream` too.
+    if is_sse(resp.headers()) && resp.status().is_success() {
         return responses::observe_stream(shared, scope, resp);
     }
     resp.map(body::incoming)
@@ -143,6 +148,16 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
         let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip_path(&encoding));
         if scope.enforce(&shared) {
             return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires an unencoded application/json body"));
+        }
+        scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
+        return forward_incoming(&up, Request::from_parts(parts, body::incoming(body))).await;
+    }
+    // JSON in another character set than UTF-8: servers decode it first (Express takes
+    // `charset=utf-7`), so what mcpwatch would judge is not what they run.
+    if let Some(charset) = super::scope::foreign_charset(&parts.headers).filter(|_| is_json(&parts.headers) || exact) {
+        let why = format!("request body in charset `{}` toward an MCP server (judged as UTF-8, decoded otherwise by the server)", clip_path(&charset));
+        if scope.enforce(&shared) {
+            return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires UTF-8 JSON"));
         }
         scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
         return forward_incoming(&up, Request::from_parts(parts, body::incoming(body))).await;

@@ -350,6 +350,32 @@ pub(super) fn content_coding(h: &HeaderMap) -> Option<String> {
     (!codings.is_empty()).then(|| codings.join(", ").chars().take(64).collect())
 }
 
+/// A JSON Content-Type that names a character set other than UTF-8, or one that is not
+/// text at all: what it names (for the refusal). Express' `express.json()` decodes any
+/// `utf-*` charset it is given (iconv: `utf-7` too) before `JSON.parse`, so
+/// `"name":"ech+AG8-"` is `echo` to the server while mcpwatch reads the bytes as UTF-8.
+/// Every Content-Type value and every `charset` parameter in it counts.
+pub(super) fn foreign_charset(h: &HeaderMap) -> Option<String> {
+    for v in h.get_all(CONTENT_TYPE) {
+        let raw = v.as_bytes();
+        if !contains_ignore_ascii_case(raw, b"json") {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(raw) else { return Some("(not text)".into()) };
+        for param in text.split(';').skip(1) {
+            let Some((name, value)) = param.split_once('=') else { continue };
+            if !name.trim().eq_ignore_ascii_case("charset") {
+                continue;
+            }
+            let value = value.trim().trim_matches('"').trim();
+            if !(value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")) {
+                return Some(value.chars().take(32).collect());
+            }
+        }
+    }
+    None
+}
+
 pub(super) fn is_json(h: &HeaderMap) -> bool {
     header_has(h, CONTENT_TYPE, "json")
 }

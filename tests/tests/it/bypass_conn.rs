@@ -137,13 +137,29 @@ fn leading_empty_line_is_governed() {
 
 /// `curl --http2-prior-knowledge` POST of `body` from a process in `cgroup`; stdout + stderr.
 fn h2_post(cgroup: &Path, url: &str, body: &str) -> String {
+    h2_post_with(cgroup, url, body, false)
+}
+
+/// `streamed`: the body goes as DATA frames read from curl's stdin (`-T -`), with no
+/// `content-length` header, as any streaming HTTP/2 client sends it.
+fn h2_post_with(cgroup: &Path, url: &str, body: &str, streamed: bool) -> String {
+    use std::io::Write as _;
     let mut cmd = std::process::Command::new("curl");
     cmd.args(["-sS", "--max-time", "20", "--http2-prior-knowledge", "-X", "POST", url])
-        .args(["-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream"])
-        .arg("--data-binary")
-        .arg(body);
+        .args(["-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream"]);
+    if streamed {
+        cmd.args(["-T", "-"]).stdin(std::process::Stdio::piped());
+    } else {
+        cmd.arg("--data-binary").arg(body);
+    }
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     peers::move_into_cgroup(&mut cmd, cgroup);
-    let out = cmd.output().expect("run curl");
+    let mut child = cmd.spawn().expect("run curl");
+    if streamed {
+        let mut stdin = child.stdin.take().expect("curl's stdin");
+        stdin.write_all(body.as_bytes()).expect("write the body to curl");
+    }
+    let out = child.wait_with_output().expect("wait for curl");
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
@@ -162,6 +178,16 @@ fn http2_prior_knowledge_is_governed() {
     let out = h2_post(w.cgroup(), &server.url(), &add);
     assert!(out.contains("\"text\":\"5\""), "{out}");
     assert!(w.daemon.status().counts.http2_connections >= 2);
+    // A body in DATA frames with no content-length (a streaming client): a body all the
+    // same. Old code took the request for bodiless and streamed it upstream unread: the
+    // denied call ran, with no record.
+    let resp = h2_post_with(w.cgroup(), &server.url(), &echo_body("h2-streamed-bypass"), true);
+    assert_denied(&resp, "h2-streamed-bypass");
+    w.daemon.wait_audit("denied echo over h2 without content-length", |recs: &[AuditRecord]| {
+        recs.iter().filter(|r| r.name.as_deref() == Some("echo") && r.decision.as_ref().is_some_and(|d| d.effective.as_str() == "block")).count() >= 2
+    });
+    let out = h2_post_with(w.cgroup(), &server.url(), &add, true);
+    assert!(out.contains("\"text\":\"5\""), "streamed allowed call: {out}");
 }
 
 /// One process, two TLS handshakes toward `port` trusting only `cafile`, 1.5 s apart (the

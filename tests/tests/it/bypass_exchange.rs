@@ -79,6 +79,7 @@ fn mcp_without_json_content_type_or_padded_is_refused() {
     let no_jsonrpc = br#"{"id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"orders"}}}"#;
     let padded = format!(r#"{{"pad":"{}","jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"delete_records","arguments":{{"table":"orders"}}}}}}"#, "A".repeat(200_000));
     let spaces = format!("{}{DELETE_CALL}", " ".repeat(200_000));
+    let utf7_call = DELETE_CALL.replace("delete_records", "delete+AF8-records");
     // RE-008: a huge string argument, here without any MCP header.
     assert_eq!(threat_case("RE-008")["expected"]["error"]["http_status"], 413);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
@@ -91,11 +92,15 @@ fn mcp_without_json_content_type_or_padded_is_refused() {
         ("whitespace padding, octet-stream", request("POST", "/new2", &format!("{host}Content-Type: application/octet-stream\r\n"), spaces.as_bytes()), 413),
         // A server joins the two headers ("identity, gzip") and inflates.
         ("identity, then gzip", request("POST", "/enc", &format!("{host}Content-Type: application/json\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\n"), call), 415),
+        // Express decodes `charset=utf-7` before JSON.parse: `ech+AG8-` is `echo` there.
+        ("charset utf-7", request("POST", "/u7", &format!("{host}Content-Type: application/json; charset=utf-7\r\n"), utf7_call.as_bytes()), 415),
+        ("charset utf-7, quoted, second value", request("POST", "/u7b", &format!("{host}Content-Type: application/json\r\nContent-Type: application/json;Charset=\"UTF-7\"\r\n"), utf7_call.as_bytes()), 415),
     ];
     for (what, bytes, want) in &cases {
         let resp = env.send(bytes);
         assert_eq!(status(&resp), *want, "{what}: {}", &resp[..resp.len().min(300)]);
-        assert!(!env.upstream_bytes().contains("delete_records"), "{what}: the denied call reached the server");
+        let upstream = env.upstream_bytes();
+        assert!(!upstream.contains("delete_records") && !upstream.contains("delete+AF8-records"), "{what}: the denied call reached the server");
     }
     let recs = env.daemon.wait_audit("refusal records", |r| r.len() >= cases.len());
     let all = alerts(&recs);
@@ -114,8 +119,8 @@ fn mcp_without_json_content_type_or_padded_is_refused() {
     assert!(env.upstream_bytes().contains(r#"{"order":7}"#));
 
     // Once /mcp is known as MCP, a body that is not JSON-RPC is refused there.
-    let resp = env.send(&request("POST", "/mcp", &format!("{host}Content-Type: application/json\r\n"), br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
-    assert_eq!(status(&resp), 200, "{resp}");
+    let resp = env.send(&request("POST", "/mcp", &format!("{host}Content-Type: application/json; charset=UTF-8\r\n"), br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
+    assert_eq!(status(&resp), 200, "UTF-8 named as the charset is UTF-8: {resp}");
     let resp = env.send(&request("POST", "/mcp", &format!("{host}Content-Type: application/x-msgpack\r\n"), b"\x83\xa7jsonrpc\xa32.0"));
     assert_eq!(status(&resp), 415, "{resp}");
     assert!(!env.upstream_bytes().contains("msgpack"), "non-JSON body reached a known MCP endpoint");
@@ -158,7 +163,15 @@ fn forged_server_answers_are_dropped() {
     for forged in ["FAKE-DELETE-OK", "UNSENT-ID", "BOTH-RESULT"] {
         assert!(!resp.contains(forged), "{forged} reached the client on the GET stream:\n{resp}");
     }
-    let recs = env.daemon.wait_audit("dropped answers", |r| alerts(r).iter().filter(|a| a.starts_with("server message dropped")).count() >= 6);
+    // A GET that does not say it accepts events (the legacy SSE transport streams to it
+    // all the same): watched by what the server sends, not by what the client asked.
+    // Old code left it unwatched: forged answers, unredacted results, unrecorded requests.
+    let resp = env.send(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    assert!(resp.contains("LEGIT-REQUEST") && resp.contains("LEGIT-NOTE"), "{resp}");
+    for forged in ["FAKE-DELETE-OK", "UNSENT-ID", "BOTH-RESULT"] {
+        assert!(!resp.contains(forged), "{forged} reached the client on a GET stream it did not ask events of:\n{resp}");
+    }
+    let recs = env.daemon.wait_audit("dropped answers", |r| alerts(r).iter().filter(|a| a.starts_with("server message dropped")).count() >= 9);
     let all = alerts(&recs);
     assert!(all.iter().any(|a| a.contains("a request mcpwatch refused")), "{all:?}");
     assert!(all.iter().any(|a| a.contains("never sent")), "{all:?}");
@@ -576,7 +589,15 @@ fn a_body_servers_read_but_serde_does_not_is_not_a_way_past_the_policy() {
     invalid.extend_from_slice(b"\xff\"}}}");
     let headers = format!("Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n");
     let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), policy: Some(DENY_DELETES.into()), ..Default::default() });
-    for (what, body) in [("a lone surrogate", surrogate), ("invalid UTF-8", invalid)] {
+    // Numbers past f64 (Infinity to JSON.parse) and nesting past serde_json's 128 levels.
+    let huge = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"orders"},"_meta":{"x":1e400}}}"#.to_vec();
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"delete_records","arguments":{{"table":"orders"}},"_meta":{{"x":{}1{}}}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    )
+    .into_bytes();
+    for (what, body) in [("a lone surrogate", surrogate), ("invalid UTF-8", invalid), ("a number out of range", huge), ("200 levels of nesting", deep)] {
         // Nothing in between: the server runs it.
         let direct = send(server.addr(), &request("POST", "/mcp", &headers, &body));
         assert!(direct.contains("deleted 42 records"), "{what}: the SDK server no longer takes it; the test needs another variant: {direct}");
