@@ -426,16 +426,53 @@ impl Condition {
 /// Strings are matched in `form` (normalised by [`crate::normalize_path`] unless
 /// `raw`); numbers, booleans and null by their JSON text;
 /// arrays and objects match when any value inside them does (keys are not searched).
+/// A string that is itself a JSON array or object is matched as that value too: the
+/// Python SDK `json.loads` such a string for any parameter not typed `str`
+/// (`pre_parse_json`), so `"[\"\\u002fetc\\u002fshadow\"]"` is the list `["/etc/shadow"]`
+/// to the tool ([`DECODED_DEPTH`] strings within strings deep).
 /// Iterative and linear in the size of a value that is already in memory, so a deep or
 /// wide argument costs no more to judge than it cost to parse.
 fn value_matches(re: &Regex, v: &Value, form: crate::model::ConditionForm) -> bool {
+    value_matches_within(re, v, form, DECODED_DEPTH)
+}
+
+/// How many levels of JSON-in-a-string [`value_matches`] decodes.
+const DECODED_DEPTH: usize = 3;
+
+/// `s` as the JSON array or object a lenient server would decode it to, if it is one.
+fn decoded(s: &str) -> Option<Value> {
+    let t = s.trim_start();
+    if !(t.starts_with('[') || t.starts_with('{')) {
+        return None;
+    }
+    serde_json::from_str::<Value>(t.trim_end()).ok().filter(|v| v.is_array() || v.is_object())
+}
+
+fn value_matches_within(re: &Regex, v: &Value, form: crate::model::ConditionForm, decode: usize) -> bool {
+    let mut inner: Vec<Value> = Vec::new();
+    let found = value_matches_flat(re, v, form, |s| {
+        if decode > 0 && let Some(d) = decoded(s) {
+            inner.push(d);
+        }
+    });
+    found || inner.iter().any(|d| value_matches_within(re, d, form, decode - 1))
+}
+
+/// [`value_matches`] without decoding: `on_string` sees every string that did not match.
+fn value_matches_flat(re: &Regex, v: &Value, form: crate::model::ConditionForm, mut on_string: impl FnMut(&str)) -> bool {
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
         let hit = match v {
-            Value::String(s) => match form {
-                crate::model::ConditionForm::Raw => re.is_match(s),
-                crate::model::ConditionForm::Normalized => re.is_match(&crate::path::normalize_path(s)),
-            },
+            Value::String(s) => {
+                let hit = match form {
+                    crate::model::ConditionForm::Raw => re.is_match(s),
+                    crate::model::ConditionForm::Normalized => re.is_match(&crate::path::normalize_path(s)),
+                };
+                if !hit {
+                    on_string(s);
+                }
+                hit
+            }
             Value::Number(n) => re.is_match(&n.to_string()),
             Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
             Value::Null => re.is_match("null"),

@@ -2257,6 +2257,30 @@ fn path_conditions_match_the_normalised_path() {
     assert_eq!(u.effective, Effect::Block, "{u:?}");
 }
 
+/// The Python SDK `json.loads` a string argument whose parameter is not typed `str`
+/// (`pre_parse_json`): `"[\"\\u002fetc\\u002fpasswd\"]"` is the list `["/etc/passwd"]` to the
+/// tool. Conditions see the decoded value too (found by a red-team pass: the rule's regex
+/// met the escapes as text and the call went through).
+#[test]
+fn conditions_see_json_sent_as_a_string() {
+    let p = pol(NORMALISED);
+    let d = |args: Value| call(&p, None, FILES, "read_file", args);
+    for (what, path) in [
+        ("escaped list", json!(r#"["\u002fetc\u002fpasswd"]"#)),
+        ("object", json!(r#" {"p": "/tmp/../etc/shadow"} "#)),
+        ("a string within a string", json!(r#"["[\"\\u002fetc\\u002fhosts\"]"]"#)),
+    ] {
+        let b = d(json!({ "path": path }));
+        assert_eq!(b.effective, Effect::Block, "{what}: {b:?}");
+        assert!(b.matched_rules.contains(&"no-etc".to_string()), "{what}: {b:?}");
+    }
+    // What is not a JSON array or object stays a plain string.
+    for path in [r#"["docs/a.md"]"#, "[not json", r#""/etc/passwd""#] {
+        let ok = d(json!({ "path": path }));
+        assert_eq!(ok.effective, Effect::Forward, "{path}: {ok:?}");
+    }
+}
+
 #[test]
 fn condition_form_is_checked() {
     let src = NORMALISED.replace("form = \"raw\"", "form = \"lexical\"");
