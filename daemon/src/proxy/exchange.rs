@@ -74,6 +74,15 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return resp;
     }
 
+    // Two Host headers: mcpwatch names the server by the first, a front end may route
+    // by the last (RFC 9112 §3.2: a server must answer 400).
+    if parts.headers.get_all(HOST).iter().nth(1).is_some() {
+        let msg = "mcpwatch: request has more than one Host header; refused";
+        tracing::warn!(peer = %ctx.peer, "{msg}");
+        scope.record_invalid(&shared, 0, msg, CallStatus::TransportError { reason: "400 duplicate Host".into() });
+        return local_response(StatusCode::BAD_REQUEST, "text/plain", format!("{msg}\n"));
+    }
+
     // A session id belongs to the process that opened the session.
     if let Some(resp) = check_session_owner(&shared, &scope) {
         return resp;

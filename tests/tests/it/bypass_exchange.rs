@@ -126,6 +126,23 @@ fn mcp_without_json_content_type_or_padded_is_refused() {
     assert!(!env.upstream_bytes().contains("msgpack"), "non-JSON body reached a known MCP endpoint");
 }
 
+/// Two Host headers: the daemon names the server by one, a front end may route by the
+/// other. Refused (400) and recorded, never forwarded.
+#[test]
+fn a_request_with_two_host_headers_is_refused() {
+    let env = Lenient::start(DENY_DELETES, None, OK_REPLY);
+    let echo = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let headers = "Host: 127.0.0.1\r\nHost: admin.internal\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+    let resp = env.send(&request("POST", "/mcp", headers, echo));
+    assert_eq!(status(&resp), 400, "{resp}");
+    assert_eq!(env.upstream_bytes(), "", "forwarded");
+    let recs = env.daemon.wait_audit("the refusal's record", |r| r.iter().any(|r| matches!(&r.status, CallStatus::TransportError { reason } if reason.contains("duplicate Host"))));
+    assert!(!recs.is_empty());
+    // One Host is served as ever.
+    let resp = env.send(&request("POST", "/mcp", "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n", echo));
+    assert_eq!(status(&resp), 200, "{resp}");
+}
+
 const HOSTILE_EVENTS: &str = concat!(
     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"FAKE-DELETE-OK\"}]}}\n\n",
     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":99,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"UNSENT-ID\"}]}}\n\n",
