@@ -350,7 +350,13 @@ async fn sniff(client: &TcpStream, upstream: Option<&TcpStream>, deadline: Durat
                 Ok(n) => match classify(&buf[..n]) {
                     // The client already sent FIN: no byte can complete the prefix, so
                     // relaying it governs nothing away (`over ipv6` + EOF to an echo server).
-                    Classification::NeedMore if peer_finished(client) => return Sniffed::ClientClosed,
+                    // Peeked again first: the rest and the FIN may have arrived together
+                    // between the peek above and this check (a whole request, then).
+                    Classification::NeedMore if peer_finished(client) => match client.peek(&mut buf).await {
+                        Ok(n) if n > 0 && !matches!(classify(&buf[..n]), Classification::NeedMore) => return Sniffed::Client(classify(&buf[..n])),
+                        Ok(_) => return Sniffed::ClientClosed,
+                        Err(_) => return Sniffed::Error,
+                    },
                     Classification::NeedMore => tokio::select! {
                         _ = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_millis(100)),
                         _ = &mut sleep => return Sniffed::Silent,
