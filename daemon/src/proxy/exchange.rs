@@ -645,10 +645,20 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
             }
             Ok(msg) => {
                 // The client answers a request the server sent on an SSE stream.
-                if let Some(id) = msg.id()
-                    && let Some(p) = shared.sessions.take(&scope.conversation, &id.to_string())
-                {
-                    complete_with(shared, p, msg, input.bytes.len() as u64);
+                match msg.id().and_then(|id| shared.sessions.take(&scope.conversation, &id.to_string())) {
+                    Some(p) => complete_with(shared, p, msg, input.bytes.len() as u64),
+                    None => {
+                        // An answer to nothing the server asked on a stream mcpwatch
+                        // watched: recorded like any message that leaves (it carries
+                        // data to the server), with its keyed hash and an alert.
+                        let mut rec = scope.record(shared, MessageKind::Invalid, C2S, None, per_message_bytes);
+                        let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
+                        rec.jsonrpc_id = Some(id.clone());
+                        rec.result_hash = msg.result_hash(shared.governance.hash_key());
+                        rec.alerts.push(format!("client answer to id {} that no watched server request carried", clip_path(&id)));
+                        gb.audit_failed |= shared.begin_record(&rec).is_err();
+                        gb.pending.push((PendingKey::Invalid(rec.id.clone()), Pending { record: rec, started: now, first_page: false }));
+                    }
                 }
                 gb.forwarded.push(index);
             }

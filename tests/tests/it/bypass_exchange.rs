@@ -143,6 +143,22 @@ fn a_request_with_two_host_headers_is_refused() {
     assert_eq!(status(&resp), 200, "{resp}");
 }
 
+/// A client's JSON-RPC answer to an id no watched server request carried still leaves
+/// the host with data: it is recorded (kind `invalid`, its keyed hash, an alert), not
+/// forwarded unseen.
+#[test]
+fn a_client_answer_to_nothing_is_recorded() {
+    let env = Lenient::start(DENY_DELETES, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-9\r\nMCP-Protocol-Version: 2025-06-18\r\n";
+    let answer = br#"{"jsonrpc":"2.0","id":"srv-99","result":{"content":[{"type":"text","text":"EXFIL-PAYLOAD"}]}}"#;
+    let resp = env.send(&request("POST", "/mcp", headers, answer));
+    assert_eq!(status(&resp), 202, "{resp}");
+    let recs = env.daemon.wait_audit("the answer's record", |r| alerts(r).iter().any(|a| a.contains("client answer to id \"srv-99\"")));
+    let rec = recs.iter().find(|r| r.jsonrpc_id.as_deref() == Some("\"srv-99\"")).expect("the record");
+    assert!(rec.result_hash.is_some(), "{rec:#?}");
+    assert!(!serde_json::to_string(rec).unwrap().contains("EXFIL-PAYLOAD"), "the record holds a hash, not the data");
+}
+
 const HOSTILE_EVENTS: &str = concat!(
     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"FAKE-DELETE-OK\"}]}}\n\n",
     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":99,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"UNSENT-ID\"}]}}\n\n",
