@@ -340,7 +340,7 @@ impl Policy {
                 let applies = if visibility {
                     r.action == RuleAction::Allow
                 } else {
-                    r.conditions.iter().all(|c| c.holds(args))
+                    r.conditions.iter().all(|c| c.holds(args, r.action != RuleAction::Allow))
                 };
                 if !applies {
                     continue;

@@ -414,30 +414,59 @@ pub(crate) struct Condition {
 }
 
 impl Condition {
-    /// A missing value never matches (so `not_matches` holds for it).
-    pub(crate) fn holds(&self, args: Option<&Value>) -> bool {
-        let hit = args
-            .and_then(|a| a.pointer(&self.pointer))
-            .is_some_and(|v| value_matches(&self.regex, v, self.form));
-        hit != self.negate
+    /// Whether the condition holds for a rule of this kind. A value is judged by its
+    /// leaves (every string, number, boolean and null inside it, see [`leaf_with`]), and
+    /// an array's elements are judged as the server would use them: each one.
+    ///
+    /// - For a restrictive rule (`deny`, `require_approval`, `rate_limit`) one leaf is
+    ///   enough: `matches` holds when some leaf matches, `not_matches` when some leaf
+    ///   does not. So `not_matches = '^/srv/project/'` denies `["/srv/project/a",
+    ///   "/etc/passwd"]`; before, the one path inside the root made the whole list pass.
+    /// - For `allow` every leaf must agree: `matches` holds when all leaves match,
+    ///   `not_matches` when none does. So an allow rule for `^/srv/project/` does not
+    ///   admit that list either.
+    ///
+    /// A missing value, or one with no leaves (`[]`, `{}`), never matches, so
+    /// `not_matches` holds for it and `matches` does not.
+    pub(crate) fn holds(&self, args: Option<&Value>, restrictive: bool) -> bool {
+        let Some(v) = args.and_then(|a| a.pointer(&self.pointer)) else { return self.negate };
+        let (re, form) = (&self.regex, self.form);
+        match (restrictive, self.negate) {
+            // Some leaf matches / some leaf does not (or there is none).
+            (true, false) => leaf_with(re, v, form, true) == Found::Yes,
+            (true, true) => leaf_with(re, v, form, false) != Found::No,
+            // Every leaf matches (and there is one) / no leaf matches.
+            (false, false) => leaf_with(re, v, form, false) != Found::Yes && leaf_with(re, v, form, true) == Found::Yes,
+            (false, true) => leaf_with(re, v, form, true) != Found::Yes,
+        }
     }
 }
 
-/// Strings are matched in `form` (normalised by [`crate::normalize_path`] unless
-/// `raw`); numbers, booleans and null by their JSON text;
-/// arrays and objects match when any value inside them does (keys are not searched).
-/// A string that is itself a JSON array or object is matched as that value too: the
-/// Python SDK `json.loads` such a string for any parameter not typed `str`
-/// (`pre_parse_json`), so `"[\"\\u002fetc\\u002fshadow\"]"` is the list `["/etc/shadow"]`
-/// to the tool ([`DECODED_DEPTH`] strings within strings deep).
-/// Iterative and linear in the size of a value that is already in memory, so a deep or
-/// wide argument costs no more to judge than it cost to parse.
-fn value_matches(re: &Regex, v: &Value, form: crate::model::ConditionForm) -> bool {
-    value_matches_within(re, v, form, DECODED_DEPTH)
+/// What [`leaf_with`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// The value has no leaves at all.
+    NoLeaves,
+    /// It has leaves, none with the wanted outcome.
+    No,
+    Yes,
 }
 
-/// How many levels of JSON-in-a-string [`value_matches`] decodes.
+/// How many levels of JSON-in-a-string [`leaf_with`] decodes.
 const DECODED_DEPTH: usize = 3;
+
+/// Whether some leaf of `v` has the regex outcome `want` (matches, or does not). Strings
+/// are matched in `form` (normalised by [`crate::normalize_path`] unless `raw`);
+/// numbers, booleans and null by their JSON text; arrays and objects by the values
+/// inside them (keys are not searched). A string that is itself a JSON array or object
+/// is a leaf and is also judged as that value: the Python SDK `json.loads` such a
+/// string for any parameter not typed `str` (`pre_parse_json`), so
+/// `"[\"\\u002fetc\\u002fshadow\"]"` is the list `["/etc/shadow"]` to the tool
+/// ([`DECODED_DEPTH`] strings within strings deep). Iterative and linear in the size of
+/// a value that is already in memory.
+fn leaf_with(re: &Regex, v: &Value, form: crate::model::ConditionForm, want: bool) -> Found {
+    leaf_within(re, v, form, want, DECODED_DEPTH)
+}
 
 /// `s` as the JSON array or object a lenient server would decode it to, if it is one.
 fn decoded(s: &str) -> Option<Value> {
@@ -448,46 +477,44 @@ fn decoded(s: &str) -> Option<Value> {
     serde_json::from_str::<Value>(t.trim_end()).ok().filter(|v| v.is_array() || v.is_object())
 }
 
-fn value_matches_within(re: &Regex, v: &Value, form: crate::model::ConditionForm, decode: usize) -> bool {
+fn leaf_within(re: &Regex, v: &Value, form: crate::model::ConditionForm, want: bool, decode: usize) -> Found {
+    let mut found = Found::NoLeaves;
     let mut inner: Vec<Value> = Vec::new();
-    let found = value_matches_flat(re, v, form, |s| {
-        if decode > 0 && let Some(d) = decoded(s) {
-            inner.push(d);
-        }
-    });
-    found || inner.iter().any(|d| value_matches_within(re, d, form, decode - 1))
-}
-
-/// [`value_matches`] without decoding: `on_string` sees every string that did not match.
-fn value_matches_flat(re: &Regex, v: &Value, form: crate::model::ConditionForm, mut on_string: impl FnMut(&str)) -> bool {
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
         let hit = match v {
             Value::String(s) => {
-                let hit = match form {
+                if decode > 0
+                    && let Some(d) = decoded(s)
+                {
+                    inner.push(d);
+                }
+                match form {
                     crate::model::ConditionForm::Raw => re.is_match(s),
                     crate::model::ConditionForm::Normalized => re.is_match(&crate::path::normalize_path(s)),
-                };
-                if !hit {
-                    on_string(s);
                 }
-                hit
             }
             Value::Number(n) => re.is_match(&n.to_string()),
             Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
             Value::Null => re.is_match("null"),
             Value::Array(a) => {
                 stack.extend(a.iter());
-                false
+                continue;
             }
             Value::Object(o) => {
                 stack.extend(o.values());
-                false
+                continue;
             }
         };
-        if hit {
-            return true;
+        if hit == want {
+            return Found::Yes;
+        }
+        found = Found::No;
+    }
+    for d in &inner {
+        if leaf_within(re, d, form, want, decode - 1) == Found::Yes {
+            return Found::Yes;
         }
     }
-    false
+    found
 }

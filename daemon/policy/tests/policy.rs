@@ -2508,3 +2508,59 @@ unit = "ci-runner-*.service"
     assert!(w[1].starts_with("line 9: agent `by-exe-and-comm`"), "{w:#?}");
     assert!(w.iter().all(|l| l.contains("the process itself chooses")), "{w:#?}");
 }
+
+/// A list is judged element by element, the way the server uses it. The containment
+/// recipe of docs/policy.md (deny `matches = '^/'` and `not_matches = '^/srv/project(/|$)'`)
+/// once let `["/srv/project/a", "/etc/passwd"]` through: one path inside the root made
+/// `not_matches` fail for the whole list. A deny rule now holds when any element breaks
+/// it; an allow rule only when every element fits.
+#[test]
+fn lists_are_judged_element_by_element() {
+    const ROOT: &str = r#"
+version = 1
+mode = "enforce"
+default = "allow"
+
+[[rule]]
+id = "outside-root"
+tools = ["read_multiple_files"]
+action = "deny"
+[[rule.when]]
+pointer = "/paths"
+matches = '^/'
+[[rule.when]]
+pointer = "/paths"
+not_matches = '^/srv/project(/|$)'
+"#;
+    const DOCS: &str = r#"
+version = 1
+mode = "enforce"
+default = "deny"
+
+[[rule]]
+id = "only-docs"
+tools = ["publish"]
+action = "allow"
+[[rule.when]]
+pointer = "/files"
+matches = '^docs/'
+"#;
+    let p = pol(ROOT);
+    let read = |paths: Value| call(&p, None, FILES, "read_multiple_files", json!({ "paths": paths }));
+    let mixed = read(json!(["/srv/project/a", "/etc/passwd"]));
+    assert_eq!((mixed.effective, mixed.matched_rules.clone()), (Effect::Block, vec!["outside-root".to_string()]), "{mixed:?}");
+    let as_string = read(json!(r#"["/srv/project/a", "/etc/passwd"]"#));
+    assert_eq!(as_string.effective, Effect::Block, "the same list sent as a JSON string: {as_string:?}");
+    for inside in [json!(["/srv/project/a", "/srv/project/b/c"]), json!("/srv/project/x"), json!([])] {
+        let ok = read(inside.clone());
+        assert_eq!(ok.effective, Effect::Forward, "{inside}: {ok:?}");
+    }
+    let docs = pol(DOCS);
+    let publish = |files: Value| call(&docs, None, FILES, "publish", json!({ "files": files }));
+    let ok = publish(json!(["docs/a.md", "docs/b.md"]));
+    assert_eq!(ok.effective, Effect::Forward, "{ok:?}");
+    for bad in [json!(["docs/a.md", "secrets/key.pem"]), json!([]), json!(r#"["docs/a.md","/etc/shadow"]"#)] {
+        let b = publish(bad.clone());
+        assert_eq!(b.effective, Effect::Block, "an allow rule must fit every element: {bad}: {b:?}");
+    }
+}
