@@ -9,9 +9,9 @@
 //!   `/srv/project` is blocked (rules: `not_matches = '^/srv/project/'` and a `..`
 //!   segment rule). Checked against an independent reference lexical normaliser, so it
 //!   holds for conditions on normalised paths (the default) and on `form = "raw"` alike;
-//! - `pointer = ""` means "any argument value at any depth": a slash-free string value
-//!   containing the watched word blocks, and arguments where no value contains it
-//!   are forwarded.
+//! - `pointer = ""` means "any argument value at any depth" (JSON in a string
+//!   included, decoded): a slash-free string value containing the watched word blocks,
+//!   and arguments where no value contains it are forwarded.
 //!
 //! The normaliser itself (`mcpwatch_policy::normalize_path`) has its own target,
 //! `path_normalize`.
@@ -99,12 +99,26 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// Every value inside `v` as the documented condition sees it: strings as they are,
-/// other scalars as JSON text; arrays and objects contribute their values.
+/// other scalars as JSON text; arrays and objects contribute their values; a string that
+/// is a JSON array or object also contributes the values inside it, three strings deep.
 fn leaf_texts(v: &Value, out: &mut Vec<String>) {
+    leaf_texts_within(v, out, 3);
+}
+
+fn leaf_texts_within(v: &Value, out: &mut Vec<String>, decode: usize) {
     match v {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(a) => a.iter().for_each(|x| leaf_texts(x, out)),
-        Value::Object(o) => o.values().for_each(|x| leaf_texts(x, out)),
+        Value::String(s) => {
+            out.push(s.clone());
+            let t = s.trim();
+            if decode > 0
+                && (t.starts_with('[') || t.starts_with('{'))
+                && let Ok(inner @ (Value::Array(_) | Value::Object(_))) = serde_json::from_str::<Value>(t)
+            {
+                leaf_texts_within(&inner, out, decode - 1);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| leaf_texts_within(x, out, decode)),
+        Value::Object(o) => o.values().for_each(|x| leaf_texts_within(x, out, decode)),
         other => out.push(other.to_string()),
     }
 }
