@@ -74,11 +74,21 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Empty lines, then an RFC 9110 token, then a space.
+/// Empty lines, then an RFC 9110 token, then a separator; or, after other control bytes
+/// and whitespace (which lenient servers such as Netty skip), one of the methods MCP
+/// servers act on, then a separator (or the window's end).
 fn is_request_line_start(prefix: &[u8]) -> bool {
+    // Separators as the most lenient parser splits (Netty: SP, HTAB, VT, FF, CR): wider
+    // than RFC 9112 on purpose; hyper refuses what it cannot parse, nothing is relayed.
+    let sep = |b: &u8| matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r');
     let rest = &prefix[prefix.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count()..];
+    let junk = rest.iter().take_while(|&&b| b <= b' ' || b == 0x7f).count();
+    if junk > 0 {
+        let text = &rest[junk..];
+        return ["POST", "GET", "DELETE", "PUT", "PATCH"].iter().any(|m| {
+            text.len() >= m.len() && text[..m.len()].eq_ignore_ascii_case(m.as_bytes()) && text.get(m.len()).is_none_or(sep)
+        });
+    }
     let token = rest.iter().take_while(|&&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)).count();
-    // The classifier takes runs of SP or HTAB as separators (wider than RFC 9112, on
-    // purpose: hyper refuses what it cannot parse, and nothing unparsed is relayed).
-    token > 0 && matches!(rest.get(token), Some(b' ' | b'\t'))
+    token > 0 && rest.get(token).is_some_and(sep)
 }

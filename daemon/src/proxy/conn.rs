@@ -109,17 +109,60 @@ pub fn classify(buf: &[u8]) -> Classification {
             return Classification::NeedMore;
         }
     }
+    // Other control bytes and whitespace before the method are skipped by lenient servers
+    // too (Netty's decoder skips every ISO control or whitespace byte; Python's
+    // http.server strips the line): `" POST /mcp HTTP/1.1"` is a request there. Such a
+    // prefix is HTTP when a method an MCP server acts on follows it (hyper then refuses
+    // the request: nothing is relayed), undecided while only such bytes have come, and
+    // HTTP again when they fill the window (as empty lines do: to the parser, never relayed).
+    if is_junk(rest[0]) {
+        let Some(text) = rest.iter().position(|b| !is_junk(*b)) else {
+            return if full { Classification::Http1 } else { Classification::NeedMore };
+        };
+        return after_junk(&rest[text..], full);
+    }
     request_line(rest, full)
 }
 
-/// `method SP target SP HTTP/` with lenient separators (runs of SP/HTAB), case-insensitive
+/// A byte lenient HTTP/1 servers skip before the request line: ASCII control bytes and
+/// whitespace (CR and LF are handled as empty lines before this is asked).
+fn is_junk(b: u8) -> bool {
+    b <= b' ' || b == 0x7f
+}
+
+/// After a prefix of [`is_junk`] bytes: HTTP if a method MCP servers act on follows
+/// (case-insensitive, then a separator), undecided while the bytes could still become
+/// one, otherwise not HTTP (as any other first byte below `!` always was).
+fn after_junk(rest: &[u8], full: bool) -> Classification {
+    const METHODS: [&[u8]; 5] = [b"POST", b"GET", b"DELETE", b"PUT", b"PATCH"];
+    for m in METHODS {
+        let n = rest.len().min(m.len());
+        if rest[..n].eq_ignore_ascii_case(&m[..n]) {
+            return match rest.get(m.len()) {
+                // Cut by the window's end: to the parser, never relayed.
+                None if full => Classification::Http1,
+                None => Classification::NeedMore,
+                Some(&b) if is_sep(b) => Classification::Http1,
+                Some(_) => continue,
+            };
+        }
+    }
+    Classification::NotHttp(NotHttp::Binary)
+}
+
+/// A separator between the parts of a request line to the most lenient parser (Netty:
+/// SP, HTAB, VT, FF, CR): a superset, so no request line a server splits goes unseen.
+fn is_sep(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r')
+}
+
+/// `method SP target SP HTTP/` with lenient separators (runs of [`is_sep`]), case-insensitive
 /// version: a superset of what HTTP/1 parsers accept, so nothing a server would take as a
 /// request is ever relayed. Text protocols whose first line merely contains a space
 /// (`get key`, `over ipv6`) are not HTTP.
 fn request_line(rest: &[u8], full: bool) -> Classification {
     let more = if full { Classification::Http1 } else { Classification::NeedMore };
     let not_http = Classification::NotHttp(NotHttp::NoRequestLine);
-    let is_sep = |b: u8| b == b' ' || b == b'\t';
     let method = rest.iter().take_while(|b| is_tchar(**b)).count();
     // A method token longer than any method an MCP server serves (they act on POST, GET
     // and DELETE; servers reject or 405 unknown methods) is not waited on: a client that
@@ -406,9 +449,17 @@ mod tests {
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Tls);
         assert_eq!(classify(&[0x16]), NeedMore);
         assert_eq!(classify(&[0x16, 0x09]), Classification::NotHttp(N::Binary));
-        assert_eq!(classify(b"\x00\x00"), Classification::NotHttp(N::Binary));
+        assert_eq!(classify(b"\x00\x00"), NeedMore, "lenient servers skip control bytes: undecided until text comes");
+        assert_eq!(classify(b"\x00\x00\x05hello"), Classification::NotHttp(N::Binary));
         assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Classification::NotHttp(N::NoRequestLine));
-        assert_eq!(classify(b" POST /mcp HTTP/1.1"), Classification::NotHttp(N::Binary));
+        // Netty skips leading control bytes and whitespace and splits on SP, HTAB, VT, FF
+        // and CR: these are requests there, so HTTP here (hyper then refuses them).
+        for lenient in [&b" POST /mcp HTTP/1.1"[..], b"\x0bPOST /mcp", b"\x00\x7f get /", b"POST\x0b/mcp\x0bHTTP/1.1", b"POST\x0c/mcp\rHTTP/1.1"] {
+            assert_eq!(classify(lenient), Http1, "{lenient:?}");
+        }
+        assert_eq!(classify(b" PO"), NeedMore);
+        assert_eq!(classify(b" hello"), Classification::NotHttp(N::Binary));
+        assert_eq!(classify(b" GETX"), Classification::NotHttp(N::Binary));
         // Text protocols with a space in their first line are not HTTP.
         assert_eq!(classify(b"over ipv6"), NeedMore);
         assert_eq!(classify(b"over ipv6\n"), Classification::NotHttp(N::NoRequestLine));
@@ -427,7 +478,7 @@ mod tests {
         assert_eq!(classify(b"\r\n"), NeedMore);
         assert_eq!(classify(b"\r\nPO"), NeedMore);
         // TLS and the HTTP/2 preface only count at the very start.
-        assert_eq!(classify(b"\r\n\x16\x03"), Classification::NotHttp(N::Binary));
+        assert_eq!(classify(b"\r\n\x16\x03\x01\x02\x00\x01\x00\x01\xfc"), Classification::NotHttp(N::Binary));
         // A window full of empty lines goes to the parser, never to a relay.
         assert_eq!(classify(&[b'\n'; PEEK_WINDOW]), Http1);
     }

@@ -126,6 +126,21 @@ fn mcp_without_json_content_type_or_padded_is_refused() {
     assert!(!env.upstream_bytes().contains("msgpack"), "non-JSON body reached a known MCP endpoint");
 }
 
+/// A request line after a space or control bytes, or split by VT/FF: Netty (under
+/// Spring AI and Quarkus MCP servers) skips the prefix and splits on those, so each is a
+/// request there. Old code took them for "not HTTP" and relayed them raw: a denied call
+/// ran with no record. Now they go to the HTTP parser, which refuses them.
+#[test]
+fn a_request_line_a_lenient_server_reads_is_never_relayed_raw() {
+    let env = Lenient::start(DENY_DELETES, None, OK_REPLY);
+    let tail = format!("Host: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{DELETE_CALL}", DELETE_CALL.len());
+    for line in [" POST /mcp HTTP/1.1\r\n", "\x0bPOST /mcp HTTP/1.1\r\n", "\x00\x00POST /mcp HTTP/1.1\r\n", "POST\x0b/mcp\x0bHTTP/1.1\r\n", "POST\x0c/mcp HTTP/1.1\r\n"] {
+        let resp = env.send(format!("{line}{tail}").as_bytes());
+        assert!(!resp.contains("\"result\""), "{line:?}: answered by the server: {resp}");
+        assert_eq!(env.upstream_bytes(), "", "{line:?}: relayed to the server");
+    }
+}
+
 /// Two Host headers: the daemon names the server by one, a front end may route by the
 /// other. Refused (400) and recorded, never forwarded.
 #[test]
