@@ -30,9 +30,14 @@ pub fn describe(origin: &Origin, exec_comm: Option<String>) -> ProcessInfo {
         .flatten()
         .or(exec_comm)
         .unwrap_or_else(|| origin.comm.clone());
-    let exe = alive.then(|| read_exe(tgid)).flatten();
+    // A leader that exited while other threads run is a zombie: its `exe` is gone and its
+    // `cmdline` empty, but the connecting thread's are still there (otherwise the process
+    // would be named by `comm` alone, which it sets itself).
+    let thread = |what: &str| format!("{tgid}/task/{}/{what}", origin.pid);
+    let exe = alive.then(|| read_exe(tgid).or_else(|| read_link_in_proc(&thread("exe")))).flatten();
     let cmdline = if alive {
-        read_cmdline(tgid)
+        let own = read_cmdline(tgid);
+        if own.is_empty() && origin.pid != tgid { read_cmdline_at(&thread("cmdline")) } else { own }
     } else {
         Vec::new()
     };
@@ -112,9 +117,20 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     read_stat(pid).map(|(_, ppid, _)| ppid)
 }
 
-/// Whether `pid` is a live process (exists and is not a zombie).
+/// Whether `pid` is a live process: it exists and some thread of it is not a zombie. A
+/// leader thread that exited (`syscall(SYS_exit)`) while others run shows `Z` in
+/// `/proc/<pid>/stat`, yet the process goes on (and connects): judged by its threads.
 pub fn is_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    if stat_alive(&format!("/proc/{pid}/stat")) {
+        return true;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.filter_map(Result::ok).any(|t| stat_alive(&t.path().join("stat").to_string_lossy()))
+}
+
+/// A `stat` file whose state is neither zombie nor dead.
+fn stat_alive(path: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return false;
     };
     // The state follows the comm, which may itself contain ") ".
@@ -153,15 +169,23 @@ fn read_comm(pid: u32) -> Option<String> {
 }
 
 fn read_exe(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
+    read_link_in_proc(&format!("{pid}/exe"))
+}
+
+/// The target of `/proc/<rel>`.
+fn read_link_in_proc(rel: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/{rel}")).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
 fn read_cmdline(pid: u32) -> Vec<String> {
+    read_cmdline_at(&format!("{pid}/cmdline"))
+}
+
+/// `/proc/<rel>` (a `cmdline` file) split into arguments.
+fn read_cmdline_at(rel: &str) -> Vec<String> {
     use std::io::Read;
     let mut buf = Vec::new();
-    let Ok(f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) else {
+    let Ok(f) = std::fs::File::open(format!("/proc/{rel}")) else {
         return Vec::new();
     };
     if f.take(MAX_CMDLINE_BYTES).read_to_end(&mut buf).is_err() {
@@ -278,6 +302,59 @@ pub fn is_launcher(comm: &str, argv: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process whose main thread exited (`SYS_exit`) while a worker runs: `/proc/<pid>`
+    /// shows a zombie leader with no `exe` and an empty `cmdline`. It is alive (the agent
+    /// map keeps it: pruned, its threads connected unwatched), and its connecting
+    /// thread's executable and command line still name it.
+    #[test]
+    fn a_process_whose_leader_thread_exited_is_alive_and_named() {
+        use std::io::BufRead;
+        let script = "import ctypes, sys, threading, time\n\
+                      threading.Thread(target=time.sleep, args=(20,)).start()\n\
+                      print('ready', flush=True)\n\
+                      ctypes.CDLL(None).syscall(60, 0)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let pid = child.id();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        // Wait for the leader to become a zombie (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stat_alive(&format!("/proc/{pid}/stat")) {
+            assert!(std::time::Instant::now() < deadline, "the leader never exited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // What the old checks read: the leader's own state (zombie) and its `exe` (gone).
+        assert!(read_exe(pid).is_none(), "precondition: the zombie leader has no exe link");
+        assert!(is_alive(pid), "a running worker thread keeps the process alive");
+        let worker: u32 = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .find(|&t| t != pid)
+            .expect("the worker thread");
+        let origin = Origin {
+            dst: "127.0.0.1:9".parse().expect("addr"),
+            pid: worker,
+            tgid: pid,
+            uid: 0,
+            gid: 0,
+            comm: "renamed".into(),
+            cgroup_id: 0,
+            start_ns: 0,
+            exec_ns: 0,
+        };
+        let info = describe(&origin, None);
+        assert!(info.exe.as_deref().is_some_and(|e| e.contains("python")), "{info:?}");
+        assert!(info.cmdline.iter().any(|a| a.contains("threading")), "{info:?}");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!is_alive(pid), "reaped");
+    }
 
     fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
