@@ -423,12 +423,13 @@ int sock_ops(struct bpf_sock_ops *skops)
 
 	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
 		__u64 cookie = bpf_get_socket_cookie(skops);
-		if (bpf_map_delete_elem(&by_cookie, &cookie) != 0)
-			return 1; /* not one of ours (or already gone) */
+		bpf_map_delete_elem(&by_cookie, &cookie);
 		/* The peer entry is only marked: a client that writes and closes
 		 * before the daemon accepted must still be resolvable. The
 		 * daemon drops closed entries after a grace period; LRU bounds
-		 * the rest. */
+		 * the rest. Marked by the cookie it was made from, even when the
+		 * cookie entry was already evicted: an unmarked entry would stay
+		 * resolvable for a later socket on the same address and port. */
 		struct mcpw_peer_key key;
 		peer_key_of(skops, &key);
 		struct mcpw_origin *p = bpf_map_lookup_elem(&by_peer, &key);

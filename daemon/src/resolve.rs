@@ -187,7 +187,7 @@ pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::
 
 impl Resolve for BpfResolver {
     fn resolve(&self, peer: SocketAddr, _local: SocketAddr) -> Option<Origin> {
-        let origin = self.interceptor.lookup(peer)?;
+        let origin = self.interceptor.take(peer)?;
         let now = Instant::now();
         let image = (origin.tgid, origin.start_ns, origin.exec_ns);
         let cached = self.cache.lock().ok().and_then(|mut c| c.get(image, now));

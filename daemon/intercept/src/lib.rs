@@ -347,6 +347,22 @@ impl Interceptor {
         Some(raw.to_origin())
     }
 
+    /// [`Interceptor::lookup`] for the daemon's accept: the record is consumed, so it
+    /// names exactly one accepted connection. A record left resolvable could be claimed
+    /// by a later socket that reuses the client's address and port and connects to the
+    /// daemon directly (not redirected, so no record of its own): it would be taken for
+    /// the first process, toward the first destination.
+    pub fn take(&self, peer: SocketAddr) -> Option<Origin> {
+        let key = maps::peer_key(peer);
+        let mut maps = self.lock_maps();
+        let raw = maps.by_peer.get(&key, 0).ok()?;
+        let _ = maps.by_peer.remove(&key);
+        if expired(&raw, monotonic_ns(), self.closed_grace()) {
+            return None;
+        }
+        Some(raw.to_origin())
+    }
+
     /// UDP connects and sends refused since attach ([`InterceptConfig::refuse_udp`]).
     pub fn udp_refused(&self) -> u64 {
         let maps = self.lock_maps();

@@ -592,6 +592,35 @@ fn records_are_dropped_after_close_and_maps_stay_bounded() {
     assert!(ic.map_sizes().execs <= crate::MAX_CONNECTIONS as usize);
 }
 
+/// The daemon's accept consumes the record: a later socket that reuses the client's
+/// address and port and connects to the daemon directly (no redirect, so no record of
+/// its own) cannot claim the first client's process and destination.
+#[test]
+fn an_accepted_connection_is_resolved_once() {
+    let cg = TestCgroup::unique("mcpwatch-test-take").unwrap();
+    let daemon = Daemon::bind();
+    let server = TcpListener::bind("127.0.0.3:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
+    ic.set_closed_grace(Duration::from_secs(3600));
+    let mut cmd = Command::new(python());
+    cmd.args([
+        "-c",
+        "import socket,sys; s=socket.create_connection(('127.0.0.3', int(sys.argv[1]))); s.sendall(b'bye\\n'); s.close()",
+        &sport.to_string(),
+    ]);
+    // SAFETY: the hook only performs async-signal-safe syscalls.
+    unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
+    assert!(cmd.status().unwrap().success());
+    poll_until("the client's socket reached CLOSE", || ic.map_sizes().by_cookie == 0);
+    let (side, _stream, peer) = accept(&daemon, &server, None);
+    assert_eq!(side, Side::Daemon);
+    assert_eq!(ic.take(peer).map(|o| o.dst), Some(SocketAddr::from(([127, 0, 0, 3], sport))));
+    assert_eq!(ic.take(peer), None, "a second claim on the same peer address resolved");
+    assert_eq!(ic.lookup(peer), None);
+    assert_eq!(ic.map_sizes().by_peer, 0);
+}
+
 #[test]
 fn a_client_that_closes_before_accept_is_still_resolvable() {
     let cg = TestCgroup::unique("mcpwatch-test-early").unwrap();
