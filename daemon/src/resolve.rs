@@ -185,9 +185,22 @@ pub async fn count_udp_refused(bpf: Arc<BpfResolver>, shared: Arc<crate::state::
     }
 }
 
+/// A connect to the unspecified address (`0.0.0.0`, `::`) reaches this host's loopback
+/// (the kernel connects it to `127.0.0.1` / `::1`): named so, or the same local server
+/// would be a second, unregistered one (a shadow the registry's rules skip) at
+/// `0.0.0.0:PORT`.
+pub fn local_alias_resolved(dst: SocketAddr) -> SocketAddr {
+    match dst.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, dst.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, dst.port())),
+        _ => dst,
+    }
+}
+
 impl Resolve for BpfResolver {
     fn resolve(&self, peer: SocketAddr, _local: SocketAddr) -> Option<Origin> {
-        let origin = self.interceptor.take(peer)?;
+        let mut origin = self.interceptor.take(peer)?;
+        origin.dst = local_alias_resolved(origin.dst);
         let now = Instant::now();
         let image = (origin.tgid, origin.start_ns, origin.exec_ns);
         let cached = self.cache.lock().ok().and_then(|mut c| c.get(image, now));

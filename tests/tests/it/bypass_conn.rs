@@ -81,6 +81,47 @@ print(json.dumps({{"got": got.decode("latin-1")}}))
     py(Some(cgroup), &script)["got"].as_str().unwrap_or_default().to_string()
 }
 
+/// A connect to `0.0.0.0:PORT` reaches the server listening on `127.0.0.1:PORT` (the
+/// kernel connects the unspecified address to loopback). Old code named the endpoint
+/// `http://0.0.0.0:PORT/mcp`: a shadow server, so a rule scoped to the registered
+/// `127.0.0.1` server did not apply and the denied call ran.
+#[test]
+fn the_unspecified_address_is_the_local_server_it_reaches() {
+    let server = peers::rmcp_server().ip([127, 0, 0, 1].into()).spawn();
+    let port = server.addr().port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let policy = DENY_ECHO.replace("{URL}", &url).replace("tools = [\"echo\"]", "servers = [\"peer\"]\ntools = [\"echo\"]");
+    let Some(w) = Watched::start_with(
+        "the_unspecified_address_is_the_local_server_it_reaches",
+        DaemonOpts { ports: Some(port.to_string()), policy: Some(policy), ..Default::default() },
+    ) else {
+        return;
+    };
+    let body = echo_body("zero-alias");
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let script = format!(
+        r#"
+import json, socket
+s = socket.create_connection(("0.0.0.0", {port}), timeout=20)
+s.sendall(bytes.fromhex("{hex}"))
+got = b""
+while True:
+    c = s.recv(65536)
+    if not c: break
+    got += c
+print(json.dumps({{"got": got.decode("latin-1")}}))
+"#,
+        hex = mcpwatch_tests::harness::hex(req.as_bytes()),
+    );
+    let resp = py(Some(w.cgroup()), &script)["got"].as_str().unwrap_or_default().to_string();
+    assert_denied(&resp, "zero-alias");
+    let recs = w.daemon.wait_audit("the denied call's record", denied_echo_record);
+    assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && r.server == url), "named as the registered server: {recs:#?}");
+}
+
 /// The call was answered by mcpwatch's policy, not executed by the server.
 fn assert_denied(resp: &str, text: &str) {
     assert!(resp.contains("-32001") && resp.contains("echo is denied here"), "expected the policy's refusal, got: {resp}");
