@@ -19,6 +19,26 @@ use std::time::Instant;
 
 use mcpwatch_api::{AuditRecord, ProcessInfo};
 
+/// Which side sent a parked request. Client and server number their requests each on
+/// their own (both start at 1), so their pending ids are kept apart: a server's
+/// `sampling/createMessage` id 1 waiting for the client is not the client's `tools/call`
+/// id 1 waiting for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    Client,
+    Server,
+}
+
+impl Asker {
+    fn key(self, id: &str) -> String {
+        let side = match self {
+            Asker::Client => 'c',
+            Asker::Server => 's',
+        };
+        format!("{side} {id}")
+    }
+}
+
 /// A map that forgets its oldest insertions beyond a capacity.
 pub struct BoundedMap<K, V> {
     map: HashMap<K, V>,
@@ -31,11 +51,13 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         BoundedMap { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
     }
 
-    /// Insert; returns values evicted to make room.
+    /// Insert; returns values evicted to make room, and the value `k` held before (it is
+    /// replaced, not lost: the caller closes what it stood for).
     pub fn insert(&mut self, k: K, v: V) -> Vec<V> {
         let mut evicted = Vec::new();
-        if self.map.insert(k.clone(), v).is_none() {
-            self.order.push_back(k);
+        match self.map.insert(k.clone(), v) {
+            None => self.order.push_back(k),
+            Some(old) => evicted.push(old),
         }
         while self.map.len() > self.capacity {
             match self.order.pop_front() {
@@ -246,9 +268,9 @@ impl Sessions {
         self.inner.lock().ok()?.ids.get(&key).copied()
     }
 
-    /// Is a request with this id parked in the conversation?
-    pub fn is_parked(&self, conversation: &str, id: &str) -> bool {
-        self.inner.lock().is_ok_and(|i| i.pending.get(&(conversation.to_string(), id.to_string())).is_some())
+    /// Is a request `asker` sent with this id parked in the conversation?
+    pub fn is_parked(&self, conversation: &str, asker: Asker, id: &str) -> bool {
+        self.inner.lock().is_ok_and(|i| i.pending.get(&(conversation.to_string(), asker.key(id))).is_some())
     }
 
     /// Bind a session (seen in an `initialize` response) to the process that opened it.
@@ -299,17 +321,19 @@ impl Sessions {
         }
     }
 
-    /// Park a message until its response arrives on another connection. Returns
-    /// messages evicted by the bound (the caller closes their records).
-    pub fn park(&self, conversation: &str, id: &str, p: Pending) -> Vec<Pending> {
+    /// Park a request `asker` sent until its response arrives on another connection.
+    /// Returns messages evicted by the bound or replaced under the same id (the caller
+    /// closes their records).
+    pub fn park(&self, conversation: &str, asker: Asker, id: &str, p: Pending) -> Vec<Pending> {
         match self.inner.lock() {
-            Ok(mut i) => i.pending.insert((conversation.to_string(), id.to_string()), p),
+            Ok(mut i) => i.pending.insert((conversation.to_string(), asker.key(id)), p),
             Err(_) => vec![p],
         }
     }
 
-    pub fn take(&self, conversation: &str, id: &str) -> Option<Pending> {
-        self.inner.lock().ok()?.pending.remove(&(conversation.to_string(), id.to_string()))
+    /// The parked request `asker` sent with this id, answered now.
+    pub fn take(&self, conversation: &str, asker: Asker, id: &str) -> Option<Pending> {
+        self.inner.lock().ok()?.pending.remove(&(conversation.to_string(), asker.key(id)))
     }
 
     /// Everything still waiting in a conversation (its stream ended).
@@ -560,12 +584,28 @@ mod tests {
     fn drain_takes_only_one_conversation() {
         let s = Sessions::new(16, 64);
         let p = Pending { record: AuditRecord::default(), started: Instant::now(), first_page: false };
-        s.park("a", "1", p.clone());
-        s.park("a", "2", p.clone());
-        s.park("b", "1", p);
+        s.park("a", Asker::Client, "1", p.clone());
+        s.park("a", Asker::Client, "2", p.clone());
+        s.park("b", Asker::Client, "1", p);
         assert_eq!(s.drain("a").len(), 2);
-        assert!(s.take("b", "1").is_some());
+        assert!(s.take("b", Asker::Client, "1").is_some());
         assert_eq!(s.pending_len(), 0);
+    }
+
+    /// The client's id 1 and the server's id 1 are two requests; a second park under
+    /// the same id hands the first back (closed by the caller), never drops it unseen.
+    #[test]
+    fn client_and_server_ids_are_apart_and_a_replaced_park_is_returned() {
+        let s = Sessions::new(16, 64);
+        let rec = |id: &str| AuditRecord { id: id.into(), ..AuditRecord::default() };
+        let p = |id: &str| Pending { record: rec(id), started: Instant::now(), first_page: false };
+        assert!(s.park("a", Asker::Client, "1", p("client-1")).is_empty());
+        assert!(s.park("a", Asker::Server, "1", p("server-1")).is_empty());
+        assert!(s.is_parked("a", Asker::Client, "1") && s.is_parked("a", Asker::Server, "1"));
+        let replaced = s.park("a", Asker::Client, "1", p("client-1-again"));
+        assert_eq!(replaced.iter().map(|p| p.record.id.as_str()).collect::<Vec<_>>(), ["client-1"]);
+        assert_eq!(s.take("a", Asker::Server, "1").map(|p| p.record.id), Some("server-1".to_string()));
+        assert_eq!(s.take("a", Asker::Client, "1").map(|p| p.record.id), Some("client-1-again".to_string()));
     }
 
     /// A legacy route lives as long as its stream: never evicted by other announcements,

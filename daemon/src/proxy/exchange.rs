@@ -37,7 +37,7 @@ use super::scope::{
 use crate::govern::{self, Fate, Judge};
 use crate::governance::Loaded;
 use crate::inventory::Sighting;
-use crate::session::{IdFate, Pending, PendingKey};
+use crate::session::{Asker, IdFate, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
 
@@ -589,7 +589,18 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 }
                 let name = rec.name.clone();
                 shared.inventory.saw_message(&Sighting { dst: &rec.dst, ..scope.sighting(msg.method(), name.as_deref()) });
-                let (fate, held) = if kind == MessageKind::Request {
+                // Legacy answers come on the GET stream, matched to the parked request by
+                // id: a second request under an id still pending would take the first one's
+                // answer (and the first one's result would be judged as the second's:
+                // its taint laundered). Refused; the first keeps its id.
+                let reused = kind == MessageKind::Request
+                    && scope.legacy
+                    && msg.id().is_some_and(|id| shared.sessions.is_parked(&scope.conversation, Asker::Client, &id.to_string()));
+                let (fate, held) = if reused {
+                    let message = "mcpwatch: this id is already used by a request still waiting for its answer in this session; refused".to_string();
+                    rec.alerts.push("request id reused while a request with that id is pending (its answer would be attributed to this call)".into());
+                    (Fate::Refuse { code: jsonrpc::INVALID_REQUEST, message, data: serde_json::json!({ "mcpwatch": "id in use" }), retry_after_ms: None }, false)
+                } else if kind == MessageKind::Request {
                     let g = govern::request(Judge::of(shared, gov), &site, msg, &mut rec);
                     gb.modified |= g.modified;
                     (g.fate, g.held)
@@ -645,7 +656,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
             }
             Ok(msg) => {
                 // The client answers a request the server sent on an SSE stream.
-                match msg.id().and_then(|id| shared.sessions.take(&scope.conversation, &id.to_string())) {
+                match msg.id().and_then(|id| shared.sessions.take(&scope.conversation, Asker::Server, &id.to_string())) {
                     Some(p) => complete_with(shared, p, msg, input.bytes.len() as u64),
                     None => {
                         // An answer to nothing the server asked on a stream mcpwatch
@@ -694,7 +705,7 @@ async fn forward_and_observe(
         pending = rest;
         for (key, p) in requests {
             if let PendingKey::Id(id) = key {
-                for e in shared.sessions.park(&scope.conversation, &id, p) {
+                for e in shared.sessions.park(&scope.conversation, Asker::Client, &id, p) {
                     finish(&shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
                 }
                 parked.push(id);
@@ -703,7 +714,7 @@ async fn forward_and_observe(
     }
     let unpark = |why: CallStatus| {
         for k in &parked {
-            if let Some(p) = shared.sessions.take(&scope.conversation, k) {
+            if let Some(p) = shared.sessions.take(&scope.conversation, Asker::Client, k) {
                 finish(&shared, p, why.clone(), None, 0);
             }
         }

@@ -29,7 +29,7 @@ use super::scope::{content_coding, http_failure, is_json, is_sse, Scope, H_SESSI
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
-use crate::session::{IdFate, LegacyRoute, LegacyRouteKey, Pending, PendingKey};
+use crate::session::{Asker, IdFate, LegacyRoute, LegacyRouteKey, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
 /// How an observed answer goes on to the client.
@@ -310,7 +310,7 @@ impl StreamObserver {
                 };
                 let pending = match local_hit {
                     Some(i) => Some(self.local.remove(i).1),
-                    None => key.and_then(|k| self.shared.sessions.take(&self.scope.conversation, &k)),
+                    None => key.and_then(|k| self.shared.sessions.take(&self.scope.conversation, Asker::Client, &k)),
                 };
                 let Some(mut p) = pending else { return Outcome::Keep };
                 // Learned from, and recorded (status, result hash), as the server sent it.
@@ -337,7 +337,7 @@ impl StreamObserver {
                         let _ = self.shared.begin_record(&rec);
                         let conv = self.conversation();
                         let p = Pending { record: rec, started: Instant::now(), first_page: false };
-                        for e in self.shared.sessions.park(&conv, &id.to_string(), p) {
+                        for e in self.shared.sessions.park(&conv, Asker::Server, &id.to_string(), p) {
                             finish(&self.shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
                         }
                     }
@@ -353,7 +353,7 @@ impl StreamObserver {
     /// What this conversation knows of a response id.
     fn id_state(&self, id: &jsonrpc::Id) -> IdState {
         let key = id.to_string();
-        if self.local.iter().any(|(k, _)| matches!(k, PendingKey::Id(id) if *id == key)) || self.shared.sessions.is_parked(&self.scope.conversation, &key) {
+        if self.local.iter().any(|(k, _)| matches!(k, PendingKey::Id(id) if *id == key)) || self.shared.sessions.is_parked(&self.scope.conversation, Asker::Client, &key) {
             return IdState::Pending;
         }
         match self.shared.sessions.id_fate(&self.scope.conversation, &key) {

@@ -141,6 +141,47 @@ fn a_request_line_a_lenient_server_reads_is_never_relayed_raw() {
     }
 }
 
+/// Over legacy HTTP+SSE an answer comes on the GET stream and is matched to the parked
+/// request by id. A second request under an id still pending took the first one's place:
+/// the first request's answer (say, untrusted content) was then judged as the second's
+/// (a harmless tool), and the session's taint was laundered. Refused now.
+#[test]
+fn a_pending_legacy_request_id_cannot_be_reused() {
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\nevent: endpoint\ndata: /messages/?session_id=abc\n\n";
+    let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(reply.to_vec()), stay_open: true, ..Default::default() });
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n";
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), ..Default::default() });
+    let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let open = |bytes: &[u8], until: &str| -> (std::net::TcpStream, String) {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(bytes).expect("send");
+        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+        while !String::from_utf8_lossy(&got).contains(until) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        (s, String::from_utf8_lossy(&got).into_owned())
+    };
+    // The stream announces the message URL (and stays open: no answer ever comes).
+    let (_stream, got) = open(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n", "session_id=abc");
+    assert!(got.contains("/messages/?session_id=abc"), "{got}");
+    let call = |tool: &str| format!(r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
+    let post = |body: &str| {
+        format!("POST /messages/?session_id=abc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+    let (_first, got) = open(post(&call("read_issue")).as_bytes(), "\r\n\r\n");
+    assert!(got.starts_with("HTTP/1.1 2"), "the first call is forwarded: {got}");
+    let (_second, got) = open(post(&call("echo")).as_bytes(), "}");
+    assert!(got.contains("-32600") && got.contains("already used"), "the reused id is refused: {got}");
+    let forwarded: usize = upstream.seen().iter().filter(|s| String::from_utf8_lossy(&s.bytes).contains("\"id\":5")).count();
+    assert_eq!(forwarded, 1, "only the first request with id 5 reached the server");
+    let recs = daemon.wait_audit("the refusal's record", |r| alerts(r).iter().any(|a| a.contains("request id reused")));
+    assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && matches!(r.status, CallStatus::JsonrpcError { code: -32600, .. })), "{recs:#?}");
+}
+
 /// Two Host headers: the daemon names the server by one, a front end may route by the
 /// other. Refused (400) and recorded, never forwarded.
 #[test]
