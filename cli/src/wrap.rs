@@ -12,7 +12,10 @@
 //! `--failure` / `MCPWATCH_WRAP_FAILURE`, and `closed` when neither says: `open` relays
 //! unobserved and says so once on stderr; `closed` answers every request with a
 //! JSON-RPC error and does not start the server (or stops forwarding, if the gate goes
-//! away mid-session).
+//! away mid-session). A daemon that answers but will not take the session (its budget
+//! for this uid is full, [`GateVerdict::Refused`]) is not unreachable: the wrapper then
+//! refuses like `closed` whatever the mode, or holding the gate's connections would be a
+//! way to run servers unobserved.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -63,7 +66,12 @@ pub fn run(socket: &Path, args: &WrapArgs) -> Result<ExitCode> {
     let published = std::fs::read_to_string(mcpwatch_api::gate::failure_mode_file_for(&gate_path)).ok().and_then(|t| mcpwatch_api::gate::parse_failure_mode(&t));
     let mode = args.failure.or(published).unwrap_or(FailureMode::Closed);
     match Gate::open(&gate_path, &args.command) {
-        Ok((gate, mode_now)) => relay(gate, &args.command, args.failure.unwrap_or(mode_now)),
+        Ok(Opening::Opened(gate, mode_now)) => relay(gate, &args.command, args.failure.unwrap_or(mode_now)),
+        Ok(Opening::Refused(message)) => {
+            eprintln!("mcpwatch wrap: the mcpwatch daemon refused the session ({message}); {} not started, requests refused", args.command[0]);
+            refuse_all(&format!("mcpwatch: the daemon refused the session ({message}), so the server was not started"));
+            Ok(ExitCode::from(1))
+        }
         Err(e) => {
             let why = format!("the mcpwatch daemon is unreachable (gate {}: {e:#})", gate_path.display());
             match mode {
@@ -129,6 +137,13 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<()>> 
     Ok(Some(()))
 }
 
+/// What the daemon said to `open`.
+enum Opening {
+    Opened(Gate, FailureMode),
+    /// The daemon answered and will not govern this server: never run it unobserved.
+    Refused(String),
+}
+
 /// The gate connection: requests go out under a lock, a reader thread hands each answer
 /// to whoever waits for its `seq`.
 struct Gate {
@@ -139,13 +154,36 @@ struct Gate {
 }
 
 impl Gate {
-    fn open(path: &Path, command: &[String]) -> Result<(Gate, FailureMode)> {
-        let stream = UnixStream::connect(path)?;
-        let reader = stream.try_clone()?;
-        let gate = Gate { writer: Mutex::new(stream), waiting: Arc::default(), next: AtomicU64::new(1), broken: Arc::default() };
+    /// Connect and open the session. `Err` only when no daemon answered: an answer that
+    /// is not `opened` is a refusal.
+    fn open(path: &Path, command: &[String]) -> Result<Opening> {
+        let mut stream = UnixStream::connect(path)?;
+        let mut r = BufReader::new(stream.try_clone()?);
+        // Read the answer even when the write fails: a daemon that refuses at once
+        // (`seq` 0) may have closed the connection before our request reached it.
+        let request = mcpwatch_api::wire::encode(&GateRequest { seq: 1, body: GateOp::Open { command: command.to_vec() } })?;
+        let sent = stream.write_all(&request);
+        let mut answer = Vec::new();
+        let read = r.by_ref().take(MAX_GATE_LINE as u64).read_until(b'\n', &mut answer);
+        let (failure_mode, message) = match mcpwatch_api::wire::decode::<GateResponse>(&answer).map(|a| a.body) {
+            Ok(GateVerdict::Opened { failure_mode, .. }) if sent.is_ok() => (failure_mode, None),
+            Ok(GateVerdict::Refused { message } | GateVerdict::Error { message }) => (FailureMode::Closed, Some(message)),
+            Ok(other) => (FailureMode::Closed, Some(format!("unexpected answer from the gate: {other:?}"))),
+            Err(_) => {
+                sent.context("sending `open` to the gate")?;
+                read.context("reading the gate's answer")?;
+                if answer.is_empty() {
+                    bail!("the gate closed the connection without answering");
+                }
+                bail!("not a gate answer: {}", String::from_utf8_lossy(&answer[..answer.len().min(200)]));
+            }
+        };
+        if let Some(message) = message {
+            return Ok(Opening::Refused(message));
+        }
+        let gate = Gate { writer: Mutex::new(stream), waiting: Arc::default(), next: AtomicU64::new(2), broken: Arc::default() };
         let (waiting, broken) = (gate.waiting.clone(), gate.broken.clone());
         std::thread::spawn(move || {
-            let mut r = BufReader::new(reader);
             let mut line = Vec::new();
             loop {
                 line.clear();
@@ -166,11 +204,7 @@ impl Gate {
                 w.clear();
             }
         });
-        match gate.ask(GateOp::Open { command: command.to_vec() }) {
-            Some(GateVerdict::Opened { failure_mode, .. }) => Ok((gate, failure_mode)),
-            Some(GateVerdict::Error { message }) => bail!("the daemon refused the session: {message}"),
-            other => bail!("unexpected answer from the gate: {other:?}"),
-        }
+        Ok(Opening::Opened(gate, failure_mode))
     }
 
     /// One request and its answer; `None` when the gate is gone.
@@ -276,7 +310,7 @@ fn pump(reader: &mut impl BufRead, side: Side, gate: &Gate, degraded: &Degraded,
         let ok = match gate.ask(op) {
             Some(GateVerdict::Forward { line: new }) => write_line(onward, new.as_deref().map_or(&buf[..], str::as_bytes)),
             Some(GateVerdict::Answer { line }) if side == Side::Client => write_line(back, line.as_bytes()),
-            Some(GateVerdict::Drop { reason } | GateVerdict::Error { message: reason }) => {
+            Some(GateVerdict::Drop { reason } | GateVerdict::Error { message: reason } | GateVerdict::Refused { message: reason }) => {
                 eprintln!("mcpwatch wrap: {who} line not forwarded: {reason}");
                 Ok(())
             }

@@ -13,16 +13,21 @@
 //! it), never to anything a message claims. Lines are bounded
 //! ([`mcpwatch_api::gate::MAX_GATE_LINE`]), connections per uid and in total are
 //! bounded, and each connection has at most two requests in flight (one per direction).
+//! A connection must send `open` within [`OPEN_DEADLINE`] and counts against its uid's
+//! sessions only from then on (connections that never open have a budget of their own),
+//! and a full budget is answered with [`GateVerdict::Refused`], which the wrapper obeys
+//! whatever its failure mode: holding connections open must never make a later wrapper
+//! take the daemon for dead and run its server unobserved.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mcpwatch_api::gate::{GateOp, GateRequest, GateResponse, GateVerdict, MAX_GATE_LINE};
 use mcpwatch_api::{AuditRecord, CallStatus, FailureMode, MessageKind, ProcessInfo};
-use mcpwatch_mcp::jsonrpc::{self, Message, Parsed};
+use mcpwatch_mcp::jsonrpc::{self, Id, Message, Parsed};
 use mcpwatch_policy::Target;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -39,6 +44,12 @@ use crate::state::{Counters, Shared};
 pub const MAX_SESSIONS_PER_UID: usize = 64;
 /// Gate connections in total.
 pub const MAX_SESSIONS: usize = 1024;
+/// Connections one uid may have that have not sent `open` yet (a wrapper sends it at once).
+pub const MAX_UNOPENED_PER_UID: usize = 32;
+/// Connections that have not sent `open` yet, in total.
+pub const MAX_UNOPENED: usize = 256;
+/// How long a connection may take to send `open` before it is closed.
+pub const OPEN_DEADLINE: Duration = Duration::from_secs(5);
 /// Calls of one session waiting for their answer.
 const MAX_PENDING: usize = 1024;
 /// Longest command line (and server key) kept.
@@ -78,28 +89,87 @@ pub async fn bind(path: &Path, mode: FailureMode) -> Result<UnixListener, GateEr
     Ok(listener)
 }
 
-/// Connections open per uid, and in total.
+/// Which budget a gate connection counts against: one that has not sent `open` yet, or
+/// an open session. Apart, so connections that never open cannot use up their uid's
+/// sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Unopened,
+    Session,
+}
+
+impl Stage {
+    /// (per uid, in total)
+    fn limits(self) -> (usize, usize) {
+        match self {
+            Stage::Unopened => (MAX_UNOPENED_PER_UID, MAX_UNOPENED),
+            Stage::Session => (MAX_SESSIONS_PER_UID, MAX_SESSIONS),
+        }
+    }
+}
+
+/// Connections of one stage per uid, and in total.
 #[derive(Default)]
-struct Budget {
+struct Counts {
     per_uid: HashMap<u32, usize>,
     total: usize,
+}
+
+#[derive(Default)]
+struct Budget {
+    unopened: Counts,
+    sessions: Counts,
+}
+
+impl Budget {
+    fn of(&mut self, stage: Stage) -> &mut Counts {
+        match stage {
+            Stage::Unopened => &mut self.unopened,
+            Stage::Session => &mut self.sessions,
+        }
+    }
 }
 
 struct Slot {
     budget: Arc<Mutex<Budget>>,
     uid: u32,
+    stage: Stage,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut b) = self.budget.lock() {
-            b.total = b.total.saturating_sub(1);
-            if let Some(n) = b.per_uid.get_mut(&self.uid) {
+            let c = b.of(self.stage);
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.per_uid.get_mut(&self.uid) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    b.per_uid.remove(&self.uid);
+                    c.per_uid.remove(&self.uid);
                 }
             }
+        }
+    }
+}
+
+/// A budget that had no room: what the refusal says.
+#[derive(Debug, Clone, Copy)]
+struct Full {
+    stage: Stage,
+    /// The uid's own share (rather than everyone's together) is used up.
+    per_uid: bool,
+}
+
+impl Full {
+    fn message(self, uid: u32) -> String {
+        let (per_uid, total) = self.stage.limits();
+        let what = match self.stage {
+            Stage::Unopened => "gate connections waiting to open",
+            Stage::Session => "wrapped servers",
+        };
+        if self.per_uid {
+            format!("mcpwatch gate: too many {what} for uid {uid} (at most {per_uid}); session refused")
+        } else {
+            format!("mcpwatch gate: too many {what} in total (at most {total}); session refused")
         }
     }
 }
@@ -132,15 +202,17 @@ impl Drop for WrapperMark {
     }
 }
 
-fn take_slot(budget: &Arc<Mutex<Budget>>, uid: u32) -> Option<Slot> {
-    let mut b = budget.lock().ok()?;
-    let n = b.per_uid.get(&uid).copied().unwrap_or(0);
-    if b.total >= MAX_SESSIONS || n >= MAX_SESSIONS_PER_UID {
-        return None;
+fn take_slot(budget: &Arc<Mutex<Budget>>, uid: u32, stage: Stage) -> Result<Slot, Full> {
+    let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
+    let (max_per_uid, max_total) = stage.limits();
+    let c = b.of(stage);
+    let n = c.per_uid.get(&uid).copied().unwrap_or(0);
+    if n >= max_per_uid || c.total >= max_total {
+        return Err(Full { stage, per_uid: n >= max_per_uid });
     }
-    b.total += 1;
-    b.per_uid.insert(uid, n + 1);
-    Some(Slot { budget: budget.clone(), uid })
+    c.total += 1;
+    c.per_uid.insert(uid, n + 1);
+    Ok(Slot { budget: budget.clone(), uid, stage })
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
@@ -162,34 +234,88 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
             }
         };
         let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else { continue };
-        let Some(slot) = take_slot(&budget, cred.uid()) else {
-            tracing::warn!(uid = cred.uid(), "gate: too many wrapped servers for this uid; connection refused");
-            continue;
+        let uid = cred.uid();
+        let waiting = match take_slot(&budget, uid, Stage::Unopened) {
+            Ok(slot) => slot,
+            Err(full) => {
+                let message = full.message(uid);
+                tracing::warn!(uid, pid, "{message}");
+                // Said, not just closed: a wrapper that sees the connection drop takes the
+                // daemon for dead (and may run unobserved). A fresh connection's socket
+                // buffer takes this short line whole, so one non-blocking write (outside the
+                // reactor, which may not know the socket writable yet) never makes the
+                // accept loop wait.
+                if let (Ok(line), Ok(stream)) = (mcpwatch_api::wire::encode(&GateResponse { seq: 0, body: GateVerdict::Refused { message } }), stream.into_std()) {
+                    let _ = std::io::Write::write(&mut &stream, &line);
+                }
+                continue;
+            }
         };
-        let shared = shared.clone();
-        let mark = WrapperMark::new(shared.clone(), pid);
-        tokio::spawn(async move {
-            connection(shared, stream, pid, cred.uid()).await;
-            drop(mark);
-            drop(slot);
-        });
+        let (shared, budget) = (shared.clone(), budget.clone());
+        tokio::spawn(connection(shared, stream, pid, uid, budget, waiting));
     }
 }
 
-/// Read one line of at most `MAX_GATE_LINE` bytes; `None` at end of stream or when too long.
-async fn read_line(r: &mut BufReader<tokio::net::unix::OwnedReadHalf>, buf: &mut Vec<u8>) -> Option<Result<(), String>> {
+type Reader = BufReader<tokio::net::unix::OwnedReadHalf>;
+
+/// Read one request of at most `MAX_GATE_LINE` bytes; `None` at end of stream, `Err`
+/// when too long or not a gate request.
+async fn read_request(r: &mut Reader, buf: &mut Vec<u8>) -> Option<Result<GateRequest, String>> {
     buf.clear();
     let mut limited = (&mut *r).take(MAX_GATE_LINE as u64 + 1);
     match limited.read_until(b'\n', buf).await {
-        Ok(0) => None,
+        Ok(0) | Err(_) => None,
         Ok(_) if buf.len() > MAX_GATE_LINE => Some(Err(format!("gate line longer than {MAX_GATE_LINE} bytes"))),
-        Ok(_) => Some(Ok(())),
-        Err(_) => None,
+        Ok(_) => Some(mcpwatch_api::wire::decode::<GateRequest>(buf).map_err(|e| format!("not a gate request: {e}"))),
     }
 }
 
+/// An open session's hold on the daemon: its budget slot and its wrapper's mark.
+struct Opened {
+    session: Arc<Session>,
+    _slot: Slot,
+    _mark: WrapperMark,
+}
 
-async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, uid: u32) {
+/// The connection's first request, which must be `open` and come within
+/// [`OPEN_DEADLINE`]; `None` when the connection is to be closed (answered already).
+async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, budget: &Arc<Mutex<Budget>>, wrapper_pid: u32, uid: u32) -> Option<Opened> {
+    let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf)).await {
+        Err(_) => {
+            tracing::warn!(wrapper_pid, uid, "gate: no `open` within {} s; connection closed", OPEN_DEADLINE.as_secs());
+            return None;
+        }
+        Ok(None) => return None,
+        Ok(Some(Err(message))) => {
+            tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
+            let _ = tx.send(GateResponse { seq: 0, body: GateVerdict::Error { message } }).await;
+            return None;
+        }
+        Ok(Some(Ok(req))) => req,
+    };
+    let GateOp::Open { command } = req.body else {
+        let _ = tx.send(GateResponse { seq: req.seq, body: GateVerdict::Error { message: "first request must be `open`".into() } }).await;
+        return None;
+    };
+    let session = Session::open(shared.clone(), wrapper_pid, uid, command);
+    match take_slot(budget, uid, Stage::Session) {
+        Ok(slot) => {
+            tracing::info!(server = %session.endpoint, command = %session.cmdline, wrapper_pid, client = ?session.process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
+            let body = GateVerdict::Opened { server: session.endpoint.clone(), failure_mode: shared.config.failure_mode };
+            let _ = tx.send(GateResponse { seq: req.seq, body }).await;
+            Some(Opened { session: Arc::new(session), _slot: slot, _mark: WrapperMark::new(shared.clone(), wrapper_pid) })
+        }
+        Err(full) => {
+            let message = full.message(uid);
+            tracing::warn!(server = %session.endpoint, wrapper_pid, uid, "{message}");
+            session.refused(&message);
+            let _ = tx.send(GateResponse { seq: req.seq, body: GateVerdict::Refused { message } }).await;
+            None
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, uid: u32, budget: Arc<Mutex<Budget>>, waiting: Slot) {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<GateResponse>(4);
@@ -201,12 +327,26 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
             }
         }
     });
+    let mut buf = Vec::new();
+    let opened = open(&shared, &mut rd, &mut buf, &tx, &budget, wrapper_pid, uid).await;
+    // Opened or not, it no longer waits to open.
+    drop(waiting);
+    if let Some(opened) = &opened {
+        relay(&opened.session, &mut rd, &mut buf, &tx, wrapper_pid).await;
+    }
+    drop(tx);
+    let _ = writer.await;
+    if let Some(opened) = opened {
+        opened.session.close();
+    }
+}
+
+/// An open session's requests until the wrapper goes away or breaks the protocol.
+async fn relay(session: &Arc<Session>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, wrapper_pid: u32) {
     // At most one request per direction in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2));
-    let mut session: Option<Arc<Session>> = None;
-    let mut buf = Vec::new();
-    while let Some(res) = read_line(&mut rd, &mut buf).await {
-        let req = match res.and_then(|()| mcpwatch_api::wire::decode::<GateRequest>(&buf).map_err(|e| format!("not a gate request: {e}"))) {
+    while let Some(res) = read_request(rd, buf).await {
+        let req = match res {
             Ok(r) => r,
             Err(message) => {
                 tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
@@ -215,37 +355,24 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
             }
         };
         let seq = req.seq;
-        match (req.body, &session) {
-            (GateOp::Open { command }, None) => {
-                let s = Arc::new(Session::open(shared.clone(), wrapper_pid, uid, command));
-                let body = GateVerdict::Opened { server: s.endpoint.clone(), failure_mode: shared.config.failure_mode };
-                session = Some(s);
-                let _ = tx.send(GateResponse { seq, body }).await;
-            }
-            (op @ (GateOp::Client { .. } | GateOp::Server { .. }), Some(s)) => {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-                let (s, tx) = (s.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let body = match op {
-                        GateOp::Client { line } => s.on_client(&line).await,
-                        GateOp::Server { line } => s.on_server(&line),
-                        GateOp::Open { .. } => GateVerdict::Error { message: "session already open".into() },
-                    };
-                    let _ = tx.send(GateResponse { seq, body }).await;
-                    drop(permit);
-                });
-            }
-            (_, _) => {
-                let message = if session.is_some() { "session already open" } else { "first request must be `open`" };
-                let _ = tx.send(GateResponse { seq, body: GateVerdict::Error { message: message.into() } }).await;
+        let op = match req.body {
+            GateOp::Open { .. } => {
+                let _ = tx.send(GateResponse { seq, body: GateVerdict::Error { message: "session already open".into() } }).await;
                 break;
             }
-        }
-    }
-    drop(tx);
-    let _ = writer.await;
-    if let Some(s) = session {
-        s.close();
+            op => op,
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let (s, tx) = (session.clone(), tx.clone());
+        tokio::spawn(async move {
+            let body = match op {
+                GateOp::Client { line } => s.on_client(&line).await,
+                GateOp::Server { line } => s.on_server(&line),
+                GateOp::Open { .. } => GateVerdict::Error { message: "session already open".into() },
+            };
+            let _ = tx.send(GateResponse { seq, body }).await;
+            drop(permit);
+        });
     }
 }
 
@@ -267,7 +394,11 @@ struct Session {
     /// The client: the wrapper's parent process, as the kernel names it.
     process: Option<Arc<ProcessInfo>>,
     wrapper_pid: u32,
+    /// The client's calls forwarded to the server, by [`id_key`].
     pending: Mutex<crate::session::BoundedMap<String, Pending>>,
+    /// The server's requests forwarded to the client (sampling, elicitation, roots), by
+    /// [`id_key`]: the client's answer completes their record.
+    server_pending: Mutex<crate::session::BoundedMap<String, Pending>>,
     /// The toxic-flow session: the client process talking to this server, named as the
     /// proxy names a session-less client, so `[[flow]]` rules judge both transports alike.
     flow_session: String,
@@ -298,12 +429,20 @@ impl Session {
             Some(l) => mcpwatch_policy::stdio_endpoint(&l).chars().take(MAX_KEY_CHARS).collect(),
             None => format!("stdio:{cmdline}"),
         };
-        tracing::info!(server = %key, command = %cmdline, wrapper_pid, client = ?process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
         let flow_session = match &process {
             Some(p) => govern::flows::process_session(&key, p),
             None => format!("{key}#wrapper:{wrapper_pid}"),
         };
-        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: Mutex::new(crate::session::BoundedMap::new(MAX_PENDING)), flow_session }
+        let pending = || Mutex::new(crate::session::BoundedMap::new(MAX_PENDING));
+        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: pending(), server_pending: pending(), flow_session }
+    }
+
+    /// The session was refused (the budget is full): on the record, with the server it
+    /// would have run, since the wrapper does not start it.
+    fn refused(&self, message: &str) {
+        let mut rec = self.record(MessageKind::Invalid, C2S, None, 0);
+        rec.alerts.push(message.to_string());
+        self.write_closed(rec, CallStatus::TransportError { reason: "session refused by the gate; the wrapper does not start the server".into() });
     }
 
     fn target(&self) -> Target<'_> {
@@ -353,6 +492,19 @@ impl Session {
         let shared = &self.shared;
         Counters::inc(&shared.counters.mcp_messages);
         let bytes = line.len() as u64;
+        if let Some(why) = stray_cr(line) {
+            // In every mode: the server would not read what mcpwatch judged.
+            let id = match jsonrpc::parse_body(line.as_bytes()) {
+                Parsed::Single(m @ Message::Request { .. }) => m.id().cloned(),
+                _ => None,
+            };
+            let mut rec = self.record(MessageKind::Invalid, C2S, None, bytes);
+            rec.jsonrpc_id = id.as_ref().map(ToString::to_string);
+            rec.alerts.push(why.into());
+            self.write_closed(rec, CallStatus::JsonrpcError { code: jsonrpc::INVALID_REQUEST, message: why.into() });
+            let err = jsonrpc::error_response(id.as_ref(), jsonrpc::INVALID_REQUEST, &format!("mcpwatch: {why}"), None);
+            return GateVerdict::Answer { line: err.to_string() };
+        }
         let msg = match jsonrpc::parse_body(line.as_bytes()) {
             Parsed::Single(m) => m,
             other => {
@@ -378,13 +530,48 @@ impl Session {
                 GateVerdict::Forward { line: None }
             }
             // The client answers a request the server sent.
-            Message::Response { .. } | Message::Error { .. } => GateVerdict::Forward { line: None },
+            Message::Response { .. } | Message::Error { .. } => {
+                self.on_client_answer(&msg, bytes);
+                GateVerdict::Forward { line: None }
+            }
+        }
+    }
+
+    /// A client's answer completes the record of the server request it answers; one to an
+    /// id no server request carried through the gate is recorded (it carries data to the
+    /// server), with its keyed hash and an alert, as on the network path.
+    fn on_client_answer(&self, msg: &Message, bytes: u64) {
+        let shared = &self.shared;
+        let pending = msg.id().and_then(|id| self.server_pending.lock().ok().and_then(|mut p| p.remove(&id_key(id))));
+        match pending {
+            Some(mut p) => {
+                let (status, hash) = record::answer_of(shared, msg);
+                p.record.status = status;
+                p.record.result_hash = hash;
+                p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
+                p.record.response_bytes = bytes;
+                shared.complete_record(&p.record);
+            }
+            None => {
+                let mut rec = self.record(MessageKind::Invalid, C2S, None, bytes);
+                let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
+                rec.alerts.push(format!("client answer to id {} that no watched server request carried", clip(&id)));
+                rec.jsonrpc_id = Some(id);
+                rec.result_hash = msg.result_hash(shared.governance.hash_key());
+                self.write_closed(rec, CallStatus::Sent);
+            }
         }
     }
 
     async fn on_request(&self, gov: &Arc<Loaded>, mut msg: Message, bytes: u64) -> GateVerdict {
         let shared = &self.shared;
         let mut rec = self.record(MessageKind::Request, C2S, Some(&msg), bytes);
+        if let Some(why) = self.already_pending(&msg) {
+            rec.alerts.push(why.clone());
+            rec.notes.push("answered by mcpwatch; not forwarded".into());
+            self.write_closed(rec, CallStatus::JsonrpcError { code: jsonrpc::INVALID_REQUEST, message: why.clone() });
+            return GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INVALID_REQUEST, &format!("mcpwatch: {why}"), None).to_string() };
+        }
         self.sight(msg.method(), rec.name.as_deref());
         let registry = gov.policy.server_for(&self.target());
         shared.inventory.set_registration(&self.endpoint, registry);
@@ -413,7 +600,19 @@ impl Session {
                 let started = Instant::now();
                 let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
                 if let Some(id) = msg.id() {
-                    let evicted = self.pending.lock().map(|mut p| p.insert(id.to_string(), Pending { record: rec, started, first_page })).unwrap_or_default();
+                    let Ok(mut pending) = self.pending.lock() else {
+                        return Self::refuse_begun(shared, rec, &msg, "mcpwatch: pending calls unavailable".into());
+                    };
+                    // Checked again here: a call held for approval took its time. An entry
+                    // is never replaced: its answer would be taken for the new call's.
+                    if pending.get(&id_key(id)).is_some() {
+                        drop(pending);
+                        let why = format!("request id {} is already pending on this session", clip(&id.to_string()));
+                        rec.alerts.push(why.clone());
+                        return Self::refuse_begun(shared, rec, &msg, why);
+                    }
+                    let evicted = pending.insert(id_key(id), Pending { record: rec, started, first_page });
+                    drop(pending);
                     for mut e in evicted {
                         e.record.status = CallStatus::TransportError { reason: "evicted: too many pending calls".into() };
                         shared.complete_record(&e.record);
@@ -429,6 +628,24 @@ impl Session {
                 GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), code, &message, Some(data)).to_string() }
             }
         }
+    }
+
+    /// A client request whose id is still waiting for the server's answer: its answer would
+    /// be taken for the pending call's (and the pending call's for it), so the audit and
+    /// the toxic-flow labels would follow the wrong tool.
+    fn already_pending(&self, msg: &Message) -> Option<String> {
+        let id = msg.id()?;
+        let pending = self.pending.lock().ok()?;
+        pending.get(&id_key(id)).is_some().then(|| format!("request id {} is already pending on this session", clip(&id.to_string())))
+    }
+
+    /// A request whose record is begun is refused after all: answered here, not forwarded.
+    fn refuse_begun(shared: &Shared, mut rec: AuditRecord, msg: &Message, why: String) -> GateVerdict {
+        rec.status = CallStatus::JsonrpcError { code: jsonrpc::INVALID_REQUEST, message: why.clone() };
+        rec.duration_us = Some(0);
+        rec.notes.push("answered by mcpwatch; not forwarded".into());
+        shared.complete_record(&rec);
+        GateVerdict::Answer { line: jsonrpc::error_response(msg.id(), jsonrpc::INVALID_REQUEST, &format!("mcpwatch: {why}"), None).to_string() }
     }
 
     /// The call's record could not be committed and failure_mode is closed: answer the
@@ -447,11 +664,18 @@ impl Session {
         let gov = shared.governance.current();
         let enforce = self.enforce(&gov);
         let bytes = line.len() as u64;
-        let mut msg = match jsonrpc::parse_body(line.as_bytes()) {
-            Parsed::Single(m) => m,
-            _ => {
+        let parsed = match stray_cr(line) {
+            // A client reading with universal newlines would see more than the gate did.
+            Some(why) => Err(why),
+            None => match jsonrpc::parse_body(line.as_bytes()) {
+                Parsed::Single(m) => Ok(m),
+                _ => Err("server wrote a line that is not one JSON-RPC message"),
+            },
+        };
+        let mut msg = match parsed {
+            Ok(m) => m,
+            Err(why) => {
                 let mut rec = self.record(MessageKind::Invalid, S2C, None, bytes);
-                let why = "server wrote a line that is not one JSON-RPC message";
                 rec.alerts.push(why.into());
                 self.write_closed(rec, if enforce { CallStatus::TransportError { reason: "dropped by mcpwatch".into() } } else { CallStatus::Sent });
                 return if enforce { GateVerdict::Drop { reason: why.into() } } else { GateVerdict::Forward { line: None } };
@@ -459,7 +683,7 @@ impl Session {
         };
         match &msg {
             Message::Response { .. } | Message::Error { .. } => {
-                let pending = msg.id().and_then(|id| self.pending.lock().ok().and_then(|mut p| p.remove(&id.to_string())));
+                let pending = msg.id().and_then(|id| self.pending.lock().ok().and_then(|mut p| p.remove(&id_key(id))));
                 let Some(mut p) = pending else {
                     let why = "server answered an id the client never sent through mcpwatch";
                     let mut rec = self.record(MessageKind::Invalid, S2C, None, bytes);
@@ -482,9 +706,28 @@ impl Session {
                 shared.complete_record(&p.record);
                 GateVerdict::Forward { line: changed.then(|| msg.to_value().to_string()) }
             }
-            Message::Request { .. } | Message::Notification { .. } => {
-                let kind = if msg.id().is_some() { MessageKind::Request } else { MessageKind::Notification };
-                self.write_closed(self.record(kind, S2C, Some(&msg), bytes), CallStatus::Sent);
+            Message::Request { .. } => {
+                // Open until the client answers (`on_client_answer`).
+                let rec = self.record(MessageKind::Request, S2C, Some(&msg), bytes);
+                let _ = shared.begin_record(&rec);
+                if let Some(id) = msg.id() {
+                    let (replaced, evicted) = self
+                        .server_pending
+                        .lock()
+                        .map(|mut p| {
+                            let key = id_key(id);
+                            (p.remove(&key), p.insert(key, Pending { record: rec, started: Instant::now(), first_page: false }))
+                        })
+                        .unwrap_or_default();
+                    for (mut e, reason) in replaced.into_iter().map(|e| (e, "the server reused its id before the client answered")).chain(evicted.into_iter().map(|e| (e, "evicted: too many pending server requests"))) {
+                        e.record.status = CallStatus::TransportError { reason: reason.into() };
+                        shared.complete_record(&e.record);
+                    }
+                }
+                GateVerdict::Forward { line: None }
+            }
+            Message::Notification { .. } => {
+                self.write_closed(self.record(MessageKind::Notification, S2C, Some(&msg), bytes), CallStatus::Sent);
                 GateVerdict::Forward { line: None }
             }
         }
@@ -507,11 +750,93 @@ impl Session {
 
     /// The wrapper went away: calls still waiting for the server end as transport errors.
     fn close(&self) {
-        let left = self.pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
-        for mut p in left {
-            p.record.status = CallStatus::TransportError { reason: "the wrapped server or its wrapper exited before answering".into() };
+        let calls = self.pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
+        let asked = self.server_pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
+        let left = calls
+            .into_iter()
+            .map(|p| (p, "the wrapped server or its wrapper exited before answering"))
+            .chain(asked.into_iter().map(|p| (p, "the session ended before the client answered")));
+        for (mut p, reason) in left {
+            p.record.status = CallStatus::TransportError { reason: reason.into() };
             p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
             self.shared.complete_record(&p.record);
         }
+    }
+}
+
+/// The key of a request id in the pending maps. A number by its value as a JavaScript peer
+/// reads it (`5`, `5.0`, `5e0` and `-0` are one id to the Node SDK, which answers them
+/// alike), so two ids a server may answer alike are never pending as two calls; a string
+/// keeps its JSON quotes and so never meets a number.
+fn id_key(id: &Id) -> String {
+    match id {
+        Id::Number(n) => match n.as_f64() {
+            Some(0.0) => "0".into(),
+            Some(f) => format!("{f:?}"),
+            None => n.to_string(),
+        },
+        Id::String(_) => id.to_string(),
+    }
+}
+
+/// Why a line may not pass: it holds a `\r` other than one just before its `\n`. JSON
+/// takes `\r` for whitespace, so the gate reads such a line as one message, while a peer
+/// reading with universal newlines (the Python SDK reads stdio through `TextIOWrapper`)
+/// splits it there and may run a message the gate saw only as the value of some unknown
+/// field. Other separators `str.splitlines` knows are control characters JSON forbids
+/// outside strings (`\x0b`, `\x1c`...) or stand only inside a string (`U+2028`), whose
+/// quotes cannot close there: no JSON-RPC message starts after them.
+fn stray_cr(line: &str) -> Option<&'static str> {
+    line.strip_suffix('\r').unwrap_or(line).contains('\r').then_some("a carriage return inside a line (a peer reading universal newlines would split the line there)")
+}
+
+/// An id or name a peer chose, clipped for an alert.
+fn clip(s: &str) -> String {
+    let mut c: String = s.chars().take(200).collect();
+    if s.chars().count() > 200 {
+        c.push('…');
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_carriage_return_passes_only_at_the_end() {
+        assert!(stray_cr(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).is_none());
+        assert!(stray_cr("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r").is_none());
+        assert!(stray_cr("{\"x\":\r{\"id\":7}\r}").is_some());
+        assert!(stray_cr("{}\r\r").is_some(), "two at the end: an empty line between");
+        assert!(stray_cr("\r{}").is_some());
+    }
+
+    #[test]
+    fn ids_a_server_may_answer_alike_share_a_key() {
+        let key = |v: serde_json::Value| id_key(&Id::from_value(&v).unwrap());
+        let num = |t: &str| key(serde_json::from_str(t).unwrap());
+        assert_eq!(num("5"), num("5.0"));
+        assert_eq!(num("5"), num("5e0"));
+        assert_eq!(num("0"), num("-0.0"));
+        assert_ne!(num("5"), num("6"));
+        assert_ne!(num("5"), key(serde_json::json!("5")), "a string is not a number");
+        assert_ne!(key(serde_json::json!("a")), key(serde_json::json!("b")));
+    }
+
+    #[test]
+    fn unopened_connections_have_their_own_budget() {
+        let budget = Arc::new(Mutex::new(Budget::default()));
+        let waiting: Vec<Slot> = (0..MAX_UNOPENED_PER_UID).map(|_| take_slot(&budget, 1000, Stage::Unopened).unwrap()).collect();
+        let full = take_slot(&budget, 1000, Stage::Unopened).err().expect("the uid's unopened budget is full");
+        assert!(full.per_uid && full.message(1000).contains("uid 1000"), "{}", full.message(1000));
+        // Waiting connections take nothing from the uid's sessions, or from another uid.
+        let sessions: Vec<Slot> = (0..MAX_SESSIONS_PER_UID).map(|_| take_slot(&budget, 1000, Stage::Session).unwrap()).collect();
+        assert!(take_slot(&budget, 1000, Stage::Session).is_err());
+        assert!(take_slot(&budget, 1001, Stage::Unopened).is_ok());
+        drop(waiting);
+        assert!(take_slot(&budget, 1000, Stage::Unopened).is_ok(), "released on drop");
+        drop(sessions);
+        assert!(take_slot(&budget, 1000, Stage::Session).is_ok());
     }
 }

@@ -87,6 +87,11 @@ pub enum GateVerdict {
     Drop { reason: String },
     /// The request was not understood or not allowed; the daemon closes the connection.
     Error { message: String },
+    /// The daemon is up but will not take this session (its uid has too many wrapped
+    /// servers or connections waiting to open); the daemon closes the connection. May come
+    /// before the wrapper's `open` is read, with `seq` 0. Never a reason to run the server
+    /// unobserved: the wrapper fails closed whatever its failure mode.
+    Refused { message: String },
 }
 
 #[cfg(test)]
@@ -105,6 +110,8 @@ mod tests {
         // Control requests are not gate requests.
         assert!(crate::wire::decode::<GateRequest>(br#"{"seq":1,"op":"approve","id":"x"}"#).is_err());
         assert!(crate::wire::decode::<GateRequest>(br#"{"op":"status"}"#).is_err());
+        let refused = GateResponse { seq: 0, body: GateVerdict::Refused { message: "full".into() } };
+        assert_eq!(crate::wire::decode::<GateResponse>(&crate::wire::encode(&refused).unwrap()).unwrap(), refused);
     }
 
     #[test]

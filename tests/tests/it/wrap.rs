@@ -553,3 +553,233 @@ fn wrap_refuses_once_it_loses_the_daemon_in_closed_mode() {
     let seen: Vec<Value> = recorded(&record);
     assert_eq!(seen.len(), 1, "only the call made while the daemon governed reached the server: {seen:?}");
 }
+
+/// `mcpwatch wrap -- <the Python SDK server>` driven by hand: raw bytes in, JSON answers
+/// out (by a reader thread), so a test can write lines no SDK client would.
+struct Wrapped {
+    child: std::process::Child,
+    to_wrap: std::process::ChildStdin,
+    answers: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Wrapped {
+    fn start(cmd: &[String]) -> Wrapped {
+        let mut child = Command::new(&cmd[0]).args(&cmd[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let to_wrap = child.stdin.take().unwrap();
+        let from_wrap = child.stdout.take().unwrap();
+        let (tx, answers) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(from_wrap).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut w = Wrapped { child, to_wrap, answers };
+        w.send(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}).to_string().as_bytes());
+        assert!(w.answer(1)["result"]["serverInfo"].is_object());
+        w.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        w
+    }
+
+    /// One line: `bytes` and the `\n` that ends it.
+    fn send(&mut self, bytes: &[u8]) {
+        self.to_wrap.write_all(bytes).and_then(|()| self.to_wrap.write_all(b"\n")).unwrap();
+    }
+
+    fn answer(&self, id: i64) -> Value {
+        loop {
+            let v = self.answers.recv_timeout(Duration::from_secs(30)).expect("an answer from the wrapper");
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    fn finish(self) -> Output {
+        drop(self.to_wrap);
+        self.child.wait_with_output().unwrap()
+    }
+}
+
+/// JSON takes `\r` for whitespace, but the Python SDK reads stdio with universal newlines
+/// and splits a line there: a denied call hidden behind `\r` as the value of an unknown
+/// field of an allowed one was judged as the allowed call and run by the server. A line
+/// with a `\r` anywhere but before its `\n` is now answered by mcpwatch and never
+/// forwarded; `\r\n` line ends still work.
+#[test]
+fn wrap_refuses_a_line_a_carriage_return_would_split() {
+    let d = daemon(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("calls.jsonl");
+    let socket = d.socket.display().to_string();
+    let mut w = Wrapped::start(&wrapped_server(&["--socket", &socket, "wrap"], &record));
+    let hidden = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"users"}}}"#;
+    let smuggler = format!("{{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\"innocent\"}}}},\"x\":\r{hidden}\r}}");
+    w.send(smuggler.as_bytes());
+    let refused = w.answer(7);
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("carriage return"), "{refused}");
+    // A CRLF line end is not a stray `\r`; its answer also means the server has read
+    // everything sent before it.
+    w.send(br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"crlf"}}}"#.iter().chain(b"\r").copied().collect::<Vec<u8>>().as_slice());
+    assert_eq!(w.answer(8)["result"]["content"][0]["text"], "crlf");
+    let out = w.finish();
+    let seen: Vec<String> = recorded(&record).iter().map(|c| c["tool"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(seen, ["echo"], "only the CRLF call reached the server: {seen:?}\n{}", String::from_utf8_lossy(&out.stderr));
+    let records = d.wait_audit("the refused line", |r| r.iter().any(|x| x.alerts.iter().any(|a| a.contains("carriage return"))));
+    let rec = records.iter().find(|x| x.alerts.iter().any(|a| a.contains("carriage return"))).unwrap();
+    assert_eq!((rec.kind, rec.direction.as_str(), rec.jsonrpc_id.as_deref()), (mcpwatch_api::MessageKind::Invalid, "client->server", Some("7")), "{rec:#?}");
+    assert!(matches!(rec.status, CallStatus::JsonrpcError { code: -32600, .. }), "{rec:#?}");
+}
+
+/// Open a gate session on a fresh connection, as a wrapper would.
+fn gate_session(d: &Daemon, command: &str) -> (UnixStream, BufReader<UnixStream>) {
+    let (mut s, mut r) = gate_conn(d);
+    let open = serde_json::json!({"seq": 1, "op": "open", "command": [command]}).to_string();
+    let opened = gate_line(&mut s, &mut r, &open).expect("an answer to open");
+    assert_eq!(opened["verdict"], "opened", "{opened}");
+    (s, r)
+}
+
+/// Connections held without `open` once used up their uid's 64 session slots, and a
+/// dropped connection is what a dead daemon looks like: the next wrapper of that uid, in
+/// failure mode open, ran its server unobserved. Now: unopened connections have their
+/// own budget and are closed after 5 s, and a full budget is an explicit refusal the
+/// wrapper obeys by not starting the server, whatever its failure mode.
+#[test]
+fn gate_exhaustion_never_lets_a_wrapper_run_unobserved() {
+    let d = daemon(Some("open"));
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("calls.jsonl");
+    let socket = d.socket.display().to_string();
+    let server = wrapped_server(&["--socket", &socket, "wrap"], &record);
+    let delete = ["call", "delete_records", r#"{"table":"users"}"#];
+
+    // More connections than the uid's sessions (64), none of which opens.
+    let held: Vec<UnixStream> = (0..72).map(|_| UnixStream::connect(d.socket.with_file_name("gate.sock")).unwrap()).collect();
+    let (out, _) = run_client(&delete, &server, &[]);
+    let s = steps(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("UNOBSERVED"), "{stderr}");
+    assert!(!record.exists(), "the server must not run unobserved: {:?}", recorded(&record));
+    assert_eq!(s[0]["ok"], false, "refused, not relayed: {s:#?}\n{stderr}");
+    assert!(stderr.contains("refused the session"), "{stderr}");
+
+    // They are closed when they do not open in time; then wrappers are governed again.
+    for mut c in held {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        assert!(std::io::Read::read_to_end(&mut c, &mut rest).is_ok(), "closed by the daemon, not left to time out here");
+    }
+    let (out, _) = run_client(&delete, &server, &[]);
+    let s = steps(&out);
+    assert_eq!(s[1]["error"]["code"], -32001, "governed: the rule denies it: {s:#?}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(recorded(&record).is_empty());
+
+    // Sessions that did open fill the uid's budget: refused, said, and on the record,
+    // even with --failure open.
+    let _sessions: Vec<_> = (0..64).map(|i| gate_session(&d, &format!("filler-{i}"))).collect();
+    let server = wrapped_server(&["--socket", &socket, "wrap", "--failure", "open"], &record);
+    let (out, _) = run_client(&delete, &server, &[]);
+    let s = steps(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(s[0]["ok"], false, "{s:#?}\n{stderr}");
+    assert!(!stderr.contains("UNOBSERVED") && stderr.contains("too many wrapped servers"), "{stderr}");
+    assert!(recorded(&record).is_empty());
+    let records = d.wait_audit("the refused session", |r| r.iter().any(|x| x.alerts.iter().any(|a| a.contains("too many wrapped servers"))));
+    let rec = records.iter().find(|x| x.alerts.iter().any(|a| a.contains("too many wrapped servers"))).unwrap();
+    assert!(rec.server.ends_with("wrap_stdio_server.py") && rec.transport == "stdio", "{rec:#?}");
+}
+
+/// A client's answers to the server's own requests (sampling, elicitation, roots) carry
+/// data to the server: they complete the server request's record, and one to an id no
+/// server request carried through the gate is recorded with an alert, as on the network
+/// path. (They were forwarded with no record at all.)
+#[test]
+fn gate_records_client_answers_to_server_requests() {
+    let d = daemon(None);
+    let (mut s, mut r) = gate_session(&d, "answers-server");
+    let mut seq = 1;
+    let mut ask = |op: &str, line: Value| {
+        seq += 1;
+        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
+    };
+    let sampling = serde_json::json!({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage", "params": {"messages": [], "maxTokens": 5}});
+    assert_eq!(ask("server", sampling)["verdict"], "forward");
+    let answer = serde_json::json!({"jsonrpc": "2.0", "id": "s1", "result": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}});
+    assert_eq!(ask("client", answer)["verdict"], "forward");
+    let stray = serde_json::json!({"jsonrpc": "2.0", "id": 99, "result": {"secret": "exfiltrated"}});
+    assert_eq!(ask("client", stray)["verdict"], "forward");
+
+    let records = d.wait_audit("both client answers", |r| {
+        r.iter().any(|x| x.method.as_deref() == Some("sampling/createMessage") && x.status == CallStatus::Ok)
+            && r.iter().any(|x| x.jsonrpc_id.as_deref() == Some("99") && x.direction == "client->server")
+    });
+    let asked = records.iter().find(|x| x.method.as_deref() == Some("sampling/createMessage")).unwrap();
+    assert_eq!(asked.direction, "server->client", "{asked:#?}");
+    assert!(asked.result_hash.is_some(), "the answer's keyed hash: {asked:#?}");
+    let rec = records.iter().find(|x| x.jsonrpc_id.as_deref() == Some("99")).unwrap();
+    assert_eq!(rec.kind, mcpwatch_api::MessageKind::Invalid, "{rec:#?}");
+    assert!(rec.alerts.iter().any(|a| a.contains("client answer to id 99 that no watched server request carried")), "{rec:#?}");
+    assert!(rec.result_hash.is_some(), "{rec:#?}");
+}
+
+/// Reusing the id of a call still waiting for its answer made the gate replace the
+/// pending call: the first call's result was taken for the second's, so an untrusted
+/// result could be attributed to a harmless tool and never taint the session. A request
+/// whose id is pending is now refused (and recorded); the pending call keeps its answer.
+#[test]
+fn gate_refuses_a_request_reusing_a_pending_id() {
+    let policy = r#"
+version = 1
+mode = "enforce"
+default = "allow"
+
+[[label]]
+tools = ["read_issue"]
+labels = ["untrusted_content"]
+
+[[label]]
+tools = ["delete_records"]
+labels = ["destructive"]
+
+[[flow]]
+id = "untrusted-destructive"
+sequence = ["untrusted_content", "destructive"]
+action = "deny"
+"#;
+    let d = daemon_with(policy, None);
+    let (mut s, mut r) = gate_session(&d, "reused-ids");
+    let mut seq = 1;
+    let mut ask = |op: &str, line: Value| {
+        seq += 1;
+        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
+    };
+    let call = |id: Value, tool: &str| serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
+    assert_eq!(ask("client", call(5.into(), "read_issue"))["verdict"], "forward");
+    for reused in [serde_json::json!(5), serde_json::json!(5.0)] {
+        let v = ask("client", call(reused.clone(), "echo"));
+        assert_eq!(v["verdict"], "answer", "{reused}: {v}");
+        let err: Value = serde_json::from_str(v["line"].as_str().unwrap()).unwrap();
+        assert_eq!(err["error"]["code"], -32600, "{err}");
+    }
+    let result = serde_json::json!({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "issue body"}]}});
+    assert_eq!(ask("server", result)["verdict"], "forward");
+    // The untrusted result tainted the session, so the destructive call is denied.
+    let v = ask("client", call(6.into(), "delete_records"));
+    assert_eq!(v["verdict"], "answer", "{v}");
+    let err: Value = serde_json::from_str(v["line"].as_str().unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], -32001, "{err}");
+
+    let records = d.wait_audit("the read_issue call completed", |r| r.iter().any(|x| x.name.as_deref() == Some("read_issue") && x.status == CallStatus::Ok));
+    let read = records.iter().find(|x| x.name.as_deref() == Some("read_issue")).unwrap();
+    assert!(read.flow.as_ref().is_some_and(|f| f.taints), "{read:#?}");
+    let echoes: Vec<&AuditRecord> = records.iter().filter(|x| x.name.as_deref() == Some("echo")).collect();
+    assert_eq!(echoes.len(), 2, "{records:#?}");
+    for e in echoes {
+        assert!(matches!(e.status, CallStatus::JsonrpcError { code: -32600, .. }), "{e:#?}");
+        assert!(e.alerts.iter().any(|a| a.contains("already pending")), "{e:#?}");
+    }
+}
