@@ -226,6 +226,20 @@ pub struct ServerDef {
     pub line: usize,
 }
 
+impl ServerDef {
+    /// The host name the entry names its server by (a `url`'s host, or a literal `host`
+    /// that is a name, not an address or a glob), with its port when the entry says one:
+    /// what a resolver can map to the addresses the server is reached at.
+    pub fn host_name(&self) -> Option<(&str, Option<u16>)> {
+        let (host, port) = match &self.matcher {
+            ServerMatcher::Url { host, port, .. } => (host.as_str(), Some(*port)),
+            ServerMatcher::Parts { host: crate::matcher::Pattern::Literal(host), port, .. } => (host.as_str(), *port),
+            _ => return None,
+        };
+        (host.parse::<std::net::IpAddr>().is_err() && !host.is_empty()).then_some((host, port))
+    }
+}
+
 /// A compiled `[[gateway]]` entry: the company's MCP gateway and the hosts it fronts.
 #[derive(Debug, Clone)]
 pub struct GatewayDef {

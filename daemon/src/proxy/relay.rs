@@ -30,16 +30,34 @@ pub fn governed_mode(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
         let m = loaded.inspect_mode(&target);
         mode = Some(strictest(mode, m));
     }
+    // Whatever path the entry names: it is the server at this address either way.
     let ip = dst.ip().to_canonical().to_string();
-    for scheme in ["http", "https"] {
-        let key = Endpoint { scheme: scheme.into(), host: ip.clone(), port: dst.port(), path: "/".into() }.key();
-        let target = mcpwatch_policy::Target { endpoint: &key, host: &ip, port: dst.port(), path: "/" };
-        if let Some(def) = loaded.policy.server_for(&target) {
+    if let Some(def) = loaded.policy.server_at(&ip, dst.port()) {
+        mode = Some(strictest(mode, def.mode.unwrap_or(loaded.policy.mode())));
+    }
+    mode
+}
+
+/// [`governed_mode`], and also a `[[server]]` entry named by a host name that the daemon's
+/// resolver maps to `dst` (cached, [`crate::hostproof::HostProofs`]): a server registered
+/// by name is governed at every address it answers at, not only where mcpwatch has seen
+/// it speak MCP. Toward its other address, with a name outside the `[tls]` scope (or
+/// none), TLS was relayed uninspected and unrecorded. At most [`MAX_NAMED_LOOKUPS`]
+/// entries are looked up per connection.
+pub async fn governed_mode_resolved(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
+    let mut mode = governed_mode(shared, dst);
+    let loaded = shared.governance.current();
+    let named = loaded.policy.servers().iter().filter_map(|d| Some((d, d.host_name()?))).filter(|(_, (_, port))| port.is_none_or(|p| p == dst.port()));
+    for (def, (host, _)) in named.take(MAX_NAMED_LOOKUPS) {
+        if shared.host_proofs.check(dst.ip().to_canonical(), host).await == crate::hostproof::Proof::Proven {
             mode = Some(strictest(mode, def.mode.unwrap_or(loaded.policy.mode())));
         }
     }
     mode
 }
+
+/// Registry entries looked up by name for one connection ([`governed_mode_resolved`]).
+pub const MAX_NAMED_LOOKUPS: usize = 64;
 
 /// The stricter of two modes (`None`: only `b`).
 pub fn strictest(a: Option<Mode>, b: Mode) -> Mode {

@@ -164,7 +164,7 @@ pub async fn in_tunnel(shared: Arc<Shared>, ctx: ConnCtx, first: Vec<u8>, client
 /// verifies (a shared front end serving another site), refusing when it does not (the MCP
 /// server answering whatever name it is asked for). `false`: refused.
 async fn passes_toward_governed(shared: &Shared, ctx: &ConnCtx, host: &str, sni: Option<&str>) -> bool {
-    let Some(mode) = relay::governed_mode(shared, ctx.origin.dst) else { return true };
+    let Some(mode) = relay::governed_mode_resolved(shared, ctx.origin.dst).await else { return true };
     let named = sni.filter(|s| s.parse::<std::net::IpAddr>().is_err());
     let (refused, verdict) = match (mode, named) {
         (Mode::Enforce, None) => (true, "refused (enforce mode)".to_string()),

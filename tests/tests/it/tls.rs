@@ -467,6 +467,28 @@ fn unintercepted_tls_toward_a_governed_destination_is_audited_and_relayed_only_w
     assert!(daemon.status().counts.refused_protocol >= 2);
 }
 
+/// A server registered by name is governed at an address where mcpwatch has not seen it
+/// speak MCP yet: the resolver maps the name there. Before, TLS with a name outside the
+/// `[tls]` scope (or none) toward that address was relayed uninspected and unrecorded
+/// until the first intercepted call made the address known.
+#[test]
+fn tls_toward_a_server_registered_by_name_is_governed_before_it_is_seen() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert_for_names(&["localhost", "alias.mcpwatch.test"]);
+    let server = tls::https(peers::python_server().json_response(), &cert).spawn();
+    let config = tls::tls_config(&pki, "always = [\"localhost\"]\nhandshake_timeout_ms = 2000");
+    let policy = format!(
+        "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[[server]]\nname = \"files\"\nurl = \"https://localhost:{}/mcp\"\n",
+        server.addr().port()
+    );
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), config: Some(config), policy: Some(policy), ..Default::default() });
+    // No call first: the inventory does not know the address.
+    let unproven = tls::ssl_probe(None, "127.0.0.1", daemon.port, "unlisted.example", &pki.ca_pem, b"");
+    assert!(unproven.get("cert").is_none() && unproven["error"].as_str().is_some_and(|e| !e.contains("ostname") && !e.contains("match")), "an unproven name reached the registered server: {unproven}");
+    let recs = daemon.wait_audit("the refusal's record", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("SNI `unlisted.example`") && reason.contains("did not prove the name"))));
+    assert!(!recs.is_empty());
+}
+
 /// TLS-004, domain fronting: inside a TLS session for the intercepted name, a request
 /// naming another server, in `Host` (the corpus' case) or in an absolute-form target
 /// with a `Host` that matches the SNI, is answered 421 and audited; it never reaches the
