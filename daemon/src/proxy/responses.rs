@@ -643,7 +643,11 @@ impl Transformer for StreamObserver {
                 }
                 if buf.len() + data.len() > *limit {
                     let why = format!("response larger than limits.max_body_bytes ({limit} bytes)");
-                    if crate::failure::decide(self.shared.config.failure_mode, crate::failure::Failure::Inspection) == crate::failure::OnFailure::Refuse {
+                    // The size is the client's to choose (an `echo` of a padded argument
+                    // carries a secret past the detectors): toward an enforced server an
+                    // answer that cannot be inspected is not delivered, as a request that
+                    // cannot be is not forwarded; elsewhere the failure mode decides.
+                    if self.enforce || crate::failure::decide(self.shared.config.failure_mode, crate::failure::Failure::Inspection) == crate::failure::OnFailure::Refuse {
                         return self.abort_with(&why, false);
                     }
                     *overflow = true;

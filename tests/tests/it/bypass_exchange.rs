@@ -182,6 +182,24 @@ fn a_pending_legacy_request_id_cannot_be_reused() {
     assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && matches!(r.status, CallStatus::JsonrpcError { code: -32600, .. })), "{recs:#?}");
 }
 
+/// A result padded past `max_body_bytes` (the client picks the size: an `echo` of a long
+/// argument) cannot be inspected. Toward an enforced server it is not delivered, whatever
+/// the failure mode; before, in the default `failure_mode = "open"`, it reached the
+/// client unredacted with only a note.
+#[test]
+fn an_answer_too_large_to_inspect_is_not_delivered_in_enforce_mode() {
+    let text = format!("{} SSN 536-22-8741", "A".repeat(100_000));
+    let answer = format!(r#"{{"jsonrpc":"2.0","id":8,"result":{{"content":[{{"type":"text","text":"{text}"}}]}}}}"#);
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+    let env = Lenient::start(DENY_DELETES, Some("[limits]\nmax_body_bytes = 65536\n"), reply.as_bytes());
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-big\r\n";
+    let echo = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let resp = env.send(&request("POST", "/mcp", headers, echo));
+    assert!(!resp.contains("536-22-8741") && !resp.contains("AAAAAAAAAA"), "the uninspected answer reached the client: {}", &resp[..resp.len().min(400)]);
+    assert!(resp.contains("max_body_bytes"), "the client is told why: {}", &resp[..resp.len().min(400)]);
+    env.daemon.wait_audit("the aborted call's record", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("larger than limits.max_body_bytes"))));
+}
+
 /// Two Host headers: the daemon names the server by one, a front end may route by the
 /// other. Refused (400) and recorded, never forwarded.
 #[test]
