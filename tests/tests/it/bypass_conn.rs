@@ -428,8 +428,12 @@ fn non_http_toward_a_governed_destination_is_refused_and_audited() {
     let out = Client::python(&server.url()).cgroup(w.cgroup()).call("add", json!({"a": 1, "b": 1})).run();
     assert_eq!(out.steps()[0]["ok"], true, "{:?}", out.lines);
     // A framing no HTTP parser takes as a request: refused before a byte reaches the server.
-    let resp = raw_call(w.cgroup(), &server, 0.0, "\t", "tab-bypass");
+    let resp = raw_call(w.cgroup(), &server, 0.0, "{", "brace-bypass");
     assert!(!resp.contains("HTTP/1.1"), "the server answered a refused connection: {resp}");
+    // A leading tab is skipped by lenient parsers (Netty): HTTP to mcpwatch, whose parser
+    // refuses it; the server never sees it either.
+    let resp = raw_call(w.cgroup(), &server, 0.0, "\t", "tab-bypass");
+    assert!(resp.starts_with("HTTP/1.1 400") && !resp.contains("tab-bypass"), "{resp}");
     let recs = w.daemon.wait_audit("refusal record", |r| {
         r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("not HTTP") && reason.contains("refused")))
     });
