@@ -530,37 +530,43 @@ impl Session {
                 GateVerdict::Forward { line: None }
             }
             // The client answers a request the server sent.
-            Message::Response { .. } | Message::Error { .. } => {
-                self.on_client_answer(&msg, bytes);
-                GateVerdict::Forward { line: None }
-            }
+            Message::Response { .. } | Message::Error { .. } => self.on_client_answer(msg, bytes),
         }
     }
 
     /// A client's answer completes the record of the server request it answers; one to an
     /// id no server request carried through the gate is recorded (it carries data to the
-    /// server), with its keyed hash and an alert, as on the network path.
-    fn on_client_answer(&self, msg: &Message, bytes: u64) {
+    /// server), with its keyed hash and an alert, as on the network path. Either way it is
+    /// inspected as arguments are first ([`govern::answer`]): the line the server gets is
+    /// the redacted one (or an error, when a detector blocks), and the hash is of that.
+    fn on_client_answer(&self, mut msg: Message, bytes: u64) -> GateVerdict {
         let shared = &self.shared;
+        let gov = shared.governance.current();
+        let site = self.site();
         let pending = msg.id().and_then(|id| self.server_pending.lock().ok().and_then(|mut p| p.remove(&id_key(id))));
-        match pending {
+        let rewritten = match pending {
             Some(mut p) => {
-                let (status, hash) = record::answer_of(shared, msg);
+                let rewritten = govern::answer(Judge::of(shared, &gov), &site, &mut p.record, &mut msg);
+                let (status, hash) = record::answer_of(shared, &msg);
                 p.record.status = status;
                 p.record.result_hash = hash;
                 p.record.duration_us = Some(p.started.elapsed().as_micros() as u64);
                 p.record.response_bytes = bytes;
                 shared.complete_record(&p.record);
+                rewritten
             }
             None => {
                 let mut rec = self.record(MessageKind::Invalid, C2S, None, bytes);
                 let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
                 rec.alerts.push(format!("client answer to id {} that no watched server request carried", clip(&id)));
                 rec.jsonrpc_id = Some(id);
+                let rewritten = govern::answer(Judge::of(shared, &gov), &site, &mut rec, &mut msg);
                 rec.result_hash = msg.result_hash(shared.governance.hash_key());
                 self.write_closed(rec, CallStatus::Sent);
+                rewritten
             }
-        }
+        };
+        GateVerdict::Forward { line: rewritten.then(|| msg.to_value().to_string()) }
     }
 
     async fn on_request(&self, gov: &Arc<Loaded>, mut msg: Message, bytes: u64) -> GateVerdict {

@@ -13,7 +13,10 @@
 //! - [`hold`]: a `require_approval` call waits for a human.
 //! - [`result`]: tool pinning and poisoning on `tools/list`, instruction scans,
 //!   result inspection and session taint for a server's answer.
+//! - [`answer`]: the client's answer to a server's request (sampling, elicitation,
+//!   roots) is inspected as arguments are: it is data leaving for the server too.
 
+mod answer;
 pub mod flows;
 mod hold;
 mod request;
@@ -23,6 +26,7 @@ use mcpwatch_api::{AuditRecord, FindingCount, ProcessInfo};
 use mcpwatch_policy::Target;
 use serde_json::Value;
 
+pub use answer::answer;
 pub use hold::hold;
 pub use request::{call_time_pin, request, PinCheck};
 pub use result::result;
@@ -87,6 +91,17 @@ pub struct Governed {
     pub modified: bool,
     /// The call waits for a human before it may go ([`hold`]).
     pub held: bool,
+}
+
+/// Inspect what goes to a server (arguments, a client's answers): as
+/// [`Loaded::inspect`], and a string that holds a JSON array or object is also read as
+/// the value it decodes to ([`mcpwatch_inspect::Embedded::Decoded`]), since a server may
+/// decode it (the Python SDK's `pre_parse_json` does for any parameter not typed `str`)
+/// and a `\u`-escaped secret in it would otherwise pass unseen. Enforce mode redacts in
+/// place (a redaction in a decoded value rewrites its string); otherwise `v` is left as
+/// it is and every hit is reported detect-only.
+pub fn inspect_outgoing(gov: &Loaded, v: &mut Value, enforce: bool) -> mcpwatch_inspect::RedactReport {
+    gov.inspect_with(v, enforce, mcpwatch_inspect::Embedded::Decoded)
 }
 
 /// Findings of one inspection into the record: counts per detector, never values.

@@ -78,11 +78,16 @@ impl Loaded {
     /// Run the detectors on `v`. In enforce mode spans are redacted in place per their
     /// action; otherwise `v` is left untouched and every hit is reported detect-only.
     pub fn inspect(&self, v: &mut serde_json::Value, enforce: bool) -> mcpwatch_inspect::RedactReport {
+        self.inspect_with(v, enforce, mcpwatch_inspect::Embedded::AsText)
+    }
+
+    /// [`Loaded::inspect`], reading strings that hold JSON as `embedded` says.
+    pub fn inspect_with(&self, v: &mut serde_json::Value, enforce: bool, embedded: mcpwatch_inspect::Embedded) -> mcpwatch_inspect::RedactReport {
         if enforce {
-            return self.inspector.redact_json(v);
+            return self.inspector.redact_json_with(v, embedded);
         }
         let mut copy = v.clone();
-        let mut r = self.inspector.redact_json(&mut copy);
+        let mut r = self.inspector.redact_json_with(&mut copy, embedded);
         for (k, n) in std::mem::take(&mut r.counts) {
             *r.detected_only.entry(k).or_default() += n;
         }

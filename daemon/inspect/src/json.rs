@@ -8,6 +8,14 @@
 //! document (a custom pattern spanning a quote), the inner document is parsed, redacted
 //! structurally and re-serialised instead.
 //!
+//! What a lenient server reads is more than the text, though: the Python MCP SDK `json.loads` a
+//! string argument whenever the parameter is not typed `str` (`pre_parse_json`), so
+//! `"[\"\\u0041KIA…\"]"` reaches the tool as the list `["AKIA…"]`, its escapes resolved, and a
+//! scan of the text never sees the key. [`Embedded::Decoded`] (the daemon's choice for what goes
+//! to a server) also reads such a string as the value it decodes to, and when a finding there is
+//! redacted, the string becomes the redacted value re-serialised, so the server decodes what
+//! was redacted.
+//!
 //! The report never contains a raw value: detector ids, counts, pointers and salted sha256 hashes.
 
 use std::collections::BTreeMap;
@@ -23,6 +31,30 @@ use crate::Finding;
 
 /// Deeper JSON than this is not descended into (serde_json's parser stops at 128 anyway).
 const MAX_DEPTH: usize = 256;
+/// How many strings within strings [`Embedded::Decoded`] decodes: as many as the policy's
+/// argument conditions do (`mcpwatch_policy`'s matcher), so what a rule sees, the detectors see.
+pub const DECODED_DEPTH: usize = 3;
+
+/// How a walk reads a string that itself holds a JSON array or object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedded {
+    /// As text only: what a reader of the text sees (a result goes to an agent, which reads
+    /// text). JSON in it is still scanned and redacted in place, as text.
+    AsText,
+    /// As text and also as the value it decodes to ([`DECODED_DEPTH`] strings within strings
+    /// deep): what a server that decodes such strings (the Python SDK's `pre_parse_json`)
+    /// hands its tool. For what goes to a server: arguments, client answers.
+    Decoded,
+}
+
+impl Embedded {
+    fn budget(self) -> usize {
+        match self {
+            Embedded::AsText => 0,
+            Embedded::Decoded => DECODED_DEPTH,
+        }
+    }
+}
 /// Bound on the per-value entries of a [`RedactReport`]; counts stay exact.
 pub const MAX_REPORTED_VALUES: usize = 256;
 
@@ -76,7 +108,8 @@ impl RedactReport {
         self.counts.values().sum()
     }
 
-    fn merge(&mut self, other: RedactReport) {
+    /// Add `other`'s counts and values (two parts of one message inspected apart).
+    pub fn merge(&mut self, other: RedactReport) {
         for (k, v) in other.counts {
             *self.counts.entry(k).or_default() += v;
         }
@@ -146,8 +179,17 @@ impl Inspector {
     /// Replace every span whose detector action is `redact` or `block` with its `<TYPE>` token,
     /// in place. Audit-only findings are counted and hashed but left unchanged.
     pub fn redact_json(&self, v: &mut Value) -> RedactReport {
+        self.redact_json_with(v, Embedded::AsText)
+    }
+
+    /// [`Inspector::redact_json`], reading strings that hold JSON as `embedded` says. With
+    /// [`Embedded::Decoded`], a finding inside a decoded value is reported with the string's
+    /// pointer continued into that value (`/paths/0` for the first element of the list the
+    /// string `paths` holds), and a redaction there rewrites the string as the redacted value
+    /// re-serialised (compact, members in key order).
+    pub fn redact_json_with(&self, v: &mut Value, embedded: Embedded) -> RedactReport {
         let mut report = RedactReport::default();
-        self.walk_redact(v, &mut String::new(), None, 0, &mut report);
+        self.walk_redact(v, &mut String::new(), None, 0, embedded.budget(), &mut report);
         report
     }
 
@@ -165,8 +207,10 @@ impl Inspector {
         hex::encode(h.finalize())
     }
 
-    /// Redact one string; returns the new text when anything was replaced.
-    fn redact_string(&self, s: &str, key: Option<&str>, ptr: &str, report: &mut RedactReport) -> Option<String> {
+    /// Redact one string; returns the new text when anything was replaced. `seen`, when
+    /// given, gets (detector id, hash) of every finding: the decoded pass over the same
+    /// string must not count again what this pass counted.
+    fn redact_string(&self, s: &str, key: Option<&str>, ptr: &str, report: &mut RedactReport, mut seen: Option<&mut Vec<(String, String)>>) -> Option<String> {
         let cands = self.scan_with_key(s, key);
         if cands.is_empty() {
             return None;
@@ -181,7 +225,11 @@ impl Inspector {
             local.action = local.action.max(Some(action));
             let raw = s.get(c.start..c.end).unwrap_or("");
             let redact = action >= Action::Redact;
-            local.add_value(RedactedValue { detector: id.clone(), pointer: ptr.to_string(), sha256: self.hash_value(raw), redacted: redact });
+            let sha256 = self.hash_value(raw);
+            if let Some(seen) = seen.as_deref_mut() {
+                seen.push((id.clone(), sha256.clone()));
+            }
+            local.add_value(RedactedValue { detector: id.clone(), pointer: ptr.to_string(), sha256, redacted: redact });
             if redact {
                 *local.counts.entry(id).or_default() += 1;
                 out.push_str(s.get(last..c.start).unwrap_or(""));
@@ -213,20 +261,24 @@ impl Inspector {
         Some(out)
     }
 
-    fn walk_redact(&self, v: &mut Value, ptr: &mut String, key: Option<&str>, depth: usize, report: &mut RedactReport) {
+    /// `decode`: how many more strings within strings to read as their decoded value.
+    fn walk_redact(&self, v: &mut Value, ptr: &mut String, key: Option<&str>, depth: usize, decode: usize, report: &mut RedactReport) {
         if depth > MAX_DEPTH {
             return;
         }
         match v {
             Value::String(s) => {
-                if let Some(new) = self.redact_string(s, key, ptr, report) {
+                // One byte look at the trimmed start: ordinary strings cost nothing more.
+                if decode > 0 && looks_like_json(s) {
+                    self.redact_embedded(s, key, ptr, depth, decode, report);
+                } else if let Some(new) = self.redact_string(s, key, ptr, report, None) {
                     *s = new;
                 }
             }
             Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
                     let back = enter_index(ptr, i);
-                    self.walk_redact(item, ptr, None, depth + 1, report);
+                    self.walk_redact(item, ptr, None, depth + 1, decode, report);
                     ptr.truncate(back);
                 }
             }
@@ -236,7 +288,7 @@ impl Inspector {
                 let mut any = false;
                 for k in map.keys() {
                     let back = enter(ptr, k);
-                    let nk = self.redact_string(k, None, ptr, report);
+                    let nk = self.redact_string(k, None, ptr, report, None);
                     ptr.truncate(back);
                     any |= nk.is_some();
                     new_keys.push(nk);
@@ -253,7 +305,7 @@ impl Inspector {
                     let mut rebuilt = Map::new();
                     for ((k, mut item), nk) in old.into_iter().zip(new_keys) {
                         let back = enter(ptr, &k);
-                        self.walk_redact(&mut item, ptr, Some(&k), depth + 1, report);
+                        self.walk_redact(&mut item, ptr, Some(&k), depth + 1, decode, report);
                         ptr.truncate(back);
                         let name = match nk {
                             None => k,
@@ -273,7 +325,7 @@ impl Inspector {
                 } else {
                     for (k, item) in map.iter_mut() {
                         let back = enter(ptr, k);
-                        self.walk_redact(item, ptr, Some(k), depth + 1, report);
+                        self.walk_redact(item, ptr, Some(k), depth + 1, decode, report);
                         ptr.truncate(back);
                     }
                 }
@@ -281,6 +333,61 @@ impl Inspector {
             _ => {}
         }
     }
+}
+
+impl Inspector {
+    /// A string that may hold a JSON array or object: scanned as text first (in-place
+    /// redaction, as for any string), then, if it decodes, as the decoded value. Findings
+    /// only the decoded value shows (escaped spellings, keys giving context) are counted and,
+    /// when redacted, the string is replaced by the redacted value re-serialised.
+    fn redact_embedded(&self, s: &mut String, key: Option<&str>, ptr: &mut String, depth: usize, decode: usize, report: &mut RedactReport) {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        if let Some(new) = self.redact_string(s, key, ptr, report, Some(&mut seen)) {
+            *s = new;
+        }
+        let Some(mut doc) = decoded(s) else { return };
+        let mut inner = RedactReport::default();
+        let back = ptr.len();
+        self.walk_redact(&mut doc, ptr, None, depth + 1, decode - 1, &mut inner);
+        ptr.truncate(back);
+        // What the text pass already found and left in place (audit) is in the decoded
+        // value too: counted once. A span the text pass redacted is no longer there, so a
+        // redacted finding here is always new.
+        inner.values.retain(|v| {
+            if v.redacted {
+                return true;
+            }
+            let Some(i) = seen.iter().position(|(d, h)| *d == v.detector && *h == v.sha256) else { return true };
+            seen.swap_remove(i);
+            if let Some(n) = inner.detected_only.get_mut(&v.detector) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.detected_only.remove(&v.detector);
+                }
+            }
+            false
+        });
+        if inner.redacted_total() > 0 {
+            // Serialising a `Value` cannot fail (string keys only); were it to, nothing of
+            // the original is forwarded.
+            *s = serde_json::to_string(&doc).unwrap_or_default();
+        }
+        report.merge(inner);
+    }
+}
+
+/// The one-byte test before any decoding: the trimmed string starts like an array or object.
+fn looks_like_json(s: &str) -> bool {
+    matches!(s.trim_start().as_bytes().first(), Some(b'[' | b'{'))
+}
+
+/// `s` as the JSON array or object a lenient server decodes it to, if it is one (the same
+/// test as the policy matcher's: trimmed, parses with serde_json, an array or object).
+fn decoded(s: &str) -> Option<Value> {
+    if !looks_like_json(s) {
+        return None;
+    }
+    serde_json::from_str::<Value>(s.trim()).ok().filter(|v| v.is_array() || v.is_object())
 }
 
 /// `original` is a JSON object/array document and `edited` no longer parses.

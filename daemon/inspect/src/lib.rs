@@ -10,7 +10,9 @@
 //!
 //! Map of the crate:
 //! - [`Inspector`] (in `scan`/`json`): compiled PII/secret detectors; [`Inspector::scan_str`],
-//!   [`Inspector::scan_json`], [`Inspector::redact_json`]. Configured by [`InspectConfig`].
+//!   [`Inspector::scan_json`], [`Inspector::redact_json`] (and [`Inspector::redact_json_with`]:
+//!   [`Embedded::Decoded`] also reads strings holding JSON as a lenient server decodes them).
+//!   Configured by [`InspectConfig`].
 //! - [`poison`]: scored hidden-instruction signals for tool definitions, `initialize`
 //!   instructions, tool results and elicitation requests.
 //! - [`pin`]: canonical-JSON tool hashes, human-readable diffs and the [`pin::PinSet`] that turns a
@@ -31,7 +33,7 @@ mod validate;
 pub use config::{Action, CustomPattern, InspectConfig};
 pub use detectors::{BUILTIN_DETECTORS, DetectorInfo};
 pub use fixture::scan_throughput_fixture;
-pub use json::{JsonFinding, RedactReport, RedactedValue};
+pub use json::{Embedded, JsonFinding, RedactReport, RedactedValue, DECODED_DEPTH};
 pub use scan::Inspector;
 
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,8 @@ pub async fn hold(j: Judge<'_>, site: &Site<'_>, msg: &Message, rec: &mut AuditR
     let timeout = j.gov.policy.approval_timeout();
     let mut masked = msg.arguments().cloned();
     if let Some(a) = masked.as_mut() {
-        let _ = j.gov.inspector.redact_json(a);
+        // As the arguments were inspected: JSON inside a string argument too.
+        let _ = j.gov.inspector.redact_json_with(a, mcpwatch_inspect::Embedded::Decoded);
     }
     let now = now_ms();
     let view = mcpwatch_api::HeldCall {

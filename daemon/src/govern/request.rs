@@ -8,7 +8,7 @@ use mcpwatch_mcp::jsonrpc::{self, Message};
 use mcpwatch_policy::{Call, PinAction, Subject};
 use serde_json::Value;
 
-use super::{add_findings, flows, Fate, Governed, Judge, Site, CODE_CONTENT_BLOCKED, CODE_DENIED, CODE_RATE_LIMITED};
+use super::{add_findings, flows, inspect_outgoing, Fate, Governed, Judge, Site, CODE_CONTENT_BLOCKED, CODE_DENIED, CODE_RATE_LIMITED};
 use crate::clock::now_ms;
 
 /// Policy and argument inspection for one client request. May rewrite the message's
@@ -64,7 +64,7 @@ pub fn request(j: Judge<'_>, site: &Site<'_>, msg: &mut Message, rec: &mut Audit
         params => params,
     };
     if let Some(args) = inspected {
-        let report = j.gov.inspect(args, enforce);
+        let report = inspect_outgoing(j.gov, args, enforce);
         add_findings(rec, &report, "request");
         if enforce && report.redacted_total() > 0 {
             modified = true;

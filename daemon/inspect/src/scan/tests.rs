@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::*;
-use crate::{CustomPattern, InspectConfig};
+use crate::{CustomPattern, Embedded, InspectConfig};
 
 fn ins() -> Inspector {
     Inspector::new(&InspectConfig::default()).unwrap()
@@ -513,4 +513,110 @@ fn fixture_is_about_one_megabyte_and_has_findings() {
     }
     // The traps inside it (hashes, OIDs, git remotes, versions, structured numbers) stay quiet.
     assert!(!f.iter().any(|x| x.pointer.starts_with("/result/structuredContent")));
+}
+
+/// `s` as a JSON string literal with every ASCII digit and letter `A`/`K` spelled as a
+/// `\u` escape: text the detectors cannot read, the same value to anything that decodes it.
+fn escaped_literal(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '0'..='9' | 'A' | 'K' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[test]
+fn escaped_secret_in_a_json_string_argument_is_found_and_redacted_in_the_decoded_value() {
+    // `{"paths": "[\"\u0041KIA…\"]"}`: the Python SDK hands the tool ["AKIA…"].
+    let text = format!("[{}, \"/srv/ok\"]", escaped_literal("AKIALALEMEL33243OLIB"));
+    assert!(!text.contains("AKIA") && !text.contains("33243"), "{text}");
+    let args = json!({"paths": text, "n": 5});
+    // As text, nothing is there to see.
+    let mut plain = args.clone();
+    assert!(ins().redact_json(&mut plain).is_empty());
+    assert_eq!(plain, args);
+
+    let mut v = args.clone();
+    let r = ins().redact_json_with(&mut v, Embedded::Decoded);
+    assert_eq!(r.counts.get("secret.aws_access_key"), Some(&1), "{r:?}");
+    assert_eq!(r.action, Some(Action::Redact));
+    assert_eq!(r.values.len(), 1);
+    assert_eq!(r.values[0].pointer, "/paths/0", "the pointer continues into the decoded value");
+    assert_eq!(r.values[0].sha256, hex::encode(sha2::Sha256::digest(b"AKIALALEMEL33243OLIB")));
+    assert!(!serde_json::to_string(&r).unwrap().contains("AKIA"), "hashes, never values");
+    // The string is the redacted value re-serialised: what the server decodes is redacted.
+    let s = v["paths"].as_str().expect("still a string");
+    let decoded: Value = serde_json::from_str(s).expect("still JSON");
+    assert_eq!(decoded, json!(["<AWS_ACCESS_KEY>", "/srv/ok"]));
+    assert_eq!(v["n"], 5);
+    // Idempotent: the redacted form holds nothing more.
+    assert!(ins().redact_json_with(&mut v, Embedded::Decoded).is_empty());
+}
+
+#[test]
+fn escaped_pii_is_found_three_strings_deep_and_not_four() {
+    // A string holding an object whose member holds a list, ... `depth` strings deep.
+    let nest = |depth: usize| {
+        let mut text = format!("[{}]", escaped_literal("SSN 372-81-4419"));
+        for _ in 1..depth {
+            text = serde_json::to_string(&json!({ "inner": text })).unwrap();
+        }
+        json!({ "q": text })
+    };
+    for depth in 1..=3 {
+        let mut v = nest(depth);
+        assert!(ins().redact_json(&mut v.clone()).is_empty(), "depth {depth}: visible as text");
+        let r = ins().redact_json_with(&mut v, Embedded::Decoded);
+        assert_eq!(r.counts.get("pii.us_ssn"), Some(&1), "depth {depth}: {r:?}");
+        // Decode it all the way down: the SSN is gone at the bottom.
+        let mut cur = v["q"].clone();
+        for _ in 1..depth {
+            cur = serde_json::from_str::<Value>(cur.as_str().unwrap()).unwrap()["inner"].clone();
+        }
+        let bottom: Value = serde_json::from_str(cur.as_str().unwrap()).unwrap();
+        assert_eq!(bottom, json!(["SSN <US_SSN>"]), "depth {depth}");
+    }
+    // As deep as the policy's argument conditions look, no deeper.
+    let mut v = nest(crate::DECODED_DEPTH + 1);
+    assert!(ins().redact_json_with(&mut v, Embedded::Decoded).is_empty());
+}
+
+#[test]
+fn decoded_strings_count_once_and_stay_in_place_when_the_text_shows_everything() {
+    let cfg = InspectConfig { actions: [("pii.email".to_string(), Action::Audit)].into_iter().collect(), ..InspectConfig::default() };
+    let ins = Inspector::new(&cfg).unwrap();
+    // Plain spellings: the text pass sees them; the decoded pass adds nothing, and the
+    // redaction is the in-place one (the string's own layout kept).
+    let mut v = json!({"q": "[ \"maria@example.org\", \"SSN 372-81-4419\" ]"});
+    let r = ins.redact_json_with(&mut v, Embedded::Decoded);
+    assert_eq!(v["q"], "[ \"maria@example.org\", \"SSN <US_SSN>\" ]");
+    assert_eq!(r.detected_only.get("pii.email"), Some(&1), "{r:?}");
+    assert_eq!(r.counts.get("pii.us_ssn"), Some(&1), "{r:?}");
+    assert_eq!(r.values.len(), 2, "{r:?}");
+    // The same address twice, once escaped: two values, each counted once.
+    let text = format!("[\"maria@example.org\", {}]", escaped_literal("maria@example.org").replace('a', "\\u0061"));
+    let mut v = json!({ "q": text });
+    let r = ins.redact_json_with(&mut v, Embedded::Decoded);
+    assert_eq!(r.detected_only.get("pii.email"), Some(&2), "{r:?}");
+    assert_eq!(v["q"], text, "audit only: left as it was");
+}
+
+#[test]
+fn decoded_strings_block_and_ordinary_strings_are_untouched() {
+    let cfg = InspectConfig { actions: [("secret".to_string(), Action::Block)].into_iter().collect(), ..InspectConfig::default() };
+    let ins = Inspector::new(&cfg).unwrap();
+    let mut v = json!({"cfg": format!("{{\"token\": {}}}", escaped_literal("AKIALALEMEL33243OLIB"))});
+    assert_eq!(ins.redact_json_with(&mut v, Embedded::Decoded).action, Some(Action::Block));
+    // Strings that only start like JSON, or are JSON but not an array or object.
+    for s in ["[not json", "{", " [1, 2", "\"AKIA\"", "5", "null", "[]", "{}", "  [\"ok\"]  "] {
+        let mut v = json!({ "s": s });
+        assert!(ins.redact_json_with(&mut v, Embedded::Decoded).is_empty(), "{s:?}");
+        assert_eq!(v["s"], s);
+    }
 }

@@ -1,0 +1,53 @@
+//! Judging a client's answer to a server's request (`sampling/createMessage`,
+//! `elicitation/create`, `roots/list`, `ping`). Why it is inspected at all: the answer
+//! goes to the server, so what the agent's side puts in it (a model's completion, what a
+//! user typed into an elicitation form, local paths) leaves the host exactly as a call's
+//! arguments do. Without this a server only had to ask for data instead of being sent it
+//! to get it past the detectors. It is inspected as arguments are (strings holding JSON
+//! decoded too), redacted or blocked per the `[inspect]` detector actions in the
+//! server's rollout mode, and the findings go on the record of the server's request.
+
+use mcpwatch_api::AuditRecord;
+use mcpwatch_mcp::jsonrpc::Message;
+use serde_json::Value;
+
+use super::{add_findings, inspect_outgoing, Judge, Site, CODE_CONTENT_BLOCKED};
+
+/// Inspect the client answer `msg` (a JSON-RPC response or error) before it goes to the
+/// server; `rec` is the record it completes (the server request's, or the record of an
+/// answer to an id no watched request carried). The findings are the record's
+/// `response` (its answer's) findings. In enforce mode a redacted answer is rewritten in
+/// place, and one a detector blocks is replaced by a JSON-RPC error for the server, so the
+/// server's request is still answered (and does not wait) without the data. True if
+/// `msg` was rewritten: the caller forwards the new message, not the bytes it came in.
+pub fn answer(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg: &mut Message) -> bool {
+    let enforce = j.enforce(site);
+    let report = match msg {
+        Message::Response { result, .. } => inspect_outgoing(j.gov, result, enforce),
+        Message::Error { message, data, .. } => {
+            // Both carry text of the client's choosing; the code is only a number.
+            let mut text = Value::String(std::mem::take(message));
+            let mut report = inspect_outgoing(j.gov, &mut text, enforce);
+            if let Value::String(t) = text {
+                *message = t;
+            }
+            if let Some(d) = data.as_mut() {
+                report.merge(inspect_outgoing(j.gov, d, enforce));
+            }
+            report
+        }
+        Message::Request { .. } | Message::Notification { .. } => return false,
+    };
+    add_findings(rec, &report, "response");
+    if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
+        let message = "mcpwatch: the client's answer contains data the policy blocks; it was not delivered".to_string();
+        *msg = Message::Error { id: msg.id().cloned(), code: CODE_CONTENT_BLOCKED, message, data: None };
+        rec.notes.push("client answer blocked by inspection: the server was sent an error instead".into());
+        return true;
+    }
+    if enforce && report.redacted_total() > 0 {
+        rec.notes.push(format!("client answer redacted before forwarding ({} spans)", report.redacted_total()));
+        return true;
+    }
+    false
+}
