@@ -570,6 +570,8 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
     // takes room for four, and four pending records are ~3.5 KiB; one is under 1 KiB.
     let mut gb = GovernedBatch { pending: Vec::with_capacity(n), forwarded: Vec::with_capacity(n), ..GovernedBatch::default() };
     let now = Instant::now();
+    // The request ids of this batch so far (empty for a single message).
+    let mut batch_ids: Vec<String> = Vec::new();
     for (index, m) in messages.iter_mut().enumerate() {
         Counters::inc(&shared.counters.mcp_messages);
         match m {
@@ -589,16 +591,31 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 }
                 let name = rec.name.clone();
                 shared.inventory.saw_message(&Sighting { dst: &rec.dst, ..scope.sighting(msg.method(), name.as_deref()) });
-                // Legacy answers come on the GET stream, matched to the parked request by
-                // id: a second request under an id still pending would take the first one's
-                // answer (and the first one's result would be judged as the second's:
-                // its taint laundered). Refused; the first keeps its id.
+                // Answers are matched to calls by id. A second request under an id still
+                // pending would take the first one's answer, and the first one's result
+                // would be judged as the second's (a `tools/list` is not scanned: a
+                // secret passes; a harmless tool's label: taint laundered). Refused, the
+                // first keeps its id: over legacy SSE while it is parked; in a Streamable
+                // HTTP session once it was forwarded at all (MCP forbids reusing a
+                // request id within a session; the TypeScript SDK re-points a reused id
+                // to the newer stream); twice in one batch, always.
                 let reused = kind == MessageKind::Request
-                    && scope.legacy
-                    && msg.id().is_some_and(|id| shared.sessions.is_parked(&scope.conversation, Asker::Client, &id.to_string()));
+                    && msg.id().is_some_and(|id| {
+                        let id = id.to_string();
+                        let in_batch = input.batch && batch_ids.contains(&id);
+                        let in_session = if scope.legacy {
+                            shared.sessions.is_parked(&scope.conversation, Asker::Client, &id)
+                        } else {
+                            scope.session_id.is_some() && shared.sessions.id_fate(&scope.conversation, &id) == Some(IdFate::Forwarded)
+                        };
+                        if input.batch {
+                            batch_ids.push(id);
+                        }
+                        in_batch || in_session
+                    });
                 let (fate, held) = if reused {
-                    let message = "mcpwatch: this id is already used by a request still waiting for its answer in this session; refused".to_string();
-                    rec.alerts.push("request id reused while a request with that id is pending (its answer would be attributed to this call)".into());
+                    let message = "mcpwatch: this request id was already used in this session (or this batch), and answers are matched to calls by id; refused".to_string();
+                    rec.alerts.push("request id reused in the session or batch (an earlier call's answer could be taken for this one's)".into());
                     (Fate::Refuse { code: jsonrpc::INVALID_REQUEST, message, data: serde_json::json!({ "mcpwatch": "id in use" }), retry_after_ms: None }, false)
                 } else if kind == MessageKind::Request {
                     let g = govern::request(Judge::of(shared, gov), &site, msg, &mut rec);
@@ -655,9 +672,15 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 }
             }
             Ok(msg) => {
-                // The client answers a request the server sent on an SSE stream.
+                // The client answers a request the server sent on an SSE stream. The
+                // answer goes to the server: inspected as arguments are (redacted or
+                // blocked in enforce mode: the body is then re-serialised), and its
+                // record's hash is of what leaves.
                 match msg.id().and_then(|id| shared.sessions.take(&scope.conversation, Asker::Server, &id.to_string())) {
-                    Some(p) => complete_with(shared, p, msg, input.bytes.len() as u64),
+                    Some(mut p) => {
+                        gb.modified |= govern::answer(Judge::of(shared, gov), &site, &mut p.record, msg);
+                        complete_with(shared, p, msg, input.bytes.len() as u64);
+                    }
                     None => {
                         // An answer to nothing the server asked on a stream mcpwatch
                         // watched: recorded like any message that leaves (it carries
@@ -665,6 +688,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         let mut rec = scope.record(shared, MessageKind::Invalid, C2S, None, per_message_bytes);
                         let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
                         rec.jsonrpc_id = Some(id.clone());
+                        gb.modified |= govern::answer(Judge::of(shared, gov), &site, &mut rec, msg);
                         rec.result_hash = msg.result_hash(shared.governance.hash_key());
                         rec.alerts.push(format!("client answer to id {} that no watched server request carried", clip_path(&id)));
                         gb.audit_failed |= shared.begin_record(&rec).is_err();

@@ -312,7 +312,7 @@ impl StreamObserver {
                     Some(i) => Some(self.local.remove(i).1),
                     None => key.and_then(|k| self.shared.sessions.take(&self.scope.conversation, Asker::Client, &k)),
                 };
-                let Some(mut p) = pending else { return Outcome::Keep };
+                let Some(mut p) = pending else { return self.unmatched_answer(msg, size) };
                 // Learned from, and recorded (status, result hash), as the server sent it.
                 self.learn(&p, msg);
                 let (status, hash) = answer_of(&self.shared, msg);
@@ -361,6 +361,28 @@ impl StreamObserver {
             Some(IdFate::Refused) => IdState::Refused,
             None => IdState::Unknown,
         }
+    }
+
+    /// An answer that passed the integrity check but that no waiting call of this stream or
+    /// conversation takes: a replay on a resumed stream (`Last-Event-ID`: the server sends
+    /// an answer again after its call was completed) or an answer the server routed to
+    /// another stream. It reaches the client all the same, so it is judged as an answer to
+    /// the call its shape says (a `tools` array: `tools/list`, filtered and pinned;
+    /// anything else as a `tools/call` result: detectors, redaction, blocking) and
+    /// recorded with an alert. Before, it passed with no inspection and no record.
+    fn unmatched_answer(&mut self, msg: &mut Message, size: u64) -> Outcome {
+        let listing = matches!(&*msg, Message::Response { result, .. } if result.get("tools").is_some_and(Value::is_array));
+        let method = if listing { "tools/list" } else { "tools/call" };
+        let mut rec = self.scope.record(&self.shared, MessageKind::Invalid, S2C, None, size);
+        rec.method = Some(method.to_string());
+        rec.jsonrpc_id = msg.id().map(|i| i.to_string());
+        rec.alerts.push(format!("answer to no waiting call (a replay on a resumed stream, or an id answered elsewhere): judged as a {method} answer"));
+        let mut p = Pending { record: rec, started: Instant::now(), first_page: false };
+        let changed = self.govern_result(&mut p, msg);
+        let (status, hash) = answer_of(&self.shared, msg);
+        p.record.result_hash = hash;
+        write_closed(&self.shared, p.record, status);
+        if changed { Outcome::Changed } else { Outcome::Keep }
     }
 
     /// Policy and inspection on an answer (`govern::result`). Returns true if `msg` changed.

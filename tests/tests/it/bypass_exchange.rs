@@ -200,6 +200,47 @@ fn an_answer_too_large_to_inspect_is_not_delivered_in_enforce_mode() {
     env.daemon.wait_audit("the aborted call's record", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("larger than limits.max_body_bytes"))));
 }
 
+/// A server replays answers on a resumed stream (`Last-Event-ID`, the SDKs' event
+/// stores): the replayed answer's call was completed already, so no waiting call took
+/// it and it reached the client with no inspection and no record. Now it is judged by
+/// its shape (here a `tools/call` result: redacted) and recorded with an alert.
+#[test]
+fn an_answer_replayed_on_a_resumed_stream_is_inspected() {
+    let events = "event: message\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"SSN 536-22-8741\"}]}}\n\n";
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n{events}");
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[inspect.detectors]\ndefault_action = \"redact\"\n";
+    let env = Lenient::start(policy, None, reply.as_bytes());
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-replay\r\nMCP-Protocol-Version: 2025-11-25\r\n";
+    let echo = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let resp = env.send(&request("POST", "/mcp", headers, echo));
+    assert!(resp.contains("<US_SSN>") && !resp.contains("536-22-8741"), "the answer on the POST stream is redacted: {resp}");
+    // The client resumes: the server replays the answer on a GET.
+    let resp = env.send(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nMcp-Session-Id: s-replay\r\nMCP-Protocol-Version: 2025-11-25\r\nLast-Event-ID: 0\r\nConnection: close\r\n\r\n");
+    assert!(resp.contains("<US_SSN>") && !resp.contains("536-22-8741"), "the replayed answer reached the client unredacted: {resp}");
+    env.daemon.wait_audit("the replay's record", |r| alerts(r).iter().any(|a| a.contains("answer to no waiting call")));
+}
+
+/// Streamable HTTP: a request id reused in a session (MCP forbids it; the TypeScript SDK
+/// re-points the id to the newer stream, so the first call's answer arrived on the second
+/// POST and was judged as that call's, a `tools/list` unscanned), or twice in one batch,
+/// is refused before it reaches the server.
+#[test]
+fn a_request_id_cannot_be_reused_in_a_session_or_a_batch() {
+    let env = Lenient::start(DENY_DELETES, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-ids\r\n";
+    let call = |id: u32, tool: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
+    let first = env.send(&request("POST", "/mcp", headers, call(9, "read_issue").as_bytes()));
+    assert!(first.starts_with("HTTP/1.1 202"), "{first}");
+    let again = env.send(&request("POST", "/mcp", headers, call(9, "echo").as_bytes()));
+    assert!(again.contains("-32600") && again.contains("already used"), "{again}");
+    let batch = format!("[{},{}]", call(11, "echo"), call(11, "read_issue"));
+    env.send(&request("POST", "/mcp", "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-batch\r\n", batch.as_bytes()));
+    env.daemon.wait_audit("both refusals' records", |r| alerts(r).iter().filter(|a| a.contains("request id reused")).count() >= 2);
+    let upstream = env.upstream_bytes();
+    assert_eq!(upstream.matches("\"id\":9").count(), 1, "only the first id 9 reached the server: {upstream}");
+    assert_eq!(upstream.matches("\"id\":11").count(), 1, "only one id 11 reached the server: {upstream}");
+}
+
 /// Two Host headers: the daemon names the server by one, a front end may route by the
 /// other. Refused (400) and recorded, never forwarded.
 #[test]
@@ -1320,4 +1361,138 @@ fn tls_inside_a_connect_tunnel_is_intercepted_and_governed() {
         .try_run();
     assert_eq!(again.steps().first().map(|s| &s["text"]), Some(&json!("after a restart")), "{:?}\n{}", again.lines, again.stderr);
     daemon.wait_audit("the call of the second session", |r| r.iter().any(|r| r.name.as_deref() == Some("echo") && r.status == CallStatus::Ok && r.scheme == "https" && r.jsonrpc_id.is_some() && server.recorded_texts().iter().any(|t| t == "after a restart")));
+}
+
+/// Enforce mode with every detector redacting (the SSN and AWS key below are the
+/// detector tests' samples).
+const REDACT_ALL: &str = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[inspect.detectors]\ndefault_action = \"redact\"\n";
+const SAMPLE_SSN: &str = "536-22-8741";
+const SAMPLE_AWS_KEY: &str = "AKIAQYLPMN5HHHFPZAM2";
+const MCP_HEADERS: &str = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-json\r\nMCP-Protocol-Version: 2025-06-18\r\n";
+
+/// The JSON body of each HTTP request the raw upstream received.
+fn upstream_bodies(env: &Lenient) -> Vec<Value> {
+    env.upstream.seen().iter().filter_map(|s| {
+        let text = String::from_utf8_lossy(&s.bytes).into_owned();
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    }).collect()
+}
+
+/// The Python SDK `json.loads` a string argument whose parameter is not typed `str`
+/// (`pre_parse_json`): `"[\"\\u0041KIA…\"]"` reaches the tool as `["AKIA…"]`. The
+/// detectors read only the text, where `\u0041KIA…` is no key and `\u0035\u0033\u0036-…`
+/// no SSN, so both went to the server unredacted. Now a string holding a JSON array or
+/// object is inspected as the value it decodes to as well, and redacted there: the
+/// server decodes the redacted value.
+#[test]
+fn a_secret_escaped_inside_a_json_string_argument_is_redacted() {
+    let env = Lenient::start(REDACT_ALL, None, OK_REPLY);
+    // Literal backslash escapes inside the string arguments' text.
+    let paths = format!(r#"["\u0041{}", "/srv/ok"]"#, &SAMPLE_AWS_KEY[1..]);
+    let filter = format!(r#"{{"owner": "\u0035\u0033\u0036{}"}}"#, &SAMPLE_SSN[3..]);
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "read_files", "arguments": {"paths": paths, "filter": filter}}});
+    let resp = env.send(&request("POST", "/mcp", MCP_HEADERS, call.to_string().as_bytes()));
+    assert_eq!(status(&resp), 200, "{resp}");
+    let sent = env.upstream_bytes();
+    assert!(!sent.contains(&SAMPLE_AWS_KEY[1..]) && !sent.contains(&SAMPLE_SSN[3..]), "the escaped values reached the server: {sent}");
+    let body = upstream_bodies(&env).into_iter().find(|b| b["id"] == 3).unwrap_or_else(|| panic!("the call was not forwarded: {sent}"));
+    let args = &body["params"]["arguments"];
+    // What the server decodes each string to is the redacted value.
+    let decode = |v: &Value| serde_json::from_str::<Value>(v.as_str().unwrap_or_else(|| panic!("still a string: {v}"))).expect("still JSON");
+    assert_eq!(decode(&args["paths"]), json!(["<AWS_ACCESS_KEY>", "/srv/ok"]));
+    assert_eq!(decode(&args["filter"]), json!({"owner": "<US_SSN>"}));
+    let recs = env.daemon.wait_audit("the call's record", |r| r.iter().any(|r| r.name.as_deref() == Some("read_files") && r.status != CallStatus::Pending));
+    let rec = recs.iter().find(|r| r.name.as_deref() == Some("read_files")).expect("record");
+    for detector in ["secret.aws_access_key", "pii.us_ssn"] {
+        assert!(rec.findings.iter().any(|f| f.detector == detector && f.direction == "request" && f.action == "redact"), "{detector}: {:?}", rec.findings);
+    }
+    let json = serde_json::to_string(rec).unwrap();
+    assert!(!json.contains(&SAMPLE_AWS_KEY[1..]) && !json.contains(&SAMPLE_SSN[3..]), "the record holds counts and hashes, not values");
+}
+
+/// A client's answer to a server's request (elicitation, sampling, roots) goes to the
+/// server as arguments do, but the detectors never ran on it: a server only had to ask
+/// for the data. Now the answer is inspected as arguments are: redacted before the
+/// server sees it (or replaced by an error when a detector blocks), the findings on the
+/// server request's record; an answer to an id no watched request carried likewise.
+#[test]
+fn a_client_answer_to_a_server_request_is_redacted() {
+    // The server asks on the stream of a call's answer.
+    let ask = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"srv-1\",\"method\":\"elicitation/create\",\"params\":{\"message\":\"Your SSN?\",\"requestedSchema\":{\"type\":\"object\",\"properties\":{\"ssn\":{\"type\":\"string\"}}}}}\n\n";
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n{ask}");
+    let env = Lenient::start(REDACT_ALL, None, reply.as_bytes());
+    let echo = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let resp = env.send(&request("POST", "/mcp", MCP_HEADERS, echo));
+    assert!(resp.contains("elicitation/create"), "the server's request reached the client: {resp}");
+    let answer = json!({"jsonrpc": "2.0", "id": "srv-1", "result": {"action": "accept", "content": {"ssn": SAMPLE_SSN, "note": format!("mine is {SAMPLE_SSN}")}}});
+    env.send(&request("POST", "/mcp", MCP_HEADERS, answer.to_string().as_bytes()));
+    let sent = env.upstream_bytes();
+    assert!(!sent.contains(SAMPLE_SSN), "the SSN reached the server: {sent}");
+    let body = upstream_bodies(&env).into_iter().find(|b| b["id"] == "srv-1").unwrap_or_else(|| panic!("the answer was not forwarded: {sent}"));
+    assert_eq!(body["result"]["content"], json!({"ssn": "<US_SSN>", "note": "mine is <US_SSN>"}), "{body}");
+    let recs = env.daemon.wait_audit("the server request's record", |r| {
+        r.iter().any(|r| r.method.as_deref() == Some("elicitation/create") && !r.findings.is_empty())
+    });
+    let rec = recs.iter().find(|r| r.method.as_deref() == Some("elicitation/create") && !r.findings.is_empty()).expect("record");
+    assert!(rec.findings.iter().any(|f| f.detector == "pii.us_ssn" && f.direction == "response" && f.action == "redact" && f.count == 2), "{:?}", rec.findings);
+    assert!(rec.notes.iter().any(|n| n.contains("client answer redacted")), "{:?}", rec.notes);
+    assert!(!serde_json::to_string(rec).unwrap().contains(SAMPLE_SSN));
+
+    // An answer to an id no watched request carried, and an error's message: the same.
+    let env = Lenient::start(REDACT_ALL, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    let stray = json!({"jsonrpc": "2.0", "id": "srv-99", "result": {"content": [{"type": "text", "text": format!("SSN {SAMPLE_SSN}")}]}});
+    let error = json!({"jsonrpc": "2.0", "id": "srv-98", "error": {"code": -1, "message": format!("no, {SAMPLE_SSN} is private"), "data": {"ssn": SAMPLE_SSN}}});
+    for answer in [&stray, &error] {
+        assert_eq!(status(&env.send(&request("POST", "/mcp", MCP_HEADERS, answer.to_string().as_bytes()))), 202);
+    }
+    let sent = env.upstream_bytes();
+    assert!(!sent.contains(SAMPLE_SSN), "the SSN reached the server: {sent}");
+    let bodies = upstream_bodies(&env);
+    assert!(bodies.iter().any(|b| b["result"]["content"][0]["text"] == "SSN <US_SSN>"), "{bodies:?}");
+    assert!(bodies.iter().any(|b| b["error"]["message"] == "no, <US_SSN> is private" && b["error"]["data"]["ssn"] == "<US_SSN>" && b["error"]["code"] == -1), "{bodies:?}");
+    let recs = env.daemon.wait_audit("the answers' records", |r| r.iter().filter(|r| r.findings.iter().any(|f| f.detector == "pii.us_ssn")).count() >= 2);
+    let stray_rec = recs.iter().find(|r| r.jsonrpc_id.as_deref() == Some("\"srv-99\"")).expect("the stray answer's record");
+    assert!(stray_rec.alerts.iter().any(|a| a.contains("no watched server request")), "{stray_rec:#?}");
+
+    // A detector that blocks: the server gets an error for its request, not the data.
+    let block = format!("{REDACT_ALL}actions = {{ \"pii.us_ssn\" = \"block\" }}\n");
+    let env = Lenient::start(&block, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(status(&env.send(&request("POST", "/mcp", MCP_HEADERS, stray.to_string().as_bytes()))), 202);
+    let sent = env.upstream_bytes();
+    assert!(!sent.contains(SAMPLE_SSN) && !sent.contains("<US_SSN>"), "{sent}");
+    let body = upstream_bodies(&env).into_iter().find(|b| b["id"] == "srv-99").unwrap_or_else(|| panic!("the server's request got no answer: {sent}"));
+    assert_eq!(body["error"]["code"], -32004, "{body}");
+    assert!(body.get("result").is_none(), "{body}");
+}
+
+/// The stdio gate (`mcpwatch wrap`) relays a client's answers to the server's requests
+/// too: inspected there the same way, the rewritten line in the gate's verdict.
+#[test]
+fn the_gate_redacts_client_answers_too() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some("127.0.0.1:9".parse().unwrap()), policy: Some(REDACT_ALL.into()), ..Default::default() });
+    let mut s = UnixStream::connect(daemon.socket.with_file_name("gate.sock")).expect("connect to the gate socket");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut ask = |line: Value| {
+        s.write_all(format!("{line}\n").as_bytes()).expect("write");
+        let mut answer = String::new();
+        r.read_line(&mut answer).expect("a verdict");
+        serde_json::from_str::<Value>(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    };
+    assert_eq!(ask(json!({"seq": 1, "op": "open", "command": ["answers-server"]}))["verdict"], "opened");
+    let sampling = json!({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage", "params": {"messages": [], "maxTokens": 5}});
+    assert_eq!(ask(json!({"seq": 2, "op": "server", "line": sampling.to_string()}))["verdict"], "forward");
+    let answer = json!({"jsonrpc": "2.0", "id": "s1", "result": {"role": "assistant", "content": {"type": "text", "text": format!("SSN {SAMPLE_SSN}")}, "model": "m"}});
+    let verdict = ask(json!({"seq": 3, "op": "client", "line": answer.to_string()}));
+    assert_eq!(verdict["verdict"], "forward", "{verdict}");
+    let line = verdict["line"].as_str().unwrap_or_else(|| panic!("the answer was not rewritten: {verdict}"));
+    assert!(!line.contains(SAMPLE_SSN), "{line}");
+    let sent: Value = serde_json::from_str(line).expect("a JSON-RPC line");
+    assert_eq!(sent["result"]["content"]["text"], "SSN <US_SSN>", "{sent}");
+    let recs = daemon.wait_audit("the sampling record", |r| r.iter().any(|x| x.method.as_deref() == Some("sampling/createMessage") && x.status == CallStatus::Ok));
+    let rec = recs.iter().find(|x| x.method.as_deref() == Some("sampling/createMessage")).unwrap();
+    assert!(rec.findings.iter().any(|f| f.detector == "pii.us_ssn" && f.direction == "response" && f.action == "redact"), "{rec:#?}");
 }
