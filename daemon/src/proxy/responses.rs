@@ -773,7 +773,10 @@ fn last_event_end(raw: &[u8]) -> Option<usize> {
         let eol = match raw[i] {
             b'\n' => Some(i + 1),
             b'\r' if raw.get(i + 1) == Some(&b'\n') => Some(i + 2),
-            b'\r' if i + 1 < raw.len() => Some(i + 1),
+            // A final CR ends its line now, as the parser takes it (and skips an LF that
+            // follows in the next chunk): counted otherwise, the bytes of an event already
+            // dispatched (and maybe redacted) stayed here to go out verbatim later.
+            b'\r' => Some(i + 1),
             _ => None,
         };
         match eol {
@@ -818,7 +821,8 @@ mod tests {
         assert_eq!(last_event_end(b"data: a\r\n\r\ndata: b"), Some(11));
         assert_eq!(last_event_end(b"data: a\n\ndata: b\n\n"), Some(18));
         assert_eq!(last_event_end(b"data: a\n"), None);
-        assert_eq!(last_event_end(b"data: a\r\r"), None, "a final CR may still be followed by LF");
-        assert_eq!(last_event_end(b"data: a\r\r\r"), Some(9));
+        assert_eq!(last_event_end(b"data: a\r\r"), Some(9), "a final CR ends the line, as the parser takes it");
+        assert_eq!(last_event_end(b"data: {}\n\ndata: secret\n\r"), Some(24), "an event ended by a final CR is drained with it");
+        assert_eq!(last_event_end(b"data: a\r\r\r"), Some(10));
     }
 }
