@@ -168,6 +168,18 @@ impl Approvals {
         v
     }
 
+    /// Deny every held call with `reason` (the policy it was held under was replaced:
+    /// an approval must not forward a call the new policy denies). Returns how many.
+    pub fn withdraw_all(&self, reason: &str) -> usize {
+        let Ok(mut h) = self.held.lock() else { return 0 };
+        let all = h.drain_where(|_| true);
+        let n = all.len();
+        for e in all {
+            let _ = e.tx.send(Verdict::Denied { by: "mcpwatch".into(), reason: Some(reason.to_string()) });
+        }
+        n
+    }
+
     fn forget(&self, id: &str) {
         if let Ok(mut h) = self.held.lock() {
             h.remove(&id.to_string());

@@ -182,7 +182,7 @@ async fn client(stream: UnixStream, shared: Arc<Shared>, status: Arc<dyn Fn() ->
             send(&mut w, &resp).await
         }
         Request::PolicyReload => {
-            let resp = match shared.governance.reload() {
+            let resp = match shared.reload_policy() {
                 Ok(summary) => Response::Done { message: summary },
                 Err(e) => Response::Error { message: format!("policy rejected; the previous policy stays in force:\n{e}") },
             };

@@ -196,7 +196,7 @@ async fn real_main() -> Result<()> {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     notifier.reloading();
-                    let status = match shared.governance.reload() {
+                    let status = match shared.reload_policy() {
                         Ok(summary) => summary,
                         Err(e) => format!("policy reload rejected, previous policy in force: {}", e.lines().next().unwrap_or_default()),
                     };

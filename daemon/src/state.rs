@@ -343,6 +343,19 @@ impl Shared {
         }
     }
 
+    /// Reload the policy; on success the calls held for approval under the old one are
+    /// denied (an approval given after the reload would otherwise forward a call the new
+    /// policy may deny), and the summary says how many.
+    pub fn reload_policy(&self) -> Result<String, String> {
+        let summary = self.governance.reload()?;
+        let withdrawn = self.approvals.withdraw_all("the policy was reloaded while this call waited; send it again to be judged by the new policy");
+        if withdrawn > 0 {
+            tracing::warn!(withdrawn, "policy reloaded: calls held for approval under the old policy were denied");
+            return Ok(format!("{summary}; {withdrawn} call(s) held for approval were denied (send them again)"));
+        }
+        Ok(summary)
+    }
+
     /// Update a record once its response (or failure) is known.
     pub fn complete_record(&self, rec: &AuditRecord) {
         self.store_update(rec, false);

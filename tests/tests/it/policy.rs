@@ -282,11 +282,25 @@ fn approval_approve_deny_timeout_and_replay() {
     assert!(msg.contains("none came within 3 s"), "{msg}");
     assert_eq!(server.recorded_calls().len(), 1);
 
-    let recs = w.daemon.wait_audit("three approval outcomes", |r| r.iter().filter(|x| x.decision.as_ref().and_then(|d| d.approval.as_ref()).is_some()).count() == 3);
+    // A reload while a call is held: the call is denied, not left for an approval given
+    // under a policy that may no longer hold it (or may deny it outright).
+    let t = run("orders");
+    let held3 = w.daemon.wait_pending(1);
+    let out = w.daemon.cli(&["policy", "reload"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 call(s) held for approval were denied"), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let res = t.join().unwrap();
+    let (code, msg) = call_error(&res.steps()[0]);
+    assert_eq!(code, -32003);
+    assert!(msg.contains("policy was reloaded"), "{msg}");
+    assert_eq!(w.daemon.cli(&["approve", &held3[0].id]).status.code(), Some(2), "nothing left to approve");
+    assert_eq!(server.recorded_calls().len(), 1);
+
+    let recs = w.daemon.wait_audit("four approval outcomes", |r| r.iter().filter(|x| x.decision.as_ref().and_then(|d| d.approval.as_ref()).is_some()).count() == 4);
     let outcomes: Vec<String> = recs.iter().filter_map(|x| x.decision.as_ref().and_then(|d| d.approval.clone())).collect();
     assert!(outcomes[0].starts_with("approved by uid 0"), "{outcomes:?}");
     assert!(outcomes[1].starts_with("denied by uid 0"), "{outcomes:?}");
     assert!(outcomes[2].starts_with("timed out"), "{outcomes:?}");
+    assert!(outcomes[3].starts_with("denied by mcpwatch") && outcomes[3].contains("reloaded"), "{outcomes:?}");
 }
 
 #[test]
