@@ -592,12 +592,11 @@ fn records_are_dropped_after_close_and_maps_stay_bounded() {
     assert!(ic.map_sizes().execs <= crate::MAX_CONNECTIONS as usize);
 }
 
-/// The daemon's accept consumes the record: a later socket that reuses the client's
-/// address and port and connects to the daemon directly (no redirect, so no record of
-/// its own) cannot claim the first client's process and destination.
-#[test]
-fn an_accepted_connection_is_resolved_once() {
-    let cg = TestCgroup::unique("mcpwatch-test-take").unwrap();
+/// A client in a fresh test cgroup that connects to 127.0.0.3:<port>, sends `bye`,
+/// closes and exits before the daemon accepts; returns what the test needs to accept it.
+/// The interceptor keeps closed records for an hour.
+fn client_closed_before_accept(name: &str) -> (TestCgroup, Daemon, TcpListener, u16, Interceptor) {
+    let cg = TestCgroup::unique(name).unwrap();
     let daemon = Daemon::bind();
     let server = TcpListener::bind("127.0.0.3:0").unwrap();
     let sport = server.local_addr().unwrap().port();
@@ -613,6 +612,15 @@ fn an_accepted_connection_is_resolved_once() {
     unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
     assert!(cmd.status().unwrap().success());
     poll_until("the client's socket reached CLOSE", || ic.map_sizes().by_cookie == 0);
+    (cg, daemon, server, sport, ic)
+}
+
+/// The daemon's accept consumes the record: a later socket that reuses the client's
+/// address and port and connects to the daemon directly (no redirect, so no record of
+/// its own) cannot claim the first client's process and destination.
+#[test]
+fn an_accepted_connection_is_resolved_once() {
+    let (_cg, daemon, server, sport, ic) = client_closed_before_accept("mcpwatch-test-take");
     let (side, _stream, peer) = accept(&daemon, &server, None);
     assert_eq!(side, Side::Daemon);
     assert_eq!(ic.take(peer).map(|o| o.dst), Some(SocketAddr::from(([127, 0, 0, 3], sport))));
@@ -623,26 +631,8 @@ fn an_accepted_connection_is_resolved_once() {
 
 #[test]
 fn a_client_that_closes_before_accept_is_still_resolvable() {
-    let cg = TestCgroup::unique("mcpwatch-test-early").unwrap();
-    let daemon = Daemon::bind();
-    let server = TcpListener::bind("127.0.0.3:0").unwrap();
-    let sport = server.local_addr().unwrap().port();
-    let ic = Interceptor::attach(&config(&cg, &daemon, only(sport))).unwrap();
-    ic.set_closed_grace(Duration::from_secs(3600));
-
     // Connect, send, close without waiting; we accept only after it has exited.
-    let mut cmd = Command::new(python());
-    cmd.args([
-        "-c",
-        "import socket,sys; s=socket.create_connection(('127.0.0.3', int(sys.argv[1]))); s.sendall(b'bye\\n'); s.close()",
-        &sport.to_string(),
-    ]);
-    // SAFETY: the hook only performs async-signal-safe syscalls.
-    unsafe { cmd.pre_exec(cg.pre_exec_hook()) };
-    assert!(cmd.status().unwrap().success());
-    poll_until("the client's socket reached CLOSE", || {
-        ic.map_sizes().by_cookie == 0
-    });
+    let (_cg, daemon, server, sport, ic) = client_closed_before_accept("mcpwatch-test-early");
 
     let (side, stream, peer) = accept(&daemon, &server, None);
     assert_eq!(side, Side::Daemon);

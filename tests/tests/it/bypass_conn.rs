@@ -52,10 +52,16 @@ fn echo_body(text: &str) -> String {
 /// A raw HTTP/1.1 tools/call from a process in `cgroup`: connect, wait `delay` seconds, send
 /// `prefix` + the request, read to EOF. Returns what came back (lossy text) or the error.
 fn raw_call(cgroup: &Path, server: &Peer, delay: f64, prefix: &str, text: &str) -> String {
+    raw_call_to(cgroup, &server.addr().ip().to_string(), server.addr().port(), delay, prefix, text)
+}
+
+/// [`raw_call`] toward `ip:port` as the client dials it (which may differ from where the
+/// server listens: `0.0.0.0` reaches loopback, and the Host then names 127.0.0.1).
+fn raw_call_to(cgroup: &Path, ip: &str, port: u16, delay: f64, prefix: &str, text: &str) -> String {
     let body = echo_body(text);
-    let addr = server.addr();
+    let host = if ip == "0.0.0.0" { "127.0.0.1" } else { ip };
     let req = format!(
-        "{prefix}POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{prefix}POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let script = format!(
@@ -74,8 +80,6 @@ except Exception as e:
     got += ("<<" + repr(e) + ">>").encode()
 print(json.dumps({{"got": got.decode("latin-1")}}))
 "#,
-        ip = addr.ip(),
-        port = addr.port(),
         hex = mcpwatch_tests::harness::hex(req.as_bytes()),
     );
     py(Some(cgroup), &script)["got"].as_str().unwrap_or_default().to_string()
@@ -97,26 +101,7 @@ fn the_unspecified_address_is_the_local_server_it_reaches() {
     ) else {
         return;
     };
-    let body = echo_body("zero-alias");
-    let req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let script = format!(
-        r#"
-import json, socket
-s = socket.create_connection(("0.0.0.0", {port}), timeout=20)
-s.sendall(bytes.fromhex("{hex}"))
-got = b""
-while True:
-    c = s.recv(65536)
-    if not c: break
-    got += c
-print(json.dumps({{"got": got.decode("latin-1")}}))
-"#,
-        hex = mcpwatch_tests::harness::hex(req.as_bytes()),
-    );
-    let resp = py(Some(w.cgroup()), &script)["got"].as_str().unwrap_or_default().to_string();
+    let resp = raw_call_to(w.cgroup(), "0.0.0.0", port, 0.0, "", "zero-alias");
     assert_denied(&resp, "zero-alias");
     let recs = w.daemon.wait_audit("the denied call's record", denied_echo_record);
     assert!(recs.iter().any(|r| r.name.as_deref() == Some("echo") && r.server == url), "named as the registered server: {recs:#?}");

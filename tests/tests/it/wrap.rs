@@ -192,20 +192,17 @@ fn wrap_holds_a_stdio_call_until_a_human_approves_it() {
     assert!(rec.decision.as_ref().unwrap().approval.as_deref().unwrap_or_default().starts_with("approved"), "{rec:#?}");
 }
 
-/// Toxic flows are judged on the stdio path exactly as on the network: a result of an
-/// `untrusted_content` tool taints the session, and the destructive call it would lead to
-/// is denied by the gate, naming the call that tainted it. (Before the govern stage was
-/// shared, the gate had its own copy of the request checks without `[[flow]]` rules: the
-/// same agent reached by stdio completed the flow the proxy would have stopped.)
-#[test]
-fn wrap_denies_a_toxic_flow_like_the_network_path() {
-    let policy = r#"
+/// A policy whose one flow rule denies a destructive call (`delete_records`) after a
+/// result of `untrusted` (labelled `untrusted_content`) in the same session.
+fn untrusted_then_destructive(untrusted: &str) -> String {
+    format!(
+        r#"
 version = 1
 mode = "enforce"
 default = "allow"
 
 [[label]]
-tools = ["echo"]
+tools = ["{untrusted}"]
 labels = ["untrusted_content"]
 
 [[label]]
@@ -216,8 +213,19 @@ labels = ["destructive"]
 id = "untrusted-destructive"
 sequence = ["untrusted_content", "destructive"]
 action = "deny"
-"#;
-    let d = daemon_with(policy, None);
+"#
+    )
+}
+
+/// Toxic flows are judged on the stdio path exactly as on the network: a result of an
+/// `untrusted_content` tool taints the session, and the destructive call it would lead to
+/// is denied by the gate, naming the call that tainted it. (Before the govern stage was
+/// shared, the gate had its own copy of the request checks without `[[flow]]` rules: the
+/// same agent reached by stdio completed the flow the proxy would have stopped.)
+#[test]
+fn wrap_denies_a_toxic_flow_like_the_network_path() {
+    let policy = untrusted_then_destructive("echo");
+    let d = daemon_with(&policy, None);
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("calls.jsonl");
     let socket = d.socket.display().to_string();
@@ -732,25 +740,8 @@ fn gate_records_client_answers_to_server_requests() {
 /// whose id is pending is now refused (and recorded); the pending call keeps its answer.
 #[test]
 fn gate_refuses_a_request_reusing_a_pending_id() {
-    let policy = r#"
-version = 1
-mode = "enforce"
-default = "allow"
-
-[[label]]
-tools = ["read_issue"]
-labels = ["untrusted_content"]
-
-[[label]]
-tools = ["delete_records"]
-labels = ["destructive"]
-
-[[flow]]
-id = "untrusted-destructive"
-sequence = ["untrusted_content", "destructive"]
-action = "deny"
-"#;
-    let d = daemon_with(policy, None);
+    let policy = untrusted_then_destructive("read_issue");
+    let d = daemon_with(&policy, None);
     let (mut s, mut r) = gate_session(&d, "reused-ids");
     let mut seq = 1;
     let mut ask = |op: &str, line: Value| {
