@@ -41,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::body::{self, Body};
 use super::ctx::ConnCtx;
 use super::forward::{BoxIo, ForwardError, Reconnect, SharedUpstream};
-use super::relay::{governed_mode, strictest};
+use super::relay::strictest;
 use super::scope::Scope;
 use crate::resolve::Origin;
 use crate::state::{Counters, Shared};
@@ -60,7 +60,7 @@ pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, u
     // mode (`passes_uninspected`). Refusing the tunnel itself would cut an agent behind a
     // forward proxy off from every server it may call, from its second connection on once
     // MCP was seen there.
-    let mode = tunnel_mode(&shared, &host, port, dst);
+    let mode = tunnel_mode(&shared, &host, port, dst).await;
     if let Some(mode) = mode {
         let note = format!(
             "CONNECT tunnel to {host}:{port}, a governed MCP destination ({} mode), through a forward proxy: opened; what the client sends inside is governed, and what mcpwatch cannot inspect there is {}",
@@ -99,7 +99,9 @@ pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, u
 /// when the name does not resolve here: then no `Host` is proven against it).
 async fn destination(host: &str, port: u16) -> SocketAddr {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return SocketAddr::new(ip, port);
+        // `[::ffff:10.1.2.3]` is 10.1.2.3: named as a direct connection names it, or the
+        // server seen at the IPv4 address would be an ungoverned one here.
+        return crate::resolve::local_alias_resolved(SocketAddr::new(ip.to_canonical(), port));
     }
     let lookup = tokio::time::timeout(crate::hostproof::HostProofs::DEADLINE, tokio::net::lookup_host((host, port)));
     match lookup.await {
@@ -109,11 +111,12 @@ async fn destination(host: &str, port: u16) -> SocketAddr {
 }
 
 /// The strictest mode of what the tunnel's destination is known as: a registry entry at
-/// `host:port`, or an address where MCP was seen. `None`: not governed.
-fn tunnel_mode(shared: &Shared, host: &str, port: u16, dst: SocketAddr) -> Option<Mode> {
+/// `host:port`, or at the address (by address, or by a registered name the resolver
+/// maps there), or an address where MCP was seen. `None`: not governed.
+async fn tunnel_mode(shared: &Shared, host: &str, port: u16, dst: SocketAddr) -> Option<Mode> {
     let loaded = shared.governance.current();
     let registered = loaded.policy.server_at(host, port).map(|s| s.mode.unwrap_or(loaded.policy.mode()));
-    let seen = if dst.ip().is_unspecified() { None } else { governed_mode(shared, dst) };
+    let seen = if dst.ip().is_unspecified() { None } else { super::relay::governed_mode_resolved(shared, dst).await };
     match (registered, seen) {
         (Some(a), b) => Some(strictest(b, a)),
         (None, b) => b,

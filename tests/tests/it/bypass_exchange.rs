@@ -1245,6 +1245,14 @@ fn a_connect_tunnel_is_governed_inside() {
     assert!(!env.upstream_bytes().contains("delete_records"), "the denied call reached the proxy: {}", env.upstream_bytes());
     let recs = env.daemon.audit();
     assert!(recs.iter().any(|r| r.notes.iter().any(|n| n.contains("CONNECT tunnel to 127.0.0.1:9") && n.contains("enforce mode"))), "the tunnel to a governed destination is recorded: {recs:#?}");
+    // The same destination spelled as a v4-mapped IPv6 address is the same destination:
+    // what cannot be inspected inside is refused. (It was looked up as
+    // `[::ffff:127.0.0.1]:9`, where no MCP had been seen, and relayed with no record.)
+    let (mut s, head) = tunnel(&env, "[::ffff:127.0.0.1]:9");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"{\x00\x01mapped-binary-inside").expect("write");
+    assert_closed(&mut s, "non-HTTP inside a tunnel to the v4-mapped spelling");
+    assert!(!env.upstream_bytes().contains("mapped-binary-inside"), "relayed: {}", env.upstream_bytes());
 
 
     // A TLS record that is no ClientHello: closed, as on a direct connection; nothing of
