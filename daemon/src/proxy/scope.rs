@@ -120,7 +120,11 @@ impl Scope {
             let host_key = if ctx.tls.is_none() && (dst.ip().to_canonical().is_loopback() || claimed_host.is_some()) {
                 ctx.ip_key().to_owned()
             } else {
-                let host_only = host_header.as_deref().map(strip_port).unwrap_or_else(|| dst.ip().to_string());
+                // No Host (HTTP/2 without `:authority`, HTTP/1.1 without `Host`): the
+                // verified TLS server name, which the interception proved, names the
+                // server; only without either does the address.
+                let sni = ctx.tls.as_ref().and_then(|t| t.sni.as_deref());
+                let host_only = host_header.as_deref().map(strip_port).or_else(|| sni.map(str::to_string)).unwrap_or_else(|| dst.ip().to_string());
                 mcpwatch_policy::canonical_host(&host_only)
             };
             Endpoint::key_of(ctx.scheme, &host_key, dst.port(), &mcpwatch_policy::canonical_request_path(&path))

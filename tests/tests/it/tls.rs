@@ -489,6 +489,29 @@ fn tls_toward_a_server_registered_by_name_is_governed_before_it_is_seen() {
     assert!(!recs.is_empty());
 }
 
+/// A request with no Host inside intercepted TLS (HTTP/1.1 without `Host`, HTTP/2 without
+/// `:authority`) is named by the verified server name, not by the address: a server
+/// registered by name keeps its rules. It was named by the address, a shadow server, and
+/// a rule scoped to the registered server did not apply.
+#[test]
+fn a_request_without_host_is_named_by_the_tls_server_name() {
+    let pki = TestPki::new();
+    let cert = pki.server_cert_for_names(&["localhost", "alias.mcpwatch.test"]);
+    let server = tls::https(peers::python_server().json_response().stateless(), &cert).spawn();
+    let config = tls::tls_config(&pki, "always = [\"alias.mcpwatch.test\"]\nhandshake_timeout_ms = 2000");
+    let policy = format!(
+        "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[[server]]\nname = \"files\"\nurl = \"https://alias.mcpwatch.test:{}/mcp\"\n[[rule]]\nid = \"no-echo-on-files\"\nservers = [\"files\"]\ntools = [\"echo\"]\naction = \"deny\"\n",
+        server.addr().port()
+    );
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(server.addr()), config: Some(config), policy: Some(policy), ..Default::default() });
+    let body = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hostless"}}}"#;
+    let request = format!("POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let out = tls::ssl_probe(None, "127.0.0.1", daemon.port, "alias.mcpwatch.test", &tls::daemon_ca(&daemon), request.as_bytes());
+    let got = String::from_utf8(harness::unhex(out["got"].as_str().unwrap_or_default())).unwrap_or_default();
+    assert!(got.contains("no-echo-on-files"), "the registered server's rule did not apply: {out}\n{got}");
+    assert!(!server.recorded_calls().iter().any(|c| c.to_string().contains("hostless")), "the denied call reached the server");
+}
+
 /// TLS-004, domain fronting: inside a TLS session for the intercepted name, a request
 /// naming another server, in `Host` (the corpus' case) or in an absolute-form target
 /// with a `Host` that matches the SNI, is answered 421 and audited; it never reaches the
