@@ -94,6 +94,18 @@ impl Loaded {
         r
     }
 
+    /// The mode for what mcpwatch cannot inspect toward a server (a compressed or
+    /// foreign-charset body, one past the size limit, MCP over WebSocket): nothing in it
+    /// is judged, so any rule that would be enforced on it might be undone. Enforce when
+    /// the server's mode is, or when any restrictive rule of the policy enforces itself
+    /// (`mode = "enforce"` on a deny, approval or rate-limit rule under an audit or warn
+    /// policy: an enforced rule is never weakened, docs/policy.md §Modes).
+    pub fn uninspectable_mode(&self, target: &mcpwatch_policy::Target<'_>) -> mcpwatch_policy::Mode {
+        let mode = self.inspect_mode(target);
+        let enforced_rule = self.policy.rules().iter().any(|r| r.mode == Some(mcpwatch_policy::Mode::Enforce) && r.action != mcpwatch_policy::RuleAction::Allow);
+        if enforced_rule { mcpwatch_policy::Mode::Enforce } else { mode }
+    }
+
     /// The rollout mode content inspection runs in for a server: the server's own
     /// `mode` in the registry, else the policy's. Deliberately not the mode of whichever
     /// rule decided a call: a warn-mode rate limit must not switch redaction off.

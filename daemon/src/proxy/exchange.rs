@@ -155,7 +155,7 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // Every Content-Encoding header counts (a server may join them), `identity` alone does not.
     if let Some(encoding) = super::scope::content_coding(&parts.headers).filter(|_| json_post || exact) {
         let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip_path(&encoding));
-        if scope.enforce(&shared) {
+        if scope.enforce_uninspectable(&shared) {
             return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires an unencoded application/json body"));
         }
         scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
@@ -165,7 +165,7 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // `charset=utf-7`), so what mcpwatch would judge is not what they run.
     if let Some(charset) = super::scope::foreign_charset(&parts.headers).filter(|_| is_json(&parts.headers) || exact) {
         let why = format!("request body in charset `{}` toward an MCP server (judged as UTF-8, decoded otherwise by the server)", clip_path(&charset));
-        if scope.enforce(&shared) {
+        if scope.enforce_uninspectable(&shared) {
             return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires UTF-8 JSON"));
         }
         scope.alert_forwarded(&shared, format!("{why}; forwarded uninspected (not enforce mode)"));
@@ -194,7 +194,7 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
                 // It may be an MCP message padded past the limit toward a server
                 // mcpwatch has not seen: not inspectable, so not forwarded in enforce.
                 let alert = format!("request body larger than limits.max_body_bytes ({} bytes) that may be JSON, toward a server not known as MCP", limits.max_body_bytes);
-                if scope.enforce(&shared) {
+                if scope.enforce_uninspectable(&shared) {
                     return scope.refuse(&shared, StatusCode::PAYLOAD_TOO_LARGE, alert, &msg);
                 }
                 scope.alert_forwarded(&shared, format!("{alert}; forwarded uninspected (not enforce mode)"));

@@ -217,6 +217,12 @@ impl Scope {
         shared.governance.current().inspect_mode(&self.target().as_policy()) == Mode::Enforce
     }
 
+    /// [`Scope::enforce`] for what cannot be inspected at all
+    /// ([`crate::governance::Loaded::uninspectable_mode`]).
+    pub(super) fn enforce_uninspectable(&self, shared: &Shared) -> bool {
+        shared.governance.current().uninspectable_mode(&self.target().as_policy()) == Mode::Enforce
+    }
+
     /// Answer a request mcpwatch refuses at the HTTP layer: a closed record with the
     /// alert, and `status` with `message` to the client.
     pub(super) fn refuse(&self, shared: &Shared, status: StatusCode, alert: String, message: &str) -> Response<Body> {

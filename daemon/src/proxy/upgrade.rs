@@ -106,7 +106,7 @@ pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net:
     } else {
         return None;
     };
-    let mode = strictest(governed, shared.governance.current().inspect_mode(&scope.target().as_policy()));
+    let mode = strictest(governed, shared.governance.current().uninspectable_mode(&scope.target().as_policy()));
     if mode == Mode::Enforce {
         Counters::inc(&shared.counters.refused_protocol);
         let alert = format!("MCP over WebSocket ({why}) cannot be inspected: refused (enforce mode)");
@@ -122,7 +122,7 @@ pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net:
 /// The mode a WebSocket toward `dst` is judged in: the strictest of the destination's
 /// and the request's.
 pub(super) fn mode(shared: &Shared, scope: &Scope, dst: std::net::SocketAddr) -> Mode {
-    strictest(governed_mode(shared, dst), shared.governance.current().inspect_mode(&scope.target().as_policy()))
+    strictest(governed_mode(shared, dst), shared.governance.current().uninspectable_mode(&scope.target().as_policy()))
 }
 
 /// Answer a `101`: relay client and server through [`super::websocket`] once the server

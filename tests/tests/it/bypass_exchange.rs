@@ -840,6 +840,14 @@ fn mcp_over_a_websocket_is_found_by_its_frames() {
     assert!(matches!(rec.status, CallStatus::TransportError { .. }), "{:?}", rec.status);
     assert!(!recs.iter().any(|r| r.method.as_deref() == Some("Page.navigate")), "a non-MCP message was recorded");
 
+    // An audit-mode policy with a rule that enforces itself: MCP over a WebSocket, where
+    // no rule is judged, is refused as in enforce mode (it was relayed: the rule undone).
+    let enforced_rule = "version = 1\nmode = \"audit\"\nshadow = \"allow\"\n[[rule]]\nid = \"no-deletes\"\ntools = [\"delete_records\"]\naction = \"deny\"\nmode = \"enforce\"\n";
+    let env = open(enforced_rule, ws_reply);
+    let answer = ws_session(&env, &[ws_frame(true, 1, call)]);
+    assert_eq!(close_code(&answer), Some(1008), "{}", String::from_utf8_lossy(&answer));
+    assert!(!env.upstream_bytes().contains("delete_records"), "the call reached the server past an enforced rule: {}", env.upstream_bytes());
+
     // A compressed frame (RSV1) cannot be read: closed with 1002, not forwarded.
     let env = open(DENY_DELETES, ws_reply);
     let mut compressed = ws_frame(true, 1, call);
