@@ -92,7 +92,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return super::tunnel::open(shared, ctx, scope, up, parts, client).await;
     }
     if upgrade.is_some()
-        && let Some(refused) = super::upgrade::gate(&shared, &scope, &parts, ctx.origin.dst)
+        && let Some(refused) = super::upgrade::gate(&shared, &scope, &parts, ctx.origin.dst).await
     {
         return refused;
     }
@@ -130,7 +130,7 @@ pub async fn handle(shared: Arc<Shared>, ctx: Arc<ConnCtx>, up: SharedUpstream, 
         return check_oauth_metadata(&shared, &scope, resp).await;
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let mode = super::upgrade::mode(&shared, &scope, scope.ctx.origin.dst);
+        let mode = super::upgrade::mode(&shared, &scope, scope.ctx.origin.dst).await;
         return super::upgrade::splice(upgrade, resp, super::websocket::Watch::new(shared.clone(), scope, mode));
     }
     // Watched when the server streams events, whatever the client said it accepts: the

@@ -28,7 +28,7 @@ use hyper::{Request, Response};
 use mcpwatch_policy::Mode;
 
 use super::body::{self, Body};
-use super::relay::{governed_mode, strictest};
+use super::relay::{governed_mode_resolved, strictest};
 use super::scope::Scope;
 use super::websocket::Watch;
 use crate::state::{Counters, Shared};
@@ -88,7 +88,7 @@ fn strip(h: &mut HeaderMap) {
 }
 
 /// Decide a WebSocket handshake before it is forwarded: `Some` is the refusal to send.
-pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net::SocketAddr) -> Option<Response<Body>> {
+pub(super) async fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net::SocketAddr) -> Option<Response<Body>> {
     let subprotocol = parts
         .headers
         .get_all("sec-websocket-protocol")
@@ -96,7 +96,7 @@ pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net:
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|p| p.trim().eq_ignore_ascii_case(MCP_SUBPROTOCOL));
-    let governed = governed_mode(shared, dst);
+    let governed = governed_mode_resolved(shared, dst).await;
     let why = if subprotocol {
         "subprotocol `mcp`"
     } else if governed.is_some() {
@@ -121,8 +121,8 @@ pub(super) fn gate(shared: &Shared, scope: &Scope, parts: &Parts, dst: std::net:
 
 /// The mode a WebSocket toward `dst` is judged in: the strictest of the destination's
 /// and the request's.
-pub(super) fn mode(shared: &Shared, scope: &Scope, dst: std::net::SocketAddr) -> Mode {
-    strictest(governed_mode(shared, dst), shared.governance.current().uninspectable_mode(&scope.target().as_policy()))
+pub(super) async fn mode(shared: &Shared, scope: &Scope, dst: std::net::SocketAddr) -> Mode {
+    strictest(governed_mode_resolved(shared, dst).await, shared.governance.current().uninspectable_mode(&scope.target().as_policy()))
 }
 
 /// Answer a `101`: relay client and server through [`super::websocket`] once the server
