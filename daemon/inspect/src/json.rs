@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use mcpwatch_mcp::message::{embedded_json, may_embed_json, EMBEDDED_JSON_DEPTH};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -31,9 +32,6 @@ use crate::Finding;
 
 /// Deeper JSON than this is not descended into (serde_json's parser stops at 128 anyway).
 const MAX_DEPTH: usize = 256;
-/// How many strings within strings [`Embedded::Decoded`] decodes: as many as the policy's
-/// argument conditions do (`mcpwatch_policy`'s matcher), so what a rule sees, the detectors see.
-pub const DECODED_DEPTH: usize = 3;
 
 /// How a walk reads a string that itself holds a JSON array or object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +39,7 @@ pub enum Embedded {
     /// As text only: what a reader of the text sees (a result goes to an agent, which reads
     /// text). JSON in it is still scanned and redacted in place, as text.
     AsText,
-    /// As text and also as the value it decodes to ([`DECODED_DEPTH`] strings within strings
+    /// As text and also as the value it decodes to ([`EMBEDDED_JSON_DEPTH`] strings within strings
     /// deep): what a server that decodes such strings (the Python SDK's `pre_parse_json`)
     /// hands its tool. For what goes to a server: arguments, client answers.
     Decoded,
@@ -51,7 +49,7 @@ impl Embedded {
     fn budget(self) -> usize {
         match self {
             Embedded::AsText => 0,
-            Embedded::Decoded => DECODED_DEPTH,
+            Embedded::Decoded => EMBEDDED_JSON_DEPTH,
         }
     }
 }
@@ -269,7 +267,7 @@ impl Inspector {
         match v {
             Value::String(s) => {
                 // One byte look at the trimmed start: ordinary strings cost nothing more.
-                if decode > 0 && looks_like_json(s) {
+                if decode > 0 && may_embed_json(s) {
                     self.redact_embedded(s, key, ptr, depth, decode, report);
                 } else if let Some(new) = self.redact_string(s, key, ptr, report, None) {
                     *s = new;
@@ -345,7 +343,7 @@ impl Inspector {
         if let Some(new) = self.redact_string(s, key, ptr, report, Some(&mut seen)) {
             *s = new;
         }
-        let Some(mut doc) = decoded(s) else { return };
+        let Some(mut doc) = embedded_json(s) else { return };
         let mut inner = RedactReport::default();
         let back = ptr.len();
         self.walk_redact(&mut doc, ptr, None, depth + 1, decode - 1, &mut inner);
@@ -374,20 +372,6 @@ impl Inspector {
         }
         report.merge(inner);
     }
-}
-
-/// The one-byte test before any decoding: the trimmed string starts like an array or object.
-fn looks_like_json(s: &str) -> bool {
-    matches!(s.trim_start().as_bytes().first(), Some(b'[' | b'{'))
-}
-
-/// `s` as the JSON array or object a lenient server decodes it to, if it is one (the same
-/// test as the policy matcher's: trimmed, parses with serde_json, an array or object).
-fn decoded(s: &str) -> Option<Value> {
-    if !looks_like_json(s) {
-        return None;
-    }
-    serde_json::from_str::<Value>(s.trim()).ok().filter(|v| v.is_array() || v.is_object())
 }
 
 /// `original` is a JSON object/array document and `edited` no longer parses.

@@ -33,7 +33,7 @@ mod validate;
 pub use config::{Action, CustomPattern, InspectConfig};
 pub use detectors::{BUILTIN_DETECTORS, DetectorInfo};
 pub use fixture::scan_throughput_fixture;
-pub use json::{Embedded, JsonFinding, RedactReport, RedactedValue, DECODED_DEPTH};
+pub use json::{Embedded, JsonFinding, RedactReport, RedactedValue};
 pub use scan::Inspector;
 
 use serde::{Deserialize, Serialize};

@@ -13,6 +13,28 @@ use serde_json::{Map, Value};
 use crate::keyed::HashKey;
 use crate::jsonrpc::{INVALID_PARAMS, Id, Message, type_name};
 
+/// How many strings within strings a server may decode as JSON: the Python SDK `json.loads`
+/// a string argument for any parameter not typed `str` (`pre_parse_json`), and what it
+/// decodes may hold such a string again. The policy's argument conditions and the
+/// detectors read that deep, so what a rule sees, the detectors see.
+pub const EMBEDDED_JSON_DEPTH: usize = 3;
+
+/// The one-byte test before any decoding: the trimmed string starts like a JSON array or
+/// object (ordinary strings cost nothing more).
+pub fn may_embed_json(s: &str) -> bool {
+    matches!(s.trim_start().as_bytes().first(), Some(b'[' | b'{'))
+}
+
+/// `s` as the JSON array or object a server that decodes string arguments reads it as, if
+/// it is one (trimmed, parsed with serde_json; a bare number or string stays text, as
+/// `pre_parse_json` leaves it).
+pub fn embedded_json(s: &str) -> Option<Value> {
+    if !may_embed_json(s) {
+        return None;
+    }
+    serde_json::from_str::<Value>(s.trim()).ok().filter(|v| v.is_array() || v.is_object())
+}
+
 /// Method names the proxy cares about.
 pub mod methods {
     pub const INITIALIZE: &str = "initialize";

@@ -7,6 +7,7 @@
 
 use globset::{GlobMatcher, GlobSet};
 use mcpwatch_api::ProcessInfo;
+use mcpwatch_mcp::message::{embedded_json, EMBEDDED_JSON_DEPTH};
 use regex::Regex;
 use serde_json::Value;
 
@@ -452,9 +453,6 @@ enum Found {
     Yes,
 }
 
-/// How many levels of JSON-in-a-string [`leaf_with`] decodes.
-const DECODED_DEPTH: usize = 3;
-
 /// Whether some leaf of `v` has the regex outcome `want` (matches, or does not). Strings
 /// are matched in `form` (normalised by [`crate::normalize_path`] unless `raw`);
 /// numbers, booleans and null by their JSON text; arrays and objects by the values
@@ -462,19 +460,10 @@ const DECODED_DEPTH: usize = 3;
 /// is a leaf and is also judged as that value: the Python SDK `json.loads` such a
 /// string for any parameter not typed `str` (`pre_parse_json`), so
 /// `"[\"\\u002fetc\\u002fshadow\"]"` is the list `["/etc/shadow"]` to the tool
-/// ([`DECODED_DEPTH`] strings within strings deep). Iterative and linear in the size of
+/// ([`EMBEDDED_JSON_DEPTH`] strings within strings deep). Iterative and linear in the size of
 /// a value that is already in memory.
 fn leaf_with(re: &Regex, v: &Value, form: crate::model::ConditionForm, want: bool) -> Found {
-    leaf_within(re, v, form, want, DECODED_DEPTH)
-}
-
-/// `s` as the JSON array or object a lenient server would decode it to, if it is one.
-fn decoded(s: &str) -> Option<Value> {
-    let t = s.trim_start();
-    if !(t.starts_with('[') || t.starts_with('{')) {
-        return None;
-    }
-    serde_json::from_str::<Value>(t.trim_end()).ok().filter(|v| v.is_array() || v.is_object())
+    leaf_within(re, v, form, want, EMBEDDED_JSON_DEPTH)
 }
 
 fn leaf_within(re: &Regex, v: &Value, form: crate::model::ConditionForm, want: bool, decode: usize) -> Found {
@@ -485,7 +474,7 @@ fn leaf_within(re: &Regex, v: &Value, form: crate::model::ConditionForm, want: b
         let hit = match v {
             Value::String(s) => {
                 if decode > 0
-                    && let Some(d) = decoded(s)
+                    && let Some(d) = embedded_json(s)
                 {
                     inner.push(d);
                 }

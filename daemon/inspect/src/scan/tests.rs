@@ -583,7 +583,7 @@ fn escaped_pii_is_found_three_strings_deep_and_not_four() {
         assert_eq!(bottom, json!(["SSN <US_SSN>"]), "depth {depth}");
     }
     // As deep as the policy's argument conditions look, no deeper.
-    let mut v = nest(crate::DECODED_DEPTH + 1);
+    let mut v = nest(mcpwatch_mcp::message::EMBEDDED_JSON_DEPTH + 1);
     assert!(ins().redact_json_with(&mut v, Embedded::Decoded).is_empty());
 }
 
