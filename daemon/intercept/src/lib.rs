@@ -337,14 +337,7 @@ impl Interceptor {
     /// peer address of the connection the daemon accepted. `None` if it was not
     /// intercepted (or closed more than [`CLOSED_GRACE`] ago, or was evicted).
     pub fn lookup(&self, peer: SocketAddr) -> Option<Origin> {
-        let key = maps::peer_key(peer);
-        let mut maps = self.lock_maps();
-        let raw = maps.by_peer.get(&key, 0).ok()?;
-        if expired(&raw, monotonic_ns(), self.closed_grace()) {
-            let _ = maps.by_peer.remove(&key);
-            return None;
-        }
-        Some(raw.to_origin())
+        self.find(peer, false)
     }
 
     /// [`Interceptor::lookup`] for the daemon's accept: the record is consumed, so it
@@ -353,14 +346,19 @@ impl Interceptor {
     /// daemon directly (not redirected, so no record of its own): it would be taken for
     /// the first process, toward the first destination.
     pub fn take(&self, peer: SocketAddr) -> Option<Origin> {
+        self.find(peer, true)
+    }
+
+    /// The record of `peer`, unless it expired (then dropped); `consume` drops it anyway.
+    fn find(&self, peer: SocketAddr, consume: bool) -> Option<Origin> {
         let key = maps::peer_key(peer);
         let mut maps = self.lock_maps();
         let raw = maps.by_peer.get(&key, 0).ok()?;
-        let _ = maps.by_peer.remove(&key);
-        if expired(&raw, monotonic_ns(), self.closed_grace()) {
-            return None;
+        let expired = expired(&raw, monotonic_ns(), self.closed_grace());
+        if consume || expired {
+            let _ = maps.by_peer.remove(&key);
         }
-        Some(raw.to_origin())
+        (!expired).then(|| raw.to_origin())
     }
 
     /// UDP connects and sends refused since attach ([`InterceptConfig::refuse_udp`]).
