@@ -557,11 +557,7 @@ impl Session {
             }
             None => {
                 let mut rec = self.record(MessageKind::Invalid, C2S, None, bytes);
-                let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
-                rec.alerts.push(format!("client answer to id {} that no watched server request carried", clip(&id)));
-                rec.jsonrpc_id = Some(id);
-                let rewritten = govern::answer(Judge::of(shared, &gov), &site, &mut rec, &mut msg);
-                rec.result_hash = msg.result_hash(shared.governance.hash_key());
+                let rewritten = govern::unasked_answer(Judge::of(shared, &gov), &site, &mut rec, &mut msg);
                 self.write_closed(rec, CallStatus::Sent);
                 rewritten
             }
@@ -613,7 +609,7 @@ impl Session {
                     // is never replaced: its answer would be taken for the new call's.
                     if pending.get(&id_key(id)).is_some() {
                         drop(pending);
-                        let why = format!("request id {} is already pending on this session", clip(&id.to_string()));
+                        let why = format!("request id {} is already pending on this session", record::clip(&id.to_string()));
                         rec.alerts.push(why.clone());
                         return Self::refuse_begun(shared, rec, &msg, why);
                     }
@@ -642,7 +638,7 @@ impl Session {
     fn already_pending(&self, msg: &Message) -> Option<String> {
         let id = msg.id()?;
         let pending = self.pending.lock().ok()?;
-        pending.get(&id_key(id)).is_some().then(|| format!("request id {} is already pending on this session", clip(&id.to_string())))
+        pending.get(&id_key(id)).is_some().then(|| format!("request id {} is already pending on this session", record::clip(&id.to_string())))
     }
 
     /// A request whose record is begun is refused after all: answered here, not forwarded.
@@ -794,15 +790,6 @@ fn id_key(id: &Id) -> String {
 /// quotes cannot close there: no JSON-RPC message starts after them.
 fn stray_cr(line: &str) -> Option<&'static str> {
     line.strip_suffix('\r').unwrap_or(line).contains('\r').then_some("a carriage return inside a line (a peer reading universal newlines would split the line there)")
-}
-
-/// An id or name a peer chose, clipped for an alert.
-fn clip(s: &str) -> String {
-    let mut c: String = s.chars().take(200).collect();
-    if s.chars().count() > 200 {
-        c.push('…');
-    }
-    c
 }
 
 #[cfg(test)]

@@ -106,6 +106,16 @@ pub async fn commit(shared: &Shared, wrote: bool, mut failed: bool) -> Result<()
     Ok(())
 }
 
+/// Text a peer chose (a path, an id, an encoding name), clipped to 200 characters for a
+/// record's alert or a log line.
+pub fn clip(s: &str) -> String {
+    let mut c: String = s.chars().take(200).collect();
+    if s.chars().count() > 200 {
+        c.push('…');
+    }
+    c
+}
+
 pub fn complete_with(shared: &Shared, p: Pending, msg: &Message, size: u64) {
     let (status, hash) = answer_of(shared, msg);
     finish(shared, p, status, hash, size);

@@ -51,3 +51,16 @@ pub fn answer(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg: &mut Me
     }
     false
 }
+
+/// A client's answer to an id no server request mcpwatch watched carried: it still leaves
+/// with data, so `rec` (a fresh record of kind `invalid`) gets its id, an alert and the
+/// keyed hash of what is forwarded, after the answer is inspected ([`answer`]). True if
+/// `msg` was rewritten.
+pub fn unasked_answer(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg: &mut Message) -> bool {
+    let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
+    rec.alerts.push(format!("client answer to id {} that no watched server request carried", crate::record::clip(&id)));
+    rec.jsonrpc_id = Some(id);
+    let rewritten = answer(j, site, rec, msg);
+    rec.result_hash = msg.result_hash(j.governance.hash_key());
+    rewritten
+}

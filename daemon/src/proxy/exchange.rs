@@ -29,7 +29,7 @@ use super::ctx::ConnCtx;
 use super::auth::HostFit;
 use super::body::local_response;
 use super::forward::{ForwardError, SharedUpstream};
-use crate::record;
+use crate::record::{self, clip};
 use super::responses::{self, Delivery};
 use super::scope::{
     accepts_sse, has_body, header_has, http_failure, is_json, is_sse, strip_port, Evidence, Scope, C2S, H_SESSION,
@@ -154,7 +154,7 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // (Express' `express.json()` does by default): MCP must arrive as plain JSON.
     // Every Content-Encoding header counts (a server may join them), `identity` alone does not.
     if let Some(encoding) = super::scope::content_coding(&parts.headers).filter(|_| json_post || exact) {
-        let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip_path(&encoding));
+        let why = format!("request body with Content-Encoding `{}` toward an MCP server (not inspectable)", clip(&encoding));
         if scope.enforce_uninspectable(&shared) {
             return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires an unencoded application/json body"));
         }
@@ -164,7 +164,7 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // JSON in another character set than UTF-8: servers decode it first (Express takes
     // `charset=utf-7`), so what mcpwatch would judge is not what they run.
     if let Some(charset) = super::scope::foreign_charset(&parts.headers).filter(|_| is_json(&parts.headers) || exact) {
-        let why = format!("request body in charset `{}` toward an MCP server (judged as UTF-8, decoded otherwise by the server)", clip_path(&charset));
+        let why = format!("request body in charset `{}` toward an MCP server (judged as UTF-8, decoded otherwise by the server)", clip(&charset));
         if scope.enforce_uninspectable(&shared) {
             return scope.refuse(&shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, why.clone(), &format!("mcpwatch: {why}; MCP requires UTF-8 JSON"));
         }
@@ -290,20 +290,12 @@ fn guard_host(shared: &Shared, scope: &Scope, parts: &Parts) -> Option<Response<
         return None;
     }
     tracing::warn!(peer = %scope.ctx.peer, dst = %scope.ctx.origin.dst, "{fit}");
-    let alert = format!("{fit}: {} {}", parts.method, clip_path(&scope.path_and_query));
+    let alert = format!("{fit}: {} {}", parts.method, clip(&scope.path_and_query));
     if scope.enforce(shared) {
         return Some(scope.refuse(shared, StatusCode::FORBIDDEN, alert, &format!("mcpwatch: {fit}; refused")));
     }
     scope.alert_forwarded(shared, format!("{alert}; forwarded (not enforce mode)"));
     None
-}
-
-fn clip_path(p: &str) -> String {
-    let mut c: String = p.chars().take(200).collect();
-    if p.chars().count() > 200 {
-        c.push('…');
-    }
-    c
 }
 
 /// A request presenting a session id that another process opened: refused in enforce
@@ -330,7 +322,7 @@ fn check_session_owner(shared: &Shared, scope: &Scope) -> Option<Response<Body>>
         if owner.same_process(me) {
             continue;
         }
-        let alert = format!("session {} was opened by {} but presented by {} (session hijack)", clip_path(session), owner.label(), me.label());
+        let alert = format!("session {} was opened by {} but presented by {} (session hijack)", clip(session), owner.label(), me.label());
         tracing::warn!(peer = %scope.ctx.peer, "{alert}");
         if scope.enforce(shared) {
             return Some(scope.refuse(shared, StatusCode::FORBIDDEN, alert, "mcpwatch: this MCP session belongs to another process; refused"));
@@ -686,11 +678,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         // watched: recorded like any message that leaves (it carries
                         // data to the server), with its keyed hash and an alert.
                         let mut rec = scope.record(shared, MessageKind::Invalid, C2S, None, per_message_bytes);
-                        let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
-                        rec.jsonrpc_id = Some(id.clone());
-                        gb.modified |= govern::answer(Judge::of(shared, gov), &site, &mut rec, msg);
-                        rec.result_hash = msg.result_hash(shared.governance.hash_key());
-                        rec.alerts.push(format!("client answer to id {} that no watched server request carried", clip_path(&id)));
+                        gb.modified |= govern::unasked_answer(Judge::of(shared, gov), &site, &mut rec, msg);
                         gb.audit_failed |= shared.begin_record(&rec).is_err();
                         gb.pending.push((PendingKey::Invalid(rec.id.clone()), Pending { record: rec, started: now, first_page: false }));
                     }
