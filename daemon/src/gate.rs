@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use mcpwatch_api::gate::{GateOp, GateRequest, GateResponse, GateVerdict, MAX_GATE_LINE};
 use mcpwatch_api::{AuditRecord, CallStatus, FailureMode, MessageKind, ProcessInfo};
-use mcpwatch_mcp::jsonrpc::{self, Id, Message, Parsed};
+use mcpwatch_mcp::jsonrpc::{self, IdKey, Message, Parsed};
 use mcpwatch_policy::Target;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -394,11 +394,11 @@ struct Session {
     /// The client: the wrapper's parent process, as the kernel names it.
     process: Option<Arc<ProcessInfo>>,
     wrapper_pid: u32,
-    /// The client's calls forwarded to the server, by [`id_key`].
-    pending: Mutex<crate::session::BoundedMap<String, Pending>>,
+    /// The client's calls forwarded to the server, by [`Id::key`].
+    pending: Mutex<crate::session::BoundedMap<IdKey, Pending>>,
     /// The server's requests forwarded to the client (sampling, elicitation, roots), by
-    /// [`id_key`]: the client's answer completes their record.
-    server_pending: Mutex<crate::session::BoundedMap<String, Pending>>,
+    /// [`Id::key`]: the client's answer completes their record.
+    server_pending: Mutex<crate::session::BoundedMap<IdKey, Pending>>,
     /// The toxic-flow session: the client process talking to this server, named as the
     /// proxy names a session-less client, so `[[flow]]` rules judge both transports alike.
     flow_session: String,
@@ -543,7 +543,7 @@ impl Session {
         let shared = &self.shared;
         let gov = shared.governance.current();
         let site = self.site();
-        let pending = msg.id().and_then(|id| self.server_pending.lock().ok().and_then(|mut p| p.remove(&id_key(id))));
+        let pending = msg.id().and_then(|id| self.server_pending.lock().ok().and_then(|mut p| p.remove(&id.key())));
         let rewritten = match pending {
             Some(mut p) => {
                 let rewritten = govern::answer(Judge::of(shared, &gov), &site, &mut p.record, &mut msg);
@@ -607,13 +607,13 @@ impl Session {
                     };
                     // Checked again here: a call held for approval took its time. An entry
                     // is never replaced: its answer would be taken for the new call's.
-                    if pending.get(&id_key(id)).is_some() {
+                    if pending.get(&id.key()).is_some() {
                         drop(pending);
                         let why = format!("request id {} is already pending on this session", record::clip(&id.to_string()));
                         rec.alerts.push(why.clone());
                         return Self::refuse_begun(shared, rec, &msg, why);
                     }
-                    let evicted = pending.insert(id_key(id), Pending { record: rec, started, first_page });
+                    let evicted = pending.insert(id.key(), Pending { record: rec, started, first_page });
                     drop(pending);
                     for mut e in evicted {
                         e.record.status = CallStatus::TransportError { reason: "evicted: too many pending calls".into() };
@@ -638,7 +638,7 @@ impl Session {
     fn already_pending(&self, msg: &Message) -> Option<String> {
         let id = msg.id()?;
         let pending = self.pending.lock().ok()?;
-        pending.get(&id_key(id)).is_some().then(|| format!("request id {} is already pending on this session", record::clip(&id.to_string())))
+        pending.get(&id.key()).is_some().then(|| format!("request id {} is already pending on this session", record::clip(&id.to_string())))
     }
 
     /// A request whose record is begun is refused after all: answered here, not forwarded.
@@ -685,7 +685,7 @@ impl Session {
         };
         match &msg {
             Message::Response { .. } | Message::Error { .. } => {
-                let pending = msg.id().and_then(|id| self.pending.lock().ok().and_then(|mut p| p.remove(&id_key(id))));
+                let pending = msg.id().and_then(|id| self.pending.lock().ok().and_then(|mut p| p.remove(&id.key())));
                 let Some(mut p) = pending else {
                     let why = "server answered an id the client never sent through mcpwatch";
                     let mut rec = self.record(MessageKind::Invalid, S2C, None, bytes);
@@ -717,7 +717,7 @@ impl Session {
                         .server_pending
                         .lock()
                         .map(|mut p| {
-                            let key = id_key(id);
+                            let key = id.key();
                             (p.remove(&key), p.insert(key, Pending { record: rec, started: Instant::now(), first_page: false }))
                         })
                         .unwrap_or_default();
@@ -766,21 +766,6 @@ impl Session {
     }
 }
 
-/// The key of a request id in the pending maps. A number by its value as a JavaScript peer
-/// reads it (`5`, `5.0`, `5e0` and `-0` are one id to the Node SDK, which answers them
-/// alike), so two ids a server may answer alike are never pending as two calls; a string
-/// keeps its JSON quotes and so never meets a number.
-fn id_key(id: &Id) -> String {
-    match id {
-        Id::Number(n) => match n.as_f64() {
-            Some(0.0) => "0".into(),
-            Some(f) => format!("{f:?}"),
-            None => n.to_string(),
-        },
-        Id::String(_) => id.to_string(),
-    }
-}
-
 /// Why a line may not pass: it holds a `\r` other than one just before its `\n`. JSON
 /// takes `\r` for whitespace, so the gate reads such a line as one message, while a peer
 /// reading with universal newlines (the Python SDK reads stdio through `TextIOWrapper`)
@@ -803,18 +788,6 @@ mod tests {
         assert!(stray_cr("{\"x\":\r{\"id\":7}\r}").is_some());
         assert!(stray_cr("{}\r\r").is_some(), "two at the end: an empty line between");
         assert!(stray_cr("\r{}").is_some());
-    }
-
-    #[test]
-    fn ids_a_server_may_answer_alike_share_a_key() {
-        let key = |v: serde_json::Value| id_key(&Id::from_value(&v).unwrap());
-        let num = |t: &str| key(serde_json::from_str(t).unwrap());
-        assert_eq!(num("5"), num("5.0"));
-        assert_eq!(num("5"), num("5e0"));
-        assert_eq!(num("0"), num("-0.0"));
-        assert_ne!(num("5"), num("6"));
-        assert_ne!(num("5"), key(serde_json::json!("5")), "a string is not a number");
-        assert_ne!(key(serde_json::json!("a")), key(serde_json::json!("b")));
     }
 
     #[test]

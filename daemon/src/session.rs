@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use mcpwatch_api::{AuditRecord, ProcessInfo};
+use mcpwatch_mcp::IdKey;
 
 /// Which side sent a parked request. Client and server number their requests each on
 /// their own (both start at 1), so their pending ids are kept apart: a server's
@@ -30,7 +31,7 @@ pub enum Asker {
 }
 
 impl Asker {
-    fn key(self, id: &str) -> String {
+    fn key(self, id: &IdKey) -> String {
         let side = match self {
             Asker::Client => 'c',
             Asker::Server => 's',
@@ -123,8 +124,8 @@ pub struct Pending {
 /// What a message waiting for its answer within one exchange is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PendingKey {
-    /// A request, by its JSON-RPC id (as `Id::to_string` writes it).
-    Id(String),
+    /// A request, by the key of its JSON-RPC id (`Id::key`).
+    Id(IdKey),
     /// A notification (answered by the HTTP status alone), by its record id.
     Notification(String),
     /// A message mcpwatch could not parse, by its record id: an error with a null id answers it.
@@ -249,27 +250,33 @@ impl Sessions {
         }
     }
 
-    fn id_key(&self, conversation: &str, id: &str) -> u64 {
+    fn id_key(&self, conversation: &str, id: &IdKey) -> u64 {
         use std::hash::BuildHasher as _;
-        self.id_hasher.hash_one((conversation, id))
+        self.id_hasher.hash_one((conversation, id.as_str()))
     }
 
-    /// Remember what happened to a client request id.
-    pub fn note_id(&self, conversation: &str, id: &str, fate: IdFate) {
+    /// Remember what happened to a client request id. A refusal never overwrites
+    /// `Forwarded`: the id reached the server once, so a later use of it (refused as a
+    /// reuse) leaves it a reuse for every use after, and the server's answer to the first
+    /// call is still an answer to a sent id.
+    pub fn note_id(&self, conversation: &str, id: &IdKey, fate: IdFate) {
         if let Ok(mut i) = self.inner.lock() {
             let key = self.id_key(conversation, id);
+            if fate == IdFate::Refused && i.ids.get(&key) == Some(&IdFate::Forwarded) {
+                return;
+            }
             i.ids.insert(key, fate);
         }
     }
 
     /// What happened to a client request id, if it was seen.
-    pub fn id_fate(&self, conversation: &str, id: &str) -> Option<IdFate> {
+    pub fn id_fate(&self, conversation: &str, id: &IdKey) -> Option<IdFate> {
         let key = self.id_key(conversation, id);
         self.inner.lock().ok()?.ids.get(&key).copied()
     }
 
     /// Is a request `asker` sent with this id parked in the conversation?
-    pub fn is_parked(&self, conversation: &str, asker: Asker, id: &str) -> bool {
+    pub fn is_parked(&self, conversation: &str, asker: Asker, id: &IdKey) -> bool {
         self.inner.lock().is_ok_and(|i| i.pending.get(&(conversation.to_string(), asker.key(id))).is_some())
     }
 
@@ -324,7 +331,7 @@ impl Sessions {
     /// Park a request `asker` sent until its response arrives on another connection.
     /// Returns messages evicted by the bound or replaced under the same id (the caller
     /// closes their records).
-    pub fn park(&self, conversation: &str, asker: Asker, id: &str, p: Pending) -> Vec<Pending> {
+    pub fn park(&self, conversation: &str, asker: Asker, id: &IdKey, p: Pending) -> Vec<Pending> {
         match self.inner.lock() {
             Ok(mut i) => i.pending.insert((conversation.to_string(), asker.key(id)), p),
             Err(_) => vec![p],
@@ -332,7 +339,7 @@ impl Sessions {
     }
 
     /// The parked request `asker` sent with this id, answered now.
-    pub fn take(&self, conversation: &str, asker: Asker, id: &str) -> Option<Pending> {
+    pub fn take(&self, conversation: &str, asker: Asker, id: &IdKey) -> Option<Pending> {
         self.inner.lock().ok()?.pending.remove(&(conversation.to_string(), asker.key(id)))
     }
 
@@ -561,22 +568,29 @@ mod tests {
         assert_eq!(s.session_owner("d", "victim"), None);
     }
 
+    fn k(json: &str) -> IdKey {
+        mcpwatch_mcp::Id::from_value(&serde_json::from_str(json).unwrap()).unwrap().key()
+    }
+
     #[test]
     fn id_fates_are_per_conversation_and_bounded() {
         let s = Sessions::new(4, 64);
-        s.note_id("conv-a", "1", IdFate::Forwarded);
-        s.note_id("conv-a", "\"1\"", IdFate::Refused);
-        assert_eq!(s.id_fate("conv-a", "1"), Some(IdFate::Forwarded));
-        assert_eq!(s.id_fate("conv-a", "\"1\""), Some(IdFate::Refused), "a string id is not the number");
-        assert_eq!(s.id_fate("conv-b", "1"), None, "another conversation never sent it");
+        s.note_id("conv-a", &k("1"), IdFate::Forwarded);
+        s.note_id("conv-a", &k("\"1\""), IdFate::Refused);
+        assert_eq!(s.id_fate("conv-a", &k("1")), Some(IdFate::Forwarded));
+        assert_eq!(s.id_fate("conv-a", &k("1.0")), Some(IdFate::Forwarded), "1.0 is 1 to the server");
+        assert_eq!(s.id_fate("conv-a", &k("\"1\"")), Some(IdFate::Refused), "a string id is not the number");
+        assert_eq!(s.id_fate("conv-b", &k("1")), None, "another conversation never sent it");
+        s.note_id("conv-a", &k("1"), IdFate::Refused);
+        assert_eq!(s.id_fate("conv-a", &k("1")), Some(IdFate::Forwarded), "a refused reuse leaves the id sent");
         // (conversation, id) pairs that concatenate alike stay apart.
-        s.note_id("conv-a1", "", IdFate::Refused);
-        assert_eq!(s.id_fate("conv-a", "1"), Some(IdFate::Forwarded));
+        s.note_id("conv-a1", &k("1"), IdFate::Refused);
+        assert_eq!(s.id_fate("conv-a", &k("11")), None);
         for i in 0..10 {
-            s.note_id("conv-c", &i.to_string(), IdFate::Forwarded);
+            s.note_id("conv-c", &k(&i.to_string()), IdFate::Forwarded);
         }
-        assert_eq!(s.id_fate("conv-a", "1"), None, "the oldest are forgotten at the bound");
-        assert_eq!(s.id_fate("conv-c", "9"), Some(IdFate::Forwarded));
+        assert_eq!(s.id_fate("conv-a", &k("1")), None, "the oldest are forgotten at the bound");
+        assert_eq!(s.id_fate("conv-c", &k("9")), Some(IdFate::Forwarded));
         assert!(s.inner.lock().unwrap().ids.len() <= 4);
     }
 
@@ -584,11 +598,11 @@ mod tests {
     fn drain_takes_only_one_conversation() {
         let s = Sessions::new(16, 64);
         let p = Pending { record: AuditRecord::default(), started: Instant::now(), first_page: false };
-        s.park("a", Asker::Client, "1", p.clone());
-        s.park("a", Asker::Client, "2", p.clone());
-        s.park("b", Asker::Client, "1", p);
+        s.park("a", Asker::Client, &k("1"), p.clone());
+        s.park("a", Asker::Client, &k("2"), p.clone());
+        s.park("b", Asker::Client, &k("1"), p);
         assert_eq!(s.drain("a").len(), 2);
-        assert!(s.take("b", Asker::Client, "1").is_some());
+        assert!(s.take("b", Asker::Client, &k("1")).is_some());
         assert_eq!(s.pending_len(), 0);
     }
 
@@ -599,13 +613,13 @@ mod tests {
         let s = Sessions::new(16, 64);
         let rec = |id: &str| AuditRecord { id: id.into(), ..AuditRecord::default() };
         let p = |id: &str| Pending { record: rec(id), started: Instant::now(), first_page: false };
-        assert!(s.park("a", Asker::Client, "1", p("client-1")).is_empty());
-        assert!(s.park("a", Asker::Server, "1", p("server-1")).is_empty());
-        assert!(s.is_parked("a", Asker::Client, "1") && s.is_parked("a", Asker::Server, "1"));
-        let replaced = s.park("a", Asker::Client, "1", p("client-1-again"));
+        assert!(s.park("a", Asker::Client, &k("1"), p("client-1")).is_empty());
+        assert!(s.park("a", Asker::Server, &k("1"), p("server-1")).is_empty());
+        assert!(s.is_parked("a", Asker::Client, &k("1")) && s.is_parked("a", Asker::Server, &k("1")));
+        let replaced = s.park("a", Asker::Client, &k("1"), p("client-1-again"));
         assert_eq!(replaced.iter().map(|p| p.record.id.as_str()).collect::<Vec<_>>(), ["client-1"]);
-        assert_eq!(s.take("a", Asker::Server, "1").map(|p| p.record.id), Some("server-1".to_string()));
-        assert_eq!(s.take("a", Asker::Client, "1").map(|p| p.record.id), Some("client-1-again".to_string()));
+        assert_eq!(s.take("a", Asker::Server, &k("1")).map(|p| p.record.id), Some("server-1".to_string()));
+        assert_eq!(s.take("a", Asker::Client, &k("1")).map(|p| p.record.id), Some("client-1-again".to_string()));
     }
 
     /// A legacy route lives as long as its stream: never evicted by other announcements,

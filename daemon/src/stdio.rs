@@ -84,7 +84,7 @@ struct PendingReq {
 /// Reassembler and parser for every watched stdio stream.
 pub struct StdioObserver {
     streams: BoundedMap<(u32, u32, Direction), Stream>,
-    pending: BoundedMap<(u32, String), PendingReq>,
+    pending: BoundedMap<(u32, mcpwatch_mcp::IdKey), PendingReq>,
     lost_total: u64,
     /// Kernel drops reported for a pid, not yet attached to an event.
     lost_pids: HashSet<u32>,
@@ -201,14 +201,14 @@ impl StdioObserver {
                 (Direction::Read, Message::Request { id, method, params }) => {
                     let tool = (method == "tools/call").then(|| params.as_ref().and_then(|p| p.get("name")).and_then(Value::as_str).map(str::to_string)).flatten();
                     let has_cursor = params.as_ref().and_then(|p| p.get("cursor")).is_some_and(|c| !c.is_null());
-                    let _ = self.pending.insert((pid, id_key(id)), PendingReq { method: method.clone(), tool: tool.clone(), has_cursor });
+                    let _ = self.pending.insert((pid, id.key()), PendingReq { method: method.clone(), tool: tool.clone(), has_cursor });
                     if let Some(name) = tool {
                         let arguments = params.as_ref().and_then(|p| p.get("arguments")).cloned();
                         out.push(Event::ToolCall { pid, id: id.clone(), name, arguments, lost });
                     }
                 }
                 (Direction::Write, Message::Response { id, result }) => {
-                    let Some(req) = self.pending.remove(&(pid, id_key(id))) else { continue };
+                    let Some(req) = self.pending.remove(&(pid, id.key())) else { continue };
                     match req.method.as_str() {
                         "initialize" => {
                             let info = result.get("serverInfo");
@@ -233,7 +233,7 @@ impl StdioObserver {
                     }
                 }
                 (Direction::Write, Message::Error { id: Some(id), .. }) => {
-                    let Some(req) = self.pending.remove(&(pid, id_key(id))) else { continue };
+                    let Some(req) = self.pending.remove(&(pid, id.key())) else { continue };
                     if req.method == "tools/call" {
                         out.push(Event::ToolResult { pid, id: id.clone(), name: req.tool.unwrap_or_default(), is_error: true, lost });
                     }
@@ -242,10 +242,6 @@ impl StdioObserver {
             }
         }
     }
-}
-
-fn id_key(id: &Id) -> String {
-    id.to_value().to_string()
 }
 
 /// The inventory and audit key of a stdio server: its launch identity

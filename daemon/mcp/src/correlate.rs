@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 
-use crate::jsonrpc::Id;
+use crate::jsonrpc::{Id, IdKey};
 
 /// Opaque conversation identity built by the proxy, e.g.
 /// `"http://127.0.0.1:8931/mcp#<Mcp-Session-Id>"` or a connection id.
@@ -92,7 +92,8 @@ pub struct Evicted<T> {
 pub struct Correlator<T> {
     capacity: usize,
     next_seq: u64,
-    by_key: HashMap<ConversationKey, HashMap<Id, (u64, T)>>,
+    /// By conversation, then by [`Id::key`]: `5` and `5.0` are one pending call.
+    by_key: HashMap<ConversationKey, HashMap<IdKey, (u64, T)>>,
     /// Insertion order: seq -> (key, id).
     order: BTreeMap<u64, (ConversationKey, Id)>,
 }
@@ -110,7 +111,7 @@ impl<T> Correlator<T> {
     pub fn insert(&mut self, key: impl Into<ConversationKey>, id: Id, value: T) -> Vec<Evicted<T>> {
         let key = key.into();
         let mut out = Vec::new();
-        if let Some((seq, old)) = self.by_key.get_mut(key.as_str()).and_then(|m| m.remove(&id)) {
+        if let Some((seq, old)) = self.by_key.get_mut(key.as_str()).and_then(|m| m.remove(&id.key())) {
             self.order.remove(&seq);
             out.push(Evicted { key: key.clone(), id: id.clone(), value: old, reason: EvictReason::Replaced });
         }
@@ -123,7 +124,7 @@ impl<T> Correlator<T> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.order.insert(seq, (key.clone(), id.clone()));
-        self.by_key.entry(key).or_default().insert(id, (seq, value));
+        self.by_key.entry(key).or_default().insert(id.key(), (seq, value));
         out
     }
 
@@ -136,7 +137,7 @@ impl<T> Correlator<T> {
 
     /// Peek without removing.
     pub fn get(&self, key: &str, id: &Id) -> Option<&T> {
-        self.by_key.get(key)?.get(id).map(|(_, v)| v)
+        self.by_key.get(key)?.get(&id.key()).map(|(_, v)| v)
     }
 
     /// Everything still pending in a conversation (its stream ended: these
@@ -192,7 +193,7 @@ impl<T> Correlator<T> {
 
     fn remove_entry(&mut self, key: &str, id: &Id) -> Option<(u64, T)> {
         let inner = self.by_key.get_mut(key)?;
-        let found = inner.remove(id);
+        let found = inner.remove(&id.key());
         if inner.is_empty() {
             self.by_key.remove(key);
         }
@@ -215,6 +216,8 @@ mod tests {
         assert_eq!(c.get("a", &Id::from(1i64)), Some(&"a1"));
         assert_eq!(c.take("b", &Id::from(1i64)), Some("b1"));
         assert_eq!(c.take("b", &Id::from(1i64)), None, "a response is paired once");
+        assert!(c.insert("b", Id::from_value(&serde_json::json!(5.0)).unwrap(), "b5").is_empty());
+        assert_eq!(c.take("b", &Id::from(5i64)), Some("b5"), "the answer 5 pairs the call 5.0");
         assert_eq!(c.take("a", &Id::from("1")), Some("a1s"));
         assert_eq!(c.take("a", &Id::from(2i64)), None);
         assert_eq!(c.take("zz", &Id::from(1i64)), None);

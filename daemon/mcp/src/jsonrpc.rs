@@ -61,8 +61,9 @@ pub fn standard_message(code: i64) -> &'static str {
 /// A JSON-RPC request id: a number or a string.
 ///
 /// `Display` renders the id as JSON text (`1`, `"abc"`), the form stored in audit
-/// records. Ids are `Eq + Hash` so they can key the response [`crate::correlate::Correlator`];
-/// `1` and `"1"` are different ids, as JSON-RPC requires.
+/// records. `Eq` and `Hash` compare the JSON text; to match an answer to its call, or to
+/// tell whether an id is already pending, compare [`Id::key`]s instead: `5` and `5.0` are
+/// two `Id`s but one key, as a server reads them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Id {
@@ -86,6 +87,46 @@ impl Id {
             Value::String(s) => Some(Id::String(s.clone())),
             _ => None,
         }
+    }
+}
+
+/// What a request id is matched by: the one key every table of pending calls and every
+/// id-reuse check uses, on HTTP and on stdio.
+///
+/// A number is keyed by its value as a JavaScript peer reads it: `5`, `5.0`, `5e0` and
+/// `-0`/`0` are one id to the TypeScript SDK, which answers them alike and lets a later
+/// one take an earlier one's place. Keying them apart would let a client reuse a pending
+/// id unnoticed (`5` then `5.0`), and would drop the answer `5` a server sends to a call
+/// the client numbered `5.0`. Integers past 2^53 that differ only below a double's
+/// precision share a key too: at worst a distinct id is refused as a reuse, never the
+/// other way round. A string keeps its JSON quotes, so `"5"` never meets `5`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdKey(String);
+
+impl IdKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Id {
+    /// The key this id is matched by (see [`IdKey`]).
+    pub fn key(&self) -> IdKey {
+        IdKey(match self {
+            Id::Number(n) => match n.as_f64() {
+                Some(f) if f == 0.0 => "0".into(),
+                Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+                Some(f) => format!("{f:?}"),
+                None => n.to_string(),
+            },
+            Id::String(_) => self.to_string(),
+        })
     }
 }
 
@@ -692,6 +733,26 @@ mod tests {
             Parsed::Single(m) => m,
             other => panic!("expected a single message for {body}, got {other:?}"),
         }
+    }
+
+    fn key_of(json: &str) -> IdKey {
+        Id::from_value(&serde_json::from_str(json).unwrap()).unwrap().key()
+    }
+
+    #[test]
+    fn ids_a_server_answers_alike_share_a_key() {
+        for same in ["5.0", "5e0", "50e-1", "5.000"] {
+            assert_eq!(key_of(same), key_of("5"), "{same} is 5 to a JavaScript peer");
+        }
+        assert_eq!(key_of("-0"), key_of("0"));
+        assert_eq!(key_of("-0.0"), key_of("0"));
+        assert_eq!(key_of("9007199254740993"), key_of("9007199254740992"), "past 2^53 a double cannot tell them apart");
+        assert_ne!(key_of("5"), key_of("6"));
+        assert_ne!(key_of("5.5"), key_of("5"));
+        assert_ne!(key_of("-5"), key_of("5"));
+        assert_ne!(key_of("\"5\""), key_of("5"), "a string is never a number");
+        assert_ne!(key_of("\"5.0\""), key_of("\"5\""), "strings match exactly");
+        assert_eq!(key_of("18446744073709551615"), key_of("1.8446744073709552e19"));
     }
 
     fn invalid(body: &[u8]) -> Invalid {

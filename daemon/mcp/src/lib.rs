@@ -6,7 +6,8 @@
 //! [`session::Rejection`]) the proxy turns into a JSON-RPC error, an HTTP 400
 //! or an audit note.
 //!
-//! Typical use by the proxy:
+//! Typical use (the daemon's proxy keeps its pending calls in its own session tables,
+//! keyed as [`Correlator`] keys them, by [`Id::key`]):
 //! 1. request body -> [`jsonrpc::parse_body`] -> [`session::check_request`]
 //!    (era, batch and routing-header rules) -> per message: [`Message::method`],
 //!    [`Message::target_name`], [`Message::args_hash`] for policy and audit;
@@ -63,6 +64,6 @@ pub mod sse;
 
 pub use canonical::{canonical_hash, canonical_json, sha256_hex};
 pub use correlate::{ConversationKey, Correlator, Evicted};
-pub use jsonrpc::{Id, Invalid, Limits, Message, Parsed, error_response, parse_body, parse_body_with};
+pub use jsonrpc::{Id, IdKey, Invalid, Limits, Message, Parsed, error_response, parse_body, parse_body_with};
 pub use session::{Era, HeaderSignals, Rejection};
 pub use sse::{SseEvent, SseParser};

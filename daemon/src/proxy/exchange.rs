@@ -563,7 +563,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
     let mut gb = GovernedBatch { pending: Vec::with_capacity(n), forwarded: Vec::with_capacity(n), ..GovernedBatch::default() };
     let now = Instant::now();
     // The request ids of this batch so far (empty for a single message).
-    let mut batch_ids: Vec<String> = Vec::new();
+    let mut batch_ids: Vec<jsonrpc::IdKey> = Vec::new();
     for (index, m) in messages.iter_mut().enumerate() {
         Counters::inc(&shared.counters.mcp_messages);
         match m {
@@ -593,7 +593,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 // to the newer stream); twice in one batch, always.
                 let reused = kind == MessageKind::Request
                     && msg.id().is_some_and(|id| {
-                        let id = id.to_string();
+                        let id = id.key();
                         let in_batch = input.batch && batch_ids.contains(&id);
                         let in_session = if scope.legacy {
                             shared.sessions.is_parked(&scope.conversation, Asker::Client, &id)
@@ -640,7 +640,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         let first_page = msg.method() == Some("tools/list") && msg.params().and_then(|p| p.get("cursor")).is_none();
                         let key = match msg.id() {
                             Some(id) => {
-                                let id = id.to_string();
+                                let id = id.key();
                                 shared.sessions.note_id(&scope.conversation, &id, IdFate::Forwarded);
                                 PendingKey::Id(id)
                             }
@@ -657,7 +657,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         rec.notes.push("answered by mcpwatch; not forwarded".into());
                         shared.complete_record(&rec);
                         if let Some(id) = msg.id() {
-                            shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Refused);
+                            shared.sessions.note_id(&scope.conversation, &id.key(), IdFate::Refused);
                         }
                         gb.refusals.push(jsonrpc::error_response(msg.id(), code, &message, Some(data)));
                     }
@@ -668,7 +668,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 // answer goes to the server: inspected as arguments are (redacted or
                 // blocked in enforce mode: the body is then re-serialised), and its
                 // record's hash is of what leaves.
-                match msg.id().and_then(|id| shared.sessions.take(&scope.conversation, Asker::Server, &id.to_string())) {
+                match msg.id().and_then(|id| shared.sessions.take(&scope.conversation, Asker::Server, &id.key())) {
                     Some(mut p) => {
                         gb.modified |= govern::answer(Judge::of(shared, gov), &site, &mut p.record, msg);
                         complete_with(shared, p, msg, input.bytes.len() as u64);
@@ -711,7 +711,7 @@ async fn forward_and_observe(
     mut pending: Vec<(PendingKey, Pending)>,
     refusals: Vec<serde_json::Value>,
 ) -> Response<Body> {
-    let mut parked: Vec<String> = Vec::new();
+    let mut parked: Vec<jsonrpc::IdKey> = Vec::new();
     if scope.legacy {
         let (requests, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(k, _)| matches!(k, PendingKey::Id(_)));
         pending = rest;
@@ -811,7 +811,7 @@ fn streamed_hold(
                 pending.record.notes.push("answered by mcpwatch; not forwarded".into());
                 shared.complete_record(&pending.record);
                 if let Some(id) = msg.id() {
-                    shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Refused);
+                    shared.sessions.note_id(&scope.conversation, &id.key(), IdFate::Refused);
                 }
                 let _ = tx.send(event(jsonrpc::error_response(msg.id(), code, &message, Some(data)))).await;
             }
@@ -826,11 +826,11 @@ fn streamed_hold(
                     return;
                 }
                 if let Some(id) = msg.id() {
-                    shared.sessions.note_id(&scope.conversation, &id.to_string(), IdFate::Forwarded);
+                    shared.sessions.note_id(&scope.conversation, &id.key(), IdFate::Forwarded);
                 }
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);
-                let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| PendingKey::Id(i.to_string()));
+                let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| PendingKey::Id(i.key()));
                 match forward(&up, Request::from_parts(parts, body::full(body))).await {
                     Err(e) => {
                         finish(&shared, pending, CallStatus::TransportError { reason: e.to_string() }, None, 0);

@@ -302,7 +302,7 @@ impl StreamObserver {
     fn on_delivered(&mut self, msg: &mut Message, size: u64) -> Outcome {
         match &*msg {
             Message::Response { .. } | Message::Error { .. } => {
-                let key = msg.id().map(|i| i.to_string());
+                let key = msg.id().map(|i| i.key());
                 let local_hit = match &key {
                     Some(k) => self.local.iter().position(|(lk, _)| matches!(lk, PendingKey::Id(id) if id == k)),
                     // An error with a null id answers the message we could not parse.
@@ -337,7 +337,7 @@ impl StreamObserver {
                         let _ = self.shared.begin_record(&rec);
                         let conv = self.conversation();
                         let p = Pending { record: rec, started: Instant::now(), first_page: false };
-                        for e in self.shared.sessions.park(&conv, Asker::Server, &id.to_string(), p) {
+                        for e in self.shared.sessions.park(&conv, Asker::Server, &id.key(), p) {
                             finish(&self.shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
                         }
                     }
@@ -352,7 +352,7 @@ impl StreamObserver {
 
     /// What this conversation knows of a response id.
     fn id_state(&self, id: &jsonrpc::Id) -> IdState {
-        let key = id.to_string();
+        let key = id.key();
         if self.local.iter().any(|(k, _)| matches!(k, PendingKey::Id(id) if *id == key)) || self.shared.sessions.is_parked(&self.scope.conversation, Asker::Client, &key) {
             return IdState::Pending;
         }

@@ -228,17 +228,39 @@ fn an_answer_replayed_on_a_resumed_stream_is_inspected() {
 fn a_request_id_cannot_be_reused_in_a_session_or_a_batch() {
     let env = Lenient::start(DENY_DELETES, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
     let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-ids\r\n";
-    let call = |id: u32, tool: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
-    let first = env.send(&request("POST", "/mcp", headers, call(9, "read_issue").as_bytes()));
+    let call = |id: &str, tool: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
+    let first = env.send(&request("POST", "/mcp", headers, call("9", "read_issue").as_bytes()));
     assert!(first.starts_with("HTTP/1.1 202"), "{first}");
-    let again = env.send(&request("POST", "/mcp", headers, call(9, "echo").as_bytes()));
+    let again = env.send(&request("POST", "/mcp", headers, call("9", "echo").as_bytes()));
     assert!(again.contains("-32600") && again.contains("already used"), "{again}");
-    let batch = format!("[{},{}]", call(11, "echo"), call(11, "read_issue"));
+    // Once more (the refusal must not make the id look unsent), and as `9.0` and `9e0`,
+    // which are 9 to the TypeScript SDK.
+    for same in ["9", "9.0", "9e0"] {
+        let again = env.send(&request("POST", "/mcp", headers, call(same, "echo").as_bytes()));
+        assert!(again.contains("-32600") && again.contains("already used"), "{same}: {again}");
+    }
+    let batch = format!("[{},{}]", call("11", "echo"), call("11.0", "read_issue"));
     env.send(&request("POST", "/mcp", "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-batch\r\n", batch.as_bytes()));
-    env.daemon.wait_audit("both refusals' records", |r| alerts(r).iter().filter(|a| a.contains("request id reused")).count() >= 2);
+    env.daemon.wait_audit("the refusals' records", |r| alerts(r).iter().filter(|a| a.contains("request id reused")).count() >= 5);
     let upstream = env.upstream_bytes();
     assert_eq!(upstream.matches("\"id\":9").count(), 1, "only the first id 9 reached the server: {upstream}");
     assert_eq!(upstream.matches("\"id\":11").count(), 1, "only one id 11 reached the server: {upstream}");
+}
+
+/// A client that numbers a call `5.0` gets the answer a JavaScript server writes as `5`:
+/// the answer is matched to its call by the id's value, not dropped as an answer to an id
+/// the client never sent.
+#[test]
+fn an_answer_is_matched_to_its_call_by_the_ids_value() {
+    let body = r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"ANSWER-5"}]}}"#;
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let env = Lenient::start(DENY_DELETES, None, reply.as_bytes());
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-five\r\n";
+    let call = br#"{"jsonrpc":"2.0","id":5.0,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let resp = env.send(&request("POST", "/mcp", headers, call));
+    assert!(resp.contains("ANSWER-5"), "the answer reached the client: {resp}");
+    let recs = env.daemon.wait_audit("the call's record", |r| r.iter().any(|r| r.jsonrpc_id.as_deref() == Some("5.0") && r.status == CallStatus::Ok));
+    assert!(alerts(&recs).iter().all(|a| !a.contains("server message") && !a.contains("no waiting call")), "{:?}", alerts(&recs));
 }
 
 /// Two Host headers: the daemon names the server by one, a front end may route by the
