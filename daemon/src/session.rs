@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mcpwatch_api::{AuditRecord, ProcessInfo};
@@ -122,14 +122,45 @@ pub struct Pending {
 }
 
 /// What a message waiting for its answer within one exchange is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PendingKey {
-    /// A request, by the key of its JSON-RPC id (`Id::key`).
-    Id(IdKey),
+    /// A request, by the key of its JSON-RPC id (`Id::key`), with its in-flight mark in a
+    /// session (see [`Sessions::fly`]) when it has one: the mark goes when the key does
+    /// (the answer came, or the exchange ended).
+    Id(IdKey, Option<Arc<Flight>>),
     /// A notification (answered by the HTTP status alone), by its record id.
     Notification(String),
     /// A message mcpwatch could not parse, by its record id: an error with a null id answers it.
     Invalid(String),
+}
+
+/// A client request of a Streamable HTTP session that the server has and has not answered:
+/// while one lives its id is in flight ([`Sessions::in_flight`]), whatever became of the
+/// bounded id fates since. A reuse of an id in flight is what the TypeScript SDK re-points
+/// to the newer stream, so the first call's answer would be judged as the second's; that
+/// must hold however many other ids the host sent meanwhile.
+pub struct Flight {
+    marks: Arc<Mutex<HashMap<u64, u32>>>,
+    key: u64,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flight")
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.marks.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Where a legacy client's POSTs belong.
@@ -148,6 +179,10 @@ pub struct Sessions {
     /// Keys the `ids` table: a per-process random SipHash key, so the peer whose ids these
     /// are cannot choose two that share a slot.
     id_hasher: std::hash::RandomState,
+    /// Client ids in flight (keyed like `ids`) → how many live [`Flight`]s hold them. Not
+    /// bounded by eviction: an entry lives exactly as long as a waiting call of a live
+    /// exchange, and those are bounded by the connection and body limits.
+    flights: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
 /// What became of a client request id in a conversation.
@@ -247,6 +282,7 @@ impl Sessions {
             }),
             owners: Mutex::new(Owners { by_session: BoundedMap::new(MAX_SESSION_BINDINGS), by_owner: HashMap::new() }),
             id_hasher: std::hash::RandomState::new(),
+            flights: Arc::default(),
         }
     }
 
@@ -267,6 +303,22 @@ impl Sessions {
             }
             i.ids.insert(key, fate);
         }
+    }
+
+    /// Mark a client request id forwarded in a session as in flight until the returned
+    /// mark is dropped.
+    pub fn fly(&self, conversation: &str, id: &IdKey) -> Arc<Flight> {
+        let key = self.id_key(conversation, id);
+        if let Ok(mut m) = self.flights.lock() {
+            *m.entry(key).or_default() += 1;
+        }
+        Arc::new(Flight { marks: self.flights.clone(), key })
+    }
+
+    /// Is a call with this id forwarded in the conversation and not yet answered?
+    pub fn in_flight(&self, conversation: &str, id: &IdKey) -> bool {
+        let key = self.id_key(conversation, id);
+        self.flights.lock().is_ok_and(|m| m.contains_key(&key))
     }
 
     /// What happened to a client request id, if it was seen.
@@ -592,6 +644,25 @@ mod tests {
         assert_eq!(s.id_fate("conv-a", &k("1")), None, "the oldest are forgotten at the bound");
         assert_eq!(s.id_fate("conv-c", &k("9")), Some(IdFate::Forwarded));
         assert!(s.inner.lock().unwrap().ids.len() <= 4);
+    }
+
+    /// An id stays in flight while its mark lives, however many fates were forgotten.
+    #[test]
+    fn an_id_in_flight_outlives_the_fate_bound() {
+        let s = Sessions::new(4, 64);
+        s.note_id("conv", &k("9"), IdFate::Forwarded);
+        let first = s.fly("conv", &k("9"));
+        let second = s.fly("conv", &k("9.0"));
+        for i in 100..200 {
+            s.note_id("conv", &k(&i.to_string()), IdFate::Forwarded);
+        }
+        assert_eq!(s.id_fate("conv", &k("9")), None, "the fate was forgotten at the bound");
+        assert!(s.in_flight("conv", &k("9")) && !s.in_flight("other", &k("9")) && !s.in_flight("conv", &k("10")));
+        drop(first);
+        assert!(s.in_flight("conv", &k("9")), "a second mark holds it");
+        drop(second);
+        assert!(!s.in_flight("conv", &k("9")));
+        assert!(s.flights.lock().unwrap().is_empty(), "no mark is left behind");
     }
 
     #[test]

@@ -598,7 +598,8 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         let in_session = if scope.legacy {
                             shared.sessions.is_parked(&scope.conversation, Asker::Client, &id)
                         } else {
-                            scope.session_id.is_some() && shared.sessions.id_fate(&scope.conversation, &id) == Some(IdFate::Forwarded)
+                            scope.session_id.is_some()
+                                && (shared.sessions.id_fate(&scope.conversation, &id) == Some(IdFate::Forwarded) || shared.sessions.in_flight(&scope.conversation, &id))
                         };
                         if input.batch {
                             batch_ids.push(id);
@@ -642,7 +643,8 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                             Some(id) => {
                                 let id = id.key();
                                 shared.sessions.note_id(&scope.conversation, &id, IdFate::Forwarded);
-                                PendingKey::Id(id)
+                                let flight = (!scope.legacy && scope.session_id.is_some()).then(|| shared.sessions.fly(&scope.conversation, &id));
+                                PendingKey::Id(id, flight)
                             }
                             None => PendingKey::Notification(rec.id.clone()),
                         };
@@ -713,10 +715,10 @@ async fn forward_and_observe(
 ) -> Response<Body> {
     let mut parked: Vec<jsonrpc::IdKey> = Vec::new();
     if scope.legacy {
-        let (requests, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(k, _)| matches!(k, PendingKey::Id(_)));
+        let (requests, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(k, _)| matches!(k, PendingKey::Id(..)));
         pending = rest;
         for (key, p) in requests {
-            if let PendingKey::Id(id) = key {
+            if let PendingKey::Id(id, _) = key {
                 for e in shared.sessions.park(&scope.conversation, Asker::Client, &id, p) {
                     finish(&shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
                 }
@@ -830,7 +832,11 @@ fn streamed_hold(
                 }
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);
-                let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| PendingKey::Id(i.key()));
+                let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| {
+                    let id = i.key();
+                    let flight = (!scope.legacy && scope.session_id.is_some()).then(|| shared.sessions.fly(&scope.conversation, &id));
+                    PendingKey::Id(id, flight)
+                });
                 match forward(&up, Request::from_parts(parts, body::full(body))).await {
                     Err(e) => {
                         finish(&shared, pending, CallStatus::TransportError { reason: e.to_string() }, None, 0);

@@ -304,7 +304,7 @@ impl StreamObserver {
             Message::Response { .. } | Message::Error { .. } => {
                 let key = msg.id().map(|i| i.key());
                 let local_hit = match &key {
-                    Some(k) => self.local.iter().position(|(lk, _)| matches!(lk, PendingKey::Id(id) if id == k)),
+                    Some(k) => self.local.iter().position(|(lk, _)| matches!(lk, PendingKey::Id(id, _) if id == k)),
                     // An error with a null id answers the message we could not parse.
                     None => self.local.iter().position(|(lk, _)| matches!(lk, PendingKey::Invalid(_))),
                 };
@@ -353,7 +353,7 @@ impl StreamObserver {
     /// What this conversation knows of a response id.
     fn id_state(&self, id: &jsonrpc::Id) -> IdState {
         let key = id.key();
-        if self.local.iter().any(|(k, _)| matches!(k, PendingKey::Id(id) if *id == key)) || self.shared.sessions.is_parked(&self.scope.conversation, Asker::Client, &key) {
+        if self.local.iter().any(|(k, _)| matches!(k, PendingKey::Id(id, _) if *id == key)) || self.shared.sessions.is_parked(&self.scope.conversation, Asker::Client, &key) {
             return IdState::Pending;
         }
         match self.shared.sessions.id_fate(&self.scope.conversation, &key) {

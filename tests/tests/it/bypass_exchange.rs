@@ -247,6 +247,73 @@ fn a_request_id_cannot_be_reused_in_a_session_or_a_batch() {
     assert_eq!(upstream.matches("\"id\":11").count(), 1, "only one id 11 reached the server: {upstream}");
 }
 
+/// The fates of ids are bounded (`max_pending_calls`, host-wide), so enough other calls
+/// (a flood, or just a busy host) forget that an id was sent. A call still waiting for its
+/// answer keeps its id in use all the same: reusing it is refused, however many ids came
+/// between.
+#[test]
+fn an_id_in_flight_cannot_be_reused_after_its_fate_is_forgotten() {
+    use std::net::{TcpListener, TcpStream};
+    // The server holds the call with id 9 open (an SSE stream that never ends) and
+    // answers everything else at once.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = c.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let len = text[..end].lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))).unwrap_or(0);
+                    if got.len() < end + 4 + len {
+                        continue;
+                    }
+                    seen.lock().unwrap().push_str(&text);
+                    if text.contains("\"id\":9,") {
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
+                        std::thread::sleep(Duration::from_secs(30));
+                    } else {
+                        let _ = c.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+                    }
+                    return;
+                }
+            });
+        }
+    });
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream), policy: Some(DENY_DELETES.into()), config: Some("[limits]\nmax_pending_calls = 8\n".into()), ..Default::default() });
+    let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-flight\r\n";
+    let call = |id: &str, tool: &str| request("POST", "/mcp", headers, format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#).as_bytes());
+    // Call 9 waits for its answer on a connection the client keeps.
+    let mut waiting = TcpStream::connect(addr).unwrap();
+    waiting.write_all(&call("9", "read_issue")).unwrap();
+    let t0 = std::time::Instant::now();
+    while !seen.lock().unwrap().contains("\"id\":9,") {
+        assert!(t0.elapsed() < Duration::from_secs(15), "call 9 never reached the server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // More ids than the daemon remembers fates for.
+    for i in 100..120 {
+        let resp = send(addr, &call(&i.to_string(), "echo"));
+        assert_eq!(status(&resp), 202, "{resp}");
+    }
+    let again = send(addr, &call("9", "echo"));
+    assert!(again.contains("-32600") && again.contains("already used"), "the id in flight was reused: {again}");
+    assert_eq!(seen.lock().unwrap().matches("\"id\":9,").count(), 1, "only the first id 9 reached the server");
+    drop(waiting);
+}
+
 /// A client that numbers a call `5.0` gets the answer a JavaScript server writes as `5`:
 /// the answer is matched to its call by the id's value, not dropped as an answer to an id
 /// the client never sent.
