@@ -10,11 +10,21 @@
 //! when the daemon's own resolver maps it to that address; otherwise the endpoint is
 //! named by the address, as the connection really goes.
 //!
+//! The same proofs say which addresses a server registered by name answers at, so that
+//! it is governed there too ([`crate::proxy::relay::governed_mode_resolved`]). There a
+//! missing proof is the unsafe answer (the connection would be relayed ungoverned), so a
+//! lookup that did not finish says [`Proof::Unknown`], which that caller governs, and
+//! the registry's names are looked up in a lane of their own
+//! ([`HostProofs::check_registered`]): names a client chooses (a `Host` header, whose
+//! DNS the client's owner may make as slow as it likes) can take every turn of the other
+//! lane and never delay them.
+//!
 //! Lookups are cached per (address, name): proofs for [`HostProofs::PROVEN_TTL`],
-//! failures for the shorter [`HostProofs::REFUSED_TTL`]. A flood of names costs at most
-//! [`HostProofs::MAX_LOOKUPS`] resolver threads at a time (a turn is held until
-//! `getaddrinfo` returns, not until the caller's deadline), and never a name it did not
-//! prove: a request that waits past [`HostProofs::DEADLINE`] is named by its address.
+//! failures for the shorter [`HostProofs::REFUSED_TTL`]; an unfinished lookup is not
+//! cached. A flood of names costs at most [`HostProofs::MAX_LOOKUPS`] resolver threads at
+//! a time (a turn is held until `getaddrinfo` returns, not until the caller's deadline),
+//! and never a name it did not prove: a request that waits past [`HostProofs::DEADLINE`]
+//! is named by its address.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,8 +37,11 @@ use std::time::{Duration, Instant};
 pub enum Proof {
     /// The name resolves to the destination.
     Proven,
-    /// It does not (or the lookup failed or timed out): the name is a claim only.
+    /// It does not (or the resolver failed): the name is a claim only.
     Unproven,
+    /// The lookup did not finish within [`HostProofs::DEADLINE`]: nothing is known, and
+    /// nothing is cached. Not a proof of the name; not a proof against it either.
+    Unknown,
 }
 
 /// Cached DNS proofs that names resolve to destinations (see the module doc).
@@ -38,6 +51,8 @@ pub struct HostProofs {
     /// deadline does not free its turn while the lookup still occupies a blocking thread
     /// (the pool the audit store's fsyncs run on).
     lookups: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The same for the policy registry's names, which only the operator chooses.
+    registered: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl HostProofs {
@@ -53,25 +68,32 @@ impl HostProofs {
     pub const DEADLINE: Duration = Duration::from_secs(2);
 
     pub fn new() -> HostProofs {
-        HostProofs { seen: Mutex::new(HashMap::new()), lookups: std::sync::Arc::new(tokio::sync::Semaphore::new(Self::MAX_LOOKUPS)) }
+        HostProofs {
+            seen: Mutex::new(HashMap::new()),
+            lookups: std::sync::Arc::new(tokio::sync::Semaphore::new(Self::MAX_LOOKUPS)),
+            registered: std::sync::Arc::new(tokio::sync::Semaphore::new(Self::MAX_LOOKUPS)),
+        }
     }
 
     /// Does `name` resolve to `dst`, by the system resolver?
     pub async fn check(&self, dst: IpAddr, name: &str) -> Proof {
-        self.check_resolving(dst, name, |host| {
-            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0)).map(|addrs| addrs.map(|a| a.ip()).collect())
-        })
-        .await
+        self.check_resolving(dst, name, &self.lookups, system_resolve).await
+    }
+
+    /// [`HostProofs::check`] for a name of the policy's server registry, in its own lane
+    /// of lookup turns (see the module doc).
+    pub async fn check_registered(&self, dst: IpAddr, name: &str) -> Proof {
+        self.check_resolving(dst, name, &self.registered, system_resolve).await
     }
 
     /// [`HostProofs::check`] with a blocking `resolve` in place of `getaddrinfo`: run on a
-    /// blocking thread, holding a lookup turn until it returns.
-    async fn check_resolving<R>(&self, dst: IpAddr, name: &str, resolve: R) -> Proof
+    /// blocking thread, holding a turn of `lane` until it returns.
+    async fn check_resolving<R>(&self, dst: IpAddr, name: &str, lane: &std::sync::Arc<tokio::sync::Semaphore>, resolve: R) -> Proof
     where
         R: FnOnce(String) -> std::io::Result<Vec<IpAddr>> + Send + 'static,
     {
         let host = name.to_string();
-        let lookups = self.lookups.clone();
+        let lookups = lane.clone();
         self.check_with(dst, name, Instant::now(), async move {
             let turn = lookups.acquire_owned().await.map_err(std::io::Error::other)?;
             tokio::task::spawn_blocking(move || {
@@ -94,9 +116,9 @@ impl HostProofs {
         if let Some(p) = self.cached(dst, &name, now) {
             return p;
         }
-        let resolved = tokio::time::timeout(Self::DEADLINE, lookup).await.ok().and_then(Result::ok);
+        let Ok(resolved) = tokio::time::timeout(Self::DEADLINE, lookup).await else { return Proof::Unknown };
         let proof = match resolved {
-            Some(addrs) if addrs.iter().any(|a| a.to_canonical() == dst) => Proof::Proven,
+            Ok(addrs) if addrs.iter().any(|a| a.to_canonical() == dst) => Proof::Proven,
             _ => Proof::Unproven,
         };
         self.remember(dst, name, now, proof);
@@ -124,6 +146,7 @@ impl HostProofs {
         match proof {
             Proof::Proven => Self::PROVEN_TTL,
             Proof::Unproven => Self::REFUSED_TTL,
+            Proof::Unknown => Duration::ZERO,
         }
     }
 
@@ -131,6 +154,11 @@ impl HostProofs {
     fn len(&self) -> usize {
         self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
+}
+
+/// The system resolver (`getaddrinfo`), blocking.
+fn system_resolve(host: String) -> std::io::Result<Vec<IpAddr>> {
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 0)).map(|addrs| addrs.map(|a| a.ip()).collect())
 }
 
 impl Default for HostProofs {
@@ -193,7 +221,7 @@ mod tests {
         for i in 0..HostProofs::MAX_LOOKUPS {
             let (p, gate) = (p.clone(), gate.clone());
             callers.push(tokio::spawn(async move {
-                p.check_resolving(dst, &format!("hung{i}.example"), move |_| {
+                p.check_resolving(dst, &format!("hung{i}.example"), &p.lookups, move |_| {
                     let (open, cv) = &*gate;
                     let _open = cv.wait_while(open.lock().unwrap(), |o| !*o).unwrap();
                     Ok(vec![dst])
@@ -202,19 +230,21 @@ mod tests {
             }));
         }
         for c in callers {
-            assert_eq!(c.await.unwrap(), Proof::Unproven, "a hung lookup past the deadline proves nothing");
+            assert_eq!(c.await.unwrap(), Proof::Unknown, "a hung lookup past the deadline proves nothing");
         }
         // Their callers are gone, the resolver threads are not: no turn is free.
         assert_eq!(p.lookups.available_permits(), 0);
-        assert_eq!(p.check_resolving(dst, "late.example", move |_| Ok(vec![dst])).await, Proof::Unproven);
+        assert_eq!(p.check_resolving(dst, "late.example", &p.lookups, move |_| Ok(vec![dst])).await, Proof::Unknown);
+        // The registry's lane is not the clients' lane: its names are proven meanwhile.
+        assert_eq!(p.check_resolving(dst, "registered.example", &p.registered, move |_| Ok(vec![dst])).await, Proof::Proven);
         drop(opener);
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while p.lookups.available_permits() < HostProofs::MAX_LOOKUPS {
             assert!(std::time::Instant::now() < until, "turns not given back");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(p.check_resolving(dst, "late.example", move |_| Ok(vec![dst])).await, Proof::Unproven, "a failure is remembered for REFUSED_TTL");
-        assert_eq!(p.check_resolving(dst, "fresh.example", move |_| Ok(vec![dst])).await, Proof::Proven);
+        assert_eq!(p.check_resolving(dst, "late.example", &p.lookups, move |_| Ok(vec![dst])).await, Proof::Proven, "an unfinished lookup is not remembered");
+        assert_eq!(p.check_resolving(dst, "fresh.example", &p.lookups, move |_| Ok(vec![dst])).await, Proof::Proven);
     }
 
     #[tokio::test(start_paused = true)]
@@ -226,7 +256,7 @@ mod tests {
             tokio::time::sleep(HostProofs::DEADLINE * 2).await;
             answer(&["198.18.0.2"])
         };
-        assert_eq!(p.check_with(dst, "slow.example", t0, slow).await, Proof::Unproven);
+        assert_eq!(p.check_with(dst, "slow.example", t0, slow).await, Proof::Unknown);
         for i in 0..HostProofs::CAPACITY * 2 {
             p.check_with(dst, &format!("n{i}.example"), t0, async { answer(&[]) }).await;
         }

@@ -48,8 +48,13 @@ pub async fn governed_mode_resolved(shared: &Shared, dst: SocketAddr) -> Option<
     let mut mode = governed_mode(shared, dst);
     let loaded = shared.governance.current();
     let named = loaded.policy.servers().iter().filter_map(|d| Some((d, d.host_name()?))).filter(|(_, (_, port))| port.is_none_or(|p| p == dst.port()));
-    for (def, (host, _)) in named.take(MAX_NAMED_LOOKUPS) {
-        if shared.host_proofs.check(dst.ip().to_canonical(), host).await == crate::hostproof::Proof::Proven {
+    // Looked up together: a first contact waits for the slowest name, not for their sum.
+    let ip = dst.ip().to_canonical();
+    let proofs = futures_util::future::join_all(named.take(MAX_NAMED_LOOKUPS).map(|(def, (host, _))| async move { (def, shared.host_proofs.check_registered(ip, host).await) })).await;
+    for (def, proof) in proofs {
+        // A lookup that did not finish may be the registered server's address: governed.
+        // Otherwise whoever could slow the resolver down would choose the relay.
+        if matches!(proof, crate::hostproof::Proof::Proven | crate::hostproof::Proof::Unknown) {
             mode = Some(strictest(mode, def.mode.unwrap_or(loaded.policy.mode())));
         }
     }

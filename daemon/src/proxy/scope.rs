@@ -426,7 +426,7 @@ pub(super) async fn unproven_host(shared: &Shared, ctx: &ConnCtx, parts: &Parts)
         Ok(_) => crate::hostproof::Proof::Unproven,
         Err(_) => shared.host_proofs.check(dst, &name).await,
     };
-    (proof == crate::hostproof::Proof::Unproven).then(|| name.chars().take(253).collect())
+    (proof != crate::hostproof::Proof::Proven).then(|| name.chars().take(253).collect())
 }
 
 /// RFC 9112 §3.2.2: a request in absolute form (`POST https://b.example/mcp`) is routed
