@@ -41,37 +41,52 @@ impl Asker {
 }
 
 /// A map that forgets its oldest insertions beyond a capacity.
+///
+/// Each insertion carries a generation, and the eviction order names (key, generation):
+/// a key removed and inserted again is not evicted by its old place in the order (which
+/// would let whoever controls the keys choose to push out the newest entry instead of the
+/// oldest). Callers whose entries are security state that must not be pushed out (pending
+/// calls whose ids are checked for reuse) refuse a new entry when [`BoundedMap::is_full`]
+/// instead of inserting.
 pub struct BoundedMap<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
+    map: HashMap<K, (u64, V)>,
+    order: VecDeque<(K, u64)>,
     capacity: usize,
+    next: u64,
 }
 
 impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
     pub fn new(capacity: usize) -> Self {
-        BoundedMap { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+        BoundedMap { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), next: 0 }
     }
 
     /// Insert; returns values evicted to make room, and the value `k` held before (it is
     /// replaced, not lost: the caller closes what it stood for).
     pub fn insert(&mut self, k: K, v: V) -> Vec<V> {
         let mut evicted = Vec::new();
-        match self.map.insert(k.clone(), v) {
-            None => self.order.push_back(k),
-            Some(old) => evicted.push(old),
+        let generation = self.next;
+        self.next += 1;
+        if let Some((_, old)) = self.map.insert(k.clone(), (generation, v)) {
+            evicted.push(old);
         }
+        self.order.push_back((k, generation));
         while self.map.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(old) => evicted.extend(self.map.remove(&old)),
-                None => break,
+            let Some((old, g)) = self.order.pop_front() else { break };
+            if self.map.get(&old).is_some_and(|(at, _)| *at == g) {
+                evicted.extend(self.map.remove(&old).map(|(_, v)| v));
             }
         }
-        // Keep `order` from growing with keys already removed.
+        // Keep `order` from growing with keys already removed or inserted again.
         if self.order.len() > self.capacity * 2 {
             let map = &self.map;
-            self.order.retain(|k| map.contains_key(k));
+            self.order.retain(|(k, g)| map.get(k).is_some_and(|(at, _)| at == g));
         }
         evicted
+    }
+
+    /// Would an insertion of a new key push another entry out?
+    pub fn is_full(&self) -> bool {
+        self.map.len() >= self.capacity
     }
 
     /// Looked up by any borrowed form of the key (`&str` for `String` keys: no allocation).
@@ -79,18 +94,18 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
     where
         K: std::borrow::Borrow<Q>,
     {
-        self.map.get(k)
+        self.map.get(k).map(|(_, v)| v)
     }
 
     pub fn get_mut<Q: Eq + Hash + ?Sized>(&mut self, k: &Q) -> Option<&mut V>
     where
         K: std::borrow::Borrow<Q>,
     {
-        self.map.get_mut(k)
+        self.map.get_mut(k).map(|(_, v)| v)
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        self.map.remove(k)
+        self.map.remove(k).map(|(_, v)| v)
     }
 
     pub fn len(&self) -> usize {
@@ -98,7 +113,7 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.map.values()
+        self.map.values().map(|(_, v)| v)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,7 +123,7 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
     /// Remove and return every value whose key satisfies `f`.
     pub fn drain_where(&mut self, mut f: impl FnMut(&K) -> bool) -> Vec<V> {
         let keys: Vec<K> = self.map.keys().filter(|k| f(k)).cloned().collect();
-        keys.iter().filter_map(|k| self.map.remove(k)).collect()
+        keys.iter().filter_map(|k| self.map.remove(k)).map(|(_, v)| v).collect()
     }
 }
 
@@ -390,6 +405,20 @@ impl Sessions {
         }
     }
 
+    /// [`Sessions::park`] for a client's request, whose id is checked for reuse against the
+    /// parks: when the table is full it is handed back (`Err`) for the caller to refuse,
+    /// never parked at the expense of an older call. An evicted call's id would be free
+    /// to reuse while the server still works on it, and its answer taken for the new
+    /// call's.
+    pub fn park_client(&self, conversation: &str, id: &IdKey, p: Pending) -> Result<Vec<Pending>, Pending> {
+        let Ok(mut i) = self.inner.lock() else { return Err(p) };
+        let key = (conversation.to_string(), Asker::Client.key(id));
+        if i.pending.is_full() && i.pending.get(&key).is_none() {
+            return Err(p);
+        }
+        Ok(i.pending.insert(key, p))
+    }
+
     /// The parked request `asker` sent with this id, answered now.
     pub fn take(&self, conversation: &str, asker: Asker, id: &IdKey) -> Option<Pending> {
         self.inner.lock().ok()?.pending.remove(&(conversation.to_string(), asker.key(id)))
@@ -586,6 +615,25 @@ mod tests {
         assert_eq!(m.get(&1), None);
         assert_eq!(m.get(&3), Some(&"c"));
         assert_eq!(m.len(), 2);
+    }
+
+    /// A key removed and inserted again is the newest entry, not the oldest: its old
+    /// place in the order does not evict it (whoever chooses the keys would otherwise
+    /// choose which entry goes).
+    #[test]
+    fn bounded_map_evicts_the_oldest_even_after_a_key_came_back() {
+        let mut m = BoundedMap::new(2);
+        assert!(m.insert(1, "old-1").is_empty());
+        assert!(m.insert(2, "b").is_empty());
+        assert_eq!(m.remove(&1), Some("old-1"));
+        assert!(m.insert(1, "new-1").is_empty());
+        assert_eq!(m.insert(3, "c"), vec!["b"], "2 is the oldest entry now");
+        assert_eq!(m.get(&1), Some(&"new-1"));
+        // Replaced in place: the old value comes back, and the key is the newest.
+        assert_eq!(m.insert(1, "newer-1"), vec!["new-1"]);
+        assert_eq!(m.insert(4, "d"), vec!["c"]);
+        assert_eq!(m.get(&1), Some(&"newer-1"));
+        assert!(m.is_full());
     }
 
     #[test]
