@@ -613,12 +613,19 @@ impl Session {
                         rec.alerts.push(why.clone());
                         return Self::refuse_begun(shared, rec, &msg, why);
                     }
-                    let evicted = pending.insert(id.key(), Pending { record: rec, started, first_page });
-                    drop(pending);
-                    for mut e in evicted {
-                        e.record.status = CallStatus::TransportError { reason: "evicted: too many pending calls".into() };
-                        shared.complete_record(&e.record);
+                    // Full: refused, never an older call pushed out. Its id would be free to
+                    // reuse while the server still works on it, and the server's answer to
+                    // it taken for the new call's (a `tools/call` result judged as a
+                    // `tools/list`: no detectors, no redaction).
+                    if pending.is_full() {
+                        drop(pending);
+                        let why = format!("too many calls pending on this session ({MAX_PENDING})");
+                        rec.alerts.push(why.clone());
+                        return Self::refuse_begun(shared, rec, &msg, why);
                     }
+                    let replaced = pending.insert(id.key(), Pending { record: rec, started, first_page });
+                    drop(pending);
+                    debug_assert!(replaced.is_empty(), "checked: not pending, not full");
                 }
                 GateVerdict::Forward { line: modified.then(|| msg.to_value().to_string()) }
             }

@@ -714,15 +714,21 @@ async fn forward_and_observe(
     refusals: Vec<serde_json::Value>,
 ) -> Response<Body> {
     let mut parked: Vec<jsonrpc::IdKey> = Vec::new();
+    let mut unparkable = Vec::new();
     if scope.legacy {
         let (requests, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(k, _)| matches!(k, PendingKey::Id(..)));
         pending = rest;
         for (key, p) in requests {
             if let PendingKey::Id(id, _) = key {
-                for e in shared.sessions.park(&scope.conversation, Asker::Client, &id, p) {
-                    finish(&shared, e, CallStatus::TransportError { reason: "evicted: too many pending calls".into() }, None, 0);
+                match shared.sessions.park_client(&scope.conversation, &id, p) {
+                    Ok(replaced) => {
+                        for e in replaced {
+                            finish(&shared, e, CallStatus::TransportError { reason: "replaced by a call with the same id".into() }, None, 0);
+                        }
+                        parked.push(id);
+                    }
+                    Err(p) => unparkable.push(p),
                 }
-                parked.push(id);
             }
         }
     }
@@ -733,6 +739,16 @@ async fn forward_and_observe(
             }
         }
     };
+    // The table of parked calls is full: nothing of this POST is forwarded.
+    if !unparkable.is_empty() {
+        let why = CallStatus::TransportError { reason: "not forwarded: too many pending calls".into() };
+        unpark(why.clone());
+        for p in unparkable.into_iter().chain(pending.into_iter().map(|(_, p)| p)) {
+            finish(&shared, p, why.clone(), None, 0);
+        }
+        Counters::inc(&shared.counters.refused_protocol);
+        return local_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "mcpwatch: too many calls are waiting for their answers; try again later\n");
+    }
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let req = Request::from_parts(parts, body::full(out_bytes));
     let resp = match forward(&up, req).await {

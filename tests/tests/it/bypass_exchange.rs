@@ -141,6 +141,55 @@ fn a_request_line_a_lenient_server_reads_is_never_relayed_raw() {
     }
 }
 
+/// Send `bytes` on a new connection and read until `until` appears (or the peer stops);
+/// the connection stays open with the caller.
+fn open_until(addr: SocketAddr, bytes: &[u8], until: &str) -> (std::net::TcpStream, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(bytes).expect("send");
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !String::from_utf8_lossy(&got).contains(until) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    (s, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The parked legacy calls are bounded (`max_pending_calls`, host-wide). Past the bound the
+/// oldest was pushed out, and its id was then free to reuse while the server still worked
+/// on it (its answer taken for the new call's). A POST past the bound is refused (503,
+/// recorded); the parked call keeps its id.
+#[test]
+fn a_legacy_call_past_the_pending_bound_is_refused_not_parked_over_another() {
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\nevent: endpoint\ndata: /messages/?session_id=abc\n\n";
+    let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(reply.to_vec()), stay_open: true, ..Default::default() });
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n";
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), config: Some("[limits]\nmax_pending_calls = 4\n".into()), ..Default::default() });
+    let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let (_stream, got) = open_until(addr, b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n", "session_id=abc");
+    assert!(got.contains("/messages/?session_id=abc"), "{got}");
+    let post = |id: u32, tool: &str| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
+        format!("POST /messages/?session_id=abc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+    let mut held = Vec::new();
+    for id in 1..=4 {
+        let (c, got) = open_until(addr, post(id, "read_issue").as_bytes(), "\r\n\r\n");
+        assert!(got.starts_with("HTTP/1.1 2"), "call {id} is forwarded: {got}");
+        held.push(c);
+    }
+    let (_c, got) = open_until(addr, post(5, "echo").as_bytes(), "later");
+    assert!(got.starts_with("HTTP/1.1 503") && got.contains("too many calls"), "the call past the bound is refused: {got}");
+    let (_c, got) = open_until(addr, post(1, "echo").as_bytes(), "}");
+    assert!(got.contains("-32600") && got.contains("already used"), "id 1 is still pending: {got}");
+    let seen: String = upstream.seen().iter().map(|s| String::from_utf8_lossy(&s.bytes).into_owned()).collect();
+    assert!(!seen.contains("\"id\":5"), "the refused call never reached the server");
+    assert_eq!(seen.matches("\"id\":1,").count(), 1, "only the first id 1 reached the server");
+    daemon.wait_audit("the refused call's record", |r| r.iter().any(|x| x.jsonrpc_id.as_deref() == Some("5") && matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("too many pending calls"))));
+}
+
 /// Over legacy HTTP+SSE an answer comes on the GET stream and is matched to the parked
 /// request by id. A second request under an id still pending took the first one's place:
 /// the first request's answer (say, untrusted content) was then judged as the second's
@@ -152,19 +201,7 @@ fn a_pending_legacy_request_id_cannot_be_reused() {
     let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n";
     let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), ..Default::default() });
     let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
-    let open = |bytes: &[u8], until: &str| -> (std::net::TcpStream, String) {
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        s.write_all(bytes).expect("send");
-        let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
-        while !String::from_utf8_lossy(&got).contains(until) {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        (s, String::from_utf8_lossy(&got).into_owned())
-    };
+    let open = |bytes: &[u8], until: &str| open_until(addr, bytes, until);
     // The stream announces the message URL (and stays open: no answer ever comes).
     let (_stream, got) = open(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n", "session_id=abc");
     assert!(got.contains("/messages/?session_id=abc"), "{got}");

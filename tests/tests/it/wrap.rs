@@ -734,6 +734,44 @@ fn gate_records_client_answers_to_server_requests() {
     assert!(rec.result_hash.is_some(), "{rec:#?}");
 }
 
+/// The gate's pending calls are bounded per session. Past the bound it pushed the oldest
+/// call out, so its id was free again while the server still worked on it: a
+/// `tools/list` reusing it took the first call's answer, judged as a tool list (no
+/// detectors), and a secret in a tool result went out unredacted. A call past the bound
+/// is refused now; the pending call keeps its id and its answer is inspected.
+#[test]
+fn gate_refuses_calls_past_its_pending_bound_instead_of_forgetting_one() {
+    let d = daemon(None);
+    let (mut s, mut r) = gate_session(&d, "pending-bound");
+    let mut seq = 1;
+    let mut ask = |op: &str, line: Value| {
+        seq += 1;
+        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
+    };
+    let token = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    assert_eq!(ask("client", serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_file", "arguments": {}}}))["verdict"], "forward");
+    let mut refused = 0;
+    for i in 2..=1030 {
+        let v = ask("client", serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "ping"}));
+        match v["verdict"].as_str() {
+            Some("forward") => assert_eq!(refused, 0, "a call after a refusal was forwarded: {v}"),
+            Some("answer") => {
+                assert!(v["line"].as_str().unwrap().contains("too many calls pending"), "{v}");
+                refused += 1;
+            }
+            _ => panic!("{v}"),
+        }
+    }
+    assert!(refused >= 6, "calls past the bound are refused ({refused})");
+    let v = ask("client", serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}));
+    assert_eq!(v["verdict"], "answer", "id 1 is still pending: {v}");
+    let result = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": format!("token {token}")}]}});
+    let v = ask("server", result);
+    assert_eq!(v["verdict"], "forward", "{v}");
+    let line = v["line"].as_str().expect("the result was rewritten");
+    assert!(!line.contains(token) && line.contains("<GITHUB_TOKEN>"), "the first call's result is redacted: {line}");
+}
+
 /// Reusing the id of a call still waiting for its answer made the gate replace the
 /// pending call: the first call's result was taken for the second's, so an untrusted
 /// result could be attributed to a harmless tool and never taint the session. A request
