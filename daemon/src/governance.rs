@@ -106,6 +106,13 @@ impl Loaded {
         if enforced_rule { mcpwatch_policy::Mode::Enforce } else { mode }
     }
 
+    /// The strictest rollout mode any server could be judged in: the policy's, or a
+    /// registry entry's own (for a destination whose endpoints are not known any more).
+    pub fn strictest_mode(&self) -> mcpwatch_policy::Mode {
+        let modes = self.policy.servers().iter().filter_map(|s| s.mode);
+        modes.fold(self.policy.mode(), |a, b| if b.rank() > a.rank() { b } else { a })
+    }
+
     /// The rollout mode content inspection runs in for a server: the server's own
     /// `mode` in the registry, else the policy's. Deliberately not the mode of whichever
     /// rule decided a call: a warn-mode rate limit must not switch redaction off.

@@ -23,6 +23,12 @@ pub struct Inventory {
     /// destination, not the endpoint key: the endpoint's host comes from the client's
     /// Host header, which a client can vary to look new.
     mcp_dsts: Mutex<crate::session::BoundedMap<String, Vec<String>>>,
+    /// Destinations that carried MCP and were pushed out of memory (of `mcp_dsts`, or
+    /// with their server entry): still MCP destinations. Without this a flood of new
+    /// destinations made a shadow server's address look never seen, and what cannot be
+    /// inspected toward it (TLS outside the `[tls]` scope, a WebSocket) was relayed
+    /// ungoverned and unrecorded.
+    forgotten: Mutex<Forgotten>,
     dirty: Mutex<std::collections::HashSet<String>>,
     store: Store,
 }
@@ -101,8 +107,42 @@ pub const NEW_TOOL_DIFF: &str = "new tool, not in the tools/list first pinned fo
 /// Most paths remembered per destination.
 const MAX_PATHS_PER_DST: usize = 32;
 
-/// Remember that `endpoint` (`scheme://host:port/path`) carried MCP at `dst`.
-fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, dst: &str, endpoint: &str) {
+/// A fixed-size Bloom filter of destinations ([`Inventory::dst_forgotten`]): 128 KiB
+/// however many are added. A false positive only governs a destination that never spoke
+/// MCP (the safe side); a saturated filter governs everything.
+struct Forgotten {
+    bits: Vec<u64>,
+    hasher: std::hash::RandomState,
+}
+
+impl Forgotten {
+    const BITS: u64 = 1 << 20;
+    const HASHES: u64 = 4;
+
+    fn new() -> Forgotten {
+        Forgotten { bits: vec![0; (Self::BITS / 64) as usize], hasher: std::hash::RandomState::new() }
+    }
+
+    fn positions(&self, dst: &str) -> impl Iterator<Item = usize> + use<> {
+        use std::hash::BuildHasher as _;
+        let (a, b) = (self.hasher.hash_one(dst), self.hasher.hash_one((dst, 1u8)) | 1);
+        (0..Self::HASHES).map(move |i| (a.wrapping_add(i.wrapping_mul(b)) % Self::BITS) as usize)
+    }
+
+    fn add(&mut self, dst: &str) {
+        for p in self.positions(dst) {
+            self.bits[p / 64] |= 1 << (p % 64);
+        }
+    }
+
+    fn contains(&self, dst: &str) -> bool {
+        self.positions(dst).all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+}
+
+/// Remember that `endpoint` (`scheme://host:port/path`) carried MCP at `dst`; a
+/// destination pushed out to make room goes to `forgotten`.
+fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, forgotten: &Mutex<Forgotten>, dst: &str, endpoint: &str) {
     if dst.is_empty() {
         return;
     }
@@ -116,7 +156,14 @@ fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, dst: &str
             paths.push(path);
         }
         None => {
-            let _ = map.insert(dst.to_owned(), vec![path]);
+            let evicted = map.insert_entries(dst.to_owned(), vec![path]);
+            if !evicted.is_empty()
+                && let Ok(mut f) = forgotten.lock()
+            {
+                for (gone, _) in evicted {
+                    f.add(&gone);
+                }
+            }
         }
     }
 }
@@ -131,20 +178,34 @@ impl Inventory {
             }
         };
         let mut dsts = crate::session::BoundedMap::new(MAX_SERVERS);
+        let forgotten = Mutex::new(Forgotten::new());
         for s in servers.values() {
-            note_dst(&mut dsts, &s.dst, &s.endpoint);
+            note_dst(&mut dsts, &forgotten, &s.dst, &s.endpoint);
         }
-        Inventory { servers: Mutex::new(servers), mcp_dsts: Mutex::new(dsts), dirty: Mutex::new(Default::default()), store }
+        Inventory { servers: Mutex::new(servers), mcp_dsts: Mutex::new(dsts), forgotten, dirty: Mutex::new(Default::default()), store }
     }
 
     /// Has MCP been seen at this socket address (any path)?
     pub fn knows_dst(&self, dst: &str) -> bool {
-        self.mcp_dsts.lock().is_ok_and(|d| d.get(dst).is_some())
+        self.mcp_dsts.lock().is_ok_and(|d| d.get(dst).is_some()) || self.dst_forgotten(dst)
     }
 
-    /// Has MCP been seen at this socket address and path?
+    /// Has MCP been seen at this socket address and path? (A destination pushed out of
+    /// memory: its paths are not known, so any.)
     pub fn knows_dst_path(&self, dst: &str, path: &str) -> bool {
-        self.mcp_dsts.lock().is_ok_and(|d| d.get(dst).is_some_and(|paths| paths.iter().any(|p| p == path)))
+        match self.mcp_dsts.lock() {
+            Ok(d) => match d.get(dst) {
+                Some(paths) => paths.iter().any(|p| p == path),
+                None => self.dst_forgotten(dst),
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// Did MCP pass toward this socket address before it was pushed out of memory? (See
+    /// `Inventory::forgotten`.)
+    pub fn dst_forgotten(&self, dst: &str) -> bool {
+        self.forgotten.lock().is_ok_and(|f| f.contains(dst))
     }
 
     /// Has a `tools/list` result of this server been seen (it has tools on record)?
@@ -179,11 +240,15 @@ impl Inventory {
             return;
         }
         let Some(oldest) = servers.values().min_by_key(|s| s.last_seen_ms).map(|s| s.endpoint.clone()) else { return };
-        if let Some(e) = servers.remove(&oldest)
-            && let Err(err) = self.store.put_server(&e)
-        {
-            tracing::error!(error = %err, endpoint = %e.endpoint, "cannot persist an evicted inventory entry; keeping it");
-            servers.insert(oldest, e);
+        if let Some(e) = servers.remove(&oldest) {
+            if let Err(err) = self.store.put_server(&e) {
+                tracing::error!(error = %err, endpoint = %e.endpoint, "cannot persist an evicted inventory entry; keeping it");
+                servers.insert(oldest, e);
+            } else if !e.dst.is_empty()
+                && let Ok(mut f) = self.forgotten.lock()
+            {
+                f.add(&e.dst);
+            }
         }
     }
 
@@ -252,7 +317,7 @@ impl Inventory {
         if !s.dst.is_empty()
             && let Ok(mut d) = self.mcp_dsts.lock()
         {
-            note_dst(&mut d, s.dst, s.endpoint);
+            note_dst(&mut d, &self.forgotten, s.dst, s.endpoint);
         }
         self.update(s.endpoint, |e| {
             if e.first_seen_ms == 0 {
@@ -607,5 +672,28 @@ mod tests {
         inv.saw_message(&Sighting { endpoint: "http://evil.example:80/mcp", dst: "127.0.0.1:80", transport: "streamable-http", process: None, method: None, name: None, now_ms: 1 });
         assert!(inv.knows_dst("127.0.0.1:80") && inv.knows_dst_path("127.0.0.1:80", "/mcp"));
         assert!(!inv.knows_dst_path("127.0.0.1:80", "/other") && !inv.knows_dst("127.0.0.1:81"));
+    }
+
+    /// A flood of new destinations pushes a shadow server out of memory (its entry to the
+    /// store, its address out of the index), but its address is still an MCP destination:
+    /// governed, so what cannot be inspected toward it is not relayed unrecorded.
+    #[test]
+    fn a_flood_of_destinations_does_not_make_an_mcp_address_unseen() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let at = |endpoint: &str, dst: &str, now_ms: u64| {
+            inv.saw_message(&Sighting { endpoint, dst, transport: "streamable-http", process: None, method: Some("tools/call"), name: None, now_ms });
+        };
+        at("https://shadow.example:443/mcp", "10.9.9.9:443", 1);
+        assert_eq!(inv.endpoints_at("10.9.9.9:443").len(), 1);
+        assert!(!inv.dst_forgotten("10.9.9.9:443"));
+        for i in 0..(MAX_SERVERS as u64 + 10) {
+            let dst = format!("127.0.{}.{}:8001", i / 250, 1 + i % 250);
+            at(&format!("http://{dst}/p{i}"), &dst, 10 + i);
+        }
+        assert!(inv.endpoints_at("10.9.9.9:443").is_empty(), "pushed out of memory");
+        assert!(inv.dst_forgotten("10.9.9.9:443") && inv.knows_dst("10.9.9.9:443") && inv.knows_dst_path("10.9.9.9:443", "/mcp"));
+        let unseen = (0..50).filter(|i| inv.knows_dst(&format!("198.51.100.{i}:443"))).count();
+        assert_eq!(unseen, 0, "addresses that never spoke MCP stay unknown");
     }
 }

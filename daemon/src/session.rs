@@ -63,17 +63,22 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
     /// Insert; returns values evicted to make room, and the value `k` held before (it is
     /// replaced, not lost: the caller closes what it stood for).
     pub fn insert(&mut self, k: K, v: V) -> Vec<V> {
+        self.insert_entries(k, v).into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// [`BoundedMap::insert`], returning the keys with the values.
+    pub fn insert_entries(&mut self, k: K, v: V) -> Vec<(K, V)> {
         let mut evicted = Vec::new();
         let generation = self.next;
         self.next += 1;
         if let Some((_, old)) = self.map.insert(k.clone(), (generation, v)) {
-            evicted.push(old);
+            evicted.push((k.clone(), old));
         }
         self.order.push_back((k, generation));
         while self.map.len() > self.capacity {
             let Some((old, g)) = self.order.pop_front() else { break };
             if self.map.get(&old).is_some_and(|(at, _)| *at == g) {
-                evicted.extend(self.map.remove(&old).map(|(_, v)| v));
+                evicted.extend(self.map.remove(&old).map(|(_, v)| (old, v)));
             }
         }
         // Keep `order` from growing with keys already removed or inserted again.

@@ -22,8 +22,14 @@ use crate::state::{Counters, Shared};
 /// (`host`/`url` patterns on the IP, path `/`). `None`: an ungoverned destination.
 pub fn governed_mode(shared: &Shared, dst: SocketAddr) -> Option<Mode> {
     let loaded = shared.governance.current();
-    let endpoints = shared.inventory.endpoints_at(&dst.to_string());
+    let dst_key = dst.to_string();
+    let endpoints = shared.inventory.endpoints_at(&dst_key);
     let mut mode: Option<Mode> = None;
+    // MCP passed here, but its endpoints were pushed out of memory (a flood of new
+    // destinations): governed, by the strictest mode any endpoint could have had.
+    if endpoints.is_empty() && shared.inventory.dst_forgotten(&dst_key) {
+        mode = Some(loaded.strictest_mode());
+    }
     for e in &endpoints {
         let Some(ep) = Endpoint::parse(e) else { continue };
         let target = mcpwatch_policy::Target { endpoint: e, host: &ep.host, port: ep.port, path: ep.path_or_root() };
