@@ -224,6 +224,15 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// Does the process still run (the same one: a recycled pid has another start time)?
+    /// An unknown start time cannot be told from a recycled pid: taken as alive.
+    pub fn is_alive(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.tgid)) {
+            Ok(stat) => self.start_time.is_none() || stat_start_time(&stat) == self.start_time,
+            Err(_) => false,
+        }
+    }
+
     /// The owner `p` describes. Its start time comes from the `connect` hook when it
     /// read one (no `/proc` read per connection), else from `/proc/<pid>/stat`.
     pub fn of(p: &ProcessInfo) -> Owner {
@@ -270,7 +279,13 @@ pub struct LegacyRouteKey {
 struct Owners {
     by_session: BoundedMap<(String, String), Owner>,
     by_owner: HashMap<Owner, VecDeque<(String, String)>>,
+    /// Bindings made since the last sweep for exited owners: a sweep reads every owner's
+    /// `/proc` entry, so it runs at most once per [`SWEEP_EVERY`] bindings.
+    since_sweep: usize,
 }
+
+/// Bindings between two sweeps of exited owners when the bindings are full.
+const SWEEP_EVERY: usize = MAX_SESSION_BINDINGS / 16;
 
 struct Inner {
     /// (conversation, JSON-RPC id text) → pending message.
@@ -300,7 +315,7 @@ impl Sessions {
                 versions: BoundedMap::new(4096),
                 ids: BoundedMap::new(max_pending),
             }),
-            owners: Mutex::new(Owners { by_session: BoundedMap::new(MAX_SESSION_BINDINGS), by_owner: HashMap::new() }),
+            owners: Mutex::new(Owners { by_session: BoundedMap::new(MAX_SESSION_BINDINGS), by_owner: HashMap::new(), since_sweep: SWEEP_EVERY }),
             id_hasher: std::hash::RandomState::new(),
             flights: Arc::default(),
         }
@@ -354,9 +369,43 @@ impl Sessions {
 
     /// Bind a session (seen in an `initialize` response) to the process that opened it.
     pub fn bind_session(&self, dst: &str, session: &str, owner: Owner) {
+        self.bind_session_with(dst, session, owner, Owner::is_alive);
+    }
+
+    /// [`Sessions::bind_session`] with the liveness test given (tests).
+    fn bind_session_with(&self, dst: &str, session: &str, owner: Owner, alive: impl Fn(&Owner) -> bool) {
         let Ok(mut o) = self.owners.lock() else { return };
         let key = (dst.to_string(), session_key(session));
         let o = &mut *o;
+        if o.by_session.len() >= MAX_SESSION_BINDINGS && o.by_session.get(&key).is_none() {
+            // Full. Never the oldest binding of all: a flood of sessions from short-lived
+            // processes would push out a live process's binding, and its session could
+            // then be presented by anyone, unjudged. First what no longer counts: keys
+            // bound to someone else since or unbound, and the bindings of processes that
+            // have exited (all at once: the next binds find room; at most once per
+            // SWEEP_EVERY bindings). Then, only if every owner lives, the oldest binding
+            // of the process holding the most.
+            if o.since_sweep >= SWEEP_EVERY {
+                o.since_sweep = 0;
+                let live = &o.by_session;
+                o.by_owner.retain(|own, keys| {
+                    keys.retain(|k| live.get(k) == Some(own));
+                    !keys.is_empty()
+                });
+                let gone: Vec<Owner> = o.by_owner.keys().filter(|own| **own != owner && !alive(own)).cloned().collect();
+                for own in gone {
+                    for k in o.by_owner.remove(&own).unwrap_or_default() {
+                        o.by_session.remove(&k);
+                    }
+                }
+            }
+            if o.by_session.len() >= MAX_SESSION_BINDINGS {
+                let biggest = o.by_owner.iter().max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone());
+                if let Some(old) = biggest.and_then(|who| o.by_owner.get_mut(&who)).and_then(VecDeque::pop_front) {
+                    o.by_session.remove(&old);
+                }
+            }
+        }
         let mine = o.by_owner.entry(owner.clone()).or_default();
         if mine.len() >= MAX_SESSIONS_PER_OWNER
             && let Some(old) = mine.pop_front()
@@ -365,21 +414,8 @@ impl Sessions {
             o.by_session.remove(&old);
         }
         mine.push_back(key.clone());
-        if o.by_session.len() >= MAX_SESSION_BINDINGS && o.by_session.get(&key).is_none() {
-            // Full: make room at the expense of the process holding the most sessions (its
-            // oldest), not the oldest binding of all. Otherwise a flood of sessions from
-            // many short-lived processes would push out another process's binding, and
-            // its session could then be presented by anyone, unjudged.
-            let biggest = o.by_owner.iter().filter(|(_, keys)| !keys.is_empty()).max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone());
-            if let Some(keys) = biggest.and_then(|who| o.by_owner.get_mut(&who)) {
-                while let Some(old) = keys.pop_front() {
-                    if old != key && o.by_session.remove(&old).is_some() {
-                        break;
-                    }
-                }
-            }
-        }
         let _ = o.by_session.insert(key, owner);
+        o.since_sweep = o.since_sweep.saturating_add(1);
         if o.by_owner.len() > MAX_SESSION_BINDINGS {
             let live = &o.by_session;
             o.by_owner.retain(|own, keys| {
@@ -396,7 +432,17 @@ impl Sessions {
 
     pub fn unbind_session(&self, dst: &str, session: &str) {
         if let Ok(mut o) = self.owners.lock() {
-            o.by_session.remove(&(dst.to_string(), session_key(session)));
+            let key = (dst.to_string(), session_key(session));
+            // Out of its owner's list too: a process that closes sessions must not look
+            // like the one holding the most when room is made.
+            if let Some(owner) = o.by_session.remove(&key)
+                && let Some(keys) = o.by_owner.get_mut(&owner)
+            {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    o.by_owner.remove(&owner);
+                }
+            }
         }
     }
 
@@ -566,10 +612,11 @@ mod tests {
     fn a_session_flood_does_not_push_out_another_processs_binding() {
         let s = Sessions::new(16, 64);
         let who = |tgid: u32| Owner { tgid, start_time: Some(1), uid: 1000 };
-        s.bind_session("127.0.0.2:8000", "victim-session", who(1));
+        // Every process alive (exited ones are swept first: see below).
+        s.bind_session_with("127.0.0.2:8000", "victim-session", who(1), |_| true);
         for i in 0..(MAX_SESSION_BINDINGS as u32 + 5_000) {
             // 64 sessions per attacker process, many processes.
-            s.bind_session("127.0.0.2:8000", &format!("junk{i}"), who(2 + i / 64));
+            s.bind_session_with("127.0.0.2:8000", &format!("junk{i}"), who(2 + i / 64), |_| true);
         }
         assert_eq!(s.session_owner("127.0.0.2:8000", "victim-session"), Some(who(1)));
         let o = s.owners.lock().unwrap();
@@ -671,6 +718,33 @@ mod tests {
         assert!(s.owners.lock().unwrap().by_owner[&b].len() <= MAX_SESSIONS_PER_OWNER);
         s.unbind_session("d", "victim");
         assert_eq!(s.session_owner("d", "victim"), None);
+    }
+
+    /// When the bindings are full, room is made from processes that have exited, not from
+    /// a live one that merely looks big: sessions it closed left its list.
+    #[test]
+    fn a_flood_of_exited_processes_does_not_push_out_a_live_binding() {
+        let s = Sessions::new(16, 64);
+        let victim = Owner { tgid: 1, start_time: Some(5), uid: 1000 };
+        s.bind_session_with("d", "closed", victim.clone(), |_| true);
+        s.unbind_session("d", "closed");
+        s.bind_session_with("d", "victim", victim.clone(), |_| true);
+        assert_eq!(s.owners.lock().unwrap().by_owner[&victim].len(), 1, "an unbound session leaves its owner's list");
+        let alive = |o: &Owner| o.tgid < 10;
+        for i in 0..MAX_SESSION_BINDINGS as u32 {
+            s.bind_session_with("d", &format!("flood-{i}"), Owner { tgid: 100 + i, start_time: Some(1), uid: 1001 }, alive);
+        }
+        assert_eq!(s.session_owner("d", "victim"), Some(victim.clone()), "the live process keeps its binding");
+        assert!(s.owners.lock().unwrap().by_session.len() < MAX_SESSION_BINDINGS / 2, "the exited processes' bindings went at once");
+        // Every owner alive: the one holding the most gives its oldest.
+        let s = Sessions::new(16, 64);
+        let big = Owner { tgid: 2, start_time: Some(5), uid: 1000 };
+        s.bind_session_with("d", "victim", victim.clone(), |_| true);
+        for i in 0..MAX_SESSION_BINDINGS as u32 {
+            let who = if i % 2 == 0 { big.clone() } else { Owner { tgid: 100 + i, start_time: Some(1), uid: 1001 } };
+            s.bind_session_with("d", &format!("s-{i}"), who, |_| true);
+        }
+        assert_eq!(s.session_owner("d", "victim"), Some(victim));
     }
 
     fn k(json: &str) -> IdKey {
