@@ -198,6 +198,12 @@ pub fn status_text(s: &Status) -> String {
     if c.audit_write_errors > 0 {
         warnings.push(format!("{} audit writes failed", c.audit_write_errors));
     }
+    if c.audit_pruned_young > 0 {
+        warnings.push(format!(
+            "{} audit records less than 24 h old were removed to stay within the record/size budget (a flood may be pushing records out: raise [limits] max_audit_records or [audit] max_bytes, and keep a sink)",
+            c.audit_pruned_young
+        ));
+    }
     if s.failure_mode == FailureMode::Closed && s.attached && s.pinned_at.is_none() {
         warnings.push("failure mode is closed but the eBPF links are not pinned: if mcpwatchd dies, connections go direct".into());
     }

@@ -177,6 +177,8 @@ impl Metrics {
         }
         metric_header(&mut o, "mcpwatch_audit_records", "Records in the audit store.", "gauge");
         let _ = writeln!(o, "mcpwatch_audit_records {}", shared.store.record_count());
+        metric_header(&mut o, "mcpwatch_audit_pruned_young_total", "Audit records removed by the record or size budget while less than 24 h old (a flood pushing records out).", "counter");
+        let _ = writeln!(o, "mcpwatch_audit_pruned_young_total {}", shared.store.pruned_young());
         metric_header(&mut o, "mcpwatch_held_calls", "Calls waiting for approval.", "gauge");
         let _ = writeln!(o, "mcpwatch_held_calls {}", shared.approvals.list().len());
         metric_header(&mut o, "mcpwatch_servers", "Servers in the inventory.", "gauge");

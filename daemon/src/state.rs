@@ -423,6 +423,7 @@ impl Shared {
             mcp_messages: g(&c.mcp_messages),
             passthrough: g(&c.passthrough),
             audit_records: self.store.record_count(),
+            audit_pruned_young: self.store.pruned_young(),
             audit_write_errors: g(&c.audit_write_errors),
             servers: self.inventory.len() as u64,
             refused_global: g(&c.refused_global),

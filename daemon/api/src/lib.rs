@@ -277,6 +277,9 @@ pub struct Counts {
     pub passthrough: u64,
     pub audit_records: u64,
     pub audit_write_errors: u64,
+    /// Records the store's record or size budget removed while less than 24 h old.
+    #[serde(default)]
+    pub audit_pruned_young: u64,
     pub servers: u64,
     /// Connections accepted and closed at once because `limits.max_connections` was reached.
     #[serde(default)]

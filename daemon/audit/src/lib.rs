@@ -65,6 +65,10 @@ pub const LOCK_FILE_NAME: &str = "audit.lock";
 /// time `ts_ms` is stamped, not at the same instant, so the key's time prefix may lag
 /// the record's `ts_ms` slightly. Records in the slack are still filtered by `ts_ms`.
 const SINCE_SEEK_SLACK_MS: u64 = 60_000;
+/// Records younger than this that retention by count or size removes are counted
+/// ([`Store::pruned_young`]) and warned of: a budget that short is a flood meant to push
+/// a call's record out (or a budget too small for the host), and the operator must know.
+pub const YOUNG_PRUNE_MS: u64 = 24 * 3600 * 1000;
 /// Upper bound on how many records one pruning pass removes below `max_records`.
 const MAX_PRUNE_SLACK: u64 = 4_096;
 /// sled's page cache; its default (1 GiB) is far too much for a host daemon.
@@ -298,6 +302,8 @@ struct Core {
     count: AtomicU64,
     /// Bytes of the keys and values in `records` (what `max_bytes` bounds).
     bytes: AtomicU64,
+    /// Records retention by count or size removed while younger than [`YOUNG_PRUNE_MS`].
+    pruned_young: AtomicU64,
     prune_lock: Mutex<()>,
     /// One journal sync at a time, so a sync that finds nothing dirty knows an earlier
     /// one has finished covering every line.
@@ -423,6 +429,7 @@ impl Store {
             ids: id::IdGen::new(floor),
             count: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            pruned_young: AtomicU64::new(0),
             prune_lock: Mutex::new(()),
             sync_lock: Mutex::new(()),
             syncs: journal::SyncCounter::default(),
@@ -841,6 +848,12 @@ impl Store {
         self.inner.count.load(Ordering::Relaxed)
     }
 
+    /// Records that retention by count or size (`max_records`, `max_bytes`) removed while
+    /// younger than [`YOUNG_PRUNE_MS`], since the store was opened.
+    pub fn pruned_young(&self) -> u64 {
+        self.inner.pruned_young.load(Ordering::Relaxed)
+    }
+
     /// Inserts or replaces the inventory entry keyed by `s.endpoint`.
     pub fn put_server(&self, s: &ServerEntry) -> Result<(), StoreError> {
         let value = codec::encode_server(s).map_err(|source| StoreError::Encode {
@@ -976,6 +989,9 @@ impl Core {
         self.seal_held(&mut sealed, &mut head)?;
         let (mut removed, mut freed) = (0u64, 0u64);
         let mut last: Option<Vec<u8>> = None;
+        // Records removed for the budget (not for their age) that were young.
+        let young_floor = id::key_floor_for_ms(now_ms.saturating_sub(YOUNG_PRUNE_MS));
+        let mut young = 0u64;
         for c in paced::Paced::all(&self.records) {
             let (k, v) = c?;
             let Ok(items) = chunk::decode(&k, &v, chunk::legacy_record) else {
@@ -998,6 +1014,9 @@ impl Core {
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 self.bytes.fetch_sub(n, Ordering::Relaxed);
                 (removed, freed) = (removed + 1, freed + n);
+                if !too_old && it.id.as_slice() >= young_floor.as_bytes() {
+                    young += 1;
+                }
                 last = Some(it.id.clone());
                 keep += 1;
             }
@@ -1018,6 +1037,14 @@ impl Core {
         drop(sealed);
         if removed > 0 {
             tracing::debug!(removed, freed, max_records = max, "pruned oldest audit records");
+        }
+        if young > 0 {
+            self.pruned_young.fetch_add(young, Ordering::Relaxed);
+            tracing::warn!(
+                young,
+                max_records = max,
+                "audit retention removed {young} records less than 24 h old to stay within its record/size budget: a flood of calls may be pushing records out; raise [limits] max_audit_records or [audit] max_bytes, and keep a sink"
+            );
         }
         Ok(removed)
     }

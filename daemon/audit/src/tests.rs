@@ -1410,3 +1410,27 @@ fn verify_beside_writers_reports_only_tampering_and_lets_them_write() {
     let report = store.verify().expect("verify");
     assert!(report.ok() && report.records == store.record_count(), "{report:?}");
 }
+
+/// Retention by count removes the oldest records whatever their age; when those are
+/// young (a flood pushing a call's record out) the store counts them, so the operator
+/// sees it (`mcpwatch_audit_pruned_young_total`). Records old enough are not counted.
+#[test]
+fn retention_by_count_counts_the_young_records_it_removes() {
+    let dir = tmp();
+    // Writers prune as they go, by the real clock: records are stamped relative to it.
+    let hour = 3_600_000u64;
+    let t0 = id::now_ms() - 48 * hour;
+    let store = Store::open(dir.path(), opts(100)).expect("open");
+    // 10 records two days old, then 200 of the last hour.
+    for i in 0..10u64 {
+        store.insert_record(&rec_at(&store, t0 + i, "http://a/mcp", None)).expect("insert");
+    }
+    for i in 0..200u64 {
+        store.insert_record(&rec_at(&store, t0 + 47 * hour + i, "http://a/mcp", None)).expect("insert");
+    }
+    store.enforce_retention_at(id::now_ms()).expect("retention");
+    let removed = 210 - store.record_count();
+    assert!(removed >= 110, "{removed}");
+    assert_eq!(store.pruned_young(), removed - 10, "the two-day-old records are not young");
+    assert!(store.verify().expect("verify").ok());
+}
