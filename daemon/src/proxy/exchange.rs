@@ -37,7 +37,7 @@ use super::scope::{
 use crate::govern::{self, Fate, Judge};
 use crate::governance::Loaded;
 use crate::inventory::Sighting;
-use crate::session::{Asker, IdFate, Pending, PendingKey};
+use crate::session::{Asker, Flight, IdFate, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
 
@@ -411,11 +411,11 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
     let mut gb = match govern_batch(&shared, &scope, &gov, &input, &mut messages).await {
         Governing::Done(gb) => gb,
         Governing::Streamed(held) => {
-            let StreamedHold { msg, pending, audit_failed, modified } = *held;
+            let StreamedHold { msg, pending, flight, audit_failed, modified } = *held;
             // Redacted arguments are re-serialised from the message; otherwise the
             // client's exact bytes go upstream.
             let body = if modified { Bytes::from(serde_json::to_vec(&msg.to_value()).unwrap_or_default()) } else { bytes.clone() };
-            return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, body, pending, audit_failed);
+            return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, body, (pending, flight), audit_failed);
         }
     };
     // Commit: what is about to be forwarded is on disk first (or failure_mode allows otherwise).
@@ -538,6 +538,8 @@ struct GovernedBatch {
 struct StreamedHold {
     msg: Message,
     pending: Pending,
+    /// Its id's in-flight mark, taken before the hold.
+    flight: Option<Arc<Flight>>,
     audit_failed: bool,
     modified: bool,
 }
@@ -591,21 +593,29 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 // HTTP session once it was forwarded at all (MCP forbids reusing a
                 // request id within a session; the TypeScript SDK re-points a reused id
                 // to the newer stream); twice in one batch, always.
-                let reused = kind == MessageKind::Request
-                    && msg.id().is_some_and(|id| {
-                        let id = id.key();
-                        let in_batch = input.batch && batch_ids.contains(&id);
-                        let in_session = if scope.legacy {
-                            shared.sessions.is_parked(&scope.conversation, Asker::Client, &id)
-                        } else {
-                            scope.session_id.is_some()
-                                && (shared.sessions.id_fate(&scope.conversation, &id) == Some(IdFate::Forwarded) || shared.sessions.in_flight(&scope.conversation, &id))
-                        };
-                        if input.batch {
-                            batch_ids.push(id);
-                        }
-                        in_batch || in_session
-                    });
+                let tracked = scope.legacy || scope.session_id.is_some();
+                let id_key = if kind == MessageKind::Request { msg.id().map(|id| id.key()) } else { None };
+                let reused = id_key.as_ref().is_some_and(|id| {
+                    let in_batch = input.batch && batch_ids.contains(id);
+                    let in_session = tracked
+                        && (shared.sessions.in_flight(&scope.conversation, id)
+                            || if scope.legacy {
+                                shared.sessions.is_parked(&scope.conversation, Asker::Client, id)
+                            } else {
+                                shared.sessions.id_fate(&scope.conversation, id) == Some(IdFate::Forwarded)
+                            });
+                    if input.batch {
+                        batch_ids.push(id.clone());
+                    }
+                    in_batch || in_session
+                });
+                // The id is in use from here on, while a human decides on a held call too:
+                // a request reusing it meanwhile is refused (it would be forwarded first,
+                // and the held call's answer later taken for it).
+                let mut flight = match &id_key {
+                    Some(id) if tracked && !reused => Some(shared.sessions.fly(&scope.conversation, id)),
+                    _ => None,
+                };
                 let (fate, held) = if reused {
                     let message = "mcpwatch: this request id was already used in this session (or this batch), and answers are matched to calls by id; refused".to_string();
                     rec.alerts.push("request id reused in the session or batch (an earlier call's answer could be taken for this one's)".into());
@@ -623,7 +633,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 if held && !input.batch && accepts_sse(&input.parts.headers) && progress_token(msg).is_some() {
                     let pending = Pending { record: rec, started: now, first_page: false };
                     let msg = std::mem::replace(msg, Message::Notification { method: String::new(), params: None });
-                    return Governing::Streamed(Box::new(StreamedHold { msg, pending, audit_failed: gb.audit_failed, modified: gb.modified }));
+                    return Governing::Streamed(Box::new(StreamedHold { msg, pending, flight, audit_failed: gb.audit_failed, modified: gb.modified }));
                 }
                 // A held call waits here for a human; the record is already written.
                 let fate = match fate {
@@ -643,8 +653,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                             Some(id) => {
                                 let id = id.key();
                                 shared.sessions.note_id(&scope.conversation, &id, IdFate::Forwarded);
-                                let flight = (!scope.legacy && scope.session_id.is_some()).then(|| shared.sessions.fly(&scope.conversation, &id));
-                                PendingKey::Id(id, flight)
+                                PendingKey::Id(id, flight.take())
                             }
                             None => PendingKey::Notification(rec.id.clone()),
                         };
@@ -790,7 +799,7 @@ fn streamed_hold(
     parts: Parts,
     msg: Message,
     body: Bytes,
-    mut pending: Pending,
+    (mut pending, flight): (Pending, Option<Arc<Flight>>),
     audit_failed: bool,
 ) -> Response<Body> {
     use futures_util::StreamExt as _;
@@ -848,11 +857,7 @@ fn streamed_hold(
                 }
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);
-                let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| {
-                    let id = i.key();
-                    let flight = (!scope.legacy && scope.session_id.is_some()).then(|| shared.sessions.fly(&scope.conversation, &id));
-                    PendingKey::Id(id, flight)
-                });
+                let key = msg.id().map_or_else(|| PendingKey::Notification(pending.record.id.clone()), |i| PendingKey::Id(i.key(), flight));
                 match forward(&up, Request::from_parts(parts, body::full(body))).await {
                     Err(e) => {
                         finish(&shared, pending, CallStatus::TransportError { reason: e.to_string() }, None, 0);

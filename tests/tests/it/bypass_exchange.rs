@@ -351,6 +351,28 @@ fn an_id_in_flight_cannot_be_reused_after_its_fate_is_forgotten() {
     drop(waiting);
 }
 
+/// A call held for a human keeps its id in use while it waits: a request reusing the id
+/// meanwhile was forwarded at once (it was not yet sent, so not yet "used"), and the held
+/// call, once approved, went out under the same id, so one answer could be taken for the
+/// other's. Refused now.
+#[test]
+fn an_id_held_for_approval_cannot_be_reused_meanwhile() {
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\napproval_timeout_secs = 3\n[[rule]]\nid = \"approve-deletes\"\ntools = [\"delete_records\"]\naction = \"require_approval\"\n";
+    let env = std::sync::Arc::new(Lenient::start(policy, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"));
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-held\r\n";
+    let call = |tool: &str| request("POST", "/mcp", headers, format!(r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#).as_bytes());
+    let held = {
+        let (env, bytes) = (env.clone(), call("delete_records"));
+        std::thread::spawn(move || env.send(&bytes))
+    };
+    env.daemon.wait_pending(1);
+    let again = env.send(&call("echo"));
+    assert!(again.contains("-32600") && again.contains("already used"), "the held call's id was reused: {again}");
+    let first = held.join().unwrap();
+    assert!(first.contains("-32") && !first.contains("already used"), "the held call timed out, refused: {first}");
+    assert!(!env.upstream_bytes().contains("\"id\":9"), "nothing with id 9 reached the server: {}", env.upstream_bytes());
+}
+
 /// A client that numbers a call `5.0` gets the answer a JavaScript server writes as `5`:
 /// the answer is matched to its call by the id's value, not dropped as an answer to an id
 /// the client never sent.
