@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mcpwatch_api::{AuditRecord, CallStatus, MessageKind, ProcessInfo, AUDIT_SCHEMA_VERSION};
 use mcpwatch_intercept::stdio::{StdioCapture, StdioDir};
 use mcpwatch_intercept::{AgentState, Interceptor};
-use mcpwatch_mcp::Id;
+use mcpwatch_mcp::IdKey;
 
 use super::{Chunk, Direction, Event, StdioObserver};
 use crate::inventory::{PinOutcome, Sighting, ServerInfoUpdate};
@@ -76,7 +76,7 @@ fn run(mut cap: StdioCapture, shared: Arc<Shared>, bpf: Arc<BpfResolver>) {
     let mut obs = StdioObserver::new();
     let scope = governed_cgroup(bpf.interceptor());
     let mut ids: HashMap<u32, ServerId> = HashMap::new();
-    let mut open: HashMap<(u32, String), (AuditRecord, Instant)> = HashMap::new();
+    let mut open: HashMap<(u32, IdKey), (AuditRecord, Instant)> = HashMap::new();
     let mut synced = Instant::now() - CLIENT_SYNC;
     let mut kernel_lost = 0u64;
     loop {
@@ -187,7 +187,7 @@ fn identify(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, Serve
     id
 }
 
-fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerId>, open: &mut HashMap<(u32, String), (AuditRecord, Instant)>, ev: Event) {
+fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerId>, open: &mut HashMap<(u32, IdKey), (AuditRecord, Instant)>, ev: Event) {
     let now = now_ms();
     let inv = &shared.inventory;
     match ev {
@@ -252,10 +252,10 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
             {
                 open.remove(&k);
             }
-            open.insert((pid, key(&rpc_id)), (rec, Instant::now()));
+            open.insert((pid, rpc_id.key()), (rec, Instant::now()));
         }
         Event::ToolResult { pid, id: rpc_id, is_error, lost, .. } => {
-            let Some((mut rec, started)) = open.remove(&(pid, key(&rpc_id))) else { return };
+            let Some((mut rec, started)) = open.remove(&(pid, rpc_id.key())) else { return };
             rec.duration_us = Some(started.elapsed().as_micros() as u64);
             rec.status = if is_error { CallStatus::JsonrpcError { code: 0, message: "tool reported an error".into() } } else { CallStatus::Ok };
             if lost && !rec.notes.iter().any(|n| n == LOST_NOTE) {
@@ -264,10 +264,6 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
             shared.complete_record(&rec);
         }
     }
-}
-
-fn key(id: &Id) -> String {
-    id.to_value().to_string()
 }
 
 #[cfg(test)]
