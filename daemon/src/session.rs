@@ -290,6 +290,10 @@ const SWEEP_EVERY: usize = MAX_SESSION_BINDINGS / 16;
 struct Inner {
     /// (conversation, JSON-RPC id text) → pending message.
     pending: BoundedMap<(String, String), Pending>,
+    /// The server's requests parked for the client's answer, apart from the client's
+    /// calls: a flood of them (the server's choice) evicts only its own kind, never a
+    /// client call whose id is checked for reuse.
+    server_pending: BoundedMap<(String, String), Pending>,
     /// [`legacy_key`] (dst, host, canonical path and session) → legacy route. A route
     /// lives exactly as long as the GET stream that announced it and is never evicted:
     /// a forgotten route would let its POSTs be judged as some other endpoint. When
@@ -304,12 +308,29 @@ struct Inner {
     ids: BoundedMap<u64, IdFate>,
 }
 
+impl Inner {
+    fn parks(&self, asker: Asker) -> &BoundedMap<(String, String), Pending> {
+        match asker {
+            Asker::Client => &self.pending,
+            Asker::Server => &self.server_pending,
+        }
+    }
+
+    fn parks_mut(&mut self, asker: Asker) -> &mut BoundedMap<(String, String), Pending> {
+        match asker {
+            Asker::Client => &mut self.pending,
+            Asker::Server => &mut self.server_pending,
+        }
+    }
+}
+
 impl Sessions {
     /// Bounds: `max_pending` parked messages and id fates, `max_legacy` open legacy streams.
     pub fn new(max_pending: usize, max_legacy: usize) -> Sessions {
         Sessions {
             inner: Mutex::new(Inner {
                 pending: BoundedMap::new(max_pending),
+                server_pending: BoundedMap::new(max_pending),
                 legacy: HashMap::new(),
                 max_legacy: max_legacy.max(1),
                 versions: BoundedMap::new(4096),
@@ -340,18 +361,34 @@ impl Sessions {
         }
     }
 
-    /// Mark a client request id forwarded in a session as in flight until the returned
-    /// mark is dropped.
-    pub fn fly(&self, conversation: &str, id: &IdKey) -> Arc<Flight> {
+    /// Take a client request id for a new call, in one step: `None` when it is in use (in
+    /// flight; over legacy SSE parked; in a Streamable HTTP session forwarded before), else
+    /// its in-flight mark. Checked and marked under one lock, so two requests racing with
+    /// one id never both pass.
+    pub fn claim(&self, conversation: &str, id: &IdKey, legacy: bool) -> Option<Arc<Flight>> {
         let key = self.id_key(conversation, id);
-        if let Ok(mut m) = self.flights.lock() {
-            *m.entry(key).or_default() += 1;
+        let mut flights = self.flights.lock().ok()?;
+        if flights.contains_key(&key) {
+            return None;
         }
-        Arc::new(Flight { marks: self.flights.clone(), key })
+        {
+            let i = self.inner.lock().ok()?;
+            let used = if legacy {
+                i.pending.get(&(conversation.to_string(), Asker::Client.key(id))).is_some()
+            } else {
+                i.ids.get(&key) == Some(&IdFate::Forwarded)
+            };
+            if used {
+                return None;
+            }
+        }
+        *flights.entry(key).or_default() += 1;
+        Some(Arc::new(Flight { marks: self.flights.clone(), key }))
     }
 
     /// Is a call with this id forwarded in the conversation and not yet answered?
-    pub fn in_flight(&self, conversation: &str, id: &IdKey) -> bool {
+    #[cfg(test)]
+    fn in_flight(&self, conversation: &str, id: &IdKey) -> bool {
         let key = self.id_key(conversation, id);
         self.flights.lock().is_ok_and(|m| m.contains_key(&key))
     }
@@ -364,7 +401,7 @@ impl Sessions {
 
     /// Is a request `asker` sent with this id parked in the conversation?
     pub fn is_parked(&self, conversation: &str, asker: Asker, id: &IdKey) -> bool {
-        self.inner.lock().is_ok_and(|i| i.pending.get(&(conversation.to_string(), asker.key(id))).is_some())
+        self.inner.lock().is_ok_and(|i| i.parks(asker).get(&(conversation.to_string(), asker.key(id))).is_some())
     }
 
     /// Bind a session (seen in an `initialize` response) to the process that opened it.
@@ -399,11 +436,27 @@ impl Sessions {
                     }
                 }
             }
-            if o.by_session.len() >= MAX_SESSION_BINDINGS {
-                let biggest = o.by_owner.iter().max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone());
-                if let Some(old) = biggest.and_then(|who| o.by_owner.get_mut(&who)).and_then(VecDeque::pop_front) {
-                    o.by_session.remove(&old);
+            if o.by_session.len() >= MAX_SESSION_BINDINGS
+                && let Some(who) = o.by_owner.iter().max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone())
+                && let Some(keys) = o.by_owner.get_mut(&who)
+            {
+                // Its oldest key that is still its own (a stale one frees nothing, and the
+                // insert below would then evict the oldest binding of all).
+                while let Some(old) = keys.pop_front() {
+                    if o.by_session.get(&old) == Some(&who) {
+                        o.by_session.remove(&old);
+                        break;
+                    }
                 }
+            }
+        }
+        // A session bound again to another process leaves the previous one's list.
+        if let Some(prev) = o.by_session.get(&key).filter(|prev| **prev != owner).cloned()
+            && let Some(keys) = o.by_owner.get_mut(&prev)
+        {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                o.by_owner.remove(&prev);
             }
         }
         let mine = o.by_owner.entry(owner.clone()).or_default();
@@ -451,7 +504,7 @@ impl Sessions {
     /// closes their records).
     pub fn park(&self, conversation: &str, asker: Asker, id: &IdKey, p: Pending) -> Vec<Pending> {
         match self.inner.lock() {
-            Ok(mut i) => i.pending.insert((conversation.to_string(), asker.key(id)), p),
+            Ok(mut i) => i.parks_mut(asker).insert((conversation.to_string(), asker.key(id)), p),
             Err(_) => vec![p],
         }
     }
@@ -472,19 +525,23 @@ impl Sessions {
 
     /// The parked request `asker` sent with this id, answered now.
     pub fn take(&self, conversation: &str, asker: Asker, id: &IdKey) -> Option<Pending> {
-        self.inner.lock().ok()?.pending.remove(&(conversation.to_string(), asker.key(id)))
+        self.inner.lock().ok()?.parks_mut(asker).remove(&(conversation.to_string(), asker.key(id)))
     }
 
     /// Everything still waiting in a conversation (its stream ended).
     pub fn drain(&self, conversation: &str) -> Vec<Pending> {
         match self.inner.lock() {
-            Ok(mut i) => i.pending.drain_where(|(c, _)| c == conversation),
+            Ok(mut i) => {
+                let mut all = i.pending.drain_where(|(c, _)| c == conversation);
+                all.extend(i.server_pending.drain_where(|(c, _)| c == conversation));
+                all
+            }
             Err(_) => Vec::new(),
         }
     }
 
     pub fn pending_len(&self) -> usize {
-        self.inner.lock().map_or(0, |i| i.pending.len())
+        self.inner.lock().map_or(0, |i| i.pending.len() + i.server_pending.len())
     }
 
     /// Remember the route a legacy stream announced, until [`Sessions::remove_legacy_route`]
@@ -777,19 +834,22 @@ mod tests {
     #[test]
     fn an_id_in_flight_outlives_the_fate_bound() {
         let s = Sessions::new(4, 64);
+        let first = s.claim("conv", &k("9"), false).expect("a new id");
         s.note_id("conv", &k("9"), IdFate::Forwarded);
-        let first = s.fly("conv", &k("9"));
-        let second = s.fly("conv", &k("9.0"));
+        assert!(s.claim("conv", &k("9.0"), false).is_none(), "9.0 is 9, in flight");
         for i in 100..200 {
             s.note_id("conv", &k(&i.to_string()), IdFate::Forwarded);
         }
         assert_eq!(s.id_fate("conv", &k("9")), None, "the fate was forgotten at the bound");
         assert!(s.in_flight("conv", &k("9")) && !s.in_flight("other", &k("9")) && !s.in_flight("conv", &k("10")));
+        assert!(s.claim("conv", &k("9"), false).is_none(), "still in flight");
         drop(first);
-        assert!(s.in_flight("conv", &k("9")), "a second mark holds it");
-        drop(second);
         assert!(!s.in_flight("conv", &k("9")));
         assert!(s.flights.lock().unwrap().is_empty(), "no mark is left behind");
+        // Forwarded before and answered: used in a session; over legacy SSE free again.
+        s.note_id("conv", &k("150"), IdFate::Forwarded);
+        assert!(s.claim("conv", &k("150"), false).is_none());
+        assert!(s.claim("conv", &k("150"), true).is_some());
     }
 
     #[test]
@@ -818,6 +878,20 @@ mod tests {
         assert_eq!(replaced.iter().map(|p| p.record.id.as_str()).collect::<Vec<_>>(), ["client-1"]);
         assert_eq!(s.take("a", Asker::Server, &k("1")).map(|p| p.record.id), Some("server-1".to_string()));
         assert_eq!(s.take("a", Asker::Client, &k("1")).map(|p| p.record.id), Some("client-1-again".to_string()));
+    }
+
+    /// The server's requests fill their own table: a flood of them never pushes out a
+    /// client call (whose id would be free again while the server still works on it).
+    #[test]
+    fn server_requests_never_evict_a_client_park() {
+        let s = Sessions::new(4, 64);
+        let p = || Pending { record: AuditRecord::default(), started: Instant::now(), first_page: false };
+        assert!(s.park_client("a", &k("1"), p()).unwrap().is_empty());
+        for i in 0..10 {
+            let _ = s.park("a", Asker::Server, &k(&format!("\"srv-{i}\"")), p());
+        }
+        assert!(s.is_parked("a", Asker::Client, &k("1")), "the client's call is still parked");
+        assert!(s.claim("a", &k("1"), true).is_none());
     }
 
     /// A legacy route lives as long as its stream: never evicted by other announcements,

@@ -595,26 +595,27 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                 // to the newer stream); twice in one batch, always.
                 let tracked = scope.legacy || scope.session_id.is_some();
                 let id_key = if kind == MessageKind::Request { msg.id().map(|id| id.key()) } else { None };
-                let reused = id_key.as_ref().is_some_and(|id| {
-                    let in_batch = input.batch && batch_ids.contains(id);
-                    let in_session = tracked
-                        && (shared.sessions.in_flight(&scope.conversation, id)
-                            || if scope.legacy {
-                                shared.sessions.is_parked(&scope.conversation, Asker::Client, id)
-                            } else {
-                                shared.sessions.id_fate(&scope.conversation, id) == Some(IdFate::Forwarded)
-                            });
-                    if input.batch {
-                        batch_ids.push(id.clone());
+                // The id is claimed (checked and marked in flight in one step: two requests
+                // racing with one id never both pass) and in use from here on, while a human
+                // decides on a held call too: a request reusing it meanwhile is refused (it
+                // would be forwarded first, and the held call's answer later taken for it).
+                let mut flight = None;
+                let reused = match &id_key {
+                    None => false,
+                    Some(id) => {
+                        let in_batch = input.batch && batch_ids.contains(id);
+                        if input.batch {
+                            batch_ids.push(id.clone());
+                        }
+                        if in_batch {
+                            true
+                        } else if tracked {
+                            flight = shared.sessions.claim(&scope.conversation, id, scope.legacy);
+                            flight.is_none()
+                        } else {
+                            false
+                        }
                     }
-                    in_batch || in_session
-                });
-                // The id is in use from here on, while a human decides on a held call too:
-                // a request reusing it meanwhile is refused (it would be forwarded first,
-                // and the held call's answer later taken for it).
-                let mut flight = match &id_key {
-                    Some(id) if tracked && !reused => Some(shared.sessions.fly(&scope.conversation, id)),
-                    _ => None,
                 };
                 let (fate, held) = if reused {
                     let message = "mcpwatch: this request id was already used in this session (or this batch), and answers are matched to calls by id; refused".to_string();
