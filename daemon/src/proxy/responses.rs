@@ -55,13 +55,17 @@ pub fn observe(
     let status = resp.status();
     let headers = resp.headers();
     let limits = &shared.config.limits;
+    if let Some(types) = two_readings(headers) {
+        let what = format!("with a Content-Type clients read two ways ({types}: the Python SDK reads JSON, the TypeScript SDK an event stream)");
+        return (uninspectable(shared, scope, gov, local, resp, &what), Delivery::Streamed);
+    }
     let (sse, json) = (is_sse(headers), is_json(headers));
     // Not JSON-RPC, but text the client reads as the call's failure (the TypeScript SDK
     // puts an error body into the error it raises, and so into the agent's view): a debug
     // page or a stack trace carrying a key is inspected like a result.
     let text = !sse && !json && !local.is_empty() && may_carry_text(status, headers);
     if (sse || json || text) && let Some(coding) = content_coding(headers) {
-        return (encoded(shared, scope, gov, local, resp, &coding), Delivery::Streamed);
+        return (uninspectable(shared, scope, gov, local, resp, &format!("with Content-Encoding `{coding}`")), Delivery::Streamed);
     }
     let mode = if sse {
         Mode2::Sse { parser: SseParser::new(limits.max_sse_event_bytes), raw: Vec::new() }
@@ -97,21 +101,43 @@ fn parse_as_clients_do(data: &[u8]) -> Result<Value, serde_json::Error> {
 pub fn observe_stream(shared: Arc<Shared>, scope: Scope, resp: Response<Incoming>) -> Response<Body> {
     let gov = shared.governance.current();
     if let Some(coding) = content_coding(resp.headers()) {
-        return encoded(shared, scope, gov, Vec::new(), resp, &coding);
+        return uninspectable(shared, scope, gov, Vec::new(), resp, &format!("with Content-Encoding `{coding}`"));
     }
     let mode = Mode2::Sse { parser: SseParser::new(shared.config.limits.max_sse_event_bytes), raw: Vec::new() };
     let obs = StreamObserver::new(shared, scope, gov, Vec::new(), resp.headers(), resp.status(), mode);
     transformed(resp, obs)
 }
 
-/// An answer in a content coding mcpwatch did not ask for (it asks for `identity`): its
-/// messages cannot be read, so nothing in it can be redacted, pinned or checked. In
-/// enforce mode it is not delivered (502); otherwise it goes on, its calls' records and
-/// the inventory carrying the alert.
-fn encoded(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(PendingKey, Pending)>, resp: Response<Incoming>, coding: &str) -> Response<Body> {
+/// The `Content-Type` of an answer, when clients would read it two ways: several
+/// `Content-Type` headers (httpx joins them, so the Python SDK, which looks at how the
+/// value starts, reads JSON where fetch's joined value includes `text/event-stream`, which
+/// the TypeScript SDK checks first), or one value naming both JSON and an event stream
+/// (`application/json; x="text/event-stream"`). mcpwatch would inspect it one way and a
+/// client read it the other: a JSON answer taken for an event stream with no events went
+/// out unread. `Some(the values)` then.
+fn two_readings(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<&[u8]> = headers.get_all(http::header::CONTENT_TYPE).iter().map(|v| v.as_bytes()).collect();
+    let lower = |v: &[u8]| String::from_utf8_lossy(v).to_ascii_lowercase();
+    let mixed = match values.as_slice() {
+        [] => false,
+        [one] => {
+            let v = lower(one);
+            v.contains("json") && v.contains("event-stream")
+        }
+        many => many.iter().any(|v| lower(v) != lower(many[0])),
+    };
+    mixed.then(|| values.iter().map(|v| format!("`{}`", String::from_utf8_lossy(v).chars().take(100).collect::<String>())).collect::<Vec<_>>().join(", "))
+}
+
+/// An answer mcpwatch cannot read as its client will: in a content coding mcpwatch did not
+/// ask for (it asks for `identity`), or with a `Content-Type` clients read two ways
+/// ([`two_readings`]). Nothing in it can be redacted, pinned or checked. In enforce mode
+/// it is not delivered (502); otherwise it goes on, its calls' records and the inventory
+/// carrying the alert. `what` completes "server answered ...".
+fn uninspectable(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(PendingKey, Pending)>, resp: Response<Incoming>, what: &str) -> Response<Body> {
     let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
     let alert = format!(
-        "server answered with Content-Encoding `{coding}` (not asked for; not inspectable): {}",
+        "server answered {what} (not inspectable): {}",
         if enforce { "not delivered (enforce mode)" } else { "delivered uninspected" }
     );
     tracing::warn!(endpoint = %scope.endpoint, "{alert}");
@@ -119,13 +145,13 @@ fn encoded(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(Pend
     if local.is_empty() {
         let mut rec = scope.record(&shared, MessageKind::Invalid, S2C, None, 0);
         rec.alerts.push(alert.clone());
-        let status = if enforce { CallStatus::TransportError { reason: "502 compressed answer not delivered".into() } } else { CallStatus::Sent };
+        let status = if enforce { CallStatus::TransportError { reason: "502 uninspectable answer not delivered".into() } } else { CallStatus::Sent };
         write_closed(&shared, rec, status);
     }
     for (_, mut p) in local {
         p.record.alerts.push(alert.clone());
         let status = if enforce {
-            CallStatus::TransportError { reason: format!("answer with Content-Encoding `{coding}` not delivered (not inspectable)") }
+            CallStatus::TransportError { reason: format!("answer {what} not delivered (not inspectable)") }
         } else {
             CallStatus::Sent
         };
@@ -135,7 +161,7 @@ fn encoded(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec<(Pend
         return body::local_response(
             StatusCode::BAD_GATEWAY,
             "text/plain",
-            format!("mcpwatch: the server answered with Content-Encoding `{coding}`, which mcpwatch cannot inspect; not delivered\n"),
+            format!("mcpwatch: the server answered {what}, which mcpwatch cannot inspect; not delivered\n"),
         );
     }
     resp.map(body::incoming)

@@ -422,6 +422,30 @@ fn two_requests_racing_with_one_id_never_both_reach_the_server() {
     assert_eq!(once, 300, "every id reached the server once");
 }
 
+/// A hostile server labels a JSON answer both JSON and event stream: the Python SDK reads
+/// JSON (it looks at how the value starts; httpx joins two headers), mcpwatch took it for
+/// an event stream with no events and passed it on unread: the SSN reached the client
+/// unredacted. Such an answer is not inspectable: not delivered in enforce mode, recorded.
+#[test]
+fn an_answer_typed_two_ways_is_not_delivered_uninspected() {
+    let body = r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"SSN 536-22-8741"}]}}"#;
+    for types in ["Content-Type: application/json; x=\"text/event-stream\"\r\n", "Content-Type: application/json\r\nContent-Type: text/event-stream\r\n"] {
+        let reply = format!("HTTP/1.1 200 OK\r\n{types}Content-Length: {}\r\n\r\n{body}", body.len());
+        let env = Lenient::start(DENY_DELETES, None, reply.as_bytes());
+        let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+        let call = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+        let resp = env.send(&request("POST", "/mcp", headers, call));
+        assert!(!resp.contains("536-22-8741"), "{types:?}: the answer went out uninspected: {resp}");
+        assert_eq!(status(&resp), 502, "{types:?}: {resp}");
+        env.daemon.wait_audit("the call's record", |r| alerts(r).iter().any(|a| a.contains("Content-Type clients read two ways")));
+    }
+    // One type, said once: inspected (and redacted) as ever.
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let env = Lenient::start(DENY_DELETES, None, reply.as_bytes());
+    let resp = env.send(&request("POST", "/mcp", "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n", br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#));
+    assert!(resp.contains("<US_SSN>") && !resp.contains("536-22-8741"), "{resp}");
+}
+
 /// A client that numbers a call `5.0` gets the answer a JavaScript server writes as `5`:
 /// the answer is matched to its call by the id's value, not dropped as an answer to an id
 /// the client never sent.
