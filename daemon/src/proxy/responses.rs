@@ -739,7 +739,11 @@ impl Transformer for StreamObserver {
         }
         let out = match std::mem::replace(&mut self.mode, Mode2::Ignore) {
             Mode2::Json { buf, overflow, .. } => {
-                if overflow || how != End::Complete {
+                if how != End::Complete && self.enforce {
+                    // Cut short by the server: never read as a whole, so not delivered
+                    // toward an enforced server (a tolerant reader would take the bytes).
+                    Bytes::new()
+                } else if overflow || how != End::Complete {
                     Bytes::from(buf)
                 } else {
                     let mut out = match self.on_json(&buf) {
@@ -777,7 +781,9 @@ impl Transformer for StreamObserver {
                 Bytes::from(out)
             }
             Mode2::Text { buf, overflow, .. } => {
-                if overflow || how != End::Complete {
+                if how != End::Complete && self.enforce {
+                    Bytes::new()
+                } else if overflow || how != End::Complete {
                     Bytes::from(buf)
                 } else {
                     Bytes::from(self.on_text(buf))

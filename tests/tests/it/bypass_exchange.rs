@@ -446,6 +446,21 @@ fn an_answer_typed_two_ways_is_not_delivered_uninspected() {
     assert!(resp.contains("<US_SSN>") && !resp.contains("536-22-8741"), "{resp}");
 }
 
+/// A JSON answer the server cuts short (it closes before its Content-Length) was never
+/// read as a whole, so never inspected; its bytes went to the client as they were, which
+/// a tolerant reader takes. Toward an enforced server nothing of it is delivered.
+#[test]
+fn an_answer_cut_short_is_not_delivered_uninspected_in_enforce_mode() {
+    let body = r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"SSN 536-22-8741"}]}}"#;
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len() + 400);
+    let env = Lenient::start(DENY_DELETES, None, reply.as_bytes());
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+    let call = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let resp = env.send(&request("POST", "/mcp", headers, call));
+    assert!(!resp.contains("536-22-8741"), "the cut-short answer went out uninspected: {resp}");
+    env.daemon.wait_audit("the call's record", |r| r.iter().any(|x| x.jsonrpc_id.as_deref() == Some("5") && matches!(x.status, CallStatus::TransportError { .. })));
+}
+
 /// A client that numbers a call `5.0` gets the answer a JavaScript server writes as `5`:
 /// the answer is matched to its call by the id's value, not dropped as an answer to an id
 /// the client never sent.
