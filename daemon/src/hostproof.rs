@@ -17,7 +17,10 @@
 //! the registry's names are looked up in a lane of their own
 //! ([`HostProofs::check_registered`]): names a client chooses (a `Host` header, whose
 //! DNS the client's owner may make as slow as it likes) can take every turn of the other
-//! lane and never delay them.
+//! lane and never delay them. A registry name is resolved once per TTL, whatever the
+//! destination (a client connecting to ever new addresses costs no lookups), and an
+//! unfinished lookup is remembered for [`HostProofs::UNKNOWN_TTL`], so a name whose DNS
+//! hangs governs connections at once instead of making each wait out the deadline.
 //!
 //! Lookups are cached per (address, name): proofs for [`HostProofs::PROVEN_TTL`],
 //! failures for the shorter [`HostProofs::REFUSED_TTL`]; an unfinished lookup is not
@@ -53,6 +56,18 @@ pub struct HostProofs {
     lookups: std::sync::Arc<tokio::sync::Semaphore>,
     /// The same for the policy registry's names, which only the operator chooses.
     registered: std::sync::Arc<tokio::sync::Semaphore>,
+    /// A registry name → what it resolved to, whatever the destination: each name is
+    /// looked up once per TTL, not once per new address a client connects to.
+    names: Mutex<HashMap<String, (Instant, Resolved)>>,
+}
+
+/// What a registry name's last lookup said.
+#[derive(Clone)]
+enum Resolved {
+    Addrs(Vec<IpAddr>),
+    Failed,
+    /// Past the deadline: asked again after [`HostProofs::UNKNOWN_TTL`].
+    Unfinished,
 }
 
 impl HostProofs {
@@ -64,6 +79,9 @@ impl HostProofs {
     pub const CAPACITY: usize = 4096;
     /// Most lookups in flight; more wait for a turn within the deadline.
     pub const MAX_LOOKUPS: usize = 16;
+    /// How long an unfinished lookup of a registry name is remembered: connections in the
+    /// meantime are governed at once instead of each waiting out the deadline.
+    pub const UNKNOWN_TTL: Duration = Duration::from_secs(10);
     /// A lookup that takes longer proves nothing.
     pub const DEADLINE: Duration = Duration::from_secs(2);
 
@@ -72,6 +90,7 @@ impl HostProofs {
             seen: Mutex::new(HashMap::new()),
             lookups: std::sync::Arc::new(tokio::sync::Semaphore::new(Self::MAX_LOOKUPS)),
             registered: std::sync::Arc::new(tokio::sync::Semaphore::new(Self::MAX_LOOKUPS)),
+            names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,7 +102,56 @@ impl HostProofs {
     /// [`HostProofs::check`] for a name of the policy's server registry, in its own lane
     /// of lookup turns (see the module doc).
     pub async fn check_registered(&self, dst: IpAddr, name: &str) -> Proof {
-        self.check_resolving(dst, name, &self.registered, system_resolve).await
+        self.check_registered_with(dst, name, Instant::now(), system_resolve).await
+    }
+
+    /// [`HostProofs::check_registered`] with the clock and a blocking resolver given (tests).
+    async fn check_registered_with<R>(&self, dst: IpAddr, name: &str, now: Instant, resolve: R) -> Proof
+    where
+        R: FnOnce(String) -> std::io::Result<Vec<IpAddr>> + Send + 'static,
+    {
+        let dst = dst.to_canonical();
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let cached = self.names.lock().ok().and_then(|n| n.get(&name).cloned()).filter(|(at, r)| {
+            let ttl = match r {
+                Resolved::Addrs(_) => Self::PROVEN_TTL,
+                Resolved::Failed => Self::REFUSED_TTL,
+                Resolved::Unfinished => Self::UNKNOWN_TTL,
+            };
+            now.saturating_duration_since(*at) < ttl
+        });
+        let resolved = match cached {
+            Some((_, r)) => r,
+            None => {
+                let (host, lane) = (name.clone(), self.registered.clone());
+                let lookup = async move {
+                    let turn = lane.acquire_owned().await.map_err(std::io::Error::other)?;
+                    tokio::task::spawn_blocking(move || {
+                        let _turn = turn;
+                        resolve(host)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)?
+                };
+                let r = match tokio::time::timeout(Self::DEADLINE, lookup).await {
+                    Err(_) => Resolved::Unfinished,
+                    Ok(Ok(addrs)) => Resolved::Addrs(addrs.into_iter().map(|a| a.to_canonical()).collect()),
+                    Ok(Err(_)) => Resolved::Failed,
+                };
+                if let Ok(mut n) = self.names.lock() {
+                    if n.len() >= Self::CAPACITY {
+                        n.clear();
+                    }
+                    n.insert(name, (now, r.clone()));
+                }
+                r
+            }
+        };
+        match resolved {
+            Resolved::Addrs(addrs) if addrs.contains(&dst) => Proof::Proven,
+            Resolved::Addrs(_) | Resolved::Failed => Proof::Unproven,
+            Resolved::Unfinished => Proof::Unknown,
+        }
     }
 
     /// [`HostProofs::check`] with a blocking `resolve` in place of `getaddrinfo`: run on a
@@ -236,7 +304,7 @@ mod tests {
         assert_eq!(p.lookups.available_permits(), 0);
         assert_eq!(p.check_resolving(dst, "late.example", &p.lookups, move |_| Ok(vec![dst])).await, Proof::Unknown);
         // The registry's lane is not the clients' lane: its names are proven meanwhile.
-        assert_eq!(p.check_resolving(dst, "registered.example", &p.registered, move |_| Ok(vec![dst])).await, Proof::Proven);
+        assert_eq!(p.check_registered_with(dst, "registered.example", std::time::Instant::now(), move |_| Ok(vec![dst])).await, Proof::Proven);
         drop(opener);
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while p.lookups.available_permits() < HostProofs::MAX_LOOKUPS {
@@ -261,5 +329,27 @@ mod tests {
             p.check_with(dst, &format!("n{i}.example"), t0, async { answer(&[]) }).await;
         }
         assert!(p.len() <= HostProofs::CAPACITY, "{}", p.len());
+    }
+
+    /// A registry name is looked up once per TTL whatever the destination; an unfinished
+    /// lookup is Unknown (governing) and remembered briefly, so a slow name does not make
+    /// every connection wait out the deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_name_is_looked_up_once_per_ttl_and_an_unfinished_lookup_briefly() {
+        let p = HostProofs::new();
+        let (a, b): (IpAddr, IpAddr) = ("198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap());
+        let t0 = Instant::now();
+        assert_eq!(p.check_registered_with(a, "Reg.Example.", t0, move |_| Ok(vec![a])).await, Proof::Proven);
+        let never = |_: String| -> std::io::Result<Vec<IpAddr>> { panic!("looked up again") };
+        assert_eq!(p.check_registered_with(b, "reg.example", t0, never).await, Proof::Unproven, "another address, from the same answer");
+        assert_eq!(p.check_registered_with(a, "reg.example", t0 + HostProofs::PROVEN_TTL / 2, never).await, Proof::Proven);
+        // A lookup that hangs past the deadline: Unknown, and not asked again at once.
+        // (Real time: tokio does not advance paused time while a blocking task runs.)
+        let hang = |_: String| -> std::io::Result<Vec<IpAddr>> {
+            std::thread::sleep(HostProofs::DEADLINE + std::time::Duration::from_millis(300));
+            Ok(vec![])
+        };
+        assert_eq!(p.check_registered_with(a, "slow.example", t0, hang).await, Proof::Unknown);
+        assert_eq!(p.check_registered_with(b, "slow.example", t0 + HostProofs::UNKNOWN_TTL / 2, never).await, Proof::Unknown);
     }
 }
