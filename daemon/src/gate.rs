@@ -399,6 +399,11 @@ struct Session {
     /// The server's requests forwarded to the client (sampling, elicitation, roots), by
     /// [`Id::key`]: the client's answer completes their record.
     server_pending: Mutex<crate::session::BoundedMap<IdKey, Pending>>,
+    /// Calls the client cancelled (`notifications/cancelled`): out of `pending`, so that
+    /// calls no answer will come for do not fill its bound, and still in use (a late
+    /// answer completes them; their ids are not reused). Bounded by eviction: the oldest
+    /// cancelled call is closed to make room.
+    cancelled: Mutex<crate::session::BoundedMap<IdKey, Pending>>,
     /// The toxic-flow session: the client process talking to this server, named as the
     /// proxy names a session-less client, so `[[flow]]` rules judge both transports alike.
     flow_session: String,
@@ -434,7 +439,7 @@ impl Session {
             None => format!("{key}#wrapper:{wrapper_pid}"),
         };
         let pending = || Mutex::new(crate::session::BoundedMap::new(MAX_PENDING));
-        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: pending(), server_pending: pending(), flow_session }
+        Session { shared, endpoint: key, cmdline, process, wrapper_pid, pending: pending(), server_pending: pending(), cancelled: pending(), flow_session }
     }
 
     /// The session was refused (the budget is full): on the record, with the server it
@@ -526,6 +531,11 @@ impl Session {
             Message::Request { .. } => self.on_request(&shared.governance.current(), msg, bytes).await,
             Message::Notification { .. } => {
                 self.sight(msg.method(), None);
+                if msg.method() == Some("notifications/cancelled")
+                    && let Some(id) = msg.params().and_then(|p| p.get("requestId")).and_then(jsonrpc::Id::from_value)
+                {
+                    self.retire(&id.key());
+                }
                 self.write_closed(self.record(MessageKind::Notification, C2S, Some(&msg), bytes), CallStatus::Sent);
                 GateVerdict::Forward { line: None }
             }
@@ -607,7 +617,7 @@ impl Session {
                     };
                     // Checked again here: a call held for approval took its time. An entry
                     // is never replaced: its answer would be taken for the new call's.
-                    if pending.get(&id.key()).is_some() {
+                    if self.in_use(&pending, &id.key()) {
                         drop(pending);
                         let why = format!("request id {} is already pending on this session", record::clip(&id.to_string()));
                         rec.alerts.push(why.clone());
@@ -639,13 +649,32 @@ impl Session {
         }
     }
 
+    /// A call the client cancelled moves from `pending` to `cancelled`.
+    fn retire(&self, key: &IdKey) {
+        let Ok(mut pending) = self.pending.lock() else { return };
+        let Some(p) = pending.remove(key) else { return };
+        let evicted = self.cancelled.lock().map(|mut c| c.insert(key.clone(), p)).unwrap_or_default();
+        drop(pending);
+        for mut e in evicted {
+            e.record.status = CallStatus::TransportError { reason: "cancelled by the client; no answer came".into() };
+            e.record.duration_us = Some(e.started.elapsed().as_micros() as u64);
+            self.shared.complete_record(&e.record);
+        }
+    }
+
+    /// Is a call with this id waiting (or cancelled and perhaps still answered)? Called with
+    /// `pending` locked.
+    fn in_use(&self, pending: &crate::session::BoundedMap<IdKey, Pending>, key: &IdKey) -> bool {
+        pending.get(key).is_some() || self.cancelled.lock().is_ok_and(|c| c.get(key).is_some())
+    }
+
     /// A client request whose id is still waiting for the server's answer: its answer would
     /// be taken for the pending call's (and the pending call's for it), so the audit and
     /// the toxic-flow labels would follow the wrong tool.
     fn already_pending(&self, msg: &Message) -> Option<String> {
         let id = msg.id()?;
         let pending = self.pending.lock().ok()?;
-        pending.get(&id.key()).is_some().then(|| format!("request id {} is already pending on this session", record::clip(&id.to_string())))
+        self.in_use(&pending, &id.key()).then(|| format!("request id {} is already pending on this session", record::clip(&id.to_string())))
     }
 
     /// A request whose record is begun is refused after all: answered here, not forwarded.
@@ -692,7 +721,11 @@ impl Session {
         };
         match &msg {
             Message::Response { .. } | Message::Error { .. } => {
-                let pending = msg.id().and_then(|id| self.pending.lock().ok().and_then(|mut p| p.remove(&id.key())));
+                let pending = msg.id().and_then(|id| {
+                    let key = id.key();
+                    let mut p = self.pending.lock().ok()?;
+                    p.remove(&key).or_else(|| self.cancelled.lock().ok()?.remove(&key))
+                });
                 let Some(mut p) = pending else {
                     let why = "server answered an id the client never sent through mcpwatch";
                     let mut rec = self.record(MessageKind::Invalid, S2C, None, bytes);
@@ -759,7 +792,8 @@ impl Session {
 
     /// The wrapper went away: calls still waiting for the server end as transport errors.
     fn close(&self) {
-        let calls = self.pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
+        let mut calls = self.pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
+        calls.extend(self.cancelled.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default());
         let asked = self.server_pending.lock().map(|mut p| p.drain_where(|_| true)).unwrap_or_default();
         let left = calls
             .into_iter()

@@ -772,6 +772,33 @@ fn gate_refuses_calls_past_its_pending_bound_instead_of_forgetting_one() {
     assert!(!line.contains(token) && line.contains("<GITHUB_TOKEN>"), "the first call's result is redacted: {line}");
 }
 
+/// Calls the client cancels (`notifications/cancelled`; the server should not answer
+/// them) leave the bound of pending calls, so a long session's cancellations never make
+/// the gate refuse every call; a cancelled id stays in use, and a late answer to it is
+/// still inspected.
+#[test]
+fn gate_cancelled_calls_do_not_fill_the_pending_bound() {
+    let d = daemon(None);
+    let (mut s, mut r) = gate_session(&d, "cancellations");
+    let mut seq = 1;
+    let mut ask = |op: &str, line: Value| {
+        seq += 1;
+        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
+    };
+    for i in 1..=1100 {
+        assert_eq!(ask("client", serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "ping"}))["verdict"], "forward", "call {i}");
+        let cancel = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": i, "reason": "timeout"}});
+        assert_eq!(ask("client", cancel)["verdict"], "forward");
+    }
+    let v = ask("client", serde_json::json!({"jsonrpc": "2.0", "id": 1100, "method": "tools/list"}));
+    assert_eq!(v["verdict"], "answer", "a cancelled id is still in use: {v}");
+    let token = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    let late = serde_json::json!({"jsonrpc": "2.0", "id": 1100, "result": {"content": [{"type": "text", "text": format!("late {token}")}]}});
+    let v = ask("server", late);
+    assert_eq!(v["verdict"], "forward", "{v}");
+    assert!(v["line"].as_str().is_some_and(|l| !l.contains(token)), "the late answer is inspected: {v}");
+}
+
 /// Reusing the id of a call still waiting for its answer made the gate replace the
 /// pending call: the first call's result was taken for the second's, so an untrusted
 /// result could be attributed to a harmless tool and never taint the session. A request
