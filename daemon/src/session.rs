@@ -203,7 +203,16 @@ pub struct Sessions {
     /// bounded by eviction: an entry lives exactly as long as a waiting call of a live
     /// exchange, and those are bounded by the connection and body limits.
     flights: Arc<Mutex<HashMap<u64, u32>>>,
+    /// In-flight marks of calls whose exchange ended unanswered (the client went away, or
+    /// the server ended the stream): the server may still be working on them and answer on
+    /// another stream, so their ids stay in use for [`ORPHAN_TTL`]. Oldest first; at most
+    /// [`MAX_ORPHANS`].
+    orphans: Mutex<VecDeque<(Instant, Arc<Flight>)>>,
 }
+
+/// How long the id of a call left unanswered stays in use.
+pub const ORPHAN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+const MAX_ORPHANS: usize = 65_536;
 
 /// What became of a client request id in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +348,7 @@ impl Sessions {
             owners: Mutex::new(Owners { by_session: BoundedMap::new(MAX_SESSION_BINDINGS), by_owner: HashMap::new(), since_sweep: SWEEP_EVERY }),
             id_hasher: std::hash::RandomState::new(),
             flights: Arc::default(),
+            orphans: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -359,6 +369,16 @@ impl Sessions {
             }
             i.ids.insert(key, fate);
         }
+    }
+
+    /// Keep the in-flight mark of a call its exchange left unanswered for [`ORPHAN_TTL`].
+    pub fn orphan(&self, flight: Arc<Flight>) {
+        let now = Instant::now();
+        let Ok(mut o) = self.orphans.lock() else { return };
+        while o.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= ORPHAN_TTL) || o.len() >= MAX_ORPHANS {
+            o.pop_front();
+        }
+        o.push_back((now, flight));
     }
 
     /// Take a client request id for a new call, in one step: `None` when it is in use (in
@@ -845,7 +865,11 @@ mod tests {
         assert!(s.claim("conv", &k("9"), false).is_none(), "still in flight");
         drop(first);
         assert!(!s.in_flight("conv", &k("9")));
-        assert!(s.flights.lock().unwrap().is_empty(), "no mark is left behind");
+        assert!(!s.flights.lock().unwrap().contains_key(&s.id_key("conv", &k("9"))), "no mark is left behind");
+        // A call its exchange left unanswered keeps its id in use.
+        let third = s.claim("conv", &k("33"), false).expect("a new id");
+        s.orphan(third);
+        assert!(s.in_flight("conv", &k("33")) && s.claim("conv", &k("33"), false).is_none());
         // Forwarded before and answered: used in a session; over legacy SSE free again.
         s.note_id("conv", &k("150"), IdFate::Forwarded);
         assert!(s.claim("conv", &k("150"), false).is_none());

@@ -148,7 +148,10 @@ fn uninspectable(shared: Arc<Shared>, scope: Scope, gov: Arc<Loaded>, local: Vec
         let status = if enforce { CallStatus::TransportError { reason: "502 uninspectable answer not delivered".into() } } else { CallStatus::Sent };
         write_closed(&shared, rec, status);
     }
-    for (_, mut p) in local {
+    for (key, mut p) in local {
+        if let PendingKey::Id(_, Some(flight)) = key {
+            shared.sessions.orphan(flight);
+        }
         p.record.alerts.push(alert.clone());
         let status = if enforce {
             CallStatus::TransportError { reason: format!("answer {what} not delivered (not inspectable)") }
@@ -655,7 +658,11 @@ impl StreamObserver {
             End::Dropped => Some("client went away before the response ended".to_string()),
         };
         let bytes = self.bytes;
-        for (_, p) in std::mem::take(&mut self.local) {
+        for (key, p) in std::mem::take(&mut self.local) {
+            // Unanswered here; the server may still answer elsewhere: its id stays in use.
+            if let PendingKey::Id(_, Some(flight)) = key {
+                self.shared.sessions.orphan(flight);
+            }
             let status = match (p.record.kind, &reason) {
                 (MessageKind::Notification, None) if self.status.is_success() => CallStatus::Sent,
                 (MessageKind::Invalid, None) if self.status.is_success() => CallStatus::Sent,

@@ -290,9 +290,21 @@ fn a_request_id_cannot_be_reused_in_a_session_or_a_batch() {
 /// between.
 #[test]
 fn an_id_in_flight_cannot_be_reused_after_its_fate_is_forgotten() {
+    reuse_after_the_fates_are_forgotten(false);
+}
+
+/// The same when the client went away from its call: the server still works on it (and
+/// the TypeScript SDK would send its answer to the stream of a new call with that id),
+/// so the id stays in use.
+#[test]
+fn an_id_stays_in_use_after_its_client_went_away() {
+    reuse_after_the_fates_are_forgotten(true);
+}
+
+fn reuse_after_the_fates_are_forgotten(client_leaves: bool) {
     use std::net::{TcpListener, TcpStream};
-    // The server holds the call with id 9 open (an SSE stream that never ends) and
-    // answers everything else at once.
+    // The server holds the call with id 9 open (an SSE stream of log notifications that
+    // does not end for 30 s) and answers everything else at once.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -319,7 +331,13 @@ fn an_id_in_flight_cannot_be_reused_after_its_fate_is_forgotten() {
                     seen.lock().unwrap().push_str(&text);
                     if text.contains("\"id\":9,") {
                         let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
-                        std::thread::sleep(Duration::from_secs(30));
+                        for _ in 0..150 {
+                            let note = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"x\"}}\n\n";
+                            if c.write_all(note).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
                     } else {
                         let _ = c.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
                     }
@@ -332,13 +350,20 @@ fn an_id_in_flight_cannot_be_reused_after_its_fate_is_forgotten() {
     let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
     let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-flight\r\n";
     let call = |id: &str, tool: &str| request("POST", "/mcp", headers, format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#).as_bytes());
-    // Call 9 waits for its answer on a connection the client keeps.
+    // Call 9 waits for its answer on a connection the client keeps (or drops).
     let mut waiting = TcpStream::connect(addr).unwrap();
     waiting.write_all(&call("9", "read_issue")).unwrap();
     let t0 = std::time::Instant::now();
     while !seen.lock().unwrap().contains("\"id\":9,") {
         assert!(t0.elapsed() < Duration::from_secs(15), "call 9 never reached the server");
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if client_leaves {
+        waiting.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let _ = waiting.read(&mut [0u8; 256]);
+        let _ = waiting.shutdown(std::net::Shutdown::Both);
+        // The daemon notices at its next write toward the client (a notification every 200 ms).
+        std::thread::sleep(Duration::from_millis(800));
     }
     // More ids than the daemon remembers fates for.
     for i in 100..120 {
