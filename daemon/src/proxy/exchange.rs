@@ -610,7 +610,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         if in_batch {
                             true
                         } else if tracked {
-                            flight = shared.sessions.claim(&scope.conversation, id, scope.legacy);
+                            flight = shared.sessions.claim(&scope.id_space(), id, scope.legacy);
                             flight.is_none()
                         } else {
                             false
@@ -653,7 +653,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         let key = match msg.id() {
                             Some(id) => {
                                 let id = id.key();
-                                shared.sessions.note_id(&scope.conversation, &id, IdFate::Forwarded);
+                                shared.sessions.note_id(&scope.id_space(), &id, IdFate::Forwarded);
                                 PendingKey::Id(id, flight.take())
                             }
                             None => PendingKey::Notification(rec.id.clone()),
@@ -669,7 +669,7 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                         rec.notes.push("answered by mcpwatch; not forwarded".into());
                         shared.complete_record(&rec);
                         if let Some(id) = msg.id() {
-                            shared.sessions.note_id(&scope.conversation, &id.key(), IdFate::Refused);
+                            shared.sessions.note_id(&scope.id_space(), &id.key(), IdFate::Refused);
                         }
                         gb.refusals.push(jsonrpc::error_response(msg.id(), code, &message, Some(data)));
                     }
@@ -839,7 +839,7 @@ fn streamed_hold(
                 pending.record.notes.push("answered by mcpwatch; not forwarded".into());
                 shared.complete_record(&pending.record);
                 if let Some(id) = msg.id() {
-                    shared.sessions.note_id(&scope.conversation, &id.key(), IdFate::Refused);
+                    shared.sessions.note_id(&scope.id_space(), &id.key(), IdFate::Refused);
                 }
                 let _ = tx.send(event(jsonrpc::error_response(msg.id(), code, &message, Some(data)))).await;
             }
@@ -854,7 +854,7 @@ fn streamed_hold(
                     return;
                 }
                 if let Some(id) = msg.id() {
-                    shared.sessions.note_id(&scope.conversation, &id.key(), IdFate::Forwarded);
+                    shared.sessions.note_id(&scope.id_space(), &id.key(), IdFate::Forwarded);
                 }
                 let mut parts = parts;
                 parts.headers.remove(http::header::CONTENT_LENGTH);

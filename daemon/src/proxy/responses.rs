@@ -385,7 +385,7 @@ impl StreamObserver {
         if self.local.iter().any(|(k, _)| matches!(k, PendingKey::Id(id, _) if *id == key)) || self.shared.sessions.is_parked(&self.scope.conversation, Asker::Client, &key) {
             return IdState::Pending;
         }
-        match self.shared.sessions.id_fate(&self.scope.conversation, &key) {
+        match self.shared.sessions.id_fate(&self.scope.id_space(), &key) {
             Some(IdFate::Forwarded) => IdState::Sent,
             Some(IdFate::Refused) => IdState::Refused,
             None => IdState::Unknown,

@@ -212,6 +212,20 @@ impl Scope {
         }
     }
 
+    /// Where request ids are claimed and their fates kept. For a Streamable HTTP session:
+    /// the real destination and the session id as a server may look it up
+    /// ([`crate::session::session_key`]), not the conversation, whose endpoint carries the
+    /// client's spelling of the host: `Host: mcp.example` and `Host: <its address>` (both
+    /// proven), or two names of one certificate, reach one session on the server, and an
+    /// id used under one spelling must be used under the other. Otherwise (legacy SSE,
+    /// no session) the conversation.
+    pub(super) fn id_space(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.session_id, self.legacy) {
+            (Some(s), false) => std::borrow::Cow::Owned(format!("{}#{}", self.ctx.dst_key(), crate::session::session_key(s))),
+            _ => std::borrow::Cow::Borrowed(&self.conversation),
+        }
+    }
+
     /// Does this server's rollout mode (registry `mode`, else the policy's) enforce?
     pub(super) fn enforce(&self, shared: &Shared) -> bool {
         shared.governance.current().inspect_mode(&self.target().as_policy()) == Mode::Enforce

@@ -376,6 +376,23 @@ fn reuse_after_the_fates_are_forgotten(client_leaves: bool) {
     drop(waiting);
 }
 
+/// Ids are used per server session, not per endpoint spelling: the endpoint carries the
+/// path (and, toward remote servers, the client's spelling of the host), and a server
+/// that serves one session table on any path (or under two names) reads `/mcp` and
+/// `/other` with one session id as one session. An id used on one was reusable on the
+/// other.
+#[test]
+fn an_id_used_in_a_session_is_used_under_every_spelling_of_its_endpoint() {
+    let env = Lenient::start(DENY_DELETES, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-paths\r\n";
+    let call = |tool: &str| format!(r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
+    let first = env.send(&request("POST", "/mcp", headers, call("read_issue").as_bytes()));
+    assert_eq!(status(&first), 202, "{first}");
+    let again = env.send(&request("POST", "/other", headers, call("echo").as_bytes()));
+    assert!(again.contains("-32600") && again.contains("already used"), "the id was reused under another path: {again}");
+    assert_eq!(env.upstream_bytes().matches("\"id\":9").count(), 1);
+}
+
 /// A call held for a human keeps its id in use while it waits: a request reusing the id
 /// meanwhile was forwarded at once (it was not yet sent, so not yet "used"), and the held
 /// call, once approved, went out under the same id, so one answer could be taken for the
