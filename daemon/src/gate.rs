@@ -590,7 +590,7 @@ impl Session {
         let site = self.site();
         let Governed { fate, modified, held } = govern::request(Judge::of(shared, gov), &site, &mut msg, &mut rec);
         let audit_failed = shared.begin_record(&rec).is_err();
-        if record::commit(shared, true, audit_failed).await.is_err() {
+        if record::commit(shared, true, audit_failed, || self.enforce(gov)).await.is_err() {
             return Self::unaudited(shared, &mut rec, &msg);
         }
         let fate = match fate {
@@ -599,7 +599,7 @@ impl Session {
                 if matches!(fate, Fate::Forward) {
                     // The approval is on the record before the call goes.
                     shared.complete_record(&rec);
-                    if record::commit(shared, true, false).await.is_err() {
+                    if record::commit(shared, true, false, || self.enforce(gov)).await.is_err() {
                         return Self::unaudited(shared, &mut rec, &msg);
                     }
                 }

@@ -82,7 +82,7 @@ pub fn write_closed(shared: &Shared, mut rec: AuditRecord, status: CallStatus) {
 }
 
 /// What a client is told when its call was not forwarded because it could not be audited.
-pub const UNAUDITED_REFUSAL: &str = "mcpwatch: the audit store is unavailable and failure_mode is closed; the call was not forwarded";
+pub const UNAUDITED_REFUSAL: &str = "mcpwatch: the audit store is unavailable (failure_mode is closed, or the server is enforced); the call was not forwarded";
 
 /// The record of a message that may not go was not written, and `failure_mode` is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,17 +90,20 @@ pub struct Unaudited;
 
 /// The commit stage: records begun for what is about to be forwarded reach the disk
 /// (group commit, `[audit] sync`) before it is. `wrote`: records were begun since the
-/// last commit; `failed`: beginning one failed. `Err` when the store failed and
-/// `failure_mode` says an unaudited call may not go; the caller then answers the client
-/// itself and forwards nothing.
-pub async fn commit(shared: &Shared, wrote: bool, mut failed: bool) -> Result<(), Unaudited> {
+/// last commit; `failed`: beginning one failed. `Err` when the store failed and an
+/// unaudited call may not go: `failure_mode` is closed, or the destination is enforced
+/// (`enforced`, asked only then). A failing store is something a user can cause (fill
+/// the file system the state dir is on), so toward an enforced server it never lets a
+/// call through unrecorded, as an answer too large to inspect is cut off there whatever
+/// the failure mode. The caller then answers the client itself and forwards nothing.
+pub async fn commit(shared: &Shared, wrote: bool, mut failed: bool, enforced: impl FnOnce() -> bool) -> Result<(), Unaudited> {
     if wrote
         && let Err(e) = shared.durable().await
     {
         tracing::error!(error = %e, "audit records not durable");
         failed = true;
     }
-    if failed && failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse {
+    if failed && (failure::decide(shared.config.failure_mode, Failure::AuditWrite) == OnFailure::Refuse || enforced()) {
         return Err(Unaudited);
     }
     Ok(())

@@ -419,7 +419,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
         }
     };
     // Commit: what is about to be forwarded is on disk first (or failure_mode allows otherwise).
-    if record::commit(&shared, !gb.pending.is_empty(), gb.audit_failed).await.is_err() {
+    if record::commit(&shared, !gb.pending.is_empty(), gb.audit_failed, || scope.enforce(&shared)).await.is_err() {
         for (_, p) in gb.pending {
             finish(&shared, p, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
         }
@@ -848,7 +848,7 @@ fn streamed_hold(
                 // its record (with the approval) is on disk, or failure_mode says an
                 // unaudited call may go.
                 shared.complete_record(&pending.record);
-                if record::commit(&shared, true, audit_failed).await.is_err() {
+                if record::commit(&shared, true, audit_failed, || scope.enforce(&shared)).await.is_err() {
                     finish(&shared, pending, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
                     let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL, None))).await;
                     return;

@@ -232,7 +232,8 @@ impl Watch {
             failed |= shared.begin_record(&rec).is_err();
         }
         self.mcp = true;
-        record::commit(&shared, true, failed).await.map_err(|_| Close::Unaudited)
+        let enforced = self.mode == mcpwatch_policy::Mode::Enforce;
+        record::commit(&shared, true, failed, || enforced).await.map_err(|_| Close::Unaudited)
     }
 
     /// One record per message of the payload (one `invalid` record for MCP-shaped

@@ -379,6 +379,78 @@ fn held_call_streams_progress_then_the_answer() {
     assert!(env.upstream_bytes().contains("delete_records"));
 }
 
+/// An 8 MiB tmpfs for a daemon's state dir, unmounted when dropped (needs root).
+struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mnt = dir.path().join("fs");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&mnt).status().expect("mount");
+        assert!(ok.success(), "mount tmpfs");
+        Tmpfs(mnt, dir)
+    }
+
+    /// Fill it, as any user able to write there could.
+    fn fill(&self) {
+        let mut filler = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A user who can fill the file system the audit store is on makes every record write
+/// fail. Under the default `failure_mode = "open"` calls then went on unrecorded, a
+/// failure the attacker caused at will. Toward an enforced server a call whose record
+/// cannot be written is refused whatever the failure mode; toward a server in audit mode
+/// the failure mode still decides (open: it goes on). Needs root (mount).
+#[test]
+fn a_full_audit_store_lets_no_call_through_unrecorded_toward_an_enforced_server() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP a_full_audit_store_lets_no_call_through_unrecorded_toward_an_enforced_server: needs root to mount a tmpfs");
+        return;
+    }
+    let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+    for (mode, refused) in [("enforce", true), ("audit", false)] {
+        let fs = Tmpfs::mount();
+        let policy = format!("version = 1\nmode = \"{mode}\"\nshadow = \"allow\"\n");
+        let env = Env::with_reply(DaemonOpts { policy: Some(policy), state_dir: Some(fs.0.join("state")), ..Default::default() }, reply.as_bytes());
+        fs.fill();
+        // Calls until the store's writes fail (what was left of its pages, and the
+        // journal's in-memory backlog, are used up), then one more.
+        let big = "x".repeat(4096);
+        let mut failed_at = None;
+        for i in 0..3000 {
+            let call = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{big}"}}}}}}"#);
+            let resp = env.send(&post(call.as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n"));
+            if env.daemon.status().counts.audit_write_errors > 0 {
+                failed_at = Some((i, resp));
+                break;
+            }
+        }
+        let (i, _) = failed_at.unwrap_or_else(|| panic!("{mode}: the store never failed"));
+        let last = r#"{"jsonrpc":"2.0","id":"after-the-failure","method":"tools/call","params":{"name":"echo","arguments":{"text":"LAST-CALL"}}}"#;
+        let resp = env.send(&post(last.as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n"));
+        let forwarded = env.upstream_bytes().contains("LAST-CALL");
+        if refused {
+            assert!(!forwarded, "{mode}: forwarded although its record could not be written (store failed at call {i}): {resp}");
+            assert!(resp.contains("audit store is unavailable"), "{mode}: {resp}");
+        } else {
+            assert!(forwarded, "{mode}: failure_mode open lets the call go toward a server in audit mode: {resp}");
+        }
+        drop(env);
+        drop(fs);
+    }
+}
+
 /// Issue 9's hole: a held call that streams progress used to return before the
 /// audit-failure check and ignore `durable()`, so in fail-closed mode an approved call
 /// could be forwarded unaudited. The store here sits on a small tmpfs that is filled
@@ -390,18 +462,8 @@ fn held_call_with_progress_is_not_forwarded_when_the_store_fails_in_closed_mode(
         eprintln!("SKIP held_call_with_progress_is_not_forwarded_when_the_store_fails_in_closed_mode: needs root to mount a tmpfs");
         return;
     }
-    struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mnt = dir.path().join("fs");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&mnt).status().expect("mount");
-    assert!(ok.success(), "mount tmpfs");
-    let fs = Tmpfs(mnt.clone(), dir);
+    let fs = Tmpfs::mount();
+    let mnt = fs.0.clone();
 
     let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\napproval_timeout_secs = 60\n[approvals]\napprovers = [\"uid:0\"]\n[[rule]]\nid = \"approve-deletes\"\ntools = [\"delete_records\"]\naction = \"require_approval\"\n";
     let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"ok":true}}"#;
@@ -415,11 +477,7 @@ fn held_call_with_progress_is_not_forwarded_when_the_store_fails_in_closed_mode(
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n")).unwrap();
     let held = env.daemon.wait_pending(1);
-    // Fill the store's file system.
-    let mut filler = std::fs::File::create(mnt.join("filler")).expect("filler");
-    let block = vec![0u8; 64 * 1024];
-    while filler.write_all(&block).is_ok() {}
-    drop(filler);
+    fs.fill();
     // Other calls meanwhile use up what was left of the store's last page: from here on
     // its writes fail (they are refused themselves, fail-closed).
     let big = "x".repeat(4096);
