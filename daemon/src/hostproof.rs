@@ -123,16 +123,7 @@ impl HostProofs {
         let resolved = match cached {
             Some((_, r)) => r,
             None => {
-                let (host, lane) = (name.clone(), self.registered.clone());
-                let lookup = async move {
-                    let turn = lane.acquire_owned().await.map_err(std::io::Error::other)?;
-                    tokio::task::spawn_blocking(move || {
-                        let _turn = turn;
-                        resolve(host)
-                    })
-                    .await
-                    .map_err(std::io::Error::other)?
-                };
+                let lookup = lookup_in(self.registered.clone(), name.clone(), resolve);
                 let r = match tokio::time::timeout(Self::DEADLINE, lookup).await {
                     Err(_) => Resolved::Unfinished,
                     Ok(Ok(addrs)) => Resolved::Addrs(addrs.into_iter().map(|a| a.to_canonical()).collect()),
@@ -160,18 +151,7 @@ impl HostProofs {
     where
         R: FnOnce(String) -> std::io::Result<Vec<IpAddr>> + Send + 'static,
     {
-        let host = name.to_string();
-        let lookups = lane.clone();
-        self.check_with(dst, name, Instant::now(), async move {
-            let turn = lookups.acquire_owned().await.map_err(std::io::Error::other)?;
-            tokio::task::spawn_blocking(move || {
-                let _turn = turn;
-                resolve(host)
-            })
-            .await
-            .map_err(std::io::Error::other)?
-        })
-        .await
+        self.check_with(dst, name, Instant::now(), lookup_in(lane.clone(), name.to_string(), resolve)).await
     }
 
     /// [`HostProofs::check`] with the lookup given (tests resolve without DNS).
@@ -222,6 +202,21 @@ impl HostProofs {
     fn len(&self) -> usize {
         self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
+}
+
+/// `resolve(host)` on a blocking thread, holding a turn of `lane` until it returns (not
+/// until its caller gives up).
+async fn lookup_in<R>(lane: std::sync::Arc<tokio::sync::Semaphore>, host: String, resolve: R) -> std::io::Result<Vec<IpAddr>>
+where
+    R: FnOnce(String) -> std::io::Result<Vec<IpAddr>> + Send + 'static,
+{
+    let turn = lane.acquire_owned().await.map_err(std::io::Error::other)?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        resolve(host)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The system resolver (`getaddrinfo`), blocking.
