@@ -534,11 +534,11 @@ impl Sessions {
     /// never parked at the expense of an older call. An evicted call's id would be free
     /// to reuse while the server still works on it, and its answer taken for the new
     /// call's.
-    pub fn park_client(&self, conversation: &str, id: &IdKey, p: Pending) -> Result<Vec<Pending>, Pending> {
-        let Ok(mut i) = self.inner.lock() else { return Err(p) };
+    pub fn park_client(&self, conversation: &str, id: &IdKey, p: Pending) -> Result<Vec<Pending>, Box<Pending>> {
+        let Ok(mut i) = self.inner.lock() else { return Err(Box::new(p)) };
         let key = (conversation.to_string(), Asker::Client.key(id));
         if i.pending.is_full() && i.pending.get(&key).is_none() {
-            return Err(p);
+            return Err(Box::new(p));
         }
         Ok(i.pending.insert(key, p))
     }

@@ -120,7 +120,7 @@ impl Id {
     pub fn key(&self) -> IdKey {
         IdKey(match self {
             Id::Number(n) => match n.as_f64() {
-                Some(f) if f == 0.0 => "0".into(),
+                Some(0.0) => "0".into(),
                 Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
                 Some(f) => format!("{f:?}"),
                 None => n.to_string(),

@@ -737,7 +737,7 @@ async fn forward_and_observe(
                         }
                         parked.push(id);
                     }
-                    Err(p) => unparkable.push(p),
+                    Err(p) => unparkable.push(*p),
                 }
             }
         }
