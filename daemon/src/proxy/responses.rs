@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::body::{self, Body, End, Transform, Transformer};
 use crate::record::{answer_of, finish, write_closed};
-use super::scope::{content_coding, http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
+use super::scope::{contains_ignore_ascii_case, content_coding, http_failure, is_json, is_sse, Scope, H_SESSION, S2C};
 use crate::govern::{self, Judge};
 use crate::governance::Loaded;
 use crate::inventory::{ServerInfoUpdate, Sighting};
@@ -116,17 +116,14 @@ pub fn observe_stream(shared: Arc<Shared>, scope: Scope, resp: Response<Incoming
 /// client read it the other: a JSON answer taken for an event stream with no events went
 /// out unread. `Some(the values)` then.
 fn two_readings(headers: &HeaderMap) -> Option<String> {
-    let values: Vec<&[u8]> = headers.get_all(http::header::CONTENT_TYPE).iter().map(|v| v.as_bytes()).collect();
-    let lower = |v: &[u8]| String::from_utf8_lossy(v).to_ascii_lowercase();
-    let mixed = match values.as_slice() {
-        [] => false,
-        [one] => {
-            let v = lower(one);
-            v.contains("json") && v.contains("event-stream")
-        }
-        many => many.iter().any(|v| lower(v) != lower(many[0])),
+    let all = headers.get_all(http::header::CONTENT_TYPE);
+    let mut values = all.iter();
+    let first = values.next()?.as_bytes();
+    let mixed = match values.next() {
+        None => contains_ignore_ascii_case(first, b"json") && contains_ignore_ascii_case(first, b"event-stream"),
+        Some(_) => all.iter().any(|v| !v.as_bytes().eq_ignore_ascii_case(first)),
     };
-    mixed.then(|| values.iter().map(|v| format!("`{}`", String::from_utf8_lossy(v).chars().take(100).collect::<String>())).collect::<Vec<_>>().join(", "))
+    mixed.then(|| all.iter().map(|v| format!("`{}`", String::from_utf8_lossy(v.as_bytes()).chars().take(100).collect::<String>())).collect::<Vec<_>>().join(", "))
 }
 
 /// An answer mcpwatch cannot read as its client will: in a content coding mcpwatch did not

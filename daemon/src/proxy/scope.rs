@@ -346,7 +346,7 @@ pub(super) fn header_has(h: &HeaderMap, name: http::header::HeaderName, needle: 
 /// `hay` contains `needle` (lowercase ASCII), ignoring ASCII case. Each window is
 /// compared only where its first byte matches: a request asks several of these of
 /// headers like `Accept: application/json, text/event-stream`.
-fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+pub(super) fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
     let Some(&first) = needle.first() else { return true };
     hay.windows(needle.len()).any(|w| w[0].to_ascii_lowercase() == first && w.eq_ignore_ascii_case(needle))
 }

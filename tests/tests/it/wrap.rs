@@ -643,6 +643,17 @@ fn wrap_refuses_a_line_a_carriage_return_would_split() {
 }
 
 /// Open a gate session on a fresh connection, as a wrapper would.
+/// A gate session for `command`, opened; the closure sends one line (`op` "client" or
+/// "server") and returns the gate's verdict.
+fn gate_asker(d: &Daemon, command: &str) -> impl FnMut(&str, Value) -> Value {
+    let (mut s, mut r) = gate_session(d, command);
+    let mut seq = 1;
+    move |op: &str, line: Value| {
+        seq += 1;
+        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
+    }
+}
+
 fn gate_session(d: &Daemon, command: &str) -> (UnixStream, BufReader<UnixStream>) {
     let (mut s, mut r) = gate_conn(d);
     let open = serde_json::json!({"seq": 1, "op": "open", "command": [command]}).to_string();
@@ -708,12 +719,7 @@ fn gate_exhaustion_never_lets_a_wrapper_run_unobserved() {
 #[test]
 fn gate_records_client_answers_to_server_requests() {
     let d = daemon(None);
-    let (mut s, mut r) = gate_session(&d, "answers-server");
-    let mut seq = 1;
-    let mut ask = |op: &str, line: Value| {
-        seq += 1;
-        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
-    };
+    let mut ask = gate_asker(&d, "answers-server");
     let sampling = serde_json::json!({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage", "params": {"messages": [], "maxTokens": 5}});
     assert_eq!(ask("server", sampling)["verdict"], "forward");
     let answer = serde_json::json!({"jsonrpc": "2.0", "id": "s1", "result": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}});
@@ -742,12 +748,7 @@ fn gate_records_client_answers_to_server_requests() {
 #[test]
 fn gate_refuses_calls_past_its_pending_bound_instead_of_forgetting_one() {
     let d = daemon(None);
-    let (mut s, mut r) = gate_session(&d, "pending-bound");
-    let mut seq = 1;
-    let mut ask = |op: &str, line: Value| {
-        seq += 1;
-        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
-    };
+    let mut ask = gate_asker(&d, "pending-bound");
     let token = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
     assert_eq!(ask("client", serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_file", "arguments": {}}}))["verdict"], "forward");
     let mut refused = 0;
@@ -779,12 +780,7 @@ fn gate_refuses_calls_past_its_pending_bound_instead_of_forgetting_one() {
 #[test]
 fn gate_cancelled_calls_do_not_fill_the_pending_bound() {
     let d = daemon(None);
-    let (mut s, mut r) = gate_session(&d, "cancellations");
-    let mut seq = 1;
-    let mut ask = |op: &str, line: Value| {
-        seq += 1;
-        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
-    };
+    let mut ask = gate_asker(&d, "cancellations");
     for i in 1..=1100 {
         assert_eq!(ask("client", serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "ping"}))["verdict"], "forward", "call {i}");
         let cancel = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": i, "reason": "timeout"}});
@@ -807,12 +803,7 @@ fn gate_cancelled_calls_do_not_fill_the_pending_bound() {
 fn gate_refuses_a_request_reusing_a_pending_id() {
     let policy = untrusted_then_destructive("read_issue");
     let d = daemon_with(&policy, None);
-    let (mut s, mut r) = gate_session(&d, "reused-ids");
-    let mut seq = 1;
-    let mut ask = |op: &str, line: Value| {
-        seq += 1;
-        gate_line(&mut s, &mut r, &serde_json::json!({"seq": seq, "op": op, "line": line.to_string()}).to_string()).expect("a verdict")
-    };
+    let mut ask = gate_asker(&d, "reused-ids");
     let call = |id: Value, tool: &str| serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
     assert_eq!(ask("client", call(5.into(), "read_issue"))["verdict"], "forward");
     for reused in [serde_json::json!(5), serde_json::json!(5.0)] {
