@@ -254,6 +254,9 @@ pub enum CmdlineMode {
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub max_body_bytes: Option<usize>,
+    /// Request bodies held for inspection by all connections together (default 256 MiB);
+    /// a body past it is refused with 503 (`bodies`).
+    pub max_buffered_body_bytes: Option<usize>,
     pub max_sse_event_bytes: Option<usize>,
     pub peek_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
@@ -317,6 +320,8 @@ pub struct Limits {
     /// Largest MCP request body (and JSON response body) inspected; larger MCP
     /// requests are refused with 413, larger non-MCP bodies pass uninspected.
     pub max_body_bytes: usize,
+    /// Request bodies held for inspection by all connections together (`bodies`).
+    pub max_buffered_body_bytes: usize,
     pub max_sse_event_bytes: usize,
     /// How long a new connection may stay undecided (the client sends nothing, or only an
     /// ambiguous prefix, and the server says nothing) before it is CLOSED. Never a reason
@@ -347,6 +352,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 4 << 20,
+            max_buffered_body_bytes: 256 << 20,
             max_sse_event_bytes: 8 << 20,
             peek_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
@@ -683,6 +689,7 @@ impl FileConfig {
         let ms = Duration::from_millis;
         c.limits = Limits {
             max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
+            max_buffered_body_bytes: l.max_buffered_body_bytes.unwrap_or(d.max_buffered_body_bytes),
             max_sse_event_bytes: l.max_sse_event_bytes.unwrap_or(d.max_sse_event_bytes),
             peek_timeout: l.peek_timeout_ms.map_or(d.peek_timeout, ms),
             connect_timeout: l.connect_timeout_ms.map_or(d.connect_timeout, ms),
@@ -728,6 +735,9 @@ impl Config {
         }
         if self.limits.max_body_bytes < 1024 {
             return bad("limits.max_body_bytes must be at least 1024");
+        }
+        if self.limits.max_buffered_body_bytes < self.limits.max_body_bytes {
+            return bad("limits.max_buffered_body_bytes must be at least limits.max_body_bytes (one body must fit)");
         }
         if self.limits.max_connections == 0 || self.limits.max_pending_calls == 0 || self.limits.max_legacy_streams == 0 {
             return bad("limits.max_connections, limits.max_pending_calls and limits.max_legacy_streams must be positive");

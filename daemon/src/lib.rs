@@ -6,6 +6,7 @@
 //! message in the audit store and the [`inventory`]; [`control`] answers the CLI.
 
 pub mod admission;
+pub mod bodies;
 pub mod approvals;
 pub mod ca;
 pub mod clock;
@@ -92,6 +93,13 @@ pub fn warnings(shared: &Shared) -> Vec<String> {
     let refused = c.refused_protocol.load(Ordering::Relaxed);
     if refused > 0 {
         out.push(format!("{refused} connection(s) that were not HTTP or TLS toward governed MCP destinations refused (enforce mode); see `mcpwatch audit`"));
+    }
+    let bodies = shared.bodies.refused();
+    if bodies > 0 {
+        out.push(format!(
+            "{bodies} request body(ies) refused with 503: the daemon-wide budget for bodies held for inspection (limits.max_buffered_body_bytes = {} bytes) was spent; a flood of slow or large bodies, or a budget too small for this host",
+            shared.bodies.limit()
+        ));
     }
     out
 }

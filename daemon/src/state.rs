@@ -99,6 +99,8 @@ pub struct Shared {
     pub approvals: crate::approvals::Approvals,
     /// Per-process and per-uid connection budgets (fair share of `limits.max_connections`).
     pub admission: Arc<crate::admission::Admission>,
+    /// Request bodies held for inspection, daemon-wide (`limits.max_buffered_body_bytes`).
+    pub bodies: Arc<crate::bodies::BodyBudget>,
     /// Liveness of the accept loop and the audit flusher, read by the systemd watchdog.
     pub heartbeats: crate::notify::Heartbeats,
     /// The host's name and stable id, stamped on every audit record and sent by the sinks.
@@ -156,6 +158,7 @@ impl Shared {
         let sessions = Sessions::new(config.limits.max_pending_calls, config.limits.max_legacy_streams);
         let l = &config.limits;
         let admission = crate::admission::Admission::new(l.max_connections, l.max_connections_per_process, l.max_connections_per_uid);
+        let bodies = crate::bodies::BodyBudget::new(l.max_buffered_body_bytes);
         let ca_store = crate::interception::store_for(&config, &host.hostname, tls.is_some());
         Arc::new(Shared {
             config,
@@ -170,6 +173,7 @@ impl Shared {
             governance,
             approvals: crate::approvals::Approvals::new(1024),
             admission,
+            bodies,
             heartbeats: crate::notify::Heartbeats::default(),
             host,
             host_proofs: crate::hostproof::HostProofs::new(),

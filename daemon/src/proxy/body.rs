@@ -12,6 +12,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::bodies::Lease;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -40,19 +42,25 @@ pub enum Collected {
     /// The client's body broke off (connection closed, bad chunking): what arrived.
     Truncated { partial: Bytes, error: String },
     TimedOut { partial: Bytes },
+    /// The daemon-wide budget for held bodies (`bodies`) could not take the next bytes:
+    /// how many were read.
+    OverBudget { read: usize },
 }
 
 pub async fn collect(body: Incoming, limit: usize, deadline: Duration) -> Collected {
-    collect_with(body, limit, deadline, false).await
+    collect_with(body, limit, deadline, false, None).await
 }
 
 /// [`collect`], but stop as soon as the first bytes show the body cannot be JSON
-/// (`stop_if_not_json`): such a body (an upload, a form) streams on undelayed.
-pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, stop_if_not_json: bool) -> Collected {
+/// (`stop_if_not_json`): such a body (an upload, a form) streams on undelayed. With a
+/// `lease`, every byte held is taken from the daemon-wide budget first (`bodies`); the
+/// caller keeps the lease as long as it keeps the bytes.
+pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, stop_if_not_json: bool, mut lease: Option<&mut Lease>) -> Collected {
     enum Stop {
         Over,
         NotJson,
         Failed(String),
+        Budget,
     }
     let mut buf = BytesMut::new();
     let read = async {
@@ -61,6 +69,11 @@ pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, 
                 None => return None,
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        if let Some(l) = lease.as_deref_mut()
+                            && !l.grow(data.len())
+                        {
+                            return Some(Stop::Budget);
+                        }
                         buf.extend_from_slice(&data);
                         if buf.len() > limit {
                             return Some(Stop::Over);
@@ -78,6 +91,7 @@ pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, 
         Err(_) => Collected::TimedOut { partial: buf.freeze() },
         Ok(None) => Collected::Complete(buf.freeze()),
         Ok(Some(Stop::Failed(error))) => Collected::Truncated { partial: buf.freeze(), error },
+        Ok(Some(Stop::Budget)) => Collected::OverBudget { read: buf.len() },
         Ok(Some(Stop::Over)) => {
             let json_like = mcpwatch_mcp::integrity::may_be_json(&buf);
             Collected::TooLarge { rest: read_then(vec![buf.freeze()], incoming(body)), json_like }

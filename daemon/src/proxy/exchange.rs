@@ -174,8 +174,26 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // JSON, or toward an MCP endpoint: read it all. Otherwise stop at the first byte
     // that cannot begin JSON (uploads and forms stream on undelayed).
     let stop_early = !(json_post || exact);
-    match body::collect_with(body, limits.max_body_bytes, limits.body_timeout, stop_early).await {
+    // Held until this request's answer head is back: the body's bytes live that long.
+    let mut lease = shared.bodies.lease();
+    match body::collect_with(body, limits.max_body_bytes, limits.body_timeout, stop_early, Some(&mut lease)).await {
         Collected::Complete(bytes) => complete_body(shared, scope, up, parts, bytes, &content_type, evidence).await,
+        Collected::OverBudget { read } => {
+            // Fails closed whatever the mode: the alternative is a daemon that memory
+            // pressure kills (`bodies`). A flood, not a judgement of this call.
+            let msg = format!(
+                "mcpwatch: too many request bodies held for inspection (limits.max_buffered_body_bytes = {} bytes, daemon-wide); retry later",
+                limits.max_buffered_body_bytes
+            );
+            tracing::warn!(peer = %scope.ctx.peer, read, "{msg}");
+            if exact || json_post {
+                scope.record_invalid(&shared, read as u64, &msg, CallStatus::TransportError { reason: "503 body budget spent".into() });
+            }
+            let mut resp = local_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{msg}\n"));
+            resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            resp
+        }
         Collected::NotJson(rest) => {
             if evidence.is_some()
                 && let Some(refused) = guard_host(&shared, &scope, &parts)
@@ -346,7 +364,8 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
     let bytes = match body::collect(b, limits.max_body_bytes, limits.body_timeout).await {
         Collected::Complete(bytes) => bytes,
         Collected::TooLarge { rest, .. } | Collected::NotJson(rest) => return Response::from_parts(parts, rest),
-        Collected::Truncated { .. } | Collected::TimedOut { .. } => {
+        // (No lease here: a server's answer is not taken from the request-body budget.)
+        Collected::Truncated { .. } | Collected::TimedOut { .. } | Collected::OverBudget { .. } => {
             return local_response(StatusCode::BAD_GATEWAY, "text/plain", "mcpwatch: OAuth metadata response incomplete\n");
         }
     };

@@ -157,6 +157,49 @@ fn slow_client_body_is_cut_off_with_408() {
     assert_eq!(env.upstream_bytes(), "");
 }
 
+/// Bodies held for inspection share one daemon-wide budget. Slow clients each holding an
+/// almost-complete body could otherwise make mcpwatchd hold gigabytes (2048 connections
+/// per uid of 4 MiB each) until the OOM killer took it, and a killed daemon in
+/// `failure_mode = "open"` governs nothing: a bypass by memory. Past the budget a body is
+/// refused with 503 (recorded, never forwarded); once the holder goes, bodies pass again.
+#[test]
+fn held_request_bodies_share_a_daemon_wide_budget() {
+    let config = "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 100000\nbody_timeout_ms = 30000\n";
+    let env = Env::start(DaemonOpts { config: Some(config.into()), ..Default::default() });
+    let call = |id: u32, pad: usize| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#, "B".repeat(pad))
+    };
+    // A slow client: 60,000 bytes of a 60,001-byte body, then nothing.
+    let slow = post(call(1, 60_000 - 80).as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\n");
+    let body_at = slow.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut holder = TcpStream::connect(env.addr()).unwrap();
+    let mut head = slow[..slow.len() - 1].to_vec();
+    head.truncate(body_at + 60_000.min(slow.len() - body_at - 1));
+    holder.write_all(&head).unwrap();
+    // The daemon reads what the client sent at once (loopback): give it a moment.
+    std::thread::sleep(Duration::from_millis(800));
+    let second = call(2, 50_000);
+    let resp = env.send(&post(second.as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\n"));
+    assert_eq!(status_line(&resp), 503, "{}", &resp[..resp.len().min(300)]);
+    assert!(resp.contains("max_buffered_body_bytes") && resp.to_ascii_lowercase().contains("retry-after: 1"), "{resp}");
+    assert!(!env.upstream_bytes().contains("\"id\":2"), "the refused body was forwarded");
+    env.daemon.wait_audit("the 503's record", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("budget"))));
+    let warnings = env.daemon.status().warnings;
+    assert!(warnings.iter().any(|w| w.contains("max_buffered_body_bytes")), "mcpwatch status says so: {warnings:?}");
+    // The holder goes: its share comes back, and the same call passes.
+    drop(holder);
+    let mut passed = String::new();
+    for _ in 0..50 {
+        passed = env.send(&post(call(3, 50_000).as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\n"));
+        if status_line(&passed) == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status_line(&passed), 200, "{}", &passed[..passed.len().min(300)]);
+    assert!(env.upstream_bytes().contains("\"id\":3"), "the call after the holder left was forwarded");
+}
+
 /// The protocol_abuse cases of tests/fixtures/threats.jsonl that arrive as HTTP bytes or
 /// JSON bodies: each must be refused with its expected status/code and nothing of it may
 /// reach the server.
