@@ -94,6 +94,10 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.map.len() >= self.capacity
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Looked up by any borrowed form of the key (`&str` for `String` keys: no allocation).
     pub fn get<Q: Eq + Hash + ?Sized>(&self, k: &Q) -> Option<&V>
     where
@@ -303,6 +307,11 @@ struct Inner {
     /// calls: a flood of them (the server's choice) evicts only its own kind, never a
     /// client call whose id is checked for reuse.
     server_pending: BoundedMap<(String, String), Pending>,
+    /// Client calls in `pending` by the uid of the process that made them (`None`: not
+    /// known). One uid may hold at most half the table ([`Sessions::park_client`]), so a
+    /// process whose own server never answers cannot fill it and refuse every other
+    /// user's legacy calls.
+    parks_by_uid: HashMap<Option<u32>, usize>,
     /// [`legacy_key`] (dst, host, canonical path and session) → legacy route. A route
     /// lives exactly as long as the GET stream that announced it and is never evicted:
     /// a forgotten route would let its POSTs be judged as some other endpoint. When
@@ -331,6 +340,35 @@ impl Inner {
             Asker::Server => &mut self.server_pending,
         }
     }
+
+    /// Inserts into `asker`'s parks, keeping [`Inner::parks_by_uid`] in step.
+    fn insert_park(&mut self, asker: Asker, key: (String, String), p: Pending) -> Vec<Pending> {
+        let uid = park_uid(&p);
+        let out = self.parks_mut(asker).insert(key, p);
+        if asker == Asker::Client {
+            *self.parks_by_uid.entry(uid).or_default() += 1;
+            self.unpark_count(&out);
+        }
+        out
+    }
+
+    /// Client calls that left `pending` (answered, drained, replaced, evicted).
+    fn unpark_count(&mut self, gone: &[Pending]) {
+        for p in gone {
+            let uid = park_uid(p);
+            if let Some(n) = self.parks_by_uid.get_mut(&uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.parks_by_uid.remove(&uid);
+                }
+            }
+        }
+    }
+}
+
+/// Whose call a parked message is: the uid of the process that sent it, when known.
+fn park_uid(p: &Pending) -> Option<u32> {
+    p.record.process.as_ref().map(|pi| pi.uid)
 }
 
 impl Sessions {
@@ -340,6 +378,7 @@ impl Sessions {
             inner: Mutex::new(Inner {
                 pending: BoundedMap::new(max_pending),
                 server_pending: BoundedMap::new(max_pending),
+                parks_by_uid: HashMap::new(),
                 legacy: HashMap::new(),
                 max_legacy: max_legacy.max(1),
                 versions: BoundedMap::new(4096),
@@ -524,7 +563,7 @@ impl Sessions {
     /// closes their records).
     pub fn park(&self, conversation: &str, asker: Asker, id: &IdKey, p: Pending) -> Vec<Pending> {
         match self.inner.lock() {
-            Ok(mut i) => i.parks_mut(asker).insert((conversation.to_string(), asker.key(id)), p),
+            Ok(mut i) => i.insert_park(asker, (conversation.to_string(), asker.key(id)), p),
             Err(_) => vec![p],
         }
     }
@@ -533,19 +572,28 @@ impl Sessions {
     /// parks: when the table is full it is handed back (`Err`) for the caller to refuse,
     /// never parked at the expense of an older call. An evicted call's id would be free
     /// to reuse while the server still works on it, and its answer taken for the new
-    /// call's.
+    /// call's. Nor may one uid hold more than half the table: past that its next call is
+    /// handed back too, and other users' calls still park.
     pub fn park_client(&self, conversation: &str, id: &IdKey, p: Pending) -> Result<Vec<Pending>, Box<Pending>> {
         let Ok(mut i) = self.inner.lock() else { return Err(Box::new(p)) };
         let key = (conversation.to_string(), Asker::Client.key(id));
-        if i.pending.is_full() && i.pending.get(&key).is_none() {
-            return Err(Box::new(p));
+        if i.pending.get(&key).is_none() {
+            let share = (i.pending.capacity() / 2).max(1);
+            if i.pending.is_full() || i.parks_by_uid.get(&park_uid(&p)).is_some_and(|n| *n >= share) {
+                return Err(Box::new(p));
+            }
         }
-        Ok(i.pending.insert(key, p))
+        Ok(i.insert_park(Asker::Client, key, p))
     }
 
     /// The parked request `asker` sent with this id, answered now.
     pub fn take(&self, conversation: &str, asker: Asker, id: &IdKey) -> Option<Pending> {
-        self.inner.lock().ok()?.parks_mut(asker).remove(&(conversation.to_string(), asker.key(id)))
+        let mut i = self.inner.lock().ok()?;
+        let p = i.parks_mut(asker).remove(&(conversation.to_string(), asker.key(id)))?;
+        if asker == Asker::Client {
+            i.unpark_count(std::slice::from_ref(&p));
+        }
+        Some(p)
     }
 
     /// Everything still waiting in a conversation (its stream ended).
@@ -553,6 +601,7 @@ impl Sessions {
         match self.inner.lock() {
             Ok(mut i) => {
                 let mut all = i.pending.drain_where(|(c, _)| c == conversation);
+                i.unpark_count(&all);
                 all.extend(i.server_pending.drain_where(|(c, _)| c == conversation));
                 all
             }
@@ -916,6 +965,33 @@ mod tests {
         }
         assert!(s.is_parked("a", Asker::Client, &k("1")), "the client's call is still parked");
         assert!(s.claim("a", &k("1"), true).is_none());
+    }
+
+    /// One uid's calls that its server never answers fill at most half the park table:
+    /// its next call is refused, another user's still parks, and answered, drained or
+    /// replaced calls give their share back.
+    #[test]
+    fn one_uid_cannot_fill_the_park_table() {
+        let s = Sessions::new(8, 64);
+        let by = |uid: u32| Pending {
+            record: AuditRecord { process: Some(Arc::new(mcpwatch_api::ProcessInfo { uid, ..Default::default() })), ..AuditRecord::default() },
+            started: Instant::now(),
+            first_page: false,
+        };
+        for i in 0..4 {
+            assert!(s.park_client("flood", &k(&i.to_string()), by(1000)).is_ok(), "call {i} within the share");
+        }
+        assert!(s.park_client("flood", &k("4"), by(1000)).is_err(), "past half the table");
+        // The same id again replaces its own park: not a new share.
+        assert_eq!(s.park_client("flood", &k("3"), by(1000)).expect("a replacement").len(), 1);
+        assert!(s.park_client("victim", &k("1"), by(1001)).is_ok(), "another user's call still parks");
+        assert!(s.take("flood", Asker::Client, &k("0")).is_some());
+        assert!(s.park_client("flood", &k("4"), by(1000)).is_ok(), "an answered call gave its share back");
+        assert_eq!(s.drain("flood").len(), 4);
+        for i in 10..14 {
+            assert!(s.park_client("again", &k(&i.to_string()), by(1000)).is_ok(), "a drained stream gave its shares back");
+        }
+        assert_eq!(s.pending_len(), 5);
     }
 
     /// A legacy route lives as long as its stream: never evicted by other announcements,

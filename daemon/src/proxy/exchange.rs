@@ -770,13 +770,13 @@ async fn forward_and_observe(
     };
     // The table of parked calls is full: nothing of this POST is forwarded.
     if !unparkable.is_empty() {
-        let why = CallStatus::TransportError { reason: "not forwarded: too many pending calls".into() };
+        let why = CallStatus::TransportError { reason: "not forwarded: too many pending calls (limits.max_pending_calls, or this user's half of it)".into() };
         unpark(why.clone());
         for p in unparkable.into_iter().chain(pending.into_iter().map(|(_, p)| p)) {
             finish(&shared, p, why.clone(), None, 0);
         }
         Counters::inc(&shared.counters.refused_protocol);
-        return local_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "mcpwatch: too many calls are waiting for their answers; try again later\n");
+        return local_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "mcpwatch: too many calls are waiting for their answers (limits.max_pending_calls; one user may hold half); try again later\n");
     }
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let req = Request::from_parts(parts, body::full(out_bytes));

@@ -160,13 +160,15 @@ fn open_until(addr: SocketAddr, bytes: &[u8], until: &str) -> (std::net::TcpStre
 /// The parked legacy calls are bounded (`max_pending_calls`, host-wide). Past the bound the
 /// oldest was pushed out, and its id was then free to reuse while the server still worked
 /// on it (its answer taken for the new call's). A POST past the bound is refused (503,
-/// recorded); the parked call keeps its id.
+/// recorded); the parked call keeps its id. One user holds at most half the table (here
+/// every call is one user's: static mode knows no process), so the bound this client
+/// meets is 4 of `max_pending_calls = 8`.
 #[test]
 fn a_legacy_call_past_the_pending_bound_is_refused_not_parked_over_another() {
     let reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\nevent: endpoint\ndata: /messages/?session_id=abc\n\n";
     let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(reply.to_vec()), stay_open: true, ..Default::default() });
     let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n";
-    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), config: Some("[limits]\nmax_pending_calls = 4\n".into()), ..Default::default() });
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(policy.into()), config: Some("[limits]\nmax_pending_calls = 8\n".into()), ..Default::default() });
     let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
     let (_stream, got) = open_until(addr, b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n", "session_id=abc");
     assert!(got.contains("/messages/?session_id=abc"), "{got}");
