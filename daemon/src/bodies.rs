@@ -7,13 +7,16 @@
 //! and a killed daemon in `failure_mode = "open"` stops governing until its restart: a
 //! bypass by memory. With the budget, a body that would take the daemon past
 //! `limits.max_buffered_body_bytes` is refused (503, recorded, Retry-After): the flood
-//! fails closed and the daemon's memory stays bounded.
+//! fails closed and the daemon's memory stays bounded. One uid may hold at most half the
+//! budget (bodies of unknown processes count as one uid), so one user's flood, or calls
+//! of theirs held for approval, cannot refuse every other user's bodies.
 //!
 //! At the crate's top level, like `admission`: the daemon-wide state holds it (status
 //! reads the refusals) and the proxy takes from it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Bytes of request bodies held for inspection, by every connection together.
 #[derive(Debug)]
@@ -21,16 +24,19 @@ pub struct BodyBudget {
     limit: usize,
     used: AtomicUsize,
     refused: AtomicU64,
+    /// Bytes held by uid (`None`: the process is not known); entries at zero are removed,
+    /// so the map holds only uids with a body being read or held.
+    by_uid: Mutex<HashMap<Option<u32>, usize>>,
 }
 
 impl BodyBudget {
     pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(BodyBudget { limit, used: AtomicUsize::new(0), refused: AtomicU64::new(0) })
+        Arc::new(BodyBudget { limit, used: AtomicUsize::new(0), refused: AtomicU64::new(0), by_uid: Mutex::new(HashMap::new()) })
     }
 
-    /// An empty lease, grown as a body's bytes arrive.
-    pub fn lease(self: &Arc<Self>) -> Lease {
-        Lease { budget: Arc::clone(self), bytes: 0 }
+    /// An empty lease for a body sent by a process of `uid`, grown as its bytes arrive.
+    pub fn lease(self: &Arc<Self>, uid: Option<u32>) -> Lease {
+        Lease { budget: Arc::clone(self), uid, bytes: 0 }
     }
 
     /// Bytes held now.
@@ -47,10 +53,40 @@ impl BodyBudget {
         self.refused.load(Ordering::Relaxed)
     }
 
-    fn take(&self, n: usize) -> bool {
-        self.used
+    /// One uid's share: half the budget (at least one body's worth is the caller's
+    /// concern: `limits.max_buffered_body_bytes` is at least `max_body_bytes`).
+    fn share(&self) -> usize {
+        (self.limit / 2).max(1)
+    }
+
+    fn take(&self, uid: Option<u32>, n: usize) -> bool {
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = by_uid.get(&uid).copied().unwrap_or(0);
+        if mine.saturating_add(n) > self.share() {
+            return false;
+        }
+        let took = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|t| *t <= self.limit))
-            .is_ok()
+            .is_ok();
+        if took && n > 0 {
+            *by_uid.entry(uid).or_default() += n;
+        }
+        took
+    }
+
+    fn give(&self, uid: Option<u32>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = by_uid.get_mut(&uid) {
+            *m = m.saturating_sub(n);
+            if *m == 0 {
+                by_uid.remove(&uid);
+            }
+        }
+        self.used.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -58,13 +94,14 @@ impl BodyBudget {
 #[derive(Debug)]
 pub struct Lease {
     budget: Arc<BodyBudget>,
+    uid: Option<u32>,
     bytes: usize,
 }
 
 impl Lease {
     /// Takes `n` more bytes; false (and the refusal counted) when the budget cannot hold them.
     pub fn grow(&mut self, n: usize) -> bool {
-        if self.budget.take(n) {
+        if self.budget.take(self.uid, n) {
             self.bytes += n;
             true
         } else {
@@ -80,7 +117,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.give(self.uid, self.bytes);
     }
 }
 
@@ -91,17 +128,37 @@ mod tests {
     #[test]
     fn leases_share_the_limit_and_give_it_back() {
         let b = BodyBudget::new(100);
-        let mut a = b.lease();
-        let mut c = b.lease();
-        assert!(a.grow(60));
-        assert!(!c.grow(41), "past the limit");
+        let mut a = b.lease(Some(1));
+        let mut c = b.lease(Some(2));
+        let mut d = b.lease(Some(3));
+        assert!(a.grow(50));
+        assert!(c.grow(30));
+        assert!(!d.grow(21), "past the limit");
         assert_eq!(b.refused(), 1);
-        assert!(c.grow(40));
+        assert!(d.grow(20));
         assert_eq!(b.used(), 100);
         drop(a);
-        assert_eq!(b.used(), 40);
-        assert!(c.grow(60));
+        assert_eq!(b.used(), 50);
+        assert!(c.grow(20));
         drop(c);
+        drop(d);
         assert_eq!(b.used(), 0);
+        assert!(b.by_uid.lock().unwrap().is_empty(), "no uid is left behind");
+    }
+
+    /// One uid holds at most half the budget, whatever the number of its bodies: the
+    /// other half stays for other users.
+    #[test]
+    fn one_uid_holds_at_most_half() {
+        let b = BodyBudget::new(100);
+        let mut flood: Vec<Lease> = (0..8).map(|_| b.lease(Some(1000))).collect();
+        let took: usize = flood.iter_mut().map(|l| if l.grow(10) { 10 } else { 0 }).sum();
+        assert_eq!(took, 50, "one uid's bodies stop at half");
+        let mut other = b.lease(Some(1001));
+        assert!(other.grow(50), "another user's body still fits");
+        let mut unknown = b.lease(None);
+        assert!(!unknown.grow(1), "the whole budget is held now");
+        drop(flood);
+        assert!(unknown.grow(50), "unknown processes share one uid's half");
     }
 }

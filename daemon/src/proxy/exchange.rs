@@ -175,14 +175,14 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // that cannot begin JSON (uploads and forms stream on undelayed).
     let stop_early = !(json_post || exact);
     // Held until this request's answer head is back: the body's bytes live that long.
-    let mut lease = shared.bodies.lease();
+    let mut lease = shared.bodies.lease(scope.ctx.origin.process.as_ref().map(|p| p.uid));
     match body::collect_with(body, limits.max_body_bytes, limits.body_timeout, stop_early, Some(&mut lease)).await {
         Collected::Complete(bytes) => complete_body(shared, scope, up, parts, bytes, &content_type, evidence).await,
         Collected::OverBudget { read } => {
             // Fails closed whatever the mode: the alternative is a daemon that memory
             // pressure kills (`bodies`). A flood, not a judgement of this call.
             let msg = format!(
-                "mcpwatch: too many request bodies held for inspection (limits.max_buffered_body_bytes = {} bytes, daemon-wide); retry later",
+                "mcpwatch: too many request bodies held for inspection (limits.max_buffered_body_bytes = {} bytes, daemon-wide; one user may hold half); retry later",
                 limits.max_buffered_body_bytes
             );
             tracing::warn!(peer = %scope.ctx.peer, read, "{msg}");
