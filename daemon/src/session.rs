@@ -470,42 +470,53 @@ impl Sessions {
 
     /// [`Sessions::bind_session`] with the liveness test given (tests).
     fn bind_session_with(&self, dst: &str, session: &str, owner: Owner, alive: impl Fn(&Owner) -> bool) {
-        let Ok(mut o) = self.owners.lock() else { return };
         let key = (dst.to_string(), session_key(session));
-        let o = &mut *o;
-        if o.by_session.len() >= MAX_SESSION_BINDINGS && o.by_session.get(&key).is_none() {
-            // Full. Never the oldest binding of all: a flood of sessions from short-lived
-            // processes would push out a live process's binding, and its session could
-            // then be presented by anyone, unjudged. First what no longer counts: keys
-            // bound to someone else since or unbound, and the bindings of processes that
-            // have exited (all at once: the next binds find room; at most once per
-            // SWEEP_EVERY bindings). Then, only if every owner lives, the oldest binding
-            // of the process holding the most.
-            if o.since_sweep >= SWEEP_EVERY {
+        // Full. Never the oldest binding of all: a flood of sessions from short-lived
+        // processes would push out a live process's binding, and its session could then
+        // be presented by anyone, unjudged. First what no longer counts: keys bound to
+        // someone else since or unbound, and the bindings of processes that have exited
+        // (all at once: the next binds find room; at most once per SWEEP_EVERY bindings).
+        // Then, only if every owner lives, the oldest binding of the process holding the
+        // most. The sweep reads `/proc` for every owner (65,536 at most): that happens
+        // with the lock released, since every session lookup on every proxy thread takes
+        // it, and an attacker who can make sweeps due would otherwise stall them all.
+        let candidates = {
+            let Ok(mut o) = self.owners.lock() else { return };
+            let o = &mut *o;
+            if o.by_session.len() >= MAX_SESSION_BINDINGS && o.by_session.get(&key).is_none() && o.since_sweep >= SWEEP_EVERY {
                 o.since_sweep = 0;
                 let live = &o.by_session;
                 o.by_owner.retain(|own, keys| {
                     keys.retain(|k| live.get(k) == Some(own));
                     !keys.is_empty()
                 });
-                let gone: Vec<Owner> = o.by_owner.keys().filter(|own| **own != owner && !alive(own)).cloned().collect();
-                for own in gone {
-                    for k in o.by_owner.remove(&own).unwrap_or_default() {
-                        o.by_session.remove(&k);
-                    }
+                o.by_owner.keys().filter(|own| **own != owner).cloned().collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let gone: Vec<Owner> = candidates.into_iter().filter(|own| !alive(own)).collect();
+        let Ok(mut o) = self.owners.lock() else { return };
+        let o = &mut *o;
+        for own in gone {
+            // Only keys still bound to it: one rebound meanwhile belongs to someone else.
+            for k in o.by_owner.remove(&own).unwrap_or_default() {
+                if o.by_session.get(&k) == Some(&own) {
+                    o.by_session.remove(&k);
                 }
             }
-            if o.by_session.len() >= MAX_SESSION_BINDINGS
-                && let Some(who) = o.by_owner.iter().max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone())
-                && let Some(keys) = o.by_owner.get_mut(&who)
-            {
-                // Its oldest key that is still its own (a stale one frees nothing, and the
-                // insert below would then evict the oldest binding of all).
-                while let Some(old) = keys.pop_front() {
-                    if o.by_session.get(&old) == Some(&who) {
-                        o.by_session.remove(&old);
-                        break;
-                    }
+        }
+        if o.by_session.len() >= MAX_SESSION_BINDINGS
+            && o.by_session.get(&key).is_none()
+            && let Some(who) = o.by_owner.iter().max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone())
+            && let Some(keys) = o.by_owner.get_mut(&who)
+        {
+            // Its oldest key that is still its own (a stale one frees nothing, and the
+            // insert below would then evict the oldest binding of all).
+            while let Some(old) = keys.pop_front() {
+                if o.by_session.get(&old) == Some(&who) {
+                    o.by_session.remove(&old);
+                    break;
                 }
             }
         }
@@ -965,6 +976,27 @@ mod tests {
         }
         assert!(s.is_parked("a", Asker::Client, &k("1")), "the client's call is still parked");
         assert!(s.claim("a", &k("1"), true).is_none());
+    }
+
+    /// The sweep for exited owners reads `/proc` once per owner (up to 65,536): with the
+    /// owners' lock released, so session lookups on other proxy threads go on meanwhile.
+    #[test]
+    fn the_owner_sweep_reads_proc_without_the_lock() {
+        let s = Sessions::new(16, 64);
+        for i in 0..MAX_SESSION_BINDINGS as u32 {
+            s.bind_session_with("d", &format!("s-{i}"), Owner { tgid: 100 + i, start_time: Some(1), uid: 1001 }, |_| true);
+        }
+        let checked = std::cell::Cell::new(0usize);
+        let alive = |o: &Owner| {
+            assert!(s.owners.try_lock().is_ok(), "the owners' lock is held while /proc is read");
+            checked.set(checked.get() + 1);
+            o.tgid % 2 == 0
+        };
+        s.bind_session_with("d", "new", Owner { tgid: 1, start_time: Some(1), uid: 1000 }, alive);
+        assert_eq!(checked.get(), MAX_SESSION_BINDINGS, "every other owner was checked");
+        let o = s.owners.lock().unwrap();
+        assert_eq!(o.by_session.len(), MAX_SESSION_BINDINGS / 2 + 1, "the exited half went, the new binding came");
+        assert!(o.by_owner.keys().all(|own| own.tgid % 2 == 0 || own.tgid == 1));
     }
 
     /// One uid's calls that its server never answers fill at most half the park table:
