@@ -238,12 +238,13 @@ pub struct Owner {
 
 impl Owner {
     /// Does the process still run (the same one: a recycled pid has another start time)?
-    /// An unknown start time cannot be told from a recycled pid: taken as alive.
+    /// An unknown start time cannot be told from a recycled pid: taken as alive. A zombie
+    /// (exited, not yet reaped) is dead: otherwise a parent that never reaps could keep
+    /// thousands of exited processes' bindings from the sweep and so push a live
+    /// process's binding out (`mcpwatch_intercept::process::is_alive` judges the state).
     pub fn is_alive(&self) -> bool {
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.tgid)) {
-            Ok(stat) => self.start_time.is_none() || stat_start_time(&stat) == self.start_time,
-            Err(_) => false,
-        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.tgid)) else { return false };
+        (self.start_time.is_none() || stat_start_time(&stat) == self.start_time) && mcpwatch_intercept::process::is_alive(self.tgid)
     }
 
     /// The owner `p` describes. Its start time comes from the `connect` hook when it
@@ -976,6 +977,28 @@ mod tests {
         }
         assert!(s.is_parked("a", Asker::Client, &k("1")), "the client's call is still parked");
         assert!(s.claim("a", &k("1"), true).is_none());
+    }
+
+    /// A zombie (exited, not reaped by its parent) no longer owns its sessions; a running
+    /// process does, and a recycled pid (another start time) does not.
+    #[test]
+    fn a_zombie_owns_no_session() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let started = stat_start_time(&stat(pid));
+        // Not waited for: it stays a zombie until `wait` below.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !stat(pid).rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+            assert!(Instant::now() < deadline, "the child did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!Owner { tgid: pid, start_time: started, uid: 0 }.is_alive(), "a zombie is dead");
+        let _ = child.wait();
+        let me = std::process::id();
+        let mine = stat_start_time(&stat(me));
+        assert!(Owner { tgid: me, start_time: mine, uid: 0 }.is_alive());
+        assert!(!Owner { tgid: me, start_time: mine.map(|t| t + 1), uid: 0 }.is_alive(), "another start time is another process");
     }
 
     /// The sweep for exited owners reads `/proc` once per owner (up to 65,536): with the
