@@ -7,7 +7,9 @@
 //! and a killed daemon in `failure_mode = "open"` stops governing until its restart: a
 //! bypass by memory. With the budget, a body that would take the daemon past
 //! `limits.max_buffered_body_bytes` is refused (503, recorded, Retry-After): the flood
-//! fails closed and the daemon's memory stays bounded. One uid may hold at most half the
+//! fails closed and the memory held for request bodies stays bounded. WebSocket messages
+//! held for inspection take from the same budget. Server answers do not: a server's
+//! answer is bounded per connection (`max_body_bytes`, `max_sse_event_bytes`) only. One uid may hold at most half the
 //! budget (bodies of unknown processes count as one uid), so one user's flood, or calls
 //! of theirs held for approval, cannot refuse every other user's bodies.
 //!
@@ -53,8 +55,8 @@ impl BodyBudget {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// One uid's share: half the budget (at least one body's worth is the caller's
-    /// concern: `limits.max_buffered_body_bytes` is at least `max_body_bytes`).
+    /// One uid's share: half the budget (one body always fits: the configuration
+    /// requires `limits.max_buffered_body_bytes` to be at least twice `max_body_bytes`).
     fn share(&self) -> usize {
         (self.limit / 2).max(1)
     }

@@ -736,8 +736,8 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             return bad("limits.max_body_bytes must be at least 1024");
         }
-        if self.limits.max_buffered_body_bytes < self.limits.max_body_bytes {
-            return bad("limits.max_buffered_body_bytes must be at least limits.max_body_bytes (one body must fit)");
+        if self.limits.max_buffered_body_bytes < self.limits.max_body_bytes.saturating_mul(2) {
+            return bad("limits.max_buffered_body_bytes must be at least twice limits.max_body_bytes (one uid may hold half of it, and one body must fit in that)");
         }
         if self.limits.max_connections == 0 || self.limits.max_pending_calls == 0 || self.limits.max_legacy_streams == 0 {
             return bad("limits.max_connections, limits.max_pending_calls and limits.max_legacy_streams must be positive");

@@ -43,8 +43,8 @@ pub enum Collected {
     Truncated { partial: Bytes, error: String },
     TimedOut { partial: Bytes },
     /// The daemon-wide budget for held bodies (`bodies`) could not take the next bytes:
-    /// how many were read.
-    OverBudget { read: usize },
+    /// how many were read, and whether they could begin JSON.
+    OverBudget { read: usize, json_like: bool },
 }
 
 pub async fn collect(body: Incoming, limit: usize, deadline: Duration) -> Collected {
@@ -69,8 +69,10 @@ pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, 
                 None => return None,
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        // Taken up to the limit: past it the body is not held for
+                        // inspection (413, or streamed on), so it must not turn into a 503.
                         if let Some(l) = lease.as_deref_mut()
-                            && !l.grow(data.len())
+                            && !l.grow(data.len().min(limit.saturating_sub(buf.len())))
                         {
                             return Some(Stop::Budget);
                         }
@@ -91,7 +93,7 @@ pub async fn collect_with(mut body: Incoming, limit: usize, deadline: Duration, 
         Err(_) => Collected::TimedOut { partial: buf.freeze() },
         Ok(None) => Collected::Complete(buf.freeze()),
         Ok(Some(Stop::Failed(error))) => Collected::Truncated { partial: buf.freeze(), error },
-        Ok(Some(Stop::Budget)) => Collected::OverBudget { read: buf.len() },
+        Ok(Some(Stop::Budget)) => Collected::OverBudget { read: buf.len(), json_like: mcpwatch_mcp::integrity::may_be_json(&buf) },
         Ok(Some(Stop::Over)) => {
             let json_like = mcpwatch_mcp::integrity::may_be_json(&buf);
             Collected::TooLarge { rest: read_then(vec![buf.freeze()], incoming(body)), json_like }

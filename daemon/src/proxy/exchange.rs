@@ -29,6 +29,7 @@ use super::ctx::ConnCtx;
 use super::auth::HostFit;
 use super::body::local_response;
 use super::forward::{ForwardError, SharedUpstream};
+use crate::bodies::Lease;
 use crate::record::{self, clip};
 use super::responses::{self, Delivery};
 use super::scope::{
@@ -177,8 +178,8 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // Held until this request's answer head is back: the body's bytes live that long.
     let mut lease = shared.bodies.lease(scope.ctx.origin.process.as_ref().map(|p| p.uid));
     match body::collect_with(body, limits.max_body_bytes, limits.body_timeout, stop_early, Some(&mut lease)).await {
-        Collected::Complete(bytes) => complete_body(shared, scope, up, parts, bytes, &content_type, evidence).await,
-        Collected::OverBudget { read } => {
+        Collected::Complete(bytes) => complete_body(shared, scope, up, parts, (bytes, lease), &content_type, evidence).await,
+        Collected::OverBudget { read, json_like } => {
             // Fails closed whatever the mode: the alternative is a daemon that memory
             // pressure kills (`bodies`). A flood, not a judgement of this call.
             let msg = format!(
@@ -186,7 +187,7 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
                 limits.max_buffered_body_bytes
             );
             tracing::warn!(peer = %scope.ctx.peer, read, "{msg}");
-            if exact || json_post {
+            if exact || json_post || json_like {
                 scope.record_invalid(&shared, read as u64, &msg, CallStatus::TransportError { reason: "503 body budget spent".into() });
             }
             let mut resp = local_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{msg}\n"));
@@ -247,12 +248,12 @@ async fn complete_body(
     scope: Scope,
     up: SharedUpstream,
     parts: Parts,
-    bytes: Bytes,
+    (bytes, lease): (Bytes, Lease),
     content_type: &str,
     evidence: Option<Evidence>,
 ) -> Response<Body> {
     if parts.method == Method::POST && is_json(&parts.headers) {
-        return post(shared, scope, up, parts, bytes, None).await;
+        return post(shared, scope, up, parts, (bytes, lease), None).await;
     }
     let shape = integrity::body_shape(&bytes);
     let disguised = shape.is_mcp() || (shape == BodyShape::JsonRpc && evidence.is_some());
@@ -277,7 +278,7 @@ async fn complete_body(
         if scope.enforce(&shared) {
             return scope.refuse(&shared, status, why.clone(), &format!("mcpwatch: {why}; not forwarded"));
         }
-        return post(shared, scope, up, parts, bytes, Some(why)).await;
+        return post(shared, scope, up, parts, (bytes, lease), Some(why)).await;
     }
     if parts.method == Method::POST && evidence.is_some_and(Evidence::is_seen_endpoint) {
         let ct = if content_type.is_empty() { "(none)" } else { content_type };
@@ -397,7 +398,9 @@ async fn check_oauth_metadata(shared: &Shared, scope: &Scope, resp: Response<Inc
 ///
 /// `disguised`: the body is MCP but arrived without `application/json` or by another
 /// method than POST (audit and warn modes govern it; the reason becomes an alert).
-async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: Parts, bytes: Bytes, disguised: Option<String>) -> Response<Body> {
+/// `lease`: the body's share of the daemon-wide budget (`bodies`), held as long as the
+/// body or its parsed form is: to the end here, or by a held call's own task.
+async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: Parts, (bytes, lease): (Bytes, Lease), disguised: Option<String>) -> Response<Body> {
     // Parse.
     let parsed = jsonrpc::parse_body(&bytes);
     if !is_mcp_body(&shared, &scope, &parts, &parsed, &bytes, disguised.is_some()) {
@@ -434,7 +437,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
             // Redacted arguments are re-serialised from the message; otherwise the
             // client's exact bytes go upstream.
             let body = if modified { Bytes::from(serde_json::to_vec(&msg.to_value()).unwrap_or_default()) } else { bytes.clone() };
-            return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, body, (pending, flight), audit_failed);
+            return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, (body, lease), (pending, flight), audit_failed);
         }
     };
     // Commit: what is about to be forwarded is on disk first (or failure_mode allows otherwise).
@@ -458,8 +461,13 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
     } else {
         bytes
     };
+    // The parsed form (a JSON body parsed grows several times its size) is not needed
+    // while the server works: only the bytes that go up.
+    drop(messages);
     // Forward, then observe the response.
-    forward_and_observe(shared, scope, gov, up, parts, out_bytes, gb.pending, gb.refusals).await
+    let resp = forward_and_observe(shared, scope, gov, up, parts, out_bytes, gb.pending, gb.refusals).await;
+    drop(lease);
+    resp
 }
 
 /// Whether a POSTed JSON body is MCP (and so governed), not merely JSON.
@@ -818,7 +826,7 @@ fn streamed_hold(
     gov: Arc<Loaded>,
     parts: Parts,
     msg: Message,
-    body: Bytes,
+    (body, lease): (Bytes, Lease),
     (mut pending, flight): (Pending, Option<Arc<Flight>>),
     audit_failed: bool,
 ) -> Response<Body> {
@@ -827,6 +835,8 @@ fn streamed_hold(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let event = |v: serde_json::Value| Bytes::from(format!("event: message\ndata: {v}\n\n"));
     tokio::spawn(async move {
+        // The held body's share of the budget lives as long as this task holds it.
+        let _lease = lease;
         let fate = {
             let target = scope.target();
             let flow_session = scope.flow_session();

@@ -80,6 +80,9 @@ pub(super) enum Close {
     Unaudited,
     /// A message not whole within `limits.body_timeout` (1008).
     Slow(std::time::Duration),
+    /// The budget for bodies held for inspection (`bodies`) cannot hold the message
+    /// (1013, try again later).
+    Busy,
 }
 
 impl Close {
@@ -89,6 +92,7 @@ impl Close {
             Close::Policy(_) | Close::Slow(_) => 1008,
             Close::TooLarge(_) => 1009,
             Close::Unaudited => 1011,
+            Close::Busy => 1013,
         }
     }
 
@@ -101,6 +105,7 @@ impl Close {
             Close::TooLarge(_) => "mcpwatch: message too large to inspect; refused (enforce mode)".to_string(),
             Close::Unaudited => "mcpwatch: audit store unavailable (fail-closed)".to_string(),
             Close::Slow(t) => format!("mcpwatch: message not complete within {t:?} (limits.body_timeout)"),
+            Close::Busy => "mcpwatch: too many bodies held for inspection (limits.max_buffered_body_bytes); try again later".to_string(),
         };
         let mut end = reason.len().min(123);
         while !reason.is_char_boundary(end) {
@@ -324,6 +329,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let limit = watch.shared.config.limits.max_body_bytes;
+    // The message being held takes from the daemon-wide budget (twice its payload: its
+    // frames as received and its unmasked copy), given back when it has gone on.
+    let uid = watch.scope.ctx.origin.process.as_ref().map(|p| p.uid);
+    let mut lease = watch.shared.bodies.lease(uid);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     // The message being assembled: its frames as received, and its unmasked payload.
     let mut held = BytesMut::new();
@@ -417,6 +426,12 @@ where
             streaming = !head.fin;
             continue;
         }
+        if is_data && !lease.grow((head.payload as usize).saturating_mul(2)) {
+            let shared = watch.shared.clone();
+            let why = "WebSocket message refused: the budget for bodies held for inspection (limits.max_buffered_body_bytes) is spent; socket closed".to_string();
+            watch.scope.refuse(&shared, http::StatusCode::SERVICE_UNAVAILABLE, why, "");
+            return Err(Close::Busy);
+        }
         let total = head.len + head.payload as usize;
         while buf.len() < total {
             more!();
@@ -431,6 +446,7 @@ where
                 held.clear();
                 message.clear();
                 in_message = false;
+                lease = watch.shared.bodies.lease(uid);
             }
             send!(&frame);
             continue;
@@ -446,6 +462,7 @@ where
             held.clear();
             message.clear();
             since = None;
+            lease = watch.shared.bodies.lease(uid);
         }
     }
 }

@@ -1188,6 +1188,43 @@ fn mcp_over_a_websocket_is_found_by_its_frames() {
     }
 }
 
+/// WebSocket messages held for inspection take from the same daemon-wide budget as
+/// request bodies: slow sockets each holding an unfinished message up to
+/// `max_body_bytes` could otherwise grow the daemon without bound (2048 sockets per uid).
+/// Past the budget the socket is closed with 1013 and its message never forwarded; once
+/// the holder goes, messages pass again.
+#[test]
+fn websocket_messages_held_for_inspection_share_the_body_budget() {
+    let ws_reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(ws_reply.to_vec()), stay_open: true, ..Default::default() });
+    // One uid's share is half of 8192; a held message takes twice its payload.
+    let config = Some("[limits]\nmax_body_bytes = 4096\nmax_buffered_body_bytes = 8192\nbody_timeout_ms = 30000\n".to_string());
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(DENY_DELETES.into()), config, ..Default::default() });
+    let env = Lenient { upstream, daemon };
+    // The holder: the first 1,500 bytes of a message, never finished.
+    let mut holder = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], env.daemon.port))).expect("connect");
+    holder.write_all(b"GET /socket HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").expect("handshake");
+    let first = format!(r#"{{"id":1,"method":"Page.navigate","params":{{"url":"{}"#, "h".repeat(1460));
+    holder.write_all(&ws_frame(false, 1, first.as_bytes())).expect("first fragment");
+    std::thread::sleep(Duration::from_millis(800));
+    let message = |n: u32| format!(r#"{{"id":{n},"method":"Page.navigate","params":{{"url":"{}"}}}}"#, "m".repeat(1150));
+    let answer = ws_session(&env, &[ws_frame(true, 1, message(2).as_bytes())]);
+    assert_eq!(close_code(&answer), Some(1013), "{}", String::from_utf8_lossy(&answer));
+    assert!(!env.upstream_bytes().contains(r#""id":2,"#), "the refused message was forwarded");
+    env.daemon.wait_audit("the refusal's record", |r| r.iter().any(|x| x.alerts.iter().any(|a| a.contains("max_buffered_body_bytes"))));
+    // The holder goes: its share comes back.
+    drop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = ws_session(&env, &[ws_frame(true, 1, message(3).as_bytes())]);
+        if close_code(&answer).is_none() && env.upstream_bytes().contains(r#""id":3,"#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no message passed after the holder left: {}", String::from_utf8_lossy(&answer));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Identity by path and Host: a server registered by its URL keeps its rules when the
 /// client spells the endpoint another way the server still routes. uvicorn decodes `%6D`
 /// before Starlette routes, so `POST /%6Dcp` reaches the Python SDK's `/mcp`; and toward a

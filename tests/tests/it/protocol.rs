@@ -393,14 +393,19 @@ fn socket_linger_zero(s: &TcpStream) {
 }
 
 /// A held call whose client asked for progress gets `notifications/progress` on an SSE
-/// stream while it waits, then the server's answer once approved.
+/// stream while it waits, then the server's answer once approved. Its body counts
+/// against the body budget until then: the stream's task holds it (before, the budget
+/// was given back when the stream started, and a thousand held calls could hold GiBs).
 #[test]
 fn held_call_streams_progress_then_the_answer() {
     let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\napproval_timeout_secs = 60\n[[rule]]\nid = \"approve-deletes\"\ntools = [\"delete_records\"]\naction = \"require_approval\"\n";
     let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"ok":true}}"#;
     let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
-    let env = Env::with_reply(DaemonOpts { policy: Some(policy.into()), ..Default::default() }, reply.as_bytes());
-    let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{"table":"t"},"_meta":{"progressToken":"p-1"}}}"#;
+    // One uid's share of the body budget: 65,536 bytes (static mode: every client is one).
+    let config = "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 131072\n";
+    let env = Env::with_reply(DaemonOpts { policy: Some(policy.into()), config: Some(config.into()), ..Default::default() }, reply.as_bytes());
+    let body = format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"delete_records","arguments":{{"table":"t","pad":"{}"}},"_meta":{{"progressToken":"p-1"}}}}}}"#, "p".repeat(40_000));
+    let body = body.as_bytes();
     let mut s = TcpStream::connect(env.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(&post(body, "MCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n")).unwrap();
@@ -416,12 +421,28 @@ fn held_call_streams_progress_then_the_answer() {
     assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
     assert!(head.contains(r#""progressToken":"p-1""#), "{head}");
     assert_eq!(env.upstream_bytes(), "", "nothing forwarded while held");
+    let other = |id: u32| {
+        let b = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#, "o".repeat(30_000));
+        env.send(&post(b.as_bytes(), "MCP-Protocol-Version: 2025-11-25\r\n"))
+    };
+    let refused = other(8);
+    assert_eq!(status_line(&refused), 503, "the held body still counts: {}", &refused[..refused.len().min(300)]);
     let held = env.daemon.wait_pending(1);
     assert!(env.daemon.cli(&["approve", &held[0].id]).status.success());
     let _ = s.read_to_end(&mut got);
     let all = String::from_utf8_lossy(&got).to_string();
     assert!(all.contains(r#""id":7"#) && all.contains(r#""ok":true"#), "answer after approval: {all}\n--- daemon log ---\n{}", env.daemon.log_text());
     assert!(env.upstream_bytes().contains("delete_records"));
+    // The held call is over: its share is back (its task ends just after the stream).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let passed = other(9);
+        if status_line(&passed) == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", &passed[..passed.len().min(300)]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// An 8 MiB tmpfs for a daemon's state dir, unmounted when dropped (needs root).
