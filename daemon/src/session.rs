@@ -1013,13 +1013,13 @@ mod tests {
         let alive = |o: &Owner| {
             assert!(s.owners.try_lock().is_ok(), "the owners' lock is held while /proc is read");
             checked.set(checked.get() + 1);
-            o.tgid % 2 == 0
+            o.tgid.is_multiple_of(2)
         };
         s.bind_session_with("d", "new", Owner { tgid: 1, start_time: Some(1), uid: 1000 }, alive);
         assert_eq!(checked.get(), MAX_SESSION_BINDINGS, "every other owner was checked");
         let o = s.owners.lock().unwrap();
         assert_eq!(o.by_session.len(), MAX_SESSION_BINDINGS / 2 + 1, "the exited half went, the new binding came");
-        assert!(o.by_owner.keys().all(|own| own.tgid % 2 == 0 || own.tgid == 1));
+        assert!(o.by_owner.keys().all(|own| own.tgid.is_multiple_of(2) || own.tgid == 1));
     }
 
     /// One uid's calls that its server never answers fill at most half the park table:
