@@ -8,8 +8,10 @@
 //! bypass by memory. With the budget, a body that would take the daemon past
 //! `limits.max_buffered_body_bytes` is refused (503, recorded, Retry-After): the flood
 //! fails closed and the memory held for request bodies stays bounded. WebSocket messages
-//! held for inspection take from the same budget. Server answers do not: a server's
-//! answer is bounded per connection (`max_body_bytes`, `max_sse_event_bytes`) only. One uid may hold at most half the
+//! and JSON or text answers held for inspection take from the same budget (charged to the
+//! client's uid: its own slow server is its own flood); an answer that does not fit is
+//! not held, and toward an enforced server not delivered. Server-sent events are bounded
+//! per connection only (`max_sse_event_bytes`, one event at a time). One uid may hold at most half the
 //! budget (bodies of unknown processes count as one uid), so one user's flood, or calls
 //! of theirs held for approval, cannot refuse every other user's bodies.
 //!

@@ -234,6 +234,10 @@ struct StreamObserver {
     /// The legacy message route this stream announced: remembered while the stream is
     /// open, forgotten when it ends.
     legacy_route: Option<LegacyRouteKey>,
+    /// A JSON or text answer held for inspection takes from the daemon-wide body budget
+    /// (`bodies`), charged to the client's uid: a watched user's own slow server cannot
+    /// make the daemon hold `max_body_bytes` per connection without bound.
+    lease: crate::bodies::Lease,
 }
 
 impl StreamObserver {
@@ -243,7 +247,8 @@ impl StreamObserver {
         // them (`Scope::target`, `Scope::flow_session`): every answer of the stream reads
         // those, no copy per stream or per answer.
         let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
-        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, legacy_route: None }
+        let lease = shared.bodies.lease(scope.ctx.origin.process.as_ref().map(|p| p.uid));
+        StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, legacy_route: None, lease }
     }
 
     /// A text body answering this POST's calls: the detectors run over it as over a
@@ -693,8 +698,13 @@ impl Transformer for StreamObserver {
                 if *overflow {
                     return Bytes::copy_from_slice(data);
                 }
-                if buf.len() + data.len() > *limit {
-                    let why = format!("response larger than limits.max_body_bytes ({limit} bytes)");
+                let over_limit = buf.len() + data.len() > *limit;
+                if over_limit || !self.lease.grow(data.len()) {
+                    let why = if over_limit {
+                        format!("response larger than limits.max_body_bytes ({limit} bytes)")
+                    } else {
+                        "response not held for inspection: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent".to_string()
+                    };
                     // The size is the client's to choose (an `echo` of a padded argument
                     // carries a secret past the detectors): toward an enforced server an
                     // answer that cannot be inspected is not delivered, as a request that

@@ -239,6 +239,34 @@ fn an_answer_too_large_to_inspect_is_not_delivered_in_enforce_mode() {
     env.daemon.wait_audit("the aborted call's record", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("larger than limits.max_body_bytes"))));
 }
 
+/// A JSON answer held for inspection takes from the body budget too, charged to the
+/// client's uid: a watched user's own slow server could otherwise make the daemon hold
+/// `max_body_bytes` per connection without bound. While a slow request body holds most of
+/// this client's share, an answer that does not fit is not held: toward an enforced
+/// server it is not delivered (the client is told why) and the call is recorded.
+#[test]
+fn an_answer_past_the_body_budget_is_not_delivered_in_enforce_mode() {
+    let text = format!("{} SSN 536-22-8741", "A".repeat(20_000));
+    let answer = format!(r#"{{"jsonrpc":"2.0","id":8,"result":{{"content":[{{"type":"text","text":"{text}"}}]}}}}"#);
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+    // One uid's share: 65,536 bytes (static mode: every client is one uid).
+    let config = "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 131072\nbody_timeout_ms = 30000\n";
+    let env = Lenient::start(DENY_DELETES, Some(config), reply.as_bytes());
+    let addr = SocketAddr::from(([127, 0, 0, 1], env.daemon.port));
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-budget\r\n";
+    // The holder: 60,000 bytes of a longer body, never finished.
+    let mut holder = std::net::TcpStream::connect(addr).expect("connect");
+    holder.write_all(format!("POST /mcp HTTP/1.1\r\n{headers}Content-Length: 60001\r\n\r\n").as_bytes()).expect("head");
+    holder.write_all(format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\"{}", "h".repeat(59_930)).as_bytes()[..60_000].as_ref()).expect("body");
+    std::thread::sleep(Duration::from_millis(800));
+    let echo = br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let resp = env.send(&request("POST", "/mcp", headers, echo));
+    assert!(!resp.contains("536-22-8741") && !resp.contains("AAAAAAAAAA"), "the uninspected answer reached the client: {}", &resp[..resp.len().min(400)]);
+    assert!(resp.contains("max_buffered_body_bytes"), "the client is told why: {}", &resp[..resp.len().min(400)]);
+    env.daemon.wait_audit("the aborted call's record", |r| r.iter().any(|x| matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("max_buffered_body_bytes"))));
+    drop(holder);
+}
+
 /// A server replays answers on a resumed stream (`Last-Event-ID`, the SDKs' event
 /// stores): the replayed answer's call was completed already, so no waiting call took
 /// it and it reached the client with no inspection and no record. Now it is judged by
