@@ -277,6 +277,15 @@ pub fn stat_start_time(stat: &str) -> Option<u64> {
 const MAX_SESSIONS_PER_OWNER: usize = 256;
 const MAX_SESSION_BINDINGS: usize = 65_536;
 
+/// Why [`Sessions::park_client`] handed a call back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unparked {
+    /// The table is full, or the caller's uid holds its half.
+    Full,
+    /// The conversation's stream has ended: no answer could come.
+    StreamGone,
+}
+
 /// A legacy route could not be remembered: `limits.max_legacy_streams` streams are open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("limits.max_legacy_streams = {0} legacy HTTP+SSE streams are already open")]
@@ -318,6 +327,9 @@ struct Inner {
     /// a forgotten route would let its POSTs be judged as some other endpoint. When
     /// `max_legacy` streams are open, a new stream is refused instead.
     legacy: HashMap<(String, String, String), LegacyRoute>,
+    /// Conversations with at least one route in `legacy`, by how many: a client call is
+    /// parked only in a conversation whose stream is still open ([`Sessions::park_client`]).
+    live_conversations: HashMap<String, usize>,
     max_legacy: usize,
     /// (endpoint, session id) → protocol version.
     versions: BoundedMap<(String, String), String>,
@@ -353,6 +365,19 @@ impl Inner {
         out
     }
 
+    fn route_added(&mut self, conversation: &str) {
+        *self.live_conversations.entry(conversation.to_string()).or_default() += 1;
+    }
+
+    fn route_gone(&mut self, conversation: &str) {
+        if let Some(n) = self.live_conversations.get_mut(conversation) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live_conversations.remove(conversation);
+            }
+        }
+    }
+
     /// Client calls that left `pending` (answered, drained, replaced, evicted).
     fn unpark_count(&mut self, gone: &[Pending]) {
         for p in gone {
@@ -381,6 +406,7 @@ impl Sessions {
                 server_pending: BoundedMap::new(max_pending),
                 parks_by_uid: HashMap::new(),
                 legacy: HashMap::new(),
+                live_conversations: HashMap::new(),
                 max_legacy: max_legacy.max(1),
                 versions: BoundedMap::new(4096),
                 ids: BoundedMap::new(max_pending),
@@ -585,14 +611,19 @@ impl Sessions {
     /// never parked at the expense of an older call. An evicted call's id would be free
     /// to reuse while the server still works on it, and its answer taken for the new
     /// call's. Nor may one uid hold more than half the table: past that its next call is
-    /// handed back too, and other users' calls still park.
-    pub fn park_client(&self, conversation: &str, id: &IdKey, p: Pending) -> Result<Vec<Pending>, Box<Pending>> {
-        let Ok(mut i) = self.inner.lock() else { return Err(Box::new(p)) };
+    /// handed back too, and other users' calls still park. Nor is a call parked in a
+    /// conversation whose stream has ended (its route is gone): the stream's drain has
+    /// run or is about to, and a park after it would wait forever, held against its uid.
+    pub fn park_client(&self, conversation: &str, id: &IdKey, p: Pending) -> Result<Vec<Pending>, (Box<Pending>, Unparked)> {
+        let Ok(mut i) = self.inner.lock() else { return Err((Box::new(p), Unparked::Full)) };
+        if !i.live_conversations.contains_key(conversation) {
+            return Err((Box::new(p), Unparked::StreamGone));
+        }
         let key = (conversation.to_string(), Asker::Client.key(id));
         if i.pending.get(&key).is_none() {
             let share = (i.pending.capacity() / 2).max(1);
             if i.pending.is_full() || i.parks_by_uid.get(&park_uid(&p)).is_some_and(|n| *n >= share) {
-                return Err(Box::new(p));
+                return Err((Box::new(p), Unparked::Full));
             }
         }
         Ok(i.insert_park(Asker::Client, key, p))
@@ -636,7 +667,10 @@ impl Sessions {
             return Err(LegacyRoutesFull(i.max_legacy));
         }
         let conversation = route.conversation.clone();
-        i.legacy.insert(key.clone(), route);
+        i.route_added(&conversation);
+        if let Some(old) = i.legacy.insert(key.clone(), route) {
+            i.route_gone(&old.conversation);
+        }
         Ok(LegacyRouteKey { key, conversation })
     }
 
@@ -647,6 +681,7 @@ impl Sessions {
             && i.legacy.get(&route.key).is_some_and(|r| r.conversation == route.conversation)
         {
             i.legacy.remove(&route.key);
+            i.route_gone(&route.conversation);
         }
     }
 
@@ -743,6 +778,12 @@ fn legacy_key(dst: &str, host: &str, path_and_query: &str) -> (String, String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A legacy stream open for `conversation` (its route), so calls can park there.
+    fn open_stream(s: &Sessions, conversation: &str) -> LegacyRouteKey {
+        let route = LegacyRoute { endpoint: "http://127.0.0.1:8000/sse".into(), conversation: conversation.into(), session_id: None };
+        s.add_legacy_route("127.0.0.1:8000", "127.0.0.1", &format!("/messages/?session_id={conversation}"), route).expect("a route")
+    }
 
     /// A flood of sessions from many processes pushes out the flooders' own bindings, never
     /// the one other process's: its session stays judged.
@@ -971,6 +1012,7 @@ mod tests {
     fn server_requests_never_evict_a_client_park() {
         let s = Sessions::new(4, 64);
         let p = || Pending { record: AuditRecord::default(), started: Instant::now(), first_page: false };
+        let _a = open_stream(&s, "a");
         assert!(s.park_client("a", &k("1"), p()).unwrap().is_empty());
         for i in 0..10 {
             let _ = s.park("a", Asker::Server, &k(&format!("\"srv-{i}\"")), p());
@@ -1033,6 +1075,9 @@ mod tests {
             started: Instant::now(),
             first_page: false,
         };
+        for c in ["flood", "victim", "again"] {
+            open_stream(&s, c);
+        }
         for i in 0..4 {
             assert!(s.park_client("flood", &k(&i.to_string()), by(1000)).is_ok(), "call {i} within the share");
         }
@@ -1047,6 +1092,24 @@ mod tests {
             assert!(s.park_client("again", &k(&i.to_string()), by(1000)).is_ok(), "a drained stream gave its shares back");
         }
         assert_eq!(s.pending_len(), 5);
+    }
+
+    /// A call is parked only while its conversation's stream is open: one that comes
+    /// after the stream ended (and its waiting calls were drained) would wait forever,
+    /// counted against its uid's share. Another conversation's stream is not affected.
+    #[test]
+    fn no_call_parks_after_its_stream_ended() {
+        let s = Sessions::new(16, 64);
+        let p = || Pending { record: AuditRecord::default(), started: Instant::now(), first_page: false };
+        assert!(matches!(s.park_client("never-opened", &k("1"), p()), Err((_, Unparked::StreamGone))));
+        let stream = open_stream(&s, "c");
+        let _other = open_stream(&s, "d");
+        assert!(s.park_client("c", &k("1"), p()).is_ok());
+        s.remove_legacy_route(&stream);
+        assert_eq!(s.drain("c").len(), 1);
+        assert!(matches!(s.park_client("c", &k("2"), p()), Err((_, Unparked::StreamGone))), "parked after its stream ended");
+        assert!(s.park_client("d", &k("2"), p()).is_ok(), "the other stream is still open");
+        assert_eq!(s.pending_len(), 1);
     }
 
     /// A legacy route lives as long as its stream: never evicted by other announcements,

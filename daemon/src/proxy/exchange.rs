@@ -38,7 +38,7 @@ use super::scope::{
 use crate::govern::{self, Fate, Judge};
 use crate::governance::Loaded;
 use crate::inventory::Sighting;
-use crate::session::{Asker, Flight, IdFate, Pending, PendingKey};
+use crate::session::{Asker, Flight, IdFate, Pending, PendingKey, Unparked};
 use crate::state::{Counters, Shared};
 
 
@@ -764,7 +764,7 @@ async fn forward_and_observe(
                         }
                         parked.push(id);
                     }
-                    Err(p) => unparkable.push(*p),
+                    Err((p, why)) => unparkable.push((*p, why)),
                 }
             }
         }
@@ -776,15 +776,26 @@ async fn forward_and_observe(
             }
         }
     };
-    // The table of parked calls is full: nothing of this POST is forwarded.
-    if !unparkable.is_empty() {
-        let why = CallStatus::TransportError { reason: "not forwarded: too many pending calls (limits.max_pending_calls, or this user's half of it)".into() };
+    // A call could not be parked (the table is full, or the stream it would be answered
+    // on has ended): nothing of this POST is forwarded.
+    if let Some(&(_, cause)) = unparkable.first() {
+        let (reason, answer) = match cause {
+            Unparked::Full => (
+                "not forwarded: too many pending calls (limits.max_pending_calls, or this user's half of it)",
+                "mcpwatch: too many calls are waiting for their answers (limits.max_pending_calls; one user may hold half); try again later\n",
+            ),
+            Unparked::StreamGone => (
+                "not forwarded: the SSE stream its answer would come on has ended",
+                "mcpwatch: the SSE stream of this session has ended; its answer could not be delivered, so the message was not forwarded\n",
+            ),
+        };
+        let why = CallStatus::TransportError { reason: reason.into() };
         unpark(why.clone());
-        for p in unparkable.into_iter().chain(pending.into_iter().map(|(_, p)| p)) {
+        for p in unparkable.into_iter().map(|(p, _)| p).chain(pending.into_iter().map(|(_, p)| p)) {
             finish(&shared, p, why.clone(), None, 0);
         }
         Counters::inc(&shared.counters.refused_protocol);
-        return local_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "mcpwatch: too many calls are waiting for their answers (limits.max_pending_calls; one user may hold half); try again later\n");
+        return local_response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", answer);
     }
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let req = Request::from_parts(parts, body::full(out_bytes));
