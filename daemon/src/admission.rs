@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use mcpwatch_api::ProcessInfo;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::tally::Tally;
+
 /// Which budget refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -54,8 +56,8 @@ const WARN_FOR: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Default)]
 struct Live {
-    by_tgid: HashMap<u32, usize>,
-    by_uid: HashMap<u32, usize>,
+    by_tgid: Tally<u32>,
+    by_uid: Tally<u32>,
 }
 
 /// Per-process and per-uid connection budgets.
@@ -79,17 +81,8 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let Some((tgid, uid)) = self.tgid_uid else { return };
         let mut live = self.admission.lock();
-        release(&mut live.by_tgid, tgid);
-        release(&mut live.by_uid, uid);
-    }
-}
-
-fn release(map: &mut HashMap<u32, usize>, k: u32) {
-    if let Some(n) = map.get_mut(&k) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            map.remove(&k);
-        }
+        live.by_tgid.sub(&tgid, 1);
+        live.by_uid.sub(&uid, 1);
     }
 }
 
@@ -109,9 +102,9 @@ impl Admission {
             return Ok(Ticket { admission: self.clone(), tgid_uid: None, _global: global });
         };
         let mut live = self.lock();
-        let refusal = if live.by_tgid.get(&p.tgid).copied().unwrap_or(0) >= self.per_process {
+        let refusal = if live.by_tgid.get(&p.tgid) >= self.per_process {
             Some((Refusal::Process, self.per_process))
-        } else if live.by_uid.get(&p.uid).copied().unwrap_or(0) >= self.per_uid {
+        } else if live.by_uid.get(&p.uid) >= self.per_uid {
             Some((Refusal::Uid, self.per_uid))
         } else {
             None
@@ -121,8 +114,8 @@ impl Admission {
             self.bite(r, format!("{} uid {}", p.label(), p.uid), limit);
             return Err(r);
         }
-        *live.by_tgid.entry(p.tgid).or_default() += 1;
-        *live.by_uid.entry(p.uid).or_default() += 1;
+        live.by_tgid.add(p.tgid, 1);
+        live.by_uid.add(p.uid, 1);
         Ok(Ticket { admission: self.clone(), tgid_uid: Some((p.tgid, p.uid)), _global: global })
     }
 
@@ -138,7 +131,7 @@ impl Admission {
 
     /// Live connections held by the process holding the most (for status).
     pub fn busiest(&self) -> Option<(u32, usize)> {
-        self.lock().by_tgid.iter().max_by_key(|(_, n)| **n).map(|(k, n)| (*k, *n))
+        self.lock().by_tgid.iter().max_by_key(|(_, n)| *n).map(|(k, n)| (*k, n))
     }
 
     /// One human line per budget that refused a connection in the last 10 minutes.

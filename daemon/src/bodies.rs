@@ -18,34 +18,42 @@
 //! At the crate's top level, like `admission`: the daemon-wide state holds it (status
 //! reads the refusals) and the proxy takes from it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Bytes of request bodies held for inspection, by every connection together.
+use mcpwatch_api::ProcessInfo;
+
+use crate::tally::Tally;
+
+/// Bytes of bodies held for inspection, by every connection together.
 #[derive(Debug)]
 pub struct BodyBudget {
     limit: usize,
-    used: AtomicUsize,
     refused: AtomicU64,
-    /// Bytes held by uid (`None`: the process is not known); entries at zero are removed,
-    /// so the map holds only uids with a body being read or held.
-    by_uid: Mutex<HashMap<Option<u32>, usize>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    /// By uid (`None`: the process is not known); only uids holding something.
+    by_uid: Tally<Option<u32>>,
 }
 
 impl BodyBudget {
     pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(BodyBudget { limit, used: AtomicUsize::new(0), refused: AtomicU64::new(0), by_uid: Mutex::new(HashMap::new()) })
+        Arc::new(BodyBudget { limit, refused: AtomicU64::new(0), held: Mutex::default() })
     }
 
-    /// An empty lease for a body sent by a process of `uid`, grown as its bytes arrive.
-    pub fn lease(self: &Arc<Self>, uid: Option<u32>) -> Lease {
-        Lease { budget: Arc::clone(self), uid, bytes: 0 }
+    /// An empty lease for a body sent by `process` (charged to its uid; processes
+    /// mcpwatch cannot name share one), grown as the body's bytes arrive.
+    pub fn lease(self: &Arc<Self>, process: Option<&ProcessInfo>) -> Lease {
+        Lease { budget: Arc::clone(self), uid: process.map(|p| p.uid), bytes: 0 }
     }
 
     /// Bytes held now.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        self.lock().total
     }
 
     pub fn limit(&self) -> usize {
@@ -63,34 +71,25 @@ impl BodyBudget {
         (self.limit / 2).max(1)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn take(&self, uid: Option<u32>, n: usize) -> bool {
-        let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = by_uid.get(&uid).copied().unwrap_or(0);
-        if mine.saturating_add(n) > self.share() {
+        let mut held = self.lock();
+        let fits = |now: usize, most: usize| now.checked_add(n).is_some_and(|t| t <= most);
+        if !fits(held.by_uid.get(&uid), self.share()) || !fits(held.total, self.limit) {
             return false;
         }
-        let took = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|t| *t <= self.limit))
-            .is_ok();
-        if took && n > 0 {
-            *by_uid.entry(uid).or_default() += n;
-        }
-        took
+        held.total += n;
+        held.by_uid.add(uid, n);
+        true
     }
 
     fn give(&self, uid: Option<u32>, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = by_uid.get_mut(&uid) {
-            *m = m.saturating_sub(n);
-            if *m == 0 {
-                by_uid.remove(&uid);
-            }
-        }
-        self.used.fetch_sub(n, Ordering::AcqRel);
+        let mut held = self.lock();
+        held.total = held.total.saturating_sub(n);
+        held.by_uid.sub(&uid, n);
     }
 }
 
@@ -113,10 +112,6 @@ impl Lease {
             false
         }
     }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
 }
 
 impl Drop for Lease {
@@ -132,9 +127,10 @@ mod tests {
     #[test]
     fn leases_share_the_limit_and_give_it_back() {
         let b = BodyBudget::new(100);
-        let mut a = b.lease(Some(1));
-        let mut c = b.lease(Some(2));
-        let mut d = b.lease(Some(3));
+        let by = |uid: u32| ProcessInfo { uid, ..Default::default() };
+        let mut a = b.lease(Some(&by(1)));
+        let mut c = b.lease(Some(&by(2)));
+        let mut d = b.lease(Some(&by(3)));
         assert!(a.grow(50));
         assert!(c.grow(30));
         assert!(!d.grow(21), "past the limit");
@@ -147,7 +143,7 @@ mod tests {
         drop(c);
         drop(d);
         assert_eq!(b.used(), 0);
-        assert!(b.by_uid.lock().unwrap().is_empty(), "no uid is left behind");
+        assert!(b.lock().by_uid.is_empty(), "no uid is left behind");
     }
 
     /// One uid holds at most half the budget, whatever the number of its bodies: the
@@ -155,10 +151,11 @@ mod tests {
     #[test]
     fn one_uid_holds_at_most_half() {
         let b = BodyBudget::new(100);
-        let mut flood: Vec<Lease> = (0..8).map(|_| b.lease(Some(1000))).collect();
+        let by = |uid: u32| ProcessInfo { uid, ..Default::default() };
+        let mut flood: Vec<Lease> = (0..8).map(|_| b.lease(Some(&by(1000)))).collect();
         let took: usize = flood.iter_mut().map(|l| if l.grow(10) { 10 } else { 0 }).sum();
         assert_eq!(took, 50, "one uid's bodies stop at half");
-        let mut other = b.lease(Some(1001));
+        let mut other = b.lease(Some(&by(1001)));
         assert!(other.grow(50), "another user's body still fits");
         let mut unknown = b.lease(None);
         assert!(!unknown.grow(1), "the whole budget is held now");

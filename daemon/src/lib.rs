@@ -33,6 +33,7 @@ pub mod session;
 pub mod sinks;
 pub mod startup;
 pub mod state;
+pub mod tally;
 pub mod stdio;
 
 use std::future::Future;
@@ -97,7 +98,7 @@ pub fn warnings(shared: &Shared) -> Vec<String> {
     let bodies = shared.bodies.refused();
     if bodies > 0 {
         out.push(format!(
-            "{bodies} request body(ies) or WebSocket message(s) refused: the budget for bodies held for inspection (limits.max_buffered_body_bytes = {} bytes, one uid may hold half) was spent; a flood of slow or large bodies, or a budget too small for this host",
+            "{bodies} request body(ies), WebSocket message(s) or answer(s) refused: the budget for bodies held for inspection (limits.max_buffered_body_bytes = {} bytes, one uid may hold half) was spent; a flood of slow or large bodies, or a budget too small for this host",
             shared.bodies.limit()
         ));
     }

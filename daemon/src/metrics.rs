@@ -179,9 +179,9 @@ impl Metrics {
         let _ = writeln!(o, "mcpwatch_audit_records {}", shared.store.record_count());
         metric_header(&mut o, "mcpwatch_audit_pruned_young_total", "Audit records removed by the record or size budget while less than 24 h old (a flood pushing records out).", "counter");
         let _ = writeln!(o, "mcpwatch_audit_pruned_young_total {}", shared.store.pruned_young());
-        metric_header(&mut o, "mcpwatch_body_budget_refused_total", "Request bodies refused (503) because the daemon-wide budget for bodies held for inspection was spent.", "counter");
+        metric_header(&mut o, "mcpwatch_body_budget_refused_total", "Request bodies, WebSocket messages and answers refused because the budget for bodies held for inspection (daemon-wide, or the sender's uid's half) was spent.", "counter");
         let _ = writeln!(o, "mcpwatch_body_budget_refused_total {}", shared.bodies.refused());
-        metric_header(&mut o, "mcpwatch_body_budget_held_bytes", "Bytes of request bodies held for inspection now.", "gauge");
+        metric_header(&mut o, "mcpwatch_body_budget_held_bytes", "Bytes of request bodies, WebSocket messages and answers held for inspection now.", "gauge");
         let _ = writeln!(o, "mcpwatch_body_budget_held_bytes {}", shared.bodies.used());
         metric_header(&mut o, "mcpwatch_held_calls", "Calls waiting for approval.", "gauge");
         let _ = writeln!(o, "mcpwatch_held_calls {}", shared.approvals.list().len());

@@ -20,6 +20,8 @@ use std::time::Instant;
 use mcpwatch_api::{AuditRecord, ProcessInfo};
 use mcpwatch_mcp::IdKey;
 
+use crate::tally::Tally;
+
 /// Which side sent a parked request. Client and server number their requests each on
 /// their own (both start at 1), so their pending ids are kept apart: a server's
 /// `sampling/createMessage` id 1 waiting for the client is not the client's `tools/call`
@@ -321,7 +323,7 @@ struct Inner {
     /// known). One uid may hold at most half the table ([`Sessions::park_client`]), so a
     /// process whose own server never answers cannot fill it and refuse every other
     /// user's legacy calls.
-    parks_by_uid: HashMap<Option<u32>, usize>,
+    parks_by_uid: Tally<Option<u32>>,
     /// [`legacy_key`] (dst, host, canonical path and session) → legacy route. A route
     /// lives exactly as long as the GET stream that announced it and is never evicted:
     /// a forgotten route would let its POSTs be judged as some other endpoint. When
@@ -329,7 +331,7 @@ struct Inner {
     legacy: HashMap<(String, String, String), LegacyRoute>,
     /// Conversations with at least one route in `legacy`, by how many: a client call is
     /// parked only in a conversation whose stream is still open ([`Sessions::park_client`]).
-    live_conversations: HashMap<String, usize>,
+    live_conversations: Tally<String>,
     max_legacy: usize,
     /// (endpoint, session id) → protocol version.
     versions: BoundedMap<(String, String), String>,
@@ -359,35 +361,16 @@ impl Inner {
         let uid = park_uid(&p);
         let out = self.parks_mut(asker).insert(key, p);
         if asker == Asker::Client {
-            *self.parks_by_uid.entry(uid).or_default() += 1;
+            self.parks_by_uid.add(uid, 1);
             self.unpark_count(&out);
         }
         out
     }
 
-    fn route_added(&mut self, conversation: &str) {
-        *self.live_conversations.entry(conversation.to_string()).or_default() += 1;
-    }
-
-    fn route_gone(&mut self, conversation: &str) {
-        if let Some(n) = self.live_conversations.get_mut(conversation) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.live_conversations.remove(conversation);
-            }
-        }
-    }
-
     /// Client calls that left `pending` (answered, drained, replaced, evicted).
     fn unpark_count(&mut self, gone: &[Pending]) {
         for p in gone {
-            let uid = park_uid(p);
-            if let Some(n) = self.parks_by_uid.get_mut(&uid) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.parks_by_uid.remove(&uid);
-                }
-            }
+            self.parks_by_uid.sub(&park_uid(p), 1);
         }
     }
 }
@@ -404,9 +387,9 @@ impl Sessions {
             inner: Mutex::new(Inner {
                 pending: BoundedMap::new(max_pending),
                 server_pending: BoundedMap::new(max_pending),
-                parks_by_uid: HashMap::new(),
+                parks_by_uid: Tally::default(),
                 legacy: HashMap::new(),
-                live_conversations: HashMap::new(),
+                live_conversations: Tally::default(),
                 max_legacy: max_legacy.max(1),
                 versions: BoundedMap::new(4096),
                 ids: BoundedMap::new(max_pending),
@@ -616,13 +599,13 @@ impl Sessions {
     /// run or is about to, and a park after it would wait forever, held against its uid.
     pub fn park_client(&self, conversation: &str, id: &IdKey, p: Pending) -> Result<Vec<Pending>, (Box<Pending>, Unparked)> {
         let Ok(mut i) = self.inner.lock() else { return Err((Box::new(p), Unparked::Full)) };
-        if !i.live_conversations.contains_key(conversation) {
+        if i.live_conversations.get(conversation) == 0 {
             return Err((Box::new(p), Unparked::StreamGone));
         }
         let key = (conversation.to_string(), Asker::Client.key(id));
         if i.pending.get(&key).is_none() {
             let share = (i.pending.capacity() / 2).max(1);
-            if i.pending.is_full() || i.parks_by_uid.get(&park_uid(&p)).is_some_and(|n| *n >= share) {
+            if i.pending.is_full() || i.parks_by_uid.get(&park_uid(&p)) >= share {
                 return Err((Box::new(p), Unparked::Full));
             }
         }
@@ -667,9 +650,9 @@ impl Sessions {
             return Err(LegacyRoutesFull(i.max_legacy));
         }
         let conversation = route.conversation.clone();
-        i.route_added(&conversation);
+        i.live_conversations.add(conversation.clone(), 1);
         if let Some(old) = i.legacy.insert(key.clone(), route) {
-            i.route_gone(&old.conversation);
+            i.live_conversations.sub(&old.conversation, 1);
         }
         Ok(LegacyRouteKey { key, conversation })
     }
@@ -681,7 +664,7 @@ impl Sessions {
             && i.legacy.get(&route.key).is_some_and(|r| r.conversation == route.conversation)
         {
             i.legacy.remove(&route.key);
-            i.route_gone(&route.conversation);
+            i.live_conversations.sub(&route.conversation, 1);
         }
     }
 

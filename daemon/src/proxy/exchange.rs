@@ -176,7 +176,7 @@ async fn with_body(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, parts:
     // that cannot begin JSON (uploads and forms stream on undelayed).
     let stop_early = !(json_post || exact);
     // Held until this request's answer head is back: the body's bytes live that long.
-    let mut lease = shared.bodies.lease(scope.ctx.origin.process.as_ref().map(|p| p.uid));
+    let mut lease = shared.bodies.lease(scope.ctx.origin.process.as_deref());
     match body::collect_with(body, limits.max_body_bytes, limits.body_timeout, stop_early, Some(&mut lease)).await {
         Collected::Complete(bytes) => complete_body(shared, scope, up, parts, (bytes, lease), &content_type, evidence).await,
         Collected::OverBudget { read, json_like } => {

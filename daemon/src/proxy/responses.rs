@@ -247,7 +247,7 @@ impl StreamObserver {
         // them (`Scope::target`, `Scope::flow_session`): every answer of the stream reads
         // those, no copy per stream or per answer.
         let enforce = gov.inspect_mode(&scope.target().as_policy()) == Mode::Enforce;
-        let lease = shared.bodies.lease(scope.ctx.origin.process.as_ref().map(|p| p.uid));
+        let lease = shared.bodies.lease(scope.ctx.origin.process.as_deref());
         StreamObserver { shared, scope, gov, local, injected: Vec::new(), status, response_session, mode, bytes: 0, enforce, abort: false, legacy_route: None, lease }
     }
 

@@ -331,8 +331,8 @@ where
     let limit = watch.shared.config.limits.max_body_bytes;
     // The message being held takes from the daemon-wide budget (twice its payload: its
     // frames as received and its unmasked copy), given back when it has gone on.
-    let uid = watch.scope.ctx.origin.process.as_ref().map(|p| p.uid);
-    let mut lease = watch.shared.bodies.lease(uid);
+    let process = watch.scope.ctx.origin.process.clone();
+    let mut lease = watch.shared.bodies.lease(process.as_deref());
     let mut buf = BytesMut::with_capacity(8 * 1024);
     // The message being assembled: its frames as received, and its unmasked payload.
     let mut held = BytesMut::new();
@@ -446,7 +446,7 @@ where
                 held.clear();
                 message.clear();
                 in_message = false;
-                lease = watch.shared.bodies.lease(uid);
+                lease = watch.shared.bodies.lease(process.as_deref());
             }
             send!(&frame);
             continue;
@@ -462,7 +462,7 @@ where
             held.clear();
             message.clear();
             since = None;
-            lease = watch.shared.bodies.lease(uid);
+            lease = watch.shared.bodies.lease(process.as_deref());
         }
     }
 }
