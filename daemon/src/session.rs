@@ -490,32 +490,31 @@ impl Sessions {
         // most. The sweep reads `/proc` for every owner (65,536 at most): that happens
         // with the lock released, since every session lookup on every proxy thread takes
         // it, and an attacker who can make sweeps due would otherwise stall them all.
-        let candidates = {
-            let Ok(mut o) = self.owners.lock() else { return };
-            let o = &mut *o;
-            if o.by_session.len() >= MAX_SESSION_BINDINGS && o.by_session.get(&key).is_none() && o.since_sweep >= SWEEP_EVERY {
-                o.since_sweep = 0;
-                let live = &o.by_session;
-                o.by_owner.retain(|own, keys| {
-                    keys.retain(|k| live.get(k) == Some(own));
-                    !keys.is_empty()
-                });
-                o.by_owner.keys().filter(|own| **own != owner).cloned().collect()
-            } else {
-                Vec::new()
-            }
-        };
-        let gone: Vec<Owner> = candidates.into_iter().filter(|own| !alive(own)).collect();
-        let Ok(mut o) = self.owners.lock() else { return };
-        let o = &mut *o;
-        for own in gone {
-            // Only keys still bound to it: one rebound meanwhile belongs to someone else.
-            for k in o.by_owner.remove(&own).unwrap_or_default() {
-                if o.by_session.get(&k) == Some(&own) {
-                    o.by_session.remove(&k);
+        let Ok(mut guard) = self.owners.lock() else { return };
+        if guard.by_session.len() >= MAX_SESSION_BINDINGS && guard.by_session.get(&key).is_none() && guard.since_sweep >= SWEEP_EVERY {
+            let o = &mut *guard;
+            o.since_sweep = 0;
+            let live = &o.by_session;
+            o.by_owner.retain(|own, keys| {
+                keys.retain(|k| live.get(k) == Some(own));
+                !keys.is_empty()
+            });
+            let candidates: Vec<Owner> = o.by_owner.keys().filter(|own| **own != owner).cloned().collect();
+            drop(guard);
+            let gone: Vec<Owner> = candidates.into_iter().filter(|own| !alive(own)).collect();
+            let Ok(relocked) = self.owners.lock() else { return };
+            guard = relocked;
+            let o = &mut *guard;
+            for own in gone {
+                // Only keys still bound to it: one rebound meanwhile belongs to someone else.
+                for k in o.by_owner.remove(&own).unwrap_or_default() {
+                    if o.by_session.get(&k) == Some(&own) {
+                        o.by_session.remove(&k);
+                    }
                 }
             }
         }
+        let o = &mut *guard;
         if o.by_session.len() >= MAX_SESSION_BINDINGS
             && o.by_session.get(&key).is_none()
             && let Some(who) = o.by_owner.iter().max_by_key(|(_, keys)| keys.len()).map(|(who, _)| who.clone())
