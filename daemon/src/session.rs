@@ -243,10 +243,11 @@ impl Owner {
     /// An unknown start time cannot be told from a recycled pid: taken as alive. A zombie
     /// (exited, not yet reaped) is dead: otherwise a parent that never reaps could keep
     /// thousands of exited processes' bindings from the sweep and so push a live
-    /// process's binding out (`mcpwatch_intercept::process::is_alive` judges the state).
+    /// process's binding out (`mcpwatch_intercept::process::is_alive_by_stat` judges the
+    /// state, from the one read of `stat`).
     pub fn is_alive(&self) -> bool {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.tgid)) else { return false };
-        (self.start_time.is_none() || stat_start_time(&stat) == self.start_time) && mcpwatch_intercept::process::is_alive(self.tgid)
+        (self.start_time.is_none() || stat_start_time(&stat) == self.start_time) && mcpwatch_intercept::process::is_alive_by_stat(self.tgid, &stat)
     }
 
     /// The owner `p` describes. Its start time comes from the `connect` hook when it

@@ -121,7 +121,13 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 /// leader thread that exited (`syscall(SYS_exit)`) while others run shows `Z` in
 /// `/proc/<pid>/stat`, yet the process goes on (and connects): judged by its threads.
 pub fn is_alive(pid: u32) -> bool {
-    if stat_alive(&format!("/proc/{pid}/stat")) {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| is_alive_by_stat(pid, &stat))
+}
+
+/// [`is_alive`] for a caller that has read `/proc/<pid>/stat` already (`stat`): no
+/// second read of it; the threads are read only when the leader is a zombie.
+pub fn is_alive_by_stat(pid: u32, stat: &str) -> bool {
+    if state_alive(stat) {
         return true;
     }
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
@@ -130,9 +136,11 @@ pub fn is_alive(pid: u32) -> bool {
 
 /// A `stat` file whose state is neither zombie nor dead.
 fn stat_alive(path: &str) -> bool {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return false;
-    };
+    std::fs::read_to_string(path).is_ok_and(|stat| state_alive(&stat))
+}
+
+/// A `stat` line whose state is neither zombie nor dead.
+fn state_alive(stat: &str) -> bool {
     // The state follows the comm, which may itself contain ") ".
     let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, Some("Z" | "X") | None)
