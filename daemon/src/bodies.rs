@@ -10,8 +10,9 @@
 //! fails closed and the memory held for request bodies stays bounded. WebSocket messages
 //! and JSON or text answers held for inspection take from the same budget (charged to the
 //! client's uid: its own slow server is its own flood); an answer that does not fit is
-//! not held, and toward an enforced server not delivered. Server-sent events are bounded
-//! per connection only (`max_sse_event_bytes`, one event at a time). One uid may hold at most half the
+//! not held, and toward an enforced server not delivered. A server-sent event held until it
+//! is whole (at most `max_sse_event_bytes`) holds its bytes from the budget too, its stream
+//! cut off when they do not fit. One uid may hold at most half the
 //! budget (bodies of unknown processes count as one uid), so one user's flood, or calls
 //! of theirs held for approval, cannot refuse every other user's bodies.
 //!
@@ -110,6 +111,21 @@ impl Lease {
         } else {
             self.budget.refused.fetch_add(1, Ordering::Relaxed);
             false
+        }
+    }
+
+    /// Holds exactly `n` bytes from now on: takes what is missing (false, the refusal
+    /// counted and the lease unchanged, when the budget cannot hold it) or gives back what
+    /// is no longer held. For a buffer that grows and drains, as a server-sent event's.
+    pub fn hold(&mut self, n: usize) -> bool {
+        match n.cmp(&self.bytes) {
+            std::cmp::Ordering::Greater => self.grow(n - self.bytes),
+            std::cmp::Ordering::Less => {
+                self.budget.give(self.uid, self.bytes - n);
+                self.bytes = n;
+                true
+            }
+            std::cmp::Ordering::Equal => true,
         }
     }
 }

@@ -32,6 +32,11 @@ use crate::inventory::{ServerInfoUpdate, Sighting};
 use crate::session::{Asker, IdFate, LegacyRoute, LegacyRouteKey, Pending, PendingKey};
 use crate::state::{Counters, Shared};
 
+/// Why an answer was not held for inspection when the body budget could not hold it.
+const BUDGET_SPENT: &str = "response not held for inspection: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent";
+/// The same for a server-sent event still arriving.
+const BUDGET_SPENT_SSE: &str = "server event not held for inspection: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent";
+
 /// How an observed answer goes on to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -703,7 +708,7 @@ impl Transformer for StreamObserver {
                     let why = if over_limit {
                         format!("response larger than limits.max_body_bytes ({limit} bytes)")
                     } else {
-                        "response not held for inspection: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent".to_string()
+                        BUDGET_SPENT.to_string()
                     };
                     // The size is the client's to choose (an `echo` of a padded argument
                     // carries a secret past the detectors): toward an enforced server an
@@ -733,11 +738,24 @@ impl Transformer for StreamObserver {
                 if events.iter().any(|e| e.oversized) || (events.is_empty() && raw.len() > limit) {
                     return self.abort_with(&format!("server event larger than limits.max_sse_event_bytes ({limit} bytes)"), true);
                 }
+                let done: Vec<u8> = if events.is_empty() {
+                    Vec::new()
+                } else {
+                    let end = last_event_end(raw).unwrap_or(raw.len());
+                    raw.drain(..end).collect()
+                };
+                // What waits for the rest of its event (its bytes as they came, and the
+                // parser's copy of its data) is held from the body budget, charged to the
+                // client's uid: one event at a time per stream, but a uid's streams
+                // together may not hold more than its share. Past it the stream is cut
+                // off, as an oversized event's: never delivered uninspected.
+                let waiting = raw.len() + parser.buffered();
+                if !self.lease.hold(waiting) {
+                    return self.abort_with(BUDGET_SPENT_SSE, true);
+                }
                 if events.is_empty() {
                     return Bytes::new();
                 }
-                let end = last_event_end(raw).unwrap_or(raw.len());
-                let done: Vec<u8> = raw.drain(..end).collect();
                 self.emit_events(events, done)
             }
             Mode2::Ignore => Bytes::copy_from_slice(data),

@@ -267,6 +267,40 @@ fn an_answer_past_the_body_budget_is_not_delivered_in_enforce_mode() {
     drop(holder);
 }
 
+/// A server-sent event is held until it is whole (to be inspected before any of it is
+/// delivered), up to `max_sse_event_bytes` (8 MiB) per stream. A watched user's own server
+/// that starts events and never ends them made the daemon hold that much per connection,
+/// times the connections a uid may open, outside the body budget. The waiting event now
+/// holds its bytes from the budget, charged to the client's uid: a stream whose event does
+/// not fit is cut off (the client is told why, the call recorded), never delivered
+/// uninspected.
+#[test]
+fn a_server_event_waiting_to_be_whole_takes_from_the_body_budget() {
+    // Each answer: an event of ~20,000 bytes of its data, never finished (the server stays
+    // open). Held twice (the bytes as they came and the parser's copy): ~40,000 a stream.
+    let partial = format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"{} SSN 536-22-8741", "A".repeat(20_000));
+    let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(partial.into_bytes()), stay_open: true, ..Default::default() });
+    // One uid's share: 65,536 bytes (static mode: every client is one uid); one waiting
+    // event fits, two do not.
+    let config = "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 131072\n";
+    let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(DENY_DELETES.into()), config: Some(config.into()), ..Default::default() });
+    let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
+    let call = |id: u32| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}}}}}}"#);
+        format!("POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-sse-{id}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+    let (_first, got) = open_until(addr, call(1).as_bytes(), "\r\n\r\n");
+    assert!(got.starts_with("HTTP/1.1 200") && got.contains("text/event-stream"), "the first stream is open: {got}");
+    // Let the first stream's event arrive and wait.
+    std::thread::sleep(Duration::from_millis(500));
+    let (_second, got) = open_until(addr, call(2).as_bytes(), "max_buffered_body_bytes");
+    assert!(got.contains("max_buffered_body_bytes"), "the second stream is cut off, its client told why: {}", &got[..got.len().min(600)]);
+    assert!(!got.contains("536-22-8741") && !got.contains("AAAAAAAAAA"), "nothing of the uninspected event reached the client: {}", &got[..got.len().min(600)]);
+    daemon.wait_audit("the cut-off call's record", |r| {
+        r.iter().any(|x| x.jsonrpc_id.as_deref() == Some("2") && matches!(&x.status, CallStatus::TransportError { reason } if reason.contains("max_buffered_body_bytes")))
+    });
+}
+
 /// A server replays answers on a resumed stream (`Last-Event-ID`, the SDKs' event
 /// stores): the replayed answer's call was completed already, so no waiting call took
 /// it and it reached the client with no inspection and no record. Now it is judged by
