@@ -29,6 +29,19 @@ use serde_json::{Map, Number, Value};
 
 /// JSON-RPC "Parse error": the body is not valid JSON (or not UTF-8).
 pub const PARSE_ERROR: i64 = -32700;
+/// Longest string request id a message may carry. Ids are keys of every table of pending
+/// calls and id fates, and are copied into the records that wait for their answers; no
+/// SDK sends more than a number or a UUID. Without a bound a peer's 16 MiB id was held,
+/// several times over, for every call it left pending: memory a watched user chose.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `method` a message may carry (MCP's longest is under 40 bytes): it is kept in
+/// the record of every pending call.
+pub const MAX_METHOD_BYTES: usize = 256;
+/// Longest target a call may name (`params.name` of `tools/call` and `prompts/get`,
+/// `params.uri` of `resources/read` and `(un)subscribe`): kept in the pending call's
+/// record and the inventory. MCP asks tool names of at most 128 characters; a URI may be
+/// a long path.
+pub const MAX_TARGET_BYTES: usize = 4096;
 /// JSON-RPC "Invalid Request": valid JSON, but not a valid JSON-RPC/MCP message.
 pub const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC "Method not found".
@@ -268,6 +281,8 @@ pub enum Invalid {
     NotAMessage,
     #[error("response has no \"id\"")]
     MissingId,
+    #[error("{what} is {len} bytes, over the {limit}-byte limit")]
+    TooLong { what: &'static str, len: usize, limit: usize },
 }
 
 impl Invalid {
@@ -471,12 +486,20 @@ fn message_from_object(obj: &mut Map<String, Value>) -> Result<Message, Invalid>
 
     if has_method {
         let method = match obj.get("method") {
+            Some(Value::String(s)) if s.len() > MAX_METHOD_BYTES => return Err(Invalid::TooLong { what: "\"method\"", len: s.len(), limit: MAX_METHOD_BYTES }),
             Some(Value::String(s)) => s.clone(),
             _ => return Err(Invalid::MethodNotString),
         };
         match obj.get("params") {
             None | Some(Value::Object(_) | Value::Array(_)) => {}
             Some(other) => return Err(Invalid::BadParams { found: type_name(other) }),
+        }
+        if let Some(field) = crate::message::target_field(&method)
+            && let Some(Value::String(target)) = obj.get("params").and_then(|p| p.get(field))
+            && target.len() > MAX_TARGET_BYTES
+        {
+            let what = if field == "uri" { "\"params.uri\"" } else { "\"params.name\"" };
+            return Err(Invalid::TooLong { what, len: target.len(), limit: MAX_TARGET_BYTES });
         }
         let id = match obj.get("id") {
             None => None,
@@ -542,6 +565,7 @@ fn error_object(code: i64, message: &str, data: Option<Value>) -> Value {
 fn request_id(v: &Value) -> Result<Id, Invalid> {
     match v {
         Value::Null => Err(Invalid::NullId),
+        Value::String(s) if s.len() > MAX_ID_BYTES => Err(Invalid::TooLong { what: "\"id\"", len: s.len(), limit: MAX_ID_BYTES }),
         other => Id::from_value(other).ok_or(Invalid::BadId { found: type_name(other) }),
     }
 }
@@ -737,6 +761,36 @@ mod tests {
 
     fn key_of(json: &str) -> IdKey {
         Id::from_value(&serde_json::from_str(json).unwrap()).unwrap().key()
+    }
+
+    /// Ids, methods and targets are kept in the records and keys of pending calls: a
+    /// peer's long one is refused, not held for as long as the call waits.
+    #[test]
+    fn long_ids_methods_and_targets_are_refused() {
+        let invalid = |body: String| match parse_body(body.as_bytes()) {
+            Parsed::Single(m) => panic!("accepted: {m:?}"),
+            Parsed::Invalid(e) => e,
+            other => panic!("{other:?}"),
+        };
+        let long = |n: usize| "x".repeat(n);
+        let at = single(&format!(r#"{{"jsonrpc":"2.0","id":"{}","method":"m"}}"#, long(MAX_ID_BYTES)));
+        assert_eq!(at.id().map(|i| i.to_string().len()), Some(MAX_ID_BYTES + 2), "an id at the limit is taken");
+        for body in [
+            format!(r#"{{"jsonrpc":"2.0","id":"{}","method":"m"}}"#, long(MAX_ID_BYTES + 1)),
+            format!(r#"{{"jsonrpc":"2.0","id":"{}","result":{{}}}}"#, long(MAX_ID_BYTES + 1)),
+            format!(r#"{{"jsonrpc":"2.0","id":"{}","error":{{"code":1,"message":"m"}}}}"#, long(MAX_ID_BYTES + 1)),
+        ] {
+            assert_eq!(invalid(body), Invalid::TooLong { what: "\"id\"", len: MAX_ID_BYTES + 1, limit: MAX_ID_BYTES });
+        }
+        let e = invalid(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#, long(MAX_METHOD_BYTES + 1)));
+        assert!(matches!(e, Invalid::TooLong { what: "\"method\"", .. }), "{e:?}");
+        let e = invalid(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}"}}}}"#, long(MAX_TARGET_BYTES + 1)));
+        assert!(matches!(e, Invalid::TooLong { what: "\"params.name\"", .. }), "{e:?}");
+        let e = invalid(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{{"uri":"{}"}}}}"#, long(MAX_TARGET_BYTES + 1)));
+        assert!(matches!(e, Invalid::TooLong { what: "\"params.uri\"", .. }), "{e:?}");
+        assert_eq!(e.code(), INVALID_REQUEST);
+        // Other methods' `name` is no target: not bounded here.
+        single(&format!(r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"name":"{}"}}}}"#, long(MAX_TARGET_BYTES + 1)));
     }
 
     #[test]
