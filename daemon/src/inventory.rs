@@ -16,6 +16,19 @@ use mcpwatch_audit::Store;
 
 pub const MAX_SERVERS: usize = 10_000;
 pub const MAX_CLIENTS: usize = 64;
+/// Most tools kept per server. A server's `tools/list` pages are the server's to choose
+/// (a watched user's own server, paged without end): past this, a tool is not pinned and
+/// is treated as changed (hidden from clients in enforce mode, alerted otherwise).
+pub const MAX_TOOLS: usize = 1024;
+/// Largest tool definition kept for diffs (about its JSON size); a larger one is pinned
+/// by its hash alone.
+pub const MAX_KEPT_DEFINITION_BYTES: usize = 16 << 10;
+/// Most bytes (estimated) of tools the inventory holds in memory for all servers
+/// together; past it the least recently seen servers are written to the store and
+/// dropped from memory, as at [`MAX_SERVERS`]. Without it, 10,000 endpoints (paths of one
+/// server of the user's own) with 1,024 large tools each held gigabytes, written back
+/// and read again after a restart.
+pub const MAX_TOOL_BYTES_IN_MEMORY: usize = 64 << 20;
 
 pub struct Inventory {
     servers: Mutex<HashMap<String, ServerEntry>>,
@@ -30,7 +43,48 @@ pub struct Inventory {
     /// ungoverned and unrecorded.
     forgotten: Mutex<Forgotten>,
     dirty: Mutex<std::collections::HashSet<String>>,
+    /// Estimated bytes of each resident server's tools, and their sum (taken after
+    /// `servers`, never before it).
+    tool_bytes: Mutex<ToolBytes>,
     store: Store,
+}
+
+#[derive(Default)]
+struct ToolBytes {
+    by_endpoint: HashMap<String, usize>,
+    total: usize,
+}
+
+impl ToolBytes {
+    fn set(&mut self, endpoint: &str, bytes: usize) {
+        let old = if bytes == 0 { self.by_endpoint.remove(endpoint) } else { self.by_endpoint.insert(endpoint.to_string(), bytes) };
+        self.total = self.total.saturating_sub(old.unwrap_or(0)).saturating_add(bytes);
+    }
+}
+
+/// About how many bytes a server's tools hold in memory.
+fn tools_bytes(tools: &[ToolEntry]) -> usize {
+    tools
+        .iter()
+        .map(|t| {
+            128 + t.name.len()
+                + t.hash.len()
+                + t.diff.iter().map(String::len).sum::<usize>()
+                + t.pinned_definition.as_deref().map_or(0, json_bytes)
+        })
+        .sum()
+}
+
+/// About how many bytes a JSON value's text takes (what it holds in memory is a small
+/// multiple of that).
+fn json_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.iter().map(json_bytes).sum::<usize>() + a.len(),
+        Value::Object(o) => 2 + o.iter().map(|(k, v)| k.len() + 4 + json_bytes(v)).sum::<usize>(),
+    }
 }
 
 /// What the proxy learned about a server from one message.
@@ -101,6 +155,9 @@ pub struct ServerInfoUpdate {
     pub capabilities: Option<serde_json::Value>,
 }
 
+/// The "diff" of a tool past [`MAX_TOOLS`] of its server.
+pub const TOO_MANY_TOOLS_DIFF: &str = "not pinned: the server lists more tools than the inventory keeps for one server (1024)";
+
 /// The "diff" of a tool that appeared after the server's tools were first pinned.
 pub const NEW_TOOL_DIFF: &str = "new tool, not in the tools/list first pinned for this server";
 
@@ -170,19 +227,34 @@ fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, forgotten
 
 impl Inventory {
     pub fn load(store: Store) -> Inventory {
-        let servers = match store.servers() {
-            Ok(list) => list.into_iter().map(|s| (s.endpoint.clone(), s)).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load inventory from the store; starting empty");
-                HashMap::new()
-            }
-        };
-        let mut dsts = crate::session::BoundedMap::new(MAX_SERVERS);
+        let mut list = store.servers().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load inventory from the store; starting empty");
+            Vec::new()
+        });
+        // The store holds every server ever seen (evicted entries too): memory takes the
+        // most recently seen within its bounds, the rest are read back when next judged.
+        list.sort_by_key(|s| std::cmp::Reverse(s.last_seen_ms));
+        let mut tool_bytes = ToolBytes::default();
+        let mut servers = HashMap::new();
         let forgotten = Mutex::new(Forgotten::new());
+        for s in list {
+            let bytes = tools_bytes(&s.tools);
+            if servers.len() >= MAX_SERVERS || tool_bytes.total.saturating_add(bytes) > MAX_TOOL_BYTES_IN_MEMORY {
+                if let Ok(mut f) = forgotten.lock()
+                    && !s.dst.is_empty()
+                {
+                    f.add(&s.dst);
+                }
+                continue;
+            }
+            tool_bytes.set(&s.endpoint, bytes);
+            servers.insert(s.endpoint.clone(), s);
+        }
+        let mut dsts = crate::session::BoundedMap::new(MAX_SERVERS);
         for s in servers.values() {
             note_dst(&mut dsts, &forgotten, &s.dst, &s.endpoint);
         }
-        Inventory { servers: Mutex::new(servers), mcp_dsts: Mutex::new(dsts), forgotten, dirty: Mutex::new(Default::default()), store }
+        Inventory { servers: Mutex::new(servers), mcp_dsts: Mutex::new(dsts), forgotten, dirty: Mutex::new(Default::default()), tool_bytes: Mutex::new(tool_bytes), store }
     }
 
     /// Has MCP been seen at this socket address (any path)?
@@ -229,22 +301,38 @@ impl Inventory {
             return servers.get_mut(endpoint);
         }
         let entry = self.store.server(endpoint).ok().flatten().or_else(|| create(endpoint))?;
-        self.make_room(servers);
+        let bytes = tools_bytes(&entry.tools);
+        self.make_room(servers, endpoint, bytes);
+        self.set_tool_bytes(endpoint, bytes);
         Some(servers.entry(endpoint.to_string()).or_insert(entry))
     }
 
-    /// At [`MAX_SERVERS`], drop the least recently seen entry from memory, writing it to
-    /// the store first so nothing it holds (pins, changes not yet persisted) is lost.
-    fn make_room(&self, servers: &mut HashMap<String, ServerEntry>) {
-        if servers.len() < MAX_SERVERS {
-            return;
+    fn set_tool_bytes(&self, endpoint: &str, bytes: usize) {
+        if let Ok(mut t) = self.tool_bytes.lock() {
+            t.set(endpoint, bytes);
         }
-        let Some(oldest) = servers.values().min_by_key(|s| s.last_seen_ms).map(|s| s.endpoint.clone()) else { return };
-        if let Some(e) = servers.remove(&oldest) {
+    }
+
+    /// Make room for `adding` more bytes of tools: while memory holds [`MAX_SERVERS`]
+    /// entries or the tools would pass [`MAX_TOOL_BYTES_IN_MEMORY`], drop the least
+    /// recently seen entry other than `keep` from memory, writing it to the store first
+    /// so nothing it holds (pins, changes not yet persisted) is lost.
+    fn make_room(&self, servers: &mut HashMap<String, ServerEntry>, keep: &str, adding: usize) {
+        loop {
+            let tools = self.tool_bytes.lock().map_or(0, |t| t.total);
+            let counted = servers.len() < MAX_SERVERS || servers.contains_key(keep);
+            if counted && tools.saturating_add(adding) <= MAX_TOOL_BYTES_IN_MEMORY {
+                return;
+            }
+            let Some(oldest) = servers.values().filter(|s| s.endpoint != keep).min_by_key(|s| s.last_seen_ms).map(|s| s.endpoint.clone()) else { return };
+            let Some(e) = servers.remove(&oldest) else { return };
             if let Err(err) = self.store.put_server(&e) {
                 tracing::error!(error = %err, endpoint = %e.endpoint, "cannot persist an evicted inventory entry; keeping it");
                 servers.insert(oldest, e);
-            } else if !e.dst.is_empty()
+                return;
+            }
+            self.set_tool_bytes(&oldest, 0);
+            if !e.dst.is_empty()
                 && let Ok(mut f) = self.forgotten.lock()
             {
                 f.add(&e.dst);
@@ -401,12 +489,17 @@ impl Inventory {
     /// the pins of tools on later pages must survive a re-listing.
     pub fn observe_tools(&self, endpoint: &str, tools: &[ToolSight], first_page: bool, last_page: bool, now_ms: u64) -> Vec<(String, PinOutcome)> {
         let mut outcomes = Vec::new();
+        let mut bytes = 0;
         self.update(endpoint, |e| {
             let old = std::mem::take(&mut e.tools);
             let mut kept: Vec<ToolEntry> = if first_page && last_page { Vec::new() } else { old.clone() };
             for t in tools {
                 let prev = old.iter().find(|x| x.name == t.name);
                 kept.retain(|x| x.name != t.name);
+                if kept.len() >= MAX_TOOLS {
+                    outcomes.push((t.name.clone(), PinOutcome::Changed(vec![TOO_MANY_TOOLS_DIFF.to_string()])));
+                    continue;
+                }
                 let mut entry = prev.cloned().unwrap_or(ToolEntry { name: t.name.clone(), first_seen_ms: now_ms, ..Default::default() });
                 entry.hash = t.hash.clone();
                 entry.poisoning = t.poisoning.clone();
@@ -420,7 +513,7 @@ impl Inventory {
                         let diff: Vec<String> = match old_def {
                             Some(old_def) => mcpwatch_inspect::pin::diff(old_def, &t.def)
                                 .into_iter()
-                                .map(|c| format!("{}: {} -> {}", if c.pointer.is_empty() { "…" } else { &c.pointer }, c.before.as_deref().unwrap_or("(absent)"), c.after.as_deref().unwrap_or("(absent)")))
+                                .map(|c| crate::record::clip(&format!("{}: {} -> {}", if c.pointer.is_empty() { "…" } else { &c.pointer }, c.before.as_deref().unwrap_or("(absent)"), c.after.as_deref().unwrap_or("(absent)"))))
                                 .collect(),
                             None => vec!["definition changed (previous definition not kept)".to_string()],
                         };
@@ -437,7 +530,7 @@ impl Inventory {
                     }
                     (None, _) => {
                         entry.pinned_hash = Some(t.hash.clone());
-                        entry.pinned_definition = Some(std::sync::Arc::new(t.def.clone()));
+                        entry.pinned_definition = (json_bytes(&t.def) <= MAX_KEPT_DEFINITION_BYTES).then(|| std::sync::Arc::new(t.def.clone()));
                         PinOutcome::FirstSeen
                     }
                 };
@@ -445,7 +538,15 @@ impl Inventory {
                 kept.push(entry);
             }
             e.tools = kept;
+            bytes = tools_bytes(&e.tools);
         });
+        if let Ok(mut servers) = self.servers.lock() {
+            self.set_tool_bytes(endpoint, 0);
+            self.make_room(&mut servers, endpoint, bytes);
+            if servers.contains_key(endpoint) {
+                self.set_tool_bytes(endpoint, bytes);
+            }
+        }
         outcomes
     }
 
@@ -663,6 +764,68 @@ mod tests {
         inv.observe_tools(e, &[sight("a", "1")], true, false, 3);
         let out = inv.observe_tools(e, &[sight("b", "CHANGED")], false, true, 4);
         assert!(matches!(&out[0].1, PinOutcome::Changed(_)), "a change on page 2 went unnoticed: {out:?}");
+    }
+
+    /// A server's tools are the server's to choose, paged without end: past
+    /// [`MAX_TOOLS`] a tool is not pinned but treated as changed (hidden in enforce mode),
+    /// and a large definition is pinned by its hash alone.
+    #[test]
+    fn one_server_keeps_at_most_max_tools_and_small_definitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let e = "http://127.0.0.1:1/mcp";
+        let page = |from: usize| (from..from + 100).map(|i| sight(&format!("t{i}"), "d")).collect::<Vec<_>>();
+        let mut outcomes = inv.observe_tools(e, &page(0), true, false, 1);
+        for p in 1..11 {
+            outcomes.extend(inv.observe_tools(e, &page(p * 100), false, p == 10, 1));
+        }
+        assert_eq!(outcomes.iter().filter(|(_, o)| *o == PinOutcome::FirstSeen).count(), MAX_TOOLS);
+        let refused: Vec<_> = outcomes.iter().filter(|(_, o)| matches!(o, PinOutcome::Changed(d) if d[0] == TOO_MANY_TOOLS_DIFF)).collect();
+        assert_eq!(refused.len(), 1100 - MAX_TOOLS, "every tool past the bound is untrusted");
+        assert!(inv.tool(e, "t1099").is_none() && inv.tool(e, "t0").is_some());
+        // A tool already kept is judged as before (its pin compared), bound or not.
+        let again = inv.observe_tools(e, &[sight("t0", "CHANGED")], false, false, 2);
+        assert!(matches!(&again[0].1, PinOutcome::Changed(d) if d[0] != TOO_MANY_TOOLS_DIFF), "{again:?}");
+        let big = sight("big", &"x".repeat(MAX_KEPT_DEFINITION_BYTES));
+        let e2 = "http://127.0.0.1:2/mcp";
+        assert_eq!(inv.observe_tools(e2, &[big], true, true, 3)[0].1, PinOutcome::FirstSeen);
+        let kept = inv.tool(e2, "big").expect("pinned");
+        assert!(kept.pinned_hash.is_some() && kept.pinned_definition.is_none(), "pinned by hash alone");
+    }
+
+    /// The tools held in memory for all servers together are bounded: past
+    /// [`MAX_TOOL_BYTES_IN_MEMORY`] the least recently seen servers go to the store, and
+    /// come back with their pins when judged again.
+    #[test]
+    fn tools_in_memory_are_bounded_and_evicted_pins_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        // ~1 MiB of tools a server (definitions just under the kept size).
+        let tools: Vec<ToolSight> = (0..70).map(|i| sight(&format!("t{i}"), &"x".repeat(MAX_KEPT_DEFINITION_BYTES - 100))).collect();
+        let servers = 2 * MAX_TOOL_BYTES_IN_MEMORY / (1 << 20);
+        for i in 0..servers {
+            let endpoint = format!("http://127.0.0.1:{}/mcp", 1000 + i);
+            inv.saw_message(&Sighting { endpoint: &endpoint, dst: "127.0.0.1:9", transport: "streamable-http", process: None, method: None, name: None, now_ms: 10 + i as u64 });
+            inv.observe_tools(&endpoint, &tools, true, true, 10 + i as u64);
+        }
+        let held = inv.tool_bytes.lock().unwrap().total;
+        assert!(held <= MAX_TOOL_BYTES_IN_MEMORY, "{held} bytes of tools held");
+        assert!(inv.len() < servers, "servers were evicted: {}", inv.len());
+        let first = "http://127.0.0.1:1000/mcp";
+        assert!(!inv.contains(first), "the least recently seen went first");
+        let t = inv.tool(first, "t3").expect("read back from the store");
+        assert!(t.pinned_hash.is_some() && t.pinned_definition.is_some());
+        assert!(inv.tool_bytes.lock().unwrap().total <= MAX_TOOL_BYTES_IN_MEMORY);
+        // The sum matches what is resident.
+        let resident: usize = inv.list().iter().map(|e| tools_bytes(&e.tools)).sum();
+        assert_eq!(inv.tool_bytes.lock().unwrap().total, resident);
+        // After a restart memory takes the most recent within the same bounds.
+        inv.persist();
+        drop(inv);
+        let inv = inventory(dir.path());
+        assert!(inv.tool_bytes.lock().unwrap().total <= MAX_TOOL_BYTES_IN_MEMORY);
+        assert!(inv.contains(&format!("http://127.0.0.1:{}/mcp", 1000 + servers - 1)));
+        assert!(inv.tool(first, "t3").is_some_and(|t| t.pinned_hash.is_some()));
     }
 
     #[test]
