@@ -30,6 +30,12 @@ pub const MAX_LINE: usize = 4 * 1024 * 1024;
 pub const MAX_STREAMS: usize = 4096;
 /// Requests awaiting their response, over all streams.
 pub const MAX_PENDING: usize = 16_384;
+/// Bytes of partial lines held for all streams together. [`MAX_LINE`] times
+/// [`MAX_STREAMS`] is 16 GiB, and the programs capture every descriptor of a watched
+/// process: one process with enough pipes, writing lines it never ends, could make the
+/// daemon hold that. Past this bound a stream's partial line is dropped (its next event
+/// carries `lost`), as an overlong line is.
+pub const MAX_BUFFERED: usize = 64 << 20;
 
 /// Which way the bytes went, seen from the watched server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +91,8 @@ struct PendingReq {
 pub struct StdioObserver {
     streams: BoundedMap<(u32, u32, Direction), Stream>,
     pending: BoundedMap<(u32, mcpwatch_mcp::IdKey), PendingReq>,
+    /// Bytes of the streams' partial lines, at most [`MAX_BUFFERED`].
+    buffered: usize,
     lost_total: u64,
     /// Kernel drops reported for a pid, not yet attached to an event.
     lost_pids: HashSet<u32>,
@@ -101,6 +109,7 @@ impl StdioObserver {
         StdioObserver {
             streams: BoundedMap::new(MAX_STREAMS),
             pending: BoundedMap::new(MAX_PENDING),
+            buffered: 0,
             lost_total: 0,
             lost_pids: HashSet::new(),
         }
@@ -126,7 +135,9 @@ impl StdioObserver {
 
     /// The process exited: forget its streams and pending requests.
     pub fn forget_pid(&mut self, pid: u32) {
-        let _ = self.streams.drain_where(|k| k.0 == pid);
+        for gone in self.streams.drain_where(|k| k.0 == pid) {
+            self.buffered -= gone.buf.len();
+        }
         let _ = self.pending.drain_where(|k| k.0 == pid);
         let _ = self.lost_pids.remove(&pid);
     }
@@ -135,7 +146,14 @@ impl StdioObserver {
     pub fn feed(&mut self, chunk: Chunk) -> Vec<Event> {
         let key = (chunk.pid, chunk.fd, chunk.dir);
         if self.streams.get(&key).is_none() {
-            let _ = self.streams.insert(key, Stream::default());
+            // A stream pushed out loses its partial line: its process's next event says so.
+            for ((pid, _, _), gone) in self.streams.insert_entries(key, Stream::default()) {
+                self.buffered -= gone.buf.len();
+                if !gone.buf.is_empty() || gone.skipping {
+                    self.lost_total += 1;
+                    self.mark_lost(pid);
+                }
+            }
         }
         let mut lines: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut newly_lost = 0u64;
@@ -145,13 +163,16 @@ impl StdioObserver {
             while !rest.is_empty() {
                 match rest.iter().position(|&b| b == b'\n') {
                     Some(i) => {
+                        // A completed line leaves the stream (it is read before this
+                        // returns): what it held is no longer buffered.
+                        self.buffered -= s.buf.len();
                         if s.skipping {
                             s.skipping = false;
                         } else if s.buf.len() + i <= MAX_LINE {
                             s.buf.extend_from_slice(&rest[..i]);
                             lines.push((std::mem::take(&mut s.buf), std::mem::take(&mut s.lost)));
                         } else {
-                            s.buf.clear();
+                            s.buf = Vec::new();
                             s.lost = true;
                             newly_lost += 1;
                         }
@@ -159,10 +180,12 @@ impl StdioObserver {
                     }
                     None => {
                         if !s.skipping {
-                            if s.buf.len() + rest.len() <= MAX_LINE {
+                            if s.buf.len() + rest.len() <= MAX_LINE && self.buffered + rest.len() <= MAX_BUFFERED {
                                 s.buf.extend_from_slice(rest);
+                                self.buffered += rest.len();
                             } else {
-                                s.buf.clear();
+                                self.buffered -= s.buf.len();
+                                s.buf = Vec::new();
                                 s.skipping = true;
                                 s.lost = true;
                                 newly_lost += 1;
@@ -174,7 +197,8 @@ impl StdioObserver {
             }
             if chunk.truncated {
                 // The tail of this write is missing: the partial line cannot be trusted.
-                s.buf.clear();
+                self.buffered -= s.buf.len();
+                s.buf = Vec::new();
                 s.skipping = true;
                 s.lost = true;
                 newly_lost += 1;
@@ -294,6 +318,33 @@ mod tests {
         assert!(matches!(&ev[..], [Event::ToolCall { name, lost: false, .. }] if name == "echo"));
         let ev = o.feed(chunk(7, Direction::Write, "{\"jsonrpc\":\"2.0\",\"id\":3,\"error\":{\"code\":-1,\"message\":\"no\"}}\n"));
         assert!(matches!(&ev[..], [Event::ToolResult { is_error: true, .. }]));
+    }
+
+    /// Partial lines of all streams together are bounded ([`MAX_BUFFERED`]): a process
+    /// with many descriptors writing lines it never ends cannot make the daemon hold
+    /// 4 MiB a stream; a stream past the bound loses its line, and says so.
+    #[test]
+    fn partial_lines_of_all_streams_are_bounded() {
+        let mut o = StdioObserver::new();
+        let part = |fd: u32, data: Vec<u8>| Chunk { pid: 9, fd, dir: Direction::Read, data, truncated: false };
+        let full = MAX_BUFFERED / MAX_LINE;
+        for fd in 0..full as u32 {
+            assert!(o.feed(part(fd + 10, vec![b' '; MAX_LINE])).is_empty());
+        }
+        assert_eq!(o.buffered, MAX_BUFFERED);
+        // One more stream's partial line does not fit: dropped, not held.
+        o.feed(part(5, vec![b' '; 1024]));
+        assert_eq!(o.buffered, MAX_BUFFERED);
+        let call = b"\n{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\"}}\n".to_vec();
+        let ev = o.feed(part(5, call.clone()));
+        assert!(matches!(&ev[..], [Event::ToolCall { lost: true, .. }]), "the stream past the bound says it lost data: {ev:?}");
+        // A line that ends gives its bytes back; so does a process that exits.
+        o.feed(part(10, b"\n".to_vec()));
+        assert_eq!(o.buffered, MAX_BUFFERED - MAX_LINE);
+        let ev = o.feed(part(5, call[1..].to_vec()));
+        assert!(matches!(&ev[..], [Event::ToolCall { lost: false, .. }]), "{ev:?}");
+        o.forget_pid(9);
+        assert_eq!(o.buffered, 0);
     }
 
     #[test]
