@@ -49,7 +49,13 @@ impl BodyBudget {
     /// An empty lease for a body sent by `process` (charged to its uid; processes
     /// mcpwatch cannot name share one), grown as the body's bytes arrive.
     pub fn lease(self: &Arc<Self>, process: Option<&ProcessInfo>) -> Lease {
-        Lease { budget: Arc::clone(self), uid: process.map(|p| p.uid), bytes: 0 }
+        self.lease_for(process.map(|p| p.uid))
+    }
+
+    /// An empty lease charged to `uid` (a peer known by its credentials, as the stdio
+    /// gate's wrappers are).
+    pub fn lease_for(self: &Arc<Self>, uid: Option<u32>) -> Lease {
+        Lease { budget: Arc::clone(self), uid, bytes: 0 }
     }
 
     /// Bytes held now.

@@ -30,7 +30,7 @@ use mcpwatch_api::{AuditRecord, CallStatus, FailureMode, MessageKind, ProcessInf
 use mcpwatch_mcp::jsonrpc::{self, IdKey, Message, Parsed};
 use mcpwatch_policy::Target;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::governance::Loaded;
@@ -258,16 +258,64 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
 
 type Reader = BufReader<tokio::net::unix::OwnedReadHalf>;
 
+/// Most bytes of a connection's line buffer kept between lines.
+const KEEP_LINE_BUFFER: usize = 64 << 10;
+
 /// Read one request of at most `MAX_GATE_LINE` bytes; `None` at end of stream, `Err`
-/// when too long or not a gate request.
-async fn read_request(r: &mut Reader, buf: &mut Vec<u8>) -> Option<Result<GateRequest, String>> {
-    buf.clear();
-    let mut limited = (&mut *r).take(MAX_GATE_LINE as u64 + 1);
-    match limited.read_until(b'\n', buf).await {
-        Ok(0) | Err(_) => None,
-        Ok(_) if buf.len() > MAX_GATE_LINE => Some(Err(format!("gate line longer than {MAX_GATE_LINE} bytes"))),
-        Ok(_) => Some(mcpwatch_api::wire::decode::<GateRequest>(buf).map_err(|e| format!("not a gate request: {e}"))),
+/// when too long, not a gate request, not whole within `limits.body_timeout` of its first
+/// byte, or past the body budget.
+///
+/// A line is up to 16 MiB and a uid may hold 64 sessions: the part of a line read so far
+/// is held from the daemon-wide body budget (`crate::bodies`, charged to the wrapper's
+/// uid), and must be finished in time. A wrapper that starts lines and never ends them
+/// made the daemon hold a gigabyte per uid, for as long as it liked.
+async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, lease: &mut crate::bodies::Lease, timeout: Duration) -> Option<Result<GateRequest, String>> {
+    if buf.capacity() > KEEP_LINE_BUFFER {
+        *buf = Vec::new();
     }
+    buf.clear();
+    let mut deadline = None;
+    let read = loop {
+        let avail = match deadline {
+            None => r.fill_buf().await,
+            Some(at) => match tokio::time::timeout_at(at, r.fill_buf()).await {
+                Ok(res) => res,
+                Err(_) => break Err(format!("gate line not finished within {} ms of its first byte (limits.body_timeout_ms)", timeout.as_millis())),
+            },
+        };
+        let avail = match avail {
+            Ok(a) => a,
+            Err(_) => return None,
+        };
+        if avail.is_empty() {
+            // End of stream: a partial last line is judged as it is (and fails to decode).
+            break Ok(());
+        }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+        let (used, whole) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        let used = used.min(MAX_GATE_LINE + 1 - buf.len());
+        buf.extend_from_slice(&avail[..used]);
+        r.consume(used);
+        if buf.len() > MAX_GATE_LINE {
+            break Err(format!("gate line longer than {MAX_GATE_LINE} bytes"));
+        }
+        if !lease.hold(buf.len()) {
+            break Err("gate line not held: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent".into());
+        }
+        if whole {
+            break Ok(());
+        }
+    };
+    let res = match read {
+        Err(e) => Some(Err(e)),
+        Ok(()) if buf.is_empty() => None,
+        Ok(()) => Some(mcpwatch_api::wire::decode::<GateRequest>(buf).map_err(|e| format!("not a gate request: {e}"))),
+    };
+    lease.hold(0);
+    res
 }
 
 /// An open session's hold on the daemon: its budget slot and its wrapper's mark.
@@ -280,7 +328,8 @@ struct Opened {
 /// The connection's first request, which must be `open` and come within
 /// [`OPEN_DEADLINE`]; `None` when the connection is to be closed (answered already).
 async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, budget: &Arc<Mutex<Budget>>, wrapper_pid: u32, uid: u32) -> Option<Opened> {
-    let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf)).await {
+    let mut lease = shared.bodies.lease_for(Some(uid));
+    let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf, &mut lease, shared.config.limits.body_timeout)).await {
         Err(_) => {
             tracing::warn!(wrapper_pid, uid, "gate: no `open` within {} s; connection closed", OPEN_DEADLINE.as_secs());
             return None;
@@ -332,7 +381,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
     // Opened or not, it no longer waits to open.
     drop(waiting);
     if let Some(opened) = &opened {
-        relay(&opened.session, &mut rd, &mut buf, &tx, wrapper_pid).await;
+        relay(&shared, &opened.session, &mut rd, &mut buf, &tx, wrapper_pid, uid).await;
     }
     drop(tx);
     let _ = writer.await;
@@ -342,10 +391,11 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
 }
 
 /// An open session's requests until the wrapper goes away or breaks the protocol.
-async fn relay(session: &Arc<Session>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, wrapper_pid: u32) {
+async fn relay(shared: &Shared, session: &Arc<Session>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, wrapper_pid: u32, uid: u32) {
     // At most one request per direction in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2));
-    while let Some(res) = read_request(rd, buf).await {
+    let mut reading = shared.bodies.lease_for(Some(uid));
+    while let Some(res) = read_request(rd, buf, &mut reading, shared.config.limits.body_timeout).await {
         let req = match res {
             Ok(r) => r,
             Err(message) => {
@@ -363,8 +413,22 @@ async fn relay(session: &Arc<Session>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &
             op => op,
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        // The line goes on to be judged (and, parsed, is a multiple of its size) while the
+        // next is read: it holds its bytes from the budget until it is answered.
+        let mut held = shared.bodies.lease_for(Some(uid));
+        let len = match &op {
+            GateOp::Client { line } | GateOp::Server { line } => line.len(),
+            GateOp::Open { .. } => 0,
+        };
+        if !held.grow(len) {
+            let message = "gate line not held: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent".to_string();
+            tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
+            let _ = tx.send(GateResponse { seq, body: GateVerdict::Error { message } }).await;
+            break;
+        }
         let (s, tx) = (session.clone(), tx.clone());
         tokio::spawn(async move {
+            let _held = held;
             let body = match op {
                 GateOp::Client { line } => s.on_client(&line).await,
                 GateOp::Server { line } => s.on_server(&line),

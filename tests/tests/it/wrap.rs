@@ -712,6 +712,45 @@ fn gate_exhaustion_never_lets_a_wrapper_run_unobserved() {
     assert!(rec.server.ends_with("wrap_stdio_server.py") && rec.transport == "stdio", "{rec:#?}");
 }
 
+/// A gate line is up to 16 MiB and a uid may open 64 sessions: a wrapper that starts
+/// lines and never ends them made the daemon hold a gigabyte per uid, as long as it liked.
+/// The part of a line read so far now holds its bytes from the body budget (one uid at
+/// most half), and a line must be whole within `limits.body_timeout_ms` of its first byte;
+/// past either the wrapper is told why and the connection closed.
+#[test]
+fn gate_lines_share_the_body_budget_and_must_end_in_time() {
+    let d = Daemon::start(DaemonOpts {
+        static_upstream: Some("127.0.0.1:9".parse().unwrap()),
+        policy: Some(POLICY.to_string()),
+        // One uid's share: 65,536 bytes.
+        config: Some("[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 131072\nbody_timeout_ms = 3000\n".into()),
+        ..Default::default()
+    });
+    let answer = |r: &mut BufReader<UnixStream>| {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("an answer, not a read timeout");
+        line
+    };
+    let (mut a, mut ra) = gate_session(&d, "holder-a");
+    a.write_all(format!(r#"{{"seq":2,"op":"client","line":"{}"#, "a".repeat(60_000)).as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let (mut b, mut rb) = gate_session(&d, "holder-b");
+    b.write_all(format!(r#"{{"seq":2,"op":"client","line":"{}"#, "b".repeat(20_000)).as_bytes()).unwrap();
+    let refused = answer(&mut rb);
+    assert!(refused.contains("max_buffered_body_bytes"), "the line past the uid's share is refused, said: {refused}");
+    let mut rest = String::new();
+    assert_eq!(rb.read_line(&mut rest).unwrap_or(0), 0, "and its connection closed: {rest}");
+    // The holder's line never ends: cut off once its time is up.
+    let late = answer(&mut ra);
+    assert!(late.contains("not finished within") && late.contains("body_timeout_ms"), "{late}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    // The budget was given back: a new session's whole lines are judged again.
+    let mut ask = gate_asker(&d, "after");
+    let v = ask("client", serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_records","arguments":{"x":"y".repeat(40_000)}}}));
+    assert!(v.to_string().contains("-32001") || v["verdict"] == "answer", "judged, not refused for memory: {v}");
+}
+
 /// A client's answers to the server's own requests (sampling, elicitation, roots) carry
 /// data to the server: they complete the server request's record, and one to an id no
 /// server request carried through the gate is recorded with an alert, as on the network
