@@ -258,6 +258,11 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
 
 type Reader = BufReader<tokio::net::unix::OwnedReadHalf>;
 
+/// Longest `open` line: a command line (the kernel's argument list is read up to 64 KiB
+/// anyway). Decoded, a 16 MiB line of empty arguments was ~128 MiB of `String`s, for
+/// each of the 32 connections a uid may hold unopened.
+const MAX_OPEN_LINE: usize = 256 << 10;
+
 /// Most bytes of a connection's line buffer kept between lines.
 const KEEP_LINE_BUFFER: usize = 64 << 10;
 
@@ -269,7 +274,7 @@ const KEEP_LINE_BUFFER: usize = 64 << 10;
 /// is held from the daemon-wide body budget (`crate::bodies`, charged to the wrapper's
 /// uid), and must be finished in time. A wrapper that starts lines and never ends them
 /// made the daemon hold a gigabyte per uid, for as long as it liked.
-async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, lease: &mut crate::bodies::Lease, timeout: Duration) -> Option<Result<GateRequest, String>> {
+async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, lease: &mut crate::bodies::Lease, timeout: Duration, max: usize) -> Option<Result<GateRequest, String>> {
     if buf.capacity() > KEEP_LINE_BUFFER {
         *buf = Vec::new();
     }
@@ -296,11 +301,11 @@ async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, lease: &mut crate::bodi
             Some(i) => (i + 1, true),
             None => (avail.len(), false),
         };
-        let used = used.min(MAX_GATE_LINE + 1 - buf.len());
+        let used = used.min(max + 1 - buf.len());
         buf.extend_from_slice(&avail[..used]);
         r.consume(used);
-        if buf.len() > MAX_GATE_LINE {
-            break Err(format!("gate line longer than {MAX_GATE_LINE} bytes"));
+        if buf.len() > max {
+            break Err(format!("gate line longer than {max} bytes"));
         }
         if !lease.hold(buf.len()) {
             break Err("gate line not held: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent".into());
@@ -329,7 +334,7 @@ struct Opened {
 /// [`OPEN_DEADLINE`]; `None` when the connection is to be closed (answered already).
 async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, budget: &Arc<Mutex<Budget>>, wrapper_pid: u32, uid: u32) -> Option<Opened> {
     let mut lease = shared.bodies.lease_for(Some(uid));
-    let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf, &mut lease, shared.config.limits.body_timeout)).await {
+    let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf, &mut lease, shared.config.limits.body_timeout, MAX_OPEN_LINE)).await {
         Err(_) => {
             tracing::warn!(wrapper_pid, uid, "gate: no `open` within {} s; connection closed", OPEN_DEADLINE.as_secs());
             return None;
@@ -395,7 +400,7 @@ async fn relay(shared: &Shared, session: &Arc<Session>, rd: &mut Reader, buf: &m
     // At most one request per direction in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2));
     let mut reading = shared.bodies.lease_for(Some(uid));
-    while let Some(res) = read_request(rd, buf, &mut reading, shared.config.limits.body_timeout).await {
+    while let Some(res) = read_request(rd, buf, &mut reading, shared.config.limits.body_timeout, MAX_GATE_LINE).await {
         let req = match res {
             Ok(r) => r,
             Err(message) => {

@@ -731,6 +731,17 @@ fn gate_lines_share_the_body_budget_and_must_end_in_time() {
         r.read_line(&mut line).expect("an answer, not a read timeout");
         line
     };
+    // An `open` is a command line: one of 300 KiB (decoded, empty arguments are ~8 times
+    // their bytes) is refused.
+    let defaults = daemon(None);
+    let (mut o, mut ro) = gate_conn(&defaults);
+    let args = vec![""; 100_000];
+    let long_open = serde_json::json!({"seq": 1, "op": "open", "command": args}).to_string();
+    // The daemon stops reading past the bound: the rest of the write may fail.
+    let _ = o.write_all(format!("{long_open}\n").as_bytes());
+    let mut refused = String::new();
+    ro.read_line(&mut refused).expect("an answer to the long open");
+    assert!(refused.contains("gate line longer than 262144 bytes"), "{refused}");
     let (mut a, mut ra) = gate_session(&d, "holder-a");
     a.write_all(format!(r#"{{"seq":2,"op":"client","line":"{}"#, "a".repeat(60_000)).as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(500));
