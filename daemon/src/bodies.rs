@@ -12,12 +12,13 @@
 //! client's uid: its own slow server is its own flood); an answer that does not fit is
 //! not held, and toward an enforced server not delivered. A server-sent event held until it
 //! is whole (at most `max_sse_event_bytes`) holds its bytes from the budget too, its stream
-//! cut off when they do not fit. One uid may hold at most half the
-//! budget (bodies of unknown processes count as one uid), so one user's flood, or calls
-//! of theirs held for approval, cannot refuse every other user's bodies.
+//! cut off when they do not fit. So do the stdio gate's lines (`crate::gate`), charged to
+//! the wrapper's uid. One uid may hold at most half the budget (bodies of unknown
+//! processes count as one uid), so one user's flood, or calls of theirs held for
+//! approval, cannot refuse every other user's bodies.
 //!
 //! At the crate's top level, like `admission`: the daemon-wide state holds it (status
-//! reads the refusals) and the proxy takes from it.
+//! reads the refusals), and the proxy and the gate take from it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
