@@ -266,26 +266,50 @@ const MAX_OPEN_LINE: usize = 256 << 10;
 /// Most bytes of a connection's line buffer kept between lines.
 const KEEP_LINE_BUFFER: usize = 64 << 10;
 
-/// Read one request of at most `MAX_GATE_LINE` bytes; `None` at end of stream, `Err`
-/// when too long, not a gate request, not whole within `limits.body_timeout` of its first
-/// byte, or past the body budget.
-///
-/// A line is up to 16 MiB and a uid may hold 64 sessions: the part of a line read so far
-/// is held from the daemon-wide body budget (`crate::bodies`, charged to the wrapper's
-/// uid), and must be finished in time. A wrapper that starts lines and never ends them
-/// made the daemon hold a gigabyte per uid, for as long as it liked.
-async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, lease: &mut crate::bodies::Lease, timeout: Duration, max: usize) -> Option<Result<GateRequest, String>> {
-    if buf.capacity() > KEEP_LINE_BUFFER {
-        *buf = Vec::new();
+/// Why a line was not read as a request.
+enum LineError {
+    /// The connection is broken or abused (too long, not a gate request, not finished in
+    /// time): told why, then closed.
+    Fatal(String),
+    /// The line could not be held (the body budget is spent): it is dropped, its wrapper
+    /// told so under its `seq`, and the session goes on. Closing the session would leave a
+    /// wrapper in failure mode open relaying unobserved, and the budget is one a watched
+    /// user can fill from elsewhere (its HTTP bodies).
+    Refused { seq: u64, why: String },
+}
+
+const BUDGET_SPENT: &str = "gate line not held: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent";
+
+/// The `seq` a wrapper's line starts with (`{"seq":N,`, as `wire::encode` writes it).
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || rest.get(digits) != Some(&b',') {
+        return None;
     }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// Read one request of at most `max` bytes, with the lease that holds its bytes; `None`
+/// at end of stream.
+///
+/// A line is up to 16 MiB and a uid may hold 64 sessions: the buffer a line is read into
+/// is held from the daemon-wide body budget (`crate::bodies`, charged to the wrapper's
+/// uid) from its first byte until the request it decodes to is answered, and a line must
+/// be whole within `limits.body_timeout` of its first byte. A wrapper that starts lines
+/// and never ends them made the daemon hold a gigabyte per uid, for as long as it liked.
+async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, budget: &Arc<crate::bodies::BodyBudget>, uid: u32, timeout: Duration, max: usize) -> Option<Result<(GateRequest, crate::bodies::Lease), LineError>> {
     buf.clear();
+    let mut lease = budget.lease_for(Some(uid));
     let mut deadline = None;
+    // Once the budget refused the line: its seq; the rest of it is read and dropped.
+    let mut refused: Option<u64> = None;
     let read = loop {
         let avail = match deadline {
             None => r.fill_buf().await,
             Some(at) => match tokio::time::timeout_at(at, r.fill_buf()).await {
                 Ok(res) => res,
-                Err(_) => break Err(format!("gate line not finished within {} ms of its first byte (limits.body_timeout_ms)", timeout.as_millis())),
+                Err(_) => break Err(LineError::Fatal(format!("gate line not finished within {} ms of its first byte (limits.body_timeout_ms)", timeout.as_millis()))),
             },
         };
         let avail = match avail {
@@ -301,25 +325,40 @@ async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, lease: &mut crate::bodi
             Some(i) => (i + 1, true),
             None => (avail.len(), false),
         };
-        let used = used.min(max + 1 - buf.len());
-        buf.extend_from_slice(&avail[..used]);
-        r.consume(used);
-        if buf.len() > max {
-            break Err(format!("gate line longer than {max} bytes"));
-        }
-        if !lease.hold(buf.len()) {
-            break Err("gate line not held: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent".into());
+        if refused.is_some() {
+            r.consume(used);
+        } else {
+            let used = used.min(max + 1 - buf.len());
+            buf.extend_from_slice(&avail[..used]);
+            r.consume(used);
+            if buf.len() > max {
+                break Err(LineError::Fatal(format!("gate line longer than {max} bytes")));
+            }
+            // What the buffer holds is its capacity, not its length.
+            if !lease.hold(buf.capacity()) {
+                let Some(seq) = leading_seq(buf) else { break Err(LineError::Fatal(BUDGET_SPENT.into())) };
+                refused = Some(seq);
+                *buf = Vec::new();
+                lease.hold(0);
+            }
         }
         if whole {
             break Ok(());
         }
     };
-    let res = match read {
-        Err(e) => Some(Err(e)),
-        Ok(()) if buf.is_empty() => None,
-        Ok(()) => Some(mcpwatch_api::wire::decode::<GateRequest>(buf).map_err(|e| format!("not a gate request: {e}"))),
+    let res = match (read, refused) {
+        (Err(e), _) => Some(Err(e)),
+        (Ok(()), Some(seq)) => Some(Err(LineError::Refused { seq, why: BUDGET_SPENT.into() })),
+        (Ok(()), None) if buf.is_empty() => None,
+        (Ok(()), None) => Some(match mcpwatch_api::wire::decode::<GateRequest>(buf) {
+            // The lease goes on holding what the decoded line holds.
+            Ok(req) => lease.hold(buf.len()).then_some((req, lease)).ok_or_else(|| LineError::Fatal(BUDGET_SPENT.into())),
+            Err(e) => Err(LineError::Fatal(format!("not a gate request: {e}"))),
+        }),
     };
-    lease.hold(0);
+    if buf.capacity() > KEEP_LINE_BUFFER {
+        *buf = Vec::new();
+    }
     res
 }
 
@@ -333,19 +372,19 @@ struct Opened {
 /// The connection's first request, which must be `open` and come within
 /// [`OPEN_DEADLINE`]; `None` when the connection is to be closed (answered already).
 async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, budget: &Arc<Mutex<Budget>>, wrapper_pid: u32, uid: u32) -> Option<Opened> {
-    let mut lease = shared.bodies.lease_for(Some(uid));
-    let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf, &mut lease, shared.config.limits.body_timeout, MAX_OPEN_LINE)).await {
+    let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf, &shared.bodies, uid, shared.config.limits.body_timeout, MAX_OPEN_LINE)).await {
         Err(_) => {
             tracing::warn!(wrapper_pid, uid, "gate: no `open` within {} s; connection closed", OPEN_DEADLINE.as_secs());
             return None;
         }
         Ok(None) => return None,
-        Ok(Some(Err(message))) => {
+        Ok(Some(Err(LineError::Fatal(message) | LineError::Refused { why: message, .. }))) => {
             tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
             let _ = tx.send(GateResponse { seq: 0, body: GateVerdict::Error { message } }).await;
             return None;
         }
-        Ok(Some(Ok(req))) => req,
+        // An `open` is small: what it held is given back.
+        Ok(Some(Ok((req, _held)))) => req,
     };
     let GateOp::Open { command } = req.body else {
         let _ = tx.send(GateResponse { seq: req.seq, body: GateVerdict::Error { message: "first request must be `open`".into() } }).await;
@@ -373,10 +412,13 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<GateResponse>(4);
+    // A wrapper that stops reading its answers has them (a redacted line may be 16 MiB)
+    // given up after `limits.body_timeout`, and its connection closed.
+    let write_timeout = shared.config.limits.body_timeout;
     let writer = tokio::spawn(async move {
         while let Some(resp) = rx.recv().await {
             let Ok(line) = mcpwatch_api::wire::encode(&resp) else { continue };
-            if wr.write_all(&line).await.is_err() {
+            if !matches!(tokio::time::timeout(write_timeout, wr.write_all(&line)).await, Ok(Ok(()))) {
                 break;
             }
         }
@@ -388,7 +430,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
     if let Some(opened) = &opened {
         relay(&shared, &opened.session, &mut rd, &mut buf, &tx, wrapper_pid, uid).await;
     }
-    drop(tx);
+    drop((tx, buf, rd));
     let _ = writer.await;
     if let Some(opened) = opened {
         opened.session.close();
@@ -399,11 +441,20 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
 async fn relay(shared: &Shared, session: &Arc<Session>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, wrapper_pid: u32, uid: u32) {
     // At most one request per direction in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2));
-    let mut reading = shared.bodies.lease_for(Some(uid));
-    while let Some(res) = read_request(rd, buf, &mut reading, shared.config.limits.body_timeout, MAX_GATE_LINE).await {
-        let req = match res {
+    loop {
+        // The next line is read only once one may be judged: a wrapper that stops reading
+        // its answers stops having its lines read, rather than piling them up here.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Some(res) = read_request(rd, buf, &shared.bodies, uid, shared.config.limits.body_timeout, MAX_GATE_LINE).await else { break };
+        let (req, held) = match res {
             Ok(r) => r,
-            Err(message) => {
+            Err(LineError::Refused { seq, why }) => {
+                tracing::warn!(wrapper_pid, "gate: {why}; line dropped");
+                session.line_refused(&why);
+                let _ = tx.send(GateResponse { seq, body: GateVerdict::Drop { reason: why } }).await;
+                continue;
+            }
+            Err(LineError::Fatal(message)) => {
                 tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
                 let _ = tx.send(GateResponse { seq: 0, body: GateVerdict::Error { message } }).await;
                 break;
@@ -417,20 +468,6 @@ async fn relay(shared: &Shared, session: &Arc<Session>, rd: &mut Reader, buf: &m
             }
             op => op,
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-        // The line goes on to be judged (and, parsed, is a multiple of its size) while the
-        // next is read: it holds its bytes from the budget until it is answered.
-        let mut held = shared.bodies.lease_for(Some(uid));
-        let len = match &op {
-            GateOp::Client { line } | GateOp::Server { line } => line.len(),
-            GateOp::Open { .. } => 0,
-        };
-        if !held.grow(len) {
-            let message = "gate line not held: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent".to_string();
-            tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
-            let _ = tx.send(GateResponse { seq, body: GateVerdict::Error { message } }).await;
-            break;
-        }
         let (s, tx) = (session.clone(), tx.clone());
         tokio::spawn(async move {
             let _held = held;
@@ -517,6 +554,14 @@ impl Session {
         let mut rec = self.record(MessageKind::Invalid, C2S, None, 0);
         rec.alerts.push(message.to_string());
         self.write_closed(rec, CallStatus::TransportError { reason: "session refused by the gate; the wrapper does not start the server".into() });
+    }
+
+    /// A line of this session was dropped unread (the body budget could not hold it): on
+    /// the record, since neither end learns what it said.
+    fn line_refused(&self, why: &str) {
+        let mut rec = self.record(MessageKind::Invalid, C2S, None, 0);
+        rec.alerts.push(why.to_string());
+        self.write_closed(rec, CallStatus::TransportError { reason: why.to_string() });
     }
 
     fn target(&self) -> Target<'_> {
@@ -890,6 +935,17 @@ fn stray_cr(line: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line the budget cannot hold is answered under its `seq`, read from the line's
+    /// start: where the wrapper's encoding puts it.
+    #[test]
+    fn the_seq_of_a_line_is_read_from_its_start() {
+        let line = mcpwatch_api::wire::encode(&GateRequest { seq: 42, body: GateOp::Client { line: "x".repeat(100) } }).unwrap();
+        assert_eq!(leading_seq(&line), Some(42));
+        assert_eq!(leading_seq(&line[..9]), None, "cut before the comma");
+        assert_eq!(leading_seq(br#"{"op":"client","seq":1,"line":""}"#), None);
+        assert_eq!(leading_seq(br#"{"seq":-1,"op":"client"}"#), None);
+    }
 
     #[test]
     fn a_carriage_return_passes_only_at_the_end() {

@@ -714,23 +714,13 @@ fn gate_exhaustion_never_lets_a_wrapper_run_unobserved() {
 
 /// A gate line is up to 16 MiB and a uid may open 64 sessions: a wrapper that starts
 /// lines and never ends them made the daemon hold a gigabyte per uid, as long as it liked.
-/// The part of a line read so far now holds its bytes from the body budget (one uid at
-/// most half), and a line must be whole within `limits.body_timeout_ms` of its first byte;
-/// past either the wrapper is told why and the connection closed.
+/// The buffer a line is read into now holds its bytes from the body budget (one uid at
+/// most half), and a line must be whole within `limits.body_timeout_ms` of its first byte.
+/// A line the budget cannot hold is dropped and its wrapper told (the session goes on: a
+/// closed session would leave a wrapper in failure mode open relaying unobserved); a line
+/// not finished in time closes its connection.
 #[test]
 fn gate_lines_share_the_body_budget_and_must_end_in_time() {
-    let d = Daemon::start(DaemonOpts {
-        static_upstream: Some("127.0.0.1:9".parse().unwrap()),
-        policy: Some(POLICY.to_string()),
-        // One uid's share: 65,536 bytes.
-        config: Some("[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 131072\nbody_timeout_ms = 3000\n".into()),
-        ..Default::default()
-    });
-    let answer = |r: &mut BufReader<UnixStream>| {
-        let mut line = String::new();
-        r.read_line(&mut line).expect("an answer, not a read timeout");
-        line
-    };
     // An `open` is a command line: one of 300 KiB (decoded, empty arguments are ~8 times
     // their bytes) is refused.
     let defaults = daemon(None);
@@ -742,24 +732,45 @@ fn gate_lines_share_the_body_budget_and_must_end_in_time() {
     let mut refused = String::new();
     ro.read_line(&mut refused).expect("an answer to the long open");
     assert!(refused.contains("gate line longer than 262144 bytes"), "{refused}");
+
+    let d = Daemon::start(DaemonOpts {
+        static_upstream: Some("127.0.0.1:9".parse().unwrap()),
+        policy: Some(POLICY.to_string()),
+        // One uid's share: 131,072 bytes.
+        config: Some("[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 262144\nbody_timeout_ms = 3000\n".into()),
+        ..Default::default()
+    });
+    let answer = |r: &mut BufReader<UnixStream>| {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("an answer, not a read timeout");
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    // The holder: 60,000 bytes of a line (its buffer: 64 KiB), never finished.
     let (mut a, mut ra) = gate_session(&d, "holder-a");
     a.write_all(format!(r#"{{"seq":2,"op":"client","line":"{}"#, "a".repeat(60_000)).as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let started = std::time::Instant::now();
+    // A second line of 100,000 bytes does not fit beside it: dropped, said under its seq.
     let (mut b, mut rb) = gate_session(&d, "holder-b");
-    b.write_all(format!(r#"{{"seq":2,"op":"client","line":"{}"#, "b".repeat(20_000)).as_bytes()).unwrap();
-    let refused = answer(&mut rb);
-    assert!(refused.contains("max_buffered_body_bytes"), "the line past the uid's share is refused, said: {refused}");
-    let mut rest = String::new();
-    assert_eq!(rb.read_line(&mut rest).unwrap_or(0), 0, "and its connection closed: {rest}");
-    // The holder's line never ends: cut off once its time is up.
+    let call = |seq: u32, pad: usize| {
+        let line = serde_json::json!({"jsonrpc":"2.0","id":seq,"method":"tools/call","params":{"name":"delete_records","arguments":{"pad":"b".repeat(pad)}}}).to_string();
+        // As the wrapper writes it (`wire::encode`): `seq` first.
+        format!("{{\"seq\":{seq},\"op\":\"client\",\"line\":{}}}\n", Value::String(line))
+    };
+    b.write_all(call(2, 100_000).as_bytes()).unwrap();
+    let dropped = answer(&mut rb);
+    assert_eq!((dropped["seq"].as_u64(), dropped["verdict"].as_str()), (Some(2), Some("drop")), "{dropped}");
+    assert!(dropped.to_string().contains("max_buffered_body_bytes"), "told why: {dropped}");
+    // The holder's line never ends: cut off once its time is up, its connection closed.
     let late = answer(&mut ra);
-    assert!(late.contains("not finished within") && late.contains("body_timeout_ms"), "{late}");
+    assert!(late.to_string().contains("not finished within") && late.to_string().contains("body_timeout_ms"), "{late}");
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
-    // The budget was given back: a new session's whole lines are judged again.
-    let mut ask = gate_asker(&d, "after");
-    let v = ask("client", serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_records","arguments":{"x":"y".repeat(40_000)}}}));
-    assert!(v.to_string().contains("-32001") || v["verdict"] == "answer", "judged, not refused for memory: {v}");
+    // The same session goes on, the budget given back: the same call is judged now.
+    b.write_all(call(3, 100_000).as_bytes()).unwrap();
+    let judged = answer(&mut rb);
+    assert_eq!(judged["seq"].as_u64(), Some(3), "{judged}");
+    assert!(judged.to_string().contains("-32001"), "judged by the policy (it denies delete_records), not refused for memory: {judged}");
+    d.wait_audit("the dropped line's record", |r| r.iter().any(|x| x.alerts.iter().any(|a| a.contains("gate line not held")) && x.server.ends_with("holder-b")));
 }
 
 /// A client's answers to the server's own requests (sampling, elicitation, roots) carry
