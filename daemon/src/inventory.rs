@@ -158,6 +158,9 @@ pub struct ServerInfoUpdate {
 /// The "diff" of a tool past [`MAX_TOOLS`] of its server.
 pub const TOO_MANY_TOOLS_DIFF: &str = "not pinned: the server lists more tools than the inventory keeps for one server (1024)";
 
+/// The "diff" of a tool whose name is longer than a call may name.
+pub const LONG_NAME_DIFF: &str = "not pinned: the tool's name is longer than a call may name (4096 bytes)";
+
 /// The "diff" of a tool that appeared after the server's tools were first pinned.
 pub const NEW_TOOL_DIFF: &str = "new tool, not in the tools/list first pinned for this server";
 
@@ -227,28 +230,43 @@ fn note_dst(map: &mut crate::session::BoundedMap<String, Vec<String>>, forgotten
 
 impl Inventory {
     pub fn load(store: Store) -> Inventory {
-        let mut list = store.servers().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot load inventory from the store; starting empty");
-            Vec::new()
+        // The store holds every server ever seen (evicted entries too), more than memory
+        // should: memory takes the most recently seen within its bounds, the rest are read
+        // back when next judged. First the most recent MAX_SERVERS by time alone (a heap
+        // of small keys: no entry is kept while the store is walked), then those entries.
+        let mut recent: std::collections::BinaryHeap<std::cmp::Reverse<(u64, String, String, usize)>> = std::collections::BinaryHeap::new();
+        let forgotten = Mutex::new(Forgotten::new());
+        // A destination left in the store stays known as an MCP destination.
+        let forget = |dst: &str| {
+            if !dst.is_empty()
+                && let Ok(mut f) = forgotten.lock()
+            {
+                f.add(dst);
+            }
+        };
+        let walked = store.each_server(|s| {
+            recent.push(std::cmp::Reverse((s.last_seen_ms, s.endpoint.clone(), s.dst.clone(), tools_bytes(&s.tools))));
+            if recent.len() > MAX_SERVERS
+                && let Some(std::cmp::Reverse((_, _, dst, _))) = recent.pop()
+            {
+                forget(&dst);
+            }
         });
-        // The store holds every server ever seen (evicted entries too): memory takes the
-        // most recently seen within its bounds, the rest are read back when next judged.
-        list.sort_by_key(|s| std::cmp::Reverse(s.last_seen_ms));
+        if let Err(e) = walked {
+            tracing::error!(error = %e, "cannot load inventory from the store; starting empty");
+            recent.clear();
+        }
         let mut tool_bytes = ToolBytes::default();
         let mut servers = HashMap::new();
-        let forgotten = Mutex::new(Forgotten::new());
-        for s in list {
-            let bytes = tools_bytes(&s.tools);
-            if servers.len() >= MAX_SERVERS || tool_bytes.total.saturating_add(bytes) > MAX_TOOL_BYTES_IN_MEMORY {
-                if let Ok(mut f) = forgotten.lock()
-                    && !s.dst.is_empty()
-                {
-                    f.add(&s.dst);
-                }
+        for std::cmp::Reverse((_, endpoint, dst, bytes)) in recent.into_sorted_vec() {
+            if tool_bytes.total.saturating_add(bytes) > MAX_TOOL_BYTES_IN_MEMORY {
+                forget(&dst);
                 continue;
             }
-            tool_bytes.set(&s.endpoint, bytes);
-            servers.insert(s.endpoint.clone(), s);
+            if let Ok(Some(s)) = store.server(&endpoint) {
+                tool_bytes.set(&endpoint, bytes);
+                servers.insert(endpoint, s);
+            }
         }
         let mut dsts = crate::session::BoundedMap::new(MAX_SERVERS);
         for s in servers.values() {
@@ -498,6 +516,11 @@ impl Inventory {
                 kept.retain(|x| x.name != t.name);
                 if kept.len() >= MAX_TOOLS {
                     outcomes.push((t.name.clone(), PinOutcome::Changed(vec![TOO_MANY_TOOLS_DIFF.to_string()])));
+                    continue;
+                }
+                // A name no call may carry (`jsonrpc::MAX_TARGET_BYTES`) is not kept either.
+                if t.name.len() > mcpwatch_mcp::jsonrpc::MAX_TARGET_BYTES {
+                    outcomes.push((t.name.clone(), PinOutcome::Changed(vec![LONG_NAME_DIFF.to_string()])));
                     continue;
                 }
                 let mut entry = prev.cloned().unwrap_or(ToolEntry { name: t.name.clone(), first_seen_ms: now_ms, ..Default::default() });
@@ -791,6 +814,10 @@ mod tests {
         assert_eq!(inv.observe_tools(e2, &[big], true, true, 3)[0].1, PinOutcome::FirstSeen);
         let kept = inv.tool(e2, "big").expect("pinned");
         assert!(kept.pinned_hash.is_some() && kept.pinned_definition.is_none(), "pinned by hash alone");
+        let long = "n".repeat(mcpwatch_mcp::jsonrpc::MAX_TARGET_BYTES + 1);
+        let out = inv.observe_tools(e2, &[sight(&long, "d")], false, true, 4);
+        assert_eq!(out[0].1, PinOutcome::Changed(vec![LONG_NAME_DIFF.to_string()]));
+        assert!(inv.tool(e2, &long).is_none(), "a name no call may carry is not kept");
     }
 
     /// The tools held in memory for all servers together are bounded: past

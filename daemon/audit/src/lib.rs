@@ -872,16 +872,24 @@ impl Store {
     /// Every stored inventory entry, ordered by endpoint. Unreadable ones are skipped.
     pub fn servers(&self) -> Result<Vec<ServerEntry>, StoreError> {
         let mut out = Vec::new();
+        self.each_server(|s| out.push(s))?;
+        Ok(out)
+    }
+
+    /// Every stored inventory entry, one at a time, ordered by endpoint (unreadable ones
+    /// skipped): for a reader that keeps only some of them, as the store may hold more
+    /// than memory should.
+    pub fn each_server(&self, mut each: impl FnMut(ServerEntry)) -> Result<(), StoreError> {
         let mut skipped = Skipped::default();
         for item in self.inner.servers.iter() {
             let (k, v) = item?;
             match codec::decode_server(&v) {
-                Ok(s) => out.push(s),
+                Ok(s) => each(s),
                 Err(e) => skipped.note(&k, e),
             }
         }
         skipped.report("servers");
-        Ok(out)
+        Ok(())
     }
 
     /// Forces everything written so far to disk: sled flushed, journal emptied.
