@@ -94,6 +94,9 @@ pub struct SseParser {
     last_event_id: Option<String>,
 }
 
+/// Largest buffer kept for reuse between lines and events.
+const KEEP_CAPACITY: usize = 64 << 10;
+
 impl Default for SseParser {
     fn default() -> Self {
         SseParser::new(DEFAULT_MAX_EVENT_BYTES)
@@ -185,6 +188,13 @@ impl SseParser {
         self.line.len() + self.data.len()
     }
 
+    /// Bytes the parser's buffers hold allocated (at least [`Self::buffered`]): what a
+    /// caller accounting memory charges. Past an event or line longer than 64 KiB its
+    /// buffers are freed, not kept for reuse.
+    pub fn allocated(&self) -> usize {
+        self.line.capacity() + self.data.capacity()
+    }
+
     fn feed(&mut self, mut input: &[u8], out: &mut Vec<SseEvent>) {
         while !input.is_empty() {
             if self.pending_cr {
@@ -249,9 +259,11 @@ impl SseParser {
         }
         let line = std::mem::take(&mut self.line);
         self.process_line(&line, out);
-        // Give the allocation back for reuse (bounded by the limit).
-        self.line = line;
-        self.line.clear();
+        // Give a small allocation back for reuse; a large one (a long line) is freed.
+        if line.capacity() <= KEEP_CAPACITY {
+            self.line = line;
+            self.line.clear();
+        }
     }
 
     fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
@@ -341,6 +353,9 @@ impl SseParser {
 
     fn reset_event(&mut self) {
         self.event = None;
+        if self.data.capacity() > KEEP_CAPACITY {
+            self.data = String::new();
+        }
         self.data.clear();
         self.id = None;
         self.retry = None;
@@ -419,6 +434,18 @@ mod tests {
                 assert_eq!(evs, whole, "split at {a},{b}");
             }
         }
+    }
+
+    /// A long event's buffers are freed once it is over, not kept for the stream's life:
+    /// what a caller charges for the parser (`allocated`) falls back.
+    #[test]
+    fn long_events_do_not_keep_their_buffers() {
+        let mut p = SseParser::new(1 << 20);
+        let long = format!("data: {}\n", "x".repeat(200_000));
+        assert!(p.push(long.as_bytes()).is_empty());
+        assert!(p.allocated() >= 200_000, "held while it waits: {}", p.allocated());
+        assert_eq!(p.push(b"\n").len(), 1);
+        assert!(p.allocated() <= 2 * KEEP_CAPACITY, "{}", p.allocated());
     }
 
     #[test]

@@ -742,14 +742,20 @@ impl Transformer for StreamObserver {
                     Vec::new()
                 } else {
                     let end = last_event_end(raw).unwrap_or(raw.len());
-                    raw.drain(..end).collect()
+                    let done = raw.drain(..end).collect();
+                    // A long event's allocation is not kept for the stream's life.
+                    if raw.capacity() > 64 << 10 && raw.len() < raw.capacity() / 4 {
+                        raw.shrink_to(raw.len().max(8 << 10));
+                    }
+                    done
                 };
                 // What waits for the rest of its event (its bytes as they came, and the
-                // parser's copy of its data) is held from the body budget, charged to the
-                // client's uid: one event at a time per stream, but a uid's streams
-                // together may not hold more than its share. Past it the stream is cut
-                // off, as an oversized event's: never delivered uninspected.
-                let waiting = raw.len() + parser.buffered();
+                // parser's copy of its data: what their buffers hold allocated) is held
+                // from the body budget, charged to the client's uid: one event at a time
+                // per stream, but a uid's streams together may not hold more than its
+                // share. Past it the stream is cut off, as an oversized event's: never
+                // delivered uninspected.
+                let waiting = raw.capacity() + parser.allocated();
                 if !self.lease.hold(waiting) {
                     return self.abort_with(BUDGET_SPENT_SSE, true);
                 }

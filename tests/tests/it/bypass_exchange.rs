@@ -276,13 +276,14 @@ fn an_answer_past_the_body_budget_is_not_delivered_in_enforce_mode() {
 /// uninspected.
 #[test]
 fn a_server_event_waiting_to_be_whole_takes_from_the_body_budget() {
-    // Each answer: an event of ~20,000 bytes of its data, never finished (the server stays
-    // open). Held twice (the bytes as they came and the parser's copy): ~40,000 a stream.
-    let partial = format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"{} SSN 536-22-8741", "A".repeat(20_000));
+    // Each answer: an event of ~40,000 bytes of its data, never finished (the server stays
+    // open). Held twice (the bytes as they came and the parser's copy): 80,000 to 131,072
+    // bytes a stream, as their buffers grow.
+    let partial = format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"{} SSN 536-22-8741", "A".repeat(40_000));
     let upstream = RawServer::start("127.0.0.1:0", RawBehaviour { http_reply: Some(partial.into_bytes()), stay_open: true, ..Default::default() });
-    // One uid's share: 65,536 bytes (static mode: every client is one uid); one waiting
+    // One uid's share: 131,072 bytes (static mode: every client is one uid); one waiting
     // event fits, two do not.
-    let config = "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 131072\n";
+    let config = "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes = 262144\n";
     let daemon = Daemon::start(DaemonOpts { static_upstream: Some(upstream.addr), policy: Some(DENY_DELETES.into()), config: Some(config.into()), ..Default::default() });
     let addr = SocketAddr::from(([127, 0, 0, 1], daemon.port));
     let call = |id: u32| {
