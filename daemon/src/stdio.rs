@@ -70,6 +70,16 @@ pub enum Event {
     ToolResult { pid: u32, id: Id, name: String, is_error: bool, lost: bool },
 }
 
+/// Does a parse hold a message refused only for an id, method or name too long to keep?
+fn has_overlong(parsed: &jsonrpc::Parsed) -> bool {
+    let overlong = |e: &jsonrpc::Invalid| matches!(e, jsonrpc::Invalid::TooLong { .. });
+    match parsed {
+        jsonrpc::Parsed::Invalid(e) => overlong(e),
+        jsonrpc::Parsed::Batch(items) => items.iter().any(|i| i.as_ref().err().is_some_and(overlong)),
+        jsonrpc::Parsed::Single(_) => false,
+    }
+}
+
 #[derive(Default)]
 struct Stream {
     buf: Vec<u8>,
@@ -214,12 +224,42 @@ impl StdioObserver {
         events
     }
 
+    /// Calls refused as invalid for an id or name too long to keep
+    /// (`jsonrpc::MAX_ID_BYTES`, `MAX_TARGET_BYTES`): the proxy and the gate refuse them,
+    /// but a server observed here still runs them. They are reported with the id and name
+    /// cut (so marked `lost`), and nothing is kept to match their answer.
+    fn overlong_calls(&mut self, pid: u32, line: &[u8], out: &mut Vec<Event>) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else { return };
+        let items = match &v {
+            Value::Array(a) => a.iter().collect::<Vec<_>>(),
+            one => vec![one],
+        };
+        for m in items {
+            if m.get("method").and_then(Value::as_str) != Some("tools/call") || jsonrpc::message_from_value(m.clone()).is_ok() {
+                continue;
+            }
+            let cut = |s: &str, n: usize| s.char_indices().take_while(|(i, _)| *i < n).map(|(_, c)| c).collect::<String>();
+            let id = match m.get("id") {
+                Some(Value::String(s)) => Id::String(cut(s, 64)),
+                Some(Value::Number(n)) => Id::Number(n.clone()),
+                _ => continue,
+            };
+            let params = m.get("params");
+            let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else { continue };
+            let arguments = params.and_then(|p| p.get("arguments")).cloned();
+            out.push(Event::ToolCall { pid, id, name: cut(name, 256), arguments, lost: true });
+        }
+    }
+
     fn line(&mut self, pid: u32, dir: Direction, line: &[u8], lost: bool, out: &mut Vec<Event>) {
         let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
         if trimmed.iter().all(u8::is_ascii_whitespace) {
             return;
         }
         let parsed = jsonrpc::parse_body(trimmed);
+        if dir == Direction::Read && has_overlong(&parsed) {
+            self.overlong_calls(pid, trimmed, out);
+        }
         for m in parsed.messages() {
             match (dir, m) {
                 (Direction::Read, Message::Request { id, method, params }) => {
@@ -345,6 +385,18 @@ mod tests {
         assert!(matches!(&ev[..], [Event::ToolCall { lost: false, .. }]), "{ev:?}");
         o.forget_pid(9);
         assert_eq!(o.buffered, 0);
+    }
+
+    /// A call with an id too long to keep is refused on the proxy and the gate, but a
+    /// server observed here runs it: it is still reported (id and name cut, marked lost).
+    #[test]
+    fn a_call_with_an_overlong_id_is_still_reported() {
+        let mut o = StdioObserver::new();
+        let long = "i".repeat(jsonrpc::MAX_ID_BYTES + 1);
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{long}\",\"method\":\"tools/call\",\"params\":{{\"name\":\"delete\",\"arguments\":{{\"t\":1}}}}}}\n");
+        let ev = o.feed(chunk(3, Direction::Read, &line));
+        assert!(matches!(&ev[..], [Event::ToolCall { name, id: Id::String(id), lost: true, arguments: Some(_), .. }] if name == "delete" && id.len() == 64), "{ev:?}");
+        assert_eq!(o.pending.len(), 0, "nothing kept to match its answer");
     }
 
     #[test]
