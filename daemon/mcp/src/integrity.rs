@@ -63,6 +63,13 @@ pub fn body_shape(bytes: &[u8]) -> BodyShape {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         return if rpc_shaped(&v) { BodyShape::McpShaped } else { BodyShape::OtherJson };
     }
+    // A message with bytes after it (`{..}x`, `{..}{..}`): Jackson, as the Java SDK's
+    // mapper is set by default, reads the first value and ignores the rest.
+    if let Some(Ok(v)) = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>().next()
+        && rpc_shaped(&v)
+    {
+        return BodyShape::McpShaped;
+    }
     // What lenient servers read besides: other encodings (`json.loads`), invalid UTF-8
     // as U+FFFD (Express' body-parser decodes so), lone surrogate escapes (JSON.parse and
     // `json.loads` take them; serde_json does not).
@@ -218,10 +225,18 @@ fn without_lone_surrogates(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// An object with `jsonrpc` or an MCP `method`, or an array holding one.
+/// An object with `jsonrpc` or an MCP `method`, or an array holding one. Keys are
+/// compared as case-blind servers read them (`jsonrpc::fold_key`): `{"JSONRPC":..,
+/// "METHOD":"tools/call"}` is a call to mcp-go.
 fn rpc_shaped(v: &Value) -> bool {
     let one = |o: &Value| {
-        o.as_object().is_some_and(|m| m.contains_key("jsonrpc") || m.get("method").and_then(Value::as_str).is_some_and(is_mcp_method))
+        o.as_object().is_some_and(|m| {
+            m.iter().any(|(k, v)| match &*jsonrpc::fold_key(k) {
+                "jsonrpc" => true,
+                "method" => v.as_str().is_some_and(is_mcp_method),
+                _ => false,
+            })
+        })
     };
     match v {
         Value::Array(items) => items.iter().any(one),
@@ -368,6 +383,13 @@ mod tests {
         assert_eq!(body_shape(br#"{"id":1,"method":"tools/call","params":{}}"#), BodyShape::McpShaped, "no jsonrpc member");
         assert_eq!(body_shape(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#), BodyShape::McpShaped);
         assert_eq!(body_shape(br#"{"order":7,"method":"GET"}"#), BodyShape::OtherJson);
+        // Keys as a case-blind server (Go's encoding/json) reads them.
+        assert_eq!(body_shape(br#"{"JSONRPC":"2.0","ID":1,"METHOD":"tools/call","PARAMS":{"NAME":"x"}}"#), BodyShape::McpShaped);
+        assert_eq!(body_shape(br#"{"Method":"tools/call","Id":1}"#), BodyShape::McpShaped);
+        // Bytes after a message, which Jackson ignores by default.
+        assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}x"#), BodyShape::McpShaped);
+        assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}} {"a":1}"#), BodyShape::McpShaped);
+        assert_eq!(body_shape(br#"{"order":7} trailing"#), BodyShape::NotJson);
         assert_eq!(body_shape(b"hello world"), BodyShape::NotJson);
         assert_eq!(body_shape(b""), BodyShape::NotJson);
         assert_eq!(body_shape(b"\xff\xd8\xff\xe0binary"), BodyShape::NotJson);

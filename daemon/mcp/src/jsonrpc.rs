@@ -283,6 +283,100 @@ pub enum Invalid {
     MissingId,
     #[error("{what} is {len} bytes, over the {limit}-byte limit")]
     TooLong { what: &'static str, len: usize, limit: usize },
+    #[error("key {key:?} at line {line} column {column} is the key {of:?} to servers that match keys regardless of case (Go's encoding/json)")]
+    CaseDuplicateKey { key: String, of: String, line: usize, column: usize },
+    #[error("key {key:?} is {of:?} to servers that match keys regardless of case (Go's encoding/json); MCP spells it {of:?}")]
+    CaseVariantKey { key: String, of: &'static str },
+}
+
+/// A JSON object key as servers that match keys regardless of case read it: Go's
+/// `encoding/json` (mcp-go, typed tool handlers of the Go SDK) takes `NAME`, `Name` and
+/// `ſ`-for-`s` spellings for a struct field `name`, the last one winning. Folded as
+/// Unicode simple case folding does (`bytes.EqualFold`): lower case, with the letters
+/// whose lower case is not their fold mapped first. Borrowed when the key is already
+/// folded (lower-case ASCII: nearly every key).
+pub fn fold_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    std::borrow::Cow::Owned(folded_chars(key).collect())
+}
+
+/// The characters of `key` folded (see [`fold_key`]), without allocating.
+fn folded_chars(key: &str) -> impl Iterator<Item = char> + '_ {
+    key.chars().flat_map(|c| {
+        let c = match c {
+            '\u{17f}' => 's',
+            '\u{3c2}' => '\u{3c3}',
+            '\u{b5}' => '\u{3bc}',
+            '\u{3d0}' => '\u{3b2}',
+            '\u{3d1}' => '\u{3b8}',
+            '\u{3d5}' => '\u{3c6}',
+            '\u{3d6}' => '\u{3c0}',
+            '\u{3f0}' => '\u{3ba}',
+            '\u{3f1}' => '\u{3c1}',
+            '\u{3f5}' => '\u{3b5}',
+            '\u{1e9e}' => '\u{df}',
+            '\u{1fbe}' => '\u{3b9}',
+            c => c,
+        };
+        c.to_lowercase()
+    })
+}
+
+/// Do two keys fold alike (one key to a case-blind server, see [`fold_key`])?
+pub fn same_folded(a: &str, b: &str) -> bool {
+    folded_chars(a).eq(folded_chars(b))
+}
+
+/// A hash of a key's fold: keys with the same fold have the same hash.
+fn fold_hash(key: &str) -> u64 {
+    let mix = |h: u64, c: u32| (h.rotate_left(5) ^ u64::from(c)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    if key.is_ascii() {
+        key.bytes().fold(0, |h, b| mix(h, u32::from(b.to_ascii_lowercase())))
+    } else {
+        folded_chars(key).fold(0, |h, c| mix(h, c as u32))
+    }
+}
+
+/// The fold hashes of an object's keys so far: a few looked through in order, many in a set.
+#[derive(Default)]
+struct FoldSeen {
+    few: Vec<u64>,
+    many: Option<std::collections::HashSet<u64>>,
+}
+
+impl FoldSeen {
+    /// Records `h`; whether it was there already.
+    fn seen(&mut self, h: u64) -> bool {
+        if let Some(set) = &mut self.many {
+            return !set.insert(h);
+        }
+        if self.few.contains(&h) {
+            return true;
+        }
+        if self.few.len() == 32 {
+            let mut set: std::collections::HashSet<u64> = self.few.drain(..).collect();
+            set.insert(h);
+            self.many = Some(set);
+        } else {
+            self.few.push(h);
+        }
+        false
+    }
+}
+
+/// Keys of a message, and of its `params`, that mcpwatch reads to judge it: one spelled
+/// otherwise that a case-blind server takes for them is refused, or mcpwatch would judge
+/// one thing and such a server run another.
+const ENVELOPE_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
+const PARAMS_KEYS: [&str; 8] = ["name", "arguments", "uri", "_meta", "cursor", "requestId", "protocolVersion", "progressToken"];
+
+fn case_variant(obj: &Map<String, Value>, known: &[&'static str]) -> Option<Invalid> {
+    obj.keys().find_map(|k| {
+        let variant = |want: &&&str| **want != k.as_str() && want.len() <= k.len() && folded_chars(want).eq(folded_chars(k));
+        known.iter().find(variant).map(|of| Invalid::CaseVariantKey { key: clip(k, 64).to_owned(), of })
+    })
 }
 
 impl Invalid {
@@ -466,6 +560,14 @@ pub fn put_back(value: &mut Value, msg: Message) {
 /// The checks of [`message_from_value`]; members are removed only once the message is
 /// known to be valid, so an error leaves `obj` as it was.
 fn message_from_object(obj: &mut Map<String, Value>) -> Result<Message, Invalid> {
+    if let Some(e) = case_variant(obj, &ENVELOPE_KEYS) {
+        return Err(e);
+    }
+    if let Some(Value::Object(params)) = obj.get("params")
+        && let Some(e) = case_variant(params, &PARAMS_KEYS)
+    {
+        return Err(e);
+    }
     match obj.get("jsonrpc") {
         None => return Err(Invalid::MissingJsonrpc),
         Some(Value::String(s)) if s == "2.0" => {}
@@ -614,6 +716,8 @@ pub(crate) fn clip(s: &str, max: usize) -> &str {
 #[derive(Debug, Clone)]
 enum Strict {
     Duplicate(String),
+    /// A key, and the earlier key a case-blind server reads it as.
+    CaseDuplicate(String, String),
     TooDeep,
 }
 
@@ -691,9 +795,17 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
         }
         let inner = self.nested();
         let mut out = Map::new();
+        // Two keys a case-blind server reads as one (`name` and `NAME`) are a duplicate
+        // there, and the one it takes is not the one mcpwatch judged.
+        let mut folds = FoldSeen::default();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
                 return Err(self.fail(Strict::Duplicate(clip(&key, 64).to_owned())));
+            }
+            if folds.seen(fold_hash(&key))
+                && let Some(of) = out.keys().find(|k| folded_chars(k).eq(folded_chars(&key)))
+            {
+                return Err(self.fail(Strict::CaseDuplicate(clip(&key, 64).to_owned(), clip(of, 64).to_owned())));
             }
             let v = map.next_value_seed(inner)?;
             out.insert(key, v);
@@ -726,6 +838,7 @@ fn strict<'de, R: serde_json::de::Read<'de>>(mut de: serde_json::Deserializer<R>
             Some(Strict::Duplicate(key)) => {
                 Invalid::DuplicateKey { key, line: e.line(), column: e.column() }
             }
+            Some(Strict::CaseDuplicate(key, of)) => Invalid::CaseDuplicateKey { key, of, line: e.line(), column: e.column() },
             Some(Strict::TooDeep) => Invalid::TooDeep { limit: max_depth },
             None if syntax_reason(&e) == "recursion limit exceeded" => Invalid::TooDeep { limit: max_depth },
             None => match e.classify() {
@@ -761,6 +874,41 @@ mod tests {
 
     fn key_of(json: &str) -> IdKey {
         Id::from_value(&serde_json::from_str(json).unwrap()).unwrap().key()
+    }
+
+    /// Go's `encoding/json` (mcp-go, typed handlers of the Go SDK) matches keys
+    /// regardless of case, the last one winning: a message mcpwatch would read one way and
+    /// such a server another is refused.
+    #[test]
+    fn keys_a_case_blind_server_reads_otherwise_are_refused() {
+        let invalid = |body: &str| match parse_body(body.as_bytes()) {
+            Parsed::Invalid(e) => e,
+            other => panic!("accepted {body}: {other:?}"),
+        };
+        // Judged as `allowed`, run as `denied`.
+        let e = invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"allowed","arguments":{},"NAME":"denied"}}"#);
+        assert!(matches!(&e, Invalid::CaseDuplicateKey { key, of, .. } if key == "NAME" && of == "name"), "{e:?}");
+        // A notification to mcpwatch, a call to Go.
+        let e = invalid(r#"{"jsonrpc":"2.0","ID":7,"method":"tools/call","params":{"name":"denied"}}"#);
+        assert_eq!(e, Invalid::CaseVariantKey { key: "ID".into(), of: "id" });
+        assert_eq!(e.code(), INVALID_REQUEST);
+        // Folded letters other than ASCII: `ſ` is `s`, the Kelvin sign is `k`.
+        let e = invalid("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"argument\u{17f}\":{}}}");
+        assert_eq!(e, Invalid::CaseVariantKey { key: "argument\u{17f}".into(), of: "arguments" });
+        let e = invalid("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"arguments\":{\"table\":\"a\",\"TABLE\":\"users\"}}}");
+        assert!(matches!(e, Invalid::CaseDuplicateKey { .. }), "{e:?}");
+        let e = invalid("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"params\":{\"a\":{\"key\":1,\"\u{212a}EY\":2}}}");
+        assert!(matches!(e, Invalid::CaseDuplicateKey { .. }), "{e:?}");
+        // Past 32 keys the seen folds are a set: still found.
+        let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        let e = invalid(&format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"params\":{{{many}\"K39\":1}}}}"));
+        assert!(matches!(&e, Invalid::CaseDuplicateKey { of, .. } if of == "k39"), "{e:?}");
+        // camelCase keys, and keys alike only in a case-sensitive reader's eyes, are fine.
+        single(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","clientInfo":{"name":"c","version":"1"},"capabilities":{}}}"#);
+        single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"userId":1,"fileName":"a","Other":2}}}"#);
+        assert_eq!(fold_key("name"), "name");
+        assert_eq!(fold_key("NaMe\u{17f}"), "names");
+        assert!(same_folded("\u{212a}ey", "KEY"));
     }
 
     /// Ids, methods and targets are kept in the records and keys of pending calls: a

@@ -430,7 +430,7 @@ impl Condition {
     /// A missing value, or one with no leaves (`[]`, `{}`), never matches, so
     /// `not_matches` holds for it and `matches` does not.
     pub(crate) fn holds(&self, args: Option<&Value>, restrictive: bool) -> bool {
-        let Some(v) = args.and_then(|a| a.pointer(&self.pointer)) else { return self.negate };
+        let Some(v) = args.and_then(|a| lookup(a, &self.pointer)) else { return self.negate };
         let (re, form) = (&self.regex, self.form);
         match (restrictive, self.negate) {
             // Some leaf matches / some leaf does not (or there is none).
@@ -441,6 +441,27 @@ impl Condition {
             (false, true) => leaf_with(re, v, form, true) != Found::Yes,
         }
     }
+}
+
+/// `args.pointer(pointer)`, where a key missing as spelled is found as a case-blind
+/// server finds it: Go's `encoding/json` (mcp-go, typed tool handlers) fills a field
+/// `path` from `"PATH"`, so a condition on `/path` must see it. Keys two ways at once
+/// (`path` and `PATH`) never get here: the parser refuses them
+/// (`jsonrpc::Invalid::CaseDuplicateKey`).
+fn lookup<'v>(args: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if let Some(v) = args.pointer(pointer) {
+        return Some(v);
+    }
+    let mut cur = args;
+    for token in pointer.strip_prefix('/')?.split('/') {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        cur = match cur {
+            Value::Object(m) => m.get(&token).or_else(|| m.iter().find(|(k, _)| mcpwatch_mcp::jsonrpc::same_folded(k, &token)).map(|(_, v)| v))?,
+            Value::Array(a) => a.get(token.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
 }
 
 /// What [`leaf_with`] found.

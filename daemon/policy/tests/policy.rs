@@ -2257,6 +2257,24 @@ fn path_conditions_match_the_normalised_path() {
     assert_eq!(u.effective, Effect::Block, "{u:?}");
 }
 
+/// Go's `encoding/json` fills a typed handler's `path` field from `"PATH"` (or `"Path"`,
+/// or with `ſ` for `s`): a condition on `/path` sees such an argument too. (Two spellings
+/// at once never reach the policy: the parser refuses them.)
+#[test]
+fn conditions_find_keys_as_case_blind_servers_read_them() {
+    let p = pol(NORMALISED);
+    for key in ["PATH", "Path", "pAtH"] {
+        let b = call(&p, None, FILES, "read_file", json!({ key: "/etc/passwd" }));
+        assert_eq!(b.effective, Effect::Block, "{key}: {b:?}");
+        assert!(b.matched_rules.contains(&"no-etc".to_string()), "{key}: {b:?}");
+    }
+    let nested = pol("version = 1\nmode = \"enforce\"\n[[rule]]\nid = \"deep\"\ntools = [\"q\"]\naction = \"deny\"\n[[rule.when]]\npointer = \"/opts/table\"\nmatches = '^users$'\n");
+    let b = call(&nested, None, FILES, "q", json!({ "OPTS": { "Table": "users" } }));
+    assert_eq!(b.effective, Effect::Block, "{b:?}");
+    let other = call(&nested, None, FILES, "q", json!({ "opts": { "tables": "users" } }));
+    assert_eq!(other.effective, Effect::Forward, "another key is not the key: {other:?}");
+}
+
 /// The Python SDK `json.loads` a string argument whose parameter is not typed `str`
 /// (`pre_parse_json`): `"[\"\\u002fetc\\u002fpasswd\"]"` is the list `["/etc/passwd"]` to the
 /// tool. Conditions see the decoded value too (found by a red-team pass: the rule's regex

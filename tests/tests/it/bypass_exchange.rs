@@ -302,6 +302,30 @@ fn a_server_event_waiting_to_be_whole_takes_from_the_body_budget() {
     });
 }
 
+/// Go's `encoding/json` (mcp-go; typed handlers of the Go SDK) matches keys regardless of
+/// case, the last one winning, and Jackson (the Java SDK) ignores bytes after the first
+/// value. mcpwatch judged `name` where such a server ran `NAME`, took a call with `ID` for
+/// a notification (never judged), and forwarded an all-capitals call or one with trailing
+/// bytes as "not MCP", with no record. Each is refused now, before it reaches the server.
+#[test]
+fn calls_a_case_blind_or_trailing_tolerant_server_reads_otherwise_are_refused() {
+    let env = Lenient::start(DENY_DELETES, None, OK_REPLY);
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+    for (what, body) in [
+        ("a second name", r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{},"NAME":"delete_records"}}"#),
+        ("an id in capitals", r#"{"jsonrpc":"2.0","ID":7,"method":"tools/call","params":{"name":"delete_records","arguments":{}}}"#),
+        ("every key in capitals", r#"{"JSONRPC":"2.0","ID":7,"METHOD":"tools/call","PARAMS":{"NAME":"delete_records","ARGUMENTS":{}}}"#),
+        ("bytes after the message", r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_records","arguments":{}}}x"#),
+    ] {
+        let resp = env.send(&request("POST", "/mcp", headers, body.as_bytes()));
+        assert!(status(&resp) >= 400 || resp.contains("-32600") || resp.contains("-32700"), "{what}: refused: {resp}");
+    }
+    let upstream = env.upstream_bytes();
+    assert!(!upstream.contains("delete_records"), "a call the server would run as delete_records reached it: {upstream}");
+    // On the record, each with why.
+    env.daemon.wait_audit("the refusals", |r| r.iter().filter(|x| x.notes.iter().chain(&x.alerts).any(|n| n.contains("regardless of case") || n.contains("trailing") || n.contains("syntax"))).count() >= 4);
+}
+
 /// A server replays answers on a resumed stream (`Last-Event-ID`, the SDKs' event
 /// stores): the replayed answer's call was completed already, so no waiting call took
 /// it and it reached the client with no inspection and no record. Now it is judged by
