@@ -17,6 +17,11 @@ use mcpwatch_intercept::Interceptor;
 pub struct Origin {
     pub dst: SocketAddr,
     pub process: Option<Arc<ProcessInfo>>,
+    /// Why `process` may not describe the process that connected (it exited, or exec'd,
+    /// before `/proc` was read): `process` then holds what the connect hook saw and is
+    /// not matched to agents by what `/proc` said. Toward an enforced server its calls
+    /// are refused (`proxy::exchange`).
+    pub unverified: Option<&'static str>,
 }
 
 pub trait Resolve: Send + Sync + 'static {
@@ -31,7 +36,7 @@ pub struct StaticResolver {
 
 impl Resolve for StaticResolver {
     fn resolve(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<Origin> {
-        Some(Origin { dst: self.dst, process: None })
+        Some(Origin { dst: self.dst, process: None, unverified: None })
     }
 }
 
@@ -204,9 +209,15 @@ impl Resolve for BpfResolver {
         let now = Instant::now();
         let image = (origin.tgid, origin.start_ns, origin.exec_ns);
         let cached = self.cache.lock().ok().and_then(|mut c| c.get(image, now));
+        let mut unverified: Option<&'static str>;
         let process = match cached {
             // The cached description is per process; the thread and cgroup are per call.
-            Some(p) if p.uid == origin.uid => {
+            // The cache knows the image as it was at an earlier connect; whether the
+            // process is still that image is asked of every connection.
+            Some(p) if p.uid == origin.uid && {
+                unverified = mcpwatch_intercept::process::changed_since_connect(&origin, self.interceptor.exec_ns(origin.tgid));
+                unverified.is_none()
+            } => {
                 let mut p = (*p).clone();
                 p.pid = origin.pid;
                 Arc::new(p)
@@ -214,17 +225,27 @@ impl Resolve for BpfResolver {
             _ => {
                 let exec = self.interceptor.exec_comm(origin.tgid);
                 let mut info = mcpwatch_intercept::process::describe(&origin, exec);
+                // Checked after the reads: nothing changed since the connect, so they were
+                // of the process that connected.
+                unverified = mcpwatch_intercept::process::changed_since_connect(&origin, self.interceptor.exec_ns(origin.tgid));
+                if unverified.is_some() {
+                    // What `/proc` showed is another image's (or nothing): keep only what
+                    // the connect hook saw.
+                    info = ProcessInfo { comm: origin.comm.clone(), exe: None, cmdline: Vec::new(), cgroup_path: None, unit: None, ancestry: Vec::new(), agent: None, ..info };
+                }
                 if let Some(f) = &self.sanitize {
                     f(&mut info);
                 }
                 let info = Arc::new(info);
-                if let Ok(mut c) = self.cache.lock() {
+                if unverified.is_none()
+                    && let Ok(mut c) = self.cache.lock()
+                {
                     c.put(image, now, info.clone());
                 }
                 info
             }
         };
-        Some(Origin { dst: origin.dst, process: Some(process) })
+        Some(Origin { dst: origin.dst, process: Some(process), unverified })
     }
 }
 

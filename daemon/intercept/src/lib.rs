@@ -377,6 +377,13 @@ impl Interceptor {
             .map(|e| maps::comm_str(&e.comm))
     }
 
+    /// When a process last exec'd (`bpf_ktime_get_ns()`), if seen since attach: what
+    /// [`Origin::exec_ns`] is compared with to tell whether it exec'd since it connected.
+    pub fn exec_ns(&self, tgid: u32) -> Option<u64> {
+        let maps = self.lock_maps();
+        maps.execs.get(&tgid, 0).ok().map(|e| e.ktime_ns)
+    }
+
     /// The parent pid a process had at its last exec, if seen since attach.
     pub fn exec_ppid(&self, tgid: u32) -> Option<u32> {
         let maps = self.lock_maps();

@@ -85,6 +85,34 @@ pub fn ns_to_ticks(ns: u64) -> u64 {
     ns / (1_000_000_000 / hz)
 }
 
+/// Why the process `/proc` shows at `origin.tgid` may not be the one that connected, or
+/// `None` when it is: it is gone (exited, a zombie), it started at another time (its pid
+/// reused), or it exec'd since the connect (`exec_ns_now`, the exec map's time for it).
+/// A client that connects, sends its call and exits (or execs another program) before
+/// the daemon reads `/proc` would otherwise be judged as nobody, or as the program it
+/// became. Call after [`describe`]: what that read is of the connecting image when this
+/// finds nothing changed.
+pub fn changed_since_connect(origin: &Origin, exec_ns_now: Option<u64>) -> Option<&'static str> {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", origin.tgid)) else {
+        return Some("the process that opened the connection exited before it could be identified");
+    };
+    if !is_alive_by_stat(origin.tgid, &stat) {
+        return Some("the process that opened the connection exited before it could be identified");
+    }
+    if origin.start_ns != 0 && stat_start_ticks(&stat) != Some(ns_to_ticks(origin.start_ns)) {
+        return Some("the process that opened the connection is gone (its pid belongs to another process now)");
+    }
+    if exec_ns_now.unwrap_or(0) != origin.exec_ns {
+        return Some("the process that opened the connection ran another program (exec) before it could be identified");
+    }
+    None
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks), read past the `comm`.
+fn stat_start_ticks(stat: &str) -> Option<u64> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Describes a live process by pid alone (no connection): for classifying a process
 /// as an agent right after its exec. `None` if it is gone.
 pub fn describe_pid(tgid: u32) -> Option<ProcessInfo> {

@@ -419,6 +419,16 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
     if let Err(refused) = admit(&shared, &scope, &parts, &parsed, bytes.len() as u64) {
         return refused;
     }
+    // A client that connects, sends its call and exits (or execs another program) before
+    // it is read from `/proc` would be judged as nobody (no agent's rules) or as what it
+    // became: toward an enforced server its calls are refused; elsewhere they go on,
+    // alerted.
+    if let Some(why) = scope.ctx.origin.unverified {
+        if scope.enforce(&shared) {
+            return scope.refuse(&shared, StatusCode::FORBIDDEN, format!("identity unverified: {why}"), &format!("mcpwatch: {why}; the call was not forwarded"));
+        }
+        scope.alert_forwarded(&shared, format!("identity unverified: {why}; forwarded (not enforce mode)"));
+    }
     // Govern.
     let gov = shared.governance.current();
     register(&shared, &gov, &scope);

@@ -82,7 +82,7 @@ pub(super) async fn open(shared: Arc<Shared>, ctx: Arc<ConnCtx>, scope: Scope, u
         return resp.map(body::incoming);
     }
     let server = hyper::upgrade::on(&mut resp);
-    let mut inner = ConnCtx::new(ctx.id, ctx.peer, Origin { dst, process: ctx.origin.process.clone() });
+    let mut inner = ConnCtx::new(ctx.id, ctx.peer, Origin { dst, process: ctx.origin.process.clone(), unverified: ctx.origin.unverified });
     inner.serve_tunnel = Some(serve_tunnel);
     inner.tunnel_host = Some(host);
     inner.tunnel_mode = mode;

@@ -548,3 +548,63 @@ os.execv("/bin/bash", ["bash", "-c", {bash:?}])
     // The hook read the start time: one process, one start, whatever it runs.
     assert!(first.start_ticks.is_some() && first.start_ticks == second.start_ticks, "{first:?} {second:?}");
 }
+
+/// A client that connects, sends its call and then becomes another program (or exits)
+/// before the daemon reads it from `/proc` was judged as that program (or as nobody, so
+/// no agent's rules applied). The daemon now checks, after reading, that the process is
+/// still the image the `connect` hook saw (alive, same start, no exec since): toward an
+/// enforced server a call from a process that changed is refused, and recorded. Here the
+/// daemon is stopped (SIGSTOP) while the client connects, sends and execs `sleep`, so it
+/// reads `/proc` only after the exec.
+#[test]
+fn a_client_that_execs_before_it_is_identified_is_refused_in_enforce_mode() {
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}".to_vec();
+    let server = RawServer::start("127.0.0.3:0", RawBehaviour { http_reply: Some(reply), ..Default::default() });
+    let port = server.addr.port();
+    let opts = DaemonOpts { ports: Some(port.to_string()), policy: Some("version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n".into()), ..Default::default() };
+    let Some(w) = Watched::start_with("a_client_that_execs_before_it_is_identified_is_refused_in_enforce_mode", opts) else { return };
+    let post = |tool: &str| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#);
+        format!("POST /mcp HTTP/1.1\r\nHost: 127.0.0.3:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    };
+    let daemon_pid = w.daemon.pid();
+    let script = format!(
+        r#"import os, signal, socket
+# An ordinary call first: identified, forwarded.
+s = socket.create_connection(("127.0.0.3", {port}))
+s.sendall({plain:?}.encode())
+while s.recv(65536): pass
+s.close()
+os.kill({daemon_pid}, signal.SIGSTOP)
+try:
+    s = socket.create_connection(("127.0.0.3", {port}))
+    s.sendall({changed:?}.encode())
+    os.set_inheritable(s.fileno(), True)
+finally:
+    pid = os.fork()
+    if pid == 0:
+        import time
+        time.sleep(0.5)
+        os.kill({daemon_pid}, signal.SIGCONT)
+        os._exit(0)
+print("execing", flush=True)
+os.execv("/bin/sleep", ["sleep", "3"])
+"#,
+        plain = post("plain_call"),
+        changed = post("after_exec_call"),
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(&script).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    peers::move_into_cgroup(&mut cmd, w.cgroup());
+    let out = cmd.output().expect("run python3");
+    // Whatever happened, the daemon runs again.
+    let _ = std::process::Command::new("kill").args(["-CONT", &daemon_pid.to_string()]).status();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("execing"), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = w.daemon.wait_audit("the refusal", |r| r.iter().any(|x| x.alerts.iter().any(|a| a.contains("identity unverified"))));
+    let refusal = recs.iter().find(|x| x.alerts.iter().any(|a| a.contains("identity unverified"))).unwrap();
+    assert!(refusal.alerts.iter().any(|a| a.contains("ran another program")), "{refusal:#?}");
+    assert!(call_record(&recs, "plain_call").is_some(), "the ordinary call was judged and forwarded");
+    let seen: String = server.seen().iter().map(|s| String::from_utf8_lossy(&s.bytes).into_owned()).collect();
+    assert!(seen.contains("plain_call"), "{seen}");
+    assert!(!seen.contains("after_exec_call"), "the call of a process that changed reached the server: {seen}");
+}
