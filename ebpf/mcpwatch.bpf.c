@@ -305,8 +305,11 @@ int connect4(struct bpf_sock_addr *ctx)
 	o.family = AF_INET;
 	fill_identity(ctx, &o);
 
+	/* Cannot remember it (the map could not take an entry): refuse the connect
+	 * (EPERM; the client may retry) rather than let an in-scope connection go
+	 * direct, ungoverned. A security boundary fails closed. */
 	if (bpf_map_update_elem(&by_cookie, &o.cookie, &o, BPF_ANY) != 0)
-		return 1; /* cannot remember it: let it go direct rather than lose it */
+		return 0;
 
 	ctx->user_ip4 = bpf_htonl(LOOPBACK4);
 	ctx->user_port = bpf_htons((__u16)cfg->listen_port);
@@ -345,7 +348,7 @@ int connect6(struct bpf_sock_addr *ctx)
 	fill_identity(ctx, &o);
 
 	if (bpf_map_update_elem(&by_cookie, &o.cookie, &o, BPF_ANY) != 0)
-		return 1;
+		return 0; /* as in connect4: refused, never direct */
 
 	if (mapped) {
 		/* ::ffff:127.0.0.1 keeps the socket on its IPv4 path */

@@ -286,11 +286,16 @@ fn ancestry_of(pid: u32) -> Vec<Ancestor> {
     out
 }
 
-/// The systemd unit a cgroup path belongs to: its last `.service` or `.scope`
-/// component.
+/// The systemd unit a cgroup path belongs to, as the system manager knows it: its first
+/// `.service` or `.scope` component from the root. Below a unit the cgroup tree is
+/// delegated to whatever runs there, which names it: a user's own manager
+/// (`user@1000.service`) creates `run-x.scope` or `ci-runner-7.service` for
+/// `systemd-run --user --unit=ci-runner-7`, and a service with `Delegate=` names its own
+/// sub-cgroups. Those names are the user's to choose; `[[agent]] unit` rules match what
+/// only root can start.
 pub fn unit_of(cgroup_path: &str) -> Option<String> {
     cgroup_path
-        .rsplit('/')
+        .split('/')
         .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
         .map(str::to_string)
 }
@@ -434,12 +439,17 @@ mod tests {
     }
 
     #[test]
-    fn units_come_from_the_last_service_or_scope() {
+    fn units_are_the_system_managers() {
+        // A unit the user's own manager started is named by the user: the unit is the
+        // user manager's.
         assert_eq!(
-            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope")
+            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/ci-runner-7.service")
                 .as_deref(),
-            Some("run-r1.scope")
+            Some("user@1000.service")
         );
+        assert_eq!(unit_of("/user.slice/user-1000.slice/session-3.scope").as_deref(), Some("session-3.scope"));
+        // A sub-cgroup a delegated service names itself is that service's.
+        assert_eq!(unit_of("/system.slice/runner.service/job-9.scope").as_deref(), Some("runner.service"));
         assert_eq!(
             unit_of("/system.slice/mcpwatchd.service").as_deref(),
             Some("mcpwatchd.service")
