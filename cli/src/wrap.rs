@@ -312,7 +312,12 @@ fn pump(reader: &mut impl BufRead, side: Side, gate: &Gate, degraded: &Degraded,
             Some(GateVerdict::Answer { line }) if side == Side::Client => write_line(back, line.as_bytes()),
             Some(GateVerdict::Drop { reason } | GateVerdict::Error { message: reason } | GateVerdict::Refused { message: reason }) => {
                 eprintln!("mcpwatch wrap: {who} line not forwarded: {reason}");
-                Ok(())
+                // A client request that goes nowhere is answered, or the client waits for
+                // ever (the gate drops a line it cannot hold: its body budget is spent).
+                match (side, error_for(&buf, &format!("mcpwatch: not forwarded: {reason}"))) {
+                    (Side::Client, Some(reply)) => write_line(back, reply.as_bytes()),
+                    _ => Ok(()),
+                }
             }
             Some(_) => Ok(()),
             None => {
@@ -348,6 +353,39 @@ mod tests {
         assert!(error_for(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, "no").is_none());
         assert!(error_for(br#"{"jsonrpc":"2.0","id":4,"result":{}}"#, "no").is_none());
         assert!(error_for(b"garbage", "no").is_none());
+    }
+
+    /// A client request the gate drops (it could not hold it: its body budget is spent)
+    /// is answered with an error, not left waiting; nothing goes on to the server.
+    #[test]
+    fn a_dropped_client_request_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut w = stream;
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let req: GateRequest = mcpwatch_api::wire::decode(&line).unwrap();
+                let body = match req.body {
+                    GateOp::Open { .. } => GateVerdict::Opened { server: "s".into(), failure_mode: FailureMode::Open },
+                    _ => GateVerdict::Drop { reason: "gate line not held".into() },
+                };
+                w.write_all(&mcpwatch_api::wire::encode(&GateResponse { seq: req.seq, body }).unwrap()).unwrap();
+                line.clear();
+            }
+        });
+        let Opening::Opened(gate, mode) = Gate::open(&path, &["srv".into()]).unwrap() else { panic!("refused") };
+        let degraded = Degraded { mode, warned: AtomicBool::new(false) };
+        let (onward, back) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+        let mut client = io::Cursor::new(b"{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{\"name\":\"x\"}}\n".to_vec());
+        pump(&mut client, Side::Client, &gate, &degraded, &onward, &back);
+        assert!(onward.lock().unwrap().is_empty(), "nothing reached the server");
+        let answer: serde_json::Value = serde_json::from_slice(back.lock().unwrap().trim_ascii()).unwrap();
+        assert_eq!(answer["id"], 5);
+        assert!(answer["error"]["message"].as_str().unwrap().contains("gate line not held"), "{answer}");
     }
 
     #[test]
