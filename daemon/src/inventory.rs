@@ -651,6 +651,9 @@ impl Inventory {
     }
 
     pub fn add_alert(&self, endpoint: &str, alert: String) {
+        // Alerts quote what servers sent (tool names, paths): kept at most 1,000
+        // characters each, 32 a server.
+        let alert = if alert.chars().nth(1000).is_some() { format!("{}…", alert.chars().take(1000).collect::<String>()) } else { alert };
         self.update(endpoint, |e| {
             if e.alerts.last() != Some(&alert) {
                 e.alerts.push(alert);

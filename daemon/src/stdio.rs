@@ -65,7 +65,7 @@ pub enum Event {
     /// The server answered `tools/list` (`first_page`: the request had no cursor).
     ToolsList { pid: u32, tools: Vec<Value>, first_page: bool, last_page: bool, lost: bool },
     /// The client asked the server to run a tool.
-    ToolCall { pid: u32, id: Id, name: String, arguments: Option<Value>, lost: bool },
+    ToolCall { pid: u32, id: Id, name: String, arguments: Option<Value>, lost: bool, unmatched: bool },
     /// The server answered a tool call (`is_error`: error response or `isError`).
     ToolResult { pid: u32, id: Id, name: String, is_error: bool, lost: bool },
 }
@@ -247,7 +247,7 @@ impl StdioObserver {
             let params = m.get("params");
             let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else { continue };
             let arguments = params.and_then(|p| p.get("arguments")).cloned();
-            out.push(Event::ToolCall { pid, id, name: cut(name, 256), arguments, lost: true });
+            out.push(Event::ToolCall { pid, id, name: cut(name, 256), arguments, lost: true, unmatched: true });
         }
     }
 
@@ -268,7 +268,7 @@ impl StdioObserver {
                     let _ = self.pending.insert((pid, id.key()), PendingReq { method: method.clone(), tool: tool.clone(), has_cursor });
                     if let Some(name) = tool {
                         let arguments = params.as_ref().and_then(|p| p.get("arguments")).cloned();
-                        out.push(Event::ToolCall { pid, id: id.clone(), name, arguments, lost });
+                        out.push(Event::ToolCall { pid, id: id.clone(), name, arguments, lost, unmatched: false });
                     }
                 }
                 (Direction::Write, Message::Response { id, result }) => {
@@ -395,7 +395,7 @@ mod tests {
         let long = "i".repeat(jsonrpc::MAX_ID_BYTES + 1);
         let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":\"{long}\",\"method\":\"tools/call\",\"params\":{{\"name\":\"delete\",\"arguments\":{{\"t\":1}}}}}}\n");
         let ev = o.feed(chunk(3, Direction::Read, &line));
-        assert!(matches!(&ev[..], [Event::ToolCall { name, id: Id::String(id), lost: true, arguments: Some(_), .. }] if name == "delete" && id.len() == 64), "{ev:?}");
+        assert!(matches!(&ev[..], [Event::ToolCall { name, id: Id::String(id), lost: true, unmatched: true, arguments: Some(_), .. }] if name == "delete" && id.len() == 64), "{ev:?}");
         assert_eq!(o.pending.len(), 0, "nothing kept to match its answer");
     }
 

@@ -85,7 +85,7 @@ fn tools_list(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
 
     let mut hide: Vec<(String, String)> = Vec::new();
     for (name, score) in &poisoned {
-        let alert = format!("tool `{name}` looks poisoned (score {score})");
+        let alert = format!("tool `{}` looks poisoned (score {score})", crate::record::clip(name));
         j.inventory.add_alert(site.endpoint, alert.clone());
         rec.alerts.push(alert);
         if settings.poisoning == PoisonAction::Strip {
@@ -94,7 +94,7 @@ fn tools_list(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, first_page: 
     }
     for (name, outcome) in &outcomes {
         if let PinOutcome::Changed(diff) = outcome {
-            let alert = format!("tool `{name}` changed since it was pinned: {}", diff.first().cloned().unwrap_or_default());
+            let alert = format!("tool `{}` changed since it was pinned: {}", crate::record::clip(name), diff.first().cloned().unwrap_or_default());
             j.inventory.add_alert(site.endpoint, alert.clone());
             rec.alerts.push(alert);
             if settings.pinning == PinAction::Hide {

@@ -210,14 +210,14 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
             let (sights, poisoned) = crate::inventory::tool_sights(&tools, min);
             for (name, outcome) in inv.observe_tools(&id.endpoint, &sights, first_page, last_page, now) {
                 if let PinOutcome::Changed(diff) = outcome {
-                    inv.add_alert(&id.endpoint, format!("tool `{name}` changed since it was pinned: {}", diff.first().cloned().unwrap_or_default()));
+                    inv.add_alert(&id.endpoint, format!("tool `{}` changed since it was pinned: {}", crate::record::clip(&name), diff.first().cloned().unwrap_or_default()));
                 }
             }
             for (name, score) in poisoned {
-                inv.add_alert(&id.endpoint, format!("tool `{name}` looks poisoned (score {score})"));
+                inv.add_alert(&id.endpoint, format!("tool `{}` looks poisoned (score {score})", crate::record::clip(&name)));
             }
         }
-        Event::ToolCall { pid, id: rpc_id, name, arguments, lost } => {
+        Event::ToolCall { pid, id: rpc_id, name, arguments, lost, unmatched } => {
             let id = identify(shared, ic, ids, pid);
             if id.wrapped {
                 return;
@@ -246,6 +246,12 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
                 notes,
                 ..Default::default()
             };
+            if unmatched {
+                // Its id was cut (too long to keep): no answer can be matched to it, and a
+                // later call whose id is the cut one must not complete it.
+                crate::record::write_closed(shared, AuditRecord { notes: [rec.notes, vec!["id too long to keep: its answer is not matched".into()]].concat(), ..rec }, CallStatus::Sent);
+                return;
+            }
             let _ = shared.begin_record(&rec);
             if open.len() >= MAX_OPEN_CALLS
                 && let Some(k) = open.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone())
