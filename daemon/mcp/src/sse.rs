@@ -94,6 +94,9 @@ pub struct SseParser {
     last_event_id: Option<String>,
 }
 
+/// Longest event id kept as the stream's last event id.
+const MAX_KEPT_ID: usize = 1024;
+
 /// Largest buffer kept for reuse between lines and events.
 const KEEP_CAPACITY: usize = 64 << 10;
 
@@ -192,7 +195,8 @@ impl SseParser {
     /// caller accounting memory charges. Past an event or line longer than 64 KiB its
     /// buffers are freed, not kept for reuse.
     pub fn allocated(&self) -> usize {
-        self.line.capacity() + self.data.capacity()
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        self.line.capacity() + self.data.capacity() + text(&self.event) + text(&self.id) + text(&self.last_event_id)
     }
 
     fn feed(&mut self, mut input: &[u8], out: &mut Vec<SseEvent>) {
@@ -305,7 +309,9 @@ impl SseParser {
             b"id" => {
                 if !value.contains(&0) {
                     let v = self.decode(value);
-                    self.last_event_id = Some(v.clone());
+                    // Kept for the stream's life: only an id of a sane length (a
+                    // server's 8 MiB id is not held per stream until it closes).
+                    self.last_event_id = (v.len() <= MAX_KEPT_ID).then(|| v.clone());
                     self.id = Some(v);
                 }
                 self.fields_seen = true;
@@ -446,6 +452,10 @@ mod tests {
         assert!(p.allocated() >= 200_000, "held while it waits: {}", p.allocated());
         assert_eq!(p.push(b"\n").len(), 1);
         assert!(p.allocated() <= 2 * KEEP_CAPACITY, "{}", p.allocated());
+        // A long id is not kept as the stream's last event id.
+        let long_id = format!("id: {}\ndata: x\n\n", "i".repeat(200_000));
+        assert_eq!(p.push(long_id.as_bytes()).len(), 1);
+        assert!(p.last_event_id().is_none() && p.allocated() <= 2 * KEEP_CAPACITY, "{}", p.allocated());
     }
 
     #[test]
