@@ -266,6 +266,10 @@ const MAX_OPEN_LINE: usize = 256 << 10;
 /// Most bytes of a connection's line buffer kept between lines.
 const KEEP_LINE_BUFFER: usize = 64 << 10;
 
+/// An answer on its way to the wrapper, with the share of the body budget it holds
+/// until it is written.
+type Outgoing = (GateResponse, Option<crate::bodies::Lease>);
+
 /// Why a line was not read as a request.
 enum LineError {
     /// The connection is broken or abused (too long, not a gate request, not finished in
@@ -371,7 +375,7 @@ struct Opened {
 
 /// The connection's first request, which must be `open` and come within
 /// [`OPEN_DEADLINE`]; `None` when the connection is to be closed (answered already).
-async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, budget: &Arc<Mutex<Budget>>, wrapper_pid: u32, uid: u32) -> Option<Opened> {
+async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<Outgoing>, budget: &Arc<Mutex<Budget>>, wrapper_pid: u32, uid: u32) -> Option<Opened> {
     let req = match tokio::time::timeout(OPEN_DEADLINE, read_request(rd, buf, &shared.bodies, uid, shared.config.limits.body_timeout, MAX_OPEN_LINE)).await {
         Err(_) => {
             tracing::warn!(wrapper_pid, uid, "gate: no `open` within {} s; connection closed", OPEN_DEADLINE.as_secs());
@@ -380,14 +384,14 @@ async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tok
         Ok(None) => return None,
         Ok(Some(Err(LineError::Fatal(message) | LineError::Refused { why: message, .. }))) => {
             tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
-            let _ = tx.send(GateResponse { seq: 0, body: GateVerdict::Error { message } }).await;
+            let _ = tx.send((GateResponse { seq: 0, body: GateVerdict::Error { message } }, None)).await;
             return None;
         }
         // An `open` is small: what it held is given back.
         Ok(Some(Ok((req, _held)))) => req,
     };
     let GateOp::Open { command } = req.body else {
-        let _ = tx.send(GateResponse { seq: req.seq, body: GateVerdict::Error { message: "first request must be `open`".into() } }).await;
+        let _ = tx.send((GateResponse { seq: req.seq, body: GateVerdict::Error { message: "first request must be `open`".into() } }, None)).await;
         return None;
     };
     let session = Session::open(shared.clone(), wrapper_pid, uid, command);
@@ -395,14 +399,14 @@ async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tok
         Ok(slot) => {
             tracing::info!(server = %session.endpoint, command = %session.cmdline, wrapper_pid, client = ?session.process.as_ref().map(|p| (p.pid, p.comm.clone())), "gate: wrapped stdio server opened");
             let body = GateVerdict::Opened { server: session.endpoint.clone(), failure_mode: shared.config.failure_mode };
-            let _ = tx.send(GateResponse { seq: req.seq, body }).await;
+            let _ = tx.send((GateResponse { seq: req.seq, body }, None)).await;
             Some(Opened { session: Arc::new(session), _slot: slot, _mark: WrapperMark::new(shared.clone(), wrapper_pid) })
         }
         Err(full) => {
             let message = full.message(uid);
             tracing::warn!(server = %session.endpoint, wrapper_pid, uid, "{message}");
             session.refused(&message);
-            let _ = tx.send(GateResponse { seq: req.seq, body: GateVerdict::Refused { message } }).await;
+            let _ = tx.send((GateResponse { seq: req.seq, body: GateVerdict::Refused { message } }, None)).await;
             None
         }
     }
@@ -411,16 +415,19 @@ async fn open(shared: &Arc<Shared>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tok
 async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, uid: u32, budget: Arc<Mutex<Budget>>, waiting: Slot) {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<GateResponse>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Outgoing>(2);
     // A wrapper that stops reading its answers has them (a redacted line may be 16 MiB)
     // given up after `limits.body_timeout`, and its connection closed.
     let write_timeout = shared.config.limits.body_timeout;
     let writer = tokio::spawn(async move {
-        while let Some(resp) = rx.recv().await {
+        while let Some((resp, held)) = rx.recv().await {
             let Ok(line) = mcpwatch_api::wire::encode(&resp) else { continue };
+            drop(resp);
             if !matches!(tokio::time::timeout(write_timeout, wr.write_all(&line)).await, Ok(Ok(()))) {
                 break;
             }
+            // What the answer held of the body budget is given back once it is written.
+            drop(held);
         }
     });
     let mut buf = Vec::new();
@@ -438,45 +445,61 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream, wrapper_pid: u32, u
 }
 
 /// An open session's requests until the wrapper goes away or breaks the protocol.
-async fn relay(shared: &Shared, session: &Arc<Session>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<GateResponse>, wrapper_pid: u32, uid: u32) {
+async fn relay(shared: &Shared, session: &Arc<Session>, rd: &mut Reader, buf: &mut Vec<u8>, tx: &tokio::sync::mpsc::Sender<Outgoing>, wrapper_pid: u32, uid: u32) {
     // At most one request per direction in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(2));
     loop {
         // The next line is read only once one may be judged: a wrapper that stops reading
         // its answers stops having its lines read, rather than piling them up here.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        // The writer gave up (the wrapper did not take its answers in time): so does this.
+        if tx.is_closed() {
+            break;
+        }
         let Some(res) = read_request(rd, buf, &shared.bodies, uid, shared.config.limits.body_timeout, MAX_GATE_LINE).await else { break };
         let (req, held) = match res {
             Ok(r) => r,
             Err(LineError::Refused { seq, why }) => {
                 tracing::warn!(wrapper_pid, "gate: {why}; line dropped");
                 session.line_refused(&why);
-                let _ = tx.send(GateResponse { seq, body: GateVerdict::Drop { reason: why } }).await;
+                let _ = tx.send((GateResponse { seq, body: GateVerdict::Drop { reason: why } }, None)).await;
                 continue;
             }
             Err(LineError::Fatal(message)) => {
                 tracing::warn!(wrapper_pid, "gate: {message}; connection closed");
-                let _ = tx.send(GateResponse { seq: 0, body: GateVerdict::Error { message } }).await;
+                let _ = tx.send((GateResponse { seq: 0, body: GateVerdict::Error { message } }, None)).await;
                 break;
             }
         };
         let seq = req.seq;
         let op = match req.body {
             GateOp::Open { .. } => {
-                let _ = tx.send(GateResponse { seq, body: GateVerdict::Error { message: "session already open".into() } }).await;
+                let _ = tx.send((GateResponse { seq, body: GateVerdict::Error { message: "session already open".into() } }, None)).await;
                 break;
             }
             op => op,
         };
         let (s, tx) = (session.clone(), tx.clone());
         tokio::spawn(async move {
-            let _held = held;
-            let body = match op {
+            let mut held = held;
+            let mut body = match op {
                 GateOp::Client { line } => s.on_client(&line).await,
                 GateOp::Server { line } => s.on_server(&line),
                 GateOp::Open { .. } => GateVerdict::Error { message: "session already open".into() },
             };
-            let _ = tx.send(GateResponse { seq, body }).await;
+            // The answer waits to be written (a wrapper may be slow to read it, or never
+            // read): it holds its bytes from the budget until it is, twice its text (the
+            // line as a JSON string, then encoded). A rewritten line that does not fit is
+            // not sent: the wrapper drops it (and answers a client request with an error).
+            let size = match &body {
+                GateVerdict::Forward { line: Some(l) } | GateVerdict::Answer { line: l } => 2 * l.len(),
+                _ => 0,
+            };
+            if !held.hold(size) {
+                body = GateVerdict::Drop { reason: BUDGET_SPENT.into() };
+                held.hold(0);
+            }
+            let _ = tx.send((GateResponse { seq, body }, Some(held))).await;
             drop(permit);
         });
     }
