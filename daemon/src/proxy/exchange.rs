@@ -450,6 +450,15 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
             return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, (body, lease), (pending, flight), audit_failed);
         }
     };
+    // A batch waits for its held calls inline: its other messages were judged by the
+    // policy in force then. One reloaded meanwhile (or between judging and holding a
+    // call) may deny them now: the whole batch is refused, to be sent again.
+    if !gb.pending.is_empty() && !Arc::ptr_eq(&gov, &shared.governance.current()) {
+        for (_, p) in gb.pending {
+            finish(&shared, p, CallStatus::TransportError { reason: format!("not forwarded: {RELOADED_WHILE_HELD}") }, None, 0);
+        }
+        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single_id(&messages, batch), jsonrpc::INTERNAL_ERROR, RELOADED_WHILE_HELD);
+    }
     // Commit: what is about to be forwarded is on disk first (or failure_mode allows otherwise).
     if record::commit(&shared, !gb.pending.is_empty(), gb.audit_failed, || scope.enforce(&shared)).await.is_err() {
         for (_, p) in gb.pending {
@@ -745,6 +754,10 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
     Governing::Done(gb)
 }
 
+/// What a client is told when its calls were judged under a policy reloaded before they
+/// could be forwarded.
+const RELOADED_WHILE_HELD: &str = "mcpwatch: the policy was reloaded while this request was being judged or waited for approval; send it again to be judged by the new policy";
+
 /// The forward stage (and the hand-over to observe): send the committed body upstream
 /// and observe what comes back. Legacy HTTP+SSE answers on the GET stream, possibly
 /// before this POST's 202 is back: requests are parked before forwarding so the answer
@@ -881,6 +894,18 @@ fn streamed_hold(
                     }
                 }
             }
+        };
+        // Approved under a policy that was reloaded since it was judged: judged again by
+        // no one, so not forwarded (the reload withdraws calls already held; this one may
+        // have been judged just before it and held just after).
+        let fate = match fate {
+            Fate::Forward if !Arc::ptr_eq(&gov, &shared.governance.current()) => Fate::Refuse {
+                code: jsonrpc::INTERNAL_ERROR,
+                message: RELOADED_WHILE_HELD.into(),
+                data: serde_json::json!({ "mcpwatch": "policy reloaded" }),
+                retry_after_ms: None,
+            },
+            fate => fate,
         };
         match fate {
             Fate::Refuse { code, message, data, .. } => {

@@ -504,6 +504,28 @@ fn an_id_held_for_approval_cannot_be_reused_meanwhile() {
     assert!(!env.upstream_bytes().contains("\"id\":9"), "nothing with id 9 reached the server: {}", env.upstream_bytes());
 }
 
+/// A batch waits for its held calls inline, and its other messages were judged by the
+/// policy in force then: a reload meanwhile that denies them let them through after the
+/// wait. The batch is refused now, to be sent again and judged by the new policy.
+#[test]
+fn a_batch_waiting_for_approval_is_not_forwarded_after_a_reload() {
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\napproval_timeout_secs = 20\n[[rule]]\nid = \"approve-deletes\"\ntools = [\"delete_records\"]\naction = \"require_approval\"\n";
+    let env = std::sync::Arc::new(Lenient::start(policy, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"));
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-reload\r\n";
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"now-denied"}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_records","arguments":{}}}]"#;
+    let held = {
+        let (env, bytes) = (env.clone(), request("POST", "/mcp", headers, batch.as_bytes()));
+        std::thread::spawn(move || env.send(&bytes))
+    };
+    env.daemon.wait_pending(1);
+    std::fs::write(env.daemon.policy_path(), format!("{policy}[[rule]]\nid = \"no-echo\"\ntools = [\"echo\"]\naction = \"deny\"\n")).unwrap();
+    let out = env.daemon.cli(&["policy", "reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer = held.join().unwrap();
+    assert!(answer.contains("policy was reloaded"), "the batch is refused, said why: {answer}");
+    assert!(!env.upstream_bytes().contains("now-denied"), "a call the new policy denies reached the server: {}", env.upstream_bytes());
+}
+
 /// Two requests with one id sent at the same moment on two connections: the reuse check
 /// and the mark that makes the id used were two steps, so both could pass (21 of 300
 /// pairs reached the server twice). The id is claimed in one step now.
