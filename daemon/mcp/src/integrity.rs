@@ -78,8 +78,10 @@ pub fn body_shape(bytes: &[u8]) -> BodyShape {
         None => String::from_utf8_lossy(bytes).into_owned(),
     };
     let text = text.trim_start_matches('\u{feff}');
-    let parsed = serde_json::from_str::<Value>(text).or_else(|e| match without_lone_surrogates(text) {
-        Some(fixed) => serde_json::from_str::<Value>(&fixed),
+    // Every lenient reading takes the first value only: bytes after a message (which
+    // Jackson ignores) must not make one of these readings fail.
+    let parsed = first_value(text).or_else(|e| match without_lone_surrogates(text) {
+        Some(fixed) => first_value(&fixed),
         None => Err(e),
     });
     // Then what serde_json refuses but servers take: numbers out of f64's range (`1e400`
@@ -89,7 +91,7 @@ pub fn body_shape(bytes: &[u8]) -> BodyShape {
     let parsed = parsed.or_else(|e| {
         let fixed = without_lone_surrogates(text);
         match skeleton(fixed.as_deref().unwrap_or(text)) {
-            Some(s) => serde_json::from_str::<Value>(&s),
+            Some(s) => first_value(&s),
             None => Err(e),
         }
     });
@@ -98,6 +100,11 @@ pub fn body_shape(bytes: &[u8]) -> BodyShape {
         Ok(_) => BodyShape::OtherJson,
         Err(_) => BodyShape::NotJson,
     }
+}
+
+/// The first JSON value of `text`, whatever follows it.
+fn first_value(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::Deserializer::from_str(text).into_iter::<Value>().next().unwrap_or_else(|| serde_json::from_str::<Value>(text))
 }
 
 /// Containers deeper than this are cut from a [`skeleton`] (the envelope a server acts on
@@ -150,6 +157,10 @@ fn skeleton(text: &str) -> Option<String> {
                     out.push(char::from(c));
                 }
                 depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    // The first top-level value is whole: what follows it is not read.
+                    return Some(out);
+                }
             }
             b',' | b':' | b' ' | b'\t' | b'\n' | b'\r' => {
                 if cut.is_none() {
@@ -389,7 +400,15 @@ mod tests {
         // Bytes after a message, which Jackson ignores by default.
         assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}x"#), BodyShape::McpShaped);
         assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}} {"a":1}"#), BodyShape::McpShaped);
-        assert_eq!(body_shape(br#"{"order":7} trailing"#), BodyShape::NotJson);
+        assert_eq!(body_shape(br#"{"order":7} trailing"#), BodyShape::OtherJson, "the first value is read");
+        // Trailing bytes with what only lenient readers take: a lone surrogate, 1e400.
+        assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"\ud800"}}}x"#), BodyShape::McpShaped);
+        assert_eq!(body_shape(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1e400}}} trailing"#), BodyShape::McpShaped);
+        let mut utf16 = vec![0xff, 0xfe];
+        for u in r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}x"#.encode_utf16() {
+            utf16.extend_from_slice(&u.to_le_bytes());
+        }
+        assert_eq!(body_shape(&utf16), BodyShape::McpShaped, "UTF-16 with bytes after it");
         assert_eq!(body_shape(b"hello world"), BodyShape::NotJson);
         assert_eq!(body_shape(b""), BodyShape::NotJson);
         assert_eq!(body_shape(b"\xff\xd8\xff\xe0binary"), BodyShape::NotJson);
@@ -431,9 +450,11 @@ mod tests {
         assert_eq!(body_shape(deep_batch.as_bytes()), BodyShape::McpShaped, "a batch with a deep member");
         // Not a message, however lenient the reading.
         assert_eq!(body_shape(format!(r#"{{"v":NaN,"d":{deep}}}"#).as_bytes()), BodyShape::OtherJson);
-        for bad in ["{\"a\":nope}", "{\"a\":1", "[1]]", "{\"a\":\"open}"] {
+        for bad in ["{\"a\":nope}", "{\"a\":1", "{\"a\":\"open}"] {
             assert_eq!(body_shape(bad.as_bytes()), BodyShape::NotJson, "{bad}");
         }
+        // The first value is read, as Jackson reads it; what follows is not.
+        assert_eq!(body_shape(b"[1]]"), BodyShape::OtherJson);
         // Strings and keys stay as they are, escapes and brackets inside them included.
         assert_eq!(skeleton(r#"{"a\"[":[1.5e9,"]{"],"b":NaN}"#).as_deref(), Some(r#"{"a\"[":[0,"]{"],"b":0}"#));
     }

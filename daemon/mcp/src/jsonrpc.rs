@@ -283,8 +283,6 @@ pub enum Invalid {
     MissingId,
     #[error("{what} is {len} bytes, over the {limit}-byte limit")]
     TooLong { what: &'static str, len: usize, limit: usize },
-    #[error("key {key:?} at line {line} column {column} is the key {of:?} to servers that match keys regardless of case (Go's encoding/json)")]
-    CaseDuplicateKey { key: String, of: String, line: usize, column: usize },
     #[error("key {key:?} is {of:?} to servers that match keys regardless of case (Go's encoding/json); MCP spells it {of:?}")]
     CaseVariantKey { key: String, of: &'static str },
 }
@@ -317,10 +315,22 @@ fn folded_chars(key: &str) -> impl Iterator<Item = char> + '_ {
             '\u{3f1}' => '\u{3c1}',
             '\u{3f5}' => '\u{3b5}',
             '\u{1e9e}' => '\u{df}',
-            '\u{1fbe}' => '\u{3b9}',
+            '\u{1fbe}' | '\u{345}' => '\u{3b9}',
+            '\u{1e9b}' => '\u{1e61}',
+            '\u{1c80}' => '\u{432}',
+            '\u{1c81}' => '\u{434}',
+            '\u{1c82}' => '\u{43e}',
+            '\u{1c83}' => '\u{441}',
+            '\u{1c84}' | '\u{1c85}' => '\u{442}',
+            '\u{1c86}' => '\u{44a}',
+            '\u{1c87}' => '\u{463}',
+            '\u{1c88}' => '\u{a64b}',
             c => c,
         };
-        c.to_lowercase()
+        // `İ` is a class of its own to simple folding; its full lower case is two
+        // characters (`i` and a combining dot) that would meet `i\u{307}`.
+        let one = (c == '\u{130}').then_some(c);
+        one.into_iter().chain(c.to_lowercase().filter(move |_| one.is_none()))
     })
 }
 
@@ -329,46 +339,13 @@ pub fn same_folded(a: &str, b: &str) -> bool {
     folded_chars(a).eq(folded_chars(b))
 }
 
-/// A hash of a key's fold: keys with the same fold have the same hash.
-fn fold_hash(key: &str) -> u64 {
-    let mix = |h: u64, c: u32| (h.rotate_left(5) ^ u64::from(c)).wrapping_mul(0x517c_c1b7_2722_0a95);
-    if key.is_ascii() {
-        key.bytes().fold(0, |h, b| mix(h, u32::from(b.to_ascii_lowercase())))
-    } else {
-        folded_chars(key).fold(0, |h, c| mix(h, c as u32))
-    }
-}
-
-/// The fold hashes of an object's keys so far: a few looked through in order, many in a set.
-#[derive(Default)]
-struct FoldSeen {
-    few: Vec<u64>,
-    many: Option<std::collections::HashSet<u64>>,
-}
-
-impl FoldSeen {
-    /// Records `h`; whether it was there already.
-    fn seen(&mut self, h: u64) -> bool {
-        if let Some(set) = &mut self.many {
-            return !set.insert(h);
-        }
-        if self.few.contains(&h) {
-            return true;
-        }
-        if self.few.len() == 32 {
-            let mut set: std::collections::HashSet<u64> = self.few.drain(..).collect();
-            set.insert(h);
-            self.many = Some(set);
-        } else {
-            self.few.push(h);
-        }
-        false
-    }
-}
-
 /// Keys of a message, and of its `params`, that mcpwatch reads to judge it: one spelled
 /// otherwise that a case-blind server takes for them is refused, or mcpwatch would judge
-/// one thing and such a server run another.
+/// one thing and such a server run another (`{"name":"a","NAME":"b"}` runs `b` there;
+/// `{"ID":7,..}` is a call there, a notification here). Deeper keys are not refused for
+/// their spelling (an argument map may hold `PATH` and `path`, environment variables):
+/// argument conditions see every key a case-blind server could read for theirs
+/// (`mcpwatch_policy`), and the detectors scan every value.
 const ENVELOPE_KEYS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 const PARAMS_KEYS: [&str; 8] = ["name", "arguments", "uri", "_meta", "cursor", "requestId", "protocolVersion", "progressToken"];
 
@@ -716,8 +693,6 @@ pub(crate) fn clip(s: &str, max: usize) -> &str {
 #[derive(Debug, Clone)]
 enum Strict {
     Duplicate(String),
-    /// A key, and the earlier key a case-blind server reads it as.
-    CaseDuplicate(String, String),
     TooDeep,
 }
 
@@ -795,17 +770,9 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
         }
         let inner = self.nested();
         let mut out = Map::new();
-        // Two keys a case-blind server reads as one (`name` and `NAME`) are a duplicate
-        // there, and the one it takes is not the one mcpwatch judged.
-        let mut folds = FoldSeen::default();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
                 return Err(self.fail(Strict::Duplicate(clip(&key, 64).to_owned())));
-            }
-            if folds.seen(fold_hash(&key))
-                && let Some(of) = out.keys().find(|k| folded_chars(k).eq(folded_chars(&key)))
-            {
-                return Err(self.fail(Strict::CaseDuplicate(clip(&key, 64).to_owned(), clip(of, 64).to_owned())));
             }
             let v = map.next_value_seed(inner)?;
             out.insert(key, v);
@@ -838,7 +805,6 @@ fn strict<'de, R: serde_json::de::Read<'de>>(mut de: serde_json::Deserializer<R>
             Some(Strict::Duplicate(key)) => {
                 Invalid::DuplicateKey { key, line: e.line(), column: e.column() }
             }
-            Some(Strict::CaseDuplicate(key, of)) => Invalid::CaseDuplicateKey { key, of, line: e.line(), column: e.column() },
             Some(Strict::TooDeep) => Invalid::TooDeep { limit: max_depth },
             None if syntax_reason(&e) == "recursion limit exceeded" => Invalid::TooDeep { limit: max_depth },
             None => match e.classify() {
@@ -877,8 +843,8 @@ mod tests {
     }
 
     /// Go's `encoding/json` (mcp-go, typed handlers of the Go SDK) matches keys
-    /// regardless of case, the last one winning: a message mcpwatch would read one way and
-    /// such a server another is refused.
+    /// regardless of case, the last one winning: a message whose envelope or params
+    /// mcpwatch would read one way and such a server another is refused.
     #[test]
     fn keys_a_case_blind_server_reads_otherwise_are_refused() {
         let invalid = |body: &str| match parse_body(body.as_bytes()) {
@@ -887,7 +853,7 @@ mod tests {
         };
         // Judged as `allowed`, run as `denied`.
         let e = invalid(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"allowed","arguments":{},"NAME":"denied"}}"#);
-        assert!(matches!(&e, Invalid::CaseDuplicateKey { key, of, .. } if key == "NAME" && of == "name"), "{e:?}");
+        assert_eq!(e, Invalid::CaseVariantKey { key: "NAME".into(), of: "name" });
         // A notification to mcpwatch, a call to Go.
         let e = invalid(r#"{"jsonrpc":"2.0","ID":7,"method":"tools/call","params":{"name":"denied"}}"#);
         assert_eq!(e, Invalid::CaseVariantKey { key: "ID".into(), of: "id" });
@@ -895,17 +861,16 @@ mod tests {
         // Folded letters other than ASCII: `ſ` is `s`, the Kelvin sign is `k`.
         let e = invalid("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"argument\u{17f}\":{}}}");
         assert_eq!(e, Invalid::CaseVariantKey { key: "argument\u{17f}".into(), of: "arguments" });
-        let e = invalid("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"arguments\":{\"table\":\"a\",\"TABLE\":\"users\"}}}");
-        assert!(matches!(e, Invalid::CaseDuplicateKey { .. }), "{e:?}");
-        let e = invalid("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"params\":{\"a\":{\"key\":1,\"\u{212a}EY\":2}}}");
-        assert!(matches!(e, Invalid::CaseDuplicateKey { .. }), "{e:?}");
-        // Past 32 keys the seen folds are a set: still found.
-        let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
-        let e = invalid(&format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\",\"params\":{{{many}\"K39\":1}}}}"));
-        assert!(matches!(&e, Invalid::CaseDuplicateKey { of, .. } if of == "k39"), "{e:?}");
-        // camelCase keys, and keys alike only in a case-sensitive reader's eyes, are fine.
+        // In a batch too.
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Arguments":{}}}]"#;
+        match parse_body(batch.as_bytes()) {
+            Parsed::Batch(items) => assert!(matches!(&items[0], Err(Invalid::CaseVariantKey { of: "arguments", .. })), "{items:?}"),
+            other => panic!("{other:?}"),
+        }
+        // Deeper keys keep their spelling: argument maps may hold `PATH` and `path`.
+        single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"env","arguments":{"vars":{"PATH":"/bin","path":"x"},"Table":"a","table":"b"}}}"#);
+        // camelCase keys are fine.
         single(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","clientInfo":{"name":"c","version":"1"},"capabilities":{}}}"#);
-        single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"userId":1,"fileName":"a","Other":2}}}"#);
         assert_eq!(fold_key("name"), "name");
         assert_eq!(fold_key("NaMe\u{17f}"), "names");
         assert!(same_folded("\u{212a}ey", "KEY"));

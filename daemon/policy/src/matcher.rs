@@ -430,38 +430,48 @@ impl Condition {
     /// A missing value, or one with no leaves (`[]`, `{}`), never matches, so
     /// `not_matches` holds for it and `matches` does not.
     pub(crate) fn holds(&self, args: Option<&Value>, restrictive: bool) -> bool {
-        let Some(v) = args.and_then(|a| lookup(a, &self.pointer)) else { return self.negate };
+        let values = args.map(|a| lookup(a, &self.pointer)).unwrap_or_default();
+        if values.is_empty() {
+            return self.negate;
+        }
         let (re, form) = (&self.regex, self.form);
-        match (restrictive, self.negate) {
+        let one = |v: &Value| match (restrictive, self.negate) {
             // Some leaf matches / some leaf does not (or there is none).
             (true, false) => leaf_with(re, v, form, true) == Found::Yes,
             (true, true) => leaf_with(re, v, form, false) != Found::No,
             // Every leaf matches (and there is one) / no leaf matches.
             (false, false) => leaf_with(re, v, form, false) != Found::Yes && leaf_with(re, v, form, true) == Found::Yes,
             (false, true) => leaf_with(re, v, form, true) != Found::Yes,
-        }
+        };
+        // Several values under keys a case-blind server reads as the pointer's (it takes
+        // one of them): a restrictive rule holds when it holds for one, `allow` only when
+        // it holds for all.
+        if restrictive { values.into_iter().any(one) } else { values.into_iter().all(one) }
     }
 }
 
-/// `args.pointer(pointer)`, where a key missing as spelled is found as a case-blind
-/// server finds it: Go's `encoding/json` (mcp-go, typed tool handlers) fills a field
-/// `path` from `"PATH"`, so a condition on `/path` must see it. Keys two ways at once
-/// (`path` and `PATH`) never get here: the parser refuses them
-/// (`jsonrpc::Invalid::CaseDuplicateKey`).
-fn lookup<'v>(args: &'v Value, pointer: &str) -> Option<&'v Value> {
-    if let Some(v) = args.pointer(pointer) {
-        return Some(v);
-    }
-    let mut cur = args;
-    for token in pointer.strip_prefix('/')?.split('/') {
+/// The values at `pointer` in `args`, where each key is also found as case-blind servers
+/// find it: Go's `encoding/json` (mcp-go, typed tool handlers) fills a field `path` from
+/// `"PATH"`, and from `"path"` and `"PATH"` both present it takes the last. So a
+/// condition on `/path` sees every value such a server could read for it.
+fn lookup<'v>(args: &'v Value, pointer: &str) -> Vec<&'v Value> {
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return if pointer.is_empty() { vec![args] } else { Vec::new() };
+    };
+    let mut at = vec![args];
+    for token in rest.split('/') {
         let token = token.replace("~1", "/").replace("~0", "~");
-        cur = match cur {
-            Value::Object(m) => m.get(&token).or_else(|| m.iter().find(|(k, _)| mcpwatch_mcp::jsonrpc::same_folded(k, &token)).map(|(_, v)| v))?,
-            Value::Array(a) => a.get(token.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
+        let mut next = Vec::new();
+        for v in at {
+            match v {
+                Value::Object(m) => next.extend(m.iter().filter(|(k, _)| **k == token || mcpwatch_mcp::jsonrpc::same_folded(k, &token)).map(|(_, v)| v)),
+                Value::Array(a) => next.extend(token.parse::<usize>().ok().and_then(|i| a.get(i))),
+                _ => {}
+            }
+        }
+        at = next;
     }
-    Some(cur)
+    at
 }
 
 /// What [`leaf_with`] found.

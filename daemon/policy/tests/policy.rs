@@ -2258,8 +2258,8 @@ fn path_conditions_match_the_normalised_path() {
 }
 
 /// Go's `encoding/json` fills a typed handler's `path` field from `"PATH"` (or `"Path"`,
-/// or with `ſ` for `s`): a condition on `/path` sees such an argument too. (Two spellings
-/// at once never reach the policy: the parser refuses them.)
+/// or with `ſ` for `s`), the last of several: a condition on `/path` sees every such
+/// argument.
 #[test]
 fn conditions_find_keys_as_case_blind_servers_read_them() {
     let p = pol(NORMALISED);
@@ -2268,6 +2268,10 @@ fn conditions_find_keys_as_case_blind_servers_read_them() {
         assert_eq!(b.effective, Effect::Block, "{key}: {b:?}");
         assert!(b.matched_rules.contains(&"no-etc".to_string()), "{key}: {b:?}");
     }
+    // Both spellings (environment-like maps keep them apart; a Go server takes the last):
+    // the rule sees both.
+    let both = call(&p, None, FILES, "read_file", json!({ "path": "/tmp/x", "PATH": "/etc/passwd" }));
+    assert_eq!(both.effective, Effect::Block, "{both:?}");
     let nested = pol("version = 1\nmode = \"enforce\"\n[[rule]]\nid = \"deep\"\ntools = [\"q\"]\naction = \"deny\"\n[[rule.when]]\npointer = \"/opts/table\"\nmatches = '^users$'\n");
     let b = call(&nested, None, FILES, "q", json!({ "OPTS": { "Table": "users" } }));
     assert_eq!(b.effective, Effect::Block, "{b:?}");

@@ -450,21 +450,22 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
             return streamed_hold(shared.clone(), scope.clone(), up.clone(), gov.clone(), parts, msg, (body, lease), (pending, flight), audit_failed);
         }
     };
-    // A batch waits for its held calls inline: its other messages were judged by the
-    // policy in force then. One reloaded meanwhile (or between judging and holding a
-    // call) may deny them now: the whole batch is refused, to be sent again.
-    if !gb.pending.is_empty() && !Arc::ptr_eq(&gov, &shared.governance.current()) {
-        for (_, p) in gb.pending {
-            finish(&shared, p, CallStatus::TransportError { reason: format!("not forwarded: {RELOADED_WHILE_HELD}") }, None, 0);
-        }
-        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single_id(&messages, batch), jsonrpc::INTERNAL_ERROR, RELOADED_WHILE_HELD);
-    }
     // Commit: what is about to be forwarded is on disk first (or failure_mode allows otherwise).
     if record::commit(&shared, !gb.pending.is_empty(), gb.audit_failed, || scope.enforce(&shared)).await.is_err() {
         for (_, p) in gb.pending {
             finish(&shared, p, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
         }
         return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single_id(&messages, batch), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL);
+    }
+    // A batch waits for its held calls inline, and the commit waits for the disk: what
+    // was judged then by the policy in force may be denied by one reloaded meanwhile (or
+    // between judging and holding a call). Checked after the last wait: refused, to be
+    // sent again.
+    if !gb.pending.is_empty() && !Arc::ptr_eq(&gov, &shared.governance.current()) {
+        for (_, p) in gb.pending {
+            finish(&shared, p, CallStatus::TransportError { reason: format!("not forwarded: {RELOADED_WHILE_HELD}") }, None, 0);
+        }
+        return rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, single_id(&messages, batch), jsonrpc::INTERNAL_ERROR, RELOADED_WHILE_HELD);
     }
     // Nothing left to send: answer the client ourselves.
     if gb.forwarded.is_empty() && !gb.refusals.is_empty() {
@@ -926,6 +927,12 @@ fn streamed_hold(
                 if record::commit(&shared, true, audit_failed, || scope.enforce(&shared)).await.is_err() {
                     finish(&shared, pending, CallStatus::TransportError { reason: "not forwarded: audit write failed (fail-closed)".into() }, None, 0);
                     let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, record::UNAUDITED_REFUSAL, None))).await;
+                    return;
+                }
+                // A reload during the commit's wait: as before it.
+                if !Arc::ptr_eq(&gov, &shared.governance.current()) {
+                    finish(&shared, pending, CallStatus::TransportError { reason: format!("not forwarded: {RELOADED_WHILE_HELD}") }, None, 0);
+                    let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, RELOADED_WHILE_HELD, None))).await;
                     return;
                 }
                 if let Some(id) = msg.id() {
