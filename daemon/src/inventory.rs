@@ -62,6 +62,14 @@ impl ToolBytes {
     }
 }
 
+/// `s` cut to `n` characters (and `…`) when longer: text a server chose, kept here.
+fn clipped(s: String, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s,
+    }
+}
+
 /// About how many bytes a server's tools hold in memory.
 fn tools_bytes(tools: &[ToolEntry]) -> usize {
     tools
@@ -536,7 +544,7 @@ impl Inventory {
                         let diff: Vec<String> = match old_def {
                             Some(old_def) => mcpwatch_inspect::pin::diff(old_def, &t.def)
                                 .into_iter()
-                                .map(|c| crate::record::clip(&format!("{}: {} -> {}", if c.pointer.is_empty() { "…" } else { &c.pointer }, c.before.as_deref().unwrap_or("(absent)"), c.after.as_deref().unwrap_or("(absent)"))))
+                                .map(|c| clipped(format!("{}: {} -> {}", if c.pointer.is_empty() { "…" } else { &c.pointer }, c.before.as_deref().unwrap_or("(absent)"), c.after.as_deref().unwrap_or("(absent)")), 200))
                                 .collect(),
                             None => vec!["definition changed (previous definition not kept)".to_string()],
                         };
@@ -653,7 +661,7 @@ impl Inventory {
     pub fn add_alert(&self, endpoint: &str, alert: String) {
         // Alerts quote what servers sent (tool names, paths): kept at most 1,000
         // characters each, 32 a server.
-        let alert = if alert.chars().nth(1000).is_some() { format!("{}…", alert.chars().take(1000).collect::<String>()) } else { alert };
+        let alert = clipped(alert, 1000);
         self.update(endpoint, |e| {
             if e.alerts.last() != Some(&alert) {
                 e.alerts.push(alert);
