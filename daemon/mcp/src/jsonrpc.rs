@@ -351,7 +351,16 @@ const PARAMS_KEYS: [&str; 8] = ["name", "arguments", "uri", "_meta", "cursor", "
 
 fn case_variant(obj: &Map<String, Value>, known: &[&'static str]) -> Option<Invalid> {
     obj.keys().find_map(|k| {
-        let variant = |want: &&&str| **want != k.as_str() && want.len() <= k.len() && folded_chars(want).eq(folded_chars(k));
+        // Nearly every key is ASCII, which folds as ASCII does (`requestid` is
+        // `requestId` to such a server too); most lengths differ from every known key's.
+        let ascii = k.is_ascii();
+        let variant = |want: &&&str| {
+            if ascii {
+                want.len() == k.len() && want.eq_ignore_ascii_case(k) && **want != k.as_str()
+            } else {
+                want.len() <= k.len() && folded_chars(want).eq(folded_chars(k))
+            }
+        };
         known.iter().find(variant).map(|of| Invalid::CaseVariantKey { key: clip(k, 64).to_owned(), of })
     })
 }
@@ -861,6 +870,9 @@ mod tests {
         // Folded letters other than ASCII: `ſ` is `s`, the Kelvin sign is `k`.
         let e = invalid("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"argument\u{17f}\":{}}}");
         assert_eq!(e, Invalid::CaseVariantKey { key: "argument\u{17f}".into(), of: "arguments" });
+        // Lower case is a variant of a camelCase key.
+        let e = invalid(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestid":3}}"#);
+        assert_eq!(e, Invalid::CaseVariantKey { key: "requestid".into(), of: "requestId" });
         // In a batch too.
         let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Arguments":{}}}]"#;
         match parse_body(batch.as_bytes()) {

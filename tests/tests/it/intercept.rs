@@ -533,10 +533,7 @@ os.execv("/bin/bash", ["bash", "-c", {bash:?}])
         first = post("first"),
         second = post("second"),
     );
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c").arg(&script).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    peers::move_into_cgroup(&mut cmd, w.cgroup());
-    let out = cmd.output().expect("run python3");
+    let out = python_in(&w, &script);
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "{}", String::from_utf8_lossy(&out.stderr));
     let recs = w.daemon.wait_audit("both calls recorded", |r| call_record(r, "first").is_some() && call_record(r, "second").is_some());
     let first = call_record(&recs, "first").and_then(|r| r.process.clone()).expect("first call's process");
@@ -593,10 +590,7 @@ os.execv("/bin/sleep", ["sleep", "3"])
         plain = post("plain_call"),
         changed = post("after_exec_call"),
     );
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg("-c").arg(&script).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    peers::move_into_cgroup(&mut cmd, w.cgroup());
-    let out = cmd.output().expect("run python3");
+    let out = python_in(&w, &script);
     // Whatever happened, the daemon runs again.
     let _ = std::process::Command::new("kill").args(["-CONT", &daemon_pid.to_string()]).status();
     assert!(String::from_utf8_lossy(&out.stdout).contains("execing"), "{}", String::from_utf8_lossy(&out.stderr));
@@ -607,4 +601,12 @@ os.execv("/bin/sleep", ["sleep", "3"])
     let seen: String = server.seen().iter().map(|s| String::from_utf8_lossy(&s.bytes).into_owned()).collect();
     assert!(seen.contains("plain_call"), "{seen}");
     assert!(!seen.contains("after_exec_call"), "the call of a process that changed reached the server: {seen}");
+}
+
+/// Runs a python3 script inside the watched cgroup; what it printed.
+fn python_in(w: &Watched, script: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    peers::move_into_cgroup(&mut cmd, w.cgroup());
+    cmd.output().expect("run python3")
 }
