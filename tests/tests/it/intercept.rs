@@ -573,6 +573,18 @@ s.sendall({plain:?}.encode())
 while s.recv(65536): pass
 s.close()
 os.kill({daemon_pid}, signal.SIGSTOP)
+# Stopped for real (every thread), not just signalled: it must not accept meanwhile.
+import glob, time
+def stopped():
+    states = []
+    for f in glob.glob("/proc/{daemon_pid}/task/*/stat"):
+        try:
+            states.append(open(f).read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            pass
+    return states and all(st in ("T", "t") for st in states)
+while not stopped():
+    time.sleep(0.005)
 try:
     s = socket.create_connection(("127.0.0.3", {port}))
     s.sendall({changed:?}.encode())
