@@ -673,8 +673,16 @@ impl Session {
                 {
                     self.retire(&id.key());
                 }
-                self.write_closed(self.record(MessageKind::Notification, C2S, Some(&msg), bytes), CallStatus::Sent);
-                GateVerdict::Forward { line: None }
+                let mut msg = msg;
+                let mut rec = self.record(MessageKind::Notification, C2S, Some(&msg), bytes);
+                let gov = shared.governance.current();
+                let verdict = match govern::notification(Judge::of(&self.shared, &gov), &self.site(), &mut rec, &mut msg) {
+                    (_, Some(reason)) => GateVerdict::Drop { reason },
+                    (true, None) => GateVerdict::Forward { line: Some(msg.to_value().to_string()) },
+                    (false, None) => GateVerdict::Forward { line: None },
+                };
+                self.write_closed(rec, CallStatus::Sent);
+                verdict
             }
             // The client answers a request the server sent.
             Message::Response { .. } | Message::Error { .. } => self.on_client_answer(msg, bytes),

@@ -673,7 +673,13 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                     gb.modified |= g.modified;
                     (g.fate, g.held)
                 } else {
-                    (Fate::Forward, false)
+                    match govern::notification(Judge::of(shared, gov), &site, &mut rec, msg) {
+                        (_, Some(message)) => (Fate::Refuse { code: govern::CODE_CONTENT_BLOCKED, message, data: serde_json::json!({ "mcpwatch": "content blocked" }), retry_after_ms: None }, false),
+                        (modified, None) => {
+                            gb.modified |= modified;
+                            (Fate::Forward, false)
+                        }
+                    }
                 };
                 gb.audit_failed |= shared.begin_record(&rec).is_err();
                 // A client that asked for progress on a single call gets an SSE stream at

@@ -326,6 +326,23 @@ fn calls_a_case_blind_or_trailing_tolerant_server_reads_otherwise_are_refused() 
     env.daemon.wait_audit("the refusals", |r| r.iter().filter(|x| x.notes.iter().chain(&x.alerts).any(|n| n.contains("regardless of case") || n.contains("trailing") || n.contains("syntax"))).count() >= 4);
 }
 
+/// A client's notifications carry text of its choosing to the server (a progress or log
+/// message, a cancellation reason) as a call's arguments do, and were passed on unscanned:
+/// a channel around the detectors. They are inspected now, redacted in enforce mode.
+#[test]
+fn a_clients_notification_is_inspected_like_arguments() {
+    let policy = "version = 1\nmode = \"enforce\"\nshadow = \"allow\"\n[inspect.detectors]\ndefault_action = \"redact\"\n";
+    let env = Lenient::start(policy, None, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    let headers = "Host: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: s-notify\r\n";
+    let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1,"message":"SSN 536-22-8741"}}"#;
+    let resp = env.send(&request("POST", "/mcp", headers, note));
+    assert!(resp.starts_with("HTTP/1.1 202"), "forwarded: {resp}");
+    let upstream = env.upstream_bytes();
+    assert!(upstream.contains("notifications/progress") && !upstream.contains("536-22-8741"), "the SSN reached the server: {upstream}");
+    assert!(upstream.contains("<US_SSN>"), "redacted in place: {upstream}");
+    env.daemon.wait_audit("the notification's findings", |r| r.iter().any(|x| x.method.as_deref() == Some("notifications/progress") && !x.findings.is_empty()));
+}
+
 /// A server replays answers on a resumed stream (`Last-Event-ID`, the SDKs' event
 /// stores): the replayed answer's call was completed already, so no waiting call took
 /// it and it reached the client with no inspection and no record. Now it is judged by
