@@ -675,14 +675,17 @@ impl Session {
                 }
                 let mut msg = msg;
                 let mut rec = self.record(MessageKind::Notification, C2S, Some(&msg), bytes);
-                let gov = shared.governance.current();
-                let verdict = match govern::notification(Judge::of(&self.shared, &gov), &self.site(), &mut rec, &mut msg) {
-                    (_, Some(reason)) => GateVerdict::Drop { reason },
-                    (true, None) => GateVerdict::Forward { line: Some(msg.to_value().to_string()) },
-                    (false, None) => GateVerdict::Forward { line: None },
-                };
-                self.write_closed(rec, CallStatus::Sent);
-                verdict
+                match govern::notification(Judge::of(shared, &shared.governance.current()), &self.site(), &mut rec, &mut msg) {
+                    govern::Noted::Blocked(reason) => {
+                        // Recorded as the network path records it: refused, not sent.
+                        self.write_closed(rec, CallStatus::JsonrpcError { code: govern::CODE_CONTENT_BLOCKED, message: reason.clone() });
+                        GateVerdict::Drop { reason }
+                    }
+                    noted => {
+                        self.write_closed(rec, CallStatus::Sent);
+                        GateVerdict::Forward { line: (noted == govern::Noted::Redacted).then(|| msg.to_value().to_string()) }
+                    }
+                }
             }
             // The client answers a request the server sent.
             Message::Response { .. } | Message::Error { .. } => self.on_client_answer(msg, bytes),

@@ -26,7 +26,7 @@ use mcpwatch_api::{AuditRecord, FindingCount, ProcessInfo};
 use mcpwatch_policy::Target;
 use serde_json::Value;
 
-pub use answer::{answer, notification, unasked_answer};
+pub use answer::{answer, notification, unasked_answer, Noted};
 pub use hold::hold;
 pub use request::{call_time_pin, request, PinCheck};
 pub use result::result;

@@ -56,28 +56,6 @@ pub fn answer(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg: &mut Me
 /// with data, so `rec` (a fresh record of kind `invalid`) gets its id, an alert and the
 /// keyed hash of what is forwarded, after the answer is inspected ([`answer`]). True if
 /// `msg` was rewritten.
-/// Inspect a client's notification before it goes to the server: its params carry text
-/// of the client's choosing (a progress or log message, a cancellation reason) as a
-/// call's arguments do, and were passed on unscanned. Redacted in place in enforce mode
-/// (true: the message changed); `Some(why)` when the detectors block it there: it is then
-/// not forwarded (a notification has no answer to carry the refusal).
-pub fn notification(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg: &mut Message) -> (bool, Option<String>) {
-    let Message::Notification { params: Some(params), .. } = msg else { return (false, None) };
-    let enforce = j.enforce(site);
-    let report = inspect_outgoing(j.gov, params, enforce);
-    add_findings(rec, &report, "request");
-    if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
-        rec.notes.push("notification blocked by inspection: not forwarded".into());
-        return (false, Some("mcpwatch: the notification contains data the policy blocks; it was not forwarded".into()));
-    }
-    if enforce && report.redacted_total() > 0 {
-        rec.args_hash = Some(j.governance.hash_key().hash_json(params));
-        rec.notes.push(format!("notification redacted before forwarding ({} spans)", report.redacted_total()));
-        return (true, None);
-    }
-    (false, None)
-}
-
 pub fn unasked_answer(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg: &mut Message) -> bool {
     let id = msg.id().map_or_else(|| "null".to_string(), ToString::to_string);
     rec.alerts.push(format!("client answer to id {} that no watched server request carried", crate::record::clip(&id)));
@@ -85,4 +63,37 @@ pub fn unasked_answer(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg:
     let rewritten = answer(j, site, rec, msg);
     rec.result_hash = msg.result_hash(j.governance.hash_key());
     rewritten
+}
+
+/// What inspection made of a client's notification ([`notification`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Noted {
+    /// Forward it as it came.
+    Unchanged,
+    /// Forward the message as rewritten in place (enforce mode redacted it).
+    Redacted,
+    /// Do not forward it (the detectors block it in enforce mode): why.
+    Blocked(String),
+}
+
+/// Inspect a client's notification before it goes to the server: its params carry text
+/// of the client's choosing (a progress or log message, a cancellation reason) as a
+/// call's arguments do, and were passed on unscanned. Redacted in place in enforce mode;
+/// blocked there when the detectors say so (a notification has no answer to carry the
+/// refusal: it is just not forwarded).
+pub fn notification(j: Judge<'_>, site: &Site<'_>, rec: &mut AuditRecord, msg: &mut Message) -> Noted {
+    let Message::Notification { params: Some(params), .. } = msg else { return Noted::Unchanged };
+    let enforce = j.enforce(site);
+    let report = inspect_outgoing(j.gov, params, enforce);
+    add_findings(rec, &report, "request");
+    if enforce && report.action == Some(mcpwatch_inspect::Action::Block) {
+        rec.notes.push("notification blocked by inspection: not forwarded".into());
+        return Noted::Blocked("mcpwatch: the notification contains data the policy blocks; it was not forwarded".into());
+    }
+    if enforce && report.redacted_total() > 0 {
+        rec.args_hash = Some(j.governance.hash_key().hash_json(params));
+        rec.notes.push(format!("notification redacted before forwarding ({} spans)", report.redacted_total()));
+        return Noted::Redacted;
+    }
+    Noted::Unchanged
 }

@@ -674,9 +674,9 @@ async fn govern_batch(shared: &Arc<Shared>, scope: &Scope, gov: &Arc<Loaded>, in
                     (g.fate, g.held)
                 } else {
                     match govern::notification(Judge::of(shared, gov), &site, &mut rec, msg) {
-                        (_, Some(message)) => (Fate::Refuse { code: govern::CODE_CONTENT_BLOCKED, message, data: serde_json::json!({ "mcpwatch": "content blocked" }), retry_after_ms: None }, false),
-                        (modified, None) => {
-                            gb.modified |= modified;
+                        govern::Noted::Blocked(message) => (Fate::Refuse { code: govern::CODE_CONTENT_BLOCKED, message, data: serde_json::json!({ "mcpwatch": "content blocked" }), retry_after_ms: None }, false),
+                        noted => {
+                            gb.modified |= noted == govern::Noted::Redacted;
                             (Fate::Forward, false)
                         }
                     }
