@@ -208,43 +208,32 @@ impl Resolve for BpfResolver {
         origin.dst = local_alias_resolved(origin.dst);
         let now = Instant::now();
         let image = (origin.tgid, origin.start_ns, origin.exec_ns);
-        let cached = self.cache.lock().ok().and_then(|mut c| c.get(image, now));
-        let mut unverified: Option<&'static str>;
-        let process = match cached {
-            // The cached description is per process; the thread and cgroup are per call.
-            // The cache knows the image as it was at an earlier connect; whether the
-            // process is still that image is asked of every connection.
-            Some(p) if p.uid == origin.uid && {
-                unverified = mcpwatch_intercept::process::changed_since_connect(&origin, self.interceptor.exec_ns(origin.tgid));
-                unverified.is_none()
-            } => {
-                let mut p = (*p).clone();
-                p.pid = origin.pid;
-                Arc::new(p)
-            }
-            _ => {
-                let exec = self.interceptor.exec_comm(origin.tgid);
-                let mut info = mcpwatch_intercept::process::describe(&origin, exec);
-                // Checked after the reads: nothing changed since the connect, so they were
-                // of the process that connected.
-                unverified = mcpwatch_intercept::process::changed_since_connect(&origin, self.interceptor.exec_ns(origin.tgid));
-                if unverified.is_some() {
-                    // What `/proc` showed is another image's (or nothing): keep only what
-                    // the connect hook saw.
-                    info = ProcessInfo { comm: origin.comm.clone(), exe: None, cmdline: Vec::new(), cgroup_path: None, unit: None, ancestry: Vec::new(), agent: None, ..info };
-                }
-                if let Some(f) = &self.sanitize {
-                    f(&mut info);
-                }
-                let info = Arc::new(info);
-                if unverified.is_none()
-                    && let Ok(mut c) = self.cache.lock()
-                {
-                    c.put(image, now, info.clone());
-                }
-                info
-            }
+        let cached = self.cache.lock().ok().and_then(|mut c| c.get(image, now)).filter(|p| p.uid == origin.uid);
+        let fresh = cached.is_none();
+        let mut info = match cached {
+            // The cached description is per process; the thread is per call.
+            Some(p) => ProcessInfo { pid: origin.pid, ..(*p).clone() },
+            None => mcpwatch_intercept::process::describe(&origin, self.interceptor.exec_comm(origin.tgid)),
         };
+        // Asked of every connection, once its description is in hand (a fresh one after
+        // its reads: nothing changed since the connect, so they were of the process that
+        // connected; a cached one is of the image at an earlier connect).
+        let unverified = mcpwatch_intercept::process::changed_since_connect(&origin, self.interceptor.exec_ns(origin.tgid));
+        if unverified.is_some() {
+            // What `/proc` showed is another image's (or nothing): keep only what the
+            // connect hook saw.
+            info = ProcessInfo { comm: origin.comm.clone(), exe: None, cmdline: Vec::new(), cgroup_path: None, unit: None, ancestry: Vec::new(), agent: None, ..info };
+        }
+        if fresh && let Some(f) = &self.sanitize {
+            f(&mut info);
+        }
+        let process = Arc::new(info);
+        if fresh
+            && unverified.is_none()
+            && let Ok(mut c) = self.cache.lock()
+        {
+            c.put(image, now, process.clone());
+        }
         Some(Origin { dst: origin.dst, process: Some(process), unverified })
     }
 }
