@@ -355,8 +355,12 @@ async fn read_request(r: &mut Reader, buf: &mut Vec<u8>, budget: &Arc<crate::bod
         (Ok(()), Some(seq)) => Some(Err(LineError::Refused { seq, why: BUDGET_SPENT.into() })),
         (Ok(()), None) if buf.is_empty() => None,
         (Ok(()), None) => Some(match mcpwatch_api::wire::decode::<GateRequest>(buf) {
-            // The lease goes on holding what the decoded line holds.
-            Ok(req) => lease.hold(buf.len()).then_some((req, lease)).ok_or_else(|| LineError::Fatal(BUDGET_SPENT.into())),
+            Ok(req) => {
+                // The lease goes on holding what the decoded line holds (less than the
+                // buffer: giving back never fails).
+                lease.hold(buf.len());
+                Ok((req, lease))
+            }
             Err(e) => Err(LineError::Fatal(format!("not a gate request: {e}"))),
         }),
     };

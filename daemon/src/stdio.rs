@@ -238,16 +238,15 @@ impl StdioObserver {
             if m.get("method").and_then(Value::as_str) != Some("tools/call") || jsonrpc::message_from_value(m.clone()).is_ok() {
                 continue;
             }
-            let cut = |s: &str, n: usize| s.char_indices().take_while(|(i, _)| *i < n).map(|(_, c)| c).collect::<String>();
             let id = match m.get("id") {
-                Some(Value::String(s)) => Id::String(cut(s, 64)),
+                Some(Value::String(s)) => Id::String(jsonrpc::clip(s, 64).to_owned()),
                 Some(Value::Number(n)) => Id::Number(n.clone()),
                 _ => continue,
             };
             let params = m.get("params");
             let Some(name) = params.and_then(|p| p.get("name")).and_then(Value::as_str) else { continue };
             let arguments = params.and_then(|p| p.get("arguments")).cloned();
-            out.push(Event::ToolCall { pid, id, name: cut(name, 256), arguments, lost: true, unmatched: true });
+            out.push(Event::ToolCall { pid, id, name: jsonrpc::clip(name, 256).to_owned(), arguments, lost: true, unmatched: true });
         }
     }
 

@@ -683,7 +683,7 @@ pub fn first_chars(s: &str, n: usize) -> &str {
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
-pub(crate) fn clip(s: &str, max: usize) -> &str {
+pub fn clip(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

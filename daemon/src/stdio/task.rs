@@ -249,7 +249,9 @@ fn handle(shared: &Arc<Shared>, ic: &Interceptor, ids: &mut HashMap<u32, ServerI
             if unmatched {
                 // Its id was cut (too long to keep): no answer can be matched to it, and a
                 // later call whose id is the cut one must not complete it.
-                crate::record::write_closed(shared, AuditRecord { notes: [rec.notes, vec!["id too long to keep: its answer is not matched".into()]].concat(), ..rec }, CallStatus::Sent);
+                let mut rec = rec;
+                rec.notes.push("id too long to keep: its answer is not matched".into());
+                crate::record::write_closed(shared, rec, CallStatus::Sent);
                 return;
             }
             let _ = shared.begin_record(&rec);
