@@ -164,6 +164,12 @@ impl Governance {
         }
     }
 
+    /// Is `loaded` (what something was judged by) still the policy in force? A reload
+    /// since makes it stale: what it let through is not forwarded.
+    pub fn is_current(&self, loaded: &Arc<Loaded>) -> bool {
+        Arc::ptr_eq(loaded, &self.current())
+    }
+
     /// Re-read the policy. On error the old policy stays in force and the error is
     /// remembered for `status`. Returns a one-line summary or the error.
     pub fn reload(&self) -> Result<String, String> {

@@ -461,7 +461,7 @@ async fn post(shared: Arc<Shared>, scope: Scope, up: SharedUpstream, mut parts: 
     // was judged then by the policy in force may be denied by one reloaded meanwhile (or
     // between judging and holding a call). Checked after the last wait: refused, to be
     // sent again.
-    if !gb.pending.is_empty() && !Arc::ptr_eq(&gov, &shared.governance.current()) {
+    if !gb.pending.is_empty() && !shared.governance.is_current(&gov) {
         for (_, p) in gb.pending {
             finish(&shared, p, CallStatus::TransportError { reason: format!("not forwarded: {RELOADED_WHILE_HELD}") }, None, 0);
         }
@@ -906,7 +906,7 @@ fn streamed_hold(
         // no one, so not forwarded (the reload withdraws calls already held; this one may
         // have been judged just before it and held just after).
         let fate = match fate {
-            Fate::Forward if !Arc::ptr_eq(&gov, &shared.governance.current()) => Fate::Refuse {
+            Fate::Forward if !shared.governance.is_current(&gov) => Fate::Refuse {
                 code: jsonrpc::INTERNAL_ERROR,
                 message: RELOADED_WHILE_HELD.into(),
                 data: serde_json::json!({ "mcpwatch": "policy reloaded" }),
@@ -936,7 +936,7 @@ fn streamed_hold(
                     return;
                 }
                 // A reload during the commit's wait: as before it.
-                if !Arc::ptr_eq(&gov, &shared.governance.current()) {
+                if !shared.governance.is_current(&gov) {
                     finish(&shared, pending, CallStatus::TransportError { reason: format!("not forwarded: {RELOADED_WHILE_HELD}") }, None, 0);
                     let _ = tx.send(event(jsonrpc::error_response(msg.id(), jsonrpc::INTERNAL_ERROR, RELOADED_WHILE_HELD, None))).await;
                     return;
