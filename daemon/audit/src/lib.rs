@@ -869,13 +869,6 @@ impl Store {
         Ok(self.inner.servers.get(endpoint.as_bytes())?.and_then(|v| codec::decode_server(&v).ok()))
     }
 
-    /// Every stored inventory entry, ordered by endpoint. Unreadable ones are skipped.
-    pub fn servers(&self) -> Result<Vec<ServerEntry>, StoreError> {
-        let mut out = Vec::new();
-        self.each_server(|s| out.push(s))?;
-        Ok(out)
-    }
-
     /// Every stored inventory entry, one at a time, ordered by endpoint (unreadable ones
     /// skipped): for a reader that keeps only some of them, as the store may hold more
     /// than memory should.
