@@ -27,6 +27,15 @@ use mcpwatch_api::ProcessInfo;
 
 use crate::tally::Tally;
 
+/// Why `what` (a literal) was not held: the budget is spent. One wording for every
+/// transport's refusal (request bodies, answers, server events, gate lines).
+macro_rules! budget_spent {
+    ($what:literal) => {
+        concat!($what, " not held for inspection: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent")
+    };
+}
+pub(crate) use budget_spent;
+
 /// Bytes of bodies held for inspection, by every connection together.
 #[derive(Debug)]
 pub struct BodyBudget {

@@ -282,7 +282,7 @@ enum LineError {
     Refused { seq: u64, why: String },
 }
 
-const BUDGET_SPENT: &str = "gate line not held: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent";
+const BUDGET_SPENT: &str = crate::bodies::budget_spent!("gate line");
 
 /// The `seq` a wrapper's line starts with (`{"seq":N,`, as `wire::encode` writes it).
 fn leading_seq(line: &[u8]) -> Option<u64> {

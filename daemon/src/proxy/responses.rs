@@ -33,9 +33,9 @@ use crate::session::{Asker, IdFate, LegacyRoute, LegacyRouteKey, Pending, Pendin
 use crate::state::{Counters, Shared};
 
 /// Why an answer was not held for inspection when the body budget could not hold it.
-const BUDGET_SPENT: &str = "response not held for inspection: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent";
+const BUDGET_SPENT: &str = crate::bodies::budget_spent!("response");
 /// The same for a server-sent event still arriving.
-const BUDGET_SPENT_SSE: &str = "server event not held for inspection: the budget for bodies held for inspection (limits.max_buffered_body_bytes, one uid may hold half) is spent";
+const BUDGET_SPENT_SSE: &str = crate::bodies::budget_spent!("server event");
 
 /// How an observed answer goes on to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
