@@ -51,14 +51,17 @@ pub struct Inventory {
 
 #[derive(Default)]
 struct ToolBytes {
-    by_endpoint: HashMap<String, usize>,
+    by_endpoint: crate::tally::Tally<String>,
     total: usize,
 }
 
 impl ToolBytes {
+    /// `endpoint` holds `bytes` now (0: it is forgotten).
     fn set(&mut self, endpoint: &str, bytes: usize) {
-        let old = if bytes == 0 { self.by_endpoint.remove(endpoint) } else { self.by_endpoint.insert(endpoint.to_string(), bytes) };
-        self.total = self.total.saturating_sub(old.unwrap_or(0)).saturating_add(bytes);
+        let old = self.by_endpoint.get(endpoint);
+        self.by_endpoint.sub(endpoint, old);
+        self.by_endpoint.add(endpoint.to_string(), bytes);
+        self.total = self.total.saturating_sub(old).saturating_add(bytes);
     }
 }
 
