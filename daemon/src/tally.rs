@@ -2,7 +2,8 @@
 //!
 //! Why it exists: the daemon's fair-share budgets (connections per process and uid in
 //! `admission`, held bodies per uid in `bodies`, parked calls per uid and live legacy
-//! streams per conversation in `session`) each keep "how many does this key hold", and a
+//! streams per conversation in `session`, tool bytes per resident server in `inventory`)
+//! each keep "how many does this key hold", and a
 //! map that kept keys at zero would grow with every process, uid or conversation ever
 //! seen. One type, so the decrement-and-forget is written once.
 
